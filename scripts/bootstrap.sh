@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Prepares a machine to build resnet-train: libtorch 2.11.0, the apt packages the build needs,
+# and .cargo/config.toml pointing cargo at that libtorch (so plain `cargo build/test/run` work).
+#
+#   LIBTORCH=/path/to/torch   use this libtorch (the folder holding lib/ and include/)
+#   RESNET_TRAIN_CACHE=DIR    where the libtorch venv lives (default ~/.cache/resnet-train)
+#
+# Order of preference: $LIBTORCH; a Python torch==2.11.0 already installed (a GPU box); the
+# cached venv; a fresh `pip install --no-deps torch==2.11.0 ...` into the cached venv (~543 MB).
+# Safe to rerun: every step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION=2.11.0
+CACHE=${RESNET_TRAIN_CACHE:-$HOME/.cache/resnet-train}
+VENV=$CACHE/libtorch-$TORCH_VERSION
+log() { echo "[bootstrap] $*" >&2; }
+
+# 1. Build tools: cmake and nasm (libjpeg-turbo's bundled build), a C++ compiler (the shim).
+missing=()
+for tool in cmake nasm g++; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+if ((${#missing[@]})); then
+  pkgs=("${missing[@]}")
+  log "installing ${pkgs[*]} with apt-get"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -q "${pkgs[@]}" >/dev/null 2>&1 ||
+    { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "${pkgs[@]}" >/dev/null; }
+fi
+
+# 2. libtorch.
+torch_ok() { [ -f "$1/lib/libtorch_cpu.so" ] && [ -d "$1/include/torch" ]; }
+if [ -n "${LIBTORCH:-}" ]; then
+  torch_ok "$LIBTORCH" || { log "LIBTORCH=$LIBTORCH has no lib/libtorch_cpu.so or include/torch"; exit 1; }
+  TORCH_DIR=$LIBTORCH
+else
+  TORCH_DIR=""
+  sys=$(python3 -c 'import torch,os;print(torch.__version__.split("+")[0], os.path.dirname(torch.__file__))' 2>/dev/null || true)
+  if [ "${sys%% *}" = "$TORCH_VERSION" ] && torch_ok "${sys#* }"; then
+    TORCH_DIR=${sys#* }
+    log "using the installed PyTorch $TORCH_VERSION at $TORCH_DIR"
+  else
+    site=$VENV/lib/python3.11/site-packages
+    [ -d "$VENV/lib" ] && site=$(ls -d "$VENV"/lib/python3*/site-packages | head -n 1)
+    if ! torch_ok "$site/torch"; then
+      log "installing libtorch $TORCH_VERSION (PyPI torch wheel, ~543 MB) into $VENV"
+      mkdir -p "$CACHE"
+      python3 -m venv "$VENV"
+      "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
+        "torch==$TORCH_VERSION" nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85
+      site=$(ls -d "$VENV"/lib/python3*/site-packages | head -n 1)
+    fi
+    TORCH_DIR=$site/torch
+  fi
+fi
+
+# 3. Point cargo at it (git-ignored; rewritten only when it changes).
+mkdir -p .cargo
+want=$(printf '# Written by scripts/bootstrap.sh; do not commit.\n[env]\nLIBTORCH = "%s"\nLIBTORCH_CXX11_ABI = "1"\n' "$TORCH_DIR")
+if [ ! -f .cargo/config.toml ] || [ "$(cat .cargo/config.toml)" != "$want" ]; then
+  printf '%s\n' "$want" > .cargo/config.toml
+  log "wrote .cargo/config.toml (LIBTORCH=$TORCH_DIR)"
+fi

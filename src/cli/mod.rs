@@ -1,0 +1,67 @@
+//! Command-line interface: one file per subcommand, each turning flags into one library call.
+pub mod init;
+pub mod predict;
+
+use crate::model::{ActConfig, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "resnet-train", version, about = "Train and evaluate ResNets with ReLU, PolyReLU or PolyNorm activations")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write a freshly initialised model to a safetensors file.
+    Init(init::InitArgs),
+    /// Classify images with a model file (torchvision's ResNet eval preprocessing).
+    Predict(predict::PredictArgs),
+}
+
+/// The flags that define a model's shape and initial values.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    #[arg(long, value_enum, default_value = "resnet50")]
+    pub arch: Arch,
+    /// Activation at every site.
+    #[arg(long, value_enum, default_value = "relu")]
+    pub act: ActKind,
+    /// Polynomial order k of PolyReLU/PolyNorm (1..=8).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i64).range(1..=crate::model::activation::MAX_ORDER))]
+    pub order: i64,
+    /// Axis of PolyNorm's root mean square.
+    #[arg(long, value_enum, default_value = "channel")]
+    pub norm_axis: NormAxis,
+    /// Initial polynomial coefficients: paper (w = 1/k) or relu-like (w = [1, 0, ...]).
+    #[arg(long, value_enum, default_value = "paper")]
+    pub act_init: ActInit,
+    #[arg(long, default_value_t = 1000)]
+    pub num_classes: i64,
+    /// Zero-init each residual block's last BN gamma.
+    #[arg(long)]
+    pub zero_init_residual: bool,
+    /// 3x3 stride-1 stem without max-pool, for inputs of 64 px and less.
+    #[arg(long)]
+    pub small_stem: bool,
+}
+
+impl ModelArgs {
+    pub fn to_config(&self) -> ResNetConfig {
+        ResNetConfig {
+            arch: self.arch,
+            act: ActConfig { kind: self.act, order: self.order, axis: self.norm_axis, init: self.act_init },
+            num_classes: self.num_classes,
+            zero_init_residual: self.zero_init_residual,
+            small_stem: self.small_stem,
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> crate::error::Result<()> {
+    match cli.command {
+        Command::Init(a) => init::run(a),
+        Command::Predict(a) => predict::run(a),
+    }
+}

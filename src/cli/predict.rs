@@ -1,0 +1,127 @@
+//! `resnet-train predict`: classify images with a model file. Architecture and activation come
+//! from the file's metadata.
+
+use crate::data::{decode, transform};
+use crate::error::{Error, Result};
+use crate::model::{weights, ResNet};
+use std::path::{Path, PathBuf};
+use tch::Kind;
+
+#[derive(clap::Args, Debug)]
+pub struct PredictArgs {
+    /// Model weights (.safetensors) written by `init` or training, or a converted torchvision state_dict.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Class names, one per line in class-index order (`LOC_synset_mapping.txt` format: `wnid name...`).
+    #[arg(long)]
+    pub classes: Option<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    pub topk: i64,
+    /// One JSON object per image on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Shorter side after resizing (torchvision: 256 for a 224 crop).
+    #[arg(long, default_value_t = 256)]
+    pub resize: usize,
+    /// Center-crop size.
+    #[arg(long, default_value_t = 224)]
+    pub crop: usize,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+/// Reads a `LOC_synset_mapping.txt`-style file: `<wnid> <name, name, ...>` or a bare name per line.
+pub fn read_class_names(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let l = l.trim();
+            match l.split_once(' ') {
+                Some((id, rest)) if id.starts_with('n') && id[1..].chars().all(|c| c.is_ascii_digit()) => {
+                    rest.trim().to_string()
+                }
+                _ => l.to_string(),
+            }
+        })
+        .collect())
+}
+
+#[derive(serde::Serialize)]
+struct Prediction<'a> {
+    file: &'a str,
+    top_indices: Vec<i64>,
+    top_names: Option<Vec<String>>,
+    top_probs: Vec<f64>,
+    logits: Vec<f32>,
+}
+
+pub fn run(args: PredictArgs) -> Result<()> {
+    if args.topk < 1 {
+        return Err(Error::Usage(format!("--topk must be at least 1, got {}", args.topk)));
+    }
+    if args.crop == 0 || args.resize < args.crop {
+        return Err(Error::Usage(format!("--resize {} must be >= --crop {} > 0", args.resize, args.crop)));
+    }
+    let device = crate::runtime::parse_device(&args.device)?;
+    let file = weights::read(&args.checkpoint)?;
+    let cfg = file.model_config(&args.checkpoint)?;
+    let mut vs = tch::nn::VarStore::new(device);
+    let model = ResNet::new(&vs.root(), cfg)?;
+    weights::load_into(&mut vs, &file, &args.checkpoint)?;
+    let names = match &args.classes {
+        Some(p) => Some(read_class_names(p)?),
+        None => file.class_names(),
+    };
+    if let Some(n) = &names {
+        if n.len() as i64 != cfg.num_classes {
+            return Err(Error::Usage(format!(
+                "{}: {} class names for a model with {} classes",
+                args.classes.as_ref().map_or("checkpoint metadata".into(), |p| p.display().to_string()),
+                n.len(),
+                cfg.num_classes
+            )));
+        }
+    }
+    let k = args.topk.min(cfg.num_classes);
+    let mut failures = 0;
+    for path in &args.images {
+        let input = match decode::decode_file(path).and_then(|img| transform::eval_tensor(&img, args.resize, args.crop)) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                failures += 1;
+                continue;
+            }
+        };
+        let logits = tch::no_grad(|| model.forward_t(&input.unsqueeze(0).to_device(device), false))
+            .squeeze_dim(0)
+            .to_kind(Kind::Float)
+            .to_device(tch::Device::Cpu);
+        let probs = logits.softmax(0, Kind::Double);
+        let (top_p, top_i) = probs.topk(k, 0, true, true);
+        let top_indices: Vec<i64> = Vec::try_from(&top_i)?;
+        let top_probs: Vec<f64> = Vec::try_from(&top_p)?;
+        let top_names = names.as_ref().map(|n| top_indices.iter().map(|&i| n[i as usize].clone()).collect::<Vec<_>>());
+        let shown = path.display().to_string();
+        if args.json {
+            let logits: Vec<f32> = Vec::try_from(&logits)?;
+            let p = Prediction { file: &shown, top_indices, top_names, top_probs, logits };
+            println!("{}", serde_json::to_string(&p).expect("prediction serialises"));
+        } else {
+            println!("{shown}");
+            for (rank, (&i, &p)) in top_indices.iter().zip(&top_probs).enumerate() {
+                let name = top_names.as_ref().map_or(String::new(), |n| format!("  {}", n[rank]));
+                println!("  {:>2}. class {i:>4}  p={p:.4}{name}", rank + 1);
+            }
+        }
+    }
+    if failures > 0 {
+        return Err(Error::Usage(format!("{failures} of {} images could not be read", args.images.len())));
+    }
+    Ok(())
+}

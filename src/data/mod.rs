@@ -1,0 +1,3 @@
+//! Images in: decoding and torchvision-compatible transforms.
+pub mod decode;
+pub mod transform;

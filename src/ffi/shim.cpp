@@ -1,0 +1,99 @@
+// The project's only C++: thin wrappers over ATen APIs that tch 0.24 does not expose.
+#include "shim.h"
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace {
+
+char *dup(const std::string &s) {
+  char *p = static_cast<char *>(std::malloc(s.size() + 1));
+  if (p) std::memcpy(p, s.c_str(), s.size() + 1);
+  return p;
+}
+
+c10::DeviceType device_of(int device_type) {
+  switch (device_type) {
+    case 0: return c10::DeviceType::CPU;
+    case 1: return c10::DeviceType::CUDA;
+    default: throw std::invalid_argument("unknown device type " + std::to_string(device_type));
+  }
+}
+
+template <typename F>
+int guarded(char **err, F &&f) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception &e) {
+    if (err) *err = dup(e.what());
+  } catch (...) {
+    if (err) *err = dup("unknown C++ exception");
+  }
+  return -1;
+}
+
+}  // namespace
+
+extern "C" {
+
+void rt_free(char *p) { std::free(p); }
+
+int rt_autocast_set_enabled(int device_type, int enabled, char **err) {
+  return guarded(err, [&] { at::autocast::set_autocast_enabled(device_of(device_type), enabled != 0); });
+}
+
+int rt_autocast_is_enabled(int device_type, int *out, char **err) {
+  return guarded(err, [&] { *out = at::autocast::is_autocast_enabled(device_of(device_type)) ? 1 : 0; });
+}
+
+int rt_autocast_set_dtype(int device_type, int dtype, char **err) {
+  return guarded(err, [&] {
+    auto st = static_cast<c10::ScalarType>(dtype);
+    if (st != c10::ScalarType::Half && st != c10::ScalarType::BFloat16 && st != c10::ScalarType::Float)
+      throw std::invalid_argument("autocast dtype must be float16, bfloat16 or float32");
+    at::autocast::set_autocast_dtype(device_of(device_type), st);
+  });
+}
+
+int rt_autocast_get_dtype(int device_type, int *out, char **err) {
+  return guarded(err, [&] { *out = static_cast<int>(at::autocast::get_autocast_dtype(device_of(device_type))); });
+}
+
+int rt_autocast_increment_nesting(char **err) {
+  return guarded(err, [&] { at::autocast::increment_nesting(); });
+}
+
+int rt_autocast_decrement_nesting(int *out, char **err) {
+  return guarded(err, [&] { *out = at::autocast::decrement_nesting(); });
+}
+
+int rt_autocast_clear_cache(char **err) {
+  return guarded(err, [&] { at::autocast::clear_cache(); });
+}
+
+int rt_to_channels_last(rt_tensor t, rt_tensor *out, char **err) {
+  return guarded(err, [&] {
+    auto *x = static_cast<at::Tensor *>(t);
+    *out = new at::Tensor(x->contiguous(x->dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  });
+}
+
+int rt_is_channels_last(rt_tensor t, int *out, char **err) {
+  return guarded(err, [&] {
+    auto *x = static_cast<at::Tensor *>(t);
+    *out = x->is_contiguous(at::MemoryFormat::ChannelsLast) ? 1 : 0;
+  });
+}
+
+int rt_set_allow_tf32(int allow, char **err) {
+  return guarded(err, [&] {
+    at::globalContext().setAllowTF32CuBLAS(allow != 0);
+    at::globalContext().setAllowTF32CuDNN(allow != 0);
+  });
+}
+
+}  // extern "C"

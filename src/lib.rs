@@ -1,0 +1,9 @@
+//! resnet-train: ResNets with ReLU, PolyReLU or PolyNorm activations (PolyCom, ICLR 2025),
+//! trained with mixed precision on libtorch.
+pub mod cli;
+pub mod data;
+pub mod error;
+pub mod ffi;
+pub mod fsutil;
+pub mod model;
+pub mod runtime;

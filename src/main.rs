@@ -1,0 +1,17 @@
+use clap::Parser;
+use resnet_train::{cli, error::Error, runtime};
+
+fn main() -> std::process::ExitCode {
+    runtime::init();
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(match e {
+                Error::Usage(_) => 2,
+                _ => 1,
+            })
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The swappable activation: ReLU, PolyReLU_k or PolyNorm_k, exactly as
+//! `../shared/reference/polycom.py` defines them:
+//!
+//!   PolyReLU_k(x) = sum_{i=1..k} w[i-1] * relu(x)^i + b
+//!   PolyNorm_k(x) = sum_{i=1..k} w[i-1] * rms(x^i) + b,  rms(y) = y * rsqrt(mean(y^2 over axis) + eps)
+//!
+//! Each activation site owns its own `weight` (k entries) and `bias` (one entry).
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+/// PolyNorm's epsilon inside the root mean square.
+pub const POLYNORM_EPS: f64 = 1e-6;
+/// Polynomial orders the project supports.
+pub const MAX_ORDER: i64 = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ActKind {
+    Relu,
+    Polyrelu,
+    Polynorm,
+}
+
+/// The axis PolyNorm's mean runs over for NCHW tensors (2-d inputs always use dim 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NormAxis {
+    /// Dim 1: per pixel, the analogue of a transformer's hidden dimension (the paper's choice).
+    #[default]
+    Channel,
+    /// All but the batch dim: per sample.
+    Layer,
+}
+
+/// How the polynomial coefficients start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActInit {
+    /// The paper's init: w_i = 1/k, b = 0.
+    #[default]
+    Paper,
+    /// w = [1, 0, ..., 0], b = 0: PolyReLU starts as ReLU, PolyNorm as rms-normalised x.
+    ReluLike,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActConfig {
+    pub kind: ActKind,
+    pub order: i64,
+    #[serde(default)]
+    pub axis: NormAxis,
+    #[serde(default)]
+    pub init: ActInit,
+}
+
+impl ActConfig {
+    pub fn new(kind: ActKind, order: i64) -> Self {
+        Self { kind, order, axis: NormAxis::Channel, init: ActInit::Paper }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=MAX_ORDER).contains(&self.order) {
+            return Err(Error::Usage(format!(
+                "--order {} is out of range: the polynomial order must be in 1..={MAX_ORDER}",
+                self.order
+            )));
+        }
+        Ok(())
+    }
+
+    /// Scalar parameters one activation site owns (k weights + 1 bias; none for ReLU).
+    pub fn params_per_site(&self) -> i64 {
+        match self.kind {
+            ActKind::Relu => 0,
+            _ => self.order + 1,
+        }
+    }
+
+    fn initial_weights(&self) -> Vec<f64> {
+        let k = self.order as usize;
+        match self.init {
+            ActInit::Paper => vec![1.0 / k as f64; k],
+            ActInit::ReluLike => (0..k).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect(),
+        }
+    }
+}
+
+/// One activation site.
+#[derive(Debug)]
+pub struct Activation {
+    cfg: ActConfig,
+    /// `(weight [k], bias [1])`; `None` for ReLU.
+    params: Option<(Tensor, Tensor)>,
+}
+
+impl Activation {
+    /// Creates the site's parameters `weight` and `bias` under `vs`.
+    pub fn new(vs: nn::Path, cfg: ActConfig) -> Self {
+        let params = match cfg.kind {
+            ActKind::Relu => None,
+            _ => {
+                let init = Tensor::from_slice(&cfg.initial_weights()).to_kind(vs.kind());
+                let weight = vs.var_copy("weight", &init);
+                let bias = vs.zeros("bias", &[1]);
+                Some((weight, bias))
+            }
+        };
+        Self { cfg, params }
+    }
+
+    pub fn config(&self) -> &ActConfig {
+        &self.cfg
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let Some((w, b)) = &self.params else { return x.relu() };
+        match self.cfg.kind {
+            ActKind::Relu => x.relu(),
+            ActKind::Polyrelu => polyrelu(x, w, b),
+            ActKind::Polynorm => polynorm(x, w, b, self.cfg.axis),
+        }
+    }
+}
+
+/// sum_i w[i-1] relu(x)^i + b. Powers by repeated multiplication: one multiply per order.
+pub fn polyrelu(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+    let r = x.relu();
+    let k = w.size()[0];
+    let mut power = r.shallow_clone();
+    let mut acc = &r * w.get(0);
+    for i in 1..k {
+        power = &power * &r;
+        acc = acc + &power * w.get(i);
+    }
+    acc + b
+}
+
+/// sum_i w[i-1] rms(x^i) + b, the mean of rms over `axis`.
+pub fn polynorm(x: &Tensor, w: &Tensor, b: &Tensor, axis: NormAxis) -> Tensor {
+    let dims: Vec<i64> = if axis == NormAxis::Channel || x.dim() == 2 { vec![1] } else { (1..x.dim() as i64).collect() };
+    let k = w.size()[0];
+    let mut power = x.shallow_clone();
+    let mut acc: Option<Tensor> = None;
+    for i in 0..k {
+        if i > 0 {
+            power = &power * x;
+        }
+        let mean_sq = power.square().mean_dim(dims.as_slice(), true, None);
+        let term = &power * (mean_sq + POLYNORM_EPS).rsqrt() * w.get(i);
+        acc = Some(match acc {
+            None => term,
+            Some(a) => a + term,
+        });
+    }
+    acc.expect("order >= 1") + b
+}

@@ -1,0 +1,280 @@
+//! ResNet-18/34/50/101/152 (v1.5: the stride sits on the 3x3 conv), with torchvision's parameter
+//! names and one activation module per site, as `PolyResNet` in `../shared/reference/polycom.py`:
+//! `act1` after the stem, `layerX.Y.act1/act2/act3` in bottlenecks (`act1/act2` in basic blocks),
+//! the last one applied after the residual add.
+
+use super::activation::{ActConfig, ActKind, Activation};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Resnet18,
+    Resnet34,
+    Resnet50,
+    Resnet101,
+    Resnet152,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Resnet18 => "resnet18",
+            Arch::Resnet34 => "resnet34",
+            Arch::Resnet50 => "resnet50",
+            Arch::Resnet101 => "resnet101",
+            Arch::Resnet152 => "resnet152",
+        }
+    }
+
+    /// Blocks per stage.
+    pub fn layers(self) -> [usize; 4] {
+        match self {
+            Arch::Resnet18 => [2, 2, 2, 2],
+            Arch::Resnet34 => [3, 4, 6, 3],
+            Arch::Resnet50 => [3, 4, 6, 3],
+            Arch::Resnet101 => [3, 4, 23, 3],
+            Arch::Resnet152 => [3, 8, 36, 3],
+        }
+    }
+
+    pub fn bottleneck(self) -> bool {
+        !matches!(self, Arch::Resnet18 | Arch::Resnet34)
+    }
+
+    pub fn all() -> [Arch; 5] {
+        [Arch::Resnet18, Arch::Resnet34, Arch::Resnet50, Arch::Resnet101, Arch::Resnet152]
+    }
+}
+
+/// Everything that defines the network's shape and initial values. Saved in checkpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResNetConfig {
+    pub arch: Arch,
+    pub act: ActConfig,
+    pub num_classes: i64,
+    /// Zero-init each block's last BN gamma, so every residual block starts as the identity.
+    #[serde(default)]
+    pub zero_init_residual: bool,
+    /// 3x3 stride-1 stem without max-pool, for inputs of 64 px and less.
+    #[serde(default)]
+    pub small_stem: bool,
+}
+
+impl ResNetConfig {
+    pub fn new(arch: Arch, act: ActConfig) -> Self {
+        Self { arch, act, num_classes: 1000, zero_init_residual: false, small_stem: false }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.act.validate()?;
+        if self.num_classes < 1 {
+            return Err(Error::Usage(format!("--num-classes must be at least 1, got {}", self.num_classes)));
+        }
+        Ok(())
+    }
+
+    /// Names of the activation sites in forward order (`act1`, `layer1.0.act1`, ...).
+    pub fn activation_sites(&self) -> Vec<String> {
+        let per_block = if self.arch.bottleneck() { 3 } else { 2 };
+        let mut sites = vec!["act1".to_string()];
+        for (stage, &blocks) in self.arch.layers().iter().enumerate() {
+            for block in 0..blocks {
+                for a in 1..=per_block {
+                    sites.push(format!("layer{}.{block}.act{a}", stage + 1));
+                }
+            }
+        }
+        sites
+    }
+}
+
+/// torchvision's conv init: kaiming_normal_(mode="fan_out", nonlinearity="relu"), no bias.
+fn conv(vs: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
+    let cfg = nn::ConvConfig {
+        stride,
+        padding,
+        bias: false,
+        ws_init: nn::Init::Kaiming {
+            dist: nn::init::NormalOrUniform::Normal,
+            fan: nn::init::FanInOut::FanOut,
+            non_linearity: nn::init::NonLinearity::ReLU,
+        },
+        ..Default::default()
+    };
+    nn::conv2d(vs, c_in, c_out, k, cfg)
+}
+
+fn bn(vs: nn::Path, c: i64, zero_gamma: bool) -> nn::BatchNorm {
+    let cfg = nn::BatchNormConfig {
+        ws_init: nn::Init::Const(if zero_gamma { 0.0 } else { 1.0 }),
+        bs_init: nn::Init::Const(0.0),
+        ..Default::default()
+    };
+    nn::batch_norm2d(vs, c, cfg)
+}
+
+/// The 1x1 conv + BN projection on the shortcut when shape changes (`downsample.0`, `downsample.1`).
+#[derive(Debug)]
+struct Downsample {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+}
+
+impl Downsample {
+    fn new(vs: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
+        Self { conv: conv(&vs / "0", c_in, c_out, 1, stride, 0), bn: bn(&vs / "1", c_out, false) }
+    }
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        self.bn.forward_t(&x.apply(&self.conv), train)
+    }
+}
+
+/// A basic (two 3x3 convs) or bottleneck (1x1, 3x3, 1x1) residual block.
+#[derive(Debug)]
+struct Block {
+    convs: Vec<nn::Conv2D>,
+    bns: Vec<nn::BatchNorm>,
+    /// One per conv; the last one is applied after the residual add.
+    acts: Vec<Activation>,
+    downsample: Option<Downsample>,
+}
+
+impl Block {
+    fn new(vs: nn::Path, cfg: &ResNetConfig, c_in: i64, planes: i64, stride: i64) -> (Self, i64) {
+        let (specs, c_out): (Vec<(i64, i64, i64, i64)>, i64) = if cfg.arch.bottleneck() {
+            // (in, out, kernel, stride) per conv; v1.5 puts the stride on the 3x3.
+            (vec![(c_in, planes, 1, 1), (planes, planes, 3, stride), (planes, planes * 4, 1, 1)], planes * 4)
+        } else {
+            (vec![(c_in, planes, 3, stride), (planes, planes, 3, 1)], planes)
+        };
+        let n = specs.len();
+        let mut convs = Vec::with_capacity(n);
+        let mut bns = Vec::with_capacity(n);
+        let mut acts = Vec::with_capacity(n);
+        for (i, &(ci, co, k, s)) in specs.iter().enumerate() {
+            convs.push(conv(&vs / format!("conv{}", i + 1), ci, co, k, s, k / 2));
+            bns.push(bn(&vs / format!("bn{}", i + 1), co, cfg.zero_init_residual && i == n - 1));
+            acts.push(Activation::new(&vs / format!("act{}", i + 1), cfg.act));
+        }
+        let downsample =
+            (stride != 1 || c_in != c_out).then(|| Downsample::new(&vs / "downsample", c_in, c_out, stride));
+        (Self { convs, bns, acts, downsample }, c_out)
+    }
+
+    fn forward(&self, x: &Tensor, train: bool, observe: &mut dyn FnMut(usize, &Tensor)) -> Tensor {
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward(x, train),
+            None => x.shallow_clone(),
+        };
+        let n = self.convs.len();
+        let mut out = x.shallow_clone();
+        for i in 0..n {
+            out = self.bns[i].forward_t(&out.apply(&self.convs[i]), train);
+            if i == n - 1 {
+                out = out + &shortcut;
+            }
+            out = self.acts[i].forward(&out);
+            observe(i, &out);
+        }
+        out
+    }
+}
+
+/// The network. Parameters live in the `nn::VarStore` it was built from, under torchvision's names.
+#[derive(Debug)]
+pub struct ResNet {
+    cfg: ResNetConfig,
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    act1: Activation,
+    stages: Vec<Vec<Block>>,
+    fc: nn::Linear,
+}
+
+impl ResNet {
+    pub fn new(vs: &nn::Path, cfg: ResNetConfig) -> Result<Self> {
+        cfg.validate()?;
+        let conv1 = if cfg.small_stem { conv(vs / "conv1", 3, 64, 3, 1, 1) } else { conv(vs / "conv1", 3, 64, 7, 2, 3) };
+        let bn1 = bn(vs / "bn1", 64, false);
+        let act1 = Activation::new(vs / "act1", cfg.act);
+        let mut c_in = 64;
+        let mut stages = Vec::with_capacity(4);
+        for (s, &blocks) in cfg.arch.layers().iter().enumerate() {
+            let planes = 64 << s;
+            let layer = vs / format!("layer{}", s + 1);
+            let mut stage = Vec::with_capacity(blocks);
+            for b in 0..blocks {
+                let stride = if s > 0 && b == 0 { 2 } else { 1 };
+                let (block, c_out) = Block::new(&layer / b, &cfg, c_in, planes, stride);
+                c_in = c_out;
+                stage.push(block);
+            }
+            stages.push(stage);
+        }
+        let fc = nn::linear(vs / "fc", c_in, cfg.num_classes, Default::default());
+        Ok(Self { cfg, conv1, bn1, act1, stages, fc })
+    }
+
+    pub fn config(&self) -> &ResNetConfig {
+        &self.cfg
+    }
+
+    /// Logits for an NCHW float batch.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward_observed(x, train, &mut |_, _| {})
+    }
+
+    /// Logits, calling `observe(site, output)` after every activation site, in forward order
+    /// (the names of `ResNetConfig::activation_sites`). Used by the stability monitors.
+    pub fn forward_observed(&self, x: &Tensor, train: bool, observe: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+        let mut h = self.act1.forward(&self.bn1.forward_t(&x.apply(&self.conv1), train));
+        observe("act1", &h);
+        if !self.cfg.small_stem {
+            h = h.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        }
+        for (s, stage) in self.stages.iter().enumerate() {
+            for (b, block) in stage.iter().enumerate() {
+                h = block.forward(&h, train, &mut |a, t| observe(&format!("layer{}.{b}.act{}", s + 1, a + 1), t));
+            }
+        }
+        h.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
+    }
+}
+
+/// Which optimiser parameter group a parameter belongs to (weight decay policy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamGroup {
+    /// Conv and fc weights: weight decay applies.
+    Decay,
+    /// BN gammas/betas and biases: no weight decay (timm's and torchvision's practice).
+    NoDecay,
+    /// PolyCom coefficients: their own group, no weight decay by default.
+    Activation,
+}
+
+/// Classifies a parameter by its torchvision-style name and rank.
+pub fn param_group(name: &str, shape: &[i64]) -> ParamGroup {
+    let is_act = name.split('.').any(|seg| seg.starts_with("act") && seg[3..].chars().all(|c| c.is_ascii_digit()));
+    if is_act {
+        ParamGroup::Activation
+    } else if shape.len() <= 1 {
+        ParamGroup::NoDecay
+    } else {
+        ParamGroup::Decay
+    }
+}
+
+/// Trainable parameter count of a model built from `cfg` (without building it).
+pub fn count_params(vs: &nn::VarStore) -> i64 {
+    vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+}
+
+/// Whether the activation kind has learnable parameters.
+pub fn has_act_params(kind: ActKind) -> bool {
+    kind != ActKind::Relu
+}

@@ -1,0 +1,184 @@
+//! Model weights as safetensors (f32) under torchvision's key names plus the activation keys
+//! (`act1.weight`, `layer1.0.act3.bias`, ...). The model's shape-defining config travels in the
+//! file's `__metadata__`, so `predict`/`eval` need no re-typed flags. Loading is strict: missing,
+//! unexpected or mis-shaped keys fail with a report that lists them.
+
+use super::activation::{ActConfig, ActKind};
+use super::resnet::{Arch, ResNetConfig};
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use tch::{nn, Kind, Tensor};
+
+/// Metadata key holding the model config as JSON.
+pub const META_MODEL: &str = "resnet_train.model";
+/// Metadata key holding the class names as a JSON array (optional).
+pub const META_CLASSES: &str = "resnet_train.class_names";
+/// Buffers torchvision state_dicts carry that this implementation does not track.
+const IGNORED_SUFFIXES: [&str; 1] = [".num_batches_tracked"];
+
+/// A weights file in memory: tensors by name (on CPU, as stored) and the metadata.
+pub struct WeightsFile {
+    pub tensors: BTreeMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F64 => Kind::Double,
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::U8 => Kind::Uint8,
+        _ => return None,
+    })
+}
+
+/// Reads every tensor and the metadata of a safetensors file.
+pub fn read(path: &Path) -> Result<WeightsFile> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::file(path, format!("not a valid safetensors file ({e})")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::file(path, format!("not a valid safetensors file ({e})")))?;
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let kind = kind_of(view.dtype())
+            .ok_or_else(|| Error::file(path, format!("tensor {name} has unsupported dtype {:?}", view.dtype())))?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
+        tensors.insert(name, t);
+    }
+    let metadata = meta.metadata().clone().unwrap_or_default();
+    Ok(WeightsFile { tensors, metadata })
+}
+
+/// Writes tensors (as f32, except integer buffers) and metadata atomically.
+pub fn write(path: &Path, tensors: &BTreeMap<String, Tensor>, metadata: HashMap<String, String>) -> Result<()> {
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.detach().to_device(tch::Device::Cpu);
+        let (t, dtype, width) = match t.kind() {
+            Kind::Int64 => (t, Dtype::I64, 8),
+            _ => (t.to_kind(Kind::Float), Dtype::F32, 4),
+        };
+        let t = t.contiguous();
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        let mut data = vec![0u8; t.numel() * width];
+        t.f_copy_data_u8(&mut data, t.numel())?;
+        owned.push((name.clone(), dtype, shape, data));
+    }
+    let mut views = Vec::with_capacity(owned.len());
+    for (name, dtype, shape, data) in &owned {
+        let view = TensorView::new(*dtype, shape.clone(), data)
+            .map_err(|e| Error::file(path, format!("tensor {name}: {e}")))?;
+        views.push((name.as_str(), view));
+    }
+    let bytes = safetensors::serialize(views, &Some(metadata))
+        .map_err(|e| Error::file(path, format!("cannot serialise: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// Saves a model's variables (parameters and BN running statistics) with its config.
+pub fn save_model(path: &Path, vs: &nn::VarStore, cfg: &ResNetConfig, class_names: Option<&[String]>) -> Result<()> {
+    let tensors: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    let mut meta = HashMap::new();
+    meta.insert(META_MODEL.to_string(), serde_json::to_string(cfg).expect("config serialises"));
+    meta.insert("format".to_string(), "pt".to_string()); // what safetensors' torch loader expects
+    if let Some(names) = class_names {
+        meta.insert(META_CLASSES.to_string(), serde_json::to_string(names).expect("names serialise"));
+    }
+    write(path, &tensors, meta)
+}
+
+impl WeightsFile {
+    /// The model config: from the metadata when present, else inferred from the keys and shapes
+    /// (so a converted torchvision `resnetXX` state_dict loads as a ReLU model).
+    pub fn model_config(&self, path: &Path) -> Result<ResNetConfig> {
+        if let Some(json) = self.metadata.get(META_MODEL) {
+            let cfg: ResNetConfig = serde_json::from_str(json)
+                .map_err(|e| Error::file(path, format!("bad {META_MODEL} metadata: {e}")))?;
+            cfg.validate().map_err(|e| Error::file(path, e.to_string()))?;
+            return Ok(cfg);
+        }
+        self.infer_config().map_err(|msg| Error::file(path, format!("no {META_MODEL} metadata, and {msg}")))
+    }
+
+    pub fn class_names(&self) -> Option<Vec<String>> {
+        self.metadata.get(META_CLASSES).and_then(|s| serde_json::from_str(s).ok())
+    }
+
+    fn infer_config(&self) -> std::result::Result<ResNetConfig, String> {
+        let fc = self.tensors.get("fc.weight").ok_or("it has no fc.weight, so it is not a ResNet")?;
+        let conv1 = self.tensors.get("conv1.weight").ok_or("it has no conv1.weight, so it is not a ResNet")?;
+        let bottleneck = self.tensors.contains_key("layer1.0.conv3.weight");
+        let mut layers = [0usize; 4];
+        for (s, n) in layers.iter_mut().enumerate() {
+            while self.tensors.contains_key(&format!("layer{}.{}.conv1.weight", s + 1, *n)) {
+                *n += 1;
+            }
+        }
+        let arch = Arch::all()
+            .into_iter()
+            .find(|a| a.layers() == layers && a.bottleneck() == bottleneck)
+            .ok_or_else(|| format!("its blocks per stage {layers:?} match no known ResNet"))?;
+        if self.tensors.keys().any(|k| k.contains(".act") || k.starts_with("act")) {
+            return Err("it has activation parameters, so its activation kind is ambiguous".into());
+        }
+        let mut cfg = ResNetConfig::new(arch, ActConfig::new(ActKind::Relu, 1));
+        cfg.num_classes = fc.size()[0];
+        cfg.small_stem = conv1.size().get(2) == Some(&3);
+        Ok(cfg)
+    }
+}
+
+/// Copies `file`'s tensors into the model's variables. Fails, listing every problem, when a key is
+/// missing, unexpected, or has the wrong shape; nothing is copied then.
+pub fn load_into(vs: &mut nn::VarStore, file: &WeightsFile, path: &Path) -> Result<()> {
+    let vars = vs.variables();
+    let mut missing: Vec<&str> = vars.keys().filter(|k| !file.tensors.contains_key(*k)).map(|k| k.as_str()).collect();
+    let mut unexpected: Vec<&str> = file
+        .tensors
+        .keys()
+        .filter(|k| !vars.contains_key(*k) && !IGNORED_SUFFIXES.iter().any(|s| k.ends_with(s)))
+        .map(|k| k.as_str())
+        .collect();
+    let mut mis_shaped: Vec<String> = file
+        .tensors
+        .iter()
+        .filter_map(|(k, t)| {
+            let v = vars.get(k)?;
+            (v.size() != t.size()).then(|| format!("{k}: file {:?}, model {:?}", t.size(), v.size()))
+        })
+        .collect();
+    if !(missing.is_empty() && unexpected.is_empty() && mis_shaped.is_empty()) {
+        missing.sort();
+        unexpected.sort();
+        mis_shaped.sort();
+        let mut report = String::new();
+        let mut section = |title: &str, items: Vec<String>| {
+            if !items.is_empty() {
+                report.push_str(&format!("  {title} ({}):\n", items.len()));
+                for i in items {
+                    report.push_str(&format!("    {i}\n"));
+                }
+            }
+        };
+        section("missing keys", missing.iter().map(|s| s.to_string()).collect());
+        section("unexpected keys", unexpected.iter().map(|s| s.to_string()).collect());
+        section("shape mismatches", mis_shaped);
+        return Err(Error::KeyMismatch { path: path.to_path_buf(), report: report.trim_end().to_string() });
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (name, var) in vars {
+            let src = &file.tensors[&name];
+            let mut var = var;
+            var.f_copy_(&src.f_to_kind(var.kind())?.f_to_device(var.device())?)?;
+        }
+        Ok(())
+    })
+}

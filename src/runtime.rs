@@ -1,0 +1,34 @@
+//! Process start-up and device selection.
+
+use crate::error::{Error, Result};
+use tch::Device;
+
+/// Call once at start-up, before any CUDA query: makes libtorch's CUDA backend available when
+/// the machine has it (see `ffi::load_cuda_library`).
+pub fn init() {
+    crate::ffi::load_cuda_library();
+}
+
+/// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available, else CPU).
+pub fn parse_device(s: &str) -> Result<Device> {
+    let bad = || Error::Usage(format!("--device {s:?}: expected cpu, cuda, cuda:N or auto"));
+    let device = match s {
+        "auto" => return Ok(Device::cuda_if_available()),
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        _ => match s.strip_prefix("cuda:") {
+            Some(n) => Device::Cuda(n.parse().map_err(|_| bad())?),
+            None => return Err(bad()),
+        },
+    };
+    if let Device::Cuda(n) = device {
+        let count = tch::Cuda::device_count();
+        if n as i64 >= count {
+            return Err(Error::Usage(format!(
+                "--device {s}: {} (is this a CPU-only libtorch, or LD_LIBRARY_PATH missing the CUDA libraries?)",
+                if count == 0 { "no CUDA device is available".to_string() } else { format!("only {count} CUDA device(s)") }
+            )));
+        }
+    }
+    Ok(device)
+}
