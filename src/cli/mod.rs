@@ -1,5 +1,6 @@
 //! Command-line interface: one file per subcommand, each turning flags into one library call.
 pub mod init;
+pub mod make_demo_data;
 pub mod predict;
 
 use crate::model::{ActConfig, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
@@ -18,6 +19,8 @@ pub enum Command {
     Init(init::InitArgs),
     /// Classify images with a model file (torchvision's ResNet eval preprocessing).
     Predict(predict::PredictArgs),
+    /// Write the embedded default dataset (10 procedural classes, real JPEG files) as an ImageFolder.
+    MakeDemoData(make_demo_data::MakeDemoDataArgs),
 }
 
 /// The flags that define a model's shape and initial values.
@@ -63,5 +66,6 @@ pub fn run(cli: Cli) -> crate::error::Result<()> {
     match cli.command {
         Command::Init(a) => init::run(a),
         Command::Predict(a) => predict::run(a),
+        Command::MakeDemoData(a) => make_demo_data::run(a),
     }
 }

@@ -90,7 +90,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let k = args.topk.min(cfg.num_classes);
     let mut failures = 0;
     for path in &args.images {
-        let input = match decode::decode_file(path).and_then(|img| transform::eval_tensor(&img, args.resize, args.crop)) {
+        let input = match decode::decode_file(path).and_then(|img| transform::eval_uint8(&img, args.resize, args.crop)) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -98,7 +98,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
                 continue;
             }
         };
-        let logits = tch::no_grad(|| model.forward_t(&input.unsqueeze(0).to_device(device), false))
+        let logits = tch::no_grad(|| model.forward_t(&transform::normalize(&input.unsqueeze(0).to_device(device)), false))
             .squeeze_dim(0)
             .to_kind(Kind::Float)
             .to_device(tch::Device::Cpu);

@@ -1,3 +1,4 @@
 //! Images in: decoding and torchvision-compatible transforms.
 pub mod decode;
+pub mod synthetic;
 pub mod transform;

@@ -25,10 +25,10 @@ pub fn center_crop_offset(input: usize, output: usize) -> usize {
     ((input as f64 - output as f64) / 2.0).round_ties_even().max(0.0) as usize
 }
 
-/// Eval preprocessing of one image to a normalised float CHW tensor of `crop x crop`, with the
-/// resize target `resize` (256 for 224 at crop_pct 0.875). Pixels are rounded back to uint8
-/// after the resize, as PIL does.
-pub fn eval_tensor(img: &RgbImage, resize: usize, crop: usize) -> Result<Tensor> {
+/// Eval preprocessing of one image up to uint8: a CHW `crop x crop` tensor, with the resize
+/// target `resize` (256 for 224 at crop_pct 0.875). Pixels are rounded back to uint8 after the
+/// antialiased bilinear resize, as PIL does.
+pub fn eval_uint8(img: &RgbImage, resize: usize, crop: usize) -> Result<Tensor> {
     let hwc = Tensor::f_from_data_size(&img.pixels, &[img.height as i64, img.width as i64, 3], Kind::Uint8)?;
     let chw = hwc.f_permute([2, 0, 1])?.f_to_kind(Kind::Float)?.f_unsqueeze(0)?;
     let (h, w) = resize_shorter_side(img.height, img.width, resize);
@@ -38,7 +38,13 @@ pub fn eval_tensor(img: &RgbImage, resize: usize, crop: usize) -> Result<Tensor>
         .f_clamp(0.0, 255.0)?;
     let (top, left) = (center_crop_offset(h, crop), center_crop_offset(w, crop));
     let cropped = resized.f_narrow(2, top as i64, crop as i64)?.f_narrow(3, left as i64, crop as i64)?;
-    let mean = Tensor::from_slice(&IMAGENET_MEAN).to_kind(Kind::Float).view([1, 3, 1, 1]) * 255.0;
-    let std = Tensor::from_slice(&IMAGENET_STD).to_kind(Kind::Float).view([1, 3, 1, 1]) * 255.0;
-    Ok(((cropped - mean) / std).squeeze_dim(0))
+    Ok(cropped.f_squeeze_dim(0)?.f_to_kind(Kind::Uint8)?)
+}
+
+/// ToTensor + Normalize(ImageNet mean/std) of a uint8 NCHW or CHW batch, on its device.
+pub fn normalize(x: &Tensor) -> Tensor {
+    let shape: &[i64] = if x.dim() == 4 { &[1, 3, 1, 1] } else { &[3, 1, 1] };
+    let mean = (Tensor::from_slice(&IMAGENET_MEAN) * 255.0).to_kind(Kind::Float).view(shape).to_device(x.device());
+    let std = (Tensor::from_slice(&IMAGENET_STD) * 255.0).to_kind(Kind::Float).view(shape).to_device(x.device());
+    (x.to_kind(Kind::Float) - mean) / std
 }

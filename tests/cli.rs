@@ -1,0 +1,85 @@
+//! The user commands `init` and `predict`, run as a user runs them.
+
+mod common;
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(common::bin()).args(args).output().expect("binary runs");
+    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), s(&out.stdout), s(&out.stderr))
+}
+
+#[test]
+fn init_then_predict_json_on_real_images() {
+    let Some(shared) = common::shared("init_then_predict_json_on_real_images") else { return };
+    let dir = common::tmpdir();
+    let w = dir.path().join("r18.safetensors");
+    let w = w.to_str().unwrap();
+    let (code, out, err) = run(&["init", "--arch", "resnet18", "--act", "polynorm", "--order", "2", "--seed", "3", "--out", w]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("11689512") || out.contains(&format!("{}", 11_689_512 + 17 * 3)), "{out}");
+
+    let imgs = shared.join("data/imagenet-samples");
+    let a = imgs.join("n01440764_tench.JPEG");
+    let b = imgs.join("n02096051_Airedale.JPEG");
+    let classes = shared.join("data/imagenet-meta/LOC_synset_mapping.txt");
+    let (code, out, err) = run(&[
+        "predict", "--checkpoint", w, "--classes", classes.to_str().unwrap(), "--topk", "3", "--json",
+        a.to_str().unwrap(), b.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for (line, img) in lines.iter().zip([&a, &b]) {
+        assert_eq!(line["file"], img.to_str().unwrap());
+        let idx = line["top_indices"].as_array().unwrap();
+        let probs: Vec<f64> = line["top_probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
+        let logits: Vec<f64> = line["logits"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
+        assert_eq!((idx.len(), probs.len(), logits.len()), (3, 3, 1000));
+        assert!(probs.windows(2).all(|p| p[0] >= p[1]), "sorted");
+        // Probabilities are the softmax of the logits.
+        let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+        let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+        let top = idx[0].as_u64().unwrap() as usize;
+        assert!(((logits[top] - max).exp() / z - probs[0]).abs() < 1e-5);
+        assert_eq!(line["top_names"].as_array().unwrap().len(), 3);
+    }
+    // Plain output names the file and classes.
+    let (code, out, _) = run(&["predict", "--checkpoint", w, a.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("n01440764_tench.JPEG") && out.contains("p="), "{out}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error_not_a_panic() {
+    let dir = common::tmpdir();
+    let w = dir.path().join("m.safetensors");
+    let w = w.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["init", "--arch", "resnet51", "--out", w], "resnet51"),
+        (vec!["init", "--act", "gelu", "--out", w], "gelu"),
+        (vec!["init", "--act", "polynorm", "--order", "0", "--out", w], "1..=8"),
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(err.contains(needle) && !err.contains("panicked"), "{err}");
+    }
+    let (code, _, err) = run(&["init", "--arch", "resnet18", "--num-classes", "4", "--out", w]);
+    assert_eq!(code, 0, "{err}");
+    let junk = dir.path().join("junk.JPEG");
+    std::fs::write(&junk, b"\xff\xd8\xff not really a jpeg").unwrap();
+    let empty = dir.path().join("empty.jpg");
+    std::fs::write(&empty, b"").unwrap();
+    for img in [&junk, &empty, &dir.path().join("absent.png")] {
+        let (code, _, err) = run(&["predict", "--checkpoint", w, img.to_str().unwrap()]);
+        assert_ne!(code, 0);
+        assert!(err.contains(img.file_name().unwrap().to_str().unwrap()) && !err.contains("panicked"), "{err}");
+    }
+    let (code, _, err) = run(&["predict", "--checkpoint", junk.to_str().unwrap(), empty.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("junk.JPEG") && err.contains("safetensors") && !err.contains("panicked"), "{err}");
+    let (code, _, err) = run(&["predict", "--checkpoint", w, "--device", "cuda:7", empty.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--device") && !err.contains("panicked"), "{err}");
+}

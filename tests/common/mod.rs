@@ -1,0 +1,107 @@
+//! Shared test helpers: golden files, the deterministic weight formula mirrored from
+//! tests/golden/make_golden.py, and ../shared lookup (tests skip loudly without it).
+#![allow(dead_code)]
+
+use resnet_train::model::{ActInit, ResNetConfig};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{nn, Kind, Tensor};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn golden(name: &str) -> BTreeMap<String, Tensor> {
+    resnet_train::model::weights::read(&repo().join("tests/golden").join(name)).expect("golden file reads").tensors
+}
+
+/// `../shared` when present; otherwise prints a loud SKIP line and returns None.
+pub fn shared(test: &str) -> Option<PathBuf> {
+    let p = repo().join("../shared");
+    if p.join("data").is_dir() {
+        Some(p)
+    } else {
+        eprintln!("SKIP {test}: ../shared is absent (a fresh clone has none); this test did not run");
+        None
+    }
+}
+
+fn fnv1a(name: &str) -> i64 {
+    let mut h: u32 = 0x811C9DC5;
+    for b in name.bytes() {
+        h = (h ^ b as u32).wrapping_mul(0x01000193);
+    }
+    h as i64
+}
+
+/// ((j * 2654435761 + fnv1a(name)) mod 2^32) / 2^32 - 0.5, exact in f64, as make_golden.py.
+pub fn det_values(name: &str, shape: &[i64]) -> Tensor {
+    let n: i64 = shape.iter().product();
+    let j = Tensor::arange(n, (Kind::Int64, tch::Device::Cpu));
+    let u = (j * 2654435761i64 + fnv1a(name)).remainder(4294967296i64).to_kind(Kind::Double) / 4294967296.0 - 0.5;
+    u.reshape(shape)
+}
+
+/// The value every golden model uses for variable `name` (f32), as make_golden.py's det_tensor.
+pub fn det_tensor(name: &str, shape: &[i64], order: i64, init: ActInit) -> Tensor {
+    let u = det_values(name, shape);
+    let leaf = name.rsplit('.').next().unwrap_or(name);
+    let is_act = name.split('.').any(|s| s.starts_with("act") && s[3..].chars().all(|c| c.is_ascii_digit()));
+    if is_act {
+        if leaf == "bias" {
+            return Tensor::zeros(shape, (Kind::Float, tch::Device::Cpu));
+        }
+        let w: Vec<f64> = (0..order)
+            .map(|i| match init {
+                ActInit::ReluLike => (i == 0) as i64 as f64,
+                ActInit::Paper => 1.0 / order as f64,
+            })
+            .collect();
+        return Tensor::from_slice(&w).to_kind(Kind::Float);
+    }
+    let out = if shape.len() > 1 {
+        let fan_in: i64 = shape[1..].iter().product();
+        u * (24.0 / fan_in as f64).sqrt()
+    } else if leaf == "running_var" {
+        u * 0.5 + 1.0
+    } else if leaf == "weight" {
+        u * 0.2 + 1.0
+    } else {
+        u * 0.1
+    };
+    out.to_kind(Kind::Float)
+}
+
+pub fn det_input() -> Tensor {
+    (det_values("input", &[2, 3, 64, 64]) * 4.0).to_kind(Kind::Float)
+}
+
+/// Sets every variable of a model built from `cfg` to its deterministic value.
+pub fn fill_deterministic(vs: &nn::VarStore, cfg: &ResNetConfig) {
+    tch::no_grad(|| {
+        for (name, mut var) in vs.variables() {
+            var.copy_(&det_tensor(&name, &var.size(), cfg.act.order, cfg.act.init));
+        }
+    });
+}
+
+/// max |a - b| / max |b|.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_kind(Kind::Double);
+    let b = b.to_kind(Kind::Double);
+    let num = (&a - &b).abs().max().double_value(&[]);
+    let den = b.abs().max().double_value(&[]).max(1e-30);
+    num / den
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_resnet-train")
+}
+
+pub fn tmpdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

@@ -1,0 +1,168 @@
+"""Generates the committed golden files from ../shared/reference/polycom.py (needs torch==2.11.0,
+torchvision==0.26.0, safetensors). Rerun from the repo root:
+
+  python tests/golden/make_golden.py generate      # writes tests/golden/*.safetensors, *.json
+  python tests/golden/make_golden.py check W.safetensors   # strict-loads a resnet-train file into
+                                                           # PolyResNet and prints its logits check
+
+Model weights are not stored: both sides derive them from each tensor's name with the exact
+integer formula in `det_values` (mirrored in tests/common/mod.rs), so the files stay small.
+"""
+import json
+import math
+import os
+import sys
+
+import torch
+import torchvision
+from safetensors.torch import load_file, save_file
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "shared", "reference"))
+import polycom  # noqa: E402
+
+INPUT_SHAPE = (2, 3, 64, 64)
+CASES = [  # (arch, act, act_init)
+    ("resnet50", "relu", "paper"),
+    ("resnet50", "polyrelu", "relu-like"),
+    ("resnet50", "polynorm", "paper"),
+    ("resnet18", "polynorm", "paper"),
+]
+
+
+def fnv1a(name):
+    h = 0x811C9DC5
+    for b in name.encode():
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def det_values(name, shape):
+    """Deterministic values in [-0.5, 0.5), exact in f64: ((j * 2654435761 + fnv1a(name)) mod 2^32) / 2^32 - 0.5."""
+    n = math.prod(shape)
+    j = torch.arange(n, dtype=torch.int64)
+    u = torch.remainder(j * 2654435761 + fnv1a(name), 2**32).to(torch.float64) / 2**32 - 0.5
+    return u.reshape(shape)
+
+
+def det_tensor(name, shape, order, act_init):
+    """The value every test model uses for the variable `name` (f32)."""
+    u = det_values(name, shape)
+    leaf = name.rsplit(".", 1)[-1]
+    is_act = any(s.startswith("act") and s[3:].isdigit() for s in name.split("."))
+    if is_act:
+        if leaf == "bias":
+            return torch.zeros(shape, dtype=torch.float32)
+        w = torch.zeros(order, dtype=torch.float64)
+        if act_init == "relu-like":
+            w[0] = 1.0
+        else:
+            w[:] = 1.0 / order
+        return w.float()
+    if len(shape) > 1:
+        fan_in = math.prod(shape[1:])
+        return (u * math.sqrt(24.0 / fan_in)).float()
+    if leaf == "running_var":
+        return (1.0 + 0.5 * u).float()
+    if leaf == "weight":  # BN gamma
+        return (1.0 + 0.2 * u).float()
+    return (0.1 * u).float()  # BN beta, running_mean, fc.bias
+
+
+def det_input():
+    return (4.0 * det_values("input", INPUT_SHAPE)).float()
+
+
+def fill(model, order, act_init):
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            t.copy_(det_tensor(name, tuple(t.shape), order, act_init))
+
+
+def build(arch, act, act_init, order=3):
+    m = polycom.PolyResNet(arch, act, order)
+    fill(m, order, act_init)
+    return m
+
+
+def logits(m, train):
+    m.train(train)
+    with torch.no_grad():
+        return m(det_input())
+
+
+def generate():
+    polycom.golden(os.path.join(HERE, "activations.safetensors"))
+    out, keys = {}, {}
+    for arch, act, act_init in CASES:
+        m = build(arch, act, act_init)
+        tag = f"{arch}.{act}"
+        out[f"{tag}.eval"] = logits(m, False)
+        out[f"{tag}.train"] = logits(m, True)  # after eval: train mode updates the running stats
+        keys[tag] = {k: list(v.shape) for k, v in m.state_dict().items() if not k.endswith("num_batches_tracked")}
+        if act == "relu":  # the same weights in torchvision's own model give the same logits
+            tv = getattr(torchvision.models, arch)()
+            tv.load_state_dict(build(arch, act, act_init).state_dict(), strict=True)  # before train-mode stats
+            tv.eval()
+            with torch.no_grad():
+                assert torch.allclose(tv(det_input()), out[f"{tag}.eval"], rtol=0, atol=1e-5)
+            keys[f"{arch}.torchvision"] = {k: list(v.shape) for k, v in tv.state_dict().items()
+                                           if not k.endswith("num_batches_tracked")}
+    out["input"] = det_input()
+    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(HERE, "model_logits.safetensors"))
+    with open(os.path.join(HERE, "state_dict_keys.json"), "w") as f:
+        f.write("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(keys.items())) + "\n}\n")
+    print("wrote model_logits.safetensors and state_dict_keys.json")
+    preprocess()
+
+
+PREPROCESS_IMAGES = [  # typical, grayscale, tiny (upscaled), large, EXIF orientation 6 (ignored), ...
+    "n01440764_tench.JPEG", "n02096051_Airedale.JPEG", "n01871265_tusker.JPEG",
+    "n02091032_Italian_greyhound.JPEG", "n02951585_can_opener.JPEG", "n03866082_overskirt.JPEG",
+    "n02692877_airship.JPEG", "n03843555_oil_filter.JPEG", "n04254680_soccer_ball.JPEG",
+]
+PATCH = 16  # ImageNet pixels are not committed: only 16x16 patches at fixed spots and channel means
+PATCH_SPOTS = [(0, 0), (0, 224 - PATCH), (104, 104), (224 - PATCH, 0), (224 - PATCH, 224 - PATCH), (50, 150)]
+
+
+def preprocess():
+    """torchvision's ResNet eval transform up to uint8 (Resize(256) + CenterCrop(224) on the PIL
+    image torchvision's default loader makes) for real ImageNet files from ../shared, reduced to
+    a few patches and the channel means."""
+    from PIL import Image
+    from torchvision import transforms as T
+    folder = os.path.join(HERE, "..", "..", "..", "shared", "data", "imagenet-samples")
+    tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])
+    out = {}
+    for name in PREPROCESS_IMAGES:
+        with open(os.path.join(folder, name), "rb") as f:
+            img = Image.open(f).convert("RGB")
+        x = tf(img)
+        out[f"eval224.{name}.patches"] = torch.stack([x[:, r:r + PATCH, c:c + PATCH] for r, c in PATCH_SPOTS]).contiguous()
+        out[f"eval224.{name}.mean"] = x.double().mean(dim=(1, 2))
+    out["patch_spots"] = torch.tensor(PATCH_SPOTS, dtype=torch.int64)
+    save_file(out, os.path.join(HERE, "preprocess.safetensors"))
+    print("wrote preprocess.safetensors")
+
+
+def check(path):
+    """Strict-loads a resnet-train file into PolyResNet; prints JSON logits for the det input."""
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        meta = json.loads(f.metadata()["resnet_train.model"])
+    sd = load_file(path)
+    act = meta["act"]
+    m = polycom.PolyResNet(meta["arch"], act["kind"], act["order"], act.get("axis", "channel"), meta["num_classes"])
+    m.load_state_dict(sd, strict=True)
+    print(json.dumps({"eval": logits(m, False).flatten().tolist()}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["generate"]:
+        generate()
+    elif sys.argv[1:2] == ["check"] and len(sys.argv) == 3:
+        check(sys.argv[2])
+    else:
+        print(__doc__)

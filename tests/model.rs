@@ -1,0 +1,162 @@
+//! The ResNet family against torchvision and the reference PolyResNet: parameter counts, key names
+//! and shapes, and logits for the same (deterministically derived) weights and input.
+
+mod common;
+
+use resnet_train::model::resnet::{count_params, param_group};
+use resnet_train::model::{ActConfig, ActInit, ActKind, Arch, ParamGroup, ResNet, ResNetConfig};
+use std::collections::BTreeMap;
+use tch::{nn, Device, Kind, Tensor};
+
+fn cfg(arch: Arch, kind: ActKind) -> ResNetConfig {
+    ResNetConfig::new(arch, ActConfig::new(kind, 3))
+}
+
+fn build(cfg: ResNetConfig) -> (nn::VarStore, ResNet) {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = ResNet::new(&vs.root(), cfg).expect("valid config");
+    (vs, m)
+}
+
+#[test]
+fn parameter_counts_match_torchvision() {
+    // torchvision.models.resnetXX() parameter counts.
+    let expected = [
+        (Arch::Resnet18, 11_689_512, 17),
+        (Arch::Resnet34, 21_797_672, 33),
+        (Arch::Resnet50, 25_557_032, 49),
+        (Arch::Resnet101, 44_549_160, 100),
+        (Arch::Resnet152, 60_192_808, 151),
+    ];
+    for (arch, n, sites) in expected {
+        let (vs, _) = build(cfg(arch, ActKind::Relu));
+        assert_eq!(count_params(&vs), n, "{arch:?} relu");
+        for kind in [ActKind::Polyrelu, ActKind::Polynorm] {
+            let c = cfg(arch, kind);
+            assert_eq!(c.activation_sites().len(), sites, "{arch:?} sites");
+            if arch == Arch::Resnet50 || arch == Arch::Resnet18 {
+                let (vs, _) = build(c);
+                assert_eq!(count_params(&vs), n + sites as i64 * 4, "{arch:?} {kind:?}: 4 scalars per site");
+            }
+        }
+    }
+    let (vs, _) = build(cfg(Arch::Resnet50, ActKind::Polynorm));
+    assert_eq!(count_params(&vs), 25_557_032 + 196);
+}
+
+fn reference_keys() -> BTreeMap<String, BTreeMap<String, Vec<i64>>> {
+    let text = std::fs::read_to_string(common::repo().join("tests/golden/state_dict_keys.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn our_keys(vs: &nn::VarStore) -> BTreeMap<String, Vec<i64>> {
+    vs.variables().into_iter().map(|(k, v)| (k, v.size())).collect()
+}
+
+#[test]
+fn keys_and_shapes_match_torchvision_and_reference() {
+    let refs = reference_keys();
+    let (vs, _) = build(cfg(Arch::Resnet50, ActKind::Relu));
+    assert_eq!(our_keys(&vs), refs["resnet50.torchvision"], "relu ResNet-50 vs torchvision state_dict");
+    assert_eq!(our_keys(&vs), refs["resnet50.relu"]);
+    for (tag, arch, kind) in [
+        ("resnet50.polyrelu", Arch::Resnet50, ActKind::Polyrelu),
+        ("resnet50.polynorm", Arch::Resnet50, ActKind::Polynorm),
+        ("resnet18.polynorm", Arch::Resnet18, ActKind::Polynorm),
+    ] {
+        let (vs, _) = build(cfg(arch, kind));
+        assert_eq!(our_keys(&vs), refs[tag], "{tag}");
+    }
+}
+
+#[test]
+fn logits_match_reference_for_the_same_weights() {
+    let g = common::golden("model_logits.safetensors");
+    let input = common::det_input();
+    assert_eq!(common::rel_err(&input, &g["input"]), 0.0, "the deterministic formula differs from make_golden.py");
+    for (tag, arch, kind, init) in [
+        ("resnet50.relu", Arch::Resnet50, ActKind::Relu, ActInit::Paper),
+        ("resnet50.polyrelu", Arch::Resnet50, ActKind::Polyrelu, ActInit::ReluLike),
+        ("resnet50.polynorm", Arch::Resnet50, ActKind::Polynorm, ActInit::Paper),
+        ("resnet18.polynorm", Arch::Resnet18, ActKind::Polynorm, ActInit::Paper),
+    ] {
+        let mut c = cfg(arch, kind);
+        c.act.init = init;
+        let (vs, model) = build(c);
+        common::fill_deterministic(&vs, &c);
+        // Eval first, then train: train mode updates the running statistics, as in make_golden.py.
+        for mode in ["eval", "train"] {
+            let logits = tch::no_grad(|| model.forward_t(&input, mode == "train"));
+            let err = common::rel_err(&logits, &g[&format!("{tag}.{mode}")]);
+            assert!(err < 1e-4, "{tag} {mode}: relative error {err:e}");
+        }
+    }
+}
+
+#[test]
+fn observer_sees_every_site_in_order() {
+    let c = cfg(Arch::Resnet18, ActKind::Polynorm);
+    let (_vs, model) = build(c);
+    let mut seen = Vec::new();
+    let x = Tensor::randn([1, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let _ = tch::no_grad(|| model.forward_observed(&x, false, &mut |site, _| seen.push(site.to_string())));
+    assert_eq!(seen, c.activation_sites());
+}
+
+#[test]
+fn small_stem_keeps_resolution_and_zero_init_residual_zeroes_last_bn() {
+    let mut c = cfg(Arch::Resnet50, ActKind::Relu);
+    c.small_stem = true;
+    c.zero_init_residual = true;
+    c.num_classes = 10;
+    let (vs, model) = build(c);
+    let vars = vs.variables();
+    assert_eq!(vars["conv1.weight"].size(), vec![64, 3, 3, 3]);
+    assert_eq!(vars["fc.weight"].size(), vec![10, 2048]);
+    assert_eq!(vars["layer2.3.bn3.weight"].abs().sum(Kind::Float).double_value(&[]), 0.0);
+    assert_eq!(vars["layer2.3.bn2.weight"].mean(Kind::Float).double_value(&[]), 1.0);
+    // With a small stem, a 32 px input reaches layer4 at 4x4; the logits have the right shape.
+    let mut shapes = Vec::new();
+    let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let y = tch::no_grad(|| {
+        model.forward_observed(&x, false, &mut |site, t| {
+            if site == "act1" || site == "layer4.2.act3" {
+                shapes.push(t.size())
+            }
+        })
+    });
+    assert_eq!(shapes, vec![vec![2, 64, 32, 32], vec![2, 2048, 4, 4]]);
+    assert_eq!(y.size(), vec![2, 10]);
+}
+
+#[test]
+fn torchvision_init_statistics() {
+    // kaiming_normal_(fan_out, relu): std = sqrt(2 / (out_channels * k * k)).
+    tch::manual_seed(0);
+    let (vs, _) = build(cfg(Arch::Resnet50, ActKind::Relu));
+    let w = &vs.variables()["layer3.0.conv2.weight"]; // 256 x 256 x 3 x 3
+    let std = w.std(true).double_value(&[]);
+    let want = (2.0f64 / (256.0 * 9.0)).sqrt();
+    assert!((std / want - 1.0).abs() < 0.02, "std {std} vs {want}");
+}
+
+#[test]
+fn parameter_groups() {
+    assert_eq!(param_group("layer1.0.conv1.weight", &[64, 64, 1, 1]), ParamGroup::Decay);
+    assert_eq!(param_group("fc.weight", &[1000, 2048]), ParamGroup::Decay);
+    assert_eq!(param_group("fc.bias", &[1000]), ParamGroup::NoDecay);
+    assert_eq!(param_group("layer1.0.bn1.weight", &[64]), ParamGroup::NoDecay);
+    assert_eq!(param_group("act1.weight", &[3]), ParamGroup::Activation);
+    assert_eq!(param_group("layer4.2.act3.bias", &[1]), ParamGroup::Activation);
+}
+
+#[test]
+fn invalid_configs_are_errors_not_panics() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut c = cfg(Arch::Resnet18, ActKind::Polynorm);
+    c.act.order = 9;
+    assert!(ResNet::new(&vs.root(), c).is_err());
+    let mut c = cfg(Arch::Resnet18, ActKind::Relu);
+    c.num_classes = 0;
+    assert!(ResNet::new(&vs.root(), c).unwrap_err().to_string().contains("--num-classes"));
+}
