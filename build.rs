@@ -23,9 +23,18 @@ fn main() {
         .warnings(false)
         .compile("resnet_train_shim");
 
+    // The libjpeg-API shim, against the libjpeg-turbo that turbojpeg-sys builds (`links = "turbojpeg"`).
+    let mut jpeg = cc::Build::new();
+    jpeg.file("src/ffi/jpeg_shim.c").warnings(false);
+    for dir in std::env::var("DEP_TURBOJPEG_INCLUDE").unwrap_or_default().split(',').filter(|d| !d.is_empty()) {
+        jpeg.include(dir);
+    }
+    jpeg.compile("resnet_train_jpeg_shim");
+
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
     println!("cargo:rustc-env=RESNET_TRAIN_LIBTORCH_LIB={}", lib_dir.display());
     println!("cargo:rerun-if-changed=src/ffi/shim.cpp");
     println!("cargo:rerun-if-changed=src/ffi/shim.h");
+    println!("cargo:rerun-if-changed=src/ffi/jpeg_shim.c");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
 }

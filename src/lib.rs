@@ -6,4 +6,5 @@ pub mod error;
 pub mod ffi;
 pub mod fsutil;
 pub mod model;
+pub mod rng;
 pub mod runtime;

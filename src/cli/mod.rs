@@ -1,4 +1,5 @@
 //! Command-line interface: one file per subcommand, each turning flags into one library call.
+pub mod bench_data;
 pub mod init;
 pub mod make_demo_data;
 pub mod predict;
@@ -21,6 +22,8 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Write the embedded default dataset (10 procedural classes, real JPEG files) as an ImageFolder.
     MakeDemoData(make_demo_data::MakeDemoDataArgs),
+    /// Measure the input pipeline's decode + augment throughput.
+    BenchData(bench_data::BenchDataArgs),
 }
 
 /// The flags that define a model's shape and initial values.
@@ -67,5 +70,6 @@ pub fn run(cli: Cli) -> crate::error::Result<()> {
         Command::Init(a) => init::run(a),
         Command::Predict(a) => predict::run(a),
         Command::MakeDemoData(a) => make_demo_data::run(a),
+        Command::BenchData(a) => bench_data::run(a),
     }
 }

@@ -1,7 +1,8 @@
 //! `resnet-train predict`: classify images with a model file. Architecture and activation come
 //! from the file's metadata.
 
-use crate::data::{decode, transform};
+use crate::data::transform;
+use crate::rng::SplitMix64;
 use crate::error::{Error, Result};
 use crate::model::{weights, ResNet};
 use std::path::{Path, PathBuf};
@@ -90,7 +91,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let k = args.topk.min(cfg.num_classes);
     let mut failures = 0;
     for path in &args.images {
-        let input = match decode::decode_file(path).and_then(|img| transform::eval_uint8(&img, args.resize, args.crop)) {
+        let eval = transform::Transform::Eval { size: args.crop, resize: args.resize };
+        let input = match transform::load_tensor(path, &eval, &mut SplitMix64::new(0)) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -1,4 +1,8 @@
-//! Images in: decoding and torchvision-compatible transforms.
+//! Images in: decoding, torchvision-compatible transforms, datasets, sampling and the loader.
+pub mod dataset;
 pub mod decode;
+pub mod loader;
+pub mod resize;
+pub mod sampler;
 pub mod synthetic;
 pub mod transform;

@@ -6,33 +6,11 @@
 //! and one class-defining pattern at a random position and scale.
 
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 use std::path::Path;
 
 pub const CLASSES: [&str; 10] =
     ["circle", "square", "triangle", "cross", "ring", "hstripes", "vstripes", "checker", "diagonal", "dots"];
-
-/// SplitMix64: a tiny, well-mixed PRNG, so the dataset is identical on every machine.
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.uniform()
-    }
-}
 
 fn colour(rng: &mut SplitMix64) -> [f64; 3] {
     [rng.range(0.0, 255.0), rng.range(0.0, 255.0), rng.range(0.0, 255.0)]

@@ -116,12 +116,20 @@ def generate():
         f.write("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(keys.items())) + "\n}\n")
     print("wrote model_logits.safetensors and state_dict_keys.json")
     preprocess()
+    fixtures()
 
 
 PREPROCESS_IMAGES = [  # typical, grayscale, tiny (upscaled), large, EXIF orientation 6 (ignored), ...
     "n01440764_tench.JPEG", "n02096051_Airedale.JPEG", "n01871265_tusker.JPEG",
     "n02091032_Italian_greyhound.JPEG", "n02951585_can_opener.JPEG", "n03866082_overskirt.JPEG",
     "n02692877_airship.JPEG", "n03843555_oil_filter.JPEG", "n04254680_soccer_ball.JPEG",
+]
+TRAIN_CROPS = [  # (file, (top, left, height, width), flip): full-resolution and DCT-scaled decodes
+    ("n01440764_tench.JPEG", (50, 100, 200, 300), False),
+    ("n01440764_tench.JPEG", (0, 0, 375, 500), True),
+    ("n02096051_Airedale.JPEG", (10, 37, 301, 250), True),
+    ("n02091032_Italian_greyhound.JPEG", (100, 200, 1200, 1500), False),
+    ("n01871265_tusker.JPEG", (3, 5, 40, 50), False),
 ]
 PATCH = 16  # ImageNet pixels are not committed: only 16x16 patches at fixed spots and channel means
 PATCH_SPOTS = [(0, 0), (0, 224 - PATCH), (104, 104), (224 - PATCH, 0), (224 - PATCH, 224 - PATCH), (50, 150)]
@@ -142,9 +150,45 @@ def preprocess():
         x = tf(img)
         out[f"eval224.{name}.patches"] = torch.stack([x[:, r:r + PATCH, c:c + PATCH] for r, c in PATCH_SPOTS]).contiguous()
         out[f"eval224.{name}.mean"] = x.double().mean(dim=(1, 2))
+    # Train: torchvision's resized_crop (PIL crop, then resize to 224) and hflip, at fixed crops.
+    for name, (top, left, h, w), flip in TRAIN_CROPS:
+        with open(os.path.join(folder, name), "rb") as f:
+            img = Image.open(f).convert("RGB")
+        x = T.functional.pil_to_tensor(T.functional.resized_crop(img, top, left, h, w, [224, 224]))
+        if flip:
+            x = x.flip(-1)
+        key = f"train224.{name}.{top}.{left}.{h}.{w}.{int(flip)}"
+        out[f"{key}.patches"] = torch.stack([x[:, r:r + PATCH, c:c + PATCH] for r, c in PATCH_SPOTS]).contiguous()
+        out[f"{key}.mean"] = x.double().mean(dim=(1, 2))
     out["patch_spots"] = torch.tensor(PATCH_SPOTS, dtype=torch.int64)
     save_file(out, os.path.join(HERE, "preprocess.safetensors"))
     print("wrote preprocess.safetensors")
+
+
+def fixtures():
+    """Small synthetic images in the formats real ImageNet holds (no ImageNet pixels): CMYK JPEG,
+    grayscale JPEG, a PNG named .JPEG, an RGB JPEG with an EXIF orientation tag."""
+    import numpy as np
+    from PIL import Image
+    d = os.path.join(HERE, "..", "fixtures")
+    os.makedirs(d, exist_ok=True)
+    g = torch.Generator().manual_seed(1)
+    base = (torch.rand(3, 48, 64, generator=g) * 255).to(torch.uint8)
+    base[:, 10:30, 20:50] = torch.tensor([200, 40, 90], dtype=torch.uint8)[:, None, None]
+    rgb = Image.fromarray(base.permute(1, 2, 0).numpy(), "RGB")
+    rgb.convert("CMYK").save(os.path.join(d, "cmyk.jpg"), quality=92)
+    rgb.convert("L").save(os.path.join(d, "gray.jpg"), quality=92)
+    rgb.save(os.path.join(d, "png_inside.JPEG"), format="PNG")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgb.save(os.path.join(d, "exif_rotated.jpg"), quality=92, exif=exif)
+    # What PIL (torchvision's loader) decodes each to, as RGB, for the decode test.
+    out = {}
+    for name in ("cmyk.jpg", "gray.jpg", "png_inside.JPEG", "exif_rotated.jpg"):
+        with open(os.path.join(d, name), "rb") as f:
+            out[name] = torch.from_numpy(np.array(Image.open(f).convert("RGB")))
+    save_file(out, os.path.join(HERE, "fixtures_decoded.safetensors"))
+    print("wrote tests/fixtures and fixtures_decoded.safetensors")
 
 
 def check(path):

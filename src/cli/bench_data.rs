@@ -1,0 +1,104 @@
+//! `resnet-train bench-data`: decode + augment throughput of the input pipeline, reading files
+//! from disk as training does.
+
+use crate::data::dataset::ImageFolder;
+use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::transform::Transform;
+use crate::error::{Error, Result};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchDataArgs {
+    /// An ImageFolder split (root/<class>/<image>) or a flat folder of images.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, value_enum, default_value = "train")]
+    pub mode: Mode,
+    /// Decode threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Batches to time (default: two passes over the data, as torch_data_bench.py's default).
+    #[arg(long)]
+    pub batches: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Output size (train crop / eval crop).
+    #[arg(long, default_value_t = 224)]
+    pub size: usize,
+    /// Print one JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Peak resident set size of this process in MiB (Linux VmHWM).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+pub fn run(a: BenchDataArgs) -> Result<()> {
+    if a.threads == 0 {
+        return Err(Error::Usage("--threads must be at least 1".into()));
+    }
+    let dataset = Arc::new(ImageFolder::open_any(&a.data)?);
+    for s in &dataset.samples {
+        let _ = std::fs::read(&s.path); // warm the page cache, untimed (as the PyTorch baseline)
+    }
+    let transform = match a.mode {
+        Mode::Train => Transform::train(a.size),
+        Mode::Eval => Transform::eval(a.size, 0.875),
+    };
+    let mut cfg = LoaderConfig::new(a.batch_size, transform);
+    cfg.threads = a.threads;
+    cfg.drop_last_batch = false;
+    let loader = Loader::new(dataset.clone(), cfg)?;
+    let per_epoch = loader.batches_per_epoch();
+    let want = a.batches.unwrap_or(2 * per_epoch).max(1);
+    // One untimed batch: thread start-up and first allocations.
+    loader.epoch(u64::MAX, 0).next().transpose()?;
+    let t0 = std::time::Instant::now();
+    let mut images = 0usize;
+    let mut done = 0usize;
+    let mut epoch = 0u64;
+    while done < want {
+        for batch in loader.epoch(epoch, 0).take(want - done) {
+            images += batch?.images.size()[0] as usize;
+            done += 1;
+        }
+        epoch += 1;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let rate = images as f64 / secs;
+    let mode = if a.mode == Mode::Train { "train" } else { "eval" };
+    let rss = peak_rss_mb();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "impl": "resnet-train", "mode": mode, "size": a.size, "threads": a.threads,
+                "batch_size": a.batch_size, "images": images, "seconds": (secs * 1000.0).round() / 1000.0,
+                "img_per_s": (rate * 10.0).round() / 10.0,
+                "img_per_s_per_thread": (rate / a.threads as f64 * 10.0).round() / 10.0,
+                "peak_rss_mb": rss.round(), "bad_files": loader.bad.count(),
+            })
+        );
+    } else {
+        println!(
+            "{mode} {}px: {images} images in {secs:.2} s = {rate:.1} img/s ({:.1} per thread, {} threads), peak RSS {rss:.0} MiB, {} bad files",
+            a.size,
+            rate / a.threads as f64,
+            a.threads,
+            loader.bad.count()
+        );
+    }
+    Ok(())
+}

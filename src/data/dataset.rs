@@ -1,0 +1,179 @@
+//! ImageFolder datasets (`root/<class>/**/<file>`, class index = position in the sorted class
+//! folder names, as torchvision's `ImageFolder`), and flat folders of images.
+//!
+//! Scanning walks class folders in parallel and caches the index under
+//! `~/.cache/resnet-train/index/` (the dataset may be read-only). The cache is keyed by the root
+//! path and invalidated when any folder's modification time changes, which adding, removing or
+//! renaming a file does.
+
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+/// File extensions taken as images (any case). The format itself is sniffed from the bytes.
+pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+pub fn is_image_path(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub path: PathBuf,
+    pub label: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct ImageFolder {
+    pub root: PathBuf,
+    /// Class folder names (e.g. wnids), index = label.
+    pub classes: Vec<String>,
+    pub samples: Vec<Sample>,
+}
+
+/// What the cache stores: files relative to their class folder, and folder mtimes.
+#[derive(Serialize, Deserialize)]
+struct Index {
+    version: u32,
+    root: PathBuf,
+    dirs: Vec<(PathBuf, u128)>,
+    classes: Vec<String>,
+    files: Vec<Vec<String>>,
+}
+
+const INDEX_VERSION: u32 = 1;
+
+fn mtime_ns(p: &Path) -> Result<u128> {
+    let m = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+    Ok(m.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos()))
+}
+
+/// Image files under `dir` (recursively, following torchvision's sorted os.walk order), relative to
+/// `dir`, plus every folder visited with its mtime.
+fn walk(dir: &Path) -> Result<(Vec<String>, Vec<(PathBuf, u128)>)> {
+    let mut files = Vec::new();
+    let mut dirs = vec![(dir.to_path_buf(), mtime_ns(dir)?)];
+    let mut entries: Vec<(String, bool)> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false) || e.path().is_dir();
+            (e.file_name().to_string_lossy().into_owned(), is_dir)
+        })
+        .collect();
+    entries.sort();
+    // os.walk yields this folder's files first, then recurses into subfolders in sorted order.
+    for (name, is_dir) in &entries {
+        if !is_dir && is_image_path(Path::new(name)) {
+            files.push(name.clone());
+        }
+    }
+    for (name, is_dir) in &entries {
+        if *is_dir {
+            let (sub_files, sub_dirs) = walk(&dir.join(name))?;
+            files.extend(sub_files.into_iter().map(|f| format!("{name}/{f}")));
+            dirs.extend(sub_dirs);
+        }
+    }
+    Ok((files, dirs))
+}
+
+fn cache_path(root: &Path) -> Option<PathBuf> {
+    let home = std::env::var_os("RESNET_TRAIN_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/resnet-train")))?;
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in root.as_os_str().as_encoded_bytes() {
+        h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
+    }
+    Some(home.join("index").join(format!("{h:016x}.json")))
+}
+
+impl ImageFolder {
+    /// Opens `root` as an ImageFolder, using the cached index when it is still valid.
+    pub fn open(root: &Path) -> Result<Self> {
+        let root = root.canonicalize().map_err(|e| Error::io(root, e))?;
+        let cache = cache_path(&root);
+        if let Some(index) = cache.as_deref().and_then(|c| Self::read_cache(c, &root)) {
+            return Ok(Self::from_index(index));
+        }
+        let index = Self::scan(&root)?;
+        if let Some(c) = cache {
+            // A failed cache write only costs the next start a rescan.
+            let _ = crate::fsutil::write_atomic(&c, &serde_json::to_vec(&index).unwrap_or_default());
+        }
+        Ok(Self::from_index(index))
+    }
+
+    fn read_cache(path: &Path, root: &Path) -> Option<Index> {
+        let index: Index = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let fresh = index.version == INDEX_VERSION
+            && index.root == root
+            && index.dirs.par_iter().all(|(d, t)| mtime_ns(d).ok() == Some(*t));
+        fresh.then_some(index)
+    }
+
+    fn scan(root: &Path) -> Result<Index> {
+        let mut classes: Vec<String> = std::fs::read_dir(root)
+            .map_err(|e| Error::io(root, e))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        classes.sort();
+        if classes.is_empty() {
+            return Err(Error::file(root, "no class folders: expected an ImageFolder layout root/<class>/<image>"));
+        }
+        let walked: Vec<(Vec<String>, Vec<(PathBuf, u128)>)> =
+            classes.par_iter().map(|c| walk(&root.join(c))).collect::<Result<_>>()?;
+        let mut dirs = vec![(root.to_path_buf(), mtime_ns(root)?)];
+        let mut files = Vec::with_capacity(classes.len());
+        for (f, d) in walked {
+            files.push(f);
+            dirs.extend(d);
+        }
+        if files.iter().all(|f| f.is_empty()) {
+            return Err(Error::file(root, "class folders hold no .jpg/.jpeg/.png files"));
+        }
+        Ok(Index { version: INDEX_VERSION, root: root.to_path_buf(), dirs, classes, files })
+    }
+
+    fn from_index(index: Index) -> Self {
+        let mut samples = Vec::with_capacity(index.files.iter().map(Vec::len).sum());
+        for (label, (class, files)) in index.classes.iter().zip(&index.files).enumerate() {
+            let dir = index.root.join(class);
+            samples.extend(files.iter().map(|f| Sample { path: dir.join(f), label: label as u32 }));
+        }
+        Self { root: index.root, classes: index.classes, samples }
+    }
+
+    /// A flat folder of images (no class folders); every label is 0.
+    pub fn flat(root: &Path) -> Result<Self> {
+        let (files, _) = walk(root)?;
+        if files.is_empty() {
+            return Err(Error::file(root, "no .jpg/.jpeg/.png files"));
+        }
+        let samples = files.into_iter().map(|f| Sample { path: root.join(f), label: 0 }).collect();
+        Ok(Self { root: root.to_path_buf(), classes: vec![String::new()], samples })
+    }
+
+    /// An ImageFolder when `root` has class folders with images, else a flat folder of images.
+    pub fn open_any(root: &Path) -> Result<Self> {
+        let has_dirs = std::fs::read_dir(root).map_err(|e| Error::io(root, e))?.filter_map(|e| e.ok()).any(|e| e.path().is_dir());
+        if has_dirs {
+            Self::open(root)
+        } else {
+            Self::flat(root)
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+}

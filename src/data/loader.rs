@@ -1,0 +1,275 @@
+//! The batch loader: a rayon pool decodes and transforms the samples of a batch in parallel,
+//! a producer thread hands finished batches, in order, through a bounded crossbeam channel
+//! (`prefetch` batches ahead), so memory stays bounded.
+//!
+//! Deterministic: the sample order comes from the `Sampler` (seed, epoch) and every random draw of
+//! a sample from a generator keyed by (seed, epoch, dataset index), so batches are identical bit
+//! for bit with any number of threads. A file that cannot be read or decoded is reported once,
+//! counted, and replaced by a deterministic substitute, keeping batch shapes; past
+//! `max_bad_fraction` of the dataset the epoch fails with examples.
+
+use super::dataset::ImageFolder;
+use super::sampler::Sampler;
+use super::transform::{self, Transform, Worker};
+use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    pub threads: usize,
+    /// Batches prepared ahead of the consumer.
+    pub prefetch: usize,
+    pub transform: Transform,
+    pub seed: u64,
+    pub shuffle: bool,
+    /// Drop the last partial batch (training) or keep it (evaluation).
+    pub drop_last_batch: bool,
+    /// Stop with an error once more than this fraction of the dataset's files proved unreadable.
+    pub max_bad_fraction: f64,
+    /// Place batches in pinned host memory (for fast, asynchronous copies to a CUDA device).
+    pub pin_memory: bool,
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl LoaderConfig {
+    pub fn new(batch_size: usize, transform: Transform) -> Self {
+        Self {
+            batch_size,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            prefetch: 2,
+            transform,
+            seed: 0,
+            shuffle: true,
+            drop_last_batch: true,
+            max_bad_fraction: 0.01,
+            pin_memory: false,
+            rank: 0,
+            world: 1,
+        }
+    }
+}
+
+/// One batch: uint8 NCHW images and int64 labels, on the host.
+pub struct Batch {
+    pub images: Tensor,
+    pub labels: Tensor,
+    /// Position of this batch in the epoch (0-based), for resuming.
+    pub index: usize,
+    /// Samples of this batch that were replaced because their file was bad.
+    pub replaced: usize,
+}
+
+/// Files that could not be read or decoded: path -> error, each reported once.
+#[derive(Default)]
+pub struct BadFiles {
+    files: Mutex<BTreeMap<PathBuf, String>>,
+}
+
+impl BadFiles {
+    /// Records a bad file; true the first time it is seen.
+    fn record(&self, path: &PathBuf, err: &str) -> bool {
+        let mut f = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if f.contains_key(path) {
+            return false;
+        }
+        f.insert(path.clone(), err.to_string());
+        true
+    }
+
+    pub fn count(&self) -> usize {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn examples(&self, n: usize) -> Vec<(PathBuf, String)> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).iter().take(n).map(|(p, e)| (p.clone(), e.clone())).collect()
+    }
+}
+
+pub struct Loader {
+    dataset: Arc<ImageFolder>,
+    cfg: LoaderConfig,
+    pool: Arc<rayon::ThreadPool>,
+    pub bad: Arc<BadFiles>,
+}
+
+thread_local! {
+    static WORKER: RefCell<Worker> = RefCell::new(Worker::default());
+}
+
+/// Attempts at a substitute for a bad sample before giving up on the batch.
+const MAX_SUBSTITUTES: u64 = 16;
+
+impl Loader {
+    pub fn new(dataset: Arc<ImageFolder>, cfg: LoaderConfig) -> Result<Self> {
+        if cfg.batch_size == 0 {
+            return Err(Error::Usage("--batch-size must be at least 1".into()));
+        }
+        if dataset.is_empty() {
+            return Err(Error::file(&dataset.root, "the dataset is empty"));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.threads.max(1))
+            .thread_name(|i| format!("decode-{i}"))
+            .build()
+            .map_err(|e| Error::Usage(format!("cannot start {} decode threads: {e}", cfg.threads)))?;
+        Ok(Self { dataset, cfg, pool: Arc::new(pool), bad: Arc::default() })
+    }
+
+    pub fn dataset(&self) -> &ImageFolder {
+        &self.dataset
+    }
+
+    pub fn sampler(&self) -> Sampler {
+        Sampler {
+            len: self.dataset.len(),
+            shuffle: self.cfg.shuffle,
+            seed: self.cfg.seed,
+            rank: self.cfg.rank,
+            world: self.cfg.world,
+            drop_last: false,
+        }
+    }
+
+    /// Batches per epoch for this rank.
+    pub fn batches_per_epoch(&self) -> usize {
+        let n = self.sampler().per_rank();
+        if self.cfg.drop_last_batch {
+            n / self.cfg.batch_size
+        } else {
+            n.div_ceil(self.cfg.batch_size)
+        }
+    }
+
+    /// The batches of `epoch`, starting at batch `start` (to resume mid-epoch).
+    pub fn epoch(&self, epoch: u64, start: usize) -> Epoch {
+        let indices = self.sampler().indices(epoch);
+        let n_batches = self.batches_per_epoch();
+        let (tx, rx) = crossbeam_channel::bounded(self.cfg.prefetch.max(1));
+        let (dataset, cfg, pool, bad) = (self.dataset.clone(), self.cfg.clone(), self.pool.clone(), self.bad.clone());
+        let producer = std::thread::Builder::new()
+            .name("loader".into())
+            .spawn(move || {
+                for b in start..n_batches {
+                    let chunk = &indices[b * cfg.batch_size..((b + 1) * cfg.batch_size).min(indices.len())];
+                    let batch = pool.install(|| make_batch(&dataset, &cfg, &bad, epoch, b, chunk));
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
+                        return; // the consumer is gone, or the epoch cannot continue
+                    }
+                }
+            })
+            .expect("spawning the loader thread");
+        Epoch { rx, producer: Some(producer) }
+    }
+}
+
+/// Decodes one sample into `dst`, substituting deterministically for bad files. Returns the label
+/// used and whether the sample was replaced.
+fn load_sample(
+    dataset: &ImageFolder,
+    cfg: &LoaderConfig,
+    bad: &BadFiles,
+    epoch: u64,
+    index: usize,
+    dst: &mut [u8],
+) -> Result<(u32, bool)> {
+    let mut candidate = index;
+    for attempt in 0..=MAX_SUBSTITUTES {
+        let sample = &dataset.samples[candidate];
+        let mut rng = SplitMix64::keyed(&[cfg.seed, epoch, candidate as u64]);
+        let result = std::fs::read(&sample.path)
+            .map_err(|e| Error::io(&sample.path, e))
+            .and_then(|bytes| WORKER.with(|w| transform::apply(&mut w.borrow_mut(), &bytes, &sample.path, &cfg.transform, &mut rng, dst)));
+        match result {
+            Ok(()) => return Ok((sample.label, attempt > 0)),
+            Err(e) => {
+                if bad.record(&sample.path, &e.to_string()) {
+                    eprintln!("warning: skipping unreadable image: {e}");
+                }
+                let allowed = (cfg.max_bad_fraction * dataset.len() as f64).floor() as usize;
+                if bad.count() > allowed {
+                    let examples: Vec<String> =
+                        bad.examples(10).into_iter().map(|(p, e)| format!("  {}: {e}", p.display())).collect();
+                    return Err(Error::file(
+                        &dataset.root,
+                        format!(
+                            "{} unreadable images, more than the allowed fraction {} of {} files; for example:\n{}",
+                            bad.count(),
+                            cfg.max_bad_fraction,
+                            dataset.len(),
+                            examples.join("\n")
+                        ),
+                    ));
+                }
+                let mut r = SplitMix64::keyed(&[cfg.seed, epoch, index as u64, attempt + 1]);
+                candidate = r.below(dataset.len() as u64) as usize;
+            }
+        }
+    }
+    Err(Error::file(&dataset.samples[index].path, "unreadable, and so were all substitutes tried"))
+}
+
+fn make_batch(
+    dataset: &ImageFolder,
+    cfg: &LoaderConfig,
+    bad: &BadFiles,
+    epoch: u64,
+    batch_index: usize,
+    indices: &[usize],
+) -> Result<Batch> {
+    let size = cfg.transform.size();
+    let per = 3 * size * size;
+    let n = indices.len() as i64;
+    let shape = [n, 3, size as i64, size as i64];
+    // Decode straight into the batch tensor (pinned when it will go to a GPU).
+    let mut images = if cfg.pin_memory {
+        Tensor::f_empty(shape, (Kind::Uint8, Device::Cpu))?.f_pin_memory(Device::Cuda(0))?
+    } else {
+        Tensor::f_empty(shape, (Kind::Uint8, Device::Cpu))?
+    };
+    let results: Vec<Result<(u32, bool)>> = crate::ffi::uint8_bytes_mut(&mut images)?
+        .par_chunks_mut(per)
+        .zip(indices.par_iter())
+        .map(|(dst, &i)| load_sample(dataset, cfg, bad, epoch, i, dst))
+        .collect();
+    let mut labels = Vec::with_capacity(indices.len());
+    let mut replaced = 0;
+    for r in results {
+        let (label, was_replaced) = r?;
+        labels.push(label as i64);
+        replaced += was_replaced as usize;
+    }
+    Ok(Batch { images, labels: Tensor::from_slice(&labels), index: batch_index, replaced })
+}
+
+/// An epoch in progress; yields batches in order. Dropping it stops the producer.
+pub struct Epoch {
+    rx: crossbeam_channel::Receiver<Result<Batch>>,
+    producer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Iterator for Epoch {
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rx.recv().ok()
+    }
+}
+
+impl Drop for Epoch {
+    fn drop(&mut self) {
+        // Unblock a producer waiting on a full channel, then wait for it.
+        let (_, empty) = crossbeam_channel::bounded(0);
+        self.rx = empty;
+        if let Some(p) = self.producer.take() {
+            let _ = p.join();
+        }
+    }
+}

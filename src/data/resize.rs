@@ -1,0 +1,190 @@
+//! Antialiased bilinear resampling of 8-bit RGB, with Pillow's arithmetic (what torchvision's
+//! PIL path runs): triangle filter stretched by the downscale factor, coefficients normalised
+//! and quantised to 22 fractional bits, a horizontal pass rounded to uint8, then a vertical pass.
+//!
+//! Coordinates: an `Axis` maps output pixels `window` of an `out_size`-pixel output to source
+//! pixels of an `in_size`-pixel input whose `[box0, box1)` span is resized (Pillow's `box`).
+//! Computing only a window of the output is how a center crop after a resize costs only the crop.
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Per output pixel: first source index and the fixed-point weights.
+pub struct Axis {
+    starts: Vec<usize>,
+    counts: Vec<usize>,
+    ksize: usize,
+    weights: Vec<i32>,
+}
+
+impl Axis {
+    /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`, for outputs `window`, reading
+    /// source pixels in `[lo, hi)` only (Pillow: `[0, in_size)`; a crop-then-resize: the crop).
+    pub fn new(lo: usize, hi: usize, box0: f64, box1: f64, out_size: usize, window: std::ops::Range<usize>) -> Self {
+        let scale = (box1 - box0) / out_size as f64;
+        let filterscale = scale.max(1.0);
+        let ss = 1.0 / filterscale;
+        let support = filterscale; // the triangle filter's support is 1
+        let ksize = support.ceil() as usize * 2 + 1;
+        let n = window.len();
+        let mut starts = Vec::with_capacity(n);
+        let mut counts = Vec::with_capacity(n);
+        let mut weights = vec![0i32; n * ksize];
+        let mut k = vec![0f64; ksize];
+        for (o, xx) in window.enumerate() {
+            let center = box0 + (xx as f64 + 0.5) * scale;
+            let xmin = ((center - support + 0.5) as i64).max(lo as i64) as usize; // C's truncating cast
+            let xmax = ((center + support + 0.5) as i64).clamp(lo as i64, hi as i64) as usize;
+            let count = xmax.saturating_sub(xmin).min(ksize);
+            let mut total = 0.0;
+            for (x, kx) in k.iter_mut().enumerate().take(count) {
+                let t = ((x + xmin) as f64 - center + 0.5) * ss;
+                *kx = (1.0 - t.abs()).max(0.0);
+                total += *kx;
+            }
+            for x in 0..count {
+                let w = if total != 0.0 { k[x] / total } else { k[x] };
+                let f = w * (1u32 << PRECISION_BITS) as f64;
+                weights[o * ksize + x] = if w < 0.0 { (f - 0.5).trunc() } else { (f + 0.5).trunc() } as i32;
+            }
+            starts.push(xmin);
+            counts.push(count);
+        }
+        Self { starts, counts, ksize, weights }
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// The source indices `[lo, hi)` this axis reads.
+    pub fn source_range(&self) -> (usize, usize) {
+        let lo = self.starts.iter().copied().min().unwrap_or(0);
+        let hi = self.starts.iter().zip(&self.counts).map(|(s, c)| s + c).max().unwrap_or(0);
+        (lo, hi)
+    }
+}
+
+#[inline]
+fn clip8(acc: i32) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// A source image view: RGB rows of `stride` bytes whose first pixel sits at (`x0`, `y0`) in the
+/// coordinates the axes use. It must cover the axes' source ranges.
+pub struct Source<'a> {
+    pub pixels: &'a [u8],
+    pub stride: usize,
+    pub x0: usize,
+    pub y0: usize,
+}
+
+/// Resamples `src` through `h` (columns) and `v` (rows) into `dst`, CHW uint8 of
+/// `3 x v.len() x h.len()`, mirrored left-right when `flip`. `tmp` is scratch space.
+///
+/// Pillow runs the horizontal pass first; `vertical_first` swaps the order, which is cheaper when
+/// the vertical pass shrinks the image (fewer rows for the scalar horizontal pass) and differs from
+/// Pillow only in where the intermediate rounds to uint8.
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+sse4.1"))]
+pub fn resample(src: &Source, h: &Axis, v: &Axis, flip: bool, vertical_first: bool, tmp: &mut Vec<u8>, dst: &mut [u8]) {
+    let (out_w, out_h) = (h.len(), v.len());
+    debug_assert_eq!(dst.len(), 3 * out_w * out_h);
+    let plane = out_w * out_h;
+    let half = 1i32 << (PRECISION_BITS - 1);
+    if vertical_first {
+        // Vertical pass over the columns the horizontal pass needs, whole rows at a time, stored
+        // transposed (column-major: one contiguous `out_h x 3` run per source column) so that the
+        // horizontal pass also accumulates whole contiguous runs instead of gathering taps.
+        let (col_lo, col_hi) = h.source_range();
+        let cols = col_hi - col_lo;
+        let run = out_h * 3;
+        tmp.clear();
+        tmp.resize(cols * run, 0);
+        let mut acc = vec![0i32; cols * 3];
+        for yo in 0..out_h {
+            acc.fill(half);
+            let ws = &v.weights[yo * v.ksize..yo * v.ksize + v.counts[yo]];
+            for (k, &w) in ws.iter().enumerate() {
+                let start = (v.starts[yo] + k - src.y0) * src.stride + (col_lo - src.x0) * 3;
+                for (a, &p) in acc.iter_mut().zip(&src.pixels[start..start + cols * 3]) {
+                    *a += p as i32 * w;
+                }
+            }
+            for (x, a) in acc.chunks_exact(3).enumerate() {
+                let t = &mut tmp[x * run + yo * 3..x * run + yo * 3 + 3];
+                t[0] = clip8(a[0]);
+                t[1] = clip8(a[1]);
+                t[2] = clip8(a[2]);
+            }
+        }
+        // Horizontal pass: per output column, a weighted sum of whole source-column runs.
+        let mut acc = vec![0i32; run];
+        for xo in 0..out_w {
+            acc.fill(half);
+            let start = h.starts[xo] - col_lo;
+            let ws = &h.weights[xo * h.ksize..xo * h.ksize + h.counts[xo]];
+            for (k, &w) in ws.iter().enumerate() {
+                for (a, &p) in acc.iter_mut().zip(&tmp[(start + k) * run..(start + k + 1) * run]) {
+                    *a += p as i32 * w;
+                }
+            }
+            let xd = if flip { out_w - 1 - xo } else { xo };
+            for (yo, a) in acc.chunks_exact(3).enumerate() {
+                dst[yo * out_w + xd] = clip8(a[0]);
+                dst[plane + yo * out_w + xd] = clip8(a[1]);
+                dst[2 * plane + yo * out_w + xd] = clip8(a[2]);
+            }
+        }
+        return;
+    }
+    let (row_lo, row_hi) = v.source_range();
+    // Horizontal pass over the rows the vertical pass needs; HWC uint8 as in Pillow.
+    tmp.clear();
+    tmp.resize((row_hi - row_lo) * out_w * 3, 0);
+    for (r, y) in (row_lo..row_hi).enumerate() {
+        let row = &src.pixels[(y - src.y0) * src.stride..];
+        let out = &mut tmp[r * out_w * 3..(r + 1) * out_w * 3];
+        for xo in 0..out_w {
+            let start = h.starts[xo] - src.x0;
+            let ws = &h.weights[xo * h.ksize..xo * h.ksize + h.counts[xo]];
+            let (a0, a1, a2) = taps(ws, &row[start * 3..(start + ws.len()) * 3], half);
+            out[xo * 3] = a0;
+            out[xo * 3 + 1] = a1;
+            out[xo * 3 + 2] = a2;
+        }
+    }
+    // Vertical pass: accumulate whole rows (vectorisable), then scatter into the CHW planes.
+    let mut acc = vec![0i32; out_w * 3];
+    for yo in 0..out_h {
+        acc.fill(half);
+        let start = v.starts[yo] - row_lo;
+        let ws = &v.weights[yo * v.ksize..yo * v.ksize + v.counts[yo]];
+        for (k, &w) in ws.iter().enumerate() {
+            let row = &tmp[(start + k) * out_w * 3..(start + k + 1) * out_w * 3];
+            for (a, &p) in acc.iter_mut().zip(row) {
+                *a += p as i32 * w;
+            }
+        }
+        for xo in 0..out_w {
+            let xd = if flip { out_w - 1 - xo } else { xo };
+            for c in 0..3 {
+                dst[c * plane + yo * out_w + xd] = clip8(acc[xo * 3 + c]);
+            }
+        }
+    }
+}
+
+/// One output pixel of a horizontal pass: the weighted sum of RGB pixels `px`.
+#[inline(always)]
+fn taps(ws: &[i32], px: &[u8], half: i32) -> (u8, u8, u8) {
+    let (mut a0, mut a1, mut a2) = (half, half, half);
+    for (w, p) in ws.iter().zip(px.chunks_exact(3)) {
+        a0 += p[0] as i32 * w;
+        a1 += p[1] as i32 * w;
+        a2 += p[2] as i32 * w;
+    }
+    (clip8(a0), clip8(a1), clip8(a2))
+}

@@ -1,0 +1,156 @@
+//! The only unsafe code of the crate: the C++ shim (shim.cpp) and the CUDA library loader.
+//! Everything here has a safe face; C++ exceptions come back as `Error::Torch`.
+
+use crate::error::{Error, Result};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use tch::{Device, Kind, Tensor};
+
+extern "C" {
+    fn rt_free(p: *mut c_char);
+    fn rt_autocast_set_enabled(device_type: c_int, enabled: c_int, err: *mut *mut c_char) -> c_int;
+    fn rt_autocast_is_enabled(device_type: c_int, out: *mut c_int, err: *mut *mut c_char) -> c_int;
+    fn rt_autocast_set_dtype(device_type: c_int, dtype: c_int, err: *mut *mut c_char) -> c_int;
+    fn rt_autocast_get_dtype(device_type: c_int, out: *mut c_int, err: *mut *mut c_char) -> c_int;
+    fn rt_autocast_increment_nesting(err: *mut *mut c_char) -> c_int;
+    fn rt_autocast_decrement_nesting(out: *mut c_int, err: *mut *mut c_char) -> c_int;
+    fn rt_autocast_clear_cache(err: *mut *mut c_char) -> c_int;
+    fn rt_to_channels_last(t: *mut c_void, out: *mut *mut c_void, err: *mut *mut c_char) -> c_int;
+    fn rt_is_channels_last(t: *mut c_void, out: *mut c_int, err: *mut *mut c_char) -> c_int;
+    fn rt_set_allow_tf32(allow: c_int, err: *mut *mut c_char) -> c_int;
+}
+
+/// Calls a shim function and turns its error slot into a `Result`.
+fn call(what: &str, f: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<()> {
+    let mut err: *mut c_char = std::ptr::null_mut();
+    if f(&mut err) == 0 {
+        return Ok(());
+    }
+    let msg = if err.is_null() {
+        "unknown error".to_string()
+    } else {
+        // SAFETY: the shim hands us a NUL-terminated malloc'ed string that we now own.
+        let s = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+        unsafe { rt_free(err) };
+        s
+    };
+    Err(Error::Torch(format!("{what}: {msg}")))
+}
+
+fn device_code(device: Device) -> c_int {
+    match device {
+        Device::Cuda(_) => 1,
+        _ => 0,
+    }
+}
+
+fn kind_code(kind: Kind) -> Result<c_int> {
+    match kind {
+        Kind::Half => Ok(5),
+        Kind::Float => Ok(6),
+        Kind::BFloat16 => Ok(15),
+        other => Err(Error::Torch(format!("autocast does not support {other:?}"))),
+    }
+}
+
+/// Autocast (mixed precision) for one device type, with the chosen low-precision dtype, while the
+/// guard lives; the previous state is restored on drop. Mirrors `torch.autocast(device, dtype)`.
+pub struct AutocastGuard {
+    device: c_int,
+    prev_enabled: c_int,
+    prev_dtype: c_int,
+}
+
+impl AutocastGuard {
+    pub fn new(device: Device, dtype: Kind) -> Result<Self> {
+        let dev = device_code(device);
+        let code = kind_code(dtype)?;
+        let (mut prev_enabled, mut prev_dtype) = (0, 0);
+        // SAFETY: plain value arguments and valid out-pointers.
+        call("autocast state", |e| unsafe { rt_autocast_is_enabled(dev, &mut prev_enabled, e) })?;
+        call("autocast dtype", |e| unsafe { rt_autocast_get_dtype(dev, &mut prev_dtype, e) })?;
+        call("autocast dtype", |e| unsafe { rt_autocast_set_dtype(dev, code, e) })?;
+        call("autocast enable", |e| unsafe { rt_autocast_set_enabled(dev, 1, e) })?;
+        call("autocast nesting", |e| unsafe { rt_autocast_increment_nesting(e) })?;
+        Ok(Self { device: dev, prev_enabled, prev_dtype })
+    }
+}
+
+impl Drop for AutocastGuard {
+    fn drop(&mut self) {
+        let mut depth = 0;
+        // SAFETY: as in `new`. Errors cannot be reported from drop; these calls do not throw.
+        let _ = call("autocast nesting", |e| unsafe { rt_autocast_decrement_nesting(&mut depth, e) });
+        if depth == 0 {
+            let _ = call("autocast cache", |e| unsafe { rt_autocast_clear_cache(e) });
+        }
+        let _ = call("autocast", |e| unsafe { rt_autocast_set_enabled(self.device, self.prev_enabled, e) });
+        let _ = call("autocast", |e| unsafe { rt_autocast_set_dtype(self.device, self.prev_dtype, e) });
+    }
+}
+
+/// Whether autocast is currently enabled for the device's type.
+pub fn autocast_enabled(device: Device) -> Result<bool> {
+    let mut out = 0;
+    // SAFETY: valid out-pointer.
+    call("autocast state", |e| unsafe { rt_autocast_is_enabled(device_code(device), &mut out, e) })?;
+    Ok(out != 0)
+}
+
+/// A copy of a 4-d tensor in the channels_last (NHWC) memory format; other ranks come back contiguous.
+pub fn to_channels_last(t: &Tensor) -> Result<Tensor> {
+    let mut out: *mut c_void = std::ptr::null_mut();
+    // SAFETY: `t` is a live tensor; on success the shim returns a new heap tensor we take ownership of.
+    call("channels_last", |e| unsafe { rt_to_channels_last(t.as_ptr() as *mut c_void, &mut out, e) })?;
+    Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })
+}
+
+/// Whether a tensor's strides are those of the channels_last memory format.
+pub fn is_channels_last(t: &Tensor) -> Result<bool> {
+    let mut out = 0;
+    // SAFETY: `t` is a live tensor; valid out-pointer.
+    call("channels_last", |e| unsafe { rt_is_channels_last(t.as_ptr() as *mut c_void, &mut out, e) })?;
+    Ok(out != 0)
+}
+
+/// Allows TF32 in CUDA matmuls and cuDNN convolutions (`--precision tf32`).
+pub fn set_allow_tf32(allow: bool) -> Result<()> {
+    // SAFETY: plain value argument.
+    call("tf32", |e| unsafe { rt_set_allow_tf32(allow as c_int, e) })
+}
+
+/// Loads libtorch_cuda.so next to the libtorch_cpu.so this process uses, so that `--device cuda`
+/// works: the linker drops the library because no symbol of it is referenced (tch-rs issue 980).
+/// On a CPU-only install (no file, or its CUDA dependencies missing) this is a silent no-op.
+/// Returns the path that was loaded.
+pub fn load_cuda_library() -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let cpu_lib = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.ends_with("/libtorch_cpu.so"))?;
+    let dir = std::path::Path::new(cpu_lib).parent()?;
+    let cuda_lib = dir.join("libtorch_cuda.so");
+    if !cuda_lib.exists() {
+        return None;
+    }
+    let c_path = CString::new(cuda_lib.to_string_lossy().as_bytes()).ok()?;
+    // SAFETY: dlopen with a valid C string; the handle is intentionally leaked (the library stays loaded).
+    let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    if handle.is_null() {
+        None
+    } else {
+        Some(cuda_lib.to_string_lossy().into_owned())
+    }
+}
+
+/// The bytes of a contiguous CPU uint8 tensor, to fill it in place (no copy through libtorch).
+/// The slice borrows the tensor mutably; do not hold shallow clones of it while writing.
+pub fn uint8_bytes_mut(t: &mut Tensor) -> Result<&mut [u8]> {
+    if t.device() != Device::Cpu || t.kind() != Kind::Uint8 || !t.is_contiguous() {
+        return Err(Error::Torch(format!("expected a contiguous CPU uint8 tensor, got {:?} {:?}", t.device(), t.kind())));
+    }
+    let len = t.numel();
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    // SAFETY: the tensor is a contiguous CPU uint8 tensor of `len` elements, so its data pointer
+    // addresses `len` initialised bytes, which stay alive and unaliased while `t` is borrowed.
+    Ok(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, len) })
+}
