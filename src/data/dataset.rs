@@ -80,22 +80,32 @@ fn walk(dir: &Path) -> Result<(Vec<String>, Vec<(PathBuf, u128)>)> {
     Ok((files, dirs))
 }
 
-fn cache_path(root: &Path) -> Option<PathBuf> {
-    let home = std::env::var_os("RESNET_TRAIN_CACHE")
+/// `$RESNET_TRAIN_CACHE/index`, else `~/.cache/resnet-train/index`.
+pub fn default_index_dir() -> Option<PathBuf> {
+    let cache = std::env::var_os("RESNET_TRAIN_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/resnet-train")))?;
+    Some(cache.join("index"))
+}
+
+fn cache_file(index_dir: &Path, root: &Path) -> PathBuf {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in root.as_os_str().as_encoded_bytes() {
         h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
     }
-    Some(home.join("index").join(format!("{h:016x}.json")))
+    index_dir.join(format!("{h:016x}.json"))
 }
 
 impl ImageFolder {
     /// Opens `root` as an ImageFolder, using the cached index when it is still valid.
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_with_index_dir(root, default_index_dir().as_deref())
+    }
+
+    /// `open` with the index cache in `index_dir` (None: no cache).
+    pub fn open_with_index_dir(root: &Path, index_dir: Option<&Path>) -> Result<Self> {
         let root = root.canonicalize().map_err(|e| Error::io(root, e))?;
-        let cache = cache_path(&root);
+        let cache = index_dir.map(|d| cache_file(d, &root));
         if let Some(index) = cache.as_deref().and_then(|c| Self::read_cache(c, &root)) {
             return Ok(Self::from_index(index));
         }

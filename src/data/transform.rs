@@ -173,11 +173,17 @@ pub fn apply(worker: &mut Worker, bytes: &[u8], path: &Path, t: &Transform, rng:
             let p = plan(header.height, header.width, t, &mut r, true);
             let ((x0, x1), (y0, y1)) = (p.h.source_range(), p.v.source_range());
             let want = Region { x: x0, y: y0, width: x1 - x0, height: y1 - y0 };
-            if let Ok(region) = jpeg::decode(bytes, &header, p.num, Some(want), &mut worker.decoded) {
-                let src = resize::Source { pixels: &worker.decoded, stride: region.width * 3, x0: region.x, y0: region.y };
-                resize::resample(&src, &p.h, &p.v, p.flip, p.vertical_first, &mut worker.tmp, dst);
-                *rng = r;
-                return Ok(());
+            match jpeg::decode(bytes, &header, p.num, Some(want), &mut worker.decoded) {
+                Ok(region) => {
+                    let src =
+                        resize::Source { pixels: &worker.decoded, stride: region.width * 3, x0: region.x, y0: region.y };
+                    resize::resample(&src, &p.h, &p.v, p.flip, p.vertical_first, &mut worker.tmp, dst);
+                    *rng = r;
+                    return Ok(());
+                }
+                // A truncated file is bad (PIL refuses it); a lenient fallback must not rescue it.
+                Err(msg) if msg.contains("truncated") => return Err(Error::file(path, msg)),
+                Err(_) => {} // e.g. CMYK: the `image` crate handles it below
             }
         }
     }

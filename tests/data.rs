@@ -1,0 +1,175 @@
+//! The dataset, sampler and loader: torchvision's ImageFolder and DistributedSampler rules,
+//! determinism across thread counts, resume, and bad-file handling.
+
+mod common;
+
+use resnet_train::data::dataset::ImageFolder;
+use resnet_train::data::loader::{Loader, LoaderConfig};
+use resnet_train::data::sampler::Sampler;
+use resnet_train::data::synthetic;
+use resnet_train::data::transform::Transform;
+use std::path::Path;
+use std::sync::Arc;
+
+fn demo_dataset(root: &Path, per_class: u64) -> Arc<ImageFolder> {
+    synthetic::write_dataset(root, per_class, 0, 48, 3).unwrap();
+    Arc::new(ImageFolder::open(&root.join("train")).unwrap())
+}
+
+fn all_batches(loader: &Loader, epoch: u64, start: usize) -> Vec<(Vec<u8>, Vec<i64>)> {
+    loader
+        .epoch(epoch, start)
+        .map(|b| {
+            let b = b.unwrap();
+            let mut px = vec![0u8; b.images.numel()];
+            b.images.copy_data_u8(&mut px, b.images.numel());
+            (px, Vec::<i64>::try_from(&b.labels).unwrap())
+        })
+        .collect()
+}
+
+fn config(threads: usize) -> LoaderConfig {
+    let mut cfg = LoaderConfig::new(8, Transform::train(32));
+    cfg.threads = threads;
+    cfg.seed = 11;
+    cfg
+}
+
+#[test]
+fn batches_are_identical_with_any_thread_count_and_resume_mid_epoch() {
+    let dir = common::tmpdir();
+    let ds = demo_dataset(dir.path(), 5);
+    let one = Loader::new(ds.clone(), config(1)).unwrap();
+    let three = Loader::new(ds.clone(), config(3)).unwrap();
+    assert_eq!(one.batches_per_epoch(), 50 / 8);
+    let a = all_batches(&one, 4, 0);
+    let b = all_batches(&three, 4, 0);
+    assert_eq!(a.len(), 6);
+    assert!(a == b, "1 and 3 threads give different batches");
+    // Resuming at batch 2 gives exactly the rest of the epoch.
+    assert!(all_batches(&three, 4, 2) == a[2..]);
+    // Another epoch: another order and other augmentations.
+    assert!(all_batches(&one, 5, 0) != a);
+    // Labels are the class folders' sorted positions.
+    let mut labels: Vec<i64> = a.iter().flat_map(|(_, l)| l.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    assert!(labels.iter().all(|&l| (0..10).contains(&l)));
+}
+
+#[test]
+fn eval_loader_keeps_the_last_partial_batch_in_order() {
+    let dir = common::tmpdir();
+    let ds = demo_dataset(dir.path(), 3);
+    let mut cfg = LoaderConfig::new(8, Transform::eval(32, 0.875));
+    cfg.shuffle = false;
+    cfg.drop_last_batch = false;
+    let loader = Loader::new(ds.clone(), cfg).unwrap();
+    let batches = all_batches(&loader, 0, 0);
+    assert_eq!(batches.len(), 4); // 30 samples: 8 + 8 + 8 + 6
+    assert_eq!(batches[3].1.len(), 6);
+    let labels: Vec<i64> = batches.iter().flat_map(|(_, l)| l.clone()).collect();
+    let want: Vec<i64> = ds.samples.iter().map(|s| s.label as i64).collect();
+    assert_eq!(labels, want);
+}
+
+#[test]
+fn distributed_sampler_semantics() {
+    // 10 samples over 3 ranks: padded to 12 by repeating the start; rank r takes r, r+3, ...
+    let mut s = Sampler::new(10, false, 0);
+    s.world = 3;
+    let per_rank: Vec<Vec<usize>> = (0..3).map(|r| Sampler { rank: r, ..s }.indices(0)).collect();
+    assert_eq!(per_rank[0], vec![0, 3, 6, 9]);
+    assert_eq!(per_rank[1], vec![1, 4, 7, 0]);
+    assert_eq!(per_rank[2], vec![2, 5, 8, 1]);
+    // drop_last: truncated to 9.
+    let d = Sampler { drop_last: true, ..s };
+    assert_eq!((0..3).map(|r| Sampler { rank: r, ..d }.indices(0).len()).sum::<usize>(), 9);
+    // Shuffled: a permutation that depends on (seed, epoch) only; ranks partition it.
+    let sh = Sampler { shuffle: true, seed: 5, ..Sampler::new(1000, true, 5) };
+    let p0 = sh.indices(3);
+    let mut sorted = p0.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
+    assert_eq!(p0, sh.indices(3));
+    assert_ne!(p0, sh.indices(4));
+    let mut union: Vec<usize> =
+        (0..4).flat_map(|r| Sampler { rank: r, world: 4, ..sh }.indices(3)).collect();
+    union.sort();
+    assert_eq!(union, (0..1000).collect::<Vec<_>>());
+}
+
+#[test]
+fn image_folder_scan_order_extensions_and_cache_invalidation() {
+    let dir = common::tmpdir();
+    let cache = common::tmpdir();
+    let open = |root: &Path| ImageFolder::open_with_index_dir(root, Some(cache.path()));
+    let root = dir.path();
+    for (class, files) in [("n02", vec!["b.JPEG", "a.png", "notes.txt"]), ("n01", vec!["z.jpg", "sub/y.JpEg"])] {
+        for f in files {
+            let p = root.join(class).join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, b"x").unwrap();
+        }
+    }
+    let ds = open(root).unwrap();
+    assert_eq!(ds.classes, vec!["n01", "n02"]);
+    let names: Vec<(String, u32)> = ds
+        .samples
+        .iter()
+        .map(|s| (s.path.strip_prefix(ds.root.as_path()).unwrap().display().to_string(), s.label))
+        .collect();
+    assert_eq!(
+        names,
+        vec![("n01/z.jpg".into(), 0), ("n01/sub/y.JpEg".into(), 0), ("n02/a.png".into(), 1), ("n02/b.JPEG".into(), 1)]
+    );
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1, "index cached");
+    assert_eq!(open(root).unwrap().len(), 4, "read back from the cache");
+    // A new file changes its folder's mtime: the cache is invalidated.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(root.join("n02/c.jpg"), b"x").unwrap();
+    assert_eq!(open(root).unwrap().len(), 5);
+    // A flat folder of images is accepted by open_any.
+    let flat = ImageFolder::open_any(&root.join("n02")).unwrap();
+    assert_eq!(flat.len(), 3);
+    assert!(open(&root.join("n01/sub")).is_err(), "no class folders is an error");
+}
+
+#[test]
+fn bad_files_are_skipped_counted_and_reported_and_too_many_stop_the_run() {
+    let dir = common::tmpdir();
+    let root = dir.path().join("train");
+    synthetic::write_dataset(dir.path(), 20, 0, 48, 1).unwrap();
+    // Real-ImageNet oddities that must decode: CMYK, grayscale, PNG inside .JPEG, EXIF.
+    for f in ["cmyk.jpg", "gray.jpg", "png_inside.JPEG", "exif_rotated.jpg"] {
+        std::fs::copy(common::repo().join("tests/fixtures").join(f), root.join("circle").join(f)).unwrap();
+    }
+    // Broken files that must not: zero bytes, truncated, garbage behind a JPEG marker.
+    let good = std::fs::read(root.join("square/00000.jpg")).unwrap();
+    std::fs::write(root.join("square/zero.jpg"), b"").unwrap();
+    std::fs::write(root.join("square/truncated.jpg"), &good[..good.len() / 2]).unwrap();
+    std::fs::write(root.join("ring/garbage.JPEG"), b"\xff\xd8\xff\xe0 definitely not a jpeg").unwrap();
+    let ds = Arc::new(ImageFolder::open(&root).unwrap());
+    assert_eq!(ds.len(), 207);
+
+    let mut cfg = config(2);
+    cfg.batch_size = 16;
+    cfg.max_bad_fraction = 0.02;
+    let loader = Loader::new(ds.clone(), cfg.clone()).unwrap();
+    let mut replaced = 0;
+    for b in loader.epoch(0, 0) {
+        let b = b.unwrap();
+        assert_eq!(b.images.size(), vec![16, 3, 32, 32], "batch shapes are kept");
+        replaced += b.replaced;
+    }
+    let bad: Vec<String> =
+        loader.bad.examples(10).iter().map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(bad, vec!["garbage.JPEG", "truncated.jpg", "zero.jpg"]);
+    assert!(replaced >= 2, "bad samples in the epoch were replaced ({replaced})");
+
+    // Over the allowed fraction: the epoch stops with a clear error listing examples.
+    cfg.max_bad_fraction = 0.005; // 1 file of 207
+    let strict = Loader::new(ds, cfg).unwrap();
+    let err = strict.epoch(0, 0).find_map(|b| b.err()).expect("the run stops").to_string();
+    assert!(err.contains("unreadable images") && err.contains(".jpg") || err.contains(".JPEG"), "{err}");
+}
