@@ -7,7 +7,15 @@ use std::ffi::{c_char, c_int, c_uchar, c_ulong};
 extern crate turbojpeg_sys;
 
 extern "C" {
-    fn rt_jpeg_header(data: *const c_uchar, len: c_ulong, w: *mut c_int, h: *mut c_int, msg: *mut c_char, msg_len: usize) -> c_int;
+    fn rt_jpeg_header(
+        data: *const c_uchar,
+        len: c_ulong,
+        w: *mut c_int,
+        h: *mut c_int,
+        colorspace: *mut c_int,
+        msg: *mut c_char,
+        msg_len: usize,
+    ) -> c_int;
     #[allow(clippy::too_many_arguments)]
     fn rt_jpeg_decode(
         data: *const c_uchar,
@@ -33,6 +41,18 @@ extern "C" {
 pub struct JpegHeader {
     pub width: usize,
     pub height: usize,
+    pub colorspace: ColorSpace,
+}
+
+/// The colour space a JPEG is stored in (libjpeg's J_COLOR_SPACE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ColorSpace {
+    Gray,
+    Rgb,
+    YCbCr,
+    Cmyk,
+    Ycck,
+    Unknown,
 }
 
 /// A decoded region of a (scaled) JPEG: RGB rows of `width * 3` bytes whose top-left pixel sits at
@@ -59,17 +79,27 @@ fn message(buf: &[u8]) -> String {
 }
 
 pub fn header(data: &[u8]) -> Result<JpegHeader, String> {
-    let (mut w, mut h) = (0, 0);
+    let (mut w, mut h, mut cs) = (0, 0, 0);
     let mut msg = [0u8; 256];
     // SAFETY: valid slice and out-pointers; the shim writes at most msg.len() bytes of message.
-    let rc = unsafe { rt_jpeg_header(data.as_ptr(), data.len() as c_ulong, &mut w, &mut h, msg.as_mut_ptr() as *mut c_char, msg.len()) };
+    let rc = unsafe {
+        rt_jpeg_header(data.as_ptr(), data.len() as c_ulong, &mut w, &mut h, &mut cs, msg.as_mut_ptr() as *mut c_char, msg.len())
+    };
     if rc != 0 {
         return Err(message(&msg));
     }
     if w <= 0 || h <= 0 {
         return Err(format!("bad JPEG dimensions {w}x{h}"));
     }
-    Ok(JpegHeader { width: w as usize, height: h as usize })
+    let colorspace = match cs {
+        1 => ColorSpace::Gray,
+        2 => ColorSpace::Rgb,
+        3 => ColorSpace::YCbCr,
+        4 => ColorSpace::Cmyk,
+        5 => ColorSpace::Ycck,
+        _ => ColorSpace::Unknown,
+    };
+    Ok(JpegHeader { width: w as usize, height: h as usize, colorspace })
 }
 
 /// Decodes `data` at scale `num/8` (1..=8) into RGB in `out`. With `want = Some(region)` (scaled

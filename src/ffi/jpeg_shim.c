@@ -31,7 +31,8 @@ static void fail(struct jpeg_decompress_struct *c, char *msg, size_t msg_len) {
   snprintf(msg, msg_len, "%s", buf);
 }
 
-int rt_jpeg_header(const unsigned char *data, unsigned long len, int *width, int *height, char *msg, size_t msg_len) {
+int rt_jpeg_header(const unsigned char *data, unsigned long len, int *width, int *height, int *colorspace,
+                   char *msg, size_t msg_len) {
   struct jpeg_decompress_struct c;
   struct rt_err e;
   c.err = jpeg_std_error(&e.pub);
@@ -48,6 +49,7 @@ int rt_jpeg_header(const unsigned char *data, unsigned long len, int *width, int
   jpeg_read_header(&c, TRUE);
   *width = (int)c.image_width;
   *height = (int)c.image_height;
+  *colorspace = (int)c.jpeg_color_space;
   jpeg_destroy_decompress(&c);
   return 0;
 }

@@ -117,6 +117,7 @@ def generate():
     print("wrote model_logits.safetensors and state_dict_keys.json")
     preprocess()
     fixtures()
+    devkit_meta()
 
 
 PREPROCESS_IMAGES = [  # typical, grayscale, tiny (upscaled), large, EXIF orientation 6 (ignored), ...
@@ -189,6 +190,24 @@ def fixtures():
             out[name] = torch.from_numpy(np.array(Image.open(f).convert("RGB")))
     save_file(out, os.path.join(HERE, "fixtures_decoded.safetensors"))
     print("wrote tests/fixtures and fixtures_decoded.safetensors")
+
+
+def devkit_meta():
+    """A meta.mat shaped like the ILSVRC2012 devkit's (struct array `synsets`, compressed), whose
+    ILSVRC2012_IDs are a permutation of the sorted-wnid order, (7 i + 3) mod 1000 + 1, plus
+    non-leaf synsets: a test that assumed IDs are training indices would fail."""
+    import numpy as np
+    from scipy.io import savemat
+    mapping = os.path.join(HERE, "..", "..", "..", "shared", "data", "imagenet-meta", "LOC_synset_mapping.txt")
+    wnids = [line.split()[0] for line in open(mapping)]
+    dt = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")]
+    arr = np.zeros((len(wnids) + 5, 1), dtype=dt)
+    for i, w in enumerate(wnids):
+        arr[i, 0] = (np.array([[(7 * i + 3) % 1000 + 1]], dtype=np.float64), w, "leaf", np.array([[0.0]]))
+    for j in range(5):
+        arr[len(wnids) + j, 0] = (np.array([[1001.0 + j]]), f"n0000000{j}", "internal", np.array([[3.0]]))
+    savemat(os.path.join(HERE, "..", "fixtures", "meta.mat"), {"synsets": arr}, do_compression=True)
+    print("wrote tests/fixtures/meta.mat")
 
 
 def check(path):

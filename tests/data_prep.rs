@@ -1,0 +1,154 @@
+//! imagenet-prep on a small ILSVRC-shaped fixture built from ../shared: the flat validation folder
+//! reorganised from each labels format into the same tree; verify and resize.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const N: usize = 30;
+
+fn prep(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_imagenet-prep")).args(args).output().unwrap();
+    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), s(&out.stdout), s(&out.stderr))
+}
+
+fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p).unwrap().lines().map(str::to_string).collect()
+}
+
+/// A flat val folder of N real JPEGs named ILSVRC2012_val_000000XX.JPEG and the four label files.
+fn fixture(shared: &Path, dir: &Path) -> (PathBuf, BTreeMap<String, String>) {
+    let flat = dir.join("val_flat");
+    std::fs::create_dir_all(&flat).unwrap();
+    let mut samples: Vec<PathBuf> =
+        std::fs::read_dir(shared.join("data/imagenet-samples")).unwrap().map(|e| e.unwrap().path()).collect();
+    samples.sort();
+    for i in 1..=N {
+        std::fs::copy(&samples[i * 7], flat.join(format!("ILSVRC2012_val_{i:08}.JPEG"))).unwrap();
+    }
+    let meta = shared.join("data/imagenet-meta");
+    let truth: BTreeMap<String, String> = lines(&meta.join("ILSVRC2012_val_wnid.txt"))
+        .into_iter()
+        .take(N)
+        .map(|l| {
+            let (f, w) = l.split_once(' ').unwrap();
+            (f.to_string(), w.to_string())
+        })
+        .collect();
+    let wanted = |id: &str| truth.contains_key(&format!("{id}.JPEG"));
+    let mut kaggle = vec!["ImageId,PredictionString".to_string()];
+    kaggle.extend(lines(&meta.join("LOC_val_solution_wnid_only.csv")).into_iter().skip(1).filter(|l| wanted(l.split(',').next().unwrap())));
+    std::fs::write(dir.join("LOC_val_solution.csv"), kaggle.join("\n")).unwrap();
+    std::fs::write(dir.join("val.txt"), lines(&meta.join("ILSVRC2012_val_caffe_labels.txt"))[..N].join("\n")).unwrap();
+    std::fs::write(dir.join("val_wnid.txt"), lines(&meta.join("ILSVRC2012_val_wnid.txt"))[..N].join("\n")).unwrap();
+    // Devkit ground truth: ILSVRC2012_IDs through tests/fixtures/meta.mat's permutation.
+    let wnids: Vec<String> = lines(&meta.join("LOC_synset_mapping.txt")).iter().map(|l| l[..9].to_string()).collect();
+    let gt: Vec<String> = truth
+        .values()
+        .map(|w| ((7 * wnids.iter().position(|x| x == w).unwrap() + 3) % 1000 + 1).to_string())
+        .collect();
+    std::fs::write(dir.join("ILSVRC2012_validation_ground_truth.txt"), gt.join("\n")).unwrap();
+    (flat, truth)
+}
+
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for class in std::fs::read_dir(root).unwrap() {
+        let class = class.unwrap().path();
+        for f in std::fs::read_dir(&class).unwrap() {
+            let f = f.unwrap().path();
+            out.insert(f.file_name().unwrap().to_string_lossy().into_owned(), class.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn val_reorganisation_from_every_labels_format() {
+    let Some(shared) = common::shared("val_reorganisation_from_every_labels_format") else { return };
+    let dir = common::tmpdir();
+    let (flat, truth) = fixture(&shared, dir.path());
+    let d = |p: &str| dir.path().join(p).to_string_lossy().into_owned();
+    let synsets = shared.join("data/imagenet-meta/LOC_synset_mapping.txt");
+    let meta = common::repo().join("tests/fixtures/meta.mat");
+    let flat_s = flat.to_string_lossy().into_owned();
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        ("kaggle", vec!["--labels".into(), d("LOC_val_solution.csv")]),
+        ("caffe", vec!["--labels".into(), d("val.txt"), "--synsets".into(), synsets.to_string_lossy().into_owned()]),
+        ("wnid", vec!["--labels".into(), d("val_wnid.txt")]),
+        ("devkit", vec!["--labels".into(), d("ILSVRC2012_validation_ground_truth.txt"), "--meta".into(), meta.to_string_lossy().into_owned()]),
+    ];
+    for (name, extra) in cases {
+        let out = d(name);
+        let mut args = vec!["val".to_string(), "--src".into(), flat_s.clone(), "--out".into(), out.clone()];
+        args.extend(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Dry run changes nothing.
+        let (code, stdout, err) = prep(&[args.as_slice(), &["--dry-run"]].concat());
+        assert_eq!(code, 0, "{name}: {err}");
+        assert!(stdout.contains(&format!("{N} images")), "{stdout}");
+        assert!(!Path::new(&out).exists());
+        let (code, _, err) = prep(&args);
+        assert_eq!(code, 0, "{name}: {err}");
+        assert_eq!(tree(Path::new(&out)), truth, "{name}");
+        // Idempotent: a rerun has nothing to do.
+        let (code, stdout, _) = prep(&args);
+        assert_eq!(code, 0);
+        assert!(stdout.contains("0 to Hardlink") && stdout.contains(&format!("{N} already in place")), "{stdout}");
+    }
+    // Hard links by default: same inode as the source.
+    use std::os::unix::fs::MetadataExt;
+    let (f, w) = truth.iter().next().unwrap();
+    assert_eq!(
+        std::fs::metadata(flat.join(f)).unwrap().ino(),
+        std::fs::metadata(dir.path().join("kaggle").join(w).join(f)).unwrap().ino()
+    );
+    // Refuses to overwrite a different file (a new inode: writing through the link would change the source).
+    let target = dir.path().join("kaggle").join(w).join(f);
+    std::fs::remove_file(&target).unwrap();
+    std::fs::write(&target, b"other").unwrap();
+    let (code, _, err) = prep(&["val", "--src", &flat_s, "--out", &d("kaggle"), "--labels", &d("LOC_val_solution.csv")]);
+    assert_ne!(code, 0);
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    // Devkit IDs without meta.mat: a clear error, not a wrong tree.
+    let (code, _, err) = prep(&["val", "--src", &flat_s, "--out", &d("x"), "--labels", &d("ILSVRC2012_validation_ground_truth.txt")]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--meta"), "{err}");
+}
+
+#[test]
+fn verify_counts_kinds_and_flags_bad_files_and_resize_is_resumable() {
+    let dir = common::tmpdir();
+    let src = dir.path().join("src/a");
+    std::fs::create_dir_all(&src).unwrap();
+    for f in ["cmyk.jpg", "gray.jpg", "png_inside.JPEG", "exif_rotated.jpg"] {
+        std::fs::copy(common::repo().join("tests/fixtures").join(f), src.join(f)).unwrap();
+    }
+    let root = dir.path().join("src").to_string_lossy().into_owned();
+    let (code, out, _) = prep(&["verify", &root, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["files"], 4);
+    assert_eq!(v["kinds"]["JPEG/Cmyk"], 1);
+    assert_eq!(v["kinds"]["JPEG/Gray"], 1);
+    assert_eq!(v["kinds"]["JPEG/YCbCr"], 1);
+    assert_eq!(v["kinds"]["PNG/Rgb8"], 1);
+    std::fs::write(src.join("zero.jpg"), b"").unwrap();
+    let (code, out, _) = prep(&["verify", &root]);
+    assert_eq!(code, 1);
+    assert!(out.contains("zero.jpg"), "{out}");
+    assert_eq!(prep(&["verify", &root, "--allow-bad"]).0, 0);
+    std::fs::remove_file(src.join("zero.jpg")).unwrap();
+
+    let out_dir = dir.path().join("small").to_string_lossy().into_owned();
+    let (code, out, err) = prep(&["resize", &root, &out_dir, "--max-side", "32"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("4 to do"), "{out}");
+    let img = resnet_train::data::decode::decode_file(&Path::new(&out_dir).join("a/gray.jpg")).unwrap();
+    assert_eq!((img.width, img.height), (32, 24));
+    let (_, out, _) = prep(&["resize", &root, &out_dir, "--max-side", "32"]);
+    assert!(out.contains("0 to do"), "rerun resumes: {out}");
+}
