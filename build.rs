@@ -26,7 +26,8 @@ fn main() {
     // The libjpeg-API shim, against the libjpeg-turbo that turbojpeg-sys builds (`links = "turbojpeg"`).
     let mut jpeg = cc::Build::new();
     jpeg.file("src/ffi/jpeg_shim.c").warnings(false);
-    for dir in std::env::var("DEP_TURBOJPEG_INCLUDE").unwrap_or_default().split(',').filter(|d| !d.is_empty()) {
+    for dir in std::env::var("DEP_TURBOJPEG_INCLUDE").unwrap_or_default().split(',').filter(|d| !d.is_empty())
+    {
         jpeg.include(dir);
     }
     jpeg.compile("resnet_train_jpeg_shim");

@@ -172,8 +172,11 @@ pub fn read_variables(bytes: &[u8]) -> Result<Vec<(String, Value)>, String> {
 pub fn ilsvrc_id_to_wnid(bytes: &[u8]) -> Result<std::collections::HashMap<u32, String>, String> {
     let vars = read_variables(bytes)?;
     let (_, synsets) = vars.iter().find(|(n, _)| n == "synsets").ok_or("no variable `synsets`")?;
-    let Value::Struct { fields, elements } = synsets else { return Err("`synsets` is not a struct array".into()) };
-    let id_f = fields.iter().position(|f| f == "ILSVRC2012_ID").ok_or("`synsets` has no ILSVRC2012_ID field")?;
+    let Value::Struct { fields, elements } = synsets else {
+        return Err("`synsets` is not a struct array".into());
+    };
+    let id_f =
+        fields.iter().position(|f| f == "ILSVRC2012_ID").ok_or("`synsets` has no ILSVRC2012_ID field")?;
     let wnid_f = fields.iter().position(|f| f == "WNID").ok_or("`synsets` has no WNID field")?;
     let mut map = std::collections::HashMap::new();
     for e in elements {

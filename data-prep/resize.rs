@@ -84,7 +84,12 @@ pub fn run(a: ResizeArgs) -> Result<u8, String> {
         })
         .collect();
     bar.finish_and_clear();
-    println!("resized {}, copied {}, failed {}", resized.load(Ordering::Relaxed), jobs.len() - failures.len() - resized.load(Ordering::Relaxed), failures.len());
+    println!(
+        "resized {}, copied {}, failed {}",
+        resized.load(Ordering::Relaxed),
+        jobs.len() - failures.len() - resized.load(Ordering::Relaxed),
+        failures.len()
+    );
     for f in failures.iter().take(20) {
         eprintln!("  {f}");
     }

@@ -54,7 +54,11 @@ fn val_file_name(i: usize) -> String {
 }
 
 /// File name (with extension) -> wnid, from any supported labels format.
-pub fn parse_labels(labels: &Path, meta: Option<&Path>, synsets: Option<&Path>) -> Result<HashMap<String, String>, String> {
+pub fn parse_labels(
+    labels: &Path,
+    meta: Option<&Path>,
+    synsets: Option<&Path>,
+) -> Result<HashMap<String, String>, String> {
     let text = read(labels)?;
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let first = *lines.first().ok_or_else(|| format!("{}: empty labels file", labels.display()))?;
@@ -68,17 +72,26 @@ pub fn parse_labels(labels: &Path, meta: Option<&Path>, synsets: Option<&Path>) 
             map.insert(with_ext(id), wnid.to_string());
         }
     } else if first.split_whitespace().count() == 1 {
-        let meta = meta.ok_or_else(|| format!("{}: devkit ground truth (one ILSVRC2012_ID per line) needs --meta meta.mat", labels.display()))?;
+        let meta = meta.ok_or_else(|| {
+            format!(
+                "{}: devkit ground truth (one ILSVRC2012_ID per line) needs --meta meta.mat",
+                labels.display()
+            )
+        })?;
         let bytes = std::fs::read(meta).map_err(|e| format!("{}: {e}", meta.display()))?;
         let ids = matfile::ilsvrc_id_to_wnid(&bytes).map_err(|e| format!("{}: {e}", meta.display()))?;
         for (n, l) in lines.iter().enumerate() {
             let id: u32 = l.parse().map_err(|_| bad(n, l))?;
-            let wnid = ids.get(&id).ok_or_else(|| format!("{}: ILSVRC2012_ID {id} is not in {}", labels.display(), meta.display()))?;
+            let wnid = ids.get(&id).ok_or_else(|| {
+                format!("{}: ILSVRC2012_ID {id} is not in {}", labels.display(), meta.display())
+            })?;
             map.insert(val_file_name(n + 1), wnid.clone());
         }
     } else {
         let classes: Option<Vec<String>> = match synsets {
-            Some(p) => Some(read(p)?.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()),
+            Some(p) => Some(
+                read(p)?.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect(),
+            ),
             None => None,
         };
         for (n, l) in lines.iter().enumerate() {
@@ -88,8 +101,12 @@ pub fn parse_labels(labels: &Path, meta: Option<&Path>, synsets: Option<&Path>) 
                 label.to_string()
             } else {
                 let idx: usize = label.parse().map_err(|_| bad(n, l))?;
-                let classes = classes.as_ref().ok_or_else(|| format!("{}: class indices need --synsets LOC_synset_mapping.txt", labels.display()))?;
-                classes.get(idx).cloned().ok_or_else(|| format!("{}:{}: class index {idx} out of range", labels.display(), n + 1))?
+                let classes = classes.as_ref().ok_or_else(|| {
+                    format!("{}: class indices need --synsets LOC_synset_mapping.txt", labels.display())
+                })?;
+                classes.get(idx).cloned().ok_or_else(|| {
+                    format!("{}:{}: class index {idx} out of range", labels.display(), n + 1)
+                })?
             };
             map.insert(with_ext(file), wnid);
         }
@@ -100,7 +117,10 @@ pub fn parse_labels(labels: &Path, meta: Option<&Path>, synsets: Option<&Path>) 
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => (x.dev() == y.dev() && x.ino() == y.ino()) || (x.len() == y.len() && std::fs::read(a).ok() == std::fs::read(b).ok()),
+        (Ok(x), Ok(y)) => {
+            (x.dev() == y.dev() && x.ino() == y.ino())
+                || (x.len() == y.len() && std::fs::read(a).ok() == std::fs::read(b).ok())
+        }
         _ => false,
     }
 }
@@ -127,7 +147,8 @@ pub fn run(a: ValArgs) -> Result<u8, String> {
         ));
     }
     let classes: std::collections::BTreeSet<&str> = labels.values().map(String::as_str).collect();
-    let conflicts: Vec<&PathBuf> = plan.iter().filter(|(s, d)| d.exists() && !same_file(s, d)).map(|(_, d)| d).collect();
+    let conflicts: Vec<&PathBuf> =
+        plan.iter().filter(|(s, d)| d.exists() && !same_file(s, d)).map(|(_, d)| d).collect();
     if !conflicts.is_empty() {
         return Err(format!(
             "refusing to overwrite {} existing files that differ from the source, e.g. {}",
@@ -164,7 +185,8 @@ pub fn run(a: ValArgs) -> Result<u8, String> {
             LinkMode::Symlink => std::os::unix::fs::symlink(&src_abs, &tmp),
             LinkMode::Copy => std::fs::copy(&src_abs, &tmp).map(|_| ()),
         };
-        r.and_then(|_| std::fs::rename(&tmp, dst)).map_err(|e| format!("{} -> {}: {e}", src.display(), dst.display()))?;
+        r.and_then(|_| std::fs::rename(&tmp, dst))
+            .map_err(|e| format!("{} -> {}: {e}", src.display(), dst.display()))?;
         bar.inc(1);
     }
     bar.finish_and_clear();

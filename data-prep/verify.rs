@@ -34,7 +34,9 @@ fn check(path: &PathBuf) -> Result<String, String> {
         }
         return Ok(format!("JPEG/{:?}", h.colorspace));
     }
-    let img = image::ImageReader::new(std::io::Cursor::new(&bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+    let img = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
     let format = img.format().map_or("unknown".to_string(), |f| format!("{f:?}").to_uppercase());
     let decoded = img.decode().map_err(|e| e.to_string())?;
     Ok(format!("{format}/{:?}", decoded.color()))

@@ -9,10 +9,14 @@ use tch::{nn, Kind, Tensor};
 
 fn check_case(kind: ActKind, order: i64, axis: NormAxis, precision: Kind, tol: f64) {
     let g = common::golden("activations.safetensors");
-    let key = format!("{}.o{order}.{}", if kind == ActKind::Polyrelu { "polyrelu" } else { "polynorm" }, match axis {
-        NormAxis::Channel => "channel",
-        NormAxis::Layer => "layer",
-    });
+    let key = format!(
+        "{}.o{order}.{}",
+        if kind == ActKind::Polyrelu { "polyrelu" } else { "polynorm" },
+        match axis {
+            NormAxis::Channel => "channel",
+            NormAxis::Layer => "layer",
+        }
+    );
     let t = |s: &str| g[&format!("{key}.{s}")].to_kind(precision);
     let x = t("x").set_requires_grad(true);
     let w = t("w").set_requires_grad(true);
@@ -56,7 +60,8 @@ fn forward_and_backward_match_reference_in_f32() {
 fn init_is_paper_or_relu_like() {
     let vs = nn::VarStore::new(tch::Device::Cpu);
     for order in 1..=8 {
-        let paper = Activation::new(&vs.root() / format!("p{order}"), ActConfig::new(ActKind::Polynorm, order));
+        let paper =
+            Activation::new(&vs.root() / format!("p{order}"), ActConfig::new(ActKind::Polynorm, order));
         let _ = paper;
         let mut cfg = ActConfig::new(ActKind::Polyrelu, order);
         cfg.init = ActInit::ReluLike;

@@ -16,7 +16,8 @@ fn init_then_predict_json_on_real_images() {
     let dir = common::tmpdir();
     let w = dir.path().join("r18.safetensors");
     let w = w.to_str().unwrap();
-    let (code, out, err) = run(&["init", "--arch", "resnet18", "--act", "polynorm", "--order", "2", "--seed", "3", "--out", w]);
+    let (code, out, err) =
+        run(&["init", "--arch", "resnet18", "--act", "polynorm", "--order", "2", "--seed", "3", "--out", w]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("11689512") || out.contains(&format!("{}", 11_689_512 + 17 * 3)), "{out}");
 
@@ -25,8 +26,16 @@ fn init_then_predict_json_on_real_images() {
     let b = imgs.join("n02096051_Airedale.JPEG");
     let classes = shared.join("data/imagenet-meta/LOC_synset_mapping.txt");
     let (code, out, err) = run(&[
-        "predict", "--checkpoint", w, "--classes", classes.to_str().unwrap(), "--topk", "3", "--json",
-        a.to_str().unwrap(), b.to_str().unwrap(),
+        "predict",
+        "--checkpoint",
+        w,
+        "--classes",
+        classes.to_str().unwrap(),
+        "--topk",
+        "3",
+        "--json",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -34,8 +43,10 @@ fn init_then_predict_json_on_real_images() {
     for (line, img) in lines.iter().zip([&a, &b]) {
         assert_eq!(line["file"], img.to_str().unwrap());
         let idx = line["top_indices"].as_array().unwrap();
-        let probs: Vec<f64> = line["top_probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
-        let logits: Vec<f64> = line["logits"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
+        let probs: Vec<f64> =
+            line["top_probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
+        let logits: Vec<f64> =
+            line["logits"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
         assert_eq!((idx.len(), probs.len(), logits.len()), (3, 3, 1000));
         assert!(probs.windows(2).all(|p| p[0] >= p[1]), "sorted");
         // Probabilities are the softmax of the logits.
@@ -74,7 +85,10 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     for img in [&junk, &empty, &dir.path().join("absent.png")] {
         let (code, _, err) = run(&["predict", "--checkpoint", w, img.to_str().unwrap()]);
         assert_ne!(code, 0);
-        assert!(err.contains(img.file_name().unwrap().to_str().unwrap()) && !err.contains("panicked"), "{err}");
+        assert!(
+            err.contains(img.file_name().unwrap().to_str().unwrap()) && !err.contains("panicked"),
+            "{err}"
+        );
     }
     let (code, _, err) = run(&["predict", "--checkpoint", junk.to_str().unwrap(), empty.to_str().unwrap()]);
     assert_ne!(code, 0);

@@ -93,8 +93,7 @@ fn distributed_sampler_semantics() {
     assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
     assert_eq!(p0, sh.indices(3));
     assert_ne!(p0, sh.indices(4));
-    let mut union: Vec<usize> =
-        (0..4).flat_map(|r| Sampler { rank: r, world: 4, ..sh }.indices(3)).collect();
+    let mut union: Vec<usize> = (0..4).flat_map(|r| Sampler { rank: r, world: 4, ..sh }.indices(3)).collect();
     union.sort();
     assert_eq!(union, (0..1000).collect::<Vec<_>>());
 }
@@ -105,7 +104,9 @@ fn image_folder_scan_order_extensions_and_cache_invalidation() {
     let cache = common::tmpdir();
     let open = |root: &Path| ImageFolder::open_with_index_dir(root, Some(cache.path()));
     let root = dir.path();
-    for (class, files) in [("n02", vec!["b.JPEG", "a.png", "notes.txt"]), ("n01", vec!["z.jpg", "sub/y.JpEg"])] {
+    for (class, files) in
+        [("n02", vec!["b.JPEG", "a.png", "notes.txt"]), ("n01", vec!["z.jpg", "sub/y.JpEg"])]
+    {
         for f in files {
             let p = root.join(class).join(f);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -121,7 +122,12 @@ fn image_folder_scan_order_extensions_and_cache_invalidation() {
         .collect();
     assert_eq!(
         names,
-        vec![("n01/z.jpg".into(), 0), ("n01/sub/y.JpEg".into(), 0), ("n02/a.png".into(), 1), ("n02/b.JPEG".into(), 1)]
+        vec![
+            ("n01/z.jpg".into(), 0),
+            ("n01/sub/y.JpEg".into(), 0),
+            ("n02/a.png".into(), 1),
+            ("n02/b.JPEG".into(), 1)
+        ]
     );
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1, "index cached");
     assert_eq!(open(root).unwrap().len(), 4, "read back from the cache");
@@ -162,8 +168,12 @@ fn bad_files_are_skipped_counted_and_reported_and_too_many_stop_the_run() {
         assert_eq!(b.images.size(), vec![16, 3, 32, 32], "batch shapes are kept");
         replaced += b.replaced;
     }
-    let bad: Vec<String> =
-        loader.bad.examples(10).iter().map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let bad: Vec<String> = loader
+        .bad
+        .examples(10)
+        .iter()
+        .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(bad, vec!["garbage.JPEG", "truncated.jpg", "zero.jpg"]);
     assert!(replaced >= 2, "bad samples in the epoch were replaced ({replaced})");
 

@@ -40,12 +40,20 @@ fn fixture(shared: &Path, dir: &Path) -> (PathBuf, BTreeMap<String, String>) {
         .collect();
     let wanted = |id: &str| truth.contains_key(&format!("{id}.JPEG"));
     let mut kaggle = vec!["ImageId,PredictionString".to_string()];
-    kaggle.extend(lines(&meta.join("LOC_val_solution_wnid_only.csv")).into_iter().skip(1).filter(|l| wanted(l.split(',').next().unwrap())));
+    kaggle.extend(
+        lines(&meta.join("LOC_val_solution_wnid_only.csv"))
+            .into_iter()
+            .skip(1)
+            .filter(|l| wanted(l.split(',').next().unwrap())),
+    );
     std::fs::write(dir.join("LOC_val_solution.csv"), kaggle.join("\n")).unwrap();
-    std::fs::write(dir.join("val.txt"), lines(&meta.join("ILSVRC2012_val_caffe_labels.txt"))[..N].join("\n")).unwrap();
-    std::fs::write(dir.join("val_wnid.txt"), lines(&meta.join("ILSVRC2012_val_wnid.txt"))[..N].join("\n")).unwrap();
+    std::fs::write(dir.join("val.txt"), lines(&meta.join("ILSVRC2012_val_caffe_labels.txt"))[..N].join("\n"))
+        .unwrap();
+    std::fs::write(dir.join("val_wnid.txt"), lines(&meta.join("ILSVRC2012_val_wnid.txt"))[..N].join("\n"))
+        .unwrap();
     // Devkit ground truth: ILSVRC2012_IDs through tests/fixtures/meta.mat's permutation.
-    let wnids: Vec<String> = lines(&meta.join("LOC_synset_mapping.txt")).iter().map(|l| l[..9].to_string()).collect();
+    let wnids: Vec<String> =
+        lines(&meta.join("LOC_synset_mapping.txt")).iter().map(|l| l[..9].to_string()).collect();
     let gt: Vec<String> = truth
         .values()
         .map(|w| ((7 * wnids.iter().position(|x| x == w).unwrap() + 3) % 1000 + 1).to_string())
@@ -60,7 +68,10 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
         let class = class.unwrap().path();
         for f in std::fs::read_dir(&class).unwrap() {
             let f = f.unwrap().path();
-            out.insert(f.file_name().unwrap().to_string_lossy().into_owned(), class.file_name().unwrap().to_string_lossy().into_owned());
+            out.insert(
+                f.file_name().unwrap().to_string_lossy().into_owned(),
+                class.file_name().unwrap().to_string_lossy().into_owned(),
+            );
         }
     }
     out
@@ -77,9 +88,20 @@ fn val_reorganisation_from_every_labels_format() {
     let flat_s = flat.to_string_lossy().into_owned();
     let cases: Vec<(&str, Vec<String>)> = vec![
         ("kaggle", vec!["--labels".into(), d("LOC_val_solution.csv")]),
-        ("caffe", vec!["--labels".into(), d("val.txt"), "--synsets".into(), synsets.to_string_lossy().into_owned()]),
+        (
+            "caffe",
+            vec!["--labels".into(), d("val.txt"), "--synsets".into(), synsets.to_string_lossy().into_owned()],
+        ),
         ("wnid", vec!["--labels".into(), d("val_wnid.txt")]),
-        ("devkit", vec!["--labels".into(), d("ILSVRC2012_validation_ground_truth.txt"), "--meta".into(), meta.to_string_lossy().into_owned()]),
+        (
+            "devkit",
+            vec![
+                "--labels".into(),
+                d("ILSVRC2012_validation_ground_truth.txt"),
+                "--meta".into(),
+                meta.to_string_lossy().into_owned(),
+            ],
+        ),
     ];
     for (name, extra) in cases {
         let out = d(name);
@@ -97,7 +119,10 @@ fn val_reorganisation_from_every_labels_format() {
         // Idempotent: a rerun has nothing to do.
         let (code, stdout, _) = prep(&args);
         assert_eq!(code, 0);
-        assert!(stdout.contains("0 to Hardlink") && stdout.contains(&format!("{N} already in place")), "{stdout}");
+        assert!(
+            stdout.contains("0 to Hardlink") && stdout.contains(&format!("{N} already in place")),
+            "{stdout}"
+        );
     }
     // Hard links by default: same inode as the source.
     use std::os::unix::fs::MetadataExt;
@@ -110,11 +135,20 @@ fn val_reorganisation_from_every_labels_format() {
     let target = dir.path().join("kaggle").join(w).join(f);
     std::fs::remove_file(&target).unwrap();
     std::fs::write(&target, b"other").unwrap();
-    let (code, _, err) = prep(&["val", "--src", &flat_s, "--out", &d("kaggle"), "--labels", &d("LOC_val_solution.csv")]);
+    let (code, _, err) =
+        prep(&["val", "--src", &flat_s, "--out", &d("kaggle"), "--labels", &d("LOC_val_solution.csv")]);
     assert_ne!(code, 0);
     assert!(err.contains("refusing to overwrite"), "{err}");
     // Devkit IDs without meta.mat: a clear error, not a wrong tree.
-    let (code, _, err) = prep(&["val", "--src", &flat_s, "--out", &d("x"), "--labels", &d("ILSVRC2012_validation_ground_truth.txt")]);
+    let (code, _, err) = prep(&[
+        "val",
+        "--src",
+        &flat_s,
+        "--out",
+        &d("x"),
+        "--labels",
+        &d("ILSVRC2012_validation_ground_truth.txt"),
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("--meta"), "{err}");
 }

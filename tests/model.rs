@@ -73,7 +73,11 @@ fn keys_and_shapes_match_torchvision_and_reference() {
 fn logits_match_reference_for_the_same_weights() {
     let g = common::golden("model_logits.safetensors");
     let input = common::det_input();
-    assert_eq!(common::rel_err(&input, &g["input"]), 0.0, "the deterministic formula differs from make_golden.py");
+    assert_eq!(
+        common::rel_err(&input, &g["input"]),
+        0.0,
+        "the deterministic formula differs from make_golden.py"
+    );
     for (tag, arch, kind, init) in [
         ("resnet50.relu", Arch::Resnet50, ActKind::Relu, ActInit::Paper),
         ("resnet50.polyrelu", Arch::Resnet50, ActKind::Polyrelu, ActInit::ReluLike),

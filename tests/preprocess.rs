@@ -26,7 +26,9 @@ fn eval_transform_matches_torchvision_on_real_images() {
     for key in g.keys().filter(|k| k.starts_with("eval224.") && k.ends_with(".patches")) {
         let name = key.trim_start_matches("eval224.").trim_end_matches(".patches");
         let path = shared.join("data/imagenet-samples").join(name);
-        let ours = transform::load_tensor(&path, &transform::Transform::eval(224, 0.875), &mut SplitMix64::new(0)).unwrap();
+        let ours =
+            transform::load_tensor(&path, &transform::Transform::eval(224, 0.875), &mut SplitMix64::new(0))
+                .unwrap();
         assert_eq!(ours.size(), vec![3, 224, 224]);
         let patches = Tensor::stack(
             &spots.chunks(2).map(|rc| ours.narrow(1, rc[0], 16).narrow(2, rc[1], 16)).collect::<Vec<_>>(),
@@ -46,22 +48,33 @@ fn eval_transform_matches_torchvision_on_real_images() {
 
 #[test]
 fn train_crops_match_torchvision_resized_crop_on_real_images() {
-    let Some(shared) = common::shared("train_crops_match_torchvision_resized_crop_on_real_images") else { return };
+    let Some(shared) = common::shared("train_crops_match_torchvision_resized_crop_on_real_images") else {
+        return;
+    };
     let g = common::golden("preprocess.safetensors");
     let spots: Vec<i64> = Vec::try_from(&g["patch_spots"].flatten(0, -1)).unwrap();
     let mut checked = 0;
     for key in g.keys().filter(|k| k.starts_with("train224.") && k.ends_with(".patches")) {
         // train224.<file>.<top>.<left>.<h>.<w>.<flip>.patches
-        let parts: Vec<&str> = key.trim_start_matches("train224.").trim_end_matches(".patches").rsplitn(6, '.').collect();
+        let parts: Vec<&str> =
+            key.trim_start_matches("train224.").trim_end_matches(".patches").rsplitn(6, '.').collect();
         let n = |i: usize| parts[i].parse::<usize>().unwrap();
         let (flip, w, h, left, top, name) = (n(0) == 1, n(1), n(2), n(3), n(4), parts[5]);
         let t = transform::Transform::Crop { top, left, height: h, width: w, size: 224, flip };
-        let ours = transform::load_tensor(&shared.join("data/imagenet-samples").join(name), &t, &mut SplitMix64::new(0)).unwrap();
+        let ours = transform::load_tensor(
+            &shared.join("data/imagenet-samples").join(name),
+            &t,
+            &mut SplitMix64::new(0),
+        )
+        .unwrap();
         let patches = Tensor::stack(
             &spots.chunks(2).map(|rc| ours.narrow(1, rc[0], 16).narrow(2, rc[1], 16)).collect::<Vec<_>>(),
             0,
         );
-        let mad = (patches.to_kind(Kind::Double) - g[key].to_kind(Kind::Double)).abs().mean(Kind::Double).double_value(&[]);
+        let mad = (patches.to_kind(Kind::Double) - g[key].to_kind(Kind::Double))
+            .abs()
+            .mean(Kind::Double)
+            .double_value(&[]);
         let mean = ours.to_kind(Kind::Double).mean_dim([1, 2].as_slice(), false, None);
         let mean_err = (mean - &g[&key.replace(".patches", ".mean")]).abs().max().double_value(&[]);
         eprintln!("{key}: patch MAD {mad:.3}, channel-mean error {mean_err:.3}");
@@ -76,7 +89,8 @@ fn random_resized_crop_follows_torchvision_distribution() {
     let mut rng = SplitMix64::new(7);
     let (mut areas, mut logs) = (Vec::new(), Vec::new());
     for _ in 0..4000 {
-        let (top, left, h, w) = transform::random_resized_crop(375, 500, (0.08, 1.0), (0.75, 4.0 / 3.0), &mut rng);
+        let (top, left, h, w) =
+            transform::random_resized_crop(375, 500, (0.08, 1.0), (0.75, 4.0 / 3.0), &mut rng);
         assert!(top + h <= 375 && left + w <= 500 && h > 0 && w > 0);
         areas.push((h * w) as f64 / (375.0 * 500.0));
         logs.push((w as f64 / h as f64).ln());
@@ -101,7 +115,10 @@ fn formats_decode_like_pil() {
         let img = resnet_train::data::decode::decode_file(&path).unwrap();
         let ours = Tensor::from_slice(&img.pixels).view([img.height as i64, img.width as i64, 3]);
         assert_eq!(ours.size(), g[name].size(), "{name}");
-        let mad = (ours.to_kind(Kind::Double) - g[name].to_kind(Kind::Double)).abs().mean(Kind::Double).double_value(&[]);
+        let mad = (ours.to_kind(Kind::Double) - g[name].to_kind(Kind::Double))
+            .abs()
+            .mean(Kind::Double)
+            .double_value(&[]);
         assert!(mad <= 1.0, "{name}: MAD {mad}");
         // And through the full pipeline (libjpeg-turbo, or the fallback for CMYK / PNG).
         let t = transform::Transform::eval(32, 0.875);

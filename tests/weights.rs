@@ -79,8 +79,11 @@ fn torchvision_state_dict_loads_as_relu_resnet() {
     let cfg = ResNetConfig::new(Arch::Resnet50, ActConfig::new(ActKind::Relu, 3));
     let (vs, _) = model(cfg);
     let mut tensors: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-    let bns: Vec<String> =
-        tensors.keys().filter(|k| k.ends_with(".running_mean")).map(|k| k.replace(".running_mean", "")).collect();
+    let bns: Vec<String> = tensors
+        .keys()
+        .filter(|k| k.ends_with(".running_mean"))
+        .map(|k| k.replace(".running_mean", ""))
+        .collect();
     for bn in bns {
         tensors.insert(format!("{bn}.num_batches_tracked"), Tensor::from(7i64));
     }
@@ -117,7 +120,11 @@ fn file_loads_into_reference_polyresnet_strict() {
         return;
     }
     let dir = common::tmpdir();
-    for (kind, init) in [(ActKind::Relu, ActInit::Paper), (ActKind::Polyrelu, ActInit::ReluLike), (ActKind::Polynorm, ActInit::Paper)] {
+    for (kind, init) in [
+        (ActKind::Relu, ActInit::Paper),
+        (ActKind::Polyrelu, ActInit::ReluLike),
+        (ActKind::Polynorm, ActInit::Paper),
+    ] {
         let mut cfg = ResNetConfig::new(Arch::Resnet50, ActConfig::new(kind, 3));
         cfg.act.init = init;
         let (vs, m) = model(cfg);
@@ -132,7 +139,8 @@ fn file_loads_into_reference_polyresnet_strict() {
             .unwrap();
         assert!(out.status.success(), "{kind:?}: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let theirs: Vec<f32> = v["eval"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let theirs: Vec<f32> =
+            v["eval"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
         let ours = tch::no_grad(|| m.forward_t(&common::det_input(), false));
         let err = common::rel_err(&ours, &Tensor::from_slice(&theirs).view([2, 1000]));
         assert!(err < 1e-4, "{kind:?}: relative error {err:e}");

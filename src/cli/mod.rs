@@ -8,7 +8,11 @@ use crate::model::{ActConfig, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "resnet-train", version, about = "Train and evaluate ResNets with ReLU, PolyReLU or PolyNorm activations")]
+#[command(
+    name = "resnet-train",
+    version,
+    about = "Train and evaluate ResNets with ReLU, PolyReLU or PolyNorm activations"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -2,9 +2,9 @@
 //! from the file's metadata.
 
 use crate::data::transform;
-use crate::rng::SplitMix64;
 use crate::error::{Error, Result};
 use crate::model::{weights, ResNet};
+use crate::rng::SplitMix64;
 use std::path::{Path, PathBuf};
 use tch::Kind;
 
@@ -100,15 +100,18 @@ pub fn run(args: PredictArgs) -> Result<()> {
                 continue;
             }
         };
-        let logits = tch::no_grad(|| model.forward_t(&transform::normalize(&input.unsqueeze(0).to_device(device)), false))
-            .squeeze_dim(0)
-            .to_kind(Kind::Float)
-            .to_device(tch::Device::Cpu);
+        let logits = tch::no_grad(|| {
+            model.forward_t(&transform::normalize(&input.unsqueeze(0).to_device(device)), false)
+        })
+        .squeeze_dim(0)
+        .to_kind(Kind::Float)
+        .to_device(tch::Device::Cpu);
         let probs = logits.softmax(0, Kind::Double);
         let (top_p, top_i) = probs.topk(k, 0, true, true);
         let top_indices: Vec<i64> = Vec::try_from(&top_i)?;
         let top_probs: Vec<f64> = Vec::try_from(&top_p)?;
-        let top_names = names.as_ref().map(|n| top_indices.iter().map(|&i| n[i as usize].clone()).collect::<Vec<_>>());
+        let top_names =
+            names.as_ref().map(|n| top_indices.iter().map(|&i| n[i as usize].clone()).collect::<Vec<_>>());
         let shown = path.display().to_string();
         if args.json {
             let logits: Vec<f32> = Vec::try_from(&logits)?;

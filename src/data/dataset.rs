@@ -16,7 +16,9 @@ use std::time::UNIX_EPOCH;
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
 pub fn is_image_path(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
 #[derive(Clone, Debug)]
@@ -52,7 +54,10 @@ fn mtime_ns(p: &Path) -> Result<u128> {
 
 /// Image files under `dir` (recursively, following torchvision's sorted os.walk order), relative to
 /// `dir`, plus every folder visited with its mtime.
-fn walk(dir: &Path) -> Result<(Vec<String>, Vec<(PathBuf, u128)>)> {
+/// Image files (relative paths) and the folders visited with their mtimes.
+type Walked = (Vec<String>, Vec<(PathBuf, u128)>);
+
+fn walk(dir: &Path) -> Result<Walked> {
     let mut files = Vec::new();
     let mut dirs = vec![(dir.to_path_buf(), mtime_ns(dir)?)];
     let mut entries: Vec<(String, bool)> = std::fs::read_dir(dir)
@@ -134,10 +139,12 @@ impl ImageFolder {
             .collect();
         classes.sort();
         if classes.is_empty() {
-            return Err(Error::file(root, "no class folders: expected an ImageFolder layout root/<class>/<image>"));
+            return Err(Error::file(
+                root,
+                "no class folders: expected an ImageFolder layout root/<class>/<image>",
+            ));
         }
-        let walked: Vec<(Vec<String>, Vec<(PathBuf, u128)>)> =
-            classes.par_iter().map(|c| walk(&root.join(c))).collect::<Result<_>>()?;
+        let walked: Vec<Walked> = classes.par_iter().map(|c| walk(&root.join(c))).collect::<Result<_>>()?;
         let mut dirs = vec![(root.to_path_buf(), mtime_ns(root)?)];
         let mut files = Vec::with_capacity(classes.len());
         for (f, d) in walked {
@@ -171,7 +178,10 @@ impl ImageFolder {
 
     /// An ImageFolder when `root` has class folders with images, else a flat folder of images.
     pub fn open_any(root: &Path) -> Result<Self> {
-        let has_dirs = std::fs::read_dir(root).map_err(|e| Error::io(root, e))?.filter_map(|e| e.ok()).any(|e| e.path().is_dir());
+        let has_dirs = std::fs::read_dir(root)
+            .map_err(|e| Error::io(root, e))?
+            .filter_map(|e| e.ok())
+            .any(|e| e.path().is_dir());
         if has_dirs {
             Self::open(root)
         } else {

@@ -89,7 +89,13 @@ impl BadFiles {
     }
 
     pub fn examples(&self, n: usize) -> Vec<(PathBuf, String)> {
-        self.files.lock().unwrap_or_else(|e| e.into_inner()).iter().take(n).map(|(p, e)| (p.clone(), e.clone())).collect()
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .take(n)
+            .map(|(p, e)| (p.clone(), e.clone()))
+            .collect()
     }
 }
 
@@ -153,7 +159,8 @@ impl Loader {
         let indices = self.sampler().indices(epoch);
         let n_batches = self.batches_per_epoch();
         let (tx, rx) = crossbeam_channel::bounded(self.cfg.prefetch.max(1));
-        let (dataset, cfg, pool, bad) = (self.dataset.clone(), self.cfg.clone(), self.pool.clone(), self.bad.clone());
+        let (dataset, cfg, pool, bad) =
+            (self.dataset.clone(), self.cfg.clone(), self.pool.clone(), self.bad.clone());
         let producer = std::thread::Builder::new()
             .name("loader".into())
             .spawn(move || {
@@ -185,9 +192,11 @@ fn load_sample(
     for attempt in 0..=MAX_SUBSTITUTES {
         let sample = &dataset.samples[candidate];
         let mut rng = SplitMix64::keyed(&[cfg.seed, epoch, candidate as u64]);
-        let result = std::fs::read(&sample.path)
-            .map_err(|e| Error::io(&sample.path, e))
-            .and_then(|bytes| WORKER.with(|w| transform::apply(&mut w.borrow_mut(), &bytes, &sample.path, &cfg.transform, &mut rng, dst)));
+        let result = std::fs::read(&sample.path).map_err(|e| Error::io(&sample.path, e)).and_then(|bytes| {
+            WORKER.with(|w| {
+                transform::apply(&mut w.borrow_mut(), &bytes, &sample.path, &cfg.transform, &mut rng, dst)
+            })
+        });
         match result {
             Ok(()) => return Ok((sample.label, attempt > 0)),
             Err(e) => {
@@ -196,8 +205,11 @@ fn load_sample(
                 }
                 let allowed = (cfg.max_bad_fraction * dataset.len() as f64).floor() as usize;
                 if bad.count() > allowed {
-                    let examples: Vec<String> =
-                        bad.examples(10).into_iter().map(|(p, e)| format!("  {}: {e}", p.display())).collect();
+                    let examples: Vec<String> = bad
+                        .examples(10)
+                        .into_iter()
+                        .map(|(p, e)| format!("  {}: {e}", p.display()))
+                        .collect();
                     return Err(Error::file(
                         &dataset.root,
                         format!(

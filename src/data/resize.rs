@@ -19,7 +19,14 @@ pub struct Axis {
 impl Axis {
     /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`, for outputs `window`, reading
     /// source pixels in `[lo, hi)` only (Pillow: `[0, in_size)`; a crop-then-resize: the crop).
-    pub fn new(lo: usize, hi: usize, box0: f64, box1: f64, out_size: usize, window: std::ops::Range<usize>) -> Self {
+    pub fn new(
+        lo: usize,
+        hi: usize,
+        box0: f64,
+        box1: f64,
+        out_size: usize,
+        window: std::ops::Range<usize>,
+    ) -> Self {
         let scale = (box1 - box0) / out_size as f64;
         let filterscale = scale.max(1.0);
         let ss = 1.0 / filterscale;
@@ -89,7 +96,15 @@ pub struct Source<'a> {
 /// the vertical pass shrinks the image (fewer rows for the scalar horizontal pass) and differs from
 /// Pillow only in where the intermediate rounds to uint8.
 #[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+sse4.1"))]
-pub fn resample(src: &Source, h: &Axis, v: &Axis, flip: bool, vertical_first: bool, tmp: &mut Vec<u8>, dst: &mut [u8]) {
+pub fn resample(
+    src: &Source,
+    h: &Axis,
+    v: &Axis,
+    flip: bool,
+    vertical_first: bool,
+    tmp: &mut Vec<u8>,
+    dst: &mut [u8],
+) {
     let (out_w, out_h) = (h.len(), v.len());
     debug_assert_eq!(dst.len(), 3 * out_w * out_h);
     let plane = out_w * out_h;

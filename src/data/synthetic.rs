@@ -18,7 +18,9 @@ fn colour(rng: &mut SplitMix64) -> [f64; 3] {
 
 /// Draws image `index` of class `class` (deterministic in (seed, class, index)) as RGB bytes.
 pub fn draw(class: usize, index: u64, size: usize, seed: u64) -> Vec<u8> {
-    let mut rng = SplitMix64::new(seed ^ (class as u64).wrapping_mul(0x1000_0000_01B3) ^ index.wrapping_mul(0x9E37_79B9));
+    let mut rng = SplitMix64::new(
+        seed ^ (class as u64).wrapping_mul(0x1000_0000_01B3) ^ index.wrapping_mul(0x9E37_79B9),
+    );
     for _ in 0..4 {
         rng.next_u64();
     }
@@ -72,7 +74,13 @@ pub fn draw(class: usize, index: u64, size: usize, seed: u64) -> Vec<u8> {
 
 /// Writes the dataset (`per_class_train` + `per_class_val` images per class) as JPEGs under `root`,
 /// skipping files already present (reruns after an interruption finish the job).
-pub fn write_dataset(root: &Path, per_class_train: u64, per_class_val: u64, size: usize, seed: u64) -> Result<()> {
+pub fn write_dataset(
+    root: &Path,
+    per_class_train: u64,
+    per_class_val: u64,
+    size: usize,
+    seed: u64,
+) -> Result<()> {
     for (split, count, offset) in [("train", per_class_train, 0u64), ("val", per_class_val, 1 << 32)] {
         for (c, name) in CLASSES.iter().enumerate() {
             let dir = root.join(split).join(name);

@@ -39,7 +39,9 @@ impl Transform {
 
     pub fn size(&self) -> usize {
         match *self {
-            Transform::Train { size, .. } | Transform::Eval { size, .. } | Transform::Crop { size, .. } => size,
+            Transform::Train { size, .. } | Transform::Eval { size, .. } | Transform::Crop { size, .. } => {
+                size
+            }
         }
     }
 }
@@ -160,7 +162,14 @@ fn plan(height: usize, width: usize, t: &Transform, rng: &mut SplitMix64, scalin
 /// Decodes `bytes` and applies `t`, writing `3 x size x size` uint8 CHW into `dst`.
 /// `rng` is the sample's own generator. JPEGs go through libjpeg-turbo (scaled, partial decode);
 /// everything else, and JPEGs libjpeg-turbo refuses (CMYK), through the `image` crate.
-pub fn apply(worker: &mut Worker, bytes: &[u8], path: &Path, t: &Transform, rng: &mut SplitMix64, dst: &mut [u8]) -> Result<()> {
+pub fn apply(
+    worker: &mut Worker,
+    bytes: &[u8],
+    path: &Path,
+    t: &Transform,
+    rng: &mut SplitMix64,
+    dst: &mut [u8],
+) -> Result<()> {
     let size = t.size();
     if dst.len() != 3 * size * size {
         return Err(Error::Usage(format!("output buffer of {} bytes for a {size}px image", dst.len())));
@@ -175,8 +184,12 @@ pub fn apply(worker: &mut Worker, bytes: &[u8], path: &Path, t: &Transform, rng:
             let want = Region { x: x0, y: y0, width: x1 - x0, height: y1 - y0 };
             match jpeg::decode(bytes, &header, p.num, Some(want), &mut worker.decoded) {
                 Ok(region) => {
-                    let src =
-                        resize::Source { pixels: &worker.decoded, stride: region.width * 3, x0: region.x, y0: region.y };
+                    let src = resize::Source {
+                        pixels: &worker.decoded,
+                        stride: region.width * 3,
+                        x0: region.x,
+                        y0: region.y,
+                    };
                     resize::resample(&src, &p.h, &p.v, p.flip, p.vertical_first, &mut worker.tmp, dst);
                     *rng = r;
                     return Ok(());
@@ -206,7 +219,9 @@ pub fn load_tensor(path: &Path, t: &Transform, rng: &mut SplitMix64) -> Result<T
 /// ToTensor + Normalize(ImageNet mean/std) of a uint8 NCHW or CHW batch, on its device, as float.
 pub fn normalize(x: &Tensor) -> Tensor {
     let shape: &[i64] = if x.dim() == 4 { &[1, 3, 1, 1] } else { &[3, 1, 1] };
-    let mean = (Tensor::from_slice(&IMAGENET_MEAN) * 255.0).to_kind(Kind::Float).view(shape).to_device(x.device());
-    let std = (Tensor::from_slice(&IMAGENET_STD) * 255.0).to_kind(Kind::Float).view(shape).to_device(x.device());
+    let mean =
+        (Tensor::from_slice(&IMAGENET_MEAN) * 255.0).to_kind(Kind::Float).view(shape).to_device(x.device());
+    let std =
+        (Tensor::from_slice(&IMAGENET_STD) * 255.0).to_kind(Kind::Float).view(shape).to_device(x.device());
     (x.to_kind(Kind::Float) - mean) / std
 }

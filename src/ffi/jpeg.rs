@@ -83,7 +83,15 @@ pub fn header(data: &[u8]) -> Result<JpegHeader, String> {
     let mut msg = [0u8; 256];
     // SAFETY: valid slice and out-pointers; the shim writes at most msg.len() bytes of message.
     let rc = unsafe {
-        rt_jpeg_header(data.as_ptr(), data.len() as c_ulong, &mut w, &mut h, &mut cs, msg.as_mut_ptr() as *mut c_char, msg.len())
+        rt_jpeg_header(
+            data.as_ptr(),
+            data.len() as c_ulong,
+            &mut w,
+            &mut h,
+            &mut cs,
+            msg.as_mut_ptr() as *mut c_char,
+            msg.len(),
+        )
     };
     if rc != 0 {
         return Err(message(&msg));
@@ -106,7 +114,13 @@ pub fn header(data: &[u8]) -> Result<JpegHeader, String> {
 /// coordinates, inside the scaled image) only that region is decoded; its left edge moves left
 /// to the iMCU boundary, so the returned region may be wider. Truncated files are errors (as PIL
 /// treats them); other libjpeg warnings are not. CMYK files are errors (the caller falls back).
-pub fn decode(data: &[u8], header: &JpegHeader, num: usize, want: Option<Region>, out: &mut Vec<u8>) -> Result<Region, String> {
+pub fn decode(
+    data: &[u8],
+    header: &JpegHeader,
+    num: usize,
+    want: Option<Region>,
+    out: &mut Vec<u8>,
+) -> Result<Region, String> {
     let num = num.clamp(1, 8);
     let (sw, sh) = (scaled(header.width, num), scaled(header.height, num));
     let r = match want {

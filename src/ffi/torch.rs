@@ -124,7 +124,8 @@ pub fn set_allow_tf32(allow: bool) -> Result<()> {
 /// Returns the path that was loaded.
 pub fn load_cuda_library() -> Option<String> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    let cpu_lib = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.ends_with("/libtorch_cpu.so"))?;
+    let cpu_lib =
+        maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.ends_with("/libtorch_cpu.so"))?;
     let dir = std::path::Path::new(cpu_lib).parent()?;
     let cuda_lib = dir.join("libtorch_cuda.so");
     if !cuda_lib.exists() {
@@ -144,7 +145,11 @@ pub fn load_cuda_library() -> Option<String> {
 /// The slice borrows the tensor mutably; do not hold shallow clones of it while writing.
 pub fn uint8_bytes_mut(t: &mut Tensor) -> Result<&mut [u8]> {
     if t.device() != Device::Cpu || t.kind() != Kind::Uint8 || !t.is_contiguous() {
-        return Err(Error::Torch(format!("expected a contiguous CPU uint8 tensor, got {:?} {:?}", t.device(), t.kind())));
+        return Err(Error::Torch(format!(
+            "expected a contiguous CPU uint8 tensor, got {:?} {:?}",
+            t.device(),
+            t.kind()
+        )));
     }
     let len = t.numel();
     if len == 0 {

@@ -133,14 +133,19 @@ pub fn polyrelu(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
     let mut acc = &r * w.get(0);
     for i in 1..k {
         power = &power * &r;
-        acc = acc + &power * w.get(i);
+        // Not `+=`: tch's AddAssign is the in-place add_, which autograd must not see here.
+        #[allow(clippy::assign_op_pattern)]
+        {
+            acc = acc + &power * w.get(i);
+        }
     }
     acc + b
 }
 
 /// sum_i w[i-1] rms(x^i) + b, the mean of rms over `axis`.
 pub fn polynorm(x: &Tensor, w: &Tensor, b: &Tensor, axis: NormAxis) -> Tensor {
-    let dims: Vec<i64> = if axis == NormAxis::Channel || x.dim() == 2 { vec![1] } else { (1..x.dim() as i64).collect() };
+    let dims: Vec<i64> =
+        if axis == NormAxis::Channel || x.dim() == 2 { vec![1] } else { (1..x.dim() as i64).collect() };
     let k = w.size()[0];
     let mut power = x.shallow_clone();
     let mut acc: Option<Tensor> = None;

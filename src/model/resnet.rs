@@ -176,7 +176,11 @@ impl Block {
         for i in 0..n {
             out = self.bns[i].forward_t(&out.apply(&self.convs[i]), train);
             if i == n - 1 {
-                out = out + &shortcut;
+                // Not `+=`: tch's AddAssign is the in-place add_, which autograd must not see here.
+                #[allow(clippy::assign_op_pattern)]
+                {
+                    out = out + &shortcut;
+                }
             }
             out = self.acts[i].forward(&out);
             observe(i, &out);
@@ -199,7 +203,11 @@ pub struct ResNet {
 impl ResNet {
     pub fn new(vs: &nn::Path, cfg: ResNetConfig) -> Result<Self> {
         cfg.validate()?;
-        let conv1 = if cfg.small_stem { conv(vs / "conv1", 3, 64, 3, 1, 1) } else { conv(vs / "conv1", 3, 64, 7, 2, 3) };
+        let conv1 = if cfg.small_stem {
+            conv(vs / "conv1", 3, 64, 3, 1, 1)
+        } else {
+            conv(vs / "conv1", 3, 64, 7, 2, 3)
+        };
         let bn1 = bn(vs / "bn1", 64, false);
         let act1 = Activation::new(vs / "act1", cfg.act);
         let mut c_in = 64;
@@ -231,7 +239,12 @@ impl ResNet {
 
     /// Logits, calling `observe(site, output)` after every activation site, in forward order
     /// (the names of `ResNetConfig::activation_sites`). Used by the stability monitors.
-    pub fn forward_observed(&self, x: &Tensor, train: bool, observe: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+    pub fn forward_observed(
+        &self,
+        x: &Tensor,
+        train: bool,
+        observe: &mut dyn FnMut(&str, &Tensor),
+    ) -> Tensor {
         let mut h = self.act1.forward(&self.bn1.forward_t(&x.apply(&self.conv1), train));
         observe("act1", &h);
         if !self.cfg.small_stem {
@@ -239,7 +252,8 @@ impl ResNet {
         }
         for (s, stage) in self.stages.iter().enumerate() {
             for (b, block) in stage.iter().enumerate() {
-                h = block.forward(&h, train, &mut |a, t| observe(&format!("layer{}.{b}.act{}", s + 1, a + 1), t));
+                h = block
+                    .forward(&h, train, &mut |a, t| observe(&format!("layer{}.{b}.act{}", s + 1, a + 1), t));
             }
         }
         h.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
@@ -259,7 +273,8 @@ pub enum ParamGroup {
 
 /// Classifies a parameter by its torchvision-style name and rank.
 pub fn param_group(name: &str, shape: &[i64]) -> ParamGroup {
-    let is_act = name.split('.').any(|seg| seg.starts_with("act") && seg[3..].chars().all(|c| c.is_ascii_digit()));
+    let is_act =
+        name.split('.').any(|seg| seg.starts_with("act") && seg[3..].chars().all(|c| c.is_ascii_digit()));
     if is_act {
         ParamGroup::Activation
     } else if shape.len() <= 1 {

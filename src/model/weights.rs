@@ -47,8 +47,9 @@ pub fn read(path: &Path) -> Result<WeightsFile> {
         .map_err(|e| Error::file(path, format!("not a valid safetensors file ({e})")))?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let kind = kind_of(view.dtype())
-            .ok_or_else(|| Error::file(path, format!("tensor {name} has unsupported dtype {:?}", view.dtype())))?;
+        let kind = kind_of(view.dtype()).ok_or_else(|| {
+            Error::file(path, format!("tensor {name} has unsupported dtype {:?}", view.dtype()))
+        })?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
         tensors.insert(name, t);
@@ -58,7 +59,11 @@ pub fn read(path: &Path) -> Result<WeightsFile> {
 }
 
 /// Writes tensors (as f32, except integer buffers) and metadata atomically.
-pub fn write(path: &Path, tensors: &BTreeMap<String, Tensor>, metadata: HashMap<String, String>) -> Result<()> {
+pub fn write(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t.detach().to_device(tch::Device::Cpu);
@@ -84,7 +89,12 @@ pub fn write(path: &Path, tensors: &BTreeMap<String, Tensor>, metadata: HashMap<
 }
 
 /// Saves a model's variables (parameters and BN running statistics) with its config.
-pub fn save_model(path: &Path, vs: &nn::VarStore, cfg: &ResNetConfig, class_names: Option<&[String]>) -> Result<()> {
+pub fn save_model(
+    path: &Path,
+    vs: &nn::VarStore,
+    cfg: &ResNetConfig,
+    class_names: Option<&[String]>,
+) -> Result<()> {
     let tensors: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     let mut meta = HashMap::new();
     meta.insert(META_MODEL.to_string(), serde_json::to_string(cfg).expect("config serialises"));
@@ -114,7 +124,8 @@ impl WeightsFile {
 
     fn infer_config(&self) -> std::result::Result<ResNetConfig, String> {
         let fc = self.tensors.get("fc.weight").ok_or("it has no fc.weight, so it is not a ResNet")?;
-        let conv1 = self.tensors.get("conv1.weight").ok_or("it has no conv1.weight, so it is not a ResNet")?;
+        let conv1 =
+            self.tensors.get("conv1.weight").ok_or("it has no conv1.weight, so it is not a ResNet")?;
         let bottleneck = self.tensors.contains_key("layer1.0.conv3.weight");
         let mut layers = [0usize; 4];
         for (s, n) in layers.iter_mut().enumerate() {
@@ -140,7 +151,8 @@ impl WeightsFile {
 /// missing, unexpected, or has the wrong shape; nothing is copied then.
 pub fn load_into(vs: &mut nn::VarStore, file: &WeightsFile, path: &Path) -> Result<()> {
     let vars = vs.variables();
-    let mut missing: Vec<&str> = vars.keys().filter(|k| !file.tensors.contains_key(*k)).map(|k| k.as_str()).collect();
+    let mut missing: Vec<&str> =
+        vars.keys().filter(|k| !file.tensors.contains_key(*k)).map(|k| k.as_str()).collect();
     let mut unexpected: Vec<&str> = file
         .tensors
         .keys()

@@ -12,7 +12,9 @@ pub fn repo() -> PathBuf {
 }
 
 pub fn golden(name: &str) -> BTreeMap<String, Tensor> {
-    resnet_train::model::weights::read(&repo().join("tests/golden").join(name)).expect("golden file reads").tensors
+    resnet_train::model::weights::read(&repo().join("tests/golden").join(name))
+        .expect("golden file reads")
+        .tensors
 }
 
 /// `../shared` when present; otherwise prints a loud SKIP line and returns None.
@@ -38,7 +40,8 @@ fn fnv1a(name: &str) -> i64 {
 pub fn det_values(name: &str, shape: &[i64]) -> Tensor {
     let n: i64 = shape.iter().product();
     let j = Tensor::arange(n, (Kind::Int64, tch::Device::Cpu));
-    let u = (j * 2654435761i64 + fnv1a(name)).remainder(4294967296i64).to_kind(Kind::Double) / 4294967296.0 - 0.5;
+    let u =
+        (j * 2654435761i64 + fnv1a(name)).remainder(4294967296i64).to_kind(Kind::Double) / 4294967296.0 - 0.5;
     u.reshape(shape)
 }
 
