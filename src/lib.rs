@@ -8,3 +8,4 @@ pub mod fsutil;
 pub mod model;
 pub mod rng;
 pub mod runtime;
+pub mod train;

@@ -1,8 +1,11 @@
 //! Command-line interface: one file per subcommand, each turning flags into one library call.
+pub mod bench;
 pub mod bench_data;
+pub mod eval;
 pub mod init;
 pub mod make_demo_data;
 pub mod predict;
+pub mod train;
 
 use crate::model::{ActConfig, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
 use clap::{Args, Parser, Subcommand};
@@ -11,15 +14,25 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "resnet-train",
     version,
-    about = "Train and evaluate ResNets with ReLU, PolyReLU or PolyNorm activations"
+    about = "Train and evaluate ResNets with ReLU, PolyReLU or PolyNorm activations",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// With no subcommand: train (the flags of `resnet-train train`).
+    #[command(flatten)]
+    pub train: crate::train::config::TrainArgs,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Train (the default when no subcommand is given). With no --data: the embedded dataset.
+    Train(crate::train::config::TrainArgs),
+    /// Top-1 / top-5 / loss of a checkpoint on a folder of class folders.
+    Eval(eval::EvalArgs),
+    /// Training-step throughput on synthetic data (compare with torch_train_bench.py).
+    Bench(bench::BenchArgs),
     /// Write a freshly initialised model to a safetensors file.
     Init(init::InitArgs),
     /// Classify images with a model file (torchvision's ResNet eval preprocessing).
@@ -71,9 +84,13 @@ impl ModelArgs {
 
 pub fn run(cli: Cli) -> crate::error::Result<()> {
     match cli.command {
-        Command::Init(a) => init::run(a),
-        Command::Predict(a) => predict::run(a),
-        Command::MakeDemoData(a) => make_demo_data::run(a),
-        Command::BenchData(a) => bench_data::run(a),
+        None => train::run(cli.train),
+        Some(Command::Train(a)) => train::run(a),
+        Some(Command::Eval(a)) => eval::run(a),
+        Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::Init(a)) => init::run(a),
+        Some(Command::Predict(a)) => predict::run(a),
+        Some(Command::MakeDemoData(a)) => make_demo_data::run(a),
+        Some(Command::BenchData(a)) => bench_data::run(a),
     }
 }

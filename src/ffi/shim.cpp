@@ -3,7 +3,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
+#include <cmath>
 #include <cstdlib>
+#include <vector>
 #include <cstring>
 #include <string>
 
@@ -93,6 +95,67 @@ int rt_set_allow_tf32(int allow, char **err) {
   return guarded(err, [&] {
     at::globalContext().setAllowTF32CuBLAS(allow != 0);
     at::globalContext().setAllowTF32CuDNN(allow != 0);
+  });
+}
+
+static std::vector<at::Tensor> list(rt_tensor *ts, int n) {
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (int i = 0; i < n; i++) out.push_back(*static_cast<at::Tensor *>(ts[i]));
+  return out;
+}
+
+int rt_foreach_sgd(rt_tensor *params, rt_tensor *grads, rt_tensor *bufs, int n, double lr, double momentum,
+                   double weight_decay, int nesterov, int first_step, char **err) {
+  return guarded(err, [&] {
+    if (n == 0) return;
+    at::NoGradGuard no_grad;
+    auto p = list(params, n), g = list(grads, n), b = list(bufs, n);
+    if (weight_decay != 0) at::_foreach_add_(g, p, weight_decay);
+    if (momentum != 0) {
+      if (first_step) {
+        for (int i = 0; i < n; i++) b[i].copy_(g[i]);
+      } else {
+        at::_foreach_mul_(b, momentum);
+        at::_foreach_add_(b, g, 1.0);
+      }
+      if (nesterov) {
+        at::_foreach_add_(g, b, momentum);
+        at::_foreach_add_(p, g, -lr);
+      } else {
+        at::_foreach_add_(p, b, -lr);
+      }
+    } else {
+      at::_foreach_add_(p, g, -lr);
+    }
+  });
+}
+
+int rt_foreach_unscale(rt_tensor *grads, int n, rt_tensor found_inf, rt_tensor inv_scale, char **err) {
+  return guarded(err, [&] {
+    if (n == 0) return;
+    auto g = list(grads, n);
+    at::_amp_foreach_non_finite_check_and_unscale_(g, *static_cast<at::Tensor *>(found_inf),
+                                                   *static_cast<at::Tensor *>(inv_scale));
+  });
+}
+
+int rt_foreach_clip_grad_norm(rt_tensor *grads, int n, double max_norm, rt_tensor *total_norm, char **err) {
+  return guarded(err, [&] {
+    at::NoGradGuard no_grad;
+    at::Tensor total;
+    if (n == 0) {
+      total = at::zeros({}, at::kFloat);
+    } else {
+      auto g = list(grads, n);
+      auto norms = at::_foreach_norm(g, 2);
+      total = at::linalg_vector_norm(at::stack(norms), 2).to(at::kFloat);
+      if (max_norm > 0 && std::isfinite(max_norm)) {
+        auto coef = at::clamp_max(max_norm / (total + 1e-6), 1.0);
+        at::_foreach_mul_(g, coef);
+      }
+    }
+    *total_norm = new at::Tensor(total);
   });
 }
 

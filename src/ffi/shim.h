@@ -27,6 +27,18 @@ int rt_is_channels_last(rt_tensor t, int *out, char **err);
 // TF32 on CUDA matmuls and cuDNN convolutions.
 int rt_set_allow_tf32(int allow, char **err);
 
+// Multi-tensor (foreach) kernels over lists of n tensors, as torch.optim and GradScaler use them.
+// SGD (torch.optim.SGD's _multi_tensor_sgd, dampening 0): grads += wd * params;
+// bufs = momentum * bufs + grads (bufs = grads on the first step); step = nesterov ?
+// grads + momentum * bufs : bufs; params -= lr * step. grads are modified in place.
+int rt_foreach_sgd(rt_tensor *params, rt_tensor *grads, rt_tensor *bufs, int n, double lr, double momentum,
+                   double weight_decay, int nesterov, int first_step, char **err);
+// found_inf += any non-finite in grads; grads *= inv_scale (torch._amp_foreach_non_finite_check_and_unscale_).
+int rt_foreach_unscale(rt_tensor *grads, int n, rt_tensor found_inf, rt_tensor inv_scale, char **err);
+// Total L2 norm of the grads as a new 0-d float tensor; when max_norm > 0 and finite, grads are
+// scaled by min(1, max_norm / (norm + 1e-6)) (torch.nn.utils.clip_grad_norm_).
+int rt_foreach_clip_grad_norm(rt_tensor *grads, int n, double max_norm, rt_tensor *total_norm, char **err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -17,6 +17,99 @@ extern "C" {
     fn rt_to_channels_last(t: *mut c_void, out: *mut *mut c_void, err: *mut *mut c_char) -> c_int;
     fn rt_is_channels_last(t: *mut c_void, out: *mut c_int, err: *mut *mut c_char) -> c_int;
     fn rt_set_allow_tf32(allow: c_int, err: *mut *mut c_char) -> c_int;
+    fn rt_foreach_sgd(
+        params: *mut *mut c_void,
+        grads: *mut *mut c_void,
+        bufs: *mut *mut c_void,
+        n: c_int,
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+        nesterov: c_int,
+        first_step: c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn rt_foreach_unscale(
+        grads: *mut *mut c_void,
+        n: c_int,
+        found_inf: *mut c_void,
+        inv_scale: *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn rt_foreach_clip_grad_norm(
+        grads: *mut *mut c_void,
+        n: c_int,
+        max_norm: f64,
+        total: *mut *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
+}
+
+fn ptrs(ts: &[Tensor]) -> Vec<*mut c_void> {
+    ts.iter().map(|t| t.as_ptr() as *mut c_void).collect()
+}
+
+/// Hyper-parameters of one SGD step over a parameter group.
+#[derive(Clone, Copy, Debug)]
+pub struct SgdStep {
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub nesterov: bool,
+    /// The momentum buffers are initialised from the gradients on the first step.
+    pub first_step: bool,
+}
+
+/// One step of torch.optim.SGD (foreach implementation, dampening 0) over equal-length lists of
+/// parameters, their gradients (modified in place) and momentum buffers.
+pub fn foreach_sgd(params: &[Tensor], grads: &[Tensor], bufs: &[Tensor], step: SgdStep) -> Result<()> {
+    if params.len() != grads.len() || params.len() != bufs.len() {
+        return Err(Error::Torch("foreach_sgd: list lengths differ".into()));
+    }
+    let (mut p, mut g, mut b) = (ptrs(params), ptrs(grads), ptrs(bufs));
+    // SAFETY: three arrays of `n` live tensor pointers, valid for the call.
+    call("sgd", |e| unsafe {
+        rt_foreach_sgd(
+            p.as_mut_ptr(),
+            g.as_mut_ptr(),
+            b.as_mut_ptr(),
+            params.len() as c_int,
+            step.lr,
+            step.momentum,
+            step.weight_decay,
+            step.nesterov as c_int,
+            step.first_step as c_int,
+            e,
+        )
+    })
+}
+
+/// `torch._amp_foreach_non_finite_check_and_unscale_`: multiplies `grads` by `inv_scale` in place
+/// and sets `found_inf` (a 1-element float tensor) to 1 if any gradient holds inf/NaN.
+pub fn foreach_unscale(grads: &[Tensor], found_inf: &Tensor, inv_scale: &Tensor) -> Result<()> {
+    let mut g = ptrs(grads);
+    // SAFETY: an array of live tensor pointers and two live tensors.
+    call("unscale", |e| unsafe {
+        rt_foreach_unscale(
+            g.as_mut_ptr(),
+            grads.len() as c_int,
+            found_inf.as_ptr() as *mut c_void,
+            inv_scale.as_ptr() as *mut c_void,
+            e,
+        )
+    })
+}
+
+/// Total L2 norm of `grads` (a 0-d float tensor on their device); with a finite `max_norm` > 0 the
+/// gradients are scaled in place as torch.nn.utils.clip_grad_norm_ does.
+pub fn foreach_clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<Tensor> {
+    let mut g = ptrs(grads);
+    let mut out: *mut c_void = std::ptr::null_mut();
+    // SAFETY: an array of live tensor pointers; on success the shim returns a new tensor we own.
+    call("clip_grad_norm", |e| unsafe {
+        rt_foreach_clip_grad_norm(g.as_mut_ptr(), grads.len() as c_int, max_norm, &mut out, e)
+    })?;
+    Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })
 }
 
 /// Calls a shim function and turns its error slot into a `Result`.

@@ -224,7 +224,15 @@ impl ResNet {
             }
             stages.push(stage);
         }
-        let fc = nn::linear(vs / "fc", c_in, cfg.num_classes, Default::default());
+        // torch.nn.Linear's init: kaiming_uniform(a = sqrt(5)), i.e. U(+-1/sqrt(fan_in)) (tch's
+        // default gain is ReLU's, sqrt(6) times larger); bias U(+-1/sqrt(fan_in)).
+        let bound = 1.0 / (c_in as f64).sqrt();
+        let fc_cfg = nn::LinearConfig {
+            ws_init: nn::Init::Uniform { lo: -bound, up: bound },
+            bs_init: Some(nn::Init::Uniform { lo: -bound, up: bound }),
+            bias: true,
+        };
+        let fc = nn::linear(vs / "fc", c_in, cfg.num_classes, fc_cfg);
         Ok(Self { cfg, conv1, bn1, act1, stages, fc })
     }
 

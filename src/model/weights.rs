@@ -16,6 +16,8 @@ use tch::{nn, Kind, Tensor};
 pub const META_MODEL: &str = "resnet_train.model";
 /// Metadata key holding the class names as a JSON array (optional).
 pub const META_CLASSES: &str = "resnet_train.class_names";
+/// Keys of a training checkpoint that are not model weights (momentum, loss scaler).
+const TRAIN_STATE_PREFIX: &str = "train_state.";
 /// Buffers torchvision state_dicts carry that this implementation does not track.
 const IGNORED_SUFFIXES: [&str; 1] = [".num_batches_tracked"];
 
@@ -156,7 +158,11 @@ pub fn load_into(vs: &mut nn::VarStore, file: &WeightsFile, path: &Path) -> Resu
     let mut unexpected: Vec<&str> = file
         .tensors
         .keys()
-        .filter(|k| !vars.contains_key(*k) && !IGNORED_SUFFIXES.iter().any(|s| k.ends_with(s)))
+        .filter(|k| {
+            !vars.contains_key(*k)
+                && !IGNORED_SUFFIXES.iter().any(|s| k.ends_with(s))
+                && !k.starts_with(TRAIN_STATE_PREFIX)
+        })
         .map(|k| k.as_str())
         .collect();
     let mut mis_shaped: Vec<String> = file

@@ -1,0 +1,85 @@
+//! `resnet-train eval`: top-1 / top-5 / loss of a checkpoint on a folder of class folders, with
+//! the same code as the in-training evaluation.
+
+use crate::data::dataset::ImageFolder;
+use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::transform::Transform;
+use crate::error::{Error, Result};
+use crate::model::{weights, ResNet};
+use crate::train::amp::Precision;
+use crate::train::eval::evaluate;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// A folder of class folders, or a dataset root with val/.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Also write the result as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long, default_value_t = 224)]
+    pub size: usize,
+    #[arg(long, default_value_t = 0.875)]
+    pub crop_pct: f64,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: Precision,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Decode threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let device = crate::runtime::parse_device(&a.device)?;
+    let file = weights::read(&a.checkpoint)?;
+    let cfg = file.model_config(&a.checkpoint)?;
+    let mut vs = tch::nn::VarStore::new(device);
+    let model = ResNet::new(&vs.root(), cfg)?;
+    weights::load_into(&mut vs, &file, &a.checkpoint)?;
+    let root = if a.data.join("val").is_dir() { a.data.join("val") } else { a.data.clone() };
+    let data = Arc::new(ImageFolder::open(&root)?);
+    if data.classes.len() as i64 != cfg.num_classes {
+        return Err(Error::Usage(format!(
+            "{}: {} class folders, but the model has {} classes",
+            root.display(),
+            data.classes.len(),
+            cfg.num_classes
+        )));
+    }
+    if let Some(names) = file.class_names() {
+        if names != data.classes {
+            eprintln!(
+                "warning: the class folders of {} differ from the checkpoint's class names",
+                root.display()
+            );
+        }
+    }
+    let mut lc = LoaderConfig::new(a.batch_size, Transform::eval(a.size, a.crop_pct));
+    lc.shuffle = false;
+    lc.drop_last_batch = false;
+    if a.workers > 0 {
+        lc.threads = a.workers;
+    }
+    let loader = Loader::new(data, lc)?;
+    let r = evaluate(&model, &loader, device, a.precision, false)?;
+    println!(
+        "{}: {} images, loss {:.4}, top-1 {:.2}%, top-5 {:.2}%",
+        root.display(),
+        r.images,
+        r.loss,
+        r.top1,
+        r.top5
+    );
+    if let Some(p) = &a.json {
+        let v = serde_json::json!({"checkpoint": a.checkpoint, "data": root, "images": r.images, "loss": r.loss, "top1": r.top1, "top5": r.top5});
+        crate::fsutil::write_atomic(p, format!("{v}\n").as_bytes())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! `resnet-train [train]`: the main job.
+
+use crate::error::Result;
+use crate::train::config::{TrainArgs, TrainConfig};
+use crate::train::trainer;
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let (cfg, resume) = match &args.resume {
+        Some(dir) => (TrainConfig::resume(dir, &args)?, Some(dir.as_path())),
+        None => (TrainConfig::resolve(&args)?, None),
+    };
+    let summary = trainer::train(cfg, resume)?;
+    if !summary.stopped_early {
+        println!(
+            "finished: {} steps, best top-1 {:.2}%; outputs in {}",
+            summary.steps,
+            summary.best_top1,
+            summary.run_dir.display()
+        );
+    }
+    Ok(())
+}

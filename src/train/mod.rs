@@ -1,0 +1,9 @@
+//! Training: the loop (trainer.rs, read it top to bottom) and one module per concern.
+pub mod amp;
+pub mod checkpoint;
+pub mod config;
+pub mod eval;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;

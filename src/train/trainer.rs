@@ -1,0 +1,362 @@
+//! The training loop. Read it top to bottom: set-up, then for each epoch the micro-steps through
+//! autocast and the loss scaler, unscale, clip, step (or skip), log, checkpoint; evaluate at
+//! epoch ends. Everything else lives in its own module and is one call here.
+
+use super::amp::{GradScaler, Precision};
+use super::checkpoint::{self, LoopState, Saved};
+use super::config::TrainConfig;
+use super::eval::{evaluate, prepare, EvalResult};
+use super::metrics::{EpochRecord, RunLog, StepRecord};
+use super::optim::Sgd;
+use super::schedule::Schedule;
+use crate::data::dataset::ImageFolder;
+use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::{synthetic, transform::Transform};
+use crate::error::{Error, Result};
+use crate::ffi::foreach_clip_grad_norm;
+use crate::model::{resnet::count_params, weights, ResNet};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{nn, Kind, Tensor};
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSummary {
+    pub run_dir: PathBuf,
+    pub steps: usize,
+    pub epochs_done: usize,
+    pub last_eval: Option<EvalResult>,
+    pub best_top1: f64,
+    /// Stopped by `max_steps` before the last epoch (resumable).
+    pub stopped_early: bool,
+}
+
+/// The train and val splits: `data/train` + `data/val`, or one folder used for both.
+fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFolder>>)> {
+    let root = match &cfg.data {
+        Some(p) => p.clone(),
+        None => synthetic::ensure_demo_dataset()?,
+    };
+    let (train_dir, val_dir) = (root.join("train"), root.join("val"));
+    let train = Arc::new(ImageFolder::open(if train_dir.is_dir() { &train_dir } else { &root })?);
+    let val = if val_dir.is_dir() { Some(Arc::new(ImageFolder::open(&val_dir)?)) } else { None };
+    if let Some(v) = &val {
+        if v.classes != train.classes {
+            return Err(Error::file(
+                &val_dir,
+                format!(
+                    "its {} class folders differ from train's {}: the label indices would not match",
+                    v.classes.len(),
+                    train.classes.len()
+                ),
+            ));
+        }
+    }
+    Ok((train, val))
+}
+
+fn run_dir(cfg: &TrainConfig) -> PathBuf {
+    let name = cfg.name.clone().unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        format!("{}-{:?}{}-{:?}-{t}", cfg.arch.name(), cfg.act, cfg.order, cfg.precision).to_lowercase()
+    });
+    cfg.output.join(name)
+}
+
+/// Trains from scratch (`resume = None`) or continues the run in `resume`.
+pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
+    // ---- Set-up: device, data, run folder, model, optimizer, scaler, state. ----
+    let device = crate::runtime::parse_device(&cfg.device)?;
+    if cfg.torch_threads > 0 {
+        tch::set_num_threads(cfg.torch_threads as i32);
+    }
+    cfg.precision.configure()?;
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let (train_set, val_set) = datasets(&cfg)?;
+    let dir = match resume {
+        Some(d) => d.to_path_buf(),
+        None => {
+            let d = run_dir(&cfg);
+            if d.join("config.toml").exists() {
+                return Err(Error::Usage(format!(
+                    "{} already holds a run: use --resume {0} or another --name",
+                    d.display()
+                )));
+            }
+            d
+        }
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    crate::fsutil::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+
+    let workers = if cfg.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        cfg.workers
+    };
+    let mut train_cfg = LoaderConfig::new(
+        cfg.batch_size,
+        Transform::Train {
+            size: cfg.train_size,
+            scale: (cfg.rrc_scale_min, 1.0),
+            ratio: (0.75, 4.0 / 3.0),
+            hflip: 0.5,
+        },
+    );
+    train_cfg.threads = workers;
+    train_cfg.seed = cfg.seed;
+    train_cfg.max_bad_fraction = cfg.max_bad_fraction;
+    train_cfg.pin_memory = device.is_cuda();
+    let train_loader = Loader::new(train_set.clone(), train_cfg.clone())?;
+    let val_loader = match &val_set {
+        Some(v) => {
+            let mut c = train_cfg.clone();
+            c.transform = Transform::eval(cfg.eval_size, cfg.crop_pct);
+            c.shuffle = false;
+            c.drop_last_batch = false;
+            Some(Loader::new(v.clone(), c)?)
+        }
+        None => None,
+    };
+
+    let model_cfg = cfg.model(train_set.classes.len() as i64);
+    tch::manual_seed(cfg.seed as i64);
+    let mut vs = nn::VarStore::new(device);
+    let model = ResNet::new(&vs.root(), model_cfg)?;
+    let mut sgd = Sgd::new(&vs, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.act_weight_decay);
+    let mut scaler = GradScaler::new(cfg.precision == Precision::Fp16, device);
+    let mut state = LoopState::default();
+    let last_path = dir.join("last.safetensors");
+    if resume.is_some() {
+        let (file, saved, momentum) = checkpoint::load_last(&last_path)?;
+        if file.model_config(&last_path)? != model_cfg {
+            return Err(Error::file(&last_path, "its model differs from the run's config.toml"));
+        }
+        weights::load_into(&mut vs, &file, &last_path)?;
+        sgd.load_state(&momentum, saved.sgd_steps)?;
+        let get = |k: &str| file.tensors.get(&format!("{}scaler.{k}", checkpoint::STATE_PREFIX));
+        if let (Some(s), Some(g)) = (get("scale"), get("growth_tracker")) {
+            scaler.scale = s.to_kind(Kind::Float).to_device(device);
+            scaler.growth_tracker = g.to_kind(Kind::Int).to_device(device);
+        }
+        state = saved;
+    }
+    if cfg.channels_last {
+        tch::no_grad(|| -> Result<()> {
+            for (_, mut v) in vs.variables() {
+                if v.dim() == 4 {
+                    v.set_data(&crate::ffi::to_channels_last(&v)?);
+                }
+            }
+            Ok(())
+        })?;
+    }
+
+    let steps_per_epoch = (train_loader.batches_per_epoch() / cfg.accum_steps).max(1);
+    let global_batch = cfg.batch_size * cfg.accum_steps;
+    let schedule = Schedule {
+        kind: cfg.schedule,
+        peak_lr: cfg.lr * global_batch as f64 / 256.0,
+        min_lr: cfg.min_lr,
+        warmup_steps: (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize,
+        total_steps: cfg.epochs * steps_per_epoch,
+        step_every: cfg.step_epochs * steps_per_epoch,
+        gamma: cfg.step_gamma,
+    };
+    let mut log = RunLog::open(&dir, state.step, state.epoch)?;
+    let classes = train_set.classes.clone();
+    let saved = Saved { vs: &vs, model: &model_cfg, class_names: &classes };
+    let terminal = std::io::stdout().is_terminal();
+
+    println!("run        {}", dir.display());
+    println!(
+        "device     {device:?}, precision {:?}{}, {} decode threads, {} libtorch threads",
+        cfg.precision,
+        if cfg.channels_last { ", channels_last" } else { "" },
+        workers,
+        tch::get_num_threads()
+    );
+    println!(
+        "data       {} train / {} val images, {} classes ({})",
+        train_set.len(),
+        val_set.as_ref().map_or(0, |v| v.len()),
+        classes.len(),
+        cfg.data.as_ref().map_or("embedded procedural dataset".to_string(), |p| p.display().to_string())
+    );
+    println!(
+        "model      {} {:?} order {}, {} parameters",
+        cfg.arch.name(),
+        cfg.act,
+        cfg.order,
+        count_params(&vs)
+    );
+    println!(
+        "schedule   {} epochs x {steps_per_epoch} steps, global batch {global_batch}, peak lr {:.4}, warmup {} steps{}",
+        cfg.epochs,
+        schedule.peak_lr,
+        schedule.warmup_steps,
+        if resume.is_some() { format!(", resuming at epoch {} step {}", state.epoch, state.step) } else { String::new() }
+    );
+
+    let session_start = Instant::now();
+    let elapsed = |state: &LoopState| state.elapsed_s + session_start.elapsed().as_secs_f64();
+    let mut last_eval = None;
+    // ---- The loop. ----
+    while state.epoch < cfg.epochs {
+        let epoch = state.epoch;
+        let mut loss_sum = 0.0;
+        let mut loss_count = 0usize;
+        let mut micro = 0usize;
+        let mut micro_loss = 0.0;
+        let mut window = (Instant::now(), 0usize);
+        sgd.zero_grad();
+        for batch in train_loader.epoch(epoch as u64, state.next_batch) {
+            let batch = batch?;
+            let x = prepare(&batch.images, device, cfg.channels_last)?;
+            let y = batch.labels.to_device(device);
+            let loss = {
+                let _autocast = cfg.precision.autocast(device)?;
+                let logits = model.forward_t(&x, true);
+                logits.to_kind(Kind::Float).f_cross_entropy_loss(
+                    &y,
+                    None::<Tensor>,
+                    tch::Reduction::Mean,
+                    -100,
+                    cfg.label_smoothing,
+                )?
+            };
+            scaler.scale_loss(&(&loss / cfg.accum_steps as f64)).backward();
+            micro_loss += loss.double_value(&[]) / cfg.accum_steps as f64;
+            micro += 1;
+            window.1 += y.size()[0] as usize;
+            if micro < cfg.accum_steps {
+                continue;
+            }
+            // One optimizer step: unscale (finds inf/NaN in any precision), clip, step or skip.
+            let grads = sgd.grads();
+            let found_inf = scaler.unscale(&grads)?;
+            let grad_norm = foreach_clip_grad_norm(&grads, cfg.clip_grad)?.double_value(&[]);
+            let lr = schedule.lr(state.step);
+            let skipped = found_inf || !micro_loss.is_finite();
+            if skipped {
+                state.skipped_steps += 1;
+            } else {
+                sgd.step(lr)?;
+                state.sgd_steps += 1;
+            }
+            scaler.update()?;
+            sgd.zero_grad();
+            let secs = window.0.elapsed().as_secs_f64();
+            let record = StepRecord {
+                step: state.step,
+                epoch,
+                loss: micro_loss,
+                lr,
+                grad_norm,
+                loss_scale: scaler.scale_value(),
+                skipped,
+                img_per_s: window.1 as f64 / secs.max(1e-9),
+                elapsed_s: elapsed(&state),
+            };
+            log.step(&record)?;
+            if micro_loss.is_finite() {
+                loss_sum += micro_loss;
+                loss_count += 1;
+            }
+            if state.step % cfg.log_every.max(1) == 0 || !terminal {
+                if state.step % cfg.log_every.max(1) == 0 {
+                    println!(
+                        "epoch {epoch:>3} step {:>7}  loss {:.4}  lr {:.5}  grad {:.3}  {:.0} img/s{}",
+                        state.step,
+                        micro_loss,
+                        lr,
+                        grad_norm,
+                        record.img_per_s,
+                        if skipped { "  (skipped: non-finite)" } else { "" }
+                    );
+                }
+            }
+            window = (Instant::now(), 0);
+            micro = 0;
+            micro_loss = 0.0;
+            state.step += 1;
+            state.next_batch = batch.index + 1;
+            let stop = cfg.max_steps > 0 && state.step >= cfg.max_steps;
+            if stop || (cfg.checkpoint_every > 0 && state.step % cfg.checkpoint_every == 0) {
+                let mut s = state.clone();
+                s.elapsed_s = elapsed(&state);
+                checkpoint::save_last(&last_path, &saved, &sgd, &scaler.scale, &scaler.growth_tracker, &s)?;
+            }
+            if stop {
+                println!(
+                    "stopped after {} steps (--max-steps); continue with --resume {}",
+                    state.step,
+                    dir.display()
+                );
+                return Ok(RunSummary {
+                    run_dir: dir,
+                    steps: state.step,
+                    epochs_done: epoch,
+                    last_eval,
+                    best_top1: state.best_top1,
+                    stopped_early: true,
+                });
+            }
+        }
+
+        // ---- Epoch end: evaluate, record, checkpoint. ----
+        let train_loss = if loss_count > 0 { loss_sum / loss_count as f64 } else { f64::NAN };
+        let eval = match &val_loader {
+            Some(l) if (epoch + 1) % cfg.eval_every.max(1) == 0 || epoch + 1 == cfg.epochs => {
+                Some(evaluate(&model, l, device, cfg.precision, cfg.channels_last)?)
+            }
+            _ => None,
+        };
+        state.epoch += 1;
+        state.next_batch = 0;
+        if let Some(e) = eval {
+            last_eval = Some(e);
+            if e.top1 > state.best_top1 || state.best_epoch.is_none() {
+                state.best_top1 = e.top1;
+                state.best_epoch = Some(epoch);
+                checkpoint::save_model(&dir.join("best.safetensors"), &saved)?;
+            }
+        }
+        log.epoch(EpochRecord {
+            epoch,
+            train_loss,
+            eval_loss: eval.map(|e| e.loss),
+            eval_top1: eval.map(|e| e.top1),
+            eval_top5: eval.map(|e| e.top5),
+            lr: schedule.lr(state.step.saturating_sub(1)),
+            elapsed_s: elapsed(&state),
+        })?;
+        println!(
+            "epoch {epoch:>3} done: train loss {train_loss:.4}{}  [{:.0} s]",
+            eval.map_or(String::new(), |e| format!(
+                "  eval loss {:.4}  top-1 {:.2}%  top-5 {:.2}%",
+                e.loss, e.top1, e.top5
+            )),
+            elapsed(&state)
+        );
+        if cfg.keep_last > 0 {
+            checkpoint::save_model(&dir.join(format!("epoch-{epoch}.safetensors")), &saved)?;
+            checkpoint::prune_epochs(&dir, cfg.keep_last)?;
+        }
+        let mut s = state.clone();
+        s.elapsed_s = elapsed(&state);
+        checkpoint::save_last(&last_path, &saved, &sgd, &scaler.scale, &scaler.growth_tracker, &s)?;
+    }
+    Ok(RunSummary {
+        run_dir: dir,
+        steps: state.step,
+        epochs_done: state.epoch,
+        last_eval,
+        best_top1: state.best_top1,
+        stopped_early: false,
+    })
+}

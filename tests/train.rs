@@ -1,0 +1,278 @@
+//! The training engine: exact resume, schedules and weight-decay groups against closed forms, the
+//! loss scaler with injected inf gradients, SGD against torch.optim.SGD's update rule, config
+//! precedence, eval parity, mixed precision on CPU, and learning on real images.
+
+mod common;
+
+use resnet_train::data::synthetic;
+use resnet_train::ffi;
+use resnet_train::model::{ActConfig, ActKind, Arch, ResNet, ResNetConfig};
+use resnet_train::train::amp::{GradScaler, Precision};
+use resnet_train::train::config::{TrainArgs, TrainConfig};
+use resnet_train::train::metrics::{RunLog, StepRecord};
+use resnet_train::train::optim::Sgd;
+use resnet_train::train::schedule::{Schedule, ScheduleKind};
+use resnet_train::train::trainer::train;
+use std::path::Path;
+use tch::{nn, Device, Kind, Tensor};
+
+fn tiny_config(data: &Path, out: &Path, name: &str) -> TrainConfig {
+    TrainConfig {
+        data: Some(data.to_path_buf()),
+        arch: Arch::Resnet18,
+        act: ActKind::Polynorm,
+        epochs: 2,
+        batch_size: 8,
+        lr: 0.4,
+        warmup_epochs: 0.5,
+        label_smoothing: 0.1,
+        train_size: 32,
+        eval_size: 32,
+        device: "cpu".into(),
+        workers: 2,
+        log_every: 1000,
+        keep_last: 1,
+        name: Some(name.into()),
+        output: out.to_path_buf(),
+        ..TrainConfig::default()
+    }
+}
+
+fn losses(run: &Path) -> Vec<(usize, f64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<StepRecord>(l).unwrap())
+        .map(|r| (r.step, r.loss, r.lr))
+        .collect()
+}
+
+#[test]
+fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 8, 2, 32, 5).unwrap(); // 80 train, 20 val: 10 steps per epoch
+    let full = train(tiny_config(&data, dir.path(), "full"), None).unwrap();
+    assert_eq!((full.steps, full.epochs_done), (20, 2));
+
+    // Stop mid-epoch (step 7), again in the second epoch (13), then finish.
+    let mut cfg = tiny_config(&data, dir.path(), "resumed");
+    cfg.max_steps = 7;
+    cfg.checkpoint_every = 3;
+    assert!(train(cfg, None).unwrap().stopped_early);
+    let run = dir.path().join("resumed");
+    let mut again = TrainConfig::resume(&run, &TrainArgs::default()).unwrap();
+    again.max_steps = 13;
+    assert!(train(again, Some(&run)).unwrap().stopped_early);
+    let rest = TrainConfig::resume(&run, &TrainArgs::default()).unwrap();
+    assert_eq!(rest.max_steps, 0, "max_steps is per invocation, not saved");
+    let resumed = train(rest, Some(&run)).unwrap();
+    assert_eq!(resumed.steps, 20);
+
+    assert_eq!(losses(&dir.path().join("full")), losses(&run), "per-step losses and lrs differ after resume");
+    let summary = |p: &Path| RunLog::read_summary(&p.join("summary.csv"));
+    let (a, b) = (summary(&dir.path().join("full")), summary(&run));
+    assert_eq!(a.len(), 2);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.epoch, x.eval_top1, x.eval_loss), (y.epoch, y.eval_top1, y.eval_loss));
+    }
+    // The run folder holds what a user expects.
+    for f in [
+        "config.toml",
+        "summary.csv",
+        "metrics.jsonl",
+        "last.safetensors",
+        "best.safetensors",
+        "epoch-1.safetensors",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    assert!(!run.join("epoch-0.safetensors").exists(), "keep_last = 1 prunes older epochs");
+
+    // The standalone eval command gives the in-training numbers for the same weights.
+    let json = dir.path().join("eval.json");
+    let out = std::process::Command::new(common::bin())
+        .args(["eval", "--checkpoint"])
+        .arg(run.join("epoch-1.safetensors"))
+        .arg("--data")
+        .arg(&data)
+        .args(["--size", "32", "--device", "cpu", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!((v["top1"].as_f64().unwrap() - b[1].eval_top1.unwrap()).abs() < 1e-4);
+    assert!((v["loss"].as_f64().unwrap() - b[1].eval_loss.unwrap()).abs() < 1e-4);
+}
+
+#[test]
+fn schedules_match_closed_forms() {
+    let s = Schedule {
+        kind: ScheduleKind::Cosine,
+        peak_lr: 0.4,
+        min_lr: 0.01,
+        warmup_steps: 10,
+        total_steps: 110,
+        step_every: 0,
+        gamma: 0.1,
+    };
+    assert!((s.lr(0) - 0.04).abs() < 1e-12); // linear warmup: (step + 1) / warmup * peak
+    assert!((s.lr(9) - 0.4).abs() < 1e-12);
+    assert!((s.lr(10) - 0.4).abs() < 1e-12);
+    assert!((s.lr(60) - (0.01 + 0.5 * 0.39 * (1.0 + (std::f64::consts::PI * 0.5).cos()))).abs() < 1e-12);
+    assert!((s.lr(110) - 0.01).abs() < 1e-12);
+    let st = Schedule { kind: ScheduleKind::Step, warmup_steps: 0, step_every: 30, min_lr: 0.0, ..s };
+    assert_eq!([st.lr(0), st.lr(29)], [0.4, 0.4]);
+    assert!((st.lr(30) - 0.04).abs() < 1e-12 && (st.lr(65) - 0.004).abs() < 1e-12);
+}
+
+#[test]
+fn weight_decay_groups() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _m = ResNet::new(&vs.root(), ResNetConfig::new(Arch::Resnet18, ActConfig::new(ActKind::Polynorm, 3)))
+        .unwrap();
+    let sgd = Sgd::new(&vs, 0.9, false, 1e-4, false);
+    let wd_of =
+        |name: &str| sgd.groups.iter().find(|g| g.names.iter().any(|n| n == name)).map(|g| g.weight_decay);
+    assert_eq!(wd_of("layer1.0.conv1.weight"), Some(1e-4));
+    assert_eq!(wd_of("fc.weight"), Some(1e-4));
+    assert_eq!(wd_of("fc.bias"), Some(0.0));
+    assert_eq!(wd_of("bn1.weight"), Some(0.0));
+    assert_eq!(wd_of("layer2.1.act2.weight"), Some(0.0));
+    assert_eq!(wd_of("bn1.running_mean"), None, "running statistics are not parameters");
+    let n: usize = sgd.groups.iter().map(|g| g.params.len()).sum();
+    assert_eq!(n, vs.trainable_variables().len());
+    let with_act = Sgd::new(&vs, 0.9, false, 1e-4, true);
+    let g = with_act.groups.iter().find(|g| g.names.iter().any(|n| n == "act1.weight")).unwrap();
+    assert_eq!(g.weight_decay, 1e-4);
+}
+
+#[test]
+fn sgd_follows_torch_update_rule() {
+    // torch.optim.SGD(momentum=m, weight_decay=wd, nesterov=n): d = g + wd p; b = d (first step)
+    // else m b + d; p -= lr (n ? d + m b : b).
+    for nesterov in [false, true] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let p = vs.root().var_copy("w", &Tensor::from_slice(&[1.0f32, -2.0]));
+        let mut sgd = Sgd::new(&vs, 0.9, nesterov, 0.0, false);
+        sgd.groups[0].weight_decay = 0.1;
+        let (mut pv, mut bv) = ([1.0f64, -2.0], [0.0f64; 2]);
+        for (step, g) in [[0.5f64, 1.0], [-0.25, 2.0]].iter().enumerate() {
+            let loss = (&p * Tensor::from_slice(&[g[0] as f32, g[1] as f32])).sum(Kind::Float);
+            loss.backward();
+            sgd.step(0.1).unwrap();
+            sgd.zero_grad();
+            for i in 0..2 {
+                let d = g[i] + 0.1 * pv[i];
+                bv[i] = if step == 0 { d } else { 0.9 * bv[i] + d };
+                pv[i] -= 0.1 * if nesterov { d + 0.9 * bv[i] } else { bv[i] };
+            }
+            let got: Vec<f32> = Vec::try_from(&p).unwrap();
+            assert!(
+                (got[0] as f64 - pv[0]).abs() < 1e-6 && (got[1] as f64 - pv[1]).abs() < 1e-6,
+                "{got:?} vs {pv:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn grad_scaler_skips_on_inf_backs_off_and_grows() {
+    let mut s = GradScaler::new(true, Device::Cpu);
+    assert_eq!(s.scale_value(), 65536.0);
+    s.growth_interval = 3;
+    let g = || vec![Tensor::from_slice(&[65536.0f32, 131072.0]), Tensor::from_slice(&[0.0f32])];
+    // Good step: gradients are unscaled, no overflow.
+    let grads = g();
+    assert!(!s.unscale(&grads).unwrap());
+    assert_eq!(Vec::<f32>::try_from(&grads[0]).unwrap(), vec![1.0, 2.0]);
+    s.update().unwrap();
+    // Injected inf: overflow found, scale halves, the growth counter resets.
+    let bad = vec![Tensor::from_slice(&[f32::INFINITY, 1.0]), Tensor::from_slice(&[f32::NAN])];
+    assert!(s.unscale(&bad).unwrap());
+    s.update().unwrap();
+    assert_eq!(s.scale_value(), 32768.0);
+    // growth_interval good steps in a row: scale doubles.
+    for _ in 0..3 {
+        assert!(!s.unscale(&g()).unwrap());
+        s.update().unwrap();
+    }
+    assert_eq!(s.scale_value(), 65536.0);
+    // Disabled (bf16/fp32): scale 1, yet non-finite gradients are still caught.
+    let mut off = GradScaler::new(false, Device::Cpu);
+    assert!(off.unscale(&bad).unwrap());
+    off.update().unwrap();
+    assert_eq!(off.scale_value(), 1.0);
+}
+
+#[test]
+fn clip_grad_norm_matches_closed_form() {
+    let grads = vec![Tensor::from_slice(&[3.0f32]), Tensor::from_slice(&[4.0f32, 0.0])];
+    let norm = ffi::foreach_clip_grad_norm(&grads, 1.0).unwrap().double_value(&[]);
+    assert!((norm - 5.0).abs() < 1e-6);
+    let clipped: f64 =
+        grads.iter().map(|g| g.square().sum(Kind::Float).double_value(&[])).sum::<f64>().sqrt();
+    assert!((clipped - 1.0).abs() < 1e-5, "{clipped}");
+    let untouched = vec![Tensor::from_slice(&[0.3f32])];
+    ffi::foreach_clip_grad_norm(&untouched, 1.0).unwrap();
+    assert!((untouched[0].double_value(&[0]) - 0.3).abs() < 1e-7);
+}
+
+#[test]
+fn config_precedence_and_unknown_keys() {
+    let dir = common::tmpdir();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "epochs = 7\nlr = 0.3\nact = \"polynorm\"\n").unwrap();
+    let args = TrainArgs { config: Some(file.clone()), lr: Some(0.5), ..TrainArgs::default() };
+    let c = TrainConfig::resolve(&args).unwrap();
+    assert_eq!((c.epochs, c.lr, c.act, c.batch_size), (7, 0.5, ActKind::Polynorm, 256)); // flag > file > default
+    std::fs::write(&file, "epochs = 7\nlearning_rate = 0.3\n").unwrap();
+    let err = TrainConfig::resolve(&args).unwrap_err().to_string();
+    assert!(err.contains("c.toml") && err.contains("learning_rate"), "{err}");
+    // Every shipped config parses and validates.
+    for e in std::fs::read_dir(common::repo().join("configs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let a = TrainArgs { config: Some(p.clone()), ..TrainArgs::default() };
+            TrainConfig::resolve(&a).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+    }
+}
+
+#[test]
+fn mixed_precision_steps_run_on_cpu() {
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 4, 1, 32, 2).unwrap();
+    for precision in [Precision::Bf16, Precision::Fp16] {
+        let mut cfg = tiny_config(&data, dir.path(), &format!("{precision:?}"));
+        cfg.precision = precision;
+        cfg.epochs = 1;
+        let s = train(cfg, None).unwrap();
+        assert_eq!(s.steps, 5);
+        let recs: Vec<StepRecord> = std::fs::read_to_string(s.run_dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let scale = recs.last().unwrap().loss_scale;
+        assert_eq!(scale == 1.0, precision == Precision::Bf16, "{precision:?}: loss scale {scale}");
+        assert!(recs.iter().all(|r| r.loss.is_finite()));
+    }
+}
+
+#[test]
+fn learns_on_tiny_imagenet_10() {
+    let Some(shared) = common::shared("learns_on_tiny_imagenet_10") else { return };
+    let dir = common::tmpdir();
+    let mut cfg = tiny_config(&shared.join("data/tiny-imagenet-10"), dir.path(), "tin");
+    cfg.act = ActKind::Relu;
+    cfg.epochs = 3;
+    cfg.batch_size = 64;
+    cfg.keep_last = 0;
+    let s = train(cfg, None).unwrap();
+    let top1 = s.last_eval.unwrap().top1;
+    eprintln!("tiny-imagenet-10, ResNet-18, 3 epochs at 32 px: top-1 {top1:.1}% (chance 10%)");
+    assert!(top1 > 30.0, "top-1 {top1}% after 3 epochs");
+}
