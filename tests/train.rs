@@ -89,6 +89,18 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
     }
     assert!(!run.join("epoch-0.safetensors").exists(), "keep_last = 1 prunes older epochs");
 
+    // TensorBoard: the event files parse (TFRecord checksums, Event protos) and hold the losses.
+    let full_dir = dir.path().join("full");
+    let mut scalars = Vec::new();
+    for e in std::fs::read_dir(full_dir.join("tb")).unwrap() {
+        scalars.extend(resnet_train::train::metrics::read_tensorboard_scalars(&e.unwrap().path()).unwrap());
+    }
+    let tb_loss: Vec<(i64, f32)> =
+        scalars.iter().filter(|(t, _, _)| t == "train/loss").map(|(_, s, v)| (*s, *v)).collect();
+    let jsonl: Vec<(i64, f32)> = losses(&full_dir).iter().map(|(s, l, _)| (*s as i64, *l as f32)).collect();
+    assert_eq!(tb_loss, jsonl);
+    assert_eq!(scalars.iter().filter(|(t, _, _)| t == "epoch/eval_top1").count(), 2);
+
     // The standalone eval command gives the in-training numbers for the same weights.
     let json = dir.path().join("eval.json");
     let out = std::process::Command::new(common::bin())
@@ -270,9 +282,15 @@ fn learns_on_tiny_imagenet_10() {
     cfg.act = ActKind::Relu;
     cfg.epochs = 3;
     cfg.batch_size = 64;
+    cfg.lr = 0.2;
+    cfg.clip_grad = 2.0;
+    cfg.train_size = 48;
+    cfg.eval_size = 48;
     cfg.keep_last = 0;
     let s = train(cfg, None).unwrap();
     let top1 = s.last_eval.unwrap().top1;
-    eprintln!("tiny-imagenet-10, ResNet-18, 3 epochs at 32 px: top-1 {top1:.1}% (chance 10%)");
-    assert!(top1 > 30.0, "top-1 {top1}% after 3 epochs");
+    // Measured: 43.4% (release build, 2 cores, 70 s); the data order and augmentations are fixed
+    // by the seed, so the number is reproducible on a given libtorch build.
+    eprintln!("tiny-imagenet-10, ResNet-18, 3 epochs at 48 px: top-1 {top1:.1}% (chance 10%)");
+    assert!(top1 > 35.0, "top-1 {top1}% after 3 epochs");
 }

@@ -48,11 +48,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
     }
-    tch::manual_seed(0);
     let mut cfg = ResNetConfig::new(a.arch, ActConfig::new(a.act, a.order));
     cfg.num_classes = a.classes;
     let vs = tch::nn::VarStore::new(device);
-    let model = ResNet::new(&vs.root(), cfg)?;
+    let model = crate::model::seeded(0, || ResNet::new(&vs.root(), cfg))?;
     let mut x = Tensor::randn([a.batch, 3, a.res, a.res], (Kind::Float, device));
     if a.channels_last {
         tch::no_grad(|| -> Result<()> {

@@ -20,9 +20,8 @@ pub struct InitArgs {
 pub fn run(args: InitArgs) -> Result<()> {
     let cfg = args.model.to_config();
     cfg.validate()?;
-    tch::manual_seed(args.seed);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _model = ResNet::new(&vs.root(), cfg)?;
+    let _model = crate::model::seeded(args.seed, || ResNet::new(&vs.root(), cfg))?;
     weights::save_model(&args.out, &vs, &cfg, None)?;
     println!(
         "wrote {} ({} {:?} order {}, {} classes, {} parameters)",

@@ -5,3 +5,12 @@ pub mod weights;
 
 pub use activation::{ActConfig, ActInit, ActKind, Activation, NormAxis};
 pub use resnet::{Arch, ParamGroup, ResNet, ResNetConfig};
+
+/// Runs `f` (a model's construction) with libtorch's global generator seeded to `seed`, holding a
+/// process-wide lock, so initial weights depend on the seed only, not on what other threads draw.
+pub fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    f()
+}

@@ -124,9 +124,8 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
     };
 
     let model_cfg = cfg.model(train_set.classes.len() as i64);
-    tch::manual_seed(cfg.seed as i64);
     let mut vs = nn::VarStore::new(device);
-    let model = ResNet::new(&vs.root(), model_cfg)?;
+    let model = crate::model::seeded(cfg.seed as i64, || ResNet::new(&vs.root(), model_cfg))?;
     let mut sgd = Sgd::new(&vs, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.act_weight_decay);
     let mut scaler = GradScaler::new(cfg.precision == Precision::Fp16, device);
     let mut state = LoopState::default();
@@ -292,6 +291,7 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
                 checkpoint::save_last(&last_path, &saved, &sgd, &scaler.scale, &scaler.growth_tracker, &s)?;
             }
             if stop {
+                log.flush();
                 println!(
                     "stopped after {} steps (--max-steps); continue with --resume {}",
                     state.step,
