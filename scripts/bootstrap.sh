@@ -16,9 +16,12 @@ CACHE=${RESNET_TRAIN_CACHE:-$HOME/.cache/resnet-train}
 VENV=$CACHE/libtorch-$TORCH_VERSION
 log() { echo "[bootstrap] $*" >&2; }
 
-# 1. Build tools: cmake and nasm (libjpeg-turbo's bundled build), a C++ compiler (the shim).
+# 1. Build tools: cmake and nasm (libjpeg-turbo's bundled build), a C++ compiler (the shim),
+#    and a font for the figures.
 missing=()
 for tool in cmake nasm g++; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+# The report figures' font.
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 if ((${#missing[@]})); then
   pkgs=("${missing[@]}")
   log "installing ${pkgs[*]} with apt-get"

@@ -6,6 +6,7 @@ pub mod error;
 pub mod ffi;
 pub mod fsutil;
 pub mod model;
+pub mod report;
 pub mod rng;
 pub mod runtime;
 pub mod train;

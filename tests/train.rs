@@ -101,6 +101,21 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
     assert_eq!(tb_loss, jsonl);
     assert_eq!(scalars.iter().filter(|(t, _, _)| t == "epoch/eval_top1").count(), 2);
 
+    // The report figure of both runs.
+    if Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists() {
+        let runs =
+            vec![resnet_train::report::load(&full_dir).unwrap(), resnet_train::report::load(&run).unwrap()];
+        for ext in ["svg", "png"] {
+            let fig = dir.path().join(format!("curves.{ext}"));
+            resnet_train::report::draw(&runs, &fig).unwrap();
+            assert!(std::fs::metadata(&fig).unwrap().len() > 1000);
+        }
+        let svg = std::fs::read_to_string(dir.path().join("curves.svg")).unwrap();
+        assert!(svg.contains("eval top-1") && svg.contains("resumed") && svg.contains("full"));
+    } else {
+        eprintln!("SKIP report figure: no DejaVuSans.ttf (scripts/bootstrap.sh installs fonts-dejavu-core)");
+    }
+
     // The standalone eval command gives the in-training numbers for the same weights.
     let json = dir.path().join("eval.json");
     let out = std::process::Command::new(common::bin())

@@ -5,6 +5,7 @@ pub mod eval;
 pub mod init;
 pub mod make_demo_data;
 pub mod predict;
+pub mod report;
 pub mod train;
 
 use crate::model::{ActConfig, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
@@ -33,6 +34,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Training-step throughput on synthetic data (compare with torch_train_bench.py).
     Bench(bench::BenchArgs),
+    /// Plot train loss and eval top-1/top-5 of one or several runs (SVG or PNG).
+    Report(report::ReportArgs),
     /// Write a freshly initialised model to a safetensors file.
     Init(init::InitArgs),
     /// Classify images with a model file (torchvision's ResNet eval preprocessing).
@@ -88,6 +91,7 @@ pub fn run(cli: Cli) -> crate::error::Result<()> {
         Some(Command::Train(a)) => train::run(a),
         Some(Command::Eval(a)) => eval::run(a),
         Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::Report(a)) => report::run(a),
         Some(Command::Init(a)) => init::run(a),
         Some(Command::Predict(a)) => predict::run(a),
         Some(Command::MakeDemoData(a)) => make_demo_data::run(a),
