@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train (the default when no subcommand is given). With no --data: the embedded dataset.
-    Train(crate::train::config::TrainArgs),
+    Train(Box<crate::train::config::TrainArgs>),
     /// Top-1 / top-5 / loss of a checkpoint on a folder of class folders.
     Eval(eval::EvalArgs),
     /// Training-step throughput on synthetic data (compare with torch_train_bench.py).
@@ -88,7 +88,7 @@ impl ModelArgs {
 pub fn run(cli: Cli) -> crate::error::Result<()> {
     match cli.command {
         None => train::run(cli.train),
-        Some(Command::Train(a)) => train::run(a),
+        Some(Command::Train(a)) => train::run(*a),
         Some(Command::Eval(a)) => eval::run(a),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::Report(a)) => report::run(a),

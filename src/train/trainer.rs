@@ -212,6 +212,19 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
         let mut micro = 0usize;
         let mut micro_loss = 0.0;
         let mut window = (Instant::now(), 0usize);
+        // A progress bar on a terminal (images/s, loss, lr, ETA); plain lines in logs.
+        let bar = terminal.then(|| {
+            let b = indicatif::ProgressBar::new(steps_per_epoch as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "epoch {prefix} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_prefix(epoch.to_string());
+            b.set_position((state.next_batch / cfg.accum_steps) as u64);
+            b
+        });
         sgd.zero_grad();
         for batch in train_loader.epoch(epoch as u64, state.next_batch) {
             let batch = batch?;
@@ -266,18 +279,19 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
                 loss_sum += micro_loss;
                 loss_count += 1;
             }
-            if state.step % cfg.log_every.max(1) == 0 || !terminal {
-                if state.step % cfg.log_every.max(1) == 0 {
-                    println!(
-                        "epoch {epoch:>3} step {:>7}  loss {:.4}  lr {:.5}  grad {:.3}  {:.0} img/s{}",
-                        state.step,
-                        micro_loss,
-                        lr,
-                        grad_norm,
-                        record.img_per_s,
-                        if skipped { "  (skipped: non-finite)" } else { "" }
-                    );
-                }
+            let line = format!(
+                "loss {:.4}  lr {:.5}  grad {:.3}  {:.0} img/s{}",
+                micro_loss,
+                lr,
+                grad_norm,
+                record.img_per_s,
+                if skipped { "  (skipped: non-finite)" } else { "" }
+            );
+            if let Some(bar) = &bar {
+                bar.set_message(line);
+                bar.inc(1);
+            } else if state.step % cfg.log_every.max(1) == 0 {
+                println!("epoch {epoch:>3} step {:>7}  {line}", state.step);
             }
             window = (Instant::now(), 0);
             micro = 0;
@@ -308,6 +322,9 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
             }
         }
 
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
         // ---- Epoch end: evaluate, record, checkpoint. ----
         let train_loss = if loss_count > 0 { loss_sum / loss_count as f64 } else { f64::NAN };
         let eval = match &val_loader {
