@@ -54,14 +54,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let model = crate::model::seeded(0, || ResNet::new(&vs.root(), cfg))?;
     let mut x = Tensor::randn([a.batch, 3, a.res, a.res], (Kind::Float, device));
     if a.channels_last {
-        tch::no_grad(|| -> Result<()> {
-            for (_, mut v) in vs.variables() {
-                if v.dim() == 4 {
-                    v.set_data(&crate::ffi::to_channels_last(&v)?);
-                }
-            }
-            Ok(())
-        })?;
+        crate::model::to_channels_last(&vs)?;
         x = crate::ffi::to_channels_last(&x)?;
     }
     let y = Tensor::randint(a.classes, [a.batch], (Kind::Int64, device));

@@ -5,7 +5,7 @@ use crate::data::dataset::ImageFolder;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::transform::Transform;
 use crate::error::{Error, Result};
-use crate::model::{weights, ResNet};
+use crate::model::weights;
 use crate::train::amp::Precision;
 use crate::train::eval::evaluate;
 use std::path::PathBuf;
@@ -38,11 +38,7 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let device = crate::runtime::parse_device(&a.device)?;
-    let file = weights::read(&a.checkpoint)?;
-    let cfg = file.model_config(&a.checkpoint)?;
-    let mut vs = tch::nn::VarStore::new(device);
-    let model = ResNet::new(&vs.root(), cfg)?;
-    weights::load_into(&mut vs, &file, &a.checkpoint)?;
+    let weights::LoadedModel { model, config: cfg, file, .. } = weights::load_model(&a.checkpoint, device)?;
     let root = if a.data.join("val").is_dir() { a.data.join("val") } else { a.data.clone() };
     let data = Arc::new(ImageFolder::open(&root)?);
     if data.classes.len() as i64 != cfg.num_classes {

@@ -3,7 +3,7 @@
 
 use crate::data::transform;
 use crate::error::{Error, Result};
-use crate::model::{weights, ResNet};
+use crate::model::weights;
 use crate::rng::SplitMix64;
 use std::path::{Path, PathBuf};
 use tch::Kind;
@@ -69,11 +69,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
         return Err(Error::Usage(format!("--resize {} must be >= --crop {} > 0", args.resize, args.crop)));
     }
     let device = crate::runtime::parse_device(&args.device)?;
-    let file = weights::read(&args.checkpoint)?;
-    let cfg = file.model_config(&args.checkpoint)?;
-    let mut vs = tch::nn::VarStore::new(device);
-    let model = ResNet::new(&vs.root(), cfg)?;
-    weights::load_into(&mut vs, &file, &args.checkpoint)?;
+    let weights::LoadedModel { model, config: cfg, file, .. } =
+        weights::load_model(&args.checkpoint, device)?;
     let names = match &args.classes {
         Some(p) => Some(read_class_names(p)?),
         None => file.class_names(),

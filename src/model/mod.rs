@@ -14,3 +14,15 @@ pub fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
     tch::manual_seed(seed);
     f()
 }
+
+/// Converts every 4-d variable (the conv weights) to the channels_last memory format in place.
+pub fn to_channels_last(vs: &tch::nn::VarStore) -> crate::error::Result<()> {
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            if v.dim() == 4 {
+                v.set_data(&crate::ffi::to_channels_last(&v)?);
+            }
+        }
+        Ok(())
+    })
+}

@@ -200,3 +200,21 @@ pub fn load_into(vs: &mut nn::VarStore, file: &WeightsFile, path: &Path) -> Resu
         Ok(())
     })
 }
+
+/// A model ready for inference: built from a file's config and loaded with its weights.
+pub struct LoadedModel {
+    pub vs: nn::VarStore,
+    pub model: super::ResNet,
+    pub config: ResNetConfig,
+    pub file: WeightsFile,
+}
+
+/// Reads `path`, builds the model its metadata (or keys) describe on `device`, loads the weights.
+pub fn load_model(path: &Path, device: tch::Device) -> Result<LoadedModel> {
+    let file = read(path)?;
+    let config = file.model_config(path)?;
+    let mut vs = nn::VarStore::new(device);
+    let model = super::ResNet::new(&vs.root(), config)?;
+    load_into(&mut vs, &file, path)?;
+    Ok(LoadedModel { vs, model, config, file })
+}

@@ -145,14 +145,7 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
         state = saved;
     }
     if cfg.channels_last {
-        tch::no_grad(|| -> Result<()> {
-            for (_, mut v) in vs.variables() {
-                if v.dim() == 4 {
-                    v.set_data(&crate::ffi::to_channels_last(&v)?);
-                }
-            }
-            Ok(())
-        })?;
+        crate::model::to_channels_last(&vs)?;
     }
 
     let steps_per_epoch = (train_loader.batches_per_epoch() / cfg.accum_steps).max(1);
@@ -353,11 +346,20 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
             elapsed_s: elapsed(&state),
         })?;
         println!(
-            "epoch {epoch:>3} done: train loss {train_loss:.4}{}  [{:.0} s]",
+            "epoch {epoch:>3} done: train loss {train_loss:.4}{}{}{}  [{:.0} s]",
             eval.map_or(String::new(), |e| format!(
                 "  eval loss {:.4}  top-1 {:.2}%  top-5 {:.2}%",
                 e.loss, e.top1, e.top5
             )),
+            match train_loader.bad.count() {
+                0 => String::new(),
+                n => format!("  ({n} unreadable train images replaced, each named once above)"),
+            },
+            if state.skipped_steps > 0 {
+                format!("  ({} steps skipped so far)", state.skipped_steps)
+            } else {
+                String::new()
+            },
             elapsed(&state)
         );
         if cfg.keep_last > 0 {
