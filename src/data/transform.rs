@@ -113,15 +113,18 @@ struct Plan {
     vertical_first: bool,
 }
 
-/// How much larger than the target the DCT-scaled image must stay. At 1 the scaled IDCT does
-/// the whole downscale, with weaker antialiasing than Pillow's filter (mean pixel differences
-/// up to 1.6 on real images); at 2 the resampler still does at least a 2x reduction and the eval
-/// transform stays within 0.4 of torchvision's (tests/preprocess.rs).
-const DCT_MIN_RATIO: usize = 2;
+/// How much larger than the target the DCT-scaled image must stay for eval. At 1 the scaled
+/// IDCT does the whole downscale, with weaker antialiasing than Pillow's filter (mean pixel
+/// differences up to 1.6 on real images); at 2 the resampler still does at least a 2x reduction
+/// and the eval transform stays within 0.4 of torchvision's (tests/preprocess.rs).
+const EVAL_DCT_MIN_RATIO: usize = 2;
+/// For random train crops the scaled IDCT may do the whole downscale (as DALI's and FFCV's
+/// decode-with-downscale do): augmentation is random anyway, and it saves IDCT and resampling.
+const TRAIN_DCT_MIN_RATIO: usize = 1;
 
-/// Smallest DCT scale num/8 at which `extent` source pixels still give `DCT_MIN_RATIO x need`.
-fn dct_num(extent: usize, need: usize) -> usize {
-    (1..=8).find(|&num| extent * num >= DCT_MIN_RATIO * need * 8).unwrap_or(8)
+/// Smallest DCT scale num/8 at which `extent` source pixels still give `ratio x need`.
+fn dct_num(extent: usize, need: usize, ratio: usize) -> usize {
+    (1..=8).find(|&num| extent * num >= ratio * need * 8).unwrap_or(8)
 }
 
 fn plan(height: usize, width: usize, t: &Transform, rng: &mut SplitMix64, scaling: bool) -> Plan {
@@ -135,7 +138,7 @@ fn plan(height: usize, width: usize, t: &Transform, rng: &mut SplitMix64, scalin
         Transform::Crop { top, left, height: h, width: w, size, flip } => {
             let (top, left) = (top.min(height - 1), left.min(width - 1));
             let (h, w) = (h.clamp(1, height - top), w.clamp(1, width - left));
-            let num = if scaling { dct_num(h.min(w), size) } else { 8 };
+            let num = if scaling { dct_num(h.min(w), size, TRAIN_DCT_MIN_RATIO) } else { 8 };
             let s = num as f64 / 8.0;
             let axis = |lo: usize, len: usize, full: usize| {
                 let (b0, b1) = (lo as f64 * s, (lo + len) as f64 * s);
@@ -148,7 +151,7 @@ fn plan(height: usize, width: usize, t: &Transform, rng: &mut SplitMix64, scalin
         }
         Transform::Eval { size, resize } => {
             let (rh, rw) = resize_shorter_side(height, width, resize);
-            let num = if scaling { dct_num(height.min(width), resize) } else { 8 };
+            let num = if scaling { dct_num(height.min(width), resize, EVAL_DCT_MIN_RATIO) } else { 8 };
             let s = num as f64 / 8.0;
             let (top, left) = (center_crop_offset(rh, size), center_crop_offset(rw, size));
             let (sh, sw) = (jpeg::scaled(height, num), jpeg::scaled(width, num));
