@@ -16,6 +16,6 @@ RUN=runs/$NAME
 echo
 echo "== $RUN =="
 cat "$RUN/summary.csv"
-IMG=$(ls "${RESNET_TRAIN_CACHE:-$HOME/.cache/resnet-train}"/demo-data-v1/val/ring/00000.jpg)
-"$BIN" predict --checkpoint "$RUN/best.safetensors" --topk 3 "$IMG"
+VAL=${RESNET_TRAIN_CACHE:-$HOME/.cache/resnet-train}/demo-data-v1/val
+"$BIN" predict --checkpoint "$RUN/best.safetensors" --topk 2 "$VAL"/{ring,dots,vstripes}/00001.jpg
 echo "TensorBoard: tensorboard --logdir $RUN/tb    figure: $RUN/curves.png"

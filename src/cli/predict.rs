@@ -21,12 +21,12 @@ pub struct PredictArgs {
     /// One JSON object per image on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Shorter side after resizing (torchvision: 256 for a 224 crop).
-    #[arg(long, default_value_t = 256)]
-    pub resize: usize,
-    /// Center-crop size.
-    #[arg(long, default_value_t = 224)]
-    pub crop: usize,
+    /// Shorter side after resizing (default: what the checkpoint was trained for, else 256).
+    #[arg(long)]
+    pub resize: Option<usize>,
+    /// Center-crop size (default: what the checkpoint was trained for, else 224).
+    #[arg(long)]
+    pub crop: Option<usize>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -65,12 +65,16 @@ pub fn run(args: PredictArgs) -> Result<()> {
     if args.topk < 1 {
         return Err(Error::Usage(format!("--topk must be at least 1, got {}", args.topk)));
     }
-    if args.crop == 0 || args.resize < args.crop {
-        return Err(Error::Usage(format!("--resize {} must be >= --crop {} > 0", args.resize, args.crop)));
-    }
     let device = crate::runtime::parse_device(&args.device)?;
     let weights::LoadedModel { model, config: cfg, file, .. } =
         weights::load_model(&args.checkpoint, device)?;
+    let (resize, crop) = {
+        let (r, c) = file.eval_size().unwrap_or((256, 224));
+        (args.resize.unwrap_or(r), args.crop.unwrap_or(c))
+    };
+    if crop == 0 || resize < crop {
+        return Err(Error::Usage(format!("--resize {resize} must be >= --crop {crop} > 0")));
+    }
     let names = match &args.classes {
         Some(p) => Some(read_class_names(p)?),
         None => file.class_names(),
@@ -88,7 +92,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let k = args.topk.min(cfg.num_classes);
     let mut failures = 0;
     for path in &args.images {
-        let eval = transform::Transform::Eval { size: args.crop, resize: args.resize };
+        let eval = transform::Transform::Eval { size: crop, resize };
         let input = match transform::load_tensor(path, &eval, &mut SplitMix64::new(0)) {
             Ok(t) => t,
             Err(e) => {

@@ -16,6 +16,8 @@ use tch::{nn, Kind, Tensor};
 pub const META_MODEL: &str = "resnet_train.model";
 /// Metadata key holding the class names as a JSON array (optional).
 pub const META_CLASSES: &str = "resnet_train.class_names";
+/// Metadata key holding the eval preprocessing a trained model expects: {"resize": R, "crop": C}.
+pub const META_EVAL: &str = "resnet_train.eval";
 /// Keys of a training checkpoint that are not model weights (momentum, loss scaler).
 const TRAIN_STATE_PREFIX: &str = "train_state.";
 /// Buffers torchvision state_dicts carry that this implementation does not track.
@@ -118,6 +120,12 @@ impl WeightsFile {
             return Ok(cfg);
         }
         self.infer_config().map_err(|msg| Error::file(path, format!("no {META_MODEL} metadata, and {msg}")))
+    }
+
+    /// (resize, crop) of the eval preprocessing the model was trained for, when recorded.
+    pub fn eval_size(&self) -> Option<(usize, usize)> {
+        let v: serde_json::Value = serde_json::from_str(self.metadata.get(META_EVAL)?).ok()?;
+        Some((v["resize"].as_u64()? as usize, v["crop"].as_u64()? as usize))
     }
 
     pub fn class_names(&self) -> Option<Vec<String>> {

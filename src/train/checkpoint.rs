@@ -37,6 +37,8 @@ pub struct Saved<'a> {
     pub vs: &'a nn::VarStore,
     pub model: &'a ResNetConfig,
     pub class_names: &'a [String],
+    /// The eval preprocessing the model was trained for: (resize, crop).
+    pub eval_size: (usize, usize),
 }
 
 fn model_meta(s: &Saved) -> HashMap<String, String> {
@@ -44,6 +46,10 @@ fn model_meta(s: &Saved) -> HashMap<String, String> {
     meta.insert(META_MODEL.to_string(), serde_json::to_string(s.model).expect("config serialises"));
     meta.insert(META_CLASSES.to_string(), serde_json::to_string(s.class_names).expect("names serialise"));
     meta.insert("format".to_string(), "pt".to_string());
+    meta.insert(
+        weights::META_EVAL.to_string(),
+        serde_json::json!({"resize": s.eval_size.0, "crop": s.eval_size.1}).to_string(),
+    );
     meta
 }
 

@@ -161,7 +161,12 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
     };
     let mut log = RunLog::open(&dir, state.step, state.epoch)?;
     let classes = train_set.classes.clone();
-    let saved = Saved { vs: &vs, model: &model_cfg, class_names: &classes };
+    let eval_transform = Transform::eval(cfg.eval_size, cfg.crop_pct);
+    let eval_size = match eval_transform {
+        Transform::Eval { size, resize } => (resize, size),
+        _ => (cfg.eval_size, cfg.eval_size),
+    };
+    let saved = Saved { vs: &vs, model: &model_cfg, class_names: &classes, eval_size };
     let terminal = std::io::stdout().is_terminal();
 
     println!("run        {}", dir.display());
