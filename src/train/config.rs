@@ -66,6 +66,8 @@ pub struct TrainConfig {
     /// Also write the `last` checkpoint every N optimizer steps (0: only at epoch ends).
     pub checkpoint_every: usize,
     pub log_every: usize,
+    /// Record per-site activation statistics (max |output|, non-finite count) every N steps (0: off).
+    pub monitor_every: usize,
     /// Stop after this many optimizer steps in total (0: no limit); the run can be resumed.
     /// Per invocation: not written to the run's resolved config.toml.
     #[serde(skip_serializing)]
@@ -115,6 +117,7 @@ impl Default for TrainConfig {
             keep_last: 2,
             checkpoint_every: 0,
             log_every: 50,
+            monitor_every: 50,
             max_steps: 0,
             name: None,
             output: PathBuf::from("runs"),
@@ -189,6 +192,9 @@ pub struct TrainArgs {
     pub log_every: Option<usize>,
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// Activation statistics every N steps (0: off).
+    #[arg(long)]
+    pub monitor_every: Option<usize>,
     /// Run folder name (default: arch-act-precision-time).
     #[arg(long)]
     pub name: Option<String>,

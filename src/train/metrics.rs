@@ -29,6 +29,9 @@ pub struct StepRecord {
     #[serde(deserialize_with = "nan_if_null")]
     pub img_per_s: f64,
     pub elapsed_s: f64,
+    /// Per-site activation statistics, on monitored steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub activations: Vec<super::stability::SiteStats>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -114,6 +117,12 @@ impl RunLog {
             if v.is_finite() {
                 self.tb.add_scalar(tag, v as f32, r.step);
             }
+        }
+        for a in &r.activations {
+            if a.max_abs.is_finite() {
+                self.tb.add_scalar(&format!("act_max_abs/{}", a.site), a.max_abs as f32, r.step);
+            }
+            self.tb.add_scalar(&format!("act_nonfinite/{}", a.site), a.nonfinite as f32, r.step);
         }
         let line = serde_json::to_string(r).expect("record serialises");
         writeln!(self.jsonl, "{line}").map_err(|e| Error::io(self.dir.join("metrics.jsonl"), e))

@@ -6,4 +6,5 @@ pub mod eval;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod stability;
 pub mod trainer;

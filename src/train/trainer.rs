@@ -9,6 +9,7 @@ use super::eval::{evaluate, prepare, EvalResult};
 use super::metrics::{EpochRecord, RunLog, StepRecord};
 use super::optim::Sgd;
 use super::schedule::Schedule;
+use super::stability::{first_nonfinite, forward_monitored};
 use crate::data::dataset::ImageFolder;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{synthetic, transform::Transform};
@@ -208,7 +209,8 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
         let mut loss_sum = 0.0;
         let mut loss_count = 0usize;
         let mut micro = 0usize;
-        let mut micro_loss = 0.0;
+        let mut micro_loss = 0.0f64;
+        let mut step_stats = Vec::new();
         let mut window = (Instant::now(), 0usize);
         // A progress bar on a terminal (images/s, loss, lr, ETA); plain lines in logs.
         let bar = terminal.then(|| {
@@ -228,17 +230,28 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
             let batch = batch?;
             let x = prepare(&batch.images, device, cfg.channels_last)?;
             let y = batch.labels.to_device(device);
-            let loss = {
+            let monitor = cfg.monitor_every > 0 && state.step % cfg.monitor_every == 0 && micro == 0;
+            let (loss, site_stats) = {
                 let _autocast = cfg.precision.autocast(device)?;
-                let logits = model.forward_t(&x, true);
-                logits.to_kind(Kind::Float).f_cross_entropy_loss(
+                let (logits, stats) = forward_monitored(&model, &x, monitor)?;
+                let loss = logits.to_kind(Kind::Float).f_cross_entropy_loss(
                     &y,
                     None::<Tensor>,
                     tch::Reduction::Mean,
                     -100,
                     cfg.label_smoothing,
-                )?
+                )?;
+                (loss, stats)
             };
+            if let Some(s) = first_nonfinite(&site_stats) {
+                eprintln!(
+                    "warning: step {}: first non-finite activation at {} ({} values; largest finite |x| {:.3e})",
+                    state.step, s.site, s.nonfinite, s.max_abs
+                );
+            }
+            if monitor {
+                step_stats = site_stats;
+            }
             scaler.scale_loss(&(&loss / cfg.accum_steps as f64)).backward();
             micro_loss += loss.double_value(&[]) / cfg.accum_steps as f64;
             micro += 1;
@@ -271,6 +284,7 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
                 skipped,
                 img_per_s: window.1 as f64 / secs.max(1e-9),
                 elapsed_s: elapsed(&state),
+                activations: std::mem::take(&mut step_stats),
             };
             log.step(&record)?;
             if micro_loss.is_finite() {

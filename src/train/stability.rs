@@ -1,0 +1,57 @@
+//! Stability monitors: per activation site, the largest |output| and the count of non-finite
+//! values, sampled every `monitor_every` steps from the training forward pass itself (no extra
+//! forward). The reductions stay on the device and are read back with one transfer.
+
+use crate::error::Result;
+use crate::model::ResNet;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// One site's statistics for one sampled step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SiteStats {
+    pub site: String,
+    pub max_abs: f64,
+    pub nonfinite: i64,
+}
+
+/// Runs the training forward pass of `model` on `x`, and when `monitor` is set also collects the
+/// statistics of every activation site, in forward order.
+pub fn forward_monitored(model: &ResNet, x: &Tensor, monitor: bool) -> Result<(Tensor, Vec<SiteStats>)> {
+    if !monitor {
+        return Ok((model.forward_t(x, true), Vec::new()));
+    }
+    let mut sites = Vec::new();
+    let mut reductions = Vec::new();
+    let logits = model.forward_observed(x, true, &mut |site, t| {
+        let t = t.detach();
+        // max |x| over finite values (NaN would poison max); inf counts as non-finite.
+        let finite = t.isfinite();
+        let max_abs = t.abs().where_self(&finite, &t.zeros_like()).max().to_kind(Kind::Double);
+        let nonfinite = finite.logical_not().sum(Kind::Int64).to_kind(Kind::Double);
+        sites.push(site.to_string());
+        reductions.push(Tensor::stack(&[max_abs, nonfinite], 0));
+    });
+    let all = Tensor::stack(&reductions, 0).f_to_device(tch::Device::Cpu)?;
+    let values: Vec<f64> = Vec::try_from(all.flatten(0, -1))?;
+    let stats = sites
+        .into_iter()
+        .zip(values.chunks(2))
+        .map(|(site, v)| SiteStats { site, max_abs: v[0], nonfinite: v[1] as i64 })
+        .collect();
+    Ok((logits, stats))
+}
+
+/// The first site, in forward order, with a non-finite value.
+pub fn first_nonfinite(stats: &[SiteStats]) -> Option<&SiteStats> {
+    stats.iter().find(|s| s.nonfinite > 0)
+}
+
+/// Largest finite float16 value: activations beyond it overflow under fp16 autocast.
+pub const FP16_MAX: f64 = 65504.0;
+
+/// The first site, in forward order, that is non-finite or whose |x| exceeds `limit`
+/// (e.g. `FP16_MAX`: where an fp16 run would overflow first).
+pub fn first_beyond(stats: &[SiteStats], limit: f64) -> Option<&SiteStats> {
+    stats.iter().find(|s| s.nonfinite > 0 || s.max_abs > limit)
+}
