@@ -18,6 +18,10 @@ pub enum Error {
 
     #[error("libtorch: {0}")]
     Torch(String),
+
+    /// Training stopped by a stability guard; the message is the diagnosis.
+    #[error("training diverged: {0}")]
+    Diverged(String),
 }
 
 impl From<tch::TchError> for Error {

@@ -10,6 +10,7 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e}");
             std::process::ExitCode::from(match e {
                 Error::Usage(_) => 2,
+                Error::Diverged(_) => 3,
                 _ => 1,
             })
         }

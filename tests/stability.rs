@@ -83,3 +83,91 @@ fn polyrelu_overflows_within_layer1_to_3_at_paper_init_polynorm_stays_bounded() 
         assert!(first_nonfinite(&stats).is_none(), "relu-like PolyReLU k={order} starts finite");
     }
 }
+
+fn tiny_run(
+    data: &std::path::Path,
+    out: &std::path::Path,
+    name: &str,
+) -> resnet_train::train::config::TrainConfig {
+    resnet_train::train::config::TrainConfig {
+        data: Some(data.to_path_buf()),
+        arch: Arch::Resnet18,
+        act: ActKind::Polyrelu,
+        order: 3,
+        epochs: 1,
+        batch_size: 8,
+        lr: 0.1,
+        train_size: 32,
+        eval_size: 32,
+        device: "cpu".into(),
+        workers: 2,
+        monitor_every: 1,
+        max_consecutive_skips: 3,
+        keep_last: 0,
+        name: Some(name.into()),
+        output: out.to_path_buf(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn guard_stops_a_diverging_fp16_polyrelu_run_naming_the_site_and_clamp_rescues_it() {
+    use resnet_train::train::amp::Precision;
+    use resnet_train::train::trainer::train;
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    resnet_train::data::synthetic::write_dataset(&data, 4, 1, 32, 9).unwrap();
+    let mut cfg = tiny_run(&data, dir.path(), "fp16-polyrelu");
+    cfg.precision = Precision::Fp16;
+    let err = train(cfg, None).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, resnet_train::error::Error::Diverged(_)), "{msg}");
+    assert!(msg.contains("3 consecutive steps") && msg.contains("layer1."), "{msg}");
+    eprintln!("{msg}");
+    // Every skipped step is in the metrics, with the per-site statistics of the monitored steps.
+    let lines = std::fs::read_to_string(dir.path().join("fp16-polyrelu/metrics.jsonl")).unwrap();
+    let recs: Vec<resnet_train::train::metrics::StepRecord> =
+        lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(recs.len(), 3);
+    assert!(recs.iter().all(|r| r.skipped && r.activations.len() == 17));
+
+    // The remedy: clamping the polynomial's input keeps the same run going. (The first fp16 steps
+    // may still be skipped while the loss scaler backs off from 2^16, as with GradScaler; the
+    // default max_consecutive_skips = 25 leaves room for that.)
+    let mut cfg = tiny_run(&data, dir.path(), "fp16-polyrelu-clamp");
+    cfg.precision = Precision::Fp16;
+    cfg.act_clamp = Some(1.0);
+    cfg.epochs = 4;
+    cfg.max_consecutive_skips = 25;
+    let s = train(cfg, None).unwrap();
+    assert_eq!(s.steps, 20);
+    let lines = std::fs::read_to_string(s.run_dir.join("metrics.jsonl")).unwrap();
+    let recs: Vec<resnet_train::train::metrics::StepRecord> =
+        lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let taken = recs.iter().filter(|r| !r.skipped).count();
+    assert!(taken >= 10, "only {taken} of 20 steps taken");
+    assert!(recs.iter().all(|r| r.activations.iter().all(|a| a.nonfinite == 0)), "no activation overflowed");
+}
+
+#[test]
+fn fp32_activation_remedy_under_autocast() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut cfg = ActConfig::new(ActKind::Polynorm, 3);
+    let plain = resnet_train::model::Activation::new(&vs.root() / "a", cfg);
+    cfg.fp32 = true;
+    let fp32 = resnet_train::model::Activation::new(&vs.root() / "b", cfg);
+    let x = Tensor::randn([2, 4, 3, 3], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+    let _ac = resnet_train::ffi::AutocastGuard::new(Device::Cpu, Kind::BFloat16).unwrap();
+    assert_eq!(fp32.forward(&x).kind(), Kind::Float);
+    assert_eq!(
+        plain.forward(&x).kind(),
+        Kind::Float,
+        "the f32 bias promotes the output, as in the reference"
+    );
+    let clamp = ActConfig { clamp: Some(0.5), ..ActConfig::new(ActKind::Polyrelu, 2) };
+    let a = resnet_train::model::Activation::new(&vs.root() / "c", clamp);
+    let big = Tensor::from_slice(&[10.0f32, -3.0, 0.25]);
+    let y: Vec<f32> = Vec::try_from(&a.forward(&big)).unwrap();
+    // w = [1/2, 1/2]: relu(clamp(x))/2 + relu(clamp(x))^2/2.
+    assert_eq!(y, vec![0.375, 0.0, 0.15625]);
+}

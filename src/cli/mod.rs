@@ -71,13 +71,26 @@ pub struct ModelArgs {
     /// 3x3 stride-1 stem without max-pool, for inputs of 64 px and less.
     #[arg(long)]
     pub small_stem: bool,
+    /// Clamp the polynomial's input to [-C, C] (a stability remedy).
+    #[arg(long)]
+    pub act_clamp: Option<f64>,
+    /// Compute the activations in fp32 under autocast (a stability remedy).
+    #[arg(long)]
+    pub act_fp32: bool,
 }
 
 impl ModelArgs {
     pub fn to_config(&self) -> ResNetConfig {
         ResNetConfig {
             arch: self.arch,
-            act: ActConfig { kind: self.act, order: self.order, axis: self.norm_axis, init: self.act_init },
+            act: ActConfig {
+                kind: self.act,
+                order: self.order,
+                axis: self.norm_axis,
+                init: self.act_init,
+                clamp: self.act_clamp,
+                fp32: self.act_fp32,
+            },
             num_classes: self.num_classes,
             zero_init_residual: self.zero_init_residual,
             small_stem: self.small_stem,

@@ -54,14 +54,26 @@ pub struct ActConfig {
     pub axis: NormAxis,
     #[serde(default)]
     pub init: ActInit,
+    /// Stability remedy: clamp the polynomial's input to [-C, C] (PolyReLU/PolyNorm only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clamp: Option<f64>,
+    /// Stability remedy: compute the activation in fp32 under autocast (its output stays fp32;
+    /// the next conv casts it back).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fp32: bool,
 }
 
 impl ActConfig {
     pub fn new(kind: ActKind, order: i64) -> Self {
-        Self { kind, order, axis: NormAxis::Channel, init: ActInit::Paper }
+        Self { kind, order, axis: NormAxis::Channel, init: ActInit::Paper, clamp: None, fp32: false }
     }
 
     pub fn validate(&self) -> Result<()> {
+        if let Some(c) = self.clamp {
+            if !(c > 0.0 && c.is_finite()) {
+                return Err(Error::Usage(format!("--act-clamp must be a positive number, got {c}")));
+            }
+        }
         if !(1..=MAX_ORDER).contains(&self.order) {
             return Err(Error::Usage(format!(
                 "--order {} is out of range: the polynomial order must be in 1..={MAX_ORDER}",
@@ -117,6 +129,14 @@ impl Activation {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let Some((w, b)) = &self.params else { return x.relu() };
+        let mut x = x.shallow_clone();
+        if self.cfg.fp32 {
+            x = x.to_kind(tch::Kind::Float);
+        }
+        if let Some(c) = self.cfg.clamp {
+            x = x.clamp(-c, c);
+        }
+        let x = &x;
         match self.cfg.kind {
             ActKind::Relu => x.relu(),
             ActKind::Polyrelu => polyrelu(x, w, b),

@@ -27,6 +27,9 @@ pub struct LoopState {
     /// Optimizer steps applied (skipped steps excluded: the momentum's clock).
     pub sgd_steps: usize,
     pub skipped_steps: usize,
+    /// Skipped steps in a row, up to now.
+    #[serde(default)]
+    pub consecutive_skips: usize,
     pub best_top1: f64,
     pub best_epoch: Option<usize>,
     /// Training wall time before this session, seconds.

@@ -22,6 +22,10 @@ pub struct TrainConfig {
     pub act_init: ActInit,
     pub small_stem: bool,
     pub zero_init_residual: bool,
+    /// Stability remedy: clamp the polynomial's input to [-C, C].
+    pub act_clamp: Option<f64>,
+    /// Stability remedy: compute the activations in fp32 under autocast.
+    pub act_fp32: bool,
 
     pub epochs: usize,
     /// Per device, per micro-step.
@@ -66,6 +70,10 @@ pub struct TrainConfig {
     /// Also write the `last` checkpoint every N optimizer steps (0: only at epoch ends).
     pub checkpoint_every: usize,
     pub log_every: usize,
+    /// Stop with a diagnosis after this many consecutive skipped (non-finite) steps (0: never).
+    pub max_consecutive_skips: usize,
+    /// Stop with a diagnosis when the fp16 loss scale falls below this.
+    pub min_loss_scale: f64,
     /// Record per-site activation statistics (max |output|, non-finite count) every N steps (0: off).
     pub monitor_every: usize,
     /// Stop after this many optimizer steps in total (0: no limit); the run can be resumed.
@@ -87,6 +95,8 @@ impl Default for TrainConfig {
             act_init: ActInit::Paper,
             small_stem: false,
             zero_init_residual: false,
+            act_clamp: None,
+            act_fp32: false,
             epochs: 90,
             batch_size: 256,
             lr: 0.1,
@@ -118,6 +128,8 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             log_every: 50,
             monitor_every: 50,
+            max_consecutive_skips: 25,
+            min_loss_scale: 1e-4,
             max_steps: 0,
             name: None,
             output: PathBuf::from("runs"),
@@ -149,6 +161,12 @@ pub struct TrainArgs {
     pub act_init: Option<ActInit>,
     #[arg(long)]
     pub small_stem: Option<bool>,
+    /// Stability remedy: clamp the polynomial's input to [-C, C].
+    #[arg(long)]
+    pub act_clamp: Option<f64>,
+    /// Stability remedy: compute the activations in fp32 under autocast.
+    #[arg(long)]
+    pub act_fp32: Option<bool>,
     #[arg(long)]
     pub epochs: Option<usize>,
     #[arg(long)]
@@ -195,6 +213,12 @@ pub struct TrainArgs {
     /// Activation statistics every N steps (0: off).
     #[arg(long)]
     pub monitor_every: Option<usize>,
+    /// Stop with a diagnosis after N consecutive skipped steps (0: never).
+    #[arg(long)]
+    pub max_consecutive_skips: Option<usize>,
+    /// Stop with a diagnosis when the fp16 loss scale falls below this.
+    #[arg(long)]
+    pub min_loss_scale: Option<f64>,
     /// Run folder name (default: arch-act-precision-time).
     #[arg(long)]
     pub name: Option<String>,
@@ -295,7 +319,14 @@ impl TrainConfig {
     pub fn model(&self, num_classes: i64) -> ResNetConfig {
         ResNetConfig {
             arch: self.arch,
-            act: ActConfig { kind: self.act, order: self.order, axis: self.norm_axis, init: self.act_init },
+            act: ActConfig {
+                kind: self.act,
+                order: self.order,
+                axis: self.norm_axis,
+                init: self.act_init,
+                clamp: self.act_clamp,
+                fp32: self.act_fp32,
+            },
             num_classes,
             zero_init_residual: self.zero_init_residual,
             small_stem: self.small_stem,

@@ -9,7 +9,7 @@ use super::eval::{evaluate, prepare, EvalResult};
 use super::metrics::{EpochRecord, RunLog, StepRecord};
 use super::optim::Sgd;
 use super::schedule::Schedule;
-use super::stability::{first_nonfinite, forward_monitored};
+use super::stability::{first_beyond, first_nonfinite, forward_monitored, FP16_MAX};
 use crate::data::dataset::ImageFolder;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{synthetic, transform::Transform};
@@ -64,6 +64,46 @@ fn run_dir(cfg: &TrainConfig) -> PathBuf {
         format!("{}-{:?}{}-{:?}-{t}", cfg.arch.name(), cfg.act, cfg.order, cfg.precision).to_lowercase()
     });
     cfg.output.join(name)
+}
+
+/// Names where the activations blow up on `x`: the first site that is non-finite or beyond the
+/// precision's range, with its magnitude, for the error message of a stopped run.
+fn diagnose(
+    model: &ResNet,
+    x: &Tensor,
+    precision: Precision,
+    device: tch::Device,
+    step: usize,
+    why: &str,
+) -> Result<String> {
+    let (_, stats) = tch::no_grad(|| -> Result<_> {
+        let _autocast = precision.autocast(device)?;
+        forward_monitored(model, x, true)
+    })?;
+    let limit = if precision == Precision::Fp16 { FP16_MAX } else { f64::MAX };
+    let site = match first_beyond(&stats, limit) {
+        Some(s) if s.nonfinite > 0 => format!(
+            "the first activation site with non-finite values is {} ({} values; largest finite |x| {:.3e})",
+            s.site, s.nonfinite, s.max_abs
+        ),
+        Some(s) => format!(
+            "the first activation site beyond the {precision:?} range is {} (|x| = {:.3e})",
+            s.site, s.max_abs
+        ),
+        None => {
+            let worst = stats.iter().max_by(|a, b| a.max_abs.total_cmp(&b.max_abs));
+            worst.map_or("no activation site overflowed on this batch".to_string(), |s| {
+                format!(
+                    "no activation overflowed on this batch (largest |x| {:.3e} at {}): the gradients did",
+                    s.max_abs, s.site
+                )
+            })
+        }
+    };
+    Ok(format!(
+        "at step {step}, {why}; {site}. Remedies: --act-init relu-like, --act-clamp C, --act-fp32 true, \
+         --clip-grad, a lower --lr, or --precision bf16/fp32"
+    ))
 }
 
 /// Trains from scratch (`resume = None`) or continues the run in `resume`.
@@ -267,9 +307,11 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
             let skipped = found_inf || !micro_loss.is_finite();
             if skipped {
                 state.skipped_steps += 1;
+                state.consecutive_skips += 1;
             } else {
                 sgd.step(lr)?;
                 state.sgd_steps += 1;
+                state.consecutive_skips = 0;
             }
             scaler.update()?;
             sgd.zero_grad();
@@ -287,6 +329,24 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
                 activations: std::mem::take(&mut step_stats),
             };
             log.step(&record)?;
+            // Guards: a run that cannot take a finite step stops with a diagnosis instead of
+            // burning hours; its last checkpoint (from before the trouble) is kept.
+            let too_many =
+                cfg.max_consecutive_skips > 0 && state.consecutive_skips >= cfg.max_consecutive_skips;
+            let scale_floor = scaler.enabled && scaler.scale_value() < cfg.min_loss_scale;
+            if too_many || scale_floor {
+                let why = if too_many {
+                    format!("{} consecutive steps had non-finite loss or gradients", state.consecutive_skips)
+                } else {
+                    format!(
+                        "the fp16 loss scale fell to {:.3e} (floor {:.1e})",
+                        scaler.scale_value(),
+                        cfg.min_loss_scale
+                    )
+                };
+                log.flush();
+                return Err(Error::Diverged(diagnose(&model, &x, cfg.precision, device, state.step, &why)?));
+            }
             if micro_loss.is_finite() {
                 loss_sum += micro_loss;
                 loss_count += 1;
