@@ -171,3 +171,75 @@ fn fp32_activation_remedy_under_autocast() {
     // w = [1/2, 1/2]: relu(clamp(x))/2 + relu(clamp(x))^2/2.
     assert_eq!(y, vec![0.375, 0.0, 0.15625]);
 }
+
+#[test]
+fn rollback_restores_the_exact_snapshot() {
+    use resnet_train::train::stability::{SpikeGuard, SpikeState};
+    let (vs, _m) = model(ActKind::Polynorm, 3, ActInit::Paper, Arch::Resnet18);
+    let live: Vec<Tensor> = vs.variables().into_values().collect();
+    let mut guard = SpikeGuard::new(3.0, 0.5, 2, 10);
+    guard.warmup = 2;
+    guard.maybe_snapshot(0, &live);
+    let before: Vec<Tensor> = live.iter().map(|t| t.copy()).collect();
+    tch::no_grad(|| {
+        for t in &live {
+            let mut t = t.shallow_clone();
+            let _ = t.g_add_scalar_(1.5);
+        }
+    });
+    assert!(!live[0].equal(&before[0]));
+    assert_eq!(guard.rollback(), Some(0));
+    assert!(live.iter().zip(&before).all(|(a, b)| a.equal(b)), "every variable is restored bit for bit");
+    // The running mean: no verdict during warmup, then a spike is > factor x the mean.
+    let mut st = SpikeState::new();
+    assert!(!guard.check(&mut st, 2.0) && !guard.check(&mut st, 2.0));
+    assert!(!guard.check(&mut st, 5.9), "below 3 x 2.0");
+    assert!(guard.check(&mut st, 100.0));
+    assert!(!guard.check(&mut st, f64::NAN), "non-finite losses are the skip guard's business");
+}
+
+#[test]
+fn injected_loss_spike_rolls_back_lowers_lr_and_is_logged_and_bounded() {
+    use resnet_train::train::trainer::train;
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    resnet_train::data::synthetic::write_dataset(&data, 4, 1, 32, 3).unwrap();
+    let mut cfg = tiny_run(&data, dir.path(), "spike");
+    cfg.act = ActKind::Polynorm;
+    cfg.epochs = 2;
+    cfg.monitor_every = 0;
+    cfg.spike_warmup = 3;
+    cfg.snapshot_every = 2;
+    cfg.inject_spike_at = Some(6);
+    let s = train(cfg.clone(), None).unwrap();
+    assert_eq!(s.steps, 10);
+    let recs: Vec<resnet_train::train::metrics::StepRecord> =
+        std::fs::read_to_string(s.run_dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let event = recs[6].event.as_deref().expect("the rollback is logged at step 6");
+    assert!(event.contains("restored the snapshot of step 6") && event.contains("x0.5"), "{event}");
+    assert!(recs[6].skipped && recs.iter().filter(|r| r.event.is_some()).count() == 1);
+    // The learning rate is halved from then on (same schedule, x0.5).
+    let base = |r: &resnet_train::train::metrics::StepRecord| r.lr;
+    let mut plain = cfg.clone();
+    plain.inject_spike_at = None;
+    plain.name = Some("plain".into());
+    let p = train(plain, None).unwrap();
+    let precs: Vec<resnet_train::train::metrics::StepRecord> =
+        std::fs::read_to_string(p.run_dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert!((base(&recs[7]) - 0.5 * base(&precs[7])).abs() < 1e-12);
+    assert!((base(&recs[5]) - base(&precs[5])).abs() < 1e-12);
+    // Bounded: with no rollbacks allowed, the same spike stops the run with a diagnosis.
+    let mut strict = cfg;
+    strict.max_rollbacks = 0;
+    strict.name = Some("strict".into());
+    let err = train(strict, None).unwrap_err().to_string();
+    assert!(err.contains("--max-rollbacks") && err.contains("step 6"), "{err}");
+}

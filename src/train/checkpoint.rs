@@ -16,7 +16,7 @@ pub const STATE_PREFIX: &str = "train_state.";
 const META_STATE: &str = "resnet_train.train_state";
 
 /// Where the loop is: enough, with the seed, to continue exactly.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoopState {
     /// Epoch in progress (0-based).
     pub epoch: usize,
@@ -30,10 +30,30 @@ pub struct LoopState {
     /// Skipped steps in a row, up to now.
     #[serde(default)]
     pub consecutive_skips: usize,
+    /// The loss-spike guard's running mean, rollbacks and learning-rate reduction.
+    #[serde(default = "super::stability::SpikeState::new")]
+    pub spike: super::stability::SpikeState,
     pub best_top1: f64,
     pub best_epoch: Option<usize>,
     /// Training wall time before this session, seconds.
     pub elapsed_s: f64,
+}
+
+impl Default for LoopState {
+    fn default() -> Self {
+        Self {
+            epoch: 0,
+            next_batch: 0,
+            step: 0,
+            sgd_steps: 0,
+            skipped_steps: 0,
+            consecutive_skips: 0,
+            spike: super::stability::SpikeState::new(),
+            best_top1: 0.0,
+            best_epoch: None,
+            elapsed_s: 0.0,
+        }
+    }
 }
 
 pub struct Saved<'a> {

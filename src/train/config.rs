@@ -74,6 +74,18 @@ pub struct TrainConfig {
     pub max_consecutive_skips: usize,
     /// Stop with a diagnosis when the fp16 loss scale falls below this.
     pub min_loss_scale: f64,
+    /// Loss-spike guard: roll back when the loss exceeds this x its running mean (0: off).
+    pub spike_factor: f64,
+    /// Learning-rate multiplier applied at each rollback.
+    pub spike_lr_factor: f64,
+    pub max_rollbacks: usize,
+    /// Steps between in-memory snapshots for rollbacks.
+    pub snapshot_every: usize,
+    /// Steps before the loss's running mean is trusted.
+    pub spike_warmup: usize,
+    /// Testing aid: multiply the loss the spike guard sees at this step by 1000 (fault injection).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inject_spike_at: Option<usize>,
     /// Record per-site activation statistics (max |output|, non-finite count) every N steps (0: off).
     pub monitor_every: usize,
     /// Stop after this many optimizer steps in total (0: no limit); the run can be resumed.
@@ -129,6 +141,12 @@ impl Default for TrainConfig {
             log_every: 50,
             monitor_every: 50,
             max_consecutive_skips: 25,
+            spike_factor: 3.0,
+            spike_lr_factor: 0.5,
+            max_rollbacks: 3,
+            snapshot_every: 100,
+            spike_warmup: 50,
+            inject_spike_at: None,
             min_loss_scale: 1e-4,
             max_steps: 0,
             name: None,
@@ -219,6 +237,11 @@ pub struct TrainArgs {
     /// Stop with a diagnosis when the fp16 loss scale falls below this.
     #[arg(long)]
     pub min_loss_scale: Option<f64>,
+    /// Roll back when the loss exceeds this x its running mean (0: off).
+    #[arg(long)]
+    pub spike_factor: Option<f64>,
+    #[arg(long)]
+    pub max_rollbacks: Option<usize>,
     /// Run folder name (default: arch-act-precision-time).
     #[arg(long)]
     pub name: Option<String>,

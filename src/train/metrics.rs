@@ -32,6 +32,9 @@ pub struct StepRecord {
     /// Per-site activation statistics, on monitored steps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub activations: Vec<super::stability::SiteStats>,
+    /// A guard's action at this step (e.g. a rollback), in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

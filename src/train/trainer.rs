@@ -9,7 +9,7 @@ use super::eval::{evaluate, prepare, EvalResult};
 use super::metrics::{EpochRecord, RunLog, StepRecord};
 use super::optim::Sgd;
 use super::schedule::Schedule;
-use super::stability::{first_beyond, first_nonfinite, forward_monitored, FP16_MAX};
+use super::stability::{first_beyond, first_nonfinite, forward_monitored, SpikeGuard, FP16_MAX};
 use crate::data::dataset::ImageFolder;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{synthetic, transform::Transform};
@@ -189,6 +189,17 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
         crate::model::to_channels_last(&vs)?;
     }
 
+    // Everything a rollback restores: the variables (weights, BN statistics) and momentum.
+    let guarded: Vec<Tensor> = vs
+        .variables()
+        .into_values()
+        .chain(sgd.groups.iter().flat_map(|g| g.bufs.iter().map(|b| b.shallow_clone())))
+        .collect();
+    let mut spike_guard =
+        SpikeGuard::new(cfg.spike_factor, cfg.spike_lr_factor, cfg.max_rollbacks, cfg.snapshot_every);
+    spike_guard.warmup = cfg.spike_warmup;
+    spike_guard.maybe_snapshot(state.step, &guarded);
+
     let steps_per_epoch = (train_loader.batches_per_epoch() / cfg.accum_steps).max(1);
     let global_batch = cfg.batch_size * cfg.accum_steps;
     let schedule = Schedule {
@@ -303,15 +314,41 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
             let grads = sgd.grads();
             let found_inf = scaler.unscale(&grads)?;
             let grad_norm = foreach_clip_grad_norm(&grads, cfg.clip_grad)?.double_value(&[]);
-            let lr = schedule.lr(state.step);
-            let skipped = found_inf || !micro_loss.is_finite();
+            let lr = schedule.lr(state.step) * state.spike.lr_scale;
+            // Loss-spike guard: restore the last snapshot, lower the learning rate, continue.
+            let seen_loss =
+                if cfg.inject_spike_at == Some(state.step) { micro_loss * 1000.0 } else { micro_loss };
+            let mut event = None;
+            if spike_guard.check(&mut state.spike, seen_loss) {
+                let mean = state.spike.loss_ema.unwrap_or(f64::NAN);
+                if state.spike.rollbacks >= cfg.max_rollbacks {
+                    return Err(Error::Diverged(format!(
+                        "at step {}, loss {seen_loss:.4} is over {} x its running mean {mean:.4} after {} rollbacks \
+                         (--max-rollbacks); try a lower --lr or --clip-grad",
+                        state.step, cfg.spike_factor, state.spike.rollbacks
+                    )));
+                }
+                if let Some(to) = spike_guard.rollback() {
+                    state.spike.rollbacks += 1;
+                    state.spike.lr_scale *= cfg.spike_lr_factor;
+                    let e = format!(
+                        "rollback {}: step {} loss {seen_loss:.4} > {} x running mean {mean:.4}; restored the snapshot \
+                         of step {to}; learning rate x{} (now x{})",
+                        state.spike.rollbacks, state.step, cfg.spike_factor, cfg.spike_lr_factor, state.spike.lr_scale
+                    );
+                    eprintln!("warning: {e}");
+                    event = Some(e);
+                }
+            }
+            let skipped = found_inf || !micro_loss.is_finite() || event.is_some();
             if skipped {
                 state.skipped_steps += 1;
-                state.consecutive_skips += 1;
+                state.consecutive_skips += (event.is_none()) as usize;
             } else {
                 sgd.step(lr)?;
                 state.sgd_steps += 1;
                 state.consecutive_skips = 0;
+                spike_guard.maybe_snapshot(state.step + 1, &guarded);
             }
             scaler.update()?;
             sgd.zero_grad();
@@ -327,6 +364,7 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
                 img_per_s: window.1 as f64 / secs.max(1e-9),
                 elapsed_s: elapsed(&state),
                 activations: std::mem::take(&mut step_stats),
+                event,
             };
             log.step(&record)?;
             // Guards: a run that cannot take a finite step stops with a diagnosis instead of
