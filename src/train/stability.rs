@@ -123,7 +123,8 @@ impl SpikeGuard {
 
     /// Takes a snapshot when due (every `snapshot_every` steps, or when there is none).
     pub fn maybe_snapshot(&mut self, step: usize, tensors: &[Tensor]) {
-        let due = self.snapshot.is_none() || (self.snapshot_every > 0 && step % self.snapshot_every == 0);
+        let due =
+            self.snapshot.is_none() || (self.snapshot_every > 0 && step.is_multiple_of(self.snapshot_every));
         if self.disabled() || !due {
             return;
         }
