@@ -67,12 +67,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let _ac = a.precision.autocast(device)?;
             model.forward_t(&x, true).to_kind(Kind::Float).cross_entropy_for_logits(&y)
         };
-        sgd.zero_grad();
+        sgd.zero_grad()?;
         scaler.scale_loss(&loss).backward();
         let grads = sgd.grads();
         if !scaler.unscale(&grads)? {
             sgd.step(0.1)?;
         }
+        // (The trainer also computes the gradient norm, for logging, clipping and its
+        // non-finite guard; torch_train_bench.py does not, so neither does this step.)
         scaler.update()?;
         Ok(loss)
     };

@@ -131,6 +131,12 @@ int rt_foreach_sgd(rt_tensor *params, rt_tensor *grads, rt_tensor *bufs, int n, 
   });
 }
 
+int rt_grads_set_none(rt_tensor *params, int n, char **err) {
+  return guarded(err, [&] {
+    for (int i = 0; i < n; i++) static_cast<at::Tensor *>(params[i])->mutable_grad() = at::Tensor();
+  });
+}
+
 int rt_foreach_unscale(rt_tensor *grads, int n, rt_tensor found_inf, rt_tensor inv_scale, char **err) {
   return guarded(err, [&] {
     if (n == 0) return;

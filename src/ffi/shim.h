@@ -33,6 +33,9 @@ int rt_set_allow_tf32(int allow, char **err);
 // grads + momentum * bufs : bufs; params -= lr * step. grads are modified in place.
 int rt_foreach_sgd(rt_tensor *params, rt_tensor *grads, rt_tensor *bufs, int n, double lr, double momentum,
                    double weight_decay, int nesterov, int first_step, char **err);
+// Drops the .grad of each tensor (optimizer.zero_grad(set_to_none=True)): no memset, and the
+// next backward writes fresh gradients.
+int rt_grads_set_none(rt_tensor *params, int n, char **err);
 // found_inf += any non-finite in grads; grads *= inv_scale (torch._amp_foreach_non_finite_check_and_unscale_).
 int rt_foreach_unscale(rt_tensor *grads, int n, rt_tensor found_inf, rt_tensor inv_scale, char **err);
 // Total L2 norm of the grads as a new 0-d float tensor; when max_norm > 0 and finite, grads are

@@ -29,6 +29,7 @@ extern "C" {
         first_step: c_int,
         err: *mut *mut c_char,
     ) -> c_int;
+    fn rt_grads_set_none(params: *mut *mut c_void, n: c_int, err: *mut *mut c_char) -> c_int;
     fn rt_foreach_unscale(
         grads: *mut *mut c_void,
         n: c_int,
@@ -82,6 +83,13 @@ pub fn foreach_sgd(params: &[Tensor], grads: &[Tensor], bufs: &[Tensor], step: S
             e,
         )
     })
+}
+
+/// `optimizer.zero_grad(set_to_none=True)` for these parameters.
+pub fn grads_set_none(params: &[Tensor]) -> Result<()> {
+    let mut p = ptrs(params);
+    // SAFETY: an array of live tensor pointers, valid for the call.
+    call("zero_grad", |e| unsafe { rt_grads_set_none(p.as_mut_ptr(), params.len() as c_int, e) })
 }
 
 /// `torch._amp_foreach_non_finite_check_and_unscale_`: multiplies `grads` by `inv_scale` in place

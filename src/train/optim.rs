@@ -64,14 +64,23 @@ impl Sgd {
         Self { groups, momentum, nesterov, steps: 0 }
     }
 
-    /// Every parameter's gradient, in group order (undefined gradients become zeros).
+    /// The defined gradients, in group order (a parameter the last backward did not reach has none).
     pub fn grads(&self) -> Vec<Tensor> {
-        self.groups.iter().flat_map(|g| g.params.iter().map(|p| p.grad())).collect()
+        self.groups.iter().flat_map(|g| g.params.iter().map(|p| p.grad())).filter(|g| g.defined()).collect()
     }
 
+    /// One SGD step over the parameters that have gradients.
     pub fn step(&mut self, lr: f64) -> Result<()> {
         for g in &self.groups {
-            let grads: Vec<Tensor> = g.params.iter().map(|p| p.grad()).collect();
+            let (mut params, mut grads, mut bufs) = (Vec::new(), Vec::new(), Vec::new());
+            for (p, b) in g.params.iter().zip(&g.bufs) {
+                let grad = p.grad();
+                if grad.defined() {
+                    params.push(p.shallow_clone());
+                    grads.push(grad);
+                    bufs.push(b.shallow_clone());
+                }
+            }
             let step = SgdStep {
                 lr,
                 momentum: self.momentum,
@@ -79,21 +88,18 @@ impl Sgd {
                 nesterov: self.nesterov,
                 first_step: self.steps == 0,
             };
-            foreach_sgd(&g.params, &grads, &g.bufs, step)?;
+            foreach_sgd(&params, &grads, &bufs, step)?;
         }
         self.steps += 1;
         Ok(())
     }
 
-    pub fn zero_grad(&self) {
+    /// Drops the gradients (PyTorch's `zero_grad(set_to_none=True)`): no memset.
+    pub fn zero_grad(&self) -> Result<()> {
         for g in &self.groups {
-            for p in &g.params {
-                let mut grad = p.grad();
-                if grad.defined() {
-                    let _ = grad.detach_().zero_();
-                }
-            }
+            crate::ffi::grads_set_none(&g.params)?;
         }
+        Ok(())
     }
 
     /// Momentum buffers by parameter name, for checkpoints.

@@ -276,7 +276,7 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
             b.set_position((state.next_batch / cfg.accum_steps) as u64);
             b
         });
-        sgd.zero_grad();
+        sgd.zero_grad()?;
         for batch in train_loader.epoch(epoch as u64, state.next_batch) {
             let batch = batch?;
             let x = prepare(&batch.images, device, cfg.channels_last)?;
@@ -310,7 +310,8 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
             if micro < cfg.accum_steps {
                 continue;
             }
-            // One optimizer step: unscale (finds inf/NaN in any precision), clip, step or skip.
+            // One optimizer step: unscale (fp16: finds inf/NaN), clip (the norm finds inf/NaN in
+            // every precision), step or skip.
             let grads = sgd.grads();
             let found_inf = scaler.unscale(&grads)?;
             let grad_norm = foreach_clip_grad_norm(&grads, cfg.clip_grad)?.double_value(&[]);
@@ -340,7 +341,7 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
                     event = Some(e);
                 }
             }
-            let skipped = found_inf || !micro_loss.is_finite() || event.is_some();
+            let skipped = found_inf || !grad_norm.is_finite() || !micro_loss.is_finite() || event.is_some();
             if skipped {
                 state.skipped_steps += 1;
                 state.consecutive_skips += (event.is_none()) as usize;
@@ -351,7 +352,7 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
                 spike_guard.maybe_snapshot(state.step + 1, &guarded);
             }
             scaler.update()?;
-            sgd.zero_grad();
+            sgd.zero_grad()?;
             let secs = window.0.elapsed().as_secs_f64();
             let record = StepRecord {
                 step: state.step,
