@@ -125,9 +125,7 @@ fn guard_stops_a_diverging_fp16_polyrelu_run_naming_the_site_and_clamp_rescues_i
     assert!(msg.contains("3 consecutive steps") && msg.contains("layer1."), "{msg}");
     eprintln!("{msg}");
     // Every skipped step is in the metrics, with the per-site statistics of the monitored steps.
-    let lines = std::fs::read_to_string(dir.path().join("fp16-polyrelu/metrics.jsonl")).unwrap();
-    let recs: Vec<resnet_train::train::metrics::StepRecord> =
-        lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let recs = common::step_records(&dir.path().join("fp16-polyrelu"));
     assert_eq!(recs.len(), 3);
     assert!(recs.iter().all(|r| r.skipped && r.activations.len() == 17));
 
@@ -141,9 +139,7 @@ fn guard_stops_a_diverging_fp16_polyrelu_run_naming_the_site_and_clamp_rescues_i
     cfg.max_consecutive_skips = 25;
     let s = train(cfg, None).unwrap();
     assert_eq!(s.steps, 20);
-    let lines = std::fs::read_to_string(s.run_dir.join("metrics.jsonl")).unwrap();
-    let recs: Vec<resnet_train::train::metrics::StepRecord> =
-        lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let recs = common::step_records(&s.run_dir);
     let taken = recs.iter().filter(|r| !r.skipped).count();
     assert!(taken >= 10, "only {taken} of 20 steps taken");
     assert!(recs.iter().all(|r| r.activations.iter().all(|a| a.nonfinite == 0)), "no activation overflowed");
@@ -213,12 +209,7 @@ fn injected_loss_spike_rolls_back_lowers_lr_and_is_logged_and_bounded() {
     cfg.inject_spike_at = Some(6);
     let s = train(cfg.clone(), None).unwrap();
     assert_eq!(s.steps, 10);
-    let recs: Vec<resnet_train::train::metrics::StepRecord> =
-        std::fs::read_to_string(s.run_dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    let recs = common::step_records(&s.run_dir);
     let event = recs[6].event.as_deref().expect("the rollback is logged at step 6");
     assert!(event.contains("restored the snapshot of step 6") && event.contains("x0.5"), "{event}");
     assert!(recs[6].skipped && recs.iter().filter(|r| r.event.is_some()).count() == 1);
@@ -228,12 +219,7 @@ fn injected_loss_spike_rolls_back_lowers_lr_and_is_logged_and_bounded() {
     plain.inject_spike_at = None;
     plain.name = Some("plain".into());
     let p = train(plain, None).unwrap();
-    let precs: Vec<resnet_train::train::metrics::StepRecord> =
-        std::fs::read_to_string(p.run_dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    let precs = common::step_records(&p.run_dir);
     assert!((base(&recs[7]) - 0.5 * base(&precs[7])).abs() < 1e-12);
     assert!((base(&recs[5]) - base(&precs[5])).abs() < 1e-12);
     // Bounded: with no rollbacks allowed, the same spike stops the run with a diagnosis.

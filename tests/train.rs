@@ -9,7 +9,7 @@ use resnet_train::ffi;
 use resnet_train::model::{ActConfig, ActKind, Arch, ResNet, ResNetConfig};
 use resnet_train::train::amp::{GradScaler, Precision};
 use resnet_train::train::config::{TrainArgs, TrainConfig};
-use resnet_train::train::metrics::{RunLog, StepRecord};
+use resnet_train::train::metrics::RunLog;
 use resnet_train::train::optim::Sgd;
 use resnet_train::train::schedule::{Schedule, ScheduleKind};
 use resnet_train::train::trainer::train;
@@ -39,12 +39,7 @@ fn tiny_config(data: &Path, out: &Path, name: &str) -> TrainConfig {
 }
 
 fn losses(run: &Path) -> Vec<(usize, f64, f64)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<StepRecord>(l).unwrap())
-        .map(|r| (r.step, r.loss, r.lr))
-        .collect()
+    common::step_records(run).into_iter().map(|r| (r.step, r.loss, r.lr)).collect()
 }
 
 #[test]
@@ -284,11 +279,7 @@ fn mixed_precision_steps_run_on_cpu() {
         cfg.epochs = 1;
         let s = train(cfg, None).unwrap();
         assert_eq!(s.steps, 5);
-        let recs: Vec<StepRecord> = std::fs::read_to_string(s.run_dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let recs = common::step_records(&s.run_dir);
         let scale = recs.last().unwrap().loss_scale;
         assert_eq!(scale == 1.0, precision == Precision::Bf16, "{precision:?}: loss scale {scale}");
         assert!(recs.iter().all(|r| r.loss.is_finite()));

@@ -3,7 +3,7 @@
 //! `act1` after the stem, `layerX.Y.act1/act2/act3` in bottlenecks (`act1/act2` in basic blocks),
 //! the last one applied after the residual add.
 
-use super::activation::{ActConfig, ActKind, Activation};
+use super::activation::{ActConfig, Activation};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
@@ -292,12 +292,7 @@ pub fn param_group(name: &str, shape: &[i64]) -> ParamGroup {
     }
 }
 
-/// Trainable parameter count of a model built from `cfg` (without building it).
+/// Trainable parameter count of the model in `vs`.
 pub fn count_params(vs: &nn::VarStore) -> i64 {
     vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
-}
-
-/// Whether the activation kind has learnable parameters.
-pub fn has_act_params(kind: ActKind) -> bool {
-    kind != ActKind::Relu
 }

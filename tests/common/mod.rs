@@ -105,6 +105,11 @@ pub fn tmpdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
-pub fn exists(p: &Path) -> bool {
-    p.exists()
+/// The per-step records of a run folder's metrics.jsonl.
+pub fn step_records(run: &Path) -> Vec<resnet_train::train::metrics::StepRecord> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .expect("metrics.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a step record"))
+        .collect()
 }
