@@ -97,3 +97,17 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     assert_ne!(code, 0);
     assert!(err.contains("--device") && !err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn bench_data_scan_only_reports_the_index() {
+    let dir = common::tmpdir();
+    resnet_train::data::synthetic::write_dataset(dir.path(), 3, 0, 16, 0).unwrap();
+    let train = dir.path().join("train");
+    let (code, out, err) = run(&["bench-data", "--data", train.to_str().unwrap(), "--scan-only"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (v["files"].as_u64(), v["classes"].as_u64(), v["same_index"].as_bool()),
+        (Some(30), Some(10), Some(true))
+    );
+}

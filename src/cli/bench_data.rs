@@ -35,6 +35,9 @@ pub struct BenchDataArgs {
     /// Print one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// Only time scanning DIR as an ImageFolder: without and with the index cache.
+    #[arg(long)]
+    pub scan_only: bool,
 }
 
 /// Peak resident set size of this process in MiB (Linux VmHWM).
@@ -52,6 +55,9 @@ pub fn peak_rss_mb() -> f64 {
 pub fn run(a: BenchDataArgs) -> Result<()> {
     if a.threads == 0 {
         return Err(Error::Usage("--threads must be at least 1".into()));
+    }
+    if a.scan_only {
+        return scan(&a);
     }
     let dataset = Arc::new(ImageFolder::open_any(&a.data)?);
     for s in &dataset.samples {
@@ -104,5 +110,25 @@ pub fn run(a: BenchDataArgs) -> Result<()> {
             loader.bad.count()
         );
     }
+    Ok(())
+}
+
+/// Times an ImageFolder scan with no index cache (a fresh temporary cache folder), then again
+/// with the index that scan wrote.
+fn scan(a: &BenchDataArgs) -> Result<()> {
+    let cache = std::env::temp_dir().join(format!("resnet-train-scan-{}", std::process::id()));
+    let t0 = std::time::Instant::now();
+    let cold = ImageFolder::open_with_index_dir(&a.data, Some(&cache))?;
+    let scan_s = t0.elapsed().as_secs_f64();
+    let t1 = std::time::Instant::now();
+    let warm = ImageFolder::open_with_index_dir(&a.data, Some(&cache))?;
+    let cached_s = t1.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&cache);
+    let out = serde_json::json!({
+        "files": cold.len(), "classes": cold.classes.len(), "scan_s": (scan_s * 1000.0).round() / 1000.0,
+        "cached_s": (cached_s * 1000.0).round() / 1000.0, "same_index": warm.len() == cold.len(),
+        "workers": rayon::current_num_threads(),
+    });
+    println!("{out}");
     Ok(())
 }
