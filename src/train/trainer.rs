@@ -153,10 +153,11 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
     train_cfg.max_bad_fraction = cfg.max_bad_fraction;
     train_cfg.pin_memory = device.is_cuda();
     let train_loader = Loader::new(train_set.clone(), train_cfg.clone())?;
+    let eval_transform = Transform::eval(cfg.eval_size, cfg.crop_pct);
     let val_loader = match &val_set {
         Some(v) => {
             let mut c = train_cfg.clone();
-            c.transform = Transform::eval(cfg.eval_size, cfg.crop_pct);
+            c.transform = eval_transform;
             c.shuffle = false;
             c.drop_last_batch = false;
             Some(Loader::new(v.clone(), c)?)
@@ -213,7 +214,6 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
     };
     let mut log = RunLog::open(&dir, state.step, state.epoch)?;
     let classes = train_set.classes.clone();
-    let eval_transform = Transform::eval(cfg.eval_size, cfg.crop_pct);
     let eval_size = match eval_transform {
         Transform::Eval { size, resize } => (resize, size),
         _ => (cfg.eval_size, cfg.eval_size),
