@@ -1,10 +1,16 @@
-//! `report`: training curves of one or several runs in one figure — train loss and eval
-//! top-1/top-5 against epoch, and train loss against wall time — as SVG or PNG (by extension).
+//! Figures, as SVG or PNG (by extension): `report`'s training curves of one or several runs —
+//! train loss and eval top-1/top-5 against epoch, and train loss against wall time — and the
+//! stability ablation's heatmaps.
 
 use crate::error::{Error, Result};
+use crate::model::{ActInit, ActKind};
+use crate::train::ablate::Row;
+use crate::train::amp::Precision;
 use crate::train::metrics::{EpochRecord, RunLog};
+use crate::train::stability::FP16_MAX;
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::{Path, PathBuf};
 
 /// One run's curves.
@@ -45,25 +51,210 @@ fn register_font() -> Result<()> {
     Ok(())
 }
 
+/// Renders `$paint(&root, ...)` to `$out`, SVG or PNG by extension.
+macro_rules! render {
+    ($out:expr, $size:expr, $paint:ident($($arg:expr),*)) => {{
+        let out: &Path = $out;
+        let err = |e: String| Error::file(out, format!("cannot draw: {e}"));
+        register_font()?; // text is measured with the font even in SVG
+        match out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("svg") => {
+                let root = SVGBackend::new(out, $size).into_drawing_area();
+                $paint(&root, $($arg),*).map_err(err)?;
+                root.present().map_err(|e| err(e.to_string()))
+            }
+            Some("png") => {
+                let root = BitMapBackend::new(out, $size).into_drawing_area();
+                $paint(&root, $($arg),*).map_err(err)?;
+                root.present().map_err(|e| err(e.to_string()))
+            }
+            _ => Err(Error::Usage(format!("--out {}: use a .svg or .png file", out.display()))),
+        }
+    }};
+}
+
 /// Draws the figure to `out` (.svg or .png).
 pub fn draw(runs: &[RunCurves], out: &Path) -> Result<()> {
-    let size = (1400, 900);
-    let err = |e: String| Error::file(out, format!("cannot draw: {e}"));
-    match out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("svg") => {
-            register_font()?; // text is measured with the font even in SVG
-            let root = SVGBackend::new(out, size).into_drawing_area();
-            panels(&root, runs).map_err(err)?;
-            root.present().map_err(|e| err(e.to_string()))
+    render!(out, (1400, 900), panels(runs))
+}
+
+/// The ablation's heatmaps: for each precision, steps survived (top) and the largest
+/// |activation| (bottom) over (activation variant x order).
+pub fn draw_ablation(rows: &[Row], steps: usize, out: &Path) -> Result<()> {
+    let grid = HeatGrid::new(rows);
+    let size = ((grid.precisions.len() as u32 * grid.panel_width()).max(600), 2 * grid.panel_height() + 60);
+    render!(out, size, heatmaps(&grid, steps))
+}
+
+/// The ablation's rows arranged for heatmaps.
+struct HeatGrid<'a> {
+    rows: &'a [Row],
+    precisions: Vec<Precision>,
+    /// (act, init, remedy) variants, one heatmap row each.
+    variants: Vec<(ActKind, Option<ActInit>, String)>,
+    orders: Vec<i64>,
+}
+
+const CELL: (u32, u32) = (66, 34);
+const LABEL_W: u32 = 250;
+
+impl<'a> HeatGrid<'a> {
+    fn new(rows: &'a [Row]) -> Self {
+        let mut g = HeatGrid { rows, precisions: Vec::new(), variants: Vec::new(), orders: Vec::new() };
+        for r in rows {
+            if !g.precisions.contains(&r.precision) {
+                g.precisions.push(r.precision);
+            }
+            let v = (r.act, r.init, r.remedy.to_string());
+            if !g.variants.contains(&v) {
+                g.variants.push(v);
+            }
+            if let Some(k) = r.order {
+                if !g.orders.contains(&k) {
+                    g.orders.push(k);
+                }
+            }
         }
-        Some("png") => {
-            register_font()?;
-            let root = BitMapBackend::new(out, size).into_drawing_area();
-            panels(&root, runs).map_err(err)?;
-            root.present().map_err(|e| err(e.to_string()))
+        g.orders.sort_unstable();
+        if g.orders.is_empty() {
+            g.orders.push(1);
         }
-        _ => Err(Error::Usage(format!("--out {}: use a .svg or .png file", out.display()))),
+        g
     }
+    fn panel_width(&self) -> u32 {
+        LABEL_W + CELL.0 * self.orders.len() as u32 + 30
+    }
+    fn panel_height(&self) -> u32 {
+        70 + CELL.1 * self.variants.len() as u32 + 40
+    }
+    /// ReLU has no order: its one row fills every order column.
+    fn find(&self, p: Precision, v: &(ActKind, Option<ActInit>, String), k: i64) -> Option<&Row> {
+        self.rows.iter().find(|r| {
+            r.precision == p
+                && r.act == v.0
+                && r.init == v.1
+                && r.remedy.to_string() == v.2
+                && (r.order.is_none() || r.order == Some(k))
+        })
+    }
+}
+
+fn lerp(a: (u8, u8, u8), b: (u8, u8, u8), t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0);
+    let m = |x: u8, y: u8| (x as f64 + (y as f64 - x as f64) * t).round() as u8;
+    RGBColor(m(a.0, b.0), m(a.1, b.1), m(a.2, b.2))
+}
+
+/// Red (none survived) through yellow to green (all survived).
+fn survived_color(fraction: f64) -> RGBColor {
+    if fraction < 0.5 {
+        lerp((215, 48, 39), (254, 224, 139), fraction * 2.0)
+    } else {
+        lerp((254, 224, 139), (26, 152, 80), fraction * 2.0 - 1.0)
+    }
+}
+
+/// Blues within fp16's range, orange to dark red beyond it, black for inf/NaN.
+fn magnitude_color(v: f64) -> RGBColor {
+    if !v.is_finite() {
+        return RGBColor(20, 20, 20);
+    }
+    let l = v.max(1e-3).log10();
+    let fp16 = FP16_MAX.log10();
+    if l <= fp16 {
+        lerp((239, 243, 255), (49, 130, 189), (l + 1.0) / (fp16 + 1.0))
+    } else {
+        lerp((253, 174, 97), (127, 0, 0), (l - fp16) / (38.0 - fp16))
+    }
+}
+
+fn heatmaps<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    grid: &HeatGrid,
+    steps: usize,
+) -> std::result::Result<(), String> {
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    fn center(size: u32, color: &'static RGBColor) -> TextStyle<'static> {
+        TextStyle::from(("sans-serif", size).into_font())
+            .color(color)
+            .pos(Pos::new(HPos::Center, VPos::Center))
+    }
+    let left = |size: u32| {
+        TextStyle::from(("sans-serif", size).into_font())
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Left, VPos::Center))
+    };
+    root.draw(&Text::new(
+        format!("Stability ablation: {steps} steps per cell (top: steps before the first inf/NaN; bottom: largest |activation|, fp16 max 65504)"),
+        (16, 22),
+        left(18),
+    ))
+    .map_err(e)?;
+    for (pi, &p) in grid.precisions.iter().enumerate() {
+        for metric in 0..2 {
+            let x0 = pi as i32 * grid.panel_width() as i32 + 10;
+            let y0 = 50 + metric * grid.panel_height() as i32;
+            let title = format!(
+                "{} - {}",
+                format!("{p:?}").to_lowercase(),
+                if metric == 0 { "steps survived" } else { "max |activation|" }
+            );
+            root.draw(&Text::new(title, (x0 + LABEL_W as i32, y0 + 14), left(17))).map_err(e)?;
+            let gy = y0 + 50;
+            for (oi, k) in grid.orders.iter().enumerate() {
+                let cx = x0 + LABEL_W as i32 + oi as i32 * CELL.0 as i32 + CELL.0 as i32 / 2;
+                root.draw(&Text::new(format!("k={k}"), (cx, gy - 12), center(14, &BLACK))).map_err(e)?;
+            }
+            for (vi, v) in grid.variants.iter().enumerate() {
+                let y = gy + vi as i32 * CELL.1 as i32;
+                let mut label = format!("{:?}", v.0).to_lowercase();
+                if v.0 == ActKind::Relu {
+                    label.push_str(" (no order)");
+                } else if v.1 == Some(ActInit::ReluLike) {
+                    label.push_str(" relu-like init");
+                }
+                if v.2 != "none" {
+                    label.push_str(&format!(" + {}", v.2));
+                }
+                root.draw(&Text::new(label, (x0, y + CELL.1 as i32 / 2), left(14))).map_err(e)?;
+                for (oi, &k) in grid.orders.iter().enumerate() {
+                    let cx = x0 + LABEL_W as i32 + oi as i32 * CELL.0 as i32;
+                    let Some(r) = grid.find(p, v, k) else { continue };
+                    let (fill, text) = if metric == 0 {
+                        let frac = r.steps_survived as f64 / steps.max(1) as f64;
+                        let mark = if r.diverged { "*" } else { "" };
+                        (survived_color(frac), format!("{}{mark}", r.steps_survived))
+                    } else {
+                        (magnitude_color(r.max_abs_act), crate::train::ablate::short(r.max_abs_act))
+                    };
+                    let ink: &'static RGBColor =
+                        if metric == 1 && (!r.max_abs_act.is_finite() || r.max_abs_act > 1e20) {
+                            &WHITE
+                        } else {
+                            &BLACK
+                        };
+                    root.draw(&Rectangle::new(
+                        [(cx + 1, y + 1), (cx + CELL.0 as i32 - 1, y + CELL.1 as i32 - 1)],
+                        fill.filled(),
+                    ))
+                    .map_err(e)?;
+                    root.draw(&Text::new(
+                        text,
+                        (cx + CELL.0 as i32 / 2, y + CELL.1 as i32 / 2),
+                        center(13, ink),
+                    ))
+                    .map_err(e)?;
+                }
+            }
+            if metric == 0 {
+                let y = gy + grid.variants.len() as i32 * CELL.1 as i32 + 14;
+                root.draw(&Text::new("* diverged (stopped by a guard)", (x0 + LABEL_W as i32, y), left(12)))
+                    .map_err(e)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 type Series = Vec<(f64, f64)>;

@@ -146,20 +146,36 @@ fn guard_stops_a_diverging_fp16_polyrelu_run_naming_the_site_and_clamp_rescues_i
 }
 
 #[test]
-fn fp32_activation_remedy_under_autocast() {
+fn activations_run_in_fp32_under_autocast_by_default_as_cuda_autocast_runs_the_reference() {
+    // polycom.py computes x ** i and rsqrt(y.pow(2).mean()), and CUDA autocast runs pow and rsqrt
+    // in fp32: the reference's activations are fp32 under fp16 autocast. Our default does the same
+    // on every device. In fp16 instead (act_fp32 = false), PolyNorm_4's RMS squares x^4: 5^8 =
+    // 390625 overflows fp16, and the x^4 term silently becomes 0, in value and gradient.
     let vs = nn::VarStore::new(Device::Cpu);
-    let mut cfg = ActConfig::new(ActKind::Polynorm, 3);
-    let plain = resnet_train::model::Activation::new(&vs.root() / "a", cfg);
-    cfg.fp32 = true;
-    let fp32 = resnet_train::model::Activation::new(&vs.root() / "b", cfg);
-    let x = Tensor::randn([2, 4, 3, 3], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
-    let _ac = resnet_train::ffi::AutocastGuard::new(Device::Cpu, Kind::BFloat16).unwrap();
-    assert_eq!(fp32.forward(&x).kind(), Kind::Float);
-    assert_eq!(
-        plain.forward(&x).kind(),
-        Kind::Float,
-        "the f32 bias promotes the output, as in the reference"
-    );
+    let default =
+        resnet_train::model::Activation::new(&vs.root() / "a", ActConfig::new(ActKind::Polynorm, 4));
+    let lowp_cfg = ActConfig { fp32: false, ..ActConfig::new(ActKind::Polynorm, 4) };
+    let lowp = resnet_train::model::Activation::new(&vs.root() / "b", lowp_cfg);
+    let values = [5.0f32, 1.0, -2.0, 0.5];
+    let x32 = Tensor::from_slice(&values).view([1, 4, 1, 1]);
+    let expected = tch::no_grad(|| default.forward(&x32));
+    let run = |a: &resnet_train::model::Activation| {
+        let x = x32.to_kind(Kind::Half).set_requires_grad(true);
+        let y = {
+            let _ac = resnet_train::ffi::AutocastGuard::new(Device::Cpu, Kind::Half).unwrap();
+            a.forward(&x)
+        };
+        y.sum(Kind::Float).backward();
+        (y.detach().to_kind(Kind::Float), x.grad())
+    };
+    let (y, grad32) = run(&default);
+    assert_eq!(y.kind(), Kind::Float);
+    assert!(y.allclose(&expected, 1e-6, 1e-6, false), "{y} vs {expected}");
+    assert!(bool::try_from(grad32.isfinite().all()).unwrap());
+    let (y, grad) = run(&lowp);
+    assert!((&y - &expected).abs().max().double_value(&[]) > 0.1, "the fp16 RMS lost the x^4 term");
+    let grad_err = (grad.to_kind(Kind::Float) - grad32.to_kind(Kind::Float)).abs().max().double_value(&[]);
+    assert!(grad_err > 0.01, "and its gradient (fp16 rounding alone: ~1e-4): {grad} vs {grad32}");
     let clamp = ActConfig { clamp: Some(0.5), ..ActConfig::new(ActKind::Polyrelu, 2) };
     let a = resnet_train::model::Activation::new(&vs.root() / "c", clamp);
     let big = Tensor::from_slice(&[10.0f32, -3.0, 0.25]);
@@ -228,4 +244,119 @@ fn injected_loss_spike_rolls_back_lowers_lr_and_is_logged_and_bounded() {
     strict.name = Some("strict".into());
     let err = train(strict, None).unwrap_err().to_string();
     assert!(err.contains("--max-rollbacks") && err.contains("step 6"), "{err}");
+}
+
+#[test]
+fn ablation_rows_summarise_the_step_records() {
+    use resnet_train::train::ablate::{Cell, Remedy, Row};
+    use resnet_train::train::amp::Precision;
+    use resnet_train::train::metrics::StepRecord;
+    use resnet_train::train::stability::SiteStats;
+    let site = |s: &str, max_abs: f64, nonfinite: i64| SiteStats { site: s.into(), max_abs, nonfinite };
+    let rec = |step: usize, loss: f64, skipped: bool, acts: Vec<SiteStats>| StepRecord {
+        step,
+        epoch: 0,
+        loss,
+        lr: 0.1,
+        grad_norm: 1.0,
+        loss_scale: 65536.0 / 2f64.powi(step as i32),
+        skipped,
+        img_per_s: 1.0,
+        elapsed_s: 0.0,
+        activations: acts,
+        event: None,
+    };
+    let records = vec![
+        rec(0, 2.0, false, vec![site("act1", 3.0, 0), site("layer1.0.act1", 50.0, 0)]),
+        rec(1, 1.0, false, vec![site("act1", 4.0, 0), site("layer2.1.act2", 9e4, 0)]),
+        rec(
+            2,
+            f64::NAN,
+            true,
+            vec![site("act1", 4.0, 0), site("layer3.0.act1", 1e30, 0), site("layer3.1.act2", 0.0, 7)],
+        ),
+    ];
+    let cell = Cell {
+        act: ActKind::Polyrelu,
+        order: Some(2),
+        precision: Precision::Fp16,
+        init: Some(ActInit::Paper),
+        remedy: Remedy::None,
+    };
+    assert_eq!(cell.name(), "polyrelu-k2-fp16-paper-none");
+    let r = Row::from_records(&cell, &records, Some("stopped".into()), 1.0);
+    assert_eq!((r.steps_run, r.steps_survived, r.first_nonfinite_step), (3, 2, Some(2)));
+    assert_eq!(r.first_nonfinite_site.as_deref(), Some("layer3.1.act2"));
+    assert_eq!((r.skipped_steps, r.min_loss, r.final_loss_scale), (1, 1.0, 16384.0));
+    assert!(r.final_loss.is_nan() && r.first_loss.is_nan(), "means over windows holding a NaN");
+    assert_eq!(r.stage_max_abs[..3], [4.0, 50.0, 9e4]);
+    assert!(r.stage_max_abs[3].is_infinite() && r.max_abs_act.is_infinite() && r.stage_max_abs[4] == 0.0);
+    assert!(r.diverged);
+    // A finite run: not diverged; a non-finite loss without a non-finite site names the loss.
+    let r = Row::from_records(&cell, &records[..2], None, 1.0);
+    assert_eq!((r.steps_survived, r.first_loss, r.final_loss, r.diverged), (2, 1.5, 1.5, false));
+    let records = vec![rec(0, 2.0, false, vec![]), rec(1, f64::INFINITY, true, vec![])];
+    let r = Row::from_records(&cell, &records, None, 1.0);
+    assert_eq!((r.first_nonfinite_step, r.first_nonfinite_site.as_deref()), (Some(1), Some("loss")));
+    for text in ["none", "act-fp32", "act-lowp", "clamp:1.5", "clip:2"] {
+        assert_eq!(text.parse::<Remedy>().unwrap().to_string(), text);
+    }
+    for bad in ["clamp", "clamp:-1", "clip:x", "fp32"] {
+        assert!(bad.parse::<Remedy>().is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn fp16_ablation_polyrelu_diverges_polynorm_trains_and_an_interrupted_ablation_resumes() {
+    use resnet_train::train::ablate::{self, AblationConfig, CSV_HEADER};
+    use resnet_train::train::amp::Precision;
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    resnet_train::data::synthetic::write_dataset(&data, 4, 1, 32, 9).unwrap();
+    let mut cfg = AblationConfig {
+        steps: 12,
+        acts: vec![ActKind::Polyrelu, ActKind::Polynorm],
+        orders: vec![3],
+        precisions: vec![Precision::Fp16],
+        name: "abl".into(),
+        output: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let t = &mut cfg.train;
+    (t.data, t.arch, t.zero_init_residual, t.batch_size, t.train_size, t.eval_size) =
+        (Some(data), Arch::Resnet18, true, 4, 32, 32);
+    (t.device, t.workers, t.channels_last, t.max_consecutive_skips) = ("cpu".into(), 2, true, 10);
+    let first = ablate::run(&cfg).unwrap();
+    assert_eq!(first.ran, 2);
+    let (polyrelu, polynorm) = (&first.rows[0], &first.rows[1]);
+    // PolyReLU_3 leaves fp16's range in the forward pass at once and the guard stops it.
+    assert!(polyrelu.diverged && polyrelu.steps_survived == 0, "{polyrelu:?}");
+    assert!(polyrelu.max_abs_act > FP16_MAX && polyrelu.diagnosis.as_deref().unwrap().contains("layer"));
+    // PolyNorm_3 takes its steps once the loss scaler has backed off, with bounded activations.
+    assert!(
+        !polynorm.diverged && polynorm.steps_survived == 12 && polynorm.max_abs_act < 100.0,
+        "{polynorm:?}"
+    );
+    assert!(polynorm.skipped_steps < 10 && polynorm.final_loss.is_finite());
+    let abl = dir.path().join("abl");
+    let csv = std::fs::read_to_string(abl.join("ablation.csv")).unwrap();
+    assert_eq!(csv.lines().next(), Some(CSV_HEADER));
+    assert_eq!(csv.lines().count(), 3);
+    for f in ["ablation.md", "ablation.svg", "ablation.png", "ablation.toml"] {
+        assert!(abl.join(f).metadata().unwrap().len() > 100, "{f}");
+    }
+    // Interrupted during the second cell: its folder exists but holds no cell.toml. Running the
+    // ablation again skips the finished cell and redoes the unfinished one, to the same result.
+    std::fs::remove_file(abl.join("cells/polynorm-k3-fp16-paper-none/cell.toml")).unwrap();
+    let again = ablate::run(&cfg).unwrap();
+    assert_eq!(again.ran, 1);
+    // (Compared as text: NaN losses are equal there.)
+    let strip = |rows: &[ablate::Row]| {
+        format!("{:?}", rows.iter().map(|r| ablate::Row { seconds: 0.0, ..r.clone() }).collect::<Vec<_>>())
+    };
+    assert_eq!(strip(&again.rows), strip(&first.rows));
+    // A different grid in the same folder is refused, not mixed in.
+    cfg.steps = 5;
+    let err = ablate::run(&cfg).unwrap_err().to_string();
+    assert!(err.contains("ablation.toml") && err.contains("different"), "{err}");
 }

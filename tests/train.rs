@@ -6,7 +6,7 @@ mod common;
 
 use resnet_train::data::synthetic;
 use resnet_train::ffi;
-use resnet_train::model::{ActConfig, ActKind, Arch, ResNet, ResNetConfig};
+use resnet_train::model::{ActConfig, ActInit, ActKind, Arch, ResNet, ResNetConfig};
 use resnet_train::train::amp::{GradScaler, Precision};
 use resnet_train::train::config::{TrainArgs, TrainConfig};
 use resnet_train::train::metrics::RunLog;
@@ -258,10 +258,50 @@ fn config_precedence_and_unknown_keys() {
     std::fs::write(&file, "epochs = 7\nlearning_rate = 0.3\n").unwrap();
     let err = TrainConfig::resolve(&args).unwrap_err().to_string();
     assert!(err.contains("c.toml") && err.contains("learning_rate"), "{err}");
-    // Every shipped config parses and validates.
+    // Every flag reaches the config (a flag that parses but is never applied is a silent bug).
+    use clap::Parser;
+    let cli = resnet_train::cli::Cli::try_parse_from([
+        "resnet-train",
+        "train",
+        "--act-clamp",
+        "2.5",
+        "--act-fp32",
+        "true",
+        "--monitor-every",
+        "3",
+        "--max-consecutive-skips",
+        "4",
+        "--min-loss-scale",
+        "0.5",
+        "--spike-factor",
+        "6",
+        "--max-rollbacks",
+        "7",
+        "--act-init",
+        "relu-like",
+        "--order",
+        "5",
+        "--precision",
+        "bf16",
+        "--clip-grad",
+        "1.5",
+    ])
+    .unwrap();
+    let Some(resnet_train::cli::Command::Train(a)) = cli.command else { panic!("not train") };
+    let c = TrainConfig::resolve(&a).unwrap();
+    assert_eq!(
+        (c.act_clamp, c.act_fp32, c.monitor_every, c.max_consecutive_skips, c.min_loss_scale),
+        (Some(2.5), true, 3, 4, 0.5)
+    );
+    assert_eq!((c.spike_factor, c.max_rollbacks, c.order, c.clip_grad), (6.0, 7, 5, 1.5));
+    assert_eq!((c.act_init, c.precision), (ActInit::ReluLike, Precision::Bf16));
+    // Every shipped config parses and validates (ablate-*.toml are ablation grids).
     for e in std::fs::read_dir(common::repo().join("configs")).unwrap() {
         let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "toml") {
+        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ablate-")) {
+            resnet_train::train::ablate::AblationConfig::read(&p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        } else if p.extension().is_some_and(|x| x == "toml") {
             let a = TrainArgs { config: Some(p.clone()), ..TrainArgs::default() };
             TrainConfig::resolve(&a).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         }

@@ -1,4 +1,5 @@
 //! Command-line interface: one file per subcommand, each turning flags into one library call.
+pub mod ablate;
 pub mod bench;
 pub mod bench_data;
 pub mod eval;
@@ -44,6 +45,8 @@ pub enum Command {
     MakeDemoData(make_demo_data::MakeDemoDataArgs),
     /// Measure the input pipeline's decode + augment throughput.
     BenchData(bench_data::BenchDataArgs),
+    /// Stability grid: activation x order x precision (x init x remedy), N steps per cell.
+    Ablate(ablate::AblateArgs),
 }
 
 /// The flags that define a model's shape and initial values.
@@ -74,8 +77,8 @@ pub struct ModelArgs {
     /// Clamp the polynomial's input to [-C, C] (a stability remedy).
     #[arg(long)]
     pub act_clamp: Option<f64>,
-    /// Compute the activations in fp32 under autocast (a stability remedy).
-    #[arg(long)]
+    /// Compute the activations in fp32 under autocast (false: in fp16/bf16).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub act_fp32: bool,
 }
 
@@ -109,5 +112,6 @@ pub fn run(cli: Cli) -> crate::error::Result<()> {
         Some(Command::Predict(a)) => predict::run(a),
         Some(Command::MakeDemoData(a)) => make_demo_data::run(a),
         Some(Command::BenchData(a)) => bench_data::run(a),
+        Some(Command::Ablate(a)) => ablate::run(a),
     }
 }

@@ -57,15 +57,23 @@ pub struct ActConfig {
     /// Stability remedy: clamp the polynomial's input to [-C, C] (PolyReLU/PolyNorm only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clamp: Option<f64>,
-    /// Stability remedy: compute the activation in fp32 under autocast (its output stays fp32;
-    /// the next conv casts it back).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// Compute the activation in fp32 under autocast (its output stays fp32; the next conv casts
+    /// it back). On by default because that is what PyTorch does with the reference code on CUDA:
+    /// CUDA autocast runs `pow` and `rsqrt` in fp32, so `polycom.py`'s powers and RMS are fp32
+    /// under fp16/bf16 autocast. Off: the polynomial runs in the autocast dtype, as under CPU
+    /// autocast or in a hand-written fp16 kernel (then x^(2k) inside PolyNorm's RMS overflows
+    /// fp16 for |x| > 65504^(1/2k), e.g. 4 at k = 4).
+    #[serde(default = "fp32_default")]
     pub fp32: bool,
+}
+
+fn fp32_default() -> bool {
+    true
 }
 
 impl ActConfig {
     pub fn new(kind: ActKind, order: i64) -> Self {
-        Self { kind, order, axis: NormAxis::Channel, init: ActInit::Paper, clamp: None, fp32: false }
+        Self { kind, order, axis: NormAxis::Channel, init: ActInit::Paper, clamp: None, fp32: true }
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -24,7 +24,8 @@ pub struct TrainConfig {
     pub zero_init_residual: bool,
     /// Stability remedy: clamp the polynomial's input to [-C, C].
     pub act_clamp: Option<f64>,
-    /// Stability remedy: compute the activations in fp32 under autocast.
+    /// Compute the activations in fp32 under autocast (default true, as PyTorch's CUDA autocast
+    /// does for the reference's `pow`/`rsqrt`; false: in the autocast dtype).
     pub act_fp32: bool,
 
     pub epochs: usize,
@@ -108,7 +109,7 @@ impl Default for TrainConfig {
             small_stem: false,
             zero_init_residual: false,
             act_clamp: None,
-            act_fp32: false,
+            act_fp32: true,
             epochs: 90,
             batch_size: 256,
             lr: 0.1,
@@ -182,7 +183,8 @@ pub struct TrainArgs {
     /// Stability remedy: clamp the polynomial's input to [-C, C].
     #[arg(long)]
     pub act_clamp: Option<f64>,
-    /// Stability remedy: compute the activations in fp32 under autocast.
+    /// Compute the activations in fp32 under autocast (default true, as PyTorch's CUDA autocast
+    /// does with the reference; false: in fp16/bf16).
     #[arg(long)]
     pub act_fp32: Option<bool>,
     #[arg(long)]
@@ -280,6 +282,10 @@ impl TrainArgs {
             max_steps,
             output
         );
+        set!(act_fp32, monitor_every, max_consecutive_skips, min_loss_scale, spike_factor, max_rollbacks);
+        if self.act_clamp.is_some() {
+            c.act_clamp = self.act_clamp;
+        }
         if self.data.is_some() {
             c.data = self.data.clone();
         }

@@ -59,6 +59,14 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map_or(String::new(), |x| format!("{x:.6}"))
 }
 
+/// The step records of a run folder's `metrics.jsonl` (a torn last line, from a process killed
+/// mid-write, is ignored).
+pub fn read_steps(dir: &Path) -> Result<Vec<StepRecord>> {
+    let path = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
 impl RunLog {
     /// Opens the run's logs, keeping only steps `< keep_steps` and epochs `< keep_epochs`.
     pub fn open(dir: &Path, keep_steps: usize, keep_epochs: usize) -> Result<Self> {

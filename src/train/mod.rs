@@ -1,4 +1,5 @@
 //! Training: the loop (trainer.rs, read it top to bottom) and one module per concern.
+pub mod ablate;
 pub mod amp;
 pub mod checkpoint;
 pub mod config;

@@ -323,6 +323,7 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
             if spike_guard.check(&mut state.spike, seen_loss) {
                 let mean = state.spike.loss_ema.unwrap_or(f64::NAN);
                 if state.spike.rollbacks >= cfg.max_rollbacks {
+                    log.flush();
                     return Err(Error::Diverged(format!(
                         "at step {}, loss {seen_loss:.4} is over {} x its running mean {mean:.4} after {} rollbacks \
                          (--max-rollbacks); try a lower --lr or --clip-grad",

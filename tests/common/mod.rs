@@ -107,9 +107,5 @@ pub fn tmpdir() -> tempfile::TempDir {
 
 /// The per-step records of a run folder's metrics.jsonl.
 pub fn step_records(run: &Path) -> Vec<resnet_train::train::metrics::StepRecord> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .expect("metrics.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a step record"))
-        .collect()
+    resnet_train::train::metrics::read_steps(run).expect("metrics.jsonl")
 }
