@@ -360,3 +360,46 @@ fn fp16_ablation_polyrelu_diverges_polynorm_trains_and_an_interrupted_ablation_r
     let err = ablate::run(&cfg).unwrap_err().to_string();
     assert!(err.contains("ablation.toml") && err.contains("different"), "{err}");
 }
+
+#[test]
+fn divergence_guard_applies_the_configured_remedy_and_continues_also_after_resume() {
+    use resnet_train::train::amp::Precision;
+    use resnet_train::train::config::{TrainArgs, TrainConfig};
+    use resnet_train::train::stability::Remedy;
+    use resnet_train::train::trainer::train;
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    resnet_train::data::synthetic::write_dataset(&data, 4, 1, 32, 9).unwrap();
+    let mut cfg = tiny_run(&data, dir.path(), "remedy");
+    cfg.precision = Precision::Fp16;
+    cfg.epochs = 6;
+    cfg.max_consecutive_skips = 10; // room for the loss scaler's back-off from 2^16 after the remedy
+    cfg.max_steps = 12; // interrupted after the remedy, then resumed
+    cfg.divergence_remedies = vec![Remedy::Clamp(1.0)];
+    let first = train(cfg, None).unwrap();
+    assert!(first.stopped_early);
+    let run = dir.path().join("remedy");
+    let recs = common::step_records(&run);
+    let at =
+        recs.iter().position(|r| r.event.as_deref().is_some_and(|e| e.contains("applied remedy clamp:1")));
+    let at = at.unwrap_or_else(|| panic!("no remedy event: {recs:?}"));
+    assert_eq!(at, 9, "after max_consecutive_skips = 10 skipped steps");
+    assert!(recs[..=at].iter().all(|r| r.skipped));
+    assert_eq!(recs[at].loss_scale, 65536.0, "the loss scale of the snapshot (step 0) is back");
+    // The resumed run keeps the clamp (the checkpoint's model config and state say so) and trains.
+    let rest = train(TrainConfig::resume(&run, &TrainArgs::default()).unwrap(), Some(&run)).unwrap();
+    assert_eq!(rest.steps, 30);
+    let recs = common::step_records(&run);
+    let taken = recs[at + 1..].iter().filter(|r| !r.skipped).count();
+    assert!(taken >= 10, "only {taken} of {} steps after the remedy were taken", recs.len() - at - 1);
+    assert!(recs[at + 1..].iter().all(|r| r.activations.iter().all(|a| a.nonfinite == 0)));
+    let file = resnet_train::model::weights::read(&run.join("last.safetensors")).unwrap();
+    assert_eq!(file.model_config(&run).unwrap().act.clamp, Some(1.0));
+    // Without remedies left, the guard stops with a diagnosis that names what was tried.
+    let mut cfg = tiny_run(&data, dir.path(), "remedy-exhausted");
+    cfg.precision = Precision::Fp16;
+    cfg.epochs = 3;
+    cfg.divergence_remedies = vec![Remedy::Clip(1.0)]; // does not stop the forward overflow
+    let err = train(cfg, None).unwrap_err().to_string();
+    assert!(err.contains("after the remedies clip:1") && err.contains("layer1."), "{err}");
+}

@@ -135,6 +135,12 @@ impl Activation {
         &self.cfg
     }
 
+    /// Changes the input clamp and the compute precision (not the parameters).
+    pub fn set_compute(&mut self, clamp: Option<f64>, fp32: bool) {
+        self.cfg.clamp = clamp;
+        self.cfg.fp32 = fp32;
+    }
+
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let Some((w, b)) = &self.params else { return x.relu() };
         let mut x = x.shallow_clone();

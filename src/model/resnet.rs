@@ -240,6 +240,17 @@ impl ResNet {
         &self.cfg
     }
 
+    /// Changes how every activation site computes (clamp, fp32) without touching its parameters:
+    /// the divergence guard's remedies, applied mid-run.
+    pub fn set_act_compute(&mut self, clamp: Option<f64>, fp32: bool) {
+        self.cfg.act.clamp = clamp;
+        self.cfg.act.fp32 = fp32;
+        let blocks = self.stages.iter_mut().flatten();
+        for a in std::iter::once(&mut self.act1).chain(blocks.flat_map(|b| b.acts.iter_mut())) {
+            a.set_compute(clamp, fp32);
+        }
+    }
+
     /// Logits for an NCHW float batch.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         self.forward_observed(x, train, &mut |_, _| {})

@@ -7,6 +7,7 @@
 use super::amp::Precision;
 use super::config::TrainConfig;
 use super::metrics::{read_steps, StepRecord};
+pub use super::stability::Remedy;
 use super::stability::FP16_MAX;
 use super::trainer;
 use crate::error::{Error, Result};
@@ -15,67 +16,7 @@ use crate::model::{ActInit, ActKind};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Instant;
-
-/// A stability remedy applied to a cell (on top of the base config).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum Remedy {
-    None,
-    /// Clamp the polynomial's input to [-C, C] (`--act-clamp C`).
-    Clamp(f64),
-    /// Compute the activations in fp32 under autocast (`--act-fp32 true`, the default).
-    ActFp32,
-    /// Compute the activations in the autocast dtype (`--act-fp32 false`): what CPU autocast or
-    /// a hand-written fp16 kernel does.
-    ActLowp,
-    /// Clip the gradient norm to C (`--clip-grad C`).
-    Clip(f64),
-}
-
-impl FromStr for Remedy {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let value = |v: &str| match v.parse::<f64>() {
-            Ok(c) if c > 0.0 && c.is_finite() => Ok(c),
-            _ => Err(format!("remedy {s:?}: {v:?} is not a positive number")),
-        };
-        match s.split_once(':') {
-            None if s == "none" => Ok(Remedy::None),
-            None if s == "act-fp32" => Ok(Remedy::ActFp32),
-            None if s == "act-lowp" => Ok(Remedy::ActLowp),
-            Some(("clamp", v)) => value(v).map(Remedy::Clamp),
-            Some(("clip", v)) => value(v).map(Remedy::Clip),
-            _ => Err(format!("unknown remedy {s:?}: use none, act-fp32, act-lowp, clamp:C or clip:C")),
-        }
-    }
-}
-
-impl TryFrom<String> for Remedy {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl fmt::Display for Remedy {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            Remedy::None => write!(f, "none"),
-            Remedy::ActFp32 => write!(f, "act-fp32"),
-            Remedy::ActLowp => write!(f, "act-lowp"),
-            Remedy::Clamp(c) => write!(f, "clamp:{c}"),
-            Remedy::Clip(c) => write!(f, "clip:{c}"),
-        }
-    }
-}
-
-impl From<Remedy> for String {
-    fn from(r: Remedy) -> String {
-        r.to_string()
-    }
-}
 
 /// The ablation's file format: the grid, and under `[train]` the base training config of every
 /// cell (any key of a training config).
@@ -224,13 +165,7 @@ impl Cell {
         c.order = self.order.unwrap_or(1);
         c.precision = self.precision;
         c.act_init = self.init.unwrap_or_default();
-        match self.remedy {
-            Remedy::None => {}
-            Remedy::Clamp(v) => c.act_clamp = Some(v),
-            Remedy::ActFp32 => c.act_fp32 = true,
-            Remedy::ActLowp => c.act_fp32 = false,
-            Remedy::Clip(v) => c.clip_grad = v,
-        }
+        self.remedy.apply(&mut c);
         c.max_steps = steps;
         c.monitor_every = 1;
         c.keep_last = 0;
@@ -279,7 +214,8 @@ pub struct Row {
     /// The same per stage (`STAGES`).
     pub stage_max_abs: Vec<f64>,
     pub final_loss_scale: f64,
-    /// Stopped by a guard, or ended with a non-finite loss.
+    /// Stopped by a guard, or its last step had a non-finite loss or activation (a network whose
+    /// stream overflowed can keep a finite loss at chance level: CPU batch norm maps inf to 0).
     pub diverged: bool,
     /// The guard's diagnosis when it stopped the cell.
     pub diagnosis: Option<String>,
@@ -328,7 +264,9 @@ impl Row {
             max_abs_act: stage_max.iter().copied().fold(0.0, f64::max),
             stage_max_abs: stage_max,
             final_loss_scale: last.map_or(f64::NAN, |r| r.loss_scale),
-            diverged: stopped.is_some() || !final_loss.is_finite(),
+            diverged: stopped.is_some()
+                || !last.is_some_and(|r| r.loss.is_finite())
+                || last.is_some_and(|r| r.activations.iter().any(|a| a.nonfinite > 0)),
             diagnosis: stopped,
             seconds,
         }

@@ -38,6 +38,9 @@ impl Precision {
     }
 }
 
+/// GradScaler's default `init_scale`.
+pub const INIT_SCALE: f64 = 65536.0;
+
 /// torch.amp.GradScaler: scale the loss, unscale the gradients (finding inf/NaN), skip the step
 /// on overflow, and adapt the scale: x0.5 on overflow, x2 after `growth_interval` good steps.
 pub struct GradScaler {
@@ -54,7 +57,7 @@ pub struct GradScaler {
 
 impl GradScaler {
     pub fn new(enabled: bool, device: Device) -> Self {
-        let init = if enabled { 65536.0 } else { 1.0 };
+        let init = if enabled { INIT_SCALE } else { 1.0 };
         Self {
             enabled,
             scale: Tensor::full([1], init, (Kind::Float, device)),

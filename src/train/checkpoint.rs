@@ -33,6 +33,9 @@ pub struct LoopState {
     /// The loss-spike guard's running mean, rollbacks and learning-rate reduction.
     #[serde(default = "super::stability::SpikeState::new")]
     pub spike: super::stability::SpikeState,
+    /// Remedies the divergence guard has applied, in order (re-applied on resume).
+    #[serde(default)]
+    pub remedies: Vec<super::stability::Remedy>,
     pub best_top1: f64,
     pub best_epoch: Option<usize>,
     /// Training wall time before this session, seconds.
@@ -49,6 +52,7 @@ impl Default for LoopState {
             skipped_steps: 0,
             consecutive_skips: 0,
             spike: super::stability::SpikeState::new(),
+            remedies: Vec::new(),
             best_top1: 0.0,
             best_epoch: None,
             elapsed_s: 0.0,
@@ -58,7 +62,7 @@ impl Default for LoopState {
 
 pub struct Saved<'a> {
     pub vs: &'a nn::VarStore,
-    pub model: &'a ResNetConfig,
+    pub model: ResNetConfig,
     pub class_names: &'a [String],
     /// The eval preprocessing the model was trained for: (resize, crop).
     pub eval_size: (usize, usize),
@@ -66,7 +70,7 @@ pub struct Saved<'a> {
 
 fn model_meta(s: &Saved) -> HashMap<String, String> {
     let mut meta = HashMap::new();
-    meta.insert(META_MODEL.to_string(), serde_json::to_string(s.model).expect("config serialises"));
+    meta.insert(META_MODEL.to_string(), serde_json::to_string(&s.model).expect("config serialises"));
     meta.insert(META_CLASSES.to_string(), serde_json::to_string(s.class_names).expect("names serialise"));
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert(

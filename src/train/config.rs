@@ -75,6 +75,10 @@ pub struct TrainConfig {
     pub max_consecutive_skips: usize,
     /// Stop with a diagnosis when the fp16 loss scale falls below this.
     pub min_loss_scale: f64,
+    /// Instead of stopping, the divergence guard applies the next of these remedies (`clamp:C`,
+    /// `clip:C`, `act-fp32`, `act-lowp`), restores the last snapshot and continues; it stops when
+    /// none is left.
+    pub divergence_remedies: Vec<super::stability::Remedy>,
     /// Loss-spike guard: roll back when the loss exceeds this x its running mean (0: off).
     pub spike_factor: f64,
     /// Learning-rate multiplier applied at each rollback.
@@ -149,6 +153,7 @@ impl Default for TrainConfig {
             spike_warmup: 50,
             inject_spike_at: None,
             min_loss_scale: 1e-4,
+            divergence_remedies: Vec::new(),
             max_steps: 0,
             name: None,
             output: PathBuf::from("runs"),
@@ -239,6 +244,10 @@ pub struct TrainArgs {
     /// Stop with a diagnosis when the fp16 loss scale falls below this.
     #[arg(long)]
     pub min_loss_scale: Option<f64>,
+    /// Instead of stopping, apply the next of these remedies and continue from the last snapshot:
+    /// clamp:C, clip:C, act-fp32, act-lowp (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub divergence_remedies: Option<Vec<super::stability::Remedy>>,
     /// Roll back when the loss exceeds this x its running mean (0: off).
     #[arg(long)]
     pub spike_factor: Option<f64>,
@@ -283,6 +292,7 @@ impl TrainArgs {
             output
         );
         set!(act_fp32, monitor_every, max_consecutive_skips, min_loss_scale, spike_factor, max_rollbacks);
+        set!(divergence_remedies);
         if self.act_clamp.is_some() {
             c.act_clamp = self.act_clamp;
         }
@@ -341,6 +351,9 @@ impl TrainConfig {
         }
         if self.epochs == 0 {
             return bad("--epochs must be at least 1".into());
+        }
+        if self.divergence_remedies.contains(&super::stability::Remedy::None) {
+            return bad("--divergence-remedies: `none` is not a remedy".into());
         }
         Ok(())
     }

@@ -2,9 +2,12 @@
 //! values, sampled every `monitor_every` steps from the training forward pass itself (no extra
 //! forward). The reductions stay on the device and are read back with one transfer.
 
+use super::config::TrainConfig;
 use crate::error::Result;
 use crate::model::ResNet;
 use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
 use tch::{Kind, Tensor};
 
 /// One site's statistics for one sampled step.
@@ -56,6 +59,78 @@ pub fn first_beyond(stats: &[SiteStats], limit: f64) -> Option<&SiteStats> {
     stats.iter().find(|s| s.nonfinite > 0 || s.max_abs > limit)
 }
 
+/// A stability remedy: a change to the training config (an ablation cell's variant, or what the
+/// divergence guard applies before it continues).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Remedy {
+    None,
+    /// Clamp the polynomial's input to [-C, C] (`--act-clamp C`).
+    Clamp(f64),
+    /// Compute the activations in fp32 under autocast (`--act-fp32 true`, the default).
+    ActFp32,
+    /// Compute the activations in the autocast dtype (`--act-fp32 false`): what CPU autocast or
+    /// a hand-written fp16 kernel does.
+    ActLowp,
+    /// Clip the gradient norm to C (`--clip-grad C`).
+    Clip(f64),
+}
+
+impl FromStr for Remedy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let value = |v: &str| match v.parse::<f64>() {
+            Ok(c) if c > 0.0 && c.is_finite() => Ok(c),
+            _ => Err(format!("remedy {s:?}: {v:?} is not a positive number")),
+        };
+        match s.split_once(':') {
+            None if s == "none" => Ok(Remedy::None),
+            None if s == "act-fp32" => Ok(Remedy::ActFp32),
+            None if s == "act-lowp" => Ok(Remedy::ActLowp),
+            Some(("clamp", v)) => value(v).map(Remedy::Clamp),
+            Some(("clip", v)) => value(v).map(Remedy::Clip),
+            _ => Err(format!("unknown remedy {s:?}: use none, act-fp32, act-lowp, clamp:C or clip:C")),
+        }
+    }
+}
+
+impl TryFrom<String> for Remedy {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for Remedy {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Remedy::None => write!(f, "none"),
+            Remedy::ActFp32 => write!(f, "act-fp32"),
+            Remedy::ActLowp => write!(f, "act-lowp"),
+            Remedy::Clamp(c) => write!(f, "clamp:{c}"),
+            Remedy::Clip(c) => write!(f, "clip:{c}"),
+        }
+    }
+}
+
+impl From<Remedy> for String {
+    fn from(r: Remedy) -> String {
+        r.to_string()
+    }
+}
+
+impl Remedy {
+    pub fn apply(&self, c: &mut TrainConfig) {
+        match *self {
+            Remedy::None => {}
+            Remedy::Clamp(v) => c.act_clamp = Some(v),
+            Remedy::ActFp32 => c.act_fp32 = true,
+            Remedy::ActLowp => c.act_fp32 = false,
+            Remedy::Clip(v) => c.clip_grad = v,
+        }
+    }
+}
+
 /// Loss-spike guard: when a step's loss exceeds `factor` x its running mean, restore the last
 /// in-memory snapshot of the weights, BN statistics and momentum, multiply the learning rate by
 /// `lr_factor`, and continue; at most `max_rollbacks` times.
@@ -66,6 +141,8 @@ pub struct SpikeGuard {
     pub snapshot_every: usize,
     /// Steps before the running mean is trusted.
     pub warmup: usize,
+    /// Take snapshots even with the spike check off (the divergence guard's remedies need them).
+    pub keep_snapshots: bool,
     snapshot: Option<Snapshot>,
 }
 
@@ -125,7 +202,7 @@ impl SpikeGuard {
     pub fn maybe_snapshot(&mut self, step: usize, tensors: &[Tensor]) {
         let due =
             self.snapshot.is_none() || (self.snapshot_every > 0 && step.is_multiple_of(self.snapshot_every));
-        if self.disabled() || !due {
+        if !(self.keep_snapshots || !self.disabled()) || !due {
             return;
         }
         let vars = tch::no_grad(|| tensors.iter().map(|t| (t.shallow_clone(), t.detach().copy())).collect());
@@ -145,6 +222,14 @@ impl SpikeGuard {
     }
 
     pub fn new(factor: f64, lr_factor: f64, max_rollbacks: usize, snapshot_every: usize) -> Self {
-        Self { factor, lr_factor, max_rollbacks, snapshot_every, warmup: 50, snapshot: None }
+        Self {
+            factor,
+            lr_factor,
+            max_rollbacks,
+            snapshot_every,
+            warmup: 50,
+            keep_snapshots: false,
+            snapshot: None,
+        }
     }
 }

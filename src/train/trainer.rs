@@ -75,6 +75,7 @@ fn diagnose(
     device: tch::Device,
     step: usize,
     why: &str,
+    act_fp32: bool,
 ) -> Result<String> {
     let (_, stats) = tch::no_grad(|| -> Result<_> {
         let _autocast = precision.autocast(device)?;
@@ -101,13 +102,14 @@ fn diagnose(
         }
     };
     Ok(format!(
-        "at step {step}, {why}; {site}. Remedies: --act-init relu-like, --act-clamp C, --act-fp32 true, \
-         --clip-grad, a lower --lr, or --precision bf16/fp32"
+        "at step {step}, {why}; {site}. Remedies: --act-init relu-like, --act-clamp C, {}--clip-grad, a lower \
+         --lr, --precision bf16/fp32, or --divergence-remedies to apply them automatically",
+        if act_fp32 { "" } else { "--act-fp32 true, " }
     ))
 }
 
 /// Trains from scratch (`resume = None`) or continues the run in `resume`.
-pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
+pub fn train(mut cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
     // ---- Set-up: device, data, run folder, model, optimizer, scaler, state. ----
     let device = crate::runtime::parse_device(&cfg.device)?;
     if cfg.torch_threads > 0 {
@@ -165,15 +167,22 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
         None => None,
     };
 
-    let model_cfg = cfg.model(train_set.classes.len() as i64);
+    let num_classes = train_set.classes.len() as i64;
+    let mut model_cfg = cfg.model(num_classes);
     let mut vs = nn::VarStore::new(device);
-    let model = crate::model::seeded(cfg.seed as i64, || ResNet::new(&vs.root(), model_cfg))?;
+    let mut model = crate::model::seeded(cfg.seed as i64, || ResNet::new(&vs.root(), model_cfg))?;
     let mut sgd = Sgd::new(&vs, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.act_weight_decay);
     let mut scaler = GradScaler::new(cfg.precision == Precision::Fp16, device);
     let mut state = LoopState::default();
     let last_path = dir.join("last.safetensors");
     if resume.is_some() {
         let (file, saved, momentum) = checkpoint::load_last(&last_path)?;
+        // The divergence guard's remedies so far hold again.
+        for r in &saved.remedies {
+            r.apply(&mut cfg);
+        }
+        model_cfg = cfg.model(num_classes);
+        model.set_act_compute(model_cfg.act.clamp, model_cfg.act.fp32);
         if file.model_config(&last_path)? != model_cfg {
             return Err(Error::file(&last_path, "its model differs from the run's config.toml"));
         }
@@ -190,15 +199,18 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
         crate::model::to_channels_last(&vs)?;
     }
 
-    // Everything a rollback restores: the variables (weights, BN statistics) and momentum.
+    // Everything a rollback restores: the variables (weights, BN statistics), momentum and the
+    // loss scale (in place: the live tensors are updated in place).
     let guarded: Vec<Tensor> = vs
         .variables()
         .into_values()
         .chain(sgd.groups.iter().flat_map(|g| g.bufs.iter().map(|b| b.shallow_clone())))
+        .chain([scaler.scale.shallow_clone(), scaler.growth_tracker.shallow_clone()])
         .collect();
     let mut spike_guard =
         SpikeGuard::new(cfg.spike_factor, cfg.spike_lr_factor, cfg.max_rollbacks, cfg.snapshot_every);
     spike_guard.warmup = cfg.spike_warmup;
+    spike_guard.keep_snapshots = !cfg.divergence_remedies.is_empty();
     spike_guard.maybe_snapshot(state.step, &guarded);
 
     let steps_per_epoch = (train_loader.batches_per_epoch() / cfg.accum_steps).max(1);
@@ -218,7 +230,7 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
         Transform::Eval { size, resize } => (resize, size),
         _ => (cfg.eval_size, cfg.eval_size),
     };
-    let saved = Saved { vs: &vs, model: &model_cfg, class_names: &classes, eval_size };
+    let mut saved = Saved { vs: &vs, model: model_cfg, class_names: &classes, eval_size };
     let terminal = std::io::stdout().is_terminal();
 
     println!("run        {}", dir.display());
@@ -354,6 +366,46 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
             }
             scaler.update()?;
             sgd.zero_grad()?;
+            // Divergence guard: a run that cannot take a finite step applies the next configured
+            // remedy and continues from the last snapshot, or stops with a diagnosis instead of
+            // burning hours (its last checkpoint, from before the trouble, is kept).
+            let too_many =
+                cfg.max_consecutive_skips > 0 && state.consecutive_skips >= cfg.max_consecutive_skips;
+            let scale_floor = scaler.enabled && scaler.scale_value() < cfg.min_loss_scale;
+            let mut stop = None;
+            if too_many || scale_floor {
+                let why = if too_many {
+                    format!("{} consecutive steps had non-finite loss or gradients", state.consecutive_skips)
+                } else {
+                    format!(
+                        "the fp16 loss scale fell to {:.3e} (floor {:.1e})",
+                        scaler.scale_value(),
+                        cfg.min_loss_scale
+                    )
+                };
+                let next_remedy = cfg.divergence_remedies.get(state.remedies.len()).copied();
+                match (next_remedy, spike_guard.rollback()) {
+                    (Some(remedy), Some(to)) => {
+                        remedy.apply(&mut cfg);
+                        model_cfg = cfg.model(num_classes);
+                        model.set_act_compute(model_cfg.act.clamp, model_cfg.act.fp32);
+                        saved.model = model_cfg;
+                        state.remedies.push(remedy);
+                        state.consecutive_skips = 0;
+                        let e = format!(
+                            "divergence guard at step {}: {why}; applied remedy {remedy} and restored the snapshot \
+                             of step {to} (weights, BN statistics, momentum, loss scale)",
+                            state.step
+                        );
+                        eprintln!("warning: {e}");
+                        event = Some(match event {
+                            Some(before) => format!("{before}; {e}"),
+                            None => e,
+                        });
+                    }
+                    _ => stop = Some(why),
+                }
+            }
             let secs = window.0.elapsed().as_secs_f64();
             let record = StepRecord {
                 step: state.step,
@@ -369,23 +421,25 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
                 event,
             };
             log.step(&record)?;
-            // Guards: a run that cannot take a finite step stops with a diagnosis instead of
-            // burning hours; its last checkpoint (from before the trouble) is kept.
-            let too_many =
-                cfg.max_consecutive_skips > 0 && state.consecutive_skips >= cfg.max_consecutive_skips;
-            let scale_floor = scaler.enabled && scaler.scale_value() < cfg.min_loss_scale;
-            if too_many || scale_floor {
-                let why = if too_many {
-                    format!("{} consecutive steps had non-finite loss or gradients", state.consecutive_skips)
+            if let Some(why) = stop {
+                log.flush();
+                let applied = if state.remedies.is_empty() {
+                    String::new()
                 } else {
                     format!(
-                        "the fp16 loss scale fell to {:.3e} (floor {:.1e})",
-                        scaler.scale_value(),
-                        cfg.min_loss_scale
+                        " (after the remedies {})",
+                        state.remedies.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
                     )
                 };
-                log.flush();
-                return Err(Error::Diverged(diagnose(&model, &x, cfg.precision, device, state.step, &why)?));
+                return Err(Error::Diverged(diagnose(
+                    &model,
+                    &x,
+                    cfg.precision,
+                    device,
+                    state.step,
+                    &format!("{why}{applied}"),
+                    cfg.act_fp32,
+                )?));
             }
             if micro_loss.is_finite() {
                 loss_sum += micro_loss;
