@@ -249,8 +249,12 @@ fn heatmaps<DB: DrawingBackend>(
             }
             if metric == 0 {
                 let y = gy + grid.variants.len() as i32 * CELL.1 as i32 + 14;
-                root.draw(&Text::new("* diverged (stopped by a guard)", (x0 + LABEL_W as i32, y), left(12)))
-                    .map_err(e)?;
+                root.draw(&Text::new(
+                    "* diverged (an inf/NaN forward pass, or stopped by a guard)",
+                    (x0 + LABEL_W as i32, y),
+                    left(12),
+                ))
+                .map_err(e)?;
             }
         }
     }

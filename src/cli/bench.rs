@@ -2,9 +2,11 @@
 //! line with the fields of ../shared/bench/torch_train_bench.py, for same-run comparisons.
 
 use crate::error::Result;
+use crate::ffi::foreach_clip_grad_norm;
 use crate::model::{ActConfig, ActKind, Arch, ResNet, ResNetConfig};
 use crate::train::amp::{GradScaler, Precision};
 use crate::train::optim::Sgd;
+use crate::train::stability::{forward_monitored, SpikeGuard, SpikeState};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -37,6 +39,13 @@ pub struct BenchArgs {
     pub threads: i32,
     #[arg(long)]
     pub json: bool,
+    /// Add the trainer's stability guards at their most expensive: per-site monitors every step,
+    /// the gradient norm and the loss read back every step (non-finite and spike checks), and an
+    /// in-memory snapshot of weights, BN statistics and momentum every `--snapshot-every` steps.
+    #[arg(long)]
+    pub guards: bool,
+    #[arg(long, default_value_t = 1)]
+    pub snapshot_every: usize,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -62,19 +71,40 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mut scaler = GradScaler::new(a.precision == Precision::Fp16, device);
     // The same step as torch_train_bench.py: forward + loss under autocast, backward through the
     // scaler, unscale/inf check, SGD step, scaler update.
+    let guarded: Vec<Tensor> = vs.variables().into_values().collect();
+    let mut spike_guard = SpikeGuard::new(3.0, 0.5, 3, a.snapshot_every.max(1));
+    let mut spike_state = SpikeState::new();
+    let mut step_index = 0usize;
     let mut step = || -> Result<Tensor> {
         let loss = {
             let _ac = a.precision.autocast(device)?;
-            model.forward_t(&x, true).to_kind(Kind::Float).cross_entropy_for_logits(&y)
+            let (logits, _stats) = forward_monitored(&model, &x, a.guards)?;
+            logits.to_kind(Kind::Float).cross_entropy_for_logits(&y)
         };
         sgd.zero_grad()?;
         scaler.scale_loss(&loss).backward();
         let grads = sgd.grads();
-        if !scaler.unscale(&grads)? {
-            sgd.step(0.1)?;
+        let found_inf = scaler.unscale(&grads)?;
+        let mut take = !found_inf;
+        if a.guards {
+            let grad_norm = foreach_clip_grad_norm(&grads, 0.0)?.double_value(&[]);
+            let spike = spike_guard.check(&mut spike_state, loss.double_value(&[]));
+            take = take && grad_norm.is_finite() && !spike;
         }
-        // (The trainer also computes the gradient norm, for logging, clipping and its
-        // non-finite guard; torch_train_bench.py does not, so neither does this step.)
+        if take {
+            sgd.step(0.1)?;
+            if a.guards {
+                // The momentum buffers exist after the first step.
+                step_index += 1;
+                let all: Vec<Tensor> = guarded
+                    .iter()
+                    .map(|t| t.shallow_clone())
+                    .chain(sgd.groups.iter().flat_map(|g| g.bufs.iter().map(|b| b.shallow_clone())))
+                    .collect();
+                spike_guard.maybe_snapshot(step_index, &all);
+            }
+        }
+        // (Without --guards, no gradient norm: torch_train_bench.py does not compute one.)
         scaler.update()?;
         Ok(loss)
     };
@@ -97,7 +127,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let out = serde_json::json!({
         "impl": "resnet-train", "tch": "0.24.0", "arch": a.arch.name(), "act": format!("{:?}", a.act).to_lowercase(),
         "order": a.order, "precision": format!("{:?}", a.precision).to_lowercase(), "batch": a.batch, "res": a.res,
-        "device": a.device, "channels_last": a.channels_last, "threads": tch::get_num_threads(), "steps": a.steps,
+        "device": a.device, "channels_last": a.channels_last, "guards": a.guards, "threads": tch::get_num_threads(), "steps": a.steps,
         "img_per_s": ((a.batch as f64 * a.steps as f64 / dt) * 100.0).round() / 100.0,
         "ms_per_step": (1000.0 * dt / a.steps as f64 * 100.0).round() / 100.0,
         "final_loss": loss.double_value(&[]),

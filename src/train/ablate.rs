@@ -214,8 +214,9 @@ pub struct Row {
     /// The same per stage (`STAGES`).
     pub stage_max_abs: Vec<f64>,
     pub final_loss_scale: f64,
-    /// Stopped by a guard, or its last step had a non-finite loss or activation (a network whose
-    /// stream overflowed can keep a finite loss at chance level: CPU batch norm maps inf to 0).
+    /// Stopped by a guard, or some forward pass produced inf/NaN, or the last loss is not finite.
+    /// (A network whose stream overflowed can go on with a finite loss at chance level, e.g.
+    /// when batch norm maps inf to 0: it is counted as diverged.)
     pub diverged: bool,
     /// The guard's diagnosis when it stopped the cell.
     pub diagnosis: Option<String>,
@@ -247,6 +248,7 @@ impl Row {
         let mean = |rs: &[StepRecord]| rs.iter().map(|r| r.loss).sum::<f64>() / rs.len().max(1) as f64;
         let first_loss = if window == 0 { f64::NAN } else { mean(&records[..window]) };
         let final_loss = if window == 0 { f64::NAN } else { mean(&records[records.len() - window..]) };
+        let first_bad_step = first_bad.as_ref().map(|(s, _)| *s);
         Row {
             act: cell.act,
             order: cell.order,
@@ -265,8 +267,8 @@ impl Row {
             stage_max_abs: stage_max,
             final_loss_scale: last.map_or(f64::NAN, |r| r.loss_scale),
             diverged: stopped.is_some()
-                || !last.is_some_and(|r| r.loss.is_finite())
-                || last.is_some_and(|r| r.activations.iter().any(|a| a.nonfinite > 0)),
+                || first_bad_step.is_some()
+                || !last.is_some_and(|r| r.loss.is_finite()),
             diagnosis: stopped,
             seconds,
         }
@@ -447,9 +449,10 @@ pub fn run(cfg: &AblationConfig) -> Result<AblationSummary> {
         let done = cell_dir.join("cell.toml");
         if done.exists() {
             let text = std::fs::read_to_string(&done).map_err(|e| Error::io(&done, e))?;
-            let row = toml::from_str(&text)
+            let row: Row = toml::from_str(&text)
                 .map_err(|e| Error::file(&done, format!("unreadable cell result: {e}")))?;
-            rows.push(row);
+            // Recomputed from the cell's records, so the tables follow this version's definitions.
+            rows.push(Row::from_records(cell, &read_steps(&cell_dir)?, row.diagnosis, row.seconds));
             println!("ablation   cell {}/{} {name}: done earlier", i + 1, cells.len());
             continue;
         }

@@ -202,7 +202,8 @@ impl SpikeGuard {
     pub fn maybe_snapshot(&mut self, step: usize, tensors: &[Tensor]) {
         let due =
             self.snapshot.is_none() || (self.snapshot_every > 0 && step.is_multiple_of(self.snapshot_every));
-        if !(self.keep_snapshots || !self.disabled()) || !due {
+        let wanted = self.keep_snapshots || !self.disabled();
+        if !wanted || !due {
             return;
         }
         let vars = tch::no_grad(|| tensors.iter().map(|t| (t.shallow_clone(), t.detach().copy())).collect());
