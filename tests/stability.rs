@@ -128,6 +128,8 @@ fn guard_stops_a_diverging_fp16_polyrelu_run_naming_the_site_and_clamp_rescues_i
     let recs = common::step_records(&dir.path().join("fp16-polyrelu"));
     assert_eq!(recs.len(), 3);
     assert!(recs.iter().all(|r| r.skipped && r.activations.len() == 17));
+    // A stopped run is left (and diagnosed) as it is, not rolled back: 3 back-offs from 2^16.
+    assert_eq!(recs[2].loss_scale, 8192.0);
 
     // The remedy: clamping the polynomial's input keeps the same run going. (The first fp16 steps
     // may still be skipped while the loss scaler backs off from 2^16, as with GradScaler; the

@@ -1,6 +1,6 @@
 //! The batch loader: a rayon pool decodes and transforms the samples of a batch in parallel,
 //! a producer thread hands finished batches, in order, through a bounded crossbeam channel
-//! (`prefetch` batches ahead), so memory stays bounded.
+//! (`prefetch` batches ahead; two more are being decoded), so memory stays bounded.
 //!
 //! Deterministic: the sample order comes from the `Sampler` (seed, epoch) and every random draw of
 //! a sample from a generator keyed by (seed, epoch, dataset index), so batches are identical bit
@@ -110,6 +110,9 @@ thread_local! {
     static WORKER: RefCell<Worker> = RefCell::new(Worker::default());
 }
 
+/// Batches being decoded at once (besides the `prefetch` finished ones waiting in the channel).
+const IN_FLIGHT: usize = 2;
+
 /// Attempts at a substitute for a bad sample before giving up on the batch.
 const MAX_SUBSTITUTES: u64 = 16;
 
@@ -164,9 +167,30 @@ impl Loader {
         let producer = std::thread::Builder::new()
             .name("loader".into())
             .spawn(move || {
-                for b in start..n_batches {
-                    let chunk = &indices[b * cfg.batch_size..((b + 1) * cfg.batch_size).min(indices.len())];
-                    let batch = pool.install(|| make_batch(&dataset, &cfg, &bad, epoch, b, chunk));
+                // Batches overlap on the pool (up to IN_FLIGHT at once), so threads that finish
+                // their share of one batch start on the next instead of waiting for the slowest
+                // image; they are delivered in order.
+                let mut in_flight = std::collections::VecDeque::new();
+                let mut next = start;
+                loop {
+                    // (One thread gains nothing from overlapping and measured ~4% slower with it.)
+                    let depth = if cfg.threads > 1 { IN_FLIGHT } else { 1 };
+                    while in_flight.len() < depth && next < n_batches {
+                        let (b, (btx, brx)) = (next, crossbeam_channel::bounded(1));
+                        let chunk = indices
+                            [b * cfg.batch_size..((b + 1) * cfg.batch_size).min(indices.len())]
+                            .to_vec();
+                        let (dataset, cfg, bad) = (dataset.clone(), cfg.clone(), bad.clone());
+                        pool.spawn(move || {
+                            let _ = btx.send(make_batch(&dataset, &cfg, &bad, epoch, b, &chunk));
+                        });
+                        in_flight.push_back(brx);
+                        next += 1;
+                    }
+                    let Some(brx) = in_flight.pop_front() else { return };
+                    let batch = brx.recv().unwrap_or_else(|_| {
+                        Err(Error::Usage("a decode thread panicked building a batch".into()))
+                    });
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
                         return; // the consumer is gone, or the epoch cannot continue

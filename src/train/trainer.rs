@@ -384,8 +384,10 @@ pub fn train(mut cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> 
                     )
                 };
                 let next_remedy = cfg.divergence_remedies.get(state.remedies.len()).copied();
-                match (next_remedy, spike_guard.rollback()) {
-                    (Some(remedy), Some(to)) => {
+                // (Restores the snapshot only when there is a remedy to continue with: a stopped run
+                // is diagnosed as it is.)
+                match next_remedy.and_then(|r| spike_guard.rollback().map(|to| (r, to))) {
+                    Some((remedy, to)) => {
                         remedy.apply(&mut cfg);
                         model_cfg = cfg.model(num_classes);
                         model.set_act_compute(model_cfg.act.clamp, model_cfg.act.fp32);
@@ -403,7 +405,7 @@ pub fn train(mut cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> 
                             None => e,
                         });
                     }
-                    _ => stop = Some(why),
+                    None => stop = Some(why),
                 }
             }
             let secs = window.0.elapsed().as_secs_f64();
