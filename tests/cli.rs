@@ -111,3 +111,59 @@ fn bench_data_scan_only_reports_the_index() {
         (Some(30), Some(10), Some(true))
     );
 }
+
+#[test]
+fn ablate_from_the_shipped_config_with_flags_and_its_errors() {
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    resnet_train::data::synthetic::write_dataset(&data, 3, 1, 16, 4).unwrap();
+    let config = common::repo().join("configs/ablate-cpu.toml");
+    let (config, data, out) =
+        (config.to_str().unwrap(), data.to_str().unwrap(), dir.path().to_str().unwrap());
+    let args = [
+        "ablate",
+        "--config",
+        config,
+        "--acts",
+        "relu,polynorm",
+        "--orders",
+        "2",
+        "--precisions",
+        "bf16",
+        "--steps",
+        "2",
+        "--data",
+        data,
+        "--train-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--output",
+        out,
+        "--name",
+        "a",
+    ];
+    let (code, stdout, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("2 cells") && stdout.contains("ablation.csv"), "{stdout}");
+    let csv = std::fs::read_to_string(dir.path().join("a/ablation.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows[0].starts_with("relu,-,bf16,-,none,2,2,")
+            && rows[1].starts_with("polynorm,2,bf16,paper,none,2,2,")
+    );
+    // Run again: nothing to do. A different grid under the same name: refused, naming the file.
+    let (code, stdout, _) = run(&args);
+    assert!(code == 0 && stdout.contains("(0 run now)"), "{stdout}");
+    let mut other = args.to_vec();
+    other[8] = "fp16";
+    let (code, _, err) = run(&other);
+    assert!(code != 0 && err.contains("ablation.toml") && !err.contains("panicked"), "{err}");
+    // Bad values name the flag or the file.
+    let (code, _, err) = run(&["ablate", "--config", config, "--remedies", "clamp:-1"]);
+    assert!(code == 2 && err.contains("clamp:-1"), "{err}");
+    let train_config = common::repo().join("configs/demo.toml");
+    let (code, _, err) = run(&["ablate", "--config", train_config.to_str().unwrap()]);
+    assert!(code != 0 && err.contains("demo.toml") && err.contains("unknown field"), "{err}");
+}
