@@ -119,24 +119,35 @@ pub fn resample(
         tmp.clear();
         tmp.resize(cols * run, 0);
         let mut acc = vec![0i32; cols * 3];
-        for yo in 0..out_h {
-            acc.fill(half);
-            let ws = &v.weights[yo * v.ksize..yo * v.ksize + v.counts[yo]];
-            for (k, &w) in ws.iter().enumerate() {
-                let start = (v.starts[yo] + k - src.y0) * src.stride + (col_lo - src.x0) * 3;
-                for (a, &p) in acc.iter_mut().zip(&src.pixels[start..start + cols * 3]) {
-                    *a += p as i32 * w;
+        // Rows are rounded whole (vectorised) into a block of BLOCK rows, which is then
+        // transposed: each source column receives BLOCK pixels in one contiguous store.
+        const BLOCK: usize = 16;
+        let line = cols * 3;
+        let mut block = vec![0u8; BLOCK * line];
+        for y0 in (0..out_h).step_by(BLOCK) {
+            let rows = BLOCK.min(out_h - y0);
+            for (r, row8) in block.chunks_exact_mut(line).take(rows).enumerate() {
+                let yo = y0 + r;
+                acc.fill(half);
+                let ws = &v.weights[yo * v.ksize..yo * v.ksize + v.counts[yo]];
+                for (k, &w) in ws.iter().enumerate() {
+                    let start = (v.starts[yo] + k - src.y0) * src.stride + (col_lo - src.x0) * 3;
+                    for (a, &p) in acc.iter_mut().zip(&src.pixels[start..start + line]) {
+                        *a += p as i32 * w;
+                    }
                 }
+                clip_run(&acc, row8);
             }
-            for (x, a) in acc.chunks_exact(3).enumerate() {
-                let t = &mut tmp[x * run + yo * 3..x * run + yo * 3 + 3];
-                t[0] = clip8(a[0]);
-                t[1] = clip8(a[1]);
-                t[2] = clip8(a[2]);
+            for (x, column) in tmp.chunks_exact_mut(run).enumerate() {
+                let out = &mut column[y0 * 3..(y0 + rows) * 3];
+                for (o, row8) in out.chunks_exact_mut(3).zip(block.chunks_exact(line)) {
+                    o.copy_from_slice(&row8[x * 3..x * 3 + 3]);
+                }
             }
         }
         // Horizontal pass: per output column, a weighted sum of whole source-column runs.
         let mut acc = vec![0i32; run];
+        let mut col8 = vec![0u8; run];
         for xo in 0..out_w {
             acc.fill(half);
             let start = h.starts[xo] - col_lo;
@@ -146,12 +157,9 @@ pub fn resample(
                     *a += p as i32 * w;
                 }
             }
+            clip_run(&acc, &mut col8);
             let xd = if flip { out_w - 1 - xo } else { xo };
-            for (yo, a) in acc.chunks_exact(3).enumerate() {
-                dst[yo * out_w + xd] = clip8(a[0]);
-                dst[plane + yo * out_w + xd] = clip8(a[1]);
-                dst[2 * plane + yo * out_w + xd] = clip8(a[2]);
-            }
+            scatter_column(&col8, dst, plane, out_w, xd);
         }
         return;
     }
@@ -173,6 +181,9 @@ pub fn resample(
     }
     // Vertical pass: accumulate whole rows (vectorisable), then scatter into the CHW planes.
     let mut acc = vec![0i32; out_w * 3];
+    let mut row8 = vec![0u8; out_w * 3];
+    let (r, rest) = dst.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
     for yo in 0..out_h {
         acc.fill(half);
         let start = v.starts[yo] - row_lo;
@@ -183,12 +194,46 @@ pub fn resample(
                 *a += p as i32 * w;
             }
         }
-        for xo in 0..out_w {
-            let xd = if flip { out_w - 1 - xo } else { xo };
-            for c in 0..3 {
-                dst[c * plane + yo * out_w + xd] = clip8(acc[xo * 3 + c]);
+        clip_run(&acc, &mut row8);
+        let line = yo * out_w..(yo + 1) * out_w;
+        let (r, g, b) = (&mut r[line.clone()], &mut g[line.clone()], &mut b[line]);
+        if flip {
+            for (((pr, pg), pb), px) in
+                r.iter_mut().rev().zip(g.iter_mut().rev()).zip(b.iter_mut().rev()).zip(row8.chunks_exact(3))
+            {
+                (*pr, *pg, *pb) = (px[0], px[1], px[2]);
+            }
+        } else {
+            for (((pr, pg), pb), px) in
+                r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()).zip(row8.chunks_exact(3))
+            {
+                (*pr, *pg, *pb) = (px[0], px[1], px[2]);
             }
         }
+    }
+}
+
+/// `acc >> PRECISION_BITS` clamped to 0..=255, a whole run at once (vectorises).
+#[inline(always)]
+fn clip_run(acc: &[i32], out: &mut [u8]) {
+    for (o, &a) in out.iter_mut().zip(acc) {
+        *o = (a >> PRECISION_BITS).clamp(0, 255) as u8;
+    }
+}
+
+/// Writes one output column of RGB pixels (`out_h x 3`) into column `x` of the CHW planes.
+#[inline(always)]
+fn scatter_column(px: &[u8], dst: &mut [u8], plane: usize, out_w: usize, x: usize) {
+    let (r, rest) = dst.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for (((pr, pg), pb), px) in r[x..]
+        .iter_mut()
+        .step_by(out_w)
+        .zip(g[x..].iter_mut().step_by(out_w))
+        .zip(b[x..].iter_mut().step_by(out_w))
+        .zip(px.chunks_exact(3))
+    {
+        (*pr, *pg, *pb) = (px[0], px[1], px[2]);
     }
 }
 
