@@ -274,8 +274,15 @@ impl Row {
         }
     }
 
-    fn order_text(&self) -> String {
-        self.order.map_or("-".into(), |k| k.to_string())
+    /// The cell's coordinates as table text: act, order, precision, init, remedy.
+    fn cell_columns(&self) -> [String; 5] {
+        [
+            lower(self.act),
+            self.order.map_or("-".into(), |k| k.to_string()),
+            lower(self.precision),
+            init_name(self.init).into(),
+            self.remedy.to_string(),
+        ]
     }
 }
 
@@ -306,12 +313,8 @@ pub fn to_csv(rows: &[Row]) -> String {
     for r in rows {
         let stages: Vec<String> = r.stage_max_abs.iter().map(|&v| sci(v)).collect();
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1}\n",
-            lower(r.act),
-            r.order_text(),
-            lower(r.precision),
-            init_name(r.init),
-            r.remedy,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1}\n",
+            r.cell_columns().join(","),
             r.steps_run,
             r.steps_survived,
             r.first_nonfinite_step.map_or(String::new(), |s| s.to_string()),
@@ -365,12 +368,8 @@ pub fn to_markdown(cfg: &AblationConfig, rows: &[Row], total: usize) -> String {
         };
         let stages: Vec<String> = r.stage_max_abs.iter().map(|&v| short(v)).collect();
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            lower(r.act),
-            r.order_text(),
-            lower(r.precision),
-            init_name(r.init),
-            r.remedy,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.cell_columns().join(" | "),
             r.steps_run,
             r.steps_survived,
             first,
@@ -388,15 +387,9 @@ pub fn to_markdown(cfg: &AblationConfig, rows: &[Row], total: usize) -> String {
     if !stopped.is_empty() {
         out.push_str("\n## Cells stopped by a guard\n\n");
         for r in stopped {
-            out.push_str(&format!(
-                "- {} k={} {} {} {}: {}\n",
-                lower(r.act),
-                r.order_text(),
-                lower(r.precision),
-                init_name(r.init),
-                r.remedy,
-                r.diagnosis.as_deref().unwrap_or_default()
-            ));
+            let [act, order, precision, init, remedy] = r.cell_columns();
+            let why = r.diagnosis.as_deref().unwrap_or_default();
+            out.push_str(&format!("- {act} k={order} {precision} {init} {remedy}: {why}\n"));
         }
     }
     out
