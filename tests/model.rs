@@ -86,14 +86,19 @@ fn logits_match_reference_for_the_same_weights() {
     ] {
         let mut c = cfg(arch, kind);
         c.act.init = init;
-        let (vs, model) = build(c);
+        let (mut vs, model) = build(c);
         common::fill_deterministic(&vs, &c);
-        // Eval first, then train: train mode updates the running statistics, as in make_golden.py.
-        for mode in ["eval", "train"] {
-            let logits = tch::no_grad(|| model.forward_t(&input, mode == "train"));
-            let err = common::rel_err(&logits, &g[&format!("{tag}.{mode}")]);
-            assert!(err < 1e-4, "{tag} {mode}: relative error {err:e}");
-        }
+        let logits = tch::no_grad(|| model.forward_t(&input, false));
+        let err = common::rel_err(&logits, &g[&format!("{tag}.eval")]);
+        assert!(err < 1e-4, "{tag} eval: relative error {err:e}");
+        // Train mode (BatchNorm on batch statistics) in float64: in float32 these logits move by
+        // ~1e-2 between float32 and float64, and between CPUs (measured: PyTorch itself on an AVX2
+        // EPYC differs from the golden by 9e-3), so only float64 makes a portable golden.
+        vs.double();
+        let logits = tch::no_grad(|| model.forward_t(&input.to_kind(tch::Kind::Double), true));
+        assert_eq!(logits.kind(), tch::Kind::Double);
+        let err = common::rel_err(&logits, &g[&format!("{tag}.train_f64")]);
+        assert!(err < 1e-8, "{tag} train (float64): relative error {err:e}");
     }
 }
 

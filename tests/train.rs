@@ -1,20 +1,19 @@
-//! The training engine: exact resume, schedules and weight-decay groups against closed forms, the
-//! loss scaler with injected inf gradients, SGD against torch.optim.SGD's update rule, config
-//! precedence, eval parity, mixed precision on CPU, and learning on real images.
+//! The training engine: exact resume, schedules against closed forms, the loss scaler with
+//! injected inf gradients, config precedence, eval parity, mixed precision on CPU, and learning on
+//! real images. (Weight-decay groups and SGD's update rule are unit tests in src/train/optim.)
 
 mod common;
 
 use resnet_train::data::synthetic;
 use resnet_train::ffi;
-use resnet_train::model::{ActConfig, ActInit, ActKind, Arch, ResNet, ResNetConfig};
+use resnet_train::model::{ActInit, ActKind, Arch};
 use resnet_train::train::amp::{GradScaler, Precision};
 use resnet_train::train::config::{TrainArgs, TrainConfig};
 use resnet_train::train::metrics::RunLog;
-use resnet_train::train::optim::Sgd;
 use resnet_train::train::schedule::{Schedule, ScheduleKind};
 use resnet_train::train::trainer::train;
 use std::path::Path;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 fn tiny_config(data: &Path, out: &Path, name: &str) -> TrainConfig {
     TrainConfig {
@@ -25,7 +24,7 @@ fn tiny_config(data: &Path, out: &Path, name: &str) -> TrainConfig {
         batch_size: 8,
         lr: 0.4,
         warmup_epochs: 0.5,
-        label_smoothing: 0.1,
+        smoothing: 0.1,
         train_size: 32,
         eval_size: 32,
         device: "cpu".into(),
@@ -133,6 +132,81 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
 }
 
 #[test]
+fn adamw_lamb_with_ema_and_bce_resume_exactly_and_the_ema_is_evaluated_and_loadable() {
+    use resnet_train::train::optim::OptKind;
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 8, 2, 32, 5).unwrap(); // 10 steps per epoch
+    for (opt, bce) in [(OptKind::Adamw, false), (OptKind::Lamb, true)] {
+        let name = format!("{opt:?}").to_lowercase();
+        let cfg = |run: &str| TrainConfig {
+            opt,
+            lr: 0.004,
+            weight_decay: 0.05,
+            model_ema: true,
+            model_ema_decay: 0.9,
+            model_ema_warmup: true,
+            bce_loss: bce,
+            bce_target_thresh: bce.then_some(0.2),
+            ..tiny_config(&data, dir.path(), run)
+        };
+        let full = train(cfg(&format!("{name}-full")), None).unwrap();
+        assert!(full.last_ema_eval.is_some());
+        // Interrupted mid-epoch 0 and mid-epoch 1 (the optimizer moments and the EMA are in `last`).
+        let mut c = cfg(&format!("{name}-resumed"));
+        c.max_steps = 4;
+        c.checkpoint_every = 2;
+        train(c, None).unwrap();
+        let run = dir.path().join(format!("{name}-resumed"));
+        let mut again = TrainConfig::resume(&run, &TrainArgs::default()).unwrap();
+        again.max_steps = 14;
+        train(again, Some(&run)).unwrap();
+        train(TrainConfig::resume(&run, &TrainArgs::default()).unwrap(), Some(&run)).unwrap();
+        let full_dir = dir.path().join(format!("{name}-full"));
+        assert_eq!(losses(&full_dir), losses(&run), "{name}: per-step losses differ after resume");
+        let summary = |p: &Path| RunLog::read_summary(&p.join("summary.csv"));
+        let (a, b) = (summary(&full_dir), summary(&run));
+        assert_eq!(a.len(), 2);
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(
+                (x.eval_top1, x.eval_loss, x.ema_top1, x.ema_top5),
+                (y.eval_top1, y.eval_loss, y.ema_top1, y.ema_top5)
+            );
+            assert!(x.ema_top1.is_some() && x.ema_top5.is_some(), "summary.csv has the EMA's columns");
+        }
+        // The EMA weights of an epoch checkpoint evaluate to the summary's EMA top-1.
+        let out = std::process::Command::new(common::bin())
+            .args(["eval", "--weights", "ema", "--checkpoint"])
+            .arg(run.join("epoch-1.safetensors"))
+            .arg("--data")
+            .arg(&data)
+            .args(["--size", "32", "--device", "cpu"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let want = format!("top-1 {:.2}%", b[1].ema_top1.unwrap());
+        assert!(text.contains(&want), "{text} lacks {want}");
+        // `best` holds whichever of the model and its EMA evaluated better, and says which.
+        let best = resnet_train::model::weights::read(&run.join("best.safetensors")).unwrap();
+        let kind = best.metadata.get("resnet_train.weights").cloned().unwrap_or_default();
+        assert!(kind == "model" || kind == "ema", "{kind}");
+    }
+    // A checkpoint without an EMA says so.
+    let dir2 = common::tmpdir();
+    let plain = train(TrainConfig { epochs: 1, ..tiny_config(&data, dir2.path(), "plain") }, None).unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["eval", "--weights", "ema", "--checkpoint"])
+        .arg(plain.run_dir.join("last.safetensors"))
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no EMA weights"), "{err}");
+}
+
+#[test]
 fn schedules_match_closed_forms() {
     let s = Schedule {
         kind: ScheduleKind::Cosine,
@@ -151,56 +225,6 @@ fn schedules_match_closed_forms() {
     let st = Schedule { kind: ScheduleKind::Step, warmup_steps: 0, step_every: 30, min_lr: 0.0, ..s };
     assert_eq!([st.lr(0), st.lr(29)], [0.4, 0.4]);
     assert!((st.lr(30) - 0.04).abs() < 1e-12 && (st.lr(65) - 0.004).abs() < 1e-12);
-}
-
-#[test]
-fn weight_decay_groups() {
-    let vs = nn::VarStore::new(Device::Cpu);
-    let _m = ResNet::new(&vs.root(), ResNetConfig::new(Arch::Resnet18, ActConfig::new(ActKind::Polynorm, 3)))
-        .unwrap();
-    let sgd = Sgd::new(&vs, 0.9, false, 1e-4, false);
-    let wd_of =
-        |name: &str| sgd.groups.iter().find(|g| g.names.iter().any(|n| n == name)).map(|g| g.weight_decay);
-    assert_eq!(wd_of("layer1.0.conv1.weight"), Some(1e-4));
-    assert_eq!(wd_of("fc.weight"), Some(1e-4));
-    assert_eq!(wd_of("fc.bias"), Some(0.0));
-    assert_eq!(wd_of("bn1.weight"), Some(0.0));
-    assert_eq!(wd_of("layer2.1.act2.weight"), Some(0.0));
-    assert_eq!(wd_of("bn1.running_mean"), None, "running statistics are not parameters");
-    let n: usize = sgd.groups.iter().map(|g| g.params.len()).sum();
-    assert_eq!(n, vs.trainable_variables().len());
-    let with_act = Sgd::new(&vs, 0.9, false, 1e-4, true);
-    let g = with_act.groups.iter().find(|g| g.names.iter().any(|n| n == "act1.weight")).unwrap();
-    assert_eq!(g.weight_decay, 1e-4);
-}
-
-#[test]
-fn sgd_follows_torch_update_rule() {
-    // torch.optim.SGD(momentum=m, weight_decay=wd, nesterov=n): d = g + wd p; b = d (first step)
-    // else m b + d; p -= lr (n ? d + m b : b).
-    for nesterov in [false, true] {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let p = vs.root().var_copy("w", &Tensor::from_slice(&[1.0f32, -2.0]));
-        let mut sgd = Sgd::new(&vs, 0.9, nesterov, 0.0, false);
-        sgd.groups[0].weight_decay = 0.1;
-        let (mut pv, mut bv) = ([1.0f64, -2.0], [0.0f64; 2]);
-        for (step, g) in [[0.5f64, 1.0], [-0.25, 2.0]].iter().enumerate() {
-            let loss = (&p * Tensor::from_slice(&[g[0] as f32, g[1] as f32])).sum(Kind::Float);
-            loss.backward();
-            sgd.step(0.1).unwrap();
-            sgd.zero_grad().unwrap();
-            for i in 0..2 {
-                let d = g[i] + 0.1 * pv[i];
-                bv[i] = if step == 0 { d } else { 0.9 * bv[i] + d };
-                pv[i] -= 0.1 * if nesterov { d + 0.9 * bv[i] } else { bv[i] };
-            }
-            let got: Vec<f32> = Vec::try_from(&p).unwrap();
-            assert!(
-                (got[0] as f64 - pv[0]).abs() < 1e-6 && (got[1] as f64 - pv[1]).abs() < 1e-6,
-                "{got:?} vs {pv:?}"
-            );
-        }
-    }
 }
 
 #[test]
@@ -252,15 +276,24 @@ fn config_precedence_and_unknown_keys() {
     let dir = common::tmpdir();
     let file = dir.path().join("c.toml");
     std::fs::write(&file, "epochs = 7\nlr = 0.3\nact = \"polynorm\"\n").unwrap();
-    let args = TrainArgs { config: Some(file.clone()), lr: Some(0.5), ..TrainArgs::default() };
+    use clap::Parser;
+    let parse = |argv: &[&str]| {
+        let cli = resnet_train::cli::Cli::try_parse_from(argv).unwrap();
+        match cli.command {
+            Some(resnet_train::cli::Command::Train(a)) => *a,
+            None => cli.train,
+            _ => panic!("not train"),
+        }
+    };
+    let f = file.to_str().unwrap();
+    let args = parse(&["resnet-train", "--config", f, "--lr", "0.5"]);
     let c = TrainConfig::resolve(&args).unwrap();
     assert_eq!((c.epochs, c.lr, c.act, c.batch_size), (7, 0.5, ActKind::Polynorm, 256)); // flag > file > default
     std::fs::write(&file, "epochs = 7\nlearning_rate = 0.3\n").unwrap();
     let err = TrainConfig::resolve(&args).unwrap_err().to_string();
     assert!(err.contains("c.toml") && err.contains("learning_rate"), "{err}");
     // Every flag reaches the config (a flag that parses but is never applied is a silent bug).
-    use clap::Parser;
-    let cli = resnet_train::cli::Cli::try_parse_from([
+    let a = parse(&[
         "resnet-train",
         "train",
         "--act-clamp",
@@ -285,10 +318,15 @@ fn config_precedence_and_unknown_keys() {
         "bf16",
         "--clip-grad",
         "1.5",
-    ])
-    .unwrap();
-    let Some(resnet_train::cli::Command::Train(a)) = cli.command else { panic!("not train") };
+        "--opt",
+        "lamb",
+        "--model-ema",
+        "true",
+        "--smoothing",
+        "0.2",
+    ]);
     let c = TrainConfig::resolve(&a).unwrap();
+    assert_eq!((c.opt, c.model_ema, c.smoothing), (resnet_train::train::optim::OptKind::Lamb, true, 0.2));
     assert_eq!(
         (c.act_clamp, c.act_fp32, c.monitor_every, c.max_consecutive_skips, c.min_loss_scale),
         (Some(2.5), true, 3, 4, 0.5)

@@ -65,6 +65,9 @@ pub fn run(a: AblateArgs) -> Result<()> {
     let total = c.cells().len();
     println!("ablation   {} cells in {}", total, c.dir().display());
     let s = ablate::run(&c)?;
+    for ext in ["svg", "png"] {
+        crate::report::draw_ablation(&s.rows, c.steps, &s.dir.join(format!("ablation.{ext}")))?;
+    }
     let diverged = s.rows.iter().filter(|r| r.diverged).count();
     println!(
         "ablation   done: {} cells ({} run now), {diverged} diverged; {}",

@@ -1,12 +1,14 @@
-//! `resnet-train bench`: training-step throughput on synthetic on-device data, printing one JSON
-//! line with the fields of ../shared/bench/torch_train_bench.py, for same-run comparisons.
+//! `resnet-train bench`: the trainer's own training step (`train::engine`) on synthetic on-device
+//! data, printing one JSON line with the fields of ../shared/bench/torch_train_bench.py, for
+//! same-run comparisons.
 
 use crate::error::Result;
-use crate::ffi::foreach_clip_grad_norm;
-use crate::model::{ActConfig, ActKind, Arch, ResNet, ResNetConfig};
-use crate::train::amp::{GradScaler, Precision};
-use crate::train::optim::Sgd;
-use crate::train::stability::{forward_monitored, SpikeGuard, SpikeState};
+use crate::model::{ActKind, Arch};
+use crate::train::amp::Precision;
+use crate::train::config::TrainConfig;
+use crate::train::engine::Engine;
+use crate::train::guards::GuardState;
+use crate::train::optim::OptKind;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -39,9 +41,15 @@ pub struct BenchArgs {
     pub threads: i32,
     #[arg(long)]
     pub json: bool,
+    /// The optimizer (as the training key `opt`).
+    #[arg(long, value_enum, default_value = "momentum")]
+    pub opt: OptKind,
+    /// Keep an EMA of the weights, updated every step.
+    #[arg(long)]
+    pub model_ema: bool,
     /// Add the trainer's stability guards at their most expensive: per-site monitors every step,
-    /// the gradient norm and the loss read back every step (non-finite and spike checks), and an
-    /// in-memory snapshot of weights, BN statistics and momentum every `--snapshot-every` steps.
+    /// the spike check, and an in-memory snapshot of the whole training state every
+    /// `--snapshot-every` steps.
     #[arg(long)]
     pub guards: bool,
     #[arg(long, default_value_t = 1)]
@@ -57,80 +65,61 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
     }
-    let mut cfg = ResNetConfig::new(a.arch, ActConfig::new(a.act, a.order));
-    cfg.num_classes = a.classes;
-    let vs = tch::nn::VarStore::new(device);
-    let model = crate::model::seeded(0, || ResNet::new(&vs.root(), cfg))?;
+    // The trainer's own step (engine.rs), on synthetic on-device data. Without --guards: no
+    // monitors, no spike check and no snapshots (the loss and gradient norm are still read back,
+    // as the trainer logs them every step).
+    let cfg = TrainConfig {
+        arch: a.arch,
+        act: a.act,
+        order: a.order,
+        precision: a.precision,
+        channels_last: a.channels_last,
+        opt: a.opt,
+        model_ema: a.model_ema,
+        monitor_every: if a.guards { 1 } else { 0 },
+        spike_factor: if a.guards { 3.0 } else { 0.0 },
+        snapshot_every: a.snapshot_every.max(1),
+        max_consecutive_skips: 0,
+        seed: 0,
+        ..TrainConfig::default()
+    };
+    let mut engine = Engine::new(cfg, device, a.classes)?;
     let mut x = Tensor::randn([a.batch, 3, a.res, a.res], (Kind::Float, device));
     if a.channels_last {
-        crate::model::to_channels_last(&vs)?;
         x = crate::ffi::to_channels_last(&x)?;
     }
     let y = Tensor::randint(a.classes, [a.batch], (Kind::Int64, device));
-    let mut sgd = Sgd::new(&vs, 0.9, false, 1e-4, false);
-    let mut scaler = GradScaler::new(a.precision == Precision::Fp16, device);
-    // The same step as torch_train_bench.py: forward + loss under autocast, backward through the
-    // scaler, unscale/inf check, SGD step, scaler update.
-    let guarded: Vec<Tensor> = vs.variables().into_values().collect();
-    let mut spike_guard = SpikeGuard::new(3.0, 0.5, 3, a.snapshot_every.max(1));
-    let mut spike_state = SpikeState::new();
-    let mut step_index = 0usize;
-    let mut step = || -> Result<Tensor> {
-        let loss = {
-            let _ac = a.precision.autocast(device)?;
-            let (logits, _stats) = forward_monitored(&model, &x, a.guards)?;
-            logits.to_kind(Kind::Float).cross_entropy_for_logits(&y)
-        };
-        sgd.zero_grad()?;
-        scaler.scale_loss(&loss).backward();
-        let grads = sgd.grads();
-        let found_inf = scaler.unscale(&grads)?;
-        let mut take = !found_inf;
-        if a.guards {
-            let grad_norm = foreach_clip_grad_norm(&grads, 0.0)?.double_value(&[]);
-            let spike = spike_guard.check(&mut spike_state, loss.double_value(&[]));
-            take = take && grad_norm.is_finite() && !spike;
+    let micro = [(x, y)];
+    let mut guards = GuardState::default();
+    let mut loss = f64::NAN;
+    let mut step = 0usize;
+    let mut run_steps = |n: usize, loss: &mut f64| -> Result<()> {
+        for _ in 0..n {
+            let r = engine.step(&micro, 0.1, step, &mut guards)?;
+            *loss = r.loss;
+            step += 1;
         }
-        if take {
-            sgd.step(0.1)?;
-            if a.guards {
-                // The momentum buffers exist after the first step.
-                step_index += 1;
-                let all: Vec<Tensor> = guarded
-                    .iter()
-                    .map(|t| t.shallow_clone())
-                    .chain(sgd.groups.iter().flat_map(|g| g.bufs.iter().map(|b| b.shallow_clone())))
-                    .collect();
-                spike_guard.maybe_snapshot(step_index, &all);
-            }
-        }
-        // (Without --guards, no gradient norm: torch_train_bench.py does not compute one.)
-        scaler.update()?;
-        Ok(loss)
+        Ok(())
     };
     let sync = || {
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
         }
     };
-    for _ in 0..a.warmup {
-        let _ = step()?;
-    }
+    run_steps(a.warmup, &mut loss)?;
     sync();
     let t0 = Instant::now();
-    let mut loss = Tensor::zeros([], (Kind::Float, device));
-    for _ in 0..a.steps {
-        loss = step()?;
-    }
+    run_steps(a.steps, &mut loss)?;
     sync();
     let dt = t0.elapsed().as_secs_f64();
     let out = serde_json::json!({
         "impl": "resnet-train", "tch": "0.24.0", "arch": a.arch.name(), "act": format!("{:?}", a.act).to_lowercase(),
         "order": a.order, "precision": format!("{:?}", a.precision).to_lowercase(), "batch": a.batch, "res": a.res,
-        "device": a.device, "channels_last": a.channels_last, "guards": a.guards, "threads": tch::get_num_threads(), "steps": a.steps,
+        "device": a.device, "channels_last": a.channels_last, "opt": format!("{:?}", a.opt).to_lowercase(),
+        "model_ema": a.model_ema, "guards": a.guards, "threads": tch::get_num_threads(), "steps": a.steps,
         "img_per_s": ((a.batch as f64 * a.steps as f64 / dt) * 100.0).round() / 100.0,
         "ms_per_step": (1000.0 * dt / a.steps as f64 * 100.0).round() / 100.0,
-        "final_loss": loss.double_value(&[]),
+        "final_loss": loss,
     });
     if a.json {
         println!("{out}");

@@ -15,6 +15,10 @@ use std::sync::Arc;
 pub struct EvalArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
+    /// Which weights of a training checkpoint: the model's, or their EMA (`last`/`epoch-N` of a
+    /// run trained with --model-ema).
+    #[arg(long, value_enum, default_value = "model")]
+    pub weights: weights::Which,
     /// A folder of class folders, or a dataset root with val/.
     #[arg(long)]
     pub data: PathBuf,
@@ -38,7 +42,8 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let device = crate::runtime::parse_device(&a.device)?;
-    let weights::LoadedModel { model, config: cfg, file, .. } = weights::load_model(&a.checkpoint, device)?;
+    let weights::LoadedModel { model, config: cfg, file, .. } =
+        weights::load_model_weights(&a.checkpoint, device, a.weights)?;
     let root = if a.data.join("val").is_dir() { a.data.join("val") } else { a.data.clone() };
     let data = Arc::new(ImageFolder::open(&root)?);
     if data.classes.len() as i64 != cfg.num_classes {

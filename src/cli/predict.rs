@@ -13,6 +13,10 @@ pub struct PredictArgs {
     /// Model weights (.safetensors) written by `init` or training, or a converted torchvision state_dict.
     #[arg(long)]
     pub checkpoint: PathBuf,
+    /// Which weights of a training checkpoint: the model's, or their EMA (`last`/`epoch-N` of a
+    /// run trained with --model-ema).
+    #[arg(long, value_enum, default_value = "model")]
+    pub weights: weights::Which,
     /// Class names, one per line in class-index order (`LOC_synset_mapping.txt` format: `wnid name...`).
     #[arg(long)]
     pub classes: Option<PathBuf>,
@@ -67,7 +71,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     }
     let device = crate::runtime::parse_device(&args.device)?;
     let weights::LoadedModel { model, config: cfg, file, .. } =
-        weights::load_model(&args.checkpoint, device)?;
+        weights::load_model_weights(&args.checkpoint, device, args.weights)?;
     let (resize, crop) = {
         let (r, c) = file.eval_size().unwrap_or((256, 224));
         (args.resize.unwrap_or(r), args.crop.unwrap_or(c))

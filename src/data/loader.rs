@@ -132,6 +132,10 @@ impl Loader {
         Ok(Self { dataset, cfg, pool: Arc::new(pool), bad: Arc::default() })
     }
 
+    pub fn config(&self) -> &LoaderConfig {
+        &self.cfg
+    }
+
     pub fn dataset(&self) -> &ImageFolder {
         &self.dataset
     }

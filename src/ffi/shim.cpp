@@ -165,4 +165,69 @@ int rt_foreach_clip_grad_norm(rt_tensor *grads, int n, double max_norm, rt_tenso
   });
 }
 
+int rt_fused_adamw(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs, int n,
+                   rt_tensor step, double lr, double beta1, double beta2, double weight_decay, double eps,
+                   char **err) {
+  return guarded(err, [&] {
+    if (n == 0) return;
+    at::NoGradGuard no_grad;
+    auto p = list(params, n), g = list(grads, n), m = list(exp_avgs, n), v = list(exp_avg_sqs, n);
+    std::vector<at::Tensor> steps(n, *static_cast<at::Tensor *>(step));
+    std::vector<at::Tensor> no_max;  // amsgrad = false
+    at::_fused_adamw_(p, g, m, v, no_max, steps, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
+                      /*maximize=*/false, /*grad_scale=*/c10::nullopt, /*found_inf=*/c10::nullopt);
+  });
+}
+
+int rt_foreach_lamb(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs, int n,
+                    rt_tensor clip_divisor, double lr, double beta1, double beta2, double eps, double weight_decay,
+                    double bias_correction1, double bias_correction2, int trust_clip, int always_adapt,
+                    char **err) {
+  return guarded(err, [&] {
+    if (n == 0) return;
+    at::NoGradGuard no_grad;
+    auto p = list(params, n), g = list(grads, n), m = list(exp_avgs, n), v = list(exp_avg_sqs, n);
+    if (clip_divisor) g = at::_foreach_div(g, *static_cast<at::Tensor *>(clip_divisor));
+    at::_foreach_lerp_(m, g, 1.0 - beta1);
+    at::_foreach_mul_(v, beta2);
+    at::_foreach_addcmul_(v, g, g, 1.0 - beta2);
+    auto denom = at::_foreach_sqrt(v);
+    at::_foreach_div_(denom, std::sqrt(bias_correction2));
+    at::_foreach_add_(denom, eps);
+    auto update = at::_foreach_div(m, bias_correction1);
+    at::_foreach_div_(update, denom);
+    if (weight_decay != 0) at::_foreach_add_(update, p, weight_decay);
+    if (weight_decay != 0 || always_adapt) {
+      auto w_norm = at::_foreach_norm(p, 2), u_norm = at::_foreach_norm(update, 2);
+      std::vector<at::Tensor> ratio;
+      ratio.reserve(n);
+      for (int i = 0; i < n; i++) {
+        auto one = at::ones_like(w_norm[i]);
+        auto r = at::where(w_norm[i] > 0, at::where(u_norm[i] > 0, w_norm[i] / u_norm[i], one), one);
+        ratio.push_back(trust_clip ? at::clamp_max(r, 1.0) : r);
+      }
+      at::_foreach_mul_(update, ratio);
+    }
+    at::_foreach_add_(p, update, -lr);
+  });
+}
+
+int rt_foreach_lerp(rt_tensor *targets, rt_tensor *sources, int n, double weight, char **err) {
+  return guarded(err, [&] {
+    if (n == 0) return;
+    at::NoGradGuard no_grad;
+    auto t = list(targets, n), s = list(sources, n);
+    at::_foreach_lerp_(t, s, weight);
+  });
+}
+
+int rt_foreach_copy(rt_tensor *targets, rt_tensor *sources, int n, char **err) {
+  return guarded(err, [&] {
+    if (n == 0) return;
+    at::NoGradGuard no_grad;
+    auto t = list(targets, n), s = list(sources, n);
+    at::_foreach_copy_(t, s);
+  });
+}
+
 }  // extern "C"

@@ -42,6 +42,25 @@ int rt_foreach_unscale(rt_tensor *grads, int n, rt_tensor found_inf, rt_tensor i
 // scaled by min(1, max_norm / (norm + 1e-6)) (torch.nn.utils.clip_grad_norm_).
 int rt_foreach_clip_grad_norm(rt_tensor *grads, int n, double max_norm, rt_tensor *total_norm, char **err);
 
+// AdamW (torch.optim.AdamW(fused=True)): at::_fused_adamw_ over one parameter group; `step` is one
+// float tensor on the parameters' device, already incremented for this step (read, not written).
+int rt_fused_adamw(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs, int n,
+                   rt_tensor step, double lr, double beta1, double beta2, double weight_decay, double eps,
+                   char **err);
+// LAMB (timm.optim.Lamb, one parameter group): g = grad / clip_divisor (when not null; grads are not
+// modified); m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g^2;
+// u = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps) + wd p; with wd != 0 or always_adapt,
+// u *= trust ratio |p| / |u| (1 where either norm is 0; at most 1 with trust_clip); p -= lr u.
+int rt_foreach_lamb(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs, int n,
+                    rt_tensor clip_divisor, double lr, double beta1, double beta2, double eps, double weight_decay,
+                    double bias_correction1, double bias_correction2, int trust_clip, int always_adapt,
+                    char **err);
+
+// Weight averaging (timm's ModelEmaV3): targets = lerp(targets, sources, weight) in place.
+int rt_foreach_lerp(rt_tensor *targets, rt_tensor *sources, int n, double weight, char **err);
+// targets <- sources in place (each pair of the same shape).
+int rt_foreach_copy(rt_tensor *targets, rt_tensor *sources, int n, char **err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -44,6 +44,51 @@ extern "C" {
         total: *mut *mut c_void,
         err: *mut *mut c_char,
     ) -> c_int;
+    fn rt_fused_adamw(
+        params: *mut *mut c_void,
+        grads: *mut *mut c_void,
+        exp_avgs: *mut *mut c_void,
+        exp_avg_sqs: *mut *mut c_void,
+        n: c_int,
+        step: *mut c_void,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn rt_foreach_lamb(
+        params: *mut *mut c_void,
+        grads: *mut *mut c_void,
+        exp_avgs: *mut *mut c_void,
+        exp_avg_sqs: *mut *mut c_void,
+        n: c_int,
+        clip_divisor: *mut c_void,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        bias_correction1: f64,
+        bias_correction2: f64,
+        trust_clip: c_int,
+        always_adapt: c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn rt_foreach_lerp(
+        targets: *mut *mut c_void,
+        sources: *mut *mut c_void,
+        n: c_int,
+        weight: f64,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn rt_foreach_copy(
+        targets: *mut *mut c_void,
+        sources: *mut *mut c_void,
+        n: c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
 }
 
 fn ptrs(ts: &[Tensor]) -> Vec<*mut c_void> {
@@ -83,6 +128,119 @@ pub fn foreach_sgd(params: &[Tensor], grads: &[Tensor], bufs: &[Tensor], step: S
             e,
         )
     })
+}
+
+/// Hyper-parameters of one Adam-family step over a parameter group.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+fn same_lengths(what: &str, lists: &[&[Tensor]]) -> Result<()> {
+    if lists.iter().any(|l| l.len() != lists[0].len()) {
+        return Err(Error::Torch(format!("{what}: list lengths differ")));
+    }
+    Ok(())
+}
+
+/// One step of torch.optim.AdamW (libtorch's fused kernel, `_fused_adamw_`) over a parameter group:
+/// parameters, their gradients, first and second moments, and the step count (a float tensor on the
+/// parameters' device, already incremented for this step).
+pub fn fused_adamw(
+    params: &[Tensor],
+    grads: &[Tensor],
+    exp_avgs: &[Tensor],
+    exp_avg_sqs: &[Tensor],
+    step_count: &Tensor,
+    step: AdamStep,
+) -> Result<()> {
+    same_lengths("adamw", &[params, grads, exp_avgs, exp_avg_sqs])?;
+    let (mut p, mut g, mut m, mut v) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs));
+    // SAFETY: four arrays of `n` live tensor pointers and one live tensor, valid for the call.
+    call("adamw", |e| unsafe {
+        rt_fused_adamw(
+            p.as_mut_ptr(),
+            g.as_mut_ptr(),
+            m.as_mut_ptr(),
+            v.as_mut_ptr(),
+            params.len() as c_int,
+            step_count.as_ptr() as *mut c_void,
+            step.lr,
+            step.beta1,
+            step.beta2,
+            step.weight_decay,
+            step.eps,
+            e,
+        )
+    })
+}
+
+/// Options of timm's Lamb beyond the Adam ones.
+#[derive(Clone, Copy, Debug)]
+pub struct LambStep {
+    pub adam: AdamStep,
+    /// 1 - beta1^t and 1 - beta2^t.
+    pub bias_correction: (f64, f64),
+    pub trust_clip: bool,
+    pub always_adapt: bool,
+}
+
+/// One step of timm's Lamb over a parameter group (foreach kernels); the gradients are divided by
+/// `clip_divisor` (timm's global-norm clipping: max(1, |g| / max_grad_norm)) without being modified.
+pub fn foreach_lamb(
+    params: &[Tensor],
+    grads: &[Tensor],
+    exp_avgs: &[Tensor],
+    exp_avg_sqs: &[Tensor],
+    clip_divisor: Option<&Tensor>,
+    step: LambStep,
+) -> Result<()> {
+    same_lengths("lamb", &[params, grads, exp_avgs, exp_avg_sqs])?;
+    let (mut p, mut g, mut m, mut v) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs));
+    let clip = clip_divisor.map_or(std::ptr::null_mut(), |t| t.as_ptr() as *mut c_void);
+    // SAFETY: four arrays of `n` live tensor pointers and a live tensor or null, valid for the call.
+    call("lamb", |e| unsafe {
+        rt_foreach_lamb(
+            p.as_mut_ptr(),
+            g.as_mut_ptr(),
+            m.as_mut_ptr(),
+            v.as_mut_ptr(),
+            params.len() as c_int,
+            clip,
+            step.adam.lr,
+            step.adam.beta1,
+            step.adam.beta2,
+            step.adam.eps,
+            step.adam.weight_decay,
+            step.bias_correction.0,
+            step.bias_correction.1,
+            step.trust_clip as c_int,
+            step.always_adapt as c_int,
+            e,
+        )
+    })
+}
+
+/// `torch._foreach_lerp_(targets, sources, weight)`: targets += weight (sources - targets), in place.
+pub fn foreach_lerp(targets: &[Tensor], sources: &[Tensor], weight: f64) -> Result<()> {
+    same_lengths("lerp", &[targets, sources])?;
+    let (mut t, mut s) = (ptrs(targets), ptrs(sources));
+    // SAFETY: two arrays of `n` live tensor pointers, valid for the call.
+    call("lerp", |e| unsafe {
+        rt_foreach_lerp(t.as_mut_ptr(), s.as_mut_ptr(), targets.len() as c_int, weight, e)
+    })
+}
+
+/// `torch._foreach_copy_(targets, sources)`.
+pub fn foreach_copy(targets: &[Tensor], sources: &[Tensor]) -> Result<()> {
+    same_lengths("copy", &[targets, sources])?;
+    let (mut t, mut s) = (ptrs(targets), ptrs(sources));
+    // SAFETY: two arrays of `n` live tensor pointers, valid for the call.
+    call("copy", |e| unsafe { rt_foreach_copy(t.as_mut_ptr(), s.as_mut_ptr(), targets.len() as c_int, e) })
 }
 
 /// `optimizer.zero_grad(set_to_none=True)` for these parameters.

@@ -144,7 +144,8 @@ impl Activation {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let Some((w, b)) = &self.params else { return x.relu() };
         let mut x = x.shallow_clone();
-        if self.cfg.fp32 {
+        // fp32 arithmetic for fp16/bf16 inputs (autocast); f32 and f64 inputs stay as they are.
+        if self.cfg.fp32 && matches!(x.kind(), tch::Kind::Half | tch::Kind::BFloat16) {
             x = x.to_kind(tch::Kind::Float);
         }
         if let Some(c) = self.cfg.clamp {

@@ -62,7 +62,7 @@ pub fn read(path: &Path) -> Result<WeightsFile> {
     Ok(WeightsFile { tensors, metadata })
 }
 
-/// Writes tensors (as f32, except integer buffers) and metadata atomically.
+/// Writes tensors (as f32, except integer buffers: i64 and i32) and metadata atomically.
 pub fn write(
     path: &Path,
     tensors: &BTreeMap<String, Tensor>,
@@ -73,6 +73,7 @@ pub fn write(
         let t = t.detach().to_device(tch::Device::Cpu);
         let (t, dtype, width) = match t.kind() {
             Kind::Int64 => (t, Dtype::I64, 8),
+            Kind::Int => (t, Dtype::I32, 4),
             _ => (t.to_kind(Kind::Float), Dtype::F32, 4),
         };
         let t = t.contiguous();
@@ -219,10 +220,47 @@ pub struct LoadedModel {
 
 /// Reads `path`, builds the model its metadata (or keys) describe on `device`, loads the weights.
 pub fn load_model(path: &Path, device: tch::Device) -> Result<LoadedModel> {
+    load_model_from(read(path)?, path, device)
+}
+
+/// As `load_model`, with the weights `which` selects: the model's, or the EMA weights a training
+/// checkpoint (`last`, `epoch-N`) holds under `train_state.ema.`.
+pub fn load_model_weights(path: &Path, device: tch::Device, which: Which) -> Result<LoadedModel> {
     let file = read(path)?;
+    match which {
+        Which::Model => load_model_from(file, path, device),
+        Which::Ema => {
+            let prefix = format!("{TRAIN_STATE_PREFIX}ema.");
+            let tensors: BTreeMap<String, Tensor> = file
+                .tensors
+                .iter()
+                .filter_map(|(k, t)| k.strip_prefix(&prefix).map(|n| (n.to_string(), t.shallow_clone())))
+                .filter(|(n, _)| n != "updates")
+                .collect();
+            if tensors.is_empty() {
+                return Err(Error::file(
+                    path,
+                    "holds no EMA weights (trained without --model-ema, or not a training checkpoint): drop --weights ema",
+                ));
+            }
+            load_model_from(WeightsFile { tensors, metadata: file.metadata }, path, device)
+        }
+    }
+}
+
+/// Which weights of a checkpoint to load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Which {
+    /// The trained model's weights.
+    Model,
+    /// The exponential moving average of the weights (`--model-ema`).
+    Ema,
+}
+
+fn load_model_from(file: WeightsFile, path: &Path, device: tch::Device) -> Result<LoadedModel> {
     let config = file.model_config(path)?;
     let mut vs = nn::VarStore::new(device);
-    let model = super::ResNet::new(&vs.root(), config)?;
+    let model = super::seeded(0, || super::ResNet::new(&vs.root(), config))?; // (values overwritten; the lock keeps other threads' seeded inits intact)
     load_into(&mut vs, &file, path)?;
     Ok(LoadedModel { vs, model, config, file })
 }

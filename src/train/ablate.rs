@@ -165,7 +165,7 @@ impl Cell {
         c.order = self.order.unwrap_or(1);
         c.precision = self.precision;
         c.act_init = self.init.unwrap_or_default();
-        self.remedy.apply(&mut c);
+        c.apply_remedy(self.remedy);
         c.max_steps = steps;
         c.monitor_every = 1;
         c.keep_last = 0;
@@ -413,7 +413,7 @@ pub struct AblationSummary {
 }
 
 /// Runs (or continues) the ablation in `cfg.dir()`; writes ablation.csv / .md after every cell
-/// and the figure at the end.
+/// (the heatmap figure is `report::draw_ablation` of the rows: drawing sits above this module).
 pub fn run(cfg: &AblationConfig) -> Result<AblationSummary> {
     cfg.validate()?;
     let dir = cfg.dir();
@@ -484,8 +484,6 @@ pub fn run(cfg: &AblationConfig) -> Result<AblationSummary> {
         write_tables(cfg, &dir, &rows, cells.len())?;
     }
     write_tables(cfg, &dir, &rows, cells.len())?;
-    crate::report::draw_ablation(&rows, cfg.steps, &dir.join("ablation.svg"))?;
-    crate::report::draw_ablation(&rows, cfg.steps, &dir.join("ablation.png"))?;
     Ok(AblationSummary { dir, rows, ran })
 }
 

@@ -108,4 +108,12 @@ impl GradScaler {
     pub fn scale_value(&self) -> f64 {
         self.scale.double_value(&[0])
     }
+
+    /// The live state tensors by name (checkpoints and snapshots).
+    pub fn state(&self) -> super::state::Named {
+        vec![
+            ("scale".to_string(), self.scale.shallow_clone()),
+            ("growth_tracker".to_string(), self.growth_tracker.shallow_clone()),
+        ]
+    }
 }

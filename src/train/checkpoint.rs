@@ -1,21 +1,26 @@
-//! Checkpoints. `last.safetensors` holds the full training state (weights under their model names,
-//! momentum buffers and loss scaler under `train_state.`, and the loop position in the metadata),
-//! written atomically, so a run killed at any moment resumes from its last complete checkpoint.
-//! `best.safetensors` and `epoch-N.safetensors` hold the model only (for `eval` / `predict`).
+//! Checkpoints, the sum of the components' named state (as timm's CheckpointSaver saves each
+//! component's state_dict). `last.safetensors` holds the model weights under their model names,
+//! everything else training updates under `train_state.<component>.` (optimizer, scaler, EMA)
+//! and the loop position in the metadata; it is written atomically, so a run killed at any moment
+//! resumes from its last complete checkpoint. `best.safetensors` and `epoch-N.safetensors` hold the
+//! model (and `epoch-N` and `last` the EMA weights, under `train_state.ema.`) for `eval`/`predict`.
 
-use super::optim::Sgd;
+use super::guards::GuardState;
+use super::state::Named;
 use crate::error::{Error, Result};
 use crate::model::weights::{self, WeightsFile, META_CLASSES, META_MODEL};
 use crate::model::ResNetConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use tch::{nn, Kind, Tensor};
+use tch::Tensor;
 
-pub const STATE_PREFIX: &str = "train_state.";
+pub const STATE_PREFIX: &str = "train_state";
 const META_STATE: &str = "resnet_train.train_state";
+/// Which weights a model file's top-level tensors are: "model" (the trained weights) or "ema".
+pub const META_WEIGHTS: &str = "resnet_train.weights";
 
-/// Where the loop is: enough, with the seed, to continue exactly.
+/// Where the loop is: enough, with the seed and the components' state, to continue exactly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoopState {
     /// Epoch in progress (0-based).
@@ -24,18 +29,10 @@ pub struct LoopState {
     pub next_batch: usize,
     /// Optimizer steps attempted (the learning-rate schedule's clock).
     pub step: usize,
-    /// Optimizer steps applied (skipped steps excluded: the momentum's clock).
-    pub sgd_steps: usize,
-    pub skipped_steps: usize,
-    /// Skipped steps in a row, up to now.
-    #[serde(default)]
-    pub consecutive_skips: usize,
-    /// The loss-spike guard's running mean, rollbacks and learning-rate reduction.
-    #[serde(default = "super::stability::SpikeState::new")]
-    pub spike: super::stability::SpikeState,
-    /// Remedies the divergence guard has applied, in order (re-applied on resume).
-    #[serde(default)]
-    pub remedies: Vec<super::stability::Remedy>,
+    /// Skips, rollbacks and remedies so far.
+    #[serde(flatten)]
+    pub guards: GuardState,
+    /// Best eval top-1 so far (of the model or its EMA).
     pub best_top1: f64,
     pub best_epoch: Option<usize>,
     /// Training wall time before this session, seconds.
@@ -48,11 +45,7 @@ impl Default for LoopState {
             epoch: 0,
             next_batch: 0,
             step: 0,
-            sgd_steps: 0,
-            skipped_steps: 0,
-            consecutive_skips: 0,
-            spike: super::stability::SpikeState::new(),
-            remedies: Vec::new(),
+            guards: GuardState::default(),
             best_top1: 0.0,
             best_epoch: None,
             elapsed_s: 0.0,
@@ -60,53 +53,53 @@ impl Default for LoopState {
     }
 }
 
-pub struct Saved<'a> {
-    pub vs: &'a nn::VarStore,
+/// What a model file says about its model.
+pub struct ModelMeta<'a> {
     pub model: ResNetConfig,
     pub class_names: &'a [String],
     /// The eval preprocessing the model was trained for: (resize, crop).
     pub eval_size: (usize, usize),
 }
 
-fn model_meta(s: &Saved) -> HashMap<String, String> {
+fn metadata(m: &ModelMeta, weights_kind: &str) -> HashMap<String, String> {
     let mut meta = HashMap::new();
-    meta.insert(META_MODEL.to_string(), serde_json::to_string(&s.model).expect("config serialises"));
-    meta.insert(META_CLASSES.to_string(), serde_json::to_string(s.class_names).expect("names serialise"));
+    meta.insert(META_MODEL.to_string(), serde_json::to_string(&m.model).expect("config serialises"));
+    meta.insert(META_CLASSES.to_string(), serde_json::to_string(m.class_names).expect("names serialise"));
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert(
         weights::META_EVAL.to_string(),
-        serde_json::json!({"resize": s.eval_size.0, "crop": s.eval_size.1}).to_string(),
+        serde_json::json!({"resize": m.eval_size.0, "crop": m.eval_size.1}).to_string(),
     );
+    meta.insert(META_WEIGHTS.to_string(), weights_kind.to_string());
     meta
 }
 
-/// The model only.
-pub fn save_model(path: &Path, s: &Saved) -> Result<()> {
-    weights::write(path, &s.vs.variables().into_iter().collect(), model_meta(s))
+/// A model file: `model` at the top level (`weights_kind` says whose weights they are), and
+/// optionally more state (e.g. the EMA) under `train_state.`.
+pub fn save_model(path: &Path, model: Named, extra: Named, m: &ModelMeta, weights_kind: &str) -> Result<()> {
+    let mut tensors: BTreeMap<String, Tensor> = model.into_iter().collect();
+    tensors.extend(super::state::prefixed(STATE_PREFIX, extra));
+    weights::write(path, &tensors, metadata(m, weights_kind))
 }
 
-/// The full training state.
+/// The full training state: the model, every component's state, the loop position.
 pub fn save_last(
     path: &Path,
-    s: &Saved,
-    sgd: &Sgd,
-    scale: &Tensor,
-    growth: &Tensor,
+    model: Named,
+    train_state: Named,
+    m: &ModelMeta,
     state: &LoopState,
 ) -> Result<()> {
-    let mut tensors: BTreeMap<String, Tensor> = s.vs.variables().into_iter().collect();
-    for (name, buf) in sgd.state() {
-        tensors.insert(format!("{STATE_PREFIX}momentum.{name}"), buf);
-    }
-    tensors.insert(format!("{STATE_PREFIX}scaler.scale"), scale.shallow_clone());
-    tensors.insert(format!("{STATE_PREFIX}scaler.growth_tracker"), growth.to_kind(Kind::Int64));
-    let mut meta = model_meta(s);
+    let mut tensors: BTreeMap<String, Tensor> = model.into_iter().collect();
+    tensors.extend(super::state::prefixed(STATE_PREFIX, train_state));
+    let mut meta = metadata(m, "model");
     meta.insert(META_STATE.to_string(), serde_json::to_string(state).expect("state serialises"));
     weights::write(path, &tensors, meta)
 }
 
-/// Reads a `last` checkpoint: the file (model tensors load with `weights::load_into`) and the state.
-pub fn load_last(path: &Path) -> Result<(WeightsFile, LoopState, BTreeMap<String, Tensor>)> {
+/// Reads a `last` checkpoint: the file (model tensors load with `weights::load_into`; the
+/// components' state is `state::under(STATE_PREFIX, &file.tensors)`) and the loop state.
+pub fn load_last(path: &Path) -> Result<(WeightsFile, LoopState)> {
     let file = weights::read(path)?;
     let state: LoopState = file
         .metadata
@@ -117,14 +110,7 @@ pub fn load_last(path: &Path) -> Result<(WeightsFile, LoopState, BTreeMap<String
         .and_then(|s| {
             serde_json::from_str(s).map_err(|e| Error::file(path, format!("bad train state: {e}")))
         })?;
-    let momentum = file
-        .tensors
-        .iter()
-        .filter_map(|(k, t)| {
-            k.strip_prefix(&format!("{STATE_PREFIX}momentum.")).map(|n| (n.to_string(), t.shallow_clone()))
-        })
-        .collect();
-    Ok((file, state, momentum))
+    Ok((file, state))
 }
 
 /// Deletes `epoch-N.safetensors` files beyond the newest `keep`.

@@ -1,308 +1,333 @@
-//! The training configuration: one serde struct (the file format and the resolved copy saved
-//! with the run) and the command-line flags that override it. Precedence: flags > file > defaults.
-//! Unknown keys in a file are errors.
+//! The training configuration, declared once: each key is one field of `TrainConfig`, with its doc
+//! comment (the `--help` text and the file format's documentation) and its default (a clap
+//! attribute; `TrainConfig::default()` is the parse of an empty command line). The same struct is
+//! the TOML file format (unknown keys are errors), the resolved copy saved with the run, and the
+//! command-line flags (`--key value`, the key with `-` for `_`). Precedence: flags > file > defaults.
+//!
+//! Names follow timm's train.py where timm has the option (`opt`, `opt_eps`, `opt_betas`,
+//! `weight_decay`, `smoothing`, `model_ema*`, `bce_*`), so a timm recipe translates key by key.
 
 use super::amp::Precision;
+use super::ema::EmaBuffers;
+use super::optim::OptKind;
 use super::schedule::ScheduleKind;
+use super::stability::Remedy;
 use crate::error::{Error, Result};
 use crate::model::{ActConfig, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, FromArgMatches};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, default)]
+#[command(next_help_heading = "Config keys (TOML `key = value`; flag `--key value`)")]
 pub struct TrainConfig {
-    /// ImageFolder root with train/ and val/ (or a folder of class folders used for both);
-    /// empty: the embedded procedural dataset.
+    // ---- Data ----
+    /// ImageFolder root with train/ and val/ (or one folder of class folders used for both);
+    /// unset: the embedded procedural dataset.
+    #[arg(long)]
     pub data: Option<PathBuf>,
-    pub arch: Arch,
-    pub act: ActKind,
-    pub order: i64,
-    pub norm_axis: NormAxis,
-    pub act_init: ActInit,
-    pub small_stem: bool,
-    pub zero_init_residual: bool,
-    /// Stability remedy: clamp the polynomial's input to [-C, C].
-    pub act_clamp: Option<f64>,
-    /// Compute the activations in fp32 under autocast (default true, as PyTorch's CUDA autocast
-    /// does for the reference's `pow`/`rsqrt`; false: in the autocast dtype).
-    pub act_fp32: bool,
-
-    pub epochs: usize,
-    /// Per device, per micro-step.
-    pub batch_size: usize,
-    /// Base learning rate for a global batch of 256 (scaled linearly with the global batch).
-    pub lr: f64,
-    pub momentum: f64,
-    pub nesterov: bool,
-    pub weight_decay: f64,
-    /// Apply weight decay to the PolyCom coefficients too.
-    pub act_weight_decay: bool,
-    pub schedule: ScheduleKind,
-    pub warmup_epochs: f64,
-    pub min_lr: f64,
-    pub step_epochs: usize,
-    pub step_gamma: f64,
-    pub label_smoothing: f64,
-    /// Micro-steps per optimizer step (gradient accumulation).
-    pub accum_steps: usize,
-    /// Clip the gradient norm to this value (0: off).
-    pub clip_grad: f64,
-
-    pub precision: Precision,
-    pub channels_last: bool,
-    /// cpu, cuda, cuda:N or auto.
-    pub device: String,
-    pub seed: u64,
-    /// Decode threads (0: all cores).
-    pub workers: usize,
-    /// libtorch intra-op threads on CPU (0: libtorch's default).
-    pub torch_threads: usize,
+    /// Train crop size (RandomResizedCrop).
+    #[arg(long, default_value_t = 224)]
     pub train_size: usize,
+    /// Eval crop size (resize to size / crop_pct, then center crop).
+    #[arg(long, default_value_t = 224)]
     pub eval_size: usize,
     /// RandomResizedCrop's smallest area fraction (torchvision: 0.08).
+    #[arg(long, default_value_t = 0.08)]
     pub rrc_scale_min: f64,
+    /// Eval center crop fraction.
+    #[arg(long, default_value_t = 0.875)]
     pub crop_pct: f64,
+    /// Stop when more than this fraction of images is unreadable.
+    #[arg(long, default_value_t = 0.01)]
     pub max_bad_fraction: f64,
+    /// Decode threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
 
+    // ---- Model ----
+    /// resnet18, resnet34, resnet50, resnet101 or resnet152 (torchvision's).
+    #[arg(long, value_enum, default_value_t = Arch::Resnet50)]
+    pub arch: Arch,
+    /// Activation at every site.
+    #[arg(long, value_enum, default_value_t = ActKind::Relu)]
+    pub act: ActKind,
+    /// Polynomial order k of PolyReLU/PolyNorm (1..=8).
+    #[arg(long, default_value_t = 3)]
+    pub order: i64,
+    /// Axis of PolyNorm's root mean square.
+    #[arg(long, value_enum, default_value_t = NormAxis::Channel)]
+    pub norm_axis: NormAxis,
+    /// Initial polynomial coefficients: paper (w = 1/k) or relu-like (w = [1, 0, ...]).
+    #[arg(long, value_enum, default_value_t = ActInit::Paper)]
+    pub act_init: ActInit,
+    /// 3x3 stride-1 stem without max-pool, for inputs of 64 px and less.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub small_stem: bool,
+    /// Zero-init each residual block's last BN gamma.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub zero_init_residual: bool,
+    /// Stability remedy: clamp the polynomial's input to [-C, C].
+    #[arg(long)]
+    pub act_clamp: Option<f64>,
+    /// Compute the activations in fp32 under autocast (true, as PyTorch's CUDA autocast does for
+    /// the reference's `pow`/`rsqrt`; false: in the autocast dtype).
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub act_fp32: bool,
+
+    // ---- Optimisation ----
+    /// Training epochs (the schedule's length).
+    #[arg(long, default_value_t = 90)]
+    pub epochs: usize,
+    /// Images per device per micro-step.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Base learning rate for a global batch of 256 (scaled linearly with the global batch).
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    /// Optimizer: momentum (SGD, heavy ball), sgd or nesterov (SGD with Nesterov momentum, as
+    /// timm's `sgd`), adamw (decoupled weight decay), lamb (timm's Lamb).
+    #[arg(long, value_enum, default_value_t = OptKind::Momentum)]
+    pub opt: OptKind,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Nesterov momentum with `opt = "momentum"` (the same as `opt = "sgd"`).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub nesterov: bool,
+    /// AdamW/LAMB epsilon (unset: the optimizer's default, 1e-8 AdamW, 1e-6 LAMB).
+    #[arg(long)]
+    pub opt_eps: Option<f64>,
+    /// AdamW/LAMB betas (beta1,beta2).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.9, 0.999])]
+    pub opt_betas: Vec<f64>,
+    /// Weight decay of conv/fc weights (not BN, biases or activation coefficients unless
+    /// act_weight_decay). AdamW and LAMB decouple it from the gradient.
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    /// Apply weight decay to the PolyCom coefficients too.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub act_weight_decay: bool,
+    /// Learning-rate schedule after warmup: cosine (to min_lr) or step.
+    #[arg(long, value_enum, default_value_t = ScheduleKind::Cosine)]
+    pub schedule: ScheduleKind,
+    /// Linear warmup from 0, in epochs (fractions allowed).
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_epochs: f64,
+    /// The cosine schedule's final learning rate.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_lr: f64,
+    /// Step schedule: decay every this many epochs...
+    #[arg(long, default_value_t = 30)]
+    pub step_epochs: usize,
+    /// ... by this factor.
+    #[arg(long, default_value_t = 0.1)]
+    pub step_gamma: f64,
+    /// Micro-steps per optimizer step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    pub accum_steps: usize,
+    /// Clip the gradient norm to this value (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub clip_grad: f64,
+
+    // ---- Loss ----
+    /// Label smoothing (alias: label_smoothing).
+    #[serde(alias = "label_smoothing")]
+    #[arg(long, alias = "label-smoothing", default_value_t = 0.0)]
+    pub smoothing: f64,
+    /// timm's BinaryCrossEntropy (one-vs-all sigmoid; ResNet Strikes Back) instead of softmax
+    /// cross-entropy.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub bce_loss: bool,
+    /// BCE: targets above this become 1, the rest 0 (RSB: 0.2).
+    #[arg(long)]
+    pub bce_target_thresh: Option<f64>,
+
+    // ---- Weight averaging ----
+    /// Keep an exponential moving average of the weights (timm's ModelEmaV3), evaluated every
+    /// epoch next to the raw model.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub model_ema: bool,
+    /// EMA decay per update.
+    #[arg(long, default_value_t = 0.9998)]
+    pub model_ema_decay: f64,
+    /// Warm the decay up: min(decay, 1 - (1 + step)^(-2/3)) (timm's use_warmup).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub model_ema_warmup: bool,
+    /// Update the EMA every N optimizer steps (with the decay raised to the power N).
+    #[arg(long, default_value_t = 1)]
+    pub model_ema_every: usize,
+    /// BN running statistics: copy (from the live model; timm's exclude_buffers) or average.
+    #[arg(long, value_enum, default_value_t = EmaBuffers::Copy)]
+    pub model_ema_buffers: EmaBuffers,
+
+    // ---- Precision and device ----
+    /// fp32, tf32 (CUDA matmuls/convolutions), bf16 or fp16 (autocast; fp16 with a loss scaler).
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
+    /// NHWC memory format for the model and batches.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub channels_last: bool,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Seeds the initial weights, the data order and the augmentations.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// libtorch intra-op threads on CPU (0: libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    pub torch_threads: usize,
+
+    // ---- Evaluation, checkpoints, logs ----
+    /// Evaluate every N epochs (and after the last).
+    #[arg(long, default_value_t = 1)]
     pub eval_every: usize,
     /// Keep this many most recent epoch checkpoints (besides last and best).
+    #[arg(long, default_value_t = 2)]
     pub keep_last: usize,
     /// Also write the `last` checkpoint every N optimizer steps (0: only at epoch ends).
+    #[arg(long, default_value_t = 0)]
     pub checkpoint_every: usize,
+    /// Console line every N steps (logs without a terminal).
+    #[arg(long, default_value_t = 50)]
     pub log_every: usize,
+    /// Stop after this many optimizer steps in total (0: no limit); the run can be resumed.
+    /// Per invocation: not written to the run's resolved config.toml.
+    #[arg(long, default_value_t = 0)]
+    pub max_steps: usize,
+    /// Run folder name (default: arch-act-order-precision-time).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Parent folder of run folders.
+    #[arg(long, default_value = "runs")]
+    pub output: PathBuf,
+
+    // ---- Stability: monitors, guards, remedies ----
+    /// Record per-site activation statistics (largest absolute output, non-finite count) every N
+    /// steps (0: off).
+    #[arg(long, default_value_t = 50)]
+    pub monitor_every: usize,
     /// Stop with a diagnosis after this many consecutive skipped (non-finite) steps (0: never).
+    #[arg(long, default_value_t = 25)]
     pub max_consecutive_skips: usize,
     /// Stop with a diagnosis when the fp16 loss scale falls below this.
+    #[arg(long, default_value_t = 1e-4)]
     pub min_loss_scale: f64,
-    /// Instead of stopping, the divergence guard applies the next of these remedies (`clamp:C`,
-    /// `clip:C`, `act-fp32`, `act-lowp`), restores the last snapshot and continues; it stops when
-    /// none is left.
-    pub divergence_remedies: Vec<super::stability::Remedy>,
+    /// Instead of stopping, the divergence guard applies the next of these remedies (clamp:C,
+    /// clip:C, act-fp32, act-lowp; comma-separated), restores the last snapshot and continues.
+    #[arg(long, value_delimiter = ',')]
+    pub divergence_remedies: Vec<Remedy>,
     /// Loss-spike guard: roll back when the loss exceeds this x its running mean (0: off).
+    #[arg(long, default_value_t = 3.0)]
     pub spike_factor: f64,
     /// Learning-rate multiplier applied at each rollback.
+    #[arg(long, default_value_t = 0.5)]
     pub spike_lr_factor: f64,
+    /// Rollbacks allowed before the spike guard stops the run.
+    #[arg(long, default_value_t = 3)]
     pub max_rollbacks: usize,
     /// Steps between in-memory snapshots for rollbacks.
+    #[arg(long, default_value_t = 100)]
     pub snapshot_every: usize,
     /// Steps before the loss's running mean is trusted.
+    #[arg(long, default_value_t = 50)]
     pub spike_warmup: usize,
     /// Testing aid: multiply the loss the spike guard sees at this step by 1000 (fault injection).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(long, hide = true)]
     pub inject_spike_at: Option<usize>,
-    /// Record per-site activation statistics (max |output|, non-finite count) every N steps (0: off).
-    pub monitor_every: usize,
-    /// Stop after this many optimizer steps in total (0: no limit); the run can be resumed.
-    /// Per invocation: not written to the run's resolved config.toml.
-    #[serde(skip_serializing)]
-    pub max_steps: usize,
-    pub name: Option<String>,
-    pub output: PathBuf,
 }
 
 impl Default for TrainConfig {
+    /// The defaults declared on the fields: the parse of an empty command line.
     fn default() -> Self {
-        Self {
-            data: None,
-            arch: Arch::Resnet50,
-            act: ActKind::Relu,
-            order: 3,
-            norm_axis: NormAxis::Channel,
-            act_init: ActInit::Paper,
-            small_stem: false,
-            zero_init_residual: false,
-            act_clamp: None,
-            act_fp32: true,
-            epochs: 90,
-            batch_size: 256,
-            lr: 0.1,
-            momentum: 0.9,
-            nesterov: false,
-            weight_decay: 1e-4,
-            act_weight_decay: false,
-            schedule: ScheduleKind::Cosine,
-            warmup_epochs: 0.0,
-            min_lr: 0.0,
-            step_epochs: 30,
-            step_gamma: 0.1,
-            label_smoothing: 0.0,
-            accum_steps: 1,
-            clip_grad: 0.0,
-            precision: Precision::Fp32,
-            channels_last: false,
-            device: "auto".into(),
-            seed: 0,
-            workers: 0,
-            torch_threads: 0,
-            train_size: 224,
-            eval_size: 224,
-            rrc_scale_min: 0.08,
-            crop_pct: 0.875,
-            max_bad_fraction: 0.01,
-            eval_every: 1,
-            keep_last: 2,
-            checkpoint_every: 0,
-            log_every: 50,
-            monitor_every: 50,
-            max_consecutive_skips: 25,
-            spike_factor: 3.0,
-            spike_lr_factor: 0.5,
-            max_rollbacks: 3,
-            snapshot_every: 100,
-            spike_warmup: 50,
-            inject_spike_at: None,
-            min_loss_scale: 1e-4,
-            divergence_remedies: Vec::new(),
-            max_steps: 0,
-            name: None,
-            output: PathBuf::from("runs"),
-        }
+        let m = Self::command().try_get_matches_from(["defaults"]).expect("the declared defaults parse");
+        Self::from_arg_matches(&m).expect("the declared defaults are valid")
     }
 }
 
-/// Command-line flags; each one given overrides the file and the defaults.
-#[derive(clap::Args, Debug, Default, Clone)]
+/// Keys that describe one invocation, not the run: never written to the run's config.toml.
+const PER_INVOCATION: [&str; 1] = ["max_steps"];
+
+/// The `resnet-train train` command line: a config file or a run to resume, and any config key as
+/// a flag.
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct TrainArgs {
-    /// A TOML config file (see configs/).
+    /// A TOML config file (see configs/): any key below.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Continue the run in this folder from its `last` checkpoint.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// ImageFolder root with train/ and val/ (default: the embedded procedural dataset).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    #[arg(long, value_enum)]
-    pub arch: Option<Arch>,
-    #[arg(long, value_enum)]
-    pub act: Option<ActKind>,
-    #[arg(long, value_parser = clap::value_parser!(i64).range(1..=crate::model::activation::MAX_ORDER))]
-    pub order: Option<i64>,
-    #[arg(long, value_enum)]
-    pub norm_axis: Option<NormAxis>,
-    #[arg(long, value_enum)]
-    pub act_init: Option<ActInit>,
-    #[arg(long)]
-    pub small_stem: Option<bool>,
-    /// Stability remedy: clamp the polynomial's input to [-C, C].
-    #[arg(long)]
-    pub act_clamp: Option<f64>,
-    /// Compute the activations in fp32 under autocast (default true, as PyTorch's CUDA autocast
-    /// does with the reference; false: in fp16/bf16).
-    #[arg(long)]
-    pub act_fp32: Option<bool>,
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Base learning rate per 256 images.
-    #[arg(long)]
-    pub lr: Option<f64>,
-    #[arg(long)]
-    pub weight_decay: Option<f64>,
-    #[arg(long, value_enum)]
-    pub schedule: Option<ScheduleKind>,
-    #[arg(long)]
-    pub warmup_epochs: Option<f64>,
-    #[arg(long)]
-    pub label_smoothing: Option<f64>,
-    #[arg(long)]
-    pub accum_steps: Option<usize>,
-    #[arg(long)]
-    pub clip_grad: Option<f64>,
-    #[arg(long, value_enum)]
-    pub precision: Option<Precision>,
-    #[arg(long)]
-    pub channels_last: Option<bool>,
-    #[arg(long)]
-    pub device: Option<String>,
-    #[arg(long)]
-    pub seed: Option<u64>,
-    #[arg(long)]
-    pub workers: Option<usize>,
-    #[arg(long)]
-    pub torch_threads: Option<usize>,
-    #[arg(long)]
-    pub train_size: Option<usize>,
-    #[arg(long)]
-    pub eval_size: Option<usize>,
-    #[arg(long)]
-    pub eval_every: Option<usize>,
-    #[arg(long)]
-    pub checkpoint_every: Option<usize>,
-    #[arg(long)]
-    pub log_every: Option<usize>,
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    /// Activation statistics every N steps (0: off).
-    #[arg(long)]
-    pub monitor_every: Option<usize>,
-    /// Stop with a diagnosis after N consecutive skipped steps (0: never).
-    #[arg(long)]
-    pub max_consecutive_skips: Option<usize>,
-    /// Stop with a diagnosis when the fp16 loss scale falls below this.
-    #[arg(long)]
-    pub min_loss_scale: Option<f64>,
-    /// Instead of stopping, apply the next of these remedies and continue from the last snapshot:
-    /// clamp:C, clip:C, act-fp32, act-lowp (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub divergence_remedies: Option<Vec<super::stability::Remedy>>,
-    /// Roll back when the loss exceeds this x its running mean (0: off).
-    #[arg(long)]
-    pub spike_factor: Option<f64>,
-    #[arg(long)]
-    pub max_rollbacks: Option<usize>,
-    /// Run folder name (default: arch-act-precision-time).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Parent folder of run folders.
-    #[arg(long)]
-    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub overrides: Overrides,
 }
 
-impl TrainArgs {
-    fn apply(&self, c: &mut TrainConfig) {
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
-        }
-        set!(
-            arch,
-            act,
-            order,
-            norm_axis,
-            act_init,
-            small_stem,
-            epochs,
-            batch_size,
-            lr,
-            weight_decay,
-            schedule
-        );
-        set!(warmup_epochs, label_smoothing, accum_steps, clip_grad, precision, channels_last, device, seed);
-        set!(
-            workers,
-            torch_threads,
-            train_size,
-            eval_size,
-            eval_every,
-            checkpoint_every,
-            log_every,
-            max_steps,
-            output
-        );
-        set!(act_fp32, monitor_every, max_consecutive_skips, min_loss_scale, spike_factor, max_rollbacks);
-        set!(divergence_remedies);
-        if self.act_clamp.is_some() {
-            c.act_clamp = self.act_clamp;
-        }
-        if self.data.is_some() {
-            c.data = self.data.clone();
-        }
-        if self.name.is_some() {
-            c.name = self.name.clone();
-        }
+/// The config keys given on a command line, with their parsed values.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    values: Option<Box<TrainConfig>>,
+    given: Vec<String>,
+}
+
+impl clap::Args for Overrides {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        TrainConfig::augment_args(cmd)
     }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        TrainConfig::augment_args_for_update(cmd)
+    }
+}
+
+impl FromArgMatches for Overrides {
+    fn from_arg_matches(m: &ArgMatches) -> std::result::Result<Self, clap::Error> {
+        let values = TrainConfig::from_arg_matches(m)?;
+        let given = TrainConfig::keys()
+            .into_iter()
+            .filter(|k| m.value_source(k) == Some(ValueSource::CommandLine))
+            .collect();
+        Ok(Self { values: Some(Box::new(values)), given })
+    }
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> std::result::Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Overrides {
+    /// Parses flags as the command line would (`["--lr", "0.5", "--opt", "adamw"]`).
+    pub fn parse<S: AsRef<str>>(flags: &[S]) -> Result<Self> {
+        let argv = std::iter::once("flags").chain(flags.iter().map(|s| s.as_ref()));
+        let m = TrainConfig::command().try_get_matches_from(argv).map_err(|e| Error::Usage(e.to_string()))?;
+        Self::from_arg_matches(&m).map_err(|e| Error::Usage(e.to_string()))
+    }
+
+    /// The keys given, in declaration order.
+    pub fn keys(&self) -> &[String] {
+        &self.given
+    }
+
+    /// `base` with the given keys replaced by the flags' values.
+    pub fn apply(&self, base: &TrainConfig) -> Result<TrainConfig> {
+        let Some(values) = self.values.as_deref().filter(|_| !self.given.is_empty()) else {
+            return Ok(base.clone());
+        };
+        let mut table = to_table(base)?;
+        let flags = to_table(values)?;
+        for k in &self.given {
+            match flags.get(k) {
+                Some(v) => table.insert(k.clone(), v.clone()),
+                None => table.remove(k),
+            };
+        }
+        table.try_into().map_err(|e| Error::Usage(format!("bad flag value: {e}")))
+    }
+}
+
+fn to_table(c: &TrainConfig) -> Result<toml::Table> {
+    toml::Table::try_from(c).map_err(|e| Error::Usage(format!("cannot serialise the config: {e}")))
 }
 
 pub fn read_file(path: &Path) -> Result<TrainConfig> {
@@ -311,13 +336,23 @@ pub fn read_file(path: &Path) -> Result<TrainConfig> {
 }
 
 impl TrainConfig {
+    /// The keys' command: every key as a flag with its doc and default.
+    pub fn command() -> clap::Command {
+        <Self as clap::Args>::augment_args(clap::Command::new("resnet-train").no_binary_name(false))
+    }
+
+    /// Every config key, in declaration order.
+    pub fn keys() -> Vec<String> {
+        Self::command().get_arguments().map(|a| a.get_id().to_string()).collect()
+    }
+
     /// defaults < file < flags; then validated.
     pub fn resolve(args: &TrainArgs) -> Result<Self> {
-        let mut c = match &args.config {
+        let base = match &args.config {
             Some(p) => read_file(p)?,
             None => TrainConfig::default(),
         };
-        args.apply(&mut c);
+        let c = args.overrides.apply(&base)?;
         c.validate()?;
         Ok(c)
     }
@@ -325,8 +360,7 @@ impl TrainConfig {
     /// The saved config of a run, with the flags given now applied on top (a resumed run may
     /// change e.g. `--epochs` or `--device`; the model's shape comes from the checkpoint).
     pub fn resume(run_dir: &Path, args: &TrainArgs) -> Result<Self> {
-        let mut c = read_file(&run_dir.join("config.toml"))?;
-        args.apply(&mut c);
+        let c = args.overrides.apply(&read_file(&run_dir.join("config.toml"))?)?;
         c.validate()?;
         Ok(c)
     }
@@ -340,8 +374,23 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad(format!("--lr must be positive, got {}", self.lr));
         }
-        if !(0.0..1.0).contains(&self.label_smoothing) {
-            return bad(format!("--label-smoothing must be in [0, 1), got {}", self.label_smoothing));
+        if !(0.0..1.0).contains(&self.smoothing) {
+            return bad(format!("--smoothing must be in [0, 1), got {}", self.smoothing));
+        }
+        if self.opt_betas.len() != 2 || !self.opt_betas.iter().all(|b| (0.0..1.0).contains(b)) {
+            return bad(format!("--opt-betas must be two numbers in [0, 1), got {:?}", self.opt_betas));
+        }
+        if self.opt_eps.is_some_and(|e| !(e > 0.0 && e.is_finite())) {
+            return bad(format!("--opt-eps must be positive, got {:?}", self.opt_eps));
+        }
+        if !(0.0..1.0).contains(&self.model_ema_decay) || self.model_ema_every == 0 {
+            return bad(format!(
+                "--model-ema-decay must be in [0, 1) and --model-ema-every at least 1, got {} and {}",
+                self.model_ema_decay, self.model_ema_every
+            ));
+        }
+        if self.bce_target_thresh.is_some_and(|t| !(0.0..1.0).contains(&t)) {
+            return bad(format!("--bce-target-thresh must be in [0, 1), got {:?}", self.bce_target_thresh));
         }
         if self.train_size < 8 || self.eval_size < 8 || !(0.1..=1.0).contains(&self.crop_pct) {
             return bad("--train-size and --eval-size must be >= 8 and crop_pct in [0.1, 1]".into());
@@ -352,7 +401,7 @@ impl TrainConfig {
         if self.epochs == 0 {
             return bad("--epochs must be at least 1".into());
         }
-        if self.divergence_remedies.contains(&super::stability::Remedy::None) {
+        if self.divergence_remedies.contains(&Remedy::None) {
             return bad("--divergence-remedies: `none` is not a remedy".into());
         }
         Ok(())
@@ -375,7 +424,84 @@ impl TrainConfig {
         }
     }
 
+    /// Applies a stability remedy (an ablation cell's variant, or the divergence guard's choice).
+    pub fn apply_remedy(&mut self, r: Remedy) {
+        match r {
+            Remedy::None => {}
+            Remedy::Clamp(v) => self.act_clamp = Some(v),
+            Remedy::ActFp32 => self.act_fp32 = true,
+            Remedy::ActLowp => self.act_fp32 = false,
+            Remedy::Clip(v) => self.clip_grad = v,
+        }
+    }
+
+    /// The run's resolved config as saved in `config.toml` (per-invocation keys left out).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_default()
+        let Ok(mut table) = to_table(self) else { return String::new() };
+        for k in PER_INVOCATION {
+            table.remove(k);
+        }
+        toml::to_string_pretty(&table).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_declared_once_and_every_key_is_a_flag() {
+        let c = TrainConfig::default();
+        assert_eq!(
+            (c.arch, c.epochs, c.lr, c.opt, c.act_fp32),
+            (Arch::Resnet50, 90, 0.1, OptKind::Momentum, true)
+        );
+        assert_eq!(c.opt_betas, vec![0.9, 0.999]);
+        // The file format and the flags have the same keys.
+        let file_keys: Vec<String> =
+            to_table(&TrainConfig { data: Some("d".into()), ..c.clone() }).unwrap().keys().cloned().collect();
+        for k in &file_keys {
+            assert!(TrainConfig::keys().contains(k), "{k} has no flag");
+        }
+        // An empty file is the defaults.
+        assert_eq!(toml::from_str::<TrainConfig>("").unwrap(), c);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_keep_the_rest() {
+        let base = TrainConfig { epochs: 7, lr: 0.3, ..TrainConfig::default() };
+        let o = Overrides::parse(&["--lr", "0.5", "--opt", "adamw", "--model-ema", "--opt-betas", "0.8,0.9"])
+            .unwrap();
+        assert_eq!(o.keys(), ["lr", "opt", "opt_betas", "model_ema"]);
+        let c = o.apply(&base).unwrap();
+        assert_eq!((c.epochs, c.lr, c.opt, c.model_ema), (7, 0.5, OptKind::Adamw, true));
+        assert_eq!(c.opt_betas, vec![0.8, 0.9]);
+        // The alias of timm's `smoothing`, in files and flags.
+        let c: TrainConfig = toml::from_str("label_smoothing = 0.2").unwrap();
+        assert_eq!(c.smoothing, 0.2);
+        let c = Overrides::parse(&["--label-smoothing", "0.3"]).unwrap().apply(&base).unwrap();
+        assert_eq!(c.smoothing, 0.3);
+        // Bad values and unknown flags are errors naming the flag.
+        let e = Overrides::parse(&["--opt", "adam"]).unwrap_err().to_string();
+        assert!(e.contains("--opt") && e.contains("adamw"), "{e}");
+        let e = Overrides::parse(&["--learning-rate", "1"]).unwrap_err().to_string();
+        assert!(e.contains("--learning-rate"), "{e}");
+    }
+
+    #[test]
+    fn configs_readme_lists_every_key() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/README.md");
+        let text = std::fs::read_to_string(&p).unwrap();
+        for k in TrainConfig::keys().iter().filter(|k| *k != "inject_spike_at") {
+            assert!(text.contains(&format!("| `{k}` |")), "configs/README.md does not list `{k}`");
+        }
+    }
+
+    #[test]
+    fn max_steps_is_not_saved_with_the_run() {
+        let c = TrainConfig { max_steps: 5, ..TrainConfig::default() };
+        let saved: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(saved.max_steps, 0);
+        assert_eq!(saved, TrainConfig { max_steps: 0, ..c });
     }
 }

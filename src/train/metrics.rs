@@ -46,6 +46,11 @@ pub struct EpochRecord {
     pub eval_top5: Option<f64>,
     pub lr: f64,
     pub elapsed_s: f64,
+    /// The EMA model's evaluation (with `model_ema`).
+    #[serde(default)]
+    pub ema_top1: Option<f64>,
+    #[serde(default)]
+    pub ema_top5: Option<f64>,
 }
 
 pub struct RunLog {
@@ -112,6 +117,8 @@ impl RunLog {
                     eval_top5: num(f[4]),
                     lr: num(f[5]).unwrap_or(0.0),
                     elapsed_s: num(f[6]).unwrap_or(0.0),
+                    ema_top1: f.get(7).and_then(|s| num(s)),
+                    ema_top5: f.get(8).and_then(|s| num(s)),
                 })
             })
             .collect()
@@ -146,6 +153,8 @@ impl RunLog {
             ("epoch/eval_loss", opt(r.eval_loss)),
             ("epoch/eval_top1", opt(r.eval_top1)),
             ("epoch/eval_top5", opt(r.eval_top5)),
+            ("epoch/ema_top1", opt(r.ema_top1)),
+            ("epoch/ema_top5", opt(r.ema_top5)),
         ] {
             if v.is_finite() {
                 self.tb.add_scalar(tag, v as f32, r.epoch);
@@ -154,17 +163,20 @@ impl RunLog {
         self.tb.flush();
         self.epochs.retain(|e| e.epoch != r.epoch);
         self.epochs.push(r);
-        let mut csv = String::from("epoch,train_loss,eval_loss,eval_top1,eval_top5,lr,elapsed_s\n");
+        let mut csv =
+            String::from("epoch,train_loss,eval_loss,eval_top1,eval_top5,lr,elapsed_s,ema_top1,ema_top5\n");
         for e in &self.epochs {
             csv.push_str(&format!(
-                "{},{:.6},{},{},{},{:.8},{:.1}\n",
+                "{},{:.6},{},{},{},{:.8},{:.1},{},{}\n",
                 e.epoch,
                 e.train_loss,
                 fmt_opt(e.eval_loss),
                 fmt_opt(e.eval_top1),
                 fmt_opt(e.eval_top5),
                 e.lr,
-                e.elapsed_s
+                e.elapsed_s,
+                fmt_opt(e.ema_top1),
+                fmt_opt(e.ema_top5)
             ));
         }
         write_atomic(&self.dir.join("summary.csv"), csv.as_bytes())

@@ -1,8 +1,8 @@
 //! Stability monitors: per activation site, the largest |output| and the count of non-finite
 //! values, sampled every `monitor_every` steps from the training forward pass itself (no extra
-//! forward). The reductions stay on the device and are read back with one transfer.
+//! forward). The reductions stay on the device and are read back with one transfer. Also the
+//! remedies (what a stability fix changes); the guards that act on them are in `guards`.
 
-use super::config::TrainConfig;
 use crate::error::Result;
 use crate::model::ResNet;
 use serde::{Deserialize, Serialize};
@@ -116,121 +116,5 @@ impl fmt::Display for Remedy {
 impl From<Remedy> for String {
     fn from(r: Remedy) -> String {
         r.to_string()
-    }
-}
-
-impl Remedy {
-    pub fn apply(&self, c: &mut TrainConfig) {
-        match *self {
-            Remedy::None => {}
-            Remedy::Clamp(v) => c.act_clamp = Some(v),
-            Remedy::ActFp32 => c.act_fp32 = true,
-            Remedy::ActLowp => c.act_fp32 = false,
-            Remedy::Clip(v) => c.clip_grad = v,
-        }
-    }
-}
-
-/// Loss-spike guard: when a step's loss exceeds `factor` x its running mean, restore the last
-/// in-memory snapshot of the weights, BN statistics and momentum, multiply the learning rate by
-/// `lr_factor`, and continue; at most `max_rollbacks` times.
-pub struct SpikeGuard {
-    pub factor: f64,
-    pub lr_factor: f64,
-    pub max_rollbacks: usize,
-    pub snapshot_every: usize,
-    /// Steps before the running mean is trusted.
-    pub warmup: usize,
-    /// Take snapshots even with the spike check off (the divergence guard's remedies need them).
-    pub keep_snapshots: bool,
-    snapshot: Option<Snapshot>,
-}
-
-/// Copies of every model variable and momentum buffer at one step.
-pub struct Snapshot {
-    pub step: usize,
-    vars: Vec<(Tensor, Tensor)>,
-}
-
-/// What the guard tracks between steps; saved in checkpoints so a resumed run behaves the same.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct SpikeState {
-    /// Exponential moving average of the loss (0.98), once `warmup` steps were seen.
-    pub loss_ema: Option<f64>,
-    pub seen: usize,
-    pub rollbacks: usize,
-    /// Product of the learning-rate reductions so far.
-    #[serde(default = "one")]
-    pub lr_scale: f64,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-impl SpikeState {
-    pub fn new() -> Self {
-        Self { lr_scale: 1.0, ..Default::default() }
-    }
-}
-
-const EMA_BETA: f64 = 0.98;
-
-impl SpikeGuard {
-    pub fn disabled(&self) -> bool {
-        self.factor <= 0.0
-    }
-
-    /// Whether `loss` is a spike; otherwise folds it into the running mean.
-    pub fn check(&self, state: &mut SpikeState, loss: f64) -> bool {
-        if self.disabled() || !loss.is_finite() {
-            return false;
-        }
-        if let Some(ema) = state.loss_ema {
-            if state.seen >= self.warmup && loss > self.factor * ema {
-                return true;
-            }
-            state.loss_ema = Some(EMA_BETA * ema + (1.0 - EMA_BETA) * loss);
-        } else {
-            state.loss_ema = Some(loss);
-        }
-        state.seen += 1;
-        false
-    }
-
-    /// Takes a snapshot when due (every `snapshot_every` steps, or when there is none).
-    pub fn maybe_snapshot(&mut self, step: usize, tensors: &[Tensor]) {
-        let due =
-            self.snapshot.is_none() || (self.snapshot_every > 0 && step.is_multiple_of(self.snapshot_every));
-        let wanted = self.keep_snapshots || !self.disabled();
-        if !wanted || !due {
-            return;
-        }
-        let vars = tch::no_grad(|| tensors.iter().map(|t| (t.shallow_clone(), t.detach().copy())).collect());
-        self.snapshot = Some(Snapshot { step, vars });
-    }
-
-    /// Restores the snapshot in place; returns its step.
-    pub fn rollback(&self) -> Option<usize> {
-        let snap = self.snapshot.as_ref()?;
-        tch::no_grad(|| {
-            for (live, saved) in &snap.vars {
-                let mut live = live.shallow_clone();
-                live.copy_(saved);
-            }
-        });
-        Some(snap.step)
-    }
-
-    pub fn new(factor: f64, lr_factor: f64, max_rollbacks: usize, snapshot_every: usize) -> Self {
-        Self {
-            factor,
-            lr_factor,
-            max_rollbacks,
-            snapshot_every,
-            warmup: 50,
-            keep_snapshots: false,
-            snapshot: None,
-        }
     }
 }

@@ -1,0 +1,81 @@
+"""PyTorch baseline for `resnet-train bench --opt adamw|lamb`: the training step of
+../shared/bench/torch_train_bench.py (forward + loss under autocast, backward, optimizer step) with
+torch.optim.AdamW (fused=True: the kernel resnet-train calls) or timm's Lamb (foreach), and the
+same parameter groups as resnet-train (weight decay on conv/fc weights only). Prints one JSON line
+with torch_train_bench.py's fields. Needs torch==2.11.0 and timm (for lamb):
+
+  python scripts/torch_optim_bench.py --opt adamw --arch resnet50 --act polynorm --precision bf16 \
+      --batch 8 --res 128 --device cpu --steps 10 --warmup 3 --threads 2
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "shared", "reference"))
+from polycom import PolyResNet  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--opt", default="adamw", choices=["adamw", "lamb"])
+    ap.add_argument("--arch", default="resnet50")
+    ap.add_argument("--act", default="relu", choices=["relu", "polyrelu", "polynorm"])
+    ap.add_argument("--order", type=int, default=3)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--res", type=int, default=224)
+    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    torch.manual_seed(0)
+    model = PolyResNet(a.arch, a.act, a.order, num_classes=a.classes).to(dev)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and ".act" not in n and not n.startswith("act")]
+    ids = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups = [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}]
+    if a.opt == "adamw":
+        opt = torch.optim.AdamW(groups, lr=1e-3, fused=True)
+    else:
+        from timm.optim import Lamb
+        opt = Lamb(groups, lr=1e-3)
+    amp_dtype = {"bf16": torch.bfloat16}.get(a.precision)
+    x = torch.randn(a.batch, 3, a.res, a.res, device=dev)
+    y = torch.randint(0, a.classes, (a.batch,), device=dev)
+
+    def step():
+        with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(a.warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(a.steps):
+        loss = step()
+    dt = time.perf_counter() - t0
+    print(json.dumps({
+        "impl": f"pytorch-eager+{a.opt}", "torch": torch.__version__, "arch": a.arch, "act": a.act,
+        "order": a.order, "precision": a.precision, "batch": a.batch, "res": a.res, "device": a.device,
+        "threads": torch.get_num_threads(), "steps": a.steps,
+        "img_per_s": round(a.batch * a.steps / dt, 2), "ms_per_step": round(1000 * dt / a.steps, 2),
+        "final_loss": float(loss),
+    }))
+
+
+if __name__ == "__main__":
+    main()

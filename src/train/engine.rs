@@ -1,0 +1,269 @@
+//! The model and everything one training step updates — optimizer, loss scaler, EMA, guards —
+//! and the step itself: the micro-batches forward under autocast and backward through the loss
+//! scaler, unscale, clip, then one call into the guards, whose decision is carried out (update,
+//! skip, rollback, remedy, stop). `trainer` drives it over epochs; `bench` times this same step.
+
+use super::amp::{GradScaler, Precision};
+use super::checkpoint::STATE_PREFIX;
+use super::config::TrainConfig;
+use super::ema::{EmaConfig, ModelEma};
+use super::guards::{Decision, GuardConfig, GuardState, Guards, StepHealth, Stop};
+use super::loss::{Loss, Targets};
+use super::optim::{self, OptConfig, Optimizer};
+use super::stability::{first_beyond, first_nonfinite, forward_monitored, Remedy, SiteStats, FP16_MAX};
+use super::state::{copy_into, prefixed, under, Named};
+use crate::error::Result;
+use crate::ffi::foreach_clip_grad_norm;
+use crate::model::weights::{self, WeightsFile};
+use crate::model::ResNet;
+use std::path::Path;
+use tch::{nn, Device, Tensor};
+
+pub struct Engine {
+    /// The live config (the divergence guard's remedies change it).
+    pub cfg: TrainConfig,
+    pub device: Device,
+    pub num_classes: i64,
+    pub vs: nn::VarStore,
+    pub model: ResNet,
+    pub optimizer: Box<dyn Optimizer>,
+    pub scaler: GradScaler,
+    pub ema: Option<ModelEma>,
+    loss: Loss,
+    guards: Guards,
+}
+
+/// What one optimizer step did.
+pub struct StepResult {
+    /// Mean loss over the micro-batches.
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub loss_scale: f64,
+    /// Per-site activation statistics (monitored steps only).
+    pub activations: Vec<SiteStats>,
+    /// The guards' decision, carried out; `Stop` holds the full diagnosis.
+    pub decision: Decision,
+}
+
+impl StepResult {
+    pub fn skipped(&self) -> bool {
+        !self.decision.takes_step()
+    }
+}
+
+fn ema_config(c: &TrainConfig) -> EmaConfig {
+    EmaConfig {
+        decay: c.model_ema_decay,
+        warmup: c.model_ema_warmup,
+        every: c.model_ema_every,
+        buffers: c.model_ema_buffers,
+    }
+}
+
+/// Every live tensor training updates, by name (model variables under `model.`).
+fn live_state(
+    vs: &nn::VarStore,
+    optimizer: &dyn Optimizer,
+    scaler: &GradScaler,
+    ema: Option<&ModelEma>,
+) -> Named {
+    let mut s = prefixed("model", vs.variables().into_iter().collect());
+    s.extend(train_state(optimizer, scaler, ema));
+    s
+}
+
+/// The components' state (everything but the model), by component.
+fn train_state(optimizer: &dyn Optimizer, scaler: &GradScaler, ema: Option<&ModelEma>) -> Named {
+    let mut s = prefixed("optimizer", optimizer.state());
+    s.extend(prefixed("scaler", scaler.state()));
+    if let Some(e) = ema {
+        s.extend(prefixed("ema", e.state()));
+    }
+    s
+}
+
+impl Engine {
+    /// A freshly initialised model (seeded) with its optimizer, scaler, EMA and guards.
+    pub fn new(cfg: TrainConfig, device: Device, num_classes: i64) -> Result<Self> {
+        let model_cfg = cfg.model(num_classes);
+        let vs = nn::VarStore::new(device);
+        let model = crate::model::seeded(cfg.seed as i64, || ResNet::new(&vs.root(), model_cfg))?;
+        if cfg.channels_last {
+            // Before the optimizer and EMA copy the layout into their buffers.
+            crate::model::to_channels_last(&vs)?;
+        }
+        let opt = OptConfig {
+            kind: cfg.opt,
+            momentum: cfg.momentum,
+            nesterov: cfg.nesterov,
+            weight_decay: cfg.weight_decay,
+            act_weight_decay: cfg.act_weight_decay,
+            eps: cfg.opt_eps,
+            betas: (cfg.opt_betas[0], cfg.opt_betas[1]),
+        };
+        let optimizer = optim::create(&opt, &vs);
+        let scaler = GradScaler::new(cfg.precision == Precision::Fp16, device);
+        let ema = cfg.model_ema.then(|| ModelEma::new(&vs, model_cfg, ema_config(&cfg))).transpose()?;
+        let loss = Loss::new(cfg.bce_loss, cfg.smoothing, cfg.bce_target_thresh);
+        let guards = Guards::new(GuardConfig::from_config(&cfg));
+        Ok(Self { cfg, device, num_classes, vs, model, optimizer, scaler, ema, loss, guards })
+    }
+
+    /// The model's variables by name.
+    pub fn model_state(&self) -> Named {
+        self.vs.variables().into_iter().collect()
+    }
+
+    /// The EMA weights by model name, if there is an EMA.
+    pub fn ema_weights(&self) -> Option<Named> {
+        self.ema.as_ref().map(|e| e.vs.variables().into_iter().collect())
+    }
+
+    /// Everything but the model, by component (`optimizer.`, `scaler.`, `ema.`).
+    pub fn train_state(&self) -> Named {
+        train_state(self.optimizer.as_ref(), &self.scaler, self.ema.as_ref())
+    }
+
+    /// Loads a `last` checkpoint's model and component state (the guards' remedies are re-applied
+    /// by the caller first, so the model matches).
+    pub fn load(&mut self, file: &WeightsFile, path: &Path) -> Result<()> {
+        weights::load_into(&mut self.vs, file, path)?;
+        let saved = under(STATE_PREFIX, &file.tensors);
+        let in_file = |e: crate::error::Error| crate::error::Error::file(path, e.to_string());
+        self.optimizer.load_state(&under("optimizer", &saved)).map_err(in_file)?;
+        copy_into(&self.scaler.state(), &under("scaler", &saved), "loss scaler").map_err(in_file)?;
+        if let Some(ema) = &mut self.ema {
+            let ema_saved = under("ema", &saved);
+            if ema_saved.is_empty() {
+                // EMA switched on at resume: it starts from the current weights.
+                eprintln!("note: {} has no EMA state; the EMA starts from its weights", path.display());
+                *ema = ModelEma::new(&self.vs, *self.model.config(), ema_config(&self.cfg))?;
+            } else {
+                copy_into(&ema.state(), &ema_saved, "EMA").map_err(in_file)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a stability remedy to the live config, model and EMA model.
+    pub fn apply_remedy(&mut self, r: Remedy) {
+        self.cfg.apply_remedy(r);
+        let act = self.cfg.model(self.num_classes).act;
+        self.model.set_act_compute(act.clamp, act.fp32);
+        if let Some(e) = &mut self.ema {
+            e.set_act_compute(act.clamp, act.fp32);
+        }
+    }
+
+    /// Takes the guards' snapshot of the whole training state when one is due.
+    pub fn snapshot_if_due(&mut self, step: usize) {
+        let live = live_state(&self.vs, self.optimizer.as_ref(), &self.scaler, self.ema.as_ref());
+        self.guards.maybe_snapshot(step, &live);
+    }
+
+    /// One optimizer step at learning rate `lr` over `micro` (input, label) batches (gradient
+    /// accumulation), the step's number being `step`.
+    pub fn step(
+        &mut self,
+        micro: &[(Tensor, Tensor)],
+        lr: f64,
+        step: usize,
+        gs: &mut GuardState,
+    ) -> Result<StepResult> {
+        let cfg = &self.cfg;
+        let monitor = cfg.monitor_every > 0 && step.is_multiple_of(cfg.monitor_every);
+        let n = micro.len().max(1) as f64;
+        let (mut loss_mean, mut activations) = (0.0, Vec::new());
+        for (i, (x, y)) in micro.iter().enumerate() {
+            let (loss, stats) = {
+                let _autocast = cfg.precision.autocast(self.device)?;
+                let (logits, stats) = forward_monitored(&self.model, x, monitor && i == 0)?;
+                (self.loss.compute(&logits, Targets::Hard(y))?, stats)
+            };
+            if let Some(s) = first_nonfinite(&stats) {
+                eprintln!(
+                    "warning: step {step}: first non-finite activation at {} ({} values; largest finite |x| {:.3e})",
+                    s.site, s.nonfinite, s.max_abs
+                );
+            }
+            if i == 0 {
+                activations = stats;
+            }
+            self.scaler.scale_loss(&(&loss / n)).f_backward()?;
+            loss_mean += loss.double_value(&[]) / n;
+        }
+        // Unscale (fp16: finds inf/NaN), clip (the norm finds inf/NaN in every precision), adapt
+        // the loss scale; then the guards decide.
+        let grads = self.optimizer.grads();
+        let found_inf = self.scaler.unscale(&grads)?;
+        let grad_norm = foreach_clip_grad_norm(&grads, cfg.clip_grad)?.double_value(&[]);
+        self.scaler.update()?;
+        let health = StepHealth {
+            step,
+            loss: loss_mean,
+            grads_finite: !found_inf && grad_norm.is_finite(),
+            loss_scale: self.scaler.enabled.then(|| self.scaler.scale_value()),
+        };
+        let live = live_state(&self.vs, self.optimizer.as_ref(), &self.scaler, self.ema.as_ref());
+        let mut decision = self.guards.check(gs, health, &live)?;
+        match &decision {
+            Decision::Take => {
+                self.optimizer.step(lr)?;
+                if let Some(e) = &mut self.ema {
+                    e.update()?;
+                }
+                self.guards.maybe_snapshot(step + 1, &live);
+            }
+            Decision::ApplyRemedy { remedy, .. } => self.apply_remedy(*remedy),
+            Decision::Stop(Stop::Diverged(why)) => {
+                let x = micro.last().map(|(x, _)| x.shallow_clone());
+                let msg = match x {
+                    Some(x) => self.diagnose(&x, step, why)?,
+                    None => why.clone(),
+                };
+                decision = Decision::Stop(Stop::Diverged(msg));
+            }
+            Decision::Skip | Decision::RolledBack { .. } | Decision::Stop(Stop::Spikes(_)) => {}
+        }
+        self.optimizer.zero_grad()?;
+        Ok(StepResult {
+            loss: loss_mean,
+            grad_norm,
+            loss_scale: self.scaler.scale_value(),
+            activations,
+            decision,
+        })
+    }
+
+    /// The message of a run stopped by the divergence guard: where the activations blow up on
+    /// `x` (the first site that is non-finite or beyond the precision's range) and the remedies.
+    fn diagnose(&self, x: &Tensor, step: usize, why: &str) -> Result<String> {
+        let precision = self.cfg.precision;
+        let (_, stats) = tch::no_grad(|| -> Result<_> {
+            let _autocast = precision.autocast(self.device)?;
+            forward_monitored(&self.model, x, true)
+        })?;
+        let limit = if precision == Precision::Fp16 { FP16_MAX } else { f64::MAX };
+        let site = match first_beyond(&stats, limit) {
+            Some(s) if s.nonfinite > 0 => format!(
+                "the first activation site with non-finite values is {} ({} values; largest finite |x| {:.3e})",
+                s.site, s.nonfinite, s.max_abs
+            ),
+            Some(s) => format!("the first activation site beyond the {precision:?} range is {} (|x| = {:.3e})", s.site, s.max_abs),
+            None => {
+                let worst = stats.iter().max_by(|a, b| a.max_abs.total_cmp(&b.max_abs));
+                worst.map_or("no activation site overflowed on this batch".to_string(), |s| {
+                    format!(
+                        "no activation overflowed on this batch (largest |x| {:.3e} at {}): the gradients did",
+                        s.max_abs, s.site
+                    )
+                })
+            }
+        };
+        Ok(format!(
+            "at step {step}, {why}; {site}. Remedies: --act-init relu-like, --act-clamp C, {}--clip-grad, a lower \
+             --lr, --precision bf16/fp32, or --divergence-remedies to apply them automatically",
+            if self.cfg.act_fp32 { "" } else { "--act-fp32 true, " }
+        ))
+    }
+}

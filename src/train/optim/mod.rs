@@ -1,0 +1,290 @@
+//! Optimizers on libtorch's own multi-tensor kernels: SGD (torch.optim.SGD, foreach), AdamW
+//! (torch.optim.AdamW, `_fused_adamw_`) and LAMB (timm's Lamb, foreach). Each owns its state as
+//! named tensors, which is what checkpoints and the guards' snapshots save and restore.
+
+mod adamw;
+mod lamb;
+mod sgd;
+
+pub use adamw::AdamW;
+pub use lamb::Lamb;
+pub use sgd::Sgd;
+
+use crate::error::Result;
+use crate::model::resnet::{param_group, ParamGroup};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tch::{nn, Kind, Tensor};
+
+/// The optimizer, by timm's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptKind {
+    /// SGD with Nesterov momentum (timm's `sgd`).
+    Sgd,
+    /// SGD with heavy-ball momentum (timm's `momentum`; torchvision's recipes).
+    Momentum,
+    /// The same as `sgd`.
+    Nesterov,
+    /// Adam with decoupled weight decay.
+    Adamw,
+    /// Layer-wise adaptive Adam (timm's Lamb; ResNet Strikes Back A2/A3).
+    Lamb,
+}
+
+/// What every optimizer does. The state is named tensors that live in the optimizer (buffers and
+/// step counters); `load_state` copies saved values into them in place.
+pub trait Optimizer {
+    /// Updates the parameters that have gradients with learning rate `lr`.
+    fn step(&mut self, lr: f64) -> Result<()>;
+    /// The parameters, grouped by weight decay.
+    fn groups(&self) -> &[Group];
+    /// The live state tensors by name (shallow clones: writing into them changes the optimizer).
+    fn state(&self) -> Vec<(String, Tensor)>;
+
+    /// Copies saved state into place; every state tensor must be present.
+    fn load_state(&mut self, saved: &BTreeMap<String, Tensor>) -> Result<()> {
+        crate::train::state::copy_into(&self.state(), saved, "optimizer")
+    }
+
+    /// Drops the gradients (PyTorch's `zero_grad(set_to_none=True)`): no memset.
+    fn zero_grad(&self) -> Result<()> {
+        for g in self.groups() {
+            crate::ffi::grads_set_none(&g.params)?;
+        }
+        Ok(())
+    }
+
+    /// The defined gradients, in group order (a parameter the last backward did not reach has none).
+    fn grads(&self) -> Vec<Tensor> {
+        self.groups().iter().flat_map(|g| g.params.iter().map(|p| p.grad())).filter(|g| g.defined()).collect()
+    }
+}
+
+/// The hyper-parameters that choose and configure an optimizer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptConfig {
+    pub kind: OptKind,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub act_weight_decay: bool,
+    /// AdamW/LAMB; None: the optimizer's default.
+    pub eps: Option<f64>,
+    pub betas: (f64, f64),
+}
+
+/// Builds the configured optimizer over the trainable variables of `vs`.
+pub fn create(cfg: &OptConfig, vs: &nn::VarStore) -> Box<dyn Optimizer> {
+    let groups = Group::split(vs, cfg.weight_decay, cfg.act_weight_decay);
+    match cfg.kind {
+        OptKind::Momentum | OptKind::Sgd | OptKind::Nesterov => {
+            let nesterov = cfg.nesterov || cfg.kind != OptKind::Momentum;
+            Box::new(Sgd::new(groups, cfg.momentum, nesterov))
+        }
+        OptKind::Adamw => Box::new(AdamW::new(groups, cfg.betas, cfg.eps.unwrap_or(1e-8))),
+        OptKind::Lamb => Box::new(Lamb::new(groups, cfg.betas, cfg.eps.unwrap_or(1e-6))),
+    }
+}
+
+/// One parameter group: parameters sharing a weight decay, with their names (state keys).
+pub struct Group {
+    pub names: Vec<String>,
+    pub params: Vec<Tensor>,
+    pub weight_decay: f64,
+}
+
+impl Group {
+    /// Groups the trainable variables: conv/fc weights decay; BN parameters and biases do not;
+    /// activation coefficients decay only when `act_weight_decay` (timm's and torchvision's practice).
+    pub fn split(vs: &nn::VarStore, weight_decay: f64, act_weight_decay: bool) -> Vec<Group> {
+        let mut by_group: BTreeMap<u8, (Vec<String>, Vec<Tensor>)> = BTreeMap::new();
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, t) in vars {
+            if !t.requires_grad() {
+                continue; // BN running statistics
+            }
+            let g = match param_group(&name, &t.size()) {
+                ParamGroup::Decay => 0,
+                ParamGroup::NoDecay => 1,
+                ParamGroup::Activation => 2,
+            };
+            let e = by_group.entry(g).or_default();
+            e.0.push(name);
+            e.1.push(t);
+        }
+        by_group
+            .into_iter()
+            .map(|(g, (names, params))| {
+                let wd = match g {
+                    0 => weight_decay,
+                    2 if act_weight_decay => weight_decay,
+                    _ => 0.0,
+                };
+                Group { names, params, weight_decay: wd }
+            })
+            .collect()
+    }
+
+    /// The parameters with gradients, their gradients, and the same selection of `buffers`
+    /// (per-parameter state lists in parameter order).
+    fn with_grads(&self, buffers: &[&[Tensor]]) -> (Vec<Tensor>, Vec<Tensor>, Vec<Vec<Tensor>>) {
+        let (mut params, mut grads) = (Vec::new(), Vec::new());
+        let mut bufs: Vec<Vec<Tensor>> = buffers.iter().map(|_| Vec::new()).collect();
+        for (i, p) in self.params.iter().enumerate() {
+            let g = p.grad();
+            if g.defined() {
+                params.push(p.shallow_clone());
+                grads.push(g);
+                for (out, b) in bufs.iter_mut().zip(buffers) {
+                    out.push(b[i].shallow_clone());
+                }
+            }
+        }
+        (params, grads, bufs)
+    }
+}
+
+/// Zero buffers shaped like each group's parameters.
+fn zeros_like_groups(groups: &[Group]) -> Vec<Vec<Tensor>> {
+    groups.iter().map(|g| g.params.iter().map(|p| p.zeros_like().detach()).collect()).collect()
+}
+
+/// Named per-parameter state: `{prefix}.{parameter}` for every group's buffers.
+fn named(prefix: &str, groups: &[Group], bufs: &[Vec<Tensor>]) -> Vec<(String, Tensor)> {
+    groups
+        .iter()
+        .zip(bufs)
+        .flat_map(|(g, b)| g.names.iter().zip(b).map(|(n, t)| (format!("{prefix}.{n}"), t.shallow_clone())))
+        .collect()
+}
+
+/// A step counter kept as a CPU tensor, so it is state like any other (saved, restored by rollbacks).
+fn step_counter() -> Tensor {
+    Tensor::zeros([], (Kind::Int64, tch::Device::Cpu))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ActConfig, ActKind, Arch, ResNet, ResNetConfig};
+    use tch::Device;
+
+    #[test]
+    fn weight_decay_groups() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _m =
+            ResNet::new(&vs.root(), ResNetConfig::new(Arch::Resnet18, ActConfig::new(ActKind::Polynorm, 3)))
+                .unwrap();
+        let groups = Group::split(&vs, 1e-4, false);
+        let wd_of = |groups: &[Group], name: &str| {
+            groups.iter().find(|g| g.names.iter().any(|n| n == name)).map(|g| g.weight_decay)
+        };
+        assert_eq!(wd_of(&groups, "layer1.0.conv1.weight"), Some(1e-4));
+        assert_eq!(wd_of(&groups, "fc.weight"), Some(1e-4));
+        assert_eq!(wd_of(&groups, "fc.bias"), Some(0.0));
+        assert_eq!(wd_of(&groups, "bn1.weight"), Some(0.0));
+        assert_eq!(wd_of(&groups, "layer2.1.act2.weight"), Some(0.0));
+        assert_eq!(wd_of(&groups, "bn1.running_mean"), None, "running statistics are not parameters");
+        let n: usize = groups.iter().map(|g| g.params.len()).sum();
+        assert_eq!(n, vs.trainable_variables().len());
+        assert_eq!(wd_of(&Group::split(&vs, 1e-4, true), "act1.weight"), Some(1e-4));
+    }
+}
+
+#[cfg(test)]
+mod golden_tests {
+    //! Against tests/golden/train_golden.safetensors (tests/golden/make_train_golden.py):
+    //! torch.optim.AdamW and timm's Lamb on two parameter groups for three steps.
+    use super::*;
+    use tch::Device;
+
+    fn golden() -> BTreeMap<String, Tensor> {
+        let p =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/train_golden.safetensors");
+        crate::model::weights::read(&p).expect("golden file reads").tensors
+    }
+
+    fn config(kind: OptKind) -> OptConfig {
+        OptConfig {
+            kind,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.05,
+            act_weight_decay: false,
+            eps: None,
+            betas: (0.9, 0.999),
+        }
+    }
+
+    /// p1 (2-d: weight decay 0.05) and p2 (1-d: none), as the golden script's two groups.
+    fn params(g: &BTreeMap<String, Tensor>) -> (nn::VarStore, Tensor, Tensor) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let p1 = vs.root().var_copy("p1", &g["opt.p1.init"]);
+        let p2 = vs.root().var_copy("p2", &g["opt.p2.init"]);
+        (vs, p1, p2)
+    }
+
+    /// Sets the gradients to the golden step's (the backward of <p, g>).
+    fn backward(g: &BTreeMap<String, Tensor>, t: usize, p1: &Tensor, p2: &Tensor) {
+        let loss = (p1 * &g[&format!("opt.p1.grad.{t}")]).sum(Kind::Float)
+            + (p2 * &g[&format!("opt.p2.grad.{t}")]).sum(Kind::Float);
+        loss.backward();
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn adamw_and_lamb_match_torch_and_timm() {
+        let g = golden();
+        for (kind, name) in [(OptKind::Adamw, "adamw"), (OptKind::Lamb, "lamb")] {
+            let (vs, p1, p2) = params(&g);
+            let mut opt = create(&config(kind), &vs);
+            for t in 0..3 {
+                backward(&g, t, &p1, &p2);
+                opt.step(0.01).unwrap();
+                opt.zero_grad().unwrap();
+                let d1 = max_diff(&p1, &g[&format!("{name}.p1.after.{t}")]);
+                let d2 = max_diff(&p2, &g[&format!("{name}.p2.after.{t}")]);
+                // float32 arithmetic in a different order: a few ulps of values ~1.
+                assert!(d1 < 2e-6 && d2 < 2e-6, "{name} step {t}: max |diff| {d1:.2e} / {d2:.2e}");
+            }
+        }
+    }
+
+    #[test]
+    fn optimizer_state_resumes_exactly() {
+        let g = golden();
+        for kind in [OptKind::Momentum, OptKind::Sgd, OptKind::Adamw, OptKind::Lamb] {
+            let (vs, p1, p2) = params(&g);
+            let mut a = create(&config(kind), &vs);
+            for t in 0..2 {
+                backward(&g, t, &p1, &p2);
+                a.step(0.01).unwrap();
+                a.zero_grad().unwrap();
+            }
+            // A second optimizer over a copy of the parameters, loaded from the first's state.
+            let (vs_b, q1, q2) = params(&g);
+            tch::no_grad(|| {
+                q1.shallow_clone().copy_(&p1);
+                q2.shallow_clone().copy_(&p2);
+            });
+            let mut b = create(&config(kind), &vs_b);
+            let saved: BTreeMap<String, Tensor> = a.state().into_iter().map(|(n, t)| (n, t.copy())).collect();
+            b.load_state(&saved).unwrap();
+            for (x, y, opt) in [(&p1, &p2, &mut a), (&q1, &q2, &mut b)] {
+                backward(&g, 2, x, y);
+                opt.step(0.01).unwrap();
+            }
+            assert!(p1.equal(&q1) && p2.equal(&q2), "{kind:?}: the resumed step differs");
+            // A state with a tensor missing is an error naming it.
+            let mut partial = saved;
+            partial.remove("step");
+            let err = b.load_state(&partial).unwrap_err().to_string();
+            assert!(err.contains("step"), "{err}");
+        }
+    }
+}

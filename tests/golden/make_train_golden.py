@@ -1,0 +1,71 @@
+"""Generates tests/golden/train_golden.safetensors: what PyTorch and timm compute for the optimizers,
+the EMA decay and the losses that resnet-train reimplements on libtorch's kernels (needs
+torch==2.11.0, timm==1.0.31, safetensors). Rerun from the repo root:
+
+  python tests/golden/make_train_golden.py
+
+Every input (initial parameters, gradients per step, logits, targets) is stored next to the
+results, so the Rust tests (src/train/optim, src/train/loss.rs, src/train/ema.rs) read both.
+"""
+import os
+
+import torch
+from safetensors.torch import save_file
+from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import Lamb
+from timm.utils.model_ema import ModelEmaV3
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+torch.manual_seed(0)
+out = {}
+
+# ---- Optimizers: two parameter groups (decay / no decay), three steps with fixed gradients. ----
+P1 = torch.randn(3, 4)
+P2 = torch.randn(5)
+GRADS = [(torch.randn(3, 4) * s, torch.randn(5) * s) for s in (1.0, 3.0, 0.5)]  # step 2 clips in Lamb
+out["opt.p1.init"], out["opt.p2.init"] = P1, P2
+for t, (g1, g2) in enumerate(GRADS):
+    out[f"opt.p1.grad.{t}"], out[f"opt.p2.grad.{t}"] = g1, g2
+
+
+def run(make):
+    p1, p2 = P1.clone().requires_grad_(), P2.clone().requires_grad_()
+    opt = make([{"params": [p1], "weight_decay": 0.05}, {"params": [p2], "weight_decay": 0.0}])
+    after = []
+    for g1, g2 in GRADS:
+        p1.grad, p2.grad = g1.clone(), g2.clone()
+        opt.step()
+        after.append((p1.detach().clone(), p2.detach().clone()))
+    return after
+
+
+for name, make in {
+    "adamw": lambda groups: torch.optim.AdamW(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-8),
+    "lamb": lambda groups: Lamb(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-6),
+}.items():
+    for t, (a1, a2) in enumerate(run(make)):
+        out[f"{name}.p1.after.{t}"], out[f"{name}.p2.after.{t}"] = a1, a2
+
+# ---- EMA: ModelEmaV3.get_decay with and without warmup. ----
+STEPS = [0, 1, 2, 3, 10, 100, 1000, 100000, 10000000]
+out["ema.steps"] = torch.tensor(STEPS, dtype=torch.float64)
+m = torch.nn.Linear(2, 2)
+for warm in (False, True):
+    ema = ModelEmaV3(m, decay=0.9998, use_warmup=warm)
+    out[f"ema.decay.warmup{int(warm)}"] = torch.tensor([ema.get_decay(s) for s in STEPS], dtype=torch.float64)
+
+# ---- Losses on fixed logits: hard and soft targets. ----
+logits = torch.randn(6, 5) * 3
+labels = torch.tensor([0, 4, 2, 2, 1, 3])
+soft = torch.softmax(torch.randn(6, 5), dim=1)
+out["loss.logits"], out["loss.labels"], out["loss.soft"] = logits, labels, soft
+out["loss.ce_smooth0.1"] = LabelSmoothingCrossEntropy(smoothing=0.1)(logits, labels).reshape(1)
+out["loss.ce"] = torch.nn.functional.cross_entropy(logits, labels).reshape(1)
+out["loss.soft_ce"] = SoftTargetCrossEntropy()(logits, soft).reshape(1)
+out["loss.bce_smooth0.1"] = BinaryCrossEntropy(smoothing=0.1)(logits, labels).reshape(1)
+out["loss.bce_smooth0.1_thresh0.2"] = BinaryCrossEntropy(smoothing=0.1, target_threshold=0.2)(logits, labels).reshape(1)
+out["loss.bce_soft_thresh0.2"] = BinaryCrossEntropy(target_threshold=0.2)(logits, soft).reshape(1)
+
+out = {k: v.contiguous() for k, v in out.items()}
+save_file(out, os.path.join(HERE, "train_golden.safetensors"))
+print(f"wrote {len(out)} tensors")
