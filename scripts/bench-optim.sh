@@ -2,13 +2,13 @@
 # Optimizer cost inside the training step: resnet-train bench --opt X next to
 # scripts/torch_optim_bench.py (PyTorch eager with torch.optim.AdamW(fused=True) / timm's Lamb),
 # same settings, same run, alternating, REPEAT times (default 2; take medians). Also the
-# momentum-SGD step and the EMA's cost on our side. Needs ../shared and a Python with torch + timm:
+# momentum-SGD step and the EMA's cost on our side (PRECISION=fp32|bf16). Needs ../shared and a Python with torch + timm:
 #   PYTHON=/path/to/python bash scripts/bench-optim.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 cargo build --release --locked --bin resnet-train >/dev/null
-COMMON="--arch resnet50 --act relu --precision bf16 --batch 8 --res 128 --device cpu --steps 10 --warmup 3 --threads 2"
+COMMON="--arch resnet50 --act relu --precision ${PRECISION:-fp32} --batch 8 --res 128 --device cpu --steps 10 --warmup 3 --threads 2"
 for _ in $(seq "${REPEAT:-2}"); do
   ./target/release/resnet-train bench --opt momentum $COMMON --json
   ./target/release/resnet-train bench --opt momentum --model-ema $COMMON --json

@@ -73,7 +73,7 @@ def main():
         "order": a.order, "precision": a.precision, "batch": a.batch, "res": a.res, "device": a.device,
         "threads": torch.get_num_threads(), "steps": a.steps,
         "img_per_s": round(a.batch * a.steps / dt, 2), "ms_per_step": round(1000 * dt / a.steps, 2),
-        "final_loss": float(loss),
+        "final_loss": float(loss.detach()),
     }))
 
 

@@ -191,24 +191,29 @@ int rt_foreach_lamb(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt
     at::_foreach_lerp_(m, g, 1.0 - beta1);
     at::_foreach_mul_(v, beta2);
     at::_foreach_addcmul_(v, g, g, 1.0 - beta2);
+    // As timm's multi-tensor Lamb: the bias corrections folded into scalars (two passes fewer),
+    // m_hat / (sqrt(v_hat) + eps) = scale * m / (sqrt(v) + eps sqrt(bc2)), scale = sqrt(bc2) / bc1.
+    const double bc2_sqrt = std::sqrt(bias_correction2), scale = bc2_sqrt / bias_correction1;
     auto denom = at::_foreach_sqrt(v);
-    at::_foreach_div_(denom, std::sqrt(bias_correction2));
-    at::_foreach_add_(denom, eps);
-    auto update = at::_foreach_div(m, bias_correction1);
-    at::_foreach_div_(update, denom);
-    if (weight_decay != 0) at::_foreach_add_(update, p, weight_decay);
+    at::_foreach_add_(denom, eps * bc2_sqrt);
+    auto update = at::_foreach_div(m, denom);
+    if (weight_decay != 0) at::_foreach_add_(update, p, weight_decay / scale);
     if (weight_decay != 0 || always_adapt) {
+      // Per parameter: -lr * scale * trust ratio, where the ratio is |p| / |scale * update| (1 where
+      // either norm is 0; at most 1 with trust_clip); applied with one addcmul.
       auto w_norm = at::_foreach_norm(p, 2), u_norm = at::_foreach_norm(update, 2);
-      std::vector<at::Tensor> ratio;
-      ratio.reserve(n);
+      std::vector<at::Tensor> step_size;
+      step_size.reserve(n);
       for (int i = 0; i < n; i++) {
+        auto u = u_norm[i] * scale;
         auto one = at::ones_like(w_norm[i]);
-        auto r = at::where(w_norm[i] > 0, at::where(u_norm[i] > 0, w_norm[i] / u_norm[i], one), one);
-        ratio.push_back(trust_clip ? at::clamp_max(r, 1.0) : r);
+        auto r = at::where(w_norm[i] > 0, at::where(u > 0, w_norm[i] / u, one), one);
+        step_size.push_back((trust_clip ? at::clamp_max(r, 1.0) : r) * (-lr * scale));
       }
-      at::_foreach_mul_(update, ratio);
+      at::_foreach_addcmul_(p, update, step_size);
+    } else {
+      at::_foreach_add_(p, update, -lr * scale);
     }
-    at::_foreach_add_(p, update, -lr);
   });
 }
 

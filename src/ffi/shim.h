@@ -51,6 +51,7 @@ int rt_fused_adamw(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_
 // modified); m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g^2;
 // u = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps) + wd p; with wd != 0 or always_adapt,
 // u *= trust ratio |p| / |u| (1 where either norm is 0; at most 1 with trust_clip); p -= lr u.
+// Computed as timm's multi-tensor version does, with the bias corrections folded into scalars.
 int rt_foreach_lamb(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs, int n,
                     rt_tensor clip_divisor, double lr, double beta1, double beta2, double eps, double weight_decay,
                     double bias_correction1, double bias_correction2, int trust_clip, int always_adapt,

@@ -160,6 +160,45 @@ fn named(prefix: &str, groups: &[Group], bufs: &[Vec<Tensor>]) -> Vec<(String, T
         .collect()
 }
 
+/// What AdamW and LAMB share: the groups, Adam's first and second moments per parameter, the
+/// betas, epsilon and the step count.
+struct AdamState {
+    groups: Vec<Group>,
+    exp_avg: Vec<Vec<Tensor>>,
+    exp_avg_sq: Vec<Vec<Tensor>>,
+    betas: (f64, f64),
+    eps: f64,
+    steps: Tensor,
+}
+
+impl AdamState {
+    fn new(groups: Vec<Group>, betas: (f64, f64), eps: f64, steps: Tensor) -> Self {
+        let (exp_avg, exp_avg_sq) = (zeros_like_groups(&groups), zeros_like_groups(&groups));
+        Self { groups, exp_avg, exp_avg_sq, betas, eps, steps }
+    }
+
+    /// Group `i`'s hyper-parameters at learning rate `lr`.
+    fn hyper(&self, i: usize, lr: f64) -> crate::ffi::AdamStep {
+        let (beta1, beta2) = self.betas;
+        crate::ffi::AdamStep { lr, beta1, beta2, eps: self.eps, weight_decay: self.groups[i].weight_decay }
+    }
+
+    /// Group `i`'s parameters with gradients: (params, grads, exp_avg, exp_avg_sq).
+    fn select(&self, i: usize) -> (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>, Vec<Tensor>) {
+        let (params, grads, mut sel) = self.groups[i].with_grads(&[&self.exp_avg[i], &self.exp_avg_sq[i]]);
+        let v = sel.pop().unwrap_or_default();
+        let m = sel.pop().unwrap_or_default();
+        (params, grads, m, v)
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut s = named("exp_avg", &self.groups, &self.exp_avg);
+        s.extend(named("exp_avg_sq", &self.groups, &self.exp_avg_sq));
+        s.push(("step".into(), self.steps.shallow_clone()));
+        s
+    }
+}
+
 /// A step counter kept as a CPU tensor, so it is state like any other (saved, restored by rollbacks).
 fn step_counter() -> Tensor {
     Tensor::zeros([], (Kind::Int64, tch::Device::Cpu))
