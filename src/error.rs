@@ -22,6 +22,10 @@ pub enum Error {
     /// Training stopped by a stability guard; the message is the diagnosis.
     #[error("training diverged: {0}")]
     Diverged(String),
+
+    /// Stopped by SIGINT/SIGTERM after saving the run (the exit code is 128 + the signal).
+    #[error("stopped by signal {signal}: {msg}")]
+    Interrupted { signal: i32, msg: String },
 }
 
 impl From<tch::TchError> for Error {

@@ -17,6 +17,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        crate::fault::point(&format!("write:{}", name.to_string_lossy()));
         std::fs::rename(&tmp, path)?;
         // The rename is durable only once the folder's entry is on disk.
         std::fs::File::open(dir)?.sync_all()

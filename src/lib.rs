@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod fault;
 pub mod ffi;
 pub mod fsutil;
 pub mod model;

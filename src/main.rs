@@ -11,6 +11,7 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(match e {
                 Error::Usage(_) => 2,
                 Error::Diverged(_) => 3,
+                Error::Interrupted { signal, .. } => (128 + signal).clamp(0, 255) as u8,
                 _ => 1,
             })
         }

@@ -62,6 +62,8 @@ pub fn run(a: AblateArgs) -> Result<()> {
     if a.data.is_some() {
         c.train.data = a.data.clone();
     }
+    crate::ffi::process::install_termination_handlers()
+        .map_err(|e| crate::error::Error::Usage(format!("cannot install the signal handlers: {e}")))?;
     let total = c.cells().len();
     println!("ablation   {} cells in {}", total, c.dir().display());
     let s = ablate::run(&c)?;

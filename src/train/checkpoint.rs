@@ -32,6 +32,12 @@ pub struct LoopState {
     /// Skips, rollbacks and remedies so far.
     #[serde(flatten)]
     pub guards: GuardState,
+    /// The epoch in progress's running train-loss sum and step count (finite losses), so that a
+    /// run resumed mid-epoch reports the same epoch mean.
+    #[serde(default)]
+    pub train_loss_sum: f64,
+    #[serde(default)]
+    pub train_loss_steps: usize,
     /// Best eval top-1 so far (of the model or its EMA).
     pub best_top1: f64,
     pub best_epoch: Option<usize>,
@@ -46,6 +52,8 @@ impl Default for LoopState {
             next_batch: 0,
             step: 0,
             guards: GuardState::default(),
+            train_loss_sum: 0.0,
+            train_loss_steps: 0,
             best_top1: 0.0,
             best_epoch: None,
             elapsed_s: 0.0,

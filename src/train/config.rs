@@ -251,6 +251,32 @@ impl Default for TrainConfig {
 /// Keys that describe one invocation, not the run: never written to the run's config.toml.
 const PER_INVOCATION: [&str; 1] = ["max_steps"];
 
+/// Keys a resumed run may change: how it runs, not what it computes up to now (`epochs` extends
+/// or shortens the schedule from here; the guards' thresholds and remedies only act on trouble).
+/// Any other key given with `--resume` that differs from the run's config.toml is refused.
+pub const RESUMABLE: [&str; 20] = [
+    "epochs",
+    "max_steps",
+    "workers",
+    "torch_threads",
+    "device",
+    "log_every",
+    "checkpoint_every",
+    "keep_last",
+    "eval_every",
+    "monitor_every",
+    "max_consecutive_skips",
+    "min_loss_scale",
+    "divergence_remedies",
+    "spike_factor",
+    "spike_lr_factor",
+    "max_rollbacks",
+    "snapshot_every",
+    "spike_warmup",
+    "max_bad_fraction",
+    "inject_spike_at",
+];
+
 /// The `resnet-train train` command line: a config file or a run to resume, and any config key as
 /// a flag.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -357,12 +383,55 @@ impl TrainConfig {
         Ok(c)
     }
 
-    /// The saved config of a run, with the flags given now applied on top (a resumed run may
-    /// change e.g. `--epochs` or `--device`; the model's shape comes from the checkpoint).
+    /// The saved config of a run, with the flags given now applied on top. Only `RESUMABLE` keys
+    /// may change (e.g. `--epochs`, `--workers`); others are refused, naming them, before any file
+    /// is touched.
     pub fn resume(run_dir: &Path, args: &TrainArgs) -> Result<Self> {
-        let c = args.overrides.apply(&read_file(&run_dir.join("config.toml"))?)?;
+        let saved_path = run_dir.join("config.toml");
+        if !saved_path.is_file() {
+            return Err(Error::Usage(format!(
+                "--resume {}: not a run folder (it has no config.toml)",
+                run_dir.display()
+            )));
+        }
+        let saved = read_file(&saved_path)?;
+        let c = args.overrides.apply(&saved)?;
         c.validate()?;
+        c.check_resumable_from(&saved, &saved_path)?;
         Ok(c)
+    }
+
+    /// The keys whose values differ between `self` and `other`, with both values as TOML.
+    pub fn changes_from(&self, other: &TrainConfig) -> Vec<(String, String, String)> {
+        let (Ok(a), Ok(b)) = (to_table(other), to_table(self)) else { return Vec::new() };
+        let show = |v: Option<&toml::Value>| v.map_or("unset".to_string(), |v| v.to_string());
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(|k| (k.clone(), show(a.get(k)), show(b.get(k))))
+            .collect()
+    }
+
+    /// Fails, naming the keys, when `self` changes a key of the run `saved` that a resumed run
+    /// must keep.
+    pub fn check_resumable_from(&self, saved: &TrainConfig, saved_path: &Path) -> Result<()> {
+        let refused: Vec<String> = self
+            .changes_from(saved)
+            .into_iter()
+            .filter(|(k, _, _)| !RESUMABLE.contains(&k.as_str()))
+            .map(|(k, old, new)| format!("--{} ({old} -> {new})", k.replace('_', "-")))
+            .collect();
+        if refused.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Usage(format!(
+            "--resume keeps the run's settings; these would change it: {}. The run's settings are in {};              start a new run (another --name) to change them. A resumed run may change only: {}",
+            refused.join(", "),
+            saved_path.display(),
+            RESUMABLE.join(", ")
+        )))
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -10,6 +10,7 @@ pub mod guards;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod run_dir;
 pub mod schedule;
 pub mod stability;
 pub mod state;

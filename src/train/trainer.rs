@@ -5,11 +5,12 @@
 //! its own module and is one call here.
 
 use super::checkpoint::{self, LoopState, ModelMeta};
-use super::config::TrainConfig;
+use super::config::{self, TrainConfig};
 use super::engine::{Engine, StepResult};
 use super::eval::{evaluate, prepare, EvalResult};
 use super::guards::{Decision, Stop};
 use super::metrics::{EpochRecord, RunLog, StepRecord};
+use super::run_dir::{self, RunLock};
 use super::schedule::Schedule;
 use crate::data::dataset::ImageFolder;
 use crate::data::loader::{Loader, LoaderConfig};
@@ -44,6 +45,8 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
 pub struct Trainer {
     engine: Engine,
     dir: PathBuf,
+    /// Held while the trainer lives: one process per run folder.
+    _lock: RunLock,
     train_loader: Loader,
     val_loader: Option<Loader>,
     classes: Vec<String>,
@@ -55,6 +58,8 @@ pub struct Trainer {
     log: RunLog,
     session_start: Instant,
     last_eval: (Option<EvalResult>, Option<EvalResult>),
+    /// Said once, with the session's first step record (e.g. the settings a resume changed).
+    pending_event: Option<String>,
 }
 
 /// The train and val splits: `data/train` + `data/val`, or one folder used for both.
@@ -105,15 +110,8 @@ fn progress_bar(len: usize, epoch: usize, position: usize) -> Option<indicatif::
     })
 }
 
-/// The running sums of an epoch's train loss.
-#[derive(Default)]
-struct EpochLoss {
-    sum: f64,
-    count: usize,
-}
-
 impl Trainer {
-    // ---- Set-up: device, data, run folder, engine, resume. ----
+    // ---- Set-up: device, run folder, data, engine, resume. ----
     pub fn new(cfg: TrainConfig, resume: Option<&Path>) -> Result<Self> {
         let device = crate::runtime::parse_device(&cfg.device)?;
         if cfg.torch_threads > 0 {
@@ -123,28 +121,58 @@ impl Trainer {
         if device.is_cuda() {
             tch::Cuda::cudnn_set_benchmark(true);
         }
-        let (train_set, val_set) = datasets(&cfg)?;
-        let dir = match resume {
-            Some(d) => d.to_path_buf(),
-            None => {
-                let d = run_dir(&cfg);
-                if d.join("config.toml").exists() {
-                    return Err(Error::Usage(format!(
-                        "{} already holds a run: use --resume {0} or another --name",
-                        d.display()
-                    )));
-                }
-                d
+        // The run folder: a resume may change only some settings (checked before any file is
+        // touched); then one process at a time; a killed process's leftovers go.
+        let dir = resume.map_or_else(|| run_dir(&cfg), Path::to_path_buf);
+        let mut notes = Vec::new();
+        if resume.is_some() {
+            let saved_path = dir.join("config.toml");
+            if !saved_path.is_file() {
+                return Err(Error::Usage(format!(
+                    "--resume {}: not a run folder (it has no config.toml)",
+                    dir.display()
+                )));
             }
-        };
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        crate::fsutil::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-
+            let saved = config::read_file(&saved_path)?;
+            cfg.check_resumable_from(&saved, &saved_path)?;
+            let changes: Vec<String> = cfg
+                .changes_from(&saved)
+                .into_iter()
+                .filter(|(k, _, _)| k != "max_steps")
+                .map(|(k, old, new)| format!("{k} {old} -> {new}"))
+                .collect();
+            if !changes.is_empty() {
+                notes.push(format!("resumed with changed settings: {}", changes.join(", ")));
+            }
+        }
+        let lock = RunLock::acquire(&dir)?;
+        let stale = run_dir::remove_stale_temp_files(&dir)?;
+        if stale > 0 {
+            println!("note       removed {stale} temp file(s) of interrupted writes");
+        }
+        let has_checkpoint = run_dir::holds_checkpoint(&dir);
+        if resume.is_none() && has_checkpoint {
+            return Err(Error::Usage(format!(
+                "{} already holds a run: use --resume {0} or another --name",
+                dir.display()
+            )));
+        }
+        if resume.is_none() && dir.join("config.toml").exists() {
+            println!(
+                "note       {} held a run killed before its first checkpoint: starting it again",
+                dir.display()
+            );
+        }
+        if resume.is_some() && !has_checkpoint {
+            println!("note       no checkpoint yet (killed before the first): starting from step 0 with the run's config");
+        }
+        let (train_set, val_set) = datasets(&cfg)?;
         let (train_loader, val_loader, eval_size) = loaders(&cfg, device, &train_set, val_set.as_ref())?;
         let classes = train_set.classes.clone();
+        let run_config = cfg.to_toml(); // the run's settings, before any remedy of its guards
         let mut engine = Engine::new(cfg, device, classes.len() as i64)?;
         let mut state = LoopState::default();
-        if resume.is_some() {
+        if resume.is_some() && has_checkpoint {
             let last = dir.join("last.safetensors");
             let (file, saved) = checkpoint::load_last(&last)?;
             // The divergence guard's remedies so far hold again.
@@ -157,6 +185,8 @@ impl Trainer {
             engine.load(&file, &last)?;
             state = saved;
         }
+        // Written once the checkpoint loaded: a failed resume leaves the run as it was.
+        crate::fsutil::write_atomic(&dir.join("config.toml"), run_config.as_bytes())?;
         engine.snapshot_if_due(state.step);
 
         let cfg = &engine.cfg;
@@ -204,9 +234,14 @@ impl Trainer {
             schedule.warmup_steps,
             if resume.is_some() { format!(", resuming at epoch {} step {}", state.epoch, state.step) } else { String::new() }
         );
+        for n in &notes {
+            println!("note       {n}");
+        }
+        crate::fault::point("setup");
         Ok(Self {
             engine,
             dir,
+            _lock: lock,
             train_loader,
             val_loader,
             classes,
@@ -217,28 +252,45 @@ impl Trainer {
             log,
             session_start: Instant::now(),
             last_eval: (None, None),
+            pending_event: (!notes.is_empty()).then(|| notes.join("; ")),
         })
     }
 
-    /// Trains to the last epoch (or `max_steps`).
+    /// Trains to the last epoch (or `max_steps`, or a termination signal).
     pub fn run(mut self) -> Result<RunSummary> {
         while self.state.epoch < self.engine.cfg.epochs {
-            let (loss, stopped) = self.train_epoch()?;
-            if stopped {
+            if self.train_epoch()? {
                 return Ok(self.summary(true));
             }
-            self.end_epoch(loss)?;
+            self.end_epoch()?;
+            self.stop_if_signalled()?;
         }
         Ok(self.summary(false))
     }
 
-    /// One epoch from `state.next_batch`; returns the epoch's loss sums and whether `max_steps`
-    /// stopped it.
-    fn train_epoch(&mut self) -> Result<(EpochLoss, bool)> {
+    /// On SIGINT/SIGTERM (see `ffi::process`): saves `last` at this step boundary and stops with
+    /// `Error::Interrupted` (exit code 130/143); `--resume` continues exactly from here.
+    fn stop_if_signalled(&mut self) -> Result<()> {
+        let Some(signal) = crate::ffi::process::termination_requested() else { return Ok(()) };
+        self.save_last()?;
+        self.log.flush();
+        let name = if signal == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+        Err(Error::Interrupted {
+            signal,
+            msg: format!(
+                "{name}: saved the run at step {} in {}; continue with --resume {}",
+                self.state.step,
+                self.dir.join("last.safetensors").display(),
+                self.dir.display()
+            ),
+        })
+    }
+
+    /// One epoch from `state.next_batch`; returns whether `max_steps` stopped it.
+    fn train_epoch(&mut self) -> Result<bool> {
         let epoch = self.state.epoch;
         let accum = self.engine.cfg.accum_steps;
         let bar = progress_bar(self.steps_per_epoch, epoch, self.state.next_batch / accum);
-        let mut loss = EpochLoss::default();
         let mut micro = Vec::with_capacity(accum);
         let mut window = (Instant::now(), 0usize);
         for batch in self.train_loader.epoch(epoch as u64, self.state.next_batch) {
@@ -262,8 +314,8 @@ impl Trainer {
                 }));
             }
             if result.loss.is_finite() {
-                loss.sum += result.loss;
-                loss.count += 1;
+                self.state.train_loss_sum += result.loss;
+                self.state.train_loss_steps += 1;
             }
             window = (Instant::now(), 0);
             self.state.step += 1;
@@ -280,13 +332,15 @@ impl Trainer {
                     self.state.step,
                     self.dir.display()
                 );
-                return Ok((loss, true));
+                return Ok(true);
             }
+            crate::fault::point("step");
+            self.stop_if_signalled()?;
         }
         if let Some(b) = &bar {
             b.finish_and_clear();
         }
-        Ok((loss, false))
+        Ok(false)
     }
 
     /// Records one step: metrics.jsonl, TensorBoard, the progress bar or a console line.
@@ -311,7 +365,10 @@ impl Trainer {
             img_per_s,
             elapsed_s: self.elapsed(),
             activations: r.activations.clone(),
-            event: r.decision.event(),
+            event: match (self.pending_event.take(), r.decision.event()) {
+                (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                (a, b) => a.or(b),
+            },
         };
         self.log.step(&record)?;
         let line = format!(
@@ -330,13 +387,16 @@ impl Trainer {
     }
 
     // ---- Epoch end: evaluate (model and EMA), record, checkpoint. ----
-    fn end_epoch(&mut self, loss: EpochLoss) -> Result<()> {
+    fn end_epoch(&mut self) -> Result<()> {
         let epoch = self.state.epoch;
         let cfg = &self.engine.cfg;
-        let train_loss = if loss.count > 0 { loss.sum / loss.count as f64 } else { f64::NAN };
+        let s = &self.state;
+        let train_loss =
+            if s.train_loss_steps > 0 { s.train_loss_sum / s.train_loss_steps as f64 } else { f64::NAN };
         let due = (epoch + 1).is_multiple_of(cfg.eval_every.max(1)) || epoch + 1 == cfg.epochs;
         let (eval, ema_eval) = match &self.val_loader {
             Some(l) if due => {
+                crate::fault::point("eval");
                 let e = &self.engine;
                 let raw = evaluate(&e.model, l, e.device, cfg.precision, cfg.channels_last)?;
                 let ema = match &e.ema {
@@ -349,6 +409,7 @@ impl Trainer {
         };
         self.state.epoch += 1;
         self.state.next_batch = 0;
+        (self.state.train_loss_sum, self.state.train_loss_steps) = (0.0, 0);
         if let Some(raw) = eval {
             self.last_eval = (eval, ema_eval);
             // `best` holds whichever of the model and its EMA evaluates better.

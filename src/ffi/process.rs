@@ -1,0 +1,60 @@
+//! Process-level unsafe calls with safe faces: SIGINT/SIGTERM handlers that only set a flag
+//! (async-signal-safe) and end the process at once on the second signal, a self-SIGKILL for
+//! fault-injection tests, and whether a PID is alive.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The first termination signal received (0: none).
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    // A second signal ends the process at once, with the shell's code for that signal.
+    if RECEIVED.swap(sig, Ordering::SeqCst) != 0 {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(128 + sig) };
+    }
+}
+
+/// Installs the handlers for SIGINT and SIGTERM (idempotent).
+pub fn install_termination_handlers() -> std::io::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction with a plain handler function that only touches an atomic
+        // (or calls _exit); sigemptyset and sigaction get valid pointers.
+        let rc = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The termination signal received so far, if any (`libc::SIGINT` or `libc::SIGTERM`).
+pub fn termination_requested() -> Option<i32> {
+    match RECEIVED.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// Sends SIGKILL to this process (fault injection: a kill at an exact instant).
+pub fn kill_self() -> ! {
+    // SAFETY: plain syscalls with valid arguments; SIGKILL cannot be caught, so this does not return.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    std::process::abort()
+}
+
+/// Whether a process with this PID exists on this machine.
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

@@ -1,0 +1,119 @@
+//! The run folder as a resource: one process at a time (a lock file naming the PID and host; a
+//! stale lock from a killed process is taken over), leftovers of a killed process (temp files of
+//! interrupted atomic writes) removed, and whether the folder holds a run to continue.
+
+use crate::error::{Error, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const LOCK: &str = "lock";
+
+/// Whether `dir` holds a run that can be continued (a `last` checkpoint).
+pub fn holds_checkpoint(dir: &Path) -> bool {
+    dir.join("last.safetensors").is_file()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "unknown".into(), |h| h.trim().to_string())
+}
+
+/// The lock on a run folder; released (the file removed) when dropped.
+#[derive(Debug)]
+pub struct RunLock {
+    path: PathBuf,
+}
+
+impl RunLock {
+    /// Takes the folder's lock, or fails naming the live process that holds it.
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(LOCK);
+        let (pid, host) = (std::process::id(), hostname());
+        for _ in 0..3 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    writeln!(f, "pid = {pid}\nhost = {host:?}")
+                        .and_then(|_| f.sync_all())
+                        .map_err(|e| Error::io(&path, e))?;
+                    return Ok(Self { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let holder: Option<(u32, String)> =
+                        toml::from_str::<toml::Table>(&text).ok().and_then(|t| {
+                            let p = u32::try_from(t.get("pid")?.as_integer()?).ok()?;
+                            Some((p, t.get("host")?.as_str()?.to_string()))
+                        });
+                    match holder {
+                        Some((p, h)) if h != host || crate::ffi::process::pid_alive(p) => {
+                            return Err(Error::Usage(format!(
+                                "{} is in use by process {p} on {h} (lock file {}); if that process is gone, \
+                                 delete the lock file",
+                                dir.display(),
+                                path.display()
+                            )));
+                        }
+                        stale => {
+                            // A killed process's lock (or one torn while being written): take it over.
+                            let who = stale
+                                .map_or("an unreadable lock".into(), |(p, _)| format!("process {p}, gone"));
+                            eprintln!("note: {}: taking over the lock of {who}", dir.display());
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Err(Error::file(&path, "could not take the run folder's lock (another process keeps taking it)"))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Removes the temp files (`.NAME.tmpPID`) that atomic writes of a killed process left behind;
+/// returns how many. Call while holding the lock (no live writer then).
+pub fn remove_stale_temp_files(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp") && e.path().is_file() {
+            std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_is_exclusive_released_on_drop_and_stale_locks_are_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = RunLock::acquire(dir.path()).unwrap();
+        let err = RunLock::acquire(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(&format!("process {}", std::process::id())) && err.contains("lock"), "{err}");
+        drop(lock);
+        assert!(!dir.path().join(LOCK).exists());
+        // A lock left by a process that is gone.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        std::fs::write(dir.path().join(LOCK), format!("pid = {dead}\nhost = {:?}\n", hostname())).unwrap();
+        let _lock = RunLock::acquire(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(LOCK)).unwrap();
+        assert!(text.contains(&format!("pid = {}", std::process::id())));
+        // Torn temp files of killed writers go; other files stay.
+        std::fs::write(dir.path().join(".last.safetensors.tmp123"), b"x").unwrap();
+        std::fs::write(dir.path().join("summary.csv"), b"x").unwrap();
+        assert_eq!(remove_stale_temp_files(dir.path()).unwrap(), 1);
+        assert!(dir.path().join("summary.csv").exists());
+    }
+}

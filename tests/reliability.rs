@@ -1,0 +1,201 @@
+//! Never lose a run: a small deterministic run killed with SIGKILL at exact instants (set-up,
+//! before the first checkpoint, during checkpoint and summary writes, during evaluation, mid-epoch)
+//! and resumed gives the uninterrupted run's metrics.jsonl and summary.csv; SIGTERM saves and
+//! exits 143; one process per run folder; a resume refuses settings that would change the run.
+//! The kills come from `RESNET_TRAIN_FAULT` (src/fault.rs): a real SIGKILL at a chosen point.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    config: PathBuf,
+}
+
+/// 80 train / 20 val images, batch 8: 10 steps per epoch, 2 epochs, `last` every 3 steps.
+fn setup() -> Setup {
+    let tmp = common::tmpdir();
+    let root = tmp.path().to_path_buf();
+    let data = root.join("data");
+    resnet_train::data::synthetic::write_dataset(&data, 8, 2, 32, 5).unwrap();
+    let config = root.join("run.toml");
+    let text = format!(
+        "data = {:?}\narch = \"resnet18\"\nact = \"relu\"\nepochs = 2\nbatch_size = 8\nlr = 0.4\n\
+         warmup_epochs = 0.5\nsmoothing = 0.1\ntrain_size = 32\neval_size = 32\ndevice = \"cpu\"\n\
+         workers = 2\nlog_every = 1000\nkeep_last = 1\ncheckpoint_every = 3\noutput = {:?}\n",
+        data,
+        root.join("runs")
+    );
+    std::fs::write(&config, text).unwrap();
+    Setup { _tmp: tmp, root, config }
+}
+
+fn train(s: &Setup, args: &[&str], fault: Option<&str>) -> Output {
+    let mut c = Command::new(common::bin());
+    c.arg("train").arg("--config").arg(&s.config).args(args);
+    if let Some(f) = fault {
+        c.env("RESNET_TRAIN_FAULT", f);
+    }
+    c.output().expect("binary runs")
+}
+
+fn resume(dir: &Path, args: &[&str]) -> Output {
+    Command::new(common::bin()).arg("--resume").arg(dir).args(args).output().expect("binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// metrics.jsonl and summary.csv without their wall-clock fields (img/s, elapsed seconds).
+fn history(run: &Path) -> (Vec<serde_json::Value>, Vec<String>) {
+    let steps = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let m = v.as_object_mut().unwrap();
+            m.remove("img_per_s");
+            m.remove("elapsed_s");
+            v
+        })
+        .collect();
+    let summary = std::fs::read_to_string(run.join("summary.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(',').collect();
+            f.remove(6); // elapsed_s
+            f.join(",")
+        })
+        .collect();
+    (steps, summary)
+}
+
+#[test]
+fn sigkill_at_any_instant_then_resume_gives_the_uninterrupted_run() {
+    let s = setup();
+    let full = train(&s, &["--name", "full"], None);
+    assert!(full.status.success(), "{}", text(&full));
+    let want = history(&s.root.join("runs/full"));
+    assert_eq!((want.0.len(), want.1.len()), (20, 3));
+
+    // (kill point, how to continue): `write:F@n` is the n-th write of F, caught after its temp
+    // file is on disk and before the rename; `last` is written at steps 3, 6, 9, the end of
+    // epoch 0 (10), 12, 15, 18 and the end (20).
+    let cases = [
+        ("setup@1", "resume"),
+        ("step@2", "resume"),  // before the first checkpoint
+        ("step@2", "restart"), // the same, started again with the original command
+        ("write:last.safetensors@1", "resume"),
+        ("step@8", "resume"),
+        ("eval@1", "resume"), // 1 step after the last checkpoint, and the epoch's loss mean
+        ("write:summary.csv@1", "resume"),
+        ("write:last.safetensors@4", "resume"), // the epoch-end checkpoint
+        ("eval@2", "resume"),
+    ];
+    let mut report = Vec::new();
+    for (i, (fault, how)) in cases.iter().enumerate() {
+        let name = format!("kill{i}");
+        let run = s.root.join("runs").join(&name);
+        let killed = train(&s, &["--name", &name], Some(fault));
+        assert_eq!(killed.status.code(), None, "{fault}: not killed: {}", text(&killed));
+        let done = if *how == "resume" { resume(&run, &[]) } else { train(&s, &["--name", &name], None) };
+        assert!(done.status.success(), "{fault} then {how}: {}", text(&done));
+        let got = history(&run);
+        assert_eq!(got.0, want.0, "{fault} then {how}: metrics.jsonl differs");
+        assert_eq!(got.1, want.1, "{fault} then {how}: summary.csv differs");
+        let leftovers: Vec<_> = std::fs::read_dir(&run)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp") || n == "lock")
+            .collect();
+        assert!(leftovers.is_empty(), "{fault}: left {leftovers:?}");
+        report.push(format!("{fault} + {how}: identical"));
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+#[test]
+fn sigterm_saves_the_step_and_exits_143_then_resume_is_exact() {
+    let s = setup();
+    let full = train(&s, &["--name", "full"], None);
+    assert!(full.status.success(), "{}", text(&full));
+    let run = s.root.join("runs/term");
+    let mut child = Command::new(common::bin())
+        .args(["train", "--config"])
+        .arg(&s.config)
+        .args(["--name", "term"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until a few steps are logged (the handlers are installed before the first step).
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 4 {
+        assert!(t0.elapsed().as_secs() < 120, "the run did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(143), "{msg}");
+    assert!(msg.contains("SIGTERM: saved the run at step"), "{msg}");
+    // The checkpoint is at the step the run stopped at: nothing was lost.
+    let (_, state) = resnet_train::train::checkpoint::load_last(&run.join("last.safetensors")).unwrap();
+    let logged = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count();
+    assert_eq!(state.step, logged, "the saved step is the last logged one");
+    assert!(!run.join("lock").exists(), "the lock is released");
+    let done = resume(&run, &[]);
+    assert!(done.status.success(), "{}", text(&done));
+    assert_eq!(history(&run), history(&s.root.join("runs/full")));
+}
+
+#[test]
+fn one_process_per_run_folder_and_resume_keeps_the_runs_settings() {
+    let s = setup();
+    let run = s.root.join("runs/r");
+    let first = train(&s, &["--name", "r", "--max-steps", "4"], None);
+    assert!(first.status.success(), "{}", text(&first));
+    let config_before = std::fs::read(run.join("config.toml")).unwrap();
+
+    // A live process holds the folder: a second one is refused, naming it.
+    let lock = resnet_train::train::run_dir::RunLock::acquire(&run).unwrap();
+    let refused = resume(&run, &[]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains(&format!("in use by process {}", std::process::id())),
+        "{}",
+        text(&refused)
+    );
+    let again = train(&s, &["--name", "r"], None);
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    drop(lock);
+
+    // Settings that would change the run are refused by name, before any file is touched.
+    let bad = resume(&run, &["--arch", "resnet34", "--batch-size", "4", "--seed", "1"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    let msg = text(&bad);
+    assert!(msg.contains("--arch") && msg.contains("--batch-size") && msg.contains("--seed"), "{msg}");
+    assert_eq!(std::fs::read(run.join("config.toml")).unwrap(), config_before);
+    // Safe ones are accepted, recorded as an event and kept in config.toml.
+    let ok = resume(&run, &["--epochs", "3", "--max-steps", "6"]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let recs = common::step_records(&run);
+    let event = recs[4].event.as_deref().unwrap_or_default();
+    assert!(event.contains("epochs 2 -> 3"), "{event}");
+    let saved = resnet_train::train::config::read_file(&run.join("config.toml")).unwrap();
+    assert_eq!((saved.epochs, saved.max_steps), (3, 0));
+
+    // A folder that is not a run says so.
+    let empty = s.root.join("not-a-run");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = resume(&empty, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("not a run folder"), "{}", text(&out));
+}
