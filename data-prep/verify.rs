@@ -16,6 +16,9 @@ pub struct VerifyArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Images whose header claims more pixels are bad files (decompression bombs).
+    #[arg(long, default_value_t = decode::DEFAULT_MAX_IMAGE_PIXELS)]
+    max_image_pixels: u64,
 }
 
 /// What one file turned out to be: (format / colour space) or an error.
@@ -23,6 +26,7 @@ fn check(path: &PathBuf) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         let h = jpeg::header(&bytes)?;
+        decode::check_pixels(h.width, h.height, path).map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         match jpeg::decode(&bytes, &h, 8, None, &mut out) {
             Ok(_) => {}
@@ -43,6 +47,7 @@ fn check(path: &PathBuf) -> Result<String, String> {
 }
 
 pub fn run(a: VerifyArgs) -> Result<u8, String> {
+    decode::set_max_image_pixels(a.max_image_pixels);
     let files = crate::image_files(&a.dir)?;
     let bar = crate::progress(files.len() as u64, "verify");
     let results: Vec<(PathBuf, Result<String, String>)> = files

@@ -126,7 +126,7 @@ fn sigterm_saves_the_step_and_exits_143_then_resume_is_exact() {
     let full = train(&s, &["--name", "full"], None);
     assert!(full.status.success(), "{}", text(&full));
     let run = s.root.join("runs/term");
-    let mut child = Command::new(common::bin())
+    let child = Command::new(common::bin())
         .args(["train", "--config"])
         .arg(&s.config)
         .args(["--name", "term"])

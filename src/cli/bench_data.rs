@@ -63,6 +63,13 @@ pub fn run(a: BenchDataArgs) -> Result<()> {
     for s in &dataset.samples {
         let _ = std::fs::read(&s.path); // warm the page cache, untimed (as the PyTorch baseline)
     }
+    let max = crate::data::transform::MAX_SIZE;
+    if !(8..=max).contains(&a.size) || a.batch_size == 0 {
+        return Err(crate::error::Error::Usage(format!(
+            "--size must be in 8..={max} and --batch-size at least 1, got {} and {}",
+            a.size, a.batch_size
+        )));
+    }
     let transform = match a.mode {
         Mode::Train => Transform::train(a.size),
         Mode::Eval => Transform::eval(a.size, 0.875),

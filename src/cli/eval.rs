@@ -41,6 +41,13 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
+    let max = crate::data::transform::MAX_SIZE;
+    if !(8..=max).contains(&a.size) || !(0.1..=1.0).contains(&a.crop_pct) || a.batch_size == 0 {
+        return Err(Error::Usage(format!(
+            "--size must be in 8..={max}, --crop-pct in [0.1, 1] and --batch-size at least 1 (got {}, {}, {})",
+            a.size, a.crop_pct, a.batch_size
+        )));
+    }
     let device = crate::runtime::parse_device(&a.device)?;
     let weights::LoadedModel { model, config: cfg, file, .. } =
         weights::load_model_weights(&a.checkpoint, device, a.weights)?;

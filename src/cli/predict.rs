@@ -76,9 +76,12 @@ pub fn run(args: PredictArgs) -> Result<()> {
         let (r, c) = file.eval_size().unwrap_or((256, 224));
         (args.resize.unwrap_or(r), args.crop.unwrap_or(c))
     };
-    if crop == 0 || resize < crop {
-        return Err(Error::Usage(format!("--resize {resize} must be >= --crop {crop} > 0")));
-    }
+    let what = if args.resize.is_some() || args.crop.is_some() {
+        "--resize/--crop".to_string()
+    } else {
+        format!("{}'s recorded eval preprocessing", args.checkpoint.display())
+    };
+    transform::check_eval_sizes(resize, crop, &what)?;
     let names = match &args.classes {
         Some(p) => Some(read_class_names(p)?),
         None => file.class_names(),

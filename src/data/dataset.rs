@@ -45,29 +45,48 @@ struct Index {
     files: Vec<Vec<String>>,
 }
 
-const INDEX_VERSION: u32 = 1;
+const INDEX_VERSION: u32 = 2; // 2: hidden folders and looping/escaping symlinks skipped
 
 fn mtime_ns(p: &Path) -> Result<u128> {
     let m = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
     Ok(m.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos()))
 }
 
-/// Image files under `dir` (recursively, following torchvision's sorted os.walk order), relative to
-/// `dir`, plus every folder visited with its mtime.
-/// Image files (relative paths) and the folders visited with their mtimes.
-type Walked = (Vec<String>, Vec<(PathBuf, u128)>);
+/// Image files (relative paths), the folders visited with their mtimes, and the folders skipped
+/// (hidden ones, and directory symlinks that loop or leave the class folder), with why.
+type Walked = (Vec<String>, Vec<(PathBuf, u128)>, Vec<String>);
 
-fn walk(dir: &Path) -> Result<Walked> {
+/// Image files under `dir` (recursively, following torchvision's sorted os.walk order), relative to
+/// `dir`. Hidden folders (`.ipynb_checkpoints`) are skipped; a directory symlink is followed once,
+/// and only when its target stays inside `class_root` and is not a folder on the current path,
+/// so no file is counted twice and no class's images are labelled as another's.
+fn walk(dir: &Path, class_root: &Path, ancestors: &mut Vec<PathBuf>) -> Result<Walked> {
     let mut files = Vec::new();
+    let mut skipped = Vec::new();
     let mut dirs = vec![(dir.to_path_buf(), mtime_ns(dir)?)];
-    let mut entries: Vec<(String, bool)> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok())
-        .map(|e| {
-            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false) || e.path().is_dir();
-            (e.file_name().to_string_lossy().into_owned(), is_dir)
-        })
-        .collect();
+    let mut entries: Vec<(String, bool)> = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        let is_link = e.file_type().map(|t| t.is_symlink()).unwrap_or(false);
+        let is_dir = path.is_dir();
+        if is_dir && name.starts_with('.') {
+            skipped.push(format!("{} (hidden folder)", path.display()));
+            continue;
+        }
+        if is_dir && is_link {
+            let target = path.canonicalize().map_err(|err| Error::io(&path, err))?;
+            if ancestors.contains(&target) || !target.starts_with(class_root) {
+                skipped.push(format!(
+                    "{} -> {} (a symlink that loops or leaves its class folder)",
+                    path.display(),
+                    target.display()
+                ));
+                continue;
+            }
+        }
+        entries.push((name, is_dir));
+    }
     entries.sort();
     // os.walk yields this folder's files first, then recurses into subfolders in sorted order.
     for (name, is_dir) in &entries {
@@ -77,12 +96,22 @@ fn walk(dir: &Path) -> Result<Walked> {
     }
     for (name, is_dir) in &entries {
         if *is_dir {
-            let (sub_files, sub_dirs) = walk(&dir.join(name))?;
+            let sub = dir.join(name);
+            ancestors.push(sub.canonicalize().map_err(|e| Error::io(&sub, e))?);
+            let (sub_files, sub_dirs, sub_skipped) = walk(&sub, class_root, ancestors)?;
+            ancestors.pop();
             files.extend(sub_files.into_iter().map(|f| format!("{name}/{f}")));
             dirs.extend(sub_dirs);
+            skipped.extend(sub_skipped);
         }
     }
-    Ok((files, dirs))
+    Ok((files, dirs, skipped))
+}
+
+/// `walk` from a class folder (or any root).
+fn walk_root(dir: &Path) -> Result<Walked> {
+    let canonical = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+    walk(dir, &canonical, &mut vec![canonical.clone()])
 }
 
 /// `$RESNET_TRAIN_CACHE/index`, else `~/.cache/resnet-train/index`.
@@ -131,25 +160,37 @@ impl ImageFolder {
     }
 
     fn scan(root: &Path) -> Result<Index> {
-        let mut classes: Vec<String> = std::fs::read_dir(root)
+        let (mut classes, hidden): (Vec<String>, Vec<String>) = std::fs::read_dir(root)
             .map_err(|e| Error::io(root, e))?
             .filter_map(|e| e.ok())
             .filter(|e| e.path().is_dir())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
+            .partition(|n| !n.starts_with('.'));
         classes.sort();
+        let mut skipped: Vec<String> = hidden
+            .iter()
+            .map(|h| format!("{} (hidden folder, not a class)", root.join(h).display()))
+            .collect();
         if classes.is_empty() {
             return Err(Error::file(
                 root,
                 "no class folders: expected an ImageFolder layout root/<class>/<image>",
             ));
         }
-        let walked: Vec<Walked> = classes.par_iter().map(|c| walk(&root.join(c))).collect::<Result<_>>()?;
+        let walked: Vec<Walked> =
+            classes.par_iter().map(|c| walk_root(&root.join(c))).collect::<Result<_>>()?;
         let mut dirs = vec![(root.to_path_buf(), mtime_ns(root)?)];
         let mut files = Vec::with_capacity(classes.len());
-        for (f, d) in walked {
+        for (f, d, s) in walked {
             files.push(f);
             dirs.extend(d);
+            skipped.extend(s);
+        }
+        if !skipped.is_empty() {
+            eprintln!("note: {}: skipped {} folder(s):", root.display(), skipped.len());
+            for s in skipped.iter().take(10) {
+                eprintln!("  {s}");
+            }
         }
         if files.iter().all(|f| f.is_empty()) {
             return Err(Error::file(root, "class folders hold no .jpg/.jpeg/.png files"));
@@ -168,7 +209,7 @@ impl ImageFolder {
 
     /// A flat folder of images (no class folders); every label is 0.
     pub fn flat(root: &Path) -> Result<Self> {
-        let (files, _) = walk(root)?;
+        let (files, _, _) = walk_root(root)?;
         if files.is_empty() {
             return Err(Error::file(root, "no .jpg/.jpeg/.png files"));
         }

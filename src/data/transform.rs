@@ -13,6 +13,20 @@ use crate::rng::SplitMix64;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
+/// The largest output size any command accepts (a crop of 2048 x 2048 is 12 MB per image).
+pub const MAX_SIZE: usize = 2048;
+
+/// Validates an eval preprocessing (resize the shorter side, center-crop) named by `what`.
+pub fn check_eval_sizes(resize: usize, crop: usize, what: &str) -> Result<()> {
+    if !(1..=MAX_SIZE).contains(&crop) || !(crop..=2 * MAX_SIZE).contains(&resize) {
+        return Err(Error::Usage(format!(
+            "{what}: resize {resize} / crop {crop}: the crop must be in 1..={MAX_SIZE} and the resize in crop..={}",
+            2 * MAX_SIZE
+        )));
+    }
+    Ok(())
+}
+
 pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
 
@@ -180,6 +194,7 @@ pub fn apply(
     let is_jpeg = bytes.starts_with(&[0xFF, 0xD8, 0xFF]);
     if is_jpeg {
         if let Ok(header) = jpeg::header(bytes) {
+            decode::check_pixels(header.width, header.height, path)?;
             // Draw the plan from a copy so a fallback below draws the same crop.
             let mut r = rng.clone();
             let p = plan(header.height, header.width, t, &mut r, true);

@@ -51,6 +51,10 @@ impl Arch {
 }
 
 /// Everything that defines the network's shape and initial values. Saved in checkpoints.
+/// More classes than any classification dataset has (ImageNet-21k: 21,841); a ResNet-50 head
+/// this wide is already 8 GB. A metadata value beyond it is an error, not an allocation.
+pub const MAX_CLASSES: i64 = 1_000_000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResNetConfig {
@@ -72,8 +76,11 @@ impl ResNetConfig {
 
     pub fn validate(&self) -> Result<()> {
         self.act.validate()?;
-        if self.num_classes < 1 {
-            return Err(Error::Usage(format!("--num-classes must be at least 1, got {}", self.num_classes)));
+        if !(1..=MAX_CLASSES).contains(&self.num_classes) {
+            return Err(Error::Usage(format!(
+                "--num-classes must be in 1..={MAX_CLASSES}, got {}",
+                self.num_classes
+            )));
         }
         Ok(())
     }

@@ -43,6 +43,10 @@ pub struct TrainConfig {
     /// Stop when more than this fraction of images is unreadable.
     #[arg(long, default_value_t = 0.01)]
     pub max_bad_fraction: f64,
+    /// Images whose header claims more pixels are bad files, refused before decoding
+    /// (decompression bombs; PIL's limit).
+    #[arg(long, default_value_t = crate::data::decode::DEFAULT_MAX_IMAGE_PIXELS)]
+    pub max_image_pixels: u64,
     /// Decode threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
@@ -461,8 +465,43 @@ impl TrainConfig {
         if self.bce_target_thresh.is_some_and(|t| !(0.0..1.0).contains(&t)) {
             return bad(format!("--bce-target-thresh must be in [0, 1), got {:?}", self.bce_target_thresh));
         }
-        if self.train_size < 8 || self.eval_size < 8 || !(0.1..=1.0).contains(&self.crop_pct) {
-            return bad("--train-size and --eval-size must be >= 8 and crop_pct in [0.1, 1]".into());
+        let max = crate::data::transform::MAX_SIZE;
+        if !(8..=max).contains(&self.train_size) || !(8..=max).contains(&self.eval_size) {
+            return bad(format!("--train-size and --eval-size must be in 8..={max}"));
+        }
+        if !(0.1..=1.0).contains(&self.crop_pct) {
+            return bad(format!("--crop-pct must be in [0.1, 1], got {}", self.crop_pct));
+        }
+        // Numbers that must be finite and not negative (NaN fails every comparison).
+        for (flag, v) in [
+            ("--weight-decay", self.weight_decay),
+            ("--warmup-epochs", self.warmup_epochs),
+            ("--min-lr", self.min_lr),
+            ("--clip-grad", self.clip_grad),
+            ("--momentum", self.momentum),
+            ("--spike-factor", self.spike_factor),
+            ("--min-loss-scale", self.min_loss_scale),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(format!("{flag} must be a finite number >= 0, got {v}"));
+            }
+        }
+        if self.momentum >= 1.0 {
+            return bad(format!("--momentum must be below 1, got {}", self.momentum));
+        }
+        if !(self.step_gamma > 0.0 && self.step_gamma <= 1.0)
+            || !(self.spike_lr_factor > 0.0 && self.spike_lr_factor <= 1.0)
+        {
+            return bad(format!(
+                "--step-gamma and --spike-lr-factor must be in (0, 1], got {} and {}",
+                self.step_gamma, self.spike_lr_factor
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.max_bad_fraction) || self.max_image_pixels == 0 {
+            return bad("--max-bad-fraction must be in [0, 1] and --max-image-pixels at least 1".into());
+        }
+        if self.act_clamp.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+            return bad(format!("--act-clamp must be a positive number, got {:?}", self.act_clamp));
         }
         if !(0.0 < self.rrc_scale_min && self.rrc_scale_min <= 1.0) {
             return bad(format!("rrc_scale_min must be in (0, 1], got {}", self.rrc_scale_min));

@@ -70,6 +70,15 @@ fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFold
     };
     let (train_dir, val_dir) = (root.join("train"), root.join("val"));
     let train = Arc::new(ImageFolder::open(if train_dir.is_dir() { &train_dir } else { &root })?);
+    if train.classes.len() < 2 {
+        return Err(Error::file(
+            &train.root,
+            format!(
+                "{} class folder(s): a classifier needs at least 2 (with one, every prediction is right)",
+                train.classes.len()
+            ),
+        ));
+    }
     let val = if val_dir.is_dir() { Some(Arc::new(ImageFolder::open(&val_dir)?)) } else { None };
     if let Some(v) = &val {
         if v.classes != train.classes {
@@ -118,6 +127,7 @@ impl Trainer {
             tch::set_num_threads(cfg.torch_threads as i32);
         }
         cfg.precision.configure()?;
+        crate::data::decode::set_max_image_pixels(cfg.max_image_pixels);
         if device.is_cuda() {
             tch::Cuda::cudnn_set_benchmark(true);
         }
