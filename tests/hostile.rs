@@ -22,7 +22,7 @@ fn run(bin: &str, args: &[&str]) -> (i32, String) {
 /// A real JPEG whose frame header is patched to claim 65000 x 65000 pixels (12.7 GB of RGB).
 fn bomb() -> Vec<u8> {
     let mut b = std::fs::read(common::repo().join("tests/fixtures/gray.jpg")).unwrap();
-    let sof = (0..b.len() - 9).find(|&i| b[i] == 0xFF && matches!(b[i + 1], 0xC0 | 0xC1 | 0xC2)).unwrap();
+    let sof = (0..b.len() - 9).find(|&i| b[i] == 0xFF && matches!(b[i + 1], 0xC0..=0xC2)).unwrap();
     b[sof + 5..sof + 9].copy_from_slice(&[0xFD, 0xE8, 0xFD, 0xE8]); // height, width = 65000
     b
 }

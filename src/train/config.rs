@@ -489,9 +489,8 @@ impl TrainConfig {
         if self.momentum >= 1.0 {
             return bad(format!("--momentum must be below 1, got {}", self.momentum));
         }
-        if !(self.step_gamma > 0.0 && self.step_gamma <= 1.0)
-            || !(self.spike_lr_factor > 0.0 && self.spike_lr_factor <= 1.0)
-        {
+        let in_unit = |v: f64| v > 0.0 && v <= 1.0;
+        if !in_unit(self.step_gamma) || !in_unit(self.spike_lr_factor) {
             return bad(format!(
                 "--step-gamma and --spike-lr-factor must be in (0, 1], got {} and {}",
                 self.step_gamma, self.spike_lr_factor
