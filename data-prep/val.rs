@@ -39,6 +39,10 @@ pub struct ValArgs {
     /// Print what would be done; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Go ahead despite conflicts: images with conflicting labels are left out, and an image
+    /// already placed under another class (from an earlier run with other labels) is moved.
+    #[arg(long)]
+    force: bool,
 }
 
 fn read(path: &Path) -> Result<String, String> {
@@ -53,23 +57,40 @@ fn val_file_name(i: usize) -> String {
     format!("ILSVRC2012_val_{i:08}.JPEG")
 }
 
-/// File name (with extension) -> wnid, from any supported labels format.
-pub fn parse_labels(
-    labels: &Path,
-    meta: Option<&Path>,
-    synsets: Option<&Path>,
-) -> Result<HashMap<String, String>, String> {
+/// Labels as read: file name -> (wnid, line index), and the files given two different wnids.
+#[derive(Default)]
+pub struct Labels {
+    pub map: HashMap<String, (String, usize)>,
+    /// (file, (wnid, line), (other wnid, other line)), 0-based lines.
+    pub conflicts: Vec<(String, (String, usize), (String, usize))>,
+}
+
+impl Labels {
+    fn insert(&mut self, file: String, wnid: String, line: usize) {
+        match self.map.get(&file) {
+            Some((w, l)) if *w != wnid => self.conflicts.push((file, (w.clone(), *l), (wnid, line))),
+            Some(_) => {} // the same label twice
+            None => {
+                self.map.insert(file, (wnid, line));
+            }
+        }
+    }
+}
+
+/// File name (with extension) -> wnid, from any supported labels format; conflicting duplicates
+/// are kept aside, not resolved by line order.
+pub fn parse_labels(labels: &Path, meta: Option<&Path>, synsets: Option<&Path>) -> Result<Labels, String> {
     let text = read(labels)?;
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let first = *lines.first().ok_or_else(|| format!("{}: empty labels file", labels.display()))?;
     let bad = |n: usize, l: &str| format!("{}:{}: cannot parse {l:?}", labels.display(), n + 1);
     let with_ext = |id: &str| if id.contains('.') { id.to_string() } else { format!("{id}.JPEG") };
-    let mut map = HashMap::new();
+    let mut map = Labels::default();
     if first.starts_with("ImageId") {
         for (n, l) in lines.iter().enumerate().skip(1) {
             let (id, pred) = l.split_once(',').ok_or_else(|| bad(n, l))?;
             let wnid = pred.split_whitespace().next().filter(|w| is_wnid(w)).ok_or_else(|| bad(n, l))?;
-            map.insert(with_ext(id), wnid.to_string());
+            map.insert(with_ext(id), wnid.to_string(), n);
         }
     } else if first.split_whitespace().count() == 1 {
         let meta = meta.ok_or_else(|| {
@@ -85,7 +106,7 @@ pub fn parse_labels(
             let wnid = ids.get(&id).ok_or_else(|| {
                 format!("{}: ILSVRC2012_ID {id} is not in {}", labels.display(), meta.display())
             })?;
-            map.insert(val_file_name(n + 1), wnid.clone());
+            map.insert(val_file_name(n + 1), wnid.clone(), n);
         }
     } else {
         let classes: Option<Vec<String>> = match synsets {
@@ -108,7 +129,7 @@ pub fn parse_labels(
                     format!("{}:{}: class index {idx} out of range", labels.display(), n + 1)
                 })?
             };
-            map.insert(with_ext(file), wnid);
+            map.insert(with_ext(file), wnid, n);
         }
     }
     Ok(map)
@@ -126,15 +147,81 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 pub fn run(a: ValArgs) -> Result<u8, String> {
-    let labels = parse_labels(&a.labels, a.meta.as_deref(), a.synsets.as_deref())?;
+    let parsed = parse_labels(&a.labels, a.meta.as_deref(), a.synsets.as_deref())?;
+    if !parsed.conflicts.is_empty() {
+        let (f, (w1, l1), (w2, l2)) = &parsed.conflicts[0];
+        let msg = format!(
+            "{}: {} images have conflicting labels, e.g. {f}: {w1} (line {}) and {w2} (line {})",
+            a.labels.display(),
+            parsed.conflicts.len(),
+            l1 + 1,
+            l2 + 1
+        );
+        if !a.force {
+            return Err(format!("{msg}; fix the labels, or --force to leave those images out"));
+        }
+        eprintln!("warning: {msg}; --force: leaving them out");
+    }
+    let conflicted: std::collections::HashSet<&str> = parsed.conflicts.iter().map(|c| c.0.as_str()).collect();
+    let labels: HashMap<String, String> = parsed
+        .map
+        .iter()
+        .filter(|(f, _)| !conflicted.contains(f.as_str()))
+        .map(|(f, (w, _))| (f.clone(), w.clone()))
+        .collect();
     let files = crate::image_files(&a.src)?;
     let mut plan = Vec::new();
     let mut unlabelled = Vec::new();
+    let mut present = std::collections::HashSet::new();
     for f in &files {
         let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        present.insert(name.clone());
         match labels.get(&name) {
             Some(w) => plan.push((f.clone(), a.out.join(w).join(&name))),
+            None if conflicted.contains(name.as_str()) => {}
             None => unlabelled.push(name),
+        }
+    }
+    let mut missing: Vec<&String> = labels.keys().filter(|f| !present.contains(*f)).collect();
+    if !missing.is_empty() {
+        missing.sort();
+        eprintln!(
+            "warning: {} labelled images are not in {} (e.g. {}): the output will lack them",
+            missing.len(),
+            a.src.display(),
+            missing.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    // An earlier run with other labels: the same image already under another class folder.
+    let mut misplaced = Vec::new();
+    if a.out.is_dir() {
+        for e in std::fs::read_dir(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?.flatten() {
+            let class = e.file_name().to_string_lossy().into_owned();
+            let Ok(entries) = std::fs::read_dir(e.path()) else { continue };
+            for f in entries.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if labels.get(&name).is_some_and(|w| *w != class) {
+                    misplaced.push(f.path());
+                }
+            }
+        }
+    }
+    if !misplaced.is_empty() {
+        misplaced.sort();
+        let msg = format!(
+            "{} images in {} sit under another class than the labels say (an earlier run with other labels?), e.g. {}",
+            misplaced.len(),
+            a.out.display(),
+            misplaced[0].display()
+        );
+        if !a.force {
+            return Err(format!("{msg}; --force moves them"));
+        }
+        eprintln!("warning: {msg}; --force: removing them before placing the images");
+        if !a.dry_run {
+            for m in &misplaced {
+                std::fs::remove_file(m).map_err(|e| format!("{}: {e}", m.display()))?;
+            }
         }
     }
     if !unlabelled.is_empty() {

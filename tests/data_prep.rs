@@ -186,3 +186,50 @@ fn verify_counts_kinds_and_flags_bad_files_and_resize_is_resumable() {
     let (_, out, _) = prep(&["resize", &root, &out_dir, "--max-side", "32"]);
     assert!(out.contains("0 to do"), "rerun resumes: {out}");
 }
+
+#[test]
+fn val_reports_missing_images_refuses_conflicts_and_misplaced_images_unless_forced() {
+    let Some(shared) = common::shared("val_reports_missing_images_refuses_conflicts") else { return };
+    let dir = common::tmpdir();
+    let (flat, truth) = fixture(&shared, dir.path());
+    let d = |p: &str| dir.path().join(p).to_string_lossy().into_owned();
+    let flat_s = flat.to_string_lossy().into_owned();
+    let mut lines: Vec<String> = truth.iter().map(|(f, w)| format!("{f} {w}")).collect();
+    let (f0, w0) = truth.iter().next().unwrap();
+    let other = truth.values().find(|w| *w != w0).unwrap().clone();
+    // A label for an image that is not there: named in a warning.
+    lines.push("ILSVRC2012_val_00049999.JPEG n01440764".into());
+    std::fs::write(d("missing.txt"), lines.join("\n")).unwrap();
+    let (code, _, err) = prep(&["val", "--src", &flat_s, "--out", &d("a"), "--labels", &d("missing.txt")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("1 labelled images are not in") && err.contains("00049999"), "{err}");
+    // The same image with two labels: refused, or left out with --force.
+    let mut conflicting = lines.clone();
+    conflicting.push(format!("{f0} {other}"));
+    std::fs::write(d("conflict.txt"), conflicting.join("\n")).unwrap();
+    let args = ["val", "--src", &flat_s, "--out", &d("b"), "--labels", &d("conflict.txt")];
+    let (code, _, err) = prep(&args);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("conflicting labels") && err.contains(f0.as_str()) && err.contains("--force"),
+        "{err}"
+    );
+    let (code, _, err) = prep(&[&args[..], &["--force"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !dir.path().join("b").join(w0).join(f0).exists()
+            && !dir.path().join("b").join(&other).join(f0).exists()
+    );
+    // A rerun with other labels into the same output: refused, or the stale copy moved with --force.
+    let mut relabelled = lines[..lines.len() - 1].to_vec();
+    relabelled[0] = format!("{f0} {other}");
+    std::fs::write(d("relabelled.txt"), relabelled.join("\n")).unwrap();
+    let args = ["val", "--src", &flat_s, "--out", &d("a"), "--labels", &d("relabelled.txt")];
+    let (code, _, err) = prep(&args);
+    assert_ne!(code, 0);
+    assert!(err.contains("another class") && err.contains(f0.as_str()), "{err}");
+    let (code, _, err) = prep(&[&args[..], &["--force"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(dir.path().join("a").join(&other).join(f0).exists());
+    assert!(!dir.path().join("a").join(w0).join(f0).exists(), "one image, one class folder");
+}
