@@ -57,12 +57,15 @@ fn val_file_name(i: usize) -> String {
     format!("ILSVRC2012_val_{i:08}.JPEG")
 }
 
-/// Labels as read: file name -> (wnid, line index), and the files given two different wnids.
+/// A label as read: the wnid and its 0-based line.
+type Label = (String, usize);
+
+/// Labels as read: file name -> label, and the files given two different wnids.
 #[derive(Default)]
 pub struct Labels {
-    pub map: HashMap<String, (String, usize)>,
-    /// (file, (wnid, line), (other wnid, other line)), 0-based lines.
-    pub conflicts: Vec<(String, (String, usize), (String, usize))>,
+    pub map: HashMap<String, Label>,
+    /// (file, label, the other label).
+    pub conflicts: Vec<(String, Label, Label)>,
 }
 
 impl Labels {
