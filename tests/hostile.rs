@@ -237,4 +237,13 @@ fn fuzzed_image_bytes_never_panic() {
     }
     eprintln!("fuzz: {cases} cases, {ok} decoded, {err} clear errors, 0 panics");
     assert_eq!(ok + err, cases as usize);
+    // Bounded memory: the process's peak (libtorch included, and this binary's other tests)
+    // stays far below what one accepted bomb would take (12.7 GB).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(peak_kb < 4 << 20, "peak RSS {} MB", peak_kb >> 10);
 }
