@@ -176,6 +176,10 @@ impl Trainer {
         if resume.is_some() && !has_checkpoint {
             println!("note       no checkpoint yet (killed before the first): starting from step 0 with the run's config");
         }
+        if !has_checkpoint && dir.join("tb").is_dir() {
+            // The TensorBoard events of an attempt that never reached a checkpoint are void.
+            std::fs::remove_dir_all(dir.join("tb")).map_err(|e| Error::io(dir.join("tb"), e))?;
+        }
         let (train_set, val_set) = datasets(&cfg)?;
         let (train_loader, val_loader, eval_size) = loaders(&cfg, device, &train_set, val_set.as_ref())?;
         let classes = train_set.classes.clone();
