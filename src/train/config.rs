@@ -360,6 +360,18 @@ fn to_table(c: &TrainConfig) -> Result<toml::Table> {
     toml::Table::try_from(c).map_err(|e| Error::Usage(format!("cannot serialise the config: {e}")))
 }
 
+/// A run folder's saved config and its path; a folder without one is not a run.
+pub fn read_run(run_dir: &Path) -> Result<(TrainConfig, PathBuf)> {
+    let path = run_dir.join("config.toml");
+    if !path.is_file() {
+        return Err(Error::Usage(format!(
+            "--resume {}: not a run folder (it has no config.toml)",
+            run_dir.display()
+        )));
+    }
+    Ok((read_file(&path)?, path))
+}
+
 pub fn read_file(path: &Path) -> Result<TrainConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     toml::from_str(&text).map_err(|e| Error::file(path, format!("bad config: {e}")))
@@ -391,14 +403,7 @@ impl TrainConfig {
     /// may change (e.g. `--epochs`, `--workers`); others are refused, naming them, before any file
     /// is touched.
     pub fn resume(run_dir: &Path, args: &TrainArgs) -> Result<Self> {
-        let saved_path = run_dir.join("config.toml");
-        if !saved_path.is_file() {
-            return Err(Error::Usage(format!(
-                "--resume {}: not a run folder (it has no config.toml)",
-                run_dir.display()
-            )));
-        }
-        let saved = read_file(&saved_path)?;
+        let (saved, saved_path) = read_run(run_dir)?;
         let c = args.overrides.apply(&saved)?;
         c.validate()?;
         c.check_resumable_from(&saved, &saved_path)?;

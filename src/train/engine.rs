@@ -7,7 +7,7 @@ use super::amp::{GradScaler, Precision};
 use super::checkpoint::STATE_PREFIX;
 use super::config::TrainConfig;
 use super::ema::{EmaConfig, ModelEma};
-use super::guards::{Decision, GuardConfig, GuardState, Guards, StepHealth, Stop};
+use super::guards::{Decision, GuardConfig, GuardState, Guards, LiveState, StepHealth, Stop};
 use super::loss::{Loss, Targets};
 use super::optim::{self, OptConfig, Optimizer};
 use super::stability::{first_beyond, first_nonfinite, forward_monitored, Remedy, SiteStats, FP16_MAX};
@@ -157,8 +157,9 @@ impl Engine {
 
     /// Takes the guards' snapshot of the whole training state when one is due.
     pub fn snapshot_if_due(&mut self, step: usize) {
-        let live = live_state(&self.vs, self.optimizer.as_ref(), &self.scaler, self.ema.as_ref());
-        self.guards.maybe_snapshot(step, &live);
+        let (vs, optimizer, scaler, ema) = (&self.vs, &self.optimizer, &self.scaler, &self.ema);
+        let live = || live_state(vs, optimizer.as_ref(), scaler, ema.as_ref());
+        self.guards.maybe_snapshot(step, &live as &dyn LiveState);
     }
 
     /// One optimizer step at learning rate `lr` over `micro` (input, label) batches (gradient
@@ -204,15 +205,19 @@ impl Engine {
             grads_finite: !found_inf && grad_norm.is_finite(),
             loss_scale: self.scaler.enabled.then(|| self.scaler.scale_value()),
         };
-        let live = live_state(&self.vs, self.optimizer.as_ref(), &self.scaler, self.ema.as_ref());
-        let mut decision = self.guards.check(gs, health, &live)?;
+        let mut decision = {
+            // Built only if the guards restore a snapshot.
+            let (vs, optimizer, scaler, ema) = (&self.vs, &self.optimizer, &self.scaler, &self.ema);
+            let live = || live_state(vs, optimizer.as_ref(), scaler, ema.as_ref());
+            self.guards.check(gs, health, &live as &dyn LiveState)?
+        };
         match &decision {
             Decision::Take => {
                 self.optimizer.step(lr)?;
                 if let Some(e) = &mut self.ema {
                     e.update()?;
                 }
-                self.guards.maybe_snapshot(step + 1, &live);
+                self.snapshot_if_due(step + 1);
             }
             Decision::ApplyRemedy { remedy, .. } => self.apply_remedy(*remedy),
             Decision::Stop(Stop::Diverged(why)) => {

@@ -170,6 +170,24 @@ impl fmt::Display for Decision {
 
 const EMA_BETA: f64 = 0.98;
 
+/// The live training state by name, built only when a guard needs it (to restore a snapshot or
+/// take one), not on every step: a closure over the components, or a list of tensors.
+pub trait LiveState {
+    fn named(&self) -> Named;
+}
+
+impl LiveState for Named {
+    fn named(&self) -> Named {
+        self.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
+    }
+}
+
+impl<F: Fn() -> Named> LiveState for F {
+    fn named(&self) -> Named {
+        self()
+    }
+}
+
 pub struct Guards {
     cfg: GuardConfig,
     snapshot: Option<Snapshot>,
@@ -186,12 +204,12 @@ impl Guards {
 
     /// Takes a snapshot of `live` when one is due (every `snapshot_every` steps, or when there is
     /// none) and something may need it (the spike check, or divergence remedies).
-    pub fn maybe_snapshot(&mut self, step: usize, live: &Named) {
+    pub fn maybe_snapshot(&mut self, step: usize, live: &dyn LiveState) {
         let wanted = self.spike_check_on() || !self.cfg.remedies.is_empty();
         let due = self.snapshot.is_none()
             || (self.cfg.snapshot_every > 0 && step.is_multiple_of(self.cfg.snapshot_every));
         if wanted && due {
-            self.snapshot = Some(Snapshot::take(step, live));
+            self.snapshot = Some(Snapshot::take(step, &live.named()));
         }
     }
 
@@ -214,7 +232,7 @@ impl Guards {
 
     /// The verdict on one step; restores `live` from the snapshot when it rolls back or applies a
     /// remedy (the caller then applies the remedy to the config and model).
-    pub fn check(&mut self, st: &mut GuardState, h: StepHealth, live: &Named) -> Result<Decision> {
+    pub fn check(&mut self, st: &mut GuardState, h: StepHealth, live: &dyn LiveState) -> Result<Decision> {
         let c = &self.cfg;
         let loss = if c.inject_spike_at == Some(h.step) { h.loss * 1000.0 } else { h.loss };
         if self.is_spike(&mut st.spike, loss) {
@@ -228,7 +246,7 @@ impl Guards {
                 ))));
             }
             if let Some(snap) = &self.snapshot {
-                snap.restore(live)?;
+                snap.restore(&live.named())?;
                 st.spike.rollbacks += 1;
                 st.spike.lr_scale *= c.spike_lr_factor;
                 st.skipped_steps += 1;
@@ -267,7 +285,7 @@ impl Guards {
         // diagnosed as it is.
         match (next, &self.snapshot) {
             (Some(remedy), Some(snap)) => {
-                snap.restore(live)?;
+                snap.restore(&live.named())?;
                 st.remedies.push(remedy);
                 st.consecutive_skips = 0;
                 Ok(Decision::ApplyRemedy { step: h.step, why, remedy, to: snap.step })

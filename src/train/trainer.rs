@@ -136,14 +136,7 @@ impl Trainer {
         let dir = resume.map_or_else(|| run_dir(&cfg), Path::to_path_buf);
         let mut notes = Vec::new();
         if resume.is_some() {
-            let saved_path = dir.join("config.toml");
-            if !saved_path.is_file() {
-                return Err(Error::Usage(format!(
-                    "--resume {}: not a run folder (it has no config.toml)",
-                    dir.display()
-                )));
-            }
-            let saved = config::read_file(&saved_path)?;
+            let (saved, saved_path) = config::read_run(&dir)?;
             cfg.check_resumable_from(&saved, &saved_path)?;
             let changes: Vec<String> = cfg
                 .changes_from(&saved)
