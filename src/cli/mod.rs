@@ -9,7 +9,7 @@ pub mod predict;
 pub mod report;
 pub mod train;
 
-use crate::model::{ActConfig, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
+use crate::model::{ActConfig, ActImpl, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -80,6 +80,10 @@ pub struct ModelArgs {
     /// Compute the activations in fp32 under autocast (false: in fp16/bf16).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub act_fp32: bool,
+    /// PolyReLU/PolyNorm as one fused operator with its own backward (fused; where it applies,
+    /// else eager) or as the reference's tensor expression (eager). Same values either way.
+    #[arg(long, value_enum, default_value = "fused")]
+    pub act_impl: ActImpl,
 }
 
 impl ModelArgs {
@@ -93,6 +97,7 @@ impl ModelArgs {
                 init: self.act_init,
                 clamp: self.act_clamp,
                 fp32: self.act_fp32,
+                implementation: self.act_impl,
             },
             num_classes: self.num_classes,
             zero_init_residual: self.zero_init_residual,

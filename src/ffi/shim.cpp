@@ -1,5 +1,6 @@
 // The project's only C++: thin wrappers over ATen APIs that tch 0.24 does not expose.
 #include "shim.h"
+#include "polycom.h"
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
@@ -232,6 +233,41 @@ int rt_foreach_copy(rt_tensor *targets, rt_tensor *sources, int n, char **err) {
     at::NoGradGuard no_grad;
     auto t = list(targets, n), s = list(sources, n);
     at::_foreach_copy_(t, s);
+  });
+}
+
+int rt_polycom_apply(int kind, rt_tensor x, rt_tensor w, rt_tensor b, double eps, rt_tensor *out, char **err) {
+  return guarded(err, [&] {
+    auto &xt = *static_cast<at::Tensor *>(x);
+    auto &wt = *static_cast<at::Tensor *>(w);
+    auto &bt = *static_cast<at::Tensor *>(b);
+    switch (kind) {
+      case 0: *out = new at::Tensor(rt_polycom::polyrelu(xt, wt, bt)); break;
+      case 1: *out = new at::Tensor(rt_polycom::polynorm(xt, wt, bt, eps)); break;
+      default: throw std::invalid_argument("rt_polycom_apply: kind must be 0 (PolyReLU) or 1 (PolyNorm)");
+    }
+  });
+}
+
+int rt_polycom_set_cpu_isa(int isa, char **err) {
+  return guarded(err, [&] { rt_polycom::set_cpu_isa(isa); });
+}
+
+int rt_polycom_cpu_isa(int *out, char **err) {
+  return guarded(err, [&] { *out = rt_polycom::cpu_isa(); });
+}
+
+int rt_polycom_cuda_unavailable(int device, char **reason, char **err) {
+  return guarded(err, [&] {
+    auto why = rt_polycom::cuda::unavailable_reason(device);
+    *reason = why.empty() ? nullptr : dup(why);
+  });
+}
+
+int rt_polycom_cuda_compile_check(const char *arch, const char *nvrtc_path, char **log, char **err) {
+  return guarded(err, [&] {
+    auto why = rt_polycom::cuda::compile_check(arch, nvrtc_path ? nvrtc_path : "");
+    *log = why.empty() ? nullptr : dup(why);
   });
 }
 

@@ -62,6 +62,19 @@ int rt_foreach_lerp(rt_tensor *targets, rt_tensor *sources, int n, double weight
 // targets <- sources in place (each pair of the same shape).
 int rt_foreach_copy(rt_tensor *targets, rt_tensor *sources, int n, char **err);
 
+// Fused PolyCom activations (polycom.cpp), differentiable: kind 0 = PolyReLU, 1 = PolyNorm over
+// dim 1. x: fp32/fp64/bf16/fp16, any layout; w: k in 1..8 entries, b: one; the output is fp32
+// (fp64 for fp64 input). Runs on x's device (CPU kernels, or CUDA kernels compiled with NVRTC).
+int rt_polycom_apply(int kind, rt_tensor x, rt_tensor w, rt_tensor b, double eps, rt_tensor *out, char **err);
+// CPU kernels: 0 = the best this CPU runs, 1 = portable, 2 = AVX2+FMA; *out: the one in use.
+int rt_polycom_set_cpu_isa(int isa, char **err);
+int rt_polycom_cpu_isa(int *out, char **err);
+// *reason = NULL when the CUDA kernels run on CUDA device `device`, else a malloc'ed explanation.
+int rt_polycom_cuda_unavailable(int device, char **reason, char **err);
+// Compiles the CUDA kernels for `arch` (e.g. "compute_90", "sm_90") with the NVRTC at `nvrtc_path`
+// (NULL or "": the usual places); *log = NULL on success, else NVRTC's log.
+int rt_polycom_cuda_compile_check(const char *arch, const char *nvrtc_path, char **log, char **err);
+
 #ifdef __cplusplus
 }
 #endif

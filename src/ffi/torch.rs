@@ -91,6 +91,27 @@ extern "C" {
     ) -> c_int;
 }
 
+extern "C" {
+    fn rt_polycom_apply(
+        kind: c_int,
+        x: *mut c_void,
+        w: *mut c_void,
+        b: *mut c_void,
+        eps: f64,
+        out: *mut *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn rt_polycom_set_cpu_isa(isa: c_int, err: *mut *mut c_char) -> c_int;
+    fn rt_polycom_cpu_isa(out: *mut c_int, err: *mut *mut c_char) -> c_int;
+    fn rt_polycom_cuda_unavailable(device: c_int, reason: *mut *mut c_char, err: *mut *mut c_char) -> c_int;
+    fn rt_polycom_cuda_compile_check(
+        arch: *const c_char,
+        nvrtc_path: *const c_char,
+        log: *mut *mut c_char,
+        err: *mut *mut c_char,
+    ) -> c_int;
+}
+
 fn ptrs(ts: &[Tensor]) -> Vec<*mut c_void> {
     ts.iter().map(|t| t.as_ptr() as *mut c_void).collect()
 }
@@ -278,20 +299,96 @@ pub fn foreach_clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<Tensor>
     Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })
 }
 
+/// Which fused PolyCom operator (src/ffi/polycom.cpp).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolyCom {
+    PolyRelu,
+    /// Over dim 1 (the channels).
+    PolyNorm,
+}
+
+/// The fused, differentiable PolyReLU / PolyNorm over x (fp32, fp64, bf16 or fp16; any layout)
+/// with weight `w` (1..=8 entries) and bias `b` (one entry). fp32 arithmetic and an fp32 output
+/// (fp64 for fp64 input); backward in closed form. CPU, or CUDA kernels compiled with NVRTC.
+pub fn polycom(op: PolyCom, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let mut out: *mut c_void = std::ptr::null_mut();
+    let kind = match op {
+        PolyCom::PolyRelu => 0,
+        PolyCom::PolyNorm => 1,
+    };
+    let (xp, wp, bp) = (x.as_ptr() as *mut c_void, w.as_ptr() as *mut c_void, b.as_ptr() as *mut c_void);
+    // SAFETY: three live tensors; on success the shim returns a new heap tensor we take ownership of.
+    call("fused activation", |e| unsafe { rt_polycom_apply(kind, xp, wp, bp, eps, &mut out, e) })?;
+    Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })
+}
+
+/// The fused activations' CPU kernels: the best this CPU runs, the portable build, or AVX2+FMA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuIsa {
+    Auto = 0,
+    Portable = 1,
+    Avx2 = 2,
+}
+
+/// Picks the CPU kernels (for tests and benchmarks; `Auto` is the default).
+pub fn set_polycom_cpu_isa(isa: CpuIsa) -> Result<()> {
+    // SAFETY: plain value argument.
+    call("fused activation", |e| unsafe { rt_polycom_set_cpu_isa(isa as c_int, e) })
+}
+
+/// The CPU kernels in use (`Portable` or `Avx2`).
+pub fn polycom_cpu_isa() -> Result<CpuIsa> {
+    let mut out = 0;
+    // SAFETY: valid out-pointer.
+    call("fused activation", |e| unsafe { rt_polycom_cpu_isa(&mut out, e) })?;
+    Ok(if out == 2 { CpuIsa::Avx2 } else { CpuIsa::Portable })
+}
+
+/// Takes ownership of a malloc'ed string from the shim (None for null).
+fn take_string(p: *mut c_char) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: the shim hands us a NUL-terminated malloc'ed string that we now own.
+    let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+    unsafe { rt_free(p) };
+    Some(s)
+}
+
+/// None when the fused activations' CUDA kernels run on CUDA device `index` (NVRTC found, kernels
+/// compiled and loaded; done once per device), else why not.
+pub fn polycom_cuda_unavailable(index: usize) -> Result<Option<String>> {
+    let mut reason: *mut c_char = std::ptr::null_mut();
+    // SAFETY: plain value argument and a valid out-pointer.
+    call("fused activation", |e| unsafe { rt_polycom_cuda_unavailable(index as c_int, &mut reason, e) })?;
+    Ok(take_string(reason))
+}
+
+/// Compiles the fused activations' CUDA kernels with NVRTC for `arch` ("compute_90": PTX, "sm_90":
+/// a cubin) without a GPU. `Ok(None)` on success, `Ok(Some(log))` when NVRTC is missing or the
+/// source does not compile.
+pub fn polycom_cuda_compile_check(
+    arch: &str,
+    nvrtc_path: Option<&std::path::Path>,
+) -> Result<Option<String>> {
+    let arch = CString::new(arch).map_err(|_| Error::Usage("arch contains a NUL byte".into()))?;
+    let path = CString::new(nvrtc_path.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default())
+        .map_err(|_| Error::Usage("NVRTC path contains a NUL byte".into()))?;
+    let mut log: *mut c_char = std::ptr::null_mut();
+    // SAFETY: two NUL-terminated strings alive for the call and a valid out-pointer.
+    call("fused activation", |e| unsafe {
+        rt_polycom_cuda_compile_check(arch.as_ptr(), path.as_ptr(), &mut log, e)
+    })?;
+    Ok(take_string(log))
+}
+
 /// Calls a shim function and turns its error slot into a `Result`.
 fn call(what: &str, f: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<()> {
     let mut err: *mut c_char = std::ptr::null_mut();
     if f(&mut err) == 0 {
         return Ok(());
     }
-    let msg = if err.is_null() {
-        "unknown error".to_string()
-    } else {
-        // SAFETY: the shim hands us a NUL-terminated malloc'ed string that we now own.
-        let s = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
-        unsafe { rt_free(err) };
-        s
-    };
+    let msg = take_string(err).unwrap_or_else(|| "unknown error".to_string());
     Err(Error::Torch(format!("{what}: {msg}")))
 }
 

@@ -7,8 +7,11 @@
 //! Each activation site owns its own `weight` (k entries) and `bias` (one entry).
 
 use crate::error::{Error, Result};
+use crate::ffi::{self, PolyCom};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Tensor};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tch::{nn, Device, Kind, Tensor};
 
 /// PolyNorm's epsilon inside the root mean square.
 pub const POLYNORM_EPS: f64 = 1e-6;
@@ -45,6 +48,20 @@ pub enum ActInit {
     ReluLike,
 }
 
+/// How PolyReLU / PolyNorm are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ActImpl {
+    /// One operator with its own backward (src/ffi/polycom.cpp): one pass over memory forward and
+    /// two backward, saving only x (and PolyNorm's k rsqrt values per pixel). Used where it
+    /// applies: channel-axis PolyNorm and PolyReLU with `act_fp32` (or fp32/fp64 inputs), on the
+    /// CPU, and on CUDA when NVRTC compiles its kernels; elsewhere the eager path runs.
+    #[default]
+    Fused,
+    /// The reference expression in tensor operations (autograd keeps every power).
+    Eager,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActConfig {
@@ -65,6 +82,9 @@ pub struct ActConfig {
     /// fp16 for |x| > 65504^(1/2k), e.g. 4 at k = 4).
     #[serde(default = "fp32_default")]
     pub fp32: bool,
+    /// Fused operator or eager expression (same values; see `ActImpl`).
+    #[serde(default)]
+    pub implementation: ActImpl,
 }
 
 fn fp32_default() -> bool {
@@ -73,7 +93,15 @@ fn fp32_default() -> bool {
 
 impl ActConfig {
     pub fn new(kind: ActKind, order: i64) -> Self {
-        Self { kind, order, axis: NormAxis::Channel, init: ActInit::Paper, clamp: None, fp32: true }
+        Self {
+            kind,
+            order,
+            axis: NormAxis::Channel,
+            init: ActInit::Paper,
+            clamp: None,
+            fp32: true,
+            implementation: ActImpl::Fused,
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -143,6 +171,19 @@ impl Activation {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let Some((w, b)) = &self.params else { return x.relu() };
+        if self.fused_applies(x) {
+            let x = match self.cfg.clamp {
+                Some(c) => x.clamp(-c, c),
+                None => x.shallow_clone(),
+            };
+            let op = if self.cfg.kind == ActKind::Polyrelu { PolyCom::PolyRelu } else { PolyCom::PolyNorm };
+            match ffi::polycom(op, &x, w, b, POLYNORM_EPS) {
+                Ok(y) => return y,
+                // Only an internal fault gets here (shapes and types were checked above); the
+                // eager path computes the same values.
+                Err(e) => warn_once(&format!("fused activation failed ({e}); using the eager path")),
+            }
+        }
         let mut x = x.shallow_clone();
         // fp32 arithmetic for fp16/bf16 inputs (autocast); f32 and f64 inputs stay as they are.
         if self.cfg.fp32 && matches!(x.kind(), tch::Kind::Half | tch::Kind::BFloat16) {
@@ -157,6 +198,48 @@ impl Activation {
             ActKind::Polyrelu => polyrelu(x, w, b),
             ActKind::Polynorm => polynorm(x, w, b, self.cfg.axis),
         }
+    }
+}
+
+impl Activation {
+    /// Whether the fused operator computes exactly what the eager path would here: fp32
+    /// arithmetic (act_fp32, or an fp32/fp64 input), channel-axis PolyNorm (or a 2-d input, where
+    /// both axes are dim 1) or PolyReLU, and a device that runs the kernels.
+    fn fused_applies(&self, x: &Tensor) -> bool {
+        let cfg = &self.cfg;
+        if cfg.implementation != ActImpl::Fused || x.dim() < 2 {
+            return false;
+        }
+        let arithmetic_fp32 = cfg.fp32 || matches!(x.kind(), Kind::Float | Kind::Double);
+        let axis_ok = cfg.kind == ActKind::Polyrelu || cfg.axis == NormAxis::Channel || x.dim() == 2;
+        let kind_ok = matches!(x.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16);
+        arithmetic_fp32 && axis_ok && kind_ok && fused_runs_on(x.device())
+    }
+}
+
+/// Whether the fused kernels run on `device`: always on the CPU; on a CUDA device once NVRTC has
+/// compiled and loaded them there (checked once per device; a warning says why not).
+pub fn fused_runs_on(device: Device) -> bool {
+    let Device::Cuda(index) = device else { return true };
+    static CUDA: Mutex<Option<HashMap<usize, bool>>> = Mutex::new(None);
+    let mut known = CUDA.lock().unwrap_or_else(|p| p.into_inner());
+    *known.get_or_insert_with(HashMap::new).entry(index).or_insert_with(|| {
+        let why = match ffi::polycom_cuda_unavailable(index) {
+            Ok(None) => return true,
+            Ok(Some(why)) => why,
+            Err(e) => e.to_string(),
+        };
+        warn_once(&format!("--act-impl fused: not on cuda:{index} ({why}); using the eager activations"));
+        false
+    })
+}
+
+fn warn_once(msg: &str) {
+    static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if !seen.iter().any(|m| m == msg) {
+        eprintln!("warning: {msg}");
+        seen.push(msg.to_string());
     }
 }
 

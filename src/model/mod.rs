@@ -3,7 +3,7 @@ pub mod activation;
 pub mod resnet;
 pub mod weights;
 
-pub use activation::{ActConfig, ActInit, ActKind, Activation, NormAxis};
+pub use activation::{ActConfig, ActImpl, ActInit, ActKind, Activation, NormAxis};
 pub use resnet::{Arch, ParamGroup, ResNet, ResNetConfig};
 
 /// Runs `f` (a model's construction) with libtorch's global generator seeded to `seed`, holding a

@@ -13,7 +13,7 @@ use super::optim::OptKind;
 use super::schedule::ScheduleKind;
 use super::stability::Remedy;
 use crate::error::{Error, Result};
-use crate::model::{ActConfig, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
+use crate::model::{ActConfig, ActImpl, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, FromArgMatches};
 use serde::{Deserialize, Serialize};
@@ -80,6 +80,10 @@ pub struct TrainConfig {
     /// the reference's `pow`/`rsqrt`; false: in the autocast dtype).
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub act_fp32: bool,
+    /// PolyReLU/PolyNorm as one fused operator with its own backward (fused; where it applies,
+    /// else eager) or as the reference's tensor expression (eager). Same values either way.
+    #[arg(long, value_enum, default_value_t = ActImpl::Fused)]
+    pub act_impl: ActImpl,
 
     // ---- Optimisation ----
     /// Training epochs (the schedule's length).
@@ -529,6 +533,7 @@ impl TrainConfig {
                 init: self.act_init,
                 clamp: self.act_clamp,
                 fp32: self.act_fp32,
+                implementation: self.act_impl,
             },
             num_classes,
             zero_init_residual: self.zero_init_residual,

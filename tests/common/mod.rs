@@ -109,3 +109,20 @@ pub fn tmpdir() -> tempfile::TempDir {
 pub fn step_records(run: &Path) -> Vec<resnet_train::train::metrics::StepRecord> {
     resnet_train::train::metrics::read_steps(run).expect("metrics.jsonl")
 }
+
+/// Serialises the tests of one binary that change process-wide settings (thread count, kernels).
+pub fn global_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// libnvrtc for the CUDA kernels' compile check: $RESNET_TRAIN_NVRTC, or the nvidia-cuda-nvrtc
+/// wheel beside the libtorch this build links (a pip install's site-packages/nvidia/cu13/lib).
+pub fn nvrtc_library() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("RESNET_TRAIN_NVRTC") {
+        return Some(PathBuf::from(p));
+    }
+    let lib = Path::new(env!("RESNET_TRAIN_LIBTORCH_LIB"));
+    let candidate = lib.join("../../nvidia/cu13/lib/libnvrtc.so.13");
+    candidate.exists().then_some(candidate)
+}

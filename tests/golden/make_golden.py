@@ -3,6 +3,7 @@ torchvision==0.26.0, safetensors). Rerun from the repo root:
 
   python tests/golden/make_golden.py generate      # writes tests/golden/*.safetensors, *.json
   python tests/golden/make_golden.py train-f64     # (only) the float64 train-mode logits
+  python tests/golden/make_golden.py activations   # (only) activations_o1_8.safetensors
   python tests/golden/make_golden.py check W.safetensors   # strict-loads a resnet-train file into
                                                            # PolyResNet and prints its logits check
 
@@ -239,10 +240,36 @@ def train_f64():
     print("added the float64 train-mode logits to model_logits.safetensors")
 
 
+def activations():
+    """activations_o1_8.safetensors: polycom.py's PolyReLU / PolyNorm (both axes) for orders 1..8,
+    float64, forward and the vector-Jacobian product with a random gy (for the fused operator's
+    tests: every order it supports, an odd channel count and spatial size)."""
+    g = torch.Generator().manual_seed(1)
+    out = {}
+    for kind, axis in (("polyrelu", "channel"), ("polynorm", "channel"), ("polynorm", "layer")):
+        for order in range(1, 9):
+            act = polycom.make_act(kind, order, axis).double()
+            with torch.no_grad():
+                act.weight.copy_(torch.randn(order, generator=g, dtype=torch.float64) / order)
+                act.bias.fill_(-0.125)
+            x = torch.randn(2, 7, 3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+            gy = torch.randn(2, 7, 3, 5, generator=g, dtype=torch.float64)
+            y = act(x)
+            y.backward(gy)
+            key = f"{kind}.o{order}.{axis}"
+            out.update({f"{key}.x": x.detach(), f"{key}.w": act.weight.detach().clone(),
+                        f"{key}.b": act.bias.detach().clone(), f"{key}.y": y.detach(), f"{key}.gy": gy,
+                        f"{key}.gx": x.grad, f"{key}.gw": act.weight.grad, f"{key}.gb": act.bias.grad})
+    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(HERE, "activations_o1_8.safetensors"))
+    print(f"wrote {len(out)} tensors to activations_o1_8.safetensors")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["generate"]:
         generate()
         train_f64()
+    elif sys.argv[1:2] == ["activations"]:
+        activations()
     elif sys.argv[1:2] == ["train-f64"]:
         train_f64()
     elif sys.argv[1:2] == ["check"] and len(sys.argv) == 3:

@@ -1,0 +1,221 @@
+// The fused PolyNorm / PolyReLU operators: torch::autograd::Functions with their own closed-form
+// backward, running the CPU kernels (polycom_cpu.cpp) or the CUDA kernels (polycom_cuda.cpp).
+//
+// Semantics: those of `src/model/activation.rs` with `act_fp32 = true` (and of polycom.py):
+// fp32 arithmetic for fp32/bf16/fp16 inputs (fp64 for fp64), output in fp32 (fp64). Saved for
+// backward: x and k rsqrt values per pixel (PolyNorm), x alone (PolyReLU) — where autograd keeps
+// x, x^2 .. x^k and every normalised term for the eager expression.
+#include "polycom.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <atomic>
+#include <stdexcept>
+#include <string>
+
+namespace rt_polycom {
+
+namespace {
+
+std::atomic<int> g_cpu_isa{0};  // 0 auto, 1 default, 2 avx2
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__)
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+const CpuKernels &cpu_kernels() {
+#if defined(__x86_64__)
+  const int isa = g_cpu_isa.load();
+  if (isa == 2 || (isa == 0 && cpu_has_avx2())) return cpu_kernels_avx2();
+#endif
+  return cpu_kernels_default();
+}
+
+Dtype dtype_of(const at::Tensor &x) {
+  switch (x.scalar_type()) {
+    case at::kFloat: return Dtype::kFloat;
+    case at::kDouble: return Dtype::kDouble;
+    case at::kBFloat16: return Dtype::kBFloat16;
+    case at::kHalf: return Dtype::kHalf;
+    default: throw std::invalid_argument(std::string("fused PolyCom: unsupported input dtype ") +
+                                         c10::toString(x.scalar_type()));
+  }
+}
+
+// fp32 arithmetic (and output) for every input type but fp64.
+at::ScalarType acc_type(const at::Tensor &x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_coefs(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b) {
+  if (w.dim() != 1 || w.numel() < 1 || w.numel() > kMaxOrder)
+    throw std::invalid_argument("fused PolyCom: weight must have 1.." + std::to_string(kMaxOrder) + " entries, got " +
+                                std::to_string(w.numel()));
+  if (b.numel() != 1) throw std::invalid_argument("fused PolyCom: bias must have one entry");
+  if (w.device() != x.device() || b.device() != x.device())
+    throw std::invalid_argument("fused PolyCom: input and coefficients are on different devices");
+}
+
+// Host copy of the coefficients (CPU tensors only: no device synchronisation).
+Coefs host_coefs(const at::Tensor &w, const at::Tensor &b) {
+  Coefs c{};
+  c.order = static_cast<int>(w.numel());
+  auto wd = w.detach().to(at::kDouble).contiguous();
+  for (int i = 0; i < c.order; i++) c.weight[i] = wd.data_ptr<double>()[i];
+  c.bias = b.detach().to(at::kDouble).item<double>();
+  return c;
+}
+
+// x as [outer, C, inner] in memory: NCHW-contiguous (inner = H*W) or channels-last / 2-d (inner
+// = 1). Other strides are made contiguous first.
+struct Layout {
+  at::Tensor x;
+  NormShape shape;
+};
+
+Layout norm_layout(const at::Tensor &x) {
+  if (x.dim() < 2) throw std::invalid_argument("fused PolyNorm: input needs a channel axis (dim >= 2)");
+  const int64_t n = x.size(0), c = x.size(1);
+  const int64_t rest = c == 0 ? 0 : x.numel() / std::max<int64_t>(1, n * c);
+  if (x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast))
+    return {x, NormShape{n * rest, c, 1}};
+  auto xc = x.contiguous();
+  return rest == 1 ? Layout{xc, NormShape{n, c, 1}} : Layout{xc, NormShape{n, c, rest}};
+}
+
+// g in exactly x's strides (autograd may hand over any layout).
+at::Tensor like(const at::Tensor &g, const at::Tensor &x, at::ScalarType dtype) {
+  if (g.scalar_type() == dtype && g.strides() == x.strides() && g.sizes() == x.sizes()) return g;
+  auto out = at::empty_like(x, x.options().dtype(dtype));
+  out.copy_(g);
+  return out;
+}
+
+at::Tensor grad_coefs_tensor(const double *gc, int k, const at::Tensor &w, bool bias) {
+  auto t = at::empty({bias ? 1 : k}, at::TensorOptions().dtype(at::kDouble));
+  for (int i = 0; i < (bias ? 1 : k); i++) t.data_ptr<double>()[i] = gc[bias ? k : i];
+  return t.to(w.options());
+}
+
+struct Forward {
+  at::Tensor y, saved_x, rs;
+};
+
+Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::Tensor &b, double eps) {
+  check_coefs(x_in, w, b);
+  auto [x, shape] = norm_layout(x_in);
+  const int k = static_cast<int>(w.numel());
+  auto y = at::empty_like(x, x.options().dtype(acc_type(x)));
+  auto rs = at::empty({shape.outer, k, shape.inner}, x.options().dtype(acc_type(x)));
+  if (x.numel() > 0) {
+    if (x.is_cuda()) {
+      cuda::polynorm_forward(x, w, b, eps, shape, y, rs);
+    } else {
+      cpu_kernels().polynorm_forward(dtype_of(x), x.const_data_ptr(), y.data_ptr(), rs.data_ptr(), shape,
+                                     host_coefs(w, b), eps);
+    }
+  }
+  return {y, x, rs};
+}
+
+std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Tensor &x, const at::Tensor &w,
+                                          const at::Tensor &b, const at::Tensor &rs) {
+  auto shape = norm_layout(x).shape;  // x was saved in its kernel layout: no copy here
+  const int k = static_cast<int>(w.numel());
+  auto gy = like(gy_in, x, acc_type(x));
+  auto dx = at::empty_like(x);
+  if (x.is_cuda()) {
+    auto [dw, db] = cuda::polynorm_backward(x, gy, rs, w, b, shape, dx);
+    return {dx, dw, db};
+  }
+  double gc[kMaxOrder + 1] = {0};
+  if (x.numel() > 0)
+    cpu_kernels().polynorm_backward(dtype_of(x), x.const_data_ptr(), gy.const_data_ptr(), rs.const_data_ptr(),
+                                    dx.data_ptr(), shape, host_coefs(w, b), gc);
+  return {dx, grad_coefs_tensor(gc, k, w, false), grad_coefs_tensor(gc, k, w, true)};
+}
+
+Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::Tensor &b) {
+  check_coefs(x_in, w, b);
+  // Elementwise: any dense layout will do, as long as x, y, dy and dx share it.
+  auto x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
+  auto y = at::empty_like(x, x.options().dtype(acc_type(x)));
+  if (x.numel() > 0) {
+    if (x.is_cuda()) {
+      cuda::polyrelu_forward(x, w, b, y);
+    } else {
+      cpu_kernels().polyrelu_forward(dtype_of(x), x.const_data_ptr(), y.data_ptr(), x.numel(), host_coefs(w, b));
+    }
+  }
+  return {y, x, at::Tensor()};
+}
+
+std::vector<at::Tensor> polyrelu_backward(const at::Tensor &gy_in, const at::Tensor &x, const at::Tensor &w,
+                                          const at::Tensor &b) {
+  const int k = static_cast<int>(w.numel());
+  auto gy = like(gy_in, x, acc_type(x));
+  auto dx = at::empty_like(x);
+  if (x.is_cuda()) {
+    auto [dw, db] = cuda::polyrelu_backward(x, gy, w, b, dx);
+    return {dx, dw, db};
+  }
+  double gc[kMaxOrder + 1] = {0};
+  if (x.numel() > 0)
+    cpu_kernels().polyrelu_backward(dtype_of(x), x.const_data_ptr(), gy.const_data_ptr(), dx.data_ptr(), x.numel(),
+                                    host_coefs(w, b), gc);
+  return {dx, grad_coefs_tensor(gc, k, w, false), grad_coefs_tensor(gc, k, w, true)};
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct PolyNormFunction : public torch::autograd::Function<PolyNormFunction> {
+  static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &w, const at::Tensor &b,
+                            double eps) {
+    auto f = polynorm_forward(x, w, b, eps);
+    ctx->save_for_backward({f.saved_x, w, b, f.rs});
+    return f.y;
+  }
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    auto g = polynorm_backward(grads[0], s[0], s[1], s[2], s[3]);
+    return {g[0], g[1], g[2], at::Tensor()};
+  }
+};
+
+struct PolyReluFunction : public torch::autograd::Function<PolyReluFunction> {
+  static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &w, const at::Tensor &b) {
+    auto f = polyrelu_forward(x, w, b);
+    ctx->save_for_backward({f.saved_x, w, b});
+    return f.y;
+  }
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    return polyrelu_backward(grads[0], s[0], s[1], s[2]);
+  }
+};
+
+}  // namespace
+
+at::Tensor polynorm(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps) {
+  return PolyNormFunction::apply(x, w, b, eps);
+}
+
+at::Tensor polyrelu(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b) {
+  return PolyReluFunction::apply(x, w, b);
+}
+
+void set_cpu_isa(int isa) {
+  if (isa < 0 || isa > 2) throw std::invalid_argument("CPU instruction set must be 0 (auto), 1 (default) or 2 (avx2)");
+  if (isa == 2 && !cpu_has_avx2()) throw std::invalid_argument("this CPU has no AVX2/FMA");
+  g_cpu_isa.store(isa);
+}
+
+int cpu_isa() { return (g_cpu_isa.load() == 2 || (g_cpu_isa.load() == 0 && cpu_has_avx2())) ? 2 : 1; }
+
+}  // namespace rt_polycom

@@ -1,0 +1,39 @@
+// The fused PolyCom operators (polycom.cpp) and their CUDA back end (polycom_cuda.cpp).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+#include <utility>
+
+#include "polycom_kernels.h"
+
+namespace rt_polycom {
+
+// Differentiable (torch::autograd::Function) fused operators; see polycom.cpp for the semantics.
+at::Tensor polynorm(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps);
+at::Tensor polyrelu(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b);
+
+// CPU kernel table: 0 = the best this CPU runs, 1 = the portable build, 2 = AVX2+FMA.
+void set_cpu_isa(int isa);
+int cpu_isa();
+
+namespace cuda {
+// Kernels compiled at first use with NVRTC and launched on the current stream. Coefficients stay
+// on the device (no synchronisation); dw and db come back as tensors of w's type.
+void polynorm_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps, NormShape s,
+                      at::Tensor &y, at::Tensor &rs);
+std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &rs,
+                                                    const at::Tensor &w, const at::Tensor &b, NormShape s,
+                                                    at::Tensor &dx);
+void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, at::Tensor &y);
+std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &w,
+                                                    const at::Tensor &b, at::Tensor &dx);
+// Empty when the CUDA kernels can run on `device`; otherwise why not (no libnvrtc, no driver,
+// a compile error).
+std::string unavailable_reason(int device);
+// Compiles the kernel source to PTX for `arch` (e.g. "compute_90") with no GPU; empty on success,
+// else NVRTC's log.
+std::string compile_check(const std::string &arch, const std::string &nvrtc_path);
+}  // namespace cuda
+
+}  // namespace rt_polycom

@@ -1,0 +1,450 @@
+// The fused PolyNorm / PolyReLU CPU kernels, vectorised with ATen's `at::vec::Vectorized` and
+// parallel with `at::parallel_for`. build.rs compiles this file once per instruction set
+// (-DRT_ISA=default, and -DRT_ISA=avx2 with -mavx2 -mfma -DCPU_CAPABILITY_AVX2), as ATen builds its
+// own kernels; polycom.cpp picks the table at run time.
+//
+// Why these kernels are cheap: the eager PolyNorm makes ~20 passes over each activation and keeps
+// every power for backward. Here a tile of pixels (NCHW: 8 vectors of H*W neighbours; channels-last:
+// one pixel's channels) is read once from memory: its k channel sums, its k rsqrt values and its
+// output are computed while the tile sits in L1/L2, and only x and the k rsqrt values per pixel
+// are saved. Backward does the same with the closed form (see polynorm_backward).
+//
+// Reductions (dw, db) are summed per work item into a buffer and added up in item order, so the
+// gradients are bit-identical for any thread count.
+#include "polycom_kernels.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#ifndef RT_ISA
+#error "build.rs defines RT_ISA (default or avx2)"
+#endif
+#define RT_CONCAT2(a, b) a##b
+#define RT_CONCAT(a, b) RT_CONCAT2(a, b)
+
+namespace rt_polycom {
+namespace {
+
+using at::vec::Vectorized;
+
+// fp32 arithmetic for float, bf16 and fp16 inputs; fp64 for double (the finite-difference tests).
+template <typename T>
+using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <typename T>
+inline Vectorized<Acc<T>> load(const T *p, int64_t n) {
+  using A = Acc<T>;
+  using V = Vectorized<A>;
+  if constexpr (std::is_same_v<T, A>) {
+    return n == V::size() ? V::loadu(p) : V::loadu(p, n);  // the tail is zero-padded
+  } else {
+    __at_align__ A buf[V::size()];
+    for (int64_t i = 0; i < n; i++) buf[i] = static_cast<A>(p[i]);
+    for (int64_t i = n; i < V::size(); i++) buf[i] = A(0);
+    return V::loadu(buf);
+  }
+}
+
+template <typename T>
+inline void store(T *p, const Vectorized<Acc<T>> &v, int64_t n) {
+  using A = Acc<T>;
+  using V = Vectorized<A>;
+  if constexpr (std::is_same_v<T, A>) {
+    if (n == V::size())
+      v.store(p);
+    else
+      v.store(p, n);
+  } else {
+    __at_align__ A buf[V::size()];
+    v.store(buf);
+    for (int64_t i = 0; i < n; i++) p[i] = static_cast<T>(buf[i]);
+  }
+}
+
+// Sum of the first n lanes, in double.
+template <typename A>
+inline double lane_sum(const Vectorized<A> &v, int64_t n) {
+  __at_align__ A buf[Vectorized<A>::size()];
+  v.store(buf);
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) s += buf[i];
+  return s;
+}
+
+// sum_{i<k} c[i] * x^i (Horner).
+template <typename V>
+inline V horner(const V *c, int k, const V &x) {
+  V acc = c[k - 1];
+  for (int i = k - 2; i >= 0; i--) acc = acc * x + c[i];
+  return acc;
+}
+
+// Items are processed in parallel, each writing `width` doubles of partial sums; the sums are
+// then added up in item order (deterministic for any thread count).
+template <typename F>
+void parallel_items(int64_t items, int64_t work_per_item, int width, double *out, const F &f) {
+  std::vector<double> partials(width > 0 ? items * width : 0, 0.0);
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
+  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; item++) f(item, width > 0 ? &partials[item * width] : nullptr);
+  });
+  for (int j = 0; j < width; j++) out[j] = 0;
+  for (int64_t item = 0; item < items; item++)
+    for (int j = 0; j < width; j++) out[j] += partials[item * width + j];
+}
+
+// ---------------------------------------------------------------------------------------------
+// PolyNorm, channels at stride `inner` > 1 (NCHW): a work item is one sample's tile of TILE
+// neighbouring pixels; the loops run over channels, each step loading NV vectors of the tile.
+
+template <typename T>
+struct Tile {
+  using A = Acc<T>;
+  using V = Vectorized<A>;
+  static constexpr int64_t kVecs = 8;
+  static constexpr int64_t kSize = kVecs * V::size();
+};
+
+template <typename T>
+void polynorm_forward_strided(const T *x, Acc<T> *y, Acc<T> *rs, NormShape s, const Coefs &c, double eps) {
+  using A = Acc<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t VS = V::size(), NV = Tile<T>::kVecs, TILE = Tile<T>::kSize;
+  const int k = c.order;
+  const int64_t C = s.channels, HW = s.inner, tiles = (HW + TILE - 1) / TILE;
+  parallel_items(s.outer * tiles, C * TILE, 0, nullptr, [&](int64_t item, double *) {
+    const int64_t o = item / tiles, p0 = (item % tiles) * TILE, len = std::min(TILE, HW - p0);
+    const int64_t nv = (len + VS - 1) / VS;
+    const T *xs = x + o * C * HW + p0;
+    V sums[kMaxOrder][NV];
+    for (int i = 0; i < k; i++)
+      for (int64_t v = 0; v < nv; v++) sums[i][v] = V(A(0));
+    for (int64_t ch = 0; ch < C; ch++) {
+      const T *row = xs + ch * HW;
+      for (int64_t v = 0; v < nv; v++) {
+        const V xv = load(row + v * VS, std::min(VS, len - v * VS));
+        const V sq = xv * xv;
+        V pw = sq;
+        sums[0][v] = sums[0][v] + pw;
+        for (int i = 1; i < k; i++) {
+          pw = pw * sq;
+          sums[i][v] = sums[i][v] + pw;
+        }
+      }
+    }
+    // coef[i] = w_i * rsqrt(mean(x^2i) + eps), as the polynomial's coefficient of x^(i+1).
+    V coef[kMaxOrder][NV];
+    const V vc(static_cast<A>(C)), ve(static_cast<A>(eps));
+    for (int i = 0; i < k; i++) {
+      const V w(static_cast<A>(c.weight[i]));
+      A *r_out = rs + (o * k + i) * HW + p0;
+      for (int64_t v = 0; v < nv; v++) {
+        const V r = (sums[i][v] / vc + ve).rsqrt();
+        store(r_out + v * VS, r, std::min(VS, len - v * VS));
+        coef[i][v] = r * w;
+      }
+    }
+    const V b(static_cast<A>(c.bias));
+    A *ys = y + o * C * HW + p0;
+    for (int64_t ch = 0; ch < C; ch++) {
+      const T *row = xs + ch * HW;
+      for (int64_t v = 0; v < nv; v++) {
+        const int64_t n = std::min(VS, len - v * VS);
+        const V xv = load(row + v * VS, n);
+        V cv[kMaxOrder];
+        for (int i = 0; i < k; i++) cv[i] = coef[i][v];
+        store(ys + ch * HW + v * VS, horner(cv, k, xv) * xv + b, n);
+      }
+    }
+  });
+}
+
+// Backward in closed form. Per pixel, with r_i = rsqrt(S_i / C + eps), S_i = sum_c x_c^2i and
+// D_i = sum_c g_c x_c^i:
+//   dx_c = sum_i i w_i x_c^(i-1) (r_i g_c - r_i^3 D_i x_c^i / C)
+//        = g_c P(x_c) - x_c Q(x_c^2),  P(x) = sum_i i w_i r_i x^(i-1),  Q(u) = sum_i i w_i r_i^3 D_i / C u^(i-1)
+//   dw_i = sum_pixels r_i D_i,  db = sum g.
+template <typename T>
+void polynorm_backward_strided(const T *x, const Acc<T> *gy, const Acc<T> *rs, T *dx, NormShape s, const Coefs &c,
+                               double *grad_coefs) {
+  using A = Acc<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t VS = V::size(), NV = Tile<T>::kVecs, TILE = Tile<T>::kSize;
+  const int k = c.order;
+  const int64_t C = s.channels, HW = s.inner, tiles = (HW + TILE - 1) / TILE;
+  parallel_items(s.outer * tiles, 2 * C * TILE, k + 1, grad_coefs, [&](int64_t item, double *part) {
+    const int64_t o = item / tiles, p0 = (item % tiles) * TILE, len = std::min(TILE, HW - p0);
+    const int64_t nv = (len + VS - 1) / VS;
+    const T *xs = x + o * C * HW + p0;
+    const A *gs = gy + o * C * HW + p0;
+    V d[kMaxOrder][NV], gsum[NV];
+    for (int64_t v = 0; v < nv; v++) {
+      gsum[v] = V(A(0));
+      for (int i = 0; i < k; i++) d[i][v] = V(A(0));
+    }
+    for (int64_t ch = 0; ch < C; ch++) {
+      for (int64_t v = 0; v < nv; v++) {
+        const int64_t n = std::min(VS, len - v * VS);
+        const V xv = load(xs + ch * HW + v * VS, n), gv = load(gs + ch * HW + v * VS, n);
+        gsum[v] = gsum[v] + gv;
+        V t = gv * xv;
+        d[0][v] = d[0][v] + t;
+        for (int i = 1; i < k; i++) {
+          t = t * xv;
+          d[i][v] = d[i][v] + t;
+        }
+      }
+    }
+    V pc[kMaxOrder][NV], qc[kMaxOrder][NV];
+    const V vc(static_cast<A>(C));
+    for (int i = 0; i < k; i++) {
+      const A *r_in = rs + (o * k + i) * HW + p0;
+      const V iw(static_cast<A>((i + 1) * c.weight[i]));
+      for (int64_t v = 0; v < nv; v++) {
+        const int64_t n = std::min(VS, len - v * VS);
+        const V r = load(r_in + v * VS, n);
+        part[i] += lane_sum(r * d[i][v], n);
+        pc[i][v] = iw * r;
+        qc[i][v] = iw * r * r * r * d[i][v] / vc;
+      }
+    }
+    for (int64_t v = 0; v < nv; v++) part[k] += lane_sum(gsum[v], std::min(VS, len - v * VS));
+    T *dxs = dx + o * C * HW + p0;
+    for (int64_t ch = 0; ch < C; ch++) {
+      for (int64_t v = 0; v < nv; v++) {
+        const int64_t n = std::min(VS, len - v * VS);
+        const V xv = load(xs + ch * HW + v * VS, n), gv = load(gs + ch * HW + v * VS, n);
+        V p[kMaxOrder], q[kMaxOrder];
+        for (int i = 0; i < k; i++) {
+          p[i] = pc[i][v];
+          q[i] = qc[i][v];
+        }
+        store(dxs + ch * HW + v * VS, gv * horner(p, k, xv) - xv * horner(q, k, xv * xv), n);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// PolyNorm, channels contiguous (channels-last, 2-d): a work item is a block of pixels (rows),
+// each row's channels loaded as vectors and reduced across lanes.
+
+constexpr int64_t kRowsPerItem = 16;
+
+template <typename T>
+void polynorm_forward_rows(const T *x, Acc<T> *y, Acc<T> *rs, NormShape s, const Coefs &c, double eps) {
+  using A = Acc<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t VS = V::size();
+  const int k = c.order;
+  const int64_t C = s.channels, rows = s.outer, items = (rows + kRowsPerItem - 1) / kRowsPerItem;
+  parallel_items(items, kRowsPerItem * C, 0, nullptr, [&](int64_t item, double *) {
+    const int64_t end = std::min(rows, (item + 1) * kRowsPerItem);
+    for (int64_t m = item * kRowsPerItem; m < end; m++) {
+      const T *row = x + m * C;
+      V sums[kMaxOrder];
+      for (int i = 0; i < k; i++) sums[i] = V(A(0));
+      for (int64_t ch = 0; ch < C; ch += VS) {
+        const V xv = load(row + ch, std::min(VS, C - ch));
+        const V sq = xv * xv;
+        V pw = sq;
+        sums[0] = sums[0] + pw;
+        for (int i = 1; i < k; i++) {
+          pw = pw * sq;
+          sums[i] = sums[i] + pw;
+        }
+      }
+      V coef[kMaxOrder];
+      for (int i = 0; i < k; i++) {
+        const A sum = at::vec::vec_reduce_all<A>([](V a, V b) { return a + b; }, sums[i]);
+        const A r = A(1) / std::sqrt(sum / static_cast<A>(C) + static_cast<A>(eps));
+        rs[m * k + i] = r;
+        coef[i] = V(r * static_cast<A>(c.weight[i]));
+      }
+      const V b(static_cast<A>(c.bias));
+      for (int64_t ch = 0; ch < C; ch += VS) {
+        const int64_t n = std::min(VS, C - ch);
+        const V xv = load(row + ch, n);
+        store(y + m * C + ch, horner(coef, k, xv) * xv + b, n);
+      }
+    }
+  });
+}
+
+template <typename T>
+void polynorm_backward_rows(const T *x, const Acc<T> *gy, const Acc<T> *rs, T *dx, NormShape s, const Coefs &c,
+                            double *grad_coefs) {
+  using A = Acc<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t VS = V::size();
+  const int k = c.order;
+  const int64_t C = s.channels, rows = s.outer, items = (rows + kRowsPerItem - 1) / kRowsPerItem;
+  parallel_items(items, 2 * kRowsPerItem * C, k + 1, grad_coefs, [&](int64_t item, double *part) {
+    const int64_t end = std::min(rows, (item + 1) * kRowsPerItem);
+    for (int64_t m = item * kRowsPerItem; m < end; m++) {
+      const T *row = x + m * C;
+      const A *grow = gy + m * C;
+      V d[kMaxOrder], gsum(A(0));
+      for (int i = 0; i < k; i++) d[i] = V(A(0));
+      for (int64_t ch = 0; ch < C; ch += VS) {
+        const int64_t n = std::min(VS, C - ch);
+        const V xv = load(row + ch, n), gv = load(grow + ch, n);
+        gsum = gsum + gv;
+        V t = gv * xv;
+        d[0] = d[0] + t;
+        for (int i = 1; i < k; i++) {
+          t = t * xv;
+          d[i] = d[i] + t;
+        }
+      }
+      V p[kMaxOrder], q[kMaxOrder];
+      for (int i = 0; i < k; i++) {
+        const A di = at::vec::vec_reduce_all<A>([](V a, V b) { return a + b; }, d[i]);
+        const A r = rs[m * k + i], iw = static_cast<A>((i + 1) * c.weight[i]);
+        part[i] += static_cast<double>(r) * di;
+        p[i] = V(iw * r);
+        q[i] = V(iw * r * r * r * di / static_cast<A>(C));
+      }
+      part[k] += lane_sum(gsum, VS);
+      for (int64_t ch = 0; ch < C; ch += VS) {
+        const int64_t n = std::min(VS, C - ch);
+        const V xv = load(row + ch, n), gv = load(grow + ch, n);
+        store(dx + m * C + ch, gv * horner(p, k, xv) - xv * horner(q, k, xv * xv), n);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// PolyReLU: elementwise. y = b + r P(r) with r = relu(x), P(r) = sum_i w_i r^(i-1);
+// dx = [x > 0] g sum_i i w_i r^(i-1); dw_i = sum g r^i; db = sum g.
+
+constexpr int64_t kElemsPerItem = 4096;
+
+template <typename T>
+void polyrelu_forward_typed(const T *x, Acc<T> *y, int64_t numel, const Coefs &c) {
+  using A = Acc<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t VS = V::size();
+  const int k = c.order;
+  V w[kMaxOrder];
+  for (int i = 0; i < k; i++) w[i] = V(static_cast<A>(c.weight[i]));
+  const V b(static_cast<A>(c.bias)), zero(A(0));
+  const int64_t items = (numel + kElemsPerItem - 1) / kElemsPerItem;
+  parallel_items(items, kElemsPerItem, 0, nullptr, [&](int64_t item, double *) {
+    const int64_t end = std::min(numel, (item + 1) * kElemsPerItem);
+    for (int64_t j = item * kElemsPerItem; j < end; j += VS) {
+      const int64_t n = std::min(VS, end - j);
+      const V r = at::vec::maximum(load(x + j, n), zero);  // NaN stays NaN, as torch.relu
+      store(y + j, horner(w, k, r) * r + b, n);
+    }
+  });
+}
+
+template <typename T>
+void polyrelu_backward_typed(const T *x, const Acc<T> *gy, T *dx, int64_t numel, const Coefs &c,
+                             double *grad_coefs) {
+  using A = Acc<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t VS = V::size();
+  const int k = c.order;
+  V iw[kMaxOrder];
+  for (int i = 0; i < k; i++) iw[i] = V(static_cast<A>((i + 1) * c.weight[i]));
+  const V zero(A(0));
+  const int64_t items = (numel + kElemsPerItem - 1) / kElemsPerItem;
+  parallel_items(items, 2 * kElemsPerItem, k + 1, grad_coefs, [&](int64_t item, double *part) {
+    V sums[kMaxOrder + 1];
+    for (int i = 0; i <= k; i++) sums[i] = zero;
+    const int64_t end = std::min(numel, (item + 1) * kElemsPerItem);
+    for (int64_t j = item * kElemsPerItem; j < end; j += VS) {
+      const int64_t n = std::min(VS, end - j);
+      const V xv = load(x + j, n), gv = load(gy + j, n);
+      const V positive = xv > zero;
+      const V r = V::blendv(zero, xv, positive);
+      V t = gv * r;
+      sums[0] = sums[0] + t;
+      for (int i = 1; i < k; i++) {
+        t = t * r;
+        sums[i] = sums[i] + t;
+      }
+      sums[k] = sums[k] + gv;
+      store(dx + j, V::blendv(zero, gv * horner(iw, k, r), positive), n);
+    }
+    for (int i = 0; i <= k; i++) part[i] += lane_sum(sums[i], VS);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Type dispatch.
+
+template <typename F>
+void by_type(Dtype dt, const F &f) {
+  switch (dt) {
+    case Dtype::kFloat: return f(float{});
+    case Dtype::kDouble: return f(double{});
+    case Dtype::kBFloat16: return f(c10::BFloat16{});
+    case Dtype::kHalf: return f(c10::Half{});
+  }
+}
+
+void polynorm_forward(Dtype dt, const void *x, void *y, void *rs, NormShape s, const Coefs &c, double eps) {
+  by_type(dt, [&](auto tag) {
+    using T = decltype(tag);
+    using A = Acc<T>;
+    auto *xt = static_cast<const T *>(x);
+    auto *yt = static_cast<A *>(y);
+    auto *rt = static_cast<A *>(rs);
+    if (s.inner == 1)
+      polynorm_forward_rows<T>(xt, yt, rt, s, c, eps);
+    else
+      polynorm_forward_strided<T>(xt, yt, rt, s, c, eps);
+  });
+}
+
+void polynorm_backward(Dtype dt, const void *x, const void *gy, const void *rs, void *dx, NormShape s, const Coefs &c,
+                       double *grad_coefs) {
+  by_type(dt, [&](auto tag) {
+    using T = decltype(tag);
+    using A = Acc<T>;
+    auto *xt = static_cast<const T *>(x);
+    auto *gt = static_cast<const A *>(gy);
+    auto *rt = static_cast<const A *>(rs);
+    auto *dxt = static_cast<T *>(dx);
+    if (s.inner == 1)
+      polynorm_backward_rows<T>(xt, gt, rt, dxt, s, c, grad_coefs);
+    else
+      polynorm_backward_strided<T>(xt, gt, rt, dxt, s, c, grad_coefs);
+  });
+}
+
+void polyrelu_forward(Dtype dt, const void *x, void *y, int64_t n, const Coefs &c) {
+  by_type(dt, [&](auto tag) {
+    using T = decltype(tag);
+    polyrelu_forward_typed<T>(static_cast<const T *>(x), static_cast<Acc<T> *>(y), n, c);
+  });
+}
+
+void polyrelu_backward(Dtype dt, const void *x, const void *gy, void *dx, int64_t n, const Coefs &c,
+                       double *grad_coefs) {
+  by_type(dt, [&](auto tag) {
+    using T = decltype(tag);
+    polyrelu_backward_typed<T>(static_cast<const T *>(x), static_cast<const Acc<T> *>(gy), static_cast<T *>(dx), n,
+                               c, grad_coefs);
+  });
+}
+
+}  // namespace
+
+const CpuKernels &RT_CONCAT(cpu_kernels_, RT_ISA)() {
+  static const CpuKernels table{polynorm_forward, polynorm_backward, polyrelu_forward, polyrelu_backward};
+  return table;
+}
+
+}  // namespace rt_polycom

@@ -1,0 +1,390 @@
+// CUDA back end of the fused PolyCom operators: compiles polycom.cu with NVRTC at first use and
+// launches its kernels through the CUDA driver API on PyTorch's current stream.
+//
+// No CUDA toolkit, header or library is needed to build this: libnvrtc and libcuda are opened with
+// dlopen at first use (PyTorch's CUDA install ships libnvrtc next to its other CUDA libraries),
+// and the handful of driver/NVRTC functions used are declared here with their C ABI types.
+#include "polycom.h"
+
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <dirent.h>
+#include <dlfcn.h>
+
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace rt_polycom::cuda {
+
+namespace {
+
+const char *kSource =
+#include "polycom_cu.inc"
+    ;
+
+// ---- The C ABI of the few NVRTC and driver functions used (nvrtc.h, cuda.h) ----
+using nvrtcProgram = void *;
+using CUresult = int;
+using CUdevice = int;
+using CUcontext = void *;
+using CUmodule = void *;
+using CUfunction = void *;
+using CUstream = void *;
+constexpr int kAttrCcMajor = 75, kAttrCcMinor = 76;  // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_{MAJOR,MINOR}
+
+struct Nvrtc {
+  int (*create)(nvrtcProgram *, const char *, const char *, int, const char *const *, const char *const *);
+  int (*compile)(nvrtcProgram, int, const char *const *);
+  int (*log_size)(nvrtcProgram, size_t *);
+  int (*log)(nvrtcProgram, char *);
+  int (*ptx_size)(nvrtcProgram, size_t *);
+  int (*ptx)(nvrtcProgram, char *);
+  int (*cubin_size)(nvrtcProgram, size_t *);
+  int (*cubin)(nvrtcProgram, char *);
+  int (*destroy)(nvrtcProgram *);
+  const char *(*error_string)(int);
+};
+
+struct Driver {
+  CUresult (*init)(unsigned);
+  CUresult (*device_get)(CUdevice *, int);
+  CUresult (*attribute)(int *, int, CUdevice);
+  CUresult (*ctx_get_current)(CUcontext *);
+  CUresult (*ctx_set_current)(CUcontext);
+  CUresult (*primary_ctx_retain)(CUcontext *, CUdevice);
+  CUresult (*module_load_data)(CUmodule *, const void *);
+  CUresult (*module_get_function)(CUfunction *, CUmodule, const char *);
+  CUresult (*launch)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream,
+                     void **, void **);
+  CUresult (*error_string)(CUresult, const char **);
+};
+
+template <typename F>
+void bind(void *lib, const char *name, F &fn, const std::string &lib_name) {
+  fn = reinterpret_cast<F>(dlsym(lib, name));
+  if (!fn) throw std::runtime_error(lib_name + " has no " + name);
+}
+
+// The folder of the libtorch_cpu.so this process runs (libnvrtc sits at ../../nvidia/cu*/lib in a
+// pip install of PyTorch).
+std::string torch_lib_dir() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void *>(&at::globalContext), &info) && info.dli_fname) {
+    std::string path = info.dli_fname;
+    auto slash = path.rfind('/');
+    if (slash != std::string::npos) return path.substr(0, slash);
+  }
+  return "";
+}
+
+// libnvrtc opens its builtins library by soname at compile time, which the loader finds only in
+// its search paths; a pip install keeps it beside libnvrtc, so it is loaded from there first.
+void preload_builtins(const std::string &dir) {
+  DIR *d = opendir(dir.c_str());
+  if (!d) return;
+  while (dirent *e = readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.rfind("libnvrtc-builtins.so", 0) == 0) dlopen((dir + "/" + name).c_str(), RTLD_NOW | RTLD_GLOBAL);
+  }
+  closedir(d);
+}
+
+void *open_nvrtc(const std::string &explicit_path, std::string &tried) {
+  std::vector<std::string> names;
+  if (!explicit_path.empty()) names.push_back(explicit_path);
+  if (const char *env = std::getenv("RESNET_TRAIN_NVRTC")) names.push_back(env);
+  const std::string dir = torch_lib_dir();
+  if (!dir.empty()) {
+    names.push_back(dir + "/../../nvidia/cu13/lib/libnvrtc.so.13");
+    names.push_back(dir + "/../../nvidia/cuda_nvrtc/lib/libnvrtc.so.12");
+    names.push_back(dir + "/libnvrtc.so");
+  }
+  for (const char *n : {"libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"}) names.push_back(n);
+  for (const auto &n : names) {
+    if (n.find('/') != std::string::npos) preload_builtins(n.substr(0, n.rfind('/')));
+    if (void *lib = dlopen(n.c_str(), RTLD_NOW | RTLD_GLOBAL)) return lib;
+    tried += (tried.empty() ? "" : ", ") + n;
+  }
+  return nullptr;
+}
+
+Nvrtc load_nvrtc(const std::string &explicit_path) {
+  std::string tried;
+  void *lib = open_nvrtc(explicit_path, tried);
+  if (!lib) throw std::runtime_error("libnvrtc not found (tried " + tried + "; set RESNET_TRAIN_NVRTC)");
+  Nvrtc n{};
+  const std::string name = "libnvrtc";
+  bind(lib, "nvrtcCreateProgram", n.create, name);
+  bind(lib, "nvrtcCompileProgram", n.compile, name);
+  bind(lib, "nvrtcGetProgramLogSize", n.log_size, name);
+  bind(lib, "nvrtcGetProgramLog", n.log, name);
+  bind(lib, "nvrtcGetPTXSize", n.ptx_size, name);
+  bind(lib, "nvrtcGetPTX", n.ptx, name);
+  bind(lib, "nvrtcGetCUBINSize", n.cubin_size, name);
+  bind(lib, "nvrtcGetCUBIN", n.cubin, name);
+  bind(lib, "nvrtcDestroyProgram", n.destroy, name);
+  bind(lib, "nvrtcGetErrorString", n.error_string, name);
+  return n;
+}
+
+Driver load_driver() {
+  void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+  if (!lib) throw std::runtime_error("libcuda.so.1 (the NVIDIA driver) not found");
+  Driver d{};
+  const std::string name = "libcuda.so.1";
+  bind(lib, "cuInit", d.init, name);
+  bind(lib, "cuDeviceGet", d.device_get, name);
+  bind(lib, "cuDeviceGetAttribute", d.attribute, name);
+  bind(lib, "cuCtxGetCurrent", d.ctx_get_current, name);
+  bind(lib, "cuCtxSetCurrent", d.ctx_set_current, name);
+  bind(lib, "cuDevicePrimaryCtxRetain", d.primary_ctx_retain, name);
+  bind(lib, "cuModuleLoadData", d.module_load_data, name);
+  bind(lib, "cuModuleGetFunction", d.module_get_function, name);
+  bind(lib, "cuLaunchKernel", d.launch, name);
+  bind(lib, "cuGetErrorString", d.error_string, name);
+  return d;
+}
+
+// Compiles the kernels for `arch` ("sm_90": a cubin, "compute_90": PTX); throws with NVRTC's log.
+std::string compile(const Nvrtc &n, const std::string &arch) {
+  nvrtcProgram prog = nullptr;
+  if (int rc = n.create(&prog, kSource, "polycom.cu", 0, nullptr, nullptr))
+    throw std::runtime_error(std::string("nvrtcCreateProgram: ") + n.error_string(rc));
+  const std::string arch_opt = "--gpu-architecture=" + arch;
+  const char *opts[] = {arch_opt.c_str(), "--std=c++17", "-default-device"};
+  const int rc = n.compile(prog, 3, opts);
+  size_t log_size = 0;
+  n.log_size(prog, &log_size);
+  std::string log(log_size, '\0');
+  if (log_size > 1) n.log(prog, log.data());
+  if (rc != 0) {
+    n.destroy(&prog);
+    throw std::runtime_error("NVRTC could not compile polycom.cu for " + arch + ": " + n.error_string(rc) + "\n" +
+                             log);
+  }
+  const bool cubin = arch.rfind("sm_", 0) == 0;
+  size_t size = 0;
+  (cubin ? n.cubin_size : n.ptx_size)(prog, &size);
+  std::string image(size, '\0');
+  (cubin ? n.cubin : n.ptx)(prog, image.data());
+  n.destroy(&prog);
+  return image;
+}
+
+void check(const Driver &d, CUresult rc, const char *what) {
+  if (rc == 0) return;
+  const char *msg = nullptr;
+  d.error_string(rc, &msg);
+  throw std::runtime_error(std::string(what) + ": " + (msg ? msg : "CUDA error " + std::to_string(rc)));
+}
+
+struct Module {
+  std::map<std::string, CUfunction> functions;
+};
+
+// Process-wide state: the libraries, and one module per device (loaded into its primary context).
+struct Runtime {
+  std::mutex mutex;
+  bool loaded = false;
+  std::string load_error;
+  Nvrtc nvrtc{};
+  Driver driver{};
+  std::map<int, Module> modules;
+  std::map<int, std::string> module_errors;
+
+  void load() {
+    if (loaded || !load_error.empty()) return;
+    try {
+      nvrtc = load_nvrtc("");
+      driver = load_driver();
+      check(driver, driver.init(0), "cuInit");
+      loaded = true;
+    } catch (const std::exception &e) {
+      load_error = e.what();
+    }
+  }
+
+  // The current context, or the device's primary one (the context PyTorch's runtime API uses).
+  void bind_context(int device) {
+    CUcontext ctx = nullptr;
+    check(driver, driver.ctx_get_current(&ctx), "cuCtxGetCurrent");
+    if (ctx) return;
+    CUdevice dev = 0;
+    check(driver, driver.device_get(&dev, device), "cuDeviceGet");
+    check(driver, driver.primary_ctx_retain(&ctx, dev), "cuDevicePrimaryCtxRetain");
+    check(driver, driver.ctx_set_current(ctx), "cuCtxSetCurrent");
+  }
+
+  Module &module(int device) {
+    load();
+    if (!loaded) throw std::runtime_error("fused PolyCom on CUDA: " + load_error);
+    auto it = modules.find(device);
+    if (it != modules.end()) return it->second;
+    auto err = module_errors.find(device);
+    if (err != module_errors.end()) throw std::runtime_error(err->second);
+    try {
+      bind_context(device);
+      CUdevice dev = 0;
+      check(driver, driver.device_get(&dev, device), "cuDeviceGet");
+      int major = 0, minor = 0;
+      check(driver, driver.attribute(&major, kAttrCcMajor, dev), "cuDeviceGetAttribute");
+      check(driver, driver.attribute(&minor, kAttrCcMinor, dev), "cuDeviceGetAttribute");
+      const std::string image = compile(nvrtc, "sm_" + std::to_string(major) + std::to_string(minor));
+      CUmodule mod = nullptr;
+      check(driver, driver.module_load_data(&mod, image.data()), "cuModuleLoadData");
+      Module m;
+      for (const char *kernel : {"polynorm_fwd_rows", "polynorm_fwd_cols", "polynorm_bwd_rows", "polynorm_bwd_cols",
+                                 "polyrelu_fwd", "polyrelu_bwd"}) {
+        for (const char *tag : {"f32", "f64", "bf16", "f16"}) {
+          const std::string name = std::string(kernel) + "_" + tag;
+          CUfunction f = nullptr;
+          check(driver, driver.module_get_function(&f, mod, name.c_str()), "cuModuleGetFunction");
+          m.functions[name] = f;
+        }
+      }
+      return modules.emplace(device, std::move(m)).first->second;
+    } catch (const std::exception &e) {
+      module_errors[device] = std::string("fused PolyCom on cuda:") + std::to_string(device) + ": " + e.what();
+      throw std::runtime_error(module_errors[device]);
+    }
+  }
+};
+
+Runtime &runtime() {
+  static Runtime *r = new Runtime();  // never destroyed: kernels may run during static teardown
+  return *r;
+}
+
+constexpr unsigned kBlock = 256, kWarps = kBlock / 32;
+
+const char *tag_of(const at::Tensor &x) {
+  switch (x.scalar_type()) {
+    case at::kFloat: return "f32";
+    case at::kDouble: return "f64";
+    case at::kBFloat16: return "bf16";
+    case at::kHalf: return "f16";
+    default: throw std::invalid_argument(std::string("fused PolyCom: unsupported input dtype ") +
+                                         c10::toString(x.scalar_type()));
+  }
+}
+
+// Launches `kernel`_<x's type> on x's device and current stream, `blocks` blocks of 256 threads.
+void launch(const at::Tensor &x, const std::string &kernel, int64_t blocks, std::vector<void *> args) {
+  if (blocks <= 0) return;
+  if (blocks > 0x7fffffff) throw std::invalid_argument("fused PolyCom: tensor too large for one launch");
+  c10::DeviceGuard guard(x.device());
+  auto &rt = runtime();
+  std::lock_guard<std::mutex> lock(rt.mutex);
+  auto &mod = rt.module(x.device().index());
+  rt.bind_context(x.device().index());
+  const c10::Stream stream = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(x.device());
+  CUfunction f = mod.functions.at(kernel + "_" + tag_of(x));
+  check(rt.driver,
+        rt.driver.launch(f, static_cast<unsigned>(blocks), 1, 1, kBlock, 1, 1, 0, stream.native_handle(), args.data(),
+                         nullptr),
+        ("cuLaunchKernel " + kernel).c_str());
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The coefficients in the arithmetic type, on the device (no host round trip).
+at::Tensor acc_coefs(const at::Tensor &t, const at::Tensor &y) { return t.detach().to(y.scalar_type()).contiguous(); }
+
+// Sums the per-block partials into (dw, db) of w's and b's types.
+std::pair<at::Tensor, at::Tensor> reduce_partials(const at::Tensor &partials, int k, const at::Tensor &w,
+                                                  const at::Tensor &b) {
+  auto sums = partials.sum(0);
+  return {sums.slice(0, 0, k).to(w.scalar_type()), sums.slice(0, k, k + 1).to(b.scalar_type())};
+}
+
+}  // namespace
+
+void polynorm_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps, NormShape s,
+                      at::Tensor &y, at::Tensor &rs) {
+  auto wa = acc_coefs(w, y), ba = acc_coefs(b, y);
+  const void *xp = x.const_data_ptr();
+  void *yp = y.data_ptr(), *rp = rs.data_ptr(), *wp = wa.data_ptr(), *bp = ba.data_ptr();
+  long long outer = s.outer, inner = s.inner;
+  int channels = static_cast<int>(s.channels), k = static_cast<int>(w.numel());
+  float eps_f = static_cast<float>(eps);
+  double eps_d = eps;
+  void *eps_p = y.scalar_type() == at::kDouble ? static_cast<void *>(&eps_d) : static_cast<void *>(&eps_f);
+  if (s.inner == 1) {
+    launch(x, "polynorm_fwd_rows", ceil_div(s.outer, kWarps),
+           {&xp, &yp, &rp, &wp, &bp, &outer, &channels, &k, eps_p});
+  } else {
+    launch(x, "polynorm_fwd_cols", ceil_div(s.outer * s.inner, kBlock),
+           {&xp, &yp, &rp, &wp, &bp, &outer, &channels, &inner, &k, eps_p});
+  }
+}
+
+std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &rs,
+                                                    const at::Tensor &w, const at::Tensor &b, NormShape s,
+                                                    at::Tensor &dx) {
+  const int64_t k64 = w.numel();
+  const int64_t blocks = s.inner == 1 ? ceil_div(s.outer, kWarps) : ceil_div(s.outer * s.inner, kBlock);
+  auto partials = at::zeros({std::max<int64_t>(blocks, 1), k64 + 1}, gy.options());
+  if (x.numel() > 0) {
+    auto wa = acc_coefs(w, gy);
+    const void *xp = x.const_data_ptr(), *gp = gy.const_data_ptr(), *rp = rs.const_data_ptr();
+    void *dxp = dx.data_ptr(), *wp = wa.data_ptr(), *pp = partials.data_ptr();
+    long long outer = s.outer, inner = s.inner;
+    int channels = static_cast<int>(s.channels), k = static_cast<int>(k64);
+    if (s.inner == 1) {
+      launch(x, "polynorm_bwd_rows", blocks, {&xp, &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &k});
+    } else {
+      launch(x, "polynorm_bwd_cols", blocks, {&xp, &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &inner, &k});
+    }
+  }
+  return reduce_partials(partials, static_cast<int>(k64), w, b);
+}
+
+void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, at::Tensor &y) {
+  auto wa = acc_coefs(w, y), ba = acc_coefs(b, y);
+  const void *xp = x.const_data_ptr();
+  void *yp = y.data_ptr(), *wp = wa.data_ptr(), *bp = ba.data_ptr();
+  long long n = x.numel();
+  int k = static_cast<int>(w.numel());
+  launch(x, "polyrelu_fwd", ceil_div(n, kBlock), {&xp, &yp, &wp, &bp, &n, &k});
+}
+
+std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &w,
+                                                    const at::Tensor &b, at::Tensor &dx) {
+  const int64_t k64 = w.numel(), blocks = ceil_div(x.numel(), kBlock);
+  auto partials = at::zeros({std::max<int64_t>(blocks, 1), k64 + 1}, gy.options());
+  if (x.numel() > 0) {
+    auto wa = acc_coefs(w, gy);
+    const void *xp = x.const_data_ptr(), *gp = gy.const_data_ptr();
+    void *dxp = dx.data_ptr(), *wp = wa.data_ptr(), *pp = partials.data_ptr();
+    long long n = x.numel();
+    int k = static_cast<int>(k64);
+    launch(x, "polyrelu_bwd", blocks, {&xp, &gp, &dxp, &wp, &pp, &n, &k});
+  }
+  return reduce_partials(partials, static_cast<int>(k64), w, b);
+}
+
+std::string unavailable_reason(int device) {
+  try {
+    c10::DeviceGuard guard(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device)));
+    auto &rt = runtime();
+    std::lock_guard<std::mutex> lock(rt.mutex);
+    rt.module(device);
+    return "";
+  } catch (const std::exception &e) {
+    return e.what();
+  }
+}
+
+std::string compile_check(const std::string &arch, const std::string &nvrtc_path) {
+  try {
+    compile(load_nvrtc(nvrtc_path), arch);
+    return "";
+  } catch (const std::exception &e) {
+    return e.what();
+  }
+}
+
+}  // namespace rt_polycom::cuda

@@ -1,0 +1,48 @@
+// The fused PolyCom kernels' interface between the operator (polycom.cpp) and the kernels: plain
+// pointers and sizes, so that the CPU kernels (polycom_cpu.cpp) can be compiled once per
+// instruction set and picked at run time, as ATen does with its own CPU kernels.
+#pragma once
+#include <cstdint>
+
+namespace rt_polycom {
+
+constexpr int kMaxOrder = 8;
+
+// Element types of x (and dx). The output y, the gradient of y and the saved rsqrt values are
+// `float` for every type but kDouble, where they are `double` (fp32 arithmetic for fp16/bf16:
+// the semantics of `act_fp32 = true`).
+enum class Dtype : int { kFloat = 0, kDouble = 1, kBFloat16 = 2, kHalf = 3 };
+
+// A tensor seen as [outer, C, inner] with the channels at stride `inner` (NCHW: outer = N,
+// inner = H*W; channels_last and 2-d: outer = N*H*W or N, inner = 1).
+struct NormShape {
+  int64_t outer, channels, inner;
+};
+
+struct Coefs {
+  int order;               // k
+  double weight[kMaxOrder];  // w_1..w_k
+  double bias;             // b
+};
+
+struct CpuKernels {
+  // PolyNorm forward: y = b + sum_i w_i x^i rsqrt(mean_c(x^2i) + eps); rs[outer, k, inner] = the
+  // rsqrt values, saved for backward.
+  void (*polynorm_forward)(Dtype dt, const void *x, void *y, void *rs, NormShape s, const Coefs &c, double eps);
+  // PolyNorm backward: dx (x's type), and dw_1..dw_k, db summed into grad_coefs[0..k] (double).
+  void (*polynorm_backward)(Dtype dt, const void *x, const void *gy, const void *rs, void *dx, NormShape s,
+                            const Coefs &c, double *grad_coefs);
+  // PolyReLU forward over n elements: y = b + sum_i w_i relu(x)^i.
+  void (*polyrelu_forward)(Dtype dt, const void *x, void *y, int64_t n, const Coefs &c);
+  // PolyReLU backward: dx, and dw_1..dw_k, db into grad_coefs[0..k].
+  void (*polyrelu_backward)(Dtype dt, const void *x, const void *gy, void *dx, int64_t n, const Coefs &c,
+                            double *grad_coefs);
+};
+
+// One table per instruction set the build compiled (polycom_cpu.cpp built with -DRT_ISA=...).
+const CpuKernels &cpu_kernels_default();
+#if defined(__x86_64__)
+const CpuKernels &cpu_kernels_avx2();
+#endif
+
+}  // namespace rt_polycom

@@ -1,0 +1,300 @@
+//! The fused PolyNorm / PolyReLU operator (src/ffi/polycom.cpp) against three independent
+//! references: the PyTorch reference's golden values (polycom.py, orders 1..8), the eager path
+//! (every order, dtype and layout), and float64 finite differences of its closed-form backward.
+
+mod common;
+
+use resnet_train::ffi::{self, CpuIsa, PolyCom};
+use resnet_train::model::activation::{polynorm, polyrelu, POLYNORM_EPS};
+use resnet_train::model::{ActConfig, ActImpl, ActKind, Activation, NormAxis};
+use tch::{nn, Device, Kind, Tensor};
+
+fn fused(op: PolyCom, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+    ffi::polycom(op, x, w, b, POLYNORM_EPS).expect("fused operator runs")
+}
+
+fn eager(op: PolyCom, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+    match op {
+        PolyCom::PolyRelu => polyrelu(x, w, b),
+        PolyCom::PolyNorm => polynorm(x, w, b, NormAxis::Channel),
+    }
+}
+
+/// y and the vector-Jacobian products (dx, dw, db) with `gy` of `f` at (x, w, b).
+fn value_and_grads(
+    f: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    gy: &Tensor,
+) -> [Tensor; 4] {
+    let x = x.detach().set_requires_grad(true);
+    let w = w.detach().set_requires_grad(true);
+    let b = b.detach().set_requires_grad(true);
+    let y = f(&x, &w, &b);
+    (&y * gy.to_kind(y.kind())).sum(y.kind()).backward();
+    [y.detach(), x.grad(), w.grad(), b.grad()]
+}
+
+const NAMES: [&str; 4] = ["y", "dx", "dw", "db"];
+
+#[test]
+fn matches_reference_golden_values_for_orders_1_to_8() {
+    let g = common::golden("activations_o1_8.safetensors");
+    for (op, name) in [(PolyCom::PolyRelu, "polyrelu"), (PolyCom::PolyNorm, "polynorm")] {
+        for order in 1..=8 {
+            let key = format!("{name}.o{order}.channel");
+            let t = |s: &str| g[&format!("{key}.{s}")].shallow_clone();
+            for (kind, tol) in [(Kind::Double, 1e-12), (Kind::Float, 1e-4)] {
+                let c = |s: &str| t(s).to_kind(kind);
+                let ours = value_and_grads(|x, w, b| fused(op, x, w, b), &c("x"), &c("w"), &c("b"), &c("gy"));
+                for (i, want) in ["y", "gx", "gw", "gb"].iter().enumerate() {
+                    let err = common::rel_err(&ours[i].to_kind(Kind::Double), &t(want));
+                    assert!(err < tol, "{key}.{want} ({kind:?}): relative error {err:e} >= {tol:e}");
+                }
+            }
+        }
+    }
+}
+
+/// Shapes that stress the kernels' layouts and tails.
+fn shapes() -> Vec<(&'static str, Vec<i64>)> {
+    vec![
+        ("nchw", vec![2, 5, 7, 9]),     // H*W = 63: a partial tile
+        ("wide", vec![1, 3, 20, 20]),   // batch 1, several tiles
+        ("c1", vec![3, 1, 4, 5]),       // one channel: rsqrt of x^2i itself
+        ("hw1", vec![4, 19, 1, 1]),     // pooled features: per-row path
+        ("2d", vec![6, 37]),            // 2-d: dim 1
+        ("3d", vec![2, 4, 11]),         // 3-d: channels then a flattened rest
+        ("many_c", vec![2, 130, 3, 3]), // channel loop longer than a vector
+    ]
+}
+
+/// Layout variants of a 4-d tensor: contiguous, channels_last, non-contiguous (a strided slice).
+fn layouts(x: &Tensor) -> Vec<(&'static str, Tensor)> {
+    let mut out = vec![("contiguous", x.shallow_clone())];
+    if x.dim() == 4 {
+        out.push(("channels_last", ffi::to_channels_last(x).expect("channels_last")));
+        let wide = Tensor::cat(&[x, x], 3); // [.., 2W]
+        out.push(("strided", wide.slice(3, 0, 2 * x.size()[3], 2)));
+        out.push(("permuted", x.permute([0, 1, 3, 2]).contiguous().permute([0, 1, 3, 2])));
+    } else {
+        out.push(("transposed", x.transpose(0, 1).contiguous().transpose(0, 1)));
+    }
+    out
+}
+
+fn check_against_eager(op: PolyCom, order: i64, dtype: Kind, shape: &[i64], label: &str) {
+    let opts = (Kind::Double, Device::Cpu);
+    // fp16 holds up to 65504: a smaller spread keeps order-8 gradients in range.
+    let x64 = Tensor::randn(shape, opts) * if dtype == Kind::Half { 0.8 } else { 1.3 };
+    let w = Tensor::randn([order], opts) / order as f64;
+    let b = Tensor::from_slice(&[0.3f64]);
+    let gy = Tensor::randn(shape, opts);
+    // fp32 arithmetic for fp32/bf16/fp16 inputs: the eager reference sees the same (rounded) input
+    // upcast to fp32, as `act_fp32 = true` does.
+    let acc = if dtype == Kind::Double { Kind::Double } else { Kind::Float };
+    let (w, b) = (w.to_kind(acc), b.to_kind(acc));
+    let x = x64.to_kind(dtype);
+    let (tol_y, tol_dx, tol_coef): (f64, f64, f64) = match dtype {
+        Kind::Double => (1e-12, 1e-11, 1e-11),
+        Kind::Float => (2e-5, 1e-4, 1e-4),
+        // dx is rounded to the input's 8 / 11 significant bits.
+        _ => (2e-5, 1e-2, 1e-4),
+    };
+    // One channel: dx = w eps / (x^2 + eps)^1.5 is a cancellation (1 - x^2 r^2) that fp32 resolves
+    // only to ~1e-4 of the largest gradient, on the eager path as on the fused one.
+    let tol_dx = if shape[1] == 1 && op == PolyCom::PolyNorm { tol_dx.max(1e-3) } else { tol_dx };
+    for (layout, xl) in layouts(&x) {
+        let want = value_and_grads(|x, w, b| eager(op, &x.to_kind(acc), w, b), &xl, &w, &b, &gy);
+        let got = value_and_grads(|x, w, b| fused(op, x, w, b), &xl, &w, &b, &gy);
+        assert_eq!(got[0].kind(), acc, "{label} {layout}: output type");
+        assert_eq!(got[1].kind(), dtype, "{label} {layout}: dx type");
+        assert_eq!(got[0].size(), shape, "{label} {layout}: output shape");
+        for i in 0..4 {
+            let tol = [tol_y, tol_dx, tol_coef, tol_coef][i];
+            let err = common::rel_err(&got[i].to_kind(Kind::Double), &want[i].to_kind(Kind::Double));
+            assert!(err < tol, "{label} {layout} {}: relative error {err:e} >= {tol:e}", NAMES[i]);
+        }
+    }
+}
+
+fn all_against_eager(isa: CpuIsa) {
+    ffi::set_polycom_cpu_isa(isa).expect("isa");
+    for op in [PolyCom::PolyRelu, PolyCom::PolyNorm] {
+        for order in 1..=8 {
+            for dtype in [Kind::Double, Kind::Float, Kind::BFloat16, Kind::Half] {
+                for (name, shape) in shapes() {
+                    let label = format!("{op:?} k={order} {dtype:?} {name} {isa:?}");
+                    check_against_eager(op, order, dtype, &shape, &label);
+                }
+            }
+        }
+    }
+}
+
+/// Every order, dtype, shape and layout, with the CPU kernels this machine picks and with the
+/// portable build (both are shipped; a machine without AVX2 runs the latter).
+#[test]
+fn equals_eager_for_every_order_dtype_and_layout() {
+    let _lock = common::global_lock();
+    let best = ffi::polycom_cpu_isa().expect("isa");
+    all_against_eager(CpuIsa::Auto);
+    if best == CpuIsa::Avx2 {
+        all_against_eager(CpuIsa::Portable);
+    } else {
+        eprintln!("NOTE: this CPU has no AVX2: only the portable kernels were tested");
+    }
+    ffi::set_polycom_cpu_isa(CpuIsa::Auto).expect("isa");
+}
+
+/// Central differences in float64 against the closed-form backward (dx, dw, db), PolyNorm on
+/// both layouts and PolyReLU away from the kink at 0.
+#[test]
+fn backward_matches_finite_differences() {
+    let opts = (Kind::Double, Device::Cpu);
+    for op in [PolyCom::PolyNorm, PolyCom::PolyRelu] {
+        for order in [1, 2, 3, 5, 8] {
+            for shape in [vec![2, 3, 2, 2], vec![3, 5]] {
+                let mut x = Tensor::randn(&shape[..], opts);
+                if op == PolyCom::PolyRelu {
+                    x = &x + x.sign() * 0.05; // keep |x| >= 0.05: no sample straddles the kink
+                }
+                let w = Tensor::randn([order], opts) / order as f64;
+                let b = Tensor::from_slice(&[0.2f64]);
+                let gy = Tensor::randn(&shape[..], opts);
+                let [_, dx, dw, db] = value_and_grads(|x, w, b| fused(op, x, w, b), &x, &w, &b, &gy);
+                let loss = |x: &Tensor, w: &Tensor, b: &Tensor| {
+                    (fused(op, x, w, b) * &gy).sum(Kind::Double).double_value(&[])
+                };
+                let h = 1e-6;
+                let numeric = |t: &Tensor, which: usize| -> Tensor {
+                    let flat: Vec<f64> = Vec::try_from(t.flatten(0, -1)).expect("values");
+                    let mut out = Vec::with_capacity(flat.len());
+                    for j in 0..flat.len() {
+                        let bump = |d: f64| {
+                            let mut v = flat.clone();
+                            v[j] += d;
+                            let p = Tensor::from_slice(&v).reshape(t.size());
+                            match which {
+                                0 => loss(&p, &w, &b),
+                                1 => loss(&x, &p, &b),
+                                _ => loss(&x, &w, &p),
+                            }
+                        };
+                        out.push((bump(h) - bump(-h)) / (2.0 * h));
+                    }
+                    Tensor::from_slice(&out).reshape(t.size())
+                };
+                for (name, analytic, num) in
+                    [("dx", &dx, numeric(&x, 0)), ("dw", &dw, numeric(&w, 1)), ("db", &db, numeric(&b, 2))]
+                {
+                    let err = common::rel_err(analytic, &num);
+                    assert!(
+                        err < 1e-6,
+                        "{op:?} k={order} {shape:?} {name}: relative error {err:e} vs finite differences"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Bit-identical results for any thread count (partial sums are added in a fixed order).
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let _lock = common::global_lock();
+    let opts = (Kind::Float, Device::Cpu);
+    let x = Tensor::randn([8, 64, 28, 28], opts);
+    let x_cl = ffi::to_channels_last(&x).expect("channels_last");
+    let w = Tensor::from_slice(&[0.5f32, 0.3, 0.2]);
+    let b = Tensor::from_slice(&[0.1f32]);
+    let gy = Tensor::randn([8, 64, 28, 28], opts);
+    let before = tch::get_num_threads();
+    let mut runs = Vec::new();
+    for threads in [1, 2, 3] {
+        tch::set_num_threads(threads);
+        let mut r = Vec::new();
+        for op in [PolyCom::PolyNorm, PolyCom::PolyRelu] {
+            for xi in [&x, &x_cl] {
+                r.extend(value_and_grads(|x, w, b| fused(op, x, w, b), xi, &w, &b, &gy));
+            }
+        }
+        runs.push(r);
+    }
+    tch::set_num_threads(before);
+    for (i, r) in runs.iter().enumerate().skip(1) {
+        for (a, b) in r.iter().zip(&runs[0]) {
+            assert!(a.equal(b), "run with {} threads differs from 1 thread", [1, 2, 3][i]);
+        }
+    }
+}
+
+/// Inf and NaN in the input come out as the eager path gives them (the stability monitors rely on
+/// non-finite values propagating).
+#[test]
+fn non_finite_inputs_propagate() {
+    let x = Tensor::from_slice(&[1.0f32, f32::NAN, -2.0, f32::INFINITY, 0.5, -1.0]).reshape([1, 3, 2, 1]);
+    let w = Tensor::from_slice(&[0.5f32, 0.5]);
+    let b = Tensor::from_slice(&[0.0f32]);
+    for op in [PolyCom::PolyRelu, PolyCom::PolyNorm] {
+        let ours = fused(op, &x, &w, &b);
+        let theirs = eager(op, &x, &w, &b);
+        let finite_ours: Vec<bool> = Vec::try_from(ours.isfinite().flatten(0, -1)).expect("flags");
+        let finite_theirs: Vec<bool> = Vec::try_from(theirs.isfinite().flatten(0, -1)).expect("flags");
+        assert_eq!(finite_ours, finite_theirs, "{op:?}: which outputs are finite");
+    }
+}
+
+/// `Activation` picks the fused operator by default and the eager path on request, with the same
+/// values; the clamp remedy still applies; act_fp32 = false under low precision stays eager.
+#[test]
+fn activation_uses_fused_or_eager_with_the_same_values() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let x = Tensor::randn([4, 16, 6, 6], (Kind::Float, Device::Cpu)) * 2.0;
+    for kind in [ActKind::Polyrelu, ActKind::Polynorm] {
+        for clamp in [None, Some(0.75)] {
+            let mut cfg = ActConfig::new(kind, 3);
+            cfg.clamp = clamp;
+            let name = format!("{kind:?}{}", clamp.is_some());
+            let fused_act = Activation::new(&vs.root() / format!("f{name}"), cfg);
+            cfg.implementation = ActImpl::Eager;
+            let eager_act = Activation::new(&vs.root() / format!("e{name}"), cfg);
+            let err = common::rel_err(&fused_act.forward(&x), &eager_act.forward(&x));
+            assert!(err < 1e-6, "{kind:?} clamp {clamp:?}: fused vs eager {err:e}");
+            if let Some(c) = clamp {
+                let big = Tensor::full([1, 16, 1, 1], 10.0, (Kind::Float, Device::Cpu));
+                let at_c = Tensor::full([1, 16, 1, 1], c, (Kind::Float, Device::Cpu));
+                assert!(common::rel_err(&fused_act.forward(&big), &fused_act.forward(&at_c)) == 0.0);
+            }
+        }
+    }
+    // act_fp32 = false with a bf16 input: the eager bf16 arithmetic, bit for bit (the fused
+    // operator is fp32 inside, so it must not run there).
+    let xb = x.to_kind(Kind::BFloat16);
+    let mut cfg = ActConfig::new(ActKind::Polynorm, 3);
+    cfg.fp32 = false;
+    let lowp = Activation::new(&vs.root() / "lowp", cfg);
+    cfg.implementation = ActImpl::Eager;
+    let lowp_eager = Activation::new(&vs.root() / "lowp_eager", cfg);
+    assert!(lowp.forward(&xb).equal(&lowp_eager.forward(&xb)), "act_fp32 = false runs the eager path");
+    cfg.fp32 = true;
+    cfg.implementation = ActImpl::Fused;
+    let act = Activation::new(&vs.root() / "fp32", cfg);
+    assert_eq!(act.forward(&xb).kind(), Kind::Float, "fp32 arithmetic, fp32 output");
+}
+
+/// The CUDA kernels' source compiles with NVRTC for the GPUs the project targets, with no GPU
+/// (the nvidia-cuda-nvrtc wheel that scripts/bootstrap.sh installs), so that a syntax or type
+/// error in src/ffi/polycom.cu cannot land unnoticed. Numerical checks run when a GPU is lent.
+#[test]
+fn cuda_kernels_compile_with_nvrtc() {
+    let Some(nvrtc) = common::nvrtc_library() else {
+        eprintln!("SKIP cuda_kernels_compile_with_nvrtc: no libnvrtc (scripts/bootstrap.sh installs it); this test did not run");
+        return;
+    };
+    for arch in ["compute_80", "sm_80", "sm_90"] {
+        let log = ffi::polycom_cuda_compile_check(arch, Some(&nvrtc)).expect("the check runs");
+        assert!(log.is_none(), "polycom.cu does not compile for {arch}:\n{}", log.unwrap_or_default());
+    }
+}
