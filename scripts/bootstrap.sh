@@ -52,6 +52,12 @@ else
         "torch==$TORCH_VERSION" nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85
       site=$(ls -d "$VENV"/lib/python3*/site-packages | head -n 1)
     fi
+    # NVRTC (the wheel PyTorch 2.11's CUDA build uses): no GPU needed; the tests compile the fused
+    # activations' CUDA kernels with it so that a kernel that does not compile cannot land.
+    if [ ! -f "$site/nvidia/cu13/lib/libnvrtc.so.13" ]; then
+      log "installing NVRTC 13.0 (PyPI nvidia-cuda-nvrtc) into $VENV"
+      "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps nvidia-cuda-nvrtc==13.0.88
+    fi
     TORCH_DIR=$site/torch
   fi
 fi

@@ -3,7 +3,7 @@
 //! same-run comparisons.
 
 use crate::error::Result;
-use crate::model::{ActKind, Arch};
+use crate::model::{ActImpl, ActKind, Arch};
 use crate::train::amp::Precision;
 use crate::train::config::TrainConfig;
 use crate::train::engine::Engine;
@@ -20,6 +20,9 @@ pub struct BenchArgs {
     pub act: ActKind,
     #[arg(long, default_value_t = 3)]
     pub order: i64,
+    /// PolyReLU/PolyNorm fused (one operator with its own backward) or eager.
+    #[arg(long, value_enum, default_value = "fused")]
+    pub act_impl: ActImpl,
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
     #[arg(long, default_value_t = 32)]
@@ -72,6 +75,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         arch: a.arch,
         act: a.act,
         order: a.order,
+        act_impl: a.act_impl,
         precision: a.precision,
         channels_last: a.channels_last,
         opt: a.opt,
@@ -106,6 +110,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             tch::Cuda::synchronize(i as i64);
         }
     };
+    let rss_before = current_rss_bytes();
     run_steps(a.warmup, &mut loss)?;
     sync();
     let t0 = Instant::now();
@@ -119,7 +124,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "model_ema": a.model_ema, "guards": a.guards, "threads": tch::get_num_threads(), "steps": a.steps,
         "img_per_s": ((a.batch as f64 * a.steps as f64 / dt) * 100.0).round() / 100.0,
         "ms_per_step": (1000.0 * dt / a.steps as f64 * 100.0).round() / 100.0,
-        "final_loss": loss,
+        "final_loss": loss, "act_impl": format!("{:?}", a.act_impl).to_lowercase(),
+        // CPU memory: the process's peak RSS, and its rise over the RSS before the first step
+        // (what the training step itself holds: activations, gradients, workspace).
+        "peak_rss_gib": gib(crate::ffi::process::peak_rss_bytes()), "step_rss_gib": gib(crate::ffi::process::peak_rss_bytes().saturating_sub(rss_before)),
     });
     if a.json {
         println!("{out}");
@@ -127,4 +135,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     }
     Ok(())
+}
+
+fn gib(bytes: u64) -> f64 {
+    (bytes as f64 / (1u64 << 30) as f64 * 1000.0).round() / 1000.0
+}
+
+/// The current resident set size (/proc/self/statm's second field, in pages).
+fn current_rss_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .unwrap_or(0);
+    pages * crate::ffi::process::page_size()
 }

@@ -58,3 +58,19 @@ pub fn pid_alive(pid: u32) -> bool {
     let rc = unsafe { libc::kill(pid, 0) };
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
+
+/// The process's peak resident set size in bytes (getrusage's ru_maxrss; 0 if unavailable).
+pub fn peak_rss_bytes() -> u64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    usage.ru_maxrss.max(0) as u64 * 1024 // KiB on Linux
+}
+
+/// The memory page size in bytes.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf with a valid name has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64
+}
