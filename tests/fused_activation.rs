@@ -85,6 +85,7 @@ fn layouts(x: &Tensor) -> Vec<(&'static str, Tensor)> {
 }
 
 fn check_against_eager(op: PolyCom, order: i64, dtype: Kind, shape: &[i64], label: &str) {
+    tch::manual_seed(order * 1000 + shape.iter().sum::<i64>());
     let opts = (Kind::Double, Device::Cpu);
     // fp16 holds up to 65504: a smaller spread keeps order-8 gradients in range.
     let x64 = Tensor::randn(shape, opts) * if dtype == Kind::Half { 0.8 } else { 1.3 };
@@ -98,22 +99,33 @@ fn check_against_eager(op: PolyCom, order: i64, dtype: Kind, shape: &[i64], labe
     let x = x64.to_kind(dtype);
     let (tol_y, tol_dx, tol_coef): (f64, f64, f64) = match dtype {
         Kind::Double => (1e-12, 1e-11, 1e-11),
-        Kind::Float => (2e-5, 1e-4, 1e-4),
+        Kind::Float => (2e-5, 1e-4, 1e-5),
         // dx is rounded to the input's 8 / 11 significant bits.
-        _ => (2e-5, 1e-2, 1e-4),
+        _ => (2e-5, 1e-2, 1e-5),
     };
     // One channel: dx = w eps / (x^2 + eps)^1.5 is a cancellation (1 - x^2 r^2) that fp32 resolves
     // only to ~1e-4 of the largest gradient, on the eager path as on the fused one.
     let tol_dx = if shape[1] == 1 && op == PolyCom::PolyNorm { tol_dx.max(1e-3) } else { tol_dx };
     for (layout, xl) in layouts(&x) {
         let want = value_and_grads(|x, w, b| eager(op, &x.to_kind(acc), w, b), &xl, &w, &b, &gy);
+        // dw and db are sums over every element whose terms cancel: their error is measured
+        // against the sum of the terms' magnitudes (the same gradients at |x|, |gy|, in f64).
+        let abs64 = |t: &Tensor| t.to_kind(Kind::Double).abs();
+        let (w64, b64) = (w.to_kind(Kind::Double), b.to_kind(Kind::Double));
+        let scale = value_and_grads(|x, w, b| eager(op, x, w, b), &abs64(&xl), &w64, &b64, &gy.abs());
         let got = value_and_grads(|x, w, b| fused(op, x, w, b), &xl, &w, &b, &gy);
         assert_eq!(got[0].kind(), acc, "{label} {layout}: output type");
         assert_eq!(got[1].kind(), dtype, "{label} {layout}: dx type");
         assert_eq!(got[0].size(), shape, "{label} {layout}: output shape");
         for i in 0..4 {
             let tol = [tol_y, tol_dx, tol_coef, tol_coef][i];
-            let err = common::rel_err(&got[i].to_kind(Kind::Double), &want[i].to_kind(Kind::Double));
+            let (ours, theirs) = (got[i].to_kind(Kind::Double), want[i].to_kind(Kind::Double));
+            let err = if i < 2 {
+                common::rel_err(&ours, &theirs)
+            } else {
+                (&ours - &theirs).abs().max().double_value(&[])
+                    / scale[i].abs().max().double_value(&[]).max(1e-30)
+            };
             assert!(err < tol, "{label} {layout} {}: relative error {err:e} >= {tol:e}", NAMES[i]);
         }
     }
@@ -152,6 +164,7 @@ fn equals_eager_for_every_order_dtype_and_layout() {
 /// both layouts and PolyReLU away from the kink at 0.
 #[test]
 fn backward_matches_finite_differences() {
+    tch::manual_seed(7);
     let opts = (Kind::Double, Device::Cpu);
     for op in [PolyCom::PolyNorm, PolyCom::PolyRelu] {
         for order in [1, 2, 3, 5, 8] {
@@ -204,6 +217,7 @@ fn backward_matches_finite_differences() {
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     let _lock = common::global_lock();
+    tch::manual_seed(3);
     let opts = (Kind::Float, Device::Cpu);
     let x = Tensor::randn([8, 64, 28, 28], opts);
     let x_cl = ffi::to_channels_last(&x).expect("channels_last");
@@ -250,6 +264,7 @@ fn non_finite_inputs_propagate() {
 /// values; the clamp remedy still applies; act_fp32 = false under low precision stays eager.
 #[test]
 fn activation_uses_fused_or_eager_with_the_same_values() {
+    tch::manual_seed(5);
     let vs = nn::VarStore::new(Device::Cpu);
     let x = Tensor::randn([4, 16, 6, 6], (Kind::Float, Device::Cpu)) * 2.0;
     for kind in [ActKind::Polyrelu, ActKind::Polynorm] {

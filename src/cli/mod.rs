@@ -2,6 +2,7 @@
 pub mod ablate;
 pub mod bench;
 pub mod bench_data;
+pub mod check_act;
 pub mod eval;
 pub mod init;
 pub mod make_demo_data;
@@ -47,6 +48,8 @@ pub enum Command {
     BenchData(bench_data::BenchDataArgs),
     /// Stability grid: activation x order x precision (x init x remedy), N steps per cell.
     Ablate(ablate::AblateArgs),
+    /// Check the fused PolyReLU/PolyNorm against the eager path on a device (run it first on a GPU).
+    CheckAct(check_act::CheckActArgs),
 }
 
 /// The flags that define a model's shape and initial values.
@@ -118,5 +121,6 @@ pub fn run(cli: Cli) -> crate::error::Result<()> {
         Some(Command::MakeDemoData(a)) => make_demo_data::run(a),
         Some(Command::BenchData(a)) => bench_data::run(a),
         Some(Command::Ablate(a)) => ablate::run(a),
+        Some(Command::CheckAct(a)) => check_act::run(a),
     }
 }
