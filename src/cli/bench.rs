@@ -129,6 +129,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         // (what the training step itself holds: activations, gradients, workspace).
         "peak_rss_gib": gib(crate::ffi::process::peak_rss_bytes()), "step_rss_gib": gib(crate::ffi::process::peak_rss_bytes().saturating_sub(rss_before)),
     });
+    let mut out = out;
+    if let Device::Cuda(i) = device {
+        out["max_mem_gib"] = serde_json::json!(gib(crate::ffi::cuda_max_memory_allocated(i)?));
+    }
     if a.json {
         println!("{out}");
     } else {

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
+#include <c10/core/CachingDeviceAllocator.h>
 #include <cmath>
 #include <cstdlib>
 #include <vector>
@@ -233,6 +234,13 @@ int rt_foreach_copy(rt_tensor *targets, rt_tensor *sources, int n, char **err) {
     at::NoGradGuard no_grad;
     auto t = list(targets, n), s = list(sources, n);
     at::_foreach_copy_(t, s);
+  });
+}
+
+int rt_cuda_max_memory_allocated(int device, int64_t *out, char **err) {
+  return guarded(err, [&] {
+    auto stats = c10::getDeviceAllocator(c10::DeviceType::CUDA)->getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    *out = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
   });
 }
 

@@ -62,6 +62,10 @@ int rt_foreach_lerp(rt_tensor *targets, rt_tensor *sources, int n, double weight
 // targets <- sources in place (each pair of the same shape).
 int rt_foreach_copy(rt_tensor *targets, rt_tensor *sources, int n, char **err);
 
+// Peak bytes allocated by PyTorch's caching allocator on CUDA device `device` since the start
+// (torch.cuda.max_memory_allocated).
+int rt_cuda_max_memory_allocated(int device, int64_t *out, char **err);
+
 // Fused PolyCom activations (polycom.cpp), differentiable: kind 0 = PolyReLU, 1 = PolyNorm over
 // dim 1. x: fp32/fp64/bf16/fp16, any layout; w: k in 1..8 entries, b: one; the output is fp32
 // (fp64 for fp64 input). Runs on x's device (CPU kernels, or CUDA kernels compiled with NVRTC).

@@ -101,6 +101,7 @@ extern "C" {
         out: *mut *mut c_void,
         err: *mut *mut c_char,
     ) -> c_int;
+    fn rt_cuda_max_memory_allocated(device: c_int, out: *mut i64, err: *mut *mut c_char) -> c_int;
     fn rt_polycom_set_cpu_isa(isa: c_int, err: *mut *mut c_char) -> c_int;
     fn rt_polycom_cpu_isa(out: *mut c_int, err: *mut *mut c_char) -> c_int;
     fn rt_polycom_cuda_unavailable(device: c_int, reason: *mut *mut c_char, err: *mut *mut c_char) -> c_int;
@@ -297,6 +298,15 @@ pub fn foreach_clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<Tensor>
         rt_foreach_clip_grad_norm(g.as_mut_ptr(), grads.len() as c_int, max_norm, &mut out, e)
     })?;
     Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })
+}
+
+/// Peak bytes PyTorch's caching allocator has handed out on CUDA device `index` since the start
+/// (torch.cuda.max_memory_allocated).
+pub fn cuda_max_memory_allocated(index: usize) -> Result<u64> {
+    let mut out = 0i64;
+    // SAFETY: plain value argument and a valid out-pointer.
+    call("cuda memory stats", |e| unsafe { rt_cuda_max_memory_allocated(index as c_int, &mut out, e) })?;
+    Ok(out.max(0) as u64)
 }
 
 /// Which fused PolyCom operator (src/ffi/polycom.cpp).
