@@ -167,3 +167,18 @@ fn ablate_from_the_shipped_config_with_flags_and_its_errors() {
     let (code, _, err) = run(&["ablate", "--config", train_config.to_str().unwrap()]);
     assert!(code != 0 && err.contains("demo.toml") && err.contains("unknown field"), "{err}");
 }
+
+/// `check-act` (the first command to run on a GPU) on the CPU: every case agrees with the eager
+/// path; a device without the fused kernels is a clear error.
+#[test]
+fn check_act_on_cpu_passes_every_case() {
+    let (code, out, err) = run(&["check-act", "--device", "cpu"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let last: serde_json::Value =
+        serde_json::from_str(out.lines().last().unwrap_or("{}")).expect("a JSON summary");
+    assert_eq!(last["failures"], 0, "{out}");
+    assert_eq!(last["cases"], 448, "{out}");
+    let (code, _, err) = run(&["check-act", "--device", "cuda:7"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--device cuda:7"), "{err}");
+}
