@@ -110,14 +110,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
             tch::Cuda::synchronize(i as i64);
         }
     };
-    let rss_before = current_rss_bytes();
+    let rss_before = crate::ffi::process::current_rss_bytes();
     run_steps(a.warmup, &mut loss)?;
     sync();
     let t0 = Instant::now();
     run_steps(a.steps, &mut loss)?;
     sync();
     let dt = t0.elapsed().as_secs_f64();
-    let out = serde_json::json!({
+    let peak_rss = crate::ffi::process::peak_rss_bytes();
+    let mut out = serde_json::json!({
         "impl": "resnet-train", "tch": "0.24.0", "arch": a.arch.name(), "act": format!("{:?}", a.act).to_lowercase(),
         "order": a.order, "precision": format!("{:?}", a.precision).to_lowercase(), "batch": a.batch, "res": a.res,
         "device": a.device, "channels_last": a.channels_last, "opt": format!("{:?}", a.opt).to_lowercase(),
@@ -127,9 +128,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "final_loss": loss, "act_impl": format!("{:?}", a.act_impl).to_lowercase(),
         // CPU memory: the process's peak RSS, and its rise over the RSS before the first step
         // (what the training step itself holds: activations, gradients, workspace).
-        "peak_rss_gib": gib(crate::ffi::process::peak_rss_bytes()), "step_rss_gib": gib(crate::ffi::process::peak_rss_bytes().saturating_sub(rss_before)),
+        "peak_rss_gib": gib(peak_rss), "step_rss_gib": gib(peak_rss.saturating_sub(rss_before)),
     });
-    let mut out = out;
     if let Device::Cuda(i) = device {
         out["max_mem_gib"] = serde_json::json!(gib(crate::ffi::cuda_max_memory_allocated(i)?));
     }
@@ -143,13 +143,4 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
 fn gib(bytes: u64) -> f64 {
     (bytes as f64 / (1u64 << 30) as f64 * 1000.0).round() / 1000.0
-}
-
-/// The current resident set size (/proc/self/statm's second field, in pages).
-fn current_rss_bytes() -> u64 {
-    let pages = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
-        .unwrap_or(0);
-    pages * crate::ffi::process::page_size()
 }

@@ -28,10 +28,14 @@ bool cpu_has_avx2() {
 #endif
 }
 
+bool use_avx2() {
+  const int isa = g_cpu_isa.load();
+  return isa == 2 || (isa == 0 && cpu_has_avx2());
+}
+
 const CpuKernels &cpu_kernels() {
 #if defined(__x86_64__)
-  const int isa = g_cpu_isa.load();
-  if (isa == 2 || (isa == 0 && cpu_has_avx2())) return cpu_kernels_avx2();
+  if (use_avx2()) return cpu_kernels_avx2();
 #endif
   return cpu_kernels_default();
 }
@@ -94,10 +98,11 @@ at::Tensor like(const at::Tensor &g, const at::Tensor &x, at::ScalarType dtype) 
   return out;
 }
 
-at::Tensor grad_coefs_tensor(const double *gc, int k, const at::Tensor &w, bool bias) {
-  auto t = at::empty({bias ? 1 : k}, at::TensorOptions().dtype(at::kDouble));
-  for (int i = 0; i < (bias ? 1 : k); i++) t.data_ptr<double>()[i] = gc[bias ? k : i];
-  return t.to(w.options());
+// (dw, db) from the CPU kernels' double sums.
+std::vector<at::Tensor> cpu_coef_grads(const at::Tensor &dx, double *gc, int k, const at::Tensor &w,
+                                       const at::Tensor &b) {
+  auto [dw, db] = coef_grads(at::from_blob(gc, {k + 1}, at::kDouble), w, b);
+  return {dx, dw, db};
 }
 
 struct Forward {
@@ -135,7 +140,7 @@ std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Ten
   if (x.numel() > 0)
     cpu_kernels().polynorm_backward(dtype_of(x), x.const_data_ptr(), gy.const_data_ptr(), rs.const_data_ptr(),
                                     dx.data_ptr(), shape, host_coefs(w, b), gc);
-  return {dx, grad_coefs_tensor(gc, k, w, false), grad_coefs_tensor(gc, k, w, true)};
+  return cpu_coef_grads(dx, gc, k, w, b);
 }
 
 Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::Tensor &b) {
@@ -166,7 +171,7 @@ std::vector<at::Tensor> polyrelu_backward(const at::Tensor &gy_in, const at::Ten
   if (x.numel() > 0)
     cpu_kernels().polyrelu_backward(dtype_of(x), x.const_data_ptr(), gy.const_data_ptr(), dx.data_ptr(), x.numel(),
                                     host_coefs(w, b), gc);
-  return {dx, grad_coefs_tensor(gc, k, w, false), grad_coefs_tensor(gc, k, w, true)};
+  return cpu_coef_grads(dx, gc, k, w, b);
 }
 
 using torch::autograd::AutogradContext;
@@ -202,6 +207,12 @@ struct PolyReluFunction : public torch::autograd::Function<PolyReluFunction> {
 
 }  // namespace
 
+std::pair<at::Tensor, at::Tensor> coef_grads(const at::Tensor &sums, const at::Tensor &w, const at::Tensor &b) {
+  const int64_t k = w.numel();
+  return {sums.slice(0, 0, k).to(w.options(), /*non_blocking=*/false, /*copy=*/true),
+          sums.slice(0, k, k + 1).to(b.options(), /*non_blocking=*/false, /*copy=*/true)};
+}
+
 at::Tensor polynorm(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps) {
   return PolyNormFunction::apply(x, w, b, eps);
 }
@@ -216,6 +227,6 @@ void set_cpu_isa(int isa) {
   g_cpu_isa.store(isa);
 }
 
-int cpu_isa() { return (g_cpu_isa.load() == 2 || (g_cpu_isa.load() == 0 && cpu_has_avx2())) ? 2 : 1; }
+int cpu_isa() { return use_avx2() ? 2 : 1; }
 
 }  // namespace rt_polycom

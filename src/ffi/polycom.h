@@ -13,6 +13,9 @@ namespace rt_polycom {
 at::Tensor polynorm(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps);
 at::Tensor polyrelu(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b);
 
+// (dw, db) of w's and b's types from the k + 1 sums [dw_1..dw_k, db] (any device).
+std::pair<at::Tensor, at::Tensor> coef_grads(const at::Tensor &sums, const at::Tensor &w, const at::Tensor &b);
+
 // CPU kernel table: 0 = the best this CPU runs, 1 = the portable build, 2 = AVX2+FMA.
 void set_cpu_isa(int isa);
 int cpu_isa();

@@ -85,6 +85,17 @@ inline V horner(const V *c, int k, const V &x) {
   return acc;
 }
 
+// acc[i * stride] += base * factor^i for i < k: the k running power sums of one vector
+// (forward: base = factor = x^2; backward: base = g x, factor = x).
+template <typename V>
+inline void add_powers(V *acc, int64_t stride, V base, const V &factor, int k) {
+  acc[0] = acc[0] + base;
+  for (int i = 1; i < k; i++) {
+    base = base * factor;
+    acc[i * stride] = acc[i * stride] + base;
+  }
+}
+
 // Items are processed in parallel, each writing `width` doubles of partial sums; the sums are
 // then added up in item order (deterministic for any thread count).
 template <typename F>
@@ -125,13 +136,7 @@ void polynorm_forward_strided(const T *x, Acc<T> *y, Acc<T> *rs, NormShape s, co
       const T *row = xs + ch * HW;
       for (int64_t v = 0; v < nv; v++) {
         const V xv = load(row + v * VS, n_of(v));
-        const V sq = xv * xv;
-        V pw = sq;
-        sums[v] = sums[v] + pw;
-        for (int i = 1; i < k; i++) {
-          pw = pw * sq;
-          sums[i * nv + v] = sums[i * nv + v] + pw;
-        }
+        add_powers(&sums[v], nv, xv * xv, xv * xv, k);
       }
     }
     // In place: sums become coef[i] = w_i * rsqrt(mean(x^2i) + eps), the coefficient of x^(i+1).
@@ -185,12 +190,7 @@ void polynorm_backward_strided(const T *x, const Acc<T> *gy, const Acc<T> *rs, T
         const int64_t n = n_of(v);
         const V xv = load(xs + ch * HW + v * VS, n), gv = load(gs + ch * HW + v * VS, n);
         d[k * nv + v] = d[k * nv + v] + gv;
-        V t = gv * xv;
-        d[v] = d[v] + t;
-        for (int i = 1; i < k; i++) {
-          t = t * xv;
-          d[i * nv + v] = d[i * nv + v] + t;
-        }
+        add_powers(&d[v], nv, gv * xv, xv, k);
       }
     }
     std::vector<V> pc(k * nv), qc(k * nv);
@@ -244,13 +244,7 @@ void polynorm_forward_rows(const T *x, Acc<T> *y, Acc<T> *rs, NormShape s, const
       for (int i = 0; i < k; i++) sums[i] = V(A(0));
       for (int64_t ch = 0; ch < C; ch += VS) {
         const V xv = load(row + ch, std::min(VS, C - ch));
-        const V sq = xv * xv;
-        V pw = sq;
-        sums[0] = sums[0] + pw;
-        for (int i = 1; i < k; i++) {
-          pw = pw * sq;
-          sums[i] = sums[i] + pw;
-        }
+        add_powers(sums, 1, xv * xv, xv * xv, k);
       }
       V coef[kMaxOrder];
       for (int i = 0; i < k; i++) {
@@ -288,12 +282,7 @@ void polynorm_backward_rows(const T *x, const Acc<T> *gy, const Acc<T> *rs, T *d
         const int64_t n = std::min(VS, C - ch);
         const V xv = load(row + ch, n), gv = load(grow + ch, n);
         gsum = gsum + gv;
-        V t = gv * xv;
-        d[0] = d[0] + t;
-        for (int i = 1; i < k; i++) {
-          t = t * xv;
-          d[i] = d[i] + t;
-        }
+        add_powers(d, 1, gv * xv, xv, k);
       }
       V p[kMaxOrder], q[kMaxOrder];
       for (int i = 0; i < k; i++) {
@@ -359,12 +348,7 @@ void polyrelu_backward_typed(const T *x, const Acc<T> *gy, T *dx, int64_t numel,
       const V xv = load(x + j, n), gv = load(gy + j, n);
       const V positive = xv > zero;
       const V r = V::blendv(zero, xv, positive);
-      V t = gv * r;
-      sums[0] = sums[0] + t;
-      for (int i = 1; i < k; i++) {
-        t = t * r;
-        sums[i] = sums[i] + t;
-      }
+      add_powers(sums, 1, gv * r, r, k);
       sums[k] = sums[k] + gv;
       store(dx + j, V::blendv(zero, gv * horner(iw, k, r), positive), n);
     }

@@ -293,13 +293,6 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // The coefficients in the arithmetic type, on the device (no host round trip).
 at::Tensor acc_coefs(const at::Tensor &t, const at::Tensor &y) { return t.detach().to(y.scalar_type()).contiguous(); }
 
-// Sums the per-block partials into (dw, db) of w's and b's types.
-std::pair<at::Tensor, at::Tensor> reduce_partials(const at::Tensor &partials, int k, const at::Tensor &w,
-                                                  const at::Tensor &b) {
-  auto sums = partials.sum(0);
-  return {sums.slice(0, 0, k).to(w.scalar_type()), sums.slice(0, k, k + 1).to(b.scalar_type())};
-}
-
 }  // namespace
 
 void polynorm_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps, NormShape s,
@@ -339,7 +332,7 @@ std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const a
       launch(x, "polynorm_bwd_cols", blocks, {&xp, &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &inner, &k});
     }
   }
-  return reduce_partials(partials, static_cast<int>(k64), w, b);
+  return coef_grads(partials.sum(0), w, b);
 }
 
 void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, at::Tensor &y) {
@@ -363,7 +356,7 @@ std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const a
     int k = static_cast<int>(k64);
     launch(x, "polyrelu_bwd", blocks, {&xp, &gp, &dxp, &wp, &pp, &n, &k});
   }
-  return reduce_partials(partials, static_cast<int>(k64), w, b);
+  return coef_grads(partials.sum(0), w, b);
 }
 
 std::string unavailable_reason(int device) {

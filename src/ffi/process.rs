@@ -69,8 +69,13 @@ pub fn peak_rss_bytes() -> u64 {
     usage.ru_maxrss.max(0) as u64 * 1024 // KiB on Linux
 }
 
-/// The memory page size in bytes.
-pub fn page_size() -> u64 {
+/// The current resident set size in bytes (/proc/self/statm's second field, in pages; 0 if
+/// unavailable).
+pub fn current_rss_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .unwrap_or(0);
     // SAFETY: sysconf with a valid name has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64
 }
