@@ -271,7 +271,7 @@ fn make_batch(
     let shape = [n, 3, size as i64, size as i64];
     // Decode straight into the batch tensor (pinned when it will go to a GPU).
     let mut images = if cfg.pin_memory {
-        Tensor::f_empty(shape, (Kind::Uint8, Device::Cpu))?.f_pin_memory(Device::Cuda(0))?
+        crate::ffi::pin_memory(&Tensor::f_empty(shape, (Kind::Uint8, Device::Cpu))?)?
     } else {
         Tensor::f_empty(shape, (Kind::Uint8, Device::Cpu))?
     };

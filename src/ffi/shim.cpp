@@ -86,6 +86,13 @@ int rt_to_channels_last(rt_tensor t, rt_tensor *out, char **err) {
   });
 }
 
+int rt_pin_memory(rt_tensor t, rt_tensor *out, char **err) {
+  return guarded(err, [&] {
+    // Without a device argument: `pin_memory(device)` is deprecated and warns on every call.
+    *out = new at::Tensor(static_cast<at::Tensor *>(t)->pin_memory());
+  });
+}
+
 int rt_is_channels_last(rt_tensor t, int *out, char **err) {
   return guarded(err, [&] {
     auto *x = static_cast<at::Tensor *>(t);

@@ -23,6 +23,8 @@ int rt_autocast_clear_cache(char **err);
 // Returns a new tensor (caller owns) in the channels_last memory format / contiguous format.
 int rt_to_channels_last(rt_tensor t, rt_tensor *out, char **err);
 int rt_is_channels_last(rt_tensor t, int *out, char **err);
+// A page-locked copy of a CPU tensor, for asynchronous copies to the current accelerator.
+int rt_pin_memory(rt_tensor t, rt_tensor *out, char **err);
 
 // TF32 on CUDA matmuls and cuDNN convolutions.
 int rt_set_allow_tf32(int allow, char **err);

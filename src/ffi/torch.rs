@@ -16,6 +16,7 @@ extern "C" {
     fn rt_autocast_clear_cache(err: *mut *mut c_char) -> c_int;
     fn rt_to_channels_last(t: *mut c_void, out: *mut *mut c_void, err: *mut *mut c_char) -> c_int;
     fn rt_is_channels_last(t: *mut c_void, out: *mut c_int, err: *mut *mut c_char) -> c_int;
+    fn rt_pin_memory(t: *mut c_void, out: *mut *mut c_void, err: *mut *mut c_char) -> c_int;
     fn rt_set_allow_tf32(allow: c_int, err: *mut *mut c_char) -> c_int;
     fn rt_foreach_sgd(
         params: *mut *mut c_void,
@@ -467,6 +468,15 @@ pub fn to_channels_last(t: &Tensor) -> Result<Tensor> {
     let mut out: *mut c_void = std::ptr::null_mut();
     // SAFETY: `t` is a live tensor; on success the shim returns a new heap tensor we take ownership of.
     call("channels_last", |e| unsafe { rt_to_channels_last(t.as_ptr() as *mut c_void, &mut out, e) })?;
+    Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })
+}
+
+/// A page-locked copy of a CPU tensor (tch's `pin_memory(device)` passes the device argument that
+/// libtorch deprecated, and libtorch then warns on every batch).
+pub fn pin_memory(t: &Tensor) -> Result<Tensor> {
+    let mut out: *mut c_void = std::ptr::null_mut();
+    // SAFETY: `t` is a live tensor; on success the shim returns a new heap tensor we take ownership of.
+    call("pin_memory", |e| unsafe { rt_pin_memory(t.as_ptr() as *mut c_void, &mut out, e) })?;
     Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })
 }
 
