@@ -10,7 +10,7 @@ use resnet_train::model::{ActConfig, ActImpl, ActKind, Activation, Arch, NormAxi
 use tch::{nn, Device, Kind, Tensor};
 
 fn fused(op: PolyCom, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
-    ffi::polycom(op, x, w, b, POLYNORM_EPS).expect("fused operator runs")
+    ffi::polycom(op, x, w, b, POLYNORM_EPS, false).expect("fused operator runs")
 }
 
 fn eager(op: PolyCom, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
@@ -297,6 +297,48 @@ fn activation_uses_fused_or_eager_with_the_same_values() {
     cfg.implementation = ActImpl::Fused;
     let act = Activation::new(&vs.root() / "fp32", cfg);
     assert_eq!(act.forward(&xb).kind(), Kind::Float, "fp32 arithmetic, fp32 output");
+}
+
+/// `act_out_lowp`: the fp32 result rounded once to the bf16/fp16 input's type, on both paths, with
+/// the gradients of that rounded output; fp32 and fp64 inputs are unaffected.
+#[test]
+fn low_precision_output_rounds_the_fp32_result_once() {
+    tch::manual_seed(6);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let x32 = Tensor::randn([4, 24, 5, 5], (Kind::Float, Device::Cpu)) * 1.5;
+    let gy = Tensor::randn([4, 24, 5, 5], (Kind::Float, Device::Cpu));
+    for kind in [ActKind::Polyrelu, ActKind::Polynorm] {
+        let mut cfg = ActConfig::new(kind, 3);
+        let fp32_out = Activation::new(&vs.root() / format!("{kind:?}fp32"), cfg);
+        cfg.out_lowp = true;
+        let fused_act = Activation::new(&vs.root() / format!("{kind:?}f"), cfg);
+        cfg.implementation = ActImpl::Eager;
+        let eager_act = Activation::new(&vs.root() / format!("{kind:?}e"), cfg);
+        assert_eq!(fused_act.forward(&x32).kind(), Kind::Float, "fp32 input: fp32 output");
+        for dtype in [Kind::BFloat16, Kind::Half] {
+            let x = x32.to_kind(dtype);
+            let wide = fp32_out.forward(&x);
+            let grads = |act: &Activation| {
+                let x = x.detach().set_requires_grad(true);
+                let y = act.forward(&x);
+                (&y * gy.to_kind(y.kind())).sum(Kind::Float).backward();
+                (y.detach(), x.grad())
+            };
+            let (fy, fdx) = grads(&fused_act);
+            let (ey, edx) = grads(&eager_act);
+            assert_eq!((fy.kind(), ey.kind()), (dtype, dtype), "{kind:?} {dtype:?}: output type");
+            // One rounding of (nearly) the same fp32 value: equal but for rare one-ulp ties.
+            let ulp = if dtype == Kind::BFloat16 { 2f64.powi(-8) } else { 2f64.powi(-11) };
+            assert!(
+                common::rel_err(&fy, &wide.to_kind(dtype)) == 0.0,
+                "{kind:?} {dtype:?}: rounds the fp32 result"
+            );
+            let err = common::rel_err(&fy, &ey);
+            assert!(err <= ulp, "{kind:?} {dtype:?}: fused vs eager {err:e}");
+            let err = common::rel_err(&fdx, &edx);
+            assert!(err < 1e-2, "{kind:?} {dtype:?}: dx fused vs eager {err:e}");
+        }
+    }
 }
 
 /// Every parameter gradient of a PolyNorm ResNet-50 (one training-mode forward and backward).

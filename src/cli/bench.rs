@@ -23,6 +23,9 @@ pub struct BenchArgs {
     /// PolyReLU/PolyNorm fused (one operator with its own backward) or eager.
     #[arg(long, value_enum, default_value = "fused")]
     pub act_impl: ActImpl,
+    /// Return the activations in the autocast dtype (bf16/fp16) instead of fp32 (`act_out_lowp`).
+    #[arg(long)]
+    pub act_out_lowp: bool,
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
     #[arg(long, default_value_t = 32)]
@@ -76,6 +79,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         act: a.act,
         order: a.order,
         act_impl: a.act_impl,
+        act_out_lowp: a.act_out_lowp,
         precision: a.precision,
         channels_last: a.channels_last,
         opt: a.opt,
@@ -125,7 +129,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "model_ema": a.model_ema, "guards": a.guards, "threads": tch::get_num_threads(), "steps": a.steps,
         "img_per_s": ((a.batch as f64 * a.steps as f64 / dt) * 100.0).round() / 100.0,
         "ms_per_step": (1000.0 * dt / a.steps as f64 * 100.0).round() / 100.0,
-        "final_loss": loss, "act_impl": format!("{:?}", a.act_impl).to_lowercase(),
+        "final_loss": loss, "act_impl": format!("{:?}", a.act_impl).to_lowercase(), "act_out_lowp": a.act_out_lowp,
         // CPU memory: the process's peak RSS, and its rise over the RSS before the first step
         // (what the training step itself holds: activations, gradients, workspace).
         "peak_rss_gib": gib(peak_rss), "step_rss_gib": gib(peak_rss.saturating_sub(rss_before)),

@@ -62,64 +62,82 @@ pub fn run(a: CheckActArgs) -> Result<()> {
         for order in 1..=8i64 {
             for dtype in [Kind::Float, Kind::Double, Kind::BFloat16, Kind::Half] {
                 let acc = if dtype == Kind::Double { Kind::Double } else { Kind::Float };
-                for (name, shape) in shapes {
-                    for channels_last in [false, true] {
-                        if channels_last && shape.len() != 4 {
-                            continue;
-                        }
-                        let opts = (Kind::Double, device);
-                        let spread = if dtype == Kind::Half { 0.8 } else { 1.3 };
-                        let mut x = (Tensor::randn(shape, opts) * spread).to_kind(dtype);
-                        if channels_last {
-                            x = ffi::to_channels_last(&x)?;
-                        }
-                        let w = (Tensor::randn([order], opts) / order as f64).to_kind(acc);
-                        let b = Tensor::from_slice(&[0.3f64]).to_device(device).to_kind(acc);
-                        let gy = Tensor::randn(shape, opts);
-                        let eager = |x: &Tensor, w: &Tensor, b: &Tensor| match op {
-                            PolyCom::PolyRelu => polyrelu(&x.to_kind(acc), w, b),
-                            PolyCom::PolyNorm => polynorm(&x.to_kind(acc), w, b, NormAxis::Channel),
-                        };
-                        let want = value_and_grads(eager, &x, &w, &b, &gy);
-                        let got = value_and_grads(
-                            |x, w, b| ffi::polycom(op, x, w, b, POLYNORM_EPS).expect("fused operator"),
-                            &x,
-                            &w,
-                            &b,
-                            &gy,
-                        );
-                        // dw and db: against the sum of the terms' magnitudes (they cancel).
-                        let abs64 = |t: &Tensor| t.to_kind(Kind::Double).abs();
-                        let eager64 = |x: &Tensor, w: &Tensor, b: &Tensor| match op {
-                            PolyCom::PolyRelu => polyrelu(x, w, b),
-                            PolyCom::PolyNorm => polynorm(x, w, b, NormAxis::Channel),
-                        };
-                        let (w64, b64) = (w.to_kind(Kind::Double), b.to_kind(Kind::Double));
-                        let scale = value_and_grads(eager64, &abs64(&x), &w64, &b64, &gy.abs());
-                        let errs: Vec<f64> = (0..4)
-                            .map(|i| {
-                                if i < 2 {
-                                    rel_err(&got[i], &want[i])
+                for lowp_out in [false, true] {
+                    if lowp_out && !matches!(dtype, Kind::BFloat16 | Kind::Half) {
+                        continue;
+                    }
+                    for (name, shape) in shapes {
+                        for channels_last in [false, true] {
+                            if channels_last && shape.len() != 4 {
+                                continue;
+                            }
+                            let opts = (Kind::Double, device);
+                            let spread = if dtype == Kind::Half { 0.8 } else { 1.3 };
+                            let mut x = (Tensor::randn(shape, opts) * spread).to_kind(dtype);
+                            if channels_last {
+                                x = ffi::to_channels_last(&x)?;
+                            }
+                            let w = (Tensor::randn([order], opts) / order as f64).to_kind(acc);
+                            let b = Tensor::from_slice(&[0.3f64]).to_device(device).to_kind(acc);
+                            let gy = Tensor::randn(shape, opts);
+                            let eager = |x: &Tensor, w: &Tensor, b: &Tensor| match op {
+                                PolyCom::PolyRelu => polyrelu(&x.to_kind(acc), w, b),
+                                PolyCom::PolyNorm => polynorm(&x.to_kind(acc), w, b, NormAxis::Channel),
+                            };
+                            // act_out_lowp: the eager fp32 value rounded to the input's type.
+                            let eager = |x: &Tensor, w: &Tensor, b: &Tensor| {
+                                let y = eager(x, w, b);
+                                if lowp_out {
+                                    y.to_kind(dtype)
                                 } else {
-                                    abs_err(&got[i], &want[i], &scale[i])
+                                    y
                                 }
-                            })
-                            .collect();
-                        let tol = match dtype {
-                            Kind::Double => [1e-12, 1e-11, 1e-11, 1e-11],
-                            Kind::Float => [2e-5, 1e-4, 1e-5, 1e-5],
-                            _ => [2e-5, 1e-2, 1e-5, 1e-5],
-                        };
-                        let ok = errs.iter().zip(tol).all(|(e, t)| *e < t);
-                        cases += 1;
-                        failures += usize::from(!ok);
-                        let row = serde_json::json!({
-                            "op": format!("{op:?}"), "order": order, "dtype": format!("{dtype:?}"), "shape": name,
-                            "channels_last": channels_last, "ok": ok,
-                            "rel_err": {"y": errs[0], "dx": errs[1], "dw": errs[2], "db": errs[3]},
-                        });
-                        if a.json || !ok {
-                            println!("{row}");
+                            };
+                            let want = value_and_grads(eager, &x, &w, &b, &gy);
+                            let got = value_and_grads(
+                                |x, w, b| {
+                                    ffi::polycom(op, x, w, b, POLYNORM_EPS, lowp_out).expect("fused operator")
+                                },
+                                &x,
+                                &w,
+                                &b,
+                                &gy,
+                            );
+                            // dw and db: against the sum of the terms' magnitudes (they cancel).
+                            let abs64 = |t: &Tensor| t.to_kind(Kind::Double).abs();
+                            let eager64 = |x: &Tensor, w: &Tensor, b: &Tensor| match op {
+                                PolyCom::PolyRelu => polyrelu(x, w, b),
+                                PolyCom::PolyNorm => polynorm(x, w, b, NormAxis::Channel),
+                            };
+                            let (w64, b64) = (w.to_kind(Kind::Double), b.to_kind(Kind::Double));
+                            let scale = value_and_grads(eager64, &abs64(&x), &w64, &b64, &gy.abs());
+                            let errs: Vec<f64> = (0..4)
+                                .map(|i| {
+                                    if i < 2 {
+                                        rel_err(&got[i], &want[i])
+                                    } else {
+                                        abs_err(&got[i], &want[i], &scale[i])
+                                    }
+                                })
+                                .collect();
+                            let tol = match dtype {
+                                Kind::Double => [1e-12, 1e-11, 1e-11, 1e-11],
+                                Kind::Float => [2e-5, 1e-4, 1e-5, 1e-5],
+                                // Rounded outputs: both round (nearly) the same fp32 value.
+                                _ if lowp_out => [1e-2, 1e-2, 1e-5, 1e-5],
+                                _ => [2e-5, 1e-2, 1e-5, 1e-5],
+                            };
+                            let ok = errs.iter().zip(tol).all(|(e, t)| *e < t);
+                            cases += 1;
+                            failures += usize::from(!ok);
+                            let row = serde_json::json!({
+                                "op": format!("{op:?}"), "order": order, "dtype": format!("{dtype:?}"), "shape": name,
+                                "channels_last": channels_last, "lowp_out": lowp_out, "ok": ok,
+                                "rel_err": {"y": errs[0], "dx": errs[1], "dw": errs[2], "db": errs[3]},
+                            });
+                            if a.json || !ok {
+                                println!("{row}");
+                            }
                         }
                     }
                 }

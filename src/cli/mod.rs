@@ -83,6 +83,9 @@ pub struct ModelArgs {
     /// Compute the activations in fp32 under autocast (false: in fp16/bf16).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub act_fp32: bool,
+    /// With --act-fp32 under bf16/fp16: return the activations in that dtype instead of fp32.
+    #[arg(long)]
+    pub act_out_lowp: bool,
     /// PolyReLU/PolyNorm as one fused operator with its own backward (fused; where it applies,
     /// else eager) or as the reference's tensor expression (eager). Same values either way.
     #[arg(long, value_enum, default_value = "fused")]
@@ -100,6 +103,7 @@ impl ModelArgs {
                 init: self.act_init,
                 clamp: self.act_clamp,
                 fp32: self.act_fp32,
+                out_lowp: self.act_out_lowp,
                 implementation: self.act_impl,
             },
             num_classes: self.num_classes,

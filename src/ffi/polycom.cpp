@@ -2,7 +2,8 @@
 // backward, running the CPU kernels (polycom_cpu.cpp) or the CUDA kernels (polycom_cuda.cpp).
 //
 // Semantics: those of `src/model/activation.rs` with `act_fp32 = true` (and of polycom.py):
-// fp32 arithmetic for fp32/bf16/fp16 inputs (fp64 for fp64), output in fp32 (fp64). Saved for
+// fp32 arithmetic for fp32/bf16/fp16 inputs (fp64 for fp64), output in fp32 (fp64), or with
+// `lowp_out` in a bf16/fp16 input's own type (`act_out_lowp`: rounded once, at the end). Saved for
 // backward: x and k rsqrt values per pixel (PolyNorm), x alone (PolyReLU) — where autograd keeps
 // x, x^2 .. x^k and every normalised term for the eager expression.
 #include "polycom.h"
@@ -51,8 +52,14 @@ Dtype dtype_of(const at::Tensor &x) {
   }
 }
 
-// fp32 arithmetic (and output) for every input type but fp64.
+// fp32 arithmetic for every input type but fp64.
 at::ScalarType acc_type(const at::Tensor &x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The output's type: the arithmetic type, or with `lowp_out` a bf16/fp16 input's own type.
+at::ScalarType out_type(const at::Tensor &x, bool lowp_out) {
+  const bool lowp_in = x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
+  return lowp_out && lowp_in ? x.scalar_type() : acc_type(x);
+}
 
 void check_coefs(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b) {
   if (w.dim() != 1 || w.numel() < 1 || w.numel() > kMaxOrder)
@@ -109,11 +116,14 @@ struct Forward {
   at::Tensor y, saved_x, rs;
 };
 
-Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::Tensor &b, double eps) {
+// The CUDA kernels write a low-precision output directly; the CPU kernels write fp32 and the
+// result is cast (bf16/fp16 on a CPU is rare and its convolutions dominate anyway).
+Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::Tensor &b, double eps,
+                         bool lowp_out) {
   check_coefs(x_in, w, b);
   auto [x, shape] = norm_layout(x_in);
   const int k = static_cast<int>(w.numel());
-  auto y = at::empty_like(x, x.options().dtype(acc_type(x)));
+  auto y = at::empty_like(x, x.options().dtype(x.is_cuda() ? out_type(x, lowp_out) : acc_type(x)));
   auto rs = at::empty({shape.outer, k, shape.inner}, x.options().dtype(acc_type(x)));
   if (x.numel() > 0) {
     if (x.is_cuda()) {
@@ -123,14 +133,14 @@ Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
                                      host_coefs(w, b), eps);
     }
   }
-  return {y, x, rs};
+  return {y.to(out_type(x, lowp_out)), x, rs};
 }
 
 std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Tensor &x, const at::Tensor &w,
-                                          const at::Tensor &b, const at::Tensor &rs) {
+                                          const at::Tensor &b, const at::Tensor &rs, bool lowp_out) {
   auto shape = norm_layout(x).shape;  // x was saved in its kernel layout: no copy here
   const int k = static_cast<int>(w.numel());
-  auto gy = like(gy_in, x, acc_type(x));
+  auto gy = like(gy_in, x, x.is_cuda() ? out_type(x, lowp_out) : acc_type(x));
   auto dx = at::empty_like(x);
   if (x.is_cuda()) {
     auto [dw, db] = cuda::polynorm_backward(x, gy, rs, w, b, shape, dx);
@@ -143,11 +153,11 @@ std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Ten
   return cpu_coef_grads(dx, gc, k, w, b);
 }
 
-Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::Tensor &b) {
+Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::Tensor &b, bool lowp_out) {
   check_coefs(x_in, w, b);
   // Elementwise: any dense layout will do, as long as x, y, dy and dx share it.
   auto x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
-  auto y = at::empty_like(x, x.options().dtype(acc_type(x)));
+  auto y = at::empty_like(x, x.options().dtype(x.is_cuda() ? out_type(x, lowp_out) : acc_type(x)));
   if (x.numel() > 0) {
     if (x.is_cuda()) {
       cuda::polyrelu_forward(x, w, b, y);
@@ -155,13 +165,13 @@ Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
       cpu_kernels().polyrelu_forward(dtype_of(x), x.const_data_ptr(), y.data_ptr(), x.numel(), host_coefs(w, b));
     }
   }
-  return {y, x, at::Tensor()};
+  return {y.to(out_type(x, lowp_out)), x, at::Tensor()};
 }
 
 std::vector<at::Tensor> polyrelu_backward(const at::Tensor &gy_in, const at::Tensor &x, const at::Tensor &w,
-                                          const at::Tensor &b) {
+                                          const at::Tensor &b, bool lowp_out) {
   const int k = static_cast<int>(w.numel());
-  auto gy = like(gy_in, x, acc_type(x));
+  auto gy = like(gy_in, x, x.is_cuda() ? out_type(x, lowp_out) : acc_type(x));
   auto dx = at::empty_like(x);
   if (x.is_cuda()) {
     auto [dw, db] = cuda::polyrelu_backward(x, gy, w, b, dx);
@@ -179,29 +189,33 @@ using torch::autograd::variable_list;
 
 struct PolyNormFunction : public torch::autograd::Function<PolyNormFunction> {
   static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &w, const at::Tensor &b,
-                            double eps) {
-    auto f = polynorm_forward(x, w, b, eps);
+                            double eps, bool lowp_out) {
+    auto f = polynorm_forward(x, w, b, eps, lowp_out);
     ctx->save_for_backward({f.saved_x, w, b, f.rs});
+    ctx->saved_data["lowp_out"] = lowp_out;
+    return f.y;
+  }
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    auto g = polynorm_backward(grads[0], s[0], s[1], s[2], s[3], ctx->saved_data["lowp_out"].toBool());
+    return {g[0], g[1], g[2], at::Tensor(), at::Tensor()};
+  }
+};
+
+struct PolyReluFunction : public torch::autograd::Function<PolyReluFunction> {
+  static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &w, const at::Tensor &b,
+                            bool lowp_out) {
+    auto f = polyrelu_forward(x, w, b, lowp_out);
+    ctx->save_for_backward({f.saved_x, w, b});
+    ctx->saved_data["lowp_out"] = lowp_out;
     return f.y;
   }
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
     auto s = ctx->get_saved_variables();
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-    auto g = polynorm_backward(grads[0], s[0], s[1], s[2], s[3]);
+    auto g = polyrelu_backward(grads[0], s[0], s[1], s[2], ctx->saved_data["lowp_out"].toBool());
     return {g[0], g[1], g[2], at::Tensor()};
-  }
-};
-
-struct PolyReluFunction : public torch::autograd::Function<PolyReluFunction> {
-  static at::Tensor forward(AutogradContext *ctx, const at::Tensor &x, const at::Tensor &w, const at::Tensor &b) {
-    auto f = polyrelu_forward(x, w, b);
-    ctx->save_for_backward({f.saved_x, w, b});
-    return f.y;
-  }
-  static variable_list backward(AutogradContext *ctx, variable_list grads) {
-    auto s = ctx->get_saved_variables();
-    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
-    return polyrelu_backward(grads[0], s[0], s[1], s[2]);
   }
 };
 
@@ -213,12 +227,12 @@ std::pair<at::Tensor, at::Tensor> coef_grads(const at::Tensor &sums, const at::T
           sums.slice(0, k, k + 1).to(b.options(), /*non_blocking=*/false, /*copy=*/true)};
 }
 
-at::Tensor polynorm(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps) {
-  return PolyNormFunction::apply(x, w, b, eps);
+at::Tensor polynorm(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps, bool lowp_out) {
+  return PolyNormFunction::apply(x, w, b, eps, lowp_out);
 }
 
-at::Tensor polyrelu(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b) {
-  return PolyReluFunction::apply(x, w, b);
+at::Tensor polyrelu(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, bool lowp_out) {
+  return PolyReluFunction::apply(x, w, b, lowp_out);
 }
 
 void set_cpu_isa(int isa) {

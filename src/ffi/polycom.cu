@@ -93,8 +93,8 @@ __device__ void block_sums(A *vals, int n, A *out) {
 
 // ---- PolyNorm forward ----
 
-template <typename T, typename A>
-__device__ void polynorm_fwd_rows(const T *x, A *y, A *rs, const A *w, const A *b, i64 rows, int C, int k, A eps) {
+template <typename T, typename O, typename A>
+__device__ void polynorm_fwd_rows(const T *x, O *y, A *rs, const A *w, const A *b, i64 rows, int C, int k, A eps) {
   const i64 row = (i64)blockIdx.x * WARPS + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (row >= rows) return;
@@ -123,12 +123,12 @@ __device__ void polynorm_fwd_rows(const T *x, A *y, A *rs, const A *w, const A *
   const A bias = b[0];
   for (int c = lane; c < C; c += 32) {
     const A v = to_acc(xr[c]);
-    y[row * C + c] = horner(coef, k, v) * v + bias;
+    y[row * C + c] = from_acc<O>(horner(coef, k, v) * v + bias);
   }
 }
 
-template <typename T, typename A>
-__device__ void polynorm_fwd_cols(const T *x, A *y, A *rs, const A *w, const A *b, i64 outer, int C, i64 inner, int k,
+template <typename T, typename O, typename A>
+__device__ void polynorm_fwd_cols(const T *x, O *y, A *rs, const A *w, const A *b, i64 outer, int C, i64 inner, int k,
                                   A eps) {
   const i64 pix = (i64)blockIdx.x * BLOCK + threadIdx.x;
   if (pix >= outer * inner) return;
@@ -156,17 +156,17 @@ __device__ void polynorm_fwd_cols(const T *x, A *y, A *rs, const A *w, const A *
       coef[i] = r * w[i];
     }
   const A bias = b[0];
-  A *ys = y + o * C * inner + p;
+  O *ys = y + o * C * inner + p;
   for (int c = 0; c < C; c++) {
     const A v = to_acc(xs[(i64)c * inner]);
-    ys[(i64)c * inner] = horner(coef, k, v) * v + bias;
+    ys[(i64)c * inner] = from_acc<O>(horner(coef, k, v) * v + bias);
   }
 }
 
 // ---- PolyNorm backward ----
 
-template <typename T, typename A>
-__device__ void polynorm_bwd_rows(const T *x, const A *gy, const A *rs, T *dx, const A *w, A *partials, i64 rows,
+template <typename T, typename O, typename A>
+__device__ void polynorm_bwd_rows(const T *x, const O *gy, const A *rs, T *dx, const A *w, A *partials, i64 rows,
                                   int C, int k) {
   const i64 row = (i64)blockIdx.x * WARPS + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
@@ -175,12 +175,12 @@ __device__ void polynorm_bwd_rows(const T *x, const A *gy, const A *rs, T *dx, c
   for (int j = 0; j <= MAX_ORDER; j++) acc[j] = 0;
   if (row < rows) {
     const T *xr = x + row * C;
-    const A *gr = gy + row * C;
+    const O *gr = gy + row * C;
     A d[MAX_ORDER], gsum = 0;
 #pragma unroll
     for (int i = 0; i < MAX_ORDER; i++) d[i] = 0;
     for (int c = lane; c < C; c += 32) {
-      const A v = to_acc(xr[c]), g = gr[c];
+      const A v = to_acc(xr[c]), g = to_acc(gr[c]);
       gsum += g;
       A t = g * v;
 #pragma unroll
@@ -202,15 +202,15 @@ __device__ void polynorm_bwd_rows(const T *x, const A *gy, const A *rs, T *dx, c
     gsum = warp_sum(gsum);
     if (lane == 0) acc[k] = gsum;
     for (int c = lane; c < C; c += 32) {
-      const A v = to_acc(xr[c]), g = gr[c];
+      const A v = to_acc(xr[c]), g = to_acc(gr[c]);
       dx[row * C + c] = from_acc<T>(g * horner(pc, k, v) - v * horner(qc, k, v * v));
     }
   }
   block_sums(acc, k + 1, partials + (i64)blockIdx.x * (k + 1));
 }
 
-template <typename T, typename A>
-__device__ void polynorm_bwd_cols(const T *x, const A *gy, const A *rs, T *dx, const A *w, A *partials, i64 outer,
+template <typename T, typename O, typename A>
+__device__ void polynorm_bwd_cols(const T *x, const O *gy, const A *rs, T *dx, const A *w, A *partials, i64 outer,
                                   int C, i64 inner, int k) {
   const i64 pix = (i64)blockIdx.x * BLOCK + threadIdx.x;
   A acc[MAX_ORDER + 1];
@@ -219,12 +219,12 @@ __device__ void polynorm_bwd_cols(const T *x, const A *gy, const A *rs, T *dx, c
   if (pix < outer * inner) {
     const i64 o = pix / inner, p = pix % inner;
     const T *xs = x + o * C * inner + p;
-    const A *gs = gy + o * C * inner + p;
+    const O *gs = gy + o * C * inner + p;
     A d[MAX_ORDER], gsum = 0;
 #pragma unroll
     for (int i = 0; i < MAX_ORDER; i++) d[i] = 0;
     for (int c = 0; c < C; c++) {
-      const A v = to_acc(xs[(i64)c * inner]), g = gs[(i64)c * inner];
+      const A v = to_acc(xs[(i64)c * inner]), g = to_acc(gs[(i64)c * inner]);
       gsum += g;
       A t = g * v;
 #pragma unroll
@@ -246,7 +246,7 @@ __device__ void polynorm_bwd_cols(const T *x, const A *gy, const A *rs, T *dx, c
     acc[k] = gsum;
     T *dxs = dx + o * C * inner + p;
     for (int c = 0; c < C; c++) {
-      const A v = to_acc(xs[(i64)c * inner]), g = gs[(i64)c * inner];
+      const A v = to_acc(xs[(i64)c * inner]), g = to_acc(gs[(i64)c * inner]);
       dxs[(i64)c * inner] = from_acc<T>(g * horner(pc, k, v) - v * horner(qc, k, v * v));
     }
   }
@@ -255,8 +255,8 @@ __device__ void polynorm_bwd_cols(const T *x, const A *gy, const A *rs, T *dx, c
 
 // ---- PolyReLU ----
 
-template <typename T, typename A>
-__device__ void polyrelu_fwd(const T *x, A *y, const A *w, const A *b, i64 n, int k) {
+template <typename T, typename O, typename A>
+__device__ void polyrelu_fwd(const T *x, O *y, const A *w, const A *b, i64 n, int k) {
   const i64 j = (i64)blockIdx.x * BLOCK + threadIdx.x;
   if (j >= n) return;
   const A v = to_acc(x[j]);
@@ -265,17 +265,17 @@ __device__ void polyrelu_fwd(const T *x, A *y, const A *w, const A *b, i64 n, in
 #pragma unroll
   for (int i = 0; i < MAX_ORDER; i++)
     if (i < k) c[i] = w[i];
-  y[j] = horner(c, k, r) * r + b[0];
+  y[j] = from_acc<O>(horner(c, k, r) * r + b[0]);
 }
 
-template <typename T, typename A>
-__device__ void polyrelu_bwd(const T *x, const A *gy, T *dx, const A *w, A *partials, i64 n, int k) {
+template <typename T, typename O, typename A>
+__device__ void polyrelu_bwd(const T *x, const O *gy, T *dx, const A *w, A *partials, i64 n, int k) {
   const i64 j = (i64)blockIdx.x * BLOCK + threadIdx.x;
   A acc[MAX_ORDER + 1];
 #pragma unroll
   for (int i = 0; i <= MAX_ORDER; i++) acc[i] = 0;
   if (j < n) {
-    const A v = to_acc(x[j]), g = gy[j];
+    const A v = to_acc(x[j]), g = to_acc(gy[j]);
     const bool positive = v > 0;
     const A r = positive ? v : (A)0;
     A c[MAX_ORDER], t = g * r;
@@ -292,35 +292,39 @@ __device__ void polyrelu_bwd(const T *x, const A *gy, T *dx, const A *w, A *part
   block_sums(acc, k + 1, partials + (i64)blockIdx.x * (k + 1));
 }
 
-// ---- Entry points, one per input type ----
+// ---- Entry points, one per input type and output type ----
+// O: the output's (and its gradient's) type: the arithmetic type A, or with the `_lp` tags the
+// low-precision input type itself (`act_out_lowp`).
 
-#define RT_POLYCOM_KERNELS(TAG, T, A)                                                                                 \
+#define RT_POLYCOM_KERNELS(TAG, T, O, A)                                                                                 \
   extern "C" __global__ void __launch_bounds__(BLOCK) polynorm_fwd_rows_##TAG(                                       \
-      const T *x, A *y, A *rs, const A *w, const A *b, i64 rows, int C, int k, A eps) {                             \
-    polynorm_fwd_rows<T, A>(x, y, rs, w, b, rows, C, k, eps);                                                        \
+      const T *x, O *y, A *rs, const A *w, const A *b, i64 rows, int C, int k, A eps) {                             \
+    polynorm_fwd_rows<T, O, A>(x, y, rs, w, b, rows, C, k, eps);                                                        \
   }                                                                                                                  \
   extern "C" __global__ void __launch_bounds__(BLOCK) polynorm_fwd_cols_##TAG(                                       \
-      const T *x, A *y, A *rs, const A *w, const A *b, i64 outer, int C, i64 inner, int k, A eps) {                  \
-    polynorm_fwd_cols<T, A>(x, y, rs, w, b, outer, C, inner, k, eps);                                                \
+      const T *x, O *y, A *rs, const A *w, const A *b, i64 outer, int C, i64 inner, int k, A eps) {                  \
+    polynorm_fwd_cols<T, O, A>(x, y, rs, w, b, outer, C, inner, k, eps);                                                \
   }                                                                                                                  \
   extern "C" __global__ void __launch_bounds__(BLOCK) polynorm_bwd_rows_##TAG(                                       \
-      const T *x, const A *gy, const A *rs, T *dx, const A *w, A *partials, i64 rows, int C, int k) {                \
-    polynorm_bwd_rows<T, A>(x, gy, rs, dx, w, partials, rows, C, k);                                                 \
+      const T *x, const O *gy, const A *rs, T *dx, const A *w, A *partials, i64 rows, int C, int k) {                \
+    polynorm_bwd_rows<T, O, A>(x, gy, rs, dx, w, partials, rows, C, k);                                                 \
   }                                                                                                                  \
   extern "C" __global__ void __launch_bounds__(BLOCK) polynorm_bwd_cols_##TAG(                                       \
-      const T *x, const A *gy, const A *rs, T *dx, const A *w, A *partials, i64 outer, int C, i64 inner, int k) {    \
-    polynorm_bwd_cols<T, A>(x, gy, rs, dx, w, partials, outer, C, inner, k);                                         \
+      const T *x, const O *gy, const A *rs, T *dx, const A *w, A *partials, i64 outer, int C, i64 inner, int k) {    \
+    polynorm_bwd_cols<T, O, A>(x, gy, rs, dx, w, partials, outer, C, inner, k);                                         \
   }                                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(BLOCK) polyrelu_fwd_##TAG(const T *x, A *y, const A *w, const A *b,  \
+  extern "C" __global__ void __launch_bounds__(BLOCK) polyrelu_fwd_##TAG(const T *x, O *y, const A *w, const A *b,  \
                                                                          i64 n, int k) {                             \
-    polyrelu_fwd<T, A>(x, y, w, b, n, k);                                                                            \
+    polyrelu_fwd<T, O, A>(x, y, w, b, n, k);                                                                            \
   }                                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(BLOCK) polyrelu_bwd_##TAG(const T *x, const A *gy, T *dx, const A *w, \
+  extern "C" __global__ void __launch_bounds__(BLOCK) polyrelu_bwd_##TAG(const T *x, const O *gy, T *dx, const A *w, \
                                                                          A *partials, i64 n, int k) {                \
-    polyrelu_bwd<T, A>(x, gy, dx, w, partials, n, k);                                                                \
+    polyrelu_bwd<T, O, A>(x, gy, dx, w, partials, n, k);                                                                \
   }
 
-RT_POLYCOM_KERNELS(f32, float, float)
-RT_POLYCOM_KERNELS(f64, double, double)
-RT_POLYCOM_KERNELS(bf16, bf16_t, float)
-RT_POLYCOM_KERNELS(f16, f16_t, float)
+RT_POLYCOM_KERNELS(f32, float, float, float)
+RT_POLYCOM_KERNELS(f64, double, double, double)
+RT_POLYCOM_KERNELS(bf16, bf16_t, float, float)
+RT_POLYCOM_KERNELS(f16, f16_t, float, float)
+RT_POLYCOM_KERNELS(bf16_lp, bf16_t, bf16_t, float)
+RT_POLYCOM_KERNELS(f16_lp, f16_t, f16_t, float)

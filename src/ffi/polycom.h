@@ -10,8 +10,9 @@
 namespace rt_polycom {
 
 // Differentiable (torch::autograd::Function) fused operators; see polycom.cpp for the semantics.
-at::Tensor polynorm(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps);
-at::Tensor polyrelu(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b);
+// `lowp_out`: return a bf16/fp16 input's own type instead of fp32.
+at::Tensor polynorm(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps, bool lowp_out);
+at::Tensor polyrelu(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, bool lowp_out);
 
 // (dw, db) of w's and b's types from the k + 1 sums [dw_1..dw_k, db] (any device).
 std::pair<at::Tensor, at::Tensor> coef_grads(const at::Tensor &sums, const at::Tensor &w, const at::Tensor &b);

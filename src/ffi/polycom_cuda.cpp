@@ -238,7 +238,7 @@ struct Runtime {
       Module m;
       for (const char *kernel : {"polynorm_fwd_rows", "polynorm_fwd_cols", "polynorm_bwd_rows", "polynorm_bwd_cols",
                                  "polyrelu_fwd", "polyrelu_bwd"}) {
-        for (const char *tag : {"f32", "f64", "bf16", "f16"}) {
+        for (const char *tag : {"f32", "f64", "bf16", "f16", "bf16_lp", "f16_lp"}) {
           const std::string name = std::string(kernel) + "_" + tag;
           CUfunction f = nullptr;
           check(driver, driver.module_get_function(&f, mod, name.c_str()), "cuModuleGetFunction");
@@ -271,8 +271,10 @@ const char *tag_of(const at::Tensor &x) {
   }
 }
 
-// Launches `kernel`_<x's type> on x's device and current stream, `blocks` blocks of 256 threads.
-void launch(const at::Tensor &x, const std::string &kernel, int64_t blocks, std::vector<void *> args) {
+// Launches `kernel`_<x's type> on x's device and current stream, `blocks` blocks of 256 threads;
+// `kernel`_<x's type>_lp where the output `y` (or its gradient) has x's low-precision type.
+void launch(const at::Tensor &x, const at::Tensor &y, const std::string &kernel, int64_t blocks,
+            std::vector<void *> args) {
   if (blocks <= 0) return;
   if (blocks > 0x7fffffff) throw std::invalid_argument("fused PolyCom: tensor too large for one launch");
   c10::DeviceGuard guard(x.device());
@@ -281,7 +283,9 @@ void launch(const at::Tensor &x, const std::string &kernel, int64_t blocks, std:
   auto &mod = rt.module(x.device().index());
   rt.bind_context(x.device().index());
   const c10::Stream stream = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(x.device());
-  CUfunction f = mod.functions.at(kernel + "_" + tag_of(x));
+  const bool lowp_out = y.scalar_type() == x.scalar_type() &&
+                        (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
+  CUfunction f = mod.functions.at(kernel + "_" + tag_of(x) + (lowp_out ? "_lp" : ""));
   check(rt.driver,
         rt.driver.launch(f, static_cast<unsigned>(blocks), 1, 1, kBlock, 1, 1, 0, stream.native_handle(), args.data(),
                          nullptr),
@@ -290,26 +294,29 @@ void launch(const at::Tensor &x, const std::string &kernel, int64_t blocks, std:
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The arithmetic type: fp64 for fp64 inputs, else fp32.
+at::ScalarType acc_of(const at::Tensor &x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
 // The coefficients in the arithmetic type, on the device (no host round trip).
-at::Tensor acc_coefs(const at::Tensor &t, const at::Tensor &y) { return t.detach().to(y.scalar_type()).contiguous(); }
+at::Tensor acc_coefs(const at::Tensor &t, const at::Tensor &x) { return t.detach().to(acc_of(x)).contiguous(); }
 
 }  // namespace
 
 void polynorm_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps, NormShape s,
                       at::Tensor &y, at::Tensor &rs) {
-  auto wa = acc_coefs(w, y), ba = acc_coefs(b, y);
+  auto wa = acc_coefs(w, x), ba = acc_coefs(b, x);
   const void *xp = x.const_data_ptr();
   void *yp = y.data_ptr(), *rp = rs.data_ptr(), *wp = wa.data_ptr(), *bp = ba.data_ptr();
   long long outer = s.outer, inner = s.inner;
   int channels = static_cast<int>(s.channels), k = static_cast<int>(w.numel());
   float eps_f = static_cast<float>(eps);
   double eps_d = eps;
-  void *eps_p = y.scalar_type() == at::kDouble ? static_cast<void *>(&eps_d) : static_cast<void *>(&eps_f);
+  void *eps_p = acc_of(x) == at::kDouble ? static_cast<void *>(&eps_d) : static_cast<void *>(&eps_f);
   if (s.inner == 1) {
-    launch(x, "polynorm_fwd_rows", ceil_div(s.outer, kWarps),
+    launch(x, y, "polynorm_fwd_rows", ceil_div(s.outer, kWarps),
            {&xp, &yp, &rp, &wp, &bp, &outer, &channels, &k, eps_p});
   } else {
-    launch(x, "polynorm_fwd_cols", ceil_div(s.outer * s.inner, kBlock),
+    launch(x, y, "polynorm_fwd_cols", ceil_div(s.outer * s.inner, kBlock),
            {&xp, &yp, &rp, &wp, &bp, &outer, &channels, &inner, &k, eps_p});
   }
 }
@@ -319,42 +326,42 @@ std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const a
                                                     at::Tensor &dx) {
   const int64_t k64 = w.numel();
   const int64_t blocks = s.inner == 1 ? ceil_div(s.outer, kWarps) : ceil_div(s.outer * s.inner, kBlock);
-  auto partials = at::zeros({std::max<int64_t>(blocks, 1), k64 + 1}, gy.options());
+  auto partials = at::zeros({std::max<int64_t>(blocks, 1), k64 + 1}, x.options().dtype(acc_of(x)));
   if (x.numel() > 0) {
-    auto wa = acc_coefs(w, gy);
+    auto wa = acc_coefs(w, x);
     const void *xp = x.const_data_ptr(), *gp = gy.const_data_ptr(), *rp = rs.const_data_ptr();
     void *dxp = dx.data_ptr(), *wp = wa.data_ptr(), *pp = partials.data_ptr();
     long long outer = s.outer, inner = s.inner;
     int channels = static_cast<int>(s.channels), k = static_cast<int>(k64);
     if (s.inner == 1) {
-      launch(x, "polynorm_bwd_rows", blocks, {&xp, &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &k});
+      launch(x, gy, "polynorm_bwd_rows", blocks, {&xp, &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &k});
     } else {
-      launch(x, "polynorm_bwd_cols", blocks, {&xp, &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &inner, &k});
+      launch(x, gy, "polynorm_bwd_cols", blocks, {&xp, &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &inner, &k});
     }
   }
   return coef_grads(partials.sum(0), w, b);
 }
 
 void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, at::Tensor &y) {
-  auto wa = acc_coefs(w, y), ba = acc_coefs(b, y);
+  auto wa = acc_coefs(w, x), ba = acc_coefs(b, x);
   const void *xp = x.const_data_ptr();
   void *yp = y.data_ptr(), *wp = wa.data_ptr(), *bp = ba.data_ptr();
   long long n = x.numel();
   int k = static_cast<int>(w.numel());
-  launch(x, "polyrelu_fwd", ceil_div(n, kBlock), {&xp, &yp, &wp, &bp, &n, &k});
+  launch(x, y, "polyrelu_fwd", ceil_div(n, kBlock), {&xp, &yp, &wp, &bp, &n, &k});
 }
 
 std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &w,
                                                     const at::Tensor &b, at::Tensor &dx) {
   const int64_t k64 = w.numel(), blocks = ceil_div(x.numel(), kBlock);
-  auto partials = at::zeros({std::max<int64_t>(blocks, 1), k64 + 1}, gy.options());
+  auto partials = at::zeros({std::max<int64_t>(blocks, 1), k64 + 1}, x.options().dtype(acc_of(x)));
   if (x.numel() > 0) {
-    auto wa = acc_coefs(w, gy);
+    auto wa = acc_coefs(w, x);
     const void *xp = x.const_data_ptr(), *gp = gy.const_data_ptr();
     void *dxp = dx.data_ptr(), *wp = wa.data_ptr(), *pp = partials.data_ptr();
     long long n = x.numel();
     int k = static_cast<int>(k64);
-    launch(x, "polyrelu_bwd", blocks, {&xp, &gp, &dxp, &wp, &pp, &n, &k});
+    launch(x, gy, "polyrelu_bwd", blocks, {&xp, &gp, &dxp, &wp, &pp, &n, &k});
   }
   return coef_grads(partials.sum(0), w, b);
 }

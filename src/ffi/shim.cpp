@@ -251,14 +251,15 @@ int rt_cuda_max_memory_allocated(int device, int64_t *out, char **err) {
   });
 }
 
-int rt_polycom_apply(int kind, rt_tensor x, rt_tensor w, rt_tensor b, double eps, rt_tensor *out, char **err) {
+int rt_polycom_apply(int kind, rt_tensor x, rt_tensor w, rt_tensor b, double eps, int lowp_out, rt_tensor *out,
+                     char **err) {
   return guarded(err, [&] {
     auto &xt = *static_cast<at::Tensor *>(x);
     auto &wt = *static_cast<at::Tensor *>(w);
     auto &bt = *static_cast<at::Tensor *>(b);
     switch (kind) {
-      case 0: *out = new at::Tensor(rt_polycom::polyrelu(xt, wt, bt)); break;
-      case 1: *out = new at::Tensor(rt_polycom::polynorm(xt, wt, bt, eps)); break;
+      case 0: *out = new at::Tensor(rt_polycom::polyrelu(xt, wt, bt, lowp_out != 0)); break;
+      case 1: *out = new at::Tensor(rt_polycom::polynorm(xt, wt, bt, eps, lowp_out != 0)); break;
       default: throw std::invalid_argument("rt_polycom_apply: kind must be 0 (PolyReLU) or 1 (PolyNorm)");
     }
   });

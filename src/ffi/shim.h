@@ -70,8 +70,10 @@ int rt_cuda_max_memory_allocated(int device, int64_t *out, char **err);
 
 // Fused PolyCom activations (polycom.cpp), differentiable: kind 0 = PolyReLU, 1 = PolyNorm over
 // dim 1. x: fp32/fp64/bf16/fp16, any layout; w: k in 1..8 entries, b: one; the output is fp32
-// (fp64 for fp64 input). Runs on x's device (CPU kernels, or CUDA kernels compiled with NVRTC).
-int rt_polycom_apply(int kind, rt_tensor x, rt_tensor w, rt_tensor b, double eps, rt_tensor *out, char **err);
+// (fp64 for fp64 input), or x's type for a bf16/fp16 x with lowp_out != 0. Runs on x's device
+// (CPU kernels, or CUDA kernels compiled with NVRTC).
+int rt_polycom_apply(int kind, rt_tensor x, rt_tensor w, rt_tensor b, double eps, int lowp_out, rt_tensor *out,
+                     char **err);
 // CPU kernels: 0 = the best this CPU runs, 1 = portable, 2 = AVX2+FMA; *out: the one in use.
 int rt_polycom_set_cpu_isa(int isa, char **err);
 int rt_polycom_cpu_isa(int *out, char **err);

@@ -99,6 +99,7 @@ extern "C" {
         w: *mut c_void,
         b: *mut c_void,
         eps: f64,
+        lowp_out: c_int,
         out: *mut *mut c_void,
         err: *mut *mut c_char,
     ) -> c_int;
@@ -320,8 +321,10 @@ pub enum PolyCom {
 
 /// The fused, differentiable PolyReLU / PolyNorm over x (fp32, fp64, bf16 or fp16; any layout)
 /// with weight `w` (1..=8 entries) and bias `b` (one entry). fp32 arithmetic and an fp32 output
-/// (fp64 for fp64 input); backward in closed form. CPU, or CUDA kernels compiled with NVRTC.
-pub fn polycom(op: PolyCom, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+/// (fp64 for fp64 input), or with `lowp_out` a bf16/fp16 input's own type (rounded once, at the
+/// end; its gradient comes back in that type too); backward in closed form. CPU, or CUDA kernels
+/// compiled with NVRTC.
+pub fn polycom(op: PolyCom, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, lowp_out: bool) -> Result<Tensor> {
     let mut out: *mut c_void = std::ptr::null_mut();
     let kind = match op {
         PolyCom::PolyRelu => 0,
@@ -329,7 +332,9 @@ pub fn polycom(op: PolyCom, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Res
     };
     let (xp, wp, bp) = (x.as_ptr() as *mut c_void, w.as_ptr() as *mut c_void, b.as_ptr() as *mut c_void);
     // SAFETY: three live tensors; on success the shim returns a new heap tensor we take ownership of.
-    call("fused activation", |e| unsafe { rt_polycom_apply(kind, xp, wp, bp, eps, &mut out, e) })?;
+    call("fused activation", |e| unsafe {
+        rt_polycom_apply(kind, xp, wp, bp, eps, lowp_out as c_int, &mut out, e)
+    })?;
     Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })
 }
 

@@ -82,6 +82,13 @@ pub struct ActConfig {
     /// fp16 for |x| > 65504^(1/2k), e.g. 4 at k = 4).
     #[serde(default = "fp32_default")]
     pub fp32: bool,
+    /// With `fp32` under fp16/bf16 autocast: return the activation in the autocast dtype (rounded
+    /// once, after the fp32 arithmetic), as autocast's batch norm does, instead of fp32. The
+    /// residual stream then stays in low precision as with ReLU, and each site writes and reads
+    /// back half the bytes (GPU step time and memory). Off by default: fp32 output is what the
+    /// reference gives under CUDA autocast.
+    #[serde(default)]
+    pub out_lowp: bool,
     /// Fused operator or eager expression (same values; see `ActImpl`).
     #[serde(default)]
     pub implementation: ActImpl,
@@ -100,6 +107,7 @@ impl ActConfig {
             init: ActInit::Paper,
             clamp: None,
             fp32: true,
+            out_lowp: false,
             implementation: ActImpl::Fused,
         }
     }
@@ -177,7 +185,7 @@ impl Activation {
                 None => x.shallow_clone(),
             };
             let op = if self.cfg.kind == ActKind::Polyrelu { PolyCom::PolyRelu } else { PolyCom::PolyNorm };
-            match ffi::polycom(op, &x, w, b, POLYNORM_EPS) {
+            match ffi::polycom(op, &x, w, b, POLYNORM_EPS, self.cfg.out_lowp) {
                 Ok(y) => return y,
                 // Only an internal fault gets here (shapes and types were checked above); the
                 // eager path computes the same values.
@@ -185,18 +193,25 @@ impl Activation {
             }
         }
         let mut x = x.shallow_clone();
+        let input_kind = x.kind();
         // fp32 arithmetic for fp16/bf16 inputs (autocast); f32 and f64 inputs stay as they are.
-        if self.cfg.fp32 && matches!(x.kind(), tch::Kind::Half | tch::Kind::BFloat16) {
+        let widened = self.cfg.fp32 && matches!(input_kind, tch::Kind::Half | tch::Kind::BFloat16);
+        if widened {
             x = x.to_kind(tch::Kind::Float);
         }
         if let Some(c) = self.cfg.clamp {
             x = x.clamp(-c, c);
         }
         let x = &x;
-        match self.cfg.kind {
+        let y = match self.cfg.kind {
             ActKind::Relu => x.relu(),
             ActKind::Polyrelu => polyrelu(x, w, b),
             ActKind::Polynorm => polynorm(x, w, b, self.cfg.axis),
+        };
+        if widened && self.cfg.out_lowp {
+            y.to_kind(input_kind)
+        } else {
+            y
         }
     }
 }

@@ -80,6 +80,11 @@ pub struct TrainConfig {
     /// the reference's `pow`/`rsqrt`; false: in the autocast dtype).
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub act_fp32: bool,
+    /// With act_fp32 under bf16/fp16: return each activation in the autocast dtype (rounded once
+    /// after the fp32 arithmetic) instead of fp32; the residual stream stays in low precision as
+    /// with ReLU. Less GPU time and memory; false keeps the reference's fp32 output.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub act_out_lowp: bool,
     /// PolyReLU/PolyNorm as one fused operator with its own backward (fused; where it applies,
     /// else eager) or as the reference's tensor expression (eager). Same values either way.
     #[arg(long, value_enum, default_value_t = ActImpl::Fused)]
@@ -533,6 +538,7 @@ impl TrainConfig {
                 init: self.act_init,
                 clamp: self.act_clamp,
                 fp32: self.act_fp32,
+                out_lowp: self.act_out_lowp,
                 implementation: self.act_impl,
             },
             num_classes,
