@@ -10,4 +10,5 @@ pub mod model;
 pub mod report;
 pub mod rng;
 pub mod runtime;
+pub mod stats;
 pub mod train;

@@ -333,11 +333,16 @@ fn config_precedence_and_unknown_keys() {
     );
     assert_eq!((c.spike_factor, c.max_rollbacks, c.order, c.clip_grad), (6.0, 7, 5, 1.5));
     assert_eq!((c.act_init, c.precision), (ActInit::ReluLike, Precision::Bf16));
-    // Every shipped config parses and validates (ablate-*.toml are ablation grids).
+    // Every shipped config parses and validates (ablate-*.toml are ablation grids, study-*.toml
+    // studies, whose recipe files are named from the repository root: the tests' working folder).
     for e in std::fs::read_dir(common::repo().join("configs")).unwrap() {
         let p = e.unwrap().path();
-        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ablate-")) {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with("ablate-") {
             resnet_train::train::ablate::AblationConfig::read(&p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        } else if name.starts_with("study-") {
+            resnet_train::train::study::StudyConfig::read(&p)
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         } else if p.extension().is_some_and(|x| x == "toml") {
             let a = TrainArgs { config: Some(p.clone()), ..TrainArgs::default() };

@@ -8,6 +8,7 @@ pub mod init;
 pub mod make_demo_data;
 pub mod predict;
 pub mod report;
+pub mod study;
 pub mod train;
 
 use crate::model::{ActConfig, ActImpl, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
@@ -50,6 +51,8 @@ pub enum Command {
     Ablate(ablate::AblateArgs),
     /// Check the fused PolyReLU/PolyNorm against the eager path on a device (run it first on a GPU).
     CheckAct(check_act::CheckActArgs),
+    /// Full training runs over variants x seeds, and whether each variant's difference is real.
+    Study(study::StudyArgs),
 }
 
 /// The flags that define a model's shape and initial values.
@@ -125,6 +128,7 @@ pub fn run(cli: Cli) -> crate::error::Result<()> {
         Some(Command::MakeDemoData(a)) => make_demo_data::run(a),
         Some(Command::BenchData(a)) => bench_data::run(a),
         Some(Command::Ablate(a)) => ablate::run(a),
+        Some(Command::Study(a)) => study::run(a),
         Some(Command::CheckAct(a)) => check_act::run(a),
     }
 }

@@ -1,6 +1,6 @@
 //! Process-level unsafe calls with safe faces: SIGINT/SIGTERM handlers that only set a flag
 //! (async-signal-safe) and end the process at once on the second signal, a self-SIGKILL for
-//! fault-injection tests, and whether a PID is alive.
+//! fault-injection tests, SIGTERM for a child, and whether a PID is alive.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -49,6 +49,15 @@ pub fn kill_self() -> ! {
         libc::kill(libc::getpid(), libc::SIGKILL);
     }
     std::process::abort()
+}
+
+/// Asks a child process to stop (SIGTERM: a training run checkpoints and exits, resumable).
+pub fn terminate(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return };
+    // SAFETY: a plain syscall; a process that has already exited just makes it fail.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
 }
 
 /// Whether a process with this PID exists on this machine.

@@ -14,4 +14,5 @@ pub mod run_dir;
 pub mod schedule;
 pub mod stability;
 pub mod state;
+pub mod study;
 pub mod trainer;

@@ -1,0 +1,515 @@
+//! `resnet-train study`: full training runs over variants x seeds, and the table that says whether
+//! a variant's difference to the baseline is real. Every cell is an ordinary run folder
+//! (`output/name/<variant>-s<seed>`), so `report`, `eval` and `--resume` work on each; a finished
+//! cell is marked by its `study-cell.toml`. Running the same study again skips finished cells and
+//! resumes an interrupted one exactly (the trainer's resume); a changed grid is refused.
+
+use super::config::TrainConfig;
+use super::metrics::{EpochRecord, RunLog};
+use super::trainer;
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use crate::model::ActKind;
+use crate::stats::{paired, Better, Summary};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The study's file format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyConfig {
+    /// The study's folder is `output/name`.
+    pub name: String,
+    #[serde(default = "default_output")]
+    pub output: PathBuf,
+    /// Every variant runs once per seed (the `seed` key of its training config).
+    pub seeds: Vec<u64>,
+    /// The variant the others are compared with, paired by seed (default: the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+    /// Also report the metrics after these many epochs (the paper's 50/100/150/200); the end of
+    /// each run is always reported.
+    #[serde(default)]
+    pub at_epochs: Vec<usize>,
+    /// The base training config of every cell (any training key).
+    #[serde(default)]
+    pub train: toml::Table,
+    /// The variants: a `name` and any training keys, applied over `train`. `recipe = "FILE"`
+    /// applies a training config file first (keys of the variant win).
+    pub variants: Vec<Variant>,
+}
+
+fn default_output() -> PathBuf {
+    PathBuf::from("runs")
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Variant {
+    pub name: String,
+    #[serde(flatten)]
+    pub keys: toml::Table,
+}
+
+/// One run of the grid.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cell {
+    pub index: usize,
+    pub variant: usize,
+    pub seed: u64,
+    pub name: String,
+}
+
+/// How a finished cell ended (its `study-cell.toml`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CellOutcome {
+    /// "finished", or "diverged" (a stability guard stopped it: a result, not an error).
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Wall time of the invocation that finished it.
+    pub seconds: f64,
+}
+
+const MARKER: &str = "study-cell.toml";
+
+impl StudyConfig {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let c: Self =
+            toml::from_str(&text).map_err(|e| Error::file(path, format!("bad study config: {e}")))?;
+        c.validate().map_err(|e| Error::file(path, e.to_string()))?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty() || self.name.contains(['/', '\\']) {
+            return Err(Error::Usage(format!("study name {:?} must be a plain folder name", self.name)));
+        }
+        if self.seeds.is_empty() || self.variants.is_empty() {
+            return Err(Error::Usage("a study needs at least one seed and one variant".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.seeds {
+            if !seen.insert(s) {
+                return Err(Error::Usage(format!("seed {s} is listed twice")));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for v in &self.variants {
+            let plain = v.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if v.name.is_empty() || !plain {
+                return Err(Error::Usage(format!(
+                    "variant name {:?}: use letters, digits, '-', '_' and '.' (it names run folders)",
+                    v.name
+                )));
+            }
+            if !names.insert(&v.name) {
+                return Err(Error::Usage(format!("variant {:?} is listed twice", v.name)));
+            }
+        }
+        if let Some(b) = &self.baseline {
+            if !names.contains(b) {
+                return Err(Error::Usage(format!("baseline {b:?} is not one of the variants")));
+            }
+        }
+        if self.at_epochs.contains(&0) {
+            return Err(Error::Usage("at_epochs counts epochs from 1".into()));
+        }
+        for cell in self.cells() {
+            let c = self.cell_config(&cell)?;
+            if c.max_steps > 0 {
+                return Err(Error::Usage(format!(
+                    "variant {:?}: max_steps would stop every run early; a study compares finished runs",
+                    self.variants[cell.variant].name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.output.join(&self.name)
+    }
+
+    /// The grid in run order, seed by seed (a partly run study has complete pairs).
+    pub fn cells(&self) -> Vec<Cell> {
+        let mut cells = Vec::new();
+        for &seed in &self.seeds {
+            for (variant, v) in self.variants.iter().enumerate() {
+                cells.push(Cell { index: cells.len(), variant, seed, name: format!("{}-s{seed}", v.name) });
+            }
+        }
+        cells
+    }
+
+    pub fn baseline(&self) -> usize {
+        self.baseline.as_ref().and_then(|b| self.variants.iter().position(|v| &v.name == b)).unwrap_or(0)
+    }
+
+    /// The cell's training config: `train` < the variant's recipe file < the variant's keys, then
+    /// its seed, name and folder.
+    pub fn cell_config(&self, cell: &Cell) -> Result<TrainConfig> {
+        let variant = &self.variants[cell.variant];
+        let mut table = self.train.clone();
+        let mut keys = variant.keys.clone();
+        if let Some(recipe) = keys.remove("recipe") {
+            let path = PathBuf::from(recipe.as_str().ok_or_else(|| {
+                Error::Usage(format!("variant {:?}: recipe must be a file name", variant.name))
+            })?);
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            let file: toml::Table =
+                toml::from_str(&text).map_err(|e| Error::file(&path, format!("bad training config: {e}")))?;
+            table.extend(file);
+        }
+        table.extend(keys);
+        table.insert("seed".into(), toml::Value::Integer(cell.seed as i64));
+        table.insert("name".into(), toml::Value::String(cell.name.clone()));
+        table.insert("output".into(), toml::Value::String(self.dir().display().to_string()));
+        let c: TrainConfig = table
+            .try_into()
+            .map_err(|e| Error::Usage(format!("variant {:?}: bad training keys: {e}", variant.name)))?;
+        c.validate().map_err(|e| Error::Usage(format!("variant {:?}: {e}", variant.name)))?;
+        Ok(c)
+    }
+
+    pub fn cell_dir(&self, cell: &Cell) -> PathBuf {
+        self.dir().join(&cell.name)
+    }
+}
+
+/// Where a cell stands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CellState {
+    Done(CellOutcome),
+    /// Started (a run folder exists) but not finished: the next run resumes it.
+    Started,
+    Pending,
+}
+
+pub fn cell_state(cfg: &StudyConfig, cell: &Cell) -> Result<CellState> {
+    let dir = cfg.cell_dir(cell);
+    let marker = dir.join(MARKER);
+    if marker.is_file() {
+        let text = std::fs::read_to_string(&marker).map_err(|e| Error::io(&marker, e))?;
+        let outcome = toml::from_str(&text).map_err(|e| Error::file(&marker, format!("unreadable: {e}")))?;
+        return Ok(CellState::Done(outcome));
+    }
+    Ok(if dir.join("config.toml").is_file() { CellState::Started } else { CellState::Pending })
+}
+
+/// Writes `study.toml` on first use; refuses a folder that holds a study with another grid.
+pub fn claim_folder(cfg: &StudyConfig) -> Result<()> {
+    let dir = cfg.dir();
+    let saved_path = dir.join("study.toml");
+    let text =
+        toml::to_string_pretty(cfg).map_err(|e| Error::Usage(format!("cannot serialise the study: {e}")))?;
+    if saved_path.exists() {
+        let saved_text = std::fs::read_to_string(&saved_path).map_err(|e| Error::io(&saved_path, e))?;
+        let saved: StudyConfig = toml::from_str(&saved_text)
+            .map_err(|e| Error::file(&saved_path, format!("bad study config: {e}")))?;
+        if toml::to_string_pretty(&saved).ok().as_ref() != Some(&text) {
+            return Err(Error::file(
+                &saved_path,
+                "this folder holds a study with a different grid or base config: rerun with the same \
+                 config to continue it, or choose another --name",
+            ));
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    write_atomic(&saved_path, text.as_bytes())
+}
+
+/// Runtime settings that do not change what a cell computes.
+#[derive(Clone, Debug, Default)]
+pub struct CellRuntime {
+    /// `torch_threads` and `workers` of the cell (0: the config's).
+    pub threads: usize,
+    pub device: Option<String>,
+}
+
+/// Runs (or resumes) one cell to its end and marks it done; a cell stopped by a stability guard
+/// is done too (status "diverged"). An interruption (signal) or any other error is returned.
+pub fn run_cell(cfg: &StudyConfig, cell: &Cell, rt: &CellRuntime) -> Result<CellOutcome> {
+    if let CellState::Done(outcome) = cell_state(cfg, cell)? {
+        return Ok(outcome);
+    }
+    let mut c = cfg.cell_config(cell)?;
+    if rt.threads > 0 {
+        c.torch_threads = rt.threads;
+        c.workers = rt.threads;
+    }
+    if let Some(d) = &rt.device {
+        c.device = d.clone();
+    }
+    let dir = cfg.cell_dir(cell);
+    let resume = dir.join("config.toml").is_file().then_some(dir.as_path());
+    let start = Instant::now();
+    let outcome = match trainer::train(c, resume) {
+        Ok(s) if s.stopped_early => {
+            return Err(Error::Usage(format!("{}: stopped before its last epoch", cell.name)))
+        }
+        Ok(_) => {
+            CellOutcome { status: "finished".into(), reason: None, seconds: start.elapsed().as_secs_f64() }
+        }
+        Err(Error::Diverged(why)) => CellOutcome {
+            status: "diverged".into(),
+            reason: Some(why),
+            seconds: start.elapsed().as_secs_f64(),
+        },
+        Err(e) => return Err(e),
+    };
+    let text = toml::to_string(&outcome).map_err(|e| Error::Usage(format!("cannot serialise: {e}")))?;
+    write_atomic(&dir.join(MARKER), text.as_bytes())?;
+    Ok(outcome)
+}
+
+// ---- The tables ----
+
+/// The three metrics of a point of a run: train loss, eval top-1, eval top-5 (NaN: missing).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    pub train_loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+}
+
+impl Point {
+    const MISSING: Point = Point { train_loss: f64::NAN, top1: f64::NAN, top5: f64::NAN };
+
+    fn of(r: &EpochRecord) -> Self {
+        Point {
+            train_loss: r.train_loss,
+            top1: r.eval_top1.unwrap_or(f64::NAN),
+            top5: r.eval_top5.unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// One finished cell's numbers: at each of `at_epochs`, and at its end (NaN for a diverged run's
+/// end, and where no evaluation ran).
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    pub cell: Cell,
+    pub outcome: CellOutcome,
+    pub epochs_done: usize,
+    pub at: Vec<Point>,
+    pub end: Point,
+}
+
+pub fn read_result(cfg: &StudyConfig, cell: &Cell, outcome: CellOutcome) -> RunResult {
+    let epochs = RunLog::read_summary(&cfg.cell_dir(cell).join("summary.csv"));
+    let at = cfg
+        .at_epochs
+        .iter()
+        .map(|&e| epochs.iter().find(|r| r.epoch + 1 == e).map_or(Point::MISSING, Point::of))
+        .collect();
+    let end = match epochs.last() {
+        Some(r) if outcome.status == "finished" => Point::of(r),
+        _ => Point::MISSING,
+    };
+    RunResult { cell: cell.clone(), outcome, epochs_done: epochs.len(), at, end }
+}
+
+/// The parameters each PolyReLU/PolyNorm variant adds: k + 1 scalars per activation site.
+pub fn activation_params(c: &TrainConfig) -> usize {
+    if c.act == ActKind::Relu {
+        return 0;
+    }
+    c.model(1).activation_sites().len() * (c.order as usize + 1)
+}
+
+fn pm(s: &Summary, digits: usize) -> String {
+    if s.n == 0 {
+        return "-".into();
+    }
+    if s.sd.is_nan() {
+        return format!("{:.digits$}", s.mean);
+    }
+    format!("{:.digits$} ± {:.digits$}", s.mean, s.sd)
+}
+
+fn interval(s: &Summary, digits: usize) -> String {
+    if s.ci95.is_finite() {
+        format!("[{:.digits$}, {:.digits$}]", s.low(), s.high())
+    } else {
+        "-".into()
+    }
+}
+
+/// The labels and metrics of every reported point: `after E epochs`, then `end`.
+fn points(cfg: &StudyConfig) -> Vec<String> {
+    cfg.at_epochs.iter().map(|e| format!("epoch {e}")).chain(std::iter::once("end".into())).collect()
+}
+
+fn point_of(r: &RunResult, i: usize) -> Point {
+    r.at.get(i).copied().unwrap_or(r.end)
+}
+
+/// Per variant and point: the values over seeds, in seed order (NaN where a run is missing).
+fn values(
+    cfg: &StudyConfig,
+    results: &[RunResult],
+    variant: usize,
+    point: usize,
+    f: fn(&Point) -> f64,
+) -> Vec<f64> {
+    cfg.seeds
+        .iter()
+        .map(|&s| {
+            results
+                .iter()
+                .find(|r| r.cell.variant == variant && r.cell.seed == s)
+                .map_or(f64::NAN, |r| f(&point_of(r, point)))
+        })
+        .collect()
+}
+
+pub fn to_csv(cfg: &StudyConfig, results: &[RunResult]) -> Result<String> {
+    let mut out = String::from(
+        "variant,point,runs,top1_mean,top1_sd,top1_ci_low,top1_ci_high,top5_mean,top5_sd,train_loss_mean,\
+         train_loss_sd,d_top1_mean,d_top1_ci_low,d_top1_ci_high,d_top1_pairs,verdict_top1,act_params\n",
+    );
+    let base = cfg.baseline();
+    for (v, variant) in cfg.variants.iter().enumerate() {
+        let params = activation_params(&cfg.cell_config(&cfg.cells()[v])?);
+        for (p, label) in points(cfg).iter().enumerate() {
+            let top1 = values(cfg, results, v, p, |x| x.top1);
+            let (s1, s5, sl) = (
+                Summary::of(&top1),
+                Summary::of(&values(cfg, results, v, p, |x| x.top5)),
+                Summary::of(&values(cfg, results, v, p, |x| x.train_loss)),
+            );
+            let d = paired(&top1, &values(cfg, results, base, p, |x| x.top1), Better::Higher);
+            let verdict = if v == base { "baseline".to_string() } else { d.verdict.words(d.diff.n) };
+            let f = |x: f64| if x.is_finite() { format!("{x:.4}") } else { String::new() };
+            writeln!(
+                out,
+                "{},{label},{},{},{},{},{},{},{},{},{},{},{},{},{},{verdict},{params}",
+                variant.name,
+                s1.n,
+                f(s1.mean),
+                f(s1.sd),
+                f(s1.low()),
+                f(s1.high()),
+                f(s5.mean),
+                f(s5.sd),
+                f(sl.mean),
+                f(sl.sd),
+                f(d.diff.mean),
+                f(d.diff.low()),
+                f(d.diff.high()),
+                d.diff.n,
+            )
+            .ok();
+        }
+    }
+    Ok(out)
+}
+
+pub fn to_markdown(cfg: &StudyConfig, results: &[RunResult]) -> Result<String> {
+    let cells = cfg.cells();
+    let base = cfg.baseline();
+    let first = cfg.cell_config(&cells[0])?;
+    let mut md = format!("# Study `{}`\n\n", cfg.name);
+    writeln!(
+        md,
+        "{} of {} runs done ({} variants x {} seeds: {:?}). Base: {} for {} epochs at {} px, batch {}, on {}. \
+         Baseline: `{}`. Values: mean ± sample sd over seeds; 95% CI: mean ± t(0.975, n-1)·sd/√n; Δ top-1: \
+         the difference to the baseline paired by seed, with its own 95% CI; verdict: better / worse when \
+         that interval excludes 0, else not distinguishable at this n. Diverged runs (a stability guard \
+         stopped them) count as runs but give no end values.\n",
+        results.len(),
+        cells.len(),
+        cfg.variants.len(),
+        cfg.seeds.len(),
+        cfg.seeds,
+        first.arch.name(),
+        first.epochs,
+        first.train_size,
+        first.batch_size,
+        first.data.as_ref().map_or("the embedded procedural dataset".into(), |d| format!("`{}`", d.display())),
+        cfg.variants[base].name
+    )
+    .ok();
+    for (p, label) in points(cfg).iter().enumerate() {
+        writeln!(md, "## Top-1 / top-5 / train loss at {label}\n").ok();
+        md.push_str(
+            "| variant | runs | diverged | top-1 (%) | 95% CI | top-5 (%) | train loss | Δ top-1 vs baseline | 95% CI | verdict | act params |\n\
+             |---|---:|---:|---:|---|---:|---:|---:|---|---|---:|\n",
+        );
+        for (v, variant) in cfg.variants.iter().enumerate() {
+            let runs: Vec<&RunResult> = results.iter().filter(|r| r.cell.variant == v).collect();
+            let diverged = runs.iter().filter(|r| r.outcome.status == "diverged").count();
+            let top1 = values(cfg, results, v, p, |x| x.top1);
+            let s1 = Summary::of(&top1);
+            let s5 = Summary::of(&values(cfg, results, v, p, |x| x.top5));
+            let sl = Summary::of(&values(cfg, results, v, p, |x| x.train_loss));
+            let (delta, delta_ci, verdict) = if v == base {
+                ("-".to_string(), "-".to_string(), "baseline".to_string())
+            } else {
+                let d = paired(&top1, &values(cfg, results, base, p, |x| x.top1), Better::Higher);
+                let sign = if d.diff.mean >= 0.0 { "+" } else { "" };
+                let delta = if d.diff.n == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{sign}{:.2} (n = {})", d.diff.mean, d.diff.n)
+                };
+                (delta, interval(&d.diff, 2), d.verdict.words(d.diff.n))
+            };
+            let params = activation_params(&cfg.cell_config(&cells[v])?);
+            writeln!(
+                md,
+                "| {} | {} | {diverged} | {} | {} | {} | {} | {delta} | {delta_ci} | {verdict} | {params} |",
+                variant.name,
+                runs.len(),
+                pm(&s1, 2),
+                interval(&s1, 2),
+                pm(&s5, 2),
+                pm(&sl, 4),
+            )
+            .ok();
+        }
+        md.push('\n');
+    }
+    md.push_str("## Runs\n\n| run | status | epochs | top-1 | top-5 | train loss | minutes | note |\n|---|---|---:|---:|---:|---:|---:|---|\n");
+    for r in results {
+        let f = |x: f64, d: usize| if x.is_finite() { format!("{x:.d$}") } else { "-".into() };
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {} |",
+            r.cell.name,
+            r.outcome.status,
+            r.epochs_done,
+            f(r.end.top1, 2),
+            f(r.end.top5, 2),
+            f(r.end.train_loss, 4),
+            r.outcome.seconds / 60.0,
+            r.outcome.reason.as_deref().unwrap_or("").replace('|', "/"),
+        )
+        .ok();
+    }
+    Ok(md)
+}
+
+/// The finished cells' results, in grid order.
+pub fn results(cfg: &StudyConfig) -> Result<Vec<RunResult>> {
+    let mut out = Vec::new();
+    for cell in cfg.cells() {
+        if let CellState::Done(outcome) = cell_state(cfg, &cell)? {
+            out.push(read_result(cfg, &cell, outcome));
+        }
+    }
+    Ok(out)
+}
+
+/// Rewrites study.csv and study.md from every finished cell.
+pub fn write_tables(cfg: &StudyConfig) -> Result<Vec<RunResult>> {
+    let results = results(cfg)?;
+    let dir = cfg.dir();
+    write_atomic(&dir.join("study.csv"), to_csv(cfg, &results)?.as_bytes())?;
+    write_atomic(&dir.join("study.md"), to_markdown(cfg, &results)?.as_bytes())?;
+    Ok(results)
+}

@@ -1,0 +1,151 @@
+//! `resnet-train study`: a tiny 2 x 2 study (variants x seeds) killed mid-run and continued, whose
+//! resumed cell equals the same cell run alone, whose parallel jobs give the sequential numbers,
+//! which refuses a changed grid, and whose tables hold the statistics of the runs' own numbers.
+//! (The statistics themselves are unit tests against closed forms in src/stats.rs.)
+
+mod common;
+
+use resnet_train::data::synthetic;
+use resnet_train::stats::{paired, Better, Summary};
+use resnet_train::train::metrics::RunLog;
+use std::path::Path;
+use std::process::Command;
+
+fn study_toml(data: &Path, out: &Path, seeds: &str) -> String {
+    format!(
+        r#"name = "tiny"
+output = "{out}"
+seeds = {seeds}
+baseline = "relu"
+at_epochs = [1]
+
+[train]
+data = "{data}"
+arch = "resnet18"
+epochs = 2
+batch_size = 8
+lr = 0.4
+warmup_epochs = 0.5
+train_size = 32
+eval_size = 32
+device = "cpu"
+log_every = 1000
+keep_last = 1
+
+[[variants]]
+name = "relu"
+act = "relu"
+
+[[variants]]
+name = "polynorm"
+act = "polynorm"
+order = 3
+"#,
+        out = out.display(),
+        data = data.display()
+    )
+}
+
+fn study(config: &Path, extra: &[&str], fault: Option<&str>) -> (Option<i32>, String) {
+    let mut cmd = Command::new(common::bin());
+    cmd.arg("study").arg("--config").arg(config).args(extra);
+    match fault {
+        Some(f) => cmd.env("RESNET_TRAIN_FAULT", f),
+        None => cmd.env_remove("RESNET_TRAIN_FAULT"),
+    };
+    let out = cmd.output().expect("run resnet-train study");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), text)
+}
+
+/// (train loss, top-1) of every epoch of a run folder.
+fn epochs(run: &Path) -> Vec<(f64, Option<f64>)> {
+    RunLog::read_summary(&run.join("summary.csv")).iter().map(|r| (r.train_loss, r.eval_top1)).collect()
+}
+
+#[test]
+fn tiny_study_resumes_after_a_kill_runs_in_parallel_and_refuses_a_changed_grid() {
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 8, 2, 32, 5).unwrap(); // 80 train, 20 val: 10 steps per epoch
+    let config = dir.path().join("study.toml");
+    let out = dir.path().join("runs");
+    std::fs::write(&config, study_toml(&data, &out, "[0, 1]")).unwrap();
+    let threads = ["--threads", "1"];
+
+    // Killed at the 25th step of the process: in the second run (polynorm-s0), 5 steps in.
+    let (code, text) = study(&config, &threads, Some("step@25"));
+    assert_eq!(code, None, "killed by SIGKILL: {text}");
+    let (_, list) = study(&config, &["--list"], None);
+    let states: Vec<&str> = list.lines().map(|l| l.rsplit('\t').next().unwrap()).collect();
+    assert_eq!(states, ["finished", "started", "pending", "pending"], "{list}");
+
+    // The same command continues: the first run is not redone, the second resumes.
+    let (code, text) = study(&config, &threads, None);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("run 1/4 relu-s0: done earlier"), "{text}");
+    assert!(text.contains("run 2/4 polynorm-s0: resuming"), "{text}");
+    let (_, list) = study(&config, &["--list"], None);
+    assert_eq!(list.lines().filter(|l| l.ends_with("\tfinished")).count(), 4, "{list}");
+
+    // The resumed run equals the same cell run alone, uninterrupted (exact resume).
+    let (code, text) = study(&config, &["--cell", "1", "--name", "alone", "--threads", "1"], None);
+    assert_eq!(code, Some(0), "{text}");
+    let resumed = epochs(&out.join("tiny/polynorm-s0"));
+    assert_eq!(resumed.len(), 2);
+    assert_eq!(resumed, epochs(&out.join("alone/polynorm-s0")), "resumed vs uninterrupted");
+
+    // Two jobs at once give the sequential study's numbers.
+    let (code, text) = study(&config, &["--name", "parallel", "--jobs", "2", "--threads", "1"], None);
+    assert_eq!(code, Some(0), "{text}");
+    for cell in ["relu-s0", "polynorm-s0", "relu-s1", "polynorm-s1"] {
+        let a = epochs(&out.join("tiny").join(cell));
+        assert_eq!(a, epochs(&out.join("parallel").join(cell)), "{cell}: parallel vs sequential");
+        assert!(out.join("parallel/logs").join(format!("{cell}.log")).is_file());
+    }
+
+    // The table: the runs' own numbers through the statistics.
+    let csv = std::fs::read_to_string(out.join("tiny/study.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 4, "2 variants x (epoch 1, end):\n{csv}");
+    let top1 = |variant: &str, seed: u64| epochs(&out.join(format!("tiny/{variant}-s{seed}")))[1].1.unwrap();
+    let relu = [top1("relu", 0), top1("relu", 1)];
+    let poly = [top1("polynorm", 0), top1("polynorm", 1)];
+    let end = rows.iter().find(|r| r[0] == "polynorm" && r[1] == "end").unwrap();
+    let s = Summary::of(&poly);
+    let d = paired(&poly, &relu, Better::Higher);
+    let num = |x: &str| x.parse::<f64>().unwrap();
+    assert!((num(end[3]) - s.mean).abs() < 1e-4 && (num(end[4]) - s.sd).abs() < 1e-4, "{end:?}");
+    assert!((num(end[11]) - d.diff.mean).abs() < 1e-4, "paired difference {end:?}");
+    // PolyNorm-3 adds 4 scalars at each of ResNet-18's 17 sites (the stem, 2 in each of 8 blocks).
+    assert_eq!(end[16], (17 * 4).to_string(), "{end:?}");
+    let md = std::fs::read_to_string(out.join("tiny/study.md")).unwrap();
+    assert!(md.contains("4 of 4 runs done") && md.contains("at epoch 1") && md.contains("at end"), "{md}");
+    assert!(md.contains("| relu | 2 | 0 |") && md.contains("baseline"), "{md}");
+
+    // A changed grid under the same name is refused, naming the file.
+    std::fs::write(&config, study_toml(&data, &out, "[0, 1, 2]")).unwrap();
+    let (code, text) = study(&config, &threads, None);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("study.toml") && text.contains("different grid"), "{text}");
+}
+
+#[test]
+fn bad_study_configs_are_refused_with_the_file_named() {
+    let dir = common::tmpdir();
+    let config = dir.path().join("bad.toml");
+    for (body, want) in [
+        ("name = \"x\"\nseeds = []\n[[variants]]\nname = \"a\"\n", "at least one seed"),
+        ("name = \"x\"\nseeds = [0, 0]\n[[variants]]\nname = \"a\"\n", "seed 0 is listed twice"),
+        ("name = \"x\"\nseeds = [0]\nbaseline = \"b\"\n[[variants]]\nname = \"a\"\n", "baseline \"b\""),
+        ("name = \"x\"\nseeds = [0]\n[[variants]]\nname = \"a/b\"\n", "variant name"),
+        ("name = \"x\"\nseeds = [0]\n[[variants]]\nname = \"a\"\nlr = \"fast\"\n", "bad training keys"),
+        ("name = \"x\"\nseeds = [0]\n[train]\nmax_steps = 5\n[[variants]]\nname = \"a\"\n", "max_steps"),
+        ("name = \"x\"\nseeds = [0]\nvariant = []\n", "bad study config"),
+    ] {
+        std::fs::write(&config, body).unwrap();
+        let (code, text) = study(&config, &["--list"], None);
+        assert_eq!(code, Some(1), "{body}: {text}");
+        assert!(text.contains("bad.toml") && text.contains(want), "{body}: want {want:?} in {text}");
+    }
+}
