@@ -78,6 +78,94 @@ pub fn draw(runs: &[RunCurves], out: &Path) -> Result<()> {
     render!(out, (1400, 900), panels(runs))
 }
 
+/// A group of runs drawn as one curve: the mean over its runs with a band of ± one standard
+/// deviation (a study's variant over its seeds).
+pub struct Group {
+    pub label: String,
+    pub runs: Vec<RunCurves>,
+}
+
+/// Train loss, eval top-1 and eval top-5 against epoch, one mean curve and band per group.
+pub fn draw_groups(groups: &[Group], out: &Path) -> Result<()> {
+    render!(out, (1500, 500), group_panels(groups))
+}
+
+/// Per epoch (1-based) with at least one finite value: (epoch, mean, sd) over the group's runs.
+fn mean_band(runs: &[RunCurves], f: &dyn Fn(&EpochRecord) -> Option<f64>) -> Vec<(f64, f64, f64)> {
+    let last = runs.iter().flat_map(|r| r.epochs.iter().map(|e| e.epoch)).max();
+    let Some(last) = last else { return Vec::new() };
+    (0..=last)
+        .filter_map(|epoch| {
+            let vals: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.epochs.iter().find(|e| e.epoch == epoch).and_then(f))
+                .filter(|v| v.is_finite())
+                .collect();
+            if vals.is_empty() {
+                return None;
+            }
+            let s = crate::stats::Summary::of(&vals);
+            Some((epoch as f64 + 1.0, s.mean, if s.sd.is_finite() { s.sd } else { 0.0 }))
+        })
+        .collect()
+}
+
+fn group_panels<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    groups: &[Group],
+) -> std::result::Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let areas = root.split_evenly((1, 3));
+    type Pick = fn(&EpochRecord) -> Option<f64>;
+    let specs: [(&str, Pick); 3] = [
+        ("train loss", |e| Some(e.train_loss)),
+        ("eval top-1 (%)", |e| e.eval_top1),
+        ("eval top-5 (%)", |e| e.eval_top5),
+    ];
+    for (area, (title, pick)) in areas.iter().zip(specs) {
+        let bands: Vec<Vec<(f64, f64, f64)>> = groups.iter().map(|g| mean_band(&g.runs, &pick)).collect();
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for &(x, m, sd) in bands.iter().flatten() {
+            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(m - sd), y1.max(m + sd));
+        }
+        if x0 > x1 {
+            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        }
+        let pad = ((y1 - y0) * 0.05).max(1e-6);
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{title} vs epoch (mean ± sd over seeds)"), ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(x0..x1.max(x0 + 1e-6), (y0 - pad)..(y1 + pad))
+            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc("epoch").y_desc(title).draw().map_err(|e| e.to_string())?;
+        for (i, (group, band)) in groups.iter().zip(&bands).enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let outline: Vec<(f64, f64)> = band
+                .iter()
+                .map(|&(x, m, sd)| (x, m + sd))
+                .chain(band.iter().rev().map(|&(x, m, sd)| (x, m - sd)))
+                .collect();
+            chart
+                .draw_series(std::iter::once(Polygon::new(outline, color.mix(0.2).filled())))
+                .map_err(|e| e.to_string())?;
+            chart
+                .draw_series(LineSeries::new(band.iter().map(|&(x, m, _)| (x, m)), color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(format!("{} (n = {})", group.label, group.runs.len()))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// The ablation's heatmaps: for each precision, steps survived (top) and the largest
 /// |activation| (bottom) over (activation variant x order).
 pub fn draw_ablation(rows: &[Row], steps: usize, out: &Path) -> Result<()> {

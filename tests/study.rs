@@ -123,6 +123,32 @@ fn tiny_study_resumes_after_a_kill_runs_in_parallel_and_refuses_a_changed_grid()
     assert!(md.contains("4 of 4 runs done") && md.contains("at epoch 1") && md.contains("at end"), "{md}");
     assert!(md.contains("| relu | 2 | 0 |") && md.contains("baseline"), "{md}");
 
+    assert!(
+        out.join("tiny/study.svg").is_file()
+            || !Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists()
+    );
+
+    // `report --table` over the run folders gives the study's table (grouped by the -s<seed> names).
+    let runs: Vec<String> = ["relu-s0", "polynorm-s0", "relu-s1", "polynorm-s1"]
+        .iter()
+        .map(|c| out.join("tiny").join(c).display().to_string())
+        .collect();
+    let figure = dir.path().join("bands.svg");
+    let mut args =
+        vec!["report", "--table", "--at", "1", "--baseline", "relu", "--out", figure.to_str().unwrap()];
+    args.extend(runs.iter().map(String::as_str));
+    let out_report = Command::new(common::bin()).args(&args).output().unwrap();
+    let report = String::from_utf8_lossy(&out_report.stdout);
+    assert!(out_report.status.success(), "{report}{}", String::from_utf8_lossy(&out_report.stderr));
+    let variant_rows = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("| relu |") || l.starts_with("| polynorm |"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(variant_rows(&report).len(), 4, "{report}");
+    assert_eq!(variant_rows(&report), variant_rows(&md), "report --table vs study.md");
+
     // A changed grid under the same name is refused, naming the file.
     std::fs::write(&config, study_toml(&data, &out, "[0, 1, 2]")).unwrap();
     let (code, text) = study(&config, &threads, None);

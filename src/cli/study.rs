@@ -94,12 +94,21 @@ pub fn run(a: StudyArgs) -> Result<()> {
         run_parallel(&a, &cfg, threads)?;
     }
     let results = study::write_tables(&cfg)?;
+    let mut outputs = vec![cfg.dir().join("study.md"), cfg.dir().join("study.csv")];
+    // The tables are written; a figure that cannot be drawn (no font) is a warning.
+    let groups = study::curve_groups(&cfg.table()?, &results, |r| cfg.cell_dir(&r.cell))?;
+    for ext in ["svg", "png"] {
+        let figure = cfg.dir().join(format!("study.{ext}"));
+        match crate::report::draw_groups(&groups, &figure) {
+            Ok(()) => outputs.push(figure),
+            Err(e) => eprintln!("warning: {} not drawn: {e}", figure.display()),
+        }
+    }
     println!(
-        "study      done: {} of {} runs; {}, {}",
+        "study      done: {} of {} runs; {}",
         results.len(),
         cells.len(),
-        cfg.dir().join("study.md").display(),
-        cfg.dir().join("study.csv").display()
+        outputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
     );
     Ok(())
 }
@@ -107,7 +116,14 @@ pub fn run(a: StudyArgs) -> Result<()> {
 /// Runs the unfinished cells `--jobs` at a time, each as `resnet-train study --cell I` with its
 /// output in `logs/<cell>.log`. A signal stops them all (each checkpoints; rerun to continue).
 fn run_parallel(a: &StudyArgs, cfg: &StudyConfig, threads: usize) -> Result<()> {
-    let exe = std::env::current_exe().map_err(|e| Error::Usage(format!("cannot find this program: {e}")))?;
+    // /proc/self/exe: the jobs run this very binary even if the file was rebuilt or replaced during
+    // a long study (the path would then name another program, or nothing: "... (deleted)").
+    let proc_exe = PathBuf::from("/proc/self/exe");
+    let exe = if proc_exe.exists() {
+        proc_exe
+    } else {
+        std::env::current_exe().map_err(|e| Error::Usage(format!("cannot find this program: {e}")))?
+    };
     let logs = cfg.dir().join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| Error::io(&logs, e))?;
     let mut pending: Vec<study::Cell> = Vec::new();
@@ -144,12 +160,15 @@ fn run_parallel(a: &StudyArgs, cfg: &StudyConfig, threads: usize) -> Result<()> 
             if let Some(d) = a.devices.as_ref().map(|d| d[slot % d.len()].clone()) {
                 cmd.arg("--devices").arg(d);
             }
-            let child = cmd
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log))
-                .stderr(Stdio::from(err))
-                .spawn()
-                .map_err(|e| Error::Usage(format!("cannot start a job: {e}")))?;
+            let child = cmd.stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(err)).spawn();
+            let child = match child {
+                Ok(c) => c,
+                Err(e) => {
+                    // Not `?`: the jobs already running must still be waited for.
+                    failed.push(format!("{} (cannot start: {e})", cell.name));
+                    break;
+                }
+            };
             println!(
                 "study      run {}/{} {}: started (log {})",
                 cell.index + 1,

@@ -26,6 +26,20 @@ pub enum ActKind {
     Polynorm,
 }
 
+impl ActKind {
+    /// Forward FLOPs per activation element, counted as the paper's cost argument does: ReLU 1;
+    /// PolyReLU_k 2k + 1 (the ReLU, then k multiply-adds); PolyNorm_k 5k - 1 (k - 1 powers, k
+    /// squares and k channel sums for the RMS, k multiply-adds; the per-pixel rsqrt not counted).
+    pub fn flops_per_element(self, order: i64) -> f64 {
+        let k = order as f64;
+        match self {
+            ActKind::Relu => 1.0,
+            ActKind::Polyrelu => 2.0 * k + 1.0,
+            ActKind::Polynorm => 5.0 * k - 1.0,
+        }
+    }
+}
+
 /// The axis PolyNorm's mean runs over for NCHW tensors (2-d inputs always use dim 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]

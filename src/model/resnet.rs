@@ -100,6 +100,62 @@ impl ResNetConfig {
     }
 }
 
+/// What one image costs a forward pass, counted from the architecture (no tensors).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ForwardCost {
+    /// Multiply-accumulates of the convolutions and the classifier (the "FLOPs" of the
+    /// literature: 4.1 G for ResNet-50 at 224 px, 1.8 G for ResNet-18).
+    pub macs: f64,
+    /// Elements passing through the activation sites (their inputs' sizes, summed).
+    pub act_elements: f64,
+}
+
+/// Spatial size after a convolution or pooling window.
+fn out_size(size: i64, k: i64, stride: i64, pad: i64) -> i64 {
+    (size + 2 * pad - k) / stride + 1
+}
+
+impl ResNetConfig {
+    /// Forward cost of one `res` x `res` image, walking the same shapes as `ResNet::new`.
+    pub fn forward_cost(&self, res: i64) -> ForwardCost {
+        let (mut macs, mut act) = (0.0f64, 0.0f64);
+        let mut conv = |size: i64, c_in: i64, c_out: i64, k: i64, stride: i64| -> i64 {
+            let out = out_size(size, k, stride, k / 2);
+            macs += (out * out * c_out * c_in * k * k) as f64;
+            out
+        };
+        let mut size = if self.small_stem { conv(res, 3, 64, 3, 1) } else { conv(res, 3, 64, 7, 2) };
+        act += (64 * size * size) as f64;
+        if !self.small_stem {
+            size = out_size(size, 3, 2, 1); // max-pool
+        }
+        let mut c_in = 64;
+        for (s, &blocks) in self.arch.layers().iter().enumerate() {
+            let planes = 64 << s;
+            for b in 0..blocks {
+                let stride = if s > 0 && b == 0 { 2 } else { 1 };
+                let specs: Vec<(i64, i64, i64, i64)> = if self.arch.bottleneck() {
+                    vec![(c_in, planes, 1, 1), (planes, planes, 3, stride), (planes, planes * 4, 1, 1)]
+                } else {
+                    vec![(c_in, planes, 3, stride), (planes, planes, 3, 1)]
+                };
+                let c_out = specs.last().map_or(planes, |s| s.1);
+                let block_in = size;
+                for &(ci, co, k, st) in &specs {
+                    size = conv(size, ci, co, k, st);
+                    act += (co * size * size) as f64;
+                }
+                if stride != 1 || c_in != c_out {
+                    conv(block_in, c_in, c_out, 1, stride);
+                }
+                c_in = c_out;
+            }
+        }
+        macs += (c_in * self.num_classes) as f64;
+        ForwardCost { macs, act_elements: act }
+    }
+}
+
 /// torchvision's conv init: kaiming_normal_(mode="fan_out", nonlinearity="relu"), no bias.
 fn conv(vs: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
     let cfg = nn::ConvConfig {
@@ -313,4 +369,30 @@ pub fn param_group(name: &str, shape: &[i64]) -> ParamGroup {
 /// Trainable parameter count of the model in `vs`.
 pub fn count_params(vs: &nn::VarStore) -> i64 {
     vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ActConfig, ActKind};
+
+    /// torchvision's published GFLOPS (multiply-accumulates of convolutions and classifier) at
+    /// 224 px: ResNet-18 1.81, ResNet-34 3.66, ResNet-50 4.09, ResNet-101 7.80, ResNet-152 11.51.
+    #[test]
+    fn forward_cost_matches_torchvision_and_counts_every_site() {
+        for (arch, gmacs) in [
+            (Arch::Resnet18, 1.81),
+            (Arch::Resnet34, 3.66),
+            (Arch::Resnet50, 4.09),
+            (Arch::Resnet101, 7.80),
+            (Arch::Resnet152, 11.51),
+        ] {
+            let cost = ResNetConfig::new(arch, ActConfig::new(ActKind::Relu, 1)).forward_cost(224);
+            assert!((cost.macs / 1e9 - gmacs).abs() < 0.006, "{arch:?}: {} GMACs", cost.macs / 1e9);
+        }
+        // ResNet-18 at 224: the stem's 64x112x112, then 2 sites per block at 56, 28, 14, 7 px.
+        let cost = ResNetConfig::new(Arch::Resnet18, ActConfig::new(ActKind::Relu, 1)).forward_cost(224);
+        let want = 64 * 112 * 112 + 4 * (64 * 56 * 56 + 128 * 28 * 28 + 256 * 14 * 14 + 512 * 7 * 7);
+        assert_eq!(cost.act_elements, want as f64);
+    }
 }

@@ -179,6 +179,38 @@ impl StudyConfig {
     }
 }
 
+/// What the tables are computed over: the variants (name and training config), the seeds, the
+/// reported epochs and the baseline; from a study config, or from run folders (`report --table`).
+pub struct Table {
+    pub title: String,
+    pub seeds: Vec<u64>,
+    pub at_epochs: Vec<usize>,
+    pub baseline: usize,
+    pub variants: Vec<(String, TrainConfig)>,
+    /// Runs planned (variants x seeds for a study).
+    pub planned: usize,
+}
+
+impl StudyConfig {
+    pub fn table(&self) -> Result<Table> {
+        let cells = self.cells();
+        let variants = self
+            .variants
+            .iter()
+            .zip(&cells)
+            .map(|(v, cell)| Ok((v.name.clone(), self.cell_config(cell)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Table {
+            title: format!("Study `{}`", self.name),
+            seeds: self.seeds.clone(),
+            at_epochs: self.at_epochs.clone(),
+            baseline: self.baseline(),
+            variants,
+            planned: cells.len(),
+        })
+    }
+}
+
 /// Where a cell stands.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CellState {
@@ -299,10 +331,9 @@ pub struct RunResult {
     pub end: Point,
 }
 
-pub fn read_result(cfg: &StudyConfig, cell: &Cell, outcome: CellOutcome) -> RunResult {
-    let epochs = RunLog::read_summary(&cfg.cell_dir(cell).join("summary.csv"));
-    let at = cfg
-        .at_epochs
+pub fn read_result(dir: &Path, at_epochs: &[usize], cell: &Cell, outcome: CellOutcome) -> RunResult {
+    let epochs = RunLog::read_summary(&dir.join("summary.csv"));
+    let at = at_epochs
         .iter()
         .map(|&e| epochs.iter().find(|r| r.epoch + 1 == e).map_or(Point::MISSING, Point::of))
         .collect();
@@ -319,6 +350,13 @@ pub fn activation_params(c: &TrainConfig) -> usize {
         return 0;
     }
     c.model(1).activation_sites().len() * (c.order as usize + 1)
+}
+
+/// Forward MFLOPs per image of all activation sites at the training resolution (see
+/// `ActKind::flops_per_element`), and the convolutions' GMACs for scale.
+pub fn activation_cost(c: &TrainConfig) -> (f64, f64) {
+    let cost = c.model(1000).forward_cost(c.train_size as i64);
+    (cost.act_elements * c.act.flops_per_element(c.order) / 1e6, cost.macs / 1e9)
 }
 
 fn pm(s: &Summary, digits: usize) -> String {
@@ -340,7 +378,7 @@ fn interval(s: &Summary, digits: usize) -> String {
 }
 
 /// The labels and metrics of every reported point: `after E epochs`, then `end`.
-fn points(cfg: &StudyConfig) -> Vec<String> {
+fn points(cfg: &Table) -> Vec<String> {
     cfg.at_epochs.iter().map(|e| format!("epoch {e}")).chain(std::iter::once("end".into())).collect()
 }
 
@@ -350,7 +388,7 @@ fn point_of(r: &RunResult, i: usize) -> Point {
 
 /// Per variant and point: the values over seeds, in seed order (NaN where a run is missing).
 fn values(
-    cfg: &StudyConfig,
+    cfg: &Table,
     results: &[RunResult],
     variant: usize,
     point: usize,
@@ -367,14 +405,14 @@ fn values(
         .collect()
 }
 
-pub fn to_csv(cfg: &StudyConfig, results: &[RunResult]) -> Result<String> {
+pub fn to_csv(cfg: &Table, results: &[RunResult]) -> String {
     let mut out = String::from(
         "variant,point,runs,top1_mean,top1_sd,top1_ci_low,top1_ci_high,top5_mean,top5_sd,train_loss_mean,\
-         train_loss_sd,d_top1_mean,d_top1_ci_low,d_top1_ci_high,d_top1_pairs,verdict_top1,act_params\n",
+         train_loss_sd,d_top1_mean,d_top1_ci_low,d_top1_ci_high,d_top1_pairs,verdict_top1,act_params,act_mflops\n",
     );
-    let base = cfg.baseline();
-    for (v, variant) in cfg.variants.iter().enumerate() {
-        let params = activation_params(&cfg.cell_config(&cfg.cells()[v])?);
+    let base = cfg.baseline;
+    for (v, (variant, cell_cfg)) in cfg.variants.iter().enumerate() {
+        let (params, mflops) = (activation_params(cell_cfg), activation_cost(cell_cfg).0);
         for (p, label) in points(cfg).iter().enumerate() {
             let top1 = values(cfg, results, v, p, |x| x.top1);
             let (s1, s5, sl) = (
@@ -387,8 +425,7 @@ pub fn to_csv(cfg: &StudyConfig, results: &[RunResult]) -> Result<String> {
             let f = |x: f64| if x.is_finite() { format!("{x:.4}") } else { String::new() };
             writeln!(
                 out,
-                "{},{label},{},{},{},{},{},{},{},{},{},{},{},{},{},{verdict},{params}",
-                variant.name,
+                "{variant},{label},{},{},{},{},{},{},{},{},{},{},{},{},{},{verdict},{params},{mflops:.3}",
                 s1.n,
                 f(s1.mean),
                 f(s1.sd),
@@ -406,23 +443,24 @@ pub fn to_csv(cfg: &StudyConfig, results: &[RunResult]) -> Result<String> {
             .ok();
         }
     }
-    Ok(out)
+    out
 }
 
-pub fn to_markdown(cfg: &StudyConfig, results: &[RunResult]) -> Result<String> {
-    let cells = cfg.cells();
-    let base = cfg.baseline();
-    let first = cfg.cell_config(&cells[0])?;
-    let mut md = format!("# Study `{}`\n\n", cfg.name);
+pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
+    let base = cfg.baseline;
+    let first = &cfg.variants[0].1;
+    let mut md = format!("# {}\n\n", cfg.title);
     writeln!(
         md,
         "{} of {} runs done ({} variants x {} seeds: {:?}). Base: {} for {} epochs at {} px, batch {}, on {}. \
          Baseline: `{}`. Values: mean ± sample sd over seeds; 95% CI: mean ± t(0.975, n-1)·sd/√n; Δ top-1: \
          the difference to the baseline paired by seed, with its own 95% CI; verdict: better / worse when \
          that interval excludes 0, else not distinguishable at this n. Diverged runs (a stability guard \
-         stopped them) count as runs but give no end values.\n",
+         stopped them) count as runs but give no end values. Act params: the scalars the activations \
+         add; act MFLOPs: their forward cost per image at {} px (ReLU 1, PolyReLU 2k+1, PolyNorm 5k-1 \
+         per element), next to the convolutions' {:.3} GMACs.\n",
         results.len(),
-        cells.len(),
+        cfg.planned,
         cfg.variants.len(),
         cfg.seeds.len(),
         cfg.seeds,
@@ -431,16 +469,18 @@ pub fn to_markdown(cfg: &StudyConfig, results: &[RunResult]) -> Result<String> {
         first.train_size,
         first.batch_size,
         first.data.as_ref().map_or("the embedded procedural dataset".into(), |d| format!("`{}`", d.display())),
-        cfg.variants[base].name
+        cfg.variants[base].0,
+        first.train_size,
+        activation_cost(first).1,
     )
     .ok();
     for (p, label) in points(cfg).iter().enumerate() {
         writeln!(md, "## Top-1 / top-5 / train loss at {label}\n").ok();
         md.push_str(
-            "| variant | runs | diverged | top-1 (%) | 95% CI | top-5 (%) | train loss | Δ top-1 vs baseline | 95% CI | verdict | act params |\n\
-             |---|---:|---:|---:|---|---:|---:|---:|---|---|---:|\n",
+            "| variant | runs | diverged | top-1 (%) | 95% CI | top-5 (%) | train loss | Δ top-1 vs baseline | 95% CI | verdict | act params | act MFLOPs |\n\
+             |---|---:|---:|---:|---|---:|---:|---:|---|---|---:|---:|\n",
         );
-        for (v, variant) in cfg.variants.iter().enumerate() {
+        for (v, (variant, cell_cfg)) in cfg.variants.iter().enumerate() {
             let runs: Vec<&RunResult> = results.iter().filter(|r| r.cell.variant == v).collect();
             let diverged = runs.iter().filter(|r| r.outcome.status == "diverged").count();
             let top1 = values(cfg, results, v, p, |x| x.top1);
@@ -459,11 +499,10 @@ pub fn to_markdown(cfg: &StudyConfig, results: &[RunResult]) -> Result<String> {
                 };
                 (delta, interval(&d.diff, 2), d.verdict.words(d.diff.n))
             };
-            let params = activation_params(&cfg.cell_config(&cells[v])?);
+            let (params, mflops) = (activation_params(cell_cfg), activation_cost(cell_cfg).0);
             writeln!(
                 md,
-                "| {} | {} | {diverged} | {} | {} | {} | {} | {delta} | {delta_ci} | {verdict} | {params} |",
-                variant.name,
+                "| {variant} | {} | {diverged} | {} | {} | {} | {} | {delta} | {delta_ci} | {verdict} | {params} | {mflops:.2} |",
                 runs.len(),
                 pm(&s1, 2),
                 interval(&s1, 2),
@@ -479,19 +518,19 @@ pub fn to_markdown(cfg: &StudyConfig, results: &[RunResult]) -> Result<String> {
         let f = |x: f64, d: usize| if x.is_finite() { format!("{x:.d$}") } else { "-".into() };
         writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {:.1} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.cell.name,
             r.outcome.status,
             r.epochs_done,
             f(r.end.top1, 2),
             f(r.end.top5, 2),
             f(r.end.train_loss, 4),
-            r.outcome.seconds / 60.0,
+            f(r.outcome.seconds / 60.0, 1),
             r.outcome.reason.as_deref().unwrap_or("").replace('|', "/"),
         )
         .ok();
     }
-    Ok(md)
+    md
 }
 
 /// The finished cells' results, in grid order.
@@ -499,7 +538,7 @@ pub fn results(cfg: &StudyConfig) -> Result<Vec<RunResult>> {
     let mut out = Vec::new();
     for cell in cfg.cells() {
         if let CellState::Done(outcome) = cell_state(cfg, &cell)? {
-            out.push(read_result(cfg, &cell, outcome));
+            out.push(read_result(&cfg.cell_dir(&cell), &cfg.at_epochs, &cell, outcome));
         }
     }
     Ok(out)
@@ -509,7 +548,103 @@ pub fn results(cfg: &StudyConfig) -> Result<Vec<RunResult>> {
 pub fn write_tables(cfg: &StudyConfig) -> Result<Vec<RunResult>> {
     let results = results(cfg)?;
     let dir = cfg.dir();
-    write_atomic(&dir.join("study.csv"), to_csv(cfg, &results)?.as_bytes())?;
-    write_atomic(&dir.join("study.md"), to_markdown(cfg, &results)?.as_bytes())?;
+    let table = cfg.table()?;
+    write_atomic(&dir.join("study.csv"), to_csv(&table, &results).as_bytes())?;
+    write_atomic(&dir.join("study.md"), to_markdown(&table, &results).as_bytes())?;
     Ok(results)
+}
+
+/// A table over finished run folders (`report --table`): runs named `<variant>-s<seed>` (a study's
+/// cells) are grouped by variant, anything else is a variant of its own; the seed is the run's
+/// own `seed`. A run counts as finished when its `study-cell.toml` says so or all its epochs are
+/// in summary.csv; others ("partial") give values at the epochs they reached and no end values.
+pub fn table_of_runs(
+    runs: &[PathBuf],
+    at_epochs: &[usize],
+    baseline: Option<&str>,
+) -> Result<(Table, Vec<RunResult>)> {
+    let mut variants: Vec<(String, TrainConfig)> = Vec::new();
+    let mut seeds: Vec<u64> = Vec::new();
+    let mut results = Vec::new();
+    for (index, dir) in runs.iter().enumerate() {
+        let (c, _) = super::config::read_run(dir)?;
+        let folder = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = match folder.rsplit_once("-s") {
+            Some((v, seed)) if !v.is_empty() && seed.parse::<u64>().is_ok() => v.to_string(),
+            _ => folder.clone(),
+        };
+        let variant = match variants.iter().position(|v| v.0 == name) {
+            Some(i) => i,
+            None => {
+                variants.push((name.clone(), c.clone()));
+                variants.len() - 1
+            }
+        };
+        if results.iter().any(|r: &RunResult| r.cell.variant == variant && r.cell.seed == c.seed) {
+            return Err(Error::Usage(format!(
+                "{}: a second run of {name} with seed {}",
+                dir.display(),
+                c.seed
+            )));
+        }
+        if !seeds.contains(&c.seed) {
+            seeds.push(c.seed);
+        }
+        let marker = dir.join(MARKER);
+        let outcome = if marker.is_file() {
+            let text = std::fs::read_to_string(&marker).map_err(|e| Error::io(&marker, e))?;
+            toml::from_str(&text).map_err(|e| Error::file(&marker, format!("unreadable: {e}")))?
+        } else {
+            let done = RunLog::read_summary(&dir.join("summary.csv")).len() >= c.epochs;
+            CellOutcome {
+                status: if done { "finished" } else { "partial" }.into(),
+                reason: None,
+                seconds: f64::NAN,
+            }
+        };
+        let cell = Cell { index, variant, seed: c.seed, name: folder };
+        results.push(read_result(dir, at_epochs, &cell, outcome));
+    }
+    if variants.is_empty() {
+        return Err(Error::Usage("report --table needs at least one run folder".into()));
+    }
+    let baseline = match baseline {
+        Some(b) => variants.iter().position(|v| v.0 == b).ok_or_else(|| {
+            Error::Usage(format!(
+                "--baseline {b}: not one of the runs' variants ({})",
+                variants.iter().map(|v| v.0.as_str()).collect::<Vec<_>>().join(", ")
+            ))
+        })?,
+        None => 0,
+    };
+    let table = Table {
+        title: format!("{} runs", runs.len()),
+        seeds,
+        at_epochs: at_epochs.to_vec(),
+        baseline,
+        variants,
+        planned: runs.len(),
+    };
+    Ok((table, results))
+}
+
+/// The runs of each variant, for `report::draw_groups`; `dir_of` gives a result's run folder.
+pub fn curve_groups(
+    table: &Table,
+    results: &[RunResult],
+    dir_of: impl Fn(&RunResult) -> PathBuf,
+) -> Result<Vec<crate::report::Group>> {
+    table
+        .variants
+        .iter()
+        .enumerate()
+        .map(|(v, (name, _))| {
+            let runs = results
+                .iter()
+                .filter(|r| r.cell.variant == v)
+                .map(|r| crate::report::load(&dir_of(r)))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(crate::report::Group { label: name.clone(), runs })
+        })
+        .collect()
 }
