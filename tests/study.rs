@@ -18,6 +18,7 @@ output = "{out}"
 seeds = {seeds}
 baseline = "relu"
 at_epochs = [1]
+bench_steps = 1
 
 [train]
 data = "{data}"
@@ -120,6 +121,14 @@ fn tiny_study_resumes_after_a_kill_runs_in_parallel_and_refuses_a_changed_grid()
     // PolyNorm-3 adds 4 scalars at each of ResNet-18's 17 sites (the stem, 2 in each of 8 blocks).
     assert_eq!(end[16], (17 * 4).to_string(), "{end:?}");
     let md = std::fs::read_to_string(out.join("tiny/study.md")).unwrap();
+    // bench_steps: each variant's step measured once, after the runs, into the table.
+    let costs = std::fs::read_to_string(out.join("tiny/bench.toml")).unwrap();
+    assert!(
+        costs.contains("[relu]") && costs.contains("[polynorm]") && costs.contains("ms_per_step"),
+        "{costs}"
+    );
+    let ms = |row: &Vec<&str>| row[18].parse::<f64>().unwrap_or(0.0);
+    assert!(rows.iter().all(|r| ms(r) > 0.0), "{csv}");
     assert!(md.contains("4 of 4 runs done") && md.contains("at epoch 1") && md.contains("at end"), "{md}");
     assert!(md.contains("| relu | 2 | 0 |") && md.contains("baseline"), "{md}");
 
@@ -140,10 +149,11 @@ fn tiny_study_resumes_after_a_kill_runs_in_parallel_and_refuses_a_changed_grid()
     let out_report = Command::new(common::bin()).args(&args).output().unwrap();
     let report = String::from_utf8_lossy(&out_report.stdout);
     assert!(out_report.status.success(), "{report}{}", String::from_utf8_lossy(&out_report.stderr));
+    // (The study's rows also carry the measured step: their last two columns.)
     let variant_rows = |text: &str| -> Vec<String> {
         text.lines()
             .filter(|l| l.starts_with("| relu |") || l.starts_with("| polynorm |"))
-            .map(String::from)
+            .map(|l| l.split('|').take(13).collect::<Vec<_>>().join("|"))
             .collect()
     };
     assert_eq!(variant_rows(&report).len(), 4, "{report}");

@@ -39,6 +39,12 @@ pub struct StudyConfig {
     /// The variants: a `name` and any training keys, applied over `train`. `recipe = "FILE"`
     /// applies a training config file first (keys of the variant win).
     pub variants: Vec<Variant>,
+    /// Also measure each variant's training step with `resnet-train bench` (this many timed
+    /// steps on synthetic data, at its arch, activation, precision, batch size, train size and
+    /// device) for the table's step-time and memory columns; 0: no measurement. Not part of the
+    /// grid: it may be added to a running study.
+    #[serde(default)]
+    pub bench_steps: usize,
 }
 
 fn default_output() -> PathBuf {
@@ -189,6 +195,17 @@ pub struct Table {
     pub variants: Vec<(String, TrainConfig)>,
     /// Runs planned (variants x seeds for a study).
     pub planned: usize,
+    /// Each variant's measured training step, where measured.
+    pub step_costs: Vec<Option<StepCost>>,
+}
+
+/// A variant's training step as `resnet-train bench` measures it (a fresh process, synthetic
+/// data on the device): time, and memory (CUDA: the allocator's peak; CPU: the rise of the
+/// process's RSS over the step).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepCost {
+    pub ms_per_step: f64,
+    pub memory_gib: f64,
 }
 
 impl StudyConfig {
@@ -200,6 +217,8 @@ impl StudyConfig {
             .zip(&cells)
             .map(|(v, cell)| Ok((v.name.clone(), self.cell_config(cell)?)))
             .collect::<Result<Vec<_>>>()?;
+        let measured = read_step_costs(&self.dir())?;
+        let step_costs = self.variants.iter().map(|v| measured.get(&v.name).cloned()).collect();
         Ok(Table {
             title: format!("Study `{}`", self.name),
             seeds: self.seeds.clone(),
@@ -207,6 +226,7 @@ impl StudyConfig {
             baseline: self.baseline(),
             variants,
             planned: cells.len(),
+            step_costs,
         })
     }
 }
@@ -235,13 +255,14 @@ pub fn cell_state(cfg: &StudyConfig, cell: &Cell) -> Result<CellState> {
 pub fn claim_folder(cfg: &StudyConfig) -> Result<()> {
     let dir = cfg.dir();
     let saved_path = dir.join("study.toml");
-    let text =
-        toml::to_string_pretty(cfg).map_err(|e| Error::Usage(format!("cannot serialise the study: {e}")))?;
+    // The grid: everything but bench_steps (which changes no run).
+    let grid = |c: &StudyConfig| toml::to_string_pretty(&StudyConfig { bench_steps: 0, ..c.clone() }).ok();
+    let text = grid(cfg).ok_or_else(|| Error::Usage("cannot serialise the study".into()))?;
     if saved_path.exists() {
         let saved_text = std::fs::read_to_string(&saved_path).map_err(|e| Error::io(&saved_path, e))?;
         let saved: StudyConfig = toml::from_str(&saved_text)
             .map_err(|e| Error::file(&saved_path, format!("bad study config: {e}")))?;
-        if toml::to_string_pretty(&saved).ok().as_ref() != Some(&text) {
+        if grid(&saved).as_ref() != Some(&text) {
             return Err(Error::file(
                 &saved_path,
                 "this folder holds a study with a different grid or base config: rerun with the same \
@@ -408,11 +429,15 @@ fn values(
 pub fn to_csv(cfg: &Table, results: &[RunResult]) -> String {
     let mut out = String::from(
         "variant,point,runs,top1_mean,top1_sd,top1_ci_low,top1_ci_high,top5_mean,top5_sd,train_loss_mean,\
-         train_loss_sd,d_top1_mean,d_top1_ci_low,d_top1_ci_high,d_top1_pairs,verdict_top1,act_params,act_mflops\n",
+         train_loss_sd,d_top1_mean,d_top1_ci_low,d_top1_ci_high,d_top1_pairs,verdict_top1,act_params,act_mflops,\
+         ms_per_step,step_memory_gib\n",
     );
     let base = cfg.baseline;
     for (v, (variant, cell_cfg)) in cfg.variants.iter().enumerate() {
         let (params, mflops) = (activation_params(cell_cfg), activation_cost(cell_cfg).0);
+        let (ms, mem) = cfg.step_costs[v].as_ref().map_or((String::new(), String::new()), |c| {
+            (format!("{:.2}", c.ms_per_step), format!("{:.3}", c.memory_gib))
+        });
         for (p, label) in points(cfg).iter().enumerate() {
             let top1 = values(cfg, results, v, p, |x| x.top1);
             let (s1, s5, sl) = (
@@ -425,7 +450,7 @@ pub fn to_csv(cfg: &Table, results: &[RunResult]) -> String {
             let f = |x: f64| if x.is_finite() { format!("{x:.4}") } else { String::new() };
             writeln!(
                 out,
-                "{variant},{label},{},{},{},{},{},{},{},{},{},{},{},{},{},{verdict},{params},{mflops:.3}",
+                "{variant},{label},{},{},{},{},{},{},{},{},{},{},{},{},{},{verdict},{params},{mflops:.3},{ms},{mem}",
                 s1.n,
                 f(s1.mean),
                 f(s1.sd),
@@ -458,7 +483,8 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
          that interval excludes 0, else not distinguishable at this n. Diverged runs (a stability guard \
          stopped them) count as runs but give no end values. Act params: the scalars the activations \
          add; act MFLOPs: their forward cost per image at {} px (ReLU 1, PolyReLU 2k+1, PolyNorm 5k-1 \
-         per element), next to the convolutions' {:.3} GMACs.\n",
+         per element), next to the convolutions' {:.3} GMACs. ms/step and step memory: `resnet-train bench` \
+         of the variant's training step (with `bench_steps`; CUDA: the allocator's peak, CPU: the RSS rise).\n",
         results.len(),
         cfg.planned,
         cfg.variants.len(),
@@ -477,8 +503,8 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
     for (p, label) in points(cfg).iter().enumerate() {
         writeln!(md, "## Top-1 / top-5 / train loss at {label}\n").ok();
         md.push_str(
-            "| variant | runs | diverged | top-1 (%) | 95% CI | top-5 (%) | train loss | Δ top-1 vs baseline | 95% CI | verdict | act params | act MFLOPs |\n\
-             |---|---:|---:|---:|---|---:|---:|---:|---|---|---:|---:|\n",
+            "| variant | runs | diverged | top-1 (%) | 95% CI | top-5 (%) | train loss | Δ top-1 vs baseline | 95% CI | verdict | act params | act MFLOPs | ms/step | step memory (GiB) |\n\
+             |---|---:|---:|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|\n",
         );
         for (v, (variant, cell_cfg)) in cfg.variants.iter().enumerate() {
             let runs: Vec<&RunResult> = results.iter().filter(|r| r.cell.variant == v).collect();
@@ -500,9 +526,12 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
                 (delta, interval(&d.diff, 2), d.verdict.words(d.diff.n))
             };
             let (params, mflops) = (activation_params(cell_cfg), activation_cost(cell_cfg).0);
+            let (ms, mem) = cfg.step_costs[v].as_ref().map_or(("-".into(), "-".into()), |c| {
+                (format!("{:.1}", c.ms_per_step), format!("{:.3}", c.memory_gib))
+            });
             writeln!(
                 md,
-                "| {variant} | {} | {diverged} | {} | {} | {} | {} | {delta} | {delta_ci} | {verdict} | {params} | {mflops:.2} |",
+                "| {variant} | {} | {diverged} | {} | {} | {} | {} | {delta} | {delta_ci} | {verdict} | {params} | {mflops:.2} | {ms} | {mem} |",
                 runs.len(),
                 pm(&s1, 2),
                 interval(&s1, 2),
@@ -622,6 +651,7 @@ pub fn table_of_runs(
         seeds,
         at_epochs: at_epochs.to_vec(),
         baseline,
+        step_costs: vec![None; variants.len()],
         variants,
         planned: runs.len(),
     };
@@ -647,4 +677,85 @@ pub fn curve_groups(
             Ok(crate::report::Group { label: name.clone(), runs })
         })
         .collect()
+}
+
+const STEP_COSTS: &str = "bench.toml";
+
+fn read_step_costs(dir: &Path) -> Result<std::collections::BTreeMap<String, StepCost>> {
+    let path = dir.join(STEP_COSTS);
+    if !path.is_file() {
+        return Ok(Default::default());
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    toml::from_str(&text).map_err(|e| Error::file(&path, format!("unreadable: {e}")))
+}
+
+/// `resnet-train bench` flags for a cell config's training step.
+pub fn bench_flags(c: &TrainConfig, steps: usize) -> Vec<String> {
+    fn name<T: clap::ValueEnum>(v: T) -> String {
+        v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
+    }
+    let mut f: Vec<String> = [
+        ("--arch", name(c.arch)),
+        ("--act", name(c.act)),
+        ("--order", c.order.to_string()),
+        ("--act-impl", name(c.act_impl)),
+        ("--precision", name(c.precision)),
+        ("--opt", name(c.opt)),
+        ("--batch", c.batch_size.to_string()),
+        ("--res", c.train_size.to_string()),
+        ("--device", c.device.clone()),
+        ("--steps", steps.to_string()),
+        ("--warmup", steps.div_ceil(3).max(1).to_string()),
+        ("--threads", c.torch_threads.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_string(), v])
+    .collect();
+    for (on, flag) in
+        [(c.channels_last, "--channels-last"), (c.act_out_lowp, "--act-out-lowp"), (true, "--json")]
+    {
+        if on {
+            f.push(flag.into());
+        }
+    }
+    f
+}
+
+/// Measures every variant's training step not measured yet (one `exe bench` process each, one
+/// at a time so that they do not share the machine) into `bench.toml`.
+pub fn measure_step_costs(cfg: &StudyConfig, exe: &Path) -> Result<()> {
+    if cfg.bench_steps == 0 {
+        return Ok(());
+    }
+    let dir = cfg.dir();
+    let mut costs = read_step_costs(&dir)?;
+    for (v, cell) in cfg.variants.iter().zip(cfg.cells()) {
+        if costs.contains_key(&v.name) {
+            continue;
+        }
+        let flags = bench_flags(&cfg.cell_config(&cell)?, cfg.bench_steps);
+        println!("study      bench {}: resnet-train bench {}", v.name, flags.join(" "));
+        let out = std::process::Command::new(exe)
+            .arg("bench")
+            .args(&flags)
+            .output()
+            .map_err(|e| Error::Usage(format!("cannot run bench: {e}")))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let row: Option<serde_json::Value> = stdout.lines().last().and_then(|l| serde_json::from_str(l).ok());
+        let Some(row) = row.filter(|_| out.status.success()) else {
+            return Err(Error::Usage(format!(
+                "bench of variant {} failed: {}",
+                v.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        };
+        let memory =
+            row.get("max_mem_gib").or(row.get("step_rss_gib")).and_then(|m| m.as_f64()).unwrap_or(f64::NAN);
+        let ms = row.get("ms_per_step").and_then(|m| m.as_f64()).unwrap_or(f64::NAN);
+        costs.insert(v.name.clone(), StepCost { ms_per_step: ms, memory_gib: memory });
+        let text = toml::to_string(&costs).map_err(|e| Error::Usage(format!("cannot serialise: {e}")))?;
+        write_atomic(&dir.join(STEP_COSTS), text.as_bytes())?;
+    }
+    Ok(())
 }
