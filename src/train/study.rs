@@ -430,7 +430,7 @@ pub fn to_csv(cfg: &Table, results: &[RunResult]) -> String {
     let mut out = String::from(
         "variant,point,runs,top1_mean,top1_sd,top1_ci_low,top1_ci_high,top5_mean,top5_sd,train_loss_mean,\
          train_loss_sd,d_top1_mean,d_top1_ci_low,d_top1_ci_high,d_top1_pairs,verdict_top1,act_params,act_mflops,\
-         ms_per_step,step_memory_gib\n",
+         ms_per_step,step_memory_gib,d_train_loss_mean,d_train_loss_ci_low,d_train_loss_ci_high,verdict_train_loss\n",
     );
     let base = cfg.baseline;
     for (v, (variant, cell_cfg)) in cfg.variants.iter().enumerate() {
@@ -447,10 +447,16 @@ pub fn to_csv(cfg: &Table, results: &[RunResult]) -> String {
             );
             let d = paired(&top1, &values(cfg, results, base, p, |x| x.top1), Better::Higher);
             let verdict = if v == base { "baseline".to_string() } else { d.verdict.words(d.diff.n) };
+            let dl = paired(
+                &values(cfg, results, v, p, |x| x.train_loss),
+                &values(cfg, results, base, p, |x| x.train_loss),
+                Better::Lower,
+            );
+            let loss_verdict = if v == base { "baseline".to_string() } else { dl.verdict.words(dl.diff.n) };
             let f = |x: f64| if x.is_finite() { format!("{x:.4}") } else { String::new() };
             writeln!(
                 out,
-                "{variant},{label},{},{},{},{},{},{},{},{},{},{},{},{},{},{verdict},{params},{mflops:.3},{ms},{mem}",
+                "{variant},{label},{},{},{},{},{},{},{},{},{},{},{},{},{},{verdict},{params},{mflops:.3},{ms},{mem},{},{},{},{loss_verdict}",
                 s1.n,
                 f(s1.mean),
                 f(s1.sd),
@@ -464,6 +470,9 @@ pub fn to_csv(cfg: &Table, results: &[RunResult]) -> String {
                 f(d.diff.low()),
                 f(d.diff.high()),
                 d.diff.n,
+                f(dl.diff.mean),
+                f(dl.diff.low()),
+                f(dl.diff.high()),
             )
             .ok();
         }
@@ -478,8 +487,8 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
     writeln!(
         md,
         "{} of {} runs done ({} variants x {} seeds: {:?}). Base: {} for {} epochs at {} px, batch {}, on {}. \
-         Baseline: `{}`. Values: mean ± sample sd over seeds; 95% CI: mean ± t(0.975, n-1)·sd/√n; Δ top-1: \
-         the difference to the baseline paired by seed, with its own 95% CI; verdict: better / worse when \
+         Baseline: `{}`. Values: mean ± sample sd over seeds; 95% CI: mean ± t(0.975, n-1)·sd/√n; Δ top-1 and Δ train \
+         loss: the differences to the baseline paired by seed, each with its own 95% CI; verdict: better / worse when \
          that interval excludes 0, else not distinguishable at this n. Diverged runs (a stability guard \
          stopped them) count as runs but give no end values. Act params: the scalars the activations \
          add; act MFLOPs: their forward cost per image at {} px (ReLU 1, PolyReLU 2k+1, PolyNorm 5k-1 \
@@ -503,8 +512,8 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
     for (p, label) in points(cfg).iter().enumerate() {
         writeln!(md, "## Top-1 / top-5 / train loss at {label}\n").ok();
         md.push_str(
-            "| variant | runs | diverged | top-1 (%) | 95% CI | top-5 (%) | train loss | Δ top-1 vs baseline | 95% CI | verdict | act params | act MFLOPs | ms/step | step memory (GiB) |\n\
-             |---|---:|---:|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|\n",
+            "| variant | runs | diverged | top-1 (%) | 95% CI | top-5 (%) | train loss | Δ top-1 vs baseline | 95% CI | verdict | act params | act MFLOPs | ms/step | step memory (GiB) | Δ train loss vs baseline (95% CI) | verdict |\n\
+             |---|---:|---:|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|---|---|\n",
         );
         for (v, (variant, cell_cfg)) in cfg.variants.iter().enumerate() {
             let runs: Vec<&RunResult> = results.iter().filter(|r| r.cell.variant == v).collect();
@@ -525,13 +534,25 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
                 };
                 (delta, interval(&d.diff, 2), d.verdict.words(d.diff.n))
             };
+            let (loss_delta, loss_verdict) = if v == base {
+                ("-".to_string(), "baseline".to_string())
+            } else {
+                let loss = values(cfg, results, v, p, |x| x.train_loss);
+                let d = paired(&loss, &values(cfg, results, base, p, |x| x.train_loss), Better::Lower);
+                let delta = if d.diff.n == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:+.4} {}", d.diff.mean, interval(&d.diff, 4))
+                };
+                (delta, d.verdict.words(d.diff.n))
+            };
             let (params, mflops) = (activation_params(cell_cfg), activation_cost(cell_cfg).0);
             let (ms, mem) = cfg.step_costs[v].as_ref().map_or(("-".into(), "-".into()), |c| {
                 (format!("{:.1}", c.ms_per_step), format!("{:.3}", c.memory_gib))
             });
             writeln!(
                 md,
-                "| {variant} | {} | {diverged} | {} | {} | {} | {} | {delta} | {delta_ci} | {verdict} | {params} | {mflops:.2} | {ms} | {mem} |",
+                "| {variant} | {} | {diverged} | {} | {} | {} | {} | {delta} | {delta_ci} | {verdict} | {params} | {mflops:.2} | {ms} | {mem} | {loss_delta} | {loss_verdict} |",
                 runs.len(),
                 pm(&s1, 2),
                 interval(&s1, 2),
