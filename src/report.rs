@@ -124,20 +124,13 @@ fn group_panels<DB: DrawingBackend>(
     ];
     for (area, (title, pick)) in areas.iter().zip(specs) {
         let bands: Vec<Vec<(f64, f64, f64)>> = groups.iter().map(|g| mean_band(&g.runs, &pick)).collect();
-        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-        for &(x, m, sd) in bands.iter().flatten() {
-            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(m - sd), y1.max(m + sd));
-        }
-        if x0 > x1 {
-            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-        }
-        let pad = ((y1 - y0) * 0.05).max(1e-6);
+        let (xs, ys) = axis_ranges(bands.iter().flatten().flat_map(|&(x, m, sd)| [(x, m - sd), (x, m + sd)]));
         let mut chart = ChartBuilder::on(area)
             .caption(format!("{title} vs epoch (mean ± sd over seeds)"), ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d(x0..x1.max(x0 + 1e-6), (y0 - pad)..(y1 + pad))
+            .build_cartesian_2d(xs, ys)
             .map_err(|e| e.to_string())?;
         chart.configure_mesh().x_desc("epoch").y_desc(title).draw().map_err(|e| e.to_string())?;
         for (i, (group, band)) in groups.iter().zip(&bands).enumerate() {
@@ -351,6 +344,19 @@ fn heatmaps<DB: DrawingBackend>(
 
 type Series = Vec<(f64, f64)>;
 
+/// The x range of the points and their y range padded by 5% (unit ranges when there are none).
+fn axis_ranges(points: impl Iterator<Item = (f64, f64)>) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for (x, y) in points {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if x0 > x1 {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    (x0..x1.max(x0 + 1e-6), (y0 - pad)..(y1 + pad))
+}
+
 fn panels<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     runs: &[RunCurves],
@@ -377,21 +383,13 @@ fn panels<DB: DrawingBackend>(
         ("train loss", "wall time (min)", pick(&|e| Some(e.train_loss), true)),
     ];
     for (area, (title, xlabel, series)) in areas.iter().zip(specs) {
-        let pts = series.iter().flatten();
-        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-        for &(x, y) in pts {
-            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
-        }
-        if x0 > x1 {
-            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-        }
-        let pad = ((y1 - y0) * 0.05).max(1e-6);
+        let (xs, ys) = axis_ranges(series.iter().flatten().copied());
         let mut chart = ChartBuilder::on(area)
             .caption(format!("{title} vs {xlabel}"), ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d(x0..x1.max(x0 + 1e-6), (y0 - pad)..(y1 + pad))
+            .build_cartesian_2d(xs, ys)
             .map_err(|e| e.to_string())?;
         chart.configure_mesh().x_desc(xlabel).y_desc(title).draw().map_err(|e| e.to_string())?;
         for (i, (run, s)) in runs.iter().zip(series).enumerate() {
