@@ -37,6 +37,14 @@ fn main() {
         .file("src/ffi/polycom_cuda.cpp")
         .compile("resnet_train_shim");
 
+    // c10d (TCPStore, ProcessGroupGloo) against a stub of gloo's headers: the wheel ships c10d's
+    // headers but not gloo's, while libtorch_cpu.so contains gloo (see src/ffi/gloo_stub/).
+    torch_build()
+        .file("src/ffi/dist.cpp")
+        .include("src/ffi/gloo_stub")
+        .define("USE_C10D_GLOO", None)
+        .compile("resnet_train_dist");
+
     // The fused activations' CPU kernels, once per instruction set (as ATen builds its own), with
     // OpenMP on: at::parallel_for is a header template that runs on OpenMP's pool only when the
     // caller is compiled with -fopenmp (libtorch's libgomp serves it at run time).
@@ -77,10 +85,13 @@ fn main() {
         "polycom_cpu.cpp",
         "polycom_cuda.cpp",
         "polycom.cu",
+        "dist.cpp",
+        "guarded.h",
     ] {
         println!("cargo:rerun-if-changed=src/ffi/{f}");
     }
     println!("cargo:rerun-if-changed=src/ffi/shim.h");
+    println!("cargo:rerun-if-changed=src/ffi/gloo_stub");
     println!("cargo:rerun-if-changed=src/ffi/jpeg_shim.c");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
 }

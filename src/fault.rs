@@ -3,6 +3,7 @@
 //! with timers could only hope to land. Points: `setup` (the run folder is set up, before the
 //! first step), `step` (after a step is logged), `eval` (an evaluation has started),
 //! `write:<file name>` (a file's new contents are on disk under the temp name, not yet renamed).
+//! With `RESNET_TRAIN_FAULT_RANK=r` only rank r of a data-parallel job (`RANK`) is killed.
 //! Without the variable every point is a no-op.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +14,11 @@ fn target() -> Option<&'static (String, usize)> {
     TARGET
         .get_or_init(|| {
             let v = std::env::var("RESNET_TRAIN_FAULT").ok()?;
+            if let Ok(rank) = std::env::var("RESNET_TRAIN_FAULT_RANK") {
+                if std::env::var("RANK").ok()? != rank {
+                    return None;
+                }
+            }
             let (name, n) = v.rsplit_once('@').unwrap_or((&v, "1"));
             Some((name.to_string(), n.parse().ok()?))
         })

@@ -2,6 +2,7 @@
 //! trained with mixed precision on libtorch.
 pub mod cli;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod fault;
 pub mod ffi;

@@ -32,3 +32,14 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
     Ok(device)
 }
+
+/// This very binary, for child processes (study jobs, launched ranks, step measurements):
+/// /proc/self/exe runs it even if the file was rebuilt or replaced meanwhile (its path would then
+/// name another program, or nothing: "... (deleted)").
+pub fn this_program() -> Result<std::path::PathBuf> {
+    let proc_exe = std::path::PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe);
+    }
+    std::env::current_exe().map_err(|e| Error::Usage(format!("cannot find this program: {e}")))
+}

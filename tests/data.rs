@@ -85,6 +85,14 @@ fn distributed_sampler_semantics() {
     // drop_last: truncated to 9.
     let d = Sampler { drop_last: true, ..s };
     assert_eq!((0..3).map(|r| Sampler { rank: r, ..d }.indices(0).len()).sum::<usize>(), 9);
+    // uneven (evaluation): every sample exactly once over the ranks, none padded.
+    let u = Sampler { uneven: true, ..s };
+    let shares: Vec<Vec<usize>> = (0..3).map(|r| Sampler { rank: r, ..u }.indices(0)).collect();
+    assert_eq!(shares, vec![vec![0, 3, 6, 9], vec![1, 4, 7], vec![2, 5, 8]]);
+    for (r, share) in shares.iter().enumerate() {
+        assert_eq!(Sampler { rank: r, ..u }.per_rank(), share.len());
+    }
+    assert_eq!(Sampler { rank: 3, world: 4, ..Sampler { len: 2, ..u } }.per_rank(), 0);
     // Shuffled: a permutation that depends on (seed, epoch) only; ranks partition it.
     let sh = Sampler { shuffle: true, seed: 5, ..Sampler::new(1000, true, 5) };
     let p0 = sh.indices(3);

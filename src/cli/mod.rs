@@ -5,6 +5,7 @@ pub mod bench_data;
 pub mod check_act;
 pub mod eval;
 pub mod init;
+pub mod launch;
 pub mod make_demo_data;
 pub mod predict;
 pub mod report;
@@ -53,6 +54,8 @@ pub enum Command {
     CheckAct(check_act::CheckActArgs),
     /// Full training runs over variants x seeds, and whether each variant's difference is real.
     Study(study::StudyArgs),
+    /// Data-parallel training on this node's processes (torchrun's environment; c10d).
+    Launch(launch::LaunchArgs),
 }
 
 /// The flags that define a model's shape and initial values.
@@ -130,5 +133,6 @@ pub fn run(cli: Cli) -> crate::error::Result<()> {
         Some(Command::Ablate(a)) => ablate::run(a),
         Some(Command::Study(a)) => study::run(a),
         Some(Command::CheckAct(a)) => check_act::run(a),
+        Some(Command::Launch(a)) => launch::run(a),
     }
 }

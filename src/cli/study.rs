@@ -94,7 +94,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
         run_parallel(&a, &cfg, threads)?;
     }
     // After the runs, so that the measurements have the machine to themselves.
-    study::measure_step_costs(&cfg, &this_program()?)?;
+    study::measure_step_costs(&cfg, &crate::runtime::this_program()?)?;
     let results = study::write_tables(&cfg)?;
     let mut outputs = vec![cfg.dir().join("study.md"), cfg.dir().join("study.csv")];
     // The tables are written; a figure that cannot be drawn (no font) is a warning.
@@ -115,21 +115,10 @@ pub fn run(a: StudyArgs) -> Result<()> {
     Ok(())
 }
 
-/// This very binary, for the jobs and the step measurements: /proc/self/exe runs it even if the
-/// file was rebuilt or replaced during a long study (its path would then name another program, or
-/// nothing: "... (deleted)").
-fn this_program() -> Result<PathBuf> {
-    let proc_exe = PathBuf::from("/proc/self/exe");
-    if proc_exe.exists() {
-        return Ok(proc_exe);
-    }
-    std::env::current_exe().map_err(|e| Error::Usage(format!("cannot find this program: {e}")))
-}
-
 /// Runs the unfinished cells `--jobs` at a time, each as `resnet-train study --cell I` with its
 /// output in `logs/<cell>.log`. A signal stops them all (each checkpoints; rerun to continue).
 fn run_parallel(a: &StudyArgs, cfg: &StudyConfig, threads: usize) -> Result<()> {
-    let exe = this_program()?;
+    let exe = crate::runtime::this_program()?;
     let logs = cfg.dir().join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| Error::io(&logs, e))?;
     let mut pending: Vec<study::Cell> = Vec::new();

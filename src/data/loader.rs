@@ -37,6 +37,8 @@ pub struct LoaderConfig {
     pub pin_memory: bool,
     pub rank: usize,
     pub world: usize,
+    /// Shard without padding (evaluation; see `Sampler::uneven`).
+    pub uneven_shards: bool,
 }
 
 impl LoaderConfig {
@@ -53,6 +55,7 @@ impl LoaderConfig {
             pin_memory: false,
             rank: 0,
             world: 1,
+            uneven_shards: false,
         }
     }
 }
@@ -148,6 +151,7 @@ impl Loader {
             rank: self.cfg.rank,
             world: self.cfg.world,
             drop_last: false,
+            uneven: self.cfg.uneven_shards,
         }
     }
 

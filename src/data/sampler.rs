@@ -1,7 +1,9 @@
 //! Which samples each rank sees in an epoch, with `torch.utils.data.DistributedSampler`'s rules:
 //! a permutation that depends only on (seed, epoch); without `drop_last` the list is padded by
 //! repeating its start until it divides by the world size, with it truncated; rank r takes every
-//! world-th index starting at r. Batches are consecutive chunks of that list.
+//! world-th index starting at r. Batches are consecutive chunks of that list. Evaluation shards
+//! `uneven`ly instead (no padding: every sample once over all ranks, so that sharded counts add up
+//! to the single-process evaluation exactly).
 
 use crate::rng::SplitMix64;
 
@@ -14,11 +16,13 @@ pub struct Sampler {
     pub world: usize,
     /// Drop the tail that does not divide by the world size (instead of padding).
     pub drop_last: bool,
+    /// Neither pad nor drop: ranks' shares differ by at most one sample (evaluation).
+    pub uneven: bool,
 }
 
 impl Sampler {
     pub fn new(len: usize, shuffle: bool, seed: u64) -> Self {
-        Self { len, shuffle, seed, rank: 0, world: 1, drop_last: false }
+        Self { len, shuffle, seed, rank: 0, world: 1, drop_last: false, uneven: false }
     }
 
     /// This rank's dataset indices for `epoch`.
@@ -32,7 +36,13 @@ impl Sampler {
             }
         }
         let world = self.world.max(1);
-        let total = if self.drop_last { self.len / world * world } else { self.len.div_ceil(world) * world };
+        let total = if self.uneven {
+            self.len
+        } else if self.drop_last {
+            self.len / world * world
+        } else {
+            self.len.div_ceil(world) * world
+        };
         if total > order.len() && !order.is_empty() {
             let mut k = 0;
             while order.len() < total {
@@ -47,7 +57,9 @@ impl Sampler {
     /// Samples per rank per epoch.
     pub fn per_rank(&self) -> usize {
         let world = self.world.max(1);
-        if self.drop_last {
+        if self.uneven {
+            (self.len + world - 1 - self.rank.min(world - 1)) / world
+        } else if self.drop_last {
             self.len / world
         } else {
             self.len.div_ceil(world)

@@ -1,6 +1,7 @@
 //! Process-level unsafe calls with safe faces: SIGINT/SIGTERM handlers that only set a flag
 //! (async-signal-safe) and end the process at once on the second signal, a self-SIGKILL for
-//! fault-injection tests, SIGTERM for a child, and whether a PID is alive.
+//! fault-injection tests, signals for children (and children that die with their parent), and
+//! whether a PID is alive.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -53,10 +54,31 @@ pub fn kill_self() -> ! {
 
 /// Asks a child process to stop (SIGTERM: a training run checkpoints and exits, resumable).
 pub fn terminate(pid: u32) {
+    send_signal(pid, libc::SIGTERM);
+}
+
+/// Sends `signal` to process `pid` (one that has already exited just makes it fail).
+pub fn send_signal(pid: u32, signal: i32) {
     let Ok(pid) = libc::pid_t::try_from(pid) else { return };
-    // SAFETY: a plain syscall; a process that has already exited just makes it fail.
+    // SAFETY: a plain syscall.
     unsafe {
-        libc::kill(pid, libc::SIGTERM);
+        libc::kill(pid, signal);
+    }
+}
+
+/// Makes a child started by `cmd` its own process group (a terminal's Ctrl-C reaches only this
+/// process, which forwards it once) and sends it SIGTERM if this process dies (no orphaned ranks).
+pub fn own_group_dies_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

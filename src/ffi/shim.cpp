@@ -1,6 +1,7 @@
 // The project's only C++: thin wrappers over ATen APIs that tch 0.24 does not expose.
 #include "shim.h"
 #include "polycom.h"
+#include "guarded.h"
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
@@ -13,12 +14,6 @@
 
 namespace {
 
-char *dup(const std::string &s) {
-  char *p = static_cast<char *>(std::malloc(s.size() + 1));
-  if (p) std::memcpy(p, s.c_str(), s.size() + 1);
-  return p;
-}
-
 c10::DeviceType device_of(int device_type) {
   switch (device_type) {
     case 0: return c10::DeviceType::CPU;
@@ -27,20 +22,11 @@ c10::DeviceType device_of(int device_type) {
   }
 }
 
-template <typename F>
-int guarded(char **err, F &&f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception &e) {
-    if (err) *err = dup(e.what());
-  } catch (...) {
-    if (err) *err = dup("unknown C++ exception");
-  }
-  return -1;
-}
-
 }  // namespace
+
+using rt::dup;
+using rt::guarded;
+using rt::list;
 
 extern "C" {
 
@@ -107,12 +93,6 @@ int rt_set_allow_tf32(int allow, char **err) {
   });
 }
 
-static std::vector<at::Tensor> list(rt_tensor *ts, int n) {
-  std::vector<at::Tensor> out;
-  out.reserve(n);
-  for (int i = 0; i < n; i++) out.push_back(*static_cast<at::Tensor *>(ts[i]));
-  return out;
-}
 
 int rt_foreach_sgd(rt_tensor *params, rt_tensor *grads, rt_tensor *bufs, int n, double lr, double momentum,
                    double weight_decay, int nesterov, int first_step, char **err) {

@@ -83,6 +83,25 @@ int rt_polycom_cuda_unavailable(int device, char **reason, char **err);
 // (NULL or "": the usual places); *log = NULL on success, else NVRTC's log.
 int rt_polycom_cuda_compile_check(const char *arch, const char *nvrtc_path, char **log, char **err);
 
+// Distributed collectives (dist.cpp), from libtorch's c10d. A store is a c10d::TCPStore that rank 0
+// hosts at host:port (every rank waits up to timeout_ms for all `world` ranks to connect); its
+// set/get carry small messages between ranks (get waits for the key; *value is malloc'ed, freed
+// with rt_free). A process group is a c10d backend over that store, its keys under `prefix`.
+typedef void *rt_store;
+typedef void *rt_process_group;
+int rt_dist_store(const char *host, int port, int rank, int world, int64_t timeout_ms, rt_store *out, char **err);
+void rt_dist_store_free(rt_store store);
+int rt_dist_store_set(rt_store store, const char *key, const uint8_t *value, int64_t len, char **err);
+int rt_dist_store_get(rt_store store, const char *key, uint8_t **value, int64_t *len, char **err);
+// Gloo backend: CPU tensors (CUDA tensors through host copies).
+int rt_dist_gloo(rt_store store, const char *prefix, int rank, int world, int64_t timeout_ms, rt_process_group *out,
+                 char **err);
+void rt_dist_free(rt_process_group pg);
+// In place, on every tensor, waiting for the result: op 0 = sum, 1 = max, 2 = min.
+int rt_dist_allreduce(rt_process_group pg, rt_tensor *tensors, int n, int op, char **err);
+int rt_dist_broadcast(rt_process_group pg, rt_tensor *tensors, int n, int root, char **err);
+int rt_dist_barrier(rt_process_group pg, char **err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -115,7 +115,7 @@ extern "C" {
     ) -> c_int;
 }
 
-fn ptrs(ts: &[Tensor]) -> Vec<*mut c_void> {
+pub(super) fn ptrs(ts: &[Tensor]) -> Vec<*mut c_void> {
     ts.iter().map(|t| t.as_ptr() as *mut c_void).collect()
 }
 
@@ -361,7 +361,7 @@ pub fn polycom_cpu_isa() -> Result<CpuIsa> {
 }
 
 /// Takes ownership of a malloc'ed string from the shim (None for null).
-fn take_string(p: *mut c_char) -> Option<String> {
+pub(super) fn take_string(p: *mut c_char) -> Option<String> {
     if p.is_null() {
         return None;
     }
@@ -399,7 +399,7 @@ pub fn polycom_cuda_compile_check(
 }
 
 /// Calls a shim function and turns its error slot into a `Result`.
-fn call(what: &str, f: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<()> {
+pub(super) fn call(what: &str, f: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<()> {
     let mut err: *mut c_char = std::ptr::null_mut();
     if f(&mut err) == 0 {
         return Ok(());

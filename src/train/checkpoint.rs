@@ -43,6 +43,14 @@ pub struct LoopState {
     pub best_epoch: Option<usize>,
     /// Training wall time before this session, seconds.
     pub elapsed_s: f64,
+    /// Data-parallel processes the run trains with (the data order and the global batch depend
+    /// on it).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for LoopState {
@@ -57,6 +65,7 @@ impl Default for LoopState {
             best_top1: 0.0,
             best_epoch: None,
             elapsed_s: 0.0,
+            world_size: 1,
         }
     }
 }

@@ -192,6 +192,10 @@ pub struct TrainConfig {
     /// libtorch intra-op threads on CPU (0: libtorch's default).
     #[arg(long, default_value_t = 0)]
     pub torch_threads: usize,
+    /// Data-parallel jobs (torchrun, SLURM, `resnet-train launch`): seconds a rank waits for the
+    /// others at the rendezvous and in each collective before it fails (a rank died or hangs).
+    #[arg(long, default_value_t = 1800)]
+    pub dist_timeout: u64,
 
     // ---- Evaluation, checkpoints, logs ----
     /// Evaluate every N epochs (and after the last).
@@ -267,11 +271,12 @@ const PER_INVOCATION: [&str; 1] = ["max_steps"];
 /// Keys a resumed run may change: how it runs, not what it computes up to now (`epochs` extends
 /// or shortens the schedule from here; the guards' thresholds and remedies only act on trouble).
 /// Any other key given with `--resume` that differs from the run's config.toml is refused.
-pub const RESUMABLE: [&str; 20] = [
+pub const RESUMABLE: [&str; 21] = [
     "epochs",
     "max_steps",
     "workers",
     "torch_threads",
+    "dist_timeout",
     "device",
     "log_every",
     "checkpoint_every",

@@ -12,11 +12,14 @@ use super::loss::{Loss, Targets};
 use super::optim::{self, OptConfig, Optimizer};
 use super::stability::{first_beyond, first_nonfinite, forward_monitored, Remedy, SiteStats, FP16_MAX};
 use super::state::{copy_into, prefixed, under, Named};
+use crate::dist::Dist;
 use crate::error::Result;
+use crate::ffi::dist::ReduceOp;
 use crate::ffi::foreach_clip_grad_norm;
 use crate::model::weights::{self, WeightsFile};
 use crate::model::ResNet;
 use std::path::Path;
+use std::rc::Rc;
 use tch::{nn, Device, Tensor};
 
 pub struct Engine {
@@ -31,6 +34,8 @@ pub struct Engine {
     pub ema: Option<ModelEma>,
     loss: Loss,
     guards: Guards,
+    /// The data-parallel job this process is a rank of (None: one process).
+    pub dist: Option<Rc<Dist>>,
 }
 
 /// What one optimizer step did.
@@ -106,7 +111,7 @@ impl Engine {
         let ema = cfg.model_ema.then(|| ModelEma::new(&vs, model_cfg, ema_config(&cfg))).transpose()?;
         let loss = Loss::new(cfg.bce_loss, cfg.smoothing, cfg.bce_target_thresh);
         let guards = Guards::new(GuardConfig::from_config(&cfg));
-        Ok(Self { cfg, device, num_classes, vs, model, optimizer, scaler, ema, loss, guards })
+        Ok(Self { cfg, device, num_classes, vs, model, optimizer, scaler, ema, loss, guards, dist: None })
     }
 
     /// The model's variables by name.
@@ -143,6 +148,28 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Data-parallel runs: every rank takes rank 0's model (all variables with `all`, else the
+    /// buffers only: BatchNorm's running statistics, which each rank updates from its own
+    /// batches) and EMA, as DDP's broadcast of rank 0's buffers does. A no-op in one process.
+    pub fn sync_from_main(&self, all: bool) -> Result<()> {
+        let Some(d) = &self.dist else { return Ok(()) };
+        let trainable: std::collections::HashSet<usize> =
+            self.vs.trainable_variables().iter().map(|t| t.data_ptr() as usize).collect();
+        // By name: the same order on every rank (the var stores are hash maps).
+        let mut named: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| all || !trainable.contains(&(t.data_ptr() as usize)))
+            .collect();
+        if let Some(e) = &self.ema {
+            named.extend(e.vs.variables().into_iter().map(|(k, t)| (format!("ema.{k}"), t)));
+        }
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let ts: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
+        d.broadcast_from_main(&ts)
     }
 
     /// Applies a stability remedy to the live config, model and EMA model.
@@ -193,9 +220,15 @@ impl Engine {
             self.scaler.scale_loss(&(&loss / n)).f_backward()?;
             loss_mean += loss.double_value(&[]) / n;
         }
+        let grads = self.optimizer.grads();
+        if let Some(d) = &self.dist {
+            // DDP: every rank goes on with the mean gradient and the mean loss, so the scaler, the
+            // clip and the guards see the same numbers, and decide the same, on every rank.
+            d.average(&grads)?;
+            loss_mean = d.reduce_f64(&[loss_mean], ReduceOp::Sum)?[0] / d.world() as f64;
+        }
         // Unscale (fp16: finds inf/NaN), clip (the norm finds inf/NaN in every precision), adapt
         // the loss scale; then the guards decide.
-        let grads = self.optimizer.grads();
         let found_inf = self.scaler.unscale(&grads)?;
         let grad_norm = foreach_clip_grad_norm(&grads, cfg.clip_grad)?.double_value(&[]);
         self.scaler.update()?;

@@ -26,6 +26,37 @@ pub fn prepare(images: &Tensor, device: Device, channels_last: bool) -> Result<T
     }
 }
 
+/// What evaluation adds up over images: summed over the ranks' shards, they give the
+/// single-process evaluation's counts exactly.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EvalSums {
+    pub loss: f64,
+    pub top1: i64,
+    pub top5: i64,
+    pub images: usize,
+}
+
+impl EvalSums {
+    pub fn result(&self) -> EvalResult {
+        let n = self.images.max(1) as f64;
+        EvalResult {
+            loss: self.loss / n,
+            top1: 100.0 * self.top1 as f64 / n,
+            top5: 100.0 * self.top5 as f64 / n,
+            images: self.images,
+        }
+    }
+
+    /// As numbers, for an all-reduce (counts stay exact up to 2^53).
+    pub fn to_vec(self) -> Vec<f64> {
+        vec![self.loss, self.top1 as f64, self.top5 as f64, self.images as f64]
+    }
+
+    pub fn from_slice(v: &[f64]) -> EvalSums {
+        EvalSums { loss: v[0], top1: v[1] as i64, top5: v[2] as i64, images: v[3] as usize }
+    }
+}
+
 pub fn evaluate(
     model: &ResNet,
     loader: &Loader,
@@ -33,6 +64,17 @@ pub fn evaluate(
     precision: Precision,
     channels_last: bool,
 ) -> Result<EvalResult> {
+    Ok(evaluate_sums(model, loader, device, precision, channels_last)?.result())
+}
+
+/// The loss sum and top-1/top-5 hits over the loader's images (this rank's shard).
+pub fn evaluate_sums(
+    model: &ResNet,
+    loader: &Loader,
+    device: Device,
+    precision: Precision,
+    channels_last: bool,
+) -> Result<EvalSums> {
     let (mut loss_sum, mut c1, mut c5, mut n) = (0f64, 0i64, 0i64, 0usize);
     let k = 5.min(model.config().num_classes);
     for batch in loader.epoch(0, 0) {
@@ -52,11 +94,5 @@ pub fn evaluate(
         loss_sum += loss.double_value(&[]);
         n += y.size()[0] as usize;
     }
-    let n_f = n.max(1) as f64;
-    Ok(EvalResult {
-        loss: loss_sum / n_f,
-        top1: 100.0 * c1 as f64 / n_f,
-        top5: 100.0 * c5 as f64 / n_f,
-        images: n,
-    })
+    Ok(EvalSums { loss: loss_sum, top1: c1, top5: c5, images: n })
 }

@@ -3,11 +3,15 @@
 //! until the last epoch; `train_epoch` feeds batches to the engine's `step` and logs what it did;
 //! `end_epoch` evaluates (the model and its EMA), records and checkpoints. Each concern lives in
 //! its own module and is one call here.
+//!
+//! Data-parallel (torchrun, SLURM or `resnet-train launch`): every rank runs this same loop on its
+//! shard of each batch; the engine averages the gradients, so all ranks take the same steps and
+//! decisions; rank 0 alone writes the run folder and prints; evaluation is sharded and summed.
 
 use super::checkpoint::{self, LoopState, ModelMeta};
 use super::config::{self, TrainConfig};
 use super::engine::{Engine, StepResult};
-use super::eval::{evaluate, prepare, EvalResult};
+use super::eval::{evaluate_sums, prepare, EvalResult, EvalSums};
 use super::guards::{Decision, Stop};
 use super::metrics::{EpochRecord, RunLog, StepRecord};
 use super::run_dir::{self, RunLock};
@@ -15,12 +19,16 @@ use super::schedule::Schedule;
 use crate::data::dataset::ImageFolder;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{synthetic, transform::Transform};
+use crate::dist::{checksum, Dist, DistEnv};
 use crate::error::{Error, Result};
+use crate::ffi::dist::ReduceOp;
 use crate::model::resnet::count_params;
+use crate::model::ResNet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tch::Device;
 
 /// What a finished (or stopped) run reports.
@@ -45,8 +53,10 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
 pub struct Trainer {
     engine: Engine,
     dir: PathBuf,
-    /// Held while the trainer lives: one process per run folder.
-    _lock: RunLock,
+    /// Held while the trainer lives: one process (one job: rank 0's) per run folder.
+    _lock: Option<RunLock>,
+    /// Rank 0 of a data-parallel job, or the only process: writes the run folder and prints.
+    main: bool,
     train_loader: Loader,
     val_loader: Option<Loader>,
     classes: Vec<String>,
@@ -55,11 +65,21 @@ pub struct Trainer {
     schedule: Schedule,
     steps_per_epoch: usize,
     state: LoopState,
-    log: RunLog,
+    /// Rank 0's (None on the other ranks).
+    log: Option<RunLog>,
     session_start: Instant,
     last_eval: (Option<EvalResult>, Option<EvalResult>),
     /// Said once, with the session's first step record (e.g. the settings a resume changed).
     pending_event: Option<String>,
+}
+
+/// println! on rank 0 (or the only process) only.
+macro_rules! say {
+    ($main:expr, $($arg:tt)*) => {
+        if $main {
+            println!($($arg)*);
+        }
+    };
 }
 
 /// The train and val splits: `data/train` + `data/val`, or one folder used for both.
@@ -122,7 +142,26 @@ fn progress_bar(len: usize, epoch: usize, position: usize) -> Option<indicatif::
 impl Trainer {
     // ---- Set-up: device, run folder, data, engine, resume. ----
     pub fn new(cfg: TrainConfig, resume: Option<&Path>) -> Result<Self> {
-        let device = crate::runtime::parse_device(&cfg.device)?;
+        // A rank of a data-parallel job? Rendezvous first: every rank fails alike from here on.
+        let dist = match DistEnv::from_env()? {
+            Some(env) => Some(Rc::new(Dist::init(env, Duration::from_secs(cfg.dist_timeout.max(1)))?)),
+            None => None,
+        };
+        let main = dist.as_ref().is_none_or(|d| d.is_main());
+        let mut device = crate::runtime::parse_device(&cfg.device)?;
+        if let Some(d) = &dist {
+            device = d.env.device(device);
+            if let tch::Device::Cuda(n) = device {
+                if n as i64 >= tch::Cuda::device_count() {
+                    return Err(Error::Usage(format!(
+                        "local rank {} wants cuda:{n} but this node has {} CUDA device(s): start at most that many \
+                         processes per node",
+                        d.env.local_rank,
+                        tch::Cuda::device_count()
+                    )));
+                }
+            }
+        }
         if cfg.torch_threads > 0 {
             tch::set_num_threads(cfg.torch_threads as i32);
         }
@@ -148,8 +187,8 @@ impl Trainer {
                 notes.push(format!("resumed with changed settings: {}", changes.join(", ")));
             }
         }
-        let lock = RunLock::acquire(&dir)?;
-        let stale = run_dir::remove_stale_temp_files(&dir)?;
+        let lock = if main { Some(RunLock::acquire(&dir)?) } else { None };
+        let stale = if main { run_dir::remove_stale_temp_files(&dir)? } else { 0 };
         if stale > 0 {
             println!("note       removed {stale} temp file(s) of interrupted writes");
         }
@@ -160,25 +199,28 @@ impl Trainer {
                 dir.display()
             )));
         }
-        if resume.is_none() && dir.join("config.toml").exists() {
+        if resume.is_none() && dir.join("config.toml").exists() && main {
             println!(
                 "note       {} held a run killed before its first checkpoint: starting it again",
                 dir.display()
             );
         }
-        if resume.is_some() && !has_checkpoint {
+        if resume.is_some() && !has_checkpoint && main {
             println!("note       no checkpoint yet (killed before the first): starting from step 0 with the run's config");
         }
-        if !has_checkpoint && dir.join("tb").is_dir() {
+        if !has_checkpoint && dir.join("tb").is_dir() && main {
             // The TensorBoard events of an attempt that never reached a checkpoint are void.
             std::fs::remove_dir_all(dir.join("tb")).map_err(|e| Error::io(dir.join("tb"), e))?;
         }
         let (train_set, val_set) = datasets(&cfg)?;
-        let (train_loader, val_loader, eval_size) = loaders(&cfg, device, &train_set, val_set.as_ref())?;
+        let (train_loader, val_loader, eval_size) =
+            loaders(&cfg, device, &train_set, val_set.as_ref(), dist.as_ref().map(|d| &d.env))?;
         let classes = train_set.classes.clone();
         let run_config = cfg.to_toml(); // the run's settings, before any remedy of its guards
         let mut engine = Engine::new(cfg, device, classes.len() as i64)?;
-        let mut state = LoopState::default();
+        engine.dist = dist.clone();
+        let world = dist.as_ref().map_or(1, |d| d.world());
+        let mut state = LoopState { world_size: world, ..LoopState::default() };
         if resume.is_some() && has_checkpoint {
             let last = dir.join("last.safetensors");
             let (file, saved) = checkpoint::load_last(&last)?;
@@ -189,16 +231,34 @@ impl Trainer {
             if file.model_config(&last)? != engine.cfg.model(engine.num_classes) {
                 return Err(Error::file(&last, "its model differs from the run's config.toml"));
             }
+            if saved.world_size != world {
+                return Err(Error::file(
+                    &last,
+                    format!(
+                        "the run trains with {} data-parallel process(es), this job has {world}: the global \
+                         batch, the learning rate and each rank's data would change; resume with {0}",
+                        saved.world_size
+                    ),
+                ));
+            }
             engine.load(&file, &last)?;
             state = saved;
         }
+        if let Some(d) = &dist {
+            // Identical start (DDP broadcasts rank 0's weights and buffers), checked.
+            engine.sync_from_main(true)?;
+            let sum = checksum(engine.vs.variables())?;
+            d.check_same("the model's checksum after the broadcast", sum)?;
+        }
         // Written once the checkpoint loaded: a failed resume leaves the run as it was.
-        crate::fsutil::write_atomic(&dir.join("config.toml"), run_config.as_bytes())?;
+        if main {
+            crate::fsutil::write_atomic(&dir.join("config.toml"), run_config.as_bytes())?;
+        }
         engine.snapshot_if_due(state.step);
 
         let cfg = &engine.cfg;
         let steps_per_epoch = (train_loader.batches_per_epoch() / cfg.accum_steps).max(1);
-        let global_batch = cfg.batch_size * cfg.accum_steps;
+        let global_batch = cfg.batch_size * cfg.accum_steps * world;
         let schedule = Schedule {
             kind: cfg.schedule,
             peak_lr: cfg.lr * global_batch as f64 / 256.0,
@@ -208,24 +268,38 @@ impl Trainer {
             step_every: cfg.step_epochs * steps_per_epoch,
             gamma: cfg.step_gamma,
         };
-        let log = RunLog::open(&dir, state.step, state.epoch)?;
+        let log = if main { Some(RunLog::open(&dir, state.step, state.epoch)?) } else { None };
 
-        println!("run        {}", dir.display());
-        println!(
+        say!(main, "run        {}", dir.display());
+        if let Some(d) = &dist {
+            say!(
+                main,
+                "ranks      {} processes ({} per node, {}), rendezvous {}:{}, Gloo all-reduce",
+                d.world(),
+                d.env.local_world,
+                d.env.source,
+                d.env.master_addr,
+                d.env.master_port
+            );
+        }
+        say!(
+            main,
             "device     {device:?}, precision {:?}{}, {} decode threads, {} libtorch threads",
             cfg.precision,
             if cfg.channels_last { ", channels_last" } else { "" },
             train_loader.config().threads,
             tch::get_num_threads()
         );
-        println!(
+        say!(
+            main,
             "data       {} train / {} val images, {} classes ({})",
             train_set.len(),
             val_set.as_ref().map_or(0, |v| v.len()),
             classes.len(),
             cfg.data.as_ref().map_or("embedded procedural dataset".to_string(), |p| p.display().to_string())
         );
-        println!(
+        say!(
+            main,
             "model      {} {:?} order {}, {} parameters{}",
             cfg.arch.name(),
             cfg.act,
@@ -233,7 +307,8 @@ impl Trainer {
             count_params(&engine.vs),
             if cfg.model_ema { format!(", EMA decay {}", cfg.model_ema_decay) } else { String::new() }
         );
-        println!(
+        say!(
+            main,
             "schedule   {:?} x {} epochs x {steps_per_epoch} steps, global batch {global_batch}, peak lr {:.4}, warmup {} steps{}",
             cfg.opt,
             cfg.epochs,
@@ -242,13 +317,14 @@ impl Trainer {
             if resume.is_some() { format!(", resuming at epoch {} step {}", state.epoch, state.step) } else { String::new() }
         );
         for n in &notes {
-            println!("note       {n}");
+            say!(main, "note       {n}");
         }
         crate::fault::point("setup");
         Ok(Self {
             engine,
             dir,
             _lock: lock,
+            main,
             train_loader,
             val_loader,
             classes,
@@ -278,9 +354,14 @@ impl Trainer {
     /// On SIGINT/SIGTERM (see `ffi::process`): saves `last` at this step boundary and stops with
     /// `Error::Interrupted` (exit code 130/143); `--resume` continues exactly from here.
     fn stop_if_signalled(&mut self) -> Result<()> {
-        let Some(signal) = crate::ffi::process::termination_requested() else { return Ok(()) };
+        let mut signal = crate::ffi::process::termination_requested();
+        if let Some(d) = &self.engine.dist {
+            // Every rank stops at the same step boundary, whichever rank caught the signal.
+            signal = if d.any(signal.is_some())? { signal.or(Some(libc::SIGTERM)) } else { None };
+        }
+        let Some(signal) = signal else { return Ok(()) };
         self.save_last()?;
-        self.log.flush();
+        self.flush_log();
         let name = if signal == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
         Err(Error::Interrupted {
             signal,
@@ -297,7 +378,8 @@ impl Trainer {
     fn train_epoch(&mut self) -> Result<bool> {
         let epoch = self.state.epoch;
         let accum = self.engine.cfg.accum_steps;
-        let bar = progress_bar(self.steps_per_epoch, epoch, self.state.next_batch / accum);
+        let bar =
+            progress_bar(self.steps_per_epoch, epoch, self.state.next_batch / accum).filter(|_| self.main);
         let mut micro = Vec::with_capacity(accum);
         let mut window = (Instant::now(), 0usize);
         for batch in self.train_loader.epoch(epoch as u64, self.state.next_batch) {
@@ -315,7 +397,7 @@ impl Trainer {
             let img_per_s = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
             self.log_step(&result, lr, img_per_s, bar.as_ref())?;
             if let Decision::Stop(stop) = result.decision {
-                self.log.flush();
+                self.flush_log();
                 return Err(Error::Diverged(match stop {
                     Stop::Spikes(m) | Stop::Diverged(m) => m,
                 }));
@@ -333,8 +415,9 @@ impl Trainer {
                 self.save_last()?;
             }
             if stop {
-                self.log.flush();
-                println!(
+                self.flush_log();
+                say!(
+                    self.main,
                     "stopped after {} steps (--max-steps); continue with --resume {}",
                     self.state.step,
                     self.dir.display()
@@ -358,6 +441,9 @@ impl Trainer {
         img_per_s: f64,
         bar: Option<&indicatif::ProgressBar>,
     ) -> Result<()> {
+        if self.log.is_none() {
+            return Ok(());
+        }
         if let Some(e) = r.decision.event() {
             eprintln!("warning: {e}");
         }
@@ -377,7 +463,9 @@ impl Trainer {
                 (a, b) => a.or(b),
             },
         };
-        self.log.step(&record)?;
+        if let Some(log) = &mut self.log {
+            log.step(&record)?;
+        }
         let line = format!(
             "loss {:.4}  lr {lr:.5}  grad {:.3}  {img_per_s:.0} img/s{}",
             r.loss,
@@ -404,10 +492,11 @@ impl Trainer {
         let (eval, ema_eval) = match &self.val_loader {
             Some(l) if due => {
                 crate::fault::point("eval");
-                let e = &self.engine;
-                let raw = evaluate(&e.model, l, e.device, cfg.precision, cfg.channels_last)?;
-                let ema = match &e.ema {
-                    Some(ema) => Some(evaluate(&ema.model, l, e.device, cfg.precision, cfg.channels_last)?),
+                // Every rank evaluates rank 0's model (BN statistics included) on its shard.
+                self.engine.sync_from_main(false)?;
+                let raw = self.evaluate(&self.engine.model, l)?;
+                let ema = match &self.engine.ema {
+                    Some(ema) => Some(self.evaluate(&ema.model, l)?),
                     None => None,
                 };
                 (Some(raw), ema)
@@ -427,6 +516,8 @@ impl Trainer {
             if top1 > self.state.best_top1 || self.state.best_epoch.is_none() {
                 self.state.best_top1 = top1;
                 self.state.best_epoch = Some(epoch);
+            }
+            if self.state.best_epoch == Some(epoch) && self.main {
                 let (weights, kind) = match self.engine.ema_weights().filter(|_| use_ema) {
                     Some(w) => (w, "ema"),
                     None => (self.engine.model_state(), "model"),
@@ -451,8 +542,11 @@ impl Trainer {
             ema_top1: ema_eval.map(|e| e.top1),
             ema_top5: ema_eval.map(|e| e.top5),
         };
-        self.log.epoch(record)?;
-        println!(
+        if let Some(log) = &mut self.log {
+            log.epoch(record)?;
+        }
+        say!(
+            self.main,
             "epoch {epoch:>3} done: train loss {train_loss:.4}{}{}{}{}  [{:.0} s]",
             eval.map_or(String::new(), |e| format!(
                 "  eval loss {:.4}  top-1 {:.2}%  top-5 {:.2}%",
@@ -469,7 +563,7 @@ impl Trainer {
             },
             self.elapsed()
         );
-        if self.engine.cfg.keep_last > 0 {
+        if self.engine.cfg.keep_last > 0 && self.main {
             let ema = self.engine.ema_weights().map(|w| super::state::prefixed("ema", w)).unwrap_or_default();
             let path = self.dir.join(format!("epoch-{epoch}.safetensors"));
             checkpoint::save_model(&path, self.engine.model_state(), ema, &self.meta(), "model")?;
@@ -478,12 +572,33 @@ impl Trainer {
         self.save_last()
     }
 
-    /// Writes `last.safetensors`: the model, every component's state, the loop position.
+    /// Writes `last.safetensors`: the model, every component's state, the loop position (rank 0's
+    /// buffers: every rank calls this at the same step).
     fn save_last(&self) -> Result<()> {
+        self.engine.sync_from_main(false)?;
+        if !self.main {
+            return Ok(());
+        }
         let mut s = self.state.clone();
         s.elapsed_s = self.elapsed();
         let path = self.dir.join("last.safetensors");
         checkpoint::save_last(&path, self.engine.model_state(), self.engine.train_state(), &self.meta(), &s)
+    }
+
+    /// Top-1/top-5/loss over the val set: this rank's shard, summed over the ranks.
+    fn evaluate(&self, model: &ResNet, loader: &Loader) -> Result<EvalResult> {
+        let e = &self.engine;
+        let sums = evaluate_sums(model, loader, e.device, e.cfg.precision, e.cfg.channels_last)?;
+        Ok(match &e.dist {
+            Some(d) => EvalSums::from_slice(&d.reduce_f64(&sums.to_vec(), ReduceOp::Sum)?).result(),
+            None => sums.result(),
+        })
+    }
+
+    fn flush_log(&mut self) {
+        if let Some(log) = &mut self.log {
+            log.flush();
+        }
     }
 
     fn meta(&self) -> ModelMeta<'_> {
@@ -518,6 +633,7 @@ fn loaders(
     device: Device,
     train_set: &Arc<ImageFolder>,
     val_set: Option<&Arc<ImageFolder>>,
+    dist: Option<&DistEnv>,
 ) -> Result<(Loader, Option<Loader>, (usize, usize))> {
     let mut train_cfg = LoaderConfig::new(
         cfg.batch_size,
@@ -528,11 +644,16 @@ fn loaders(
             hflip: 0.5,
         },
     );
+    // The machine's cores shared by the processes on this node.
+    let local_world = dist.map_or(1, |d| d.local_world);
     train_cfg.threads = if cfg.workers == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        (std::thread::available_parallelism().map_or(1, |n| n.get()) / local_world).max(1)
     } else {
         cfg.workers
     };
+    if let Some(d) = dist {
+        (train_cfg.rank, train_cfg.world) = (d.rank, d.world);
+    }
     train_cfg.seed = cfg.seed;
     train_cfg.max_bad_fraction = cfg.max_bad_fraction;
     train_cfg.pin_memory = device.is_cuda();
@@ -544,6 +665,7 @@ fn loaders(
             c.transform = eval_transform;
             c.shuffle = false;
             c.drop_last_batch = false;
+            c.uneven_shards = true;
             Some(Loader::new(v.clone(), c)?)
         }
         None => None,

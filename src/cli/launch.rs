@@ -1,0 +1,187 @@
+//! `resnet-train launch --nproc-per-node N -- train ...`: torchrun for users without PyTorch.
+//! Starts this node's ranks with torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
+//! LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), prefixes their stderr lines (and the other ranks'
+//! stdout) with the rank, forwards SIGINT/SIGTERM once, and when one rank fails stops the others
+//! and says which rank failed and how: a job never hangs on a dead rank.
+
+use crate::error::{Error, Result};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct LaunchArgs {
+    /// Processes on this node (one per GPU; on CPU, the cores are shared between them).
+    #[arg(long)]
+    pub nproc_per_node: usize,
+    /// Nodes in the job (run the same command on each, with its --node-rank).
+    #[arg(long, default_value_t = 1)]
+    pub nnodes: usize,
+    /// This node's index, 0..nnodes (node 0 hosts the rendezvous).
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: usize,
+    /// Address of node 0, reachable from every node.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub master_addr: String,
+    /// Rendezvous TCP port on node 0.
+    #[arg(long, default_value_t = crate::dist::DEFAULT_PORT)]
+    pub master_port: u16,
+    /// Seconds the other ranks get to exit after one failed, before they are killed.
+    #[arg(long, default_value_t = 30)]
+    pub grace: u64,
+    /// The resnet-train arguments each rank runs, after `--` (e.g. `-- train --config F`).
+    #[arg(last = true, required = true)]
+    pub args: Vec<String>,
+}
+
+/// Copies a child's output to ours line by line, each line prefixed (whole lines, so ranks'
+/// lines never interleave mid-line).
+fn relay(from: impl Read + Send + 'static, prefix: String, to_stderr: bool) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(from);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let mut out = prefix.clone().into_bytes();
+            out.extend_from_slice(&line);
+            if !out.ends_with(b"\n") {
+                out.push(b'\n');
+            }
+            // A closed terminal or pipe only loses the copy; the rank runs on.
+            let _ =
+                if to_stderr { std::io::stderr().write_all(&out) } else { std::io::stdout().write_all(&out) };
+            line.clear();
+        }
+    })
+}
+
+fn describe(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+pub fn run(a: LaunchArgs) -> Result<()> {
+    if a.nproc_per_node == 0 || a.nnodes == 0 {
+        return Err(Error::Usage("--nproc-per-node and --nnodes must be at least 1".into()));
+    }
+    if a.node_rank >= a.nnodes {
+        return Err(Error::Usage(format!("--node-rank {} is not one of 0..{}", a.node_rank, a.nnodes)));
+    }
+    let world = a.nnodes * a.nproc_per_node;
+    crate::ffi::process::install_termination_handlers()
+        .map_err(|e| Error::Usage(format!("cannot install the signal handlers: {e}")))?;
+    let exe = crate::runtime::this_program()?;
+    // As torchrun: the cores are shared by this node's ranks unless the user said otherwise.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let omp =
+        std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| (cores / a.nproc_per_node).max(1).to_string());
+    eprintln!(
+        "launch     {} rank(s) on node {} of {} (world {world}), rendezvous {}:{}, OMP_NUM_THREADS={omp}",
+        a.nproc_per_node, a.node_rank, a.nnodes, a.master_addr, a.master_port
+    );
+    let mut children: Vec<(usize, Child)> = Vec::new();
+    let mut relays = Vec::new();
+    for local in 0..a.nproc_per_node {
+        let rank = a.node_rank * a.nproc_per_node + local;
+        let mut cmd = Command::new(&exe);
+        cmd.args(&a.args)
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", world.to_string())
+            .env("LOCAL_RANK", local.to_string())
+            .env("LOCAL_WORLD_SIZE", a.nproc_per_node.to_string())
+            .env("GROUP_RANK", a.node_rank.to_string())
+            .env("MASTER_ADDR", &a.master_addr)
+            .env("MASTER_PORT", a.master_port.to_string())
+            .env("OMP_NUM_THREADS", &omp)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        crate::ffi::process::own_group_dies_with_parent(&mut cmd);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                for (_, c) in &mut children {
+                    let _ = c.kill();
+                }
+                return Err(Error::Usage(format!("cannot start rank {rank} ({}): {e}", exe.display())));
+            }
+        };
+        if let Some(out) = child.stdout.take() {
+            // Rank 0's console is the job's; the others' (normally silent) lines are marked.
+            relays.push(relay(out, if rank == 0 { String::new() } else { format!("[rank {rank}] ") }, false));
+        }
+        if let Some(err) = child.stderr.take() {
+            relays.push(relay(err, format!("[rank {rank}] "), true));
+        }
+        children.push((rank, child));
+    }
+
+    // Wait: forward a signal once; on the first failure stop the others (SIGTERM, then SIGKILL
+    // after the grace period: a rank blocked in a collective with a dead peer may not react).
+    let mut forwarded = false;
+    let mut failure: Option<(usize, String)> = None;
+    let mut deadline: Option<Instant> = None;
+    let mut statuses: Vec<(usize, ExitStatus)> = Vec::new();
+    while !children.is_empty() {
+        if let (Some(sig), false) = (crate::ffi::process::termination_requested(), forwarded) {
+            forwarded = true;
+            for (_, c) in &children {
+                crate::ffi::process::send_signal(c.id(), sig);
+            }
+        }
+        let mut still = Vec::new();
+        for (rank, mut child) in children {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() && failure.is_none() {
+                        failure = Some((rank, describe(&status)));
+                    }
+                    statuses.push((rank, status));
+                }
+                Ok(None) => still.push((rank, child)),
+                Err(e) => {
+                    failure.get_or_insert((rank, format!("cannot be waited for: {e}")));
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        children = still;
+        if failure.is_some() && deadline.is_none() && !children.is_empty() {
+            deadline = Some(Instant::now() + Duration::from_secs(a.grace));
+            for (_, c) in &children {
+                crate::ffi::process::terminate(c.id());
+            }
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            for (_, c) in &mut children {
+                let _ = c.kill();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for r in relays {
+        let _ = r.join();
+    }
+    match failure {
+        None => Ok(()),
+        Some((rank, how)) if forwarded => Err(Error::Interrupted {
+            signal: crate::ffi::process::termination_requested().unwrap_or(libc::SIGTERM),
+            msg: format!("stopped the {world} rank(s) (rank {rank}: {how})"),
+        }),
+        Some((rank, how)) => {
+            let others: Vec<String> = statuses
+                .iter()
+                .filter(|(r, _)| *r != rank)
+                .map(|(r, s)| format!("rank {r}: {}", describe(s)))
+                .collect();
+            Err(Error::Usage(format!(
+                "rank {rank} failed ({how}); stopped the other ranks{}",
+                if others.is_empty() { String::new() } else { format!(" ({})", others.join(", ")) }
+            )))
+        }
+    }
+}

@@ -1,0 +1,138 @@
+// Data-parallel collectives from libtorch's own distributed engine (c10d), the one PyTorch DDP and
+// torchrun jobs run on: rendezvous through c10d::TCPStore (rank 0 hosts it), then a Gloo backend
+// (CPU tensors, and CUDA tensors through host copies). The NCCL backend lives in dist_nccl.cpp,
+// built into its own shared object that is loaded only on CUDA machines.
+//
+// Compiled with -DUSE_C10D_GLOO against gloo_stub/ (the wheel ships c10d's headers, not gloo's;
+// libtorch_cpu.so contains gloo itself).
+#include "shim.h"
+#include "guarded.h"
+
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <chrono>
+
+namespace {
+
+struct ProcessGroup {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+};
+
+c10d::ReduceOp reduce_op(int op) {
+  switch (op) {
+    case 0: return c10d::ReduceOp::SUM;
+    case 1: return c10d::ReduceOp::MAX;
+    case 2: return c10d::ReduceOp::MIN;
+    default: throw std::invalid_argument("unknown reduce op " + std::to_string(op));
+  }
+}
+
+ProcessGroup &pg_of(rt_process_group pg) {
+  if (!pg) throw std::invalid_argument("null process group");
+  return *static_cast<ProcessGroup *>(pg);
+}
+
+// Waits for every work item, so the tensors hold the result when the call returns; the first
+// failure (a peer that died, a timeout) is rethrown with c10d's message.
+void wait_all(std::vector<c10::intrusive_ptr<c10d::Work>> &works) {
+  for (auto &w : works) w->wait();
+}
+
+}  // namespace
+
+using rt::guarded;
+using rt::list;
+
+extern "C" {
+
+int rt_dist_store(const char *host, int port, int rank, int world, int64_t timeout_ms, rt_store *out,
+                  char **err) {
+  return guarded(err, [&] {
+    if (rank < 0 || world < 1 || rank >= world)
+      throw std::invalid_argument("rank " + std::to_string(rank) + " is not in a world of " + std::to_string(world));
+    if (port < 1 || port > 65535) throw std::invalid_argument("port " + std::to_string(port) + " is not a TCP port");
+    c10d::TCPStoreOptions opts;
+    opts.port = static_cast<std::uint16_t>(port);
+    opts.isServer = rank == 0;
+    opts.numWorkers = static_cast<std::size_t>(world);
+    opts.waitWorkers = true;
+    opts.timeout = std::chrono::milliseconds(timeout_ms);
+    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    *out = new c10::intrusive_ptr<c10d::Store>(std::move(store));
+  });
+}
+
+void rt_dist_store_free(rt_store store) { delete static_cast<c10::intrusive_ptr<c10d::Store> *>(store); }
+
+int rt_dist_store_set(rt_store store, const char *key, const uint8_t *value, int64_t len, char **err) {
+  return guarded(err, [&] {
+    std::vector<uint8_t> v(value, value + len);
+    (*static_cast<c10::intrusive_ptr<c10d::Store> *>(store))->set(key, v);
+  });
+}
+
+int rt_dist_store_get(rt_store store, const char *key, uint8_t **value, int64_t *len, char **err) {
+  return guarded(err, [&] {
+    auto v = (*static_cast<c10::intrusive_ptr<c10d::Store> *>(store))->get(key);
+    *value = static_cast<uint8_t *>(std::malloc(v.size() ? v.size() : 1));
+    if (!*value) throw std::bad_alloc();
+    if (!v.empty()) std::memcpy(*value, v.data(), v.size());
+    *len = static_cast<int64_t>(v.size());
+  });
+}
+
+int rt_dist_gloo(rt_store store, const char *prefix, int rank, int world, int64_t timeout_ms,
+                 rt_process_group *out, char **err) {
+  return guarded(err, [&] {
+    auto base = *static_cast<c10::intrusive_ptr<c10d::Store> *>(store);
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), base);
+    // create_default: the device of GLOO_SOCKET_IFNAME when set, else the host name's address
+    // (loopback when it does not resolve), as torch.distributed does.
+    auto opts = c10d::ProcessGroupGloo::Options::create_default(std::chrono::milliseconds(timeout_ms));
+    auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, rank, world, opts);
+    *out = new ProcessGroup{prefixed, backend};
+  });
+}
+
+void rt_dist_free(rt_process_group pg) { delete static_cast<ProcessGroup *>(pg); }
+
+int rt_dist_allreduce(rt_process_group pg, rt_tensor *tensors, int n, int op, char **err) {
+  return guarded(err, [&] {
+    auto &g = pg_of(pg);
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = reduce_op(op);
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    for (auto &t : list(tensors, n)) {
+      std::vector<at::Tensor> one{t};
+      works.push_back(g.backend->allreduce(one, opts));
+    }
+    wait_all(works);
+  });
+}
+
+int rt_dist_broadcast(rt_process_group pg, rt_tensor *tensors, int n, int root, char **err) {
+  return guarded(err, [&] {
+    auto &g = pg_of(pg);
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    for (auto &t : list(tensors, n)) {
+      std::vector<at::Tensor> one{t};
+      works.push_back(g.backend->broadcast(one, opts));
+    }
+    wait_all(works);
+  });
+}
+
+int rt_dist_barrier(rt_process_group pg, char **err) {
+  return guarded(err, [&] {
+    auto work = pg_of(pg).backend->barrier(c10d::BarrierOptions());
+    work->wait();
+  });
+}
+
+}  // extern "C"

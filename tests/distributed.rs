@@ -1,0 +1,311 @@
+//! Data-parallel training on libtorch's c10d (Gloo on CPU): the collectives against closed forms,
+//! DDP's gradient semantics against gradient accumulation, and `resnet-train launch` end to end.
+
+use resnet_train::dist::{checksum, Dist, DistEnv};
+use resnet_train::ffi::dist::ReduceOp;
+use std::time::Duration;
+use tch::{Kind, Tensor};
+
+/// A TCP port that was free a moment ago (the OS picks it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a local port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+fn env(rank: usize, world: usize, port: u16) -> DistEnv {
+    DistEnv {
+        rank,
+        world,
+        local_rank: rank,
+        local_world: world,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        source: "test",
+    }
+}
+
+/// Runs `f(rank, dist)` on `world` threads, each a rank of one Gloo process group.
+fn on_ranks<T: Send + 'static>(world: usize, f: fn(&Dist) -> T) -> Vec<T> {
+    let port = free_port();
+    let handles: Vec<_> = (0..world)
+        .map(|rank| {
+            std::thread::spawn(move || {
+                let dist = Dist::init(env(rank, world, port), Duration::from_secs(60)).expect("rendezvous");
+                f(&dist)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("rank thread")).collect()
+}
+
+#[test]
+fn gloo_collectives_match_closed_forms() {
+    let out = on_ranks(3, |d| {
+        let r = d.rank() as f64;
+        // Sum, max and min of (r, -r, r^2) over ranks 0, 1, 2.
+        let sum = d.reduce_f64(&[r, -r, r * r], ReduceOp::Sum).unwrap();
+        let max = d.reduce_f64(&[r, -r], ReduceOp::Max).unwrap();
+        let min = d.reduce_f64(&[r, -r], ReduceOp::Min).unwrap();
+        // Averaging: rank r holds tensors filled with r (two dtypes, one bucket each, and a
+        // channels_last-strided one); the mean over ranks is 1 everywhere.
+        let grads = [
+            Tensor::full([3, 4], r, (Kind::Float, tch::Device::Cpu)),
+            Tensor::full([5], r, (Kind::Double, tch::Device::Cpu)),
+            Tensor::full([2, 3, 4, 5], r, (Kind::Float, tch::Device::Cpu)).permute([0, 2, 3, 1]),
+        ];
+        d.average(&grads).unwrap();
+        let means: Vec<f64> = grads.iter().map(|g| g.mean(Kind::Double).double_value(&[])).collect();
+        let spread: Vec<f64> = grads.iter().map(|g| (g - 1.0).abs().max().double_value(&[])).collect();
+        // Broadcast: every rank ends with rank 0's values.
+        let w = [Tensor::arange(6, (Kind::Float, tch::Device::Cpu)) * (r + 1.0)];
+        d.broadcast_from_main(&w).unwrap();
+        let w0 = Vec::<f32>::try_from(&w[0]).unwrap();
+        let same = d.check_same("a value", 7.0).is_ok();
+        let differ = d.check_same("the rank", r).unwrap_err().to_string();
+        let any = (d.any(d.rank() == 2).unwrap(), d.any(false).unwrap());
+        d.barrier().unwrap();
+        (sum, max, min, means, spread, w0, same, differ, any)
+    });
+    for (sum, max, min, means, spread, w0, same, differ, any) in out {
+        assert_eq!(sum, vec![3.0, -3.0, 5.0]);
+        assert_eq!(max, vec![2.0, 0.0]);
+        assert_eq!(min, vec![0.0, -2.0]);
+        assert_eq!(means, vec![1.0; 3]);
+        assert_eq!(spread, vec![0.0; 3]);
+        assert_eq!(w0, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert!(same);
+        assert!(differ.contains("the rank differs between ranks (0 .. 2)"), "{differ}");
+        assert_eq!(any, (true, false));
+    }
+}
+
+#[test]
+fn rendezvous_waits_for_every_rank_then_times_out_with_a_clear_error() {
+    // Rank 1 of 2 alone: nobody hosts the store.
+    let port = free_port();
+    let start = std::time::Instant::now();
+    let err = Dist::init(env(1, 2, port), Duration::from_millis(1500)).err().expect("no rank 0");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("rendezvous at 127.0.0.1:{port} (rank 1 of 2)")), "{msg}");
+    assert!(start.elapsed() < Duration::from_secs(60), "took {:?}", start.elapsed());
+}
+
+#[test]
+fn checksum_is_the_sum_of_absolute_values() {
+    let t = [
+        ("b".to_string(), Tensor::from_slice(&[1.0f32, -2.0, 3.5])),
+        ("a".into(), Tensor::from_slice(&[-0.5f64])),
+    ];
+    assert_eq!(checksum(t).unwrap(), 7.0);
+}
+
+fn engine_config() -> resnet_train::train::config::TrainConfig {
+    resnet_train::train::config::TrainConfig {
+        arch: resnet_train::model::Arch::Resnet18,
+        act: resnet_train::model::ActKind::Polynorm,
+        small_stem: true,
+        device: "cpu".into(),
+        monitor_every: 0,
+        seed: 3,
+        clip_grad: 5.0,
+        ..Default::default()
+    }
+}
+
+/// Rank r's micro-batch of step s: 4 images, labels of 10 classes (closed forms: no global
+/// generator shared by the rank threads).
+fn shard(step: usize, rank: usize) -> (Tensor, Tensor) {
+    let k = (7 * step + 13 * rank + 1) as f64;
+    let x = (Tensor::arange(4 * 3 * 16 * 16, (Kind::Float, tch::Device::Cpu)) * (0.37 * k))
+        .sin()
+        .reshape([4, 3, 16, 16]);
+    let y = (Tensor::arange(4, (Kind::Int64, tch::Device::Cpu)) * (step as i64 + 3) + rank as i64 * 5)
+        .remainder(10);
+    (x, y)
+}
+
+fn trained_weights(engine: &resnet_train::train::engine::Engine) -> Vec<(String, Tensor)> {
+    let mut w: Vec<(String, Tensor)> =
+        engine.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+#[test]
+fn two_ranks_take_the_steps_of_one_process_accumulating_their_batches() {
+    // DDP's contract: 2 ranks with a micro-batch each train exactly like 1 process accumulating
+    // those 2 micro-batches (BatchNorm sees the same per-micro-batch statistics either way): the
+    // same mean gradient, loss, clip, optimizer step and guard decisions.
+    use resnet_train::train::engine::Engine;
+    use resnet_train::train::guards::GuardState;
+    const STEPS: usize = 3;
+    let mut single = Engine::new(engine_config(), tch::Device::Cpu, 10).unwrap();
+    let mut gs = GuardState::default();
+    let mut single_losses = Vec::new();
+    for step in 0..STEPS {
+        let r = single.step(&[shard(step, 0), shard(step, 1)], 0.2, step, &mut gs).unwrap();
+        single_losses.push((r.loss, r.grad_norm));
+    }
+    let single_w: Vec<(String, Vec<f32>)> = trained_weights(&single)
+        .into_iter()
+        .map(|(k, t)| (k, Vec::<f32>::try_from(&t.reshape([-1])).unwrap()))
+        .collect();
+
+    let port = free_port();
+    let handles: Vec<_> = (0..2)
+        .map(|rank| {
+            std::thread::spawn(move || {
+                let dist = Dist::init(env(rank, 2, port), Duration::from_secs(60)).unwrap();
+                let mut e = Engine::new(engine_config(), tch::Device::Cpu, 10).unwrap();
+                e.dist = Some(std::rc::Rc::new(dist));
+                e.sync_from_main(true).unwrap();
+                let mut gs = GuardState::default();
+                let mut losses = Vec::new();
+                for step in 0..STEPS {
+                    let r = e.step(&[shard(step, rank)], 0.2, step, &mut gs).unwrap();
+                    losses.push((r.loss, r.grad_norm));
+                }
+                let w: Vec<(String, Vec<f32>)> = trained_weights(&e)
+                    .into_iter()
+                    .map(|(k, t)| (k, Vec::<f32>::try_from(&t.reshape([-1])).unwrap()))
+                    .collect();
+                (losses, w)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (losses, w) = h.join().unwrap();
+        for ((l, g), (sl, sg)) in losses.iter().zip(&single_losses) {
+            assert!((l - sl).abs() <= 1e-6 * sl.abs(), "loss {l} vs {sl}");
+            assert!((g - sg).abs() <= 1e-5 * sg.abs(), "grad norm {g} vs {sg}");
+        }
+        assert_eq!(w.len(), single_w.len());
+        for ((k, a), (_, b)) in w.iter().zip(&single_w) {
+            let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(diff <= 1e-6, "{k}: the ranks' weights differ from one process's by {diff}");
+        }
+    }
+}
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// 80 train / 40 val images of 10 classes at 32 px; ResNet-18, batch 4 per rank: with 2 ranks,
+/// 10 steps per epoch; `last` every 3 steps.
+fn ddp_setup(tmp: &Path) -> PathBuf {
+    let data = tmp.join("data");
+    resnet_train::data::synthetic::write_dataset(&data, 8, 4, 32, 11).unwrap();
+    let config = tmp.join("run.toml");
+    let text = format!(
+        "data = {data:?}\narch = \"resnet18\"\nact = \"polynorm\"\nepochs = 2\nbatch_size = 4\nlr = 0.2\n\
+         warmup_epochs = 0.5\ntrain_size = 32\neval_size = 32\ndevice = \"cpu\"\nworkers = 1\n\
+         log_every = 1000\nkeep_last = 1\ncheckpoint_every = 3\ndist_timeout = 60\noutput = {:?}\n",
+        tmp.join("runs")
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn launch(port: u16, args: &[&str], fault: Option<(&str, &str)>) -> Output {
+    let mut c = Command::new(common::bin());
+    c.args(["launch", "--nproc-per-node", "2", "--grace", "5", "--master-port", &port.to_string(), "--"]);
+    c.args(args);
+    if let Some((point, rank)) = fault {
+        c.env("RESNET_TRAIN_FAULT", point).env("RESNET_TRAIN_FAULT_RANK", rank);
+    }
+    c.output().expect("binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// (step, loss, grad_norm) of every step, and summary.csv without its wall-clock column.
+fn history(run: &Path) -> (Vec<(u64, f64, f64)>, Vec<String>) {
+    let steps = common::step_records(run).iter().map(|r| (r.step as u64, r.loss, r.grad_norm)).collect();
+    let summary = std::fs::read_to_string(run.join("summary.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(',').collect();
+            f.remove(6); // elapsed_s
+            f.join(",")
+        })
+        .collect();
+    (steps, summary)
+}
+
+#[test]
+fn launch_trains_two_ranks_and_their_sharded_eval_is_the_single_process_eval() {
+    let tmp = common::tmpdir();
+    let config = ddp_setup(tmp.path());
+    let cfg = config.to_str().unwrap();
+    let out = launch(free_port(), &["train", "--config", cfg, "--name", "ddp"], None);
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("ranks      2 processes (2 per node, torchrun)"), "{log}");
+    // Rank 0 alone prints the run's console lines and writes the run folder.
+    assert_eq!(log.matches("finished:").count(), 1, "{log}");
+    let run = tmp.path().join("runs/ddp");
+    let (steps, summary) = history(&run);
+    assert_eq!(steps.len(), 20, "2 epochs x 80 images / (2 ranks x 4)");
+    assert_eq!(summary.len(), 3, "{summary:?}");
+    // Each rank evaluated its half of the 40 val images (20 each, none padded); the sums are the
+    // single-process evaluation of the same checkpoint.
+    let json = tmp.path().join("eval.json");
+    let ev = Command::new(common::bin())
+        .args(["eval", "--checkpoint"])
+        .arg(run.join("last.safetensors"))
+        .arg("--data")
+        .arg(tmp.path().join("data"))
+        .args(["--size", "32", "--device", "cpu", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(ev.status.success(), "{}", text(&ev));
+    let single: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let last: Vec<&str> = summary[2].split(',').collect();
+    let (loss, top1, top5): (f64, f64, f64) =
+        (last[2].parse().unwrap(), last[3].parse().unwrap(), last[4].parse().unwrap());
+    assert_eq!(single["images"], 40);
+    assert_eq!(top1, single["top1"].as_f64().unwrap(), "{summary:?} vs {single}");
+    assert_eq!(top5, single["top5"].as_f64().unwrap(), "{summary:?} vs {single}");
+    assert!((loss - single["loss"].as_f64().unwrap()).abs() < 1e-5, "{summary:?} vs {single}");
+}
+
+#[test]
+fn a_rank_killed_mid_run_stops_the_job_and_the_resumed_job_matches_the_uninterrupted_one() {
+    let tmp = common::tmpdir();
+    let config = ddp_setup(tmp.path());
+    let cfg = config.to_str().unwrap();
+    let whole = launch(free_port(), &["train", "--config", cfg, "--name", "whole"], None);
+    assert!(whole.status.success(), "{}", text(&whole));
+
+    // Rank 1 is SIGKILLed after its 5th step (last checkpoint: step 3): the launcher names it,
+    // stops rank 0 (blocked in the next all-reduce) and exits non-zero, without hanging.
+    let start = std::time::Instant::now();
+    let killed = launch(free_port(), &["train", "--config", cfg, "--name", "cut"], Some(("step@5", "1")));
+    let log = text(&killed);
+    assert!(!killed.status.success(), "{log}");
+    assert!(log.contains("rank 1 failed (killed by signal 9)"), "{log}");
+    assert!(start.elapsed() < Duration::from_secs(60), "took {:?}", start.elapsed());
+
+    let run = tmp.path().join("runs/cut");
+    let resumed = launch(free_port(), &["train", "--resume", run.to_str().unwrap()], None);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert_eq!(history(&run), history(&tmp.path().join("runs/whole")));
+
+    // The run is a 2-process run: one process may not resume it.
+    let alone =
+        Command::new(common::bin()).arg("--resume").arg(&run).arg("--epochs").arg("3").output().unwrap();
+    let msg = text(&alone);
+    assert!(
+        !alone.status.success() && msg.contains("trains with 2 data-parallel process(es), this job has 1"),
+        "{msg}"
+    );
+}
