@@ -45,6 +45,8 @@ fn main() {
         .define("USE_C10D_GLOO", None)
         .compile("resnet_train_dist");
 
+    build_nccl_object(&root, &include, &out_dir, &torch_build());
+
     // The fused activations' CPU kernels, once per instruction set (as ATen builds its own), with
     // OpenMP on: at::parallel_for is a header template that runs on OpenMP's pool only when the
     // caller is compiled with -fopenmp (libtorch's libgomp serves it at run time).
@@ -86,12 +88,67 @@ fn main() {
         "polycom_cuda.cpp",
         "polycom.cu",
         "dist.cpp",
+        "dist_nccl.cpp",
         "guarded.h",
     ] {
         println!("cargo:rerun-if-changed=src/ffi/{f}");
     }
     println!("cargo:rerun-if-changed=src/ffi/shim.h");
     println!("cargo:rerun-if-changed=src/ffi/gloo_stub");
+    println!("cargo:rerun-if-changed=src/ffi/cuda_stub");
+    println!("cargo:rerun-if-env-changed=RESNET_TRAIN_CUDA_INCLUDE");
     println!("cargo:rerun-if-changed=src/ffi/jpeg_shim.c");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
+}
+
+/// c10d's NCCL backend as a shared object (OUT_DIR/libresnet_train_nccl.so) that the binary
+/// embeds (cfg `nccl_embedded`) and loads on CUDA machines only. It needs the CUDA runtime and
+/// CRT headers and nccl.h: `RESNET_TRAIN_CUDA_INCLUDE` (folders, `:`-separated), else the PyPI
+/// wheels beside libtorch (nvidia/cu13/include, nvidia/nccl/include; scripts/bootstrap.sh
+/// installs them). Without them the binary is built without NCCL (Gloo serves every device).
+fn build_nccl_object(
+    root: &std::path::Path,
+    include: &std::path::Path,
+    out_dir: &std::path::Path,
+    base: &cc::Build,
+) {
+    println!("cargo::rustc-check-cfg=cfg(nccl_embedded)");
+    let dirs: Vec<PathBuf> = match std::env::var("RESNET_TRAIN_CUDA_INCLUDE") {
+        Ok(v) => std::env::split_paths(&v).collect(),
+        Err(_) => {
+            let site = root.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+            vec![site.join("nvidia/cu13/include"), site.join("nvidia/nccl/include")]
+        }
+    };
+    let has = |f: &str| dirs.iter().any(|d| d.join(f).exists());
+    if !(has("cuda_runtime_api.h") && has("crt/host_config.h") && has("nv/target") && has("nccl.h")) {
+        return;
+    }
+    let compiler = base.get_compiler();
+    let so = out_dir.join("libresnet_train_nccl.so");
+    let mut cmd = compiler.to_command();
+    cmd.args([
+        "-shared",
+        "-fPIC",
+        "-O2",
+        "-std=c++17",
+        "-D_GLIBCXX_USE_CXX11_ABI=1",
+        "-DUSE_C10D_NCCL",
+        "-DUSE_CUDA",
+        "-w",
+    ])
+    .arg("-I")
+    .arg(include)
+    .arg("-I")
+    .arg(include.join("torch/csrc/api/include"))
+    .arg("-I")
+    .arg("src/ffi/cuda_stub");
+    for d in &dirs {
+        cmd.arg("-I").arg(d);
+    }
+    // Undefined symbols resolve at load time against libtorch_cuda.so, already loaded then.
+    cmd.arg("src/ffi/dist_nccl.cpp").arg("-o").arg(&so);
+    let status = cmd.status().expect("run the C++ compiler for dist_nccl.cpp");
+    assert!(status.success(), "compiling src/ffi/dist_nccl.cpp (the NCCL backend) failed");
+    println!("cargo:rustc-cfg=nccl_embedded");
 }

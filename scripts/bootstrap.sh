@@ -58,6 +58,15 @@ else
       log "installing NVRTC 13.0 (PyPI nvidia-cuda-nvrtc) into $VENV"
       "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps nvidia-cuda-nvrtc==13.0.88
     fi
+    # NCCL's and the CUDA CRT's and CCCL's headers (the versions torch 2.11.0's CUDA 13.0 wheel pins): the
+    # build compiles c10d's NCCL backend into the binary (loaded on CUDA machines only), so that
+    # it cannot rot unseen on CPU-only machines.
+    if [ ! -f "$site/nvidia/nccl/include/nccl.h" ] || [ ! -f "$site/nvidia/cu13/include/crt/host_config.h" ] ||
+      [ ! -f "$site/nvidia/cu13/include/nv/target" ]; then
+      log "installing the NCCL 2.28 and CUDA 13.0 CRT/CCCL headers (PyPI nvidia-nccl-cu13, nvidia-cuda-crt, nvidia-cuda-cccl) into $VENV"
+      "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps nvidia-nccl-cu13==2.28.9 \
+        nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85
+    fi
     TORCH_DIR=$site/torch
   fi
 fi

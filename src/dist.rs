@@ -114,9 +114,23 @@ impl DistEnv {
     }
 }
 
+/// Which c10d backend carries the collectives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DistBackend {
+    /// NCCL on CUDA devices, Gloo on CPU (what torchrun users get from DDP).
+    Auto,
+    /// Gloo: CPU tensors (CUDA tensors through host copies).
+    Gloo,
+    /// NCCL: CUDA tensors, GPU to GPU.
+    Nccl,
+}
+
 /// This process's membership of a data-parallel job: the store and a process group.
 pub struct Dist {
     pub env: DistEnv,
+    /// Where the collectives' tensors live: the CPU for Gloo, this rank's GPU for NCCL.
+    comm_device: Device,
     pg: ProcessGroup,
     // Dropped after the process group (field order): c10d's backend keeps using the store.
     _store: Store,
@@ -126,11 +140,34 @@ impl Dist {
     /// Rendezvous with the other ranks (rank 0 hosts the store) and a Gloo process group; waits up
     /// to `timeout` for all of them, and every later collective fails after `timeout` too (a rank
     /// that died or hangs), rather than hanging the job.
-    pub fn init(env: DistEnv, timeout: Duration) -> Result<Dist> {
+    pub fn init(env: DistEnv, backend: DistBackend, device: Device, timeout: Duration) -> Result<Dist> {
+        let nccl = match (backend, device) {
+            (DistBackend::Nccl, Device::Cpu) => {
+                return Err(Error::Usage(
+                    "--dist-backend nccl needs --device cuda (NCCL reduces GPU memory)".into(),
+                ))
+            }
+            (DistBackend::Nccl, _) => true,
+            (DistBackend::Auto, Device::Cuda(_)) => crate::ffi::dist::nccl_built(),
+            _ => false,
+        };
         let ms = timeout.as_millis().max(1) as u64;
         let store = Store::connect(&env.master_addr, env.master_port, env.rank, env.world, ms)?;
-        let pg = ProcessGroup::gloo(&store, "resnet-train/", env.rank, env.world, ms)?;
-        Ok(Dist { env, pg, _store: store })
+        let (pg, comm_device) = if nccl {
+            (ProcessGroup::nccl(&store, "resnet-train/", env.rank, env.world, ms)?, device)
+        } else {
+            (ProcessGroup::gloo(&store, "resnet-train/", env.rank, env.world, ms)?, Device::Cpu)
+        };
+        Ok(Dist { env, comm_device, pg, _store: store })
+    }
+
+    /// "NCCL" or "Gloo".
+    pub fn backend_name(&self) -> &'static str {
+        if self.comm_device.is_cuda() {
+            "NCCL"
+        } else {
+            "Gloo"
+        }
     }
 
     pub fn rank(&self) -> usize {
@@ -145,8 +182,9 @@ impl Dist {
         self.env.rank == 0
     }
 
-    /// Runs `f` over `tensors` gathered into flat host buckets of at most `BUCKET_BYTES` (one
-    /// dtype each), then copies the results back: few large messages instead of one per tensor.
+    /// Runs `f` over `tensors` gathered into flat buckets of at most `BUCKET_BYTES` (one dtype
+    /// each, on the backend's device), then copies the results back: few large messages instead
+    /// of one per tensor.
     fn bucketed(&self, tensors: &[Tensor], f: impl Fn(&[Tensor]) -> Result<()>) -> Result<()> {
         let mut buckets: Vec<(Kind, Vec<usize>, usize)> = Vec::new();
         for (i, t) in tensors.iter().enumerate() {
@@ -164,7 +202,7 @@ impl Dist {
             .map(|(_, members, _)| {
                 let parts: Vec<Tensor> = members.iter().map(|&i| tensors[i].reshape([-1])).collect();
                 // Gloo reduces host memory: CUDA tensors travel through a host copy.
-                Tensor::f_cat(&parts, 0).and_then(|t| t.f_to_device(Device::Cpu)).map_err(Error::from)
+                Tensor::f_cat(&parts, 0).and_then(|t| t.f_to_device(self.comm_device)).map_err(Error::from)
             })
             .collect::<Result<_>>()?;
         f(&flats)?;
@@ -201,9 +239,9 @@ impl Dist {
 
     /// Element-wise sum / max / min of `values` over ranks.
     pub fn reduce_f64(&self, values: &[f64], op: ReduceOp) -> Result<Vec<f64>> {
-        let t = Tensor::from_slice(values);
+        let t = Tensor::from_slice(values).f_to_device(self.comm_device)?;
         self.pg.all_reduce(std::slice::from_ref(&t), op)?;
-        Ok(Vec::<f64>::try_from(&t)?)
+        Ok(Vec::<f64>::try_from(&t.f_to_device(Device::Cpu)?)?)
     }
 
     /// True on every rank when it is true on any (a stop signal one rank caught).

@@ -1,7 +1,7 @@
 //! Data-parallel training on libtorch's c10d (Gloo on CPU): the collectives against closed forms,
 //! DDP's gradient semantics against gradient accumulation, and `resnet-train launch` end to end.
 
-use resnet_train::dist::{checksum, Dist, DistEnv};
+use resnet_train::dist::{checksum, Dist, DistBackend, DistEnv};
 use resnet_train::ffi::dist::ReduceOp;
 use std::time::Duration;
 use tch::{Kind, Tensor};
@@ -33,7 +33,13 @@ fn on_ranks<T: Send + 'static>(world: usize, f: fn(&Dist) -> T) -> Vec<T> {
     let handles: Vec<_> = (0..world)
         .map(|rank| {
             std::thread::spawn(move || {
-                let dist = Dist::init(env(rank, world, port), Duration::from_secs(60)).expect("rendezvous");
+                let dist = Dist::init(
+                    env(rank, world, port),
+                    DistBackend::Auto,
+                    tch::Device::Cpu,
+                    Duration::from_secs(60),
+                )
+                .expect("rendezvous");
                 f(&dist)
             })
         })
@@ -87,7 +93,9 @@ fn rendezvous_waits_for_every_rank_then_times_out_with_a_clear_error() {
     // Rank 1 of 2 alone: nobody hosts the store.
     let port = free_port();
     let start = std::time::Instant::now();
-    let err = Dist::init(env(1, 2, port), Duration::from_millis(1500)).err().expect("no rank 0");
+    let err = Dist::init(env(1, 2, port), DistBackend::Gloo, tch::Device::Cpu, Duration::from_millis(1500))
+        .err()
+        .expect("no rank 0");
     let msg = err.to_string();
     assert!(msg.contains(&format!("rendezvous at 127.0.0.1:{port} (rank 1 of 2)")), "{msg}");
     assert!(start.elapsed() < Duration::from_secs(60), "took {:?}", start.elapsed());
@@ -158,7 +166,13 @@ fn two_ranks_take_the_steps_of_one_process_accumulating_their_batches() {
     let handles: Vec<_> = (0..2)
         .map(|rank| {
             std::thread::spawn(move || {
-                let dist = Dist::init(env(rank, 2, port), Duration::from_secs(60)).unwrap();
+                let dist = Dist::init(
+                    env(rank, 2, port),
+                    DistBackend::Auto,
+                    tch::Device::Cpu,
+                    Duration::from_secs(60),
+                )
+                .unwrap();
                 let mut e = Engine::new(engine_config(), tch::Device::Cpu, 10).unwrap();
                 e.dist = Some(std::rc::Rc::new(dist));
                 e.sync_from_main(true).unwrap();
@@ -308,4 +322,33 @@ fn a_rank_killed_mid_run_stops_the_job_and_the_resumed_job_matches_the_uninterru
         !alone.status.success() && msg.contains("trains with 2 data-parallel process(es), this job has 1"),
         "{msg}"
     );
+}
+
+#[test]
+fn the_nccl_backend_is_compiled_when_its_headers_are_there_and_refused_without_cuda() {
+    // CI compiles c10d's NCCL backend (src/ffi/dist_nccl.cpp) whenever bootstrap installed the
+    // headers, so it cannot rot on CPU-only machines; only a GPU can run it.
+    let site = Path::new(env!("RESNET_TRAIN_LIBTORCH_LIB")).join("../..");
+    if site.join("nvidia/nccl/include/nccl.h").exists() {
+        assert!(resnet_train::ffi::dist::nccl_built(), "NCCL headers present but the backend was not built");
+    } else {
+        eprintln!(
+            "SKIP: no NCCL headers beside libtorch ({}): the NCCL backend is not built",
+            site.display()
+        );
+    }
+    let msg = Dist::init(env(0, 1, free_port()), DistBackend::Nccl, tch::Device::Cpu, Duration::from_secs(5))
+        .err()
+        .expect("NCCL on CPU")
+        .to_string();
+    assert!(msg.contains("--dist-backend nccl needs --device cuda"), "{msg}");
+    if tch::Cuda::device_count() == 0 {
+        // No GPU: the NCCL object cannot load (libtorch_cuda is not usable), with a clear error.
+        let store = resnet_train::ffi::dist::Store::connect("127.0.0.1", free_port(), 0, 1, 5000).unwrap();
+        let msg = resnet_train::ffi::dist::ProcessGroup::nccl(&store, "t/", 0, 1, 5000)
+            .err()
+            .expect("no CUDA")
+            .to_string();
+        assert!(msg.contains("NCCL:"), "{msg}");
+    }
 }

@@ -100,6 +100,22 @@ int rt_dist_gloo(rt_store store, const char *prefix, int rank, int world, int64_
 
 void rt_dist_free(rt_process_group pg) { delete static_cast<ProcessGroup *>(pg); }
 
+int rt_dist_prefixed(rt_store store, const char *prefix, rt_store *out, char **err) {
+  return guarded(err, [&] {
+    auto base = *static_cast<c10::intrusive_ptr<c10d::Store> *>(store);
+    c10::intrusive_ptr<c10d::Store> prefixed = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), base);
+    *out = new c10::intrusive_ptr<c10d::Store>(std::move(prefixed));
+  });
+}
+
+int rt_dist_wrap_backend(rt_store store, void *backend, rt_process_group *out, char **err) {
+  return guarded(err, [&] {
+    auto holder = static_cast<c10::intrusive_ptr<c10d::Backend> *>(backend);
+    *out = new ProcessGroup{*static_cast<c10::intrusive_ptr<c10d::Store> *>(store), *holder};
+    delete holder;
+  });
+}
+
 int rt_dist_allreduce(rt_process_group pg, rt_tensor *tensors, int n, int op, char **err) {
   return guarded(err, [&] {
     auto &g = pg_of(pg);

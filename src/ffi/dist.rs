@@ -3,7 +3,8 @@
 
 use super::torch::{call, ptrs};
 use crate::error::{Error, Result};
-use std::ffi::{c_char, c_int, c_void, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::OnceLock;
 use tch::Tensor;
 
 extern "C" {
@@ -42,6 +43,18 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> c_int;
     fn rt_dist_free(pg: *mut c_void);
+    fn rt_dist_prefixed(
+        store: *mut c_void,
+        prefix: *const c_char,
+        out: *mut *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn rt_dist_wrap_backend(
+        store: *mut c_void,
+        backend: *mut c_void,
+        out: *mut *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
     fn rt_dist_allreduce(
         pg: *mut c_void,
         ts: *mut *mut c_void,
@@ -120,6 +133,69 @@ impl Drop for Store {
     }
 }
 
+/// c10d's NCCL backend, built by build.rs when the CUDA and NCCL headers were there (see
+/// src/ffi/dist_nccl.cpp); empty otherwise.
+#[cfg(nccl_embedded)]
+const NCCL_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libresnet_train_nccl.so"));
+#[cfg(not(nccl_embedded))]
+const NCCL_OBJECT: &[u8] = &[];
+
+/// Whether this binary carries the NCCL backend.
+pub fn nccl_built() -> bool {
+    !NCCL_OBJECT.is_empty()
+}
+
+type NcclCreate =
+    unsafe extern "C" fn(*mut c_void, c_int, c_int, i64, *mut *mut c_void, *mut *mut c_char) -> c_int;
+
+fn dl_error() -> String {
+    // SAFETY: dlerror returns NULL or a NUL-terminated string valid until the next dl call.
+    let p = unsafe { libc::dlerror() };
+    if p.is_null() {
+        "unknown dlopen error".into()
+    } else {
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+/// Loads the embedded NCCL object (from an anonymous memory file: nothing is written to disk)
+/// once; it resolves against libtorch_cuda.so, so only a CUDA machine can load it.
+fn nccl_create() -> Result<NcclCreate> {
+    static LOADED: OnceLock<std::result::Result<usize, String>> = OnceLock::new();
+    let loaded = LOADED.get_or_init(|| {
+        if NCCL_OBJECT.is_empty() {
+            return Err("this binary was built without NCCL's headers (see scripts/bootstrap.sh); use \
+                        --dist-backend gloo"
+                .into());
+        }
+        let name = CString::new("resnet_train_nccl").map_err(|e| e.to_string())?;
+        // SAFETY: memfd_create with a valid name; the fd is ours.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+        }
+        let path = format!("/proc/self/fd/{fd}");
+        std::fs::write(&path, NCCL_OBJECT).map_err(|e| format!("{path}: {e}"))?;
+        let c_path = CString::new(path).map_err(|e| e.to_string())?;
+        // SAFETY: dlopen/dlsym with valid C strings; the handle is leaked (stays loaded).
+        let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        if handle.is_null() {
+            return Err(format!("cannot load the NCCL backend (is this a CUDA machine?): {}", dl_error()));
+        }
+        let sym = CString::new("rt_dist_nccl_backend").map_err(|e| e.to_string())?;
+        let f = unsafe { libc::dlsym(handle, sym.as_ptr()) };
+        if f.is_null() {
+            return Err(format!("the NCCL backend has no rt_dist_nccl_backend: {}", dl_error()));
+        }
+        Ok(f as usize)
+    });
+    match loaded {
+        // SAFETY: the symbol is rt_dist_nccl_backend of dist_nccl.cpp, of this signature.
+        Ok(f) => Ok(unsafe { std::mem::transmute::<usize, NcclCreate>(*f) }),
+        Err(e) => Err(Error::Torch(format!("NCCL: {e}"))),
+    }
+}
+
 /// What an all-reduce combines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReduceOp {
@@ -162,6 +238,32 @@ impl ProcessGroup {
                 e,
             )
         })?;
+        Ok(ProcessGroup { pg: out, rank, world })
+    }
+
+    /// An NCCL process group (CUDA tensors, each rank on its own GPU) whose keys live under
+    /// `prefix` in `store`.
+    pub fn nccl(
+        store: &Store,
+        prefix: &str,
+        rank: usize,
+        world: usize,
+        timeout_ms: u64,
+    ) -> Result<ProcessGroup> {
+        let create = nccl_create()?;
+        let prefix_c = c_string("process group prefix", prefix)?;
+        let mut prefixed = std::ptr::null_mut();
+        // SAFETY: live store, C string and out-pointer valid for the call.
+        call("prefix store", |e| unsafe { rt_dist_prefixed(store.0, prefix_c.as_ptr(), &mut prefixed, e) })?;
+        let prefixed = Store(prefixed);
+        let mut backend = std::ptr::null_mut();
+        // SAFETY: the NCCL object's constructor, a live store handle and out-pointers.
+        call("NCCL process group", |e| unsafe {
+            create(prefixed.0, rank as c_int, world as c_int, timeout_ms as i64, &mut backend, e)
+        })?;
+        let mut out = std::ptr::null_mut();
+        // SAFETY: `backend` came from rt_dist_nccl_backend; ownership passes to the process group.
+        call("NCCL process group", |e| unsafe { rt_dist_wrap_backend(prefixed.0, backend, &mut out, e) })?;
         Ok(ProcessGroup { pg: out, rank, world })
     }
 

@@ -97,6 +97,11 @@ int rt_dist_store_get(rt_store store, const char *key, uint8_t **value, int64_t 
 int rt_dist_gloo(rt_store store, const char *prefix, int rank, int world, int64_t timeout_ms, rt_process_group *out,
                  char **err);
 void rt_dist_free(rt_process_group pg);
+// A store whose keys live under `prefix` of `store` (free with rt_dist_store_free).
+int rt_dist_prefixed(rt_store store, const char *prefix, rt_store *out, char **err);
+// A process group from a backend made elsewhere (the NCCL object: a new
+// c10::intrusive_ptr<c10d::Backend>*, owned from here on) over `store`.
+int rt_dist_wrap_backend(rt_store store, void *backend, rt_process_group *out, char **err);
 // In place, on every tensor, waiting for the result: op 0 = sum, 1 = max, 2 = min.
 int rt_dist_allreduce(rt_process_group pg, rt_tensor *tensors, int n, int op, char **err);
 int rt_dist_broadcast(rt_process_group pg, rt_tensor *tensors, int n, int root, char **err);

@@ -196,6 +196,9 @@ pub struct TrainConfig {
     /// others at the rendezvous and in each collective before it fails (a rank died or hangs).
     #[arg(long, default_value_t = 1800)]
     pub dist_timeout: u64,
+    /// Data-parallel collectives: auto (NCCL on CUDA, Gloo on CPU), gloo or nccl.
+    #[arg(long, value_enum, default_value_t = crate::dist::DistBackend::Auto)]
+    pub dist_backend: crate::dist::DistBackend,
 
     // ---- Evaluation, checkpoints, logs ----
     /// Evaluate every N epochs (and after the last).
@@ -271,12 +274,13 @@ const PER_INVOCATION: [&str; 1] = ["max_steps"];
 /// Keys a resumed run may change: how it runs, not what it computes up to now (`epochs` extends
 /// or shortens the schedule from here; the guards' thresholds and remedies only act on trouble).
 /// Any other key given with `--resume` that differs from the run's config.toml is refused.
-pub const RESUMABLE: [&str; 21] = [
+pub const RESUMABLE: [&str; 22] = [
     "epochs",
     "max_steps",
     "workers",
     "torch_threads",
     "dist_timeout",
+    "dist_backend",
     "device",
     "log_every",
     "checkpoint_every",

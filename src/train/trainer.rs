@@ -142,26 +142,31 @@ fn progress_bar(len: usize, epoch: usize, position: usize) -> Option<indicatif::
 impl Trainer {
     // ---- Set-up: device, run folder, data, engine, resume. ----
     pub fn new(cfg: TrainConfig, resume: Option<&Path>) -> Result<Self> {
-        // A rank of a data-parallel job? Rendezvous first: every rank fails alike from here on.
-        let dist = match DistEnv::from_env()? {
-            Some(env) => Some(Rc::new(Dist::init(env, Duration::from_secs(cfg.dist_timeout.max(1)))?)),
-            None => None,
-        };
-        let main = dist.as_ref().is_none_or(|d| d.is_main());
+        // A rank of a data-parallel job? Its device (`cuda` = cuda:LOCAL_RANK), then the
+        // rendezvous: from here on every rank fails alike.
+        let dist_env = DistEnv::from_env()?;
         let mut device = crate::runtime::parse_device(&cfg.device)?;
-        if let Some(d) = &dist {
-            device = d.env.device(device);
+        if let Some(env) = &dist_env {
+            device = env.device(device);
             if let tch::Device::Cuda(n) = device {
                 if n as i64 >= tch::Cuda::device_count() {
                     return Err(Error::Usage(format!(
                         "local rank {} wants cuda:{n} but this node has {} CUDA device(s): start at most that many \
                          processes per node",
-                        d.env.local_rank,
+                        env.local_rank,
                         tch::Cuda::device_count()
                     )));
                 }
             }
         }
+        let dist = match dist_env {
+            Some(env) => {
+                let timeout = Duration::from_secs(cfg.dist_timeout.max(1));
+                Some(Rc::new(Dist::init(env, cfg.dist_backend, device, timeout)?))
+            }
+            None => None,
+        };
+        let main = dist.as_ref().is_none_or(|d| d.is_main());
         if cfg.torch_threads > 0 {
             tch::set_num_threads(cfg.torch_threads as i32);
         }
@@ -274,12 +279,13 @@ impl Trainer {
         if let Some(d) = &dist {
             say!(
                 main,
-                "ranks      {} processes ({} per node, {}), rendezvous {}:{}, Gloo all-reduce",
+                "ranks      {} processes ({} per node, {}), rendezvous {}:{}, {} all-reduce",
                 d.world(),
                 d.env.local_world,
                 d.env.source,
                 d.env.master_addr,
-                d.env.master_port
+                d.env.master_port,
+                d.backend_name()
             );
         }
         say!(
