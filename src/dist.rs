@@ -25,6 +25,8 @@ pub struct DistEnv {
     pub master_port: u16,
     /// Which launcher's variables these came from (for messages).
     pub source: &'static str,
+    /// torchrun's agent already hosts the store at MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE).
+    pub agent_store: bool,
 }
 
 fn parse_var<T: std::str::FromStr>(get: &dyn Fn(&str) -> Option<String>, name: &str) -> Result<Option<T>> {
@@ -58,7 +60,18 @@ impl DistEnv {
             let local_world = parse_var(get, "LOCAL_WORLD_SIZE")?.unwrap_or(world);
             let master_addr = get("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
             let master_port = parse_var(get, "MASTER_PORT")?.unwrap_or(DEFAULT_PORT);
-            DistEnv { rank, world, local_rank, local_world, master_addr, master_port, source: "torchrun" }
+            let agent_store =
+                get("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            DistEnv {
+                rank,
+                world,
+                local_rank,
+                local_world,
+                master_addr,
+                master_port,
+                source: "torchrun",
+                agent_store,
+            }
         } else if let Some(world) = parse_var::<usize>(get, "SLURM_NTASKS")? {
             if world <= 1 {
                 return Ok(None);
@@ -86,6 +99,7 @@ impl DistEnv {
                 master_addr,
                 master_port,
                 source: "SLURM",
+                agent_store: false,
             }
         } else {
             return Ok(None);
@@ -152,7 +166,8 @@ impl Dist {
             _ => false,
         };
         let ms = timeout.as_millis().max(1) as u64;
-        let store = Store::connect(&env.master_addr, env.master_port, env.rank, env.world, ms)?;
+        let store =
+            Store::connect_to(&env.master_addr, env.master_port, env.rank, env.world, env.agent_store, ms)?;
         let (pg, comm_device) = if nccl {
             (ProcessGroup::nccl(&store, "resnet-train/", env.rank, env.world, ms)?, device)
         } else {
@@ -302,6 +317,10 @@ mod tests {
         assert_eq!((e.master_addr.as_str(), e.master_port, e.source), ("node0", 1234, "torchrun"));
         assert_eq!(e.device(Device::Cuda(0)), Device::Cuda(1));
         assert_eq!(e.device(Device::Cpu), Device::Cpu);
+        assert!(!e.agent_store);
+        // torchrun's agent hosts the store itself: rank 0 then connects as a client.
+        let agent = env(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("TORCHELASTIC_USE_AGENT_STORE", "True")]);
+        assert!(agent.unwrap().unwrap().agent_store);
     }
 
     #[test]

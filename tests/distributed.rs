@@ -24,6 +24,7 @@ fn env(rank: usize, world: usize, port: u16) -> DistEnv {
         master_addr: "127.0.0.1".into(),
         master_port: port,
         source: "test",
+        agent_store: false,
     }
 }
 

@@ -1,6 +1,8 @@
 //! `resnet-train bench`: the trainer's own training step (`train::engine`) on synthetic on-device
 //! data, printing one JSON line with the fields of ../shared/bench/torch_train_bench.py, for
-//! same-run comparisons.
+//! same-run comparisons. Under `resnet-train launch` (or torchrun) it times the data-parallel step
+//! (each rank `--batch` images, gradients averaged over the ranks) and the gradient all-reduce on
+//! its own, which bounds what overlapping it with the backward pass could save.
 
 use crate::error::Result;
 use crate::model::{ActImpl, ActKind, Arch};
@@ -66,7 +68,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.threads > 0 {
         tch::set_num_threads(a.threads);
     }
-    let device = crate::runtime::parse_device(&a.device)?;
+    let mut device = crate::runtime::parse_device(&a.device)?;
+    let dist_env = crate::dist::DistEnv::from_env()?;
+    if let Some(env) = &dist_env {
+        device = env.device(device);
+    }
     a.precision.configure()?;
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
@@ -92,6 +98,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ..TrainConfig::default()
     };
     let mut engine = Engine::new(cfg, device, a.classes)?;
+    if let Some(env) = dist_env {
+        let timeout = std::time::Duration::from_secs(600);
+        let d = crate::dist::Dist::init(env, crate::dist::DistBackend::Auto, device, timeout)?;
+        engine.dist = Some(std::rc::Rc::new(d));
+        engine.sync_from_main(true)?;
+    }
+    let dist = engine.dist.clone();
+    let world = dist.as_ref().map_or(1, |d| d.world());
     let mut x = Tensor::randn([a.batch, 3, a.res, a.res], (Kind::Float, device));
     if a.channels_last {
         x = crate::ffi::to_channels_last(&x)?;
@@ -122,18 +136,39 @@ pub fn run(a: BenchArgs) -> Result<()> {
     sync();
     let dt = t0.elapsed().as_secs_f64();
     let peak_rss = crate::ffi::process::peak_rss_bytes();
+    // The gradient all-reduce alone (as many times as steps), on gradients of the real sizes.
+    let allreduce_ms = match &dist {
+        Some(d) => {
+            let grads: Vec<Tensor> = engine.vs.trainable_variables().iter().map(|t| t.zeros_like()).collect();
+            d.barrier()?;
+            let t = Instant::now();
+            for _ in 0..a.steps {
+                d.average(&grads)?;
+            }
+            sync();
+            Some((1000.0 * t.elapsed().as_secs_f64() / a.steps as f64 * 100.0).round() / 100.0)
+        }
+        None => None,
+    };
     let mut out = serde_json::json!({
         "impl": "resnet-train", "tch": "0.24.0", "arch": a.arch.name(), "act": format!("{:?}", a.act).to_lowercase(),
         "order": a.order, "precision": format!("{:?}", a.precision).to_lowercase(), "batch": a.batch, "res": a.res,
         "device": a.device, "channels_last": a.channels_last, "opt": format!("{:?}", a.opt).to_lowercase(),
         "model_ema": a.model_ema, "guards": a.guards, "threads": tch::get_num_threads(), "steps": a.steps,
-        "img_per_s": ((a.batch as f64 * a.steps as f64 / dt) * 100.0).round() / 100.0,
+        "world": world, "img_per_s": ((a.batch as f64 * world as f64 * a.steps as f64 / dt) * 100.0).round() / 100.0,
         "ms_per_step": (1000.0 * dt / a.steps as f64 * 100.0).round() / 100.0,
         "final_loss": loss, "act_impl": format!("{:?}", a.act_impl).to_lowercase(), "act_out_lowp": a.act_out_lowp,
         // CPU memory: the process's peak RSS, and its rise over the RSS before the first step
         // (what the training step itself holds: activations, gradients, workspace).
         "peak_rss_gib": gib(peak_rss), "step_rss_gib": gib(peak_rss.saturating_sub(rss_before)),
     });
+    if let (Some(ms), Some(d)) = (allreduce_ms, &dist) {
+        out["allreduce_ms"] = serde_json::json!(ms);
+        out["dist_backend"] = serde_json::json!(d.backend_name());
+        if !d.is_main() {
+            return Ok(());
+        }
+    }
     if let Device::Cuda(i) = device {
         out["max_mem_gib"] = serde_json::json!(gib(crate::ffi::cuda_max_memory_allocated(i)?));
     }

@@ -49,7 +49,7 @@ using rt::list;
 
 extern "C" {
 
-int rt_dist_store(const char *host, int port, int rank, int world, int64_t timeout_ms, rt_store *out,
+int rt_dist_store(const char *host, int port, int rank, int world, int is_server, int64_t timeout_ms, rt_store *out,
                   char **err) {
   return guarded(err, [&] {
     if (rank < 0 || world < 1 || rank >= world)
@@ -57,7 +57,7 @@ int rt_dist_store(const char *host, int port, int rank, int world, int64_t timeo
     if (port < 1 || port > 65535) throw std::invalid_argument("port " + std::to_string(port) + " is not a TCP port");
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<std::uint16_t>(port);
-    opts.isServer = rank == 0;
+    opts.isServer = is_server != 0;
     opts.numWorkers = static_cast<std::size_t>(world);
     opts.waitWorkers = true;
     opts.timeout = std::chrono::milliseconds(timeout_ms);

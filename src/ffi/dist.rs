@@ -14,6 +14,7 @@ extern "C" {
         port: c_int,
         rank: c_int,
         world: c_int,
+        is_server: c_int,
         timeout_ms: i64,
         out: *mut *mut c_void,
         err: *mut *mut c_char,
@@ -76,8 +77,9 @@ fn c_string(what: &str, s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| Error::Usage(format!("{what} {s:?} contains a NUL byte")))
 }
 
-/// c10d's TCPStore: rank 0 hosts it at `host:port`, every rank connects; construction returns
-/// once all `world` ranks have connected (or fails after `timeout_ms`).
+/// c10d's TCPStore: rank 0 hosts it at `host:port` (unless `agent_hosted`: torchrun's agent
+/// already does), every rank connects; construction returns once all `world` ranks have
+/// connected (or fails after `timeout_ms`).
 pub struct Store(*mut c_void);
 
 // SAFETY: c10d's TCPStore client is thread-safe (a mutex per connection); the handle is only
@@ -86,6 +88,18 @@ unsafe impl Send for Store {}
 
 impl Store {
     pub fn connect(host: &str, port: u16, rank: usize, world: usize, timeout_ms: u64) -> Result<Store> {
+        Self::connect_to(host, port, rank, world, false, timeout_ms)
+    }
+
+    pub fn connect_to(
+        host: &str,
+        port: u16,
+        rank: usize,
+        world: usize,
+        agent_hosted: bool,
+        timeout_ms: u64,
+    ) -> Result<Store> {
+        let is_server = (rank == 0 && !agent_hosted) as c_int;
         let host_c = c_string("master address", host)?;
         let mut out = std::ptr::null_mut();
         // SAFETY: valid C string and out-pointer for the call.
@@ -95,6 +109,7 @@ impl Store {
                 port as c_int,
                 rank as c_int,
                 world as c_int,
+                is_server,
                 timeout_ms as i64,
                 &mut out,
                 e,

@@ -83,13 +83,15 @@ int rt_polycom_cuda_unavailable(int device, char **reason, char **err);
 // (NULL or "": the usual places); *log = NULL on success, else NVRTC's log.
 int rt_polycom_cuda_compile_check(const char *arch, const char *nvrtc_path, char **log, char **err);
 
-// Distributed collectives (dist.cpp), from libtorch's c10d. A store is a c10d::TCPStore that rank 0
-// hosts at host:port (every rank waits up to timeout_ms for all `world` ranks to connect); its
+// Distributed collectives (dist.cpp), from libtorch's c10d. A store is a c10d::TCPStore at
+// host:port, hosted by the rank with is_server (rank 0, unless a launcher's agent hosts it); every
+// rank waits up to timeout_ms for all `world` ranks to connect; its
 // set/get carry small messages between ranks (get waits for the key; *value is malloc'ed, freed
 // with rt_free). A process group is a c10d backend over that store, its keys under `prefix`.
 typedef void *rt_store;
 typedef void *rt_process_group;
-int rt_dist_store(const char *host, int port, int rank, int world, int64_t timeout_ms, rt_store *out, char **err);
+int rt_dist_store(const char *host, int port, int rank, int world, int is_server, int64_t timeout_ms, rt_store *out,
+                  char **err);
 void rt_dist_store_free(rt_store store);
 int rt_dist_store_set(rt_store store, const char *key, const uint8_t *value, int64_t len, char **err);
 int rt_dist_store_get(rt_store store, const char *key, uint8_t **value, int64_t *len, char **err);

@@ -226,6 +226,16 @@ impl Engine {
             // clip and the guards see the same numbers, and decide the same, on every rank.
             d.average(&grads)?;
             loss_mean = d.reduce_f64(&[loss_mean], ReduceOp::Sum)?[0] / d.world() as f64;
+            if monitor && !activations.is_empty() {
+                // The activation monitors report the job: the largest |x| and the non-finite
+                // count over all ranks' batches, site by site (every rank has the same sites).
+                let max: Vec<f64> = activations.iter().map(|s| s.max_abs).collect();
+                let bad: Vec<f64> = activations.iter().map(|s| s.nonfinite as f64).collect();
+                let (max, bad) = (d.reduce_f64(&max, ReduceOp::Max)?, d.reduce_f64(&bad, ReduceOp::Sum)?);
+                for (s, (m, b)) in activations.iter_mut().zip(max.into_iter().zip(bad)) {
+                    (s.max_abs, s.nonfinite) = (m, b as i64);
+                }
+            }
         }
         // Unscale (fp16: finds inf/NaN), clip (the norm finds inf/NaN in every precision), adapt
         // the loss scale; then the guards decide.
