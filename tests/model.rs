@@ -169,3 +169,47 @@ fn invalid_configs_are_errors_not_panics() {
     c.num_classes = 0;
     assert!(ResNet::new(&vs.root(), c).unwrap_err().to_string().contains("--num-classes"));
 }
+
+#[test]
+fn drop_path_zeroes_whole_samples_and_keeps_the_expectation() {
+    // timm's drop_path: per sample, 0 with probability p, else x / (1 - p).
+    let _g = common::global_lock();
+    tch::manual_seed(7);
+    let x = Tensor::ones([20_000, 2, 3, 3], (Kind::Float, Device::Cpu));
+    let y = resnet_train::model::resnet::drop_path(&x, 0.25);
+    let per_sample = y.flatten(1, -1);
+    let (lo, hi) = (per_sample.min_dim(1, false).0, per_sample.max_dim(1, false).0);
+    assert_eq!(lo, hi, "a sample is dropped or kept as a whole");
+    let zero = lo.eq(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+    let kept = lo.ne(0.0);
+    let kept_value = lo.masked_select(&kept).unique_dim(0, true, false, false).0;
+    assert_eq!(Vec::<f32>::try_from(&kept_value).unwrap(), vec![1.0 / 0.75]);
+    assert!((zero - 0.25).abs() < 0.015, "dropped fraction {zero}");
+    assert!((y.mean(Kind::Double).double_value(&[]) - 1.0).abs() < 0.02);
+    assert!(resnet_train::model::resnet::drop_path(&x, 0.0).equal(&x));
+}
+
+#[test]
+fn drop_path_rates_rise_linearly_over_blocks_and_evaluation_ignores_them() {
+    let _g = common::global_lock();
+    // timm's rule: block i of n gets rate * i / (n - 1).
+    let mut c = cfg(Arch::Resnet50, ActKind::Polynorm);
+    c.drop_path_rate = 0.05;
+    let rates = c.drop_path_rates();
+    assert_eq!(rates.len(), 16);
+    for (i, r) in rates.iter().enumerate() {
+        assert!((r - 0.05 * i as f64 / 15.0).abs() < 1e-15);
+    }
+    c.arch = Arch::Resnet18;
+    c.small_stem = true;
+    c.num_classes = 10;
+    c.drop_path_rate = 0.5;
+    let (vs_a, with) = build(c);
+    let (mut vs_b, without) = build(ResNetConfig { drop_path_rate: 0.0, ..c });
+    vs_b.copy(&vs_a).unwrap();
+    let x = Tensor::randn([4, 3, 16, 16], (Kind::Float, Device::Cpu));
+    assert!(with.forward_t(&x, false).equal(&without.forward_t(&x, false)));
+    assert!(!with.forward_t(&x, true).allclose(&without.forward_t(&x, true), 1e-6, 1e-6, false));
+    c.drop_path_rate = 1.0;
+    assert!(ResNet::new(&nn::VarStore::new(Device::Cpu).root(), c).is_err());
+}

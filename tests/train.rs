@@ -389,3 +389,60 @@ fn learns_on_tiny_imagenet_10() {
     eprintln!("tiny-imagenet-10, ResNet-18, 3 epochs at 48 px: top-1 {top1:.1}% (chance 10%)");
     assert!(top1 > 35.0, "top-1 {top1}% after 3 epochs");
 }
+
+#[test]
+fn drop_path_is_active_and_a_resumed_run_draws_what_the_uninterrupted_one_drew() {
+    // Stochastic depth draws from libtorch's generator, which the engine seeds with (seed, step,
+    // rank) before each step. Separate processes: the generator is global to a process.
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 8, 2, 32, 5).unwrap(); // 80 train: 10 steps of 8
+    let run = |name: &str, extra: &[&str]| {
+        let out = std::process::Command::new(common::bin())
+            .arg("train")
+            .arg("--data")
+            .arg(&data)
+            .args([
+                "--arch",
+                "resnet18",
+                "--act",
+                "relu",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--lr",
+                "0.2",
+            ])
+            .args([
+                "--train-size",
+                "32",
+                "--eval-size",
+                "32",
+                "--device",
+                "cpu",
+                "--workers",
+                "1",
+                "--output",
+            ])
+            .arg(dir.path())
+            .args(["--name", name])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    run("full", &["--drop-path", "0.3"]);
+    run("cut", &["--drop-path", "0.3", "--max-steps", "4"]);
+    let out = std::process::Command::new(common::bin())
+        .arg("--resume")
+        .arg(dir.path().join("cut"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run("plain", &[]);
+    let full = losses(&dir.path().join("full"));
+    assert_eq!(full.len(), 10);
+    assert_eq!(full, losses(&dir.path().join("cut")), "a resumed drop-path run differs");
+    assert_ne!(full, losses(&dir.path().join("plain")), "--drop-path changed nothing");
+}

@@ -115,6 +115,7 @@ impl ModelArgs {
             num_classes: self.num_classes,
             zero_init_residual: self.zero_init_residual,
             small_stem: self.small_stem,
+            drop_path_rate: 0.0,
         }
     }
 }

@@ -67,11 +67,41 @@ pub struct ResNetConfig {
     /// 3x3 stride-1 stem without max-pool, for inputs of 64 px and less.
     #[serde(default)]
     pub small_stem: bool,
+    /// Stochastic depth (timm's `drop_path_rate`): in training, each sample's residual branch is
+    /// dropped with a probability rising linearly over the blocks from 0 to this rate (the
+    /// kept ones scaled by 1 / keep). No effect in evaluation.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub drop_path_rate: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+/// timm's `drop_path`: each sample of `x` (dim 0) is zeroed with probability `p`, the others
+/// divided by 1 - p, so the expectation is unchanged. Draws from libtorch's generator (the trainer
+/// seeds it per step, so runs resume exactly).
+pub fn drop_path(x: &Tensor, p: f64) -> Tensor {
+    if p <= 0.0 {
+        return x.shallow_clone();
+    }
+    let keep = 1.0 - p;
+    let mut shape = vec![1i64; x.dim()];
+    shape[0] = x.size()[0];
+    let mask = Tensor::empty(shape.as_slice(), (x.kind(), x.device())).bernoulli_float_(keep);
+    x * (mask / keep)
 }
 
 impl ResNetConfig {
     pub fn new(arch: Arch, act: ActConfig) -> Self {
-        Self { arch, act, num_classes: 1000, zero_init_residual: false, small_stem: false }
+        Self {
+            arch,
+            act,
+            num_classes: 1000,
+            zero_init_residual: false,
+            small_stem: false,
+            drop_path_rate: 0.0,
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -82,7 +112,17 @@ impl ResNetConfig {
                 self.num_classes
             )));
         }
+        if !(0.0..1.0).contains(&self.drop_path_rate) {
+            return Err(Error::Usage(format!("--drop-path must be in [0, 1), got {}", self.drop_path_rate)));
+        }
         Ok(())
+    }
+
+    /// Each block's drop-path probability, in forward order: timm's linear rule
+    /// `rate * i / (blocks - 1)` over all blocks of the network.
+    pub fn drop_path_rates(&self) -> Vec<f64> {
+        let n: usize = self.arch.layers().iter().sum();
+        (0..n).map(|i| self.drop_path_rate * i as f64 / (n.max(2) - 1) as f64).collect()
     }
 
     /// Names of the activation sites in forward order (`act1`, `layer1.0.act1`, ...).
@@ -205,10 +245,19 @@ struct Block {
     /// One per conv; the last one is applied after the residual add.
     acts: Vec<Activation>,
     downsample: Option<Downsample>,
+    /// Stochastic depth probability of this block's residual branch.
+    drop_path: f64,
 }
 
 impl Block {
-    fn new(vs: nn::Path, cfg: &ResNetConfig, c_in: i64, planes: i64, stride: i64) -> (Self, i64) {
+    fn new(
+        vs: nn::Path,
+        cfg: &ResNetConfig,
+        c_in: i64,
+        planes: i64,
+        stride: i64,
+        drop_path: f64,
+    ) -> (Self, i64) {
         let (specs, c_out): (Vec<(i64, i64, i64, i64)>, i64) = if cfg.arch.bottleneck() {
             // (in, out, kernel, stride) per conv; v1.5 puts the stride on the 3x3.
             (vec![(c_in, planes, 1, 1), (planes, planes, 3, stride), (planes, planes * 4, 1, 1)], planes * 4)
@@ -226,7 +275,7 @@ impl Block {
         }
         let downsample =
             (stride != 1 || c_in != c_out).then(|| Downsample::new(&vs / "downsample", c_in, c_out, stride));
-        (Self { convs, bns, acts, downsample }, c_out)
+        (Self { convs, bns, acts, downsample, drop_path }, c_out)
     }
 
     fn forward(&self, x: &Tensor, train: bool, observe: &mut dyn FnMut(usize, &Tensor)) -> Tensor {
@@ -239,6 +288,9 @@ impl Block {
         for i in 0..n {
             out = self.bns[i].forward_t(&out.apply(&self.convs[i]), train);
             if i == n - 1 {
+                if train {
+                    out = drop_path(&out, self.drop_path);
+                }
                 // Not `+=`: tch's AddAssign is the in-place add_, which autograd must not see here.
                 #[allow(clippy::assign_op_pattern)]
                 {
@@ -275,13 +327,15 @@ impl ResNet {
         let act1 = Activation::new(vs / "act1", cfg.act);
         let mut c_in = 64;
         let mut stages = Vec::with_capacity(4);
+        let mut drop_rates = cfg.drop_path_rates().into_iter();
         for (s, &blocks) in cfg.arch.layers().iter().enumerate() {
             let planes = 64 << s;
             let layer = vs / format!("layer{}", s + 1);
             let mut stage = Vec::with_capacity(blocks);
             for b in 0..blocks {
                 let stride = if s > 0 && b == 0 { 2 } else { 1 };
-                let (block, c_out) = Block::new(&layer / b, &cfg, c_in, planes, stride);
+                let rate = drop_rates.next().unwrap_or(0.0);
+                let (block, c_out) = Block::new(&layer / b, &cfg, c_in, planes, stride, rate);
                 c_in = c_out;
                 stage.push(block);
             }

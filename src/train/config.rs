@@ -70,6 +70,10 @@ pub struct TrainConfig {
     /// 3x3 stride-1 stem without max-pool, for inputs of 64 px and less.
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub small_stem: bool,
+    /// Stochastic depth (timm's `drop_path`): the probability of dropping a sample's residual
+    /// branch, rising linearly over the blocks from 0 to this (RSB A1/A2: 0.05; 0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_path: f64,
     /// Zero-init each residual block's last BN gamma.
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub zero_init_residual: bool,
@@ -553,6 +557,7 @@ impl TrainConfig {
             num_classes,
             zero_init_residual: self.zero_init_residual,
             small_stem: self.small_stem,
+            drop_path_rate: self.drop_path,
         }
     }
 

@@ -202,6 +202,13 @@ impl Engine {
         let monitor = cfg.monitor_every > 0 && step.is_multiple_of(cfg.monitor_every);
         let n = micro.len().max(1) as f64;
         let (mut loss_mean, mut activations) = (0.0, Vec::new());
+        if cfg.drop_path > 0.0 {
+            // Stochastic depth draws from libtorch's generator: seeded by (seed, step, rank), so
+            // a resumed run draws what the uninterrupted one drew, and ranks draw differently.
+            let rank = self.dist.as_ref().map_or(0, |d| d.rank()) as u64;
+            let key = crate::rng::SplitMix64::keyed(&[cfg.seed, step as u64, rank, 0xD809_0A7E]).next_u64();
+            tch::manual_seed((key >> 1) as i64);
+        }
         for (i, (x, y)) in micro.iter().enumerate() {
             let (loss, stats) = {
                 let _autocast = cfg.precision.autocast(self.device)?;
