@@ -117,8 +117,22 @@ pub fn ensure_demo_dataset() -> Result<std::path::PathBuf> {
     let root = cache.join("demo-data-v1");
     let done = root.join("DONE");
     if !done.exists() {
-        write_dataset(&root, DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS, DEMO_SIZE, 0)?;
-        std::fs::write(&done, b"").map_err(|e| Error::io(&done, e))?;
+        // Written aside and renamed into place: processes that start together (the ranks of a
+        // data-parallel job) never read a half-written file; the first rename wins.
+        let tmp = cache.join(format!("demo-data-v1.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        write_dataset(&tmp, DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS, DEMO_SIZE, 0)?;
+        std::fs::write(tmp.join("DONE"), b"").map_err(|e| Error::io(tmp.join("DONE"), e))?;
+        if root.exists() && !done.exists() {
+            // A folder left by an older, interrupted version of this step.
+            let _ = std::fs::remove_dir_all(&root);
+        }
+        if std::fs::rename(&tmp, &root).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            if !done.exists() {
+                return Err(Error::file(&root, "cannot write the embedded dataset here (set RESNET_TRAIN_CACHE)"));
+            }
+        }
     }
     Ok(root)
 }
