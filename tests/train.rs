@@ -391,9 +391,10 @@ fn learns_on_tiny_imagenet_10() {
 }
 
 #[test]
-fn drop_path_is_active_and_a_resumed_run_draws_what_the_uninterrupted_one_drew() {
+fn drop_path_and_mixup_are_active_and_a_resumed_run_draws_what_the_uninterrupted_one_drew() {
     // Stochastic depth draws from libtorch's generator, which the engine seeds with (seed, step,
-    // rank) before each step. Separate processes: the generator is global to a process.
+    // rank) before each step; Mixup/CutMix from a generator keyed by (seed, step, rank, micro).
+    // Separate processes: libtorch's generator is global to a process.
     let dir = common::tmpdir();
     let data = dir.path().join("data");
     synthetic::write_dataset(&data, 8, 2, 32, 5).unwrap(); // 80 train: 10 steps of 8
@@ -432,8 +433,9 @@ fn drop_path_is_active_and_a_resumed_run_draws_what_the_uninterrupted_one_drew()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
-    run("full", &["--drop-path", "0.3"]);
-    run("cut", &["--drop-path", "0.3", "--max-steps", "4"]);
+    let regularised = ["--drop-path", "0.3", "--mixup", "0.2", "--cutmix", "1.0", "--smoothing", "0.1"];
+    run("full", &regularised);
+    run("cut", &[&regularised[..], &["--max-steps", "4"]].concat());
     let out = std::process::Command::new(common::bin())
         .arg("--resume")
         .arg(dir.path().join("cut"))
@@ -443,6 +445,6 @@ fn drop_path_is_active_and_a_resumed_run_draws_what_the_uninterrupted_one_drew()
     run("plain", &[]);
     let full = losses(&dir.path().join("full"));
     assert_eq!(full.len(), 10);
-    assert_eq!(full, losses(&dir.path().join("cut")), "a resumed drop-path run differs");
-    assert_ne!(full, losses(&dir.path().join("plain")), "--drop-path changed nothing");
+    assert_eq!(full, losses(&dir.path().join("cut")), "a resumed drop-path + mixup run differs");
+    assert_ne!(full, losses(&dir.path().join("plain")), "--drop-path and --mixup changed nothing");
 }

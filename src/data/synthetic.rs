@@ -130,7 +130,10 @@ pub fn ensure_demo_dataset() -> Result<std::path::PathBuf> {
         if std::fs::rename(&tmp, &root).is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
             if !done.exists() {
-                return Err(Error::file(&root, "cannot write the embedded dataset here (set RESNET_TRAIN_CACHE)"));
+                return Err(Error::file(
+                    &root,
+                    "cannot write the embedded dataset here (set RESNET_TRAIN_CACHE)",
+                ));
             }
         }
     }

@@ -161,6 +161,23 @@ pub struct TrainConfig {
     /// BCE: targets above this become 1, the rest 0 (RSB: 0.2).
     #[arg(long)]
     pub bce_target_thresh: Option<f64>,
+    /// Mixup's Beta alpha (timm's `mixup`; 0: off). Batches are mixed with their reverse on the
+    /// device; label smoothing goes into the mixed targets.
+    #[arg(long, default_value_t = 0.0)]
+    pub mixup: f64,
+    /// CutMix's Beta alpha (timm's `cutmix`; 0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub cutmix: f64,
+    /// CutMix box side as fractions min,max of the image's (timm's `cutmix_minmax`; overrides
+    /// the alpha).
+    #[arg(long, value_delimiter = ',')]
+    pub cutmix_minmax: Option<Vec<f64>>,
+    /// Probability that a batch is mixed (timm's `mixup_prob`).
+    #[arg(long, default_value_t = 1.0)]
+    pub mixup_prob: f64,
+    /// Probability of CutMix rather than Mixup when both are on (timm's `mixup_switch_prob`).
+    #[arg(long, default_value_t = 0.5)]
+    pub mixup_switch_prob: f64,
 
     // ---- Weight averaging ----
     /// Keep an exponential moving average of the weights (timm's ModelEmaV3), evaluated every
@@ -489,6 +506,21 @@ impl TrainConfig {
                 self.model_ema_decay, self.model_ema_every
             ));
         }
+        if self.mixup < 0.0
+            || self.cutmix < 0.0
+            || !(0.0..=1.0).contains(&self.mixup_prob)
+            || !(0.0..=1.0).contains(&self.mixup_switch_prob)
+        {
+            return bad(format!(
+                "--mixup and --cutmix must be >= 0, --mixup-prob and --mixup-switch-prob in [0, 1]; got {}, {}, {}, {}",
+                self.mixup, self.cutmix, self.mixup_prob, self.mixup_switch_prob
+            ));
+        }
+        if let Some(m) = &self.cutmix_minmax {
+            if m.len() != 2 || !(0.0 < m[0] && m[0] <= m[1] && m[1] <= 1.0) {
+                return bad(format!("--cutmix-minmax must be two fractions 0 < min <= max <= 1, got {m:?}"));
+            }
+        }
         if self.bce_target_thresh.is_some_and(|t| !(0.0..1.0).contains(&t)) {
             return bad(format!("--bce-target-thresh must be in [0, 1), got {:?}", self.bce_target_thresh));
         }
@@ -559,6 +591,19 @@ impl TrainConfig {
             small_stem: self.small_stem,
             drop_path_rate: self.drop_path,
         }
+    }
+
+    /// Mixup/CutMix as configured (None when both are off).
+    pub fn mixup_config(&self) -> Option<super::mixup::MixupConfig> {
+        let m = super::mixup::MixupConfig {
+            mixup_alpha: self.mixup,
+            cutmix_alpha: self.cutmix,
+            cutmix_minmax: self.cutmix_minmax.as_ref().filter(|v| v.len() == 2).map(|v| (v[0], v[1])),
+            prob: self.mixup_prob,
+            switch_prob: self.mixup_switch_prob,
+            label_smoothing: self.smoothing,
+        };
+        m.active().then_some(m)
     }
 
     /// Applies a stability remedy (an ablation cell's variant, or the divergence guard's choice).

@@ -202,18 +202,34 @@ impl Engine {
         let monitor = cfg.monitor_every > 0 && step.is_multiple_of(cfg.monitor_every);
         let n = micro.len().max(1) as f64;
         let (mut loss_mean, mut activations) = (0.0, Vec::new());
+        let rank = self.dist.as_ref().map_or(0, |d| d.rank()) as u64;
         if cfg.drop_path > 0.0 {
             // Stochastic depth draws from libtorch's generator: seeded by (seed, step, rank), so
             // a resumed run draws what the uninterrupted one drew, and ranks draw differently.
-            let rank = self.dist.as_ref().map_or(0, |d| d.rank()) as u64;
             let key = crate::rng::SplitMix64::keyed(&[cfg.seed, step as u64, rank, 0xD809_0A7E]).next_u64();
             tch::manual_seed((key >> 1) as i64);
         }
         for (i, (x, y)) in micro.iter().enumerate() {
+            // Mixup/CutMix: drawn per (seed, step, rank, micro-batch), so a resume mixes alike.
+            let mixed = match cfg.mixup_config() {
+                Some(m) => {
+                    let p = m.draw(
+                        &[cfg.seed, step as u64, rank, i as u64, 0x313D_C0DE],
+                        x.size()[2],
+                        x.size()[3],
+                    );
+                    Some(m.apply(x, y, &p, self.num_classes)?)
+                }
+                None => None,
+            };
+            let (x, targets) = match &mixed {
+                Some((mx, t)) => (mx, Targets::Soft(t)),
+                None => (x, Targets::Hard(y)),
+            };
             let (loss, stats) = {
                 let _autocast = cfg.precision.autocast(self.device)?;
                 let (logits, stats) = forward_monitored(&self.model, x, monitor && i == 0)?;
-                (self.loss.compute(&logits, Targets::Hard(y))?, stats)
+                (self.loss.compute(&logits, targets)?, stats)
             };
             if let Some(s) = first_nonfinite(&stats) {
                 eprintln!(

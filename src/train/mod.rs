@@ -9,6 +9,7 @@ pub mod eval;
 pub mod guards;
 pub mod loss;
 pub mod metrics;
+pub mod mixup;
 pub mod optim;
 pub mod run_dir;
 pub mod schedule;
