@@ -243,4 +243,29 @@ mod tests {
         let never = MixupConfig { prob: 0.0, ..both };
         assert_eq!(never.draw(&[1], 8, 8), MixParams { lam: 1.0, cutmix_box: None });
     }
+
+    #[test]
+    fn mixed_batches_and_targets_equal_timms() {
+        // tests/golden/make_mixup_golden.py: timm 1.0.31's Mixup._mix_batch and mixup_target with
+        // lam (Mixup 0.3) and the CutMix box (rows 2..6, cols 1..5) fixed.
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/mixup.safetensors");
+        let g = crate::model::weights::read(&p).unwrap().tensors;
+        let cfg = MixupConfig {
+            mixup_alpha: 1.0,
+            cutmix_alpha: 1.0,
+            cutmix_minmax: None,
+            prob: 1.0,
+            switch_prob: 0.5,
+            label_smoothing: 0.1,
+        };
+        let (x, y) = (&g["x"], &g["y"]);
+        let (mx, t) = cfg.apply(x, y, &MixParams { lam: 0.3, cutmix_box: None }, 5).unwrap();
+        assert!(mx.allclose(&g["mixup.x"], 1e-6, 1e-6, false));
+        assert!(t.allclose(&g["mixup.target"], 1e-7, 1e-7, false));
+        let lam = g["cutmix.lam"].double_value(&[0]);
+        let (cx, ct) = cfg.apply(x, y, &MixParams { lam, cutmix_box: Some((2, 6, 1, 5)) }, 5).unwrap();
+        assert!(cx.equal(&g["cutmix.x"]));
+        assert!(ct.allclose(&g["cutmix.target"], 1e-7, 1e-7, false));
+        assert_eq!(lam, 0.75);
+    }
 }
