@@ -391,9 +391,10 @@ fn learns_on_tiny_imagenet_10() {
 }
 
 #[test]
-fn drop_path_and_mixup_are_active_and_a_resumed_run_draws_what_the_uninterrupted_one_drew() {
-    // Stochastic depth draws from libtorch's generator, which the engine seeds with (seed, step,
-    // rank) before each step; Mixup/CutMix from a generator keyed by (seed, step, rank, micro).
+fn regularisers_are_active_and_a_resumed_run_draws_what_the_uninterrupted_one_drew() {
+    // Stochastic depth and random erasing's fill draw from libtorch's generator, which the engine
+    // seeds with (seed, step, rank) before each step; Mixup/CutMix and the erased boxes from
+    // generators keyed by (seed, step, rank, micro-batch[, sample]).
     // Separate processes: libtorch's generator is global to a process.
     let dir = common::tmpdir();
     let data = dir.path().join("data");
@@ -433,7 +434,8 @@ fn drop_path_and_mixup_are_active_and_a_resumed_run_draws_what_the_uninterrupted
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
-    let regularised = ["--drop-path", "0.3", "--mixup", "0.2", "--cutmix", "1.0", "--smoothing", "0.1"];
+    let regularised =
+        ["--drop-path", "0.3", "--mixup", "0.2", "--cutmix", "1.0", "--smoothing", "0.1", "--reprob", "0.5"];
     run("full", &regularised);
     run("cut", &[&regularised[..], &["--max-steps", "4"]].concat());
     let out = std::process::Command::new(common::bin())
@@ -445,6 +447,10 @@ fn drop_path_and_mixup_are_active_and_a_resumed_run_draws_what_the_uninterrupted
     run("plain", &[]);
     let full = losses(&dir.path().join("full"));
     assert_eq!(full.len(), 10);
-    assert_eq!(full, losses(&dir.path().join("cut")), "a resumed drop-path + mixup run differs");
-    assert_ne!(full, losses(&dir.path().join("plain")), "--drop-path and --mixup changed nothing");
+    assert_eq!(
+        full,
+        losses(&dir.path().join("cut")),
+        "a resumed drop-path + mixup + cutmix + erasing run differs"
+    );
+    assert_ne!(full, losses(&dir.path().join("plain")), "the regularisers changed nothing");
 }

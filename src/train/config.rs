@@ -178,6 +178,16 @@ pub struct TrainConfig {
     /// Probability of CutMix rather than Mixup when both are on (timm's `mixup_switch_prob`).
     #[arg(long, default_value_t = 0.5)]
     pub mixup_switch_prob: f64,
+    /// Random erasing probability per image (timm's `reprob`; 0: off), on the normalised batch.
+    #[arg(long, default_value_t = 0.0)]
+    pub reprob: f64,
+    /// What fills an erased box (timm's `remode`): pixel (normal per pixel), rand (per channel),
+    /// const (zeros).
+    #[arg(long, value_enum, default_value_t = super::erasing::EraseMode::Pixel)]
+    pub remode: super::erasing::EraseMode,
+    /// Boxes erased per image (timm's `recount`).
+    #[arg(long, default_value_t = 1)]
+    pub recount: usize,
 
     // ---- Weight averaging ----
     /// Keep an exponential moving average of the weights (timm's ModelEmaV3), evaluated every
@@ -514,6 +524,12 @@ impl TrainConfig {
             return bad(format!(
                 "--mixup and --cutmix must be >= 0, --mixup-prob and --mixup-switch-prob in [0, 1]; got {}, {}, {}, {}",
                 self.mixup, self.cutmix, self.mixup_prob, self.mixup_switch_prob
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.reprob) || self.recount == 0 {
+            return bad(format!(
+                "--reprob must be in [0, 1] and --recount at least 1, got {} and {}",
+                self.reprob, self.recount
             ));
         }
         if let Some(m) = &self.cutmix_minmax {

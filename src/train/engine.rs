@@ -203,13 +203,27 @@ impl Engine {
         let n = micro.len().max(1) as f64;
         let (mut loss_mean, mut activations) = (0.0, Vec::new());
         let rank = self.dist.as_ref().map_or(0, |d| d.rank()) as u64;
-        if cfg.drop_path > 0.0 {
-            // Stochastic depth draws from libtorch's generator: seeded by (seed, step, rank), so
-            // a resumed run draws what the uninterrupted one drew, and ranks draw differently.
+        if cfg.drop_path > 0.0 || cfg.reprob > 0.0 {
+            // Stochastic depth and random erasing's fill values draw from libtorch's generator:
+            // seeded by (seed, step, rank), so a resumed run draws what the uninterrupted one
+            // drew, and ranks draw differently.
             let key = crate::rng::SplitMix64::keyed(&[cfg.seed, step as u64, rank, 0xD809_0A7E]).next_u64();
             tch::manual_seed((key >> 1) as i64);
         }
         for (i, (x, y)) in micro.iter().enumerate() {
+            // Random erasing, then Mixup/CutMix (timm's order: the loader erases, the loop mixes).
+            let erased = match cfg.reprob > 0.0 {
+                true => {
+                    let e = super::erasing::ErasingConfig {
+                        prob: cfg.reprob,
+                        mode: cfg.remode,
+                        count: cfg.recount,
+                    };
+                    Some(super::erasing::erase(&e, x, &[cfg.seed, step as u64, rank, i as u64, 0xE2A5])?)
+                }
+                false => None,
+            };
+            let x = erased.as_ref().unwrap_or(x);
             // Mixup/CutMix: drawn per (seed, step, rank, micro-batch), so a resume mixes alike.
             let mixed = match cfg.mixup_config() {
                 Some(m) => {

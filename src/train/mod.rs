@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod ema;
 pub mod engine;
+pub mod erasing;
 pub mod eval;
 pub mod guards;
 pub mod loss;
