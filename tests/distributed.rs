@@ -237,22 +237,13 @@ fn launch(port: u16, args: &[&str], fault: Option<(&str, &str)>) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    common::output_text(o)
 }
 
 /// (step, loss, grad_norm) of every step, and summary.csv without its wall-clock column.
 fn history(run: &Path) -> (Vec<(u64, f64, f64)>, Vec<String>) {
     let steps = common::step_records(run).iter().map(|r| (r.step as u64, r.loss, r.grad_norm)).collect();
-    let summary = std::fs::read_to_string(run.join("summary.csv"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut f: Vec<&str> = l.split(',').collect();
-            f.remove(6); // elapsed_s
-            f.join(",")
-        })
-        .collect();
-    (steps, summary)
+    (steps, common::summary_without_time(run))
 }
 
 #[test]

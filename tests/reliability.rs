@@ -47,7 +47,7 @@ fn resume(dir: &Path, args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    common::output_text(o)
 }
 
 /// metrics.jsonl and summary.csv without their wall-clock fields (img/s, elapsed seconds).
@@ -63,16 +63,7 @@ fn history(run: &Path) -> (Vec<serde_json::Value>, Vec<String>) {
             v
         })
         .collect();
-    let summary = std::fs::read_to_string(run.join("summary.csv"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut f: Vec<&str> = l.split(',').collect();
-            f.remove(6); // elapsed_s
-            f.join(",")
-        })
-        .collect();
-    (steps, summary)
+    (steps, common::summary_without_time(run))
 }
 
 #[test]

@@ -622,6 +622,12 @@ impl TrainConfig {
         m.active().then_some(m)
     }
 
+    /// Random erasing as configured (None when off).
+    pub fn erasing_config(&self) -> Option<super::erasing::ErasingConfig> {
+        let e = super::erasing::ErasingConfig { prob: self.reprob, mode: self.remode, count: self.recount };
+        (self.reprob > 0.0).then_some(e)
+    }
+
     /// Applies a stability remedy (an ablation cell's variant, or the divergence guard's choice).
     pub fn apply_remedy(&mut self, r: Remedy) {
         match r {

@@ -212,16 +212,11 @@ impl Engine {
         }
         for (i, (x, y)) in micro.iter().enumerate() {
             // Random erasing, then Mixup/CutMix (timm's order: the loader erases, the loop mixes).
-            let erased = match cfg.reprob > 0.0 {
-                true => {
-                    let e = super::erasing::ErasingConfig {
-                        prob: cfg.reprob,
-                        mode: cfg.remode,
-                        count: cfg.recount,
-                    };
+            let erased = match cfg.erasing_config() {
+                Some(e) => {
                     Some(super::erasing::erase(&e, x, &[cfg.seed, step as u64, rank, i as u64, 0xE2A5])?)
                 }
-                false => None,
+                None => None,
             };
             let x = erased.as_ref().unwrap_or(x);
             // Mixup/CutMix: drawn per (seed, step, rank, micro-batch), so a resume mixes alike.

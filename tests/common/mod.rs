@@ -126,3 +126,21 @@ pub fn nvrtc_library() -> Option<PathBuf> {
     let candidate = lib.join("../../nvidia/cu13/lib/libnvrtc.so.13");
     candidate.exists().then_some(candidate)
 }
+
+/// A command's stdout and stderr, for assertion messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A run's summary.csv lines without the wall-clock column (elapsed_s), for run-to-run equality.
+pub fn summary_without_time(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("summary.csv"))
+        .expect("summary.csv")
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(',').collect();
+            f.remove(6); // elapsed_s
+            f.join(",")
+        })
+        .collect()
+}
