@@ -8,6 +8,8 @@
 //! counted, and replaced by a deterministic substitute, keeping batch shapes; past
 //! `max_bad_fraction` of the dataset the epoch fails with examples.
 
+use super::augment::Augment;
+use super::augment_ops::Planes;
 use super::dataset::ImageFolder;
 use super::sampler::Sampler;
 use super::transform::{self, Transform, Worker};
@@ -27,6 +29,8 @@ pub struct LoaderConfig {
     /// Batches prepared ahead of the consumer.
     pub prefetch: usize,
     pub transform: Transform,
+    /// Augmentation after the crop and flip (RandAugment, TrivialAugment, AutoAugment, ColorJitter).
+    pub augment: Option<Arc<Augment>>,
     pub seed: u64,
     pub shuffle: bool,
     /// Drop the last partial batch (training) or keep it (evaluation).
@@ -48,6 +52,7 @@ impl LoaderConfig {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             prefetch: 2,
             transform,
+            augment: None,
             seed: 0,
             shuffle: true,
             drop_last_batch: true,
@@ -226,7 +231,13 @@ fn load_sample(
         let mut rng = SplitMix64::keyed(&[cfg.seed, epoch, candidate as u64]);
         let result = std::fs::read(&sample.path).map_err(|e| Error::io(&sample.path, e)).and_then(|bytes| {
             WORKER.with(|w| {
-                transform::apply(&mut w.borrow_mut(), &bytes, &sample.path, &cfg.transform, &mut rng, dst)
+                let w = &mut *w.borrow_mut();
+                transform::apply(w, &bytes, &sample.path, &cfg.transform, &mut rng, dst)?;
+                if let Some(aug) = &cfg.augment {
+                    let size = cfg.transform.size();
+                    aug.apply(&mut Planes { px: dst, h: size, w: size }, &mut rng, &mut w.augment);
+                }
+                Ok(())
             })
         });
         match result {

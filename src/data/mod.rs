@@ -1,4 +1,6 @@
 //! Images in: decoding, torchvision-compatible transforms, datasets, sampling and the loader.
+pub mod augment;
+pub mod augment_ops;
 pub mod dataset;
 pub mod decode;
 pub mod loader;

@@ -115,6 +115,7 @@ pub fn random_resized_crop(
 pub struct Worker {
     decoded: Vec<u8>,
     tmp: Vec<u8>,
+    pub augment: super::augment::Scratch,
 }
 
 /// Where the resampler reads: axes in the coordinates of the (scaled) image, and the DCT scale.

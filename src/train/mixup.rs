@@ -39,13 +39,6 @@ pub struct MixParams {
     pub cutmix_box: Option<(i64, i64, i64, i64)>,
 }
 
-fn normal(rng: &mut SplitMix64) -> f64 {
-    // Box-Muller.
-    let u1 = 1.0 - rng.uniform();
-    let u2 = rng.uniform();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
-
 /// Gamma(a, 1) by Marsaglia and Tsang (a < 1 through Gamma(a + 1) U^(1/a)).
 fn gamma(rng: &mut SplitMix64, a: f64) -> f64 {
     if a < 1.0 {
@@ -55,7 +48,7 @@ fn gamma(rng: &mut SplitMix64, a: f64) -> f64 {
     let d = a - 1.0 / 3.0;
     let c = 1.0 / (9.0 * d).sqrt();
     loop {
-        let x = normal(rng);
+        let x = rng.normal();
         let v = (1.0 + c * x).powi(3);
         if v <= 0.0 {
             continue;

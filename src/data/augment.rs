@@ -1,0 +1,748 @@
+//! Augmentation policies, applied in the decode workers to each uint8 crop after the flip, where
+//! torchvision's and timm's train transforms apply them to the PIL image:
+//!
+//! - torchvision (`aa = "randaugment"`, `"trivialaugment"` / timm's `"ta_wide"`, `"autoaugment"`):
+//!   `RandAugment(num_ops=2, magnitude=9, num_magnitude_bins=31)`, `TrivialAugmentWide()`,
+//!   `AutoAugment(IMAGENET)`: their magnitude tables (torch's float32 linspace), op choice, signs,
+//!   nearest resampling and black fill.
+//! - timm (`aa = "rand-m9-mstd0.5-inc1"` ..., `"v0"`, `"original"`): `rand_augment_transform` and
+//!   `auto_augment_transform`: each op applied with its probability, magnitude noise (mstd),
+//!   timm's level-to-argument rules, bilinear or bicubic at random, fill = the ImageNet mean.
+//! - `color_jitter`: torchvision's `ColorJitter(brightness, contrast, saturation)` in a random order.
+//!
+//! The ops themselves follow Pillow's arithmetic (augment_ops.rs). Every draw comes from the
+//! sample's own generator (keyed by seed, epoch, index), so batches are identical for any number of
+//! threads and after a resume.
+
+use super::augment_ops::{self as ops, Interp, Planes};
+use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
+use tch::{Device, Kind, Tensor};
+
+/// torchvision's op names (`_apply_op`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TvOp {
+    Identity,
+    ShearX,
+    ShearY,
+    TranslateX,
+    TranslateY,
+    Rotate,
+    Brightness,
+    Color,
+    Contrast,
+    Sharpness,
+    Posterize,
+    Solarize,
+    AutoContrast,
+    Equalize,
+    Invert,
+}
+
+/// timm's op names (`NAME_TO_OP` / `LEVEL_TO_ARG`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimmOp {
+    AutoContrast,
+    Equalize,
+    Invert,
+    Rotate,
+    Posterize,
+    PosterizeIncreasing,
+    PosterizeOriginal,
+    Solarize,
+    SolarizeIncreasing,
+    SolarizeAdd,
+    Color,
+    ColorIncreasing,
+    Contrast,
+    ContrastIncreasing,
+    Brightness,
+    BrightnessIncreasing,
+    Sharpness,
+    SharpnessIncreasing,
+    ShearX,
+    ShearY,
+    TranslateXRel,
+    TranslateYRel,
+}
+
+/// timm's AutoAugment policies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimmAutoPolicy {
+    V0,
+    Original,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Policy {
+    /// torchvision `RandAugment(num_ops, magnitude, num_magnitude_bins)`.
+    RandAugment { num_ops: usize, magnitude: usize, bins: usize },
+    /// torchvision `TrivialAugmentWide(num_magnitude_bins)`.
+    TrivialAugmentWide { bins: usize },
+    /// torchvision `AutoAugment(AutoAugmentPolicy.IMAGENET)`.
+    AutoAugment,
+    /// timm `rand-m{M}-n{N}-mstd{S}-mmax{X}-inc{0|1}-p{P}`.
+    TimmRand { magnitude: f64, num_layers: usize, mstd: f64, mmax: f64, prob: f64, increasing: bool },
+    /// timm `v0` / `original` (optionally `-mstd{S}`).
+    TimmAuto { policy: TimmAutoPolicy, mstd: f64 },
+}
+
+/// timm's fill: `tuple(min(255, round(255 * m)) for m in IMAGENET_DEFAULT_MEAN)`.
+pub const TIMM_FILL: [u8; 3] = [124, 116, 104];
+
+const TV_OPS: [TvOp; 14] = [
+    TvOp::Identity,
+    TvOp::ShearX,
+    TvOp::ShearY,
+    TvOp::TranslateX,
+    TvOp::TranslateY,
+    TvOp::Rotate,
+    TvOp::Brightness,
+    TvOp::Color,
+    TvOp::Contrast,
+    TvOp::Sharpness,
+    TvOp::Posterize,
+    TvOp::Solarize,
+    TvOp::AutoContrast,
+    TvOp::Equalize,
+];
+
+/// torchvision's AutoAugment ImageNet policy: (op, probability, magnitude bin).
+const TV_AUTO_IMAGENET: [[(TvOp, f64, Option<usize>); 2]; 25] = {
+    use TvOp::*;
+    [
+        [(Posterize, 0.4, Some(8)), (Rotate, 0.6, Some(9))],
+        [(Solarize, 0.6, Some(5)), (AutoContrast, 0.6, None)],
+        [(Equalize, 0.8, None), (Equalize, 0.6, None)],
+        [(Posterize, 0.6, Some(7)), (Posterize, 0.6, Some(6))],
+        [(Equalize, 0.4, None), (Solarize, 0.2, Some(4))],
+        [(Equalize, 0.4, None), (Rotate, 0.8, Some(8))],
+        [(Solarize, 0.6, Some(3)), (Equalize, 0.6, None)],
+        [(Posterize, 0.8, Some(5)), (Equalize, 1.0, None)],
+        [(Rotate, 0.2, Some(3)), (Solarize, 0.6, Some(8))],
+        [(Equalize, 0.6, None), (Posterize, 0.4, Some(6))],
+        [(Rotate, 0.8, Some(8)), (Color, 0.4, Some(0))],
+        [(Rotate, 0.4, Some(9)), (Equalize, 0.6, None)],
+        [(Equalize, 0.0, None), (Equalize, 0.8, None)],
+        [(Invert, 0.6, None), (Equalize, 1.0, None)],
+        [(Color, 0.6, Some(4)), (Contrast, 1.0, Some(8))],
+        [(Rotate, 0.8, Some(8)), (Color, 1.0, Some(2))],
+        [(Color, 0.8, Some(8)), (Solarize, 0.8, Some(7))],
+        [(Sharpness, 0.4, Some(7)), (Invert, 0.6, None)],
+        [(ShearX, 0.6, Some(5)), (Equalize, 1.0, None)],
+        [(Color, 0.4, Some(0)), (Equalize, 0.6, None)],
+        [(Equalize, 0.4, None), (Solarize, 0.2, Some(4))],
+        [(Solarize, 0.6, Some(5)), (AutoContrast, 0.6, None)],
+        [(Invert, 0.6, None), (Equalize, 1.0, None)],
+        [(Color, 0.6, Some(4)), (Contrast, 1.0, Some(8))],
+        [(Equalize, 0.8, None), (Equalize, 0.6, None)],
+    ]
+};
+
+const TIMM_RAND: [TimmOp; 15] = {
+    use TimmOp::*;
+    [
+        AutoContrast,
+        Equalize,
+        Invert,
+        Rotate,
+        Posterize,
+        Solarize,
+        SolarizeAdd,
+        Color,
+        Contrast,
+        Brightness,
+        Sharpness,
+        ShearX,
+        ShearY,
+        TranslateXRel,
+        TranslateYRel,
+    ]
+};
+
+const TIMM_RAND_INCREASING: [TimmOp; 15] = {
+    use TimmOp::*;
+    [
+        AutoContrast,
+        Equalize,
+        Invert,
+        Rotate,
+        PosterizeIncreasing,
+        SolarizeIncreasing,
+        SolarizeAdd,
+        ColorIncreasing,
+        ContrastIncreasing,
+        BrightnessIncreasing,
+        SharpnessIncreasing,
+        ShearX,
+        ShearY,
+        TranslateXRel,
+        TranslateYRel,
+    ]
+};
+
+type TimmSub = [(TimmOp, f64, f64); 2];
+
+/// timm's `auto_augment_policy_v0` (the EfficientNet TPU policy).
+const TIMM_V0: [TimmSub; 25] = {
+    use TimmOp::*;
+    [
+        [(Equalize, 0.8, 1.0), (ShearY, 0.8, 4.0)],
+        [(Color, 0.4, 9.0), (Equalize, 0.6, 3.0)],
+        [(Color, 0.4, 1.0), (Rotate, 0.6, 8.0)],
+        [(Solarize, 0.8, 3.0), (Equalize, 0.4, 7.0)],
+        [(Solarize, 0.4, 2.0), (Solarize, 0.6, 2.0)],
+        [(Color, 0.2, 0.0), (Equalize, 0.8, 8.0)],
+        [(Equalize, 0.4, 8.0), (SolarizeAdd, 0.8, 3.0)],
+        [(ShearX, 0.2, 9.0), (Rotate, 0.6, 8.0)],
+        [(Color, 0.6, 1.0), (Equalize, 1.0, 2.0)],
+        [(Invert, 0.4, 9.0), (Rotate, 0.6, 0.0)],
+        [(Equalize, 1.0, 9.0), (ShearY, 0.6, 3.0)],
+        [(Color, 0.4, 7.0), (Equalize, 0.6, 0.0)],
+        [(Posterize, 0.4, 6.0), (AutoContrast, 0.4, 7.0)],
+        [(Solarize, 0.6, 8.0), (Color, 0.6, 9.0)],
+        [(Solarize, 0.2, 4.0), (Rotate, 0.8, 9.0)],
+        [(Rotate, 1.0, 7.0), (TranslateYRel, 0.8, 9.0)],
+        [(ShearX, 0.0, 0.0), (Solarize, 0.8, 4.0)],
+        [(ShearY, 0.8, 0.0), (Color, 0.6, 4.0)],
+        [(Color, 1.0, 0.0), (Rotate, 0.6, 2.0)],
+        [(Equalize, 0.8, 4.0), (Equalize, 0.0, 8.0)],
+        [(Equalize, 1.0, 4.0), (AutoContrast, 0.6, 2.0)],
+        [(ShearY, 0.4, 7.0), (SolarizeAdd, 0.6, 7.0)],
+        [(Posterize, 0.8, 2.0), (Solarize, 0.6, 10.0)],
+        [(Solarize, 0.6, 8.0), (Equalize, 0.6, 1.0)],
+        [(Color, 0.8, 6.0), (Rotate, 0.4, 5.0)],
+    ]
+};
+
+/// timm's `auto_augment_policy_original` (the AutoAugment paper's ImageNet policy).
+const TIMM_ORIGINAL: [TimmSub; 25] = {
+    use TimmOp::*;
+    [
+        [(PosterizeOriginal, 0.4, 8.0), (Rotate, 0.6, 9.0)],
+        [(Solarize, 0.6, 5.0), (AutoContrast, 0.6, 5.0)],
+        [(Equalize, 0.8, 8.0), (Equalize, 0.6, 3.0)],
+        [(PosterizeOriginal, 0.6, 7.0), (PosterizeOriginal, 0.6, 6.0)],
+        [(Equalize, 0.4, 7.0), (Solarize, 0.2, 4.0)],
+        [(Equalize, 0.4, 4.0), (Rotate, 0.8, 8.0)],
+        [(Solarize, 0.6, 3.0), (Equalize, 0.6, 7.0)],
+        [(PosterizeOriginal, 0.8, 5.0), (Equalize, 1.0, 2.0)],
+        [(Rotate, 0.2, 3.0), (Solarize, 0.6, 8.0)],
+        [(Equalize, 0.6, 8.0), (PosterizeOriginal, 0.4, 6.0)],
+        [(Rotate, 0.8, 8.0), (Color, 0.4, 0.0)],
+        [(Rotate, 0.4, 9.0), (Equalize, 0.6, 2.0)],
+        [(Equalize, 0.0, 7.0), (Equalize, 0.8, 8.0)],
+        [(Invert, 0.6, 4.0), (Equalize, 1.0, 8.0)],
+        [(Color, 0.6, 4.0), (Contrast, 1.0, 8.0)],
+        [(Rotate, 0.8, 8.0), (Color, 1.0, 2.0)],
+        [(Color, 0.8, 8.0), (Solarize, 0.8, 7.0)],
+        [(Sharpness, 0.4, 7.0), (Invert, 0.6, 8.0)],
+        [(ShearX, 0.6, 5.0), (Equalize, 1.0, 9.0)],
+        [(Color, 0.4, 0.0), (Equalize, 0.6, 3.0)],
+        [(Equalize, 0.4, 7.0), (Solarize, 0.2, 4.0)],
+        [(Solarize, 0.6, 5.0), (AutoContrast, 0.6, 5.0)],
+        [(Invert, 0.6, 4.0), (Equalize, 1.0, 8.0)],
+        [(Color, 0.6, 4.0), (Contrast, 1.0, 8.0)],
+        [(Equalize, 0.8, 8.0), (Equalize, 0.6, 3.0)],
+    ]
+};
+
+fn bad_aa(s: &str, why: &str) -> Error {
+    Error::Usage(format!(
+        "--aa {s:?}: {why}; expected randaugment, trivialaugment (ta_wide), autoaugment, a timm \
+         RandAugment string such as rand-m9-mstd0.5-inc1, v0 or original (optionally -mstd0.5)"
+    ))
+}
+
+impl Policy {
+    /// Parses an `aa` value (timm's names, plus torchvision's); "" and "none" mean no policy.
+    pub fn parse(s: &str) -> Result<Option<Policy>> {
+        let t = s.trim();
+        let mut parts = t.split('-');
+        let head = parts.next().unwrap_or("");
+        let sections: Vec<&str> = parts.collect();
+        // `key` + number sections, as timm's re.split(r'(\d.*)', c).
+        let split = |c: &str| -> Result<(String, f64)> {
+            let at = c
+                .find(|ch: char| ch.is_ascii_digit())
+                .ok_or_else(|| bad_aa(s, &format!("section {c:?} has no number")))?;
+            let v = c[at..].parse::<f64>().map_err(|_| bad_aa(s, &format!("section {c:?}: bad number")))?;
+            Ok((c[..at].to_string(), v))
+        };
+        let policy = match head {
+            "" | "none" if sections.is_empty() => return Ok(None),
+            "randaugment" => {
+                let (mut num_ops, mut magnitude, mut bins) = (2, 9, 31);
+                for c in &sections {
+                    match split(c)? {
+                        (k, v) if k == "n" => num_ops = v as usize,
+                        (k, v) if k == "m" => magnitude = v as usize,
+                        (k, v) if k == "b" => bins = v as usize,
+                        (k, _) => return Err(bad_aa(s, &format!("unknown section {k:?} (n, m, b)"))),
+                    }
+                }
+                if bins < 2 || magnitude >= bins {
+                    return Err(bad_aa(s, "the magnitude must be below the number of bins (b, at least 2)"));
+                }
+                Policy::RandAugment { num_ops, magnitude, bins }
+            }
+            "trivialaugment" | "ta_wide" if sections.is_empty() => Policy::TrivialAugmentWide { bins: 31 },
+            "autoaugment" if sections.is_empty() => Policy::AutoAugment,
+            "rand" => {
+                let (mut magnitude, mut num_layers, mut mstd, mut mmax, mut prob, mut increasing) =
+                    (10.0, 2, 0.0, 10.0, 0.5, false);
+                for c in &sections {
+                    if c.starts_with('t') {
+                        return Err(bad_aa(s, "timm's t<choices> sections (weights, 3a) are not supported"));
+                    }
+                    let (k, v) = split(c)?;
+                    match k.as_str() {
+                        "m" => magnitude = v.trunc(),
+                        "n" => num_layers = v as usize,
+                        "mstd" => mstd = if v > 100.0 { f64::INFINITY } else { v },
+                        "mmax" => mmax = v.trunc(),
+                        "inc" => increasing = v != 0.0,
+                        "p" => prob = v,
+                        _ => {
+                            return Err(bad_aa(
+                                s,
+                                &format!("unknown section {k:?} (m, n, mstd, mmax, inc, p)"),
+                            ))
+                        }
+                    }
+                }
+                if !(0.0..=1.0).contains(&prob) {
+                    return Err(bad_aa(s, "p must be in [0, 1]"));
+                }
+                Policy::TimmRand { magnitude, num_layers, mstd, mmax, prob, increasing }
+            }
+            "v0" | "original" => {
+                let mut mstd = 0.0;
+                for c in &sections {
+                    match split(c)? {
+                        (k, v) if k == "mstd" => mstd = v,
+                        (k, _) => return Err(bad_aa(s, &format!("unknown section {k:?} (mstd)"))),
+                    }
+                }
+                let policy = if head == "v0" { TimmAutoPolicy::V0 } else { TimmAutoPolicy::Original };
+                Policy::TimmAuto { policy, mstd }
+            }
+            _ => return Err(bad_aa(s, "unknown policy")),
+        };
+        Ok(Some(policy))
+    }
+}
+
+/// torchvision's magnitude spaces: RandAugment's and AutoAugment's, or TrivialAugmentWide's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Space {
+    Standard,
+    Wide,
+}
+
+/// torchvision's `_augmentation_space(num_bins, (h, w))`: the float32 magnitudes of `op` and
+/// whether their sign is random; an empty table means the op has no magnitude.
+fn tv_magnitudes(space: Space, op: TvOp, bins: usize, h: usize, w: usize) -> (Vec<f64>, bool) {
+    let lin = |end: f64| -> Vec<f64> {
+        let t = Tensor::linspace(0.0, end, bins as i64, (Kind::Float, Device::Cpu));
+        Vec::<f32>::try_from(&t).unwrap_or_default().into_iter().map(f64::from).collect()
+    };
+    let wide = space == Space::Wide;
+    match op {
+        TvOp::ShearX | TvOp::ShearY => (lin(if wide { 0.99 } else { 0.3 }), true),
+        TvOp::TranslateX => (lin(if wide { 32.0 } else { 150.0 / 331.0 * w as f64 }), true),
+        TvOp::TranslateY => (lin(if wide { 32.0 } else { 150.0 / 331.0 * h as f64 }), true),
+        TvOp::Rotate => (lin(if wide { 135.0 } else { 30.0 }), true),
+        TvOp::Brightness | TvOp::Color | TvOp::Contrast | TvOp::Sharpness => {
+            (lin(if wide { 0.99 } else { 0.9 }), true)
+        }
+        TvOp::Posterize => {
+            // 8 - (torch.arange(num_bins) / ((num_bins - 1) / k)).round().int()
+            let k = if wide { 6.0 } else { 4.0 };
+            let t = Tensor::arange(bins as i64, (Kind::Int64, Device::Cpu)) / ((bins as f64 - 1.0) / k);
+            let r = Vec::<f32>::try_from(&t.round()).unwrap_or_default();
+            (r.into_iter().map(|v| 8.0 - v as i64 as f64).collect(), false)
+        }
+        TvOp::Solarize => {
+            let t = Tensor::linspace(255.0, 0.0, bins as i64, (Kind::Float, Device::Cpu));
+            (Vec::<f32>::try_from(&t).unwrap_or_default().into_iter().map(f64::from).collect(), false)
+        }
+        TvOp::Identity | TvOp::AutoContrast | TvOp::Equalize | TvOp::Invert => (Vec::new(), false),
+    }
+}
+
+/// Magnitude tables of every torchvision op for one image size.
+#[derive(Clone, Debug)]
+struct TvTables {
+    h: usize,
+    w: usize,
+    table: Vec<(TvOp, Vec<f64>, bool)>,
+}
+
+impl TvTables {
+    fn new(space: Space, bins: usize, h: usize, w: usize) -> Self {
+        let mut ops = TV_OPS.to_vec();
+        ops.push(TvOp::Invert);
+        let table = ops
+            .into_iter()
+            .map(|op| {
+                let (m, s) = tv_magnitudes(space, op, bins, h, w);
+                (op, m, s)
+            })
+            .collect();
+        Self { h, w, table }
+    }
+
+    fn get(&self, op: TvOp) -> (&[f64], bool) {
+        let (_, m, s) = self.table.iter().find(|(o, _, _)| *o == op).expect("every op has a table");
+        (m, *s)
+    }
+}
+
+/// torchvision's `_apply_op(img, op, magnitude, interpolation, fill)` on a PIL image.
+pub fn tv_apply(img: &mut Planes, op: TvOp, magnitude: f64, interp: Interp, fill: [u8; 3], s: &mut Scratch) {
+    let (h, w) = (img.h as f64, img.w as f64);
+    let affine =
+        |img: &mut Planes, s: &mut Scratch, center: [f64; 2], translate: [f64; 2], shear: [f64; 2]| {
+            let m = ops::inverse_affine_matrix(center, 0.0, translate, 1.0, shear);
+            ops::affine(img, m, interp, fill, &mut s.a);
+        };
+    match op {
+        TvOp::Identity => {}
+        TvOp::ShearX => affine(img, s, [0.0, 0.0], [0.0, 0.0], [magnitude.atan().to_degrees(), 0.0]),
+        TvOp::ShearY => affine(img, s, [0.0, 0.0], [0.0, 0.0], [0.0, magnitude.atan().to_degrees()]),
+        TvOp::TranslateX => affine(img, s, [w * 0.5, h * 0.5], [magnitude.trunc(), 0.0], [0.0, 0.0]),
+        TvOp::TranslateY => affine(img, s, [w * 0.5, h * 0.5], [0.0, magnitude.trunc()], [0.0, 0.0]),
+        TvOp::Rotate => ops::rotate(img, magnitude, interp, fill, &mut s.a),
+        TvOp::Brightness => ops::brightness(img, 1.0 + magnitude),
+        TvOp::Color => ops::color(img, 1.0 + magnitude, &mut s.a),
+        TvOp::Contrast => ops::contrast(img, 1.0 + magnitude, &mut s.a),
+        TvOp::Sharpness => ops::sharpness(img, 1.0 + magnitude, &mut s.a),
+        TvOp::Posterize => ops::posterize(img, magnitude as i64),
+        TvOp::Solarize => ops::solarize(img, magnitude),
+        TvOp::AutoContrast => ops::autocontrast(img),
+        TvOp::Equalize => ops::equalize(img),
+        TvOp::Invert => ops::invert(img),
+    }
+}
+
+/// timm's `_randomly_negate`: negative when `random.random() > 0.5`.
+fn randomly_negate(v: f64, rng: &mut SplitMix64) -> f64 {
+    if rng.uniform() > 0.5 {
+        -v
+    } else {
+        v
+    }
+}
+
+/// timm's `LEVEL_TO_ARG[op](magnitude)` (the level is on timm's 0..10 scale); None: no argument.
+pub fn timm_level(op: TimmOp, level: f64, rng: &mut SplitMix64) -> Option<f64> {
+    use TimmOp::*;
+    let l = level / 10.0;
+    Some(match op {
+        AutoContrast | Equalize | Invert => return None,
+        Rotate => randomly_negate(l * 30.0, rng),
+        Posterize => (l * 4.0).trunc(),
+        PosterizeIncreasing => 4.0 - (l * 4.0).trunc(),
+        PosterizeOriginal => (l * 4.0).trunc() + 4.0,
+        Solarize => (l * 256.0).trunc().min(256.0),
+        SolarizeIncreasing => 256.0 - (l * 256.0).trunc().min(256.0),
+        SolarizeAdd => (l * 110.0).trunc().min(128.0),
+        Color | Contrast | Brightness | Sharpness => l * 1.8 + 0.1,
+        ColorIncreasing | ContrastIncreasing | BrightnessIncreasing | SharpnessIncreasing => {
+            (1.0 + randomly_negate(l * 0.9, rng)).max(0.1)
+        }
+        ShearX | ShearY => randomly_negate(l * 0.3, rng),
+        TranslateXRel | TranslateYRel => randomly_negate(l * 0.45, rng),
+    })
+}
+
+/// timm's `NAME_TO_OP[op](img, arg, resample=interp, fillcolor=fill)`.
+pub fn timm_apply(
+    img: &mut Planes,
+    op: TimmOp,
+    arg: Option<f64>,
+    interp: Interp,
+    fill: [u8; 3],
+    s: &mut Scratch,
+) {
+    use TimmOp::*;
+    let v = arg.unwrap_or(0.0);
+    let (h, w) = (img.h as f64, img.w as f64);
+    match op {
+        AutoContrast => ops::autocontrast(img),
+        Equalize => ops::equalize(img),
+        Invert => ops::invert(img),
+        Rotate => ops::rotate(img, v, interp, fill, &mut s.a),
+        Posterize | PosterizeIncreasing | PosterizeOriginal => ops::posterize(img, v as i64),
+        Solarize | SolarizeIncreasing => ops::solarize(img, v),
+        SolarizeAdd => ops::solarize_add(img, v as i64, 128),
+        Color | ColorIncreasing => ops::color(img, v, &mut s.a),
+        Contrast | ContrastIncreasing => ops::contrast(img, v, &mut s.a),
+        Brightness | BrightnessIncreasing => ops::brightness(img, v),
+        Sharpness | SharpnessIncreasing => ops::sharpness(img, v, &mut s.a),
+        ShearX => ops::affine(img, [1.0, v, 0.0, 0.0, 1.0, 0.0], interp, fill, &mut s.a),
+        ShearY => ops::affine(img, [1.0, 0.0, 0.0, v, 1.0, 0.0], interp, fill, &mut s.a),
+        TranslateXRel => ops::affine(img, [1.0, 0.0, v * w, 0.0, 1.0, 0.0], interp, fill, &mut s.a),
+        TranslateYRel => ops::affine(img, [1.0, 0.0, 0.0, 0.0, 1.0, v * h], interp, fill, &mut s.a),
+    }
+}
+
+/// Per-thread buffers.
+#[derive(Default)]
+pub struct Scratch {
+    a: Vec<u8>,
+}
+
+/// What the decode workers apply after the crop and flip.
+#[derive(Clone, Debug)]
+pub struct Augment {
+    pub policy: Option<Policy>,
+    /// ColorJitter (brightness, contrast, saturation) strengths.
+    pub jitter: Option<[f64; 3]>,
+    tables: Option<TvTables>,
+}
+
+impl Augment {
+    /// `size`: the square crops it will see (tables for other sizes are computed when needed).
+    pub fn new(policy: Option<Policy>, jitter: Option<[f64; 3]>, size: usize) -> Self {
+        let tables = Self::tables_for(&policy, size, size);
+        Self { policy, jitter, tables }
+    }
+
+    fn tables_for(policy: &Option<Policy>, h: usize, w: usize) -> Option<TvTables> {
+        match *policy {
+            Some(Policy::RandAugment { bins, .. }) => Some(TvTables::new(Space::Standard, bins, h, w)),
+            Some(Policy::TrivialAugmentWide { bins }) => Some(TvTables::new(Space::Wide, bins, h, w)),
+            Some(Policy::AutoAugment) => Some(TvTables::new(Space::Standard, 10, h, w)),
+            _ => None,
+        }
+    }
+
+    pub fn is_identity(&self) -> bool {
+        self.policy.is_none() && self.jitter.is_none()
+    }
+
+    /// Augments one planar RGB image in place, drawing from the sample's generator.
+    pub fn apply(&self, img: &mut Planes, rng: &mut SplitMix64, s: &mut Scratch) {
+        if let Some(policy) = &self.policy {
+            let fresh;
+            let tables = match &self.tables {
+                Some(t) if t.h == img.h && t.w == img.w => Some(t),
+                Some(_) => {
+                    fresh = Self::tables_for(&self.policy, img.h, img.w);
+                    fresh.as_ref()
+                }
+                None => None,
+            };
+            self.apply_policy(policy, tables, img, rng, s);
+        }
+        if let Some(j) = self.jitter {
+            color_jitter(img, j, rng, s);
+        }
+    }
+
+    fn apply_policy(
+        &self,
+        policy: &Policy,
+        tables: Option<&TvTables>,
+        img: &mut Planes,
+        rng: &mut SplitMix64,
+        s: &mut Scratch,
+    ) {
+        let tv = |img: &mut Planes, rng: &mut SplitMix64, s: &mut Scratch, op: TvOp, bin: Option<usize>| {
+            let (mags, signed) = tables.map_or((&[][..], false), |t| t.get(op));
+            let mut m = match bin {
+                Some(b) if !mags.is_empty() => mags[b.min(mags.len() - 1)],
+                _ => 0.0,
+            };
+            if signed && rng.below(2) == 1 {
+                m = -m;
+            }
+            tv_apply(img, op, m, Interp::Nearest, [0; 3], s);
+        };
+        match *policy {
+            Policy::RandAugment { num_ops, magnitude, .. } => {
+                for _ in 0..num_ops {
+                    let op = TV_OPS[rng.below(TV_OPS.len() as u64) as usize];
+                    tv(img, rng, s, op, Some(magnitude));
+                }
+            }
+            Policy::TrivialAugmentWide { bins } => {
+                let op = TV_OPS[rng.below(TV_OPS.len() as u64) as usize];
+                let bin = rng.below(bins as u64) as usize;
+                tv(img, rng, s, op, Some(bin));
+            }
+            Policy::AutoAugment => {
+                let sub = &TV_AUTO_IMAGENET[rng.below(TV_AUTO_IMAGENET.len() as u64) as usize];
+                // torchvision draws both probabilities and both signs up front.
+                let (p, signs) = ([rng.uniform(), rng.uniform()], [rng.below(2), rng.below(2)]);
+                for (i, &(op, prob, bin)) in sub.iter().enumerate() {
+                    if p[i] <= prob {
+                        let (mags, signed) = tables.map_or((&[][..], false), |t| t.get(op));
+                        let mut m = match bin {
+                            Some(b) if !mags.is_empty() => mags[b],
+                            _ => 0.0,
+                        };
+                        if signed && signs[i] == 0 {
+                            m = -m;
+                        }
+                        tv_apply(img, op, m, Interp::Nearest, [0; 3], s);
+                    }
+                }
+            }
+            Policy::TimmRand { magnitude, num_layers, mstd, mmax, prob, increasing } => {
+                let choices: &[TimmOp] = if increasing { &TIMM_RAND_INCREASING } else { &TIMM_RAND };
+                let picked: Vec<TimmOp> =
+                    (0..num_layers).map(|_| choices[rng.below(choices.len() as u64) as usize]).collect();
+                for op in picked {
+                    timm_op(img, op, prob, magnitude, mstd, mmax, rng, s);
+                }
+            }
+            Policy::TimmAuto { policy, mstd } => {
+                let table: &[TimmSub] = match policy {
+                    TimmAutoPolicy::V0 => &TIMM_V0,
+                    TimmAutoPolicy::Original => &TIMM_ORIGINAL,
+                };
+                let sub = table[rng.below(table.len() as u64) as usize];
+                for (op, prob, magnitude) in sub {
+                    timm_op(img, op, prob, magnitude, mstd, 10.0, rng, s);
+                }
+            }
+        }
+    }
+}
+
+/// timm's `AugmentOp.__call__`: applied with probability `prob`, the magnitude perturbed by
+/// N(0, mstd) (uniform in [0, m] when mstd is inf) and clipped to [0, mmax], interpolation
+/// bilinear or bicubic at random, fill the ImageNet mean.
+#[allow(clippy::too_many_arguments)]
+fn timm_op(
+    img: &mut Planes,
+    op: TimmOp,
+    prob: f64,
+    magnitude: f64,
+    mstd: f64,
+    mmax: f64,
+    rng: &mut SplitMix64,
+    s: &mut Scratch,
+) {
+    if prob < 1.0 && rng.uniform() > prob {
+        return;
+    }
+    let mut m = magnitude;
+    if mstd == f64::INFINITY {
+        m = rng.range(0.0, m);
+    } else if mstd > 0.0 {
+        m += mstd * rng.normal();
+    }
+    let upper = if mmax > 0.0 { mmax } else { 10.0 };
+    let m = m.min(upper).max(0.0);
+    let arg = timm_level(op, m, rng);
+    let interp = if rng.below(2) == 0 { Interp::Bilinear } else { Interp::Bicubic };
+    timm_apply(img, op, arg, interp, TIMM_FILL, s);
+}
+
+/// torchvision's `ColorJitter(brightness, contrast, saturation)`: factors uniform in
+/// [max(0, 1 - s), 1 + s], applied in a random order (hue's slot included, as `randperm(4)`).
+fn color_jitter(img: &mut Planes, strength: [f64; 3], rng: &mut SplitMix64, s: &mut Scratch) {
+    let mut order = [0usize, 1, 2, 3];
+    for i in (1..4).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let factor = |v: f64, rng: &mut SplitMix64| (v > 0.0).then(|| rng.range((1.0 - v).max(0.0), 1.0 + v));
+    let (b, c, sat) = (factor(strength[0], rng), factor(strength[1], rng), factor(strength[2], rng));
+    for k in order {
+        match (k, b, c, sat) {
+            (0, Some(f), _, _) => ops::brightness(img, f),
+            (1, _, Some(f), _) => ops::contrast(img, f, &mut s.a),
+            (2, _, _, Some(f)) => ops::color(img, f, &mut s.a),
+            _ => {}
+        }
+    }
+}
+
+/// Parses `color_jitter`: one strength for brightness, contrast and saturation, or three.
+pub fn parse_jitter(v: &[f64]) -> Result<Option<[f64; 3]>> {
+    let j = match *v {
+        [] => return Ok(None),
+        [s] => [s, s, s],
+        [b, c, s] => [b, c, s],
+        [b, c, s, hue] if hue == 0.0 => [b, c, s],
+        _ => {
+            return Err(Error::Usage(format!(
+                "--color-jitter {v:?}: give one strength or three (brightness, contrast, saturation); \
+                 hue jitter is not supported"
+            )))
+        }
+    };
+    if j.iter().any(|x| !(0.0..=10.0).contains(x)) {
+        return Err(Error::Usage(format!("--color-jitter {v:?}: strengths must be in [0, 10]")));
+    }
+    Ok(j.iter().any(|&x| x > 0.0).then_some(j))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_timm_and_torchvision_names() {
+        assert_eq!(Policy::parse("").unwrap(), None);
+        assert_eq!(Policy::parse("none").unwrap(), None);
+        assert_eq!(
+            Policy::parse("rand-m9-mstd0.5-inc1").unwrap(),
+            Some(Policy::TimmRand {
+                magnitude: 9.0,
+                num_layers: 2,
+                mstd: 0.5,
+                mmax: 10.0,
+                prob: 0.5,
+                increasing: true
+            })
+        );
+        assert_eq!(
+            Policy::parse("rand-m6-n3-mstd101").unwrap(),
+            Some(Policy::TimmRand {
+                magnitude: 6.0,
+                num_layers: 3,
+                mstd: f64::INFINITY,
+                mmax: 10.0,
+                prob: 0.5,
+                increasing: false
+            })
+        );
+        assert_eq!(
+            Policy::parse("randaugment").unwrap(),
+            Some(Policy::RandAugment { num_ops: 2, magnitude: 9, bins: 31 })
+        );
+        assert_eq!(Policy::parse("ta_wide").unwrap(), Some(Policy::TrivialAugmentWide { bins: 31 }));
+        assert_eq!(
+            Policy::parse("original-mstd0.5").unwrap(),
+            Some(Policy::TimmAuto { policy: TimmAutoPolicy::Original, mstd: 0.5 })
+        );
+        for bad in ["rand-q3", "randaugment-m40", "augmix-m5", "rand-mx", "rand-tweights"] {
+            let e = Policy::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("--aa") && e.contains(bad), "{e}");
+        }
+        assert!(parse_jitter(&[0.4, 0.4, 0.4, 0.1]).is_err());
+        assert_eq!(parse_jitter(&[0.4]).unwrap(), Some([0.4; 3]));
+        assert_eq!(parse_jitter(&[0.0]).unwrap(), None);
+    }
+
+    #[test]
+    fn torchvision_magnitude_tables() {
+        let t = TvTables::new(Space::Standard, 31, 224, 224);
+        let (m, signed) = t.get(TvOp::Rotate);
+        assert!(signed && (m[9] - 9.0).abs() < 1e-6);
+        // 8 - round(arange(31) / 7.5): bin 9 -> 8 - 1 = 7, bin 30 -> 4.
+        assert_eq!((t.get(TvOp::Posterize).0[9], t.get(TvOp::Posterize).0[30]), (7.0, 4.0));
+        let (tx, _) = t.get(TvOp::TranslateX);
+        assert!((tx[30] - 150.0 / 331.0 * 224.0).abs() < 1e-4);
+        let w = TvTables::new(Space::Wide, 31, 224, 224);
+        assert_eq!(w.get(TvOp::Rotate).0[20], 90.0);
+        assert_eq!(w.get(TvOp::Posterize).0[30], 2.0);
+        let a = TvTables::new(Space::Standard, 10, 224, 224);
+        assert_eq!(a.get(TvOp::Posterize).0[8], 4.0); // 8 - round(8 / 2.25)
+    }
+}

@@ -1,0 +1,447 @@
+//! The image operations of the augmentation policies, on a uint8 planar RGB image (CHW, as the
+//! decode workers produce it), with Pillow's arithmetic: what torchvision's functional ops and
+//! timm's `auto_augment.py` run on PIL images. Each function names the Pillow routine it follows;
+//! tests/augment.rs checks them against Pillow 13 / torchvision 0.26 / timm 1.0.31 outputs.
+//!
+//! - Affine warps (`Image.transform(AFFINE)`): the output pixel (x, y) reads the input at
+//!   a·(x + ½, y + ½). Nearest takes Pillow's three engines (a pure scale/translate table, 16.16
+//!   fixed point, float), bilinear and bicubic its generic per-pixel filters; outside: `fill`.
+//! - Enhancements (`ImageEnhance`): `Image.blend(degenerate, image, factor)` in float32,
+//!   truncated (clipped when extrapolating); the degenerate image is black (brightness), the
+//!   ITU-R 601 grey (color), the grey mean (contrast) or the 3x3 SMOOTH filter (sharpness).
+//! - Lookup tables (`ImageOps`): posterize, solarize, solarize-add, autocontrast, equalize, invert.
+
+/// Resampling of the affine warps (Pillow's NEAREST, BILINEAR, BICUBIC transform filters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interp {
+    Nearest,
+    Bilinear,
+    Bicubic,
+}
+
+/// A planar RGB uint8 image: `px[c * h * w + y * w + x]`.
+pub struct Planes<'a> {
+    pub px: &'a mut [u8],
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Planes<'_> {
+    fn plane(&self) -> usize {
+        self.h * self.w
+    }
+}
+
+/// Pillow's `COORD`: -1 below zero, else truncation.
+#[inline]
+fn coord(v: f64) -> i64 {
+    if v < 0.0 {
+        -1
+    } else {
+        v as i64
+    }
+}
+
+/// Pillow's `FLOOR`.
+#[inline]
+fn floor_i(v: f64) -> i64 {
+    v.floor() as i64
+}
+
+/// `Image.transform(size, AFFINE, a, resample, fillcolor=fill)` at the image's own size.
+pub fn affine(img: &mut Planes, a: [f64; 6], interp: Interp, fill: [u8; 3], src: &mut Vec<u8>) {
+    src.clear();
+    src.extend_from_slice(img.px);
+    match interp {
+        Interp::Nearest => affine_nearest(src, img, &a, fill),
+        Interp::Bilinear | Interp::Bicubic => affine_filtered(src, img, &a, interp, fill),
+    }
+}
+
+/// `ImagingTransformAffine` with NEAREST: the scale engine when the matrix has no rotation or
+/// shear, 16.16 fixed point when the corners stay within ±32768, else floats.
+fn affine_nearest(src: &[u8], img: &mut Planes, a: &[f64; 6], fill: [u8; 3]) {
+    let (h, w, plane) = (img.h, img.w, img.plane());
+    let (hi, wi) = (h as i64, w as i64);
+    let dst = &mut *img.px;
+    let mut put = |o: usize, yin: i64, xin: i64| {
+        if (0..wi).contains(&xin) && (0..hi).contains(&yin) {
+            let i = yin as usize * w + xin as usize;
+            for c in 0..3 {
+                dst[c * plane + o] = src[c * plane + i];
+            }
+        } else {
+            for c in 0..3 {
+                dst[c * plane + o] = fill[c];
+            }
+        }
+    };
+    if a[1] == 0.0 && a[3] == 0.0 {
+        // ImagingScaleAffine
+        let mut xo = a[2] + a[0] * 0.5;
+        let xin: Vec<i64> = (0..w)
+            .map(|_| {
+                let v = coord(xo);
+                xo += a[0];
+                v
+            })
+            .collect();
+        let mut yo = a[5] + a[4] * 0.5;
+        for y in 0..h {
+            let yin = coord(yo);
+            for (x, &xi) in xin.iter().enumerate() {
+                put(y * w + x, yin, xi);
+            }
+            yo += a[4];
+        }
+        return;
+    }
+    let fits = |x: f64, y: f64| {
+        (x * a[0] + y * a[1] + a[2]).abs() < 32768.0 && (x * a[3] + y * a[4] + a[5]).abs() < 32768.0
+    };
+    let (wf, hf) = (w as f64, h as f64);
+    if fits(0.0, 0.0) && fits(wf, hf) && fits(0.0, hf) && fits(wf, 0.0) {
+        // affine_fixed
+        let fix = |v: f64| floor_i(v * 65536.0 + 0.5) as i32;
+        let (a0, a1, a3, a4) = (fix(a[0]), fix(a[1]), fix(a[3]), fix(a[4]));
+        let mut a2 = fix(a[2] + a[0] * 0.5 + a[1] * 0.5);
+        let mut a5 = fix(a[5] + a[3] * 0.5 + a[4] * 0.5);
+        for y in 0..h {
+            let (mut xx, mut yy) = (a2, a5);
+            for x in 0..w {
+                put(y * w + x, (yy >> 16) as i64, (xx >> 16) as i64);
+                xx = xx.wrapping_add(a0);
+                yy = yy.wrapping_add(a3);
+            }
+            a2 = a2.wrapping_add(a1);
+            a5 = a5.wrapping_add(a4);
+        }
+        return;
+    }
+    let mut xo = a[2] + a[1] * 0.5 + a[0] * 0.5;
+    let mut yo = a[5] + a[4] * 0.5 + a[3] * 0.5;
+    for y in 0..h {
+        let (mut xx, mut yy) = (xo, yo);
+        for x in 0..w {
+            put(y * w + x, coord(yy), coord(xx));
+            xx += a[0];
+            yy += a[3];
+        }
+        xo += a[1];
+        yo += a[4];
+    }
+}
+
+/// `ImagingGenericTransform` with `affine_transform` and the bilinear / bicubic RGB filters.
+fn affine_filtered(src: &[u8], img: &mut Planes, a: &[f64; 6], interp: Interp, fill: [u8; 3]) {
+    let (h, w, plane) = (img.h, img.w, img.plane());
+    let (hi, wi) = (h as i64, w as i64);
+    let xclip = |x: i64| x.clamp(0, wi - 1) as usize;
+    let yclip = |y: i64| y.clamp(0, hi - 1) as usize;
+    let row_ok = |y: i64| (0..hi).contains(&y);
+    for y in 0..h {
+        for x in 0..w {
+            let (xin, yin) = (x as f64 + 0.5, y as f64 + 0.5);
+            let xs = a[0] * xin + a[1] * yin + a[2];
+            let ys = a[3] * xin + a[4] * yin + a[5];
+            let o = y * w + x;
+            if xs < 0.0 || xs >= w as f64 || ys < 0.0 || ys >= h as f64 {
+                for c in 0..3 {
+                    img.px[c * plane + o] = fill[c];
+                }
+                continue;
+            }
+            let (xs, ys) = (xs - 0.5, ys - 0.5);
+            let (x0, y0) = (floor_i(xs), floor_i(ys));
+            let (dx, dy) = (xs - x0 as f64, ys - y0 as f64);
+            for c in 0..3 {
+                let p = &src[c * plane..(c + 1) * plane];
+                let at = |yy: usize, xx: usize| p[yy * w + xx] as f64;
+                let v = match interp {
+                    Interp::Bilinear => {
+                        let (xa, xb) = (xclip(x0), xclip(x0 + 1));
+                        let lerp = |r: usize| {
+                            let (va, vb) = (p[r * w + xa] as i32, p[r * w + xb] as i32);
+                            va as f64 + (vb - va) as f64 * dx
+                        };
+                        let v1 = lerp(yclip(y0));
+                        let v2 = if row_ok(y0 + 1) { lerp((y0 + 1) as usize) } else { v1 };
+                        let v = v1 + (v2 - v1) * dy;
+                        v as u8 // (UINT8) truncation; v is within [0, 255]
+                    }
+                    _ => {
+                        let (xm, ym) = (x0 - 1, y0 - 1);
+                        let xs4 = [xclip(xm), xclip(xm + 1), xclip(xm + 2), xclip(xm + 3)];
+                        let row = |r: usize| {
+                            let q = [at(r, xs4[0]), at(r, xs4[1]), at(r, xs4[2]), at(r, xs4[3])];
+                            cubic(q, dx)
+                        };
+                        let v1 = row(yclip(ym));
+                        let v2 = if row_ok(ym + 1) { row((ym + 1) as usize) } else { v1 };
+                        let v3 = if row_ok(ym + 2) { row((ym + 2) as usize) } else { v2 };
+                        let v4 = if row_ok(ym + 3) { row((ym + 3) as usize) } else { v3 };
+                        let v = cubic([v1, v2, v3, v4], dy);
+                        if v <= 0.0 {
+                            0
+                        } else if v >= 255.0 {
+                            255
+                        } else {
+                            v as u8
+                        }
+                    }
+                };
+                img.px[c * plane + o] = v;
+            }
+        }
+    }
+}
+
+/// Pillow's `BICUBIC` macro (a = -1 cubic convolution), in its order of operations.
+#[inline]
+fn cubic(v: [f64; 4], d: f64) -> f64 {
+    let p1 = v[1];
+    let p2 = -v[0] + v[2];
+    let p3 = 2.0 * (v[0] - v[1]) + v[2] - v[3];
+    let p4 = -v[0] + v[1] - v[2] + v[3];
+    p1 + d * (p2 + d * (p3 + d * p4))
+}
+
+/// Python's `round(v, 15)` (correctly rounded through the decimal string, as CPython does).
+fn round15(v: f64) -> f64 {
+    format!("{v:.15}").parse().unwrap_or(v)
+}
+
+/// `Image.rotate(degrees, resample, expand=False, fillcolor=fill)`: counter-clockwise about the
+/// centre; 0, 180 (and 90, 270 on a square) are exact transposes, as in Pillow.
+pub fn rotate(img: &mut Planes, degrees: f64, interp: Interp, fill: [u8; 3], src: &mut Vec<u8>) {
+    let angle = degrees.rem_euclid(360.0);
+    if angle == 0.0 {
+        return;
+    }
+    let square = img.h == img.w;
+    if angle == 180.0 || (square && (angle == 90.0 || angle == 270.0)) {
+        src.clear();
+        src.extend_from_slice(img.px);
+        let (h, w, plane) = (img.h, img.w, img.plane());
+        for c in 0..3 {
+            let (s, d) = (&src[c * plane..(c + 1) * plane], &mut img.px[c * plane..(c + 1) * plane]);
+            for r in 0..h {
+                for col in 0..w {
+                    d[r * w + col] = match angle as u32 {
+                        180 => s[(h - 1 - r) * w + (w - 1 - col)],
+                        90 => s[col * w + (w - 1 - r)], // Transpose.ROTATE_90
+                        _ => s[(h - 1 - col) * w + r],  // Transpose.ROTATE_270
+                    };
+                }
+            }
+        }
+        return;
+    }
+    let (cx, cy) = (img.w as f64 / 2.0, img.h as f64 / 2.0);
+    let t = -angle.to_radians();
+    let mut m = [round15(t.cos()), round15(t.sin()), 0.0, round15(-t.sin()), round15(t.cos()), 0.0];
+    let (x, y) = (-cx, -cy);
+    let (m2, m5) = (m[0] * x + m[1] * y + m[2], m[3] * x + m[4] * y + m[5]);
+    m[2] = m2 + cx;
+    m[5] = m5 + cy;
+    affine(img, m, interp, fill, src);
+}
+
+/// torchvision's `_get_inverse_affine_matrix(center, angle, translate, scale, shear)` (degrees).
+pub fn inverse_affine_matrix(
+    center: [f64; 2],
+    angle: f64,
+    translate: [f64; 2],
+    scale: f64,
+    shear: [f64; 2],
+) -> [f64; 6] {
+    let (rot, sx, sy) = (angle.to_radians(), shear[0].to_radians(), shear[1].to_radians());
+    let ([cx, cy], [tx, ty]) = (center, translate);
+    let a = (rot - sy).cos() / sy.cos();
+    let b = -(rot - sy).cos() * sx.tan() / sy.cos() - rot.sin();
+    let c = (rot - sy).sin() / sy.cos();
+    let d = -(rot - sy).sin() * sx.tan() / sy.cos() + rot.cos();
+    let mut m = [d, -b, 0.0, -c, a, 0.0].map(|v| v / scale);
+    m[2] += m[0] * (-cx - tx) + m[1] * (-cy - ty);
+    m[5] += m[3] * (-cx - tx) + m[4] * (-cy - ty);
+    m[2] += cx;
+    m[5] += cy;
+    m
+}
+
+/// `Image.blend(degenerate, image, alpha)`: float32, truncated; clipped when extrapolating.
+/// `degenerate(c, i)` is the degenerate image's value at channel c, pixel i.
+fn blend(img: &mut Planes, alpha: f64, degenerate: impl Fn(usize, usize) -> u8) {
+    let alpha = alpha as f32;
+    let plane = img.plane();
+    let inside = (0.0..=1.0).contains(&alpha);
+    for c in 0..3 {
+        for i in 0..plane {
+            let (d, v) = (degenerate(c, i) as i32, img.px[c * plane + i] as i32);
+            let t = d as f32 + alpha * (v - d) as f32;
+            img.px[c * plane + i] = if inside {
+                t as u8
+            } else if t <= 0.0 {
+                0
+            } else if t >= 255.0 {
+                255
+            } else {
+                t as u8
+            };
+        }
+    }
+}
+
+/// Pillow's RGB -> L: (R·19595 + G·38470 + B·7471 + 0x8000) >> 16.
+fn grey(img: &Planes, out: &mut Vec<u8>) {
+    let plane = img.plane();
+    out.clear();
+    out.extend((0..plane).map(|i| {
+        let (r, g, b) = (img.px[i] as u32, img.px[plane + i] as u32, img.px[2 * plane + i] as u32);
+        ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8
+    }));
+}
+
+/// `ImageEnhance.Brightness(img).enhance(factor)`.
+pub fn brightness(img: &mut Planes, factor: f64) {
+    blend(img, factor, |_, _| 0);
+}
+
+/// `ImageEnhance.Color(img).enhance(factor)` (torchvision's `adjust_saturation`).
+pub fn color(img: &mut Planes, factor: f64, scratch: &mut Vec<u8>) {
+    grey(img, scratch);
+    let g = &*scratch;
+    blend(img, factor, |_, i| g[i]);
+}
+
+/// `ImageEnhance.Contrast(img).enhance(factor)`: towards the grey image's mean, rounded.
+pub fn contrast(img: &mut Planes, factor: f64, scratch: &mut Vec<u8>) {
+    grey(img, scratch);
+    let sum: u64 = scratch.iter().map(|&v| v as u64).sum();
+    let mean = (sum as f64 / scratch.len().max(1) as f64 + 0.5) as u8;
+    blend(img, factor, |_, _| mean);
+}
+
+/// `ImageEnhance.Sharpness(img).enhance(factor)`: towards `filter(SMOOTH)` (3x3, 1 1 1 / 1 5 1 /
+/// 1 1 1, divided by 13 in float32; the border rows and columns copied), as `ImagingFilter3x3`.
+pub fn sharpness(img: &mut Planes, factor: f64, scratch: &mut Vec<u8>) {
+    let (h, w, plane) = (img.h, img.w, img.plane());
+    scratch.clear();
+    scratch.extend_from_slice(img.px);
+    if h >= 3 && w >= 3 {
+        let (k, k5) = (1.0f32 / 13.0, 5.0f32 / 13.0);
+        for c in 0..3 {
+            let s = &img.px[c * plane..(c + 1) * plane];
+            let d = &mut scratch[c * plane..(c + 1) * plane];
+            for y in 1..h - 1 {
+                for x in 1..w - 1 {
+                    let row = |r: usize, kc: f32| {
+                        s[r * w + x - 1] as f32 * k + s[r * w + x] as f32 * kc + s[r * w + x + 1] as f32 * k
+                    };
+                    let mut ss = 0.5f32;
+                    ss += row(y + 1, k);
+                    ss += row(y, k5);
+                    ss += row(y - 1, k);
+                    d[y * w + x] = ss.clamp(0.0, 255.0) as u8;
+                }
+            }
+        }
+    }
+    let smooth = &*scratch;
+    blend(img, factor, |c, i| smooth[c * plane + i]);
+}
+
+fn apply_lut(img: &mut Planes, lut: &[[u8; 256]; 3]) {
+    let plane = img.plane();
+    for (c, table) in lut.iter().enumerate() {
+        for v in &mut img.px[c * plane..(c + 1) * plane] {
+            *v = table[*v as usize];
+        }
+    }
+}
+
+fn same_lut(f: impl Fn(usize) -> u8) -> [[u8; 256]; 3] {
+    let t: [u8; 256] = std::array::from_fn(f);
+    [t; 3]
+}
+
+/// `ImageOps.posterize(img, bits)`: keep the top `bits` bits (8 or more: unchanged, as timm).
+pub fn posterize(img: &mut Planes, bits: i64) {
+    if bits >= 8 {
+        return;
+    }
+    let mask = !((1u32 << (8 - bits.clamp(0, 8))) - 1) as u8;
+    let lut = same_lut(|i| i as u8 & mask);
+    apply_lut(img, &lut);
+}
+
+/// `ImageOps.solarize(img, threshold)`: values at or above the threshold inverted.
+pub fn solarize(img: &mut Planes, threshold: f64) {
+    let lut = same_lut(|i| if (i as f64) < threshold { i as u8 } else { 255 - i as u8 });
+    apply_lut(img, &lut);
+}
+
+/// timm's `solarize_add(img, add, thresh=128)`: `add` added below the threshold, capped at 255.
+pub fn solarize_add(img: &mut Planes, add: i64, threshold: i64) {
+    let lut = same_lut(|i| if (i as i64) < threshold { (i as i64 + add).min(255) as u8 } else { i as u8 });
+    apply_lut(img, &lut);
+}
+
+/// `ImageOps.invert`.
+pub fn invert(img: &mut Planes) {
+    for v in img.px.iter_mut() {
+        *v = 255 - *v;
+    }
+}
+
+fn histograms(img: &Planes) -> [[u64; 256]; 3] {
+    let plane = img.plane();
+    let mut h = [[0u64; 256]; 3];
+    for (c, hc) in h.iter_mut().enumerate() {
+        for &v in &img.px[c * plane..(c + 1) * plane] {
+            hc[v as usize] += 1;
+        }
+    }
+    h
+}
+
+/// `ImageOps.autocontrast(img)`: each channel stretched from its [lo, hi] to [0, 255].
+pub fn autocontrast(img: &mut Planes) {
+    let hist = histograms(img);
+    let lut: [[u8; 256]; 3] = std::array::from_fn(|c| {
+        let h = &hist[c];
+        let lo = (0..256).find(|&i| h[i] != 0).unwrap_or(255);
+        let hi = (0..256).rev().find(|&i| h[i] != 0).unwrap_or(0);
+        if hi <= lo {
+            return std::array::from_fn(|i| i as u8);
+        }
+        let scale = 255.0 / (hi - lo) as f64;
+        let offset = -(lo as f64) * scale;
+        std::array::from_fn(|i| ((i as f64 * scale + offset) as i64).clamp(0, 255) as u8)
+    });
+    apply_lut(img, &lut);
+}
+
+/// `ImageOps.equalize(img)`: each channel through its cumulative histogram, Pillow's integer steps.
+pub fn equalize(img: &mut Planes) {
+    let hist = histograms(img);
+    let lut: [[u8; 256]; 3] = std::array::from_fn(|c| {
+        let h = &hist[c];
+        let used: Vec<u64> = h.iter().copied().filter(|&n| n != 0).collect();
+        let identity = std::array::from_fn(|i| i as u8);
+        if used.len() <= 1 {
+            return identity;
+        }
+        let step = (used.iter().sum::<u64>() - used[used.len() - 1]) / 255;
+        if step == 0 {
+            return identity;
+        }
+        let mut n = step / 2;
+        std::array::from_fn(|i| {
+            let v = (n / step).min(255) as u8;
+            n += h[i];
+            v
+        })
+    });
+    apply_lut(img, &lut);
+}

@@ -1,0 +1,157 @@
+//! Augmentation ops against torchvision's `_apply_op` and timm's op functions on PIL images
+//! (tests/golden/make_augment_golden.py: Pillow 13, torchvision 0.26, timm 1.0.31), on crops of
+//! real ImageNet files and a synthetic non-square pattern; and the policies' determinism.
+
+mod common;
+
+use resnet_train::data::augment::{self, Augment, Policy, Scratch, TimmOp, TvOp};
+use resnet_train::data::augment_ops::{Interp, Planes};
+use resnet_train::data::transform::{self, Transform};
+use resnet_train::rng::SplitMix64;
+use std::collections::BTreeMap;
+
+/// The generator make_augment_golden.py's `synthetic()` mirrors: 31 wide, 29 high.
+fn synthetic() -> (Vec<u8>, usize, usize) {
+    let (h, w) = (29, 31);
+    let mut px = vec![0u8; 3 * h * w];
+    for c in 0..3 {
+        for y in 0..h {
+            for x in 0..w {
+                px[c * h * w + y * w + x] = ((7 * x + 13 * y + 29 * c + (x * y) % 17) % 256) as u8;
+            }
+        }
+    }
+    (px, h, w)
+}
+
+fn tv_op(name: &str) -> TvOp {
+    match name {
+        "ShearX" => TvOp::ShearX,
+        "ShearY" => TvOp::ShearY,
+        "TranslateX" => TvOp::TranslateX,
+        "TranslateY" => TvOp::TranslateY,
+        "Rotate" => TvOp::Rotate,
+        "Brightness" => TvOp::Brightness,
+        "Color" => TvOp::Color,
+        "Contrast" => TvOp::Contrast,
+        "Sharpness" => TvOp::Sharpness,
+        "Posterize" => TvOp::Posterize,
+        "Solarize" => TvOp::Solarize,
+        "AutoContrast" => TvOp::AutoContrast,
+        "Equalize" => TvOp::Equalize,
+        "Invert" => TvOp::Invert,
+        _ => panic!("unknown torchvision op {name}"),
+    }
+}
+
+fn timm_op(name: &str) -> TimmOp {
+    match name {
+        "ShearX" => TimmOp::ShearX,
+        "ShearY" => TimmOp::ShearY,
+        "TranslateXRel" => TimmOp::TranslateXRel,
+        "TranslateYRel" => TimmOp::TranslateYRel,
+        "Rotate" => TimmOp::Rotate,
+        "SolarizeAdd" => TimmOp::SolarizeAdd,
+        "Posterize" => TimmOp::Posterize,
+        "Color" => TimmOp::Color,
+        "Contrast" => TimmOp::Contrast,
+        "Brightness" => TimmOp::Brightness,
+        "Sharpness" => TimmOp::Sharpness,
+        "Solarize" => TimmOp::Solarize,
+        _ => panic!("unknown timm op {name}"),
+    }
+}
+
+/// The golden inputs: the synthetic pattern, and the real crops when ../shared is present.
+fn inputs(g: &BTreeMap<String, tch::Tensor>) -> BTreeMap<String, (Vec<u8>, usize, usize)> {
+    let mut out = BTreeMap::new();
+    out.insert("synthetic".to_string(), synthetic());
+    let Some(shared) = common::shared("augment ops on real ImageNet crops") else { return out };
+    for key in g.keys().filter(|k| k.starts_with("input|")) {
+        let f: Vec<&str> = key.split('|').collect();
+        let (name, file) = (f[1], f[2]);
+        let (left, top, size): (usize, usize, usize) =
+            (f[3].parse().unwrap(), f[4].parse().unwrap(), f[5].parse().unwrap());
+        // A crop resized to its own size is the crop itself (the resampler's weights are 1 and 0).
+        let t = Transform::Crop { top, left, height: size, width: size, size, flip: false };
+        let x = transform::load_tensor(
+            &shared.join("data/imagenet-samples").join(file),
+            &t,
+            &mut SplitMix64::new(0),
+        )
+        .unwrap();
+        out.insert(name.to_string(), (Vec::<u8>::try_from(&x.flatten(0, -1)).unwrap(), size, size));
+    }
+    out
+}
+
+#[test]
+fn ops_match_torchvision_and_timm_on_pil_images() {
+    let g = common::golden("augment.safetensors");
+    let inputs = inputs(&g);
+    let mut scratch = Scratch::default();
+    let (mut checked, mut failures) = (0, Vec::new());
+    for (key, want) in g.iter().filter(|(k, _)| !k.starts_with("input|")) {
+        let f: Vec<&str> = key.split('|').collect();
+        let Some((px, h, w)) = inputs.get(f[3]) else { continue };
+        let mut px = px.clone();
+        let mut img = Planes { px: &mut px, h: *h, w: *w };
+        let arg: f64 = f[2].parse().unwrap();
+        if f[0] == "tv" {
+            augment::tv_apply(&mut img, tv_op(f[1]), arg, Interp::Nearest, [0; 3], &mut scratch);
+        } else {
+            let interp = match f[4] {
+                "bilinear" => Interp::Bilinear,
+                "bicubic" => Interp::Bicubic,
+                _ => Interp::Nearest,
+            };
+            augment::timm_apply(&mut img, timm_op(f[1]), Some(arg), interp, augment::TIMM_FILL, &mut scratch);
+        }
+        let want = Vec::<u8>::try_from(&want.flatten(0, -1)).unwrap();
+        assert_eq!(want.len(), px.len(), "{key}");
+        let diffs: Vec<i32> =
+            px.iter().zip(&want).map(|(&a, &b)| (a as i32 - b as i32).abs()).filter(|&d| d > 0).collect();
+        if !diffs.is_empty() {
+            failures.push(format!(
+                "{key}: {} of {} values differ, max {}",
+                diffs.len(),
+                px.len(),
+                diffs.iter().max().unwrap()
+            ));
+        }
+        checked += 1;
+    }
+    eprintln!("{checked} op outputs compared");
+    assert!(failures.is_empty(), "not bit-identical to Pillow:\n{}", failures.join("\n"));
+    assert!(checked >= 48, "only {checked} cases ran");
+}
+
+/// Every policy is a pure function of the sample's generator: same draws, same pixels.
+#[test]
+fn policies_are_deterministic_per_sample_and_change_the_image() {
+    let (px0, h, w) = synthetic();
+    for aa in [
+        "randaugment",
+        "trivialaugment",
+        "autoaugment",
+        "rand-m9-mstd0.5-inc1",
+        "rand-m7-n3-mstd101",
+        "v0",
+        "original",
+    ] {
+        let aug = Augment::new(Policy::parse(aa).unwrap(), Some([0.4; 3]), 31);
+        let mut changed = 0;
+        for sample in 0..40u64 {
+            let run = || {
+                let mut px = px0.clone();
+                let mut rng = SplitMix64::keyed(&[1, 2, sample]);
+                aug.apply(&mut Planes { px: &mut px, h, w }, &mut rng, &mut Scratch::default());
+                px
+            };
+            let (a, b) = (run(), run());
+            assert_eq!(a, b, "{aa}: sample {sample} differs between two runs");
+            changed += (a != px0) as usize;
+        }
+        assert!(changed >= 30, "{aa}: only {changed} of 40 samples changed");
+    }
+}
