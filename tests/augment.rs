@@ -155,3 +155,49 @@ fn policies_are_deterministic_per_sample_and_change_the_image() {
         assert!(changed >= 30, "{aa}: only {changed} of 40 samples changed");
     }
 }
+
+#[test]
+#[ignore]
+fn op_timings() {
+    let (h, w) = (224, 224);
+    let mut rng = SplitMix64::new(3);
+    let px0: Vec<u8> = (0..3 * h * w).map(|_| rng.below(256) as u8).collect();
+    let mut s = Scratch::default();
+    for (op, m) in [
+        (TvOp::ShearX, 0.1),
+        (TvOp::TranslateX, 20.0),
+        (TvOp::Rotate, 9.0),
+        (TvOp::Brightness, 0.3),
+        (TvOp::Color, 0.3),
+        (TvOp::Contrast, 0.3),
+        (TvOp::Sharpness, 0.3),
+        (TvOp::Posterize, 5.0),
+        (TvOp::Solarize, 100.0),
+        (TvOp::AutoContrast, 0.0),
+        (TvOp::Equalize, 0.0),
+    ] {
+        let t = std::time::Instant::now();
+        for _ in 0..200 {
+            let mut px = px0.clone();
+            augment::tv_apply(&mut Planes { px: &mut px, h, w }, op, m, Interp::Nearest, [0; 3], &mut s);
+        }
+        eprintln!("{op:?}: {:.3} ms", t.elapsed().as_secs_f64() / 200.0 * 1e3);
+    }
+    for (op, m) in [(TimmOp::ShearX, 0.1), (TimmOp::Rotate, 9.0)] {
+        for interp in [Interp::Bilinear, Interp::Bicubic] {
+            let t = std::time::Instant::now();
+            for _ in 0..50 {
+                let mut px = px0.clone();
+                augment::timm_apply(
+                    &mut Planes { px: &mut px, h, w },
+                    op,
+                    Some(m),
+                    interp,
+                    augment::TIMM_FILL,
+                    &mut s,
+                );
+            }
+            eprintln!("timm {op:?} {interp:?}: {:.3} ms", t.elapsed().as_secs_f64() / 50.0 * 1e3);
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 mod common;
 
+use resnet_train::data::augment::{Augment, Policy};
 use resnet_train::data::dataset::ImageFolder;
 use resnet_train::data::loader::{Loader, LoaderConfig};
 use resnet_train::data::sampler::Sampler;
@@ -39,22 +40,50 @@ fn config(threads: usize) -> LoaderConfig {
 fn batches_are_identical_with_any_thread_count_and_resume_mid_epoch() {
     let dir = common::tmpdir();
     let ds = demo_dataset(dir.path(), 5);
-    let one = Loader::new(ds.clone(), config(1)).unwrap();
-    let three = Loader::new(ds.clone(), config(3)).unwrap();
-    assert_eq!(one.batches_per_epoch(), 50 / 8);
-    let a = all_batches(&one, 4, 0);
-    let b = all_batches(&three, 4, 0);
-    assert_eq!(a.len(), 6);
-    assert!(a == b, "1 and 3 threads give different batches");
-    // Resuming at batch 2 gives exactly the rest of the epoch.
-    assert!(all_batches(&three, 4, 2) == a[2..]);
-    // Another epoch: another order and other augmentations.
-    assert!(all_batches(&one, 5, 0) != a);
-    // Labels are the class folders' sorted positions.
-    let mut labels: Vec<i64> = a.iter().flat_map(|(_, l)| l.clone()).collect();
-    labels.sort();
-    labels.dedup();
-    assert!(labels.iter().all(|&l| (0..10).contains(&l)));
+    // Plain crops, and with each augmentation policy (and ColorJitter) on.
+    let policies = [
+        None,
+        Some("randaugment"),
+        Some("ta_wide"),
+        Some("autoaugment"),
+        Some("rand-m9-mstd0.5-inc1"),
+        Some("v0"),
+    ];
+    let mut plain = Vec::new();
+    for aa in policies {
+        let augment = aa.map(|p| {
+            let jitter = (p == "randaugment").then_some([0.4; 3]);
+            Arc::new(Augment::new(Policy::parse(p).unwrap(), jitter, 32))
+        });
+        let with = |threads| {
+            let mut cfg = config(threads);
+            cfg.augment = augment.clone();
+            Loader::new(ds.clone(), cfg).unwrap()
+        };
+        let (one, three) = (with(1), with(3));
+        assert_eq!(one.batches_per_epoch(), 50 / 8);
+        let a = all_batches(&one, 4, 0);
+        let b = all_batches(&three, 4, 0);
+        assert_eq!(a.len(), 6);
+        assert!(a == b, "{aa:?}: 1 and 3 threads give different batches");
+        // Resuming at batch 2 gives exactly the rest of the epoch.
+        assert!(all_batches(&three, 4, 2) == a[2..], "{aa:?}: resumed batches differ");
+        // Another epoch: another order and other augmentations.
+        assert!(all_batches(&one, 5, 0) != a);
+        // Labels are the class folders' sorted positions.
+        let mut labels: Vec<i64> = a.iter().flat_map(|(_, l)| l.clone()).collect();
+        labels.sort();
+        labels.dedup();
+        assert!(labels.iter().all(|&l| (0..10).contains(&l)));
+        match aa {
+            None => plain = a,
+            // Same crops and order, augmented pixels.
+            Some(p) => {
+                assert!(a.iter().zip(&plain).all(|(x, y)| x.1 == y.1), "{p}: labels changed");
+                assert!(a.iter().zip(&plain).any(|(x, y)| x.0 != y.0), "{p}: no pixel changed");
+            }
+        }
+    }
 }
 
 #[test]

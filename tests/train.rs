@@ -434,8 +434,22 @@ fn regularisers_are_active_and_a_resumed_run_draws_what_the_uninterrupted_one_dr
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
-    let regularised =
-        ["--drop-path", "0.3", "--mixup", "0.2", "--cutmix", "1.0", "--smoothing", "0.1", "--reprob", "0.5"];
+    let regularised = [
+        "--drop-path",
+        "0.3",
+        "--mixup",
+        "0.2",
+        "--cutmix",
+        "1.0",
+        "--smoothing",
+        "0.1",
+        "--reprob",
+        "0.5",
+        "--aa",
+        "rand-m9-mstd0.5-inc1",
+        "--color-jitter",
+        "0.4",
+    ];
     run("full", &regularised);
     run("cut", &[&regularised[..], &["--max-steps", "4"]].concat());
     let out = std::process::Command::new(common::bin())
@@ -450,7 +464,7 @@ fn regularisers_are_active_and_a_resumed_run_draws_what_the_uninterrupted_one_dr
     assert_eq!(
         full,
         losses(&dir.path().join("cut")),
-        "a resumed drop-path + mixup + cutmix + erasing run differs"
+        "a resumed drop-path + mixup + cutmix + erasing + RandAugment + ColorJitter run differs"
     );
     assert_ne!(full, losses(&dir.path().join("plain")), "the regularisers changed nothing");
 }

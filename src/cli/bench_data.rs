@@ -32,6 +32,13 @@ pub struct BenchDataArgs {
     /// Output size (train crop / eval crop).
     #[arg(long, default_value_t = 224)]
     pub size: usize,
+    /// Augmentation policy after the crop and flip (train mode; the `aa` config key's values,
+    /// e.g. randaugment, trivialaugment, autoaugment, rand-m9-mstd0.5-inc1).
+    #[arg(long)]
+    pub aa: Option<String>,
+    /// ColorJitter strength(s) (train mode; e.g. 0.4 as torch_data_bench.py --policy colorjitter).
+    #[arg(long, value_delimiter = ',')]
+    pub color_jitter: Option<Vec<f64>>,
     /// Print one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -75,6 +82,20 @@ pub fn run(a: BenchDataArgs) -> Result<()> {
         Mode::Eval => Transform::eval(a.size, 0.875),
     };
     let mut cfg = LoaderConfig::new(a.batch_size, transform);
+    let policy = crate::data::augment::Policy::parse(a.aa.as_deref().unwrap_or(""))?;
+    let jitter = crate::data::augment::parse_jitter(a.color_jitter.as_deref().unwrap_or(&[]))?;
+    let augment = crate::data::augment::Augment::new(policy, jitter, a.size);
+    if !augment.is_identity() {
+        if a.mode != Mode::Train {
+            return Err(crate::error::Error::Usage("--aa and --color-jitter apply to --mode train".into()));
+        }
+        cfg.augment = Some(Arc::new(augment));
+    }
+    let policy_name = match (&a.aa, &a.color_jitter) {
+        (Some(p), _) => p.clone(),
+        (None, Some(j)) => format!("colorjitter{j:?}"),
+        _ => "none".to_string(),
+    };
     cfg.threads = a.threads;
     cfg.drop_last_batch = false;
     let loader = Loader::new(dataset.clone(), cfg)?;
@@ -101,7 +122,7 @@ pub fn run(a: BenchDataArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "impl": "resnet-train", "mode": mode, "size": a.size, "threads": a.threads,
+                "impl": "resnet-train", "mode": mode, "policy": policy_name, "size": a.size, "threads": a.threads,
                 "batch_size": a.batch_size, "images": images, "seconds": (secs * 1000.0).round() / 1000.0,
                 "img_per_s": (rate * 10.0).round() / 10.0,
                 "img_per_s_per_thread": (rate / a.threads as f64 * 10.0).round() / 10.0,
@@ -110,7 +131,7 @@ pub fn run(a: BenchDataArgs) -> Result<()> {
         );
     } else {
         println!(
-            "{mode} {}px: {images} images in {secs:.2} s = {rate:.1} img/s ({:.1} per thread, {} threads), peak RSS {rss:.0} MiB, {} bad files",
+            "{mode} {policy_name} {}px: {images} images in {secs:.2} s = {rate:.1} img/s ({:.1} per thread, {} threads), peak RSS {rss:.0} MiB, {} bad files",
             a.size,
             rate / a.threads as f64,
             a.threads,

@@ -14,6 +14,7 @@
 //! sample's own generator (keyed by seed, epoch, index), so batches are identical for any number of
 //! threads and after a resume.
 
+pub use super::augment_ops::Scratch;
 use super::augment_ops::{self as ops, Interp, Planes};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
@@ -405,7 +406,7 @@ pub fn tv_apply(img: &mut Planes, op: TvOp, magnitude: f64, interp: Interp, fill
     let affine =
         |img: &mut Planes, s: &mut Scratch, center: [f64; 2], translate: [f64; 2], shear: [f64; 2]| {
             let m = ops::inverse_affine_matrix(center, 0.0, translate, 1.0, shear);
-            ops::affine(img, m, interp, fill, &mut s.a);
+            ops::affine(img, m, interp, fill, s);
         };
     match op {
         TvOp::Identity => {}
@@ -413,11 +414,11 @@ pub fn tv_apply(img: &mut Planes, op: TvOp, magnitude: f64, interp: Interp, fill
         TvOp::ShearY => affine(img, s, [0.0, 0.0], [0.0, 0.0], [0.0, magnitude.atan().to_degrees()]),
         TvOp::TranslateX => affine(img, s, [w * 0.5, h * 0.5], [magnitude.trunc(), 0.0], [0.0, 0.0]),
         TvOp::TranslateY => affine(img, s, [w * 0.5, h * 0.5], [0.0, magnitude.trunc()], [0.0, 0.0]),
-        TvOp::Rotate => ops::rotate(img, magnitude, interp, fill, &mut s.a),
+        TvOp::Rotate => ops::rotate(img, magnitude, interp, fill, s),
         TvOp::Brightness => ops::brightness(img, 1.0 + magnitude),
-        TvOp::Color => ops::color(img, 1.0 + magnitude, &mut s.a),
-        TvOp::Contrast => ops::contrast(img, 1.0 + magnitude, &mut s.a),
-        TvOp::Sharpness => ops::sharpness(img, 1.0 + magnitude, &mut s.a),
+        TvOp::Color => ops::color(img, 1.0 + magnitude, s),
+        TvOp::Contrast => ops::contrast(img, 1.0 + magnitude, s),
+        TvOp::Sharpness => ops::sharpness(img, 1.0 + magnitude, s),
         TvOp::Posterize => ops::posterize(img, magnitude as i64),
         TvOp::Solarize => ops::solarize(img, magnitude),
         TvOp::AutoContrast => ops::autocontrast(img),
@@ -473,25 +474,19 @@ pub fn timm_apply(
         AutoContrast => ops::autocontrast(img),
         Equalize => ops::equalize(img),
         Invert => ops::invert(img),
-        Rotate => ops::rotate(img, v, interp, fill, &mut s.a),
+        Rotate => ops::rotate(img, v, interp, fill, s),
         Posterize | PosterizeIncreasing | PosterizeOriginal => ops::posterize(img, v as i64),
         Solarize | SolarizeIncreasing => ops::solarize(img, v),
         SolarizeAdd => ops::solarize_add(img, v as i64, 128),
-        Color | ColorIncreasing => ops::color(img, v, &mut s.a),
-        Contrast | ContrastIncreasing => ops::contrast(img, v, &mut s.a),
+        Color | ColorIncreasing => ops::color(img, v, s),
+        Contrast | ContrastIncreasing => ops::contrast(img, v, s),
         Brightness | BrightnessIncreasing => ops::brightness(img, v),
-        Sharpness | SharpnessIncreasing => ops::sharpness(img, v, &mut s.a),
-        ShearX => ops::affine(img, [1.0, v, 0.0, 0.0, 1.0, 0.0], interp, fill, &mut s.a),
-        ShearY => ops::affine(img, [1.0, 0.0, 0.0, v, 1.0, 0.0], interp, fill, &mut s.a),
-        TranslateXRel => ops::affine(img, [1.0, 0.0, v * w, 0.0, 1.0, 0.0], interp, fill, &mut s.a),
-        TranslateYRel => ops::affine(img, [1.0, 0.0, 0.0, 0.0, 1.0, v * h], interp, fill, &mut s.a),
+        Sharpness | SharpnessIncreasing => ops::sharpness(img, v, s),
+        ShearX => ops::affine(img, [1.0, v, 0.0, 0.0, 1.0, 0.0], interp, fill, s),
+        ShearY => ops::affine(img, [1.0, 0.0, 0.0, v, 1.0, 0.0], interp, fill, s),
+        TranslateXRel => ops::affine(img, [1.0, 0.0, v * w, 0.0, 1.0, 0.0], interp, fill, s),
+        TranslateYRel => ops::affine(img, [1.0, 0.0, 0.0, 0.0, 1.0, v * h], interp, fill, s),
     }
-}
-
-/// Per-thread buffers.
-#[derive(Default)]
-pub struct Scratch {
-    a: Vec<u8>,
 }
 
 /// What the decode workers apply after the crop and flip.
@@ -655,8 +650,8 @@ fn color_jitter(img: &mut Planes, strength: [f64; 3], rng: &mut SplitMix64, s: &
     for k in order {
         match (k, b, c, sat) {
             (0, Some(f), _, _) => ops::brightness(img, f),
-            (1, _, Some(f), _) => ops::contrast(img, f, &mut s.a),
-            (2, _, _, Some(f)) => ops::color(img, f, &mut s.a),
+            (1, _, Some(f), _) => ops::contrast(img, f, s),
+            (2, _, _, Some(f)) => ops::color(img, f, s),
             _ => {}
         }
     }
@@ -668,7 +663,7 @@ pub fn parse_jitter(v: &[f64]) -> Result<Option<[f64; 3]>> {
         [] => return Ok(None),
         [s] => [s, s, s],
         [b, c, s] => [b, c, s],
-        [b, c, s, hue] if hue == 0.0 => [b, c, s],
+        [b, c, s, 0.0] => [b, c, s],
         _ => {
             return Err(Error::Usage(format!(
                 "--color-jitter {v:?}: give one strength or three (brightness, contrast, saturation); \

@@ -19,6 +19,13 @@ pub enum Interp {
     Bicubic,
 }
 
+/// Per-thread buffers the ops reuse.
+#[derive(Default)]
+pub struct Scratch {
+    bytes: Vec<u8>,
+    floats: Vec<f32>,
+}
+
 /// A planar RGB uint8 image: `px[c * h * w + y * w + x]`.
 pub struct Planes<'a> {
     pub px: &'a mut [u8],
@@ -49,7 +56,8 @@ fn floor_i(v: f64) -> i64 {
 }
 
 /// `Image.transform(size, AFFINE, a, resample, fillcolor=fill)` at the image's own size.
-pub fn affine(img: &mut Planes, a: [f64; 6], interp: Interp, fill: [u8; 3], src: &mut Vec<u8>) {
+pub fn affine(img: &mut Planes, a: [f64; 6], interp: Interp, fill: [u8; 3], s: &mut Scratch) {
+    let src = &mut s.bytes;
     src.clear();
     src.extend_from_slice(img.px);
     match interp {
@@ -137,8 +145,17 @@ fn affine_filtered(src: &[u8], img: &mut Planes, a: &[f64; 6], interp: Interp, f
     let (h, w, plane) = (img.h, img.w, img.plane());
     let (hi, wi) = (h as i64, w as i64);
     let xclip = |x: i64| x.clamp(0, wi - 1) as usize;
-    let yclip = |y: i64| y.clamp(0, hi - 1) as usize;
-    let row_ok = |y: i64| (0..hi).contains(&y);
+    // Pillow reads row y clipped and rows y+1.. only when inside, else repeats the previous
+    // value: the same as repeating the previous row.
+    let rows = |y0: i64, rows: &mut [usize]| {
+        rows[0] = y0.clamp(0, hi - 1) as usize * w;
+        for k in 1..rows.len() {
+            let y = y0 + k as i64;
+            rows[k] = if (0..hi).contains(&y) { y as usize * w } else { rows[k - 1] };
+        }
+    };
+    let (sr, sg, sb) = (&src[..plane], &src[plane..2 * plane], &src[2 * plane..3 * plane]);
+    let channels = [sr, sg, sb];
     for y in 0..h {
         for x in 0..w {
             let (xin, yin) = (x as f64 + 0.5, y as f64 + 0.5);
@@ -146,51 +163,45 @@ fn affine_filtered(src: &[u8], img: &mut Planes, a: &[f64; 6], interp: Interp, f
             let ys = a[3] * xin + a[4] * yin + a[5];
             let o = y * w + x;
             if xs < 0.0 || xs >= w as f64 || ys < 0.0 || ys >= h as f64 {
-                for c in 0..3 {
-                    img.px[c * plane + o] = fill[c];
+                for (c, &f) in fill.iter().enumerate() {
+                    img.px[c * plane + o] = f;
                 }
                 continue;
             }
             let (xs, ys) = (xs - 0.5, ys - 0.5);
             let (x0, y0) = (floor_i(xs), floor_i(ys));
             let (dx, dy) = (xs - x0 as f64, ys - y0 as f64);
-            for c in 0..3 {
-                let p = &src[c * plane..(c + 1) * plane];
-                let at = |yy: usize, xx: usize| p[yy * w + xx] as f64;
-                let v = match interp {
-                    Interp::Bilinear => {
-                        let (xa, xb) = (xclip(x0), xclip(x0 + 1));
-                        let lerp = |r: usize| {
-                            let (va, vb) = (p[r * w + xa] as i32, p[r * w + xb] as i32);
-                            va as f64 + (vb - va) as f64 * dx
-                        };
-                        let v1 = lerp(yclip(y0));
-                        let v2 = if row_ok(y0 + 1) { lerp((y0 + 1) as usize) } else { v1 };
-                        let v = v1 + (v2 - v1) * dy;
-                        v as u8 // (UINT8) truncation; v is within [0, 255]
-                    }
-                    _ => {
-                        let (xm, ym) = (x0 - 1, y0 - 1);
-                        let xs4 = [xclip(xm), xclip(xm + 1), xclip(xm + 2), xclip(xm + 3)];
-                        let row = |r: usize| {
-                            let q = [at(r, xs4[0]), at(r, xs4[1]), at(r, xs4[2]), at(r, xs4[3])];
-                            cubic(q, dx)
-                        };
-                        let v1 = row(yclip(ym));
-                        let v2 = if row_ok(ym + 1) { row((ym + 1) as usize) } else { v1 };
-                        let v3 = if row_ok(ym + 2) { row((ym + 2) as usize) } else { v2 };
-                        let v4 = if row_ok(ym + 3) { row((ym + 3) as usize) } else { v3 };
-                        let v = cubic([v1, v2, v3, v4], dy);
-                        if v <= 0.0 {
-                            0
-                        } else if v >= 255.0 {
-                            255
-                        } else {
-                            v as u8
-                        }
-                    }
-                };
-                img.px[c * plane + o] = v;
+            if interp == Interp::Bilinear {
+                let (xa, xb) = (xclip(x0), xclip(x0 + 1));
+                let mut r = [0usize; 2];
+                rows(y0, &mut r);
+                for (c, p) in channels.iter().enumerate() {
+                    let lerp = |r: usize| {
+                        let (va, vb) = (p[r + xa] as i32, p[r + xb] as i32);
+                        va as f64 + (vb - va) as f64 * dx
+                    };
+                    let (v1, v2) = (lerp(r[0]), lerp(r[1]));
+                    img.px[c * plane + o] = (v1 + (v2 - v1) * dy) as u8; // within [0, 255]
+                }
+            } else {
+                let xm = x0 - 1;
+                let xs4 = [xclip(xm), xclip(xm + 1), xclip(xm + 2), xclip(xm + 3)];
+                let mut r = [0usize; 4];
+                rows(y0 - 1, &mut r);
+                for (c, p) in channels.iter().enumerate() {
+                    let row = |r: usize| {
+                        let q = &p[r..r + w];
+                        cubic([q[xs4[0]] as f64, q[xs4[1]] as f64, q[xs4[2]] as f64, q[xs4[3]] as f64], dx)
+                    };
+                    let v = cubic([row(r[0]), row(r[1]), row(r[2]), row(r[3])], dy);
+                    img.px[c * plane + o] = if v <= 0.0 {
+                        0
+                    } else if v >= 255.0 {
+                        255
+                    } else {
+                        v as u8
+                    };
+                }
             }
         }
     }
@@ -213,13 +224,14 @@ fn round15(v: f64) -> f64 {
 
 /// `Image.rotate(degrees, resample, expand=False, fillcolor=fill)`: counter-clockwise about the
 /// centre; 0, 180 (and 90, 270 on a square) are exact transposes, as in Pillow.
-pub fn rotate(img: &mut Planes, degrees: f64, interp: Interp, fill: [u8; 3], src: &mut Vec<u8>) {
+pub fn rotate(img: &mut Planes, degrees: f64, interp: Interp, fill: [u8; 3], s: &mut Scratch) {
     let angle = degrees.rem_euclid(360.0);
     if angle == 0.0 {
         return;
     }
     let square = img.h == img.w;
     if angle == 180.0 || (square && (angle == 90.0 || angle == 270.0)) {
+        let src = &mut s.bytes;
         src.clear();
         src.extend_from_slice(img.px);
         let (h, w, plane) = (img.h, img.w, img.plane());
@@ -244,7 +256,7 @@ pub fn rotate(img: &mut Planes, degrees: f64, interp: Interp, fill: [u8; 3], src
     let (m2, m5) = (m[0] * x + m[1] * y + m[2], m[3] * x + m[4] * y + m[5]);
     m[2] = m2 + cx;
     m[5] = m5 + cy;
-    affine(img, m, interp, fill, src);
+    affine(img, m, interp, fill, s);
 }
 
 /// torchvision's `_get_inverse_affine_matrix(center, angle, translate, scale, shear)` (degrees).
@@ -269,25 +281,40 @@ pub fn inverse_affine_matrix(
     m
 }
 
-/// `Image.blend(degenerate, image, alpha)`: float32, truncated; clipped when extrapolating.
-/// `degenerate(c, i)` is the degenerate image's value at channel c, pixel i.
-fn blend(img: &mut Planes, alpha: f64, degenerate: impl Fn(usize, usize) -> u8) {
+/// One value of `Image.blend(degenerate, image, alpha)`: float32, truncated; clipped when
+/// extrapolating (`alpha` outside [0, 1]).
+#[inline]
+fn blend1(d: u8, v: u8, alpha: f32) -> u8 {
+    let t = d as f32 + alpha * (v as i32 - d as i32) as f32;
+    if (0.0..=1.0).contains(&alpha) {
+        t as u8
+    } else {
+        t.clamp(0.0, 255.0) as u8
+    }
+}
+
+/// Blend towards a constant degenerate image: a lookup table of `blend1`.
+fn blend_const(img: &mut Planes, d: u8, alpha: f64) {
     let alpha = alpha as f32;
-    let plane = img.plane();
+    let lut: [u8; 256] = std::array::from_fn(|v| blend1(d, v as u8, alpha));
+    for v in img.px.iter_mut() {
+        *v = lut[*v as usize];
+    }
+}
+
+/// Blend towards a degenerate image of the same layout (`deg_plane(c)` is channel c's plane).
+fn blend_planes<'d>(img: &mut Planes, alpha: f64, deg_plane: impl Fn(usize) -> &'d [u8]) {
+    let (alpha, plane) = (alpha as f32, img.plane());
     let inside = (0.0..=1.0).contains(&alpha);
     for c in 0..3 {
-        for i in 0..plane {
-            let (d, v) = (degenerate(c, i) as i32, img.px[c * plane + i] as i32);
-            let t = d as f32 + alpha * (v - d) as f32;
-            img.px[c * plane + i] = if inside {
-                t as u8
-            } else if t <= 0.0 {
-                0
-            } else if t >= 255.0 {
-                255
-            } else {
-                t as u8
-            };
+        let d = deg_plane(c);
+        let px = &mut img.px[c * plane..(c + 1) * plane];
+        // The same arithmetic as `blend1`, with its branch hoisted so that the loops vectorise.
+        let t = |dv: u8, v: u8| dv as f32 + alpha * (v as i32 - dv as i32) as f32;
+        if inside {
+            px.iter_mut().zip(d).for_each(|(v, &dv)| *v = t(dv, *v) as u8);
+        } else {
+            px.iter_mut().zip(d).for_each(|(v, &dv)| *v = t(dv, *v).clamp(0.0, 255.0) as u8);
         }
     }
 }
@@ -295,60 +322,75 @@ fn blend(img: &mut Planes, alpha: f64, degenerate: impl Fn(usize, usize) -> u8) 
 /// Pillow's RGB -> L: (R·19595 + G·38470 + B·7471 + 0x8000) >> 16.
 fn grey(img: &Planes, out: &mut Vec<u8>) {
     let plane = img.plane();
+    let (r, rest) = img.px.split_at(plane);
+    let (g, b) = rest.split_at(plane);
     out.clear();
-    out.extend((0..plane).map(|i| {
-        let (r, g, b) = (img.px[i] as u32, img.px[plane + i] as u32, img.px[2 * plane + i] as u32);
-        ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8
+    out.extend(r.iter().zip(g).zip(&b[..plane]).map(|((&r, &g), &b)| {
+        ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
     }));
 }
 
 /// `ImageEnhance.Brightness(img).enhance(factor)`.
 pub fn brightness(img: &mut Planes, factor: f64) {
-    blend(img, factor, |_, _| 0);
+    blend_const(img, 0, factor);
 }
 
 /// `ImageEnhance.Color(img).enhance(factor)` (torchvision's `adjust_saturation`).
-pub fn color(img: &mut Planes, factor: f64, scratch: &mut Vec<u8>) {
-    grey(img, scratch);
-    let g = &*scratch;
-    blend(img, factor, |_, i| g[i]);
+pub fn color(img: &mut Planes, factor: f64, s: &mut Scratch) {
+    grey(img, &mut s.bytes);
+    let g = &s.bytes[..];
+    blend_planes(img, factor, |_| g);
 }
 
 /// `ImageEnhance.Contrast(img).enhance(factor)`: towards the grey image's mean, rounded.
-pub fn contrast(img: &mut Planes, factor: f64, scratch: &mut Vec<u8>) {
-    grey(img, scratch);
-    let sum: u64 = scratch.iter().map(|&v| v as u64).sum();
-    let mean = (sum as f64 / scratch.len().max(1) as f64 + 0.5) as u8;
-    blend(img, factor, |_, _| mean);
+pub fn contrast(img: &mut Planes, factor: f64, s: &mut Scratch) {
+    grey(img, &mut s.bytes);
+    let sum: u64 = s.bytes.iter().map(|&v| v as u64).sum();
+    let mean = (sum as f64 / s.bytes.len().max(1) as f64 + 0.5) as u8;
+    blend_const(img, mean, factor);
 }
 
 /// `ImageEnhance.Sharpness(img).enhance(factor)`: towards `filter(SMOOTH)` (3x3, 1 1 1 / 1 5 1 /
 /// 1 1 1, divided by 13 in float32; the border rows and columns copied), as `ImagingFilter3x3`.
-pub fn sharpness(img: &mut Planes, factor: f64, scratch: &mut Vec<u8>) {
+pub fn sharpness(img: &mut Planes, factor: f64, s: &mut Scratch) {
     let (h, w, plane) = (img.h, img.w, img.plane());
-    scratch.clear();
-    scratch.extend_from_slice(img.px);
+    let smooth = &mut s.bytes;
+    smooth.clear();
+    smooth.extend_from_slice(img.px);
     if h >= 3 && w >= 3 {
         let (k, k5) = (1.0f32 / 13.0, 5.0f32 / 13.0);
+        // Each row's two horizontal sums (as an outer row, and as the centre row), in Pillow's
+        // float order, so that the per-pixel sums below vectorise across x.
+        let f = &mut s.floats;
+        f.clear();
+        f.resize(2 * plane, 0.0);
+        let (outer, centre) = f.split_at_mut(plane);
         for c in 0..3 {
-            let s = &img.px[c * plane..(c + 1) * plane];
-            let d = &mut scratch[c * plane..(c + 1) * plane];
-            for y in 1..h - 1 {
+            let src = &img.px[c * plane..(c + 1) * plane];
+            for y in 0..h {
+                let r = &src[y * w..(y + 1) * w];
+                let (o, m) = (&mut outer[y * w..(y + 1) * w], &mut centre[y * w..(y + 1) * w]);
                 for x in 1..w - 1 {
-                    let row = |r: usize, kc: f32| {
-                        s[r * w + x - 1] as f32 * k + s[r * w + x] as f32 * kc + s[r * w + x + 1] as f32 * k
-                    };
-                    let mut ss = 0.5f32;
-                    ss += row(y + 1, k);
-                    ss += row(y, k5);
-                    ss += row(y - 1, k);
-                    d[y * w + x] = ss.clamp(0.0, 255.0) as u8;
+                    let (a, b, d) = (r[x - 1] as f32, r[x] as f32, r[x + 1] as f32);
+                    o[x] = a * k + b * k + d * k;
+                    m[x] = a * k + b * k5 + d * k;
+                }
+            }
+            let dst = &mut smooth[c * plane..(c + 1) * plane];
+            for y in 1..h - 1 {
+                let below = &outer[(y + 1) * w..(y + 2) * w];
+                let here = &centre[y * w..(y + 1) * w];
+                let above = &outer[(y - 1) * w..y * w];
+                let out = &mut dst[y * w..(y + 1) * w];
+                for x in 1..w - 1 {
+                    // Pillow's order: 0.5, then the row below, this row, the row above.
+                    out[x] = (((0.5f32 + below[x]) + here[x]) + above[x]).clamp(0.0, 255.0) as u8;
                 }
             }
         }
     }
-    let smooth = &*scratch;
-    blend(img, factor, |c, i| smooth[c * plane + i]);
+    let smooth = &s.bytes[..];
+    blend_planes(img, factor, |c| &smooth[c * plane..(c + 1) * plane]);
 }
 
 fn apply_lut(img: &mut Planes, lut: &[[u8; 256]; 3]) {

@@ -50,6 +50,17 @@ pub struct TrainConfig {
     /// Decode threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// Augmentation policy after the crop and flip (timm's `aa`): randaugment (torchvision's
+    /// RandAugment n2 m9; randaugment-n3-m7 for others), trivialaugment or ta_wide
+    /// (TrivialAugmentWide), autoaugment (torchvision's ImageNet policy), timm's
+    /// rand-m9-mstd0.5-inc1 strings (m, n, mstd, mmax, inc, p), v0 or original (timm's
+    /// AutoAugment policies); unset: none.
+    #[arg(long)]
+    pub aa: Option<String>,
+    /// ColorJitter strength for brightness, contrast and saturation (one value, or three:
+    /// b,c,s), torchvision's semantics, after `aa`; unset: off.
+    #[arg(long, value_delimiter = ',')]
+    pub color_jitter: Option<Vec<f64>>,
 
     // ---- Model ----
     /// resnet18, resnet34, resnet50, resnet101 or resnet152 (torchvision's).
@@ -532,6 +543,7 @@ impl TrainConfig {
                 self.reprob, self.recount
             ));
         }
+        self.augment(self.train_size)?;
         if let Some(m) = &self.cutmix_minmax {
             if m.len() != 2 || !(0.0 < m[0] && m[0] <= m[1] && m[1] <= 1.0) {
                 return bad(format!("--cutmix-minmax must be two fractions 0 < min <= max <= 1, got {m:?}"));
@@ -620,6 +632,15 @@ impl TrainConfig {
             label_smoothing: self.smoothing,
         };
         m.active().then_some(m)
+    }
+
+    /// The decode workers' augmentation for `size`-pixel crops (None when off).
+    pub fn augment(&self, size: usize) -> Result<Option<crate::data::augment::Augment>> {
+        use crate::data::augment::{parse_jitter, Augment, Policy};
+        let policy = Policy::parse(self.aa.as_deref().unwrap_or(""))?;
+        let jitter = parse_jitter(self.color_jitter.as_deref().unwrap_or(&[]))?;
+        let a = Augment::new(policy, jitter, size);
+        Ok((!a.is_identity()).then_some(a))
     }
 
     /// Random erasing as configured (None when off).

@@ -661,6 +661,7 @@ fn loaders(
         (train_cfg.rank, train_cfg.world) = (d.rank, d.world);
     }
     train_cfg.seed = cfg.seed;
+    train_cfg.augment = cfg.augment(cfg.train_size)?.map(Arc::new);
     train_cfg.max_bad_fraction = cfg.max_bad_fraction;
     train_cfg.pin_memory = device.is_cuda();
     let train_loader = Loader::new(train_set.clone(), train_cfg.clone())?;
@@ -669,6 +670,7 @@ fn loaders(
         Some(v) => {
             let mut c = train_cfg;
             c.transform = eval_transform;
+            c.augment = None;
             c.shuffle = false;
             c.drop_last_batch = false;
             c.uneven_shards = true;
