@@ -8,7 +8,7 @@ use resnet_train::data::dataset::ImageFolder;
 use resnet_train::data::loader::{Loader, LoaderConfig};
 use resnet_train::data::sampler::Sampler;
 use resnet_train::data::synthetic;
-use resnet_train::data::transform::Transform;
+use resnet_train::data::transform::{ResSchedule, Transform};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -219,4 +219,39 @@ fn bad_files_are_skipped_counted_and_reported_and_too_many_stop_the_run() {
     let strict = Loader::new(ds, cfg).unwrap();
     let err = strict.epoch(0, 0).find_map(|b| b.err()).expect("the run stops").to_string();
     assert!(err.contains("unreadable images") && err.contains(".jpg") || err.contains(".JPEG"), "{err}");
+}
+
+#[test]
+fn progressive_resizing_changes_the_train_size_per_epoch() {
+    let dir = common::tmpdir();
+    let ds = demo_dataset(dir.path(), 2);
+    let mut cfg = config(2);
+    cfg.res_schedule = Some(ResSchedule { min_res: 16, max_res: 32, start_ramp: 1, end_ramp: 2 });
+    cfg.augment = Some(Arc::new(Augment::new(Policy::parse("randaugment").unwrap(), None, 32)));
+    let loader = Loader::new(ds, cfg).unwrap();
+    for (epoch, size) in [(0u64, 16i64), (1, 16), (2, 32), (5, 32)] {
+        let b = loader.epoch(epoch, 0).next().unwrap().unwrap();
+        assert_eq!(b.images.size(), vec![8, 3, size, size], "epoch {epoch}");
+    }
+}
+
+#[test]
+fn repeated_augmentation_copies_are_augmented_differently() {
+    let dir = common::tmpdir();
+    let ds = demo_dataset(dir.path(), 5);
+    let mut cfg = config(2);
+    cfg.batch_size = 6;
+    cfg.aug_repeats = 3;
+    let loader = Loader::new(ds, cfg).unwrap();
+    // 50 samples under 256: ceil(50 / 1) draws, i.e. 16 samples x 3 copies and 2 more.
+    assert_eq!(loader.batches_per_epoch(), 50 / 6);
+    let batches = all_batches(&loader, 0, 0);
+    let (px, labels) = &batches[0];
+    let per = px.len() / 6;
+    for copy in [0, 3] {
+        assert!(labels[copy] == labels[copy + 1] && labels[copy + 1] == labels[copy + 2]);
+        let img = |k: usize| &px[k * per..(k + 1) * per];
+        assert!(img(copy) != img(copy + 1) && img(copy + 1) != img(copy + 2), "copies share a crop");
+    }
+    assert!(all_batches(&loader, 0, 2) == batches[2..], "resumed mid-epoch");
 }

@@ -38,6 +38,9 @@ pub struct EvalArgs {
     /// Decode threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// Average the logits of each image and its mirror image (test-time flip, FFCV's `lr_tta`).
+    #[arg(long)]
+    pub flip_tta: bool,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -76,7 +79,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         lc.threads = a.workers;
     }
     let loader = Loader::new(data, lc)?;
-    let r = evaluate(&model, &loader, device, a.precision, false)?;
+    let r = evaluate(&model, &loader, device, a.precision, false, a.flip_tta)?;
     println!(
         "{}: {} images, loss {:.4}, top-1 {:.2}%, top-5 {:.2}%",
         root.display(),

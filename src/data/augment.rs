@@ -505,6 +505,11 @@ impl Augment {
         Self { policy, jitter, tables }
     }
 
+    /// The same augmentation for `size`-pixel crops.
+    pub fn resized(&self, size: usize) -> Self {
+        Self::new(self.policy.clone(), self.jitter, size)
+    }
+
     fn tables_for(policy: &Option<Policy>, h: usize, w: usize) -> Option<TvTables> {
         match *policy {
             Some(Policy::RandAugment { bins, .. }) => Some(TvTables::new(Space::Standard, bins, h, w)),

@@ -43,6 +43,10 @@ pub struct LoaderConfig {
     pub world: usize,
     /// Shard without padding (evaluation; see `Sampler::uneven`).
     pub uneven_shards: bool,
+    /// Repeated augmentation (timm's `aug_repeats`; see `Sampler::repeats`).
+    pub aug_repeats: usize,
+    /// Progressive resizing: the train transform's size per epoch.
+    pub res_schedule: Option<transform::ResSchedule>,
 }
 
 impl LoaderConfig {
@@ -61,6 +65,8 @@ impl LoaderConfig {
             rank: 0,
             world: 1,
             uneven_shards: false,
+            aug_repeats: 0,
+            res_schedule: None,
         }
     }
 }
@@ -157,6 +163,7 @@ impl Loader {
             world: self.cfg.world,
             drop_last: false,
             uneven: self.cfg.uneven_shards,
+            repeats: self.cfg.aug_repeats,
         }
     }
 
@@ -172,11 +179,18 @@ impl Loader {
 
     /// The batches of `epoch`, starting at batch `start` (to resume mid-epoch).
     pub fn epoch(&self, epoch: u64, start: usize) -> Epoch {
-        let indices = self.sampler().indices(epoch);
+        let indices = self.sampler().draws(epoch);
         let n_batches = self.batches_per_epoch();
         let (tx, rx) = crossbeam_channel::bounded(self.cfg.prefetch.max(1));
-        let (dataset, cfg, pool, bad) =
+        let (dataset, mut cfg, pool, bad) =
             (self.dataset.clone(), self.cfg.clone(), self.pool.clone(), self.bad.clone());
+        if let Some(r) = cfg.res_schedule {
+            let size = r.size_at(epoch);
+            if size != cfg.transform.size() {
+                cfg.transform = cfg.transform.with_size(size);
+                cfg.augment = cfg.augment.map(|a| Arc::new(a.resized(size)));
+            }
+        }
         let producer = std::thread::Builder::new()
             .name("loader".into())
             .spawn(move || {
@@ -222,13 +236,18 @@ fn load_sample(
     cfg: &LoaderConfig,
     bad: &BadFiles,
     epoch: u64,
-    index: usize,
+    (index, repeat): (usize, usize),
     dst: &mut [u8],
 ) -> Result<(u32, bool)> {
     let mut candidate = index;
     for attempt in 0..=MAX_SUBSTITUTES {
         let sample = &dataset.samples[candidate];
-        let mut rng = SplitMix64::keyed(&[cfg.seed, epoch, candidate as u64]);
+        // Repeated copies of a sample (RASampler) draw their own crops and augmentations.
+        let mut rng = if repeat == 0 {
+            SplitMix64::keyed(&[cfg.seed, epoch, candidate as u64])
+        } else {
+            SplitMix64::keyed(&[cfg.seed, epoch, candidate as u64, 0x004E_9EA7, repeat as u64])
+        };
         let result = std::fs::read(&sample.path).map_err(|e| Error::io(&sample.path, e)).and_then(|bytes| {
             WORKER.with(|w| {
                 let w = &mut *w.borrow_mut();
@@ -278,7 +297,7 @@ fn make_batch(
     bad: &BadFiles,
     epoch: u64,
     batch_index: usize,
-    indices: &[usize],
+    indices: &[(usize, usize)],
 ) -> Result<Batch> {
     let size = cfg.transform.size();
     let per = 3 * size * size;
@@ -293,7 +312,7 @@ fn make_batch(
     let results: Vec<Result<(u32, bool)>> = crate::ffi::uint8_bytes_mut(&mut images)?
         .par_chunks_mut(per)
         .zip(indices.par_iter())
-        .map(|(dst, &i)| load_sample(dataset, cfg, bad, epoch, i, dst))
+        .map(|(dst, &draw)| load_sample(dataset, cfg, bad, epoch, draw, dst))
         .collect();
     let mut labels = Vec::with_capacity(indices.len());
     let mut replaced = 0;

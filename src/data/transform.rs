@@ -51,12 +51,52 @@ impl Transform {
         Transform::Eval { size, resize: (size as f64 / crop_pct).round() as usize }
     }
 
+    /// The same transform at another output size.
+    pub fn with_size(self, new: usize) -> Self {
+        match self {
+            Transform::Train { scale, ratio, hflip, .. } => {
+                Transform::Train { size: new, scale, ratio, hflip }
+            }
+            Transform::Eval { size, resize } => Transform::Eval {
+                size: new,
+                resize: (resize as f64 * new as f64 / size as f64).round() as usize,
+            },
+            Transform::Crop { top, left, height, width, flip, .. } => {
+                Transform::Crop { top, left, height, width, size: new, flip }
+            }
+        }
+    }
+
     pub fn size(&self) -> usize {
         match *self {
             Transform::Train { size, .. } | Transform::Eval { size, .. } | Transform::Crop { size, .. } => {
                 size
             }
         }
+    }
+}
+
+/// FFCV's progressive resizing: the train resolution `min_res` up to `start_ramp`, `max_res` from
+/// `end_ramp` on, linear in between rounded to a multiple of 32 (`get_resolution`; epochs from 0).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ResSchedule {
+    pub min_res: usize,
+    pub max_res: usize,
+    pub start_ramp: u64,
+    pub end_ramp: u64,
+}
+
+impl ResSchedule {
+    pub fn size_at(&self, epoch: u64) -> usize {
+        if epoch <= self.start_ramp {
+            return self.min_res;
+        }
+        if epoch >= self.end_ramp {
+            return self.max_res;
+        }
+        let t = (epoch - self.start_ramp) as f64 / (self.end_ramp - self.start_ramp) as f64;
+        let interp = self.min_res as f64 + t * (self.max_res as f64 - self.min_res as f64);
+        (interp / 32.0).round_ties_even() as usize * 32
     }
 }
 
@@ -243,4 +283,26 @@ pub fn normalize(x: &Tensor) -> Tensor {
     let std =
         (Tensor::from_slice(&IMAGENET_STD) * 255.0).to_kind(Kind::Float).view(shape).to_device(x.device());
     (x.to_kind(Kind::Float) - mean) / std
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// FFCV's `get_resolution` (values from numpy's interp and round, half to even).
+    #[test]
+    fn progressive_resizing_follows_ffcv() {
+        let rn50_88 = ResSchedule { min_res: 160, max_res: 192, start_ramp: 65, end_ramp: 76 };
+        let got: Vec<usize> = (60..80).map(|e| rn50_88.size_at(e)).collect();
+        let mut want = vec![160; 11];
+        want.extend([192; 9]);
+        assert_eq!(got, want);
+        let rn50_16 = ResSchedule { min_res: 160, max_res: 192, start_ramp: 11, end_ramp: 13 };
+        assert_eq!((0..16).map(|e| rn50_16.size_at(e)).collect::<Vec<_>>()[10..14], [160, 160, 192, 192]);
+        let wide = ResSchedule { min_res: 128, max_res: 224, start_ramp: 10, end_ramp: 20 };
+        assert_eq!(
+            (8..22).map(|e| wide.size_at(e)).collect::<Vec<_>>(),
+            [128, 128, 128, 128, 160, 160, 160, 192, 192, 192, 192, 224, 224, 224]
+        );
+    }
 }

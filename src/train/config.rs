@@ -61,6 +61,24 @@ pub struct TrainConfig {
     /// b,c,s), torchvision's semantics, after `aa`; unset: off.
     #[arg(long, value_delimiter = ',')]
     pub color_jitter: Option<Vec<f64>>,
+    /// Repeated augmentation (timm's `aug_repeats`, RASampler; RSB A1/A2: 3): each sample this
+    /// many times in a row per epoch, each copy augmented differently, sharded over the ranks;
+    /// each rank then keeps floor(len // 256 * 256 / world) draws per epoch, as timm (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub aug_repeats: usize,
+    /// Progressive resizing (FFCV's `min_res`): train at this size up to epoch `start_ramp`, at
+    /// `train_size` from `end_ramp` on, linearly in between in steps of 32 px (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub min_res: usize,
+    /// Progressive resizing: the last epoch at `min_res` (0-based, FFCV's `start_ramp`).
+    #[arg(long, default_value_t = 0)]
+    pub start_ramp: u64,
+    /// Progressive resizing: the first epoch at `train_size` (FFCV's `end_ramp`).
+    #[arg(long, default_value_t = 0)]
+    pub end_ramp: u64,
+    /// Evaluate on each image and its mirror image, averaging the logits (FFCV's `lr_tta`).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub eval_flip: bool,
 
     // ---- Model ----
     /// resnet18, resnet34, resnet50, resnet101 or resnet152 (torchvision's).
@@ -138,13 +156,14 @@ pub struct TrainConfig {
     /// Apply weight decay to the PolyCom coefficients too.
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub act_weight_decay: bool,
-    /// Learning-rate schedule after warmup: cosine (to min_lr) or step.
+    /// Learning-rate schedule after warmup: cosine (to min_lr), step, or linear (to min_lr; with a
+    /// warmup, FFCV's triangular schedule).
     #[arg(long, value_enum, default_value_t = ScheduleKind::Cosine)]
     pub schedule: ScheduleKind,
     /// Linear warmup from 0, in epochs (fractions allowed).
     #[arg(long, default_value_t = 0.0)]
     pub warmup_epochs: f64,
-    /// The cosine schedule's final learning rate.
+    /// The cosine and linear schedules' final learning rate.
     #[arg(long, default_value_t = 0.0)]
     pub min_lr: f64,
     /// Step schedule: decay every this many epochs...
@@ -189,6 +208,10 @@ pub struct TrainConfig {
     /// Probability of CutMix rather than Mixup when both are on (timm's `mixup_switch_prob`).
     #[arg(long, default_value_t = 0.5)]
     pub mixup_switch_prob: f64,
+    /// How Mixup/CutMix draws (timm's `mixup_mode`): batch (one draw per batch), pair (per pair
+    /// of samples i and N-1-i) or elem (per sample, mixed with sample N-1-i).
+    #[arg(long, value_enum, default_value_t = super::mixup::MixMode::Batch)]
+    pub mixup_mode: super::mixup::MixMode,
     /// Random erasing probability per image (timm's `reprob`; 0: off), on the normalised batch.
     #[arg(long, default_value_t = 0.0)]
     pub reprob: f64,
@@ -544,6 +567,17 @@ impl TrainConfig {
             ));
         }
         self.augment(self.train_size)?;
+        if self.min_res > 0
+            && !(8 <= self.min_res && self.min_res <= self.train_size && self.start_ramp <= self.end_ramp)
+        {
+            return bad(format!(
+                "--min-res must be in 8..=--train-size ({}) and --start-ramp <= --end-ramp, got {}, {}, {}",
+                self.train_size, self.min_res, self.start_ramp, self.end_ramp
+            ));
+        }
+        if self.aug_repeats > 16 {
+            return bad(format!("--aug-repeats must be in 0..=16, got {}", self.aug_repeats));
+        }
         if let Some(m) = &self.cutmix_minmax {
             if m.len() != 2 || !(0.0 < m[0] && m[0] <= m[1] && m[1] <= 1.0) {
                 return bad(format!("--cutmix-minmax must be two fractions 0 < min <= max <= 1, got {m:?}"));
@@ -630,6 +664,7 @@ impl TrainConfig {
             prob: self.mixup_prob,
             switch_prob: self.mixup_switch_prob,
             label_smoothing: self.smoothing,
+            mode: self.mixup_mode,
         };
         m.active().then_some(m)
     }
@@ -641,6 +676,16 @@ impl TrainConfig {
         let jitter = parse_jitter(self.color_jitter.as_deref().unwrap_or(&[]))?;
         let a = Augment::new(policy, jitter, size);
         Ok((!a.is_identity()).then_some(a))
+    }
+
+    /// Progressive resizing as configured (None when off).
+    pub fn res_schedule(&self) -> Option<crate::data::transform::ResSchedule> {
+        (self.min_res > 0).then_some(crate::data::transform::ResSchedule {
+            min_res: self.min_res,
+            max_res: self.train_size,
+            start_ramp: self.start_ramp,
+            end_ramp: self.end_ramp,
+        })
     }
 
     /// Random erasing as configured (None when off).

@@ -222,12 +222,13 @@ impl Engine {
             // Mixup/CutMix: drawn per (seed, step, rank, micro-batch), so a resume mixes alike.
             let mixed = match cfg.mixup_config() {
                 Some(m) => {
-                    let p = m.draw(
+                    let p = m.draw_samples(
                         &[cfg.seed, step as u64, rank, i as u64, 0x313D_C0DE],
+                        x.size()[0] as usize,
                         x.size()[2],
                         x.size()[3],
                     );
-                    Some(m.apply(x, y, &p, self.num_classes)?)
+                    Some(m.apply_samples(x, y, &p, self.num_classes)?)
                 }
                 None => None,
             };

@@ -63,17 +63,20 @@ pub fn evaluate(
     device: Device,
     precision: Precision,
     channels_last: bool,
+    flip_tta: bool,
 ) -> Result<EvalResult> {
-    Ok(evaluate_sums(model, loader, device, precision, channels_last)?.result())
+    Ok(evaluate_sums(model, loader, device, precision, channels_last, flip_tta)?.result())
 }
 
-/// The loss sum and top-1/top-5 hits over the loader's images (this rank's shard).
+/// The loss sum and top-1/top-5 hits over the loader's images (this rank's shard). With
+/// `flip_tta` the logits are the mean of the image's and its mirror image's (FFCV's `lr_tta`).
 pub fn evaluate_sums(
     model: &ResNet,
     loader: &Loader,
     device: Device,
     precision: Precision,
     channels_last: bool,
+    flip_tta: bool,
 ) -> Result<EvalSums> {
     let (mut loss_sum, mut c1, mut c5, mut n) = (0f64, 0i64, 0i64, 0usize);
     let k = 5.min(model.config().num_classes);
@@ -83,9 +86,13 @@ pub fn evaluate_sums(
         let y = batch.labels.f_to_device(device)?;
         let logits = tch::no_grad(|| -> Result<Tensor> {
             let _ac = precision.autocast(device)?;
-            Ok(model.forward_t(&x, false))
-        })?
-        .to_kind(Kind::Float);
+            let logits = model.forward_t(&x, false).to_kind(Kind::Float);
+            Ok(if flip_tta {
+                (logits + model.forward_t(&x.flip([3]), false).to_kind(Kind::Float)) / 2.0
+            } else {
+                logits
+            })
+        })?;
         let loss = logits.f_cross_entropy_loss(&y, None::<Tensor>, tch::Reduction::Sum, -100, 0.0)?;
         let (_, top) = logits.topk(k, 1, true, true);
         let hit = top.eq_tensor(&y.unsqueeze(1));

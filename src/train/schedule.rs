@@ -1,6 +1,7 @@
 //! Learning rate as a pure function of the optimizer step, so resuming needs only the step:
 //! linear warmup from 0 to the peak over `warmup_steps`, then cosine decay to `min_lr` (or a step
-//! decay by `gamma` every `step_every` steps).
+//! decay by `gamma` every `step_every` steps, or a linear decay to `min_lr`: with a warmup, FFCV's
+//! triangular "cyclic" schedule).
 
 use serde::{Deserialize, Serialize};
 
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 pub enum ScheduleKind {
     Cosine,
     Step,
+    Linear,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -34,6 +36,11 @@ impl Schedule {
                 let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
                 let t = ((step - self.warmup_steps) as f64 / span).min(1.0);
                 self.min_lr + 0.5 * (self.peak_lr - self.min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+            ScheduleKind::Linear => {
+                let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
+                let t = ((step - self.warmup_steps) as f64 / span).min(1.0);
+                self.peak_lr + (self.min_lr - self.peak_lr) * t
             }
             ScheduleKind::Step => {
                 let k = (step - self.warmup_steps) / self.step_every.max(1);

@@ -594,7 +594,8 @@ impl Trainer {
     /// Top-1/top-5/loss over the val set: this rank's shard, summed over the ranks.
     fn evaluate(&self, model: &ResNet, loader: &Loader) -> Result<EvalResult> {
         let e = &self.engine;
-        let sums = evaluate_sums(model, loader, e.device, e.cfg.precision, e.cfg.channels_last)?;
+        let sums =
+            evaluate_sums(model, loader, e.device, e.cfg.precision, e.cfg.channels_last, e.cfg.eval_flip)?;
         Ok(match &e.dist {
             Some(d) => EvalSums::from_slice(&d.reduce_f64(&sums.to_vec(), ReduceOp::Sum)?).result(),
             None => sums.result(),
@@ -662,6 +663,8 @@ fn loaders(
     }
     train_cfg.seed = cfg.seed;
     train_cfg.augment = cfg.augment(cfg.train_size)?.map(Arc::new);
+    train_cfg.aug_repeats = cfg.aug_repeats;
+    train_cfg.res_schedule = cfg.res_schedule();
     train_cfg.max_bad_fraction = cfg.max_bad_fraction;
     train_cfg.pin_memory = device.is_cuda();
     let train_loader = Loader::new(train_set.clone(), train_cfg.clone())?;
@@ -671,6 +674,8 @@ fn loaders(
             let mut c = train_cfg;
             c.transform = eval_transform;
             c.augment = None;
+            c.aug_repeats = 0;
+            c.res_schedule = None;
             c.shuffle = false;
             c.drop_last_batch = false;
             c.uneven_shards = true;
