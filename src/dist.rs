@@ -185,6 +185,11 @@ impl Dist {
         }
     }
 
+    /// The differentiable sum of `x` over the ranks (see `ProcessGroup::all_reduce_sum_autograd`).
+    pub fn all_reduce_sum_autograd(&self, x: &Tensor) -> Result<Tensor> {
+        self.pg.all_reduce_sum_autograd(x, x.device() != self.comm_device)
+    }
+
     pub fn rank(&self) -> usize {
         self.env.rank
     }
@@ -351,4 +356,56 @@ mod tests {
         let msg = env(&[("WORLD_SIZE", "two"), ("RANK", "0")]).unwrap_err().to_string();
         assert!(msg.contains("WORLD_SIZE"), "{msg}");
     }
+}
+
+thread_local! {
+    static SYNC_BN: std::cell::RefCell<Option<std::rc::Rc<Dist>>> = const { std::cell::RefCell::new(None) };
+    static SYNC_BN_ERROR: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// While alive, BatchNorm layers in training mode on this thread normalise with the statistics of
+/// every rank's batch (SyncBatchNorm). The engine enters it around a step's forward passes.
+pub struct SyncBnScope(());
+
+impl SyncBnScope {
+    pub fn enter(dist: std::rc::Rc<Dist>) -> SyncBnScope {
+        SYNC_BN.with(|s| *s.borrow_mut() = Some(dist));
+        SyncBnScope(())
+    }
+
+    /// The first collective failure inside a forward pass since the last call (the model's
+    /// forward cannot return errors; the step must).
+    pub fn take_error(&self) -> Result<()> {
+        match SYNC_BN_ERROR.with(|e| e.borrow_mut().take()) {
+            Some(m) => Err(Error::Usage(m)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SyncBnScope {
+    fn drop(&mut self) {
+        SYNC_BN.with(|s| *s.borrow_mut() = None);
+        SYNC_BN_ERROR.with(|e| *e.borrow_mut() = None);
+    }
+}
+
+/// Inside a `SyncBnScope`: this thread's (rank, world).
+pub fn sync_bn_ranks() -> Option<(usize, usize)> {
+    SYNC_BN.with(|s| s.borrow().as_ref().map(|d| (d.rank(), d.world())))
+}
+
+/// Inside a `SyncBnScope`: the differentiable sum of `x` over the ranks.
+pub fn sync_bn_sum(x: &Tensor) -> Option<Result<Tensor>> {
+    SYNC_BN.with(|s| s.borrow().as_ref().map(|d| d.all_reduce_sum_autograd(x)))
+}
+
+/// Records a SyncBatchNorm failure for `SyncBnScope::take_error` (the first one is kept).
+pub fn record_sync_bn_error(e: &Error) {
+    SYNC_BN_ERROR.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.is_none() {
+            *s = Some(e.to_string());
+        }
+    });
 }

@@ -12,6 +12,7 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <chrono>
 
@@ -41,6 +42,32 @@ ProcessGroup &pg_of(rt_process_group pg) {
 void wait_all(std::vector<c10::intrusive_ptr<c10d::Work>> &works) {
   for (auto &w : works) w->wait();
 }
+
+// A sum over ranks whose backward is the same sum of the incoming gradients (what
+// torch.distributed.nn.all_reduce does): SyncBatchNorm's statistics built on it carry every
+// rank's share of the gradient back to every rank, as PyTorch's SyncBatchNorm backward does with
+// its all-reduced sum_dy / sum_dy_xmu. `host`: reduce through a CPU copy (Gloo with CUDA tensors).
+struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
+  static at::Tensor reduce(int64_t pg, bool host, const at::Tensor &x) {
+    auto &g = *reinterpret_cast<ProcessGroup *>(pg);
+    at::Tensor t = (host ? x.detach().to(at::kCPU) : x.detach()).contiguous().clone();
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    std::vector<at::Tensor> one{t};
+    g.backend->allreduce(one, opts)->wait();
+    return host ? t.to(x.device()) : t;
+  }
+  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, int64_t pg, bool host) {
+    ctx->saved_data["pg"] = pg;
+    ctx->saved_data["host"] = host;
+    return reduce(pg, host, x);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto g = reduce(ctx->saved_data["pg"].toInt(), ctx->saved_data["host"].toBool(), grads[0]);
+    return {g, at::Tensor(), at::Tensor()};
+  }
+};
 
 }  // namespace
 
@@ -141,6 +168,14 @@ int rt_dist_broadcast(rt_process_group pg, rt_tensor *tensors, int n, int root, 
       works.push_back(g.backend->broadcast(one, opts));
     }
     wait_all(works);
+  });
+}
+
+int rt_dist_allreduce_sum_autograd(rt_process_group pg, rt_tensor x, int host, rt_tensor *out, char **err) {
+  return guarded(err, [&] {
+    pg_of(pg);
+    auto *t = static_cast<at::Tensor *>(x);
+    *out = new at::Tensor(AllReduceSum::apply(*t, reinterpret_cast<int64_t>(pg), host != 0));
   });
 }
 

@@ -71,6 +71,13 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> c_int;
     fn rt_dist_barrier(pg: *mut c_void, err: *mut *mut c_char) -> c_int;
+    fn rt_dist_allreduce_sum_autograd(
+        pg: *mut c_void,
+        x: *mut c_void,
+        host: c_int,
+        out: *mut *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
 }
 
 fn c_string(what: &str, s: &str) -> Result<CString> {
@@ -302,6 +309,20 @@ impl ProcessGroup {
         call("all-reduce", |e| unsafe {
             rt_dist_allreduce(self.pg, p.as_mut_ptr(), p.len() as c_int, code, e)
         })
+    }
+
+    /// The sum of `x` over the ranks, differentiable: its backward sums the gradients over the
+    /// ranks the same way (SyncBatchNorm's statistics). `host`: through a CPU copy (Gloo with a
+    /// CUDA tensor).
+    pub fn all_reduce_sum_autograd(&self, x: &Tensor, host: bool) -> Result<Tensor> {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: live process group and tensor for the call; on success the shim returns a new
+        // heap tensor we take ownership of. The autograd node keeps the process group's address
+        // for backward: the owner (Dist) outlives every step's backward.
+        call("SyncBatchNorm all-reduce", |e| unsafe {
+            rt_dist_allreduce_sum_autograd(self.pg, x.as_ptr() as *mut c_void, host as c_int, &mut out, e)
+        })?;
+        Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })
     }
 
     /// Every rank's tensors become rank `root`'s.

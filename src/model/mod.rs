@@ -1,6 +1,7 @@
 //! Models: the activations, the ResNet family, and their weights on disk.
 pub mod activation;
 pub mod resnet;
+pub mod sync_bn;
 pub mod weights;
 
 pub use activation::{ActConfig, ActImpl, ActInit, ActKind, Activation, NormAxis};

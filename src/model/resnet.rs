@@ -6,7 +6,7 @@
 use super::activation::{ActConfig, Activation};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::Tensor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -233,7 +233,7 @@ impl Downsample {
         Self { conv: conv(&vs / "0", c_in, c_out, 1, stride, 0), bn: bn(&vs / "1", c_out, false) }
     }
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        self.bn.forward_t(&x.apply(&self.conv), train)
+        super::sync_bn::batch_norm(&self.bn, &x.apply(&self.conv), train)
     }
 }
 
@@ -286,7 +286,7 @@ impl Block {
         let n = self.convs.len();
         let mut out = x.shallow_clone();
         for i in 0..n {
-            out = self.bns[i].forward_t(&out.apply(&self.convs[i]), train);
+            out = super::sync_bn::batch_norm(&self.bns[i], &out.apply(&self.convs[i]), train);
             if i == n - 1 {
                 if train {
                     out = drop_path(&out, self.drop_path);
@@ -381,7 +381,7 @@ impl ResNet {
         train: bool,
         observe: &mut dyn FnMut(&str, &Tensor),
     ) -> Tensor {
-        let mut h = self.act1.forward(&self.bn1.forward_t(&x.apply(&self.conv1), train));
+        let mut h = self.act1.forward(&super::sync_bn::batch_norm(&self.bn1, &x.apply(&self.conv1), train));
         observe("act1", &h);
         if !self.cfg.small_stem {
             h = h.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);

@@ -103,6 +103,10 @@ pub struct TrainConfig {
     /// branch, rising linearly over the blocks from 0 to this (RSB A1/A2: 0.05; 0: off).
     #[arg(long, default_value_t = 0.0)]
     pub drop_path: f64,
+    /// SyncBatchNorm in data-parallel training (timm's `sync_bn`): BatchNorm normalises with the
+    /// statistics of every rank's batch; off: each rank's own, as torchvision and timm default to.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub sync_bn: bool,
     /// Zero-init each residual block's last BN gamma.
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub zero_init_residual: bool,

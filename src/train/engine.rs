@@ -210,6 +210,11 @@ impl Engine {
             let key = crate::rng::SplitMix64::keyed(&[cfg.seed, step as u64, rank, 0xD809_0A7E]).next_u64();
             tch::manual_seed((key >> 1) as i64);
         }
+        // SyncBatchNorm: BN layers reduce their statistics over the ranks during these forwards.
+        let sync_bn = match &self.dist {
+            Some(d) if cfg.sync_bn => Some(crate::dist::SyncBnScope::enter(d.clone())),
+            _ => None,
+        };
         for (i, (x, y)) in micro.iter().enumerate() {
             // Random erasing, then Mixup/CutMix (timm's order: the loader erases, the loop mixes).
             let erased = match cfg.erasing_config() {
@@ -241,6 +246,9 @@ impl Engine {
                 let (logits, stats) = forward_monitored(&self.model, x, monitor && i == 0)?;
                 (self.loss.compute(&logits, targets)?, stats)
             };
+            if let Some(scope) = &sync_bn {
+                scope.take_error()?;
+            }
             if let Some(s) = first_nonfinite(&stats) {
                 eprintln!(
                     "warning: step {step}: first non-finite activation at {} ({} values; largest finite |x| {:.3e})",
