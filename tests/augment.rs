@@ -97,7 +97,9 @@ fn ops_match_torchvision_and_timm_on_pil_images() {
         let mut px = px.clone();
         let mut img = Planes { px: &mut px, h: *h, w: *w };
         let arg: f64 = f[2].parse().unwrap();
-        if f[0] == "tv" {
+        if f[0] == "tvf" {
+            resnet_train::data::augment_ops::hue(&mut img, arg); // torchvision.transforms.functional.adjust_hue
+        } else if f[0] == "tv" {
             augment::tv_apply(&mut img, tv_op(f[1]), arg, Interp::Nearest, [0; 3], &mut scratch);
         } else {
             let interp = match f[4] {
@@ -139,7 +141,7 @@ fn policies_are_deterministic_per_sample_and_change_the_image() {
         "v0",
         "original",
     ] {
-        let aug = Augment::new(Policy::parse(aa).unwrap(), Some([0.4; 3]), 31);
+        let aug = Augment::new(Policy::parse(aa).unwrap(), Some([0.4, 0.4, 0.4, 0.1]), 31);
         let mut changed = 0;
         for sample in 0..40u64 {
             let run = || {

@@ -493,14 +493,14 @@ pub fn timm_apply(
 #[derive(Clone, Debug)]
 pub struct Augment {
     pub policy: Option<Policy>,
-    /// ColorJitter (brightness, contrast, saturation) strengths.
-    pub jitter: Option<[f64; 3]>,
+    /// ColorJitter (brightness, contrast, saturation, hue) strengths.
+    pub jitter: Option<[f64; 4]>,
     tables: Option<TvTables>,
 }
 
 impl Augment {
     /// `size`: the square crops it will see (tables for other sizes are computed when needed).
-    pub fn new(policy: Option<Policy>, jitter: Option<[f64; 3]>, size: usize) -> Self {
+    pub fn new(policy: Option<Policy>, jitter: Option<[f64; 4]>, size: usize) -> Self {
         let tables = Self::tables_for(&policy, size, size);
         Self { policy, jitter, tables }
     }
@@ -643,41 +643,45 @@ fn timm_op(
     timm_apply(img, op, arg, interp, TIMM_FILL, s);
 }
 
-/// torchvision's `ColorJitter(brightness, contrast, saturation)`: factors uniform in
-/// [max(0, 1 - s), 1 + s], applied in a random order (hue's slot included, as `randperm(4)`).
-fn color_jitter(img: &mut Planes, strength: [f64; 3], rng: &mut SplitMix64, s: &mut Scratch) {
+/// torchvision's `ColorJitter(brightness, contrast, saturation, hue)`: factors uniform in
+/// [max(0, 1 - s), 1 + s] (hue: a shift uniform in [-h, h]), applied in a random order
+/// (`randperm(4)`).
+fn color_jitter(img: &mut Planes, strength: [f64; 4], rng: &mut SplitMix64, s: &mut Scratch) {
     let mut order = [0usize, 1, 2, 3];
     for i in (1..4).rev() {
         order.swap(i, rng.below(i as u64 + 1) as usize);
     }
     let factor = |v: f64, rng: &mut SplitMix64| (v > 0.0).then(|| rng.range((1.0 - v).max(0.0), 1.0 + v));
     let (b, c, sat) = (factor(strength[0], rng), factor(strength[1], rng), factor(strength[2], rng));
+    let hue = (strength[3] > 0.0).then(|| rng.range(-strength[3], strength[3]));
     for k in order {
-        match (k, b, c, sat) {
-            (0, Some(f), _, _) => ops::brightness(img, f),
-            (1, _, Some(f), _) => ops::contrast(img, f, s),
-            (2, _, _, Some(f)) => ops::color(img, f, s),
-            _ => {}
-        }
+        match k {
+            0 => b.map(|f| ops::brightness(img, f)),
+            1 => c.map(|f| ops::contrast(img, f, s)),
+            2 => sat.map(|f| ops::color(img, f, s)),
+            _ => hue.map(|f| ops::hue(img, f)),
+        };
     }
 }
 
-/// Parses `color_jitter`: one strength for brightness, contrast and saturation, or three.
-pub fn parse_jitter(v: &[f64]) -> Result<Option<[f64; 3]>> {
+/// Parses `color_jitter`: one strength for brightness, contrast and saturation, or three, or four
+/// (with hue, at most 0.5), as timm and torchvision take them.
+pub fn parse_jitter(v: &[f64]) -> Result<Option<[f64; 4]>> {
     let j = match *v {
         [] => return Ok(None),
-        [s] => [s, s, s],
-        [b, c, s] => [b, c, s],
-        [b, c, s, 0.0] => [b, c, s],
+        [s] => [s, s, s, 0.0],
+        [b, c, s] => [b, c, s, 0.0],
+        [b, c, s, h] => [b, c, s, h],
         _ => {
             return Err(Error::Usage(format!(
-                "--color-jitter {v:?}: give one strength or three (brightness, contrast, saturation); \
-                 hue jitter is not supported"
+                "--color-jitter {v:?}: give one strength, three (brightness, contrast, saturation) or four (and hue)"
             )))
         }
     };
-    if j.iter().any(|x| !(0.0..=10.0).contains(x)) {
-        return Err(Error::Usage(format!("--color-jitter {v:?}: strengths must be in [0, 10]")));
+    if j[..3].iter().any(|x| !(0.0..=10.0).contains(x)) || !(0.0..=0.5).contains(&j[3]) {
+        return Err(Error::Usage(format!(
+            "--color-jitter {v:?}: strengths must be in [0, 10], hue in [0, 0.5]"
+        )));
     }
     Ok(j.iter().any(|&x| x > 0.0).then_some(j))
 }
@@ -725,8 +729,10 @@ mod tests {
             let e = Policy::parse(bad).unwrap_err().to_string();
             assert!(e.contains("--aa") && e.contains(bad), "{e}");
         }
-        assert!(parse_jitter(&[0.4, 0.4, 0.4, 0.1]).is_err());
-        assert_eq!(parse_jitter(&[0.4]).unwrap(), Some([0.4; 3]));
+        assert!(parse_jitter(&[0.4, 0.4, 0.4, 0.6]).is_err());
+        assert!(parse_jitter(&[0.4, 0.4]).is_err());
+        assert_eq!(parse_jitter(&[0.4, 0.4, 0.4, 0.1]).unwrap(), Some([0.4, 0.4, 0.4, 0.1]));
+        assert_eq!(parse_jitter(&[0.4]).unwrap(), Some([0.4, 0.4, 0.4, 0.0]));
         assert_eq!(parse_jitter(&[0.0]).unwrap(), None);
     }
 

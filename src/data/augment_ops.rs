@@ -393,6 +393,64 @@ pub fn sharpness(img: &mut Planes, factor: f64, s: &mut Scratch) {
     blend_planes(img, factor, |c| &smooth[c * plane..(c + 1) * plane]);
 }
 
+/// Pillow's RGB -> HSV (`rgb2hsv_row`, after colorsys), with its float32/float64 steps.
+fn rgb_to_hsv(r: u8, g: u8, b: u8) -> (u8, u8, u8) {
+    let (maxc, minc) = (r.max(g).max(b), r.min(g).min(b));
+    if minc == maxc {
+        return (0, 0, maxc);
+    }
+    let cr = (maxc - minc) as f32;
+    let s = cr / maxc as f32;
+    let (rc, gc, bc) = ((maxc - r) as f32 / cr, (maxc - g) as f32 / cr, (maxc - b) as f32 / cr);
+    let h: f32 = if r == maxc {
+        bc - gc
+    } else if g == maxc {
+        (2.0 + rc as f64 - bc as f64) as f32
+    } else {
+        (4.0 + gc as f64 - rc as f64) as f32
+    };
+    let h = ((h as f64 / 6.0 + 1.0) % 1.0) as f32;
+    let clip = |v: f64| (v as i32).clamp(0, 255) as u8;
+    (clip(h as f64 * 255.0), clip(s as f64 * 255.0), maxc)
+}
+
+/// Pillow's HSV -> RGB (`hsv2rgb`).
+fn hsv_to_rgb(h: u8, s: u8, v: u8) -> (u8, u8, u8) {
+    if s == 0 {
+        return (v, v, v);
+    }
+    let hd = h as f32 as f64 * 6.0 / 255.0;
+    let i = hd.floor() as i32;
+    let f = (hd - i as f32 as f64) as f32;
+    let fs = (s as f32 as f64 / 255.0) as f32;
+    let vf = v as f32 as f64;
+    let clip = |x: f64| (x.round() as i32).clamp(0, 255) as u8;
+    let p = clip(vf * (1.0 - fs as f64));
+    let q = clip(vf * (1.0 - (fs * f) as f64));
+    let t = clip(vf * (1.0 - fs as f64 * (1.0 - f as f64)));
+    match i % 6 {
+        0 => (v, t, p),
+        1 => (q, v, p),
+        2 => (p, v, t),
+        3 => (p, q, v),
+        4 => (t, p, v),
+        _ => (v, p, q),
+    }
+}
+
+/// torchvision's `adjust_hue` on a PIL image: to HSV, H shifted by `int(factor * 255)` modulo
+/// 256, back to RGB (`factor` in [-0.5, 0.5]).
+pub fn hue(img: &mut Planes, factor: f64) {
+    let shift = (factor * 255.0) as i32 as u8; // np.int32(...).astype(np.uint8): wraps
+    let plane = img.plane();
+    let (r, rest) = img.px.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for ((r, g), b) in r.iter_mut().zip(g.iter_mut()).zip(b[..plane].iter_mut()) {
+        let (h, s, v) = rgb_to_hsv(*r, *g, *b);
+        (*r, *g, *b) = hsv_to_rgb(h.wrapping_add(shift), s, v);
+    }
+}
+
 fn apply_lut(img: &mut Planes, lut: &[[u8; 256]; 3]) {
     let plane = img.plane();
     for (c, table) in lut.iter().enumerate() {

@@ -57,8 +57,8 @@ pub struct TrainConfig {
     /// AutoAugment policies); unset: none.
     #[arg(long)]
     pub aa: Option<String>,
-    /// ColorJitter strength for brightness, contrast and saturation (one value, or three:
-    /// b,c,s), torchvision's semantics, after `aa`; unset: off.
+    /// ColorJitter strength for brightness, contrast and saturation (one value, or three: b,c,s;
+    /// a fourth is the hue shift, at most 0.5), torchvision's semantics, after `aa`; unset: off.
     #[arg(long, value_delimiter = ',')]
     pub color_jitter: Option<Vec<f64>>,
     /// Repeated augmentation (timm's `aug_repeats`, RASampler; RSB A1/A2: 3): each sample this

@@ -18,6 +18,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from timm.data import auto_augment as ta
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
 from torchvision.transforms.autoaugment import _apply_op
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,6 +34,8 @@ TV = [("ShearX", 0.3), ("ShearX", -0.17), ("ShearY", 0.25), ("ShearY", -0.3),
       ("Contrast", -0.4), ("Contrast", 0.9), ("Sharpness", -0.9), ("Sharpness", 0.7),
       ("Posterize", 4.0), ("Posterize", 6.0), ("Solarize", 128.0), ("Solarize", 200.5),
       ("AutoContrast", 0.0), ("Equalize", 0.0), ("Invert", 0.0)]
+
+HUE = [0.1, -0.1, 0.25, -0.37, 0.5, -0.5, 0.003]
 
 FILL = (124, 116, 104)
 BL, BC = Image.Resampling.BILINEAR, Image.Resampling.BICUBIC
@@ -78,6 +81,8 @@ def main():
         for op, m in TV:
             res = _apply_op(img, op, m, InterpolationMode.NEAREST, None)
             out[f"tv|{op}|{m!r}|{iname}"] = chw(res)
+        for h in HUE:
+            out[f"tvf|Hue|{h!r}|{iname}"] = chw(TF.adjust_hue(img, h))
         for op, arg, resample in TIMM:
             r = {None: "none", BL: "bilinear", BC: "bicubic"}[resample]
             out[f"timm|{op}|{arg!r}|{iname}|{r}"] = chw(timm_op(img, op, arg, resample))
