@@ -24,6 +24,7 @@ pub enum Interp {
 pub struct Scratch {
     bytes: Vec<u8>,
     floats: Vec<f32>,
+    index: Vec<u32>,
 }
 
 /// A planar RGB uint8 image: `px[c * h * w + y * w + x]`.
@@ -61,29 +62,38 @@ pub fn affine(img: &mut Planes, a: [f64; 6], interp: Interp, fill: [u8; 3], s: &
     src.clear();
     src.extend_from_slice(img.px);
     match interp {
-        Interp::Nearest => affine_nearest(src, img, &a, fill),
+        Interp::Nearest => affine_nearest(src, img, &a, fill, &mut s.index),
         Interp::Bilinear | Interp::Bicubic => affine_filtered(src, img, &a, interp, fill),
     }
 }
 
+/// Marks a pixel whose source lies outside the image (it takes the fill).
+const OUTSIDE: u32 = u32::MAX;
+
 /// `ImagingTransformAffine` with NEAREST: the scale engine when the matrix has no rotation or
 /// shear, 16.16 fixed point when the corners stay within ±32768, else floats.
-fn affine_nearest(src: &[u8], img: &mut Planes, a: &[f64; 6], fill: [u8; 3]) {
+fn affine_nearest(src: &[u8], img: &mut Planes, a: &[f64; 6], fill: [u8; 3], map: &mut Vec<u32>) {
     let (h, w, plane) = (img.h, img.w, img.plane());
     let (hi, wi) = (h as i64, w as i64);
-    let dst = &mut *img.px;
+    // First where each output pixel reads (Pillow's engines below), then one gather per plane.
+    map.clear();
+    map.resize(plane, OUTSIDE);
     let mut put = |o: usize, yin: i64, xin: i64| {
         if (0..wi).contains(&xin) && (0..hi).contains(&yin) {
-            let i = yin as usize * w + xin as usize;
-            for c in 0..3 {
-                dst[c * plane + o] = src[c * plane + i];
-            }
-        } else {
-            for c in 0..3 {
-                dst[c * plane + o] = fill[c];
-            }
+            map[o] = (yin as usize * w + xin as usize) as u32;
         }
     };
+    nearest_map(a, h, w, &mut put);
+    for (c, &f) in fill.iter().enumerate() {
+        let (s, d) = (&src[c * plane..(c + 1) * plane], &mut img.px[c * plane..(c + 1) * plane]);
+        for (d, &i) in d.iter_mut().zip(map.iter()) {
+            *d = if i == OUTSIDE { f } else { s[i as usize] };
+        }
+    }
+}
+
+/// Calls `put(output index, yin, xin)` for every output pixel, with Pillow's coordinates.
+fn nearest_map(a: &[f64; 6], h: usize, w: usize, put: &mut impl FnMut(usize, i64, i64)) {
     if a[1] == 0.0 && a[3] == 0.0 {
         // ImagingScaleAffine
         let mut xo = a[2] + a[0] * 0.5;
@@ -140,67 +150,88 @@ fn affine_nearest(src: &[u8], img: &mut Planes, a: &[f64; 6], fill: [u8; 3]) {
     }
 }
 
+/// Where one output pixel of the filtered warp reads: 4 columns and 4 row offsets (bilinear
+/// uses the first 2 of each), the fractions, and whether it lies inside the input at all.
+#[derive(Clone, Copy, Default)]
+struct Tap {
+    cols: [u32; 4],
+    rows: [u32; 4],
+    dx: f64,
+    dy: f64,
+    inside: bool,
+}
+
 /// `ImagingGenericTransform` with `affine_transform` and the bilinear / bicubic RGB filters.
+/// Row by row: the taps of a row first (shared by the three planes), then each plane.
 fn affine_filtered(src: &[u8], img: &mut Planes, a: &[f64; 6], interp: Interp, fill: [u8; 3]) {
     let (h, w, plane) = (img.h, img.w, img.plane());
     let (hi, wi) = (h as i64, w as i64);
-    let xclip = |x: i64| x.clamp(0, wi - 1) as usize;
-    // Pillow reads row y clipped and rows y+1.. only when inside, else repeats the previous
-    // value: the same as repeating the previous row.
-    let rows = |y0: i64, rows: &mut [usize]| {
-        rows[0] = y0.clamp(0, hi - 1) as usize * w;
-        for k in 1..rows.len() {
-            let y = y0 + k as i64;
-            rows[k] = if (0..hi).contains(&y) { y as usize * w } else { rows[k - 1] };
-        }
-    };
-    let (sr, sg, sb) = (&src[..plane], &src[plane..2 * plane], &src[2 * plane..3 * plane]);
-    let channels = [sr, sg, sb];
+    let xclip = |x: i64| x.clamp(0, wi - 1) as u32;
+    let bicubic = interp == Interp::Bicubic;
+    let mut taps = vec![Tap::default(); w];
     for y in 0..h {
-        for x in 0..w {
+        for (x, t) in taps.iter_mut().enumerate() {
             let (xin, yin) = (x as f64 + 0.5, y as f64 + 0.5);
             let xs = a[0] * xin + a[1] * yin + a[2];
             let ys = a[3] * xin + a[4] * yin + a[5];
-            let o = y * w + x;
-            if xs < 0.0 || xs >= w as f64 || ys < 0.0 || ys >= h as f64 {
-                for (c, &f) in fill.iter().enumerate() {
-                    img.px[c * plane + o] = f;
-                }
+            t.inside = !(xs < 0.0 || xs >= w as f64 || ys < 0.0 || ys >= h as f64);
+            if !t.inside {
                 continue;
             }
             let (xs, ys) = (xs - 0.5, ys - 0.5);
             let (x0, y0) = (floor_i(xs), floor_i(ys));
-            let (dx, dy) = (xs - x0 as f64, ys - y0 as f64);
-            if interp == Interp::Bilinear {
-                let (xa, xb) = (xclip(x0), xclip(x0 + 1));
-                let mut r = [0usize; 2];
-                rows(y0, &mut r);
-                for (c, p) in channels.iter().enumerate() {
-                    let lerp = |r: usize| {
-                        let (va, vb) = (p[r + xa] as i32, p[r + xb] as i32);
-                        va as f64 + (vb - va) as f64 * dx
+            (t.dx, t.dy) = (xs - x0 as f64, ys - y0 as f64);
+            // Bicubic reads from x0 - 1 / y0 - 1, bilinear from x0 / y0. Pillow reads the first row
+            // clipped and the next ones only when inside, else repeats the previous value: the
+            // same as repeating the previous row.
+            let (xf, yf) = if bicubic { (x0 - 1, y0 - 1) } else { (x0, y0) };
+            for k in 0..4 {
+                t.cols[k] = xclip(xf + k as i64);
+                let yk = yf + k as i64;
+                t.rows[k] = if k == 0 {
+                    (yk.clamp(0, hi - 1) as usize * w) as u32
+                } else if (0..hi).contains(&yk) {
+                    (yk as usize * w) as u32
+                } else {
+                    t.rows[k - 1]
+                };
+            }
+        }
+        for (c, &f) in fill.iter().enumerate() {
+            let p = &src[c * plane..(c + 1) * plane];
+            let out = &mut img.px[c * plane + y * w..c * plane + (y + 1) * w];
+            let at = |r: u32, x: u32| p[(r + x) as usize];
+            if bicubic {
+                for (o, t) in out.iter_mut().zip(&taps) {
+                    if !t.inside {
+                        *o = f;
+                        continue;
+                    }
+                    let row = |r: u32| {
+                        let q = [at(r, t.cols[0]), at(r, t.cols[1]), at(r, t.cols[2]), at(r, t.cols[3])];
+                        cubic(q.map(f64::from), t.dx)
                     };
-                    let (v1, v2) = (lerp(r[0]), lerp(r[1]));
-                    img.px[c * plane + o] = (v1 + (v2 - v1) * dy) as u8; // within [0, 255]
-                }
-            } else {
-                let xm = x0 - 1;
-                let xs4 = [xclip(xm), xclip(xm + 1), xclip(xm + 2), xclip(xm + 3)];
-                let mut r = [0usize; 4];
-                rows(y0 - 1, &mut r);
-                for (c, p) in channels.iter().enumerate() {
-                    let row = |r: usize| {
-                        let q = &p[r..r + w];
-                        cubic([q[xs4[0]] as f64, q[xs4[1]] as f64, q[xs4[2]] as f64, q[xs4[3]] as f64], dx)
-                    };
-                    let v = cubic([row(r[0]), row(r[1]), row(r[2]), row(r[3])], dy);
-                    img.px[c * plane + o] = if v <= 0.0 {
+                    let v = cubic([row(t.rows[0]), row(t.rows[1]), row(t.rows[2]), row(t.rows[3])], t.dy);
+                    *o = if v <= 0.0 {
                         0
                     } else if v >= 255.0 {
                         255
                     } else {
                         v as u8
                     };
+                }
+            } else {
+                for (o, t) in out.iter_mut().zip(&taps) {
+                    if !t.inside {
+                        *o = f;
+                        continue;
+                    }
+                    let lerp = |r: u32| {
+                        let (va, vb) = (at(r, t.cols[0]) as i32, at(r, t.cols[1]) as i32);
+                        va as f64 + (vb - va) as f64 * t.dx
+                    };
+                    let (v1, v2) = (lerp(t.rows[0]), lerp(t.rows[1]));
+                    *o = (v1 + (v2 - v1) * t.dy) as u8; // within [0, 255]
                 }
             }
         }
