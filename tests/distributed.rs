@@ -284,6 +284,61 @@ fn sync_bn_two_ranks_take_the_steps_of_one_process_with_their_joint_batch() {
     eprintln!("SyncBatchNorm: largest weight / running-stat difference {worst:e}");
 }
 
+#[test]
+fn fp16_with_an_inf_on_one_rank_only_makes_both_ranks_skip_that_step() {
+    // The loss scaler's found-inf decision is made on the averaged gradients and the all-reduced
+    // loss, so a rank whose batch overflows takes every rank with it: both skip step 1 (and back
+    // the scale off alike), and the weights stay identical across ranks.
+    use resnet_train::train::engine::Engine;
+    use resnet_train::train::guards::GuardState;
+    let port = free_port();
+    let handles: Vec<_> = (0..2)
+        .map(|rank| {
+            std::thread::spawn(move || {
+                let dist = Dist::init(
+                    env(rank, 2, port),
+                    DistBackend::Auto,
+                    tch::Device::Cpu,
+                    Duration::from_secs(60),
+                )
+                .unwrap();
+                let config = resnet_train::train::config::TrainConfig {
+                    precision: resnet_train::train::amp::Precision::Fp16,
+                    ..engine_config()
+                };
+                let mut e = Engine::new(config, tch::Device::Cpu, 10).unwrap();
+                e.dist = Some(std::rc::Rc::new(dist));
+                e.sync_from_main(true).unwrap();
+                let mut gs = GuardState::default();
+                let mut record = Vec::new();
+                for step in 0..6 {
+                    let (x, y) = shard(step, rank);
+                    if step == 4 && rank == 1 {
+                        let _ = x.get(0).get(0).get(0).get(0).fill_(f64::INFINITY);
+                    }
+                    let r = e.step(&[(x, y)], 0.2, step, &mut gs).unwrap();
+                    record.push((r.skipped(), r.loss_scale));
+                }
+                let w: Vec<Vec<f32>> = trained_weights(&e)
+                    .into_iter()
+                    .map(|(_, t)| Vec::<f32>::try_from(&t.reshape([-1])).unwrap())
+                    .collect();
+                (record, w)
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for (rank, (record, _)) in results.iter().enumerate() {
+        eprintln!("rank {rank}: (skipped, loss scale) per step: {record:?}");
+        // The first steps skip while the scale backs off from 2^16 (fp16 gradients overflow);
+        // once it has settled (step 3), step 4 (rank 1's inf) is skipped on both ranks, step 5 not.
+        assert!(!record[3].0 && record[4].0 && !record[5].0, "rank {rank}: {record:?}");
+        assert!(record[5].1 < record[3].1, "rank {rank}: the scale did not back off: {record:?}");
+    }
+    assert_eq!(results[0].0, results[1].0, "the ranks' loss scales differ");
+    assert!(results[0].1 == results[1].1, "the ranks' weights differ after a skipped step");
+}
+
 mod common;
 
 use std::path::{Path, PathBuf};
