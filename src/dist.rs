@@ -245,6 +245,12 @@ impl Dist {
         self.bucketed(tensors, |flats| self.pg.broadcast(flats, 0))
     }
 
+    /// A reducer that averages `params`' gradients over the ranks during backward (DDP's overlap).
+    pub fn reducer(&self, params: &[Tensor]) -> Result<crate::ffi::dist::GradReducer> {
+        let host = params.first().is_some_and(|p| p.device() != self.comm_device);
+        self.pg.reducer(params, BUCKET_BYTES, host)
+    }
+
     /// Gradients averaged over ranks (DDP's all-reduce), in place.
     pub fn average(&self, grads: &[Tensor]) -> Result<()> {
         let world = self.world() as f64;

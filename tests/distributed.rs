@@ -183,6 +183,13 @@ fn two_ranks_take_the_steps_of_one_process_accumulating_their_batches() {
                     let r = e.step(&[shard(step, rank)], 0.2, step, &mut gs).unwrap();
                     losses.push((r.loss, r.grad_norm));
                 }
+                // DDP's overlap (on by default): every bucket's all-reduce started from the
+                // gradient hooks during backward, none had to wait for its end.
+                let (early, buckets) = e.overlap_stats().expect("the reducer is on");
+                assert!(
+                    buckets >= 1 && early == buckets,
+                    "{early} of {buckets} buckets started during backward"
+                );
                 let w: Vec<(String, Vec<f32>)> = trained_weights(&e)
                     .into_iter()
                     .map(|(k, t)| (k, Vec::<f32>::try_from(&t.reshape([-1])).unwrap()))

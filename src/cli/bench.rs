@@ -62,6 +62,10 @@ pub struct BenchArgs {
     pub guards: bool,
     #[arg(long, default_value_t = 1)]
     pub snapshot_every: usize,
+    /// Under `launch`/torchrun: overlap the gradient all-reduce with backward (DDP's reducer);
+    /// false: one bucketed all-reduce after backward.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub dist_overlap: bool,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -95,6 +99,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         snapshot_every: a.snapshot_every.max(1),
         max_consecutive_skips: 0,
         seed: 0,
+        dist_overlap: a.dist_overlap,
         ..TrainConfig::default()
     };
     let mut engine = Engine::new(cfg, device, a.classes)?;
@@ -162,6 +167,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         // (what the training step itself holds: activations, gradients, workspace).
         "peak_rss_gib": gib(peak_rss), "step_rss_gib": gib(peak_rss.saturating_sub(rss_before)),
     });
+    if dist.is_some() {
+        out["dist_overlap"] = serde_json::json!(a.dist_overlap);
+    }
     if let (Some(ms), Some(d)) = (allreduce_ms, &dist) {
         out["allreduce_ms"] = serde_json::json!(ms);
         out["dist_backend"] = serde_json::json!(d.backend_name());

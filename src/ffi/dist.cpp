@@ -13,6 +13,11 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <atomic>
+#include <mutex>
 
 #include <chrono>
 
@@ -66,6 +71,96 @@ struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
                                                  torch::autograd::variable_list grads) {
     auto g = reduce(ctx->saved_data["pg"].toInt(), ctx->saved_data["host"].toBool(), grads[0]);
     return {g, at::Tensor(), at::Tensor()};
+  }
+};
+
+// DDP's overlap: the gradients in buckets (reverse parameter order, ~bucket_bytes each, as
+// DDP's reducer: the last layers' gradients are ready first); a post-accumulate hook on every
+// parameter marks it ready once armed, and when the next bucket in order is complete its
+// all-reduce (sum) starts asynchronously on a flat copy while backward goes on. Buckets start in
+// index order only, so every rank issues the same collectives in the same order. finish() starts
+// whatever did not (parameters without a gradient this time), waits, divides by the world size
+// and copies the averages back into the gradients.
+struct Reducer {
+  ProcessGroup *pg = nullptr;
+  bool host = false;
+  std::vector<at::Tensor> params;
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;  // keeps the hooks alive
+  std::vector<std::vector<size_t>> buckets;
+  std::vector<size_t> bucket_of;
+  std::vector<size_t> missing;  // per bucket: parameters not yet ready
+  std::vector<bool> ready;
+  std::vector<at::Tensor> flats;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  size_t next = 0;
+  size_t launched_in_backward = 0;  // by the hooks, at the last finish()
+  bool armed = false;
+  std::mutex mu;
+  // What the hooks reach the reducer through: cleared when it is freed, so that a hook still
+  // attached to a live accumulator does nothing.
+  std::shared_ptr<std::atomic<Reducer *>> self = std::make_shared<std::atomic<Reducer *>>(nullptr);
+
+  void arm() {
+    std::lock_guard<std::mutex> lock(mu);
+    armed = true;
+    next = 0;
+    flats.assign(buckets.size(), at::Tensor());
+    works.assign(buckets.size(), {});
+    ready.assign(params.size(), false);
+    missing.clear();
+    for (auto &b : buckets) missing.push_back(b.size());
+  }
+
+  void launch(size_t k) {
+    std::vector<at::Tensor> parts;
+    for (auto i : buckets[k]) {
+      auto &p = params[i];
+      auto g = p.grad();
+      parts.push_back(g.defined() ? g.reshape({-1}) : at::zeros({p.numel()}, p.options()));
+    }
+    auto flat = at::cat(parts);
+    if (host) flat = flat.to(at::kCPU);
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    std::vector<at::Tensor> one{flat};
+    works[k] = pg->backend->allreduce(one, opts);
+    flats[k] = flat;
+  }
+
+  // Called by the hook of parameter i, after its gradient was accumulated.
+  void mark(size_t i) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!armed || ready[i]) return;
+    ready[i] = true;
+    missing[bucket_of[i]] -= 1;
+    while (next < buckets.size() && missing[next] == 0) launch(next++);
+  }
+
+  void finish(double world) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!armed) throw std::logic_error("gradient reducer finished without being armed");
+    armed = false;
+    launched_in_backward = next;
+    while (next < buckets.size()) launch(next++);
+    for (size_t k = 0; k < buckets.size(); k++) {
+      works[k]->wait();
+      auto flat = flats[k].div_(world);
+      int64_t offset = 0;
+      for (auto i : buckets[k]) {
+        auto &p = params[i];
+        auto n = p.numel();
+        auto part = flat.narrow(0, offset, n).view(p.sizes());
+        offset += n;
+        at::NoGradGuard no_grad;
+        if (p.grad().defined()) {
+          p.mutable_grad().copy_(part);
+        } else {
+          p.mutable_grad() = part.to(p.device()).clone();
+        }
+      }
+    }
+    flats.clear();
+    works.clear();
   }
 };
 
@@ -177,6 +272,65 @@ int rt_dist_allreduce_sum_autograd(rt_process_group pg, rt_tensor x, int host, r
     auto *t = static_cast<at::Tensor *>(x);
     *out = new at::Tensor(AllReduceSum::apply(*t, reinterpret_cast<int64_t>(pg), host != 0));
   });
+}
+
+int rt_dist_reducer_new(rt_process_group pg, rt_tensor *params, int n, int64_t bucket_bytes, int host,
+                        void **out, char **err) {
+  return guarded(err, [&] {
+    auto r = std::make_unique<Reducer>();
+    r->pg = &pg_of(pg);
+    r->host = host != 0;
+    r->params = list(params, n);
+    r->bucket_of.assign(r->params.size(), 0);
+    int64_t bytes = 0;
+    for (size_t j = r->params.size(); j-- > 0;) {  // reverse order, as DDP
+      auto &p = r->params[j];
+      int64_t b = p.numel() * static_cast<int64_t>(p.element_size());
+      bool fits = !r->buckets.empty() && bytes + b <= bucket_bytes &&
+                  r->params[r->buckets.back().front()].scalar_type() == p.scalar_type();
+      if (!fits) {
+        r->buckets.emplace_back();
+        bytes = 0;
+      }
+      r->buckets.back().push_back(j);
+      r->bucket_of[j] = r->buckets.size() - 1;
+      bytes += b;
+    }
+    r->self->store(r.get());
+    auto cell = r->self;
+    for (size_t i = 0; i < r->params.size(); i++) {
+      if (!r->params[i].requires_grad()) throw std::invalid_argument("a parameter does not require grad");
+      auto acc = torch::autograd::impl::grad_accumulator(r->params[i]);
+      acc->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+          [cell, i](const torch::autograd::variable_list &outputs, const torch::autograd::variable_list &) {
+            if (auto *reducer = cell->load()) reducer->mark(i);
+            return outputs;
+          }));
+      r->accumulators.push_back(acc);
+    }
+    *out = r.release();
+  });
+}
+
+int rt_dist_reducer_arm(void *reducer, char **err) {
+  return guarded(err, [&] { static_cast<Reducer *>(reducer)->arm(); });
+}
+
+int rt_dist_reducer_finish(void *reducer, double world, char **err) {
+  return guarded(err, [&] { static_cast<Reducer *>(reducer)->finish(world); });
+}
+
+int rt_dist_reducer_buckets(void *reducer) { return static_cast<int>(static_cast<Reducer *>(reducer)->buckets.size()); }
+
+int rt_dist_reducer_launched_in_backward(void *reducer) {
+  return static_cast<int>(static_cast<Reducer *>(reducer)->launched_in_backward);
+}
+
+// Hooks left on accumulators that outlive the reducer find its cell empty.
+void rt_dist_reducer_free(void *reducer) {
+  auto *r = static_cast<Reducer *>(reducer);
+  r->self->store(nullptr);
+  delete r;
 }
 
 int rt_dist_barrier(rt_process_group pg, char **err) {

@@ -71,6 +71,20 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> c_int;
     fn rt_dist_barrier(pg: *mut c_void, err: *mut *mut c_char) -> c_int;
+    fn rt_dist_reducer_new(
+        pg: *mut c_void,
+        params: *mut *mut c_void,
+        n: c_int,
+        bucket_bytes: i64,
+        host: c_int,
+        out: *mut *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn rt_dist_reducer_arm(r: *mut c_void, err: *mut *mut c_char) -> c_int;
+    fn rt_dist_reducer_finish(r: *mut c_void, world: f64, err: *mut *mut c_char) -> c_int;
+    fn rt_dist_reducer_buckets(r: *mut c_void) -> c_int;
+    fn rt_dist_reducer_launched_in_backward(r: *mut c_void) -> c_int;
+    fn rt_dist_reducer_free(r: *mut c_void);
     fn rt_dist_allreduce_sum_autograd(
         pg: *mut c_void,
         x: *mut c_void,
@@ -325,6 +339,26 @@ impl ProcessGroup {
         Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })
     }
 
+    /// DDP's gradient reducer over `params` (see `GradReducer`).
+    pub fn reducer(&self, params: &[Tensor], bucket_bytes: usize, host: bool) -> Result<GradReducer> {
+        let mut p = ptrs(params);
+        let mut out = std::ptr::null_mut();
+        // SAFETY: live process group and `n` live tensor pointers for the call; the reducer keeps
+        // its own references to the parameters and is freed by its drop.
+        call("gradient reducer", |e| unsafe {
+            rt_dist_reducer_new(
+                self.pg,
+                p.as_mut_ptr(),
+                p.len() as c_int,
+                bucket_bytes as i64,
+                host as c_int,
+                &mut out,
+                e,
+            )
+        })?;
+        Ok(GradReducer { r: out, world: self.world as f64 })
+    }
+
     /// Every rank's tensors become rank `root`'s.
     pub fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<()> {
         let mut p = ptrs(tensors);
@@ -344,5 +378,46 @@ impl Drop for ProcessGroup {
     fn drop(&mut self) {
         // SAFETY: created by rt_dist_gloo, freed once.
         unsafe { rt_dist_free(self.pg) }
+    }
+}
+
+/// DDP's overlap of the gradient all-reduce with backward: hooks on the parameters' gradient
+/// accumulators start each bucket's all-reduce once its gradients are ready (buckets in a fixed
+/// order, ~25 MB, reverse parameter order). `arm` before the backward whose gradients are to be
+/// reduced (the last micro-batch's), `finish` after it: the gradients are then the means over
+/// the ranks, exactly as `Dist::average` computes them.
+pub struct GradReducer {
+    r: *mut c_void,
+    world: f64,
+}
+
+impl GradReducer {
+    pub fn arm(&self) -> Result<()> {
+        // SAFETY: live reducer.
+        call("gradient reducer", |e| unsafe { rt_dist_reducer_arm(self.r, e) })
+    }
+
+    pub fn finish(&self) -> Result<()> {
+        // SAFETY: live reducer.
+        call("gradient all-reduce", |e| unsafe { rt_dist_reducer_finish(self.r, self.world, e) })
+    }
+
+    pub fn buckets(&self) -> usize {
+        // SAFETY: live reducer.
+        unsafe { rt_dist_reducer_buckets(self.r) as usize }
+    }
+
+    /// Buckets whose all-reduce the hooks started during the last reduced backward (the rest
+    /// started in `finish`).
+    pub fn launched_in_backward(&self) -> usize {
+        // SAFETY: live reducer.
+        unsafe { rt_dist_reducer_launched_in_backward(self.r) as usize }
+    }
+}
+
+impl Drop for GradReducer {
+    fn drop(&mut self) {
+        // SAFETY: created by rt_dist_reducer_new, freed once.
+        unsafe { rt_dist_reducer_free(self.r) }
     }
 }

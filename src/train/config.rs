@@ -268,6 +268,10 @@ pub struct TrainConfig {
     /// Data-parallel collectives: auto (NCCL on CUDA, Gloo on CPU), gloo or nccl.
     #[arg(long, value_enum, default_value_t = crate::dist::DistBackend::Auto)]
     pub dist_backend: crate::dist::DistBackend,
+    /// Overlap the gradient all-reduce with backward, bucket by bucket as gradients become
+    /// ready (DDP's reducer); false: one bucketed all-reduce after backward. Same values.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub dist_overlap: bool,
 
     // ---- Evaluation, checkpoints, logs ----
     /// Evaluate every N epochs (and after the last).

@@ -36,6 +36,9 @@ pub struct Engine {
     guards: Guards,
     /// The data-parallel job this process is a rank of (None: one process).
     pub dist: Option<Rc<Dist>>,
+    /// DDP's overlap of the gradient all-reduce with backward (made at the first step of a
+    /// data-parallel run with `dist_overlap`).
+    reducer: Option<crate::ffi::dist::GradReducer>,
 }
 
 /// What one optimizer step did.
@@ -48,6 +51,13 @@ pub struct StepResult {
     pub activations: Vec<SiteStats>,
     /// The guards' decision, carried out; `Stop` holds the full diagnosis.
     pub decision: Decision,
+}
+
+impl Engine {
+    /// With DDP's overlap on: (buckets whose all-reduce started during the last backward, buckets).
+    pub fn overlap_stats(&self) -> Option<(usize, usize)> {
+        self.reducer.as_ref().map(|r| (r.launched_in_backward(), r.buckets()))
+    }
 }
 
 impl StepResult {
@@ -111,7 +121,20 @@ impl Engine {
         let ema = cfg.model_ema.then(|| ModelEma::new(&vs, model_cfg, ema_config(&cfg))).transpose()?;
         let loss = Loss::new(cfg.bce_loss, cfg.smoothing, cfg.bce_target_thresh);
         let guards = Guards::new(GuardConfig::from_config(&cfg));
-        Ok(Self { cfg, device, num_classes, vs, model, optimizer, scaler, ema, loss, guards, dist: None })
+        Ok(Self {
+            cfg,
+            device,
+            num_classes,
+            vs,
+            model,
+            optimizer,
+            scaler,
+            ema,
+            loss,
+            guards,
+            dist: None,
+            reducer: None,
+        })
     }
 
     /// The model's variables by name.
@@ -210,6 +233,15 @@ impl Engine {
             let key = crate::rng::SplitMix64::keyed(&[cfg.seed, step as u64, rank, 0xD809_0A7E]).next_u64();
             tch::manual_seed((key >> 1) as i64);
         }
+        if let (Some(d), None, true) = (&self.dist, &self.reducer, cfg.dist_overlap) {
+            let params: Vec<Tensor> = self
+                .optimizer
+                .groups()
+                .iter()
+                .flat_map(|g| g.params.iter().map(|p| p.shallow_clone()))
+                .collect();
+            self.reducer = Some(d.reducer(&params)?);
+        }
         // SyncBatchNorm: BN layers reduce their statistics over the ranks during these forwards.
         let sync_bn = match &self.dist {
             Some(d) if cfg.sync_bn => Some(crate::dist::SyncBnScope::enter(d.clone())),
@@ -258,6 +290,11 @@ impl Engine {
             if i == 0 {
                 activations = stats;
             }
+            if i + 1 == micro.len() {
+                if let Some(r) = &self.reducer {
+                    r.arm()?; // the gradients of this backward are complete: reduce them as they come
+                }
+            }
             self.scaler.scale_loss(&(&loss / n)).f_backward()?;
             loss_mean += loss.double_value(&[]) / n;
         }
@@ -265,7 +302,10 @@ impl Engine {
         if let Some(d) = &self.dist {
             // DDP: every rank goes on with the mean gradient and the mean loss, so the scaler, the
             // clip and the guards see the same numbers, and decide the same, on every rank.
-            d.average(&grads)?;
+            match &self.reducer {
+                Some(r) => r.finish()?,
+                None => d.average(&grads)?,
+            }
             loss_mean = d.reduce_f64(&[loss_mean], ReduceOp::Sum)?[0] / d.world() as f64;
             if monitor && !activations.is_empty() {
                 // The activation monitors report the job: the largest |x| and the non-finite
