@@ -225,6 +225,9 @@ impl Trainer {
         let mut engine = Engine::new(cfg, device, classes.len() as i64)?;
         engine.dist = dist.clone();
         let world = dist.as_ref().map_or(1, |d| d.world());
+        if engine.cfg.sync_bn && dist.is_none() {
+            eprintln!("warning: --sync-bn has no effect in a single process (BatchNorm already sees the whole batch)");
+        }
         let mut state = LoopState { world_size: world, ..LoopState::default() };
         if resume.is_some() && has_checkpoint {
             let last = dir.join("last.safetensors");
