@@ -447,14 +447,27 @@ fn a_rank_killed_mid_run_stops_the_job_and_the_resumed_job_matches_the_uninterru
     assert!(resumed.status.success(), "{}", text(&resumed));
     assert_eq!(history(&run), history(&tmp.path().join("runs/whole")));
 
-    // The run is a 2-process run: one process may not resume it.
+    // One process may continue the 2-process run, with a warning: the third epoch then takes 20
+    // steps of 4 images (10 of 2 x 4 before), `step` keeps counting, and the schedule's clock
+    // moves to the same point of training (epoch 2 of the 1-process schedule).
     let alone =
         Command::new(common::bin()).arg("--resume").arg(&run).arg("--epochs").arg("3").output().unwrap();
     let msg = text(&alone);
+    assert!(alone.status.success(), "{msg}");
     assert!(
-        !alone.status.success() && msg.contains("trains with 2 data-parallel process(es), this job has 1"),
+        msg.contains("warning: the run trained with 2 data-parallel process(es), this job has 1"),
         "{msg}"
     );
+    let steps = common::step_records(&run);
+    let third: Vec<_> = steps.iter().filter(|r| r.epoch == 2).collect();
+    assert_eq!(third.len(), 20, "{third:?}");
+    assert_eq!(third[0].step, 20);
+    // The 1-process schedule at its step 40 of 60 (cosine, 0.5-epoch warmup), peak 0.2 x 4 / 256.
+    let (peak, warm, total) = (0.2 * 4.0 / 256.0, 10.0, 60.0);
+    let t: f64 = (40.0 - warm) / (total - warm);
+    let want = 0.5 * peak * (1.0 + (std::f64::consts::PI * t).cos());
+    assert!((third[0].lr - want).abs() < 1e-9, "lr {} vs {want}", third[0].lr);
+    assert_eq!(common::summary_without_time(&run).len(), 4, "header + 3 epochs");
 }
 
 #[test]

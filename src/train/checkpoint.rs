@@ -47,6 +47,18 @@ pub struct LoopState {
     /// on it).
     #[serde(default = "one")]
     pub world_size: usize,
+    /// How many optimizer steps the learning-rate schedule's clock is behind `step`: 0, unless
+    /// the run was resumed with another world size, which changes the steps per epoch (the
+    /// schedule then continues from the same point of training, while `step` keeps counting).
+    #[serde(default)]
+    pub schedule_offset: i64,
+}
+
+impl LoopState {
+    /// The learning-rate schedule's clock.
+    pub fn schedule_step(&self) -> usize {
+        (self.step as i64 - self.schedule_offset).max(0) as usize
+    }
 }
 
 fn one() -> usize {
@@ -66,6 +78,7 @@ impl Default for LoopState {
             best_epoch: None,
             elapsed_s: 0.0,
             world_size: 1,
+            schedule_offset: 0,
         }
     }
 }

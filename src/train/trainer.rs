@@ -240,14 +240,13 @@ impl Trainer {
                 return Err(Error::file(&last, "its model differs from the run's config.toml"));
             }
             if saved.world_size != world {
-                return Err(Error::file(
-                    &last,
-                    format!(
-                        "the run trains with {} data-parallel process(es), this job has {world}: the global \
-                         batch, the learning rate and each rank's data would change; resume with {0}",
-                        saved.world_size
-                    ),
-                ));
+                say!(
+                    main,
+                    "warning: the run trained with {} data-parallel process(es), this job has {world}: the global \
+                     batch (and with it the learning rate) and each rank's data order change from here on; \
+                     the position in the epoch and the schedule are carried over by images seen",
+                    saved.world_size
+                );
             }
             engine.load(&file, &last)?;
             state = saved;
@@ -266,6 +265,16 @@ impl Trainer {
 
         let cfg = &engine.cfg;
         let steps_per_epoch = (train_loader.batches_per_epoch() / cfg.accum_steps).max(1);
+        if state.world_size != world {
+            // Another world size: resume at the batch that has seen as many of the epoch's
+            // images, in whole optimizer steps, and move the schedule's clock to the same point.
+            let seen = state.next_batch * state.world_size;
+            let accum = cfg.accum_steps.max(1);
+            state.next_batch = (seen / world / accum * accum).min(train_loader.batches_per_epoch());
+            let at = state.epoch * steps_per_epoch + state.next_batch / accum;
+            state.schedule_offset = state.step as i64 - at as i64;
+            state.world_size = world;
+        }
         let global_batch = cfg.batch_size * cfg.accum_steps * world;
         let schedule = Schedule {
             kind: cfg.schedule,
@@ -399,7 +408,7 @@ impl Trainer {
             if micro.len() < accum {
                 continue;
             }
-            let lr = self.schedule.lr(self.state.step) * self.state.guards.spike.lr_scale;
+            let lr = self.schedule.lr(self.state.schedule_step()) * self.state.guards.spike.lr_scale;
             let step = self.state.step;
             let result = self.engine.step(&micro, lr, step, &mut self.state.guards)?;
             micro.clear();
@@ -546,7 +555,7 @@ impl Trainer {
             eval_loss: eval.map(|e| e.loss),
             eval_top1: eval.map(|e| e.top1),
             eval_top5: eval.map(|e| e.top5),
-            lr: self.schedule.lr(self.state.step.saturating_sub(1)),
+            lr: self.schedule.lr(self.state.schedule_step().saturating_sub(1)),
             elapsed_s: self.elapsed(),
             ema_top1: ema_eval.map(|e| e.top1),
             ema_top5: ema_eval.map(|e| e.top5),
