@@ -136,11 +136,32 @@ fn shard(step: usize, rank: usize) -> (Tensor, Tensor) {
     (x, y)
 }
 
-fn trained_weights(engine: &resnet_train::train::engine::Engine) -> Vec<(String, Tensor)> {
-    let mut w: Vec<(String, Tensor)> =
-        engine.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+/// Name-sorted float values of the engine's trained weights, and with `buffers` of every float
+/// variable (BatchNorm's running statistics too).
+fn values(engine: &resnet_train::train::engine::Engine, buffers: bool) -> Vec<(String, Vec<f32>)> {
+    let mut w: Vec<(String, Tensor)> = engine
+        .vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| if buffers { t.kind() == Kind::Float } else { t.requires_grad() })
+        .collect();
     w.sort_by(|a, b| a.0.cmp(&b.0));
-    w
+    w.into_iter().map(|(k, t)| (k, Vec::<f32>::try_from(&t.reshape([-1])).unwrap())).collect()
+}
+
+/// Rank `rank` of a 2-rank Gloo job on `port`: an engine with `config`, started from rank 0's
+/// weights.
+fn rank_engine(
+    rank: usize,
+    port: u16,
+    config: resnet_train::train::config::TrainConfig,
+) -> resnet_train::train::engine::Engine {
+    let dist = Dist::init(env(rank, 2, port), DistBackend::Auto, tch::Device::Cpu, Duration::from_secs(60))
+        .expect("rendezvous");
+    let mut e = resnet_train::train::engine::Engine::new(config, tch::Device::Cpu, 10).unwrap();
+    e.dist = Some(std::rc::Rc::new(dist));
+    e.sync_from_main(true).unwrap();
+    e
 }
 
 #[test]
@@ -158,25 +179,13 @@ fn two_ranks_take_the_steps_of_one_process_accumulating_their_batches() {
         let r = single.step(&[shard(step, 0), shard(step, 1)], 0.2, step, &mut gs).unwrap();
         single_losses.push((r.loss, r.grad_norm));
     }
-    let single_w: Vec<(String, Vec<f32>)> = trained_weights(&single)
-        .into_iter()
-        .map(|(k, t)| (k, Vec::<f32>::try_from(&t.reshape([-1])).unwrap()))
-        .collect();
+    let single_w = values(&single, false);
 
     let port = free_port();
     let handles: Vec<_> = (0..2)
         .map(|rank| {
             std::thread::spawn(move || {
-                let dist = Dist::init(
-                    env(rank, 2, port),
-                    DistBackend::Auto,
-                    tch::Device::Cpu,
-                    Duration::from_secs(60),
-                )
-                .unwrap();
-                let mut e = Engine::new(engine_config(), tch::Device::Cpu, 10).unwrap();
-                e.dist = Some(std::rc::Rc::new(dist));
-                e.sync_from_main(true).unwrap();
+                let mut e = rank_engine(rank, port, engine_config());
                 let mut gs = GuardState::default();
                 let mut losses = Vec::new();
                 for step in 0..STEPS {
@@ -190,11 +199,7 @@ fn two_ranks_take_the_steps_of_one_process_accumulating_their_batches() {
                     buckets >= 1 && early == buckets,
                     "{early} of {buckets} buckets started during backward"
                 );
-                let w: Vec<(String, Vec<f32>)> = trained_weights(&e)
-                    .into_iter()
-                    .map(|(k, t)| (k, Vec::<f32>::try_from(&t.reshape([-1])).unwrap()))
-                    .collect();
-                (losses, w)
+                (losses, values(&e, false))
             })
         })
         .collect();
@@ -232,44 +237,19 @@ fn sync_bn_two_ranks_take_the_steps_of_one_process_with_their_joint_batch() {
         let r = single.step(&[joint(step)], 0.2, step, &mut gs).unwrap();
         single_losses.push((r.loss, r.grad_norm));
     }
-    let flat = |e: &Engine| -> Vec<(String, Vec<f32>)> {
-        let mut v: Vec<(String, Tensor)> = e.vs.variables().into_iter().collect(); // weights and BN buffers
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v.into_iter()
-            .filter(|(_, t)| t.kind() == Kind::Float)
-            .map(|(k, t)| (k, Vec::<f32>::try_from(&t.reshape([-1])).unwrap()))
-            .collect()
-    };
-    let single_w = flat(&single);
+    let single_w = values(&single, true); // weights and BN running statistics
     let port = free_port();
     let handles: Vec<_> = (0..2)
-        .map(|rank| {
+        .map(move |rank| {
             std::thread::spawn(move || {
-                let dist = Dist::init(
-                    env(rank, 2, port),
-                    DistBackend::Auto,
-                    tch::Device::Cpu,
-                    Duration::from_secs(60),
-                )
-                .unwrap();
-                let config = resnet_train::train::config::TrainConfig { sync_bn: true, ..engine_config() };
-                let mut e = Engine::new(config, tch::Device::Cpu, 10).unwrap();
-                e.dist = Some(std::rc::Rc::new(dist));
-                e.sync_from_main(true).unwrap();
+                let mut e = rank_engine(rank, port, config());
                 let mut gs = GuardState::default();
                 let mut losses = Vec::new();
                 for step in 0..STEPS {
                     let r = e.step(&[shard(step, rank)], 0.2, step, &mut gs).unwrap();
                     losses.push((r.loss, r.grad_norm));
                 }
-                let mut v: Vec<(String, Tensor)> = e.vs.variables().into_iter().collect();
-                v.sort_by(|a, b| a.0.cmp(&b.0));
-                let w: Vec<(String, Vec<f32>)> = v
-                    .into_iter()
-                    .filter(|(_, t)| t.kind() == Kind::Float)
-                    .map(|(k, t)| (k, Vec::<f32>::try_from(&t.reshape([-1])).unwrap()))
-                    .collect();
-                (losses, w)
+                (losses, values(&e, true))
             })
         })
         .collect();
@@ -296,26 +276,16 @@ fn fp16_with_an_inf_on_one_rank_only_makes_both_ranks_skip_that_step() {
     // The loss scaler's found-inf decision is made on the averaged gradients and the all-reduced
     // loss, so a rank whose batch overflows takes every rank with it: both skip step 1 (and back
     // the scale off alike), and the weights stay identical across ranks.
-    use resnet_train::train::engine::Engine;
     use resnet_train::train::guards::GuardState;
     let port = free_port();
     let handles: Vec<_> = (0..2)
         .map(|rank| {
             std::thread::spawn(move || {
-                let dist = Dist::init(
-                    env(rank, 2, port),
-                    DistBackend::Auto,
-                    tch::Device::Cpu,
-                    Duration::from_secs(60),
-                )
-                .unwrap();
                 let config = resnet_train::train::config::TrainConfig {
                     precision: resnet_train::train::amp::Precision::Fp16,
                     ..engine_config()
                 };
-                let mut e = Engine::new(config, tch::Device::Cpu, 10).unwrap();
-                e.dist = Some(std::rc::Rc::new(dist));
-                e.sync_from_main(true).unwrap();
+                let mut e = rank_engine(rank, port, config);
                 let mut gs = GuardState::default();
                 let mut record = Vec::new();
                 for step in 0..6 {
@@ -326,11 +296,7 @@ fn fp16_with_an_inf_on_one_rank_only_makes_both_ranks_skip_that_step() {
                     let r = e.step(&[(x, y)], 0.2, step, &mut gs).unwrap();
                     record.push((r.skipped(), r.loss_scale));
                 }
-                let w: Vec<Vec<f32>> = trained_weights(&e)
-                    .into_iter()
-                    .map(|(_, t)| Vec::<f32>::try_from(&t.reshape([-1])).unwrap())
-                    .collect();
-                (record, w)
+                (record, values(&e, false))
             })
         })
         .collect();

@@ -344,10 +344,11 @@ enum Space {
 /// torchvision's `_augmentation_space(num_bins, (h, w))`: the float32 magnitudes of `op` and
 /// whether their sign is random; an empty table means the op has no magnitude.
 fn tv_magnitudes(space: Space, op: TvOp, bins: usize, h: usize, w: usize) -> (Vec<f64>, bool) {
-    let lin = |end: f64| -> Vec<f64> {
-        let t = Tensor::linspace(0.0, end, bins as i64, (Kind::Float, Device::Cpu));
+    let linspace = |start: f64, end: f64| -> Vec<f64> {
+        let t = Tensor::linspace(start, end, bins as i64, (Kind::Float, Device::Cpu));
         Vec::<f32>::try_from(&t).unwrap_or_default().into_iter().map(f64::from).collect()
     };
+    let lin = |end: f64| linspace(0.0, end);
     let wide = space == Space::Wide;
     match op {
         TvOp::ShearX | TvOp::ShearY => (lin(if wide { 0.99 } else { 0.3 }), true),
@@ -364,10 +365,7 @@ fn tv_magnitudes(space: Space, op: TvOp, bins: usize, h: usize, w: usize) -> (Ve
             let r = Vec::<f32>::try_from(&t.round()).unwrap_or_default();
             (r.into_iter().map(|v| 8.0 - v as i64 as f64).collect(), false)
         }
-        TvOp::Solarize => {
-            let t = Tensor::linspace(255.0, 0.0, bins as i64, (Kind::Float, Device::Cpu));
-            (Vec::<f32>::try_from(&t).unwrap_or_default().into_iter().map(f64::from).collect(), false)
-        }
+        TvOp::Solarize => (linspace(255.0, 0.0), false),
         TvOp::Identity | TvOp::AutoContrast | TvOp::Equalize | TvOp::Invert => (Vec::new(), false),
     }
 }

@@ -241,26 +241,29 @@ impl MixupConfig {
     }
 }
 
+/// timm's smoothed one-hot targets: off = s / C everywhere, on = 1 - s + off at the label.
+fn smoothed_one_hot(labels: &Tensor, num_classes: i64, smoothing: f64) -> Result<Tensor> {
+    let off = smoothing / num_classes as f64;
+    let base = Tensor::f_full([labels.size()[0], num_classes], off, (Kind::Float, labels.device()))?;
+    Ok(base.f_scatter_value(1, &labels.f_view([-1, 1])?, 1.0 - smoothing + off)?)
+}
+
 /// `mixup_target` with one lam per sample (`lam`: [N, 1]).
 pub fn mixup_target_per_sample(y: &Tensor, num_classes: i64, lam: &Tensor, smoothing: f64) -> Result<Tensor> {
-    let off = smoothing / num_classes as f64;
-    let on = 1.0 - smoothing + off;
-    let one_hot = |labels: &Tensor| -> Result<Tensor> {
-        let base = Tensor::f_full([labels.size()[0], num_classes], off, (Kind::Float, labels.device()))?;
-        Ok(base.f_scatter_value(1, &labels.f_view([-1, 1])?, on)?)
-    };
-    Ok(one_hot(y)? * lam + one_hot(&y.f_flip([0])?)? * (lam.f_neg()? + 1.0))
+    let (a, b) = (
+        smoothed_one_hot(y, num_classes, smoothing)?,
+        smoothed_one_hot(&y.f_flip([0])?, num_classes, smoothing)?,
+    );
+    Ok(a * lam + b * (lam.f_neg()? + 1.0))
 }
 
 /// timm's `mixup_target`: smoothed one-hot targets of `y`, mixed with those of `y.flip(0)`.
 pub fn mixup_target(y: &Tensor, num_classes: i64, lam: f64, smoothing: f64) -> Result<Tensor> {
-    let off = smoothing / num_classes as f64;
-    let on = 1.0 - smoothing + off;
-    let one_hot = |labels: &Tensor| -> Result<Tensor> {
-        let base = Tensor::f_full([labels.size()[0], num_classes], off, (Kind::Float, labels.device()))?;
-        Ok(base.f_scatter_value(1, &labels.f_view([-1, 1])?, on)?)
-    };
-    Ok(one_hot(y)? * lam + one_hot(&y.f_flip([0])?)? * (1.0 - lam))
+    let (a, b) = (
+        smoothed_one_hot(y, num_classes, smoothing)?,
+        smoothed_one_hot(&y.f_flip([0])?, num_classes, smoothing)?,
+    );
+    Ok(a * lam + b * (1.0 - lam))
 }
 
 #[cfg(test)]
