@@ -102,6 +102,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         dist_overlap: a.dist_overlap,
         ..TrainConfig::default()
     };
+    if device == Device::Cpu {
+        // Count the CPU allocator's bytes from here on: the model, the optimizer and the steps,
+        // as CUDA's max allocated counts them.
+        crate::ffi::cpu_memory_allocated(false)?;
+    }
     let mut engine = Engine::new(cfg, device, a.classes)?;
     if let Some(env) = dist_env {
         let timeout = std::time::Duration::from_secs(600);
@@ -134,6 +139,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     };
     let rss_before = crate::ffi::process::current_rss_bytes();
+    let mem_before = if device == Device::Cpu { crate::ffi::cpu_memory_allocated(false)?.0 } else { 0 };
     run_steps(a.warmup, &mut loss)?;
     sync();
     let t0 = Instant::now();
@@ -162,7 +168,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "model_ema": a.model_ema, "guards": a.guards, "threads": tch::get_num_threads(), "steps": a.steps,
         "world": world, "img_per_s": ((a.batch as f64 * world as f64 * a.steps as f64 / dt) * 100.0).round() / 100.0,
         "ms_per_step": (1000.0 * dt / a.steps as f64 * 100.0).round() / 100.0,
-        "final_loss": loss, "act_impl": format!("{:?}", a.act_impl).to_lowercase(), "act_out_lowp": a.act_out_lowp,
+        "final_loss": loss, "act_impl": a.act_impl, "act_out_lowp": a.act_out_lowp,
         // CPU memory: the process's peak RSS, and its rise over the RSS before the first step
         // (what the training step itself holds: activations, gradients, workspace).
         "peak_rss_gib": gib(peak_rss), "step_rss_gib": gib(peak_rss.saturating_sub(rss_before)),
@@ -177,8 +183,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
             return Ok(());
         }
     }
-    if let Device::Cuda(i) = device {
-        out["max_mem_gib"] = serde_json::json!(gib(crate::ffi::cuda_max_memory_allocated(i)?));
+    // Peak bytes in tensors since the model was built (CUDA: the caching allocator's; CPU:
+    // libtorch's CPU allocator's, counted by the shim).
+    let max_mem = match device {
+        Device::Cuda(i) => crate::ffi::cuda_max_memory_allocated(i)?,
+        _ => crate::ffi::cpu_memory_allocated(false)?.1,
+    };
+    out["max_mem_gib"] = serde_json::json!(gib(max_mem));
+    out["max_mem_bytes"] = serde_json::json!(max_mem);
+    if device == Device::Cpu {
+        // What the steps add to the model's weights: activations, gradients, optimizer state.
+        out["step_mem_gib"] = serde_json::json!(gib(max_mem.saturating_sub(mem_before)));
     }
     if a.json {
         println!("{out}");

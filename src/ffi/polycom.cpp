@@ -219,6 +219,101 @@ struct PolyReluFunction : public torch::autograd::Function<PolyReluFunction> {
   }
 };
 
+// BatchNorm (+ the residual) and the activation as one autograd node: y = act(bn(z) [+ identity]).
+// The forward runs libtorch's own batch norm (the kernel `at::batch_norm` would pick: cuDNN or
+// native, same values, same running-statistics update) and the fused activation on its output,
+// then drops that output: saved are z (which batch norm keeps anyway), the identity (the block's
+// input, which the block's first convolution keeps anyway, or the projection's output), the
+// batch statistics and PolyNorm's per-pixel rsqrt values. The backward recomputes x = z * scale
+// + shift [+ identity] in one pass (scale = gamma * invstd, shift = beta - mean * scale, fp32),
+// runs the activation's backward, and hands dx to batch norm's own backward. Where the separate
+// operators keep z, x and y per site, this keeps z and y: ReLU's count (Inductor recomputes the
+// same way). The recomputed x is batch norm's output to within a rounding of its last step.
+struct BnActFunction : public torch::autograd::Function<BnActFunction> {
+  static at::Tensor forward(AutogradContext *ctx, const at::Tensor &z, const at::Tensor &gamma_in,
+                            const at::Tensor &beta_in, const at::Tensor &identity_in, const at::Tensor &w,
+                            const at::Tensor &b,
+                            const at::Tensor &running_mean, const at::Tensor &running_var, bool train,
+                            double momentum, double bn_eps, int64_t kind, double eps, bool lowp_out) {
+    // Empty tensors stand for absent ones (see bn_act).
+    auto opt = [](const at::Tensor &t) { return t.numel() == 0 && t.dim() == 1 ? at::Tensor() : t; };
+    return forward_impl(ctx, z, opt(gamma_in), opt(beta_in), opt(identity_in), w, b, running_mean, running_var, train,
+                        momentum, bn_eps, kind, eps, lowp_out);
+  }
+
+  static at::Tensor forward_impl(AutogradContext *ctx, const at::Tensor &z, const at::Tensor &gamma,
+                                 const at::Tensor &beta, const at::Tensor &identity, const at::Tensor &w,
+                                 const at::Tensor &b, const at::Tensor &running_mean, const at::Tensor &running_var,
+                                 bool train, double momentum, double bn_eps, int64_t kind, double eps, bool lowp_out) {
+    if (z.dim() < 2) throw std::invalid_argument("fused BatchNorm + activation: input needs a channel axis");
+    if (identity.defined() && identity.sizes() != z.sizes())
+      throw std::invalid_argument("fused BatchNorm + activation: residual and input differ in shape");
+    auto bn = at::_batch_norm_impl_index(z, gamma, beta, running_mean, running_var, train, momentum, bn_eps,
+                                         at::globalContext().userEnabledCuDNN());
+    at::Tensor x = std::get<0>(bn);
+    if (identity.defined()) x = x + identity;
+    auto f = kind == 1 ? polynorm_forward(x, w, b, eps, lowp_out) : polyrelu_forward(x, w, b, lowp_out);
+    // Eval mode normalises with the running statistics, which the backward then needs; in
+    // training they were updated in place above and are not read again.
+    ctx->save_for_backward({z, gamma, beta, identity, w, b, train ? at::Tensor() : running_mean,
+                            train ? at::Tensor() : running_var, std::get<1>(bn), std::get<2>(bn), std::get<3>(bn),
+                            f.rs});
+    ctx->saved_data["impl"] = std::get<4>(bn);
+    ctx->saved_data["train"] = train;
+    ctx->saved_data["bn_eps"] = bn_eps;
+    ctx->saved_data["kind"] = kind;
+    ctx->saved_data["lowp_out"] = lowp_out;
+    ctx->saved_data["x_type"] = static_cast<int64_t>(x.scalar_type());
+    return f.y;
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    const int kNumInputs = 14;
+    if (!grads[0].defined()) return variable_list(kNumInputs);
+    auto s = ctx->get_saved_variables();
+    const auto &z = s[0], &gamma = s[1], &beta = s[2], &identity = s[3], &w = s[4], &b = s[5];
+    const auto &running_mean = s[6], &running_var = s[7], &save_mean = s[8], &save_var = s[9], &reserve = s[10];
+    const auto &rs = s[11];
+    const bool train = ctx->saved_data["train"].toBool();
+    const double bn_eps = ctx->saved_data["bn_eps"].toDouble();
+    const bool lowp_out = ctx->saved_data["lowp_out"].toBool();
+    const auto x_type = static_cast<at::ScalarType>(ctx->saved_data["x_type"].toInt());
+
+    // x, recomputed: batch norm's affine map with the statistics it normalised with.
+    const auto acc = acc_type(z);
+    auto mean = train ? save_mean : running_mean;
+    auto invstd = train ? save_var : (running_var.to(acc) + bn_eps).rsqrt();
+    auto scale = invstd.to(acc);
+    if (gamma.defined()) scale = scale * gamma.to(acc);
+    auto shift = -mean.to(acc) * scale;
+    if (beta.defined()) shift = shift + beta.to(acc);
+    std::vector<int64_t> per_channel(z.dim(), 1);
+    per_channel[1] = z.size(1);
+    auto x = at::addcmul(shift.view(per_channel), z, scale.view(per_channel)).to(z.scalar_type());
+    if (identity.defined()) x = x + identity;
+    x = x.to(x_type);
+
+    auto act = ctx->saved_data["kind"].toInt() == 1 ? polynorm_backward(grads[0], norm_layout(x).x, w, b, rs, lowp_out)
+                                                     : polyrelu_backward(grads[0], x, w, b, lowp_out);
+    x.reset();
+    auto &dx = act[0];
+    variable_list out(kNumInputs);
+    if (identity.defined() && ctx->needs_input_grad(3)) out[3] = dx.to(identity.scalar_type());
+    auto bn = at::_batch_norm_impl_index_backward(
+        ctx->saved_data["impl"].toInt(), z, dx.to(z.scalar_type()), gamma, running_mean, running_var, save_mean,
+        save_var, train, bn_eps,
+        {ctx->needs_input_grad(0), gamma.defined() && ctx->needs_input_grad(1),
+         beta.defined() && ctx->needs_input_grad(2)},
+        reserve);
+    out[0] = std::get<0>(bn);
+    out[1] = std::get<1>(bn);
+    out[2] = std::get<2>(bn);
+    out[4] = act[1];
+    out[5] = act[2];
+    return out;
+  }
+};
+
 }  // namespace
 
 std::pair<at::Tensor, at::Tensor> coef_grads(const at::Tensor &sums, const at::Tensor &w, const at::Tensor &b) {
@@ -233,6 +328,17 @@ at::Tensor polynorm(const at::Tensor &x, const at::Tensor &w, const at::Tensor &
 
 at::Tensor polyrelu(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, bool lowp_out) {
   return PolyReluFunction::apply(x, w, b, lowp_out);
+}
+
+at::Tensor bn_act(const at::Tensor &z, const at::Tensor &gamma, const at::Tensor &beta, const at::Tensor &identity,
+                  const at::Tensor &w, const at::Tensor &b, const at::Tensor &running_mean,
+                  const at::Tensor &running_var, bool train, double momentum, double bn_eps, int kind, double eps,
+                  bool lowp_out) {
+  if (kind != 0 && kind != 1) throw std::invalid_argument("fused BatchNorm + activation: kind must be 0 or 1");
+  // autograd::Function inputs must be defined tensors: an absent one travels as an empty tensor.
+  auto present = [&](const at::Tensor &t) { return t.defined() ? t : at::empty({0}, z.options()); };
+  return BnActFunction::apply(z, present(gamma), present(beta), present(identity), w, b, running_mean, running_var,
+                              train, momentum, bn_eps, static_cast<int64_t>(kind), eps, lowp_out);
 }
 
 void set_cpu_isa(int isa) {

@@ -6,7 +6,11 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/CachingDeviceAllocator.h>
+#include <c10/core/CPUAllocator.h>
+#include <algorithm>
 #include <cmath>
+#include <mutex>
+#include <unordered_map>
 #include <cstdlib>
 #include <vector>
 #include <cstring>
@@ -21,6 +25,68 @@ c10::DeviceType device_of(int device_type) {
     default: throw std::invalid_argument("unknown device type " + std::to_string(device_type));
   }
 }
+
+// libtorch's CPU allocator with a count of the bytes it has handed out, now and at the peak: the
+// CPU's torch.cuda.max_memory_allocated (RSS also counts the allocator's cached pages and the
+// libraries). Installed on request (bench); every CPU allocation then takes a mutex.
+class CountingCpuAllocator final : public c10::Allocator {
+ public:
+  explicit CountingCpuAllocator(c10::Allocator *base) : base_(base), base_deleter_(base->raw_deleter()) {}
+
+  c10::DataPtr allocate(size_t n) override {
+    c10::DataPtr p = base_->allocate(n);
+    void *data = p.get();
+    // Only plain allocations (context = data, the base's own deleter) can be re-wrapped.
+    if (!data || !base_deleter_ || p.get_context() != data || p.get_deleter() != base_deleter_) return p;
+    const auto device = p.device();
+    p.release_context();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      sizes_[data] = n;
+      current_ += n;
+      peak_ = std::max(peak_, current_);
+    }
+    return {data, data, &CountingCpuAllocator::release, device};
+  }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &CountingCpuAllocator::release; }
+
+  void copy_data(void *dest, const void *src, std::size_t count) const override { std::memcpy(dest, src, count); }
+
+  std::pair<int64_t, int64_t> stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {current_, peak_};
+  }
+
+  void reset_peak() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    peak_ = current_;
+  }
+
+  static CountingCpuAllocator *instance;
+
+ private:
+  static void release(void *data) {
+    auto *self = instance;
+    {
+      std::lock_guard<std::mutex> lock(self->mutex_);
+      auto it = self->sizes_.find(data);
+      if (it != self->sizes_.end()) {
+        self->current_ -= static_cast<int64_t>(it->second);
+        self->sizes_.erase(it);
+      }
+    }
+    self->base_deleter_(data);
+  }
+
+  c10::Allocator *base_;
+  c10::DeleterFnPtr base_deleter_;
+  std::mutex mutex_;
+  std::unordered_map<void *, size_t> sizes_;
+  int64_t current_ = 0, peak_ = 0;
+};
+
+CountingCpuAllocator *CountingCpuAllocator::instance = nullptr;
 
 }  // namespace
 
@@ -242,6 +308,32 @@ int rt_polycom_apply(int kind, rt_tensor x, rt_tensor w, rt_tensor b, double eps
       case 1: *out = new at::Tensor(rt_polycom::polynorm(xt, wt, bt, eps, lowp_out != 0)); break;
       default: throw std::invalid_argument("rt_polycom_apply: kind must be 0 (PolyReLU) or 1 (PolyNorm)");
     }
+  });
+}
+
+int rt_cpu_memory_tracking(int64_t *current, int64_t *peak, int reset_peak, char **err) {
+  return guarded(err, [&] {
+    // Installed once, for the rest of the process (allocations made before keep their deleter).
+    static std::once_flag installed;
+    std::call_once(installed, [] {
+      CountingCpuAllocator::instance = new CountingCpuAllocator(c10::GetCPUAllocator());
+      c10::SetCPUAllocator(CountingCpuAllocator::instance, /*priority=*/100);
+    });
+    auto [now, top] = CountingCpuAllocator::instance->stats();
+    *current = now;
+    *peak = top;
+    if (reset_peak) CountingCpuAllocator::instance->reset_peak();
+  });
+}
+
+int rt_bn_act_apply(int kind, rt_tensor z, rt_tensor gamma, rt_tensor beta, rt_tensor identity, rt_tensor w,
+                    rt_tensor b, rt_tensor running_mean, rt_tensor running_var, int train, double momentum,
+                    double bn_eps, double eps, int lowp_out, rt_tensor *out, char **err) {
+  return guarded(err, [&] {
+    auto opt = [](rt_tensor t) { return t ? *static_cast<at::Tensor *>(t) : at::Tensor(); };
+    *out = new at::Tensor(rt_polycom::bn_act(opt(z), opt(gamma), opt(beta), opt(identity), opt(w), opt(b),
+                                             opt(running_mean), opt(running_var), train != 0, momentum, bn_eps, kind,
+                                             eps, lowp_out != 0));
   });
 }
 

@@ -68,12 +68,23 @@ int rt_foreach_copy(rt_tensor *targets, rt_tensor *sources, int n, char **err);
 // (torch.cuda.max_memory_allocated).
 int rt_cuda_max_memory_allocated(int device, int64_t *out, char **err);
 
+// Bytes held in tensors from libtorch's CPU allocator, now and at the peak (the CPU's
+// max_memory_allocated); the first call installs the counting allocator (later allocations are
+// counted). reset_peak != 0: the peak restarts from the current count after reading.
+int rt_cpu_memory_tracking(int64_t *current, int64_t *peak, int reset_peak, char **err);
+
 // Fused PolyCom activations (polycom.cpp), differentiable: kind 0 = PolyReLU, 1 = PolyNorm over
 // dim 1. x: fp32/fp64/bf16/fp16, any layout; w: k in 1..8 entries, b: one; the output is fp32
 // (fp64 for fp64 input), or x's type for a bf16/fp16 x with lowp_out != 0. Runs on x's device
 // (CPU kernels, or CUDA kernels compiled with NVRTC).
 int rt_polycom_apply(int kind, rt_tensor x, rt_tensor w, rt_tensor b, double eps, int lowp_out, rt_tensor *out,
                      char **err);
+// act(batch_norm(z) [+ identity]) as one differentiable node (polycom.cpp, BnActFunction): kind and
+// the activation's arguments as rt_polycom_apply; gamma, beta, identity may be NULL; batch norm
+// in training (train != 0, updating the running statistics with `momentum`) or eval mode.
+int rt_bn_act_apply(int kind, rt_tensor z, rt_tensor gamma, rt_tensor beta, rt_tensor identity, rt_tensor w,
+                    rt_tensor b, rt_tensor running_mean, rt_tensor running_var, int train, double momentum,
+                    double bn_eps, double eps, int lowp_out, rt_tensor *out, char **err);
 // CPU kernels: 0 = the best this CPU runs, 1 = portable, 2 = AVX2+FMA; *out: the one in use.
 int rt_polycom_set_cpu_isa(int isa, char **err);
 int rt_polycom_cpu_isa(int *out, char **err);

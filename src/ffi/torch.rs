@@ -104,6 +104,30 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> c_int;
     fn rt_cuda_max_memory_allocated(device: c_int, out: *mut i64, err: *mut *mut c_char) -> c_int;
+    fn rt_cpu_memory_tracking(
+        current: *mut i64,
+        peak: *mut i64,
+        reset_peak: c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn rt_bn_act_apply(
+        kind: c_int,
+        z: *mut c_void,
+        gamma: *mut c_void,
+        beta: *mut c_void,
+        identity: *mut c_void,
+        w: *mut c_void,
+        b: *mut c_void,
+        running_mean: *mut c_void,
+        running_var: *mut c_void,
+        train: c_int,
+        momentum: f64,
+        bn_eps: f64,
+        eps: f64,
+        lowp_out: c_int,
+        out: *mut *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
     fn rt_polycom_set_cpu_isa(isa: c_int, err: *mut *mut c_char) -> c_int;
     fn rt_polycom_cpu_isa(out: *mut c_int, err: *mut *mut c_char) -> c_int;
     fn rt_polycom_cuda_unavailable(device: c_int, reason: *mut *mut c_char, err: *mut *mut c_char) -> c_int;
@@ -311,6 +335,18 @@ pub fn cuda_max_memory_allocated(index: usize) -> Result<u64> {
     Ok(out.max(0) as u64)
 }
 
+/// Bytes in tensors from libtorch's CPU allocator: (now, peak). The first call starts counting
+/// (a wrapper around the allocator, for the rest of the process; tensors allocated before are
+/// not counted). `reset_peak`: the peak restarts from now after this reading.
+pub fn cpu_memory_allocated(reset_peak: bool) -> Result<(u64, u64)> {
+    let (mut current, mut peak) = (0i64, 0i64);
+    // SAFETY: valid out-pointers.
+    call("cpu memory stats", |e| unsafe {
+        rt_cpu_memory_tracking(&mut current, &mut peak, reset_peak as c_int, e)
+    })?;
+    Ok((current.max(0) as u64, peak.max(0) as u64))
+}
+
 /// Which fused PolyCom operator (src/ffi/polycom.cpp).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PolyCom {
@@ -334,6 +370,61 @@ pub fn polycom(op: PolyCom, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, lowp_o
     // SAFETY: three live tensors; on success the shim returns a new heap tensor we take ownership of.
     call("fused activation", |e| unsafe {
         rt_polycom_apply(kind, xp, wp, bp, eps, lowp_out as c_int, &mut out, e)
+    })?;
+    Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })
+}
+
+/// A BatchNorm layer's tensors and settings, as `bn_polycom` takes them.
+pub struct BatchNormArgs<'a> {
+    pub gamma: Option<&'a Tensor>,
+    pub beta: Option<&'a Tensor>,
+    pub running_mean: &'a Tensor,
+    pub running_var: &'a Tensor,
+    /// Training mode (batch statistics, running statistics updated) or eval mode.
+    pub train: bool,
+    pub momentum: f64,
+    pub eps: f64,
+}
+
+/// `polycom(op, batch_norm(z) [+ identity], w, b, ...)` as one differentiable operator that keeps z
+/// for the backward instead of the activation's input (recomputed there in one pass). Batch norm
+/// is libtorch's, with the same values and running-statistics update as `Tensor::batch_norm`.
+pub fn bn_polycom(
+    op: PolyCom,
+    z: &Tensor,
+    bn: &BatchNormArgs,
+    identity: Option<&Tensor>,
+    (w, b): (&Tensor, &Tensor),
+    eps: f64,
+    lowp_out: bool,
+) -> Result<Tensor> {
+    let ptr = |t: Option<&Tensor>| t.map_or(std::ptr::null_mut(), |t| t.as_ptr() as *mut c_void);
+    let kind = match op {
+        PolyCom::PolyRelu => 0,
+        PolyCom::PolyNorm => 1,
+    };
+    let mut out: *mut c_void = std::ptr::null_mut();
+    // SAFETY: live tensors or nulls (which the shim reads as undefined); on success the shim
+    // returns a new heap tensor we take ownership of.
+    call("fused batch norm + activation", |e| unsafe {
+        rt_bn_act_apply(
+            kind,
+            ptr(Some(z)),
+            ptr(bn.gamma),
+            ptr(bn.beta),
+            ptr(identity),
+            ptr(Some(w)),
+            ptr(Some(b)),
+            ptr(Some(bn.running_mean)),
+            ptr(Some(bn.running_var)),
+            bn.train as c_int,
+            bn.momentum,
+            bn.eps,
+            eps,
+            lowp_out as c_int,
+            &mut out,
+            e,
+        )
     })?;
     Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })
 }

@@ -70,8 +70,15 @@ pub enum ActImpl {
     /// two backward, saving only x (and PolyNorm's k rsqrt values per pixel). Used where it
     /// applies: channel-axis PolyNorm and PolyReLU with `act_fp32` (or fp32/fp64 inputs), on the
     /// CPU, and on CUDA when NVRTC compiles its kernels; elsewhere the eager path runs.
+    /// In the ResNet, the BatchNorm before each site (and the residual add before the last site
+    /// of a block) joins the same autograd node, which then keeps the BatchNorm input instead of
+    /// the activation's input and recomputes the latter in its backward: a PolyCom site holds
+    /// what a ReLU site holds (not with `act_clamp`, SyncBatchNorm or drop path at that site).
     #[default]
     Fused,
+    /// The fused activation alone, after libtorch's BatchNorm (saves the activation's input).
+    #[serde(rename = "fused-act")]
+    FusedAct,
     /// The reference expression in tensor operations (autograd keeps every power).
     Eager,
 }
@@ -191,15 +198,87 @@ impl Activation {
         self.cfg.fp32 = fp32;
     }
 
+    /// `self.forward(batch_norm(z) [+ residual])`, as one fused operator where `ActImpl::Fused`
+    /// applies (see there); otherwise libtorch's (or the synchronised) BatchNorm, the add and
+    /// `forward`, with the same values.
+    pub fn forward_bn(
+        &self,
+        bn: &nn::BatchNorm,
+        z: &Tensor,
+        residual: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        if let Some(y) = self.bn_fused(bn, z, residual, train) {
+            return y;
+        }
+        let x = super::sync_bn::batch_norm(bn, z, train);
+        let x = match residual {
+            Some(r) => x + r,
+            None => x,
+        };
+        self.forward(&x)
+    }
+
+    fn bn_fused(
+        &self,
+        bn: &nn::BatchNorm,
+        z: &Tensor,
+        residual: Option<&Tensor>,
+        train: bool,
+    ) -> Option<Tensor> {
+        let (w, b) = self.params.as_ref()?;
+        let synced_bn = train && crate::dist::sync_bn_ranks().is_some();
+        if self.cfg.implementation != ActImpl::Fused || self.cfg.clamp.is_some() || synced_bn {
+            return None;
+        }
+        // The activation's input type: z's, or the promotion of z's and the residual's.
+        let x_kind = match residual {
+            None => z.kind(),
+            Some(r) if r.size() != z.size() => return None,
+            Some(r) if r.kind() == z.kind() => z.kind(),
+            Some(r) if r.kind() == Kind::Double || z.kind() == Kind::Double => Kind::Double,
+            Some(r) if r.kind() == Kind::Float || z.kind() == Kind::Float => Kind::Float,
+            Some(_) => return None,
+        };
+        if !self.fused_applies(x_kind, z.dim(), z.device()) {
+            return None;
+        }
+        let args = ffi::BatchNormArgs {
+            gamma: bn.ws.as_ref(),
+            beta: bn.bs.as_ref(),
+            running_mean: &bn.running_mean,
+            running_var: &bn.running_var,
+            train,
+            momentum: super::sync_bn::MOMENTUM,
+            eps: super::sync_bn::EPS,
+        };
+        match ffi::bn_polycom(self.op(), z, &args, residual, (w, b), POLYNORM_EPS, self.cfg.out_lowp) {
+            Ok(y) => Some(y),
+            Err(e) => {
+                // Only an internal fault gets here (shapes and types were checked above).
+                warn_once(&format!("fused batch norm + activation failed ({e}); using separate operators"));
+                None
+            }
+        }
+    }
+
+    fn op(&self) -> PolyCom {
+        if self.cfg.kind == ActKind::Polyrelu {
+            PolyCom::PolyRelu
+        } else {
+            PolyCom::PolyNorm
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let Some((w, b)) = &self.params else { return x.relu() };
-        if self.fused_applies(x) {
+        let fused = matches!(self.cfg.implementation, ActImpl::Fused | ActImpl::FusedAct);
+        if fused && self.fused_applies(x.kind(), x.dim(), x.device()) {
             let x = match self.cfg.clamp {
                 Some(c) => x.clamp(-c, c),
                 None => x.shallow_clone(),
             };
-            let op = if self.cfg.kind == ActKind::Polyrelu { PolyCom::PolyRelu } else { PolyCom::PolyNorm };
-            match ffi::polycom(op, &x, w, b, POLYNORM_EPS, self.cfg.out_lowp) {
+            match ffi::polycom(self.op(), &x, w, b, POLYNORM_EPS, self.cfg.out_lowp) {
                 Ok(y) => return y,
                 // Only an internal fault gets here (shapes and types were checked above); the
                 // eager path computes the same values.
@@ -234,15 +313,15 @@ impl Activation {
     /// Whether the fused operator computes exactly what the eager path would here: fp32
     /// arithmetic (act_fp32, or an fp32/fp64 input), channel-axis PolyNorm (or a 2-d input, where
     /// both axes are dim 1) or PolyReLU, and a device that runs the kernels.
-    fn fused_applies(&self, x: &Tensor) -> bool {
+    fn fused_applies(&self, kind: Kind, dim: usize, device: Device) -> bool {
         let cfg = &self.cfg;
-        if cfg.implementation != ActImpl::Fused || x.dim() < 2 {
+        if dim < 2 {
             return false;
         }
-        let arithmetic_fp32 = cfg.fp32 || matches!(x.kind(), Kind::Float | Kind::Double);
-        let axis_ok = cfg.kind == ActKind::Polyrelu || cfg.axis == NormAxis::Channel || x.dim() == 2;
-        let kind_ok = matches!(x.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16);
-        arithmetic_fp32 && axis_ok && kind_ok && fused_runs_on(x.device())
+        let arithmetic_fp32 = cfg.fp32 || matches!(kind, Kind::Float | Kind::Double);
+        let axis_ok = cfg.kind == ActKind::Polyrelu || cfg.axis == NormAxis::Channel || dim == 2;
+        let kind_ok = matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16);
+        arithmetic_fp32 && axis_ok && kind_ok && fused_runs_on(device)
     }
 }
 

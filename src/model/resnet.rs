@@ -286,18 +286,15 @@ impl Block {
         let n = self.convs.len();
         let mut out = x.shallow_clone();
         for i in 0..n {
-            out = super::sync_bn::batch_norm(&self.bns[i], &out.apply(&self.convs[i]), train);
-            if i == n - 1 {
-                if train {
-                    out = drop_path(&out, self.drop_path);
-                }
-                // Not `+=`: tch's AddAssign is the in-place add_, which autograd must not see here.
-                #[allow(clippy::assign_op_pattern)]
-                {
-                    out = out + &shortcut;
-                }
-            }
-            out = self.acts[i].forward(&out);
+            let z = out.apply(&self.convs[i]);
+            out = if i < n - 1 {
+                self.acts[i].forward_bn(&self.bns[i], &z, None, train)
+            } else if train && self.drop_path > 0.0 {
+                let branch = drop_path(&super::sync_bn::batch_norm(&self.bns[i], &z, train), self.drop_path);
+                self.acts[i].forward(&(branch + &shortcut))
+            } else {
+                self.acts[i].forward_bn(&self.bns[i], &z, Some(&shortcut), train)
+            };
             observe(i, &out);
         }
         out
@@ -381,7 +378,7 @@ impl ResNet {
         train: bool,
         observe: &mut dyn FnMut(&str, &Tensor),
     ) -> Tensor {
-        let mut h = self.act1.forward(&super::sync_bn::batch_norm(&self.bn1, &x.apply(&self.conv1), train));
+        let mut h = self.act1.forward_bn(&self.bn1, &x.apply(&self.conv1), None, train);
         observe("act1", &h);
         if !self.cfg.small_stem {
             h = h.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);

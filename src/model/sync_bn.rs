@@ -13,8 +13,8 @@ use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
 /// What `crate::model::resnet::bn` builds: torch.nn.BatchNorm2d's defaults.
-const EPS: f64 = 1e-5;
-const MOMENTUM: f64 = 0.1;
+pub const EPS: f64 = 1e-5;
+pub const MOMENTUM: f64 = 0.1;
 
 /// `bn.forward_t(x, train)`, over all ranks when a SyncBatchNorm scope is active and `train`.
 pub fn batch_norm(bn: &nn::BatchNorm, x: &Tensor, train: bool) -> Tensor {
