@@ -31,21 +31,22 @@ fn main() {
             .warnings(false);
         b
     };
-    torch_build()
-        .file("src/ffi/shim.cpp")
-        .file("src/ffi/polycom.cpp")
-        .file("src/ffi/polycom_cuda.cpp")
-        .compile("resnet_train_shim");
+    // Each C++ library compiles on its own thread: every file includes ATen's headers (~30 s
+    // each), and the crate waits for all of them.
+    let mut jobs: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+    let mut shim = torch_build();
+    shim.file("src/ffi/shim.cpp").file("src/ffi/polycom.cpp").file("src/ffi/polycom_cuda.cpp");
+    jobs.push(Box::new(move || shim.compile("resnet_train_shim")));
 
     // c10d (TCPStore, ProcessGroupGloo) against a stub of gloo's headers: the wheel ships c10d's
     // headers but not gloo's, while libtorch_cpu.so contains gloo (see src/ffi/gloo_stub/).
-    torch_build()
-        .file("src/ffi/dist.cpp")
-        .include("src/ffi/gloo_stub")
-        .define("USE_C10D_GLOO", None)
-        .compile("resnet_train_dist");
+    let mut dist = torch_build();
+    dist.file("src/ffi/dist.cpp").include("src/ffi/gloo_stub").define("USE_C10D_GLOO", None);
+    jobs.push(Box::new(move || dist.compile("resnet_train_dist")));
 
-    build_nccl_object(&root, &include, &out_dir, &torch_build());
+    let nccl = torch_build();
+    let (nccl_root, nccl_include, nccl_out) = (root.clone(), include.clone(), out_dir.clone());
+    jobs.push(Box::new(move || build_nccl_object(&nccl_root, &nccl_include, &nccl_out, &nccl)));
 
     // The fused activations' CPU kernels, once per instruction set (as ATen builds its own), with
     // OpenMP on: at::parallel_for is a header template that runs on OpenMP's pool only when the
@@ -64,8 +65,17 @@ fn main() {
         for f in flags {
             b.flag(f);
         }
-        b.compile(&format!("resnet_train_polycom_{isa}"));
+        jobs.push(Box::new(move || b.compile(&format!("resnet_train_polycom_{isa}"))));
     }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs.into_iter().map(|job| scope.spawn(job)).collect();
+        for h in handles {
+            // A failed compile has printed its error; fail the build with it.
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
     println!("cargo:rustc-link-lib=gomp");
 
     // The libjpeg-API shim, against the libjpeg-turbo that turbojpeg-sys builds (`links = "turbojpeg"`).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fused activations' cost: ResNet-50 training-step time and peak memory for ReLU, PolyReLU and
-# PolyNorm (order 3) — resnet-train fused and eager, next to PyTorch eager and torch.compile on the
+# PolyNorm (order 3) — resnet-train fused (BatchNorm folded in), fused-act and eager, next to PyTorch eager and torch.compile on the
 # same model (../shared/bench/torch_train_bench.py), same settings, same run, alternating, REPEAT
 # times (default 2; take medians). Needs ../shared and a Python with torch + torchvision:
 #   PYTHON=/path/to/python bash scripts/bench-act.sh
@@ -18,6 +18,7 @@ for _ in $(seq "${REPEAT:-2}"); do
     torch --act relu --precision "$prec"
     for act in polyrelu polynorm; do
       ours --act $act --act-impl fused --precision "$prec"
+      ours --act $act --act-impl fused-act --precision "$prec"
       ours --act $act --act-impl eager --precision "$prec"
       torch --act $act --precision "$prec"
     done

@@ -169,15 +169,20 @@ fn ablate_from_the_shipped_config_with_flags_and_its_errors() {
 }
 
 /// `check-act` (the first command to run on a GPU) on the CPU: every case agrees with the eager
-/// path; a device without the fused kernels is a clear error.
+/// path, and BatchNorm folded into the operator with the separate operators; a device without
+/// the fused kernels is a clear error.
 #[test]
 fn check_act_on_cpu_passes_every_case() {
     let (code, out, err) = run(&["check-act", "--device", "cpu"]);
     assert_eq!(code, 0, "{out}\n{err}");
-    let last: serde_json::Value =
-        serde_json::from_str(out.lines().last().unwrap_or("{}")).expect("a JSON summary");
-    assert_eq!(last["failures"], 0, "{out}");
-    assert_eq!(last["cases"], 672, "{out}"); // 448, and 224 with act_out_lowp (bf16/fp16 inputs)
+    let summaries: Vec<serde_json::Value> =
+        out.lines().rev().take(2).map(|l| serde_json::from_str(l).expect("a JSON summary")).collect();
+    let (fused, folded) = (&summaries[1], &summaries[0]);
+    assert_eq!((&fused["check"], &fused["failures"]), (&"fused-vs-eager".into(), &0.into()), "{out}");
+    assert_eq!(fused["cases"], 672, "{out}"); // 448, and 224 with act_out_lowp (bf16/fp16 inputs)
+                                              // BatchNorm folded in vs separate: 2 ops x 2 layouts x 2 residuals x 2 modes x 6 type settings.
+    assert_eq!((&folded["check"], &folded["failures"]), (&"bn-fold".into(), &0.into()), "{out}");
+    assert_eq!(folded["cases"], 96, "{out}");
     let (code, _, err) = run(&["check-act", "--device", "cuda:7"]);
     assert_ne!(code, 0);
     assert!(err.contains("--device cuda:7"), "{err}");

@@ -1,12 +1,14 @@
 //! `resnet-train check-act`: the fused PolyReLU / PolyNorm against the eager path on a device,
 //! forward and every gradient, for every order, input type and layout. The CUDA kernels are
 //! compiled at run time (NVRTC), so this is the first thing to run on a GPU machine; on the CPU
-//! the test suite checks the same (tests/fused_activation.rs).
+//! the test suite checks the same (tests/fused_activation.rs). Then BatchNorm folded into the
+//! operator (`ffi::bn_polycom`) against libtorch's BatchNorm followed by the operator (on CUDA:
+//! cuDNN's batch norm, which the folded operator must run identically).
 
 use crate::error::{Error, Result};
 use crate::ffi::{self, PolyCom};
 use crate::model::activation::{fused_runs_on, polynorm, polyrelu, NormAxis, POLYNORM_EPS};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 #[derive(clap::Args, Debug)]
 pub struct CheckActArgs {
@@ -148,10 +150,136 @@ pub fn run(a: CheckActArgs) -> Result<()> {
         "{}",
         serde_json::json!({"check": "fused-vs-eager", "device": format!("{device:?}"), "cases": cases, "failures": failures})
     );
-    if failures > 0 {
+    let (bn_cases, bn_failures) = check_bn_fold(device, a.json)?;
+    println!(
+        "{}",
+        serde_json::json!({"check": "bn-fold", "device": format!("{device:?}"), "cases": bn_cases, "failures": bn_failures})
+    );
+    if failures + bn_failures > 0 {
         return Err(Error::Torch(format!(
-            "{failures} of {cases} fused-activation cases differ from the eager path"
+            "{failures} of {cases} fused-activation cases differ from the eager path; {bn_failures} of {bn_cases} \
+             folded BatchNorm cases differ from the separate operators"
         )));
     }
     Ok(())
+}
+/// One BatchNorm + activation site on `device`, folded (`ffi::bn_polycom`) or separate
+/// (libtorch's BatchNorm, the add, `ffi::polycom`): y, the running statistics after it, and the
+/// gradients of (z, gamma, beta, residual, w, b).
+#[allow(clippy::too_many_arguments)]
+fn bn_site(
+    folded: bool,
+    op: PolyCom,
+    z: &Tensor,
+    residual: Option<&Tensor>,
+    train: bool,
+    lowp_out: bool,
+    gy: &Tensor,
+) -> Result<Vec<Tensor>> {
+    let (c, device) = (z.size()[1], z.device());
+    let acc = if z.kind() == Kind::Double { Kind::Double } else { Kind::Float };
+    // Parameters and statistics away from their defaults, the same for every call.
+    let fixed = |seed: i64, lo: f64, spread: f64| {
+        let t = Tensor::arange(c, (Kind::Double, Device::Cpu));
+        ((t * (seed as f64) * 0.37).sin() * spread + lo).to_kind(acc).to_device(device)
+    };
+    let leaf = |t: Tensor| t.set_requires_grad(true);
+    let (gamma, beta) = (leaf(fixed(1, 1.0, 0.4)), leaf(fixed(2, 0.0, 0.3)));
+    let (running_mean, running_var) = (fixed(3, 0.0, 0.2), fixed(4, 1.0, 0.4));
+    let w = leaf(Tensor::from_slice(&[0.5f64, -0.3, 0.25]).to_kind(acc).to_device(device));
+    let b = leaf(Tensor::from_slice(&[0.1f64]).to_kind(acc).to_device(device));
+    let z = z.detach().set_requires_grad(true);
+    let residual = residual.map(|r| r.detach().set_requires_grad(true));
+    let y = if folded {
+        let args = ffi::BatchNormArgs {
+            gamma: Some(&gamma),
+            beta: Some(&beta),
+            running_mean: &running_mean,
+            running_var: &running_var,
+            train,
+            momentum: 0.1,
+            eps: 1e-5,
+        };
+        ffi::bn_polycom(op, &z, &args, residual.as_ref(), (&w, &b), POLYNORM_EPS, lowp_out)?
+    } else {
+        let x = z.batch_norm(
+            Some(&gamma),
+            Some(&beta),
+            Some(&running_mean),
+            Some(&running_var),
+            train,
+            0.1,
+            1e-5,
+            true,
+        );
+        let x = match &residual {
+            Some(r) => x + r,
+            None => x,
+        };
+        ffi::polycom(op, &x, &w, &b, POLYNORM_EPS, lowp_out)?
+    };
+    (&y * gy.to_kind(y.kind())).sum(Kind::Float).backward();
+    let mut out =
+        vec![y.detach(), running_mean, running_var, z.grad(), gamma.grad(), beta.grad(), w.grad(), b.grad()];
+    if let Some(r) = residual {
+        out.push(r.grad());
+    }
+    Ok(out)
+}
+
+/// BatchNorm folded into the fused operator vs the separate operators on `device`: the same
+/// forward values and running statistics bit for bit (the same kernels run), the same gradients.
+fn check_bn_fold(device: Device, json: bool) -> Result<(usize, usize)> {
+    let names = ["y", "running_mean", "running_var", "dz", "dgamma", "dbeta", "dw", "db", "dresidual"];
+    let (mut cases, mut failures) = (0, 0);
+    for op in [PolyCom::PolyRelu, PolyCom::PolyNorm] {
+        for dtype in [Kind::Float, Kind::Double, Kind::BFloat16, Kind::Half] {
+            for lowp_out in [false, true] {
+                if lowp_out && !matches!(dtype, Kind::BFloat16 | Kind::Half) {
+                    continue;
+                }
+                for channels_last in [false, true] {
+                    for residual in [false, true] {
+                        for train in [true, false] {
+                            tch::manual_seed(cases as i64);
+                            let shape = [4, 24, 9, 11];
+                            let opts = (Kind::Double, device);
+                            let mut z = (Tensor::randn(shape, opts) * 1.3 + 0.2).to_kind(dtype);
+                            if channels_last {
+                                z = ffi::to_channels_last(&z)?;
+                            }
+                            let r = residual.then(|| (Tensor::randn(shape, opts) * 0.5).to_kind(dtype));
+                            let gy = Tensor::randn(shape, opts);
+                            let got = bn_site(true, op, &z, r.as_ref(), train, lowp_out, &gy)?;
+                            let want = bn_site(false, op, &z, r.as_ref(), train, lowp_out, &gy)?;
+                            let tol = match dtype {
+                                Kind::Double => 1e-11,
+                                Kind::Float => 1e-4,
+                                _ => 3e-2,
+                            };
+                            let mut errs = serde_json::Map::new();
+                            let mut ok = true;
+                            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                                // Forward and statistics: the same kernels, the same bits.
+                                let err = rel_err(g, w);
+                                ok &= if i < 3 { g.equal(w) } else { err < tol };
+                                errs.insert(names[i].to_string(), serde_json::json!(err));
+                            }
+                            cases += 1;
+                            failures += usize::from(!ok);
+                            let row = serde_json::json!({
+                                "check": "bn-fold", "op": format!("{op:?}"), "dtype": format!("{dtype:?}"),
+                                "channels_last": channels_last, "residual": residual, "train": train,
+                                "lowp_out": lowp_out, "ok": ok, "rel_err": errs,
+                            });
+                            if json || !ok {
+                                println!("{row}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok((cases, failures))
 }
