@@ -166,6 +166,9 @@ fn rank_engine(
 
 #[test]
 fn two_ranks_take_the_steps_of_one_process_accumulating_their_batches() {
+    // One multi-rank engine test at a time: each runs two ranks on threads of this process (with
+    // libtorch's process-wide state), and the suite's other tests already use both cores.
+    let _serial = common::global_lock();
     // DDP's contract: 2 ranks with a micro-batch each train exactly like 1 process accumulating
     // those 2 micro-batches (BatchNorm sees the same per-micro-batch statistics either way): the
     // same mean gradient, loss, clip, optimizer step and guard decisions.
@@ -219,6 +222,9 @@ fn two_ranks_take_the_steps_of_one_process_accumulating_their_batches() {
 
 #[test]
 fn sync_bn_two_ranks_take_the_steps_of_one_process_with_their_joint_batch() {
+    // One multi-rank engine test at a time: each runs two ranks on threads of this process (with
+    // libtorch's process-wide state), and the suite's other tests already use both cores.
+    let _serial = common::global_lock();
     // SyncBatchNorm's contract: 2 ranks x 4 images with --sync-bn train like 1 process with the
     // 8 images in one batch (BatchNorm over all 8 in both): same losses, gradient norms, weights
     // and running statistics, up to float32 rounding (the statistics are combined differently).
@@ -273,6 +279,9 @@ fn sync_bn_two_ranks_take_the_steps_of_one_process_with_their_joint_batch() {
 
 #[test]
 fn fp16_with_an_inf_on_one_rank_only_makes_both_ranks_skip_that_step() {
+    // One multi-rank engine test at a time: each runs two ranks on threads of this process (with
+    // libtorch's process-wide state), and the suite's other tests already use both cores.
+    let _serial = common::global_lock();
     // The loss scaler's found-inf decision is made on the averaged gradients and the all-reduced
     // loss, so a rank whose batch overflows takes every rank with it: both skip step 1 (and back
     // the scale off alike), and the weights stay identical across ranks.
