@@ -197,11 +197,15 @@ fn two_ranks_take_the_steps_of_one_process_accumulating_their_batches() {
                 }
                 // DDP's overlap (on by default): every bucket's all-reduce started from the
                 // gradient hooks during backward, none had to wait for its end.
-                let (early, buckets) = e.overlap_stats().expect("the reducer is on");
+                let (early, buckets, views) = e.overlap_stats().expect("the reducer is on");
                 assert!(
                     buckets >= 1 && early == buckets,
                     "{early} of {buckets} buckets started during backward"
                 );
+                // DDP's gradient_as_bucket_view: the averages stayed in the buckets, every
+                // gradient a slice of one (no copy back).
+                let params = e.vs.trainable_variables().len();
+                assert_eq!(views, params, "{views} of {params} gradients are bucket slices");
                 (losses, values(&e, false))
             })
         })

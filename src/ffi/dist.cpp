@@ -77,10 +77,14 @@ struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
 // DDP's overlap: the gradients in buckets (reverse parameter order, ~bucket_bytes each, as
 // DDP's reducer: the last layers' gradients are ready first); a post-accumulate hook on every
 // parameter marks it ready once armed, and when the next bucket in order is complete its
-// all-reduce (sum) starts asynchronously on a flat copy while backward goes on. Buckets start in
-// index order only, so every rank issues the same collectives in the same order. finish() starts
-// whatever did not (parameters without a gradient this time), waits, divides by the world size
-// and copies the averages back into the gradients.
+// all-reduce (sum) starts asynchronously while backward goes on. Buckets start in index order
+// only, so every rank issues the same collectives in the same order. finish() starts whatever
+// did not (parameters without a gradient this time: zeros), waits and divides by the world size.
+// Gradients as bucket views (DDP's gradient_as_bucket_view): each bucket is one flat tensor;
+// when it starts, each gradient is copied into its slice and the parameter's gradient becomes
+// that slice, so the averages land in the gradients with no copy back, and the stolen gradient
+// is freed (at most one copy of the gradients plus a bucket exists). With `host` (CUDA tensors over Gloo) the flat lives on the CPU and the
+// averages are copied back.
 struct Reducer {
   ProcessGroup *pg = nullptr;
   bool host = false;
@@ -90,10 +94,11 @@ struct Reducer {
   std::vector<size_t> bucket_of;
   std::vector<size_t> missing;  // per bucket: parameters not yet ready
   std::vector<bool> ready;
-  std::vector<at::Tensor> flats;
+  std::vector<at::Tensor> flats;  // per bucket, allocated when it starts
   std::vector<c10::intrusive_ptr<c10d::Work>> works;
   size_t next = 0;
   size_t launched_in_backward = 0;  // by the hooks, at the last finish()
+  size_t grads_as_views = 0;        // parameters whose gradient is a bucket slice, at the last finish()
   bool armed = false;
   std::mutex mu;
   // What the hooks reach the reducer through: cleared when it is freed, so that a hook still
@@ -104,27 +109,41 @@ struct Reducer {
     std::lock_guard<std::mutex> lock(mu);
     armed = true;
     next = 0;
-    flats.assign(buckets.size(), at::Tensor());
+    flats.assign(buckets.size(), at::Tensor());  // fresh buckets each step (see finish)
     works.assign(buckets.size(), {});
     ready.assign(params.size(), false);
     missing.clear();
     for (auto &b : buckets) missing.push_back(b.size());
   }
 
+  // The slice of bucket k's flat tensor that holds parameter i's gradient (offset in elements).
+  at::Tensor slice(size_t k, int64_t offset, const at::Tensor &p) { return flats[k].narrow(0, offset, p.numel()).view(p.sizes()); }
+
   void launch(size_t k) {
-    std::vector<at::Tensor> parts;
+    if (!flats[k].defined()) {
+      int64_t total = 0;
+      for (auto i : buckets[k]) total += params[i].numel();
+      const auto &first = params[buckets[k].front()];
+      flats[k] = at::empty({total}, first.options().device(host ? at::Device(at::kCPU) : first.device()));
+    }
+    at::NoGradGuard no_grad;
+    int64_t offset = 0;
     for (auto i : buckets[k]) {
       auto &p = params[i];
+      auto view = slice(k, offset, p);
+      offset += p.numel();
       auto g = p.grad();
-      parts.push_back(g.defined() ? g.reshape({-1}) : at::zeros({p.numel()}, p.options()));
+      if (!g.defined()) {
+        view.zero_();
+      } else if (!g.is_alias_of(flats[k])) {
+        view.copy_(g);
+      }
+      if (!host) p.mutable_grad() = view;  // the stolen gradient is freed here
     }
-    auto flat = at::cat(parts);
-    if (host) flat = flat.to(at::kCPU);
     c10d::AllreduceOptions opts;
     opts.reduceOp = c10d::ReduceOp::SUM;
-    std::vector<at::Tensor> one{flat};
+    std::vector<at::Tensor> one{flats[k]};
     works[k] = pg->backend->allreduce(one, opts);
-    flats[k] = flat;
   }
 
   // Called by the hook of parameter i, after its gradient was accumulated.
@@ -141,26 +160,32 @@ struct Reducer {
     if (!armed) throw std::logic_error("gradient reducer finished without being armed");
     armed = false;
     launched_in_backward = next;
+    grads_as_views = 0;
     while (next < buckets.size()) launch(next++);
+    at::NoGradGuard no_grad;
     for (size_t k = 0; k < buckets.size(); k++) {
       works[k]->wait();
-      auto flat = flats[k].div_(world);
+      flats[k].div_(world);
       int64_t offset = 0;
       for (auto i : buckets[k]) {
         auto &p = params[i];
-        auto n = p.numel();
-        auto part = flat.narrow(0, offset, n).view(p.sizes());
-        offset += n;
-        at::NoGradGuard no_grad;
-        if (p.grad().defined()) {
-          p.mutable_grad().copy_(part);
+        if (host) {
+          auto part = slice(k, offset, p).to(p.device());
+          if (p.grad().defined()) {
+            p.mutable_grad().copy_(part);
+          } else {
+            p.mutable_grad() = part.clone();
+          }
         } else {
-          p.mutable_grad() = part.to(p.device()).clone();
+          grads_as_views += p.grad().is_alias_of(flats[k]) ? 1 : 0;
         }
+        offset += p.numel();
       }
     }
-    flats.clear();
     works.clear();
+    // The gradients (slices) keep their buckets alive until the optimizer drops them; holding
+    // them here too would carry a copy of the gradients through the next forward.
+    flats.assign(buckets.size(), at::Tensor());
   }
 };
 
@@ -324,6 +349,10 @@ int rt_dist_reducer_buckets(void *reducer) { return static_cast<int>(static_cast
 
 int rt_dist_reducer_launched_in_backward(void *reducer) {
   return static_cast<int>(static_cast<Reducer *>(reducer)->launched_in_backward);
+}
+
+int rt_dist_reducer_grads_as_views(void *reducer) {
+  return static_cast<int>(static_cast<Reducer *>(reducer)->grads_as_views);
 }
 
 // Hooks left on accumulators that outlive the reducer find its cell empty.

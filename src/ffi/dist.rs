@@ -84,6 +84,7 @@ extern "C" {
     fn rt_dist_reducer_finish(r: *mut c_void, world: f64, err: *mut *mut c_char) -> c_int;
     fn rt_dist_reducer_buckets(r: *mut c_void) -> c_int;
     fn rt_dist_reducer_launched_in_backward(r: *mut c_void) -> c_int;
+    fn rt_dist_reducer_grads_as_views(r: *mut c_void) -> c_int;
     fn rt_dist_reducer_free(r: *mut c_void);
     fn rt_dist_allreduce_sum_autograd(
         pg: *mut c_void,
@@ -385,7 +386,8 @@ impl Drop for ProcessGroup {
 /// accumulators start each bucket's all-reduce once its gradients are ready (buckets in a fixed
 /// order, ~25 MB, reverse parameter order). `arm` before the backward whose gradients are to be
 /// reduced (the last micro-batch's), `finish` after it: the gradients are then the means over
-/// the ranks, exactly as `Dist::average` computes them.
+/// the ranks, exactly as `Dist::average` computes them, held in the buckets themselves (DDP's
+/// `gradient_as_bucket_view`: no copy back).
 pub struct GradReducer {
     r: *mut c_void,
     world: f64,
@@ -412,6 +414,13 @@ impl GradReducer {
     pub fn launched_in_backward(&self) -> usize {
         // SAFETY: live reducer.
         unsafe { rt_dist_reducer_launched_in_backward(self.r) as usize }
+    }
+
+    /// Parameters whose gradient was a slice of its bucket after the last `finish` (all of them,
+    /// unless the buckets live on the host for Gloo with CUDA tensors: then copied back).
+    pub fn grads_as_views(&self) -> usize {
+        // SAFETY: live reducer.
+        unsafe { rt_dist_reducer_grads_as_views(self.r) as usize }
     }
 }
 

@@ -54,9 +54,10 @@ pub struct StepResult {
 }
 
 impl Engine {
-    /// With DDP's overlap on: (buckets whose all-reduce started during the last backward, buckets).
-    pub fn overlap_stats(&self) -> Option<(usize, usize)> {
-        self.reducer.as_ref().map(|r| (r.launched_in_backward(), r.buckets()))
+    /// With DDP's overlap on: (buckets whose all-reduce started during the last backward, buckets,
+    /// parameters whose gradient was a bucket slice after the last step's reduction).
+    pub fn overlap_stats(&self) -> Option<(usize, usize, usize)> {
+        self.reducer.as_ref().map(|r| (r.launched_in_backward(), r.buckets(), r.grads_as_views()))
     }
 }
 
@@ -298,13 +299,13 @@ impl Engine {
             self.scaler.scale_loss(&(&loss / n)).f_backward()?;
             loss_mean += loss.double_value(&[]) / n;
         }
-        let grads = self.optimizer.grads();
         if let Some(d) = &self.dist {
             // DDP: every rank goes on with the mean gradient and the mean loss, so the scaler, the
             // clip and the guards see the same numbers, and decide the same, on every rank.
             match &self.reducer {
+                // The gradients are now slices of the buckets: read them after this.
                 Some(r) => r.finish()?,
-                None => d.average(&grads)?,
+                None => d.average(&self.optimizer.grads())?,
             }
             loss_mean = d.reduce_f64(&[loss_mean], ReduceOp::Sum)?[0] / d.world() as f64;
             if monitor && !activations.is_empty() {
@@ -320,6 +321,7 @@ impl Engine {
         }
         // Unscale (fp16: finds inf/NaN), clip (the norm finds inf/NaN in every precision), adapt
         // the loss scale; then the guards decide.
+        let grads = self.optimizer.grads();
         let found_inf = self.scaler.unscale(&grads)?;
         let grad_norm = foreach_clip_grad_norm(&grads, cfg.clip_grad)?.double_value(&[]);
         self.scaler.update()?;
