@@ -422,6 +422,29 @@ fn a_rank_killed_mid_run_stops_the_job_and_the_resumed_job_matches_the_uninterru
     assert!(start.elapsed() < Duration::from_secs(60), "took {:?}", start.elapsed());
 
     let run = tmp.path().join("runs/cut");
+    let mid = tmp.path().join("runs/cut-alone");
+    let copied = Command::new("cp").arg("-a").arg(&run).arg(&mid).status().unwrap();
+    assert!(copied.success());
+
+    // One process continues the killed run from its mid-epoch checkpoint (step s of epoch 0, 2 x 4
+    // images a step): it has seen 2s of its 20 batches of 4, takes the other 20 - 2s, `step`
+    // counts on from s, and its schedule's clock stands at step 2s of the 1-process schedule.
+    let alone =
+        Command::new(common::bin()).arg("--resume").arg(&mid).arg("--epochs").arg("1").output().unwrap();
+    let msg = text(&alone);
+    assert!(alone.status.success(), "{msg}");
+    assert!(msg.contains("this job has 1"), "{msg}");
+    let records = common::step_records(&mid);
+    let steps: Vec<usize> = records.iter().map(|r| r.step).collect();
+    let s = 20 - records.len();
+    assert!((1..10).contains(&s), "{steps:?}");
+    assert_eq!(steps, (0..records.len()).collect::<Vec<_>>(), "steps count on");
+    assert!(records.iter().all(|r| r.epoch == 0), "{records:?}");
+    // Linear warmup over 0.5 epoch (10 steps), peak 0.2 x 4 / 256: (2s + 1) / 10 of it.
+    let want = 0.2 * 4.0 / 256.0 * (2 * s + 1) as f64 / 10.0;
+    assert!((records[s].lr - want).abs() < 1e-12, "lr {} vs {want} at step {s}", records[s].lr);
+    assert_eq!(common::summary_without_time(&mid).len(), 2, "header + 1 epoch");
+
     let resumed = launch(free_port(), &["train", "--resume", run.to_str().unwrap()], None);
     assert!(resumed.status.success(), "{}", text(&resumed));
     assert_eq!(history(&run), history(&tmp.path().join("runs/whole")));
