@@ -346,6 +346,7 @@ fn low_precision_output_rounds_the_fp32_result_once() {
 fn bn_site(
     implementation: ActImpl,
     kind: ActKind,
+    clamp: Option<f64>,
     z: &Tensor,
     residual: Option<&Tensor>,
     train: bool,
@@ -356,6 +357,7 @@ fn bn_site(
     let bn = nn::batch_norm2d(&vs.root() / "bn", c, Default::default());
     let mut cfg = ActConfig::new(kind, 3);
     cfg.implementation = implementation;
+    cfg.clamp = clamp;
     let act = Activation::new(&vs.root() / "act", cfg);
     tch::no_grad(|| {
         // Values away from the defaults, the same for every call (seeded).
@@ -387,8 +389,8 @@ fn bn_site(
         };
         let op = if kind == ActKind::Polyrelu { PolyCom::PolyRelu } else { PolyCom::PolyNorm };
         let (w, b) = (&params["act.weight"], &params["act.bias"]);
-        ffi::bn_polycom(op, &z, &args, residual.as_ref(), (w, b), POLYNORM_EPS, false)
-            .expect("fused operator runs")
+        let act = ffi::PolyComArgs { op, w, b, eps: POLYNORM_EPS, lowp_out: false, clamp };
+        ffi::bn_polycom(&z, &args, residual.as_ref(), &act).expect("fused operator runs")
     } else {
         act.forward_bn(&bn, &z, residual.as_ref(), train)
     };
@@ -414,8 +416,8 @@ fn bn_site(
 /// (`ActImpl::Fused` in the ResNet) computes what libtorch's BatchNorm followed by the fused
 /// activation computes: the same output and running statistics bit for bit (the same kernels
 /// run), and the same gradients from the recomputed activation input, for both activations, in
-/// training and eval mode, NCHW and channels_last, with and without a residual of z's or a wider
-/// type, in fp64, fp32 and bf16.
+/// training and eval mode, with the `act_clamp` remedy, NCHW and channels_last, with and without
+/// a residual of z's or a wider type, in fp64, fp32 and bf16.
 #[test]
 fn batch_norm_folded_into_the_activation_changes_no_value() {
     tch::manual_seed(12);
@@ -428,13 +430,14 @@ fn batch_norm_folded_into_the_activation_changes_no_value() {
                 layouts(&base.to_kind(dtype)).into_iter().filter(|(_, z)| z.size() == base.size())
             {
                 for residual in [None, Some(identity.to_kind(dtype)), Some(identity.to_kind(Kind::Float))] {
-                    for train in [true, false] {
+                    for (train, clamp) in [(true, None), (false, None), (true, Some(0.75))] {
                         let label = format!(
-                            "{kind:?} {dtype:?} {layout} residual {:?} train {train}",
+                            "{kind:?} {dtype:?} {layout} residual {:?} train {train} clamp {clamp:?}",
                             residual.as_ref().map(|r| r.kind())
                         );
-                        let folded = bn_site(ActImpl::Fused, kind, &z, residual.as_ref(), train, &gy);
-                        let separate = bn_site(ActImpl::FusedAct, kind, &z, residual.as_ref(), train, &gy);
+                        let folded = bn_site(ActImpl::Fused, kind, clamp, &z, residual.as_ref(), train, &gy);
+                        let separate =
+                            bn_site(ActImpl::FusedAct, kind, clamp, &z, residual.as_ref(), train, &gy);
                         assert_eq!(folded.len(), separate.len());
                         for ((name, a), (_, b)) in folded.iter().zip(&separate) {
                             if ["y", "running_mean", "running_var"].contains(name) {

@@ -163,6 +163,7 @@ pub fn run(a: CheckActArgs) -> Result<()> {
     }
     Ok(())
 }
+
 /// One BatchNorm + activation site on `device`, folded (`ffi::bn_polycom`) or separate
 /// (libtorch's BatchNorm, the add, `ffi::polycom`): y, the running statistics after it, and the
 /// gradients of (z, gamma, beta, residual, w, b).
@@ -200,7 +201,8 @@ fn bn_site(
             momentum: 0.1,
             eps: 1e-5,
         };
-        ffi::bn_polycom(op, &z, &args, residual.as_ref(), (&w, &b), POLYNORM_EPS, lowp_out)?
+        let act = ffi::PolyComArgs { op, w: &w, b: &b, eps: POLYNORM_EPS, lowp_out, clamp: None };
+        ffi::bn_polycom(&z, &args, residual.as_ref(), &act)?
     } else {
         let x = z.batch_norm(
             Some(&gamma),

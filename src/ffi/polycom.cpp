@@ -234,17 +234,18 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
                             const at::Tensor &beta_in, const at::Tensor &identity_in, const at::Tensor &w,
                             const at::Tensor &b,
                             const at::Tensor &running_mean, const at::Tensor &running_var, bool train,
-                            double momentum, double bn_eps, int64_t kind, double eps, bool lowp_out) {
+                            double momentum, double bn_eps, int64_t kind, double eps, bool lowp_out, double clamp) {
     // Empty tensors stand for absent ones (see bn_act).
     auto opt = [](const at::Tensor &t) { return t.numel() == 0 && t.dim() == 1 ? at::Tensor() : t; };
     return forward_impl(ctx, z, opt(gamma_in), opt(beta_in), opt(identity_in), w, b, running_mean, running_var, train,
-                        momentum, bn_eps, kind, eps, lowp_out);
+                        momentum, bn_eps, kind, eps, lowp_out, clamp);
   }
 
   static at::Tensor forward_impl(AutogradContext *ctx, const at::Tensor &z, const at::Tensor &gamma,
                                  const at::Tensor &beta, const at::Tensor &identity, const at::Tensor &w,
                                  const at::Tensor &b, const at::Tensor &running_mean, const at::Tensor &running_var,
-                                 bool train, double momentum, double bn_eps, int64_t kind, double eps, bool lowp_out) {
+                                 bool train, double momentum, double bn_eps, int64_t kind, double eps, bool lowp_out,
+                                 double clamp) {
     if (z.dim() < 2) throw std::invalid_argument("fused BatchNorm + activation: input needs a channel axis");
     if (identity.defined() && identity.sizes() != z.sizes())
       throw std::invalid_argument("fused BatchNorm + activation: residual and input differ in shape");
@@ -252,6 +253,7 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
                                          at::globalContext().userEnabledCuDNN());
     at::Tensor x = std::get<0>(bn);
     if (identity.defined()) x = x + identity;
+    if (clamp > 0) x = x.clamp(-clamp, clamp);  // the stability remedy `act_clamp`
     auto f = kind == 1 ? polynorm_forward(x, w, b, eps, lowp_out) : polyrelu_forward(x, w, b, lowp_out);
     // Eval mode normalises with the running statistics, which the backward then needs; in
     // training they were updated in place above and are not read again.
@@ -263,12 +265,13 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     ctx->saved_data["bn_eps"] = bn_eps;
     ctx->saved_data["kind"] = kind;
     ctx->saved_data["lowp_out"] = lowp_out;
+    ctx->saved_data["clamp"] = clamp;
     ctx->saved_data["x_type"] = static_cast<int64_t>(x.scalar_type());
     return f.y;
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
-    const int kNumInputs = 14;
+    const int kNumInputs = 15;
     if (!grads[0].defined()) return variable_list(kNumInputs);
     auto s = ctx->get_saved_variables();
     const auto &z = s[0], &gamma = s[1], &beta = s[2], &identity = s[3], &w = s[4], &b = s[5];
@@ -292,11 +295,19 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     auto x = at::addcmul(shift.view(per_channel), z, scale.view(per_channel)).to(z.scalar_type());
     if (identity.defined()) x = x + identity;
     x = x.to(x_type);
+    // act_clamp: the activation saw clamp(x); its gradient passes where x was inside (as clamp's).
+    const double clamp = ctx->saved_data["clamp"].toDouble();
+    at::Tensor inside;
+    if (clamp > 0) {
+      inside = x.ge(-clamp).logical_and(x.le(clamp));
+      x = x.clamp(-clamp, clamp);
+    }
 
     auto act = ctx->saved_data["kind"].toInt() == 1 ? polynorm_backward(grads[0], norm_layout(x).x, w, b, rs, lowp_out)
                                                      : polyrelu_backward(grads[0], x, w, b, lowp_out);
     x.reset();
     auto &dx = act[0];
+    if (inside.defined()) dx = dx * inside;
     variable_list out(kNumInputs);
     if (identity.defined() && ctx->needs_input_grad(3)) out[3] = dx.to(identity.scalar_type());
     auto bn = at::_batch_norm_impl_index_backward(
@@ -333,12 +344,12 @@ at::Tensor polyrelu(const at::Tensor &x, const at::Tensor &w, const at::Tensor &
 at::Tensor bn_act(const at::Tensor &z, const at::Tensor &gamma, const at::Tensor &beta, const at::Tensor &identity,
                   const at::Tensor &w, const at::Tensor &b, const at::Tensor &running_mean,
                   const at::Tensor &running_var, bool train, double momentum, double bn_eps, int kind, double eps,
-                  bool lowp_out) {
+                  bool lowp_out, double clamp) {
   if (kind != 0 && kind != 1) throw std::invalid_argument("fused BatchNorm + activation: kind must be 0 or 1");
   // autograd::Function inputs must be defined tensors: an absent one travels as an empty tensor.
   auto present = [&](const at::Tensor &t) { return t.defined() ? t : at::empty({0}, z.options()); };
   return BnActFunction::apply(z, present(gamma), present(beta), present(identity), w, b, running_mean, running_var,
-                              train, momentum, bn_eps, static_cast<int64_t>(kind), eps, lowp_out);
+                              train, momentum, bn_eps, static_cast<int64_t>(kind), eps, lowp_out, clamp);
 }
 
 void set_cpu_isa(int isa) {

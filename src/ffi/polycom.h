@@ -17,10 +17,11 @@ at::Tensor polyrelu(const at::Tensor &x, const at::Tensor &w, const at::Tensor &
 // act(batch_norm(z) [+ identity]) as one differentiable node that saves z instead of the
 // activation's input (kind 0 = PolyReLU, 1 = PolyNorm; identity may be undefined). Batch norm is
 // libtorch's, in training or eval mode, updating the running statistics as `at::batch_norm`.
+// clamp > 0: the activation's input is clamped to [-clamp, clamp] first (`act_clamp`).
 at::Tensor bn_act(const at::Tensor &z, const at::Tensor &gamma, const at::Tensor &beta, const at::Tensor &identity,
                   const at::Tensor &w, const at::Tensor &b, const at::Tensor &running_mean,
                   const at::Tensor &running_var, bool train, double momentum, double bn_eps, int kind, double eps,
-                  bool lowp_out);
+                  bool lowp_out, double clamp);
 
 // (dw, db) of w's and b's types from the k + 1 sums [dw_1..dw_k, db] (any device).
 std::pair<at::Tensor, at::Tensor> coef_grads(const at::Tensor &sums, const at::Tensor &w, const at::Tensor &b);

@@ -328,12 +328,12 @@ int rt_cpu_memory_tracking(int64_t *current, int64_t *peak, int reset_peak, char
 
 int rt_bn_act_apply(int kind, rt_tensor z, rt_tensor gamma, rt_tensor beta, rt_tensor identity, rt_tensor w,
                     rt_tensor b, rt_tensor running_mean, rt_tensor running_var, int train, double momentum,
-                    double bn_eps, double eps, int lowp_out, rt_tensor *out, char **err) {
+                    double bn_eps, double eps, int lowp_out, double clamp, rt_tensor *out, char **err) {
   return guarded(err, [&] {
     auto opt = [](rt_tensor t) { return t ? *static_cast<at::Tensor *>(t) : at::Tensor(); };
     *out = new at::Tensor(rt_polycom::bn_act(opt(z), opt(gamma), opt(beta), opt(identity), opt(w), opt(b),
                                              opt(running_mean), opt(running_var), train != 0, momentum, bn_eps, kind,
-                                             eps, lowp_out != 0));
+                                             eps, lowp_out != 0, clamp));
   });
 }
 

@@ -81,10 +81,11 @@ int rt_polycom_apply(int kind, rt_tensor x, rt_tensor w, rt_tensor b, double eps
                      char **err);
 // act(batch_norm(z) [+ identity]) as one differentiable node (polycom.cpp, BnActFunction): kind and
 // the activation's arguments as rt_polycom_apply; gamma, beta, identity may be NULL; batch norm
-// in training (train != 0, updating the running statistics with `momentum`) or eval mode.
+// in training (train != 0, updating the running statistics with `momentum`) or eval mode; clamp > 0
+// clamps the activation's input to [-clamp, clamp].
 int rt_bn_act_apply(int kind, rt_tensor z, rt_tensor gamma, rt_tensor beta, rt_tensor identity, rt_tensor w,
                     rt_tensor b, rt_tensor running_mean, rt_tensor running_var, int train, double momentum,
-                    double bn_eps, double eps, int lowp_out, rt_tensor *out, char **err);
+                    double bn_eps, double eps, int lowp_out, double clamp, rt_tensor *out, char **err);
 // CPU kernels: 0 = the best this CPU runs, 1 = portable, 2 = AVX2+FMA; *out: the one in use.
 int rt_polycom_set_cpu_isa(int isa, char **err);
 int rt_polycom_cpu_isa(int *out, char **err);

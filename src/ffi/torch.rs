@@ -125,6 +125,7 @@ extern "C" {
         bn_eps: f64,
         eps: f64,
         lowp_out: c_int,
+        clamp: f64,
         out: *mut *mut c_void,
         err: *mut *mut c_char,
     ) -> c_int;
@@ -386,20 +387,28 @@ pub struct BatchNormArgs<'a> {
     pub eps: f64,
 }
 
+/// The activation of `bn_polycom`: as `polycom`'s arguments, and `act_clamp`'s bound (the
+/// activation's input clamped to [-c, c] first).
+pub struct PolyComArgs<'a> {
+    pub op: PolyCom,
+    pub w: &'a Tensor,
+    pub b: &'a Tensor,
+    pub eps: f64,
+    pub lowp_out: bool,
+    pub clamp: Option<f64>,
+}
+
 /// `polycom(op, batch_norm(z) [+ identity], w, b, ...)` as one differentiable operator that keeps z
 /// for the backward instead of the activation's input (recomputed there in one pass). Batch norm
 /// is libtorch's, with the same values and running-statistics update as `Tensor::batch_norm`.
 pub fn bn_polycom(
-    op: PolyCom,
     z: &Tensor,
     bn: &BatchNormArgs,
     identity: Option<&Tensor>,
-    (w, b): (&Tensor, &Tensor),
-    eps: f64,
-    lowp_out: bool,
+    act: &PolyComArgs,
 ) -> Result<Tensor> {
     let ptr = |t: Option<&Tensor>| t.map_or(std::ptr::null_mut(), |t| t.as_ptr() as *mut c_void);
-    let kind = match op {
+    let kind = match act.op {
         PolyCom::PolyRelu => 0,
         PolyCom::PolyNorm => 1,
     };
@@ -413,15 +422,16 @@ pub fn bn_polycom(
             ptr(bn.gamma),
             ptr(bn.beta),
             ptr(identity),
-            ptr(Some(w)),
-            ptr(Some(b)),
+            ptr(Some(act.w)),
+            ptr(Some(act.b)),
             ptr(Some(bn.running_mean)),
             ptr(Some(bn.running_var)),
             bn.train as c_int,
             bn.momentum,
             bn.eps,
-            eps,
-            lowp_out as c_int,
+            act.eps,
+            act.lowp_out as c_int,
+            act.clamp.unwrap_or(0.0),
             &mut out,
             e,
         )

@@ -73,7 +73,8 @@ pub enum ActImpl {
     /// In the ResNet, the BatchNorm before each site (and the residual add before the last site
     /// of a block) joins the same autograd node, which then keeps the BatchNorm input instead of
     /// the activation's input and recomputes the latter in its backward: a PolyCom site holds
-    /// what a ReLU site holds (not with `act_clamp`, SyncBatchNorm or drop path at that site).
+    /// what a ReLU site holds (not inside a SyncBatchNorm scope, nor at a block's last site with
+    /// drop path in training).
     #[default]
     Fused,
     /// The fused activation alone, after libtorch's BatchNorm (saves the activation's input).
@@ -228,7 +229,7 @@ impl Activation {
     ) -> Option<Tensor> {
         let (w, b) = self.params.as_ref()?;
         let synced_bn = train && crate::dist::sync_bn_ranks().is_some();
-        if self.cfg.implementation != ActImpl::Fused || self.cfg.clamp.is_some() || synced_bn {
+        if self.cfg.implementation != ActImpl::Fused || synced_bn {
             return None;
         }
         // The activation's input type: z's, or the promotion of z's and the residual's.
@@ -252,7 +253,15 @@ impl Activation {
             momentum: super::sync_bn::MOMENTUM,
             eps: super::sync_bn::EPS,
         };
-        match ffi::bn_polycom(self.op(), z, &args, residual, (w, b), POLYNORM_EPS, self.cfg.out_lowp) {
+        let act = ffi::PolyComArgs {
+            op: self.op(),
+            w,
+            b,
+            eps: POLYNORM_EPS,
+            lowp_out: self.cfg.out_lowp,
+            clamp: self.cfg.clamp,
+        };
+        match ffi::bn_polycom(z, &args, residual, &act) {
             Ok(y) => Some(y),
             Err(e) => {
                 // Only an internal fault gets here (shapes and types were checked above).
