@@ -378,15 +378,7 @@ fn bn_site(
     let y = if implementation == ActImpl::Fused {
         // The operator itself (Activation::forward_bn would fall back to separate operators with
         // a warning if it failed).
-        let args = ffi::BatchNormArgs {
-            gamma: bn.ws.as_ref(),
-            beta: bn.bs.as_ref(),
-            running_mean: &bn.running_mean,
-            running_var: &bn.running_var,
-            train,
-            momentum: 0.1,
-            eps: 1e-5,
-        };
+        let args = resnet_train::model::sync_bn::args(&bn, train);
         let op = if kind == ActKind::Polyrelu { PolyCom::PolyRelu } else { PolyCom::PolyNorm };
         let (w, b) = (&params["act.weight"], &params["act.bias"]);
         let act = ffi::PolyComArgs { op, w, b, eps: POLYNORM_EPS, lowp_out: false, clamp };

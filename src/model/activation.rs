@@ -244,15 +244,7 @@ impl Activation {
         if !self.fused_applies(x_kind, z.dim(), z.device()) {
             return None;
         }
-        let args = ffi::BatchNormArgs {
-            gamma: bn.ws.as_ref(),
-            beta: bn.bs.as_ref(),
-            running_mean: &bn.running_mean,
-            running_var: &bn.running_var,
-            train,
-            momentum: super::sync_bn::MOMENTUM,
-            eps: super::sync_bn::EPS,
-        };
+        let args = super::sync_bn::args(bn, train);
         let act = ffi::PolyComArgs {
             op: self.op(),
             w,

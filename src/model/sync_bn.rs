@@ -13,8 +13,21 @@ use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
 /// What `crate::model::resnet::bn` builds: torch.nn.BatchNorm2d's defaults.
-pub const EPS: f64 = 1e-5;
-pub const MOMENTUM: f64 = 0.1;
+const EPS: f64 = 1e-5;
+const MOMENTUM: f64 = 0.1;
+
+/// `bn`'s tensors and settings as the fused BatchNorm + activation operator takes them.
+pub fn args(bn: &nn::BatchNorm, train: bool) -> crate::ffi::BatchNormArgs<'_> {
+    crate::ffi::BatchNormArgs {
+        gamma: bn.ws.as_ref(),
+        beta: bn.bs.as_ref(),
+        running_mean: &bn.running_mean,
+        running_var: &bn.running_var,
+        train,
+        momentum: MOMENTUM,
+        eps: EPS,
+    }
+}
 
 /// `bn.forward_t(x, train)`, over all ranks when a SyncBatchNorm scope is active and `train`.
 pub fn batch_norm(bn: &nn::BatchNorm, x: &Tensor, train: bool) -> Tensor {
