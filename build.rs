@@ -37,6 +37,16 @@ fn main() {
     let mut shim = torch_build();
     shim.file("src/ffi/shim.cpp").file("src/ffi/polycom.cpp").file("src/ffi/polycom_cuda.cpp");
     jobs.push(Box::new(move || shim.compile("resnet_train_shim")));
+    // The CUDA kernels' source as host C++ under the SIMT emulator (no ATen headers: fast).
+    let mut simt = cc::Build::new();
+    simt.cpp(true)
+        .file("src/ffi/simt_host.cpp")
+        .file("src/ffi/polycom_cuda_sim.cpp")
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .opt_level(2)
+        .warnings(false);
+    jobs.push(Box::new(move || simt.compile("resnet_train_simt")));
 
     // c10d (TCPStore, ProcessGroupGloo) against a stub of gloo's headers: the wheel ships c10d's
     // headers but not gloo's, while libtorch_cpu.so contains gloo (see src/ffi/gloo_stub/).
@@ -97,6 +107,10 @@ fn main() {
         "polycom_cpu.cpp",
         "polycom_cuda.cpp",
         "polycom.cu",
+        "polycom_cuda_sim.cpp",
+        "polycom_cuda_sim.h",
+        "simt_host.cpp",
+        "simt_host.h",
         "dist.cpp",
         "dist_nccl.cpp",
         "guarded.h",

@@ -168,22 +168,44 @@ fn ablate_from_the_shipped_config_with_flags_and_its_errors() {
     assert!(code != 0 && err.contains("demo.toml") && err.contains("unknown field"), "{err}");
 }
 
-/// `check-act` (the first command to run on a GPU) on the CPU: every case agrees with the eager
-/// path, and BatchNorm folded into the operator with the separate operators; a device without
-/// the fused kernels is a clear error.
-#[test]
-fn check_act_on_cpu_passes_every_case() {
-    let (code, out, err) = run(&["check-act", "--device", "cpu"]);
+/// Runs `check-act` with `args` and asserts that every case passed: 672 fused-vs-eager cases (448,
+/// and 224 with act_out_lowp for bf16/fp16 inputs) and 96 folded-BatchNorm cases (2 ops x 2
+/// layouts x 2 residuals x 2 modes x 6 type settings), each summary naming `device`.
+fn assert_check_act_passes(args: &[&str], device: &str) {
+    let (code, out, err) = run(args);
     assert_eq!(code, 0, "{out}\n{err}");
     let summaries: Vec<serde_json::Value> =
         out.lines().rev().take(2).map(|l| serde_json::from_str(l).expect("a JSON summary")).collect();
     let (fused, folded) = (&summaries[1], &summaries[0]);
     assert_eq!((&fused["check"], &fused["failures"]), (&"fused-vs-eager".into(), &0.into()), "{out}");
-    assert_eq!(fused["cases"], 672, "{out}"); // 448, and 224 with act_out_lowp (bf16/fp16 inputs)
-                                              // BatchNorm folded in vs separate: 2 ops x 2 layouts x 2 residuals x 2 modes x 6 type settings.
+    assert_eq!(fused["cases"], 672, "{out}");
     assert_eq!((&folded["check"], &folded["failures"]), (&"bn-fold".into(), &0.into()), "{out}");
     assert_eq!(folded["cases"], 96, "{out}");
+    assert_eq!((&fused["device"], &folded["device"]), (&device.into(), &device.into()), "{out}");
+}
+
+/// `check-act` (the first command to run on a GPU) on the CPU: every case agrees with the eager
+/// path, and BatchNorm folded into the operator with the separate operators; a device without
+/// the fused kernels is a clear error.
+#[test]
+fn check_act_on_cpu_passes_every_case() {
+    assert_check_act_passes(&["check-act", "--device", "cpu"], "Cpu");
     let (code, _, err) = run(&["check-act", "--device", "cuda:7"]);
     assert_ne!(code, 0);
     assert!(err.contains("--device cuda:7"), "{err}");
+}
+
+/// The CUDA kernels' own source (src/ffi/polycom.cu), compiled for the host and run under the
+/// SIMT emulator, passes the same cases as on a GPU: their indexing, reductions, shuffles and
+/// bf16/fp16 rounding are checked on every machine, not only when a GPU is lent. (The emulator
+/// itself: tests/fused_activation.rs `simt_emulator_reports_misused_shuffles`.)
+#[test]
+fn check_act_simulating_the_cuda_kernels_passes_every_case() {
+    assert_check_act_passes(
+        &["check-act", "--device", "cpu", "--simulate-cuda"],
+        "Cpu (CUDA kernels, simulated)",
+    );
+    let (code, _, err) = run(&["check-act", "--device", "cuda:0", "--simulate-cuda"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--simulate-cuda") && err.contains("--device cpu"), "{err}");
 }

@@ -571,3 +571,70 @@ fn cuda_kernels_compile_with_nvrtc() {
         assert!(log.is_none(), "polycom.cu does not compile for {arch}:\n{}", log.unwrap_or_default());
     }
 }
+
+/// The SIMT emulator that runs the CUDA kernels' source on the CPU (`check-act --simulate-cuda`,
+/// tests/cli.rs): a correct kernel computes the closed form through warp shuffles and
+/// `__syncthreads`; lanes that exit before a full-warp shuffle, or threads waiting at different
+/// `__syncthreads` calls - bugs a GPU runs through silently - are errors that say so.
+#[test]
+fn simt_emulator_reports_misused_shuffles() {
+    let (blocks, threads) = (3u32, 256u32);
+    let sums =
+        ffi::simt_selftest(ffi::SimtSelftest::Correct, blocks, threads).expect("a correct kernel runs");
+    for (block, sum) in sums.iter().enumerate() {
+        let first = block as f64 * threads as f64;
+        let closed_form = threads as f64 * (2.0 * first + threads as f64 - 1.0) / 2.0;
+        assert_eq!(*sum, closed_form, "block {block}");
+    }
+    let err = ffi::simt_selftest(ffi::SimtSelftest::LanesExitBeforeShuffle, 2, 64).unwrap_err().to_string();
+    assert!(err.contains("block 0, warp 0: 16 lanes at a full-warp shuffle while 16 have exited"), "{err}");
+    let err = ffi::simt_selftest(ffi::SimtSelftest::DivergentBarrier, 1, 64).unwrap_err().to_string();
+    assert!(err.contains("divergent __syncthreads (32 threads wait at one call, 32 at another)"), "{err}");
+}
+
+/// The simulated kernels convert fp16 as the GPU's cvt instructions do, checked against
+/// libtorch's own conversions: all 65,536 fp16 values to fp32 and back (NaNs stay NaN), and
+/// fp32 values - random, subnormal in fp16, beyond fp16's range, and the exact midpoints between
+/// neighbouring fp16 values - rounded to nearest even, to the bit.
+#[test]
+fn simulated_fp16_conversions_match_libtorch() {
+    let all_bits: Vec<i16> = (0..=u16::MAX).map(|b| b as i16).collect();
+    let as_float: Vec<f32> =
+        Vec::try_from(Tensor::from_slice(&all_bits).view_dtype(Kind::Half).to_kind(Kind::Float))
+            .expect("fp32 values");
+    let (bits, back) = ffi::simt_half_conversions(&as_float).expect("conversions run");
+    for (i, f) in as_float.iter().enumerate() {
+        if f.is_nan() {
+            assert!(back[i].is_nan() && bits[i] & 0x7c00 == 0x7c00 && bits[i] & 0x3ff != 0, "NaN {i:#06x}");
+        } else {
+            assert_eq!((bits[i], back[i].to_bits()), (i as u16, f.to_bits()), "fp16 {i:#06x}");
+        }
+    }
+    // Midpoints between neighbouring finite fp16 values (exact in fp32), ties to even.
+    let mut values: Vec<f32> = (0..0x7bffu16)
+        .map(|b| (as_float[b as usize] as f64 + as_float[b as usize + 1] as f64) as f32 / 2.0)
+        .flat_map(|m| [m, -m])
+        .collect();
+    tch::manual_seed(7);
+    for scale in [1e-8, 1e-6, 1e-4, 1.0, 300.0, 6e4, 7e4, 1e6] {
+        let r = Tensor::randn([4096], (Kind::Float, Device::Cpu)) * scale;
+        values.extend(Vec::<f32>::try_from(r).expect("floats"));
+    }
+    values.extend([
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        65504.0,
+        65519.99,
+        65520.0,
+        f32::MIN_POSITIVE,
+    ]);
+    let want: Vec<i16> =
+        Vec::try_from(Tensor::from_slice(&values).to_kind(Kind::Half).view_dtype(Kind::Int16))
+            .expect("fp16 bits");
+    let (bits, _) = ffi::simt_half_conversions(&values).expect("conversions run");
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(bits[i], want[i] as u16, "fp32 {v:e} ({:#010x})", v.to_bits());
+    }
+}

@@ -18,22 +18,28 @@ pub struct CheckActArgs {
     /// One JSON line per case instead of a summary.
     #[arg(long)]
     pub json: bool,
+    /// Check the CUDA kernels' source without a GPU: compiled for the host, run on the CPU under a
+    /// SIMT emulator (src/ffi/simt_host.h) that models warps, shuffles and __syncthreads and
+    /// reports misuse of them. Needs --device cpu.
+    #[arg(long)]
+    pub simulate_cuda: bool,
 }
 
-/// y and the gradients w.r.t. x, w and b of sum(f(x, w, b) * gy).
+/// y and the gradients w.r.t. x, w and b of sum(f(x, w, b) * gy); a failing kernel (forward or
+/// backward) is an error, not a panic.
 fn value_and_grads(
-    f: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+    f: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
     x: &Tensor,
     w: &Tensor,
     b: &Tensor,
     gy: &Tensor,
-) -> [Tensor; 4] {
+) -> Result<[Tensor; 4]> {
     let x = x.detach().set_requires_grad(true);
     let w = w.detach().set_requires_grad(true);
     let b = b.detach().set_requires_grad(true);
-    let y = f(&x, &w, &b);
-    (&y * gy.to_kind(y.kind())).sum(y.kind()).backward();
-    [y.detach(), x.grad(), w.grad(), b.grad()]
+    let y = f(&x, &w, &b)?;
+    (&y * gy.to_kind(y.kind())).sum(y.kind()).f_backward().map_err(|e| Error::Torch(e.to_string()))?;
+    Ok([y.detach(), x.grad(), w.grad(), b.grad()])
 }
 
 /// max |a - b| / max |b|, in f64.
@@ -51,6 +57,16 @@ fn abs_err(a: &Tensor, b: &Tensor, scale: &Tensor) -> f64 {
 
 pub fn run(a: CheckActArgs) -> Result<()> {
     let device = crate::runtime::parse_device(&a.device)?;
+    if a.simulate_cuda {
+        if device != Device::Cpu {
+            return Err(Error::Usage(
+                "--simulate-cuda runs the CUDA kernels on the CPU: use --device cpu".into(),
+            ));
+        }
+        ffi::set_polycom_cuda_simulation(true)?;
+    }
+    let device_name =
+        if a.simulate_cuda { "Cpu (CUDA kernels, simulated)".to_string() } else { format!("{device:?}") };
     if !fused_runs_on(device) {
         return Err(Error::Usage(format!(
             "the fused activations do not run on {device:?} (see the warning above)"
@@ -95,16 +111,26 @@ pub fn run(a: CheckActArgs) -> Result<()> {
                                     y
                                 }
                             };
-                            let want = value_and_grads(eager, &x, &w, &b, &gy);
-                            let got = value_and_grads(
-                                |x, w, b| {
-                                    ffi::polycom(op, x, w, b, POLYNORM_EPS, lowp_out).expect("fused operator")
-                                },
-                                &x,
-                                &w,
-                                &b,
-                                &gy,
-                            );
+                            let want = value_and_grads(|x, w, b| Ok(eager(x, w, b)), &x, &w, &b, &gy)?;
+                            let case = serde_json::json!({
+                                "op": format!("{op:?}"), "order": order, "dtype": format!("{dtype:?}"), "shape": name,
+                                "channels_last": channels_last, "lowp_out": lowp_out,
+                            });
+                            let fused = |x: &Tensor, w: &Tensor, b: &Tensor| {
+                                ffi::polycom(op, x, w, b, POLYNORM_EPS, lowp_out)
+                            };
+                            let got = match value_and_grads(fused, &x, &w, &b, &gy) {
+                                Ok(got) => got,
+                                Err(e) => {
+                                    cases += 1;
+                                    failures += 1;
+                                    println!(
+                                        "{}",
+                                        serde_json::json!({"case": case, "ok": false, "error": e.to_string()})
+                                    );
+                                    continue;
+                                }
+                            };
                             // dw and db: against the sum of the terms' magnitudes (they cancel).
                             let abs64 = |t: &Tensor| t.to_kind(Kind::Double).abs();
                             let eager64 = |x: &Tensor, w: &Tensor, b: &Tensor| match op {
@@ -112,7 +138,13 @@ pub fn run(a: CheckActArgs) -> Result<()> {
                                 PolyCom::PolyNorm => polynorm(x, w, b, NormAxis::Channel),
                             };
                             let (w64, b64) = (w.to_kind(Kind::Double), b.to_kind(Kind::Double));
-                            let scale = value_and_grads(eager64, &abs64(&x), &w64, &b64, &gy.abs());
+                            let scale = value_and_grads(
+                                |x, w, b| Ok(eager64(x, w, b)),
+                                &abs64(&x),
+                                &w64,
+                                &b64,
+                                &gy.abs(),
+                            )?;
                             let errs: Vec<f64> = (0..4)
                                 .map(|i| {
                                     if i < 2 {
@@ -133,8 +165,7 @@ pub fn run(a: CheckActArgs) -> Result<()> {
                             cases += 1;
                             failures += usize::from(!ok);
                             let row = serde_json::json!({
-                                "op": format!("{op:?}"), "order": order, "dtype": format!("{dtype:?}"), "shape": name,
-                                "channels_last": channels_last, "lowp_out": lowp_out, "ok": ok,
+                                "case": case, "ok": ok,
                                 "rel_err": {"y": errs[0], "dx": errs[1], "dw": errs[2], "db": errs[3]},
                             });
                             if a.json || !ok {
@@ -148,12 +179,12 @@ pub fn run(a: CheckActArgs) -> Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"check": "fused-vs-eager", "device": format!("{device:?}"), "cases": cases, "failures": failures})
+        serde_json::json!({"check": "fused-vs-eager", "device": device_name, "cases": cases, "failures": failures})
     );
     let (bn_cases, bn_failures) = check_bn_fold(device, a.json)?;
     println!(
         "{}",
-        serde_json::json!({"check": "bn-fold", "device": format!("{device:?}"), "cases": bn_cases, "failures": bn_failures})
+        serde_json::json!({"check": "bn-fold", "device": device_name, "cases": bn_cases, "failures": bn_failures})
     );
     if failures + bn_failures > 0 {
         return Err(Error::Torch(format!(
@@ -220,7 +251,7 @@ fn bn_site(
         };
         ffi::polycom(op, &x, &w, &b, POLYNORM_EPS, lowp_out)?
     };
-    (&y * gy.to_kind(y.kind())).sum(Kind::Float).backward();
+    (&y * gy.to_kind(y.kind())).sum(Kind::Float).f_backward().map_err(|e| Error::Torch(e.to_string()))?;
     let mut out =
         vec![y.detach(), running_mean, running_var, z.grad(), gamma.grad(), beta.grad(), w.grad(), b.grad()];
     if let Some(r) = residual {

@@ -112,6 +112,9 @@ std::vector<at::Tensor> cpu_coef_grads(const at::Tensor &dx, double *gc, int k, 
   return {dx, dw, db};
 }
 
+// The CUDA kernels serve CUDA tensors, and CPU tensors while they are simulated (cuda::simulated).
+bool cuda_kernels(const at::Tensor &x) { return x.is_cuda() || cuda::simulated(); }
+
 struct Forward {
   at::Tensor y, saved_x, rs;
 };
@@ -123,10 +126,10 @@ Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
   check_coefs(x_in, w, b);
   auto [x, shape] = norm_layout(x_in);
   const int k = static_cast<int>(w.numel());
-  auto y = at::empty_like(x, x.options().dtype(x.is_cuda() ? out_type(x, lowp_out) : acc_type(x)));
+  auto y = at::empty_like(x, x.options().dtype(cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x)));
   auto rs = at::empty({shape.outer, k, shape.inner}, x.options().dtype(acc_type(x)));
   if (x.numel() > 0) {
-    if (x.is_cuda()) {
+    if (cuda_kernels(x)) {
       cuda::polynorm_forward(x, w, b, eps, shape, y, rs);
     } else {
       cpu_kernels().polynorm_forward(dtype_of(x), x.const_data_ptr(), y.data_ptr(), rs.data_ptr(), shape,
@@ -140,9 +143,9 @@ std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Ten
                                           const at::Tensor &b, const at::Tensor &rs, bool lowp_out) {
   auto shape = norm_layout(x).shape;  // x was saved in its kernel layout: no copy here
   const int k = static_cast<int>(w.numel());
-  auto gy = like(gy_in, x, x.is_cuda() ? out_type(x, lowp_out) : acc_type(x));
+  auto gy = like(gy_in, x, cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x));
   auto dx = at::empty_like(x);
-  if (x.is_cuda()) {
+  if (cuda_kernels(x)) {
     auto [dw, db] = cuda::polynorm_backward(x, gy, rs, w, b, shape, dx);
     return {dx, dw, db};
   }
@@ -157,9 +160,9 @@ Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
   check_coefs(x_in, w, b);
   // Elementwise: any dense layout will do, as long as x, y, dy and dx share it.
   auto x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
-  auto y = at::empty_like(x, x.options().dtype(x.is_cuda() ? out_type(x, lowp_out) : acc_type(x)));
+  auto y = at::empty_like(x, x.options().dtype(cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x)));
   if (x.numel() > 0) {
-    if (x.is_cuda()) {
+    if (cuda_kernels(x)) {
       cuda::polyrelu_forward(x, w, b, y);
     } else {
       cpu_kernels().polyrelu_forward(dtype_of(x), x.const_data_ptr(), y.data_ptr(), x.numel(), host_coefs(w, b));
@@ -171,9 +174,9 @@ Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
 std::vector<at::Tensor> polyrelu_backward(const at::Tensor &gy_in, const at::Tensor &x, const at::Tensor &w,
                                           const at::Tensor &b, bool lowp_out) {
   const int k = static_cast<int>(w.numel());
-  auto gy = like(gy_in, x, x.is_cuda() ? out_type(x, lowp_out) : acc_type(x));
+  auto gy = like(gy_in, x, cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x));
   auto dx = at::empty_like(x);
-  if (x.is_cuda()) {
+  if (cuda_kernels(x)) {
     auto [dw, db] = cuda::polyrelu_backward(x, gy, w, b, dx);
     return {dx, dw, db};
   }

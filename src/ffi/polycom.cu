@@ -10,6 +10,13 @@
 // caller (deterministic).
 //
 // Self-contained: no headers (NVRTC has none by default), bf16/fp16 converted by hand / by PTX.
+// The same source also compiles as host C++ (RT_SIMT_HOST, polycom_cuda_sim.cpp) and runs on the
+// CPU under a SIMT emulator (simt_host.h), which is how the tests check these kernels without a GPU.
+
+#ifndef RT_SIMT_HOST
+#define RT_KERNEL extern "C" __global__ void __launch_bounds__(BLOCK)
+#define RT_REGISTER(fn)
+#endif
 
 #define MAX_ORDER 8
 #define BLOCK 256
@@ -23,9 +30,13 @@ __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
 __device__ __forceinline__ float to_acc(bf16_t v) { return __uint_as_float(((unsigned)v.bits) << 16); }
 __device__ __forceinline__ float to_acc(f16_t v) {
+#ifdef RT_SIMT_HOST
+  return ::rt_simt::half_bits_to_float(v.bits);
+#else
   float f;
   asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
   return f;
+#endif
 }
 
 template <typename T> __device__ __forceinline__ T from_acc(float v);
@@ -45,7 +56,11 @@ template <> __device__ __forceinline__ bf16_t from_acc<bf16_t>(float v) {
 }
 template <> __device__ __forceinline__ f16_t from_acc<f16_t>(float v) {
   f16_t r;
+#ifdef RT_SIMT_HOST
+  r.bits = ::rt_simt::float_to_half_bits(v);
+#else
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
+#endif
   return r;
 }
 
@@ -296,31 +311,35 @@ __device__ void polyrelu_bwd(const T *x, const O *gy, T *dx, const A *w, A *part
 // O: the output's (and its gradient's) type: the arithmetic type A, or with the `_lp` tags the
 // low-precision input type itself (`act_out_lowp`).
 
-#define RT_POLYCOM_KERNELS(TAG, T, O, A)                                                                                 \
-  extern "C" __global__ void __launch_bounds__(BLOCK) polynorm_fwd_rows_##TAG(                                       \
-      const T *x, O *y, A *rs, const A *w, const A *b, i64 rows, int C, int k, A eps) {                             \
-    polynorm_fwd_rows<T, O, A>(x, y, rs, w, b, rows, C, k, eps);                                                        \
-  }                                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(BLOCK) polynorm_fwd_cols_##TAG(                                       \
-      const T *x, O *y, A *rs, const A *w, const A *b, i64 outer, int C, i64 inner, int k, A eps) {                  \
-    polynorm_fwd_cols<T, O, A>(x, y, rs, w, b, outer, C, inner, k, eps);                                                \
-  }                                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(BLOCK) polynorm_bwd_rows_##TAG(                                       \
-      const T *x, const O *gy, const A *rs, T *dx, const A *w, A *partials, i64 rows, int C, int k) {                \
-    polynorm_bwd_rows<T, O, A>(x, gy, rs, dx, w, partials, rows, C, k);                                                 \
-  }                                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(BLOCK) polynorm_bwd_cols_##TAG(                                       \
-      const T *x, const O *gy, const A *rs, T *dx, const A *w, A *partials, i64 outer, int C, i64 inner, int k) {    \
-    polynorm_bwd_cols<T, O, A>(x, gy, rs, dx, w, partials, outer, C, inner, k);                                         \
-  }                                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(BLOCK) polyrelu_fwd_##TAG(const T *x, O *y, const A *w, const A *b,  \
-                                                                         i64 n, int k) {                             \
-    polyrelu_fwd<T, O, A>(x, y, w, b, n, k);                                                                            \
-  }                                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(BLOCK) polyrelu_bwd_##TAG(const T *x, const O *gy, T *dx, const A *w, \
-                                                                         A *partials, i64 n, int k) {                \
-    polyrelu_bwd<T, O, A>(x, gy, dx, w, partials, n, k);                                                                \
-  }
+#define RT_POLYCOM_KERNELS(TAG, T, O, A)                                                                     \
+  RT_KERNEL polynorm_fwd_rows_##TAG(const T *x, O *y, A *rs, const A *w, const A *b, i64 rows, int C, int k,   \
+                                    A eps) {                                                                   \
+    polynorm_fwd_rows<T, O, A>(x, y, rs, w, b, rows, C, k, eps);                                               \
+  }                                                                                                            \
+  RT_REGISTER(polynorm_fwd_rows_##TAG)                                                                         \
+  RT_KERNEL polynorm_fwd_cols_##TAG(const T *x, O *y, A *rs, const A *w, const A *b, i64 outer, int C,         \
+                                    i64 inner, int k, A eps) {                                                 \
+    polynorm_fwd_cols<T, O, A>(x, y, rs, w, b, outer, C, inner, k, eps);                                       \
+  }                                                                                                            \
+  RT_REGISTER(polynorm_fwd_cols_##TAG)                                                                         \
+  RT_KERNEL polynorm_bwd_rows_##TAG(const T *x, const O *gy, const A *rs, T *dx, const A *w, A *partials,      \
+                                    i64 rows, int C, int k) {                                                  \
+    polynorm_bwd_rows<T, O, A>(x, gy, rs, dx, w, partials, rows, C, k);                                        \
+  }                                                                                                            \
+  RT_REGISTER(polynorm_bwd_rows_##TAG)                                                                         \
+  RT_KERNEL polynorm_bwd_cols_##TAG(const T *x, const O *gy, const A *rs, T *dx, const A *w, A *partials,      \
+                                    i64 outer, int C, i64 inner, int k) {                                      \
+    polynorm_bwd_cols<T, O, A>(x, gy, rs, dx, w, partials, outer, C, inner, k);                                \
+  }                                                                                                            \
+  RT_REGISTER(polynorm_bwd_cols_##TAG)                                                                         \
+  RT_KERNEL polyrelu_fwd_##TAG(const T *x, O *y, const A *w, const A *b, i64 n, int k) {                       \
+    polyrelu_fwd<T, O, A>(x, y, w, b, n, k);                                                                   \
+  }                                                                                                            \
+  RT_REGISTER(polyrelu_fwd_##TAG)                                                                              \
+  RT_KERNEL polyrelu_bwd_##TAG(const T *x, const O *gy, T *dx, const A *w, A *partials, i64 n, int k) {        \
+    polyrelu_bwd<T, O, A>(x, gy, dx, w, partials, n, k);                                                       \
+  }                                                                                                            \
+  RT_REGISTER(polyrelu_bwd_##TAG)
 
 RT_POLYCOM_KERNELS(f32, float, float, float)
 RT_POLYCOM_KERNELS(f64, double, double, double)

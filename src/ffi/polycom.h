@@ -44,6 +44,10 @@ std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const a
 // Empty when the CUDA kernels can run on `device`; otherwise why not (no libnvrtc, no driver,
 // a compile error).
 std::string unavailable_reason(int device);
+// Simulation: while on, the operators run these kernels on CPU tensors under the SIMT emulator
+// (simt_host.h) instead of the CPU kernels: the CUDA source checked without a GPU.
+void set_simulated(bool on);
+bool simulated();
 // Compiles the kernel source to PTX for `arch` (e.g. "compute_90") with no GPU; empty on success,
 // else NVRTC's log.
 std::string compile_check(const std::string &arch, const std::string &nvrtc_path);

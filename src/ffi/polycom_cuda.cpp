@@ -5,12 +5,14 @@
 // dlopen at first use (PyTorch's CUDA install ships libnvrtc next to its other CUDA libraries),
 // and the handful of driver/NVRTC functions used are declared here with their C ABI types.
 #include "polycom.h"
+#include "polycom_cuda_sim.h"
 
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <dirent.h>
 #include <dlfcn.h>
 
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -253,6 +255,8 @@ struct Runtime {
   }
 };
 
+std::atomic<bool> g_simulated{false};
+
 Runtime &runtime() {
   static Runtime *r = new Runtime();  // never destroyed: kernels may run during static teardown
   return *r;
@@ -273,19 +277,26 @@ const char *tag_of(const at::Tensor &x) {
 
 // Launches `kernel`_<x's type> on x's device and current stream, `blocks` blocks of 256 threads;
 // `kernel`_<x's type>_lp where the output `y` (or its gradient) has x's low-precision type.
+// Simulated: the same kernel, compiled for the host, runs on CPU tensors under the SIMT emulator.
 void launch(const at::Tensor &x, const at::Tensor &y, const std::string &kernel, int64_t blocks,
             std::vector<void *> args) {
   if (blocks <= 0) return;
   if (blocks > 0x7fffffff) throw std::invalid_argument("fused PolyCom: tensor too large for one launch");
+  const bool lowp_out = y.scalar_type() == x.scalar_type() &&
+                        (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
+  const std::string name = kernel + "_" + tag_of(x) + (lowp_out ? "_lp" : "");
+  if (g_simulated.load()) {
+    if (!x.is_cpu()) throw std::invalid_argument("simulated CUDA kernels run on CPU tensors only");
+    sim::launch(name, blocks, kBlock, args.data());
+    return;
+  }
   c10::DeviceGuard guard(x.device());
   auto &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
   auto &mod = rt.module(x.device().index());
   rt.bind_context(x.device().index());
   const c10::Stream stream = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(x.device());
-  const bool lowp_out = y.scalar_type() == x.scalar_type() &&
-                        (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
-  CUfunction f = mod.functions.at(kernel + "_" + tag_of(x) + (lowp_out ? "_lp" : ""));
+  CUfunction f = mod.functions.at(name);
   check(rt.driver,
         rt.driver.launch(f, static_cast<unsigned>(blocks), 1, 1, kBlock, 1, 1, 0, stream.native_handle(), args.data(),
                          nullptr),
@@ -365,6 +376,9 @@ std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const a
   }
   return coef_grads(partials.sum(0), w, b);
 }
+
+void set_simulated(bool on) { g_simulated.store(on); }
+bool simulated() { return g_simulated.load(); }
 
 std::string unavailable_reason(int device) {
   try {

@@ -1,6 +1,7 @@
 // The project's only C++: thin wrappers over ATen APIs that tch 0.24 does not expose.
 #include "shim.h"
 #include "polycom.h"
+#include "polycom_cuda_sim.h"
 #include "guarded.h"
 
 #include <ATen/ATen.h>
@@ -343,6 +344,18 @@ int rt_polycom_set_cpu_isa(int isa, char **err) {
 
 int rt_polycom_cpu_isa(int *out, char **err) {
   return guarded(err, [&] { *out = rt_polycom::cpu_isa(); });
+}
+
+int rt_polycom_set_cuda_simulation(int on, char **err) {
+  return guarded(err, [&] { rt_polycom::cuda::set_simulated(on != 0); });
+}
+
+int rt_simt_selftest(int mode, unsigned blocks, unsigned threads, double *out, char **err) {
+  return guarded(err, [&] { rt_polycom::cuda::sim::selftest(mode, blocks, threads, out); });
+}
+
+int rt_simt_half_conversions(const float *in, unsigned short *bits, float *back, int64_t n, char **err) {
+  return guarded(err, [&] { rt_polycom::cuda::sim::half_conversions(in, bits, back, n); });
 }
 
 int rt_polycom_cuda_unavailable(int device, char **reason, char **err) {

@@ -89,6 +89,11 @@ int rt_bn_act_apply(int kind, rt_tensor z, rt_tensor gamma, rt_tensor beta, rt_t
 // CPU kernels: 0 = the best this CPU runs, 1 = portable, 2 = AVX2+FMA; *out: the one in use.
 int rt_polycom_set_cpu_isa(int isa, char **err);
 int rt_polycom_cpu_isa(int *out, char **err);
+// on != 0: the fused operators run their CUDA kernels on CPU tensors, under the SIMT emulator.
+int rt_polycom_set_cuda_simulation(int on, char **err);
+// The SIMT emulator's self-check and the simulated kernels' fp16 conversions (polycom_cuda_sim.h).
+int rt_simt_selftest(int mode, unsigned blocks, unsigned threads, double *out, char **err);
+int rt_simt_half_conversions(const float *in, unsigned short *bits, float *back, int64_t n, char **err);
 // *reason = NULL when the CUDA kernels run on CUDA device `device`, else a malloc'ed explanation.
 int rt_polycom_cuda_unavailable(int device, char **reason, char **err);
 // Compiles the CUDA kernels for `arch` (e.g. "compute_90", "sm_90") with the NVRTC at `nvrtc_path`

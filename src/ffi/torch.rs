@@ -131,6 +131,21 @@ extern "C" {
     ) -> c_int;
     fn rt_polycom_set_cpu_isa(isa: c_int, err: *mut *mut c_char) -> c_int;
     fn rt_polycom_cpu_isa(out: *mut c_int, err: *mut *mut c_char) -> c_int;
+    fn rt_polycom_set_cuda_simulation(on: c_int, err: *mut *mut c_char) -> c_int;
+    fn rt_simt_selftest(
+        mode: c_int,
+        blocks: u32,
+        threads: u32,
+        out: *mut f64,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn rt_simt_half_conversions(
+        input: *const f32,
+        bits: *mut u16,
+        back: *mut f32,
+        n: i64,
+        err: *mut *mut c_char,
+    ) -> c_int;
     fn rt_polycom_cuda_unavailable(device: c_int, reason: *mut *mut c_char, err: *mut *mut c_char) -> c_int;
     fn rt_polycom_cuda_compile_check(
         arch: *const c_char,
@@ -459,6 +474,47 @@ pub fn polycom_cpu_isa() -> Result<CpuIsa> {
     // SAFETY: valid out-pointer.
     call("fused activation", |e| unsafe { rt_polycom_cpu_isa(&mut out, e) })?;
     Ok(if out == 2 { CpuIsa::Avx2 } else { CpuIsa::Portable })
+}
+
+/// While on, the fused operators run their CUDA kernels' source (compiled for the host) on CPU
+/// tensors under a SIMT emulator (src/ffi/simt_host.h) instead of the CPU kernels: how the CUDA
+/// kernels are checked numerically without a GPU (`check-act --simulate-cuda`). Process-wide.
+pub fn set_polycom_cuda_simulation(on: bool) -> Result<()> {
+    // SAFETY: plain value argument.
+    call("fused activation", |e| unsafe { rt_polycom_set_cuda_simulation(on as c_int, e) })
+}
+
+/// How a kernel run by the SIMT emulator uses warp shuffles and `__syncthreads` (`simt_selftest`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimtSelftest {
+    /// Correctly: every lane shuffles, every thread reaches the barrier.
+    Correct = 0,
+    /// The upper 16 lanes of each warp exit before a full-warp shuffle.
+    LanesExitBeforeShuffle = 1,
+    /// Half the block waits at a `__syncthreads` the other half never reaches.
+    DivergentBarrier = 2,
+}
+
+/// Runs the SIMT emulator's self-check kernel as `blocks` x `threads` (a multiple of 32): the
+/// per-block sums of the threads' global indices, or the emulator's error for a misuse.
+pub fn simt_selftest(mode: SimtSelftest, blocks: u32, threads: u32) -> Result<Vec<f64>> {
+    let mut out = vec![0f64; blocks as usize];
+    // SAFETY: `out` holds one value per block, which is all the kernel writes.
+    call("simt emulator", |e| unsafe {
+        rt_simt_selftest(mode as c_int, blocks, threads, out.as_mut_ptr(), e)
+    })?;
+    Ok(out)
+}
+
+/// The simulated kernels' fp16 conversions: (fp16 bits of each value, rounded to nearest even;
+/// those bits back in fp32).
+pub fn simt_half_conversions(input: &[f32]) -> Result<(Vec<u16>, Vec<f32>)> {
+    let (mut bits, mut back) = (vec![0u16; input.len()], vec![0f32; input.len()]);
+    // SAFETY: three buffers of input.len() elements.
+    call("simt emulator", |e| unsafe {
+        rt_simt_half_conversions(input.as_ptr(), bits.as_mut_ptr(), back.as_mut_ptr(), input.len() as i64, e)
+    })?;
+    Ok((bits, back))
 }
 
 /// Takes ownership of a malloc'ed string from the shim (None for null).
