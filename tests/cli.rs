@@ -168,8 +168,8 @@ fn ablate_from_the_shipped_config_with_flags_and_its_errors() {
     assert!(code != 0 && err.contains("demo.toml") && err.contains("unknown field"), "{err}");
 }
 
-/// Runs `check-act` with `args` and asserts that every case passed: 672 fused-vs-eager cases (448,
-/// and 224 with act_out_lowp for bf16/fp16 inputs) and 96 folded-BatchNorm cases (2 ops x 2
+/// Runs `check-act` with `args` and asserts that every case passed: 768 fused-vs-eager cases (512,
+/// and 256 with act_out_lowp for bf16/fp16 inputs) and 96 folded-BatchNorm cases (2 ops x 2
 /// layouts x 2 residuals x 2 modes x 6 type settings), each summary naming `device`.
 fn assert_check_act_passes(args: &[&str], device: &str) {
     let (code, out, err) = run(args);
@@ -178,7 +178,7 @@ fn assert_check_act_passes(args: &[&str], device: &str) {
         out.lines().rev().take(2).map(|l| serde_json::from_str(l).expect("a JSON summary")).collect();
     let (fused, folded) = (&summaries[1], &summaries[0]);
     assert_eq!((&fused["check"], &fused["failures"]), (&"fused-vs-eager".into(), &0.into()), "{out}");
-    assert_eq!(fused["cases"], 672, "{out}");
+    assert_eq!(fused["cases"], 768, "{out}");
     assert_eq!((&folded["check"], &folded["failures"]), (&"bn-fold".into(), &0.into()), "{out}");
     assert_eq!(folded["cases"], 96, "{out}");
     assert_eq!((&fused["device"], &folded["device"]), (&device.into(), &device.into()), "{out}");

@@ -72,8 +72,15 @@ pub fn run(a: CheckActArgs) -> Result<()> {
             "the fused activations do not run on {device:?} (see the warning above)"
         )));
     }
-    let shapes: [(&str, &[i64]); 4] =
-        [("nchw", &[4, 64, 14, 14]), ("odd", &[3, 5, 7, 9]), ("pooled", &[8, 96, 1, 1]), ("2d", &[16, 100])];
+    // "offset": a view one element into its storage, so no vector access can be aligned (the
+    // kernels must take their scalar path).
+    let shapes: [(&str, &[i64]); 5] = [
+        ("nchw", &[4, 64, 14, 14]),
+        ("odd", &[3, 5, 7, 9]),
+        ("pooled", &[8, 96, 1, 1]),
+        ("2d", &[16, 100]),
+        ("offset", &[6, 64]),
+    ];
     tch::manual_seed(0);
     let (mut cases, mut failures) = (0, 0);
     for op in [PolyCom::PolyRelu, PolyCom::PolyNorm] {
@@ -92,6 +99,13 @@ pub fn run(a: CheckActArgs) -> Result<()> {
                             let opts = (Kind::Double, device);
                             let spread = if dtype == Kind::Half { 0.8 } else { 1.3 };
                             let mut x = (Tensor::randn(shape, opts) * spread).to_kind(dtype);
+                            if name == "offset" {
+                                let numel: i64 = shape.iter().product();
+                                let storage = Tensor::zeros([numel + 1], (dtype, device));
+                                let mut view = storage.narrow(0, 1, numel).view(shape);
+                                view.copy_(&x);
+                                x = view;
+                            }
                             if channels_last {
                                 x = ffi::to_channels_last(&x)?;
                             }

@@ -3,11 +3,16 @@
 // stream. The same maths as polycom_cpu.cpp (see there for the backward's closed form); fp32
 // arithmetic for fp32/bf16/fp16 inputs, fp64 for fp64.
 //
-// Layouts: x as [outer, C, inner]. `rows` kernels (inner == 1: channels-last, 2-d): one warp per
-// pixel, lanes over the channels. `cols` kernels (inner > 1: NCHW): one thread per pixel, looping
-// over the channels at stride `inner` (neighbouring threads read neighbouring addresses).
+// Layouts: x as [outer, C, inner]. `rows` kernels (inner == 1: channels-last, 2-d): a group of
+// G lanes per pixel (G = a power of two <= 32, chosen by the caller so that each lane gets whole
+// vectors), lanes over the channels, the group's sums by shuffles. `cols` kernels (inner > 1:
+// NCHW): one thread per pixel, looping over the channels at stride `inner` (neighbouring threads
+// read neighbouring addresses). PolyReLU: elementwise.
+// Bandwidth: the `_vec` entry points move 16 bytes per load (V = 16 / sizeof(T) elements; the
+// caller checks the alignment), and the rows and PolyReLU kernels loop over the tensor with a grid
+// sized to the GPU (grid-stride), so that each block reduces its dw and db once.
 // Reductions for dw and db: a fixed tree per block into partials[block][k + 1], summed by the
-// caller (deterministic).
+// caller (deterministic for a given grid).
 //
 // Self-contained: no headers (NVRTC has none by default), bf16/fp16 converted by hand / by PTX.
 // The same source also compiles as host C++ (RT_SIMT_HOST, polycom_cuda_sim.cpp) and runs on the
@@ -106,39 +111,107 @@ __device__ void block_sums(A *vals, int n, A *out) {
   }
 }
 
+// ---- Vectors: V elements moved by one load or store (16 bytes for V = 16 / sizeof(T)) ----
+
+template <typename T, int V>
+struct alignas(sizeof(T) * V >= 16 ? 16 : sizeof(T) * V) Pack {
+  T v[V];
+};
+
+// A vector access must be aligned to the vector's size: a GPU faults otherwise, the emulator throws.
+template <int V, typename T>
+__device__ __forceinline__ Pack<T, V> load(const T *p) {
+#ifdef RT_SIMT_HOST
+  ::rt_simt::check_aligned(p, alignof(Pack<T, V>));
+#endif
+  return *reinterpret_cast<const Pack<T, V> *>(p);
+}
+
+template <int V, typename T>
+__device__ __forceinline__ void store(T *p, const Pack<T, V> &v) {
+#ifdef RT_SIMT_HOST
+  ::rt_simt::check_aligned(p, alignof(Pack<T, V>));
+#endif
+  *reinterpret_cast<Pack<T, V> *>(p) = v;
+}
+
+// Sum over the G lanes of an aligned group (G a power of two); every lane of the warp must call
+// it, with the same G.
+template <typename A>
+__device__ __forceinline__ A group_sum(A v, int G) {
+  for (int o = G >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Rows kernels: the pixels a thread's group serves, in a grid-stride loop. Every thread of a
+// block runs the same number of iterations (lanes past the end take part in the shuffles with
+// `valid` false), so the shuffles and the final block reduction see the whole block.
+struct RowWalk {
+  int G, sub, rows_per_block, slot;
+  __device__ RowWalk(int group) : G(group) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    sub = lane & (G - 1);
+    slot = warp * (32 / G) + lane / G;
+    rows_per_block = WARPS * (32 / G);
+  }
+  __device__ i64 first() const { return (i64)blockIdx.x * rows_per_block; }
+  __device__ i64 stride() const { return (i64)gridDim.x * rows_per_block; }
+};
+
 // ---- PolyNorm forward ----
 
-template <typename T, typename O, typename A>
-__device__ void polynorm_fwd_rows(const T *x, O *y, A *rs, const A *w, const A *b, i64 rows, int C, int k, A eps) {
-  const i64 row = (i64)blockIdx.x * WARPS + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
-  if (row >= rows) return;
-  const T *xr = x + row * C;
-  A s[MAX_ORDER];
+template <typename T, typename O, typename A, int V>
+__device__ void polynorm_fwd_rows(const T *x, O *y, A *rs, const A *w, const A *b, i64 rows, int C, int k, A eps,
+                                  int G) {
+  const RowWalk walk(G);
+  A wk[MAX_ORDER];
 #pragma unroll
-  for (int i = 0; i < MAX_ORDER; i++) s[i] = 0;
-  for (int c = lane; c < C; c += 32) {
-    const A v = to_acc(xr[c]), sq = v * v;
-    A pw = sq;
+  for (int i = 0; i < MAX_ORDER; i++) wk[i] = i < k ? w[i] : (A)0;
+  const A bias = b[0];
+  for (i64 base = walk.first(); base < rows; base += walk.stride()) {
+    const i64 row = base + walk.slot;
+    const bool valid = row < rows;
+    const T *xr = x + row * C;
+    A s[MAX_ORDER];
+#pragma unroll
+    for (int i = 0; i < MAX_ORDER; i++) s[i] = 0;
+    if (valid) {
+      for (int c = walk.sub * V; c < C; c += G * V) {
+        const Pack<T, V> p = load<V>(xr + c);
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+          const A v = to_acc(p.v[j]), sq = v * v;
+          A pw = sq;
+#pragma unroll
+          for (int i = 0; i < MAX_ORDER; i++)
+            if (i < k) {
+              s[i] += pw;
+              pw *= sq;
+            }
+        }
+      }
+    }
+    A coef[MAX_ORDER];
 #pragma unroll
     for (int i = 0; i < MAX_ORDER; i++)
       if (i < k) {
-        s[i] += pw;
-        pw *= sq;
+        const A r = rsqrt_acc(group_sum(s[i], G) / (A)C + eps);
+        if (valid && walk.sub == 0) rs[row * k + i] = r;
+        coef[i] = r * wk[i];
       }
-  }
-  A coef[MAX_ORDER];
+    if (valid) {
+      O *yr = y + row * C;
+      for (int c = walk.sub * V; c < C; c += G * V) {  // x again: just read, from cache
+        const Pack<T, V> p = load<V>(xr + c);
+        Pack<O, V> out;
 #pragma unroll
-  for (int i = 0; i < MAX_ORDER; i++)
-    if (i < k) {
-      const A r = rsqrt_acc(warp_sum(s[i]) / (A)C + eps);
-      if (lane == 0) rs[row * k + i] = r;
-      coef[i] = r * w[i];
+        for (int j = 0; j < V; j++) {
+          const A v = to_acc(p.v[j]);
+          out.v[j] = from_acc<O>(horner(coef, k, v) * v + bias);
+        }
+        store<V>(yr + c, out);
+      }
     }
-  const A bias = b[0];
-  for (int c = lane; c < C; c += 32) {
-    const A v = to_acc(xr[c]);
-    y[row * C + c] = from_acc<O>(horner(coef, k, v) * v + bias);
   }
 }
 
@@ -180,45 +253,66 @@ __device__ void polynorm_fwd_cols(const T *x, O *y, A *rs, const A *w, const A *
 
 // ---- PolyNorm backward ----
 
-template <typename T, typename O, typename A>
+template <typename T, typename O, typename A, int V>
 __device__ void polynorm_bwd_rows(const T *x, const O *gy, const A *rs, T *dx, const A *w, A *partials, i64 rows,
-                                  int C, int k) {
-  const i64 row = (i64)blockIdx.x * WARPS + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
-  A acc[MAX_ORDER + 1];
+                                  int C, int k, int G) {
+  const RowWalk walk(G);
+  A iw[MAX_ORDER];
+#pragma unroll
+  for (int i = 0; i < MAX_ORDER; i++) iw[i] = i < k ? (A)(i + 1) * w[i] : (A)0;
+  A acc[MAX_ORDER + 1];  // this thread's share of dw_i (sum r_i d_i) and db (sum dy), over its rows
 #pragma unroll
   for (int j = 0; j <= MAX_ORDER; j++) acc[j] = 0;
-  if (row < rows) {
+  for (i64 base = walk.first(); base < rows; base += walk.stride()) {
+    const i64 row = base + walk.slot;
+    const bool valid = row < rows;
     const T *xr = x + row * C;
     const O *gr = gy + row * C;
     A d[MAX_ORDER], gsum = 0;
 #pragma unroll
     for (int i = 0; i < MAX_ORDER; i++) d[i] = 0;
-    for (int c = lane; c < C; c += 32) {
-      const A v = to_acc(xr[c]), g = to_acc(gr[c]);
-      gsum += g;
-      A t = g * v;
+    if (valid) {
+      for (int c = walk.sub * V; c < C; c += G * V) {
+        const Pack<T, V> px = load<V>(xr + c);
+        const Pack<O, V> pg = load<V>(gr + c);
 #pragma unroll
-      for (int i = 0; i < MAX_ORDER; i++)
-        if (i < k) {
-          d[i] += t;
-          t *= v;
+        for (int j = 0; j < V; j++) {
+          const A v = to_acc(px.v[j]), g = to_acc(pg.v[j]);
+          gsum += g;
+          A t = g * v;
+#pragma unroll
+          for (int i = 0; i < MAX_ORDER; i++)
+            if (i < k) {
+              d[i] += t;
+              t *= v;
+            }
         }
+      }
     }
     A pc[MAX_ORDER], qc[MAX_ORDER];
 #pragma unroll
     for (int i = 0; i < MAX_ORDER; i++)
       if (i < k) {
-        const A di = warp_sum(d[i]), r = rs[row * k + i], iw = (A)(i + 1) * w[i];
-        if (lane == 0) acc[i] = r * di;
-        pc[i] = iw * r;
-        qc[i] = iw * r * r * r * di / (A)C;
+        const A di = group_sum(d[i], G), r = valid ? rs[row * k + i] : (A)0;
+        if (walk.sub == 0) acc[i] += r * di;
+        pc[i] = iw[i] * r;
+        qc[i] = iw[i] * r * r * r * di / (A)C;
       }
-    gsum = warp_sum(gsum);
-    if (lane == 0) acc[k] = gsum;
-    for (int c = lane; c < C; c += 32) {
-      const A v = to_acc(xr[c]), g = to_acc(gr[c]);
-      dx[row * C + c] = from_acc<T>(g * horner(pc, k, v) - v * horner(qc, k, v * v));
+    gsum = group_sum(gsum, G);
+    if (walk.sub == 0) acc[k] += gsum;
+    if (valid) {
+      T *dxr = dx + row * C;
+      for (int c = walk.sub * V; c < C; c += G * V) {
+        const Pack<T, V> px = load<V>(xr + c);
+        const Pack<O, V> pg = load<V>(gr + c);
+        Pack<T, V> out;
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+          const A v = to_acc(px.v[j]), g = to_acc(pg.v[j]);
+          out.v[j] = from_acc<T>(g * horner(pc, k, v) - v * horner(qc, k, v * v));
+        }
+        store<V>(dxr + c, out);
+      }
     }
   }
   block_sums(acc, k + 1, partials + (i64)blockIdx.x * (k + 1));
@@ -268,82 +362,126 @@ __device__ void polynorm_bwd_cols(const T *x, const O *gy, const A *rs, T *dx, c
   block_sums(acc, k + 1, partials + (i64)blockIdx.x * (k + 1));
 }
 
-// ---- PolyReLU ----
+// ---- PolyReLU: elementwise, V elements per thread and step of a grid-stride loop ----
 
-template <typename T, typename O, typename A>
-__device__ void polyrelu_fwd(const T *x, O *y, const A *w, const A *b, i64 n, int k) {
-  const i64 j = (i64)blockIdx.x * BLOCK + threadIdx.x;
-  if (j >= n) return;
-  const A v = to_acc(x[j]);
-  const A r = v > 0 ? v : (v != v ? v : (A)0);  // NaN stays NaN, as torch.relu
-  A c[MAX_ORDER];
-#pragma unroll
-  for (int i = 0; i < MAX_ORDER; i++)
-    if (i < k) c[i] = w[i];
-  y[j] = from_acc<O>(horner(c, k, r) * r + b[0]);
+template <typename A>
+__device__ __forceinline__ A relu_acc(A v) {
+  return v > 0 ? v : (v != v ? v : (A)0);  // NaN stays NaN, as torch.relu
 }
 
-template <typename T, typename O, typename A>
+// Elements [0, n) as V-element vectors from index 0 (the caller checked the alignment), the last
+// n % V one by one; `fn(i, count)` handles elements i..i+count.
+template <int V, typename F>
+__device__ __forceinline__ void for_each_vector(i64 n, F fn) {
+  const i64 vectors = n / V, thread = (i64)blockIdx.x * BLOCK + threadIdx.x, threads = (i64)gridDim.x * BLOCK;
+  for (i64 i = thread; i < vectors; i += threads) fn(i * V, V);
+  for (i64 i = vectors * V + thread; i < n; i += threads) fn(i, 1);
+}
+
+template <typename T, typename O, typename A, int V>
+__device__ void polyrelu_fwd(const T *x, O *y, const A *w, const A *b, i64 n, int k) {
+  A c[MAX_ORDER];
+#pragma unroll
+  for (int i = 0; i < MAX_ORDER; i++) c[i] = i < k ? w[i] : (A)0;
+  const A bias = b[0];
+  for_each_vector<V>(n, [&](i64 i, int count) {
+    if (count == V) {
+      const Pack<T, V> p = load<V>(x + i);
+      Pack<O, V> out;
+#pragma unroll
+      for (int j = 0; j < V; j++) {
+        const A r = relu_acc(to_acc(p.v[j]));
+        out.v[j] = from_acc<O>(horner(c, k, r) * r + bias);
+      }
+      store<V>(y + i, out);
+    } else {
+      const A r = relu_acc(to_acc(x[i]));
+      y[i] = from_acc<O>(horner(c, k, r) * r + bias);
+    }
+  });
+}
+
+// One element's dx, and its terms of dw_i (g r^i) and db (g) added to acc.
+template <typename T, typename A>
+__device__ __forceinline__ T polyrelu_grad(A v, A g, const A *ic, int k, A *acc) {
+  const bool positive = v > 0;
+  const A r = positive ? v : (A)0;
+  A t = g * r;
+#pragma unroll
+  for (int i = 0; i < MAX_ORDER; i++)
+    if (i < k) {
+      acc[i] += t;
+      t *= r;
+    }
+  acc[k] += g;
+  return from_acc<T>(positive ? g * horner(ic, k, r) : (A)0);
+}
+
+template <typename T, typename O, typename A, int V>
 __device__ void polyrelu_bwd(const T *x, const O *gy, T *dx, const A *w, A *partials, i64 n, int k) {
-  const i64 j = (i64)blockIdx.x * BLOCK + threadIdx.x;
-  A acc[MAX_ORDER + 1];
+  A ic[MAX_ORDER], acc[MAX_ORDER + 1];
+#pragma unroll
+  for (int i = 0; i < MAX_ORDER; i++) ic[i] = i < k ? (A)(i + 1) * w[i] : (A)0;
 #pragma unroll
   for (int i = 0; i <= MAX_ORDER; i++) acc[i] = 0;
-  if (j < n) {
-    const A v = to_acc(x[j]), g = to_acc(gy[j]);
-    const bool positive = v > 0;
-    const A r = positive ? v : (A)0;
-    A c[MAX_ORDER], t = g * r;
+  for_each_vector<V>(n, [&](i64 i, int count) {
+    if (count == V) {
+      const Pack<T, V> px = load<V>(x + i);
+      const Pack<O, V> pg = load<V>(gy + i);
+      Pack<T, V> out;
 #pragma unroll
-    for (int i = 0; i < MAX_ORDER; i++)
-      if (i < k) {
-        c[i] = (A)(i + 1) * w[i];
-        acc[i] = t;
-        t *= r;
-      }
-    acc[k] = g;
-    dx[j] = from_acc<T>(positive ? g * horner(c, k, r) : (A)0);
-  }
+      for (int j = 0; j < V; j++) out.v[j] = polyrelu_grad<T>(to_acc(px.v[j]), to_acc(pg.v[j]), ic, k, acc);
+      store<V>(dx + i, out);
+    } else {
+      dx[i] = polyrelu_grad<T>(to_acc(x[i]), to_acc(gy[i]), ic, k, acc);
+    }
+  });
   block_sums(acc, k + 1, partials + (i64)blockIdx.x * (k + 1));
 }
 
 // ---- Entry points, one per input type and output type ----
 // O: the output's (and its gradient's) type: the arithmetic type A, or with the `_lp` tags the
-// low-precision input type itself (`act_out_lowp`).
+// low-precision input type itself (`act_out_lowp`). V: the elements of T in 16 bytes, used by
+// the `_vec` kernels (rows: C a multiple of V; every pointer 16-byte aligned).
 
-#define RT_POLYCOM_KERNELS(TAG, T, O, A)                                                                     \
-  RT_KERNEL polynorm_fwd_rows_##TAG(const T *x, O *y, A *rs, const A *w, const A *b, i64 rows, int C, int k,   \
-                                    A eps) {                                                                   \
-    polynorm_fwd_rows<T, O, A>(x, y, rs, w, b, rows, C, k, eps);                                               \
+#define RT_ROWS_AND_RELU_KERNELS(SUFFIX, TAG, T, O, A, V)                                                     \
+  RT_KERNEL polynorm_fwd_rows##SUFFIX##_##TAG(const T *x, O *y, A *rs, const A *w, const A *b, i64 rows, int C, \
+                                              int k, A eps, int G) {                                           \
+    polynorm_fwd_rows<T, O, A, V>(x, y, rs, w, b, rows, C, k, eps, G);                                         \
   }                                                                                                            \
-  RT_REGISTER(polynorm_fwd_rows_##TAG)                                                                         \
+  RT_REGISTER(polynorm_fwd_rows##SUFFIX##_##TAG)                                                               \
+  RT_KERNEL polynorm_bwd_rows##SUFFIX##_##TAG(const T *x, const O *gy, const A *rs, T *dx, const A *w,         \
+                                              A *partials, i64 rows, int C, int k, int G) {                    \
+    polynorm_bwd_rows<T, O, A, V>(x, gy, rs, dx, w, partials, rows, C, k, G);                                  \
+  }                                                                                                            \
+  RT_REGISTER(polynorm_bwd_rows##SUFFIX##_##TAG)                                                               \
+  RT_KERNEL polyrelu_fwd##SUFFIX##_##TAG(const T *x, O *y, const A *w, const A *b, i64 n, int k) {             \
+    polyrelu_fwd<T, O, A, V>(x, y, w, b, n, k);                                                                \
+  }                                                                                                            \
+  RT_REGISTER(polyrelu_fwd##SUFFIX##_##TAG)                                                                    \
+  RT_KERNEL polyrelu_bwd##SUFFIX##_##TAG(const T *x, const O *gy, T *dx, const A *w, A *partials, i64 n,       \
+                                         int k) {                                                              \
+    polyrelu_bwd<T, O, A, V>(x, gy, dx, w, partials, n, k);                                                    \
+  }                                                                                                            \
+  RT_REGISTER(polyrelu_bwd##SUFFIX##_##TAG)
+
+#define RT_POLYCOM_KERNELS(TAG, T, O, A, V)                                                                   \
+  RT_ROWS_AND_RELU_KERNELS(, TAG, T, O, A, 1)                                                                  \
+  RT_ROWS_AND_RELU_KERNELS(_vec, TAG, T, O, A, V)                                                              \
   RT_KERNEL polynorm_fwd_cols_##TAG(const T *x, O *y, A *rs, const A *w, const A *b, i64 outer, int C,         \
                                     i64 inner, int k, A eps) {                                                 \
     polynorm_fwd_cols<T, O, A>(x, y, rs, w, b, outer, C, inner, k, eps);                                       \
   }                                                                                                            \
   RT_REGISTER(polynorm_fwd_cols_##TAG)                                                                         \
-  RT_KERNEL polynorm_bwd_rows_##TAG(const T *x, const O *gy, const A *rs, T *dx, const A *w, A *partials,      \
-                                    i64 rows, int C, int k) {                                                  \
-    polynorm_bwd_rows<T, O, A>(x, gy, rs, dx, w, partials, rows, C, k);                                        \
-  }                                                                                                            \
-  RT_REGISTER(polynorm_bwd_rows_##TAG)                                                                         \
   RT_KERNEL polynorm_bwd_cols_##TAG(const T *x, const O *gy, const A *rs, T *dx, const A *w, A *partials,      \
                                     i64 outer, int C, i64 inner, int k) {                                      \
     polynorm_bwd_cols<T, O, A>(x, gy, rs, dx, w, partials, outer, C, inner, k);                                \
   }                                                                                                            \
-  RT_REGISTER(polynorm_bwd_cols_##TAG)                                                                         \
-  RT_KERNEL polyrelu_fwd_##TAG(const T *x, O *y, const A *w, const A *b, i64 n, int k) {                       \
-    polyrelu_fwd<T, O, A>(x, y, w, b, n, k);                                                                   \
-  }                                                                                                            \
-  RT_REGISTER(polyrelu_fwd_##TAG)                                                                              \
-  RT_KERNEL polyrelu_bwd_##TAG(const T *x, const O *gy, T *dx, const A *w, A *partials, i64 n, int k) {        \
-    polyrelu_bwd<T, O, A>(x, gy, dx, w, partials, n, k);                                                       \
-  }                                                                                                            \
-  RT_REGISTER(polyrelu_bwd_##TAG)
+  RT_REGISTER(polynorm_bwd_cols_##TAG)
 
-RT_POLYCOM_KERNELS(f32, float, float, float)
-RT_POLYCOM_KERNELS(f64, double, double, double)
-RT_POLYCOM_KERNELS(bf16, bf16_t, float, float)
-RT_POLYCOM_KERNELS(f16, f16_t, float, float)
-RT_POLYCOM_KERNELS(bf16_lp, bf16_t, bf16_t, float)
-RT_POLYCOM_KERNELS(f16_lp, f16_t, f16_t, float)
+RT_POLYCOM_KERNELS(f32, float, float, float, 4)
+RT_POLYCOM_KERNELS(f64, double, double, double, 2)
+RT_POLYCOM_KERNELS(bf16, bf16_t, float, float, 8)
+RT_POLYCOM_KERNELS(f16, f16_t, float, float, 8)
+RT_POLYCOM_KERNELS(bf16_lp, bf16_t, bf16_t, float, 8)
+RT_POLYCOM_KERNELS(f16_lp, f16_t, f16_t, float, 8)

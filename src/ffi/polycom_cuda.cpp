@@ -36,6 +36,7 @@ using CUmodule = void *;
 using CUfunction = void *;
 using CUstream = void *;
 constexpr int kAttrCcMajor = 75, kAttrCcMinor = 76;  // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_{MAJOR,MINOR}
+constexpr int kAttrSmCount = 16;                      // CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
 
 struct Nvrtc {
   int (*create)(nvrtcProgram *, const char *, const char *, int, const char *const *, const char *const *);
@@ -185,6 +186,7 @@ void check(const Driver &d, CUresult rc, const char *what) {
 
 struct Module {
   std::map<std::string, CUfunction> functions;
+  int sm_count = 1;
 };
 
 // Process-wide state: the libraries, and one module per device (loaded into its primary context).
@@ -238,8 +240,11 @@ struct Runtime {
       CUmodule mod = nullptr;
       check(driver, driver.module_load_data(&mod, image.data()), "cuModuleLoadData");
       Module m;
-      for (const char *kernel : {"polynorm_fwd_rows", "polynorm_fwd_cols", "polynorm_bwd_rows", "polynorm_bwd_cols",
-                                 "polyrelu_fwd", "polyrelu_bwd"}) {
+      check(driver, driver.attribute(&m.sm_count, kAttrSmCount, dev), "cuDeviceGetAttribute");
+      for (const char *kernel :
+           {"polynorm_fwd_rows", "polynorm_fwd_rows_vec", "polynorm_bwd_rows", "polynorm_bwd_rows_vec",
+            "polynorm_fwd_cols", "polynorm_bwd_cols", "polyrelu_fwd", "polyrelu_fwd_vec", "polyrelu_bwd",
+            "polyrelu_bwd_vec"}) {
         for (const char *tag : {"f32", "f64", "bf16", "f16", "bf16_lp", "f16_lp"}) {
           const std::string name = std::string(kernel) + "_" + tag;
           CUfunction f = nullptr;
@@ -263,6 +268,10 @@ Runtime &runtime() {
 }
 
 constexpr unsigned kBlock = 256, kWarps = kBlock / 32;
+// Grid-stride kernels' grid: enough blocks to fill every SM several times over, few enough that
+// each block's dw/db reduction is amortised over many elements. Simulated: a few blocks, so that
+// every thread runs several iterations of its loop.
+constexpr int64_t kBlocksPerSm = 8, kSimulatedBlocks = 3;
 
 const char *tag_of(const at::Tensor &x) {
   switch (x.scalar_type()) {
@@ -273,6 +282,33 @@ const char *tag_of(const at::Tensor &x) {
     default: throw std::invalid_argument(std::string("fused PolyCom: unsupported input dtype ") +
                                          c10::toString(x.scalar_type()));
   }
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The most blocks worth launching for a grid-stride kernel on x's device.
+int64_t max_blocks(const at::Tensor &x) {
+  if (g_simulated.load()) return kSimulatedBlocks;
+  c10::DeviceGuard guard(x.device());
+  auto &rt = runtime();
+  std::lock_guard<std::mutex> lock(rt.mutex);
+  return kBlocksPerSm * rt.module(x.device().index()).sm_count;
+}
+
+// The elements of x's type in 16 bytes, when every tensor starts on a 16-byte boundary (and `row`,
+// the elements per row, is a multiple of them): the `_vec` kernels' vector width. Else 1.
+int64_t vector_width(const at::Tensor &x, std::initializer_list<const at::Tensor *> tensors, int64_t row = 0) {
+  const int64_t v = 16 / static_cast<int64_t>(x.element_size());
+  for (const at::Tensor *t : tensors)
+    if (reinterpret_cast<uintptr_t>(t->const_data_ptr()) % 16 != 0) return 1;
+  return row % v == 0 ? v : 1;
+}
+
+// Lanes per row for the rows kernels: a power of two <= 32 that gives every lane whole vectors.
+int group_size(int64_t channels, int64_t vec) {
+  int g = 1;
+  while (g < 32 && int64_t(g) * 2 * vec <= channels) g *= 2;
+  return g;
 }
 
 // Launches `kernel`_<x's type> on x's device and current stream, `blocks` blocks of 256 threads;
@@ -303,13 +339,30 @@ void launch(const at::Tensor &x, const at::Tensor &y, const std::string &kernel,
         ("cuLaunchKernel " + kernel).c_str());
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // The arithmetic type: fp64 for fp64 inputs, else fp32.
 at::ScalarType acc_of(const at::Tensor &x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 // The coefficients in the arithmetic type, on the device (no host round trip).
 at::Tensor acc_coefs(const at::Tensor &t, const at::Tensor &x) { return t.detach().to(acc_of(x)).contiguous(); }
+
+// Grid and kernel variant of a rows kernel (channels-last PolyNorm) or an elementwise one.
+struct RowsLaunch {
+  std::string suffix;  // "" or "_vec"
+  int group;
+  int64_t blocks;
+};
+
+RowsLaunch rows_launch(const at::Tensor &x, std::initializer_list<const at::Tensor *> tensors, NormShape s) {
+  const int64_t vec = vector_width(x, tensors, s.channels);
+  const int g = group_size(s.channels, vec);
+  const int64_t rows_per_block = kWarps * (32 / g);
+  return {vec > 1 ? "_vec" : "", g, std::min(ceil_div(s.outer, rows_per_block), max_blocks(x))};
+}
+
+RowsLaunch elementwise_launch(const at::Tensor &x, std::initializer_list<const at::Tensor *> tensors) {
+  const int64_t vec = vector_width(x, tensors);
+  return {vec > 1 ? "_vec" : "", 1, std::min(ceil_div(x.numel(), kBlock * vec), max_blocks(x))};
+}
 
 }  // namespace
 
@@ -324,8 +377,10 @@ void polynorm_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor
   double eps_d = eps;
   void *eps_p = acc_of(x) == at::kDouble ? static_cast<void *>(&eps_d) : static_cast<void *>(&eps_f);
   if (s.inner == 1) {
-    launch(x, y, "polynorm_fwd_rows", ceil_div(s.outer, kWarps),
-           {&xp, &yp, &rp, &wp, &bp, &outer, &channels, &k, eps_p});
+    auto l = rows_launch(x, {&x, &y}, s);
+    int group = l.group;
+    launch(x, y, "polynorm_fwd_rows" + l.suffix, l.blocks,
+           {&xp, &yp, &rp, &wp, &bp, &outer, &channels, &k, eps_p, &group});
   } else {
     launch(x, y, "polynorm_fwd_cols", ceil_div(s.outer * s.inner, kBlock),
            {&xp, &yp, &rp, &wp, &bp, &outer, &channels, &inner, &k, eps_p});
@@ -336,16 +391,19 @@ std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const a
                                                     const at::Tensor &w, const at::Tensor &b, NormShape s,
                                                     at::Tensor &dx) {
   const int64_t k64 = w.numel();
-  const int64_t blocks = s.inner == 1 ? ceil_div(s.outer, kWarps) : ceil_div(s.outer * s.inner, kBlock);
+  const bool rows = s.inner == 1;
+  const auto l = rows && x.numel() > 0 ? rows_launch(x, {&x, &gy, &dx}, s) : RowsLaunch{"", 1, 0};
+  const int64_t blocks = rows ? l.blocks : ceil_div(s.outer * s.inner, kBlock);
   auto partials = at::zeros({std::max<int64_t>(blocks, 1), k64 + 1}, x.options().dtype(acc_of(x)));
   if (x.numel() > 0) {
     auto wa = acc_coefs(w, x);
     const void *xp = x.const_data_ptr(), *gp = gy.const_data_ptr(), *rp = rs.const_data_ptr();
     void *dxp = dx.data_ptr(), *wp = wa.data_ptr(), *pp = partials.data_ptr();
     long long outer = s.outer, inner = s.inner;
-    int channels = static_cast<int>(s.channels), k = static_cast<int>(k64);
-    if (s.inner == 1) {
-      launch(x, gy, "polynorm_bwd_rows", blocks, {&xp, &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &k});
+    int channels = static_cast<int>(s.channels), k = static_cast<int>(k64), group = l.group;
+    if (rows) {
+      launch(x, gy, "polynorm_bwd_rows" + l.suffix, blocks,
+             {&xp, &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &k, &group});
     } else {
       launch(x, gy, "polynorm_bwd_cols", blocks, {&xp, &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &inner, &k});
     }
@@ -359,20 +417,23 @@ void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor
   void *yp = y.data_ptr(), *wp = wa.data_ptr(), *bp = ba.data_ptr();
   long long n = x.numel();
   int k = static_cast<int>(w.numel());
-  launch(x, y, "polyrelu_fwd", ceil_div(n, kBlock), {&xp, &yp, &wp, &bp, &n, &k});
+  if (n == 0) return;
+  auto l = elementwise_launch(x, {&x, &y});
+  launch(x, y, "polyrelu_fwd" + l.suffix, l.blocks, {&xp, &yp, &wp, &bp, &n, &k});
 }
 
 std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &w,
                                                     const at::Tensor &b, at::Tensor &dx) {
-  const int64_t k64 = w.numel(), blocks = ceil_div(x.numel(), kBlock);
-  auto partials = at::zeros({std::max<int64_t>(blocks, 1), k64 + 1}, x.options().dtype(acc_of(x)));
+  const int64_t k64 = w.numel();
+  const auto l = x.numel() > 0 ? elementwise_launch(x, {&x, &gy, &dx}) : RowsLaunch{"", 1, 0};
+  auto partials = at::zeros({std::max<int64_t>(l.blocks, 1), k64 + 1}, x.options().dtype(acc_of(x)));
   if (x.numel() > 0) {
     auto wa = acc_coefs(w, x);
     const void *xp = x.const_data_ptr(), *gp = gy.const_data_ptr();
     void *dxp = dx.data_ptr(), *wp = wa.data_ptr(), *pp = partials.data_ptr();
     long long n = x.numel();
     int k = static_cast<int>(k64);
-    launch(x, gy, "polyrelu_bwd", blocks, {&xp, &gp, &dxp, &wp, &pp, &n, &k});
+    launch(x, gy, "polyrelu_bwd" + l.suffix, l.blocks, {&xp, &gp, &dxp, &wp, &pp, &n, &k});
   }
   return coef_grads(partials.sum(0), w, b);
 }

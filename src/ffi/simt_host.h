@@ -9,6 +9,7 @@
 // - __shfl_xor_sync(0xffffffff, v, o): the 32 lanes of the warp meet and exchange; a lane that
 //   has exited, or a lane waiting at a different sync point, is a kernel bug: the launch fails
 //   with an error naming the block and warp instead of returning whatever a GPU would.
+// Vector loads and stores must be aligned to their size, as on a GPU.
 // Only the device functions polycom.cu uses are provided. Not a performance model: a correctness
 // one (index arithmetic, reductions, rounding to bf16/fp16, boundary handling).
 #pragma once
@@ -47,6 +48,13 @@ T shfl_xor_sync(unsigned mask, T v, int lane_mask) {
   T out;
   std::memcpy(&out, &bits, sizeof(T));
   return out;
+}
+
+// A GPU faults on a misaligned vector access; the emulator throws instead.
+inline void check_aligned(const void *p, size_t alignment) {
+  if (reinterpret_cast<uintptr_t>(p) % alignment != 0)
+    throw std::runtime_error("misaligned address: a " + std::to_string(alignment) + "-byte vector access at " +
+                             std::to_string(reinterpret_cast<uintptr_t>(p) % alignment) + " bytes past a boundary");
 }
 
 inline float uint_as_float(unsigned u) {
