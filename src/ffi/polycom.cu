@@ -89,21 +89,22 @@ __device__ __forceinline__ A horner(const A *c, int k, A x) {
   return acc;
 }
 
-// Sums vals[0..n) over the block (fixed order) and writes them to out[0..n) (thread 0).
+// Sums dw[0..k) and db over the block (fixed order) and writes them to out[0..k] (thread 0).
+// Inlined, with db apart from dw: an array indexed by the run-time k would live in local memory.
 template <typename A>
-__device__ void block_sums(A *vals, int n, A *out) {
+__device__ __forceinline__ void block_sums(const A *dw, A db, int k, A *out) {
   __shared__ A scratch[WARPS][MAX_ORDER + 1];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int j = 0; j <= MAX_ORDER; j++) {
-    if (j < n) {
-      A v = warp_sum(vals[j]);
+    if (j <= k) {
+      A v = warp_sum(j < k ? dw[j] : db);
       if (lane == 0) scratch[warp][j] = v;
     }
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    for (int j = 0; j < n; j++) {
+    for (int j = 0; j <= k; j++) {
       A s = 0;
       for (int w = 0; w < WARPS; w++) s += scratch[w][j];
       out[j] = s;
@@ -127,12 +128,25 @@ __device__ __forceinline__ Pack<T, V> load(const T *p) {
   return *reinterpret_cast<const Pack<T, V> *>(p);
 }
 
+// Whole 16-byte stores by PTX: NVRTC splits a struct assignment of bf16/fp16 values (and of
+// some fp32 vectors) into scalar stores.
 template <int V, typename T>
 __device__ __forceinline__ void store(T *p, const Pack<T, V> &v) {
 #ifdef RT_SIMT_HOST
   ::rt_simt::check_aligned(p, alignof(Pack<T, V>));
-#endif
   *reinterpret_cast<Pack<T, V> *>(p) = v;
+#else
+  if constexpr (sizeof(Pack<T, V>) % 16 == 0) {
+    const unsigned *words = reinterpret_cast<const unsigned *>(&v);
+#pragma unroll
+    for (int q = 0; q < (int)(sizeof(Pack<T, V>) / 16); q++)
+      asm volatile("st.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(reinterpret_cast<char *>(p) + 16 * q),
+                   "r"(words[4 * q]), "r"(words[4 * q + 1]), "r"(words[4 * q + 2]), "r"(words[4 * q + 3])
+                   : "memory");
+  } else {
+    *reinterpret_cast<Pack<T, V> *>(p) = v;
+  }
+#endif
 }
 
 // Sum over the G lanes of an aligned group (G a power of two); every lane of the warp must call
@@ -260,9 +274,9 @@ __device__ void polynorm_bwd_rows(const T *x, const O *gy, const A *rs, T *dx, c
   A iw[MAX_ORDER];
 #pragma unroll
   for (int i = 0; i < MAX_ORDER; i++) iw[i] = i < k ? (A)(i + 1) * w[i] : (A)0;
-  A acc[MAX_ORDER + 1];  // this thread's share of dw_i (sum r_i d_i) and db (sum dy), over its rows
+  A acc[MAX_ORDER], acc_db = 0;  // this thread's share of dw_i (sum r_i d_i) and db (sum dy)
 #pragma unroll
-  for (int j = 0; j <= MAX_ORDER; j++) acc[j] = 0;
+  for (int j = 0; j < MAX_ORDER; j++) acc[j] = 0;
   for (i64 base = walk.first(); base < rows; base += walk.stride()) {
     const i64 row = base + walk.slot;
     const bool valid = row < rows;
@@ -299,7 +313,7 @@ __device__ void polynorm_bwd_rows(const T *x, const O *gy, const A *rs, T *dx, c
         qc[i] = iw[i] * r * r * r * di / (A)C;
       }
     gsum = group_sum(gsum, G);
-    if (walk.sub == 0) acc[k] += gsum;
+    if (walk.sub == 0) acc_db += gsum;
     if (valid) {
       T *dxr = dx + row * C;
       for (int c = walk.sub * V; c < C; c += G * V) {
@@ -315,16 +329,16 @@ __device__ void polynorm_bwd_rows(const T *x, const O *gy, const A *rs, T *dx, c
       }
     }
   }
-  block_sums(acc, k + 1, partials + (i64)blockIdx.x * (k + 1));
+  block_sums(acc, acc_db, k, partials + (i64)blockIdx.x * (k + 1));
 }
 
 template <typename T, typename O, typename A>
 __device__ void polynorm_bwd_cols(const T *x, const O *gy, const A *rs, T *dx, const A *w, A *partials, i64 outer,
                                   int C, i64 inner, int k) {
   const i64 pix = (i64)blockIdx.x * BLOCK + threadIdx.x;
-  A acc[MAX_ORDER + 1];
+  A acc[MAX_ORDER], acc_db = 0;
 #pragma unroll
-  for (int j = 0; j <= MAX_ORDER; j++) acc[j] = 0;
+  for (int j = 0; j < MAX_ORDER; j++) acc[j] = 0;
   if (pix < outer * inner) {
     const i64 o = pix / inner, p = pix % inner;
     const T *xs = x + o * C * inner + p;
@@ -352,14 +366,14 @@ __device__ void polynorm_bwd_cols(const T *x, const O *gy, const A *rs, T *dx, c
         pc[i] = iw * r;
         qc[i] = iw * r * r * r * d[i] / (A)C;
       }
-    acc[k] = gsum;
+    acc_db = gsum;
     T *dxs = dx + o * C * inner + p;
     for (int c = 0; c < C; c++) {
       const A v = to_acc(xs[(i64)c * inner]), g = to_acc(gs[(i64)c * inner]);
       dxs[(i64)c * inner] = from_acc<T>(g * horner(pc, k, v) - v * horner(qc, k, v * v));
     }
   }
-  block_sums(acc, k + 1, partials + (i64)blockIdx.x * (k + 1));
+  block_sums(acc, acc_db, k, partials + (i64)blockIdx.x * (k + 1));
 }
 
 // ---- PolyReLU: elementwise, V elements per thread and step of a grid-stride loop ----
@@ -401,9 +415,9 @@ __device__ void polyrelu_fwd(const T *x, O *y, const A *w, const A *b, i64 n, in
   });
 }
 
-// One element's dx, and its terms of dw_i (g r^i) and db (g) added to acc.
+// One element's dx, and its terms of dw_i (g r^i) and db (g) added to acc and acc_db.
 template <typename T, typename A>
-__device__ __forceinline__ T polyrelu_grad(A v, A g, const A *ic, int k, A *acc) {
+__device__ __forceinline__ T polyrelu_grad(A v, A g, const A *ic, int k, A *acc, A &acc_db) {
   const bool positive = v > 0;
   const A r = positive ? v : (A)0;
   A t = g * r;
@@ -413,30 +427,31 @@ __device__ __forceinline__ T polyrelu_grad(A v, A g, const A *ic, int k, A *acc)
       acc[i] += t;
       t *= r;
     }
-  acc[k] += g;
+  acc_db += g;
   return from_acc<T>(positive ? g * horner(ic, k, r) : (A)0);
 }
 
 template <typename T, typename O, typename A, int V>
 __device__ void polyrelu_bwd(const T *x, const O *gy, T *dx, const A *w, A *partials, i64 n, int k) {
-  A ic[MAX_ORDER], acc[MAX_ORDER + 1];
+  A ic[MAX_ORDER], acc[MAX_ORDER], acc_db = 0;
 #pragma unroll
-  for (int i = 0; i < MAX_ORDER; i++) ic[i] = i < k ? (A)(i + 1) * w[i] : (A)0;
-#pragma unroll
-  for (int i = 0; i <= MAX_ORDER; i++) acc[i] = 0;
+  for (int i = 0; i < MAX_ORDER; i++) {
+    ic[i] = i < k ? (A)(i + 1) * w[i] : (A)0;
+    acc[i] = 0;
+  }
   for_each_vector<V>(n, [&](i64 i, int count) {
     if (count == V) {
       const Pack<T, V> px = load<V>(x + i);
       const Pack<O, V> pg = load<V>(gy + i);
       Pack<T, V> out;
 #pragma unroll
-      for (int j = 0; j < V; j++) out.v[j] = polyrelu_grad<T>(to_acc(px.v[j]), to_acc(pg.v[j]), ic, k, acc);
+      for (int j = 0; j < V; j++) out.v[j] = polyrelu_grad<T>(to_acc(px.v[j]), to_acc(pg.v[j]), ic, k, acc, acc_db);
       store<V>(dx + i, out);
     } else {
-      dx[i] = polyrelu_grad<T>(to_acc(x[i]), to_acc(gy[i]), ic, k, acc);
+      dx[i] = polyrelu_grad<T>(to_acc(x[i]), to_acc(gy[i]), ic, k, acc, acc_db);
     }
   });
-  block_sums(acc, k + 1, partials + (i64)blockIdx.x * (k + 1));
+  block_sums(acc, acc_db, k, partials + (i64)blockIdx.x * (k + 1));
 }
 
 // ---- Entry points, one per input type and output type ----
