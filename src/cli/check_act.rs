@@ -20,7 +20,7 @@ pub struct CheckActArgs {
     pub json: bool,
     /// Check the CUDA kernels' source without a GPU: compiled for the host, run on the CPU under a
     /// SIMT emulator (src/ffi/simt_host.h) that models warps, shuffles and __syncthreads and
-    /// reports misuse of them. Needs --device cpu.
+    /// reports misuse of them. Runs on the CPU (--device cpu or auto).
     #[arg(long)]
     pub simulate_cuda: bool,
 }
@@ -56,15 +56,16 @@ fn abs_err(a: &Tensor, b: &Tensor, scale: &Tensor) -> f64 {
 }
 
 pub fn run(a: CheckActArgs) -> Result<()> {
-    let device = crate::runtime::parse_device(&a.device)?;
     if a.simulate_cuda {
-        if device != Device::Cpu {
-            return Err(Error::Usage(
-                "--simulate-cuda runs the CUDA kernels on the CPU: use --device cpu".into(),
-            ));
+        if !matches!(a.device.as_str(), "cpu" | "auto") {
+            return Err(Error::Usage(format!(
+                "--simulate-cuda runs the CUDA kernels on the CPU: use --device cpu, not --device {}",
+                a.device
+            )));
         }
         ffi::set_polycom_cuda_simulation(true)?;
     }
+    let device = if a.simulate_cuda { Device::Cpu } else { crate::runtime::parse_device(&a.device)? };
     let device_name =
         if a.simulate_cuda { "Cpu (CUDA kernels, simulated)".to_string() } else { format!("{device:?}") };
     if !fused_runs_on(device) {
@@ -210,8 +211,8 @@ pub fn run(a: CheckActArgs) -> Result<()> {
 }
 
 /// One BatchNorm + activation site on `device`, folded (`ffi::bn_polycom`) or separate
-/// (libtorch's BatchNorm, the add, `ffi::polycom`): y, the running statistics after it, and the
-/// gradients of (z, gamma, beta, residual, w, b).
+/// (libtorch's BatchNorm, the add, the `act_clamp` clamp, `ffi::polycom`): y, the running
+/// statistics after it, and the gradients of (z, gamma, beta, residual, w, b).
 #[allow(clippy::too_many_arguments)]
 fn bn_site(
     folded: bool,
@@ -220,6 +221,7 @@ fn bn_site(
     residual: Option<&Tensor>,
     train: bool,
     lowp_out: bool,
+    clamp: Option<f64>,
     gy: &Tensor,
 ) -> Result<Vec<Tensor>> {
     let (c, device) = (z.size()[1], z.device());
@@ -246,7 +248,7 @@ fn bn_site(
             momentum: 0.1,
             eps: 1e-5,
         };
-        let act = ffi::PolyComArgs { op, w: &w, b: &b, eps: POLYNORM_EPS, lowp_out, clamp: None };
+        let act = ffi::PolyComArgs { op, w: &w, b: &b, eps: POLYNORM_EPS, lowp_out, clamp };
         ffi::bn_polycom(&z, &args, residual.as_ref(), &act)?
     } else {
         let x = z.batch_norm(
@@ -261,6 +263,10 @@ fn bn_site(
         );
         let x = match &residual {
             Some(r) => x + r,
+            None => x,
+        };
+        let x = match clamp {
+            Some(c) => x.clamp(-c, c),
             None => x,
         };
         ffi::polycom(op, &x, &w, &b, POLYNORM_EPS, lowp_out)?
@@ -295,10 +301,17 @@ fn check_bn_fold(device: Device, json: bool) -> Result<(usize, usize)> {
                             if channels_last {
                                 z = ffi::to_channels_last(&z)?;
                             }
-                            let r = residual.then(|| (Tensor::randn(shape, opts) * 0.5).to_kind(dtype));
+                            let mut r = residual.then(|| (Tensor::randn(shape, opts) * 0.5).to_kind(dtype));
+                            // A residual in z's layout (as in a channels-last model: the CUDA kernels
+                            // then read it as they recompute x), or, in eval mode, in the other one.
+                            if let (Some(t), true, true) = (&r, channels_last, train) {
+                                r = Some(ffi::to_channels_last(t)?);
+                            }
                             let gy = Tensor::randn(shape, opts);
-                            let got = bn_site(true, op, &z, r.as_ref(), train, lowp_out, &gy)?;
-                            let want = bn_site(false, op, &z, r.as_ref(), train, lowp_out, &gy)?;
+                            // act_clamp in every third case (its mask cuts a good part of x).
+                            let clamp = (cases % 3 == 0).then_some(0.9);
+                            let got = bn_site(true, op, &z, r.as_ref(), train, lowp_out, clamp, &gy)?;
+                            let want = bn_site(false, op, &z, r.as_ref(), train, lowp_out, clamp, &gy)?;
                             let tol = match dtype {
                                 Kind::Double => 1e-11,
                                 Kind::Float => 1e-4,
@@ -317,7 +330,7 @@ fn check_bn_fold(device: Device, json: bool) -> Result<(usize, usize)> {
                             let row = serde_json::json!({
                                 "check": "bn-fold", "op": format!("{op:?}"), "dtype": format!("{dtype:?}"),
                                 "channels_last": channels_last, "residual": residual, "train": train,
-                                "lowp_out": lowp_out, "ok": ok, "rel_err": errs,
+                                "lowp_out": lowp_out, "clamp": clamp, "ok": ok, "rel_err": errs,
                             });
                             if json || !ok {
                                 println!("{row}");

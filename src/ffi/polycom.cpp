@@ -139,14 +139,17 @@ Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
   return {y.to(out_type(x, lowp_out)), x, rs};
 }
 
+// With `bn` (CUDA kernels only), x is batch norm's input z and the kernels recompute x on load.
 std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Tensor &x, const at::Tensor &w,
-                                          const at::Tensor &b, const at::Tensor &rs, bool lowp_out) {
+                                          const at::Tensor &b, const at::Tensor &rs, bool lowp_out,
+                                          const BnRecompute *bn = nullptr) {
   auto shape = norm_layout(x).shape;  // x was saved in its kernel layout: no copy here
   const int k = static_cast<int>(w.numel());
   auto gy = like(gy_in, x, cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x));
   auto dx = at::empty_like(x);
+  if (bn && !cuda_kernels(x)) throw std::logic_error("batch norm recomputed on load needs the CUDA kernels");
   if (cuda_kernels(x)) {
-    auto [dw, db] = cuda::polynorm_backward(x, gy, rs, w, b, shape, dx);
+    auto [dw, db] = cuda::polynorm_backward(x, gy, rs, w, b, shape, dx, bn);
     return {dx, dw, db};
   }
   double gc[kMaxOrder + 1] = {0};
@@ -172,12 +175,13 @@ Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
 }
 
 std::vector<at::Tensor> polyrelu_backward(const at::Tensor &gy_in, const at::Tensor &x, const at::Tensor &w,
-                                          const at::Tensor &b, bool lowp_out) {
+                                          const at::Tensor &b, bool lowp_out, const BnRecompute *bn = nullptr) {
   const int k = static_cast<int>(w.numel());
   auto gy = like(gy_in, x, cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x));
   auto dx = at::empty_like(x);
+  if (bn && !cuda_kernels(x)) throw std::logic_error("batch norm recomputed on load needs the CUDA kernels");
   if (cuda_kernels(x)) {
-    auto [dw, db] = cuda::polyrelu_backward(x, gy, w, b, dx);
+    auto [dw, db] = cuda::polyrelu_backward(x, gy, w, b, dx, bn);
     return {dx, dw, db};
   }
   double gc[kMaxOrder + 1] = {0};
@@ -293,24 +297,19 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     if (gamma.defined()) scale = scale * gamma.to(acc);
     auto shift = -mean.to(acc) * scale;
     if (beta.defined()) shift = shift + beta.to(acc);
-    std::vector<int64_t> per_channel(z.dim(), 1);
-    per_channel[1] = z.size(1);
-    auto x = at::addcmul(shift.view(per_channel), z, scale.view(per_channel)).to(z.scalar_type());
-    if (identity.defined()) x = x + identity;
-    x = x.to(x_type);
-    // act_clamp: the activation saw clamp(x); its gradient passes where x was inside (as clamp's).
     const double clamp = ctx->saved_data["clamp"].toDouble();
-    at::Tensor inside;
-    if (clamp > 0) {
-      inside = x.ge(-clamp).logical_and(x.le(clamp));
-      x = x.clamp(-clamp, clamp);
+    const bool polynorm = ctx->saved_data["kind"].toInt() == 1;
+    std::vector<at::Tensor> act;
+    const auto zl = norm_layout(z).x;  // z as saved (contiguous or channels-last), else a copy
+    if (recompute_on_load(zl, identity, x_type)) {
+      // The CUDA kernels read z (and the identity) and recompute x as they go: no pass writes x.
+      const BnRecompute bn{identity.defined() ? identity : at::Tensor(), scale, shift, clamp};
+      act = polynorm ? polynorm_backward(grads[0], zl, w, b, rs, lowp_out, &bn)
+                     : polyrelu_backward(grads[0], zl, w, b, lowp_out, &bn);
+    } else {
+      act = recomputed_act_backward(grads[0], z, identity, scale, shift, x_type, clamp, polynorm, w, b, rs, lowp_out);
     }
-
-    auto act = ctx->saved_data["kind"].toInt() == 1 ? polynorm_backward(grads[0], norm_layout(x).x, w, b, rs, lowp_out)
-                                                     : polyrelu_backward(grads[0], x, w, b, lowp_out);
-    x.reset();
     auto &dx = act[0];
-    if (inside.defined()) dx = dx * inside;
     variable_list out(kNumInputs);
     if (identity.defined() && ctx->needs_input_grad(3)) out[3] = dx.to(identity.scalar_type());
     auto bn = at::_batch_norm_impl_index_backward(
@@ -325,6 +324,40 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     out[4] = act[1];
     out[5] = act[2];
     return out;
+  }
+
+  // The CUDA kernels can recompute x on load when x has z's type and the identity z's type and
+  // layout (the GPU configuration: bf16 with act_out_lowp, or fp32); otherwise one pass
+  // recomputes x first.
+  static bool recompute_on_load(const at::Tensor &z, const at::Tensor &identity, at::ScalarType x_type) {
+    if (!cuda_kernels(z) || x_type != z.scalar_type()) return false;
+    if (identity.defined() && (identity.scalar_type() != z.scalar_type() || identity.strides() != z.strides()))
+      return false;
+    return z.is_contiguous() || (z.dim() == 4 && z.is_contiguous(at::MemoryFormat::ChannelsLast));
+  }
+
+  // x recomputed in one pass (rounded as the forward's batch norm and add rounded it), then the
+  // activation's backward on it, with act_clamp's gradient mask.
+  static std::vector<at::Tensor> recomputed_act_backward(const at::Tensor &gy, const at::Tensor &z,
+                                                         const at::Tensor &identity, const at::Tensor &scale,
+                                                         const at::Tensor &shift, at::ScalarType x_type, double clamp,
+                                                         bool polynorm, const at::Tensor &w, const at::Tensor &b,
+                                                         const at::Tensor &rs, bool lowp_out) {
+    std::vector<int64_t> per_channel(z.dim(), 1);
+    per_channel[1] = z.size(1);
+    auto x = at::addcmul(shift.view(per_channel), z, scale.view(per_channel)).to(z.scalar_type());
+    if (identity.defined()) x = x + identity;
+    x = x.to(x_type);
+    // act_clamp: the activation saw clamp(x); its gradient passes where x was inside (as clamp's).
+    at::Tensor inside;
+    if (clamp > 0) {
+      inside = x.ge(-clamp).logical_and(x.le(clamp));
+      x = x.clamp(-clamp, clamp);
+    }
+    auto act = polynorm ? polynorm_backward(gy, norm_layout(x).x, w, b, rs, lowp_out)
+                        : polyrelu_backward(gy, x, w, b, lowp_out);
+    if (inside.defined()) act[0] = act[0] * inside;
+    return act;
   }
 };
 

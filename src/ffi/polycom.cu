@@ -172,6 +172,44 @@ struct RowWalk {
   __device__ i64 stride() const { return (i64)gridDim.x * rows_per_block; }
 };
 
+// ---- Where a backward kernel reads the activation's input x ----
+// x itself, or, with BatchNorm folded into the operator, recomputed on load from batch norm's
+// input z: x = T(T(z * scale[c] + shift[c]) + identity), rounded as the separate operators round
+// it (batch norm's output, then the residual add), then clamped to [-clamp, clamp] when clamp > 0
+// (act_clamp; the gradient is zero where x was outside). Saves the pass that would write x.
+template <typename T, typename A>
+struct Source {
+  const T *x;         // x, or z when scale is set
+  const T *identity;  // the residual added after batch norm, or null
+  const A *scale;     // per channel (gamma * invstd), or null: x is read as is
+  const A *shift;     // per channel (beta - mean * scale)
+  A clamp;            // > 0: act_clamp
+  i64 inner;          // elements per channel and sample: 1 (channels-last, 2-d) or H*W (NCHW)
+  int C;
+};
+
+// x at channel c from its loaded z (or x) and identity values; `inside`: clamp's gradient mask.
+template <typename T, typename A>
+__device__ __forceinline__ A source_x(const Source<T, A> &s, A z, A identity, int c, bool &inside) {
+  A v = z;
+  if (s.scale) {
+    v = to_acc(from_acc<T>(v * s.scale[c] + s.shift[c]));
+    if (s.identity) v = to_acc(from_acc<T>(v + identity));
+  }
+  inside = true;
+  if (s.clamp > 0) {
+    inside = v >= -s.clamp && v <= s.clamp;       // false for NaN, as at::ge / at::le
+    v = v < -s.clamp ? -s.clamp : (v > s.clamp ? s.clamp : v);  // NaN stays NaN, as at::clamp
+  }
+  return v;
+}
+
+// The channel of element i of a dense tensor in s's layout.
+template <typename T, typename A>
+__device__ __forceinline__ int channel_of(const Source<T, A> &s, i64 i) {
+  return s.inner == 1 ? (int)(i % s.C) : (int)((i / s.inner) % s.C);
+}
+
 // ---- PolyNorm forward ----
 
 template <typename T, typename O, typename A, int V>
@@ -268,8 +306,8 @@ __device__ void polynorm_fwd_cols(const T *x, O *y, A *rs, const A *w, const A *
 // ---- PolyNorm backward ----
 
 template <typename T, typename O, typename A, int V>
-__device__ void polynorm_bwd_rows(const T *x, const O *gy, const A *rs, T *dx, const A *w, A *partials, i64 rows,
-                                  int C, int k, int G) {
+__device__ void polynorm_bwd_rows(Source<T, A> src, const O *gy, const A *rs, T *dx, const A *w, A *partials,
+                                  i64 rows, int C, int k, int G) {
   const RowWalk walk(G);
   A iw[MAX_ORDER];
 #pragma unroll
@@ -280,7 +318,8 @@ __device__ void polynorm_bwd_rows(const T *x, const O *gy, const A *rs, T *dx, c
   for (i64 base = walk.first(); base < rows; base += walk.stride()) {
     const i64 row = base + walk.slot;
     const bool valid = row < rows;
-    const T *xr = x + row * C;
+    const T *xr = src.x + row * C;
+    const T *ir = src.identity ? src.identity + row * C : nullptr;
     const O *gr = gy + row * C;
     A d[MAX_ORDER], gsum = 0;
 #pragma unroll
@@ -288,10 +327,14 @@ __device__ void polynorm_bwd_rows(const T *x, const O *gy, const A *rs, T *dx, c
     if (valid) {
       for (int c = walk.sub * V; c < C; c += G * V) {
         const Pack<T, V> px = load<V>(xr + c);
+        Pack<T, V> pi;
+        if (ir) pi = load<V>(ir + c);
         const Pack<O, V> pg = load<V>(gr + c);
 #pragma unroll
         for (int j = 0; j < V; j++) {
-          const A v = to_acc(px.v[j]), g = to_acc(pg.v[j]);
+          bool inside;
+          const A v = source_x(src, to_acc(px.v[j]), ir ? to_acc(pi.v[j]) : (A)0, c + j, inside);
+          const A g = to_acc(pg.v[j]);
           gsum += g;
           A t = g * v;
 #pragma unroll
@@ -316,14 +359,18 @@ __device__ void polynorm_bwd_rows(const T *x, const O *gy, const A *rs, T *dx, c
     if (walk.sub == 0) acc_db += gsum;
     if (valid) {
       T *dxr = dx + row * C;
-      for (int c = walk.sub * V; c < C; c += G * V) {
+      for (int c = walk.sub * V; c < C; c += G * V) {  // again: just read, from cache
         const Pack<T, V> px = load<V>(xr + c);
+        Pack<T, V> pi;
+        if (ir) pi = load<V>(ir + c);
         const Pack<O, V> pg = load<V>(gr + c);
         Pack<T, V> out;
 #pragma unroll
         for (int j = 0; j < V; j++) {
-          const A v = to_acc(px.v[j]), g = to_acc(pg.v[j]);
-          out.v[j] = from_acc<T>(g * horner(pc, k, v) - v * horner(qc, k, v * v));
+          bool inside;
+          const A v = source_x(src, to_acc(px.v[j]), ir ? to_acc(pi.v[j]) : (A)0, c + j, inside);
+          const A g = to_acc(pg.v[j]);
+          out.v[j] = from_acc<T>(inside ? g * horner(pc, k, v) - v * horner(qc, k, v * v) : (A)0);
         }
         store<V>(dxr + c, out);
       }
@@ -333,21 +380,24 @@ __device__ void polynorm_bwd_rows(const T *x, const O *gy, const A *rs, T *dx, c
 }
 
 template <typename T, typename O, typename A>
-__device__ void polynorm_bwd_cols(const T *x, const O *gy, const A *rs, T *dx, const A *w, A *partials, i64 outer,
-                                  int C, i64 inner, int k) {
+__device__ void polynorm_bwd_cols(Source<T, A> src, const O *gy, const A *rs, T *dx, const A *w, A *partials,
+                                  i64 outer, int C, i64 inner, int k) {
   const i64 pix = (i64)blockIdx.x * BLOCK + threadIdx.x;
   A acc[MAX_ORDER], acc_db = 0;
 #pragma unroll
   for (int j = 0; j < MAX_ORDER; j++) acc[j] = 0;
   if (pix < outer * inner) {
     const i64 o = pix / inner, p = pix % inner;
-    const T *xs = x + o * C * inner + p;
+    const T *xs = src.x + o * C * inner + p;
+    const T *is = src.identity ? src.identity + o * C * inner + p : nullptr;
     const O *gs = gy + o * C * inner + p;
     A d[MAX_ORDER], gsum = 0;
 #pragma unroll
     for (int i = 0; i < MAX_ORDER; i++) d[i] = 0;
     for (int c = 0; c < C; c++) {
-      const A v = to_acc(xs[(i64)c * inner]), g = to_acc(gs[(i64)c * inner]);
+      bool inside;
+      const A v = source_x(src, to_acc(xs[(i64)c * inner]), is ? to_acc(is[(i64)c * inner]) : (A)0, c, inside);
+      const A g = to_acc(gs[(i64)c * inner]);
       gsum += g;
       A t = g * v;
 #pragma unroll
@@ -369,8 +419,10 @@ __device__ void polynorm_bwd_cols(const T *x, const O *gy, const A *rs, T *dx, c
     acc_db = gsum;
     T *dxs = dx + o * C * inner + p;
     for (int c = 0; c < C; c++) {
-      const A v = to_acc(xs[(i64)c * inner]), g = to_acc(gs[(i64)c * inner]);
-      dxs[(i64)c * inner] = from_acc<T>(g * horner(pc, k, v) - v * horner(qc, k, v * v));
+      bool inside;
+      const A v = source_x(src, to_acc(xs[(i64)c * inner]), is ? to_acc(is[(i64)c * inner]) : (A)0, c, inside);
+      const A g = to_acc(gs[(i64)c * inner]);
+      dxs[(i64)c * inner] = from_acc<T>(inside ? g * horner(pc, k, v) - v * horner(qc, k, v * v) : (A)0);
     }
   }
   block_sums(acc, acc_db, k, partials + (i64)blockIdx.x * (k + 1));
@@ -415,9 +467,10 @@ __device__ void polyrelu_fwd(const T *x, O *y, const A *w, const A *b, i64 n, in
   });
 }
 
-// One element's dx, and its terms of dw_i (g r^i) and db (g) added to acc and acc_db.
+// One element's dx (zero outside act_clamp's range), and its terms of dw_i (g r^i) and db (g)
+// added to acc and acc_db.
 template <typename T, typename A>
-__device__ __forceinline__ T polyrelu_grad(A v, A g, const A *ic, int k, A *acc, A &acc_db) {
+__device__ __forceinline__ T polyrelu_grad(A v, bool inside, A g, const A *ic, int k, A *acc, A &acc_db) {
   const bool positive = v > 0;
   const A r = positive ? v : (A)0;
   A t = g * r;
@@ -428,11 +481,13 @@ __device__ __forceinline__ T polyrelu_grad(A v, A g, const A *ic, int k, A *acc,
       t *= r;
     }
   acc_db += g;
-  return from_acc<T>(positive ? g * horner(ic, k, r) : (A)0);
+  return from_acc<T>(positive && inside ? g * horner(ic, k, r) : (A)0);
 }
 
+// With a folded batch norm, the `_vec` kernel needs each vector in one channel plane (s.inner a
+// multiple of V) or in consecutive channels (s.inner == 1): the caller checks.
 template <typename T, typename O, typename A, int V>
-__device__ void polyrelu_bwd(const T *x, const O *gy, T *dx, const A *w, A *partials, i64 n, int k) {
+__device__ void polyrelu_bwd(Source<T, A> src, const O *gy, T *dx, const A *w, A *partials, i64 n, int k) {
   A ic[MAX_ORDER], acc[MAX_ORDER], acc_db = 0;
 #pragma unroll
   for (int i = 0; i < MAX_ORDER; i++) {
@@ -440,15 +495,25 @@ __device__ void polyrelu_bwd(const T *x, const O *gy, T *dx, const A *w, A *part
     acc[i] = 0;
   }
   for_each_vector<V>(n, [&](i64 i, int count) {
+    const int c0 = src.scale ? channel_of(src, i) : 0;
     if (count == V) {
-      const Pack<T, V> px = load<V>(x + i);
+      const Pack<T, V> px = load<V>(src.x + i);
+      Pack<T, V> pi;
+      if (src.identity) pi = load<V>(src.identity + i);
       const Pack<O, V> pg = load<V>(gy + i);
       Pack<T, V> out;
 #pragma unroll
-      for (int j = 0; j < V; j++) out.v[j] = polyrelu_grad<T>(to_acc(px.v[j]), to_acc(pg.v[j]), ic, k, acc, acc_db);
+      for (int j = 0; j < V; j++) {
+        const int c = src.inner == 1 ? (c0 + j) % src.C : c0;
+        bool inside;
+        const A v = source_x(src, to_acc(px.v[j]), src.identity ? to_acc(pi.v[j]) : (A)0, c, inside);
+        out.v[j] = polyrelu_grad<T>(v, inside, to_acc(pg.v[j]), ic, k, acc, acc_db);
+      }
       store<V>(dx + i, out);
     } else {
-      dx[i] = polyrelu_grad<T>(to_acc(x[i]), to_acc(gy[i]), ic, k, acc, acc_db);
+      bool inside;
+      const A v = source_x(src, to_acc(src.x[i]), src.identity ? to_acc(src.identity[i]) : (A)0, c0, inside);
+      dx[i] = polyrelu_grad<T>(v, inside, to_acc(gy[i]), ic, k, acc, acc_db);
     }
   });
   block_sums(acc, acc_db, k, partials + (i64)blockIdx.x * (k + 1));
@@ -465,7 +530,7 @@ __device__ void polyrelu_bwd(const T *x, const O *gy, T *dx, const A *w, A *part
     polynorm_fwd_rows<T, O, A, V>(x, y, rs, w, b, rows, C, k, eps, G);                                         \
   }                                                                                                            \
   RT_REGISTER(polynorm_fwd_rows##SUFFIX##_##TAG)                                                               \
-  RT_KERNEL polynorm_bwd_rows##SUFFIX##_##TAG(const T *x, const O *gy, const A *rs, T *dx, const A *w,         \
+  RT_KERNEL polynorm_bwd_rows##SUFFIX##_##TAG(Source<T, A> x, const O *gy, const A *rs, T *dx, const A *w,    \
                                               A *partials, i64 rows, int C, int k, int G) {                    \
     polynorm_bwd_rows<T, O, A, V>(x, gy, rs, dx, w, partials, rows, C, k, G);                                  \
   }                                                                                                            \
@@ -474,7 +539,7 @@ __device__ void polyrelu_bwd(const T *x, const O *gy, T *dx, const A *w, A *part
     polyrelu_fwd<T, O, A, V>(x, y, w, b, n, k);                                                                \
   }                                                                                                            \
   RT_REGISTER(polyrelu_fwd##SUFFIX##_##TAG)                                                                    \
-  RT_KERNEL polyrelu_bwd##SUFFIX##_##TAG(const T *x, const O *gy, T *dx, const A *w, A *partials, i64 n,       \
+  RT_KERNEL polyrelu_bwd##SUFFIX##_##TAG(Source<T, A> x, const O *gy, T *dx, const A *w, A *partials, i64 n,  \
                                          int k) {                                                              \
     polyrelu_bwd<T, O, A, V>(x, gy, dx, w, partials, n, k);                                                    \
   }                                                                                                            \
@@ -488,8 +553,8 @@ __device__ void polyrelu_bwd(const T *x, const O *gy, T *dx, const A *w, A *part
     polynorm_fwd_cols<T, O, A>(x, y, rs, w, b, outer, C, inner, k, eps);                                       \
   }                                                                                                            \
   RT_REGISTER(polynorm_fwd_cols_##TAG)                                                                         \
-  RT_KERNEL polynorm_bwd_cols_##TAG(const T *x, const O *gy, const A *rs, T *dx, const A *w, A *partials,      \
-                                    i64 outer, int C, i64 inner, int k) {                                      \
+  RT_KERNEL polynorm_bwd_cols_##TAG(Source<T, A> x, const O *gy, const A *rs, T *dx, const A *w,              \
+                                    A *partials, i64 outer, int C, i64 inner, int k) {                         \
     polynorm_bwd_cols<T, O, A>(x, gy, rs, dx, w, partials, outer, C, inner, k);                                \
   }                                                                                                            \
   RT_REGISTER(polynorm_bwd_cols_##TAG)

@@ -345,6 +345,45 @@ at::ScalarType acc_of(const at::Tensor &x) { return x.scalar_type() == at::kDoub
 // The coefficients in the arithmetic type, on the device (no host round trip).
 at::Tensor acc_coefs(const at::Tensor &t, const at::Tensor &x) { return t.detach().to(acc_of(x)).contiguous(); }
 
+// polycom.cu's Source<T, A>, field for field (A: float, or double for fp64 inputs).
+template <typename A>
+struct HostSource {
+  const void *x, *identity, *scale, *shift;
+  A clamp;
+  long long inner;
+  int C;
+};
+
+// The backward kernels' view of x: x itself, or z with batch norm's affine map (and the
+// identity and the clamp) applied on load. Both types built; `get` points at x's.
+struct SourceArg {
+  HostSource<float> f;
+  HostSource<double> d;
+  at::Tensor scale, shift;  // kept alive for the launch
+  void *get(const at::Tensor &x) { return acc_of(x) == at::kDouble ? static_cast<void *>(&d) : &f; }
+};
+
+SourceArg source_arg(const at::Tensor &x, const BnRecompute *bn, int64_t inner, int64_t channels) {
+  SourceArg a{};
+  a.f = {x.const_data_ptr(), nullptr, nullptr, nullptr, 0.f, inner, static_cast<int>(channels)};
+  if (bn) {
+    if (bn->identity.defined() &&
+        (bn->identity.scalar_type() != x.scalar_type() || bn->identity.strides() != x.strides() ||
+         bn->identity.sizes() != x.sizes()))
+      throw std::invalid_argument("fused BatchNorm + activation: the residual must have z's type and layout");
+    a.scale = bn->scale.to(acc_of(x)).contiguous();
+    a.shift = bn->shift.to(acc_of(x)).contiguous();
+    if (a.scale.numel() != channels || a.shift.numel() != channels)
+      throw std::invalid_argument("fused BatchNorm + activation: one scale and shift per channel expected");
+    a.f.identity = bn->identity.defined() ? bn->identity.const_data_ptr() : nullptr;
+    a.f.scale = a.scale.const_data_ptr();
+    a.f.shift = a.shift.const_data_ptr();
+    a.f.clamp = static_cast<float>(bn->clamp);
+  }
+  a.d = {a.f.x, a.f.identity, a.f.scale, a.f.shift, bn ? bn->clamp : 0.0, a.f.inner, a.f.C};
+  return a;
+}
+
 // Grid and kernel variant of a rows kernel (channels-last PolyNorm) or an elementwise one.
 struct RowsLaunch {
   std::string suffix;  // "" or "_vec"
@@ -389,23 +428,26 @@ void polynorm_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor
 
 std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &rs,
                                                     const at::Tensor &w, const at::Tensor &b, NormShape s,
-                                                    at::Tensor &dx) {
+                                                    at::Tensor &dx, const BnRecompute *bn) {
   const int64_t k64 = w.numel();
   const bool rows = s.inner == 1;
-  const auto l = rows && x.numel() > 0 ? rows_launch(x, {&x, &gy, &dx}, s) : RowsLaunch{"", 1, 0};
+  const at::Tensor &identity = bn && bn->identity.defined() ? bn->identity : x;
+  const auto l = rows && x.numel() > 0 ? rows_launch(x, {&x, &identity, &gy, &dx}, s) : RowsLaunch{"", 1, 0};
   const int64_t blocks = rows ? l.blocks : ceil_div(s.outer * s.inner, kBlock);
   auto partials = at::zeros({std::max<int64_t>(blocks, 1), k64 + 1}, x.options().dtype(acc_of(x)));
   if (x.numel() > 0) {
     auto wa = acc_coefs(w, x);
-    const void *xp = x.const_data_ptr(), *gp = gy.const_data_ptr(), *rp = rs.const_data_ptr();
+    auto src = source_arg(x, bn, s.inner, s.channels);
+    const void *gp = gy.const_data_ptr(), *rp = rs.const_data_ptr();
     void *dxp = dx.data_ptr(), *wp = wa.data_ptr(), *pp = partials.data_ptr();
     long long outer = s.outer, inner = s.inner;
     int channels = static_cast<int>(s.channels), k = static_cast<int>(k64), group = l.group;
     if (rows) {
       launch(x, gy, "polynorm_bwd_rows" + l.suffix, blocks,
-             {&xp, &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &k, &group});
+             {src.get(x), &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &k, &group});
     } else {
-      launch(x, gy, "polynorm_bwd_cols", blocks, {&xp, &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &inner, &k});
+      launch(x, gy, "polynorm_bwd_cols", blocks,
+             {src.get(x), &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &inner, &k});
     }
   }
   return coef_grads(partials.sum(0), w, b);
@@ -423,17 +465,32 @@ void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor
 }
 
 std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &w,
-                                                    const at::Tensor &b, at::Tensor &dx) {
+                                                    const at::Tensor &b, at::Tensor &dx, const BnRecompute *bn) {
   const int64_t k64 = w.numel();
-  const auto l = x.numel() > 0 ? elementwise_launch(x, {&x, &gy, &dx}) : RowsLaunch{"", 1, 0};
+  // The channel of each element (batch norm folded in): x's layout as [N, C, inner] or, channels
+  // last, inner = 1.
+  int64_t inner = 1, channels = x.dim() >= 2 ? x.size(1) : 1;
+  if (bn) {
+    if (x.dim() < 2) throw std::invalid_argument("fused BatchNorm + activation: input needs a channel axis");
+    const bool channels_last = x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+    if (!channels_last && !x.is_contiguous())
+      throw std::invalid_argument("fused BatchNorm + activation: input must be contiguous or channels-last");
+    if (!channels_last && channels > 0 && x.size(0) > 0) inner = x.numel() / (x.size(0) * channels);
+  }
+  const at::Tensor &identity = bn && bn->identity.defined() ? bn->identity : x;
+  auto l = x.numel() > 0 ? elementwise_launch(x, {&x, &identity, &gy, &dx}) : RowsLaunch{"", 1, 0};
+  // A vector must stay in one channel plane (or run over consecutive channels, inner == 1).
+  if (bn && !l.suffix.empty() && inner != 1 && inner % (16 / static_cast<int64_t>(x.element_size())) != 0)
+    l = RowsLaunch{"", 1, std::min(ceil_div(x.numel(), kBlock), max_blocks(x))};
   auto partials = at::zeros({std::max<int64_t>(l.blocks, 1), k64 + 1}, x.options().dtype(acc_of(x)));
   if (x.numel() > 0) {
     auto wa = acc_coefs(w, x);
-    const void *xp = x.const_data_ptr(), *gp = gy.const_data_ptr();
+    auto src = source_arg(x, bn, inner, channels);
+    const void *gp = gy.const_data_ptr();
     void *dxp = dx.data_ptr(), *wp = wa.data_ptr(), *pp = partials.data_ptr();
     long long n = x.numel();
     int k = static_cast<int>(k64);
-    launch(x, gy, "polyrelu_bwd" + l.suffix, l.blocks, {&xp, &gp, &dxp, &wp, &pp, &n, &k});
+    launch(x, gy, "polyrelu_bwd" + l.suffix, l.blocks, {src.get(x), &gp, &dxp, &wp, &pp, &n, &k});
   }
   return coef_grads(partials.sum(0), w, b);
 }
