@@ -4,18 +4,19 @@
 #   mkdir -p .device && strip -o .device/resnet-train target/release/resnet-train
 #   cp -r ../shared/bench ../shared/reference .device/ && cp scripts/gpu-session.sh .device/
 # then run `bash .device/gpu-session.sh` with carry [".device"] and timeout_s 560 (BUDGET=520).
-# SECTIONS (default "check lowp bench compile fp16 train ablate") picks and orders the parts;
+# SECTIONS (default "check lowp sites bench compile fp16 train ablate") picks and orders the parts;
 # TRAIN_FLAGS adds flags to the training run.
 # 1. check-act: the fused activations' CUDA kernels against the eager path (forward, gradients).
 # 2. ResNet-50 training steps, batch 256, 224 px, channels_last (../shared/device/gpu-check.sh's
 #    bench rows and issue 11's): bf16 ReLU / PolyReLU / PolyNorm, fused and eager, next to PyTorch
 #    eager and torch.compile; fp16 ReLU / PolyNorm / PolyReLU; `lowp`: the same fused rows with
 #    --act-out-lowp (activations returned in bf16/fp16), BatchNorm folded in (fused) and not
-#    (fused-act).
+#    (fused-act). `sites`: bench-act, one BatchNorm + activation site forward and backward at each
+#    of ResNet-50's site shapes (bf16, channels_last, batch 256): ReLU vs fused vs fused-act.
 # 3. A short CUDA training run of the demo (loader, autocast fp16, scaler, eval, checkpoint).
 # 4. The fp16 stability cells on ResNet-50 at 224 px (docs/stability.md's GPU rows).
-# Writes to $OUT: gpu.txt, bench.jsonl, act-check.jsonl, train.log, ablate.log, stderr.txt and
-# results.tar.gz (the run folders without their checkpoints). At most 8 files come back.
+# Writes to $OUT: gpu.txt, bench.jsonl, act-check.jsonl, sites.jsonl, train.log, ablate.log,
+# stderr.txt and results.tar.gz (the run folders without their checkpoints). At most 8 files come back.
 set -u
 D=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -32,7 +33,7 @@ fits() { (( SECONDS + $1 <= BUDGET )) || { echo "# skipped (t=${SECONDS}s): ${*:
 run() { local t=$1; shift; fits "$t" "$*" || return 0; echo "# t=${SECONDS}s $*" >>"$OUT/stderr.txt"
   timeout "$t" "$@" 2>>"$OUT/stderr.txt" | tail -n 1 | tee -a "$LOG"; }
 
-SECTIONS=${SECTIONS:-check lowp bench compile fp16 train ablate}
+SECTIONS=${SECTIONS:-check lowp sites bench compile fp16 train ablate}
 C=(--arch resnet50 --batch 256 --res 224 --device cuda --channels-last --steps 30 --warmup 10)
 T=(python3 "$D/bench/torch_train_bench.py")
 for section in $SECTIONS; do
@@ -58,6 +59,14 @@ for section in $SECTIONS; do
       run 60 "$BIN" bench --act polynorm --act-impl fused-act --act-out-lowp --precision $prec "${C[@]}" --json
       run 60 "$BIN" bench --act polyrelu --act-out-lowp --precision $prec "${C[@]}" --json
     done ;;
+  sites)
+    if fits 90 bench-act; then
+      for prec in bf16 fp16; do
+        timeout 45 "$BIN" bench-act --precision $prec --batch 256 --res 224 --device cuda --channels-last \
+          --iters 20 --warmup 5 --json >>"$OUT/sites.jsonl" 2>>"$OUT/stderr.txt"
+      done
+      echo "bench-act rc=$? t=${SECONDS}s"; grep '"total"' "$OUT/sites.jsonl" | cut -c1-300
+    fi ;;
   compile)
     run 170 "${T[@]}" --act polynorm --precision bf16 "${C[@]}" --compile ;;
   fp16)

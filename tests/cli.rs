@@ -209,3 +209,31 @@ fn check_act_simulating_the_cuda_kernels_passes_every_case() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--simulate-cuda") && err.contains("--device cpu"), "{err}");
 }
+
+/// `bench-act` times one BatchNorm + activation site at each of ResNet-50's 49 site shapes for
+/// ReLU and the fused operators (BatchNorm folded in, and the activation alone): a row per
+/// (operator, shape) whose site counts add up to ResNet-50's 49, and a total per operator
+/// against ReLU's.
+#[test]
+fn bench_act_times_every_resnet50_site_shape() {
+    let args =
+        ["bench-act", "--device", "cpu", "--batch", "2", "--res", "32", "--iters", "1", "--warmup", "0"];
+    let (code, out, err) = run(&[&args[..], &["--json", "--channels-last"]].concat());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let lines: Vec<serde_json::Value> =
+        out.lines().map(|l| serde_json::from_str(l).expect("JSON lines")).collect();
+    let (totals, rows): (Vec<_>, Vec<_>) = lines.iter().partition(|l| l.get("total").is_some());
+    let names: Vec<&str> = totals.iter().map(|t| t["total"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["relu", "polynorm fused", "polynorm fused-act", "polyrelu fused", "polyrelu fused-act"]
+    );
+    assert_eq!(totals[0]["vs_relu"], 1.0);
+    assert!(totals.iter().all(|t| t["ms_all_49_sites"].as_f64().unwrap() > 0.0), "{out}");
+    assert_eq!(rows.len(), 12 * 5, "{out}");
+    let sites: u64 = rows.iter().filter(|r| r["op"] == "relu").map(|r| r["sites"].as_u64().unwrap()).sum();
+    assert_eq!(sites, 49);
+    let (code, _, err) = run(&[&args[..], &["--order", "9"]].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--order 9"), "{err}");
+}

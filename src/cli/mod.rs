@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand, each turning flags into one library call.
 pub mod ablate;
 pub mod bench;
+pub mod bench_act;
 pub mod bench_data;
 pub mod check_act;
 pub mod eval;
@@ -52,6 +53,8 @@ pub enum Command {
     Ablate(ablate::AblateArgs),
     /// Check the fused PolyReLU/PolyNorm against the eager path on a device (run it first on a GPU).
     CheckAct(check_act::CheckActArgs),
+    /// Time one BatchNorm + activation site, forward and backward, at ResNet-50's site shapes.
+    BenchAct(bench_act::BenchActArgs),
     /// Full training runs over variants x seeds, and whether each variant's difference is real.
     Study(study::StudyArgs),
     /// Data-parallel training on this node's processes (torchrun's environment; c10d).
@@ -134,6 +137,7 @@ pub fn run(cli: Cli) -> crate::error::Result<()> {
         Some(Command::Ablate(a)) => ablate::run(a),
         Some(Command::Study(a)) => study::run(a),
         Some(Command::CheckAct(a)) => check_act::run(a),
+        Some(Command::BenchAct(a)) => bench_act::run(a),
         Some(Command::Launch(a)) => launch::run(a),
     }
 }

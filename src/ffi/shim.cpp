@@ -5,6 +5,7 @@
 #include "guarded.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/CPUAllocator.h>
@@ -190,6 +191,12 @@ int rt_foreach_sgd(rt_tensor *params, rt_tensor *grads, rt_tensor *bufs, int n, 
 int rt_grads_set_none(rt_tensor *params, int n, char **err) {
   return guarded(err, [&] {
     for (int i = 0; i < n; i++) static_cast<at::Tensor *>(params[i])->mutable_grad() = at::Tensor();
+  });
+}
+
+int rt_backward_with_grad(rt_tensor output, rt_tensor grad, char **err) {
+  return guarded(err, [&] {
+    torch::autograd::backward({*static_cast<at::Tensor *>(output)}, {*static_cast<at::Tensor *>(grad)});
   });
 }
 

@@ -38,6 +38,8 @@ int rt_foreach_sgd(rt_tensor *params, rt_tensor *grads, rt_tensor *bufs, int n, 
 // Drops the .grad of each tensor (optimizer.zero_grad(set_to_none=True)): no memset, and the
 // next backward writes fresh gradients.
 int rt_grads_set_none(rt_tensor *params, int n, char **err);
+// Backward from `output` with its gradient `grad` (torch.autograd.backward(output, grad)).
+int rt_backward_with_grad(rt_tensor output, rt_tensor grad, char **err);
 // found_inf += any non-finite in grads; grads *= inv_scale (torch._amp_foreach_non_finite_check_and_unscale_).
 int rt_foreach_unscale(rt_tensor *grads, int n, rt_tensor found_inf, rt_tensor inv_scale, char **err);
 // Total L2 norm of the grads as a new 0-d float tensor; when max_norm > 0 and finite, grads are

@@ -31,6 +31,7 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> c_int;
     fn rt_grads_set_none(params: *mut *mut c_void, n: c_int, err: *mut *mut c_char) -> c_int;
+    fn rt_backward_with_grad(output: *mut c_void, grad: *mut c_void, err: *mut *mut c_char) -> c_int;
     fn rt_foreach_unscale(
         grads: *mut *mut c_void,
         n: c_int,
@@ -312,6 +313,15 @@ pub fn grads_set_none(params: &[Tensor]) -> Result<()> {
     let mut p = ptrs(params);
     // SAFETY: an array of live tensor pointers, valid for the call.
     call("zero_grad", |e| unsafe { rt_grads_set_none(p.as_mut_ptr(), params.len() as c_int, e) })
+}
+
+/// `torch.autograd.backward(output, grad)`: backward from a non-scalar output with its gradient
+/// (tch's `backward` takes none), accumulating into the leaves' `.grad`.
+pub fn backward_with_grad(output: &Tensor, grad: &Tensor) -> Result<()> {
+    // SAFETY: two live tensors, valid for the call.
+    call("backward", |e| unsafe {
+        rt_backward_with_grad(output.as_ptr() as *mut c_void, grad.as_ptr() as *mut c_void, e)
+    })
 }
 
 /// `torch._amp_foreach_non_finite_check_and_unscale_`: multiplies `grads` by `inv_scale` in place

@@ -1,0 +1,251 @@
+//! `resnet-train bench-act`: one BatchNorm + activation site, forward and backward, at each of
+//! ResNet-50's 49 site shapes, for ReLU (libtorch's batch norm and relu) and the fused PolyNorm /
+//! PolyReLU (BatchNorm folded in, and the activation alone). Where `bench` times whole steps, this
+//! says which site shapes and which operator a step's difference comes from: the first thing to
+//! look at when a GPU's PolyNorm/ReLU ratio is off, and a same-run baseline for kernel work.
+
+use crate::error::{Error, Result};
+use crate::ffi::{self, PolyCom};
+use crate::model::activation::POLYNORM_EPS;
+use crate::train::amp::Precision;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchActArgs {
+    #[arg(long, default_value_t = 3)]
+    pub order: i64,
+    /// fp32, bf16 or fp16 activations (bf16/fp16: returned in that type, as `--act-out-lowp`).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: Precision,
+    #[arg(long, default_value_t = 32)]
+    pub batch: i64,
+    /// Input resolution of the network whose sites are timed (224: ImageNet).
+    #[arg(long, default_value_t = 224)]
+    pub res: i64,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long)]
+    pub channels_last: bool,
+    /// Timed forward + backward passes per site shape (after `--warmup`).
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// CPU intra-op threads (0: libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: i32,
+    /// One JSON line per (operator, site shape) as well as the totals.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// ResNet-50's activation sites at 224 px as (channels, side, residual added before it, count):
+/// the stem, then per stage the blocks' first two sites (the first block's first site at the
+/// previous stage's resolution: torchvision strides in the 3x3 convolution) and the last site,
+/// after the residual add. 49 sites.
+const RESNET50_SITES: [(i64, i64, bool, usize); 12] = [
+    (64, 112, false, 1),
+    (64, 56, false, 6),
+    (256, 56, true, 3),
+    (128, 56, false, 1),
+    (128, 28, false, 7),
+    (512, 28, true, 4),
+    (256, 28, false, 1),
+    (256, 14, false, 11),
+    (1024, 14, true, 6),
+    (512, 14, false, 1),
+    (512, 7, false, 5),
+    (2048, 7, true, 3),
+];
+
+/// The operators timed at each site.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum SiteOp {
+    /// libtorch's batch norm, the residual add, relu.
+    Relu,
+    /// BatchNorm folded into the fused operator (`--act-impl fused`).
+    Folded(PolyCom),
+    /// libtorch's batch norm, the add, then the fused operator (`--act-impl fused-act`).
+    ActOnly(PolyCom),
+}
+
+impl SiteOp {
+    fn name(self) -> String {
+        match self {
+            SiteOp::Relu => "relu".into(),
+            SiteOp::Folded(op) => format!("{} fused", op_name(op)),
+            SiteOp::ActOnly(op) => format!("{} fused-act", op_name(op)),
+        }
+    }
+}
+
+fn op_name(op: PolyCom) -> &'static str {
+    match op {
+        PolyCom::PolyRelu => "polyrelu",
+        PolyCom::PolyNorm => "polynorm",
+    }
+}
+
+/// One site's tensors: BatchNorm's input and parameters, the residual, the upstream gradient.
+struct Site {
+    z: Tensor,
+    identity: Option<Tensor>,
+    gamma: Tensor,
+    beta: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    w: Tensor,
+    b: Tensor,
+    gy: Tensor,
+    lowp_out: bool,
+}
+
+impl Site {
+    /// Forward and backward once (gradients of z, gamma, beta, identity, w, b, as in training).
+    fn step(&self, op: SiteOp) -> Result<()> {
+        let y = match op {
+            SiteOp::Relu => self.bn_add().relu(),
+            SiteOp::Folded(kind) => {
+                let bn = ffi::BatchNormArgs {
+                    gamma: Some(&self.gamma),
+                    beta: Some(&self.beta),
+                    running_mean: &self.running_mean,
+                    running_var: &self.running_var,
+                    train: true,
+                    momentum: 0.1,
+                    eps: 1e-5,
+                };
+                let act = ffi::PolyComArgs {
+                    op: kind,
+                    w: &self.w,
+                    b: &self.b,
+                    eps: POLYNORM_EPS,
+                    lowp_out: self.lowp_out,
+                    clamp: None,
+                };
+                ffi::bn_polycom(&self.z, &bn, self.identity.as_ref(), &act)?
+            }
+            SiteOp::ActOnly(kind) => {
+                ffi::polycom(kind, &self.bn_add(), &self.w, &self.b, POLYNORM_EPS, self.lowp_out)?
+            }
+        };
+        ffi::backward_with_grad(&y, &self.gy)?;
+        // As zero_grad(set_to_none=True): the next step writes fresh gradients, adds none.
+        let leaves: Vec<Tensor> = [&self.z, &self.gamma, &self.beta, &self.w, &self.b]
+            .into_iter()
+            .chain(self.identity.as_ref())
+            .map(|t| t.shallow_clone())
+            .collect();
+        ffi::grads_set_none(&leaves)
+    }
+
+    fn bn_add(&self) -> Tensor {
+        let x = self.z.batch_norm(
+            Some(&self.gamma),
+            Some(&self.beta),
+            Some(&self.running_mean),
+            Some(&self.running_var),
+            true,
+            0.1,
+            1e-5,
+            true,
+        );
+        match &self.identity {
+            Some(r) => x + r,
+            None => x,
+        }
+    }
+}
+
+pub fn run(a: BenchActArgs) -> Result<()> {
+    if a.threads > 0 {
+        tch::set_num_threads(a.threads);
+    }
+    if !(1..=8).contains(&a.order) {
+        return Err(Error::Usage(format!("--order {}: must be 1..8", a.order)));
+    }
+    if a.batch < 1 || a.res < 32 || a.iters == 0 {
+        return Err(Error::Usage("--batch >= 1, --res >= 32 and --iters >= 1 are needed".into()));
+    }
+    let device = crate::runtime::parse_device(&a.device)?;
+    let (kind, lowp_out) = match a.precision {
+        Precision::Fp32 | Precision::Tf32 => (Kind::Float, false),
+        Precision::Bf16 => (Kind::BFloat16, true),
+        Precision::Fp16 => (Kind::Half, true),
+    };
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let ops = [
+        SiteOp::Relu,
+        SiteOp::Folded(PolyCom::PolyNorm),
+        SiteOp::ActOnly(PolyCom::PolyNorm),
+        SiteOp::Folded(PolyCom::PolyRelu),
+        SiteOp::ActOnly(PolyCom::PolyRelu),
+    ];
+    let mut totals = vec![0f64; ops.len()];
+    tch::manual_seed(0);
+    for (channels, side_224, residual, count) in RESNET50_SITES {
+        let side = (side_224 * a.res / 224).max(1);
+        let shape = [a.batch, channels, side, side];
+        let activation = |t: Tensor| -> Result<Tensor> {
+            let t = t.to_kind(kind);
+            Ok(if a.channels_last { ffi::to_channels_last(&t)? } else { t })
+        };
+        let leaf = |t: Tensor| t.set_requires_grad(true);
+        let opts = (Kind::Float, device);
+        let site = Site {
+            z: leaf(activation(Tensor::randn(shape, opts))?),
+            identity: if residual { Some(leaf(activation(Tensor::randn(shape, opts) * 0.5)?)) } else { None },
+            gamma: leaf(Tensor::ones([channels], opts)),
+            beta: leaf(Tensor::zeros([channels], opts)),
+            running_mean: Tensor::zeros([channels], opts),
+            running_var: Tensor::ones([channels], opts),
+            w: leaf(Tensor::full([a.order], 1.0 / a.order as f64, opts)),
+            b: leaf(Tensor::zeros([1], opts)),
+            // The gradient arrives in the output's type: fp32, or the activation's own with lowp_out.
+            gy: activation(Tensor::randn(shape, opts))?.to_kind(if lowp_out { kind } else { Kind::Float }),
+            lowp_out,
+        };
+        let mut relu_ms = f64::NAN;
+        for (i, op) in ops.into_iter().enumerate() {
+            for _ in 0..a.warmup {
+                site.step(op)?;
+            }
+            sync();
+            let t0 = Instant::now();
+            for _ in 0..a.iters {
+                site.step(op)?;
+            }
+            sync();
+            let ms = t0.elapsed().as_secs_f64() * 1e3 / a.iters as f64;
+            if op == SiteOp::Relu {
+                relu_ms = ms;
+            }
+            totals[i] += ms * count as f64;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "op": op.name(), "channels": channels, "side": side, "residual": residual,
+                        "sites": count, "ms": ms, "vs_relu": ms / relu_ms,
+                    })
+                );
+            }
+        }
+    }
+    for (op, total) in ops.iter().zip(&totals) {
+        println!(
+            "{}",
+            serde_json::json!({
+                "total": op.name(), "precision": format!("{:?}", a.precision), "batch": a.batch, "res": a.res,
+                "channels_last": a.channels_last, "device": format!("{device:?}"), "order": a.order,
+                "ms_all_49_sites": total, "vs_relu": total / totals[0],
+            })
+        );
+    }
+    Ok(())
+}
