@@ -572,6 +572,39 @@ fn cuda_kernels_compile_with_nvrtc() {
     }
 }
 
+/// What the CUDA kernels compile to (PTX for sm_90, no GPU needed): no kernel spills to local
+/// memory (an array indexed at run time lands there and costs a memory round trip per access),
+/// and every `_vec` kernel moves its tensors in 16-byte loads and stores - the point of those
+/// kernels, which NVRTC silently drops for some struct copies of bf16/fp16 values.
+#[test]
+fn cuda_kernels_compile_to_wide_accesses_without_local_memory() {
+    let Some(nvrtc) = common::nvrtc_library() else {
+        eprintln!("SKIP cuda_kernels_compile_to_wide_accesses_without_local_memory: no libnvrtc (scripts/bootstrap.sh installs it); this test did not run");
+        return;
+    };
+    let ptx =
+        ffi::polycom_cuda_ptx("compute_90", Some(&nvrtc)).expect("NVRTC runs").expect("polycom.cu compiles");
+    let entries: Vec<(&str, &str)> =
+        ptx.split(".entry ").skip(1).map(|e| (e.split('(').next().unwrap_or(""), e)).collect();
+    // 10 kernels (forward and backward; rows, cols, elementwise; scalar and _vec) x 6 type tags.
+    assert_eq!(entries.len(), 60, "{:?}", entries.iter().map(|e| e.0).collect::<Vec<_>>());
+    for (name, body) in &entries {
+        assert!(!body.contains(".local"), "{name} uses local memory");
+        if name.contains("_vec_") {
+            // 16 bytes: four 32-bit or two 64-bit elements.
+            let wide = [
+                "ld.global.v4.",
+                "ld.global.nc.v4.",
+                "ld.global.v2.f64",
+                "ld.global.nc.v2.f64",
+                "ld.global.v2.u64",
+            ];
+            assert!(wide.iter().any(|w| body.contains(w)), "{name}: no 16-byte loads");
+            assert!(body.contains("st.v4.b32"), "{name}: no 16-byte stores");
+        }
+    }
+}
+
 /// The SIMT emulator that runs the CUDA kernels' source on the CPU (`check-act --simulate-cuda`,
 /// tests/cli.rs): a correct kernel computes the closed form through warp shuffles and
 /// `__syncthreads`; lanes that exit before a full-warp shuffle, or threads waiting at different

@@ -60,9 +60,9 @@ std::string unavailable_reason(int device);
 // (simt_host.h) instead of the CPU kernels: the CUDA source checked without a GPU.
 void set_simulated(bool on);
 bool simulated();
-// Compiles the kernel source to PTX for `arch` (e.g. "compute_90") with no GPU; empty on success,
-// else NVRTC's log.
-std::string compile_check(const std::string &arch, const std::string &nvrtc_path);
+// Compiles the kernel source for `arch` (e.g. "compute_90": PTX, "sm_90": a cubin) with no GPU;
+// empty on success (the PTX or cubin in *image when given), else NVRTC's log.
+std::string compile_check(const std::string &arch, const std::string &nvrtc_path, std::string *image = nullptr);
 }  // namespace cuda
 
 }  // namespace rt_polycom

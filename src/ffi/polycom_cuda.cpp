@@ -510,9 +510,10 @@ std::string unavailable_reason(int device) {
   }
 }
 
-std::string compile_check(const std::string &arch, const std::string &nvrtc_path) {
+std::string compile_check(const std::string &arch, const std::string &nvrtc_path, std::string *image) {
   try {
-    compile(load_nvrtc(nvrtc_path), arch);
+    auto compiled = compile(load_nvrtc(nvrtc_path), arch);
+    if (image) *image = std::move(compiled);
     return "";
   } catch (const std::exception &e) {
     return e.what();

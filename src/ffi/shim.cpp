@@ -372,6 +372,15 @@ int rt_polycom_cuda_unavailable(int device, char **reason, char **err) {
   });
 }
 
+int rt_polycom_cuda_ptx(const char *arch, const char *nvrtc_path, char **ptx, char **log, char **err) {
+  return guarded(err, [&] {
+    std::string image;
+    auto why = rt_polycom::cuda::compile_check(arch, nvrtc_path ? nvrtc_path : "", &image);
+    *log = why.empty() ? nullptr : dup(why);
+    *ptx = why.empty() ? dup(image) : nullptr;
+  });
+}
+
 int rt_polycom_cuda_compile_check(const char *arch, const char *nvrtc_path, char **log, char **err) {
   return guarded(err, [&] {
     auto why = rt_polycom::cuda::compile_check(arch, nvrtc_path ? nvrtc_path : "");

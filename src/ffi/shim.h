@@ -101,6 +101,8 @@ int rt_polycom_cuda_unavailable(int device, char **reason, char **err);
 // Compiles the CUDA kernels for `arch` (e.g. "compute_90", "sm_90") with the NVRTC at `nvrtc_path`
 // (NULL or "": the usual places); *log = NULL on success, else NVRTC's log.
 int rt_polycom_cuda_compile_check(const char *arch, const char *nvrtc_path, char **log, char **err);
+// As above for a virtual architecture ("compute_90"): *ptx = the PTX (malloc'ed) on success.
+int rt_polycom_cuda_ptx(const char *arch, const char *nvrtc_path, char **ptx, char **log, char **err);
 
 // Distributed collectives (dist.cpp), from libtorch's c10d. A store is a c10d::TCPStore at
 // host:port, hosted by the rank with is_server (rank 0, unless a launcher's agent hosts it); every

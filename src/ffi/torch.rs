@@ -154,6 +154,13 @@ extern "C" {
         log: *mut *mut c_char,
         err: *mut *mut c_char,
     ) -> c_int;
+    fn rt_polycom_cuda_ptx(
+        arch: *const c_char,
+        nvrtc_path: *const c_char,
+        ptx: *mut *mut c_char,
+        log: *mut *mut c_char,
+        err: *mut *mut c_char,
+    ) -> c_int;
 }
 
 pub(super) fn ptrs(ts: &[Tensor]) -> Vec<*mut c_void> {
@@ -706,4 +713,25 @@ pub fn uint8_bytes_mut(t: &mut Tensor) -> Result<&mut [u8]> {
     // SAFETY: the tensor is a contiguous CPU uint8 tensor of `len` elements, so its data pointer
     // addresses `len` initialised bytes, which stay alive and unaliased while `t` is borrowed.
     Ok(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, len) })
+}
+
+/// The fused activations' CUDA kernels as PTX for a virtual architecture (`arch` = "compute_90"),
+/// compiled with NVRTC without a GPU: `Ok(Ok(ptx))`, or `Ok(Err(log))` when NVRTC is missing or
+/// the source does not compile. The tests read it to check what the kernels compile to.
+pub fn polycom_cuda_ptx(
+    arch: &str,
+    nvrtc_path: Option<&std::path::Path>,
+) -> Result<std::result::Result<String, String>> {
+    let arch = CString::new(arch).map_err(|_| Error::Usage("arch contains a NUL byte".into()))?;
+    let path = CString::new(nvrtc_path.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default())
+        .map_err(|_| Error::Usage("NVRTC path contains a NUL byte".into()))?;
+    let (mut ptx, mut log): (*mut c_char, *mut c_char) = (std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: two NUL-terminated strings alive for the call and two valid out-pointers.
+    call("fused activation", |e| unsafe {
+        rt_polycom_cuda_ptx(arch.as_ptr(), path.as_ptr(), &mut ptx, &mut log, e)
+    })?;
+    Ok(match take_string(log) {
+        Some(log) => Err(log),
+        None => Ok(take_string(ptx).unwrap_or_default()),
+    })
 }
