@@ -196,7 +196,9 @@ pub fn run(a: CheckActArgs) -> Result<()> {
         "{}",
         serde_json::json!({"check": "fused-vs-eager", "device": device_name, "cases": cases, "failures": failures})
     );
-    let (bn_cases, bn_failures) = check_bn_fold(device, a.json)?;
+    // The CPU kernels run libtorch's batch norm inside the folded operator: the same bits. The
+    // CUDA kernels apply batch norm as they load z (x is never written), which rounds differently.
+    let (bn_cases, bn_failures) = check_bn_fold(device, device == Device::Cpu && !a.simulate_cuda, a.json)?;
     println!(
         "{}",
         serde_json::json!({"check": "bn-fold", "device": device_name, "cases": bn_cases, "failures": bn_failures})
@@ -281,8 +283,9 @@ fn bn_site(
 }
 
 /// BatchNorm folded into the fused operator vs the separate operators on `device`: the same
-/// forward values and running statistics bit for bit (the same kernels run), the same gradients.
-fn check_bn_fold(device: Device, json: bool) -> Result<(usize, usize)> {
+/// forward values and running statistics (bit for bit when `exact`: the same batch norm kernel
+/// runs), the same gradients.
+fn check_bn_fold(device: Device, exact: bool, json: bool) -> Result<(usize, usize)> {
     let names = ["y", "running_mean", "running_var", "dz", "dgamma", "dbeta", "dw", "db", "dresidual"];
     let (mut cases, mut failures) = (0, 0);
     for op in [PolyCom::PolyRelu, PolyCom::PolyNorm] {
@@ -320,9 +323,14 @@ fn check_bn_fold(device: Device, json: bool) -> Result<(usize, usize)> {
                             let mut errs = serde_json::Map::new();
                             let mut ok = true;
                             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                                // Forward and statistics: the same kernels, the same bits.
+                                // Forward and statistics: the same bits, or (batch norm applied on
+                                // load) within the running statistics' fp32 rounding and y's.
                                 let err = rel_err(g, w);
-                                ok &= if i < 3 { g.equal(w) } else { err < tol };
+                                ok &= match i {
+                                    0..=2 if exact => g.equal(w),
+                                    1 | 2 => err < 1e-5,
+                                    _ => err < tol,
+                                };
                                 errs.insert(names[i].to_string(), serde_json::json!(err));
                             }
                             cases += 1;

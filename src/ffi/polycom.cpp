@@ -121,16 +121,18 @@ struct Forward {
 
 // The CUDA kernels write a low-precision output directly; the CPU kernels write fp32 and the
 // result is cast (bf16/fp16 on a CPU is rare and its convolutions dominate anyway).
+// With `bn` (CUDA kernels only), x_in is batch norm's input z and the kernels compute x on load.
 Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::Tensor &b, double eps,
-                         bool lowp_out) {
+                         bool lowp_out, const BnRecompute *bn = nullptr) {
   check_coefs(x_in, w, b);
   auto [x, shape] = norm_layout(x_in);
   const int k = static_cast<int>(w.numel());
   auto y = at::empty_like(x, x.options().dtype(cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x)));
   auto rs = at::empty({shape.outer, k, shape.inner}, x.options().dtype(acc_type(x)));
+  if (bn && !cuda_kernels(x)) throw std::logic_error("batch norm applied on load needs the CUDA kernels");
   if (x.numel() > 0) {
     if (cuda_kernels(x)) {
-      cuda::polynorm_forward(x, w, b, eps, shape, y, rs);
+      cuda::polynorm_forward(x, w, b, eps, shape, y, rs, bn);
     } else {
       cpu_kernels().polynorm_forward(dtype_of(x), x.const_data_ptr(), y.data_ptr(), rs.data_ptr(), shape,
                                      host_coefs(w, b), eps);
@@ -159,14 +161,16 @@ std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Ten
   return cpu_coef_grads(dx, gc, k, w, b);
 }
 
-Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::Tensor &b, bool lowp_out) {
+Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::Tensor &b, bool lowp_out,
+                         const BnRecompute *bn = nullptr) {
   check_coefs(x_in, w, b);
   // Elementwise: any dense layout will do, as long as x, y, dy and dx share it.
   auto x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
   auto y = at::empty_like(x, x.options().dtype(cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x)));
+  if (bn && !cuda_kernels(x)) throw std::logic_error("batch norm applied on load needs the CUDA kernels");
   if (x.numel() > 0) {
     if (cuda_kernels(x)) {
-      cuda::polyrelu_forward(x, w, b, y);
+      cuda::polyrelu_forward(x, w, b, y, bn);
     } else {
       cpu_kernels().polyrelu_forward(dtype_of(x), x.const_data_ptr(), y.data_ptr(), x.numel(), host_coefs(w, b));
     }
@@ -256,6 +260,12 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     if (z.dim() < 2) throw std::invalid_argument("fused BatchNorm + activation: input needs a channel axis");
     if (identity.defined() && identity.sizes() != z.sizes())
       throw std::invalid_argument("fused BatchNorm + activation: residual and input differ in shape");
+    if (cuda_kernels(z)) {
+      const auto zl = norm_layout(z).x;
+      if (applies_on_load(zl, identity))
+        return forward_on_load(ctx, zl, gamma, beta, identity, w, b, running_mean, running_var, train, momentum,
+                               bn_eps, kind, eps, lowp_out, clamp);
+    }
     auto bn = at::_batch_norm_impl_index(z, gamma, beta, running_mean, running_var, train, momentum, bn_eps,
                                          at::globalContext().userEnabledCuDNN());
     at::Tensor x = std::get<0>(bn);
@@ -277,6 +287,64 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     return f.y;
   }
 
+  // The CUDA kernels can apply batch norm (and the add, and the clamp) as they load z when x has
+  // z's type: the identity absent or of z's type and layout (the GPU configuration: bf16 with
+  // act_out_lowp, or fp32), z contiguous or channels-last.
+  static bool applies_on_load(const at::Tensor &z, const at::Tensor &identity) {
+    if (!cuda_kernels(z)) return false;
+    if (identity.defined() && (identity.scalar_type() != z.scalar_type() || identity.strides() != z.strides()))
+      return false;
+    return z.is_contiguous() || (z.dim() == 4 && z.is_contiguous(at::MemoryFormat::ChannelsLast));
+  }
+
+  // x never written: the batch statistics (and the running statistics' update, as batch norm's)
+  // in one pass over z, then the activation's kernels apply x = z * scale + shift [+ identity]
+  // [clamped] as they load z. Saved for the backward as libtorch's native batch norm saves them
+  // (impl 0: mean and invstd), whose backward the backward calls.
+  static at::Tensor forward_on_load(AutogradContext *ctx, const at::Tensor &z, const at::Tensor &gamma,
+                                    const at::Tensor &beta, const at::Tensor &identity, const at::Tensor &w,
+                                    const at::Tensor &b, const at::Tensor &running_mean,
+                                    const at::Tensor &running_var, bool train, double momentum, double bn_eps,
+                                    int64_t kind, double eps, bool lowp_out, double clamp) {
+    const auto acc = acc_type(z);
+    at::Tensor mean, invstd;
+    if (train) {
+      auto [batch_mean, batch_var] = at::batch_norm_update_stats(
+          z, running_mean.defined() ? std::optional<at::Tensor>(running_mean) : std::nullopt,
+          running_var.defined() ? std::optional<at::Tensor>(running_var) : std::nullopt, momentum);
+      mean = batch_mean.to(acc);
+      invstd = (batch_var.to(acc) + bn_eps).rsqrt();
+    } else {
+      mean = running_mean.to(acc);
+      invstd = (running_var.to(acc) + bn_eps).rsqrt();
+    }
+    auto [scale, shift] = affine_of(mean, invstd, gamma, beta, acc);
+    const BnRecompute bn{identity.defined() ? identity : at::Tensor(), scale, shift, clamp};
+    auto f = kind == 1 ? polynorm_forward(z, w, b, eps, lowp_out, &bn) : polyrelu_forward(z, w, b, lowp_out, &bn);
+    ctx->save_for_backward({z, gamma, beta, identity, w, b, train ? at::Tensor() : running_mean,
+                            train ? at::Tensor() : running_var, train ? mean : at::Tensor(),
+                            train ? invstd : at::Tensor(), at::Tensor(), f.rs});
+    ctx->saved_data["impl"] = static_cast<int64_t>(0);  // libtorch's native batch norm
+    ctx->saved_data["train"] = train;
+    ctx->saved_data["bn_eps"] = bn_eps;
+    ctx->saved_data["kind"] = kind;
+    ctx->saved_data["lowp_out"] = lowp_out;
+    ctx->saved_data["clamp"] = clamp;
+    ctx->saved_data["x_type"] = static_cast<int64_t>(z.scalar_type());
+    return f.y;
+  }
+
+  // Batch norm's affine map in the arithmetic type: x = z * scale + shift per channel.
+  static std::pair<at::Tensor, at::Tensor> affine_of(const at::Tensor &mean, const at::Tensor &invstd,
+                                                     const at::Tensor &gamma, const at::Tensor &beta,
+                                                     at::ScalarType acc) {
+    auto scale = invstd.to(acc);
+    if (gamma.defined()) scale = scale * gamma.to(acc);
+    auto shift = -mean.to(acc) * scale;
+    if (beta.defined()) shift = shift + beta.to(acc);
+    return {scale, shift};
+  }
+
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
     const int kNumInputs = 15;
     if (!grads[0].defined()) return variable_list(kNumInputs);
@@ -293,15 +361,12 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     const auto acc = acc_type(z);
     auto mean = train ? save_mean : running_mean;
     auto invstd = train ? save_var : (running_var.to(acc) + bn_eps).rsqrt();
-    auto scale = invstd.to(acc);
-    if (gamma.defined()) scale = scale * gamma.to(acc);
-    auto shift = -mean.to(acc) * scale;
-    if (beta.defined()) shift = shift + beta.to(acc);
+    auto [scale, shift] = affine_of(mean, invstd, gamma, beta, acc);
     const double clamp = ctx->saved_data["clamp"].toDouble();
     const bool polynorm = ctx->saved_data["kind"].toInt() == 1;
     std::vector<at::Tensor> act;
     const auto zl = norm_layout(z).x;  // z as saved (contiguous or channels-last), else a copy
-    if (recompute_on_load(zl, identity, x_type)) {
+    if (x_type == zl.scalar_type() && applies_on_load(zl, identity)) {
       // The CUDA kernels read z (and the identity) and recompute x as they go: no pass writes x.
       const BnRecompute bn{identity.defined() ? identity : at::Tensor(), scale, shift, clamp};
       act = polynorm ? polynorm_backward(grads[0], zl, w, b, rs, lowp_out, &bn)
@@ -324,16 +389,6 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     out[4] = act[1];
     out[5] = act[2];
     return out;
-  }
-
-  // The CUDA kernels can recompute x on load when x has z's type and the identity z's type and
-  // layout (the GPU configuration: bf16 with act_out_lowp, or fp32); otherwise one pass
-  // recomputes x first.
-  static bool recompute_on_load(const at::Tensor &z, const at::Tensor &identity, at::ScalarType x_type) {
-    if (!cuda_kernels(z) || x_type != z.scalar_type()) return false;
-    if (identity.defined() && (identity.scalar_type() != z.scalar_type() || identity.strides() != z.strides()))
-      return false;
-    return z.is_contiguous() || (z.dim() == 4 && z.is_contiguous(at::MemoryFormat::ChannelsLast));
   }
 
   // x recomputed in one pass (rounded as the forward's batch norm and add rounded it), then the

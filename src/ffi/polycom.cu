@@ -172,7 +172,7 @@ struct RowWalk {
   __device__ i64 stride() const { return (i64)gridDim.x * rows_per_block; }
 };
 
-// ---- Where a backward kernel reads the activation's input x ----
+// ---- Where a kernel reads the activation's input x ----
 // x itself, or, with BatchNorm folded into the operator, recomputed on load from batch norm's
 // input z: x = T(T(z * scale[c] + shift[c]) + identity), rounded as the separate operators round
 // it (batch norm's output, then the residual add), then clamped to [-clamp, clamp] when clamp > 0
@@ -213,8 +213,8 @@ __device__ __forceinline__ int channel_of(const Source<T, A> &s, i64 i) {
 // ---- PolyNorm forward ----
 
 template <typename T, typename O, typename A, int V>
-__device__ void polynorm_fwd_rows(const T *x, O *y, A *rs, const A *w, const A *b, i64 rows, int C, int k, A eps,
-                                  int G) {
+__device__ void polynorm_fwd_rows(Source<T, A> src, O *y, A *rs, const A *w, const A *b, i64 rows, int C, int k,
+                                  A eps, int G) {
   const RowWalk walk(G);
   A wk[MAX_ORDER];
 #pragma unroll
@@ -223,16 +223,20 @@ __device__ void polynorm_fwd_rows(const T *x, O *y, A *rs, const A *w, const A *
   for (i64 base = walk.first(); base < rows; base += walk.stride()) {
     const i64 row = base + walk.slot;
     const bool valid = row < rows;
-    const T *xr = x + row * C;
+    const T *xr = src.x + row * C;
+    const T *ir = src.identity ? src.identity + row * C : nullptr;
     A s[MAX_ORDER];
 #pragma unroll
     for (int i = 0; i < MAX_ORDER; i++) s[i] = 0;
     if (valid) {
       for (int c = walk.sub * V; c < C; c += G * V) {
         const Pack<T, V> p = load<V>(xr + c);
+        Pack<T, V> pi;
+        if (ir) pi = load<V>(ir + c);
 #pragma unroll
         for (int j = 0; j < V; j++) {
-          const A v = to_acc(p.v[j]), sq = v * v;
+          bool inside;
+          const A v = source_x(src, to_acc(p.v[j]), ir ? to_acc(pi.v[j]) : (A)0, c + j, inside), sq = v * v;
           A pw = sq;
 #pragma unroll
           for (int i = 0; i < MAX_ORDER; i++)
@@ -253,12 +257,15 @@ __device__ void polynorm_fwd_rows(const T *x, O *y, A *rs, const A *w, const A *
       }
     if (valid) {
       O *yr = y + row * C;
-      for (int c = walk.sub * V; c < C; c += G * V) {  // x again: just read, from cache
+      for (int c = walk.sub * V; c < C; c += G * V) {  // again: just read, from cache
         const Pack<T, V> p = load<V>(xr + c);
+        Pack<T, V> pi;
+        if (ir) pi = load<V>(ir + c);
         Pack<O, V> out;
 #pragma unroll
         for (int j = 0; j < V; j++) {
-          const A v = to_acc(p.v[j]);
+          bool inside;
+          const A v = source_x(src, to_acc(p.v[j]), ir ? to_acc(pi.v[j]) : (A)0, c + j, inside);
           out.v[j] = from_acc<O>(horner(coef, k, v) * v + bias);
         }
         store<V>(yr + c, out);
@@ -268,17 +275,20 @@ __device__ void polynorm_fwd_rows(const T *x, O *y, A *rs, const A *w, const A *
 }
 
 template <typename T, typename O, typename A>
-__device__ void polynorm_fwd_cols(const T *x, O *y, A *rs, const A *w, const A *b, i64 outer, int C, i64 inner, int k,
-                                  A eps) {
+__device__ void polynorm_fwd_cols(Source<T, A> src, O *y, A *rs, const A *w, const A *b, i64 outer, int C,
+                                  i64 inner, int k, A eps) {
   const i64 pix = (i64)blockIdx.x * BLOCK + threadIdx.x;
   if (pix >= outer * inner) return;
   const i64 o = pix / inner, p = pix % inner;
-  const T *xs = x + o * C * inner + p;
+  const T *xs = src.x + o * C * inner + p;
+  const T *is = src.identity ? src.identity + o * C * inner + p : nullptr;
   A s[MAX_ORDER];
 #pragma unroll
   for (int i = 0; i < MAX_ORDER; i++) s[i] = 0;
   for (int c = 0; c < C; c++) {
-    const A v = to_acc(xs[(i64)c * inner]), sq = v * v;
+    bool inside;
+    const A v = source_x(src, to_acc(xs[(i64)c * inner]), is ? to_acc(is[(i64)c * inner]) : (A)0, c, inside);
+    const A sq = v * v;
     A pw = sq;
 #pragma unroll
     for (int i = 0; i < MAX_ORDER; i++)
@@ -298,7 +308,8 @@ __device__ void polynorm_fwd_cols(const T *x, O *y, A *rs, const A *w, const A *
   const A bias = b[0];
   O *ys = y + o * C * inner + p;
   for (int c = 0; c < C; c++) {
-    const A v = to_acc(xs[(i64)c * inner]);
+    bool inside;
+    const A v = source_x(src, to_acc(xs[(i64)c * inner]), is ? to_acc(is[(i64)c * inner]) : (A)0, c, inside);
     ys[(i64)c * inner] = from_acc<O>(horner(coef, k, v) * v + bias);
   }
 }
@@ -444,24 +455,33 @@ __device__ __forceinline__ void for_each_vector(i64 n, F fn) {
   for (i64 i = vectors * V + thread; i < n; i += threads) fn(i, 1);
 }
 
+// With a folded batch norm, the `_vec` kernels need each vector in one channel plane (s.inner a
+// multiple of V) or in consecutive channels (s.inner == 1): the caller checks.
 template <typename T, typename O, typename A, int V>
-__device__ void polyrelu_fwd(const T *x, O *y, const A *w, const A *b, i64 n, int k) {
+__device__ void polyrelu_fwd(Source<T, A> src, O *y, const A *w, const A *b, i64 n, int k) {
   A c[MAX_ORDER];
 #pragma unroll
   for (int i = 0; i < MAX_ORDER; i++) c[i] = i < k ? w[i] : (A)0;
   const A bias = b[0];
   for_each_vector<V>(n, [&](i64 i, int count) {
+    const int c0 = src.scale ? channel_of(src, i) : 0;
     if (count == V) {
-      const Pack<T, V> p = load<V>(x + i);
+      const Pack<T, V> p = load<V>(src.x + i);
+      Pack<T, V> pi;
+      if (src.identity) pi = load<V>(src.identity + i);
       Pack<O, V> out;
 #pragma unroll
       for (int j = 0; j < V; j++) {
-        const A r = relu_acc(to_acc(p.v[j]));
+        bool inside;
+        const int ch = src.inner == 1 ? (c0 + j) % src.C : c0;
+        const A r = relu_acc(source_x(src, to_acc(p.v[j]), src.identity ? to_acc(pi.v[j]) : (A)0, ch, inside));
         out.v[j] = from_acc<O>(horner(c, k, r) * r + bias);
       }
       store<V>(y + i, out);
     } else {
-      const A r = relu_acc(to_acc(x[i]));
+      bool inside;
+      const A v = source_x(src, to_acc(src.x[i]), src.identity ? to_acc(src.identity[i]) : (A)0, c0, inside);
+      const A r = relu_acc(v);
       y[i] = from_acc<O>(horner(c, k, r) * r + bias);
     }
   });
@@ -484,8 +504,6 @@ __device__ __forceinline__ T polyrelu_grad(A v, bool inside, A g, const A *ic, i
   return from_acc<T>(positive && inside ? g * horner(ic, k, r) : (A)0);
 }
 
-// With a folded batch norm, the `_vec` kernel needs each vector in one channel plane (s.inner a
-// multiple of V) or in consecutive channels (s.inner == 1): the caller checks.
 template <typename T, typename O, typename A, int V>
 __device__ void polyrelu_bwd(Source<T, A> src, const O *gy, T *dx, const A *w, A *partials, i64 n, int k) {
   A ic[MAX_ORDER], acc[MAX_ORDER], acc_db = 0;
@@ -525,8 +543,8 @@ __device__ void polyrelu_bwd(Source<T, A> src, const O *gy, T *dx, const A *w, A
 // the `_vec` kernels (rows: C a multiple of V; every pointer 16-byte aligned).
 
 #define RT_ROWS_AND_RELU_KERNELS(SUFFIX, TAG, T, O, A, V)                                                     \
-  RT_KERNEL polynorm_fwd_rows##SUFFIX##_##TAG(const T *x, O *y, A *rs, const A *w, const A *b, i64 rows, int C, \
-                                              int k, A eps, int G) {                                           \
+  RT_KERNEL polynorm_fwd_rows##SUFFIX##_##TAG(Source<T, A> x, O *y, A *rs, const A *w, const A *b, i64 rows,     \
+                                              int C, int k, A eps, int G) {                                    \
     polynorm_fwd_rows<T, O, A, V>(x, y, rs, w, b, rows, C, k, eps, G);                                         \
   }                                                                                                            \
   RT_REGISTER(polynorm_fwd_rows##SUFFIX##_##TAG)                                                               \
@@ -535,7 +553,7 @@ __device__ void polyrelu_bwd(Source<T, A> src, const O *gy, T *dx, const A *w, A
     polynorm_bwd_rows<T, O, A, V>(x, gy, rs, dx, w, partials, rows, C, k, G);                                  \
   }                                                                                                            \
   RT_REGISTER(polynorm_bwd_rows##SUFFIX##_##TAG)                                                               \
-  RT_KERNEL polyrelu_fwd##SUFFIX##_##TAG(const T *x, O *y, const A *w, const A *b, i64 n, int k) {             \
+  RT_KERNEL polyrelu_fwd##SUFFIX##_##TAG(Source<T, A> x, O *y, const A *w, const A *b, i64 n, int k) {        \
     polyrelu_fwd<T, O, A, V>(x, y, w, b, n, k);                                                                \
   }                                                                                                            \
   RT_REGISTER(polyrelu_fwd##SUFFIX##_##TAG)                                                                    \
@@ -548,7 +566,7 @@ __device__ void polyrelu_bwd(Source<T, A> src, const O *gy, T *dx, const A *w, A
 #define RT_POLYCOM_KERNELS(TAG, T, O, A, V)                                                                   \
   RT_ROWS_AND_RELU_KERNELS(, TAG, T, O, A, 1)                                                                  \
   RT_ROWS_AND_RELU_KERNELS(_vec, TAG, T, O, A, V)                                                              \
-  RT_KERNEL polynorm_fwd_cols_##TAG(const T *x, O *y, A *rs, const A *w, const A *b, i64 outer, int C,         \
+  RT_KERNEL polynorm_fwd_cols_##TAG(Source<T, A> x, O *y, A *rs, const A *w, const A *b, i64 outer, int C,    \
                                     i64 inner, int k, A eps) {                                                 \
     polynorm_fwd_cols<T, O, A>(x, y, rs, w, b, outer, C, inner, k, eps);                                       \
   }                                                                                                            \

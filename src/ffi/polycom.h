@@ -30,8 +30,8 @@ std::pair<at::Tensor, at::Tensor> coef_grads(const at::Tensor &sums, const at::T
 void set_cpu_isa(int isa);
 int cpu_isa();
 
-// BatchNorm folded into the operator (bn_act): the backward kernels read batch norm's input z in
-// place of x and recompute x on load (polycom.cu, `Source`): x = z * scale + shift per channel,
+// BatchNorm folded into the operator (bn_act): the kernels read batch norm's input z in place of
+// x and recompute x on load (polycom.cu, `Source`): x = z * scale + shift per channel,
 // rounded to z's type, + identity (rounded), clamped when clamp > 0.
 struct BnRecompute {
   at::Tensor identity;      // undefined: none; else z's type and strides
@@ -42,14 +42,15 @@ struct BnRecompute {
 namespace cuda {
 // Kernels compiled at first use with NVRTC and launched on the current stream. Coefficients stay
 // on the device (no synchronisation); dw and db come back as tensors of w's type.
+// With `bn`, x is batch norm's input z (see BnRecompute), here and in the backward functions.
 void polynorm_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps, NormShape s,
-                      at::Tensor &y, at::Tensor &rs);
-// With `bn`, x is batch norm's input z (see BnRecompute).
+                      at::Tensor &y, at::Tensor &rs, const BnRecompute *bn = nullptr);
 std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &rs,
                                                     const at::Tensor &w, const at::Tensor &b, NormShape s,
                                                     at::Tensor &dx, const BnRecompute *bn = nullptr);
-void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, at::Tensor &y);
-// With `bn`, x is batch norm's input z (see BnRecompute), dense: contiguous or channels-last.
+// PolyReLU with `bn`: z dense, contiguous or channels-last.
+void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, at::Tensor &y,
+                      const BnRecompute *bn = nullptr);
 std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &w,
                                                     const at::Tensor &b, at::Tensor &dx,
                                                     const BnRecompute *bn = nullptr);

@@ -406,9 +406,10 @@ RowsLaunch elementwise_launch(const at::Tensor &x, std::initializer_list<const a
 }  // namespace
 
 void polynorm_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps, NormShape s,
-                      at::Tensor &y, at::Tensor &rs) {
+                      at::Tensor &y, at::Tensor &rs, const BnRecompute *bn) {
   auto wa = acc_coefs(w, x), ba = acc_coefs(b, x);
-  const void *xp = x.const_data_ptr();
+  auto src = source_arg(x, bn, s.inner, s.channels);
+  const at::Tensor &identity = bn && bn->identity.defined() ? bn->identity : x;
   void *yp = y.data_ptr(), *rp = rs.data_ptr(), *wp = wa.data_ptr(), *bp = ba.data_ptr();
   long long outer = s.outer, inner = s.inner;
   int channels = static_cast<int>(s.channels), k = static_cast<int>(w.numel());
@@ -416,13 +417,13 @@ void polynorm_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor
   double eps_d = eps;
   void *eps_p = acc_of(x) == at::kDouble ? static_cast<void *>(&eps_d) : static_cast<void *>(&eps_f);
   if (s.inner == 1) {
-    auto l = rows_launch(x, {&x, &y}, s);
+    auto l = rows_launch(x, {&x, &identity, &y}, s);
     int group = l.group;
     launch(x, y, "polynorm_fwd_rows" + l.suffix, l.blocks,
-           {&xp, &yp, &rp, &wp, &bp, &outer, &channels, &k, eps_p, &group});
+           {src.get(x), &yp, &rp, &wp, &bp, &outer, &channels, &k, eps_p, &group});
   } else {
     launch(x, y, "polynorm_fwd_cols", ceil_div(s.outer * s.inner, kBlock),
-           {&xp, &yp, &rp, &wp, &bp, &outer, &channels, &inner, &k, eps_p});
+           {src.get(x), &yp, &rp, &wp, &bp, &outer, &channels, &inner, &k, eps_p});
   }
 }
 
@@ -453,35 +454,49 @@ std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const a
   return coef_grads(partials.sum(0), w, b);
 }
 
-void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, at::Tensor &y) {
+// PolyReLU's elements as [N, C, inner] (inner = 1 for channels-last and 2-d tensors): what the
+// kernels need to find an element's channel when batch norm is folded in.
+std::pair<int64_t, int64_t> elementwise_channels(const at::Tensor &x, const BnRecompute *bn) {
+  int64_t inner = 1, channels = x.dim() >= 2 ? x.size(1) : 1;
+  if (!bn) return {inner, channels};
+  if (x.dim() < 2) throw std::invalid_argument("fused BatchNorm + activation: input needs a channel axis");
+  const bool channels_last = x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  if (!channels_last && !x.is_contiguous())
+    throw std::invalid_argument("fused BatchNorm + activation: input must be contiguous or channels-last");
+  if (!channels_last && channels > 0 && x.size(0) > 0) inner = x.numel() / (x.size(0) * channels);
+  return {inner, channels};
+}
+
+// The elementwise kernels' launch over x and `tensors`; with batch norm folded in, a vector must
+// stay in one channel plane (or run over consecutive channels, inner == 1).
+RowsLaunch polyrelu_launch(const at::Tensor &x, std::initializer_list<const at::Tensor *> tensors,
+                           const BnRecompute *bn, int64_t inner) {
+  auto l = elementwise_launch(x, tensors);
+  if (bn && !l.suffix.empty() && inner != 1 && inner % (16 / static_cast<int64_t>(x.element_size())) != 0)
+    l = RowsLaunch{"", 1, std::min(ceil_div(x.numel(), kBlock), max_blocks(x))};
+  return l;
+}
+
+void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, at::Tensor &y,
+                      const BnRecompute *bn) {
+  if (x.numel() == 0) return;
   auto wa = acc_coefs(w, x), ba = acc_coefs(b, x);
-  const void *xp = x.const_data_ptr();
+  const auto [inner, channels] = elementwise_channels(x, bn);
+  auto src = source_arg(x, bn, inner, channels);
+  const at::Tensor &identity = bn && bn->identity.defined() ? bn->identity : x;
   void *yp = y.data_ptr(), *wp = wa.data_ptr(), *bp = ba.data_ptr();
   long long n = x.numel();
   int k = static_cast<int>(w.numel());
-  if (n == 0) return;
-  auto l = elementwise_launch(x, {&x, &y});
-  launch(x, y, "polyrelu_fwd" + l.suffix, l.blocks, {&xp, &yp, &wp, &bp, &n, &k});
+  auto l = polyrelu_launch(x, {&x, &identity, &y}, bn, inner);
+  launch(x, y, "polyrelu_fwd" + l.suffix, l.blocks, {src.get(x), &yp, &wp, &bp, &n, &k});
 }
 
 std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &w,
                                                     const at::Tensor &b, at::Tensor &dx, const BnRecompute *bn) {
   const int64_t k64 = w.numel();
-  // The channel of each element (batch norm folded in): x's layout as [N, C, inner] or, channels
-  // last, inner = 1.
-  int64_t inner = 1, channels = x.dim() >= 2 ? x.size(1) : 1;
-  if (bn) {
-    if (x.dim() < 2) throw std::invalid_argument("fused BatchNorm + activation: input needs a channel axis");
-    const bool channels_last = x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-    if (!channels_last && !x.is_contiguous())
-      throw std::invalid_argument("fused BatchNorm + activation: input must be contiguous or channels-last");
-    if (!channels_last && channels > 0 && x.size(0) > 0) inner = x.numel() / (x.size(0) * channels);
-  }
+  const auto [inner, channels] = elementwise_channels(x, bn);
   const at::Tensor &identity = bn && bn->identity.defined() ? bn->identity : x;
-  auto l = x.numel() > 0 ? elementwise_launch(x, {&x, &identity, &gy, &dx}) : RowsLaunch{"", 1, 0};
-  // A vector must stay in one channel plane (or run over consecutive channels, inner == 1).
-  if (bn && !l.suffix.empty() && inner != 1 && inner % (16 / static_cast<int64_t>(x.element_size())) != 0)
-    l = RowsLaunch{"", 1, std::min(ceil_div(x.numel(), kBlock), max_blocks(x))};
+  const auto l = x.numel() > 0 ? polyrelu_launch(x, {&x, &identity, &gy, &dx}, bn, inner) : RowsLaunch{"", 1, 0};
   auto partials = at::zeros({std::max<int64_t>(l.blocks, 1), k64 + 1}, x.options().dtype(acc_of(x)));
   if (x.numel() > 0) {
     auto wa = acc_coefs(w, x);
