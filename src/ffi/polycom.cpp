@@ -123,7 +123,7 @@ struct Forward {
 // result is cast (bf16/fp16 on a CPU is rare and its convolutions dominate anyway).
 // With `bn` (CUDA kernels only), x_in is batch norm's input z and the kernels compute x on load.
 Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::Tensor &b, double eps,
-                         bool lowp_out, const BnRecompute *bn = nullptr) {
+                         bool lowp_out, const BatchNormOnLoad *bn = nullptr) {
   check_coefs(x_in, w, b);
   auto [x, shape] = norm_layout(x_in);
   const int k = static_cast<int>(w.numel());
@@ -144,7 +144,7 @@ Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
 // With `bn` (CUDA kernels only), x is batch norm's input z and the kernels recompute x on load.
 std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Tensor &x, const at::Tensor &w,
                                           const at::Tensor &b, const at::Tensor &rs, bool lowp_out,
-                                          const BnRecompute *bn = nullptr) {
+                                          const BatchNormOnLoad *bn = nullptr) {
   auto shape = norm_layout(x).shape;  // x was saved in its kernel layout: no copy here
   const int k = static_cast<int>(w.numel());
   auto gy = like(gy_in, x, cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x));
@@ -162,7 +162,7 @@ std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Ten
 }
 
 Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::Tensor &b, bool lowp_out,
-                         const BnRecompute *bn = nullptr) {
+                         const BatchNormOnLoad *bn = nullptr) {
   check_coefs(x_in, w, b);
   // Elementwise: any dense layout will do, as long as x, y, dy and dx share it.
   auto x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
@@ -179,7 +179,7 @@ Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
 }
 
 std::vector<at::Tensor> polyrelu_backward(const at::Tensor &gy_in, const at::Tensor &x, const at::Tensor &w,
-                                          const at::Tensor &b, bool lowp_out, const BnRecompute *bn = nullptr) {
+                                          const at::Tensor &b, bool lowp_out, const BatchNormOnLoad *bn = nullptr) {
   const int k = static_cast<int>(w.numel());
   auto gy = like(gy_in, x, cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x));
   auto dx = at::empty_like(x);
@@ -240,6 +240,8 @@ struct PolyReluFunction : public torch::autograd::Function<PolyReluFunction> {
 // runs the activation's backward, and hands dx to batch norm's own backward. Where the separate
 // operators keep z, x and y per site, this keeps z and y: ReLU's count (Inductor recomputes the
 // same way). The recomputed x is batch norm's output to within a rounding of its last step.
+// With the CUDA kernels (and the residual of z's type and layout) x is never written at all: see
+// forward_on_load; the backward kernels then apply the same map as they load z.
 struct BnActFunction : public torch::autograd::Function<BnActFunction> {
   static at::Tensor forward(AutogradContext *ctx, const at::Tensor &z, const at::Tensor &gamma_in,
                             const at::Tensor &beta_in, const at::Tensor &identity_in, const at::Tensor &w,
@@ -319,7 +321,7 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
       invstd = (running_var.to(acc) + bn_eps).rsqrt();
     }
     auto [scale, shift] = affine_of(mean, invstd, gamma, beta, acc);
-    const BnRecompute bn{identity.defined() ? identity : at::Tensor(), scale, shift, clamp};
+    const BatchNormOnLoad bn{identity.defined() ? identity : at::Tensor(), scale, shift, clamp};
     auto f = kind == 1 ? polynorm_forward(z, w, b, eps, lowp_out, &bn) : polyrelu_forward(z, w, b, lowp_out, &bn);
     ctx->save_for_backward({z, gamma, beta, identity, w, b, train ? at::Tensor() : running_mean,
                             train ? at::Tensor() : running_var, train ? mean : at::Tensor(),
@@ -368,7 +370,7 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     const auto zl = norm_layout(z).x;  // z as saved (contiguous or channels-last), else a copy
     if (x_type == zl.scalar_type() && applies_on_load(zl, identity)) {
       // The CUDA kernels read z (and the identity) and recompute x as they go: no pass writes x.
-      const BnRecompute bn{identity.defined() ? identity : at::Tensor(), scale, shift, clamp};
+      const BatchNormOnLoad bn{identity.defined() ? identity : at::Tensor(), scale, shift, clamp};
       act = polynorm ? polynorm_backward(grads[0], zl, w, b, rs, lowp_out, &bn)
                      : polyrelu_backward(grads[0], zl, w, b, lowp_out, &bn);
     } else {

@@ -33,7 +33,7 @@ int cpu_isa();
 // BatchNorm folded into the operator (bn_act): the kernels read batch norm's input z in place of
 // x and recompute x on load (polycom.cu, `Source`): x = z * scale + shift per channel,
 // rounded to z's type, + identity (rounded), clamped when clamp > 0.
-struct BnRecompute {
+struct BatchNormOnLoad {
   at::Tensor identity;      // undefined: none; else z's type and strides
   at::Tensor scale, shift;  // per channel, in the arithmetic type, contiguous
   double clamp = 0;
@@ -42,18 +42,18 @@ struct BnRecompute {
 namespace cuda {
 // Kernels compiled at first use with NVRTC and launched on the current stream. Coefficients stay
 // on the device (no synchronisation); dw and db come back as tensors of w's type.
-// With `bn`, x is batch norm's input z (see BnRecompute), here and in the backward functions.
+// With `bn`, x is batch norm's input z (see BatchNormOnLoad), here and in the backward functions.
 void polynorm_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps, NormShape s,
-                      at::Tensor &y, at::Tensor &rs, const BnRecompute *bn = nullptr);
+                      at::Tensor &y, at::Tensor &rs, const BatchNormOnLoad *bn = nullptr);
 std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &rs,
                                                     const at::Tensor &w, const at::Tensor &b, NormShape s,
-                                                    at::Tensor &dx, const BnRecompute *bn = nullptr);
+                                                    at::Tensor &dx, const BatchNormOnLoad *bn = nullptr);
 // PolyReLU with `bn`: z dense, contiguous or channels-last.
 void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, at::Tensor &y,
-                      const BnRecompute *bn = nullptr);
+                      const BatchNormOnLoad *bn = nullptr);
 std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &w,
                                                     const at::Tensor &b, at::Tensor &dx,
-                                                    const BnRecompute *bn = nullptr);
+                                                    const BatchNormOnLoad *bn = nullptr);
 // Empty when the CUDA kernels can run on `device`; otherwise why not (no libnvrtc, no driver,
 // a compile error).
 std::string unavailable_reason(int device);

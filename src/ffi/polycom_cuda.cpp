@@ -363,7 +363,7 @@ struct SourceArg {
   void *get(const at::Tensor &x) { return acc_of(x) == at::kDouble ? static_cast<void *>(&d) : &f; }
 };
 
-SourceArg source_arg(const at::Tensor &x, const BnRecompute *bn, int64_t inner, int64_t channels) {
+SourceArg source_arg(const at::Tensor &x, const BatchNormOnLoad *bn, int64_t inner, int64_t channels) {
   SourceArg a{};
   a.f = {x.const_data_ptr(), nullptr, nullptr, nullptr, 0.f, inner, static_cast<int>(channels)};
   if (bn) {
@@ -406,7 +406,7 @@ RowsLaunch elementwise_launch(const at::Tensor &x, std::initializer_list<const a
 }  // namespace
 
 void polynorm_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps, NormShape s,
-                      at::Tensor &y, at::Tensor &rs, const BnRecompute *bn) {
+                      at::Tensor &y, at::Tensor &rs, const BatchNormOnLoad *bn) {
   auto wa = acc_coefs(w, x), ba = acc_coefs(b, x);
   auto src = source_arg(x, bn, s.inner, s.channels);
   const at::Tensor &identity = bn && bn->identity.defined() ? bn->identity : x;
@@ -429,7 +429,7 @@ void polynorm_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor
 
 std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &rs,
                                                     const at::Tensor &w, const at::Tensor &b, NormShape s,
-                                                    at::Tensor &dx, const BnRecompute *bn) {
+                                                    at::Tensor &dx, const BatchNormOnLoad *bn) {
   const int64_t k64 = w.numel();
   const bool rows = s.inner == 1;
   const at::Tensor &identity = bn && bn->identity.defined() ? bn->identity : x;
@@ -456,7 +456,7 @@ std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const a
 
 // PolyReLU's elements as [N, C, inner] (inner = 1 for channels-last and 2-d tensors): what the
 // kernels need to find an element's channel when batch norm is folded in.
-std::pair<int64_t, int64_t> elementwise_channels(const at::Tensor &x, const BnRecompute *bn) {
+std::pair<int64_t, int64_t> elementwise_channels(const at::Tensor &x, const BatchNormOnLoad *bn) {
   int64_t inner = 1, channels = x.dim() >= 2 ? x.size(1) : 1;
   if (!bn) return {inner, channels};
   if (x.dim() < 2) throw std::invalid_argument("fused BatchNorm + activation: input needs a channel axis");
@@ -470,7 +470,7 @@ std::pair<int64_t, int64_t> elementwise_channels(const at::Tensor &x, const BnRe
 // The elementwise kernels' launch over x and `tensors`; with batch norm folded in, a vector must
 // stay in one channel plane (or run over consecutive channels, inner == 1).
 RowsLaunch polyrelu_launch(const at::Tensor &x, std::initializer_list<const at::Tensor *> tensors,
-                           const BnRecompute *bn, int64_t inner) {
+                           const BatchNormOnLoad *bn, int64_t inner) {
   auto l = elementwise_launch(x, tensors);
   if (bn && !l.suffix.empty() && inner != 1 && inner % (16 / static_cast<int64_t>(x.element_size())) != 0)
     l = RowsLaunch{"", 1, std::min(ceil_div(x.numel(), kBlock), max_blocks(x))};
@@ -478,7 +478,7 @@ RowsLaunch polyrelu_launch(const at::Tensor &x, std::initializer_list<const at::
 }
 
 void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, at::Tensor &y,
-                      const BnRecompute *bn) {
+                      const BatchNormOnLoad *bn) {
   if (x.numel() == 0) return;
   auto wa = acc_coefs(w, x), ba = acc_coefs(b, x);
   const auto [inner, channels] = elementwise_channels(x, bn);
@@ -492,7 +492,7 @@ void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor
 }
 
 std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &w,
-                                                    const at::Tensor &b, at::Tensor &dx, const BnRecompute *bn) {
+                                                    const at::Tensor &b, at::Tensor &dx, const BatchNormOnLoad *bn) {
   const int64_t k64 = w.numel();
   const auto [inner, channels] = elementwise_channels(x, bn);
   const at::Tensor &identity = bn && bn->identity.defined() ? bn->identity : x;
