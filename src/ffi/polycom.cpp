@@ -279,14 +279,21 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     ctx->save_for_backward({z, gamma, beta, identity, w, b, train ? at::Tensor() : running_mean,
                             train ? at::Tensor() : running_var, std::get<1>(bn), std::get<2>(bn), std::get<3>(bn),
                             f.rs});
-    ctx->saved_data["impl"] = std::get<4>(bn);
+    save_settings(ctx, std::get<4>(bn), train, bn_eps, kind, lowp_out, clamp, x.scalar_type());
+    return f.y;
+  }
+
+  // What the backward needs besides the saved tensors; impl: the batch norm backward to call
+  // (`_batch_norm_impl_index`'s: 0 native, 1 cuDNN).
+  static void save_settings(AutogradContext *ctx, int64_t impl, bool train, double bn_eps, int64_t kind,
+                            bool lowp_out, double clamp, at::ScalarType x_type) {
+    ctx->saved_data["impl"] = impl;
     ctx->saved_data["train"] = train;
     ctx->saved_data["bn_eps"] = bn_eps;
     ctx->saved_data["kind"] = kind;
     ctx->saved_data["lowp_out"] = lowp_out;
     ctx->saved_data["clamp"] = clamp;
-    ctx->saved_data["x_type"] = static_cast<int64_t>(x.scalar_type());
-    return f.y;
+    ctx->saved_data["x_type"] = static_cast<int64_t>(x_type);
   }
 
   // The CUDA kernels can apply batch norm (and the add, and the clamp) as they load z when x has
@@ -326,13 +333,8 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     ctx->save_for_backward({z, gamma, beta, identity, w, b, train ? at::Tensor() : running_mean,
                             train ? at::Tensor() : running_var, train ? mean : at::Tensor(),
                             train ? invstd : at::Tensor(), at::Tensor(), f.rs});
-    ctx->saved_data["impl"] = static_cast<int64_t>(0);  // libtorch's native batch norm
-    ctx->saved_data["train"] = train;
-    ctx->saved_data["bn_eps"] = bn_eps;
-    ctx->saved_data["kind"] = kind;
-    ctx->saved_data["lowp_out"] = lowp_out;
-    ctx->saved_data["clamp"] = clamp;
-    ctx->saved_data["x_type"] = static_cast<int64_t>(z.scalar_type());
+    save_settings(ctx, /*impl: libtorch's native batch norm*/ 0, train, bn_eps, kind, lowp_out, clamp,
+                  z.scalar_type());
     return f.y;
   }
 

@@ -89,6 +89,17 @@ __device__ __forceinline__ A horner(const A *c, int k, A x) {
   return acc;
 }
 
+// acc[i] += t * factor^i for i < k (the running powers of the forward's sums and the backward's).
+template <typename A>
+__device__ __forceinline__ void add_powers(A *acc, A t, A factor, int k) {
+#pragma unroll
+  for (int i = 0; i < MAX_ORDER; i++)
+    if (i < k) {
+      acc[i] += t;
+      t *= factor;
+    }
+}
+
 // Sums dw[0..k) and db over the block (fixed order) and writes them to out[0..k] (thread 0).
 // Inlined, with db apart from dw: an array indexed by the run-time k would live in local memory.
 template <typename A>
@@ -204,6 +215,17 @@ __device__ __forceinline__ A source_x(const Source<T, A> &s, A z, A identity, in
   return v;
 }
 
+// The rows kernels' V values of x at channels c..c+V-1 of one row (xr: x or z; ir: the identity
+// or null), with clamp's gradient mask.
+template <int V, typename T, typename A>
+__device__ __forceinline__ void load_x(const Source<T, A> &s, const T *xr, const T *ir, int c, A *v, bool *inside) {
+  const Pack<T, V> px = load<V>(xr + c);
+  Pack<T, V> pi;
+  if (ir) pi = load<V>(ir + c);
+#pragma unroll
+  for (int j = 0; j < V; j++) v[j] = source_x(s, to_acc(px.v[j]), ir ? to_acc(pi.v[j]) : (A)0, c + j, inside[j]);
+}
+
 // The channel of element i of a dense tensor in s's layout.
 template <typename T, typename A>
 __device__ __forceinline__ int channel_of(const Source<T, A> &s, i64 i) {
@@ -230,20 +252,13 @@ __device__ void polynorm_fwd_rows(Source<T, A> src, O *y, A *rs, const A *w, con
     for (int i = 0; i < MAX_ORDER; i++) s[i] = 0;
     if (valid) {
       for (int c = walk.sub * V; c < C; c += G * V) {
-        const Pack<T, V> p = load<V>(xr + c);
-        Pack<T, V> pi;
-        if (ir) pi = load<V>(ir + c);
+        A v[V];
+        bool inside[V];
+        load_x<V>(src, xr, ir, c, v, inside);
 #pragma unroll
         for (int j = 0; j < V; j++) {
-          bool inside;
-          const A v = source_x(src, to_acc(p.v[j]), ir ? to_acc(pi.v[j]) : (A)0, c + j, inside), sq = v * v;
-          A pw = sq;
-#pragma unroll
-          for (int i = 0; i < MAX_ORDER; i++)
-            if (i < k) {
-              s[i] += pw;
-              pw *= sq;
-            }
+          const A sq = v[j] * v[j];
+          add_powers(s, sq, sq, k);
         }
       }
     }
@@ -258,16 +273,12 @@ __device__ void polynorm_fwd_rows(Source<T, A> src, O *y, A *rs, const A *w, con
     if (valid) {
       O *yr = y + row * C;
       for (int c = walk.sub * V; c < C; c += G * V) {  // again: just read, from cache
-        const Pack<T, V> p = load<V>(xr + c);
-        Pack<T, V> pi;
-        if (ir) pi = load<V>(ir + c);
+        A v[V];
+        bool inside[V];
+        load_x<V>(src, xr, ir, c, v, inside);
         Pack<O, V> out;
 #pragma unroll
-        for (int j = 0; j < V; j++) {
-          bool inside;
-          const A v = source_x(src, to_acc(p.v[j]), ir ? to_acc(pi.v[j]) : (A)0, c + j, inside);
-          out.v[j] = from_acc<O>(horner(coef, k, v) * v + bias);
-        }
+        for (int j = 0; j < V; j++) out.v[j] = from_acc<O>(horner(coef, k, v[j]) * v[j] + bias);
         store<V>(yr + c, out);
       }
     }
@@ -288,14 +299,7 @@ __device__ void polynorm_fwd_cols(Source<T, A> src, O *y, A *rs, const A *w, con
   for (int c = 0; c < C; c++) {
     bool inside;
     const A v = source_x(src, to_acc(xs[(i64)c * inner]), is ? to_acc(is[(i64)c * inner]) : (A)0, c, inside);
-    const A sq = v * v;
-    A pw = sq;
-#pragma unroll
-    for (int i = 0; i < MAX_ORDER; i++)
-      if (i < k) {
-        s[i] += pw;
-        pw *= sq;
-      }
+    add_powers(s, v * v, v * v, k);
   }
   A coef[MAX_ORDER];
 #pragma unroll
@@ -337,23 +341,15 @@ __device__ void polynorm_bwd_rows(Source<T, A> src, const O *gy, const A *rs, T 
     for (int i = 0; i < MAX_ORDER; i++) d[i] = 0;
     if (valid) {
       for (int c = walk.sub * V; c < C; c += G * V) {
-        const Pack<T, V> px = load<V>(xr + c);
-        Pack<T, V> pi;
-        if (ir) pi = load<V>(ir + c);
+        A v[V];
+        bool inside[V];
+        load_x<V>(src, xr, ir, c, v, inside);
         const Pack<O, V> pg = load<V>(gr + c);
 #pragma unroll
         for (int j = 0; j < V; j++) {
-          bool inside;
-          const A v = source_x(src, to_acc(px.v[j]), ir ? to_acc(pi.v[j]) : (A)0, c + j, inside);
           const A g = to_acc(pg.v[j]);
           gsum += g;
-          A t = g * v;
-#pragma unroll
-          for (int i = 0; i < MAX_ORDER; i++)
-            if (i < k) {
-              d[i] += t;
-              t *= v;
-            }
+          add_powers(d, g * v[j], v[j], k);
         }
       }
     }
@@ -371,17 +367,15 @@ __device__ void polynorm_bwd_rows(Source<T, A> src, const O *gy, const A *rs, T 
     if (valid) {
       T *dxr = dx + row * C;
       for (int c = walk.sub * V; c < C; c += G * V) {  // again: just read, from cache
-        const Pack<T, V> px = load<V>(xr + c);
-        Pack<T, V> pi;
-        if (ir) pi = load<V>(ir + c);
+        A v[V];
+        bool inside[V];
+        load_x<V>(src, xr, ir, c, v, inside);
         const Pack<O, V> pg = load<V>(gr + c);
         Pack<T, V> out;
 #pragma unroll
         for (int j = 0; j < V; j++) {
-          bool inside;
-          const A v = source_x(src, to_acc(px.v[j]), ir ? to_acc(pi.v[j]) : (A)0, c + j, inside);
           const A g = to_acc(pg.v[j]);
-          out.v[j] = from_acc<T>(inside ? g * horner(pc, k, v) - v * horner(qc, k, v * v) : (A)0);
+          out.v[j] = from_acc<T>(inside[j] ? g * horner(pc, k, v[j]) - v[j] * horner(qc, k, v[j] * v[j]) : (A)0);
         }
         store<V>(dxr + c, out);
       }
@@ -410,13 +404,7 @@ __device__ void polynorm_bwd_cols(Source<T, A> src, const O *gy, const A *rs, T 
       const A v = source_x(src, to_acc(xs[(i64)c * inner]), is ? to_acc(is[(i64)c * inner]) : (A)0, c, inside);
       const A g = to_acc(gs[(i64)c * inner]);
       gsum += g;
-      A t = g * v;
-#pragma unroll
-      for (int i = 0; i < MAX_ORDER; i++)
-        if (i < k) {
-          d[i] += t;
-          t *= v;
-        }
+      add_powers(d, g * v, v, k);
     }
     A pc[MAX_ORDER], qc[MAX_ORDER];
 #pragma unroll
@@ -493,13 +481,7 @@ template <typename T, typename A>
 __device__ __forceinline__ T polyrelu_grad(A v, bool inside, A g, const A *ic, int k, A *acc, A &acc_db) {
   const bool positive = v > 0;
   const A r = positive ? v : (A)0;
-  A t = g * r;
-#pragma unroll
-  for (int i = 0; i < MAX_ORDER; i++)
-    if (i < k) {
-      acc[i] += t;
-      t *= r;
-    }
+  add_powers(acc, g * r, r, k);
   acc_db += g;
   return from_acc<T>(positive && inside ? g * horner(ic, k, r) : (A)0);
 }
