@@ -47,9 +47,17 @@ impl DistEnv {
     /// The job this process belongs to, from the environment: torchrun's variables (`RANK`,
     /// `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`), else SLURM's
     /// (`SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, with `MASTER_ADDR`/`MASTER_PORT`). None
-    /// for a single process (no variables, or a world of one).
+    /// without them (or a single SLURM task); torchrun's world of one is kept (see `job`).
     pub fn from_env() -> Result<Option<DistEnv>> {
         Self::from_vars(&|k| std::env::var(k).ok())
+    }
+
+    /// The data-parallel job this process joins with `backend`, if any. A world of one runs as a
+    /// plain process (a process group would only add the collectives' cost) unless `backend`
+    /// names one: `--dist-backend nccl|gloo` takes the whole data-parallel path on one rank, as
+    /// DDP does under `torchrun --nproc-per-node 1`, which is how its overhead is measured.
+    pub fn job(backend: DistBackend) -> Result<Option<DistEnv>> {
+        Ok(Self::from_env()?.filter(|e| e.world > 1 || backend != DistBackend::Auto))
     }
 
     pub fn from_vars(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<DistEnv>> {
@@ -116,7 +124,7 @@ impl DistEnv {
                 env.source, env.local_rank, env.local_world
             )));
         }
-        Ok((env.world > 1).then_some(env))
+        Ok(Some(env))
     }
 
     /// `--device cuda` means this process's GPU, `cuda:LOCAL_RANK` (torchrun's convention).
@@ -354,7 +362,8 @@ mod tests {
     #[test]
     fn single_process_and_bad_variables() {
         assert_eq!(env(&[]).unwrap(), None);
-        assert_eq!(env(&[("WORLD_SIZE", "1"), ("RANK", "0")]).unwrap(), None);
+        // A world of one is kept: `job` decides whether it joins a process group.
+        assert_eq!(env(&[("WORLD_SIZE", "1"), ("RANK", "0")]).unwrap().map(|e| e.world), Some(1));
         let msg = env(&[("WORLD_SIZE", "2")]).unwrap_err().to_string();
         assert!(msg.contains("RANK"), "{msg}");
         let msg = env(&[("WORLD_SIZE", "2"), ("RANK", "2")]).unwrap_err().to_string();

@@ -237,3 +237,58 @@ fn bench_act_times_every_resnet50_site_shape() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--order 9"), "{err}");
 }
+
+/// `scripts/gpu-session.sh`, the one script a lent GPU runs (rarely: a few minutes, a few times a
+/// month), runs every section on the CPU with small sizes and no PyTorch, so that none of its
+/// commands or flags can rot unseen between GPU sessions: every command exits 0, each section
+/// leaves its rows and logs, one rank through the process group trains (`dist`), and no more
+/// files come back than the device tool returns (8).
+#[test]
+fn gpu_session_script_runs_every_section_on_the_cpu() {
+    let tmp = common::tmpdir();
+    let (out, data) = (tmp.path().join("out"), tmp.path().join("data"));
+    resnet_train::data::synthetic::write_dataset(&data, 4, 2, 32, 5).unwrap();
+    let train_flags = format!("--data {} --batch-size 8 --train-size 32 --eval-size 32", data.display());
+    let o = Command::new("bash")
+        .arg("scripts/gpu-session.sh")
+        .current_dir(common::repo())
+        .env("OUT", &out)
+        .env("WORK", tmp.path().join("work"))
+        .env("BUDGET", "100000")
+        .env("BIN", common::bin())
+        .env("DEVICE", "cpu")
+        .env("PYTORCH", "0")
+        .env("DIST_BACKEND", "gloo")
+        .env("MODEL", "--arch resnet18 --batch 2 --res 32")
+        .env("STEPS", "--steps 1 --warmup 0")
+        .env("SITE_SHAPE", "--batch 2 --res 32 --iters 1 --warmup 0")
+        .env("TRAIN_EPOCHS", "1")
+        .env("TRAIN_FLAGS", &train_flags)
+        .env("ABLATE_STEPS", "2")
+        .env(
+            "ABLATE_FLAGS",
+            format!("--arch resnet18 --train-size 32 --batch-size 4 --device cpu --data {}", data.display()),
+        )
+        .output()
+        .expect("bash runs");
+    let log = common::output_text(&o);
+    assert!(o.status.success() && log.contains("failures: 0"), "{log}");
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}\n{log}"));
+    let rows: Vec<serde_json::Value> =
+        read("bench.jsonl").lines().map(|l| serde_json::from_str(l).expect("JSON rows")).collect();
+    // lowp 2 x 5, dist 2 x 2, bench 5 (PyTorch's rows skipped), fp16 3.
+    assert_eq!(rows.len(), 22, "{log}");
+    let one_rank: Vec<_> = rows.iter().filter(|r| r.get("dist_backend").is_some()).collect();
+    assert_eq!(one_rank.len(), 2, "{log}");
+    assert!(one_rank.iter().all(|r| r["dist_backend"] == "Gloo" && r["world"] == 1), "{one_rank:?}");
+    let checks = read("act-check.jsonl");
+    assert!(checks.lines().last().is_some_and(|l| l.contains("\"failures\":0")), "{log}");
+    assert_eq!(read("sites.jsonl").matches("\"total\"").count(), 10, "{log}");
+    assert!(read("dist.log").contains("ranks      1 processes (1 per node, torchrun)"), "{log}");
+    for f in ["dist.log", "train.log"] {
+        assert!(read(f).contains("finished:"), "{f}: {}", read(f));
+    }
+    assert!(read("ablate.log").contains("ablation   done: 5 cells"), "{}", read("ablate.log"));
+    let files = std::fs::read_dir(&out).unwrap().count();
+    assert!(out.join("results.tar.gz").exists() && files <= 8, "{files} files in {}", out.display());
+}

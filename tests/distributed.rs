@@ -347,8 +347,13 @@ fn ddp_setup(tmp: &Path) -> PathBuf {
 }
 
 fn launch(port: u16, args: &[&str], fault: Option<(&str, &str)>) -> Output {
+    launch_n(2, port, args, fault)
+}
+
+fn launch_n(nproc: usize, port: u16, args: &[&str], fault: Option<(&str, &str)>) -> Output {
     let mut c = Command::new(common::bin());
-    c.args(["launch", "--nproc-per-node", "2", "--grace", "5", "--master-port", &port.to_string(), "--"]);
+    let (nproc, port) = (nproc.to_string(), port.to_string());
+    c.args(["launch", "--nproc-per-node", &nproc, "--grace", "5", "--master-port", &port, "--"]);
     c.args(args);
     if let Some((point, rank)) = fault {
         c.env("RESNET_TRAIN_FAULT", point).env("RESNET_TRAIN_FAULT_RANK", rank);
@@ -402,6 +407,36 @@ fn launch_trains_two_ranks_and_their_sharded_eval_is_the_single_process_eval() {
     assert_eq!(top1, single["top1"].as_f64().unwrap(), "{summary:?} vs {single}");
     assert_eq!(top5, single["top5"].as_f64().unwrap(), "{summary:?} vs {single}");
     assert!((loss - single["loss"].as_f64().unwrap()).abs() < 1e-5, "{summary:?} vs {single}");
+}
+
+/// A world of one (`launch --nproc-per-node 1`, as `torchrun --nproc-per-node 1`) runs as a plain
+/// process, unless `--dist-backend` names a backend: then it takes the whole data-parallel path
+/// (rendezvous, broadcast, bucketed all-reduce with DDP's overlap, sharded eval) on one rank -
+/// how that path's overhead is measured on one GPU - and trains exactly as the plain process
+/// does: an all-reduce over one rank and an average over one change no bit.
+#[test]
+fn one_rank_through_the_process_group_trains_exactly_as_one_process() {
+    let tmp = common::tmpdir();
+    let config = ddp_setup(tmp.path());
+    let cfg = config.to_str().unwrap();
+    let plain = Command::new(common::bin())
+        .args(["train", "--config", cfg, "--name", "plain", "--epochs", "1"])
+        .output()
+        .unwrap();
+    assert!(plain.status.success(), "{}", text(&plain));
+    let auto = launch_n(1, free_port(), &["train", "--config", cfg, "--name", "auto", "--epochs", "1"], None);
+    let log = text(&auto);
+    assert!(auto.status.success(), "{log}");
+    assert!(!log.contains("ranks "), "a world of one with the auto backend joins no group:\n{log}");
+    let args = ["train", "--config", cfg, "--name", "gloo", "--epochs", "1", "--dist-backend", "gloo"];
+    let gloo = launch_n(1, free_port(), &args, None);
+    let log = text(&gloo);
+    assert!(gloo.status.success(), "{log}");
+    assert!(log.contains("ranks      1 processes (1 per node, torchrun)"), "{log}");
+    let want = history(&tmp.path().join("runs/plain"));
+    assert_eq!(want.0.len(), 20, "1 epoch x 80 images / 4");
+    assert_eq!(history(&tmp.path().join("runs/auto")), want);
+    assert_eq!(history(&tmp.path().join("runs/gloo")), want);
 }
 
 #[test]

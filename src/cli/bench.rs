@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// false: one bucketed all-reduce after backward.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub dist_overlap: bool,
+    /// Under `launch`/torchrun: the c10d backend (auto: NCCL on CUDA, Gloo on CPU). Naming one
+    /// makes a world of one take the data-parallel path too (its overhead against a plain run).
+    #[arg(long, value_enum, default_value_t = crate::dist::DistBackend::Auto)]
+    pub dist_backend: crate::dist::DistBackend,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -73,7 +77,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         tch::set_num_threads(a.threads);
     }
     let mut device = crate::runtime::parse_device(&a.device)?;
-    let dist_env = crate::dist::DistEnv::from_env()?;
+    let dist_env = crate::dist::DistEnv::job(a.dist_backend)?;
     if let Some(env) = &dist_env {
         device = env.device(device);
     }
@@ -110,7 +114,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mut engine = Engine::new(cfg, device, a.classes)?;
     if let Some(env) = dist_env {
         let timeout = std::time::Duration::from_secs(600);
-        let d = crate::dist::Dist::init(env, crate::dist::DistBackend::Auto, device, timeout)?;
+        let d = crate::dist::Dist::init(env, a.dist_backend, device, timeout)?;
         engine.dist = Some(std::rc::Rc::new(d));
         engine.sync_from_main(true)?;
     }

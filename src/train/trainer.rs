@@ -144,7 +144,7 @@ impl Trainer {
     pub fn new(cfg: TrainConfig, resume: Option<&Path>) -> Result<Self> {
         // A rank of a data-parallel job? Its device (`cuda` = cuda:LOCAL_RANK), then the
         // rendezvous: from here on every rank fails alike.
-        let dist_env = DistEnv::from_env()?;
+        let dist_env = DistEnv::job(cfg.dist_backend)?;
         let mut device = crate::runtime::parse_device(&cfg.device)?;
         if let Some(env) = &dist_env {
             device = env.device(device);
