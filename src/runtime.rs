@@ -7,6 +7,16 @@ use tch::Device;
 /// the machine has it (see `ffi::load_cuda_library`).
 pub fn init() {
     crate::ffi::load_cuda_library();
+    // Compiled CUDA kernels are kept under the cache folder (a failure only costs a compile).
+    let _ = crate::ffi::set_kernel_cache_dir(cache_dir().map(|d| d.join("kernels")).as_deref());
+}
+
+/// The cache folder: `$RESNET_TRAIN_CACHE`, else `~/.cache/resnet-train` (the libtorch install,
+/// the embedded dataset, folder indexes, compiled CUDA kernels).
+pub fn cache_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("RESNET_TRAIN_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/resnet-train")))
 }
 
 /// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available, else CPU).

@@ -630,6 +630,39 @@ fn cuda_kernels_compile_to_wide_accesses_without_local_memory() {
     }
 }
 
+/// The compiled kernels are kept in the cache folder between processes (every rank and every run
+/// would otherwise spend NVRTC's seconds again): a second compile is a read of the stored image,
+/// and a damaged file (one flipped byte) is detected by its checksum and compiled again, never
+/// loaded. PTX here (no GPU needed, and the same path as a GPU's cubin).
+#[test]
+fn compiled_cuda_kernels_are_cached_and_a_damaged_file_is_compiled_again() {
+    let Some(nvrtc) = common::nvrtc_library() else {
+        eprintln!("SKIP compiled_cuda_kernels_are_cached_and_a_damaged_file_is_compiled_again: no libnvrtc (scripts/bootstrap.sh installs it); this test did not run");
+        return;
+    };
+    let dir = common::tmpdir();
+    let compile = || {
+        ffi::polycom_cuda_cached_compile("compute_90", Some(&nvrtc), dir.path())
+            .expect("NVRTC runs")
+            .expect("polycom.cu compiles")
+    };
+    let (cached, size) = compile();
+    assert!(!cached && size > 100_000, "first compile: {cached} {size}");
+    let files: Vec<std::path::PathBuf> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("polycom-compute_90-") && name.ends_with(".bin"), "{name}");
+    assert_eq!(compile(), (true, size), "the stored image is used");
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&files[0], &bytes).unwrap();
+    assert_eq!(compile(), (false, size), "a damaged file is compiled again");
+    assert_eq!(compile(), (true, size), "and stored again");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+}
+
 /// The SIMT emulator that runs the CUDA kernels' source on the CPU (`check-act --simulate-cuda`,
 /// tests/cli.rs): a correct kernel computes the closed form through warp shuffles and
 /// `__syncthreads`; lanes that exit before a full-warp shuffle, or threads waiting at different

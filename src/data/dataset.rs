@@ -116,10 +116,7 @@ fn walk_root(dir: &Path) -> Result<Walked> {
 
 /// `$RESNET_TRAIN_CACHE/index`, else `~/.cache/resnet-train/index`.
 pub fn default_index_dir() -> Option<PathBuf> {
-    let cache = std::env::var_os("RESNET_TRAIN_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/resnet-train")))?;
-    Some(cache.join("index"))
+    Some(crate::runtime::cache_dir()?.join("index"))
 }
 
 fn cache_file(index_dir: &Path, root: &Path) -> PathBuf {

@@ -110,10 +110,8 @@ pub const DEMO_SIZE: usize = 64;
 /// The embedded default dataset under the cache folder (`~/.cache/resnet-train/demo-data-v1`),
 /// generated on first use (about 10 s) and reused after; a `DONE` marker means complete.
 pub fn ensure_demo_dataset() -> Result<std::path::PathBuf> {
-    let cache = std::env::var_os("RESNET_TRAIN_CACHE")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/resnet-train")))
-        .unwrap_or_else(|| std::path::PathBuf::from(".resnet-train-cache"));
+    let cache =
+        crate::runtime::cache_dir().unwrap_or_else(|| std::path::PathBuf::from(".resnet-train-cache"));
     let root = cache.join("demo-data-v1");
     let done = root.join("DONE");
     if !done.exists() {

@@ -64,6 +64,12 @@ bool simulated();
 // Compiles the kernel source for `arch` (e.g. "compute_90": PTX, "sm_90": a cubin) with no GPU;
 // empty on success (the PTX or cubin in *image when given), else NVRTC's log.
 std::string compile_check(const std::string &arch, const std::string &nvrtc_path, std::string *image = nullptr);
+// Where compiled kernels are kept between processes (empty: nowhere; every process compiles).
+void set_cache_dir(const std::string &dir);
+// As compile_check, through the cache folder `dir`: *from_cache says whether a stored image was
+// used, *size is the image's size.
+std::string cached_compile_check(const std::string &arch, const std::string &nvrtc_path, const std::string &dir,
+                                 bool *from_cache, size_t *size);
 }  // namespace cuda
 
 }  // namespace rt_polycom

@@ -11,8 +11,13 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <dirent.h>
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -49,6 +54,7 @@ struct Nvrtc {
   int (*cubin)(nvrtcProgram, char *);
   int (*destroy)(nvrtcProgram *);
   const char *(*error_string)(int);
+  int (*version)(int *, int *);
 };
 
 struct Driver {
@@ -130,6 +136,7 @@ Nvrtc load_nvrtc(const std::string &explicit_path) {
   bind(lib, "nvrtcGetCUBIN", n.cubin, name);
   bind(lib, "nvrtcDestroyProgram", n.destroy, name);
   bind(lib, "nvrtcGetErrorString", n.error_string, name);
+  bind(lib, "nvrtcVersion", n.version, name);
   return n;
 }
 
@@ -151,13 +158,15 @@ Driver load_driver() {
   return d;
 }
 
+const char *const kOptions[] = {"--std=c++17", "-default-device"};
+
 // Compiles the kernels for `arch` ("sm_90": a cubin, "compute_90": PTX); throws with NVRTC's log.
 std::string compile(const Nvrtc &n, const std::string &arch) {
   nvrtcProgram prog = nullptr;
   if (int rc = n.create(&prog, kSource, "polycom.cu", 0, nullptr, nullptr))
     throw std::runtime_error(std::string("nvrtcCreateProgram: ") + n.error_string(rc));
   const std::string arch_opt = "--gpu-architecture=" + arch;
-  const char *opts[] = {arch_opt.c_str(), "--std=c++17", "-default-device"};
+  const char *opts[] = {arch_opt.c_str(), kOptions[0], kOptions[1]};
   const int rc = n.compile(prog, 3, opts);
   size_t log_size = 0;
   n.log_size(prog, &log_size);
@@ -175,6 +184,92 @@ std::string compile(const Nvrtc &n, const std::string &arch) {
   (cubin ? n.cubin : n.ptx)(prog, image.data());
   n.destroy(&prog);
   return image;
+}
+
+// ---- The compiled kernels, cached on disk ----
+// Compiling all the kernels takes NVRTC several seconds, in every process (every rank, every
+// bench run): the image is kept in the cache folder (~/.cache/resnet-train/kernels), as PyTorch
+// keeps its JIT kernels, under a name that hashes everything it depends on (the source, the
+// architecture, the options, NVRTC's version), so a changed source never loads a stale image.
+// The file holds a checksum of the image: a truncated or damaged file is compiled again.
+
+std::mutex g_cache_mutex;
+std::string g_cache_dir;  // empty: no cache
+
+uint64_t fnv1a(const void *data, size_t n, uint64_t h = 1469598103934665603ull) {
+  const auto *p = static_cast<const unsigned char *>(data);
+  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+constexpr char kMagic[8] = {'R', 'T', 'C', 'U', 'B', 'I', 'N', '1'};
+
+std::string cache_path(const Nvrtc &n, const std::string &dir, const std::string &arch) {
+  int major = 0, minor = 0;
+  n.version(&major, &minor);
+  std::string key = std::string(kSource) + '\0' + arch + '\0' + kOptions[0] + ' ' + kOptions[1] + '\0' +
+                    std::to_string(major) + '.' + std::to_string(minor);
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(fnv1a(key.data(), key.size())));
+  return dir + "/polycom-" + arch + "-" + hex + ".bin";
+}
+
+// The image stored at `path`, or empty when it is absent, truncated or damaged.
+std::string read_cached(const std::string &path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return "";
+  char magic[8];
+  uint64_t size = 0, sum = 0;
+  if (!f.read(magic, 8) || std::memcmp(magic, kMagic, 8) != 0) return "";
+  if (!f.read(reinterpret_cast<char *>(&size), 8) || !f.read(reinterpret_cast<char *>(&sum), 8)) return "";
+  if (size == 0 || size > (uint64_t(1) << 30)) return "";
+  std::string image(size, '\0');
+  if (!f.read(image.data(), static_cast<std::streamsize>(size)) || f.peek() != EOF) return "";
+  return fnv1a(image.data(), image.size()) == sum ? image : "";
+}
+
+// Stores the image beside its final name, then renames it into place: processes that start
+// together (the ranks of a job) each write their own file and one rename wins. A folder that
+// cannot be written only costs the next process a compile.
+void write_cached(const std::string &path, const std::string &image) {
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+  const std::string tmp = path + ".tmp" + std::to_string(::getpid());
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    const uint64_t size = image.size(), sum = fnv1a(image.data(), image.size());
+    f.write(kMagic, 8);
+    f.write(reinterpret_cast<const char *>(&size), 8);
+    f.write(reinterpret_cast<const char *>(&sum), 8);
+    f.write(image.data(), static_cast<std::streamsize>(image.size()));
+    if (!f) {
+      f.close();
+      std::filesystem::remove(tmp, ec);
+      return;
+    }
+  }
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) std::filesystem::remove(tmp, ec);
+}
+
+// The kernels for `arch` from the cache folder `dir` (when set), else compiled and stored there.
+std::string cached_compile(const Nvrtc &n, const std::string &arch, const std::string &dir, bool *from_cache) {
+  *from_cache = false;
+  if (dir.empty()) return compile(n, arch);
+  const std::string path = cache_path(n, dir, arch);
+  std::string image = read_cached(path);
+  if (!image.empty()) {
+    *from_cache = true;
+    return image;
+  }
+  image = compile(n, arch);
+  write_cached(path, image);
+  return image;
+}
+
+std::string cache_dir() {
+  std::lock_guard<std::mutex> lock(g_cache_mutex);
+  return g_cache_dir;
 }
 
 void check(const Driver &d, CUresult rc, const char *what) {
@@ -236,7 +331,9 @@ struct Runtime {
       int major = 0, minor = 0;
       check(driver, driver.attribute(&major, kAttrCcMajor, dev), "cuDeviceGetAttribute");
       check(driver, driver.attribute(&minor, kAttrCcMinor, dev), "cuDeviceGetAttribute");
-      const std::string image = compile(nvrtc, "sm_" + std::to_string(major) + std::to_string(minor));
+      bool from_cache = false;
+      const std::string arch = "sm_" + std::to_string(major) + std::to_string(minor);
+      const std::string image = cached_compile(nvrtc, arch, cache_dir(), &from_cache);
       CUmodule mod = nullptr;
       check(driver, driver.module_load_data(&mod, image.data()), "cuModuleLoadData");
       Module m;
@@ -519,6 +616,21 @@ std::string unavailable_reason(int device) {
     auto &rt = runtime();
     std::lock_guard<std::mutex> lock(rt.mutex);
     rt.module(device);
+    return "";
+  } catch (const std::exception &e) {
+    return e.what();
+  }
+}
+
+void set_cache_dir(const std::string &dir) {
+  std::lock_guard<std::mutex> lock(g_cache_mutex);
+  g_cache_dir = dir;
+}
+
+std::string cached_compile_check(const std::string &arch, const std::string &nvrtc_path, const std::string &dir,
+                                 bool *from_cache, size_t *size) {
+  try {
+    *size = cached_compile(load_nvrtc(nvrtc_path), arch, dir, from_cache).size();
     return "";
   } catch (const std::exception &e) {
     return e.what();

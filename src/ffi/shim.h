@@ -2,6 +2,7 @@
 // returns 0 on success or -1 with a malloc'ed message in *err (freed by the caller via rt_free).
 #pragma once
 #include <stdint.h>
+#include <stddef.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -103,6 +104,12 @@ int rt_polycom_cuda_unavailable(int device, char **reason, char **err);
 int rt_polycom_cuda_compile_check(const char *arch, const char *nvrtc_path, char **log, char **err);
 // As above for a virtual architecture ("compute_90"): *ptx = the PTX (malloc'ed) on success.
 int rt_polycom_cuda_ptx(const char *arch, const char *nvrtc_path, char **ptx, char **log, char **err);
+// Where the CUDA kernels, once compiled, are kept for later processes ("" or null: nowhere).
+int rt_polycom_cuda_set_cache_dir(const char *dir, char **err);
+// As rt_polycom_cuda_compile_check, through the cache folder `dir`: *from_cache = 1 when a stored
+// image was used; *size = the image's bytes.
+int rt_polycom_cuda_cached_compile_check(const char *arch, const char *nvrtc_path, const char *dir, int *from_cache,
+                                         size_t *size, char **log, char **err);
 
 // Distributed collectives (dist.cpp), from libtorch's c10d. A store is a c10d::TCPStore at
 // host:port, hosted by the rank with is_server (rank 0, unless a launcher's agent hosts it); every

@@ -161,6 +161,16 @@ extern "C" {
         log: *mut *mut c_char,
         err: *mut *mut c_char,
     ) -> c_int;
+    fn rt_polycom_cuda_set_cache_dir(dir: *const c_char, err: *mut *mut c_char) -> c_int;
+    fn rt_polycom_cuda_cached_compile_check(
+        arch: *const c_char,
+        nvrtc_path: *const c_char,
+        dir: *const c_char,
+        from_cache: *mut c_int,
+        size: *mut usize,
+        log: *mut *mut c_char,
+        err: *mut *mut c_char,
+    ) -> c_int;
 }
 
 pub(super) fn ptrs(ts: &[Tensor]) -> Vec<*mut c_void> {
@@ -570,6 +580,47 @@ pub fn polycom_cuda_compile_check(
         rt_polycom_cuda_compile_check(arch.as_ptr(), path.as_ptr(), &mut log, e)
     })?;
     Ok(take_string(log))
+}
+
+fn c_path(p: Option<&std::path::Path>, what: &str) -> Result<CString> {
+    CString::new(p.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default())
+        .map_err(|_| Error::Usage(format!("{what} contains a NUL byte")))
+}
+
+/// Where the CUDA kernels, once compiled for a GPU, are kept for later processes (None: every
+/// process compiles them, several seconds).
+pub fn set_kernel_cache_dir(dir: Option<&std::path::Path>) -> Result<()> {
+    let dir = c_path(dir, "the kernel cache folder")?;
+    // SAFETY: a NUL-terminated string alive for the call.
+    call("kernel cache", |e| unsafe { rt_polycom_cuda_set_cache_dir(dir.as_ptr(), e) })
+}
+
+/// Compiles the CUDA kernels for `arch` through the cache folder `dir`, no GPU needed:
+/// `Ok(Ok((from_cache, bytes)))`, or `Ok(Err(log))` when NVRTC is missing or fails.
+pub fn polycom_cuda_cached_compile(
+    arch: &str,
+    nvrtc_path: Option<&std::path::Path>,
+    dir: &std::path::Path,
+) -> Result<std::result::Result<(bool, usize), String>> {
+    let arch = CString::new(arch).map_err(|_| Error::Usage("arch contains a NUL byte".into()))?;
+    let (path, dir) = (c_path(nvrtc_path, "NVRTC path")?, c_path(Some(dir), "the kernel cache folder")?);
+    let (mut from_cache, mut size, mut log): (c_int, usize, *mut c_char) = (0, 0, std::ptr::null_mut());
+    // SAFETY: three NUL-terminated strings alive for the call and valid out-pointers.
+    call("fused activation", |e| unsafe {
+        rt_polycom_cuda_cached_compile_check(
+            arch.as_ptr(),
+            path.as_ptr(),
+            dir.as_ptr(),
+            &mut from_cache,
+            &mut size,
+            &mut log,
+            e,
+        )
+    })?;
+    Ok(match take_string(log) {
+        Some(log) => Err(log),
+        None => Ok((from_cache != 0, size)),
+    })
 }
 
 /// Calls a shim function and turns its error slot into a `Result`.
