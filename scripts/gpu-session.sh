@@ -4,7 +4,7 @@
 #   mkdir -p .device && strip -o .device/resnet-train target/release/resnet-train
 #   cp -r ../shared/bench ../shared/reference .device/ && cp scripts/gpu-session.sh .device/
 # then run `bash .device/gpu-session.sh` with carry [".device"] and timeout_s 560 (BUDGET=520).
-# SECTIONS (default "check lowp sites dist bench compile fp16 train ablate") picks and orders the
+# SECTIONS (default "check sites lowp dist bench compile fp16 train ablate") picks and orders the
 # parts; TRAIN_FLAGS adds flags to the training runs (train, dist).
 # 1. check: check-act, the fused activations' CUDA kernels against the eager path (forward, gradients).
 # 2. ResNet-50 training steps, batch 256, 224 px, channels_last (../shared/device/gpu-check.sh's
@@ -12,7 +12,9 @@
 #    PyTorch eager, `compile`: torch.compile; `fp16`: fp16 ReLU / PolyNorm / PolyReLU; `lowp`: the
 #    fused rows with --act-out-lowp (activations returned in bf16/fp16), BatchNorm folded in
 #    (fused) and not (fused-act). `sites`: bench-act, one BatchNorm + activation site forward and
-#    backward at each of ResNet-50's site shapes (bf16/fp16, channels_last, batch 256).
+#    backward at each of ResNet-50's site shapes (bf16/fp16, channels_last, batch 256), under
+#    several kernel tunings (SITE_RUNS); the best one is kept for the later sections (their rows
+#    say `cuda_tuning`).
 # 3. dist (issue 10): one rank through c10d's NCCL path (`launch --nproc-per-node 1 -- bench
 #    --dist-backend nccl`) against the plain process, in alternating pairs, then a short NCCL
 #    training run through `launch` (DDP's path end to end: broadcast, bucketed all-reduce, eval).
@@ -65,7 +67,7 @@ run() { local t=$1; shift; fits "$t" "$*" || return 0; echo "# t=${SECONDS}s $*"
 # torch SECS ARGS...: a PyTorch baseline row (skipped with PYTORCH=0).
 torch() { [ "$PYTORCH" = 1 ] || return 0; run "$1" python3 "$D/bench/torch_train_bench.py" "${@:2}"; }
 
-SECTIONS=${SECTIONS:-check lowp sites dist bench compile fp16 train ablate}
+SECTIONS=${SECTIONS:-check sites lowp dist bench compile fp16 train ablate}
 C=("${MODEL[@]}" --device "$DEVICE" --channels-last "${STEPS[@]}")
 for section in $SECTIONS; do
   case $section in
@@ -92,14 +94,25 @@ for section in $SECTIONS; do
       run 60 "$BIN" bench --act polyrelu --act-out-lowp --precision $prec "${C[@]}" --json
     done ;;
   sites)
-    if fits 90 bench-act; then
-      for prec in bf16 fp16; do
-        timeout 45 "$BIN" bench-act --precision $prec "${SITE_SHAPE[@]}" --device "$DEVICE" --channels-last \
-          --json >>"$OUT/sites.jsonl" 2>>"$OUT/stderr.txt"
-        rc=$?; failed $rc "bench-act $prec"
-      done
-      echo "bench-act t=${SECONDS}s"; grep '"total"' "$OUT/sites.jsonl" | cut -c1-300
-    fi ;;
+    # PRECISION[:TUNING] per run: the kernels' register budget and grid (RESNET_TRAIN_CUDA_TUNING)
+    # compared in this one call; the fastest bf16 folded PolyNorm's tuning is used from here on.
+    for spec in ${SITE_RUNS:-bf16 bf16:min_blocks=2 bf16:min_blocks=4 bf16:blocks_per_sm=16 fp16}; do
+      fits 30 "bench-act $spec" || break
+      prec=${spec%%:*}; tuning=; [[ $spec == *:* ]] && tuning=${spec#*:}
+      env ${tuning:+RESNET_TRAIN_CUDA_TUNING=$tuning} timeout 45 "$BIN" bench-act --precision "$prec" \
+        "${SITE_SHAPE[@]}" --device "$DEVICE" --channels-last --json >>"$OUT/sites.jsonl" 2>>"$OUT/stderr.txt"
+      failed $? "bench-act $spec"
+    done
+    echo "bench-act t=${SECONDS}s"; grep '"total"' "$OUT/sites.jsonl" | cut -c1-300
+    best=$(python3 - "$OUT/sites.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"total"' in l]
+rows = [r for r in rows if r["total"] == "polynorm fused" and r["precision"] == "Bf16"]
+print(min(rows, key=lambda r: r["ms_all_49_sites"]).get("cuda_tuning") or "" if rows else "")
+PY
+)
+    if [ -n "$best" ]; then export RESNET_TRAIN_CUDA_TUNING=$best; fi
+    echo "tuning from here on: ${best:-default}" | tee -a "$OUT/stderr.txt" ;;
   dist)
     # Alternating pairs (plain, one rank through the process group): the issue's bar is 3%.
     for _ in 1 2; do

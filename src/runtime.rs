@@ -19,6 +19,16 @@ pub fn cache_dir() -> Option<std::path::PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/resnet-train")))
 }
 
+/// The environment variables a run reads that can be wrong: a clear error before any work
+/// (`RESNET_TRAIN_CUDA_TUNING`, the CUDA kernels' tuning, would otherwise only turn the fused
+/// activations off with a warning on the GPU).
+pub fn check_environment() -> Result<()> {
+    if let Some(spec) = std::env::var_os("RESNET_TRAIN_CUDA_TUNING") {
+        crate::ffi::check_cuda_tuning(&spec.to_string_lossy()).map_err(|e| Error::Usage(e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available, else CPU).
 pub fn parse_device(s: &str) -> Result<Device> {
     let bad = || Error::Usage(format!("--device {s:?}: expected cpu, cuda, cuda:N or auto"));

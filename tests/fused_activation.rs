@@ -607,14 +607,16 @@ fn cuda_kernels_compile_to_wide_accesses_without_local_memory() {
         eprintln!("SKIP cuda_kernels_compile_to_wide_accesses_without_local_memory: no libnvrtc (scripts/bootstrap.sh installs it); this test did not run");
         return;
     };
-    let ptx =
-        ffi::polycom_cuda_ptx("compute_90", Some(&nvrtc)).expect("NVRTC runs").expect("polycom.cu compiles");
+    let ptx = ffi::polycom_cuda_ptx("compute_90", Some(&nvrtc), "")
+        .expect("NVRTC runs")
+        .expect("polycom.cu compiles");
     let entries: Vec<(&str, &str)> =
         ptx.split(".entry ").skip(1).map(|e| (e.split('(').next().unwrap_or(""), e)).collect();
     // 10 kernels (forward and backward; rows, cols, elementwise; scalar and _vec) x 6 type tags.
     assert_eq!(entries.len(), 60, "{:?}", entries.iter().map(|e| e.0).collect::<Vec<_>>());
     for (name, body) in &entries {
         assert!(!body.contains(".local"), "{name} uses local memory");
+        assert!(!body.contains(".minnctapersm"), "{name}: no register budget unless tuned");
         if name.contains("_vec_") {
             // 16 bytes: four 32-bit or two 64-bit elements.
             let wide = [
@@ -628,6 +630,40 @@ fn cuda_kernels_compile_to_wide_accesses_without_local_memory() {
             assert!(body.contains("st.v4.b32"), "{name}: no 16-byte stores");
         }
     }
+}
+
+/// `RESNET_TRAIN_CUDA_TUNING` (what a GPU session varies without a rebuild) reaches the compiled
+/// kernels - min_blocks as `__launch_bounds__`' minimum blocks per SM, in every kernel's PTX - and
+/// a wrong value is a clear error, before any work when it comes from the environment.
+#[test]
+fn cuda_kernel_tuning_reaches_the_kernels_and_a_wrong_value_is_an_error() {
+    for bad in ["min_blocks=9", "min_blocks=four", "blocks_per_sm=0", "registers=64", "min_blocks"] {
+        let msg = ffi::check_cuda_tuning(bad).unwrap_err().to_string();
+        assert!(msg.contains("RESNET_TRAIN_CUDA_TUNING") && msg.contains(bad), "{bad}: {msg}");
+    }
+    ffi::check_cuda_tuning("min_blocks=4,blocks_per_sm=16").expect("a valid tuning");
+    ffi::check_cuda_tuning("").expect("no tuning");
+    let out = std::process::Command::new(common::bin())
+        .args(["check-act", "--device", "cpu"])
+        .env("RESNET_TRAIN_CUDA_TUNING", "min_blocks=99")
+        .output()
+        .unwrap();
+    let msg = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{msg}");
+    assert!(msg.contains("RESNET_TRAIN_CUDA_TUNING: \"min_blocks=99\""), "{msg}");
+    let Some(nvrtc) = common::nvrtc_library() else {
+        eprintln!("SKIP cuda_kernel_tuning_reaches_the_kernels (PTX part): no libnvrtc (scripts/bootstrap.sh installs it)");
+        return;
+    };
+    let ptx = ffi::polycom_cuda_ptx("compute_90", Some(&nvrtc), "min_blocks=4")
+        .expect("NVRTC runs")
+        .expect("polycom.cu compiles");
+    let entries: Vec<&str> = ptx.split(".entry ").skip(1).collect();
+    assert_eq!(entries.len(), 60);
+    assert!(entries.iter().all(|e| e.contains(".minnctapersm 4")), "min_blocks reaches every kernel");
+    let log =
+        ffi::polycom_cuda_ptx("compute_90", Some(&nvrtc), "blocks_per_sm=x").expect("runs").unwrap_err();
+    assert!(log.contains("blocks_per_sm=x"), "{log}");
 }
 
 /// The compiled kernels are kept in the cache folder between processes (every rank and every run

@@ -180,6 +180,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if dist.is_some() {
         out["dist_overlap"] = serde_json::json!(a.dist_overlap);
     }
+    if let Ok(tuning) = std::env::var("RESNET_TRAIN_CUDA_TUNING") {
+        out["cuda_tuning"] = serde_json::json!(tuning);
+    }
     if let (Some(ms), Some(d)) = (allreduce_ms, &dist) {
         out["allreduce_ms"] = serde_json::json!(ms);
         out["dist_backend"] = serde_json::json!(d.backend_name());

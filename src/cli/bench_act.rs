@@ -232,6 +232,8 @@ pub fn run(a: BenchActArgs) -> Result<()> {
                     serde_json::json!({
                         "op": op.name(), "channels": channels, "side": side, "residual": residual,
                         "sites": count, "ms": ms, "vs_relu": ms / relu_ms,
+                        // One pass over the site's activation: ms / (this / bandwidth) = passes.
+                        "tensor_bytes": site.z.numel() * site.z.kind().elt_size_in_bytes(),
                     })
                 );
             }
@@ -244,6 +246,7 @@ pub fn run(a: BenchActArgs) -> Result<()> {
                 "total": op.name(), "precision": format!("{:?}", a.precision), "batch": a.batch, "res": a.res,
                 "channels_last": a.channels_last, "device": format!("{device:?}"), "order": a.order,
                 "ms_all_49_sites": total, "vs_relu": total / totals[0],
+                "cuda_tuning": std::env::var("RESNET_TRAIN_CUDA_TUNING").ok(),
             })
         );
     }

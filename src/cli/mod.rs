@@ -124,6 +124,7 @@ impl ModelArgs {
 }
 
 pub fn run(cli: Cli) -> crate::error::Result<()> {
+    crate::runtime::check_environment()?;
     match cli.command {
         None => train::run(cli.train),
         Some(Command::Train(a)) => train::run(*a),

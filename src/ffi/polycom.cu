@@ -19,7 +19,11 @@
 // CPU under a SIMT emulator (simt_host.h), which is how the tests check these kernels without a GPU.
 
 #ifndef RT_SIMT_HOST
+#ifdef RT_MIN_BLOCKS  // RESNET_TRAIN_CUDA_TUNING's min_blocks (polycom_cuda.cpp)
+#define RT_KERNEL extern "C" __global__ void __launch_bounds__(BLOCK, RT_MIN_BLOCKS)
+#else
 #define RT_KERNEL extern "C" __global__ void __launch_bounds__(BLOCK)
+#endif
 #define RT_REGISTER(fn)
 #endif
 

@@ -61,9 +61,13 @@ std::string unavailable_reason(int device);
 // (simt_host.h) instead of the CPU kernels: the CUDA source checked without a GPU.
 void set_simulated(bool on);
 bool simulated();
-// Compiles the kernel source for `arch` (e.g. "compute_90": PTX, "sm_90": a cubin) with no GPU;
-// empty on success (the PTX or cubin in *image when given), else NVRTC's log.
-std::string compile_check(const std::string &arch, const std::string &nvrtc_path, std::string *image = nullptr);
+// Compiles the kernel source for `arch` (e.g. "compute_90": PTX, "sm_90": a cubin) with no GPU,
+// under `tuning` (RESNET_TRAIN_CUDA_TUNING's syntax); empty on success (the PTX or cubin in
+// *image when given), else NVRTC's log or why the tuning is wrong.
+std::string compile_check(const std::string &arch, const std::string &nvrtc_path, std::string *image = nullptr,
+                          const std::string &tuning = "");
+// Throws std::invalid_argument when `spec` is not a valid RESNET_TRAIN_CUDA_TUNING value.
+void check_tuning(const std::string &spec);
 // Where compiled kernels are kept between processes (empty: nowhere; every process compiles).
 void set_cache_dir(const std::string &dir);
 // As compile_check, through the cache folder `dir`: *from_cache says whether a stored image was

@@ -158,16 +158,65 @@ Driver load_driver() {
   return d;
 }
 
-const char *const kOptions[] = {"--std=c++17", "-default-device"};
+// ---- Tuning: what a GPU session may vary without a rebuild (RESNET_TRAIN_CUDA_TUNING) ----
+// The kernels' register budget and grid size are guesses until measured on a GPU, and GPUs are
+// lent for minutes: a comma-separated list such as "min_blocks=4,blocks_per_sm=16" lets one
+// device call compare settings (`bench-act`) instead of one setting per build.
+//   min_blocks:    __launch_bounds__' minimum resident blocks per SM (0: unspecified, ptxas
+//                  chooses the registers); n caps registers at 65536 / (256 n): occupancy vs spills.
+//   blocks_per_sm: grid-stride kernels' grid, per SM (default 8).
+struct Tuning {
+  int min_blocks = 0;
+  int blocks_per_sm = 8;
+};
+
+Tuning parse_tuning(const std::string &spec) {
+  Tuning t;
+  size_t start = 0;
+  while (start < spec.size()) {
+    size_t end = spec.find(',', start);
+    if (end == std::string::npos) end = spec.size();
+    const std::string item = spec.substr(start, end - start);
+    start = end + 1;
+    if (item.empty()) continue;
+    const size_t eq = item.find('=');
+    const std::string key = item.substr(0, eq);
+    int value = -1;
+    try {
+      size_t used = 0;
+      if (eq != std::string::npos) value = std::stoi(item.substr(eq + 1), &used);
+      if (eq == std::string::npos || used != item.size() - eq - 1) value = -1;
+    } catch (const std::exception &) {
+      value = -1;
+    }
+    if (key == "min_blocks" && value >= 0 && value <= 8) {
+      t.min_blocks = value;
+    } else if (key == "blocks_per_sm" && value >= 1 && value <= 64) {
+      t.blocks_per_sm = value;
+    } else {
+      throw std::invalid_argument("RESNET_TRAIN_CUDA_TUNING: \"" + item +
+                                  "\" is not min_blocks=0..8 or blocks_per_sm=1..64");
+    }
+  }
+  return t;
+}
+
+// NVRTC's options for `arch` under tuning t.
+std::vector<std::string> compile_options(const std::string &arch, const Tuning &t) {
+  std::vector<std::string> o = {"--gpu-architecture=" + arch, "--std=c++17", "-default-device"};
+  if (t.min_blocks > 0) o.push_back("-DRT_MIN_BLOCKS=" + std::to_string(t.min_blocks));
+  return o;
+}
 
 // Compiles the kernels for `arch` ("sm_90": a cubin, "compute_90": PTX); throws with NVRTC's log.
-std::string compile(const Nvrtc &n, const std::string &arch) {
+std::string compile(const Nvrtc &n, const std::string &arch, const Tuning &tuning) {
   nvrtcProgram prog = nullptr;
   if (int rc = n.create(&prog, kSource, "polycom.cu", 0, nullptr, nullptr))
     throw std::runtime_error(std::string("nvrtcCreateProgram: ") + n.error_string(rc));
-  const std::string arch_opt = "--gpu-architecture=" + arch;
-  const char *opts[] = {arch_opt.c_str(), kOptions[0], kOptions[1]};
-  const int rc = n.compile(prog, 3, opts);
+  const auto options = compile_options(arch, tuning);
+  std::vector<const char *> opts;
+  for (const auto &o : options) opts.push_back(o.c_str());
+  const int rc = n.compile(prog, static_cast<int>(opts.size()), opts.data());
   size_t log_size = 0;
   n.log_size(prog, &log_size);
   std::string log(log_size, '\0');
@@ -204,11 +253,11 @@ uint64_t fnv1a(const void *data, size_t n, uint64_t h = 1469598103934665603ull) 
 
 constexpr char kMagic[8] = {'R', 'T', 'C', 'U', 'B', 'I', 'N', '1'};
 
-std::string cache_path(const Nvrtc &n, const std::string &dir, const std::string &arch) {
+std::string cache_path(const Nvrtc &n, const std::string &dir, const std::string &arch, const Tuning &tuning) {
   int major = 0, minor = 0;
   n.version(&major, &minor);
-  std::string key = std::string(kSource) + '\0' + arch + '\0' + kOptions[0] + ' ' + kOptions[1] + '\0' +
-                    std::to_string(major) + '.' + std::to_string(minor);
+  std::string key = std::string(kSource) + '\0' + std::to_string(major) + '.' + std::to_string(minor);
+  for (const auto &o : compile_options(arch, tuning)) key += '\0' + o;
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(fnv1a(key.data(), key.size())));
   return dir + "/polycom-" + arch + "-" + hex + ".bin";
@@ -253,16 +302,17 @@ void write_cached(const std::string &path, const std::string &image) {
 }
 
 // The kernels for `arch` from the cache folder `dir` (when set), else compiled and stored there.
-std::string cached_compile(const Nvrtc &n, const std::string &arch, const std::string &dir, bool *from_cache) {
+std::string cached_compile(const Nvrtc &n, const std::string &arch, const Tuning &tuning, const std::string &dir,
+                           bool *from_cache) {
   *from_cache = false;
-  if (dir.empty()) return compile(n, arch);
-  const std::string path = cache_path(n, dir, arch);
+  if (dir.empty()) return compile(n, arch, tuning);
+  const std::string path = cache_path(n, dir, arch, tuning);
   std::string image = read_cached(path);
   if (!image.empty()) {
     *from_cache = true;
     return image;
   }
-  image = compile(n, arch);
+  image = compile(n, arch, tuning);
   write_cached(path, image);
   return image;
 }
@@ -293,10 +343,13 @@ struct Runtime {
   Driver driver{};
   std::map<int, Module> modules;
   std::map<int, std::string> module_errors;
+  Tuning tuning;
 
   void load() {
     if (loaded || !load_error.empty()) return;
     try {
+      const char *spec = std::getenv("RESNET_TRAIN_CUDA_TUNING");
+      tuning = parse_tuning(spec ? spec : "");
       nvrtc = load_nvrtc("");
       driver = load_driver();
       check(driver, driver.init(0), "cuInit");
@@ -333,7 +386,7 @@ struct Runtime {
       check(driver, driver.attribute(&minor, kAttrCcMinor, dev), "cuDeviceGetAttribute");
       bool from_cache = false;
       const std::string arch = "sm_" + std::to_string(major) + std::to_string(minor);
-      const std::string image = cached_compile(nvrtc, arch, cache_dir(), &from_cache);
+      const std::string image = cached_compile(nvrtc, arch, tuning, cache_dir(), &from_cache);
       CUmodule mod = nullptr;
       check(driver, driver.module_load_data(&mod, image.data()), "cuModuleLoadData");
       Module m;
@@ -368,7 +421,7 @@ constexpr unsigned kBlock = 256, kWarps = kBlock / 32;
 // Grid-stride kernels' grid: enough blocks to fill every SM several times over, few enough that
 // each block's dw/db reduction is amortised over many elements. Simulated: a few blocks, so that
 // every thread runs several iterations of its loop.
-constexpr int64_t kBlocksPerSm = 8, kSimulatedBlocks = 3;
+constexpr int64_t kSimulatedBlocks = 3;
 
 const char *tag_of(const at::Tensor &x) {
   switch (x.scalar_type()) {
@@ -389,7 +442,7 @@ int64_t max_blocks(const at::Tensor &x) {
   c10::DeviceGuard guard(x.device());
   auto &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
-  return kBlocksPerSm * rt.module(x.device().index()).sm_count;
+  return int64_t(rt.tuning.blocks_per_sm) * rt.module(x.device().index()).sm_count;
 }
 
 // The elements of x's type in 16 bytes, when every tensor starts on a 16-byte boundary (and `row`,
@@ -622,6 +675,8 @@ std::string unavailable_reason(int device) {
   }
 }
 
+void check_tuning(const std::string &spec) { parse_tuning(spec); }
+
 void set_cache_dir(const std::string &dir) {
   std::lock_guard<std::mutex> lock(g_cache_mutex);
   g_cache_dir = dir;
@@ -630,16 +685,17 @@ void set_cache_dir(const std::string &dir) {
 std::string cached_compile_check(const std::string &arch, const std::string &nvrtc_path, const std::string &dir,
                                  bool *from_cache, size_t *size) {
   try {
-    *size = cached_compile(load_nvrtc(nvrtc_path), arch, dir, from_cache).size();
+    *size = cached_compile(load_nvrtc(nvrtc_path), arch, Tuning{}, dir, from_cache).size();
     return "";
   } catch (const std::exception &e) {
     return e.what();
   }
 }
 
-std::string compile_check(const std::string &arch, const std::string &nvrtc_path, std::string *image) {
+std::string compile_check(const std::string &arch, const std::string &nvrtc_path, std::string *image,
+                          const std::string &tuning) {
   try {
-    auto compiled = compile(load_nvrtc(nvrtc_path), arch);
+    auto compiled = compile(load_nvrtc(nvrtc_path), arch, parse_tuning(tuning));
     if (image) *image = std::move(compiled);
     return "";
   } catch (const std::exception &e) {

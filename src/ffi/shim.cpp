@@ -372,13 +372,18 @@ int rt_polycom_cuda_unavailable(int device, char **reason, char **err) {
   });
 }
 
-int rt_polycom_cuda_ptx(const char *arch, const char *nvrtc_path, char **ptx, char **log, char **err) {
+int rt_polycom_cuda_ptx(const char *arch, const char *nvrtc_path, const char *tuning, char **ptx, char **log,
+                       char **err) {
   return guarded(err, [&] {
     std::string image;
-    auto why = rt_polycom::cuda::compile_check(arch, nvrtc_path ? nvrtc_path : "", &image);
+    auto why = rt_polycom::cuda::compile_check(arch, nvrtc_path ? nvrtc_path : "", &image, tuning ? tuning : "");
     *log = why.empty() ? nullptr : dup(why);
     *ptx = why.empty() ? dup(image) : nullptr;
   });
+}
+
+int rt_polycom_cuda_check_tuning(const char *spec, char **err) {
+  return guarded(err, [&] { rt_polycom::cuda::check_tuning(spec ? spec : ""); });
 }
 
 int rt_polycom_cuda_set_cache_dir(const char *dir, char **err) {

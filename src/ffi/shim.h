@@ -102,8 +102,12 @@ int rt_polycom_cuda_unavailable(int device, char **reason, char **err);
 // Compiles the CUDA kernels for `arch` (e.g. "compute_90", "sm_90") with the NVRTC at `nvrtc_path`
 // (NULL or "": the usual places); *log = NULL on success, else NVRTC's log.
 int rt_polycom_cuda_compile_check(const char *arch, const char *nvrtc_path, char **log, char **err);
-// As above for a virtual architecture ("compute_90"): *ptx = the PTX (malloc'ed) on success.
-int rt_polycom_cuda_ptx(const char *arch, const char *nvrtc_path, char **ptx, char **log, char **err);
+// As above for a virtual architecture ("compute_90"), under `tuning` (RESNET_TRAIN_CUDA_TUNING's
+// syntax; NULL or "": none): *ptx = the PTX (malloc'ed) on success.
+int rt_polycom_cuda_ptx(const char *arch, const char *nvrtc_path, const char *tuning, char **ptx, char **log,
+                       char **err);
+// Fails with the reason when `spec` is not a valid RESNET_TRAIN_CUDA_TUNING value.
+int rt_polycom_cuda_check_tuning(const char *spec, char **err);
 // Where the CUDA kernels, once compiled, are kept for later processes ("" or null: nowhere).
 int rt_polycom_cuda_set_cache_dir(const char *dir, char **err);
 // As rt_polycom_cuda_compile_check, through the cache folder `dir`: *from_cache = 1 when a stored

@@ -157,11 +157,13 @@ extern "C" {
     fn rt_polycom_cuda_ptx(
         arch: *const c_char,
         nvrtc_path: *const c_char,
+        tuning: *const c_char,
         ptx: *mut *mut c_char,
         log: *mut *mut c_char,
         err: *mut *mut c_char,
     ) -> c_int;
     fn rt_polycom_cuda_set_cache_dir(dir: *const c_char, err: *mut *mut c_char) -> c_int;
+    fn rt_polycom_cuda_check_tuning(spec: *const c_char, err: *mut *mut c_char) -> c_int;
     fn rt_polycom_cuda_cached_compile_check(
         arch: *const c_char,
         nvrtc_path: *const c_char,
@@ -595,6 +597,18 @@ pub fn set_kernel_cache_dir(dir: Option<&std::path::Path>) -> Result<()> {
     call("kernel cache", |e| unsafe { rt_polycom_cuda_set_cache_dir(dir.as_ptr(), e) })
 }
 
+/// Checks a `RESNET_TRAIN_CUDA_TUNING` value (e.g. "min_blocks=4,blocks_per_sm=16").
+pub fn check_cuda_tuning(spec: &str) -> Result<()> {
+    let spec = CString::new(spec)
+        .map_err(|_| Error::Usage("RESNET_TRAIN_CUDA_TUNING contains a NUL byte".into()))?;
+    let mut err: *mut c_char = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated string alive for the call and a valid error slot.
+    if unsafe { rt_polycom_cuda_check_tuning(spec.as_ptr(), &mut err) } == 0 {
+        return Ok(());
+    }
+    Err(Error::Usage(take_string(err).unwrap_or_else(|| "RESNET_TRAIN_CUDA_TUNING is not valid".into())))
+}
+
 /// Compiles the CUDA kernels for `arch` through the cache folder `dir`, no GPU needed:
 /// `Ok(Ok((from_cache, bytes)))`, or `Ok(Err(log))` when NVRTC is missing or fails.
 pub fn polycom_cuda_cached_compile(
@@ -768,18 +782,20 @@ pub fn uint8_bytes_mut(t: &mut Tensor) -> Result<&mut [u8]> {
 
 /// The fused activations' CUDA kernels as PTX for a virtual architecture (`arch` = "compute_90"),
 /// compiled with NVRTC without a GPU: `Ok(Ok(ptx))`, or `Ok(Err(log))` when NVRTC is missing or
-/// the source does not compile. The tests read it to check what the kernels compile to.
+/// the source does not compile or `tuning` (`RESNET_TRAIN_CUDA_TUNING`'s syntax, "" for none) is
+/// wrong. The tests read it to check what the kernels compile to.
 pub fn polycom_cuda_ptx(
     arch: &str,
     nvrtc_path: Option<&std::path::Path>,
+    tuning: &str,
 ) -> Result<std::result::Result<String, String>> {
     let arch = CString::new(arch).map_err(|_| Error::Usage("arch contains a NUL byte".into()))?;
-    let path = CString::new(nvrtc_path.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default())
-        .map_err(|_| Error::Usage("NVRTC path contains a NUL byte".into()))?;
+    let path = c_path(nvrtc_path, "NVRTC path")?;
+    let tuning = CString::new(tuning).map_err(|_| Error::Usage("tuning contains a NUL byte".into()))?;
     let (mut ptx, mut log): (*mut c_char, *mut c_char) = (std::ptr::null_mut(), std::ptr::null_mut());
-    // SAFETY: two NUL-terminated strings alive for the call and two valid out-pointers.
+    // SAFETY: three NUL-terminated strings alive for the call and two valid out-pointers.
     call("fused activation", |e| unsafe {
-        rt_polycom_cuda_ptx(arch.as_ptr(), path.as_ptr(), &mut ptx, &mut log, e)
+        rt_polycom_cuda_ptx(arch.as_ptr(), path.as_ptr(), tuning.as_ptr(), &mut ptx, &mut log, e)
     })?;
     Ok(match take_string(log) {
         Some(log) => Err(log),
