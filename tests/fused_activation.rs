@@ -713,6 +713,16 @@ fn simt_emulator_reports_misused_shuffles() {
         let closed_form = threads as f64 * (2.0 * first + threads as f64 - 1.0) / 2.0;
         assert_eq!(*sum, closed_form, "block {block}");
     }
+    // Emulators on several OS threads at once (parallel tests) keep their own shared memory.
+    let closed_forms = |blocks: u32| -> Vec<f64> {
+        (0..blocks).map(|b| threads as f64 * (2.0 * (b * threads) as f64 + threads as f64 - 1.0) / 2.0).collect()
+    };
+    let runs: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(move || ffi::simt_selftest(ffi::SimtSelftest::Correct, 200, threads)))
+        .collect();
+    for run in runs {
+        assert_eq!(run.join().expect("thread").expect("runs"), closed_forms(200));
+    }
     let err = ffi::simt_selftest(ffi::SimtSelftest::LanesExitBeforeShuffle, 2, 64).unwrap_err().to_string();
     assert!(err.contains("block 0, warp 0: 16 lanes at a full-warp shuffle while 16 have exited"), "{err}");
     let err = ffi::simt_selftest(ffi::SimtSelftest::DivergentBarrier, 1, 64).unwrap_err().to_string();

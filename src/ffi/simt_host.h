@@ -79,7 +79,9 @@ unsigned short float_to_half_bits(float f);
 #define __global__
 #define __forceinline__ inline
 #define __launch_bounds__(n)
-#define __shared__ static
+// A block's shared memory: blocks run one after another on an OS thread, so one static array
+// serves them all; thread_local, as emulators on several OS threads (parallel tests) run at once.
+#define __shared__ static thread_local
 #define threadIdx (::rt_simt::thread_idx)
 #define blockIdx (::rt_simt::block_idx)
 #define blockDim (::rt_simt::block_dim)
