@@ -715,7 +715,9 @@ fn simt_emulator_reports_misused_shuffles() {
     }
     // Emulators on several OS threads at once (parallel tests) keep their own shared memory.
     let closed_forms = |blocks: u32| -> Vec<f64> {
-        (0..blocks).map(|b| threads as f64 * (2.0 * (b * threads) as f64 + threads as f64 - 1.0) / 2.0).collect()
+        (0..blocks)
+            .map(|b| threads as f64 * (2.0 * (b * threads) as f64 + threads as f64 - 1.0) / 2.0)
+            .collect()
     };
     let runs: Vec<_> = (0..2)
         .map(|_| std::thread::spawn(move || ffi::simt_selftest(ffi::SimtSelftest::Correct, 200, threads)))

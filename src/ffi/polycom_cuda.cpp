@@ -418,9 +418,9 @@ Runtime &runtime() {
 }
 
 constexpr unsigned kBlock = 256, kWarps = kBlock / 32;
-// Grid-stride kernels' grid: enough blocks to fill every SM several times over, few enough that
-// each block's dw/db reduction is amortised over many elements. Simulated: a few blocks, so that
-// every thread runs several iterations of its loop.
+// Grid-stride kernels' grid (Tuning::blocks_per_sm per SM, default 8): enough blocks to fill every
+// SM several times over, few enough that each block's dw/db reduction is amortised over many
+// elements. Simulated: a few blocks, so that every thread runs several iterations of its loop.
 constexpr int64_t kSimulatedBlocks = 3;
 
 const char *tag_of(const at::Tensor &x) {
