@@ -66,6 +66,10 @@ bool simulated();
 // *image when given), else NVRTC's log or why the tuning is wrong.
 std::string compile_check(const std::string &arch, const std::string &nvrtc_path, std::string *image = nullptr,
                           const std::string &tuning = "");
+// As compile_check for a real architecture ("sm_90"), with ptxas's per-kernel report (registers,
+// spills) in *report.
+std::string ptxas_report(const std::string &arch, const std::string &nvrtc_path, const std::string &tuning,
+                         std::string *report);
 // Throws std::invalid_argument when `spec` is not a valid RESNET_TRAIN_CUDA_TUNING value.
 void check_tuning(const std::string &spec);
 // Where compiled kernels are kept between processes (empty: nowhere; every process compiles).

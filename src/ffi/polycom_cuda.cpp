@@ -209,11 +209,14 @@ std::vector<std::string> compile_options(const std::string &arch, const Tuning &
 }
 
 // Compiles the kernels for `arch` ("sm_90": a cubin, "compute_90": PTX); throws with NVRTC's log.
-std::string compile(const Nvrtc &n, const std::string &arch, const Tuning &tuning) {
+// With `ptxas_report`, ptxas's per-kernel report (registers, spills) is written there.
+std::string compile(const Nvrtc &n, const std::string &arch, const Tuning &tuning,
+                    std::string *ptxas_report = nullptr) {
   nvrtcProgram prog = nullptr;
   if (int rc = n.create(&prog, kSource, "polycom.cu", 0, nullptr, nullptr))
     throw std::runtime_error(std::string("nvrtcCreateProgram: ") + n.error_string(rc));
-  const auto options = compile_options(arch, tuning);
+  auto options = compile_options(arch, tuning);
+  if (ptxas_report) options.push_back("--ptxas-options=-v");
   std::vector<const char *> opts;
   for (const auto &o : options) opts.push_back(o.c_str());
   const int rc = n.compile(prog, static_cast<int>(opts.size()), opts.data());
@@ -226,6 +229,7 @@ std::string compile(const Nvrtc &n, const std::string &arch, const Tuning &tunin
     throw std::runtime_error("NVRTC could not compile polycom.cu for " + arch + ": " + n.error_string(rc) + "\n" +
                              log);
   }
+  if (ptxas_report) *ptxas_report = log;
   const bool cubin = arch.rfind("sm_", 0) == 0;
   size_t size = 0;
   (cubin ? n.cubin_size : n.ptx_size)(prog, &size);
@@ -676,6 +680,16 @@ std::string unavailable_reason(int device) {
 }
 
 void check_tuning(const std::string &spec) { parse_tuning(spec); }
+
+std::string ptxas_report(const std::string &arch, const std::string &nvrtc_path, const std::string &tuning,
+                         std::string *report) {
+  try {
+    compile(load_nvrtc(nvrtc_path), arch, parse_tuning(tuning), report);
+    return "";
+  } catch (const std::exception &e) {
+    return e.what();
+  }
+}
 
 void set_cache_dir(const std::string &dir) {
   std::lock_guard<std::mutex> lock(g_cache_mutex);

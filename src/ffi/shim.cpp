@@ -382,6 +382,16 @@ int rt_polycom_cuda_ptx(const char *arch, const char *nvrtc_path, const char *tu
   });
 }
 
+int rt_polycom_cuda_ptxas_report(const char *arch, const char *nvrtc_path, const char *tuning, char **report,
+                                 char **log, char **err) {
+  return guarded(err, [&] {
+    std::string text;
+    auto why = rt_polycom::cuda::ptxas_report(arch, nvrtc_path ? nvrtc_path : "", tuning ? tuning : "", &text);
+    *log = why.empty() ? nullptr : dup(why);
+    *report = why.empty() ? dup(text) : nullptr;
+  });
+}
+
 int rt_polycom_cuda_check_tuning(const char *spec, char **err) {
   return guarded(err, [&] { rt_polycom::cuda::check_tuning(spec ? spec : ""); });
 }

@@ -106,6 +106,10 @@ int rt_polycom_cuda_compile_check(const char *arch, const char *nvrtc_path, char
 // syntax; NULL or "": none): *ptx = the PTX (malloc'ed) on success.
 int rt_polycom_cuda_ptx(const char *arch, const char *nvrtc_path, const char *tuning, char **ptx, char **log,
                        char **err);
+// As rt_polycom_cuda_ptx for a real architecture ("sm_90"): *report = ptxas's per-kernel report
+// (registers, spills; malloc'ed) on success.
+int rt_polycom_cuda_ptxas_report(const char *arch, const char *nvrtc_path, const char *tuning, char **report,
+                                 char **log, char **err);
 // Fails with the reason when `spec` is not a valid RESNET_TRAIN_CUDA_TUNING value.
 int rt_polycom_cuda_check_tuning(const char *spec, char **err);
 // Where the CUDA kernels, once compiled, are kept for later processes ("" or null: nowhere).

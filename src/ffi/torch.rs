@@ -164,6 +164,14 @@ extern "C" {
     ) -> c_int;
     fn rt_polycom_cuda_set_cache_dir(dir: *const c_char, err: *mut *mut c_char) -> c_int;
     fn rt_polycom_cuda_check_tuning(spec: *const c_char, err: *mut *mut c_char) -> c_int;
+    fn rt_polycom_cuda_ptxas_report(
+        arch: *const c_char,
+        nvrtc_path: *const c_char,
+        tuning: *const c_char,
+        report: *mut *mut c_char,
+        log: *mut *mut c_char,
+        err: *mut *mut c_char,
+    ) -> c_int;
     fn rt_polycom_cuda_cached_compile_check(
         arch: *const c_char,
         nvrtc_path: *const c_char,
@@ -789,16 +797,48 @@ pub fn polycom_cuda_ptx(
     nvrtc_path: Option<&std::path::Path>,
     tuning: &str,
 ) -> Result<std::result::Result<String, String>> {
+    nvrtc_text(arch, nvrtc_path, tuning, rt_polycom_cuda_ptx)
+}
+
+/// As `polycom_cuda_ptx` for a real architecture ("sm_90"): ptxas's report of every kernel's
+/// registers and spills, from which the tests watch for spills.
+pub fn polycom_cuda_ptxas_report(
+    arch: &str,
+    nvrtc_path: Option<&std::path::Path>,
+    tuning: &str,
+) -> Result<std::result::Result<String, String>> {
+    nvrtc_text(arch, nvrtc_path, tuning, rt_polycom_cuda_ptxas_report)
+}
+
+/// A shim function taking (arch, NVRTC path, tuning, out text, log, error slot).
+type NvrtcTextFn = unsafe extern "C" fn(
+    *const c_char,
+    *const c_char,
+    *const c_char,
+    *mut *mut c_char,
+    *mut *mut c_char,
+    *mut *mut c_char,
+) -> c_int;
+
+/// Calls a shim function that compiles the kernels (arch, NVRTC path, tuning) and returns a text
+/// (`out`) or NVRTC's log.
+fn nvrtc_text(
+    arch: &str,
+    nvrtc_path: Option<&std::path::Path>,
+    tuning: &str,
+    f: NvrtcTextFn,
+) -> Result<std::result::Result<String, String>> {
     let arch = CString::new(arch).map_err(|_| Error::Usage("arch contains a NUL byte".into()))?;
     let path = c_path(nvrtc_path, "NVRTC path")?;
     let tuning = CString::new(tuning).map_err(|_| Error::Usage("tuning contains a NUL byte".into()))?;
-    let (mut ptx, mut log): (*mut c_char, *mut c_char) = (std::ptr::null_mut(), std::ptr::null_mut());
-    // SAFETY: three NUL-terminated strings alive for the call and two valid out-pointers.
+    let (mut out, mut log): (*mut c_char, *mut c_char) = (std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: three NUL-terminated strings alive for the call and two valid out-pointers, as
+    // both shim functions take them.
     call("fused activation", |e| unsafe {
-        rt_polycom_cuda_ptx(arch.as_ptr(), path.as_ptr(), tuning.as_ptr(), &mut ptx, &mut log, e)
+        f(arch.as_ptr(), path.as_ptr(), tuning.as_ptr(), &mut out, &mut log, e)
     })?;
     Ok(match take_string(log) {
         Some(log) => Err(log),
-        None => Ok(take_string(ptx).unwrap_or_default()),
+        None => Ok(take_string(out).unwrap_or_default()),
     })
 }
