@@ -698,7 +698,8 @@ fn cuda_kernel_tuning_reaches_the_kernels_and_a_wrong_value_is_an_error() {
 /// The compiled kernels are kept in the cache folder between processes (every rank and every run
 /// would otherwise spend NVRTC's seconds again): a second compile is a read of the stored image,
 /// and a damaged file (one flipped byte) is detected by its checksum and compiled again, never
-/// loaded. PTX here (no GPU needed, and the same path as a GPU's cubin).
+/// loaded; the folder keeps the 8 newest images. PTX here (no GPU needed, and the same path as a
+/// GPU's cubin).
 #[test]
 fn compiled_cuda_kernels_are_cached_and_a_damaged_file_is_compiled_again() {
     let Some(nvrtc) = common::nvrtc_library() else {
@@ -706,6 +707,14 @@ fn compiled_cuda_kernels_are_cached_and_a_damaged_file_is_compiled_again() {
         return;
     };
     let dir = common::tmpdir();
+    // Images of earlier versions, written a day ago and before: the folder keeps the newest 8.
+    let day = std::time::Duration::from_secs(86_400);
+    let stale: Vec<std::path::PathBuf> =
+        (0..9).map(|i| dir.path().join(format!("polycom-sm_90-{i:016x}.bin"))).collect();
+    for (i, path) in stale.iter().enumerate() {
+        let file = std::fs::File::create(path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - day * (i as u32 + 1)).unwrap();
+    }
     let compile = || {
         ffi::polycom_cuda_cached_compile("compute_90", Some(&nvrtc), dir.path())
             .expect("NVRTC runs")
@@ -713,6 +722,11 @@ fn compiled_cuda_kernels_are_cached_and_a_damaged_file_is_compiled_again() {
     };
     let (cached, size) = compile();
     assert!(!cached && size > 100_000, "first compile: {cached} {size}");
+    // The new image and the 7 newest stale ones stay; the 2 oldest are gone.
+    assert!(stale[..7].iter().all(|p| p.exists()) && !stale[7].exists() && !stale[8].exists());
+    for path in &stale[..7] {
+        std::fs::remove_file(path).unwrap();
+    }
     let files: Vec<std::path::PathBuf> =
         std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files.len(), 1, "{files:?}");

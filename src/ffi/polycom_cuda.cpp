@@ -13,6 +13,7 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -281,6 +282,26 @@ std::string read_cached(const std::string &path) {
   return fnv1a(image.data(), image.size()) == sum ? image : "";
 }
 
+// Keeps the kCachedImages most recently written images in `dir` (every source change and tuning
+// writes one, ~1 MB): older ones are removed.
+constexpr size_t kCachedImages = 8;
+
+void prune_cached(const std::filesystem::path &dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  std::vector<std::pair<fs::file_time_type, fs::path>> images;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind("polycom-", 0) != 0 || it->path().extension() != ".bin") continue;
+    std::error_code time_ec;
+    const auto written = fs::last_write_time(it->path(), time_ec);
+    if (!time_ec) images.emplace_back(written, it->path());
+  }
+  if (images.size() <= kCachedImages) return;
+  std::sort(images.begin(), images.end(), [](const auto &a, const auto &b) { return a.first > b.first; });
+  for (size_t i = kCachedImages; i < images.size(); i++) fs::remove(images[i].second, ec);
+}
+
 // Stores the image beside its final name, then renames it into place: processes that start
 // together (the ranks of a job) each write their own file and one rename wins. A folder that
 // cannot be written only costs the next process a compile.
@@ -303,6 +324,7 @@ void write_cached(const std::string &path, const std::string &image) {
   }
   std::filesystem::rename(tmp, path, ec);
   if (ec) std::filesystem::remove(tmp, ec);
+  prune_cached(std::filesystem::path(path).parent_path());
 }
 
 // The kernels for `arch` from the cache folder `dir` (when set), else compiled and stored there.
