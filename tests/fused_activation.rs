@@ -590,8 +590,9 @@ fn resnet50_gradients_match_the_eager_path_in_float64() {
 /// more than 64 bytes (today at most 44: fp16 PolyReLU's forward, at ptxas's 32-register target).
 #[test]
 fn cuda_kernels_compile_with_nvrtc_and_the_training_kernels_do_not_spill() {
-    let Some(nvrtc) = common::nvrtc_library() else {
-        eprintln!("SKIP cuda_kernels_compile_with_nvrtc_and_the_training_kernels_do_not_spill: no libnvrtc (scripts/bootstrap.sh installs it); this test did not run");
+    let Some(nvrtc) =
+        common::nvrtc_or_skip("cuda_kernels_compile_with_nvrtc_and_the_training_kernels_do_not_spill")
+    else {
         return;
     };
     for arch in ["compute_80", "sm_80"] {
@@ -632,8 +633,8 @@ fn cuda_kernels_compile_with_nvrtc_and_the_training_kernels_do_not_spill() {
 /// kernels, which NVRTC silently drops for some struct copies of bf16/fp16 values.
 #[test]
 fn cuda_kernels_compile_to_wide_accesses_without_local_memory() {
-    let Some(nvrtc) = common::nvrtc_library() else {
-        eprintln!("SKIP cuda_kernels_compile_to_wide_accesses_without_local_memory: no libnvrtc (scripts/bootstrap.sh installs it); this test did not run");
+    let Some(nvrtc) = common::nvrtc_or_skip("cuda_kernels_compile_to_wide_accesses_without_local_memory")
+    else {
         return;
     };
     let ptx = ffi::polycom_cuda_ptx("compute_90", Some(&nvrtc), "")
@@ -680,8 +681,7 @@ fn cuda_kernel_tuning_reaches_the_kernels_and_a_wrong_value_is_an_error() {
     let msg = common::output_text(&out);
     assert_eq!(out.status.code(), Some(2), "{msg}");
     assert!(msg.contains("RESNET_TRAIN_CUDA_TUNING: \"min_blocks=99\""), "{msg}");
-    let Some(nvrtc) = common::nvrtc_library() else {
-        eprintln!("SKIP cuda_kernel_tuning_reaches_the_kernels (PTX part): no libnvrtc (scripts/bootstrap.sh installs it)");
+    let Some(nvrtc) = common::nvrtc_or_skip("cuda_kernel_tuning_reaches_the_kernels (PTX part)") else {
         return;
     };
     let ptx = ffi::polycom_cuda_ptx("compute_90", Some(&nvrtc), "min_blocks=4")
@@ -702,8 +702,9 @@ fn cuda_kernel_tuning_reaches_the_kernels_and_a_wrong_value_is_an_error() {
 /// GPU's cubin).
 #[test]
 fn compiled_cuda_kernels_are_cached_and_a_damaged_file_is_compiled_again() {
-    let Some(nvrtc) = common::nvrtc_library() else {
-        eprintln!("SKIP compiled_cuda_kernels_are_cached_and_a_damaged_file_is_compiled_again: no libnvrtc (scripts/bootstrap.sh installs it); this test did not run");
+    let Some(nvrtc) =
+        common::nvrtc_or_skip("compiled_cuda_kernels_are_cached_and_a_damaged_file_is_compiled_again")
+    else {
         return;
     };
     let dir = common::tmpdir();

@@ -63,13 +63,10 @@ void set_simulated(bool on);
 bool simulated();
 // Compiles the kernel source for `arch` (e.g. "compute_90": PTX, "sm_90": a cubin) with no GPU,
 // under `tuning` (RESNET_TRAIN_CUDA_TUNING's syntax); empty on success (the PTX or cubin in
-// *image when given), else NVRTC's log or why the tuning is wrong.
+// *image, ptxas's per-kernel report of registers and spills in *ptxas_report, when given), else
+// NVRTC's log or why the tuning is wrong.
 std::string compile_check(const std::string &arch, const std::string &nvrtc_path, std::string *image = nullptr,
-                          const std::string &tuning = "");
-// As compile_check for a real architecture ("sm_90"), with ptxas's per-kernel report (registers,
-// spills) in *report.
-std::string ptxas_report(const std::string &arch, const std::string &nvrtc_path, const std::string &tuning,
-                         std::string *report);
+                          const std::string &tuning = "", std::string *ptxas_report = nullptr);
 // Throws std::invalid_argument when `spec` is not a valid RESNET_TRAIN_CUDA_TUNING value.
 void check_tuning(const std::string &spec);
 // Where compiled kernels are kept between processes (empty: nowhere; every process compiles).

@@ -689,29 +689,31 @@ std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const a
 void set_simulated(bool on) { g_simulated.store(on); }
 bool simulated() { return g_simulated.load(); }
 
-std::string unavailable_reason(int device) {
+namespace {
+
+// Empty when f runs, else its exception's message: the form the checks below return.
+template <typename F>
+std::string error_of(F f) {
   try {
+    f();
+    return "";
+  } catch (const std::exception &e) {
+    return e.what();
+  }
+}
+
+}  // namespace
+
+std::string unavailable_reason(int device) {
+  return error_of([&] {
     c10::DeviceGuard guard(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device)));
     auto &rt = runtime();
     std::lock_guard<std::mutex> lock(rt.mutex);
     rt.module(device);
-    return "";
-  } catch (const std::exception &e) {
-    return e.what();
-  }
+  });
 }
 
 void check_tuning(const std::string &spec) { parse_tuning(spec); }
-
-std::string ptxas_report(const std::string &arch, const std::string &nvrtc_path, const std::string &tuning,
-                         std::string *report) {
-  try {
-    compile(load_nvrtc(nvrtc_path), arch, parse_tuning(tuning), report);
-    return "";
-  } catch (const std::exception &e) {
-    return e.what();
-  }
-}
 
 void set_cache_dir(const std::string &dir) {
   std::lock_guard<std::mutex> lock(g_cache_mutex);
@@ -720,23 +722,15 @@ void set_cache_dir(const std::string &dir) {
 
 std::string cached_compile_check(const std::string &arch, const std::string &nvrtc_path, const std::string &dir,
                                  bool *from_cache, size_t *size) {
-  try {
-    *size = cached_compile(load_nvrtc(nvrtc_path), arch, Tuning{}, dir, from_cache).size();
-    return "";
-  } catch (const std::exception &e) {
-    return e.what();
-  }
+  return error_of([&] { *size = cached_compile(load_nvrtc(nvrtc_path), arch, Tuning{}, dir, from_cache).size(); });
 }
 
 std::string compile_check(const std::string &arch, const std::string &nvrtc_path, std::string *image,
-                          const std::string &tuning) {
-  try {
-    auto compiled = compile(load_nvrtc(nvrtc_path), arch, parse_tuning(tuning));
+                          const std::string &tuning, std::string *ptxas_report) {
+  return error_of([&] {
+    auto compiled = compile(load_nvrtc(nvrtc_path), arch, parse_tuning(tuning), ptxas_report);
     if (image) *image = std::move(compiled);
-    return "";
-  } catch (const std::exception &e) {
-    return e.what();
-  }
+  });
 }
 
 }  // namespace rt_polycom::cuda

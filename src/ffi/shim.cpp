@@ -386,7 +386,8 @@ int rt_polycom_cuda_ptxas_report(const char *arch, const char *nvrtc_path, const
                                  char **log, char **err) {
   return guarded(err, [&] {
     std::string text;
-    auto why = rt_polycom::cuda::ptxas_report(arch, nvrtc_path ? nvrtc_path : "", tuning ? tuning : "", &text);
+    auto why =
+        rt_polycom::cuda::compile_check(arch, nvrtc_path ? nvrtc_path : "", nullptr, tuning ? tuning : "", &text);
     *log = why.empty() ? nullptr : dup(why);
     *report = why.empty() ? dup(text) : nullptr;
   });

@@ -127,6 +127,16 @@ pub fn nvrtc_library() -> Option<PathBuf> {
     candidate.exists().then_some(candidate)
 }
 
+/// libnvrtc for `test`, or None after a loud SKIP line (the CI machine has it: bootstrap installs
+/// the nvidia-cuda-nvrtc wheel).
+pub fn nvrtc_or_skip(test: &str) -> Option<PathBuf> {
+    let lib = nvrtc_library();
+    if lib.is_none() {
+        eprintln!("SKIP {test}: no libnvrtc (scripts/bootstrap.sh installs it); this test did not run");
+    }
+    lib
+}
+
 /// A command's stdout and stderr, for assertion messages.
 pub fn output_text(o: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
