@@ -1,6 +1,6 @@
 //! Never lose a run: a small deterministic run killed with SIGKILL at exact instants (set-up,
 //! before the first checkpoint, during checkpoint and summary writes, during evaluation, mid-epoch)
-//! and resumed gives the uninterrupted run's metrics.jsonl and summary.csv; SIGTERM saves and
+//! and resumed gives the uninterrupted run's metrics.jsonl, summary.csv and TensorBoard scalars; SIGTERM saves and
 //! exits 143; one process per run folder; a resume refuses settings that would change the run.
 //! The kills come from `RESNET_TRAIN_FAULT` (src/fault.rs): a real SIGKILL at a chosen point.
 
@@ -50,8 +50,13 @@ fn text(o: &Output) -> String {
     common::output_text(o)
 }
 
-/// metrics.jsonl and summary.csv without their wall-clock fields (img/s, elapsed seconds).
-fn history(run: &Path) -> (Vec<serde_json::Value>, Vec<String>) {
+/// TensorBoard's scalars of a run, all event files together, without img/s: `(tag, step, value)`
+/// sorted by tag and step, so a step written twice (by a killed attempt and its resume) shows.
+type Scalars = Vec<(String, i64, f32)>;
+
+/// metrics.jsonl, summary.csv and TensorBoard's scalars without their wall-clock fields (img/s,
+/// elapsed seconds).
+fn history(run: &Path) -> (Vec<serde_json::Value>, Vec<String>, Scalars) {
     let steps = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -63,7 +68,14 @@ fn history(run: &Path) -> (Vec<serde_json::Value>, Vec<String>) {
             v
         })
         .collect();
-    (steps, common::summary_without_time(run))
+    let mut scalars = Scalars::new();
+    for file in std::fs::read_dir(run.join("tb")).unwrap() {
+        let path = file.unwrap().path();
+        scalars.extend(resnet_train::train::tensorboard::read_scalars(&path).unwrap());
+    }
+    scalars.retain(|(tag, _, _)| tag != "train/img_per_s");
+    scalars.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    (steps, common::summary_without_time(run), scalars)
 }
 
 #[test]
@@ -73,6 +85,8 @@ fn sigkill_at_any_instant_then_resume_gives_the_uninterrupted_run() {
     assert!(full.status.success(), "{}", text(&full));
     let want = history(&s.root.join("runs/full"));
     assert_eq!((want.0.len(), want.1.len()), (20, 3));
+    let loss_steps: Vec<i64> = want.2.iter().filter(|s| s.0 == "train/loss").map(|s| s.1).collect();
+    assert_eq!(loss_steps, (0..20).collect::<Vec<_>>(), "TensorBoard holds every step once");
 
     // (kill point, how to continue): `write:F@n` is the n-th write of F, caught after its temp
     // file is on disk and before the rename; `last` is written at steps 3, 6, 9, the end of
@@ -99,6 +113,7 @@ fn sigkill_at_any_instant_then_resume_gives_the_uninterrupted_run() {
         let got = history(&run);
         assert_eq!(got.0, want.0, "{fault} then {how}: metrics.jsonl differs");
         assert_eq!(got.1, want.1, "{fault} then {how}: summary.csv differs");
+        assert_eq!(got.2, want.2, "{fault} then {how}: TensorBoard's scalars differ");
         let leftovers: Vec<_> = std::fs::read_dir(&run)
             .unwrap()
             .flatten()

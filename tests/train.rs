@@ -91,7 +91,7 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
     let full_dir = dir.path().join("full");
     let mut scalars = Vec::new();
     for e in std::fs::read_dir(full_dir.join("tb")).unwrap() {
-        scalars.extend(resnet_train::train::metrics::read_tensorboard_scalars(&e.unwrap().path()).unwrap());
+        scalars.extend(resnet_train::train::tensorboard::read_scalars(&e.unwrap().path()).unwrap());
     }
     let tb_loss: Vec<(i64, f32)> =
         scalars.iter().filter(|(t, _, _)| t == "train/loss").map(|(_, s, v)| (*s, *v)).collect();

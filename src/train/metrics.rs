@@ -2,6 +2,7 @@
 //! TensorBoard event files under `tb/` (`tensorboard --logdir runs`), and the console. On resume, records past the checkpoint are dropped so the files describe one
 //! consistent history.
 
+use super::tensorboard::EventWriter;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use serde::{Deserialize, Serialize};
@@ -57,7 +58,7 @@ pub struct RunLog {
     dir: PathBuf,
     jsonl: std::fs::File,
     epochs: Vec<EpochRecord>,
-    tb: tensorboard_rs::summary_writer::SummaryWriter,
+    tb: EventWriter,
 }
 
 fn fmt_opt(v: Option<f64>) -> String {
@@ -95,10 +96,15 @@ impl RunLog {
             .into_iter()
             .filter(|e| e.epoch < keep_epochs)
             .collect();
+        // Earlier attempts' event files keep what precedes the checkpoint; this attempt adds a
+        // file (TensorBoard merges the files of one folder).
         let tb_dir = dir.join("tb");
-        std::fs::create_dir_all(&tb_dir).map_err(|e| Error::io(&tb_dir, e))?;
-        // A resumed run adds an event file; TensorBoard merges the files of one folder.
-        let tb = tensorboard_rs::summary_writer::SummaryWriter::new(&tb_dir);
+        let keep_steps = keep_steps as i64;
+        let keep_epochs = keep_epochs as i64;
+        super::tensorboard::truncate(&tb_dir, |tag, step| {
+            step < if tag.starts_with("epoch/") { keep_epochs } else { keep_steps }
+        })?;
+        let tb = EventWriter::create(&tb_dir)?;
         Ok(Self { dir: dir.to_path_buf(), jsonl, epochs, tb })
     }
 
@@ -125,42 +131,39 @@ impl RunLog {
     }
 
     pub fn step(&mut self, r: &StepRecord) -> Result<()> {
-        for (tag, v) in [
+        let mut scalars: Vec<(String, f64)> = [
             ("train/loss", r.loss),
             ("train/lr", r.lr),
             ("train/grad_norm", r.grad_norm),
             ("train/loss_scale", r.loss_scale),
             ("train/img_per_s", r.img_per_s),
-        ] {
-            if v.is_finite() {
-                self.tb.add_scalar(tag, v as f32, r.step);
-            }
-        }
+        ]
+        .into_iter()
+        .map(|(tag, v)| (tag.to_string(), v))
+        .collect();
         for a in &r.activations {
-            if a.max_abs.is_finite() {
-                self.tb.add_scalar(&format!("act_max_abs/{}", a.site), a.max_abs as f32, r.step);
-            }
-            self.tb.add_scalar(&format!("act_nonfinite/{}", a.site), a.nonfinite as f32, r.step);
+            scalars.push((format!("act_max_abs/{}", a.site), a.max_abs));
+            scalars.push((format!("act_nonfinite/{}", a.site), a.nonfinite as f64));
         }
+        let scalars: Vec<(&str, f64)> = scalars.iter().map(|(t, v)| (t.as_str(), *v)).collect();
+        self.tb.scalars(r.step, &scalars)?;
         let line = serde_json::to_string(r).expect("record serialises");
         writeln!(self.jsonl, "{line}").map_err(|e| Error::io(self.dir.join("metrics.jsonl"), e))
     }
 
     pub fn epoch(&mut self, r: EpochRecord) -> Result<()> {
         let opt = |v: Option<f64>| v.unwrap_or(f64::NAN);
-        for (tag, v) in [
-            ("epoch/train_loss", r.train_loss),
-            ("epoch/eval_loss", opt(r.eval_loss)),
-            ("epoch/eval_top1", opt(r.eval_top1)),
-            ("epoch/eval_top5", opt(r.eval_top5)),
-            ("epoch/ema_top1", opt(r.ema_top1)),
-            ("epoch/ema_top5", opt(r.ema_top5)),
-        ] {
-            if v.is_finite() {
-                self.tb.add_scalar(tag, v as f32, r.epoch);
-            }
-        }
-        self.tb.flush();
+        self.tb.scalars(
+            r.epoch,
+            &[
+                ("epoch/train_loss", r.train_loss),
+                ("epoch/eval_loss", opt(r.eval_loss)),
+                ("epoch/eval_top1", opt(r.eval_top1)),
+                ("epoch/eval_top5", opt(r.eval_top5)),
+                ("epoch/ema_top1", opt(r.ema_top1)),
+                ("epoch/ema_top5", opt(r.ema_top5)),
+            ],
+        )?;
         self.epochs.retain(|e| e.epoch != r.epoch);
         self.epochs.push(r);
         let mut csv =
@@ -182,54 +185,7 @@ impl RunLog {
         write_atomic(&self.dir.join("summary.csv"), csv.as_bytes())
     }
 
-    /// Pushes buffered TensorBoard events to disk.
-    pub fn flush(&mut self) {
-        self.tb.flush();
-    }
-
     pub fn epochs(&self) -> &[EpochRecord] {
         &self.epochs
     }
-}
-
-/// Reads the scalars of a TensorBoard event file (TFRecord framing with masked CRC32C checks, then
-/// `Event` protos): `(tag, step, value)`. Used to check what TensorBoard will read.
-pub fn read_tensorboard_scalars(path: &Path) -> Result<Vec<(String, i64, f32)>> {
-    use protobuf::Message;
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos + 12 <= bytes.len() {
-        let len = u64::from_le_bytes(bytes[pos..pos + 8].try_into().expect("8 bytes")) as usize;
-        let len_crc = u32::from_le_bytes(bytes[pos + 8..pos + 12].try_into().expect("4 bytes"));
-        if masked_crc32c(&bytes[pos..pos + 8]) != len_crc {
-            return Err(Error::file(path, format!("bad length checksum at byte {pos}")));
-        }
-        let data =
-            bytes.get(pos + 12..pos + 12 + len).ok_or_else(|| Error::file(path, "truncated record"))?;
-        let crc =
-            bytes.get(pos + 12 + len..pos + 16 + len).ok_or_else(|| Error::file(path, "truncated record"))?;
-        if masked_crc32c(data) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
-            return Err(Error::file(path, format!("bad data checksum at byte {pos}")));
-        }
-        let event = tensorboard_proto::event::Event::parse_from_bytes(data)
-            .map_err(|e| Error::file(path, format!("bad event: {e}")))?;
-        for v in event.get_summary().get_value() {
-            out.push((v.get_tag().to_string(), event.get_step(), v.get_simple_value()));
-        }
-        pos += 16 + len;
-    }
-    Ok(out)
-}
-
-fn masked_crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
-        }
-    }
-    let crc = !crc;
-    crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }

@@ -17,4 +17,5 @@ pub mod schedule;
 pub mod stability;
 pub mod state;
 pub mod study;
+pub mod tensorboard;
 pub mod trainer;

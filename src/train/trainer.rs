@@ -379,7 +379,6 @@ impl Trainer {
         }
         let Some(signal) = signal else { return Ok(()) };
         self.save_last()?;
-        self.flush_log();
         let name = if signal == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
         Err(Error::Interrupted {
             signal,
@@ -415,7 +414,6 @@ impl Trainer {
             let img_per_s = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
             self.log_step(&result, lr, img_per_s, bar.as_ref())?;
             if let Decision::Stop(stop) = result.decision {
-                self.flush_log();
                 return Err(Error::Diverged(match stop {
                     Stop::Spikes(m) | Stop::Diverged(m) => m,
                 }));
@@ -433,7 +431,6 @@ impl Trainer {
                 self.save_last()?;
             }
             if stop {
-                self.flush_log();
                 say!(
                     self.main,
                     "stopped after {} steps (--max-steps); continue with --resume {}",
@@ -612,12 +609,6 @@ impl Trainer {
             Some(d) => EvalSums::from_slice(&d.reduce_f64(&sums.to_vec(), ReduceOp::Sum)?).result(),
             None => sums.result(),
         })
-    }
-
-    fn flush_log(&mut self) {
-        if let Some(log) = &mut self.log {
-            log.flush();
-        }
     }
 
     fn meta(&self) -> ModelMeta<'_> {
