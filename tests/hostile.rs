@@ -215,3 +215,148 @@ fn fuzzed_image_bytes_never_panic() {
         .unwrap_or(0);
     assert!(peak_kb < 4 << 20, "peak RSS {} MB", peak_kb >> 10);
 }
+
+/// Checkpoints with a damaged header (random bytes, a wrong length field, truncation) or edited
+/// entries (shapes, dtypes, data offsets, missing or swapped tensors, junk metadata) through
+/// everything that reads a model file: `load_last` (resume), the metadata accessors, and
+/// `load_model` (predict, eval). Errors are fine, panics are not.
+#[test]
+fn fuzzed_checkpoints_never_panic() {
+    use resnet_train::train::checkpoint::{load_last, LoopState};
+    use serde_json::{json, Value};
+    let dir = common::tmpdir();
+    let seed_file = dir.path().join("seed.safetensors");
+    let (code, out) = run(
+        common::bin(),
+        &["init", "--arch", "resnet18", "--act", "polynorm", "--num-classes", "10", "--out"]
+            .iter()
+            .copied()
+            .chain([seed_file.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 0, "{out}");
+    let bytes = std::fs::read(&seed_file).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    // A training checkpoint's metadata: classes, eval sizes, the loop state.
+    let meta = header["__metadata__"].as_object_mut().unwrap();
+    let classes: Vec<String> = (0..10).map(|i| format!("class{i}")).collect();
+    meta.insert("resnet_train.class_names".into(), json!(serde_json::to_string(&classes).unwrap()));
+    meta.insert("resnet_train.eval".into(), json!(r#"{"resize":37,"crop":32}"#));
+    meta.insert(
+        "resnet_train.train_state".into(),
+        json!(serde_json::to_string(&LoopState::default()).unwrap()),
+    );
+    let data = &bytes[8 + header_len..];
+    let assemble = |h: &Value| {
+        let mut hb = serde_json::to_vec(h).unwrap();
+        hb.resize(hb.len().div_ceil(8) * 8, b' ');
+        let mut out = (hb.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&hb);
+        out.extend_from_slice(data);
+        out
+    };
+    let whole = assemble(&header);
+    let names: Vec<String> =
+        header.as_object().unwrap().keys().filter(|k| *k != "__metadata__").cloned().collect();
+    let meta_keys: Vec<String> = header["__metadata__"].as_object().unwrap().keys().cloned().collect();
+
+    let mut rng = SplitMix64::new(11);
+    let mut pick = |n: usize| rng.below(n as u64) as usize;
+    let path = dir.path().join("case.safetensors");
+    let (mut loaded, mut errors) = (0, 0);
+    let cases = 240;
+    for i in 0..cases {
+        let case = match i % 8 {
+            0 => {
+                let mut b = whole.clone();
+                for _ in 0..1 + pick(6) {
+                    let at = pick(8 + header_len);
+                    b[at] = pick(256) as u8;
+                }
+                b
+            }
+            1 => whole[..pick(whole.len())].to_vec(),
+            2 => {
+                let lens = [
+                    0,
+                    1,
+                    header_len as u64 - 1,
+                    u64::MAX,
+                    1 << 63,
+                    whole.len() as u64,
+                    pick(1 << 30) as u64,
+                ];
+                let mut b = whole.clone();
+                b[..8].copy_from_slice(&lens[pick(lens.len())].to_le_bytes());
+                b
+            }
+            _ => {
+                let mut h = header.clone();
+                let name = &names[pick(names.len())];
+                let edit = i % 8;
+                let t = &mut h[name.as_str()];
+                match edit {
+                    3 => {
+                        let shapes = [
+                            json!([]),
+                            json!([0]),
+                            json!([1u64 << 40]),
+                            json!([-1]),
+                            json!([3.5]),
+                            json!([1u64 << 33, 1u64 << 33]),
+                            json!("x"),
+                        ];
+                        t["shape"] = shapes[pick(shapes.len())].clone();
+                    }
+                    4 => {
+                        let dtypes = ["F16", "BF16", "I64", "U8", "BOOL", "F64", "X9", ""];
+                        t["dtype"] = json!(dtypes[pick(dtypes.len())]);
+                    }
+                    5 => {
+                        let (s, e) =
+                            (t["data_offsets"][0].as_u64().unwrap(), t["data_offsets"][1].as_u64().unwrap());
+                        let offsets = [
+                            json!([e, s]),
+                            json!([s, e + 4]),
+                            json!([s, 1u64 << 62]),
+                            json!([s]),
+                            json!([0, 0]),
+                        ];
+                        t["data_offsets"] = offsets[pick(offsets.len())].clone();
+                    }
+                    6 => {
+                        if pick(2) == 0 {
+                            h.as_object_mut().unwrap().remove(name);
+                        } else {
+                            let other = names[pick(names.len())].clone();
+                            let (a, b) = (h[name.as_str()].clone(), h[other.as_str()].clone());
+                            h[name.as_str()] = b;
+                            h[other.as_str()] = a;
+                        }
+                    }
+                    _ => {
+                        let junk = ["", "nan", "-1", "1e300", "{", "[]", "{\"arch\":\"resnet18\"}", "null"];
+                        let key = &meta_keys[pick(meta_keys.len())];
+                        h["__metadata__"][key.as_str()] = json!(junk[pick(junk.len())]);
+                    }
+                }
+                assemble(&h)
+            }
+        };
+        std::fs::write(&path, &case).unwrap();
+        let r = std::panic::catch_unwind(|| -> resnet_train::error::Result<()> {
+            let (file, state) = load_last(&path)?;
+            let _ = (file.class_names(), file.eval_size(), state.schedule_step());
+            file.model_config(&path)?;
+            resnet_train::model::weights::load_model(&path, tch::Device::Cpu).map(|_| ())
+        });
+        match r {
+            Ok(Ok(())) => loaded += 1,
+            Ok(Err(_)) => errors += 1,
+            Err(_) => panic!("case {i} panicked (file kept as {})", path.display()),
+        }
+    }
+    eprintln!("checkpoint fuzz: {cases} cases, {loaded} loaded, {errors} clear errors, 0 panics");
+    assert!(errors > cases / 2, "most edits must be caught");
+}

@@ -198,6 +198,48 @@ fn one_process_per_run_folder_and_resume_keeps_the_runs_settings() {
     let saved = resnet_train::train::config::read_file(&run.join("config.toml")).unwrap();
     assert_eq!((saved.epochs, saved.max_steps), (3, 0));
 
+    // The dataset moved (a job staging it to local disk): --data may follow it, if its classes are
+    // the run's. With a class folder renamed the labels would change meaning: refused, naming it.
+    let copy_data = |name: &str| {
+        let to = s.root.join(name);
+        let ok = Command::new("cp").arg("-r").arg(s.root.join("data")).arg(&to).status().unwrap();
+        assert!(ok.success());
+        to
+    };
+    let renamed = copy_data("data-renamed");
+    let first_class = std::fs::read_dir(renamed.join("train"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .min()
+        .unwrap();
+    for split in ["train", "val"] {
+        std::fs::rename(renamed.join(split).join(&first_class), renamed.join(split).join("zzz")).unwrap();
+    }
+    let config_before = std::fs::read(run.join("config.toml")).unwrap();
+    let out = resume(&run, &["--data", renamed.to_str().unwrap()]);
+    let msg = text(&out);
+    assert!(!out.status.success(), "{msg}");
+    assert!(
+        msg.contains("classes differ") && msg.contains(&format!("missing now: 1 ({first_class})")),
+        "{msg}"
+    );
+    assert!(msg.contains("new: 1 (zzz)"), "{msg}");
+    assert_eq!(
+        std::fs::read(run.join("config.toml")).unwrap(),
+        config_before,
+        "a refused resume changes nothing"
+    );
+    // Moved, with one more training image: resumed, with a warning that the data order changes.
+    let moved = copy_data("data-moved");
+    let class_dir = moved.join("train").join(&first_class);
+    let image = std::fs::read_dir(&class_dir).unwrap().next().unwrap().unwrap().path();
+    std::fs::copy(&image, class_dir.join("extra").with_extension(image.extension().unwrap())).unwrap();
+    let out = resume(&run, &["--data", moved.to_str().unwrap(), "--max-steps", "7"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("holds 81 training images, the run started with 80"), "{}", text(&out));
+    let saved = resnet_train::train::config::read_file(&run.join("config.toml")).unwrap();
+    assert_eq!(saved.data.as_deref(), Some(moved.as_path()));
+
     // A folder that is not a run says so.
     let empty = s.root.join("not-a-run");
     std::fs::create_dir_all(&empty).unwrap();

@@ -52,6 +52,10 @@ pub struct LoopState {
     /// schedule then continues from the same point of training, while `step` keeps counting).
     #[serde(default)]
     pub schedule_offset: i64,
+    /// Images in the training set when the run started (0: not recorded, checkpoints before
+    /// session 11): a resume on a training set of another size warns that the data order changes.
+    #[serde(default)]
+    pub train_images: usize,
 }
 
 impl LoopState {
@@ -79,6 +83,7 @@ impl Default for LoopState {
             elapsed_s: 0.0,
             world_size: 1,
             schedule_offset: 0,
+            train_images: 0,
         }
     }
 }

@@ -347,7 +347,10 @@ const PER_INVOCATION: [&str; 1] = ["max_steps"];
 /// Keys a resumed run may change: how it runs, not what it computes up to now (`epochs` extends
 /// or shortens the schedule from here; the guards' thresholds and remedies only act on trouble).
 /// Any other key given with `--resume` that differs from the run's config.toml is refused.
-pub const RESUMABLE: [&str; 22] = [
+pub const RESUMABLE: [&str; 23] = [
+    // The dataset may move (a cluster job staging it to local disk); the trainer then checks that
+    // its classes are the run's and warns if its size changed.
+    "data",
     "epochs",
     "max_steps",
     "workers",

@@ -82,6 +82,42 @@ macro_rules! say {
     };
 }
 
+/// A resumed run's labels must mean what they meant: the class folders (their names and order,
+/// which give the label indices) must be those the checkpoint was trained on.
+fn check_same_classes(saved: &[String], now: &[String], data: &Path, checkpoint: &Path) -> Result<()> {
+    if saved == now {
+        return Ok(());
+    }
+    let missing: Vec<&str> = saved.iter().filter(|c| !now.contains(c)).map(String::as_str).collect();
+    let new: Vec<&str> = now.iter().filter(|c| !saved.contains(c)).map(String::as_str).collect();
+    let first = |v: &[&str]| {
+        let shown = v.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+        if v.len() > 5 {
+            format!("{shown}, ...")
+        } else {
+            shown
+        }
+    };
+    let mut why =
+        format!("{} holds {} classes, the run trained on {}", data.display(), now.len(), saved.len());
+    if !missing.is_empty() {
+        why += &format!("; missing now: {} ({})", missing.len(), first(&missing));
+    }
+    if !new.is_empty() {
+        why += &format!("; new: {} ({})", new.len(), first(&new));
+    }
+    if missing.is_empty() && new.is_empty() {
+        why += "; the same names in another order";
+    }
+    Err(Error::file(
+        checkpoint,
+        format!(
+            "cannot resume: the data's classes differ from the run's, so its labels would change meaning ({why}). \
+             Point --data at the run's dataset, or start a new run on this one"
+        ),
+    ))
+}
+
 /// The train and val splits: `data/train` + `data/val`, or one folder used for both.
 fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFolder>>)> {
     let root = match &cfg.data {
@@ -228,7 +264,8 @@ impl Trainer {
         if engine.cfg.sync_bn && dist.is_none() {
             eprintln!("warning: --sync-bn has no effect in a single process (BatchNorm already sees the whole batch)");
         }
-        let mut state = LoopState { world_size: world, ..LoopState::default() };
+        let mut state =
+            LoopState { world_size: world, train_images: train_set.len(), ..LoopState::default() };
         if resume.is_some() && has_checkpoint {
             let last = dir.join("last.safetensors");
             let (file, saved) = checkpoint::load_last(&last)?;
@@ -236,8 +273,21 @@ impl Trainer {
             for r in &saved.guards.remedies {
                 engine.apply_remedy(*r);
             }
+            if let Some(saved_classes) = file.class_names() {
+                check_same_classes(&saved_classes, &classes, &train_set.root, &last)?;
+            }
             if file.model_config(&last)? != engine.cfg.model(engine.num_classes) {
                 return Err(Error::file(&last, "its model differs from the run's config.toml"));
+            }
+            if saved.train_images != 0 && saved.train_images != train_set.len() {
+                say!(
+                    main,
+                    "warning: {} holds {} training images, the run started with {}: the data order (and the \
+                     steps per epoch) change from here on",
+                    train_set.root.display(),
+                    train_set.len(),
+                    saved.train_images
+                );
             }
             if saved.world_size != world {
                 say!(
@@ -249,7 +299,7 @@ impl Trainer {
                 );
             }
             engine.load(&file, &last)?;
-            state = saved;
+            state = LoopState { train_images: train_set.len(), ..saved };
         }
         if let Some(d) = &dist {
             // Identical start (DDP broadcasts rank 0's weights and buffers), checked.
