@@ -2,11 +2,13 @@
 # Kill a small deterministic run with SIGKILL at N random instants (each its own run folder),
 # resume each until it finishes, and compare metrics.jsonl and summary.csv (without their
 # wall-clock fields) with the uninterrupted run's. Prints one line per trial and the tally.
-#   N=20 bash scripts/kill-resume-random.sh
+#   N=20 bash scripts/kill-resume-random.sh      (BIN=path: that binary instead of building one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --bin resnet-train >/dev/null
-BIN=$PWD/target/release/resnet-train
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --locked --bin resnet-train >/dev/null
+  BIN=$PWD/target/release/resnet-train
+fi
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 "$BIN" make-demo-data --out "$W/data" >/dev/null

@@ -37,13 +37,24 @@ using at::vec::Vectorized;
 template <typename T>
 using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
+// n <= V::size() elements of p as a vector of the arithmetic type; the tail is zero-padded.
+// bf16/fp16: a whole vector converts with ATen's own vectorised conversion (AVX2: one 16-byte
+// load, then a shift (bf16) or vcvtph2ps (fp16)); exact, as the scalar conversion of the tail.
 template <typename T>
 inline Vectorized<Acc<T>> load(const T *p, int64_t n) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   if constexpr (std::is_same_v<T, A>) {
-    return n == V::size() ? V::loadu(p) : V::loadu(p, n);  // the tail is zero-padded
+    return n == V::size() ? V::loadu(p) : V::loadu(p, n);
   } else {
+    if (n == V::size()) {
+      V out;
+      if constexpr (std::is_same_v<T, c10::BFloat16>)
+        at::vec::load_fp32_from_bf16(p, out);
+      else
+        at::vec::load_fp32_from_fp16(p, out);
+      return out;
+    }
     __at_align__ A buf[V::size()];
     for (int64_t i = 0; i < n; i++) buf[i] = static_cast<A>(p[i]);
     for (int64_t i = n; i < V::size(); i++) buf[i] = A(0);
@@ -51,6 +62,7 @@ inline Vectorized<Acc<T>> load(const T *p, int64_t n) {
   }
 }
 
+// The first n lanes of v to p, rounded to T (bf16/fp16: to nearest even, vectorised by ATen).
 template <typename T>
 inline void store(T *p, const Vectorized<Acc<T>> &v, int64_t n) {
   using A = Acc<T>;
@@ -60,6 +72,8 @@ inline void store(T *p, const Vectorized<Acc<T>> &v, int64_t n) {
       v.store(p);
     else
       v.store(p, n);
+  } else if (n == V::size()) {
+    at::vec::convert_from_float<T>(v, v).store(p, n);  // the first half of the 2 x V::size() lanes
   } else {
     __at_align__ A buf[V::size()];
     v.store(buf);
