@@ -52,8 +52,8 @@ pub struct LoopState {
     /// schedule then continues from the same point of training, while `step` keeps counting).
     #[serde(default)]
     pub schedule_offset: i64,
-    /// Images in the training set when the run started (0: not recorded, checkpoints before
-    /// session 11): a resume on a training set of another size warns that the data order changes.
+    /// Images in the training set when the run started (0: not recorded, in older checkpoints):
+    /// a resume on a training set of another size warns that the data order changes.
     #[serde(default)]
     pub train_images: usize,
 }
