@@ -31,8 +31,8 @@ fn resize_one(src: &Path, dst: &Path, limit: usize, by_long: bool, quality: u8) 
     } else {
         let s = limit as f64 / side as f64;
         let (ow, oh) = (((w as f64 * s).round() as usize).max(1), ((h as f64 * s).round() as usize).max(1));
-        let ha = resize::Axis::new(0, w, 0.0, w as f64, ow, 0..ow);
-        let va = resize::Axis::new(0, h, 0.0, h as f64, oh, 0..oh);
+        let ha = resize::Axis::new(resize::Filter::Bilinear, 0, w, 0.0, w as f64, ow, 0..ow);
+        let va = resize::Axis::new(resize::Filter::Bilinear, 0, h, 0.0, h as f64, oh, 0..oh);
         let mut chw = vec![0u8; 3 * ow * oh];
         let source = resize::Source { pixels: &img.pixels, stride: w * 3, x0: 0, y0: 0 };
         resize::resample(&source, &ha, &va, false, false, &mut Vec::new(), &mut chw);

@@ -1,9 +1,13 @@
-"""timm/PIL baseline for timm's augmentation policies: image/s of timm's train transform
-(RandomResizedCropAndInterpolation(224, bilinear) + flip + the `--aa` policy, then PILToTensor:
-uint8 CHW, normalisation left to the device as resnet-train does), reading every .jpg/.jpeg/.png
-under DIR as ../shared/bench/torch_data_bench.py does (one process; --passes timed passes).
+"""timm/PIL baseline for timm's transforms: image/s of timm's train transform
+(RandomResizedCropAndInterpolation(224, --interpolation) + flip + the `--aa` policy, then
+PILToTensor: uint8 CHW, normalisation left to the device as resnet-train does) or, with --mode eval,
+its eval transform (Resize(floor(224 / --crop-pct), --interpolation) + CenterCrop(224)), reading
+every .jpg/.jpeg/.png under DIR as ../shared/bench/torch_data_bench.py does (one process; --passes
+timed passes).
 
   python scripts/timm_data_bench.py ../shared/data/imagenet-samples --aa rand-m9-mstd0.5-inc1
+  python scripts/timm_data_bench.py ../shared/data/imagenet-samples --aa none --interpolation random
+  python scripts/timm_data_bench.py ../shared/data/imagenet-samples --mode eval --interpolation bicubic --crop-pct 0.95
 """
 import argparse
 import json
@@ -23,14 +27,22 @@ from torchvision import transforms as T
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dir")
-    ap.add_argument("--aa", default="rand-m9-mstd0.5-inc1")
+    ap.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="a timm policy, or none")
+    ap.add_argument("--mode", choices=["train", "eval"], default="train")
+    ap.add_argument("--interpolation", choices=["bilinear", "bicubic", "random"], default="bilinear")
+    ap.add_argument("--crop-pct", type=float, default=0.875)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--passes", type=int, default=2)
     a = ap.parse_args()
-    primary, secondary, _ = create_transform(
-        a.size, is_training=True, auto_augment=a.aa, interpolation="bilinear", color_jitter=None,
-        re_prob=0.0, separate=True)
-    tf = T.Compose([*primary.transforms, *secondary.transforms, T.PILToTensor()])
+    if a.mode == "train":
+        aa = None if a.aa == "none" else a.aa
+        primary, secondary, _ = create_transform(
+            a.size, is_training=True, auto_augment=aa, interpolation=a.interpolation, color_jitter=None,
+            re_prob=0.0, separate=True)
+        tf = T.Compose([*primary.transforms, *secondary.transforms, T.PILToTensor()])
+    else:
+        tf = create_transform(a.size, is_training=False, interpolation=a.interpolation, crop_pct=a.crop_pct,
+                              use_prefetcher=True)
     files = sorted(os.path.join(r, f) for r, _, fs in os.walk(a.dir) for f in fs
                    if f.lower().endswith((".jpg", ".jpeg", ".png")))
     for f in files:  # warm the page cache, untimed
@@ -44,7 +56,8 @@ def main():
             tf(img)
             n += 1
     dt = time.perf_counter() - t0
-    print(json.dumps({"impl": "timm+PIL", "policy": a.aa, "size": a.size, "workers": 1, "images": n,
+    print(json.dumps({"impl": "timm+PIL", "mode": a.mode, "policy": a.aa if a.mode == "train" else "none",
+                      "interpolation": a.interpolation, "size": a.size, "workers": 1, "images": n,
                       "img_per_s": round(n / dt, 1)}))
 
 

@@ -8,7 +8,7 @@ use resnet_train::data::dataset::ImageFolder;
 use resnet_train::data::loader::{Loader, LoaderConfig};
 use resnet_train::data::sampler::Sampler;
 use resnet_train::data::synthetic;
-use resnet_train::data::transform::{ResSchedule, Transform};
+use resnet_train::data::transform::{ResSchedule, Transform, TrainFilter};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -84,6 +84,16 @@ fn batches_are_identical_with_any_thread_count_and_resume_mid_epoch() {
             }
         }
     }
+    // timm's `train_interpolation = random`: the crop's filter and each op's drawn per sample, too.
+    let with = |threads| {
+        let mut cfg = config(threads);
+        cfg.transform = cfg.transform.with_train_filter(TrainFilter::Random);
+        cfg.augment = Some(Arc::new(Augment::new(Policy::parse("rand-m9-mstd0.5-inc1").unwrap(), None, 32)));
+        Loader::new(ds.clone(), cfg).unwrap()
+    };
+    let a = all_batches(&with(1), 4, 0);
+    assert!(a == all_batches(&with(3), 4, 0), "random filter: 1 and 3 threads give different batches");
+    assert!(all_batches(&with(3), 4, 2) == a[2..], "random filter: resumed batches differ");
 }
 
 #[test]

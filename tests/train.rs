@@ -82,9 +82,11 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
         assert!(run.join(f).exists(), "{f} missing");
     }
     assert!(!run.join("epoch-0.safetensors").exists(), "keep_last = 1 prunes older epochs");
-    // Checkpoints record the eval preprocessing (predict's default): resize round(32 / 0.875), crop 32.
+    // Checkpoints record the eval preprocessing (predict's and eval's default): resize
+    // floor(32 / 0.875) (timm's rule), crop 32, bilinear.
     let best = resnet_train::model::weights::read(&run.join("best.safetensors")).unwrap();
-    assert_eq!(best.eval_size(), Some((37, 32)));
+    assert_eq!(best.eval_size(), Some((36, 32)));
+    assert_eq!(best.eval_filter(), resnet_train::data::resize::Filter::Bilinear);
     assert_eq!(best.class_names().unwrap().len(), 10);
 
     // TensorBoard: the event files parse (TFRecord checksums, Event protos) and hold the losses.

@@ -39,6 +39,13 @@ pub struct BenchDataArgs {
     /// ColorJitter strength(s) (train mode; e.g. 0.4 as torch_data_bench.py --policy colorjitter).
     #[arg(long, value_delimiter = ',')]
     pub color_jitter: Option<Vec<f64>>,
+    /// The crop's resize filter: bilinear, bicubic, or random (train mode: one per image, and
+    /// timm's ops draw theirs, as timm's `train_interpolation = random`).
+    #[arg(long, value_enum, default_value = "bilinear")]
+    pub interpolation: crate::data::transform::TrainFilter,
+    /// Eval mode: resize to floor(size / crop_pct) before the center crop.
+    #[arg(long, default_value_t = 0.875)]
+    pub crop_pct: f64,
     /// Print one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -71,20 +78,24 @@ pub fn run(a: BenchDataArgs) -> Result<()> {
         let _ = std::fs::read(&s.path); // warm the page cache, untimed (as the PyTorch baseline)
     }
     let max = crate::data::transform::MAX_SIZE;
-    if !(8..=max).contains(&a.size) || a.batch_size == 0 {
+    if !(8..=max).contains(&a.size) || a.batch_size == 0 || !(0.1..=1.0).contains(&a.crop_pct) {
         return Err(crate::error::Error::Usage(format!(
-            "--size must be in 8..={max} and --batch-size at least 1, got {} and {}",
-            a.size, a.batch_size
+            "--size must be in 8..={max}, --batch-size at least 1 and --crop-pct in [0.1, 1], got {}, {} and {}",
+            a.size, a.batch_size, a.crop_pct
         )));
     }
-    let transform = match a.mode {
-        Mode::Train => Transform::train(a.size),
-        Mode::Eval => Transform::eval(a.size, 0.875),
+    let transform = match (a.mode, a.interpolation.fixed()) {
+        (Mode::Train, _) => Transform::train(a.size).with_train_filter(a.interpolation),
+        (Mode::Eval, Some(filter)) => Transform::eval(a.size, a.crop_pct).with_filter(filter),
+        (Mode::Eval, None) => {
+            return Err(Error::Usage("--interpolation random applies to --mode train".into()));
+        }
     };
     let mut cfg = LoaderConfig::new(a.batch_size, transform);
     let policy = crate::data::augment::Policy::parse(a.aa.as_deref().unwrap_or(""))?;
     let jitter = crate::data::augment::parse_jitter(a.color_jitter.as_deref().unwrap_or(&[]))?;
-    let augment = crate::data::augment::Augment::new(policy, jitter, a.size);
+    let augment =
+        crate::data::augment::Augment::new(policy, jitter, a.size).with_timm_filter(a.interpolation.fixed());
     if !augment.is_identity() {
         if a.mode != Mode::Train {
             return Err(crate::error::Error::Usage("--aa and --color-jitter apply to --mode train".into()));
@@ -122,7 +133,8 @@ pub fn run(a: BenchDataArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "impl": "resnet-train", "mode": mode, "policy": policy_name, "size": a.size, "threads": a.threads,
+                "impl": "resnet-train", "mode": mode, "policy": policy_name,
+                "interpolation": a.interpolation, "size": a.size, "threads": a.threads,
                 "batch_size": a.batch_size, "images": images, "seconds": (secs * 1000.0).round() / 1000.0,
                 "img_per_s": (rate * 10.0).round() / 10.0,
                 "img_per_s_per_thread": (rate / a.threads as f64 * 10.0).round() / 10.0,
@@ -131,7 +143,8 @@ pub fn run(a: BenchDataArgs) -> Result<()> {
         );
     } else {
         println!(
-            "{mode} {policy_name} {}px: {images} images in {secs:.2} s = {rate:.1} img/s ({:.1} per thread, {} threads), peak RSS {rss:.0} MiB, {} bad files",
+            "{mode} {policy_name} {:?} {}px: {images} images in {secs:.2} s = {rate:.1} img/s ({:.1} per thread, {} threads), peak RSS {rss:.0} MiB, {} bad files",
+            a.interpolation,
             a.size,
             rate / a.threads as f64,
             a.threads,

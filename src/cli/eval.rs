@@ -25,10 +25,16 @@ pub struct EvalArgs {
     /// Also write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    #[arg(long, default_value_t = 224)]
-    pub size: usize,
-    #[arg(long, default_value_t = 0.875)]
-    pub crop_pct: f64,
+    /// Center-crop size. Unset with --crop-pct unset: the eval preprocessing the checkpoint
+    /// records (its run's resize, crop and filter), else 224.
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Resize to floor(size / crop_pct) before the crop (timm's rule; default 0.875).
+    #[arg(long)]
+    pub crop_pct: Option<f64>,
+    /// Resize filter (default: the checkpoint's, else bilinear).
+    #[arg(long, value_enum)]
+    pub interpolation: Option<crate::data::resize::Filter>,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
     #[arg(long, value_enum, default_value = "fp32")]
@@ -45,15 +51,26 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let max = crate::data::transform::MAX_SIZE;
-    if !(8..=max).contains(&a.size) || !(0.1..=1.0).contains(&a.crop_pct) || a.batch_size == 0 {
+    let (size, crop_pct) = (a.size.unwrap_or(224), a.crop_pct.unwrap_or(0.875));
+    if !(8..=max).contains(&size) || !(0.1..=1.0).contains(&crop_pct) || a.batch_size == 0 {
         return Err(Error::Usage(format!(
-            "--size must be in 8..={max}, --crop-pct in [0.1, 1] and --batch-size at least 1 (got {}, {}, {})",
-            a.size, a.crop_pct, a.batch_size
+            "--size must be in 8..={max}, --crop-pct in [0.1, 1] and --batch-size at least 1 (got {size}, {crop_pct}, {})",
+            a.batch_size
         )));
     }
     let device = crate::runtime::parse_device(&a.device)?;
     let weights::LoadedModel { model, config: cfg, file, .. } =
         weights::load_model_weights(&a.checkpoint, device, a.weights)?;
+    let filter = a.interpolation.unwrap_or_else(|| file.eval_filter());
+    // The run's own eval preprocessing unless the flags say otherwise.
+    let (resize, crop) = match file.eval_size() {
+        Some((resize, crop)) if a.size.is_none() && a.crop_pct.is_none() => {
+            let what = format!("{}'s recorded eval preprocessing", a.checkpoint.display());
+            crate::data::transform::check_eval_sizes(resize, crop, &what)?;
+            (resize, crop)
+        }
+        _ => (crate::data::transform::eval_resize(size, crop_pct), size),
+    };
     let root = if a.data.join("val").is_dir() { a.data.join("val") } else { a.data.clone() };
     let data = Arc::new(ImageFolder::open(&root)?);
     if data.classes.len() as i64 != cfg.num_classes {
@@ -72,7 +89,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             );
         }
     }
-    let mut lc = LoaderConfig::new(a.batch_size, Transform::eval(a.size, a.crop_pct));
+    let mut lc = LoaderConfig::new(a.batch_size, Transform::Eval { size: crop, resize, filter });
     lc.shuffle = false;
     lc.drop_last_batch = false;
     if a.workers > 0 {
@@ -81,15 +98,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let loader = Loader::new(data, lc)?;
     let r = evaluate(&model, &loader, device, a.precision, false, a.flip_tta)?;
     println!(
-        "{}: {} images, loss {:.4}, top-1 {:.2}%, top-5 {:.2}%",
+        "{}: {} images (resize {resize} {}, crop {crop}), loss {:.4}, top-1 {:.2}%, top-5 {:.2}%",
         root.display(),
         r.images,
+        filter.name(),
         r.loss,
         r.top1,
         r.top5
     );
     if let Some(p) = &a.json {
-        let v = serde_json::json!({"checkpoint": a.checkpoint, "data": root, "images": r.images, "loss": r.loss, "top1": r.top1, "top5": r.top5});
+        let v = serde_json::json!({"checkpoint": a.checkpoint, "data": root, "images": r.images, "loss": r.loss, "top1": r.top1, "top5": r.top5,
+            "resize": resize, "crop": crop, "interpolation": filter});
         crate::fsutil::write_atomic(p, format!("{v}\n").as_bytes())?;
     }
     Ok(())

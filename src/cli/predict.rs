@@ -31,6 +31,9 @@ pub struct PredictArgs {
     /// Center-crop size (default: what the checkpoint was trained for, else 224).
     #[arg(long)]
     pub crop: Option<usize>,
+    /// Resize filter (default: what the checkpoint was trained for, else bilinear).
+    #[arg(long, value_enum)]
+    pub interpolation: Option<crate::data::resize::Filter>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -96,10 +99,11 @@ pub fn run(args: PredictArgs) -> Result<()> {
             )));
         }
     }
+    let filter = args.interpolation.unwrap_or_else(|| file.eval_filter());
     let k = args.topk.min(cfg.num_classes);
     let mut failures = 0;
     for path in &args.images {
-        let eval = transform::Transform::Eval { size: crop, resize };
+        let eval = transform::Transform::Eval { size: crop, resize, filter };
         let input = match transform::load_tensor(path, &eval, &mut SplitMix64::new(0)) {
             Ok(t) => t,
             Err(e) => {

@@ -493,6 +493,9 @@ pub struct Augment {
     pub policy: Option<Policy>,
     /// ColorJitter (brightness, contrast, saturation, hue) strengths.
     pub jitter: Option<[f64; 4]>,
+    /// The filter of timm's geometric ops: fixed when timm's `train_interpolation` is
+    /// bilinear or bicubic, drawn per op when it is `random` (None, timm's default).
+    pub timm_filter: Option<Interp>,
     tables: Option<TvTables>,
 }
 
@@ -500,12 +503,25 @@ impl Augment {
     /// `size`: the square crops it will see (tables for other sizes are computed when needed).
     pub fn new(policy: Option<Policy>, jitter: Option<[f64; 4]>, size: usize) -> Self {
         let tables = Self::tables_for(&policy, size, size);
-        Self { policy, jitter, tables }
+        Self { policy, jitter, timm_filter: None, tables }
+    }
+
+    /// timm's ops with this fixed filter (None: drawn per op), as timm passes a fixed
+    /// `train_interpolation` to its augmentations.
+    pub fn with_timm_filter(mut self, filter: Option<crate::data::resize::Filter>) -> Self {
+        use crate::data::resize::Filter;
+        self.timm_filter = filter.map(|f| match f {
+            Filter::Bilinear => Interp::Bilinear,
+            Filter::Bicubic => Interp::Bicubic,
+        });
+        self
     }
 
     /// The same augmentation for `size`-pixel crops.
     pub fn resized(&self, size: usize) -> Self {
-        Self::new(self.policy.clone(), self.jitter, size)
+        let mut a = Self::new(self.policy.clone(), self.jitter, size);
+        a.timm_filter = self.timm_filter;
+        a
     }
 
     fn tables_for(policy: &Option<Policy>, h: usize, w: usize) -> Option<TvTables> {
@@ -594,7 +610,7 @@ impl Augment {
                 let picked: Vec<TimmOp> =
                     (0..num_layers).map(|_| choices[rng.below(choices.len() as u64) as usize]).collect();
                 for op in picked {
-                    timm_op(img, op, prob, magnitude, mstd, mmax, rng, s);
+                    timm_op(img, op, prob, magnitude, mstd, mmax, self.timm_filter, rng, s);
                 }
             }
             Policy::TimmAuto { policy, mstd } => {
@@ -604,7 +620,7 @@ impl Augment {
                 };
                 let sub = table[rng.below(table.len() as u64) as usize];
                 for (op, prob, magnitude) in sub {
-                    timm_op(img, op, prob, magnitude, mstd, 10.0, rng, s);
+                    timm_op(img, op, prob, magnitude, mstd, 10.0, self.timm_filter, rng, s);
                 }
             }
         }
@@ -613,7 +629,7 @@ impl Augment {
 
 /// timm's `AugmentOp.__call__`: applied with probability `prob`, the magnitude perturbed by
 /// N(0, mstd) (uniform in [0, m] when mstd is inf) and clipped to [0, mmax], interpolation
-/// bilinear or bicubic at random, fill the ImageNet mean.
+/// `filter` or, when None, bilinear or bicubic at random; fill the ImageNet mean.
 #[allow(clippy::too_many_arguments)]
 fn timm_op(
     img: &mut Planes,
@@ -622,6 +638,7 @@ fn timm_op(
     magnitude: f64,
     mstd: f64,
     mmax: f64,
+    filter: Option<Interp>,
     rng: &mut SplitMix64,
     s: &mut Scratch,
 ) {
@@ -637,7 +654,8 @@ fn timm_op(
     let upper = if mmax > 0.0 { mmax } else { 10.0 };
     let m = m.min(upper).max(0.0);
     let arg = timm_level(op, m, rng);
-    let interp = if rng.below(2) == 0 { Interp::Bilinear } else { Interp::Bicubic };
+    let interp =
+        filter.unwrap_or_else(|| if rng.below(2) == 0 { Interp::Bilinear } else { Interp::Bicubic });
     timm_apply(img, op, arg, interp, TIMM_FILL, s);
 }
 

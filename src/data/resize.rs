@@ -1,12 +1,58 @@
-//! Antialiased bilinear resampling of 8-bit RGB, with Pillow's arithmetic (what torchvision's
-//! PIL path runs): triangle filter stretched by the downscale factor, coefficients normalised
-//! and quantised to 22 fractional bits, a horizontal pass rounded to uint8, then a vertical pass.
+//! Antialiased bilinear and bicubic resampling of 8-bit RGB, with Pillow's arithmetic (what
+//! torchvision's and timm's PIL paths run): the triangle or cubic (a = -0.5) filter stretched by
+//! the downscale factor, coefficients normalised and quantised to 22 fractional bits, a horizontal
+//! pass rounded to uint8, then a vertical pass.
 //!
 //! Coordinates: an `Axis` maps output pixels `window` of an `out_size`-pixel output to source
 //! pixels of an `in_size`-pixel input whose `[box0, box1)` span is resized (Pillow's `box`).
 //! Computing only a window of the output is how a center crop after a resize costs only the crop.
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// The resampling filter (Pillow's `BILINEAR` and `BICUBIC`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Filter {
+    /// The triangle filter, support 1 (torchvision's default).
+    #[default]
+    Bilinear,
+    /// Keys' cubic with a = -0.5, support 2 (timm's ResNets are evaluated with it).
+    Bicubic,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bilinear => 1.0,
+            Filter::Bicubic => 2.0,
+        }
+    }
+
+    /// Pillow's `bilinear_filter` / `bicubic_filter`.
+    fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Filter::Bilinear => (1.0 - x).max(0.0),
+            Filter::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Filter::Bilinear => "bilinear",
+            Filter::Bicubic => "bicubic",
+        }
+    }
+}
 
 /// Per output pixel: first source index and the fixed-point weights.
 pub struct Axis {
@@ -20,6 +66,7 @@ impl Axis {
     /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`, for outputs `window`, reading
     /// source pixels in `[lo, hi)` only (Pillow: `[0, in_size)`; a crop-then-resize: the crop).
     pub fn new(
+        filter: Filter,
         lo: usize,
         hi: usize,
         box0: f64,
@@ -30,7 +77,7 @@ impl Axis {
         let scale = (box1 - box0) / out_size as f64;
         let filterscale = scale.max(1.0);
         let ss = 1.0 / filterscale;
-        let support = filterscale; // the triangle filter's support is 1
+        let support = filter.support() * filterscale;
         let ksize = support.ceil() as usize * 2 + 1;
         let n = window.len();
         let mut starts = Vec::with_capacity(n);
@@ -45,7 +92,7 @@ impl Axis {
             let mut total = 0.0;
             for (x, kx) in k.iter_mut().enumerate().take(count) {
                 let t = ((x + xmin) as f64 - center + 0.5) * ss;
-                *kx = (1.0 - t.abs()).max(0.0);
+                *kx = filter.weight(t);
                 total += *kx;
             }
             for x in 0..count {

@@ -6,6 +6,7 @@
 use super::activation::{ActConfig, ActKind};
 use super::resnet::{Arch, ResNetConfig};
 use crate::error::{Error, Result};
+use crate::data::resize::Filter;
 use crate::fsutil::write_atomic;
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::{BTreeMap, HashMap};
@@ -127,6 +128,14 @@ impl WeightsFile {
     pub fn eval_size(&self) -> Option<(usize, usize)> {
         let v: serde_json::Value = serde_json::from_str(self.metadata.get(META_EVAL)?).ok()?;
         Some((v["resize"].as_u64()? as usize, v["crop"].as_u64()? as usize))
+    }
+
+    /// The eval resize filter the model was trained for (files from before it was recorded, and
+    /// files that do not say: bilinear, torchvision's).
+    pub fn eval_filter(&self) -> Filter {
+        let v: Option<serde_json::Value> =
+            self.metadata.get(META_EVAL).and_then(|s| serde_json::from_str(s).ok());
+        v.and_then(|v| serde_json::from_value(v["interpolation"].clone()).ok()).unwrap_or_default()
     }
 
     pub fn class_names(&self) -> Option<Vec<String>> {

@@ -92,8 +92,9 @@ impl Default for LoopState {
 pub struct ModelMeta<'a> {
     pub model: ResNetConfig,
     pub class_names: &'a [String],
-    /// The eval preprocessing the model was trained for: (resize, crop).
+    /// The eval preprocessing the model was trained for: (resize, crop) and the resize filter.
     pub eval_size: (usize, usize),
+    pub eval_filter: crate::data::resize::Filter,
 }
 
 fn metadata(m: &ModelMeta, weights_kind: &str) -> HashMap<String, String> {
@@ -103,7 +104,8 @@ fn metadata(m: &ModelMeta, weights_kind: &str) -> HashMap<String, String> {
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert(
         weights::META_EVAL.to_string(),
-        serde_json::json!({"resize": m.eval_size.0, "crop": m.eval_size.1}).to_string(),
+        serde_json::json!({"resize": m.eval_size.0, "crop": m.eval_size.1, "interpolation": m.eval_filter})
+            .to_string(),
     );
     meta.insert(META_WEIGHTS.to_string(), weights_kind.to_string());
     meta

@@ -37,9 +37,19 @@ pub struct TrainConfig {
     /// RandomResizedCrop's smallest area fraction (torchvision: 0.08).
     #[arg(long, default_value_t = 0.08)]
     pub rrc_scale_min: f64,
-    /// Eval center crop fraction.
+    /// Eval center crop fraction: resize to floor(eval_size / crop_pct), timm's rule (0.875: 256
+    /// for 224; 0.95: 235), then center-crop eval_size.
     #[arg(long, default_value_t = 0.875)]
     pub crop_pct: f64,
+    /// RandomResizedCrop's filter (timm's `train_interpolation`): bilinear (torchvision's),
+    /// bicubic, or random (one of the two per image, timm's default); a fixed filter is also the
+    /// one timm's `aa` ops use (random: drawn per op).
+    #[arg(long, value_enum, default_value_t = crate::data::transform::TrainFilter::Bilinear)]
+    pub train_interpolation: crate::data::transform::TrainFilter,
+    /// Eval resize filter (timm's `interpolation`): bilinear (torchvision's) or bicubic (timm's
+    /// ResNets, ResNet Strikes Back). Recorded in checkpoints for `eval` and `predict`.
+    #[arg(long, value_enum, default_value_t = crate::data::resize::Filter::Bilinear)]
+    pub interpolation: crate::data::resize::Filter,
     /// Stop when more than this fraction of images is unreadable.
     #[arg(long, default_value_t = 0.01)]
     pub max_bad_fraction: f64,
@@ -685,7 +695,7 @@ impl TrainConfig {
         use crate::data::augment::{parse_jitter, Augment, Policy};
         let policy = Policy::parse(self.aa.as_deref().unwrap_or(""))?;
         let jitter = parse_jitter(self.color_jitter.as_deref().unwrap_or(&[]))?;
-        let a = Augment::new(policy, jitter, size);
+        let a = Augment::new(policy, jitter, size).with_timm_filter(self.train_interpolation.fixed());
         Ok((!a.is_identity()).then_some(a))
     }
 
@@ -776,6 +786,25 @@ mod tests {
         for k in TrainConfig::keys().iter().filter(|k| *k != "inject_spike_at") {
             assert!(text.contains(&format!("| `{k}` |")), "configs/README.md does not list `{k}`");
         }
+    }
+
+    #[test]
+    fn a_fixed_train_filter_is_also_timms_ops_filter() {
+        use crate::data::augment_ops::Interp;
+        use crate::data::transform::TrainFilter;
+        let with = |f| {
+            let c = TrainConfig { aa: Some("rand-m9-mstd0.5-inc1".into()), train_interpolation: f, ..TrainConfig::default() };
+            c.augment(224).unwrap().unwrap().timm_filter
+        };
+        assert_eq!(with(TrainFilter::Bicubic), Some(Interp::Bicubic));
+        assert_eq!(with(TrainFilter::Bilinear), Some(Interp::Bilinear));
+        assert_eq!(with(TrainFilter::Random), None); // drawn per op, timm's default
+        // Runs saved before the filters existed resume with torchvision's.
+        let old: TrainConfig = toml::from_str("epochs = 3").unwrap();
+        assert_eq!((old.train_interpolation, old.interpolation), (TrainFilter::Bilinear, Default::default()));
+        let c: TrainConfig = toml::from_str("train_interpolation = \"random\"\ninterpolation = \"bicubic\"").unwrap();
+        assert_eq!((c.train_interpolation, c.interpolation), (TrainFilter::Random, crate::data::resize::Filter::Bicubic));
+        assert!(toml::from_str::<TrainConfig>("interpolation = \"random\"").is_err());
     }
 
     #[test]

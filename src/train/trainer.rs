@@ -666,6 +666,7 @@ impl Trainer {
             model: self.engine.cfg.model(self.engine.num_classes),
             class_names: &self.classes,
             eval_size: self.eval_size,
+            eval_filter: self.engine.cfg.interpolation,
         }
     }
 
@@ -702,6 +703,7 @@ fn loaders(
             scale: (cfg.rrc_scale_min, 1.0),
             ratio: (0.75, 4.0 / 3.0),
             hflip: 0.5,
+            filter: cfg.train_interpolation,
         },
     );
     // The machine's cores shared by the processes on this node.
@@ -721,7 +723,7 @@ fn loaders(
     train_cfg.max_bad_fraction = cfg.max_bad_fraction;
     train_cfg.pin_memory = device.is_cuda();
     let train_loader = Loader::new(train_set.clone(), train_cfg.clone())?;
-    let eval_transform = Transform::eval(cfg.eval_size, cfg.crop_pct);
+    let eval_transform = Transform::eval(cfg.eval_size, cfg.crop_pct).with_filter(cfg.interpolation);
     let val_loader = match val_set {
         Some(v) => {
             let mut c = train_cfg;
@@ -737,7 +739,7 @@ fn loaders(
         None => None,
     };
     let eval_size = match eval_transform {
-        Transform::Eval { size, resize } => (resize, size),
+        Transform::Eval { size, resize, .. } => (resize, size),
         _ => (cfg.eval_size, cfg.eval_size),
     };
     Ok((train_loader, val_loader, eval_size))
