@@ -131,6 +131,21 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!((v["top1"].as_f64().unwrap() - b[1].eval_top1.unwrap()).abs() < 1e-4);
     assert!((v["loss"].as_f64().unwrap() - b[1].eval_loss.unwrap()).abs() < 1e-4);
+    // Without --size/--crop-pct, eval uses the preprocessing the checkpoint records (the run's).
+    let out = std::process::Command::new(common::bin())
+        .args(["eval", "--checkpoint"])
+        .arg(run.join("epoch-1.safetensors"))
+        .arg("--data")
+        .arg(&data)
+        .args(["--device", "cpu", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let w: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!((&w["resize"], &w["crop"], &w["interpolation"]), (&36.into(), &32.into(), &"bilinear".into()));
+    assert_eq!(w["top1"], v["top1"]);
+    assert_eq!(w["loss"], v["loss"]);
 }
 
 #[test]
@@ -150,6 +165,9 @@ fn adamw_lamb_with_ema_and_bce_resume_exactly_and_the_ema_is_evaluated_and_loada
             model_ema_warmup: true,
             bce_loss: bce,
             bce_target_thresh: bce.then_some(0.2),
+            // timm's filters: drawn per image in training (resumes exactly), bicubic eval.
+            train_interpolation: resnet_train::data::transform::TrainFilter::Random,
+            interpolation: resnet_train::data::resize::Filter::Bicubic,
             ..tiny_config(&data, dir.path(), run)
         };
         let full = train(cfg(&format!("{name}-full")), None).unwrap();
@@ -176,19 +194,21 @@ fn adamw_lamb_with_ema_and_bce_resume_exactly_and_the_ema_is_evaluated_and_loada
             );
             assert!(x.ema_top1.is_some() && x.ema_top5.is_some(), "summary.csv has the EMA's columns");
         }
-        // The EMA weights of an epoch checkpoint evaluate to the summary's EMA top-1.
+        // The EMA weights of an epoch checkpoint evaluate to the summary's EMA top-1, with the
+        // eval preprocessing the checkpoint records (resize 36 bicubic, crop 32).
         let out = std::process::Command::new(common::bin())
             .args(["eval", "--weights", "ema", "--checkpoint"])
             .arg(run.join("epoch-1.safetensors"))
             .arg("--data")
             .arg(&data)
-            .args(["--size", "32", "--device", "cpu"])
+            .args(["--device", "cpu"])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let want = format!("top-1 {:.2}%", b[1].ema_top1.unwrap());
         assert!(text.contains(&want), "{text} lacks {want}");
+        assert!(text.contains("(resize 36 bicubic, crop 32)"), "{text}");
         // `best` holds whichever of the model and its EMA evaluated better, and says which.
         let best = resnet_train::model::weights::read(&run.join("best.safetensors")).unwrap();
         let kind = best.metadata.get("resnet_train.weights").cloned().unwrap_or_default();
