@@ -409,3 +409,78 @@ fn panels<DB: DrawingBackend>(
     }
     Ok(())
 }
+
+/// The learned coefficients of one model file, labelled.
+pub struct CoefficientSet {
+    pub label: String,
+    pub sites: Vec<crate::model::SiteCoefficients>,
+}
+
+/// Each PolyReLU/PolyNorm coefficient (w_1 ... w_k, b) across depth: one panel per coefficient,
+/// the site's forward index on x, one line per model file.
+pub fn draw_coefficients(sets: &[CoefficientSet], out: &Path) -> Result<()> {
+    let k = sets.iter().flat_map(|s| s.sites.iter().map(|c| c.weight.len())).max().unwrap_or(0);
+    if k == 0 {
+        return Err(Error::Usage("no PolyReLU/PolyNorm coefficients to draw (ReLU models have none)".into()));
+    }
+    let cols = (k + 1).min(3);
+    let rows = (k + 1).div_ceil(cols);
+    render!(out, (480 * cols as u32, 380 * rows as u32), coefficient_panels(sets, k, rows, cols))
+}
+
+fn coefficient_panels<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    sets: &[CoefficientSet],
+    k: usize,
+    rows: usize,
+    cols: usize,
+) -> std::result::Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let areas = root.split_evenly((rows, cols));
+    for (j, area) in areas.iter().enumerate().take(k + 1) {
+        let name = if j < k { format!("w{}", j + 1) } else { "b".to_string() };
+        let series: Vec<Series> = sets
+            .iter()
+            .map(|s| {
+                s.sites
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| {
+                        if j < k { c.weight.get(j).copied() } else { Some(c.bias) }.map(|v| (i as f64, v))
+                    })
+                    .filter(|(_, v)| v.is_finite())
+                    .collect()
+            })
+            .collect();
+        let (xs, ys) = axis_ranges(series.iter().flatten().copied());
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{name} by site"), ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(34)
+            .y_label_area_size(56)
+            .build_cartesian_2d(xs, ys)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("site (forward order: act1, layer1.0.act1, ...)")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_desc(name.as_str())
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, (set, s)) in sets.iter().zip(series).enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(s, color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(set.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

@@ -73,7 +73,15 @@ fn inputs(g: &BTreeMap<String, tch::Tensor>) -> BTreeMap<String, (Vec<u8>, usize
         let (left, top, size): (usize, usize, usize) =
             (f[3].parse().unwrap(), f[4].parse().unwrap(), f[5].parse().unwrap());
         // A crop resized to its own size is the crop itself (the resampler's weights are 1 and 0).
-        let t = Transform::Crop { top, left, height: size, width: size, size, flip: false, filter: resnet_train::data::resize::Filter::Bilinear };
+        let t = Transform::Crop {
+            top,
+            left,
+            height: size,
+            width: size,
+            size,
+            flip: false,
+            filter: resnet_train::data::resize::Filter::Bilinear,
+        };
         let x = transform::load_tensor(
             &shared.join("data/imagenet-samples").join(file),
             &t,

@@ -294,3 +294,119 @@ fn gpu_session_script_runs_every_section_on_the_cpu() {
     let files = std::fs::read_dir(&out).unwrap().count();
     assert!(out.join("results.tar.gz").exists() && files <= 8, "{files} files in {}", out.display());
 }
+
+#[test]
+fn coefficients_of_init_files_and_of_a_run_equal_what_training_logged() {
+    let dir = common::tmpdir();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let json = |out: &str| -> Vec<serde_json::Value> {
+        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let weights = |v: &serde_json::Value, site: usize| -> Vec<f64> {
+        v["sites"][site]["weight"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    // Fresh files hold the paper's init (w_i = 1/k, b = 0) or the relu-like one (w = [1, 0]).
+    let (paper, relu_like, relu) =
+        (p("paper.safetensors"), p("relu-like.safetensors"), p("relu.safetensors"));
+    for (act, order, init, out) in [
+        ("polynorm", "3", "paper", &paper),
+        ("polyrelu", "2", "relu-like", &relu_like),
+        ("relu", "3", "paper", &relu),
+    ] {
+        let (code, _, err) = run(&[
+            "init",
+            "--arch",
+            "resnet18",
+            "--act",
+            act,
+            "--order",
+            order,
+            "--act-init",
+            init,
+            "--out",
+            out,
+        ]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = run(&["coefficients", "--json", &paper, &relu_like, &relu]);
+    assert_eq!(code, 0, "{err}");
+    let v = json(&out);
+    assert_eq!(
+        v[0]["sites"].as_array().unwrap().len(),
+        17,
+        "ResNet-18: the stem and 2 sites in each of 8 blocks"
+    );
+    assert_eq!(v[0]["sites"][0]["site"], "act1");
+    assert_eq!(v[0]["sites"][16]["site"], "layer4.1.act2");
+    for site in 0..17 {
+        assert_eq!(weights(&v[0], site), vec![(1.0f32 / 3.0) as f64; 3]);
+        assert_eq!(v[0]["sites"][site]["bias"], 0.0);
+        assert_eq!(weights(&v[1], site), vec![1.0, 0.0]);
+    }
+    assert!(
+        v[2]["sites"].as_array().unwrap().is_empty() && err.contains("a ReLU model: no coefficients"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["coefficients", "--weights", "ema", &paper]);
+    assert!(code != 0 && err.contains("no EMA coefficients"), "{err}");
+
+    // A run logs every site's coefficients on monitored steps (metrics.jsonl and TensorBoard);
+    // the last logged step's values are the last checkpoint's.
+    let out_dir = p("runs");
+    let (code, _, err) = run(&[
+        "--config",
+        "configs/smoke-cpu.toml",
+        "--act",
+        "polyrelu",
+        "--order",
+        "2",
+        "--max-steps",
+        "7",
+        "--monitor-every",
+        "3",
+        "--output",
+        &out_dir,
+        "--name",
+        "r",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let run_dir = dir.path().join("runs/r");
+    let records = common::step_records(&run_dir);
+    let logged: Vec<_> = records.iter().filter(|r| !r.coefficients.is_empty()).collect();
+    assert_eq!(logged.iter().map(|r| r.step).collect::<Vec<_>>(), vec![0, 3, 6]);
+    assert_ne!(logged[0].coefficients, logged[2].coefficients, "training changes the coefficients");
+    let last = run_dir.join("last.safetensors");
+    let (code, out, err) = run(&["coefficients", "--json", last.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let saved: Vec<resnet_train::model::SiteCoefficients> =
+        serde_json::from_value(json(&out)[0]["sites"].clone()).unwrap();
+    assert_eq!(saved, logged[2].coefficients);
+    let tb: Vec<(String, i64, f32)> = std::fs::read_dir(run_dir.join("tb"))
+        .unwrap()
+        .flat_map(|e| resnet_train::train::tensorboard::read_scalars(&e.unwrap().path()).unwrap())
+        .collect();
+    for c in &saved {
+        for (tag, want) in
+            [(format!("act_coef/{}/w2", c.site), c.weight[1]), (format!("act_coef/{}/b", c.site), c.bias)]
+        {
+            let got = tb.iter().find(|(t, s, _)| *t == tag && *s == 6).map(|x| x.2);
+            assert_eq!(got, Some(want as f32), "{tag}");
+        }
+    }
+    // The figure: each coefficient across depth, one line per file.
+    let fig = p("coefficients.svg");
+    let (code, _, err) = run(&["coefficients", last.to_str().unwrap(), &relu_like, "--out", &fig]);
+    if err.contains("DejaVuSans") {
+        eprintln!(
+            "SKIP coefficients figure: no DejaVuSans.ttf (scripts/bootstrap.sh installs fonts-dejavu-core)"
+        );
+    } else {
+        assert_eq!(code, 0, "{err}");
+        let svg = std::fs::read_to_string(&fig).unwrap();
+        assert!(
+            svg.contains("w2 by site") && svg.contains("r/last.safetensors"),
+            "{}",
+            &svg[..200.min(svg.len())]
+        );
+    }
+}

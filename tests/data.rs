@@ -8,7 +8,7 @@ use resnet_train::data::dataset::ImageFolder;
 use resnet_train::data::loader::{Loader, LoaderConfig};
 use resnet_train::data::sampler::Sampler;
 use resnet_train::data::synthetic;
-use resnet_train::data::transform::{ResSchedule, Transform, TrainFilter};
+use resnet_train::data::transform::{ResSchedule, TrainFilter, Transform};
 use std::path::Path;
 use std::sync::Arc;
 

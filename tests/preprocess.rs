@@ -61,7 +61,15 @@ fn train_crops_match_torchvision_resized_crop_on_real_images() {
             key.trim_start_matches("train224.").trim_end_matches(".patches").rsplitn(6, '.').collect();
         let n = |i: usize| parts[i].parse::<usize>().unwrap();
         let (flip, w, h, left, top, name) = (n(0) == 1, n(1), n(2), n(3), n(4), parts[5]);
-        let t = transform::Transform::Crop { top, left, height: h, width: w, size: 224, flip, filter: Filter::Bilinear };
+        let t = transform::Transform::Crop {
+            top,
+            left,
+            height: h,
+            width: w,
+            size: 224,
+            flip,
+            filter: Filter::Bilinear,
+        };
         let ours = transform::load_tensor(
             &shared.join("data/imagenet-samples").join(name),
             &t,
@@ -165,7 +173,8 @@ fn bilinear_and_bicubic_resampling_equal_pillows_bit_for_bit() {
             // synthetic.<filter>.resize.<w>.<h>.<cw>.<ch>: resized whole, then center-cropped
             "resize" => {
                 let (w, hh, cw, ch) = (n(3), n(4), n(5), n(6));
-                let (left, top) = (transform::center_crop_offset(w, cw), transform::center_crop_offset(hh, ch));
+                let (left, top) =
+                    (transform::center_crop_offset(w, cw), transform::center_crop_offset(hh, ch));
                 (
                     Axis::new(filter, 0, cols, 0.0, cols as f64, w, left..left + cw),
                     Axis::new(filter, 0, rows, 0.0, rows as f64, hh, top..top + ch),
@@ -185,8 +194,10 @@ fn bilinear_and_bicubic_resampling_equal_pillows_bit_for_bit() {
             // image elsewhere: within 1 of Pillow for bilinear, 2 for the cubic's sharper lobes.
             let vf = resample_synthetic(input, &h, &v, true);
             let d = (vf.to_kind(Kind::Int) - want.to_kind(Kind::Int)).abs().max().int64_value(&[]);
-            let mad =
-                (vf.to_kind(Kind::Double) - want.to_kind(Kind::Double)).abs().mean(Kind::Double).double_value(&[]);
+            let mad = (vf.to_kind(Kind::Double) - want.to_kind(Kind::Double))
+                .abs()
+                .mean(Kind::Double)
+                .double_value(&[]);
             // Bilinear weights are positive: within 1. The cubic's overshoot is clipped to 0..255
             // in the intermediate image, which differs between the orders; on this noise (the
             // worst case) up to 9 at a pixel, 0.2-0.3 on average.
@@ -252,9 +263,12 @@ fn bicubic_eval_and_train_crops_match_timm_and_torchvision_on_real_images() {
             };
             (p[4], crop)
         };
-        let ours =
-            transform::load_tensor(&shared.join("data/imagenet-samples").join(name), &t, &mut SplitMix64::new(0))
-                .unwrap();
+        let ours = transform::load_tensor(
+            &shared.join("data/imagenet-samples").join(name),
+            &t,
+            &mut SplitMix64::new(0),
+        )
+        .unwrap();
         let (mad, mean_err) = patch_errors(&ours, &g, key);
         eprintln!("{key}: patch MAD {mad:.3}, channel-mean error {mean_err:.3}");
         assert!(mad <= 1.0 && mean_err <= 1.0, "{key}: MAD {mad}, mean error {mean_err}");
@@ -270,7 +284,8 @@ fn random_train_filter_picks_bilinear_or_bicubic_per_image() {
     let train = |filter| transform::Transform::train(24).with_train_filter(filter);
     let (mut bilinear, mut bicubic) = (0, 0);
     for seed in 0..40 {
-        let load = |filter| transform::load_tensor(&path, &train(filter), &mut SplitMix64::new(seed)).unwrap();
+        let load =
+            |filter| transform::load_tensor(&path, &train(filter), &mut SplitMix64::new(seed)).unwrap();
         let (random, lin, cub) =
             (load(TrainFilter::Random), load(TrainFilter::Bilinear), load(TrainFilter::Bicubic));
         // Same crop and flip (drawn before the filter); the image is one filter's or the other's.

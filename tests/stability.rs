@@ -240,6 +240,7 @@ fn ablation_rows_summarise_the_step_records() {
         img_per_s: 1.0,
         elapsed_s: 0.0,
         activations: acts,
+        coefficients: Vec::new(),
         event: None,
     };
     let records = vec![

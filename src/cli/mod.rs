@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_act;
 pub mod bench_data;
 pub mod check_act;
+pub mod coefficients;
 pub mod eval;
 pub mod init;
 pub mod launch;
@@ -41,6 +42,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Plot train loss and eval top-1/top-5 of one or several runs (SVG or PNG).
     Report(report::ReportArgs),
+    /// The learned PolyReLU/PolyNorm coefficients of model files, site by site (table, JSON, figure).
+    Coefficients(coefficients::CoefficientsArgs),
     /// Write a freshly initialised model to a safetensors file.
     Init(init::InitArgs),
     /// Classify images with a model file (torchvision's ResNet eval preprocessing).
@@ -125,12 +128,20 @@ impl ModelArgs {
 
 pub fn run(cli: Cli) -> crate::error::Result<()> {
     crate::runtime::check_environment()?;
+    // Commands that print a report (and open no sockets) end quietly when their reader goes away.
+    if matches!(
+        cli.command,
+        Some(Command::Eval(_) | Command::Report(_) | Command::Predict(_) | Command::Coefficients(_))
+    ) {
+        crate::ffi::process::end_quietly_on_closed_stdout();
+    }
     match cli.command {
         None => train::run(cli.train),
         Some(Command::Train(a)) => train::run(*a),
         Some(Command::Eval(a)) => eval::run(a),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::Report(a)) => report::run(a),
+        Some(Command::Coefficients(a)) => coefficients::run(a),
         Some(Command::Init(a)) => init::run(a),
         Some(Command::Predict(a)) => predict::run(a),
         Some(Command::MakeDemoData(a)) => make_demo_data::run(a),

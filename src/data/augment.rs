@@ -654,8 +654,7 @@ fn timm_op(
     let upper = if mmax > 0.0 { mmax } else { 10.0 };
     let m = m.min(upper).max(0.0);
     let arg = timm_level(op, m, rng);
-    let interp =
-        filter.unwrap_or_else(|| if rng.below(2) == 0 { Interp::Bilinear } else { Interp::Bicubic });
+    let interp = filter.unwrap_or_else(|| if rng.below(2) == 0 { Interp::Bilinear } else { Interp::Bicubic });
     timm_apply(img, op, arg, interp, TIMM_FILL, s);
 }
 

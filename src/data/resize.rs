@@ -10,7 +10,9 @@
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
 /// The resampling filter (Pillow's `BILINEAR` and `BICUBIC`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Filter {
     /// The triangle filter, support 1 (torchvision's default).

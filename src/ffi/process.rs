@@ -35,6 +35,15 @@ pub fn install_termination_handlers() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Makes a closed stdout end the process quietly, as it ends `cat` or `grep` (`resnet-train
+/// predict ... | head`): the default SIGPIPE action, which Rust's runtime replaces with "ignore"
+/// (a write then fails and `println!` panics). Only for commands that print reports and open no
+/// sockets: with the default action a write to a dead peer's socket would kill the process.
+pub fn end_quietly_on_closed_stdout() {
+    // SAFETY: restoring a signal's default disposition has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 /// The termination signal received so far, if any (`libc::SIGINT` or `libc::SIGTERM`).
 pub fn termination_requested() -> Option<i32> {
     match RECEIVED.load(Ordering::SeqCst) {

@@ -5,7 +5,7 @@ pub mod sync_bn;
 pub mod weights;
 
 pub use activation::{ActConfig, ActImpl, ActInit, ActKind, Activation, NormAxis};
-pub use resnet::{Arch, ForwardCost, ParamGroup, ResNet, ResNetConfig};
+pub use resnet::{Arch, ForwardCost, ParamGroup, ResNet, ResNetConfig, SiteCoefficients};
 
 /// Runs `f` (a model's construction) with libtorch's global generator seeded to `seed`, holding a
 /// process-wide lock, so initial weights depend on the seed only, not on what other threads draw.

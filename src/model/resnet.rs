@@ -138,6 +138,48 @@ impl ResNetConfig {
         }
         sites
     }
+
+    /// The learned polynomial of every PolyReLU/PolyNorm site in forward order (none for ReLU),
+    /// read in one transfer from the tensors `tensor(name)` gives under the model files' names
+    /// (`act1.weight`, `layer1.0.act3.bias`, ...).
+    pub fn act_coefficients(&self, tensor: &dyn Fn(&str) -> Option<Tensor>) -> Result<Vec<SiteCoefficients>> {
+        if self.act.kind == super::activation::ActKind::Relu {
+            return Ok(Vec::new());
+        }
+        let sites = self.activation_sites();
+        let mut parts = Vec::with_capacity(2 * sites.len());
+        for site in &sites {
+            for p in ["weight", "bias"] {
+                let name = format!("{site}.{p}");
+                let t = tensor(&name).ok_or_else(|| Error::Usage(format!("no tensor {name}")))?;
+                parts.push(t.detach().to_kind(tch::Kind::Double).flatten(0, -1).to_device(tch::Device::Cpu));
+            }
+        }
+        let values: Vec<f64> = Vec::try_from(Tensor::cat(&parts, 0))?;
+        let k = self.act.order as usize;
+        if values.len() != sites.len() * (k + 1) {
+            return Err(Error::Usage(format!(
+                "{} coefficients for {} sites of order {k}: expected {}",
+                values.len(),
+                sites.len(),
+                sites.len() * (k + 1)
+            )));
+        }
+        Ok(sites
+            .into_iter()
+            .zip(values.chunks(k + 1))
+            .map(|(site, v)| SiteCoefficients { site, weight: v[..k].to_vec(), bias: v[k] })
+            .collect())
+    }
+}
+
+/// One activation site's learned polynomial: y = bias + Σ_i weight[i] · term_i(x), the terms
+/// relu(x)^i (PolyReLU) or the normalised x^i (PolyNorm), i = 1..=k.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SiteCoefficients {
+    pub site: String,
+    pub weight: Vec<f64>,
+    pub bias: f64,
 }
 
 /// What one image costs a forward pass, counted from the architecture (no tensors).

@@ -5,8 +5,8 @@
 
 use super::activation::{ActConfig, ActKind};
 use super::resnet::{Arch, ResNetConfig};
-use crate::error::{Error, Result};
 use crate::data::resize::Filter;
+use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +20,7 @@ pub const META_CLASSES: &str = "resnet_train.class_names";
 /// Metadata key holding the eval preprocessing a trained model expects: {"resize": R, "crop": C}.
 pub const META_EVAL: &str = "resnet_train.eval";
 /// Keys of a training checkpoint that are not model weights (momentum, loss scaler).
-const TRAIN_STATE_PREFIX: &str = "train_state.";
+pub const TRAIN_STATE_PREFIX: &str = "train_state.";
 /// Buffers torchvision state_dicts carry that this implementation does not track.
 const IGNORED_SUFFIXES: [&str; 1] = [".num_batches_tracked"];
 

@@ -793,17 +793,25 @@ mod tests {
         use crate::data::augment_ops::Interp;
         use crate::data::transform::TrainFilter;
         let with = |f| {
-            let c = TrainConfig { aa: Some("rand-m9-mstd0.5-inc1".into()), train_interpolation: f, ..TrainConfig::default() };
+            let c = TrainConfig {
+                aa: Some("rand-m9-mstd0.5-inc1".into()),
+                train_interpolation: f,
+                ..TrainConfig::default()
+            };
             c.augment(224).unwrap().unwrap().timm_filter
         };
         assert_eq!(with(TrainFilter::Bicubic), Some(Interp::Bicubic));
         assert_eq!(with(TrainFilter::Bilinear), Some(Interp::Bilinear));
         assert_eq!(with(TrainFilter::Random), None); // drawn per op, timm's default
-        // Runs saved before the filters existed resume with torchvision's.
+                                                     // Runs saved before the filters existed resume with torchvision's.
         let old: TrainConfig = toml::from_str("epochs = 3").unwrap();
         assert_eq!((old.train_interpolation, old.interpolation), (TrainFilter::Bilinear, Default::default()));
-        let c: TrainConfig = toml::from_str("train_interpolation = \"random\"\ninterpolation = \"bicubic\"").unwrap();
-        assert_eq!((c.train_interpolation, c.interpolation), (TrainFilter::Random, crate::data::resize::Filter::Bicubic));
+        let c: TrainConfig =
+            toml::from_str("train_interpolation = \"random\"\ninterpolation = \"bicubic\"").unwrap();
+        assert_eq!(
+            (c.train_interpolation, c.interpolation),
+            (TrainFilter::Random, crate::data::resize::Filter::Bicubic)
+        );
         assert!(toml::from_str::<TrainConfig>("interpolation = \"random\"").is_err());
     }
 

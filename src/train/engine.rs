@@ -49,6 +49,8 @@ pub struct StepResult {
     pub loss_scale: f64,
     /// Per-site activation statistics (monitored steps only).
     pub activations: Vec<SiteStats>,
+    /// The PolyReLU/PolyNorm coefficients after this step (monitored steps only; none for ReLU).
+    pub coefficients: Vec<crate::model::SiteCoefficients>,
     /// The guards' decision, carried out; `Stop` holds the full diagnosis.
     pub decision: Decision,
 }
@@ -357,11 +359,18 @@ impl Engine {
             Decision::Skip | Decision::RolledBack { .. } | Decision::Stop(Stop::Spikes(_)) => {}
         }
         self.optimizer.zero_grad()?;
+        let coefficients = if monitor {
+            let vars = self.vs.variables();
+            self.model.config().act_coefficients(&|name| vars.get(name).map(|t| t.shallow_clone()))?
+        } else {
+            Vec::new()
+        };
         Ok(StepResult {
             loss: loss_mean,
             grad_norm,
             loss_scale: self.scaler.scale_value(),
             activations,
+            coefficients,
             decision,
         })
     }

@@ -33,6 +33,9 @@ pub struct StepRecord {
     /// Per-site activation statistics, on monitored steps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub activations: Vec<super::stability::SiteStats>,
+    /// Per-site PolyReLU/PolyNorm coefficients after this step, on monitored steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coefficients: Vec<crate::model::SiteCoefficients>,
     /// A guard's action at this step (e.g. a rollback), in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
@@ -144,6 +147,12 @@ impl RunLog {
         for a in &r.activations {
             scalars.push((format!("act_max_abs/{}", a.site), a.max_abs));
             scalars.push((format!("act_nonfinite/{}", a.site), a.nonfinite as f64));
+        }
+        for c in &r.coefficients {
+            for (i, w) in c.weight.iter().enumerate() {
+                scalars.push((format!("act_coef/{}/w{}", c.site, i + 1), *w));
+            }
+            scalars.push((format!("act_coef/{}/b", c.site), c.bias));
         }
         let scalars: Vec<(&str, f64)> = scalars.iter().map(|(t, v)| (t.as_str(), *v)).collect();
         self.tb.scalars(r.step, &scalars)?;

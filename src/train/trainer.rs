@@ -523,6 +523,7 @@ impl Trainer {
             img_per_s,
             elapsed_s: self.elapsed(),
             activations: r.activations.clone(),
+            coefficients: r.coefficients.clone(),
             event: match (self.pending_event.take(), r.decision.event()) {
                 (Some(a), Some(b)) => Some(format!("{a}; {b}")),
                 (a, b) => a.or(b),

@@ -1,0 +1,76 @@
+//! `resnet-train coefficients FILE...`: what the PolyReLU/PolyNorm sites learned. Prints each
+//! model file's coefficients site by site in forward order (a table, or JSON), and with `--out`
+//! draws each coefficient across depth, one line per file (e.g. epoch-10 vs best, or two runs).
+
+use crate::error::{Error, Result};
+use crate::model::weights::{self, Which, TRAIN_STATE_PREFIX};
+use crate::report::{self, CoefficientSet};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct CoefficientsArgs {
+    /// Model files (checkpoints of `train`, files of `init`).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Which weights of a training checkpoint: the model's, or their EMA.
+    #[arg(long, value_enum, default_value = "model")]
+    pub weights: Which,
+    /// One JSON object per file on stdout instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Also draw each coefficient across depth to this .svg or .png.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn run(a: CoefficientsArgs) -> Result<()> {
+    let mut sets = Vec::new();
+    for path in &a.files {
+        let file = weights::read(path)?;
+        let cfg = file.model_config(path)?;
+        let prefix = match a.weights {
+            Which::Model => String::new(),
+            Which::Ema => format!("{TRAIN_STATE_PREFIX}ema."),
+        };
+        let sites = cfg
+            .act_coefficients(&|name| file.tensors.get(&format!("{prefix}{name}")).map(|t| t.shallow_clone()))
+            .map_err(|e| match a.weights {
+                Which::Ema => {
+                    Error::file(path, format!("holds no EMA coefficients ({e}): drop --weights ema"))
+                }
+                Which::Model => Error::file(path, e.to_string()),
+            })?;
+        if sites.is_empty() {
+            eprintln!("{}: a ReLU model: no coefficients", path.display());
+        }
+        // The run folder and the file (`runs/NAME/best.safetensors` -> `NAME/best.safetensors`).
+        let label = match (path.parent().and_then(|p| p.file_name()), path.file_name()) {
+            (Some(dir), Some(f)) => format!("{}/{}", dir.to_string_lossy(), f.to_string_lossy()),
+            _ => path.display().to_string(),
+        };
+        if a.json {
+            let v = serde_json::json!({"file": label, "act": cfg.act.kind, "order": cfg.act.order, "sites": sites});
+            println!("{v}");
+        } else if !sites.is_empty() {
+            println!("{label}: {} order {}", format!("{:?}", cfg.act.kind).to_lowercase(), cfg.act.order);
+            print!("{:<18}", "site");
+            for i in 1..=cfg.act.order {
+                print!("{:>10}", format!("w{i}"));
+            }
+            println!("{:>10}", "b");
+            for c in &sites {
+                print!("{:<18}", c.site);
+                for w in &c.weight {
+                    print!("{w:>10.4}");
+                }
+                println!("{:>10.4}", c.bias);
+            }
+        }
+        sets.push(CoefficientSet { label, sites });
+    }
+    if let Some(out) = &a.out {
+        report::draw_coefficients(&sets, out)?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
