@@ -484,3 +484,79 @@ fn coefficient_panels<DB: DrawingBackend>(
     }
     Ok(())
 }
+
+/// Each PolyReLU/PolyNorm coefficient of one run over training: one panel per coefficient, one
+/// line per site, coloured by depth (yellow: the stem, purple: the last block), from the
+/// `(step, coefficients)` a run logged on its monitored steps.
+pub fn draw_coefficient_trajectories(
+    steps: &[(usize, Vec<crate::model::SiteCoefficients>)],
+    out: &Path,
+) -> Result<()> {
+    let k = steps.iter().flat_map(|(_, s)| s.iter().map(|c| c.weight.len())).max().unwrap_or(0);
+    if k == 0 {
+        return Err(Error::Usage("the run logged no coefficients (a ReLU run, or --monitor-every 0)".into()));
+    }
+    let cols = (k + 1).min(3);
+    let rows = (k + 1).div_ceil(cols);
+    render!(out, (480 * cols as u32, 380 * rows as u32), trajectory_panels(steps, k, rows, cols))
+}
+
+fn trajectory_panels<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    steps: &[(usize, Vec<crate::model::SiteCoefficients>)],
+    k: usize,
+    rows: usize,
+    cols: usize,
+) -> std::result::Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let sites: Vec<String> =
+        steps.last().map(|(_, s)| s.iter().map(|c| c.site.clone()).collect()).unwrap_or_default();
+    let n = sites.len().max(2);
+    for (j, area) in root.split_evenly((rows, cols)).iter().enumerate().take(k + 1) {
+        let name = if j < k { format!("w{}", j + 1) } else { "b".to_string() };
+        let value =
+            |c: &crate::model::SiteCoefficients| if j < k { c.weight.get(j).copied() } else { Some(c.bias) };
+        let series: Vec<Series> = (0..sites.len())
+            .map(|i| {
+                steps
+                    .iter()
+                    .filter_map(|(step, s)| s.get(i).and_then(value).map(|v| (*step as f64, v)))
+                    .filter(|(_, v)| v.is_finite())
+                    .collect()
+            })
+            .collect();
+        let (xs, ys) = axis_ranges(series.iter().flatten().copied());
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{name} over training"), ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(34)
+            .y_label_area_size(56)
+            .build_cartesian_2d(xs, ys)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc(name.as_str())
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, s) in series.into_iter().enumerate() {
+            let color = lerp((240, 200, 30), (68, 1, 84), i as f64 / (n - 1) as f64);
+            let drawn =
+                chart.draw_series(LineSeries::new(s, color.stroke_width(2))).map_err(|e| e.to_string())?;
+            // Only the first and the last site in the legend: the colours between run by depth.
+            if i == 0 || i + 1 == sites.len() {
+                drawn
+                    .label(sites[i].clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

@@ -393,7 +393,20 @@ fn coefficients_of_init_files_and_of_a_run_equal_what_training_logged() {
             assert_eq!(got, Some(want as f32), "{tag}");
         }
     }
-    // The figure: each coefficient across depth, one line per file.
+    // The run folder: the coefficients over training, as logged.
+    let (code, out, err) = run(&["coefficients", "--json", run_dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        v["steps"].as_array().unwrap().iter().map(|s| s["step"].as_u64().unwrap()).collect::<Vec<_>>(),
+        [0, 3, 6]
+    );
+    let at6: Vec<resnet_train::model::SiteCoefficients> =
+        serde_json::from_value(v["steps"][2]["sites"].clone()).unwrap();
+    assert_eq!(at6, saved);
+    let (code, _, err) = run(&["coefficients", run_dir.to_str().unwrap(), dir.path().to_str().unwrap()]);
+    assert!(code == 2 && err.contains("one run folder"), "{err}");
+    // The figures: each coefficient across depth, one line per file; over training, a line per site.
     let fig = p("coefficients.svg");
     let (code, _, err) = run(&["coefficients", last.to_str().unwrap(), &relu_like, "--out", &fig]);
     if err.contains("DejaVuSans") {
@@ -408,5 +421,9 @@ fn coefficients_of_init_files_and_of_a_run_equal_what_training_logged() {
             "{}",
             &svg[..200.min(svg.len())]
         );
+        let (code, _, err) = run(&["coefficients", run_dir.to_str().unwrap(), "--out", &fig]);
+        assert_eq!(code, 0, "{err}");
+        let svg = std::fs::read_to_string(&fig).unwrap();
+        assert!(svg.contains("w1 over training") && svg.contains("layer4.1.act2"));
     }
 }

@@ -1,6 +1,7 @@
 //! `resnet-train coefficients FILE...`: what the PolyReLU/PolyNorm sites learned. Prints each
 //! model file's coefficients site by site in forward order (a table, or JSON), and with `--out`
 //! draws each coefficient across depth, one line per file (e.g. epoch-10 vs best, or two runs).
+//! Given a run folder instead: its coefficients over training, as logged on monitored steps.
 
 use crate::error::{Error, Result};
 use crate::model::weights::{self, Which, TRAIN_STATE_PREFIX};
@@ -9,7 +10,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct CoefficientsArgs {
-    /// Model files (checkpoints of `train`, files of `init`).
+    /// Model files (checkpoints of `train`, files of `init`), or one run folder (its
+    /// metrics.jsonl: the coefficients over training).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// Which weights of a training checkpoint: the model's, or their EMA.
@@ -18,12 +20,15 @@ pub struct CoefficientsArgs {
     /// One JSON object per file on stdout instead of tables.
     #[arg(long)]
     pub json: bool,
-    /// Also draw each coefficient across depth to this .svg or .png.
+    /// Also draw each coefficient across depth (a run folder: over training) to this .svg or .png.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
 
 pub fn run(a: CoefficientsArgs) -> Result<()> {
+    if a.files.iter().any(|p| p.is_dir()) {
+        return run_folder(&a);
+    }
     let mut sets = Vec::new();
     for path in &a.files {
         let file = weights::read(path)?;
@@ -53,18 +58,7 @@ pub fn run(a: CoefficientsArgs) -> Result<()> {
             println!("{v}");
         } else if !sites.is_empty() {
             println!("{label}: {} order {}", format!("{:?}", cfg.act.kind).to_lowercase(), cfg.act.order);
-            print!("{:<18}", "site");
-            for i in 1..=cfg.act.order {
-                print!("{:>10}", format!("w{i}"));
-            }
-            println!("{:>10}", "b");
-            for c in &sites {
-                print!("{:<18}", c.site);
-                for w in &c.weight {
-                    print!("{w:>10.4}");
-                }
-                println!("{:>10.4}", c.bias);
-            }
+            print_table(&sites);
         }
         sets.push(CoefficientSet { label, sites });
     }
@@ -73,4 +67,64 @@ pub fn run(a: CoefficientsArgs) -> Result<()> {
         eprintln!("wrote {}", out.display());
     }
     Ok(())
+}
+
+/// A run folder: the coefficients it logged on its monitored steps (the table: the last of them).
+fn run_folder(a: &CoefficientsArgs) -> Result<()> {
+    let [dir] = a.files.as_slice() else {
+        return Err(Error::Usage(
+            "give one run folder, or model files (not both, nor several folders)".into(),
+        ));
+    };
+    if a.weights == Which::Ema {
+        return Err(Error::Usage(
+            "--weights ema applies to model files: runs log the model's coefficients".into(),
+        ));
+    }
+    let path = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let mut steps = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        // A killed run's last line may be torn; every other line must parse.
+        let rec: crate::train::metrics::StepRecord = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(_) if i + 1 == text.lines().count() => break,
+            Err(e) => return Err(Error::file(&path, format!("line {}: {e}", i + 1))),
+        };
+        if !rec.coefficients.is_empty() {
+            steps.push((rec.step, rec.coefficients));
+        }
+    }
+    let Some((last_step, last)) = steps.last() else {
+        return Err(Error::file(&path, "no coefficients logged (a ReLU run, or --monitor-every 0)"));
+    };
+    if a.json {
+        let rows: Vec<_> =
+            steps.iter().map(|(step, sites)| serde_json::json!({"step": step, "sites": sites})).collect();
+        println!("{}", serde_json::json!({"run": dir, "steps": rows}));
+    } else {
+        println!("{}: {} logged steps; at step {last_step}:", dir.display(), steps.len());
+        print_table(last);
+    }
+    if let Some(out) = &a.out {
+        report::draw_coefficient_trajectories(&steps, out)?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+fn print_table(sites: &[crate::model::SiteCoefficients]) {
+    let k = sites.first().map_or(0, |c| c.weight.len());
+    print!("{:<18}", "site");
+    for i in 1..=k {
+        print!("{:>10}", format!("w{i}"));
+    }
+    println!("{:>10}", "b");
+    for c in sites {
+        print!("{:<18}", c.site);
+        for w in &c.weight {
+            print!("{w:>10.4}");
+        }
+        println!("{:>10.4}", c.bias);
+    }
 }
