@@ -37,6 +37,13 @@ pub struct TrainConfig {
     /// RandomResizedCrop's smallest area fraction (torchvision: 0.08).
     #[arg(long, default_value_t = 0.08)]
     pub rrc_scale_min: f64,
+    /// RandomResizedCrop's aspect-ratio range, drawn log-uniformly (timm's `ratio`; torchvision:
+    /// 3/4,4/3).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.75, 4.0 / 3.0])]
+    pub ratio: Vec<f64>,
+    /// Probability of a horizontal flip of each train crop (timm's `hflip`; 0: off).
+    #[arg(long, default_value_t = 0.5)]
+    pub hflip: f64,
     /// Eval center crop fraction: resize to floor(eval_size / crop_pct), timm's rule (0.875: 256
     /// for 224; 0.95: 235), then center-crop eval_size.
     #[arg(long, default_value_t = 0.875)]
@@ -647,6 +654,15 @@ impl TrainConfig {
         if !(0.0 < self.rrc_scale_min && self.rrc_scale_min <= 1.0) {
             return bad(format!("rrc_scale_min must be in (0, 1], got {}", self.rrc_scale_min));
         }
+        if !matches!(self.ratio[..], [lo, hi] if 0.0 < lo && lo <= hi && hi < 100.0) {
+            return bad(format!(
+                "--ratio must be two aspect ratios 0 < lo <= hi < 100, got {:?}",
+                self.ratio
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.hflip) {
+            return bad(format!("--hflip must be a probability in [0, 1], got {}", self.hflip));
+        }
         if self.epochs == 0 {
             return bad("--epochs must be at least 1".into());
         }
@@ -813,6 +829,22 @@ mod tests {
             (TrainFilter::Random, crate::data::resize::Filter::Bicubic)
         );
         assert!(toml::from_str::<TrainConfig>("interpolation = \"random\"").is_err());
+    }
+
+    #[test]
+    fn crop_ratio_and_flip_probability_are_validated() {
+        let with =
+            |ratio: Vec<f64>, hflip: f64| TrainConfig { ratio, hflip, ..TrainConfig::default() }.validate();
+        assert!(with(vec![1.0, 1.0], 0.0).is_ok());
+        for (ratio, hflip) in
+            [(vec![2.0, 1.0], 0.5), (vec![1.0], 0.5), (vec![0.0, 1.0], 0.5), (vec![0.75, 1.33], 1.5)]
+        {
+            let e = with(ratio.clone(), hflip).unwrap_err().to_string();
+            assert!(e.contains("--ratio") || e.contains("--hflip"), "{ratio:?} {hflip}: {e}");
+        }
+        let flags = Overrides::parse(&["--ratio", "0.5,2", "--hflip", "0"]).unwrap();
+        let c = flags.values.as_deref().unwrap();
+        assert_eq!((c.ratio.as_slice(), c.hflip), ([0.5, 2.0].as_slice(), 0.0));
     }
 
     #[test]

@@ -702,8 +702,8 @@ fn loaders(
         Transform::Train {
             size: cfg.train_size,
             scale: (cfg.rrc_scale_min, 1.0),
-            ratio: (0.75, 4.0 / 3.0),
-            hflip: 0.5,
+            ratio: (cfg.ratio[0], cfg.ratio[1]),
+            hflip: cfg.hflip,
             filter: cfg.train_interpolation,
         },
     );
