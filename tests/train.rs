@@ -490,3 +490,44 @@ fn regularisers_are_active_and_a_resumed_run_draws_what_the_uninterrupted_one_dr
     );
     assert_ne!(full, losses(&dir.path().join("plain")), "the regularisers changed nothing");
 }
+
+#[test]
+fn relu_like_polyrelu_with_frozen_coefficients_trains_exactly_as_relu() {
+    // w = [1, 0, 0], b = 0 frozen (`act_lr_scale = 0`): PolyReLU is relu(x) in value and gradient,
+    // so the run is ReLU's, step for step (the coefficients draw no random numbers at init).
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 8, 2, 32, 5).unwrap();
+    let run = |name: &str, act: ActKind, scale: f64| {
+        let cfg = TrainConfig {
+            act,
+            order: 3,
+            act_init: resnet_train::model::ActInit::ReluLike,
+            act_lr_scale: scale,
+            epochs: 1,
+            monitor_every: 5,
+            ..tiny_config(&data, dir.path(), name)
+        };
+        train(cfg, None).unwrap();
+        common::step_records(&dir.path().join(name))
+    };
+    let relu = run("relu", ActKind::Relu, 1.0);
+    let frozen = run("frozen", ActKind::Polyrelu, 0.0);
+    let learned = run("learned", ActKind::Polyrelu, 1.0);
+    assert_eq!(relu.len(), 10);
+    let trace = |r: &[resnet_train::train::metrics::StepRecord]| -> Vec<(f64, f64)> {
+        r.iter().map(|s| (s.loss, s.grad_norm)).collect()
+    };
+    assert_eq!(trace(&frozen), trace(&relu), "frozen relu-like PolyReLU differs from ReLU");
+    assert_ne!(trace(&learned), trace(&relu), "learning the coefficients changes the run");
+    for rec in frozen.iter().filter(|r| !r.coefficients.is_empty()) {
+        assert!(
+            rec.coefficients.iter().all(|c| c.weight == [1.0, 0.0, 0.0] && c.bias == 0.0),
+            "step {}",
+            rec.step
+        );
+    }
+    let last_logged = learned.iter().rev().find(|r| !r.coefficients.is_empty()).unwrap();
+    let moved = last_logged.coefficients.iter().any(|c| c.weight[2] != 0.0);
+    assert!(moved, "with act_lr_scale 1 the cubic coefficients move");
+}

@@ -174,6 +174,11 @@ pub struct TrainConfig {
     /// act_weight_decay). AdamW and LAMB decouple it from the gradient.
     #[arg(long, default_value_t = 1e-4)]
     pub weight_decay: f64,
+    /// Learning-rate multiplier of the PolyCom coefficients (their own parameter group): 0
+    /// freezes them at their init (no gradients, none in the clipped norm; with act_init
+    /// relu-like, PolyReLU is then exactly ReLU).
+    #[arg(long, default_value_t = 1.0)]
+    pub act_lr_scale: f64,
     /// Apply weight decay to the PolyCom coefficients too.
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub act_weight_decay: bool,
@@ -659,6 +664,9 @@ impl TrainConfig {
                 "--ratio must be two aspect ratios 0 < lo <= hi < 100, got {:?}",
                 self.ratio
             ));
+        }
+        if !(self.act_lr_scale >= 0.0 && self.act_lr_scale.is_finite()) {
+            return bad(format!("--act-lr-scale must be a finite number >= 0, got {}", self.act_lr_scale));
         }
         if !(0.0..=1.0).contains(&self.hflip) {
             return bad(format!("--hflip must be a probability in [0, 1], got {}", self.hflip));

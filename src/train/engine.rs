@@ -110,12 +110,23 @@ impl Engine {
             // Before the optimizer and EMA copy the layout into their buffers.
             crate::model::to_channels_last(&vs)?;
         }
+        if cfg.act_lr_scale == 0.0 {
+            // Frozen coefficients get no gradients: nothing to update, to all-reduce, or to count
+            // in the clipped norm (PolyReLU's are the largest there is).
+            for (name, t) in vs.variables() {
+                if crate::model::resnet::param_group(&name, &t.size()) == crate::model::ParamGroup::Activation
+                {
+                    let _ = t.set_requires_grad(false);
+                }
+            }
+        }
         let opt = OptConfig {
             kind: cfg.opt,
             momentum: cfg.momentum,
             nesterov: cfg.nesterov,
             weight_decay: cfg.weight_decay,
             act_weight_decay: cfg.act_weight_decay,
+            act_lr_scale: cfg.act_lr_scale,
             eps: cfg.opt_eps,
             betas: (cfg.opt_betas[0], cfg.opt_betas[1]),
         };

@@ -69,6 +69,8 @@ pub struct OptConfig {
     pub nesterov: bool,
     pub weight_decay: f64,
     pub act_weight_decay: bool,
+    /// Learning-rate multiplier of the activation coefficients' group.
+    pub act_lr_scale: f64,
     /// AdamW/LAMB; None: the optimizer's default.
     pub eps: Option<f64>,
     pub betas: (f64, f64),
@@ -76,7 +78,10 @@ pub struct OptConfig {
 
 /// Builds the configured optimizer over the trainable variables of `vs`.
 pub fn create(cfg: &OptConfig, vs: &nn::VarStore) -> Box<dyn Optimizer> {
-    let groups = Group::split(vs, cfg.weight_decay, cfg.act_weight_decay);
+    let mut groups = Group::split(vs, cfg.weight_decay, cfg.act_weight_decay);
+    for g in groups.iter_mut().filter(|g| g.kind == ParamGroup::Activation) {
+        g.lr_scale = cfg.act_lr_scale;
+    }
     match cfg.kind {
         OptKind::Momentum | OptKind::Sgd | OptKind::Nesterov => {
             let nesterov = cfg.nesterov || cfg.kind != OptKind::Momentum;
@@ -87,11 +92,15 @@ pub fn create(cfg: &OptConfig, vs: &nn::VarStore) -> Box<dyn Optimizer> {
     }
 }
 
-/// One parameter group: parameters sharing a weight decay, with their names (state keys).
+/// One parameter group: parameters sharing a weight decay and a learning-rate multiplier, with
+/// their names (state keys).
 pub struct Group {
+    pub kind: ParamGroup,
     pub names: Vec<String>,
     pub params: Vec<Tensor>,
     pub weight_decay: f64,
+    /// The group's learning rate is the schedule's times this.
+    pub lr_scale: f64,
 }
 
 impl Group {
@@ -117,12 +126,12 @@ impl Group {
         by_group
             .into_iter()
             .map(|(g, (names, params))| {
-                let wd = match g {
-                    0 => weight_decay,
-                    2 if act_weight_decay => weight_decay,
-                    _ => 0.0,
+                let (kind, wd) = match g {
+                    0 => (ParamGroup::Decay, weight_decay),
+                    1 => (ParamGroup::NoDecay, 0.0),
+                    _ => (ParamGroup::Activation, if act_weight_decay { weight_decay } else { 0.0 }),
                 };
-                Group { names, params, weight_decay: wd }
+                Group { kind, names, params, weight_decay: wd, lr_scale: 1.0 }
             })
             .collect()
     }
@@ -180,7 +189,14 @@ impl AdamState {
     /// Group `i`'s hyper-parameters at learning rate `lr`.
     fn hyper(&self, i: usize, lr: f64) -> crate::ffi::AdamStep {
         let (beta1, beta2) = self.betas;
-        crate::ffi::AdamStep { lr, beta1, beta2, eps: self.eps, weight_decay: self.groups[i].weight_decay }
+        let g = &self.groups[i];
+        crate::ffi::AdamStep {
+            lr: lr * g.lr_scale,
+            beta1,
+            beta2,
+            eps: self.eps,
+            weight_decay: g.weight_decay,
+        }
     }
 
     /// Group `i`'s parameters with gradients: (params, grads, exp_avg, exp_avg_sq).
@@ -230,6 +246,46 @@ mod tests {
         assert_eq!(n, vs.trainable_variables().len());
         assert_eq!(wd_of(&Group::split(&vs, 1e-4, true), "act1.weight"), Some(1e-4));
     }
+
+    #[test]
+    fn the_activation_groups_learning_rate_is_scaled_alone() {
+        // One step of each optimizer with the same gradients, the coefficients' lr scaled by
+        // 0.25 or not: the coefficients move 0.25x as far (SGD's first step, AdamW and LAMB's
+        // per-element steps are linear in lr), everything else the same.
+        for kind in [OptKind::Momentum, OptKind::Adamw, OptKind::Lamb] {
+            let moved = |scale: f64| {
+                let vs = nn::VarStore::new(Device::Cpu);
+                let cfg = ResNetConfig::new(Arch::Resnet18, ActConfig::new(ActKind::Polyrelu, 2));
+                let _m = crate::model::seeded(0, || ResNet::new(&vs.root(), cfg)).unwrap();
+                let before: BTreeMap<String, Tensor> =
+                    vs.variables().into_iter().map(|(n, t)| (n, t.detach().copy())).collect();
+                let opt_cfg = OptConfig {
+                    kind,
+                    momentum: 0.9,
+                    nesterov: false,
+                    weight_decay: 0.0,
+                    act_weight_decay: false,
+                    act_lr_scale: scale,
+                    eps: None,
+                    betas: (0.9, 0.999),
+                };
+                let mut opt = create(&opt_cfg, &vs);
+                let loss: Tensor = vs.trainable_variables().iter().map(|v| (v * v).sum(Kind::Float)).sum();
+                loss.backward();
+                opt.step(0.1).unwrap();
+                let delta =
+                    |name: &str| (vs.variables()[name].detach() - &before[name]).abs().sum(Kind::Double);
+                (
+                    delta("layer1.0.act2.weight").double_value(&[]),
+                    delta("layer1.0.conv1.weight").double_value(&[]),
+                )
+            };
+            let ((act1, conv1), (act_q, conv_q)) = (moved(1.0), moved(0.25));
+            assert!(act1 > 0.0 && conv1 > 0.0, "{kind:?}");
+            assert!((act_q / act1 - 0.25).abs() < 1e-5, "{kind:?}: coefficients moved {act_q} vs {act1}");
+            assert_eq!(conv_q, conv1, "{kind:?}: the other groups are unchanged");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -252,6 +308,7 @@ mod golden_tests {
             nesterov: false,
             weight_decay: 0.05,
             act_weight_decay: false,
+            act_lr_scale: 1.0,
             eps: None,
             betas: (0.9, 0.999),
         }

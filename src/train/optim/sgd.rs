@@ -28,7 +28,7 @@ impl Optimizer for Sgd {
         for (g, bufs) in self.groups.iter().zip(&self.bufs) {
             let (params, grads, sel) = g.with_grads(&[bufs]);
             let step = SgdStep {
-                lr,
+                lr: lr * g.lr_scale,
                 momentum: self.momentum,
                 weight_decay: g.weight_decay,
                 nesterov: self.nesterov,
