@@ -185,3 +185,22 @@ fn bad_study_configs_are_refused_with_the_file_named() {
         assert!(text.contains("bad.toml") && text.contains(want), "{body}: want {want:?} in {text}");
     }
 }
+
+#[test]
+fn every_shipped_study_config_lists_its_cells() {
+    let dir = common::tmpdir();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(common::repo().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.starts_with("study-") && name.ends_with(".toml")) {
+            continue;
+        }
+        let out = dir.path().to_str().unwrap();
+        let (code, text) = study(&path, &["--list", "--output", out], None);
+        assert_eq!(code, Some(0), "{name}: {text}");
+        assert!(text.lines().count() >= 2 && text.contains("pending"), "{name}: {text}");
+        checked += 1;
+    }
+    assert!(checked >= 4, "{checked} study configs");
+}
