@@ -152,10 +152,11 @@ impl ResNetConfig {
             for p in ["weight", "bias"] {
                 let name = format!("{site}.{p}");
                 let t = tensor(&name).ok_or_else(|| Error::Usage(format!("no tensor {name}")))?;
-                parts.push(t.detach().to_kind(tch::Kind::Double).flatten(0, -1).to_device(tch::Device::Cpu));
+                parts.push(t.detach().to_kind(tch::Kind::Double).flatten(0, -1));
             }
         }
-        let values: Vec<f64> = Vec::try_from(Tensor::cat(&parts, 0))?;
+        // One device-to-host copy for all sites (every monitored step on a GPU).
+        let values: Vec<f64> = Vec::try_from(Tensor::cat(&parts, 0).to_device(tch::Device::Cpu))?;
         let k = self.act.order as usize;
         if values.len() != sites.len() * (k + 1) {
             return Err(Error::Usage(format!(

@@ -186,7 +186,10 @@ pub struct TrainConfig {
     /// warmup, FFCV's triangular schedule).
     #[arg(long, value_enum, default_value_t = ScheduleKind::Cosine)]
     pub schedule: ScheduleKind,
-    /// Linear warmup from 0, in epochs (fractions allowed).
+    /// Linear warmup from 0, in epochs (fractions allowed), inside `epochs`: the schedule after it
+    /// spans the remaining epochs, and the learning rate changes every step (torchvision's reference
+    /// semantics, per step). timm's train.py differs by default: warmup from 1e-5, one change per
+    /// epoch, its cosine over all epochs including the warmup.
     #[arg(long, default_value_t = 0.0)]
     pub warmup_epochs: f64,
     /// The cosine and linear schedules' final learning rate.

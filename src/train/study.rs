@@ -539,10 +539,12 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
             } else {
                 let loss = values(cfg, results, v, p, |x| x.train_loss);
                 let d = paired(&loss, &values(cfg, results, base, p, |x| x.train_loss), Better::Lower);
-                let delta = if d.diff.n == 0 {
-                    "-".to_string()
-                } else {
-                    format!("{:+.4} {}", d.diff.mean, interval(&d.diff, 4))
+                let ci = interval(&d.diff, 4);
+                let delta = match d.diff.n {
+                    0 => "-".to_string(),
+                    // One pair has no interval: say so, as the top-1 column does.
+                    n if ci == "-" => format!("{:+.4} (n = {n})", d.diff.mean),
+                    _ => format!("{:+.4} {ci}", d.diff.mean),
                 };
                 (delta, d.verdict.words(d.diff.n))
             };
