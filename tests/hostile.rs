@@ -117,6 +117,11 @@ fn out_of_range_sizes_metadata_and_nan_weights_are_errors() {
         (format!("--data {data} --warmup-epochs=-5"), "--warmup-epochs"),
         (format!("--data {data} --clip-grad=-1"), "--clip-grad"),
         (format!("--data {data} --train-size 100000"), "--train-size"),
+        (format!("--data {data} --ratio 2,1"), "--ratio"),
+        (format!("--data {data} --act-lr-scale=-1"), "--act-lr-scale"),
+        (format!("eval --checkpoint {w} --data {data} --interpolation lanczos"), "--interpolation"),
+        (format!("coefficients {}", p("missing.safetensors")), "missing.safetensors"),
+        (format!("coefficients {data}"), "metrics.jsonl"),
     ];
     for (line, needle) in cases {
         let args: Vec<&str> = line.split_whitespace().collect();
