@@ -462,13 +462,24 @@ fn coefficient_panels<DB: DrawingBackend>(
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
-            .x_desc("site (forward order: act1, layer1.0.act1, ...)")
+            .x_desc("site (forward order; filled: after the residual add)")
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_desc(name.as_str())
             .draw()
             .map_err(|e| e.to_string())?;
         for (i, (set, s)) in sets.iter().zip(series).enumerate() {
             let color = Palette99::pick(i).to_rgba();
+            // Filled dots: the sites after a residual add; hollow: inside a block, or the stem.
+            let after_add = after_residual_add(&set.sites);
+            let dots: Vec<Circle<(f64, f64), i32>> = s
+                .iter()
+                .map(|&(x, y)| {
+                    let filled = after_add.get(x as usize).copied().unwrap_or(false);
+                    let style = if filled { color.filled() } else { color.stroke_width(2) };
+                    Circle::new((x, y), 4, style)
+                })
+                .collect();
+            chart.draw_series(dots).map_err(|e| e.to_string())?;
             chart
                 .draw_series(LineSeries::new(s, color.stroke_width(2)))
                 .map_err(|e| e.to_string())?
@@ -559,4 +570,44 @@ fn trajectory_panels<DB: DrawingBackend>(
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Whether each site is the last of its block (`layerX.Y.actN` with the block's largest N): the
+/// activation after the residual add. The stem's `act1` is not.
+fn after_residual_add(sites: &[crate::model::SiteCoefficients]) -> Vec<bool> {
+    let split = |site: &str| {
+        site.rsplit_once(".act").map(|(block, n)| (block.to_string(), n.parse::<u32>().unwrap_or(0)))
+    };
+    let mut last: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    for (block, n) in sites.iter().filter_map(|c| split(&c.site)) {
+        let e = last.entry(block).or_insert(0);
+        *e = (*e).max(n);
+    }
+    sites.iter().map(|c| split(&c.site).is_some_and(|(block, n)| last.get(&block) == Some(&n))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ActConfig, ActKind, Arch, ResNetConfig};
+
+    #[test]
+    fn the_last_site_of_each_block_is_after_the_residual_add() {
+        let names = |arch| {
+            let cfg = ResNetConfig::new(arch, ActConfig::new(ActKind::Polynorm, 2));
+            let sites: Vec<crate::model::SiteCoefficients> = cfg
+                .activation_sites()
+                .into_iter()
+                .map(|site| crate::model::SiteCoefficients { site, weight: vec![0.5, 0.5], bias: 0.0 })
+                .collect();
+            let flags = after_residual_add(&sites);
+            sites.into_iter().zip(flags).filter(|(_, f)| *f).map(|(c, _)| c.site).collect::<Vec<_>>()
+        };
+        let r18 = names(Arch::Resnet18);
+        assert_eq!(r18.len(), 8);
+        assert!(r18.iter().all(|s| s.ends_with(".act2")), "{r18:?}");
+        let r50 = names(Arch::Resnet50);
+        assert_eq!(r50.len(), 16);
+        assert!(r50.iter().all(|s| s.ends_with(".act3")) && !r50.contains(&"act1".to_string()), "{r50:?}");
+    }
 }
