@@ -417,83 +417,35 @@ pub struct CoefficientSet {
 }
 
 /// Each PolyReLU/PolyNorm coefficient (w_1 ... w_k, b) across depth: one panel per coefficient,
-/// the site's forward index on x, one line per model file.
+/// the site's forward index on x, one line per model file; filled dots mark the sites after a
+/// residual add.
 pub fn draw_coefficients(sets: &[CoefficientSet], out: &Path) -> Result<()> {
     let k = sets.iter().flat_map(|s| s.sites.iter().map(|c| c.weight.len())).max().unwrap_or(0);
     if k == 0 {
         return Err(Error::Usage("no PolyReLU/PolyNorm coefficients to draw (ReLU models have none)".into()));
     }
-    let cols = (k + 1).min(3);
-    let rows = (k + 1).div_ceil(cols);
-    render!(out, (480 * cols as u32, 380 * rows as u32), coefficient_panels(sets, k, rows, cols))
-}
-
-fn coefficient_panels<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    sets: &[CoefficientSet],
-    k: usize,
-    rows: usize,
-    cols: usize,
-) -> std::result::Result<(), String> {
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let areas = root.split_evenly((rows, cols));
-    for (j, area) in areas.iter().enumerate().take(k + 1) {
-        let name = if j < k { format!("w{}", j + 1) } else { "b".to_string() };
-        let series: Vec<Series> = sets
-            .iter()
-            .map(|s| {
-                s.sites
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, c)| {
-                        if j < k { c.weight.get(j).copied() } else { Some(c.bias) }.map(|v| (i as f64, v))
-                    })
-                    .filter(|(_, v)| v.is_finite())
-                    .collect()
-            })
-            .collect();
-        let (xs, ys) = axis_ranges(series.iter().flatten().copied());
-        let mut chart = ChartBuilder::on(area)
-            .caption(format!("{name} by site"), ("sans-serif", 20))
-            .margin(10)
-            .x_label_area_size(34)
-            .y_label_area_size(56)
-            .build_cartesian_2d(xs, ys)
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc("site (forward order; filled: after the residual add)")
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_desc(name.as_str())
-            .draw()
-            .map_err(|e| e.to_string())?;
-        for (i, (set, s)) in sets.iter().zip(series).enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            // Filled dots: the sites after a residual add; hollow: inside a block, or the stem.
-            let after_add = after_residual_add(&set.sites);
-            let dots: Vec<Circle<(f64, f64), i32>> = s
+    let panels = (0..=k)
+        .map(|j| CoefficientPanel {
+            title: format!("{} by site", coefficient_name(j, k)),
+            x_desc: "site (forward order; filled: after the residual add)",
+            lines: sets
                 .iter()
-                .map(|&(x, y)| {
-                    let filled = after_add.get(x as usize).copied().unwrap_or(false);
-                    let style = if filled { color.filled() } else { color.stroke_width(2) };
-                    Circle::new((x, y), 4, style)
+                .enumerate()
+                .map(|(i, s)| CoefficientLine {
+                    points: s
+                        .sites
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(x, c)| coefficient_value(j, k, c).map(|v| (x as f64, v)))
+                        .collect(),
+                    color: Palette99::pick(i).to_rgba(),
+                    label: Some(s.label.clone()),
+                    filled: Some(after_residual_add(&s.sites)),
                 })
-                .collect();
-            chart.draw_series(dots).map_err(|e| e.to_string())?;
-            chart
-                .draw_series(LineSeries::new(s, color.stroke_width(2)))
-                .map_err(|e| e.to_string())?
-                .label(set.label.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
+                .collect(),
+        })
+        .collect();
+    draw_coefficient_panels(panels, k, out)
 }
 
 /// Each PolyReLU/PolyNorm coefficient of one run over training: one panel per coefficient, one
@@ -507,38 +459,82 @@ pub fn draw_coefficient_trajectories(
     if k == 0 {
         return Err(Error::Usage("the run logged no coefficients (a ReLU run, or --monitor-every 0)".into()));
     }
-    let cols = (k + 1).min(3);
-    let rows = (k + 1).div_ceil(cols);
-    render!(out, (480 * cols as u32, 380 * rows as u32), trajectory_panels(steps, k, rows, cols))
+    let sites: Vec<String> =
+        steps.last().map(|(_, s)| s.iter().map(|c| c.site.clone()).collect()).unwrap_or_default();
+    let n = sites.len().max(2);
+    let panels = (0..=k)
+        .map(|j| CoefficientPanel {
+            title: format!("{} over training", coefficient_name(j, k)),
+            x_desc: "step",
+            lines: sites
+                .iter()
+                .enumerate()
+                .map(|(i, site)| CoefficientLine {
+                    points: steps
+                        .iter()
+                        .filter_map(|(step, s)| {
+                            s.get(i).and_then(|c| coefficient_value(j, k, c)).map(|v| (*step as f64, v))
+                        })
+                        .collect(),
+                    color: lerp((240, 200, 30), (68, 1, 84), i as f64 / (n - 1) as f64).to_rgba(),
+                    // Only the first and the last site in the legend: the colours between run by depth.
+                    label: (i == 0 || i + 1 == sites.len()).then(|| site.clone()),
+                    filled: None,
+                })
+                .collect(),
+        })
+        .collect();
+    draw_coefficient_panels(panels, k, out)
 }
 
-fn trajectory_panels<DB: DrawingBackend>(
+/// `w1` ... `wk`, then `b`.
+fn coefficient_name(j: usize, k: usize) -> String {
+    if j < k {
+        format!("w{}", j + 1)
+    } else {
+        "b".to_string()
+    }
+}
+
+/// Coefficient `j` of a site (`k` weights, then the bias); None when missing or not finite.
+fn coefficient_value(j: usize, k: usize, c: &crate::model::SiteCoefficients) -> Option<f64> {
+    if j < k { c.weight.get(j).copied() } else { Some(c.bias) }.filter(|v| v.is_finite())
+}
+
+/// One line of a coefficient panel; `filled` says, per point, whether its dot is filled (None: no dots).
+struct CoefficientLine {
+    points: Series,
+    color: RGBAColor,
+    label: Option<String>,
+    filled: Option<Vec<bool>>,
+}
+
+struct CoefficientPanel {
+    title: String,
+    x_desc: &'static str,
+    lines: Vec<CoefficientLine>,
+}
+
+/// The coefficient figures: panels for w1 ... wk and b, three to a row.
+fn draw_coefficient_panels(panels: Vec<CoefficientPanel>, k: usize, out: &Path) -> Result<()> {
+    let cols = (k + 1).min(3);
+    let rows = (k + 1).div_ceil(cols);
+    render!(out, (480 * cols as u32, 380 * rows as u32), coefficient_panels(&panels, k, rows, cols))
+}
+
+fn coefficient_panels<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    steps: &[(usize, Vec<crate::model::SiteCoefficients>)],
+    panels: &[CoefficientPanel],
     k: usize,
     rows: usize,
     cols: usize,
 ) -> std::result::Result<(), String> {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let sites: Vec<String> =
-        steps.last().map(|(_, s)| s.iter().map(|c| c.site.clone()).collect()).unwrap_or_default();
-    let n = sites.len().max(2);
-    for (j, area) in root.split_evenly((rows, cols)).iter().enumerate().take(k + 1) {
-        let name = if j < k { format!("w{}", j + 1) } else { "b".to_string() };
-        let value =
-            |c: &crate::model::SiteCoefficients| if j < k { c.weight.get(j).copied() } else { Some(c.bias) };
-        let series: Vec<Series> = (0..sites.len())
-            .map(|i| {
-                steps
-                    .iter()
-                    .filter_map(|(step, s)| s.get(i).and_then(value).map(|v| (*step as f64, v)))
-                    .filter(|(_, v)| v.is_finite())
-                    .collect()
-            })
-            .collect();
-        let (xs, ys) = axis_ranges(series.iter().flatten().copied());
+    for (j, (area, panel)) in root.split_evenly((rows, cols)).iter().zip(panels).enumerate() {
+        let name = coefficient_name(j, k);
+        let (xs, ys) = axis_ranges(panel.lines.iter().flat_map(|l| l.points.iter().copied()));
         let mut chart = ChartBuilder::on(area)
-            .caption(format!("{name} over training"), ("sans-serif", 20))
+            .caption(&panel.title, ("sans-serif", 20))
             .margin(10)
             .x_label_area_size(34)
             .y_label_area_size(56)
@@ -546,19 +542,30 @@ fn trajectory_panels<DB: DrawingBackend>(
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
-            .x_desc("step")
-            .y_desc(name.as_str())
+            .x_desc(panel.x_desc)
             .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_desc(name.as_str())
             .draw()
             .map_err(|e| e.to_string())?;
-        for (i, s) in series.into_iter().enumerate() {
-            let color = lerp((240, 200, 30), (68, 1, 84), i as f64 / (n - 1) as f64);
-            let drawn =
-                chart.draw_series(LineSeries::new(s, color.stroke_width(2))).map_err(|e| e.to_string())?;
-            // Only the first and the last site in the legend: the colours between run by depth.
-            if i == 0 || i + 1 == sites.len() {
+        for line in &panel.lines {
+            let color = line.color;
+            if let Some(filled) = &line.filled {
+                let dots = line.points.iter().map(|&(x, y)| {
+                    let style = if filled.get(x as usize) == Some(&true) {
+                        color.filled()
+                    } else {
+                        color.stroke_width(2)
+                    };
+                    Circle::new((x, y), 4, style)
+                });
+                chart.draw_series(dots).map_err(|e| e.to_string())?;
+            }
+            let drawn = chart
+                .draw_series(LineSeries::new(line.points.iter().copied(), color.stroke_width(2)))
+                .map_err(|e| e.to_string())?;
+            if let Some(label) = &line.label {
                 drawn
-                    .label(sites[i].clone())
+                    .label(label.clone())
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
             }
         }
