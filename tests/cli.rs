@@ -347,8 +347,10 @@ fn coefficients_of_init_files_and_of_a_run_equal_what_training_logged() {
         v[2]["sites"].as_array().unwrap().is_empty() && err.contains("a ReLU model: no coefficients"),
         "{err}"
     );
-    let (code, _, err) = run(&["coefficients", "--weights", "ema", &paper]);
-    assert!(code != 0 && err.contains("no EMA coefficients"), "{err}");
+    for file in [&paper, &relu] {
+        let (code, _, err) = run(&["coefficients", "--weights", "ema", file]);
+        assert!(code != 0 && err.contains("holds no EMA weights") && err.contains(file.as_str()), "{err}");
+    }
 
     // A run logs every site's coefficients on monitored steps (metrics.jsonl and TensorBoard);
     // the last logged step's values are the last checkpoint's.

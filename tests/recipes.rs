@@ -104,3 +104,51 @@ fn ffcv_recipe_trains_two_epochs_and_evaluates_with_flips() {
         "{lrs:?}"
     );
 }
+
+/// timm's schedule semantics end to end, from RSB A3's `schedule_style = "timm"`: 2 epochs, 1 of
+/// them warmup, then 1 cooldown epoch, trains 3 epochs with one learning rate per epoch:
+/// `warmup_lr`, then the cosine half way through `epochs` ((peak + min_lr) / 2), then `min_lr`.
+#[test]
+fn timm_schedule_trains_its_cooldown_with_one_lr_per_epoch() {
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 4, 1, 40, 4).unwrap();
+    let out = std::process::Command::new(common::bin())
+        .arg("train")
+        .arg("--config")
+        .arg(common::repo().join("configs/resnet50-rsb-a3.toml"))
+        .args(["--arch", "resnet18", "--epochs", "2", "--warmup-epochs", "1", "--cooldown-epochs", "1"])
+        .args(["--warmup-lr", "1e-4", "--min-lr", "2e-4", "--lr", "0.064", "--batch-size", "4"])
+        .args([
+            "--train-size",
+            "32",
+            "--eval-size",
+            "32",
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+            "--name",
+            "timm",
+        ])
+        .arg("--data")
+        .arg(&data)
+        .arg("--output")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("lamb, timm cosine x 3 epochs (1 cooldown)"), "{text}");
+    let run = dir.path().join("timm");
+    assert_eq!(common::summary_without_time(&run).len(), 4, "header + 3 epochs");
+    let steps = common::step_records(&run);
+    let per_epoch = steps.len() / 3;
+    assert!(per_epoch >= 2 && steps.len() == 3 * per_epoch, "{} steps", steps.len());
+    let peak = 0.064 * 4.0 / 256.0;
+    for (epoch, want) in [1e-4, (peak + 2e-4) / 2.0, 2e-4].into_iter().enumerate() {
+        for s in &steps[epoch * per_epoch..(epoch + 1) * per_epoch] {
+            assert!((s.lr - want).abs() < 1e-12, "epoch {epoch} step {}: lr {} vs {want}", s.step, s.lr);
+        }
+    }
+}

@@ -10,7 +10,7 @@ use resnet_train::model::{ActInit, ActKind, Arch};
 use resnet_train::train::amp::{GradScaler, Precision};
 use resnet_train::train::config::{TrainArgs, TrainConfig};
 use resnet_train::train::metrics::RunLog;
-use resnet_train::train::schedule::{Schedule, ScheduleKind};
+use resnet_train::train::schedule::{total_epochs, Schedule, ScheduleKind, ScheduleStyle};
 use resnet_train::train::trainer::train;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -232,10 +232,14 @@ fn adamw_lamb_with_ema_and_bce_resume_exactly_and_the_ema_is_evaluated_and_loada
 fn schedules_match_closed_forms() {
     let s = Schedule {
         kind: ScheduleKind::Cosine,
+        style: ScheduleStyle::Torchvision,
         peak_lr: 0.4,
         min_lr: 0.01,
-        warmup_steps: 10,
-        total_steps: 110,
+        steps_per_tick: 1,
+        warmup: 10,
+        warmup_lr: 0.0,
+        warmup_prefix: false,
+        length: 110,
         step_every: 0,
         gamma: 0.1,
     };
@@ -244,9 +248,73 @@ fn schedules_match_closed_forms() {
     assert!((s.lr(10) - 0.4).abs() < 1e-12);
     assert!((s.lr(60) - (0.01 + 0.5 * 0.39 * (1.0 + (std::f64::consts::PI * 0.5).cos()))).abs() < 1e-12);
     assert!((s.lr(110) - 0.01).abs() < 1e-12);
-    let st = Schedule { kind: ScheduleKind::Step, warmup_steps: 0, step_every: 30, min_lr: 0.0, ..s };
+    let st = Schedule { kind: ScheduleKind::Step, warmup: 0, step_every: 30, min_lr: 0.0, ..s };
     assert_eq!([st.lr(0), st.lr(29)], [0.4, 0.4]);
     assert!((st.lr(30) - 0.04).abs() < 1e-12 && (st.lr(65) - 0.004).abs() < 1e-12);
+}
+
+/// `schedule_style = "timm"` against timm's own schedulers stepped as timm's train.py steps them
+/// (tests/golden/make_timm_schedules_golden.py): the same learning rate at every optimizer step,
+/// and the same number of epochs trained (warmup prefix and cooldown included).
+#[test]
+fn timm_style_schedules_equal_timm() {
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo().join("tests/golden/timm_schedules.json")).unwrap(),
+    )
+    .unwrap();
+    let cases = golden["cases"].as_array().unwrap();
+    assert!(cases.len() >= 8);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let mut keys = case["keys"].clone();
+        keys["schedule_style"] = "timm".into();
+        let cfg: TrainConfig = serde_json::from_value(keys).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(
+            total_epochs(&cfg) as u64,
+            case["epochs_trained"].as_u64().unwrap(),
+            "{name}: epochs trained"
+        );
+        let steps_per_epoch = case["steps_per_epoch"].as_u64().unwrap() as usize;
+        let schedule = Schedule::new(&cfg, steps_per_epoch, 256);
+        let timm: Vec<f64> = case["lrs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(timm.len(), total_epochs(&cfg) * steps_per_epoch, "{name}");
+        for (step, want) in timm.iter().enumerate() {
+            let got = schedule.lr(step);
+            assert!(
+                (got - want).abs() <= 1e-12 * want.abs().max(1e-6),
+                "{name}: step {step}: {got} vs timm {want}"
+            );
+        }
+    }
+}
+
+/// The schedule keys' consistency: timm-only keys need the timm style, whose warmup is whole
+/// epochs; a step schedule has no end to cool down after. Each error names the flag.
+#[test]
+fn schedule_keys_are_checked() {
+    let err = |toml: &str| {
+        let cfg: TrainConfig = toml::from_str(toml).unwrap();
+        cfg.validate().err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    assert!(err("warmup_lr = 1e-6").contains("--warmup-lr is timm's"));
+    assert!(err("warmup_prefix = true").contains("--warmup-prefix is timm's"));
+    assert!(err("sched_on_updates = true").contains("--sched-on-updates is timm's"));
+    assert!(err("schedule_style = \"timm\"\nwarmup_epochs = 0.5")
+        .contains("--warmup-epochs must be a whole number"));
+    assert!(err("schedule_style = \"timm\"\nwarmup_lr = -1.0").contains("--warmup-lr must be"));
+    assert!(err("schedule = \"step\"\ncooldown_epochs = 2").contains("--cooldown-epochs applies"));
+    assert_eq!(
+        err("schedule_style = \"timm\"\nwarmup_epochs = 5.0\nwarmup_prefix = true\ncooldown_epochs = 3"),
+        ""
+    );
+    // The torchvision style with a cooldown: cosine to min_lr over `epochs`, then min_lr.
+    let cfg: TrainConfig =
+        toml::from_str("epochs = 4\ncooldown_epochs = 2\nmin_lr = 0.001\nlr = 0.1").unwrap();
+    assert_eq!(total_epochs(&cfg), 6);
+    let s = Schedule::new(&cfg, 10, 256);
+    assert!((s.lr(0) - 0.1).abs() < 1e-12 && (s.lr(20) - 0.0505).abs() < 1e-12);
+    assert!([40, 45, 59].iter().all(|&step| (s.lr(step) - 0.001).abs() < 1e-15));
 }
 
 #[test]
@@ -530,4 +598,95 @@ fn relu_like_polyrelu_with_frozen_coefficients_trains_exactly_as_relu() {
     let last_logged = learned.iter().rev().find(|r| !r.coefficients.is_empty()).unwrap();
     let moved = last_logged.coefficients.iter().any(|c| c.weight[2] != 0.0);
     assert!(moved, "with act_lr_scale 1 the cubic coefficients move");
+}
+
+/// `initial_checkpoint`: a run starts from a file's weights instead of its seeded init. A
+/// 1000-class torchvision-style ReLU ResNet-18 started as a 10-class PolyNorm model: every
+/// convolution and BatchNorm takes the file's values, the classifier (another size) and the
+/// activation coefficients (none in the file) keep their init, and the run says so. A resumed
+/// run needs the file no more; another architecture is refused naming the file.
+#[test]
+fn initial_checkpoint_starts_a_run_from_a_files_weights() {
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 4, 1, 40, 4).unwrap();
+    let start = dir.path().join("relu-1000.safetensors");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::bin()).args(args).output().unwrap();
+        (out.status.success(), common::output_text(&out))
+    };
+    let (ok, text) = run(&[
+        "init",
+        "--arch",
+        "resnet18",
+        "--act",
+        "relu",
+        "--seed",
+        "7",
+        "--out",
+        start.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--config", "configs/smoke-cpu.toml", "--data", data.to_str().unwrap()];
+        args.extend(["--output", dir.path().to_str().unwrap(), "--workers", "1"]);
+        args.extend(extra);
+        let out = std::process::Command::new(common::bin())
+            .current_dir(common::repo())
+            .args(&args)
+            .output()
+            .unwrap();
+        (out.status.success(), common::output_text(&out))
+    };
+    // A learning rate of 1e-30 leaves every weight as loaded (BatchNorm's running statistics move).
+    let (ok, text) = train(&[
+        "--initial-checkpoint",
+        start.to_str().unwrap(),
+        "--lr",
+        "1e-30",
+        "--max-steps",
+        "1",
+        "--name",
+        "ft",
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("model weights from") && text.contains("relu-1000.safetensors"), "{text}");
+    assert!(text.contains("has 1000 classes, the data 10: the classifier (fc) starts at its init"), "{text}");
+    assert!(
+        text.contains("is a ReLU model: the activation coefficients start at their init (PolyNorm order 3)"),
+        "{text}"
+    );
+    let file = resnet_train::model::weights::read(&start).unwrap();
+    let last = resnet_train::model::weights::read(&dir.path().join("ft/last.safetensors")).unwrap();
+    let mut compared = 0;
+    for (name, t) in &file.tensors {
+        if name.starts_with("fc.") || name.contains("running_") || name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        let got = &last.tensors[name];
+        assert!((got - t).abs().max().double_value(&[]) < 1e-20, "{name} is not the file's");
+        compared += 1;
+    }
+    assert_eq!(compared, 60, "ResNet-18: 20 convolutions and 20 BatchNorms (weight, bias)");
+    assert_eq!(last.tensors["fc.weight"].size(), [10, 512]);
+    let third = (1.0f32 / 3.0) as f64;
+    assert_eq!(Vec::<f64>::try_from(&last.tensors["layer1.0.act1.weight"]).unwrap(), vec![third; 3]);
+
+    // Resuming continues from the run's checkpoint: the starting file may be gone.
+    std::fs::remove_file(&start).unwrap();
+    let ft = dir.path().join("ft");
+    let (ok, text) = train(&["--resume", ft.to_str().unwrap(), "--max-steps", "2"]);
+    assert!(ok && !text.contains("model weights from"), "{text}");
+
+    // Another architecture: refused, naming the file.
+    let r34 = dir.path().join("r34.safetensors");
+    let (ok, text) = run(&["init", "--arch", "resnet34", "--out", r34.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let (ok, text) =
+        train(&["--initial-checkpoint", r34.to_str().unwrap(), "--max-steps", "1", "--name", "r34"]);
+    assert!(
+        !ok && text.contains("r34.safetensors")
+            && text.contains("holds a resnet34, the run trains a resnet18"),
+        "{text}"
+    );
 }

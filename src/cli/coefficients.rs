@@ -37,6 +37,12 @@ pub fn run(a: CoefficientsArgs) -> Result<()> {
             Which::Model => String::new(),
             Which::Ema => format!("{TRAIN_STATE_PREFIX}ema."),
         };
+        if a.weights == Which::Ema && !file.tensors.keys().any(|k| k.starts_with(&prefix)) {
+            return Err(Error::file(
+                path,
+                "holds no EMA weights (trained without --model-ema): drop --weights ema",
+            ));
+        }
         let sites = cfg
             .act_coefficients(&|name| file.tensors.get(&format!("{prefix}{name}")).map(|t| t.shallow_clone()))
             .map_err(|e| match a.weights {

@@ -219,6 +219,77 @@ pub fn load_into(vs: &mut nn::VarStore, file: &WeightsFile, path: &Path) -> Resu
     })
 }
 
+/// Loads a training run's starting weights (`initial_checkpoint`) into the freshly initialised
+/// model in `vs`, whose config is `model`: strict for the convolutions and BatchNorms, with two
+/// exceptions fine-tuning needs, each reported in the returned notes: a classifier of another
+/// size (other classes) and activation coefficients the file lacks or holds for another
+/// activation (a torchvision ReLU ResNet started as PolyNorm) keep their init.
+pub fn load_initial(vs: &mut nn::VarStore, model: &ResNetConfig, path: &Path) -> Result<Vec<String>> {
+    let file = read(path)?;
+    let source = file.model_config(path)?;
+    if (source.arch, source.small_stem) != (model.arch, model.small_stem) {
+        let name = |c: &ResNetConfig| {
+            format!("{}{}", c.arch.name(), if c.small_stem { " (small stem)" } else { "" })
+        };
+        return Err(Error::file(
+            path,
+            format!(
+                "holds a {}, the run trains a {}: --arch (and --small-stem) must match",
+                name(&source),
+                name(model)
+            ),
+        ));
+    }
+    let live = vs.variables();
+    let mut tensors = file.tensors;
+    let mut notes = Vec::new();
+    // The model's own (initial) values for the keys `keep` selects; the file's others of them go.
+    let keep_init = |tensors: &mut BTreeMap<String, Tensor>, keep: &dyn Fn(&str) -> bool| {
+        for (name, var) in &live {
+            if keep(name) {
+                tensors.insert(name.clone(), var.shallow_clone());
+            }
+        }
+        tensors.retain(|k, _| live.contains_key(k) || !keep(k));
+    };
+    let is_fc = |k: &str| k == "fc.weight" || k == "fc.bias";
+    if source.num_classes != model.num_classes {
+        keep_init(&mut tensors, &is_fc);
+        notes.push(format!(
+            "{} has {} classes, the data {}: the classifier (fc) starts at its init",
+            path.display(),
+            source.num_classes,
+            model.num_classes
+        ));
+    }
+    let is_act = |k: &str| super::resnet::param_group(k, &[]) == super::ParamGroup::Activation;
+    let same_act = (source.act.kind, source.act.order) == (model.act.kind, model.act.order);
+    if !same_act {
+        keep_init(&mut tensors, &is_act);
+        let describe = |c: &ActConfig| match c.kind {
+            ActKind::Relu => "ReLU".to_string(),
+            ActKind::Polyrelu => format!("PolyReLU order {}", c.order),
+            ActKind::Polynorm => format!("PolyNorm order {}", c.order),
+        };
+        if model.act.kind != ActKind::Relu {
+            notes.push(format!(
+                "{} is a {} model: the activation coefficients start at their init ({})",
+                path.display(),
+                describe(&source.act),
+                describe(&model.act)
+            ));
+        } else if source.act.kind != ActKind::Relu {
+            notes.push(format!(
+                "{} is a {} model: its activation coefficients are not used (the run trains ReLU)",
+                path.display(),
+                describe(&source.act)
+            ));
+        }
+    }
+    load_into(vs, &WeightsFile { tensors, metadata: file.metadata }, path)?;
+    Ok(notes)
+}
+
 /// A model ready for inference: built from a file's config and loaded with its weights.
 pub struct LoadedModel {
     pub vs: nn::VarStore,

@@ -10,7 +10,7 @@
 use super::amp::Precision;
 use super::ema::EmaBuffers;
 use super::optim::OptKind;
-use super::schedule::ScheduleKind;
+use super::schedule::{ScheduleKind, ScheduleStyle};
 use super::stability::Remedy;
 use crate::error::{Error, Result};
 use crate::model::{ActConfig, ActImpl, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
@@ -143,6 +143,13 @@ pub struct TrainConfig {
     /// else eager) or as the reference's tensor expression (eager). Same values either way.
     #[arg(long, value_enum, default_value_t = ActImpl::Fused)]
     pub act_impl: ActImpl,
+    /// Start from these weights instead of the seeded init (timm's `initial_checkpoint`): a
+    /// resnet-train model file or checkpoint (its model weights) or a converted torchvision
+    /// state_dict, of the same `arch`. A classifier of another size, and activation coefficients
+    /// the file lacks or holds for another activation, keep their init (said at start). A resumed
+    /// run continues from its own checkpoint instead.
+    #[arg(long)]
+    pub initial_checkpoint: Option<PathBuf>,
 
     // ---- Optimisation ----
     /// Training epochs (the schedule's length).
@@ -186,12 +193,31 @@ pub struct TrainConfig {
     /// warmup, FFCV's triangular schedule).
     #[arg(long, value_enum, default_value_t = ScheduleKind::Cosine)]
     pub schedule: ScheduleKind,
-    /// Linear warmup from 0, in epochs (fractions allowed), inside `epochs`: the schedule after it
-    /// spans the remaining epochs, and the learning rate changes every step (torchvision's reference
-    /// semantics, per step). timm's train.py differs by default: warmup from 1e-5, one change per
-    /// epoch, its cosine over all epochs including the warmup.
+    /// Whose schedule semantics: torchvision (its reference scripts', per step: warmup from 0
+    /// inside `epochs`, the decay over the epochs after it) or timm (train.py's: one change per
+    /// epoch, warmup from `warmup_lr`, the decay over all `epochs` counting the warmup ones).
+    #[arg(long, value_enum, default_value_t = ScheduleStyle::Torchvision)]
+    pub schedule_style: ScheduleStyle,
+    /// Linear warmup, in epochs (fractions allowed with the torchvision style), inside `epochs`
+    /// (before them with timm's `warmup_prefix`).
     #[arg(long, default_value_t = 0.0)]
     pub warmup_epochs: f64,
+    /// timm style: the warmup's first learning rate, absolute (timm's `warmup_lr`; unset: timm's
+    /// default 1e-5).
+    #[arg(long)]
+    pub warmup_lr: Option<f64>,
+    /// timm style: the decay starts after the warmup epochs, which are added to the run (timm's
+    /// `warmup_prefix`).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub warmup_prefix: bool,
+    /// timm style: change the learning rate every optimizer step instead of every epoch (timm's
+    /// `sched_on_updates`).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub sched_on_updates: bool,
+    /// Epochs trained at `min_lr` after `epochs` (cosine and linear schedules; timm's
+    /// `cooldown_epochs`).
+    #[arg(long, default_value_t = 0)]
+    pub cooldown_epochs: usize,
     /// The cosine and linear schedules' final learning rate.
     #[arg(long, default_value_t = 0.0)]
     pub min_lr: f64,
@@ -372,11 +398,12 @@ const PER_INVOCATION: [&str; 1] = ["max_steps"];
 /// Keys a resumed run may change: how it runs, not what it computes up to now (`epochs` extends
 /// or shortens the schedule from here; the guards' thresholds and remedies only act on trouble).
 /// Any other key given with `--resume` that differs from the run's config.toml is refused.
-pub const RESUMABLE: [&str; 23] = [
+pub const RESUMABLE: [&str; 24] = [
     // The dataset may move (a cluster job staging it to local disk); the trainer then checks that
     // its classes are the run's and warns if its size changed.
     "data",
     "epochs",
+    "cooldown_epochs",
     "max_steps",
     "workers",
     "torch_threads",
@@ -677,6 +704,7 @@ impl TrainConfig {
         if self.epochs == 0 {
             return bad("--epochs must be at least 1".into());
         }
+        super::schedule::validate(self)?;
         if self.divergence_remedies.contains(&Remedy::None) {
             return bad("--divergence-remedies: `none` is not a remedy".into());
         }

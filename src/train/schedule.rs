@@ -1,8 +1,19 @@
-//! Learning rate as a pure function of the optimizer step, so resuming needs only the step:
-//! linear warmup from 0 to the peak over `warmup_steps`, then cosine decay to `min_lr` (or a step
-//! decay by `gamma` every `step_every` steps, or a linear decay to `min_lr`: with a warmup, FFCV's
-//! triangular "cyclic" schedule).
+//! Learning rate as a pure function of the optimizer step, so resuming needs only the step.
+//!
+//! Two conventions, as the two reference trainers define them:
+//! - torchvision's reference scripts (the default), per step: linear warmup from 0 to the peak
+//!   over the first `warmup_epochs`, then the decay over the remaining epochs: cosine to `min_lr`,
+//!   step decay by `gamma` every `step_epochs`, or linear to `min_lr` (with a warmup, FFCV's
+//!   triangular schedule).
+//! - timm's train.py (`schedule_style = "timm"`): one change per epoch (every update with
+//!   `sched_on_updates`), warmup from `warmup_lr` (t · (peak − warmup_lr) / warmup_t), the decay
+//!   over all `epochs` counting the warmup ones (after them with `warmup_prefix`), then
+//!   `cooldown_epochs` at `min_lr`. This is timm's CosineLRScheduler / StepLRScheduler /
+//!   PolyLRScheduler (power 1 for `linear`) with one cycle, no noise and k_decay 1, stepped as
+//!   train.py steps it; tests/golden/timm_schedules.json holds timm's own values.
 
+use super::config::TrainConfig;
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -13,39 +24,140 @@ pub enum ScheduleKind {
     Linear,
 }
 
+/// Whose schedule semantics (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleStyle {
+    Torchvision,
+    Timm,
+}
+
+/// timm train.py's default `--warmup-lr`.
+pub const TIMM_WARMUP_LR: f64 = 1e-5;
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Schedule {
     pub kind: ScheduleKind,
+    pub style: ScheduleStyle,
     pub peak_lr: f64,
     pub min_lr: f64,
-    pub warmup_steps: usize,
-    pub total_steps: usize,
-    /// Step decay: multiply by `gamma` every `step_every` steps (after warmup).
+    /// Optimizer steps per tick of the schedule's clock: 1 (a change every step) or the steps of
+    /// an epoch (timm's default, one change per epoch). The lengths below count ticks.
+    pub steps_per_tick: usize,
+    pub warmup: usize,
+    /// timm: the warmup's first learning rate (torchvision's warmup starts from 0 and reaches the
+    /// peak on its last step).
+    pub warmup_lr: f64,
+    /// timm: the decay starts after the warmup instead of counting it.
+    pub warmup_prefix: bool,
+    /// The decay's length, `epochs` in ticks (the cosine and linear decays end at `min_lr` there).
+    pub length: usize,
+    /// Step decay: multiply by `gamma` every `step_every` ticks (after warmup).
     pub step_every: usize,
     pub gamma: f64,
 }
 
 impl Schedule {
+    /// The schedule a config describes, for `steps_per_epoch` optimizer steps per epoch and a
+    /// global batch of `global_batch` images (`lr` is per 256 images).
+    pub fn new(cfg: &TrainConfig, steps_per_epoch: usize, global_batch: usize) -> Self {
+        let steps_per_tick = match cfg.schedule_style {
+            ScheduleStyle::Timm if !cfg.sched_on_updates => steps_per_epoch,
+            _ => 1,
+        };
+        let ticks_per_epoch = (steps_per_epoch / steps_per_tick) as f64;
+        Self {
+            kind: cfg.schedule,
+            style: cfg.schedule_style,
+            peak_lr: cfg.lr * global_batch as f64 / 256.0,
+            min_lr: cfg.min_lr,
+            steps_per_tick,
+            warmup: (cfg.warmup_epochs * ticks_per_epoch).round() as usize,
+            warmup_lr: cfg.warmup_lr.unwrap_or(TIMM_WARMUP_LR),
+            warmup_prefix: cfg.warmup_prefix,
+            length: cfg.epochs * steps_per_epoch / steps_per_tick,
+            step_every: cfg.step_epochs * steps_per_epoch / steps_per_tick,
+            gamma: cfg.step_gamma,
+        }
+    }
+
     /// The learning rate for optimizer step `step` (0-based).
     pub fn lr(&self, step: usize) -> f64 {
-        if step < self.warmup_steps {
-            return self.peak_lr * (step + 1) as f64 / self.warmup_steps as f64;
+        let t = step / self.steps_per_tick.max(1);
+        match self.style {
+            ScheduleStyle::Torchvision => {
+                if t < self.warmup {
+                    return self.peak_lr * (t + 1) as f64 / self.warmup as f64;
+                }
+                self.decay(t - self.warmup, self.length.saturating_sub(self.warmup))
+            }
+            ScheduleStyle::Timm => {
+                if t < self.warmup {
+                    // timm's order of operations, for the same floats.
+                    let per_tick = (self.peak_lr - self.warmup_lr) / self.warmup as f64;
+                    return self.warmup_lr + t as f64 * per_tick;
+                }
+                self.decay(if self.warmup_prefix { t - self.warmup } else { t }, self.length)
+            }
         }
+    }
+
+    /// The decay `t` ticks into a span of `span` ticks (the final value from its end on).
+    fn decay(&self, t: usize, span: usize) -> f64 {
+        let fraction = (t as f64 / span.max(1) as f64).min(1.0);
         match self.kind {
             ScheduleKind::Cosine => {
-                let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
-                let t = ((step - self.warmup_steps) as f64 / span).min(1.0);
-                self.min_lr + 0.5 * (self.peak_lr - self.min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
+                self.min_lr
+                    + 0.5 * (self.peak_lr - self.min_lr) * (1.0 + (std::f64::consts::PI * fraction).cos())
             }
-            ScheduleKind::Linear => {
-                let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
-                let t = ((step - self.warmup_steps) as f64 / span).min(1.0);
-                self.peak_lr + (self.min_lr - self.peak_lr) * t
-            }
+            ScheduleKind::Linear => self.min_lr + (self.peak_lr - self.min_lr) * (1.0 - fraction),
             ScheduleKind::Step => {
-                let k = (step - self.warmup_steps) / self.step_every.max(1);
+                let k = t / self.step_every.max(1);
                 (self.peak_lr * self.gamma.powi(k as i32)).max(self.min_lr)
             }
         }
     }
+}
+
+/// The epochs a config trains: `epochs`, then `cooldown_epochs` at `min_lr`, and with timm's
+/// `warmup_prefix` the warmup's epochs before them (timm's num_epochs).
+pub fn total_epochs(cfg: &TrainConfig) -> usize {
+    let prefix = cfg.schedule_style == ScheduleStyle::Timm && cfg.warmup_prefix;
+    cfg.epochs + cfg.cooldown_epochs + if prefix { cfg.warmup_epochs as usize } else { 0 }
+}
+
+/// The schedule keys' consistency (called by `TrainConfig::validate`).
+pub fn validate(cfg: &TrainConfig) -> Result<()> {
+    let bad = |m: String| Err(Error::Usage(m));
+    if cfg.schedule_style == ScheduleStyle::Torchvision {
+        let timm_only = [
+            ("--warmup-lr", cfg.warmup_lr.is_some()),
+            ("--warmup-prefix", cfg.warmup_prefix),
+            ("--sched-on-updates", cfg.sched_on_updates),
+        ];
+        if let Some((flag, _)) = timm_only.iter().find(|(_, set)| *set) {
+            return bad(format!(
+                "{flag} is timm's schedule semantics: add --schedule-style timm (the torchvision style warms \
+                 up from 0 and changes the learning rate every step)"
+            ));
+        }
+    } else if cfg.warmup_epochs.fract() != 0.0 {
+        return bad(format!(
+            "--warmup-epochs must be a whole number with --schedule-style timm (as timm's), got {}",
+            cfg.warmup_epochs
+        ));
+    }
+    if let Some(w) = cfg.warmup_lr {
+        if !(w >= 0.0 && w.is_finite()) {
+            return bad(format!("--warmup-lr must be a finite number >= 0, got {w}"));
+        }
+    }
+    if cfg.cooldown_epochs > 0 && cfg.schedule == ScheduleKind::Step {
+        return bad(
+            "--cooldown-epochs applies to the cosine and linear schedules, which end at --min-lr (the step \
+             schedule has no end to cool down after)"
+                .into(),
+        );
+    }
+    Ok(())
 }

@@ -500,7 +500,7 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
         cfg.seeds.len(),
         cfg.seeds,
         first.arch.name(),
-        first.epochs,
+        super::schedule::total_epochs(first),
         first.train_size,
         first.batch_size,
         first.data.as_ref().map_or("the embedded procedural dataset".into(), |d| format!("`{}`", d.display())),
@@ -647,7 +647,8 @@ pub fn table_of_runs(
             let text = std::fs::read_to_string(&marker).map_err(|e| Error::io(&marker, e))?;
             toml::from_str(&text).map_err(|e| Error::file(&marker, format!("unreadable: {e}")))?
         } else {
-            let done = RunLog::read_summary(&dir.join("summary.csv")).len() >= c.epochs;
+            let done =
+                RunLog::read_summary(&dir.join("summary.csv")).len() >= super::schedule::total_epochs(&c);
             CellOutcome {
                 status: if done { "finished" } else { "partial" }.into(),
                 reason: None,

@@ -15,7 +15,7 @@ use super::eval::{evaluate_sums, prepare, EvalResult, EvalSums};
 use super::guards::{Decision, Stop};
 use super::metrics::{EpochRecord, RunLog, StepRecord};
 use super::run_dir::{self, RunLock};
-use super::schedule::Schedule;
+use super::schedule::{total_epochs, Schedule};
 use crate::data::dataset::ImageFolder;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{synthetic, transform::Transform};
@@ -260,6 +260,12 @@ impl Trainer {
         let run_config = cfg.to_toml(); // the run's settings, before any remedy of its guards
         let mut engine = Engine::new(cfg, device, classes.len() as i64)?;
         engine.dist = dist.clone();
+        if let Some(path) =
+            engine.cfg.initial_checkpoint.clone().filter(|_| !(resume.is_some() && has_checkpoint))
+        {
+            notes.push(format!("model weights from {}", path.display()));
+            notes.extend(engine.load_initial(&path)?);
+        }
         let world = dist.as_ref().map_or(1, |d| d.world());
         if engine.cfg.sync_bn && dist.is_none() {
             eprintln!("warning: --sync-bn has no effect in a single process (BatchNorm already sees the whole batch)");
@@ -326,15 +332,7 @@ impl Trainer {
             state.world_size = world;
         }
         let global_batch = cfg.batch_size * cfg.accum_steps * world;
-        let schedule = Schedule {
-            kind: cfg.schedule,
-            peak_lr: cfg.lr * global_batch as f64 / 256.0,
-            min_lr: cfg.min_lr,
-            warmup_steps: (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize,
-            total_steps: cfg.epochs * steps_per_epoch,
-            step_every: cfg.step_epochs * steps_per_epoch,
-            gamma: cfg.step_gamma,
-        };
+        let schedule = Schedule::new(cfg, steps_per_epoch, global_batch);
         let log = if main { Some(RunLog::open(&dir, state.step, state.epoch)?) } else { None };
 
         say!(main, "run        {}", dir.display());
@@ -377,11 +375,17 @@ impl Trainer {
         );
         say!(
             main,
-            "schedule   {:?} x {} epochs x {steps_per_epoch} steps, global batch {global_batch}, peak lr {:.4}, warmup {} steps{}",
-            cfg.opt,
-            cfg.epochs,
+            "schedule   {}, {} {} x {} epochs{} x {steps_per_epoch} steps, global batch {global_batch}, peak lr {:.4}, warmup {}{}",
+            format!("{:?}", cfg.opt).to_lowercase(),
+            format!("{:?}", cfg.schedule_style).to_lowercase(),
+            format!("{:?}", cfg.schedule).to_lowercase(),
+            total_epochs(cfg),
+            if cfg.cooldown_epochs > 0 { format!(" ({} cooldown)", cfg.cooldown_epochs) } else { String::new() },
             schedule.peak_lr,
-            schedule.warmup_steps,
+            match schedule.steps_per_tick {
+                1 => format!("{} steps", schedule.warmup),
+                _ => format!("{} epochs from {:e}", schedule.warmup, schedule.warmup_lr),
+            },
             if resume.is_some() { format!(", resuming at epoch {} step {}", state.epoch, state.step) } else { String::new() }
         );
         for n in &notes {
@@ -409,7 +413,7 @@ impl Trainer {
 
     /// Trains to the last epoch (or `max_steps`, or a termination signal).
     pub fn run(mut self) -> Result<RunSummary> {
-        while self.state.epoch < self.engine.cfg.epochs {
+        while self.state.epoch < total_epochs(&self.engine.cfg) {
             if self.train_epoch()? {
                 return Ok(self.summary(true));
             }
@@ -554,7 +558,7 @@ impl Trainer {
         let s = &self.state;
         let train_loss =
             if s.train_loss_steps > 0 { s.train_loss_sum / s.train_loss_steps as f64 } else { f64::NAN };
-        let due = (epoch + 1).is_multiple_of(cfg.eval_every.max(1)) || epoch + 1 == cfg.epochs;
+        let due = (epoch + 1).is_multiple_of(cfg.eval_every.max(1)) || epoch + 1 == total_epochs(cfg);
         let (eval, ema_eval) = match &self.val_loader {
             Some(l) if due => {
                 crate::fault::point("eval");
