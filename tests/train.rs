@@ -690,3 +690,22 @@ fn initial_checkpoint_starts_a_run_from_a_files_weights() {
         "{text}"
     );
 }
+
+/// `mixup_off_epoch` (timm's): Mixup/CutMix mix up to that epoch and not from it on. Epoch 0
+/// trains exactly as with Mixup always on; every step of epoch 1 differs from it.
+#[test]
+fn mixup_stops_at_mixup_off_epoch() {
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 2, 1, 32, 5).unwrap(); // 20 train images: 2 steps per epoch
+    let run = |name: &str, off: usize| {
+        let mut cfg = tiny_config(&data, dir.path(), name);
+        (cfg.mixup, cfg.cutmix, cfg.mixup_off_epoch, cfg.workers) = (0.8, 1.0, off, 1);
+        train(cfg, None).unwrap();
+        losses(&dir.path().join(name))
+    };
+    let (always, off) = (run("always", 0), run("off-at-1", 1));
+    assert_eq!((always.len(), off.len()), (4, 4));
+    assert_eq!(always[..2], off[..2], "epoch 0 mixes in both");
+    assert!(always[2..].iter().zip(&off[2..]).all(|(a, b)| a.1 != b.1), "{always:?} {off:?}");
+}

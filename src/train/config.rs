@@ -267,6 +267,10 @@ pub struct TrainConfig {
     /// of samples i and N-1-i) or elem (per sample, mixed with sample N-1-i).
     #[arg(long, value_enum, default_value_t = super::mixup::MixMode::Batch)]
     pub mixup_mode: super::mixup::MixMode,
+    /// Turn Mixup/CutMix off from this epoch on (0: never; timm's `mixup_off_epoch`); the
+    /// targets stay label-smoothed.
+    #[arg(long, default_value_t = 0)]
+    pub mixup_off_epoch: usize,
     /// Random erasing probability per image (timm's `reprob`; 0: off), on the normalised batch.
     #[arg(long, default_value_t = 0.0)]
     pub reprob: f64,

@@ -36,6 +36,9 @@ pub struct Engine {
     guards: Guards,
     /// The data-parallel job this process is a rank of (None: one process).
     pub dist: Option<Rc<Dist>>,
+    /// Whether Mixup/CutMix (when configured) mix this epoch: the trainer turns them off from
+    /// `mixup_off_epoch` on (timm's).
+    pub mixup_enabled: bool,
     /// DDP's overlap of the gradient all-reduce with backward (made at the first step of a
     /// data-parallel run with `dist_overlap`).
     reducer: Option<crate::ffi::dist::GradReducer>,
@@ -147,6 +150,7 @@ impl Engine {
             loss,
             guards,
             dist: None,
+            mixup_enabled: true,
             reducer: None,
         })
     }
@@ -283,7 +287,7 @@ impl Engine {
             };
             let x = erased.as_ref().unwrap_or(x);
             // Mixup/CutMix: drawn per (seed, step, rank, micro-batch), so a resume mixes alike.
-            let mixed = match cfg.mixup_config() {
+            let mixed = match cfg.mixup_config().filter(|_| self.mixup_enabled) {
                 Some(m) => {
                     let p = m.draw_samples(
                         &[cfg.seed, step as u64, rank, i as u64, 0x313D_C0DE],

@@ -448,6 +448,8 @@ impl Trainer {
     /// One epoch from `state.next_batch`; returns whether `max_steps` stopped it.
     fn train_epoch(&mut self) -> Result<bool> {
         let epoch = self.state.epoch;
+        let off = self.engine.cfg.mixup_off_epoch;
+        self.engine.mixup_enabled = off == 0 || epoch < off;
         let accum = self.engine.cfg.accum_steps;
         let bar =
             progress_bar(self.steps_per_epoch, epoch, self.state.next_batch / accum).filter(|_| self.main);
