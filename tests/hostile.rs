@@ -99,12 +99,13 @@ fn out_of_range_sizes_metadata_and_nan_weights_are_errors() {
         r#"{"resize": 100000, "crop": 224}"#,
     );
     let mut nan = resnet_train::model::weights::read(Path::new(&w)).unwrap();
-    let _ = nan.tensors.get_mut("fc.weight").unwrap().fill_(f64::NAN);
+    let _ = nan.tensors.get_mut("conv1.weight").unwrap().fill_(f64::NAN);
     resnet_train::model::weights::write(Path::new(&p("nan.safetensors")), &nan.tensors, nan.metadata)
         .unwrap();
 
     // (command line, split at spaces: the temp paths have none; what the message must name)
     let (classes, resize, nan) = (p("classes.safetensors"), p("resize.safetensors"), p("nan.safetensors"));
+    let out = format!("{} --arch resnet18 --train-size 32 --eval-size 32 --device cpu", p("runs"));
     let cases = [
         (format!("eval --checkpoint {w} --data {data} --size 0"), "--size"),
         (format!("eval --checkpoint {w} --data {data} --crop-pct nan"), "--crop-pct"),
@@ -122,6 +123,15 @@ fn out_of_range_sizes_metadata_and_nan_weights_are_errors() {
         (format!("eval --checkpoint {w} --data {data} --interpolation lanczos"), "--interpolation"),
         (format!("coefficients {}", p("missing.safetensors")), "missing.safetensors"),
         (format!("coefficients {data}"), "metrics.jsonl"),
+        (format!("--data {data} --initial-checkpoint {nan} --output {out}"), "NaN"),
+        (
+            format!("--data {data} --initial-checkpoint {} --output {out}", p("missing.safetensors")),
+            "missing.safetensors",
+        ),
+        (format!("--data {data} --initial-checkpoint {data} --output {out}"), data),
+        (format!("--data {data} --schedule-style timm --warmup-epochs 0.5"), "--warmup-epochs"),
+        (format!("--data {data} --schedule-style timm --warmup-lr nan"), "--warmup-lr"),
+        (format!("--data {data} --schedule step --cooldown-epochs 2"), "--cooldown-epochs"),
     ];
     for (line, needle) in cases {
         let args: Vec<&str> = line.split_whitespace().collect();

@@ -287,6 +287,7 @@ pub fn load_initial(vs: &mut nn::VarStore, model: &ResNetConfig, path: &Path) ->
         }
     }
     load_into(vs, &WeightsFile { tensors, metadata: file.metadata }, path)?;
+    check_finite(vs, path)?;
     Ok(notes)
 }
 
@@ -342,24 +343,30 @@ fn load_model_from(file: WeightsFile, path: &Path, device: tch::Device) -> Resul
     let mut vs = nn::VarStore::new(device);
     let model = super::seeded(0, || super::ResNet::new(&vs.root(), config))?; // (values overwritten; the lock keeps other threads' seeded inits intact)
     load_into(&mut vs, &file, path)?;
-    // A checkpoint of a diverged run holds NaN/inf: say so instead of printing p=NaN.
+    check_finite(&vs, path)?;
+    Ok(LoadedModel { vs, model, config, file })
+}
+
+/// A checkpoint of a diverged run holds NaN/inf: say so (naming the file and the first tensors)
+/// instead of printing p=NaN or training from it.
+fn check_finite(vs: &nn::VarStore, path: &Path) -> Result<()> {
     let mut bad: Vec<String> = vs
         .variables()
         .into_iter()
         .filter(|(_, t)| t.isfinite().all().int64_value(&[]) == 0)
         .map(|(n, _)| n)
         .collect();
-    if !bad.is_empty() {
-        bad.sort();
-        return Err(Error::file(
-            path,
-            format!(
-                "{} tensor(s) hold NaN or infinite values ({}{}): the run had diverged when this was saved",
-                bad.len(),
-                bad.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
-                if bad.len() > 3 { ", ..." } else { "" }
-            ),
-        ));
+    if bad.is_empty() {
+        return Ok(());
     }
-    Ok(LoadedModel { vs, model, config, file })
+    bad.sort();
+    Err(Error::file(
+        path,
+        format!(
+            "{} tensor(s) hold NaN or infinite values ({}{}): the run had diverged when this was saved",
+            bad.len(),
+            bad.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+            if bad.len() > 3 { ", ..." } else { "" }
+        ),
+    ))
 }
