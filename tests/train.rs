@@ -308,6 +308,11 @@ fn schedule_keys_are_checked() {
         err("schedule_style = \"timm\"\nwarmup_epochs = 5.0\nwarmup_prefix = true\ncooldown_epochs = 3"),
         ""
     );
+    // `lr` at a global batch of 2048 (8 x 256): linear, sqrt (timm's lr_base rule for LAMB) or as given.
+    for (rule, peak) in [("linear", 0.8), ("sqrt", 0.1 * 8f64.sqrt()), ("none", 0.1)] {
+        let cfg: TrainConfig = toml::from_str(&format!("lr = 0.1\nlr_scaling = \"{rule}\"")).unwrap();
+        assert!((Schedule::new(&cfg, 10, 2048).peak_lr - peak).abs() < 1e-15, "{rule}");
+    }
     // The torchvision style with a cooldown: cosine to min_lr over `epochs`, then min_lr.
     let cfg: TrainConfig =
         toml::from_str("epochs = 4\ncooldown_epochs = 2\nmin_lr = 0.001\nlr = 0.1").unwrap();

@@ -10,7 +10,7 @@
 use super::amp::Precision;
 use super::ema::EmaBuffers;
 use super::optim::OptKind;
-use super::schedule::{ScheduleKind, ScheduleStyle};
+use super::schedule::{LrScaling, ScheduleKind, ScheduleStyle};
 use super::stability::Remedy;
 use crate::error::{Error, Result};
 use crate::model::{ActConfig, ActImpl, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
@@ -158,9 +158,15 @@ pub struct TrainConfig {
     /// Images per device per micro-step.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
-    /// Base learning rate for a global batch of 256 (scaled linearly with the global batch).
+    /// Base learning rate for a global batch of 256, scaled to the run's global batch by
+    /// `lr_scaling`.
     #[arg(long, default_value_t = 0.1)]
     pub lr: f64,
+    /// How `lr` scales with the global batch (batch_size x accum_steps x ranks): linear (x batch /
+    /// 256), sqrt (x sqrt(batch / 256), timm's default for AdamW/LAMB when it scales `lr_base`)
+    /// or none (`lr` as given, like timm's explicit `--lr`).
+    #[arg(long, value_enum, default_value_t = LrScaling::Linear)]
+    pub lr_scaling: LrScaling,
     /// Optimizer: momentum (SGD, heavy ball), sgd or nesterov (SGD with Nesterov momentum, as
     /// timm's `sgd`), adamw (decoupled weight decay), lamb (timm's Lamb).
     #[arg(long, value_enum, default_value_t = OptKind::Momentum)]

@@ -32,6 +32,30 @@ pub enum ScheduleStyle {
     Timm,
 }
 
+/// How `lr` turns into the learning rate at the run's global batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LrScaling {
+    /// lr x global batch / 256 (Goyal et al.; torchvision's and timm's `lr_base` for SGD).
+    Linear,
+    /// lr x sqrt(global batch / 256) (timm's `lr_base` default for Adam-family and LAMB).
+    Sqrt,
+    /// `lr` as given, at any batch (timm's explicit `--lr`).
+    None,
+}
+
+impl LrScaling {
+    /// The peak learning rate for `lr` at a global batch of `global_batch` images.
+    pub fn peak_lr(self, lr: f64, global_batch: usize) -> f64 {
+        let ratio = global_batch as f64 / 256.0;
+        match self {
+            LrScaling::Linear => lr * ratio,
+            LrScaling::Sqrt => lr * ratio.sqrt(),
+            LrScaling::None => lr,
+        }
+    }
+}
+
 /// timm train.py's default `--warmup-lr`.
 pub const TIMM_WARMUP_LR: f64 = 1e-5;
 
@@ -59,7 +83,7 @@ pub struct Schedule {
 
 impl Schedule {
     /// The schedule a config describes, for `steps_per_epoch` optimizer steps per epoch and a
-    /// global batch of `global_batch` images (`lr` is per 256 images).
+    /// global batch of `global_batch` images (`lr` scaled to it by `lr_scaling`).
     pub fn new(cfg: &TrainConfig, steps_per_epoch: usize, global_batch: usize) -> Self {
         let steps_per_tick = match cfg.schedule_style {
             ScheduleStyle::Timm if !cfg.sched_on_updates => steps_per_epoch,
@@ -69,7 +93,7 @@ impl Schedule {
         Self {
             kind: cfg.schedule,
             style: cfg.schedule_style,
-            peak_lr: cfg.lr * global_batch as f64 / 256.0,
+            peak_lr: cfg.lr_scaling.peak_lr(cfg.lr, global_batch),
             min_lr: cfg.min_lr,
             steps_per_tick,
             warmup: (cfg.warmup_epochs * ticks_per_epoch).round() as usize,

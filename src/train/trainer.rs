@@ -299,7 +299,7 @@ impl Trainer {
                 say!(
                     main,
                     "warning: the run trained with {} data-parallel process(es), this job has {world}: the global \
-                     batch (and with it the learning rate) and each rank's data order change from here on; \
+                     batch (and with it the learning rate, unless lr_scaling is none) and each rank's data order change from here on; \
                      the position in the epoch and the schedule are carried over by images seen",
                     saved.world_size
                 );
