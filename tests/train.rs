@@ -232,7 +232,7 @@ fn adamw_lamb_with_ema_and_bce_resume_exactly_and_the_ema_is_evaluated_and_loada
 fn schedules_match_closed_forms() {
     let s = Schedule {
         kind: ScheduleKind::Cosine,
-        style: ScheduleStyle::Torchvision,
+        style: ScheduleStyle::PerStep,
         peak_lr: 0.4,
         min_lr: 0.01,
         steps_per_tick: 1,
@@ -254,37 +254,43 @@ fn schedules_match_closed_forms() {
 }
 
 /// `schedule_style = "timm"` against timm's own schedulers stepped as timm's train.py steps them
-/// (tests/golden/make_timm_schedules_golden.py): the same learning rate at every optimizer step,
-/// and the same number of epochs trained (warmup prefix and cooldown included).
+/// (tests/golden/make_timm_schedules_golden.py), and `"torchvision"` against torch's LinearLR /
+/// CosineAnnealingLR / StepLR chained as torchvision's classification reference chains them
+/// (make_torchvision_schedules_golden.py): the same learning rate at every optimizer step, and
+/// the same number of epochs trained (warmup prefix and cooldown included).
 #[test]
-fn timm_style_schedules_equal_timm() {
-    let golden: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::repo().join("tests/golden/timm_schedules.json")).unwrap(),
-    )
-    .unwrap();
-    let cases = golden["cases"].as_array().unwrap();
-    assert!(cases.len() >= 8);
-    for case in cases {
-        let name = case["name"].as_str().unwrap();
-        let mut keys = case["keys"].clone();
-        keys["schedule_style"] = "timm".into();
-        let cfg: TrainConfig = serde_json::from_value(keys).unwrap();
-        cfg.validate().unwrap();
-        assert_eq!(
-            total_epochs(&cfg) as u64,
-            case["epochs_trained"].as_u64().unwrap(),
-            "{name}: epochs trained"
-        );
-        let steps_per_epoch = case["steps_per_epoch"].as_u64().unwrap() as usize;
-        let schedule = Schedule::new(&cfg, steps_per_epoch, 256);
-        let timm: Vec<f64> = case["lrs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        assert_eq!(timm.len(), total_epochs(&cfg) * steps_per_epoch, "{name}");
-        for (step, want) in timm.iter().enumerate() {
-            let got = schedule.lr(step);
-            assert!(
-                (got - want).abs() <= 1e-12 * want.abs().max(1e-6),
-                "{name}: step {step}: {got} vs timm {want}"
+fn timm_and_torchvision_styles_equal_their_schedulers() {
+    for (file, style, min_cases) in
+        [("timm_schedules.json", "timm", 8), ("torchvision_schedules.json", "torchvision", 5)]
+    {
+        let path = common::repo().join("tests/golden").join(file);
+        let golden: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let cases = golden["cases"].as_array().unwrap();
+        assert!(cases.len() >= min_cases, "{file}");
+        for case in cases {
+            let name = format!("{style} {}", case["name"].as_str().unwrap());
+            let mut keys = case["keys"].clone();
+            keys["schedule_style"] = style.into();
+            let cfg: TrainConfig = serde_json::from_value(keys).unwrap();
+            cfg.validate().unwrap();
+            assert_eq!(
+                total_epochs(&cfg) as u64,
+                case["epochs_trained"].as_u64().unwrap(),
+                "{name}: epochs trained"
             );
+            let steps_per_epoch = case["steps_per_epoch"].as_u64().unwrap() as usize;
+            let schedule = Schedule::new(&cfg, steps_per_epoch, 256);
+            let want: Vec<f64> =
+                case["lrs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            assert_eq!(want.len(), total_epochs(&cfg) * steps_per_epoch, "{name}");
+            for (step, want) in want.iter().enumerate() {
+                let got = schedule.lr(step);
+                assert!(
+                    (got - want).abs() <= 1e-12 * want.abs().max(1e-6),
+                    "{name}: step {step}: {got} vs {want}"
+                );
+            }
         }
     }
 }

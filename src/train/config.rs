@@ -199,12 +199,14 @@ pub struct TrainConfig {
     /// warmup, FFCV's triangular schedule).
     #[arg(long, value_enum, default_value_t = ScheduleKind::Cosine)]
     pub schedule: ScheduleKind,
-    /// Whose schedule semantics: torchvision (its reference scripts', per step: warmup from 0
-    /// inside `epochs`, the decay over the epochs after it) or timm (train.py's: one change per
-    /// epoch, warmup from `warmup_lr`, the decay over all `epochs` counting the warmup ones).
-    #[arg(long, value_enum, default_value_t = ScheduleStyle::Torchvision)]
+    /// Whose schedule semantics: per-step (a new lr every optimizer step: warmup from 0 inside
+    /// `epochs`, the decay over the epochs after it), torchvision (its classification
+    /// reference's: one change per epoch, warmup from `lr_warmup_decay` x the peak, the decay
+    /// over the epochs after it) or timm (train.py's: one change per epoch, warmup from
+    /// `warmup_lr`, the decay over all `epochs` counting the warmup ones).
+    #[arg(long, value_enum, default_value_t = ScheduleStyle::PerStep)]
     pub schedule_style: ScheduleStyle,
-    /// Linear warmup, in epochs (fractions allowed with the torchvision style), inside `epochs`
+    /// Linear warmup, in epochs (fractions allowed with the per-step style), inside `epochs`
     /// (before them with timm's `warmup_prefix`).
     #[arg(long, default_value_t = 0.0)]
     pub warmup_epochs: f64,
@@ -212,6 +214,10 @@ pub struct TrainConfig {
     /// default 1e-5).
     #[arg(long)]
     pub warmup_lr: Option<f64>,
+    /// torchvision style: the warmup's first learning rate as a fraction of the peak
+    /// (torchvision's `lr_warmup_decay`, LinearLR's start factor; unset: its default 0.01).
+    #[arg(long)]
+    pub lr_warmup_decay: Option<f64>,
     /// timm style: the decay starts after the warmup epochs, which are added to the run (timm's
     /// `warmup_prefix`).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]

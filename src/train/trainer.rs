@@ -15,7 +15,7 @@ use super::eval::{evaluate_sums, prepare, EvalResult, EvalSums};
 use super::guards::{Decision, Stop};
 use super::metrics::{EpochRecord, RunLog, StepRecord};
 use super::run_dir::{self, RunLock};
-use super::schedule::{total_epochs, Schedule};
+use super::schedule::{total_epochs, Schedule, ScheduleStyle};
 use crate::data::dataset::ImageFolder;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{synthetic, transform::Transform};
@@ -377,14 +377,15 @@ impl Trainer {
             main,
             "schedule   {}, {} {} x {} epochs{} x {steps_per_epoch} steps, global batch {global_batch}, peak lr {:.4}, warmup {}{}",
             format!("{:?}", cfg.opt).to_lowercase(),
-            format!("{:?}", cfg.schedule_style).to_lowercase(),
+            cfg.schedule_style.name(),
             format!("{:?}", cfg.schedule).to_lowercase(),
             total_epochs(cfg),
             if cfg.cooldown_epochs > 0 { format!(" ({} cooldown)", cfg.cooldown_epochs) } else { String::new() },
             schedule.peak_lr,
-            match schedule.steps_per_tick {
-                1 => format!("{} steps", schedule.warmup),
-                _ => format!("{} epochs from {:e}", schedule.warmup, schedule.warmup_lr),
+            match (schedule.warmup, schedule.style) {
+                (0, _) => "none".to_string(),
+                (w, ScheduleStyle::PerStep) => format!("{w} steps"),
+                (w, _) => format!("{w} {} from {:e}", if schedule.steps_per_tick == 1 { "steps" } else { "epochs" }, schedule.warmup_lr),
             },
             if resume.is_some() { format!(", resuming at epoch {} step {}", state.epoch, state.step) } else { String::new() }
         );
