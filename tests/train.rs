@@ -689,6 +689,35 @@ fn initial_checkpoint_starts_a_run_from_a_files_weights() {
     let (ok, text) = train(&["--resume", ft.to_str().unwrap(), "--max-steps", "2"]);
     assert!(ok && !text.contains("model weights from"), "{text}");
 
+    // As many classes under other names: taken, and said.
+    let other = dir.path().join("other");
+    synthetic::write_dataset(&other, 2, 1, 40, 4).unwrap();
+    for split in ["train", "val"] {
+        std::fs::rename(other.join(split).join("circle"), other.join(split).join("a_circle")).unwrap();
+    }
+    let ft_last = ft.join("last.safetensors");
+    let out = std::process::Command::new(common::bin())
+        .current_dir(common::repo())
+        .args(["train", "--config", "configs/smoke-cpu.toml", "--workers", "1", "--max-steps", "1"])
+        .args([
+            "--name",
+            "renamed",
+            "--data",
+            other.to_str().unwrap(),
+            "--output",
+            dir.path().to_str().unwrap(),
+        ])
+        .args(["--initial-checkpoint", ft_last.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("classes differ from the data's (class 0: checker in the file, a_circle in the data)"),
+        "{text}"
+    );
+    assert!(!text.contains("start at their init"), "same activation: coefficients taken: {text}");
+
     // Another architecture: refused, naming the file.
     let r34 = dir.path().join("r34.safetensors");
     let (ok, text) = run(&["init", "--arch", "resnet34", "--out", r34.to_str().unwrap()]);

@@ -223,8 +223,14 @@ pub fn load_into(vs: &mut nn::VarStore, file: &WeightsFile, path: &Path) -> Resu
 /// model in `vs`, whose config is `model`: strict for the convolutions and BatchNorms, with two
 /// exceptions fine-tuning needs, each reported in the returned notes: a classifier of another
 /// size (other classes) and activation coefficients the file lacks or holds for another
-/// activation (a torchvision ReLU ResNet started as PolyNorm) keep their init.
-pub fn load_initial(vs: &mut nn::VarStore, model: &ResNetConfig, path: &Path) -> Result<Vec<String>> {
+/// activation (a torchvision ReLU ResNet started as PolyNorm) keep their init. `classes`: the
+/// data's class names, compared with those the file records when the counts match.
+pub fn load_initial(
+    vs: &mut nn::VarStore,
+    model: &ResNetConfig,
+    classes: &[String],
+    path: &Path,
+) -> Result<Vec<String>> {
     let file = read(path)?;
     let source = file.model_config(path)?;
     if (source.arch, source.small_stem) != (model.arch, model.small_stem) {
@@ -241,6 +247,7 @@ pub fn load_initial(vs: &mut nn::VarStore, model: &ResNetConfig, path: &Path) ->
         ));
     }
     let live = vs.variables();
+    let recorded_classes = file.class_names();
     let mut tensors = file.tensors;
     let mut notes = Vec::new();
     // The model's own (initial) values for the keys `keep` selects; the file's others of them go.
@@ -261,6 +268,14 @@ pub fn load_initial(vs: &mut nn::VarStore, model: &ResNetConfig, path: &Path) ->
             source.num_classes,
             model.num_classes
         ));
+    } else if let Some(names) = recorded_classes.filter(|n| n.as_slice() != classes) {
+        if let Some((i, (a, b))) = names.iter().zip(classes).enumerate().find(|(_, (a, b))| a != b) {
+            notes.push(format!(
+                "{}'s classes differ from the data's (class {i}: {a} in the file, {b} in the data): the \
+                 classifier's rows are taken as they are",
+                path.display()
+            ));
+        }
     }
     let is_act = |k: &str| super::resnet::param_group(k, &[]) == super::ParamGroup::Activation;
     let same_act = (source.act.kind, source.act.order) == (model.act.kind, model.act.order);

@@ -156,11 +156,11 @@ impl Engine {
     }
 
     /// Replaces the fresh init with the weights of `path` (`initial_checkpoint`; see
-    /// `weights::load_initial`), before any step: the EMA restarts from them. Returns what was
-    /// kept at its init.
-    pub fn load_initial(&mut self, path: &Path) -> Result<Vec<String>> {
+    /// `weights::load_initial`; `classes`: the data's), before any step: the EMA restarts from
+    /// them. Returns what was kept at its init or differs.
+    pub fn load_initial(&mut self, path: &Path, classes: &[String]) -> Result<Vec<String>> {
         let model_cfg = self.cfg.model(self.num_classes);
-        let notes = weights::load_initial(&mut self.vs, &model_cfg, path)?;
+        let notes = weights::load_initial(&mut self.vs, &model_cfg, classes, path)?;
         if self.cfg.model_ema {
             self.ema = Some(ModelEma::new(&self.vs, model_cfg, ema_config(&self.cfg))?);
         }

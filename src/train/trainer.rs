@@ -264,7 +264,7 @@ impl Trainer {
             engine.cfg.initial_checkpoint.clone().filter(|_| !(resume.is_some() && has_checkpoint))
         {
             notes.push(format!("model weights from {}", path.display()));
-            notes.extend(engine.load_initial(&path)?);
+            notes.extend(engine.load_initial(&path, &classes)?);
         }
         let world = dist.as_ref().map_or(1, |d| d.world());
         if engine.cfg.sync_bn && dist.is_none() {
