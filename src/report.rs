@@ -1,6 +1,6 @@
 //! Figures, as SVG or PNG (by extension): `report`'s training curves of one or several runs —
-//! train loss and eval top-1/top-5 against epoch, and train loss against wall time — and the
-//! stability ablation's heatmaps.
+//! train loss, eval top-1/top-5, eval loss and the learning rate against epoch, and train loss
+//! against wall time — and the stability ablation's heatmaps.
 
 use crate::error::{Error, Result};
 use crate::model::{ActInit, ActKind};
@@ -75,7 +75,7 @@ macro_rules! render {
 
 /// Draws the figure to `out` (.svg or .png).
 pub fn draw(runs: &[RunCurves], out: &Path) -> Result<()> {
-    render!(out, (1400, 900), panels(runs))
+    render!(out, (2000, 900), panels(runs))
 }
 
 /// A group of runs drawn as one curve: the mean over its runs with a band of ± one standard
@@ -362,7 +362,7 @@ fn panels<DB: DrawingBackend>(
     runs: &[RunCurves],
 ) -> std::result::Result<(), String> {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let areas = root.split_evenly((2, 2));
+    let areas = root.split_evenly((2, 3));
     let pick = |f: &dyn Fn(&EpochRecord) -> Option<f64>, x_time: bool| -> Vec<Series> {
         runs.iter()
             .map(|r| {
@@ -376,10 +376,13 @@ fn panels<DB: DrawingBackend>(
             })
             .collect()
     };
-    let specs: [(&str, &str, Vec<Series>); 4] = [
+    let specs: [(&str, &str, Vec<Series>); 6] = [
         ("train loss", "epoch", pick(&|e| Some(e.train_loss), false)),
         ("eval top-1 (%)", "epoch", pick(&|e| e.eval_top1, false)),
         ("eval top-5 (%)", "epoch", pick(&|e| e.eval_top5, false)),
+        ("eval loss", "epoch", pick(&|e| e.eval_loss, false)),
+        // The epoch's last step: shows the schedule style's shape (warmup, decay, cooldown).
+        ("learning rate", "epoch", pick(&|e| Some(e.lr), false)),
         ("train loss", "wall time (min)", pick(&|e| Some(e.train_loss), true)),
     ];
     for (area, (title, xlabel, series)) in areas.iter().zip(specs) {

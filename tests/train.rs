@@ -112,6 +112,7 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
         }
         let svg = std::fs::read_to_string(dir.path().join("curves.svg")).unwrap();
         assert!(svg.contains("eval top-1") && svg.contains("resumed") && svg.contains("full"));
+        assert!(svg.contains("eval loss vs epoch") && svg.contains("learning rate vs epoch"));
     } else {
         eprintln!("SKIP report figure: no DejaVuSans.ttf (scripts/bootstrap.sh installs fonts-dejavu-core)");
     }
