@@ -6,6 +6,7 @@
 mod common;
 
 use resnet_train::data::synthetic;
+use std::path::Path;
 
 #[test]
 fn every_shipped_training_config_runs_two_steps() {
@@ -73,6 +74,24 @@ fn every_shipped_training_config_runs_two_steps() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// Trains `configs/<config>` as run `name` at the tests' tiny size (ResNet-18, 32 px, batch 4,
+/// CPU, one worker) on `data` into `out`, with `extra` flags.
+fn train_recipe(config: &str, name: &str, data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::bin())
+        .arg("train")
+        .arg("--config")
+        .arg(common::repo().join("configs").join(config))
+        .args(["--arch", "resnet18", "--train-size", "32", "--eval-size", "32", "--batch-size", "4"])
+        .args(["--device", "cpu", "--workers", "1", "--name", name])
+        .args(extra)
+        .arg("--data")
+        .arg(data)
+        .arg("--output")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 /// FFCV's recipe end to end for two short epochs: progressive resizing (16 px, then 32 px), the
 /// triangular schedule, and evaluation with flip test-time augmentation.
 #[test]
@@ -80,19 +99,13 @@ fn ffcv_recipe_trains_two_epochs_and_evaluates_with_flips() {
     let dir = common::tmpdir();
     let data = dir.path().join("data");
     synthetic::write_dataset(&data, 4, 2, 40, 4).unwrap();
-    let out = std::process::Command::new(common::bin())
-        .arg("train")
-        .arg("--config")
-        .arg(common::repo().join("configs/resnet50-ffcv-16ep.toml"))
-        .args(["--arch", "resnet18", "--epochs", "2", "--train-size", "32", "--min-res", "16"])
-        .args(["--start-ramp", "0", "--end-ramp", "1", "--eval-size", "32", "--batch-size", "4"])
-        .args(["--warmup-epochs", "1", "--device", "cpu", "--workers", "1", "--name", "ffcv"])
-        .arg("--data")
-        .arg(&data)
-        .arg("--output")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = train_recipe(
+        "resnet50-ffcv-16ep.toml",
+        "ffcv",
+        &data,
+        dir.path(),
+        &["--epochs", "2", "--min-res", "16", "--start-ramp", "0", "--end-ramp", "1", "--warmup-epochs", "1"],
+    );
     assert!(out.status.success(), "{}", common::output_text(&out));
     let summary = common::summary_without_time(&dir.path().join("ffcv"));
     assert_eq!(summary.len(), 3, "{summary:?}"); // header + 2 epochs
@@ -113,30 +126,26 @@ fn timm_schedule_trains_its_cooldown_with_one_lr_per_epoch() {
     let dir = common::tmpdir();
     let data = dir.path().join("data");
     synthetic::write_dataset(&data, 4, 1, 40, 4).unwrap();
-    let out = std::process::Command::new(common::bin())
-        .arg("train")
-        .arg("--config")
-        .arg(common::repo().join("configs/resnet50-rsb-a3.toml"))
-        .args(["--arch", "resnet18", "--epochs", "2", "--warmup-epochs", "1", "--cooldown-epochs", "1"])
-        .args(["--warmup-lr", "1e-4", "--min-lr", "2e-4", "--lr", "0.064", "--batch-size", "4"])
-        .args([
-            "--train-size",
-            "32",
-            "--eval-size",
-            "32",
-            "--device",
-            "cpu",
-            "--workers",
+    let out = train_recipe(
+        "resnet50-rsb-a3.toml",
+        "timm",
+        &data,
+        dir.path(),
+        &[
+            "--epochs",
+            "2",
+            "--warmup-epochs",
             "1",
-            "--name",
-            "timm",
-        ])
-        .arg("--data")
-        .arg(&data)
-        .arg("--output")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+            "--cooldown-epochs",
+            "1",
+            "--warmup-lr",
+            "1e-4",
+            "--min-lr",
+            "2e-4",
+            "--lr",
+            "0.064",
+        ],
+    );
     let text = common::output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("lamb, timm cosine x 3 epochs (1 cooldown)"), "{text}");

@@ -138,29 +138,19 @@ impl Schedule {
     /// The learning rate for optimizer step `step` (0-based).
     pub fn lr(&self, step: usize) -> f64 {
         let t = step / self.steps_per_tick.max(1);
+        if t < self.warmup {
+            return match self.style {
+                ScheduleStyle::PerStep => self.peak_lr * (t + 1) as f64 / self.warmup as f64,
+                // Linear from warmup_lr, in timm's order of operations (torchvision's LinearLR,
+                // peak · (start + (1 − start) · t / W), is the same line).
+                _ => self.warmup_lr + t as f64 * ((self.peak_lr - self.warmup_lr) / self.warmup as f64),
+            };
+        }
         match self.style {
-            ScheduleStyle::PerStep => {
-                if t < self.warmup {
-                    return self.peak_lr * (t + 1) as f64 / self.warmup as f64;
-                }
-                self.decay(t - self.warmup, self.length.saturating_sub(self.warmup))
-            }
-            ScheduleStyle::Torchvision => {
-                if t < self.warmup {
-                    // LinearLR: peak · (start + (1 − start) · t / W), start = warmup_lr / peak.
-                    let start = self.warmup_lr / self.peak_lr;
-                    return self.peak_lr * (start + (1.0 - start) * t as f64 / self.warmup as f64);
-                }
-                self.decay(t - self.warmup, self.length.saturating_sub(self.warmup))
-            }
             ScheduleStyle::Timm => {
-                if t < self.warmup {
-                    // timm's order of operations, for the same floats.
-                    let per_tick = (self.peak_lr - self.warmup_lr) / self.warmup as f64;
-                    return self.warmup_lr + t as f64 * per_tick;
-                }
                 self.decay(if self.warmup_prefix { t - self.warmup } else { t }, self.length)
             }
+            _ => self.decay(t - self.warmup, self.length.saturating_sub(self.warmup)),
         }
     }
 
