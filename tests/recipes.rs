@@ -161,3 +161,41 @@ fn timm_schedule_trains_its_cooldown_with_one_lr_per_epoch() {
         }
     }
 }
+
+/// timm's cycles and learning-rate noise end to end: 1 epoch per cycle, 3 cycles (each peak half
+/// the last), noise from half way through the first: the run trains all 3 cycles, and every step
+/// logs the schedule's value for its step (tests/train.rs checks those against timm's own).
+#[test]
+fn timm_cycles_and_noise_train_every_cycle() {
+    use resnet_train::train::{config::read_run, schedule::Schedule};
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 4, 1, 40, 4).unwrap();
+    let args = ["--epochs", "1", "--warmup-epochs", "0", "--lr-cycle-limit", "3", "--lr-cycle-decay", "0.5"];
+    let out = train_recipe(
+        "resnet50-rsb-a3.toml",
+        "cycles",
+        &data,
+        dir.path(),
+        &[&args[..], &["--lr-noise", "0.5", "--seed", "3", "--lr", "0.064"]].concat(),
+    );
+    let text = common::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("timm cosine x 3 epochs (3 cycles, lr noise)"), "{text}");
+    let run = dir.path().join("cycles");
+    let steps = common::step_records(&run);
+    let per_epoch = steps.len() / 3;
+    assert!(per_epoch >= 2 && steps.len() == 3 * per_epoch, "{} steps", steps.len());
+    let (cfg, _) = read_run(&run).unwrap();
+    let schedule = Schedule::new(&cfg, per_epoch, 4);
+    let peak = 0.064 * 4.0 / 256.0;
+    for s in &steps {
+        let epoch = s.step / per_epoch;
+        assert_eq!(s.lr, schedule.lr(s.step), "step {}", s.step);
+        // Each cycle restarts at its peak (times 1 + noise after the first epoch, |noise| < 0.67).
+        let cycle_peak = peak * 0.5f64.powi(epoch as i32);
+        let bound = if epoch == 0 { 1e-15 } else { 0.67 * cycle_peak };
+        assert!((s.lr - cycle_peak).abs() <= bound, "epoch {epoch}: lr {} vs {cycle_peak}", s.lr);
+    }
+    assert_ne!(steps[per_epoch].lr, peak * 0.5, "noise applied from epoch 1");
+}

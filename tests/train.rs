@@ -229,29 +229,42 @@ fn adamw_lamb_with_ema_and_bce_resume_exactly_and_the_ema_is_evaluated_and_loada
     assert!(!out.status.success() && err.contains("no EMA weights"), "{err}");
 }
 
+/// The per-step style (a new learning rate every step, warmup from 0) against closed forms, for
+/// every decay kind: 10 steps per epoch, 1 warmup epoch, 11 epochs, peak 0.4, min 0.01.
 #[test]
 fn schedules_match_closed_forms() {
-    let s = Schedule {
-        kind: ScheduleKind::Cosine,
-        style: ScheduleStyle::PerStep,
-        peak_lr: 0.4,
-        min_lr: 0.01,
-        steps_per_tick: 1,
-        warmup: 10,
-        warmup_lr: 0.0,
-        warmup_prefix: false,
-        length: 110,
-        step_every: 0,
-        gamma: 0.1,
+    let schedule = |extra: &str| {
+        let toml = format!("lr = 0.4\nepochs = 11\nwarmup_epochs = 1.0\nmin_lr = 0.01\n{extra}");
+        let cfg: TrainConfig = toml::from_str(&toml).unwrap();
+        cfg.validate().unwrap();
+        Schedule::new(&cfg, 10, 256)
     };
-    assert!((s.lr(0) - 0.04).abs() < 1e-12); // linear warmup: (step + 1) / warmup * peak
-    assert!((s.lr(9) - 0.4).abs() < 1e-12);
-    assert!((s.lr(10) - 0.4).abs() < 1e-12);
-    assert!((s.lr(60) - (0.01 + 0.5 * 0.39 * (1.0 + (std::f64::consts::PI * 0.5).cos()))).abs() < 1e-12);
-    assert!((s.lr(110) - 0.01).abs() < 1e-12);
-    let st = Schedule { kind: ScheduleKind::Step, warmup: 0, step_every: 30, min_lr: 0.0, ..s };
-    assert_eq!([st.lr(0), st.lr(29)], [0.4, 0.4]);
-    assert!((st.lr(30) - 0.04).abs() < 1e-12 && (st.lr(65) - 0.004).abs() < 1e-12);
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    let s = schedule("");
+    assert_eq!(
+        (s.kind, s.style, s.warmup, s.length),
+        (ScheduleKind::Cosine, ScheduleStyle::PerStep, 10, 110)
+    );
+    assert!(close(s.lr(0), 0.04)); // linear warmup: (step + 1) / warmup * peak
+    assert!(close(s.lr(9), 0.4) && close(s.lr(10), 0.4));
+    assert!(close(s.lr(60), 0.01 + 0.5 * 0.39 * (1.0 + (std::f64::consts::PI * 0.5).cos())));
+    assert!(close(s.lr(110), 0.01));
+    // Poly: (1 - f)^power; tanh: timm's curve from tanh(-7) to tanh(3), then min_lr.
+    let poly = schedule("schedule = \"poly\"\npoly_power = 2.0");
+    assert!(close(poly.lr(60), 0.01 + 0.39 * 0.25) && close(poly.lr(109), 0.01 + 0.39 * 0.0001));
+    let tanh = schedule("schedule = \"tanh\"");
+    assert!(close(tanh.lr(60), 0.01 + 0.5 * 0.39 * (1.0 - (-7.0 * 0.5 + 3.0 * 0.5f64).tanh())));
+    assert!(close(tanh.lr(110), 0.01) && tanh.lr(109) > 0.01);
+    assert!(close(schedule("schedule = \"constant\"").lr(100), 0.4));
+    // Step and multistep count after the warmup; min_lr is a floor.
+    let st = schedule("schedule = \"step\"\nstep_epochs = 3");
+    assert_eq!([st.lr(10), st.lr(39)], [0.4, 0.4]);
+    assert!(close(st.lr(40), 0.04) && close(st.lr(69), 0.04) && st.lr(70) == 0.01); // 0.004, floored
+    let ms = schedule("schedule = \"multistep\"\ndecay_milestones = [2, 5]\nstep_gamma = 0.5");
+    assert_eq!(
+        [ms.lr(10), ms.lr(29), ms.lr(30), ms.lr(59), ms.lr(60), ms.lr(109)],
+        [0.4, 0.4, 0.2, 0.2, 0.1, 0.1]
+    );
 }
 
 /// `schedule_style = "timm"` against timm's own schedulers stepped as timm's train.py steps them
@@ -262,7 +275,7 @@ fn schedules_match_closed_forms() {
 #[test]
 fn timm_and_torchvision_styles_equal_their_schedulers() {
     for (file, style, min_cases) in
-        [("timm_schedules.json", "timm", 8), ("torchvision_schedules.json", "torchvision", 5)]
+        [("timm_schedules.json", "timm", 23), ("torchvision_schedules.json", "torchvision", 11)]
     {
         let path = common::repo().join("tests/golden").join(file);
         let golden: serde_json::Value =
@@ -311,6 +324,32 @@ fn schedule_keys_are_checked() {
         .contains("--warmup-epochs must be a whole number"));
     assert!(err("schedule_style = \"timm\"\nwarmup_lr = -1.0").contains("--warmup-lr must be"));
     assert!(err("schedule = \"step\"\ncooldown_epochs = 2").contains("--cooldown-epochs applies"));
+    assert!(
+        err("schedule = \"multistep\"\ncooldown_epochs = 2").contains("the multistep schedule has no end")
+    );
+    // timm's cycles, k-decay and noise; torchvision's warmup method: their styles only.
+    for key in ["lr_cycle_limit = 2", "lr_cycle_mul = 2.0", "lr_cycle_decay = 0.5", "lr_k_decay = 2.0"] {
+        let flag = format!("--{} is timm's", key.split(' ').next().unwrap().replace('_', "-"));
+        assert!(err(key).contains(&flag), "{key}");
+    }
+    assert!(err("lr_noise = [0.5]").contains("--lr-noise is timm's"));
+    assert!(err("lr_warmup_method = \"constant\"").contains("--lr-warmup-method is torchvision's"));
+    let timm = |extra: &str| err(&format!("schedule_style = \"timm\"\n{extra}"));
+    assert!(
+        timm("schedule = \"step\"\nlr_cycle_limit = 2").contains("--lr-cycle-limit applies to timm's cycle")
+    );
+    assert!(timm("schedule = \"tanh\"\nlr_k_decay = 2.0").contains("--lr-k-decay applies"));
+    assert!(timm("lr_cycle_limit = 0").contains("--lr-cycle-limit must be in 1..=1000"));
+    assert!(timm("lr_cycle_mul = -1.0").contains("--lr-cycle-mul must be a finite number > 0"));
+    assert!(timm("lr_noise = [0.5, 0.2]").contains("--lr-noise must be one fraction"));
+    assert!(timm("lr_noise = [0.1, 0.5, 0.9]").contains("--lr-noise must be one fraction"));
+    assert!(timm("lr_noise = [0.5]\nlr_noise_pct = 0.001").contains("must be at least 0.01"));
+    assert!(
+        err("schedule = \"multistep\"\ndecay_milestones = [30, 20]").contains("--decay-milestones must be")
+    );
+    assert!(err("schedule = \"multistep\"\ndecay_milestones = []").contains("--decay-milestones must be"));
+    assert!(err("schedule = \"poly\"\npoly_power = 0.0").contains("--poly-power must be"));
+    assert_eq!(timm("lr_cycle_limit = 3\nlr_cycle_mul = 2.0\nlr_noise = [0.2, 0.9]\nlr_k_decay = 0.5"), "");
     assert_eq!(
         err("schedule_style = \"timm\"\nwarmup_epochs = 5.0\nwarmup_prefix = true\ncooldown_epochs = 3"),
         ""

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <algorithm>
@@ -161,6 +162,15 @@ int rt_set_allow_tf32(int allow, char **err) {
   });
 }
 
+
+int rt_seeded_randn(uint64_t seed, int n, double *out, char **err) {
+  return guarded(err, [&] {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    // One draw per call, as `torch.randn(1, generator=g)` in a loop draws them (a draw of n
+    // elements at once takes another path through the normal kernel).
+    for (int i = 0; i < n; i++) out[i] = static_cast<double>(at::randn({1}, gen).item<float>());
+  });
+}
 
 int rt_foreach_sgd(rt_tensor *params, rt_tensor *grads, rt_tensor *bufs, int n, double lr, double momentum,
                    double weight_decay, int nesterov, int first_step, char **err) {

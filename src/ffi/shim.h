@@ -30,6 +30,10 @@ int rt_pin_memory(rt_tensor t, rt_tensor *out, char **err);
 // TF32 on CUDA matmuls and cuDNN convolutions.
 int rt_set_allow_tf32(int allow, char **err);
 
+// n successive torch.randn(1, generator=g) values (float32, widened) from a CPU generator seeded
+// with `seed` (torch.Generator().manual_seed(seed)): timm's learning-rate noise.
+int rt_seeded_randn(uint64_t seed, int n, double *out, char **err);
+
 // Multi-tensor (foreach) kernels over lists of n tensors, as torch.optim and GradScaler use them.
 // SGD (torch.optim.SGD's _multi_tensor_sgd, dampening 0): grads += wd * params;
 // bufs = momentum * bufs + grads (bufs = grads on the first step); step = nesterov ?

@@ -18,6 +18,7 @@ extern "C" {
     fn rt_is_channels_last(t: *mut c_void, out: *mut c_int, err: *mut *mut c_char) -> c_int;
     fn rt_pin_memory(t: *mut c_void, out: *mut *mut c_void, err: *mut *mut c_char) -> c_int;
     fn rt_set_allow_tf32(allow: c_int, err: *mut *mut c_char) -> c_int;
+    fn rt_seeded_randn(seed: u64, n: c_int, out: *mut f64, err: *mut *mut c_char) -> c_int;
     fn rt_foreach_sgd(
         params: *mut *mut c_void,
         grads: *mut *mut c_void,
@@ -744,6 +745,16 @@ pub fn is_channels_last(t: &Tensor) -> Result<bool> {
 pub fn set_allow_tf32(allow: bool) -> Result<()> {
     // SAFETY: plain value argument.
     call("tf32", |e| unsafe { rt_set_allow_tf32(allow as c_int, e) })
+}
+
+/// The first `n` values of `torch.randn(1, generator=g)` called in a loop on a CPU generator
+/// seeded with `seed`: torch's own draws, so that timm's learning-rate noise is reproduced exactly.
+pub fn seeded_randn(seed: u64, n: usize) -> Result<Vec<f64>> {
+    let mut out = vec![0.0f64; n];
+    let count = c_int::try_from(n).map_err(|_| Error::Usage(format!("{n} draws are too many")))?;
+    // SAFETY: `out` holds `n` writable doubles for the call's duration.
+    call("seeded randn", |e| unsafe { rt_seeded_randn(seed, count, out.as_mut_ptr(), e) })?;
+    Ok(out)
 }
 
 /// Loads libtorch_cuda.so next to the libtorch_cpu.so this process uses, so that `--device cuda`

@@ -10,7 +10,7 @@
 use super::amp::Precision;
 use super::ema::EmaBuffers;
 use super::optim::OptKind;
-use super::schedule::{LrScaling, ScheduleKind, ScheduleStyle};
+use super::schedule::{LrScaling, ScheduleKind, ScheduleStyle, WarmupMethod};
 use super::stability::Remedy;
 use crate::error::{Error, Result};
 use crate::model::{ActConfig, ActImpl, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
@@ -195,8 +195,11 @@ pub struct TrainConfig {
     /// Apply weight decay to the PolyCom coefficients too.
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub act_weight_decay: bool,
-    /// Learning-rate schedule after warmup: cosine (to min_lr), step, or linear (to min_lr; with a
-    /// warmup, FFCV's triangular schedule).
+    /// Learning-rate schedule after warmup: cosine (to min_lr), step (x step_gamma every
+    /// step_epochs; step_epochs = 1 is torch's ExponentialLR), multistep (x step_gamma at each of
+    /// decay_milestones), linear (to min_lr; with a warmup, FFCV's triangular schedule), poly ((1 -
+    /// t/T)^poly_power to min_lr), tanh (timm's hyperbolic-tangent decay to min_lr) or constant
+    /// (the peak after the warmup).
     #[arg(long, value_enum, default_value_t = ScheduleKind::Cosine)]
     pub schedule: ScheduleKind,
     /// Whose schedule semantics: per-step (a new lr every optimizer step: warmup from 0 inside
@@ -226,19 +229,64 @@ pub struct TrainConfig {
     /// `sched_on_updates`).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub sched_on_updates: bool,
-    /// Epochs trained at `min_lr` after `epochs` (cosine and linear schedules; timm's
+    /// Epochs trained at `min_lr` after `epochs` (cosine, linear, poly and tanh schedules; timm's
     /// `cooldown_epochs`).
     #[arg(long, default_value_t = 0)]
     pub cooldown_epochs: usize,
-    /// The cosine and linear schedules' final learning rate.
+    /// The cosine, linear, poly and tanh schedules' final learning rate (a floor for step and
+    /// multistep, except in the timm style, as timm).
     #[arg(long, default_value_t = 0.0)]
     pub min_lr: f64,
     /// Step schedule: decay every this many epochs...
     #[arg(long, default_value_t = 30)]
     pub step_epochs: usize,
-    /// ... by this factor.
+    /// ... by this factor (also multistep's factor; timm's `decay_rate`).
     #[arg(long, default_value_t = 0.1)]
     pub step_gamma: f64,
+    /// Multistep schedule: the epochs at which the learning rate is multiplied by step_gamma
+    /// (Goyal et al.'s 90-epoch ResNet-50: 30,60,80). Per-step and torchvision styles count them
+    /// after the warmup, as torch's MultiStepLR in a SequentialLR does; the timm style counts them
+    /// from epoch 0 and applies milestone m from epoch m - 1 on, as timm's MultiStepLRScheduler
+    /// does (timm's `decay_milestones`).
+    #[arg(long, value_delimiter = ',', default_values_t = [30, 60, 80])]
+    pub decay_milestones: Vec<usize>,
+    /// Poly schedule's power (timm's `--sched poly` takes it from `decay_rate`, default 0.1;
+    /// torch's PolynomialLR: `power`, default 1).
+    #[arg(long, default_value_t = 1.0)]
+    pub poly_power: f64,
+    /// torchvision style: the warmup's shape, linear (LinearLR from lr_warmup_decay x the peak) or
+    /// constant (ConstantLR: lr_warmup_decay x the peak throughout) (torchvision's
+    /// `lr_warmup_method`; unset: linear).
+    #[arg(long, value_enum)]
+    pub lr_warmup_method: Option<WarmupMethod>,
+    /// timm style, cosine/tanh/poly: the learning rate restarts every cycle; this many cycles
+    /// (timm's `lr_cycle_limit`; unset: 1, no restart). The run trains them all.
+    #[arg(long)]
+    pub lr_cycle_limit: Option<usize>,
+    /// timm style: each cycle is this many times longer than the last (timm's `lr_cycle_mul`;
+    /// unset: 1).
+    #[arg(long)]
+    pub lr_cycle_mul: Option<f64>,
+    /// timm style: each cycle's peak is the last one's times this (timm's `lr_cycle_decay`;
+    /// unset: timm train.py's 0.5).
+    #[arg(long)]
+    pub lr_cycle_decay: Option<f64>,
+    /// timm style, cosine/poly: k-decay (Zhang et al. 2020): the decay follows t^k / T^k instead of
+    /// t / T (timm's `lr_k_decay`; unset: 1).
+    #[arg(long)]
+    pub lr_k_decay: Option<f64>,
+    /// timm style: learning-rate noise from this fraction of `epochs` on, or between two
+    /// fractions (`0.4,0.9`): lr x (1 + n), n ~ N(0, lr_noise_std) redrawn until |n| <
+    /// lr_noise_pct, seeded by `seed` + the schedule's tick, drawn by torch's own generator, so
+    /// the values are timm's (timm's `lr_noise`).
+    #[arg(long, value_delimiter = ',')]
+    pub lr_noise: Option<Vec<f64>>,
+    /// timm style: the noise's bound (timm's `lr_noise_pct`; unset: 0.67).
+    #[arg(long)]
+    pub lr_noise_pct: Option<f64>,
+    /// timm style: the noise's standard deviation (timm's `lr_noise_std`; unset: 1).
+    #[arg(long)]
+    pub lr_noise_std: Option<f64>,
     /// Micro-steps per optimizer step (gradient accumulation).
     #[arg(long, default_value_t = 1)]
     pub accum_steps: usize,

@@ -380,7 +380,7 @@ impl Trainer {
             cfg.schedule_style.name(),
             format!("{:?}", cfg.schedule).to_lowercase(),
             total_epochs(cfg),
-            if cfg.cooldown_epochs > 0 { format!(" ({} cooldown)", cfg.cooldown_epochs) } else { String::new() },
+            schedule_extras(cfg),
             schedule.peak_lr,
             match (schedule.warmup, schedule.style) {
                 (0, _) => "none".to_string(),
@@ -751,4 +751,17 @@ fn loaders(
         _ => (cfg.eval_size, cfg.eval_size),
     };
     Ok((train_loader, val_loader, eval_size))
+}
+
+/// What a schedule adds to its epochs, for the start-up line: " (3 cycles, 1 cooldown, lr noise)".
+fn schedule_extras(cfg: &TrainConfig) -> String {
+    let cycles = cfg.lr_cycle_limit.filter(|&c| c > 1).map(|c| format!("{c} cycles"));
+    let cooldown = (cfg.cooldown_epochs > 0).then(|| format!("{} cooldown", cfg.cooldown_epochs));
+    let noise = cfg.lr_noise.as_ref().map(|_| "lr noise".to_string());
+    let extras: Vec<String> = [cycles, cooldown, noise].into_iter().flatten().collect();
+    if extras.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", extras.join(", "))
+    }
 }

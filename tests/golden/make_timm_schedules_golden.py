@@ -18,7 +18,8 @@ import torch
 from timm.scheduler import create_scheduler_v2
 
 # Our `schedule` kinds in timm's names: `linear` is timm's `poly` with power (decay_rate) 1.
-TIMM_SCHED = {"cosine": "cosine", "step": "step", "linear": "poly"}
+TIMM_SCHED = {"cosine": "cosine", "step": "step", "linear": "poly", "poly": "poly", "tanh": "tanh",
+              "multistep": "multistep", "constant": "constant"}
 
 CASES = [
     # name, our keys, optimizer updates per epoch
@@ -57,6 +58,75 @@ CASES = [
         dict(schedule="linear", lr=0.8, epochs=3, warmup_epochs=1, sched_on_updates=True),
         4,
     ),
+    # tanh: the warmup ends at the tanh curve's value there (timm warms up to _get_lr(warmup_t)).
+    ("tanh-warmup", dict(schedule="tanh", lr=0.3, epochs=8, warmup_epochs=2, min_lr=1e-4), 3),
+    (
+        "tanh-prefix-cooldown",
+        dict(schedule="tanh", lr=0.1, epochs=6, warmup_epochs=1, warmup_prefix=True, cooldown_epochs=2),
+        2,
+    ),
+    # No warmup: the first epoch runs at the optimizer's lr, not the tanh curve's first value.
+    ("tanh-no-warmup", dict(schedule="tanh", lr=0.2, epochs=5), 2),
+    (
+        "tanh-cycles-prefix",
+        dict(schedule="tanh", lr=0.2, epochs=3, warmup_epochs=1, warmup_prefix=True, lr_cycle_limit=2,
+             lr_cycle_decay=0.3),
+        2,
+    ),
+    # multistep: milestone m applies from epoch m - 1 (timm's convention), counted from epoch 0.
+    (
+        "multistep-warmup",
+        dict(schedule="multistep", lr=0.1, epochs=10, warmup_epochs=2, decay_milestones=[3, 6, 8],
+             step_gamma=0.5),
+        2,
+    ),
+    (
+        "multistep-on-updates-prefix",
+        dict(schedule="multistep", lr=0.1, epochs=5, warmup_epochs=1, warmup_prefix=True,
+             decay_milestones=[2, 4], sched_on_updates=True),
+        3,
+    ),
+    ("multistep-milestone-1", dict(schedule="multistep", lr=0.1, epochs=4, decay_milestones=[1, 3]), 2),
+    (
+        "poly-power-k-decay",
+        dict(schedule="poly", poly_power=2.0, lr=0.5, epochs=6, warmup_epochs=1, lr_k_decay=1.5,
+             min_lr=1e-3),
+        3,
+    ),
+    (
+        "cosine-cycles-cooldown",
+        dict(schedule="cosine", lr=0.4, epochs=4, warmup_epochs=1, lr_cycle_limit=3, lr_cycle_decay=0.5,
+             cooldown_epochs=1, min_lr=1e-4),
+        2,
+    ),
+    (
+        "cosine-cycle-mul-k-decay",
+        dict(schedule="cosine", lr=0.4, epochs=3, lr_cycle_limit=3, lr_cycle_mul=2.0, lr_k_decay=0.7),
+        2,
+    ),
+    (
+        "cosine-cycle-mul-on-updates",
+        dict(schedule="cosine", lr=0.1, epochs=2, warmup_epochs=1, lr_cycle_limit=2, lr_cycle_mul=1.5,
+             sched_on_updates=True),
+        4,
+    ),
+    (
+        "linear-cycles",
+        dict(schedule="linear", lr=0.2, epochs=3, lr_cycle_limit=2, lr_cycle_decay=0.5, min_lr=0.01),
+        2,
+    ),
+    (
+        "cosine-noise-range",
+        dict(schedule="cosine", lr=0.1, epochs=10, warmup_epochs=2, lr_noise=[0.3, 0.8], seed=7),
+        2,
+    ),
+    (
+        "step-noise-on-updates",
+        dict(schedule="step", lr=0.1, epochs=6, step_epochs=2, lr_noise=[0.5], lr_noise_pct=0.3,
+             lr_noise_std=0.5, seed=42, sched_on_updates=True),
+        3,
+    ),
+    ("constant-warmup", dict(schedule="constant", lr=0.1, epochs=3, warmup_epochs=1), 2),
 ]
 
 
@@ -71,13 +141,23 @@ def timm_curve(keys, updates_per_epoch):
         sched=kind,
         num_epochs=keys["epochs"],
         decay_epochs=keys.get("step_epochs", 30),
+        decay_milestones=keys.get("decay_milestones", [30, 60, 80]),
         cooldown_epochs=keys.get("cooldown_epochs", 0),
-        # timm's `--decay-rate` is the step schedule's factor and the poly schedule's power.
-        decay_rate=1.0 if kind == "poly" else keys.get("step_gamma", 0.1),
+        # timm's `--decay-rate` is the step schedules' factor and the poly schedule's power.
+        decay_rate=keys.get("poly_power", 1.0) if kind == "poly" else keys.get("step_gamma", 0.1),
         min_lr=keys.get("min_lr", 0.0),
         warmup_lr=keys.get("warmup_lr", 1e-5),
         warmup_epochs=keys.get("warmup_epochs", 0),
         warmup_prefix=keys.get("warmup_prefix", False),
+        # train.py's defaults where our keys are unset.
+        cycle_limit=keys.get("lr_cycle_limit", 1),
+        cycle_mul=keys.get("lr_cycle_mul", 1.0),
+        cycle_decay=keys.get("lr_cycle_decay", 0.5),
+        k_decay=keys.get("lr_k_decay", 1.0),
+        noise=keys.get("lr_noise"),
+        noise_pct=keys.get("lr_noise_pct", 0.67),
+        noise_std=keys.get("lr_noise_std", 1.0),
+        noise_seed=keys.get("seed", 0),
         step_on_epochs=not on_updates,
         updates_per_epoch=updates_per_epoch,
     )
