@@ -8,6 +8,7 @@
 //! `weight_decay`, `smoothing`, `model_ema*`, `bce_*`), so a timm recipe translates key by key.
 
 use super::amp::Precision;
+use super::clip::ClipMode;
 use super::ema::EmaBuffers;
 use super::optim::OptKind;
 use super::schedule::{LrScaling, ScheduleKind, ScheduleStyle, WarmupMethod};
@@ -290,9 +291,17 @@ pub struct TrainConfig {
     /// Micro-steps per optimizer step (gradient accumulation).
     #[arg(long, default_value_t = 1)]
     pub accum_steps: usize,
-    /// Clip the gradient norm to this value (0: off).
+    /// Clip the gradients at this value (0: off): their global norm, each value, or the AGC clip
+    /// factor, by clip_mode.
     #[arg(long, default_value_t = 0.0)]
     pub clip_grad: f64,
+    /// How clip_grad clips (timm's `clip_mode`): norm (the global gradient norm at most clip_grad,
+    /// torch's clip_grad_norm_), value (each gradient value within ±clip_grad, clip_grad_value_)
+    /// or agc (adaptive gradient clipping, NFNets: each output unit's gradient norm at most
+    /// clip_grad x that unit's weight norm, the classifier left out, as timm's train.py; typical
+    /// clip_grad 0.01-0.16).
+    #[arg(long, value_enum, default_value_t = ClipMode::Norm)]
+    pub clip_mode: ClipMode,
 
     // ---- Loss ----
     /// Label smoothing (alias: label_smoothing).
@@ -841,7 +850,8 @@ impl TrainConfig {
             Remedy::Clamp(v) => self.act_clamp = Some(v),
             Remedy::ActFp32 => self.act_fp32 = true,
             Remedy::ActLowp => self.act_fp32 = false,
-            Remedy::Clip(v) => self.clip_grad = v,
+            // The remedy clips the global norm, whatever mode the run clipped with.
+            Remedy::Clip(v) => (self.clip_grad, self.clip_mode) = (v, ClipMode::Norm),
         }
     }
 

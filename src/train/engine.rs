@@ -5,6 +5,7 @@
 
 use super::amp::{GradScaler, Precision};
 use super::checkpoint::STATE_PREFIX;
+use super::clip::clip_gradients;
 use super::config::TrainConfig;
 use super::ema::{EmaConfig, ModelEma};
 use super::guards::{Decision, GuardConfig, GuardState, Guards, LiveState, StepHealth, Stop};
@@ -15,7 +16,6 @@ use super::state::{copy_into, prefixed, under, Named};
 use crate::dist::Dist;
 use crate::error::Result;
 use crate::ffi::dist::ReduceOp;
-use crate::ffi::foreach_clip_grad_norm;
 use crate::model::weights::{self, WeightsFile};
 use crate::model::ResNet;
 use std::path::Path;
@@ -352,7 +352,7 @@ impl Engine {
         // the loss scale; then the guards decide.
         let grads = self.optimizer.grads();
         let found_inf = self.scaler.unscale(&grads)?;
-        let grad_norm = foreach_clip_grad_norm(&grads, cfg.clip_grad)?.double_value(&[]);
+        let grad_norm = clip_gradients(cfg.clip_mode, cfg.clip_grad, self.optimizer.groups())?;
         self.scaler.update()?;
         let health = StepHealth {
             step,

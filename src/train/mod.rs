@@ -2,6 +2,7 @@
 pub mod ablate;
 pub mod amp;
 pub mod checkpoint;
+pub mod clip;
 pub mod config;
 pub mod ema;
 pub mod engine;

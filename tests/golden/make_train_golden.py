@@ -1,5 +1,5 @@
 """Generates tests/golden/train_golden.safetensors: what PyTorch and timm compute for the optimizers,
-the EMA decay and the losses that resnet-train reimplements on libtorch's kernels (needs
+the EMA decay, the losses and the gradient clipping modes that resnet-train reimplements on libtorch's kernels (needs
 torch==2.11.0, timm==1.0.31, safetensors). Rerun from the repo root:
 
   python tests/golden/make_train_golden.py
@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import Lamb
+from timm.utils.clip_grad import dispatch_clip_grad
 from timm.utils.model_ema import ModelEmaV3
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,6 +66,27 @@ out["loss.soft_ce"] = SoftTargetCrossEntropy()(logits, soft).reshape(1)
 out["loss.bce_smooth0.1"] = BinaryCrossEntropy(smoothing=0.1)(logits, labels).reshape(1)
 out["loss.bce_smooth0.1_thresh0.2"] = BinaryCrossEntropy(smoothing=0.1, target_threshold=0.2)(logits, labels).reshape(1)
 out["loss.bce_soft_thresh0.2"] = BinaryCrossEntropy(target_threshold=0.2)(logits, soft).reshape(1)
+
+# ---- Gradient clipping: timm's dispatch_clip_grad in each mode, as train.py calls it (AGC without
+# the classifier, the last two parameters). Parameters named as resnet-train names them; some units'
+# gradients are far above AGC's bound, some below; the PolyNorm bias is 0 (AGC's eps floor). ----
+CLIP_PARAMS = {
+    "conv1.weight": (torch.randn(4, 3, 3, 3), torch.randn(4, 3, 3, 3) * torch.tensor([0.01, 1.0, 5.0, 0.1]).view(4, 1, 1, 1)),
+    "bn1.weight": (torch.rand(4) + 0.5, torch.randn(4) * 0.3),
+    "layer1.0.act1.weight": (torch.full((3,), 1 / 3), torch.randn(3) * 0.01),
+    "layer1.0.act1.bias": (torch.zeros(1), torch.randn(1)),
+    "fc.weight": (torch.randn(10, 4), torch.randn(10, 4) * 4),
+    "fc.bias": (torch.zeros(10), torch.randn(10)),
+}
+for name, (p, g) in CLIP_PARAMS.items():
+    out[f"clip.{name}.param"], out[f"clip.{name}.grad"] = p, g
+for mode, value in (("norm", 1.5), ("value", 0.5), ("agc", 0.05)):
+    params = [p.clone().requires_grad_() for p, _ in CLIP_PARAMS.values()]
+    for p, (_, g) in zip(params, CLIP_PARAMS.values()):
+        p.grad = g.clone()
+    dispatch_clip_grad(params[:-2] if mode == "agc" else params, value=value, mode=mode)
+    for name, p in zip(CLIP_PARAMS, params):
+        out[f"clip.{mode}.{name}.grad"] = p.grad
 
 out = {k: v.contiguous() for k, v in out.items()}
 save_file(out, os.path.join(HERE, "train_golden.safetensors"))
