@@ -61,7 +61,7 @@ fn adaptive_clip(p: &Tensor, g: &Tensor, clip: f64) -> Result<()> {
     let grad_norm = unitwise_norm(g)?;
     let clipped = g * (&max_norm / grad_norm.f_clamp_min(1e-6)?);
     let kept = grad_norm.f_lt_tensor(&max_norm)?;
-    let _ = g.shallow_clone().f_copy_(&g.f_where_self(&kept, &clipped)?)?;
+    g.shallow_clone().f_copy_(&g.f_where_self(&kept, &clipped)?)?;
     Ok(())
 }
 
@@ -96,7 +96,7 @@ mod tests {
                 let (dirs, leaf) = name.rsplit_once('.').unwrap();
                 let path = dirs.split('.').fold(vs.root(), |p, d| p / d);
                 let p = path.var_copy(leaf, &golden[&format!("clip.{name}.param")]);
-                loss = loss + (&p * &golden[&format!("clip.{name}.grad")]).sum(Kind::Float);
+                loss += (&p * &golden[&format!("clip.{name}.grad")]).sum(Kind::Float);
             }
             loss.backward();
             let groups = Group::split(&vs, 0.0, false);
