@@ -429,3 +429,111 @@ fn coefficients_of_init_files_and_of_a_run_equal_what_training_logged() {
         assert!(svg.contains("w1 over training") && svg.contains("layer4.1.act2"));
     }
 }
+
+/// timm's checkpoint history and avg_checkpoints: a 4-epoch run with `checkpoint_hist = 2` ranked
+/// by eval loss keeps exactly the two best epochs' files (each recording its evaluation, equal to
+/// summary.csv's), and `average` writes their mean, which `eval` reads. Mismatched inputs are
+/// errors naming the file.
+#[test]
+fn checkpoint_hist_keeps_the_best_epochs_and_average_writes_their_mean() {
+    use resnet_train::train::checkpoint::EpochEval;
+    let dir = common::tmpdir();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    resnet_train::data::synthetic::write_dataset(&dir.path().join("data"), 6, 3, 40, 5).unwrap();
+    let train = |name: &str, extra: &[&str]| {
+        let args = ["--config", "configs/smoke-cpu.toml", "--data", &p("data"), "--output", &p("runs")];
+        let (code, _, err) =
+            run(&[&args[..], &["--name", name, "--batch-size", "4", "--log-every", "100"], extra].concat());
+        assert_eq!(code, 0, "{err}");
+    };
+    train("hist", &["--epochs", "4", "--keep-last", "0", "--checkpoint-hist", "2", "--eval-metric", "loss"]);
+    let run_dir = dir.path().join("runs/hist");
+    let summary = std::fs::read_to_string(run_dir.join("summary.csv")).unwrap();
+    let header: Vec<&str> = summary.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let losses: Vec<f64> = summary
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(col("eval_loss")).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 4);
+    let mut by_loss: Vec<usize> = (0..4).collect();
+    by_loss.sort_by(|&a, &b| losses[a].total_cmp(&losses[b]));
+    let mut kept: Vec<usize> = resnet_train::train::checkpoint::epoch_files(&run_dir)
+        .unwrap()
+        .into_iter()
+        .map(|(epoch, path)| {
+            let meta = resnet_train::model::weights::read_metadata(&path).unwrap();
+            let eval = EpochEval::of_file(&meta).expect("the epoch's evaluation is recorded");
+            // summary.csv rounds to 6 decimals.
+            assert!(
+                eval.epoch == epoch && (eval.model.loss - losses[epoch]).abs() < 1e-6,
+                "{}",
+                path.display()
+            );
+            epoch
+        })
+        .collect();
+    kept.sort();
+    let mut best_two = by_loss[..2].to_vec();
+    best_two.sort();
+    assert_eq!(kept, best_two, "eval losses {losses:?}");
+    // best.safetensors is the lowest-loss epoch's.
+    let best_meta = resnet_train::model::weights::read_metadata(&run_dir.join("best.safetensors")).unwrap();
+    assert_eq!(EpochEval::of_file(&best_meta).unwrap().epoch, by_loss[0]);
+
+    // The mean of the two kept files, tensor by tensor.
+    let (code, out, err) =
+        run(&["average", &p("runs/hist"), "--metric", "loss", "--n", "5", "--out", &p("avg.safetensors")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("averaged 2 checkpoints"), "{out}");
+    let read = |path: &std::path::Path| resnet_train::model::weights::read(path).unwrap().tensors;
+    let avg = read(&dir.path().join("avg.safetensors"));
+    let files: Vec<_> =
+        best_two.iter().map(|e| read(&run_dir.join(format!("epoch-{e}.safetensors")))).collect();
+    assert!(avg.len() > 100 && avg.keys().all(|k| !k.starts_with("train_state")));
+    for (name, t) in &avg {
+        let want = (&files[0][name] + &files[1][name]) / 2.0;
+        assert!(common::rel_err(t, &want) < 1e-6, "{name}");
+    }
+    let (code, out, err) =
+        run(&["eval", "--checkpoint", &p("avg.safetensors"), "--data", &p("data"), "--device", "cpu"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("top-1"), "{out}");
+
+    // Unranked files need --no-sort; another model is refused, naming the file.
+    let (code, _, err) = run(&["average", &p("avg.safetensors"), "--out", &p("x.safetensors")]);
+    assert!(code != 0 && err.contains("avg.safetensors") && err.contains("--no-sort"), "{err}");
+    let (code, _, err) =
+        run(&["init", "--arch", "resnet18", "--num-classes", "6", "--out", &p("relu.safetensors")]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&[
+        "average",
+        "--no-sort",
+        &p("avg.safetensors"),
+        &p("relu.safetensors"),
+        "--out",
+        &p("x.safetensors"),
+    ]);
+    assert!(code != 0 && err.contains("relu.safetensors") && err.contains("another"), "{err}");
+    let (code, _, err) = run(&["average", &p("runs/hist"), "--weights", "ema", "--out", &p("x.safetensors")]);
+    assert!(code != 0 && err.contains("EMA was not evaluated"), "{err}");
+    let (code, _, err) =
+        run(&["average", "--no-sort", &p("avg.safetensors"), "--out", &p("avg.safetensors")]);
+    assert!(code != 0 && err.contains("is one of the inputs"), "{err}");
+    // A diverged checkpoint (NaN weights) is refused by name.
+    let mut file = resnet_train::model::weights::read(&dir.path().join("avg.safetensors")).unwrap();
+    let _ = file.tensors.get_mut("fc.bias").unwrap().fill_(f64::NAN);
+    resnet_train::model::weights::write(&dir.path().join("nan.safetensors"), &file.tensors, file.metadata)
+        .unwrap();
+    let (code, _, err) = run(&[
+        "average",
+        "--no-sort",
+        &p("avg.safetensors"),
+        &p("nan.safetensors"),
+        "--out",
+        &p("x.safetensors"),
+    ]);
+    assert!(code != 0 && err.contains("nan.safetensors") && err.contains("fc.bias holds NaN"), "{err}");
+    assert!(!dir.path().join("x.safetensors").exists());
+}

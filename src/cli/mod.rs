@@ -1,5 +1,6 @@
 //! Command-line interface: one file per subcommand, each turning flags into one library call.
 pub mod ablate;
+pub mod average;
 pub mod bench;
 pub mod bench_act;
 pub mod bench_data;
@@ -46,6 +47,8 @@ pub enum Command {
     Coefficients(coefficients::CoefficientsArgs),
     /// Write a freshly initialised model to a safetensors file.
     Init(init::InitArgs),
+    /// Average checkpoints' weights into one model file (a run's best N by eval metric).
+    Average(average::AverageArgs),
     /// Classify images with a model file (torchvision's ResNet eval preprocessing).
     Predict(predict::PredictArgs),
     /// Write the embedded default dataset (10 procedural classes, real JPEG files) as an ImageFolder.
@@ -143,6 +146,7 @@ pub fn run(cli: Cli) -> crate::error::Result<()> {
         Some(Command::Report(a)) => report::run(a),
         Some(Command::Coefficients(a)) => coefficients::run(a),
         Some(Command::Init(a)) => init::run(a),
+        Some(Command::Average(a)) => average::run(a),
         Some(Command::Predict(a)) => predict::run(a),
         Some(Command::MakeDemoData(a)) => make_demo_data::run(a),
         Some(Command::BenchData(a)) => bench_data::run(a),

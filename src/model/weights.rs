@@ -63,6 +63,29 @@ pub fn read(path: &Path) -> Result<WeightsFile> {
     Ok(WeightsFile { tensors, metadata })
 }
 
+/// The metadata of a safetensors file, from its header alone (epoch checkpoints are ranked by
+/// what their metadata says without reading their tensors).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let bad = |why: String| Error::file(path, format!("not a valid safetensors file ({why})"));
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| bad(format!("no header: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    // safetensors' own limit on a header (100 MB).
+    if len > 100_000_000 {
+        return Err(bad(format!("a header of {len} bytes")));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|e| bad(format!("header cut short: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+    let meta = json.get("__metadata__").and_then(|m| m.as_object());
+    Ok(meta
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default())
+}
+
 /// Writes tensors (as f32, except integer buffers: i64 and i32) and metadata atomically.
 pub fn write(
     path: &Path,
@@ -323,25 +346,32 @@ pub fn load_model(path: &Path, device: tch::Device) -> Result<LoadedModel> {
 /// checkpoint (`last`, `epoch-N`) holds under `train_state.ema.`.
 pub fn load_model_weights(path: &Path, device: tch::Device, which: Which) -> Result<LoadedModel> {
     let file = read(path)?;
-    match which {
-        Which::Model => load_model_from(file, path, device),
-        Which::Ema => {
-            let prefix = format!("{TRAIN_STATE_PREFIX}ema.");
-            let tensors: BTreeMap<String, Tensor> = file
-                .tensors
-                .iter()
-                .filter_map(|(k, t)| k.strip_prefix(&prefix).map(|n| (n.to_string(), t.shallow_clone())))
-                .filter(|(n, _)| n != "updates")
-                .collect();
-            if tensors.is_empty() {
-                return Err(Error::file(
-                    path,
-                    "holds no EMA weights (trained without --model-ema, or not a training checkpoint): drop --weights ema",
-                ));
-            }
-            load_model_from(WeightsFile { tensors, metadata: file.metadata }, path, device)
-        }
+    let tensors = weights_of(&file, path, which)?;
+    load_model_from(WeightsFile { tensors, metadata: file.metadata }, path, device)
+}
+
+/// The model weights `which` selects in a file read from `path`, under their model names: the
+/// top-level tensors but a checkpoint's training state, or the EMA weights under
+/// `train_state.ema.`.
+pub fn weights_of(file: &WeightsFile, path: &Path, which: Which) -> Result<BTreeMap<String, Tensor>> {
+    let prefix = match which {
+        Which::Model => String::new(),
+        Which::Ema => format!("{TRAIN_STATE_PREFIX}ema."),
+    };
+    let tensors: BTreeMap<String, Tensor> = file
+        .tensors
+        .iter()
+        .filter(|(k, _)| which == Which::Ema || !k.starts_with(TRAIN_STATE_PREFIX))
+        .filter_map(|(k, t)| k.strip_prefix(&prefix).map(|n| (n.to_string(), t.shallow_clone())))
+        .filter(|(n, _)| which == Which::Model || n != "updates")
+        .collect();
+    if tensors.is_empty() && which == Which::Ema {
+        return Err(Error::file(
+            path,
+            "holds no EMA weights (trained without --model-ema, or not a training checkpoint): drop --weights ema",
+        ));
     }
+    Ok(tensors)
 }
 
 /// Which weights of a checkpoint to load.

@@ -5,6 +5,7 @@
 //! resumes from its last complete checkpoint. `best.safetensors` and `epoch-N.safetensors` hold the
 //! model (and `epoch-N` and `last` the EMA weights, under `train_state.ema.`) for `eval`/`predict`.
 
+use super::eval::{EvalMetric, EvalResult};
 use super::guards::GuardState;
 use super::state::Named;
 use crate::error::{Error, Result};
@@ -19,6 +20,29 @@ pub const STATE_PREFIX: &str = "train_state";
 const META_STATE: &str = "resnet_train.train_state";
 /// Which weights a model file's top-level tensors are: "model" (the trained weights) or "ema".
 pub const META_WEIGHTS: &str = "resnet_train.weights";
+/// An epoch's evaluation, in `epoch-N` and `best` files (an `EpochEval` as JSON): what ranks them.
+pub const META_EPOCH_EVAL: &str = "resnet_train.epoch_eval";
+
+/// The evaluation of the weights an epoch ended with: the model's and its EMA's.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochEval {
+    pub epoch: usize,
+    pub model: EvalResult,
+    pub ema: Option<EvalResult>,
+}
+
+impl EpochEval {
+    /// The file's rank by `metric`: the better of the model and its EMA (higher is better).
+    pub fn score(&self, metric: EvalMetric) -> f64 {
+        let model = metric.score(&self.model);
+        self.ema.map_or(model, |e| model.max(metric.score(&e)))
+    }
+
+    /// The epoch evaluation a model file records (None: not an evaluated epoch's file).
+    pub fn of_file(metadata: &HashMap<String, String>) -> Option<EpochEval> {
+        serde_json::from_str(metadata.get(META_EPOCH_EVAL)?).ok()
+    }
+}
 
 /// Where the loop is: enough, with the seed and the components' state, to continue exactly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,9 +62,13 @@ pub struct LoopState {
     pub train_loss_sum: f64,
     #[serde(default)]
     pub train_loss_steps: usize,
-    /// Best eval top-1 so far (of the model or its EMA).
+    /// The best epoch's eval top-1 (of the model or its EMA, whichever ranked higher).
     pub best_top1: f64,
     pub best_epoch: Option<usize>,
+    /// The best epoch's `eval_metric` score (higher is better; None in checkpoints from before
+    /// eval_metric, which ranked by top-1).
+    #[serde(default)]
+    pub best_score: Option<f64>,
     /// Training wall time before this session, seconds.
     pub elapsed_s: f64,
     /// Data-parallel processes the run trains with (the data order and the global batch depend
@@ -80,6 +108,7 @@ impl Default for LoopState {
             train_loss_steps: 0,
             best_top1: 0.0,
             best_epoch: None,
+            best_score: None,
             elapsed_s: 0.0,
             world_size: 1,
             schedule_offset: 0,
@@ -112,11 +141,22 @@ fn metadata(m: &ModelMeta, weights_kind: &str) -> HashMap<String, String> {
 }
 
 /// A model file: `model` at the top level (`weights_kind` says whose weights they are), and
-/// optionally more state (e.g. the EMA) under `train_state.`.
-pub fn save_model(path: &Path, model: Named, extra: Named, m: &ModelMeta, weights_kind: &str) -> Result<()> {
+/// optionally more state (e.g. the EMA) under `train_state.`, with the epoch's evaluation if any.
+pub fn save_model(
+    path: &Path,
+    model: Named,
+    extra: Named,
+    m: &ModelMeta,
+    weights_kind: &str,
+    eval: Option<&EpochEval>,
+) -> Result<()> {
     let mut tensors: BTreeMap<String, Tensor> = model.into_iter().collect();
     tensors.extend(super::state::prefixed(STATE_PREFIX, extra));
-    weights::write(path, &tensors, metadata(m, weights_kind))
+    let mut meta = metadata(m, weights_kind);
+    if let Some(e) = eval {
+        meta.insert(META_EPOCH_EVAL.to_string(), serde_json::to_string(e).expect("results serialise"));
+    }
+    weights::write(path, &tensors, meta)
 }
 
 /// The full training state: the model, every component's state, the loop position.
@@ -150,8 +190,8 @@ pub fn load_last(path: &Path) -> Result<(WeightsFile, LoopState)> {
     Ok((file, state))
 }
 
-/// Deletes `epoch-N.safetensors` files beyond the newest `keep`.
-pub fn prune_epochs(dir: &Path, keep: usize) -> Result<()> {
+/// The run folder's `epoch-N.safetensors` files, by epoch.
+pub fn epoch_files(dir: &Path) -> Result<Vec<(usize, std::path::PathBuf)>> {
     let mut epochs: Vec<(usize, std::path::PathBuf)> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok())
@@ -162,9 +202,26 @@ pub fn prune_epochs(dir: &Path, keep: usize) -> Result<()> {
         })
         .collect();
     epochs.sort();
-    let excess = epochs.len().saturating_sub(keep);
-    for (_, p) in epochs.into_iter().take(excess) {
-        std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+    Ok(epochs)
+}
+
+/// Deletes the `epoch-N.safetensors` files that are neither among the newest `keep_last` nor
+/// among the `keep_best` best evaluated ones by `metric` (ties: the earlier epoch), as timm's
+/// CheckpointSaver keeps its top `checkpoint_hist`. A file whose header cannot be read ranks last.
+pub fn prune_epochs(dir: &Path, keep_last: usize, keep_best: usize, metric: EvalMetric) -> Result<()> {
+    let epochs = epoch_files(dir)?;
+    let mut keep: Vec<usize> = epochs.iter().rev().take(keep_last).map(|(n, _)| *n).collect();
+    let mut ranked: Vec<(f64, usize)> = epochs
+        .iter()
+        .filter_map(|(n, p)| {
+            let meta = weights::read_metadata(p).ok()?;
+            Some((EpochEval::of_file(&meta)?.score(metric), *n))
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    keep.extend(ranked.iter().take(keep_best).map(|(_, n)| *n));
+    for (_, p) in epochs.iter().filter(|(n, _)| !keep.contains(n)) {
+        std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
     }
     Ok(())
 }

@@ -10,6 +10,7 @@
 use super::amp::Precision;
 use super::clip::ClipMode;
 use super::ema::EmaBuffers;
+use super::eval::EvalMetric;
 use super::optim::OptKind;
 use super::schedule::{LrScaling, ScheduleKind, ScheduleStyle, WarmupMethod};
 use super::stability::Remedy;
@@ -404,6 +405,15 @@ pub struct TrainConfig {
     /// Keep this many most recent epoch checkpoints (besides last and best).
     #[arg(long, default_value_t = 2)]
     pub keep_last: usize,
+    /// Also keep this many best epoch checkpoints by eval_metric (timm's `checkpoint_hist`,
+    /// its CheckpointSaver's top-N; `resnet-train average` averages them).
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_hist: usize,
+    /// What ranks evaluated epochs: top1, top5 or loss (timm's `eval_metric`). Picks
+    /// best.safetensors (the model or its EMA, whichever ranks higher) and the checkpoints
+    /// checkpoint_hist keeps.
+    #[arg(long, value_enum, default_value_t = EvalMetric::Top1)]
+    pub eval_metric: EvalMetric,
     /// Also write the `last` checkpoint every N optimizer steps (0: only at epoch ends).
     #[arg(long, default_value_t = 0)]
     pub checkpoint_every: usize,
@@ -471,7 +481,7 @@ const PER_INVOCATION: [&str; 1] = ["max_steps"];
 /// Keys a resumed run may change: how it runs, not what it computes up to now (`epochs` extends
 /// or shortens the schedule from here; the guards' thresholds and remedies only act on trouble).
 /// Any other key given with `--resume` that differs from the run's config.toml is refused.
-pub const RESUMABLE: [&str; 24] = [
+pub const RESUMABLE: [&str; 25] = [
     // The dataset may move (a cluster job staging it to local disk); the trainer then checks that
     // its classes are the run's and warns if its size changed.
     "data",
@@ -486,6 +496,7 @@ pub const RESUMABLE: [&str; 24] = [
     "log_every",
     "checkpoint_every",
     "keep_last",
+    "checkpoint_hist",
     "eval_every",
     "monitor_every",
     "max_consecutive_skips",

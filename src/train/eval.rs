@@ -7,13 +7,43 @@ use crate::error::Result;
 use crate::model::ResNet;
 use tch::{Device, Kind, Tensor};
 
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EvalResult {
     pub loss: f64,
     /// Percent.
     pub top1: f64,
     pub top5: f64,
     pub images: usize,
+}
+
+/// Which evaluation number ranks epochs: picks `best`, the checkpoints `checkpoint_hist` keeps and
+/// the ones `average` takes (timm's `eval_metric`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalMetric {
+    Top1,
+    Top5,
+    /// The eval loss (lower is better).
+    Loss,
+}
+
+impl EvalMetric {
+    /// The metric's value, oriented so that higher is better (the loss negated).
+    pub fn score(self, e: &EvalResult) -> f64 {
+        match self {
+            EvalMetric::Top1 => e.top1,
+            EvalMetric::Top5 => e.top5,
+            EvalMetric::Loss => -e.loss,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalMetric::Top1 => "top-1",
+            EvalMetric::Top5 => "top-5",
+            EvalMetric::Loss => "eval loss",
+        }
+    }
 }
 
 /// Moves a uint8 batch to the device and normalises it (ImageNet mean/std), channels_last if asked.

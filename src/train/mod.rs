@@ -1,6 +1,7 @@
 //! Training: the loop (trainer.rs, read it top to bottom) and one module per concern.
 pub mod ablate;
 pub mod amp;
+pub mod average;
 pub mod checkpoint;
 pub mod clip;
 pub mod config;

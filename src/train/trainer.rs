@@ -8,7 +8,7 @@
 //! shard of each batch; the engine averages the gradients, so all ranks take the same steps and
 //! decisions; rank 0 alone writes the run folder and prints; evaluation is sharded and summed.
 
-use super::checkpoint::{self, LoopState, ModelMeta};
+use super::checkpoint::{self, EpochEval, LoopState, ModelMeta};
 use super::config::{self, TrainConfig};
 use super::engine::{Engine, StepResult};
 use super::eval::{evaluate_sums, prepare, EvalResult, EvalSums};
@@ -579,15 +579,20 @@ impl Trainer {
         self.state.epoch += 1;
         self.state.next_batch = 0;
         (self.state.train_loss_sum, self.state.train_loss_steps) = (0.0, 0);
-        if let Some(raw) = eval {
+        let epoch_eval = eval.map(|model| EpochEval { epoch, model, ema: ema_eval });
+        if let Some(ee) = &epoch_eval {
             self.last_eval = (eval, ema_eval);
-            // `best` holds whichever of the model and its EMA evaluates better.
-            let (top1, use_ema) = match ema_eval {
-                Some(e) if e.top1 > raw.top1 => (e.top1, true),
-                _ => (raw.top1, false),
+            // `best` holds whichever of the model and its EMA ranks higher by eval_metric.
+            let metric = cfg.eval_metric;
+            let (best, use_ema) = match ema_eval {
+                Some(e) if metric.score(&e) > metric.score(&ee.model) => (e, true),
+                _ => (ee.model, false),
             };
-            if top1 > self.state.best_top1 || self.state.best_epoch.is_none() {
-                self.state.best_top1 = top1;
+            // Checkpoints from before eval_metric ranked by top-1 (the key cannot change on resume).
+            let previous = self.state.best_score.or(self.state.best_epoch.map(|_| self.state.best_top1));
+            if previous.is_none_or(|b| metric.score(&best) > b) {
+                self.state.best_score = Some(metric.score(&best));
+                self.state.best_top1 = best.top1;
                 self.state.best_epoch = Some(epoch);
             }
             if self.state.best_epoch == Some(epoch) && self.main {
@@ -601,6 +606,7 @@ impl Trainer {
                     Vec::new(),
                     &self.meta(),
                     kind,
+                    Some(ee),
                 )?;
             }
         }
@@ -636,11 +642,13 @@ impl Trainer {
             },
             self.elapsed()
         );
-        if self.engine.cfg.keep_last > 0 && self.main {
+        let cfg = &self.engine.cfg;
+        if (cfg.keep_last > 0 || cfg.checkpoint_hist > 0) && self.main {
             let ema = self.engine.ema_weights().map(|w| super::state::prefixed("ema", w)).unwrap_or_default();
             let path = self.dir.join(format!("epoch-{epoch}.safetensors"));
-            checkpoint::save_model(&path, self.engine.model_state(), ema, &self.meta(), "model")?;
-            checkpoint::prune_epochs(&self.dir, self.engine.cfg.keep_last)?;
+            let (model, meta) = (self.engine.model_state(), self.meta());
+            checkpoint::save_model(&path, model, ema, &meta, "model", epoch_eval.as_ref())?;
+            checkpoint::prune_epochs(&self.dir, cfg.keep_last, cfg.checkpoint_hist, cfg.eval_metric)?;
         }
         self.save_last()
     }
