@@ -176,6 +176,44 @@ fn one_class_hidden_folders_and_symlink_loops() {
     assert!(out.contains("at least 2"), "{out}");
 }
 
+/// Dataset layouts: timm's validation/ is found like val/; `--train-split`/`--val-split` name other
+/// folders and must exist; a layout with no evaluation split trains with a warning that it will
+/// not evaluate (instead of a silent 0-image eval).
+#[test]
+fn split_folders_are_found_named_or_missing_with_a_warning() {
+    let dir = common::tmpdir();
+    let root = dir.path().join("d");
+    synthetic::write_dataset(&root, 4, 2, 32, 3).unwrap();
+    std::fs::rename(root.join("val"), root.join("validation")).unwrap();
+    let out_dir = dir.path().join("runs");
+    let train = |name: &str, extra: &[&str]| {
+        let base =
+            ["--config", "configs/smoke-cpu.toml", "--data", root.to_str().unwrap(), "--batch-size", "4"];
+        let args = [&base[..], &["--output", out_dir.to_str().unwrap(), "--name", name], extra].concat();
+        let out = Command::new(common::bin()).args(&args).current_dir(common::repo()).output().unwrap();
+        (out.status.code().unwrap_or(-1), common::output_text(&out))
+    };
+    let (code, out) = train("validation", &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("20 val images") && out.contains("top-1") && !out.contains("will not evaluate"),
+        "{out}"
+    );
+    // Named splits: here the train folder doubles as the evaluation split.
+    let (code, out) = train("named", &["--train-split", "train", "--val-split", "train"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("40 train / 40 val images"), "{out}");
+    for (flag, name) in [("--val-split", "val"), ("--train-split", "training")] {
+        let (code, out) = train("missing", &[flag, name]);
+        assert!(code != 0 && out.contains(&format!("{flag} {name} under --data")), "{out}");
+        assert!(out.contains(&root.join(name).display().to_string()), "{out}");
+    }
+    std::fs::rename(root.join("validation"), root.join("holdout")).unwrap();
+    let (code, out) = train("none", &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("has no val/ or validation/ folder: this run will not evaluate"), "{out}");
+}
+
 /// The decode + transform path on random bytes and on mutated real JPEG/PNG files: errors are
 /// fine, panics are not, and nothing allocates beyond the decode limit.
 #[test]

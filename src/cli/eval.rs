@@ -19,7 +19,7 @@ pub struct EvalArgs {
     /// run trained with --model-ema).
     #[arg(long, value_enum, default_value = "model")]
     pub weights: weights::Which,
-    /// A folder of class folders, or a dataset root with val/.
+    /// A folder of class folders, or a dataset root with val/ (or validation/).
     #[arg(long)]
     pub data: PathBuf,
     /// Also write the result as JSON to this file.
@@ -71,7 +71,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         _ => (crate::data::transform::eval_resize(size, crop_pct), size),
     };
-    let root = if a.data.join("val").is_dir() { a.data.join("val") } else { a.data.clone() };
+    let root = ["val", "validation"]
+        .iter()
+        .map(|s| a.data.join(s))
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| a.data.clone());
     let data = Arc::new(ImageFolder::open(&root)?);
     if data.classes.len() as i64 != cfg.num_classes {
         return Err(Error::Usage(format!(

@@ -26,10 +26,18 @@ use std::path::{Path, PathBuf};
 #[command(next_help_heading = "Config keys (TOML `key = value`; flag `--key value`)")]
 pub struct TrainConfig {
     // ---- Data ----
-    /// ImageFolder root with train/ and val/ (or one folder of class folders used for both);
-    /// unset: the embedded procedural dataset.
+    /// ImageFolder root with train/ and val/ (or validation/, timm's name), or one folder of class
+    /// folders to train on without evaluating; unset: the embedded procedural dataset.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// The training split's folder under `data` (timm's `train_split`; unset: train/, else
+    /// `data` itself). Given, it must exist.
+    #[arg(long)]
+    pub train_split: Option<String>,
+    /// The evaluation split's folder under `data` (timm's `val_split`; unset: val/ or
+    /// validation/, else no evaluation, said at start). Given, it must exist.
+    #[arg(long)]
+    pub val_split: Option<String>,
     /// Train crop size (RandomResizedCrop).
     #[arg(long, default_value_t = 224)]
     pub train_size: usize,
@@ -481,10 +489,12 @@ const PER_INVOCATION: [&str; 1] = ["max_steps"];
 /// Keys a resumed run may change: how it runs, not what it computes up to now (`epochs` extends
 /// or shortens the schedule from here; the guards' thresholds and remedies only act on trouble).
 /// Any other key given with `--resume` that differs from the run's config.toml is refused.
-pub const RESUMABLE: [&str; 25] = [
+pub const RESUMABLE: [&str; 27] = [
     // The dataset may move (a cluster job staging it to local disk); the trainer then checks that
     // its classes are the run's and warns if its size changed.
     "data",
+    "train_split",
+    "val_split",
     "epochs",
     "cooldown_epochs",
     "max_steps",

@@ -118,14 +118,34 @@ fn check_same_classes(saved: &[String], now: &[String], data: &Path, checkpoint:
     ))
 }
 
-/// The train and val splits: `data/train` + `data/val`, or one folder used for both.
+/// The train and val splits: `data/train` + `data/val` (or `data/validation`), the folders
+/// `train_split` / `val_split` name, or one folder of class folders to train on (no evaluation).
 fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFolder>>)> {
     let root = match &cfg.data {
         Some(p) => p.clone(),
         None => synthetic::ensure_demo_dataset()?,
     };
-    let (train_dir, val_dir) = (root.join("train"), root.join("val"));
-    let train = Arc::new(ImageFolder::open(if train_dir.is_dir() { &train_dir } else { &root })?);
+    let named = |split: &Option<String>, flag: &str| -> Result<Option<PathBuf>> {
+        let Some(name) = split else { return Ok(None) };
+        let dir = root.join(name);
+        match dir.is_dir() {
+            true => Ok(Some(dir)),
+            false => Err(Error::file(&dir, format!("is not a folder (--{flag} {name} under --data)"))),
+        }
+    };
+    let train_dir = named(&cfg.train_split, "train-split")?
+        .unwrap_or_else(|| Some(root.join("train")).filter(|d| d.is_dir()).unwrap_or_else(|| root.clone()));
+    let val_dir = match named(&cfg.val_split, "val-split")? {
+        Some(dir) => Some(dir),
+        None => ["val", "validation"].iter().map(|s| root.join(s)).find(|d| d.is_dir()),
+    };
+    if val_dir.is_none() {
+        eprintln!(
+            "warning: {} has no val/ or validation/ folder: this run will not evaluate (--val-split NAME names one)",
+            root.display()
+        );
+    }
+    let train = Arc::new(ImageFolder::open(&train_dir)?);
     if train.classes.len() < 2 {
         return Err(Error::file(
             &train.root,
@@ -135,11 +155,14 @@ fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFold
             ),
         ));
     }
-    let val = if val_dir.is_dir() { Some(Arc::new(ImageFolder::open(&val_dir)?)) } else { None };
+    let val = match &val_dir {
+        Some(dir) => Some(Arc::new(ImageFolder::open(dir)?)),
+        None => None,
+    };
     if let Some(v) = &val {
         if v.classes != train.classes {
             return Err(Error::file(
-                &val_dir,
+                &v.root,
                 format!(
                     "its {} class folders differ from train's {}: the label indices would not match",
                     v.classes.len(),
