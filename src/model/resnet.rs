@@ -441,8 +441,12 @@ impl ResNet {
 pub enum ParamGroup {
     /// Conv and fc weights: weight decay applies.
     Decay,
-    /// BN gammas/betas and biases: no weight decay (timm's and torchvision's practice).
-    NoDecay,
+    /// BN gammas and betas: no weight decay by default (timm's; torchvision's
+    /// `norm_weight_decay`).
+    Norm,
+    /// Other biases (the classifier's): no weight decay by default (timm's; torchvision's
+    /// `bias_weight_decay`).
+    Bias,
     /// PolyCom coefficients: their own group, no weight decay by default.
     Activation,
 }
@@ -453,8 +457,10 @@ pub fn param_group(name: &str, shape: &[i64]) -> ParamGroup {
         name.split('.').any(|seg| seg.starts_with("act") && seg[3..].chars().all(|c| c.is_ascii_digit()));
     if is_act {
         ParamGroup::Activation
+    } else if shape.len() <= 1 && name.starts_with("fc.") {
+        ParamGroup::Bias
     } else if shape.len() <= 1 {
-        ParamGroup::NoDecay
+        ParamGroup::Norm
     } else {
         ParamGroup::Decay
     }

@@ -99,7 +99,7 @@ mod tests {
                 loss += (&p * &golden[&format!("clip.{name}.grad")]).sum(Kind::Float);
             }
             loss.backward();
-            let groups = Group::split(&vs, 0.0, false);
+            let groups = Group::split(&vs, crate::train::optim::WeightDecay::weights_only(0.0));
             let norm = clip_gradients(mode, value, &groups).unwrap();
             let want_norm = NAMES
                 .iter()

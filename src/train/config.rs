@@ -193,10 +193,21 @@ pub struct TrainConfig {
     /// AdamW/LAMB betas (beta1,beta2).
     #[arg(long, value_delimiter = ',', default_values_t = [0.9, 0.999])]
     pub opt_betas: Vec<f64>,
-    /// Weight decay of conv/fc weights (not BN, biases or activation coefficients unless
-    /// act_weight_decay). AdamW and LAMB decouple it from the gradient.
+    /// Weight decay of conv/fc weights (BatchNorm parameters, biases and activation coefficients:
+    /// see norm_weight_decay, bias_weight_decay, act_weight_decay). AdamW and LAMB decouple it
+    /// from the gradient.
     #[arg(long, default_value_t = 1e-4)]
     pub weight_decay: f64,
+    /// Weight decay of BatchNorm's gammas and betas (torchvision's `norm_weight_decay`; unset: 0,
+    /// timm's practice. torchvision's classic recipe decays them like the weights).
+    #[arg(long)]
+    pub norm_weight_decay: Option<f64>,
+    /// Weight decay of the classifier's bias (torchvision's `bias_weight_decay`; unset: 0, timm's
+    /// practice. torchvision's recipes decay it like the weights. Unlike torchvision's, whose
+    /// `bias` key also takes BatchNorm's betas when set, BatchNorm stays under norm_weight_decay:
+    /// both torchvision recipes in configs/ are exact either way).
+    #[arg(long)]
+    pub bias_weight_decay: Option<f64>,
     /// Learning-rate multiplier of the PolyCom coefficients (their own parameter group): 0
     /// freezes them at their init (no gradients, none in the clipped norm; with act_init
     /// relu-like, PolyReLU is then exactly ReLU).
@@ -753,6 +764,8 @@ impl TrainConfig {
         // Numbers that must be finite and not negative (NaN fails every comparison).
         for (flag, v) in [
             ("--weight-decay", self.weight_decay),
+            ("--norm-weight-decay", self.norm_weight_decay.unwrap_or(0.0)),
+            ("--bias-weight-decay", self.bias_weight_decay.unwrap_or(0.0)),
             ("--warmup-epochs", self.warmup_epochs),
             ("--min-lr", self.min_lr),
             ("--clip-grad", self.clip_grad),

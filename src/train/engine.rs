@@ -10,7 +10,7 @@ use super::config::TrainConfig;
 use super::ema::{EmaConfig, ModelEma};
 use super::guards::{Decision, GuardConfig, GuardState, Guards, LiveState, StepHealth, Stop};
 use super::loss::{Loss, Targets};
-use super::optim::{self, OptConfig, Optimizer};
+use super::optim::{self, OptConfig, Optimizer, WeightDecay};
 use super::stability::{first_beyond, first_nonfinite, forward_monitored, Remedy, SiteStats, FP16_MAX};
 use super::state::{copy_into, prefixed, under, Named};
 use crate::dist::Dist;
@@ -127,8 +127,12 @@ impl Engine {
             kind: cfg.opt,
             momentum: cfg.momentum,
             nesterov: cfg.nesterov,
-            weight_decay: cfg.weight_decay,
-            act_weight_decay: cfg.act_weight_decay,
+            weight_decay: WeightDecay {
+                weights: cfg.weight_decay,
+                norm: cfg.norm_weight_decay.unwrap_or(0.0),
+                bias: cfg.bias_weight_decay.unwrap_or(0.0),
+                act: if cfg.act_weight_decay { cfg.weight_decay } else { 0.0 },
+            },
             act_lr_scale: cfg.act_lr_scale,
             eps: cfg.opt_eps,
             betas: (cfg.opt_betas[0], cfg.opt_betas[1]),

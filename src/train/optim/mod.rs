@@ -67,8 +67,7 @@ pub struct OptConfig {
     pub kind: OptKind,
     pub momentum: f64,
     pub nesterov: bool,
-    pub weight_decay: f64,
-    pub act_weight_decay: bool,
+    pub weight_decay: WeightDecay,
     /// Learning-rate multiplier of the activation coefficients' group.
     pub act_lr_scale: f64,
     /// AdamW/LAMB; None: the optimizer's default.
@@ -76,9 +75,29 @@ pub struct OptConfig {
     pub betas: (f64, f64),
 }
 
+/// Weight decay by parameter group.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WeightDecay {
+    /// Conv and fc weights.
+    pub weights: f64,
+    /// BatchNorm gammas and betas.
+    pub norm: f64,
+    /// Other biases (the classifier's).
+    pub bias: f64,
+    /// PolyCom coefficients.
+    pub act: f64,
+}
+
+impl WeightDecay {
+    /// `wd` on conv and fc weights only (timm's default: 1-d parameters are not decayed).
+    pub fn weights_only(wd: f64) -> Self {
+        Self { weights: wd, norm: 0.0, bias: 0.0, act: 0.0 }
+    }
+}
+
 /// Builds the configured optimizer over the trainable variables of `vs`.
 pub fn create(cfg: &OptConfig, vs: &nn::VarStore) -> Box<dyn Optimizer> {
-    let mut groups = Group::split(vs, cfg.weight_decay, cfg.act_weight_decay);
+    let mut groups = Group::split(vs, cfg.weight_decay);
     for g in groups.iter_mut().filter(|g| g.kind == ParamGroup::Activation) {
         g.lr_scale = cfg.act_lr_scale;
     }
@@ -104,34 +123,33 @@ pub struct Group {
 }
 
 impl Group {
-    /// Groups the trainable variables: conv/fc weights decay; BN parameters and biases do not;
-    /// activation coefficients decay only when `act_weight_decay` (timm's and torchvision's practice).
-    pub fn split(vs: &nn::VarStore, weight_decay: f64, act_weight_decay: bool) -> Vec<Group> {
+    /// Groups the trainable variables by `ParamGroup`, each with its weight decay (by default
+    /// only conv/fc weights decay: timm's practice; torchvision's classic recipe decays all).
+    pub fn split(vs: &nn::VarStore, decay: WeightDecay) -> Vec<Group> {
         let mut by_group: BTreeMap<u8, (Vec<String>, Vec<Tensor>)> = BTreeMap::new();
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let kinds = [ParamGroup::Decay, ParamGroup::Norm, ParamGroup::Bias, ParamGroup::Activation];
         for (name, t) in vars {
             if !t.requires_grad() {
                 continue; // BN running statistics
             }
-            let g = match param_group(&name, &t.size()) {
-                ParamGroup::Decay => 0,
-                ParamGroup::NoDecay => 1,
-                ParamGroup::Activation => 2,
-            };
-            let e = by_group.entry(g).or_default();
+            let kind = param_group(&name, &t.size());
+            let e = by_group.entry(kinds.iter().position(|k| *k == kind).unwrap_or(0) as u8).or_default();
             e.0.push(name);
             e.1.push(t);
         }
         by_group
             .into_iter()
             .map(|(g, (names, params))| {
-                let (kind, wd) = match g {
-                    0 => (ParamGroup::Decay, weight_decay),
-                    1 => (ParamGroup::NoDecay, 0.0),
-                    _ => (ParamGroup::Activation, if act_weight_decay { weight_decay } else { 0.0 }),
+                let kind = kinds[g as usize];
+                let weight_decay = match kind {
+                    ParamGroup::Decay => decay.weights,
+                    ParamGroup::Norm => decay.norm,
+                    ParamGroup::Bias => decay.bias,
+                    ParamGroup::Activation => decay.act,
                 };
-                Group { kind, names, params, weight_decay: wd, lr_scale: 1.0 }
+                Group { kind, names, params, weight_decay, lr_scale: 1.0 }
             })
             .collect()
     }
@@ -232,7 +250,7 @@ mod tests {
         let _m =
             ResNet::new(&vs.root(), ResNetConfig::new(Arch::Resnet18, ActConfig::new(ActKind::Polynorm, 3)))
                 .unwrap();
-        let groups = Group::split(&vs, 1e-4, false);
+        let groups = Group::split(&vs, WeightDecay::weights_only(1e-4));
         let wd_of = |groups: &[Group], name: &str| {
             groups.iter().find(|g| g.names.iter().any(|n| n == name)).map(|g| g.weight_decay)
         };
@@ -244,7 +262,12 @@ mod tests {
         assert_eq!(wd_of(&groups, "bn1.running_mean"), None, "running statistics are not parameters");
         let n: usize = groups.iter().map(|g| g.params.len()).sum();
         assert_eq!(n, vs.trainable_variables().len());
-        assert_eq!(wd_of(&Group::split(&vs, 1e-4, true), "act1.weight"), Some(1e-4));
+        let all = WeightDecay { weights: 1e-4, norm: 2e-4, bias: 3e-4, act: 4e-4 };
+        let groups = Group::split(&vs, all);
+        let decays =
+            ["layer1.0.conv1.weight", "bn1.weight", "layer2.0.downsample.1.bias", "fc.bias", "act1.weight"]
+                .map(|n| wd_of(&groups, n));
+        assert_eq!(decays, [1e-4, 2e-4, 2e-4, 3e-4, 4e-4].map(Some));
     }
 
     #[test]
@@ -263,8 +286,7 @@ mod tests {
                     kind,
                     momentum: 0.9,
                     nesterov: false,
-                    weight_decay: 0.0,
-                    act_weight_decay: false,
+                    weight_decay: WeightDecay::weights_only(0.0),
                     act_lr_scale: scale,
                     eps: None,
                     betas: (0.9, 0.999),
@@ -306,8 +328,7 @@ mod golden_tests {
             kind,
             momentum: 0.9,
             nesterov: false,
-            weight_decay: 0.05,
-            act_weight_decay: false,
+            weight_decay: WeightDecay::weights_only(0.05),
             act_lr_scale: 1.0,
             eps: None,
             betas: (0.9, 0.999),
