@@ -153,8 +153,9 @@ fn torchvision_init_statistics() {
 fn parameter_groups() {
     assert_eq!(param_group("layer1.0.conv1.weight", &[64, 64, 1, 1]), ParamGroup::Decay);
     assert_eq!(param_group("fc.weight", &[1000, 2048]), ParamGroup::Decay);
-    assert_eq!(param_group("fc.bias", &[1000]), ParamGroup::NoDecay);
-    assert_eq!(param_group("layer1.0.bn1.weight", &[64]), ParamGroup::NoDecay);
+    assert_eq!(param_group("fc.bias", &[1000]), ParamGroup::Bias);
+    assert_eq!(param_group("layer1.0.bn1.weight", &[64]), ParamGroup::Norm);
+    assert_eq!(param_group("layer2.0.downsample.1.bias", &[128]), ParamGroup::Norm);
     assert_eq!(param_group("act1.weight", &[3]), ParamGroup::Activation);
     assert_eq!(param_group("layer4.2.act3.bias", &[1]), ParamGroup::Activation);
 }
