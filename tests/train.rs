@@ -33,6 +33,9 @@ fn tiny_config(data: &Path, out: &Path, name: &str) -> TrainConfig {
         keep_last: 1,
         name: Some(name.into()),
         output: out.to_path_buf(),
+        // Not ImageNet's: `eval` must use what the checkpoint records to give the run's numbers.
+        mean: vec![0.5, 0.45, 0.4],
+        std: vec![0.25, 0.2, 0.3],
         ..TrainConfig::default()
     }
 }
@@ -87,6 +90,8 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
     let best = resnet_train::model::weights::read(&run.join("best.safetensors")).unwrap();
     assert_eq!(best.eval_size(), Some((36, 32)));
     assert_eq!(best.eval_filter(), resnet_train::data::resize::Filter::Bilinear);
+    let norm = best.normalization();
+    assert_eq!((norm.mean, norm.std), ([0.5, 0.45, 0.4], [0.25, 0.2, 0.3]));
     assert_eq!(best.class_names().unwrap().len(), 10);
 
     // TensorBoard: the event files parse (TFRecord checksums, Event protos) and hold the losses.
@@ -349,6 +354,8 @@ fn schedule_keys_are_checked() {
     );
     assert!(err("schedule = \"multistep\"\ndecay_milestones = []").contains("--decay-milestones must be"));
     assert!(err("schedule = \"poly\"\npoly_power = 0.0").contains("--poly-power must be"));
+    assert!(err("mean = [0.5, 0.5]").contains("--mean and --std must be three numbers"));
+    assert!(err("std = [0.2, 0.0, 0.2]").contains("--mean and --std must be three numbers"));
     assert_eq!(timm("lr_cycle_limit = 3\nlr_cycle_mul = 2.0\nlr_noise = [0.2, 0.9]\nlr_k_decay = 0.5"), "");
     assert_eq!(
         err("schedule_style = \"timm\"\nwarmup_epochs = 5.0\nwarmup_prefix = true\ncooldown_epochs = 3"),

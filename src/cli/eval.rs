@@ -100,7 +100,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         lc.threads = a.workers;
     }
     let loader = Loader::new(data, lc)?;
-    let r = evaluate(&model, &loader, device, a.precision, false, a.flip_tta)?;
+    let r = evaluate(&model, &loader, device, a.precision, false, a.flip_tta, &file.normalization())?;
     println!(
         "{}: {} images (resize {resize} {}, crop {crop}), loss {:.4}, top-1 {:.2}%, top-5 {:.2}%",
         root.display(),

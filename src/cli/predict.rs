@@ -101,6 +101,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     }
     let filter = args.interpolation.unwrap_or_else(|| file.eval_filter());
     let k = args.topk.min(cfg.num_classes);
+    let norm = file.normalization();
     let mut failures = 0;
     for path in &args.images {
         let eval = transform::Transform::Eval { size: crop, resize, filter };
@@ -112,12 +113,11 @@ pub fn run(args: PredictArgs) -> Result<()> {
                 continue;
             }
         };
-        let logits = tch::no_grad(|| {
-            model.forward_t(&transform::normalize(&input.unsqueeze(0).to_device(device)), false)
-        })
-        .squeeze_dim(0)
-        .to_kind(Kind::Float)
-        .to_device(tch::Device::Cpu);
+        let logits =
+            tch::no_grad(|| model.forward_t(&norm.apply(&input.unsqueeze(0).to_device(device)), false))
+                .squeeze_dim(0)
+                .to_kind(Kind::Float)
+                .to_device(tch::Device::Cpu);
         let probs = logits.softmax(0, Kind::Double);
         let (top_p, top_i) = probs.topk(k, 0, true, true);
         let top_indices: Vec<i64> = Vec::try_from(&top_i)?;

@@ -353,14 +353,29 @@ pub fn load_tensor(path: &Path, t: &Transform, rng: &mut SplitMix64) -> Result<T
     Ok(Tensor::f_from_data_size(&out, &[3, size as i64, size as i64], Kind::Uint8)?)
 }
 
-/// ToTensor + Normalize(ImageNet mean/std) of a uint8 NCHW or CHW batch, on its device, as float.
-pub fn normalize(x: &Tensor) -> Tensor {
-    let shape: &[i64] = if x.dim() == 4 { &[1, 3, 1, 1] } else { &[3, 1, 1] };
-    let mean =
-        (Tensor::from_slice(&IMAGENET_MEAN) * 255.0).to_kind(Kind::Float).view(shape).to_device(x.device());
-    let std =
-        (Tensor::from_slice(&IMAGENET_STD) * 255.0).to_kind(Kind::Float).view(shape).to_device(x.device());
-    (x.to_kind(Kind::Float) - mean) / std
+/// The per-channel mean and standard deviation (of RGB values in [0, 1]) inputs are normalised
+/// with: ImageNet's unless the run says otherwise (timm's `mean`/`std`); recorded in model files.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Normalization {
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+}
+
+impl Default for Normalization {
+    fn default() -> Self {
+        Self { mean: IMAGENET_MEAN, std: IMAGENET_STD }
+    }
+}
+
+impl Normalization {
+    /// ToTensor + Normalize(mean, std) of a uint8 NCHW or CHW batch, on its device, as float.
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        let shape: &[i64] = if x.dim() == 4 { &[1, 3, 1, 1] } else { &[3, 1, 1] };
+        let scaled = |v: &[f64; 3]| {
+            (Tensor::from_slice(v) * 255.0).to_kind(Kind::Float).view(shape).to_device(x.device())
+        };
+        (x.to_kind(Kind::Float) - scaled(&self.mean)) / scaled(&self.std)
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use super::activation::{ActConfig, ActKind};
 use super::resnet::{Arch, ResNetConfig};
 use crate::data::resize::Filter;
+use crate::data::transform::Normalization;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use safetensors::tensor::{Dtype, TensorView};
@@ -159,6 +160,19 @@ impl WeightsFile {
         let v: Option<serde_json::Value> =
             self.metadata.get(META_EVAL).and_then(|s| serde_json::from_str(s).ok());
         v.and_then(|v| serde_json::from_value(v["interpolation"].clone()).ok()).unwrap_or_default()
+    }
+
+    /// The input normalization the model was trained with (files that do not say: ImageNet's).
+    pub fn normalization(&self) -> Normalization {
+        let v: Option<serde_json::Value> =
+            self.metadata.get(META_EVAL).and_then(|s| serde_json::from_str(s).ok());
+        let channel =
+            |key: &str| v.as_ref().and_then(|v| serde_json::from_value::<[f64; 3]>(v[key].clone()).ok());
+        let default = Normalization::default();
+        Normalization {
+            mean: channel("mean").unwrap_or(default.mean),
+            std: channel("std").unwrap_or(default.std),
+        }
     }
 
     pub fn class_names(&self) -> Option<Vec<String>> {

@@ -124,6 +124,8 @@ pub struct ModelMeta<'a> {
     /// The eval preprocessing the model was trained for: (resize, crop) and the resize filter.
     pub eval_size: (usize, usize),
     pub eval_filter: crate::data::resize::Filter,
+    /// The input normalization it was trained with.
+    pub normalization: crate::data::transform::Normalization,
 }
 
 fn metadata(m: &ModelMeta, weights_kind: &str) -> HashMap<String, String> {
@@ -133,8 +135,9 @@ fn metadata(m: &ModelMeta, weights_kind: &str) -> HashMap<String, String> {
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert(
         weights::META_EVAL.to_string(),
-        serde_json::json!({"resize": m.eval_size.0, "crop": m.eval_size.1, "interpolation": m.eval_filter})
-            .to_string(),
+        serde_json::json!({"resize": m.eval_size.0, "crop": m.eval_size.1, "interpolation": m.eval_filter,
+            "mean": m.normalization.mean, "std": m.normalization.std})
+        .to_string(),
     );
     meta.insert(META_WEIGHTS.to_string(), weights_kind.to_string());
     meta

@@ -54,6 +54,13 @@ pub struct TrainConfig {
     /// Probability of a horizontal flip of each train crop (timm's `hflip`; 0: off).
     #[arg(long, default_value_t = 0.5)]
     pub hflip: f64,
+    /// Per-channel mean of the RGB values in [0, 1] inputs are normalised with (timm's `mean`;
+    /// ImageNet's by default). Recorded in model files for `eval` and `predict`.
+    #[arg(long, value_delimiter = ',', default_values_t = crate::data::transform::IMAGENET_MEAN)]
+    pub mean: Vec<f64>,
+    /// ... and standard deviation (timm's `std`).
+    #[arg(long, value_delimiter = ',', default_values_t = crate::data::transform::IMAGENET_STD)]
+    pub std: Vec<f64>,
     /// Eval center crop fraction: resize to floor(eval_size / crop_pct), timm's rule (0.875: 256
     /// for 224; 0.95: 235), then center-crop eval_size.
     #[arg(long, default_value_t = 0.875)]
@@ -805,6 +812,17 @@ impl TrainConfig {
         if !(self.act_lr_scale >= 0.0 && self.act_lr_scale.is_finite()) {
             return bad(format!("--act-lr-scale must be a finite number >= 0, got {}", self.act_lr_scale));
         }
+        let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+        if self.mean.len() != 3
+            || self.std.len() != 3
+            || !finite(&self.mean)
+            || self.std.iter().any(|s| !(*s > 0.0 && s.is_finite()))
+        {
+            return bad(format!(
+                "--mean and --std must be three numbers each (R,G,B), the std > 0, got {:?} and {:?}",
+                self.mean, self.std
+            ));
+        }
         if !(0.0..=1.0).contains(&self.hflip) {
             return bad(format!("--hflip must be a probability in [0, 1], got {}", self.hflip));
         }
@@ -869,6 +887,16 @@ impl TrainConfig {
             start_ramp: self.start_ramp,
             end_ramp: self.end_ramp,
         })
+    }
+
+    /// The input normalization (validate() checks three values each, std > 0).
+    pub fn normalization(&self) -> crate::data::transform::Normalization {
+        let three = |v: &[f64], default: [f64; 3]| v.try_into().unwrap_or(default);
+        let d = crate::data::transform::Normalization::default();
+        crate::data::transform::Normalization {
+            mean: three(&self.mean, d.mean),
+            std: three(&self.std, d.std),
+        }
     }
 
     /// Random erasing as configured (None when off).

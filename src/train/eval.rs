@@ -2,7 +2,7 @@
 
 use super::amp::Precision;
 use crate::data::loader::Loader;
-use crate::data::transform::normalize;
+use crate::data::transform::Normalization;
 use crate::error::Result;
 use crate::model::ResNet;
 use tch::{Device, Kind, Tensor};
@@ -46,9 +46,9 @@ impl EvalMetric {
     }
 }
 
-/// Moves a uint8 batch to the device and normalises it (ImageNet mean/std), channels_last if asked.
-pub fn prepare(images: &Tensor, device: Device, channels_last: bool) -> Result<Tensor> {
-    let x = normalize(&images.f_to_device(device)?);
+/// Moves a uint8 batch to the device and normalises it, channels_last if asked.
+pub fn prepare(images: &Tensor, device: Device, channels_last: bool, norm: &Normalization) -> Result<Tensor> {
+    let x = norm.apply(&images.f_to_device(device)?);
     if channels_last {
         crate::ffi::to_channels_last(&x)
     } else {
@@ -94,8 +94,9 @@ pub fn evaluate(
     precision: Precision,
     channels_last: bool,
     flip_tta: bool,
+    norm: &Normalization,
 ) -> Result<EvalResult> {
-    Ok(evaluate_sums(model, loader, device, precision, channels_last, flip_tta)?.result())
+    Ok(evaluate_sums(model, loader, device, precision, channels_last, flip_tta, norm)?.result())
 }
 
 /// The loss sum and top-1/top-5 hits over the loader's images (this rank's shard). With
@@ -107,12 +108,13 @@ pub fn evaluate_sums(
     precision: Precision,
     channels_last: bool,
     flip_tta: bool,
+    norm: &Normalization,
 ) -> Result<EvalSums> {
     let (mut loss_sum, mut c1, mut c5, mut n) = (0f64, 0i64, 0i64, 0usize);
     let k = 5.min(model.config().num_classes);
     for batch in loader.epoch(0, 0) {
         let batch = batch?;
-        let x = prepare(&batch.images, device, channels_last)?;
+        let x = prepare(&batch.images, device, channels_last, norm)?;
         let y = batch.labels.f_to_device(device)?;
         let logits = tch::no_grad(|| -> Result<Tensor> {
             let _ac = precision.autocast(device)?;

@@ -481,7 +481,8 @@ impl Trainer {
         let mut window = (Instant::now(), 0usize);
         for batch in self.train_loader.epoch(epoch as u64, self.state.next_batch) {
             let batch = batch?;
-            let x = prepare(&batch.images, self.engine.device, self.engine.cfg.channels_last)?;
+            let cfg = &self.engine.cfg;
+            let x = prepare(&batch.images, self.engine.device, cfg.channels_last, &cfg.normalization())?;
             window.1 += batch.labels.size()[0] as usize;
             micro.push((x, batch.labels.to_device(self.engine.device)));
             if micro.len() < accum {
@@ -692,8 +693,15 @@ impl Trainer {
     /// Top-1/top-5/loss over the val set: this rank's shard, summed over the ranks.
     fn evaluate(&self, model: &ResNet, loader: &Loader) -> Result<EvalResult> {
         let e = &self.engine;
-        let sums =
-            evaluate_sums(model, loader, e.device, e.cfg.precision, e.cfg.channels_last, e.cfg.eval_flip)?;
+        let sums = evaluate_sums(
+            model,
+            loader,
+            e.device,
+            e.cfg.precision,
+            e.cfg.channels_last,
+            e.cfg.eval_flip,
+            &e.cfg.normalization(),
+        )?;
         Ok(match &e.dist {
             Some(d) => EvalSums::from_slice(&d.reduce_f64(&sums.to_vec(), ReduceOp::Sum)?).result(),
             None => sums.result(),
@@ -706,6 +714,7 @@ impl Trainer {
             class_names: &self.classes,
             eval_size: self.eval_size,
             eval_filter: self.engine.cfg.interpolation,
+            normalization: self.engine.cfg.normalization(),
         }
     }
 
