@@ -409,6 +409,43 @@ fn launch_trains_two_ranks_and_their_sharded_eval_is_the_single_process_eval() {
     assert!((loss - single["loss"].as_f64().unwrap()).abs() < 1e-5, "{summary:?} vs {single}");
 }
 
+/// SIGUSR1 to `launch` reaches every rank: they save `last` at the same step boundary, mid-epoch,
+/// and the job goes on to its end.
+#[test]
+fn save_now_through_launch_saves_mid_epoch_and_the_job_goes_on() {
+    let tmp = common::tmpdir();
+    let config = ddp_setup(tmp.path());
+    let port = free_port().to_string();
+    let child = Command::new(common::bin())
+        .args(["launch", "--nproc-per-node", "2", "--grace", "5", "--master-port", &port, "--", "train"])
+        .arg("--config")
+        .arg(&config)
+        .args(["--name", "usr1", "--checkpoint-every", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = tmp.path().join("runs/usr1");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(t0.elapsed().as_secs() < 180, "the job did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(Command::new("kill").args(["-USR1", &child.id().to_string()]).status().unwrap().success());
+    let last = run.join("last.safetensors");
+    while !last.exists() {
+        assert!(t0.elapsed().as_secs() < 180, "SIGUSR1 saved nothing");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (_, saved) = resnet_train::train::checkpoint::load_last(&last).unwrap();
+    assert!((3..10).contains(&saved.step) && saved.epoch == 0, "saved at step {}", saved.step);
+    let out = child.wait_with_output().unwrap();
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(log.matches(&format!("SIGUSR1: saved the run at step {}", saved.step)).count(), 1, "{log}");
+    assert_eq!(history(&run).0.len(), 20, "the job trained to its end");
+}
+
 /// A world of one (`launch --nproc-per-node 1`, as `torchrun --nproc-per-node 1`) runs as a plain
 /// process, unless `--dist-backend` names a backend: then it takes the whole data-parallel path
 /// (rendezvous, broadcast, bucketed all-reduce with DDP's overlap, sharded eval) on one rank -

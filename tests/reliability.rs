@@ -126,16 +126,18 @@ fn sigkill_at_any_instant_then_resume_gives_the_uninterrupted_run() {
     eprintln!("{}", report.join("\n"));
 }
 
+/// SIGUSR1 saves `last` mid-epoch and training goes on; SIGTERM then saves and stops (143), and
+/// the resumed run equals the uninterrupted one.
 #[test]
 fn sigterm_saves_the_step_and_exits_143_then_resume_is_exact() {
     let s = setup();
     let full = train(&s, &["--name", "full"], None);
     assert!(full.status.success(), "{}", text(&full));
     let run = s.root.join("runs/term");
-    let child = Command::new(common::bin())
+    let mut child = Command::new(common::bin())
         .args(["train", "--config"])
         .arg(&s.config)
-        .args(["--name", "term"])
+        .args(["--name", "term", "--checkpoint-every", "0"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -147,10 +149,21 @@ fn sigterm_saves_the_step_and_exits_143_then_resume_is_exact() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let pid = child.id().to_string();
+    // Save now: `last` appears before the first epoch ends (10 steps; no periodic checkpoints).
+    assert!(Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
+    let last = run.join("last.safetensors");
+    while !last.exists() {
+        assert!(t0.elapsed().as_secs() < 120, "SIGUSR1 saved nothing");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (_, saved) = resnet_train::train::checkpoint::load_last(&last).unwrap();
+    assert!((4..10).contains(&saved.step) && saved.epoch == 0, "saved at step {}", saved.step);
+    assert!(child.try_wait().unwrap().is_none(), "training goes on after SIGUSR1");
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
     let msg = text(&out);
     assert_eq!(out.status.code(), Some(143), "{msg}");
+    assert!(msg.contains(&format!("SIGUSR1: saved the run at step {}", saved.step)), "{msg}");
     assert!(msg.contains("SIGTERM: saved the run at step"), "{msg}");
     // The checkpoint is at the step the run stopped at: nothing was lost.
     let (_, state) = resnet_train::train::checkpoint::load_last(&run.join("last.safetensors")).unwrap();

@@ -1,7 +1,8 @@
 //! `resnet-train launch --nproc-per-node N -- train ...`: torchrun for users without PyTorch.
 //! Starts this node's ranks with torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
 //! LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), prefixes their stderr lines (and the other ranks'
-//! stdout) with the rank, forwards SIGINT/SIGTERM once, and when one rank fails stops the others
+//! stdout) with the rank, forwards SIGINT/SIGTERM once (and SIGUSR1, "save now", each time), and
+//! when one rank fails stops the others
 //! and says which rank failed and how: a job never hangs on a dead rank.
 
 use crate::error::{Error, Result};
@@ -130,6 +131,12 @@ pub fn run(a: LaunchArgs) -> Result<()> {
             forwarded = true;
             for (_, c) in &children {
                 crate::ffi::process::send_signal(c.id(), sig);
+            }
+        }
+        // "Save now" reaches every rank, each time (they save at the same step boundary).
+        if crate::ffi::process::take_save_request() {
+            for (_, c) in &children {
+                crate::ffi::process::send_signal(c.id(), libc::SIGUSR1);
             }
         }
         let mut still = Vec::new();

@@ -1,5 +1,6 @@
 //! Process-level unsafe calls with safe faces: SIGINT/SIGTERM handlers that only set a flag
-//! (async-signal-safe) and end the process at once on the second signal, a self-SIGKILL for
+//! (async-signal-safe) and end the process at once on the second signal, a SIGUSR1 handler that
+//! counts save requests, a self-SIGKILL for
 //! fault-injection tests, signals for children (and children that die with their parent), and
 //! whether a PID is alive.
 
@@ -16,14 +17,23 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
-/// Installs the handlers for SIGINT and SIGTERM (idempotent).
+/// SIGUSR1s received and not yet taken (a request to save now and go on).
+static SAVE_REQUESTS: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_save_signal(_sig: libc::c_int) {
+    SAVE_REQUESTS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Installs the handlers for SIGINT and SIGTERM (stop), and SIGUSR1 (save now) (idempotent).
 pub fn install_termination_handlers() -> std::io::Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    let handlers: [(libc::c_int, extern "C" fn(libc::c_int)); 3] =
+        [(libc::SIGINT, on_signal), (libc::SIGTERM, on_signal), (libc::SIGUSR1, on_save_signal)];
+    for (sig, handler) in handlers {
         // SAFETY: a zeroed sigaction with a plain handler function that only touches an atomic
         // (or calls _exit); sigemptyset and sigaction get valid pointers.
         let rc = unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            action.sa_sigaction = handler as usize;
             action.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(sig, &action, std::ptr::null_mut())
@@ -50,6 +60,12 @@ pub fn termination_requested() -> Option<i32> {
         0 => None,
         s => Some(s),
     }
+}
+
+/// Whether a SIGUSR1 arrived since the last call (a cluster's "save now": the run saves `last`
+/// at the next step boundary and goes on).
+pub fn take_save_request() -> bool {
+    SAVE_REQUESTS.swap(0, Ordering::SeqCst) > 0
 }
 
 /// Sends SIGKILL to this process (fault injection: a kill at an exact instant).

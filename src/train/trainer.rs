@@ -448,12 +448,25 @@ impl Trainer {
     }
 
     /// On SIGINT/SIGTERM (see `ffi::process`): saves `last` at this step boundary and stops with
-    /// `Error::Interrupted` (exit code 130/143); `--resume` continues exactly from here.
+    /// `Error::Interrupted` (exit code 130/143); `--resume` continues exactly from here. On
+    /// SIGUSR1 (e.g. SLURM's `--signal=USR1@120`): saves `last` here and goes on.
     fn stop_if_signalled(&mut self) -> Result<()> {
         let mut signal = crate::ffi::process::termination_requested();
+        let mut save = crate::ffi::process::take_save_request();
         if let Some(d) = &self.engine.dist {
-            // Every rank stops at the same step boundary, whichever rank caught the signal.
-            signal = if d.any(signal.is_some())? { signal.or(Some(libc::SIGTERM)) } else { None };
+            // Every rank stops (or saves) at the same step boundary, whichever rank caught it.
+            let any = d.reduce_f64(&[signal.is_some() as u8 as f64, save as u8 as f64], ReduceOp::Max)?;
+            signal = if any[0] > 0.0 { signal.or(Some(libc::SIGTERM)) } else { None };
+            save = any[1] > 0.0;
+        }
+        if save && signal.is_none() {
+            self.save_last()?;
+            say!(
+                self.main,
+                "SIGUSR1: saved the run at step {} in {}; training goes on",
+                self.state.step,
+                self.dir.join("last.safetensors").display()
+            );
         }
         let Some(signal) = signal else { return Ok(()) };
         self.save_last()?;
