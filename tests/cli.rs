@@ -537,3 +537,91 @@ fn checkpoint_hist_keeps_the_best_epochs_and_average_writes_their_mean() {
     assert!(code != 0 && err.contains("nan.safetensors") && err.contains("fc.bias holds NaN"), "{err}");
     assert!(!dir.path().join("x.safetensors").exists());
 }
+
+/// ImageNet-ReaL accuracy (timm's validate.py `--real-labels`): each validation file is found in
+/// real.json by its original name; an image is right at k when any of its top k is one of its
+/// labels, and images without labels are left out. Checked against `predict`'s top classes for the
+/// same files; a file under another name and a label the model lacks are errors naming the file.
+#[test]
+fn eval_scores_imagenet_real_labels_by_file_name() {
+    let dir = common::tmpdir();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    resnet_train::data::synthetic::write_dataset(&dir.path().join("src"), 2, 0, 32, 9).unwrap();
+    let sources: Vec<std::path::PathBuf> = walk(&dir.path().join("src/train"));
+    let val = dir.path().join("val");
+    let mut files = Vec::new();
+    for (n, src) in sources.iter().take(6).enumerate() {
+        let class = val.join(["a", "b", "c"][n % 3]);
+        std::fs::create_dir_all(&class).unwrap();
+        let dst = class.join(format!("ILSVRC2012_val_{:08}.JPEG", n + 1));
+        std::fs::copy(src, &dst).unwrap();
+        files.push(dst);
+    }
+    let real: Vec<Vec<i64>> = vec![vec![0], vec![1, 2], vec![], vec![2], vec![0, 1, 2], vec![1], vec![0]];
+    std::fs::write(dir.path().join("real.json"), serde_json::to_string(&real).unwrap()).unwrap();
+    let (code, _, err) = run(&[
+        "init",
+        "--arch",
+        "resnet18",
+        "--num-classes",
+        "3",
+        "--seed",
+        "4",
+        "--out",
+        &p("m.safetensors"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let size = ["--size", "32", "--crop-pct", "1.0", "--device", "cpu"];
+    let eval = |extra: &[&str]| {
+        run(&[&["eval", "--checkpoint", &p("m.safetensors"), "--data", &p("val")], &size[..], extra].concat())
+    };
+    let (code, _, err) = eval(&["--real-labels", &p("real.json"), "--json", &p("eval.json")]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("eval.json")).unwrap()).unwrap();
+
+    // The same files through predict: the top class of each, scored here.
+    let model = p("m.safetensors");
+    let mut args = vec!["predict", "--checkpoint", &model, "--json", "--resize", "32", "--crop", "32"];
+    let names: Vec<String> = files.iter().map(|f| f.to_str().unwrap().to_string()).collect();
+    args.extend(names.iter().map(|s| s.as_str()));
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let (mut scored, mut right) = (0, 0);
+    for line in out.lines() {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        let file = line["file"].as_str().unwrap();
+        let n: usize = file[file.len() - 13..file.len() - 5].parse().unwrap();
+        let labels = &real[n - 1];
+        if !labels.is_empty() {
+            scored += 1;
+            right += labels.contains(&line["top_indices"][0].as_i64().unwrap()) as usize;
+        }
+    }
+    assert_eq!(scored, 5, "image 3 has no ReaL label");
+    assert_eq!(v["real"]["images"], 5);
+    assert!((v["real"]["top1"].as_f64().unwrap() - 100.0 * right as f64 / 5.0).abs() < 1e-9, "{v}");
+    assert_eq!(v["real"]["top5"], 100.0, "3 classes: the top 3 hold every label");
+
+    // Errors that name the file.
+    std::fs::write(dir.path().join("bad.json"), "[[0], [7]]").unwrap();
+    let (code, _, err) = eval(&["--real-labels", &p("bad.json")]);
+    assert!(code != 0 && err.contains("bad.json") && err.contains("label 7"), "{err}");
+    std::fs::rename(&files[0], val.join("a/renamed.JPEG")).unwrap();
+    let (code, _, err) = eval(&["--real-labels", &p("real.json")]);
+    assert!(code != 0 && err.contains("renamed.JPEG") && err.contains("ILSVRC2012_val_"), "{err}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}

@@ -2,14 +2,17 @@
 //! the same code as the in-training evaluation.
 
 use crate::data::dataset::ImageFolder;
+use crate::data::loader::Batch;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::transform::Transform;
 use crate::error::{Error, Result};
 use crate::model::weights;
 use crate::train::amp::Precision;
-use crate::train::eval::evaluate;
+use crate::train::eval::{evaluate, evaluate_each, EvalOptions};
+use crate::train::real_labels::RealLabels;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tch::Tensor;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -47,6 +50,10 @@ pub struct EvalArgs {
     /// Average the logits of each image and its mirror image (test-time flip, FFCV's `lr_tta`).
     #[arg(long)]
     pub flip_tta: bool,
+    /// Also score against ImageNet-ReaL's labels (real.json; the val images under their
+    /// original names), as timm's validate.py `--real-labels`.
+    #[arg(long)]
+    pub real_labels: Option<PathBuf>,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -100,7 +107,42 @@ pub fn run(a: EvalArgs) -> Result<()> {
         lc.threads = a.workers;
     }
     let loader = Loader::new(data, lc)?;
-    let r = evaluate(&model, &loader, device, a.precision, false, a.flip_tta, &file.normalization())?;
+    let opts = EvalOptions {
+        device,
+        precision: a.precision,
+        channels_last: false,
+        flip_tta: a.flip_tta,
+        norm: file.normalization(),
+    };
+    let mut real = match &a.real_labels {
+        Some(p) => Some(RealLabels::read(p, cfg.num_classes)?),
+        None => None,
+    };
+    let r = match real.as_mut() {
+        None => evaluate(&model, &loader, &opts)?,
+        Some(real) => {
+            // Unshuffled and unsharded: batch b holds the samples draws[b * batch ..].
+            let draws = loader.sampler().draws(0);
+            let positions: Vec<usize> = draws
+                .iter()
+                .map(|&(i, _)| real.position(&loader.dataset().samples[i].path))
+                .collect::<Result<_>>()?;
+            let mut score = |batch: &Batch, top: &Tensor| -> Result<()> {
+                if batch.replaced > 0 {
+                    return Err(Error::Usage(format!(
+                        "{} unreadable images (named above): ReaL accuracy needs every image",
+                        batch.replaced
+                    )));
+                }
+                let top: Vec<Vec<i64>> = Vec::try_from(top)?;
+                for (j, predicted) in top.iter().enumerate() {
+                    real.score(positions[batch.index * a.batch_size + j], predicted);
+                }
+                Ok(())
+            };
+            evaluate_each(&model, &loader, &opts, &mut score)?.result()
+        }
+    };
     println!(
         "{}: {} images (resize {resize} {}, crop {crop}), loss {:.4}, top-1 {:.2}%, top-5 {:.2}%",
         root.display(),
@@ -110,9 +152,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
         r.top1,
         r.top5
     );
+    let real = real.map(|real| {
+        let (top1, top5) = real.accuracy();
+        println!(
+            "ImageNet-ReaL: {} images with ReaL labels, top-1 {top1:.2}%, top-5 {top5:.2}%",
+            real.images
+        );
+        serde_json::json!({"images": real.images, "top1": top1, "top5": top5})
+    });
     if let Some(p) = &a.json {
         let v = serde_json::json!({"checkpoint": a.checkpoint, "data": root, "images": r.images, "loss": r.loss, "top1": r.top1, "top5": r.top5,
-            "resize": resize, "crop": crop, "interpolation": filter});
+            "resize": resize, "crop": crop, "interpolation": filter, "real": real});
         crate::fsutil::write_atomic(p, format!("{v}\n").as_bytes())?;
     }
     Ok(())

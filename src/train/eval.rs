@@ -1,7 +1,7 @@
 //! Top-1 / top-5 accuracy and loss over a loader, in the run's precision.
 
 use super::amp::Precision;
-use crate::data::loader::Loader;
+use crate::data::loader::{Batch, Loader};
 use crate::data::transform::Normalization;
 use crate::error::Result;
 use crate::model::ResNet;
@@ -87,34 +87,40 @@ impl EvalSums {
     }
 }
 
-pub fn evaluate(
-    model: &ResNet,
-    loader: &Loader,
-    device: Device,
-    precision: Precision,
-    channels_last: bool,
-    flip_tta: bool,
-    norm: &Normalization,
-) -> Result<EvalResult> {
-    Ok(evaluate_sums(model, loader, device, precision, channels_last, flip_tta, norm)?.result())
+/// How evaluation runs: where, in what precision, and how a batch is prepared.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalOptions {
+    pub device: Device,
+    pub precision: Precision,
+    pub channels_last: bool,
+    /// The logits are the mean of the image's and its mirror image's (FFCV's `lr_tta`).
+    pub flip_tta: bool,
+    pub norm: Normalization,
 }
 
-/// The loss sum and top-1/top-5 hits over the loader's images (this rank's shard). With
-/// `flip_tta` the logits are the mean of the image's and its mirror image's (FFCV's `lr_tta`).
-pub fn evaluate_sums(
+pub fn evaluate(model: &ResNet, loader: &Loader, opts: &EvalOptions) -> Result<EvalResult> {
+    Ok(evaluate_sums(model, loader, opts)?.result())
+}
+
+/// The loss sum and top-1/top-5 hits over the loader's images (this rank's shard).
+pub fn evaluate_sums(model: &ResNet, loader: &Loader, opts: &EvalOptions) -> Result<EvalSums> {
+    evaluate_each(model, loader, opts, &mut |_, _| Ok(()))
+}
+
+/// As `evaluate_sums`, handing each batch and its top-k class indices (a CPU [n, k] tensor,
+/// best first, k = min(5, classes)) to `each` (e.g. to score them against other labels).
+pub fn evaluate_each(
     model: &ResNet,
     loader: &Loader,
-    device: Device,
-    precision: Precision,
-    channels_last: bool,
-    flip_tta: bool,
-    norm: &Normalization,
+    opts: &EvalOptions,
+    each: &mut dyn FnMut(&Batch, &Tensor) -> Result<()>,
 ) -> Result<EvalSums> {
+    let EvalOptions { device, precision, channels_last, flip_tta, norm } = *opts;
     let (mut loss_sum, mut c1, mut c5, mut n) = (0f64, 0i64, 0i64, 0usize);
     let k = 5.min(model.config().num_classes);
     for batch in loader.epoch(0, 0) {
         let batch = batch?;
-        let x = prepare(&batch.images, device, channels_last, norm)?;
+        let x = prepare(&batch.images, device, channels_last, &norm)?;
         let y = batch.labels.f_to_device(device)?;
         let logits = tch::no_grad(|| -> Result<Tensor> {
             let _ac = precision.autocast(device)?;
@@ -127,6 +133,7 @@ pub fn evaluate_sums(
         })?;
         let loss = logits.f_cross_entropy_loss(&y, None::<Tensor>, tch::Reduction::Sum, -100, 0.0)?;
         let (_, top) = logits.topk(k, 1, true, true);
+        each(&batch, &top.f_to_device(Device::Cpu)?)?;
         let hit = top.eq_tensor(&y.unsqueeze(1));
         c1 += hit.narrow(1, 0, 1).sum(Kind::Int64).int64_value(&[]);
         c5 += hit.sum(Kind::Int64).int64_value(&[]);

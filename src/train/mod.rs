@@ -14,6 +14,7 @@ pub mod loss;
 pub mod metrics;
 pub mod mixup;
 pub mod optim;
+pub mod real_labels;
 pub mod run_dir;
 pub mod schedule;
 pub mod stability;

@@ -11,7 +11,7 @@
 use super::checkpoint::{self, EpochEval, LoopState, ModelMeta};
 use super::config::{self, TrainConfig};
 use super::engine::{Engine, StepResult};
-use super::eval::{evaluate_sums, prepare, EvalResult, EvalSums};
+use super::eval::{evaluate_sums, prepare, EvalOptions, EvalResult, EvalSums};
 use super::guards::{Decision, Stop};
 use super::metrics::{EpochRecord, RunLog, StepRecord};
 use super::run_dir::{self, RunLock};
@@ -706,15 +706,14 @@ impl Trainer {
     /// Top-1/top-5/loss over the val set: this rank's shard, summed over the ranks.
     fn evaluate(&self, model: &ResNet, loader: &Loader) -> Result<EvalResult> {
         let e = &self.engine;
-        let sums = evaluate_sums(
-            model,
-            loader,
-            e.device,
-            e.cfg.precision,
-            e.cfg.channels_last,
-            e.cfg.eval_flip,
-            &e.cfg.normalization(),
-        )?;
+        let opts = EvalOptions {
+            device: e.device,
+            precision: e.cfg.precision,
+            channels_last: e.cfg.channels_last,
+            flip_tta: e.cfg.eval_flip,
+            norm: e.cfg.normalization(),
+        };
+        let sums = evaluate_sums(model, loader, &opts)?;
         Ok(match &e.dist {
             Some(d) => EvalSums::from_slice(&d.reduce_f64(&sums.to_vec(), ReduceOp::Sum)?).result(),
             None => sums.result(),
