@@ -448,6 +448,30 @@ fn checkpoint_hist_keeps_the_best_epochs_and_average_writes_their_mean() {
     };
     train("hist", &["--epochs", "4", "--keep-last", "0", "--checkpoint-hist", "2", "--eval-metric", "loss"]);
     let run_dir = dir.path().join("runs/hist");
+    // `schedule` predicts the run's learning rate: every epoch's first and last step.
+    let images =
+        resnet_train::data::dataset::ImageFolder::open(&dir.path().join("data/train")).unwrap().len();
+    let (code, out, err) = run(&[
+        "schedule",
+        "--config",
+        "configs/smoke-cpu.toml",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "4",
+        "--images",
+        &images.to_string(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let predicted: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let steps = common::step_records(&run_dir);
+    let per_epoch = predicted["steps_per_epoch"].as_u64().unwrap() as usize;
+    assert_eq!((predicted["epochs"].as_u64(), steps.len()), (Some(4), 4 * per_epoch));
+    for e in 0..4 {
+        assert_eq!(predicted["first_lr"][e].as_f64().unwrap(), steps[e * per_epoch].lr, "epoch {e}");
+        assert_eq!(predicted["last_lr"][e].as_f64().unwrap(), steps[(e + 1) * per_epoch - 1].lr, "epoch {e}");
+    }
     let summary = std::fs::read_to_string(run_dir.join("summary.csv")).unwrap();
     let header: Vec<&str> = summary.lines().next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();

@@ -12,6 +12,7 @@ pub mod launch;
 pub mod make_demo_data;
 pub mod predict;
 pub mod report;
+pub mod schedule;
 pub mod study;
 pub mod train;
 
@@ -49,6 +50,8 @@ pub enum Command {
     Init(init::InitArgs),
     /// Average checkpoints' weights into one model file (a run's best N by eval metric).
     Average(average::AverageArgs),
+    /// The learning rate a config trains with, epoch by epoch (no training).
+    Schedule(Box<schedule::ScheduleArgs>),
     /// Classify images with a model file (torchvision's ResNet eval preprocessing).
     Predict(predict::PredictArgs),
     /// Write the embedded default dataset (10 procedural classes, real JPEG files) as an ImageFolder.
@@ -134,7 +137,13 @@ pub fn run(cli: Cli) -> crate::error::Result<()> {
     // Commands that print a report (and open no sockets) end quietly when their reader goes away.
     if matches!(
         cli.command,
-        Some(Command::Eval(_) | Command::Report(_) | Command::Predict(_) | Command::Coefficients(_))
+        Some(
+            Command::Eval(_)
+                | Command::Report(_)
+                | Command::Predict(_)
+                | Command::Coefficients(_)
+                | Command::Schedule(_)
+        )
     ) {
         crate::ffi::process::end_quietly_on_closed_stdout();
     }
@@ -147,6 +156,7 @@ pub fn run(cli: Cli) -> crate::error::Result<()> {
         Some(Command::Coefficients(a)) => coefficients::run(a),
         Some(Command::Init(a)) => init::run(a),
         Some(Command::Average(a)) => average::run(a),
+        Some(Command::Schedule(a)) => schedule::run(*a),
         Some(Command::Predict(a)) => predict::run(a),
         Some(Command::MakeDemoData(a)) => make_demo_data::run(a),
         Some(Command::BenchData(a)) => bench_data::run(a),

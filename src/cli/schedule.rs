@@ -1,0 +1,67 @@
+//! `resnet-train schedule --config FILE [flags]`: the learning rate a config trains with, epoch by
+//! epoch, without training: the steps per epoch for a dataset size and world size, the epochs
+//! trained (warmup prefix, cycles and cooldown included) and the lr of each epoch's first and last
+//! step, computed by the trainer's own `Schedule`. Check a recipe before a week of GPU time.
+
+use crate::data::sampler::Sampler;
+use crate::error::{Error, Result};
+use crate::train::config::{TrainArgs, TrainConfig};
+use crate::train::schedule::{total_epochs, Schedule};
+
+#[derive(clap::Args, Debug)]
+pub struct ScheduleArgs {
+    /// Training images (default: ImageNet-1k's train split).
+    #[arg(long, default_value_t = 1_281_167)]
+    pub images: usize,
+    /// Data-parallel processes (the global batch is batch_size x accum_steps x this).
+    #[arg(long, default_value_t = 1)]
+    pub world_size: usize,
+    /// One JSON object (epochs, steps per epoch, every epoch's first and last lr) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+pub fn run(a: ScheduleArgs) -> Result<()> {
+    if a.train.resume.is_some() {
+        return Err(Error::Usage("schedule takes --config and flags, not --resume".into()));
+    }
+    if a.images == 0 || a.world_size == 0 {
+        return Err(Error::Usage("--images and --world-size must be at least 1".into()));
+    }
+    let cfg = TrainConfig::resolve(&a.train)?;
+    // What the trainer's loader yields: this rank's share (repeated augmentation included), in
+    // whole batches, then whole optimizer steps.
+    let sampler =
+        Sampler { world: a.world_size, repeats: cfg.aug_repeats, ..Sampler::new(a.images, true, cfg.seed) };
+    let steps_per_epoch = (sampler.per_rank() / cfg.batch_size / cfg.accum_steps.max(1)).max(1);
+    let global_batch = cfg.batch_size * cfg.accum_steps.max(1) * a.world_size;
+    let schedule = Schedule::new(&cfg, steps_per_epoch, global_batch);
+    let epochs = total_epochs(&cfg);
+    let per_epoch: Vec<(f64, f64)> = (0..epochs)
+        .map(|e| (schedule.lr(e * steps_per_epoch), schedule.lr((e + 1) * steps_per_epoch - 1)))
+        .collect();
+    if a.json {
+        let v = serde_json::json!({
+            "style": cfg.schedule_style.name(), "schedule": format!("{:?}", cfg.schedule).to_lowercase(),
+            "epochs": epochs, "steps_per_epoch": steps_per_epoch, "global_batch": global_batch,
+            "peak_lr": schedule.peak_lr, "first_lr": per_epoch.iter().map(|p| p.0).collect::<Vec<_>>(),
+            "last_lr": per_epoch.iter().map(|p| p.1).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "{} {} schedule: {epochs} epochs x {steps_per_epoch} steps ({} images, global batch {global_batch}), peak lr {:.6}",
+        cfg.schedule_style.name(),
+        format!("{:?}", cfg.schedule).to_lowercase(),
+        a.images,
+        schedule.peak_lr
+    );
+    println!("{:>6}  {:>12}  {:>12}", "epoch", "first lr", "last lr");
+    for (e, (first, last)) in per_epoch.iter().enumerate() {
+        println!("{e:>6}  {first:>12.6e}  {last:>12.6e}");
+    }
+    Ok(())
+}
