@@ -599,7 +599,7 @@ fn eval_scores_imagenet_real_labels_by_file_name() {
     let eval = |extra: &[&str]| {
         run(&[&["eval", "--checkpoint", &p("m.safetensors"), "--data", &p("val")], &size[..], extra].concat())
     };
-    let (code, _, err) = eval(&["--real-labels", &p("real.json"), "--json", &p("eval.json")]);
+    let (code, _, err) = eval(&["--real-labels", &p("real.json"), "--per-class", "--json", &p("eval.json")]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(p("eval.json")).unwrap()).unwrap();
@@ -612,10 +612,14 @@ fn eval_scores_imagenet_real_labels_by_file_name() {
     let (code, out, err) = run(&args);
     assert_eq!(code, 0, "{err}");
     let (mut scored, mut right) = (0, 0);
+    let mut class_right = [0usize; 3];
     for line in out.lines() {
         let line: serde_json::Value = serde_json::from_str(line).unwrap();
         let file = line["file"].as_str().unwrap();
         let n: usize = file[file.len() - 13..file.len() - 5].parse().unwrap();
+        // Image n sits in class folder (n - 1) % 3 (a, b, c).
+        class_right[(n - 1) % 3] +=
+            (line["top_indices"][0].as_i64().unwrap() == ((n - 1) % 3) as i64) as usize;
         let labels = &real[n - 1];
         if !labels.is_empty() {
             scored += 1;
@@ -626,6 +630,16 @@ fn eval_scores_imagenet_real_labels_by_file_name() {
     assert_eq!(v["real"]["images"], 5);
     assert!((v["real"]["top1"].as_f64().unwrap() - 100.0 * right as f64 / 5.0).abs() < 1e-9, "{v}");
     assert_eq!(v["real"]["top5"], 100.0, "3 classes: the top 3 hold every label");
+    // Per class (`--per-class`): 2 images each, top-1 as predict's top classes say.
+    for (c, right) in class_right.iter().enumerate() {
+        let row = &v["per_class"][c];
+        assert_eq!(
+            (row["name"].as_str(), row["images"].as_u64()),
+            (Some(["a", "b", "c"][c]), Some(2)),
+            "{v}"
+        );
+        assert_eq!(row["top1"].as_f64().unwrap(), 50.0 * *right as f64, "{v}");
+    }
 
     // Errors that name the file.
     std::fs::write(dir.path().join("bad.json"), "[[0], [7]]").unwrap();

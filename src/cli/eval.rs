@@ -1,4 +1,5 @@
-//! `resnet-train eval`: top-1 / top-5 / loss of a checkpoint on a folder of class folders, with
+//! `resnet-train eval`: top-1 / top-5 / loss of a checkpoint on a folder of class folders (and, on
+//! request, per class and against ImageNet-ReaL's labels), with
 //! the same code as the in-training evaluation.
 
 use crate::data::dataset::ImageFolder;
@@ -54,6 +55,9 @@ pub struct EvalArgs {
     /// original names), as timm's validate.py `--real-labels`.
     #[arg(long)]
     pub real_labels: Option<PathBuf>,
+    /// Also each class's top-1 and top-5 (a table, and `per_class` in the JSON).
+    #[arg(long)]
+    pub per_class: bool,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -118,30 +122,44 @@ pub fn run(a: EvalArgs) -> Result<()> {
         Some(p) => Some(RealLabels::read(p, cfg.num_classes)?),
         None => None,
     };
-    let r = match real.as_mut() {
-        None => evaluate(&model, &loader, &opts)?,
-        Some(real) => {
-            // Unshuffled and unsharded: batch b holds the samples draws[b * batch ..].
-            let draws = loader.sampler().draws(0);
-            let positions: Vec<usize> = draws
+    // Per class: images, top-1 hits, top-5 hits.
+    let mut classes = vec![(0usize, 0usize, 0usize); cfg.num_classes as usize];
+    let r = if real.is_none() && !a.per_class {
+        evaluate(&model, &loader, &opts)?
+    } else {
+        // Unshuffled and unsharded: batch b holds the samples draws[b * batch ..].
+        let positions: Vec<usize> = match &real {
+            Some(real) => loader
+                .sampler()
+                .draws(0)
                 .iter()
                 .map(|&(i, _)| real.position(&loader.dataset().samples[i].path))
-                .collect::<Result<_>>()?;
-            let mut score = |batch: &Batch, top: &Tensor| -> Result<()> {
+                .collect::<Result<_>>()?,
+            None => Vec::new(),
+        };
+        let mut score = |batch: &Batch, top: &Tensor| -> Result<()> {
+            let top: Vec<Vec<i64>> = Vec::try_from(top)?;
+            let labels: Vec<i64> = Vec::try_from(&batch.labels)?;
+            for (predicted, &label) in top.iter().zip(&labels) {
+                let c = &mut classes[label as usize];
+                c.0 += 1;
+                c.1 += (predicted[0] == label) as usize;
+                c.2 += predicted.contains(&label) as usize;
+            }
+            if let Some(real) = real.as_mut() {
                 if batch.replaced > 0 {
                     return Err(Error::Usage(format!(
                         "{} unreadable images (named above): ReaL accuracy needs every image",
                         batch.replaced
                     )));
                 }
-                let top: Vec<Vec<i64>> = Vec::try_from(top)?;
                 for (j, predicted) in top.iter().enumerate() {
                     real.score(positions[batch.index * a.batch_size + j], predicted);
                 }
-                Ok(())
-            };
-            evaluate_each(&model, &loader, &opts, &mut score)?.result()
-        }
+            }
+            Ok(())
+        };
+        evaluate_each(&model, &loader, &opts, &mut score)?.result()
     };
     println!(
         "{}: {} images (resize {resize} {}, crop {crop}), loss {:.4}, top-1 {:.2}%, top-5 {:.2}%",
@@ -152,6 +170,19 @@ pub fn run(a: EvalArgs) -> Result<()> {
         r.top1,
         r.top5
     );
+    let per_class: Option<Vec<serde_json::Value>> = a.per_class.then(|| {
+        let percent = |hits: usize, n: usize| 100.0 * hits as f64 / n.max(1) as f64;
+        println!("{:>6}  {:<24}  {:>6}  {:>7}  {:>7}", "class", "name", "images", "top-1", "top-5");
+        classes
+            .iter()
+            .enumerate()
+            .map(|(i, &(n, t1, t5))| {
+                let name = loader.dataset().classes.get(i).map_or("", |s| s.as_str());
+                println!("{i:>6}  {name:<24}  {n:>6}  {:>6.2}%  {:>6.2}%", percent(t1, n), percent(t5, n));
+                serde_json::json!({"class": i, "name": name, "images": n, "top1": percent(t1, n), "top5": percent(t5, n)})
+            })
+            .collect()
+    });
     let real = real.map(|real| {
         let (top1, top5) = real.accuracy();
         println!(
@@ -162,7 +193,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     });
     if let Some(p) = &a.json {
         let v = serde_json::json!({"checkpoint": a.checkpoint, "data": root, "images": r.images, "loss": r.loss, "top1": r.top1, "top5": r.top5,
-            "resize": resize, "crop": crop, "interpolation": filter, "real": real});
+            "resize": resize, "crop": crop, "interpolation": filter, "real": real, "per_class": per_class});
         crate::fsutil::write_atomic(p, format!("{v}\n").as_bytes())?;
     }
     Ok(())
