@@ -1,6 +1,6 @@
 //! `resnet-train eval`: top-1 / top-5 / loss of a checkpoint on a folder of class folders (and, on
-//! request, per class and against ImageNet-ReaL's labels), with
-//! the same code as the in-training evaluation.
+//! request, per class and against ImageNet-ReaL's labels), with the same code as the in-training
+//! evaluation.
 
 use crate::data::dataset::ImageFolder;
 use crate::data::loader::Batch;
