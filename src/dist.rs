@@ -14,6 +14,17 @@ pub const BUCKET_BYTES: usize = 25 * 1024 * 1024;
 /// torchrun's default rendezvous port.
 pub const DEFAULT_PORT: u16 = 29500;
 
+/// Which BatchNorm running statistics the ranks share before evaluating and saving (timm's
+/// `dist_bn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DistBn {
+    /// Rank 0's (DDP's `broadcast_buffers`, torchvision).
+    Broadcast,
+    /// The mean over the ranks (timm's `--dist-bn reduce`, its default).
+    Reduce,
+}
+
 /// Where this process stands in the job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DistEnv {

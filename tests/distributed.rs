@@ -48,6 +48,55 @@ fn on_ranks<T: Send + 'static>(world: usize, f: fn(&Dist) -> T) -> Vec<T> {
     handles.into_iter().map(|h| h.join().expect("rank thread")).collect()
 }
 
+/// `dist_bn`: before evaluating and saving, every rank holds rank 0's BatchNorm statistics
+/// (broadcast, DDP's) or the mean over the ranks (reduce, timm's default), the model's and the
+/// EMA's; the trained parameters are not touched. Rank r's statistics are set to r + 1.
+#[test]
+fn dist_bn_broadcasts_or_averages_the_running_statistics() {
+    use resnet_train::dist::DistBn;
+    use resnet_train::train::{config::TrainConfig, engine::Engine};
+    for (mode, want) in [(DistBn::Broadcast, 1.0), (DistBn::Reduce, 1.5)] {
+        let port = free_port();
+        let ranks: Vec<_> = (0..2)
+            .map(|rank| {
+                std::thread::spawn(move || {
+                    let dist = Dist::init(
+                        env(rank, 2, port),
+                        DistBackend::Auto,
+                        tch::Device::Cpu,
+                        Duration::from_secs(60),
+                    )
+                    .expect("rendezvous");
+                    let cfg = TrainConfig {
+                        arch: resnet_train::model::Arch::Resnet18,
+                        model_ema: true,
+                        dist_bn: mode,
+                        ..TrainConfig::default()
+                    };
+                    let mut engine = Engine::new(cfg, tch::Device::Cpu, 10).unwrap();
+                    engine.dist = Some(std::rc::Rc::new(dist));
+                    let stats = engine.bn_statistics();
+                    assert_eq!(stats.len(), 2 * 2 * 20, "model and EMA: mean and var of 20 BatchNorms");
+                    for t in &stats {
+                        let _ = t.shallow_clone().fill_(rank as f64 + 1.0);
+                    }
+                    let before = engine.vs.variables()["layer1.0.bn1.weight"].copy();
+                    engine.sync_from_main(false).unwrap();
+                    let got: Vec<f64> =
+                        stats.iter().map(|t| t.mean(Kind::Double).double_value(&[])).collect();
+                    let unchanged = engine.vs.variables()["layer1.0.bn1.weight"].equal(&before);
+                    (got, unchanged)
+                })
+            })
+            .collect();
+        for h in ranks {
+            let (got, unchanged) = h.join().expect("rank thread");
+            assert!(got.iter().all(|&v| v == want), "{mode:?}: {got:?}");
+            assert!(unchanged, "{mode:?}: trained parameters are left alone");
+        }
+    }
+}
+
 #[test]
 fn gloo_collectives_match_closed_forms() {
     let out = on_ranks(3, |d| {
@@ -410,7 +459,7 @@ fn launch_trains_two_ranks_and_their_sharded_eval_is_the_single_process_eval() {
 }
 
 /// SIGUSR1 to `launch` reaches every rank: they save `last` at the same step boundary, mid-epoch,
-/// and the job goes on to its end.
+/// and the job goes on to its end (with timm's `--dist-bn reduce` at each save and evaluation).
 #[test]
 fn save_now_through_launch_saves_mid_epoch_and_the_job_goes_on() {
     let tmp = common::tmpdir();
@@ -420,7 +469,7 @@ fn save_now_through_launch_saves_mid_epoch_and_the_job_goes_on() {
         .args(["launch", "--nproc-per-node", "2", "--grace", "5", "--master-port", &port, "--", "train"])
         .arg("--config")
         .arg(&config)
-        .args(["--name", "usr1", "--checkpoint-every", "0"])
+        .args(["--name", "usr1", "--checkpoint-every", "0", "--dist-bn", "reduce"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

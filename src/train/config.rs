@@ -423,6 +423,11 @@ pub struct TrainConfig {
     /// ready (DDP's reducer); false: one bucketed all-reduce after backward. Same values.
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub dist_overlap: bool,
+    /// Data-parallel runs without sync_bn: the BatchNorm running statistics every rank evaluates
+    /// and saves (timm's `dist_bn`): broadcast (rank 0's, as DDP's buffer broadcast and
+    /// torchvision) or reduce (the mean over the ranks, timm's default).
+    #[arg(long, value_enum, default_value_t = crate::dist::DistBn::Broadcast)]
+    pub dist_bn: crate::dist::DistBn,
 
     // ---- Evaluation, checkpoints, logs ----
     /// Evaluate every N epochs (and after the last).

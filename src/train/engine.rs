@@ -212,6 +212,11 @@ impl Engine {
     /// batches) and EMA, as DDP's broadcast of rank 0's buffers does. A no-op in one process.
     pub fn sync_from_main(&self, all: bool) -> Result<()> {
         let Some(d) = &self.dist else { return Ok(()) };
+        if !all && self.cfg.dist_bn == crate::dist::DistBn::Reduce {
+            // timm's distribute_bn(reduce=True): every rank takes the mean of the ranks' running
+            // statistics (the model's and the EMA's), then the broadcast below changes nothing.
+            d.average(&self.bn_statistics())?;
+        }
         let trainable: std::collections::HashSet<usize> =
             self.vs.trainable_variables().iter().map(|t| t.data_ptr() as usize).collect();
         // By name: the same order on every rank (the var stores are hash maps).
@@ -227,6 +232,18 @@ impl Engine {
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let ts: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
         d.broadcast_from_main(&ts)
+    }
+
+    /// BatchNorm's running means and variances, the model's then the EMA's, by name (the same
+    /// order on every rank).
+    pub fn bn_statistics(&self) -> Vec<Tensor> {
+        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        if let Some(e) = &self.ema {
+            named.extend(e.vs.variables().into_iter().map(|(k, t)| (format!("ema.{k}"), t)));
+        }
+        named.retain(|(k, _)| k.ends_with(".running_mean") || k.ends_with(".running_var"));
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named.into_iter().map(|(_, t)| t).collect()
     }
 
     /// Applies a stability remedy to the live config, model and EMA model.
