@@ -213,4 +213,13 @@ fn drop_path_rates_rise_linearly_over_blocks_and_evaluation_ignores_them() {
     assert!(!with.forward_t(&x, true).allclose(&without.forward_t(&x, true), 1e-6, 1e-6, false));
     c.drop_path_rate = 1.0;
     assert!(ResNet::new(&nn::VarStore::new(Device::Cpu).root(), c).is_err());
+    // timm's `drop`: dropout before the classifier, in training only.
+    let d = ResNetConfig { drop_path_rate: 0.0, drop_rate: 0.5, ..c };
+    let (vs_d, dropped) = build(d);
+    vs_b.copy(&vs_d).unwrap();
+    assert!(dropped.forward_t(&x, false).equal(&without.forward_t(&x, false)));
+    assert!(!dropped.forward_t(&x, true).allclose(&without.forward_t(&x, true), 1e-6, 1e-6, false));
+    assert!(
+        ResNet::new(&nn::VarStore::new(Device::Cpu).root(), ResNetConfig { drop_rate: 1.0, ..d }).is_err()
+    );
 }

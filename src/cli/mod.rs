@@ -128,6 +128,7 @@ impl ModelArgs {
             zero_init_residual: self.zero_init_residual,
             small_stem: self.small_stem,
             drop_path_rate: 0.0,
+            drop_rate: 0.0,
         }
     }
 }

@@ -72,6 +72,10 @@ pub struct ResNetConfig {
     /// kept ones scaled by 1 / keep). No effect in evaluation.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub drop_path_rate: f64,
+    /// Dropout on the pooled features before the classifier (timm's `drop_rate`). No effect in
+    /// evaluation.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub drop_rate: f64,
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -101,6 +105,7 @@ impl ResNetConfig {
             zero_init_residual: false,
             small_stem: false,
             drop_path_rate: 0.0,
+            drop_rate: 0.0,
         }
     }
 
@@ -114,6 +119,9 @@ impl ResNetConfig {
         }
         if !(0.0..1.0).contains(&self.drop_path_rate) {
             return Err(Error::Usage(format!("--drop-path must be in [0, 1), got {}", self.drop_path_rate)));
+        }
+        if !(0.0..1.0).contains(&self.drop_rate) {
+            return Err(Error::Usage(format!("--drop must be in [0, 1), got {}", self.drop_rate)));
         }
         Ok(())
     }
@@ -432,7 +440,11 @@ impl ResNet {
                     .forward(&h, train, &mut |a, t| observe(&format!("layer{}.{b}.act{}", s + 1, a + 1), t));
             }
         }
-        h.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
+        let pooled = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        // Dropout draws from libtorch's generator, which the trainer seeds per step (exact resume).
+        let pooled =
+            if train && self.cfg.drop_rate > 0.0 { pooled.dropout(self.cfg.drop_rate, true) } else { pooled };
+        pooled.apply(&self.fc)
     }
 }
 

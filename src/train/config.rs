@@ -137,6 +137,9 @@ pub struct TrainConfig {
     /// branch, rising linearly over the blocks from 0 to this (RSB A1/A2: 0.05; 0: off).
     #[arg(long, default_value_t = 0.0)]
     pub drop_path: f64,
+    /// Dropout before the classifier (timm's `drop`; 0: off, as in every ResNet recipe here).
+    #[arg(long, default_value_t = 0.0)]
+    pub drop: f64,
     /// SyncBatchNorm in data-parallel training (timm's `sync_bn`): BatchNorm normalises with the
     /// statistics of every rank's batch; off: each rank's own, as torchvision and timm default to.
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -858,6 +861,7 @@ impl TrainConfig {
             zero_init_residual: self.zero_init_residual,
             small_stem: self.small_stem,
             drop_path_rate: self.drop_path,
+            drop_rate: self.drop,
         }
     }
 
