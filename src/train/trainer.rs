@@ -139,7 +139,8 @@ fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFold
         Some(dir) => Some(dir),
         None => ["val", "validation"].iter().map(|s| root.join(s)).find(|d| d.is_dir()),
     };
-    if val_dir.is_none() {
+    let main_rank = crate::dist::DistEnv::from_env().ok().flatten().is_none_or(|e| e.rank == 0);
+    if val_dir.is_none() && main_rank {
         eprintln!(
             "warning: {} has no val/ or validation/ folder: this run will not evaluate (--val-split NAME names one)",
             root.display()
