@@ -78,6 +78,33 @@ pub fn draw(runs: &[RunCurves], out: &Path) -> Result<()> {
     render!(out, (2000, 900), panels(runs))
 }
 
+/// A learning-rate schedule (epoch, lr) as one line (`resnet-train schedule --out`).
+pub fn draw_schedule(points: &[(f64, f64)], title: &str, out: &Path) -> Result<()> {
+    render!(out, (1000, 500), schedule_panel(points, title))
+}
+
+fn schedule_panel<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    points: &[(f64, f64)],
+    title: &str,
+) -> std::result::Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let (xs, ys) = axis_ranges(points.iter().copied());
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(xs, ys)
+        .map_err(|e| e.to_string())?;
+    chart.configure_mesh().x_desc("epoch").y_desc("learning rate").draw().map_err(|e| e.to_string())?;
+    let color = Palette99::pick(0).to_rgba();
+    chart
+        .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// A group of runs drawn as one curve: the mean over its runs with a band of ± one standard
 /// deviation (a study's variant over its seeds).
 pub struct Group {

@@ -451,19 +451,19 @@ fn checkpoint_hist_keeps_the_best_epochs_and_average_writes_their_mean() {
     // `schedule` predicts the run's learning rate: every epoch's first and last step.
     let images =
         resnet_train::data::dataset::ImageFolder::open(&dir.path().join("data/train")).unwrap().len();
-    let (code, out, err) = run(&[
-        "schedule",
-        "--config",
-        "configs/smoke-cpu.toml",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "4",
-        "--images",
-        &images.to_string(),
-        "--json",
-    ]);
+    let images = images.to_string();
+    let mut args =
+        vec!["schedule", "--config", "configs/smoke-cpu.toml", "--batch-size", "4", "--epochs", "4"];
+    args.extend(["--images", &images, "--json"]);
+    let (figure, font) = (p("lr.svg"), "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf");
+    if std::path::Path::new(font).exists() {
+        args.extend(["--out", &figure]);
+    } else {
+        eprintln!("SKIP the schedule figure: no {font} (scripts/bootstrap.sh installs fonts-dejavu-core)");
+    }
+    let (code, out, err) = run(&args);
     assert_eq!(code, 0, "{err}");
+    assert!(!std::path::Path::new(font).exists() || std::fs::metadata(&figure).unwrap().len() > 1000);
     let predicted: serde_json::Value = serde_json::from_str(&out).unwrap();
     let steps = common::step_records(&run_dir);
     let per_epoch = predicted["steps_per_epoch"].as_u64().unwrap() as usize;

@@ -19,6 +19,9 @@ pub struct ScheduleArgs {
     /// One JSON object (epochs, steps per epoch, every epoch's first and last lr) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the learning rate of every step (at most 4,000 points) to this .svg or .png.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub train: TrainArgs,
 }
@@ -42,6 +45,22 @@ pub fn run(a: ScheduleArgs) -> Result<()> {
     let per_epoch: Vec<(f64, f64)> = (0..epochs)
         .map(|e| (schedule.lr(e * steps_per_epoch), schedule.lr((e + 1) * steps_per_epoch - 1)))
         .collect();
+    if let Some(out) = &a.out {
+        let steps = epochs * steps_per_epoch;
+        let every = steps.div_ceil(4000).max(1);
+        let points: Vec<(f64, f64)> = (0..steps)
+            .step_by(every)
+            .chain(std::iter::once(steps - 1))
+            .map(|s| (s as f64 / steps_per_epoch as f64, schedule.lr(s)))
+            .collect();
+        let title = format!(
+            "{} {} schedule, {epochs} epochs, global batch {global_batch}",
+            cfg.schedule_style.name(),
+            format!("{:?}", cfg.schedule).to_lowercase()
+        );
+        crate::report::draw_schedule(&points, &title, out)?;
+        eprintln!("wrote {}", out.display());
+    }
     if a.json {
         let v = serde_json::json!({
             "style": cfg.schedule_style.name(), "schedule": format!("{:?}", cfg.schedule).to_lowercase(),
