@@ -63,6 +63,11 @@ impl DistEnv {
         Self::from_vars(&|k| std::env::var(k).ok())
     }
 
+    /// Whether this process is rank 0 of its job, or in none (the one that prints run-level lines).
+    pub fn is_main_process() -> bool {
+        Self::from_env().ok().flatten().is_none_or(|e| e.rank == 0)
+    }
+
     /// The data-parallel job this process joins with `backend`, if any. A world of one runs as a
     /// plain process (a process group would only add the collectives' cost) unless `backend`
     /// names one: `--dist-backend nccl|gloo` takes the whole data-parallel path on one rank, as

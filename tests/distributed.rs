@@ -475,17 +475,10 @@ fn save_now_through_launch_saves_mid_epoch_and_the_job_goes_on() {
         .spawn()
         .unwrap();
     let run = tmp.path().join("runs/usr1");
-    let t0 = std::time::Instant::now();
-    while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 3 {
-        assert!(t0.elapsed().as_secs() < 180, "the job did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    common::wait_until(180, "the job did not start", || common::logged_steps(&run) >= 3);
     assert!(Command::new("kill").args(["-USR1", &child.id().to_string()]).status().unwrap().success());
     let last = run.join("last.safetensors");
-    while !last.exists() {
-        assert!(t0.elapsed().as_secs() < 180, "SIGUSR1 saved nothing");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    common::wait_until(180, "SIGUSR1 saved nothing", || last.exists());
     let (_, saved) = resnet_train::train::checkpoint::load_last(&last).unwrap();
     assert!((3..10).contains(&saved.step) && saved.epoch == 0, "saved at step {}", saved.step);
     let out = child.wait_with_output().unwrap();

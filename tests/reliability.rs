@@ -143,19 +143,12 @@ fn sigterm_saves_the_step_and_exits_143_then_resume_is_exact() {
         .spawn()
         .unwrap();
     // Wait until a few steps are logged (the handlers are installed before the first step).
-    let t0 = std::time::Instant::now();
-    while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 4 {
-        assert!(t0.elapsed().as_secs() < 120, "the run did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    common::wait_until(120, "the run did not start", || common::logged_steps(&run) >= 4);
     let pid = child.id().to_string();
     // Save now: `last` appears before the first epoch ends (10 steps; no periodic checkpoints).
     assert!(Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
     let last = run.join("last.safetensors");
-    while !last.exists() {
-        assert!(t0.elapsed().as_secs() < 120, "SIGUSR1 saved nothing");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    common::wait_until(120, "SIGUSR1 saved nothing", || last.exists());
     let (_, saved) = resnet_train::train::checkpoint::load_last(&last).unwrap();
     assert!((4..10).contains(&saved.step) && saved.epoch == 0, "saved at step {}", saved.step);
     assert!(child.try_wait().unwrap().is_none(), "training goes on after SIGUSR1");

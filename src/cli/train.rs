@@ -14,7 +14,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None => (TrainConfig::resolve(&args)?, None),
     };
     let summary = trainer::train(cfg, resume)?;
-    let main_rank = crate::dist::DistEnv::from_env().ok().flatten().is_none_or(|e| e.rank == 0);
+    let main_rank = crate::dist::DistEnv::is_main_process();
     if !summary.stopped_early && main_rank {
         println!(
             "finished: {} steps, best top-1 {:.2}%; outputs in {}",

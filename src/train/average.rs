@@ -3,7 +3,7 @@
 //! `checkpoint_hist` keeps). BatchNorm's running statistics are averaged like the weights, as
 //! timm does; evaluate the result with `resnet-train eval` (or re-estimate them there).
 
-use super::checkpoint::{epoch_files, EpochEval, META_EPOCH_EVAL, META_WEIGHTS};
+use super::checkpoint::{epoch_files, EpochEval, META_WEIGHTS};
 use super::eval::{EvalMetric, EvalResult};
 use crate::error::{Error, Result};
 use crate::model::weights::{self, Which, META_CLASSES, META_MODEL};
@@ -151,7 +151,6 @@ pub fn average(members: &[Member], which: Which, out: &Path) -> Result<()> {
         .map(|m| serde_json::json!({"file": m.path.display().to_string(), "eval": m.eval}))
         .collect();
     metadata.insert(META_AVERAGED.to_string(), serde_json::Value::Array(from).to_string());
-    debug_assert!(!metadata.contains_key(META_EPOCH_EVAL));
     weights::write(out, &mean, metadata)
 }
 

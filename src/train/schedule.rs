@@ -171,7 +171,7 @@ pub struct Schedule {
     pub gamma: f64,
     /// ... multistep: at each of these ticks.
     pub milestones: Vec<usize>,
-    /// Poly decay's power.
+    /// Poly decay's power (1 for linear).
     pub power: f64,
     /// timm style only (the other styles: one cycle, k = 1, no noise).
     pub cycles: Cycles,
@@ -215,7 +215,8 @@ impl Schedule {
             step_every: cfg.step_epochs * ticks_per_epoch,
             gamma: cfg.step_gamma,
             milestones: cfg.decay_milestones.iter().map(|m| m * ticks_per_epoch).collect(),
-            power: cfg.poly_power,
+            // Linear is poly with power 1 (timm's `linear` is its poly scheduler so).
+            power: if cfg.schedule == ScheduleKind::Linear { 1.0 } else { cfg.poly_power },
             cycles: Cycles {
                 limit: cfg.lr_cycle_limit.unwrap_or(1),
                 mul: cfg.lr_cycle_mul.unwrap_or(1.0),
@@ -262,8 +263,9 @@ impl Schedule {
             ScheduleKind::Cosine => {
                 min + 0.5 * (peak - min) * (1.0 + (std::f64::consts::PI * fraction).cos())
             }
-            ScheduleKind::Linear => min + (peak - min) * (1.0 - fraction),
-            ScheduleKind::Poly => min + (peak - min) * (1.0 - fraction).powf(self.power),
+            ScheduleKind::Linear | ScheduleKind::Poly => {
+                min + (peak - min) * (1.0 - fraction).powf(self.power)
+            }
             ScheduleKind::Tanh if t >= span => min,
             ScheduleKind::Tanh => {
                 min + 0.5 * (peak - min) * (1.0 - (TANH_LB * (1.0 - fraction) + TANH_UB * fraction).tanh())
@@ -328,7 +330,6 @@ impl Schedule {
                     return min;
                 }
                 let lr_max = peak * c.decay.powf(i);
-                let k_fraction = t_curr.powf(c.k) / t_i.powf(c.k);
                 match self.kind {
                     ScheduleKind::Cosine => {
                         min + 0.5
@@ -339,9 +340,7 @@ impl Schedule {
                         let tr = t_curr / t_i;
                         min + 0.5 * (lr_max - min) * (1.0 - (TANH_LB * (1.0 - tr) + TANH_UB * tr).tanh())
                     }
-                    // Linear is timm's poly with power 1.
-                    ScheduleKind::Linear => min + (lr_max - min) * (1.0 - k_fraction),
-                    _ => min + (lr_max - min) * (1.0 - k_fraction).powf(self.power),
+                    _ => min + (lr_max - min) * (1.0 - t_curr.powf(c.k) / t_i.powf(c.k)).powf(self.power),
                 }
             }
         }

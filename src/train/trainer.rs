@@ -139,7 +139,7 @@ fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFold
         Some(dir) => Some(dir),
         None => ["val", "validation"].iter().map(|s| root.join(s)).find(|d| d.is_dir()),
     };
-    let main_rank = crate::dist::DistEnv::from_env().ok().flatten().is_none_or(|e| e.rank == 0);
+    let main_rank = crate::dist::DistEnv::is_main_process();
     if val_dir.is_none() && main_rank {
         eprintln!(
             "warning: {} has no val/ or validation/ folder: this run will not evaluate (--val-split NAME names one)",

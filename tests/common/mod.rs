@@ -105,6 +105,20 @@ pub fn tmpdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
+/// Polls `ready` every 20 ms until it holds; fails with `what` after `secs` seconds.
+pub fn wait_until(secs: u64, what: &str, ready: impl Fn() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !ready() {
+        assert!(t0.elapsed().as_secs() < secs, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Lines of a run folder's metrics.jsonl so far (0 before it exists).
+pub fn logged_steps(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count())
+}
+
 /// The per-step records of a run folder's metrics.jsonl.
 pub fn step_records(run: &Path) -> Vec<resnet_train::train::metrics::StepRecord> {
     resnet_train::train::metrics::read_steps(run).expect("metrics.jsonl")
