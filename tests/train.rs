@@ -354,6 +354,9 @@ fn schedule_keys_are_checked() {
     );
     assert!(err("schedule = \"multistep\"\ndecay_milestones = []").contains("--decay-milestones must be"));
     assert!(err("schedule = \"poly\"\npoly_power = 0.0").contains("--poly-power must be"));
+    assert!(err("trust_coeff = 0.01").contains("--trust-coeff applies to lars"));
+    assert!(err("opt = \"larc\"\ntrust_coeff = 0.0").contains("--trust-coeff must be positive"));
+    assert_eq!(err("opt = \"nlarc\"\ntrust_coeff = 0.02"), "");
     assert!(err("mean = [0.5, 0.5]").contains("--mean and --std must be three numbers"));
     assert!(err("std = [0.2, 0.0, 0.2]").contains("--mean and --std must be three numbers"));
     assert_eq!(timm("lr_cycle_limit = 3\nlr_cycle_mul = 2.0\nlr_noise = [0.2, 0.9]\nlr_k_decay = 0.5"), "");

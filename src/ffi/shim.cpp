@@ -173,12 +173,32 @@ int rt_seeded_randn(uint64_t seed, int n, double *out, char **err) {
 }
 
 int rt_foreach_sgd(rt_tensor *params, rt_tensor *grads, rt_tensor *bufs, int n, double lr, double momentum,
-                   double weight_decay, int nesterov, int first_step, char **err) {
+                   double weight_decay, int nesterov, int first_step, double trust_coeff, double trust_eps,
+                   int trust_clip, int always_adapt, char **err) {
   return guarded(err, [&] {
     if (n == 0) return;
     at::NoGradGuard no_grad;
     auto p = list(params, n), g = list(grads, n), b = list(bufs, n);
+    const bool lars = trust_coeff > 0 && (weight_decay != 0 || always_adapt);
+    std::vector<at::Tensor> w_norm, g_norm;
+    if (lars) {
+      // Both norms before the decay is added, as timm's Lars takes them.
+      w_norm = at::_foreach_norm(p, 2);
+      g_norm = at::_foreach_norm(g, 2);
+    }
     if (weight_decay != 0) at::_foreach_add_(g, p, weight_decay);
+    if (lars) {
+      // timm's _lars_trust_ratio, term by term in its order (the same float results).
+      std::vector<at::Tensor> ratio;
+      ratio.reserve(n);
+      for (int i = 0; i < n; i++) {
+        const auto &w = w_norm[i], &gn = g_norm[i];
+        auto r = trust_coeff * w / (gn + w * weight_decay + trust_eps);
+        r = at::where(w > 0, at::where(gn > 0, r, 1.0), 1.0);
+        ratio.push_back(trust_clip ? at::clamp_max(r / lr, 1.0) : r);
+      }
+      at::_foreach_mul_(g, ratio);
+    }
     if (momentum != 0) {
       if (first_step) {
         for (int i = 0; i < n; i++) b[i].copy_(g[i]);

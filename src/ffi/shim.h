@@ -38,8 +38,12 @@ int rt_seeded_randn(uint64_t seed, int n, double *out, char **err);
 // SGD (torch.optim.SGD's _multi_tensor_sgd, dampening 0): grads += wd * params;
 // bufs = momentum * bufs + grads (bufs = grads on the first step); step = nesterov ?
 // grads + momentum * bufs : bufs; params -= lr * step. grads are modified in place.
+// LARS (timm.optim.Lars) when trust_coeff > 0: where wd != 0 or always_adapt, the decayed gradient
+// is first scaled per tensor by trust_coeff |p| / (|g| + wd |p| + trust_eps) (1 where either norm
+// is 0; min(ratio / lr, 1) with trust_clip, LARC), the norms taken before the decay.
 int rt_foreach_sgd(rt_tensor *params, rt_tensor *grads, rt_tensor *bufs, int n, double lr, double momentum,
-                   double weight_decay, int nesterov, int first_step, char **err);
+                   double weight_decay, int nesterov, int first_step, double trust_coeff, double trust_eps,
+                   int trust_clip, int always_adapt, char **err);
 // Drops the .grad of each tensor (optimizer.zero_grad(set_to_none=True)): no memset, and the
 // next backward writes fresh gradients.
 int rt_grads_set_none(rt_tensor *params, int n, char **err);

@@ -29,6 +29,10 @@ extern "C" {
         weight_decay: f64,
         nesterov: c_int,
         first_step: c_int,
+        trust_coeff: f64,
+        trust_eps: f64,
+        trust_clip: c_int,
+        always_adapt: c_int,
         err: *mut *mut c_char,
     ) -> c_int;
     fn rt_grads_set_none(params: *mut *mut c_void, n: c_int, err: *mut *mut c_char) -> c_int;
@@ -197,10 +201,23 @@ pub struct SgdStep {
     pub nesterov: bool,
     /// The momentum buffers are initialised from the gradients on the first step.
     pub first_step: bool,
+    /// LARS's per-tensor scaling of the decayed gradient (timm's Lars); None: plain SGD.
+    pub trust: Option<LarsTrust>,
 }
 
-/// One step of torch.optim.SGD (foreach implementation, dampening 0) over equal-length lists of
-/// parameters, their gradients (modified in place) and momentum buffers.
+/// timm's Lars options: the ratio is `coeff |p| / (|g| + wd |p| + eps)`, applied where the group
+/// decays or `always_adapt`; `clip` (LARC) caps it at `lr`, i.e. the ratio used is min(ratio / lr, 1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LarsTrust {
+    pub coeff: f64,
+    pub eps: f64,
+    pub clip: bool,
+    pub always_adapt: bool,
+}
+
+/// One step of torch.optim.SGD (foreach implementation, dampening 0), or of timm's Lars with
+/// `step.trust`, over equal-length lists of parameters, their gradients (modified in place) and
+/// momentum buffers.
 pub fn foreach_sgd(params: &[Tensor], grads: &[Tensor], bufs: &[Tensor], step: SgdStep) -> Result<()> {
     if params.len() != grads.len() || params.len() != bufs.len() {
         return Err(Error::Torch("foreach_sgd: list lengths differ".into()));
@@ -218,6 +235,10 @@ pub fn foreach_sgd(params: &[Tensor], grads: &[Tensor], bufs: &[Tensor], step: S
             step.weight_decay,
             step.nesterov as c_int,
             step.first_step as c_int,
+            step.trust.map_or(0.0, |t| t.coeff),
+            step.trust.map_or(0.0, |t| t.eps),
+            step.trust.is_some_and(|t| t.clip) as c_int,
+            step.trust.is_some_and(|t| t.always_adapt) as c_int,
             e,
         )
     })

@@ -188,7 +188,10 @@ pub struct TrainConfig {
     #[arg(long, value_enum, default_value_t = LrScaling::Linear)]
     pub lr_scaling: LrScaling,
     /// Optimizer: momentum (SGD, heavy ball), sgd or nesterov (SGD with Nesterov momentum, as
-    /// timm's `sgd`), adamw (decoupled weight decay), lamb (timm's Lamb).
+    /// timm's `sgd`), adamw (decoupled weight decay), lamb / lambc (timm's Lamb, lambc with the
+    /// trust ratio capped at 1), lars / larc / nlars / nlarc (timm's Lars: layer-wise adaptive
+    /// rates for large batches; larc clips each tensor's rate at the schedule's, n = Nesterov).
+    /// LARS adapts only the groups that decay (by default conv/fc weights), as timm's does.
     #[arg(long, value_enum, default_value_t = OptKind::Momentum)]
     pub opt: OptKind,
     /// SGD momentum.
@@ -197,12 +200,16 @@ pub struct TrainConfig {
     /// Nesterov momentum with `opt = "momentum"` (the same as `opt = "sgd"`).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub nesterov: bool,
-    /// AdamW/LAMB epsilon (unset: the optimizer's default, 1e-8 AdamW, 1e-6 LAMB).
+    /// AdamW/LAMB/LARS epsilon (unset: the optimizer's default, 1e-8 AdamW and LARS, 1e-6 LAMB).
     #[arg(long)]
     pub opt_eps: Option<f64>,
     /// AdamW/LAMB betas (beta1,beta2).
     #[arg(long, value_delimiter = ',', default_values_t = [0.9, 0.999])]
     pub opt_betas: Vec<f64>,
+    /// LARS trust coefficient (timm's Lars `trust_coeff`; unset: 0.001): a tensor's update is
+    /// lr x trust_coeff x |w| / (|g| + weight_decay |w|) times its decayed gradient.
+    #[arg(long)]
+    pub trust_coeff: Option<f64>,
     /// Weight decay of conv/fc weights (BatchNorm parameters, biases and activation coefficients:
     /// see norm_weight_decay, bias_weight_decay, act_weight_decay). AdamW and LAMB decouple it
     /// from the gradient.
@@ -726,6 +733,17 @@ impl TrainConfig {
         }
         if self.opt_eps.is_some_and(|e| !(e > 0.0 && e.is_finite())) {
             return bad(format!("--opt-eps must be positive, got {:?}", self.opt_eps));
+        }
+        if let Some(c) = self.trust_coeff {
+            if !self.opt.is_lars() {
+                return bad(format!(
+                    "--trust-coeff applies to lars, larc, nlars and nlarc, not {:?}",
+                    self.opt
+                ));
+            }
+            if !(c > 0.0 && c.is_finite()) {
+                return bad(format!("--trust-coeff must be positive, got {c}"));
+            }
         }
         if !(0.0..1.0).contains(&self.model_ema_decay) || self.model_ema_every == 0 {
             return bad(format!(

@@ -136,6 +136,7 @@ impl Engine {
             act_lr_scale: cfg.act_lr_scale,
             eps: cfg.opt_eps,
             betas: (cfg.opt_betas[0], cfg.opt_betas[1]),
+            trust_coeff: cfg.trust_coeff.unwrap_or(0.001),
         };
         let optimizer = optim::create(&opt, &vs);
         let scaler = GradScaler::new(cfg.precision == Precision::Fp16, device);

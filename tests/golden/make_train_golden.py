@@ -12,7 +12,7 @@ import os
 import torch
 from safetensors.torch import save_file
 from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import Lamb
+from timm.optim import Lamb, Lars
 from timm.utils.clip_grad import dispatch_clip_grad
 from timm.utils.model_ema import ModelEmaV3
 
@@ -40,9 +40,16 @@ def run(make):
     return after
 
 
+# LARC at trust_coeff 0.02 clips (ratio / lr > 1) at some steps and not at others; p2's group has no
+# weight decay, so LARS leaves it to plain SGD momentum.
 for name, make in {
     "adamw": lambda groups: torch.optim.AdamW(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-8),
     "lamb": lambda groups: Lamb(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-6),
+    "lambc": lambda groups: Lamb(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-6, trust_clip=True),
+    "lars": lambda groups: Lars(groups, lr=0.01, momentum=0.9),
+    "larc": lambda groups: Lars(groups, lr=0.01, momentum=0.9, trust_coeff=0.02, trust_clip=True),
+    "nlars": lambda groups: Lars(groups, lr=0.01, momentum=0.9, nesterov=True),
+    "nlarc": lambda groups: Lars(groups, lr=0.01, momentum=0.9, nesterov=True, trust_coeff=0.02, trust_clip=True),
 }.items():
     for t, (a1, a2) in enumerate(run(make)):
         out[f"{name}.p1.after.{t}"], out[f"{name}.p2.after.{t}"] = a1, a2

@@ -10,11 +10,15 @@ use tch::Tensor;
 /// timm's default `max_grad_norm`: gradients are divided by max(1, |g| / 1.0) before the update.
 const MAX_GRAD_NORM: f64 = 1.0;
 
-pub struct Lamb(AdamState);
+pub struct Lamb {
+    state: AdamState,
+    /// The trust ratio capped at 1 (timm's `lambc`).
+    trust_clip: bool,
+}
 
 impl Lamb {
-    pub fn new(groups: Vec<Group>, betas: (f64, f64), eps: f64) -> Self {
-        Self(AdamState::new(groups, betas, eps, step_counter()))
+    pub fn new(groups: Vec<Group>, betas: (f64, f64), eps: f64, trust_clip: bool) -> Self {
+        Self { state: AdamState::new(groups, betas, eps, step_counter()), trust_clip }
     }
 }
 
@@ -22,24 +26,28 @@ impl Optimizer for Lamb {
     fn step(&mut self, lr: f64) -> Result<()> {
         // The global norm over every group's gradients (norm only: max_norm 0 leaves them as they are).
         let divisor = (foreach_clip_grad_norm(&self.grads(), 0.0)? / MAX_GRAD_NORM).f_clamp_min(1.0)?;
-        let s = &mut self.0;
+        let s = &mut self.state;
         let _ = s.steps.g_add_scalar_(1);
         let t = s.steps.int64_value(&[]) as i32;
         let bias_correction = (1.0 - s.betas.0.powi(t), 1.0 - s.betas.1.powi(t));
         for i in 0..s.groups.len() {
             let (params, grads, m, v) = s.select(i);
-            let step =
-                LambStep { adam: s.hyper(i, lr), bias_correction, trust_clip: false, always_adapt: false };
+            let step = LambStep {
+                adam: s.hyper(i, lr),
+                bias_correction,
+                trust_clip: self.trust_clip,
+                always_adapt: false,
+            };
             foreach_lamb(&params, &grads, &m, &v, Some(&divisor), step)?;
         }
         Ok(())
     }
 
     fn groups(&self) -> &[Group] {
-        &self.0.groups
+        &self.state.groups
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        self.0.state()
+        self.state.state()
     }
 }

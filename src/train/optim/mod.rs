@@ -1,5 +1,6 @@
-//! Optimizers on libtorch's own multi-tensor kernels: SGD (torch.optim.SGD, foreach), AdamW
-//! (torch.optim.AdamW, `_fused_adamw_`) and LAMB (timm's Lamb, foreach). Each owns its state as
+//! Optimizers on libtorch's own multi-tensor kernels: SGD (torch.optim.SGD, foreach) and LARS
+//! (timm's Lars: SGD on trust-ratio-scaled gradients), AdamW (torch.optim.AdamW, `_fused_adamw_`)
+//! and LAMB (timm's Lamb, foreach). Each owns its state as
 //! named tensors, which is what checkpoints and the guards' snapshots save and restore.
 
 mod adamw;
@@ -11,6 +12,7 @@ pub use lamb::Lamb;
 pub use sgd::Sgd;
 
 use crate::error::Result;
+use crate::ffi::LarsTrust;
 use crate::model::resnet::{param_group, ParamGroup};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -30,6 +32,24 @@ pub enum OptKind {
     Adamw,
     /// Layer-wise adaptive Adam (timm's Lamb; ResNet Strikes Back A2/A3).
     Lamb,
+    /// LAMB with the trust ratio capped at 1 (timm's `lambc`).
+    Lambc,
+    /// Layer-wise adaptive rate scaling on heavy-ball SGD (timm's Lars; You et al. 2017), the
+    /// large-batch ResNet-50 optimizer.
+    Lars,
+    /// LARS with the ratio clipped so no tensor's rate exceeds the schedule's (timm's `larc`).
+    Larc,
+    /// LARS with Nesterov momentum (timm's `nlars`).
+    Nlars,
+    /// LARC with Nesterov momentum (timm's `nlarc`).
+    Nlarc,
+}
+
+impl OptKind {
+    /// One of timm's Lars variants.
+    pub fn is_lars(self) -> bool {
+        matches!(self, OptKind::Lars | OptKind::Larc | OptKind::Nlars | OptKind::Nlarc)
+    }
 }
 
 /// What every optimizer does. The state is named tensors that live in the optimizer (buffers and
@@ -70,9 +90,11 @@ pub struct OptConfig {
     pub weight_decay: WeightDecay,
     /// Learning-rate multiplier of the activation coefficients' group.
     pub act_lr_scale: f64,
-    /// AdamW/LAMB; None: the optimizer's default.
+    /// AdamW/LAMB/LARS; None: the optimizer's default.
     pub eps: Option<f64>,
     pub betas: (f64, f64),
+    /// LARS's trust coefficient (timm's `trust_coeff`).
+    pub trust_coeff: f64,
 }
 
 /// Weight decay by parameter group.
@@ -104,10 +126,22 @@ pub fn create(cfg: &OptConfig, vs: &nn::VarStore) -> Box<dyn Optimizer> {
     match cfg.kind {
         OptKind::Momentum | OptKind::Sgd | OptKind::Nesterov => {
             let nesterov = cfg.nesterov || cfg.kind != OptKind::Momentum;
-            Box::new(Sgd::new(groups, cfg.momentum, nesterov))
+            Box::new(Sgd::new(groups, cfg.momentum, nesterov, None))
+        }
+        OptKind::Lars | OptKind::Larc | OptKind::Nlars | OptKind::Nlarc => {
+            let nesterov = cfg.nesterov || matches!(cfg.kind, OptKind::Nlars | OptKind::Nlarc);
+            let trust = LarsTrust {
+                coeff: cfg.trust_coeff,
+                eps: cfg.eps.unwrap_or(1e-8),
+                clip: matches!(cfg.kind, OptKind::Larc | OptKind::Nlarc),
+                always_adapt: false,
+            };
+            Box::new(Sgd::new(groups, cfg.momentum, nesterov, Some(trust)))
         }
         OptKind::Adamw => Box::new(AdamW::new(groups, cfg.betas, cfg.eps.unwrap_or(1e-8))),
-        OptKind::Lamb => Box::new(Lamb::new(groups, cfg.betas, cfg.eps.unwrap_or(1e-6))),
+        OptKind::Lamb | OptKind::Lambc => {
+            Box::new(Lamb::new(groups, cfg.betas, cfg.eps.unwrap_or(1e-6), cfg.kind == OptKind::Lambc))
+        }
     }
 }
 
@@ -274,8 +308,9 @@ mod tests {
     fn the_activation_groups_learning_rate_is_scaled_alone() {
         // One step of each optimizer with the same gradients, the coefficients' lr scaled by
         // 0.25 or not: the coefficients move 0.25x as far (SGD's first step, AdamW and LAMB's
-        // per-element steps are linear in lr), everything else the same.
-        for kind in [OptKind::Momentum, OptKind::Adamw, OptKind::Lamb] {
+        // per-element steps are linear in lr; LARS leaves the undecayed coefficients to SGD),
+        // everything else the same.
+        for kind in [OptKind::Momentum, OptKind::Adamw, OptKind::Lamb, OptKind::Lars] {
             let moved = |scale: f64| {
                 let vs = nn::VarStore::new(Device::Cpu);
                 let cfg = ResNetConfig::new(Arch::Resnet18, ActConfig::new(ActKind::Polyrelu, 2));
@@ -290,6 +325,7 @@ mod tests {
                     act_lr_scale: scale,
                     eps: None,
                     betas: (0.9, 0.999),
+                    trust_coeff: 0.001,
                 };
                 let mut opt = create(&opt_cfg, &vs);
                 let loss: Tensor = vs.trainable_variables().iter().map(|v| (v * v).sum(Kind::Float)).sum();
@@ -313,7 +349,7 @@ mod tests {
 #[cfg(test)]
 mod golden_tests {
     //! Against tests/golden/train_golden.safetensors (tests/golden/make_train_golden.py):
-    //! torch.optim.AdamW and timm's Lamb on two parameter groups for three steps.
+    //! torch.optim.AdamW, timm's Lamb and Lars variants on two parameter groups for three steps.
     use super::*;
     use tch::Device;
 
@@ -332,6 +368,7 @@ mod golden_tests {
             act_lr_scale: 1.0,
             eps: None,
             betas: (0.9, 0.999),
+            trust_coeff: 0.001,
         }
     }
 
@@ -355,11 +392,21 @@ mod golden_tests {
     }
 
     #[test]
-    fn adamw_and_lamb_match_torch_and_timm() {
+    fn adamw_lamb_and_lars_match_torch_and_timm() {
         let g = golden();
-        for (kind, name) in [(OptKind::Adamw, "adamw"), (OptKind::Lamb, "lamb")] {
+        let cases = [
+            (OptKind::Adamw, "adamw", 0.001),
+            (OptKind::Lamb, "lamb", 0.001),
+            (OptKind::Lambc, "lambc", 0.001),
+            (OptKind::Lars, "lars", 0.001),
+            // trust_coeff 0.02: LARC clips at steps 0 and 2, not at step 1.
+            (OptKind::Larc, "larc", 0.02),
+            (OptKind::Nlars, "nlars", 0.001),
+            (OptKind::Nlarc, "nlarc", 0.02),
+        ];
+        for (kind, name, trust_coeff) in cases {
             let (vs, p1, p2) = params(&g);
-            let mut opt = create(&config(kind), &vs);
+            let mut opt = create(&OptConfig { trust_coeff, ..config(kind) }, &vs);
             for t in 0..3 {
                 backward(&g, t, &p1, &p2);
                 opt.step(0.01).unwrap();
@@ -375,7 +422,7 @@ mod golden_tests {
     #[test]
     fn optimizer_state_resumes_exactly() {
         let g = golden();
-        for kind in [OptKind::Momentum, OptKind::Sgd, OptKind::Adamw, OptKind::Lamb] {
+        for kind in [OptKind::Momentum, OptKind::Sgd, OptKind::Adamw, OptKind::Lamb, OptKind::Nlarc] {
             let (vs, p1, p2) = params(&g);
             let mut a = create(&config(kind), &vs);
             for t in 0..2 {

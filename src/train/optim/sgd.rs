@@ -1,8 +1,9 @@
-//! SGD with momentum: torch.optim.SGD's foreach update (dampening 0), heavy ball or Nesterov.
+//! SGD with momentum: torch.optim.SGD's foreach update (dampening 0), heavy ball or Nesterov; with
+//! a trust ratio, timm's Lars (LARS/LARC): the same update on per-tensor rescaled gradients.
 
 use super::{named, step_counter, zeros_like_groups, Group, Optimizer};
 use crate::error::Result;
-use crate::ffi::{foreach_sgd, SgdStep};
+use crate::ffi::{foreach_sgd, LarsTrust, SgdStep};
 use tch::Tensor;
 
 pub struct Sgd {
@@ -11,14 +12,16 @@ pub struct Sgd {
     bufs: Vec<Vec<Tensor>>,
     momentum: f64,
     nesterov: bool,
+    /// LARS's per-tensor gradient scaling; None: plain SGD.
+    trust: Option<LarsTrust>,
     /// Steps taken (the first one initialises the momentum buffers).
     steps: Tensor,
 }
 
 impl Sgd {
-    pub fn new(groups: Vec<Group>, momentum: f64, nesterov: bool) -> Self {
+    pub fn new(groups: Vec<Group>, momentum: f64, nesterov: bool, trust: Option<LarsTrust>) -> Self {
         let bufs = zeros_like_groups(&groups);
-        Self { groups, bufs, momentum, nesterov, steps: step_counter() }
+        Self { groups, bufs, momentum, nesterov, trust, steps: step_counter() }
     }
 }
 
@@ -33,6 +36,7 @@ impl Optimizer for Sgd {
                 weight_decay: g.weight_decay,
                 nesterov: self.nesterov,
                 first_step,
+                trust: self.trust,
             };
             foreach_sgd(&params, &grads, &sel[0], step)?;
         }
@@ -65,7 +69,7 @@ mod tests {
             let p = vs.root().var_copy("w", &Tensor::from_slice(&[1.0f32, -2.0]));
             let mut groups = Group::split(&vs, crate::train::optim::WeightDecay::weights_only(0.0));
             groups[0].weight_decay = 0.1;
-            let mut sgd = Sgd::new(groups, 0.9, nesterov);
+            let mut sgd = Sgd::new(groups, 0.9, nesterov, None);
             let (mut pv, mut bv) = ([1.0f64, -2.0], [0.0f64; 2]);
             for (step, g) in [[0.5f64, 1.0], [-0.25, 2.0]].iter().enumerate() {
                 let loss = (&p * Tensor::from_slice(&[g[0] as f32, g[1] as f32])).sum(Kind::Float);
