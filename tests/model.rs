@@ -102,6 +102,50 @@ fn logits_match_reference_for_the_same_weights() {
     }
 }
 
+/// FFCV's BlurPool (tests/golden/make_golden.py restates its BlurPoolConv2d and wrapping rule) on
+/// torchvision's own ResNets and the reference PolyResNet: the same logits for the same weights.
+#[test]
+fn blurpool_matches_ffcv_on_torchvision_and_the_reference() {
+    let g = common::golden("blurpool_logits.safetensors");
+    let input = common::det_input();
+    for (tag, arch, kind) in [
+        ("resnet50.relu", Arch::Resnet50, ActKind::Relu),
+        ("resnet18.relu", Arch::Resnet18, ActKind::Relu),
+        ("resnet50.polynorm", Arch::Resnet50, ActKind::Polynorm),
+    ] {
+        let mut c = cfg(arch, kind);
+        c.blurpool = true;
+        let (mut vs, model) = build(c);
+        common::fill_deterministic(&vs, &c);
+        // The filter is a constant: the weights are torchvision's, key for key.
+        assert_eq!(our_keys(&vs), our_keys(&build(cfg(arch, kind)).0), "{tag}");
+        assert_eq!(g[&format!("{tag}.wrapped")].int64_value(&[0]), 6, "FFCV wraps 6 convolutions");
+        let logits = tch::no_grad(|| model.forward_t(&input, false));
+        let err = common::rel_err(&logits, &g[&format!("{tag}.eval")]);
+        assert!(err < 1e-4, "{tag} eval: relative error {err:e}");
+        let plain = {
+            let (vs, m) = build(cfg(arch, kind));
+            common::fill_deterministic(&vs, &cfg(arch, kind));
+            tch::no_grad(|| m.forward_t(&input, false))
+        };
+        assert!(
+            common::rel_err(&plain, &g[&format!("{tag}.eval")]) > 1e-2,
+            "{tag}: the blur changes the logits"
+        );
+        vs.double();
+        let logits = tch::no_grad(|| model.forward_t(&input.to_kind(Kind::Double), true));
+        let err = common::rel_err(&logits, &g[&format!("{tag}.train_f64")]);
+        assert!(err < 1e-8, "{tag} train (float64): relative error {err:e}");
+    }
+    // The forward cost counts the 6 depthwise blurs at their inputs' sizes (ResNet-50, 224 px):
+    // layer2's 128- and 256-channel inputs at 56 px, layer3's 256/512 at 28, layer4's 512/1024 at 14.
+    let mut c = cfg(Arch::Resnet50, ActKind::Relu);
+    let plain = c.forward_cost(224).macs;
+    c.blurpool = true;
+    let blur = 9.0 * (56.0 * 56.0 * 384.0 + 28.0 * 28.0 * 768.0 + 14.0 * 14.0 * 1536.0);
+    assert_eq!(c.forward_cost(224).macs - plain, blur);
+}
+
 #[test]
 fn observer_sees_every_site_in_order() {
     let c = cfg(Arch::Resnet18, ActKind::Polynorm);

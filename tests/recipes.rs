@@ -116,6 +116,11 @@ fn ffcv_recipe_trains_two_epochs_and_evaluates_with_flips() {
         lrs[..half].windows(2).all(|w| w[1] > w[0]) && lrs[half..].windows(2).all(|w| w[1] < w[0]),
         "{lrs:?}"
     );
+    // FFCV's BlurPool is part of the model the file records, so `eval` rebuilds it.
+    let best = dir.path().join("ffcv/best.safetensors");
+    let meta = resnet_train::model::weights::read_metadata(&best).unwrap();
+    let model: serde_json::Value = serde_json::from_str(&meta["resnet_train.model"]).unwrap();
+    assert_eq!(model["blurpool"], true, "{model}");
 }
 
 /// timm's schedule semantics end to end, from RSB A3's `schedule_style = "timm"`: 2 epochs, 1 of

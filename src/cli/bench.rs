@@ -40,6 +40,9 @@ pub struct BenchArgs {
     pub device: String,
     #[arg(long)]
     pub channels_last: bool,
+    /// FFCV's BlurPool before the strided convolutions (the `blurpool` config key).
+    #[arg(long)]
+    pub blurpool: bool,
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
     #[arg(long, default_value_t = 5)]
@@ -96,6 +99,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         act_out_lowp: a.act_out_lowp,
         precision: a.precision,
         channels_last: a.channels_last,
+        blurpool: a.blurpool,
         opt: a.opt,
         model_ema: a.model_ema,
         monitor_every: if a.guards { 1 } else { 0 },

@@ -95,6 +95,9 @@ pub struct ModelArgs {
     /// 3x3 stride-1 stem without max-pool, for inputs of 64 px and less.
     #[arg(long)]
     pub small_stem: bool,
+    /// FFCV's BlurPool before the strided convolutions (see the `blurpool` config key).
+    #[arg(long)]
+    pub blurpool: bool,
     /// Clamp the polynomial's input to [-C, C] (a stability remedy).
     #[arg(long)]
     pub act_clamp: Option<f64>,
@@ -129,6 +132,7 @@ impl ModelArgs {
             small_stem: self.small_stem,
             drop_path_rate: 0.0,
             drop_rate: 0.0,
+            blurpool: self.blurpool,
         }
     }
 }

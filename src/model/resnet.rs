@@ -76,10 +76,27 @@ pub struct ResNetConfig {
     /// evaluation.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub drop_rate: f64,
+    /// FFCV's BlurPool (`use_blurpool`; Zhang 2019, "Making convolutional networks shift-invariant
+    /// again"): every convolution with stride > 1 and at least 16 input channels first blurs its
+    /// input with the fixed 3x3 binomial filter [1 2 1]^T [1 2 1] / 16 (depthwise, stride 1,
+    /// zero padding 1). In ResNets: the strided 3x3 (bottleneck conv2, basic conv1) and the
+    /// projection shortcut of each stage's first block; not the stem (3 input channels). The
+    /// filter is a constant, not a parameter: the weights keep torchvision's names and shapes.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub blurpool: bool,
 }
 
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// FFCV's rule for which convolutions BlurPool wraps.
+fn blurs(blurpool: bool, c_in: i64, stride: i64) -> bool {
+    blurpool && stride > 1 && c_in >= 16
 }
 
 /// timm's `drop_path`: each sample of `x` (dim 0) is zeroed with probability `p`, the others
@@ -106,6 +123,7 @@ impl ResNetConfig {
             small_stem: false,
             drop_path_rate: 0.0,
             drop_rate: 0.0,
+            blurpool: false,
         }
     }
 
@@ -210,7 +228,11 @@ impl ResNetConfig {
     /// Forward cost of one `res` x `res` image, walking the same shapes as `ResNet::new`.
     pub fn forward_cost(&self, res: i64) -> ForwardCost {
         let (mut macs, mut act) = (0.0f64, 0.0f64);
+        let blurpool = self.blurpool;
         let mut conv = |size: i64, c_in: i64, c_out: i64, k: i64, stride: i64| -> i64 {
+            if blurs(blurpool, c_in, stride) {
+                macs += (size * size * c_in * 9) as f64; // the depthwise blur at the input's size
+            }
             let out = out_size(size, k, stride, k / 2);
             macs += (out * out * c_out * c_in * k * k) as f64;
             out
@@ -247,6 +269,38 @@ impl ResNetConfig {
     }
 }
 
+/// A convolution, with FFCV's BlurPool in front of it when `blurs` says so.
+#[derive(Debug)]
+struct Conv {
+    conv: nn::Conv2D,
+    /// The [c_in, 1, 3, 3] binomial filter (float32 on the model's device; cast to the input's
+    /// dtype when that differs, e.g. a float64 model).
+    blur: Option<Tensor>,
+}
+
+impl Conv {
+    fn new(vs: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64, blurpool: bool) -> Self {
+        let blur = blurs(blurpool, c_in, stride).then(|| {
+            let taps = Tensor::from_slice(&[1.0f32, 2.0, 1.0]).to_device(vs.device());
+            let filter = taps.outer(&taps) / 16.0;
+            filter.view([1, 1, 3, 3]).repeat([c_in, 1, 1, 1])
+        });
+        Self { conv: conv(vs, c_in, c_out, k, stride, padding), blur }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        match &self.blur {
+            None => x.apply(&self.conv),
+            Some(filter) => {
+                let filter =
+                    if filter.kind() == x.kind() { filter.shallow_clone() } else { filter.to_kind(x.kind()) };
+                let groups = filter.size()[0];
+                x.conv2d(&filter, None::<Tensor>, [1, 1], [1, 1], [1, 1], groups).apply(&self.conv)
+            }
+        }
+    }
+}
+
 /// torchvision's conv init: kaiming_normal_(mode="fan_out", nonlinearity="relu"), no bias.
 fn conv(vs: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
     let cfg = nn::ConvConfig {
@@ -275,23 +329,26 @@ fn bn(vs: nn::Path, c: i64, zero_gamma: bool) -> nn::BatchNorm {
 /// The 1x1 conv + BN projection on the shortcut when shape changes (`downsample.0`, `downsample.1`).
 #[derive(Debug)]
 struct Downsample {
-    conv: nn::Conv2D,
+    conv: Conv,
     bn: nn::BatchNorm,
 }
 
 impl Downsample {
-    fn new(vs: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
-        Self { conv: conv(&vs / "0", c_in, c_out, 1, stride, 0), bn: bn(&vs / "1", c_out, false) }
+    fn new(vs: nn::Path, c_in: i64, c_out: i64, stride: i64, blurpool: bool) -> Self {
+        Self {
+            conv: Conv::new(&vs / "0", c_in, c_out, 1, stride, 0, blurpool),
+            bn: bn(&vs / "1", c_out, false),
+        }
     }
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        super::sync_bn::batch_norm(&self.bn, &x.apply(&self.conv), train)
+        super::sync_bn::batch_norm(&self.bn, &self.conv.forward(x), train)
     }
 }
 
 /// A basic (two 3x3 convs) or bottleneck (1x1, 3x3, 1x1) residual block.
 #[derive(Debug)]
 struct Block {
-    convs: Vec<nn::Conv2D>,
+    convs: Vec<Conv>,
     bns: Vec<nn::BatchNorm>,
     /// One per conv; the last one is applied after the residual add.
     acts: Vec<Activation>,
@@ -320,12 +377,12 @@ impl Block {
         let mut bns = Vec::with_capacity(n);
         let mut acts = Vec::with_capacity(n);
         for (i, &(ci, co, k, s)) in specs.iter().enumerate() {
-            convs.push(conv(&vs / format!("conv{}", i + 1), ci, co, k, s, k / 2));
+            convs.push(Conv::new(&vs / format!("conv{}", i + 1), ci, co, k, s, k / 2, cfg.blurpool));
             bns.push(bn(&vs / format!("bn{}", i + 1), co, cfg.zero_init_residual && i == n - 1));
             acts.push(Activation::new(&vs / format!("act{}", i + 1), cfg.act));
         }
-        let downsample =
-            (stride != 1 || c_in != c_out).then(|| Downsample::new(&vs / "downsample", c_in, c_out, stride));
+        let downsample = (stride != 1 || c_in != c_out)
+            .then(|| Downsample::new(&vs / "downsample", c_in, c_out, stride, cfg.blurpool));
         (Self { convs, bns, acts, downsample, drop_path }, c_out)
     }
 
@@ -337,7 +394,7 @@ impl Block {
         let n = self.convs.len();
         let mut out = x.shallow_clone();
         for i in 0..n {
-            let z = out.apply(&self.convs[i]);
+            let z = self.convs[i].forward(&out);
             out = if i < n - 1 {
                 self.acts[i].forward_bn(&self.bns[i], &z, None, train)
             } else if train && self.drop_path > 0.0 {
@@ -356,7 +413,7 @@ impl Block {
 #[derive(Debug)]
 pub struct ResNet {
     cfg: ResNetConfig,
-    conv1: nn::Conv2D,
+    conv1: Conv,
     bn1: nn::BatchNorm,
     act1: Activation,
     stages: Vec<Vec<Block>>,
@@ -367,9 +424,9 @@ impl ResNet {
     pub fn new(vs: &nn::Path, cfg: ResNetConfig) -> Result<Self> {
         cfg.validate()?;
         let conv1 = if cfg.small_stem {
-            conv(vs / "conv1", 3, 64, 3, 1, 1)
+            Conv::new(vs / "conv1", 3, 64, 3, 1, 1, cfg.blurpool)
         } else {
-            conv(vs / "conv1", 3, 64, 7, 2, 3)
+            Conv::new(vs / "conv1", 3, 64, 7, 2, 3, cfg.blurpool)
         };
         let bn1 = bn(vs / "bn1", 64, false);
         let act1 = Activation::new(vs / "act1", cfg.act);
@@ -429,7 +486,7 @@ impl ResNet {
         train: bool,
         observe: &mut dyn FnMut(&str, &Tensor),
     ) -> Tensor {
-        let mut h = self.act1.forward_bn(&self.bn1, &x.apply(&self.conv1), None, train);
+        let mut h = self.act1.forward_bn(&self.bn1, &self.conv1.forward(x), None, train);
         observe("act1", &h);
         if !self.cfg.small_stem {
             h = h.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);

@@ -338,6 +338,15 @@ pub fn load_initial(
             ));
         }
     }
+    if source.blurpool != model.blurpool {
+        let with = |b: bool| if b { "with" } else { "without" };
+        notes.push(format!(
+            "{} was trained {} BlurPool, the run trains {} it: the same weights, a different network at first",
+            path.display(),
+            with(source.blurpool),
+            with(model.blurpool)
+        ));
+    }
     load_into(vs, &WeightsFile { tensors, metadata: file.metadata }, path)?;
     check_finite(vs, path)?;
     Ok(notes)

@@ -140,6 +140,11 @@ pub struct TrainConfig {
     /// Dropout before the classifier (timm's `drop`; 0: off, as in every ResNet recipe here).
     #[arg(long, default_value_t = 0.0)]
     pub drop: f64,
+    /// FFCV's BlurPool (`use_blurpool`, on in all its ResNet-50 configs): a fixed 3x3 binomial
+    /// blur before every convolution with stride > 1 and at least 16 input channels (the strided
+    /// 3x3s and projection shortcuts; not the stem). Recorded in model files.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub blurpool: bool,
     /// SyncBatchNorm in data-parallel training (timm's `sync_bn`): BatchNorm normalises with the
     /// statistics of every rank's batch; off: each rank's own, as torchvision and timm default to.
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -880,6 +885,7 @@ impl TrainConfig {
             small_stem: self.small_stem,
             drop_path_rate: self.drop_path,
             drop_rate: self.drop,
+            blurpool: self.blurpool,
         }
     }
 

@@ -4,6 +4,7 @@ torchvision==0.26.0, safetensors). Rerun from the repo root:
   python tests/golden/make_golden.py generate      # writes tests/golden/*.safetensors, *.json
   python tests/golden/make_golden.py train-f64     # (only) the float64 train-mode logits
   python tests/golden/make_golden.py activations   # (only) activations_o1_8.safetensors
+  python tests/golden/make_golden.py blurpool      # (only) blurpool_logits.safetensors
   python tests/golden/make_golden.py check W.safetensors   # strict-loads a resnet-train file into
                                                            # PolyResNet and prints its logits check
 
@@ -264,12 +265,69 @@ def activations():
     print(f"wrote {len(out)} tensors to activations_o1_8.safetensors")
 
 
+class BlurPoolConv2d(torch.nn.Module):
+    """FFCV's BlurPoolConv2d (libffcv/ffcv-imagenet train_imagenet.py), restated: a depthwise blur
+    with the fixed binomial filter, stride 1, padding 1, then the wrapped convolution."""
+
+    def __init__(self, conv):
+        super().__init__()
+        default_filter = torch.tensor([[[[1, 2, 1], [2, 4, 2], [1, 2, 1]]]]) / 16.0
+        self.conv = conv
+        self.register_buffer("blur_filter", default_filter.repeat(conv.in_channels, 1, 1, 1))
+
+    def forward(self, x):
+        blurred = torch.nn.functional.conv2d(x, self.blur_filter.to(x.dtype), stride=1, padding=(1, 1),
+                                             groups=self.conv.in_channels, bias=None)
+        return self.conv.forward(blurred)
+
+
+def apply_blurpool(mod):
+    """FFCV's rule: every Conv2d with a stride > 1 and at least 16 input channels."""
+    for name, child in mod.named_children():
+        if isinstance(child, torch.nn.Conv2d) and max(child.stride) > 1 and child.in_channels >= 16:
+            setattr(mod, name, BlurPoolConv2d(child))
+        else:
+            apply_blurpool(child)
+
+
+BLURPOOL_CASES = [  # (arch, act, act_init); relu runs in torchvision's own model, as FFCV's does
+    ("resnet50", "relu", "paper"),
+    ("resnet18", "relu", "paper"),
+    ("resnet50", "polynorm", "paper"),
+]
+
+
+def blurpool():
+    """blurpool_logits.safetensors: the deterministic models with FFCV's BlurPool applied after
+    filling (the weights keep torchvision's names), eval logits in float32 and train-mode logits
+    in float64, and the number of convolutions wrapped."""
+    out = {}
+    for arch, act, act_init in BLURPOOL_CASES:
+        if act == "relu":
+            m = getattr(torchvision.models, arch)()
+            fill(m, 3, act_init)
+        else:
+            m = build(arch, act, act_init)
+        apply_blurpool(m)
+        tag = f"{arch}.{act}"
+        out[f"{tag}.wrapped"] = torch.tensor([sum(isinstance(x, BlurPoolConv2d) for x in m.modules())])
+        out[f"{tag}.eval"] = logits(m, False)
+        m = m.double()
+        m.train(True)
+        with torch.no_grad():
+            out[f"{tag}.train_f64"] = m(det_input().double())
+    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(HERE, "blurpool_logits.safetensors"))
+    print(f"wrote {len(out)} tensors to blurpool_logits.safetensors")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["generate"]:
         generate()
         train_f64()
     elif sys.argv[1:2] == ["activations"]:
         activations()
+    elif sys.argv[1:2] == ["blurpool"]:
+        blurpool()
     elif sys.argv[1:2] == ["train-f64"]:
         train_f64()
     elif sys.argv[1:2] == ["check"] and len(sys.argv) == 3:
