@@ -664,8 +664,9 @@ fn relu_like_polyrelu_with_frozen_coefficients_trains_exactly_as_relu() {
 /// `initial_checkpoint`: a run starts from a file's weights instead of its seeded init. A
 /// 1000-class torchvision-style ReLU ResNet-18 started as a 10-class PolyNorm model: every
 /// convolution and BatchNorm takes the file's values, the classifier (another size) and the
-/// activation coefficients (none in the file) keep their init, and the run says so. A resumed
-/// run needs the file no more; another architecture is refused naming the file.
+/// activation coefficients (none in the file) keep their init, and the run says so (as it says
+/// other class names, or BlurPool on one side only). A resumed run needs the file no more;
+/// another architecture is refused naming the file.
 #[test]
 fn initial_checkpoint_starts_a_run_from_a_files_weights() {
     let dir = common::tmpdir();
@@ -757,7 +758,7 @@ fn initial_checkpoint_starts_a_run_from_a_files_weights() {
             "--output",
             dir.path().to_str().unwrap(),
         ])
-        .args(["--initial-checkpoint", ft_last.to_str().unwrap()])
+        .args(["--initial-checkpoint", ft_last.to_str().unwrap(), "--blurpool"])
         .output()
         .unwrap();
     let text = common::output_text(&out);
@@ -766,6 +767,8 @@ fn initial_checkpoint_starts_a_run_from_a_files_weights() {
         text.contains("classes differ from the data's (class 0: checker in the file, a_circle in the data)"),
         "{text}"
     );
+    // The same weights in a network with FFCV's BlurPool: taken, and said.
+    assert!(text.contains("was trained without BlurPool, the run trains with it"), "{text}");
     assert!(!text.contains("start at their init"), "same activation: coefficients taken: {text}");
 
     // Another architecture: refused, naming the file.
