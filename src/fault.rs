@@ -2,7 +2,8 @@
 //! this process the n-th time it reaches `<point>` — a kill at an exact instant, where a test
 //! with timers could only hope to land. Points: `setup` (the run folder is set up, before the
 //! first step), `step` (after a step is logged), `eval` (an evaluation has started),
-//! `write:<file name>` (a file's new contents are on disk under the temp name, not yet renamed).
+//! `write:<file name>` (a file's new contents are on disk under the temp name, not yet renamed),
+//! `fork:rename` (a fork's folder is complete under its hidden name, not yet renamed).
 //! With `RESNET_TRAIN_FAULT_RANK=r` only rank r of a data-parallel job (`RANK`) is killed.
 //! Without the variable every point is a no-op.
 

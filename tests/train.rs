@@ -261,6 +261,22 @@ fn schedules_match_closed_forms() {
     assert!(close(tanh.lr(60), 0.01 + 0.5 * 0.39 * (1.0 - (-7.0 * 0.5 + 3.0 * 0.5f64).tanh())));
     assert!(close(tanh.lr(110), 0.01) && tanh.lr(109) > 0.01);
     assert!(close(schedule("schedule = \"constant\"").lr(100), 0.4));
+    // wsd: the peak after the warmup, then 1 - sqrt(f) to min_lr over the last 0.25 x 100 = 25
+    // steps (Python's round: 24.5 would be 24; here 25); the cooldown after `epochs` at min_lr.
+    let wsd = schedule("schedule = \"wsd\"\ndecay_epochs = 0.25\ncooldown_epochs = 1");
+    assert_eq!(wsd.wsd.as_ref().map(|w| (w.span, w.decay)), Some((100, 25)));
+    assert!(close(wsd.lr(9), 0.4) && close(wsd.lr(10), 0.4) && close(wsd.lr(85), 0.4));
+    assert!(close(wsd.lr(86), 0.01 + 0.39 * (1.0 - (1.0f64 / 25.0).sqrt())));
+    assert!(close(wsd.lr(109), 0.01 + 0.39 * (1.0 - (24.0f64 / 25.0).sqrt())));
+    assert!([110, 119].iter().all(|&t| close(wsd.lr(t), 0.01)));
+    // rsqrt: peak / sqrt(1 + t / timescale) after the warmup (timescale: the warmup, 10 steps),
+    // floored at min_lr, then a linear decay over the last 2 epochs.
+    let rsqrt = schedule("schedule = \"rsqrt\"\ndecay_epochs = 2.0");
+    assert!(close(rsqrt.lr(10), 0.4) && close(rsqrt.lr(40), 0.4 / 4f64.sqrt()));
+    let stable_at_95 = 0.4 / (1.0 + 85.0 / 10.0f64).sqrt();
+    assert!(close(rsqrt.lr(95), 0.01 + (stable_at_95 - 0.01) * (1.0 - 5.0 / 20.0)));
+    let floored = schedule("schedule = \"rsqrt\"\nlr_stable_timescale = 0.001\nlr_decay_fn = \"exp\"");
+    assert!(close(floored.lr(50), 0.01) && close(floored.lr(109), 0.01));
     // Step and multistep count after the warmup; min_lr is a floor.
     let st = schedule("schedule = \"step\"\nstep_epochs = 3");
     assert_eq!([st.lr(10), st.lr(39)], [0.4, 0.4]);
@@ -280,7 +296,7 @@ fn schedules_match_closed_forms() {
 #[test]
 fn timm_and_torchvision_styles_equal_their_schedulers() {
     for (file, style, min_cases) in
-        [("timm_schedules.json", "timm", 23), ("torchvision_schedules.json", "torchvision", 11)]
+        [("timm_schedules.json", "timm", 32), ("torchvision_schedules.json", "torchvision", 11)]
     {
         let path = common::repo().join("tests/golden").join(file);
         let golden: serde_json::Value =
@@ -354,6 +370,28 @@ fn schedule_keys_are_checked() {
     );
     assert!(err("schedule = \"multistep\"\ndecay_milestones = []").contains("--decay-milestones must be"));
     assert!(err("schedule = \"poly\"\npoly_power = 0.0").contains("--poly-power must be"));
+    // wsd / rsqrt keys: theirs only; a final decay that fits after the warmup; no torchvision style.
+    assert!(err("decay_epochs = 0.3")
+        .contains("--decay-epochs applies to the wsd and rsqrt schedules, not cosine"));
+    assert!(err("lr_decay_fn = \"linear\"").contains("--lr-decay-fn applies to the wsd and rsqrt"));
+    assert!(err("schedule = \"wsd\"\nlr_stable_timescale = 2.0")
+        .contains("--lr-stable-timescale applies to the rsqrt"));
+    assert!(err("schedule = \"wsd\"\nschedule_style = \"torchvision\"")
+        .contains("torchvision's reference has none"));
+    assert!(err("schedule = \"rsqrt\"").contains("set --lr-stable-timescale"));
+    assert!(err("schedule = \"rsqrt\"\nlr_stable_timescale = -1.0").contains("--lr-stable-timescale must be"));
+    assert!(
+        err("schedule = \"wsd\"\nepochs = 2\nwarmup_epochs = 2.0").contains("needs epochs after its warmup")
+    );
+    assert!(err("schedule = \"wsd\"\nepochs = 10\ndecay_epochs = 11.0").contains("--decay-epochs must be"));
+    assert!(err("schedule = \"wsd\"\ndecay_epochs = 0.0").contains("--decay-epochs must be"));
+    // Per epoch, 0.1 of 4 epochs rounds to no decay at all (timm refuses it too); per step it is 0.4 epochs.
+    assert!(timm("schedule = \"wsd\"\nepochs = 4\ndecay_epochs = 0.1").contains("at least one whole epoch"));
+    assert_eq!(timm("schedule = \"wsd\"\nepochs = 4\ndecay_epochs = 0.1\nsched_on_updates = true"), "");
+    assert!(
+        timm("schedule = \"wsd\"\nlr_cycle_limit = 2").contains("--lr-cycle-limit applies to timm's cycle")
+    );
+    assert_eq!(timm("schedule = \"wsd\"\nwarmup_epochs = 2.0\ncooldown_epochs = 2\nlr_noise = [0.5]"), "");
     assert!(err("trust_coeff = 0.01").contains("--trust-coeff applies to lars"));
     assert!(err("opt = \"larc\"\ntrust_coeff = 0.0").contains("--trust-coeff must be positive"));
     assert_eq!(err("opt = \"nlarc\"\ntrust_coeff = 0.02"), "");
@@ -801,4 +839,85 @@ fn mixup_stops_at_mixup_off_epoch() {
     assert_eq!((always.len(), off.len()), (4, 4));
     assert_eq!(always[..2], off[..2], "epoch 0 mixes in both");
     assert!(always[2..].iter().zip(&off[2..]).all(|(a, b)| a.1 != b.1), "{always:?} {off:?}");
+}
+
+/// WSD's cooldown branching with `fork`: a wsd run stopped where its decay would start (step 10
+/// of 15), forked. The fork resumed as is ends exactly as the run itself resumed (per-step
+/// losses and learning rates); a fork resumed with `--epochs 5` holds the stable learning rate
+/// until its own decay (steps 21-24); resuming the source leaves the forks' files alone, and a
+/// resume that moves the decay says where the learning rate continues. A fork killed before its
+/// folder is renamed into place leaves nothing under the new name and can be made again.
+#[test]
+fn wsd_forks_branch_the_stable_phase_into_their_own_decays() {
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 4, 1, 32, 5).unwrap(); // 5 steps per epoch
+    let mut cfg = tiny_config(&data, dir.path(), "stable");
+    (cfg.act, cfg.epochs, cfg.max_steps, cfg.warmup_epochs) = (ActKind::Relu, 3, 10, 1.0);
+    (cfg.schedule, cfg.decay_epochs) = (ScheduleKind::Wsd, Some(1.0));
+    assert!(train(cfg, None).unwrap().stopped_early);
+    let stable = dir.path().join("stable");
+    let fork = |to: &str, fault: &str| {
+        let mut c = std::process::Command::new(common::bin());
+        c.arg("fork").arg(&stable).arg(dir.path().join(to));
+        if !fault.is_empty() {
+            c.env("RESNET_TRAIN_FAULT", fault);
+        }
+        let out = c.output().unwrap();
+        (out.status.success(), common::output_text(&out))
+    };
+    let hidden = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".same"))
+    };
+    let (ok, text) = fork("same", "fork:rename@1");
+    assert!(!ok && !dir.path().join("same").exists() && hidden(), "{text}");
+    let (ok, text) = fork("same", "");
+    assert!(ok && text.contains("at step 10 (epoch 1, batch 5)") && !hidden(), "{text}");
+    assert!(fork("longer", "").0 && fork("earlier", "").0);
+    let (ok, text) = fork("same", "");
+    assert!(!ok && text.contains("already exists"), "{text}");
+    let (ok, text) = fork("data", "");
+    assert!(!ok && text.contains("already exists"), "{text}");
+    let out =
+        std::process::Command::new(common::bin()).arg("fork").arg(&data).arg(dir.path().join("x")).output();
+    let text = common::output_text(&out.unwrap());
+    assert!(text.contains("not a run folder"), "{text}");
+    let same = dir.path().join("same");
+    let config = std::fs::read_to_string(same.join("config.toml")).unwrap();
+    assert!(config.contains("name = \"same\""), "{config}");
+
+    // The source resumed, and the fork resumed as is: the same steps.
+    let resume = |run: &Path, flags: &[&str]| {
+        use clap::Parser;
+        let mut argv = vec!["resnet-train", "--resume", run.to_str().unwrap()];
+        argv.extend(flags);
+        let args = resnet_train::cli::Cli::try_parse_from(argv).unwrap().train;
+        train(TrainConfig::resume(run, &args).unwrap(), Some(run)).unwrap()
+    };
+    let longer = dir.path().join("longer");
+    let longer_before = std::fs::read(longer.join("last.safetensors")).unwrap();
+    assert_eq!(resume(&stable, &[]).steps, 15);
+    assert_eq!(std::fs::read(longer.join("last.safetensors")).unwrap(), longer_before, "the fork changed");
+    assert_eq!(resume(&same, &[]).steps, 15);
+    assert_eq!(losses(&stable), losses(&same));
+    // The longer budget: the peak until step 20, then its own 5-step decay (1 - sqrt).
+    assert_eq!(resume(&longer, &["--epochs", "5"]).steps, 25);
+    let lrs: Vec<f64> = losses(&longer).iter().map(|r| r.2).collect();
+    assert_eq!(lrs[..10], losses(&stable).iter().map(|r| r.2).collect::<Vec<_>>()[..10]);
+    assert!(lrs[4..21].iter().all(|&lr| (lr - 0.4 / 256.0 * 8.0).abs() < 1e-12), "{lrs:?}");
+    assert!(lrs[20..].windows(2).all(|w| w[1] < w[0]), "{lrs:?}");
+    assert!((lrs[24] - lrs[20] * (1.0 - 0.8f64.sqrt())).abs() < 1e-12, "{lrs:?}");
+
+    // A resume that moves the decay earlier says so: at step 10 a 2-epoch decay has begun.
+    let out = std::process::Command::new(common::bin())
+        .args(["train", "--resume"])
+        .arg(dir.path().join("earlier"))
+        .args(["--decay-epochs", "2", "--max-steps", "11"])
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert!(text.contains("the changed schedule continues at lr") && text.contains("at step 10"), "{text}");
 }

@@ -7,6 +7,7 @@ pub mod bench_data;
 pub mod check_act;
 pub mod coefficients;
 pub mod eval;
+pub mod fork;
 pub mod init;
 pub mod launch;
 pub mod make_demo_data;
@@ -50,6 +51,8 @@ pub enum Command {
     Init(init::InitArgs),
     /// Average checkpoints' weights into one model file (a run's best N by eval metric).
     Average(average::AverageArgs),
+    /// Copy a run at its last checkpoint into a new run that continues on its own (WSD branching).
+    Fork(fork::ForkArgs),
     /// The learning rate a config trains with, epoch by epoch (no training).
     Schedule(Box<schedule::ScheduleArgs>),
     /// Classify images with a model file (torchvision's ResNet eval preprocessing).
@@ -162,6 +165,7 @@ pub fn run(cli: Cli) -> crate::error::Result<()> {
         Some(Command::Init(a)) => init::run(a),
         Some(Command::Average(a)) => average::run(a),
         Some(Command::Schedule(a)) => schedule::run(*a),
+        Some(Command::Fork(a)) => fork::run(a),
         Some(Command::Predict(a)) => predict::run(a),
         Some(Command::MakeDemoData(a)) => make_demo_data::run(a),
         Some(Command::BenchData(a)) => bench_data::run(a),

@@ -193,6 +193,15 @@ pub fn load_last(path: &Path) -> Result<(WeightsFile, LoopState)> {
     Ok((file, state))
 }
 
+/// A `last` checkpoint's loop state, from its header alone.
+pub fn read_last_state(path: &Path) -> Result<LoopState> {
+    let meta = weights::read_metadata(path)?;
+    let text = meta
+        .get(META_STATE)
+        .ok_or_else(|| Error::file(path, "not a training checkpoint (no train state)"))?;
+    serde_json::from_str(text).map_err(|e| Error::file(path, format!("bad train state: {e}")))
+}
+
 /// The run folder's `epoch-N.safetensors` files, by epoch.
 pub fn epoch_files(dir: &Path) -> Result<Vec<(usize, std::path::PathBuf)>> {
     let mut epochs: Vec<(usize, std::path::PathBuf)> = std::fs::read_dir(dir)

@@ -12,7 +12,7 @@ use super::clip::ClipMode;
 use super::ema::EmaBuffers;
 use super::eval::EvalMetric;
 use super::optim::OptKind;
-use super::schedule::{LrScaling, ScheduleKind, ScheduleStyle, WarmupMethod};
+use super::schedule::{DecayFn, LrScaling, ScheduleKind, ScheduleStyle, WarmupMethod};
 use super::stability::Remedy;
 use crate::error::{Error, Result};
 use crate::model::{ActConfig, ActImpl, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
@@ -241,8 +241,10 @@ pub struct TrainConfig {
     /// Learning-rate schedule after warmup: cosine (to min_lr), step (x step_gamma every
     /// step_epochs; step_epochs = 1 is torch's ExponentialLR), multistep (x step_gamma at each of
     /// decay_milestones), linear (to min_lr; with a warmup, FFCV's triangular schedule), poly ((1 -
-    /// t/T)^poly_power to min_lr), tanh (timm's hyperbolic-tangent decay to min_lr) or constant
-    /// (the peak after the warmup).
+    /// t/T)^poly_power to min_lr), tanh (timm's hyperbolic-tangent decay to min_lr), constant
+    /// (the peak after the warmup), wsd (warmup-stable-decay: the peak, then a decay to min_lr over
+    /// the last decay_epochs) or rsqrt (1/sqrt decay, then that final decay); wsd and rsqrt are
+    /// timm's WSDLRScheduler.
     #[arg(long, value_enum, default_value_t = ScheduleKind::Cosine)]
     pub schedule: ScheduleKind,
     /// Whose schedule semantics: per-step (a new lr every optimizer step: warmup from 0 inside
@@ -330,6 +332,18 @@ pub struct TrainConfig {
     /// timm style: the noise's standard deviation (timm's `lr_noise_std`; unset: 1).
     #[arg(long)]
     pub lr_noise_std: Option<f64>,
+    /// wsd / rsqrt: the final decay's length, a fraction in (0, 1) of the epochs after the warmup
+    /// or a number of epochs >= 1 (timm's `decay_epochs` for these; unset: 0.2).
+    #[arg(long)]
+    pub decay_epochs: Option<f64>,
+    /// wsd / rsqrt: the final decay's shape, linear, 1-sqrt, cosine, power or exp (timm's
+    /// `lr_decay_fn`; unset: 1-sqrt for wsd, linear for rsqrt).
+    #[arg(long, value_enum)]
+    pub lr_decay_fn: Option<DecayFn>,
+    /// rsqrt: the stable phase is (1 + t / timescale)^-1/2, t and the timescale in epochs after
+    /// the warmup (timm's `lr_stable_timescale`; unset: warmup_epochs).
+    #[arg(long)]
+    pub lr_stable_timescale: Option<f64>,
     /// Micro-steps per optimizer step (gradient accumulation).
     #[arg(long, default_value_t = 1)]
     pub accum_steps: usize,
@@ -525,16 +539,21 @@ impl Default for TrainConfig {
 const PER_INVOCATION: [&str; 1] = ["max_steps"];
 
 /// Keys a resumed run may change: how it runs, not what it computes up to now (`epochs` extends
-/// or shortens the schedule from here; the guards' thresholds and remedies only act on trouble).
+/// or shortens the schedule from here, as do wsd's final-decay keys; the guards' thresholds and
+/// remedies only act on trouble).
 /// Any other key given with `--resume` that differs from the run's config.toml is refused.
-pub const RESUMABLE: [&str; 27] = [
+pub const RESUMABLE: [&str; 29] = [
     // The dataset may move (a cluster job staging it to local disk); the trainer then checks that
     // its classes are the run's and warns if its size changed.
     "data",
     "train_split",
     "val_split",
+    // The schedule from here on: a longer or shorter run, or a wsd branch (`fork`) that decays
+    // at another budget.
     "epochs",
     "cooldown_epochs",
+    "decay_epochs",
+    "lr_decay_fn",
     "max_steps",
     "workers",
     "torch_threads",
@@ -714,7 +733,7 @@ impl TrainConfig {
             return Ok(());
         }
         Err(Error::Usage(format!(
-            "--resume keeps the run's settings; these would change it: {}. The run's settings are in {};              start a new run (another --name) to change them. A resumed run may change only: {}",
+            "--resume keeps the run's settings; these would change it: {}. The run's settings are in {}; start a new run (another --name) to change them. A resumed run may change only: {}",
             refused.join(", "),
             saved_path.display(),
             RESUMABLE.join(", ")

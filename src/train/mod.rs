@@ -9,6 +9,7 @@ pub mod ema;
 pub mod engine;
 pub mod erasing;
 pub mod eval;
+pub mod fork;
 pub mod guards;
 pub mod loss;
 pub mod metrics;

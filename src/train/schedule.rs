@@ -15,8 +15,14 @@
 //!   timm's CosineLRScheduler / TanhLRScheduler / PolyLRScheduler (`linear`: power 1) with their
 //!   cycles and k-decay, StepLRScheduler and MultiStepLRScheduler, each with timm's learning-rate
 //!   noise, stepped as train.py steps them; tests/golden/timm_schedules.json holds timm's own
-//!   values. Not reproduced: timm's plateau scheduler (driven by the eval metric, not the step)
-//!   and its wsd/rsqrt schedules.
+//!   values, as it does for timm's WSDLRScheduler (`wsd`, `rsqrt`). Not reproduced: timm's plateau
+//!   scheduler (driven by the eval metric, not the step; deprecated in timm 1.0.31, whose docs
+//!   recommend wsd instead).
+//!
+//! `wsd` (warmup-stable-decay, MiniCPM) holds the peak after the warmup and decays to `min_lr`
+//! over the last `decay_epochs` only; `rsqrt` (Big Vision) decays as (1 + t / timescale)^-1/2
+//! after the warmup, then the same final decay. Both are timm's WSDLRScheduler: lr = min + (peak ·
+//! stable(t) − min) · decay(fraction of the final decay), in the per-step and timm styles.
 
 use super::config::TrainConfig;
 use crate::error::{Error, Result};
@@ -32,14 +38,75 @@ pub enum ScheduleKind {
     Poly,
     Tanh,
     Constant,
+    Wsd,
+    Rsqrt,
 }
 
 impl ScheduleKind {
-    /// The kinds that decay to `min_lr` at the end of `epochs` (a cooldown follows them; timm
-    /// cycles them).
+    /// The kinds that decay to `min_lr` at the end of `epochs` (a cooldown may follow them).
     pub fn ends_at_min_lr(self) -> bool {
+        self.cycles() || self.is_wsd()
+    }
+
+    /// The kinds timm restarts in cycles.
+    pub fn cycles(self) -> bool {
         matches!(self, ScheduleKind::Cosine | ScheduleKind::Linear | ScheduleKind::Poly | ScheduleKind::Tanh)
     }
+
+    /// timm's WSDLRScheduler: a stable phase, then a decay over the last `decay_epochs`.
+    pub fn is_wsd(self) -> bool {
+        matches!(self, ScheduleKind::Wsd | ScheduleKind::Rsqrt)
+    }
+}
+
+/// The shape of the wsd / rsqrt schedules' final decay, from 1 to 0 over its fraction f (timm's
+/// WSDLRScheduler `decay_fn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DecayFn {
+    /// 1 − f (the trapezoidal schedule; rsqrt's default, Big Vision's cooldown).
+    Linear,
+    /// 1 − √f (wsd's default; Hägele et al. 2024's best cooldown).
+    #[serde(rename = "1-sqrt")]
+    #[value(name = "1-sqrt")]
+    OneMinusSqrt,
+    /// (1 + cos πf) / 2.
+    Cosine,
+    /// 1 − f^0.5 (timm's `power` at its fixed decay_power 0.5).
+    Power,
+    /// (r^f − r) / (1 − r), r = 0.1 (timm's `exp` at its fixed decay_ratio).
+    Exp,
+}
+
+impl DecayFn {
+    /// timm's `_decay(frac)`, term for term.
+    fn at(self, f: f64) -> f64 {
+        match self {
+            DecayFn::Linear => 1.0 - f,
+            DecayFn::OneMinusSqrt => 1.0 - f.sqrt(),
+            DecayFn::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * f).cos()),
+            DecayFn::Power => 1.0 - f.powf(WSD_DECAY_POWER),
+            DecayFn::Exp => (WSD_DECAY_RATIO.powf(f) - WSD_DECAY_RATIO) / (1.0 - WSD_DECAY_RATIO),
+        }
+    }
+}
+
+/// timm's WSDLRScheduler defaults that its create_scheduler_v2 (and so train.py) never changes.
+const WSD_DECAY_POWER: f64 = 0.5;
+const WSD_DECAY_RATIO: f64 = 0.1;
+/// timm's default `decay_epochs` for wsd / rsqrt: the last fifth of the stable + decay phases.
+pub const WSD_DECAY_FRACTION: f64 = 0.2;
+
+/// The wsd / rsqrt phases after the warmup, in ticks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Wsd {
+    /// The stable and decay phases together (timm's `t_initial` of WSDLRScheduler).
+    pub span: usize,
+    /// The final decay, the last `decay` ticks of `span`.
+    pub decay: usize,
+    pub decay_fn: DecayFn,
+    /// rsqrt's timescale: the stable phase is (1 + t / timescale)^-1/2 (None: wsd, constant).
+    pub timescale: Option<f64>,
 }
 
 /// The torchvision style's warmup shape (torchvision's `lr_warmup_method`).
@@ -176,6 +243,8 @@ pub struct Schedule {
     /// timm style only (the other styles: one cycle, k = 1, no noise).
     pub cycles: Cycles,
     pub noise: Option<Noise>,
+    /// wsd and rsqrt only.
+    pub wsd: Option<Wsd>,
 }
 
 impl Schedule {
@@ -196,13 +265,34 @@ impl Schedule {
         let ticks_per_epoch = steps_per_epoch / steps_per_tick;
         let peak_lr = cfg.lr_scaling.peak_lr(cfg.lr, global_batch);
         let length = cfg.epochs * ticks_per_epoch;
+        let warmup = (cfg.warmup_epochs * ticks_per_epoch as f64).round() as usize;
+        let wsd = cfg.schedule.is_wsd().then(|| {
+            // timm fits the stable and decay phases inside `epochs` after the warmup, unless
+            // prefixed (create_scheduler_v2's t_sched); so does the per-step style.
+            let prefixed = cfg.schedule_style == ScheduleStyle::Timm && cfg.warmup_prefix;
+            let span = if prefixed { length } else { length.saturating_sub(warmup) };
+            let d = cfg.decay_epochs.unwrap_or(WSD_DECAY_FRACTION);
+            let ticks = if d < 1.0 { d * span as f64 } else { d * ticks_per_epoch as f64 };
+            Wsd {
+                span,
+                // Python's round(), half to even; validate() keeps it within 1..=span.
+                decay: (ticks.round_ties_even() as usize).clamp(1, span.max(1)),
+                decay_fn: cfg.lr_decay_fn.unwrap_or(if cfg.schedule == ScheduleKind::Rsqrt {
+                    DecayFn::Linear
+                } else {
+                    DecayFn::OneMinusSqrt
+                }),
+                timescale: (cfg.schedule == ScheduleKind::Rsqrt)
+                    .then(|| cfg.lr_stable_timescale.map_or(warmup as f64, |s| s * ticks_per_epoch as f64)),
+            }
+        });
         Self {
             kind: cfg.schedule,
             style: cfg.schedule_style,
             peak_lr,
             min_lr: cfg.min_lr,
             steps_per_tick,
-            warmup: (cfg.warmup_epochs * ticks_per_epoch as f64).round() as usize,
+            warmup,
             warmup_lr: match cfg.schedule_style {
                 ScheduleStyle::Torchvision => {
                     peak_lr * cfg.lr_warmup_decay.unwrap_or(TORCHVISION_WARMUP_DECAY)
@@ -231,6 +321,7 @@ impl Schedule {
                 std: cfg.lr_noise_std.unwrap_or(1.0),
                 seed: cfg.seed,
             }),
+            wsd,
         }
     }
 
@@ -245,6 +336,7 @@ impl Schedule {
                 WarmupMethod::Linear => self.linear_warmup(t, self.peak_lr),
                 WarmupMethod::Constant => self.warmup_lr,
             },
+            _ if self.wsd.is_some() => self.wsd_lr(t - self.warmup),
             _ => self.decay(t - self.warmup, self.length.saturating_sub(self.warmup)),
         }
     }
@@ -275,7 +367,8 @@ impl Schedule {
             ScheduleKind::Multistep => {
                 (peak * self.gamma.powi(self.milestones.iter().filter(|&&m| m <= t).count() as i32)).max(min)
             }
-            ScheduleKind::Constant => peak,
+            // (wsd and rsqrt: wsd_lr.)
+            ScheduleKind::Constant | ScheduleKind::Wsd | ScheduleKind::Rsqrt => peak,
         }
     }
 
@@ -293,6 +386,9 @@ impl Schedule {
                 _ => self.peak_lr,
             };
             self.linear_warmup(t, target)
+        } else if self.wsd.is_some() {
+            // WSD's warmup is always a prefix of its stable phase.
+            self.wsd_lr(t - self.warmup)
         } else {
             self.timm_decay(if self.warmup_prefix { t - self.warmup } else { t })
         };
@@ -302,6 +398,20 @@ impl Schedule {
             }
             _ => lr,
         }
+    }
+
+    /// wsd / rsqrt `t_s` ticks after the warmup: timm WSDLRScheduler's `_get_lr`, term for term.
+    fn wsd_lr(&self, t_s: usize) -> f64 {
+        let Some(w) = &self.wsd else { return self.peak_lr };
+        let stable = w.timescale.map_or(1.0, |s| (1.0 + t_s as f64 / s).powf(-0.5));
+        // A decaying stable phase stays at or above min_lr (the decay then has nothing to do).
+        let stable_lr = (self.peak_lr * stable).max(self.min_lr);
+        let into_decay = t_s as f64 - (w.span as f64 - w.decay as f64);
+        if into_decay <= 0.0 {
+            return stable_lr;
+        }
+        let fraction = (into_decay / w.decay as f64).min(1.0);
+        self.min_lr + (stable_lr - self.min_lr) * w.decay_fn.at(fraction)
     }
 
     /// timm's `_get_lr` after the warmup, term for term in its order of operations.
@@ -314,7 +424,8 @@ impl Schedule {
             ScheduleKind::Multistep => {
                 peak * self.gamma.powf(self.milestones.iter().filter(|&&m| m <= t + 1).count() as f64)
             }
-            ScheduleKind::Constant => peak,
+            // (wsd and rsqrt: wsd_lr.)
+            ScheduleKind::Constant | ScheduleKind::Wsd | ScheduleKind::Rsqrt => peak,
             ScheduleKind::Cosine | ScheduleKind::Linear | ScheduleKind::Poly | ScheduleKind::Tanh => {
                 let c = &self.cycles;
                 let t_initial = self.length.max(1) as f64;
@@ -413,9 +524,10 @@ pub fn validate(cfg: &TrainConfig) -> Result<()> {
         }
     }
     let kind = format!("{:?}", cfg.schedule).to_lowercase();
+    validate_wsd(cfg, &kind)?;
     if cfg.cooldown_epochs > 0 && !cfg.schedule.ends_at_min_lr() {
         return bad(format!(
-            "--cooldown-epochs applies to the cosine, linear, poly and tanh schedules, which end at --min-lr \
+            "--cooldown-epochs applies to the cosine, linear, poly, tanh, wsd and rsqrt schedules, which end at --min-lr \
              (the {kind} schedule has no end to cool down after)"
         ));
     }
@@ -424,7 +536,7 @@ pub fn validate(cfg: &TrainConfig) -> Result<()> {
         ("--lr-cycle-mul", cfg.lr_cycle_mul.is_some()),
         ("--lr-cycle-decay", cfg.lr_cycle_decay.is_some()),
     ];
-    if let Some((flag, _)) = cycled.iter().find(|(_, set)| *set && !cfg.schedule.ends_at_min_lr()) {
+    if let Some((flag, _)) = cycled.iter().find(|(_, set)| *set && !cfg.schedule.cycles()) {
         return bad(format!(
             "{flag} applies to timm's cycle schedules (cosine, linear, poly, tanh), not {kind}"
         ));
@@ -476,6 +588,66 @@ pub fn validate(cfg: &TrainConfig) -> Result<()> {
         if m.is_empty() || m[0] == 0 || m.windows(2).any(|w| w[0] >= w[1]) {
             return bad(format!("--decay-milestones must be increasing epochs >= 1, got {m:?}"));
         }
+    }
+    Ok(())
+}
+
+/// The wsd / rsqrt keys: theirs only, and a final decay that fits the phase after the warmup
+/// (create_scheduler_v2's checks, in epochs).
+fn validate_wsd(cfg: &TrainConfig, kind: &str) -> Result<()> {
+    let bad = |m: String| Err(Error::Usage(m));
+    let wsd_keys = [
+        ("--decay-epochs", cfg.decay_epochs.is_some(), cfg.schedule.is_wsd()),
+        ("--lr-decay-fn", cfg.lr_decay_fn.is_some(), cfg.schedule.is_wsd()),
+        ("--lr-stable-timescale", cfg.lr_stable_timescale.is_some(), cfg.schedule == ScheduleKind::Rsqrt),
+    ];
+    if let Some((flag, ..)) = wsd_keys.iter().find(|(_, set, applies)| *set && !applies) {
+        let owner =
+            if *flag == "--lr-stable-timescale" { "rsqrt schedule" } else { "wsd and rsqrt schedules" };
+        let step =
+            if *flag == "--decay-epochs" { " (the step schedule's interval is --step-epochs)" } else { "" };
+        return bad(format!("{flag} applies to the {owner}, not {kind}{step}"));
+    }
+    if !cfg.schedule.is_wsd() {
+        return Ok(());
+    }
+    if cfg.schedule_style == ScheduleStyle::Torchvision {
+        return bad(format!(
+            "the {kind} schedule is timm's (WSDLRScheduler): torchvision's reference has none; use --schedule-style timm \
+             or per-step"
+        ));
+    }
+    let prefixed = cfg.schedule_style == ScheduleStyle::Timm && cfg.warmup_prefix;
+    let span = if prefixed { cfg.epochs as f64 } else { cfg.epochs as f64 - cfg.warmup_epochs };
+    let after = if prefixed { "--epochs" } else { "--epochs - --warmup-epochs" };
+    if span <= 0.0 {
+        return bad(format!(
+            "the {kind} schedule needs epochs after its warmup: --epochs {} with --warmup-epochs {} leaves none",
+            cfg.epochs, cfg.warmup_epochs
+        ));
+    }
+    let d = cfg.decay_epochs.unwrap_or(WSD_DECAY_FRACTION);
+    // An epoch clock rounds the decay to whole epochs (Python's round, half to even), which may
+    // leave none; a step clock keeps at least one step.
+    let epoch_clock = cfg.schedule_style == ScheduleStyle::Timm && !cfg.sched_on_updates;
+    let decay = if d < 1.0 { d * span } else { d };
+    let decay = if epoch_clock { decay.round_ties_even() } else { decay };
+    if !(d > 0.0 && d.is_finite()) || decay <= 0.0 || decay > span {
+        return bad(format!(
+            "--decay-epochs must be a fraction in (0, 1) of {after} ({span}) or epochs >= 1, giving a final decay \
+             of {}at most {span} epochs; got {d}",
+            if epoch_clock { "at least one whole epoch and " } else { "" }
+        ));
+    }
+    if let Some(s) = cfg.lr_stable_timescale.filter(|s| !(*s > 0.0 && s.is_finite())) {
+        return bad(format!("--lr-stable-timescale must be a positive number of epochs, got {s}"));
+    }
+    if cfg.schedule == ScheduleKind::Rsqrt && cfg.lr_stable_timescale.is_none() && cfg.warmup_epochs == 0.0 {
+        return bad(
+            "the rsqrt schedule's timescale defaults to --warmup-epochs, which is 0: set --lr-stable-timescale \
+             (epochs) or a warmup"
+                .into(),
+        );
     }
     Ok(())
 }

@@ -239,6 +239,7 @@ impl Trainer {
         // touched); then one process at a time; a killed process's leftovers go.
         let dir = resume.map_or_else(|| run_dir(&cfg), Path::to_path_buf);
         let mut notes = Vec::new();
+        let mut saved_config = None;
         if resume.is_some() {
             let (saved, saved_path) = config::read_run(&dir)?;
             cfg.check_resumable_from(&saved, &saved_path)?;
@@ -251,6 +252,7 @@ impl Trainer {
             if !changes.is_empty() {
                 notes.push(format!("resumed with changed settings: {}", changes.join(", ")));
             }
+            saved_config = Some(saved);
         }
         let lock = if main { Some(RunLock::acquire(&dir)?) } else { None };
         let stale = if main { run_dir::remove_stale_temp_files(&dir)? } else { 0 };
@@ -357,6 +359,19 @@ impl Trainer {
         }
         let global_batch = cfg.batch_size * cfg.accum_steps * world;
         let schedule = Schedule::new(cfg, steps_per_epoch, global_batch);
+        if let Some(saved) = saved_config.filter(|_| has_checkpoint) {
+            // A resume that reshapes the schedule (--epochs, a wsd branch's --decay-epochs) says
+            // where the learning rate continues from, and where the run's own schedule had it.
+            let (step, before) =
+                (state.schedule_step(), Schedule::new(&saved, steps_per_epoch, global_batch));
+            let (now, was) = (schedule.lr(step), before.lr(step));
+            if (now - was).abs() > 1e-12 * was.abs().max(1e-12) {
+                notes.push(format!(
+                    "the changed schedule continues at lr {now:.6e} at step {step} (the run's schedule: {was:.6e}){}",
+                    if now > was { "; the learning rate rises here" } else { "" }
+                ));
+            }
+        }
         let log = if main { Some(RunLog::open(&dir, state.step, state.epoch)?) } else { None };
 
         say!(main, "run        {}", dir.display());
@@ -404,7 +419,7 @@ impl Trainer {
             cfg.schedule_style.name(),
             format!("{:?}", cfg.schedule).to_lowercase(),
             total_epochs(cfg),
-            schedule_extras(cfg),
+            schedule_extras(cfg, &schedule, steps_per_epoch),
             schedule.peak_lr,
             match (schedule.warmup, schedule.style) {
                 (0, _) => "none".to_string(),
@@ -806,12 +821,19 @@ fn loaders(
     Ok((train_loader, val_loader, eval_size))
 }
 
-/// What a schedule adds to its epochs, for the start-up line: " (3 cycles, 1 cooldown, lr noise)".
-fn schedule_extras(cfg: &TrainConfig) -> String {
+/// What a schedule adds to its epochs, for the start-up line: " (3 cycles, 1 cooldown, lr noise)",
+/// " (1-sqrt decay over the last 40 epochs)".
+fn schedule_extras(cfg: &TrainConfig, schedule: &Schedule, steps_per_epoch: usize) -> String {
+    let ticks_per_epoch = (steps_per_epoch / schedule.steps_per_tick.max(1)).max(1);
+    let wsd = schedule.wsd.as_ref().map(|w| {
+        let name = serde_json::to_value(w.decay_fn).ok().and_then(|v| v.as_str().map(str::to_owned));
+        let epochs = (w.decay as f64 / ticks_per_epoch as f64 * 1e4).round() / 1e4;
+        format!("{} decay over the last {epochs} epochs", name.unwrap_or_default())
+    });
     let cycles = cfg.lr_cycle_limit.filter(|&c| c > 1).map(|c| format!("{c} cycles"));
     let cooldown = (cfg.cooldown_epochs > 0).then(|| format!("{} cooldown", cfg.cooldown_epochs));
     let noise = cfg.lr_noise.as_ref().map(|_| "lr noise".to_string());
-    let extras: Vec<String> = [cycles, cooldown, noise].into_iter().flatten().collect();
+    let extras: Vec<String> = [wsd, cycles, cooldown, noise].into_iter().flatten().collect();
     if extras.is_empty() {
         String::new()
     } else {

@@ -19,7 +19,7 @@ from timm.scheduler import create_scheduler_v2
 
 # Our `schedule` kinds in timm's names: `linear` is timm's `poly` with power (decay_rate) 1.
 TIMM_SCHED = {"cosine": "cosine", "step": "step", "linear": "poly", "poly": "poly", "tanh": "tanh",
-              "multistep": "multistep", "constant": "constant"}
+              "multistep": "multistep", "constant": "constant", "wsd": "wsd", "rsqrt": "rsqrt"}
 
 CASES = [
     # name, our keys, optimizer updates per epoch
@@ -127,6 +127,44 @@ CASES = [
         3,
     ),
     ("constant-warmup", dict(schedule="constant", lr=0.1, epochs=3, warmup_epochs=1), 2),
+    # wsd / rsqrt (WSDLRScheduler): the stable + decay phases fit in epochs - warmup unless
+    # prefixed; decay_epochs < 1 is a fraction of them, rounded half to even.
+    ("wsd-default", dict(schedule="wsd", lr=0.4, epochs=10, warmup_epochs=2, min_lr=1e-4), 3),
+    # 0.3 x 25 updates = 7.5, rounded to 8.
+    (
+        "wsd-on-updates-fraction",
+        dict(schedule="wsd", lr=0.1, epochs=6, warmup_epochs=1, decay_epochs=0.3, sched_on_updates=True),
+        5,
+    ),
+    # 0.5 x 5 epochs = 2.5, rounded to 2.
+    ("wsd-half-to-even", dict(schedule="wsd", lr=0.1, epochs=7, warmup_epochs=2, decay_epochs=0.5), 2),
+    (
+        "wsd-prefix-cosine-cooldown",
+        dict(schedule="wsd", lr=0.2, epochs=8, warmup_epochs=2, warmup_prefix=True, warmup_lr=0.0,
+             decay_epochs=3, lr_decay_fn="cosine", cooldown_epochs=1, min_lr=1e-3),
+        2,
+    ),
+    (
+        "wsd-power-noise",
+        dict(schedule="wsd", lr=0.1, epochs=10, decay_epochs=0.5, lr_decay_fn="power", lr_noise=[0.5],
+             seed=3),
+        2,
+    ),
+    ("wsd-exp-no-warmup", dict(schedule="wsd", lr=0.3, epochs=6, decay_epochs=4, lr_decay_fn="exp"), 2),
+    ("rsqrt-default", dict(schedule="rsqrt", lr=0.2, epochs=12, warmup_epochs=2, min_lr=1e-4), 2),
+    # Without a warmup the timescale is given; the stable phase falls to min_lr and stays there.
+    (
+        "rsqrt-timescale-floor-on-updates",
+        dict(schedule="rsqrt", lr=0.02, epochs=6, lr_stable_timescale=1.5, min_lr=0.01,
+             lr_decay_fn="1-sqrt", sched_on_updates=True),
+        4,
+    ),
+    (
+        "rsqrt-epochs-decay-prefix",
+        dict(schedule="rsqrt", lr=0.1, epochs=6, warmup_epochs=1, warmup_prefix=True, decay_epochs=2,
+             lr_stable_timescale=2.0),
+        3,
+    ),
 ]
 
 
@@ -140,7 +178,10 @@ def timm_curve(keys, updates_per_epoch):
         optimizer,
         sched=kind,
         num_epochs=keys["epochs"],
-        decay_epochs=keys.get("step_epochs", 30),
+        # timm's `decay_epochs` is the step schedule's interval and wsd's final decay (None: 0.2).
+        decay_epochs=keys.get("decay_epochs") if kind in ("wsd", "rsqrt") else keys.get("step_epochs", 30),
+        decay_fn=keys.get("lr_decay_fn"),
+        stable_timescale=keys.get("lr_stable_timescale"),
         decay_milestones=keys.get("decay_milestones", [30, 60, 80]),
         cooldown_epochs=keys.get("cooldown_epochs", 0),
         # timm's `--decay-rate` is the step schedules' factor and the poly schedule's power.
