@@ -885,6 +885,15 @@ fn wsd_forks_branch_the_stable_phase_into_their_own_decays() {
         std::process::Command::new(common::bin()).arg("fork").arg(&data).arg(dir.path().join("x")).output();
     let text = common::output_text(&out.unwrap());
     assert!(text.contains("not a run folder"), "{text}");
+    let (ok, text) = fork("stable/inner", "");
+    assert!(!ok && text.contains("inside the run it forks"), "{text}");
+    // A run in use (a live process holds its lock) is not forked.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let lock = stable.join("lock");
+    std::fs::write(&lock, format!("pid = {}\nhost = {:?}\n", std::process::id(), host.trim())).unwrap();
+    let (ok, text) = fork("busy", "");
+    assert!(!ok && text.contains("is in use by process") && !dir.path().join("busy").exists(), "{text}");
+    std::fs::remove_file(&lock).unwrap();
     let same = dir.path().join("same");
     let config = std::fs::read_to_string(same.join("config.toml")).unwrap();
     assert!(config.contains("name = \"same\""), "{config}");
