@@ -204,3 +204,83 @@ fn every_shipped_study_config_lists_its_cells() {
     }
     assert!(checked >= 4, "{checked} study configs");
 }
+
+/// `branches = true` (WSD's cooldown branching): the 3-epoch wsd run is forked where a 2-epoch
+/// run starts its decay and the fork annealed to 2 epochs. Killed while forking and rerun, the
+/// branch equals a 2-epoch wsd run trained on its own (every step's loss and learning rate), the
+/// main run is unchanged by it, and the table's 2-epoch point is the branch's end.
+#[test]
+fn wsd_branches_equal_shorter_runs_trained_alone() {
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 4, 1, 32, 5).unwrap(); // 40 train, 10 val: 5 steps per epoch
+    let out = dir.path().join("runs");
+    let keys = [
+        ("arch", "\"resnet18\""),
+        ("act", "\"relu\""),
+        ("batch_size", "8"),
+        ("lr", "0.4"),
+        ("warmup_epochs", "0.5"),
+        ("train_size", "32"),
+        ("eval_size", "32"),
+        ("device", "\"cpu\""),
+        ("log_every", "1000"),
+        ("keep_last", "1"),
+        ("schedule", "\"wsd\""),
+        ("decay_epochs", "1.0"),
+    ];
+    let train: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+    let toml = |extra: &str| {
+        format!(
+            "name = \"branched\"\noutput = \"{}\"\nseeds = [0]\nat_epochs = [2]\nbranches = true\n{extra}\n[train]\ndata = \"{}\"\nepochs = 3\n{train}\n[[variants]]\nname = \"relu\"\n",
+            out.display(),
+            data.display()
+        )
+    };
+    let config = dir.path().join("study.toml");
+    let threads = ["--threads", "1"];
+    // Refused: a schedule without a stable phase; a budget that is not shorter than the run.
+    std::fs::write(&config, toml("").replace("\"wsd\"", "\"cosine\"").replace("decay_epochs = 1.0\n", ""))
+        .unwrap();
+    let (code, text) = study(&config, &threads, None);
+    assert!(
+        code.is_some_and(|c| c != 0) && text.contains("branches = true needs the wsd or rsqrt schedule"),
+        "{text}"
+    );
+    std::fs::write(&config, toml("").replace("at_epochs = [2]", "at_epochs = [3]")).unwrap();
+    let (code, text) = study(&config, &threads, None);
+    assert!(
+        code.is_some_and(|c| c != 0) && text.contains("cannot be a branch of an 3-epoch wsd run"),
+        "{text}"
+    );
+
+    std::fs::write(&config, toml("")).unwrap();
+    let (code, text) = study(&config, &threads, Some("fork:rename@1"));
+    assert_eq!(code, None, "killed by SIGKILL: {text}");
+    let (code, text) = study(&config, &threads, None);
+    assert_eq!(code, Some(0), "{text}");
+    let (main, branch) = (out.join("branched/relu-s0"), out.join("branched/relu-s0-e2"));
+    assert_eq!((epochs(&main).len(), epochs(&branch).len()), (3, 2));
+
+    // The same 2-epoch run on its own.
+    let mut alone = Command::new(common::bin());
+    alone.args(["train", "--data"]).arg(&data).args(["--epochs", "2", "--seed", "0", "--name", "alone"]);
+    alone.args(["--output"]).arg(&out).args(["--torch-threads", "1", "--workers", "1"]);
+    for (k, v) in keys {
+        alone.arg(format!("--{}", k.replace('_', "-"))).arg(v.trim_matches('"'));
+    }
+    let o = alone.output().unwrap();
+    assert!(o.status.success(), "{}", common::output_text(&o));
+    let steps = |run: &Path| -> Vec<(usize, f64, f64)> {
+        common::step_records(run).iter().map(|r| (r.step, r.loss, r.lr)).collect()
+    };
+    let (b, a, m) = (steps(&branch), steps(&out.join("alone")), steps(&main));
+    assert_eq!(b, a, "the branch is not the 2-epoch run");
+    assert_eq!(epochs(&branch), epochs(&out.join("alone")));
+    // The main run took the same first 5 steps (the branch point), then kept the peak rate.
+    assert_eq!(b[..5], m[..5]);
+    assert!(b[6].2 < m[6].2 && m[6].2 == m[5].2, "{b:?} {m:?}");
+    let md = std::fs::read_to_string(out.join("branched/study.md")).unwrap();
+    let top1 = epochs(&branch).last().unwrap().1.unwrap();
+    assert!(md.contains("2-epoch branch") && md.contains(&format!("{top1:.2}")), "{md}");
+}

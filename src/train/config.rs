@@ -484,6 +484,11 @@ pub struct TrainConfig {
     /// Per invocation: not written to the run's resolved config.toml.
     #[arg(long, default_value_t = 0)]
     pub max_steps: usize,
+    /// Stop where a run of this many epochs would start its final wsd / rsqrt decay (a study's
+    /// branch point; set by `study`, not a flag, never saved).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub stop_before_decay_of: Option<usize>,
     /// Run folder name (default: arch-act-order-precision-time).
     #[arg(long)]
     pub name: Option<String>,

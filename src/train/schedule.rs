@@ -341,6 +341,14 @@ impl Schedule {
         }
     }
 
+    /// wsd / rsqrt: where a branch for this schedule's budget is taken, in optimizer steps of the
+    /// schedule's clock: the first step of the stable phase's last tick (it and every step before
+    /// it run at the stable learning rate; the decay starts at the next tick).
+    pub fn branch_step(&self) -> Option<usize> {
+        let w = self.wsd.as_ref()?;
+        Some((self.warmup + w.span - w.decay) * self.steps_per_tick.max(1))
+    }
+
     /// Linear from warmup_lr towards `target` at tick W, in timm's order of operations.
     fn linear_warmup(&self, t: usize, target: f64) -> f64 {
         self.warmup_lr + t as f64 * ((target - self.warmup_lr) / self.warmup as f64)

@@ -33,6 +33,12 @@ pub struct StudyConfig {
     /// each run is always reported.
     #[serde(default)]
     pub at_epochs: Vec<usize>,
+    /// With the wsd or rsqrt schedule: measure each of `at_epochs` on its own branch of the run,
+    /// forked where a run of that many epochs starts its final decay and annealed to it (folder
+    /// `<cell>-e<E>`), so the numbers at E epochs are an E-epoch run's (WSD's cooldown branching;
+    /// the extra cost is the decays). Without it, `at_epochs` reads the run mid-schedule.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub branches: bool,
     /// The base training config of every cell (any training key).
     #[serde(default)]
     pub train: toml::Table,
@@ -123,16 +129,47 @@ impl StudyConfig {
         if self.at_epochs.contains(&0) {
             return Err(Error::Usage("at_epochs counts epochs from 1".into()));
         }
+        if self.branches && self.at_epochs.is_empty() {
+            return Err(Error::Usage("branches = true needs at_epochs: the budgets to branch at".into()));
+        }
         for cell in self.cells() {
             let c = self.cell_config(&cell)?;
+            let variant = &self.variants[cell.variant].name;
             if c.max_steps > 0 {
                 return Err(Error::Usage(format!(
-                    "variant {:?}: max_steps would stop every run early; a study compares finished runs",
-                    self.variants[cell.variant].name
+                    "variant {variant:?}: max_steps would stop every run early; a study compares finished runs"
                 )));
+            }
+            if !self.branches {
+                continue;
+            }
+            if !c.schedule.is_wsd() {
+                return Err(Error::Usage(format!(
+                    "variant {variant:?}: branches = true needs the wsd or rsqrt schedule (a stable phase to branch \
+                     from), not {:?}",
+                    c.schedule
+                )));
+            }
+            for &e in &self.at_epochs {
+                let budget = TrainConfig { epochs: e, ..c.clone() };
+                if e >= c.epochs || budget.validate().is_err() {
+                    let why = budget
+                        .validate()
+                        .err()
+                        .map_or(format!("not below epochs = {}", c.epochs), |e| e.to_string());
+                    return Err(Error::Usage(format!(
+                        "variant {variant:?}: at_epochs {e} cannot be a branch of an {}-epoch wsd run: {why}",
+                        c.epochs
+                    )));
+                }
             }
         }
         Ok(())
+    }
+
+    /// A cell's branch annealed to `epochs` (`branches = true`).
+    pub fn branch_dir(&self, cell: &Cell, epochs: usize) -> PathBuf {
+        self.dir().join(format!("{}-e{epochs}", cell.name))
     }
 
     pub fn dir(&self) -> PathBuf {
@@ -191,6 +228,8 @@ pub struct Table {
     pub title: String,
     pub seeds: Vec<u64>,
     pub at_epochs: Vec<usize>,
+    /// The `at_epochs` points are branches annealed to them (`branches = true`).
+    pub branches: bool,
     pub baseline: usize,
     pub variants: Vec<(String, TrainConfig)>,
     /// Runs planned (variants x seeds for a study).
@@ -223,6 +262,7 @@ impl StudyConfig {
             title: format!("Study `{}`", self.name),
             seeds: self.seeds.clone(),
             at_epochs: self.at_epochs.clone(),
+            branches: self.branches,
             baseline: self.baseline(),
             variants,
             planned: cells.len(),
@@ -298,25 +338,84 @@ pub fn run_cell(cfg: &StudyConfig, cell: &Cell, rt: &CellRuntime) -> Result<Cell
         c.device = d.clone();
     }
     let dir = cfg.cell_dir(cell);
-    let resume = dir.join("config.toml").is_file().then_some(dir.as_path());
     let start = Instant::now();
-    let outcome = match trainer::train(c, resume) {
-        Ok(s) if s.stopped_early => {
-            return Err(Error::Usage(format!("{}: stopped before its last epoch", cell.name)))
+    if cfg.branches {
+        if let Some(diverged) = run_branches(cfg, cell, &c)? {
+            return mark_done(&dir, CellOutcome { seconds: start.elapsed().as_secs_f64(), ..diverged });
         }
-        Ok(_) => {
-            CellOutcome { status: "finished".into(), reason: None, seconds: start.elapsed().as_secs_f64() }
-        }
-        Err(Error::Diverged(why)) => CellOutcome {
-            status: "diverged".into(),
-            reason: Some(why),
-            seconds: start.elapsed().as_secs_f64(),
-        },
-        Err(e) => return Err(e),
-    };
+    }
+    let resume = dir.join("config.toml").is_file().then_some(dir.as_path());
+    let outcome = finished(trainer::train(c, resume), &cell.name, start)?;
+    mark_done(&dir, outcome)
+}
+
+fn mark_done(dir: &Path, outcome: CellOutcome) -> Result<CellOutcome> {
     let text = toml::to_string(&outcome).map_err(|e| Error::Usage(format!("cannot serialise: {e}")))?;
     write_atomic(&dir.join(MARKER), text.as_bytes())?;
     Ok(outcome)
+}
+
+/// The outcome of a training invocation that should finish its run.
+fn finished(result: Result<trainer::RunSummary>, name: &str, start: Instant) -> Result<CellOutcome> {
+    let seconds = start.elapsed().as_secs_f64();
+    match result {
+        Ok(s) if s.stopped_early => Err(Error::Usage(format!("{name}: stopped before its last epoch"))),
+        Ok(_) => Ok(CellOutcome { status: "finished".into(), reason: None, seconds }),
+        Err(Error::Diverged(why)) => {
+            Ok(CellOutcome { status: "diverged".into(), reason: Some(why), seconds })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `branches = true`: for each budget in increasing order, the cell's run is trained to where a
+/// run of that budget starts its decay, forked there, and the fork trained to the budget (each
+/// fork's folder is marked done as a cell is). Every stage is resumable: a killed study reruns
+/// into the same state. Returns the outcome if the cell's own run diverged before a branch point.
+fn run_branches(cfg: &StudyConfig, cell: &Cell, c: &TrainConfig) -> Result<Option<CellOutcome>> {
+    let dir = cfg.cell_dir(cell);
+    let mut budgets = cfg.at_epochs.clone();
+    budgets.sort_unstable();
+    for e in budgets {
+        let branch = cfg.branch_dir(cell, e);
+        if branch.join(MARKER).is_file() {
+            continue;
+        }
+        let start = Instant::now();
+        if !branch.join("config.toml").is_file() {
+            let resume = dir.join("config.toml").is_file().then_some(dir.as_path());
+            let to_branch_point = TrainConfig { stop_before_decay_of: Some(e), ..c.clone() };
+            match trainer::train(to_branch_point, resume) {
+                Ok(s) if s.stopped_early => {}
+                Ok(_) => {
+                    return Err(Error::Usage(format!(
+                        "{}: finished before its {e}-epoch branch point",
+                        cell.name
+                    )))
+                }
+                Err(Error::Diverged(why)) => {
+                    return Ok(Some(CellOutcome {
+                        status: "diverged".into(),
+                        reason: Some(why),
+                        seconds: 0.0,
+                    }))
+                }
+                Err(e) => return Err(e),
+            }
+            super::fork::fork(&dir, &branch)?;
+        }
+        let (saved, _) = super::config::read_run(&branch)?;
+        let own = TrainConfig {
+            epochs: e,
+            torch_threads: c.torch_threads,
+            workers: c.workers,
+            device: c.device.clone(),
+            ..saved
+        };
+        let outcome = finished(trainer::train(own, Some(&branch)), &format!("{}-e{e}", cell.name), start)?;
+        mark_done(&branch, outcome)?;
+    }
+    Ok(None)
 }
 
 // ---- The tables ----
@@ -365,6 +464,16 @@ pub fn read_result(dir: &Path, at_epochs: &[usize], cell: &Cell, outcome: CellOu
     RunResult { cell: cell.clone(), outcome, epochs_done: epochs.len(), at, end }
 }
 
+/// A finished branch's last epoch (missing: not finished, or diverged).
+fn branch_end(dir: &Path) -> Point {
+    let finished = std::fs::read_to_string(dir.join(MARKER))
+        .ok()
+        .and_then(|t| toml::from_str::<CellOutcome>(&t).ok())
+        .is_some_and(|o| o.status == "finished");
+    let epochs = RunLog::read_summary(&dir.join("summary.csv"));
+    epochs.last().filter(|_| finished).map_or(Point::MISSING, Point::of)
+}
+
 /// The parameters each PolyReLU/PolyNorm variant adds: k + 1 scalars per activation site.
 pub fn activation_params(c: &TrainConfig) -> usize {
     if c.act == ActKind::Relu {
@@ -400,7 +509,8 @@ fn interval(s: &Summary, digits: usize) -> String {
 
 /// The labels and metrics of every reported point: `after E epochs`, then `end`.
 fn points(cfg: &Table) -> Vec<String> {
-    cfg.at_epochs.iter().map(|e| format!("epoch {e}")).chain(std::iter::once("end".into())).collect()
+    let label = |e: &usize| if cfg.branches { format!("{e}-epoch branch") } else { format!("epoch {e}") };
+    cfg.at_epochs.iter().map(label).chain(std::iter::once("end".into())).collect()
 }
 
 fn point_of(r: &RunResult, i: usize) -> Point {
@@ -509,6 +619,14 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
         activation_cost(first).1,
     )
     .ok();
+    if cfg.branches {
+        writeln!(
+            md,
+            "\nThe k-epoch branch points: each run forked where a k-epoch run starts its final wsd decay and \
+             annealed to k epochs (folder `<run>-e<k>`), so they are k-epoch runs' numbers, not the run's midpoint."
+        )
+        .ok();
+    }
     for (p, label) in points(cfg).iter().enumerate() {
         writeln!(md, "## Top-1 / top-5 / train loss at {label}\n").ok();
         md.push_str(
@@ -590,7 +708,12 @@ pub fn results(cfg: &StudyConfig) -> Result<Vec<RunResult>> {
     let mut out = Vec::new();
     for cell in cfg.cells() {
         if let CellState::Done(outcome) = cell_state(cfg, &cell)? {
-            out.push(read_result(&cfg.cell_dir(&cell), &cfg.at_epochs, &cell, outcome));
+            let mut result = read_result(&cfg.cell_dir(&cell), &cfg.at_epochs, &cell, outcome);
+            if cfg.branches {
+                // Each budget's numbers are its branch's end.
+                result.at = cfg.at_epochs.iter().map(|&e| branch_end(&cfg.branch_dir(&cell, e))).collect();
+            }
+            out.push(result);
         }
     }
     Ok(out)
@@ -674,6 +797,7 @@ pub fn table_of_runs(
         title: format!("{} runs", runs.len()),
         seeds,
         at_epochs: at_epochs.to_vec(),
+        branches: false,
         baseline,
         step_costs: vec![None; variants.len()],
         variants,

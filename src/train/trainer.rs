@@ -359,6 +359,20 @@ impl Trainer {
         }
         let global_batch = cfg.batch_size * cfg.accum_steps * world;
         let schedule = Schedule::new(cfg, steps_per_epoch, global_batch);
+        if let Some(budget) = cfg.stop_before_decay_of {
+            // A study's branch point: stop where a run of `budget` epochs starts its decay.
+            let shorter = TrainConfig { epochs: budget, stop_before_decay_of: None, ..cfg.clone() };
+            let at =
+                Schedule::new(&shorter, steps_per_epoch, global_batch).branch_step().ok_or_else(|| {
+                    Error::Usage(format!(
+                        "a branch point needs the wsd or rsqrt schedule, not {:?}",
+                        cfg.schedule
+                    ))
+                })?;
+            let at = (at as i64 + state.schedule_offset).max(1) as usize;
+            engine.cfg.max_steps = if cfg.max_steps > 0 { cfg.max_steps.min(at) } else { at };
+        }
+        let cfg = &engine.cfg;
         if let Some(saved) = saved_config.filter(|_| has_checkpoint) {
             // A resume that reshapes the schedule (--epochs, a wsd branch's --decay-epochs) says
             // where the learning rate continues from, and where the run's own schedule had it.
@@ -453,6 +467,17 @@ impl Trainer {
 
     /// Trains to the last epoch (or `max_steps`, or a termination signal).
     pub fn run(mut self) -> Result<RunSummary> {
+        let max_steps = self.engine.cfg.max_steps;
+        if max_steps > 0 && self.state.step >= max_steps && self.state.epoch < total_epochs(&self.engine.cfg)
+        {
+            // Resumed at or past --max-steps: nothing to train in this invocation.
+            say!(
+                self.main,
+                "already at step {} (--max-steps {max_steps}): nothing to train",
+                self.state.step
+            );
+            return Ok(self.summary(true));
+        }
         while self.state.epoch < total_epochs(&self.engine.cfg) {
             if self.train_epoch()? {
                 return Ok(self.summary(true));
