@@ -908,6 +908,9 @@ fn wsd_forks_branch_the_stable_phase_into_their_own_decays() {
     };
     let longer = dir.path().join("longer");
     let longer_before = std::fs::read(longer.join("last.safetensors")).unwrap();
+    // Resumed at its --max-steps, a run trains nothing (before, it took one more step).
+    let again = resume(&stable, &["--max-steps", "10"]);
+    assert!(again.stopped_early && again.steps == 10 && common::logged_steps(&stable) == 10);
     assert_eq!(resume(&stable, &[]).steps, 15);
     assert_eq!(std::fs::read(longer.join("last.safetensors")).unwrap(), longer_before, "the fork changed");
     assert_eq!(resume(&same, &[]).steps, 15);
