@@ -663,3 +663,123 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// `eval` on folders that are not the model's classes in its order, scored against predict's
+/// logits: 12 folders named by class index (ImageNet-V2's layout; as text they sort 0, 1, 10, 11,
+/// 2, ...) are the classes their numbers say; 3 folders named as 3 of the model's classes
+/// (`--classes`, a LOC_synset_mapping.txt for a checkpoint that records none) are scored among
+/// those 3 logits only (ImageNet-A/-R's protocol); other folders are an error naming the fix.
+#[test]
+fn eval_matches_class_folders_by_index_or_by_name() {
+    let dir = common::tmpdir();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    resnet_train::data::synthetic::write_dataset(&dir.path().join("src"), 3, 0, 32, 9).unwrap();
+    let sources = walk(&dir.path().join("src/train"));
+    let (code, _, err) = run(&[
+        "init",
+        "--arch",
+        "resnet18",
+        "--num-classes",
+        "12",
+        "--seed",
+        "5",
+        "--out",
+        &p("m.safetensors"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let wnids: Vec<String> = (0..12).map(|i| format!("n{:08}", 1000 + i)).collect();
+    let mapping: String = wnids.iter().map(|w| format!("{w} class {w}\n")).collect();
+    std::fs::write(p("synsets.txt"), mapping).unwrap();
+    // Each image's logits, by file (predict: the same preprocessing, no class matching).
+    let logits_of = |files: &[std::path::PathBuf]| -> Vec<Vec<f64>> {
+        let mut args =
+            vec!["predict".to_string(), "--checkpoint".into(), p("m.safetensors"), "--json".into()];
+        args.extend(["--resize", "32", "--crop", "32"].map(String::from));
+        args.extend(files.iter().map(|f| f.display().to_string()));
+        let (code, out, err) = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["logits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect()
+            })
+            .collect()
+    };
+    // Top-1 (%) and the mean cross-entropy of images whose true model class is `class`, among the
+    // logits of `allowed`.
+    let reference = |cases: &[(std::path::PathBuf, usize)], allowed: &[usize]| -> (f64, f64) {
+        let files: Vec<_> = cases.iter().map(|c| c.0.clone()).collect();
+        let (mut hits, mut loss) = (0, 0.0);
+        for (l, c) in logits_of(&files).iter().zip(cases) {
+            hits += (allowed.iter().copied().max_by(|&a, &b| l[a].total_cmp(&l[b])) == Some(c.1)) as usize;
+            loss += allowed.iter().map(|&a| l[a].exp()).sum::<f64>().ln() - l[c.1];
+        }
+        (100.0 * hits as f64 / cases.len() as f64, loss / cases.len() as f64)
+    };
+    let check = |v: &serde_json::Value, (top1, loss): (f64, f64)| {
+        assert!((v["top1"].as_f64().unwrap() - top1).abs() < 1e-9, "{v} vs top-1 {top1}");
+        assert!(
+            (v["loss"].as_f64().unwrap() - loss).abs() < 1e-4 * loss.abs().max(1.0),
+            "{v} vs loss {loss}"
+        );
+    };
+    let eval = |data: &str, extra: &[&str]| {
+        let (json, model) = (p("eval.json"), p("m.safetensors"));
+        let args = [
+            &["eval", "--checkpoint", &model, "--data", data, "--json", &json][..],
+            &["--size", "32", "--crop-pct", "1.0", "--device", "cpu"],
+            extra,
+        ]
+        .concat();
+        let (code, _, err) = run(&args);
+        let v = (code == 0).then(|| {
+            serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&json).unwrap()).unwrap()
+        });
+        (v, err)
+    };
+    // 12 index-named folders, 2 images each.
+    let mut cases = Vec::new();
+    for class in 0..12 {
+        let folder = dir.path().join("v2").join(class.to_string());
+        std::fs::create_dir_all(&folder).unwrap();
+        for j in 0..2 {
+            let dst = folder.join(format!("{j}.jpg"));
+            std::fs::copy(&sources[(class * 2 + j) % sources.len()], &dst).unwrap();
+            cases.push((dst, class));
+        }
+    }
+    let (v, err) = eval(&p("v2"), &["--per-class"]);
+    let v = v.unwrap_or_else(|| panic!("{err}"));
+    assert!(err.contains("named by class index"), "{err}");
+    let all: Vec<usize> = (0..12).collect();
+    check(&v, reference(&cases, &all));
+    let rows = v["per_class"].as_array().unwrap();
+    assert_eq!(rows.len(), 12);
+    assert_eq!((&rows[2]["class"], &rows[2]["name"]), (&serde_json::json!(10), &serde_json::json!("10")));
+    // 3 folders named as classes 2, 5 and 11 (by the --classes file): scored among those 3.
+    let mut cases = Vec::new();
+    for (k, class) in [2usize, 5, 11].into_iter().enumerate() {
+        let folder = dir.path().join("subset").join(&wnids[class]);
+        std::fs::create_dir_all(&folder).unwrap();
+        for j in 0..3 {
+            let dst = folder.join(format!("{j}.jpg"));
+            std::fs::copy(&sources[(k * 3 + j) % sources.len()], &dst).unwrap();
+            cases.push((dst, class));
+        }
+    }
+    let (v, err) = eval(&p("subset"), &["--classes", &p("synsets.txt")]);
+    let v = v.unwrap_or_else(|| panic!("{err}"));
+    assert!(err.contains("3 of the model's 12 classes"), "{err}");
+    check(&v, reference(&cases, &[2, 5, 11]));
+    assert_eq!(v["top5"].as_f64().unwrap(), 100.0, "3 classes: the top 3 hold every label");
+    // Without the names, or with ReaL labels over a subset: errors that say why.
+    let (v, err) = eval(&p("subset"), &[]);
+    assert!(v.is_none() && err.contains("give them with --classes"), "{err}");
+    std::fs::write(p("real.json"), "[]").unwrap();
+    let (v, err) = eval(&p("subset"), &["--classes", &p("synsets.txt"), "--real-labels", &p("real.json")]);
+    assert!(v.is_none() && err.contains("--real-labels scores all 12 classes"), "{err}");
+}

@@ -9,7 +9,7 @@ use crate::data::transform::Transform;
 use crate::error::{Error, Result};
 use crate::model::weights;
 use crate::train::amp::Precision;
-use crate::train::eval::{evaluate, evaluate_each, EvalOptions};
+use crate::train::eval::{class_columns, evaluate, evaluate_each, EvalOptions};
 use crate::train::real_labels::RealLabels;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,6 +55,11 @@ pub struct EvalArgs {
     /// original names), as timm's validate.py `--real-labels`.
     #[arg(long)]
     pub real_labels: Option<PathBuf>,
+    /// The model's class ids, one per line in class-index order (`LOC_synset_mapping.txt`: the
+    /// first word, a wnid), for a checkpoint that records none (e.g. converted torchvision
+    /// weights): the class folders are then matched to them by name (ImageNet-A/-R's 200).
+    #[arg(long)]
+    pub classes: Option<PathBuf>,
     /// Also each class's top-1 and top-5 (a table, and `per_class` in the JSON).
     #[arg(long)]
     pub per_class: bool,
@@ -88,21 +93,33 @@ pub fn run(a: EvalArgs) -> Result<()> {
         .find(|d| d.is_dir())
         .unwrap_or_else(|| a.data.clone());
     let data = Arc::new(ImageFolder::open(&root)?);
-    if data.classes.len() as i64 != cfg.num_classes {
-        return Err(Error::Usage(format!(
-            "{}: {} class folders, but the model has {} classes",
-            root.display(),
-            data.classes.len(),
-            cfg.num_classes
-        )));
-    }
-    if let Some(names) = file.class_names() {
-        if names != data.classes {
-            eprintln!(
-                "warning: the class folders of {} differ from the checkpoint's class names",
-                root.display()
-            );
+    let names = match &a.classes {
+        Some(p) => {
+            let ids = crate::cli::predict::read_class_ids(p)?;
+            if ids.len() as i64 != cfg.num_classes {
+                return Err(Error::file(
+                    p,
+                    format!("{} class ids for a model with {} classes", ids.len(), cfg.num_classes),
+                ));
+            }
+            Some(ids)
         }
+        None => file.class_names(),
+    };
+    let (columns, how) = class_columns(&data.classes, names.as_deref(), cfg.num_classes, &root)?;
+    if let Some(how) = &how {
+        eprintln!(
+            "{}",
+            if how.starts_with("warning") { how.clone() } else { format!("note: {}: {how}", root.display()) }
+        );
+    }
+    if a.real_labels.is_some() && columns.as_ref().is_some_and(|c| c.len() as i64 != cfg.num_classes) {
+        return Err(Error::Usage(format!(
+            "--real-labels scores all {} classes; {} holds {} of them",
+            cfg.num_classes,
+            root.display(),
+            data.classes.len()
+        )));
     }
     let mut lc = LoaderConfig::new(a.batch_size, Transform::Eval { size: crop, resize, filter });
     lc.shuffle = false;
@@ -117,13 +134,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
         channels_last: false,
         flip_tta: a.flip_tta,
         norm: file.normalization(),
+        columns: columns.clone(),
     };
     let mut real = match &a.real_labels {
         Some(p) => Some(RealLabels::read(p, cfg.num_classes)?),
         None => None,
     };
     // Per class: images, top-1 hits, top-5 hits.
-    let mut classes = vec![(0usize, 0usize, 0usize); cfg.num_classes as usize];
+    let mut classes = vec![(0usize, 0usize, 0usize); loader.dataset().classes.len()];
     let r = if real.is_none() && !a.per_class {
         evaluate(&model, &loader, &opts)?
     } else {
@@ -154,7 +172,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     )));
                 }
                 for (j, predicted) in top.iter().enumerate() {
-                    real.score(positions[batch.index * a.batch_size + j], predicted);
+                    // ReaL's labels are the model's class indices.
+                    let predicted: Vec<i64> = match &columns {
+                        Some(c) => predicted.iter().map(|&p| c[p as usize]).collect(),
+                        None => predicted.clone(),
+                    };
+                    real.score(positions[batch.index * a.batch_size + j], &predicted);
                 }
             }
             Ok(())
@@ -178,8 +201,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
             .enumerate()
             .map(|(i, &(n, t1, t5))| {
                 let name = loader.dataset().classes.get(i).map_or("", |s| s.as_str());
-                println!("{i:>6}  {name:<24}  {n:>6}  {:>6.2}%  {:>6.2}%", percent(t1, n), percent(t5, n));
-                serde_json::json!({"class": i, "name": name, "images": n, "top1": percent(t1, n), "top5": percent(t5, n)})
+                // The model's class index (the folder's, matched by name or number).
+                let class = columns.as_ref().map_or(i as i64, |c| c[i]);
+                println!("{class:>6}  {name:<24}  {n:>6}  {:>6.2}%  {:>6.2}%", percent(t1, n), percent(t5, n));
+                serde_json::json!({"class": class, "name": name, "images": n, "top1": percent(t1, n), "top5": percent(t5, n)})
             })
             .collect()
     });
@@ -193,7 +218,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     });
     if let Some(p) = &a.json {
         let v = serde_json::json!({"checkpoint": a.checkpoint, "data": root, "images": r.images, "loss": r.loss, "top1": r.top1, "top5": r.top5,
-            "resize": resize, "crop": crop, "interpolation": filter, "real": real, "per_class": per_class});
+            "resize": resize, "crop": crop, "interpolation": filter, "real": real, "per_class": per_class,
+            "classes_matched": how.filter(|h| !h.starts_with("warning"))});
         crate::fsutil::write_atomic(p, format!("{v}\n").as_bytes())?;
     }
     Ok(())

@@ -59,6 +59,13 @@ pub fn read_class_names(path: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The class ids of a `LOC_synset_mapping.txt`-style file: each line's first word (`n01440764`),
+/// or the line when it is one word.
+pub fn read_class_ids(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(text.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect())
+}
+
 #[derive(serde::Serialize)]
 struct Prediction<'a> {
     file: &'a str,

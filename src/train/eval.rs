@@ -88,7 +88,7 @@ impl EvalSums {
 }
 
 /// How evaluation runs: where, in what precision, and how a batch is prepared.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct EvalOptions {
     pub device: Device,
     pub precision: Precision,
@@ -96,6 +96,82 @@ pub struct EvalOptions {
     /// The logits are the mean of the image's and its mirror image's (FFCV's `lr_tta`).
     pub flip_tta: bool,
     pub norm: Normalization,
+    /// The model's class of each of the data's classes, when they are not the model's own in its
+    /// order: the logits are cut down to these columns, in the data's order (see `class_columns`).
+    pub columns: Option<Vec<i64>>,
+}
+
+/// How a folder's classes map onto a model's: None when they are the model's own classes in its
+/// order, else the model's class of each folder (in folder order) and how they were matched.
+/// - Folders named as the model's classes (its recorded names, e.g. wnids), fewer of them or in
+///   another order: matched by name. Fewer is the ImageNet-A / ImageNet-R protocol (Hendrycks
+///   et al.): top-k and the loss among those classes' logits only.
+/// - Folders named by class index, `0` .. `N-1` (ImageNet-V2's layout, whose folders sort as
+///   text, 0, 1, 10, 100, ...): each folder is the class its number says.
+/// - Otherwise, as many folders as the model has classes are taken in their sorted order, with a
+///   warning when the model records other names; another count is an error.
+pub fn class_columns(
+    data: &[String],
+    model_names: Option<&[String]>,
+    num_classes: i64,
+    root: &std::path::Path,
+) -> Result<(Option<Vec<i64>>, Option<String>)> {
+    if let Some(names) = model_names {
+        if names == data {
+            return Ok((None, None));
+        }
+        let index: std::collections::HashMap<&str, i64> =
+            names.iter().enumerate().map(|(i, n)| (n.as_str(), i as i64)).collect();
+        let by_name: Option<Vec<i64>> = data.iter().map(|d| index.get(d.as_str()).copied()).collect();
+        if let Some(columns) = by_name {
+            let how = if data.len() == names.len() {
+                "matched to the model's classes by name (another order)".to_string()
+            } else {
+                format!(
+                    "{} of the model's {} classes, matched by name: top-1/top-5 and the loss among those classes' \
+                     logits only (the ImageNet-A/-R protocol)",
+                    data.len(),
+                    names.len()
+                )
+            };
+            return Ok((Some(columns), Some(how)));
+        }
+    }
+    let numbered: Option<Vec<i64>> = data
+        .iter()
+        .map(|d| d.parse::<i64>().ok().filter(|i| (0..num_classes).contains(i) && d == &i.to_string()))
+        .collect();
+    if let Some(columns) = numbered {
+        let how = format!(
+            "class folders named by class index ({} of {}; ImageNet-V2's layout){}",
+            data.len(),
+            num_classes,
+            if data.len() < num_classes as usize {
+                ": top-1/top-5 and the loss among those classes' logits only"
+            } else {
+                ""
+            }
+        );
+        return Ok((Some(columns), Some(how)));
+    }
+    if data.len() as i64 != num_classes {
+        return Err(crate::error::Error::Usage(format!(
+            "{}: {} class folders, but the model has {} classes, and the folders are neither the model's class \
+             names{} nor class indices 0..{}",
+            root.display(),
+            data.len(),
+            num_classes,
+            if model_names.is_some() { "" } else { " (the checkpoint records none: give them with --classes)" },
+            num_classes - 1
+        )));
+    }
+    let warning = model_names.map(|_| {
+        format!(
+            "warning: the class folders of {} differ from the checkpoint's class names: taken in their sorted order",
+            root.display()
+        )
+    });
+    Ok((None, warning))
 }
 
 pub fn evaluate(model: &ResNet, loader: &Loader, opts: &EvalOptions) -> Result<EvalResult> {
@@ -115,9 +191,11 @@ pub fn evaluate_each(
     opts: &EvalOptions,
     each: &mut dyn FnMut(&Batch, &Tensor) -> Result<()>,
 ) -> Result<EvalSums> {
-    let EvalOptions { device, precision, channels_last, flip_tta, norm } = *opts;
+    let EvalOptions { device, precision, channels_last, flip_tta, norm, ref columns } = *opts;
     let (mut loss_sum, mut c1, mut c5, mut n) = (0f64, 0i64, 0i64, 0usize);
-    let k = 5.min(model.config().num_classes);
+    let columns = columns.as_ref().map(|c| Tensor::from_slice(c).to_device(device));
+    let classes = columns.as_ref().map_or(model.config().num_classes, |c| c.size()[0]);
+    let k = 5.min(classes);
     for batch in loader.epoch(0, 0) {
         let batch = batch?;
         let x = prepare(&batch.images, device, channels_last, &norm)?;
@@ -125,10 +203,14 @@ pub fn evaluate_each(
         let logits = tch::no_grad(|| -> Result<Tensor> {
             let _ac = precision.autocast(device)?;
             let logits = model.forward_t(&x, false).to_kind(Kind::Float);
-            Ok(if flip_tta {
+            let logits = if flip_tta {
                 (logits + model.forward_t(&x.flip([3]), false).to_kind(Kind::Float)) / 2.0
             } else {
                 logits
+            };
+            Ok(match &columns {
+                Some(c) => logits.f_index_select(1, c)?,
+                None => logits,
             })
         })?;
         let loss = logits.f_cross_entropy_loss(&y, None::<Tensor>, tch::Reduction::Sum, -100, 0.0)?;

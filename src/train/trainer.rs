@@ -753,6 +753,7 @@ impl Trainer {
             channels_last: e.cfg.channels_last,
             flip_tta: e.cfg.eval_flip,
             norm: e.cfg.normalization(),
+            columns: None,
         };
         let sums = evaluate_sums(model, loader, &opts)?;
         Ok(match &e.dist {
