@@ -283,4 +283,5 @@ fn wsd_branches_equal_shorter_runs_trained_alone() {
     let md = std::fs::read_to_string(out.join("branched/study.md")).unwrap();
     let top1 = epochs(&branch).last().unwrap().1.unwrap();
     assert!(md.contains("2-epoch branch") && md.contains(&format!("{top1:.2}")), "{md}");
+    assert!(md.contains(&format!("| relu-s0-e2 | finished | 2 | {top1:.2} |")), "{md}");
 }

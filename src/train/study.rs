@@ -449,6 +449,8 @@ pub struct RunResult {
     pub epochs_done: usize,
     pub at: Vec<Point>,
     pub end: Point,
+    /// `branches = true`: each finished branch's folder name, outcome, epochs and end.
+    pub branches: Vec<(String, CellOutcome, usize, Point)>,
 }
 
 pub fn read_result(dir: &Path, at_epochs: &[usize], cell: &Cell, outcome: CellOutcome) -> RunResult {
@@ -461,17 +463,16 @@ pub fn read_result(dir: &Path, at_epochs: &[usize], cell: &Cell, outcome: CellOu
         Some(r) if outcome.status == "finished" => Point::of(r),
         _ => Point::MISSING,
     };
-    RunResult { cell: cell.clone(), outcome, epochs_done: epochs.len(), at, end }
+    RunResult { cell: cell.clone(), outcome, epochs_done: epochs.len(), at, end, branches: Vec::new() }
 }
 
-/// A finished branch's last epoch (missing: not finished, or diverged).
-fn branch_end(dir: &Path) -> Point {
-    let finished = std::fs::read_to_string(dir.join(MARKER))
-        .ok()
-        .and_then(|t| toml::from_str::<CellOutcome>(&t).ok())
-        .is_some_and(|o| o.status == "finished");
+/// A branch's outcome, epochs and end (None: not done; the end is missing unless it finished).
+fn branch_result(dir: &Path) -> Option<(CellOutcome, usize, Point)> {
+    let text = std::fs::read_to_string(dir.join(MARKER)).ok()?;
+    let outcome: CellOutcome = toml::from_str(&text).ok()?;
     let epochs = RunLog::read_summary(&dir.join("summary.csv"));
-    epochs.last().filter(|_| finished).map_or(Point::MISSING, Point::of)
+    let end = epochs.last().filter(|_| outcome.status == "finished").map_or(Point::MISSING, Point::of);
+    Some((outcome, epochs.len(), end))
 }
 
 /// The parameters each PolyReLU/PolyNorm variant adds: k + 1 scalars per activation site.
@@ -686,19 +687,20 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
     md.push_str("## Runs\n\n| run | status | epochs | top-1 | top-5 | train loss | minutes | note |\n|---|---|---:|---:|---:|---:|---:|---|\n");
     for r in results {
         let f = |x: f64, d: usize| if x.is_finite() { format!("{x:.d$}") } else { "-".into() };
-        writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.cell.name,
-            r.outcome.status,
-            r.epochs_done,
-            f(r.end.top1, 2),
-            f(r.end.top5, 2),
-            f(r.end.train_loss, 4),
-            f(r.outcome.seconds / 60.0, 1),
-            r.outcome.reason.as_deref().unwrap_or("").replace('|', "/"),
-        )
-        .ok();
+        let own = (r.cell.name.clone(), r.outcome.clone(), r.epochs_done, r.end);
+        for (name, outcome, epochs, end) in std::iter::once(&own).chain(&r.branches) {
+            writeln!(
+                md,
+                "| {name} | {} | {epochs} | {} | {} | {} | {} | {} |",
+                outcome.status,
+                f(end.top1, 2),
+                f(end.top5, 2),
+                f(end.train_loss, 4),
+                f(outcome.seconds / 60.0, 1),
+                outcome.reason.as_deref().unwrap_or("").replace('|', "/"),
+            )
+            .ok();
+        }
     }
     md
 }
@@ -711,7 +713,17 @@ pub fn results(cfg: &StudyConfig) -> Result<Vec<RunResult>> {
             let mut result = read_result(&cfg.cell_dir(&cell), &cfg.at_epochs, &cell, outcome);
             if cfg.branches {
                 // Each budget's numbers are its branch's end.
-                result.at = cfg.at_epochs.iter().map(|&e| branch_end(&cfg.branch_dir(&cell, e))).collect();
+                result.at = Vec::new();
+                for &e in &cfg.at_epochs {
+                    let dir = cfg.branch_dir(&cell, e);
+                    let branch = branch_result(&dir);
+                    result.at.push(branch.as_ref().map_or(Point::MISSING, |b| b.2));
+                    if let Some((outcome, epochs, end)) = branch {
+                        let name =
+                            dir.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+                        result.branches.push((name, outcome, epochs, end));
+                    }
+                }
             }
             out.push(result);
         }
