@@ -906,6 +906,22 @@ fn wsd_forks_branch_the_stable_phase_into_their_own_decays() {
         let args = resnet_train::cli::Cli::try_parse_from(argv).unwrap().train;
         train(TrainConfig::resume(run, &args).unwrap(), Some(run)).unwrap()
     };
+    // `schedule --branches` says where a 3-epoch branch of the 5-epoch run forks: step 10, where
+    // this run was stopped; a budget that is not shorter is refused.
+    let sched = |extra: &[&str]| {
+        let mut c = std::process::Command::new(common::bin());
+        c.args(["schedule", "--images", "40", "--batch-size", "8", "--lr", "0.4", "--warmup-epochs", "1"]);
+        let out = c
+            .args(["--schedule", "wsd", "--decay-epochs", "1", "--epochs", "5", "--json"])
+            .args(extra)
+            .output();
+        let out = out.unwrap();
+        (out.status.success(), common::output_text(&out))
+    };
+    let (ok, text) = sched(&["--branches", "3"]);
+    assert!(ok && text.contains(r#""branches":[{"epochs":3,"max_steps":10}]"#), "{text}");
+    let (ok, text) = sched(&["--branches", "5"]);
+    assert!(!ok && text.contains("--branches 5: a branch needs"), "{text}");
     let longer = dir.path().join("longer");
     let longer_before = std::fs::read(longer.join("last.safetensors")).unwrap();
     // Resumed at its --max-steps, a run trains nothing (before, it took one more step).

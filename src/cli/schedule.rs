@@ -19,6 +19,11 @@ pub struct ScheduleArgs {
     /// One JSON object (epochs, steps per epoch, every epoch's first and last lr) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// wsd / rsqrt: where a branch of these shorter budgets (epochs) forks from this run: the
+    /// `--max-steps` to stop it at before `resnet-train fork` (what `study` with `branches = true`
+    /// does by itself).
+    #[arg(long, value_delimiter = ',')]
+    pub branches: Vec<usize>,
     /// Also draw the learning rate of every step (at most 4,000 points) to this .svg or .png.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
@@ -42,6 +47,23 @@ pub fn run(a: ScheduleArgs) -> Result<()> {
     let global_batch = cfg.batch_size * cfg.accum_steps.max(1) * a.world_size;
     let schedule = Schedule::new(&cfg, steps_per_epoch, global_batch);
     let epochs = total_epochs(&cfg);
+    let mut branches = Vec::new();
+    for &budget in &a.branches {
+        let shorter = TrainConfig { epochs: budget, ..cfg.clone() };
+        let step = shorter
+            .validate()
+            .ok()
+            .filter(|_| budget < cfg.epochs)
+            .and_then(|_| Schedule::new(&shorter, steps_per_epoch, global_batch).branch_step());
+        let step = step.ok_or_else(|| {
+            Error::Usage(format!(
+                "--branches {budget}: a branch needs the wsd or rsqrt schedule and a budget below --epochs {} \
+                 whose own decay fits (check it with --epochs {budget})",
+                cfg.epochs
+            ))
+        })?;
+        branches.push((budget, step));
+    }
     let per_epoch: Vec<(f64, f64)> = (0..epochs)
         .map(|e| (schedule.lr(e * steps_per_epoch), schedule.lr((e + 1) * steps_per_epoch - 1)))
         .collect();
@@ -67,6 +89,7 @@ pub fn run(a: ScheduleArgs) -> Result<()> {
             "epochs": epochs, "steps_per_epoch": steps_per_epoch, "global_batch": global_batch,
             "peak_lr": schedule.peak_lr, "first_lr": per_epoch.iter().map(|p| p.0).collect::<Vec<_>>(),
             "last_lr": per_epoch.iter().map(|p| p.1).collect::<Vec<_>>(),
+            "branches": branches.iter().map(|&(e, s)| serde_json::json!({"epochs": e, "max_steps": s})).collect::<Vec<_>>(),
         });
         println!("{v}");
         return Ok(());
@@ -81,6 +104,14 @@ pub fn run(a: ScheduleArgs) -> Result<()> {
     println!("{:>6}  {:>12}  {:>12}", "epoch", "first lr", "last lr");
     for (e, (first, last)) in per_epoch.iter().enumerate() {
         println!("{e:>6}  {first:>12.6e}  {last:>12.6e}");
+    }
+    for (budget, step) in branches {
+        println!(
+            "branch {budget:>4} epochs: train with --max-steps {step} (epoch {}, step {} of its {steps_per_epoch}), \
+             then `resnet-train fork` and --resume the fork with --epochs {budget}",
+            step / steps_per_epoch,
+            step % steps_per_epoch
+        );
     }
     Ok(())
 }
