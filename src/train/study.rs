@@ -339,13 +339,19 @@ pub fn run_cell(cfg: &StudyConfig, cell: &Cell, rt: &CellRuntime) -> Result<Cell
     }
     let dir = cfg.cell_dir(cell);
     let start = Instant::now();
+    // The branches' own training is theirs (their rows in the tables), not the cell's.
+    let mut branch_seconds = 0.0;
     if cfg.branches {
-        if let Some(diverged) = run_branches(cfg, cell, &c)? {
-            return mark_done(&dir, CellOutcome { seconds: start.elapsed().as_secs_f64(), ..diverged });
+        let (diverged, seconds) = run_branches(cfg, cell, &c)?;
+        branch_seconds = seconds;
+        if let Some(diverged) = diverged {
+            let seconds = start.elapsed().as_secs_f64() - branch_seconds;
+            return mark_done(&dir, CellOutcome { seconds, ..diverged });
         }
     }
     let resume = dir.join("config.toml").is_file().then_some(dir.as_path());
-    let outcome = finished(trainer::train(c, resume), &cell.name, start)?;
+    let mut outcome = finished(trainer::train(c, resume), &cell.name, start)?;
+    outcome.seconds -= branch_seconds;
     mark_done(&dir, outcome)
 }
 
@@ -371,17 +377,18 @@ fn finished(result: Result<trainer::RunSummary>, name: &str, start: Instant) -> 
 /// `branches = true`: for each budget in increasing order, the cell's run is trained to where a
 /// run of that budget starts its decay, forked there, and the fork trained to the budget (each
 /// fork's folder is marked done as a cell is). Every stage is resumable: a killed study reruns
-/// into the same state. Returns the outcome if the cell's own run diverged before a branch point.
-fn run_branches(cfg: &StudyConfig, cell: &Cell, c: &TrainConfig) -> Result<Option<CellOutcome>> {
+/// into the same state. Returns the outcome if the cell's own run diverged before a branch point,
+/// and the seconds this invocation spent training branches.
+fn run_branches(cfg: &StudyConfig, cell: &Cell, c: &TrainConfig) -> Result<(Option<CellOutcome>, f64)> {
     let dir = cfg.cell_dir(cell);
     let mut budgets = cfg.at_epochs.clone();
     budgets.sort_unstable();
+    let mut branch_seconds = 0.0;
     for e in budgets {
         let branch = cfg.branch_dir(cell, e);
         if branch.join(MARKER).is_file() {
             continue;
         }
-        let start = Instant::now();
         if !branch.join("config.toml").is_file() {
             let resume = dir.join("config.toml").is_file().then_some(dir.as_path());
             let to_branch_point = TrainConfig { stop_before_decay_of: Some(e), ..c.clone() };
@@ -394,16 +401,14 @@ fn run_branches(cfg: &StudyConfig, cell: &Cell, c: &TrainConfig) -> Result<Optio
                     )))
                 }
                 Err(Error::Diverged(why)) => {
-                    return Ok(Some(CellOutcome {
-                        status: "diverged".into(),
-                        reason: Some(why),
-                        seconds: 0.0,
-                    }))
+                    let outcome = CellOutcome { status: "diverged".into(), reason: Some(why), seconds: 0.0 };
+                    return Ok((Some(outcome), branch_seconds));
                 }
                 Err(e) => return Err(e),
             }
             super::fork::fork(&dir, &branch)?;
         }
+        let start = Instant::now();
         let (saved, _) = super::config::read_run(&branch)?;
         let own = TrainConfig {
             epochs: e,
@@ -413,9 +418,10 @@ fn run_branches(cfg: &StudyConfig, cell: &Cell, c: &TrainConfig) -> Result<Optio
             ..saved
         };
         let outcome = finished(trainer::train(own, Some(&branch)), &format!("{}-e{e}", cell.name), start)?;
+        branch_seconds += start.elapsed().as_secs_f64();
         mark_done(&branch, outcome)?;
     }
-    Ok(None)
+    Ok((None, branch_seconds))
 }
 
 // ---- The tables ----
@@ -624,7 +630,8 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
         writeln!(
             md,
             "\nThe k-epoch branch points: each run forked where a k-epoch run starts its final wsd decay and \
-             annealed to k epochs (folder `<run>-e<k>`), so they are k-epoch runs' numbers, not the run's midpoint."
+             annealed to k epochs (folder `<run>-e<k>`), so they are k-epoch runs' numbers, not the run's midpoint \
+             (the branch rows of the runs table: their own training; a run's minutes leave them out).\n"
         )
         .ok();
     }
