@@ -6,7 +6,7 @@
 use crate::data::sampler::Sampler;
 use crate::error::{Error, Result};
 use crate::train::config::{TrainArgs, TrainConfig};
-use crate::train::schedule::{total_epochs, Schedule};
+use crate::train::schedule::{branch_step, total_epochs, Schedule};
 
 #[derive(clap::Args, Debug)]
 pub struct ScheduleArgs {
@@ -49,13 +49,7 @@ pub fn run(a: ScheduleArgs) -> Result<()> {
     let epochs = total_epochs(&cfg);
     let mut branches = Vec::new();
     for &budget in &a.branches {
-        let shorter = TrainConfig { epochs: budget, ..cfg.clone() };
-        let step = shorter
-            .validate()
-            .ok()
-            .filter(|_| budget < cfg.epochs)
-            .and_then(|_| Schedule::new(&shorter, steps_per_epoch, global_batch).branch_step());
-        let step = step.ok_or_else(|| {
+        let step = branch_step(&cfg, budget, steps_per_epoch, global_batch).ok_or_else(|| {
             Error::Usage(format!(
                 "--branches {budget}: a branch needs the wsd or rsqrt schedule and a budget below --epochs {} \
                  whose own decay fits (check it with --epochs {budget})",

@@ -466,6 +466,20 @@ impl Schedule {
     }
 }
 
+/// Where a branch of `budget` epochs forks from a run of `cfg` (see `Schedule::branch_step`), in
+/// optimizer steps of the schedule's clock; None unless the schedule is wsd / rsqrt and the budget
+/// is below `epochs` with a decay that fits it.
+pub fn branch_step(
+    cfg: &TrainConfig,
+    budget: usize,
+    steps_per_epoch: usize,
+    global_batch: usize,
+) -> Option<usize> {
+    let shorter = TrainConfig { epochs: budget, stop_before_decay_of: None, ..cfg.clone() };
+    shorter.validate().ok().filter(|_| budget < cfg.epochs)?;
+    Schedule::new(&shorter, steps_per_epoch, global_batch).branch_step()
+}
+
 /// The epochs a config trains (timm's num_epochs in the timm style): `epochs` (all cycles of
 /// them with timm's `lr_cycle_limit`), then `cooldown_epochs` at `min_lr`, and with timm's
 /// `warmup_prefix` the warmup's epochs before them.

@@ -15,7 +15,7 @@ use super::eval::{evaluate_sums, prepare, EvalOptions, EvalResult, EvalSums};
 use super::guards::{Decision, Stop};
 use super::metrics::{EpochRecord, RunLog, StepRecord};
 use super::run_dir::{self, RunLock};
-use super::schedule::{total_epochs, Schedule, ScheduleStyle};
+use super::schedule::{branch_step, total_epochs, Schedule, ScheduleStyle};
 use crate::data::dataset::ImageFolder;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{synthetic, transform::Transform};
@@ -361,14 +361,13 @@ impl Trainer {
         let schedule = Schedule::new(cfg, steps_per_epoch, global_batch);
         if let Some(budget) = cfg.stop_before_decay_of {
             // A study's branch point: stop where a run of `budget` epochs starts its decay.
-            let shorter = TrainConfig { epochs: budget, stop_before_decay_of: None, ..cfg.clone() };
-            let at =
-                Schedule::new(&shorter, steps_per_epoch, global_batch).branch_step().ok_or_else(|| {
-                    Error::Usage(format!(
-                        "a branch point needs the wsd or rsqrt schedule, not {:?}",
-                        cfg.schedule
-                    ))
-                })?;
+            let at = branch_step(cfg, budget, steps_per_epoch, global_batch).ok_or_else(|| {
+                Error::Usage(format!(
+                    "no {budget}-epoch branch of this run: it needs the wsd or rsqrt schedule ({:?}) and a \
+                     budget below its {} epochs",
+                    cfg.schedule, cfg.epochs
+                ))
+            })?;
             let at = (at as i64 + state.schedule_offset).max(1) as usize;
             engine.cfg.max_steps = if cfg.max_steps > 0 { cfg.max_steps.min(at) } else { at };
         }
