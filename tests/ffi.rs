@@ -48,3 +48,56 @@ fn cuda_loader_is_harmless_without_a_gpu() {
         assert!(err.contains("no CUDA device"), "{err}");
     }
 }
+
+/// fp16 convolutions' weight gradients on the CPU come from the shim's kernel (fp32 arithmetic on
+/// the fp16 values, rounded once; libtorch's own is oneDNN's reference loops, 25x slower): each
+/// equals the float64 gradient of the same fp16 values to fp16's rounding, as do the input
+/// gradients (libtorch's kernel), for the ResNet's shapes, strides, groups and channels_last.
+#[test]
+fn fp16_convolution_gradients_on_cpu_equal_float64_to_fp16_rounding() {
+    tch::manual_seed(7);
+    // (input channels, output channels, kernel, stride, padding, groups, channels_last)
+    let cases = [
+        (3, 8, 7, 2, 3, 1, false), // the stem
+        (8, 8, 3, 1, 1, 1, false),
+        (8, 16, 1, 2, 0, 1, false), // a downsampling shortcut
+        (8, 8, 3, 2, 1, 2, true),
+        (16, 8, 3, 1, 1, 1, true),
+    ];
+    for (ci, co, k, s, p, groups, channels_last) in cases {
+        let case = format!("{ci}->{co} k{k} s{s} g{groups} channels_last {channels_last}");
+        let mut x = Tensor::randn([2, ci, 9, 9], (Kind::Float, Device::Cpu)).to_kind(Kind::Half);
+        if channels_last {
+            x = ffi::to_channels_last(&x).unwrap();
+        }
+        let w = (Tensor::randn([co, ci / groups, k, k], (Kind::Float, Device::Cpu)) * 0.3).to_kind(Kind::Half);
+        let conv = |x: &Tensor, w: &Tensor| x.conv2d(w, None::<Tensor>, [s, s], [p, p], [1, 1], groups);
+        // fp16 values, so the fp16 backward's incoming gradient is the same as float64's.
+        let g = Tensor::randn(conv(&x, &w).size(), (Kind::Float, Device::Cpu)).to_kind(Kind::Half).to_kind(Kind::Double);
+        let grads = |x: &Tensor, w: &Tensor| {
+            let (x, w) = (x.detach().set_requires_grad(true), w.detach().set_requires_grad(true));
+            (conv(&x, &w).to_kind(Kind::Double) * &g).sum(Kind::Double).backward();
+            (x.grad(), w.grad())
+        };
+        let (gx, gw) = grads(&x, &w);
+        assert_eq!((gx.kind(), gw.kind()), (Kind::Half, Kind::Half), "{case}");
+        let (rx, rw) = grads(&x.to_kind(Kind::Double), &w.to_kind(Kind::Double));
+        // Rounded once to fp16 (half an ulp: 2^-11 relative), plus fp32 accumulation error (at most
+        // a few 1e-6 of the sum of the terms' magnitudes here).
+        let g_abs = g.abs();
+        let magnitude = |x: &Tensor, w: &Tensor, of_weight: bool| {
+            let (x, w) = (x.abs().detach().set_requires_grad(true), w.abs().detach().set_requires_grad(true));
+            (conv(&x, &w) * &g_abs).sum(Kind::Double).backward();
+            if of_weight { w.grad() } else { x.grad() }
+        };
+        let (x64, w64) = (x.to_kind(Kind::Double), w.to_kind(Kind::Double));
+        for (name, got, want, terms) in [
+            ("weight", &gw, &rw, magnitude(&x64, &w64, true)),
+            ("input", &gx, &rx, magnitude(&x64, &w64, false)),
+        ] {
+            let excess = (got.to_kind(Kind::Double) - want).abs() - want.abs() * 2f64.powi(-11) - terms * 1e-5;
+            let worst = excess.max().double_value(&[]);
+            assert!(worst <= 0.0, "{case}: the {name} gradient is off by {worst} beyond fp16 rounding");
+        }
+    }
+}

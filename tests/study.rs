@@ -284,4 +284,25 @@ fn wsd_branches_equal_shorter_runs_trained_alone() {
     let top1 = epochs(&branch).last().unwrap().1.unwrap();
     assert!(md.contains("2-epoch branch") && md.contains(&format!("{top1:.2}")), "{md}");
     assert!(md.contains(&format!("| relu-s0-e2 | finished | 2 | {top1:.2} |")), "{md}");
+
+    // `report --table` over the run folders knows the branch: the same table as the study's.
+    let report = |extra: &[&str]| {
+        let figure = dir.path().join("bands.svg");
+        let o = Command::new(common::bin())
+            .args(["report", "--table", "--out", figure.to_str().unwrap()])
+            .args(extra)
+            .args([&main, &branch])
+            .output()
+            .unwrap();
+        (o.status.success(), common::output_text(&o))
+    };
+    let (ok, text) = report(&[]);
+    assert!(ok, "{text}");
+    let rows = |t: &str| -> Vec<String> {
+        t.lines().filter(|l| l.starts_with("| relu")).map(|l| l.split('|').take(13).collect()).collect()
+    };
+    assert_eq!(rows(&text), rows(&md), "report --table vs study.md:\n{text}");
+    assert!(text.contains("2-epoch branch") && text.contains("1 runs"), "{text}");
+    let (ok, text) = report(&["--at", "1"]);
+    assert!(!ok && text.contains("--at 1: the runs have branches at 2 epochs"), "{text}");
 }

@@ -568,14 +568,14 @@ fn learns_on_tiny_imagenet_10() {
     cfg.batch_size = 64;
     cfg.lr = 0.2;
     cfg.clip_grad = 2.0;
-    cfg.train_size = 48;
-    cfg.eval_size = 48;
+    cfg.train_size = 32;
+    cfg.eval_size = 32;
     cfg.keep_last = 0;
     let s = train(cfg, None).unwrap();
     let top1 = s.last_eval.unwrap().top1;
-    // Measured: 43.4% (release build, 2 cores, 70 s); the data order and augmentations are fixed
-    // by the seed, so the number is reproducible on a given libtorch build.
-    eprintln!("tiny-imagenet-10, ResNet-18, 3 epochs at 48 px: top-1 {top1:.1}% (chance 10%)");
+    // Measured: 40.4% (2 cores, 47 s; 42.2% at 48 px in 90 s); the data order and augmentations
+    // are fixed by the seed, so the number is reproducible on a given libtorch build.
+    eprintln!("tiny-imagenet-10, ResNet-18, 3 epochs at 32 px: top-1 {top1:.1}% (chance 10%)");
     assert!(top1 > 35.0, "top-1 {top1}% after 3 epochs");
 }
 

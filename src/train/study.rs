@@ -752,17 +752,53 @@ pub fn write_tables(cfg: &StudyConfig) -> Result<Vec<RunResult>> {
 /// cells) are grouped by variant, anything else is a variant of its own; the seed is the run's
 /// own `seed`. A run counts as finished when its `study-cell.toml` says so or all its epochs are
 /// in summary.csv; others ("partial") give values at the epochs they reached and no end values.
+/// A folder `<run>-e<E>` next to a listed `<run>` is that run's E-epoch branch (a study's
+/// `branches = true`, or `fork`): the table's points are then the branches' ends, as in the
+/// study's own table, and `at_epochs` may only name budgets that have branches.
 pub fn table_of_runs(
     runs: &[PathBuf],
     at_epochs: &[usize],
     baseline: Option<&str>,
 ) -> Result<(Table, Vec<RunResult>)> {
+    let folder_of = |dir: &PathBuf| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let folders: Vec<String> = runs.iter().map(folder_of).collect();
+    // (index of the branched run, budget, branch folder) for each branch among the runs.
+    let branch_of = |folder: &str| -> Option<(usize, usize)> {
+        let (base, e) = folder.rsplit_once("-e")?;
+        let epochs = e.parse::<usize>().ok().filter(|&e| e > 0)?;
+        Some((folders.iter().position(|f| f == base)?, epochs))
+    };
+    let mut branches: Vec<(usize, usize, &PathBuf)> = Vec::new();
+    let mut own_runs: Vec<(usize, &PathBuf)> = Vec::new();
+    for (i, dir) in runs.iter().enumerate() {
+        match branch_of(&folders[i]) {
+            Some((of, e)) => branches.push((of, e, dir)),
+            None => own_runs.push((i, dir)),
+        }
+    }
+    let mut budgets: Vec<usize> = branches.iter().map(|b| b.1).collect();
+    budgets.sort_unstable();
+    budgets.dedup();
+    let at_epochs = if budgets.is_empty() {
+        at_epochs.to_vec()
+    } else if at_epochs.is_empty() {
+        budgets.clone()
+    } else {
+        if let Some(e) = at_epochs.iter().find(|e| !budgets.contains(e)) {
+            return Err(Error::Usage(format!(
+                "--at {e}: the runs have branches at {} epochs, and a point of a longer run is not an                  {e}-epoch result; name only branch budgets (or leave --at out)",
+                budgets.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        at_epochs.to_vec()
+    };
+
     let mut variants: Vec<(String, TrainConfig)> = Vec::new();
     let mut seeds: Vec<u64> = Vec::new();
     let mut results = Vec::new();
-    for (index, dir) in runs.iter().enumerate() {
+    for (index, dir) in own_runs {
         let (c, _) = super::config::read_run(dir)?;
-        let folder = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let folder = folders[index].clone();
         let name = match folder.rsplit_once("-s") {
             Some((v, seed)) if !v.is_empty() && seed.parse::<u64>().is_ok() => v.to_string(),
             _ => folder.clone(),
@@ -784,24 +820,36 @@ pub fn table_of_runs(
         if !seeds.contains(&c.seed) {
             seeds.push(c.seed);
         }
-        let marker = dir.join(MARKER);
-        let outcome = if marker.is_file() {
-            let text = std::fs::read_to_string(&marker).map_err(|e| Error::io(&marker, e))?;
-            toml::from_str(&text).map_err(|e| Error::file(&marker, format!("unreadable: {e}")))?
-        } else {
-            let done =
-                RunLog::read_summary(&dir.join("summary.csv")).len() >= super::schedule::total_epochs(&c);
-            CellOutcome {
-                status: if done { "finished" } else { "partial" }.into(),
-                reason: None,
-                seconds: f64::NAN,
-            }
-        };
+        let outcome = run_outcome(dir, &c)?;
         let cell = Cell { index, variant, seed: c.seed, name: folder };
-        results.push(read_result(dir, at_epochs, &cell, outcome));
+        let mut result = read_result(dir, &at_epochs, &cell, outcome);
+        if !budgets.is_empty() {
+            // Each budget's numbers are its branch's end (none: no branch of this run at it).
+            result.at = Vec::new();
+            for &e in &at_epochs {
+                let branch = branches.iter().find(|b| b.0 == index && b.1 == e);
+                let end = match branch {
+                    Some(&(_, _, branch_dir)) => {
+                        let (bc, _) = super::config::read_run(branch_dir)?;
+                        let outcome = run_outcome(branch_dir, &bc)?;
+                        let ended = read_result(branch_dir, &[], &cell, outcome);
+                        result.branches.push((
+                            folder_of(branch_dir),
+                            ended.outcome,
+                            ended.epochs_done,
+                            ended.end,
+                        ));
+                        ended.end
+                    }
+                    None => Point::MISSING,
+                };
+                result.at.push(end);
+            }
+        }
+        results.push(result);
     }
     if variants.is_empty() {
-        return Err(Error::Usage("report --table needs at least one run folder".into()));
+        return Err(Error::Usage("report --table needs at least one run folder (not only branches)".into()));
     }
     let baseline = match baseline {
         Some(b) => variants.iter().position(|v| v.0 == b).ok_or_else(|| {
@@ -813,16 +861,28 @@ pub fn table_of_runs(
         None => 0,
     };
     let table = Table {
-        title: format!("{} runs", runs.len()),
+        title: format!("{} runs", results.len()),
         seeds,
-        at_epochs: at_epochs.to_vec(),
-        branches: false,
+        at_epochs,
+        branches: !budgets.is_empty(),
         baseline,
         step_costs: vec![None; variants.len()],
         variants,
-        planned: runs.len(),
+        planned: results.len(),
     };
     Ok((table, results))
+}
+
+/// How a run folder ended: its `study-cell.toml`, else "finished" when summary.csv holds all its
+/// epochs, else "partial".
+fn run_outcome(dir: &Path, c: &TrainConfig) -> Result<CellOutcome> {
+    let marker = dir.join(MARKER);
+    if marker.is_file() {
+        let text = std::fs::read_to_string(&marker).map_err(|e| Error::io(&marker, e))?;
+        return toml::from_str(&text).map_err(|e| Error::file(&marker, format!("unreadable: {e}")));
+    }
+    let done = RunLog::read_summary(&dir.join("summary.csv")).len() >= super::schedule::total_epochs(c);
+    Ok(CellOutcome { status: if done { "finished" } else { "partial" }.into(), reason: None, seconds: f64::NAN })
 }
 
 /// The runs of each variant, for `report::draw_groups`; `dir_of` gives a result's run folder.
