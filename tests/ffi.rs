@@ -70,10 +70,13 @@ fn fp16_convolution_gradients_on_cpu_equal_float64_to_fp16_rounding() {
         if channels_last {
             x = ffi::to_channels_last(&x).unwrap();
         }
-        let w = (Tensor::randn([co, ci / groups, k, k], (Kind::Float, Device::Cpu)) * 0.3).to_kind(Kind::Half);
+        let w =
+            (Tensor::randn([co, ci / groups, k, k], (Kind::Float, Device::Cpu)) * 0.3).to_kind(Kind::Half);
         let conv = |x: &Tensor, w: &Tensor| x.conv2d(w, None::<Tensor>, [s, s], [p, p], [1, 1], groups);
         // fp16 values, so the fp16 backward's incoming gradient is the same as float64's.
-        let g = Tensor::randn(conv(&x, &w).size(), (Kind::Float, Device::Cpu)).to_kind(Kind::Half).to_kind(Kind::Double);
+        let g = Tensor::randn(conv(&x, &w).size(), (Kind::Float, Device::Cpu))
+            .to_kind(Kind::Half)
+            .to_kind(Kind::Double);
         let grads = |x: &Tensor, w: &Tensor| {
             let (x, w) = (x.detach().set_requires_grad(true), w.detach().set_requires_grad(true));
             (conv(&x, &w).to_kind(Kind::Double) * &g).sum(Kind::Double).backward();
@@ -88,14 +91,19 @@ fn fp16_convolution_gradients_on_cpu_equal_float64_to_fp16_rounding() {
         let magnitude = |x: &Tensor, w: &Tensor, of_weight: bool| {
             let (x, w) = (x.abs().detach().set_requires_grad(true), w.abs().detach().set_requires_grad(true));
             (conv(&x, &w) * &g_abs).sum(Kind::Double).backward();
-            if of_weight { w.grad() } else { x.grad() }
+            if of_weight {
+                w.grad()
+            } else {
+                x.grad()
+            }
         };
         let (x64, w64) = (x.to_kind(Kind::Double), w.to_kind(Kind::Double));
         for (name, got, want, terms) in [
             ("weight", &gw, &rw, magnitude(&x64, &w64, true)),
             ("input", &gx, &rx, magnitude(&x64, &w64, false)),
         ] {
-            let excess = (got.to_kind(Kind::Double) - want).abs() - want.abs() * 2f64.powi(-11) - terms * 1e-5;
+            let excess =
+                (got.to_kind(Kind::Double) - want).abs() - want.abs() * 2f64.powi(-11) - terms * 1e-5;
             let worst = excess.max().double_value(&[]);
             assert!(worst <= 0.0, "{case}: the {name} gradient is off by {worst} beyond fp16 rounding");
         }

@@ -760,7 +760,8 @@ pub fn table_of_runs(
     at_epochs: &[usize],
     baseline: Option<&str>,
 ) -> Result<(Table, Vec<RunResult>)> {
-    let folder_of = |dir: &PathBuf| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let folder_of =
+        |dir: &PathBuf| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let folders: Vec<String> = runs.iter().map(folder_of).collect();
     // (index of the branched run, budget, branch folder) for each branch among the runs.
     let branch_of = |folder: &str| -> Option<(usize, usize)> {
@@ -882,7 +883,11 @@ fn run_outcome(dir: &Path, c: &TrainConfig) -> Result<CellOutcome> {
         return toml::from_str(&text).map_err(|e| Error::file(&marker, format!("unreadable: {e}")));
     }
     let done = RunLog::read_summary(&dir.join("summary.csv")).len() >= super::schedule::total_epochs(c);
-    Ok(CellOutcome { status: if done { "finished" } else { "partial" }.into(), reason: None, seconds: f64::NAN })
+    Ok(CellOutcome {
+        status: if done { "finished" } else { "partial" }.into(),
+        reason: None,
+        seconds: f64::NAN,
+    })
 }
 
 /// The runs of each variant, for `report::draw_groups`; `dir_of` gives a result's run folder.
