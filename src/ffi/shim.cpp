@@ -98,11 +98,11 @@ CountingCpuAllocator *CountingCpuAllocator::instance = nullptr;
 // reference loops instead: a ResNet-18 fp16 training step took 25x its bf16 step (2.4 s against
 // 94 ms, batch 8 at 32 px, 2 threads; ONEDNN_VERBOSE shows `ref:any,backward_weights`), which made
 // every CPU fp16 run (tests, `ablate --precision fp16`) crawl. Same semantics: fp16 x fp16
-// products are exact in fp32, and oneDNN's reference loops accumulate in fp32 as well (measured:
-// bit-identical weight gradients; tests/model.rs checks them against float64). The input and
-// bias gradients keep libtorch's own fp16 kernels (fast). Registered for the CPU dispatch key,
-// which libtorch leaves to its CompositeExplicitAutograd kernel: CUDA and every other dtype run
-// exactly as before.
+// products are exact in fp32, and oneDNN's reference loops accumulate in fp32 as well, in another
+// order (the same fp16 results but for rare last-bit roundings; tests/ffi.rs checks them against
+// float64). The input and bias gradients keep libtorch's own fp16 kernels (fast). Registered for
+// the CPU dispatch key, which libtorch leaves to its CompositeExplicitAutograd kernel: CUDA and
+// every other dtype run exactly as before.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cpu_convolution_backward(
     const at::Tensor &grad_output, const at::Tensor &input, const at::Tensor &weight,
     at::OptionalIntArrayRef bias_sizes, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,

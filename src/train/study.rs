@@ -787,7 +787,8 @@ pub fn table_of_runs(
     } else {
         if let Some(e) = at_epochs.iter().find(|e| !budgets.contains(e)) {
             return Err(Error::Usage(format!(
-                "--at {e}: the runs have branches at {} epochs, and a point of a longer run is not an                  {e}-epoch result; name only branch budgets (or leave --at out)",
+                "--at {e}: the runs have branches at {} epochs, and a point of a longer run is not the \
+                 result of an {e}-epoch run; name only branch budgets (or leave --at out)",
                 budgets.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")
             )));
         }
