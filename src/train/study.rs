@@ -472,13 +472,18 @@ pub fn read_result(dir: &Path, at_epochs: &[usize], cell: &Cell, outcome: CellOu
     RunResult { cell: cell.clone(), outcome, epochs_done: epochs.len(), at, end, branches: Vec::new() }
 }
 
-/// A branch's outcome, epochs and end (None: not done; the end is missing unless it finished).
-fn branch_result(dir: &Path) -> Option<(CellOutcome, usize, Point)> {
+/// A study's branch as a row of the runs table (None: not done).
+fn branch_result(dir: &Path) -> Option<(String, CellOutcome, usize, Point)> {
     let text = std::fs::read_to_string(dir.join(MARKER)).ok()?;
-    let outcome: CellOutcome = toml::from_str(&text).ok()?;
+    Some(branch_row(dir, toml::from_str(&text).ok()?))
+}
+
+/// A branch's folder name, outcome, epochs and end (missing unless it finished).
+fn branch_row(dir: &Path, outcome: CellOutcome) -> (String, CellOutcome, usize, Point) {
+    let name = dir.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
     let epochs = RunLog::read_summary(&dir.join("summary.csv"));
     let end = epochs.last().filter(|_| outcome.status == "finished").map_or(Point::MISSING, Point::of);
-    Some((outcome, epochs.len(), end))
+    (name, outcome, epochs.len(), end)
 }
 
 /// The parameters each PolyReLU/PolyNorm variant adds: k + 1 scalars per activation site.
@@ -724,12 +729,8 @@ pub fn results(cfg: &StudyConfig) -> Result<Vec<RunResult>> {
                 for &e in &cfg.at_epochs {
                     let dir = cfg.branch_dir(&cell, e);
                     let branch = branch_result(&dir);
-                    result.at.push(branch.as_ref().map_or(Point::MISSING, |b| b.2));
-                    if let Some((outcome, epochs, end)) = branch {
-                        let name =
-                            dir.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
-                        result.branches.push((name, outcome, epochs, end));
-                    }
+                    result.at.push(branch.as_ref().map_or(Point::MISSING, |b| b.3));
+                    result.branches.extend(branch);
                 }
             }
             out.push(result);
@@ -763,12 +764,13 @@ pub fn table_of_runs(
     let folder_of =
         |dir: &PathBuf| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let folders: Vec<String> = runs.iter().map(folder_of).collect();
-    // (index of the branched run, budget, branch folder) for each branch among the runs.
+    // The (index of the branched run, budget) of a branch's folder name.
     let branch_of = |folder: &str| -> Option<(usize, usize)> {
         let (base, e) = folder.rsplit_once("-e")?;
         let epochs = e.parse::<usize>().ok().filter(|&e| e > 0)?;
         Some((folders.iter().position(|f| f == base)?, epochs))
     };
+    // (index of the branched run, budget, branch folder) for each branch among the runs.
     let mut branches: Vec<(usize, usize, &PathBuf)> = Vec::new();
     let mut own_runs: Vec<(usize, &PathBuf)> = Vec::new();
     for (i, dir) in runs.iter().enumerate() {
@@ -833,15 +835,10 @@ pub fn table_of_runs(
                 let end = match branch {
                     Some(&(_, _, branch_dir)) => {
                         let (bc, _) = super::config::read_run(branch_dir)?;
-                        let outcome = run_outcome(branch_dir, &bc)?;
-                        let ended = read_result(branch_dir, &[], &cell, outcome);
-                        result.branches.push((
-                            folder_of(branch_dir),
-                            ended.outcome,
-                            ended.epochs_done,
-                            ended.end,
-                        ));
-                        ended.end
+                        let row = branch_row(branch_dir, run_outcome(branch_dir, &bc)?);
+                        let end = row.3;
+                        result.branches.push(row);
+                        end
                     }
                     None => Point::MISSING,
                 };
