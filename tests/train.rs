@@ -395,6 +395,16 @@ fn schedule_keys_are_checked() {
     assert!(err("trust_coeff = 0.01").contains("--trust-coeff applies to lars"));
     assert!(err("opt = \"larc\"\ntrust_coeff = 0.0").contains("--trust-coeff must be positive"));
     assert_eq!(err("opt = \"nlarc\"\ntrust_coeff = 0.02"), "");
+    // Betas and epsilon only where the optimizer has them (the default, momentum, has neither).
+    assert!(
+        err("opt_betas = [0.9, 0.99]").contains("--opt-betas applies to adam, adamw, lamb, lambc and lion")
+    );
+    assert!(err("opt = \"lion\"\nopt_betas = [0.9, 1.0]").contains("--opt-betas must be two numbers"));
+    assert!(err("opt = \"adam\"\nopt_betas = [0.9]").contains("--opt-betas must be two numbers"));
+    assert_eq!(err("opt = \"lion\"\nopt_betas = [0.95, 0.98]"), "");
+    assert!(err("opt = \"lion\"\nopt_eps = 1e-6").contains("--opt-eps applies to adam"));
+    assert!(err("opt = \"adamw\"\nopt_eps = 0.0").contains("--opt-eps must be positive"));
+    assert_eq!(err("opt = \"nlars\"\nopt_eps = 1e-6"), "");
     assert!(err("mean = [0.5, 0.5]").contains("--mean and --std must be three numbers"));
     assert!(err("std = [0.2, 0.0, 0.2]").contains("--mean and --std must be three numbers"));
     assert_eq!(timm("lr_cycle_limit = 3\nlr_cycle_mul = 2.0\nlr_noise = [0.2, 0.9]\nlr_k_decay = 0.5"), "");

@@ -293,17 +293,37 @@ int rt_foreach_clip_grad_norm(rt_tensor *grads, int n, double max_norm, rt_tenso
   });
 }
 
-int rt_fused_adamw(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs, int n,
-                   rt_tensor step, double lr, double beta1, double beta2, double weight_decay, double eps,
-                   char **err) {
+int rt_fused_adam(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs, int n,
+                  rt_tensor step, double lr, double beta1, double beta2, double weight_decay, double eps,
+                  int decoupled, char **err) {
   return guarded(err, [&] {
     if (n == 0) return;
     at::NoGradGuard no_grad;
     auto p = list(params, n), g = list(grads, n), m = list(exp_avgs, n), v = list(exp_avg_sqs, n);
     std::vector<at::Tensor> steps(n, *static_cast<at::Tensor *>(step));
     std::vector<at::Tensor> no_max;  // amsgrad = false
-    at::_fused_adamw_(p, g, m, v, no_max, steps, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
-                      /*maximize=*/false, /*grad_scale=*/c10::nullopt, /*found_inf=*/c10::nullopt);
+    if (decoupled) {
+      at::_fused_adamw_(p, g, m, v, no_max, steps, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
+                        /*maximize=*/false, /*grad_scale=*/c10::nullopt, /*found_inf=*/c10::nullopt);
+    } else {
+      at::_fused_adam_(p, g, m, v, no_max, steps, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
+                       /*maximize=*/false, /*grad_scale=*/c10::nullopt, /*found_inf=*/c10::nullopt);
+    }
+  });
+}
+
+int rt_foreach_lion(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, int n, double lr, double beta1,
+                    double beta2, double weight_decay, char **err) {
+  return guarded(err, [&] {
+    if (n == 0) return;
+    at::NoGradGuard no_grad;
+    auto p = list(params, n), g = list(grads, n), m = list(exp_avgs, n);
+    // timm's _multi_tensor_lion, operation for operation (it multiplies by 1 - lr wd even at wd 0).
+    at::_foreach_mul_(p, 1.0 - lr * weight_decay);
+    auto update = at::_foreach_lerp(m, g, 1.0 - beta1);
+    for (auto &u : update) u.sign_();
+    at::_foreach_add_(p, update, -lr);
+    at::_foreach_lerp_(m, g, 1.0 - beta2);
   });
 }
 

@@ -55,11 +55,17 @@ int rt_foreach_unscale(rt_tensor *grads, int n, rt_tensor found_inf, rt_tensor i
 // scaled by min(1, max_norm / (norm + 1e-6)) (torch.nn.utils.clip_grad_norm_).
 int rt_foreach_clip_grad_norm(rt_tensor *grads, int n, double max_norm, rt_tensor *total_norm, char **err);
 
-// AdamW (torch.optim.AdamW(fused=True)): at::_fused_adamw_ over one parameter group; `step` is one
-// float tensor on the parameters' device, already incremented for this step (read, not written).
-int rt_fused_adamw(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs, int n,
-                   rt_tensor step, double lr, double beta1, double beta2, double weight_decay, double eps,
-                   char **err);
+// AdamW (torch.optim.AdamW(fused=True)): at::_fused_adamw_ over one parameter group, or with
+// decoupled = 0 Adam (torch.optim.Adam(fused=True): weight decay added to the gradient,
+// at::_fused_adam_); `step` is one float tensor on the parameters' device, already incremented for
+// this step (read, not written).
+int rt_fused_adam(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs, int n,
+                  rt_tensor step, double lr, double beta1, double beta2, double weight_decay, double eps,
+                  int decoupled, char **err);
+// Lion (timm.optim.Lion, one parameter group): p *= 1 - lr wd; p -= lr sign(lerp(m, g, 1 - beta1));
+// m = lerp(m, g, 1 - beta2).
+int rt_foreach_lion(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, int n, double lr, double beta1,
+                    double beta2, double weight_decay, char **err);
 // LAMB (timm.optim.Lamb, one parameter group): g = grad / clip_divisor (when not null; grads are not
 // modified); m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g^2;
 // u = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps) + wd p; with wd != 0 or always_adapt,

@@ -51,7 +51,7 @@ extern "C" {
         total: *mut *mut c_void,
         err: *mut *mut c_char,
     ) -> c_int;
-    fn rt_fused_adamw(
+    fn rt_fused_adam(
         params: *mut *mut c_void,
         grads: *mut *mut c_void,
         exp_avgs: *mut *mut c_void,
@@ -63,6 +63,18 @@ extern "C" {
         beta2: f64,
         weight_decay: f64,
         eps: f64,
+        decoupled: c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn rt_foreach_lion(
+        params: *mut *mut c_void,
+        grads: *mut *mut c_void,
+        exp_avgs: *mut *mut c_void,
+        n: c_int,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
         err: *mut *mut c_char,
     ) -> c_int;
     fn rt_foreach_lamb(
@@ -261,22 +273,24 @@ fn same_lengths(what: &str, lists: &[&[Tensor]]) -> Result<()> {
     Ok(())
 }
 
-/// One step of torch.optim.AdamW (libtorch's fused kernel, `_fused_adamw_`) over a parameter group:
-/// parameters, their gradients, first and second moments, and the step count (a float tensor on the
-/// parameters' device, already incremented for this step).
-pub fn fused_adamw(
+/// One step of torch.optim.AdamW (libtorch's fused kernel, `_fused_adamw_`) over a parameter group,
+/// or with `decoupled` false of torch.optim.Adam (`_fused_adam_`: weight decay added to the
+/// gradient): parameters, their gradients, first and second moments, and the step count (a float
+/// tensor on the parameters' device, already incremented for this step).
+pub fn fused_adam(
     params: &[Tensor],
     grads: &[Tensor],
     exp_avgs: &[Tensor],
     exp_avg_sqs: &[Tensor],
     step_count: &Tensor,
     step: AdamStep,
+    decoupled: bool,
 ) -> Result<()> {
-    same_lengths("adamw", &[params, grads, exp_avgs, exp_avg_sqs])?;
+    same_lengths("adam", &[params, grads, exp_avgs, exp_avg_sqs])?;
     let (mut p, mut g, mut m, mut v) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs));
     // SAFETY: four arrays of `n` live tensor pointers and one live tensor, valid for the call.
-    call("adamw", |e| unsafe {
-        rt_fused_adamw(
+    call("adam", |e| unsafe {
+        rt_fused_adam(
             p.as_mut_ptr(),
             g.as_mut_ptr(),
             m.as_mut_ptr(),
@@ -288,6 +302,35 @@ pub fn fused_adamw(
             step.beta2,
             step.weight_decay,
             step.eps,
+            decoupled as c_int,
+            e,
+        )
+    })
+}
+
+/// One step of timm's Lion (foreach) over a parameter group: parameters, their gradients and
+/// momenta, at learning rate `lr` with betas `betas` and decoupled weight decay `weight_decay`.
+pub fn foreach_lion(
+    params: &[Tensor],
+    grads: &[Tensor],
+    exp_avgs: &[Tensor],
+    lr: f64,
+    betas: (f64, f64),
+    weight_decay: f64,
+) -> Result<()> {
+    same_lengths("lion", &[params, grads, exp_avgs])?;
+    let (mut p, mut g, mut m) = (ptrs(params), ptrs(grads), ptrs(exp_avgs));
+    // SAFETY: three arrays of `n` live tensor pointers, valid for the call.
+    call("lion", |e| unsafe {
+        rt_foreach_lion(
+            p.as_mut_ptr(),
+            g.as_mut_ptr(),
+            m.as_mut_ptr(),
+            params.len() as c_int,
+            lr,
+            betas.0,
+            betas.1,
+            weight_decay,
             e,
         )
     })

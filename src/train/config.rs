@@ -193,10 +193,12 @@ pub struct TrainConfig {
     #[arg(long, value_enum, default_value_t = LrScaling::Linear)]
     pub lr_scaling: LrScaling,
     /// Optimizer: momentum (SGD, heavy ball), sgd or nesterov (SGD with Nesterov momentum, as
-    /// timm's `sgd`), adamw (decoupled weight decay), lamb / lambc (timm's Lamb, lambc with the
-    /// trust ratio capped at 1), lars / larc / nlars / nlarc (timm's Lars: layer-wise adaptive
-    /// rates for large batches; larc clips each tensor's rate at the schedule's, n = Nesterov).
-    /// LARS adapts only the groups that decay (by default conv/fc weights), as timm's does.
+    /// timm's `sgd`), adam (weight decay on the gradient, L2), adamw (decoupled weight decay),
+    /// lamb / lambc (timm's Lamb, lambc with the trust ratio capped at 1), lars / larc / nlars /
+    /// nlarc (timm's Lars: layer-wise adaptive rates for large batches; larc clips each tensor's
+    /// rate at the schedule's, n = Nesterov), lion (timm's Lion: sign momentum, decoupled weight
+    /// decay; use a 3-10x smaller lr and larger weight decay than AdamW's). LARS adapts only the
+    /// groups that decay (by default conv/fc weights), as timm's does.
     #[arg(long, value_enum, default_value_t = OptKind::Momentum)]
     pub opt: OptKind,
     /// SGD momentum.
@@ -205,12 +207,14 @@ pub struct TrainConfig {
     /// Nesterov momentum with `opt = "momentum"` (the same as `opt = "sgd"`).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub nesterov: bool,
-    /// AdamW/LAMB/LARS epsilon (unset: the optimizer's default, 1e-8 AdamW and LARS, 1e-6 LAMB).
+    /// Adam/AdamW/LAMB/LARS epsilon (unset: the optimizer's default, 1e-8 Adam, AdamW and LARS,
+    /// 1e-6 LAMB).
     #[arg(long)]
     pub opt_eps: Option<f64>,
-    /// AdamW/LAMB betas (beta1,beta2).
-    #[arg(long, value_delimiter = ',', default_values_t = [0.9, 0.999])]
-    pub opt_betas: Vec<f64>,
+    /// Adam/AdamW/LAMB/Lion betas beta1,beta2 (unset: the optimizer's default, 0.9,0.999; Lion
+    /// 0.9,0.99).
+    #[arg(long, value_delimiter = ',')]
+    pub opt_betas: Option<Vec<f64>>,
     /// LARS trust coefficient (timm's Lars `trust_coeff`; unset: 0.001): a tensor's update is
     /// lr x trust_coeff x |w| / (|g| + weight_decay |w|) times its decayed gradient.
     #[arg(long)]
@@ -757,11 +761,27 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.smoothing) {
             return bad(format!("--smoothing must be in [0, 1), got {}", self.smoothing));
         }
-        if self.opt_betas.len() != 2 || !self.opt_betas.iter().all(|b| (0.0..1.0).contains(b)) {
-            return bad(format!("--opt-betas must be two numbers in [0, 1), got {:?}", self.opt_betas));
+        if let Some(betas) = &self.opt_betas {
+            if self.opt.default_betas().is_none() {
+                return bad(format!(
+                    "--opt-betas applies to adam, adamw, lamb, lambc and lion, not {:?}",
+                    self.opt
+                ));
+            }
+            if betas.len() != 2 || !betas.iter().all(|b| (0.0..1.0).contains(b)) {
+                return bad(format!("--opt-betas must be two numbers in [0, 1), got {betas:?}"));
+            }
         }
-        if self.opt_eps.is_some_and(|e| !(e > 0.0 && e.is_finite())) {
-            return bad(format!("--opt-eps must be positive, got {:?}", self.opt_eps));
+        if let Some(e) = self.opt_eps {
+            if !self.opt.has_eps() {
+                return bad(format!(
+                    "--opt-eps applies to adam, adamw, lamb, lambc and the lars variants, not {:?}",
+                    self.opt
+                ));
+            }
+            if !(e > 0.0 && e.is_finite()) {
+                return bad(format!("--opt-eps must be positive, got {e}"));
+            }
         }
         if let Some(c) = self.trust_coeff {
             if !self.opt.is_lars() {
@@ -995,7 +1015,7 @@ mod tests {
             (c.arch, c.epochs, c.lr, c.opt, c.act_fp32),
             (Arch::Resnet50, 90, 0.1, OptKind::Momentum, true)
         );
-        assert_eq!(c.opt_betas, vec![0.9, 0.999]);
+        assert_eq!(c.opt_betas, None);
         // The file format and the flags have the same keys.
         let file_keys: Vec<String> =
             to_table(&TrainConfig { data: Some("d".into()), ..c.clone() }).unwrap().keys().cloned().collect();
@@ -1014,14 +1034,14 @@ mod tests {
         assert_eq!(o.keys(), ["lr", "opt", "opt_betas", "model_ema"]);
         let c = o.apply(&base).unwrap();
         assert_eq!((c.epochs, c.lr, c.opt, c.model_ema), (7, 0.5, OptKind::Adamw, true));
-        assert_eq!(c.opt_betas, vec![0.8, 0.9]);
+        assert_eq!(c.opt_betas, Some(vec![0.8, 0.9]));
         // The alias of timm's `smoothing`, in files and flags.
         let c: TrainConfig = toml::from_str("label_smoothing = 0.2").unwrap();
         assert_eq!(c.smoothing, 0.2);
         let c = Overrides::parse(&["--label-smoothing", "0.3"]).unwrap().apply(&base).unwrap();
         assert_eq!(c.smoothing, 0.3);
         // Bad values and unknown flags are errors naming the flag.
-        let e = Overrides::parse(&["--opt", "adam"]).unwrap_err().to_string();
+        let e = Overrides::parse(&["--opt", "adan"]).unwrap_err().to_string();
         assert!(e.contains("--opt") && e.contains("adamw"), "{e}");
         let e = Overrides::parse(&["--learning-rate", "1"]).unwrap_err().to_string();
         assert!(e.contains("--learning-rate"), "{e}");

@@ -135,7 +135,7 @@ impl Engine {
             },
             act_lr_scale: cfg.act_lr_scale,
             eps: cfg.opt_eps,
-            betas: (cfg.opt_betas[0], cfg.opt_betas[1]),
+            betas: cfg.opt_betas.as_deref().and_then(|b| Some((*b.first()?, *b.get(1)?))),
             trust_coeff: cfg.trust_coeff.unwrap_or(0.001),
         };
         let optimizer = optim::create(&opt, &vs);

@@ -1,6 +1,7 @@
-"""Generates tests/golden/train_golden.safetensors: what PyTorch and timm compute for the optimizers,
-the EMA decay, the losses and the gradient clipping modes that resnet-train reimplements on libtorch's kernels (needs
-torch==2.11.0, timm==1.0.31, safetensors). Rerun from the repo root:
+"""Generates tests/golden/train_golden.safetensors: what PyTorch and timm compute for the optimizers
+(torch.optim.Adam and AdamW, timm's Lamb, Lars and Lion), the EMA decay, the losses and the
+gradient clipping modes that resnet-train reimplements on libtorch's kernels (needs torch==2.11.0,
+timm==1.0.31, safetensors). Rerun from the repo root:
 
   python tests/golden/make_train_golden.py
 
@@ -12,7 +13,7 @@ import os
 import torch
 from safetensors.torch import save_file
 from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import Lamb, Lars
+from timm.optim import Lamb, Lars, Lion
 from timm.utils.clip_grad import dispatch_clip_grad
 from timm.utils.model_ema import ModelEmaV3
 
@@ -44,6 +45,9 @@ def run(make):
 # weight decay, so LARS leaves it to plain SGD momentum.
 for name, make in {
     "adamw": lambda groups: torch.optim.AdamW(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-8),
+    "adam": lambda groups: torch.optim.Adam(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-8),
+    # timm's create_optimizer_v2 builds Lion with foreach=True; its default betas are (0.9, 0.99).
+    "lion": lambda groups: Lion(groups, lr=0.01, foreach=True),
     "lamb": lambda groups: Lamb(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-6),
     "lambc": lambda groups: Lamb(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-6, trust_clip=True),
     "lars": lambda groups: Lars(groups, lr=0.01, momentum=0.9),

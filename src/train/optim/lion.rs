@@ -1,0 +1,42 @@
+//! Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms") with timm's semantics
+//! (timm.optim.Lion, foreach): the update is the sign of an interpolation between the momentum and
+//! the gradient, so every element moves by exactly lr; weight decay is decoupled. One state tensor
+//! per parameter (Adam keeps two). Its lr is typically 3-10x smaller and its weight decay 3-10x
+//! larger than AdamW's, as the paper advises.
+
+use super::{named, zeros_like_groups, Group, Optimizer};
+use crate::error::Result;
+use crate::ffi::foreach_lion;
+use tch::Tensor;
+
+pub struct Lion {
+    groups: Vec<Group>,
+    exp_avg: Vec<Vec<Tensor>>,
+    betas: (f64, f64),
+}
+
+impl Lion {
+    pub fn new(groups: Vec<Group>, betas: (f64, f64)) -> Self {
+        let exp_avg = zeros_like_groups(&groups);
+        Self { groups, exp_avg, betas }
+    }
+}
+
+impl Optimizer for Lion {
+    fn step(&mut self, lr: f64) -> Result<()> {
+        for (g, exp_avg) in self.groups.iter().zip(&self.exp_avg) {
+            let (params, grads, mut sel) = g.with_grads(&[exp_avg]);
+            let m = sel.pop().unwrap_or_default();
+            foreach_lion(&params, &grads, &m, lr * g.lr_scale, self.betas, g.weight_decay)?;
+        }
+        Ok(())
+    }
+
+    fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        named("exp_avg", &self.groups, &self.exp_avg)
+    }
+}
