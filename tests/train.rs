@@ -402,6 +402,7 @@ fn schedule_keys_are_checked() {
     assert!(err("opt = \"lion\"\nopt_betas = [0.9, 1.0]").contains("--opt-betas must be two numbers"));
     assert!(err("opt = \"adam\"\nopt_betas = [0.9]").contains("--opt-betas must be two numbers"));
     assert_eq!(err("opt = \"lion\"\nopt_betas = [0.95, 0.98]"), "");
+    assert_eq!(err("opt_betas = [0.9, 0.999]"), "", "what every config.toml of older runs holds");
     assert!(err("opt = \"lion\"\nopt_eps = 1e-6").contains("--opt-eps applies to adam"));
     assert!(err("opt = \"adamw\"\nopt_eps = 0.0").contains("--opt-eps must be positive"));
     assert_eq!(err("opt = \"nlars\"\nopt_eps = 1e-6"), "");

@@ -762,7 +762,9 @@ impl TrainConfig {
             return bad(format!("--smoothing must be in [0, 1), got {}", self.smoothing));
         }
         if let Some(betas) = &self.opt_betas {
-            if self.opt.default_betas().is_none() {
+            // Runs saved before opt_betas had a per-optimizer default wrote [0.9, 0.999] into
+            // every config.toml: still accepted, so those runs resume.
+            if self.opt.default_betas().is_none() && betas[..] != [0.9, 0.999] {
                 return bad(format!(
                     "--opt-betas applies to adam, adamw, lamb, lambc and lion, not {:?}",
                     self.opt
