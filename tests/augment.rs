@@ -58,6 +58,8 @@ fn timm_op(name: &str) -> TimmOp {
         "Brightness" => TimmOp::Brightness,
         "Sharpness" => TimmOp::Sharpness,
         "Solarize" => TimmOp::Solarize,
+        "AutoContrast" => TimmOp::AutoContrast,
+        "Equalize" => TimmOp::Equalize,
         _ => panic!("unknown timm op {name}"),
     }
 }
@@ -148,6 +150,8 @@ fn policies_are_deterministic_per_sample_and_change_the_image() {
         "rand-m7-n3-mstd101",
         "v0",
         "original",
+        "augmix-m3-w3",
+        "augmix-m5-w4-d2-a0.5-mstd0.5",
     ] {
         let aug = Augment::new(Policy::parse(aa).unwrap(), Some([0.4, 0.4, 0.4, 0.1]), 31);
         let mut changed = 0;
@@ -164,4 +168,57 @@ fn policies_are_deterministic_per_sample_and_change_the_image() {
         }
         assert!(changed >= 30, "{aa}: only {changed} of 40 samples changed");
     }
+}
+
+/// timm's AugMixAugment._apply_basic with fixed chains (make_augment_golden.py's augmix cases):
+/// the float32 mix, its clip and truncation and the final blend, bit for bit.
+#[test]
+fn augmix_mixes_chains_as_timm() {
+    let file =
+        resnet_train::model::weights::read(&common::repo().join("tests/golden/augmix.safetensors")).unwrap();
+    let chains: BTreeMap<String, Vec<Vec<(String, Option<f64>, Option<String>)>>> =
+        serde_json::from_str(&file.metadata["chains"]).unwrap();
+    let inputs = inputs(&common::golden("augment.safetensors"));
+    let (mut checked, mut failures) = (0, Vec::new());
+    for (case, spec) in &chains {
+        let g = &file.tensors;
+        let weights = Vec::<f32>::try_from(&g[&format!("augmix|{case}|weights")]).unwrap();
+        let m = g[&format!("augmix|{case}|m")].double_value(&[]) as f32;
+        let chain_ops: Vec<(f32, Vec<(TimmOp, Option<f64>, Interp)>)> = weights
+            .iter()
+            .zip(spec)
+            .map(|(&w, ops)| {
+                let ops = ops
+                    .iter()
+                    .map(|(name, arg, filter)| {
+                        let interp = match filter.as_deref() {
+                            Some("bilinear") => Interp::Bilinear,
+                            Some("bicubic") => Interp::Bicubic,
+                            _ => Interp::Nearest,
+                        };
+                        (timm_op(name), *arg, interp)
+                    })
+                    .collect();
+                (w, ops)
+            })
+            .collect();
+        for (name, (px, h, w)) in &inputs {
+            let mut px = px.clone();
+            let before = px.clone();
+            let mut img = Planes { px: &mut px, h: *h, w: *w };
+            augment::augmix(&mut img, &chain_ops, m, &mut Scratch::default(), |img, (op, arg, interp), s| {
+                augment::timm_apply(img, op, arg, interp, augment::TIMM_FILL, s)
+            });
+            let want = Vec::<u8>::try_from(&g[&format!("augmix|{case}|{name}")].flatten(0, -1)).unwrap();
+            assert_ne!(want, before, "{case}|{name}: the golden output is the input");
+            let differ = px.iter().zip(&want).filter(|(a, b)| a != b).count();
+            if differ > 0 {
+                failures.push(format!("{case}|{name}: {differ} of {} values differ", px.len()));
+            }
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} AugMix outputs compared");
+    assert!(failures.is_empty(), "not bit-identical to timm's AugMix:\n{}", failures.join("\n"));
+    assert!(checked >= 4, "only {checked} cases ran");
 }

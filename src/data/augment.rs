@@ -8,6 +8,9 @@
 //! - timm (`aa = "rand-m9-mstd0.5-inc1"` ..., `"v0"`, `"original"`): `rand_augment_transform` and
 //!   `auto_augment_transform`: each op applied with its probability, magnitude noise (mstd),
 //!   timm's level-to-argument rules, bilinear or bicubic at random, fill = the ImageNet mean.
+//! - timm's AugMix (`aa = "augmix-m3-w3"` ...): `augment_and_mix_transform`: `width` chains of 1-3
+//!   ops from its 13, mixed with Dirichlet weights in float32 and blended with the crop by a
+//!   Beta(alpha, alpha) factor.
 //! - `color_jitter`: torchvision's `ColorJitter(brightness, contrast, saturation)` in a random order.
 //!
 //! The ops themselves follow Pillow's arithmetic (augment_ops.rs). Every draw comes from the
@@ -86,6 +89,10 @@ pub enum Policy {
     TimmRand { magnitude: f64, num_layers: usize, mstd: f64, mmax: f64, prob: f64, increasing: bool },
     /// timm `v0` / `original` (optionally `-mstd{S}`).
     TimmAuto { policy: TimmAutoPolicy, mstd: f64 },
+    /// timm `augmix-m{M}-w{W}-d{D}-a{A}-mstd{S}`: severity M, width W chains, each D ops deep
+    /// (D <= 0: 1 to 3 at random), Dirichlet/Beta alpha A, magnitude noise S (inf: uniform in
+    /// [0, M], timm's default).
+    AugMix { magnitude: f64, width: usize, depth: i64, alpha: f64, mstd: f64 },
 }
 
 /// timm's fill: `tuple(min(255, round(255 * m)) for m in IMAGENET_DEFAULT_MEAN)`.
@@ -182,6 +189,26 @@ const TIMM_RAND_INCREASING: [TimmOp; 15] = {
     ]
 };
 
+/// timm's `_AUGMIX_TRANSFORMS`.
+const TIMM_AUGMIX: [TimmOp; 13] = {
+    use TimmOp::*;
+    [
+        AutoContrast,
+        ColorIncreasing,
+        ContrastIncreasing,
+        BrightnessIncreasing,
+        SharpnessIncreasing,
+        Equalize,
+        Rotate,
+        PosterizeIncreasing,
+        SolarizeIncreasing,
+        ShearX,
+        ShearY,
+        TranslateXRel,
+        TranslateYRel,
+    ]
+};
+
 type TimmSub = [(TimmOp, f64, f64); 2];
 
 /// timm's `auto_augment_policy_v0` (the EfficientNet TPU policy).
@@ -251,7 +278,8 @@ const TIMM_ORIGINAL: [TimmSub; 25] = {
 fn bad_aa(s: &str, why: &str) -> Error {
     Error::Usage(format!(
         "--aa {s:?}: {why}; expected randaugment, trivialaugment (ta_wide), autoaugment, a timm \
-         RandAugment string such as rand-m9-mstd0.5-inc1, v0 or original (optionally -mstd0.5)"
+         RandAugment string such as rand-m9-mstd0.5-inc1, v0 or original (optionally -mstd0.5), \
+         or an AugMix string such as augmix-m3-w3"
     ))
 }
 
@@ -327,6 +355,36 @@ impl Policy {
                 }
                 let policy = if head == "v0" { TimmAutoPolicy::V0 } else { TimmAutoPolicy::Original };
                 Policy::TimmAuto { policy, mstd }
+            }
+            "augmix" => {
+                let (mut magnitude, mut width, mut depth, mut alpha, mut mstd) =
+                    (3.0, 3, -1, 1.0, f64::INFINITY);
+                for c in &sections {
+                    // An empty section (two dashes) is skipped, as timm skips it.
+                    if c.is_empty() {
+                        continue;
+                    }
+                    let (k, v) = split(c)?;
+                    match k.as_str() {
+                        "m" => magnitude = v.trunc(),
+                        "w" => width = v as usize,
+                        "d" => depth = v as i64,
+                        "a" => alpha = v,
+                        "mstd" => mstd = v,
+                        "b" if v == 0.0 => {}
+                        "b" => {
+                            return Err(bad_aa(
+                                s,
+                                "timm's blended AugMix (b1, 'not well tested' in timm) is not supported",
+                            ))
+                        }
+                        _ => return Err(bad_aa(s, &format!("unknown section {k:?} (m, w, d, a, b, mstd)"))),
+                    }
+                }
+                if !(1..=16).contains(&width) || depth > 16 || !(alpha > 0.0 && alpha.is_finite()) {
+                    return Err(bad_aa(s, "w must be 1..=16, d at most 16 and a positive"));
+                }
+                Policy::AugMix { magnitude, width, depth, alpha, mstd }
             }
             _ => return Err(bad_aa(s, "unknown policy")),
         };
@@ -623,8 +681,57 @@ impl Augment {
                     timm_op(img, op, prob, magnitude, mstd, 10.0, self.timm_filter, rng, s);
                 }
             }
+            Policy::AugMix { magnitude, width, depth, alpha, mstd } => {
+                // timm's AugMixAugment.__call__: the weights and the blend factor as float32, then
+                // per chain its depth and ops (with replacement), each op with probability 1.
+                let weights: Vec<f32> = rng.dirichlet(alpha, width).into_iter().map(|w| w as f32).collect();
+                let m = rng.beta(alpha, alpha) as f32;
+                let filter = self.timm_filter;
+                let chains = weights.into_iter().map(|w| {
+                    let d = if depth > 0 { depth as u64 } else { 1 + rng.below(3) };
+                    let ops: Vec<TimmOp> =
+                        (0..d).map(|_| TIMM_AUGMIX[rng.below(TIMM_AUGMIX.len() as u64) as usize]).collect();
+                    (w, ops)
+                });
+                let chains: Vec<(f32, Vec<TimmOp>)> = chains.collect();
+                augmix(img, &chains, m, s, |img, op, s| {
+                    timm_op(img, op, 1.0, magnitude, mstd, 10.0, filter, rng, s)
+                });
+            }
         }
     }
+}
+
+/// timm's `AugMixAugment._apply_basic`: each chain applies its ops (`apply_op`) to a copy of the
+/// image; mixed = sum of weight x chain in float32, clipped to [0, 255] and truncated to uint8;
+/// the result is `Image.blend(img, mixed, m)`.
+pub fn augmix<Op: Copy>(
+    img: &mut Planes,
+    chains: &[(f32, Vec<Op>)],
+    m: f32,
+    s: &mut Scratch,
+    mut apply_op: impl FnMut(&mut Planes, Op, &mut Scratch),
+) {
+    let n = img.px.len();
+    let mut mixed = std::mem::take(&mut s.mix);
+    let mut chain = std::mem::take(&mut s.chain);
+    mixed.clear();
+    mixed.resize(n, 0.0);
+    for (w, ops) in chains {
+        chain.clear();
+        chain.extend_from_slice(img.px);
+        let mut c = Planes { px: &mut chain, h: img.h, w: img.w };
+        for &op in ops {
+            apply_op(&mut c, op, s);
+        }
+        // numpy: mixed += np.float32(w) * float32(chain), a product then a sum (no fused multiply-add).
+        mixed.iter_mut().zip(&chain).for_each(|(x, &v)| *x += *w * v as f32);
+    }
+    chain.clear();
+    chain.extend(mixed.iter().map(|&x| x.clamp(0.0, 255.0) as u8));
+    ops::blend_with(img, &chain, m);
+    s.mix = mixed;
+    s.chain = chain;
 }
 
 /// timm's `AugmentOp.__call__`: applied with probability `prob`, the magnitude perturbed by
@@ -740,7 +847,23 @@ mod tests {
             Policy::parse("original-mstd0.5").unwrap(),
             Some(Policy::TimmAuto { policy: TimmAutoPolicy::Original, mstd: 0.5 })
         );
-        for bad in ["rand-q3", "randaugment-m40", "augmix-m5", "rand-mx", "rand-tweights"] {
+        assert_eq!(
+            Policy::parse("augmix-m3-w3").unwrap(),
+            Some(Policy::AugMix { magnitude: 3.0, width: 3, depth: -1, alpha: 1.0, mstd: f64::INFINITY })
+        );
+        assert_eq!(
+            Policy::parse("augmix-m5-w4-d2-a0.5-mstd0.5-b0").unwrap(),
+            Some(Policy::AugMix { magnitude: 5.0, width: 4, depth: 2, alpha: 0.5, mstd: 0.5 })
+        );
+        for bad in [
+            "rand-q3",
+            "randaugment-m40",
+            "augmix-m5-b1",
+            "augmix-x2",
+            "augmix-w0",
+            "rand-mx",
+            "rand-tweights",
+        ] {
             let e = Policy::parse(bad).unwrap_err().to_string();
             assert!(e.contains("--aa") && e.contains(bad), "{e}");
         }

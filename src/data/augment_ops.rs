@@ -25,6 +25,9 @@ pub struct Scratch {
     bytes: Vec<u8>,
     floats: Vec<f32>,
     index: Vec<u32>,
+    /// AugMix's float32 sum and its chain image.
+    pub(super) mix: Vec<f32>,
+    pub(super) chain: Vec<u8>,
 }
 
 /// A planar RGB uint8 image: `px[c * h * w + y * w + x]`.
@@ -322,6 +325,11 @@ fn blend1(d: u8, v: u8, alpha: f32) -> u8 {
     } else {
         t.clamp(0.0, 255.0) as u8
     }
+}
+
+/// `Image.blend(img, other, alpha)` for alpha in [0, 1] (`other`: the same layout as `img`).
+pub fn blend_with(img: &mut Planes, other: &[u8], alpha: f32) {
+    img.px.iter_mut().zip(other).for_each(|(v, &o)| *v = blend1(*v, o, alpha));
 }
 
 /// Blend towards a constant degenerate image: a lookup table of `blend1`.

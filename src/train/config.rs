@@ -88,7 +88,7 @@ pub struct TrainConfig {
     /// RandAugment n2 m9; randaugment-n3-m7 for others), trivialaugment or ta_wide
     /// (TrivialAugmentWide), autoaugment (torchvision's ImageNet policy), timm's
     /// rand-m9-mstd0.5-inc1 strings (m, n, mstd, mmax, inc, p), v0 or original (timm's
-    /// AutoAugment policies); unset: none.
+    /// AutoAugment policies), timm's augmix-m3-w3 strings (AugMix: m, w, d, a, mstd); unset: none.
     #[arg(long)]
     pub aa: Option<String>,
     /// ColorJitter strength for brightness, contrast and saturation (one value, or three: b,c,s;

@@ -55,35 +55,9 @@ pub struct MixParams {
     pub cutmix_box: Option<(i64, i64, i64, i64)>,
 }
 
-/// Gamma(a, 1) by Marsaglia and Tsang (a < 1 through Gamma(a + 1) U^(1/a)).
-fn gamma(rng: &mut SplitMix64, a: f64) -> f64 {
-    if a < 1.0 {
-        let u = 1.0 - rng.uniform();
-        return gamma(rng, a + 1.0) * u.powf(1.0 / a);
-    }
-    let d = a - 1.0 / 3.0;
-    let c = 1.0 / (9.0 * d).sqrt();
-    loop {
-        let x = rng.normal();
-        let v = (1.0 + c * x).powi(3);
-        if v <= 0.0 {
-            continue;
-        }
-        let u = 1.0 - rng.uniform();
-        if u.ln() < 0.5 * x * x + d - d * v + d * v.ln() {
-            return d * v;
-        }
-    }
-}
-
 /// Beta(a, a).
 pub fn beta(rng: &mut SplitMix64, a: f64) -> f64 {
-    let (x, y) = (gamma(rng, a), gamma(rng, a));
-    if x + y > 0.0 {
-        x / (x + y)
-    } else {
-        0.5
-    }
+    rng.beta(a, a)
 }
 
 /// timm's `rand_bbox` / `rand_bbox_minmax` and the lam correction (`correct_lam`, always on as in

@@ -8,8 +8,15 @@ crop itself), and a synthetic non-square pattern both sides generate:
 Outputs are stored as uint8 CHW under "<family>|<op>|<argument>|<input>"; inputs as
 "input|<name>|<file>|<left>|<top>|<size>" (an empty uint8 tensor).
 
+augmix.safetensors: timm's AugMixAugment._apply_basic itself (its float32 mixing, clipping and
+final Image.blend) on the same inputs, with the chains fixed: np.random.randint/choice replaced
+by the case's chain of op functions with fixed arguments (the metadata "chains" lists them per
+case as [name, argument, filter]); weights and m from np.random.dirichlet/beta, stored as
+"augmix|<case>|weights" and "augmix|<case>|m"; outputs "augmix|<case>|<input>".
+
   /tmp/refvenv/bin/python tests/golden/make_augment_golden.py
 """
+import json
 import os
 
 import numpy as np
@@ -69,6 +76,61 @@ def timm_op(img, name, arg, resample):
     return fn(img, arg, **kw)
 
 
+# AugMix chains: [op, argument, filter]; the arguments are what timm's level functions give its 13
+# ops (the *Increasing ones call color/contrast/brightness/sharpness/posterize/solarize).
+AUGMIX = {
+    "w3a": [[["Rotate", 12.5, "bilinear"]], [["ShearX", -0.2, "bicubic"], ["Equalize", None, None]],
+            [["Color", 1.63, None], ["Posterize", 3, None], ["TranslateYRel", 0.2, "bilinear"]]],
+    "w3b": [[["AutoContrast", None, None]], [["Solarize", 200, None]],
+            [["Contrast", 0.4, None], ["Brightness", 1.7, None]]],
+    "w4": [[["Sharpness", 1.9, None]], [["ShearY", 0.1, "bilinear"], ["TranslateXRel", -0.3, "bicubic"]],
+           [["Rotate", -28.0, "bicubic"], ["Solarize", 128, None], ["Equalize", None, None]],
+           [["Brightness", 0.2, None]]],
+    "w1": [[["Color", 0.1, None], ["Posterize", 1, None]]],
+}
+
+
+def augmix_op(name, arg, filt):
+    if name == "AutoContrast":
+        return ta.auto_contrast
+    if name == "Equalize":
+        return ta.equalize
+    resample = {None: None, "bilinear": BL, "bicubic": BC}[filt]
+    return lambda img: timm_op(img, name, arg, resample)
+
+
+def augmix(img, chains, weights, m):
+    """timm's own _apply_basic with the depth and op draws fixed to `chains`."""
+    aug = ta.AugMixAugment(ops=[], width=len(chains), depth=-1)
+    pending = iter(chains)
+    current = []
+    saved = np.random.randint, np.random.choice
+
+    def randint(lo, hi):
+        current[:] = [augmix_op(*op) for op in next(pending)]
+        return len(current)
+
+    np.random.randint, np.random.choice = randint, lambda ops, depth, replace=True: list(current)
+    try:
+        return aug._apply_basic(img, weights, m)
+    finally:
+        np.random.randint, np.random.choice = saved
+
+
+def augmix_golden(inputs):
+    out = {}
+    for seed, (case, chains) in enumerate(AUGMIX.items()):
+        rng = np.random.RandomState(seed)
+        weights = np.float32(rng.dirichlet([1.0] * len(chains)))
+        m = np.float32(rng.beta(1.0, 1.0))
+        out[f"augmix|{case}|weights"] = torch.from_numpy(weights.copy())
+        out[f"augmix|{case}|m"] = torch.tensor(float(m), dtype=torch.float32)
+        for iname, img in inputs.items():
+            out[f"augmix|{case}|{iname}"] = chw(augmix(img, chains, weights, m))
+    save_file(out, os.path.join(HERE, "augmix.safetensors"), metadata={"chains": json.dumps(AUGMIX)})
+    print(f"wrote augmix.safetensors: {len(out)} tensors")
+
+
 def main():
     inputs = {"synthetic": synthetic()}
     out = {}
@@ -88,6 +150,7 @@ def main():
             out[f"timm|{op}|{arg!r}|{iname}|{r}"] = chw(timm_op(img, op, arg, resample))
     save_file(out, os.path.join(HERE, "augment.safetensors"))
     print(f"wrote augment.safetensors: {len(out)} tensors")
+    augmix_golden(inputs)
 
 
 if __name__ == "__main__":

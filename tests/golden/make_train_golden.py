@@ -1,7 +1,7 @@
 """Generates tests/golden/train_golden.safetensors: what PyTorch and timm compute for the optimizers
-(torch.optim.Adam and AdamW, timm's Lamb, Lars and Lion), the EMA decay, the losses and the
-gradient clipping modes that resnet-train reimplements on libtorch's kernels (needs torch==2.11.0,
-timm==1.0.31, safetensors). Rerun from the repo root:
+(torch.optim.Adam and AdamW, timm's Lamb, Lars and Lion), the EMA decay, the losses (AugMix's JSD
+too) and the gradient clipping modes that resnet-train reimplements on libtorch's kernels (needs
+torch==2.11.0, timm==1.0.31, safetensors). Rerun from the repo root:
 
   python tests/golden/make_train_golden.py
 
@@ -12,7 +12,7 @@ import os
 
 import torch
 from safetensors.torch import save_file
-from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.loss import BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import Lamb, Lars, Lion
 from timm.utils.clip_grad import dispatch_clip_grad
 from timm.utils.model_ema import ModelEmaV3
@@ -98,6 +98,16 @@ for mode, value in (("norm", 1.5), ("value", 0.5), ("agc", 0.05)):
     dispatch_clip_grad(params[:-2] if mode == "agc" else params, value=value, mode=mode)
     for name, p in zip(CLIP_PARAMS, params):
         out[f"clip.{mode}.{name}.grad"] = p.grad
+
+# ---- AugMix's JSD loss: timm's JsdCrossEntropy on 3 splits of 4 samples (clean split first); one
+# augmented split far from the clean one, so the divergence term matters. Drawn last, so the values
+# above keep their draws. ----
+jsd_logits = torch.randn(12, 10) * 2.0
+jsd_logits[8:] += torch.randn(4, 10) * 3.0
+jsd_labels = torch.randint(0, 10, (4,)).repeat(3)
+out["jsd.logits"], out["jsd.labels"] = jsd_logits, jsd_labels
+out["jsd.loss"] = JsdCrossEntropy(num_splits=3, smoothing=0.0)(jsd_logits, jsd_labels).reshape(1)
+out["jsd.loss_smooth0.1"] = JsdCrossEntropy(num_splits=3, smoothing=0.1)(jsd_logits, jsd_labels).reshape(1)
 
 out = {k: v.contiguous() for k, v in out.items()}
 save_file(out, os.path.join(HERE, "train_golden.safetensors"))
