@@ -170,13 +170,18 @@ fn policies_are_deterministic_per_sample_and_change_the_image() {
     }
 }
 
+/// An op of a golden chain: [name, argument, filter].
+type GoldenOp = (String, Option<f64>, Option<String>);
+/// The same, resolved.
+type ChainOp = (TimmOp, Option<f64>, Interp);
+
 /// timm's AugMixAugment._apply_basic with fixed chains (make_augment_golden.py's augmix cases):
 /// the float32 mix, its clip and truncation and the final blend, bit for bit.
 #[test]
 fn augmix_mixes_chains_as_timm() {
     let file =
         resnet_train::model::weights::read(&common::repo().join("tests/golden/augmix.safetensors")).unwrap();
-    let chains: BTreeMap<String, Vec<Vec<(String, Option<f64>, Option<String>)>>> =
+    let chains: BTreeMap<String, Vec<Vec<GoldenOp>>> =
         serde_json::from_str(&file.metadata["chains"]).unwrap();
     let inputs = inputs(&common::golden("augment.safetensors"));
     let (mut checked, mut failures) = (0, Vec::new());
@@ -184,7 +189,7 @@ fn augmix_mixes_chains_as_timm() {
         let g = &file.tensors;
         let weights = Vec::<f32>::try_from(&g[&format!("augmix|{case}|weights")]).unwrap();
         let m = g[&format!("augmix|{case}|m")].double_value(&[]) as f32;
-        let chain_ops: Vec<(f32, Vec<(TimmOp, Option<f64>, Interp)>)> = weights
+        let chain_ops: Vec<(f32, Vec<ChainOp>)> = weights
             .iter()
             .zip(spec)
             .map(|(&w, ops)| {
