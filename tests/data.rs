@@ -265,3 +265,43 @@ fn repeated_augmentation_copies_are_augmented_differently() {
     }
     assert!(all_batches(&loader, 0, 2) == batches[2..], "resumed mid-epoch");
 }
+
+#[test]
+fn augmix_splits_are_the_clean_crop_then_augmented_copies_split_after_split() {
+    // timm's AugMixDataset + fast_collate: each sample's crop and flip once, the first split
+    // clean, the others augmented independently; the batch is split-major, labels repeated.
+    let dir = common::tmpdir();
+    let ds = demo_dataset(dir.path(), 5);
+    let augment = Some(Arc::new(Augment::new(Policy::parse("augmix-m3-w3").unwrap(), None, 32)));
+    let loader = |splits: usize, augment: Option<Arc<Augment>>, threads: usize| {
+        let mut cfg = config(threads);
+        (cfg.aug_splits, cfg.augment) = (splits, augment);
+        Loader::new(ds.clone(), cfg).unwrap()
+    };
+    let plain = all_batches(&loader(0, None, 2), 3, 0);
+    let split = all_batches(&loader(3, augment.clone(), 2), 3, 0);
+    assert_eq!(split.len(), plain.len(), "the same number of steps: a batch is 8 samples x 3 splits");
+    for ((px, labels), (plain_px, plain_labels)) in split.iter().zip(&plain) {
+        assert_eq!(px.len(), 3 * plain_px.len());
+        assert_eq!(labels.len(), 24);
+        for s in 0..3 {
+            assert_eq!(
+                labels[s * 8..(s + 1) * 8],
+                plain_labels[..],
+                "split {s}: labels repeated split-major"
+            );
+        }
+        let (n, per) = (plain_px.len(), plain_px.len() / 8);
+        assert_eq!(px[..n], plain_px[..], "the clean split is the unaugmented batch");
+        for i in 0..8 {
+            let img = |s: usize| &px[s * n + i * per..s * n + (i + 1) * per];
+            assert!(
+                img(1) != img(0) && img(2) != img(0) && img(1) != img(2),
+                "sample {i}: splits not augmented apart"
+            );
+        }
+    }
+    // Deterministic for any thread count, and resumable mid-epoch.
+    assert!(all_batches(&loader(3, augment.clone(), 1), 3, 0) == split, "1 and 2 threads differ");
+    assert!(all_batches(&loader(3, augment, 2), 3, 2) == split[2..], "resumed batches differ");
+}

@@ -406,6 +406,18 @@ fn schedule_keys_are_checked() {
     assert!(err("opt = \"lion\"\nopt_eps = 1e-6").contains("--opt-eps applies to adam"));
     assert!(err("opt = \"adamw\"\nopt_eps = 0.0").contains("--opt-eps must be positive"));
     assert_eq!(err("opt = \"nlars\"\nopt_eps = 1e-6"), "");
+    // AugMix splits: 2..=8, with an augmentation for the augmented splits, no Mixup; JSD and resplit need them.
+    let augmix = "aa = \"augmix-m3-w3\"\naug_splits = 3";
+    assert!(err("aug_splits = 1").contains("--aug-splits must be 0 (off) or in 2..=8"));
+    assert!(err("aug_splits = 3").contains("--aug-splits needs an augmentation"));
+    assert!(err("jsd_loss = true").contains("--jsd-loss and --resplit need --aug-splits"));
+    assert!(err("resplit = true\naa = \"augmix-m3-w3\"").contains("need --aug-splits"));
+    assert!(
+        err(&format!("{augmix}\nmixup = 0.2")).contains("--aug-splits with Mixup/CutMix is not supported")
+    );
+    assert!(err(&format!("{augmix}\njsd_loss = true\nbce_loss = true")).contains("choose one"));
+    assert_eq!(err(&format!("{augmix}\njsd_loss = true\nresplit = true\nreprob = 0.25")), "");
+    assert_eq!(err("aug_splits = 2\ncolor_jitter = [0.4]"), "");
     assert!(err("mean = [0.5, 0.5]").contains("--mean and --std must be three numbers"));
     assert!(err("std = [0.2, 0.0, 0.2]").contains("--mean and --std must be three numbers"));
     assert_eq!(timm("lr_cycle_limit = 3\nlr_cycle_mul = 2.0\nlr_noise = [0.2, 0.9]\nlr_k_decay = 0.5"), "");
@@ -959,4 +971,34 @@ fn wsd_forks_branch_the_stable_phase_into_their_own_decays() {
         .unwrap();
     let text = common::output_text(&out);
     assert!(text.contains("the changed schedule continues at lr") && text.contains("at step 10"), "{text}");
+}
+
+#[test]
+fn augmix_splits_with_the_jsd_loss_train_and_resume_exactly() {
+    // timm's AugMix recipe shape: aug_splits 3, JSD loss, random erasing sparing the clean split.
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 4, 1, 32, 5).unwrap(); // 40 train: 5 steps of 8 samples (24 images)
+    let config = |name: &str, jsd: bool| TrainConfig {
+        epochs: 1,
+        aa: Some("augmix-m3-w3".into()),
+        aug_splits: 3,
+        jsd_loss: jsd,
+        resplit: true,
+        reprob: 0.5,
+        ..tiny_config(&data, dir.path(), name)
+    };
+    train(config("full", true), None).unwrap();
+    let run = dir.path().join("cut");
+    train(TrainConfig { max_steps: 2, ..config("cut", true) }, None).unwrap();
+    train(TrainConfig::resume(&run, &TrainArgs::default()).unwrap(), Some(&run)).unwrap();
+    train(config("ce", false), None).unwrap();
+    let full = losses(&dir.path().join("full"));
+    assert_eq!(full.len(), 5);
+    assert!(full.iter().all(|(_, l, _)| l.is_finite()));
+    assert_eq!(full, losses(&run), "a resumed AugMix + JSD run differs");
+    // The JSD term is added to the clean split's cross-entropy: the first step's loss (same
+    // weights, same batch) is above plain cross-entropy over all three splits.
+    let ce = losses(&dir.path().join("ce"));
+    assert!(full[0].1 > ce[0].1, "JSD {} vs cross-entropy {}", full[0].1, ce[0].1);
 }

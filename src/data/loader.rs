@@ -45,6 +45,11 @@ pub struct LoaderConfig {
     pub uneven_shards: bool,
     /// Repeated augmentation (timm's `aug_repeats`; see `Sampler::repeats`).
     pub aug_repeats: usize,
+    /// AugMix-style splits (timm's AugMixDataset): with 2 or more, each sample's crop and flip
+    /// appear this many times, the first copy without `augment`, the others augmented with the
+    /// same generator drawing on; batches hold split after split (images `[splits x n]`, labels
+    /// repeated), as timm's collate lays them out.
+    pub aug_splits: usize,
     /// Progressive resizing: the train transform's size per epoch.
     pub res_schedule: Option<transform::ResSchedule>,
 }
@@ -66,6 +71,7 @@ impl LoaderConfig {
             world: 1,
             uneven_shards: false,
             aug_repeats: 0,
+            aug_splits: 0,
             res_schedule: None,
         }
     }
@@ -251,10 +257,18 @@ fn load_sample(
         let result = std::fs::read(&sample.path).map_err(|e| Error::io(&sample.path, e)).and_then(|bytes| {
             WORKER.with(|w| {
                 let w = &mut *w.borrow_mut();
-                transform::apply(w, &bytes, &sample.path, &cfg.transform, &mut rng, dst)?;
+                let size = cfg.transform.size();
+                let (first, splits) = dst.split_at_mut(3 * size * size);
+                transform::apply(w, &bytes, &sample.path, &cfg.transform, &mut rng, first)?;
                 if let Some(aug) = &cfg.augment {
-                    let size = cfg.transform.size();
-                    aug.apply(&mut Planes { px: dst, h: size, w: size }, &mut rng, &mut w.augment);
+                    if splits.is_empty() {
+                        aug.apply(&mut Planes { px: first, h: size, w: size }, &mut rng, &mut w.augment);
+                    }
+                    // AugMix splits: the first copy stays clean, each other one is augmented.
+                    for split in splits.chunks_mut(first.len()) {
+                        split.copy_from_slice(first);
+                        aug.apply(&mut Planes { px: split, h: size, w: size }, &mut rng, &mut w.augment);
+                    }
                 }
                 Ok(())
             })
@@ -300,15 +314,14 @@ fn make_batch(
     indices: &[(usize, usize)],
 ) -> Result<Batch> {
     let size = cfg.transform.size();
-    let per = 3 * size * size;
+    let splits = cfg.aug_splits.max(1);
+    let per = 3 * size * size * splits;
     let n = indices.len() as i64;
-    let shape = [n, 3, size as i64, size as i64];
-    // Decode straight into the batch tensor (pinned when it will go to a GPU).
-    let mut images = if cfg.pin_memory {
-        crate::ffi::pin_memory(&Tensor::f_empty(shape, (Kind::Uint8, Device::Cpu))?)?
-    } else {
-        Tensor::f_empty(shape, (Kind::Uint8, Device::Cpu))?
-    };
+    let shape = [n * splits as i64, 3, size as i64, size as i64];
+    // Decode straight into the batch tensor (pinned when it will go to a GPU); AugMix splits are
+    // decoded sample by sample, then laid out split after split.
+    let empty = Tensor::f_empty(shape, (Kind::Uint8, Device::Cpu))?;
+    let mut images = if cfg.pin_memory && splits == 1 { crate::ffi::pin_memory(&empty)? } else { empty };
     let results: Vec<Result<(u32, bool)>> = crate::ffi::uint8_bytes_mut(&mut images)?
         .par_chunks_mut(per)
         .zip(indices.par_iter())
@@ -321,7 +334,15 @@ fn make_batch(
         labels.push(label as i64);
         replaced += was_replaced as usize;
     }
-    Ok(Batch { images, labels: Tensor::from_slice(&labels), index: batch_index, replaced })
+    let mut labels = Tensor::from_slice(&labels);
+    if splits > 1 {
+        let s = size as i64;
+        let by_split = images.f_view([n, splits as i64, 3, s, s])?.f_transpose(0, 1)?.f_contiguous()?;
+        let by_split = by_split.f_view(shape)?;
+        images = if cfg.pin_memory { crate::ffi::pin_memory(&by_split)? } else { by_split };
+        labels = labels.f_repeat([splits as i64])?;
+    }
+    Ok(Batch { images, labels, index: batch_index, replaced })
 }
 
 /// An epoch in progress; yields batches in order. Dropping it stops the producer.

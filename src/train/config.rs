@@ -100,6 +100,20 @@ pub struct TrainConfig {
     /// each rank then keeps floor(len // 256 * 256 / world) draws per epoch, as timm (0: off).
     #[arg(long, default_value_t = 0)]
     pub aug_repeats: usize,
+    /// AugMix-style splits (timm's `aug_splits`; its AugMix ResNet-50: 3): each sample's crop
+    /// and flip appear this many times in the batch, the first copy clean (no aa, no colour
+    /// jitter), the others augmented independently; the batch holds split after split, so a step
+    /// sees batch_size x aug_splits images. Needs aa or color_jitter (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub aug_splits: usize,
+    /// timm's JsdCrossEntropy with aug_splits (timm's `jsd_loss`): cross-entropy (smoothed by
+    /// smoothing) on the clean split plus 12 x the Jensen-Shannon divergence of the splits'
+    /// predictions.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub jsd_loss: bool,
+    /// Random erasing spares the clean split (timm's `resplit`; needs aug_splits).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub resplit: bool,
     /// Progressive resizing (FFCV's `min_res`): train at this size up to epoch `start_ramp`, at
     /// `train_size` from `end_ramp` on, linearly in between in steps of 32 px (0: off).
     #[arg(long, default_value_t = 0)]
@@ -829,6 +843,25 @@ impl TrainConfig {
         }
         if self.aug_repeats > 16 {
             return bad(format!("--aug-repeats must be in 0..=16, got {}", self.aug_repeats));
+        }
+        if self.aug_splits == 1 || self.aug_splits > 8 {
+            return bad(format!("--aug-splits must be 0 (off) or in 2..=8, got {}", self.aug_splits));
+        }
+        if self.aug_splits > 1 && self.augment(self.train_size)?.is_none() {
+            return bad(
+                "--aug-splits needs an augmentation for its augmented splits (--aa or --color-jitter)".into(),
+            );
+        }
+        if (self.jsd_loss || self.resplit) && self.aug_splits < 2 {
+            return bad("--jsd-loss and --resplit need --aug-splits 2 or more".into());
+        }
+        if self.aug_splits > 1 && self.mixup_config().is_some() {
+            return bad(
+                "--aug-splits with Mixup/CutMix is not supported (the splits would be mixed across)".into()
+            );
+        }
+        if self.jsd_loss && self.bce_loss {
+            return bad("--jsd-loss and --bce-loss are two different losses: choose one".into());
         }
         if let Some(m) = &self.cutmix_minmax {
             if m.len() != 2 || !(0.0 < m[0] && m[0] <= m[1] && m[1] <= 1.0) {

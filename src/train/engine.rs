@@ -141,7 +141,11 @@ impl Engine {
         let optimizer = optim::create(&opt, &vs);
         let scaler = GradScaler::new(cfg.precision == Precision::Fp16, device);
         let ema = cfg.model_ema.then(|| ModelEma::new(&vs, model_cfg, ema_config(&cfg))).transpose()?;
-        let loss = Loss::new(cfg.bce_loss, cfg.smoothing, cfg.bce_target_thresh);
+        let loss = if cfg.jsd_loss {
+            Loss::Jsd { splits: cfg.aug_splits, smoothing: cfg.smoothing }
+        } else {
+            Loss::new(cfg.bce_loss, cfg.smoothing, cfg.bce_target_thresh)
+        };
         let guards = Guards::new(GuardConfig::from_config(&cfg));
         Ok(Self {
             cfg,
@@ -303,7 +307,10 @@ impl Engine {
             // Random erasing, then Mixup/CutMix (timm's order: the loader erases, the loop mixes).
             let erased = match cfg.erasing_config() {
                 Some(e) => {
-                    Some(super::erasing::erase(&e, x, &[cfg.seed, step as u64, rank, i as u64, 0xE2A5])?)
+                    // With resplit the clean split (the first 1/aug_splits of the batch) is spared.
+                    let spared = if cfg.resplit { x.size()[0] / cfg.aug_splits.max(1) as i64 } else { 0 };
+                    let keys = [cfg.seed, step as u64, rank, i as u64, 0xE2A5];
+                    Some(super::erasing::erase(&e, x, &keys, spared)?)
                 }
                 None => None,
             };

@@ -53,12 +53,13 @@ pub fn boxes(cfg: &ErasingConfig, rng: &mut SplitMix64, h: i64, w: i64) -> Vec<(
     out
 }
 
-/// The batch with boxes erased (a new tensor; `x` is not modified).
-pub fn erase(cfg: &ErasingConfig, x: &Tensor, keys: &[u64]) -> Result<Tensor> {
+/// The batch with boxes erased (a new tensor; `x` is not modified); the first `spared` images
+/// are left as they are (timm's `num_splits`: the clean split with `resplit`).
+pub fn erase(cfg: &ErasingConfig, x: &Tensor, keys: &[u64], spared: i64) -> Result<Tensor> {
     let mut out = x.f_zeros_like()?;
     tch::no_grad(|| out.f_copy_(x))?;
     let (n, c, h, w) = x.size4()?;
-    for i in 0..n {
+    for i in spared..n {
         let mut k = keys.to_vec();
         k.push(i as u64);
         let mut rng = SplitMix64::keyed(&k);
@@ -109,8 +110,14 @@ mod tests {
         let x = Tensor::full([3, 3, 16, 16], 5.0, (Kind::Float, Device::Cpu));
         for mode in [EraseMode::Pixel, EraseMode::Rand, EraseMode::Const] {
             let cfg = ErasingConfig { prob: 1.0, mode, count: 1 };
-            let y = erase(&cfg, &x, &[7]).unwrap();
+            let y = erase(&cfg, &x, &[7], 0).unwrap();
             assert!(x.eq(5.0).all().int64_value(&[]) == 1, "x untouched");
+            // resplit: the spared first image is untouched, the others erased as before.
+            let spared = erase(&cfg, &x, &[7], 1).unwrap();
+            assert!(spared.get(0).eq(5.0).all().int64_value(&[]) == 1, "{mode:?}: the clean split is spared");
+            if mode == EraseMode::Const {
+                assert!(spared.narrow(0, 1, 2).equal(&y.narrow(0, 1, 2)), "the rest draws the same boxes");
+            }
             for i in 0..3 {
                 let b = boxes(&cfg, &mut SplitMix64::keyed(&[7, i as u64]), 16, 16);
                 let changed = y.get(i).ne(5.0).sum(Kind::Int64).int64_value(&[]);

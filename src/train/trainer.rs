@@ -427,12 +427,16 @@ impl Trainer {
         );
         say!(
             main,
-            "schedule   {}, {} {} x {} epochs{} x {steps_per_epoch} steps, global batch {global_batch}, peak lr {:.4}, warmup {}{}",
+            "schedule   {}, {} {} x {} epochs{} x {steps_per_epoch} steps, global batch {global_batch}{}, peak lr {:.4}, warmup {}{}",
             format!("{:?}", cfg.opt).to_lowercase(),
             cfg.schedule_style.name(),
             format!("{:?}", cfg.schedule).to_lowercase(),
             total_epochs(cfg),
             schedule_extras(cfg, &schedule, steps_per_epoch),
+            match cfg.aug_splits {
+                s if s > 1 => format!(" (x {s} AugMix splits{})", if cfg.jsd_loss { ", JSD loss" } else { "" }),
+                _ => String::new(),
+            },
             schedule.peak_lr,
             match (schedule.warmup, schedule.style) {
                 (0, _) => "none".to_string(),
@@ -820,6 +824,7 @@ fn loaders(
     train_cfg.seed = cfg.seed;
     train_cfg.augment = cfg.augment(cfg.train_size)?.map(Arc::new);
     train_cfg.aug_repeats = cfg.aug_repeats;
+    train_cfg.aug_splits = cfg.aug_splits;
     train_cfg.res_schedule = cfg.res_schedule();
     train_cfg.max_bad_fraction = cfg.max_bad_fraction;
     train_cfg.pin_memory = device.is_cuda();
@@ -831,6 +836,7 @@ fn loaders(
             c.transform = eval_transform;
             c.augment = None;
             c.aug_repeats = 0;
+            c.aug_splits = 0;
             c.res_schedule = None;
             c.shuffle = false;
             c.drop_last_batch = false;
