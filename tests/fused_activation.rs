@@ -354,7 +354,8 @@ fn bn_site(
 ) -> Vec<(&'static str, Tensor)> {
     let vs = nn::VarStore::new(Device::Cpu);
     let c = z.size()[1];
-    let bn = nn::batch_norm2d(&vs.root() / "bn", c, Default::default());
+    let site = resnet_train::model::batch_norm::BatchNorm::new(&vs.root() / "bn", c, false, 0);
+    let bn = &site.main;
     let mut cfg = ActConfig::new(kind, 3);
     cfg.implementation = implementation;
     cfg.clamp = clamp;
@@ -382,13 +383,13 @@ fn bn_site(
     let y = if implementation == ActImpl::Fused {
         // The operator itself (Activation::forward_bn would fall back to separate operators with
         // a warning if it failed).
-        let args = resnet_train::model::sync_bn::args(&bn, train);
+        let args = resnet_train::model::sync_bn::args(bn, train);
         let op = if kind == ActKind::Polyrelu { PolyCom::PolyRelu } else { PolyCom::PolyNorm };
         let (w, b) = (&params["act.weight"], &params["act.bias"]);
         let act = ffi::PolyComArgs { op, w, b, eps: POLYNORM_EPS, lowp_out: false, clamp };
         ffi::bn_polycom(&z, &args, residual.as_ref(), &act).expect("fused operator runs")
     } else {
-        act.forward_bn(&bn, &z, residual.as_ref(), train)
+        act.forward_bn(&site, &z, residual.as_ref(), train)
     };
     (&y * gy.to_kind(y.kind())).sum(Kind::Float).backward();
     let grad = |name: &str| params[name].grad();

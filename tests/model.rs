@@ -267,3 +267,78 @@ fn drop_path_rates_rise_linearly_over_blocks_and_evaluation_ignores_them() {
         ResNet::new(&nn::VarStore::new(Device::Cpu).root(), ResNetConfig { drop_rate: 1.0, ..d }).is_err()
     );
 }
+
+#[test]
+fn split_batchnorm_normalises_each_split_with_its_own_bn_and_evaluates_with_the_main_one() {
+    // timm's SplitBatchNorm2d: in training, split 0 through the main BN, split i through
+    // aux_bn[i - 1]; each split's output is then what the plain network (same weights; the
+    // auxiliary BNs start as copies) computes on that split alone. Eval uses the main BNs.
+    let plain_cfg = ResNetConfig { num_classes: 10, ..cfg(Arch::Resnet18, ActKind::Polynorm) };
+    let split_cfg = ResNetConfig { bn_splits: 3, ..plain_cfg };
+    let (mut plain_vs, plain) = build(plain_cfg);
+    let (split_vs, split) = build(split_cfg);
+    let names: Vec<String> = split_vs.variables().into_keys().collect();
+    let aux: Vec<&String> = names.iter().filter(|n| n.contains(".aux_bn.")).collect();
+    // 20 BN sites (stem, 16 in blocks, 3 downsamples) x 2 auxiliaries x 4 tensors.
+    assert_eq!(aux.len(), 20 * 2 * 4, "{aux:?}");
+    assert!(names.contains(&"layer2.0.downsample.1.aux_bn.1.running_var".to_string()));
+    assert!(names.contains(&"bn1.aux_bn.0.weight".to_string()));
+    let (mut pristine_vs, _) = build(plain_cfg);
+    pristine_vs.copy(&split_vs).unwrap();
+    let x = Tensor::randn([6, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let y = split.forward_t(&x, true);
+    let v = split_vs.variables();
+    for (s, bn) in [(0, "bn1"), (1, "bn1.aux_bn.0"), (2, "bn1.aux_bn.1")] {
+        plain_vs.copy(&pristine_vs).unwrap();
+        let want = plain.forward_t(&x.narrow(0, 2 * s, 2), true);
+        let d = (y.narrow(0, 2 * s, 2) - want).abs().max().double_value(&[]);
+        assert!(d < 1e-4, "split {s}: max |diff| {d}");
+        // Each BN's running statistics saw its own split only.
+        let pv = plain_vs.variables();
+        for stat in ["running_mean", "running_var"] {
+            let (got, want) = (&v[&format!("{bn}.{stat}")], &pv[&format!("bn1.{stat}")]);
+            assert!(got.allclose(want, 1e-5, 1e-6, false), "{bn}.{stat}");
+        }
+    }
+    plain_vs.copy(&pristine_vs).unwrap();
+    let whole = plain.forward_t(&x, true);
+    assert!((&y - whole).abs().max().double_value(&[]) > 1e-3, "split BN normalised the batch as one");
+    // Eval: the main BNs alone, whatever the batch.
+    plain_vs.copy(&split_vs).unwrap();
+    let (e, pe) = (split.forward_t(&x, false), plain.forward_t(&x, false));
+    assert!((e - pe).abs().max().double_value(&[]) < 1e-5);
+}
+
+#[test]
+fn a_plain_checkpoint_starts_a_split_bn_model_with_copies_of_its_bns() {
+    // timm's convert_splitbn_model after loading: the auxiliary BNs are copies of the main ones.
+    let dir = common::tmpdir();
+    let plain_cfg = ResNetConfig { num_classes: 10, ..cfg(Arch::Resnet18, ActKind::Relu) };
+    let (plain_vs, _) = build(plain_cfg);
+    tch::no_grad(|| {
+        for (name, mut t) in plain_vs.variables() {
+            if name.contains("bn") {
+                t.copy_(&Tensor::rand_like(&t));
+            }
+        }
+    });
+    let file = dir.path().join("plain.safetensors");
+    resnet_train::model::weights::save_model(&file, &plain_vs, &plain_cfg, None).unwrap();
+    let split_cfg = ResNetConfig { bn_splits: 2, ..plain_cfg };
+    let (mut split_vs, _) = build(split_cfg);
+    let notes = resnet_train::model::weights::load_initial(&mut split_vs, &split_cfg, &[], &file).unwrap();
+    assert!(notes.iter().any(|n| n.contains("auxiliary BNs start as copies")), "{notes:?}");
+    let (v, p) = (split_vs.variables(), plain_vs.variables());
+    for key in
+        ["bn1.aux_bn.0.weight", "layer3.0.downsample.1.aux_bn.0.running_var", "layer4.1.bn2.aux_bn.0.bias"]
+    {
+        let main = key.replace(".aux_bn.0", "");
+        assert!(v[key].equal(&p[&main]) && v[&main].equal(&p[&main]), "{key}");
+    }
+    // And back: a split-BN file starts a plain model, its auxiliary BNs left out.
+    let split_file = dir.path().join("split.safetensors");
+    resnet_train::model::weights::save_model(&split_file, &split_vs, &split_cfg, None).unwrap();
+    let (mut again, _) = build(plain_cfg);
+    resnet_train::model::weights::load_initial(&mut again, &plain_cfg, &[], &split_file).unwrap();
+    assert!(again.variables()["bn1.weight"].equal(&p["bn1.weight"]));
+}

@@ -410,7 +410,7 @@ fn schedule_keys_are_checked() {
     let augmix = "aa = \"augmix-m3-w3\"\naug_splits = 3";
     assert!(err("aug_splits = 1").contains("--aug-splits must be 0 (off) or in 2..=8"));
     assert!(err("aug_splits = 3").contains("--aug-splits needs an augmentation"));
-    assert!(err("jsd_loss = true").contains("--jsd-loss and --resplit need --aug-splits"));
+    assert!(err("jsd_loss = true").contains("--jsd-loss, --resplit and --split-bn need --aug-splits"));
     assert!(err("resplit = true\naa = \"augmix-m3-w3\"").contains("need --aug-splits"));
     assert!(
         err(&format!("{augmix}\nmixup = 0.2")).contains("--aug-splits with Mixup/CutMix is not supported")
@@ -418,6 +418,8 @@ fn schedule_keys_are_checked() {
     assert!(err(&format!("{augmix}\njsd_loss = true\nbce_loss = true")).contains("choose one"));
     assert_eq!(err(&format!("{augmix}\njsd_loss = true\nresplit = true\nreprob = 0.25")), "");
     assert_eq!(err("aug_splits = 2\ncolor_jitter = [0.4]"), "");
+    assert!(err("split_bn = true").contains("--split-bn need --aug-splits"));
+    assert!(err(&format!("{augmix}\nsplit_bn = true\nsync_bn = true")).contains("--split-bn with --sync-bn"));
     assert!(err("mean = [0.5, 0.5]").contains("--mean and --std must be three numbers"));
     assert!(err("std = [0.2, 0.0, 0.2]").contains("--mean and --std must be three numbers"));
     assert_eq!(timm("lr_cycle_limit = 3\nlr_cycle_mul = 2.0\nlr_noise = [0.2, 0.9]\nlr_k_decay = 0.5"), "");
@@ -975,7 +977,8 @@ fn wsd_forks_branch_the_stable_phase_into_their_own_decays() {
 
 #[test]
 fn augmix_splits_with_the_jsd_loss_train_and_resume_exactly() {
-    // timm's AugMix recipe shape: aug_splits 3, JSD loss, random erasing sparing the clean split.
+    // timm's AugMix recipe shape: aug_splits 3, JSD loss, split BatchNorm, random erasing
+    // sparing the clean split.
     let dir = common::tmpdir();
     let data = dir.path().join("data");
     synthetic::write_dataset(&data, 4, 1, 32, 5).unwrap(); // 40 train: 5 steps of 8 samples (24 images)
@@ -984,6 +987,7 @@ fn augmix_splits_with_the_jsd_loss_train_and_resume_exactly() {
         aa: Some("augmix-m3-w3".into()),
         aug_splits: 3,
         jsd_loss: jsd,
+        split_bn: true,
         resplit: true,
         reprob: 0.5,
         ..tiny_config(&data, dir.path(), name)
@@ -1001,4 +1005,24 @@ fn augmix_splits_with_the_jsd_loss_train_and_resume_exactly() {
     // weights, same batch) is above plain cross-entropy over all three splits.
     let ce = losses(&dir.path().join("ce"));
     assert!(full[0].1 > ce[0].1, "JSD {} vs cross-entropy {}", full[0].1, ce[0].1);
+    // The checkpoints carry the auxiliary BNs (resumable), and load for evaluation, which
+    // uses the main BNs: eval's numbers are the run's.
+    let best = dir.path().join("full/best.safetensors");
+    let file = resnet_train::model::weights::read(&best).unwrap();
+    assert!(file.tensors.contains_key("layer1.0.bn2.aux_bn.1.running_mean"));
+    let out = std::process::Command::new(common::bin())
+        .args(["eval", "--checkpoint"])
+        .arg(&best)
+        .arg("--data")
+        .arg(&data)
+        .args(["--device", "cpu", "--json"])
+        .arg(dir.path().join("eval.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("eval.json")).unwrap()).unwrap();
+    let summary = RunLog::read_summary(&dir.path().join("full/summary.csv"));
+    let (top1, run_top1) = (eval["top1"].as_f64().unwrap(), summary[0].eval_top1.unwrap());
+    assert!((top1 - run_top1).abs() < 1e-6, "eval {top1} vs the run's {run_top1}");
 }

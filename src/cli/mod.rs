@@ -136,6 +136,7 @@ impl ModelArgs {
             drop_path_rate: 0.0,
             drop_rate: 0.0,
             blurpool: self.blurpool,
+            bn_splits: 0,
         }
     }
 }

@@ -204,15 +204,18 @@ impl Activation {
     /// `forward`, with the same values.
     pub fn forward_bn(
         &self,
-        bn: &nn::BatchNorm,
+        bn: &super::batch_norm::BatchNorm,
         z: &Tensor,
         residual: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
-        if let Some(y) = self.bn_fused(bn, z, residual, train) {
-            return y;
+        // Split BatchNorm normalises split by split: no fused BN + activation then.
+        if !bn.splits_batch(z, train) {
+            if let Some(y) = self.bn_fused(&bn.main, z, residual, train) {
+                return y;
+            }
         }
-        let x = super::sync_bn::batch_norm(bn, z, train);
+        let x = bn.forward(z, train);
         let x = match residual {
             Some(r) => x + r,
             None => x,

@@ -1,5 +1,6 @@
 //! Models: the activations, the ResNet family, and their weights on disk.
 pub mod activation;
+pub mod batch_norm;
 pub mod resnet;
 pub mod sync_bn;
 pub mod weights;

@@ -4,6 +4,7 @@
 //! the last one applied after the residual add.
 
 use super::activation::{ActConfig, Activation};
+use super::batch_norm::BatchNorm;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::nn;
@@ -84,6 +85,15 @@ pub struct ResNetConfig {
     /// filter is a constant, not a parameter: the weights keep torchvision's names and shapes.
     #[serde(default, skip_serializing_if = "is_false")]
     pub blurpool: bool,
+    /// timm's split BatchNorm (`split_bn` with `aug_splits`): every BN site gets this many - 1
+    /// auxiliary BNs (`aux_bn.N`) for AugMix's augmented splits, used in training only (see
+    /// batch_norm.rs); 0 or 1: none.
+    #[serde(default, skip_serializing_if = "no_splits")]
+    pub bn_splits: usize,
+}
+
+fn no_splits(n: &usize) -> bool {
+    *n <= 1
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -124,6 +134,7 @@ impl ResNetConfig {
             drop_path_rate: 0.0,
             drop_rate: 0.0,
             blurpool: false,
+            bn_splits: 0,
         }
     }
 
@@ -140,6 +151,12 @@ impl ResNetConfig {
         }
         if !(0.0..1.0).contains(&self.drop_rate) {
             return Err(Error::Usage(format!("--drop must be in [0, 1), got {}", self.drop_rate)));
+        }
+        if self.bn_splits > 8 {
+            return Err(Error::Usage(format!(
+                "split BatchNorm takes at most 8 splits, got {}",
+                self.bn_splits
+            )));
         }
         Ok(())
     }
@@ -317,31 +334,22 @@ fn conv(vs: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) 
     nn::conv2d(vs, c_in, c_out, k, cfg)
 }
 
-fn bn(vs: nn::Path, c: i64, zero_gamma: bool) -> nn::BatchNorm {
-    let cfg = nn::BatchNormConfig {
-        ws_init: nn::Init::Const(if zero_gamma { 0.0 } else { 1.0 }),
-        bs_init: nn::Init::Const(0.0),
-        ..Default::default()
-    };
-    nn::batch_norm2d(vs, c, cfg)
-}
-
 /// The 1x1 conv + BN projection on the shortcut when shape changes (`downsample.0`, `downsample.1`).
 #[derive(Debug)]
 struct Downsample {
     conv: Conv,
-    bn: nn::BatchNorm,
+    bn: BatchNorm,
 }
 
 impl Downsample {
-    fn new(vs: nn::Path, c_in: i64, c_out: i64, stride: i64, blurpool: bool) -> Self {
+    fn new(vs: nn::Path, cfg: &ResNetConfig, c_in: i64, c_out: i64, stride: i64) -> Self {
         Self {
-            conv: Conv::new(&vs / "0", c_in, c_out, 1, stride, 0, blurpool),
-            bn: bn(&vs / "1", c_out, false),
+            conv: Conv::new(&vs / "0", c_in, c_out, 1, stride, 0, cfg.blurpool),
+            bn: BatchNorm::new(&vs / "1", c_out, false, cfg.bn_splits),
         }
     }
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        super::sync_bn::batch_norm(&self.bn, &self.conv.forward(x), train)
+        self.bn.forward(&self.conv.forward(x), train)
     }
 }
 
@@ -349,7 +357,7 @@ impl Downsample {
 #[derive(Debug)]
 struct Block {
     convs: Vec<Conv>,
-    bns: Vec<nn::BatchNorm>,
+    bns: Vec<BatchNorm>,
     /// One per conv; the last one is applied after the residual add.
     acts: Vec<Activation>,
     downsample: Option<Downsample>,
@@ -378,11 +386,12 @@ impl Block {
         let mut acts = Vec::with_capacity(n);
         for (i, &(ci, co, k, s)) in specs.iter().enumerate() {
             convs.push(Conv::new(&vs / format!("conv{}", i + 1), ci, co, k, s, k / 2, cfg.blurpool));
-            bns.push(bn(&vs / format!("bn{}", i + 1), co, cfg.zero_init_residual && i == n - 1));
+            let zero_gamma = cfg.zero_init_residual && i == n - 1;
+            bns.push(BatchNorm::new(&vs / format!("bn{}", i + 1), co, zero_gamma, cfg.bn_splits));
             acts.push(Activation::new(&vs / format!("act{}", i + 1), cfg.act));
         }
         let downsample = (stride != 1 || c_in != c_out)
-            .then(|| Downsample::new(&vs / "downsample", c_in, c_out, stride, cfg.blurpool));
+            .then(|| Downsample::new(&vs / "downsample", cfg, c_in, c_out, stride));
         (Self { convs, bns, acts, downsample, drop_path }, c_out)
     }
 
@@ -398,7 +407,7 @@ impl Block {
             out = if i < n - 1 {
                 self.acts[i].forward_bn(&self.bns[i], &z, None, train)
             } else if train && self.drop_path > 0.0 {
-                let branch = drop_path(&super::sync_bn::batch_norm(&self.bns[i], &z, train), self.drop_path);
+                let branch = drop_path(&self.bns[i].forward(&z, train), self.drop_path);
                 self.acts[i].forward(&(branch + &shortcut))
             } else {
                 self.acts[i].forward_bn(&self.bns[i], &z, Some(&shortcut), train)
@@ -414,7 +423,7 @@ impl Block {
 pub struct ResNet {
     cfg: ResNetConfig,
     conv1: Conv,
-    bn1: nn::BatchNorm,
+    bn1: BatchNorm,
     act1: Activation,
     stages: Vec<Vec<Block>>,
     fc: nn::Linear,
@@ -428,7 +437,7 @@ impl ResNet {
         } else {
             Conv::new(vs / "conv1", 3, 64, 7, 2, 3, cfg.blurpool)
         };
-        let bn1 = bn(vs / "bn1", 64, false);
+        let bn1 = BatchNorm::new(vs / "bn1", 64, false, cfg.bn_splits);
         let act1 = Activation::new(vs / "act1", cfg.act);
         let mut c_in = 64;
         let mut stages = Vec::with_capacity(4);

@@ -347,9 +347,38 @@ pub fn load_initial(
             with(model.blurpool)
         ));
     }
+    // Split BN: auxiliary BNs the file lacks start as copies of its main BNs (timm's
+    // convert_splitbn_model copies them so); auxiliary BNs the run does not train are dropped.
+    let mut copied = 0;
+    for name in live.keys() {
+        if let Some(main) = main_bn_of_aux(name).filter(|_| !tensors.contains_key(name)) {
+            if let Some(t) = tensors.get(&main) {
+                let t = t.copy();
+                tensors.insert(name.clone(), t);
+                copied += 1;
+            }
+        }
+    }
+    if copied > 0 {
+        notes.push(format!(
+            "{} has no split BatchNorms: the auxiliary BNs start as copies of its BNs",
+            path.display()
+        ));
+    }
+    tensors.retain(|k, _| live.contains_key(k) || main_bn_of_aux(k).is_none());
     load_into(vs, &WeightsFile { tensors, metadata: file.metadata }, path)?;
     check_finite(vs, path)?;
     Ok(notes)
+}
+
+/// The main BN's key of an auxiliary (split) BN's: `layer1.0.bn1.aux_bn.0.weight` ->
+/// `layer1.0.bn1.weight`; None for any other key.
+fn main_bn_of_aux(key: &str) -> Option<String> {
+    let at = key.find(".aux_bn.")?;
+    let rest = &key[at + ".aux_bn.".len()..];
+    let (index, leaf) = rest.split_once('.')?;
+    index.parse::<usize>().ok()?;
+    Some(format!("{}.{leaf}", &key[..at]))
 }
 
 /// A model ready for inference: built from a file's config and loaded with its weights.

@@ -111,6 +111,11 @@ pub struct TrainConfig {
     /// predictions.
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub jsd_loss: bool,
+    /// timm's split BatchNorm with aug_splits (timm's `split_bn`): every BN site gets an
+    /// auxiliary BN per augmented split (`aux_bn.N` in checkpoints), which normalises that split
+    /// in training; evaluation uses the main BNs only.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub split_bn: bool,
     /// Random erasing spares the clean split (timm's `resplit`; needs aug_splits).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub resplit: bool,
@@ -852,8 +857,14 @@ impl TrainConfig {
                 "--aug-splits needs an augmentation for its augmented splits (--aa or --color-jitter)".into(),
             );
         }
-        if (self.jsd_loss || self.resplit) && self.aug_splits < 2 {
-            return bad("--jsd-loss and --resplit need --aug-splits 2 or more".into());
+        if (self.jsd_loss || self.resplit || self.split_bn) && self.aug_splits < 2 {
+            return bad("--jsd-loss, --resplit and --split-bn need --aug-splits 2 or more".into());
+        }
+        if self.split_bn && self.sync_bn {
+            return bad(
+                "--split-bn with --sync-bn is not supported (timm's conversion would replace the split BNs)"
+                    .into(),
+            );
         }
         if self.aug_splits > 1 && self.mixup_config().is_some() {
             return bad(
@@ -965,6 +976,7 @@ impl TrainConfig {
             drop_path_rate: self.drop_path,
             drop_rate: self.drop,
             blurpool: self.blurpool,
+            bn_splits: if self.split_bn { self.aug_splits } else { 0 },
         }
     }
 
