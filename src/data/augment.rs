@@ -492,8 +492,14 @@ fn randomly_negate(v: f64, rng: &mut SplitMix64) -> f64 {
     }
 }
 
-/// timm's `LEVEL_TO_ARG[op](magnitude)` (the level is on timm's 0..10 scale); None: no argument.
-pub fn timm_level(op: TimmOp, level: f64, rng: &mut SplitMix64) -> Option<f64> {
+/// timm's default `translate_pct` (hparams) of TranslateXRel / TranslateYRel at level 10.
+pub const TIMM_TRANSLATE_PCT: f64 = 0.45;
+/// What timm's transform factory sets for AugMix instead (`aa_params['translate_pct'] = 0.3`).
+pub const AUGMIX_TRANSLATE_PCT: f64 = 0.3;
+
+/// timm's `LEVEL_TO_ARG[op](magnitude, hparams)` (the level is on timm's 0..10 scale;
+/// `translate_pct`: the hparams' value); None: no argument.
+pub fn timm_level(op: TimmOp, level: f64, translate_pct: f64, rng: &mut SplitMix64) -> Option<f64> {
     use TimmOp::*;
     let l = level / 10.0;
     Some(match op {
@@ -510,7 +516,7 @@ pub fn timm_level(op: TimmOp, level: f64, rng: &mut SplitMix64) -> Option<f64> {
             (1.0 + randomly_negate(l * 0.9, rng)).max(0.1)
         }
         ShearX | ShearY => randomly_negate(l * 0.3, rng),
-        TranslateXRel | TranslateYRel => randomly_negate(l * 0.45, rng),
+        TranslateXRel | TranslateYRel => randomly_negate(l * translate_pct, rng),
     })
 }
 
@@ -668,7 +674,8 @@ impl Augment {
                 let picked: Vec<TimmOp> =
                     (0..num_layers).map(|_| choices[rng.below(choices.len() as u64) as usize]).collect();
                 for op in picked {
-                    timm_op(img, op, prob, magnitude, mstd, mmax, self.timm_filter, rng, s);
+                    let h = TimmHparams { mstd, mmax, translate_pct: TIMM_TRANSLATE_PCT };
+                    timm_op(img, op, prob, magnitude, &h, self.timm_filter, rng, s);
                 }
             }
             Policy::TimmAuto { policy, mstd } => {
@@ -678,7 +685,8 @@ impl Augment {
                 };
                 let sub = table[rng.below(table.len() as u64) as usize];
                 for (op, prob, magnitude) in sub {
-                    timm_op(img, op, prob, magnitude, mstd, 10.0, self.timm_filter, rng, s);
+                    let h = TimmHparams { mstd, mmax: 10.0, translate_pct: TIMM_TRANSLATE_PCT };
+                    timm_op(img, op, prob, magnitude, &h, self.timm_filter, rng, s);
                 }
             }
             Policy::AugMix { magnitude, width, depth, alpha, mstd } => {
@@ -686,7 +694,8 @@ impl Augment {
                 // per chain its depth and ops (with replacement), each op with probability 1.
                 let weights: Vec<f32> = rng.dirichlet(alpha, width).into_iter().map(|w| w as f32).collect();
                 let m = rng.beta(alpha, alpha) as f32;
-                let filter = self.timm_filter;
+                let (filter, h) =
+                    (self.timm_filter, TimmHparams { mstd, mmax: 10.0, translate_pct: AUGMIX_TRANSLATE_PCT });
                 let chains = weights.into_iter().map(|w| {
                     let d = if depth > 0 { depth as u64 } else { 1 + rng.below(3) };
                     let ops: Vec<TimmOp> =
@@ -694,9 +703,7 @@ impl Augment {
                     (w, ops)
                 });
                 let chains: Vec<(f32, Vec<TimmOp>)> = chains.collect();
-                augmix(img, &chains, m, s, |img, op, s| {
-                    timm_op(img, op, 1.0, magnitude, mstd, 10.0, filter, rng, s)
-                });
+                augmix(img, &chains, m, s, |img, op, s| timm_op(img, op, 1.0, magnitude, &h, filter, rng, s));
             }
         }
     }
@@ -734,6 +741,15 @@ pub fn augmix<Op: Copy>(
     s.chain = chain;
 }
 
+/// The hparams of timm's AugmentOp that the policies set: magnitude noise, its upper bound, and
+/// the relative translation at level 10.
+#[derive(Clone, Copy)]
+struct TimmHparams {
+    mstd: f64,
+    mmax: f64,
+    translate_pct: f64,
+}
+
 /// timm's `AugmentOp.__call__`: applied with probability `prob`, the magnitude perturbed by
 /// N(0, mstd) (uniform in [0, m] when mstd is inf) and clipped to [0, mmax], interpolation
 /// `filter` or, when None, bilinear or bicubic at random; fill the ImageNet mean.
@@ -743,12 +759,12 @@ fn timm_op(
     op: TimmOp,
     prob: f64,
     magnitude: f64,
-    mstd: f64,
-    mmax: f64,
+    h: &TimmHparams,
     filter: Option<Interp>,
     rng: &mut SplitMix64,
     s: &mut Scratch,
 ) {
+    let TimmHparams { mstd, mmax, translate_pct } = *h;
     if prob < 1.0 && rng.uniform() > prob {
         return;
     }
@@ -760,7 +776,7 @@ fn timm_op(
     }
     let upper = if mmax > 0.0 { mmax } else { 10.0 };
     let m = m.min(upper).max(0.0);
-    let arg = timm_level(op, m, rng);
+    let arg = timm_level(op, m, translate_pct, rng);
     let interp = filter.unwrap_or_else(|| if rng.below(2) == 0 { Interp::Bilinear } else { Interp::Bicubic });
     timm_apply(img, op, arg, interp, TIMM_FILL, s);
 }
@@ -872,6 +888,24 @@ mod tests {
         assert_eq!(parse_jitter(&[0.4, 0.4, 0.4, 0.1]).unwrap(), Some([0.4, 0.4, 0.4, 0.1]));
         assert_eq!(parse_jitter(&[0.4]).unwrap(), Some([0.4, 0.4, 0.4, 0.0]));
         assert_eq!(parse_jitter(&[0.0]).unwrap(), None);
+    }
+
+    #[test]
+    fn timm_translate_levels_follow_the_hparams_translate_pct() {
+        // timm's _translate_rel_level_to_arg: (level / 10) x translate_pct, randomly negated;
+        // 0.45 by default, 0.3 for AugMix (its transform factory sets it).
+        let mut rng = SplitMix64::new(3);
+        for (pct, level, want) in [
+            (TIMM_TRANSLATE_PCT, 10.0, 0.45),
+            (AUGMIX_TRANSLATE_PCT, 10.0, 0.3),
+            (AUGMIX_TRANSLATE_PCT, 5.0, 0.15),
+        ] {
+            for op in [TimmOp::TranslateXRel, TimmOp::TranslateYRel] {
+                let v = timm_level(op, level, pct, &mut rng).unwrap();
+                assert!((v.abs() - want).abs() < 1e-12, "{op:?} at {level}: {v}");
+            }
+        }
+        assert_eq!(timm_level(TimmOp::ShearX, 10.0, AUGMIX_TRANSLATE_PCT, &mut rng).map(f64::abs), Some(0.3));
     }
 
     #[test]
