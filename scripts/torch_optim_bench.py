@@ -1,9 +1,10 @@
-"""PyTorch baseline for `resnet-train bench --opt adamw|adam|lamb|lion`: the training step of
-../shared/bench/torch_train_bench.py (forward + loss under autocast, backward, optimizer step) with
-torch.optim.AdamW / Adam (fused=True: the kernels resnet-train calls), timm's Lamb (foreach) or
-timm's Lion (foreach, as timm's factory builds it), and the same parameter groups as resnet-train
-(weight decay on conv/fc weights only). Prints one JSON line with torch_train_bench.py's fields.
-Needs torch==2.11.0 and timm (for lamb and lion):
+"""PyTorch baseline for `resnet-train bench --opt adamw|adam|lamb|lion|rmsproptf`: the training
+step of ../shared/bench/torch_train_bench.py (forward + loss under autocast, backward, optimizer
+step) with torch.optim.AdamW / Adam (fused=True: the kernels resnet-train calls), or timm's Lamb,
+Lion or RMSpropTF (foreach, as timm's factory builds Lion), and the same parameter groups as
+resnet-train (weight decay on conv/fc weights only). Prints one JSON line with
+torch_train_bench.py's fields.
+Needs torch==2.11.0 and timm (for lamb, lion and rmsproptf):
 
   python scripts/torch_optim_bench.py --opt adamw --arch resnet50 --act polynorm --precision bf16 \
       --batch 8 --res 128 --device cpu --steps 10 --warmup 3 --threads 2
@@ -24,7 +25,7 @@ from polycom import PolyResNet  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--opt", default="adamw", choices=["adamw", "adam", "lamb", "lion"])
+    ap.add_argument("--opt", default="adamw", choices=["adamw", "adam", "lamb", "lion", "rmsproptf"])
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--act", default="relu", choices=["relu", "polyrelu", "polynorm"])
     ap.add_argument("--order", type=int, default=3)
@@ -50,6 +51,9 @@ def main():
         opt = torch.optim.AdamW(groups, lr=1e-3, fused=True)
     elif a.opt == "adam":
         opt = torch.optim.Adam(groups, lr=1e-3, fused=True)
+    elif a.opt == "rmsproptf":
+        from timm.optim import RMSpropTF
+        opt = RMSpropTF(groups, lr=1e-3, alpha=0.9, momentum=0.9, foreach=True)
     elif a.opt == "lion":
         from timm.optim import Lion
         opt = Lion(groups, lr=1e-4, foreach=True)

@@ -406,6 +406,8 @@ fn schedule_keys_are_checked() {
     assert!(err("opt = \"lion\"\nopt_eps = 1e-6").contains("--opt-eps applies to adam"));
     assert!(err("opt = \"adamw\"\nopt_eps = 0.0").contains("--opt-eps must be positive"));
     assert_eq!(err("opt = \"nlars\"\nopt_eps = 1e-6"), "");
+    assert_eq!(err("opt = \"rmsproptf\"\nopt_eps = 1e-3"), "");
+    assert!(err("opt = \"rmsproptf\"\nopt_betas = [0.9, 0.99]").contains("--opt-betas applies to"));
     // AugMix splits: 2..=8, with an augmentation for the augmented splits, no Mixup; JSD and resplit need them.
     let augmix = "aa = \"augmix-m3-w3\"\naug_splits = 3";
     assert!(err("aug_splits = 1").contains("--aug-splits must be 0 (off) or in 2..=8"));

@@ -312,6 +312,31 @@ int rt_fused_adam(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_t
   });
 }
 
+int rt_foreach_rmsprop_tf(rt_tensor *params, rt_tensor *grads, rt_tensor *square_avgs, rt_tensor *momentum_bufs,
+                          int n, double lr, double alpha, double eps, double weight_decay, double momentum,
+                          char **err) {
+  return guarded(err, [&] {
+    if (n == 0) return;
+    at::NoGradGuard no_grad;
+    auto p = list(params, n), g = list(grads, n), sq = list(square_avgs, n);
+    // timm's _multi_tensor_rmsprop_tf (lr_in_momentum, not centered), operation for operation.
+    if (weight_decay != 0) g = at::_foreach_add(g, p, weight_decay);
+    auto grad_sq = at::_foreach_mul(g, g);
+    at::_foreach_sub_(grad_sq, sq);
+    at::_foreach_add_(sq, grad_sq, 1.0 - alpha);  // TensorFlow's order of ops
+    auto avg = at::_foreach_add(sq, eps);
+    at::_foreach_sqrt_(avg);  // eps inside the square root
+    if (momentum > 0) {
+      auto buf = list(momentum_bufs, n);
+      at::_foreach_mul_(buf, momentum);
+      at::_foreach_addcdiv_(buf, g, avg, lr);  // TensorFlow accumulates lr in the buffer
+      at::_foreach_sub_(p, buf);
+    } else {
+      at::_foreach_addcdiv_(p, g, avg, -lr);
+    }
+  });
+}
+
 int rt_foreach_lion(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, int n, double lr, double beta1,
                     double beta2, double weight_decay, char **err) {
   return guarded(err, [&] {

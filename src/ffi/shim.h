@@ -62,6 +62,12 @@ int rt_foreach_clip_grad_norm(rt_tensor *grads, int n, double max_norm, rt_tenso
 int rt_fused_adam(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs, int n,
                   rt_tensor step, double lr, double beta1, double beta2, double weight_decay, double eps,
                   int decoupled, char **err);
+// RMSpropTF (timm.optim.RMSpropTF, one parameter group, lr_in_momentum, not centered): g += wd p;
+// sq += (g^2 - sq)(1 - alpha); avg = sqrt(sq + eps); with momentum: buf = momentum buf + lr g / avg,
+// p -= buf (momentum_bufs unused without momentum); else p -= lr g / avg.
+int rt_foreach_rmsprop_tf(rt_tensor *params, rt_tensor *grads, rt_tensor *square_avgs, rt_tensor *momentum_bufs,
+                          int n, double lr, double alpha, double eps, double weight_decay, double momentum,
+                          char **err);
 // Lion (timm.optim.Lion, one parameter group): p *= 1 - lr wd; p -= lr sign(lerp(m, g, 1 - beta1));
 // m = lerp(m, g, 1 - beta2).
 int rt_foreach_lion(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, int n, double lr, double beta1,

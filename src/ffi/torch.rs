@@ -66,6 +66,19 @@ extern "C" {
         decoupled: c_int,
         err: *mut *mut c_char,
     ) -> c_int;
+    fn rt_foreach_rmsprop_tf(
+        params: *mut *mut c_void,
+        grads: *mut *mut c_void,
+        square_avgs: *mut *mut c_void,
+        momentum_bufs: *mut *mut c_void,
+        n: c_int,
+        lr: f64,
+        alpha: f64,
+        eps: f64,
+        weight_decay: f64,
+        momentum: f64,
+        err: *mut *mut c_char,
+    ) -> c_int;
     fn rt_foreach_lion(
         params: *mut *mut c_void,
         grads: *mut *mut c_void,
@@ -303,6 +316,45 @@ pub fn fused_adam(
             step.weight_decay,
             step.eps,
             decoupled as c_int,
+            e,
+        )
+    })
+}
+
+/// timm's RMSpropTF hyper-parameters for one group's step.
+#[derive(Clone, Copy, Debug)]
+pub struct RmspropTfStep {
+    pub lr: f64,
+    pub alpha: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub momentum: f64,
+}
+
+/// One step of timm's RMSpropTF (foreach, lr in the momentum buffer) over a parameter group:
+/// parameters, their gradients, squared averages and momentum buffers (unused without momentum).
+pub fn foreach_rmsprop_tf(
+    params: &[Tensor],
+    grads: &[Tensor],
+    square_avgs: &[Tensor],
+    momentum_bufs: &[Tensor],
+    step: RmspropTfStep,
+) -> Result<()> {
+    same_lengths("rmsproptf", &[params, grads, square_avgs, momentum_bufs])?;
+    let (mut p, mut g, mut sq, mut m) = (ptrs(params), ptrs(grads), ptrs(square_avgs), ptrs(momentum_bufs));
+    // SAFETY: four arrays of `n` live tensor pointers, valid for the call.
+    call("rmsproptf", |e| unsafe {
+        rt_foreach_rmsprop_tf(
+            p.as_mut_ptr(),
+            g.as_mut_ptr(),
+            sq.as_mut_ptr(),
+            m.as_mut_ptr(),
+            params.len() as c_int,
+            step.lr,
+            step.alpha,
+            step.eps,
+            step.weight_decay,
+            step.momentum,
             e,
         )
     })

@@ -216,8 +216,10 @@ pub struct TrainConfig {
     /// lamb / lambc (timm's Lamb, lambc with the trust ratio capped at 1), lars / larc / nlars /
     /// nlarc (timm's Lars: layer-wise adaptive rates for large batches; larc clips each tensor's
     /// rate at the schedule's, n = Nesterov), lion (timm's Lion: sign momentum, decoupled weight
-    /// decay; use a 3-10x smaller lr and larger weight decay than AdamW's). LARS adapts only the
-    /// groups that decay (by default conv/fc weights), as timm's does.
+    /// decay; use a 3-10x smaller lr and larger weight decay than AdamW's), rmsproptf (timm's
+    /// TensorFlow-style RMSprop: alpha 0.9, eps inside the root, lr in the momentum; EfficientNet
+    /// and RA2 recipes). LARS adapts only the groups that decay (by default conv/fc weights), as
+    /// timm's does.
     #[arg(long, value_enum, default_value_t = OptKind::Momentum)]
     pub opt: OptKind,
     /// SGD momentum.
@@ -226,8 +228,8 @@ pub struct TrainConfig {
     /// Nesterov momentum with `opt = "momentum"` (the same as `opt = "sgd"`).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub nesterov: bool,
-    /// Adam/AdamW/LAMB/LARS epsilon (unset: the optimizer's default, 1e-8 Adam, AdamW and LARS,
-    /// 1e-6 LAMB).
+    /// Adam/AdamW/LAMB/LARS/RMSpropTF epsilon (unset: the optimizer's default, 1e-8 Adam, AdamW
+    /// and LARS, 1e-6 LAMB, 1e-10 RMSpropTF).
     #[arg(long)]
     pub opt_eps: Option<f64>,
     /// Adam/AdamW/LAMB/Lion betas beta1,beta2 (unset: the optimizer's default, 0.9,0.999; Lion
@@ -796,7 +798,7 @@ impl TrainConfig {
         if let Some(e) = self.opt_eps {
             if !self.opt.has_eps() {
                 return bad(format!(
-                    "--opt-eps applies to adam, adamw, lamb, lambc and the lars variants, not {:?}",
+                    "--opt-eps applies to adam, adamw, lamb, lambc, rmsproptf and the lars variants, not {:?}",
                     self.opt
                 ));
             }

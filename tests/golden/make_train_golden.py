@@ -1,7 +1,7 @@
 """Generates tests/golden/train_golden.safetensors: what PyTorch and timm compute for the optimizers
-(torch.optim.Adam and AdamW, timm's Lamb, Lars and Lion), the EMA decay, the losses (AugMix's JSD
-too) and the gradient clipping modes that resnet-train reimplements on libtorch's kernels (needs
-torch==2.11.0, timm==1.0.31, safetensors). Rerun from the repo root:
+(torch.optim.Adam and AdamW, timm's Lamb, Lars, Lion and RMSpropTF), the EMA decay, the losses
+(AugMix's JSD too) and the gradient clipping modes that resnet-train reimplements on libtorch's
+kernels (needs torch==2.11.0, timm==1.0.31, safetensors). Rerun from the repo root:
 
   python tests/golden/make_train_golden.py
 
@@ -13,7 +13,7 @@ import os
 import torch
 from safetensors.torch import save_file
 from timm.loss import BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import Lamb, Lars, Lion
+from timm.optim import Lamb, Lars, Lion, RMSpropTF
 from timm.utils.clip_grad import dispatch_clip_grad
 from timm.utils.model_ema import ModelEmaV3
 
@@ -48,6 +48,8 @@ for name, make in {
     "adam": lambda groups: torch.optim.Adam(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-8),
     # timm's create_optimizer_v2 builds Lion with foreach=True; its default betas are (0.9, 0.99).
     "lion": lambda groups: Lion(groups, lr=0.01, foreach=True),
+    # timm's factory: rmsproptf = RMSpropTF(alpha=0.9), momentum from train.py's --momentum.
+    "rmsproptf": lambda groups: RMSpropTF(groups, lr=0.01, alpha=0.9, momentum=0.9, foreach=True),
     "lamb": lambda groups: Lamb(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-6),
     "lambc": lambda groups: Lamb(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-6, trust_clip=True),
     "lars": lambda groups: Lars(groups, lr=0.01, momentum=0.9),

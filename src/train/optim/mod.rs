@@ -1,17 +1,20 @@
 //! Optimizers on libtorch's own multi-tensor kernels: SGD (torch.optim.SGD, foreach) and LARS
 //! (timm's Lars: SGD on trust-ratio-scaled gradients), Adam and AdamW (torch.optim.Adam/AdamW,
-//! `_fused_adam_`/`_fused_adamw_`), LAMB (timm's Lamb, foreach) and Lion (timm's Lion, foreach).
+//! `_fused_adam_`/`_fused_adamw_`), LAMB (timm's Lamb, foreach), Lion (timm's Lion, foreach) and
+//! RMSpropTF (timm's, foreach).
 //! Each owns its state as named tensors, which is what checkpoints and the guards' snapshots save
 //! and restore.
 
 mod adam;
 mod lamb;
 mod lion;
+mod rmsprop_tf;
 mod sgd;
 
 pub use adam::Adam;
 pub use lamb::Lamb;
 pub use lion::Lion;
+pub use rmsprop_tf::RmspropTf;
 pub use sgd::Sgd;
 
 use crate::error::Result;
@@ -50,6 +53,8 @@ pub enum OptKind {
     Nlarc,
     /// Sign momentum with decoupled weight decay (timm's Lion; Chen et al. 2023).
     Lion,
+    /// TensorFlow-style RMSprop (timm's `rmsproptf`: EfficientNet, MobileNet, RA2 recipes).
+    Rmsproptf,
 }
 
 impl OptKind {
@@ -70,7 +75,8 @@ impl OptKind {
 
     /// Whether the optimizer has an epsilon (`--opt-eps`).
     pub fn has_eps(self) -> bool {
-        matches!(self, OptKind::Adam | OptKind::Adamw | OptKind::Lamb | OptKind::Lambc) || self.is_lars()
+        matches!(self, OptKind::Adam | OptKind::Adamw | OptKind::Lamb | OptKind::Lambc | OptKind::Rmsproptf)
+            || self.is_lars()
     }
 }
 
@@ -112,7 +118,7 @@ pub struct OptConfig {
     pub weight_decay: WeightDecay,
     /// Learning-rate multiplier of the activation coefficients' group.
     pub act_lr_scale: f64,
-    /// Adam/AdamW/LAMB/LARS; None: the optimizer's default.
+    /// Adam/AdamW/LAMB/LARS/RMSpropTF; None: the optimizer's default.
     pub eps: Option<f64>,
     /// Adam/AdamW/LAMB/Lion; None: the optimizer's default (`OptKind::default_betas`).
     pub betas: Option<(f64, f64)>,
@@ -169,6 +175,7 @@ pub fn create(cfg: &OptConfig, vs: &nn::VarStore) -> Box<dyn Optimizer> {
             Box::new(Lamb::new(groups, betas, cfg.eps.unwrap_or(1e-6), cfg.kind == OptKind::Lambc))
         }
         OptKind::Lion => Box::new(Lion::new(groups, betas)),
+        OptKind::Rmsproptf => Box::new(RmspropTf::new(groups, cfg.momentum, cfg.eps.unwrap_or(1e-10))),
     }
 }
 
@@ -334,12 +341,18 @@ mod tests {
     #[test]
     fn the_activation_groups_learning_rate_is_scaled_alone() {
         // One step of each optimizer with the same gradients, the coefficients' lr scaled by
-        // 0.25 or not: the coefficients move 0.25x as far (SGD's first step, Adam, AdamW, LAMB's
-        // and Lion's per-element steps are linear in lr; LARS leaves the undecayed coefficients to
-        // SGD), everything else the same.
-        for kind in
-            [OptKind::Momentum, OptKind::Adam, OptKind::Adamw, OptKind::Lamb, OptKind::Lars, OptKind::Lion]
-        {
+        // 0.25 or not: the coefficients move 0.25x as far (SGD's and RMSpropTF's first steps,
+        // Adam, AdamW, LAMB's and Lion's per-element steps are linear in lr; LARS leaves the
+        // undecayed coefficients to SGD), everything else the same.
+        for kind in [
+            OptKind::Momentum,
+            OptKind::Adam,
+            OptKind::Adamw,
+            OptKind::Lamb,
+            OptKind::Lars,
+            OptKind::Lion,
+            OptKind::Rmsproptf,
+        ] {
             let moved = |scale: f64| {
                 let vs = nn::VarStore::new(Device::Cpu);
                 let cfg = ResNetConfig::new(Arch::Resnet18, ActConfig::new(ActKind::Polyrelu, 2));
@@ -378,8 +391,8 @@ mod tests {
 #[cfg(test)]
 mod golden_tests {
     //! Against tests/golden/train_golden.safetensors (tests/golden/make_train_golden.py):
-    //! torch.optim.Adam and AdamW, timm's Lamb, Lars variants and Lion on two parameter groups for
-    //! three steps.
+    //! torch.optim.Adam and AdamW, timm's Lamb, Lars variants, Lion and RMSpropTF on two parameter
+    //! groups for three steps.
     use super::*;
     use tch::Device;
 
@@ -422,12 +435,13 @@ mod golden_tests {
     }
 
     #[test]
-    fn adam_adamw_lamb_lars_and_lion_match_torch_and_timm() {
+    fn adam_adamw_lamb_lars_lion_and_rmsproptf_match_torch_and_timm() {
         let g = golden();
         let cases = [
             (OptKind::Adam, "adam", 0.001),
             (OptKind::Adamw, "adamw", 0.001),
             (OptKind::Lion, "lion", 0.001),
+            (OptKind::Rmsproptf, "rmsproptf", 0.001),
             (OptKind::Lamb, "lamb", 0.001),
             (OptKind::Lambc, "lambc", 0.001),
             (OptKind::Lars, "lars", 0.001),
@@ -462,6 +476,7 @@ mod golden_tests {
             OptKind::Lamb,
             OptKind::Nlarc,
             OptKind::Lion,
+            OptKind::Rmsproptf,
         ] {
             let (vs, p1, p2) = params(&g);
             let mut a = create(&config(kind), &vs);
