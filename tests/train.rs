@@ -984,21 +984,60 @@ fn augmix_splits_with_the_jsd_loss_train_and_resume_exactly() {
     let dir = common::tmpdir();
     let data = dir.path().join("data");
     synthetic::write_dataset(&data, 4, 1, 32, 5).unwrap(); // 40 train: 5 steps of 8 samples (24 images)
-    let config = |name: &str, jsd: bool| TrainConfig {
-        epochs: 1,
-        aa: Some("augmix-m3-w3".into()),
-        aug_splits: 3,
-        jsd_loss: jsd,
-        split_bn: true,
-        resplit: true,
-        reprob: 0.5,
-        ..tiny_config(&data, dir.path(), name)
+                                                           // In child processes: random erasing reseeds libtorch's global generator every step, which
+                                                           // would race with the other tests' seeded inits in this process.
+    let run_cli = |args: &[&str]| {
+        let out = std::process::Command::new(common::bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
-    train(config("full", true), None).unwrap();
+    let train_cli = |name: &str, extra: &[&str]| {
+        let (data, out) = (data.display().to_string(), dir.path().display().to_string());
+        let base = [
+            "train",
+            "--data",
+            &data,
+            "--output",
+            &out,
+            "--name",
+            name,
+            "--arch",
+            "resnet18",
+            "--act",
+            "polynorm",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--lr",
+            "0.4",
+            "--warmup-epochs",
+            "0.5",
+            "--smoothing",
+            "0.1",
+            "--train-size",
+            "32",
+            "--eval-size",
+            "32",
+            "--device",
+            "cpu",
+            "--workers",
+            "2",
+            "--aa",
+            "augmix-m3-w3",
+            "--aug-splits",
+            "3",
+            "--split-bn",
+            "--resplit",
+            "--reprob",
+            "0.5",
+        ];
+        run_cli(&[&base[..], extra].concat());
+    };
+    train_cli("full", &["--jsd-loss"]);
+    train_cli("cut", &["--jsd-loss", "--max-steps", "2"]);
     let run = dir.path().join("cut");
-    train(TrainConfig { max_steps: 2, ..config("cut", true) }, None).unwrap();
-    train(TrainConfig::resume(&run, &TrainArgs::default()).unwrap(), Some(&run)).unwrap();
-    train(config("ce", false), None).unwrap();
+    run_cli(&["--resume", &run.display().to_string()]);
+    train_cli("ce", &[]);
     let full = losses(&dir.path().join("full"));
     assert_eq!(full.len(), 5);
     assert!(full.iter().all(|(_, l, _)| l.is_finite()));
