@@ -271,9 +271,9 @@ fn drop_path_rates_rise_linearly_over_blocks_and_evaluation_ignores_them() {
 #[test]
 fn split_batchnorm_normalises_each_split_with_its_own_bn_and_evaluates_with_the_main_one() {
     let _g = common::global_lock(); // draws from libtorch's global generator
-    // timm's SplitBatchNorm2d: in training, split 0 through the main BN, split i through
-    // aux_bn[i - 1]; each split's output is then what the plain network (same weights; the
-    // auxiliary BNs start as copies) computes on that split alone. Eval uses the main BNs.
+                                    // timm's SplitBatchNorm2d: in training, split 0 through the main BN, split i through
+                                    // aux_bn[i - 1]; each split's output is then what the plain network (same weights; the
+                                    // auxiliary BNs start as copies) computes on that split alone. Eval uses the main BNs.
     let plain_cfg = ResNetConfig { num_classes: 10, ..cfg(Arch::Resnet18, ActKind::Polynorm) };
     let split_cfg = ResNetConfig { bn_splits: 3, ..plain_cfg };
     let (mut plain_vs, plain) = build(plain_cfg);
@@ -313,7 +313,7 @@ fn split_batchnorm_normalises_each_split_with_its_own_bn_and_evaluates_with_the_
 #[test]
 fn a_plain_checkpoint_starts_a_split_bn_model_with_copies_of_its_bns() {
     let _g = common::global_lock(); // draws from libtorch's global generator
-    // timm's convert_splitbn_model after loading: the auxiliary BNs are copies of the main ones.
+                                    // timm's convert_splitbn_model after loading: the auxiliary BNs are copies of the main ones.
     let dir = common::tmpdir();
     let plain_cfg = ResNetConfig { num_classes: 10, ..cfg(Arch::Resnet18, ActKind::Relu) };
     let (plain_vs, _) = build(plain_cfg);

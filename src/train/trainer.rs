@@ -418,11 +418,15 @@ impl Trainer {
         );
         say!(
             main,
-            "model      {} {:?} order {}, {} parameters{}",
+            "model      {} {:?} order {}, {} parameters{}{}",
             cfg.arch.name(),
             cfg.act,
             cfg.order,
-            count_params(&engine.vs),
+            count_params(&engine.vs) - split_bn_params(&engine.vs),
+            match split_bn_params(&engine.vs) {
+                0 => String::new(),
+                n => format!(" (+ {n} in the split BNs, training only)"),
+            },
             if cfg.model_ema { format!(", EMA decay {}", cfg.model_ema_decay) } else { String::new() }
         );
         say!(
@@ -790,6 +794,12 @@ impl Trainer {
             stopped_early,
         }
     }
+}
+
+/// Trainable parameters of split BatchNorm's auxiliary BNs (not part of the evaluated network).
+fn split_bn_params(vs: &tch::nn::VarStore) -> i64 {
+    let aux = vs.variables().into_iter().filter(|(n, t)| n.contains(".aux_bn.") && t.requires_grad());
+    aux.map(|(_, t)| t.numel() as i64).sum()
 }
 
 /// The train loader (RandomResizedCrop + flip), the val loader (resize + center crop) and the
