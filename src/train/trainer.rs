@@ -416,14 +416,15 @@ impl Trainer {
             classes.len(),
             cfg.data.as_ref().map_or("embedded procedural dataset".to_string(), |p| p.display().to_string())
         );
+        let split_bn = split_bn_params(&engine.vs);
         say!(
             main,
             "model      {} {:?} order {}, {} parameters{}{}",
             cfg.arch.name(),
             cfg.act,
             cfg.order,
-            count_params(&engine.vs) - split_bn_params(&engine.vs),
-            match split_bn_params(&engine.vs) {
+            count_params(&engine.vs) - split_bn,
+            match split_bn {
                 0 => String::new(),
                 n => format!(" (+ {n} in the split BNs, training only)"),
             },
