@@ -103,11 +103,16 @@ fn ops_match_torchvision_and_timm_on_pil_images() {
     let (mut checked, mut failures) = (0, Vec::new());
     for (key, want) in g.iter().filter(|(k, _)| !k.starts_with("input|")) {
         let f: Vec<&str> = key.split('|').collect();
+        if f[0] == "tvb" {
+            continue; // the blur: gaussian_blur_matches_torchvision_within_float32_rounding
+        }
         let Some((px, h, w)) = inputs.get(f[3]) else { continue };
         let mut px = px.clone();
         let mut img = Planes { px: &mut px, h: *h, w: *w };
         let arg: f64 = f[2].parse().unwrap();
-        if f[0] == "tvf" {
+        if f[0] == "tvg" {
+            resnet_train::data::augment_ops::grayscale(&mut img, &mut scratch); // rgb_to_grayscale(img, 3)
+        } else if f[0] == "tvf" {
             resnet_train::data::augment_ops::hue(&mut img, arg); // torchvision.transforms.functional.adjust_hue
         } else if f[0] == "tv" {
             augment::tv_apply(&mut img, tv_op(f[1]), arg, Interp::Nearest, [0; 3], &mut scratch);
@@ -136,6 +141,42 @@ fn ops_match_torchvision_and_timm_on_pil_images() {
     eprintln!("{checked} op outputs compared");
     assert!(failures.is_empty(), "not bit-identical to Pillow:\n{}", failures.join("\n"));
     assert!(checked >= 48, "only {checked} cases ran");
+}
+
+/// timm's `gaussian_blur_prob` op, torchvision's `gaussian_blur(img, 23, sigma)` on PIL images:
+/// torchvision convolves once with the 23x23 outer-product kernel, ours runs two 1-D passes, so
+/// a value within float32 rounding of a .5 tie may round the other way: at most one level, rarely.
+#[test]
+fn gaussian_blur_matches_torchvision_within_float32_rounding() {
+    let g = common::golden("augment.safetensors");
+    let inputs = inputs(&g);
+    let mut scratch = Scratch::default();
+    let (mut checked, mut values, mut off_by_one) = (0, 0, 0);
+    for (key, want) in g.iter().filter(|(k, _)| k.starts_with("tvb|")) {
+        let f: Vec<&str> = key.split('|').collect();
+        let Some((px, h, w)) = inputs.get(f[3]) else { continue };
+        let mut px = px.clone();
+        let sigma: f32 = f[2].parse().unwrap();
+        let mut img = Planes { px: &mut px, h: *h, w: *w };
+        resnet_train::data::augment_ops::gaussian_blur(
+            &mut img,
+            augment::GAUSSIAN_BLUR_KERNEL,
+            sigma,
+            &mut scratch,
+        );
+        let want = Vec::<u8>::try_from(&want.flatten(0, -1)).unwrap();
+        assert_eq!(want.len(), px.len(), "{key}");
+        for (&a, &b) in px.iter().zip(&want) {
+            let d = (a as i32 - b as i32).abs();
+            assert!(d <= 1, "{key}: {a} vs torchvision's {b}");
+            off_by_one += d as usize;
+        }
+        values += px.len();
+        checked += 1;
+    }
+    eprintln!("{checked} blurs compared: {off_by_one} of {values} values one level off");
+    assert!(checked >= 4, "only {checked} cases ran");
+    assert!(off_by_one * 1000 <= values, "{off_by_one} of {values} values off: more than rounding");
 }
 
 /// Every policy is a pure function of the sample's generator: same draws, same pixels.
@@ -226,4 +267,70 @@ fn augmix_mixes_chains_as_timm() {
     eprintln!("{checked} AugMix outputs compared");
     assert!(failures.is_empty(), "not bit-identical to timm's AugMix:\n{}", failures.join("\n"));
     assert!(checked >= 4, "only {checked} cases ran");
+}
+
+/// timm's SimCLR-style options apply at their probabilities (RandomApply / RandomGrayscale), in
+/// timm's order: jitter (with `color_jitter_prob`), grayscale, blur.
+#[test]
+fn jitter_grayscale_and_blur_apply_at_their_probabilities() {
+    let (px0, h, w) = synthetic();
+    let plane = h * w;
+    let n = 2000u64;
+    // Returns the fraction of samples for which `changed(before, after)` holds.
+    let rate = |a: &Augment, changed: &dyn Fn(&[u8]) -> bool| {
+        let mut s = Scratch::default();
+        let hits = (0..n)
+            .filter(|&i| {
+                let mut px = px0.clone();
+                a.apply(&mut Planes { px: &mut px, h, w }, &mut SplitMix64::new(i), &mut s);
+                changed(&px)
+            })
+            .count();
+        hits as f64 / n as f64
+    };
+    let grey = |px: &[u8]| px[..plane] == px[plane..2 * plane] && px[..plane] == px[2 * plane..];
+    let differs = |px: &[u8]| px != &px0[..];
+    let within = |r: f64, p: f64, what: &str| {
+        // 4.5 standard deviations of a binomial proportion over n draws.
+        let tol = 4.5 * (p * (1.0 - p) / n as f64).sqrt();
+        assert!((r - p).abs() <= tol, "{what}: rate {r}, expected {p} +- {tol}");
+    };
+    let jitter = Some([0.4, 0.4, 0.4, 0.0]);
+    within(
+        rate(&Augment::new(None, jitter, 29).with_probabilities(Some(0.3), 0.0, 0.0), &differs),
+        0.3,
+        "jitter",
+    );
+    within(rate(&Augment::new(None, jitter, 29), &differs), 1.0, "jitter, no probability");
+    within(rate(&Augment::new(None, None, 29).with_probabilities(None, 0.2, 0.0), &grey), 0.2, "grayscale");
+    // A blur with sigma near 0.1 leaves this image unchanged: among the samples that the blur
+    // always applied changes, the ones with p = 0.4 must equal it (same draws) at that rate.
+    let (always, sometimes) = (
+        Augment::new(None, None, 29).with_probabilities(None, 0.0, 1.0),
+        Augment::new(None, None, 29).with_probabilities(None, 0.0, 0.4),
+    );
+    let out = |a: &Augment, i: u64| {
+        let mut px = px0.clone();
+        a.apply(&mut Planes { px: &mut px, h, w }, &mut SplitMix64::new(i), &mut Scratch::default());
+        px
+    };
+    let (mut visible, mut applied) = (0usize, 0usize);
+    for i in 0..n {
+        let blurred = out(&always, i);
+        if blurred != px0 {
+            visible += 1;
+            applied += usize::from(out(&sometimes, i) == blurred);
+        }
+    }
+    assert!(visible > n as usize * 3 / 4, "the blur changes most samples ({visible} of {n})");
+    let (r, p) = (applied as f64 / visible as f64, 0.4);
+    let tol = 4.5 * (p * (1.0 - p) / visible as f64).sqrt();
+    assert!((r - p).abs() <= tol, "blur: rate {r}, expected {p} +- {tol}");
+    // Grayscale comes after the jitter and before the blur: with both, grey stays grey.
+    let all = Augment::new(None, jitter, 29).with_probabilities(None, 1.0, 1.0);
+    within(rate(&all, &grey), 1.0, "grey after everything");
+    assert!(!Augment::new(None, None, 29).with_probabilities(None, 0.0, 0.1).is_identity());
+    assert!(Augment::new(None, None, 29).with_probabilities(None, 0.0, 0.0).is_identity());
+    let resized = all.resized(64);
+    assert_eq!((resized.grayscale_prob, resized.blur_prob), (1.0, 1.0));
 }

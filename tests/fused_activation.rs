@@ -354,7 +354,9 @@ fn bn_site(
 ) -> Vec<(&'static str, Tensor)> {
     let vs = nn::VarStore::new(Device::Cpu);
     let c = z.size()[1];
-    let site = resnet_train::model::batch_norm::BatchNorm::new(&vs.root() / "bn", c, false, 0);
+    // Not torch's defaults (timm's --bn-momentum / --bn-eps): both paths must take them.
+    let settings = resnet_train::model::batch_norm::BnSettings { momentum: 0.3, eps: 1e-3 };
+    let site = resnet_train::model::batch_norm::BatchNorm::new(&vs.root() / "bn", c, false, 0, settings);
     let bn = &site.main;
     let mut cfg = ActConfig::new(kind, 3);
     cfg.implementation = implementation;
@@ -383,7 +385,7 @@ fn bn_site(
     let y = if implementation == ActImpl::Fused {
         // The operator itself (Activation::forward_bn would fall back to separate operators with
         // a warning if it failed).
-        let args = resnet_train::model::sync_bn::args(bn, train);
+        let args = resnet_train::model::sync_bn::args(bn, site.settings, train);
         let op = if kind == ActKind::Polyrelu { PolyCom::PolyRelu } else { PolyCom::PolyNorm };
         let (w, b) = (&params["act.weight"], &params["act.bias"]);
         let act = ffi::PolyComArgs { op, w, b, eps: POLYNORM_EPS, lowp_out: false, clamp };

@@ -234,6 +234,110 @@ fn drop_path_zeroes_whole_samples_and_keeps_the_expectation() {
     assert!(resnet_train::model::resnet::drop_path(&x, 0.0).equal(&x));
 }
 
+/// timm's `--bn-momentum` / `--bn-eps` against the reference PolyResNet-18 with every
+/// BatchNorm2d's momentum and eps set alike (tests/golden/make_golden.py bn-settings): train-mode
+/// logits, the running statistics one training forward leaves, and eval logits with them.
+#[test]
+fn bn_momentum_and_eps_match_torch_batchnorm_with_those_settings() {
+    let g = common::golden("bn_settings.safetensors");
+    let mut c = cfg(Arch::Resnet18, ActKind::Polynorm);
+    c.bn_momentum = Some(0.01);
+    c.bn_eps = Some(1e-3);
+    let (mut vs, model) = build(c);
+    common::fill_deterministic(&vs, &c);
+    vs.double();
+    let input = common::det_input();
+    let logits = tch::no_grad(|| model.forward_t(&input.to_kind(Kind::Double), true));
+    let err = common::rel_err(&logits, &g["train_f64"]);
+    assert!(err < 1e-8, "train (float64): relative error {err:e}");
+    let vars = vs.variables();
+    for name in ["bn1", "layer4.1.bn2"] {
+        for stat in ["running_mean", "running_var"] {
+            let key = format!("{name}.{stat}");
+            let err = common::rel_err(&vars[&key], &g[&key]);
+            assert!(err < 1e-10, "{key}: relative error {err:e}");
+        }
+    }
+    vs.float();
+    let logits = tch::no_grad(|| model.forward_t(&input, false));
+    let err = common::rel_err(&logits, &g["eval"]);
+    assert!(err < 1e-4, "eval: relative error {err:e}");
+    // Torch's defaults are not what the golden holds: the settings are used, not just stored.
+    let (vs_d, default) = build(cfg(Arch::Resnet18, ActKind::Polynorm));
+    common::fill_deterministic(&vs_d, &cfg(Arch::Resnet18, ActKind::Polynorm));
+    let plain = tch::no_grad(|| default.forward_t(&input, false));
+    assert!(common::rel_err(&plain, &g["eval"]) > 1e-3);
+    // Recorded in model files only when set, so older files keep reading as torch's defaults.
+    let json = serde_json::to_string(&c).unwrap();
+    assert!(json.contains("\"bn_momentum\":0.01") && json.contains("\"bn_eps\":0.001"), "{json}");
+    assert!(!serde_json::to_string(&cfg(Arch::Resnet18, ActKind::Relu)).unwrap().contains("bn_"));
+    for (m, e) in [(Some(1.5), None), (Some(-0.1), None), (None, Some(0.0)), (None, Some(f64::NAN))] {
+        let bad = ResNetConfig { bn_momentum: m, bn_eps: e, ..c };
+        let msg = bad.validate().unwrap_err().to_string();
+        assert!(msg.contains(if m.is_some() { "--bn-momentum" } else { "--bn-eps" }), "{msg}");
+    }
+}
+
+/// DropBlock equals timm 1.0.31's `drop_block_2d` draw for draw: libtorch's generator seeded as
+/// tests/golden/make_golden.py seeded PyTorch's, the same mask, scale and output, bit for bit
+/// (float32, float64, bfloat16; a block clipped to an even size).
+#[test]
+fn drop_block_matches_timm_bit_for_bit() {
+    let _g = common::global_lock(); // seeds and draws from libtorch's global generator
+    let g = common::golden("dropblock.safetensors");
+    // (drop_prob, block_size, gamma_scale, seed) as in make_golden.py's DROPBLOCK_CASES.
+    let cases = [(0.1, 5, 0.25, 1), (0.1, 3, 1.0, 2), (0.3, 5, 0.25, 3), (0.2, 3, 1.0, 4), (0.2, 3, 1.0, 5)];
+    for (i, (p, size, scale, seed)) in cases.into_iter().enumerate() {
+        let x = &g[&format!("case{i}.x")];
+        tch::manual_seed(seed);
+        let y = resnet_train::model::resnet::drop_block(x, p, size, scale);
+        let want = &g[&format!("case{i}.y")];
+        assert_eq!(y.kind(), want.kind(), "case {i}");
+        assert!(y.equal(want), "case {i}: differs from timm by {}", common::rel_err(&y, want));
+    }
+    let x = Tensor::ones([2, 3, 5, 5], (Kind::Float, Device::Cpu));
+    assert!(resnet_train::model::resnet::drop_block(&x, 0.0, 5, 1.0).equal(&x));
+}
+
+/// timm's placement: stages 3 and 4 (sizes 5 and 3), after each block's middle BN, in training.
+#[test]
+fn drop_block_acts_on_stages_three_and_four_in_training_only() {
+    let _g = common::global_lock();
+    use resnet_train::model::resnet::drop_block_of_stage;
+    assert_eq!(
+        (0..4).map(drop_block_of_stage).collect::<Vec<_>>(),
+        vec![None, None, Some((5, 0.25)), Some((3, 1.0))]
+    );
+    let mut c = cfg(Arch::Resnet18, ActKind::Relu);
+    c.small_stem = true;
+    c.num_classes = 10;
+    c.drop_block_rate = 0.5; // at 64 px, ~9 expected block centres per batch in layer3 alone
+    let (vs_a, with) = build(c);
+    let (mut vs_b, without) = build(ResNetConfig { drop_block_rate: 0.0, ..c });
+    vs_b.copy(&vs_a).unwrap();
+    let x = Tensor::randn([4, 3, 64, 64], (Kind::Float, Device::Cpu));
+    assert!(with.forward_t(&x, false).equal(&without.forward_t(&x, false)));
+    assert!(!with.forward_t(&x, true).allclose(&without.forward_t(&x, true), 1e-6, 1e-6, false));
+    // Stages 1 and 2 are untouched: their activations agree in training too (BN on batch stats).
+    let stage_outputs = |m: &ResNet| {
+        let mut seen = Vec::new();
+        let _ = tch::no_grad(|| {
+            m.forward_observed(&x, true, &mut |site: &str, t: &Tensor| {
+                seen.push((site.to_string(), t.copy()))
+            })
+        });
+        seen
+    };
+    let (a, b) = (stage_outputs(&with), stage_outputs(&without));
+    for ((site, ta), (_, tb)) in a.iter().zip(&b) {
+        let same = ta.equal(tb);
+        let early = site == "act1" || site.starts_with("layer1") || site.starts_with("layer2");
+        assert_eq!(same, early, "{site}: DropBlock {}", if same { "missing" } else { "too early" });
+    }
+    assert!(ResNet::new(&nn::VarStore::new(Device::Cpu).root(), ResNetConfig { drop_block_rate: 1.0, ..c })
+        .is_err());
+}
+
 #[test]
 fn drop_path_rates_rise_linearly_over_blocks_and_evaluation_ignores_them() {
     let _g = common::global_lock();

@@ -665,6 +665,18 @@ fn regularisers_are_active_and_a_resumed_run_draws_what_the_uninterrupted_one_dr
         "rand-m9-mstd0.5-inc1",
         "--color-jitter",
         "0.4",
+        "--color-jitter-prob",
+        "0.8",
+        "--grayscale-prob",
+        "0.2",
+        "--gaussian-blur-prob",
+        "0.3",
+        "--drop-block",
+        "0.2",
+        "--bn-momentum",
+        "0.05",
+        "--bn-eps",
+        "1e-4",
     ];
     run("full", &regularised);
     run("cut", &[&regularised[..], &["--max-steps", "4"]].concat());
@@ -680,7 +692,8 @@ fn regularisers_are_active_and_a_resumed_run_draws_what_the_uninterrupted_one_dr
     assert_eq!(
         full,
         losses(&dir.path().join("cut")),
-        "a resumed drop-path + mixup + cutmix + erasing + RandAugment + ColorJitter run differs"
+        "a resumed drop-path + DropBlock + mixup + cutmix + erasing + RandAugment + ColorJitter + \
+         grayscale + blur run differs"
     );
     assert_ne!(full, losses(&dir.path().join("plain")), "the regularisers changed nothing");
 }

@@ -134,9 +134,12 @@ impl ModelArgs {
             zero_init_residual: self.zero_init_residual,
             small_stem: self.small_stem,
             drop_path_rate: 0.0,
+            drop_block_rate: 0.0,
             drop_rate: 0.0,
             blurpool: self.blurpool,
             bn_splits: 0,
+            bn_momentum: None,
+            bn_eps: None,
         }
     }
 }

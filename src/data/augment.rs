@@ -11,7 +11,9 @@
 //! - timm's AugMix (`aa = "augmix-m3-w3"` ...): `augment_and_mix_transform`: `width` chains of 1-3
 //!   ops from its 13, mixed with Dirichlet weights in float32 and blended with the crop by a
 //!   Beta(alpha, alpha) factor.
-//! - `color_jitter`: torchvision's `ColorJitter(brightness, contrast, saturation)` in a random order.
+//! - `color_jitter`: torchvision's `ColorJitter(brightness, contrast, saturation)` in a random order,
+//!   with probability `color_jitter_prob` when set; then timm's `grayscale_prob`
+//!   (`RandomGrayscale`) and `gaussian_blur_prob` (`GaussianBlur(23, sigma=(0.1, 2))`).
 //!
 //! The ops themselves follow Pillow's arithmetic (augment_ops.rs). Every draw comes from the
 //! sample's own generator (keyed by seed, epoch, index), so batches are identical for any number of
@@ -551,12 +553,22 @@ pub fn timm_apply(
     }
 }
 
+/// timm's `gaussian_blur_prob` blur: `transforms.GaussianBlur(kernel_size=23)` ("hardcoded for
+/// now" in timm's transforms_factory.py), sigma drawn in [0.1, 2].
+pub const GAUSSIAN_BLUR_KERNEL: usize = 23;
+
 /// What the decode workers apply after the crop and flip.
 #[derive(Clone, Debug)]
 pub struct Augment {
     pub policy: Option<Policy>,
     /// ColorJitter (brightness, contrast, saturation, hue) strengths.
     pub jitter: Option<[f64; 4]>,
+    /// timm's `color_jitter_prob`: the jitter applies with this probability (None: always).
+    pub jitter_prob: Option<f64>,
+    /// timm's `grayscale_prob`: torchvision's `RandomGrayscale(p)` after the jitter.
+    pub grayscale_prob: f64,
+    /// timm's `gaussian_blur_prob`: `RandomApply([GaussianBlur(23, sigma=(0.1, 2))], p)` last.
+    pub blur_prob: f64,
     /// The filter of timm's geometric ops: fixed when timm's `train_interpolation` is
     /// bilinear or bicubic, drawn per op when it is `random` (None, timm's default).
     pub timm_filter: Option<Interp>,
@@ -567,7 +579,26 @@ impl Augment {
     /// `size`: the square crops it will see (tables for other sizes are computed when needed).
     pub fn new(policy: Option<Policy>, jitter: Option<[f64; 4]>, size: usize) -> Self {
         let tables = Self::tables_for(&policy, size, size);
-        Self { policy, jitter, timm_filter: None, tables }
+        Self {
+            policy,
+            jitter,
+            jitter_prob: None,
+            grayscale_prob: 0.0,
+            blur_prob: 0.0,
+            timm_filter: None,
+            tables,
+        }
+    }
+
+    /// timm's SimCLR-style options: the jitter's probability, then grayscale and blur.
+    pub fn with_probabilities(
+        mut self,
+        jitter_prob: Option<f64>,
+        grayscale_prob: f64,
+        blur_prob: f64,
+    ) -> Self {
+        (self.jitter_prob, self.grayscale_prob, self.blur_prob) = (jitter_prob, grayscale_prob, blur_prob);
+        self
     }
 
     /// timm's ops with this fixed filter (None: drawn per op), as timm passes a fixed
@@ -583,7 +614,11 @@ impl Augment {
 
     /// The same augmentation for `size`-pixel crops.
     pub fn resized(&self, size: usize) -> Self {
-        let mut a = Self::new(self.policy.clone(), self.jitter, size);
+        let mut a = Self::new(self.policy.clone(), self.jitter, size).with_probabilities(
+            self.jitter_prob,
+            self.grayscale_prob,
+            self.blur_prob,
+        );
         a.timm_filter = self.timm_filter;
         a
     }
@@ -598,7 +633,7 @@ impl Augment {
     }
 
     pub fn is_identity(&self) -> bool {
-        self.policy.is_none() && self.jitter.is_none()
+        self.policy.is_none() && self.jitter.is_none() && self.grayscale_prob <= 0.0 && self.blur_prob <= 0.0
     }
 
     /// Augments one planar RGB image in place, drawing from the sample's generator.
@@ -616,7 +651,18 @@ impl Augment {
             self.apply_policy(policy, tables, img, rng, s);
         }
         if let Some(j) = self.jitter {
-            color_jitter(img, j, rng, s);
+            // torchvision's RandomApply: skipped when p < rand().
+            if self.jitter_prob.is_none_or(|p| rng.uniform() <= p) {
+                color_jitter(img, j, rng, s);
+            }
+        }
+        if self.grayscale_prob > 0.0 && rng.uniform() < self.grayscale_prob {
+            ops::grayscale(img, s);
+        }
+        if self.blur_prob > 0.0 && rng.uniform() <= self.blur_prob {
+            // GaussianBlur's sigma: torch.empty(1).uniform_(0.1, 2.0), a float32.
+            let sigma = rng.range(0.1, 2.0) as f32;
+            ops::gaussian_blur(img, GAUSSIAN_BLUR_KERNEL, sigma, s);
         }
     }
 

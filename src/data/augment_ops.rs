@@ -369,6 +369,73 @@ fn grey(img: &Planes, out: &mut Vec<u8>) {
     }));
 }
 
+/// torchvision's `rgb_to_grayscale(img, num_output_channels=3)` on a PIL image: Pillow's
+/// `convert("L")` (ITU-R 601-2 luma, 16.16 fixed point) copied into the three planes.
+pub fn grayscale(img: &mut Planes, s: &mut Scratch) {
+    grey(img, &mut s.bytes);
+    let plane = img.plane();
+    for c in img.px.chunks_exact_mut(plane) {
+        c.copy_from_slice(&s.bytes[..plane]);
+    }
+}
+
+/// torchvision's `gaussian_blur(img, [k, k], [sigma, sigma])` on a uint8 image: the float32
+/// kernel exp(-x²/2σ²) over x = -(k-1)/2..(k-1)/2, normalised; reflect padding (mirroring
+/// about the edge pixel, indices clamped when the image is smaller than the kernel, where
+/// torchvision refuses); rounded half to even. torchvision convolves once with the outer
+/// product of the kernel; this runs it as two 1-D passes in float32, which agrees but for
+/// values within float32 rounding of a .5 tie (one level off; tests/augment.rs measures it).
+pub fn gaussian_blur(img: &mut Planes, k: usize, sigma: f32, s: &mut Scratch) {
+    let (h, w) = (img.h, img.w);
+    let half = (k as i64 - 1) / 2;
+    // torch.linspace(-half, half, k) is exact here: integers.
+    let pdf: Vec<f32> =
+        (0..k as i64).map(|i| (-0.5f32 * ((i - half) as f32 / sigma).powi(2)).exp()).collect();
+    let sum: f32 = pdf.iter().sum();
+    let kernel: Vec<f32> = pdf.iter().map(|p| p / sum).collect();
+    let reflect = |i: i64, n: usize| -> usize {
+        let n = n as i64;
+        let mut i = i;
+        if n == 1 {
+            return 0;
+        }
+        while i < 0 || i >= n {
+            i = if i < 0 { -i } else { 2 * (n - 1) - i };
+        }
+        i as usize
+    };
+    let plane = h * w;
+    let half = half as usize;
+    s.floats.clear();
+    s.floats.resize(plane, 0.0);
+    let mut acc = vec![0f32; w];
+    for c in img.px.chunks_exact_mut(plane) {
+        // Horizontal pass over a reflect-padded row into floats.
+        for y in 0..h {
+            let padded = &mut s.bytes;
+            padded.clear();
+            padded.extend((0..w + 2 * half).map(|x| c[y * w + reflect(x as i64 - half as i64, w)]));
+            let out = &mut s.floats[y * w..(y + 1) * w];
+            for (x, o) in out.iter_mut().enumerate() {
+                *o = kernel.iter().zip(&padded[x..x + k]).map(|(kv, &v)| kv * v as f32).sum();
+            }
+        }
+        // Vertical pass, row by row (the taps' rows reflected), back to bytes.
+        for y in 0..h {
+            acc.iter_mut().for_each(|a| *a = 0.0);
+            for (i, kv) in kernel.iter().enumerate() {
+                let r = reflect(y as i64 + i as i64 - half as i64, h);
+                for (a, v) in acc.iter_mut().zip(&s.floats[r * w..(r + 1) * w]) {
+                    *a += kv * v;
+                }
+            }
+            for (o, a) in c[y * w..(y + 1) * w].iter_mut().zip(&acc) {
+                *o = a.round_ties_even().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+}
+
 /// `ImageEnhance.Brightness(img).enhance(factor)`.
 pub fn brightness(img: &mut Planes, factor: f64) {
     blend_const(img, 0, factor);

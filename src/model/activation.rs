@@ -211,7 +211,7 @@ impl Activation {
     ) -> Tensor {
         // Split BatchNorm normalises split by split: no fused BN + activation then.
         if !bn.splits_batch(z, train) {
-            if let Some(y) = self.bn_fused(&bn.main, z, residual, train) {
+            if let Some(y) = self.bn_fused(bn, z, residual, train) {
                 return y;
             }
         }
@@ -225,7 +225,7 @@ impl Activation {
 
     fn bn_fused(
         &self,
-        bn: &nn::BatchNorm,
+        bn: &super::batch_norm::BatchNorm,
         z: &Tensor,
         residual: Option<&Tensor>,
         train: bool,
@@ -247,7 +247,7 @@ impl Activation {
         if !self.fused_applies(x_kind, z.dim(), z.device()) {
             return None;
         }
-        let args = super::sync_bn::args(bn, train);
+        let args = super::sync_bn::args(&bn.main, bn.settings, train);
         let act = ffi::PolyComArgs {
             op: self.op(),
             w,

@@ -8,27 +8,48 @@
 use tch::nn;
 use tch::Tensor;
 
+/// A BN layer's running-statistics momentum and variance epsilon (timm's `--bn-momentum`,
+/// `--bn-eps`); torch.nn.BatchNorm2d's 0.1 and 1e-5 by default.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BnSettings {
+    /// running = (1 - momentum) * running + momentum * batch statistic.
+    pub momentum: f64,
+    /// y = (x - mean) / sqrt(var + eps) * gamma + beta.
+    pub eps: f64,
+}
+
+impl Default for BnSettings {
+    fn default() -> Self {
+        Self { momentum: 0.1, eps: 1e-5 }
+    }
+}
+
 #[derive(Debug)]
 pub struct BatchNorm {
     pub main: nn::BatchNorm,
     /// timm's `aux_bn`: one per augmented split; empty without split BN.
     pub aux: Vec<nn::BatchNorm>,
+    /// What `main` and `aux` were built with (tch keeps its copy private; the synchronised and
+    /// fused paths need it).
+    pub settings: BnSettings,
 }
 
 impl BatchNorm {
     /// torchvision's BatchNorm2d init (gamma 1, or 0 with `zero_gamma`; beta 0); `splits` >= 2
     /// adds `splits - 1` auxiliary BNs initialised alike (timm copies the main BN into them).
-    pub fn new(vs: nn::Path, c: i64, zero_gamma: bool, splits: usize) -> Self {
+    pub fn new(vs: nn::Path, c: i64, zero_gamma: bool, splits: usize, settings: BnSettings) -> Self {
         let make = |vs: nn::Path| {
             let cfg = nn::BatchNormConfig {
                 ws_init: nn::Init::Const(if zero_gamma { 0.0 } else { 1.0 }),
                 bs_init: nn::Init::Const(0.0),
+                momentum: settings.momentum,
+                eps: settings.eps,
                 ..Default::default()
             };
             nn::batch_norm2d(vs, c, cfg)
         };
         let aux = (1..splits.max(1)).map(|i| make(&vs / "aux_bn" / (i - 1))).collect();
-        Self { main: make(vs), aux }
+        Self { main: make(vs), aux, settings }
     }
 
     /// Whether this forward normalises split by split (training with auxiliary BNs on a batch
@@ -40,14 +61,14 @@ impl BatchNorm {
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         if !self.splits_batch(x, train) {
-            return super::sync_bn::batch_norm(&self.main, x, train);
+            return super::sync_bn::batch_norm(&self.main, self.settings, x, train);
         }
         let n = x.size()[0] / (self.aux.len() as i64 + 1);
         let parts = x.split(n, 0);
         let normed: Vec<Tensor> = std::iter::once(&self.main)
             .chain(&self.aux)
             .zip(&parts)
-            .map(|(bn, part)| super::sync_bn::batch_norm(bn, part, train))
+            .map(|(bn, part)| super::sync_bn::batch_norm(bn, self.settings, part, train))
             .collect();
         Tensor::cat(&normed, 0)
     }

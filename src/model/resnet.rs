@@ -4,7 +4,7 @@
 //! the last one applied after the residual add.
 
 use super::activation::{ActConfig, Activation};
-use super::batch_norm::BatchNorm;
+use super::batch_norm::{BatchNorm, BnSettings};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::nn;
@@ -73,6 +73,12 @@ pub struct ResNetConfig {
     /// kept ones scaled by 1 / keep). No effect in evaluation.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub drop_path_rate: f64,
+    /// DropBlock (timm's `drop_block_rate`; Ghiasi et al. 2018): in training, contiguous square
+    /// regions of every channel are zeroed after the BN before each block's middle activation
+    /// (bottleneck: bn2; basic: bn1) in stages 3 and 4, with timm's block sizes 5 and 3 and seed
+    /// scales 0.25 and 1 (see `drop_block`). No effect in evaluation.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub drop_block_rate: f64,
     /// Dropout on the pooled features before the classifier (timm's `drop_rate`). No effect in
     /// evaluation.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -90,6 +96,12 @@ pub struct ResNetConfig {
     /// batch_norm.rs); 0 or 1: none.
     #[serde(default, skip_serializing_if = "no_splits")]
     pub bn_splits: usize,
+    /// Every BN's running-statistics momentum (timm's `bn_momentum`); None: torch's 0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bn_momentum: Option<f64>,
+    /// Every BN's variance epsilon (timm's `bn_eps`); None: torch's 1e-5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bn_eps: Option<f64>,
 }
 
 fn no_splits(n: &usize) -> bool {
@@ -123,6 +135,45 @@ pub fn drop_path(x: &Tensor, p: f64) -> Tensor {
     x * (mask / keep)
 }
 
+/// timm's DropBlock settings of a stage (`drop_blocks` in timm/models/resnet.py): block size
+/// and seed-rate scale for stages 3 and 4; none for stages 1 and 2.
+pub fn drop_block_of_stage(stage: usize) -> Option<(i64, f64)> {
+    match stage {
+        2 => Some((5, 0.25)),
+        3 => Some((3, 1.0)),
+        _ => None,
+    }
+}
+
+/// timm's `drop_block_2d` (v1.0.31; channels coupled, no noise, kept values rescaled): block
+/// centres are drawn per sample and position with the rate `gamma` that makes about `drop_prob`
+/// of the positions fall in a dropped block, grown to `block_size` squares (clipped to the map)
+/// by a stride-1 max pool, and every channel is zeroed there; the rest is scaled by
+/// positions / kept positions. Draws from libtorch's generator, one tensor of [N, 1, H, W].
+pub fn drop_block(x: &Tensor, drop_prob: f64, block_size: i64, gamma_scale: f64) -> Tensor {
+    if drop_prob <= 0.0 {
+        return x.shallow_clone();
+    }
+    let (b, h, w) = (x.size()[0], x.size()[2], x.size()[3]);
+    let (kh, kw) = (block_size.min(h), block_size.min(w));
+    // The expression and its order as in timm, so the rate is the same double.
+    let gamma = gamma_scale * drop_prob * h as f64 * w as f64
+        / (kh * kw) as f64
+        / ((h - kh + 1) * (w - kw + 1)) as f64;
+    tch::no_grad(|| {
+        let centres = Tensor::empty([b, 1, h, w], (x.kind(), x.device())).bernoulli_float_(gamma);
+        let mut blocks = centres.max_pool2d([kh, kw], [1, 1], [kh / 2, kw / 2], [1, 1], false);
+        // An even size pools to one more row/column: drop the first, as timm does.
+        if kh % 2 == 0 || kw % 2 == 0 {
+            blocks = blocks.narrow(2, (kh + 1) % 2, h).narrow(3, (kw + 1) % 2, w);
+        }
+        let keep = blocks.neg() + 1.0; // 0 or 1: exact
+        let scale =
+            (keep.to_kind(tch::Kind::Float).sum(tch::Kind::Float) + 1e-7).reciprocal() * keep.numel() as f64;
+        keep * scale.to_kind(x.kind())
+    }) * x
+}
+
 impl ResNetConfig {
     pub fn new(arch: Arch, act: ActConfig) -> Self {
         Self {
@@ -132,9 +183,21 @@ impl ResNetConfig {
             zero_init_residual: false,
             small_stem: false,
             drop_path_rate: 0.0,
+            drop_block_rate: 0.0,
             drop_rate: 0.0,
             blurpool: false,
             bn_splits: 0,
+            bn_momentum: None,
+            bn_eps: None,
+        }
+    }
+
+    /// The momentum and epsilon every BN of the network is built with.
+    pub fn bn_settings(&self) -> BnSettings {
+        let torch = BnSettings::default();
+        BnSettings {
+            momentum: self.bn_momentum.unwrap_or(torch.momentum),
+            eps: self.bn_eps.unwrap_or(torch.eps),
         }
     }
 
@@ -149,8 +212,24 @@ impl ResNetConfig {
         if !(0.0..1.0).contains(&self.drop_path_rate) {
             return Err(Error::Usage(format!("--drop-path must be in [0, 1), got {}", self.drop_path_rate)));
         }
+        if !(0.0..1.0).contains(&self.drop_block_rate) {
+            return Err(Error::Usage(format!(
+                "--drop-block must be in [0, 1), got {}",
+                self.drop_block_rate
+            )));
+        }
         if !(0.0..1.0).contains(&self.drop_rate) {
             return Err(Error::Usage(format!("--drop must be in [0, 1), got {}", self.drop_rate)));
+        }
+        if let Some(m) = self.bn_momentum {
+            if !(0.0..=1.0).contains(&m) {
+                return Err(Error::Usage(format!("--bn-momentum must be in [0, 1], got {m}")));
+            }
+        }
+        if let Some(eps) = self.bn_eps {
+            if !(eps > 0.0 && eps.is_finite()) {
+                return Err(Error::Usage(format!("--bn-eps must be a positive number, got {eps}")));
+            }
         }
         if self.bn_splits > 8 {
             return Err(Error::Usage(format!(
@@ -345,7 +424,7 @@ impl Downsample {
     fn new(vs: nn::Path, cfg: &ResNetConfig, c_in: i64, c_out: i64, stride: i64) -> Self {
         Self {
             conv: Conv::new(&vs / "0", c_in, c_out, 1, stride, 0, cfg.blurpool),
-            bn: BatchNorm::new(&vs / "1", c_out, false, cfg.bn_splits),
+            bn: BatchNorm::new(&vs / "1", c_out, false, cfg.bn_splits, cfg.bn_settings()),
         }
     }
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
@@ -363,6 +442,8 @@ struct Block {
     downsample: Option<Downsample>,
     /// Stochastic depth probability of this block's residual branch.
     drop_path: f64,
+    /// DropBlock after the middle BN: (drop probability, block size, seed-rate scale).
+    drop_block: Option<(f64, i64, f64)>,
 }
 
 impl Block {
@@ -373,6 +454,7 @@ impl Block {
         planes: i64,
         stride: i64,
         drop_path: f64,
+        drop_block: Option<(f64, i64, f64)>,
     ) -> (Self, i64) {
         let (specs, c_out): (Vec<(i64, i64, i64, i64)>, i64) = if cfg.arch.bottleneck() {
             // (in, out, kernel, stride) per conv; v1.5 puts the stride on the 3x3.
@@ -387,12 +469,18 @@ impl Block {
         for (i, &(ci, co, k, s)) in specs.iter().enumerate() {
             convs.push(Conv::new(&vs / format!("conv{}", i + 1), ci, co, k, s, k / 2, cfg.blurpool));
             let zero_gamma = cfg.zero_init_residual && i == n - 1;
-            bns.push(BatchNorm::new(&vs / format!("bn{}", i + 1), co, zero_gamma, cfg.bn_splits));
+            bns.push(BatchNorm::new(
+                &vs / format!("bn{}", i + 1),
+                co,
+                zero_gamma,
+                cfg.bn_splits,
+                cfg.bn_settings(),
+            ));
             acts.push(Activation::new(&vs / format!("act{}", i + 1), cfg.act));
         }
         let downsample = (stride != 1 || c_in != c_out)
             .then(|| Downsample::new(&vs / "downsample", cfg, c_in, c_out, stride));
-        (Self { convs, bns, acts, downsample, drop_path }, c_out)
+        (Self { convs, bns, acts, downsample, drop_path, drop_block }, c_out)
     }
 
     fn forward(&self, x: &Tensor, train: bool, observe: &mut dyn FnMut(usize, &Tensor)) -> Tensor {
@@ -404,7 +492,10 @@ impl Block {
         let mut out = x.shallow_clone();
         for i in 0..n {
             let z = self.convs[i].forward(&out);
-            out = if i < n - 1 {
+            out = if let (true, Some((p, size, scale)), true) = (train, self.drop_block, i + 2 == n) {
+                // timm: bn -> DropBlock -> activation, before the last conv.
+                self.acts[i].forward(&drop_block(&self.bns[i].forward(&z, train), p, size, scale))
+            } else if i < n - 1 {
                 self.acts[i].forward_bn(&self.bns[i], &z, None, train)
             } else if train && self.drop_path > 0.0 {
                 let branch = drop_path(&self.bns[i].forward(&z, train), self.drop_path);
@@ -437,7 +528,7 @@ impl ResNet {
         } else {
             Conv::new(vs / "conv1", 3, 64, 7, 2, 3, cfg.blurpool)
         };
-        let bn1 = BatchNorm::new(vs / "bn1", 64, false, cfg.bn_splits);
+        let bn1 = BatchNorm::new(vs / "bn1", 64, false, cfg.bn_splits, cfg.bn_settings());
         let act1 = Activation::new(vs / "act1", cfg.act);
         let mut c_in = 64;
         let mut stages = Vec::with_capacity(4);
@@ -449,7 +540,10 @@ impl ResNet {
             for b in 0..blocks {
                 let stride = if s > 0 && b == 0 { 2 } else { 1 };
                 let rate = drop_rates.next().unwrap_or(0.0);
-                let (block, c_out) = Block::new(&layer / b, &cfg, c_in, planes, stride, rate);
+                let drop_block = drop_block_of_stage(s)
+                    .filter(|_| cfg.drop_block_rate > 0.0)
+                    .map(|(size, scale)| (cfg.drop_block_rate, size, scale));
+                let (block, c_out) = Block::new(&layer / b, &cfg, c_in, planes, stride, rate, drop_block);
                 c_in = c_out;
                 stage.push(block);
             }

@@ -12,34 +12,32 @@
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
-/// What `crate::model::resnet::bn` builds: torch.nn.BatchNorm2d's defaults.
-const EPS: f64 = 1e-5;
-const MOMENTUM: f64 = 0.1;
+use super::batch_norm::BnSettings;
 
 /// `bn`'s tensors and settings as the fused BatchNorm + activation operator takes them.
-pub fn args(bn: &nn::BatchNorm, train: bool) -> crate::ffi::BatchNormArgs<'_> {
+pub fn args(bn: &nn::BatchNorm, settings: BnSettings, train: bool) -> crate::ffi::BatchNormArgs<'_> {
     crate::ffi::BatchNormArgs {
         gamma: bn.ws.as_ref(),
         beta: bn.bs.as_ref(),
         running_mean: &bn.running_mean,
         running_var: &bn.running_var,
         train,
-        momentum: MOMENTUM,
-        eps: EPS,
+        momentum: settings.momentum,
+        eps: settings.eps,
     }
 }
 
 /// `bn.forward_t(x, train)`, over all ranks when a SyncBatchNorm scope is active and `train`.
-pub fn batch_norm(bn: &nn::BatchNorm, x: &Tensor, train: bool) -> Tensor {
+pub fn batch_norm(bn: &nn::BatchNorm, settings: BnSettings, x: &Tensor, train: bool) -> Tensor {
     if train {
-        if let Some(y) = synced(bn, x) {
+        if let Some(y) = synced(bn, settings, x) {
             return y;
         }
     }
     bn.forward_t(x, train)
 }
 
-fn synced(bn: &nn::BatchNorm, x: &Tensor) -> Option<Tensor> {
+fn synced(bn: &nn::BatchNorm, settings: BnSettings, x: &Tensor) -> Option<Tensor> {
     let (rank, world) = crate::dist::sync_bn_ranks()?;
     let c = x.size()[1];
     let dims: &[i64] = &[0, 2, 3];
@@ -73,12 +71,12 @@ fn synced(bn: &nn::BatchNorm, x: &Tensor) -> Option<Tensor> {
         let unbiased = &var * (&total / (&total - 1.0).clamp_min(1.0));
         let mut rm = bn.running_mean.shallow_clone();
         let mut rv = bn.running_var.shallow_clone();
-        let new_mean = &rm * (1.0 - MOMENTUM) + mean.detach() * MOMENTUM;
-        let new_var = &rv * (1.0 - MOMENTUM) + unbiased.detach() * MOMENTUM;
+        let new_mean = &rm * (1.0 - settings.momentum) + mean.detach() * settings.momentum;
+        let new_var = &rv * (1.0 - settings.momentum) + unbiased.detach() * settings.momentum;
         rm.copy_(&new_mean);
         rv.copy_(&new_var);
     });
-    let scale = (&var + EPS).rsqrt();
+    let scale = (&var + settings.eps).rsqrt();
     let scale = match &bn.ws {
         Some(w) => scale * w,
         None => scale,

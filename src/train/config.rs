@@ -95,6 +95,18 @@ pub struct TrainConfig {
     /// a fourth is the hue shift, at most 0.5), torchvision's semantics, after `aa`; unset: off.
     #[arg(long, value_delimiter = ',')]
     pub color_jitter: Option<Vec<f64>>,
+    /// Apply the color jitter to each crop with this probability (timm's `color_jitter_prob`,
+    /// SimCLR-style; unset: always).
+    #[arg(long)]
+    pub color_jitter_prob: Option<f64>,
+    /// Turn each train crop grey with this probability (timm's `grayscale_prob`, torchvision's
+    /// RandomGrayscale, after the jitter; 0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub grayscale_prob: f64,
+    /// Blur each train crop with this probability (timm's `gaussian_blur_prob`: torchvision's
+    /// GaussianBlur, 23 px kernel, sigma uniform in [0.1, 2]; last of the colour ops; 0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub gaussian_blur_prob: f64,
     /// Repeated augmentation (timm's `aug_repeats`, RASampler; RSB A1/A2: 3): each sample this
     /// many times in a row per epoch, each copy augmented differently, sharded over the ranks;
     /// each rank then keeps floor(len // 256 * 256 / world) draws per epoch, as timm (0: off).
@@ -156,6 +168,10 @@ pub struct TrainConfig {
     /// branch, rising linearly over the blocks from 0 to this (RSB A1/A2: 0.05; 0: off).
     #[arg(long, default_value_t = 0.0)]
     pub drop_path: f64,
+    /// DropBlock (timm's `drop_block`): the rate of zeroed square regions after the middle BN of
+    /// every block in stages 3 and 4 (timm's sizes 5 and 3; 0: off). Training only.
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_block: f64,
     /// Dropout before the classifier (timm's `drop`; 0: off, as in every ResNet recipe here).
     #[arg(long, default_value_t = 0.0)]
     pub drop: f64,
@@ -171,6 +187,14 @@ pub struct TrainConfig {
     /// Zero-init each residual block's last BN gamma.
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub zero_init_residual: bool,
+    /// Every BatchNorm's running-statistics momentum (timm's `bn_momentum`; unset: torch's 0.1).
+    /// Recorded in model files.
+    #[arg(long)]
+    pub bn_momentum: Option<f64>,
+    /// Every BatchNorm's variance epsilon (timm's `bn_eps`; unset: torch's 1e-5). Recorded in
+    /// model files, so evaluation uses it too.
+    #[arg(long)]
+    pub bn_eps: Option<f64>,
     /// Stability remedy: clamp the polynomial's input to [-C, C].
     #[arg(long)]
     pub act_clamp: Option<f64>,
@@ -854,9 +878,23 @@ impl TrainConfig {
         if self.aug_splits == 1 || self.aug_splits > 8 {
             return bad(format!("--aug-splits must be 0 (off) or in 2..=8, got {}", self.aug_splits));
         }
+        for (flag, p) in [
+            ("--color-jitter-prob", self.color_jitter_prob.unwrap_or(1.0)),
+            ("--grayscale-prob", self.grayscale_prob),
+            ("--gaussian-blur-prob", self.gaussian_blur_prob),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return bad(format!("{flag} must be a probability in [0, 1], got {p}"));
+            }
+        }
+        if self.color_jitter_prob.is_some() && self.color_jitter.is_none() {
+            return bad("--color-jitter-prob needs --color-jitter (the jitter it applies)".into());
+        }
         if self.aug_splits > 1 && self.augment(self.train_size)?.is_none() {
             return bad(
-                "--aug-splits needs an augmentation for its augmented splits (--aa or --color-jitter)".into(),
+                "--aug-splits needs an augmentation for its augmented splits (--aa, --color-jitter, \
+                 --grayscale-prob or --gaussian-blur-prob)"
+                    .into(),
             );
         }
         if (self.jsd_loss || self.resplit || self.split_bn) && self.aug_splits < 2 {
@@ -976,9 +1014,12 @@ impl TrainConfig {
             zero_init_residual: self.zero_init_residual,
             small_stem: self.small_stem,
             drop_path_rate: self.drop_path,
+            drop_block_rate: self.drop_block,
             drop_rate: self.drop,
             blurpool: self.blurpool,
             bn_splits: if self.split_bn { self.aug_splits } else { 0 },
+            bn_momentum: self.bn_momentum,
+            bn_eps: self.bn_eps,
         }
     }
 
@@ -1001,7 +1042,9 @@ impl TrainConfig {
         use crate::data::augment::{parse_jitter, Augment, Policy};
         let policy = Policy::parse(self.aa.as_deref().unwrap_or(""))?;
         let jitter = parse_jitter(self.color_jitter.as_deref().unwrap_or(&[]))?;
-        let a = Augment::new(policy, jitter, size).with_timm_filter(self.train_interpolation.fixed());
+        let a = Augment::new(policy, jitter, size)
+            .with_probabilities(self.color_jitter_prob, self.grayscale_prob, self.gaussian_blur_prob)
+            .with_timm_filter(self.train_interpolation.fixed());
         Ok((!a.is_identity()).then_some(a))
     }
 
@@ -1146,6 +1189,65 @@ mod tests {
         let flags = Overrides::parse(&["--ratio", "0.5,2", "--hflip", "0"]).unwrap();
         let c = flags.values.as_deref().unwrap();
         assert_eq!((c.ratio.as_slice(), c.hflip), ([0.5, 2.0].as_slice(), 0.0));
+    }
+
+    #[test]
+    fn colour_probabilities_drop_block_and_bn_settings_are_validated_and_reach_the_model() {
+        let bad = [
+            TrainConfig { grayscale_prob: 1.5, ..TrainConfig::default() },
+            TrainConfig { gaussian_blur_prob: -0.1, ..TrainConfig::default() },
+            TrainConfig {
+                color_jitter: Some(vec![0.4]),
+                color_jitter_prob: Some(2.0),
+                ..TrainConfig::default()
+            },
+            TrainConfig { color_jitter_prob: Some(0.5), ..TrainConfig::default() },
+            TrainConfig { drop_block: 1.0, ..TrainConfig::default() },
+            TrainConfig { bn_momentum: Some(1.1), ..TrainConfig::default() },
+            TrainConfig { bn_eps: Some(0.0), ..TrainConfig::default() },
+        ];
+        let flags = [
+            "--grayscale-prob",
+            "--gaussian-blur-prob",
+            "--color-jitter-prob",
+            "--color-jitter",
+            "--drop-block",
+            "--bn-momentum",
+            "--bn-eps",
+        ];
+        for (c, flag) in bad.iter().zip(flags) {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(flag), "{flag}: {e}");
+        }
+        let flags = Overrides::parse(&[
+            "--grayscale-prob",
+            "0.2",
+            "--gaussian-blur-prob",
+            "0.1",
+            "--color-jitter",
+            "0.4",
+            "--color-jitter-prob",
+            "0.8",
+            "--drop-block",
+            "0.1",
+            "--bn-momentum",
+            "0.01",
+            "--bn-eps",
+            "1e-3",
+        ])
+        .unwrap();
+        let c = flags.values.as_deref().unwrap().clone();
+        c.validate().unwrap();
+        let a = c.augment(224).unwrap().unwrap();
+        assert_eq!((a.jitter_prob, a.grayscale_prob, a.blur_prob), (Some(0.8), 0.2, 0.1));
+        let m = c.model(10);
+        assert_eq!((m.drop_block_rate, m.bn_momentum, m.bn_eps), (0.1, Some(0.01), Some(1e-3)));
+        // Saved with the run and read back alike (resume).
+        let saved: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(saved, c);
+        // Grayscale or blur alone is an augmentation for AugMix-style splits.
+        let splits = TrainConfig { aug_splits: 2, grayscale_prob: 0.5, ..TrainConfig::default() };
+        assert!(splits.validate().is_ok());
     }
 
     #[test]

@@ -5,7 +5,8 @@ Inputs: square center crops (no resampling) of three real ImageNet files from
 ../shared/data/imagenet-samples (only their names and boxes are stored; the test decodes the same
 crop itself), and a synthetic non-square pattern both sides generate:
   px[c, y, x] = (7 x + 13 y + 29 c + (x y) mod 17) mod 256, 31 wide, 29 high.
-Outputs are stored as uint8 CHW under "<family>|<op>|<argument>|<input>"; inputs as
+Outputs are stored as uint8 CHW under "<family>|<op>|<argument>|<input>" (families: tv, tvf
+torchvision functional, tvg grayscale, tvb Gaussian blur with sigma as argument, timm); inputs as
 "input|<name>|<file>|<left>|<top>|<size>" (an empty uint8 tensor).
 
 augmix.safetensors: timm's AugMixAugment._apply_basic itself (its float32 mixing, clipping and
@@ -43,6 +44,10 @@ TV = [("ShearX", 0.3), ("ShearX", -0.17), ("ShearY", 0.25), ("ShearY", -0.3),
       ("AutoContrast", 0.0), ("Equalize", 0.0), ("Invert", 0.0)]
 
 HUE = [0.1, -0.1, 0.25, -0.37, 0.5, -0.5, 0.003]
+
+# timm's grayscale_prob / gaussian_blur_prob ops: torchvision's rgb_to_grayscale(img, 3) and
+# gaussian_blur(img, 23, sigma) at GaussianBlur's sigma range ends and inside it.
+BLUR_SIGMAS = [0.1, 0.5, 1.3, 2.0]
 
 FILL = (124, 116, 104)
 BL, BC = Image.Resampling.BILINEAR, Image.Resampling.BICUBIC
@@ -145,6 +150,9 @@ def main():
             out[f"tv|{op}|{m!r}|{iname}"] = chw(res)
         for h in HUE:
             out[f"tvf|Hue|{h!r}|{iname}"] = chw(TF.adjust_hue(img, h))
+        out[f"tvg|Grayscale|0|{iname}"] = chw(TF.rgb_to_grayscale(img, num_output_channels=3))
+        for sigma in BLUR_SIGMAS:
+            out[f"tvb|GaussianBlur|{sigma!r}|{iname}"] = chw(TF.gaussian_blur(img, [23, 23], [sigma, sigma]))
         for op, arg, resample in TIMM:
             r = {None: "none", BL: "bilinear", BC: "bicubic"}[resample]
             out[f"timm|{op}|{arg!r}|{iname}|{r}"] = chw(timm_op(img, op, arg, resample))

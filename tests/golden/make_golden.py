@@ -5,6 +5,8 @@ torchvision==0.26.0, safetensors). Rerun from the repo root:
   python tests/golden/make_golden.py train-f64     # (only) the float64 train-mode logits
   python tests/golden/make_golden.py activations   # (only) activations_o1_8.safetensors
   python tests/golden/make_golden.py blurpool      # (only) blurpool_logits.safetensors
+  python tests/golden/make_golden.py bn-settings   # (only) bn_settings.safetensors
+  python tests/golden/make_golden.py dropblock     # (only) dropblock.safetensors (needs timm)
   python tests/golden/make_golden.py check W.safetensors   # strict-loads a resnet-train file into
                                                            # PolyResNet and prints its logits check
 
@@ -320,6 +322,59 @@ def blurpool():
     print(f"wrote {len(out)} tensors to blurpool_logits.safetensors")
 
 
+BN_MOMENTUM, BN_EPS = 0.01, 1e-3  # timm's `--bn-momentum` / `--bn-eps` overrides under test
+
+
+def bn_settings():
+    """bn_settings.safetensors: the reference PolyResNet-18 (deterministic weights) with every
+    BatchNorm2d's momentum and eps overridden: train-mode logits (float64), then the running
+    statistics of two BNs after that one training forward, then eval logits (float32) with them."""
+    out = {}
+    m = build("resnet18", "polynorm", "paper")
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.momentum, mod.eps = BN_MOMENTUM, BN_EPS
+    m = m.double()
+    m.train(True)
+    with torch.no_grad():
+        out["train_f64"] = m(det_input().double())
+    for name in ("bn1", "layer4.1.bn2"):
+        bn = m.get_submodule(name)
+        out[f"{name}.running_mean"] = bn.running_mean.clone()
+        out[f"{name}.running_var"] = bn.running_var.clone()
+    m = m.float()
+    m.train(False)
+    with torch.no_grad():
+        out["eval"] = m(det_input())
+    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(HERE, "bn_settings.safetensors"))
+    print(f"wrote {len(out)} tensors to bn_settings.safetensors")
+
+
+DROPBLOCK_CASES = [  # (shape, drop_prob, block_size, gamma_scale, dtype, seed)
+    ((4, 3, 14, 14), 0.1, 5, 0.25, torch.float32, 1),  # ResNet-50 layer3 at 224 px
+    ((4, 3, 7, 7), 0.1, 3, 1.0, torch.float32, 2),  # layer4 at 224 px
+    ((3, 5, 4, 6), 0.3, 5, 0.25, torch.float32, 3),  # block clipped to an even 4 (timm's even fix)
+    ((2, 3, 9, 9), 0.2, 3, 1.0, torch.float64, 4),
+    ((2, 4, 8, 8), 0.2, 3, 1.0, torch.bfloat16, 5),
+]
+
+
+def dropblock():
+    """dropblock.safetensors: timm 1.0.31's `drop_block_2d` (as ResNet's DropBlock2d calls it)
+    on seeded inputs: `case{i}.x`, `case{i}.y` with libtorch's generator seeded by the case's seed
+    right before the call (the Rust test seeds tch's and must draw the same mask)."""
+    from timm.layers.drop import drop_block_2d
+
+    out = {}
+    for i, (shape, p, size, scale, dtype, seed) in enumerate(DROPBLOCK_CASES):
+        x = (torch.randn(shape, generator=torch.Generator().manual_seed(100 + i), dtype=torch.float64) + 1).to(dtype)
+        torch.manual_seed(seed)
+        y = drop_block_2d(x, drop_prob=p, block_size=size, gamma_scale=scale)
+        out[f"case{i}.x"], out[f"case{i}.y"] = x, y
+    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(HERE, "dropblock.safetensors"))
+    print(f"wrote {len(out)} tensors to dropblock.safetensors")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["generate"]:
         generate()
@@ -328,6 +383,10 @@ if __name__ == "__main__":
         activations()
     elif sys.argv[1:2] == ["blurpool"]:
         blurpool()
+    elif sys.argv[1:2] == ["bn-settings"]:
+        bn_settings()
+    elif sys.argv[1:2] == ["dropblock"]:
+        dropblock()
     elif sys.argv[1:2] == ["train-f64"]:
         train_f64()
     elif sys.argv[1:2] == ["check"] and len(sys.argv) == 3:
