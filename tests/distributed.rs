@@ -284,7 +284,13 @@ fn sync_bn_two_ranks_take_the_steps_of_one_process_with_their_joint_batch() {
     use resnet_train::train::engine::Engine;
     use resnet_train::train::guards::GuardState;
     const STEPS: usize = 3;
-    let config = || resnet_train::train::config::TrainConfig { sync_bn: true, ..engine_config() };
+    // Not torch's BN momentum and eps: the synchronised path must take them as libtorch's does.
+    let config = || resnet_train::train::config::TrainConfig {
+        sync_bn: true,
+        bn_momentum: Some(0.3),
+        bn_eps: Some(1e-3),
+        ..engine_config()
+    };
     let joint = |step: usize| {
         let (a, b) = (shard(step, 0), shard(step, 1));
         (Tensor::cat(&[a.0, b.0], 0), Tensor::cat(&[a.1, b.1], 0))
