@@ -7,6 +7,8 @@ timed passes).
 
   python scripts/timm_data_bench.py ../shared/data/imagenet-samples --aa rand-m9-mstd0.5-inc1
   python scripts/timm_data_bench.py ../shared/data/imagenet-samples --aa none --interpolation random
+  python scripts/timm_data_bench.py ../shared/data/imagenet-samples --aa none --color-jitter 0.4 \
+      --color-jitter-prob 0.8 --grayscale-prob 0.2 --gaussian-blur-prob 0.5
   python scripts/timm_data_bench.py ../shared/data/imagenet-samples --mode eval --interpolation bicubic --crop-pct 0.95
 """
 import argparse
@@ -33,12 +35,17 @@ def main():
     ap.add_argument("--crop-pct", type=float, default=0.875)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--color-jitter", type=float, default=None)
+    ap.add_argument("--color-jitter-prob", type=float, default=None)
+    ap.add_argument("--grayscale-prob", type=float, default=0.0)
+    ap.add_argument("--gaussian-blur-prob", type=float, default=0.0)
     a = ap.parse_args()
     if a.mode == "train":
         aa = None if a.aa == "none" else a.aa
         primary, secondary, _ = create_transform(
-            a.size, is_training=True, auto_augment=aa, interpolation=a.interpolation, color_jitter=None,
-            re_prob=0.0, separate=True)
+            a.size, is_training=True, auto_augment=aa, interpolation=a.interpolation, color_jitter=a.color_jitter,
+            color_jitter_prob=a.color_jitter_prob, grayscale_prob=a.grayscale_prob,
+            gaussian_blur_prob=a.gaussian_blur_prob, re_prob=0.0, separate=True)
         tf = T.Compose([*primary.transforms, *secondary.transforms, T.PILToTensor()])
     else:
         tf = create_transform(a.size, is_training=False, interpolation=a.interpolation, crop_pct=a.crop_pct,

@@ -6,6 +6,9 @@
 //! `fork:rename` (a fork's folder is complete under its hidden name, not yet renamed).
 //! With `RESNET_TRAIN_FAULT_RANK=r` only rank r of a data-parallel job (`RANK`) is killed.
 //! Without the variable every point is a no-op.
+//!
+//! `RESNET_TRAIN_SLOW_READ_MS=<ms>` makes every training/eval image read take that much longer:
+//! a slow disk, for the input-bound report's test.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -34,5 +37,17 @@ pub fn point(point: &str) {
             eprintln!("fault injection: SIGKILL at {point}@{n}");
             crate::ffi::process::kill_self();
         }
+    }
+}
+
+/// Before each image read: sleeps `RESNET_TRAIN_SLOW_READ_MS` milliseconds when set.
+pub fn slow_read() {
+    static DELAY: OnceLock<Option<std::time::Duration>> = OnceLock::new();
+    let delay = DELAY.get_or_init(|| {
+        let ms: u64 = std::env::var("RESNET_TRAIN_SLOW_READ_MS").ok()?.parse().ok()?;
+        Some(std::time::Duration::from_millis(ms))
+    });
+    if let Some(d) = delay {
+        std::thread::sleep(*d);
     }
 }

@@ -55,7 +55,7 @@ fn text(o: &Output) -> String {
 type Scalars = Vec<(String, i64, f32)>;
 
 /// metrics.jsonl, summary.csv and TensorBoard's scalars without their wall-clock fields (img/s,
-/// elapsed seconds).
+/// elapsed seconds, step and data-wait times).
 fn history(run: &Path) -> (Vec<serde_json::Value>, Vec<String>, Scalars) {
     let steps = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -63,8 +63,9 @@ fn history(run: &Path) -> (Vec<serde_json::Value>, Vec<String>, Scalars) {
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
             let m = v.as_object_mut().unwrap();
-            m.remove("img_per_s");
-            m.remove("elapsed_s");
+            for wall_clock in ["img_per_s", "elapsed_s", "data_s", "step_s"] {
+                m.remove(wall_clock);
+            }
             v
         })
         .collect();
@@ -73,7 +74,7 @@ fn history(run: &Path) -> (Vec<serde_json::Value>, Vec<String>, Scalars) {
         let path = file.unwrap().path();
         scalars.extend(resnet_train::train::tensorboard::read_scalars(&path).unwrap());
     }
-    scalars.retain(|(tag, _, _)| tag != "train/img_per_s");
+    scalars.retain(|(tag, _, _)| tag != "train/img_per_s" && tag != "train/data_wait_fraction");
     scalars.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     (steps, common::summary_without_time(run), scalars)
 }

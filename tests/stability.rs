@@ -238,6 +238,8 @@ fn ablation_rows_summarise_the_step_records() {
         loss_scale: 65536.0 / 2f64.powi(step as i32),
         skipped,
         img_per_s: 1.0,
+        data_s: 0.0,
+        step_s: 1.0,
         elapsed_s: 0.0,
         activations: acts,
         coefficients: Vec::new(),

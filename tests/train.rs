@@ -699,6 +699,51 @@ fn regularisers_are_active_and_a_resumed_run_draws_what_the_uninterrupted_one_dr
 }
 
 #[test]
+fn the_time_spent_waiting_for_data_is_logged_and_an_input_bound_run_is_told_so() {
+    // A slow disk (every image read 100 ms longer, one decode worker) against a tiny model: most
+    // of each step is waiting for the loader, which each step record, TensorBoard's
+    // train/data_wait_fraction and the epoch's line report, with what to change.
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 2, 1, 16, 1).unwrap(); // 20 train images: 2 steps of 8
+    let out = std::process::Command::new(common::bin())
+        .args(["train", "--arch", "resnet18", "--act", "relu", "--epochs", "1", "--batch-size", "8"])
+        .args([
+            "--train-size",
+            "16",
+            "--eval-size",
+            "16",
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+            "--log-every",
+            "1",
+        ])
+        .arg("--data")
+        .arg(&data)
+        .arg("--output")
+        .arg(dir.path())
+        .args(["--name", "slow"])
+        .env("RESNET_TRAIN_SLOW_READ_MS", "100")
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("note: input-bound: training waited for decoded batches"), "{text}");
+    assert!(text.contains("(--workers 1, ") && text.contains("more workers"), "{text}");
+    assert!(text.contains("data wait"), "{text}");
+    let recs = common::step_records(&dir.path().join("slow"));
+    assert_eq!(recs.len(), 2);
+    for r in &recs {
+        assert!(r.step_s > 0.0 && (0.0..=r.step_s).contains(&r.data_s), "{r:?}");
+        assert!((r.img_per_s * r.step_s - 8.0).abs() < 1e-6, "{r:?}");
+    }
+    // The first batch has nothing prefetched: its 8 reads of 100 ms are all waited for.
+    assert!(recs[0].data_s >= 0.75 && recs[0].data_s / recs[0].step_s > 0.5, "{:?}", recs[0]);
+}
+
+#[test]
 fn relu_like_polyrelu_with_frozen_coefficients_trains_exactly_as_relu() {
     // w = [1, 0, 0], b = 0 frozen (`act_lr_scale = 0`): PolyReLU is relu(x) in value and gradient,
     // so the run is ReLU's, step for step (the coefficients draw no random numbers at init).

@@ -39,6 +39,13 @@ pub struct BenchDataArgs {
     /// ColorJitter strength(s) (train mode; e.g. 0.4 as torch_data_bench.py --policy colorjitter).
     #[arg(long, value_delimiter = ',')]
     pub color_jitter: Option<Vec<f64>>,
+    /// timm's `color_jitter_prob`, `grayscale_prob`, `gaussian_blur_prob` (train mode).
+    #[arg(long)]
+    pub color_jitter_prob: Option<f64>,
+    #[arg(long, default_value_t = 0.0)]
+    pub grayscale_prob: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub gaussian_blur_prob: f64,
     /// The crop's resize filter: bilinear, bicubic, or random (train mode: one per image, and
     /// timm's ops draw theirs, as timm's `train_interpolation = random`).
     #[arg(long, value_enum, default_value = "bilinear")]
@@ -94,19 +101,32 @@ pub fn run(a: BenchDataArgs) -> Result<()> {
     let mut cfg = LoaderConfig::new(a.batch_size, transform);
     let policy = crate::data::augment::Policy::parse(a.aa.as_deref().unwrap_or(""))?;
     let jitter = crate::data::augment::parse_jitter(a.color_jitter.as_deref().unwrap_or(&[]))?;
-    let augment =
-        crate::data::augment::Augment::new(policy, jitter, a.size).with_timm_filter(a.interpolation.fixed());
+    let augment = crate::data::augment::Augment::new(policy, jitter, a.size)
+        .with_probabilities(a.color_jitter_prob, a.grayscale_prob, a.gaussian_blur_prob)
+        .with_timm_filter(a.interpolation.fixed());
     if !augment.is_identity() {
         if a.mode != Mode::Train {
-            return Err(crate::error::Error::Usage("--aa and --color-jitter apply to --mode train".into()));
+            return Err(crate::error::Error::Usage(
+                "--aa, --color-jitter, --grayscale-prob and --gaussian-blur-prob apply to --mode train"
+                    .into(),
+            ));
         }
         cfg.augment = Some(Arc::new(augment));
     }
-    let policy_name = match (&a.aa, &a.color_jitter) {
+    let mut policy_name = match (&a.aa, &a.color_jitter) {
         (Some(p), _) => p.clone(),
         (None, Some(j)) => format!("colorjitter{j:?}"),
         _ => "none".to_string(),
     };
+    for (name, p) in [
+        ("jitter_p", a.color_jitter_prob.unwrap_or(0.0)),
+        ("grayscale_p", a.grayscale_prob),
+        ("blur_p", a.gaussian_blur_prob),
+    ] {
+        if p > 0.0 {
+            policy_name += &format!("+{name}{p}");
+        }
+    }
     cfg.threads = a.threads;
     cfg.drop_last_batch = false;
     let loader = Loader::new(dataset.clone(), cfg)?;

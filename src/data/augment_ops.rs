@@ -409,15 +409,18 @@ pub fn gaussian_blur(img: &mut Planes, k: usize, sigma: f32, s: &mut Scratch) {
     s.floats.clear();
     s.floats.resize(plane, 0.0);
     let mut acc = vec![0f32; w];
+    let mut padded: Vec<f32> = Vec::with_capacity(w + 2 * half);
     for c in img.px.chunks_exact_mut(plane) {
-        // Horizontal pass over a reflect-padded row into floats.
+        // Horizontal pass over a reflect-padded row into floats, tap by tap (vectorises over x).
         for y in 0..h {
-            let padded = &mut s.bytes;
             padded.clear();
-            padded.extend((0..w + 2 * half).map(|x| c[y * w + reflect(x as i64 - half as i64, w)]));
+            padded.extend((0..w + 2 * half).map(|x| c[y * w + reflect(x as i64 - half as i64, w)] as f32));
             let out = &mut s.floats[y * w..(y + 1) * w];
-            for (x, o) in out.iter_mut().enumerate() {
-                *o = kernel.iter().zip(&padded[x..x + k]).map(|(kv, &v)| kv * v as f32).sum();
+            out.iter_mut().for_each(|o| *o = 0.0);
+            for (j, kv) in kernel.iter().enumerate() {
+                for (o, v) in out.iter_mut().zip(&padded[j..j + w]) {
+                    *o += kv * v;
+                }
             }
         }
         // Vertical pass, row by row (the taps' rows reflected), back to bytes.

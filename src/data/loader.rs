@@ -254,6 +254,7 @@ fn load_sample(
         } else {
             SplitMix64::keyed(&[cfg.seed, epoch, candidate as u64, 0x004E_9EA7, repeat as u64])
         };
+        crate::fault::slow_read();
         let result = std::fs::read(&sample.path).map_err(|e| Error::io(&sample.path, e)).and_then(|bytes| {
             WORKER.with(|w| {
                 let w = &mut *w.borrow_mut();

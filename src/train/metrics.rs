@@ -29,6 +29,13 @@ pub struct StepRecord {
     pub skipped: bool,
     #[serde(deserialize_with = "nan_if_null")]
     pub img_per_s: f64,
+    /// Seconds of this step spent waiting for the loader's batches (input-bound when a large
+    /// share of `step_s`); 0 in records from before it was logged.
+    #[serde(default)]
+    pub data_s: f64,
+    /// Wall seconds of this step: gathering its batches, forward, backward, update.
+    #[serde(default)]
+    pub step_s: f64,
     pub elapsed_s: f64,
     /// Per-site activation statistics, on monitored steps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -140,6 +147,7 @@ impl RunLog {
             ("train/grad_norm", r.grad_norm),
             ("train/loss_scale", r.loss_scale),
             ("train/img_per_s", r.img_per_s),
+            ("train/data_wait_fraction", if r.step_s > 0.0 { r.data_s / r.step_s } else { 0.0 }),
         ]
         .into_iter()
         .map(|(tag, v)| (tag.to_string(), v))

@@ -71,7 +71,21 @@ pub struct Trainer {
     last_eval: (Option<EvalResult>, Option<EvalResult>),
     /// Said once, with the session's first step record (e.g. the settings a resume changed).
     pending_event: Option<String>,
+    /// This epoch's (seconds waiting for the loader, seconds of training steps), this session.
+    epoch_data_wait: (f64, f64),
 }
+
+/// One optimizer step's wall time and the part of it spent waiting for the loader's batches.
+#[derive(Clone, Copy)]
+struct StepTiming {
+    img_per_s: f64,
+    data_s: f64,
+    step_s: f64,
+}
+
+/// Above this share of an epoch's step time spent waiting for decoded batches, the epoch's line
+/// says the run is input-bound and what to change.
+const INPUT_BOUND_FRACTION: f64 = 0.2;
 
 /// println! on rank 0 (or the only process) only.
 macro_rules! say {
@@ -470,6 +484,7 @@ impl Trainer {
             session_start: Instant::now(),
             last_eval: (None, None),
             pending_event: (!notes.is_empty()).then(|| notes.join("; ")),
+            epoch_data_wait: (0.0, 0.0),
         })
     }
 
@@ -540,8 +555,13 @@ impl Trainer {
         let bar =
             progress_bar(self.steps_per_epoch, epoch, self.state.next_batch / accum).filter(|_| self.main);
         let mut micro = Vec::with_capacity(accum);
-        let mut window = (Instant::now(), 0usize);
-        for batch in self.train_loader.epoch(epoch as u64, self.state.next_batch) {
+        // (start, images, seconds blocked on the loader) of the step being gathered.
+        let mut window = (Instant::now(), 0usize, 0f64);
+        let mut batches = self.train_loader.epoch(epoch as u64, self.state.next_batch);
+        loop {
+            let asked = Instant::now();
+            let Some(batch) = batches.next() else { break };
+            window.2 += asked.elapsed().as_secs_f64();
             let batch = batch?;
             let cfg = &self.engine.cfg;
             let x = prepare(&batch.images, self.engine.device, cfg.channels_last, &cfg.normalization())?;
@@ -554,8 +574,11 @@ impl Trainer {
             let step = self.state.step;
             let result = self.engine.step(&micro, lr, step, &mut self.state.guards)?;
             micro.clear();
-            let img_per_s = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
-            self.log_step(&result, lr, img_per_s, bar.as_ref())?;
+            let step_s = window.0.elapsed().as_secs_f64().max(1e-9);
+            let timing = StepTiming { img_per_s: window.1 as f64 / step_s, data_s: window.2, step_s };
+            self.epoch_data_wait.0 += timing.data_s;
+            self.epoch_data_wait.1 += timing.step_s;
+            self.log_step(&result, lr, timing, bar.as_ref())?;
             if let Decision::Stop(stop) = result.decision {
                 return Err(Error::Diverged(match stop {
                     Stop::Spikes(m) | Stop::Diverged(m) => m,
@@ -565,7 +588,7 @@ impl Trainer {
                 self.state.train_loss_sum += result.loss;
                 self.state.train_loss_steps += 1;
             }
-            window = (Instant::now(), 0);
+            window = (Instant::now(), 0, 0.0);
             self.state.step += 1;
             self.state.next_batch = batch.index + 1;
             let cfg = &self.engine.cfg;
@@ -596,9 +619,10 @@ impl Trainer {
         &mut self,
         r: &StepResult,
         lr: f64,
-        img_per_s: f64,
+        timing: StepTiming,
         bar: Option<&indicatif::ProgressBar>,
     ) -> Result<()> {
+        let StepTiming { img_per_s, data_s, step_s } = timing;
         if self.log.is_none() {
             return Ok(());
         }
@@ -614,6 +638,8 @@ impl Trainer {
             loss_scale: r.loss_scale,
             skipped: r.skipped(),
             img_per_s,
+            data_s,
+            step_s,
             elapsed_s: self.elapsed(),
             activations: r.activations.clone(),
             coefficients: r.coefficients.clone(),
@@ -626,9 +652,10 @@ impl Trainer {
             log.step(&record)?;
         }
         let line = format!(
-            "loss {:.4}  lr {lr:.5}  grad {:.3}  {img_per_s:.0} img/s{}",
+            "loss {:.4}  lr {lr:.5}  grad {:.3}  {img_per_s:.0} img/s  data {:.0}%{}",
             r.loss,
             r.grad_norm,
+            100.0 * data_s / step_s,
             if r.skipped() { "  (skipped: non-finite)" } else { "" }
         );
         if let Some(bar) = bar {
@@ -710,9 +737,11 @@ impl Trainer {
         if let Some(log) = &mut self.log {
             log.epoch(record)?;
         }
+        let (waited, stepped) = std::mem::take(&mut self.epoch_data_wait);
+        let data_share = if stepped > 0.0 { waited / stepped } else { 0.0 };
         say!(
             self.main,
-            "epoch {epoch:>3} done: train loss {train_loss:.4}{}{}{}{}  [{:.0} s]",
+            "epoch {epoch:>3} done: train loss {train_loss:.4}{}{}{}{}  [{:.0} s, data wait {:.0}%]",
             eval.map_or(String::new(), |e| format!(
                 "  eval loss {:.4}  top-1 {:.2}%  top-5 {:.2}%",
                 e.loss, e.top1, e.top5
@@ -726,8 +755,18 @@ impl Trainer {
                 0 => String::new(),
                 n => format!("  ({n} steps skipped so far)"),
             },
-            self.elapsed()
+            self.elapsed(),
+            100.0 * data_share
         );
+        if data_share > INPUT_BOUND_FRACTION && self.main {
+            eprintln!(
+                "note: input-bound: training waited for decoded batches {:.0}% of epoch {epoch}'s step time \
+                 (--workers {}, {} cores); more workers, or smaller files (imagenet-prep), would speed it up",
+                100.0 * data_share,
+                self.train_loader.config().threads.max(1),
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            );
+        }
         let cfg = &self.engine.cfg;
         if (cfg.keep_last > 0 || cfg.checkpoint_hist > 0) && self.main {
             let ema = self.engine.ema_weights().map(|w| super::state::prefixed("ema", w)).unwrap_or_default();
