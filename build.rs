@@ -99,6 +99,28 @@ fn main() {
 
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
     println!("cargo:rustc-env=RESNET_TRAIN_LIBTORCH_LIB={}", lib_dir.display());
+    // The PyPI wheel's torch/version.py: `__version__` and `git_version`, for sessions.jsonl.
+    let version_py = std::fs::read_to_string(root.join("version.py")).unwrap_or_default();
+    let py_str = |key: &str| {
+        version_py
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(key)?
+                    .trim_start()
+                    .strip_prefix('=')?
+                    .trim()
+                    .strip_prefix('\'')?
+                    .split('\'')
+                    .next()
+            })
+            .map(str::to_string)
+    };
+    let libtorch_version = match (py_str("__version__"), py_str("git_version")) {
+        (Some(v), Some(g)) => format!("{v} (pytorch {})", &g[..g.len().min(12)]),
+        (Some(v), None) => v,
+        _ => format!("unknown ({})", root.display()),
+    };
+    println!("cargo:rustc-env=RESNET_TRAIN_LIBTORCH_VERSION={libtorch_version}");
     for f in [
         "shim.cpp",
         "polycom.cpp",

@@ -81,8 +81,20 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
         "last.safetensors",
         "best.safetensors",
         "epoch-1.safetensors",
+        "sessions.jsonl",
     ] {
         assert!(run.join(f).exists(), "{f} missing");
+    }
+    // One session per process that trained it, from where it started, with what it ran on.
+    let sessions = resnet_train::train::sessions::read(&run).unwrap();
+    let starts: Vec<(usize, usize)> = sessions.iter().map(|s| (s.first_step, s.first_epoch)).collect();
+    assert_eq!(starts, vec![(0, 0), (7, 0), (13, 1)], "--max-steps saves where it stops");
+    for s in &sessions {
+        assert!(s.libtorch.starts_with("2.11.0"), "{}", s.libtorch);
+        assert!(s.libtorch_loaded.ends_with("libtorch_cpu.so"), "{}", s.libtorch_loaded);
+        assert!(s.program.starts_with("resnet-train ") && s.cores >= 1 && s.memory_gib > 0.0, "{s:?}");
+        assert_eq!((s.device.as_str(), s.world_size, s.pid), ("Cpu", 1, std::process::id()));
+        assert!(s.started_utc.len() == 20 && s.started_utc.ends_with('Z'), "{}", s.started_utc);
     }
     assert!(!run.join("epoch-0.safetensors").exists(), "keep_last = 1 prunes older epochs");
     // Checkpoints record the eval preprocessing (predict's and eval's default): resize

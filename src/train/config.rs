@@ -115,7 +115,7 @@ pub struct TrainConfig {
     /// AugMix-style splits (timm's `aug_splits`; its AugMix ResNet-50: 3): each sample's crop
     /// and flip appear this many times in the batch, the first copy clean (no aa, no colour
     /// jitter), the others augmented independently; the batch holds split after split, so a step
-    /// sees batch_size x aug_splits images. Needs aa or color_jitter (0: off).
+    /// sees batch_size x aug_splits images. Needs aa, color_jitter, grayscale_prob or gaussian_blur_prob (0: off).
     #[arg(long, default_value_t = 0)]
     pub aug_splits: usize,
     /// timm's JsdCrossEntropy with aug_splits (timm's `jsd_loss`): cross-entropy (smoothed by

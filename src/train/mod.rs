@@ -18,6 +18,7 @@ pub mod optim;
 pub mod real_labels;
 pub mod run_dir;
 pub mod schedule;
+pub mod sessions;
 pub mod stability;
 pub mod state;
 pub mod study;

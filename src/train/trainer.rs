@@ -400,6 +400,16 @@ impl Trainer {
             }
         }
         let log = if main { Some(RunLog::open(&dir, state.step, state.epoch)?) } else { None };
+        if main {
+            let world = dist.as_ref().map_or(1, |d| d.world());
+            let session = super::sessions::Session::this_process(
+                (state.step, state.epoch),
+                format!("{device:?}"),
+                world,
+                train_loader.config().threads,
+            );
+            super::sessions::append(&dir, &session)?;
+        }
 
         say!(main, "run        {}", dir.display());
         if let Some(d) = &dist {
