@@ -183,6 +183,8 @@ fn adamw_lamb_with_ema_and_bce_resume_exactly_and_the_ema_is_evaluated_and_loada
             model_ema_warmup: true,
             bce_loss: bce,
             bce_target_thresh: bce.then_some(0.2),
+            bce_sum: bce,
+            bce_pos_weight: bce.then_some(1.5),
             // timm's filters: drawn per image in training (resumes exactly), bicubic eval.
             train_interpolation: resnet_train::data::transform::TrainFilter::Random,
             interpolation: resnet_train::data::resize::Filter::Bicubic,

@@ -420,6 +420,13 @@ pub struct TrainConfig {
     /// BCE: targets above this become 1, the rest 0 (RSB: 0.2).
     #[arg(long)]
     pub bce_target_thresh: Option<f64>,
+    /// BCE: sum the loss over the classes, then average over the batch (timm's `bce_sum`;
+    /// false: the mean over every sample and class, 1/classes of the sum).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub bce_sum: bool,
+    /// BCE: the weight of the positive term of every class (timm's `bce_pos_weight`; unset: 1).
+    #[arg(long)]
+    pub bce_pos_weight: Option<f64>,
     /// Mixup's Beta alpha (timm's `mixup`; 0: off). Batches are mixed with their reverse on the
     /// device; label smoothing goes into the mixed targets.
     #[arg(long, default_value_t = 0.0)]
@@ -919,6 +926,12 @@ impl TrainConfig {
                 return bad(format!("--cutmix-minmax must be two fractions 0 < min <= max <= 1, got {m:?}"));
             }
         }
+        if !self.bce_loss && (self.bce_sum || self.bce_pos_weight.is_some()) {
+            return bad("--bce-sum and --bce-pos-weight apply to --bce-loss".into());
+        }
+        if self.bce_pos_weight.is_some_and(|w| !(w > 0.0 && w.is_finite())) {
+            return bad(format!("--bce-pos-weight must be a positive number, got {:?}", self.bce_pos_weight));
+        }
         if self.bce_target_thresh.is_some_and(|t| !(0.0..1.0).contains(&t)) {
             return bad(format!("--bce-target-thresh must be in [0, 1), got {:?}", self.bce_target_thresh));
         }
@@ -1248,6 +1261,18 @@ mod tests {
         // Grayscale or blur alone is an augmentation for AugMix-style splits.
         let splits = TrainConfig { aug_splits: 2, grayscale_prob: 0.5, ..TrainConfig::default() };
         assert!(splits.validate().is_ok());
+    }
+
+    #[test]
+    fn bce_options_need_the_bce_loss_and_a_positive_weight() {
+        let with = |bce_loss, bce_sum, bce_pos_weight| {
+            TrainConfig { bce_loss, bce_sum, bce_pos_weight, ..TrainConfig::default() }.validate()
+        };
+        assert!(with(true, true, Some(2.0)).is_ok());
+        for (bce, sum, w) in [(false, true, None), (false, false, Some(2.0)), (true, false, Some(0.0))] {
+            let e = with(bce, sum, w).unwrap_err().to_string();
+            assert!(e.contains("--bce-"), "{e}");
+        }
     }
 
     #[test]

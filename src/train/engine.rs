@@ -144,7 +144,12 @@ impl Engine {
         let loss = if cfg.jsd_loss {
             Loss::Jsd { splits: cfg.aug_splits, smoothing: cfg.smoothing }
         } else {
-            Loss::new(cfg.bce_loss, cfg.smoothing, cfg.bce_target_thresh)
+            let bce = super::loss::BceOptions {
+                target_thresh: cfg.bce_target_thresh,
+                sum_classes: cfg.bce_sum,
+                pos_weight: cfg.bce_pos_weight,
+            };
+            Loss::new(cfg.bce_loss.then_some(bce), cfg.smoothing)
         };
         let guards = Guards::new(GuardConfig::from_config(&cfg));
         Ok(Self {

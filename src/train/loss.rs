@@ -20,23 +20,37 @@ pub enum Loss {
     /// Softmax cross-entropy; hard targets smoothed by `smoothing`, soft targets as given.
     CrossEntropy { smoothing: f64 },
     /// timm's BinaryCrossEntropy: hard targets become smoothed one-hot vectors (off = s / C,
-    /// on = 1 - s + off), then optionally `target > thresh`, then mean BCE-with-logits.
-    BinaryCrossEntropy { smoothing: f64, target_thresh: Option<f64> },
+    /// on = 1 - s + off), then optionally `target > thresh`, then BCE-with-logits (see
+    /// BceOptions for its reduction and positive weight).
+    BinaryCrossEntropy { smoothing: f64, opts: BceOptions },
     /// timm's JsdCrossEntropy (alpha 12, timm's): the batch is `splits` equal splits (clean
     /// first); cross-entropy (smoothed) on the clean split, plus alpha x the mean over splits of
     /// KL(p_split || mixture), the mixture the splits' mean probability clamped to [1e-7, 1].
     Jsd { splits: usize, smoothing: f64 },
 }
 
+/// timm's BinaryCrossEntropy options (train.py's `--bce-target-thresh`, `--bce-sum`,
+/// `--bce-pos-weight`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BceOptions {
+    /// Targets above this become 1, the rest 0.
+    pub target_thresh: Option<f64>,
+    /// Sum over the classes, then mean over the batch (`sum_classes`), instead of the mean over
+    /// every (sample, class): C times larger for C classes.
+    pub sum_classes: bool,
+    /// The weight of each positive term (`pos_weight`, one value for every class).
+    pub pos_weight: Option<f64>,
+}
+
 /// timm's JsdCrossEntropy weight of the divergence term.
 const JSD_ALPHA: f64 = 12.0;
 
 impl Loss {
-    pub fn new(bce: bool, smoothing: f64, target_thresh: Option<f64>) -> Self {
-        if bce {
-            Loss::BinaryCrossEntropy { smoothing, target_thresh }
-        } else {
-            Loss::CrossEntropy { smoothing }
+    /// timm's BinaryCrossEntropy with `bce`'s options, else softmax cross-entropy.
+    pub fn new(bce: Option<BceOptions>, smoothing: f64) -> Self {
+        match bce {
+            Some(opts) => Loss::BinaryCrossEntropy { smoothing, opts },
+            None => Loss::CrossEntropy { smoothing },
         }
     }
 
@@ -77,7 +91,7 @@ impl Loss {
             (Loss::Jsd { .. }, Targets::Soft(_)) => Err(crate::error::Error::Usage(
                 "the JSD loss takes class labels, not mixed targets (Mixup/CutMix)".into(),
             )),
-            (Loss::BinaryCrossEntropy { smoothing, target_thresh }, targets) => {
+            (Loss::BinaryCrossEntropy { smoothing, opts }, targets) => {
                 let num_classes = x.size()[x.dim() - 1];
                 let mut t = match targets {
                     Targets::Soft(t) => t.f_to_kind(Kind::Float)?,
@@ -87,10 +101,21 @@ impl Loss {
                         x.f_full_like(off)?.f_scatter_value(1, &y.f_view([-1, 1])?, on)?
                     }
                 };
-                if let Some(thresh) = target_thresh {
+                if let Some(thresh) = opts.target_thresh {
                     t = t.f_gt(thresh)?.f_to_kind(Kind::Float)?;
                 }
-                Ok(x.f_binary_cross_entropy_with_logits(&t, None::<Tensor>, None::<Tensor>, Reduction::Mean)?)
+                let pos_weight = opts.pos_weight.map(|w| Tensor::from(w as f32).to_device(x.device()));
+                if opts.sum_classes {
+                    let per_value = x.f_binary_cross_entropy_with_logits(
+                        &t,
+                        None::<Tensor>,
+                        pos_weight,
+                        Reduction::None,
+                    )?;
+                    Ok(per_value.f_sum_dim_intlist(-1, false, Kind::Float)?.f_mean(Kind::Float)?)
+                } else {
+                    Ok(x.f_binary_cross_entropy_with_logits(&t, None::<Tensor>, pos_weight, Reduction::Mean)?)
+                }
             }
         }
     }
@@ -112,12 +137,22 @@ mod tests {
             let want = g[key].double_value(&[0]);
             assert!((got - want).abs() < 1e-6 * want.abs().max(1.0), "{key}: {got} vs {want}");
         };
-        check(Loss::new(false, 0.0, None), Targets::Hard(y), "loss.ce");
-        check(Loss::new(false, 0.1, None), Targets::Hard(y), "loss.ce_smooth0.1");
-        check(Loss::new(false, 0.1, None), Targets::Soft(soft), "loss.soft_ce");
-        check(Loss::new(true, 0.1, None), Targets::Hard(y), "loss.bce_smooth0.1");
-        check(Loss::new(true, 0.1, Some(0.2)), Targets::Hard(y), "loss.bce_smooth0.1_thresh0.2");
-        check(Loss::new(true, 0.0, Some(0.2)), Targets::Soft(soft), "loss.bce_soft_thresh0.2");
+        let bce = |target_thresh, sum_classes, pos_weight| {
+            Some(BceOptions { target_thresh, sum_classes, pos_weight })
+        };
+        check(Loss::new(None, 0.0), Targets::Hard(y), "loss.ce");
+        check(Loss::new(None, 0.1), Targets::Hard(y), "loss.ce_smooth0.1");
+        check(Loss::new(None, 0.1), Targets::Soft(soft), "loss.soft_ce");
+        check(Loss::new(bce(None, false, None), 0.1), Targets::Hard(y), "loss.bce_smooth0.1");
+        check(Loss::new(bce(Some(0.2), false, None), 0.1), Targets::Hard(y), "loss.bce_smooth0.1_thresh0.2");
+        check(Loss::new(bce(Some(0.2), false, None), 0.0), Targets::Soft(soft), "loss.bce_soft_thresh0.2");
+        check(Loss::new(bce(None, true, None), 0.1), Targets::Hard(y), "loss.bce_sum_smooth0.1");
+        check(Loss::new(bce(None, false, Some(2.0)), 0.1), Targets::Hard(y), "loss.bce_pos2_smooth0.1");
+        check(
+            Loss::new(bce(Some(0.2), true, Some(0.5)), 0.0),
+            Targets::Soft(soft),
+            "loss.bce_soft_sum_pos0.5_thresh0.2",
+        );
         // AugMix's JSD: 3 splits of 4, the labels repeated per split, as timm's loader gives them.
         let (jx, jy) = (&g["jsd.logits"], &g["jsd.labels"]);
         for (smoothing, key) in [(0.0, "jsd.loss"), (0.1, "jsd.loss_smooth0.1")] {
@@ -132,7 +167,7 @@ mod tests {
         );
         // Under autocast the loss is still computed on fp32 logits.
         let half = x.to_kind(Kind::BFloat16);
-        let l = Loss::new(true, 0.1, None).compute(&half, Targets::Hard(y)).unwrap();
+        let l = Loss::new(Some(BceOptions::default()), 0.1).compute(&half, Targets::Hard(y)).unwrap();
         assert_eq!(l.kind(), Kind::Float);
     }
 }

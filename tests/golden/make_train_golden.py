@@ -79,6 +79,11 @@ out["loss.soft_ce"] = SoftTargetCrossEntropy()(logits, soft).reshape(1)
 out["loss.bce_smooth0.1"] = BinaryCrossEntropy(smoothing=0.1)(logits, labels).reshape(1)
 out["loss.bce_smooth0.1_thresh0.2"] = BinaryCrossEntropy(smoothing=0.1, target_threshold=0.2)(logits, labels).reshape(1)
 out["loss.bce_soft_thresh0.2"] = BinaryCrossEntropy(target_threshold=0.2)(logits, soft).reshape(1)
+# timm's `--bce-sum` (sum over classes, mean over the batch) and `--bce-pos-weight`.
+out["loss.bce_sum_smooth0.1"] = BinaryCrossEntropy(smoothing=0.1, sum_classes=True)(logits, labels).reshape(1)
+out["loss.bce_pos2_smooth0.1"] = BinaryCrossEntropy(smoothing=0.1, pos_weight=2.0)(logits, labels).reshape(1)
+out["loss.bce_soft_sum_pos0.5_thresh0.2"] = BinaryCrossEntropy(
+    target_threshold=0.2, sum_classes=True, pos_weight=0.5)(logits, soft).reshape(1)
 
 # ---- Gradient clipping: timm's dispatch_clip_grad in each mode, as train.py calls it (AGC without
 # the classifier, the last two parameters). Parameters named as resnet-train names them; some units'
