@@ -1,7 +1,7 @@
-"""PyTorch baseline for `resnet-train bench --opt adamw|adam|lamb|lion|rmsproptf`: the training
+"""PyTorch baseline for `resnet-train bench --opt adamw|adam|lamb|lion|rmsproptf|clion|cadamw`: the training
 step of ../shared/bench/torch_train_bench.py (forward + loss under autocast, backward, optimizer
 step) with torch.optim.AdamW / Adam (fused=True: the kernels resnet-train calls), or timm's Lamb,
-Lion or RMSpropTF (foreach, as timm's factory builds Lion), and the same parameter groups as
+Lion (clion: with caution), AdamWLegacy with caution (cadamw) or RMSpropTF (foreach, as timm's factory builds Lion), and the same parameter groups as
 resnet-train (weight decay on conv/fc weights only). Prints one JSON line with
 torch_train_bench.py's fields.
 Needs torch==2.11.0 and timm (for lamb, lion and rmsproptf):
@@ -25,7 +25,7 @@ from polycom import PolyResNet  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--opt", default="adamw", choices=["adamw", "adam", "lamb", "lion", "rmsproptf"])
+    ap.add_argument("--opt", default="adamw", choices=["adamw", "adam", "lamb", "lion", "rmsproptf", "clion", "cadamw"])
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--act", default="relu", choices=["relu", "polyrelu", "polynorm"])
     ap.add_argument("--order", type=int, default=3)
@@ -54,9 +54,12 @@ def main():
     elif a.opt == "rmsproptf":
         from timm.optim import RMSpropTF
         opt = RMSpropTF(groups, lr=1e-3, alpha=0.9, momentum=0.9, foreach=True)
-    elif a.opt == "lion":
+    elif a.opt in ("lion", "clion"):
         from timm.optim import Lion
-        opt = Lion(groups, lr=1e-4, foreach=True)
+        opt = Lion(groups, lr=1e-4, caution=a.opt == "clion", foreach=True)
+    elif a.opt == "cadamw":
+        from timm.optim import AdamWLegacy
+        opt = AdamWLegacy(groups, lr=1e-3, caution=True, foreach=True)
     else:
         from timm.optim import Lamb
         opt = Lamb(groups, lr=1e-3)

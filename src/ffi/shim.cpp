@@ -337,8 +337,24 @@ int rt_foreach_rmsprop_tf(rt_tensor *params, rt_tensor *grads, rt_tensor *square
   });
 }
 
+// timm's caution (Liang et al. 2024, "Cautious Optimizers"): the update's elements whose sign
+// disagrees with the gradient's are zeroed and the rest scaled by 1 / (share kept, at least 1e-3),
+// per tensor; returns the masks to multiply the update by.
+static std::vector<at::Tensor> caution_masks(at::TensorList update, at::TensorList g) {
+  auto masks = at::_foreach_mul(update, g);
+  std::vector<at::Tensor> scale;
+  scale.reserve(masks.size());
+  for (size_t i = 0; i < masks.size(); i++) {
+    masks[i] = masks[i].gt(0).to(g[i].scalar_type());
+    scale.push_back(masks[i].mean());
+  }
+  at::_foreach_maximum_(scale, 1e-3);
+  at::_foreach_div_(masks, scale);
+  return masks;
+}
+
 int rt_foreach_lion(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, int n, double lr, double beta1,
-                    double beta2, double weight_decay, char **err) {
+                    double beta2, double weight_decay, int caution, char **err) {
   return guarded(err, [&] {
     if (n == 0) return;
     at::NoGradGuard no_grad;
@@ -347,8 +363,31 @@ int rt_foreach_lion(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, in
     at::_foreach_mul_(p, 1.0 - lr * weight_decay);
     auto update = at::_foreach_lerp(m, g, 1.0 - beta1);
     for (auto &u : update) u.sign_();
+    if (caution) at::_foreach_mul_(update, caution_masks(update, g));
     at::_foreach_add_(p, update, -lr);
     at::_foreach_lerp_(m, g, 1.0 - beta2);
+  });
+}
+
+int rt_foreach_adamw_cautious(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs,
+                              int n, double lr, double beta1, double beta2, double eps, double weight_decay,
+                              double bias_correction1, double bias_correction2, char **err) {
+  return guarded(err, [&] {
+    if (n == 0) return;
+    at::NoGradGuard no_grad;
+    auto p = list(params, n), g = list(grads, n), m = list(exp_avgs, n), v = list(exp_avg_sqs, n);
+    // timm's _multi_tensor_adamw (AdamWLegacy, caution on; not capturable), operation for operation.
+    at::_foreach_mul_(p, 1.0 - lr * weight_decay);
+    at::_foreach_lerp_(m, g, 1.0 - beta1);
+    at::_foreach_mul_(v, beta2);
+    at::_foreach_addcmul_(v, g, g, 1.0 - beta2);
+    const std::vector<at::Scalar> step_size(n, at::Scalar(lr / bias_correction1 * -1.0));
+    const std::vector<at::Scalar> bc2_sqrt(n, at::Scalar(std::pow(bias_correction2, 0.5)));
+    auto denom = at::_foreach_sqrt(v);
+    at::_foreach_div_(denom, bc2_sqrt);
+    at::_foreach_add_(denom, eps);
+    auto cautious = at::_foreach_mul(m, caution_masks(m, g));
+    at::_foreach_addcdiv_(p, cautious, denom, step_size);
   });
 }
 

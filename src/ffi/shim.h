@@ -69,9 +69,16 @@ int rt_foreach_rmsprop_tf(rt_tensor *params, rt_tensor *grads, rt_tensor *square
                           int n, double lr, double alpha, double eps, double weight_decay, double momentum,
                           char **err);
 // Lion (timm.optim.Lion, one parameter group): p *= 1 - lr wd; p -= lr sign(lerp(m, g, 1 - beta1));
-// m = lerp(m, g, 1 - beta2).
+// m = lerp(m, g, 1 - beta2). With caution (timm's `clion`): the sign update masked where it
+// disagrees with g, the rest scaled by 1 / max(kept share, 1e-3), per tensor.
 int rt_foreach_lion(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, int n, double lr, double beta1,
-                    double beta2, double weight_decay, char **err);
+                    double beta2, double weight_decay, int caution, char **err);
+// Cautious AdamW (timm's `cadamw`: AdamWLegacy with caution, one parameter group): p *= 1 - lr wd;
+// m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g^2; p -= lr / bc1 * (m masked where m g <= 0,
+// scaled by 1 / max(kept share, 1e-3)) / (sqrt(v) / sqrt(bc2) + eps); bc1, bc2: 1 - beta^t.
+int rt_foreach_adamw_cautious(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs,
+                              int n, double lr, double beta1, double beta2, double eps, double weight_decay,
+                              double bias_correction1, double bias_correction2, char **err);
 // LAMB (timm.optim.Lamb, one parameter group): g = grad / clip_divisor (when not null; grads are not
 // modified); m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g^2;
 // u = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps) + wd p; with wd != 0 or always_adapt,

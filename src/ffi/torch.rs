@@ -88,6 +88,22 @@ extern "C" {
         beta1: f64,
         beta2: f64,
         weight_decay: f64,
+        caution: c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn rt_foreach_adamw_cautious(
+        params: *mut *mut c_void,
+        grads: *mut *mut c_void,
+        exp_avgs: *mut *mut c_void,
+        exp_avg_sqs: *mut *mut c_void,
+        n: c_int,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        bias_correction1: f64,
+        bias_correction2: f64,
         err: *mut *mut c_char,
     ) -> c_int;
     fn rt_foreach_lamb(
@@ -361,7 +377,8 @@ pub fn foreach_rmsprop_tf(
 }
 
 /// One step of timm's Lion (foreach) over a parameter group: parameters, their gradients and
-/// momenta, at learning rate `lr` with betas `betas` and decoupled weight decay `weight_decay`.
+/// momenta, at learning rate `lr` with betas `betas` and decoupled weight decay `weight_decay`;
+/// with `caution`, timm's cautious Lion (`clion`).
 pub fn foreach_lion(
     params: &[Tensor],
     grads: &[Tensor],
@@ -369,6 +386,7 @@ pub fn foreach_lion(
     lr: f64,
     betas: (f64, f64),
     weight_decay: f64,
+    caution: bool,
 ) -> Result<()> {
     same_lengths("lion", &[params, grads, exp_avgs])?;
     let (mut p, mut g, mut m) = (ptrs(params), ptrs(grads), ptrs(exp_avgs));
@@ -383,6 +401,39 @@ pub fn foreach_lion(
             betas.0,
             betas.1,
             weight_decay,
+            caution as c_int,
+            e,
+        )
+    })
+}
+
+/// One step of timm's cautious AdamW (`cadamw`: AdamWLegacy with caution, foreach) over a
+/// parameter group, `bias_correction` = (1 - beta1^t, 1 - beta2^t) at this step t.
+pub fn foreach_adamw_cautious(
+    params: &[Tensor],
+    grads: &[Tensor],
+    exp_avgs: &[Tensor],
+    exp_avg_sqs: &[Tensor],
+    step: AdamStep,
+    bias_correction: (f64, f64),
+) -> Result<()> {
+    same_lengths("cadamw", &[params, grads, exp_avgs, exp_avg_sqs])?;
+    let (mut p, mut g, mut m, mut v) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs));
+    // SAFETY: four arrays of `n` live tensor pointers, valid for the call.
+    call("cadamw", |e| unsafe {
+        rt_foreach_adamw_cautious(
+            p.as_mut_ptr(),
+            g.as_mut_ptr(),
+            m.as_mut_ptr(),
+            v.as_mut_ptr(),
+            params.len() as c_int,
+            step.lr,
+            step.beta1,
+            step.beta2,
+            step.eps,
+            step.weight_decay,
+            bias_correction.0,
+            bias_correction.1,
             e,
         )
     })

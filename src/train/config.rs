@@ -240,7 +240,9 @@ pub struct TrainConfig {
     /// lamb / lambc (timm's Lamb, lambc with the trust ratio capped at 1), lars / larc / nlars /
     /// nlarc (timm's Lars: layer-wise adaptive rates for large batches; larc clips each tensor's
     /// rate at the schedule's, n = Nesterov), lion (timm's Lion: sign momentum, decoupled weight
-    /// decay; use a 3-10x smaller lr and larger weight decay than AdamW's), rmsproptf (timm's
+    /// decay; use a 3-10x smaller lr and larger weight decay than AdamW's), cadamw / clion
+    /// (timm's cautious AdamW and Lion: the update kept only where its sign agrees with the
+    /// gradient's, rescaled by the share kept), rmsproptf (timm's
     /// TensorFlow-style RMSprop: alpha 0.9, eps inside the root, lr in the momentum; EfficientNet
     /// and RA2 recipes). LARS adapts only the groups that decay (by default conv/fc weights), as
     /// timm's does.
@@ -818,7 +820,7 @@ impl TrainConfig {
             // every config.toml: still accepted, so those runs resume.
             if self.opt.default_betas().is_none() && betas[..] != [0.9, 0.999] {
                 return bad(format!(
-                    "--opt-betas applies to adam, adamw, lamb, lambc and lion, not {:?}",
+                    "--opt-betas applies to adam, adamw, cadamw, lamb, lambc, lion and clion, not {:?}",
                     self.opt
                 ));
             }
@@ -829,7 +831,7 @@ impl TrainConfig {
         if let Some(e) = self.opt_eps {
             if !self.opt.has_eps() {
                 return bad(format!(
-                    "--opt-eps applies to adam, adamw, lamb, lambc, rmsproptf and the lars variants, not {:?}",
+                    "--opt-eps applies to adam, adamw, cadamw, lamb, lambc, rmsproptf and the lars variants, not {:?}",
                     self.opt
                 ));
             }

@@ -13,7 +13,7 @@ import os
 import torch
 from safetensors.torch import save_file
 from timm.loss import BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import Lamb, Lars, Lion, RMSpropTF
+from timm.optim import AdamWLegacy, Lamb, Lars, Lion, RMSpropTF
 from timm.utils.clip_grad import dispatch_clip_grad
 from timm.utils.model_ema import ModelEmaV3
 
@@ -48,6 +48,9 @@ for name, make in {
     "adam": lambda groups: torch.optim.Adam(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-8),
     # timm's create_optimizer_v2 builds Lion with foreach=True; its default betas are (0.9, 0.99).
     "lion": lambda groups: Lion(groups, lr=0.01, foreach=True),
+    # timm's cautious variants: 'clion' = Lion(caution=True), 'cadamw' = AdamWLegacy(caution=True).
+    "clion": lambda groups: Lion(groups, lr=0.01, caution=True, foreach=True),
+    "cadamw": lambda groups: AdamWLegacy(groups, lr=0.01, caution=True, foreach=True),
     # timm's factory: rmsproptf = RMSpropTF(alpha=0.9), momentum from train.py's --momentum.
     "rmsproptf": lambda groups: RMSpropTF(groups, lr=0.01, alpha=0.9, momentum=0.9, foreach=True),
     "lamb": lambda groups: Lamb(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-6),

@@ -13,12 +13,15 @@ pub struct Lion {
     groups: Vec<Group>,
     exp_avg: Vec<Vec<Tensor>>,
     betas: (f64, f64),
+    /// timm's cautious Lion (`clion`; Liang et al. 2024): the update zeroed where its sign
+    /// disagrees with the gradient's, the rest scaled up by 1 / the share kept (per tensor).
+    caution: bool,
 }
 
 impl Lion {
-    pub fn new(groups: Vec<Group>, betas: (f64, f64)) -> Self {
+    pub fn new(groups: Vec<Group>, betas: (f64, f64), caution: bool) -> Self {
         let exp_avg = zeros_like_groups(&groups);
-        Self { groups, exp_avg, betas }
+        Self { groups, exp_avg, betas, caution }
     }
 }
 
@@ -27,7 +30,7 @@ impl Optimizer for Lion {
         for (g, exp_avg) in self.groups.iter().zip(&self.exp_avg) {
             let (params, grads, mut sel) = g.with_grads(&[exp_avg]);
             let m = sel.pop().unwrap_or_default();
-            foreach_lion(&params, &grads, &m, lr * g.lr_scale, self.betas, g.weight_decay)?;
+            foreach_lion(&params, &grads, &m, lr * g.lr_scale, self.betas, g.weight_decay, self.caution)?;
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Optimizers on libtorch's own multi-tensor kernels: SGD (torch.optim.SGD, foreach) and LARS
 //! (timm's Lars: SGD on trust-ratio-scaled gradients), Adam and AdamW (torch.optim.Adam/AdamW,
-//! `_fused_adam_`/`_fused_adamw_`), LAMB (timm's Lamb, foreach), Lion (timm's Lion, foreach) and
-//! RMSpropTF (timm's, foreach).
+//! `_fused_adam_`/`_fused_adamw_`), LAMB (timm's Lamb, foreach), Lion (timm's Lion, foreach),
+//! RMSpropTF (timm's, foreach) and timm's cautious AdamW and Lion (`cadamw`, `clion`, foreach).
 //! Each owns its state as named tensors, which is what checkpoints and the guards' snapshots save
 //! and restore.
 
@@ -11,7 +11,7 @@ mod lion;
 mod rmsprop_tf;
 mod sgd;
 
-pub use adam::Adam;
+pub use adam::{Adam, CautiousAdamW};
 pub use lamb::Lamb;
 pub use lion::Lion;
 pub use rmsprop_tf::RmspropTf;
@@ -53,6 +53,12 @@ pub enum OptKind {
     Nlarc,
     /// Sign momentum with decoupled weight decay (timm's Lion; Chen et al. 2023).
     Lion,
+    /// Cautious Lion (timm's `clion`; Liang et al. 2024): Lion's update kept only where its sign
+    /// agrees with the gradient's, rescaled by the share kept.
+    Clion,
+    /// Cautious AdamW (timm's `cadamw`: AdamWLegacy with caution): AdamW's first moment kept only
+    /// where its sign agrees with the gradient's, rescaled by the share kept.
+    Cadamw,
     /// TensorFlow-style RMSprop (timm's `rmsproptf`: EfficientNet, MobileNet, RA2 recipes).
     Rmsproptf,
 }
@@ -67,16 +73,25 @@ impl OptKind {
     /// Adam, AdamW and LAMB (0.9, 0.999), Lion (0.9, 0.99)).
     pub fn default_betas(self) -> Option<(f64, f64)> {
         match self {
-            OptKind::Adam | OptKind::Adamw | OptKind::Lamb | OptKind::Lambc => Some((0.9, 0.999)),
-            OptKind::Lion => Some((0.9, 0.99)),
+            OptKind::Adam | OptKind::Adamw | OptKind::Cadamw | OptKind::Lamb | OptKind::Lambc => {
+                Some((0.9, 0.999))
+            }
+            OptKind::Lion | OptKind::Clion => Some((0.9, 0.99)),
             _ => None,
         }
     }
 
     /// Whether the optimizer has an epsilon (`--opt-eps`).
     pub fn has_eps(self) -> bool {
-        matches!(self, OptKind::Adam | OptKind::Adamw | OptKind::Lamb | OptKind::Lambc | OptKind::Rmsproptf)
-            || self.is_lars()
+        matches!(
+            self,
+            OptKind::Adam
+                | OptKind::Adamw
+                | OptKind::Cadamw
+                | OptKind::Lamb
+                | OptKind::Lambc
+                | OptKind::Rmsproptf
+        ) || self.is_lars()
     }
 }
 
@@ -174,7 +189,8 @@ pub fn create(cfg: &OptConfig, vs: &nn::VarStore) -> Box<dyn Optimizer> {
         OptKind::Lamb | OptKind::Lambc => {
             Box::new(Lamb::new(groups, betas, cfg.eps.unwrap_or(1e-6), cfg.kind == OptKind::Lambc))
         }
-        OptKind::Lion => Box::new(Lion::new(groups, betas)),
+        OptKind::Cadamw => Box::new(CautiousAdamW::new(groups, betas, cfg.eps.unwrap_or(1e-8))),
+        OptKind::Lion | OptKind::Clion => Box::new(Lion::new(groups, betas, cfg.kind == OptKind::Clion)),
         OptKind::Rmsproptf => Box::new(RmspropTf::new(groups, cfg.momentum, cfg.eps.unwrap_or(1e-10))),
     }
 }
@@ -441,6 +457,8 @@ mod golden_tests {
             (OptKind::Adam, "adam", 0.001),
             (OptKind::Adamw, "adamw", 0.001),
             (OptKind::Lion, "lion", 0.001),
+            (OptKind::Clion, "clion", 0.001),
+            (OptKind::Cadamw, "cadamw", 0.001),
             (OptKind::Rmsproptf, "rmsproptf", 0.001),
             (OptKind::Lamb, "lamb", 0.001),
             (OptKind::Lambc, "lambc", 0.001),
@@ -476,6 +494,8 @@ mod golden_tests {
             OptKind::Lamb,
             OptKind::Nlarc,
             OptKind::Lion,
+            OptKind::Clion,
+            OptKind::Cadamw,
             OptKind::Rmsproptf,
         ] {
             let (vs, p1, p2) = params(&g);
