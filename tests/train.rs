@@ -691,6 +691,11 @@ fn regularisers_are_active_and_a_resumed_run_draws_what_the_uninterrupted_one_dr
         "0.05",
         "--bn-eps",
         "1e-4",
+        // At the start only (a resume loads the checkpoint's head over the fresh one).
+        "--head-init-scale",
+        "0.5",
+        "--head-init-bias",
+        "-0.1",
     ];
     run("full", &regularised);
     run("cut", &[&regularised[..], &["--max-steps", "4"]].concat());
@@ -755,6 +760,36 @@ fn the_time_spent_waiting_for_data_is_logged_and_an_input_bound_run_is_told_so()
     }
     // The first batch has nothing prefetched: its 8 reads of 100 ms are all waited for.
     assert!(recs[0].data_s >= 0.75 && recs[0].data_s / recs[0].step_s > 0.5, "{:?}", recs[0]);
+}
+
+#[test]
+fn head_init_scales_the_classifier_and_sets_its_bias_and_the_ema_starts_from_it() {
+    // timm's train.py: fc.weight *= scale, fc.bias *= scale, then fc.bias = bias.
+    use resnet_train::train::engine::Engine;
+    let cfg = TrainConfig {
+        arch: Arch::Resnet18,
+        act: ActKind::Relu,
+        small_stem: true,
+        device: "cpu".into(),
+        model_ema: true,
+        ..TrainConfig::default()
+    };
+    let mut e = Engine::new(cfg, Device::Cpu, 10).unwrap();
+    let fc = |e: &Engine| {
+        let s: std::collections::BTreeMap<String, Tensor> = e.model_state().into_iter().collect();
+        (s["fc.weight"].copy(), s["fc.bias"].copy(), s["layer1.0.conv1.weight"].copy())
+    };
+    let (w0, b0, conv0) = fc(&e);
+    e.init_head(Some(0.25), None).unwrap();
+    let (w1, b1, conv1) = fc(&e);
+    assert!(w1.equal(&(&w0 * 0.25)) && b1.equal(&(&b0 * 0.25)) && conv1.equal(&conv0));
+    e.init_head(None, Some(-2.0)).unwrap();
+    let (w2, b2, _) = fc(&e);
+    assert!(w2.equal(&w1) && b2.equal(&b2.full_like(-2.0)));
+    let ema: std::collections::BTreeMap<String, Tensor> = e.ema_weights().unwrap().into_iter().collect();
+    assert!(ema["fc.weight"].equal(&w2) && ema["fc.bias"].equal(&b2), "the EMA starts from the new head");
+    let bad = TrainConfig { head_init_scale: Some(f64::NAN), ..TrainConfig::default() };
+    assert!(bad.validate().unwrap_err().to_string().contains("--head-init-scale"));
 }
 
 #[test]

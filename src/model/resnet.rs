@@ -146,22 +146,34 @@ pub fn drop_block_of_stage(stage: usize) -> Option<(i64, f64)> {
 }
 
 /// timm's `drop_block_2d` (v1.0.31; channels coupled, no noise, kept values rescaled): block
-/// centres are drawn per sample and position with the rate `gamma` that makes about `drop_prob`
-/// of the positions fall in a dropped block, grown to `block_size` squares (clipped to the map)
-/// by a stride-1 max pool, and every channel is zeroed there; the rest is scaled by
-/// positions / kept positions. Draws from libtorch's generator, one tensor of [N, 1, H, W].
+/// centres are drawn per sample and position with the rate `drop_block_gamma`, grown to
+/// `block_size` squares and applied by `drop_blocks_at`. Draws one [N, 1, H, W] tensor from
+/// libtorch's generator with `bernoulli_`, as timm does.
 pub fn drop_block(x: &Tensor, drop_prob: f64, block_size: i64, gamma_scale: f64) -> Tensor {
     if drop_prob <= 0.0 {
         return x.shallow_clone();
     }
     let (b, h, w) = (x.size()[0], x.size()[2], x.size()[3]);
+    let gamma = drop_block_gamma(h, w, drop_prob, block_size, gamma_scale);
+    let centres =
+        tch::no_grad(|| Tensor::empty([b, 1, h, w], (x.kind(), x.device())).bernoulli_float_(gamma));
+    drop_blocks_at(x, &centres, block_size)
+}
+
+/// DropBlock's seed rate: the share of positions that start a block so that about `drop_prob`
+/// of an H x W map falls in one (timm's expression and order, so the same double).
+pub fn drop_block_gamma(h: i64, w: i64, drop_prob: f64, block_size: i64, gamma_scale: f64) -> f64 {
     let (kh, kw) = (block_size.min(h), block_size.min(w));
-    // The expression and its order as in timm, so the rate is the same double.
-    let gamma = gamma_scale * drop_prob * h as f64 * w as f64
-        / (kh * kw) as f64
-        / ((h - kh + 1) * (w - kw + 1)) as f64;
+    gamma_scale * drop_prob * h as f64 * w as f64 / (kh * kw) as f64 / ((h - kh + 1) * (w - kw + 1)) as f64
+}
+
+/// `x` with a `block_size` square (clipped to the map) zeroed in every channel around each 1 of
+/// `centres` ([N, 1, H, W], 0/1 in x's type) by a stride-1 max pool, the rest scaled by
+/// positions / kept positions.
+pub fn drop_blocks_at(x: &Tensor, centres: &Tensor, block_size: i64) -> Tensor {
+    let (h, w) = (x.size()[2], x.size()[3]);
+    let (kh, kw) = (block_size.min(h), block_size.min(w));
     tch::no_grad(|| {
-        let centres = Tensor::empty([b, 1, h, w], (x.kind(), x.device())).bernoulli_float_(gamma);
         let mut blocks = centres.max_pool2d([kh, kw], [1, 1], [kh / 2, kw / 2], [1, 1], false);
         // An even size pools to one more row/column: drop the first, as timm does.
         if kh % 2 == 0 || kw % 2 == 0 {

@@ -218,6 +218,14 @@ pub struct TrainConfig {
     /// run continues from its own checkpoint instead.
     #[arg(long)]
     pub initial_checkpoint: Option<PathBuf>,
+    /// Multiply the classifier's initial weight and bias by this (timm's `head_init_scale`; after
+    /// `initial_checkpoint`; not on resume).
+    #[arg(long)]
+    pub head_init_scale: Option<f64>,
+    /// Set the classifier's initial bias to this (timm's `head_init_bias`, e.g. -log(classes - 1)
+    /// with BCE; after head_init_scale; not on resume).
+    #[arg(long, allow_negative_numbers = true)]
+    pub head_init_bias: Option<f64>,
 
     // ---- Optimisation ----
     /// Training epochs (the schedule's length).
@@ -930,6 +938,13 @@ impl TrainConfig {
         }
         if !self.bce_loss && (self.bce_sum || self.bce_pos_weight.is_some()) {
             return bad("--bce-sum and --bce-pos-weight apply to --bce-loss".into());
+        }
+        for (flag, v) in
+            [("--head-init-scale", self.head_init_scale), ("--head-init-bias", self.head_init_bias)]
+        {
+            if v.is_some_and(|v| !v.is_finite()) {
+                return bad(format!("{flag} must be a finite number, got {v:?}"));
+            }
         }
         if self.bce_pos_weight.is_some_and(|w| !(w > 0.0 && w.is_finite())) {
             return bad(format!("--bce-pos-weight must be a positive number, got {:?}", self.bce_pos_weight));

@@ -181,6 +181,36 @@ impl Engine {
         Ok(notes)
     }
 
+    /// timm's `head_init_scale` / `head_init_bias`: the classifier's weight and bias multiplied by
+    /// `scale`, then its bias set to `bias`, before any step (after `load_initial`, as timm does
+    /// after loading `initial_checkpoint`); the EMA restarts from the result.
+    pub fn init_head(&mut self, scale: Option<f64>, bias: Option<f64>) -> Result<()> {
+        if scale.is_none() && bias.is_none() {
+            return Ok(());
+        }
+        let vars = self.vs.variables();
+        let (Some(w), Some(b)) = (vars.get("fc.weight"), vars.get("fc.bias")) else {
+            return Err(crate::error::Error::Usage(
+                "--head-init-*: the model has no fc.weight / fc.bias".into(),
+            ));
+        };
+        tch::no_grad(|| -> Result<()> {
+            if let Some(s) = scale {
+                let _ = w.shallow_clone().f_mul_scalar_(s)?;
+                let _ = b.shallow_clone().f_mul_scalar_(s)?;
+            }
+            if let Some(v) = bias {
+                let _ = b.shallow_clone().f_fill_(v)?;
+            }
+            Ok(())
+        })?;
+        if self.cfg.model_ema {
+            self.ema =
+                Some(ModelEma::new(&self.vs, self.cfg.model(self.num_classes), ema_config(&self.cfg))?);
+        }
+        Ok(())
+    }
+
     /// The model's variables by name.
     pub fn model_state(&self) -> Named {
         self.vs.variables().into_iter().collect()

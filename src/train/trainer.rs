@@ -306,6 +306,10 @@ impl Trainer {
             notes.push(format!("model weights from {}", path.display()));
             notes.extend(engine.load_initial(&path, &classes)?);
         }
+        if !(resume.is_some() && has_checkpoint) {
+            let (scale, bias) = (engine.cfg.head_init_scale, engine.cfg.head_init_bias);
+            engine.init_head(scale, bias)?;
+        }
         let world = dist.as_ref().map_or(1, |d| d.world());
         if engine.cfg.sync_bn && dist.is_none() {
             eprintln!("warning: --sync-bn has no effect in a single process (BatchNorm already sees the whole batch)");

@@ -362,7 +362,9 @@ DROPBLOCK_CASES = [  # (shape, drop_prob, block_size, gamma_scale, dtype, seed)
 def dropblock():
     """dropblock.safetensors: timm 1.0.31's `drop_block_2d` (as ResNet's DropBlock2d calls it)
     on seeded inputs: `case{i}.x`, `case{i}.y` with libtorch's generator seeded by the case's seed
-    right before the call (the Rust test seeds tch's and must draw the same mask)."""
+    right before the call; `case{i}.centres`, the block centres that call drew (the same draw
+    again: same seed, same `bernoulli_` on the same shape and type), and `case{i}.gamma`, the
+    rate it drew them with."""
     from timm.layers.drop import drop_block_2d
 
     out = {}
@@ -370,7 +372,13 @@ def dropblock():
         x = (torch.randn(shape, generator=torch.Generator().manual_seed(100 + i), dtype=torch.float64) + 1).to(dtype)
         torch.manual_seed(seed)
         y = drop_block_2d(x, drop_prob=p, block_size=size, gamma_scale=scale)
-        out[f"case{i}.x"], out[f"case{i}.y"] = x, y
+        B, C, H, W = x.shape
+        kh, kw = min(size, H), min(size, W)
+        gamma = float(scale * p * H * W) / float(kh * kw) / float((H - kh + 1) * (W - kw + 1))
+        torch.manual_seed(seed)
+        centres = torch.empty((B, 1, H, W), dtype=x.dtype).bernoulli_(gamma)
+        out[f"case{i}.x"], out[f"case{i}.y"], out[f"case{i}.centres"] = x, y, centres
+        out[f"case{i}.gamma"] = torch.tensor([gamma], dtype=torch.float64)
     save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(HERE, "dropblock.safetensors"))
     print(f"wrote {len(out)} tensors to dropblock.safetensors")
 
