@@ -410,9 +410,8 @@ fn schedule_keys_are_checked() {
     assert!(err("opt = \"larc\"\ntrust_coeff = 0.0").contains("--trust-coeff must be positive"));
     assert_eq!(err("opt = \"nlarc\"\ntrust_coeff = 0.02"), "");
     // Betas and epsilon only where the optimizer has them (the default, momentum, has neither).
-    assert!(
-        err("opt_betas = [0.9, 0.99]").contains("--opt-betas applies to adam, adamw, lamb, lambc and lion")
-    );
+    assert!(err("opt_betas = [0.9, 0.99]")
+        .contains("--opt-betas applies to adam, adamw, cadamw, lamb, lambc, lion and clion"));
     assert!(err("opt = \"lion\"\nopt_betas = [0.9, 1.0]").contains("--opt-betas must be two numbers"));
     assert!(err("opt = \"adam\"\nopt_betas = [0.9]").contains("--opt-betas must be two numbers"));
     assert_eq!(err("opt = \"lion\"\nopt_betas = [0.95, 0.98]"), "");
