@@ -13,7 +13,8 @@ pub fn holds_checkpoint(dir: &Path) -> bool {
     dir.join("last.safetensors").is_file()
 }
 
-fn hostname() -> String {
+/// This machine's host name ("unknown" if unreadable).
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map_or_else(|_| "unknown".into(), |h| h.trim().to_string())
 }

@@ -88,8 +88,7 @@ impl Session {
             ),
             libtorch: env!("RESNET_TRAIN_LIBTORCH_VERSION").to_string(),
             libtorch_loaded: loaded_library("libtorch_cpu.so").unwrap_or_else(|| "unknown".into()),
-            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map_or_else(|_| "unknown".into(), |h| h.trim().to_string()),
+            host: super::run_dir::hostname(),
             pid: std::process::id(),
             cpu: field(&cpuinfo, "model name").unwrap_or_else(|| "unknown".into()),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),

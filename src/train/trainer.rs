@@ -405,7 +405,6 @@ impl Trainer {
         }
         let log = if main { Some(RunLog::open(&dir, state.step, state.epoch)?) } else { None };
         if main {
-            let world = dist.as_ref().map_or(1, |d| d.world());
             let session = super::sessions::Session::this_process(
                 (state.step, state.epoch),
                 format!("{device:?}"),
