@@ -63,3 +63,15 @@ pub fn this_program() -> Result<std::path::PathBuf> {
     }
     std::env::current_exe().map_err(|e| Error::Usage(format!("cannot find this program: {e}")))
 }
+
+/// The device in words for logs and records: "Cpu", or "Cuda(0): NVIDIA H200 (sm_90, 132 SMs,
+/// 139.8 GiB, CUDA driver 13.0)" (the driver's answer; only the index where it cannot answer).
+pub fn describe_device(device: Device) -> String {
+    match device {
+        Device::Cuda(i) => match crate::ffi::cuda_device_description(i) {
+            Ok(d) => format!("{device:?}: {d}"),
+            Err(_) => format!("{device:?}"),
+        },
+        _ => format!("{device:?}"),
+    }
+}

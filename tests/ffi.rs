@@ -49,6 +49,25 @@ fn cuda_loader_is_harmless_without_a_gpu() {
     }
 }
 
+/// Records name the card from the driver; without a driver (or device) the query is an error that
+/// says which, and the description falls back to the device index instead of failing a run.
+#[test]
+fn cuda_device_description_names_the_card_or_says_why_not() {
+    match ffi::cuda_device_description(0) {
+        Ok(d) => {
+            assert!(d.contains("sm_") && d.contains("GiB") && d.contains("CUDA driver"), "{d}");
+            let words = resnet_train::runtime::describe_device(Device::Cuda(0));
+            assert!(words.starts_with("Cuda(0): ") && words.ends_with(&d), "{words}");
+        }
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("libcuda") || e.contains("cuDevice") || e.contains("cuInit"), "{e}");
+            assert_eq!(resnet_train::runtime::describe_device(Device::Cuda(0)), "Cuda(0)");
+        }
+    }
+    assert_eq!(resnet_train::runtime::describe_device(Device::Cpu), "Cpu");
+}
+
 /// fp16 convolutions' weight gradients on the CPU come from the shim's kernel (fp32 arithmetic on
 /// the fp16 values, rounded once; libtorch's own is oneDNN's reference loops, 25x slower): each
 /// equals the float64 gradient of the same fp16 values to fp16's rounding, as do the input

@@ -244,7 +244,7 @@ pub fn run(a: BenchActArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "total": op.name(), "precision": format!("{:?}", a.precision), "batch": a.batch, "res": a.res,
-                "channels_last": a.channels_last, "device": format!("{device:?}"), "order": a.order,
+                "channels_last": a.channels_last, "device": crate::runtime::describe_device(device), "order": a.order,
                 "ms_all_49_sites": total, "vs_relu": total / totals[0],
                 "cuda_tuning": std::env::var("RESNET_TRAIN_CUDA_TUNING").ok(),
             })

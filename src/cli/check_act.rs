@@ -66,8 +66,11 @@ pub fn run(a: CheckActArgs) -> Result<()> {
         ffi::set_polycom_cuda_simulation(true)?;
     }
     let device = if a.simulate_cuda { Device::Cpu } else { crate::runtime::parse_device(&a.device)? };
-    let device_name =
-        if a.simulate_cuda { "Cpu (CUDA kernels, simulated)".to_string() } else { format!("{device:?}") };
+    let device_name = if a.simulate_cuda {
+        "Cpu (CUDA kernels, simulated)".to_string()
+    } else {
+        crate::runtime::describe_device(device)
+    };
     if !fused_runs_on(device) {
         return Err(Error::Usage(format!(
             "the fused activations do not run on {device:?} (see the warning above)"

@@ -57,6 +57,9 @@ std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const a
 // Empty when the CUDA kernels can run on `device`; otherwise why not (no libnvrtc, no driver,
 // a compile error).
 std::string unavailable_reason(int device);
+// CUDA device `device` in words: name, compute capability, SMs, memory and driver version, from
+// the driver API (throws where there is no driver or no such device).
+std::string describe_device(int device);
 // Simulation: while on, the operators run these kernels on CPU tensors under the SIMT emulator
 // (simt_host.h) instead of the CPU kernels: the CUDA source checked without a GPU.
 void set_simulated(bool on);

@@ -70,6 +70,9 @@ struct Driver {
   CUresult (*launch)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream,
                      void **, void **);
   CUresult (*error_string)(CUresult, const char **);
+  CUresult (*device_name)(char *, int, CUdevice);
+  CUresult (*total_mem)(size_t *, CUdevice);
+  CUresult (*driver_version)(int *);
 };
 
 template <typename F>
@@ -156,6 +159,9 @@ Driver load_driver() {
   bind(lib, "cuModuleGetFunction", d.module_get_function, name);
   bind(lib, "cuLaunchKernel", d.launch, name);
   bind(lib, "cuGetErrorString", d.error_string, name);
+  bind(lib, "cuDeviceGetName", d.device_name, name);
+  bind(lib, "cuDeviceTotalMem_v2", d.total_mem, name);
+  bind(lib, "cuDriverGetVersion", d.driver_version, name);
   return d;
 }
 
@@ -711,6 +717,28 @@ std::string unavailable_reason(int device) {
     std::lock_guard<std::mutex> lock(rt.mutex);
     rt.module(device);
   });
+}
+
+std::string describe_device(int device) {
+  // The driver's own view, so that every record names the card without a CUDA toolkit or
+  // nvidia-smi: what a benchmark row or a session log needs to be read months later.
+  const Driver d = load_driver();
+  check(d, d.init(0), "cuInit");
+  CUdevice dev = 0;
+  check(d, d.device_get(&dev, device), "cuDeviceGet");
+  char name[256] = {};
+  check(d, d.device_name(name, sizeof(name) - 1, dev), "cuDeviceGetName");
+  int major = 0, minor = 0, sms = 0, version = 0;
+  check(d, d.attribute(&major, kAttrCcMajor, dev), "cuDeviceGetAttribute");
+  check(d, d.attribute(&minor, kAttrCcMinor, dev), "cuDeviceGetAttribute");
+  check(d, d.attribute(&sms, kAttrSmCount, dev), "cuDeviceGetAttribute");
+  size_t bytes = 0;
+  check(d, d.total_mem(&bytes, dev), "cuDeviceTotalMem");
+  check(d, d.driver_version(&version), "cuDriverGetVersion");
+  char out[512];
+  std::snprintf(out, sizeof(out), "%s (sm_%d%d, %d SMs, %.1f GiB, CUDA driver %d.%d)", name, major, minor, sms,
+                static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0), version / 1000, (version % 1000) / 10);
+  return out;
 }
 
 void check_tuning(const std::string &spec) { parse_tuning(spec); }

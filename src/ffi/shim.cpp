@@ -521,6 +521,10 @@ int rt_polycom_cuda_unavailable(int device, char **reason, char **err) {
   });
 }
 
+int rt_cuda_describe_device(int device, char **out, char **err) {
+  return guarded(err, [&] { *out = dup(rt_polycom::cuda::describe_device(device)); });
+}
+
 int rt_polycom_cuda_ptx(const char *arch, const char *nvrtc_path, const char *tuning, char **ptx, char **log,
                        char **err) {
   return guarded(err, [&] {

@@ -126,6 +126,7 @@ int rt_simt_selftest(int mode, unsigned blocks, unsigned threads, double *out, c
 int rt_simt_half_conversions(const float *in, unsigned short *bits, float *back, int64_t n, char **err);
 // *reason = NULL when the CUDA kernels run on CUDA device `device`, else a malloc'ed explanation.
 int rt_polycom_cuda_unavailable(int device, char **reason, char **err);
+int rt_cuda_describe_device(int device, char **out, char **err);
 // Compiles the CUDA kernels for `arch` (e.g. "compute_90", "sm_90") with the NVRTC at `nvrtc_path`
 // (NULL or "": the usual places); *log = NULL on success, else NVRTC's log.
 int rt_polycom_cuda_compile_check(const char *arch, const char *nvrtc_path, char **log, char **err);

@@ -194,6 +194,7 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> c_int;
     fn rt_polycom_cuda_unavailable(device: c_int, reason: *mut *mut c_char, err: *mut *mut c_char) -> c_int;
+    fn rt_cuda_describe_device(device: c_int, out: *mut *mut c_char, err: *mut *mut c_char) -> c_int;
     fn rt_polycom_cuda_compile_check(
         arch: *const c_char,
         nvrtc_path: *const c_char,
@@ -740,6 +741,15 @@ pub fn polycom_cuda_unavailable(index: usize) -> Result<Option<String>> {
     // SAFETY: plain value argument and a valid out-pointer.
     call("fused activation", |e| unsafe { rt_polycom_cuda_unavailable(index as c_int, &mut reason, e) })?;
     Ok(take_string(reason))
+}
+
+/// CUDA device `index` in words, from the NVIDIA driver: "NVIDIA H200 (sm_90, 132 SMs, 139.8 GiB,
+/// CUDA driver 13.0)". An error where there is no driver or no such device.
+pub fn cuda_device_description(index: usize) -> Result<String> {
+    let mut out: *mut c_char = std::ptr::null_mut();
+    // SAFETY: plain value argument and a valid out-pointer.
+    call("CUDA device", |e| unsafe { rt_cuda_describe_device(index as c_int, &mut out, e) })?;
+    Ok(take_string(out).unwrap_or_default())
 }
 
 /// Compiles the fused activations' CUDA kernels with NVRTC for `arch` ("compute_90": PTX, "sm_90":

@@ -404,10 +404,11 @@ impl Trainer {
             }
         }
         let log = if main { Some(RunLog::open(&dir, state.step, state.epoch)?) } else { None };
+        let device_words = crate::runtime::describe_device(device);
         if main {
             let session = super::sessions::Session::this_process(
                 (state.step, state.epoch),
-                format!("{device:?}"),
+                device_words.clone(),
                 world,
                 train_loader.config().threads,
             );
@@ -429,7 +430,7 @@ impl Trainer {
         }
         say!(
             main,
-            "device     {device:?}, precision {:?}{}, {} decode threads, {} libtorch threads",
+            "device     {device_words}, precision {:?}{}, {} decode threads, {} libtorch threads",
             cfg.precision,
             if cfg.channels_last { ", channels_last" } else { "" },
             train_loader.config().threads,
