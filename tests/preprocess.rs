@@ -290,3 +290,34 @@ fn eval_resize_is_timms_floor() {
     assert_eq!(transform::eval_resize(32, 0.875), 36);
     assert_eq!(transform::eval_resize(224, 1.0), 224);
 }
+
+/// timm's `vflip`: RandomVerticalFlip after the crop and the horizontal flip. With the same
+/// generator the crop is the same, so each image is the unflipped one or exactly its rows
+/// reversed; through libjpeg-turbo (gray.jpg) and the fallback decoder (a PNG).
+#[test]
+fn vertical_flip_reverses_the_rows_of_the_same_crop() {
+    for name in ["gray.jpg", "png_inside.JPEG", "cmyk.jpg"] {
+        let path = common::repo().join("tests/fixtures").join(name);
+        let with = |vflip| match transform::Transform::train(24).with_train_filter(TrainFilter::Bilinear) {
+            transform::Transform::Train { size, scale, ratio, hflip, filter, .. } => {
+                transform::Transform::Train { size, scale, ratio, hflip, vflip, filter }
+            }
+            _ => unreachable!(),
+        };
+        let (mut flipped, mut kept) = (0, 0);
+        for seed in 0..30 {
+            let load =
+                |vflip| transform::load_tensor(&path, &with(vflip), &mut SplitMix64::new(seed)).unwrap();
+            let (plain, always, half) = (load(0.0), load(1.0), load(0.5));
+            assert!(always.equal(&plain.flip([1])), "{name} seed {seed}: vflip 1 is not the rows reversed");
+            assert!(!always.equal(&plain), "{name} seed {seed}: this image is not symmetric");
+            if half.equal(&always) {
+                flipped += 1;
+            } else {
+                assert!(half.equal(&plain), "{name} seed {seed}: vflip 0.5 is neither");
+                kept += 1;
+            }
+        }
+        assert!(flipped >= 7 && kept >= 7, "{name}: {flipped} flipped, {kept} kept of 30");
+    }
+}

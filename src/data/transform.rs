@@ -60,9 +60,10 @@ impl TrainFilter {
 /// What to do with each image.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Transform {
-    /// RandomResizedCrop(size, scale, ratio) with log-uniform ratio, then a flip with probability
-    /// `hflip`; the crop resized with `filter` (drawn after the crop and the flip when random).
-    Train { size: usize, scale: (f64, f64), ratio: (f64, f64), hflip: f64, filter: TrainFilter },
+    /// RandomResizedCrop(size, scale, ratio) with log-uniform ratio, then a horizontal flip with
+    /// probability `hflip` and a vertical one with probability `vflip` (timm's order); the crop
+    /// resized with `filter` (drawn after the crop and the flips when random).
+    Train { size: usize, scale: (f64, f64), ratio: (f64, f64), hflip: f64, vflip: f64, filter: TrainFilter },
     /// Resize the shorter side to `resize` with `filter`, then center-crop `size`.
     Eval { size: usize, resize: usize, filter: Filter },
     /// torchvision `resized_crop(top, left, height, width, size, filter)`, then a flip: a fixed train crop.
@@ -82,6 +83,7 @@ impl Transform {
             scale: (0.08, 1.0),
             ratio: (3.0 / 4.0, 4.0 / 3.0),
             hflip: 0.5,
+            vflip: 0.0,
             filter: TrainFilter::Bilinear,
         }
     }
@@ -108,8 +110,8 @@ impl Transform {
     /// A train transform with another crop filter (other transforms: unchanged).
     pub fn with_train_filter(self, filter: TrainFilter) -> Self {
         match self {
-            Transform::Train { size, scale, ratio, hflip, .. } => {
-                Transform::Train { size, scale, ratio, hflip, filter }
+            Transform::Train { size, scale, ratio, hflip, vflip, .. } => {
+                Transform::Train { size, scale, ratio, hflip, vflip, filter }
             }
             t => t,
         }
@@ -118,8 +120,8 @@ impl Transform {
     /// The same transform at another output size.
     pub fn with_size(self, new: usize) -> Self {
         match self {
-            Transform::Train { scale, ratio, hflip, filter, .. } => {
-                Transform::Train { size: new, scale, ratio, hflip, filter }
+            Transform::Train { scale, ratio, hflip, vflip, filter, .. } => {
+                Transform::Train { size: new, scale, ratio, hflip, vflip, filter }
             }
             Transform::Eval { size, resize, filter } => Transform::Eval {
                 size: new,
@@ -229,6 +231,9 @@ struct Plan {
     h: Axis,
     v: Axis,
     flip: bool,
+    /// Reverse the rows of the output (a vertical flip: cheaper on the small output than in the
+    /// resampler, and exact either way).
+    vflip: bool,
     /// Train crops take the cheaper pass order; eval keeps Pillow's for parity with torchvision.
     vertical_first: bool,
 }
@@ -253,9 +258,11 @@ fn dct_num(extent: usize, need: usize, ratio: usize) -> usize {
 
 fn plan(height: usize, width: usize, t: &Transform, rng: &mut SplitMix64, scaling: bool) -> Plan {
     match *t {
-        Transform::Train { size, scale, ratio, hflip, filter } => {
+        Transform::Train { size, scale, ratio, hflip, vflip, filter } => {
             let (top, left, h, w) = random_resized_crop(height, width, scale, ratio, rng);
             let flip = rng.uniform() < hflip;
+            // Drawn only when on, so that runs without it keep their crops.
+            let vertical = vflip > 0.0 && rng.uniform() < vflip;
             // timm's `random.choice((BILINEAR, BICUBIC))`; a fixed filter draws nothing.
             let filter = filter.fixed().unwrap_or_else(|| {
                 if rng.below(2) == 0 {
@@ -265,7 +272,7 @@ fn plan(height: usize, width: usize, t: &Transform, rng: &mut SplitMix64, scalin
                 }
             });
             let crop = Transform::Crop { top, left, height: h, width: w, size, flip, filter };
-            plan(height, width, &crop, rng, scaling)
+            Plan { vflip: vertical, ..plan(height, width, &crop, rng, scaling) }
         }
         Transform::Crop { top, left, height: h, width: w, size, flip, filter } => {
             let (top, left) = (top.min(height - 1), left.min(width - 1));
@@ -280,7 +287,7 @@ fn plan(height: usize, width: usize, t: &Transform, rng: &mut SplitMix64, scalin
             };
             let (h_axis, v_axis) = (axis(left, w, width), axis(top, h, height));
             let (lo, hi) = v_axis.source_range();
-            Plan { num, vertical_first: hi - lo > size, h: h_axis, v: v_axis, flip }
+            Plan { num, vertical_first: hi - lo > size, h: h_axis, v: v_axis, flip, vflip: false }
         }
         Transform::Eval { size, resize, filter } => {
             let (rh, rw) = resize_shorter_side(height, width, resize);
@@ -290,7 +297,7 @@ fn plan(height: usize, width: usize, t: &Transform, rng: &mut SplitMix64, scalin
             let (sh, sw) = (jpeg::scaled(height, num), jpeg::scaled(width, num));
             let h = Axis::new(filter, 0, sw, 0.0, width as f64 * s, rw, left..left + size.min(rw));
             let v = Axis::new(filter, 0, sh, 0.0, height as f64 * s, rh, top..top + size.min(rh));
-            Plan { num, h, v, flip: false, vertical_first: false }
+            Plan { num, h, v, flip: false, vflip: false, vertical_first: false }
         }
     }
 }
@@ -328,6 +335,9 @@ pub fn apply(
                         y0: region.y,
                     };
                     resize::resample(&src, &p.h, &p.v, p.flip, p.vertical_first, &mut worker.tmp, dst);
+                    if p.vflip {
+                        flip_rows(dst, size);
+                    }
                     *rng = r;
                     return Ok(());
                 }
@@ -341,7 +351,20 @@ pub fn apply(
     let p = plan(img.height, img.width, t, rng, false);
     let src = resize::Source { pixels: &img.pixels, stride: img.width * 3, x0: 0, y0: 0 };
     resize::resample(&src, &p.h, &p.v, p.flip, p.vertical_first, &mut worker.tmp, dst);
+    if p.vflip {
+        flip_rows(dst, size);
+    }
     Ok(())
+}
+
+/// Reverses the row order of each plane of a `3 x size x size` image (RandomVerticalFlip).
+fn flip_rows(chw: &mut [u8], size: usize) {
+    for plane in chw.chunks_exact_mut(size * size) {
+        for top in 0..size / 2 {
+            let (upper, lower) = plane.split_at_mut((size - 1 - top) * size);
+            upper[top * size..(top + 1) * size].swap_with_slice(&mut lower[..size]);
+        }
+    }
 }
 
 /// Reads and transforms one file into a new `[3, size, size]` uint8 tensor.

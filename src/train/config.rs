@@ -54,6 +54,16 @@ pub struct TrainConfig {
     /// Probability of a horizontal flip of each train crop (timm's `hflip`; 0: off).
     #[arg(long, default_value_t = 0.5)]
     pub hflip: f64,
+    /// Probability of a vertical flip of each train crop, after the horizontal one (timm's
+    /// `vflip`; 0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub vflip: f64,
+    /// No train augmentation at all (timm's `no_aug`): each train image resized (shorter side to
+    /// train_size, train_interpolation, bilinear if random) and center-cropped, as eval without
+    /// crop_pct; overrides the crop, flips, aa, colour ops and random erasing (Mixup/CutMix, batch
+    /// operations, stay as set).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub no_aug: bool,
     /// Per-channel mean of the RGB values in [0, 1] inputs are normalised with (timm's `mean`;
     /// ImageNet's by default). Recorded in model files for `eval` and `predict`.
     #[arg(long, value_delimiter = ',', default_values_t = crate::data::transform::IMAGENET_MEAN)]
@@ -907,6 +917,10 @@ impl TrainConfig {
         if self.color_jitter_prob.is_some() && self.color_jitter.is_none() {
             return bad("--color-jitter-prob needs --color-jitter (the jitter it applies)".into());
         }
+        if self.no_aug && self.aug_splits > 1 {
+            // timm: "Cannot perform split augmentation with no_aug".
+            return bad("--aug-splits needs augmentation; --no-aug turns it all off".into());
+        }
         if self.aug_splits > 1 && self.augment(self.train_size)?.is_none() {
             return bad(
                 "--aug-splits needs an augmentation for its augmented splits (--aa, --color-jitter, \
@@ -1017,6 +1031,9 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.hflip) {
             return bad(format!("--hflip must be a probability in [0, 1], got {}", self.hflip));
         }
+        if !(0.0..=1.0).contains(&self.vflip) {
+            return bad(format!("--vflip must be a probability in [0, 1], got {}", self.vflip));
+        }
         if self.epochs == 0 {
             return bad("--epochs must be at least 1".into());
         }
@@ -1067,9 +1084,30 @@ impl TrainConfig {
         m.active().then_some(m)
     }
 
-    /// The decode workers' augmentation for `size`-pixel crops (None when off).
+    /// The train images' crop: RandomResizedCrop and flips, or with `no_aug` timm's
+    /// `transforms_noaug_train` (resize, center crop).
+    pub fn train_transform(&self) -> crate::data::transform::Transform {
+        use crate::data::{resize::Filter, transform::Transform};
+        if self.no_aug {
+            let filter = self.train_interpolation.fixed().unwrap_or(Filter::Bilinear);
+            return Transform::Eval { size: self.train_size, resize: self.train_size, filter };
+        }
+        Transform::Train {
+            size: self.train_size,
+            scale: (self.rrc_scale_min, 1.0),
+            ratio: (self.ratio[0], self.ratio[1]),
+            hflip: self.hflip,
+            vflip: self.vflip,
+            filter: self.train_interpolation,
+        }
+    }
+
+    /// The decode workers' augmentation for `size`-pixel crops (None when off, or `no_aug`).
     pub fn augment(&self, size: usize) -> Result<Option<crate::data::augment::Augment>> {
         use crate::data::augment::{parse_jitter, Augment, Policy};
+        if self.no_aug {
+            return Ok(None);
+        }
         let policy = Policy::parse(self.aa.as_deref().unwrap_or(""))?;
         let jitter = parse_jitter(self.color_jitter.as_deref().unwrap_or(&[]))?;
         let a = Augment::new(policy, jitter, size)
@@ -1101,7 +1139,7 @@ impl TrainConfig {
     /// Random erasing as configured (None when off).
     pub fn erasing_config(&self) -> Option<super::erasing::ErasingConfig> {
         let e = super::erasing::ErasingConfig { prob: self.reprob, mode: self.remode, count: self.recount };
-        (self.reprob > 0.0).then_some(e)
+        (self.reprob > 0.0 && !self.no_aug).then_some(e)
     }
 
     /// Applies a stability remedy (an ablation cell's variant, or the divergence guard's choice).
@@ -1278,6 +1316,47 @@ mod tests {
         // Grayscale or blur alone is an augmentation for AugMix-style splits.
         let splits = TrainConfig { aug_splits: 2, grayscale_prob: 0.5, ..TrainConfig::default() };
         assert!(splits.validate().is_ok());
+    }
+
+    /// timm's `no_aug` (`transforms_noaug_train`): Resize(train_size) + CenterCrop(train_size)
+    /// with the train filter (bilinear for random), no aa, colour ops or random erasing; Mixup
+    /// and CutMix stay; split augmentation is refused as timm refuses it.
+    #[test]
+    fn no_aug_is_timms_resize_and_center_crop() {
+        use crate::data::{
+            resize::Filter,
+            transform::{TrainFilter, Transform},
+        };
+        let flags = Overrides::parse(&[
+            "--no-aug",
+            "--aa",
+            "rand-m9-mstd0.5",
+            "--color-jitter",
+            "0.4",
+            "--reprob",
+            "0.25",
+            "--vflip",
+            "0.5",
+            "--mixup",
+            "0.2",
+        ])
+        .unwrap();
+        let c = flags.values.as_deref().unwrap().clone();
+        c.validate().unwrap();
+        assert_eq!(c.train_transform(), Transform::eval(224, 1.0));
+        assert!(c.augment(224).unwrap().is_none() && c.erasing_config().is_none());
+        assert!(c.mixup_config().is_some());
+        let bicubic = TrainConfig { no_aug: true, train_interpolation: TrainFilter::Bicubic, ..c.clone() };
+        assert_eq!(bicubic.train_transform(), Transform::eval(224, 1.0).with_filter(Filter::Bicubic));
+        let on = TrainConfig { no_aug: false, ..c.clone() };
+        assert!(matches!(on.train_transform(), Transform::Train { vflip: 0.5, hflip: 0.5, .. }));
+        assert!(on.augment(224).unwrap().is_some() && on.erasing_config().is_some());
+        let splits = TrainConfig { aug_splits: 2, ..c.clone() };
+        assert!(splits.validate().unwrap_err().to_string().contains("--no-aug"));
+        let bad = TrainConfig { vflip: 1.5, ..TrainConfig::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("--vflip"));
+        let saved: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(saved, c);
     }
 
     #[test]

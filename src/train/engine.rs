@@ -317,7 +317,7 @@ impl Engine {
         let n = micro.len().max(1) as f64;
         let (mut loss_mean, mut activations) = (0.0, Vec::new());
         let rank = self.dist.as_ref().map_or(0, |d| d.rank()) as u64;
-        if cfg.drop_path > 0.0 || cfg.reprob > 0.0 {
+        if cfg.drop_path > 0.0 || cfg.erasing_config().is_some() {
             // Stochastic depth and random erasing's fill values draw from libtorch's generator:
             // seeded by (seed, step, rank), so a resumed run draws what the uninterrupted one
             // drew, and ranks draw differently.

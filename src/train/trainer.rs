@@ -444,6 +444,7 @@ impl Trainer {
             classes.len(),
             cfg.data.as_ref().map_or("embedded procedural dataset".to_string(), |p| p.display().to_string())
         );
+        say!(main, "augment    {}", augment_summary(cfg));
         let split_bn = split_bn_params(&engine.vs);
         say!(
             main,
@@ -856,7 +857,7 @@ fn split_bn_params(vs: &tch::nn::VarStore) -> i64 {
     aux.map(|(_, t)| t.numel() as i64).sum()
 }
 
-/// The train loader (RandomResizedCrop + flip), the val loader (resize + center crop) and the
+/// The train loader (RandomResizedCrop + flips, or resize + center crop with no_aug), the val loader (resize + center crop) and the
 /// eval transform's (resize, crop).
 fn loaders(
     cfg: &TrainConfig,
@@ -865,16 +866,7 @@ fn loaders(
     val_set: Option<&Arc<ImageFolder>>,
     dist: Option<&DistEnv>,
 ) -> Result<(Loader, Option<Loader>, (usize, usize))> {
-    let mut train_cfg = LoaderConfig::new(
-        cfg.batch_size,
-        Transform::Train {
-            size: cfg.train_size,
-            scale: (cfg.rrc_scale_min, 1.0),
-            ratio: (cfg.ratio[0], cfg.ratio[1]),
-            hflip: cfg.hflip,
-            filter: cfg.train_interpolation,
-        },
-    );
+    let mut train_cfg = LoaderConfig::new(cfg.batch_size, cfg.train_transform());
     // The machine's cores shared by the processes on this node.
     let local_world = dist.map_or(1, |d| d.local_world);
     train_cfg.threads = if cfg.workers == 0 {
@@ -914,6 +906,39 @@ fn loaders(
         _ => (cfg.eval_size, cfg.eval_size),
     };
     Ok((train_loader, val_loader, eval_size))
+}
+
+/// The train images' preprocessing in one line: "crop 224 (scale 0.08-1, ratio 0.75-1.33,
+/// random filter), hflip 0.5, aa rand-m9-mstd0.5, reprob 0.25, mixup 0.1, cutmix 1".
+fn augment_summary(cfg: &TrainConfig) -> String {
+    let mut parts = vec![if cfg.no_aug {
+        format!("none (--no-aug: resize + center crop {})", cfg.train_size)
+    } else {
+        format!(
+            "crop {} (scale {}-1, ratio {:.2}-{:.2}, {} filter)",
+            cfg.train_size,
+            cfg.rrc_scale_min,
+            cfg.ratio[0],
+            cfg.ratio[1],
+            format!("{:?}", cfg.train_interpolation).to_lowercase()
+        )
+    }];
+    if !cfg.no_aug {
+        let probability = [("hflip", cfg.hflip), ("vflip", cfg.vflip)];
+        parts.extend(probability.iter().filter(|(_, p)| *p > 0.0).map(|(n, p)| format!("{n} {p}")));
+        parts.extend(cfg.aa.as_ref().map(|aa| format!("aa {aa}")));
+        if let Some(j) = &cfg.color_jitter {
+            let values: Vec<String> = j.iter().map(|v| v.to_string()).collect();
+            let p = cfg.color_jitter_prob.map_or(String::new(), |p| format!(" (p {p})"));
+            parts.push(format!("color jitter {}{p}", values.join(",")));
+        }
+        let colour = [("grayscale", cfg.grayscale_prob), ("blur", cfg.gaussian_blur_prob)];
+        parts.extend(colour.iter().filter(|(_, p)| *p > 0.0).map(|(n, p)| format!("{n} {p}")));
+    }
+    parts.extend(cfg.erasing_config().map(|e| format!("reprob {}", e.prob)));
+    let batch = [("mixup", cfg.mixup), ("cutmix", cfg.cutmix), ("smoothing", cfg.smoothing)];
+    parts.extend(batch.iter().filter(|(_, v)| *v > 0.0).map(|(n, v)| format!("{n} {v}")));
+    parts.join(", ")
 }
 
 /// What a schedule adds to its epochs, for the start-up line: " (3 cycles, 1 cooldown, lr noise)",
