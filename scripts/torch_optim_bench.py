@@ -1,8 +1,9 @@
-"""PyTorch baseline for `resnet-train bench --opt adamw|adam|lamb|lion|rmsproptf|clion|cadamw`: the training
+"""PyTorch baseline for `resnet-train bench --opt adamw|adam|lamb|lion|rmsproptf|clion|cadamw|nadamw|adopt|...`: the training
 step of ../shared/bench/torch_train_bench.py (forward + loss under autocast, backward, optimizer
 step) with torch.optim.AdamW / Adam (fused=True: the kernels resnet-train calls), or timm's Lamb,
-Lion (clion: with caution), AdamWLegacy with caution (cadamw) or RMSpropTF (foreach, as timm's factory builds Lion), and the same parameter groups as
-resnet-train (weight decay on conv/fc weights only). Prints one JSON line with
+Lion (clion: with caution), AdamWLegacy with caution (cadamw), NAdamW (cnadamw: with caution),
+Adopt (adoptw: decoupled decay; cadopt, cadoptw: with caution) or RMSpropTF (foreach, as timm's
+factory builds Lion), and the same parameter groups as resnet-train (weight decay on conv/fc weights only). Prints one JSON line with
 torch_train_bench.py's fields.
 Needs torch==2.11.0 and timm (for lamb, lion and rmsproptf):
 
@@ -25,7 +26,7 @@ from polycom import PolyResNet  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--opt", default="adamw", choices=["adamw", "adam", "lamb", "lion", "rmsproptf", "clion", "cadamw"])
+    ap.add_argument("--opt", default="adamw", choices=["adamw", "adam", "lamb", "lion", "rmsproptf", "clion", "cadamw", "nadamw", "cnadamw", "adopt", "adoptw", "cadopt", "cadoptw"])
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--act", default="relu", choices=["relu", "polyrelu", "polynorm"])
     ap.add_argument("--order", type=int, default=3)
@@ -60,6 +61,12 @@ def main():
     elif a.opt == "cadamw":
         from timm.optim import AdamWLegacy
         opt = AdamWLegacy(groups, lr=1e-3, caution=True, foreach=True)
+    elif a.opt in ("nadamw", "cnadamw"):
+        from timm.optim import NAdamW
+        opt = NAdamW(groups, lr=1e-3, caution=a.opt == "cnadamw", foreach=True)
+    elif a.opt in ("adopt", "adoptw", "cadopt", "cadoptw"):
+        from timm.optim import Adopt
+        opt = Adopt(groups, lr=1e-3, decoupled=a.opt.endswith("w"), caution=a.opt.startswith("c"), foreach=True)
     else:
         from timm.optim import Lamb
         opt = Lamb(groups, lr=1e-3)

@@ -369,25 +369,62 @@ int rt_foreach_lion(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, in
   });
 }
 
-int rt_foreach_adamw_cautious(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs,
-                              int n, double lr, double beta1, double beta2, double eps, double weight_decay,
-                              double bias_correction1, double bias_correction2, char **err) {
+int rt_foreach_adamw_timm(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs, int n,
+                          double lr, double beta1, double beta2, double eps, double weight_decay,
+                          double bias_correction1, double bias_correction2, int nesterov, int caution, char **err) {
   return guarded(err, [&] {
     if (n == 0) return;
     at::NoGradGuard no_grad;
     auto p = list(params, n), g = list(grads, n), m = list(exp_avgs, n), v = list(exp_avg_sqs, n);
-    // timm's _multi_tensor_adamw (AdamWLegacy, caution on; not capturable), operation for operation.
+    // timm's _multi_tensor_adamw (AdamWLegacy) and _multi_tensor_nadamw (NAdamW, mlcommons'), not
+    // capturable, operation for operation: they differ only in the numerator, NAdamW's a Nesterov
+    // look-ahead lerp(m, g, 1 - beta1) computed into a new list (m itself is kept).
     at::_foreach_mul_(p, 1.0 - lr * weight_decay);
     at::_foreach_lerp_(m, g, 1.0 - beta1);
     at::_foreach_mul_(v, beta2);
     at::_foreach_addcmul_(v, g, g, 1.0 - beta2);
     const std::vector<at::Scalar> step_size(n, at::Scalar(lr / bias_correction1 * -1.0));
     const std::vector<at::Scalar> bc2_sqrt(n, at::Scalar(std::pow(bias_correction2, 0.5)));
+    auto numerator = nesterov ? at::_foreach_lerp(m, g, 1.0 - beta1) : m;
     auto denom = at::_foreach_sqrt(v);
     at::_foreach_div_(denom, bc2_sqrt);
     at::_foreach_add_(denom, eps);
-    auto cautious = at::_foreach_mul(m, caution_masks(m, g));
-    at::_foreach_addcdiv_(p, cautious, denom, step_size);
+    if (caution) numerator = at::_foreach_mul(numerator, caution_masks(numerator, g));
+    at::_foreach_addcdiv_(p, numerator, denom, step_size);
+  });
+}
+
+int rt_foreach_adopt(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs, int n,
+                     double lr, double beta1, double beta2, double eps, double weight_decay, int decoupled,
+                     int64_t step, double clip_exp, int caution, char **err) {
+  return guarded(err, [&] {
+    if (n == 0) return;
+    at::NoGradGuard no_grad;
+    auto p = list(params, n), m = list(exp_avgs, n), v = list(exp_avg_sqs, n);
+    std::vector<at::Tensor> g = list(grads, n);
+    // timm's _multi_tensor_adopt (Taniguchi et al. 2024), not capturable, operation for operation:
+    // step 1 only initialises v = g^2; later steps normalise g by the previous v, clip it at
+    // (step - 1)^clip_exp, take the momentum of that, and update v last.
+    if (weight_decay != 0 && !decoupled) g = at::_foreach_add(g, p, weight_decay);
+    if (step == 1) {
+      at::_foreach_addcmul_(v, g, g);
+      return;
+    }
+    if (weight_decay != 0 && decoupled) at::_foreach_add_(p, p, -lr * weight_decay);
+    auto denom = at::_foreach_sqrt(v);
+    at::_foreach_maximum_(denom, eps);
+    auto normed = at::_foreach_div(g, denom);
+    if (clip_exp >= 0) {
+      const double clip = std::pow(static_cast<double>(step - 1), clip_exp);
+      at::_foreach_maximum_(normed, -clip);
+      at::_foreach_minimum_(normed, clip);
+    }
+    at::_foreach_lerp_(m, normed, 1.0 - beta1);
+    auto update = m;
+    if (caution) update = at::_foreach_mul(update, caution_masks(update, g));
+    at::_foreach_add_(p, update, -lr);
+    at::_foreach_mul_(v, beta2);
+    at::_foreach_addcmul_(v, g, g, 1.0 - beta2);
   });
 }
 

@@ -73,12 +73,20 @@ int rt_foreach_rmsprop_tf(rt_tensor *params, rt_tensor *grads, rt_tensor *square
 // disagrees with g, the rest scaled by 1 / max(kept share, 1e-3), per tensor.
 int rt_foreach_lion(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, int n, double lr, double beta1,
                     double beta2, double weight_decay, int caution, char **err);
-// Cautious AdamW (timm's `cadamw`: AdamWLegacy with caution, one parameter group): p *= 1 - lr wd;
-// m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g^2; p -= lr / bc1 * (m masked where m g <= 0,
-// scaled by 1 / max(kept share, 1e-3)) / (sqrt(v) / sqrt(bc2) + eps); bc1, bc2: 1 - beta^t.
-int rt_foreach_adamw_cautious(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs,
-                              int n, double lr, double beta1, double beta2, double eps, double weight_decay,
-                              double bias_correction1, double bias_correction2, char **err);
+// timm's AdamW family (AdamWLegacy, NAdamW; one parameter group): p *= 1 - lr wd;
+// m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g^2; u = m, or with `nesterov` (NAdamW)
+// lerp(m, g, 1 - beta1); with `caution` u masked where u g <= 0 and scaled by 1 / max(kept share,
+// 1e-3); p -= lr / bc1 * u / (sqrt(v) / sqrt(bc2) + eps); bc1, bc2: 1 - beta^t.
+int rt_foreach_adamw_timm(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs, int n,
+                          double lr, double beta1, double beta2, double eps, double weight_decay,
+                          double bias_correction1, double bias_correction2, int nesterov, int caution, char **err);
+// timm's Adopt (one parameter group; `step` from 1): g += wd p unless `decoupled`; step 1: v = g^2
+// only. Later: p *= 1 - lr wd if decoupled; n = g / max(sqrt(v), eps), clipped at
+// +-(step - 1)^clip_exp (clip_exp < 0: no clip); m = lerp(m, n, 1 - beta1); p -= lr m (masked as
+// above with `caution`); v = beta2 v + (1 - beta2) g^2.
+int rt_foreach_adopt(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs, int n,
+                     double lr, double beta1, double beta2, double eps, double weight_decay, int decoupled,
+                     int64_t step, double clip_exp, int caution, char **err);
 // LAMB (timm.optim.Lamb, one parameter group): g = grad / clip_divisor (when not null; grads are not
 // modified); m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g^2;
 // u = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps) + wd p; with wd != 0 or always_adapt,

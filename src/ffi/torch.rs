@@ -91,7 +91,7 @@ extern "C" {
         caution: c_int,
         err: *mut *mut c_char,
     ) -> c_int;
-    fn rt_foreach_adamw_cautious(
+    fn rt_foreach_adamw_timm(
         params: *mut *mut c_void,
         grads: *mut *mut c_void,
         exp_avgs: *mut *mut c_void,
@@ -104,6 +104,25 @@ extern "C" {
         weight_decay: f64,
         bias_correction1: f64,
         bias_correction2: f64,
+        nesterov: c_int,
+        caution: c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn rt_foreach_adopt(
+        params: *mut *mut c_void,
+        grads: *mut *mut c_void,
+        exp_avgs: *mut *mut c_void,
+        exp_avg_sqs: *mut *mut c_void,
+        n: c_int,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        decoupled: c_int,
+        step: i64,
+        clip_exp: f64,
+        caution: c_int,
         err: *mut *mut c_char,
     ) -> c_int;
     fn rt_foreach_lamb(
@@ -408,21 +427,24 @@ pub fn foreach_lion(
     })
 }
 
-/// One step of timm's cautious AdamW (`cadamw`: AdamWLegacy with caution, foreach) over a
-/// parameter group, `bias_correction` = (1 - beta1^t, 1 - beta2^t) at this step t.
-pub fn foreach_adamw_cautious(
+/// timm's AdamW (AdamWLegacy) and NAdamW steps, foreach: `nesterov` takes NAdamW's look-ahead
+/// numerator, `caution` timm's cautious masks.
+#[allow(clippy::too_many_arguments)]
+pub fn foreach_adamw_timm(
     params: &[Tensor],
     grads: &[Tensor],
     exp_avgs: &[Tensor],
     exp_avg_sqs: &[Tensor],
     step: AdamStep,
     bias_correction: (f64, f64),
+    nesterov: bool,
+    caution: bool,
 ) -> Result<()> {
-    same_lengths("cadamw", &[params, grads, exp_avgs, exp_avg_sqs])?;
+    same_lengths("adamw", &[params, grads, exp_avgs, exp_avg_sqs])?;
     let (mut p, mut g, mut m, mut v) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs));
     // SAFETY: four arrays of `n` live tensor pointers, valid for the call.
-    call("cadamw", |e| unsafe {
-        rt_foreach_adamw_cautious(
+    call("adamw", |e| unsafe {
+        rt_foreach_adamw_timm(
             p.as_mut_ptr(),
             g.as_mut_ptr(),
             m.as_mut_ptr(),
@@ -435,6 +457,53 @@ pub fn foreach_adamw_cautious(
             step.weight_decay,
             bias_correction.0,
             bias_correction.1,
+            nesterov as c_int,
+            caution as c_int,
+            e,
+        )
+    })
+}
+
+/// What sets ADOPT's step apart from Adam's (timm's Adopt).
+#[derive(Clone, Copy, Debug)]
+pub struct AdoptOptions {
+    /// Weight decay decoupled (`adoptw`) or added to the gradient (`adopt`).
+    pub decoupled: bool,
+    /// The step number, from 1 (step 1 only initialises the second moment).
+    pub step: i64,
+    /// The normalised gradient is clipped at (step - 1)^clip_exp; None: no clipping.
+    pub clip_exp: Option<f64>,
+    pub caution: bool,
+}
+
+/// timm's ADOPT step, foreach.
+pub fn foreach_adopt(
+    params: &[Tensor],
+    grads: &[Tensor],
+    exp_avgs: &[Tensor],
+    exp_avg_sqs: &[Tensor],
+    step: AdamStep,
+    options: AdoptOptions,
+) -> Result<()> {
+    same_lengths("adopt", &[params, grads, exp_avgs, exp_avg_sqs])?;
+    let (mut p, mut g, mut m, mut v) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs));
+    // SAFETY: four arrays of `n` live tensor pointers, valid for the call.
+    call("adopt", |e| unsafe {
+        rt_foreach_adopt(
+            p.as_mut_ptr(),
+            g.as_mut_ptr(),
+            m.as_mut_ptr(),
+            v.as_mut_ptr(),
+            params.len() as c_int,
+            step.lr,
+            step.beta1,
+            step.beta2,
+            step.eps,
+            step.weight_decay,
+            options.decoupled as c_int,
+            options.step,
+            options.clip_exp.unwrap_or(-1.0),
+            options.caution as c_int,
             e,
         )
     })

@@ -262,7 +262,9 @@ pub struct TrainConfig {
     /// (timm's cautious AdamW and Lion: the update kept only where its sign agrees with the
     /// gradient's, rescaled by the share kept), rmsproptf (timm's
     /// TensorFlow-style RMSprop: alpha 0.9, eps inside the root, lr in the momentum; EfficientNet
-    /// and RA2 recipes). LARS adapts only the groups that decay (by default conv/fc weights), as
+    /// and RA2 recipes), nadamw / cnadamw (timm's NAdamW: AdamW with a Nesterov look-ahead),
+    /// adopt / adoptw / cadopt / cadoptw (timm's ADOPT: converges with any beta2, default
+    /// (0.9, 0.9999); w = decoupled weight decay, c = cautious). LARS adapts only the groups that decay (by default conv/fc weights), as
     /// timm's does.
     #[arg(long, value_enum, default_value_t = OptKind::Momentum)]
     pub opt: OptKind,
@@ -838,7 +840,7 @@ impl TrainConfig {
             // every config.toml: still accepted, so those runs resume.
             if self.opt.default_betas().is_none() && betas[..] != [0.9, 0.999] {
                 return bad(format!(
-                    "--opt-betas applies to adam, adamw, cadamw, lamb, lambc, lion and clion, not {:?}",
+                    "--opt-betas applies to the adam, nadamw, adopt, lamb and lion variants, not {:?}",
                     self.opt
                 ));
             }
@@ -849,7 +851,7 @@ impl TrainConfig {
         if let Some(e) = self.opt_eps {
             if !self.opt.has_eps() {
                 return bad(format!(
-                    "--opt-eps applies to adam, adamw, cadamw, lamb, lambc, rmsproptf and the lars variants, not {:?}",
+                    "--opt-eps applies to the adam, nadamw, adopt, lamb and lars variants and rmsproptf, not {:?}",
                     self.opt
                 ));
             }

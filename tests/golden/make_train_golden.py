@@ -1,5 +1,6 @@
 """Generates tests/golden/train_golden.safetensors: what PyTorch and timm compute for the optimizers
-(torch.optim.Adam and AdamW, timm's Lamb, Lars, Lion and RMSpropTF), the EMA decay, the losses
+(torch.optim.Adam and AdamW, timm's Lamb, Lars, Lion, RMSpropTF, NAdamW and Adopt, and its cautious
+variants), the EMA decay, the losses
 (AugMix's JSD too) and the gradient clipping modes that resnet-train reimplements on libtorch's
 kernels (needs torch==2.11.0, timm==1.0.31, safetensors). Rerun from the repo root:
 
@@ -13,7 +14,7 @@ import os
 import torch
 from safetensors.torch import save_file
 from timm.loss import BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import AdamWLegacy, Lamb, Lars, Lion, RMSpropTF
+from timm.optim import Adopt, AdamWLegacy, Lamb, Lars, Lion, NAdamW, RMSpropTF
 from timm.utils.clip_grad import dispatch_clip_grad
 from timm.utils.model_ema import ModelEmaV3
 
@@ -51,6 +52,15 @@ for name, make in {
     # timm's cautious variants: 'clion' = Lion(caution=True), 'cadamw' = AdamWLegacy(caution=True).
     "clion": lambda groups: Lion(groups, lr=0.01, caution=True, foreach=True),
     "cadamw": lambda groups: AdamWLegacy(groups, lr=0.01, caution=True, foreach=True),
+    # timm's factory: nadamw = NAdamW, cnadamw = NAdamW(caution=True); adopt/adoptw = Adopt with
+    # L2 / decoupled decay, cadopt/cadoptw with caution (its defaults: betas (0.9, 0.9999), eps
+    # 1e-6, clip_exp 0.333). foreach=True: the multi-tensor paths resnet-train follows.
+    "nadamw": lambda groups: NAdamW(groups, lr=0.01, foreach=True),
+    "cnadamw": lambda groups: NAdamW(groups, lr=0.01, caution=True, foreach=True),
+    "adopt": lambda groups: Adopt(groups, lr=0.01, foreach=True),
+    "adoptw": lambda groups: Adopt(groups, lr=0.01, decoupled=True, foreach=True),
+    "cadopt": lambda groups: Adopt(groups, lr=0.01, caution=True, foreach=True),
+    "cadoptw": lambda groups: Adopt(groups, lr=0.01, decoupled=True, caution=True, foreach=True),
     # timm's factory: rmsproptf = RMSpropTF(alpha=0.9), momentum from train.py's --momentum.
     "rmsproptf": lambda groups: RMSpropTF(groups, lr=0.01, alpha=0.9, momentum=0.9, foreach=True),
     "lamb": lambda groups: Lamb(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-6),

@@ -1,7 +1,8 @@
 //! Optimizers on libtorch's own multi-tensor kernels: SGD (torch.optim.SGD, foreach) and LARS
 //! (timm's Lars: SGD on trust-ratio-scaled gradients), Adam and AdamW (torch.optim.Adam/AdamW,
 //! `_fused_adam_`/`_fused_adamw_`), LAMB (timm's Lamb, foreach), Lion (timm's Lion, foreach),
-//! RMSpropTF (timm's, foreach) and timm's cautious AdamW and Lion (`cadamw`, `clion`, foreach).
+//! RMSpropTF (timm's, foreach), timm's NAdamW and ADOPT (foreach) and timm's cautious variants
+//! (`cadamw`, `cnadamw`, `cadopt`, `cadoptw`, `clion`, foreach).
 //! Each owns its state as named tensors, which is what checkpoints and the guards' snapshots save
 //! and restore.
 
@@ -11,7 +12,7 @@ mod lion;
 mod rmsprop_tf;
 mod sgd;
 
-pub use adam::{Adam, CautiousAdamW};
+pub use adam::{Adam, Adopt, TimmAdamW};
 pub use lamb::Lamb;
 pub use lion::Lion;
 pub use rmsprop_tf::RmspropTf;
@@ -61,6 +62,21 @@ pub enum OptKind {
     Cadamw,
     /// TensorFlow-style RMSprop (timm's `rmsproptf`: EfficientNet, MobileNet, RA2 recipes).
     Rmsproptf,
+    /// AdamW with a Nesterov look-ahead (timm's `nadamw`, mlcommons' algorithmic-efficiency
+    /// version).
+    Nadamw,
+    /// Cautious NAdamW (timm's `cnadamw`).
+    Cnadamw,
+    /// ADOPT (timm's `adopt`; Taniguchi et al. 2024): Adam that converges with any beta2; the
+    /// gradient normalised by the previous second moment and clipped before the momentum; L2
+    /// weight decay on the gradient.
+    Adopt,
+    /// ADOPT with decoupled weight decay (timm's `adoptw`).
+    Adoptw,
+    /// Cautious ADOPT (timm's `cadopt`).
+    Cadopt,
+    /// Cautious ADOPT with decoupled weight decay (timm's `cadoptw`).
+    Cadoptw,
 }
 
 impl OptKind {
@@ -69,14 +85,24 @@ impl OptKind {
         matches!(self, OptKind::Lars | OptKind::Larc | OptKind::Nlars | OptKind::Nlarc)
     }
 
+    /// One of timm's ADOPT variants.
+    pub fn is_adopt(self) -> bool {
+        matches!(self, OptKind::Adopt | OptKind::Adoptw | OptKind::Cadopt | OptKind::Cadoptw)
+    }
+
     /// The optimizer's default betas, None where it has none (timm's and torch's defaults:
-    /// Adam, AdamW and LAMB (0.9, 0.999), Lion (0.9, 0.99)).
+    /// Adam, AdamW, NAdamW and LAMB (0.9, 0.999), Lion (0.9, 0.99), ADOPT (0.9, 0.9999)).
     pub fn default_betas(self) -> Option<(f64, f64)> {
         match self {
-            OptKind::Adam | OptKind::Adamw | OptKind::Cadamw | OptKind::Lamb | OptKind::Lambc => {
-                Some((0.9, 0.999))
-            }
+            OptKind::Adam
+            | OptKind::Adamw
+            | OptKind::Cadamw
+            | OptKind::Nadamw
+            | OptKind::Cnadamw
+            | OptKind::Lamb
+            | OptKind::Lambc => Some((0.9, 0.999)),
             OptKind::Lion | OptKind::Clion => Some((0.9, 0.99)),
+            k if k.is_adopt() => Some((0.9, 0.9999)),
             _ => None,
         }
     }
@@ -88,10 +114,13 @@ impl OptKind {
             OptKind::Adam
                 | OptKind::Adamw
                 | OptKind::Cadamw
+                | OptKind::Nadamw
+                | OptKind::Cnadamw
                 | OptKind::Lamb
                 | OptKind::Lambc
                 | OptKind::Rmsproptf
         ) || self.is_lars()
+            || self.is_adopt()
     }
 }
 
@@ -189,7 +218,16 @@ pub fn create(cfg: &OptConfig, vs: &nn::VarStore) -> Box<dyn Optimizer> {
         OptKind::Lamb | OptKind::Lambc => {
             Box::new(Lamb::new(groups, betas, cfg.eps.unwrap_or(1e-6), cfg.kind == OptKind::Lambc))
         }
-        OptKind::Cadamw => Box::new(CautiousAdamW::new(groups, betas, cfg.eps.unwrap_or(1e-8))),
+        OptKind::Cadamw | OptKind::Nadamw | OptKind::Cnadamw => {
+            let nesterov = cfg.kind != OptKind::Cadamw;
+            let caution = cfg.kind != OptKind::Nadamw;
+            Box::new(TimmAdamW::new(groups, betas, cfg.eps.unwrap_or(1e-8), nesterov, caution))
+        }
+        OptKind::Adopt | OptKind::Adoptw | OptKind::Cadopt | OptKind::Cadoptw => {
+            let decoupled = matches!(cfg.kind, OptKind::Adoptw | OptKind::Cadoptw);
+            let caution = matches!(cfg.kind, OptKind::Cadopt | OptKind::Cadoptw);
+            Box::new(Adopt::new(groups, betas, cfg.eps.unwrap_or(1e-6), decoupled, caution))
+        }
         OptKind::Lion | OptKind::Clion => Box::new(Lion::new(groups, betas, cfg.kind == OptKind::Clion)),
         OptKind::Rmsproptf => Box::new(RmspropTf::new(groups, cfg.momentum, cfg.eps.unwrap_or(1e-10))),
     }
@@ -451,7 +489,7 @@ mod golden_tests {
     }
 
     #[test]
-    fn adam_adamw_lamb_lars_lion_and_rmsproptf_match_torch_and_timm() {
+    fn optimizers_match_torch_and_timm() {
         let g = golden();
         let cases = [
             (OptKind::Adam, "adam", 0.001),
@@ -459,6 +497,12 @@ mod golden_tests {
             (OptKind::Lion, "lion", 0.001),
             (OptKind::Clion, "clion", 0.001),
             (OptKind::Cadamw, "cadamw", 0.001),
+            (OptKind::Nadamw, "nadamw", 0.001),
+            (OptKind::Cnadamw, "cnadamw", 0.001),
+            (OptKind::Adopt, "adopt", 0.001),
+            (OptKind::Adoptw, "adoptw", 0.001),
+            (OptKind::Cadopt, "cadopt", 0.001),
+            (OptKind::Cadoptw, "cadoptw", 0.001),
             (OptKind::Rmsproptf, "rmsproptf", 0.001),
             (OptKind::Lamb, "lamb", 0.001),
             (OptKind::Lambc, "lambc", 0.001),
@@ -496,6 +540,8 @@ mod golden_tests {
             OptKind::Lion,
             OptKind::Clion,
             OptKind::Cadamw,
+            OptKind::Cnadamw,
+            OptKind::Adoptw,
             OptKind::Rmsproptf,
         ] {
             let (vs, p1, p2) = params(&g);
