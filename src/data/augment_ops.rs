@@ -53,10 +53,12 @@ fn coord(v: f64) -> i64 {
     }
 }
 
-/// Pillow's `FLOOR`.
+/// Pillow's `FLOOR`, without libm's call (baseline x86-64 has no rounding instruction): the
+/// truncation, one less for negative non-integers. Exact for |v| < 2^63.
 #[inline]
 fn floor_i(v: f64) -> i64 {
-    v.floor() as i64
+    let t = v as i64;
+    t - i64::from((t as f64) > v)
 }
 
 /// `Image.transform(size, AFFINE, a, resample, fillcolor=fill)` at the image's own size.
@@ -171,7 +173,11 @@ fn affine_filtered(src: &[u8], img: &mut Planes, a: &[f64; 6], interp: Interp, f
     let (hi, wi) = (h as i64, w as i64);
     let xclip = |x: i64| x.clamp(0, wi - 1) as u32;
     let bicubic = interp == Interp::Bicubic;
+    let support = if bicubic { 4 } else { 2 };
     let mut taps = vec![Tap::default(); w];
+    let src: Vec<&[u8]> = src.chunks_exact(plane).collect();
+    let [src_r, src_g, src_b] = src[..] else { return };
+    let [out_r, out_g, out_b] = &mut img.px.chunks_exact_mut(plane).collect::<Vec<_>>()[..] else { return };
     for y in 0..h {
         for (x, t) in taps.iter_mut().enumerate() {
             let (xin, yin) = (x as f64 + 0.5, y as f64 + 0.5);
@@ -188,7 +194,7 @@ fn affine_filtered(src: &[u8], img: &mut Planes, a: &[f64; 6], interp: Interp, f
             // clipped and the next ones only when inside, else repeats the previous value: the
             // same as repeating the previous row.
             let (xf, yf) = if bicubic { (x0 - 1, y0 - 1) } else { (x0, y0) };
-            for k in 0..4 {
+            for k in 0..support {
                 t.cols[k] = xclip(xf + k as i64);
                 let yk = yf + k as i64;
                 t.rows[k] = if k == 0 {
@@ -200,43 +206,116 @@ fn affine_filtered(src: &[u8], img: &mut Planes, a: &[f64; 6], interp: Interp, f
                 };
             }
         }
-        for (c, &f) in fill.iter().enumerate() {
-            let p = &src[c * plane..(c + 1) * plane];
-            let out = &mut img.px[c * plane + y * w..c * plane + (y + 1) * w];
-            let at = |r: u32, x: u32| p[(r + x) as usize];
+        let src = [src_r, src_g, src_b];
+        let row = y * w..(y + 1) * w;
+        let (r, g, b) = (&mut out_r[row.clone()], &mut out_g[row.clone()], &mut out_b[row]);
+        for (j, t) in taps.chunks(LANES).enumerate() {
+            let span = j * LANES..j * LANES + t.len();
+            let out = [&mut r[span.clone()], &mut g[span.clone()], &mut b[span]];
             if bicubic {
-                for (o, t) in out.iter_mut().zip(&taps) {
-                    if !t.inside {
-                        *o = f;
-                        continue;
-                    }
-                    let row = |r: u32| {
-                        let q = [at(r, t.cols[0]), at(r, t.cols[1]), at(r, t.cols[2]), at(r, t.cols[3])];
-                        cubic(q.map(f64::from), t.dx)
-                    };
-                    let v = cubic([row(t.rows[0]), row(t.rows[1]), row(t.rows[2]), row(t.rows[3])], t.dy);
-                    *o = if v <= 0.0 {
-                        0
-                    } else if v >= 255.0 {
-                        255
-                    } else {
-                        v as u8
-                    };
-                }
+                bicubic_lanes(src, t, fill, out);
             } else {
-                for (o, t) in out.iter_mut().zip(&taps) {
-                    if !t.inside {
-                        *o = f;
-                        continue;
-                    }
-                    let lerp = |r: u32| {
-                        let (va, vb) = (at(r, t.cols[0]) as i32, at(r, t.cols[1]) as i32);
-                        va as f64 + (vb - va) as f64 * t.dx
-                    };
-                    let (v1, v2) = (lerp(t.rows[0]), lerp(t.rows[1]));
-                    *o = (v1 + (v2 - v1) * t.dy) as u8; // within [0, 255]
+                bilinear_lanes(src, t, fill, out);
+            }
+        }
+    }
+}
+
+/// Output pixels computed together: the gathers stay scalar (one 4-byte load per row where the
+/// columns are consecutive, the three planes together), the filter arithmetic runs over arrays of
+/// this many lanes, which the compiler vectorises. Each lane does Pillow's operations in Pillow's
+/// order (no fused multiply-adds), so the results are bit for bit the scalar ones.
+const LANES: usize = 8;
+
+/// The `N` consecutive-or-clipped columns of row offset `row` of plane `p` (one load when they
+/// are consecutive, the common case away from the borders).
+#[inline(always)]
+fn gather<const N: usize>(p: &[u8], row: u32, cols: &[u32; 4]) -> [u8; N] {
+    let base = (row + cols[0]) as usize;
+    if cols[N - 1] == cols[0] + N as u32 - 1 {
+        let mut v = [0u8; N];
+        v.copy_from_slice(&p[base..base + N]);
+        v
+    } else {
+        std::array::from_fn(|k| p[(row + cols[k]) as usize])
+    }
+}
+
+/// Pillow's `bicubic_filter32RGB` for up to LANES pixels (`taps.len()`) of the three planes.
+#[inline]
+fn bicubic_lanes(src: [&[u8]; 3], taps: &[Tap], fill: [u8; 3], out: [&mut [u8]; 3]) {
+    // q[c][r][k][j]: plane c, row r, column k of pixel j's 4x4 neighbourhood. Outside pixels'
+    // taps hold in-range indices (a previous pixel's, or zeros), read and then discarded.
+    let mut q = [[[[0u8; LANES]; 4]; 4]; 3];
+    let (mut dx, mut dy) = ([0f64; LANES], [0f64; LANES]);
+    for (j, t) in taps.iter().enumerate() {
+        for (r, &row) in t.rows.iter().enumerate() {
+            for (qc, p) in q.iter_mut().zip(src) {
+                let v: [u8; 4] = gather(p, row, &t.cols);
+                for k in 0..4 {
+                    qc[r][k][j] = v[k];
                 }
             }
+        }
+        (dx[j], dy[j]) = (t.dx, t.dy);
+    }
+    for ((qc, out), fill) in q.iter().zip(out).zip(fill) {
+        let mut rows = [[0f64; LANES]; 4];
+        for (row, q) in rows.iter_mut().zip(qc) {
+            let v = q.map(|k| k.map(f64::from));
+            cubic_lanes(&v, &dx, row);
+        }
+        let mut v = [0f64; LANES];
+        cubic_lanes(&rows, &dy, &mut v);
+        for ((o, t), &v) in out.iter_mut().zip(taps).zip(&v) {
+            *o = if !t.inside {
+                fill
+            } else if v <= 0.0 {
+                0
+            } else if v >= 255.0 {
+                255
+            } else {
+                v as u8
+            };
+        }
+    }
+}
+
+/// `cubic` over LANES pixels: out[j] = cubic([v[0][j], v[1][j], v[2][j], v[3][j]], d[j]).
+#[inline]
+fn cubic_lanes(v: &[[f64; LANES]; 4], d: &[f64; LANES], out: &mut [f64; LANES]) {
+    for j in 0..LANES {
+        out[j] = cubic([v[0][j], v[1][j], v[2][j], v[3][j]], d[j]);
+    }
+}
+
+/// Pillow's `bilinear_filter32RGB` for up to LANES pixels of the three planes.
+#[inline]
+fn bilinear_lanes(src: [&[u8]; 3], taps: &[Tap], fill: [u8; 3], out: [&mut [u8]; 3]) {
+    // q[c][r][k][j] as in `bicubic_lanes`, 2 x 2.
+    let mut q = [[[[0u8; LANES]; 2]; 2]; 3];
+    let (mut dx, mut dy) = ([0f64; LANES], [0f64; LANES]);
+    for (j, t) in taps.iter().enumerate() {
+        for r in 0..2 {
+            for (qc, p) in q.iter_mut().zip(src) {
+                let v: [u8; 2] = gather(p, t.rows[r], &t.cols);
+                (qc[r][0][j], qc[r][1][j]) = (v[0], v[1]);
+            }
+        }
+        (dx[j], dy[j]) = (t.dx, t.dy);
+    }
+    for ((qc, out), fill) in q.iter().zip(out).zip(fill) {
+        let mut v = [0f64; LANES];
+        for j in 0..LANES {
+            let lerp = |r: usize| {
+                let (va, vb) = (i32::from(qc[r][0][j]), i32::from(qc[r][1][j]));
+                va as f64 + (vb - va) as f64 * dx[j]
+            };
+            let (v1, v2) = (lerp(0), lerp(1));
+            v[j] = v1 + (v2 - v1) * dy[j];
+        }
+        for ((o, t), &v) in out.iter_mut().zip(taps).zip(&v) {
+            *o = if t.inside { v as u8 } else { fill }; // within [0, 255]
         }
     }
 }
