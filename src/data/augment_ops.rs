@@ -54,11 +54,11 @@ fn coord(v: f64) -> i64 {
 }
 
 /// Pillow's `FLOOR`, without libm's call (baseline x86-64 has no rounding instruction): the
-/// truncation, one less for negative non-integers. Exact for |v| < 2^63.
+/// truncation, one less for negative non-integers. Exact for |v| < 2^63, saturating beyond.
 #[inline]
 fn floor_i(v: f64) -> i64 {
     let t = v as i64;
-    t - i64::from((t as f64) > v)
+    t.saturating_sub(i64::from((t as f64) > v))
 }
 
 /// `Image.transform(size, AFFINE, a, resample, fillcolor=fill)` at the image's own size.
