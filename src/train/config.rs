@@ -286,6 +286,12 @@ pub struct TrainConfig {
     /// lr x trust_coeff x |w| / (|g| + weight_decay |w|) times its decayed gradient.
     #[arg(long)]
     pub trust_coeff: Option<f64>,
+    /// timm's corrected weight decay (`corrected_weight_decay`, its `adamc`, `nadamc`, `adoptc`,
+    /// `lionc` optimizers): the decoupled decay of each step scaled by lr / peak lr, so a step
+    /// multiplies the weights by 1 - lr^2 / peak_lr x weight_decay (decoupled optimizers only:
+    /// adamw, cadamw, nadamw, cnadamw, adoptw, cadoptw, lion, clion).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub corrected_weight_decay: bool,
     /// Weight decay of conv/fc weights (BatchNorm parameters, biases and activation coefficients:
     /// see norm_weight_decay, bias_weight_decay, act_weight_decay). AdamW and LAMB decouple it
     /// from the gradient.
@@ -848,6 +854,12 @@ impl TrainConfig {
                 return bad(format!("--opt-betas must be two numbers in [0, 1), got {betas:?}"));
             }
         }
+        if self.corrected_weight_decay && !self.opt.decouples_weight_decay() {
+            return bad(format!(
+                "--corrected-weight-decay applies to decoupled weight decay (adamw, cadamw, nadamw, cnadamw, adoptw, cadoptw, lion, clion), not {:?}",
+                self.opt
+            ));
+        }
         if let Some(e) = self.opt_eps {
             if !self.opt.has_eps() {
                 return bad(format!(
@@ -1355,6 +1367,12 @@ mod tests {
         assert!(on.augment(224).unwrap().is_some() && on.erasing_config().is_some());
         let splits = TrainConfig { aug_splits: 2, ..c.clone() };
         assert!(splits.validate().unwrap_err().to_string().contains("--no-aug"));
+        let corrected = |opt| TrainConfig { opt, corrected_weight_decay: true, ..TrainConfig::default() };
+        assert!(corrected(OptKind::Adoptw).validate().is_ok() && corrected(OptKind::Lion).validate().is_ok());
+        for opt in [OptKind::Momentum, OptKind::Adam, OptKind::Adopt, OptKind::Lamb] {
+            let e = corrected(opt).validate().unwrap_err().to_string();
+            assert!(e.contains("--corrected-weight-decay"), "{opt:?}: {e}");
+        }
         let bad = TrainConfig { vflip: 1.5, ..TrainConfig::default() };
         assert!(bad.validate().unwrap_err().to_string().contains("--vflip"));
         let saved: TrainConfig = toml::from_str(&c.to_toml()).unwrap();

@@ -377,6 +377,10 @@ impl Trainer {
         }
         let global_batch = cfg.batch_size * cfg.accum_steps * world;
         let schedule = Schedule::new(cfg, steps_per_epoch, global_batch);
+        if cfg.corrected_weight_decay {
+            // timm snapshots the lr the optimizer is built with: the peak, before the schedule.
+            engine.optimizer.set_corrected_weight_decay(schedule.peak_lr);
+        }
         if let Some(budget) = cfg.stop_before_decay_of {
             // A study's branch point: stop where a run of `budget` epochs starts its decay.
             let at = branch_step(cfg, budget, steps_per_epoch, global_batch).ok_or_else(|| {
@@ -461,8 +465,9 @@ impl Trainer {
         );
         say!(
             main,
-            "schedule   {}, {} {} x {} epochs{} x {steps_per_epoch} steps, global batch {global_batch}{}, peak lr {:.4}, warmup {}{}",
+            "schedule   {}{}, {} {} x {} epochs{} x {steps_per_epoch} steps, global batch {global_batch}{}, peak lr {:.4}, warmup {}{}",
             format!("{:?}", cfg.opt).to_lowercase(),
+            if cfg.corrected_weight_decay { " (corrected weight decay)" } else { "" },
             cfg.schedule_style.name(),
             format!("{:?}", cfg.schedule).to_lowercase(),
             total_epochs(cfg),

@@ -73,6 +73,27 @@ for name, make in {
     for t, (a1, a2) in enumerate(run(make)):
         out[f"{name}.p1.after.{t}"], out[f"{name}.p2.after.{t}"] = a1, a2
 
+# timm's corrected weight decay (its adamc, nadamc, adoptc, lionc): built at the peak lr 0.02
+# (what timm's max_lr snapshots), stepped at lr 0.01 as a schedule would, so each step decays by
+# 1 - 0.01^2 / 0.02 x wd.
+def at_lower_lr(make):
+    def built(groups):
+        opt = make(groups)
+        for g in opt.param_groups:
+            g["lr"] = 0.01
+        return opt
+    return built
+
+
+for name, make in {
+    "adamc": lambda groups: AdamWLegacy(groups, lr=0.02, corrected_weight_decay=True, foreach=True),
+    "nadamc": lambda groups: NAdamW(groups, lr=0.02, corrected_weight_decay=True, foreach=True),
+    "adoptc": lambda groups: Adopt(groups, lr=0.02, decoupled=True, corrected_weight_decay=True, foreach=True),
+    "lionc": lambda groups: Lion(groups, lr=0.02, corrected_weight_decay=True, foreach=True),
+}.items():
+    for t, (a1, a2) in enumerate(run(at_lower_lr(make))):
+        out[f"{name}.p1.after.{t}"], out[f"{name}.p2.after.{t}"] = a1, a2
+
 # ---- EMA: ModelEmaV3.get_decay with and without warmup. ----
 STEPS = [0, 1, 2, 3, 10, 100, 1000, 100000, 10000000]
 out["ema.steps"] = torch.tensor(STEPS, dtype=torch.float64)

@@ -44,6 +44,10 @@ impl Optimizer for Adam {
         &self.state.groups
     }
 
+    fn groups_mut(&mut self) -> &mut [Group] {
+        &mut self.state.groups
+    }
+
     fn state(&self) -> Vec<(String, Tensor)> {
         self.state.state()
     }
@@ -89,6 +93,10 @@ impl Optimizer for TimmAdamW {
         &self.state.groups
     }
 
+    fn groups_mut(&mut self) -> &mut [Group] {
+        &mut self.state.groups
+    }
+
     fn state(&self) -> Vec<(String, Tensor)> {
         self.state.state()
     }
@@ -130,6 +138,10 @@ impl Optimizer for Adopt {
 
     fn groups(&self) -> &[Group] {
         &self.state.groups
+    }
+
+    fn groups_mut(&mut self) -> &mut [Group] {
+        &mut self.state.groups
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {

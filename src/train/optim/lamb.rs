@@ -47,6 +47,10 @@ impl Optimizer for Lamb {
         &self.state.groups
     }
 
+    fn groups_mut(&mut self) -> &mut [Group] {
+        &mut self.state.groups
+    }
+
     fn state(&self) -> Vec<(String, Tensor)> {
         self.state.state()
     }

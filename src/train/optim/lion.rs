@@ -30,13 +30,18 @@ impl Optimizer for Lion {
         for (g, exp_avg) in self.groups.iter().zip(&self.exp_avg) {
             let (params, grads, mut sel) = g.with_grads(&[exp_avg]);
             let m = sel.pop().unwrap_or_default();
-            foreach_lion(&params, &grads, &m, lr * g.lr_scale, self.betas, g.weight_decay, self.caution)?;
+            let lr = lr * g.lr_scale;
+            foreach_lion(&params, &grads, &m, lr, self.betas, g.decay_at(lr), self.caution)?;
         }
         Ok(())
     }
 
     fn groups(&self) -> &[Group] {
         &self.groups
+    }
+
+    fn groups_mut(&mut self) -> &mut [Group] {
+        &mut self.groups
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {

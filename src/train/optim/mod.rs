@@ -85,6 +85,22 @@ impl OptKind {
         matches!(self, OptKind::Lars | OptKind::Larc | OptKind::Nlars | OptKind::Nlarc)
     }
 
+    /// Whether the weight decay is decoupled from the gradient (what timm's corrected weight decay
+    /// applies to).
+    pub fn decouples_weight_decay(self) -> bool {
+        matches!(
+            self,
+            OptKind::Adamw
+                | OptKind::Cadamw
+                | OptKind::Nadamw
+                | OptKind::Cnadamw
+                | OptKind::Adoptw
+                | OptKind::Cadoptw
+                | OptKind::Lion
+                | OptKind::Clion
+        )
+    }
+
     /// One of timm's ADOPT variants.
     pub fn is_adopt(self) -> bool {
         matches!(self, OptKind::Adopt | OptKind::Adoptw | OptKind::Cadopt | OptKind::Cadoptw)
@@ -131,6 +147,17 @@ pub trait Optimizer {
     fn step(&mut self, lr: f64) -> Result<()>;
     /// The parameters, grouped by weight decay.
     fn groups(&self) -> &[Group];
+    fn groups_mut(&mut self) -> &mut [Group];
+
+    /// timm's corrected weight decay (`corrected_weight_decay`; its `adamc`, `nadamc`, `adoptc`,
+    /// `lionc` ...): from now on each group's decoupled decay is scaled by its lr / `peak_lr`, so
+    /// the step multiplies by 1 - lr^2 / peak_lr x wd and the decay follows the schedule squared.
+    /// Only the decoupled optimizers read it (the config refuses it for others).
+    fn set_corrected_weight_decay(&mut self, peak_lr: f64) {
+        for g in self.groups_mut() {
+            g.corrected_peak_lr = Some(peak_lr);
+        }
+    }
     /// The live state tensors by name (shallow clones: writing into them changes the optimizer).
     fn state(&self) -> Vec<(String, Tensor)>;
 
@@ -242,9 +269,20 @@ pub struct Group {
     pub weight_decay: f64,
     /// The group's learning rate is the schedule's times this.
     pub lr_scale: f64,
+    /// timm's corrected weight decay: the peak lr the decay is relative to (None: plain decay).
+    pub corrected_peak_lr: Option<f64>,
 }
 
 impl Group {
+    /// The weight decay of a step at the group's learning rate `lr` (timm's `wd_scale`: with
+    /// corrected weight decay lr x wd becomes lr^2 / peak x wd).
+    pub fn decay_at(&self, lr: f64) -> f64 {
+        match self.corrected_peak_lr {
+            Some(peak) if peak > 0.0 => self.weight_decay * lr / peak,
+            _ => self.weight_decay,
+        }
+    }
+
     /// Groups the trainable variables by `ParamGroup`, each with its weight decay (by default
     /// only conv/fc weights decay: timm's practice; torchvision's classic recipe decays all).
     pub fn split(vs: &nn::VarStore, decay: WeightDecay) -> Vec<Group> {
@@ -271,7 +309,7 @@ impl Group {
                     ParamGroup::Bias => decay.bias,
                     ParamGroup::Activation => decay.act,
                 };
-                Group { kind, names, params, weight_decay, lr_scale: 1.0 }
+                Group { kind, names, params, weight_decay, lr_scale: 1.0, corrected_peak_lr: None }
             })
             .collect()
     }
@@ -335,7 +373,7 @@ impl AdamState {
             beta1,
             beta2,
             eps: self.eps,
-            weight_decay: g.weight_decay,
+            weight_decay: g.decay_at(lr * g.lr_scale),
         }
     }
 
@@ -524,6 +562,35 @@ mod golden_tests {
                 // float32 arithmetic in a different order: a few ulps of values ~1.
                 assert!(d1 < 2e-6 && d2 < 2e-6, "{name} step {t}: max |diff| {d1:.2e} / {d2:.2e}");
             }
+        }
+    }
+
+    /// timm's corrected weight decay: built at peak lr 0.02, stepped at 0.01 (the golden script's
+    /// `at_lower_lr`), against timm's AdamWLegacy / NAdamW / Adopt / Lion with
+    /// `corrected_weight_decay=True`; and not the plain decay's result.
+    #[test]
+    fn corrected_weight_decay_matches_timm() {
+        let g = golden();
+        for (kind, name, plain) in [
+            (OptKind::Adamw, "adamc", "adamw"),
+            (OptKind::Nadamw, "nadamc", "nadamw"),
+            (OptKind::Adoptw, "adoptc", "adoptw"),
+            (OptKind::Lion, "lionc", "lion"),
+        ] {
+            assert!(kind.decouples_weight_decay());
+            let (vs, p1, p2) = params(&g);
+            let mut opt = create(&config(kind), &vs);
+            opt.set_corrected_weight_decay(0.02);
+            for t in 0..3 {
+                backward(&g, t, &p1, &p2);
+                opt.step(0.01).unwrap();
+                opt.zero_grad().unwrap();
+                let d1 = max_diff(&p1, &g[&format!("{name}.p1.after.{t}")]);
+                let d2 = max_diff(&p2, &g[&format!("{name}.p2.after.{t}")]);
+                assert!(d1 < 2e-6 && d2 < 2e-6, "{name} step {t}: max |diff| {d1:.2e} / {d2:.2e}");
+            }
+            let apart = max_diff(&p1, &g[&format!("{plain}.p1.after.2")]);
+            assert!(apart > 1e-5, "{name}: the corrected decay changed nothing ({apart:.2e})");
         }
     }
 

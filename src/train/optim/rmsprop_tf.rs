@@ -52,6 +52,10 @@ impl Optimizer for RmspropTf {
         &self.groups
     }
 
+    fn groups_mut(&mut self) -> &mut [Group] {
+        &mut self.groups
+    }
+
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut s = named("square_avg", &self.groups, &self.square_avg);
         s.extend(named("momentum_buffer", &self.groups, &self.momentum_buffer));

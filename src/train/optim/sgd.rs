@@ -48,6 +48,10 @@ impl Optimizer for Sgd {
         &self.groups
     }
 
+    fn groups_mut(&mut self) -> &mut [Group] {
+        &mut self.groups
+    }
+
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut s = named("momentum_buffer", &self.groups, &self.bufs);
         s.push(("step".into(), self.steps.shallow_clone()));
