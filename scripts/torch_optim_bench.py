@@ -2,7 +2,7 @@
 step of ../shared/bench/torch_train_bench.py (forward + loss under autocast, backward, optimizer
 step) with torch.optim.AdamW / Adam (fused=True: the kernels resnet-train calls), or timm's Lamb,
 Lion (clion: with caution), AdamWLegacy with caution (cadamw), NAdamW (cnadamw: with caution),
-Adopt (adoptw: decoupled decay; cadopt, cadoptw: with caution) or RMSpropTF (foreach, as timm's
+Adopt (adoptw: decoupled decay; cadopt, cadoptw: with caution), SGDW (sgdw) or RMSpropTF (foreach, as timm's
 factory builds Lion), and the same parameter groups as resnet-train (weight decay on conv/fc weights only). Prints one JSON line with
 torch_train_bench.py's fields.
 Needs torch==2.11.0 and timm (for lamb, lion and rmsproptf):
@@ -26,7 +26,7 @@ from polycom import PolyResNet  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--opt", default="adamw", choices=["adamw", "adam", "lamb", "lion", "rmsproptf", "clion", "cadamw", "nadamw", "cnadamw", "adopt", "adoptw", "cadopt", "cadoptw"])
+    ap.add_argument("--opt", default="adamw", choices=["adamw", "adam", "lamb", "lion", "rmsproptf", "clion", "cadamw", "nadamw", "cnadamw", "adopt", "adoptw", "cadopt", "cadoptw", "sgdw"])
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--act", default="relu", choices=["relu", "polyrelu", "polynorm"])
     ap.add_argument("--order", type=int, default=3)
@@ -64,6 +64,9 @@ def main():
     elif a.opt in ("nadamw", "cnadamw"):
         from timm.optim import NAdamW
         opt = NAdamW(groups, lr=1e-3, caution=a.opt == "cnadamw", foreach=True)
+    elif a.opt == "sgdw":
+        from timm.optim import SGDW
+        opt = SGDW(groups, lr=1e-3, momentum=0.9, nesterov=True, foreach=True)
     elif a.opt in ("adopt", "adoptw", "cadopt", "cadoptw"):
         from timm.optim import Adopt
         opt = Adopt(groups, lr=1e-3, decoupled=a.opt.endswith("w"), caution=a.opt.startswith("c"), foreach=True)

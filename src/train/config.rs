@@ -254,7 +254,7 @@ pub struct TrainConfig {
     #[arg(long, value_enum, default_value_t = LrScaling::Linear)]
     pub lr_scaling: LrScaling,
     /// Optimizer: momentum (SGD, heavy ball), sgd or nesterov (SGD with Nesterov momentum, as
-    /// timm's `sgd`), adam (weight decay on the gradient, L2), adamw (decoupled weight decay),
+    /// timm's `sgd`), sgdw (timm's SGDW: Nesterov SGD with decoupled weight decay), adam (weight decay on the gradient, L2), adamw (decoupled weight decay),
     /// lamb / lambc (timm's Lamb, lambc with the trust ratio capped at 1), lars / larc / nlars /
     /// nlarc (timm's Lars: layer-wise adaptive rates for large batches; larc clips each tensor's
     /// rate at the schedule's, n = Nesterov), lion (timm's Lion: sign momentum, decoupled weight
@@ -289,7 +289,7 @@ pub struct TrainConfig {
     /// timm's corrected weight decay (`corrected_weight_decay`, its `adamc`, `nadamc`, `adoptc`,
     /// `lionc` optimizers): the decoupled decay of each step scaled by lr / peak lr, so a step
     /// multiplies the weights by 1 - lr^2 / peak_lr x weight_decay (decoupled optimizers only:
-    /// adamw, cadamw, nadamw, cnadamw, adoptw, cadoptw, lion, clion).
+    /// sgdw, adamw, cadamw, nadamw, cnadamw, adoptw, cadoptw, lion, clion).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub corrected_weight_decay: bool,
     /// Weight decay of conv/fc weights (BatchNorm parameters, biases and activation coefficients:
@@ -856,7 +856,7 @@ impl TrainConfig {
         }
         if self.corrected_weight_decay && !self.opt.decouples_weight_decay() {
             return bad(format!(
-                "--corrected-weight-decay applies to decoupled weight decay (adamw, cadamw, nadamw, cnadamw, adoptw, cadoptw, lion, clion), not {:?}",
+                "--corrected-weight-decay applies to decoupled weight decay (sgdw, adamw, cadamw, nadamw, cnadamw, adoptw, cadoptw, lion, clion), not {:?}",
                 self.opt
             ));
         }

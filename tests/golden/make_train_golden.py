@@ -14,7 +14,7 @@ import os
 import torch
 from safetensors.torch import save_file
 from timm.loss import BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import Adopt, AdamWLegacy, Lamb, Lars, Lion, NAdamW, RMSpropTF
+from timm.optim import SGDW, Adopt, AdamWLegacy, Lamb, Lars, Lion, NAdamW, RMSpropTF
 from timm.utils.clip_grad import dispatch_clip_grad
 from timm.utils.model_ema import ModelEmaV3
 
@@ -63,6 +63,8 @@ for name, make in {
     "cadoptw": lambda groups: Adopt(groups, lr=0.01, decoupled=True, caution=True, foreach=True),
     # timm's factory: rmsproptf = RMSpropTF(alpha=0.9), momentum from train.py's --momentum.
     "rmsproptf": lambda groups: RMSpropTF(groups, lr=0.01, alpha=0.9, momentum=0.9, foreach=True),
+    # timm's factory: sgdw = SGDW(nesterov=True), momentum from train.py's --momentum.
+    "sgdw": lambda groups: SGDW(groups, lr=0.01, momentum=0.9, nesterov=True, foreach=True),
     "lamb": lambda groups: Lamb(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-6),
     "lambc": lambda groups: Lamb(groups, lr=0.01, betas=(0.9, 0.999), eps=1e-6, trust_clip=True),
     "lars": lambda groups: Lars(groups, lr=0.01, momentum=0.9),
@@ -90,6 +92,8 @@ for name, make in {
     "nadamc": lambda groups: NAdamW(groups, lr=0.02, corrected_weight_decay=True, foreach=True),
     "adoptc": lambda groups: Adopt(groups, lr=0.02, decoupled=True, corrected_weight_decay=True, foreach=True),
     "lionc": lambda groups: Lion(groups, lr=0.02, corrected_weight_decay=True, foreach=True),
+    "sgdc": lambda groups: SGDW(groups, lr=0.02, momentum=0.9, nesterov=True, corrected_weight_decay=True,
+                                foreach=True),
 }.items():
     for t, (a1, a2) in enumerate(run(at_lower_lr(make))):
         out[f"{name}.p1.after.{t}"], out[f"{name}.p2.after.{t}"] = a1, a2

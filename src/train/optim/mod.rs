@@ -62,6 +62,9 @@ pub enum OptKind {
     Cadamw,
     /// TensorFlow-style RMSprop (timm's `rmsproptf`: EfficientNet, MobileNet, RA2 recipes).
     Rmsproptf,
+    /// SGD with Nesterov momentum and decoupled weight decay (timm's `sgdw`: the weights shrink by
+    /// 1 - lr wd before the step; with `--corrected-weight-decay`, timm's `sgdc`).
+    Sgdw,
     /// AdamW with a Nesterov look-ahead (timm's `nadamw`, mlcommons' algorithmic-efficiency
     /// version).
     Nadamw,
@@ -91,6 +94,7 @@ impl OptKind {
         matches!(
             self,
             OptKind::Adamw
+                | OptKind::Sgdw
                 | OptKind::Cadamw
                 | OptKind::Nadamw
                 | OptKind::Cnadamw
@@ -229,6 +233,7 @@ pub fn create(cfg: &OptConfig, vs: &nn::VarStore) -> Box<dyn Optimizer> {
             let nesterov = cfg.nesterov || cfg.kind != OptKind::Momentum;
             Box::new(Sgd::new(groups, cfg.momentum, nesterov, None))
         }
+        OptKind::Sgdw => Box::new(Sgd::decoupled(groups, cfg.momentum, true)),
         OptKind::Lars | OptKind::Larc | OptKind::Nlars | OptKind::Nlarc => {
             let nesterov = cfg.nesterov || matches!(cfg.kind, OptKind::Nlars | OptKind::Nlarc);
             let trust = LarsTrust {
@@ -542,6 +547,7 @@ mod golden_tests {
             (OptKind::Cadopt, "cadopt", 0.001),
             (OptKind::Cadoptw, "cadoptw", 0.001),
             (OptKind::Rmsproptf, "rmsproptf", 0.001),
+            (OptKind::Sgdw, "sgdw", 0.001),
             (OptKind::Lamb, "lamb", 0.001),
             (OptKind::Lambc, "lambc", 0.001),
             (OptKind::Lars, "lars", 0.001),
@@ -575,6 +581,7 @@ mod golden_tests {
             (OptKind::Adamw, "adamc", "adamw"),
             (OptKind::Nadamw, "nadamc", "nadamw"),
             (OptKind::Adoptw, "adoptc", "adoptw"),
+            (OptKind::Sgdw, "sgdc", "sgdw"),
             (OptKind::Lion, "lionc", "lion"),
         ] {
             assert!(kind.decouples_weight_decay());
@@ -609,6 +616,7 @@ mod golden_tests {
             OptKind::Cadamw,
             OptKind::Cnadamw,
             OptKind::Adoptw,
+            OptKind::Sgdw,
             OptKind::Rmsproptf,
         ] {
             let (vs, p1, p2) = params(&g);

@@ -1,5 +1,6 @@
 //! SGD with momentum: torch.optim.SGD's foreach update (dampening 0), heavy ball or Nesterov; with
-//! a trust ratio, timm's Lars (LARS/LARC): the same update on per-tensor rescaled gradients.
+//! a trust ratio, timm's Lars (LARS/LARC): the same update on per-tensor rescaled gradients; with
+//! decoupled weight decay, timm's SGDW (p *= 1 - lr wd first, then SGD without decay).
 
 use super::{named, step_counter, zeros_like_groups, Group, Optimizer};
 use crate::error::Result;
@@ -16,12 +17,20 @@ pub struct Sgd {
     trust: Option<LarsTrust>,
     /// Steps taken (the first one initialises the momentum buffers).
     steps: Tensor,
+    /// timm's SGDW: the weight decay multiplies the weights before the step instead of entering
+    /// the gradient.
+    decoupled: bool,
 }
 
 impl Sgd {
     pub fn new(groups: Vec<Group>, momentum: f64, nesterov: bool, trust: Option<LarsTrust>) -> Self {
         let bufs = zeros_like_groups(&groups);
-        Self { groups, bufs, momentum, nesterov, trust, steps: step_counter() }
+        Self { groups, bufs, momentum, nesterov, trust, steps: step_counter(), decoupled: false }
+    }
+
+    /// timm's SGDW (`sgdw`): decoupled weight decay.
+    pub fn decoupled(groups: Vec<Group>, momentum: f64, nesterov: bool) -> Self {
+        Self { decoupled: true, ..Self::new(groups, momentum, nesterov, None) }
     }
 }
 
@@ -30,10 +39,23 @@ impl Optimizer for Sgd {
         let first_step = self.steps.int64_value(&[]) == 0;
         for (g, bufs) in self.groups.iter().zip(&self.bufs) {
             let (params, grads, sel) = g.with_grads(&[bufs]);
+            let lr = lr * g.lr_scale;
+            let weight_decay = if self.decoupled {
+                // timm's _multi_tensor_sgdw: params *= 1 - wd_scale x wd, before the update.
+                let keep = 1.0 - lr * g.decay_at(lr);
+                if keep != 1.0 {
+                    for p in &params {
+                        let _ = tch::no_grad(|| p.shallow_clone().f_mul_scalar_(keep))?;
+                    }
+                }
+                0.0
+            } else {
+                g.weight_decay
+            };
             let step = SgdStep {
-                lr: lr * g.lr_scale,
+                lr,
                 momentum: self.momentum,
-                weight_decay: g.weight_decay,
+                weight_decay,
                 nesterov: self.nesterov,
                 first_step,
                 trust: self.trust,
