@@ -334,3 +334,27 @@ fn jitter_grayscale_and_blur_apply_at_their_probabilities() {
     let resized = all.resized(64);
     assert_eq!((resized.grayscale_prob, resized.blur_prob), (1.0, 1.0));
 }
+
+/// Not a test: the filtered warps' cost per 224 px image (timm's rotate, 200 calls, best of 5),
+/// for BENCHMARKS.md. Run with
+/// `cargo test --release --test augment bench_filtered_warps -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_filtered_warps() {
+    use resnet_train::data::augment_ops;
+    let (h, w) = (224usize, 224usize);
+    let mut px: Vec<u8> = (0..3 * h * w).map(|i| ((i * 2654435761usize) >> 13) as u8).collect();
+    let mut s = augment_ops::Scratch::default();
+    for interp in [Interp::Bilinear, Interp::Bicubic] {
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            for k in 0..200 {
+                let img = &mut Planes { px: &mut px, h, w };
+                augment_ops::rotate(img, 7.0 + k as f64 * 0.01, interp, [128; 3], &mut s);
+            }
+            best = best.min(t.elapsed().as_secs_f64() / 200.0 * 1e3);
+        }
+        println!("{interp:?}: {best:.3} ms per 224 px rotate");
+    }
+}
