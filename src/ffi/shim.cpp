@@ -100,7 +100,10 @@ CountingCpuAllocator *CountingCpuAllocator::instance = nullptr;
 // every CPU fp16 run (tests, `ablate --precision fp16`) crawl. Same semantics: fp16 x fp16
 // products are exact in fp32, and oneDNN's reference loops accumulate in fp32 as well, in another
 // order (the same fp16 results but for rare last-bit roundings; tests/ffi.rs checks them against
-// float64). The input and bias gradients keep libtorch's own fp16 kernels (fast). Registered for
+// float64). The input and bias gradients go the same way: libtorch's own fp16 input-gradient
+// kernel was accurate on an AVX2 CPU but, on an AVX-512 (BF16) one, off by up to 0.008 beyond fp16
+// rounding (tests/ffi.rs, a 7x7 stride-2 stem convolution): fp32 arithmetic rounded once gives the
+// same gradients on every CPU. Registered for
 // the CPU dispatch key, which libtorch leaves to its CompositeExplicitAutograd kernel: CUDA and
 // every other dtype run exactly as before.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cpu_convolution_backward(
@@ -111,17 +114,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cpu_convolution_backward(
     return at::native::convolution_backward(g, x, w, bias_sizes, stride, padding, dilation, transposed,
                                             output_padding, groups, mask);
   };
-  if (input.scalar_type() != at::kHalf || weight.scalar_type() != at::kHalf || !output_mask[1]) {
+  if (input.scalar_type() != at::kHalf || weight.scalar_type() != at::kHalf) {
     return native(grad_output, input, weight, output_mask);
   }
-  at::Tensor grad_input, grad_bias;
-  if (output_mask[0] || output_mask[2]) {
-    std::tie(grad_input, std::ignore, grad_bias) =
-        native(grad_output, input, weight, {output_mask[0], false, output_mask[2]});
-  }
-  auto grad_weight = std::get<1>(native(grad_output.to(at::kFloat), input.to(at::kFloat), weight.to(at::kFloat),
-                                        {false, true, false}));
-  return {grad_input, grad_weight.to(at::kHalf), grad_bias};
+  auto [grad_input, grad_weight, grad_bias] =
+      native(grad_output.to(at::kFloat), input.to(at::kFloat), weight.to(at::kFloat), output_mask);
+  auto half = [](const at::Tensor &t) { return t.defined() ? t.to(at::kHalf) : t; };
+  return {half(grad_input), half(grad_weight), half(grad_bias)};
 }
 
 TORCH_LIBRARY_IMPL(aten, CPU, m) { m.impl("convolution_backward", TORCH_FN(cpu_convolution_backward)); }
