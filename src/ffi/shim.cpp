@@ -430,7 +430,7 @@ int rt_foreach_adopt(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, r
 int rt_foreach_lamb(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs, int n,
                     rt_tensor clip_divisor, double lr, double beta1, double beta2, double eps, double weight_decay,
                     double bias_correction1, double bias_correction2, int trust_clip, int always_adapt,
-                    char **err) {
+                    double decoupled_decay, int caution, char **err) {
   return guarded(err, [&] {
     if (n == 0) return;
     at::NoGradGuard no_grad;
@@ -445,7 +445,13 @@ int rt_foreach_lamb(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt
     auto denom = at::_foreach_sqrt(v);
     at::_foreach_add_(denom, eps * bc2_sqrt);
     auto update = at::_foreach_div(m, denom);
-    if (weight_decay != 0) at::_foreach_add_(update, p, weight_decay / scale);
+    if (caution) at::_foreach_mul_(update, caution_masks(update, g));
+    // timm's decoupled_decay (`lambw`): p -= lr wd p before the trust ratio, instead of wd p in u.
+    if (decoupled_decay != 0) {
+      at::_foreach_add_(p, p, -decoupled_decay);
+    } else if (weight_decay != 0) {
+      at::_foreach_add_(update, p, weight_decay / scale);
+    }
     if (weight_decay != 0 || always_adapt) {
       // Per parameter: -lr * scale * trust ratio, where the ratio is |p| / |scale * update| (1 where
       // either norm is 0; at most 1 with trust_clip); applied with one addcmul.
@@ -462,6 +468,177 @@ int rt_foreach_lamb(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt
     } else {
       at::_foreach_add_(p, update, -lr * scale);
     }
+  });
+}
+
+// The optimizers reached through rt_foreach_optimizer_step, one function each, operation for
+// operation as their reference's multi-tensor (foreach) path; L[k] is the k-th tensor list, h the
+// scalars in the order shim.h gives.
+using Lists = std::vector<std::vector<at::Tensor>>;
+
+// timm's _multi_tensor_adan. L: p, g, m (exp_avg), d (exp_avg_diff), n (exp_avg_sq), neg_pre_grad.
+// h: lr, beta1, beta2, beta3, eps, weight_decay, bc1, bc2, bc3_sqrt, no_prox, caution, first_step.
+static void adan_step(Lists &L, const double *h) {
+  auto &p = L[0], &g = L[1], &m = L[2], &d = L[3], &n = L[4], &npg = L[5];
+  const double lr = h[0], beta1 = h[1], beta2 = h[2], beta3 = h[3], eps = h[4], wd = h[5];
+  const double bc1 = h[6], bc2 = h[7], bc3_sqrt = h[8];
+  const bool no_prox = h[9] != 0, caution = h[10] != 0, first_step = h[11] != 0;
+  // timm sets neg_pre_grad = -grad at step 1, so the first difference is zero.
+  if (first_step) {
+    for (size_t i = 0; i < npg.size(); i++) npg[i].copy_(g[i].neg());
+  }
+  at::_foreach_add_(npg, g);
+  at::_foreach_lerp_(m, g, 1.0 - beta1);
+  at::_foreach_mul_(d, beta2);
+  at::_foreach_add_(d, npg, 1.0 - beta2);
+  at::_foreach_mul_(npg, beta2);
+  at::_foreach_add_(npg, g);
+  at::_foreach_mul_(n, beta3);
+  at::_foreach_addcmul_(n, npg, npg, 1.0 - beta3);
+  auto denom = at::_foreach_sqrt(n);
+  at::_foreach_div_(denom, bc3_sqrt);
+  at::_foreach_add_(denom, eps);
+  const double step_size_diff = lr * beta2 / bc2, step_size = lr / bc1;
+  std::vector<at::Tensor> update = m;
+  if (caution) update = at::_foreach_mul(m, caution_masks(m, g));
+  if (no_prox) {
+    at::_foreach_mul_(p, 1.0 - lr * wd);
+    at::_foreach_addcdiv_(p, update, denom, -step_size);
+    at::_foreach_addcdiv_(p, d, denom, -step_size_diff);
+  } else {
+    at::_foreach_addcdiv_(p, update, denom, -step_size);
+    at::_foreach_addcdiv_(p, d, denom, -step_size_diff);
+    at::_foreach_div_(p, 1.0 + lr * wd);
+  }
+  at::_foreach_zero_(npg);
+  at::_foreach_add_(npg, g, -1.0);
+}
+
+// timm's _multi_tensor_laprop. L: p, g, m (exp_avg), v (exp_avg_sq).
+// h: lr, beta1, beta2, eps, decay (p -= decay p; lr wd or lr^2 / peak wd), step_size, bc2, caution.
+static void laprop_step(Lists &L, const double *h) {
+  auto &p = L[0], &g = L[1], &m = L[2], &v = L[3];
+  const double lr = h[0], beta1 = h[1], beta2 = h[2], eps = h[3], decay = h[4], step_size = h[5], bc2 = h[6];
+  const bool caution = h[7] != 0;
+  at::_foreach_mul_(v, beta2);
+  at::_foreach_addcmul_(v, g, g, 1.0 - beta2);
+  auto denom = at::_foreach_div(v, bc2);
+  at::_foreach_sqrt_(denom);
+  at::_foreach_add_(denom, eps);
+  auto normed = at::_foreach_div(g, denom);
+  at::_foreach_mul_(m, beta1);
+  at::_foreach_add_(m, normed, lr * (1.0 - beta1));
+  std::vector<at::Tensor> update = m;
+  if (caution) update = at::_foreach_mul(m, caution_masks(m, g));
+  at::_foreach_add_(p, update, -step_size);
+  if (decay != 0) at::_foreach_add_(p, p, -decay);
+}
+
+// torch.optim's _multi_tensor_radam (not capturable). L: p, g, m, v.
+// h: lr, beta1, beta2, eps, weight_decay, decoupled, unrect_step_size, bias_correction2 (torch's
+// names: the scalars it computes from the step; 0 when the step is not rectified).
+static void radam_step(Lists &L, const double *h) {
+  auto &p = L[0], &m = L[2], &v = L[3];
+  std::vector<at::Tensor> g = L[1];
+  const double lr = h[0], beta1 = h[1], beta2 = h[2], eps = h[3], wd = h[4];
+  const bool decoupled = h[5] != 0;
+  const double unrect_step_size = h[6], bias_correction2 = h[7];
+  if (wd != 0) {
+    if (decoupled) {
+      at::_foreach_mul_(p, 1.0 - lr * wd);
+    } else {
+      g = at::_foreach_add(g, p, wd);
+    }
+  }
+  at::_foreach_lerp_(m, g, 1.0 - beta1);
+  at::_foreach_mul_(v, beta2);
+  at::_foreach_addcmul_(v, g, g, 1.0 - beta2);
+  auto buffer = at::_foreach_sqrt(v);
+  at::_foreach_add_(buffer, eps);
+  at::_foreach_div_(buffer, bias_correction2);  // 0 (unrectified): inf, whose reciprocal is 0
+  at::_foreach_reciprocal_(buffer);
+  at::_foreach_add_(buffer, unrect_step_size);
+  at::_foreach_addcmul_(p, m, buffer);
+}
+
+// torch.optim's _multi_tensor_nadam (not capturable). L: p, g, m, v.
+// h: lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction_sqrt, step_size_grads,
+// step_size_expavg (torch's names; from the step and mu_product, computed by the caller).
+static void nadam_step(Lists &L, const double *h) {
+  auto &p = L[0], &m = L[2], &v = L[3];
+  std::vector<at::Tensor> g = L[1];
+  const double lr = h[0], beta1 = h[1], beta2 = h[2], eps = h[3], wd = h[4];
+  const bool decoupled = h[5] != 0;
+  if (wd != 0) {
+    if (decoupled) {
+      at::_foreach_mul_(p, 1.0 - lr * wd);
+    } else {
+      g = at::_foreach_add(g, p, wd);
+    }
+  }
+  at::_foreach_lerp_(m, g, 1.0 - beta1);
+  at::_foreach_mul_(v, beta2);
+  at::_foreach_addcmul_(v, g, g, 1.0 - beta2);
+  auto denom = at::_foreach_sqrt(v);
+  at::_foreach_div_(denom, h[6]);
+  at::_foreach_add_(denom, eps);
+  at::_foreach_addcdiv_(p, g, denom, h[7]);
+  at::_foreach_addcdiv_(p, m, denom, h[8]);
+}
+
+// timm's _multi_tensor_adabelief (fp32 parameters). L: p, g, m (exp_avg), s (exp_avg_var).
+// h: lr, beta1, beta2, eps, weight_decay, bc1, bc2, rectify (0: no; 1: adaptive; 2: SGD; 3: no
+// update), rectified step_size.
+static void adabelief_step(Lists &L, const double *h) {
+  auto &p = L[0], &g = L[1], &m = L[2], &s = L[3];
+  const double lr = h[0], beta1 = h[1], beta2 = h[2], eps = h[3], wd = h[4], bc1 = h[5], bc2 = h[6];
+  const int rectify = static_cast<int>(h[7]);
+  const double step_size = h[8];
+  // decoupled_decay = True, fixed_decay = False: timm's defaults.
+  if (lr * wd != 0) at::_foreach_mul_(p, 1.0 - lr * wd);
+  at::_foreach_lerp_(m, g, 1.0 - beta1);
+  auto residual = at::_foreach_sub(g, m);
+  at::_foreach_mul_(s, beta2);
+  at::_foreach_addcmul_(s, residual, residual, 1.0 - beta2);
+  at::_foreach_add_(s, eps);
+  if (rectify == 0) {
+    auto denom = at::_foreach_sqrt(s);
+    at::_foreach_div_(denom, std::sqrt(bc2));
+    at::_foreach_add_(denom, eps);
+    at::_foreach_addcdiv_(p, m, denom, -lr / bc1);
+  } else if (rectify == 1) {
+    auto denom = at::_foreach_sqrt(s);
+    at::_foreach_add_(denom, eps);
+    at::_foreach_addcdiv_(p, m, denom, -step_size * lr);
+  } else if (rectify == 2) {
+    at::_foreach_add_(p, m, -step_size * lr);
+  }
+}
+
+int rt_foreach_optimizer_step(const char *name, rt_tensor *lists, int n_lists, int n, const double *hyper,
+                              int n_hyper, char **err) {
+  return guarded(err, [&] {
+    if (n == 0) return;
+    at::NoGradGuard no_grad;
+    struct Algo {
+      const char *name;
+      int n_lists, n_hyper;
+      void (*step)(Lists &, const double *);
+    };
+    static const Algo algos[] = {
+        {"adan", 6, 12, adan_step},     {"laprop", 4, 8, laprop_step},       {"radam", 4, 8, radam_step},
+        {"nadam", 4, 9, nadam_step},    {"adabelief", 4, 9, adabelief_step},
+    };
+    for (const auto &a : algos) {
+      if (std::strcmp(a.name, name) != 0) continue;
+      TORCH_CHECK(n_lists == a.n_lists && n_hyper == a.n_hyper, name, ": expected ", a.n_lists, " lists and ",
+                  a.n_hyper, " scalars, got ", n_lists, " and ", n_hyper);
+      Lists L;
+      for (int k = 0; k < n_lists; k++) L.push_back(list(lists + static_cast<size_t>(k) * n, n));
+      a.step(L, hyper);
+      return;
+    }
+    TORCH_CHECK(false, "no optimizer step named ", name);
   });
 }
 

@@ -95,7 +95,25 @@ int rt_foreach_adopt(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, r
 int rt_foreach_lamb(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_tensor *exp_avg_sqs, int n,
                     rt_tensor clip_divisor, double lr, double beta1, double beta2, double eps, double weight_decay,
                     double bias_correction1, double bias_correction2, int trust_clip, int always_adapt,
-                    char **err);
+                    double decoupled_decay, int caution, char **err);
+// With decoupled_decay != 0 (timm's `lambw`: lr wd, or lr^2 / peak wd corrected), p -= decoupled_decay p
+// before the trust ratio and u has no wd p; with caution (timm's `clamb`), u is masked as above.
+
+// One step of the optimizers below over one parameter group, by name: `lists` holds n_lists lists
+// of n tensors back to back, `hyper` n_hyper scalars (both checked against the name's).
+//   adan (timm's Adan, foreach): lists p, g, exp_avg, exp_avg_diff, exp_avg_sq, neg_pre_grad;
+//     scalars lr, beta1, beta2, beta3, eps, weight_decay, bc1, bc2, sqrt(bc3), no_prox, caution,
+//     first_step.
+//   laprop (timm's LaProp): p, g, exp_avg, exp_avg_sq; lr, beta1, beta2, eps, decay, step_size, bc2,
+//     caution.
+//   radam (torch.optim.RAdam): p, g, exp_avg, exp_avg_sq; lr, beta1, beta2, eps, weight_decay,
+//     decoupled, unrect_step_size, bias_correction2 (torch's per-step scalars).
+//   nadam (torch.optim.NAdam): p, g, exp_avg, exp_avg_sq; lr, beta1, beta2, eps, weight_decay,
+//     decoupled, bias_correction_sqrt, step_size_grads, step_size_expavg.
+//   adabelief (timm's AdaBelief, decoupled decay): p, g, exp_avg, exp_avg_var; lr, beta1, beta2, eps,
+//     weight_decay, bc1, bc2, rectify (0 off, 1 adaptive, 2 SGD, 3 none), rectified step size.
+int rt_foreach_optimizer_step(const char *name, rt_tensor *lists, int n_lists, int n, const double *hyper,
+                              int n_hyper, char **err);
 
 // Weight averaging (timm's ModelEmaV3): targets = lerp(targets, sources, weight) in place.
 int rt_foreach_lerp(rt_tensor *targets, rt_tensor *sources, int n, double weight, char **err);

@@ -141,6 +141,17 @@ extern "C" {
         bias_correction2: f64,
         trust_clip: c_int,
         always_adapt: c_int,
+        decoupled_decay: f64,
+        caution: c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn rt_foreach_optimizer_step(
+        name: *const c_char,
+        lists: *mut *mut c_void,
+        n_lists: c_int,
+        n: c_int,
+        hyper: *const f64,
+        n_hyper: c_int,
         err: *mut *mut c_char,
     ) -> c_int;
     fn rt_foreach_lerp(
@@ -517,6 +528,11 @@ pub struct LambStep {
     pub bias_correction: (f64, f64),
     pub trust_clip: bool,
     pub always_adapt: bool,
+    /// timm's `decoupled_decay` (`lambw`): p -= this x p before the trust ratio (lr wd, or
+    /// lr^2 / peak wd corrected), and no wd p in the update; 0: the coupled decay.
+    pub decoupled_decay: f64,
+    /// timm's cautious Lamb (`clamb`): the update masked where its sign disagrees with the gradient's.
+    pub caution: bool,
 }
 
 /// One step of timm's Lamb over a parameter group (foreach kernels); the gradients are divided by
@@ -550,6 +566,31 @@ pub fn foreach_lamb(
             step.bias_correction.1,
             step.trust_clip as c_int,
             step.always_adapt as c_int,
+            step.decoupled_decay,
+            step.caution as c_int,
+            e,
+        )
+    })
+}
+
+/// One step of a shim optimizer reached by name (`rt_foreach_optimizer_step`: adan, laprop, radam,
+/// nadam, adabelief) over one parameter group: `lists` are the parameters, their gradients and the
+/// optimizer's state lists in the order shim.h gives, `hyper` its scalars in that order.
+pub fn foreach_optimizer_step(name: &str, lists: &[&[Tensor]], hyper: &[f64]) -> Result<()> {
+    same_lengths(name, lists)?;
+    let n = lists.first().map_or(0, |l| l.len());
+    let mut flat: Vec<*mut c_void> = lists.iter().flat_map(|l| ptrs(l)).collect();
+    let c_name = CString::new(name).map_err(|_| Error::Torch(format!("optimizer name {name:?}")))?;
+    // SAFETY: `flat` holds lists.len() arrays of `n` live tensor pointers back to back, `hyper`
+    // hyper.len() values; all valid for the call.
+    call(name, |e| unsafe {
+        rt_foreach_optimizer_step(
+            c_name.as_ptr(),
+            flat.as_mut_ptr(),
+            lists.len() as c_int,
+            n as c_int,
+            hyper.as_ptr(),
+            hyper.len() as c_int,
             e,
         )
     })

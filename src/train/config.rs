@@ -264,8 +264,15 @@ pub struct TrainConfig {
     /// TensorFlow-style RMSprop: alpha 0.9, eps inside the root, lr in the momentum; EfficientNet
     /// and RA2 recipes), nadamw / cnadamw (timm's NAdamW: AdamW with a Nesterov look-ahead),
     /// adopt / adoptw / cadopt / cadoptw (timm's ADOPT: converges with any beta2, default
-    /// (0.9, 0.9999); w = decoupled weight decay, c = cautious). LARS adapts only the groups that decay (by default conv/fc weights), as
-    /// timm's does.
+    /// (0.9, 0.9999); w = decoupled weight decay, c = cautious), lambw / lambcw / clamb / clambw
+    /// (timm's Lamb with decoupled weight decay and/or caution), adan / adanw / cadan / cadanw
+    /// (timm's Adan: adaptive Nesterov momentum, three betas, default 0.98,0.92,0.99; weight decay
+    /// as a proximal step, w = decoupled), laprop / claprop (timm's LaProp: the gradient normalised
+    /// before the momentum; decoupled weight decay), radam / radamw (torch.optim.RAdam: Adam
+    /// rectified, momentum SGD for its first 5 steps), nadam (torch.optim.NAdam), adabelief /
+    /// radabelief (timm's AdaBelief: the second moment of g - m; decoupled weight decay; r =
+    /// rectified). LARS adapts only the groups that decay (by default conv/fc weights), as timm's
+    /// does.
     #[arg(long, value_enum, default_value_t = OptKind::Momentum)]
     pub opt: OptKind,
     /// SGD momentum.
@@ -274,12 +281,13 @@ pub struct TrainConfig {
     /// Nesterov momentum with `opt = "momentum"` (the same as `opt = "sgd"`).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub nesterov: bool,
-    /// Adam/AdamW/LAMB/LARS/RMSpropTF epsilon (unset: the optimizer's default, 1e-8 Adam, AdamW
-    /// and LARS, 1e-6 LAMB, 1e-10 RMSpropTF).
+    /// Adam/AdamW/LAMB/LARS/RMSpropTF/Adan/LaProp/RAdam/NAdam/AdaBelief epsilon (unset: the
+    /// optimizer's default, 1e-8 Adam, AdamW, LARS, Adan, RAdam and NAdam, 1e-6 LAMB, 1e-10
+    /// RMSpropTF, 1e-15 LaProp, 1e-16 AdaBelief).
     #[arg(long)]
     pub opt_eps: Option<f64>,
-    /// Adam/AdamW/LAMB/Lion betas beta1,beta2 (unset: the optimizer's default, 0.9,0.999; Lion
-    /// 0.9,0.99).
+    /// Adam-family/LAMB/Lion betas beta1,beta2 (unset: the optimizer's default, 0.9,0.999; Lion
+    /// 0.9,0.99; ADOPT 0.9,0.9999); Adan takes three, beta1,beta2,beta3 (default 0.98,0.92,0.99).
     #[arg(long, value_delimiter = ',')]
     pub opt_betas: Option<Vec<f64>>,
     /// LARS trust coefficient (timm's Lars `trust_coeff`; unset: 0.001): a tensor's update is
@@ -289,7 +297,8 @@ pub struct TrainConfig {
     /// timm's corrected weight decay (`corrected_weight_decay`, its `adamc`, `nadamc`, `adoptc`,
     /// `lionc` optimizers): the decoupled decay of each step scaled by lr / peak lr, so a step
     /// multiplies the weights by 1 - lr^2 / peak_lr x weight_decay (decoupled optimizers only:
-    /// sgdw, adamw, cadamw, nadamw, cnadamw, adoptw, cadoptw, lion, clion).
+    /// sgdw, adamw, cadamw, nadamw, cnadamw, adoptw, cadoptw, lion, clion, lambw, lambcw, clambw,
+    /// laprop, claprop; timm's `lapropc` is laprop with it).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub corrected_weight_decay: bool,
     /// Weight decay of conv/fc weights (BatchNorm parameters, biases and activation coefficients:
@@ -846,24 +855,29 @@ impl TrainConfig {
             // every config.toml: still accepted, so those runs resume.
             if self.opt.default_betas().is_none() && betas[..] != [0.9, 0.999] {
                 return bad(format!(
-                    "--opt-betas applies to the adam, nadamw, adopt, lamb and lion variants, not {:?}",
+                    "--opt-betas applies to the adam, nadamw, adopt, lamb, lion, adan, laprop, radam, nadam and adabelief variants, not {:?}",
                     self.opt
                 ));
             }
-            if betas.len() != 2 || !betas.iter().all(|b| (0.0..1.0).contains(b)) {
-                return bad(format!("--opt-betas must be two numbers in [0, 1), got {betas:?}"));
+            let n = self.opt.num_betas();
+            if betas.len() != n || !betas.iter().all(|b| (0.0..1.0).contains(b)) {
+                let count = if n == 3 { "three numbers (beta1,beta2,beta3)" } else { "two numbers" };
+                return bad(format!(
+                    "--opt-betas must be {count} in [0, 1) for {:?}, got {betas:?}",
+                    self.opt
+                ));
             }
         }
         if self.corrected_weight_decay && !self.opt.decouples_weight_decay() {
             return bad(format!(
-                "--corrected-weight-decay applies to decoupled weight decay (sgdw, adamw, cadamw, nadamw, cnadamw, adoptw, cadoptw, lion, clion), not {:?}",
+                "--corrected-weight-decay applies to decoupled weight decay (sgdw, adamw, cadamw, nadamw, cnadamw, adoptw, cadoptw, lion, clion, lambw, lambcw, clambw, laprop, claprop), not {:?}",
                 self.opt
             ));
         }
         if let Some(e) = self.opt_eps {
             if !self.opt.has_eps() {
                 return bad(format!(
-                    "--opt-eps applies to the adam, nadamw, adopt, lamb and lars variants and rmsproptf, not {:?}",
+                    "--opt-eps applies to the adam, nadamw, adopt, lamb, lars, adan, laprop, radam, nadam and adabelief variants and rmsproptf, not {:?}",
                     self.opt
                 ));
             }
@@ -1215,7 +1229,7 @@ mod tests {
         let c = Overrides::parse(&["--label-smoothing", "0.3"]).unwrap().apply(&base).unwrap();
         assert_eq!(c.smoothing, 0.3);
         // Bad values and unknown flags are errors naming the flag.
-        let e = Overrides::parse(&["--opt", "adan"]).unwrap_err().to_string();
+        let e = Overrides::parse(&["--opt", "adamx"]).unwrap_err().to_string();
         assert!(e.contains("--opt") && e.contains("adamw"), "{e}");
         let e = Overrides::parse(&["--learning-rate", "1"]).unwrap_err().to_string();
         assert!(e.contains("--learning-rate"), "{e}");

@@ -136,6 +136,7 @@ impl Engine {
             act_lr_scale: cfg.act_lr_scale,
             eps: cfg.opt_eps,
             betas: cfg.opt_betas.as_deref().and_then(|b| Some((*b.first()?, *b.get(1)?))),
+            beta3: cfg.opt_betas.as_deref().and_then(|b| b.get(2).copied()),
             trust_coeff: cfg.trust_coeff.unwrap_or(0.001),
         };
         let optimizer = optim::create(&opt, &vs);

@@ -1,6 +1,6 @@
 """Generates tests/golden/train_golden.safetensors: what PyTorch and timm compute for the optimizers
-(torch.optim.Adam and AdamW, timm's Lamb, Lars, Lion, RMSpropTF, NAdamW and Adopt, and its cautious
-variants), the EMA decay, the losses
+(torch.optim.Adam, AdamW, RAdam and NAdam, timm's Lamb, Lars, Lion, RMSpropTF, NAdamW, Adopt, Adan,
+LaProp and AdaBelief, and its cautious variants), the EMA decay, the losses
 (AugMix's JSD too) and the gradient clipping modes that resnet-train reimplements on libtorch's
 kernels (needs torch==2.11.0, timm==1.0.31, safetensors). Rerun from the repo root:
 
@@ -14,7 +14,7 @@ import os
 import torch
 from safetensors.torch import save_file
 from timm.loss import BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import SGDW, Adopt, AdamWLegacy, Lamb, Lars, Lion, NAdamW, RMSpropTF
+from timm.optim import SGDW, AdaBelief, Adan, Adopt, AdamWLegacy, Lamb, LaProp, Lars, Lion, NAdamW, RMSpropTF
 from timm.utils.clip_grad import dispatch_clip_grad
 from timm.utils.model_ema import ModelEmaV3
 
@@ -31,11 +31,12 @@ for t, (g1, g2) in enumerate(GRADS):
     out[f"opt.p1.grad.{t}"], out[f"opt.p2.grad.{t}"] = g1, g2
 
 
-def run(make):
+def run(make, steps=3):
     p1, p2 = P1.clone().requires_grad_(), P2.clone().requires_grad_()
     opt = make([{"params": [p1], "weight_decay": 0.05}, {"params": [p2], "weight_decay": 0.0}])
     after = []
-    for g1, g2 in GRADS:
+    for t in range(steps):
+        g1, g2 = GRADS[t % len(GRADS)]
         p1.grad, p2.grad = g1.clone(), g2.clone()
         opt.step()
         after.append((p1.detach().clone(), p2.detach().clone()))
@@ -71,8 +72,36 @@ for name, make in {
     "larc": lambda groups: Lars(groups, lr=0.01, momentum=0.9, trust_coeff=0.02, trust_clip=True),
     "nlars": lambda groups: Lars(groups, lr=0.01, momentum=0.9, nesterov=True),
     "nlarc": lambda groups: Lars(groups, lr=0.01, momentum=0.9, nesterov=True, trust_coeff=0.02, trust_clip=True),
+    # timm's factory: lambw/lambcw = Lamb(decoupled_decay=True[, trust_clip=True]), clamb/clambw
+    # with caution.
+    "lambw": lambda groups: Lamb(groups, lr=0.01, decoupled_decay=True),
+    "lambcw": lambda groups: Lamb(groups, lr=0.01, decoupled_decay=True, trust_clip=True),
+    "clamb": lambda groups: Lamb(groups, lr=0.01, caution=True),
+    "clambw": lambda groups: Lamb(groups, lr=0.01, decoupled_decay=True, caution=True),
+    # adan/adanw = Adan(no_prox=False/True), cadan/cadanw with caution; default betas (0.98, 0.92, 0.99).
+    "adan": lambda groups: Adan(groups, lr=0.01, foreach=True),
+    "adanw": lambda groups: Adan(groups, lr=0.01, no_prox=True, foreach=True),
+    "cadan": lambda groups: Adan(groups, lr=0.01, caution=True, foreach=True),
+    "cadanw": lambda groups: Adan(groups, lr=0.01, no_prox=True, caution=True, foreach=True),
+    "adan_betas": lambda groups: Adan(groups, lr=0.01, betas=(0.9, 0.8, 0.95), eps=1e-6, foreach=True),
+    "laprop": lambda groups: LaProp(groups, lr=0.01, foreach=True),
+    "claprop": lambda groups: LaProp(groups, lr=0.01, caution=True, foreach=True),
 }.items():
     for t, (a1, a2) in enumerate(run(make)):
+        out[f"{name}.p1.after.{t}"], out[f"{name}.p2.after.{t}"] = a1, a2
+
+# Rectified optimizers switch on their rectification at step 6 (rho_t > 5 at beta2 0.999): nine
+# steps (the three gradients, three times) cover both sides. timm's factory: radam/radamw =
+# torch.optim.RAdam([decoupled_weight_decay=True]), nadam = torch.optim.NAdam, adabelief =
+# AdaBelief(rectify=False), radabelief = AdaBelief(rectify=True).
+for name, make in {
+    "radam": lambda groups: torch.optim.RAdam(groups, lr=0.01, foreach=True),
+    "radamw": lambda groups: torch.optim.RAdam(groups, lr=0.01, decoupled_weight_decay=True, foreach=True),
+    "nadam": lambda groups: torch.optim.NAdam(groups, lr=0.01, foreach=True),
+    "adabelief": lambda groups: AdaBelief(groups, lr=0.01, rectify=False, foreach=True),
+    "radabelief": lambda groups: AdaBelief(groups, lr=0.01, rectify=True, foreach=True),
+}.items():
+    for t, (a1, a2) in enumerate(run(make, steps=9)):
         out[f"{name}.p1.after.{t}"], out[f"{name}.p2.after.{t}"] = a1, a2
 
 # timm's corrected weight decay (its adamc, nadamc, adoptc, lionc): built at the peak lr 0.02
@@ -94,6 +123,7 @@ for name, make in {
     "lionc": lambda groups: Lion(groups, lr=0.02, corrected_weight_decay=True, foreach=True),
     "sgdc": lambda groups: SGDW(groups, lr=0.02, momentum=0.9, nesterov=True, corrected_weight_decay=True,
                                 foreach=True),
+    "lapropc": lambda groups: LaProp(groups, lr=0.02, corrected_weight_decay=True, foreach=True),
 }.items():
     for t, (a1, a2) in enumerate(run(at_lower_lr(make))):
         out[f"{name}.p1.after.{t}"], out[f"{name}.p2.after.{t}"] = a1, a2

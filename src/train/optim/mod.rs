@@ -2,19 +2,29 @@
 //! (timm's Lars: SGD on trust-ratio-scaled gradients), Adam and AdamW (torch.optim.Adam/AdamW,
 //! `_fused_adam_`/`_fused_adamw_`), LAMB (timm's Lamb, foreach), Lion (timm's Lion, foreach),
 //! RMSpropTF (timm's, foreach), timm's NAdamW and ADOPT (foreach) and timm's cautious variants
-//! (`cadamw`, `cnadamw`, `cadopt`, `cadoptw`, `clion`, foreach).
+//! (`cadamw`, `cnadamw`, `cadopt`, `cadoptw`, `clion`, foreach); timm's Lamb variants with decoupled
+//! decay and caution, Adan, LaProp and AdaBelief, and torch.optim's RAdam and NAdam (foreach, through
+//! the shim's `rt_foreach_optimizer_step`).
 //! Each owns its state as named tensors, which is what checkpoints and the guards' snapshots save
 //! and restore.
 
+mod adabelief;
 mod adam;
+mod adan;
 mod lamb;
+mod laprop;
 mod lion;
+mod radam;
 mod rmsprop_tf;
 mod sgd;
 
+pub use adabelief::AdaBelief;
 pub use adam::{Adam, Adopt, TimmAdamW};
+pub use adan::Adan;
 pub use lamb::Lamb;
+pub use laprop::LaProp;
 pub use lion::Lion;
+pub use radam::{TorchAdam, TorchAdamKind};
 pub use rmsprop_tf::RmspropTf;
 pub use sgd::Sgd;
 
@@ -80,6 +90,39 @@ pub enum OptKind {
     Cadopt,
     /// Cautious ADOPT with decoupled weight decay (timm's `cadoptw`).
     Cadoptw,
+    /// LAMB with decoupled weight decay (timm's `lambw`: p -= lr wd p before the trust ratio).
+    Lambw,
+    /// LAMB with decoupled weight decay and the trust ratio capped at 1 (timm's `lambcw`).
+    Lambcw,
+    /// Cautious LAMB (timm's `clamb`).
+    Clamb,
+    /// Cautious LAMB with decoupled weight decay (timm's `clambw`).
+    Clambw,
+    /// Adan (timm's `adan`; Xie et al. 2022): Adaptive Nesterov momentum, three betas (default
+    /// 0.98,0.92,0.99), weight decay as a proximal step.
+    Adan,
+    /// Adan with decoupled weight decay (timm's `adanw`, `no_prox`).
+    Adanw,
+    /// Cautious Adan (timm's `cadan`).
+    Cadan,
+    /// Cautious Adan with decoupled weight decay (timm's `cadanw`).
+    Cadanw,
+    /// LaProp (timm's `laprop`; Ziyin et al. 2020): the gradient normalised, then averaged into the
+    /// momentum; decoupled weight decay; default eps 1e-15.
+    Laprop,
+    /// Cautious LaProp (timm's `claprop`).
+    Claprop,
+    /// Rectified Adam (torch.optim.RAdam, timm's `radam`; Liu et al. 2020), L2 weight decay.
+    Radam,
+    /// RAdam with decoupled weight decay (timm's `radamw`).
+    Radamw,
+    /// Adam with Nesterov momentum (torch.optim.NAdam, timm's `nadam`; Dozat 2016), L2 weight decay.
+    Nadam,
+    /// AdaBelief (timm's `adabelief`; Zhuang et al. 2020): the second moment of g - m; decoupled
+    /// weight decay; default eps 1e-16.
+    Adabelief,
+    /// Rectified AdaBelief (timm's `radabelief`).
+    Radabelief,
 }
 
 impl OptKind {
@@ -102,6 +145,38 @@ impl OptKind {
                 | OptKind::Cadoptw
                 | OptKind::Lion
                 | OptKind::Clion
+                | OptKind::Lambw
+                | OptKind::Lambcw
+                | OptKind::Clambw
+                | OptKind::Laprop
+                | OptKind::Claprop
+        )
+    }
+
+    /// The number of betas (`--opt-betas`): three for Adan, else two.
+    pub fn num_betas(self) -> usize {
+        if self.is_adan() {
+            3
+        } else {
+            2
+        }
+    }
+
+    /// One of timm's Adan variants.
+    pub fn is_adan(self) -> bool {
+        matches!(self, OptKind::Adan | OptKind::Adanw | OptKind::Cadan | OptKind::Cadanw)
+    }
+
+    /// One of timm's Lamb variants.
+    pub fn is_lamb(self) -> bool {
+        matches!(
+            self,
+            OptKind::Lamb
+                | OptKind::Lambc
+                | OptKind::Lambw
+                | OptKind::Lambcw
+                | OptKind::Clamb
+                | OptKind::Clambw
         )
     }
 
@@ -119,8 +194,15 @@ impl OptKind {
             | OptKind::Cadamw
             | OptKind::Nadamw
             | OptKind::Cnadamw
-            | OptKind::Lamb
-            | OptKind::Lambc => Some((0.9, 0.999)),
+            | OptKind::Radam
+            | OptKind::Radamw
+            | OptKind::Nadam
+            | OptKind::Laprop
+            | OptKind::Claprop
+            | OptKind::Adabelief
+            | OptKind::Radabelief => Some((0.9, 0.999)),
+            k if k.is_lamb() => Some((0.9, 0.999)),
+            k if k.is_adan() => Some((0.98, 0.92)),
             OptKind::Lion | OptKind::Clion => Some((0.9, 0.99)),
             k if k.is_adopt() => Some((0.9, 0.9999)),
             _ => None,
@@ -136,10 +218,17 @@ impl OptKind {
                 | OptKind::Cadamw
                 | OptKind::Nadamw
                 | OptKind::Cnadamw
-                | OptKind::Lamb
-                | OptKind::Lambc
                 | OptKind::Rmsproptf
+                | OptKind::Laprop
+                | OptKind::Claprop
+                | OptKind::Radam
+                | OptKind::Radamw
+                | OptKind::Nadam
+                | OptKind::Adabelief
+                | OptKind::Radabelief
         ) || self.is_lars()
+            || self.is_lamb()
+            || self.is_adan()
             || self.is_adopt()
     }
 }
@@ -197,6 +286,8 @@ pub struct OptConfig {
     pub eps: Option<f64>,
     /// Adam/AdamW/LAMB/Lion; None: the optimizer's default (`OptKind::default_betas`).
     pub betas: Option<(f64, f64)>,
+    /// Adan's third beta; None: timm's 0.99.
+    pub beta3: Option<f64>,
     /// LARS's trust coefficient (timm's `trust_coeff`).
     pub trust_coeff: f64,
 }
@@ -247,8 +338,33 @@ pub fn create(cfg: &OptConfig, vs: &nn::VarStore) -> Box<dyn Optimizer> {
         OptKind::Adam | OptKind::Adamw => {
             Box::new(Adam::new(groups, betas, cfg.eps.unwrap_or(1e-8), cfg.kind == OptKind::Adamw))
         }
-        OptKind::Lamb | OptKind::Lambc => {
-            Box::new(Lamb::new(groups, betas, cfg.eps.unwrap_or(1e-6), cfg.kind == OptKind::Lambc))
+        k @ (OptKind::Lamb
+        | OptKind::Lambc
+        | OptKind::Lambw
+        | OptKind::Lambcw
+        | OptKind::Clamb
+        | OptKind::Clambw) => {
+            let trust_clip = matches!(k, OptKind::Lambc | OptKind::Lambcw);
+            let decoupled = matches!(k, OptKind::Lambw | OptKind::Lambcw | OptKind::Clambw);
+            let caution = matches!(k, OptKind::Clamb | OptKind::Clambw);
+            Box::new(Lamb::variant(groups, betas, cfg.eps.unwrap_or(1e-6), trust_clip, decoupled, caution))
+        }
+        k @ (OptKind::Adan | OptKind::Adanw | OptKind::Cadan | OptKind::Cadanw) => {
+            let no_prox = matches!(k, OptKind::Adanw | OptKind::Cadanw);
+            let caution = matches!(k, OptKind::Cadan | OptKind::Cadanw);
+            let betas = (betas.0, betas.1, cfg.beta3.unwrap_or(0.99));
+            Box::new(Adan::new(groups, betas, cfg.eps.unwrap_or(1e-8), no_prox, caution))
+        }
+        OptKind::Laprop | OptKind::Claprop => {
+            Box::new(LaProp::new(groups, betas, cfg.eps.unwrap_or(1e-15), cfg.kind == OptKind::Claprop))
+        }
+        OptKind::Radam | OptKind::Radamw | OptKind::Nadam => {
+            let kind = if cfg.kind == OptKind::Nadam { TorchAdamKind::Nadam } else { TorchAdamKind::Radam };
+            let decoupled = cfg.kind == OptKind::Radamw;
+            Box::new(TorchAdam::new(kind, groups, betas, cfg.eps.unwrap_or(1e-8), decoupled))
+        }
+        OptKind::Adabelief | OptKind::Radabelief => {
+            Box::new(AdaBelief::new(groups, betas, cfg.eps.unwrap_or(1e-16), cfg.kind == OptKind::Radabelief))
         }
         OptKind::Cadamw | OptKind::Nadamw | OptKind::Cnadamw => {
             let nesterov = cfg.kind != OptKind::Cadamw;
@@ -464,6 +580,7 @@ mod tests {
                     act_lr_scale: scale,
                     eps: None,
                     betas: None,
+                    beta3: None,
                     trust_coeff: 0.001,
                 };
                 let mut opt = create(&opt_cfg, &vs);
@@ -508,6 +625,7 @@ mod golden_tests {
             act_lr_scale: 1.0,
             eps: None,
             betas: None,
+            beta3: None,
             trust_coeff: 0.001,
         }
     }
@@ -555,6 +673,16 @@ mod golden_tests {
             (OptKind::Larc, "larc", 0.02),
             (OptKind::Nlars, "nlars", 0.001),
             (OptKind::Nlarc, "nlarc", 0.02),
+            (OptKind::Lambw, "lambw", 0.001),
+            (OptKind::Lambcw, "lambcw", 0.001),
+            (OptKind::Clamb, "clamb", 0.001),
+            (OptKind::Clambw, "clambw", 0.001),
+            (OptKind::Adan, "adan", 0.001),
+            (OptKind::Adanw, "adanw", 0.001),
+            (OptKind::Cadan, "cadan", 0.001),
+            (OptKind::Cadanw, "cadanw", 0.001),
+            (OptKind::Laprop, "laprop", 0.001),
+            (OptKind::Claprop, "claprop", 0.001),
         ];
         for (kind, name, trust_coeff) in cases {
             let (vs, p1, p2) = params(&g);
@@ -571,6 +699,56 @@ mod golden_tests {
         }
     }
 
+    /// Adan with its three betas and eps set (`--opt-betas 0.9,0.8,0.95 --opt-eps 1e-6`).
+    #[test]
+    fn adan_takes_its_three_betas() {
+        let g = golden();
+        let (vs, p1, p2) = params(&g);
+        let cfg = OptConfig {
+            betas: Some((0.9, 0.8)),
+            beta3: Some(0.95),
+            eps: Some(1e-6),
+            ..config(OptKind::Adan)
+        };
+        let mut opt = create(&cfg, &vs);
+        for t in 0..3 {
+            backward(&g, t, &p1, &p2);
+            opt.step(0.01).unwrap();
+            opt.zero_grad().unwrap();
+            let d1 = max_diff(&p1, &g[&format!("adan_betas.p1.after.{t}")]);
+            let d2 = max_diff(&p2, &g[&format!("adan_betas.p2.after.{t}")]);
+            assert!(d1 < 2e-6 && d2 < 2e-6, "adan betas step {t}: max |diff| {d1:.2e} / {d2:.2e}");
+        }
+        let apart = max_diff(&p1, &g["adan.p1.after.2"]);
+        assert!(apart > 1e-5, "the betas changed nothing ({apart:.2e})");
+    }
+
+    /// The rectified optimizers (RAdam, rectified AdaBelief) and torch's NAdam over nine steps (the
+    /// three golden gradients three times): rectification starts at step 6 (rho_t > 5 at beta2
+    /// 0.999), so both of its sides are checked.
+    #[test]
+    fn rectified_and_nesterov_adams_match_torch_and_timm_over_nine_steps() {
+        let g = golden();
+        for (kind, name) in [
+            (OptKind::Radam, "radam"),
+            (OptKind::Radamw, "radamw"),
+            (OptKind::Nadam, "nadam"),
+            (OptKind::Adabelief, "adabelief"),
+            (OptKind::Radabelief, "radabelief"),
+        ] {
+            let (vs, p1, p2) = params(&g);
+            let mut opt = create(&config(kind), &vs);
+            for t in 0..9 {
+                backward(&g, t % 3, &p1, &p2);
+                opt.step(0.01).unwrap();
+                opt.zero_grad().unwrap();
+                let d1 = max_diff(&p1, &g[&format!("{name}.p1.after.{t}")]);
+                let d2 = max_diff(&p2, &g[&format!("{name}.p2.after.{t}")]);
+                assert!(d1 < 4e-6 && d2 < 4e-6, "{name} step {t}: max |diff| {d1:.2e} / {d2:.2e}");
+            }
+        }
+    }
+
     /// timm's corrected weight decay: built at peak lr 0.02, stepped at 0.01 (the golden script's
     /// `at_lower_lr`), against timm's AdamWLegacy / NAdamW / Adopt / Lion with
     /// `corrected_weight_decay=True`; and not the plain decay's result.
@@ -583,6 +761,7 @@ mod golden_tests {
             (OptKind::Adoptw, "adoptc", "adoptw"),
             (OptKind::Sgdw, "sgdc", "sgdw"),
             (OptKind::Lion, "lionc", "lion"),
+            (OptKind::Laprop, "lapropc", "laprop"),
         ] {
             assert!(kind.decouples_weight_decay());
             let (vs, p1, p2) = params(&g);
@@ -618,6 +797,13 @@ mod golden_tests {
             OptKind::Adoptw,
             OptKind::Sgdw,
             OptKind::Rmsproptf,
+            OptKind::Clambw,
+            OptKind::Cadan,
+            OptKind::Adanw,
+            OptKind::Claprop,
+            OptKind::Radam,
+            OptKind::Nadam,
+            OptKind::Radabelief,
         ] {
             let (vs, p1, p2) = params(&g);
             let mut a = create(&config(kind), &vs);
