@@ -413,8 +413,9 @@ fn bn_site(
 
 /// BatchNorm (and the residual add) folded into the fused activation's autograd node
 /// (`ActImpl::Fused` in the ResNet) computes what libtorch's BatchNorm followed by the fused
-/// activation computes: the same output and running statistics bit for bit (the same kernels
-/// run), and the same gradients from the recomputed activation input, for both activations, in
+/// activation computes: the same running statistics to their storage's rounding, and the same
+/// output and gradients (the kernels apply batch norm as they load z, or, with a residual of
+/// another type, libtorch's batch norm runs and backward recomputes x), for both activations, in
 /// training and eval mode, with the `act_clamp` remedy, NCHW and channels_last, with and without
 /// a residual of z's or a wider type, in fp64, fp32 and bf16.
 #[test]
@@ -439,8 +440,12 @@ fn batch_norm_folded_into_the_activation_changes_no_value() {
                             bn_site(ActImpl::FusedAct, kind, clamp, &z, residual.as_ref(), train, &gy);
                         assert_eq!(folded.len(), separate.len());
                         for ((name, a), (_, b)) in folded.iter().zip(&separate) {
-                            if ["y", "running_mean", "running_var"].contains(name) {
-                                assert!(a.equal(b), "{label}: {name} differs");
+                            if ["running_mean", "running_var"].contains(name) {
+                                // The same statistics update (batch_norm_update_stats: batch norm's
+                                // own), stored in fp32 (fp64).
+                                let err = common::rel_err(a, b);
+                                let stat_tol = if dtype == Kind::Double { 1e-14 } else { 1e-6 };
+                                assert!(err < stat_tol, "{label}: {name} relative error {err:e}");
                             } else {
                                 assert_eq!(a.kind(), b.kind(), "{label}: {name}'s type");
                                 let err = common::rel_err(a, b);

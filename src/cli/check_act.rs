@@ -199,9 +199,9 @@ pub fn run(a: CheckActArgs) -> Result<()> {
         "{}",
         serde_json::json!({"check": "fused-vs-eager", "device": device_name, "cases": cases, "failures": failures})
     );
-    // The CPU kernels run libtorch's batch norm inside the folded operator: the same bits. The
-    // CUDA kernels apply batch norm as they load z (x is never written), which rounds differently.
-    let (bn_cases, bn_failures) = check_bn_fold(device, device == Device::Cpu && !a.simulate_cuda, a.json)?;
+    // The kernels (CPU and CUDA) apply batch norm as they load z (x is never written), which rounds
+    // differently from libtorch's batch norm: values within tolerance, not the same bits.
+    let (bn_cases, bn_failures) = check_bn_fold(device, a.json)?;
     println!(
         "{}",
         serde_json::json!({"check": "bn-fold", "device": device_name, "cases": bn_cases, "failures": bn_failures})
@@ -286,9 +286,9 @@ fn bn_site(
 }
 
 /// BatchNorm folded into the fused operator vs the separate operators on `device`: the same
-/// forward values and running statistics (bit for bit when `exact`: the same batch norm kernel
-/// runs), the same gradients.
-fn check_bn_fold(device: Device, exact: bool, json: bool) -> Result<(usize, usize)> {
+/// forward values, running statistics and gradients, to the roundings in which batch norm applied
+/// on load differs from libtorch's batch norm.
+fn check_bn_fold(device: Device, json: bool) -> Result<(usize, usize)> {
     let names = ["y", "running_mean", "running_var", "dz", "dgamma", "dbeta", "dw", "db", "dresidual"];
     let (mut cases, mut failures) = (0, 0);
     for op in [PolyCom::PolyRelu, PolyCom::PolyNorm] {
@@ -326,11 +326,10 @@ fn check_bn_fold(device: Device, exact: bool, json: bool) -> Result<(usize, usiz
                             let mut errs = serde_json::Map::new();
                             let mut ok = true;
                             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                                // Forward and statistics: the same bits, or (batch norm applied on
-                                // load) within the running statistics' fp32 rounding and y's.
+                                // Statistics within their fp32 rounding; y and the gradients within
+                                // the dtype's tolerance.
                                 let err = rel_err(g, w);
                                 ok &= match i {
-                                    0..=2 if exact => g.equal(w),
                                     1 | 2 => err < 1e-5,
                                     _ => err < tol,
                                 };

@@ -119,9 +119,32 @@ struct Forward {
   at::Tensor y, saved_x, rs;
 };
 
+// The CPU kernels' view of `bn` for input x (its scale and shift in x's arithmetic type, kept
+// alive in `keep`); null without bn.
+const CpuBatchNorm *cpu_bn(const at::Tensor &x, const BatchNormOnLoad *bn, int64_t channels, CpuBatchNorm &out,
+                           std::pair<at::Tensor, at::Tensor> &keep) {
+  if (!bn) return nullptr;
+  const auto &id = bn->identity;
+  if (id.defined() && (id.scalar_type() != x.scalar_type() || id.strides() != x.strides() || id.sizes() != x.sizes()))
+    throw std::invalid_argument("fused BatchNorm + activation: the residual must have z's type and layout");
+  keep = {bn->scale.to(acc_type(x)).contiguous(), bn->shift.to(acc_type(x)).contiguous()};
+  if (keep.first.numel() != channels || keep.second.numel() != channels)
+    throw std::invalid_argument("fused BatchNorm + activation: one scale and shift per channel expected");
+  out = {id.defined() ? id.const_data_ptr() : nullptr, keep.first.const_data_ptr(), keep.second.const_data_ptr(),
+         bn->clamp};
+  return &out;
+}
+
+// x's shape for the PolyReLU kernels: with bn, [outer, C, inner] (z contiguous or channels-last);
+// without, a flat count.
+NormShape relu_shape(const at::Tensor &x, const BatchNormOnLoad *bn) {
+  if (bn) return norm_layout(x).shape;
+  return NormShape{1, 1, x.numel()};
+}
+
 // The CUDA kernels write a low-precision output directly; the CPU kernels write fp32 and the
 // result is cast (bf16/fp16 on a CPU is rare and its convolutions dominate anyway).
-// With `bn` (CUDA kernels only), x_in is batch norm's input z and the kernels compute x on load.
+// With `bn`, x_in is batch norm's input z and the kernels compute x on load.
 Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::Tensor &b, double eps,
                          bool lowp_out, const BatchNormOnLoad *bn = nullptr) {
   check_coefs(x_in, w, b);
@@ -129,19 +152,20 @@ Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
   const int k = static_cast<int>(w.numel());
   auto y = at::empty_like(x, x.options().dtype(cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x)));
   auto rs = at::empty({shape.outer, k, shape.inner}, x.options().dtype(acc_type(x)));
-  if (bn && !cuda_kernels(x)) throw std::logic_error("batch norm applied on load needs the CUDA kernels");
   if (x.numel() > 0) {
     if (cuda_kernels(x)) {
       cuda::polynorm_forward(x, w, b, eps, shape, y, rs, bn);
     } else {
+      CpuBatchNorm cb{};
+      std::pair<at::Tensor, at::Tensor> keep;
       cpu_kernels().polynorm_forward(dtype_of(x), x.const_data_ptr(), y.data_ptr(), rs.data_ptr(), shape,
-                                     host_coefs(w, b), eps);
+                                     host_coefs(w, b), eps, cpu_bn(x, bn, shape.channels, cb, keep));
     }
   }
   return {y.to(out_type(x, lowp_out)), x, rs};
 }
 
-// With `bn` (CUDA kernels only), x is batch norm's input z and the kernels recompute x on load.
+// With `bn`, x is batch norm's input z and the kernels recompute x on load.
 std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Tensor &x, const at::Tensor &w,
                                           const at::Tensor &b, const at::Tensor &rs, bool lowp_out,
                                           const BatchNormOnLoad *bn = nullptr) {
@@ -149,15 +173,17 @@ std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Ten
   const int k = static_cast<int>(w.numel());
   auto gy = like(gy_in, x, cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x));
   auto dx = at::empty_like(x);
-  if (bn && !cuda_kernels(x)) throw std::logic_error("batch norm recomputed on load needs the CUDA kernels");
   if (cuda_kernels(x)) {
     auto [dw, db] = cuda::polynorm_backward(x, gy, rs, w, b, shape, dx, bn);
     return {dx, dw, db};
   }
   double gc[kMaxOrder + 1] = {0};
+  CpuBatchNorm cb{};
+  std::pair<at::Tensor, at::Tensor> keep;
   if (x.numel() > 0)
     cpu_kernels().polynorm_backward(dtype_of(x), x.const_data_ptr(), gy.const_data_ptr(), rs.const_data_ptr(),
-                                    dx.data_ptr(), shape, host_coefs(w, b), gc);
+                                    dx.data_ptr(), shape, host_coefs(w, b), gc,
+                                    cpu_bn(x, bn, shape.channels, cb, keep));
   return cpu_coef_grads(dx, gc, k, w, b);
 }
 
@@ -167,12 +193,15 @@ Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
   // Elementwise: any dense layout will do, as long as x, y, dy and dx share it.
   auto x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
   auto y = at::empty_like(x, x.options().dtype(cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x)));
-  if (bn && !cuda_kernels(x)) throw std::logic_error("batch norm applied on load needs the CUDA kernels");
   if (x.numel() > 0) {
     if (cuda_kernels(x)) {
       cuda::polyrelu_forward(x, w, b, y, bn);
     } else {
-      cpu_kernels().polyrelu_forward(dtype_of(x), x.const_data_ptr(), y.data_ptr(), x.numel(), host_coefs(w, b));
+      const auto shape = relu_shape(x, bn);
+      CpuBatchNorm cb{};
+      std::pair<at::Tensor, at::Tensor> keep;
+      cpu_kernels().polyrelu_forward(dtype_of(x), x.const_data_ptr(), y.data_ptr(), shape, host_coefs(w, b),
+                                     cpu_bn(x, bn, shape.channels, cb, keep));
     }
   }
   return {y.to(out_type(x, lowp_out)), x, at::Tensor()};
@@ -183,15 +212,18 @@ std::vector<at::Tensor> polyrelu_backward(const at::Tensor &gy_in, const at::Ten
   const int k = static_cast<int>(w.numel());
   auto gy = like(gy_in, x, cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x));
   auto dx = at::empty_like(x);
-  if (bn && !cuda_kernels(x)) throw std::logic_error("batch norm recomputed on load needs the CUDA kernels");
   if (cuda_kernels(x)) {
     auto [dw, db] = cuda::polyrelu_backward(x, gy, w, b, dx, bn);
     return {dx, dw, db};
   }
   double gc[kMaxOrder + 1] = {0};
-  if (x.numel() > 0)
-    cpu_kernels().polyrelu_backward(dtype_of(x), x.const_data_ptr(), gy.const_data_ptr(), dx.data_ptr(), x.numel(),
-                                    host_coefs(w, b), gc);
+  if (x.numel() > 0) {
+    const auto shape = relu_shape(x, bn);
+    CpuBatchNorm cb{};
+    std::pair<at::Tensor, at::Tensor> keep;
+    cpu_kernels().polyrelu_backward(dtype_of(x), x.const_data_ptr(), gy.const_data_ptr(), dx.data_ptr(), shape,
+                                    host_coefs(w, b), gc, cpu_bn(x, bn, shape.channels, cb, keep));
+  }
   return cpu_coef_grads(dx, gc, k, w, b);
 }
 
@@ -240,8 +272,11 @@ struct PolyReluFunction : public torch::autograd::Function<PolyReluFunction> {
 // runs the activation's backward, and hands dx to batch norm's own backward. Where the separate
 // operators keep z, x and y per site, this keeps z and y: ReLU's count (Inductor recomputes the
 // same way). The recomputed x is batch norm's output to within a rounding of its last step.
-// With the CUDA kernels (and the residual of z's type and layout) x is never written at all: see
-// forward_on_load; the backward kernels then apply the same map as they load z.
+// When the residual is absent or of z's type and layout (fp32, and on CUDA bf16/fp16 with
+// act_out_lowp), x is never written at all: see forward_on_load and applies_on_load; the backward
+// kernels then apply the same map as they load z. Otherwise (a bf16 z with the fp32 residual
+// stream of fp32 outputs; bf16/fp16 on the CPU) libtorch's batch norm runs and the backward
+// recomputes x.
 struct BnActFunction : public torch::autograd::Function<BnActFunction> {
   static at::Tensor forward(AutogradContext *ctx, const at::Tensor &z, const at::Tensor &gamma_in,
                             const at::Tensor &beta_in, const at::Tensor &identity_in, const at::Tensor &w,
@@ -262,7 +297,7 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     if (z.dim() < 2) throw std::invalid_argument("fused BatchNorm + activation: input needs a channel axis");
     if (identity.defined() && identity.sizes() != z.sizes())
       throw std::invalid_argument("fused BatchNorm + activation: residual and input differ in shape");
-    if (cuda_kernels(z)) {
+    {
       const auto zl = norm_layout(z).x;
       if (applies_on_load(zl, identity))
         return forward_on_load(ctx, zl, gamma, beta, identity, w, b, running_mean, running_var, train, momentum,
@@ -296,11 +331,14 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     ctx->saved_data["x_type"] = static_cast<int64_t>(x_type);
   }
 
-  // The CUDA kernels can apply batch norm (and the add, and the clamp) as they load z when x has
-  // z's type: the identity absent or of z's type and layout (the GPU configuration: bf16 with
-  // act_out_lowp, or fp32), z contiguous or channels-last.
+  // The kernels can apply batch norm (and the add, and the clamp) as they load z when x has z's
+  // type: the identity absent or of z's type and layout (the GPU configuration: bf16 with
+  // act_out_lowp, or fp32), z contiguous or channels-last. The CPU kernels do so for fp32 and
+  // fp64 z only: for bf16/fp16 their per-vector rounding of z * scale + shift (ATen's conversion
+  // functions, not inlined) made a folded bf16 site slower than libtorch's batch norm plus the
+  // activation (bench-act, 96 px: 149 vs 119 ms), where fp32 gains.
   static bool applies_on_load(const at::Tensor &z, const at::Tensor &identity) {
-    if (!cuda_kernels(z)) return false;
+    if (!cuda_kernels(z) && z.scalar_type() != at::kFloat && z.scalar_type() != at::kDouble) return false;
     if (identity.defined() && (identity.scalar_type() != z.scalar_type() || identity.strides() != z.strides()))
       return false;
     return z.is_contiguous() || (z.dim() == 4 && z.is_contiguous(at::MemoryFormat::ChannelsLast));

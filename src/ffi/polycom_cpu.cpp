@@ -14,6 +14,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/macros/Macros.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -110,6 +111,62 @@ inline void add_powers(V *acc, int64_t stride, V base, const V &factor, int k) {
   }
 }
 
+// Where the kernels read x: x itself, or (BatchNorm folded in, CpuBatchNorm) batch norm's input z
+// and the rest of the map x = T(T(z * scale + shift) + identity), clamped.
+template <typename T>
+struct Src {
+  using A = Acc<T>;
+  const T *x;               // x, or z when scale is set
+  const T *identity;        // or null
+  const A *scale, *shift;   // per channel, or null: x read as is
+  A clamp;                  // > 0: act_clamp
+
+  Src(const void *x_, const CpuBatchNorm *bn)
+      : x(static_cast<const T *>(x_)),
+        identity(bn ? static_cast<const T *>(bn->identity) : nullptr),
+        scale(bn ? static_cast<const A *>(bn->scale) : nullptr),
+        shift(bn ? static_cast<const A *>(bn->shift) : nullptr),
+        clamp(bn ? static_cast<A>(bn->clamp) : A(0)) {}
+  bool on_load() const { return scale != nullptr; }
+};
+
+// v rounded to T and back (bf16/fp16: round to nearest even, exactly as a store and a load).
+template <typename T>
+C10_ALWAYS_INLINE Vectorized<Acc<T>> round_to(const Vectorized<Acc<T>> &v) {
+  if constexpr (std::is_same_v<T, Acc<T>>) {
+    return v;
+  } else {
+    return std::get<0>(at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(v, v)));
+  }
+}
+
+// n lanes of x at element `off` of s (the tail zero, as load's), with the channel's (or each
+// lane's channel's) scale and shift; *mask: all ones where x lay inside the clamp (when given and
+// s clamps).
+// (Always inlined: as a call per vector it cost as much as the arithmetic it saves.)
+template <typename T>
+C10_ALWAYS_INLINE Vectorized<Acc<T>> load_x(const Src<T> &s, int64_t off, int64_t n, const Vectorized<Acc<T>> &scale,
+                                 const Vectorized<Acc<T>> &shift, Vectorized<Acc<T>> *mask = nullptr) {
+  using A = Acc<T>;
+  using V = Vectorized<A>;
+  V v = load(s.x + off, n);
+  if (!s.on_load()) return v;
+  v = round_to<T>(v * scale + shift);
+  if (s.identity) v = round_to<T>(v + load(s.identity + off, n));
+  if (s.clamp > 0) {
+    const V lo(-s.clamp), hi(s.clamp);
+    if (mask) *mask = (v >= lo) & (v <= hi);  // false for NaN, as at::ge / at::le
+    v = at::vec::clamp(v, lo, hi);            // NaN stays NaN, as at::clamp
+  }
+  return n == V::size() ? v : V::set(V(A(0)), v, n);
+}
+
+// The mask of load_x applied to a gradient (a no-op unless s clamps).
+template <typename T>
+C10_ALWAYS_INLINE Vectorized<Acc<T>> masked(const Src<T> &s, const Vectorized<Acc<T>> &g, const Vectorized<Acc<T>> &mask) {
+  return s.on_load() && s.clamp > 0 ? g & mask : g;
+}
+
 // Items are processed in parallel, each writing `width` doubles of partial sums; the sums are
 // then added up in item order (deterministic for any thread count).
 template <typename F>
@@ -134,7 +191,7 @@ void parallel_items(int64_t items, int64_t work_per_item, int width, double *out
 constexpr int64_t kChunk = 2048;
 
 template <typename T>
-void polynorm_forward_strided(const T *x, Acc<T> *y, Acc<T> *rs, NormShape s, const Coefs &c, double eps) {
+void polynorm_forward_strided(const Src<T> &x, Acc<T> *y, Acc<T> *rs, NormShape s, const Coefs &c, double eps) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
@@ -144,12 +201,15 @@ void polynorm_forward_strided(const T *x, Acc<T> *y, Acc<T> *rs, NormShape s, co
     const int64_t o = item / chunks, p0 = (item % chunks) * kChunk, len = std::min(kChunk, HW - p0);
     const int64_t nv = (len + VS - 1) / VS;
     const auto n_of = [&](int64_t v) { return std::min(VS, len - v * VS); };
-    const T *xs = x + o * C * HW + p0;
+    const int64_t xs = o * C * HW + p0;
+    const auto scale = [&](int64_t ch) { return x.on_load() ? V(x.scale[ch]) : V(A(1)); };
+    const auto shift = [&](int64_t ch) { return x.on_load() ? V(x.shift[ch]) : V(A(0)); };
     std::vector<V> sums(k * nv, V(A(0)));  // sums[i * nv + v]: sum over channels of x^(2i+2)
     for (int64_t ch = 0; ch < C; ch++) {
-      const T *row = xs + ch * HW;
+      const int64_t row = xs + ch * HW;
+      const V sc = scale(ch), sh = shift(ch);
       for (int64_t v = 0; v < nv; v++) {
-        const V xv = load(row + v * VS, n_of(v));
+        const V xv = load_x(x, row + v * VS, n_of(v), sc, sh);
         add_powers(&sums[v], nv, xv * xv, xv * xv, k);
       }
     }
@@ -167,9 +227,10 @@ void polynorm_forward_strided(const T *x, Acc<T> *y, Acc<T> *rs, NormShape s, co
     const V b(static_cast<A>(c.bias));
     A *ys = y + o * C * HW + p0;
     for (int64_t ch = 0; ch < C; ch++) {
-      const T *row = xs + ch * HW;
+      const int64_t row = xs + ch * HW;
+      const V sc = scale(ch), sh = shift(ch);
       for (int64_t v = 0; v < nv; v++) {
-        const V xv = load(row + v * VS, n_of(v));
+        const V xv = load_x(x, row + v * VS, n_of(v), sc, sh);
         V acc = sums[(k - 1) * nv + v];
         for (int i = k - 2; i >= 0; i--) acc = acc * xv + sums[i * nv + v];
         store(ys + ch * HW + v * VS, acc * xv + b, n_of(v));
@@ -184,8 +245,8 @@ void polynorm_forward_strided(const T *x, Acc<T> *y, Acc<T> *rs, NormShape s, co
 //        = g_c P(x_c) - x_c Q(x_c^2),  P(x) = sum_i i w_i r_i x^(i-1),  Q(u) = sum_i i w_i r_i^3 D_i / C u^(i-1)
 //   dw_i = sum_pixels r_i D_i,  db = sum g.
 template <typename T>
-void polynorm_backward_strided(const T *x, const Acc<T> *gy, const Acc<T> *rs, T *dx, NormShape s, const Coefs &c,
-                               double *grad_coefs) {
+void polynorm_backward_strided(const Src<T> &x, const Acc<T> *gy, const Acc<T> *rs, T *dx, NormShape s,
+                               const Coefs &c, double *grad_coefs) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
@@ -195,14 +256,18 @@ void polynorm_backward_strided(const T *x, const Acc<T> *gy, const Acc<T> *rs, T
     const int64_t o = item / chunks, p0 = (item % chunks) * kChunk, len = std::min(kChunk, HW - p0);
     const int64_t nv = (len + VS - 1) / VS;
     const auto n_of = [&](int64_t v) { return std::min(VS, len - v * VS); };
-    const T *xs = x + o * C * HW + p0;
+    const int64_t xs = o * C * HW + p0;
     const A *gs = gy + o * C * HW + p0;
-    // d[i * nv + v]: sum over channels of g x^(i+1); d[k * nv + v]: sum of g.
+    const auto scale = [&](int64_t ch) { return x.on_load() ? V(x.scale[ch]) : V(A(1)); };
+    const auto shift = [&](int64_t ch) { return x.on_load() ? V(x.shift[ch]) : V(A(0)); };
+    // d[i * nv + v]: sum over channels of g x^(i+1); d[k * nv + v]: sum of g. (x clamped: g is
+    // the gradient of the activation of clamp(x), so the sums need no mask; dx does.)
     std::vector<V> d((k + 1) * nv, V(A(0)));
     for (int64_t ch = 0; ch < C; ch++) {
+      const V sc = scale(ch), sh = shift(ch);
       for (int64_t v = 0; v < nv; v++) {
         const int64_t n = n_of(v);
-        const V xv = load(xs + ch * HW + v * VS, n), gv = load(gs + ch * HW + v * VS, n);
+        const V xv = load_x(x, xs + ch * HW + v * VS, n, sc, sh), gv = load(gs + ch * HW + v * VS, n);
         d[k * nv + v] = d[k * nv + v] + gv;
         add_powers(&d[v], nv, gv * xv, xv, k);
       }
@@ -223,15 +288,18 @@ void polynorm_backward_strided(const T *x, const Acc<T> *gy, const Acc<T> *rs, T
     for (int64_t v = 0; v < nv; v++) part[k] += lane_sum(d[k * nv + v], n_of(v));
     T *dxs = dx + o * C * HW + p0;
     for (int64_t ch = 0; ch < C; ch++) {
+      const V sc = scale(ch), sh = shift(ch);
       for (int64_t v = 0; v < nv; v++) {
         const int64_t n = n_of(v);
-        const V xv = load(xs + ch * HW + v * VS, n), gv = load(gs + ch * HW + v * VS, n), x2 = xv * xv;
+        V mask;
+        const V xv = load_x(x, xs + ch * HW + v * VS, n, sc, sh, &mask), gv = load(gs + ch * HW + v * VS, n);
+        const V x2 = xv * xv;
         V p = pc[(k - 1) * nv + v], q = qc[(k - 1) * nv + v];
         for (int i = k - 2; i >= 0; i--) {
           p = p * xv + pc[i * nv + v];
           q = q * x2 + qc[i * nv + v];
         }
-        store(dxs + ch * HW + v * VS, gv * p - xv * q, n);
+        store(dxs + ch * HW + v * VS, masked(x, gv * p - xv * q, mask), n);
       }
     }
   });
@@ -243,8 +311,18 @@ void polynorm_backward_strided(const T *x, const Acc<T> *gy, const Acc<T> *rs, T
 
 constexpr int64_t kRowsPerItem = 16;
 
+// Channels ch..ch+n-1's scales and shifts (channels contiguous: one per lane).
 template <typename T>
-void polynorm_forward_rows(const T *x, Acc<T> *y, Acc<T> *rs, NormShape s, const Coefs &c, double eps) {
+inline Vectorized<Acc<T>> scale_at(const Src<T> &x, int64_t ch, int64_t n) {
+  return x.on_load() ? load(x.scale + ch, n) : Vectorized<Acc<T>>(Acc<T>(1));
+}
+template <typename T>
+inline Vectorized<Acc<T>> shift_at(const Src<T> &x, int64_t ch, int64_t n) {
+  return x.on_load() ? load(x.shift + ch, n) : Vectorized<Acc<T>>(Acc<T>(0));
+}
+
+template <typename T>
+void polynorm_forward_rows(const Src<T> &x, Acc<T> *y, Acc<T> *rs, NormShape s, const Coefs &c, double eps) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
@@ -253,11 +331,12 @@ void polynorm_forward_rows(const T *x, Acc<T> *y, Acc<T> *rs, NormShape s, const
   parallel_items(items, kRowsPerItem * C, 0, nullptr, [&](int64_t item, double *) {
     const int64_t end = std::min(rows, (item + 1) * kRowsPerItem);
     for (int64_t m = item * kRowsPerItem; m < end; m++) {
-      const T *row = x + m * C;
+      const int64_t row = m * C;
       V sums[kMaxOrder];
       for (int i = 0; i < k; i++) sums[i] = V(A(0));
       for (int64_t ch = 0; ch < C; ch += VS) {
-        const V xv = load(row + ch, std::min(VS, C - ch));
+        const int64_t n = std::min(VS, C - ch);
+        const V xv = load_x(x, row + ch, n, scale_at(x, ch, n), shift_at(x, ch, n));
         add_powers(sums, 1, xv * xv, xv * xv, k);
       }
       V coef[kMaxOrder];
@@ -270,7 +349,7 @@ void polynorm_forward_rows(const T *x, Acc<T> *y, Acc<T> *rs, NormShape s, const
       const V b(static_cast<A>(c.bias));
       for (int64_t ch = 0; ch < C; ch += VS) {
         const int64_t n = std::min(VS, C - ch);
-        const V xv = load(row + ch, n);
+        const V xv = load_x(x, row + ch, n, scale_at(x, ch, n), shift_at(x, ch, n));
         store(y + m * C + ch, horner(coef, k, xv) * xv + b, n);
       }
     }
@@ -278,8 +357,8 @@ void polynorm_forward_rows(const T *x, Acc<T> *y, Acc<T> *rs, NormShape s, const
 }
 
 template <typename T>
-void polynorm_backward_rows(const T *x, const Acc<T> *gy, const Acc<T> *rs, T *dx, NormShape s, const Coefs &c,
-                            double *grad_coefs) {
+void polynorm_backward_rows(const Src<T> &x, const Acc<T> *gy, const Acc<T> *rs, T *dx, NormShape s,
+                            const Coefs &c, double *grad_coefs) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
@@ -288,13 +367,13 @@ void polynorm_backward_rows(const T *x, const Acc<T> *gy, const Acc<T> *rs, T *d
   parallel_items(items, 2 * kRowsPerItem * C, k + 1, grad_coefs, [&](int64_t item, double *part) {
     const int64_t end = std::min(rows, (item + 1) * kRowsPerItem);
     for (int64_t m = item * kRowsPerItem; m < end; m++) {
-      const T *row = x + m * C;
+      const int64_t row = m * C;
       const A *grow = gy + m * C;
       V d[kMaxOrder], gsum(A(0));
       for (int i = 0; i < k; i++) d[i] = V(A(0));
       for (int64_t ch = 0; ch < C; ch += VS) {
         const int64_t n = std::min(VS, C - ch);
-        const V xv = load(row + ch, n), gv = load(grow + ch, n);
+        const V xv = load_x(x, row + ch, n, scale_at(x, ch, n), shift_at(x, ch, n)), gv = load(grow + ch, n);
         gsum = gsum + gv;
         add_powers(d, 1, gv * xv, xv, k);
       }
@@ -309,8 +388,9 @@ void polynorm_backward_rows(const T *x, const Acc<T> *gy, const Acc<T> *rs, T *d
       part[k] += lane_sum(gsum, VS);
       for (int64_t ch = 0; ch < C; ch += VS) {
         const int64_t n = std::min(VS, C - ch);
-        const V xv = load(row + ch, n), gv = load(grow + ch, n);
-        store(dx + m * C + ch, gv * horner(p, k, xv) - xv * horner(q, k, xv * xv), n);
+        V mask;
+        const V xv = load_x(x, row + ch, n, scale_at(x, ch, n), shift_at(x, ch, n), &mask), gv = load(grow + ch, n);
+        store(dx + m * C + ch, masked(x, gv * horner(p, k, xv) - xv * horner(q, k, xv * xv), mask), n);
       }
     }
   });
@@ -322,51 +402,84 @@ void polynorm_backward_rows(const T *x, const Acc<T> *gy, const Acc<T> *rs, T *d
 
 constexpr int64_t kElemsPerItem = 4096;
 
-template <typename T>
-void polyrelu_forward_typed(const T *x, Acc<T> *y, int64_t numel, const Coefs &c) {
+// Calls body(off, n, scale, shift, sums) for every vector of the s.outer * s.channels * s.inner
+// elements, in parallel items; each item's `width` vector sums start at zero and are added to the
+// item's partial sums at its end. Without batch norm on load one flat run (any dense layout);
+// with it, per channel: NCHW a row of H*W elements per (sample, channel), channels-last rows of C.
+template <typename T, typename F>
+void for_each_vector(const Src<T> &x, NormShape s, int width, double *out, const F &body) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
+  const auto flush = [&](const V *sums, double *part) {
+    for (int i = 0; i < width; i++) part[i] += lane_sum(sums[i], VS);
+  };
+  const V one(A(1)), zero(A(0));
+  if (!x.on_load()) {
+    const int64_t numel = s.outer * s.channels * s.inner, items = (numel + kElemsPerItem - 1) / kElemsPerItem;
+    parallel_items(items, kElemsPerItem, width, out, [&](int64_t item, double *part) {
+      V sums[kMaxOrder + 1];
+      for (int i = 0; i < width; i++) sums[i] = zero;
+      const int64_t end = std::min(numel, (item + 1) * kElemsPerItem);
+      for (int64_t j = item * kElemsPerItem; j < end; j += VS) body(j, std::min(VS, end - j), one, zero, sums);
+      if (width > 0) flush(sums, part);
+    });
+  } else if (s.inner == 1) {
+    const int64_t C = s.channels, items = (s.outer + kRowsPerItem - 1) / kRowsPerItem;
+    parallel_items(items, kRowsPerItem * C, width, out, [&](int64_t item, double *part) {
+      V sums[kMaxOrder + 1];
+      for (int i = 0; i < width; i++) sums[i] = zero;
+      const int64_t end = std::min(s.outer, (item + 1) * kRowsPerItem);
+      for (int64_t m = item * kRowsPerItem; m < end; m++)
+        for (int64_t ch = 0; ch < C; ch += VS) {
+          const int64_t n = std::min(VS, C - ch);
+          body(m * C + ch, n, scale_at(x, ch, n), shift_at(x, ch, n), sums);
+        }
+      if (width > 0) flush(sums, part);
+    });
+  } else {
+    const int64_t C = s.channels, HW = s.inner;
+    parallel_items(s.outer * C, HW, width, out, [&](int64_t row, double *part) {
+      V sums[kMaxOrder + 1];
+      for (int i = 0; i < width; i++) sums[i] = zero;
+      const V sc(x.scale[row % C]), sh(x.shift[row % C]);
+      for (int64_t j = 0; j < HW; j += VS) body(row * HW + j, std::min(VS, HW - j), sc, sh, sums);
+      if (width > 0) flush(sums, part);
+    });
+  }
+}
+
+template <typename T>
+void polyrelu_forward_typed(const Src<T> &x, Acc<T> *y, NormShape s, const Coefs &c) {
+  using A = Acc<T>;
+  using V = Vectorized<A>;
   const int k = c.order;
   V w[kMaxOrder];
   for (int i = 0; i < k; i++) w[i] = V(static_cast<A>(c.weight[i]));
   const V b(static_cast<A>(c.bias)), zero(A(0));
-  const int64_t items = (numel + kElemsPerItem - 1) / kElemsPerItem;
-  parallel_items(items, kElemsPerItem, 0, nullptr, [&](int64_t item, double *) {
-    const int64_t end = std::min(numel, (item + 1) * kElemsPerItem);
-    for (int64_t j = item * kElemsPerItem; j < end; j += VS) {
-      const int64_t n = std::min(VS, end - j);
-      const V r = at::vec::maximum(load(x + j, n), zero);  // NaN stays NaN, as torch.relu
-      store(y + j, horner(w, k, r) * r + b, n);
-    }
+  for_each_vector(x, s, 0, nullptr, [&](int64_t j, int64_t n, const V &sc, const V &sh, V *) {
+    const V r = at::vec::maximum(load_x(x, j, n, sc, sh), zero);  // NaN stays NaN, as torch.relu
+    store(y + j, horner(w, k, r) * r + b, n);
   });
 }
 
 template <typename T>
-void polyrelu_backward_typed(const T *x, const Acc<T> *gy, T *dx, int64_t numel, const Coefs &c,
+void polyrelu_backward_typed(const Src<T> &x, const Acc<T> *gy, T *dx, NormShape s, const Coefs &c,
                              double *grad_coefs) {
   using A = Acc<T>;
   using V = Vectorized<A>;
-  constexpr int64_t VS = V::size();
   const int k = c.order;
   V iw[kMaxOrder];
   for (int i = 0; i < k; i++) iw[i] = V(static_cast<A>((i + 1) * c.weight[i]));
   const V zero(A(0));
-  const int64_t items = (numel + kElemsPerItem - 1) / kElemsPerItem;
-  parallel_items(items, 2 * kElemsPerItem, k + 1, grad_coefs, [&](int64_t item, double *part) {
-    V sums[kMaxOrder + 1];
-    for (int i = 0; i <= k; i++) sums[i] = zero;
-    const int64_t end = std::min(numel, (item + 1) * kElemsPerItem);
-    for (int64_t j = item * kElemsPerItem; j < end; j += VS) {
-      const int64_t n = std::min(VS, end - j);
-      const V xv = load(x + j, n), gv = load(gy + j, n);
-      const V positive = xv > zero;
-      const V r = V::blendv(zero, xv, positive);
-      add_powers(sums, 1, gv * r, r, k);
-      sums[k] = sums[k] + gv;
-      store(dx + j, V::blendv(zero, gv * horner(iw, k, r), positive), n);
-    }
-    for (int i = 0; i <= k; i++) part[i] += lane_sum(sums[i], VS);
+  for_each_vector(x, s, k + 1, grad_coefs, [&](int64_t j, int64_t n, const V &sc, const V &sh, V *sums) {
+    V mask;
+    const V xv = load_x(x, j, n, sc, sh, &mask), gv = load(gy + j, n);
+    const V positive = xv > zero;
+    const V r = V::blendv(zero, xv, positive);
+    add_powers(sums, 1, gv * r, r, k);
+    sums[k] = sums[k] + gv;
+    store(dx + j, masked(x, V::blendv(zero, gv * horner(iw, k, r), positive), mask), n);
   });
 }
 
@@ -383,49 +496,50 @@ void by_type(Dtype dt, const F &f) {
   }
 }
 
-void polynorm_forward(Dtype dt, const void *x, void *y, void *rs, NormShape s, const Coefs &c, double eps) {
+void polynorm_forward(Dtype dt, const void *x, void *y, void *rs, NormShape s, const Coefs &c, double eps,
+                      const CpuBatchNorm *bn) {
   by_type(dt, [&](auto tag) {
     using T = decltype(tag);
     using A = Acc<T>;
-    auto *xt = static_cast<const T *>(x);
+    const Src<T> xs(x, bn);
     auto *yt = static_cast<A *>(y);
     auto *rt = static_cast<A *>(rs);
     if (s.inner == 1)
-      polynorm_forward_rows<T>(xt, yt, rt, s, c, eps);
+      polynorm_forward_rows<T>(xs, yt, rt, s, c, eps);
     else
-      polynorm_forward_strided<T>(xt, yt, rt, s, c, eps);
+      polynorm_forward_strided<T>(xs, yt, rt, s, c, eps);
   });
 }
 
 void polynorm_backward(Dtype dt, const void *x, const void *gy, const void *rs, void *dx, NormShape s, const Coefs &c,
-                       double *grad_coefs) {
+                       double *grad_coefs, const CpuBatchNorm *bn) {
   by_type(dt, [&](auto tag) {
     using T = decltype(tag);
     using A = Acc<T>;
-    auto *xt = static_cast<const T *>(x);
+    const Src<T> xs(x, bn);
     auto *gt = static_cast<const A *>(gy);
     auto *rt = static_cast<const A *>(rs);
     auto *dxt = static_cast<T *>(dx);
     if (s.inner == 1)
-      polynorm_backward_rows<T>(xt, gt, rt, dxt, s, c, grad_coefs);
+      polynorm_backward_rows<T>(xs, gt, rt, dxt, s, c, grad_coefs);
     else
-      polynorm_backward_strided<T>(xt, gt, rt, dxt, s, c, grad_coefs);
+      polynorm_backward_strided<T>(xs, gt, rt, dxt, s, c, grad_coefs);
   });
 }
 
-void polyrelu_forward(Dtype dt, const void *x, void *y, int64_t n, const Coefs &c) {
+void polyrelu_forward(Dtype dt, const void *x, void *y, NormShape s, const Coefs &c, const CpuBatchNorm *bn) {
   by_type(dt, [&](auto tag) {
     using T = decltype(tag);
-    polyrelu_forward_typed<T>(static_cast<const T *>(x), static_cast<Acc<T> *>(y), n, c);
+    polyrelu_forward_typed<T>(Src<T>(x, bn), static_cast<Acc<T> *>(y), s, c);
   });
 }
 
-void polyrelu_backward(Dtype dt, const void *x, const void *gy, void *dx, int64_t n, const Coefs &c,
-                       double *grad_coefs) {
+void polyrelu_backward(Dtype dt, const void *x, const void *gy, void *dx, NormShape s, const Coefs &c,
+                       double *grad_coefs, const CpuBatchNorm *bn) {
   by_type(dt, [&](auto tag) {
     using T = decltype(tag);
-    polyrelu_backward_typed<T>(static_cast<const T *>(x), static_cast<const Acc<T> *>(gy), static_cast<T *>(dx), n,
-                               c, grad_coefs);
+    polyrelu_backward_typed<T>(Src<T>(x, bn), static_cast<const Acc<T> *>(gy), static_cast<T *>(dx), s, c,
+                               grad_coefs);
   });
 }
 

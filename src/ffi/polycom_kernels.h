@@ -25,18 +25,31 @@ struct Coefs {
   double bias;             // b
 };
 
+// BatchNorm applied on load (bn_act, as the CUDA kernels' `Source`): where the kernels read x
+// they read batch norm's input z and compute x = T(T(z * scale + shift) + identity), clamped to
+// [-clamp, clamp] when clamp > 0 (and dx masked where x was outside); T = z's type, arithmetic
+// in the Acc type. Null: x is read as is.
+struct CpuBatchNorm {
+  const void *identity;     // null, or z's type and layout
+  const void *scale;        // per channel, the arithmetic type (float; double for fp64)
+  const void *shift;
+  double clamp;
+};
+
 struct CpuKernels {
   // PolyNorm forward: y = b + sum_i w_i x^i rsqrt(mean_c(x^2i) + eps); rs[outer, k, inner] = the
   // rsqrt values, saved for backward.
-  void (*polynorm_forward)(Dtype dt, const void *x, void *y, void *rs, NormShape s, const Coefs &c, double eps);
+  void (*polynorm_forward)(Dtype dt, const void *x, void *y, void *rs, NormShape s, const Coefs &c, double eps,
+                           const CpuBatchNorm *bn);
   // PolyNorm backward: dx (x's type), and dw_1..dw_k, db summed into grad_coefs[0..k] (double).
   void (*polynorm_backward)(Dtype dt, const void *x, const void *gy, const void *rs, void *dx, NormShape s,
-                            const Coefs &c, double *grad_coefs);
-  // PolyReLU forward over n elements: y = b + sum_i w_i relu(x)^i.
-  void (*polyrelu_forward)(Dtype dt, const void *x, void *y, int64_t n, const Coefs &c);
+                            const Coefs &c, double *grad_coefs, const CpuBatchNorm *bn);
+  // PolyReLU forward over the s.outer * s.channels * s.inner elements: y = b + sum_i w_i relu(x)^i
+  // (without bn any dense layout, s only counting them).
+  void (*polyrelu_forward)(Dtype dt, const void *x, void *y, NormShape s, const Coefs &c, const CpuBatchNorm *bn);
   // PolyReLU backward: dx, and dw_1..dw_k, db into grad_coefs[0..k].
-  void (*polyrelu_backward)(Dtype dt, const void *x, const void *gy, void *dx, int64_t n, const Coefs &c,
-                            double *grad_coefs);
+  void (*polyrelu_backward)(Dtype dt, const void *x, const void *gy, void *dx, NormShape s, const Coefs &c,
+                            double *grad_coefs, const CpuBatchNorm *bn);
 };
 
 // One table per instruction set the build compiled (polycom_cpu.cpp built with -DRT_ISA=...).
