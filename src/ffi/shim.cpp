@@ -537,14 +537,15 @@ static void laprop_step(Lists &L, const double *h) {
 // torch.optim's _multi_tensor_radam (not capturable). L: p, g, m, v.
 // h: lr, beta1, beta2, eps, weight_decay, decoupled, unrect_step_size, bias_correction2 (torch's
 // names: the scalars it computes from the step; 0 when the step is not rectified).
-static void radam_step(Lists &L, const double *h) {
+// What torch's RAdam and NAdam share, in their order: weight decay (decoupled: p *= 1 - lr wd;
+// else wd p added to the gradient), then Adam's moments. Returns the gradient the step used.
+// h: lr, beta1, beta2, eps, weight_decay, decoupled.
+static std::vector<at::Tensor> torch_adam_moments(Lists &L, const double *h) {
   auto &p = L[0], &m = L[2], &v = L[3];
   std::vector<at::Tensor> g = L[1];
-  const double lr = h[0], beta1 = h[1], beta2 = h[2], eps = h[3], wd = h[4];
-  const bool decoupled = h[5] != 0;
-  const double unrect_step_size = h[6], bias_correction2 = h[7];
+  const double lr = h[0], beta1 = h[1], beta2 = h[2], wd = h[4];
   if (wd != 0) {
-    if (decoupled) {
+    if (h[5] != 0) {
       at::_foreach_mul_(p, 1.0 - lr * wd);
     } else {
       g = at::_foreach_add(g, p, wd);
@@ -553,6 +554,13 @@ static void radam_step(Lists &L, const double *h) {
   at::_foreach_lerp_(m, g, 1.0 - beta1);
   at::_foreach_mul_(v, beta2);
   at::_foreach_addcmul_(v, g, g, 1.0 - beta2);
+  return g;
+}
+
+static void radam_step(Lists &L, const double *h) {
+  auto &p = L[0], &m = L[2], &v = L[3];
+  const double eps = h[3], unrect_step_size = h[6], bias_correction2 = h[7];
+  torch_adam_moments(L, h);
   auto buffer = at::_foreach_sqrt(v);
   at::_foreach_add_(buffer, eps);
   at::_foreach_div_(buffer, bias_correction2);  // 0 (unrectified): inf, whose reciprocal is 0
@@ -566,19 +574,8 @@ static void radam_step(Lists &L, const double *h) {
 // step_size_expavg (torch's names; from the step and mu_product, computed by the caller).
 static void nadam_step(Lists &L, const double *h) {
   auto &p = L[0], &m = L[2], &v = L[3];
-  std::vector<at::Tensor> g = L[1];
-  const double lr = h[0], beta1 = h[1], beta2 = h[2], eps = h[3], wd = h[4];
-  const bool decoupled = h[5] != 0;
-  if (wd != 0) {
-    if (decoupled) {
-      at::_foreach_mul_(p, 1.0 - lr * wd);
-    } else {
-      g = at::_foreach_add(g, p, wd);
-    }
-  }
-  at::_foreach_lerp_(m, g, 1.0 - beta1);
-  at::_foreach_mul_(v, beta2);
-  at::_foreach_addcmul_(v, g, g, 1.0 - beta2);
+  const double eps = h[3];
+  const auto g = torch_adam_moments(L, h);
   auto denom = at::_foreach_sqrt(v);
   at::_foreach_div_(denom, h[6]);
   at::_foreach_add_(denom, eps);
