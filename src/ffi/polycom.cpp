@@ -334,9 +334,9 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
   // The kernels can apply batch norm (and the add, and the clamp) as they load z when x has z's
   // type: the identity absent or of z's type and layout (the GPU configuration: bf16 with
   // act_out_lowp, or fp32), z contiguous or channels-last. The CPU kernels do so for fp32 and
-  // fp64 z only: for bf16/fp16 their per-vector rounding of z * scale + shift (ATen's conversion
-  // functions, not inlined) made a folded bf16 site slower than libtorch's batch norm plus the
-  // activation (bench-act, 96 px: 149 vs 119 ms), where fp32 gains.
+  // fp64 z only: a folded bf16/fp16 site applied on load measured slower than libtorch's batch
+  // norm plus the activation (bench-act, 96 px: 149 vs 119 ms in bf16, with the rounding of
+  // z * scale + shift inlined too; BENCHMARKS.md), where fp32 gains.
   static bool applies_on_load(const at::Tensor &z, const at::Tensor &identity) {
     if (!cuda_kernels(z) && z.scalar_type() != at::kFloat && z.scalar_type() != at::kDouble) return false;
     if (identity.defined() && (identity.scalar_type() != z.scalar_type() || identity.strides() != z.strides()))
