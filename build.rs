@@ -68,6 +68,21 @@ fn main() {
             "avx2",
             vec!["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"],
         ));
+        // ATen's own AVX512 build flags (cmake/Codegen.cmake): 16 fp32 lanes, which libtorch's
+        // convolutions and batch norm already use on such CPUs.
+        isas.push((
+            "avx512",
+            vec![
+                "-DCPU_CAPABILITY=AVX512",
+                "-DCPU_CAPABILITY_AVX512",
+                "-mavx512f",
+                "-mavx512bw",
+                "-mavx512vl",
+                "-mavx512dq",
+                "-mfma",
+                "-mf16c",
+            ],
+        ));
     }
     for (isa, flags) in isas {
         let mut b = torch_build();

@@ -145,16 +145,19 @@ fn all_against_eager(isa: CpuIsa) {
     }
 }
 
-/// Every order, dtype, shape and layout, with the CPU kernels this machine picks and with the
-/// portable build (both are shipped; a machine without AVX2 runs the latter).
+/// Every order, dtype, shape and layout, with the CPU kernels this machine picks and with every
+/// narrower build it can run (all are shipped; a machine without AVX2 runs the portable one).
 #[test]
 fn equals_eager_for_every_order_dtype_and_layout() {
     let _lock = common::global_lock();
     let best = ffi::polycom_cpu_isa().expect("isa");
     all_against_eager(CpuIsa::Auto);
-    if best == CpuIsa::Avx2 {
-        all_against_eager(CpuIsa::Portable);
-    } else {
+    for narrower in [CpuIsa::Avx2, CpuIsa::Portable] {
+        if (narrower as i32) < (best as i32) {
+            all_against_eager(narrower);
+        }
+    }
+    if best == CpuIsa::Portable {
         eprintln!("NOTE: this CPU has no AVX2: only the portable kernels were tested");
     }
     ffi::set_polycom_cpu_isa(CpuIsa::Auto).expect("isa");
@@ -417,7 +420,7 @@ fn bn_site(
 /// output and gradients (the kernels apply batch norm as they load z, or, with a residual of
 /// another type, libtorch's batch norm runs and backward recomputes x), for both activations, in
 /// training and eval mode, with the `act_clamp` remedy, NCHW and channels_last, with and without
-/// a residual of z's or a wider type, in fp64, fp32 and bf16.
+/// a residual of z's or a wider type, in fp64, fp32, bf16 and fp16.
 #[test]
 fn batch_norm_folded_into_the_activation_changes_no_value() {
     tch::manual_seed(12);
@@ -425,7 +428,9 @@ fn batch_norm_folded_into_the_activation_changes_no_value() {
     let gy = Tensor::randn([3, 8, 5, 7], (Kind::Float, Device::Cpu));
     let identity = Tensor::randn([3, 8, 5, 7], (Kind::Float, Device::Cpu));
     for kind in [ActKind::Polyrelu, ActKind::Polynorm] {
-        for (dtype, tol) in [(Kind::Double, 1e-12), (Kind::Float, 1e-5), (Kind::BFloat16, 2e-2)] {
+        for (dtype, tol) in
+            [(Kind::Double, 1e-12), (Kind::Float, 1e-5), (Kind::BFloat16, 2e-2), (Kind::Half, 5e-3)]
+        {
             for (layout, z) in
                 layouts(&base.to_kind(dtype)).into_iter().filter(|(_, z)| z.size() == base.size())
             {
@@ -457,6 +462,87 @@ fn batch_norm_folded_into_the_activation_changes_no_value() {
             }
         }
     }
+}
+
+/// Applied on load, batch norm's output and the residual sum are rounded to bf16/fp16 in
+/// registers (polycom_cpu.cpp `round_to`), as libtorch rounds the separate operators' stored
+/// tensors: checked bit for bit with an identity batch norm (eval mode, unit statistics, gamma 1,
+/// beta 0: x = round(z + identity)) and order-1 PolyReLU (y = relu(x)) against libtorch's
+/// low-precision add and relu, over ties, infinities, NaN and overflow, with every CPU build
+/// this machine runs.
+#[test]
+fn batch_norm_on_load_rounds_as_libtorch_in_bf16_and_fp16() {
+    let _lock = common::global_lock();
+    let best = ffi::polycom_cpu_isa().expect("isa");
+    let isas: Vec<CpuIsa> = [CpuIsa::Avx512, CpuIsa::Avx2, CpuIsa::Portable]
+        .into_iter()
+        .filter(|isa| (*isa as i32) <= (best as i32))
+        .collect();
+    tch::manual_seed(21);
+    let shape = [2, 5, 9, 11];
+    let opts = (Kind::Float, Device::Cpu);
+    for (dtype, big) in [(Kind::BFloat16, 3e38), (Kind::Half, 6e4)] {
+        let z = Tensor::randn(shape, opts) * 3.0;
+        let identity = Tensor::randn(shape, opts) * 3.0;
+        // Special values: NaN, +-inf, and two large values whose sum overflows.
+        let flat_z = z.view([-1]);
+        let flat_id = identity.view([-1]);
+        for (i, (a, b)) in
+            [(f64::NAN, 1.0), (1.0, f64::NAN), (f64::INFINITY, 1.0), (f64::NEG_INFINITY, -2.0), (big, big)]
+                .into_iter()
+                .enumerate()
+        {
+            let _ = flat_z.get(i as i64 * 7).fill_(a);
+            let _ = flat_id.get(i as i64 * 7).fill_(b);
+        }
+        let (z, identity) = (z.to_kind(dtype), identity.to_kind(dtype));
+        let expected = (&z + &identity).relu();
+        let c = shape[1];
+        let (gamma, beta) = (Tensor::ones([c], opts), Tensor::zeros([c], opts));
+        let (running_mean, running_var) = (Tensor::zeros([c], opts), Tensor::ones([c], opts));
+        let (w, b) = (Tensor::ones([1], opts), Tensor::zeros([1], opts));
+        for isa in &isas {
+            ffi::set_polycom_cpu_isa(*isa).expect("isa");
+            for (layout, zl) in
+                [("nchw", z.shallow_clone()), ("channels_last", ffi::to_channels_last(&z).expect("cl"))]
+            {
+                let id = if layout == "nchw" {
+                    identity.shallow_clone()
+                } else {
+                    ffi::to_channels_last(&identity).expect("cl")
+                };
+                let bn = ffi::BatchNormArgs {
+                    gamma: Some(&gamma),
+                    beta: Some(&beta),
+                    running_mean: &running_mean,
+                    running_var: &running_var,
+                    train: false,
+                    momentum: 0.1,
+                    eps: 0.0,
+                };
+                let act = ffi::PolyComArgs {
+                    op: PolyCom::PolyRelu,
+                    w: &w,
+                    b: &b,
+                    eps: POLYNORM_EPS,
+                    lowp_out: true,
+                    clamp: None,
+                };
+                let y = ffi::bn_polycom(&zl, &bn, Some(&id), &act).expect("bn_polycom");
+                let label = format!("{dtype:?} {layout} {isa:?}");
+                assert_eq!(y.kind(), dtype, "{label}");
+                let same = y.eq_tensor(&expected).logical_or(&y.isnan().logical_and(&expected.isnan()));
+                let mismatches = same.logical_not().sum(Kind::Int64).int64_value(&[]);
+                assert_eq!(mismatches, 0, "{label}: {mismatches} elements differ from libtorch's rounding");
+                assert!(y.reshape([-1]).get(0).isnan().int64_value(&[]) == 1, "{label}: NaN propagates");
+                assert!(
+                    y.reshape([-1]).get(28).isinf().int64_value(&[]) == 1,
+                    "{label}: the overflowing sum is inf"
+                );
+            }
+        }
+    }
+    ffi::set_polycom_cpu_isa(CpuIsa::Auto).expect("isa");
 }
 
 /// Bytes a ResNet-50 training step adds to the model (`bench`'s step_mem, counted by the shim's

@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// CPU intra-op threads (0: libtorch's default).
     #[arg(long, default_value_t = 0)]
     pub threads: i32,
+    /// Which build of the fused activations' CPU kernels runs (auto: the instruction set
+    /// libtorch's own CPU kernels use here).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub cpu_kernels: super::CpuKernelsArg,
     #[arg(long)]
     pub json: bool,
     /// The optimizer (as the training key `opt`).
@@ -79,6 +83,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.threads > 0 {
         tch::set_num_threads(a.threads);
     }
+    let cpu_kernels = a.cpu_kernels.apply()?;
     let mut device = crate::runtime::parse_device(&a.device)?;
     let dist_env = crate::dist::DistEnv::job(a.dist_backend)?;
     if let Some(env) = &dist_env {
@@ -174,6 +179,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "order": a.order, "precision": format!("{:?}", a.precision).to_lowercase(), "batch": a.batch, "res": a.res,
         "device": a.device, "channels_last": a.channels_last, "opt": format!("{:?}", a.opt).to_lowercase(),
         "model_ema": a.model_ema, "guards": a.guards, "threads": tch::get_num_threads(), "steps": a.steps,
+        "cpu_kernels": format!("{cpu_kernels:?}").to_lowercase(),
         "world": world, "img_per_s": ((a.batch as f64 * world as f64 * a.steps as f64 / dt) * 100.0).round() / 100.0,
         "ms_per_step": (1000.0 * dt / a.steps as f64 * 100.0).round() / 100.0,
         "final_loss": loss, "act_impl": a.act_impl, "act_out_lowp": a.act_out_lowp,

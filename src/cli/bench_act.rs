@@ -38,6 +38,10 @@ pub struct BenchActArgs {
     /// One JSON line per (operator, site shape) as well as the totals.
     #[arg(long)]
     pub json: bool,
+    /// Which build of the fused activations' CPU kernels runs (auto: the instruction set
+    /// libtorch's own CPU kernels use here).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub cpu_kernels: super::CpuKernelsArg,
 }
 
 /// ResNet-50's activation sites at 224 px as (channels, side, residual added before it, count):
@@ -162,6 +166,7 @@ pub fn run(a: BenchActArgs) -> Result<()> {
     if a.threads > 0 {
         tch::set_num_threads(a.threads);
     }
+    let cpu_kernels = a.cpu_kernels.apply()?;
     if !(1..=8).contains(&a.order) {
         return Err(Error::Usage(format!("--order {}: must be 1..8", a.order)));
     }
@@ -247,6 +252,7 @@ pub fn run(a: BenchActArgs) -> Result<()> {
                 "channels_last": a.channels_last, "device": crate::runtime::describe_device(device), "order": a.order,
                 "ms_all_49_sites": total, "vs_relu": total / totals[0],
                 "cuda_tuning": std::env::var("RESNET_TRAIN_CUDA_TUNING").ok(),
+                "cpu_kernels": format!("{cpu_kernels:?}").to_lowercase(),
             })
         );
     }

@@ -9,6 +9,7 @@
 #include "polycom.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Version.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <atomic>
@@ -19,24 +20,47 @@ namespace rt_polycom {
 
 namespace {
 
-std::atomic<int> g_cpu_isa{0};  // 0 auto, 1 default, 2 avx2
+std::atomic<int> g_cpu_isa{0};  // 0 auto, 1 default, 2 avx2, 3 avx512
 
-bool cpu_has_avx2() {
+bool cpu_supports(int isa) {
 #if defined(__x86_64__)
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
+  if (isa == 2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (isa == 3)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("fma");
 #endif
+  return isa == 1;
 }
 
-bool use_avx2() {
+// Auto: the instruction set ATen's own CPU kernels run with (its pick, which honours the
+// ATEN_CPU_CAPABILITY environment variable), so the activations and the batch norm and
+// convolutions around them use the same vector width.
+int auto_isa() {
+  static const int isa = [] {
+    const std::string aten = at::get_cpu_capability();
+    if (aten == "AVX512" && cpu_supports(3)) return 3;
+    if ((aten == "AVX512" || aten == "AVX2") && cpu_supports(2)) return 2;
+    return 1;
+  }();
+  return isa;
+}
+
+int isa_in_use() {
   const int isa = g_cpu_isa.load();
-  return isa == 2 || (isa == 0 && cpu_has_avx2());
+  return isa == 0 ? auto_isa() : isa;
 }
 
 const CpuKernels &cpu_kernels() {
 #if defined(__x86_64__)
-  if (use_avx2()) return cpu_kernels_avx2();
+  switch (isa_in_use()) {
+    case 3:
+      return cpu_kernels_avx512();
+    case 2:
+      return cpu_kernels_avx2();
+    default:
+      break;
+  }
 #endif
   return cpu_kernels_default();
 }
@@ -60,6 +84,9 @@ at::ScalarType out_type(const at::Tensor &x, bool lowp_out) {
   const bool lowp_in = x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
   return lowp_out && lowp_in ? x.scalar_type() : acc_type(x);
 }
+
+// Whether y and its gradient are in x's low-precision type (the CPU kernels' `lowp_out`).
+bool lowp_y(const at::Tensor &x, bool lowp_out) { return out_type(x, lowp_out) != acc_type(x); }
 
 void check_coefs(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b) {
   if (w.dim() != 1 || w.numel() < 1 || w.numel() > kMaxOrder)
@@ -142,15 +169,15 @@ NormShape relu_shape(const at::Tensor &x, const BatchNormOnLoad *bn) {
   return NormShape{1, 1, x.numel()};
 }
 
-// The CUDA kernels write a low-precision output directly; the CPU kernels write fp32 and the
-// result is cast (bf16/fp16 on a CPU is rare and its convolutions dominate anyway).
+// The kernels write the output in its type (out_type: rounded once as stored) and read the
+// gradient of y in that type: no cast passes around them.
 // With `bn`, x_in is batch norm's input z and the kernels compute x on load.
 Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::Tensor &b, double eps,
                          bool lowp_out, const BatchNormOnLoad *bn = nullptr) {
   check_coefs(x_in, w, b);
   auto [x, shape] = norm_layout(x_in);
   const int k = static_cast<int>(w.numel());
-  auto y = at::empty_like(x, x.options().dtype(cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x)));
+  auto y = at::empty_like(x, x.options().dtype(out_type(x, lowp_out)));
   auto rs = at::empty({shape.outer, k, shape.inner}, x.options().dtype(acc_type(x)));
   if (x.numel() > 0) {
     if (cuda_kernels(x)) {
@@ -158,11 +185,12 @@ Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
     } else {
       CpuBatchNorm cb{};
       std::pair<at::Tensor, at::Tensor> keep;
-      cpu_kernels().polynorm_forward(dtype_of(x), x.const_data_ptr(), y.data_ptr(), rs.data_ptr(), shape,
-                                     host_coefs(w, b), eps, cpu_bn(x, bn, shape.channels, cb, keep));
+      cpu_kernels().polynorm_forward(dtype_of(x), lowp_y(x, lowp_out), x.const_data_ptr(), y.data_ptr(),
+                                     rs.data_ptr(), shape, host_coefs(w, b), eps,
+                                     cpu_bn(x, bn, shape.channels, cb, keep));
     }
   }
-  return {y.to(out_type(x, lowp_out)), x, rs};
+  return {y, x, rs};
 }
 
 // With `bn`, x is batch norm's input z and the kernels recompute x on load.
@@ -171,7 +199,7 @@ std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Ten
                                           const BatchNormOnLoad *bn = nullptr) {
   auto shape = norm_layout(x).shape;  // x was saved in its kernel layout: no copy here
   const int k = static_cast<int>(w.numel());
-  auto gy = like(gy_in, x, cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x));
+  auto gy = like(gy_in, x, out_type(x, lowp_out));
   auto dx = at::empty_like(x);
   if (cuda_kernels(x)) {
     auto [dw, db] = cuda::polynorm_backward(x, gy, rs, w, b, shape, dx, bn);
@@ -181,8 +209,8 @@ std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Ten
   CpuBatchNorm cb{};
   std::pair<at::Tensor, at::Tensor> keep;
   if (x.numel() > 0)
-    cpu_kernels().polynorm_backward(dtype_of(x), x.const_data_ptr(), gy.const_data_ptr(), rs.const_data_ptr(),
-                                    dx.data_ptr(), shape, host_coefs(w, b), gc,
+    cpu_kernels().polynorm_backward(dtype_of(x), lowp_y(x, lowp_out), x.const_data_ptr(), gy.const_data_ptr(),
+                                    rs.const_data_ptr(), dx.data_ptr(), shape, host_coefs(w, b), gc,
                                     cpu_bn(x, bn, shape.channels, cb, keep));
   return cpu_coef_grads(dx, gc, k, w, b);
 }
@@ -192,7 +220,7 @@ Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
   check_coefs(x_in, w, b);
   // Elementwise: any dense layout will do, as long as x, y, dy and dx share it.
   auto x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
-  auto y = at::empty_like(x, x.options().dtype(cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x)));
+  auto y = at::empty_like(x, x.options().dtype(out_type(x, lowp_out)));
   if (x.numel() > 0) {
     if (cuda_kernels(x)) {
       cuda::polyrelu_forward(x, w, b, y, bn);
@@ -200,17 +228,17 @@ Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
       const auto shape = relu_shape(x, bn);
       CpuBatchNorm cb{};
       std::pair<at::Tensor, at::Tensor> keep;
-      cpu_kernels().polyrelu_forward(dtype_of(x), x.const_data_ptr(), y.data_ptr(), shape, host_coefs(w, b),
-                                     cpu_bn(x, bn, shape.channels, cb, keep));
+      cpu_kernels().polyrelu_forward(dtype_of(x), lowp_y(x, lowp_out), x.const_data_ptr(), y.data_ptr(), shape,
+                                     host_coefs(w, b), cpu_bn(x, bn, shape.channels, cb, keep));
     }
   }
-  return {y.to(out_type(x, lowp_out)), x, at::Tensor()};
+  return {y, x, at::Tensor()};
 }
 
 std::vector<at::Tensor> polyrelu_backward(const at::Tensor &gy_in, const at::Tensor &x, const at::Tensor &w,
                                           const at::Tensor &b, bool lowp_out, const BatchNormOnLoad *bn = nullptr) {
   const int k = static_cast<int>(w.numel());
-  auto gy = like(gy_in, x, cuda_kernels(x) ? out_type(x, lowp_out) : acc_type(x));
+  auto gy = like(gy_in, x, out_type(x, lowp_out));
   auto dx = at::empty_like(x);
   if (cuda_kernels(x)) {
     auto [dw, db] = cuda::polyrelu_backward(x, gy, w, b, dx, bn);
@@ -221,8 +249,9 @@ std::vector<at::Tensor> polyrelu_backward(const at::Tensor &gy_in, const at::Ten
     const auto shape = relu_shape(x, bn);
     CpuBatchNorm cb{};
     std::pair<at::Tensor, at::Tensor> keep;
-    cpu_kernels().polyrelu_backward(dtype_of(x), x.const_data_ptr(), gy.const_data_ptr(), dx.data_ptr(), shape,
-                                    host_coefs(w, b), gc, cpu_bn(x, bn, shape.channels, cb, keep));
+    cpu_kernels().polyrelu_backward(dtype_of(x), lowp_y(x, lowp_out), x.const_data_ptr(), gy.const_data_ptr(),
+                                    dx.data_ptr(), shape, host_coefs(w, b), gc,
+                                    cpu_bn(x, bn, shape.channels, cb, keep));
   }
   return cpu_coef_grads(dx, gc, k, w, b);
 }
@@ -272,11 +301,10 @@ struct PolyReluFunction : public torch::autograd::Function<PolyReluFunction> {
 // runs the activation's backward, and hands dx to batch norm's own backward. Where the separate
 // operators keep z, x and y per site, this keeps z and y: ReLU's count (Inductor recomputes the
 // same way). The recomputed x is batch norm's output to within a rounding of its last step.
-// When the residual is absent or of z's type and layout (fp32, and on CUDA bf16/fp16 with
-// act_out_lowp), x is never written at all: see forward_on_load and applies_on_load; the backward
-// kernels then apply the same map as they load z. Otherwise (a bf16 z with the fp32 residual
-// stream of fp32 outputs; bf16/fp16 on the CPU) libtorch's batch norm runs and the backward
-// recomputes x.
+// When the residual is absent or of z's type and layout (fp32, and bf16/fp16 with act_out_lowp),
+// x is never written at all: see forward_on_load and applies_on_load; the backward kernels then
+// apply the same map as they load z. Otherwise (a bf16 z with the fp32 residual stream of fp32
+// outputs) libtorch's batch norm runs and the backward recomputes x.
 struct BnActFunction : public torch::autograd::Function<BnActFunction> {
   static at::Tensor forward(AutogradContext *ctx, const at::Tensor &z, const at::Tensor &gamma_in,
                             const at::Tensor &beta_in, const at::Tensor &identity_in, const at::Tensor &w,
@@ -331,14 +359,13 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     ctx->saved_data["x_type"] = static_cast<int64_t>(x_type);
   }
 
-  // The kernels can apply batch norm (and the add, and the clamp) as they load z when x has z's
-  // type: the identity absent or of z's type and layout (the GPU configuration: bf16 with
-  // act_out_lowp, or fp32), z contiguous or channels-last. The CPU kernels do so for fp32 and
-  // fp64 z only: a folded bf16/fp16 site applied on load measured slower than libtorch's batch
-  // norm plus the activation (bench-act, 96 px: 149 vs 119 ms in bf16, with the rounding of
-  // z * scale + shift inlined too; BENCHMARKS.md), where fp32 gains.
+  // The kernels apply batch norm (and the add, and the clamp) as they load z when x has z's
+  // type: the identity absent or of z's type and layout (bf16/fp16 with act_out_lowp, or fp32),
+  // z contiguous or channels-last. On the CPU this pays in every type since the AVX-512 kernels
+  // (bench-act, bf16, 96 px, 49 sites: folded PolyNorm 121 ms applied on load against 151 ms
+  // through libtorch's batch norm and the recompute; AVX2 kernels 158-164 against 171-173 ms;
+  // BENCHMARKS.md "AVX-512 kernels").
   static bool applies_on_load(const at::Tensor &z, const at::Tensor &identity) {
-    if (!cuda_kernels(z) && z.scalar_type() != at::kFloat && z.scalar_type() != at::kDouble) return false;
     if (identity.defined() && (identity.scalar_type() != z.scalar_type() || identity.strides() != z.strides()))
       return false;
     return z.is_contiguous() || (z.dim() == 4 && z.is_contiguous(at::MemoryFormat::ChannelsLast));
@@ -409,7 +436,7 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     std::vector<at::Tensor> act;
     const auto zl = norm_layout(z).x;  // z as saved (contiguous or channels-last), else a copy
     if (x_type == zl.scalar_type() && applies_on_load(zl, identity)) {
-      // The CUDA kernels read z (and the identity) and recompute x as they go: no pass writes x.
+      // The kernels read z (and the identity) and recompute x as they go: no pass writes x.
       const BatchNormOnLoad bn{identity.defined() ? identity : at::Tensor(), scale, shift, clamp};
       act = polynorm ? polynorm_backward(grads[0], zl, w, b, rs, lowp_out, &bn)
                      : polyrelu_backward(grads[0], zl, w, b, lowp_out, &bn);
@@ -486,11 +513,13 @@ at::Tensor bn_act(const at::Tensor &z, const at::Tensor &gamma, const at::Tensor
 }
 
 void set_cpu_isa(int isa) {
-  if (isa < 0 || isa > 2) throw std::invalid_argument("CPU instruction set must be 0 (auto), 1 (default) or 2 (avx2)");
-  if (isa == 2 && !cpu_has_avx2()) throw std::invalid_argument("this CPU has no AVX2/FMA");
+  if (isa < 0 || isa > 3)
+    throw std::invalid_argument("CPU instruction set must be 0 (auto), 1 (default), 2 (avx2) or 3 (avx512)");
+  if (isa > 1 && !cpu_supports(isa))
+    throw std::invalid_argument(isa == 2 ? "this CPU has no AVX2/FMA" : "this CPU has no AVX-512 (F, BW, VL, DQ)");
   g_cpu_isa.store(isa);
 }
 
-int cpu_isa() { return use_avx2() ? 2 : 1; }
+int cpu_isa() { return isa_in_use(); }
 
 }  // namespace rt_polycom

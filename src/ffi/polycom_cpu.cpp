@@ -1,6 +1,6 @@
 // The fused PolyNorm / PolyReLU CPU kernels, vectorised with ATen's `at::vec::Vectorized` and
 // parallel with `at::parallel_for`. build.rs compiles this file once per instruction set
-// (-DRT_ISA=default, and -DRT_ISA=avx2 with -mavx2 -mfma -DCPU_CAPABILITY_AVX2), as ATen builds its
+// (-DRT_ISA=default; avx2 and avx512 with ATen's flags for those, -DCPU_CAPABILITY_AVX2/AVX512), as ATen builds its
 // own kernels; polycom.cpp picks the table at run time.
 //
 // Why these kernels are cheap: the eager PolyNorm makes ~20 passes over each activation and keeps
@@ -13,10 +13,15 @@
 #include "polycom_kernels.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -131,12 +136,42 @@ struct Src {
 };
 
 // v rounded to T and back (bf16/fp16: round to nearest even, exactly as a store and a load).
+// In registers, without ATen's pack-and-unpack through a T vector: the on-load kernels round
+// x once or twice per element, which through ATen's conversions cost more than their arithmetic.
+// bf16: ATen's rounding (c10::BFloat16's round_to_nearest_even, NaN to 0xffff) on the fp32 bits;
+// fp16: the F16C conversion instructions ATen's own vectorised fp16 conversion uses.
 template <typename T>
 C10_ALWAYS_INLINE Vectorized<Acc<T>> round_to(const Vectorized<Acc<T>> &v) {
   if constexpr (std::is_same_v<T, Acc<T>>) {
     return v;
   } else {
+#if defined(CPU_CAPABILITY_AVX512)
+    const __m512 f = v;
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      const __m512i u = _mm512_castps_si512(f);
+      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+      __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb);
+      r = _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
+      const __mmask16 ordered = _mm512_cmp_ps_mask(f, f, _CMP_ORD_Q);
+      return _mm512_castsi512_ps(_mm512_mask_blend_epi32(ordered, _mm512_set1_epi32(static_cast<int>(0xffff0000u)), r));
+    } else {
+      return _mm512_cvtph_ps(_mm512_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+#elif defined(CPU_CAPABILITY_AVX2)
+    const __m256 f = v;
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      const __m256i u = _mm256_castps_si256(f);
+      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+      __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb);
+      r = _mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xffff0000u)));
+      const __m256 nan = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0xffff0000u)));
+      return _mm256_blendv_ps(_mm256_castsi256_ps(r), nan, _mm256_cmp_ps(f, f, _CMP_UNORD_Q));
+    } else {
+      return _mm256_cvtph_ps(_mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+#else
     return std::get<0>(at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(v, v)));
+#endif
   }
 }
 
@@ -190,8 +225,8 @@ void parallel_items(int64_t items, int64_t work_per_item, int width, double *out
 
 constexpr int64_t kChunk = 2048;
 
-template <typename T>
-void polynorm_forward_strided(const Src<T> &x, Acc<T> *y, Acc<T> *rs, NormShape s, const Coefs &c, double eps) {
+template <typename T, typename Y>
+void polynorm_forward_strided(const Src<T> &x, Y *y, Acc<T> *rs, NormShape s, const Coefs &c, double eps) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
@@ -225,7 +260,7 @@ void polynorm_forward_strided(const Src<T> &x, Acc<T> *y, Acc<T> *rs, NormShape 
       }
     }
     const V b(static_cast<A>(c.bias));
-    A *ys = y + o * C * HW + p0;
+    Y *ys = y + o * C * HW + p0;
     for (int64_t ch = 0; ch < C; ch++) {
       const int64_t row = xs + ch * HW;
       const V sc = scale(ch), sh = shift(ch);
@@ -244,8 +279,8 @@ void polynorm_forward_strided(const Src<T> &x, Acc<T> *y, Acc<T> *rs, NormShape 
 //   dx_c = sum_i i w_i x_c^(i-1) (r_i g_c - r_i^3 D_i x_c^i / C)
 //        = g_c P(x_c) - x_c Q(x_c^2),  P(x) = sum_i i w_i r_i x^(i-1),  Q(u) = sum_i i w_i r_i^3 D_i / C u^(i-1)
 //   dw_i = sum_pixels r_i D_i,  db = sum g.
-template <typename T>
-void polynorm_backward_strided(const Src<T> &x, const Acc<T> *gy, const Acc<T> *rs, T *dx, NormShape s,
+template <typename T, typename Y>
+void polynorm_backward_strided(const Src<T> &x, const Y *gy, const Acc<T> *rs, T *dx, NormShape s,
                                const Coefs &c, double *grad_coefs) {
   using A = Acc<T>;
   using V = Vectorized<A>;
@@ -257,7 +292,7 @@ void polynorm_backward_strided(const Src<T> &x, const Acc<T> *gy, const Acc<T> *
     const int64_t nv = (len + VS - 1) / VS;
     const auto n_of = [&](int64_t v) { return std::min(VS, len - v * VS); };
     const int64_t xs = o * C * HW + p0;
-    const A *gs = gy + o * C * HW + p0;
+    const Y *gs = gy + o * C * HW + p0;
     const auto scale = [&](int64_t ch) { return x.on_load() ? V(x.scale[ch]) : V(A(1)); };
     const auto shift = [&](int64_t ch) { return x.on_load() ? V(x.shift[ch]) : V(A(0)); };
     // d[i * nv + v]: sum over channels of g x^(i+1); d[k * nv + v]: sum of g. (x clamped: g is
@@ -321,8 +356,8 @@ inline Vectorized<Acc<T>> shift_at(const Src<T> &x, int64_t ch, int64_t n) {
   return x.on_load() ? load(x.shift + ch, n) : Vectorized<Acc<T>>(Acc<T>(0));
 }
 
-template <typename T>
-void polynorm_forward_rows(const Src<T> &x, Acc<T> *y, Acc<T> *rs, NormShape s, const Coefs &c, double eps) {
+template <typename T, typename Y>
+void polynorm_forward_rows(const Src<T> &x, Y *y, Acc<T> *rs, NormShape s, const Coefs &c, double eps) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
@@ -356,8 +391,8 @@ void polynorm_forward_rows(const Src<T> &x, Acc<T> *y, Acc<T> *rs, NormShape s, 
   });
 }
 
-template <typename T>
-void polynorm_backward_rows(const Src<T> &x, const Acc<T> *gy, const Acc<T> *rs, T *dx, NormShape s,
+template <typename T, typename Y>
+void polynorm_backward_rows(const Src<T> &x, const Y *gy, const Acc<T> *rs, T *dx, NormShape s,
                             const Coefs &c, double *grad_coefs) {
   using A = Acc<T>;
   using V = Vectorized<A>;
@@ -368,7 +403,7 @@ void polynorm_backward_rows(const Src<T> &x, const Acc<T> *gy, const Acc<T> *rs,
     const int64_t end = std::min(rows, (item + 1) * kRowsPerItem);
     for (int64_t m = item * kRowsPerItem; m < end; m++) {
       const int64_t row = m * C;
-      const A *grow = gy + m * C;
+      const Y *grow = gy + m * C;
       V d[kMaxOrder], gsum(A(0));
       for (int i = 0; i < k; i++) d[i] = V(A(0));
       for (int64_t ch = 0; ch < C; ch += VS) {
@@ -449,8 +484,8 @@ void for_each_vector(const Src<T> &x, NormShape s, int width, double *out, const
   }
 }
 
-template <typename T>
-void polyrelu_forward_typed(const Src<T> &x, Acc<T> *y, NormShape s, const Coefs &c) {
+template <typename T, typename Y>
+void polyrelu_forward_typed(const Src<T> &x, Y *y, NormShape s, const Coefs &c) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   const int k = c.order;
@@ -463,8 +498,8 @@ void polyrelu_forward_typed(const Src<T> &x, Acc<T> *y, NormShape s, const Coefs
   });
 }
 
-template <typename T>
-void polyrelu_backward_typed(const Src<T> &x, const Acc<T> *gy, T *dx, NormShape s, const Coefs &c,
+template <typename T, typename Y>
+void polyrelu_backward_typed(const Src<T> &x, const Y *gy, T *dx, NormShape s, const Coefs &c,
                              double *grad_coefs) {
   using A = Acc<T>;
   using V = Vectorized<A>;
@@ -496,50 +531,68 @@ void by_type(Dtype dt, const F &f) {
   }
 }
 
-void polynorm_forward(Dtype dt, const void *x, void *y, void *rs, NormShape s, const Coefs &c, double eps,
-                      const CpuBatchNorm *bn) {
+// f(T{}, Y{}): Y, the type of y and dy, is x's own type with lowp_out (bf16/fp16: `act_out_lowp`,
+// y rounded once as it is stored, dy read as stored), else the arithmetic type.
+template <typename F>
+void by_types(Dtype dt, bool lowp_out, const F &f) {
   by_type(dt, [&](auto tag) {
     using T = decltype(tag);
-    using A = Acc<T>;
-    const Src<T> xs(x, bn);
-    auto *yt = static_cast<A *>(y);
-    auto *rt = static_cast<A *>(rs);
-    if (s.inner == 1)
-      polynorm_forward_rows<T>(xs, yt, rt, s, c, eps);
+    if constexpr (std::is_same_v<T, Acc<T>>)
+      f(T{}, T{});
+    else if (lowp_out)
+      f(T{}, T{});
     else
-      polynorm_forward_strided<T>(xs, yt, rt, s, c, eps);
+      f(T{}, Acc<T>{});
   });
 }
 
-void polynorm_backward(Dtype dt, const void *x, const void *gy, const void *rs, void *dx, NormShape s, const Coefs &c,
-                       double *grad_coefs, const CpuBatchNorm *bn) {
-  by_type(dt, [&](auto tag) {
+void polynorm_forward(Dtype dt, bool lowp_out, const void *x, void *y, void *rs, NormShape s, const Coefs &c,
+                      double eps, const CpuBatchNorm *bn) {
+  by_types(dt, lowp_out, [&](auto tag, auto out_tag) {
     using T = decltype(tag);
-    using A = Acc<T>;
+    using Y = decltype(out_tag);
     const Src<T> xs(x, bn);
-    auto *gt = static_cast<const A *>(gy);
-    auto *rt = static_cast<const A *>(rs);
+    auto *yt = static_cast<Y *>(y);
+    auto *rt = static_cast<Acc<T> *>(rs);
+    if (s.inner == 1)
+      polynorm_forward_rows<T, Y>(xs, yt, rt, s, c, eps);
+    else
+      polynorm_forward_strided<T, Y>(xs, yt, rt, s, c, eps);
+  });
+}
+
+void polynorm_backward(Dtype dt, bool lowp_out, const void *x, const void *gy, const void *rs, void *dx,
+                       NormShape s, const Coefs &c, double *grad_coefs, const CpuBatchNorm *bn) {
+  by_types(dt, lowp_out, [&](auto tag, auto out_tag) {
+    using T = decltype(tag);
+    using Y = decltype(out_tag);
+    const Src<T> xs(x, bn);
+    auto *gt = static_cast<const Y *>(gy);
+    auto *rt = static_cast<const Acc<T> *>(rs);
     auto *dxt = static_cast<T *>(dx);
     if (s.inner == 1)
-      polynorm_backward_rows<T>(xs, gt, rt, dxt, s, c, grad_coefs);
+      polynorm_backward_rows<T, Y>(xs, gt, rt, dxt, s, c, grad_coefs);
     else
-      polynorm_backward_strided<T>(xs, gt, rt, dxt, s, c, grad_coefs);
+      polynorm_backward_strided<T, Y>(xs, gt, rt, dxt, s, c, grad_coefs);
   });
 }
 
-void polyrelu_forward(Dtype dt, const void *x, void *y, NormShape s, const Coefs &c, const CpuBatchNorm *bn) {
-  by_type(dt, [&](auto tag) {
+void polyrelu_forward(Dtype dt, bool lowp_out, const void *x, void *y, NormShape s, const Coefs &c,
+                      const CpuBatchNorm *bn) {
+  by_types(dt, lowp_out, [&](auto tag, auto out_tag) {
     using T = decltype(tag);
-    polyrelu_forward_typed<T>(Src<T>(x, bn), static_cast<Acc<T> *>(y), s, c);
+    using Y = decltype(out_tag);
+    polyrelu_forward_typed<T, Y>(Src<T>(x, bn), static_cast<Y *>(y), s, c);
   });
 }
 
-void polyrelu_backward(Dtype dt, const void *x, const void *gy, void *dx, NormShape s, const Coefs &c,
-                       double *grad_coefs, const CpuBatchNorm *bn) {
-  by_type(dt, [&](auto tag) {
+void polyrelu_backward(Dtype dt, bool lowp_out, const void *x, const void *gy, void *dx, NormShape s,
+                       const Coefs &c, double *grad_coefs, const CpuBatchNorm *bn) {
+  by_types(dt, lowp_out, [&](auto tag, auto out_tag) {
     using T = decltype(tag);
-    polyrelu_backward_typed<T>(Src<T>(x, bn), static_cast<const Acc<T> *>(gy), static_cast<T *>(dx), s, c,
-                               grad_coefs);
+    using Y = decltype(out_tag);
+    polyrelu_backward_typed<T, Y>(Src<T>(x, bn), static_cast<const Y *>(gy), static_cast<T *>(dx), s, c,
+                                  grad_coefs);
   });
 }
 

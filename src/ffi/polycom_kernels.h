@@ -8,9 +8,10 @@ namespace rt_polycom {
 
 constexpr int kMaxOrder = 8;
 
-// Element types of x (and dx). The output y, the gradient of y and the saved rsqrt values are
-// `float` for every type but kDouble, where they are `double` (fp32 arithmetic for fp16/bf16:
-// the semantics of `act_fp32 = true`).
+// Element types of x (and dx). The output y and the gradient of y are `float` for every type
+// but kDouble, where they are `double` (fp32 arithmetic for fp16/bf16: the semantics of
+// `act_fp32 = true`), or with lowp_out x's own type (`act_out_lowp`: y rounded once as stored).
+// The saved rsqrt values are always the arithmetic type.
 enum class Dtype : int { kFloat = 0, kDouble = 1, kBFloat16 = 2, kHalf = 3 };
 
 // A tensor seen as [outer, C, inner] with the channels at stride `inner` (NCHW: outer = N,
@@ -39,23 +40,25 @@ struct CpuBatchNorm {
 struct CpuKernels {
   // PolyNorm forward: y = b + sum_i w_i x^i rsqrt(mean_c(x^2i) + eps); rs[outer, k, inner] = the
   // rsqrt values, saved for backward.
-  void (*polynorm_forward)(Dtype dt, const void *x, void *y, void *rs, NormShape s, const Coefs &c, double eps,
-                           const CpuBatchNorm *bn);
+  void (*polynorm_forward)(Dtype dt, bool lowp_out, const void *x, void *y, void *rs, NormShape s, const Coefs &c,
+                           double eps, const CpuBatchNorm *bn);
   // PolyNorm backward: dx (x's type), and dw_1..dw_k, db summed into grad_coefs[0..k] (double).
-  void (*polynorm_backward)(Dtype dt, const void *x, const void *gy, const void *rs, void *dx, NormShape s,
-                            const Coefs &c, double *grad_coefs, const CpuBatchNorm *bn);
+  void (*polynorm_backward)(Dtype dt, bool lowp_out, const void *x, const void *gy, const void *rs, void *dx,
+                            NormShape s, const Coefs &c, double *grad_coefs, const CpuBatchNorm *bn);
   // PolyReLU forward over the s.outer * s.channels * s.inner elements: y = b + sum_i w_i relu(x)^i
   // (without bn any dense layout, s only counting them).
-  void (*polyrelu_forward)(Dtype dt, const void *x, void *y, NormShape s, const Coefs &c, const CpuBatchNorm *bn);
+  void (*polyrelu_forward)(Dtype dt, bool lowp_out, const void *x, void *y, NormShape s, const Coefs &c,
+                           const CpuBatchNorm *bn);
   // PolyReLU backward: dx, and dw_1..dw_k, db into grad_coefs[0..k].
-  void (*polyrelu_backward)(Dtype dt, const void *x, const void *gy, void *dx, NormShape s, const Coefs &c,
-                            double *grad_coefs, const CpuBatchNorm *bn);
+  void (*polyrelu_backward)(Dtype dt, bool lowp_out, const void *x, const void *gy, void *dx, NormShape s,
+                            const Coefs &c, double *grad_coefs, const CpuBatchNorm *bn);
 };
 
 // One table per instruction set the build compiled (polycom_cpu.cpp built with -DRT_ISA=...).
 const CpuKernels &cpu_kernels_default();
 #if defined(__x86_64__)
 const CpuKernels &cpu_kernels_avx2();
+const CpuKernels &cpu_kernels_avx512();
 #endif
 
 }  // namespace rt_polycom

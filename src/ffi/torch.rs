@@ -770,12 +770,14 @@ pub fn bn_polycom(
     Ok(unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) })
 }
 
-/// The fused activations' CPU kernels: the best this CPU runs, the portable build, or AVX2+FMA.
+/// The fused activations' CPU kernels: those for the instruction set ATen's own kernels use on
+/// this CPU (`Auto`), the portable build, AVX2+FMA, or AVX-512 (F, BW, VL, DQ).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuIsa {
     Auto = 0,
     Portable = 1,
     Avx2 = 2,
+    Avx512 = 3,
 }
 
 /// Picks the CPU kernels (for tests and benchmarks; `Auto` is the default).
@@ -784,12 +786,16 @@ pub fn set_polycom_cpu_isa(isa: CpuIsa) -> Result<()> {
     call("fused activation", |e| unsafe { rt_polycom_set_cpu_isa(isa as c_int, e) })
 }
 
-/// The CPU kernels in use (`Portable` or `Avx2`).
+/// The CPU kernels in use (`Portable`, `Avx2` or `Avx512`).
 pub fn polycom_cpu_isa() -> Result<CpuIsa> {
     let mut out = 0;
     // SAFETY: valid out-pointer.
     call("fused activation", |e| unsafe { rt_polycom_cpu_isa(&mut out, e) })?;
-    Ok(if out == 2 { CpuIsa::Avx2 } else { CpuIsa::Portable })
+    Ok(match out {
+        3 => CpuIsa::Avx512,
+        2 => CpuIsa::Avx2,
+        _ => CpuIsa::Portable,
+    })
 }
 
 /// While on, the fused operators run their CUDA kernels' source (compiled for the host) on CPU
