@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Optimizer cost inside the training step: resnet-train bench --opt X next to
-# scripts/torch_optim_bench.py (PyTorch eager with torch.optim.AdamW/Adam(fused=True) / timm's Lamb / Lion / RMSpropTF),
+# scripts/torch_optim_bench.py (PyTorch eager with torch.optim.AdamW/Adam(fused=True), RAdam, NAdam / timm's Lamb, Lion, RMSpropTF, Adan, LaProp, AdaBelief, ...),
 # same settings, same run, alternating, REPEAT times (default 2; take medians). Also the
 # momentum-SGD step and the EMA's cost on our side (PRECISION=fp32|bf16). Needs ../shared and a Python with torch + timm:
 #   PYTHON=/path/to/python bash scripts/bench-optim.sh

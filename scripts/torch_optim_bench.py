@@ -2,8 +2,10 @@
 step of ../shared/bench/torch_train_bench.py (forward + loss under autocast, backward, optimizer
 step) with torch.optim.AdamW / Adam (fused=True: the kernels resnet-train calls), or timm's Lamb,
 Lion (clion: with caution), AdamWLegacy with caution (cadamw), NAdamW (cnadamw: with caution),
-Adopt (adoptw: decoupled decay; cadopt, cadoptw: with caution), SGDW (sgdw) or RMSpropTF (foreach, as timm's
-factory builds Lion), and the same parameter groups as resnet-train (weight decay on conv/fc weights only). Prints one JSON line with
+Adopt (adoptw: decoupled decay; cadopt, cadoptw: with caution), SGDW (sgdw), Lamb with decoupled decay / trust
+clip / caution (lambw, lambcw, clamb, clambw), Adan (adanw: no_prox; cadan, cadanw: with caution), LaProp
+(claprop), AdaBelief (radabelief: rectified), torch.optim's RAdam (radamw: decoupled decay) and NAdam, or
+RMSpropTF (foreach, as timm's factory builds Lion), and the same parameter groups as resnet-train (weight decay on conv/fc weights only). Prints one JSON line with
 torch_train_bench.py's fields.
 Needs torch==2.11.0 and timm (for lamb, lion and rmsproptf):
 
@@ -26,7 +28,9 @@ from polycom import PolyResNet  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--opt", default="adamw", choices=["adamw", "adam", "lamb", "lion", "rmsproptf", "clion", "cadamw", "nadamw", "cnadamw", "adopt", "adoptw", "cadopt", "cadoptw", "sgdw"])
+    ap.add_argument("--opt", default="adamw", choices=["adamw", "adam", "lamb", "lion", "rmsproptf", "clion", "cadamw", "nadamw", "cnadamw", "adopt", "adoptw", "cadopt", "cadoptw", "sgdw",
+                                                         "lambw", "lambcw", "clamb", "clambw", "adan", "adanw", "cadan", "cadanw",
+                                                         "laprop", "claprop", "adabelief", "radabelief", "radam", "radamw", "nadam"])
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--act", default="relu", choices=["relu", "polyrelu", "polynorm"])
     ap.add_argument("--order", type=int, default=3)
@@ -70,6 +74,23 @@ def main():
     elif a.opt in ("adopt", "adoptw", "cadopt", "cadoptw"):
         from timm.optim import Adopt
         opt = Adopt(groups, lr=1e-3, decoupled=a.opt.endswith("w"), caution=a.opt.startswith("c"), foreach=True)
+    elif a.opt in ("lambw", "lambcw", "clamb", "clambw"):
+        from timm.optim import Lamb
+        opt = Lamb(groups, lr=1e-3, trust_clip="lambc" in a.opt, caution=a.opt.startswith("c"),
+                   decoupled_decay=a.opt.endswith("w"), foreach=True)
+    elif a.opt in ("adan", "adanw", "cadan", "cadanw"):
+        from timm.optim import Adan
+        opt = Adan(groups, lr=1e-3, no_prox=a.opt.endswith("w"), caution=a.opt.startswith("c"), foreach=True)
+    elif a.opt in ("laprop", "claprop"):
+        from timm.optim import LaProp
+        opt = LaProp(groups, lr=1e-3, caution=a.opt == "claprop", foreach=True)
+    elif a.opt in ("adabelief", "radabelief"):
+        from timm.optim import AdaBelief
+        opt = AdaBelief(groups, lr=1e-3, rectify=a.opt == "radabelief", foreach=True)
+    elif a.opt in ("radam", "radamw"):
+        opt = torch.optim.RAdam(groups, lr=1e-3, decoupled_weight_decay=a.opt == "radamw", foreach=True)
+    elif a.opt == "nadam":
+        opt = torch.optim.NAdam(groups, lr=1e-3, foreach=True)
     else:
         from timm.optim import Lamb
         opt = Lamb(groups, lr=1e-3)
