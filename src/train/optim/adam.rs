@@ -40,13 +40,7 @@ impl Optimizer for Adam {
         Ok(())
     }
 
-    fn groups(&self) -> &[Group] {
-        &self.state.groups
-    }
-
-    fn groups_mut(&mut self) -> &mut [Group] {
-        &mut self.state.groups
-    }
+    group_accessors!(state.groups);
 
     fn state(&self) -> Vec<(String, Tensor)> {
         self.state.state()
@@ -89,13 +83,7 @@ impl Optimizer for TimmAdamW {
         Ok(())
     }
 
-    fn groups(&self) -> &[Group] {
-        &self.state.groups
-    }
-
-    fn groups_mut(&mut self) -> &mut [Group] {
-        &mut self.state.groups
-    }
+    group_accessors!(state.groups);
 
     fn state(&self) -> Vec<(String, Tensor)> {
         self.state.state()
@@ -136,13 +124,7 @@ impl Optimizer for Adopt {
         Ok(())
     }
 
-    fn groups(&self) -> &[Group] {
-        &self.state.groups
-    }
-
-    fn groups_mut(&mut self) -> &mut [Group] {
-        &mut self.state.groups
-    }
+    group_accessors!(state.groups);
 
     fn state(&self) -> Vec<(String, Tensor)> {
         self.state.state()

@@ -68,13 +68,7 @@ impl Optimizer for Lamb {
         Ok(())
     }
 
-    fn groups(&self) -> &[Group] {
-        &self.state.groups
-    }
-
-    fn groups_mut(&mut self) -> &mut [Group] {
-        &mut self.state.groups
-    }
+    group_accessors!(state.groups);
 
     fn state(&self) -> Vec<(String, Tensor)> {
         self.state.state()

@@ -36,13 +36,7 @@ impl Optimizer for Lion {
         Ok(())
     }
 
-    fn groups(&self) -> &[Group] {
-        &self.groups
-    }
-
-    fn groups_mut(&mut self) -> &mut [Group] {
-        &mut self.groups
-    }
+    group_accessors!(groups);
 
     fn state(&self) -> Vec<(String, Tensor)> {
         named("exp_avg", &self.groups, &self.exp_avg)

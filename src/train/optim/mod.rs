@@ -8,6 +8,20 @@
 //! Each owns its state as named tensors, which is what checkpoints and the guards' snapshots save
 //! and restore.
 
+/// `Optimizer::groups` and `groups_mut` for an optimizer that keeps its groups at `self.$path`
+/// (every optimizer here; their state differs, their parameter groups do not).
+macro_rules! group_accessors {
+    ($($path:ident).+) => {
+        fn groups(&self) -> &[Group] {
+            &self.$($path).+
+        }
+
+        fn groups_mut(&mut self) -> &mut [Group] {
+            &mut self.$($path).+
+        }
+    };
+}
+
 mod adabelief;
 mod adam;
 mod adan;

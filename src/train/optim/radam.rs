@@ -125,13 +125,7 @@ impl Optimizer for TorchAdam {
         Ok(())
     }
 
-    fn groups(&self) -> &[Group] {
-        &self.groups
-    }
-
-    fn groups_mut(&mut self) -> &mut [Group] {
-        &mut self.groups
-    }
+    group_accessors!(groups);
 
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut s = named("exp_avg", &self.groups, &self.exp_avg);

@@ -48,13 +48,7 @@ impl Optimizer for RmspropTf {
         Ok(())
     }
 
-    fn groups(&self) -> &[Group] {
-        &self.groups
-    }
-
-    fn groups_mut(&mut self) -> &mut [Group] {
-        &mut self.groups
-    }
+    group_accessors!(groups);
 
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut s = named("square_avg", &self.groups, &self.square_avg);

@@ -66,13 +66,7 @@ impl Optimizer for Sgd {
         Ok(())
     }
 
-    fn groups(&self) -> &[Group] {
-        &self.groups
-    }
-
-    fn groups_mut(&mut self) -> &mut [Group] {
-        &mut self.groups
-    }
+    group_accessors!(groups);
 
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut s = named("momentum_buffer", &self.groups, &self.bufs);
