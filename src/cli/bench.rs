@@ -53,7 +53,7 @@ pub struct BenchArgs {
     /// Which build of the fused activations' CPU kernels runs (auto: the instruction set
     /// libtorch's own CPU kernels use here).
     #[arg(long, value_enum, default_value = "auto")]
-    pub cpu_kernels: super::CpuKernelsArg,
+    pub cpu_kernels: crate::ffi::CpuIsa,
     #[arg(long)]
     pub json: bool,
     /// The optimizer (as the training key `opt`).
@@ -83,7 +83,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.threads > 0 {
         tch::set_num_threads(a.threads);
     }
-    let cpu_kernels = a.cpu_kernels.apply()?;
+    let cpu_kernels = super::use_cpu_kernels(a.cpu_kernels)?;
     let mut device = crate::runtime::parse_device(&a.device)?;
     let dist_env = crate::dist::DistEnv::job(a.dist_backend)?;
     if let Some(env) = &dist_env {

@@ -41,7 +41,7 @@ pub struct BenchActArgs {
     /// Which build of the fused activations' CPU kernels runs (auto: the instruction set
     /// libtorch's own CPU kernels use here).
     #[arg(long, value_enum, default_value = "auto")]
-    pub cpu_kernels: super::CpuKernelsArg,
+    pub cpu_kernels: crate::ffi::CpuIsa,
 }
 
 /// ResNet-50's activation sites at 224 px as (channels, side, residual added before it, count):
@@ -166,7 +166,7 @@ pub fn run(a: BenchActArgs) -> Result<()> {
     if a.threads > 0 {
         tch::set_num_threads(a.threads);
     }
-    let cpu_kernels = a.cpu_kernels.apply()?;
+    let cpu_kernels = super::use_cpu_kernels(a.cpu_kernels)?;
     if !(1..=8).contains(&a.order) {
         return Err(Error::Usage(format!("--order {}: must be 1..8", a.order)));
     }

@@ -181,30 +181,12 @@ pub fn run(cli: Cli) -> crate::error::Result<()> {
     }
 }
 
-/// `--cpu-kernels` of the bench commands: which build of the fused activations' CPU kernels runs
-/// (`auto`: the instruction set ATen's own kernels use on this CPU), for same-run comparisons.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CpuKernelsArg {
-    #[default]
-    Auto,
-    Portable,
-    Avx2,
-    Avx512,
-}
-
-impl CpuKernelsArg {
-    /// Selects these kernels for the process; the answer names the build in use.
-    pub fn apply(self) -> crate::error::Result<crate::ffi::CpuIsa> {
-        use crate::ffi::CpuIsa;
-        let isa = match self {
-            CpuKernelsArg::Auto => CpuIsa::Auto,
-            CpuKernelsArg::Portable => CpuIsa::Portable,
-            CpuKernelsArg::Avx2 => CpuIsa::Avx2,
-            CpuKernelsArg::Avx512 => CpuIsa::Avx512,
-        };
-        crate::ffi::set_polycom_cpu_isa(isa).map_err(|e| {
-            crate::error::Error::Usage(format!("--cpu-kernels {}: {e}", format!("{self:?}").to_lowercase()))
-        })?;
-        crate::ffi::polycom_cpu_isa()
-    }
+/// `--cpu-kernels` of the bench commands: selects that build of the fused activations' CPU
+/// kernels for the process (`auto`: the instruction set ATen's own kernels use on this CPU), for
+/// same-run comparisons; the answer names the build in use.
+pub fn use_cpu_kernels(isa: crate::ffi::CpuIsa) -> crate::error::Result<crate::ffi::CpuIsa> {
+    crate::ffi::set_polycom_cpu_isa(isa).map_err(|e| {
+        crate::error::Error::Usage(format!("--cpu-kernels {}: {e}", format!("{isa:?}").to_lowercase()))
+    })?;
+    crate::ffi::polycom_cpu_isa()
 }

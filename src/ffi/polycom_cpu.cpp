@@ -1,7 +1,7 @@
 // The fused PolyNorm / PolyReLU CPU kernels, vectorised with ATen's `at::vec::Vectorized` and
 // parallel with `at::parallel_for`. build.rs compiles this file once per instruction set
-// (-DRT_ISA=default; avx2 and avx512 with ATen's flags for those, -DCPU_CAPABILITY_AVX2/AVX512), as ATen builds its
-// own kernels; polycom.cpp picks the table at run time.
+// (-DRT_ISA=default; avx2 and avx512 with ATen's flags and -DCPU_CAPABILITY_AVX2/AVX512), as
+// ATen builds its own kernels; polycom.cpp picks the table at run time.
 //
 // Why these kernels are cheap: the eager PolyNorm makes ~20 passes over each activation and keeps
 // every power for backward. Here forward reads x twice (the k channel sums per pixel, then the
@@ -537,12 +537,10 @@ template <typename F>
 void by_types(Dtype dt, bool lowp_out, const F &f) {
   by_type(dt, [&](auto tag) {
     using T = decltype(tag);
-    if constexpr (std::is_same_v<T, Acc<T>>)
-      f(T{}, T{});
-    else if (lowp_out)
+    if (lowp_out)
       f(T{}, T{});
     else
-      f(T{}, Acc<T>{});
+      f(T{}, Acc<T>{});  // for float and double the same instantiation
   });
 }
 

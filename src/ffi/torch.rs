@@ -772,7 +772,7 @@ pub fn bn_polycom(
 
 /// The fused activations' CPU kernels: those for the instruction set ATen's own kernels use on
 /// this CPU (`Auto`), the portable build, AVX2+FMA, or AVX-512 (F, BW, VL, DQ).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CpuIsa {
     Auto = 0,
     Portable = 1,
