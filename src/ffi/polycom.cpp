@@ -79,14 +79,26 @@ Dtype dtype_of(const at::Tensor &x) {
 // fp32 arithmetic for every input type but fp64.
 at::ScalarType acc_type(const at::Tensor &x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
+bool is_lowp(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
+
+// The type of the activation's input x: the operator's input's, or with batch norm on load and a
+// residual of the arithmetic type (a wide identity: the fp32 residual stream of fp32 outputs, on
+// a bf16/fp16 z) the arithmetic type, as the separate operators' type promotion makes it.
+at::ScalarType x_type(const at::Tensor &x, const BatchNormOnLoad *bn) {
+  if (bn && bn->identity.defined() && bn->identity.scalar_type() == acc_type(x)) return acc_type(x);
+  return x.scalar_type();
+}
+
 // The output's type: the arithmetic type, or with `lowp_out` a bf16/fp16 input's own type.
-at::ScalarType out_type(const at::Tensor &x, bool lowp_out) {
-  const bool lowp_in = x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
-  return lowp_out && lowp_in ? x.scalar_type() : acc_type(x);
+at::ScalarType out_type(const at::Tensor &x, bool lowp_out, const BatchNormOnLoad *bn = nullptr) {
+  const auto xt = x_type(x, bn);
+  return lowp_out && is_lowp(xt) ? xt : acc_type(x);
 }
 
 // Whether y and its gradient are in x's low-precision type (the CPU kernels' `lowp_out`).
-bool lowp_y(const at::Tensor &x, bool lowp_out) { return out_type(x, lowp_out) != acc_type(x); }
+bool lowp_y(const at::Tensor &x, bool lowp_out, const BatchNormOnLoad *bn) {
+  return out_type(x, lowp_out, bn) != acc_type(x);
+}
 
 void check_coefs(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b) {
   if (w.dim() != 1 || w.numel() < 1 || w.numel() > kMaxOrder)
@@ -152,13 +164,16 @@ const CpuBatchNorm *cpu_bn(const at::Tensor &x, const BatchNormOnLoad *bn, int64
                            std::pair<at::Tensor, at::Tensor> &keep) {
   if (!bn) return nullptr;
   const auto &id = bn->identity;
-  if (id.defined() && (id.scalar_type() != x.scalar_type() || id.strides() != x.strides() || id.sizes() != x.sizes()))
-    throw std::invalid_argument("fused BatchNorm + activation: the residual must have z's type and layout");
+  const bool wide = id.defined() && is_lowp(x.scalar_type()) && id.scalar_type() == acc_type(x);
+  if (id.defined() && ((id.scalar_type() != x.scalar_type() && !wide) || id.strides() != x.strides() ||
+                       id.sizes() != x.sizes()))
+    throw std::invalid_argument("fused BatchNorm + activation: the residual must have z's layout, and z's type "
+                                "or (bf16/fp16 z) fp32");
   keep = {bn->scale.to(acc_type(x)).contiguous(), bn->shift.to(acc_type(x)).contiguous()};
   if (keep.first.numel() != channels || keep.second.numel() != channels)
     throw std::invalid_argument("fused BatchNorm + activation: one scale and shift per channel expected");
   out = {id.defined() ? id.const_data_ptr() : nullptr, keep.first.const_data_ptr(), keep.second.const_data_ptr(),
-         bn->clamp};
+         bn->clamp, wide};
   return &out;
 }
 
@@ -177,7 +192,7 @@ Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
   check_coefs(x_in, w, b);
   auto [x, shape] = norm_layout(x_in);
   const int k = static_cast<int>(w.numel());
-  auto y = at::empty_like(x, x.options().dtype(out_type(x, lowp_out)));
+  auto y = at::empty_like(x, x.options().dtype(out_type(x, lowp_out, bn)));
   auto rs = at::empty({shape.outer, k, shape.inner}, x.options().dtype(acc_type(x)));
   if (x.numel() > 0) {
     if (cuda_kernels(x)) {
@@ -185,7 +200,7 @@ Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
     } else {
       CpuBatchNorm cb{};
       std::pair<at::Tensor, at::Tensor> keep;
-      cpu_kernels().polynorm_forward(dtype_of(x), lowp_y(x, lowp_out), x.const_data_ptr(), y.data_ptr(),
+      cpu_kernels().polynorm_forward(dtype_of(x), lowp_y(x, lowp_out, bn), x.const_data_ptr(), y.data_ptr(),
                                      rs.data_ptr(), shape, host_coefs(w, b), eps,
                                      cpu_bn(x, bn, shape.channels, cb, keep));
     }
@@ -199,8 +214,8 @@ std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Ten
                                           const BatchNormOnLoad *bn = nullptr) {
   auto shape = norm_layout(x).shape;  // x was saved in its kernel layout: no copy here
   const int k = static_cast<int>(w.numel());
-  auto gy = like(gy_in, x, out_type(x, lowp_out));
-  auto dx = at::empty_like(x);
+  auto gy = like(gy_in, x, out_type(x, lowp_out, bn));
+  auto dx = at::empty_like(x, x.options().dtype(x_type(x, bn)));
   if (cuda_kernels(x)) {
     auto [dw, db] = cuda::polynorm_backward(x, gy, rs, w, b, shape, dx, bn);
     return {dx, dw, db};
@@ -209,7 +224,7 @@ std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Ten
   CpuBatchNorm cb{};
   std::pair<at::Tensor, at::Tensor> keep;
   if (x.numel() > 0)
-    cpu_kernels().polynorm_backward(dtype_of(x), lowp_y(x, lowp_out), x.const_data_ptr(), gy.const_data_ptr(),
+    cpu_kernels().polynorm_backward(dtype_of(x), lowp_y(x, lowp_out, bn), x.const_data_ptr(), gy.const_data_ptr(),
                                     rs.const_data_ptr(), dx.data_ptr(), shape, host_coefs(w, b), gc,
                                     cpu_bn(x, bn, shape.channels, cb, keep));
   return cpu_coef_grads(dx, gc, k, w, b);
@@ -220,7 +235,7 @@ Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
   check_coefs(x_in, w, b);
   // Elementwise: any dense layout will do, as long as x, y, dy and dx share it.
   auto x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
-  auto y = at::empty_like(x, x.options().dtype(out_type(x, lowp_out)));
+  auto y = at::empty_like(x, x.options().dtype(out_type(x, lowp_out, bn)));
   if (x.numel() > 0) {
     if (cuda_kernels(x)) {
       cuda::polyrelu_forward(x, w, b, y, bn);
@@ -228,7 +243,7 @@ Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
       const auto shape = relu_shape(x, bn);
       CpuBatchNorm cb{};
       std::pair<at::Tensor, at::Tensor> keep;
-      cpu_kernels().polyrelu_forward(dtype_of(x), lowp_y(x, lowp_out), x.const_data_ptr(), y.data_ptr(), shape,
+      cpu_kernels().polyrelu_forward(dtype_of(x), lowp_y(x, lowp_out, bn), x.const_data_ptr(), y.data_ptr(), shape,
                                      host_coefs(w, b), cpu_bn(x, bn, shape.channels, cb, keep));
     }
   }
@@ -238,8 +253,8 @@ Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
 std::vector<at::Tensor> polyrelu_backward(const at::Tensor &gy_in, const at::Tensor &x, const at::Tensor &w,
                                           const at::Tensor &b, bool lowp_out, const BatchNormOnLoad *bn = nullptr) {
   const int k = static_cast<int>(w.numel());
-  auto gy = like(gy_in, x, out_type(x, lowp_out));
-  auto dx = at::empty_like(x);
+  auto gy = like(gy_in, x, out_type(x, lowp_out, bn));
+  auto dx = at::empty_like(x, x.options().dtype(x_type(x, bn)));
   if (cuda_kernels(x)) {
     auto [dw, db] = cuda::polyrelu_backward(x, gy, w, b, dx, bn);
     return {dx, dw, db};
@@ -249,7 +264,7 @@ std::vector<at::Tensor> polyrelu_backward(const at::Tensor &gy_in, const at::Ten
     const auto shape = relu_shape(x, bn);
     CpuBatchNorm cb{};
     std::pair<at::Tensor, at::Tensor> keep;
-    cpu_kernels().polyrelu_backward(dtype_of(x), lowp_y(x, lowp_out), x.const_data_ptr(), gy.const_data_ptr(),
+    cpu_kernels().polyrelu_backward(dtype_of(x), lowp_y(x, lowp_out, bn), x.const_data_ptr(), gy.const_data_ptr(),
                                     dx.data_ptr(), shape, host_coefs(w, b), gc,
                                     cpu_bn(x, bn, shape.channels, cb, keep));
   }
@@ -301,10 +316,10 @@ struct PolyReluFunction : public torch::autograd::Function<PolyReluFunction> {
 // runs the activation's backward, and hands dx to batch norm's own backward. Where the separate
 // operators keep z, x and y per site, this keeps z and y: ReLU's count (Inductor recomputes the
 // same way). The recomputed x is batch norm's output to within a rounding of its last step.
-// When the residual is absent or of z's type and layout (fp32, and bf16/fp16 with act_out_lowp),
-// x is never written at all: see forward_on_load and applies_on_load; the backward kernels then
-// apply the same map as they load z. Otherwise (a bf16 z with the fp32 residual stream of fp32
-// outputs) libtorch's batch norm runs and the backward recomputes x.
+// Where the kernels can apply batch norm as they load z (applies_on_load: on the CPU always, with
+// the residual absent, of z's type or fp32 for a bf16/fp16 z; on CUDA for a residual of z's
+// type), x is never written at all: see forward_on_load; the backward kernels then apply the same
+// map as they load z. Otherwise libtorch's batch norm runs and the backward recomputes x.
 struct BnActFunction : public torch::autograd::Function<BnActFunction> {
   static at::Tensor forward(AutogradContext *ctx, const at::Tensor &z, const at::Tensor &gamma_in,
                             const at::Tensor &beta_in, const at::Tensor &identity_in, const at::Tensor &w,
@@ -342,14 +357,14 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     ctx->save_for_backward({z, gamma, beta, identity, w, b, train ? at::Tensor() : running_mean,
                             train ? at::Tensor() : running_var, std::get<1>(bn), std::get<2>(bn), std::get<3>(bn),
                             f.rs});
-    save_settings(ctx, std::get<4>(bn), train, bn_eps, kind, lowp_out, clamp, x.scalar_type());
+    save_settings(ctx, std::get<4>(bn), train, bn_eps, kind, lowp_out, clamp, x.scalar_type(), /*on_load=*/false);
     return f.y;
   }
 
   // What the backward needs besides the saved tensors; impl: the batch norm backward to call
   // (`_batch_norm_impl_index`'s: 0 native, 1 cuDNN).
   static void save_settings(AutogradContext *ctx, int64_t impl, bool train, double bn_eps, int64_t kind,
-                            bool lowp_out, double clamp, at::ScalarType x_type) {
+                            bool lowp_out, double clamp, at::ScalarType x_type, bool on_load) {
     ctx->saved_data["impl"] = impl;
     ctx->saved_data["train"] = train;
     ctx->saved_data["bn_eps"] = bn_eps;
@@ -357,17 +372,21 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     ctx->saved_data["lowp_out"] = lowp_out;
     ctx->saved_data["clamp"] = clamp;
     ctx->saved_data["x_type"] = static_cast<int64_t>(x_type);
+    ctx->saved_data["on_load"] = on_load;
   }
 
-  // The kernels apply batch norm (and the add, and the clamp) as they load z when x has z's
-  // type: the identity absent or of z's type and layout (bf16/fp16 with act_out_lowp, or fp32),
-  // z contiguous or channels-last. On the CPU this pays in every type since the AVX-512 kernels
-  // (bench-act, bf16, 96 px, 49 sites: folded PolyNorm 121 ms applied on load against 151 ms
-  // through libtorch's batch norm and the recompute; AVX2 kernels 158-164 against 171-173 ms;
-  // BENCHMARKS.md "AVX-512 kernels").
+  // The kernels apply batch norm (and the add, and the clamp) as they load z when z is contiguous
+  // or channels-last and the identity absent or in z's layout, of z's type (bf16/fp16 with
+  // act_out_lowp, or fp32) or, on the CPU, of fp32 for a bf16/fp16 z (the fp32 residual stream of
+  // fp32 outputs: x, y and dx then fp32). On the CPU this pays in every type since the AVX-512
+  // kernels (bench-act, bf16, 96 px, 49 sites: folded PolyNorm 121 ms applied on load against
+  // 151 ms through libtorch's batch norm and the recompute; AVX2 kernels 158-164 against 171-173
+  // ms; BENCHMARKS.md "AVX-512 kernels").
   static bool applies_on_load(const at::Tensor &z, const at::Tensor &identity) {
-    if (identity.defined() && (identity.scalar_type() != z.scalar_type() || identity.strides() != z.strides()))
-      return false;
+    if (identity.defined()) {
+      const bool wide = is_lowp(z.scalar_type()) && identity.scalar_type() == at::kFloat && !cuda_kernels(z);
+      if ((identity.scalar_type() != z.scalar_type() && !wide) || identity.strides() != z.strides()) return false;
+    }
     return z.is_contiguous() || (z.dim() == 4 && z.is_contiguous(at::MemoryFormat::ChannelsLast));
   }
 
@@ -399,7 +418,7 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
                             train ? at::Tensor() : running_var, train ? mean : at::Tensor(),
                             train ? invstd : at::Tensor(), at::Tensor(), f.rs});
     save_settings(ctx, /*impl: libtorch's native batch norm*/ 0, train, bn_eps, kind, lowp_out, clamp,
-                  z.scalar_type());
+                  x_type(z, &bn), /*on_load=*/true);
     return f.y;
   }
 
@@ -435,7 +454,7 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     const bool polynorm = ctx->saved_data["kind"].toInt() == 1;
     std::vector<at::Tensor> act;
     const auto zl = norm_layout(z).x;  // z as saved (contiguous or channels-last), else a copy
-    if (x_type == zl.scalar_type() && applies_on_load(zl, identity)) {
+    if (ctx->saved_data["on_load"].toBool()) {
       // The kernels read z (and the identity) and recompute x as they go: no pass writes x.
       const BatchNormOnLoad bn{identity.defined() ? identity : at::Tensor(), scale, shift, clamp};
       act = polynorm ? polynorm_backward(grads[0], zl, w, b, rs, lowp_out, &bn)

@@ -117,18 +117,21 @@ inline void add_powers(V *acc, int64_t stride, V base, const V &factor, int k) {
 }
 
 // Where the kernels read x: x itself, or (BatchNorm folded in, CpuBatchNorm) batch norm's input z
-// and the rest of the map x = T(T(z * scale + shift) + identity), clamped.
-template <typename T>
+// and the rest of the map x = X(T(z * scale + shift) + identity), clamped. T: z's type; X: x's
+// type, the identity's and dx's: T, or the arithmetic type for a bf16/fp16 z with an fp32
+// residual (`wide_identity`).
+template <typename T, typename X = T>
 struct Src {
   using A = Acc<T>;
+  static_assert(std::is_same_v<X, T> || std::is_same_v<X, A>, "x is in z's type or the arithmetic type");
   const T *x;               // x, or z when scale is set
-  const T *identity;        // or null
+  const X *identity;        // or null
   const A *scale, *shift;   // per channel, or null: x read as is
   A clamp;                  // > 0: act_clamp
 
   Src(const void *x_, const CpuBatchNorm *bn)
       : x(static_cast<const T *>(x_)),
-        identity(bn ? static_cast<const T *>(bn->identity) : nullptr),
+        identity(bn ? static_cast<const X *>(bn->identity) : nullptr),
         scale(bn ? static_cast<const A *>(bn->scale) : nullptr),
         shift(bn ? static_cast<const A *>(bn->shift) : nullptr),
         clamp(bn ? static_cast<A>(bn->clamp) : A(0)) {}
@@ -179,15 +182,15 @@ C10_ALWAYS_INLINE Vectorized<Acc<T>> round_to(const Vectorized<Acc<T>> &v) {
 // lane's channel's) scale and shift; *mask: all ones where x lay inside the clamp (when given and
 // s clamps).
 // (Always inlined: as a call per vector it cost as much as the arithmetic it saves.)
-template <typename T>
-C10_ALWAYS_INLINE Vectorized<Acc<T>> load_x(const Src<T> &s, int64_t off, int64_t n, const Vectorized<Acc<T>> &scale,
+template <typename T, typename X>
+C10_ALWAYS_INLINE Vectorized<Acc<T>> load_x(const Src<T, X> &s, int64_t off, int64_t n, const Vectorized<Acc<T>> &scale,
                                  const Vectorized<Acc<T>> &shift, Vectorized<Acc<T>> *mask = nullptr) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   V v = load(s.x + off, n);
   if (!s.on_load()) return v;
   v = round_to<T>(v * scale + shift);
-  if (s.identity) v = round_to<T>(v + load(s.identity + off, n));
+  if (s.identity) v = round_to<X>(v + load(s.identity + off, n));
   if (s.clamp > 0) {
     const V lo(-s.clamp), hi(s.clamp);
     if (mask) *mask = (v >= lo) & (v <= hi);  // false for NaN, as at::ge / at::le
@@ -197,8 +200,8 @@ C10_ALWAYS_INLINE Vectorized<Acc<T>> load_x(const Src<T> &s, int64_t off, int64_
 }
 
 // The mask of load_x applied to a gradient (a no-op unless s clamps).
-template <typename T>
-C10_ALWAYS_INLINE Vectorized<Acc<T>> masked(const Src<T> &s, const Vectorized<Acc<T>> &g, const Vectorized<Acc<T>> &mask) {
+template <typename T, typename X>
+C10_ALWAYS_INLINE Vectorized<Acc<T>> masked(const Src<T, X> &s, const Vectorized<Acc<T>> &g, const Vectorized<Acc<T>> &mask) {
   return s.on_load() && s.clamp > 0 ? g & mask : g;
 }
 
@@ -225,8 +228,8 @@ void parallel_items(int64_t items, int64_t work_per_item, int width, double *out
 
 constexpr int64_t kChunk = 2048;
 
-template <typename T, typename Y>
-void polynorm_forward_strided(const Src<T> &x, Y *y, Acc<T> *rs, NormShape s, const Coefs &c, double eps) {
+template <typename T, typename X, typename Y>
+void polynorm_forward_strided(const Src<T, X> &x, Y *y, Acc<T> *rs, NormShape s, const Coefs &c, double eps) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
@@ -279,8 +282,8 @@ void polynorm_forward_strided(const Src<T> &x, Y *y, Acc<T> *rs, NormShape s, co
 //   dx_c = sum_i i w_i x_c^(i-1) (r_i g_c - r_i^3 D_i x_c^i / C)
 //        = g_c P(x_c) - x_c Q(x_c^2),  P(x) = sum_i i w_i r_i x^(i-1),  Q(u) = sum_i i w_i r_i^3 D_i / C u^(i-1)
 //   dw_i = sum_pixels r_i D_i,  db = sum g.
-template <typename T, typename Y>
-void polynorm_backward_strided(const Src<T> &x, const Y *gy, const Acc<T> *rs, T *dx, NormShape s,
+template <typename T, typename X, typename Y>
+void polynorm_backward_strided(const Src<T, X> &x, const Y *gy, const Acc<T> *rs, X *dx, NormShape s,
                                const Coefs &c, double *grad_coefs) {
   using A = Acc<T>;
   using V = Vectorized<A>;
@@ -321,7 +324,7 @@ void polynorm_backward_strided(const Src<T> &x, const Y *gy, const Acc<T> *rs, T
       }
     }
     for (int64_t v = 0; v < nv; v++) part[k] += lane_sum(d[k * nv + v], n_of(v));
-    T *dxs = dx + o * C * HW + p0;
+    X *dxs = dx + o * C * HW + p0;
     for (int64_t ch = 0; ch < C; ch++) {
       const V sc = scale(ch), sh = shift(ch);
       for (int64_t v = 0; v < nv; v++) {
@@ -347,17 +350,17 @@ void polynorm_backward_strided(const Src<T> &x, const Y *gy, const Acc<T> *rs, T
 constexpr int64_t kRowsPerItem = 16;
 
 // Channels ch..ch+n-1's scales and shifts (channels contiguous: one per lane).
-template <typename T>
-inline Vectorized<Acc<T>> scale_at(const Src<T> &x, int64_t ch, int64_t n) {
+template <typename T, typename X>
+inline Vectorized<Acc<T>> scale_at(const Src<T, X> &x, int64_t ch, int64_t n) {
   return x.on_load() ? load(x.scale + ch, n) : Vectorized<Acc<T>>(Acc<T>(1));
 }
-template <typename T>
-inline Vectorized<Acc<T>> shift_at(const Src<T> &x, int64_t ch, int64_t n) {
+template <typename T, typename X>
+inline Vectorized<Acc<T>> shift_at(const Src<T, X> &x, int64_t ch, int64_t n) {
   return x.on_load() ? load(x.shift + ch, n) : Vectorized<Acc<T>>(Acc<T>(0));
 }
 
-template <typename T, typename Y>
-void polynorm_forward_rows(const Src<T> &x, Y *y, Acc<T> *rs, NormShape s, const Coefs &c, double eps) {
+template <typename T, typename X, typename Y>
+void polynorm_forward_rows(const Src<T, X> &x, Y *y, Acc<T> *rs, NormShape s, const Coefs &c, double eps) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
@@ -391,8 +394,8 @@ void polynorm_forward_rows(const Src<T> &x, Y *y, Acc<T> *rs, NormShape s, const
   });
 }
 
-template <typename T, typename Y>
-void polynorm_backward_rows(const Src<T> &x, const Y *gy, const Acc<T> *rs, T *dx, NormShape s,
+template <typename T, typename X, typename Y>
+void polynorm_backward_rows(const Src<T, X> &x, const Y *gy, const Acc<T> *rs, X *dx, NormShape s,
                             const Coefs &c, double *grad_coefs) {
   using A = Acc<T>;
   using V = Vectorized<A>;
@@ -441,8 +444,8 @@ constexpr int64_t kElemsPerItem = 4096;
 // elements, in parallel items; each item's `width` vector sums start at zero and are added to the
 // item's partial sums at its end. Without batch norm on load one flat run (any dense layout);
 // with it, per channel: NCHW a row of H*W elements per (sample, channel), channels-last rows of C.
-template <typename T, typename F>
-void for_each_vector(const Src<T> &x, NormShape s, int width, double *out, const F &body) {
+template <typename T, typename X, typename F>
+void for_each_vector(const Src<T, X> &x, NormShape s, int width, double *out, const F &body) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
@@ -484,8 +487,8 @@ void for_each_vector(const Src<T> &x, NormShape s, int width, double *out, const
   }
 }
 
-template <typename T, typename Y>
-void polyrelu_forward_typed(const Src<T> &x, Y *y, NormShape s, const Coefs &c) {
+template <typename T, typename X, typename Y>
+void polyrelu_forward_typed(const Src<T, X> &x, Y *y, NormShape s, const Coefs &c) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   const int k = c.order;
@@ -498,8 +501,8 @@ void polyrelu_forward_typed(const Src<T> &x, Y *y, NormShape s, const Coefs &c) 
   });
 }
 
-template <typename T, typename Y>
-void polyrelu_backward_typed(const Src<T> &x, const Y *gy, T *dx, NormShape s, const Coefs &c,
+template <typename T, typename X, typename Y>
+void polyrelu_backward_typed(const Src<T, X> &x, const Y *gy, X *dx, NormShape s, const Coefs &c,
                              double *grad_coefs) {
   using A = Acc<T>;
   using V = Vectorized<A>;
@@ -531,66 +534,78 @@ void by_type(Dtype dt, const F &f) {
   }
 }
 
-// f(T{}, Y{}): Y, the type of y and dy, is x's own type with lowp_out (bf16/fp16: `act_out_lowp`,
-// y rounded once as it is stored, dy read as stored), else the arithmetic type.
+// f(T{}, X{}, Y{}) for z's (or x's) type T. X, the type of x and dx: T, or with a wide identity
+// (a bf16/fp16 z with an fp32 residual) the arithmetic type. Y, the type of y and dy: x's own
+// type with lowp_out (bf16/fp16: `act_out_lowp`, y rounded once as it is stored, dy read as
+// stored), else the arithmetic type.
 template <typename F>
-void by_types(Dtype dt, bool lowp_out, const F &f) {
+void by_types(Dtype dt, bool lowp_out, const CpuBatchNorm *bn, const F &f) {
   by_type(dt, [&](auto tag) {
     using T = decltype(tag);
-    if (lowp_out)
-      f(T{}, T{});
-    else
-      f(T{}, Acc<T>{});  // for float and double the same instantiation
+    using A = Acc<T>;
+    if constexpr (std::is_same_v<T, A>) {
+      f(T{}, T{}, T{});  // fp32, fp64: one type throughout
+    } else if (bn && bn->wide_identity) {
+      f(T{}, A{}, A{});  // x = z's batch norm + an fp32 residual: fp32, as its output
+    } else if (lowp_out) {
+      f(T{}, T{}, T{});
+    } else {
+      f(T{}, T{}, A{});
+    }
   });
 }
 
 void polynorm_forward(Dtype dt, bool lowp_out, const void *x, void *y, void *rs, NormShape s, const Coefs &c,
                       double eps, const CpuBatchNorm *bn) {
-  by_types(dt, lowp_out, [&](auto tag, auto out_tag) {
-    using T = decltype(tag);
-    using Y = decltype(out_tag);
-    const Src<T> xs(x, bn);
+  by_types(dt, lowp_out, bn, [&](auto t, auto x_t, auto y_t) {
+    using T = decltype(t);
+    using X = decltype(x_t);
+    using Y = decltype(y_t);
+    const Src<T, X> xs(x, bn);
     auto *yt = static_cast<Y *>(y);
     auto *rt = static_cast<Acc<T> *>(rs);
     if (s.inner == 1)
-      polynorm_forward_rows<T, Y>(xs, yt, rt, s, c, eps);
+      polynorm_forward_rows<T, X, Y>(xs, yt, rt, s, c, eps);
     else
-      polynorm_forward_strided<T, Y>(xs, yt, rt, s, c, eps);
+      polynorm_forward_strided<T, X, Y>(xs, yt, rt, s, c, eps);
   });
 }
 
 void polynorm_backward(Dtype dt, bool lowp_out, const void *x, const void *gy, const void *rs, void *dx,
                        NormShape s, const Coefs &c, double *grad_coefs, const CpuBatchNorm *bn) {
-  by_types(dt, lowp_out, [&](auto tag, auto out_tag) {
-    using T = decltype(tag);
-    using Y = decltype(out_tag);
-    const Src<T> xs(x, bn);
+  by_types(dt, lowp_out, bn, [&](auto t, auto x_t, auto y_t) {
+    using T = decltype(t);
+    using X = decltype(x_t);
+    using Y = decltype(y_t);
+    const Src<T, X> xs(x, bn);
     auto *gt = static_cast<const Y *>(gy);
     auto *rt = static_cast<const Acc<T> *>(rs);
-    auto *dxt = static_cast<T *>(dx);
+    auto *dxt = static_cast<X *>(dx);
     if (s.inner == 1)
-      polynorm_backward_rows<T, Y>(xs, gt, rt, dxt, s, c, grad_coefs);
+      polynorm_backward_rows<T, X, Y>(xs, gt, rt, dxt, s, c, grad_coefs);
     else
-      polynorm_backward_strided<T, Y>(xs, gt, rt, dxt, s, c, grad_coefs);
+      polynorm_backward_strided<T, X, Y>(xs, gt, rt, dxt, s, c, grad_coefs);
   });
 }
 
 void polyrelu_forward(Dtype dt, bool lowp_out, const void *x, void *y, NormShape s, const Coefs &c,
                       const CpuBatchNorm *bn) {
-  by_types(dt, lowp_out, [&](auto tag, auto out_tag) {
-    using T = decltype(tag);
-    using Y = decltype(out_tag);
-    polyrelu_forward_typed<T, Y>(Src<T>(x, bn), static_cast<Y *>(y), s, c);
+  by_types(dt, lowp_out, bn, [&](auto t, auto x_t, auto y_t) {
+    using T = decltype(t);
+    using X = decltype(x_t);
+    using Y = decltype(y_t);
+    polyrelu_forward_typed<T, X, Y>(Src<T, X>(x, bn), static_cast<Y *>(y), s, c);
   });
 }
 
 void polyrelu_backward(Dtype dt, bool lowp_out, const void *x, const void *gy, void *dx, NormShape s,
                        const Coefs &c, double *grad_coefs, const CpuBatchNorm *bn) {
-  by_types(dt, lowp_out, [&](auto tag, auto out_tag) {
-    using T = decltype(tag);
-    using Y = decltype(out_tag);
-    polyrelu_backward_typed<T, Y>(Src<T>(x, bn), static_cast<const Y *>(gy), static_cast<T *>(dx), s, c,
-                                  grad_coefs);
+  by_types(dt, lowp_out, bn, [&](auto t, auto x_t, auto y_t) {
+    using T = decltype(t);
+    using X = decltype(x_t);
+    using Y = decltype(y_t);
+    polyrelu_backward_typed<T, X, Y>(Src<T, X>(x, bn), static_cast<const Y *>(gy), static_cast<X *>(dx), s, c,
+                                     grad_coefs);
   });
 }
 

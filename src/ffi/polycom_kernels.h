@@ -8,7 +8,7 @@ namespace rt_polycom {
 
 constexpr int kMaxOrder = 8;
 
-// Element types of x (and dx). The output y and the gradient of y are `float` for every type
+// Element types of x (and dx; with a wide identity, see CpuBatchNorm, of z). The output y and the gradient of y are `float` for every type
 // but kDouble, where they are `double` (fp32 arithmetic for fp16/bf16: the semantics of
 // `act_fp32 = true`), or with lowp_out x's own type (`act_out_lowp`: y rounded once as stored).
 // The saved rsqrt values are always the arithmetic type.
@@ -27,14 +27,17 @@ struct Coefs {
 };
 
 // BatchNorm applied on load (bn_act, as the CUDA kernels' `Source`): where the kernels read x
-// they read batch norm's input z and compute x = T(T(z * scale + shift) + identity), clamped to
+// they read batch norm's input z and compute x = X(T(z * scale + shift) + identity), clamped to
 // [-clamp, clamp] when clamp > 0 (and dx masked where x was outside); T = z's type, arithmetic
-// in the Acc type. Null: x is read as is.
+// in the Acc type, X = T, or with `wide_identity` the Acc type: a bf16/fp16 z with an fp32
+// residual (the residual stream of fp32 outputs), where x, y, dy and dx are fp32 as the separate
+// operators' type promotion makes them. Null: x is read as is.
 struct CpuBatchNorm {
-  const void *identity;     // null, or z's type and layout
+  const void *identity;     // null, or z's layout in X
   const void *scale;        // per channel, the arithmetic type (float; double for fp64)
   const void *shift;
   double clamp;
+  bool wide_identity;       // the identity (and x, dx, y, dy) in the arithmetic type
 };
 
 struct CpuKernels {
