@@ -169,8 +169,10 @@ fn ablate_from_the_shipped_config_with_flags_and_its_errors() {
 }
 
 /// Runs `check-act` with `args` and asserts that every case passed: 768 fused-vs-eager cases (512,
-/// and 256 with act_out_lowp for bf16/fp16 inputs) and 96 folded-BatchNorm cases (2 ops x 2
-/// layouts x 2 residuals x 2 modes x 6 type settings), each summary naming `device`.
+/// and 256 with act_out_lowp for bf16/fp16 inputs) and 128 folded-BatchNorm cases (2 ops x 2
+/// layouts x 2 modes x the type settings and residuals: fp32 and fp64 with none or one of z's
+/// type; bf16 and fp16, with and without act_out_lowp, with none, one of z's type or an fp32 one),
+/// each summary naming `device`.
 fn assert_check_act_passes(args: &[&str], device: &str) {
     let (code, out, err) = run(args);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -180,7 +182,7 @@ fn assert_check_act_passes(args: &[&str], device: &str) {
     assert_eq!((&fused["check"], &fused["failures"]), (&"fused-vs-eager".into(), &0.into()), "{out}");
     assert_eq!(fused["cases"], 768, "{out}");
     assert_eq!((&folded["check"], &folded["failures"]), (&"bn-fold".into(), &0.into()), "{out}");
-    assert_eq!(folded["cases"], 96, "{out}");
+    assert_eq!(folded["cases"], 128, "{out}");
     assert_eq!((&fused["device"], &folded["device"]), (&device.into(), &device.into()), "{out}");
 }
 

@@ -316,10 +316,10 @@ struct PolyReluFunction : public torch::autograd::Function<PolyReluFunction> {
 // runs the activation's backward, and hands dx to batch norm's own backward. Where the separate
 // operators keep z, x and y per site, this keeps z and y: ReLU's count (Inductor recomputes the
 // same way). The recomputed x is batch norm's output to within a rounding of its last step.
-// Where the kernels can apply batch norm as they load z (applies_on_load: on the CPU always, with
-// the residual absent, of z's type or fp32 for a bf16/fp16 z; on CUDA for a residual of z's
-// type), x is never written at all: see forward_on_load; the backward kernels then apply the same
-// map as they load z. Otherwise libtorch's batch norm runs and the backward recomputes x.
+// Where the kernels can apply batch norm as they load z (applies_on_load: z contiguous or
+// channels-last, the residual absent or in z's layout, of z's type or fp32 for a bf16/fp16 z), x
+// is never written at all: see forward_on_load; the backward kernels then apply the same map as
+// they load z. Otherwise libtorch's batch norm runs and the backward recomputes x.
 struct BnActFunction : public torch::autograd::Function<BnActFunction> {
   static at::Tensor forward(AutogradContext *ctx, const at::Tensor &z, const at::Tensor &gamma_in,
                             const at::Tensor &beta_in, const at::Tensor &identity_in, const at::Tensor &w,
@@ -377,14 +377,14 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
 
   // The kernels apply batch norm (and the add, and the clamp) as they load z when z is contiguous
   // or channels-last and the identity absent or in z's layout, of z's type (bf16/fp16 with
-  // act_out_lowp, or fp32) or, on the CPU, of fp32 for a bf16/fp16 z (the fp32 residual stream of
-  // fp32 outputs: x, y and dx then fp32). On the CPU this pays in every type since the AVX-512
+  // act_out_lowp, or fp32) or of fp32 for a bf16/fp16 z (the fp32 residual stream of fp32
+  // outputs: x, y and dx then fp32, the kernels' wide identity). On the CPU this pays in every type since the AVX-512
   // kernels (bench-act, bf16, 96 px, 49 sites: folded PolyNorm 121 ms applied on load against
   // 151 ms through libtorch's batch norm and the recompute; AVX2 kernels 158-164 against 171-173
   // ms; BENCHMARKS.md "AVX-512 kernels").
   static bool applies_on_load(const at::Tensor &z, const at::Tensor &identity) {
     if (identity.defined()) {
-      const bool wide = is_lowp(z.scalar_type()) && identity.scalar_type() == at::kFloat && !cuda_kernels(z);
+      const bool wide = is_lowp(z.scalar_type()) && identity.scalar_type() == at::kFloat;
       if ((identity.scalar_type() != z.scalar_type() && !wide) || identity.strides() != z.strides()) return false;
     }
     return z.is_contiguous() || (z.dim() == 4 && z.is_contiguous(at::MemoryFormat::ChannelsLast));

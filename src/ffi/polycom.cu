@@ -189,13 +189,15 @@ struct RowWalk {
 
 // ---- Where a kernel reads the activation's input x ----
 // x itself, or, with BatchNorm folded into the operator, recomputed on load from batch norm's
-// input z: x = T(T(z * scale[c] + shift[c]) + identity), rounded as the separate operators round
+// input z: x = X(T(z * scale[c] + shift[c]) + identity), rounded as the separate operators round
 // it (batch norm's output, then the residual add), then clamped to [-clamp, clamp] when clamp > 0
 // (act_clamp; the gradient is zero where x was outside). Saves the pass that would write x.
-template <typename T, typename A>
+// X: x's type, the identity's and dx's: T, or A for a bf16/fp16 z with an fp32 residual (the
+// `_wide` kernels: the residual stream of fp32 outputs, where type promotion makes x fp32).
+template <typename T, typename A, typename X = T>
 struct Source {
   const T *x;         // x, or z when scale is set
-  const T *identity;  // the residual added after batch norm, or null
+  const X *identity;  // the residual added after batch norm, or null
   const A *scale;     // per channel (gamma * invstd), or null: x is read as is
   const A *shift;     // per channel (beta - mean * scale)
   A clamp;            // > 0: act_clamp
@@ -204,12 +206,12 @@ struct Source {
 };
 
 // x at channel c from its loaded z (or x) and identity values; `inside`: clamp's gradient mask.
-template <typename T, typename A>
-__device__ __forceinline__ A source_x(const Source<T, A> &s, A z, A identity, int c, bool &inside) {
+template <typename T, typename A, typename X>
+__device__ __forceinline__ A source_x(const Source<T, A, X> &s, A z, A identity, int c, bool &inside) {
   A v = z;
   if (s.scale) {
     v = to_acc(from_acc<T>(v * s.scale[c] + s.shift[c]));
-    if (s.identity) v = to_acc(from_acc<T>(v + identity));
+    if (s.identity) v = to_acc(from_acc<X>(v + identity));
   }
   inside = true;
   if (s.clamp > 0) {
@@ -221,25 +223,25 @@ __device__ __forceinline__ A source_x(const Source<T, A> &s, A z, A identity, in
 
 // The rows kernels' V values of x at channels c..c+V-1 of one row (xr: x or z; ir: the identity
 // or null), with clamp's gradient mask.
-template <int V, typename T, typename A>
-__device__ __forceinline__ void load_x(const Source<T, A> &s, const T *xr, const T *ir, int c, A *v, bool *inside) {
+template <int V, typename T, typename A, typename X>
+__device__ __forceinline__ void load_x(const Source<T, A, X> &s, const T *xr, const X *ir, int c, A *v, bool *inside) {
   const Pack<T, V> px = load<V>(xr + c);
-  Pack<T, V> pi;
+  Pack<X, V> pi;
   if (ir) pi = load<V>(ir + c);
 #pragma unroll
   for (int j = 0; j < V; j++) v[j] = source_x(s, to_acc(px.v[j]), ir ? to_acc(pi.v[j]) : (A)0, c + j, inside[j]);
 }
 
 // The channel of element i of a dense tensor in s's layout.
-template <typename T, typename A>
-__device__ __forceinline__ int channel_of(const Source<T, A> &s, i64 i) {
+template <typename T, typename A, typename X>
+__device__ __forceinline__ int channel_of(const Source<T, A, X> &s, i64 i) {
   return s.inner == 1 ? (int)(i % s.C) : (int)((i / s.inner) % s.C);
 }
 
 // ---- PolyNorm forward ----
 
-template <typename T, typename O, typename A, int V>
-__device__ void polynorm_fwd_rows(Source<T, A> src, O *y, A *rs, const A *w, const A *b, i64 rows, int C, int k,
+template <typename T, typename O, typename A, int V, typename X>
+__device__ void polynorm_fwd_rows(Source<T, A, X> src, O *y, A *rs, const A *w, const A *b, i64 rows, int C, int k,
                                   A eps, int G) {
   const RowWalk walk(G);
   A wk[MAX_ORDER];
@@ -250,7 +252,7 @@ __device__ void polynorm_fwd_rows(Source<T, A> src, O *y, A *rs, const A *w, con
     const i64 row = base + walk.slot;
     const bool valid = row < rows;
     const T *xr = src.x + row * C;
-    const T *ir = src.identity ? src.identity + row * C : nullptr;
+    const X *ir = src.identity ? src.identity + row * C : nullptr;
     A s[MAX_ORDER];
 #pragma unroll
     for (int i = 0; i < MAX_ORDER; i++) s[i] = 0;
@@ -289,14 +291,14 @@ __device__ void polynorm_fwd_rows(Source<T, A> src, O *y, A *rs, const A *w, con
   }
 }
 
-template <typename T, typename O, typename A>
-__device__ void polynorm_fwd_cols(Source<T, A> src, O *y, A *rs, const A *w, const A *b, i64 outer, int C,
+template <typename T, typename O, typename A, typename X>
+__device__ void polynorm_fwd_cols(Source<T, A, X> src, O *y, A *rs, const A *w, const A *b, i64 outer, int C,
                                   i64 inner, int k, A eps) {
   const i64 pix = (i64)blockIdx.x * BLOCK + threadIdx.x;
   if (pix >= outer * inner) return;
   const i64 o = pix / inner, p = pix % inner;
   const T *xs = src.x + o * C * inner + p;
-  const T *is = src.identity ? src.identity + o * C * inner + p : nullptr;
+  const X *is = src.identity ? src.identity + o * C * inner + p : nullptr;
   A s[MAX_ORDER];
 #pragma unroll
   for (int i = 0; i < MAX_ORDER; i++) s[i] = 0;
@@ -324,8 +326,8 @@ __device__ void polynorm_fwd_cols(Source<T, A> src, O *y, A *rs, const A *w, con
 
 // ---- PolyNorm backward ----
 
-template <typename T, typename O, typename A, int V>
-__device__ void polynorm_bwd_rows(Source<T, A> src, const O *gy, const A *rs, T *dx, const A *w, A *partials,
+template <typename T, typename O, typename A, int V, typename X>
+__device__ void polynorm_bwd_rows(Source<T, A, X> src, const O *gy, const A *rs, X *dx, const A *w, A *partials,
                                   i64 rows, int C, int k, int G) {
   const RowWalk walk(G);
   A iw[MAX_ORDER];
@@ -338,7 +340,7 @@ __device__ void polynorm_bwd_rows(Source<T, A> src, const O *gy, const A *rs, T 
     const i64 row = base + walk.slot;
     const bool valid = row < rows;
     const T *xr = src.x + row * C;
-    const T *ir = src.identity ? src.identity + row * C : nullptr;
+    const X *ir = src.identity ? src.identity + row * C : nullptr;
     const O *gr = gy + row * C;
     A d[MAX_ORDER], gsum = 0;
 #pragma unroll
@@ -369,17 +371,17 @@ __device__ void polynorm_bwd_rows(Source<T, A> src, const O *gy, const A *rs, T 
     gsum = group_sum(gsum, G);
     if (walk.sub == 0) acc_db += gsum;
     if (valid) {
-      T *dxr = dx + row * C;
+      X *dxr = dx + row * C;
       for (int c = walk.sub * V; c < C; c += G * V) {  // again: just read, from cache
         A v[V];
         bool inside[V];
         load_x<V>(src, xr, ir, c, v, inside);
         const Pack<O, V> pg = load<V>(gr + c);
-        Pack<T, V> out;
+        Pack<X, V> out;
 #pragma unroll
         for (int j = 0; j < V; j++) {
           const A g = to_acc(pg.v[j]);
-          out.v[j] = from_acc<T>(inside[j] ? g * horner(pc, k, v[j]) - v[j] * horner(qc, k, v[j] * v[j]) : (A)0);
+          out.v[j] = from_acc<X>(inside[j] ? g * horner(pc, k, v[j]) - v[j] * horner(qc, k, v[j] * v[j]) : (A)0);
         }
         store<V>(dxr + c, out);
       }
@@ -388,8 +390,8 @@ __device__ void polynorm_bwd_rows(Source<T, A> src, const O *gy, const A *rs, T 
   block_sums(acc, acc_db, k, partials + (i64)blockIdx.x * (k + 1));
 }
 
-template <typename T, typename O, typename A>
-__device__ void polynorm_bwd_cols(Source<T, A> src, const O *gy, const A *rs, T *dx, const A *w, A *partials,
+template <typename T, typename O, typename A, typename X>
+__device__ void polynorm_bwd_cols(Source<T, A, X> src, const O *gy, const A *rs, X *dx, const A *w, A *partials,
                                   i64 outer, int C, i64 inner, int k) {
   const i64 pix = (i64)blockIdx.x * BLOCK + threadIdx.x;
   A acc[MAX_ORDER], acc_db = 0;
@@ -398,7 +400,7 @@ __device__ void polynorm_bwd_cols(Source<T, A> src, const O *gy, const A *rs, T 
   if (pix < outer * inner) {
     const i64 o = pix / inner, p = pix % inner;
     const T *xs = src.x + o * C * inner + p;
-    const T *is = src.identity ? src.identity + o * C * inner + p : nullptr;
+    const X *is = src.identity ? src.identity + o * C * inner + p : nullptr;
     const O *gs = gy + o * C * inner + p;
     A d[MAX_ORDER], gsum = 0;
 #pragma unroll
@@ -420,12 +422,12 @@ __device__ void polynorm_bwd_cols(Source<T, A> src, const O *gy, const A *rs, T 
         qc[i] = iw * r * r * r * d[i] / (A)C;
       }
     acc_db = gsum;
-    T *dxs = dx + o * C * inner + p;
+    X *dxs = dx + o * C * inner + p;
     for (int c = 0; c < C; c++) {
       bool inside;
       const A v = source_x(src, to_acc(xs[(i64)c * inner]), is ? to_acc(is[(i64)c * inner]) : (A)0, c, inside);
       const A g = to_acc(gs[(i64)c * inner]);
-      dxs[(i64)c * inner] = from_acc<T>(inside ? g * horner(pc, k, v) - v * horner(qc, k, v * v) : (A)0);
+      dxs[(i64)c * inner] = from_acc<X>(inside ? g * horner(pc, k, v) - v * horner(qc, k, v * v) : (A)0);
     }
   }
   block_sums(acc, acc_db, k, partials + (i64)blockIdx.x * (k + 1));
@@ -449,8 +451,8 @@ __device__ __forceinline__ void for_each_vector(i64 n, F fn) {
 
 // With a folded batch norm, the `_vec` kernels need each vector in one channel plane (s.inner a
 // multiple of V) or in consecutive channels (s.inner == 1): the caller checks.
-template <typename T, typename O, typename A, int V>
-__device__ void polyrelu_fwd(Source<T, A> src, O *y, const A *w, const A *b, i64 n, int k) {
+template <typename T, typename O, typename A, int V, typename X>
+__device__ void polyrelu_fwd(Source<T, A, X> src, O *y, const A *w, const A *b, i64 n, int k) {
   A c[MAX_ORDER];
 #pragma unroll
   for (int i = 0; i < MAX_ORDER; i++) c[i] = i < k ? w[i] : (A)0;
@@ -459,7 +461,7 @@ __device__ void polyrelu_fwd(Source<T, A> src, O *y, const A *w, const A *b, i64
     const int c0 = src.scale ? channel_of(src, i) : 0;
     if (count == V) {
       const Pack<T, V> p = load<V>(src.x + i);
-      Pack<T, V> pi;
+      Pack<X, V> pi;
       if (src.identity) pi = load<V>(src.identity + i);
       Pack<O, V> out;
 #pragma unroll
@@ -490,8 +492,8 @@ __device__ __forceinline__ T polyrelu_grad(A v, bool inside, A g, const A *ic, i
   return from_acc<T>(positive && inside ? g * horner(ic, k, r) : (A)0);
 }
 
-template <typename T, typename O, typename A, int V>
-__device__ void polyrelu_bwd(Source<T, A> src, const O *gy, T *dx, const A *w, A *partials, i64 n, int k) {
+template <typename T, typename O, typename A, int V, typename X>
+__device__ void polyrelu_bwd(Source<T, A, X> src, const O *gy, X *dx, const A *w, A *partials, i64 n, int k) {
   A ic[MAX_ORDER], acc[MAX_ORDER], acc_db = 0;
 #pragma unroll
   for (int i = 0; i < MAX_ORDER; i++) {
@@ -502,22 +504,22 @@ __device__ void polyrelu_bwd(Source<T, A> src, const O *gy, T *dx, const A *w, A
     const int c0 = src.scale ? channel_of(src, i) : 0;
     if (count == V) {
       const Pack<T, V> px = load<V>(src.x + i);
-      Pack<T, V> pi;
+      Pack<X, V> pi;
       if (src.identity) pi = load<V>(src.identity + i);
       const Pack<O, V> pg = load<V>(gy + i);
-      Pack<T, V> out;
+      Pack<X, V> out;
 #pragma unroll
       for (int j = 0; j < V; j++) {
         const int c = src.inner == 1 ? (c0 + j) % src.C : c0;
         bool inside;
         const A v = source_x(src, to_acc(px.v[j]), src.identity ? to_acc(pi.v[j]) : (A)0, c, inside);
-        out.v[j] = polyrelu_grad<T>(v, inside, to_acc(pg.v[j]), ic, k, acc, acc_db);
+        out.v[j] = polyrelu_grad<X>(v, inside, to_acc(pg.v[j]), ic, k, acc, acc_db);
       }
       store<V>(dx + i, out);
     } else {
       bool inside;
       const A v = source_x(src, to_acc(src.x[i]), src.identity ? to_acc(src.identity[i]) : (A)0, c0, inside);
-      dx[i] = polyrelu_grad<T>(v, inside, to_acc(gy[i]), ic, k, acc, acc_db);
+      dx[i] = polyrelu_grad<X>(v, inside, to_acc(gy[i]), ic, k, acc, acc_db);
     }
   });
   block_sums(acc, acc_db, k, partials + (i64)blockIdx.x * (k + 1));
@@ -525,47 +527,50 @@ __device__ void polyrelu_bwd(Source<T, A> src, const O *gy, T *dx, const A *w, A
 
 // ---- Entry points, one per input type and output type ----
 // O: the output's (and its gradient's) type: the arithmetic type A, or with the `_lp` tags the
-// low-precision input type itself (`act_out_lowp`). V: the elements of T in 16 bytes, used by
-// the `_vec` kernels (rows: C a multiple of V; every pointer 16-byte aligned).
+// low-precision input type itself (`act_out_lowp`). X: x's (the identity's, dx's) type: T, or
+// with the `_wide` tags A (see Source). V: the elements of T in 16 bytes, used by the `_vec`
+// kernels (rows: C a multiple of V; every pointer 16-byte aligned; X = A then moves 32 bytes).
 
-#define RT_ROWS_AND_RELU_KERNELS(SUFFIX, TAG, T, O, A, V)                                                     \
-  RT_KERNEL polynorm_fwd_rows##SUFFIX##_##TAG(Source<T, A> x, O *y, A *rs, const A *w, const A *b, i64 rows,     \
-                                              int C, int k, A eps, int G) {                                    \
-    polynorm_fwd_rows<T, O, A, V>(x, y, rs, w, b, rows, C, k, eps, G);                                         \
-  }                                                                                                            \
-  RT_REGISTER(polynorm_fwd_rows##SUFFIX##_##TAG)                                                               \
-  RT_KERNEL polynorm_bwd_rows##SUFFIX##_##TAG(Source<T, A> x, const O *gy, const A *rs, T *dx, const A *w,    \
-                                              A *partials, i64 rows, int C, int k, int G) {                    \
-    polynorm_bwd_rows<T, O, A, V>(x, gy, rs, dx, w, partials, rows, C, k, G);                                  \
-  }                                                                                                            \
-  RT_REGISTER(polynorm_bwd_rows##SUFFIX##_##TAG)                                                               \
-  RT_KERNEL polyrelu_fwd##SUFFIX##_##TAG(Source<T, A> x, O *y, const A *w, const A *b, i64 n, int k) {        \
-    polyrelu_fwd<T, O, A, V>(x, y, w, b, n, k);                                                                \
-  }                                                                                                            \
-  RT_REGISTER(polyrelu_fwd##SUFFIX##_##TAG)                                                                    \
-  RT_KERNEL polyrelu_bwd##SUFFIX##_##TAG(Source<T, A> x, const O *gy, T *dx, const A *w, A *partials, i64 n,  \
-                                         int k) {                                                              \
-    polyrelu_bwd<T, O, A, V>(x, gy, dx, w, partials, n, k);                                                    \
-  }                                                                                                            \
+#define RT_ROWS_AND_RELU_KERNELS(SUFFIX, TAG, T, O, A, V, X)                                                           \
+  RT_KERNEL polynorm_fwd_rows##SUFFIX##_##TAG(Source<T, A, X> x, O *y, A *rs, const A *w, const A *b, i64 rows,        \
+                                              int C, int k, A eps, int G) {                                            \
+    polynorm_fwd_rows<T, O, A, V, X>(x, y, rs, w, b, rows, C, k, eps, G);                                              \
+  }                                                                                                                    \
+  RT_REGISTER(polynorm_fwd_rows##SUFFIX##_##TAG)                                                                       \
+  RT_KERNEL polynorm_bwd_rows##SUFFIX##_##TAG(Source<T, A, X> x, const O *gy, const A *rs, X *dx, const A *w,          \
+                                              A *partials, i64 rows, int C, int k, int G) {                            \
+    polynorm_bwd_rows<T, O, A, V, X>(x, gy, rs, dx, w, partials, rows, C, k, G);                                       \
+  }                                                                                                                    \
+  RT_REGISTER(polynorm_bwd_rows##SUFFIX##_##TAG)                                                                       \
+  RT_KERNEL polyrelu_fwd##SUFFIX##_##TAG(Source<T, A, X> x, O *y, const A *w, const A *b, i64 n, int k) {              \
+    polyrelu_fwd<T, O, A, V, X>(x, y, w, b, n, k);                                                                     \
+  }                                                                                                                    \
+  RT_REGISTER(polyrelu_fwd##SUFFIX##_##TAG)                                                                            \
+  RT_KERNEL polyrelu_bwd##SUFFIX##_##TAG(Source<T, A, X> x, const O *gy, X *dx, const A *w, A *partials, i64 n,        \
+                                         int k) {                                                                      \
+    polyrelu_bwd<T, O, A, V, X>(x, gy, dx, w, partials, n, k);                                                         \
+  }                                                                                                                    \
   RT_REGISTER(polyrelu_bwd##SUFFIX##_##TAG)
 
-#define RT_POLYCOM_KERNELS(TAG, T, O, A, V)                                                                   \
-  RT_ROWS_AND_RELU_KERNELS(, TAG, T, O, A, 1)                                                                  \
-  RT_ROWS_AND_RELU_KERNELS(_vec, TAG, T, O, A, V)                                                              \
-  RT_KERNEL polynorm_fwd_cols_##TAG(Source<T, A> x, O *y, A *rs, const A *w, const A *b, i64 outer, int C,    \
-                                    i64 inner, int k, A eps) {                                                 \
-    polynorm_fwd_cols<T, O, A>(x, y, rs, w, b, outer, C, inner, k, eps);                                       \
-  }                                                                                                            \
-  RT_REGISTER(polynorm_fwd_cols_##TAG)                                                                         \
-  RT_KERNEL polynorm_bwd_cols_##TAG(Source<T, A> x, const O *gy, const A *rs, T *dx, const A *w,              \
-                                    A *partials, i64 outer, int C, i64 inner, int k) {                         \
-    polynorm_bwd_cols<T, O, A>(x, gy, rs, dx, w, partials, outer, C, inner, k);                                \
-  }                                                                                                            \
+#define RT_POLYCOM_KERNELS(TAG, T, O, A, V, X)                                                                         \
+  RT_ROWS_AND_RELU_KERNELS(, TAG, T, O, A, 1, X)                                                                       \
+  RT_ROWS_AND_RELU_KERNELS(_vec, TAG, T, O, A, V, X)                                                                   \
+  RT_KERNEL polynorm_fwd_cols_##TAG(Source<T, A, X> x, O *y, A *rs, const A *w, const A *b, i64 outer, int C,          \
+                                    i64 inner, int k, A eps) {                                                         \
+    polynorm_fwd_cols<T, O, A, X>(x, y, rs, w, b, outer, C, inner, k, eps);                                            \
+  }                                                                                                                    \
+  RT_REGISTER(polynorm_fwd_cols_##TAG)                                                                                 \
+  RT_KERNEL polynorm_bwd_cols_##TAG(Source<T, A, X> x, const O *gy, const A *rs, X *dx, const A *w,                    \
+                                    A *partials, i64 outer, int C, i64 inner, int k) {                                 \
+    polynorm_bwd_cols<T, O, A, X>(x, gy, rs, dx, w, partials, outer, C, inner, k);                                     \
+  }                                                                                                                    \
   RT_REGISTER(polynorm_bwd_cols_##TAG)
 
-RT_POLYCOM_KERNELS(f32, float, float, float, 4)
-RT_POLYCOM_KERNELS(f64, double, double, double, 2)
-RT_POLYCOM_KERNELS(bf16, bf16_t, float, float, 8)
-RT_POLYCOM_KERNELS(f16, f16_t, float, float, 8)
-RT_POLYCOM_KERNELS(bf16_lp, bf16_t, bf16_t, float, 8)
-RT_POLYCOM_KERNELS(f16_lp, f16_t, f16_t, float, 8)
+RT_POLYCOM_KERNELS(f32, float, float, float, 4, float)
+RT_POLYCOM_KERNELS(f64, double, double, double, 2, double)
+RT_POLYCOM_KERNELS(bf16, bf16_t, float, float, 8, bf16_t)
+RT_POLYCOM_KERNELS(f16, f16_t, float, float, 8, f16_t)
+RT_POLYCOM_KERNELS(bf16_lp, bf16_t, bf16_t, float, 8, bf16_t)
+RT_POLYCOM_KERNELS(f16_lp, f16_t, f16_t, float, 8, f16_t)
+RT_POLYCOM_KERNELS(bf16_wide, bf16_t, float, float, 8, float)
+RT_POLYCOM_KERNELS(f16_wide, f16_t, float, float, 8, float)

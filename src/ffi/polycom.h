@@ -32,9 +32,9 @@ int cpu_isa();
 
 // BatchNorm folded into the operator (bn_act): the kernels read batch norm's input z in place of
 // x and recompute x on load (polycom.cu, `Source`): x = z * scale + shift per channel,
-// rounded to z's type, + identity (rounded), clamped when clamp > 0.
+// rounded to z's type, + identity (rounded to the identity's type), clamped when clamp > 0.
 struct BatchNormOnLoad {
-  at::Tensor identity;      // undefined: none; else z's type and strides
+  at::Tensor identity;      // undefined: none; else z's strides, and z's type or (bf16/fp16 z) fp32
   at::Tensor scale, shift;  // per channel, in the arithmetic type, contiguous
   double clamp = 0;
 };

@@ -493,16 +493,23 @@ int group_size(int64_t channels, int64_t vec) {
   return g;
 }
 
+// Whether bn's identity is fp32 while z (x) is bf16/fp16: polycom.cu's `_wide` kernels.
+bool wide_identity(const at::Tensor &x, const BatchNormOnLoad *bn) {
+  return bn && bn->identity.defined() && bn->identity.scalar_type() == at::kFloat &&
+         (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
+}
+
 // Launches `kernel`_<x's type> on x's device and current stream, `blocks` blocks of 256 threads;
-// `kernel`_<x's type>_lp where the output `y` (or its gradient) has x's low-precision type.
+// `kernel`_<x's type>_lp where the output `y` (or its gradient) has x's low-precision type,
+// `kernel`_<x's type>_wide with an fp32 identity on load (`wide`).
 // Simulated: the same kernel, compiled for the host, runs on CPU tensors under the SIMT emulator.
-void launch(const at::Tensor &x, const at::Tensor &y, const std::string &kernel, int64_t blocks,
+void launch(const at::Tensor &x, const at::Tensor &y, bool wide, const std::string &kernel, int64_t blocks,
             std::vector<void *> args) {
   if (blocks <= 0) return;
   if (blocks > 0x7fffffff) throw std::invalid_argument("fused PolyCom: tensor too large for one launch");
   const bool lowp_out = y.scalar_type() == x.scalar_type() &&
                         (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
-  const std::string name = kernel + "_" + tag_of(x) + (lowp_out ? "_lp" : "");
+  const std::string name = kernel + "_" + tag_of(x) + (wide ? "_wide" : lowp_out ? "_lp" : "");
   if (g_simulated.load()) {
     if (!x.is_cpu()) throw std::invalid_argument("simulated CUDA kernels run on CPU tensors only");
     sim::launch(name, blocks, kBlock, args.data());
@@ -550,9 +557,10 @@ SourceArg source_arg(const at::Tensor &x, const BatchNormOnLoad *bn, int64_t inn
   a.f = {x.const_data_ptr(), nullptr, nullptr, nullptr, 0.f, inner, static_cast<int>(channels)};
   if (bn) {
     if (bn->identity.defined() &&
-        (bn->identity.scalar_type() != x.scalar_type() || bn->identity.strides() != x.strides() ||
-         bn->identity.sizes() != x.sizes()))
-      throw std::invalid_argument("fused BatchNorm + activation: the residual must have z's type and layout");
+        ((bn->identity.scalar_type() != x.scalar_type() && !wide_identity(x, bn)) ||
+         bn->identity.strides() != x.strides() || bn->identity.sizes() != x.sizes()))
+      throw std::invalid_argument("fused BatchNorm + activation: the residual must have z's layout, and z's type "
+                                  "or (bf16/fp16 z) fp32");
     a.scale = bn->scale.to(acc_of(x)).contiguous();
     a.shift = bn->shift.to(acc_of(x)).contiguous();
     if (a.scale.numel() != channels || a.shift.numel() != channels)
@@ -601,10 +609,10 @@ void polynorm_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor
   if (s.inner == 1) {
     auto l = rows_launch(x, {&x, &identity, &y}, s);
     int group = l.group;
-    launch(x, y, "polynorm_fwd_rows" + l.suffix, l.blocks,
+    launch(x, y, wide_identity(x, bn), "polynorm_fwd_rows" + l.suffix, l.blocks,
            {src.get(x), &yp, &rp, &wp, &bp, &outer, &channels, &k, eps_p, &group});
   } else {
-    launch(x, y, "polynorm_fwd_cols", ceil_div(s.outer * s.inner, kBlock),
+    launch(x, y, wide_identity(x, bn), "polynorm_fwd_cols", ceil_div(s.outer * s.inner, kBlock),
            {src.get(x), &yp, &rp, &wp, &bp, &outer, &channels, &inner, &k, eps_p});
   }
 }
@@ -626,10 +634,10 @@ std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const a
     long long outer = s.outer, inner = s.inner;
     int channels = static_cast<int>(s.channels), k = static_cast<int>(k64), group = l.group;
     if (rows) {
-      launch(x, gy, "polynorm_bwd_rows" + l.suffix, blocks,
+      launch(x, gy, wide_identity(x, bn), "polynorm_bwd_rows" + l.suffix, blocks,
              {src.get(x), &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &k, &group});
     } else {
-      launch(x, gy, "polynorm_bwd_cols", blocks,
+      launch(x, gy, wide_identity(x, bn), "polynorm_bwd_cols", blocks,
              {src.get(x), &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &inner, &k});
     }
   }
@@ -670,7 +678,7 @@ void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor
   long long n = x.numel();
   int k = static_cast<int>(w.numel());
   auto l = polyrelu_launch(x, {&x, &identity, &y}, bn, inner);
-  launch(x, y, "polyrelu_fwd" + l.suffix, l.blocks, {src.get(x), &yp, &wp, &bp, &n, &k});
+  launch(x, y, wide_identity(x, bn), "polyrelu_fwd" + l.suffix, l.blocks, {src.get(x), &yp, &wp, &bp, &n, &k});
 }
 
 std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &w,
@@ -687,7 +695,8 @@ std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const a
     void *dxp = dx.data_ptr(), *wp = wa.data_ptr(), *pp = partials.data_ptr();
     long long n = x.numel();
     int k = static_cast<int>(k64);
-    launch(x, gy, "polyrelu_bwd" + l.suffix, l.blocks, {src.get(x), &gp, &dxp, &wp, &pp, &n, &k});
+    launch(x, gy, wide_identity(x, bn), "polyrelu_bwd" + l.suffix, l.blocks,
+           {src.get(x), &gp, &dxp, &wp, &pp, &n, &k});
   }
   return coef_grads(partials.sum(0), w, b);
 }
