@@ -18,6 +18,10 @@ pub struct BenchActArgs {
     /// fp32, bf16 or fp16 activations (bf16/fp16: returned in that type, as `--act-out-lowp`).
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
+    /// bf16/fp16: the PolyCom sites return fp32, with an fp32 residual, as in a model trained
+    /// without `--act-out-lowp` (the default: its residual stream is fp32); ReLU stays in bf16/fp16.
+    #[arg(long)]
+    pub act_out_fp32: bool,
     #[arg(long, default_value_t = 32)]
     pub batch: i64,
     /// Input resolution of the network whose sites are timed (224: ImageNet).
@@ -92,9 +96,13 @@ fn op_name(op: PolyCom) -> &'static str {
 }
 
 /// One site's tensors: BatchNorm's input and parameters, the residual, the upstream gradient.
+/// (`poly_*`: the residual and the upstream gradient of the PolyCom sites, of the type of their
+/// output: the activation's, or fp32 where they return fp32.)
 struct Site {
     z: Tensor,
     identity: Option<Tensor>,
+    poly_identity: Option<Tensor>,
+    poly_gy: Tensor,
     gamma: Tensor,
     beta: Tensor,
     running_mean: Tensor,
@@ -108,8 +116,12 @@ struct Site {
 impl Site {
     /// Forward and backward once (gradients of z, gamma, beta, identity, w, b, as in training).
     fn step(&self, op: SiteOp) -> Result<()> {
+        let (identity, gy) = match op {
+            SiteOp::Relu => (self.identity.as_ref(), &self.gy),
+            _ => (self.poly_identity.as_ref(), &self.poly_gy),
+        };
         let y = match op {
-            SiteOp::Relu => self.bn_add().relu(),
+            SiteOp::Relu => self.bn_add(identity).relu(),
             SiteOp::Folded(kind) => {
                 let bn = ffi::BatchNormArgs {
                     gamma: Some(&self.gamma),
@@ -128,23 +140,23 @@ impl Site {
                     lowp_out: self.lowp_out,
                     clamp: None,
                 };
-                ffi::bn_polycom(&self.z, &bn, self.identity.as_ref(), &act)?
+                ffi::bn_polycom(&self.z, &bn, identity, &act)?
             }
             SiteOp::ActOnly(kind) => {
-                ffi::polycom(kind, &self.bn_add(), &self.w, &self.b, POLYNORM_EPS, self.lowp_out)?
+                ffi::polycom(kind, &self.bn_add(identity), &self.w, &self.b, POLYNORM_EPS, self.lowp_out)?
             }
         };
-        ffi::backward_with_grad(&y, &self.gy)?;
+        ffi::backward_with_grad(&y, gy)?;
         // As zero_grad(set_to_none=True): the next step writes fresh gradients, adds none.
         let leaves: Vec<Tensor> = [&self.z, &self.gamma, &self.beta, &self.w, &self.b]
             .into_iter()
-            .chain(self.identity.as_ref())
+            .chain(identity)
             .map(|t| t.shallow_clone())
             .collect();
         ffi::grads_set_none(&leaves)
     }
 
-    fn bn_add(&self) -> Tensor {
+    fn bn_add(&self, identity: Option<&Tensor>) -> Tensor {
         let x = self.z.batch_norm(
             Some(&self.gamma),
             Some(&self.beta),
@@ -155,7 +167,7 @@ impl Site {
             1e-5,
             true,
         );
-        match &self.identity {
+        match identity {
             Some(r) => x + r,
             None => x,
         }
@@ -176,9 +188,14 @@ pub fn run(a: BenchActArgs) -> Result<()> {
     let device = crate::runtime::parse_device(&a.device)?;
     let (kind, lowp_out) = match a.precision {
         Precision::Fp32 | Precision::Tf32 => (Kind::Float, false),
-        Precision::Bf16 => (Kind::BFloat16, true),
-        Precision::Fp16 => (Kind::Half, true),
+        Precision::Bf16 => (Kind::BFloat16, !a.act_out_fp32),
+        Precision::Fp16 => (Kind::Half, !a.act_out_fp32),
     };
+    if a.act_out_fp32 && kind == Kind::Float {
+        return Err(Error::Usage("--act-out-fp32 needs --precision bf16 or fp16".into()));
+    }
+    // The PolyCom sites' output (and residual) type.
+    let poly_kind = if lowp_out { kind } else { Kind::Float };
     let sync = || {
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
@@ -202,17 +219,21 @@ pub fn run(a: BenchActArgs) -> Result<()> {
         };
         let leaf = |t: Tensor| t.set_requires_grad(true);
         let opts = (Kind::Float, device);
+        let identity = if residual { Some(activation(Tensor::randn(shape, opts) * 0.5)?) } else { None };
+        let gy = activation(Tensor::randn(shape, opts))?;
         let site = Site {
             z: leaf(activation(Tensor::randn(shape, opts))?),
-            identity: if residual { Some(leaf(activation(Tensor::randn(shape, opts) * 0.5)?)) } else { None },
+            identity: identity.as_ref().map(|t| leaf(t.copy())),
+            poly_identity: identity.as_ref().map(|t| leaf(t.to_kind(poly_kind))),
+            poly_gy: gy.to_kind(poly_kind),
             gamma: leaf(Tensor::ones([channels], opts)),
             beta: leaf(Tensor::zeros([channels], opts)),
             running_mean: Tensor::zeros([channels], opts),
             running_var: Tensor::ones([channels], opts),
             w: leaf(Tensor::full([a.order], 1.0 / a.order as f64, opts)),
             b: leaf(Tensor::zeros([1], opts)),
-            // The gradient arrives in the output's type: fp32, or the activation's own with lowp_out.
-            gy: activation(Tensor::randn(shape, opts))?.to_kind(if lowp_out { kind } else { Kind::Float }),
+            // The gradient arrives in the output's type (ReLU: the activation's).
+            gy,
             lowp_out,
         };
         let mut relu_ms = f64::NAN;
@@ -248,7 +269,8 @@ pub fn run(a: BenchActArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "total": op.name(), "precision": format!("{:?}", a.precision), "batch": a.batch, "res": a.res,
+                "total": op.name(), "precision": format!("{:?}", a.precision), "act_out_fp32": a.act_out_fp32,
+                "batch": a.batch, "res": a.res,
                 "channels_last": a.channels_last, "device": crate::runtime::describe_device(device), "order": a.order,
                 "ms_all_49_sites": total, "vs_relu": total / totals[0],
                 "cuda_tuning": std::env::var("RESNET_TRAIN_CUDA_TUNING").ok(),
