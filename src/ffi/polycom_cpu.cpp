@@ -43,6 +43,46 @@ using at::vec::Vectorized;
 template <typename T>
 using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
+// v rounded to T and back (bf16/fp16: round to nearest even, exactly as a store and a load).
+// In registers, without ATen's pack-and-unpack through a T vector: the on-load kernels round
+// x once or twice per element, which through ATen's conversions cost more than their arithmetic.
+// bf16: ATen's rounding (c10::BFloat16's round_to_nearest_even, NaN to 0xffff) on the fp32 bits;
+// fp16: the F16C conversion instructions ATen's own vectorised fp16 conversion uses.
+template <typename T>
+C10_ALWAYS_INLINE Vectorized<Acc<T>> round_to(const Vectorized<Acc<T>> &v) {
+  if constexpr (std::is_same_v<T, Acc<T>>) {
+    return v;
+  } else {
+#if defined(CPU_CAPABILITY_AVX512)
+    const __m512 f = v;
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      const __m512i u = _mm512_castps_si512(f);
+      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+      __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb);
+      r = _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
+      const __mmask16 ordered = _mm512_cmp_ps_mask(f, f, _CMP_ORD_Q);
+      return _mm512_castsi512_ps(_mm512_mask_blend_epi32(ordered, _mm512_set1_epi32(static_cast<int>(0xffff0000u)), r));
+    } else {
+      return _mm512_cvtph_ps(_mm512_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+#elif defined(CPU_CAPABILITY_AVX2)
+    const __m256 f = v;
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      const __m256i u = _mm256_castps_si256(f);
+      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+      __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb);
+      r = _mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xffff0000u)));
+      const __m256 nan = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0xffff0000u)));
+      return _mm256_blendv_ps(_mm256_castsi256_ps(r), nan, _mm256_cmp_ps(f, f, _CMP_UNORD_Q));
+    } else {
+      return _mm256_cvtph_ps(_mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+#else
+    return std::get<0>(at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(v, v)));
+#endif
+  }
+}
+
 // n <= V::size() elements of p as a vector of the arithmetic type; the tail is zero-padded.
 // bf16/fp16: a whole vector converts with ATen's own vectorised conversion (AVX2: one 16-byte
 // load, then a shift (bf16) or vcvtph2ps (fp16)); exact, as the scalar conversion of the tail.
@@ -61,10 +101,20 @@ inline Vectorized<Acc<T>> load(const T *p, int64_t n) {
         at::vec::load_fp32_from_fp16(p, out);
       return out;
     }
+#if defined(CPU_CAPABILITY_AVX512)
+    // A masked 16-bit load, converted as a whole vector: at the small H*W of ResNet's last
+    // stages (7x7 at 224 px) most vectors of an NCHW channel row are partial.
+    const __m256i h = _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), p);
+    if constexpr (std::is_same_v<T, c10::BFloat16>)
+      return V(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    else
+      return V(_mm512_cvtph_ps(h));
+#else
     __at_align__ A buf[V::size()];
     for (int64_t i = 0; i < n; i++) buf[i] = static_cast<A>(p[i]);
     for (int64_t i = n; i < V::size(); i++) buf[i] = A(0);
     return V::loadu(buf);
+#endif
   }
 }
 
@@ -81,9 +131,19 @@ inline void store(T *p, const Vectorized<Acc<T>> &v, int64_t n) {
   } else if (n == V::size()) {
     at::vec::convert_from_float<T>(v, v).store(p, n);  // the first half of the 2 x V::size() lanes
   } else {
+#if defined(CPU_CAPABILITY_AVX512)
+    // Rounded as a whole vector (round_to: c10's rounding), stored with a 16-bit mask.
+    __m256i h;
+    if constexpr (std::is_same_v<T, c10::BFloat16>)
+      h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(round_to<T>(v)), 16));
+    else
+      h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << n) - 1), h);
+#else
     __at_align__ A buf[V::size()];
     v.store(buf);
     for (int64_t i = 0; i < n; i++) p[i] = static_cast<T>(buf[i]);
+#endif
   }
 }
 
@@ -137,46 +197,6 @@ struct Src {
         clamp(bn ? static_cast<A>(bn->clamp) : A(0)) {}
   bool on_load() const { return scale != nullptr; }
 };
-
-// v rounded to T and back (bf16/fp16: round to nearest even, exactly as a store and a load).
-// In registers, without ATen's pack-and-unpack through a T vector: the on-load kernels round
-// x once or twice per element, which through ATen's conversions cost more than their arithmetic.
-// bf16: ATen's rounding (c10::BFloat16's round_to_nearest_even, NaN to 0xffff) on the fp32 bits;
-// fp16: the F16C conversion instructions ATen's own vectorised fp16 conversion uses.
-template <typename T>
-C10_ALWAYS_INLINE Vectorized<Acc<T>> round_to(const Vectorized<Acc<T>> &v) {
-  if constexpr (std::is_same_v<T, Acc<T>>) {
-    return v;
-  } else {
-#if defined(CPU_CAPABILITY_AVX512)
-    const __m512 f = v;
-    if constexpr (std::is_same_v<T, c10::BFloat16>) {
-      const __m512i u = _mm512_castps_si512(f);
-      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-      __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb);
-      r = _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
-      const __mmask16 ordered = _mm512_cmp_ps_mask(f, f, _CMP_ORD_Q);
-      return _mm512_castsi512_ps(_mm512_mask_blend_epi32(ordered, _mm512_set1_epi32(static_cast<int>(0xffff0000u)), r));
-    } else {
-      return _mm512_cvtph_ps(_mm512_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    }
-#elif defined(CPU_CAPABILITY_AVX2)
-    const __m256 f = v;
-    if constexpr (std::is_same_v<T, c10::BFloat16>) {
-      const __m256i u = _mm256_castps_si256(f);
-      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-      __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb);
-      r = _mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xffff0000u)));
-      const __m256 nan = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0xffff0000u)));
-      return _mm256_blendv_ps(_mm256_castsi256_ps(r), nan, _mm256_cmp_ps(f, f, _CMP_UNORD_Q));
-    } else {
-      return _mm256_cvtph_ps(_mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    }
-#else
-    return std::get<0>(at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(v, v)));
-#endif
-  }
-}
 
 // n lanes of x at element `off` of s (the tail zero, as load's), with the channel's (or each
 // lane's channel's) scale and shift; *mask: all ones where x lay inside the clamp (when given and
