@@ -420,13 +420,21 @@ fn bn_site(
 /// output and gradients (the kernels apply batch norm as they load z, or, with a residual of
 /// another type, libtorch's batch norm runs and backward recomputes x), for both activations, in
 /// training and eval mode, with the `act_clamp` remedy, NCHW and channels_last, with and without
-/// a residual of z's or a wider type, in fp64, fp32, bf16 and fp16.
+/// a residual of z's or a wider type, in fp64, fp32, bf16 and fp16; at an H*W of whole vectors
+/// and not, and at a small H*W in a whole number of vectors per sample (16 x 3 x 3: the CPU
+/// kernels' spread per-element scale).
 #[test]
 fn batch_norm_folded_into_the_activation_changes_no_value() {
     tch::manual_seed(12);
-    let base = Tensor::randn([3, 8, 5, 7], (Kind::Float, Device::Cpu)) * 1.5 + 0.2;
-    let gy = Tensor::randn([3, 8, 5, 7], (Kind::Float, Device::Cpu));
-    let identity = Tensor::randn([3, 8, 5, 7], (Kind::Float, Device::Cpu));
+    for shape in [[3, 8, 5, 7], [2, 16, 3, 3]] {
+        batch_norm_folded_changes_no_value_at(&shape);
+    }
+}
+
+fn batch_norm_folded_changes_no_value_at(shape: &[i64]) {
+    let base = Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 1.5 + 0.2;
+    let gy = Tensor::randn(shape, (Kind::Float, Device::Cpu));
+    let identity = Tensor::randn(shape, (Kind::Float, Device::Cpu));
     for kind in [ActKind::Polyrelu, ActKind::Polynorm] {
         for (dtype, tol) in
             [(Kind::Double, 1e-12), (Kind::Float, 1e-5), (Kind::BFloat16, 2e-2), (Kind::Half, 5e-3)]
@@ -437,7 +445,7 @@ fn batch_norm_folded_into_the_activation_changes_no_value() {
                 for residual in [None, Some(identity.to_kind(dtype)), Some(identity.to_kind(Kind::Float))] {
                     for (train, clamp) in [(true, None), (false, None), (true, Some(0.75))] {
                         let label = format!(
-                            "{kind:?} {dtype:?} {layout} residual {:?} train {train} clamp {clamp:?}",
+                            "{shape:?} {kind:?} {dtype:?} {layout} residual {:?} train {train} clamp {clamp:?}",
                             residual.as_ref().map(|r| r.kind())
                         );
                         let folded = bn_site(ActImpl::Fused, kind, clamp, &z, residual.as_ref(), train, &gy);

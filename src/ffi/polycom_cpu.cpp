@@ -463,7 +463,10 @@ constexpr int64_t kElemsPerItem = 4096;
 // Calls body(off, n, scale, shift, sums) for every vector of the s.outer * s.channels * s.inner
 // elements, in parallel items; each item's `width` vector sums start at zero and are added to the
 // item's partial sums at its end. Without batch norm on load one flat run (any dense layout);
-// with it, per channel: NCHW a row of H*W elements per (sample, channel), channels-last rows of C.
+// with it, per channel: NCHW a row of H*W elements per (sample, channel), channels-last rows of C;
+// NCHW with a small H*W that is not a whole number of vectors (ResNet's 7x7, 14x14 at 224 px),
+// where most of a row's vectors would be partial: a flat run over each sample's C*H*W elements,
+// with the scale and shift spread out per element (one sample's worth, read from cache).
 template <typename T, typename X, typename F>
 void for_each_vector(const Src<T, X> &x, NormShape s, int width, double *out, const F &body) {
   using A = Acc<T>;
@@ -473,13 +476,30 @@ void for_each_vector(const Src<T, X> &x, NormShape s, int width, double *out, co
     for (int i = 0; i < width; i++) part[i] += lane_sum(sums[i], VS);
   };
   const V one(A(1)), zero(A(0));
-  if (!x.on_load()) {
-    const int64_t numel = s.outer * s.channels * s.inner, items = (numel + kElemsPerItem - 1) / kElemsPerItem;
+  const int64_t per_sample = s.channels * s.inner;
+  const bool spread = x.on_load() && s.inner > 1 && s.inner % VS != 0 && s.inner < 1024 && per_sample % VS == 0;
+  if (!x.on_load() || spread) {
+    std::vector<A> scale, shift;  // spread: per element of one sample
+    if (spread) {
+      scale.resize(per_sample);
+      shift.resize(per_sample);
+      for (int64_t ch = 0; ch < s.channels; ch++) {
+        std::fill_n(scale.begin() + ch * s.inner, s.inner, x.scale[ch]);
+        std::fill_n(shift.begin() + ch * s.inner, s.inner, x.shift[ch]);
+      }
+    }
+    // kElemsPerItem and per_sample are whole vectors: no vector crosses a sample.
+    const int64_t numel = s.outer * per_sample, items = (numel + kElemsPerItem - 1) / kElemsPerItem;
     parallel_items(items, kElemsPerItem, width, out, [&](int64_t item, double *part) {
       V sums[kMaxOrder + 1];
       for (int i = 0; i < width; i++) sums[i] = zero;
-      const int64_t end = std::min(numel, (item + 1) * kElemsPerItem);
-      for (int64_t j = item * kElemsPerItem; j < end; j += VS) body(j, std::min(VS, end - j), one, zero, sums);
+      const int64_t begin = item * kElemsPerItem, end = std::min(numel, begin + kElemsPerItem);
+      if (spread) {
+        for (int64_t j = begin, e = begin % per_sample; j < end; j += VS, e = e + VS == per_sample ? 0 : e + VS)
+          body(j, VS, V::loadu(scale.data() + e), V::loadu(shift.data() + e), sums);
+      } else {
+        for (int64_t j = begin; j < end; j += VS) body(j, std::min(VS, end - j), one, zero, sums);
+      }
       if (width > 0) flush(sums, part);
     });
   } else if (s.inner == 1) {
