@@ -8,9 +8,11 @@ namespace rt_polycom {
 
 constexpr int kMaxOrder = 8;
 
-// Element types of x (and dx; with a wide identity, see CpuBatchNorm, of z). The output y and the gradient of y are `float` for every type
-// but kDouble, where they are `double` (fp32 arithmetic for fp16/bf16: the semantics of
-// `act_fp32 = true`), or with lowp_out x's own type (`act_out_lowp`: y rounded once as stored).
+// Element types of the kernels' input: x (and dx), or with batch norm on load z (x and dx then of
+// z's type, or fp32 with a wide identity: see CpuBatchNorm). The output y and the gradient of y
+// are `float` for every type but kDouble, where they are `double` (fp32 arithmetic for fp16/bf16:
+// the semantics of `act_fp32 = true`), or with lowp_out x's own type (`act_out_lowp`: y rounded
+// once as stored).
 // The saved rsqrt values are always the arithmetic type.
 enum class Dtype : int { kFloat = 0, kDouble = 1, kBFloat16 = 2, kHalf = 3 };
 
