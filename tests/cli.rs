@@ -285,8 +285,9 @@ fn gpu_session_script_runs_every_section_on_the_cpu() {
     assert!(one_rank.iter().all(|r| r["dist_backend"] == "Gloo" && r["world"] == 1), "{one_rank:?}");
     let checks = read("act-check.jsonl");
     assert!(checks.lines().last().is_some_and(|l| l.contains("\"failures\":0")), "{log}");
-    // 4 bf16 tunings and fp16, 5 totals each; the fastest folded bf16 PolyNorm's tuning is kept.
-    assert_eq!(read("sites.jsonl").matches("\"total\"").count(), 25, "{log}");
+    // 4 bf16 tunings, fp16, and bf16 with fp32 output, 5 totals each; the fastest folded bf16
+    // PolyNorm's tuning (of the bf16-output runs) is kept.
+    assert_eq!(read("sites.jsonl").matches("\"total\"").count(), 30, "{log}");
     assert!(log.contains("tuning from here on: "), "{log}");
     assert!(read("dist.log").contains("ranks      1 processes (1 per node, torchrun)"), "{log}");
     for f in ["dist.log", "train.log"] {
