@@ -81,12 +81,15 @@ at::ScalarType acc_type(const at::Tensor &x) { return x.scalar_type() == at::kDo
 
 bool is_lowp(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
 
+// A wide identity: an fp32 residual on a bf16/fp16 z (the fp32 residual stream of fp32 outputs).
+bool wide_identity(const at::Tensor &z, const at::Tensor &identity) {
+  return identity.defined() && is_lowp(z.scalar_type()) && identity.scalar_type() == at::kFloat;
+}
+
 // The type of the activation's input x: the operator's input's, or with batch norm on load and a
-// residual of the arithmetic type (a wide identity: the fp32 residual stream of fp32 outputs, on
-// a bf16/fp16 z) the arithmetic type, as the separate operators' type promotion makes it.
+// wide identity fp32, as the separate operators' type promotion makes it.
 at::ScalarType x_type(const at::Tensor &x, const BatchNormOnLoad *bn) {
-  if (bn && bn->identity.defined() && bn->identity.scalar_type() == acc_type(x)) return acc_type(x);
-  return x.scalar_type();
+  return bn && wide_identity(x, bn->identity) ? at::kFloat : x.scalar_type();
 }
 
 // The output's type: the arithmetic type, or with `lowp_out` a bf16/fp16 input's own type.
@@ -164,7 +167,7 @@ const CpuBatchNorm *cpu_bn(const at::Tensor &x, const BatchNormOnLoad *bn, int64
                            std::pair<at::Tensor, at::Tensor> &keep) {
   if (!bn) return nullptr;
   const auto &id = bn->identity;
-  const bool wide = id.defined() && is_lowp(x.scalar_type()) && id.scalar_type() == acc_type(x);
+  const bool wide = wide_identity(x, id);
   if (id.defined() && ((id.scalar_type() != x.scalar_type() && !wide) || id.strides() != x.strides() ||
                        id.sizes() != x.sizes()))
     throw std::invalid_argument("fused BatchNorm + activation: the residual must have z's layout, and z's type "
@@ -384,8 +387,9 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
   // ms; BENCHMARKS.md "AVX-512 kernels").
   static bool applies_on_load(const at::Tensor &z, const at::Tensor &identity) {
     if (identity.defined()) {
-      const bool wide = is_lowp(z.scalar_type()) && identity.scalar_type() == at::kFloat;
-      if ((identity.scalar_type() != z.scalar_type() && !wide) || identity.strides() != z.strides()) return false;
+      if ((identity.scalar_type() != z.scalar_type() && !wide_identity(z, identity)) ||
+          identity.strides() != z.strides())
+        return false;
     }
     return z.is_contiguous() || (z.dim() == 4 && z.is_contiguous(at::MemoryFormat::ChannelsLast));
   }

@@ -221,7 +221,8 @@ C10_ALWAYS_INLINE Vectorized<Acc<T>> load_x(const Src<T, X> &s, int64_t off, int
 
 // The mask of load_x applied to a gradient (a no-op unless s clamps).
 template <typename T, typename X>
-C10_ALWAYS_INLINE Vectorized<Acc<T>> masked(const Src<T, X> &s, const Vectorized<Acc<T>> &g, const Vectorized<Acc<T>> &mask) {
+C10_ALWAYS_INLINE Vectorized<Acc<T>> masked(const Src<T, X> &s, const Vectorized<Acc<T>> &g,
+                                            const Vectorized<Acc<T>> &mask) {
   return s.on_load() && s.clamp > 0 ? g & mask : g;
 }
 
