@@ -64,14 +64,51 @@ pub fn this_program() -> Result<std::path::PathBuf> {
     std::env::current_exe().map_err(|e| Error::Usage(format!("cannot find this program: {e}")))
 }
 
-/// The device in words for logs and records: "Cpu", or "Cuda(0): NVIDIA H200 (sm_90, 132 SMs,
-/// 139.8 GiB, CUDA driver 13.0)" (the driver's answer; only the index where it cannot answer).
+/// The device in words for logs and records: "Cuda(0): NVIDIA H200 (sm_90, 132 SMs, 139.8 GiB,
+/// CUDA driver 13.0)" (the driver's answer; only the index where it cannot answer), or "Cpu:
+/// Intel(R) Xeon(R) Processor (2 logical CPUs; AVX-512 BF16 FP16)" (from /proc/cpuinfo: the CPU
+/// timings depend on these, so a record says which CPU made them; just "Cpu" where it cannot tell).
 pub fn describe_device(device: Device) -> String {
     match device {
         Device::Cuda(i) => match crate::ffi::cuda_device_description(i) {
             Ok(d) => format!("{device:?}: {d}"),
             Err(_) => format!("{device:?}"),
         },
+        Device::Cpu => match std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| describe_cpu(&c)) {
+            Some(d) => format!("Cpu: {d}"),
+            None => "Cpu".to_string(),
+        },
         _ => format!("{device:?}"),
     }
+}
+
+/// "MODEL (N logical CPUs; ISA...)" from the text of /proc/cpuinfo: the first processor's model
+/// name and the vector extensions the kernels (ours and oneDNN's) choose between.
+pub fn describe_cpu(cpuinfo: &str) -> Option<String> {
+    let field = |name: &str| {
+        cpuinfo.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then(|| v.trim().to_string())
+        })
+    };
+    let model = field("model name")?;
+    let logical =
+        cpuinfo.lines().filter(|l| l.split_once(':').is_some_and(|(k, _)| k.trim() == "processor")).count();
+    let flags = field("flags").unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let isa: Vec<&str> = if has("avx512f") {
+        std::iter::once("AVX-512")
+            .chain(
+                [("avx512_bf16", "BF16"), ("avx512_fp16", "FP16"), ("amx_bf16", "AMX")]
+                    .iter()
+                    .filter(|(f, _)| has(f))
+                    .map(|(_, n)| *n),
+            )
+            .collect()
+    } else if has("avx2") {
+        vec!["AVX2"]
+    } else {
+        vec!["no AVX2"]
+    };
+    Some(format!("{model} ({logical} logical CPUs; {})", isa.join(" ")))
 }

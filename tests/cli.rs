@@ -183,7 +183,9 @@ fn assert_check_act_passes(args: &[&str], device: &str) {
     assert_eq!(fused["cases"], 768, "{out}");
     assert_eq!((&folded["check"], &folded["failures"]), (&"bn-fold".into(), &0.into()), "{out}");
     assert_eq!(folded["cases"], 128, "{out}");
-    assert_eq!((&fused["device"], &folded["device"]), (&device.into(), &device.into()), "{out}");
+    for summary in [fused, folded] {
+        assert!(summary["device"].as_str().is_some_and(|d| d.starts_with(device)), "{out}");
+    }
 }
 
 /// `check-act` (the first command to run on a GPU) on the CPU: every case agrees with the eager

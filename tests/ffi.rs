@@ -65,7 +65,25 @@ fn cuda_device_description_names_the_card_or_says_why_not() {
             assert_eq!(resnet_train::runtime::describe_device(Device::Cuda(0)), "Cuda(0)");
         }
     }
-    assert_eq!(resnet_train::runtime::describe_device(Device::Cpu), "Cpu");
+    let cpu = resnet_train::runtime::describe_device(Device::Cpu);
+    assert!(cpu == "Cpu" || cpu.starts_with("Cpu: "), "{cpu}");
+}
+
+/// A record names the CPU that made its timings: model, logical CPUs and the vector extensions.
+#[test]
+fn cpu_description_names_the_model_and_the_vector_extensions() {
+    let info = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_fp16\n\n\
+                processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_fp16\n";
+    assert_eq!(
+        resnet_train::runtime::describe_cpu(info).as_deref(),
+        Some("Intel(R) Xeon(R) Processor (2 logical CPUs; AVX-512 BF16 FP16)")
+    );
+    let amd = "processor : 0\nmodel name : AMD EPYC 7B13\nflags : fpu avx2 fma\n";
+    assert_eq!(
+        resnet_train::runtime::describe_cpu(amd).as_deref(),
+        Some("AMD EPYC 7B13 (1 logical CPUs; AVX2)")
+    );
+    assert_eq!(resnet_train::runtime::describe_cpu("processor : 0\n"), None);
 }
 
 /// fp16 convolutions' weight gradients on the CPU come from the shim's kernel (fp32 arithmetic on
