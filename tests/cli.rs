@@ -242,6 +242,23 @@ fn bench_act_times_every_resnet50_site_shape() {
     assert!(err.contains("--order 9"), "{err}");
 }
 
+/// `scripts/kill-resume-random.sh` (docs/reliability.md: SIGKILL at random instants, resume,
+/// compare with the uninterrupted run) runs one short trial, so that its comparison keeps up with
+/// what the records hold (a wall-clock field it did not know made every trial "DIFFERENT").
+#[test]
+fn kill_resume_random_script_finds_the_resumed_run_identical() {
+    let o = Command::new("bash")
+        .arg("scripts/kill-resume-random.sh")
+        .current_dir(common::repo())
+        .env("BIN", common::bin())
+        .env("N", "1")
+        .env("EPOCHS", "1")
+        .output()
+        .expect("bash runs");
+    let log = common::output_text(&o);
+    assert!(o.status.success() && log.contains("identical: 1 of 1"), "{log}");
+}
+
 /// `scripts/gpu-session.sh`, the one script a lent GPU runs (rarely: a few minutes, a few times a
 /// month), runs every section on the CPU with small sizes and no PyTorch, so that none of its
 /// commands or flags can rot unseen between GPU sessions: every command exits 0, each section
