@@ -805,3 +805,85 @@ fn eval_matches_class_folders_by_index_or_by_name() {
     let (v, err) = eval(&p("subset"), &["--classes", &p("synsets.txt"), "--real-labels", &p("real.json")]);
     assert!(v.is_none() && err.contains("--real-labels scores all 12 classes"), "{err}");
 }
+
+/// Every `--flag` the documentation shows (README.md, docs/, configs/README.md) is one that
+/// `resnet-train` or `imagenet-prep` takes (their `--help`, every subcommand), so a renamed flag
+/// cannot leave commands in the docs that users copy and that then fail. Flags of other programs
+/// the docs show (torchrun, srun, pip) and clap's aliases are listed by name.
+#[test]
+fn every_flag_in_the_documentation_exists() {
+    let flags = |text: &str| -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for (i, _) in text.match_indices("--") {
+            let before = text[..i].chars().next_back();
+            let name: String =
+                text[i + 2..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+            let starts_word = before.is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-'));
+            if starts_word
+                && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            {
+                out.insert(format!("--{}", name.trim_end_matches('-')));
+            }
+        }
+        out
+    };
+    let help = |bin: &str, args: &[&str]| {
+        let o = Command::new(bin).args(args).arg("--help").output().expect("binary runs");
+        assert!(o.status.success(), "{bin} {args:?} --help: {}", common::output_text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let mut known = flags(&help(common::bin(), &[]));
+    for sub in [
+        "train",
+        "eval",
+        "bench",
+        "report",
+        "coefficients",
+        "init",
+        "average",
+        "fork",
+        "schedule",
+        "predict",
+        "make-demo-data",
+        "bench-data",
+        "ablate",
+        "check-act",
+        "bench-act",
+        "study",
+        "launch",
+    ] {
+        known.extend(flags(&help(common::bin(), &[sub])));
+    }
+    let prep = env!("CARGO_BIN_EXE_imagenet-prep");
+    for sub in ["val", "verify", "resize"] {
+        known.extend(flags(&help(prep, &[sub])));
+    }
+    // Not ours: torchrun's, SLURM's, pip's; the placeholder of configs/README.md; clap aliases.
+    for other in [
+        "--no-python",
+        "--nproc-per-node",
+        "--ntasks-per-node",
+        "--signal",
+        "--no-deps",
+        "--key-name",
+        "--label-smoothing",
+    ] {
+        known.insert(other.to_string());
+    }
+    let repo = common::repo();
+    let mut docs = vec![repo.join("README.md"), repo.join("configs/README.md")];
+    for entry in std::fs::read_dir(repo.join("docs")).expect("docs/") {
+        let path = entry.expect("a docs entry").path();
+        if path.extension().is_some_and(|e| e == "md") {
+            docs.push(path);
+        }
+    }
+    let mut unknown = Vec::new();
+    for doc in &docs {
+        let text = std::fs::read_to_string(doc).unwrap_or_else(|e| panic!("{}: {e}", doc.display()));
+        for flag in flags(&text).difference(&known) {
+            unknown.push(format!("{}: {flag}", doc.display()));
+        }
+    }
+    assert!(unknown.is_empty(), "flags in the docs that no command takes:\n{}", unknown.join("\n"));
+}
