@@ -833,25 +833,10 @@ fn every_flag_in_the_documentation_exists() {
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
     let mut known = flags(&help(common::bin(), &[]));
-    for sub in [
-        "train",
-        "eval",
-        "bench",
-        "report",
-        "coefficients",
-        "init",
-        "average",
-        "fork",
-        "schedule",
-        "predict",
-        "make-demo-data",
-        "bench-data",
-        "ablate",
-        "check-act",
-        "bench-act",
-        "study",
-        "launch",
-    ] {
+    let subcommands =
+        "train eval bench report coefficients init average fork schedule predict make-demo-data \
+         bench-data ablate check-act bench-act study launch";
+    for sub in subcommands.split_whitespace() {
         known.extend(flags(&help(common::bin(), &[sub])));
     }
     let prep = env!("CARGO_BIN_EXE_imagenet-prep");
@@ -859,15 +844,10 @@ fn every_flag_in_the_documentation_exists() {
         known.extend(flags(&help(prep, &[sub])));
     }
     // Not ours: torchrun's, SLURM's, pip's; the placeholder of configs/README.md; clap aliases.
-    for other in [
-        "--no-python",
-        "--nproc-per-node",
-        "--ntasks-per-node",
-        "--signal",
-        "--no-deps",
-        "--key-name",
-        "--label-smoothing",
-    ] {
+    for other in
+        "--no-python --nproc-per-node --ntasks-per-node --signal --no-deps --key-name --label-smoothing"
+            .split_whitespace()
+    {
         known.insert(other.to_string());
     }
     let repo = common::repo();

@@ -585,6 +585,8 @@ fn step_memory(act: &str, act_impl: &str, precision: &str, extra: &[&str]) -> f6
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().rev().find(|l| l.starts_with('{')).expect("a JSON line");
     let json: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    // The record says which CPU made it ("Cpu: MODEL (N logical CPUs; ISA)" where /proc/cpuinfo tells).
+    assert!(json["device_name"].as_str().is_some_and(|d| d.starts_with("Cpu")), "{line}");
     json["step_mem_gib"].as_f64().expect("step_mem_gib")
 }
 

@@ -187,9 +187,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         // (what the training step itself holds: activations, gradients, workspace).
         "peak_rss_gib": gib(peak_rss), "step_rss_gib": gib(peak_rss.saturating_sub(rss_before)),
     });
-    if let Device::Cuda(_) = device {
-        out["device_name"] = serde_json::json!(crate::runtime::describe_device(device));
-    }
+    // Which card or CPU made the numbers (a CPU's model and vector extensions matter as much).
+    out["device_name"] = serde_json::json!(crate::runtime::describe_device(device));
     if dist.is_some() {
         out["dist_overlap"] = serde_json::json!(a.dist_overlap);
     }

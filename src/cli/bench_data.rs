@@ -159,6 +159,7 @@ pub fn run(a: BenchDataArgs) -> Result<()> {
                 "img_per_s": (rate * 10.0).round() / 10.0,
                 "img_per_s_per_thread": (rate / a.threads as f64 * 10.0).round() / 10.0,
                 "peak_rss_mb": rss.round(), "bad_files": loader.bad.count(),
+                "device_name": crate::runtime::describe_device(tch::Device::Cpu),
             })
         );
     } else {
