@@ -756,6 +756,11 @@ fn cuda_kernels_compile_to_wide_accesses_without_local_memory() {
         ptx.split(".entry ").skip(1).map(|e| (e.split('(').next().unwrap_or(""), e)).collect();
     // 10 kernels (forward and backward; rows, cols, elementwise; scalar and _vec) x 8 type tags.
     assert_eq!(entries.len(), 80, "{:?}", entries.iter().map(|e| e.0).collect::<Vec<_>>());
+    // The GPU path launches kernels by name, the names the SIMT emulator's build of the same source
+    // accepts (check-act --simulate-cuda runs every path under it): the image holds every one.
+    let mut in_image: Vec<&str> = entries.iter().map(|e| e.0).collect();
+    in_image.sort_unstable();
+    assert_eq!(in_image, ffi::polycom_cuda_kernel_names().expect("the names"));
     for (name, body) in &entries {
         assert!(!body.contains(".local"), "{name} uses local memory");
         assert!(!body.contains(".minnctapersm"), "{name}: no register budget unless tuned");

@@ -76,6 +76,12 @@ void half_conversions(const float *in, unsigned short *bits, float *back, int64_
   }
 }
 
+std::vector<std::string> kernel_names() {
+  std::vector<std::string> names;
+  for (const auto &entry : registry()) names.push_back(entry.first);  // a std::map: sorted
+  return names;
+}
+
 void launch(const std::string &kernel, int64_t blocks, unsigned threads, void **args) {
   auto it = registry().find(kernel);
   if (it == registry().end()) throw std::invalid_argument("simt emulator: no kernel " + kernel);

@@ -2,12 +2,17 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace rt_polycom::cuda::sim {
 // Launches `kernel` (a polycom.cu entry point, e.g. "polynorm_fwd_rows_bf16") as `blocks` blocks
 // of `threads` threads, with cuLaunchKernel's argument array, on host memory. Throws on an
 // unknown kernel or a synchronisation error in the kernel.
 void launch(const std::string &kernel, int64_t blocks, unsigned threads, void **args);
+
+// The names of every kernel polycom.cu defines (its entry points, as this build registers them),
+// sorted: what a GPU's image of the same source must hold.
+std::vector<std::string> kernel_names();
 
 // The emulator's own check: `blocks` blocks of `threads` (a multiple of 32) threads each write
 // out[block] = the sum of their global indices, through warp shuffles and __syncthreads. mode 1

@@ -724,6 +724,14 @@ int rt_simt_half_conversions(const float *in, unsigned short *bits, float *back,
   return guarded(err, [&] { rt_polycom::cuda::sim::half_conversions(in, bits, back, n); });
 }
 
+int rt_polycom_cuda_kernel_names(char **out, char **err) {
+  return guarded(err, [&] {
+    std::string names;
+    for (const auto &name : rt_polycom::cuda::sim::kernel_names()) names += name + "\n";
+    *out = dup(names);
+  });
+}
+
 int rt_polycom_cuda_unavailable(int device, char **reason, char **err) {
   return guarded(err, [&] {
     auto why = rt_polycom::cuda::unavailable_reason(device);

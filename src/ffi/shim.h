@@ -150,6 +150,8 @@ int rt_polycom_set_cuda_simulation(int on, char **err);
 // The SIMT emulator's self-check and the simulated kernels' fp16 conversions (polycom_cuda_sim.h).
 int rt_simt_selftest(int mode, unsigned blocks, unsigned threads, double *out, char **err);
 int rt_simt_half_conversions(const float *in, unsigned short *bits, float *back, int64_t n, char **err);
+// The names of polycom.cu's kernels, one per line (sorted; malloc'ed).
+int rt_polycom_cuda_kernel_names(char **out, char **err);
 // *reason = NULL when the CUDA kernels run on CUDA device `device`, else a malloc'ed explanation.
 int rt_polycom_cuda_unavailable(int device, char **reason, char **err);
 int rt_cuda_describe_device(int device, char **out, char **err);

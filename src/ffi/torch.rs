@@ -223,6 +223,7 @@ extern "C" {
         n: i64,
         err: *mut *mut c_char,
     ) -> c_int;
+    fn rt_polycom_cuda_kernel_names(out: *mut *mut c_char, err: *mut *mut c_char) -> c_int;
     fn rt_polycom_cuda_unavailable(device: c_int, reason: *mut *mut c_char, err: *mut *mut c_char) -> c_int;
     fn rt_cuda_describe_device(device: c_int, out: *mut *mut c_char, err: *mut *mut c_char) -> c_int;
     fn rt_polycom_cuda_compile_check(
@@ -837,6 +838,16 @@ pub fn simt_half_conversions(input: &[f32]) -> Result<(Vec<u16>, Vec<f32>)> {
         rt_simt_half_conversions(input.as_ptr(), bits.as_mut_ptr(), back.as_mut_ptr(), input.len() as i64, e)
     })?;
     Ok((bits, back))
+}
+
+/// The kernels polycom.cu defines, sorted (as the SIMT emulator's build of it registers them): the
+/// entry points a GPU's image of the same source must hold, since the CUDA path launches kernels
+/// by name.
+pub fn polycom_cuda_kernel_names() -> Result<Vec<String>> {
+    let mut out: *mut c_char = std::ptr::null_mut();
+    // SAFETY: a valid out-pointer; the shim hands over a malloc'ed string.
+    call("fused activation", |e| unsafe { rt_polycom_cuda_kernel_names(&mut out, e) })?;
+    Ok(take_string(out).unwrap_or_default().lines().map(str::to_string).collect())
 }
 
 /// Takes ownership of a malloc'ed string from the shim (None for null).
