@@ -592,6 +592,46 @@ fn a_rank_killed_mid_run_stops_the_job_and_the_resumed_job_matches_the_uninterru
     assert_eq!(common::summary_without_time(&run).len(), 4, "header + 3 epochs");
 }
 
+/// The NCCL backend object resolves c10d's NCCL process group from libtorch_cuda.so when a GPU
+/// machine loads it (it has no NEEDED entries of its own: the binary loads libtorch_cuda.so with
+/// RTLD_GLOBAL first). No GPU here, so this checks the link instead: every c10/torch symbol the
+/// object needs is one that this libtorch's libraries define (a constructor whose signature
+/// changed between the headers and the libraries would fail only on the GPU, at dlopen).
+#[test]
+fn the_nccl_backend_needs_only_symbols_that_libtorch_defines() {
+    if !resnet_train::ffi::dist::nccl_built() {
+        eprintln!("SKIP the_nccl_backend_needs_only_symbols_that_libtorch_defines: no NCCL backend built");
+        return;
+    }
+    let nm = |args: &[&str], file: &Path| -> Option<Vec<String>> {
+        let o = std::process::Command::new("nm").args(args).arg(file).output().ok()?;
+        assert!(o.status.success(), "nm {args:?} {}: {}", file.display(), common::output_text(&o));
+        Some(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().last())
+                .map(|s| s.split('@').next().unwrap_or(s).to_string())
+                .collect(),
+        )
+    };
+    let dir = common::tmpdir();
+    let object = dir.path().join("libresnet_train_nccl.so");
+    std::fs::write(&object, resnet_train::ffi::dist::nccl_object()).unwrap();
+    let Some(needed) = nm(&["-D", "--undefined-only"], &object) else {
+        eprintln!("SKIP the_nccl_backend_needs_only_symbols_that_libtorch_defines: no nm (binutils)");
+        return;
+    };
+    let lib = Path::new(env!("RESNET_TRAIN_LIBTORCH_LIB"));
+    let mut defined = std::collections::HashSet::new();
+    for name in ["libtorch_cuda.so", "libc10_cuda.so", "libtorch_cpu.so", "libc10.so"] {
+        defined.extend(nm(&["-D", "--defined-only"], &lib.join(name)).expect("nm ran above"));
+    }
+    let ours: Vec<&String> = needed.iter().filter(|s| s.contains("c10") || s.contains("torch")).collect();
+    assert!(ours.iter().any(|s| s.contains("ProcessGroupNCCL")), "{needed:?}");
+    let missing: Vec<&&String> = ours.iter().filter(|s| !defined.contains(s.as_str())).collect();
+    assert!(missing.is_empty(), "undefined in libtorch's libraries: {missing:?}");
+}
+
 #[test]
 fn the_nccl_backend_is_compiled_when_its_headers_are_there_and_refused_without_cuda() {
     // CI compiles c10d's NCCL backend (src/ffi/dist_nccl.cpp) whenever bootstrap installed the

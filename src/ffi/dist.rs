@@ -182,6 +182,11 @@ pub fn nccl_built() -> bool {
     !NCCL_OBJECT.is_empty()
 }
 
+/// The embedded NCCL backend object (empty when not built): for the tests' link check.
+pub fn nccl_object() -> &'static [u8] {
+    NCCL_OBJECT
+}
+
 type NcclCreate =
     unsafe extern "C" fn(*mut c_void, c_int, c_int, i64, *mut *mut c_void, *mut *mut c_char) -> c_int;
 
