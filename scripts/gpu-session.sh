@@ -3,6 +3,8 @@
 # when too little of the call's time is left, so the call ends on time with what it has. Prepare:
 #   mkdir -p .device && strip -o .device/resnet-train target/release/resnet-train
 #   cp -r ../shared/bench ../shared/reference .device/ && cp scripts/gpu-session.sh .device/
+#   for t in "" min_blocks=2 min_blocks=4; do RESNET_TRAIN_CACHE=.device RESNET_TRAIN_CUDA_TUNING=$t \
+#     target/release/resnet-train check-act --compile-for sm_90; done   # the kernels, into .device/kernels/
 # then run `bash .device/gpu-session.sh` with carry [".device"] and timeout_s 560 (BUDGET=520).
 # SECTIONS (default "check sites lowp dist bench compile fp16 train ablate") picks and orders the
 # parts; TRAIN_FLAGS adds flags to the training runs (train, dist).
@@ -35,6 +37,9 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 BUDGET=${BUDGET:-520}
 WORK=${WORK:-/tmp/rt-work}; mkdir -p "$WORK"
 export RESNET_TRAIN_CACHE=$WORK/cache
+# Kernels compiled beforehand (NVRTC, no GPU: see "Prepare" above) spare this call a compile per
+# tuning; an image the driver refuses is compiled here anew.
+if [ -d "$D/kernels" ]; then mkdir -p "$RESNET_TRAIN_CACHE/kernels" && cp "$D"/kernels/*.bin "$RESNET_TRAIN_CACHE/kernels/"; fi
 BIN=${BIN:-$D/resnet-train}
 DEVICE=${DEVICE:-cuda}
 PYTORCH=${PYTORCH:-1}                # 0: no PyTorch rows (no `import torch` needed)

@@ -242,6 +242,39 @@ fn bench_act_times_every_resnet50_site_shape() {
     assert!(err.contains("--order 9"), "{err}");
 }
 
+/// `check-act --compile-for ARCH` fills the kernel cache without a GPU (what a GPU session carries
+/// so that its processes skip the compile): once compiled, then found; per tuning its own image; a
+/// wrong architecture is a clear error naming the flag.
+#[test]
+fn check_act_compile_for_fills_the_kernel_cache() {
+    let Some(nvrtc) = common::nvrtc_or_skip("check_act_compile_for_fills_the_kernel_cache") else { return };
+    let cache = common::tmpdir();
+    let compile = |arch: &str| {
+        let o = Command::new(common::bin())
+            .args(["check-act", "--compile-for", arch])
+            .env("RESNET_TRAIN_CACHE", cache.path())
+            .env("RESNET_TRAIN_NVRTC", &nvrtc)
+            .env("RESNET_TRAIN_CUDA_TUNING", "min_blocks=2")
+            .output()
+            .expect("binary runs");
+        (o.status.code(), common::output_text(&o))
+    };
+    let (code, log) = compile("compute_90");
+    assert!(
+        code == Some(0) && log.contains("(tuning: min_blocks=2)") && log.contains("compiled into"),
+        "{log}"
+    );
+    let (code, log) = compile("compute_90");
+    assert!(code == Some(0) && log.contains("already in"), "{log}");
+    let images: Vec<_> = std::fs::read_dir(cache.path().join("kernels")).unwrap().collect();
+    assert_eq!(images.len(), 1);
+    let (code, log) = compile("sm_1");
+    assert!(
+        code == Some(2) && log.contains("--compile-for sm_1") && log.contains("gpu-architecture"),
+        "{log}"
+    );
+}
+
 /// `scripts/kill-resume-random.sh` (docs/reliability.md: SIGKILL at random instants, resume,
 /// compare with the uninterrupted run) runs one short trial, so that its comparison keeps up with
 /// what the records hold (a wall-clock field it did not know made every trial "DIFFERENT").

@@ -834,7 +834,7 @@ fn compiled_cuda_kernels_are_cached_and_a_damaged_file_is_compiled_again() {
         file.set_modified(std::time::SystemTime::now() - day * (i as u32 + 1)).unwrap();
     }
     let compile = || {
-        ffi::polycom_cuda_cached_compile("compute_90", Some(&nvrtc), dir.path())
+        ffi::polycom_cuda_cached_compile("compute_90", Some(&nvrtc), dir.path(), "")
             .expect("NVRTC runs")
             .expect("polycom.cu compiles")
     };

@@ -23,6 +23,12 @@ pub struct CheckActArgs {
     /// reports misuse of them. Runs on the CPU (--device cpu or auto).
     #[arg(long)]
     pub simulate_cuda: bool,
+    /// Only compile the CUDA kernels for this architecture (sm_90: H100/H200) into the kernel cache
+    /// (RESNET_TRAIN_CACHE/kernels), under RESNET_TRAIN_CUDA_TUNING, with NVRTC and no GPU: a
+    /// cache carried to a GPU machine spares it the compile (a few seconds per tuning, in every
+    /// fresh process that finds no cache). An image the GPU's driver refuses is compiled there anew.
+    #[arg(long, value_name = "ARCH")]
+    pub compile_for: Option<String>,
 }
 
 /// y and the gradients w.r.t. x, w and b of sum(f(x, w, b) * gy); a failing kernel (forward or
@@ -56,6 +62,9 @@ fn abs_err(a: &Tensor, b: &Tensor, scale: &Tensor) -> f64 {
 }
 
 pub fn run(a: CheckActArgs) -> Result<()> {
+    if let Some(arch) = &a.compile_for {
+        return compile_for(arch);
+    }
     if a.simulate_cuda {
         if !matches!(a.device.as_str(), "cpu" | "auto") {
             return Err(Error::Usage(format!(
@@ -359,4 +368,25 @@ fn check_bn_fold(device: Device, json: bool) -> Result<(usize, usize)> {
         }
     }
     Ok((cases, failures))
+}
+
+/// `--compile-for ARCH`: the kernels into the cache folder, one line on what was done.
+fn compile_for(arch: &str) -> Result<()> {
+    let dir = crate::runtime::cache_dir().map(|d| d.join("kernels")).ok_or_else(|| {
+        Error::Usage("--compile-for: no cache folder (set RESNET_TRAIN_CACHE or HOME)".into())
+    })?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let tuning = std::env::var("RESNET_TRAIN_CUDA_TUNING").unwrap_or_default();
+    match ffi::polycom_cuda_cached_compile(arch, None, &dir, &tuning)? {
+        Ok((cached, bytes)) => {
+            println!(
+                "CUDA kernels for {arch} (tuning: {}): {bytes} bytes {} {}",
+                if tuning.is_empty() { "default" } else { &tuning },
+                if cached { "already in" } else { "compiled into" },
+                dir.display()
+            );
+            Ok(())
+        }
+        Err(log) => Err(Error::Usage(format!("--compile-for {arch}: {log}"))),
+    }
 }

@@ -77,7 +77,7 @@ void set_cache_dir(const std::string &dir);
 // As compile_check, through the cache folder `dir`: *from_cache says whether a stored image was
 // used, *size is the image's size.
 std::string cached_compile_check(const std::string &arch, const std::string &nvrtc_path, const std::string &dir,
-                                 bool *from_cache, size_t *size);
+                                 const std::string &tuning, bool *from_cache, size_t *size);
 }  // namespace cuda
 
 }  // namespace rt_polycom

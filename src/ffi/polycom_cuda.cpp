@@ -427,7 +427,15 @@ struct Runtime {
       const std::string arch = "sm_" + std::to_string(major) + std::to_string(minor);
       const std::string image = cached_compile(nvrtc, arch, tuning, cache_dir(), &from_cache);
       Module m;
-      check(driver, driver.module_load_data(&m.image, image.data()), "cuModuleLoadData");
+      if (from_cache && driver.module_load_data(&m.image, image.data()) != 0) {
+        // An image compiled elsewhere (`check-act --compile-for`, carried to this machine) that
+        // this driver does not take: compile here instead of losing the fused path.
+        const std::string fresh = compile(nvrtc, arch, tuning);
+        write_cached(cache_path(nvrtc, cache_dir(), arch, tuning), fresh);
+        check(driver, driver.module_load_data(&m.image, fresh.data()), "cuModuleLoadData");
+      } else if (!from_cache) {
+        check(driver, driver.module_load_data(&m.image, image.data()), "cuModuleLoadData");
+      }
       check(driver, driver.attribute(&m.sm_count, kAttrSmCount, dev), "cuDeviceGetAttribute");
       return modules.emplace(device, std::move(m)).first->second;
     } catch (const std::exception &e) {
@@ -765,8 +773,10 @@ void set_cache_dir(const std::string &dir) {
 }
 
 std::string cached_compile_check(const std::string &arch, const std::string &nvrtc_path, const std::string &dir,
-                                 bool *from_cache, size_t *size) {
-  return error_of([&] { *size = cached_compile(load_nvrtc(nvrtc_path), arch, Tuning{}, dir, from_cache).size(); });
+                                 const std::string &tuning, bool *from_cache, size_t *size) {
+  return error_of([&] {
+    *size = cached_compile(load_nvrtc(nvrtc_path), arch, parse_tuning(tuning), dir, from_cache).size();
+  });
 }
 
 std::string compile_check(const std::string &arch, const std::string &nvrtc_path, std::string *image,

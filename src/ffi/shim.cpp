@@ -772,12 +772,12 @@ int rt_polycom_cuda_set_cache_dir(const char *dir, char **err) {
   return guarded(err, [&] { rt_polycom::cuda::set_cache_dir(dir ? dir : ""); });
 }
 
-int rt_polycom_cuda_cached_compile_check(const char *arch, const char *nvrtc_path, const char *dir, int *from_cache,
-                                         size_t *size, char **log, char **err) {
+int rt_polycom_cuda_cached_compile_check(const char *arch, const char *nvrtc_path, const char *dir,
+                                         const char *tuning, int *from_cache, size_t *size, char **log, char **err) {
   return guarded(err, [&] {
     bool cached = false;
-    auto why = rt_polycom::cuda::cached_compile_check(arch, nvrtc_path ? nvrtc_path : "", dir ? dir : "", &cached,
-                                                      size);
+    auto why = rt_polycom::cuda::cached_compile_check(arch, nvrtc_path ? nvrtc_path : "", dir ? dir : "",
+                                                      tuning ? tuning : "", &cached, size);
     *from_cache = cached ? 1 : 0;
     *log = why.empty() ? nullptr : dup(why);
   });

@@ -172,8 +172,8 @@ int rt_polycom_cuda_check_tuning(const char *spec, char **err);
 int rt_polycom_cuda_set_cache_dir(const char *dir, char **err);
 // As rt_polycom_cuda_compile_check, through the cache folder `dir`: *from_cache = 1 when a stored
 // image was used; *size = the image's bytes.
-int rt_polycom_cuda_cached_compile_check(const char *arch, const char *nvrtc_path, const char *dir, int *from_cache,
-                                         size_t *size, char **log, char **err);
+int rt_polycom_cuda_cached_compile_check(const char *arch, const char *nvrtc_path, const char *dir,
+                                         const char *tuning, int *from_cache, size_t *size, char **log, char **err);
 
 // Distributed collectives (dist.cpp), from libtorch's c10d. A store is a c10d::TCPStore at
 // host:port, hosted by the rank with is_server (rank 0, unless a launcher's agent hosts it); every

@@ -254,6 +254,7 @@ extern "C" {
         arch: *const c_char,
         nvrtc_path: *const c_char,
         dir: *const c_char,
+        tuning: *const c_char,
         from_cache: *mut c_int,
         size: *mut usize,
         log: *mut *mut c_char,
@@ -922,22 +923,26 @@ pub fn check_cuda_tuning(spec: &str) -> Result<()> {
     Err(Error::Usage(take_string(err).unwrap_or_else(|| "RESNET_TRAIN_CUDA_TUNING is not valid".into())))
 }
 
-/// Compiles the CUDA kernels for `arch` through the cache folder `dir`, no GPU needed:
-/// `Ok(Ok((from_cache, bytes)))`, or `Ok(Err(log))` when NVRTC is missing or fails.
+/// Compiles the CUDA kernels for `arch` under `tuning` (RESNET_TRAIN_CUDA_TUNING's syntax) through
+/// the cache folder `dir`, no GPU needed: `Ok(Ok((from_cache, bytes)))`, or `Ok(Err(log))` when
+/// NVRTC is missing or fails (or the tuning is not valid).
 pub fn polycom_cuda_cached_compile(
     arch: &str,
     nvrtc_path: Option<&std::path::Path>,
     dir: &std::path::Path,
+    tuning: &str,
 ) -> Result<std::result::Result<(bool, usize), String>> {
     let arch = CString::new(arch).map_err(|_| Error::Usage("arch contains a NUL byte".into()))?;
+    let tuning = CString::new(tuning).map_err(|_| Error::Usage("the tuning contains a NUL byte".into()))?;
     let (path, dir) = (c_path(nvrtc_path, "NVRTC path")?, c_path(Some(dir), "the kernel cache folder")?);
     let (mut from_cache, mut size, mut log): (c_int, usize, *mut c_char) = (0, 0, std::ptr::null_mut());
-    // SAFETY: three NUL-terminated strings alive for the call and valid out-pointers.
+    // SAFETY: four NUL-terminated strings alive for the call and valid out-pointers.
     call("fused activation", |e| unsafe {
         rt_polycom_cuda_cached_compile_check(
             arch.as_ptr(),
             path.as_ptr(),
             dir.as_ptr(),
+            tuning.as_ptr(),
             &mut from_cache,
             &mut size,
             &mut log,
