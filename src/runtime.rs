@@ -53,6 +53,19 @@ pub fn parse_device(s: &str) -> Result<Device> {
     Ok(device)
 }
 
+/// Makes a CUDA `device` the process's current one, as DDP scripts call `torch.cuda.set_device(
+/// local_rank)`: what libtorch does on "the current device" (pinned host buffers, which create a
+/// context there; c10d NCCL's barrier before any collective) then happens on this rank's GPU
+/// rather than on GPU 0 of every rank. Tensors and kernels name their device anyway; a failure
+/// only warns.
+pub fn use_device(device: Device) {
+    if let Device::Cuda(n) = device {
+        if let Err(e) = crate::ffi::cuda_set_device(n) {
+            eprintln!("warning: could not make cuda:{n} the current CUDA device: {e}");
+        }
+    }
+}
+
 /// This very binary, for child processes (study jobs, launched ranks, step measurements):
 /// /proc/self/exe runs it even if the file was rebuilt or replaced meanwhile (its path would then
 /// name another program, or nothing: "... (deleted)").

@@ -146,3 +146,16 @@ fn fp16_convolution_gradients_on_cpu_equal_float64_to_fp16_rounding() {
         }
     }
 }
+
+/// `runtime::use_device` makes a rank's GPU the current device (torch.cuda.set_device); without a
+/// CUDA device the shim call is an error, not a crash, and use_device leaves the CPU alone.
+#[test]
+fn cuda_set_device_is_an_error_without_cuda() {
+    if tch::Cuda::device_count() == 0 {
+        let msg = ffi::cuda_set_device(0).unwrap_err().to_string();
+        assert!(msg.to_lowercase().contains("cuda"), "{msg}");
+    } else {
+        ffi::cuda_set_device(0).expect("cuda:0 exists");
+    }
+    resnet_train::runtime::use_device(Device::Cpu);
+}

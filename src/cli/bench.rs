@@ -89,6 +89,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if let Some(env) = &dist_env {
         device = env.device(device);
     }
+    crate::runtime::use_device(device);
     a.precision.configure()?;
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);

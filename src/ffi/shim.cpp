@@ -10,6 +10,7 @@
 #include <ATen/ops/convolution_backward_native.h>
 #include <torch/library.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <algorithm>
@@ -654,6 +655,14 @@ int rt_foreach_copy(rt_tensor *targets, rt_tensor *sources, int n, char **err) {
     at::NoGradGuard no_grad;
     auto t = list(targets, n), s = list(sources, n);
     at::_foreach_copy_(t, s);
+  });
+}
+
+int rt_cuda_set_device(int device, char **err) {
+  return guarded(err, [&] {
+    // Through the device-guard interface libtorch_cuda registers when it loads: no CUDA link here.
+    c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)
+        ->setDevice(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device)));
   });
 }
 

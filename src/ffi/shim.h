@@ -123,6 +123,8 @@ int rt_foreach_copy(rt_tensor *targets, rt_tensor *sources, int n, char **err);
 // Peak bytes allocated by PyTorch's caching allocator on CUDA device `device` since the start
 // (torch.cuda.max_memory_allocated).
 int rt_cuda_max_memory_allocated(int device, int64_t *out, char **err);
+// Makes `device` the current CUDA device (torch.cuda.set_device).
+int rt_cuda_set_device(int device, char **err);
 
 // Bytes held in tensors from libtorch's CPU allocator, now and at the peak (the CPU's
 // max_memory_allocated); the first call installs the counting allocator (later allocations are

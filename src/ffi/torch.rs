@@ -181,6 +181,7 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> c_int;
     fn rt_cuda_max_memory_allocated(device: c_int, out: *mut i64, err: *mut *mut c_char) -> c_int;
+    fn rt_cuda_set_device(device: c_int, err: *mut *mut c_char) -> c_int;
     fn rt_cpu_memory_tracking(
         current: *mut i64,
         peak: *mut i64,
@@ -662,6 +663,12 @@ pub fn foreach_clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<Tensor>
 
 /// Peak bytes PyTorch's caching allocator has handed out on CUDA device `index` since the start
 /// (torch.cuda.max_memory_allocated).
+/// Makes cuda:`index` the process's current CUDA device, as `torch.cuda.set_device` does.
+pub fn cuda_set_device(index: usize) -> Result<()> {
+    // SAFETY: a plain value argument.
+    call("cuda set device", |e| unsafe { rt_cuda_set_device(index as c_int, e) })
+}
+
 pub fn cuda_max_memory_allocated(index: usize) -> Result<u64> {
     let mut out = 0i64;
     // SAFETY: plain value argument and a valid out-pointer.

@@ -233,6 +233,7 @@ impl Trainer {
                 }
             }
         }
+        crate::runtime::use_device(device);
         let dist = match dist_env {
             Some(env) => {
                 let timeout = Duration::from_secs(cfg.dist_timeout.max(1));
