@@ -275,6 +275,34 @@ fn check_act_compile_for_fills_the_kernel_cache() {
     );
 }
 
+/// `scripts/prepare-device.sh` puts what a GPU session carries into one folder (here without the
+/// kernel compiles, `TUNINGS=""`; `check_act_compile_for_fills_the_kernel_cache` covers those).
+#[test]
+fn prepare_device_script_fills_the_carry_folder() {
+    if common::shared("prepare_device_script_fills_the_carry_folder").is_none() {
+        return;
+    }
+    let dest = common::tmpdir();
+    let o = Command::new("bash")
+        .arg("scripts/prepare-device.sh")
+        .current_dir(common::repo())
+        .env("DEST", dest.path())
+        .env("BIN", common::bin())
+        .env("TUNINGS", "")
+        .output()
+        .expect("bash runs");
+    assert!(o.status.success(), "{}", common::output_text(&o));
+    for f in [
+        "resnet-train",
+        "gpu-check.sh",
+        "gpu-session.sh",
+        "bench/torch_train_bench.py",
+        "reference/polycom.py",
+    ] {
+        assert!(dest.path().join(f).exists(), "{f} missing: {}", common::output_text(&o));
+    }
+}
+
 /// `scripts/kill-resume-random.sh` (docs/reliability.md: SIGKILL at random instants, resume,
 /// compare with the uninterrupted run) runs one short trial, so that its comparison keeps up with
 /// what the records hold (a wall-clock field it did not know made every trial "DIFFERENT").
