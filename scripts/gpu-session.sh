@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
 # Everything a lent GPU should run, in one device call, most important first; each step is skipped
 # when too little of the call's time is left, so the call ends on time with what it has. Prepare
-# with `bash scripts/prepare-device.sh` (all of the following), or by hand:
+# with `bash scripts/prepare-device.sh` (this and the CUDA kernels, compiled beforehand), or by hand:
 #   mkdir -p .device && strip -o .device/resnet-train target/release/resnet-train
 #   cp -r ../shared/bench ../shared/reference .device/ && cp scripts/gpu-session.sh .device/
-#   for t in "" min_blocks=2 min_blocks=4; do RESNET_TRAIN_CACHE=.device RESNET_TRAIN_CUDA_TUNING=$t \
-#     target/release/resnet-train check-act --compile-for sm_90; done   # the kernels, into .device/kernels/
 # then run `bash .device/gpu-session.sh` with carry [".device"] and timeout_s 560 (BUDGET=520).
 # SECTIONS (default "check sites lowp dist bench compile fp16 train ablate") picks and orders the
 # parts; TRAIN_FLAGS adds flags to the training runs (train, dist).

@@ -109,19 +109,16 @@ pub fn describe_cpu(cpuinfo: &str) -> Option<String> {
         cpuinfo.lines().filter(|l| l.split_once(':').is_some_and(|(k, _)| k.trim() == "processor")).count();
     let flags = field("flags").unwrap_or_default();
     let has = |f: &str| flags.split_whitespace().any(|x| x == f);
-    let isa: Vec<&str> = if has("avx512f") {
-        std::iter::once("AVX-512")
-            .chain(
-                [("avx512_bf16", "BF16"), ("avx512_fp16", "FP16"), ("amx_bf16", "AMX")]
-                    .iter()
-                    .filter(|(f, _)| has(f))
-                    .map(|(_, n)| *n),
-            )
-            .collect()
-    } else if has("avx2") {
-        vec!["AVX2"]
+    let mut isa = Vec::new();
+    if has("avx512f") {
+        isa.push("AVX-512");
+        for (flag, name) in [("avx512_bf16", "BF16"), ("avx512_fp16", "FP16"), ("amx_bf16", "AMX")] {
+            if has(flag) {
+                isa.push(name);
+            }
+        }
     } else {
-        vec!["no AVX2"]
-    };
+        isa.push(if has("avx2") { "AVX2" } else { "no AVX2" });
+    }
     Some(format!("{model} ({logical} logical CPUs; {})", isa.join(" ")))
 }

@@ -427,15 +427,15 @@ struct Runtime {
       const std::string arch = "sm_" + std::to_string(major) + std::to_string(minor);
       const std::string image = cached_compile(nvrtc, arch, tuning, cache_dir(), &from_cache);
       Module m;
-      if (from_cache && driver.module_load_data(&m.image, image.data()) != 0) {
+      CUresult rc = driver.module_load_data(&m.image, image.data());
+      if (rc != 0 && from_cache) {
         // An image compiled elsewhere (`check-act --compile-for`, carried to this machine) that
         // this driver does not take: compile here instead of losing the fused path.
         const std::string fresh = compile(nvrtc, arch, tuning);
         write_cached(cache_path(nvrtc, cache_dir(), arch, tuning), fresh);
-        check(driver, driver.module_load_data(&m.image, fresh.data()), "cuModuleLoadData");
-      } else if (!from_cache) {
-        check(driver, driver.module_load_data(&m.image, image.data()), "cuModuleLoadData");
+        rc = driver.module_load_data(&m.image, fresh.data());
       }
+      check(driver, rc, "cuModuleLoadData");
       check(driver, driver.attribute(&m.sm_count, kAttrSmCount, dev), "cuDeviceGetAttribute");
       return modules.emplace(device, std::move(m)).first->second;
     } catch (const std::exception &e) {
