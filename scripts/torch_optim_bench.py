@@ -1,6 +1,6 @@
-"""PyTorch baseline for `resnet-train bench --opt adamw|adam|lamb|lion|rmsproptf|clion|cadamw|nadamw|adopt|...`: the training
+"""PyTorch baseline for `resnet-train bench --opt momentum|adamw|adam|lamb|lion|rmsproptf|clion|cadamw|nadamw|adopt|...`: the training
 step of ../shared/bench/torch_train_bench.py (forward + loss under autocast, backward, optimizer
-step) with torch.optim.AdamW / Adam (fused=True: the kernels resnet-train calls), or timm's Lamb,
+step) with torch.optim.SGD / AdamW / Adam (fused=True: the kernels resnet-train calls), or timm's Lamb,
 Lion (clion: with caution), AdamWLegacy with caution (cadamw), NAdamW (cnadamw: with caution),
 Adopt (adoptw: decoupled decay; cadopt, cadoptw: with caution), SGDW (sgdw), Lamb with decoupled decay / trust
 clip / caution (lambw, lambcw, clamb, clambw), Adan (adanw: no_prox; cadan, cadanw: with caution), LaProp
@@ -28,7 +28,7 @@ from polycom import PolyResNet  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--opt", default="adamw", choices=["adamw", "adam", "lamb", "lion", "rmsproptf", "clion", "cadamw", "nadamw", "cnadamw", "adopt", "adoptw", "cadopt", "cadoptw", "sgdw",
+    ap.add_argument("--opt", default="adamw", choices=["momentum", "adamw", "adam", "lamb", "lion", "rmsproptf", "clion", "cadamw", "nadamw", "cnadamw", "adopt", "adoptw", "cadopt", "cadoptw", "sgdw",
                                                          "lambw", "lambcw", "clamb", "clambw", "adan", "adanw", "cadan", "cadanw",
                                                          "laprop", "claprop", "adabelief", "radabelief", "radam", "radamw", "nadam"])
     ap.add_argument("--arch", default="resnet50")
@@ -52,7 +52,11 @@ def main():
     ids = {id(p) for p in decay}
     rest = [p for p in model.parameters() if id(p) not in ids]
     groups = [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}]
-    if a.opt == "adamw":
+    if a.opt == "momentum":
+        # fused=True: the kernel resnet-train calls (torch.optim.SGD's default on the CPU is its
+        # per-tensor loop, ../shared/bench/torch_train_bench.py's row).
+        opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9, fused=True)
+    elif a.opt == "adamw":
         opt = torch.optim.AdamW(groups, lr=1e-3, fused=True)
     elif a.opt == "adam":
         opt = torch.optim.Adam(groups, lr=1e-3, fused=True)

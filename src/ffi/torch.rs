@@ -290,8 +290,9 @@ pub struct LarsTrust {
     pub always_adapt: bool,
 }
 
-/// One step of torch.optim.SGD (foreach implementation, dampening 0), or of timm's Lars with
-/// `step.trust`, over equal-length lists of parameters, their gradients (modified in place) and
+/// One step of torch.optim.SGD (dampening 0; with momentum its fused kernel, `fused=True`, else the
+/// foreach ops), or of timm's Lars with `step.trust` (foreach), over equal-length lists of
+/// parameters, their gradients (the foreach paths add the weight decay to them in place) and
 /// momentum buffers.
 pub fn foreach_sgd(params: &[Tensor], grads: &[Tensor], bufs: &[Tensor], step: SgdStep) -> Result<()> {
     if params.len() != grads.len() || params.len() != bufs.len() {

@@ -1,5 +1,5 @@
-//! Optimizers on libtorch's own multi-tensor kernels: SGD (torch.optim.SGD, foreach) and LARS
-//! (timm's Lars: SGD on trust-ratio-scaled gradients), Adam and AdamW (torch.optim.Adam/AdamW,
+//! Optimizers on libtorch's own multi-tensor kernels: SGD (torch.optim.SGD, `_fused_sgd_`) and
+//! LARS (timm's Lars: SGD on trust-ratio-scaled gradients, foreach), Adam and AdamW (torch.optim.Adam/AdamW,
 //! `_fused_adam_`/`_fused_adamw_`), LAMB (timm's Lamb, foreach), Lion (timm's Lion, foreach),
 //! RMSpropTF (timm's, foreach), timm's NAdamW and ADOPT (foreach) and timm's cautious variants
 //! (`cadamw`, `cnadamw`, `cadopt`, `cadoptw`, `clion`, foreach); timm's Lamb variants with decoupled

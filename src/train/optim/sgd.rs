@@ -1,6 +1,7 @@
-//! SGD with momentum: torch.optim.SGD's foreach update (dampening 0), heavy ball or Nesterov; with
-//! a trust ratio, timm's Lars (LARS/LARC): the same update on per-tensor rescaled gradients; with
-//! decoupled weight decay, timm's SGDW (p *= 1 - lr wd first, then SGD without decay).
+//! SGD with momentum: torch.optim.SGD's update (dampening 0; its fused kernel, `fused=True`), heavy
+//! ball or Nesterov; with a trust ratio, timm's Lars (LARS/LARC): the same update on per-tensor
+//! rescaled gradients; with decoupled weight decay, timm's SGDW (p *= 1 - lr wd first, then SGD
+//! without decay).
 
 use super::{named, step_counter, zeros_like_groups, Group, Optimizer};
 use crate::error::Result;
