@@ -221,10 +221,24 @@ fn two_ranks_take_the_steps_of_one_process_accumulating_their_batches() {
     // DDP's contract: 2 ranks with a micro-batch each train exactly like 1 process accumulating
     // those 2 micro-batches (BatchNorm sees the same per-micro-batch statistics either way): the
     // same mean gradient, loss, clip, optimizer step and guard decisions.
+    use resnet_train::train::optim::OptKind;
+    // Each layout with the fused optimizer kernels (PyTorch's fused SGD and AdamW walk parameter,
+    // gradient and state with one index on the CPU and refuse differing layouts on CUDA): a
+    // channels_last parameter's gradient must reach them laid out as the parameter, bucket slice
+    // or not.
+    for (channels_last, opt) in
+        [(false, OptKind::Momentum), (true, OptKind::Momentum), (true, OptKind::Adamw)]
+    {
+        let config = resnet_train::train::config::TrainConfig { channels_last, opt, ..engine_config() };
+        two_ranks_match_one_process(&format!("channels_last {channels_last}, {opt:?}"), config);
+    }
+}
+
+fn two_ranks_match_one_process(case: &str, config: resnet_train::train::config::TrainConfig) {
     use resnet_train::train::engine::Engine;
     use resnet_train::train::guards::GuardState;
     const STEPS: usize = 3;
-    let mut single = Engine::new(engine_config(), tch::Device::Cpu, 10).unwrap();
+    let mut single = Engine::new(config.clone(), tch::Device::Cpu, 10).unwrap();
     let mut gs = GuardState::default();
     let mut single_losses = Vec::new();
     for step in 0..STEPS {
@@ -236,8 +250,9 @@ fn two_ranks_take_the_steps_of_one_process_accumulating_their_batches() {
     let port = free_port();
     let handles: Vec<_> = (0..2)
         .map(|rank| {
+            let config = config.clone();
             std::thread::spawn(move || {
-                let mut e = rank_engine(rank, port, engine_config());
+                let mut e = rank_engine(rank, port, config);
                 let mut gs = GuardState::default();
                 let mut losses = Vec::new();
                 for step in 0..STEPS {
@@ -262,13 +277,13 @@ fn two_ranks_take_the_steps_of_one_process_accumulating_their_batches() {
     for h in handles {
         let (losses, w) = h.join().unwrap();
         for ((l, g), (sl, sg)) in losses.iter().zip(&single_losses) {
-            assert!((l - sl).abs() <= 1e-6 * sl.abs(), "loss {l} vs {sl}");
-            assert!((g - sg).abs() <= 1e-5 * sg.abs(), "grad norm {g} vs {sg}");
+            assert!((l - sl).abs() <= 1e-6 * sl.abs(), "{case}: loss {l} vs {sl}");
+            assert!((g - sg).abs() <= 1e-5 * sg.abs(), "{case}: grad norm {g} vs {sg}");
         }
         assert_eq!(w.len(), single_w.len());
         for ((k, a), (_, b)) in w.iter().zip(&single_w) {
             let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-            assert!(diff <= 1e-6, "{k}: the ranks' weights differ from one process's by {diff}");
+            assert!(diff <= 1e-6, "{case}: {k}: the ranks' weights differ from one process's by {diff}");
         }
     }
 }

@@ -159,3 +159,70 @@ fn cuda_set_device_is_an_error_without_cuda() {
     }
     resnet_train::runtime::use_device(Device::Cpu);
 }
+
+/// PyTorch's fused SGD and Adam kernels walk a parameter, its gradient and its state with one
+/// index on the CPU: a channels_last weight with a contiguous gradient or state (or the reverse)
+/// must still take the step each element's own values give (closed forms), and state tensors keep
+/// their layout.
+#[test]
+fn fused_optimizer_steps_follow_each_parameters_layout() {
+    let opts = (Kind::Float, Device::Cpu);
+    let values = |seed: f64| (Tensor::arange(2 * 3 * 4 * 5, opts) * seed).sin().reshape([2, 3, 4, 5]);
+    let (p0, g0) = (values(0.7), values(1.3));
+    let cl = |t: &Tensor| ffi::to_channels_last(t).unwrap();
+    // (parameter, gradient, state) layouts: channels_last or contiguous.
+    for (p_cl, g_cl, s_cl) in
+        [(true, false, true), (true, true, false), (false, true, true), (true, true, true)]
+    {
+        let case = format!("parameter channels_last {p_cl}, gradient {g_cl}, state {s_cl}");
+        let layout = |t: &Tensor, on: bool| if on { cl(t) } else { t.copy() };
+        // SGD, momentum 0.9, decay 0.1, two steps (the second reads the buffer).
+        let p = layout(&p0, p_cl);
+        let b = layout(&Tensor::zeros([2, 3, 4, 5], opts), s_cl);
+        let g = layout(&g0, g_cl);
+        let (mut want_p, mut want_b) = (p0.copy(), Tensor::zeros([2, 3, 4, 5], opts));
+        for first_step in [true, false] {
+            let step = ffi::SgdStep {
+                lr: 0.5,
+                momentum: 0.9,
+                weight_decay: 0.1,
+                nesterov: false,
+                first_step,
+                trust: None,
+            };
+            ffi::foreach_sgd(&[p.shallow_clone()], &[g.shallow_clone()], &[b.shallow_clone()], step).unwrap();
+            let d = &g0 + &want_p * 0.1;
+            want_b = if first_step { d } else { &want_b * 0.9 + d };
+            want_p = &want_p - &want_b * 0.5;
+        }
+        let err = (&p - &want_p).abs().max().double_value(&[]);
+        assert!(err < 1e-6, "SGD, {case}: parameter off by {err}");
+        assert!((&b - &want_b).abs().max().double_value(&[]) < 1e-6, "SGD, {case}: momentum buffer");
+        assert_eq!(ffi::is_channels_last(&b).unwrap(), s_cl, "SGD, {case}: the buffer keeps its layout");
+        assert!(g.equal(&layout(&g0, g_cl)), "SGD, {case}: the gradient is left as it was");
+
+        // AdamW, one step from zero moments: p (1 - lr wd) - lr g / (|g| + eps).
+        let p = layout(&p0, p_cl);
+        let (m, v) = (
+            layout(&Tensor::zeros([2, 3, 4, 5], opts), s_cl),
+            layout(&Tensor::zeros([2, 3, 4, 5], opts), s_cl),
+        );
+        let count = Tensor::ones([], opts);
+        let step = ffi::AdamStep { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
+        ffi::fused_adam(
+            &[p.shallow_clone()],
+            &[g.shallow_clone()],
+            &[m.shallow_clone()],
+            &[v.shallow_clone()],
+            &count,
+            step,
+            true,
+        )
+        .unwrap();
+        let want_p = &p0 * (1.0 - 0.01 * 0.1) - &g0 / (g0.abs() + 1e-8) * 0.01;
+        let err = (&p - &want_p).abs().max().double_value(&[]);
+        assert!(err < 1e-6, "AdamW, {case}: parameter off by {err}");
+        assert!((&m - &g0 * 0.1).abs().max().double_value(&[]) < 1e-7, "AdamW, {case}: first moment");
+        assert_eq!(ffi::is_channels_last(&v).unwrap(), s_cl, "AdamW, {case}: the state keeps its layout");
+    }
+}

@@ -116,8 +116,15 @@ struct Reducer {
     for (auto &b : buckets) missing.push_back(b.size());
   }
 
-  // The slice of bucket k's flat tensor that holds parameter i's gradient (offset in elements).
-  at::Tensor slice(size_t k, int64_t offset, const at::Tensor &p) { return flats[k].narrow(0, offset, p.numel()).view(p.sizes()); }
+  // The slice of bucket k's flat tensor that holds parameter p's gradient (offset in elements),
+  // laid out as p (DDP's bucket views do the same): a channels_last parameter's gradient stays
+  // channels_last, as autograd would have left it, so the fused optimizer kernels, which walk
+  // parameter, gradient and state with one index, read it in the parameter's order.
+  at::Tensor slice(size_t k, int64_t offset, const at::Tensor &p) {
+    if (p.is_non_overlapping_and_dense())
+      return flats[k].as_strided(p.sizes(), p.strides(), flats[k].storage_offset() + offset);
+    return flats[k].narrow(0, offset, p.numel()).view(p.sizes());
+  }
 
   void launch(size_t k) {
     if (!flats[k].defined()) {

@@ -207,6 +207,33 @@ int rt_seeded_randn(uint64_t seed, int n, double *out, char **err) {
   });
 }
 
+// PyTorch's fused optimizer kernels (`_fused_sgd_`, `_fused_adam_`, `_fused_adamw_`) walk each
+// parameter, its gradient and its state with one flat index on the CPU, and refuse differing
+// layouts on CUDA: a gradient or state tensor not laid out as its parameter (say a contiguous
+// gradient of a channels_last weight) would be read in the wrong order on the CPU, silently. Such
+// tensors go in as copies laid out as their parameter; `write_back` returns state copies into the
+// originals after the step.
+struct LaidOutAsParams {
+  std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // (original, copy) of state tensors
+
+  // `ts`, with each tensor not laid out as its parameter replaced by such a copy; `state`: the
+  // step writes it, so its copy is written back.
+  void align(const std::vector<at::Tensor> &params, std::vector<at::Tensor> &ts, bool state) {
+    for (size_t i = 0; i < ts.size(); i++) {
+      const auto &p = params[i];
+      if (!p.is_non_overlapping_and_dense())
+        throw std::invalid_argument("fused optimizer step: parameter " + std::to_string(i) + " is not dense");
+      if (ts[i].strides() == p.strides() && ts[i].sizes() == p.sizes()) continue;
+      at::Tensor copy = at::empty_like(p, ts[i].options()).copy_(ts[i]);  // p's strides (p is dense)
+      if (state) copies.emplace_back(ts[i], copy);
+      ts[i] = copy;
+    }
+  }
+  void write_back() {
+    for (auto &[original, copy] : copies) original.copy_(copy);
+  }
+};
+
 int rt_foreach_sgd(rt_tensor *params, rt_tensor *grads, rt_tensor *bufs, int n, double lr, double momentum,
                    double weight_decay, int nesterov, int first_step, double trust_coeff, double trust_eps,
                    int trust_clip, int always_adapt, char **err) {
@@ -221,8 +248,12 @@ int rt_foreach_sgd(rt_tensor *params, rt_tensor *grads, rt_tensor *bufs, int n, 
       // parameters (34 ms of a CPU step against 13; BENCHMARKS.md). The same arithmetic in the
       // same order: d = g + wd p; b = d (first step) or m b + d; p -= lr (n ? d + m b : b). It
       // leaves g as it was, where the foreach ops add the decay to it.
+      LaidOutAsParams layout;
+      layout.align(p, g, false);
+      layout.align(p, b, true);
       at::_fused_sgd_(p, g, b, weight_decay, momentum, lr, /*dampening=*/0.0, nesterov != 0, /*maximize=*/false,
                       first_step != 0);
+      layout.write_back();
       return;
     }
     std::vector<at::Tensor> w_norm, g_norm;
@@ -312,6 +343,10 @@ int rt_fused_adam(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_t
     auto p = list(params, n), g = list(grads, n), m = list(exp_avgs, n), v = list(exp_avg_sqs, n);
     std::vector<at::Tensor> steps(n, *static_cast<at::Tensor *>(step));
     std::vector<at::Tensor> no_max;  // amsgrad = false
+    LaidOutAsParams layout;
+    layout.align(p, g, false);
+    layout.align(p, m, true);
+    layout.align(p, v, true);
     if (decoupled) {
       at::_fused_adamw_(p, g, m, v, no_max, steps, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
                         /*maximize=*/false, /*grad_scale=*/c10::nullopt, /*found_inf=*/c10::nullopt);
@@ -319,6 +354,7 @@ int rt_fused_adam(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt_t
       at::_fused_adam_(p, g, m, v, no_max, steps, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
                        /*maximize=*/false, /*grad_scale=*/c10::nullopt, /*found_inf=*/c10::nullopt);
     }
+    layout.write_back();
   });
 }
 
