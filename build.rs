@@ -86,7 +86,13 @@ fn main() {
     }
     for (isa, flags) in isas {
         let mut b = torch_build();
-        b.file("src/ffi/polycom_cpu.cpp").define("RT_ISA", isa).flag("-fopenmp").opt_level(3);
+        // One object folder per build: cc names the object after the source file, and the three
+        // builds run in parallel (a shared folder let one build's archive take another's object).
+        b.file("src/ffi/polycom_cpu.cpp")
+            .define("RT_ISA", isa)
+            .flag("-fopenmp")
+            .opt_level(3)
+            .out_dir(out_dir.join(format!("polycom_{isa}")));
         for f in flags {
             b.flag(f);
         }
