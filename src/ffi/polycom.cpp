@@ -187,6 +187,22 @@ NormShape relu_shape(const at::Tensor &x, const BatchNormOnLoad *bn) {
   return NormShape{1, 1, x.numel()};
 }
 
+// Batch norm's backward folded into the activation's (CPU kernels, training; see
+// BnActFunction::folded_backward): the mean batch norm normalised with, in; its per-channel sums
+// (CpuBnGrad), out.
+struct BnGradFold {
+  at::Tensor mean;  // [C], the arithmetic type, contiguous
+  at::Tensor sums;  // [2C] double: sum g, then sum g (z - mean)
+};
+
+// The kernels' view of `fold` (its sums allocated here); null without.
+const CpuBnGrad *cpu_fold(BnGradFold *fold, int64_t channels, CpuBnGrad &out) {
+  if (!fold) return nullptr;
+  fold->sums = at::zeros({2 * channels}, at::kDouble);
+  out = {fold->mean.const_data_ptr(), fold->sums.data_ptr<double>()};
+  return &out;
+}
+
 // The kernels write the output in its type (out_type: rounded once as stored) and read the
 // gradient of y in that type: no cast passes around them.
 // With `bn`, x_in is batch norm's input z and the kernels compute x on load.
@@ -212,9 +228,10 @@ Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
 }
 
 // With `bn`, x is batch norm's input z and the kernels recompute x on load.
+// With `fold` (CPU, bn set), the kernels also sum batch norm's backward reductions.
 std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Tensor &x, const at::Tensor &w,
                                           const at::Tensor &b, const at::Tensor &rs, bool lowp_out,
-                                          const BatchNormOnLoad *bn = nullptr) {
+                                          const BatchNormOnLoad *bn = nullptr, BnGradFold *fold = nullptr) {
   auto shape = norm_layout(x).shape;  // x was saved in its kernel layout: no copy here
   const int k = static_cast<int>(w.numel());
   auto gy = like(gy_in, x, out_type(x, lowp_out, bn));
@@ -226,10 +243,12 @@ std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Ten
   double gc[kMaxOrder + 1] = {0};
   CpuBatchNorm cb{};
   std::pair<at::Tensor, at::Tensor> keep;
+  CpuBnGrad cf{};
+  const auto *folded = cpu_fold(fold, shape.channels, cf);
   if (x.numel() > 0)
     cpu_kernels().polynorm_backward(dtype_of(x), lowp_y(x, lowp_out, bn), x.const_data_ptr(), gy.const_data_ptr(),
                                     rs.const_data_ptr(), dx.data_ptr(), shape, host_coefs(w, b), gc,
-                                    cpu_bn(x, bn, shape.channels, cb, keep));
+                                    cpu_bn(x, bn, shape.channels, cb, keep), folded);
   return cpu_coef_grads(dx, gc, k, w, b);
 }
 
@@ -254,7 +273,8 @@ Forward polyrelu_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
 }
 
 std::vector<at::Tensor> polyrelu_backward(const at::Tensor &gy_in, const at::Tensor &x, const at::Tensor &w,
-                                          const at::Tensor &b, bool lowp_out, const BatchNormOnLoad *bn = nullptr) {
+                                          const at::Tensor &b, bool lowp_out, const BatchNormOnLoad *bn = nullptr,
+                                          BnGradFold *fold = nullptr) {
   const int k = static_cast<int>(w.numel());
   auto gy = like(gy_in, x, out_type(x, lowp_out, bn));
   auto dx = at::empty_like(x, x.options().dtype(x_type(x, bn)));
@@ -263,13 +283,15 @@ std::vector<at::Tensor> polyrelu_backward(const at::Tensor &gy_in, const at::Ten
     return {dx, dw, db};
   }
   double gc[kMaxOrder + 1] = {0};
+  const auto shape = relu_shape(x, bn);
+  CpuBnGrad cf{};
+  const auto *folded = cpu_fold(fold, shape.channels, cf);
   if (x.numel() > 0) {
-    const auto shape = relu_shape(x, bn);
     CpuBatchNorm cb{};
     std::pair<at::Tensor, at::Tensor> keep;
     cpu_kernels().polyrelu_backward(dtype_of(x), lowp_y(x, lowp_out, bn), x.const_data_ptr(), gy.const_data_ptr(),
                                     dx.data_ptr(), shape, host_coefs(w, b), gc,
-                                    cpu_bn(x, bn, shape.channels, cb, keep));
+                                    cpu_bn(x, bn, shape.channels, cb, keep), folded);
   }
   return cpu_coef_grads(dx, gc, k, w, b);
 }
@@ -461,6 +483,9 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     if (ctx->saved_data["on_load"].toBool()) {
       // The kernels read z (and the identity) and recompute x as they go: no pass writes x.
       const BatchNormOnLoad bn{identity.defined() ? identity : at::Tensor(), scale, shift, clamp};
+      if (train && !cuda_kernels(zl))
+        return folded_backward(ctx, grads[0], zl, gamma, beta, identity, w, b, mean, invstd, rs, bn, polynorm,
+                               lowp_out);
       act = polynorm ? polynorm_backward(grads[0], zl, w, b, rs, lowp_out, &bn)
                      : polyrelu_backward(grads[0], zl, w, b, lowp_out, &bn);
     } else {
@@ -478,6 +503,49 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     out[0] = std::get<0>(bn);
     out[1] = std::get<1>(bn);
     out[2] = std::get<2>(bn);
+    out[4] = act[1];
+    out[5] = act[2];
+    return out;
+  }
+
+  // Training with the CPU kernels: batch norm's backward folded in as well. The activation's
+  // backward kernels sum batch norm's two per-channel reductions as they compute dx (sum g and
+  // sum g (z - mean), g = dx rounded to z's type: what libtorch's batch norm backward would sum in
+  // a pass of its own over dx and z), then one pass over dx and z writes dz, in dx's memory where
+  // nothing else needs dx. libtorch's backward reads dx and z twice, and a wide dx (the fp32
+  // residual stream) would first be cast to z's type in a pass of its own. Same formula as
+  // libtorch's: dz = (g - sum g / M - (z - mean) invstd^2 sum g (z - mean) / M) invstd gamma,
+  // dgamma = invstd sum g (z - mean), dbeta = sum g (M: elements per channel).
+  static variable_list folded_backward(AutogradContext *ctx, const at::Tensor &gy, const at::Tensor &z,
+                                       const at::Tensor &gamma, const at::Tensor &beta, const at::Tensor &identity,
+                                       const at::Tensor &w, const at::Tensor &b, const at::Tensor &mean,
+                                       const at::Tensor &invstd, const at::Tensor &rs, const BatchNormOnLoad &bn,
+                                       bool polynorm, bool lowp_out) {
+    const int kNumInputs = 15;
+    BnGradFold fold{mean.to(acc_type(z)).contiguous(), at::Tensor()};
+    auto act = polynorm ? polynorm_backward(gy, z, w, b, rs, lowp_out, &bn, &fold)
+                        : polyrelu_backward(gy, z, w, b, lowp_out, &bn, &fold);
+    const auto &dx = act[0];
+    const int64_t C = z.size(1);
+    const double M = C > 0 ? static_cast<double>(z.numel() / C) : 0.0;
+    const auto sum_g = fold.sums.slice(0, 0, C), sum_gz = fold.sums.slice(0, C, 2 * C);
+    const auto invstd_d = invstd.to(at::kDouble);
+    variable_list out(kNumInputs);
+    if (identity.defined() && ctx->needs_input_grad(3)) out[3] = dx.to(identity.scalar_type());
+    if (ctx->needs_input_grad(0)) {
+      const auto a = gamma.defined() ? invstd_d * gamma.to(at::kDouble) : invstd_d;
+      const auto coefs = at::stack({mean.to(at::kDouble), sum_g / M, sum_gz * invstd_d * invstd_d / M, a})
+                             .to(acc_type(z))
+                             .contiguous();
+      const bool wide = dx.scalar_type() != z.scalar_type();
+      auto dz = identity.defined() || wide ? at::empty_like(z) : dx;
+      if (z.numel() > 0)
+        cpu_kernels().bn_backward_elemt(dtype_of(z), wide, dx.const_data_ptr(), z.const_data_ptr(), dz.data_ptr(),
+                                        norm_layout(z).shape, coefs.const_data_ptr());
+      out[0] = dz;
+    }
+    if (gamma.defined() && ctx->needs_input_grad(1)) out[1] = (sum_gz * invstd_d).to(gamma.scalar_type());
+    if (beta.defined() && ctx->needs_input_grad(2)) out[2] = sum_g.to(beta.scalar_type());
     out[4] = act[1];
     out[5] = act[2];
     return out;

@@ -147,6 +147,28 @@ inline void store(T *p, const Vectorized<Acc<T>> &v, int64_t n) {
   }
 }
 
+// store's values, narrowed in registers on AVX-512 (round_to, then a 32-to-16-bit move) where
+// ATen's convert_from_float converts two vectors (here v twice): the batch norm gradient's pass,
+// which does little else. (Used in every kernel, it measured slower in the activation-alone
+// operator's channels-last bf16 backward, session 40.)
+template <typename T>
+C10_ALWAYS_INLINE void store_narrowed(T *p, const Vectorized<Acc<T>> &v, int64_t n) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (!std::is_same_v<T, Acc<T>>) {
+    if (n == Vectorized<Acc<T>>::size()) {
+      __m256i h;
+      if constexpr (std::is_same_v<T, c10::BFloat16>)
+        h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(round_to<T>(v)), 16));
+      else
+        h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      _mm256_storeu_si256(reinterpret_cast<__m256i *>(p), h);
+      return;
+    }
+  }
+#endif
+  store(p, v, n);
+}
+
 // Sum of the first n lanes, in double.
 template <typename A>
 inline double lane_sum(const Vectorized<A> &v, int64_t n) {
@@ -204,10 +226,12 @@ struct Src {
 // (Always inlined: as a call per vector it cost as much as the arithmetic it saves.)
 template <typename T, typename X>
 C10_ALWAYS_INLINE Vectorized<Acc<T>> load_x(const Src<T, X> &s, int64_t off, int64_t n, const Vectorized<Acc<T>> &scale,
-                                 const Vectorized<Acc<T>> &shift, Vectorized<Acc<T>> *mask = nullptr) {
+                                 const Vectorized<Acc<T>> &shift, Vectorized<Acc<T>> *mask = nullptr,
+                                 Vectorized<Acc<T>> *z = nullptr) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   V v = load(s.x + off, n);
+  if (z) *z = v;  // as loaded (batch norm's input with on load), the tail zero
   if (!s.on_load()) return v;
   v = round_to<T>(v * scale + shift);
   if (s.identity) v = round_to<X>(v + load(s.identity + off, n));
@@ -226,18 +250,53 @@ C10_ALWAYS_INLINE Vectorized<Acc<T>> masked(const Src<T, X> &s, const Vectorized
   return s.on_load() && s.clamp > 0 ? g & mask : g;
 }
 
-// Items are processed in parallel, each writing `width` doubles of partial sums; the sums are
-// then added up in item order (deterministic for any thread count).
-template <typename F>
-void parallel_items(int64_t items, int64_t work_per_item, int width, double *out, const F &f) {
+// Items are processed in parallel, each writing `width` doubles of partial sums; reduce(item,
+// partials) then takes them in item order (deterministic for any thread count).
+template <typename F, typename R>
+void parallel_items_reduce(int64_t items, int64_t work_per_item, int64_t width, const F &f, const R &reduce) {
   std::vector<double> partials(width > 0 ? items * width : 0, 0.0);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
   at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; item++) f(item, width > 0 ? &partials[item * width] : nullptr);
   });
-  for (int j = 0; j < width; j++) out[j] = 0;
-  for (int64_t item = 0; item < items; item++)
-    for (int j = 0; j < width; j++) out[j] += partials[item * width + j];
+  if (width > 0)
+    for (int64_t item = 0; item < items; item++) reduce(item, &partials[item * width]);
+}
+
+// The same, the items' partial sums added up into out[0..width).
+template <typename F>
+void parallel_items(int64_t items, int64_t work_per_item, int64_t width, double *out, const F &f) {
+  for (int64_t j = 0; j < width; j++) out[j] = 0;
+  parallel_items_reduce(items, work_per_item, width, f, [&](int64_t, const double *part) {
+    for (int64_t j = 0; j < width; j++) out[j] += part[j];
+  });
+}
+
+// Batch norm's backward folded in (CpuBnGrad): the gradient of batch norm's output is dx rounded
+// to z's type T, as the separate operators hand it over; its first n lanes, the rest zero
+// (whatever d holds there).
+template <typename T>
+C10_ALWAYS_INLINE Vectorized<Acc<T>> bn_grad_of(const Vectorized<Acc<T>> &d, int64_t n) {
+  using V = Vectorized<Acc<T>>;
+  const V g = round_to<T>(d);
+  return n == V::size() ? g : V::set(V(Acc<T>(0)), g, n);
+}
+
+// With the folded sums, channels-last items hold one partial sum per channel: about 256 items
+// (of whole kRowsPerItem blocks), so that those partials stay small next to the tensors.
+constexpr int64_t kRowsPerItem = 16;
+inline int64_t rows_per_item(int64_t rows, bool fold) {
+  if (!fold) return kRowsPerItem;
+  const int64_t r = (rows + 255) / 256;
+  return std::max(kRowsPerItem, (r + kRowsPerItem - 1) / kRowsPerItem * kRowsPerItem);
+}
+
+// acc[0..n) += g and acc[C..C+n) += g (z - mean): one vector of a channels-last row's channels.
+template <typename A>
+C10_ALWAYS_INLINE void add_bn_sums(A *acc, int64_t C, int64_t n, const Vectorized<A> &g, const Vectorized<A> &z,
+                                   const A *mean) {
+  store(acc, load(acc, n) + g, n);
+  store(acc + C, load(acc + C, n) + g * (z - load(mean, n)), n);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -303,15 +362,17 @@ void polynorm_forward_strided(const Src<T, X> &x, Y *y, Acc<T> *rs, NormShape s,
 //   dx_c = sum_i i w_i x_c^(i-1) (r_i g_c - r_i^3 D_i x_c^i / C)
 //        = g_c P(x_c) - x_c Q(x_c^2),  P(x) = sum_i i w_i r_i x^(i-1),  Q(u) = sum_i i w_i r_i^3 D_i / C u^(i-1)
 //   dw_i = sum_pixels r_i D_i,  db = sum g.
-template <typename T, typename X, typename Y>
+// Fold: out also gets batch norm's sums (CpuBnGrad) at out[k + 1 ..], from the mean's values.
+template <bool Fold, typename T, typename X, typename Y>
 void polynorm_backward_strided(const Src<T, X> &x, const Y *gy, const Acc<T> *rs, X *dx, NormShape s,
-                               const Coefs &c, double *grad_coefs) {
+                               const Coefs &c, double *out, const Acc<T> *mean) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
   const int k = c.order;
   const int64_t C = s.channels, HW = s.inner, chunks = (HW + kChunk - 1) / kChunk;
-  parallel_items(s.outer * chunks, 2 * C * std::min(HW, kChunk), k + 1, grad_coefs, [&](int64_t item, double *part) {
+  const int64_t width = k + 1 + (Fold ? 2 * C : 0);
+  parallel_items(s.outer * chunks, 2 * C * std::min(HW, kChunk), width, out, [&](int64_t item, double *part) {
     const int64_t o = item / chunks, p0 = (item % chunks) * kChunk, len = std::min(kChunk, HW - p0);
     const int64_t nv = (len + VS - 1) / VS;
     const auto n_of = [&](int64_t v) { return std::min(VS, len - v * VS); };
@@ -348,17 +409,29 @@ void polynorm_backward_strided(const Src<T, X> &x, const Y *gy, const Acc<T> *rs
     X *dxs = dx + o * C * HW + p0;
     for (int64_t ch = 0; ch < C; ch++) {
       const V sc = scale(ch), sh = shift(ch);
+      V g_sum(A(0)), gz_sum(A(0));
+      const V mu(Fold ? mean[ch] : A(0));
       for (int64_t v = 0; v < nv; v++) {
         const int64_t n = n_of(v);
-        V mask;
-        const V xv = load_x(x, xs + ch * HW + v * VS, n, sc, sh, &mask), gv = load(gs + ch * HW + v * VS, n);
+        V mask, zv;
+        const V xv = load_x(x, xs + ch * HW + v * VS, n, sc, sh, &mask, &zv), gv = load(gs + ch * HW + v * VS, n);
         const V x2 = xv * xv;
         V p = pc[(k - 1) * nv + v], q = qc[(k - 1) * nv + v];
         for (int i = k - 2; i >= 0; i--) {
           p = p * xv + pc[i * nv + v];
           q = q * x2 + qc[i * nv + v];
         }
-        store(dxs + ch * HW + v * VS, masked(x, gv * p - xv * q, mask), n);
+        const V d = masked(x, gv * p - xv * q, mask);
+        store(dxs + ch * HW + v * VS, d, n);
+        if constexpr (Fold) {
+          const V g = bn_grad_of<T>(d, n);
+          g_sum = g_sum + g;
+          gz_sum = gz_sum + g * (zv - mu);
+        }
+      }
+      if constexpr (Fold) {
+        part[k + 1 + ch] += lane_sum(g_sum, VS);
+        part[k + 1 + C + ch] += lane_sum(gz_sum, VS);
       }
     }
   });
@@ -367,8 +440,6 @@ void polynorm_backward_strided(const Src<T, X> &x, const Y *gy, const Acc<T> *rs
 // ---------------------------------------------------------------------------------------------
 // PolyNorm, channels contiguous (channels-last, 2-d): a work item is a block of pixels (rows),
 // each row's channels loaded as vectors and reduced across lanes.
-
-constexpr int64_t kRowsPerItem = 16;
 
 // Channels ch..ch+n-1's scales and shifts (channels contiguous: one per lane).
 template <typename T, typename X>
@@ -415,17 +486,19 @@ void polynorm_forward_rows(const Src<T, X> &x, Y *y, Acc<T> *rs, NormShape s, co
   });
 }
 
-template <typename T, typename X, typename Y>
+template <bool Fold, typename T, typename X, typename Y>
 void polynorm_backward_rows(const Src<T, X> &x, const Y *gy, const Acc<T> *rs, X *dx, NormShape s,
-                            const Coefs &c, double *grad_coefs) {
+                            const Coefs &c, double *out, const Acc<T> *mean) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
   const int k = c.order;
-  const int64_t C = s.channels, rows = s.outer, items = (rows + kRowsPerItem - 1) / kRowsPerItem;
-  parallel_items(items, 2 * kRowsPerItem * C, k + 1, grad_coefs, [&](int64_t item, double *part) {
-    const int64_t end = std::min(rows, (item + 1) * kRowsPerItem);
-    for (int64_t m = item * kRowsPerItem; m < end; m++) {
+  const int64_t C = s.channels, rows = s.outer, rpi = rows_per_item(rows, Fold), items = (rows + rpi - 1) / rpi;
+  const int64_t width = k + 1 + (Fold ? 2 * C : 0);
+  parallel_items(items, 2 * rpi * C, width, out, [&](int64_t item, double *part) {
+    std::vector<A> acc(Fold ? 2 * C : 0, A(0));  // the item's batch norm sums, per channel
+    const int64_t end = std::min(rows, (item + 1) * rpi);
+    for (int64_t m = item * rpi; m < end; m++) {
       const int64_t row = m * C;
       const Y *grow = gy + m * C;
       V d[kMaxOrder], gsum(A(0));
@@ -447,11 +520,16 @@ void polynorm_backward_rows(const Src<T, X> &x, const Y *gy, const Acc<T> *rs, X
       part[k] += lane_sum(gsum, VS);
       for (int64_t ch = 0; ch < C; ch += VS) {
         const int64_t n = std::min(VS, C - ch);
-        V mask;
-        const V xv = load_x(x, row + ch, n, scale_at(x, ch, n), shift_at(x, ch, n), &mask), gv = load(grow + ch, n);
-        store(dx + m * C + ch, masked(x, gv * horner(p, k, xv) - xv * horner(q, k, xv * xv), mask), n);
+        V mask, zv;
+        const V xv = load_x(x, row + ch, n, scale_at(x, ch, n), shift_at(x, ch, n), &mask, &zv),
+                gv = load(grow + ch, n);
+        const V d = masked(x, gv * horner(p, k, xv) - xv * horner(q, k, xv * xv), mask);
+        store(dx + m * C + ch, d, n);
+        if constexpr (Fold) add_bn_sums(acc.data() + ch, C, n, bn_grad_of<T>(d, n), zv, mean + ch);
       }
     }
+    if constexpr (Fold)
+      for (int64_t j = 0; j < 2 * C; j++) part[k + 1 + j] += acc[j];
   });
 }
 
@@ -461,15 +539,20 @@ void polynorm_backward_rows(const Src<T, X> &x, const Y *gy, const Acc<T> *rs, X
 
 constexpr int64_t kElemsPerItem = 4096;
 
-// Calls body(off, n, scale, shift, sums) for every vector of the s.outer * s.channels * s.inner
+// Calls body(off, n, scale, shift, sums, gz) for every vector of the s.outer * s.channels * s.inner
 // elements, in parallel items; each item's `width` vector sums start at zero and are added to the
-// item's partial sums at its end. Without batch norm on load one flat run (any dense layout);
-// with it, per channel: NCHW a row of H*W elements per (sample, channel), channels-last rows of C;
-// NCHW with a small H*W that is not a whole number of vectors (ResNet's 7x7, 14x14 at 224 px),
-// where most of a row's vectors would be partial: a flat run over each sample's C*H*W elements,
-// with the scale and shift spread out per element (one sample's worth, read from cache).
-template <typename T, typename X, typename F>
-void for_each_vector(const Src<T, X> &x, NormShape s, int width, double *out, const F &body) {
+// item's partial sums at its end, into out[0..width). Without batch norm on load one flat run (any
+// dense layout); with it, per channel: NCHW a row of H*W elements per (sample, channel),
+// channels-last rows of C; NCHW with a small H*W that is not a whole number of vectors (ResNet's
+// 7x7, 14x14 at 224 px), where most of a row's vectors would be partial: a flat run over each
+// sample's C*H*W elements, with the scale and shift spread out per element (one sample's worth,
+// read from cache).
+// Fold (batch norm on load): body also sets gz[0] to the vector's dx and gz[1] to its z as loaded,
+// and batch norm's sums (CpuBnGrad) go to out[width + c] and out[width + C + c], from the mean's
+// values; per channel rows then, not spread (whose vectors straddle channels).
+template <bool Fold = false, typename T, typename X, typename F>
+void for_each_vector(const Src<T, X> &x, NormShape s, int width, double *out, const F &body,
+                     const Acc<T> *mean = nullptr) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
@@ -477,14 +560,15 @@ void for_each_vector(const Src<T, X> &x, NormShape s, int width, double *out, co
     for (int i = 0; i < width; i++) part[i] += lane_sum(sums[i], VS);
   };
   const V one(A(1)), zero(A(0));
-  const int64_t per_sample = s.channels * s.inner;
-  const bool spread = x.on_load() && s.inner > 1 && s.inner % VS != 0 && s.inner < 1024 && per_sample % VS == 0;
+  const int64_t C = s.channels, per_sample = C * s.inner;
+  const bool spread =
+      !Fold && x.on_load() && s.inner > 1 && s.inner % VS != 0 && s.inner < 1024 && per_sample % VS == 0;
   if (!x.on_load() || spread) {
     std::vector<A> scale, shift;  // spread: per element of one sample
     if (spread) {
       scale.resize(per_sample);
       shift.resize(per_sample);
-      for (int64_t ch = 0; ch < s.channels; ch++) {
+      for (int64_t ch = 0; ch < C; ch++) {
         std::fill_n(scale.begin() + ch * s.inner, s.inner, x.scale[ch]);
         std::fill_n(shift.begin() + ch * s.inner, s.inner, x.shift[ch]);
       }
@@ -492,39 +576,67 @@ void for_each_vector(const Src<T, X> &x, NormShape s, int width, double *out, co
     // kElemsPerItem and per_sample are whole vectors: no vector crosses a sample.
     const int64_t numel = s.outer * per_sample, items = (numel + kElemsPerItem - 1) / kElemsPerItem;
     parallel_items(items, kElemsPerItem, width, out, [&](int64_t item, double *part) {
-      V sums[kMaxOrder + 1];
+      V sums[kMaxOrder + 1], gz[2];
       for (int i = 0; i < width; i++) sums[i] = zero;
       const int64_t begin = item * kElemsPerItem, end = std::min(numel, begin + kElemsPerItem);
       if (spread) {
         for (int64_t j = begin, e = begin % per_sample; j < end; j += VS, e = e + VS == per_sample ? 0 : e + VS)
-          body(j, VS, V::loadu(scale.data() + e), V::loadu(shift.data() + e), sums);
+          body(j, VS, V::loadu(scale.data() + e), V::loadu(shift.data() + e), sums, gz);
       } else {
-        for (int64_t j = begin; j < end; j += VS) body(j, std::min(VS, end - j), one, zero, sums);
+        for (int64_t j = begin; j < end; j += VS) body(j, std::min(VS, end - j), one, zero, sums, gz);
       }
       if (width > 0) flush(sums, part);
     });
   } else if (s.inner == 1) {
-    const int64_t C = s.channels, items = (s.outer + kRowsPerItem - 1) / kRowsPerItem;
-    parallel_items(items, kRowsPerItem * C, width, out, [&](int64_t item, double *part) {
-      V sums[kMaxOrder + 1];
+    const int64_t rpi = rows_per_item(s.outer, Fold), items = (s.outer + rpi - 1) / rpi;
+    parallel_items(items, rpi * C, width + (Fold ? 2 * C : 0), out, [&](int64_t item, double *part) {
+      V sums[kMaxOrder + 1], gz[2];
       for (int i = 0; i < width; i++) sums[i] = zero;
-      const int64_t end = std::min(s.outer, (item + 1) * kRowsPerItem);
-      for (int64_t m = item * kRowsPerItem; m < end; m++)
+      std::vector<A> acc(Fold ? 2 * C : 0, A(0));  // the item's batch norm sums, per channel
+      const int64_t end = std::min(s.outer, (item + 1) * rpi);
+      for (int64_t m = item * rpi; m < end; m++)
         for (int64_t ch = 0; ch < C; ch += VS) {
           const int64_t n = std::min(VS, C - ch);
-          body(m * C + ch, n, scale_at(x, ch, n), shift_at(x, ch, n), sums);
+          body(m * C + ch, n, scale_at(x, ch, n), shift_at(x, ch, n), sums, gz);
+          if constexpr (Fold) add_bn_sums(acc.data() + ch, C, n, bn_grad_of<T>(gz[0], n), gz[1], mean + ch);
         }
       if (width > 0) flush(sums, part);
+      if constexpr (Fold)
+        for (int64_t j = 0; j < 2 * C; j++) part[width + j] += acc[j];
     });
   } else {
-    const int64_t C = s.channels, HW = s.inner;
-    parallel_items(s.outer * C, HW, width, out, [&](int64_t row, double *part) {
-      V sums[kMaxOrder + 1];
-      for (int i = 0; i < width; i++) sums[i] = zero;
-      const V sc(x.scale[row % C]), sh(x.shift[row % C]);
-      for (int64_t j = 0; j < HW; j += VS) body(row * HW + j, std::min(VS, HW - j), sc, sh, sums);
-      if (width > 0) flush(sums, part);
-    });
+    // One item per (sample, channel) row: its partials are the `width` sums and, folding, its
+    // channel's two; reduced into out in row order.
+    const int64_t HW = s.inner, row_width = width + (Fold ? 2 : 0);
+    for (int64_t j = 0; j < width + (Fold ? 2 * C : 0); j++) out[j] = 0;
+    parallel_items_reduce(
+        s.outer * C, HW, row_width,
+        [&](int64_t row, double *part) {
+          V sums[kMaxOrder + 1], gz[2], g_sum(A(0)), gz_sum(A(0));
+          for (int i = 0; i < width; i++) sums[i] = zero;
+          const V sc(x.scale[row % C]), sh(x.shift[row % C]), mu(Fold ? mean[row % C] : A(0));
+          for (int64_t j = 0; j < HW; j += VS) {
+            const int64_t n = std::min(VS, HW - j);
+            body(row * HW + j, n, sc, sh, sums, gz);
+            if constexpr (Fold) {
+              const V g = bn_grad_of<T>(gz[0], n);
+              g_sum = g_sum + g;
+              gz_sum = gz_sum + g * (gz[1] - mu);
+            }
+          }
+          if (width > 0) flush(sums, part);
+          if constexpr (Fold) {
+            part[width] += lane_sum(g_sum, VS);
+            part[width + 1] += lane_sum(gz_sum, VS);
+          }
+        },
+        [&](int64_t row, const double *part) {
+          for (int j = 0; j < width; j++) out[j] += part[j];
+          if constexpr (Fold) {
+            out[width + row % C] += part[width];
+            out[width + C + row % C] += part[width + 1];
+          }
+        });
   }
 }
 
@@ -536,30 +648,71 @@ void polyrelu_forward_typed(const Src<T, X> &x, Y *y, NormShape s, const Coefs &
   V w[kMaxOrder];
   for (int i = 0; i < k; i++) w[i] = V(static_cast<A>(c.weight[i]));
   const V b(static_cast<A>(c.bias)), zero(A(0));
-  for_each_vector(x, s, 0, nullptr, [&](int64_t j, int64_t n, const V &sc, const V &sh, V *) {
+  for_each_vector(x, s, 0, nullptr, [&](int64_t j, int64_t n, const V &sc, const V &sh, V *, V *) {
     const V r = at::vec::maximum(load_x(x, j, n, sc, sh), zero);  // NaN stays NaN, as torch.relu
     store(y + j, horner(w, k, r) * r + b, n);
   });
 }
 
-template <typename T, typename X, typename Y>
-void polyrelu_backward_typed(const Src<T, X> &x, const Y *gy, X *dx, NormShape s, const Coefs &c,
-                             double *grad_coefs) {
+// Fold: out also gets batch norm's sums (CpuBnGrad) at out[k + 1 ..].
+template <bool Fold, typename T, typename X, typename Y>
+void polyrelu_backward_typed(const Src<T, X> &x, const Y *gy, X *dx, NormShape s, const Coefs &c, double *out,
+                             const Acc<T> *mean) {
   using A = Acc<T>;
   using V = Vectorized<A>;
   const int k = c.order;
   V iw[kMaxOrder];
   for (int i = 0; i < k; i++) iw[i] = V(static_cast<A>((i + 1) * c.weight[i]));
   const V zero(A(0));
-  for_each_vector(x, s, k + 1, grad_coefs, [&](int64_t j, int64_t n, const V &sc, const V &sh, V *sums) {
-    V mask;
-    const V xv = load_x(x, j, n, sc, sh, &mask), gv = load(gy + j, n);
-    const V positive = xv > zero;
-    const V r = V::blendv(zero, xv, positive);
-    add_powers(sums, 1, gv * r, r, k);
-    sums[k] = sums[k] + gv;
-    store(dx + j, masked(x, V::blendv(zero, gv * horner(iw, k, r), positive), mask), n);
-  });
+  for_each_vector<Fold>(
+      x, s, k + 1, out,
+      [&](int64_t j, int64_t n, const V &sc, const V &sh, V *sums, V *gz) {
+        V mask, zv;
+        const V xv = load_x(x, j, n, sc, sh, &mask, &zv), gv = load(gy + j, n);
+        const V positive = xv > zero;
+        const V r = V::blendv(zero, xv, positive);
+        add_powers(sums, 1, gv * r, r, k);
+        sums[k] = sums[k] + gv;
+        const V d = masked(x, V::blendv(zero, gv * horner(iw, k, r), positive), mask);
+        store(dx + j, d, n);
+        gz[0] = d;
+        gz[1] = zv;
+      },
+      mean);
+}
+
+// Batch norm's input gradient from the folded sums (CpuKernels::bn_backward_elemt).
+template <typename T, typename X>
+void bn_backward_elemt_typed(const X *dx, const T *z, T *dz, NormShape s, const Acc<T> *coefs) {
+  using A = Acc<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t VS = V::size();
+  const int64_t C = s.channels;
+  const A *mean = coefs, *mean_g = coefs + C, *kc = coefs + 2 * C, *ac = coefs + 3 * C;
+  // dz may be dx: each vector is read before it is written.
+  const auto one = [&](int64_t off, int64_t n, const V &mu, const V &gm, const V &k, const V &a) {
+    V g = load(dx + off, n);
+    if constexpr (!std::is_same_v<X, T>) g = round_to<T>(g);
+    store_narrowed(dz + off, (g - gm - (load(z + off, n) - mu) * k) * a, n);
+  };
+  if (s.inner == 1) {
+    at::parallel_for(0, s.outer, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, C)), [&](int64_t b, int64_t e) {
+      for (int64_t m = b; m < e; m++)
+        for (int64_t ch = 0; ch < C; ch += VS) {
+          const int64_t n = std::min(VS, C - ch);
+          one(m * C + ch, n, load(mean + ch, n), load(mean_g + ch, n), load(kc + ch, n), load(ac + ch, n));
+        }
+    });
+  } else {
+    const int64_t HW = s.inner;
+    at::parallel_for(0, s.outer * C, std::max<int64_t>(1, 32768 / HW), [&](int64_t b, int64_t e) {
+      for (int64_t row = b; row < e; row++) {
+        const int64_t ch = row % C;
+        const V mu(mean[ch]), gm(mean_g[ch]), k(kc[ch]), a(ac[ch]);
+        for (int64_t j = 0; j < HW; j += VS) one(row * HW + j, std::min(VS, HW - j), mu, gm, k, a);
+      }
+    });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -612,8 +765,24 @@ void polynorm_forward(Dtype dt, bool lowp_out, const void *x, void *y, void *rs,
   });
 }
 
+// run(std::bool_constant<fold>) with the kernels' output buffer: the k + 1 coefficient sums, then
+// with fold batch norm's 2C sums; copied out to grad_coefs and fold->sums.
+template <typename F>
+void with_fold(const Coefs &c, NormShape s, double *grad_coefs, const CpuBnGrad *fold, const F &run) {
+  const int64_t k = c.order, width = k + 1 + (fold ? 2 * s.channels : 0);
+  std::vector<double> out(width, 0.0);
+  if (fold)
+    run(std::true_type{}, out.data());
+  else
+    run(std::false_type{}, out.data());
+  std::copy(out.begin(), out.begin() + k + 1, grad_coefs);
+  if (fold) std::copy(out.begin() + k + 1, out.end(), fold->sums);
+}
+
 void polynorm_backward(Dtype dt, bool lowp_out, const void *x, const void *gy, const void *rs, void *dx,
-                       NormShape s, const Coefs &c, double *grad_coefs, const CpuBatchNorm *bn) {
+                       NormShape s, const Coefs &c, double *grad_coefs, const CpuBatchNorm *bn,
+                       const CpuBnGrad *fold) {
+  if (!bn) fold = nullptr;  // batch norm is folded in only where it is applied on load
   by_types(dt, lowp_out, bn, [&](auto t, auto x_t, auto y_t) {
     using T = decltype(t);
     using X = decltype(x_t);
@@ -622,10 +791,14 @@ void polynorm_backward(Dtype dt, bool lowp_out, const void *x, const void *gy, c
     auto *gt = static_cast<const Y *>(gy);
     auto *rt = static_cast<const Acc<T> *>(rs);
     auto *dxt = static_cast<X *>(dx);
-    if (s.inner == 1)
-      polynorm_backward_rows<T, X, Y>(xs, gt, rt, dxt, s, c, grad_coefs);
-    else
-      polynorm_backward_strided<T, X, Y>(xs, gt, rt, dxt, s, c, grad_coefs);
+    const auto *mean = fold ? static_cast<const Acc<T> *>(fold->mean) : nullptr;
+    with_fold(c, s, grad_coefs, fold, [&](auto fold_tag, double *out) {
+      constexpr bool F = decltype(fold_tag)::value;
+      if (s.inner == 1)
+        polynorm_backward_rows<F, T, X, Y>(xs, gt, rt, dxt, s, c, out, mean);
+      else
+        polynorm_backward_strided<F, T, X, Y>(xs, gt, rt, dxt, s, c, out, mean);
+    });
   });
 }
 
@@ -640,20 +813,40 @@ void polyrelu_forward(Dtype dt, bool lowp_out, const void *x, void *y, NormShape
 }
 
 void polyrelu_backward(Dtype dt, bool lowp_out, const void *x, const void *gy, void *dx, NormShape s,
-                       const Coefs &c, double *grad_coefs, const CpuBatchNorm *bn) {
+                       const Coefs &c, double *grad_coefs, const CpuBatchNorm *bn, const CpuBnGrad *fold) {
+  if (!bn) fold = nullptr;
   by_types(dt, lowp_out, bn, [&](auto t, auto x_t, auto y_t) {
     using T = decltype(t);
     using X = decltype(x_t);
     using Y = decltype(y_t);
-    polyrelu_backward_typed<T, X, Y>(Src<T, X>(x, bn), static_cast<const Y *>(gy), static_cast<X *>(dx), s, c,
-                                     grad_coefs);
+    const auto *mean = fold ? static_cast<const Acc<T> *>(fold->mean) : nullptr;
+    with_fold(c, s, grad_coefs, fold, [&](auto fold_tag, double *out) {
+      polyrelu_backward_typed<decltype(fold_tag)::value, T, X, Y>(
+          Src<T, X>(x, bn), static_cast<const Y *>(gy), static_cast<X *>(dx), s, c, out, mean);
+    });
+  });
+}
+
+void bn_backward_elemt(Dtype dt, bool wide, const void *dx, const void *z, void *dz, NormShape s,
+                       const void *coefs) {
+  by_type(dt, [&](auto tag) {
+    using T = decltype(tag);
+    using A = Acc<T>;
+    const auto *zt = static_cast<const T *>(z);
+    auto *dzt = static_cast<T *>(dz);
+    const auto *ct = static_cast<const A *>(coefs);
+    if constexpr (!std::is_same_v<T, A>) {
+      if (wide) return bn_backward_elemt_typed<T, A>(static_cast<const A *>(dx), zt, dzt, s, ct);
+    }
+    bn_backward_elemt_typed<T, T>(static_cast<const T *>(dx), zt, dzt, s, ct);
   });
 }
 
 }  // namespace
 
 const CpuKernels &RT_CONCAT(cpu_kernels_, RT_ISA)() {
-  static const CpuKernels table{polynorm_forward, polynorm_backward, polyrelu_forward, polyrelu_backward};
+  static const CpuKernels table{polynorm_forward, polynorm_backward, polyrelu_forward, polyrelu_backward,
+                                bn_backward_elemt};
   return table;
 }
 

@@ -42,21 +42,40 @@ struct CpuBatchNorm {
   bool wide_identity;       // the identity (and x, dx, y, dy) in the arithmetic type
 };
 
+// Batch norm's backward folded into the activation's (training, batch norm on load): the backward
+// kernels also sum, per channel, g = dx rounded to z's type (the gradient of batch norm's output,
+// as the separate operators hand it over) and g * (z - mean): sums[c] and sums[C + c], in double,
+// added up in a fixed order (deterministic for any thread count). bn_backward_elemt then computes
+// dz from them, where libtorch's batch norm backward would read dx and z twice more.
+struct CpuBnGrad {
+  const void *mean;  // per channel, the arithmetic type: the batch mean batch norm normalised with
+  double *sums;      // [2 * C], written
+};
+
 struct CpuKernels {
   // PolyNorm forward: y = b + sum_i w_i x^i rsqrt(mean_c(x^2i) + eps); rs[outer, k, inner] = the
   // rsqrt values, saved for backward.
   void (*polynorm_forward)(Dtype dt, bool lowp_out, const void *x, void *y, void *rs, NormShape s, const Coefs &c,
                            double eps, const CpuBatchNorm *bn);
   // PolyNorm backward: dx (x's type), and dw_1..dw_k, db summed into grad_coefs[0..k] (double).
+  // With fold (bn set, training): also batch norm's per-channel sums (CpuBnGrad).
   void (*polynorm_backward)(Dtype dt, bool lowp_out, const void *x, const void *gy, const void *rs, void *dx,
-                            NormShape s, const Coefs &c, double *grad_coefs, const CpuBatchNorm *bn);
+                            NormShape s, const Coefs &c, double *grad_coefs, const CpuBatchNorm *bn,
+                            const CpuBnGrad *fold);
   // PolyReLU forward over the s.outer * s.channels * s.inner elements: y = b + sum_i w_i relu(x)^i
   // (without bn any dense layout, s only counting them).
   void (*polyrelu_forward)(Dtype dt, bool lowp_out, const void *x, void *y, NormShape s, const Coefs &c,
                            const CpuBatchNorm *bn);
   // PolyReLU backward: dx, and dw_1..dw_k, db into grad_coefs[0..k].
   void (*polyrelu_backward)(Dtype dt, bool lowp_out, const void *x, const void *gy, void *dx, NormShape s,
-                            const Coefs &c, double *grad_coefs, const CpuBatchNorm *bn);
+                            const Coefs &c, double *grad_coefs, const CpuBatchNorm *bn, const CpuBnGrad *fold);
+  // Batch norm's input gradient in training from the folded sums: per channel c,
+  //   dz = (g - mean_g - (z - mean) * k) * a,  g = dx rounded to z's type,
+  // with coefs[4][C] in the arithmetic type: mean, mean_g = sum g / M, k = sum g (z - mean) *
+  // invstd^2 / M, a = invstd * gamma (M: elements per channel) — libtorch's formula. dx is z's
+  // type, or the arithmetic type with `wide` (an fp32 residual); dz (z's type) may be dx itself.
+  void (*bn_backward_elemt)(Dtype dt, bool wide, const void *dx, const void *z, void *dz, NormShape s,
+                            const void *coefs);
 };
 
 // One table per instruction set the build compiled (polycom_cpu.cpp built with -DRT_ISA=...).
