@@ -88,6 +88,9 @@ fn main() {
         let mut b = torch_build();
         // One object folder per build: cc names the object after the source file, and the three
         // builds run in parallel (a shared folder let one build's archive take another's object).
+        // An archive an older build.rs left in OUT_DIR itself would come first in the link
+        // search path and shadow the new one: removed.
+        let _ = std::fs::remove_file(out_dir.join(format!("libresnet_train_polycom_{isa}.a")));
         b.file("src/ffi/polycom_cpu.cpp")
             .define("RT_ISA", isa)
             .flag("-fopenmp")
