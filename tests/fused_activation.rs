@@ -450,7 +450,7 @@ fn batch_norm_folded_changes_no_value_at(shape: &[i64], isa: CpuIsa) {
     let identity = Tensor::randn(shape, (Kind::Float, Device::Cpu));
     for kind in [ActKind::Polyrelu, ActKind::Polynorm] {
         for (dtype, tol) in
-            [(Kind::Double, 1e-12), (Kind::Float, 1e-5), (Kind::BFloat16, 2e-2), (Kind::Half, 5e-3)]
+            [(Kind::Double, 1e-12_f64), (Kind::Float, 1e-5), (Kind::BFloat16, 2e-2), (Kind::Half, 5e-3)]
         {
             for (layout, z) in
                 layouts(&base.to_kind(dtype)).into_iter().filter(|(_, z)| z.size() == base.size())
@@ -477,6 +477,14 @@ fn batch_norm_folded_changes_no_value_at(shape: &[i64], isa: CpuIsa) {
                             } else {
                                 assert_eq!(a.kind(), b.kind(), "{label}: {name}'s type");
                                 let err = common::rel_err(a, b);
+                                // dw and db: sums over every element, terms of both signs, from x
+                                // that the two paths round differently (batch norm applied on load
+                                // or by libtorch): at 13,824 elements fp32 resolves them to ~1e-5.
+                                let tol = if dtype == Kind::Float && ["dw", "db"].contains(name) {
+                                    tol.max(1e-4)
+                                } else {
+                                    tol
+                                };
                                 assert!(err < tol, "{label}: {name} relative error {err:e} >= {tol:e}");
                             }
                         }
