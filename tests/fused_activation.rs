@@ -216,6 +216,21 @@ fn backward_matches_finite_differences() {
     }
 }
 
+/// f's results with libtorch's pool at 1, 2 and 3 threads (the caller holds the global lock); the
+/// thread count restored after.
+fn with_1_2_3_threads<T>(f: impl Fn() -> Vec<T>) -> Vec<Vec<T>> {
+    let before = tch::get_num_threads();
+    let runs = [1, 2, 3]
+        .into_iter()
+        .map(|threads| {
+            tch::set_num_threads(threads);
+            f()
+        })
+        .collect();
+    tch::set_num_threads(before);
+    runs
+}
+
 /// Bit-identical results for any thread count (partial sums are added in a fixed order).
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
@@ -227,19 +242,15 @@ fn results_do_not_depend_on_the_thread_count() {
     let w = Tensor::from_slice(&[0.5f32, 0.3, 0.2]);
     let b = Tensor::from_slice(&[0.1f32]);
     let gy = Tensor::randn([8, 64, 28, 28], opts);
-    let before = tch::get_num_threads();
-    let mut runs = Vec::new();
-    for threads in [1, 2, 3] {
-        tch::set_num_threads(threads);
+    let runs = with_1_2_3_threads(|| {
         let mut r = Vec::new();
         for op in [PolyCom::PolyNorm, PolyCom::PolyRelu] {
             for xi in [&x, &x_cl] {
                 r.extend(value_and_grads(|x, w, b| fused(op, x, w, b), xi, &w, &b, &gy));
             }
         }
-        runs.push(r);
-    }
-    tch::set_num_threads(before);
+        r
+    });
     for (i, r) in runs.iter().enumerate().skip(1) {
         for (a, b) in r.iter().zip(&runs[0]) {
             assert!(a.equal(b), "run with {} threads differs from 1 thread", [1, 2, 3][i]);
@@ -508,10 +519,7 @@ fn folded_batch_norm_gradients_do_not_depend_on_the_thread_count() {
     let base = Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 1.5 + 0.2;
     let gy = Tensor::randn(shape, (Kind::Float, Device::Cpu));
     let identity = Tensor::randn(shape, (Kind::Float, Device::Cpu));
-    let before = tch::get_num_threads();
-    let mut runs = Vec::new();
-    for threads in [1, 2, 3] {
-        tch::set_num_threads(threads);
+    let runs = with_1_2_3_threads(|| {
         let mut r = Vec::new();
         for kind in [ActKind::Polyrelu, ActKind::Polynorm] {
             for dtype in [Kind::Float, Kind::BFloat16] {
@@ -521,9 +529,8 @@ fn folded_batch_norm_gradients_do_not_depend_on_the_thread_count() {
                 }
             }
         }
-        runs.push(r);
-    }
-    tch::set_num_threads(before);
+        r
+    });
     for (i, r) in runs.iter().enumerate().skip(1) {
         for ((name, a), (_, b)) in r.iter().zip(&runs[0]) {
             assert!(a.equal(b), "{name} with {} threads differs from 1 thread", [1, 2, 3][i]);
