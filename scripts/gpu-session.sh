@@ -14,8 +14,8 @@
 #    fused rows with --act-out-lowp (activations returned in bf16/fp16), BatchNorm folded in
 #    (fused) and not (fused-act). `sites`: bench-act, one BatchNorm + activation site forward and
 #    backward at each of ResNet-50's site shapes (bf16/fp16, channels_last, batch 256), under
-#    several kernel tunings (SITE_RUNS); the best one is kept for the later sections (their rows
-#    say `cuda_tuning`).
+#    several kernel tunings (SITE_RUNS; bn_fold=0: batch norm's backward not folded in); the best
+#    one is kept for the later sections (their rows say `cuda_tuning`).
 # 3. dist (issue 10): one rank through c10d's NCCL path (`launch --nproc-per-node 1 -- bench
 #    --dist-backend nccl`) against the plain process, in alternating pairs, then a short NCCL
 #    training run through `launch` (DDP's path end to end: broadcast, bucketed all-reduce, eval).
@@ -100,7 +100,8 @@ for section in $SECTIONS; do
   sites)
     # PRECISION[:TUNING] per run: the kernels' register budget and grid (RESNET_TRAIN_CUDA_TUNING)
     # compared in this one call; the fastest bf16 folded PolyNorm's tuning is used from here on.
-    for spec in ${SITE_RUNS:-bf16 bf16:min_blocks=2 bf16:min_blocks=4 bf16:blocks_per_sm=16 fp16}; do
+    # bn_fold=0: batch norm's backward as libtorch's instead of folded into PolyNorm's kernels.
+    for spec in ${SITE_RUNS:-bf16 bf16:bn_fold=0 bf16:min_blocks=2 bf16:min_blocks=4 bf16:blocks_per_sm=16 fp16}; do
       fits 30 "bench-act $spec" || break
       prec=${spec%%:*}; tuning=; [[ $spec == *:* ]] && tuning=${spec#*:}
       env ${tuning:+RESNET_TRAIN_CUDA_TUNING=$tuning} timeout 45 "$BIN" bench-act --precision "$prec" \

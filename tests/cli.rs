@@ -168,22 +168,31 @@ fn ablate_from_the_shipped_config_with_flags_and_its_errors() {
     assert!(code != 0 && err.contains("demo.toml") && err.contains("unknown field"), "{err}");
 }
 
-/// Runs `check-act` with `args` and asserts that every case passed: 768 fused-vs-eager cases (512,
-/// and 256 with act_out_lowp for bf16/fp16 inputs) and 128 folded-BatchNorm cases (2 ops x 2
-/// layouts x 2 modes x the type settings and residuals: fp32 and fp64 with none or one of z's
-/// type; bf16 and fp16, with and without act_out_lowp, with none, one of z's type or an fp32 one),
-/// each summary naming `device`.
-fn assert_check_act_passes(args: &[&str], device: &str) {
-    let (code, out, err) = run(args);
+/// Runs `check-act` with `args` (and environment `env`) and asserts that every case passed: 768
+/// fused-vs-eager cases (512, and 256 with act_out_lowp for bf16/fp16 inputs) and 256
+/// folded-BatchNorm cases (2 ops x 2 layouts x 2 modes x 2 channel counts x the type settings and
+/// residuals: fp32 and fp64 with none or one of z's type; bf16 and fp16, with and without
+/// act_out_lowp, with none, one of z's type or an fp32 one), and a float64 PolyNorm ResNet-50's
+/// gradients, fused against eager, within 1e-9; each summary naming `device`, and batch norm's
+/// backward folded into the CUDA kernels in `cuda_bn_folds` (.0 of the BatchNorm cases, .1 of
+/// ResNet-50's sites).
+fn assert_check_act_passes(args: &[&str], env: &[(&str, &str)], device: &str, cuda_bn_folds: (i64, i64)) {
+    let out = Command::new(common::bin()).args(args).envs(env.iter().copied()).output().expect("binary runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let (code, out, err) = (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr));
     assert_eq!(code, 0, "{out}\n{err}");
     let summaries: Vec<serde_json::Value> =
-        out.lines().rev().take(2).map(|l| serde_json::from_str(l).expect("a JSON summary")).collect();
-    let (fused, folded) = (&summaries[1], &summaries[0]);
+        out.lines().rev().take(3).map(|l| serde_json::from_str(l).expect("a JSON summary")).collect();
+    let (fused, folded, model) = (&summaries[2], &summaries[1], &summaries[0]);
     assert_eq!((&fused["check"], &fused["failures"]), (&"fused-vs-eager".into(), &0.into()), "{out}");
     assert_eq!(fused["cases"], 768, "{out}");
     assert_eq!((&folded["check"], &folded["failures"]), (&"bn-fold".into(), &0.into()), "{out}");
-    assert_eq!(folded["cases"], 128, "{out}");
-    for summary in [fused, folded] {
+    assert_eq!(folded["cases"], 256, "{out}");
+    assert_eq!(folded["cuda_bn_folds"], cuda_bn_folds.0, "{out}");
+    assert_eq!((&model["check"], &model["ok"]), (&"resnet50-grads".into(), &true.into()), "{out}");
+    assert!(model["worst_rel_err"].as_f64().is_some_and(|e| e < 1e-9), "{out}");
+    assert_eq!(model["cuda_bn_folds"], cuda_bn_folds.1, "{out}");
+    for summary in [fused, folded, model] {
         assert!(summary["device"].as_str().is_some_and(|d| d.starts_with(device)), "{out}");
     }
 }
@@ -193,7 +202,7 @@ fn assert_check_act_passes(args: &[&str], device: &str) {
 /// the fused kernels is a clear error.
 #[test]
 fn check_act_on_cpu_passes_every_case() {
-    assert_check_act_passes(&["check-act", "--device", "cpu"], "Cpu");
+    assert_check_act_passes(&["check-act", "--device", "cpu"], &[], "Cpu", (0, 0));
     let (code, _, err) = run(&["check-act", "--device", "cuda:7"]);
     assert_ne!(code, 0);
     assert!(err.contains("--device cuda:7"), "{err}");
@@ -202,13 +211,18 @@ fn check_act_on_cpu_passes_every_case() {
 /// The CUDA kernels' own source (src/ffi/polycom.cu), compiled for the host and run under the
 /// SIMT emulator, passes the same cases as on a GPU: their indexing, reductions, shuffles and
 /// bf16/fp16 rounding are checked on every machine, not only when a GPU is lent. (The emulator
-/// itself: tests/fused_activation.rs `simt_emulator_reports_misused_shuffles`.)
+/// itself: tests/fused_activation.rs `simt_emulator_reports_misused_shuffles`.) Batch norm's
+/// backward runs folded into PolyNorm's channels-last backward kernels in the 16 training cases
+/// at 24 channels (fp32 and fp64: 2 residual settings each; bf16 and fp16: 3, with and without
+/// act_out_lowp), not at 768 channels (more per lane than those kernels hold), and at the 30 of
+/// the float64 ResNet-50's 49 sites with 64 to 256 channels; in none with
+/// `RESNET_TRAIN_CUDA_TUNING=bn_fold=0`, which a GPU session compares against: same results.
 #[test]
 fn check_act_simulating_the_cuda_kernels_passes_every_case() {
-    assert_check_act_passes(
-        &["check-act", "--device", "cpu", "--simulate-cuda"],
-        "Cpu (CUDA kernels, simulated)",
-    );
+    let args = ["check-act", "--device", "cpu", "--simulate-cuda"];
+    let device = "Cpu (CUDA kernels, simulated)";
+    assert_check_act_passes(&args, &[], device, (16, 30));
+    assert_check_act_passes(&args, &[("RESNET_TRAIN_CUDA_TUNING", "bn_fold=0")], device, (0, 0));
     let (code, _, err) = run(&["check-act", "--device", "cuda:0", "--simulate-cuda"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--simulate-cuda") && err.contains("--device cpu"), "{err}");

@@ -3,7 +3,8 @@
 //! compiled at run time (NVRTC), so this is the first thing to run on a GPU machine; on the CPU
 //! the test suite checks the same (tests/fused_activation.rs). Then BatchNorm folded into the
 //! operator (`ffi::bn_polycom`) against libtorch's BatchNorm followed by the operator (on CUDA:
-//! cuDNN's batch norm, which the folded operator must run identically).
+//! cuDNN's batch norm, which the folded operator must run identically), and a whole float64
+//! PolyNorm ResNet-50's gradients, fused against eager.
 
 use crate::error::{Error, Result};
 use crate::ffi::{self, PolyCom};
@@ -210,15 +211,31 @@ pub fn run(a: CheckActArgs) -> Result<()> {
     );
     // The kernels (CPU and CUDA) apply batch norm as they load z (x is never written), which rounds
     // differently from libtorch's batch norm: values within tolerance, not the same bits.
+    // On CUDA (and simulated) batch norm's backward runs folded into PolyNorm's channels-last
+    // backward kernels where a lane's channels fit them: `cuda_bn_folds` counts those cases.
+    let folds_before = ffi::polycom_cuda_bn_folds()?;
     let (bn_cases, bn_failures) = check_bn_fold(device, a.json)?;
+    let cuda_bn_folds = ffi::polycom_cuda_bn_folds()? - folds_before;
     println!(
         "{}",
-        serde_json::json!({"check": "bn-fold", "device": device_name, "cases": bn_cases, "failures": bn_failures})
+        serde_json::json!({"check": "bn-fold", "device": device_name, "cases": bn_cases, "failures": bn_failures,
+                           "cuda_bn_folds": cuda_bn_folds})
     );
-    if failures + bn_failures > 0 {
+    // A whole network: every parameter's gradient, the folded operators against the eager path.
+    let folds_before = ffi::polycom_cuda_bn_folds()?;
+    let (worst, worst_at) = check_resnet50_gradients(device)?;
+    let model_ok = worst < 1e-9;
+    println!(
+        "{}",
+        serde_json::json!({"check": "resnet50-grads", "device": device_name, "ok": model_ok,
+                           "worst_rel_err": worst, "at": worst_at,
+                           "cuda_bn_folds": ffi::polycom_cuda_bn_folds()? - folds_before})
+    );
+    if failures + bn_failures > 0 || !model_ok {
         return Err(Error::Torch(format!(
             "{failures} of {cases} fused-activation cases differ from the eager path; {bn_failures} of {bn_cases} \
-             folded BatchNorm cases differ from the separate operators"
+             folded BatchNorm cases differ from the separate operators; ResNet-50's gradients: worst relative \
+             error {worst:e} (at {worst_at}), bound 1e-9"
         )));
     }
     Ok(())
@@ -313,10 +330,14 @@ fn check_bn_fold(device: Device, json: bool) -> Result<(usize, usize)> {
                     if matches!(dtype, Kind::BFloat16 | Kind::Half) {
                         residuals.push(Some(Kind::Float));
                     }
-                    for residual in residuals {
+                    // 24 channels: a lane of the CUDA kernels serves one or two vectors of them
+                    // and batch norm's backward is folded in; 768: more than the folded kernels
+                    // hold per lane, so batch norm's own backward runs.
+                    for (residual, shape) in
+                        residuals.iter().flat_map(|r| [(*r, [4, 24, 9, 11]), (*r, [2, 768, 2, 3])])
+                    {
                         for train in [true, false] {
                             tch::manual_seed(cases as i64);
-                            let shape = [4, 24, 9, 11];
                             let opts = (Kind::Double, device);
                             let mut z = (Tensor::randn(shape, opts) * 1.3 + 0.2).to_kind(dtype);
                             if channels_last {
@@ -354,7 +375,7 @@ fn check_bn_fold(device: Device, json: bool) -> Result<(usize, usize)> {
                             failures += usize::from(!ok);
                             let row = serde_json::json!({
                                 "check": "bn-fold", "op": format!("{op:?}"), "dtype": format!("{dtype:?}"),
-                                "channels_last": channels_last,
+                                "channels_last": channels_last, "shape": shape,
                                 "residual": residual.map(|k| format!("{k:?}")), "train": train,
                                 "lowp_out": lowp_out, "clamp": clamp, "ok": ok, "rel_err": errs,
                             });
@@ -368,6 +389,58 @@ fn check_bn_fold(device: Device, json: bool) -> Result<(usize, usize)> {
         }
     }
     Ok((cases, failures))
+}
+
+/// A PolyNorm ResNet-50 (10 classes) in float64, channels_last, one training-mode forward and
+/// backward of a batch of 2 at 32 px: every parameter's gradient with the fused operators
+/// (BatchNorm and the residual add folded in, as the trainer runs them) against the eager path
+/// from the same weights. Returns the worst relative error (|g - g_eager| / |g_eager|, over the
+/// gradients with a non-negligible norm) and where.
+fn check_resnet50_gradients(device: Device) -> Result<(f64, String)> {
+    use crate::model::{ActConfig, ActImpl, ActKind, Arch, ResNet, ResNetConfig};
+    use tch::nn;
+    let config = |implementation| {
+        let mut act = ActConfig::new(ActKind::Polynorm, 3);
+        act.implementation = implementation;
+        let mut cfg = ResNetConfig::new(Arch::Resnet50, act);
+        cfg.num_classes = 10;
+        cfg
+    };
+    tch::manual_seed(0);
+    let init = nn::VarStore::new(device);
+    ResNet::new(&init.root(), config(ActImpl::Eager))?;
+    let x = ffi::to_channels_last(&Tensor::randn([2, 3, 64, 64], (Kind::Double, device)))?;
+    let labels = Tensor::from_slice(&[1i64, 7]).to_device(device);
+    let grads = |implementation| -> Result<Vec<(String, Tensor)>> {
+        let mut vs = nn::VarStore::new(device);
+        let model = ResNet::new(&vs.root(), config(implementation))?;
+        vs.copy(&init).map_err(|e| Error::Torch(e.to_string()))?;
+        vs.double();
+        crate::model::to_channels_last(&vs)?;
+        let logits = model.forward_t(&x, true);
+        logits.cross_entropy_for_logits(&labels).f_backward().map_err(|e| Error::Torch(e.to_string()))?;
+        let mut g: Vec<_> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .map(|(name, t)| (name, t.grad()))
+            .collect();
+        g.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(g)
+    };
+    let (fused, eager) = (grads(ActImpl::Fused)?, grads(ActImpl::Eager)?);
+    let mut worst = (0.0, String::new());
+    for ((name, g), (_, r)) in fused.iter().zip(&eager) {
+        let norm = r.norm().double_value(&[]);
+        if norm > 1e-9 {
+            let err = (g - r).norm().double_value(&[]) / norm;
+            // A NaN error is the worst of all.
+            if err.is_nan() || err > worst.0 {
+                worst = (err, name.clone());
+            }
+        }
+    }
+    Ok(worst)
 }
 
 /// `--compile-for ARCH`: the kernels into the cache folder, one line on what was done.

@@ -187,12 +187,15 @@ NormShape relu_shape(const at::Tensor &x, const BatchNormOnLoad *bn) {
   return NormShape{1, 1, x.numel()};
 }
 
-// Batch norm's backward folded into the activation's (CPU kernels, training; see
-// BnActFunction::folded_backward): the mean batch norm normalised with, in; its per-channel sums
-// (CpuBnGrad), out.
+// Batch norm's backward folded into the activation's (training; see
+// BnActFunction::folded_backward): the mean batch norm normalised with, in; its per-channel sums,
+// out, where the kernels took them (the CPU kernels always; the CUDA kernels in PolyNorm's
+// channels-last backward, see cuda::BnFold).
 struct BnGradFold {
-  at::Tensor mean;  // [C], the arithmetic type, contiguous
-  at::Tensor sums;  // [2C] double: sum g, then sum g (z - mean)
+  at::Tensor mean;      // [C], the arithmetic type, contiguous
+  at::Tensor sums;      // CPU kernels: [2C] double: sum g, then sum g (z - mean)
+  at::Tensor partials;  // CUDA kernels: [blocks, 2C], the same sums per block
+  bool taken() const { return sums.defined() || partials.defined(); }
 };
 
 // The kernels' view of `fold` (its sums allocated here); null without.
@@ -228,7 +231,7 @@ Forward polynorm_forward(const at::Tensor &x_in, const at::Tensor &w, const at::
 }
 
 // With `bn`, x is batch norm's input z and the kernels recompute x on load.
-// With `fold` (CPU, bn set), the kernels also sum batch norm's backward reductions.
+// With `fold` (bn set), the kernels also sum batch norm's backward reductions where they can.
 std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Tensor &x, const at::Tensor &w,
                                           const at::Tensor &b, const at::Tensor &rs, bool lowp_out,
                                           const BatchNormOnLoad *bn = nullptr, BnGradFold *fold = nullptr) {
@@ -237,7 +240,9 @@ std::vector<at::Tensor> polynorm_backward(const at::Tensor &gy_in, const at::Ten
   auto gy = like(gy_in, x, out_type(x, lowp_out, bn));
   auto dx = at::empty_like(x, x.options().dtype(x_type(x, bn)));
   if (cuda_kernels(x)) {
-    auto [dw, db] = cuda::polynorm_backward(x, gy, rs, w, b, shape, dx, bn);
+    cuda::BnFold cf{fold ? fold->mean : at::Tensor(), at::Tensor()};
+    auto [dw, db] = cuda::polynorm_backward(x, gy, rs, w, b, shape, dx, bn, fold ? &cf : nullptr);
+    if (fold) fold->partials = cf.partials;
     return {dx, dw, db};
   }
   double gc[kMaxOrder + 1] = {0};
@@ -481,13 +486,14 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     std::vector<at::Tensor> act;
     const auto zl = norm_layout(z).x;  // z as saved (contiguous or channels-last), else a copy
     if (ctx->saved_data["on_load"].toBool()) {
-      // The kernels read z (and the identity) and recompute x as they go: no pass writes x.
+      // The kernels read z (and the identity) and recompute x as they go: no pass writes x. In
+      // training they also take batch norm's backward sums where they can.
       const BatchNormOnLoad bn{identity.defined() ? identity : at::Tensor(), scale, shift, clamp};
-      if (train && !cuda_kernels(zl))
-        return folded_backward(ctx, grads[0], zl, gamma, beta, identity, w, b, mean, invstd, rs, bn, polynorm,
-                               lowp_out);
-      act = polynorm ? polynorm_backward(grads[0], zl, w, b, rs, lowp_out, &bn)
-                     : polyrelu_backward(grads[0], zl, w, b, lowp_out, &bn);
+      BnGradFold fold{train ? mean.to(acc).contiguous() : at::Tensor(), at::Tensor(), at::Tensor()};
+      BnGradFold *f = train ? &fold : nullptr;
+      act = polynorm ? polynorm_backward(grads[0], zl, w, b, rs, lowp_out, &bn, f)
+                     : polyrelu_backward(grads[0], zl, w, b, lowp_out, &bn, f);
+      if (fold.taken()) return folded_backward(ctx, act, fold, zl, gamma, beta, identity, invstd);
     } else {
       act = recomputed_act_backward(grads[0], z, identity, scale, shift, x_type, clamp, polynorm, w, b, rs, lowp_out);
     }
@@ -508,44 +514,50 @@ struct BnActFunction : public torch::autograd::Function<BnActFunction> {
     return out;
   }
 
-  // Training with the CPU kernels: batch norm's backward folded in as well. The activation's
-  // backward kernels sum batch norm's two per-channel reductions as they compute dx (sum g and
-  // sum g (z - mean), g = dx rounded to z's type: what libtorch's batch norm backward would sum in
-  // a pass of its own over dx and z), then one pass over dx and z writes dz, in dx's memory where
-  // nothing else needs dx. libtorch's backward reads dx and z twice, and a wide dx (the fp32
-  // residual stream) would first be cast to z's type in a pass of its own. Same formula as
-  // libtorch's: dz = (g - sum g / M - (z - mean) invstd^2 sum g (z - mean) / M) invstd gamma,
-  // dgamma = invstd sum g (z - mean), dbeta = sum g (M: elements per channel).
-  static variable_list folded_backward(AutogradContext *ctx, const at::Tensor &gy, const at::Tensor &z,
-                                       const at::Tensor &gamma, const at::Tensor &beta, const at::Tensor &identity,
-                                       const at::Tensor &w, const at::Tensor &b, const at::Tensor &mean,
-                                       const at::Tensor &invstd, const at::Tensor &rs, const BatchNormOnLoad &bn,
-                                       bool polynorm, bool lowp_out) {
+  // Training: batch norm's backward folded in as well. The activation's backward kernels summed
+  // batch norm's two per-channel reductions as they computed dx (sum g and sum g (z - mean), g =
+  // dx rounded to z's type: what libtorch's batch norm backward would sum in a pass of its own
+  // over dx and z); one pass over dx and z writes dz, in dx's memory where nothing else needs dx.
+  // libtorch's backward reads dx and z twice, and a wide dx (the fp32 residual stream) would
+  // first be cast to z's type in a pass of its own. Same formula as libtorch's:
+  // dz = (g - sum g / M - (z - mean) invstd^2 sum g (z - mean) / M) invstd gamma,
+  // dgamma = invstd sum g (z - mean), dbeta = sum g (M: elements per channel). The CPU kernels
+  // sum in double; the CUDA kernels per block (cuda::bn_fold_backward adds the blocks up).
+  static variable_list folded_backward(AutogradContext *ctx, const std::vector<at::Tensor> &act,
+                                       const BnGradFold &fold, const at::Tensor &z, const at::Tensor &gamma,
+                                       const at::Tensor &beta, const at::Tensor &identity,
+                                       const at::Tensor &invstd) {
     const int kNumInputs = 15;
-    BnGradFold fold{mean.to(acc_type(z)).contiguous(), at::Tensor()};
-    auto act = polynorm ? polynorm_backward(gy, z, w, b, rs, lowp_out, &bn, &fold)
-                        : polyrelu_backward(gy, z, w, b, lowp_out, &bn, &fold);
     const auto &dx = act[0];
-    const int64_t C = z.size(1);
-    const double M = C > 0 ? static_cast<double>(z.numel() / C) : 0.0;
-    const auto sum_g = fold.sums.slice(0, 0, C), sum_gz = fold.sums.slice(0, C, 2 * C);
-    const auto invstd_d = invstd.to(at::kDouble);
+    const auto shape = norm_layout(z).shape;
     variable_list out(kNumInputs);
     if (identity.defined() && ctx->needs_input_grad(3)) out[3] = dx.to(identity.scalar_type());
-    if (ctx->needs_input_grad(0)) {
-      const auto a = gamma.defined() ? invstd_d * gamma.to(at::kDouble) : invstd_d;
-      const auto coefs = at::stack({mean.to(at::kDouble), sum_g / M, sum_gz * invstd_d * invstd_d / M, a})
-                             .to(acc_type(z))
-                             .contiguous();
-      const bool wide = dx.scalar_type() != z.scalar_type();
-      auto dz = identity.defined() || wide ? at::empty_like(z) : dx;
-      if (z.numel() > 0)
+    const bool wide = dx.scalar_type() != z.scalar_type();
+    at::Tensor dz;
+    if (ctx->needs_input_grad(0)) dz = identity.defined() || wide ? at::empty_like(z) : dx;
+    at::Tensor dgamma, dbeta;
+    if (fold.partials.defined()) {
+      std::tie(dgamma, dbeta) =
+          cuda::bn_fold_backward(z, dx, cuda::BnFold{fold.mean, fold.partials}, invstd, gamma, shape, dz);
+    } else {
+      const int64_t C = shape.channels;
+      const double M = C > 0 ? static_cast<double>(z.numel() / C) : 0.0;
+      const auto sum_g = fold.sums.slice(0, 0, C), sum_gz = fold.sums.slice(0, C, 2 * C);
+      const auto invstd_d = invstd.to(at::kDouble);
+      if (dz.defined() && z.numel() > 0) {
+        const auto a = gamma.defined() ? invstd_d * gamma.to(at::kDouble) : invstd_d;
+        const auto coefs = at::stack({fold.mean.to(at::kDouble), sum_g / M, sum_gz * invstd_d * invstd_d / M, a})
+                               .to(acc_type(z))
+                               .contiguous();
         cpu_kernels().bn_backward_elemt(dtype_of(z), wide, dx.const_data_ptr(), z.const_data_ptr(), dz.data_ptr(),
-                                        norm_layout(z).shape, coefs.const_data_ptr());
-      out[0] = dz;
+                                        shape, coefs.const_data_ptr());
+      }
+      dgamma = sum_gz * invstd_d;
+      dbeta = sum_g;
     }
-    if (gamma.defined() && ctx->needs_input_grad(1)) out[1] = (sum_gz * invstd_d).to(gamma.scalar_type());
-    if (beta.defined() && ctx->needs_input_grad(2)) out[2] = sum_g.to(beta.scalar_type());
+    out[0] = dz;
+    if (gamma.defined() && ctx->needs_input_grad(1)) out[1] = dgamma.to(gamma.scalar_type());
+    if (beta.defined() && ctx->needs_input_grad(2)) out[2] = dbeta.to(beta.scalar_type());
     out[4] = act[1];
     out[5] = act[2];
     return out;

@@ -223,13 +223,18 @@ __device__ __forceinline__ A source_x(const Source<T, A, X> &s, A z, A identity,
 
 // The rows kernels' V values of x at channels c..c+V-1 of one row (xr: x or z; ir: the identity
 // or null), with clamp's gradient mask.
+// With z_out, also the values as loaded (z, batch norm's input: the folded backward's sums need it).
 template <int V, typename T, typename A, typename X>
-__device__ __forceinline__ void load_x(const Source<T, A, X> &s, const T *xr, const X *ir, int c, A *v, bool *inside) {
+__device__ __forceinline__ void load_x(const Source<T, A, X> &s, const T *xr, const X *ir, int c, A *v, bool *inside,
+                                       A *z_out = nullptr) {
   const Pack<T, V> px = load<V>(xr + c);
   Pack<X, V> pi;
   if (ir) pi = load<V>(ir + c);
 #pragma unroll
-  for (int j = 0; j < V; j++) v[j] = source_x(s, to_acc(px.v[j]), ir ? to_acc(pi.v[j]) : (A)0, c + j, inside[j]);
+  for (int j = 0; j < V; j++) {
+    if (z_out) z_out[j] = to_acc(px.v[j]);
+    v[j] = source_x(s, to_acc(px.v[j]), ir ? to_acc(pi.v[j]) : (A)0, c + j, inside[j]);
+  }
 }
 
 // The channel of element i of a dense tensor in s's layout.
@@ -326,10 +331,29 @@ __device__ void polynorm_fwd_cols(Source<T, A, X> src, O *y, A *rs, const A *w, 
 
 // ---- PolyNorm backward ----
 
-template <typename T, typename O, typename A, int V, typename X>
+// Batch norm's backward folded into the rows kernels (the `_fold` entry points, training): as
+// each lane writes dx it also adds up batch norm's two per-channel sums, of g = dx rounded to z's
+// type (what libtorch's batch norm backward would read) and of g (z - mean), so that no pass of
+// its own reads dx and z for them. A lane serves the same channels in every row of its grid-stride
+// loop (c = sub * V + m * G * V), so it keeps its sums in shared memory of its own: entry
+// e = m * V + j of lane t at fold[e * BLOCK + t]; no atomics, a fixed order, and one reduction per block
+// at the end into bn_partials[block][2C] (sum g, then sum g (z - mean)), which bn_fold_finalize
+// adds up over the blocks. FOLD_BYTES of shared memory hold FOLD_CAP(A) channels per lane (20 in
+// fp32, 10 in fp64): the host folds only where ceil(C / (G V)) V fits.
+#define FOLD_BYTES 40960
+#define FOLD_CAP(A) (FOLD_BYTES / (int)sizeof(A) / BLOCK / 2)
+
+template <typename T, typename O, typename A, int V, typename X, bool Fold = false>
 __device__ void polynorm_bwd_rows(Source<T, A, X> src, const O *gy, const A *rs, X *dx, const A *w, A *partials,
-                                  i64 rows, int C, int k, int G) {
+                                  i64 rows, int C, int k, int G, const A *bn_mean = nullptr,
+                                  A *bn_partials = nullptr) {
   const RowWalk walk(G);
+  A *fold = nullptr;  // this block's sums: [2 * FOLD_CAP(A)][BLOCK]
+  if constexpr (Fold) {
+    __shared__ A fold_sums[2 * FOLD_CAP(A) * BLOCK];
+    fold = fold_sums;
+    for (int e = 0; e < 2 * FOLD_CAP(A); e++) fold[e * BLOCK + threadIdx.x] = 0;
+  }
   A iw[MAX_ORDER];
 #pragma unroll
   for (int i = 0; i < MAX_ORDER; i++) iw[i] = i < k ? (A)(i + 1) * w[i] : (A)0;
@@ -372,22 +396,44 @@ __device__ void polynorm_bwd_rows(Source<T, A, X> src, const O *gy, const A *rs,
     if (walk.sub == 0) acc_db += gsum;
     if (valid) {
       X *dxr = dx + row * C;
-      for (int c = walk.sub * V; c < C; c += G * V) {  // again: just read, from cache
-        A v[V];
+      for (int c = walk.sub * V, m = 0; c < C; c += G * V, m++) {  // again: just read, from cache
+        A v[V], z[V];
         bool inside[V];
-        load_x<V>(src, xr, ir, c, v, inside);
+        load_x<V>(src, xr, ir, c, v, inside, Fold ? z : nullptr);
         const Pack<O, V> pg = load<V>(gr + c);
         Pack<X, V> out;
 #pragma unroll
         for (int j = 0; j < V; j++) {
           const A g = to_acc(pg.v[j]);
           out.v[j] = from_acc<X>(inside[j] ? g * horner(pc, k, v[j]) - v[j] * horner(qc, k, v[j] * v[j]) : (A)0);
+          if constexpr (Fold) {
+            const A gz = to_acc(from_acc<T>(to_acc(out.v[j])));  // dx rounded to z's type
+            A *sums = fold + (m * V + j) * BLOCK + threadIdx.x;
+            sums[0] += gz;
+            sums[FOLD_CAP(A) * BLOCK] += gz * (z[j] - bn_mean[c + j]);
+          }
         }
         store<V>(dxr + c, out);
       }
     }
   }
   block_sums(acc, acc_db, k, partials + (i64)blockIdx.x * (k + 1));
+  if constexpr (Fold) {
+    // Channel c's sums: lane sub = (c / V) % G of every group of the block, entry
+    // (c / (G V)) V + c % V; added in the groups' order.
+    __syncthreads();
+    A *out = bn_partials + (i64)blockIdx.x * 2 * C;
+    for (int c = threadIdx.x; c < C; c += BLOCK) {
+      const int sub = (c / V) % G, e = (c / (G * V)) * V + c % V;
+      A sg = 0, sgz = 0;
+      for (int lane = sub; lane < BLOCK; lane += G) {
+        sg += fold[e * BLOCK + lane];
+        sgz += fold[(FOLD_CAP(A) + e) * BLOCK + lane];
+      }
+      out[c] = sg;
+      out[C + c] = sgz;
+    }
+  }
 }
 
 template <typename T, typename O, typename A, typename X>
@@ -525,6 +571,56 @@ __device__ void polyrelu_bwd(Source<T, A, X> src, const O *gy, X *dx, const A *w
   block_sums(acc, acc_db, k, partials + (i64)blockIdx.x * (k + 1));
 }
 
+// ---- Batch norm's backward, from the sums the `_fold` kernels took ----
+
+// One thread per channel: the blocks' partial sums added up in block order (in double), and
+// what bn_bwd_elemt needs, coefs[4][C] = (mean, sum g / M, sum g (z - mean) invstd^2 / M,
+// invstd gamma), with dgamma = invstd sum g (z - mean) and dbeta = sum g (M: elements per
+// channel; gamma null: no affine weight). libtorch's formula.
+template <typename A>
+__device__ void bn_fold_finalize(const A *bn_partials, i64 blocks, int C, A count, const A *mean, const A *invstd,
+                                 const A *gamma, A *coefs, A *dgamma, A *dbeta) {
+  const int c = blockIdx.x * BLOCK + threadIdx.x;
+  if (c >= C) return;
+  double sg = 0, sgz = 0;
+  for (i64 b = 0; b < blocks; b++) {
+    sg += (double)bn_partials[b * 2 * C + c];
+    sgz += (double)bn_partials[b * 2 * C + C + c];
+  }
+  const A is = invstd[c], sum_g = (A)sg, sum_gz = (A)sgz;
+  coefs[c] = mean[c];
+  coefs[C + c] = sum_g / count;
+  coefs[2 * C + c] = sum_gz * is * is / count;
+  coefs[3 * C + c] = gamma ? is * gamma[c] : is;
+  dgamma[c] = sum_gz * is;
+  dbeta[c] = sum_g;
+}
+
+// dz = (g - sum g / M - (z - mean) invstd^2 sum g (z - mean) / M) invstd gamma, g = dx rounded to
+// z's type, elementwise (dz may be dx: each vector is read before it is written). The `_vec`
+// kernels need each vector in one channel plane or in consecutive channels, as polyrelu's.
+template <typename T, typename A, int V, typename X>
+__device__ void bn_bwd_elemt(const X *dx, const T *z, T *dz, const A *coefs, i64 n, int C, i64 inner) {
+  const A *mean = coefs, *mean_g = coefs + C, *kc = coefs + 2 * C, *ac = coefs + 3 * C;
+  const auto dz_of = [&](A d, A zv, int c) {
+    const A g = to_acc(from_acc<T>(d));
+    return from_acc<T>((g - mean_g[c] - (zv - mean[c]) * kc[c]) * ac[c]);
+  };
+  for_each_vector<V>(n, [&](i64 i, int count) {
+    const int c0 = inner == 1 ? (int)(i % C) : (int)((i / inner) % C);
+    if (count == V) {
+      const Pack<X, V> pd = load<V>(dx + i);
+      const Pack<T, V> pz = load<V>(z + i);
+      Pack<T, V> out;
+#pragma unroll
+      for (int j = 0; j < V; j++) out.v[j] = dz_of(to_acc(pd.v[j]), to_acc(pz.v[j]), inner == 1 ? (c0 + j) % C : c0);
+      store<V>(dz + i, out);
+    } else {
+      dz[i] = dz_of(to_acc(dx[i]), to_acc(z[i]), c0);
+    }
+  });
+}
+
 // ---- Entry points, one per input type and output type ----
 // O: the output's (and its gradient's) type: the arithmetic type A, or with the `_lp` tags the
 // low-precision input type itself (`act_out_lowp`). X: x's (the identity's, dx's) type: T, or
@@ -542,6 +638,12 @@ __device__ void polyrelu_bwd(Source<T, A, X> src, const O *gy, X *dx, const A *w
     polynorm_bwd_rows<T, O, A, V, X>(x, gy, rs, dx, w, partials, rows, C, k, G);                                       \
   }                                                                                                                    \
   RT_REGISTER(polynorm_bwd_rows##SUFFIX##_##TAG)                                                                       \
+  RT_KERNEL polynorm_bwd_rows_fold##SUFFIX##_##TAG(Source<T, A, X> x, const O *gy, const A *rs, X *dx, const A *w,     \
+                                                   A *partials, i64 rows, int C, int k, int G, const A *bn_mean,       \
+                                                   A *bn_partials) {                                                   \
+    polynorm_bwd_rows<T, O, A, V, X, true>(x, gy, rs, dx, w, partials, rows, C, k, G, bn_mean, bn_partials);           \
+  }                                                                                                                    \
+  RT_REGISTER(polynorm_bwd_rows_fold##SUFFIX##_##TAG)                                                                  \
   RT_KERNEL polyrelu_fwd##SUFFIX##_##TAG(Source<T, A, X> x, O *y, const A *w, const A *b, i64 n, int k) {              \
     polyrelu_fwd<T, O, A, V, X>(x, y, w, b, n, k);                                                                     \
   }                                                                                                                    \
@@ -566,6 +668,22 @@ __device__ void polyrelu_bwd(Source<T, A, X> src, const O *gy, X *dx, const A *w
   }                                                                                                                    \
   RT_REGISTER(polynorm_bwd_cols_##TAG)
 
+// Batch norm's backward after the `_fold` kernels: per z type (and, `_wide`, an fp32 dx).
+#define RT_BN_FOLD_KERNELS(SUFFIX, TAG, T, A, V, X)                                                                    \
+  RT_KERNEL bn_bwd_elemt##SUFFIX##_##TAG(const X *dx, const T *z, T *dz, const A *coefs, i64 n, int C, i64 inner) {    \
+    bn_bwd_elemt<T, A, V, X>(dx, z, dz, coefs, n, C, inner);                                                           \
+  }                                                                                                                    \
+  RT_REGISTER(bn_bwd_elemt##SUFFIX##_##TAG)
+
+#define RT_BN_FOLD_KERNEL_PAIR(TAG, T, A, V, X) RT_BN_FOLD_KERNELS(, TAG, T, A, 1, X) RT_BN_FOLD_KERNELS(_vec, TAG, T, A, V, X)
+
+#define RT_BN_FOLD_FINALIZE(TAG, A)                                                                                    \
+  RT_KERNEL bn_fold_finalize_##TAG(const A *bn_partials, i64 blocks, int C, A count, const A *mean, const A *invstd,   \
+                                   const A *gamma, A *coefs, A *dgamma, A *dbeta) {                                    \
+    bn_fold_finalize<A>(bn_partials, blocks, C, count, mean, invstd, gamma, coefs, dgamma, dbeta);                     \
+  }                                                                                                                    \
+  RT_REGISTER(bn_fold_finalize_##TAG)
+
 RT_POLYCOM_KERNELS(f32, float, float, float, 4, float)
 RT_POLYCOM_KERNELS(f64, double, double, double, 2, double)
 RT_POLYCOM_KERNELS(bf16, bf16_t, float, float, 8, bf16_t)
@@ -574,3 +692,11 @@ RT_POLYCOM_KERNELS(bf16_lp, bf16_t, bf16_t, float, 8, bf16_t)
 RT_POLYCOM_KERNELS(f16_lp, f16_t, f16_t, float, 8, f16_t)
 RT_POLYCOM_KERNELS(bf16_wide, bf16_t, float, float, 8, float)
 RT_POLYCOM_KERNELS(f16_wide, f16_t, float, float, 8, float)
+RT_BN_FOLD_KERNEL_PAIR(f32, float, float, 4, float)
+RT_BN_FOLD_KERNEL_PAIR(f64, double, double, 2, double)
+RT_BN_FOLD_KERNEL_PAIR(bf16, bf16_t, float, 8, bf16_t)
+RT_BN_FOLD_KERNEL_PAIR(f16, f16_t, float, 8, f16_t)
+RT_BN_FOLD_KERNEL_PAIR(bf16_wide, bf16_t, float, 8, float)
+RT_BN_FOLD_KERNEL_PAIR(f16_wide, f16_t, float, 8, float)
+RT_BN_FOLD_FINALIZE(f32, float)
+RT_BN_FOLD_FINALIZE(f64, double)

@@ -45,9 +45,27 @@ namespace cuda {
 // With `bn`, x is batch norm's input z (see BatchNormOnLoad), here and in the backward functions.
 void polynorm_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps, NormShape s,
                       at::Tensor &y, at::Tensor &rs, const BatchNormOnLoad *bn = nullptr);
+// Batch norm's backward folded into PolyNorm's (training, bn set): `mean` ([C], the arithmetic
+// type) in; the per-block partial sums ([blocks, 2C]) out, when the kernels could take them (z in
+// rows layout, few enough channels per lane, RESNET_TRAIN_CUDA_TUNING's bn_fold not 0), else
+// left undefined: the caller then runs batch norm's own backward.
+struct BnFold {
+  at::Tensor mean;
+  at::Tensor partials;
+};
 std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &rs,
                                                     const at::Tensor &w, const at::Tensor &b, NormShape s,
-                                                    at::Tensor &dx, const BatchNormOnLoad *bn = nullptr);
+                                                    at::Tensor &dx, const BatchNormOnLoad *bn = nullptr,
+                                                    BnFold *fold = nullptr);
+// Batch norm's backward from fold's partial sums: dz (z's type; may be dx's memory, when dx has
+// z's type), and (dgamma, dbeta) in the arithmetic type; gamma undefined: no affine weight.
+// Without `dz` defined only the two sums.
+std::pair<at::Tensor, at::Tensor> bn_fold_backward(const at::Tensor &z, const at::Tensor &dx, const BnFold &fold,
+                                                   const at::Tensor &invstd, const at::Tensor &gamma, NormShape s,
+                                                   at::Tensor &dz);
+// How many times the folded batch norm backward ran on the CUDA kernels (this process): tests
+// check that a path they cover took it.
+int64_t bn_fold_count();
 // PolyReLU with `bn`: z dense, contiguous or channels-last.
 void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, at::Tensor &y,
                       const BatchNormOnLoad *bn = nullptr);

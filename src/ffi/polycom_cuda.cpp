@@ -172,9 +172,12 @@ Driver load_driver() {
 //   min_blocks:    __launch_bounds__' minimum resident blocks per SM (0: unspecified, ptxas
 //                  chooses the registers); n caps registers at 65536 / (256 n): occupancy vs spills.
 //   blocks_per_sm: grid-stride kernels' grid, per SM (default 8).
+//   bn_fold:       1 (default): in training, batch norm's backward sums are taken by PolyNorm's
+//                  channels-last backward kernels (polycom.cu `_fold`); 0: batch norm's own backward.
 struct Tuning {
   int min_blocks = 0;
   int blocks_per_sm = 8;
+  int bn_fold = 1;
 };
 
 Tuning parse_tuning(const std::string &spec) {
@@ -200,9 +203,11 @@ Tuning parse_tuning(const std::string &spec) {
       t.min_blocks = value;
     } else if (key == "blocks_per_sm" && value >= 1 && value <= 64) {
       t.blocks_per_sm = value;
+    } else if (key == "bn_fold" && (value == 0 || value == 1)) {
+      t.bn_fold = value;
     } else {
       throw std::invalid_argument("RESNET_TRAIN_CUDA_TUNING: \"" + item +
-                                  "\" is not min_blocks=0..8 or blocks_per_sm=1..64");
+                                  "\" is not min_blocks=0..8, blocks_per_sm=1..64 or bn_fold=0|1");
     }
   }
   return t;
@@ -511,17 +516,11 @@ bool wide_identity(const at::Tensor &x, const BatchNormOnLoad *bn) {
          (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
 }
 
-// Launches `kernel`_<x's type> on x's device and current stream, `blocks` blocks of 256 threads;
-// `kernel`_<x's type>_lp where the output `y` (or its gradient) has x's low-precision type,
-// `kernel`_<x's type>_wide with an fp32 identity on load (`wide`).
+// Launches kernel `name` on x's device and current stream, `blocks` blocks of 256 threads.
 // Simulated: the same kernel, compiled for the host, runs on CPU tensors under the SIMT emulator.
-void launch(const at::Tensor &x, const at::Tensor &y, bool wide, const std::string &kernel, int64_t blocks,
-            std::vector<void *> args) {
+void launch_named(const at::Tensor &x, const std::string &name, int64_t blocks, std::vector<void *> args) {
   if (blocks <= 0) return;
   if (blocks > 0x7fffffff) throw std::invalid_argument("fused PolyCom: tensor too large for one launch");
-  const bool lowp_out = y.scalar_type() == x.scalar_type() &&
-                        (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
-  const std::string name = kernel + "_" + tag_of(x) + (wide ? "_wide" : lowp_out ? "_lp" : "");
   if (g_simulated.load()) {
     if (!x.is_cpu()) throw std::invalid_argument("simulated CUDA kernels run on CPU tensors only");
     sim::launch(name, blocks, kBlock, args.data());
@@ -537,7 +536,16 @@ void launch(const at::Tensor &x, const at::Tensor &y, bool wide, const std::stri
   check(rt.driver,
         rt.driver.launch(f, static_cast<unsigned>(blocks), 1, 1, kBlock, 1, 1, 0, stream.native_handle(), args.data(),
                          nullptr),
-        ("cuLaunchKernel " + kernel).c_str());
+        ("cuLaunchKernel " + name).c_str());
+}
+
+// Launches `kernel`_<x's type>; `kernel`_<x's type>_lp where the output `y` (or its gradient) has
+// x's low-precision type, `kernel`_<x's type>_wide with an fp32 identity on load (`wide`).
+void launch(const at::Tensor &x, const at::Tensor &y, bool wide, const std::string &kernel, int64_t blocks,
+            std::vector<void *> args) {
+  const bool lowp_out = y.scalar_type() == x.scalar_type() &&
+                        (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
+  launch_named(x, kernel + "_" + tag_of(x) + (wide ? "_wide" : lowp_out ? "_lp" : ""), blocks, std::move(args));
 }
 
 // The arithmetic type: fp64 for fp64 inputs, else fp32.
@@ -629,15 +637,44 @@ void polynorm_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor
   }
 }
 
+namespace {
+
+// Whether RESNET_TRAIN_CUDA_TUNING leaves the folded batch norm backward on (read once; the
+// CLI checks the variable at start-up, so a wrong value never gets here).
+bool bn_fold_enabled() {
+  static const bool enabled = [] {
+    const char *spec = std::getenv("RESNET_TRAIN_CUDA_TUNING");
+    try {
+      return parse_tuning(spec ? spec : "").bn_fold != 0;
+    } catch (const std::exception &) {
+      return true;
+    }
+  }();
+  return enabled;
+}
+
+// polycom.cu's FOLD_CAP: the channels per lane whose sums a `_fold` kernel's block holds.
+int64_t fold_capacity(const at::Tensor &x) { return 40960 / (acc_of(x) == at::kDouble ? 8 : 4) / kBlock / 2; }
+
+std::atomic<int64_t> g_bn_folds{0};
+
+}  // namespace
+
 std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &rs,
                                                     const at::Tensor &w, const at::Tensor &b, NormShape s,
-                                                    at::Tensor &dx, const BatchNormOnLoad *bn) {
+                                                    at::Tensor &dx, const BatchNormOnLoad *bn, BnFold *fold) {
   const int64_t k64 = w.numel();
   const bool rows = s.inner == 1;
   const at::Tensor &identity = bn && bn->identity.defined() ? bn->identity : x;
   const auto l = rows && x.numel() > 0 ? rows_launch(x, {&x, &identity, &gy, &dx}, s) : RowsLaunch{"", 1, 0};
   const int64_t blocks = rows ? l.blocks : ceil_div(s.outer * s.inner, kBlock);
   auto partials = at::zeros({std::max<int64_t>(blocks, 1), k64 + 1}, x.options().dtype(acc_of(x)));
+  // Batch norm's sums folded in where each lane's channels (whole vectors) fit the kernel's
+  // shared memory: every channel count of ResNet-50 up to 512 in bf16/fp16 and fp32.
+  const int64_t vec = l.suffix.empty() ? 1 : 16 / static_cast<int64_t>(x.element_size());
+  const bool folding = fold && bn && rows && x.numel() > 0 && bn_fold_enabled() &&
+                       ceil_div(s.channels, l.group * vec) * vec <= fold_capacity(x);
+  if (folding) fold->partials = at::empty({blocks, 2 * s.channels}, x.options().dtype(acc_of(x)));
   if (x.numel() > 0) {
     auto wa = acc_coefs(w, x);
     auto src = source_arg(x, bn, s.inner, s.channels);
@@ -645,7 +682,13 @@ std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const a
     void *dxp = dx.data_ptr(), *wp = wa.data_ptr(), *pp = partials.data_ptr();
     long long outer = s.outer, inner = s.inner;
     int channels = static_cast<int>(s.channels), k = static_cast<int>(k64), group = l.group;
-    if (rows) {
+    if (folding) {
+      const void *mp = fold->mean.const_data_ptr();
+      void *fp = fold->partials.data_ptr();
+      launch(x, gy, wide_identity(x, bn), "polynorm_bwd_rows_fold" + l.suffix, blocks,
+             {src.get(x), &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &k, &group, &mp, &fp});
+      g_bn_folds++;
+    } else if (rows) {
       launch(x, gy, wide_identity(x, bn), "polynorm_bwd_rows" + l.suffix, blocks,
              {src.get(x), &gp, &rp, &dxp, &wp, &pp, &outer, &channels, &k, &group});
     } else {
@@ -712,6 +755,47 @@ std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const a
   }
   return coef_grads(partials.sum(0), w, b);
 }
+
+std::pair<at::Tensor, at::Tensor> bn_fold_backward(const at::Tensor &z, const at::Tensor &dx, const BnFold &fold,
+                                                   const at::Tensor &invstd, const at::Tensor &gamma, NormShape s,
+                                                   at::Tensor &dz) {
+  const int64_t C = z.size(1), blocks = fold.partials.size(0);
+  const auto acc = acc_of(z);
+  auto options = z.options().dtype(acc);
+  auto coefs = at::empty({4 * C}, options), dgamma = at::empty({C}, options), dbeta = at::empty({C}, options);
+  const auto invstd_a = invstd.to(acc).contiguous();
+  const auto gamma_a = gamma.defined() ? gamma.detach().to(acc).contiguous() : at::Tensor();
+  const int64_t inner = s.inner, channels = s.channels;
+  const int64_t count = C > 0 ? z.numel() / C : 0;
+  {
+    const void *pp = fold.partials.const_data_ptr(), *mp = fold.mean.const_data_ptr(),
+               *ip = invstd_a.const_data_ptr(), *gp = gamma_a.defined() ? gamma_a.const_data_ptr() : nullptr;
+    void *cp = coefs.data_ptr(), *dgp = dgamma.data_ptr(), *dbp = dbeta.data_ptr();
+    long long nblocks = blocks;
+    int c32 = static_cast<int>(C);
+    float count_f = static_cast<float>(count);
+    double count_d = static_cast<double>(count);
+    void *count_p = acc == at::kDouble ? static_cast<void *>(&count_d) : static_cast<void *>(&count_f);
+    launch_named(z, std::string("bn_fold_finalize_") + (acc == at::kDouble ? "f64" : "f32"), ceil_div(C, kBlock),
+                 {&pp, &nblocks, &c32, count_p, &mp, &ip, &gp, &cp, &dgp, &dbp});
+  }
+  if (dz.defined() && z.numel() > 0) {
+    const bool wide = dx.scalar_type() != z.scalar_type();
+    // A vector stays in one channel plane (NCHW: H*W a multiple of it) or runs over consecutive
+    // channels (channels-last), as the elementwise kernels need.
+    int64_t vec = vector_width(z, {&z, &dx, &dz});
+    if (inner != 1 && inner % vec != 0) vec = 1;
+    const std::string name = std::string("bn_bwd_elemt") + (vec > 1 ? "_vec_" : "_") + tag_of(z) + (wide ? "_wide" : "");
+    const void *dxp = dx.const_data_ptr(), *zp = z.const_data_ptr(), *cp = coefs.const_data_ptr();
+    void *dzp = dz.data_ptr();
+    long long n = z.numel(), inner_ll = inner;
+    int c32 = static_cast<int>(channels);
+    launch_named(z, name, std::min(ceil_div(n, kBlock * vec), max_blocks(z)), {&dxp, &zp, &dzp, &cp, &n, &c32, &inner_ll});
+  }
+  return {dgamma, dbeta};
+}
+
+int64_t bn_fold_count() { return g_bn_folds.load(); }
 
 void set_simulated(bool on) { g_simulated.store(on); }
 bool simulated() { return g_simulated.load(); }

@@ -771,6 +771,10 @@ int rt_polycom_set_cuda_simulation(int on, char **err) {
   return guarded(err, [&] { rt_polycom::cuda::set_simulated(on != 0); });
 }
 
+int rt_polycom_cuda_bn_folds(int64_t *out, char **err) {
+  return guarded(err, [&] { *out = rt_polycom::cuda::bn_fold_count(); });
+}
+
 int rt_simt_selftest(int mode, unsigned blocks, unsigned threads, double *out, char **err) {
   return guarded(err, [&] { rt_polycom::cuda::sim::selftest(mode, blocks, threads, out); });
 }

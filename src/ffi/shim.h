@@ -149,6 +149,8 @@ int rt_polycom_set_cpu_isa(int isa, char **err);
 int rt_polycom_cpu_isa(int *out, char **err);
 // on != 0: the fused operators run their CUDA kernels on CPU tensors, under the SIMT emulator.
 int rt_polycom_set_cuda_simulation(int on, char **err);
+// How many times batch norm's backward ran folded into the CUDA kernels (polycom.h bn_fold_count).
+int rt_polycom_cuda_bn_folds(int64_t *out, char **err);
 // The SIMT emulator's self-check and the simulated kernels' fp16 conversions (polycom_cuda_sim.h).
 int rt_simt_selftest(int mode, unsigned blocks, unsigned threads, double *out, char **err);
 int rt_simt_half_conversions(const float *in, unsigned short *bits, float *back, int64_t n, char **err);

@@ -210,6 +210,7 @@ extern "C" {
     fn rt_polycom_set_cpu_isa(isa: c_int, err: *mut *mut c_char) -> c_int;
     fn rt_polycom_cpu_isa(out: *mut c_int, err: *mut *mut c_char) -> c_int;
     fn rt_polycom_set_cuda_simulation(on: c_int, err: *mut *mut c_char) -> c_int;
+    fn rt_polycom_cuda_bn_folds(out: *mut i64, err: *mut *mut c_char) -> c_int;
     fn rt_simt_selftest(
         mode: c_int,
         blocks: u32,
@@ -814,6 +815,16 @@ pub fn polycom_cpu_isa() -> Result<CpuIsa> {
 pub fn set_polycom_cuda_simulation(on: bool) -> Result<()> {
     // SAFETY: plain value argument.
     call("fused activation", |e| unsafe { rt_polycom_set_cuda_simulation(on as c_int, e) })
+}
+
+/// How many times this process ran batch norm's backward folded into the CUDA kernels (PolyNorm's
+/// channels-last backward taking batch norm's sums; on a GPU or simulated): how a check shows that
+/// the path it covers took the fold.
+pub fn polycom_cuda_bn_folds() -> Result<i64> {
+    let mut out = 0i64;
+    // SAFETY: a valid out-pointer.
+    call("fused activation", |e| unsafe { rt_polycom_cuda_bn_folds(&mut out, e) })?;
+    Ok(out)
 }
 
 /// How a kernel run by the SIMT emulator uses warp shuffles and `__syncthreads` (`simt_selftest`).
