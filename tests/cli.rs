@@ -212,16 +212,16 @@ fn check_act_on_cpu_passes_every_case() {
 /// SIMT emulator, passes the same cases as on a GPU: their indexing, reductions, shuffles and
 /// bf16/fp16 rounding are checked on every machine, not only when a GPU is lent. (The emulator
 /// itself: tests/fused_activation.rs `simt_emulator_reports_misused_shuffles`.) Batch norm's
-/// backward runs folded into PolyNorm's channels-last backward kernels in the 16 training cases
-/// at 24 channels (fp32 and fp64: 2 residual settings each; bf16 and fp16: 3, with and without
-/// act_out_lowp), not at 768 channels (more per lane than those kernels hold), and at the 30 of
-/// the float64 ResNet-50's 49 sites with 64 to 256 channels; in none with
+/// backward runs folded into the channels-last backward kernels in the 32 training cases at 24
+/// channels (PolyNorm and PolyReLU; fp32 and fp64: 2 residual settings each; bf16 and fp16: 3,
+/// with and without act_out_lowp), not at 768 channels (more per lane than those kernels hold),
+/// and at the 30 of the float64 ResNet-50's 49 sites with 64 to 256 channels; in none with
 /// `RESNET_TRAIN_CUDA_TUNING=bn_fold=0`, which a GPU session compares against: same results.
 #[test]
 fn check_act_simulating_the_cuda_kernels_passes_every_case() {
     let args = ["check-act", "--device", "cpu", "--simulate-cuda"];
     let device = "Cpu (CUDA kernels, simulated)";
-    assert_check_act_passes(&args, &[], device, (16, 30));
+    assert_check_act_passes(&args, &[], device, (32, 30));
     assert_check_act_passes(&args, &[("RESNET_TRAIN_CUDA_TUNING", "bn_fold=0")], device, (0, 0));
     let (code, _, err) = run(&["check-act", "--device", "cuda:0", "--simulate-cuda"]);
     assert_eq!(code, 2, "{err}");

@@ -764,11 +764,11 @@ fn resnet50_gradients_match_the_eager_path_in_float64() {
     );
 }
 
-/// polycom.cu's entry points: 12 kernels (forward and backward; rows, cols, elementwise; scalar
-/// and _vec; the rows backward with batch norm's sums folded in) x 8 type tags, batch norm's
-/// backward from those sums (scalar and _vec) x 6 (z's type, and bf16/fp16 z with an fp32 dx),
-/// and the sums' finalisation x 2 (fp32, fp64).
-const KERNELS: usize = 12 * 8 + 2 * 6 + 2;
+/// polycom.cu's entry points: 14 kernels (forward and backward; rows, cols, elementwise; scalar
+/// and _vec; PolyNorm's and PolyReLU's rows backward with batch norm's sums folded in) x 8 type
+/// tags, batch norm's backward from those sums (scalar and _vec) x 6 (z's type, and bf16/fp16 z
+/// with an fp32 dx), and the sums' finalisation x 2 (fp32, fp64).
+const KERNELS: usize = 14 * 8 + 2 * 6 + 2;
 
 /// The CUDA kernels' source compiles with NVRTC for the GPUs the project targets, with no GPU
 /// (the nvidia-cuda-nvrtc wheel that scripts/bootstrap.sh installs), so that a syntax or type

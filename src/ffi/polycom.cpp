@@ -189,8 +189,8 @@ NormShape relu_shape(const at::Tensor &x, const BatchNormOnLoad *bn) {
 
 // Batch norm's backward folded into the activation's (training; see
 // BnActFunction::folded_backward): the mean batch norm normalised with, in; its per-channel sums,
-// out, where the kernels took them (the CPU kernels always; the CUDA kernels in PolyNorm's
-// channels-last backward, see cuda::BnFold).
+// out, where the kernels took them (the CPU kernels always; the CUDA kernels with z channels-last
+// and few enough channels per lane, see cuda::BnFold).
 struct BnGradFold {
   at::Tensor mean;      // [C], the arithmetic type, contiguous
   at::Tensor sums;      // CPU kernels: [2C] double: sum g, then sum g (z - mean)
@@ -284,7 +284,9 @@ std::vector<at::Tensor> polyrelu_backward(const at::Tensor &gy_in, const at::Ten
   auto gy = like(gy_in, x, out_type(x, lowp_out, bn));
   auto dx = at::empty_like(x, x.options().dtype(x_type(x, bn)));
   if (cuda_kernels(x)) {
-    auto [dw, db] = cuda::polyrelu_backward(x, gy, w, b, dx, bn);
+    cuda::BnFold cf{fold ? fold->mean : at::Tensor(), at::Tensor()};
+    auto [dw, db] = cuda::polyrelu_backward(x, gy, w, b, dx, bn, fold ? &cf : nullptr);
+    if (fold) fold->partials = cf.partials;
     return {dx, dw, db};
   }
   double gc[kMaxOrder + 1] = {0};

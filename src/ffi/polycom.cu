@@ -336,24 +336,56 @@ __device__ void polynorm_fwd_cols(Source<T, A, X> src, O *y, A *rs, const A *w, 
 // type (what libtorch's batch norm backward would read) and of g (z - mean), so that no pass of
 // its own reads dx and z for them. A lane serves the same channels in every row of its grid-stride
 // loop (c = sub * V + m * G * V), so it keeps its sums in shared memory of its own: entry
-// e = m * V + j of lane t at fold[e * BLOCK + t]; no atomics, a fixed order, and one reduction per block
-// at the end into bn_partials[block][2C] (sum g, then sum g (z - mean)), which bn_fold_finalize
-// adds up over the blocks. FOLD_BYTES of shared memory hold FOLD_CAP(A) channels per lane (20 in
-// fp32, 10 in fp64): the host folds only where ceil(C / (G V)) V fits.
+// e = m * V + j of lane t at fold[e * BLOCK + t]; no atomics, a fixed order, and one reduction per
+// block at the end into bn_partials[block][2C] (sum g, then sum g (z - mean)), which
+// bn_fold_finalize adds up over the blocks. FOLD_BYTES of shared memory hold FOLD_CAP(A)
+// channels per lane (20 in fp32, 10 in fp64): the host folds only where ceil(C / (G V)) V fits.
 #define FOLD_BYTES 40960
 #define FOLD_CAP(A) (FOLD_BYTES / (int)sizeof(A) / BLOCK / 2)
+
+// The block's sums, [2 * FOLD_CAP(A)][BLOCK], this thread's entries zeroed.
+template <typename A>
+__device__ __forceinline__ A *fold_begin() {
+  __shared__ A fold_sums[2 * FOLD_CAP(A) * BLOCK];
+  for (int e = 0; e < 2 * FOLD_CAP(A); e++) fold_sums[e * BLOCK + threadIdx.x] = 0;
+  return fold_sums;
+}
+
+// Entry e of this thread: the element's dx (as stored) rounded to z's type T, and z - mean.
+template <typename T, typename A, typename X>
+__device__ __forceinline__ void fold_add(A *fold, int e, X dx, A z, A mean) {
+  const A g = to_acc(from_acc<T>(to_acc(dx)));
+  A *sums = fold + e * BLOCK + threadIdx.x;
+  sums[0] += g;
+  sums[FOLD_CAP(A) * BLOCK] += g * (z - mean);
+}
+
+// Channel c's sums: lane sub = (c / V) % G of every group of the block, entry
+// (c / (G V)) V + c % V; added in the groups' order into bn_partials[block][2C]. Every thread of
+// the block calls it.
+template <typename A, int V>
+__device__ __forceinline__ void fold_end(const A *fold, int C, int G, A *bn_partials) {
+  __syncthreads();
+  A *out = bn_partials + (i64)blockIdx.x * 2 * C;
+  for (int c = threadIdx.x; c < C; c += BLOCK) {
+    const int sub = (c / V) % G, e = (c / (G * V)) * V + c % V;
+    A sg = 0, sgz = 0;
+    for (int lane = sub; lane < BLOCK; lane += G) {
+      sg += fold[e * BLOCK + lane];
+      sgz += fold[(FOLD_CAP(A) + e) * BLOCK + lane];
+    }
+    out[c] = sg;
+    out[C + c] = sgz;
+  }
+}
 
 template <typename T, typename O, typename A, int V, typename X, bool Fold = false>
 __device__ void polynorm_bwd_rows(Source<T, A, X> src, const O *gy, const A *rs, X *dx, const A *w, A *partials,
                                   i64 rows, int C, int k, int G, const A *bn_mean = nullptr,
                                   A *bn_partials = nullptr) {
   const RowWalk walk(G);
-  A *fold = nullptr;  // this block's sums: [2 * FOLD_CAP(A)][BLOCK]
-  if constexpr (Fold) {
-    __shared__ A fold_sums[2 * FOLD_CAP(A) * BLOCK];
-    fold = fold_sums;
-    for (int e = 0; e < 2 * FOLD_CAP(A); e++) fold[e * BLOCK + threadIdx.x] = 0;
-  }
+  A *fold = nullptr;
+  if constexpr (Fold) fold = fold_begin<A>();
   A iw[MAX_ORDER];
 #pragma unroll
   for (int i = 0; i < MAX_ORDER; i++) iw[i] = i < k ? (A)(i + 1) * w[i] : (A)0;
@@ -406,34 +438,14 @@ __device__ void polynorm_bwd_rows(Source<T, A, X> src, const O *gy, const A *rs,
         for (int j = 0; j < V; j++) {
           const A g = to_acc(pg.v[j]);
           out.v[j] = from_acc<X>(inside[j] ? g * horner(pc, k, v[j]) - v[j] * horner(qc, k, v[j] * v[j]) : (A)0);
-          if constexpr (Fold) {
-            const A gz = to_acc(from_acc<T>(to_acc(out.v[j])));  // dx rounded to z's type
-            A *sums = fold + (m * V + j) * BLOCK + threadIdx.x;
-            sums[0] += gz;
-            sums[FOLD_CAP(A) * BLOCK] += gz * (z[j] - bn_mean[c + j]);
-          }
+          if constexpr (Fold) fold_add<T>(fold, m * V + j, out.v[j], z[j], bn_mean[c + j]);
         }
         store<V>(dxr + c, out);
       }
     }
   }
   block_sums(acc, acc_db, k, partials + (i64)blockIdx.x * (k + 1));
-  if constexpr (Fold) {
-    // Channel c's sums: lane sub = (c / V) % G of every group of the block, entry
-    // (c / (G V)) V + c % V; added in the groups' order.
-    __syncthreads();
-    A *out = bn_partials + (i64)blockIdx.x * 2 * C;
-    for (int c = threadIdx.x; c < C; c += BLOCK) {
-      const int sub = (c / V) % G, e = (c / (G * V)) * V + c % V;
-      A sg = 0, sgz = 0;
-      for (int lane = sub; lane < BLOCK; lane += G) {
-        sg += fold[e * BLOCK + lane];
-        sgz += fold[(FOLD_CAP(A) + e) * BLOCK + lane];
-      }
-      out[c] = sg;
-      out[C + c] = sgz;
-    }
-  }
+  if constexpr (Fold) fold_end<A, V>(fold, C, G, bn_partials);
 }
 
 template <typename T, typename O, typename A, typename X>
@@ -571,6 +583,45 @@ __device__ void polyrelu_bwd(Source<T, A, X> src, const O *gy, X *dx, const A *w
   block_sums(acc, acc_db, k, partials + (i64)blockIdx.x * (k + 1));
 }
 
+// PolyReLU's backward with batch norm's sums folded in (training, z channels-last or 2-d): rows
+// of C channels walked as PolyNorm's rows kernels walk them (a group of G lanes per row, each
+// lane the same channels in every row), so that each lane keeps its channels' sums (fold_begin).
+template <typename T, typename O, typename A, int V, typename X>
+__device__ void polyrelu_bwd_rows_fold(Source<T, A, X> src, const O *gy, X *dx, const A *w, A *partials, i64 rows,
+                                       int C, int k, int G, const A *bn_mean, A *bn_partials) {
+  const RowWalk walk(G);
+  A *fold = fold_begin<A>();
+  A ic[MAX_ORDER], acc[MAX_ORDER], acc_db = 0;
+#pragma unroll
+  for (int i = 0; i < MAX_ORDER; i++) {
+    ic[i] = i < k ? (A)(i + 1) * w[i] : (A)0;
+    acc[i] = 0;
+  }
+  for (i64 base = walk.first(); base < rows; base += walk.stride()) {
+    const i64 row = base + walk.slot;
+    if (row >= rows) continue;
+    const T *xr = src.x + row * C;
+    const X *ir = src.identity ? src.identity + row * C : nullptr;
+    const O *gr = gy + row * C;
+    X *dxr = dx + row * C;
+    for (int c = walk.sub * V, m = 0; c < C; c += G * V, m++) {
+      A v[V], z[V];
+      bool inside[V];
+      load_x<V>(src, xr, ir, c, v, inside, z);
+      const Pack<O, V> pg = load<V>(gr + c);
+      Pack<X, V> out;
+#pragma unroll
+      for (int j = 0; j < V; j++) {
+        out.v[j] = polyrelu_grad<X>(v[j], inside[j], to_acc(pg.v[j]), ic, k, acc, acc_db);
+        fold_add<T>(fold, m * V + j, out.v[j], z[j], bn_mean[c + j]);
+      }
+      store<V>(dxr + c, out);
+    }
+  }
+  block_sums(acc, acc_db, k, partials + (i64)blockIdx.x * (k + 1));
+  fold_end<A, V>(fold, C, G, bn_partials);
+}
+
 // ---- Batch norm's backward, from the sums the `_fold` kernels took ----
 
 // One thread per channel: the blocks' partial sums added up in block order (in double), and
@@ -644,6 +695,12 @@ __device__ void bn_bwd_elemt(const X *dx, const T *z, T *dz, const A *coefs, i64
     polynorm_bwd_rows<T, O, A, V, X, true>(x, gy, rs, dx, w, partials, rows, C, k, G, bn_mean, bn_partials);           \
   }                                                                                                                    \
   RT_REGISTER(polynorm_bwd_rows_fold##SUFFIX##_##TAG)                                                                  \
+  RT_KERNEL polyrelu_bwd_rows_fold##SUFFIX##_##TAG(Source<T, A, X> x, const O *gy, X *dx, const A *w, A *partials,     \
+                                                   i64 rows, int C, int k, int G, const A *bn_mean,                    \
+                                                   A *bn_partials) {                                                   \
+    polyrelu_bwd_rows_fold<T, O, A, V, X>(x, gy, dx, w, partials, rows, C, k, G, bn_mean, bn_partials);                \
+  }                                                                                                                    \
+  RT_REGISTER(polyrelu_bwd_rows_fold##SUFFIX##_##TAG)                                                                  \
   RT_KERNEL polyrelu_fwd##SUFFIX##_##TAG(Source<T, A, X> x, O *y, const A *w, const A *b, i64 n, int k) {              \
     polyrelu_fwd<T, O, A, V, X>(x, y, w, b, n, k);                                                                     \
   }                                                                                                                    \

@@ -45,10 +45,10 @@ namespace cuda {
 // With `bn`, x is batch norm's input z (see BatchNormOnLoad), here and in the backward functions.
 void polynorm_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, double eps, NormShape s,
                       at::Tensor &y, at::Tensor &rs, const BatchNormOnLoad *bn = nullptr);
-// Batch norm's backward folded into PolyNorm's (training, bn set): `mean` ([C], the arithmetic
-// type) in; the per-block partial sums ([blocks, 2C]) out, when the kernels could take them (z in
-// rows layout, few enough channels per lane, RESNET_TRAIN_CUDA_TUNING's bn_fold not 0), else
-// left undefined: the caller then runs batch norm's own backward.
+// Batch norm's backward folded into the activation's (training, bn set): `mean` ([C], the
+// arithmetic type) in; the per-block partial sums ([blocks, 2C]) out, when the kernels could take
+// them (z channels-last or 2-d, few enough channels per lane, RESNET_TRAIN_CUDA_TUNING's bn_fold
+// not 0), else left undefined: the caller then runs batch norm's own backward.
 struct BnFold {
   at::Tensor mean;
   at::Tensor partials;
@@ -71,7 +71,7 @@ void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor
                       const BatchNormOnLoad *bn = nullptr);
 std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &w,
                                                     const at::Tensor &b, at::Tensor &dx,
-                                                    const BatchNormOnLoad *bn = nullptr);
+                                                    const BatchNormOnLoad *bn = nullptr, BnFold *fold = nullptr);
 // Empty when the CUDA kernels can run on `device`; otherwise why not (no libnvrtc, no driver,
 // a compile error).
 std::string unavailable_reason(int device);

@@ -658,6 +658,15 @@ int64_t fold_capacity(const at::Tensor &x) { return 40960 / (acc_of(x) == at::kD
 
 std::atomic<int64_t> g_bn_folds{0};
 
+// Whether a rows kernel launched as `l` over x ([outer, C] rows) takes batch norm's sums: where
+// each lane's channels (whole vectors) fit the kernel's shared memory, every channel count of
+// ResNet-50 up to 512 in bf16/fp16 and fp32.
+bool folds(const at::Tensor &x, NormShape s, const RowsLaunch &l) {
+  const int64_t vec = l.suffix.empty() ? 1 : 16 / static_cast<int64_t>(x.element_size());
+  return s.inner == 1 && x.numel() > 0 && bn_fold_enabled() &&
+         ceil_div(s.channels, l.group * vec) * vec <= fold_capacity(x);
+}
+
 }  // namespace
 
 std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &rs,
@@ -669,11 +678,7 @@ std::pair<at::Tensor, at::Tensor> polynorm_backward(const at::Tensor &x, const a
   const auto l = rows && x.numel() > 0 ? rows_launch(x, {&x, &identity, &gy, &dx}, s) : RowsLaunch{"", 1, 0};
   const int64_t blocks = rows ? l.blocks : ceil_div(s.outer * s.inner, kBlock);
   auto partials = at::zeros({std::max<int64_t>(blocks, 1), k64 + 1}, x.options().dtype(acc_of(x)));
-  // Batch norm's sums folded in where each lane's channels (whole vectors) fit the kernel's
-  // shared memory: every channel count of ResNet-50 up to 512 in bf16/fp16 and fp32.
-  const int64_t vec = l.suffix.empty() ? 1 : 16 / static_cast<int64_t>(x.element_size());
-  const bool folding = fold && bn && rows && x.numel() > 0 && bn_fold_enabled() &&
-                       ceil_div(s.channels, l.group * vec) * vec <= fold_capacity(x);
+  const bool folding = fold && bn && rows && folds(x, s, l);
   if (folding) fold->partials = at::empty({blocks, 2 * s.channels}, x.options().dtype(acc_of(x)));
   if (x.numel() > 0) {
     auto wa = acc_coefs(w, x);
@@ -737,10 +742,31 @@ void polyrelu_forward(const at::Tensor &x, const at::Tensor &w, const at::Tensor
 }
 
 std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const at::Tensor &gy, const at::Tensor &w,
-                                                    const at::Tensor &b, at::Tensor &dx, const BatchNormOnLoad *bn) {
+                                                    const at::Tensor &b, at::Tensor &dx, const BatchNormOnLoad *bn,
+                                                    BnFold *fold) {
   const int64_t k64 = w.numel();
   const auto [inner, channels] = elementwise_channels(x, bn);
   const at::Tensor &identity = bn && bn->identity.defined() ? bn->identity : x;
+  if (fold && bn && inner == 1 && channels > 0) {
+    // Batch norm's sums folded in: the rows walk of PolyNorm's kernels, whose lanes keep their
+    // channels from row to row.
+    const NormShape s{x.numel() / channels, channels, 1};
+    const auto l = x.numel() > 0 ? rows_launch(x, {&x, &identity, &gy, &dx}, s) : RowsLaunch{"", 1, 0};
+    if (folds(x, s, l)) {
+      auto partials = at::zeros({l.blocks, k64 + 1}, x.options().dtype(acc_of(x)));
+      fold->partials = at::empty({l.blocks, 2 * channels}, x.options().dtype(acc_of(x)));
+      auto wa = acc_coefs(w, x);
+      auto src = source_arg(x, bn, inner, channels);
+      const void *gp = gy.const_data_ptr(), *mp = fold->mean.const_data_ptr();
+      void *dxp = dx.data_ptr(), *wp = wa.data_ptr(), *pp = partials.data_ptr(), *fp = fold->partials.data_ptr();
+      long long rows = s.outer;
+      int c32 = static_cast<int>(channels), k = static_cast<int>(k64), group = l.group;
+      launch(x, gy, wide_identity(x, bn), "polyrelu_bwd_rows_fold" + l.suffix, l.blocks,
+             {src.get(x), &gp, &dxp, &wp, &pp, &rows, &c32, &k, &group, &mp, &fp});
+      g_bn_folds++;
+      return coef_grads(partials.sum(0), w, b);
+    }
+  }
   const auto l = x.numel() > 0 ? polyrelu_launch(x, {&x, &identity, &gy, &dx}, bn, inner) : RowsLaunch{"", 1, 0};
   auto partials = at::zeros({std::max<int64_t>(l.blocks, 1), k64 + 1}, x.options().dtype(acc_of(x)));
   if (x.numel() > 0) {
