@@ -5,8 +5,11 @@
 #   mkdir -p .device && strip -o .device/resnet-train target/release/resnet-train
 #   cp -r ../shared/bench ../shared/reference .device/ && cp scripts/gpu-session.sh .device/
 # then run `bash .device/gpu-session.sh` with carry [".device"] and timeout_s 560 (BUDGET=520).
-# SECTIONS (default "check sites lowp dist bench compile fp16 train ablate") picks and orders the
-# parts; TRAIN_FLAGS adds flags to the training runs (train, dist).
+# SECTIONS (default "check sites dist lowp bench compile fp16 train ablate") picks and orders the
+# parts; TRAIN_FLAGS adds flags to the training runs (train, dist). After ../shared/device/gpu-check.sh
+# (its bench, train and stability sections are this script's bench/compile/fp16, train and ablate),
+# the call that is left has time for "check sites dist lowp": set BUDGET to what the device tool
+# has left, less a minute for the start.
 # 1. check: check-act, the fused activations' CUDA kernels against the eager path (forward, gradients).
 # 2. ResNet-50 training steps, batch 256, 224 px, channels_last (../shared/device/gpu-check.sh's
 #    bench rows and issue 11's): `bench`: bf16 ReLU / PolyReLU / PolyNorm, fused and eager, next to
@@ -71,7 +74,7 @@ run() { local t=$1; shift; fits "$t" "$*" || return 0; echo "# t=${SECONDS}s $*"
 # torch SECS ARGS...: a PyTorch baseline row (skipped with PYTORCH=0).
 torch() { [ "$PYTORCH" = 1 ] || return 0; run "$1" python3 "$D/bench/torch_train_bench.py" "${@:2}"; }
 
-SECTIONS=${SECTIONS:-check sites lowp dist bench compile fp16 train ablate}
+SECTIONS=${SECTIONS:-check sites dist lowp bench compile fp16 train ablate}
 C=("${MODEL[@]}" --device "$DEVICE" --channels-last "${STEPS[@]}")
 for section in $SECTIONS; do
   case $section in

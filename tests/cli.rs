@@ -378,10 +378,15 @@ fn gpu_session_script_runs_every_section_on_the_cpu() {
     assert_eq!(one_rank.len(), 2, "{log}");
     assert!(one_rank.iter().all(|r| r["dist_backend"] == "Gloo" && r["world"] == 1), "{one_rank:?}");
     let checks = read("act-check.jsonl");
-    assert!(checks.lines().last().is_some_and(|l| l.contains("\"failures\":0")), "{log}");
-    // 4 bf16 tunings, fp16, and bf16 with fp32 output, 5 totals each; the fastest folded bf16
-    // PolyNorm's tuning (of the bf16-output runs) is kept.
-    assert_eq!(read("sites.jsonl").matches("\"total\"").count(), 30, "{log}");
+    let last = checks.lines().last().unwrap_or_default();
+    assert!(last.contains("\"resnet50-grads\"") && last.contains("\"ok\":true"), "{last}");
+    // The two summaries (fused-vs-eager, bn-fold) among the cases' rows.
+    let summaries: Vec<&str> = checks.lines().filter(|l| l.contains("\"cases\"")).collect();
+    assert_eq!(summaries.len(), 2, "{summaries:?}");
+    assert!(summaries.iter().all(|l| l.contains("\"failures\":0")), "{summaries:?}");
+    // 5 bf16 tunings (bn_fold=0 among them), fp16, and bf16 with fp32 output, 5 totals each; the
+    // fastest folded bf16 PolyNorm's tuning (of the bf16-output runs) is kept.
+    assert_eq!(read("sites.jsonl").matches("\"total\"").count(), 35, "{log}");
     assert!(log.contains("tuning from here on: "), "{log}");
     assert!(read("dist.log").contains("ranks      1 processes (1 per node, torchrun)"), "{log}");
     for f in ["dist.log", "train.log"] {
