@@ -331,10 +331,12 @@ fn check_bn_fold(device: Device, json: bool) -> Result<(usize, usize)> {
                         residuals.push(Some(Kind::Float));
                     }
                     // 24 channels: a lane of the CUDA kernels serves one or two vectors of them
-                    // and batch norm's backward is folded in; 768: more than the folded kernels
-                    // hold per lane, so batch norm's own backward runs.
-                    for (residual, shape) in
-                        residuals.iter().flat_map(|r| [(*r, [4, 24, 9, 11]), (*r, [2, 768, 2, 3])])
+                    // and batch norm's backward is folded in; 5: folded too, one channel at a
+                    // time (no whole vectors); 768: more than the folded kernels hold per lane,
+                    // so batch norm's own backward runs.
+                    for (residual, shape) in residuals
+                        .iter()
+                        .flat_map(|r| [(*r, [4, 24, 9, 11]), (*r, [3, 5, 4, 3]), (*r, [2, 768, 2, 3])])
                     {
                         for train in [true, false] {
                             tch::manual_seed(cases as i64);
