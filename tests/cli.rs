@@ -215,9 +215,9 @@ fn check_act_on_cpu_passes_every_case() {
 /// backward runs folded into the channels-last backward kernels in the 64 training cases at 24
 /// and 5 channels (whole vectors per lane, and single channels; PolyNorm and PolyReLU; fp32 and
 /// fp64: 2 residual settings each; bf16 and fp16: 3, with and without act_out_lowp), not at 768
-/// channels (more per lane than those kernels hold),
-/// and at the 30 of the float64 ResNet-50's 49 sites with 64 to 256 channels; in none with
-/// `RESNET_TRAIN_CUDA_TUNING=bn_fold=0`, which a GPU session compares against: same results.
+/// channels (more per lane than those kernels hold), and at the 30 of the float64 ResNet-50's 49
+/// sites with 64 to 256 channels; in none with `RESNET_TRAIN_CUDA_TUNING=bn_fold=0`, which a GPU
+/// session compares against: same results.
 #[test]
 fn check_act_simulating_the_cuda_kernels_passes_every_case() {
     let args = ["check-act", "--device", "cpu", "--simulate-cuda"];
