@@ -732,7 +732,9 @@ __device__ void bn_bwd_elemt(const X *dx, const T *z, T *dz, const A *coefs, i64
   }                                                                                                                    \
   RT_REGISTER(bn_bwd_elemt##SUFFIX##_##TAG)
 
-#define RT_BN_FOLD_KERNEL_PAIR(TAG, T, A, V, X) RT_BN_FOLD_KERNELS(, TAG, T, A, 1, X) RT_BN_FOLD_KERNELS(_vec, TAG, T, A, V, X)
+#define RT_BN_FOLD_KERNEL_PAIR(TAG, T, A, V, X) \
+  RT_BN_FOLD_KERNELS(, TAG, T, A, 1, X)         \
+  RT_BN_FOLD_KERNELS(_vec, TAG, T, A, V, X)
 
 #define RT_BN_FOLD_FINALIZE(TAG, A)                                                                                    \
   RT_KERNEL bn_fold_finalize_##TAG(const A *bn_partials, i64 blocks, int C, A count, const A *mean, const A *invstd,   \

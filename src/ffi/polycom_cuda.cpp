@@ -785,13 +785,12 @@ std::pair<at::Tensor, at::Tensor> polyrelu_backward(const at::Tensor &x, const a
 std::pair<at::Tensor, at::Tensor> bn_fold_backward(const at::Tensor &z, const at::Tensor &dx, const BnFold &fold,
                                                    const at::Tensor &invstd, const at::Tensor &gamma, NormShape s,
                                                    at::Tensor &dz) {
-  const int64_t C = z.size(1), blocks = fold.partials.size(0);
+  const int64_t C = s.channels, blocks = fold.partials.size(0);
   const auto acc = acc_of(z);
   auto options = z.options().dtype(acc);
   auto coefs = at::empty({4 * C}, options), dgamma = at::empty({C}, options), dbeta = at::empty({C}, options);
   const auto invstd_a = invstd.to(acc).contiguous();
   const auto gamma_a = gamma.defined() ? gamma.detach().to(acc).contiguous() : at::Tensor();
-  const int64_t inner = s.inner, channels = s.channels;
   const int64_t count = C > 0 ? z.numel() / C : 0;
   {
     const void *pp = fold.partials.const_data_ptr(), *mp = fold.mean.const_data_ptr(),
@@ -810,13 +809,14 @@ std::pair<at::Tensor, at::Tensor> bn_fold_backward(const at::Tensor &z, const at
     // A vector stays in one channel plane (NCHW: H*W a multiple of it) or runs over consecutive
     // channels (channels-last), as the elementwise kernels need.
     int64_t vec = vector_width(z, {&z, &dx, &dz});
-    if (inner != 1 && inner % vec != 0) vec = 1;
-    const std::string name = std::string("bn_bwd_elemt") + (vec > 1 ? "_vec_" : "_") + tag_of(z) + (wide ? "_wide" : "");
+    if (s.inner != 1 && s.inner % vec != 0) vec = 1;
+    const std::string name =
+        std::string("bn_bwd_elemt") + (vec > 1 ? "_vec_" : "_") + tag_of(z) + (wide ? "_wide" : "");
     const void *dxp = dx.const_data_ptr(), *zp = z.const_data_ptr(), *cp = coefs.const_data_ptr();
     void *dzp = dz.data_ptr();
-    long long n = z.numel(), inner_ll = inner;
-    int c32 = static_cast<int>(channels);
-    launch_named(z, name, std::min(ceil_div(n, kBlock * vec), max_blocks(z)), {&dxp, &zp, &dzp, &cp, &n, &c32, &inner_ll});
+    long long n = z.numel(), inner = s.inner;
+    int c32 = static_cast<int>(C);
+    launch_named(z, name, std::min(ceil_div(n, kBlock * vec), max_blocks(z)), {&dxp, &zp, &dzp, &cp, &n, &c32, &inner});
   }
   return {dgamma, dbeta};
 }
