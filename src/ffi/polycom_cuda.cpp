@@ -172,7 +172,7 @@ Driver load_driver() {
 //   min_blocks:    __launch_bounds__' minimum resident blocks per SM (0: unspecified, ptxas
 //                  chooses the registers); n caps registers at 65536 / (256 n): occupancy vs spills.
 //   blocks_per_sm: grid-stride kernels' grid, per SM (default 8).
-//   bn_fold:       1 (default): in training, batch norm's backward sums are taken by PolyNorm's
+//   bn_fold:       1 (default): in training, batch norm's backward sums are taken by the
 //                  channels-last backward kernels (polycom.cu `_fold`); 0: batch norm's own backward.
 struct Tuning {
   int min_blocks = 0;
@@ -653,8 +653,10 @@ bool bn_fold_enabled() {
   return enabled;
 }
 
-// polycom.cu's FOLD_CAP: the channels per lane whose sums a `_fold` kernel's block holds.
-int64_t fold_capacity(const at::Tensor &x) { return 40960 / (acc_of(x) == at::kDouble ? 8 : 4) / kBlock / 2; }
+// polycom.cu's FOLD_CAP: the channels per lane whose sums a `_fold` kernel's block holds in its
+// FOLD_BYTES of shared memory (two sums per channel).
+constexpr int64_t kFoldBytes = 40960;
+int64_t fold_capacity(const at::Tensor &x) { return kFoldBytes / (acc_of(x) == at::kDouble ? 8 : 4) / kBlock / 2; }
 
 std::atomic<int64_t> g_bn_folds{0};
 
