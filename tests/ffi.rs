@@ -163,24 +163,37 @@ fn cuda_set_device_is_an_error_without_cuda() {
 /// PyTorch's fused SGD and Adam kernels walk a parameter, its gradient and its state with one
 /// index on the CPU: a channels_last weight with a contiguous gradient or state (or the reverse)
 /// must still take the step each element's own values give (closed forms), and state tensors keep
-/// their layout.
+/// their layout. A 1x1 convolution's weight [O, I, 1, 1] is the case where the two layouts differ
+/// in strides but not in order (the step then takes the tensors as they are).
 #[test]
 fn fused_optimizer_steps_follow_each_parameters_layout() {
     let opts = (Kind::Float, Device::Cpu);
-    let values = |seed: f64| (Tensor::arange(2 * 3 * 4 * 5, opts) * seed).sin().reshape([2, 3, 4, 5]);
-    let (p0, g0) = (values(0.7), values(1.3));
-    let cl = |t: &Tensor| ffi::to_channels_last(t).unwrap();
-    // (parameter, gradient, state) layouts: channels_last or contiguous.
-    for (p_cl, g_cl, s_cl) in
-        [(true, false, true), (true, true, false), (false, true, true), (true, true, true)]
+    // channels_last strides (C H W, 1, W C, C), also on length-1 axes (as a module's weights get
+    // them), where `contiguous(ChannelsLast)` would keep a [4, 3, 1, 1] tensor's (3, 1, 1, 1).
+    let cl_strides = |s: [i64; 4]| [s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]];
+    let cl = |t: &Tensor| {
+        let s: [i64; 4] = t.size().try_into().unwrap();
+        let out = Tensor::empty_strided(s, cl_strides(s), opts);
+        out.shallow_clone().copy_(t);
+        out
+    };
+    let layouts = [(true, false, true), (true, true, false), (false, true, true), (true, true, true)];
+    // (parameter shape; parameter, gradient, state layouts: channels_last or contiguous)
+    for (shape, (p_cl, g_cl, s_cl)) in
+        [[2i64, 3, 4, 5], [4, 3, 1, 1]].into_iter().flat_map(|s| layouts.map(|l| (s, l)))
     {
-        let case = format!("parameter channels_last {p_cl}, gradient {g_cl}, state {s_cl}");
+        let values =
+            |seed: f64| (Tensor::arange(shape.iter().product::<i64>(), opts) * seed).sin().reshape(shape);
+        let (p0, g0) = (values(0.7), values(1.3));
+        let case = format!("{shape:?}: parameter channels_last {p_cl}, gradient {g_cl}, state {s_cl}");
         let layout = |t: &Tensor, on: bool| if on { cl(t) } else { t.copy() };
+        let strides =
+            |on: bool| if on { cl_strides(shape).to_vec() } else { Tensor::zeros(shape, opts).stride() };
         // SGD, momentum 0.9, decay 0.1, two steps (the second reads the buffer).
         let p = layout(&p0, p_cl);
-        let b = layout(&Tensor::zeros([2, 3, 4, 5], opts), s_cl);
+        let b = layout(&Tensor::zeros(shape, opts), s_cl);
         let g = layout(&g0, g_cl);
-        let (mut want_p, mut want_b) = (p0.copy(), Tensor::zeros([2, 3, 4, 5], opts));
+        let (mut want_p, mut want_b) = (p0.copy(), Tensor::zeros(shape, opts));
         for first_step in [true, false] {
             let step = ffi::SgdStep {
                 lr: 0.5,
@@ -198,15 +211,12 @@ fn fused_optimizer_steps_follow_each_parameters_layout() {
         let err = (&p - &want_p).abs().max().double_value(&[]);
         assert!(err < 1e-6, "SGD, {case}: parameter off by {err}");
         assert!((&b - &want_b).abs().max().double_value(&[]) < 1e-6, "SGD, {case}: momentum buffer");
-        assert_eq!(ffi::is_channels_last(&b).unwrap(), s_cl, "SGD, {case}: the buffer keeps its layout");
+        assert_eq!(b.stride(), strides(s_cl), "SGD, {case}: the buffer keeps its layout");
         assert!(g.equal(&layout(&g0, g_cl)), "SGD, {case}: the gradient is left as it was");
 
         // AdamW, one step from zero moments: p (1 - lr wd) - lr g / (|g| + eps).
         let p = layout(&p0, p_cl);
-        let (m, v) = (
-            layout(&Tensor::zeros([2, 3, 4, 5], opts), s_cl),
-            layout(&Tensor::zeros([2, 3, 4, 5], opts), s_cl),
-        );
+        let (m, v) = (layout(&Tensor::zeros(shape, opts), s_cl), layout(&Tensor::zeros(shape, opts), s_cl));
         let count = Tensor::ones([], opts);
         let step = ffi::AdamStep { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
         ffi::fused_adam(
@@ -223,6 +233,6 @@ fn fused_optimizer_steps_follow_each_parameters_layout() {
         let err = (&p - &want_p).abs().max().double_value(&[]);
         assert!(err < 1e-6, "AdamW, {case}: parameter off by {err}");
         assert!((&m - &g0 * 0.1).abs().max().double_value(&[]) < 1e-7, "AdamW, {case}: first moment");
-        assert_eq!(ffi::is_channels_last(&v).unwrap(), s_cl, "AdamW, {case}: the state keeps its layout");
+        assert_eq!(v.stride(), strides(s_cl), "AdamW, {case}: the state keeps its layout");
     }
 }

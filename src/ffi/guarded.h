@@ -39,4 +39,15 @@ inline std::vector<at::Tensor> list(void **ts, int n) {
   return out;
 }
 
+// Whether a flat walk over `a`'s memory meets the same elements as one over `b`'s: same sizes, and
+// the same strides on every axis longer than one. The stride of a length-1 axis is arbitrary (a
+// 1x1 convolution's channels_last weight [O, I, 1, 1] has strides (I, 1, I, I), its contiguous
+// gradient (I, 1, 1, 1)), so comparing all strides copies tensors that are already laid out alike.
+inline bool same_layout(const at::Tensor &a, const at::Tensor &b) {
+  if (a.sizes() != b.sizes()) return false;
+  for (int64_t d = 0; d < a.dim(); d++)
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  return true;
+}
+
 }  // namespace rt

@@ -7,6 +7,7 @@
 // backward: x and k rsqrt values per pixel (PolyNorm), x alone (PolyReLU) — where autograd keeps
 // x, x^2 .. x^k and every normalised term for the eager expression.
 #include "polycom.h"
+#include "guarded.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Version.h>
@@ -141,7 +142,7 @@ Layout norm_layout(const at::Tensor &x) {
 
 // g in exactly x's strides (autograd may hand over any layout).
 at::Tensor like(const at::Tensor &g, const at::Tensor &x, at::ScalarType dtype) {
-  if (g.scalar_type() == dtype && g.strides() == x.strides() && g.sizes() == x.sizes()) return g;
+  if (g.scalar_type() == dtype && rt::same_layout(g, x)) return g;
   auto out = at::empty_like(x, x.options().dtype(dtype));
   out.copy_(g);
   return out;
