@@ -36,6 +36,8 @@ fn main() {
     let mut jobs: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
     let mut shim = torch_build();
     shim.file("src/ffi/shim.cpp").file("src/ffi/polycom.cpp").file("src/ffi/polycom_cuda.cpp");
+    // OpenMP on for shim.cpp's own at::parallel_for (the gradient norms; see below for why).
+    shim.flag("-fopenmp");
     jobs.push(Box::new(move || shim.compile("resnet_train_shim")));
     // The CUDA kernels' source as host C++ under the SIMT emulator (no ATen headers: fast).
     let mut simt = cc::Build::new();

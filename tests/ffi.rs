@@ -236,3 +236,33 @@ fn fused_optimizer_steps_follow_each_parameters_layout() {
         assert_eq!(v.stride(), strides(s_cl), "AdamW, {case}: the state keeps its layout");
     }
 }
+
+/// The global gradient norm (clipping and the guards read it) is what `torch.nn.utils.
+/// clip_grad_norm_` computes: libtorch's per-tensor norms (`_foreach_norm`), then the norm of
+/// those; on the CPU the shim spreads the per-tensor norms over the threads, which must not change
+/// a bit, whatever the thread count and the tensors' sizes, layouts and dtypes.
+#[test]
+fn clip_grad_norm_equals_libtorchs_foreach_norm_bit_for_bit() {
+    let opts = (Kind::Float, Device::Cpu);
+    let grads: Vec<Tensor> = (0..37)
+        .map(|i| {
+            let n = [1, 7, 64, 1000, 70_000, 300_000][i % 6] + i as i64;
+            let t = (Tensor::arange(n, opts) * (0.37 + i as f64)).sin() * (1.0 + i as f64);
+            match i % 4 {
+                0 => ffi::to_channels_last(&t.narrow(0, 0, n / 4 * 4).reshape([n / 4, 2, 2, 1])).unwrap(),
+                1 => t.to_kind(Kind::BFloat16),
+                _ => t,
+            }
+        })
+        .collect();
+    // at::norm(t) is linalg_vector_norm(t, 2), what `_foreach_norm` takes of each tensor.
+    let per_tensor: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+    let want = Tensor::stack(&per_tensor, 0).norm().to_kind(Kind::Float).double_value(&[]);
+    let threads = tch::get_num_threads();
+    for t in [1, 2, 3] {
+        tch::set_num_threads(t);
+        let got = ffi::foreach_clip_grad_norm(&grads, 0.0).unwrap().double_value(&[]);
+        assert_eq!(got.to_bits(), want.to_bits(), "{t} threads: {got} vs {want}");
+    }
+    tch::set_num_threads(threads);
+}
