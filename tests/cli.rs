@@ -182,8 +182,8 @@ fn assert_check_act_passes(args: &[&str], env: &[(&str, &str)], device: &str, cu
     let (code, out, err) = (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr));
     assert_eq!(code, 0, "{out}\n{err}");
     let summaries: Vec<serde_json::Value> =
-        out.lines().rev().take(3).map(|l| serde_json::from_str(l).expect("a JSON summary")).collect();
-    let (fused, folded, model) = (&summaries[2], &summaries[1], &summaries[0]);
+        out.lines().rev().take(4).map(|l| serde_json::from_str(l).expect("a JSON summary")).collect();
+    let (fused, folded, model, inner) = (&summaries[3], &summaries[2], &summaries[1], &summaries[0]);
     assert_eq!((&fused["check"], &fused["failures"]), (&"fused-vs-eager".into(), &0.into()), "{out}");
     assert_eq!(fused["cases"], 768, "{out}");
     assert_eq!((&folded["check"], &folded["failures"]), (&"bn-fold".into(), &0.into()), "{out}");
@@ -192,7 +192,11 @@ fn assert_check_act_passes(args: &[&str], env: &[(&str, &str)], device: &str, cu
     assert_eq!((&model["check"], &model["ok"]), (&"resnet50-grads".into(), &true.into()), "{out}");
     assert!(model["worst_rel_err"].as_f64().is_some_and(|e| e < 1e-9), "{out}");
     assert_eq!(model["cuda_bn_folds"], cuda_bn_folds.1, "{out}");
-    for summary in [fused, folded, model] {
+    // The training forward's inner sites in the autocast type: bit for bit on the CPU (simulated
+    // CUDA kernels included).
+    assert_eq!((&inner["check"], &inner["ok"]), (&"inner-sites".into(), &true.into()), "{out}");
+    assert_eq!((&inner["bitwise"], &inner["worst_rel_diff"]), (&true.into(), &0.0.into()), "{out}");
+    for summary in [fused, folded, model, inner] {
         assert!(summary["device"].as_str().is_some_and(|d| d.starts_with(device)), "{out}");
     }
 }
@@ -227,6 +231,34 @@ fn check_act_simulating_the_cuda_kernels_passes_every_case() {
     let (code, _, err) = run(&["check-act", "--device", "cuda:0", "--simulate-cuda"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--simulate-cuda") && err.contains("--device cpu"), "{err}");
+}
+
+/// `scripts/onednn_split.py` (BENCHMARKS.md) splits a `bench` step into the oneDNN primitives'
+/// time, which `ONEDNN_VERBOSE` reports, and the rest: the same primitives every step, and the
+/// two parts add up to the step.
+#[test]
+fn onednn_split_divides_a_step_into_onednn_and_the_rest() {
+    let bin = common::bin();
+    let args = ["bench", "--json", "--arch", "resnet18", "--batch", "2", "--res", "32", "--device", "cpu"];
+    let steps = ["--steps", "2", "--warmup", "1", "--threads", "1", "--precision", "bf16"];
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/onednn_split.py"))
+        .arg("--")
+        .arg(bin)
+        .args(args)
+        .args(steps)
+        .output()
+        .expect("python3 runs");
+    let text = common::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    let row: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    let f = |k: &str| row[k].as_f64().unwrap_or_else(|| panic!("{k}: {row}"));
+    // ResNet-18: 20 convolutions forward, 19 backward-data (not the stem's input), 20
+    // backward-weights, and the classifier's matmul; plus the weight reorders.
+    assert!(f("onednn_execs_per_step") >= 60.0, "{row}");
+    assert!(row["by_kind_ms"]["convolution backward_weights"].as_f64().is_some(), "{row}");
+    assert!(f("onednn_ms") > 0.0 && f("rest_ms") > 0.0, "{row}");
+    assert!((f("onednn_ms") + f("rest_ms") - f("ms_per_step")).abs() < 0.2, "{row}");
 }
 
 /// `bench-act` times one BatchNorm + activation site at each of ResNet-50's 49 site shapes for
@@ -379,8 +411,12 @@ fn gpu_session_script_runs_every_section_on_the_cpu() {
     assert_eq!(one_rank.len(), 2, "{log}");
     assert!(one_rank.iter().all(|r| r["dist_backend"] == "Gloo" && r["world"] == 1), "{one_rank:?}");
     let checks = read("act-check.jsonl");
-    let last = checks.lines().last().unwrap_or_default();
-    assert!(last.contains("\"resnet50-grads\"") && last.contains("\"ok\":true"), "{last}");
+    let last_two: Vec<&str> = checks.lines().rev().take(2).collect();
+    assert!(
+        last_two[1].contains("\"resnet50-grads\"") && last_two[1].contains("\"ok\":true"),
+        "{last_two:?}"
+    );
+    assert!(last_two[0].contains("\"inner-sites\"") && last_two[0].contains("\"ok\":true"), "{last_two:?}");
     // The two summaries (fused-vs-eager, bn-fold) among the cases' rows.
     let summaries: Vec<&str> = checks.lines().filter(|l| l.contains("\"cases\"")).collect();
     assert_eq!(summaries.len(), 2, "{summaries:?}");

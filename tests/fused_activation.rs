@@ -405,7 +405,7 @@ fn bn_site(
         let act = ffi::PolyComArgs { op, w, b, eps: POLYNORM_EPS, lowp_out: false, clamp };
         ffi::bn_polycom(&z, &args, residual.as_ref(), &act).expect("fused operator runs")
     } else {
-        act.forward_bn(&site, &z, residual.as_ref(), train)
+        act.forward_bn(&site, &z, residual.as_ref(), train, resnet_train::model::Consumer::Any)
     };
     (&y * gy.to_kind(y.kind())).sum(Kind::Float).backward();
     let grad = |name: &str| params[name].grad();
@@ -762,6 +762,100 @@ fn resnet50_gradients_match_the_eager_path_in_float64() {
         fused32 < 2.0 * eager32 + 1e-6,
         "fp32 fused gradients {fused32:e} (at {fused_name}) vs eager fp32's {eager32:e} from float64"
     );
+}
+
+/// Under bf16/fp16 autocast with fp32 arithmetic (the default), a block's inner sites return the
+/// autocast type, which is what the next convolution casts their fp32 output to: the training
+/// forward (`forward_t`) gives the same logits and every gradient bit for bit as the monitored
+/// forward, which keeps every site's output fp32 (the reference's type), on every path (BatchNorm
+/// folded into the fused operator, the fused activation alone, eager), in both layouts.
+#[test]
+fn inner_sites_in_the_autocast_type_change_no_bit_of_the_step() {
+    let case = Resnet50Case::new();
+    let labels = Tensor::from_slice(&[1i64, 7]);
+    for implementation in [ActImpl::Fused, ActImpl::FusedAct, ActImpl::Eager] {
+        for dtype in [Kind::BFloat16, Kind::Half] {
+            for channels_last in [false, true] {
+                let run = |observed: bool| {
+                    let vs = nn::VarStore::new(Device::Cpu);
+                    let model = ResNet::new(&vs.root(), resnet50_config(implementation)).expect("model");
+                    let mut vs = vs;
+                    vs.copy(&case.init).expect("the same parameters");
+                    let mut x = case.x.shallow_clone();
+                    if channels_last {
+                        resnet_train::model::to_channels_last(&vs).expect("channels_last");
+                        x = ffi::to_channels_last(&x).expect("channels_last");
+                    }
+                    let mut site_types = Vec::new();
+                    let logits = {
+                        let _autocast = ffi::AutocastGuard::new(Device::Cpu, dtype).expect("autocast");
+                        if observed {
+                            model.forward_observed(&x, true, &mut |_, t| site_types.push(t.kind()))
+                        } else {
+                            model.forward_t(&x, true)
+                        }
+                    };
+                    if observed {
+                        assert!(site_types.iter().all(|&k| k == Kind::Float), "monitors see fp32 outputs");
+                        assert_eq!(site_types.len(), 49, "every site observed");
+                    }
+                    logits.to_kind(Kind::Float).cross_entropy_for_logits(&labels).backward();
+                    let mut grads: Vec<_> = vs
+                        .variables()
+                        .into_iter()
+                        .filter(|(_, t)| t.requires_grad())
+                        .map(|(name, t)| (name, t.grad()))
+                        .collect();
+                    grads.sort_by(|a, b| a.0.cmp(&b.0));
+                    (logits.detach(), grads)
+                };
+                let case_name = format!("{implementation:?} {dtype:?} channels_last={channels_last}");
+                let (logits, grads) = run(false);
+                let (ref_logits, ref_grads) = run(true);
+                assert!(logits.equal(&ref_logits), "{case_name}: logits");
+                assert!(bool::try_from(logits.isfinite().all()).unwrap(), "{case_name}: finite");
+                for ((name, g), (_, r)) in grads.iter().zip(&ref_grads) {
+                    assert!(g.equal(r), "{case_name}: gradient of {name}");
+                }
+            }
+        }
+    }
+}
+
+/// A site whose output only a convolution reads returns the autocast type: the fp32 result
+/// rounded once (what the convolution's cast gives), with the same input gradient.
+#[test]
+fn a_site_read_by_a_convolution_returns_what_the_convolution_would_cast() {
+    use resnet_train::model::Consumer;
+    tch::manual_seed(11);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let x32 = Tensor::randn([2, 16, 3, 5], (Kind::Float, Device::Cpu)) * 1.5;
+    let gy = Tensor::randn([2, 16, 3, 5], (Kind::Float, Device::Cpu));
+    for kind in [ActKind::Polyrelu, ActKind::Polynorm] {
+        for implementation in [ActImpl::Fused, ActImpl::Eager] {
+            let mut cfg = ActConfig::new(kind, 3);
+            cfg.implementation = implementation;
+            let act = Activation::new(&vs.root() / format!("{kind:?}{implementation:?}"), cfg);
+            for dtype in [Kind::BFloat16, Kind::Half] {
+                let run = |consumer: Consumer| {
+                    let x = x32.to_kind(dtype).set_requires_grad(true);
+                    let y = act.forward_to(&x, consumer);
+                    let kind = y.kind();
+                    // The convolution's input: the autocast type either way.
+                    let y = y.to_kind(dtype);
+                    (&y * gy.to_kind(dtype)).sum(Kind::Float).backward();
+                    (kind, y.detach(), x.grad())
+                };
+                let (kind_conv, y_conv, dx_conv) = run(Consumer::Convolution);
+                let (kind_any, y_any, dx_any) = run(Consumer::Any);
+                let name = format!("{kind:?} {implementation:?} {dtype:?}");
+                assert_eq!((kind_conv, kind_any), (dtype, Kind::Float), "{name}: output types");
+                assert!(y_conv.equal(&y_any), "{name}: values");
+                assert!(dx_conv.equal(&dx_any), "{name}: input gradient");
+            }
+            assert_eq!(act.forward_to(&x32, Consumer::Convolution).kind(), Kind::Float, "fp32 input");
+        }
+    }
 }
 
 /// polycom.cu's entry points: 14 kernels (forward and backward; rows, cols, elementwise; scalar

@@ -231,11 +231,22 @@ pub fn run(a: CheckActArgs) -> Result<()> {
                            "worst_rel_err": worst, "at": worst_at,
                            "cuda_bn_folds": ffi::polycom_cuda_bn_folds()? - folds_before})
     );
-    if failures + bn_failures > 0 || !model_ok {
+    // The training forward's inner sites in the autocast type against all sites fp32.
+    let (bitwise, inner_worst, inner_at) = check_inner_sites(device)?;
+    // Bitwise on the CPU; on a GPU a kernel's reductions could group the fp32 and the bf16/fp16
+    // gradient differently, which this bound tolerates and `bitwise` reports.
+    let inner_ok = inner_worst < 1e-5;
+    println!(
+        "{}",
+        serde_json::json!({"check": "inner-sites", "device": device_name, "ok": inner_ok, "bitwise": bitwise,
+                           "worst_rel_diff": inner_worst, "at": inner_at})
+    );
+    if failures + bn_failures > 0 || !model_ok || !inner_ok {
         return Err(Error::Torch(format!(
             "{failures} of {cases} fused-activation cases differ from the eager path; {bn_failures} of {bn_cases} \
              folded BatchNorm cases differ from the separate operators; ResNet-50's gradients: worst relative \
-             error {worst:e} (at {worst_at}), bound 1e-9"
+             error {worst:e} (at {worst_at}), bound 1e-9; inner sites in the autocast type: worst relative \
+             difference {inner_worst:e} (at {inner_at}), bound 1e-5"
         )));
     }
     Ok(())
@@ -393,6 +404,71 @@ fn check_bn_fold(device: Device, json: bool) -> Result<(usize, usize)> {
     Ok((cases, failures))
 }
 
+fn resnet50_config(implementation: crate::model::ActImpl) -> crate::model::ResNetConfig {
+    use crate::model::{ActConfig, ActKind, Arch, ResNetConfig};
+    let mut act = ActConfig::new(ActKind::Polynorm, 3);
+    act.implementation = implementation;
+    let mut cfg = ResNetConfig::new(Arch::Resnet50, act);
+    cfg.num_classes = 10;
+    cfg
+}
+
+/// One training-mode forward and backward of a PolyNorm ResNet-50 (10 classes, channels_last)
+/// with `init`'s weights, in float64 (`autocast` None) or under bf16/fp16 autocast, through
+/// `forward_t` or the monitored forward: the logits and every parameter's gradient, by name.
+fn resnet50_step(
+    init: &tch::nn::VarStore,
+    x: &Tensor,
+    implementation: crate::model::ActImpl,
+    autocast: Option<Kind>,
+    observed: bool,
+) -> Result<(Tensor, Vec<(String, Tensor)>)> {
+    let device = x.device();
+    let mut vs = tch::nn::VarStore::new(device);
+    let model = crate::model::ResNet::new(&vs.root(), resnet50_config(implementation))?;
+    vs.copy(init).map_err(|e| Error::Torch(e.to_string()))?;
+    if autocast.is_none() {
+        vs.double();
+    }
+    crate::model::to_channels_last(&vs)?;
+    let logits = {
+        let _autocast = autocast.map(|k| ffi::AutocastGuard::new(device, k)).transpose()?;
+        if observed {
+            model.forward_observed(x, true, &mut |_, _| {})
+        } else {
+            model.forward_t(x, true)
+        }
+    };
+    let labels = Tensor::from_slice(&[1i64, 7]).to_device(device);
+    let loss = logits.to_kind(x.kind()).cross_entropy_for_logits(&labels);
+    loss.f_backward().map_err(|e| Error::Torch(e.to_string()))?;
+    let mut g: Vec<_> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .map(|(name, t)| (name, t.grad()))
+        .collect();
+    g.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((logits.detach(), g))
+}
+
+/// The worst relative error of `got`'s gradients against `want`'s (|g - w| / |w|, over the
+/// gradients with a non-negligible norm; NaN is the worst of all) and where.
+fn worst_gradient(got: &[(String, Tensor)], want: &[(String, Tensor)]) -> (f64, String) {
+    let mut worst = (0.0, String::new());
+    for ((name, g), (_, r)) in got.iter().zip(want) {
+        let (g, r) = (g.to_kind(Kind::Double), r.to_kind(Kind::Double));
+        let norm = r.norm().double_value(&[]);
+        if norm > 1e-9 {
+            let err = (&g - &r).norm().double_value(&[]) / norm;
+            if err.is_nan() || err > worst.0 {
+                worst = (err, name.clone());
+            }
+        }
+    }
+    worst
+}
+
 /// A PolyNorm ResNet-50 (10 classes) in float64, channels_last, one training-mode forward and
 /// backward of a batch of 2 at 64 px (at 32 px layer4's batch norm normalises 2 values per channel,
 /// too ill-conditioned for the bound on either path): every parameter's gradient with the fused operators
@@ -400,50 +476,43 @@ fn check_bn_fold(device: Device, json: bool) -> Result<(usize, usize)> {
 /// from the same weights. Returns the worst relative error (|g - g_eager| / |g_eager|, over the
 /// gradients with a non-negligible norm) and where.
 fn check_resnet50_gradients(device: Device) -> Result<(f64, String)> {
-    use crate::model::{ActConfig, ActImpl, ActKind, Arch, ResNet, ResNetConfig};
-    use tch::nn;
-    let config = |implementation| {
-        let mut act = ActConfig::new(ActKind::Polynorm, 3);
-        act.implementation = implementation;
-        let mut cfg = ResNetConfig::new(Arch::Resnet50, act);
-        cfg.num_classes = 10;
-        cfg
-    };
+    use crate::model::{ActImpl, ResNet};
     tch::manual_seed(0);
-    let init = nn::VarStore::new(device);
-    ResNet::new(&init.root(), config(ActImpl::Eager))?;
+    let init = tch::nn::VarStore::new(device);
+    ResNet::new(&init.root(), resnet50_config(ActImpl::Eager))?;
     let x = ffi::to_channels_last(&Tensor::randn([2, 3, 64, 64], (Kind::Double, device)))?;
-    let labels = Tensor::from_slice(&[1i64, 7]).to_device(device);
-    let grads = |implementation| -> Result<Vec<(String, Tensor)>> {
-        let mut vs = nn::VarStore::new(device);
-        let model = ResNet::new(&vs.root(), config(implementation))?;
-        vs.copy(&init).map_err(|e| Error::Torch(e.to_string()))?;
-        vs.double();
-        crate::model::to_channels_last(&vs)?;
-        let logits = model.forward_t(&x, true);
-        logits.cross_entropy_for_logits(&labels).f_backward().map_err(|e| Error::Torch(e.to_string()))?;
-        let mut g: Vec<_> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .map(|(name, t)| (name, t.grad()))
-            .collect();
-        g.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(g)
-    };
-    let (fused, eager) = (grads(ActImpl::Fused)?, grads(ActImpl::Eager)?);
-    let mut worst = (0.0, String::new());
-    for ((name, g), (_, r)) in fused.iter().zip(&eager) {
-        let norm = r.norm().double_value(&[]);
-        if norm > 1e-9 {
-            let err = (g - r).norm().double_value(&[]) / norm;
-            // A NaN error is the worst of all.
+    let (_, fused) = resnet50_step(&init, &x, ActImpl::Fused, None, false)?;
+    let (_, eager) = resnet50_step(&init, &x, ActImpl::Eager, None, false)?;
+    Ok(worst_gradient(&fused, &eager))
+}
+
+/// Under bf16 and fp16 autocast the training forward returns each block's inner sites in the
+/// autocast type, which only the next convolution reads (and would cast them to), where the
+/// monitored forward keeps every site fp32: the same logits and gradients, bit for bit on the
+/// CPU (tests/fused_activation.rs). Returns whether all were bitwise equal, and the worst
+/// relative difference of the logits and gradients (fused operators, channels_last, the
+/// PolyNorm ResNet-50 of `check_resnet50_gradients` at fp32 weights) and where.
+fn check_inner_sites(device: Device) -> Result<(bool, f64, String)> {
+    use crate::model::{ActImpl, ResNet};
+    tch::manual_seed(1);
+    let init = tch::nn::VarStore::new(device);
+    ResNet::new(&init.root(), resnet50_config(ActImpl::Fused))?;
+    let x = ffi::to_channels_last(&Tensor::randn([2, 3, 64, 64], (Kind::Float, device)))?;
+    let (mut bitwise, mut worst) = (true, (0.0, String::new()));
+    for dtype in [Kind::BFloat16, Kind::Half] {
+        let (logits, grads) = resnet50_step(&init, &x, ActImpl::Fused, Some(dtype), false)?;
+        let (ref_logits, ref_grads) = resnet50_step(&init, &x, ActImpl::Fused, Some(dtype), true)?;
+        bitwise &=
+            logits.equal(&ref_logits) && grads.iter().zip(&ref_grads).all(|((_, g), (_, r))| g.equal(r));
+        let logits_err = rel_err(&logits, &ref_logits);
+        let (err, at) = worst_gradient(&grads, &ref_grads);
+        for (err, at) in [(logits_err, "logits".to_string()), (err, at)] {
             if err.is_nan() || err > worst.0 {
-                worst = (err, name.clone());
+                worst = (err, format!("{dtype:?} {at}"));
             }
         }
     }
-    Ok(worst)
+    Ok((bitwise, worst.0, worst.1))
 }
 
 /// `--compile-for ARCH`: the kernels into the cache folder, one line on what was done.

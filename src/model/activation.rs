@@ -166,6 +166,21 @@ impl ActConfig {
     }
 }
 
+/// What reads an activation site's output, which decides the output's type under fp16/bf16
+/// autocast with fp32 arithmetic (`act_fp32`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consumer {
+    /// Anything: a residual add, pooling, a stability monitor. The output is fp32, the reference's
+    /// type, unless `out_lowp`.
+    Any,
+    /// Only a convolution, which under autocast casts its input to the autocast type, z's: the
+    /// site returns that type itself. The same values (one round-to-nearest-even of the fp32
+    /// result, which the cast would do) and the same gradient (the convolution's, widened to fp32
+    /// exactly, which the cast's backward would do), without writing the fp32 tensor, the cast's
+    /// pass and copy, and the widening pass backward. A ResNet block's inner sites.
+    Convolution,
+}
+
 /// One activation site.
 #[derive(Debug)]
 pub struct Activation {
@@ -199,19 +214,20 @@ impl Activation {
         self.cfg.fp32 = fp32;
     }
 
-    /// `self.forward(batch_norm(z) [+ residual])`, as one fused operator where `ActImpl::Fused`
-    /// applies (see there); otherwise libtorch's (or the synchronised) BatchNorm, the add and
-    /// `forward`, with the same values.
+    /// `self.forward_to(batch_norm(z) [+ residual], consumer)`, as one fused operator where
+    /// `ActImpl::Fused` applies (see there); otherwise libtorch's (or the synchronised) BatchNorm,
+    /// the add and `forward_to`, with the same values.
     pub fn forward_bn(
         &self,
         bn: &super::batch_norm::BatchNorm,
         z: &Tensor,
         residual: Option<&Tensor>,
         train: bool,
+        consumer: Consumer,
     ) -> Tensor {
         // Split BatchNorm normalises split by split: no fused BN + activation then.
         if !bn.splits_batch(z, train) {
-            if let Some(y) = self.bn_fused(bn, z, residual, train) {
+            if let Some(y) = self.bn_fused(bn, z, residual, train, consumer) {
                 return y;
             }
         }
@@ -220,7 +236,13 @@ impl Activation {
             Some(r) => x + r,
             None => x,
         };
-        self.forward(&x)
+        self.forward_to(&x, consumer)
+    }
+
+    /// Whether the fp32 result of a bf16/fp16 input is returned in the input's type: always with
+    /// `out_lowp`, and where only a convolution reads it (see `Consumer::Convolution`).
+    fn out_lowp(&self, consumer: Consumer) -> bool {
+        self.cfg.out_lowp || consumer == Consumer::Convolution
     }
 
     fn bn_fused(
@@ -229,6 +251,7 @@ impl Activation {
         z: &Tensor,
         residual: Option<&Tensor>,
         train: bool,
+        consumer: Consumer,
     ) -> Option<Tensor> {
         let (w, b) = self.params.as_ref()?;
         let synced_bn = train && crate::dist::sync_bn_ranks().is_some();
@@ -253,7 +276,7 @@ impl Activation {
             w,
             b,
             eps: POLYNORM_EPS,
-            lowp_out: self.cfg.out_lowp,
+            lowp_out: self.out_lowp(consumer),
             clamp: self.cfg.clamp,
         };
         match ffi::bn_polycom(z, &args, residual, &act) {
@@ -274,7 +297,13 @@ impl Activation {
         }
     }
 
+    /// The activation of `x`, for any consumer (`Consumer::Any`).
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.forward_to(x, Consumer::Any)
+    }
+
+    /// The activation of `x`, whose output `consumer` reads.
+    pub fn forward_to(&self, x: &Tensor, consumer: Consumer) -> Tensor {
         let Some((w, b)) = &self.params else { return x.relu() };
         let fused = matches!(self.cfg.implementation, ActImpl::Fused | ActImpl::FusedAct);
         if fused && self.fused_applies(x.kind(), x.dim(), x.device()) {
@@ -282,7 +311,7 @@ impl Activation {
                 Some(c) => x.clamp(-c, c),
                 None => x.shallow_clone(),
             };
-            match ffi::polycom(self.op(), &x, w, b, POLYNORM_EPS, self.cfg.out_lowp) {
+            match ffi::polycom(self.op(), &x, w, b, POLYNORM_EPS, self.out_lowp(consumer)) {
                 Ok(y) => return y,
                 // Only an internal fault gets here (shapes and types were checked above); the
                 // eager path computes the same values.
@@ -305,7 +334,7 @@ impl Activation {
             ActKind::Polyrelu => polyrelu(x, w, b),
             ActKind::Polynorm => polynorm(x, w, b, self.cfg.axis),
         };
-        if widened && self.cfg.out_lowp {
+        if widened && self.out_lowp(consumer) {
             y.to_kind(input_kind)
         } else {
             y

@@ -5,7 +5,7 @@ pub mod resnet;
 pub mod sync_bn;
 pub mod weights;
 
-pub use activation::{ActConfig, ActImpl, ActInit, ActKind, Activation, NormAxis};
+pub use activation::{ActConfig, ActImpl, ActInit, ActKind, Activation, Consumer, NormAxis};
 pub use resnet::{Arch, ForwardCost, ParamGroup, ResNet, ResNetConfig, SiteCoefficients};
 
 /// Runs `f` (a model's construction) with libtorch's global generator seeded to `seed`, holding a

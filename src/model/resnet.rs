@@ -3,7 +3,7 @@
 //! `act1` after the stem, `layerX.Y.act1/act2/act3` in bottlenecks (`act1/act2` in basic blocks),
 //! the last one applied after the residual add.
 
-use super::activation::{ActConfig, Activation};
+use super::activation::{ActConfig, Activation, Consumer};
 use super::batch_norm::{BatchNorm, BnSettings};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -495,7 +495,14 @@ impl Block {
         (Self { convs, bns, acts, downsample, drop_path, drop_block }, c_out)
     }
 
-    fn forward(&self, x: &Tensor, train: bool, observe: &mut dyn FnMut(usize, &Tensor)) -> Tensor {
+    /// `inner`: what reads the inner sites' outputs (the next convolution, or also a monitor).
+    fn forward(
+        &self,
+        x: &Tensor,
+        train: bool,
+        inner: Consumer,
+        observe: &mut dyn FnMut(usize, &Tensor),
+    ) -> Tensor {
         let shortcut = match &self.downsample {
             Some(d) => d.forward(x, train),
             None => x.shallow_clone(),
@@ -506,14 +513,15 @@ impl Block {
             let z = self.convs[i].forward(&out);
             out = if let (true, Some((p, size, scale)), true) = (train, self.drop_block, i + 2 == n) {
                 // timm: bn -> DropBlock -> activation, before the last conv.
-                self.acts[i].forward(&drop_block(&self.bns[i].forward(&z, train), p, size, scale))
+                self.acts[i].forward_to(&drop_block(&self.bns[i].forward(&z, train), p, size, scale), inner)
             } else if i < n - 1 {
-                self.acts[i].forward_bn(&self.bns[i], &z, None, train)
+                self.acts[i].forward_bn(&self.bns[i], &z, None, train, inner)
             } else if train && self.drop_path > 0.0 {
                 let branch = drop_path(&self.bns[i].forward(&z, train), self.drop_path);
                 self.acts[i].forward(&(branch + &shortcut))
             } else {
-                self.acts[i].forward_bn(&self.bns[i], &z, Some(&shortcut), train)
+                // The block's output: the next block's convolutions and its residual add read it.
+                self.acts[i].forward_bn(&self.bns[i], &z, Some(&shortcut), train, Consumer::Any)
             };
             observe(i, &out);
         }
@@ -590,26 +598,42 @@ impl ResNet {
 
     /// Logits for an NCHW float batch.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.forward_observed(x, train, &mut |_, _| {})
+        self.forward_sites(x, train, Consumer::Convolution, &mut |_, _| {})
     }
 
     /// Logits, calling `observe(site, output)` after every activation site, in forward order
-    /// (the names of `ResNetConfig::activation_sites`). Used by the stability monitors.
+    /// (the names of `ResNetConfig::activation_sites`). Used by the stability monitors, which
+    /// see every site's output in the reference's type: fp32 under autocast with `act_fp32`
+    /// (`forward_t` returns the blocks' inner sites in the autocast type, which only the next
+    /// convolution reads; the same logits and gradients, bit for bit).
     pub fn forward_observed(
         &self,
         x: &Tensor,
         train: bool,
         observe: &mut dyn FnMut(&str, &Tensor),
     ) -> Tensor {
-        let mut h = self.act1.forward_bn(&self.bn1, &self.conv1.forward(x), None, train);
+        self.forward_sites(x, train, Consumer::Any, observe)
+    }
+
+    fn forward_sites(
+        &self,
+        x: &Tensor,
+        train: bool,
+        inner: Consumer,
+        observe: &mut dyn FnMut(&str, &Tensor),
+    ) -> Tensor {
+        // The stem's output goes to max pooling (whose backward picks one maximum per window: a
+        // rounding could tie two) or, with the small stem, to the first residual add.
+        let mut h = self.act1.forward_bn(&self.bn1, &self.conv1.forward(x), None, train, Consumer::Any);
         observe("act1", &h);
         if !self.cfg.small_stem {
             h = h.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         }
         for (s, stage) in self.stages.iter().enumerate() {
             for (b, block) in stage.iter().enumerate() {
-                h = block
-                    .forward(&h, train, &mut |a, t| observe(&format!("layer{}.{b}.act{}", s + 1, a + 1), t));
+                h = block.forward(&h, train, inner, &mut |a, t| {
+                    observe(&format!("layer{}.{b}.act{}", s + 1, a + 1), t)
+                });
             }
         }
         let pooled = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);

@@ -214,7 +214,8 @@ pub struct TrainConfig {
     pub act_fp32: bool,
     /// With act_fp32 under bf16/fp16: return each activation in the autocast dtype (rounded once
     /// after the fp32 arithmetic) instead of fp32; the residual stream stays in low precision as
-    /// with ReLU. Less GPU time and memory; false keeps the reference's fp32 output.
+    /// with ReLU. Less GPU time and memory; false keeps the reference's fp32 output (except at a
+    /// block's inner sites, which only the next convolution reads: the same values either way).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub act_out_lowp: bool,
     /// PolyReLU/PolyNorm as one fused operator with its own backward (fused; where it applies,
