@@ -714,15 +714,20 @@ impl Resnet50Case {
         }
         let logits = model.forward_t(&self.x.to_kind(kind), true);
         logits.cross_entropy_for_logits(&Tensor::from_slice(&[1i64, 7])).backward();
-        let mut grads: Vec<_> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .map(|(name, t)| (name, t.grad().to_kind(Kind::Double)))
-            .collect();
-        grads.sort_by(|a, b| a.0.cmp(&b.0));
-        grads
+        sorted_grads(&vs).into_iter().map(|(name, g)| (name, g.to_kind(Kind::Double))).collect()
     }
+}
+
+/// Every trainable variable's gradient, sorted by name.
+fn sorted_grads(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut grads: Vec<_> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .map(|(name, t)| (name, t.grad()))
+        .collect();
+    grads.sort_by(|a, b| a.0.cmp(&b.0));
+    grads
 }
 
 /// In a whole network the fused operator computes the same gradients as the eager path: equal to
@@ -800,14 +805,7 @@ fn inner_sites_in_the_autocast_type_change_no_bit_of_the_step() {
                         assert_eq!(site_types.len(), 49, "every site observed");
                     }
                     logits.to_kind(Kind::Float).cross_entropy_for_logits(&labels).backward();
-                    let mut grads: Vec<_> = vs
-                        .variables()
-                        .into_iter()
-                        .filter(|(_, t)| t.requires_grad())
-                        .map(|(name, t)| (name, t.grad()))
-                        .collect();
-                    grads.sort_by(|a, b| a.0.cmp(&b.0));
-                    (logits.detach(), grads)
+                    (logits.detach(), sorted_grads(&vs))
                 };
                 let case_name = format!("{implementation:?} {dtype:?} channels_last={channels_last}");
                 let (logits, grads) = run(false);
