@@ -48,6 +48,70 @@ fn resize_one(src: &Path, dst: &Path, limit: usize, by_long: bool, quality: u8) 
     Ok(side > limit)
 }
 
+/// The file in the output folder that records the settings its images were made with.
+const SETTINGS: &str = ".imagenet-prep-resize.toml";
+
+/// The source and the output must be separate trees: the same folder would count every image as
+/// already done, and an output inside the source would be read as source on the next run (one
+/// level deeper each time).
+fn check_separate(src: &Path, out: &Path) -> Result<(), String> {
+    let src_abs = src.canonicalize().map_err(|e| format!("{}: {e}", src.display()))?;
+    // The output may not exist yet: resolve its nearest existing ancestor.
+    let mut existing = out.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        let Some(name) = existing.file_name() else { break };
+        rest.push(name.to_owned());
+        existing = existing.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        if existing.as_os_str().is_empty() {
+            existing = PathBuf::from(".");
+        }
+    }
+    let mut out_abs = existing.canonicalize().map_err(|e| format!("{}: {e}", existing.display()))?;
+    for name in rest.into_iter().rev() {
+        out_abs.push(name);
+    }
+    if out_abs.starts_with(&src_abs) || src_abs.starts_with(&out_abs) {
+        return Err(format!(
+            "the output {} and the source {} overlap (the same folder, or one inside the other): give an output \
+             folder outside the source",
+            out.display(),
+            src.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Records the settings in a new output folder; an output made with other settings (or with
+/// unknown ones) is refused, since its finished files would be kept as "already done".
+fn claim_output(out: &Path, settings: &str) -> Result<(), String> {
+    let record = out.join(SETTINGS);
+    match std::fs::read_to_string(&record) {
+        Ok(saved) if saved == settings => return Ok(()),
+        Ok(saved) => {
+            let shown = |t: &str| t.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join(", ");
+            return Err(format!(
+                "{} was resized with {}; this run asks {}: its finished files would be kept as they are. Use \
+                 another output folder, or delete this one to redo it",
+                out.display(),
+                shown(&saved),
+                shown(settings)
+            ));
+        }
+        Err(_) => {}
+    }
+    let holds_files = std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if holds_files {
+        return Err(format!(
+            "{} is not empty and does not record the settings its files were made with ({SETTINGS}): they \
+             would be kept as \"already done\" whatever their size. Use an empty or new output folder",
+            out.display()
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    resnet_train::fsutil::write_atomic(&record, settings.as_bytes()).map_err(|e| e.to_string())
+}
+
 pub fn run(a: ResizeArgs) -> Result<u8, String> {
     let (limit, by_long) = match (a.max_side, a.short_side) {
         (Some(n), None) => (n, true),
@@ -57,6 +121,13 @@ pub fn run(a: ResizeArgs) -> Result<u8, String> {
     if limit == 0 || !(1..=100).contains(&a.quality) {
         return Err("--max-side/--short-side must be > 0 and --quality in 1..=100".into());
     }
+    check_separate(&a.src, &a.out)?;
+    let settings = format!(
+        "# imagenet-prep resize's settings for the files in this folder (a rerun must use the same)\n{} = {limit}\nquality = {}\n",
+        if by_long { "max_side" } else { "short_side" },
+        a.quality
+    );
+    claim_output(&a.out, &settings)?;
     let files = crate::image_files(&a.src)?;
     let jobs: Vec<(PathBuf, PathBuf)> = files
         .iter()

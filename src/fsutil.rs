@@ -27,3 +27,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Error::io(path, e)
     })
 }
+
+/// A name that becomes one folder under a parent (`--name`): not empty, no path separator, not
+/// `.` or `..`, no control characters, so the folder lands where the parent says and nowhere else.
+pub fn check_folder_name(flag: &str, name: &str) -> Result<()> {
+    let why = if name.is_empty() {
+        Some("it is empty")
+    } else if name == "." || name == ".." {
+        Some("`.` and `..` are not folder names")
+    } else if name.contains('/') || name.contains('\\') {
+        Some("it holds a path separator")
+    } else if name.chars().any(char::is_control) {
+        Some("it holds a control character (a newline, a tab, ...)")
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(crate::error::Error::Usage(format!(
+            "{flag} {name:?}: {why}; a name is one folder under the output folder (letters, digits, '-', '_', '.')"
+        ))),
+    }
+}

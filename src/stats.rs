@@ -74,8 +74,11 @@ pub enum Better {
 pub enum Verdict {
     Better,
     Worse,
-    /// The 95% interval contains 0 (or there are fewer than two pairs).
+    /// The 95% interval contains 0.
     NotDistinguishable,
+    /// Fewer than two pairs, or pairs whose differences are all equal (zero spread: the interval
+    /// collapses to a point and says nothing about the runs' noise): no verdict.
+    NotEnoughRuns,
 }
 
 impl Verdict {
@@ -84,6 +87,8 @@ impl Verdict {
             Verdict::Better => "better".into(),
             Verdict::Worse => "worse".into(),
             Verdict::NotDistinguishable => format!("not distinguishable at n = {pairs}"),
+            Verdict::NotEnoughRuns if pairs < 2 => format!("not enough runs (n = {pairs})"),
+            Verdict::NotEnoughRuns => format!("not enough runs (n = {pairs}, zero spread)"),
         }
     }
 }
@@ -106,8 +111,8 @@ pub fn paired(variant: &[f64], baseline: &[f64], better: Better) -> Paired {
         .map(|(a, b)| a - b)
         .collect();
     let diff = Summary::of(&diffs);
-    let verdict = if diff.n < 2 || !diff.ci95.is_finite() {
-        Verdict::NotDistinguishable
+    let verdict = if diff.n < 2 || !(diff.sd > 0.0) || !diff.ci95.is_finite() {
+        Verdict::NotEnoughRuns
     } else if diff.low() > 0.0 {
         if better == Better::Higher {
             Verdict::Better
@@ -164,6 +169,10 @@ mod tests {
         assert_eq!((p.diff.n, p.diff.mean), (3, 2.0));
         assert!((p.diff.ci95 - 4.303 / 3f64.sqrt()).abs() < 1e-12);
         assert_eq!(p.verdict, Verdict::NotDistinguishable);
+        // Two identical differences: a collapsed interval [5, 5] is no verdict; nor is one pair.
+        let p = paired(&[15.0, 16.0], &[10.0, 11.0], Better::Higher);
+        assert_eq!((p.verdict, p.verdict.words(2).as_str()), (Verdict::NotEnoughRuns, "not enough runs (n = 2, zero spread)"));
+        assert_eq!(paired(&[15.0], &[10.0], Better::Higher).verdict.words(1), "not enough runs (n = 1)");
         // Differences 2.0, 2.1, 1.9: mean 2, sd 0.1: clearly above 0.
         let p = paired(&[12.0, 12.1, 11.9], &[10.0, 10.0, 10.0], Better::Higher);
         assert_eq!(p.verdict, Verdict::Better);
@@ -177,7 +186,6 @@ mod tests {
         assert!(a.low() < b.high(), "unpaired intervals overlap");
         // A diverged run drops its pair; one pair left is not enough.
         let p = paired(&[f64::NAN, 75.4], &[70.0, 75.0], Better::Higher);
-        assert_eq!((p.diff.n, p.verdict), (1, Verdict::NotDistinguishable));
-        assert_eq!(p.verdict.words(1), "not distinguishable at n = 1");
+        assert_eq!((p.diff.n, p.verdict), (1, Verdict::NotEnoughRuns));
     }
 }

@@ -185,6 +185,23 @@ fn verify_counts_kinds_and_flags_bad_files_and_resize_is_resumable() {
     assert_eq!((img.width, img.height), (32, 24));
     let (_, out, _) = prep(&["resize", &root, &out_dir, "--max-side", "32"]);
     assert!(out.contains("0 to do"), "rerun resumes: {out}");
+    // A rerun with another size would keep the old files as "already done": refused.
+    let (code, _, err) = prep(&["resize", &root, &out_dir, "--max-side", "16"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("max_side = 32") && err.contains("max_side = 16"), "{err}");
+    // Overlapping folders: the source itself, and an output inside it (read as source next time).
+    for out in [root.clone(), format!("{root}/a/small")] {
+        let (code, _, err) = prep(&["resize", &root, &out, "--max-side", "32"]);
+        assert_eq!(code, 2, "{out}: {err}");
+        assert!(err.contains("overlap"), "{err}");
+    }
+    assert!(!Path::new(&root).join("a/small").exists());
+    // An output folder that holds files but no record of their settings: refused.
+    let unknown = dir.path().join("unknown");
+    std::fs::create_dir_all(unknown.join("a")).unwrap();
+    std::fs::copy(src.join("gray.jpg"), unknown.join("a/gray.jpg")).unwrap();
+    let (code, _, err) = prep(&["resize", &root, unknown.to_str().unwrap(), "--max-side", "32"]);
+    assert!(code == 2 && err.contains("not empty"), "{err}");
 }
 
 #[test]

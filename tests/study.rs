@@ -72,7 +72,8 @@ fn tiny_study_resumes_after_a_kill_runs_in_parallel_and_refuses_a_changed_grid()
     let config = dir.path().join("study.toml");
     let out = dir.path().join("runs");
     std::fs::write(&config, study_toml(&data, &out, "[0, 1]")).unwrap();
-    let threads = ["--threads", "1"];
+    // No --threads: each cell runs this machine's cores' libtorch threads, with --jobs 1 or 2.
+    let threads: [&str; 0] = [];
 
     // Killed at the 25th step of the process: in the second run (polynorm-s0), 5 steps in.
     let (code, text) = study(&config, &threads, Some("step@25"));
@@ -90,14 +91,15 @@ fn tiny_study_resumes_after_a_kill_runs_in_parallel_and_refuses_a_changed_grid()
     assert_eq!(list.lines().filter(|l| l.ends_with("\tfinished")).count(), 4, "{list}");
 
     // The resumed run equals the same cell run alone, uninterrupted (exact resume).
-    let (code, text) = study(&config, &["--cell", "1", "--name", "alone", "--threads", "1"], None);
+    let (code, text) = study(&config, &["--cell", "1", "--name", "alone"], None);
     assert_eq!(code, Some(0), "{text}");
     let resumed = epochs(&out.join("tiny/polynorm-s0"));
     assert_eq!(resumed.len(), 2);
     assert_eq!(resumed, epochs(&out.join("alone/polynorm-s0")), "resumed vs uninterrupted");
 
-    // Two jobs at once give the sequential study's numbers.
-    let (code, text) = study(&config, &["--name", "parallel", "--jobs", "2", "--threads", "1"], None);
+    // Two jobs at once give the sequential study's numbers (the cells' libtorch threads do not
+    // follow --jobs: the thread count changes the CPU reduction order).
+    let (code, text) = study(&config, &["--name", "parallel", "--jobs", "2"], None);
     assert_eq!(code, Some(0), "{text}");
     for cell in ["relu-s0", "polynorm-s0", "relu-s1", "polynorm-s1"] {
         let a = epochs(&out.join("tiny").join(cell));
@@ -308,4 +310,51 @@ fn wsd_branches_equal_shorter_runs_trained_alone() {
         "--at 1: the runs have branches at 2 epochs, and a point of a longer run is not the result of an \
                    1-epoch run";
     assert!(!ok && text.contains(refusal), "{text}");
+}
+
+/// `study --jobs 2` killed with SIGKILL: its running cells get SIGTERM (they save and exit), so
+/// none is left running as an orphan; the rerun continues them.
+#[test]
+fn a_killed_parallel_study_leaves_no_cell_running() {
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 8, 2, 32, 5).unwrap();
+    let config = dir.path().join("study.toml");
+    let out = dir.path().join("runs");
+    let text = study_toml(&data, &out, "[0]").replace("epochs = 2", "epochs = 50").replace("at_epochs = [1]", "");
+    std::fs::write(&config, text.replace("bench_steps = 1", "bench_steps = 0")).unwrap();
+    let mut parent = Command::new(common::bin())
+        .args(["study", "--config", config.to_str().unwrap(), "--jobs", "2", "--threads", "1"])
+        .env_remove("RESNET_TRAIN_FAULT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let locks = [out.join("tiny/relu-s0/lock"), out.join("tiny/polynorm-s0/lock")];
+    let pid_of = |lock: &Path| -> Option<u32> {
+        let text = std::fs::read_to_string(lock).ok()?;
+        text.lines().find_map(|l| l.strip_prefix("pid = ")?.trim().parse().ok())
+    };
+    // Both cells running (each has checkpointed a step: they are past their set-up).
+    common::wait_until(300, "both cells started", || {
+        locks.iter().all(|l| pid_of(l).is_some())
+            && ["relu-s0", "polynorm-s0"].iter().all(|c| out.join("tiny").join(c).join("metrics.jsonl").is_file())
+    });
+    let cells: Vec<u32> = locks.iter().map(|l| pid_of(l).unwrap()).collect();
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    common::wait_until(120, "the cells of a killed study to exit", || {
+        // Gone, or a zombie waiting for init to reap it.
+        cells.iter().all(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |st| st.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+        })
+    });
+    // Each cell saved where it stopped: the study lists them as started, and nothing holds them.
+    let (code, list) = study(&config, &["--list"], None);
+    assert_eq!(code, Some(0), "{list}");
+    assert!(list.lines().all(|l| l.ends_with("\tstarted")), "{list}");
+    for lock in &locks {
+        assert!(!lock.exists(), "{} left behind", lock.display());
+    }
 }

@@ -9,7 +9,7 @@ use crate::data::transform::Transform;
 use crate::error::{Error, Result};
 use crate::model::weights;
 use crate::train::amp::Precision;
-use crate::train::eval::{class_columns, evaluate, evaluate_each, EvalOptions};
+use crate::train::eval::{class_columns, evaluate, evaluate_each, ClassMatch, EvalOptions};
 use crate::train::real_labels::RealLabels;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -92,7 +92,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         .map(|s| a.data.join(s))
         .find(|d| d.is_dir())
         .unwrap_or_else(|| a.data.clone());
-    let data = Arc::new(ImageFolder::open(&root)?);
+    let data = ImageFolder::open(&root)?;
     let names = match &a.classes {
         Some(p) => {
             let ids = crate::cli::predict::read_class_ids(p)?;
@@ -106,12 +106,26 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         None => file.class_names(),
     };
-    let (columns, how) = class_columns(&data.classes, names.as_deref(), cfg.num_classes, &root)?;
+    let ClassMatch { columns, how, left_out: left_out_classes } =
+        class_columns(&data.classes, names.as_deref(), cfg.num_classes, &root)?;
     if let Some(how) = &how {
+        eprintln!("note: {}: {how}", root.display());
+    }
+    let data = if left_out_classes.is_empty() {
+        Arc::new(data)
+    } else {
+        let kept = data.without_classes(&left_out_classes);
         eprintln!(
-            "{}",
-            if how.starts_with("warning") { how.clone() } else { format!("note: {}: {how}", root.display()) }
+            "warning: {}: left out {} class folder(s) that are none of the model's classes ({} images): {}",
+            root.display(),
+            left_out_classes.len(),
+            data.len() - kept.len(),
+            left_out_classes.join(", ")
         );
+        Arc::new(kept)
+    };
+    if data.is_empty() {
+        return Err(Error::file(&root, "no image left to evaluate"));
     }
     if a.real_labels.is_some() && columns.as_ref().is_some_and(|c| c.len() as i64 != cfg.num_classes) {
         return Err(Error::Usage(format!(
@@ -124,6 +138,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let mut lc = LoaderConfig::new(a.batch_size, Transform::Eval { size: crop, resize, filter });
     lc.shuffle = false;
     lc.drop_last_batch = false;
+    // An unreadable image is left out and counted, never scored as another image.
+    lc.leave_out_unreadable = true;
     if a.workers > 0 {
         lc.threads = a.workers;
     }
@@ -145,13 +161,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let r = if real.is_none() && !a.per_class {
         evaluate(&model, &loader, &opts)?
     } else {
-        // Unshuffled and unsharded: batch b holds the samples draws[b * batch ..].
+        // Each image's position in real.json, by dataset index (checked for all before scoring).
         let positions: Vec<usize> = match &real {
             Some(real) => loader
-                .sampler()
-                .draws(0)
+                .dataset()
+                .samples
                 .iter()
-                .map(|&(i, _)| real.position(&loader.dataset().samples[i].path))
+                .map(|s| real.position(&s.path))
                 .collect::<Result<_>>()?,
             None => Vec::new(),
         };
@@ -165,36 +181,39 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 c.2 += predicted.contains(&label) as usize;
             }
             if let Some(real) = real.as_mut() {
-                if batch.replaced > 0 {
-                    return Err(Error::Usage(format!(
-                        "{} unreadable images (named above): ReaL accuracy needs every image",
-                        batch.replaced
-                    )));
-                }
-                for (j, predicted) in top.iter().enumerate() {
+                for (&sample, predicted) in batch.samples.iter().zip(&top) {
                     // ReaL's labels are the model's class indices.
                     let predicted: Vec<i64> = match &columns {
                         Some(c) => predicted.iter().map(|&p| c[p as usize]).collect(),
                         None => predicted.clone(),
                     };
-                    real.score(positions[batch.index * a.batch_size + j], &predicted);
+                    real.score(positions[sample], &predicted);
                 }
             }
             Ok(())
         };
         evaluate_each(&model, &loader, &opts, &mut score)?.result()
     };
+    if r.images == 0 {
+        return Err(Error::file(&root, format!("none of its {} images could be read: nothing scored", r.left_out)));
+    }
     println!(
-        "{}: {} images (resize {resize} {}, crop {crop}), loss {:.4}, top-1 {:.2}%, top-5 {:.2}%",
+        "{}: {} images (resize {resize} {}, crop {crop}), loss {:.4}, top-1 {:.2}%, top-5 {:.2}%{}",
         root.display(),
         r.images,
         filter.name(),
         r.loss,
         r.top1,
-        r.top5
+        r.top5,
+        match r.left_out {
+            0 => String::new(),
+            n => format!(" ({n} unreadable image(s) left out, named above; not in the count)"),
+        }
     );
     let per_class: Option<Vec<serde_json::Value>> = a.per_class.then(|| {
-        let percent = |hits: usize, n: usize| 100.0 * hits as f64 / n.max(1) as f64;
+        // A class with no scored image has no accuracy ("n/a", null), not 0%.
+        let percent = |hits: usize, n: usize| (n > 0).then(|| 100.0 * hits as f64 / n as f64);
+        let shown = |p: Option<f64>| p.map_or("n/a".to_string(), |p| format!("{p:.2}%"));
         println!("{:>6}  {:<24}  {:>6}  {:>7}  {:>7}", "class", "name", "images", "top-1", "top-5");
         classes
             .iter()
@@ -203,12 +222,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 let name = loader.dataset().classes.get(i).map_or("", |s| s.as_str());
                 // The model's class index (the folder's, matched by name or number).
                 let class = columns.as_ref().map_or(i as i64, |c| c[i]);
-                println!("{class:>6}  {name:<24}  {n:>6}  {:>6.2}%  {:>6.2}%", percent(t1, n), percent(t5, n));
+                println!("{class:>6}  {name:<24}  {n:>6}  {:>7}  {:>7}", shown(percent(t1, n)), shown(percent(t5, n)));
                 serde_json::json!({"class": class, "name": name, "images": n, "top1": percent(t1, n), "top5": percent(t5, n)})
             })
             .collect()
     });
     let real = real.map(|real| {
+        if real.images == 0 {
+            // No scored image has a ReaL label (real.json's empty lists): no accuracy, not 0%.
+            println!("ImageNet-ReaL: no image with ReaL labels, top-1 n/a, top-5 n/a");
+            return serde_json::json!({"images": 0, "top1": null, "top5": null});
+        }
         let (top1, top5) = real.accuracy();
         println!(
             "ImageNet-ReaL: {} images with ReaL labels, top-1 {top1:.2}%, top-5 {top5:.2}%",
@@ -218,8 +242,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     });
     if let Some(p) = &a.json {
         let v = serde_json::json!({"checkpoint": a.checkpoint, "data": root, "images": r.images, "loss": r.loss, "top1": r.top1, "top5": r.top5,
+            "left_out_images": r.left_out, "left_out_classes": left_out_classes,
             "resize": resize, "crop": crop, "interpolation": filter, "real": real, "per_class": per_class,
-            "classes_matched": how.filter(|h| !h.starts_with("warning"))});
+            "classes_matched": how});
         crate::fsutil::write_atomic(p, format!("{v}\n").as_bytes())?;
     }
     Ok(())

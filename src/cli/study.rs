@@ -20,14 +20,21 @@ pub struct StudyArgs {
     pub output: Option<PathBuf>,
     /// Cells run at once, each in its own process (the CPU threads split between them, or one
     /// device each from --devices).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::train::range::int::<usize>(1, 1024))]
     pub jobs: usize,
     /// Devices handed out to the jobs in turn, e.g. cuda:0,cuda:1 (default: each cell's config).
     #[arg(long, value_delimiter = ',')]
     pub devices: Option<Vec<String>>,
-    /// CPU threads (libtorch and decoding) per cell (default: the cores / --jobs).
-    #[arg(long)]
+    /// libtorch threads per cell (default: the config's `torch_threads`, else this machine's
+    /// cores, whatever --jobs is: the thread count changes libtorch's CPU reduction order, so it is
+    /// fixed to keep a study's numbers independent of --jobs; with --jobs N on a CPU, --threads
+    /// cores/N avoids oversubscription). Also the decode threads when --workers is unset.
+    #[arg(long, value_parser = crate::train::range::int::<usize>(1, 1024))]
     pub threads: Option<usize>,
+    /// Decode threads per cell (default: --threads, else the cores / --jobs; any number gives the
+    /// same batches).
+    #[arg(long, value_parser = crate::train::range::int::<usize>(1, 1024))]
+    pub workers: Option<usize>,
     /// Run only cell I of --list (e.g. a cluster job array's index), then update the tables.
     #[arg(long)]
     pub cell: Option<usize>,
@@ -57,20 +64,19 @@ pub fn run(a: StudyArgs) -> Result<()> {
         }
         return Ok(());
     }
-    if a.jobs == 0 {
-        return Err(Error::Usage("--jobs must be at least 1".into()));
-    }
     study::claim_folder(&cfg)?;
     crate::ffi::process::install_termination_handlers()
         .map_err(|e| Error::Usage(format!("cannot install the signal handlers: {e}")))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = a.threads.unwrap_or(if a.jobs > 1 { (cores / a.jobs).max(1) } else { 0 });
+    let threads = a.threads;
+    let workers = a.workers.or(threads).unwrap_or((cores / a.jobs).max(1));
     let device_of = |slot: usize| a.devices.as_ref().map(|d| d[slot % d.len()].clone());
+    let runtime = |slot: usize| CellRuntime { threads, workers, device: device_of(slot) };
     if let Some(i) = a.cell {
         let cell = cells.get(i).ok_or_else(|| {
             Error::Usage(format!("--cell {i}: the study has cells 0..{} (see --list)", cells.len()))
         })?;
-        let rt = CellRuntime { threads, device: device_of(0) };
+        let rt = runtime(0);
         let outcome = study::run_cell(&cfg, cell, &rt)?;
         println!("study      cell {i} {}: {}", cell.name, outcome.status);
         study::write_tables(&cfg)?;
@@ -86,12 +92,12 @@ pub fn run(a: StudyArgs) -> Result<()> {
             }
             let verb = if state == CellState::Started { "resuming" } else { "starting" };
             println!("study      run {}/{} {}: {verb}", cell.index + 1, cells.len(), cell.name);
-            let outcome = study::run_cell(&cfg, cell, &CellRuntime { threads, device: device_of(0) })?;
+            let outcome = study::run_cell(&cfg, cell, &runtime(0))?;
             println!("study      run {}: {} in {:.1} min", cell.name, outcome.status, outcome.seconds / 60.0);
             study::write_tables(&cfg)?;
         }
     } else {
-        run_parallel(&a, &cfg, threads)?;
+        run_parallel(&a, &cfg, workers)?;
     }
     // After the runs, so that the measurements have the machine to themselves.
     study::measure_step_costs(&cfg, &crate::runtime::this_program()?)?;
@@ -117,7 +123,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
 
 /// Runs the unfinished cells `--jobs` at a time, each as `resnet-train study --cell I` with its
 /// output in `logs/<cell>.log`. A signal stops them all (each checkpoints; rerun to continue).
-fn run_parallel(a: &StudyArgs, cfg: &StudyConfig, threads: usize) -> Result<()> {
+fn run_parallel(a: &StudyArgs, cfg: &StudyConfig, workers: usize) -> Result<()> {
     let exe = crate::runtime::this_program()?;
     let logs = cfg.dir().join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| Error::io(&logs, e))?;
@@ -151,10 +157,16 @@ fn run_parallel(a: &StudyArgs, cfg: &StudyConfig, threads: usize) -> Result<()> 
             let mut cmd = Command::new(&exe);
             cmd.arg("study").arg("--config").arg(&a.config);
             cmd.arg("--name").arg(&cfg.name).arg("--output").arg(&cfg.output);
-            cmd.arg("--cell").arg(cell.index.to_string()).arg("--threads").arg(threads.to_string());
+            cmd.arg("--cell").arg(cell.index.to_string()).arg("--workers").arg(workers.to_string());
+            if let Some(t) = a.threads {
+                cmd.arg("--threads").arg(t.to_string());
+            }
             if let Some(d) = a.devices.as_ref().map(|d| d[slot % d.len()].clone()) {
                 cmd.arg("--devices").arg(d);
             }
+            // A killed study takes its cells with it (SIGTERM: each checkpoints), so a rerun finds
+            // no cell still running.
+            crate::ffi::process::own_group_dies_with_parent(&mut cmd);
             let child = cmd.stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(err)).spawn();
             let child = match child {
                 Ok(c) => c,
@@ -183,7 +195,8 @@ fn run_parallel(a: &StudyArgs, cfg: &StudyConfig, threads: usize) -> Result<()> 
                 Ok(Some(status)) if status.success() => println!("study      run {}: done", cell.name),
                 Ok(Some(status)) => {
                     let log = logs.join(format!("{}.log", cell.name));
-                    failed.push(format!("{} ({status}; see {})", cell.name, log.display()));
+                    let why = last_error(&log).map_or(String::new(), |e| format!(": {e}"));
+                    failed.push(format!("{} ({status}{why}; see {})", cell.name, log.display()));
                 }
                 Ok(None) => still.push((child, cell, slot)),
                 Err(e) => failed.push(format!("{} ({e})", cell.name)),
@@ -201,4 +214,10 @@ fn run_parallel(a: &StudyArgs, cfg: &StudyConfig, threads: usize) -> Result<()> 
         return Err(Error::Usage(format!("study runs failed: {}", failed.join(", "))));
     }
     Ok(())
+}
+
+/// The last `error:` line of a cell's log (e.g. another process holding its run folder).
+fn last_error(log: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().rev().find_map(|l| l.strip_prefix("error: ")).map(str::to_owned)
 }

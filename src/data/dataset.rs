@@ -227,6 +227,25 @@ impl ImageFolder {
         }
     }
 
+    /// The dataset without the class folders `drop` names: the other classes keep their order
+    /// and are relabelled 0.. (e.g. a val folder's stray class that the model does not have).
+    pub fn without_classes(&self, drop: &[String]) -> ImageFolder {
+        let mut label_of = vec![None; self.classes.len()];
+        let mut classes = Vec::new();
+        for (i, c) in self.classes.iter().enumerate() {
+            if !drop.contains(c) {
+                label_of[i] = Some(classes.len() as u32);
+                classes.push(c.clone());
+            }
+        }
+        let samples = self
+            .samples
+            .iter()
+            .filter_map(|s| Some(Sample { path: s.path.clone(), label: label_of[s.label as usize]? }))
+            .collect();
+        ImageFolder { root: self.root.clone(), classes, samples }
+    }
+
     pub fn len(&self) -> usize {
         self.samples.len()
     }

@@ -35,6 +35,9 @@ pub struct LoaderConfig {
     pub shuffle: bool,
     /// Drop the last partial batch (training) or keep it (evaluation).
     pub drop_last_batch: bool,
+    /// Leave an unreadable file out of its batch (evaluation: a score counts only the images it
+    /// scored) instead of substituting another sample (training: batch shapes stay).
+    pub leave_out_unreadable: bool,
     /// Stop with an error once more than this fraction of the dataset's files proved unreadable.
     pub max_bad_fraction: f64,
     /// Place batches in pinned host memory (for fast, asynchronous copies to a CUDA device).
@@ -65,6 +68,7 @@ impl LoaderConfig {
             seed: 0,
             shuffle: true,
             drop_last_batch: true,
+            leave_out_unreadable: false,
             max_bad_fraction: 0.01,
             pin_memory: false,
             rank: 0,
@@ -85,6 +89,11 @@ pub struct Batch {
     pub index: usize,
     /// Samples of this batch that were replaced because their file was bad.
     pub replaced: usize,
+    /// The dataset index of each image (row) of the batch (a replaced sample: the one it stood
+    /// for).
+    pub samples: Vec<usize>,
+    /// Samples of this batch left out because their file was bad (`leave_out_unreadable`).
+    pub left_out: usize,
 }
 
 /// Files that could not be read or decoded: path -> error, each reported once.
@@ -235,8 +244,9 @@ impl Loader {
     }
 }
 
-/// Decodes one sample into `dst`, substituting deterministically for bad files. Returns the label
-/// used and whether the sample was replaced.
+/// Decodes one sample into `dst`, substituting deterministically for bad files (or, with
+/// `leave_out_unreadable`, leaving them out: None). Returns the label used and whether the sample
+/// was replaced.
 fn load_sample(
     dataset: &ImageFolder,
     cfg: &LoaderConfig,
@@ -244,7 +254,7 @@ fn load_sample(
     epoch: u64,
     (index, repeat): (usize, usize),
     dst: &mut [u8],
-) -> Result<(u32, bool)> {
+) -> Result<Option<(u32, bool)>> {
     let mut candidate = index;
     for attempt in 0..=MAX_SUBSTITUTES {
         let sample = &dataset.samples[candidate];
@@ -275,7 +285,7 @@ fn load_sample(
             })
         });
         match result {
-            Ok(()) => return Ok((sample.label, attempt > 0)),
+            Ok(()) => return Ok(Some((sample.label, attempt > 0))),
             Err(e) => {
                 if bad.record(&sample.path, &e.to_string()) {
                     eprintln!("warning: skipping unreadable image: {e}");
@@ -297,6 +307,9 @@ fn load_sample(
                             examples.join("\n")
                         ),
                     ));
+                }
+                if cfg.leave_out_unreadable {
+                    return Ok(None);
                 }
                 let mut r = SplitMix64::keyed(&[cfg.seed, epoch, index as u64, attempt + 1]);
                 candidate = r.below(dataset.len() as u64) as usize;
@@ -323,17 +336,26 @@ fn make_batch(
     // decoded sample by sample, then laid out split after split.
     let empty = Tensor::f_empty(shape, (Kind::Uint8, Device::Cpu))?;
     let mut images = if cfg.pin_memory && splits == 1 { crate::ffi::pin_memory(&empty)? } else { empty };
-    let results: Vec<Result<(u32, bool)>> = crate::ffi::uint8_bytes_mut(&mut images)?
+    let results: Vec<Result<Option<(u32, bool)>>> = crate::ffi::uint8_bytes_mut(&mut images)?
         .par_chunks_mut(per)
         .zip(indices.par_iter())
         .map(|(dst, &draw)| load_sample(dataset, cfg, bad, epoch, draw, dst))
         .collect();
     let mut labels = Vec::with_capacity(indices.len());
+    let mut samples = Vec::with_capacity(indices.len());
+    let mut kept = Vec::with_capacity(indices.len());
     let mut replaced = 0;
-    for r in results {
-        let (label, was_replaced) = r?;
+    for (row, (r, &(index, _))) in results.into_iter().zip(indices).enumerate() {
+        let Some((label, was_replaced)) = r? else { continue };
         labels.push(label as i64);
+        samples.push(index);
+        kept.push(row as i64);
         replaced += was_replaced as usize;
+    }
+    let left_out = indices.len() - kept.len();
+    if left_out > 0 {
+        // (Evaluation only, one split.) An empty batch stays a [0, 3, size, size] tensor.
+        images = images.f_index_select(0, &Tensor::from_slice(&kept))?;
     }
     let mut labels = Tensor::from_slice(&labels);
     if splits > 1 {
@@ -343,7 +365,7 @@ fn make_batch(
         images = if cfg.pin_memory { crate::ffi::pin_memory(&by_split)? } else { by_split };
         labels = labels.f_repeat([splits as i64])?;
     }
-    Ok(Batch { images, labels, index: batch_index, replaced })
+    Ok(Batch { images, labels, index: batch_index, replaced, samples, left_out })
 }
 
 /// An epoch in progress; yields batches in order. Dropping it stops the producer.

@@ -3,6 +3,7 @@
 //! file's `__metadata__`, so `predict`/`eval` need no re-typed flags. Loading is strict: missing,
 //! unexpected or mis-shaped keys fail with a report that lists them.
 
+use rayon::prelude::*;
 use super::activation::{ActConfig, ActKind};
 use super::resnet::{Arch, ResNetConfig};
 use crate::data::resize::Filter;
@@ -51,6 +52,7 @@ pub fn read(path: &Path) -> Result<WeightsFile> {
         .map_err(|e| Error::file(path, format!("not a valid safetensors file ({e})")))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::file(path, format!("not a valid safetensors file ({e})")))?;
+    check_tensor_checksums(path, &meta.metadata().clone().unwrap_or_default(), &st)?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
         let kind = kind_of(view.dtype()).ok_or_else(|| {
@@ -87,11 +89,53 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
         .unwrap_or_default())
 }
 
-/// Writes tensors (as f32, except integer buffers: i64 and i32) and metadata atomically.
+/// The metadata key of the tensors' CRC-32s (a JSON object: tensor name -> 8 hex digits).
+pub const META_TENSOR_CRC32: &str = "tensor_crc32";
+
+fn crc32_hex(bytes: &[u8]) -> String {
+    format!("{:08x}", crc32fast::hash(bytes))
+}
+
+/// A file whose tensor bytes changed after it was written (a disk error, a partial overwrite)
+/// is refused on load, naming the tensors, instead of resuming and being diagnosed later as a
+/// divergence. Files written before the checksums were recorded are read as they are.
+fn check_tensor_checksums(
+    path: &Path,
+    metadata: &HashMap<String, String>,
+    st: &safetensors::SafeTensors,
+) -> Result<()> {
+    let Some(recorded) = metadata.get(META_TENSOR_CRC32) else { return Ok(()) };
+    let recorded: BTreeMap<String, String> = serde_json::from_str(recorded)
+        .map_err(|e| Error::file(path, format!("bad {META_TENSOR_CRC32} metadata: {e}")))?;
+    let mut damaged: Vec<String> = Vec::new();
+    for (name, view) in st.tensors() {
+        if recorded.get(&name).is_some_and(|crc| *crc != crc32_hex(view.data())) {
+            damaged.push(name);
+        }
+    }
+    if damaged.is_empty() {
+        return Ok(());
+    }
+    damaged.sort();
+    let shown: Vec<&str> = damaged.iter().take(5).map(String::as_str).collect();
+    Err(Error::file(
+        path,
+        format!(
+            "damaged: the bytes of {} tensor(s) differ from the checksums recorded when the file was written ({}{}); \
+             the file was changed on disk after it was saved. Use another checkpoint (an epoch-N file, or a copy)",
+            damaged.len(),
+            shown.join(", "),
+            if damaged.len() > shown.len() { ", ..." } else { "" }
+        ),
+    ))
+}
+
+/// Writes tensors (as f32, except integer buffers: i64 and i32) and metadata atomically, with a
+/// CRC-32 of each tensor's bytes in the metadata (checked by `read`).
 pub fn write(
     path: &Path,
     tensors: &BTreeMap<String, Tensor>,
-    metadata: HashMap<String, String>,
+    mut metadata: HashMap<String, String>,
 ) -> Result<()> {
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
@@ -107,6 +151,12 @@ pub fn write(
         t.f_copy_data_u8(&mut data, t.numel())?;
         owned.push((name.clone(), dtype, shape, data));
     }
+    let crcs: BTreeMap<&str, String> =
+        owned.par_iter().map(|(name, _, _, data)| (name.as_str(), crc32_hex(data))).collect();
+    metadata.insert(
+        META_TENSOR_CRC32.to_string(),
+        serde_json::to_string(&crcs).map_err(|e| Error::file(path, format!("cannot serialise: {e}")))?,
+    );
     let mut views = Vec::with_capacity(owned.len());
     for (name, dtype, shape, data) in &owned {
         let view = TensorView::new(*dtype, shape.clone(), data)

@@ -8,6 +8,7 @@
 //! `weight_decay`, `smoothing`, `model_ema*`, `bce_*`), so a timm recipe translates key by key.
 
 use super::amp::Precision;
+use super::range::{self, Ends};
 use super::clip::ClipMode;
 use super::ema::EmaBuffers;
 use super::eval::EvalMetric;
@@ -39,24 +40,24 @@ pub struct TrainConfig {
     #[arg(long)]
     pub val_split: Option<String>,
     /// Train crop size (RandomResizedCrop).
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
     pub train_size: usize,
     /// Eval crop size (resize to size / crop_pct, then center crop).
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
     pub eval_size: usize,
     /// RandomResizedCrop's smallest area fraction (torchvision: 0.08).
-    #[arg(long, default_value_t = 0.08)]
+    #[arg(long, default_value_t = 0.08, value_parser = range::float(0.0, 1.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub rrc_scale_min: f64,
     /// RandomResizedCrop's aspect-ratio range, drawn log-uniformly (timm's `ratio`; torchvision:
     /// 3/4,4/3).
-    #[arg(long, value_delimiter = ',', default_values_t = [0.75, 4.0 / 3.0])]
+    #[arg(long, value_delimiter = ',', default_values_t = [0.75, 4.0 / 3.0], value_parser = range::float(0.0, 100.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub ratio: Vec<f64>,
     /// Probability of a horizontal flip of each train crop (timm's `hflip`; 0: off).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = range::float(0.0, 1.0, Ends::Closed), allow_negative_numbers = true)]
     pub hflip: f64,
     /// Probability of a vertical flip of each train crop, after the horizontal one (timm's
     /// `vflip`; 0: off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = range::float(0.0, 1.0, Ends::Closed), allow_negative_numbers = true)]
     pub vflip: f64,
     /// No train augmentation at all (timm's `no_aug`): each train image resized (shorter side to
     /// train_size, train_interpolation, bilinear if random) and center-cropped, as eval without
@@ -66,14 +67,14 @@ pub struct TrainConfig {
     pub no_aug: bool,
     /// Per-channel mean of the RGB values in [0, 1] inputs are normalised with (timm's `mean`;
     /// ImageNet's by default). Recorded in model files for `eval` and `predict`.
-    #[arg(long, value_delimiter = ',', default_values_t = crate::data::transform::IMAGENET_MEAN)]
+    #[arg(long, value_delimiter = ',', default_values_t = crate::data::transform::IMAGENET_MEAN, value_parser = range::float(-100.0, 100.0, Ends::Closed), allow_negative_numbers = true)]
     pub mean: Vec<f64>,
     /// ... and standard deviation (timm's `std`).
-    #[arg(long, value_delimiter = ',', default_values_t = crate::data::transform::IMAGENET_STD)]
+    #[arg(long, value_delimiter = ',', default_values_t = crate::data::transform::IMAGENET_STD, value_parser = range::float(0.0, 100.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub std: Vec<f64>,
     /// Eval center crop fraction: resize to floor(eval_size / crop_pct), timm's rule (0.875: 256
     /// for 224; 0.95: 235), then center-crop eval_size.
-    #[arg(long, default_value_t = 0.875)]
+    #[arg(long, default_value_t = 0.875, value_parser = range::float(0.1, 1.0, Ends::Closed), allow_negative_numbers = true)]
     pub crop_pct: f64,
     /// RandomResizedCrop's filter (timm's `train_interpolation`): bilinear (torchvision's),
     /// bicubic, or random (one of the two per image, timm's default); a fixed filter is also the
@@ -85,14 +86,14 @@ pub struct TrainConfig {
     #[arg(long, value_enum, default_value_t = crate::data::resize::Filter::Bilinear)]
     pub interpolation: crate::data::resize::Filter,
     /// Stop when more than this fraction of images is unreadable.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = range::float(0.0, 1.0, Ends::Closed), allow_negative_numbers = true)]
     pub max_bad_fraction: f64,
     /// Images whose header claims more pixels are bad files, refused before decoding
     /// (decompression bombs; PIL's limit).
-    #[arg(long, default_value_t = crate::data::decode::DEFAULT_MAX_IMAGE_PIXELS)]
+    #[arg(long, default_value_t = crate::data::decode::DEFAULT_MAX_IMAGE_PIXELS, value_parser = range::int::<u64>(1, 1_000_000_000_000), allow_negative_numbers = true)]
     pub max_image_pixels: u64,
     /// Decode threads (0: all cores).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = range::int::<usize>(0, 1024), allow_negative_numbers = true)]
     pub workers: usize,
     /// Augmentation policy after the crop and flip (timm's `aa`): randaugment (torchvision's
     /// RandAugment n2 m9; randaugment-n3-m7 for others), trivialaugment or ta_wide
@@ -103,30 +104,30 @@ pub struct TrainConfig {
     pub aa: Option<String>,
     /// ColorJitter strength for brightness, contrast and saturation (one value, or three: b,c,s;
     /// a fourth is the hue shift, at most 0.5), torchvision's semantics, after `aa`; unset: off.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = range::float(0.0, 100.0, Ends::Closed), allow_negative_numbers = true)]
     pub color_jitter: Option<Vec<f64>>,
     /// Apply the color jitter to each crop with this probability (timm's `color_jitter_prob`,
     /// SimCLR-style; unset: always).
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 1.0, Ends::Closed), allow_negative_numbers = true)]
     pub color_jitter_prob: Option<f64>,
     /// Turn each train crop grey with this probability (timm's `grayscale_prob`, torchvision's
     /// RandomGrayscale, after the jitter; 0: off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = range::float(0.0, 1.0, Ends::Closed), allow_negative_numbers = true)]
     pub grayscale_prob: f64,
     /// Blur each train crop with this probability (timm's `gaussian_blur_prob`: torchvision's
     /// GaussianBlur, 23 px kernel, sigma uniform in [0.1, 2]; last of the colour ops; 0: off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = range::float(0.0, 1.0, Ends::Closed), allow_negative_numbers = true)]
     pub gaussian_blur_prob: f64,
     /// Repeated augmentation (timm's `aug_repeats`, RASampler; RSB A1/A2: 3): each sample this
     /// many times in a row per epoch, each copy augmented differently, sharded over the ranks;
     /// each rank then keeps floor(len // 256 * 256 / world) draws per epoch, as timm (0: off).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = range::int::<usize>(0, 16), allow_negative_numbers = true)]
     pub aug_repeats: usize,
     /// AugMix-style splits (timm's `aug_splits`; its AugMix ResNet-50: 3): each sample's crop
     /// and flip appear this many times in the batch, the first copy clean (no aa, no colour
     /// jitter), the others augmented independently; the batch holds split after split, so a step
     /// sees batch_size x aug_splits images. Needs aa, color_jitter, grayscale_prob or gaussian_blur_prob (0: off).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = range::int::<usize>(0, 8), allow_negative_numbers = true)]
     pub aug_splits: usize,
     /// timm's JsdCrossEntropy with aug_splits (timm's `jsd_loss`): cross-entropy (smoothed by
     /// smoothing) on the clean split plus 12 x the Jensen-Shannon divergence of the splits'
@@ -143,13 +144,13 @@ pub struct TrainConfig {
     pub resplit: bool,
     /// Progressive resizing (FFCV's `min_res`): train at this size up to epoch `start_ramp`, at
     /// `train_size` from `end_ramp` on, linearly in between in steps of 32 px (0: off).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = range::int::<usize>(0, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
     pub min_res: usize,
     /// Progressive resizing: the last epoch at `min_res` (0-based, FFCV's `start_ramp`).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = range::int::<u64>(0, 100_000), allow_negative_numbers = true)]
     pub start_ramp: u64,
     /// Progressive resizing: the first epoch at `train_size` (FFCV's `end_ramp`).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = range::int::<u64>(0, 100_000), allow_negative_numbers = true)]
     pub end_ramp: u64,
     /// Evaluate on each image and its mirror image, averaging the logits (FFCV's `lr_tta`).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -163,7 +164,7 @@ pub struct TrainConfig {
     #[arg(long, value_enum, default_value_t = ActKind::Relu)]
     pub act: ActKind,
     /// Polynomial order k of PolyReLU/PolyNorm (1..=8).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = range::int::<i64>(1, crate::model::activation::MAX_ORDER as u64), allow_negative_numbers = true)]
     pub order: i64,
     /// Axis of PolyNorm's root mean square.
     #[arg(long, value_enum, default_value_t = NormAxis::Channel)]
@@ -176,14 +177,14 @@ pub struct TrainConfig {
     pub small_stem: bool,
     /// Stochastic depth (timm's `drop_path`): the probability of dropping a sample's residual
     /// branch, rising linearly over the blocks from 0 to this (RSB A1/A2: 0.05; 0: off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = range::float(0.0, 1.0, Ends::BelowMax), allow_negative_numbers = true)]
     pub drop_path: f64,
     /// DropBlock (timm's `drop_block`): the rate of zeroed square regions after the middle BN of
     /// every block in stages 3 and 4 (timm's sizes 5 and 3; 0: off). Training only.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = range::float(0.0, 1.0, Ends::BelowMax), allow_negative_numbers = true)]
     pub drop_block: f64,
     /// Dropout before the classifier (timm's `drop`; 0: off, as in every ResNet recipe here).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = range::float(0.0, 1.0, Ends::BelowMax), allow_negative_numbers = true)]
     pub drop: f64,
     /// FFCV's BlurPool (`use_blurpool`, on in all its ResNet-50 configs): a fixed 3x3 binomial
     /// blur before every convolution with stride > 1 and at least 16 input channels (the strided
@@ -199,14 +200,14 @@ pub struct TrainConfig {
     pub zero_init_residual: bool,
     /// Every BatchNorm's running-statistics momentum (timm's `bn_momentum`; unset: torch's 0.1).
     /// Recorded in model files.
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 1.0, Ends::Closed), allow_negative_numbers = true)]
     pub bn_momentum: Option<f64>,
     /// Every BatchNorm's variance epsilon (timm's `bn_eps`; unset: torch's 1e-5). Recorded in
     /// model files, so evaluation uses it too.
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 1.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub bn_eps: Option<f64>,
     /// Stability remedy: clamp the polynomial's input to [-C, C].
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 1e6, Ends::AboveMin), allow_negative_numbers = true)]
     pub act_clamp: Option<f64>,
     /// Compute the activations in fp32 under autocast (true, as PyTorch's CUDA autocast does for
     /// the reference's `pow`/`rsqrt`; false: in the autocast dtype).
@@ -231,23 +232,23 @@ pub struct TrainConfig {
     pub initial_checkpoint: Option<PathBuf>,
     /// Multiply the classifier's initial weight and bias by this (timm's `head_init_scale`; after
     /// `initial_checkpoint`; not on resume).
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(-1e6, 1e6, Ends::Closed), allow_negative_numbers = true)]
     pub head_init_scale: Option<f64>,
     /// Set the classifier's initial bias to this (timm's `head_init_bias`, e.g. -log(classes - 1)
     /// with BCE; after head_init_scale; not on resume).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = range::float(-1e6, 1e6, Ends::Closed))]
     pub head_init_bias: Option<f64>,
 
     // ---- Optimisation ----
     /// Training epochs (the schedule's length).
-    #[arg(long, default_value_t = 90)]
+    #[arg(long, default_value_t = 90, value_parser = range::int::<usize>(1, 100_000), allow_negative_numbers = true)]
     pub epochs: usize,
     /// Images per device per micro-step.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = range::int::<usize>(1, 65536), allow_negative_numbers = true)]
     pub batch_size: usize,
     /// Base learning rate for a global batch of 256, scaled to the run's global batch by
     /// `lr_scaling`.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = range::float(0.0, 1000.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub lr: f64,
     /// How `lr` scales with the global batch (batch_size x accum_steps x ranks): linear (x batch /
     /// 256), sqrt (x sqrt(batch / 256), timm's default for AdamW/LAMB when it scales `lr_base`)
@@ -277,7 +278,7 @@ pub struct TrainConfig {
     #[arg(long, value_enum, default_value_t = OptKind::Momentum)]
     pub opt: OptKind,
     /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = range::float(0.0, 1.0, Ends::BelowMax), allow_negative_numbers = true)]
     pub momentum: f64,
     /// Nesterov momentum with `opt = "momentum"` (the same as `opt = "sgd"`).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -285,15 +286,15 @@ pub struct TrainConfig {
     /// Adam/AdamW/LAMB/LARS/RMSpropTF/Adan/LaProp/RAdam/NAdam/AdaBelief epsilon (unset: the
     /// optimizer's default, 1e-8 Adam, AdamW, LARS, Adan, RAdam and NAdam, 1e-6 LAMB, 1e-10
     /// RMSpropTF, 1e-15 LaProp, 1e-16 AdaBelief).
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 1.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub opt_eps: Option<f64>,
     /// Adam-family/LAMB/Lion betas beta1,beta2 (unset: the optimizer's default, 0.9,0.999; Lion
     /// 0.9,0.99; ADOPT 0.9,0.9999); Adan takes three, beta1,beta2,beta3 (default 0.98,0.92,0.99).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = range::float(0.0, 1.0, Ends::BelowMax), allow_negative_numbers = true)]
     pub opt_betas: Option<Vec<f64>>,
     /// LARS trust coefficient (timm's Lars `trust_coeff`; unset: 0.001): a tensor's update is
     /// lr x trust_coeff x |w| / (|g| + weight_decay |w|) times its decayed gradient.
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 1000.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub trust_coeff: Option<f64>,
     /// timm's corrected weight decay (`corrected_weight_decay`, its `adamc`, `nadamc`, `adoptc`,
     /// `lionc` optimizers): the decoupled decay of each step scaled by lr / peak lr, so a step
@@ -305,22 +306,22 @@ pub struct TrainConfig {
     /// Weight decay of conv/fc weights (BatchNorm parameters, biases and activation coefficients:
     /// see norm_weight_decay, bias_weight_decay, act_weight_decay). AdamW and LAMB decouple it
     /// from the gradient.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = range::float(0.0, 100.0, Ends::Closed), allow_negative_numbers = true)]
     pub weight_decay: f64,
     /// Weight decay of BatchNorm's gammas and betas (torchvision's `norm_weight_decay`; unset: 0,
     /// timm's practice. torchvision's classic recipe decays them like the weights).
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 100.0, Ends::Closed), allow_negative_numbers = true)]
     pub norm_weight_decay: Option<f64>,
     /// Weight decay of the classifier's bias (torchvision's `bias_weight_decay`; unset: 0, timm's
     /// practice. torchvision's recipes decay it like the weights. Unlike torchvision's, whose
     /// `bias` key also takes BatchNorm's betas when set, BatchNorm stays under norm_weight_decay:
     /// both torchvision recipes in configs/ are exact either way).
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 100.0, Ends::Closed), allow_negative_numbers = true)]
     pub bias_weight_decay: Option<f64>,
     /// Learning-rate multiplier of the PolyCom coefficients (their own parameter group): 0
     /// freezes them at their init (no gradients, none in the clipped norm; with act_init
     /// relu-like, PolyReLU is then exactly ReLU).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = range::float(0.0, 1000.0, Ends::Closed), allow_negative_numbers = true)]
     pub act_lr_scale: f64,
     /// Apply weight decay to the PolyCom coefficients too.
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -343,15 +344,15 @@ pub struct TrainConfig {
     pub schedule_style: ScheduleStyle,
     /// Linear warmup, in epochs (fractions allowed with the per-step style), inside `epochs`
     /// (before them with timm's `warmup_prefix`).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = range::float(0.0, 100_000.0, Ends::Closed), allow_negative_numbers = true)]
     pub warmup_epochs: f64,
     /// timm style: the warmup's first learning rate, absolute (timm's `warmup_lr`; unset: timm's
     /// default 1e-5).
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 1000.0, Ends::Closed), allow_negative_numbers = true)]
     pub warmup_lr: Option<f64>,
     /// torchvision style: the warmup's first learning rate as a fraction of the peak
     /// (torchvision's `lr_warmup_decay`, LinearLR's start factor; unset: its default 0.01).
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 1.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub lr_warmup_decay: Option<f64>,
     /// timm style: the decay starts after the warmup epochs, which are added to the run (timm's
     /// `warmup_prefix`).
@@ -363,28 +364,28 @@ pub struct TrainConfig {
     pub sched_on_updates: bool,
     /// Epochs trained at `min_lr` after `epochs` (cosine, linear, poly and tanh schedules; timm's
     /// `cooldown_epochs`).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = range::int::<usize>(0, 100_000), allow_negative_numbers = true)]
     pub cooldown_epochs: usize,
     /// The cosine, linear, poly and tanh schedules' final learning rate (a floor for step and
     /// multistep, except in the timm style, as timm).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = range::float(0.0, 1000.0, Ends::Closed), allow_negative_numbers = true)]
     pub min_lr: f64,
     /// Step schedule: decay every this many epochs...
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = range::int::<usize>(1, 100_000), allow_negative_numbers = true)]
     pub step_epochs: usize,
     /// ... by this factor (also multistep's factor; timm's `decay_rate`).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = range::float(0.0, 1.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub step_gamma: f64,
     /// Multistep schedule: the epochs at which the learning rate is multiplied by step_gamma
     /// (Goyal et al.'s 90-epoch ResNet-50: 30,60,80). Per-step and torchvision styles count them
     /// after the warmup, as torch's MultiStepLR in a SequentialLR does; the timm style counts them
     /// from epoch 0 and applies milestone m from epoch m - 1 on, as timm's MultiStepLRScheduler
     /// does (timm's `decay_milestones`).
-    #[arg(long, value_delimiter = ',', default_values_t = [30, 60, 80])]
+    #[arg(long, value_delimiter = ',', default_values_t = [30, 60, 80], value_parser = range::int::<usize>(0, 100_000), allow_negative_numbers = true)]
     pub decay_milestones: Vec<usize>,
     /// Poly schedule's power (timm's `--sched poly` takes it from `decay_rate`, default 0.1;
     /// torch's PolynomialLR: `power`, default 1).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = range::float(0.0, 100.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub poly_power: f64,
     /// torchvision style: the warmup's shape, linear (LinearLR from lr_warmup_decay x the peak) or
     /// constant (ConstantLR: lr_warmup_decay x the peak throughout) (torchvision's
@@ -393,35 +394,35 @@ pub struct TrainConfig {
     pub lr_warmup_method: Option<WarmupMethod>,
     /// timm style, cosine/tanh/poly: the learning rate restarts every cycle; this many cycles
     /// (timm's `lr_cycle_limit`; unset: 1, no restart). The run trains them all.
-    #[arg(long)]
+    #[arg(long, value_parser = range::int::<usize>(1, 10000), allow_negative_numbers = true)]
     pub lr_cycle_limit: Option<usize>,
     /// timm style: each cycle is this many times longer than the last (timm's `lr_cycle_mul`;
     /// unset: 1).
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 100.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub lr_cycle_mul: Option<f64>,
     /// timm style: each cycle's peak is the last one's times this (timm's `lr_cycle_decay`;
     /// unset: timm train.py's 0.5).
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 10.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub lr_cycle_decay: Option<f64>,
     /// timm style, cosine/poly: k-decay (Zhang et al. 2020): the decay follows t^k / T^k instead of
     /// t / T (timm's `lr_k_decay`; unset: 1).
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 100.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub lr_k_decay: Option<f64>,
     /// timm style: learning-rate noise from this fraction of `epochs` on, or between two
     /// fractions (`0.4,0.9`): lr x (1 + n), n ~ N(0, lr_noise_std) redrawn until |n| <
     /// lr_noise_pct, seeded by `seed` + the schedule's tick, drawn by torch's own generator, so
     /// the values are timm's (timm's `lr_noise`).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = range::float(0.0, 100_000.0, Ends::Closed), allow_negative_numbers = true)]
     pub lr_noise: Option<Vec<f64>>,
     /// timm style: the noise's bound (timm's `lr_noise_pct`; unset: 0.67).
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 100.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub lr_noise_pct: Option<f64>,
     /// timm style: the noise's standard deviation (timm's `lr_noise_std`; unset: 1).
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 100.0, Ends::Closed), allow_negative_numbers = true)]
     pub lr_noise_std: Option<f64>,
     /// wsd / rsqrt: the final decay's length, a fraction in (0, 1) of the epochs after the warmup
     /// or a number of epochs >= 1 (timm's `decay_epochs` for these; unset: 0.2).
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 100_000.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub decay_epochs: Option<f64>,
     /// wsd / rsqrt: the final decay's shape, linear, 1-sqrt, cosine, power or exp (timm's
     /// `lr_decay_fn`; unset: 1-sqrt for wsd, linear for rsqrt).
@@ -429,14 +430,14 @@ pub struct TrainConfig {
     pub lr_decay_fn: Option<DecayFn>,
     /// rsqrt: the stable phase is (1 + t / timescale)^-1/2, t and the timescale in epochs after
     /// the warmup (timm's `lr_stable_timescale`; unset: warmup_epochs).
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 100_000.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub lr_stable_timescale: Option<f64>,
     /// Micro-steps per optimizer step (gradient accumulation).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = range::int::<usize>(1, 4096), allow_negative_numbers = true)]
     pub accum_steps: usize,
     /// Clip the gradients at this value (0: off): their global norm, each value, or the AGC clip
     /// factor, by clip_mode.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = range::float(0.0, 1e6, Ends::Closed), allow_negative_numbers = true)]
     pub clip_grad: f64,
     /// How clip_grad clips (timm's `clip_mode`): norm (the global gradient norm at most clip_grad,
     /// torch's clip_grad_norm_), value (each gradient value within ±clip_grad, clip_grad_value_)
@@ -449,38 +450,38 @@ pub struct TrainConfig {
     // ---- Loss ----
     /// Label smoothing (alias: label_smoothing).
     #[serde(alias = "label_smoothing")]
-    #[arg(long, alias = "label-smoothing", default_value_t = 0.0)]
+    #[arg(long, alias = "label-smoothing", default_value_t = 0.0, value_parser = range::float(0.0, 1.0, Ends::BelowMax), allow_negative_numbers = true)]
     pub smoothing: f64,
     /// timm's BinaryCrossEntropy (one-vs-all sigmoid; ResNet Strikes Back) instead of softmax
     /// cross-entropy.
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub bce_loss: bool,
     /// BCE: targets above this become 1, the rest 0 (RSB: 0.2).
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 1.0, Ends::BelowMax), allow_negative_numbers = true)]
     pub bce_target_thresh: Option<f64>,
     /// BCE: sum the loss over the classes, then average over the batch (timm's `bce_sum`;
     /// false: the mean over every sample and class, 1/classes of the sum).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub bce_sum: bool,
     /// BCE: the weight of the positive term of every class (timm's `bce_pos_weight`; unset: 1).
-    #[arg(long)]
+    #[arg(long, value_parser = range::float(0.0, 1e6, Ends::AboveMin), allow_negative_numbers = true)]
     pub bce_pos_weight: Option<f64>,
     /// Mixup's Beta alpha (timm's `mixup`; 0: off). Batches are mixed with their reverse on the
     /// device; label smoothing goes into the mixed targets.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = range::float(0.0, 100.0, Ends::Closed), allow_negative_numbers = true)]
     pub mixup: f64,
     /// CutMix's Beta alpha (timm's `cutmix`; 0: off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = range::float(0.0, 100.0, Ends::Closed), allow_negative_numbers = true)]
     pub cutmix: f64,
     /// CutMix box side as fractions min,max of the image's (timm's `cutmix_minmax`; overrides
     /// the alpha).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = range::float(0.0, 1.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub cutmix_minmax: Option<Vec<f64>>,
     /// Probability that a batch is mixed (timm's `mixup_prob`).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = range::float(0.0, 1.0, Ends::Closed), allow_negative_numbers = true)]
     pub mixup_prob: f64,
     /// Probability of CutMix rather than Mixup when both are on (timm's `mixup_switch_prob`).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = range::float(0.0, 1.0, Ends::Closed), allow_negative_numbers = true)]
     pub mixup_switch_prob: f64,
     /// How Mixup/CutMix draws (timm's `mixup_mode`): batch (one draw per batch), pair (per pair
     /// of samples i and N-1-i) or elem (per sample, mixed with sample N-1-i).
@@ -488,17 +489,17 @@ pub struct TrainConfig {
     pub mixup_mode: super::mixup::MixMode,
     /// Turn Mixup/CutMix off from this epoch on (0: never; timm's `mixup_off_epoch`); the
     /// targets stay label-smoothed.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = range::int::<usize>(0, 100_000), allow_negative_numbers = true)]
     pub mixup_off_epoch: usize,
     /// Random erasing probability per image (timm's `reprob`; 0: off), on the normalised batch.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = range::float(0.0, 1.0, Ends::Closed), allow_negative_numbers = true)]
     pub reprob: f64,
     /// What fills an erased box (timm's `remode`): pixel (normal per pixel), rand (per channel),
     /// const (zeros).
     #[arg(long, value_enum, default_value_t = super::erasing::EraseMode::Pixel)]
     pub remode: super::erasing::EraseMode,
     /// Boxes erased per image (timm's `recount`).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = range::int::<usize>(1, 100), allow_negative_numbers = true)]
     pub recount: usize,
 
     // ---- Weight averaging ----
@@ -507,13 +508,13 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub model_ema: bool,
     /// EMA decay per update.
-    #[arg(long, default_value_t = 0.9998)]
+    #[arg(long, default_value_t = 0.9998, value_parser = range::float(0.0, 1.0, Ends::BelowMax), allow_negative_numbers = true)]
     pub model_ema_decay: f64,
     /// Warm the decay up: min(decay, 1 - (1 + step)^(-2/3)) (timm's use_warmup).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub model_ema_warmup: bool,
     /// Update the EMA every N optimizer steps (with the decay raised to the power N).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = range::int::<usize>(1, 1_000_000), allow_negative_numbers = true)]
     pub model_ema_every: usize,
     /// BN running statistics: copy (from the live model; timm's exclude_buffers) or average.
     #[arg(long, value_enum, default_value_t = EmaBuffers::Copy)]
@@ -530,14 +531,14 @@ pub struct TrainConfig {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Seeds the initial weights, the data order and the augmentations.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = range::int::<u64>(0, i64::MAX as u64), allow_negative_numbers = true)]
     pub seed: u64,
     /// libtorch intra-op threads on CPU (0: libtorch's default).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = range::int::<usize>(0, 1024), allow_negative_numbers = true)]
     pub torch_threads: usize,
     /// Data-parallel jobs (torchrun, SLURM, `resnet-train launch`): seconds a rank waits for the
     /// others at the rendezvous and in each collective before it fails (a rank died or hangs).
-    #[arg(long, default_value_t = 1800)]
+    #[arg(long, default_value_t = 1800, value_parser = range::int::<u64>(1, 604_800), allow_negative_numbers = true)]
     pub dist_timeout: u64,
     /// Data-parallel collectives: auto (NCCL on CUDA, Gloo on CPU), gloo or nccl.
     #[arg(long, value_enum, default_value_t = crate::dist::DistBackend::Auto)]
@@ -554,14 +555,14 @@ pub struct TrainConfig {
 
     // ---- Evaluation, checkpoints, logs ----
     /// Evaluate every N epochs (and after the last).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = range::int::<usize>(1, 100_000), allow_negative_numbers = true)]
     pub eval_every: usize,
     /// Keep this many most recent epoch checkpoints (besides last and best).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = range::int::<usize>(0, 100_000), allow_negative_numbers = true)]
     pub keep_last: usize,
     /// Also keep this many best epoch checkpoints by eval_metric (timm's `checkpoint_hist`,
     /// its CheckpointSaver's top-N; `resnet-train average` averages them).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = range::int::<usize>(0, 1000), allow_negative_numbers = true)]
     pub checkpoint_hist: usize,
     /// What ranks evaluated epochs: top1, top5 or loss (timm's `eval_metric`). Picks
     /// best.safetensors (the model or its EMA, whichever ranks higher) and the checkpoints
@@ -569,14 +570,14 @@ pub struct TrainConfig {
     #[arg(long, value_enum, default_value_t = EvalMetric::Top1)]
     pub eval_metric: EvalMetric,
     /// Also write the `last` checkpoint every N optimizer steps (0: only at epoch ends).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = range::int::<usize>(0, 1_000_000_000), allow_negative_numbers = true)]
     pub checkpoint_every: usize,
     /// Console line every N steps (logs without a terminal).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = range::int::<usize>(1, 1_000_000_000), allow_negative_numbers = true)]
     pub log_every: usize,
     /// Stop after this many optimizer steps in total (0: no limit); the run can be resumed.
     /// Per invocation: not written to the run's resolved config.toml.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = range::int::<usize>(0, 1_000_000_000_000), allow_negative_numbers = true)]
     pub max_steps: usize,
     /// Stop where a run of this many epochs would start its final wsd / rsqrt decay (a study's
     /// branch point; set by `study`, not a flag, never saved).
@@ -593,36 +594,36 @@ pub struct TrainConfig {
     // ---- Stability: monitors, guards, remedies ----
     /// Record per-site activation statistics (largest absolute output, non-finite count) every N
     /// steps (0: off).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = range::int::<usize>(0, 1_000_000_000), allow_negative_numbers = true)]
     pub monitor_every: usize,
     /// Stop with a diagnosis after this many consecutive skipped (non-finite) steps (0: never).
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 25, value_parser = range::int::<usize>(0, 1_000_000_000), allow_negative_numbers = true)]
     pub max_consecutive_skips: usize,
     /// Stop with a diagnosis when the fp16 loss scale falls below this.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = range::float(0.0, 1e6, Ends::Closed), allow_negative_numbers = true)]
     pub min_loss_scale: f64,
     /// Instead of stopping, the divergence guard applies the next of these remedies (clamp:C,
     /// clip:C, act-fp32, act-lowp; comma-separated), restores the last snapshot and continues.
     #[arg(long, value_delimiter = ',')]
     pub divergence_remedies: Vec<Remedy>,
     /// Loss-spike guard: roll back when the loss exceeds this x its running mean (0: off).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = range::float(0.0, 1e6, Ends::Closed), allow_negative_numbers = true)]
     pub spike_factor: f64,
     /// Learning-rate multiplier applied at each rollback.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = range::float(0.0, 1.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub spike_lr_factor: f64,
     /// Rollbacks allowed before the spike guard stops the run.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = range::int::<usize>(0, 1_000_000), allow_negative_numbers = true)]
     pub max_rollbacks: usize,
     /// Steps between in-memory snapshots for rollbacks.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = range::int::<usize>(1, 1_000_000_000), allow_negative_numbers = true)]
     pub snapshot_every: usize,
     /// Steps before the loss's running mean is trusted.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = range::int::<usize>(0, 1_000_000_000), allow_negative_numbers = true)]
     pub spike_warmup: usize,
     /// Testing aid: multiply the loss the spike guard sees at this step by 1000 (fault injection).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, value_parser = range::int::<usize>(0, 1_000_000_000_000), allow_negative_numbers = true)]
     pub inject_spike_at: Option<usize>,
 }
 
@@ -770,7 +771,8 @@ pub fn read_run(run_dir: &Path) -> Result<(TrainConfig, PathBuf)> {
 
 pub fn read_file(path: &Path) -> Result<TrainConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    toml::from_str(&text).map_err(|e| Error::file(path, format!("bad config: {e}")))
+    // A value of the wrong type or sign (`seed = -1`) is a usage error (exit 2), naming the file.
+    toml::from_str(&text).map_err(|e| Error::Usage(format!("{}: bad config: {e}", path.display())))
 }
 
 impl TrainConfig {
@@ -841,6 +843,8 @@ impl TrainConfig {
 
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Usage(m));
+        // Every numeric key within its flag's range (a file's values; flags were parsed by it).
+        range::check_file_values(&Self::command(), &to_table(self)?).map_err(Error::Usage)?;
         self.model(1).validate()?;
         if self.batch_size == 0 || self.accum_steps == 0 {
             return bad("--batch-size and --accum-steps must be at least 1".into());
@@ -1067,6 +1071,9 @@ impl TrainConfig {
             return bad("--epochs must be at least 1".into());
         }
         super::schedule::validate(self)?;
+        if let Some(name) = &self.name {
+            crate::fsutil::check_folder_name("--name", name)?;
+        }
         if self.divergence_remedies.contains(&Remedy::None) {
             return bad("--divergence-remedies: `none` is not a remedy".into());
         }

@@ -13,7 +13,12 @@ pub struct EvalResult {
     /// Percent.
     pub top1: f64,
     pub top5: f64,
+    /// Images scored.
     pub images: usize,
+    /// Images left out because their file could not be read or decoded (not in `images`, not
+    /// scored).
+    #[serde(default)]
+    pub left_out: usize,
 }
 
 /// Which evaluation number ranks epochs: picks `best`, the checkpoints `checkpoint_hist` keeps and
@@ -64,6 +69,7 @@ pub struct EvalSums {
     pub top1: i64,
     pub top5: i64,
     pub images: usize,
+    pub left_out: usize,
 }
 
 impl EvalSums {
@@ -74,16 +80,17 @@ impl EvalSums {
             top1: 100.0 * self.top1 as f64 / n,
             top5: 100.0 * self.top5 as f64 / n,
             images: self.images,
+            left_out: self.left_out,
         }
     }
 
     /// As numbers, for an all-reduce (counts stay exact up to 2^53).
     pub fn to_vec(self) -> Vec<f64> {
-        vec![self.loss, self.top1 as f64, self.top5 as f64, self.images as f64]
+        vec![self.loss, self.top1 as f64, self.top5 as f64, self.images as f64, self.left_out as f64]
     }
 
     pub fn from_slice(v: &[f64]) -> EvalSums {
-        EvalSums { loss: v[0], top1: v[1] as i64, top5: v[2] as i64, images: v[3] as usize }
+        EvalSums { loss: v[0], top1: v[1] as i64, top5: v[2] as i64, images: v[3] as usize, left_out: v[4] as usize }
     }
 }
 
@@ -101,40 +108,58 @@ pub struct EvalOptions {
     pub columns: Option<Vec<i64>>,
 }
 
-/// How a folder's classes map onto a model's: None when they are the model's own classes in its
-/// order, else the model's class of each folder (in folder order) and how they were matched.
+/// How a folder's classes map onto a model's (see `class_columns`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClassMatch {
+    /// The model's class of each folder kept (in folder order); None when the folders are the
+    /// model's own classes in its order.
+    pub columns: Option<Vec<i64>>,
+    /// How they were matched, for a note (None: the model's own classes).
+    pub how: Option<String>,
+    /// Folders that are none of the model's classes: left out of the evaluation (the caller drops
+    /// their images, `ImageFolder::keep_classes`), never scored against another class's label.
+    pub left_out: Vec<String>,
+}
+
+/// How a folder's classes map onto a model's.
 /// - Folders named as the model's classes (its recorded names, e.g. wnids), fewer of them or in
 ///   another order: matched by name. Fewer is the ImageNet-A / ImageNet-R protocol (Hendrycks
-///   et al.): top-k and the loss among those classes' logits only.
+///   et al.): top-k and the loss among those classes' logits only. Folders that match no class
+///   are left out and named.
 /// - Folders named by class index, `0` .. `N-1` (ImageNet-V2's layout, whose folders sort as
 ///   text, 0, 1, 10, 100, ...): each folder is the class its number says.
-/// - Otherwise, as many folders as the model has classes are taken in their sorted order, with a
-///   warning when the model records other names; another count is an error.
+/// - A model that records no names: as many folders as it has classes, in their sorted order
+///   (torchvision's ImageFolder rule); another count is an error.
+/// - A model that records names none of the folders has: an error (a sorted-order guess would
+///   score every image against whichever class sorts there).
 pub fn class_columns(
     data: &[String],
     model_names: Option<&[String]>,
     num_classes: i64,
     root: &std::path::Path,
-) -> Result<(Option<Vec<i64>>, Option<String>)> {
+) -> Result<ClassMatch> {
     if let Some(names) = model_names {
         if names == data {
-            return Ok((None, None));
+            return Ok(ClassMatch::default());
         }
         let index: std::collections::HashMap<&str, i64> =
             names.iter().enumerate().map(|(i, n)| (n.as_str(), i as i64)).collect();
-        let by_name: Option<Vec<i64>> = data.iter().map(|d| index.get(d.as_str()).copied()).collect();
-        if let Some(columns) = by_name {
-            let how = if data.len() == names.len() {
+        let (kept, left_out): (Vec<&String>, Vec<&String>) =
+            data.iter().partition(|d| index.contains_key(d.as_str()));
+        if !kept.is_empty() {
+            let columns: Vec<i64> = kept.iter().map(|d| index[d.as_str()]).collect();
+            let how = if kept.len() == names.len() {
                 "matched to the model's classes by name (another order)".to_string()
             } else {
                 format!(
                     "{} of the model's {} classes, matched by name: top-1/top-5 and the loss among those classes' \
                      logits only (the ImageNet-A/-R protocol)",
-                    data.len(),
+                    kept.len(),
                     names.len()
                 )
             };
-            return Ok((Some(columns), Some(how)));
+            let left_out = left_out.into_iter().cloned().collect();
+            return Ok(ClassMatch { columns: Some(columns), how: Some(how), left_out });
         }
     }
     let numbered: Option<Vec<i64>> = data
@@ -152,26 +177,32 @@ pub fn class_columns(
                 ""
             }
         );
-        return Ok((Some(columns), Some(how)));
+        return Ok(ClassMatch { columns: Some(columns), how: Some(how), left_out: Vec::new() });
+    }
+    let first = |v: &[String]| v.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+    if let Some(names) = model_names {
+        return Err(crate::error::Error::Usage(format!(
+            "{}: none of its {} class folders ({}, ...) is one of the model's {} classes ({}, ...) or a class \
+             index: scoring them in sorted order would label each image as another class. Name the folders as \
+             the model's classes, or give the model's class ids with --classes FILE",
+            root.display(),
+            data.len(),
+            first(data),
+            names.len(),
+            first(names)
+        )));
     }
     if data.len() as i64 != num_classes {
         return Err(crate::error::Error::Usage(format!(
-            "{}: {} class folders, but the model has {} classes, and the folders are neither the model's class \
-             names{} nor class indices 0..{}",
+            "{}: {} class folders, but the model has {} classes, and the folders are not class indices 0..{} \
+             (the checkpoint records no class names: give them with --classes)",
             root.display(),
             data.len(),
             num_classes,
-            if model_names.is_some() { "" } else { " (the checkpoint records none: give them with --classes)" },
             num_classes - 1
         )));
     }
-    let warning = model_names.map(|_| {
-        format!(
-            "warning: the class folders of {} differ from the checkpoint's class names: taken in their sorted order",
-            root.display()
-        )
-    });
-    Ok((None, warning))
+    Ok(ClassMatch::default())
 }
 
 pub fn evaluate(model: &ResNet, loader: &Loader, opts: &EvalOptions) -> Result<EvalResult> {
@@ -192,12 +223,16 @@ pub fn evaluate_each(
     each: &mut dyn FnMut(&Batch, &Tensor) -> Result<()>,
 ) -> Result<EvalSums> {
     let EvalOptions { device, precision, channels_last, flip_tta, norm, ref columns } = *opts;
-    let (mut loss_sum, mut c1, mut c5, mut n) = (0f64, 0i64, 0i64, 0usize);
+    let (mut loss_sum, mut c1, mut c5, mut n, mut left_out) = (0f64, 0i64, 0i64, 0usize, 0usize);
     let columns = columns.as_ref().map(|c| Tensor::from_slice(c).to_device(device));
     let classes = columns.as_ref().map_or(model.config().num_classes, |c| c.size()[0]);
     let k = 5.min(classes);
     for batch in loader.epoch(0, 0) {
         let batch = batch?;
+        left_out += batch.left_out;
+        if batch.samples.is_empty() {
+            continue; // every image of the batch was unreadable
+        }
         let x = prepare(&batch.images, device, channels_last, &norm)?;
         let y = batch.labels.f_to_device(device)?;
         let logits = tch::no_grad(|| -> Result<Tensor> {
@@ -222,5 +257,5 @@ pub fn evaluate_each(
         loss_sum += loss.double_value(&[]);
         n += y.size()[0] as usize;
     }
-    Ok(EvalSums { loss: loss_sum, top1: c1, top5: c5, images: n })
+    Ok(EvalSums { loss: loss_sum, top1: c1, top5: c5, images: n, left_out })
 }

@@ -102,10 +102,33 @@ impl RunLog {
             .append(true)
             .open(&jsonl_path)
             .map_err(|e| Error::io(&jsonl_path, e))?;
-        let epochs = Self::read_summary(&dir.join("summary.csv"))
+        let epochs: Vec<EpochRecord> = Self::read_summary(&dir.join("summary.csv"))
             .into_iter()
             .filter(|e| e.epoch < keep_epochs)
             .collect();
+        // A resumed run whose logs lost records (a file deleted or cut by hand) says so: training
+        // continues exactly, but the curves have a gap that no later step fills.
+        let steps: std::collections::BTreeSet<usize> = kept
+            .iter()
+            .filter_map(|l| serde_json::from_str::<StepRecord>(l).ok().map(|r| r.step))
+            .collect();
+        if steps.len() < keep_steps {
+            eprintln!(
+                "warning: {} holds {} of the run's first {keep_steps} step records (deleted or cut since they were \
+                 written): the loss curve will have a gap there; training resumes exactly",
+                jsonl_path.display(),
+                steps.len()
+            );
+        }
+        let epochs_seen: std::collections::BTreeSet<usize> = epochs.iter().map(|e| e.epoch).collect();
+        if epochs_seen.len() < keep_epochs {
+            eprintln!(
+                "warning: {} holds {} of the run's {keep_epochs} finished epochs (deleted or cut since they were \
+                 written): their rows stay missing; the epoch-N checkpoints record their evaluations",
+                dir.join("summary.csv").display(),
+                epochs_seen.len()
+            );
+        }
         // Earlier attempts' event files keep what precedes the checkpoint; this attempt adds a
         // file (TensorBoard merges the files of one folder).
         let tb_dir = dir.join("tb");

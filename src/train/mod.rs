@@ -15,6 +15,7 @@ pub mod loss;
 pub mod metrics;
 pub mod mixup;
 pub mod optim;
+pub mod range;
 pub mod real_labels;
 pub mod run_dir;
 pub mod schedule;

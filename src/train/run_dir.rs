@@ -60,7 +60,16 @@ impl RunLock {
                             let who = stale
                                 .map_or("an unreadable lock".into(), |(p, _)| format!("process {p}, gone"));
                             eprintln!("note: {}: taking over the lock of {who}", dir.display());
-                            let _ = std::fs::remove_file(&path);
+                            // A lock that cannot be removed (a read-only or immutable folder)
+                            // is this error, not another process's doing.
+                            if let Err(e) = std::fs::remove_file(&path) {
+                                if e.kind() != std::io::ErrorKind::NotFound {
+                                    return Err(Error::file(
+                                        &path,
+                                        format!("cannot remove the stale lock of {who}: {e}"),
+                                    ));
+                                }
+                            }
                         }
                     }
                 }

@@ -96,9 +96,7 @@ impl StudyConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.name.is_empty() || self.name.contains(['/', '\\']) {
-            return Err(Error::Usage(format!("study name {:?} must be a plain folder name", self.name)));
-        }
+        crate::fsutil::check_folder_name("the study's name", &self.name)?;
         if self.seeds.is_empty() || self.variants.is_empty() {
             return Err(Error::Usage("a study needs at least one seed and one variant".into()));
         }
@@ -111,7 +109,7 @@ impl StudyConfig {
         let mut names = std::collections::HashSet::new();
         for v in &self.variants {
             let plain = v.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-            if v.name.is_empty() || !plain {
+            if v.name.is_empty() || !plain || v.name.chars().all(|c| c == '.') {
                 return Err(Error::Usage(format!(
                     "variant name {:?}: use letters, digits, '-', '_' and '.' (it names run folders)",
                     v.name
@@ -315,12 +313,28 @@ pub fn claim_folder(cfg: &StudyConfig) -> Result<()> {
     write_atomic(&saved_path, text.as_bytes())
 }
 
-/// Runtime settings that do not change what a cell computes.
+/// Runtime settings of a cell.
 #[derive(Clone, Debug, Default)]
 pub struct CellRuntime {
-    /// `torch_threads` and `workers` of the cell (0: the config's).
-    pub threads: usize,
+    /// The cell's libtorch threads (`study --threads`; None: the config's `torch_threads`, else
+    /// this machine's cores). The thread count changes libtorch's CPU reduction order, so it is
+    /// fixed whatever `--jobs` is: a study's numbers do not depend on how many cells run at once.
+    pub threads: Option<usize>,
+    /// The cell's decode threads (0: the config's `workers`); the loader's batches are the same
+    /// with any number.
+    pub workers: usize,
     pub device: Option<String>,
+}
+
+impl CellRuntime {
+    /// The libtorch threads a cell of config `c` runs with.
+    pub fn torch_threads(&self, c: &TrainConfig) -> usize {
+        match (self.threads, c.torch_threads) {
+            (Some(t), _) if t > 0 => t,
+            (_, t) if t > 0 => t,
+            _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
 }
 
 /// Runs (or resumes) one cell to its end and marks it done; a cell stopped by a stability guard
@@ -330,9 +344,9 @@ pub fn run_cell(cfg: &StudyConfig, cell: &Cell, rt: &CellRuntime) -> Result<Cell
         return Ok(outcome);
     }
     let mut c = cfg.cell_config(cell)?;
-    if rt.threads > 0 {
-        c.torch_threads = rt.threads;
-        c.workers = rt.threads;
+    c.torch_threads = rt.torch_threads(&c);
+    if rt.workers > 0 {
+        c.workers = rt.workers;
     }
     if let Some(d) = &rt.device {
         c.device = d.clone();
@@ -611,7 +625,7 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
         "{} of {} runs done ({} variants x {} seeds: {:?}). Base: {} for {} epochs at {} px, batch {}, on {}. \
          Baseline: `{}`. Values: mean ± sample sd over seeds; 95% CI: mean ± t(0.975, n-1)·sd/√n; Δ top-1 and Δ train \
          loss: the differences to the baseline paired by seed, each with its own 95% CI; verdict: better / worse when \
-         that interval excludes 0, else not distinguishable at this n. Diverged runs (a stability guard \
+         that interval excludes 0, else not distinguishable at this n; not enough runs with fewer than two pairs or pairs that all differ alike (zero spread). Diverged runs (a stability guard \
          stopped them) count as runs but give no end values. Act params: the scalars the activations \
          add; act MFLOPs: their forward cost per image at {} px (ReLU 1, PolyReLU 2k+1, PolyNorm 5k-1 \
          per element), next to the convolutions' {:.3} GMACs. ms/step and step memory: `resnet-train bench` \
@@ -966,9 +980,10 @@ pub fn measure_step_costs(cfg: &StudyConfig, exe: &Path) -> Result<()> {
         }
         let flags = bench_flags(&cfg.cell_config(&cell)?, cfg.bench_steps);
         println!("study      bench {}: resnet-train bench {}", v.name, flags.join(" "));
-        let out = std::process::Command::new(exe)
-            .arg("bench")
-            .args(&flags)
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg("bench").args(&flags);
+        crate::ffi::process::own_group_dies_with_parent(&mut cmd);
+        let out = cmd
             .output()
             .map_err(|e| Error::Usage(format!("cannot run bench: {e}")))?;
         let stdout = String::from_utf8_lossy(&out.stdout);

@@ -189,6 +189,39 @@ fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFold
     Ok((train, val))
 }
 
+/// An epoch must hold at least one optimizer step: with fewer images per rank than
+/// batch_size x accum_steps, every epoch would train nothing and the run would report success.
+/// Refused rather than trained with a partial batch: the batch defines the experiment (its
+/// learning rate scales with it, BatchNorm normalises over it), so a smaller one would silently
+/// be another experiment.
+fn check_batches_fit(cfg: &TrainConfig, loader: &Loader, world: usize) -> Result<()> {
+    let per_rank = loader.sampler().per_rank();
+    let batches = loader.batches_per_epoch();
+    if batches / cfg.accum_steps.max(1) > 0 {
+        return Ok(());
+    }
+    let images = loader.dataset().len();
+    let per_step = cfg.batch_size * cfg.accum_steps;
+    let fits = per_rank / cfg.accum_steps.max(1);
+    Err(Error::Usage(format!(
+        "{}: {images} training images give each of the {world} process(es) {per_rank} per epoch{}, fewer than \
+         one optimizer step takes (--batch-size {} x --accum-steps {} = {per_step}): every epoch would train \
+         nothing. {}",
+        loader.dataset().root.display(),
+        if cfg.aug_repeats > 1 { format!(" (with --aug-repeats {})", cfg.aug_repeats) } else { String::new() },
+        cfg.batch_size,
+        cfg.accum_steps,
+        if fits > 0 {
+            format!(
+                "Use --batch-size {fits} or less with --accum-steps {}, fewer processes, or more data",
+                cfg.accum_steps
+            )
+        } else {
+            format!("Use --accum-steps {per_rank} or less with a smaller --batch-size, fewer processes, or more data")
+        }
+    )))
+}
+
 fn run_dir(cfg: &TrainConfig) -> PathBuf {
     let name = cfg.name.clone().unwrap_or_else(|| {
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -269,6 +302,12 @@ impl Trainer {
             }
             saved_config = Some(saved);
         }
+        // The data before the run folder: a dataset that cannot train refuses the run with
+        // nothing written.
+        let (train_set, val_set) = datasets(&cfg)?;
+        let (train_loader, val_loader, eval_size) =
+            loaders(&cfg, device, &train_set, val_set.as_ref(), dist.as_ref().map(|d| &d.env))?;
+        check_batches_fit(&cfg, &train_loader, dist.as_ref().map_or(1, |d| d.world()))?;
         let lock = if main { Some(RunLock::acquire(&dir)?) } else { None };
         let stale = if main { run_dir::remove_stale_temp_files(&dir)? } else { 0 };
         if stale > 0 {
@@ -294,9 +333,6 @@ impl Trainer {
             // The TensorBoard events of an attempt that never reached a checkpoint are void.
             std::fs::remove_dir_all(dir.join("tb")).map_err(|e| Error::io(dir.join("tb"), e))?;
         }
-        let (train_set, val_set) = datasets(&cfg)?;
-        let (train_loader, val_loader, eval_size) =
-            loaders(&cfg, device, &train_set, val_set.as_ref(), dist.as_ref().map(|d| &d.env))?;
         let classes = train_set.classes.clone();
         let run_config = cfg.to_toml(); // the run's settings, before any remedy of its guards
         let mut engine = Engine::new(cfg, device, classes.len() as i64)?;
@@ -365,6 +401,7 @@ impl Trainer {
         engine.snapshot_if_due(state.step);
 
         let cfg = &engine.cfg;
+        // At least 1: `check_batches_fit` refused a run whose epoch holds no optimizer step.
         let steps_per_epoch = (train_loader.batches_per_epoch() / cfg.accum_steps).max(1);
         if state.world_size != world {
             // Another world size: resume at the batch that has seen as many of the epoch's
@@ -764,8 +801,14 @@ impl Trainer {
             self.main,
             "epoch {epoch:>3} done: train loss {train_loss:.4}{}{}{}{}  [{:.0} s, data wait {:.0}%]",
             eval.map_or(String::new(), |e| format!(
-                "  eval loss {:.4}  top-1 {:.2}%  top-5 {:.2}%",
-                e.loss, e.top1, e.top5
+                "  eval loss {:.4}  top-1 {:.2}%  top-5 {:.2}%{}",
+                e.loss,
+                e.top1,
+                e.top5,
+                match e.left_out {
+                    0 => String::new(),
+                    n => format!(" (of {} val images: {n} unreadable left out, named above)", e.images + n),
+                }
             )),
             ema_eval.map_or(String::new(), |e| format!("  EMA top-1 {:.2}%  top-5 {:.2}%", e.top1, e.top5)),
             match self.train_loader.bad.count() {
@@ -903,6 +946,8 @@ fn loaders(
             c.shuffle = false;
             c.drop_last_batch = false;
             c.uneven_shards = true;
+            // An unreadable val image is left out of the score (and counted), not replaced.
+            c.leave_out_unreadable = true;
             Some(Loader::new(v.clone(), c)?)
         }
         None => None,
