@@ -171,7 +171,10 @@ mod tests {
         assert_eq!(p.verdict, Verdict::NotDistinguishable);
         // Two identical differences: a collapsed interval [5, 5] is no verdict; nor is one pair.
         let p = paired(&[15.0, 16.0], &[10.0, 11.0], Better::Higher);
-        assert_eq!((p.verdict, p.verdict.words(2).as_str()), (Verdict::NotEnoughRuns, "not enough runs (n = 2, zero spread)"));
+        assert_eq!(
+            (p.verdict, p.verdict.words(2).as_str()),
+            (Verdict::NotEnoughRuns, "not enough runs (n = 2, zero spread)")
+        );
         assert_eq!(paired(&[15.0], &[10.0], Better::Higher).verdict.words(1), "not enough runs (n = 1)");
         // Differences 2.0, 2.1, 1.9: mean 2, sd 0.1: clearly above 0.
         let p = paired(&[12.0, 12.1, 11.9], &[10.0, 10.0, 10.0], Better::Higher);

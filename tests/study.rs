@@ -321,7 +321,8 @@ fn a_killed_parallel_study_leaves_no_cell_running() {
     synthetic::write_dataset(&data, 8, 2, 32, 5).unwrap();
     let config = dir.path().join("study.toml");
     let out = dir.path().join("runs");
-    let text = study_toml(&data, &out, "[0]").replace("epochs = 2", "epochs = 50").replace("at_epochs = [1]", "");
+    let text =
+        study_toml(&data, &out, "[0]").replace("epochs = 2", "epochs = 50").replace("at_epochs = [1]", "");
     std::fs::write(&config, text.replace("bench_steps = 1", "bench_steps = 0")).unwrap();
     let mut parent = Command::new(common::bin())
         .args(["study", "--config", config.to_str().unwrap(), "--jobs", "2", "--threads", "1"])
@@ -338,7 +339,9 @@ fn a_killed_parallel_study_leaves_no_cell_running() {
     // Both cells running (each has checkpointed a step: they are past their set-up).
     common::wait_until(300, "both cells started", || {
         locks.iter().all(|l| pid_of(l).is_some())
-            && ["relu-s0", "polynorm-s0"].iter().all(|c| out.join("tiny").join(c).join("metrics.jsonl").is_file())
+            && ["relu-s0", "polynorm-s0"]
+                .iter()
+                .all(|c| out.join("tiny").join(c).join("metrics.jsonl").is_file())
     });
     let cells: Vec<u32> = locks.iter().map(|l| pid_of(l).unwrap()).collect();
     parent.kill().unwrap();

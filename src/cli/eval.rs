@@ -63,6 +63,10 @@ pub struct EvalArgs {
     /// Also each class's top-1 and top-5 (a table, and `per_class` in the JSON).
     #[arg(long)]
     pub per_class: bool,
+    /// Stop when more than this fraction of the images is unreadable; below it, each unreadable
+    /// image is named, left out of the score and counted (`left_out_images` in the JSON).
+    #[arg(long, default_value_t = 0.01, value_parser = crate::train::range::float(0.0, 1.0, crate::train::range::Ends::Closed))]
+    pub max_bad_fraction: f64,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -140,6 +144,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     lc.drop_last_batch = false;
     // An unreadable image is left out and counted, never scored as another image.
     lc.leave_out_unreadable = true;
+    lc.max_bad_fraction = a.max_bad_fraction;
     if a.workers > 0 {
         lc.threads = a.workers;
     }
@@ -163,12 +168,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     } else {
         // Each image's position in real.json, by dataset index (checked for all before scoring).
         let positions: Vec<usize> = match &real {
-            Some(real) => loader
-                .dataset()
-                .samples
-                .iter()
-                .map(|s| real.position(&s.path))
-                .collect::<Result<_>>()?,
+            Some(real) => {
+                loader.dataset().samples.iter().map(|s| real.position(&s.path)).collect::<Result<_>>()?
+            }
             None => Vec::new(),
         };
         let mut score = |batch: &Batch, top: &Tensor| -> Result<()> {
@@ -195,7 +197,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
         evaluate_each(&model, &loader, &opts, &mut score)?.result()
     };
     if r.images == 0 {
-        return Err(Error::file(&root, format!("none of its {} images could be read: nothing scored", r.left_out)));
+        return Err(Error::file(
+            &root,
+            format!("none of its {} images could be read: nothing scored", r.left_out),
+        ));
     }
     println!(
         "{}: {} images (resize {resize} {}, crop {crop}), loss {:.4}, top-1 {:.2}%, top-5 {:.2}%{}",

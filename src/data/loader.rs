@@ -103,14 +103,33 @@ pub struct BadFiles {
 }
 
 impl BadFiles {
-    /// Records a bad file; true the first time it is seen.
-    fn record(&self, path: &PathBuf, err: &str) -> bool {
+    /// Records a bad file, naming it the first time it is seen; fails once more than `allowed`
+    /// files are bad. Naming, counting and the failure happen under one lock, so the count in
+    /// the error is the number of files named before it, even with many decode threads.
+    fn record(&self, path: &PathBuf, err: &Error, dataset: &ImageFolder, fraction: f64) -> Result<()> {
+        let (root, total) = (&dataset.root, dataset.len());
+        let allowed = (fraction * total as f64).floor() as usize;
         let mut f = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        if f.contains_key(path) {
-            return false;
+        if f.len() > allowed {
+            return Err(Error::file(root, "stopped: too many unreadable images (named above)"));
         }
-        f.insert(path.clone(), err.to_string());
-        true
+        if !f.contains_key(path) {
+            eprintln!("warning: unreadable image: {err}");
+            f.insert(path.clone(), err.to_string());
+        }
+        if f.len() <= allowed {
+            return Ok(());
+        }
+        let examples: Vec<String> =
+            f.iter().take(10).map(|(p, e)| format!("  {}: {e}", p.display())).collect();
+        Err(Error::file(
+            root,
+            format!(
+                "{} unreadable images, more than the allowed fraction {fraction} of {total} files; for example:\n{}",
+                f.len(),
+                examples.join("\n")
+            ),
+        ))
     }
 
     pub fn count(&self) -> usize {
@@ -287,27 +306,7 @@ fn load_sample(
         match result {
             Ok(()) => return Ok(Some((sample.label, attempt > 0))),
             Err(e) => {
-                if bad.record(&sample.path, &e.to_string()) {
-                    eprintln!("warning: skipping unreadable image: {e}");
-                }
-                let allowed = (cfg.max_bad_fraction * dataset.len() as f64).floor() as usize;
-                if bad.count() > allowed {
-                    let examples: Vec<String> = bad
-                        .examples(10)
-                        .into_iter()
-                        .map(|(p, e)| format!("  {}: {e}", p.display()))
-                        .collect();
-                    return Err(Error::file(
-                        &dataset.root,
-                        format!(
-                            "{} unreadable images, more than the allowed fraction {} of {} files; for example:\n{}",
-                            bad.count(),
-                            cfg.max_bad_fraction,
-                            dataset.len(),
-                            examples.join("\n")
-                        ),
-                    ));
-                }
+                bad.record(&sample.path, &e, dataset, cfg.max_bad_fraction)?;
                 if cfg.leave_out_unreadable {
                     return Ok(None);
                 }

@@ -3,13 +3,13 @@
 //! file's `__metadata__`, so `predict`/`eval` need no re-typed flags. Loading is strict: missing,
 //! unexpected or mis-shaped keys fail with a report that lists them.
 
-use rayon::prelude::*;
 use super::activation::{ActConfig, ActKind};
 use super::resnet::{Arch, ResNetConfig};
 use crate::data::resize::Filter;
 use crate::data::transform::Normalization;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
+use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

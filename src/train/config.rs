@@ -8,11 +8,11 @@
 //! `weight_decay`, `smoothing`, `model_ema*`, `bce_*`), so a timm recipe translates key by key.
 
 use super::amp::Precision;
-use super::range::{self, Ends};
 use super::clip::ClipMode;
 use super::ema::EmaBuffers;
 use super::eval::EvalMetric;
 use super::optim::OptKind;
+use super::range::{self, Ends};
 use super::schedule::{DecayFn, LrScaling, ScheduleKind, ScheduleStyle, WarmupMethod};
 use super::stability::Remedy;
 use crate::error::{Error, Result};

@@ -90,7 +90,13 @@ impl EvalSums {
     }
 
     pub fn from_slice(v: &[f64]) -> EvalSums {
-        EvalSums { loss: v[0], top1: v[1] as i64, top5: v[2] as i64, images: v[3] as usize, left_out: v[4] as usize }
+        EvalSums {
+            loss: v[0],
+            top1: v[1] as i64,
+            top5: v[2] as i64,
+            images: v[3] as usize,
+            left_out: v[4] as usize,
+        }
     }
 }
 

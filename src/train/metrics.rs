@@ -108,10 +108,8 @@ impl RunLog {
             .collect();
         // A resumed run whose logs lost records (a file deleted or cut by hand) says so: training
         // continues exactly, but the curves have a gap that no later step fills.
-        let steps: std::collections::BTreeSet<usize> = kept
-            .iter()
-            .filter_map(|l| serde_json::from_str::<StepRecord>(l).ok().map(|r| r.step))
-            .collect();
+        let steps: std::collections::BTreeSet<usize> =
+            kept.iter().filter_map(|l| serde_json::from_str::<StepRecord>(l).ok().map(|r| r.step)).collect();
         if steps.len() < keep_steps {
             eprintln!(
                 "warning: {} holds {} of the run's first {keep_steps} step records (deleted or cut since they were \

@@ -35,7 +35,11 @@ pub enum Ends {
 }
 
 /// A value parser for a finite float key between `min` and `max` (ends by `ends`).
-pub fn float(min: f64, max: f64, ends: Ends) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+pub fn float(
+    min: f64,
+    max: f64,
+    ends: Ends,
+) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
     move |s: &str| {
         let (open, close, ok): (&str, &str, fn(f64, f64, f64) -> bool) = match ends {
             Ends::Closed => ("[", "]", |v, lo, hi| lo <= v && v <= hi),

@@ -983,9 +983,7 @@ pub fn measure_step_costs(cfg: &StudyConfig, exe: &Path) -> Result<()> {
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("bench").args(&flags);
         crate::ffi::process::own_group_dies_with_parent(&mut cmd);
-        let out = cmd
-            .output()
-            .map_err(|e| Error::Usage(format!("cannot run bench: {e}")))?;
+        let out = cmd.output().map_err(|e| Error::Usage(format!("cannot run bench: {e}")))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let row: Option<serde_json::Value> = stdout.lines().last().and_then(|l| serde_json::from_str(l).ok());
         let Some(row) = row.filter(|_| out.status.success()) else {

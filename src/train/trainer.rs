@@ -202,23 +202,28 @@ fn check_batches_fit(cfg: &TrainConfig, loader: &Loader, world: usize) -> Result
     }
     let images = loader.dataset().len();
     let per_step = cfg.batch_size * cfg.accum_steps;
-    let fits = per_rank / cfg.accum_steps.max(1);
+    let accum = cfg.accum_steps.max(1);
+    let mut ways = Vec::new();
+    if per_rank / accum > 0 {
+        ways.push(format!("--batch-size {} or less (with --accum-steps {accum})", per_rank / accum));
+    }
+    if per_rank / cfg.batch_size > 0 && accum > 1 {
+        ways.push(format!(
+            "--accum-steps {} or less (with --batch-size {})",
+            per_rank / cfg.batch_size,
+            cfg.batch_size
+        ));
+    }
+    ways.push("fewer processes, or more data".into());
     Err(Error::Usage(format!(
         "{}: {images} training images give each of the {world} process(es) {per_rank} per epoch{}, fewer than \
          one optimizer step takes (--batch-size {} x --accum-steps {} = {per_step}): every epoch would train \
-         nothing. {}",
+         nothing. Use {}",
         loader.dataset().root.display(),
         if cfg.aug_repeats > 1 { format!(" (with --aug-repeats {})", cfg.aug_repeats) } else { String::new() },
         cfg.batch_size,
         cfg.accum_steps,
-        if fits > 0 {
-            format!(
-                "Use --batch-size {fits} or less with --accum-steps {}, fewer processes, or more data",
-                cfg.accum_steps
-            )
-        } else {
-            format!("Use --accum-steps {per_rank} or less with a smaller --batch-size, fewer processes, or more data")
-        }
+        ways.join(", ")
     )))
 }
 
