@@ -110,7 +110,7 @@ fn out_of_range_sizes_metadata_and_nan_weights_are_errors() {
         (format!("eval --checkpoint {w} --data {data} --size 0"), "--size"),
         (format!("eval --checkpoint {w} --data {data} --crop-pct nan"), "--crop-pct"),
         (format!("bench-data --data {data} --size 0"), "--size"),
-        (format!("predict --checkpoint {w} --resize 60000 --crop 60000 {img}"), "--resize/--crop"),
+        (format!("predict --checkpoint {w} --resize 60000 --crop 60000 {img}"), "--resize"),
         (format!("predict --checkpoint {classes} {img}"), "num-classes"),
         (format!("predict --checkpoint {resize} {img}"), "resize 100000"),
         (format!("predict --checkpoint {nan} {img}"), "NaN"),
@@ -123,12 +123,15 @@ fn out_of_range_sizes_metadata_and_nan_weights_are_errors() {
         (format!("eval --checkpoint {w} --data {data} --interpolation lanczos"), "--interpolation"),
         (format!("coefficients {}", p("missing.safetensors")), "missing.safetensors"),
         (format!("coefficients {data}"), "metrics.jsonl"),
-        (format!("--data {data} --initial-checkpoint {nan} --output {out}"), "NaN"),
+        (format!("--data {data} --batch-size 8 --initial-checkpoint {nan} --output {out}"), "NaN"),
         (
-            format!("--data {data} --initial-checkpoint {} --output {out}", p("missing.safetensors")),
+            format!(
+                "--data {data} --batch-size 8 --initial-checkpoint {} --output {out}",
+                p("missing.safetensors")
+            ),
             "missing.safetensors",
         ),
-        (format!("--data {data} --initial-checkpoint {data} --output {out}"), data),
+        (format!("--data {data} --batch-size 8 --initial-checkpoint {data} --output {out}"), data),
         (format!("--data {data} --schedule-style timm --warmup-epochs 0.5"), "--warmup-epochs"),
         (format!("--data {data} --schedule-style timm --warmup-lr nan"), "--warmup-lr"),
         (format!("--data {data} --schedule step --cooldown-epochs 2"), "--cooldown-epochs"),

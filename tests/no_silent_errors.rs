@@ -289,3 +289,38 @@ fn real_labels_for_no_image_are_not_a_score() {
     assert!(text.contains("no image with ReaL labels, top-1 n/a"), "{text}");
     assert_eq!(json(&j)["real"]["top1"], serde_json::Value::Null);
 }
+
+/// Clears the immutable attribute it set, so the temp folder can be removed.
+struct Immutable(PathBuf);
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_stale_lock_that_cannot_be_removed_is_named_as_such() {
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 4, 1, 32, 3).unwrap();
+    let run_dir = tiny_run(&data, &dir.path().join("runs"), "r", &["--max-steps", "2"]);
+    // The lock of a process that is gone, on this host.
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    std::fs::write(run_dir.join("lock"), format!("pid = {pid}\nhost = {host:?}\n")).unwrap();
+    let immutable = Command::new("chattr").arg("+i").arg(&run_dir).status().is_ok_and(|s| s.success());
+    if !immutable {
+        eprintln!(
+            "SKIP a_stale_lock_that_cannot_be_removed_is_named_as_such: chattr +i is not possible here"
+        );
+        return;
+    }
+    let _undo = Immutable(run_dir.clone());
+    let (code, text) = run(&["train", "--resume", &s(&run_dir), "--max-steps", "4"]);
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("cannot remove the stale lock") && text.contains("not permitted"), "{text}");
+    assert!(!text.contains("keeps taking it"), "{text}");
+}

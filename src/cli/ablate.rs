@@ -13,7 +13,7 @@ pub struct AblateArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Optimizer steps per cell.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::train::range::int::<usize>(1, 1_000_000_000), allow_negative_numbers = true)]
     pub steps: Option<usize>,
     #[arg(long, value_enum, value_delimiter = ',')]
     pub acts: Option<Vec<ActKind>>,
@@ -31,13 +31,13 @@ pub struct AblateArgs {
     pub data: Option<PathBuf>,
     #[arg(long, value_enum)]
     pub arch: Option<Arch>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::train::range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
     pub train_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::train::range::int::<usize>(1, 65536), allow_negative_numbers = true)]
     pub batch_size: Option<usize>,
     #[arg(long)]
     pub device: Option<String>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::train::range::int::<u64>(0, i64::MAX as u64), allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// The ablation's folder is OUTPUT/NAME.
     #[arg(long)]

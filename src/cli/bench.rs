@@ -20,7 +20,7 @@ pub struct BenchArgs {
     pub arch: Arch,
     #[arg(long, value_enum, default_value = "relu")]
     pub act: ActKind,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::train::range::int::<i64>(1, crate::model::activation::MAX_ORDER as u64), allow_negative_numbers = true)]
     pub order: i64,
     /// PolyReLU/PolyNorm fused (one operator with its own backward) or eager.
     #[arg(long, value_enum, default_value = "fused")]
@@ -30,11 +30,11 @@ pub struct BenchArgs {
     pub act_out_lowp: bool,
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::train::range::int::<i64>(1, 65536), allow_negative_numbers = true)]
     pub batch: i64,
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = crate::train::range::int::<i64>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
     pub res: i64,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::train::range::int::<i64>(1, 1_000_000), allow_negative_numbers = true)]
     pub classes: i64,
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -43,12 +43,12 @@ pub struct BenchArgs {
     /// FFCV's BlurPool before the strided convolutions (the `blurpool` config key).
     #[arg(long)]
     pub blurpool: bool,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = crate::train::range::int::<usize>(1, 1_000_000), allow_negative_numbers = true)]
     pub steps: usize,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = crate::train::range::int::<usize>(0, 1_000_000), allow_negative_numbers = true)]
     pub warmup: usize,
     /// CPU intra-op threads (0: libtorch's default).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::train::range::int::<i32>(0, 1024), allow_negative_numbers = true)]
     pub threads: i32,
     /// Which build of the fused activations' CPU kernels runs (auto: the instruction set
     /// libtorch's own CPU kernels use here).
@@ -67,7 +67,7 @@ pub struct BenchArgs {
     /// `--snapshot-every` steps.
     #[arg(long)]
     pub guards: bool,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::train::range::int::<usize>(1, 1_000_000_000), allow_negative_numbers = true)]
     pub snapshot_every: usize,
     /// Under `launch`/torchrun: overlap the gradient all-reduce with backward (DDP's reducer);
     /// false: one bucketed all-reduce after backward.
@@ -80,20 +80,12 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if a.threads > 0 {
-        tch::set_num_threads(a.threads);
-    }
     let cpu_kernels = super::use_cpu_kernels(a.cpu_kernels)?;
-    let mut device = crate::runtime::parse_device(&a.device)?;
-    let dist_env = crate::dist::DistEnv::job(a.dist_backend)?;
-    if let Some(env) = &dist_env {
-        device = env.device(device);
-    }
-    crate::runtime::use_device(device);
-    a.precision.configure()?;
-    if device.is_cuda() {
-        tch::Cuda::cudnn_set_benchmark(true);
-    }
+    // The trainer's runtime set-up (device, process group, threads, precision).
+    let timeout = std::time::Duration::from_secs(600);
+    let threads = usize::try_from(a.threads).unwrap_or(0);
+    let rt = crate::train::setup::Runtime::start(&a.device, a.dist_backend, threads, a.precision, timeout)?;
+    let device = rt.device;
     // The trainer's own step (engine.rs), on synthetic on-device data. Without --guards: no
     // monitors, no spike check and no snapshots (the loss and gradient norm are still read back,
     // as the trainer logs them every step).
@@ -122,10 +114,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         crate::ffi::cpu_memory_allocated(false)?;
     }
     let mut engine = Engine::new(cfg, device, a.classes)?;
-    if let Some(env) = dist_env {
-        let timeout = std::time::Duration::from_secs(600);
-        let d = crate::dist::Dist::init(env, a.dist_backend, device, timeout)?;
-        engine.dist = Some(std::rc::Rc::new(d));
+    if rt.dist.is_some() {
+        engine.dist = rt.dist.clone();
         engine.sync_from_main(true)?;
     }
     let dist = engine.dist.clone();

@@ -31,22 +31,22 @@ pub struct EvalArgs {
     pub json: Option<PathBuf>,
     /// Center-crop size. Unset with --crop-pct unset: the eval preprocessing the checkpoint
     /// records (its run's resize, crop and filter), else 224.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::train::range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
     pub size: Option<usize>,
     /// Resize to floor(size / crop_pct) before the crop (timm's rule; default 0.875).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::train::range::float(0.1, 1.0, crate::train::range::Ends::Closed), allow_negative_numbers = true)]
     pub crop_pct: Option<f64>,
     /// Resize filter (default: the checkpoint's, else bilinear).
     #[arg(long, value_enum)]
     pub interpolation: Option<crate::data::resize::Filter>,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::train::range::int::<usize>(1, 65536), allow_negative_numbers = true)]
     pub batch_size: usize,
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Decode threads (0: all cores).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::train::range::int::<usize>(0, 1024), allow_negative_numbers = true)]
     pub workers: usize,
     /// Average the logits of each image and its mirror image (test-time flip, FFCV's `lr_tta`).
     #[arg(long)]

@@ -20,7 +20,7 @@ pub struct ReportArgs {
     #[arg(long)]
     pub table: bool,
     /// With --table: also report after these many epochs (e.g. 50,100,150,200).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = crate::train::range::int::<usize>(0, 100000), allow_negative_numbers = true)]
     pub at: Vec<usize>,
     /// With --table: the variant the others are compared with (default: the first run's).
     #[arg(long)]

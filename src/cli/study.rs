@@ -36,7 +36,7 @@ pub struct StudyArgs {
     #[arg(long, value_parser = crate::train::range::int::<usize>(1, 1024))]
     pub workers: Option<usize>,
     /// Run only cell I of --list (e.g. a cluster job array's index), then update the tables.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::train::range::int::<usize>(0, 1_000_000), allow_negative_numbers = true)]
     pub cell: Option<usize>,
     /// Print the cells (index, run folder, state) and exit.
     #[arg(long)]

@@ -841,19 +841,27 @@ impl TrainConfig {
         )))
     }
 
+    /// Every key in range and every rule between keys, before any work; by concern below.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Usage(m));
         // Every numeric key within its flag's range (a file's values; flags were parsed by it).
         range::check_file_values(&Self::command(), &to_table(self)?).map_err(Error::Usage)?;
         self.model(1).validate()?;
+        self.validate_optimization()?;
+        self.validate_data()?;
+        self.validate_augmentation()?;
+        self.validate_loss()?;
+        super::schedule::validate(self)?;
+        self.validate_run()
+    }
+
+    /// The optimizer, its hyper-parameters and the batch it steps on.
+    fn validate_optimization(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Usage(m));
         if self.batch_size == 0 || self.accum_steps == 0 {
             return bad("--batch-size and --accum-steps must be at least 1".into());
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad(format!("--lr must be positive, got {}", self.lr));
-        }
-        if !(0.0..1.0).contains(&self.smoothing) {
-            return bad(format!("--smoothing must be in [0, 1), got {}", self.smoothing));
         }
         if let Some(betas) = &self.opt_betas {
             // Runs saved before opt_betas had a per-optimizer default wrote [0.9, 0.999] into
@@ -907,6 +915,63 @@ impl TrainConfig {
                 self.model_ema_decay, self.model_ema_every
             ));
         }
+        // Numbers that must be finite and not negative (NaN fails every comparison).
+        for (flag, v) in [
+            ("--weight-decay", self.weight_decay),
+            ("--norm-weight-decay", self.norm_weight_decay.unwrap_or(0.0)),
+            ("--bias-weight-decay", self.bias_weight_decay.unwrap_or(0.0)),
+            ("--warmup-epochs", self.warmup_epochs),
+            ("--min-lr", self.min_lr),
+            ("--clip-grad", self.clip_grad),
+            ("--momentum", self.momentum),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(format!("{flag} must be a finite number >= 0, got {v}"));
+            }
+        }
+        if self.momentum >= 1.0 {
+            return bad(format!("--momentum must be below 1, got {}", self.momentum));
+        }
+        let in_unit = |v: f64| v > 0.0 && v <= 1.0;
+        if !in_unit(self.step_gamma) {
+            return bad(format!("--step-gamma must be in (0, 1], got {}", self.step_gamma));
+        }
+        if !(self.act_lr_scale >= 0.0 && self.act_lr_scale.is_finite()) {
+            return bad(format!("--act-lr-scale must be a finite number >= 0, got {}", self.act_lr_scale));
+        }
+        Ok(())
+    }
+
+    /// The input pipeline's sizes, normalization and tolerance for bad files.
+    fn validate_data(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Usage(m));
+        let max = crate::data::transform::MAX_SIZE;
+        if !(8..=max).contains(&self.train_size) || !(8..=max).contains(&self.eval_size) {
+            return bad(format!("--train-size and --eval-size must be in 8..={max}"));
+        }
+        if !(0.1..=1.0).contains(&self.crop_pct) {
+            return bad(format!("--crop-pct must be in [0.1, 1], got {}", self.crop_pct));
+        }
+        if !(0.0..=1.0).contains(&self.max_bad_fraction) || self.max_image_pixels == 0 {
+            return bad("--max-bad-fraction must be in [0, 1] and --max-image-pixels at least 1".into());
+        }
+        let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+        if self.mean.len() != 3
+            || self.std.len() != 3
+            || !finite(&self.mean)
+            || self.std.iter().any(|s| !(*s > 0.0 && s.is_finite()))
+        {
+            return bad(format!(
+                "--mean and --std must be three numbers each (R,G,B), the std > 0, got {:?} and {:?}",
+                self.mean, self.std
+            ));
+        }
+        Ok(())
+    }
+
+    /// Train augmentations and batch mixing, and the rules between them.
+    fn validate_augmentation(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Usage(m));
         if self.mixup < 0.0
             || self.cutmix < 0.0
             || !(0.0..=1.0).contains(&self.mixup_prob)
@@ -975,13 +1040,37 @@ impl TrainConfig {
                 "--aug-splits with Mixup/CutMix is not supported (the splits would be mixed across)".into()
             );
         }
-        if self.jsd_loss && self.bce_loss {
-            return bad("--jsd-loss and --bce-loss are two different losses: choose one".into());
-        }
         if let Some(m) = &self.cutmix_minmax {
             if m.len() != 2 || !(0.0 < m[0] && m[0] <= m[1] && m[1] <= 1.0) {
                 return bad(format!("--cutmix-minmax must be two fractions 0 < min <= max <= 1, got {m:?}"));
             }
+        }
+        if !(0.0 < self.rrc_scale_min && self.rrc_scale_min <= 1.0) {
+            return bad(format!("rrc_scale_min must be in (0, 1], got {}", self.rrc_scale_min));
+        }
+        if !matches!(self.ratio[..], [lo, hi] if 0.0 < lo && lo <= hi && hi < 100.0) {
+            return bad(format!(
+                "--ratio must be two aspect ratios 0 < lo <= hi < 100, got {:?}",
+                self.ratio
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.hflip) {
+            return bad(format!("--hflip must be a probability in [0, 1], got {}", self.hflip));
+        }
+        if !(0.0..=1.0).contains(&self.vflip) {
+            return bad(format!("--vflip must be a probability in [0, 1], got {}", self.vflip));
+        }
+        Ok(())
+    }
+
+    /// The loss and the classifier's initialisation.
+    fn validate_loss(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Usage(m));
+        if !(0.0..1.0).contains(&self.smoothing) {
+            return bad(format!("--smoothing must be in [0, 1), got {}", self.smoothing));
+        }
+        if self.jsd_loss && self.bce_loss {
+            return bad("--jsd-loss and --bce-loss are two different losses: choose one".into());
         }
         if !self.bce_loss && (self.bce_sum || self.bce_pos_weight.is_some()) {
             return bad("--bce-sum and --bce-pos-weight apply to --bce-loss".into());
@@ -999,78 +1088,27 @@ impl TrainConfig {
         if self.bce_target_thresh.is_some_and(|t| !(0.0..1.0).contains(&t)) {
             return bad(format!("--bce-target-thresh must be in [0, 1), got {:?}", self.bce_target_thresh));
         }
-        let max = crate::data::transform::MAX_SIZE;
-        if !(8..=max).contains(&self.train_size) || !(8..=max).contains(&self.eval_size) {
-            return bad(format!("--train-size and --eval-size must be in 8..={max}"));
-        }
-        if !(0.1..=1.0).contains(&self.crop_pct) {
-            return bad(format!("--crop-pct must be in [0.1, 1], got {}", self.crop_pct));
-        }
-        // Numbers that must be finite and not negative (NaN fails every comparison).
-        for (flag, v) in [
-            ("--weight-decay", self.weight_decay),
-            ("--norm-weight-decay", self.norm_weight_decay.unwrap_or(0.0)),
-            ("--bias-weight-decay", self.bias_weight_decay.unwrap_or(0.0)),
-            ("--warmup-epochs", self.warmup_epochs),
-            ("--min-lr", self.min_lr),
-            ("--clip-grad", self.clip_grad),
-            ("--momentum", self.momentum),
-            ("--spike-factor", self.spike_factor),
-            ("--min-loss-scale", self.min_loss_scale),
-        ] {
-            if !(v >= 0.0 && v.is_finite()) {
-                return bad(format!("{flag} must be a finite number >= 0, got {v}"));
-            }
-        }
-        if self.momentum >= 1.0 {
-            return bad(format!("--momentum must be below 1, got {}", self.momentum));
-        }
-        let in_unit = |v: f64| v > 0.0 && v <= 1.0;
-        if !in_unit(self.step_gamma) || !in_unit(self.spike_lr_factor) {
-            return bad(format!(
-                "--step-gamma and --spike-lr-factor must be in (0, 1], got {} and {}",
-                self.step_gamma, self.spike_lr_factor
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.max_bad_fraction) || self.max_image_pixels == 0 {
-            return bad("--max-bad-fraction must be in [0, 1] and --max-image-pixels at least 1".into());
-        }
+        Ok(())
+    }
+
+    /// The run's length, name and stability guards.
+    fn validate_run(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Usage(m));
         if self.act_clamp.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
             return bad(format!("--act-clamp must be a positive number, got {:?}", self.act_clamp));
-        }
-        if !(0.0 < self.rrc_scale_min && self.rrc_scale_min <= 1.0) {
-            return bad(format!("rrc_scale_min must be in (0, 1], got {}", self.rrc_scale_min));
-        }
-        if !matches!(self.ratio[..], [lo, hi] if 0.0 < lo && lo <= hi && hi < 100.0) {
-            return bad(format!(
-                "--ratio must be two aspect ratios 0 < lo <= hi < 100, got {:?}",
-                self.ratio
-            ));
-        }
-        if !(self.act_lr_scale >= 0.0 && self.act_lr_scale.is_finite()) {
-            return bad(format!("--act-lr-scale must be a finite number >= 0, got {}", self.act_lr_scale));
-        }
-        let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
-        if self.mean.len() != 3
-            || self.std.len() != 3
-            || !finite(&self.mean)
-            || self.std.iter().any(|s| !(*s > 0.0 && s.is_finite()))
-        {
-            return bad(format!(
-                "--mean and --std must be three numbers each (R,G,B), the std > 0, got {:?} and {:?}",
-                self.mean, self.std
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.hflip) {
-            return bad(format!("--hflip must be a probability in [0, 1], got {}", self.hflip));
-        }
-        if !(0.0..=1.0).contains(&self.vflip) {
-            return bad(format!("--vflip must be a probability in [0, 1], got {}", self.vflip));
         }
         if self.epochs == 0 {
             return bad("--epochs must be at least 1".into());
         }
-        super::schedule::validate(self)?;
+        for (flag, v) in [("--spike-factor", self.spike_factor), ("--min-loss-scale", self.min_loss_scale)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(format!("{flag} must be a finite number >= 0, got {v}"));
+            }
+        }
+        let in_unit = |v: f64| v > 0.0 && v <= 1.0;
+        if !in_unit(self.spike_lr_factor) {
+            return bad(format!("--spike-lr-factor must be in (0, 1], got {}", self.spike_lr_factor));
+        }
         if let Some(name) = &self.name {
             crate::fsutil::check_folder_name("--name", name)?;
         }

@@ -20,6 +20,7 @@ pub mod real_labels;
 pub mod run_dir;
 pub mod schedule;
 pub mod sessions;
+pub mod setup;
 pub mod stability;
 pub mod state;
 pub mod study;

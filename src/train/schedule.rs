@@ -535,6 +535,14 @@ pub fn validate(cfg: &TrainConfig) -> Result<()> {
             cfg.warmup_epochs
         ));
     }
+    let prefixed = style == ScheduleStyle::Timm && cfg.warmup_prefix;
+    if !prefixed && cfg.warmup_epochs > cfg.epochs as f64 {
+        return bad(format!(
+            "--warmup-epochs {} is longer than the run (--epochs {}): it would end inside its warmup, before the \
+             peak learning rate",
+            cfg.warmup_epochs, cfg.epochs
+        ));
+    }
     if let Some(w) = cfg.warmup_lr {
         if !(w >= 0.0 && w.is_finite()) {
             return bad(format!("--warmup-lr must be a finite number >= 0, got {w}"));

@@ -9,27 +9,24 @@
 //! decisions; rank 0 alone writes the run folder and prints; evaluation is sharded and summed.
 
 use super::checkpoint::{self, EpochEval, LoopState, ModelMeta};
-use super::config::{self, TrainConfig};
+use super::config::TrainConfig;
 use super::engine::{Engine, StepResult};
 use super::eval::{evaluate_sums, prepare, EvalOptions, EvalResult, EvalSums};
 use super::guards::{Decision, Stop};
 use super::metrics::{EpochRecord, RunLog, StepRecord};
-use super::run_dir::{self, RunLock};
+use super::run_dir::RunLock;
 use super::schedule::{branch_step, total_epochs, Schedule, ScheduleStyle};
+use super::setup::{self, Data, RunFolder, Runtime, Start};
 use crate::data::dataset::ImageFolder;
-use crate::data::loader::{Loader, LoaderConfig};
-use crate::data::{synthetic, transform::Transform};
-use crate::dist::{checksum, Dist, DistEnv};
+use crate::data::loader::Loader;
+use crate::dist::checksum;
 use crate::error::{Error, Result};
 use crate::ffi::dist::ReduceOp;
 use crate::model::resnet::count_params;
 use crate::model::ResNet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tch::Device;
 
 /// What a finished (or stopped) run reports.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -96,145 +93,6 @@ macro_rules! say {
     };
 }
 
-/// A resumed run's labels must mean what they meant: the class folders (their names and order,
-/// which give the label indices) must be those the checkpoint was trained on.
-fn check_same_classes(saved: &[String], now: &[String], data: &Path, checkpoint: &Path) -> Result<()> {
-    if saved == now {
-        return Ok(());
-    }
-    let missing: Vec<&str> = saved.iter().filter(|c| !now.contains(c)).map(String::as_str).collect();
-    let new: Vec<&str> = now.iter().filter(|c| !saved.contains(c)).map(String::as_str).collect();
-    let first = |v: &[&str]| {
-        let shown = v.iter().take(5).copied().collect::<Vec<_>>().join(", ");
-        if v.len() > 5 {
-            format!("{shown}, ...")
-        } else {
-            shown
-        }
-    };
-    let mut why =
-        format!("{} holds {} classes, the run trained on {}", data.display(), now.len(), saved.len());
-    if !missing.is_empty() {
-        why += &format!("; missing now: {} ({})", missing.len(), first(&missing));
-    }
-    if !new.is_empty() {
-        why += &format!("; new: {} ({})", new.len(), first(&new));
-    }
-    if missing.is_empty() && new.is_empty() {
-        why += "; the same names in another order";
-    }
-    Err(Error::file(
-        checkpoint,
-        format!(
-            "cannot resume: the data's classes differ from the run's, so its labels would change meaning ({why}). \
-             Point --data at the run's dataset, or start a new run on this one"
-        ),
-    ))
-}
-
-/// The train and val splits: `data/train` + `data/val` (or `data/validation`), the folders
-/// `train_split` / `val_split` name, or one folder of class folders to train on (no evaluation).
-fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFolder>>)> {
-    let root = match &cfg.data {
-        Some(p) => p.clone(),
-        None => synthetic::ensure_demo_dataset()?,
-    };
-    let named = |split: &Option<String>, flag: &str| -> Result<Option<PathBuf>> {
-        let Some(name) = split else { return Ok(None) };
-        let dir = root.join(name);
-        match dir.is_dir() {
-            true => Ok(Some(dir)),
-            false => Err(Error::file(&dir, format!("is not a folder (--{flag} {name} under --data)"))),
-        }
-    };
-    let train_dir = named(&cfg.train_split, "train-split")?
-        .unwrap_or_else(|| Some(root.join("train")).filter(|d| d.is_dir()).unwrap_or_else(|| root.clone()));
-    let val_dir = match named(&cfg.val_split, "val-split")? {
-        Some(dir) => Some(dir),
-        None => ["val", "validation"].iter().map(|s| root.join(s)).find(|d| d.is_dir()),
-    };
-    let main_rank = crate::dist::DistEnv::is_main_process();
-    if val_dir.is_none() && main_rank {
-        eprintln!(
-            "warning: {} has no val/ or validation/ folder: this run will not evaluate (--val-split NAME names one)",
-            root.display()
-        );
-    }
-    let train = Arc::new(ImageFolder::open(&train_dir)?);
-    if train.classes.len() < 2 {
-        return Err(Error::file(
-            &train.root,
-            format!(
-                "{} class folder(s): a classifier needs at least 2 (with one, every prediction is right)",
-                train.classes.len()
-            ),
-        ));
-    }
-    let val = match &val_dir {
-        Some(dir) => Some(Arc::new(ImageFolder::open(dir)?)),
-        None => None,
-    };
-    if let Some(v) = &val {
-        if v.classes != train.classes {
-            return Err(Error::file(
-                &v.root,
-                format!(
-                    "its {} class folders differ from train's {}: the label indices would not match",
-                    v.classes.len(),
-                    train.classes.len()
-                ),
-            ));
-        }
-    }
-    Ok((train, val))
-}
-
-/// An epoch must hold at least one optimizer step: with fewer images per rank than
-/// batch_size x accum_steps, every epoch would train nothing and the run would report success.
-/// Refused rather than trained with a partial batch: the batch defines the experiment (its
-/// learning rate scales with it, BatchNorm normalises over it), so a smaller one would silently
-/// be another experiment.
-fn check_batches_fit(cfg: &TrainConfig, loader: &Loader, world: usize) -> Result<()> {
-    let per_rank = loader.sampler().per_rank();
-    let batches = loader.batches_per_epoch();
-    if batches / cfg.accum_steps.max(1) > 0 {
-        return Ok(());
-    }
-    let images = loader.dataset().len();
-    let per_step = cfg.batch_size * cfg.accum_steps;
-    let accum = cfg.accum_steps.max(1);
-    let mut ways = Vec::new();
-    if per_rank / accum > 0 {
-        ways.push(format!("--batch-size {} or less (with --accum-steps {accum})", per_rank / accum));
-    }
-    if per_rank / cfg.batch_size > 0 && accum > 1 {
-        ways.push(format!(
-            "--accum-steps {} or less (with --batch-size {})",
-            per_rank / cfg.batch_size,
-            cfg.batch_size
-        ));
-    }
-    ways.push("fewer processes, or more data".into());
-    Err(Error::Usage(format!(
-        "{}: {images} training images give each of the {world} process(es) {per_rank} per epoch{}, fewer than \
-         one optimizer step takes (--batch-size {} x --accum-steps {} = {per_step}): every epoch would train \
-         nothing. Use {}",
-        loader.dataset().root.display(),
-        if cfg.aug_repeats > 1 { format!(" (with --aug-repeats {})", cfg.aug_repeats) } else { String::new() },
-        cfg.batch_size,
-        cfg.accum_steps,
-        ways.join(", ")
-    )))
-}
-
-fn run_dir(cfg: &TrainConfig) -> PathBuf {
-    let name = cfg.name.clone().unwrap_or_else(|| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        format!("{}-{:?}{}-{:?}-{t}", cfg.arch.name(), cfg.act, cfg.order, cfg.precision).to_lowercase()
-    });
-    cfg.output.join(name)
-}
-
 /// A per-epoch progress bar on a terminal (images/s, loss, lr, ETA); None in logs.
 fn progress_bar(len: usize, epoch: usize, position: usize) -> Option<indicatif::ProgressBar> {
     std::io::stdout().is_terminal().then(|| {
@@ -252,218 +110,79 @@ fn progress_bar(len: usize, epoch: usize, position: usize) -> Option<indicatif::
 }
 
 impl Trainer {
-    // ---- Set-up: device, run folder, data, engine, resume. ----
+    // ---- Set-up: runtime, settings, data, run folder, engine, restore, plan, banner. ----
     pub fn new(cfg: TrainConfig, resume: Option<&Path>) -> Result<Self> {
-        // A rank of a data-parallel job? Its device (`cuda` = cuda:LOCAL_RANK), then the
-        // rendezvous: from here on every rank fails alike.
-        let dist_env = DistEnv::job(cfg.dist_backend)?;
-        let mut device = crate::runtime::parse_device(&cfg.device)?;
-        if let Some(env) = &dist_env {
-            device = env.device(device);
-            if let tch::Device::Cuda(n) = device {
-                if n as i64 >= tch::Cuda::device_count() {
-                    return Err(Error::Usage(format!(
-                        "local rank {} wants cuda:{n} but this node has {} CUDA device(s): start at most that many \
-                         processes per node",
-                        env.local_rank,
-                        tch::Cuda::device_count()
-                    )));
-                }
-            }
-        }
-        crate::runtime::use_device(device);
-        let dist = match dist_env {
-            Some(env) => {
-                let timeout = Duration::from_secs(cfg.dist_timeout.max(1));
-                Some(Rc::new(Dist::init(env, cfg.dist_backend, device, timeout)?))
-            }
-            None => None,
-        };
-        let main = dist.as_ref().is_none_or(|d| d.is_main());
-        if cfg.torch_threads > 0 {
-            tch::set_num_threads(cfg.torch_threads as i32);
-        }
-        cfg.precision.configure()?;
+        let timeout = Duration::from_secs(cfg.dist_timeout);
+        let rt = Runtime::start(&cfg.device, cfg.dist_backend, cfg.torch_threads, cfg.precision, timeout)?;
+        let main = rt.is_main();
         crate::data::decode::set_max_image_pixels(cfg.max_image_pixels);
-        if device.is_cuda() {
-            tch::Cuda::cudnn_set_benchmark(true);
-        }
-        // The run folder: a resume may change only some settings (checked before any file is
-        // touched); then one process at a time; a killed process's leftovers go.
-        let dir = resume.map_or_else(|| run_dir(&cfg), Path::to_path_buf);
-        let mut notes = Vec::new();
-        let mut saved_config = None;
-        if resume.is_some() {
-            let (saved, saved_path) = config::read_run(&dir)?;
-            cfg.check_resumable_from(&saved, &saved_path)?;
-            let changes: Vec<String> = cfg
-                .changes_from(&saved)
-                .into_iter()
-                .filter(|(k, _, _)| k != "max_steps")
-                .map(|(k, old, new)| format!("{k} {old} -> {new}"))
-                .collect();
-            if !changes.is_empty() {
-                notes.push(format!("resumed with changed settings: {}", changes.join(", ")));
-            }
-            saved_config = Some(saved);
-        }
-        // The data before the run folder: a dataset that cannot train refuses the run with
-        // nothing written.
-        let (train_set, val_set) = datasets(&cfg)?;
-        let (train_loader, val_loader, eval_size) =
-            loaders(&cfg, device, &train_set, val_set.as_ref(), dist.as_ref().map(|d| &d.env))?;
-        check_batches_fit(&cfg, &train_loader, dist.as_ref().map_or(1, |d| d.world()))?;
-        let lock = if main { Some(RunLock::acquire(&dir)?) } else { None };
-        let stale = if main { run_dir::remove_stale_temp_files(&dir)? } else { 0 };
-        if stale > 0 {
-            println!("note       removed {stale} temp file(s) of interrupted writes");
-        }
-        let has_checkpoint = run_dir::holds_checkpoint(&dir);
-        if resume.is_none() && has_checkpoint {
-            return Err(Error::Usage(format!(
-                "{} already holds a run: use --resume {0} or another --name",
-                dir.display()
-            )));
-        }
-        if resume.is_none() && dir.join("config.toml").exists() && main {
-            println!(
-                "note       {} held a run killed before its first checkpoint: starting it again",
-                dir.display()
-            );
-        }
-        if resume.is_some() && !has_checkpoint && main {
-            println!("note       no checkpoint yet (killed before the first): starting from step 0 with the run's config");
-        }
-        if !has_checkpoint && dir.join("tb").is_dir() && main {
-            // The TensorBoard events of an attempt that never reached a checkpoint are void.
-            std::fs::remove_dir_all(dir.join("tb")).map_err(|e| Error::io(dir.join("tb"), e))?;
-        }
-        let classes = train_set.classes.clone();
+        let (saved_config, mut notes) = match setup::resumed_settings(&cfg, resume)? {
+            Some((saved, notes)) => (Some(saved), notes),
+            None => (None, Vec::new()),
+        };
+        let data = Data::open(&cfg, rt.device, rt.dist.as_ref().map(|d| &d.env), rt.world())?;
+        let folder = RunFolder::open(&cfg, resume, main)?;
         let run_config = cfg.to_toml(); // the run's settings, before any remedy of its guards
-        let mut engine = Engine::new(cfg, device, classes.len() as i64)?;
-        engine.dist = dist.clone();
-        if let Some(path) =
-            engine.cfg.initial_checkpoint.clone().filter(|_| !(resume.is_some() && has_checkpoint))
-        {
-            notes.push(format!("model weights from {}", path.display()));
-            notes.extend(engine.load_initial(&path, &classes)?);
-        }
-        if !(resume.is_some() && has_checkpoint) {
-            let (scale, bias) = (engine.cfg.head_init_scale, engine.cfg.head_init_bias);
-            engine.init_head(scale, bias)?;
-        }
-        let world = dist.as_ref().map_or(1, |d| d.world());
-        if engine.cfg.sync_bn && dist.is_none() {
-            eprintln!("warning: --sync-bn has no effect in a single process (BatchNorm already sees the whole batch)");
-        }
-        let mut state =
-            LoopState { world_size: world, train_images: train_set.len(), ..LoopState::default() };
-        if resume.is_some() && has_checkpoint {
-            let last = dir.join("last.safetensors");
-            let (file, saved) = checkpoint::load_last(&last)?;
-            // The divergence guard's remedies so far hold again.
-            for r in &saved.guards.remedies {
-                engine.apply_remedy(*r);
-            }
-            if let Some(saved_classes) = file.class_names() {
-                check_same_classes(&saved_classes, &classes, &train_set.root, &last)?;
-            }
-            if file.model_config(&last)? != engine.cfg.model(engine.num_classes) {
-                return Err(Error::file(&last, "its model differs from the run's config.toml"));
-            }
-            if saved.train_images != 0 && saved.train_images != train_set.len() {
-                say!(
-                    main,
-                    "warning: {} holds {} training images, the run started with {}: the data order (and the \
-                     steps per epoch) change from here on",
-                    train_set.root.display(),
-                    train_set.len(),
-                    saved.train_images
-                );
-            }
-            if saved.world_size != world {
-                say!(
-                    main,
-                    "warning: the run trained with {} data-parallel process(es), this job has {world}: the global \
-                     batch (and with it the learning rate, unless lr_scaling is none) and each rank's data order change from here on; \
-                     the position in the epoch and the schedule are carried over by images seen",
-                    saved.world_size
-                );
-            }
-            engine.load(&file, &last)?;
-            state = LoopState { train_images: train_set.len(), ..saved };
-        }
-        if let Some(d) = &dist {
+        let mut engine = build_engine(cfg, &rt, &data.train_set.classes, folder.start, &mut notes)?;
+        let mut state = restore(&mut engine, &folder, &data.train_set, rt.world(), main)?;
+        if let Some(d) = &rt.dist {
             // Identical start (DDP broadcasts rank 0's weights and buffers), checked.
             engine.sync_from_main(true)?;
             let sum = checksum(engine.vs.variables())?;
             d.check_same("the model's checksum after the broadcast", sum)?;
         }
-        // Written once the checkpoint loaded: a failed resume leaves the run as it was.
+        // Ordering: written once the checkpoint loaded, so a failed resume leaves the run as it was.
         if main {
-            crate::fsutil::write_atomic(&dir.join("config.toml"), run_config.as_bytes())?;
+            crate::fsutil::write_atomic(&folder.dir.join("config.toml"), run_config.as_bytes())?;
         }
         engine.snapshot_if_due(state.step);
-
-        let cfg = &engine.cfg;
-        // At least 1: `check_batches_fit` refused a run whose epoch holds no optimizer step.
-        let steps_per_epoch = (train_loader.batches_per_epoch() / cfg.accum_steps).max(1);
-        if state.world_size != world {
-            // Another world size: resume at the batch that has seen as many of the epoch's
-            // images, in whole optimizer steps, and move the schedule's clock to the same point.
-            let seen = state.next_batch * state.world_size;
-            let accum = cfg.accum_steps.max(1);
-            state.next_batch = (seen / world / accum * accum).min(train_loader.batches_per_epoch());
-            let at = state.epoch * steps_per_epoch + state.next_batch / accum;
-            state.schedule_offset = state.step as i64 - at as i64;
-            state.world_size = world;
-        }
-        let global_batch = cfg.batch_size * cfg.accum_steps * world;
-        let schedule = Schedule::new(cfg, steps_per_epoch, global_batch);
-        if cfg.corrected_weight_decay {
-            // timm snapshots the lr the optimizer is built with: the peak, before the schedule.
-            engine.optimizer.set_corrected_weight_decay(schedule.peak_lr);
-        }
-        if let Some(budget) = cfg.stop_before_decay_of {
-            // A study's branch point: stop where a run of `budget` epochs starts its decay.
-            let at = branch_step(cfg, budget, steps_per_epoch, global_batch).ok_or_else(|| {
-                Error::Usage(format!(
-                    "no {budget}-epoch branch of this run: it needs the wsd or rsqrt schedule ({:?}) and a \
-                     budget below its {} epochs",
-                    cfg.schedule, cfg.epochs
-                ))
-            })?;
-            let at = (at as i64 + state.schedule_offset).max(1) as usize;
-            engine.cfg.max_steps = if cfg.max_steps > 0 { cfg.max_steps.min(at) } else { at };
-        }
-        let cfg = &engine.cfg;
-        if let Some(saved) = saved_config.filter(|_| has_checkpoint) {
-            // A resume that reshapes the schedule (--epochs, a wsd branch's --decay-epochs) says
-            // where the learning rate continues from, and where the run's own schedule had it.
-            let (step, before) =
-                (state.schedule_step(), Schedule::new(&saved, steps_per_epoch, global_batch));
-            let (now, was) = (schedule.lr(step), before.lr(step));
-            if (now - was).abs() > 1e-12 * was.abs().max(1e-12) {
-                notes.push(format!(
-                    "the changed schedule continues at lr {now:.6e} at step {step} (the run's schedule: {was:.6e}){}",
-                    if now > was { "; the learning rate rises here" } else { "" }
-                ));
-            }
-        }
-        let log = if main { Some(RunLog::open(&dir, state.step, state.epoch)?) } else { None };
-        let device_words = crate::runtime::describe_device(device);
+        let saved = saved_config.filter(|_| folder.start == Start::Resume);
+        let (steps_per_epoch, schedule) =
+            plan(&mut engine, &mut state, &data.train_loader, rt.world(), saved.as_ref(), &mut notes)?;
+        let log = if main { Some(RunLog::open(&folder.dir, state.step, state.epoch)?) } else { None };
+        let device_words = crate::runtime::describe_device(rt.device);
         if main {
             let session = super::sessions::Session::this_process(
                 (state.step, state.epoch),
                 device_words.clone(),
-                world,
-                train_loader.config().threads,
+                rt.world(),
+                data.train_loader.config().threads,
             );
-            super::sessions::append(&dir, &session)?;
+            super::sessions::append(&folder.dir, &session)?;
         }
+        let trainer = Self {
+            engine,
+            dir: folder.dir,
+            _lock: folder.lock,
+            main,
+            train_loader: data.train_loader,
+            val_loader: data.val_loader,
+            classes: data.train_set.classes.clone(),
+            eval_size: data.eval_size,
+            schedule,
+            steps_per_epoch,
+            state,
+            log,
+            session_start: Instant::now(),
+            last_eval: (None, None),
+            pending_event: (!notes.is_empty()).then(|| notes.join("; ")),
+            epoch_data_wait: (0.0, 0.0),
+        };
+        trainer.banner(&device_words, resume.is_some(), &notes);
+        crate::fault::point("setup");
+        Ok(trainer)
+    }
 
+    /// The start-up lines: run folder, ranks, device, data, augmentation, model, schedule, notes.
+    fn banner(&self, device_words: &str, resuming: bool, notes: &[String]) {
+        let (main, dir, engine, schedule, state) =
+            (self.main, &self.dir, &self.engine, &self.schedule, &self.state);
+        let steps_per_epoch = self.steps_per_epoch;
+        let (train_set, cfg) = (self.train_loader.dataset(), &engine.cfg);
+        let classes = &self.classes;
+        let global_batch = cfg.batch_size * cfg.accum_steps * engine.dist.as_ref().map_or(1, |d| d.world());
         say!(main, "run        {}", dir.display());
-        if let Some(d) = &dist {
+        if let Some(d) = &engine.dist {
             say!(
                 main,
                 "ranks      {} processes ({} per node, {}), rendezvous {}:{}, {} all-reduce",
@@ -480,14 +199,14 @@ impl Trainer {
             "device     {device_words}, precision {:?}{}, {} decode threads, {} libtorch threads",
             cfg.precision,
             if cfg.channels_last { ", channels_last" } else { "" },
-            train_loader.config().threads,
+            self.train_loader.config().threads,
             tch::get_num_threads()
         );
         say!(
             main,
             "data       {} train / {} val images, {} classes ({})",
             train_set.len(),
-            val_set.as_ref().map_or(0, |v| v.len()),
+            self.val_loader.as_ref().map_or(0, |v| v.dataset().len()),
             classes.len(),
             cfg.data.as_ref().map_or("embedded procedural dataset".to_string(), |p| p.display().to_string())
         );
@@ -514,7 +233,7 @@ impl Trainer {
             cfg.schedule_style.name(),
             format!("{:?}", cfg.schedule).to_lowercase(),
             total_epochs(cfg),
-            schedule_extras(cfg, &schedule, steps_per_epoch),
+            schedule_extras(cfg, schedule, steps_per_epoch),
             match cfg.aug_splits {
                 s if s > 1 => format!(" (x {s} AugMix splits{})", if cfg.jsd_loss { ", JSD loss" } else { "" }),
                 _ => String::new(),
@@ -525,30 +244,11 @@ impl Trainer {
                 (w, ScheduleStyle::PerStep) => format!("{w} steps"),
                 (w, _) => format!("{w} {} from {:e}", if schedule.steps_per_tick == 1 { "steps" } else { "epochs" }, schedule.warmup_lr),
             },
-            if resume.is_some() { format!(", resuming at epoch {} step {}", state.epoch, state.step) } else { String::new() }
+            if resuming { format!(", resuming at epoch {} step {}", state.epoch, state.step) } else { String::new() }
         );
-        for n in &notes {
+        for n in notes {
             say!(main, "note       {n}");
         }
-        crate::fault::point("setup");
-        Ok(Self {
-            engine,
-            dir,
-            _lock: lock,
-            main,
-            train_loader,
-            val_loader,
-            classes,
-            eval_size,
-            schedule,
-            steps_per_epoch,
-            state,
-            log,
-            session_start: Instant::now(),
-            last_eval: (None, None),
-            pending_event: (!notes.is_empty()).then(|| notes.join("; ")),
-            epoch_data_wait: (0.0, 0.0),
-        })
     }
 
     /// Trains to the last epoch (or `max_steps`, or a termination signal).
@@ -905,63 +605,146 @@ impl Trainer {
     }
 }
 
+/// The engine (model, optimizer, scaler, EMA) with its initial weights: a fresh run's seeded init,
+/// or `initial_checkpoint`'s weights, then the head's init; a resumed run's weights come from its
+/// checkpoint instead (`restore`).
+fn build_engine(
+    cfg: TrainConfig,
+    rt: &Runtime,
+    classes: &[String],
+    start: Start,
+    notes: &mut Vec<String>,
+) -> Result<Engine> {
+    let mut engine = Engine::new(cfg, rt.device, classes.len() as i64)?;
+    engine.dist = rt.dist.clone();
+    if start == Start::Fresh {
+        if let Some(path) = engine.cfg.initial_checkpoint.clone() {
+            notes.push(format!("model weights from {}", path.display()));
+            notes.extend(engine.load_initial(&path, classes)?);
+        }
+        let (scale, bias) = (engine.cfg.head_init_scale, engine.cfg.head_init_bias);
+        engine.init_head(scale, bias)?;
+    }
+    if engine.cfg.sync_bn && rt.dist.is_none() {
+        eprintln!(
+            "warning: --sync-bn has no effect in a single process (BatchNorm already sees the whole batch)"
+        );
+    }
+    Ok(engine)
+}
+
+/// The loop state to start from: step 0 (fresh) or the checkpoint's (resume), with the model and
+/// every component's state loaded. Ordering: the divergence guard's remedies so far are applied
+/// before `engine.load` (they change the model the state is loaded into).
+fn restore(
+    engine: &mut Engine,
+    folder: &RunFolder,
+    train_set: &ImageFolder,
+    world: usize,
+    main: bool,
+) -> Result<LoopState> {
+    let fresh = LoopState { world_size: world, train_images: train_set.len(), ..LoopState::default() };
+    if folder.start == Start::Fresh {
+        return Ok(fresh);
+    }
+    let (dir, classes) = (&folder.dir, &train_set.classes);
+    let last = dir.join("last.safetensors");
+    let (file, saved) = checkpoint::load_last(&last)?;
+    // The divergence guard's remedies so far hold again.
+    for r in &saved.guards.remedies {
+        engine.apply_remedy(*r);
+    }
+    if let Some(saved_classes) = file.class_names() {
+        setup::check_same_classes(&saved_classes, classes, &train_set.root, &last)?;
+    }
+    if file.model_config(&last)? != engine.cfg.model(engine.num_classes) {
+        return Err(Error::file(&last, "its model differs from the run's config.toml"));
+    }
+    if saved.train_images != 0 && saved.train_images != train_set.len() {
+        say!(
+            main,
+            "warning: {} holds {} training images, the run started with {}: the data order (and the \
+                 steps per epoch) change from here on",
+            train_set.root.display(),
+            train_set.len(),
+            saved.train_images
+        );
+    }
+    if saved.world_size != world {
+        say!(
+                main,
+                "warning: the run trained with {} data-parallel process(es), this job has {world}: the global \
+                 batch (and with it the learning rate, unless lr_scaling is none) and each rank's data order change from here on; \
+                 the position in the epoch and the schedule are carried over by images seen",
+                saved.world_size
+            );
+    }
+    engine.load(&file, &last)?;
+    Ok(LoopState { train_images: train_set.len(), ..saved })
+}
+
+/// The run's plan: optimizer steps per epoch, the position after a world-size change, the
+/// schedule and a study's stop point. Ordering: after `restore` (the loop state is the
+/// checkpoint's), and corrected weight decay after `Schedule::new` (timm snapshots the peak lr the
+/// optimizer is built with).
+fn plan(
+    engine: &mut Engine,
+    state: &mut LoopState,
+    train_loader: &Loader,
+    world: usize,
+    saved: Option<&TrainConfig>,
+    notes: &mut Vec<String>,
+) -> Result<(usize, Schedule)> {
+    let cfg = &engine.cfg;
+    // At least 1: `check_batches_fit` refused a run whose epoch holds no optimizer step.
+    let steps_per_epoch = (train_loader.batches_per_epoch() / cfg.accum_steps).max(1);
+    if state.world_size != world {
+        // Another world size: resume at the batch that has seen as many of the epoch's
+        // images, in whole optimizer steps, and move the schedule's clock to the same point.
+        let seen = state.next_batch * state.world_size;
+        let accum = cfg.accum_steps.max(1);
+        state.next_batch = (seen / world / accum * accum).min(train_loader.batches_per_epoch());
+        let at = state.epoch * steps_per_epoch + state.next_batch / accum;
+        state.schedule_offset = state.step as i64 - at as i64;
+        state.world_size = world;
+    }
+    let global_batch = cfg.batch_size * cfg.accum_steps * world;
+    let schedule = Schedule::new(cfg, steps_per_epoch, global_batch);
+    if cfg.corrected_weight_decay {
+        // timm snapshots the lr the optimizer is built with: the peak, before the schedule.
+        engine.optimizer.set_corrected_weight_decay(schedule.peak_lr);
+    }
+    if let Some(budget) = cfg.stop_before_decay_of {
+        // A study's branch point: stop where a run of `budget` epochs starts its decay.
+        let at = branch_step(cfg, budget, steps_per_epoch, global_batch).ok_or_else(|| {
+            Error::Usage(format!(
+                "no {budget}-epoch branch of this run: it needs the wsd or rsqrt schedule ({:?}) and a \
+                     budget below its {} epochs",
+                cfg.schedule, cfg.epochs
+            ))
+        })?;
+        let at = (at as i64 + state.schedule_offset).max(1) as usize;
+        engine.cfg.max_steps = if cfg.max_steps > 0 { cfg.max_steps.min(at) } else { at };
+    }
+    if let Some(saved) = saved {
+        // A resume that reshapes the schedule (--epochs, a wsd branch's --decay-epochs) says
+        // where the learning rate continues from, and where the run's own schedule had it.
+        let (step, before) = (state.schedule_step(), Schedule::new(saved, steps_per_epoch, global_batch));
+        let (now, was) = (schedule.lr(step), before.lr(step));
+        if (now - was).abs() > 1e-12 * was.abs().max(1e-12) {
+            notes.push(format!(
+                    "the changed schedule continues at lr {now:.6e} at step {step} (the run's schedule: {was:.6e}){}",
+                    if now > was { "; the learning rate rises here" } else { "" }
+                ));
+        }
+    }
+    Ok((steps_per_epoch, schedule))
+}
+
 /// Trainable parameters of split BatchNorm's auxiliary BNs (not part of the evaluated network).
 fn split_bn_params(vs: &tch::nn::VarStore) -> i64 {
     let aux = vs.variables().into_iter().filter(|(n, t)| n.contains(".aux_bn.") && t.requires_grad());
     aux.map(|(_, t)| t.numel() as i64).sum()
-}
-
-/// The train loader (RandomResizedCrop + flips, or resize + center crop with no_aug), the val loader (resize + center crop) and the
-/// eval transform's (resize, crop).
-fn loaders(
-    cfg: &TrainConfig,
-    device: Device,
-    train_set: &Arc<ImageFolder>,
-    val_set: Option<&Arc<ImageFolder>>,
-    dist: Option<&DistEnv>,
-) -> Result<(Loader, Option<Loader>, (usize, usize))> {
-    let mut train_cfg = LoaderConfig::new(cfg.batch_size, cfg.train_transform());
-    // The machine's cores shared by the processes on this node.
-    let local_world = dist.map_or(1, |d| d.local_world);
-    train_cfg.threads = if cfg.workers == 0 {
-        (std::thread::available_parallelism().map_or(1, |n| n.get()) / local_world).max(1)
-    } else {
-        cfg.workers
-    };
-    if let Some(d) = dist {
-        (train_cfg.rank, train_cfg.world) = (d.rank, d.world);
-    }
-    train_cfg.seed = cfg.seed;
-    train_cfg.augment = cfg.augment(cfg.train_size)?.map(Arc::new);
-    train_cfg.aug_repeats = cfg.aug_repeats;
-    train_cfg.aug_splits = cfg.aug_splits;
-    train_cfg.res_schedule = cfg.res_schedule();
-    train_cfg.max_bad_fraction = cfg.max_bad_fraction;
-    train_cfg.pin_memory = device.is_cuda();
-    let train_loader = Loader::new(train_set.clone(), train_cfg.clone())?;
-    let eval_transform = Transform::eval(cfg.eval_size, cfg.crop_pct).with_filter(cfg.interpolation);
-    let val_loader = match val_set {
-        Some(v) => {
-            let mut c = train_cfg;
-            c.transform = eval_transform;
-            c.augment = None;
-            c.aug_repeats = 0;
-            c.aug_splits = 0;
-            c.res_schedule = None;
-            c.shuffle = false;
-            c.drop_last_batch = false;
-            c.uneven_shards = true;
-            // An unreadable val image is left out of the score (and counted), not replaced.
-            c.leave_out_unreadable = true;
-            Some(Loader::new(v.clone(), c)?)
-        }
-        None => None,
-    };
-    let eval_size = match eval_transform {
-        Transform::Eval { size, resize, .. } => (resize, size),
-        _ => (cfg.eval_size, cfg.eval_size),
-    };
-    Ok((train_loader, val_loader, eval_size))
 }
 
 /// The train images' preprocessing in one line: "crop 224 (scale 0.08-1, ratio 0.75-1.33,
