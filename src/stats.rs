@@ -111,7 +111,9 @@ pub fn paired(variant: &[f64], baseline: &[f64], better: Better) -> Paired {
         .map(|(a, b)| a - b)
         .collect();
     let diff = Summary::of(&diffs);
-    let verdict = if diff.n < 2 || !(diff.sd > 0.0) || !diff.ci95.is_finite() {
+    // sd is NaN below two pairs; 0 when every difference is equal.
+    let spread = diff.sd.is_finite() && diff.sd > 0.0;
+    let verdict = if diff.n < 2 || !spread || !diff.ci95.is_finite() {
         Verdict::NotEnoughRuns
     } else if diff.low() > 0.0 {
         if better == Better::Higher {

@@ -41,7 +41,8 @@ pub fn float(
     ends: Ends,
 ) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
     move |s: &str| {
-        let (open, close, ok): (&str, &str, fn(f64, f64, f64) -> bool) = match ends {
+        type Within = fn(f64, f64, f64) -> bool;
+        let (open, close, ok): (&str, &str, Within) = match ends {
             Ends::Closed => ("[", "]", |v, lo, hi| lo <= v && v <= hi),
             Ends::AboveMin => ("(", "]", |v, lo, hi| lo < v && v <= hi),
             Ends::BelowMax => ("[", ")", |v, lo, hi| lo <= v && v < hi),
