@@ -321,6 +321,42 @@ fn a_stale_lock_that_cannot_be_removed_is_named_as_such() {
     let _undo = Immutable(run_dir.clone());
     let (code, text) = run(&["train", "--resume", &s(&run_dir), "--max-steps", "4"]);
     assert_ne!(code, 0, "{text}");
-    assert!(text.contains("cannot remove the stale lock") && text.contains("not permitted"), "{text}");
-    assert!(!text.contains("keeps taking it"), "{text}");
+    // The lock is taken (its holder is gone); the first write into the folder says why it fails.
+    assert!(text.contains(&s(&run_dir)) && text.contains("not permitted"), "{text}");
+    assert!(!text.contains("keeps taking it") && !text.contains("in use by"), "{text}");
+}
+
+/// The run lock is a flock: a holder killed with SIGKILL and not yet reaped (a zombie, which
+/// `kill(pid, 0)` still finds) does not block the resume that a requeue starts at once.
+#[test]
+fn a_killed_holder_not_yet_reaped_does_not_block_a_resume() {
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 8, 1, 32, 3).unwrap();
+    let (d, o) = (s(&data), s(&dir.path().join("runs")));
+    let run_dir = dir.path().join("runs/z");
+    let args = [
+        &["train", "--data", &d, "--output", &o, "--name", "z", "--batch-size", "8", "--epochs", "50"],
+        &TINY[..],
+    ]
+    .concat();
+    let mut child = Command::new(common::bin())
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_until(120, "the run's first steps", || {
+        std::fs::read_to_string(run_dir.join("metrics.jsonl")).is_ok_and(|t| t.lines().count() >= 2)
+    });
+    child.kill().unwrap(); // SIGKILL; not waited for: a zombie until the end of this test
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+    common::wait_until(10, "the killed run to exit", || {
+        std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+            .map_or(true, |st| st.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+    });
+    let (code, text) = run(&["train", "--resume", &s(&run_dir), "--max-steps", "3"]);
+    assert_eq!(code, 0, "holder state before: {stat}\n{text}");
+    assert!(text.contains("taking over the lock"), "{text}");
+    child.wait().unwrap();
 }

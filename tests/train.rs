@@ -358,8 +358,7 @@ fn schedule_keys_are_checked() {
     assert!(err("sched_on_updates = true").contains("--sched-on-updates is timm's"));
     assert!(err("schedule_style = \"timm\"\nwarmup_epochs = 0.5")
         .contains("--warmup-epochs must be a whole number"));
-    let e = err("schedule_style = \"timm\"\nwarmup_lr = -1.0");
-    assert!(e.contains("warmup_lr = -1: must be a number in [0, 1000] (the flag --warmup-lr)"), "{e}");
+    assert!(err("schedule_style = \"timm\"\nwarmup_lr = -1.0").contains("--warmup-lr must be"));
     assert!(err("schedule = \"step\"\ncooldown_epochs = 2").contains("--cooldown-epochs applies"));
     assert!(
         err("schedule = \"multistep\"\ncooldown_epochs = 2").contains("the multistep schedule has no end")

@@ -394,7 +394,7 @@ pub struct TrainConfig {
     pub lr_warmup_method: Option<WarmupMethod>,
     /// timm style, cosine/tanh/poly: the learning rate restarts every cycle; this many cycles
     /// (timm's `lr_cycle_limit`; unset: 1, no restart). The run trains them all.
-    #[arg(long, value_parser = range::int::<usize>(1, 10000), allow_negative_numbers = true)]
+    #[arg(long, value_parser = range::int::<usize>(1, 1000), allow_negative_numbers = true)]
     pub lr_cycle_limit: Option<usize>,
     /// timm style: each cycle is this many times longer than the last (timm's `lr_cycle_mul`;
     /// unset: 1).
@@ -688,6 +688,21 @@ pub struct TrainArgs {
     /// Continue the run in this folder from its `last` checkpoint.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Start the run `--output/--name`, or continue it if that folder holds it (the same command
+    /// serves a job's first start and every requeue): the config must equal the saved run's on
+    /// every key that defines it (those a resume may change aside), else it is refused, naming
+    /// the keys. Needs --name.
+    #[arg(long, conflicts_with = "resume")]
+    pub auto_resume: bool,
+    /// Do everything a run does before its first step (resolve the config, scan and check the
+    /// data, build the model on the device), time a few steps on the run's batches, print the
+    /// resolved experiment with an estimate per epoch and for the run, and exit: nothing is
+    /// written. Exits 0 only where the run would start.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Optimizer steps `--dry-run` times (after one warm-up step).
+    #[arg(long, default_value_t = 3, value_parser = super::range::int::<usize>(1, 1000))]
+    pub dry_run_steps: usize,
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -843,15 +858,16 @@ impl TrainConfig {
 
     /// Every key in range and every rule between keys, before any work; by concern below.
     pub fn validate(&self) -> Result<()> {
-        // Every numeric key within its flag's range (a file's values; flags were parsed by it).
-        range::check_file_values(&Self::command(), &to_table(self)?).map_err(Error::Usage)?;
         self.model(1).validate()?;
         self.validate_optimization()?;
         self.validate_data()?;
         self.validate_augmentation()?;
         self.validate_loss()?;
         super::schedule::validate(self)?;
-        self.validate_run()
+        self.validate_run()?;
+        // Every numeric key within its flag's range (a file's values; flags were parsed by it).
+        // Last, so that the rules above keep their own messages.
+        range::check_file_values(&Self::command(), &to_table(self)?).map_err(Error::Usage)
     }
 
     /// The optimizer, its hyper-parameters and the batch it steps on.

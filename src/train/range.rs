@@ -94,7 +94,7 @@ pub fn check_file_values(cmd: &clap::Command, table: &toml::Table) -> Result<(),
     let flag = flag.split(' ').next().unwrap_or_default().to_string();
     let value = context(ContextKind::InvalidValue).unwrap_or_default();
     let why = std::error::Error::source(&e).map_or_else(|| e.kind().to_string(), |s| s.to_string());
-    Err(format!("{} = {value}: {why} (the flag {flag})", flag.trim_start_matches('-').replace('-', "_")))
+    Err(format!("{} = {value}: {flag} {why}", flag.trim_start_matches('-').replace('-', "_")))
 }
 
 #[cfg(test)]

@@ -303,7 +303,8 @@ fn check_batches_fit(cfg: &TrainConfig, loader: &Loader, world: usize) -> Result
     )))
 }
 
-fn run_dir(cfg: &TrainConfig) -> PathBuf {
+/// The run folder: `output/name`, or a new name from the run's arch, activation, order, precision and time.
+pub fn run_dir(cfg: &TrainConfig) -> PathBuf {
     let name = cfg.name.clone().unwrap_or_else(|| {
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         format!("{}-{:?}{}-{:?}-{t}", cfg.arch.name(), cfg.act, cfg.order, cfg.precision).to_lowercase()

@@ -47,6 +47,16 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>) -> Result<RunSummary> {
     Trainer::new(cfg, resume)?.run()
 }
 
+/// What `--dry-run` measured.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct DryRun {
+    pub steps_timed: usize,
+    /// Mean seconds per optimizer step, data wait included.
+    pub step_s: f64,
+    pub steps_per_epoch: usize,
+    pub epochs: usize,
+}
+
 pub struct Trainer {
     engine: Engine,
     dir: PathBuf,
@@ -171,6 +181,98 @@ impl Trainer {
         trainer.banner(&device_words, resume.is_some(), &notes);
         crate::fault::point("setup");
         Ok(trainer)
+    }
+
+    /// `--dry-run`: everything a run does before its first step (the config resolved, the data
+    /// scanned and checked, the model built on the device with its kernels), then `steps` timed
+    /// optimizer steps on the run's own batches, and the estimate of an epoch and of the run.
+    /// Writes nothing: no run folder, no lock, no log.
+    pub fn dry_run(cfg: TrainConfig, resume: Option<&Path>, steps: usize) -> Result<DryRun> {
+        let timeout = Duration::from_secs(cfg.dist_timeout);
+        let rt = Runtime::start(&cfg.device, cfg.dist_backend, cfg.torch_threads, cfg.precision, timeout)?;
+        let main = rt.is_main();
+        crate::data::decode::set_max_image_pixels(cfg.max_image_pixels);
+        let mut notes = setup::resumed_settings(&cfg, resume)?.map(|(_, n)| n).unwrap_or_default();
+        let data = Data::open(&cfg, rt.device, rt.dist.as_ref().map(|d| &d.env), rt.world())?;
+        let dir = resume.map_or_else(|| setup::run_dir(&cfg), Path::to_path_buf);
+        if resume.is_none() && super::run_dir::holds_checkpoint(&dir) {
+            notes.push(format!(
+                "{} already holds a run: a real start needs --resume or --auto-resume",
+                dir.display()
+            ));
+        }
+        let mut engine = build_engine(cfg, &rt, &data.train_set.classes, Start::Fresh, &mut notes)?;
+        let world = rt.world();
+        let mut state =
+            LoopState { world_size: world, train_images: data.train_set.len(), ..LoopState::default() };
+        let (steps_per_epoch, schedule) =
+            plan(&mut engine, &mut state, &data.train_loader, world, None, &mut notes)?;
+        let mut trainer = Self {
+            engine,
+            dir,
+            _lock: None,
+            main,
+            train_loader: data.train_loader,
+            val_loader: data.val_loader,
+            classes: data.train_set.classes.clone(),
+            eval_size: data.eval_size,
+            schedule,
+            steps_per_epoch,
+            state,
+            log: None,
+            session_start: Instant::now(),
+            last_eval: (None, None),
+            pending_event: None,
+            epoch_data_wait: (0.0, 0.0),
+        };
+        trainer.banner(&crate::runtime::describe_device(rt.device), resume.is_some(), &notes);
+        let seconds = trainer.time_steps(steps)?;
+        let epochs = total_epochs(&trainer.engine.cfg);
+        let report = DryRun {
+            steps_timed: seconds.len(),
+            step_s: seconds.iter().sum::<f64>() / seconds.len().max(1) as f64,
+            steps_per_epoch,
+            epochs,
+        };
+        say!(
+            main,
+            "dry run    {} steps timed after one warm-up step: {:.3} s per step (data wait included); an epoch of \
+             {steps_per_epoch} steps ~{:.1} min, the run's {epochs} epochs ~{:.1} h (evaluation not counted). \
+             Nothing was written",
+            report.steps_timed,
+            report.step_s,
+            report.step_s * steps_per_epoch as f64 / 60.0,
+            report.step_s * (steps_per_epoch * epochs) as f64 / 3600.0
+        );
+        Ok(report)
+    }
+
+    /// Trains one warm-up step and then up to `steps` more on the first batches of epoch 0;
+    /// returns the timed steps' seconds (each from asking for its first batch to its result).
+    fn time_steps(&mut self, steps: usize) -> Result<Vec<f64>> {
+        let accum = self.engine.cfg.accum_steps;
+        let mut batches = self.train_loader.epoch(0, 0);
+        let mut seconds = Vec::new();
+        for i in 0..=steps.min(self.steps_per_epoch.saturating_sub(1)) {
+            let t0 = Instant::now();
+            let mut micro = Vec::with_capacity(accum);
+            while micro.len() < accum {
+                let Some(batch) = batches.next() else { return Ok(seconds) };
+                let batch = batch?;
+                let cfg = &self.engine.cfg;
+                let x = prepare(&batch.images, self.engine.device, cfg.channels_last, &cfg.normalization())?;
+                micro.push((x, batch.labels.to_device(self.engine.device)));
+            }
+            let lr = self.schedule.lr(i);
+            let result = self.engine.step(&micro, lr, i, &mut self.state.guards)?;
+            if let Decision::Stop(Stop::Spikes(m) | Stop::Diverged(m)) = result.decision {
+                return Err(Error::Diverged(m));
+            }
+            if i > 0 {
+                seconds.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        Ok(seconds)
     }
 
     /// The start-up lines: run folder, ranks, device, data, augmentation, model, schedule, notes.
