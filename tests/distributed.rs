@@ -675,3 +675,37 @@ fn the_nccl_backend_is_compiled_when_its_headers_are_there_and_refused_without_c
         assert!(msg.contains("NCCL:"), "{msg}");
     }
 }
+
+/// `global_batch`: the same experiment on one process and on two (SyncBN: BatchNorm sees the same
+/// 8 images): each rank's batch is half, the steps and learning rates are the same and the losses
+/// agree to fp32 re-association. A process count that does not divide it is refused, naming those
+/// that do.
+#[test]
+fn a_global_batch_trains_the_same_experiment_on_one_or_two_processes() {
+    let tmp = common::tmpdir();
+    let config = ddp_setup(tmp.path());
+    let cfg = config.to_str().unwrap();
+    let args = ["train", "--config", cfg, "--global-batch", "8", "--sync-bn", "--max-steps", "3", "--epochs", "1"];
+    let one = Command::new(common::bin()).args(args).args(["--name", "one"]).output().unwrap();
+    assert!(one.status.success(), "{}", text(&one));
+    let two = launch(free_port(), &[&args[..], &["--name", "two"]].concat(), None);
+    assert!(two.status.success(), "{}", text(&two));
+    for out in [&one, &two] {
+        assert!(text(out).contains("x 10 steps, global batch 8"), "{}", text(out));
+    }
+    let records = |name: &str| common::step_records(&tmp.path().join("runs").join(name));
+    let (a, b) = (records("one"), records("two"));
+    assert_eq!((a.len(), b.len()), (3, 3));
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.step, x.lr), (y.step, y.lr));
+        assert!((x.loss - y.loss).abs() <= 1e-4 * x.loss.abs(), "step {}: {} vs {}", x.step, x.loss, y.loss);
+    }
+    // A per-rank batch larger than each rank's share of the data: every rank refuses at start.
+    let big = launch(free_port(), &["train", "--config", cfg, "--batch-size", "50", "--name", "big"], None);
+    assert!(!big.status.success());
+    assert!(text(&big).contains("80 training images give each of the 2 process(es) 40 per epoch"), "{}", text(&big));
+    assert!(!tmp.path().join("runs/big").exists());
+    let three = launch_n(3, free_port(), &[&args[..], &["--name", "three"]].concat(), None);
+    assert!(!three.status.success());
+    assert!(text(&three).contains("use 1, 2, 4, 8 process(es), or --global-batch 6 or 9"), "{}", text(&three));
+}

@@ -361,3 +361,23 @@ fn a_killed_parallel_study_leaves_no_cell_running() {
         assert!(!lock.exists(), "{} left behind", lock.display());
     }
 }
+
+/// A cell whose run folder another live process holds: the parallel study's failure names the
+/// cell and the holder (from the cell's log), not only "see log".
+#[test]
+fn a_parallel_study_names_a_cell_held_by_another_process() {
+    let dir = common::tmpdir();
+    let data = dir.path().join("data");
+    synthetic::write_dataset(&data, 4, 1, 32, 5).unwrap();
+    let config = dir.path().join("study.toml");
+    let out = dir.path().join("runs");
+    let text = study_toml(&data, &out, "[0]").replace("at_epochs = [1]", "").replace("epochs = 2", "epochs = 1");
+    std::fs::write(&config, text.replace("bench_steps = 1", "bench_steps = 0")).unwrap();
+    let _held = resnet_train::train::run_dir::RunLock::acquire(&out.join("tiny/relu-s0")).unwrap();
+    let (code, text) = study(&config, &["--jobs", "2", "--threads", "1"], None);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(
+        text.contains("relu-s0") && text.contains(&format!("in use by process {}", std::process::id())),
+        "{text}"
+    );
+}

@@ -1033,12 +1033,10 @@ fn wsd_forks_branch_the_stable_phase_into_their_own_decays() {
     let (ok, text) = fork("stable/inner", "");
     assert!(!ok && text.contains("inside the run it forks"), "{text}");
     // A run in use (a live process holds its lock) is not forked.
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
-    let lock = stable.join("lock");
-    std::fs::write(&lock, format!("pid = {}\nhost = {:?}\n", std::process::id(), host.trim())).unwrap();
+    let lock = resnet_train::train::run_dir::RunLock::acquire(&stable).unwrap();
     let (ok, text) = fork("busy", "");
     assert!(!ok && text.contains("is in use by process") && !dir.path().join("busy").exists(), "{text}");
-    std::fs::remove_file(&lock).unwrap();
+    drop(lock);
     let same = dir.path().join("same");
     let config = std::fs::read_to_string(same.join("config.toml")).unwrap();
     assert!(config.contains("name = \"same\""), "{config}");

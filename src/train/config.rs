@@ -243,9 +243,16 @@ pub struct TrainConfig {
     /// Training epochs (the schedule's length).
     #[arg(long, default_value_t = 90, value_parser = range::int::<usize>(1, 100_000), allow_negative_numbers = true)]
     pub epochs: usize,
-    /// Images per device per micro-step.
+    /// Images per device per micro-step (with `global_batch` set: derived from it, this ignored).
     #[arg(long, default_value_t = 256, value_parser = range::int::<usize>(1, 65536), allow_negative_numbers = true)]
     pub batch_size: usize,
+    /// Images per optimizer step over all processes (timm's batch_size x world x grad_accum): when
+    /// set, each device's batch is global_batch / (processes x accum_steps), so the run is the
+    /// same experiment (batch, learning rate, steps) on 1, 8 or 64 GPUs; a process count that does
+    /// not divide it is refused with the nearest that do. A resumed run keeps it under another
+    /// process count.
+    #[arg(long, value_parser = range::int::<usize>(1, 1_048_576), allow_negative_numbers = true)]
+    pub global_batch: Option<usize>,
     /// Base learning rate for a global batch of 256, scaled to the run's global batch by
     /// `lr_scaling`.
     #[arg(long, default_value_t = 0.1, value_parser = range::float(0.0, 1000.0, Ends::AboveMin), allow_negative_numbers = true)]
@@ -1132,6 +1139,28 @@ impl TrainConfig {
             return bad("--divergence-remedies: `none` is not a remedy".into());
         }
         Ok(())
+    }
+
+    /// The config a run of `world` processes trains with: with `global_batch` set, `batch_size`
+    /// is its share per device and micro-step; refused where `world` x `accum_steps` does not
+    /// divide it, naming the process counts and global batches that would.
+    pub fn for_world(&self, world: usize) -> Result<TrainConfig> {
+        let Some(global) = self.global_batch else { return Ok(self.clone()) };
+        let accum = self.accum_steps.max(1);
+        let per_step = world.max(1) * accum;
+        if global % per_step == 0 {
+            return Ok(TrainConfig { batch_size: global / per_step, ..self.clone() });
+        }
+        let worlds: Vec<String> =
+            (1..=global / accum).filter(|w| global % (w * accum) == 0).map(|w| w.to_string()).collect();
+        let (below, above) = (global / per_step * per_step, global.div_ceil(per_step) * per_step);
+        Err(Error::Usage(format!(
+            "--global-batch {global} is not divisible by {world} process(es) x --accum-steps {accum}: use {} \
+             process(es), or --global-batch {}{}",
+            worlds.join(", "),
+            if below > 0 { format!("{below} or ") } else { String::new() },
+            above
+        )))
     }
 
     pub fn model(&self, num_classes: i64) -> ResNetConfig {

@@ -946,7 +946,8 @@ pub fn bench_flags(c: &TrainConfig, steps: usize) -> Vec<String> {
         ("--act-impl", name(c.act_impl)),
         ("--precision", name(c.precision)),
         ("--opt", name(c.opt)),
-        ("--batch", c.batch_size.to_string()),
+        // One device's micro-batch (a study's cell runs in one process).
+        ("--batch", c.global_batch.map_or(c.batch_size, |g| g / c.accum_steps.max(1)).to_string()),
         ("--res", c.train_size.to_string()),
         ("--device", c.device.clone()),
         ("--steps", steps.to_string()),

@@ -130,9 +130,12 @@ impl Trainer {
             Some((saved, notes)) => (Some(saved), notes),
             None => (None, Vec::new()),
         };
+        // The run's settings as given (a global batch, not this world's share of it), before any
+        // remedy of its guards: what config.toml keeps and a resume compares with.
+        let run_config = cfg.to_toml();
+        let cfg = cfg.for_world(rt.world())?;
         let data = Data::open(&cfg, rt.device, rt.dist.as_ref().map(|d| &d.env), rt.world())?;
         let folder = RunFolder::open(&cfg, resume, main)?;
-        let run_config = cfg.to_toml(); // the run's settings, before any remedy of its guards
         let mut engine = build_engine(cfg, &rt, &data.train_set.classes, folder.start, &mut notes)?;
         let mut state = restore(&mut engine, &folder, &data.train_set, rt.world(), main)?;
         if let Some(d) = &rt.dist {
@@ -193,6 +196,7 @@ impl Trainer {
         let main = rt.is_main();
         crate::data::decode::set_max_image_pixels(cfg.max_image_pixels);
         let mut notes = setup::resumed_settings(&cfg, resume)?.map(|(_, n)| n).unwrap_or_default();
+        let cfg = cfg.for_world(rt.world())?;
         let data = Data::open(&cfg, rt.device, rt.dist.as_ref().map(|d| &d.env), rt.world())?;
         let dir = resume.map_or_else(|| setup::run_dir(&cfg), Path::to_path_buf);
         if resume.is_none() && super::run_dir::holds_checkpoint(&dir) {
@@ -772,7 +776,7 @@ fn restore(
             saved.train_images
         );
     }
-    if saved.world_size != world {
+    if saved.world_size != world && engine.cfg.global_batch.is_none() {
         say!(
                 main,
                 "warning: the run trained with {} data-parallel process(es), this job has {world}: the global \
@@ -803,9 +807,11 @@ fn plan(
     if state.world_size != world {
         // Another world size: resume at the batch that has seen as many of the epoch's
         // images, in whole optimizer steps, and move the schedule's clock to the same point.
-        let seen = state.next_batch * state.world_size;
+        // (With global_batch, each rank's batch changed with the world size too.)
         let accum = cfg.accum_steps.max(1);
-        state.next_batch = (seen / world / accum * accum).min(train_loader.batches_per_epoch());
+        let batch_then = cfg.global_batch.map_or(cfg.batch_size, |g| g / (state.world_size * accum).max(1));
+        let seen = state.next_batch * batch_then * state.world_size;
+        state.next_batch = (seen / (cfg.batch_size * world) / accum * accum).min(train_loader.batches_per_epoch());
         let at = state.epoch * steps_per_epoch + state.next_batch / accum;
         state.schedule_offset = state.step as i64 - at as i64;
         state.world_size = world;
