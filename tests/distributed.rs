@@ -685,7 +685,8 @@ fn a_global_batch_trains_the_same_experiment_on_one_or_two_processes() {
     let tmp = common::tmpdir();
     let config = ddp_setup(tmp.path());
     let cfg = config.to_str().unwrap();
-    let args = ["train", "--config", cfg, "--global-batch", "8", "--sync-bn", "--max-steps", "3", "--epochs", "1"];
+    let args =
+        ["train", "--config", cfg, "--global-batch", "8", "--sync-bn", "--max-steps", "3", "--epochs", "1"];
     let one = Command::new(common::bin()).args(args).args(["--name", "one"]).output().unwrap();
     assert!(one.status.success(), "{}", text(&one));
     let two = launch(free_port(), &[&args[..], &["--name", "two"]].concat(), None);
@@ -703,9 +704,17 @@ fn a_global_batch_trains_the_same_experiment_on_one_or_two_processes() {
     // A per-rank batch larger than each rank's share of the data: every rank refuses at start.
     let big = launch(free_port(), &["train", "--config", cfg, "--batch-size", "50", "--name", "big"], None);
     assert!(!big.status.success());
-    assert!(text(&big).contains("80 training images give each of the 2 process(es) 40 per epoch"), "{}", text(&big));
+    assert!(
+        text(&big).contains("80 training images give each of the 2 process(es) 40 per epoch"),
+        "{}",
+        text(&big)
+    );
     assert!(!tmp.path().join("runs/big").exists());
     let three = launch_n(3, free_port(), &[&args[..], &["--name", "three"]].concat(), None);
     assert!(!three.status.success());
-    assert!(text(&three).contains("use 1, 2, 4, 8 process(es), or --global-batch 6 or 9"), "{}", text(&three));
+    assert!(
+        text(&three).contains("use 1, 2, 4, 8 process(es), or --global-batch 6 or 9"),
+        "{}",
+        text(&three)
+    );
 }

@@ -371,7 +371,8 @@ fn a_parallel_study_names_a_cell_held_by_another_process() {
     synthetic::write_dataset(&data, 4, 1, 32, 5).unwrap();
     let config = dir.path().join("study.toml");
     let out = dir.path().join("runs");
-    let text = study_toml(&data, &out, "[0]").replace("at_epochs = [1]", "").replace("epochs = 2", "epochs = 1");
+    let text =
+        study_toml(&data, &out, "[0]").replace("at_epochs = [1]", "").replace("epochs = 2", "epochs = 1");
     std::fs::write(&config, text.replace("bench_steps = 1", "bench_steps = 0")).unwrap();
     let _held = resnet_train::train::run_dir::RunLock::acquire(&out.join("tiny/relu-s0")).unwrap();
     let (code, text) = study(&config, &["--jobs", "2", "--threads", "1"], None);

@@ -811,7 +811,8 @@ fn plan(
         let accum = cfg.accum_steps.max(1);
         let batch_then = cfg.global_batch.map_or(cfg.batch_size, |g| g / (state.world_size * accum).max(1));
         let seen = state.next_batch * batch_then * state.world_size;
-        state.next_batch = (seen / (cfg.batch_size * world) / accum * accum).min(train_loader.batches_per_epoch());
+        state.next_batch =
+            (seen / (cfg.batch_size * world) / accum * accum).min(train_loader.batches_per_epoch());
         let at = state.epoch * steps_per_epoch + state.next_batch / accum;
         state.schedule_offset = state.step as i64 - at as i64;
         state.world_size = world;
