@@ -962,7 +962,7 @@ fn every_flag_in_the_documentation_exists() {
     }
     // Not ours: torchrun's, SLURM's, pip's; the placeholder of configs/README.md; clap aliases.
     for other in
-        "--no-python --nproc-per-node --ntasks-per-node --signal --no-deps --key-name --label-smoothing"
+        "--no-python --nproc-per-node --ntasks-per-node --nodes --signal --requeue --no-deps --key-name --label-smoothing"
             .split_whitespace()
     {
         known.insert(other.to_string());
