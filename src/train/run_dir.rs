@@ -38,13 +38,13 @@ fn holder(text: &str) -> Option<(u32, String)> {
     Some((p, t.get("host")?.as_str()?.to_string()))
 }
 
-fn in_use(dir: &Path, path: &Path, holder: Option<(u32, String)>) -> Error {
+fn in_use(dir: &Path, path: &Path, holder: Option<(u32, String)>) -> String {
     let who = holder.map_or("another process".into(), |(p, h)| format!("process {p} on {h}"));
-    Error::Usage(format!(
+    format!(
         "{} is in use by {who} (lock file {}): one process trains a run folder at a time",
         dir.display(),
         path.display()
-    ))
+    )
 }
 
 impl RunLock {
@@ -66,7 +66,7 @@ impl RunLock {
                 Ok(()) => {}
                 Err(std::fs::TryLockError::WouldBlock) => {
                     let text = std::fs::read_to_string(&path).unwrap_or_default();
-                    return Err(in_use(dir, &path, holder(&text)));
+                    return Err(Error::Usage(in_use(dir, &path, holder(&text))));
                 }
                 // No locks on this file system: the PID check alone.
                 Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
@@ -117,7 +117,11 @@ impl RunLock {
                     let text = std::fs::read_to_string(&path).unwrap_or_default();
                     match holder(&text) {
                         Some((p, h)) if h != host || crate::ffi::process::pid_alive(p) => {
-                            return Err(in_use(dir, &path, Some((p, h))));
+                            // (Without locks, a process on another host cannot be checked.)
+                            let m = in_use(dir, &path, Some((p, h)));
+                            return Err(Error::Usage(format!(
+                                "{m}; if that process is gone, delete the lock file"
+                            )));
                         }
                         stale => {
                             // A killed process's lock (or one torn while being written): take it over.
