@@ -64,6 +64,14 @@ impl Runtime {
         Ok(Self { device, dist })
     }
 
+    /// A run's runtime, from its config (and the decoders' image-size limit, process-wide).
+    pub fn for_run(cfg: &TrainConfig) -> Result<Self> {
+        let timeout = Duration::from_secs(cfg.dist_timeout);
+        let rt = Self::start(&cfg.device, cfg.dist_backend, cfg.torch_threads, cfg.precision, timeout)?;
+        crate::data::decode::set_max_image_pixels(cfg.max_image_pixels);
+        Ok(rt)
+    }
+
     /// Rank 0 of a data-parallel job, or the only process: it writes the run folder and prints.
     pub fn is_main(&self) -> bool {
         self.dist.as_ref().is_none_or(|d| d.is_main())

@@ -26,7 +26,7 @@ use crate::model::resnet::count_params;
 use crate::model::ResNet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What a finished (or stopped) run reports.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -122,10 +122,8 @@ fn progress_bar(len: usize, epoch: usize, position: usize) -> Option<indicatif::
 impl Trainer {
     // ---- Set-up: runtime, settings, data, run folder, engine, restore, plan, banner. ----
     pub fn new(cfg: TrainConfig, resume: Option<&Path>) -> Result<Self> {
-        let timeout = Duration::from_secs(cfg.dist_timeout);
-        let rt = Runtime::start(&cfg.device, cfg.dist_backend, cfg.torch_threads, cfg.precision, timeout)?;
+        let rt = Runtime::for_run(&cfg)?;
         let main = rt.is_main();
-        crate::data::decode::set_max_image_pixels(cfg.max_image_pixels);
         let (saved_config, mut notes) = match setup::resumed_settings(&cfg, resume)? {
             Some((saved, notes)) => (Some(saved), notes),
             None => (None, Vec::new()),
@@ -163,58 +161,28 @@ impl Trainer {
             );
             super::sessions::append(&folder.dir, &session)?;
         }
-        let trainer = Self {
-            engine,
-            dir: folder.dir,
-            _lock: folder.lock,
-            main,
-            train_loader: data.train_loader,
-            val_loader: data.val_loader,
-            classes: data.train_set.classes.clone(),
-            eval_size: data.eval_size,
-            schedule,
-            steps_per_epoch,
-            state,
-            log,
-            session_start: Instant::now(),
-            last_eval: (None, None),
-            pending_event: (!notes.is_empty()).then(|| notes.join("; ")),
-            epoch_data_wait: (0.0, 0.0),
-        };
+        let mut trainer =
+            Self::assemble(engine, (folder.dir, folder.lock), main, data, (schedule, steps_per_epoch), state);
+        trainer.log = log;
+        trainer.pending_event = (!notes.is_empty()).then(|| notes.join("; "));
         trainer.banner(&device_words, resume.is_some(), &notes);
         crate::fault::point("setup");
         Ok(trainer)
     }
 
-    /// `--dry-run`: everything a run does before its first step (the config resolved, the data
-    /// scanned and checked, the model built on the device with its kernels), then `steps` timed
-    /// optimizer steps on the run's own batches, and the estimate of an epoch and of the run.
-    /// Writes nothing: no run folder, no lock, no log.
-    pub fn dry_run(cfg: TrainConfig, resume: Option<&Path>, steps: usize) -> Result<DryRun> {
-        let timeout = Duration::from_secs(cfg.dist_timeout);
-        let rt = Runtime::start(&cfg.device, cfg.dist_backend, cfg.torch_threads, cfg.precision, timeout)?;
-        let main = rt.is_main();
-        crate::data::decode::set_max_image_pixels(cfg.max_image_pixels);
-        let mut notes = setup::resumed_settings(&cfg, resume)?.map(|(_, n)| n).unwrap_or_default();
-        let cfg = cfg.for_world(rt.world())?;
-        let data = Data::open(&cfg, rt.device, rt.dist.as_ref().map(|d| &d.env), rt.world())?;
-        let dir = resume.map_or_else(|| setup::run_dir(&cfg), Path::to_path_buf);
-        if resume.is_none() && super::run_dir::holds_checkpoint(&dir) {
-            notes.push(format!(
-                "{} already holds a run: a real start needs --resume or --auto-resume",
-                dir.display()
-            ));
-        }
-        let mut engine = build_engine(cfg, &rt, &data.train_set.classes, Start::Fresh, &mut notes)?;
-        let world = rt.world();
-        let mut state =
-            LoopState { world_size: world, train_images: data.train_set.len(), ..LoopState::default() };
-        let (steps_per_epoch, schedule) =
-            plan(&mut engine, &mut state, &data.train_loader, world, None, &mut notes)?;
-        let mut trainer = Self {
+    /// A trainer from its set-up's parts, before its log is opened (a dry run has none).
+    fn assemble(
+        engine: Engine,
+        (dir, lock): (PathBuf, Option<RunLock>),
+        main: bool,
+        data: Data,
+        (schedule, steps_per_epoch): (Schedule, usize),
+        state: LoopState,
+    ) -> Self {
+        Self {
             engine,
             dir,
-            _lock: None,
+            _lock: lock,
             main,
             train_loader: data.train_loader,
             val_loader: data.val_loader,
@@ -228,7 +196,32 @@ impl Trainer {
             last_eval: (None, None),
             pending_event: None,
             epoch_data_wait: (0.0, 0.0),
-        };
+        }
+    }
+
+    /// `--dry-run`: everything a run does before its first step (the config resolved, the data
+    /// scanned and checked, the model built on the device with its kernels), then `steps` timed
+    /// optimizer steps on the run's own batches, and the estimate of an epoch and of the run.
+    /// Writes nothing: no run folder, no lock, no log.
+    pub fn dry_run(cfg: TrainConfig, resume: Option<&Path>, steps: usize) -> Result<DryRun> {
+        let rt = Runtime::for_run(&cfg)?;
+        let main = rt.is_main();
+        let mut notes = setup::resumed_settings(&cfg, resume)?.map(|(_, n)| n).unwrap_or_default();
+        let cfg = cfg.for_world(rt.world())?;
+        let data = Data::open(&cfg, rt.device, rt.dist.as_ref().map(|d| &d.env), rt.world())?;
+        let dir = resume.map_or_else(|| setup::run_dir(&cfg), Path::to_path_buf);
+        if resume.is_none() && super::run_dir::holds_checkpoint(&dir) {
+            notes.push(format!(
+                "{} already holds a run: a real start needs --resume or --auto-resume",
+                dir.display()
+            ));
+        }
+        let mut engine = build_engine(cfg, &rt, &data.train_set.classes, Start::Fresh, &mut notes)?;
+        let world = rt.world();
+        let mut state = fresh_state(&data.train_set, world);
+        let (steps_per_epoch, schedule) =
+            plan(&mut engine, &mut state, &data.train_loader, world, None, &mut notes)?;
+        let mut trainer = Self::assemble(engine, (dir, None), main, data, (schedule, steps_per_epoch), state);
         trainer.banner(&crate::runtime::describe_device(rt.device), resume.is_some(), &notes);
         let seconds = trainer.time_steps(steps)?;
         let epochs = total_epochs(&trainer.engine.cfg);
@@ -739,6 +732,11 @@ fn build_engine(
     Ok(engine)
 }
 
+/// A new run's loop state: step 0 of epoch 0.
+fn fresh_state(train_set: &ImageFolder, world: usize) -> LoopState {
+    LoopState { world_size: world, train_images: train_set.len(), ..LoopState::default() }
+}
+
 /// The loop state to start from: step 0 (fresh) or the checkpoint's (resume), with the model and
 /// every component's state loaded. Ordering: the divergence guard's remedies so far are applied
 /// before `engine.load` (they change the model the state is loaded into).
@@ -749,9 +747,8 @@ fn restore(
     world: usize,
     main: bool,
 ) -> Result<LoopState> {
-    let fresh = LoopState { world_size: world, train_images: train_set.len(), ..LoopState::default() };
     if folder.start == Start::Fresh {
-        return Ok(fresh);
+        return Ok(fresh_state(train_set, world));
     }
     let (dir, classes) = (&folder.dir, &train_set.classes);
     let last = dir.join("last.safetensors");
