@@ -233,6 +233,66 @@ fn check_act_simulating_the_cuda_kernels_passes_every_case() {
     assert!(err.contains("--simulate-cuda") && err.contains("--device cpu"), "{err}");
 }
 
+/// `bench` times the step a training config describes: every key that changes the step, from
+/// `--config` or as a flag, reaches the engine it times (the JSON echoes the config it ran), and
+/// a study's `bench_steps` goes through the same file.
+#[test]
+fn bench_takes_every_training_key_that_changes_the_step() {
+    let dir = common::tmpdir();
+    let file = dir.path().join("step.toml");
+    std::fs::write(
+        &file,
+        "arch = \"resnet18\"\nact = \"polynorm\"\norder = 2\nblurpool = true\nclip_grad = 1.0\n\
+         clip_mode = \"agc\"\nmodel_ema = true\nsync_bn = true\nsmoothing = 0.1\nmixup = 0.2\n\
+         drop_path = 0.05\nopt = \"lamb\"\nact_clamp = 3.0\nzero_init_residual = true\ntrain_size = 32\n\
+         global_batch = 4\nmax_device_batch = 2\ndevice = \"cpu\"\n",
+    )
+    .unwrap();
+    let out = Command::new(common::bin())
+        .args(["bench", "--config", file.to_str().unwrap(), "--act-impl", "eager", "--bce-loss"])
+        .args(["--steps", "1", "--warmup", "0", "--classes", "10", "--json"])
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    let row: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).expect("one JSON line");
+    let c = &row["config"];
+    for (key, want) in [
+        ("act", "\"polynorm\""),
+        ("order", "2"),
+        ("blurpool", "true"),
+        ("clip_grad", "1.0"),
+        ("clip_mode", "\"agc\""),
+        ("model_ema", "true"),
+        ("sync_bn", "true"),
+        ("smoothing", "0.1"),
+        ("mixup", "0.2"),
+        ("drop_path", "0.05"),
+        ("opt", "\"lamb\""),
+        ("act_clamp", "3.0"),
+        ("zero_init_residual", "true"),
+        ("act_impl", "\"eager\""),
+        ("bce_loss", "true"),
+        // The global batch of 4 at most 2 per device: 2 images x 2 accumulated micro-batches.
+        ("batch_size", "2"),
+        ("accum_steps", "2"),
+    ] {
+        assert_eq!(c[key].to_string(), want, "{key}: {row}");
+    }
+    assert_eq!(
+        (row["batch"].as_i64(), row["res"].as_i64(), row["accum_steps"].as_i64()),
+        (Some(2), Some(32), Some(2))
+    );
+    // The old spellings --batch and --res stay, as --batch-size and --train-size.
+    let out = Command::new(common::bin())
+        .args(["bench", "--arch", "resnet18", "--batch", "3", "--res", "32", "--device", "cpu"])
+        .args(["--steps", "1", "--warmup", "0", "--classes", "10", "--json"])
+        .output()
+        .unwrap();
+    let row: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!((row["batch"].as_i64(), row["res"].as_i64()), (Some(3), Some(32)), "{row}");
+}
+
 /// `scripts/onednn_split.py` (BENCHMARKS.md) splits a `bench` step into the oneDNN primitives'
 /// time, which `ONEDNN_VERBOSE` reports, and the rest: the same primitives every step, and the
 /// two parts add up to the step.
@@ -960,9 +1020,11 @@ fn every_flag_in_the_documentation_exists() {
     for sub in ["val", "verify", "resize"] {
         known.extend(flags(&help(prep, &[sub])));
     }
-    // Not ours: torchrun's, SLURM's, pip's; the placeholder of configs/README.md; clap aliases.
+    // Not ours: torchrun's, SLURM's, pip's, timm's (configs/README.md's "Coming from timm"); the
+    // placeholder of configs/README.md; clap aliases.
     for other in
-        "--no-python --nproc-per-node --ntasks-per-node --nodes --signal --requeue --no-deps --key-name --label-smoothing"
+        "--no-python --nproc-per-node --ntasks-per-node --nodes --signal --requeue --no-deps --key-name --label-smoothing \
+         --scale --img-size --input-size --amp --amp-dtype --patience-epochs"
             .split_whitespace()
     {
         known.insert(other.to_string());

@@ -407,7 +407,7 @@ fn ddp_setup(tmp: &Path) -> PathBuf {
     resnet_train::data::synthetic::write_dataset(&data, 8, 4, 32, 11).unwrap();
     let config = tmp.join("run.toml");
     let text = format!(
-        "data = {data:?}\narch = \"resnet18\"\nact = \"polynorm\"\nepochs = 2\nbatch_size = 4\nlr = 0.2\n\
+        "data = {data:?}\narch = \"resnet18\"\nact = \"polynorm\"\nepochs = 2\nbatch_size = 4\nlr_base = 0.2\n\
          warmup_epochs = 0.5\ntrain_size = 32\neval_size = 32\ndevice = \"cpu\"\nworkers = 1\n\
          log_every = 1000\nkeep_last = 1\ncheckpoint_every = 3\ndist_timeout = 60\noutput = {:?}\n",
         tmp.join("runs")
@@ -694,6 +694,20 @@ fn a_global_batch_trains_the_same_experiment_on_one_or_two_processes() {
     for out in [&one, &two] {
         assert!(text(out).contains("x 10 steps, global batch 8"), "{}", text(out));
     }
+    // The resolved experiment is said at start, heads config.toml and is in sessions.jsonl.
+    for (name, out, line) in [
+        ("one", &one, "1 process x batch 8 x accumulation 1 = global batch 8"),
+        ("two", &two, "2 processes x batch 4 x accumulation 1 = global batch 8"),
+    ] {
+        assert!(text(out).contains(&format!("experiment {line}")), "{}", text(out));
+        let run = tmp.path().join("runs").join(name);
+        let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+        assert!(config.starts_with("# The run's settings as given") && config.contains(line), "{config}");
+        let sessions = std::fs::read_to_string(run.join("sessions.jsonl")).unwrap();
+        let session: serde_json::Value = serde_json::from_str(sessions.lines().next().unwrap()).unwrap();
+        assert_eq!(session["experiment"]["global_batch"], 8, "{session}");
+        assert_eq!(session["experiment"]["steps_per_epoch"], 10, "{session}");
+    }
     let records = |name: &str| common::step_records(&tmp.path().join("runs").join(name));
     let (a, b) = (records("one"), records("two"));
     assert_eq!((a.len(), b.len()), (3, 3));
@@ -710,6 +724,26 @@ fn a_global_batch_trains_the_same_experiment_on_one_or_two_processes() {
         text(&big)
     );
     assert!(!tmp.path().join("runs/big").exists());
+    // A resume under another process count keeps the global batch, and so the experiment: the
+    // one-process run continues on two, with no warning.
+    let one_dir = tmp.path().join("runs/one");
+    let more =
+        launch(free_port(), &["train", "--resume", one_dir.to_str().unwrap(), "--max-steps", "5"], None);
+    assert!(more.status.success(), "{}", text(&more));
+    assert!(text(&more).contains("experiment 2 processes x batch 4 x accumulation 1 = global batch 8"));
+    assert!(!text(&more).contains("warning: the run trained with"), "{}", text(&more));
+    let resumed = records("one");
+    assert_eq!(resumed.len(), 5);
+    assert!(resumed.windows(2).all(|w| w[1].step == w[0].step + 1));
+    // --dry-run under launch: every rank resolves, checks and times; nothing is written.
+    let dry = launch(
+        free_port(),
+        &[&args[..], &["--name", "dry", "--dry-run", "--dry-run-steps", "1"]].concat(),
+        None,
+    );
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(text(&dry).contains("dry run ") && text(&dry).contains("global batch 8"), "{}", text(&dry));
+    assert!(!tmp.path().join("runs/dry").exists());
     let three = launch_n(3, free_port(), &[&args[..], &["--name", "three"]].concat(), None);
     assert!(!three.status.success());
     assert!(

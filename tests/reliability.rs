@@ -23,7 +23,7 @@ fn setup() -> Setup {
     resnet_train::data::synthetic::write_dataset(&data, 8, 2, 32, 5).unwrap();
     let config = root.join("run.toml");
     let text = format!(
-        "data = {:?}\narch = \"resnet18\"\nact = \"relu\"\nepochs = 2\nbatch_size = 8\nlr = 0.4\n\
+        "data = {:?}\narch = \"resnet18\"\nact = \"relu\"\nepochs = 2\nbatch_size = 8\nlr_base = 0.4\n\
          warmup_epochs = 0.5\nsmoothing = 0.1\ntrain_size = 32\neval_size = 32\ndevice = \"cpu\"\n\
          workers = 2\nlog_every = 1000\nkeep_last = 1\ncheckpoint_every = 3\noutput = {:?}\n",
         data,

@@ -82,7 +82,7 @@ fn the_same_command_starts_continues_and_finishes_a_run() {
     // A key that defines the run, changed: refused by name; one a resume may change: accepted.
     let (code, text) = train(&command("q", &["--lr", "0.5"]), None);
     assert_eq!(code, Some(2), "{text}");
-    assert!(text.contains("--lr (0.1 -> 0.5)"), "{text}");
+    assert!(text.contains("--lr (unset -> 0.5)"), "{text}");
     let (code, text) = train(&command("q", &["--epochs", "3"]), None);
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(epochs(&out.join("q")).len(), 3);

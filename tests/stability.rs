@@ -96,7 +96,7 @@ fn tiny_run(
         order: 3,
         epochs: 1,
         batch_size: 8,
-        lr: 0.1,
+        lr_base: 0.1,
         train_size: 32,
         eval_size: 32,
         device: "cpu".into(),
@@ -214,6 +214,18 @@ fn injected_loss_spike_rolls_back_lowers_lr_and_is_logged_and_bounded() {
     let precs = common::step_records(&p.run_dir);
     assert!((base(&recs[7]) - 0.5 * base(&precs[7])).abs() < 1e-12);
     assert!((base(&recs[5]) - base(&precs[5])).abs() < 1e-12);
+    // A comparison shows it: the run's row counts the rollback, and its variant is marked as
+    // intervened on (`report --table`, a study's study.md).
+    use resnet_train::train::study::{table_of_runs, to_markdown, Interventions};
+    let g = Interventions::read(&s.run_dir);
+    assert_eq!((g.skipped, g.rollbacks, g.remedies.len()), (0, 1, 0), "{g:?}");
+    assert!(!Interventions::read(&p.run_dir).any());
+    let (table, results) = table_of_runs(&[p.run_dir.clone(), s.run_dir.clone()], &[], None).unwrap();
+    let md = to_markdown(&table, &results);
+    let row =
+        |name: &str| md.lines().find(|l| l.starts_with(&format!("| {name} "))).unwrap_or("").to_string();
+    assert!(row("spike †").contains("| 1 |"), "{md}");
+    assert!(!row("plain").contains('†'), "{md}");
     // Bounded: with no rollbacks allowed, the same spike stops the run with a diagnosis.
     let mut strict = cfg;
     strict.max_rollbacks = 0;

@@ -25,7 +25,7 @@ data = "{data}"
 arch = "resnet18"
 epochs = 2
 batch_size = 8
-lr = 0.4
+lr_base = 0.4
 warmup_epochs = 0.5
 train_size = 32
 eval_size = 32
@@ -381,4 +381,22 @@ fn a_parallel_study_names_a_cell_held_by_another_process() {
         text.contains("relu-s0") && text.contains(&format!("in use by process {}", std::process::id())),
         "{text}"
     );
+}
+
+/// `study --data DIR` gives every run that data, over the recipes' own; the CPU studies run on
+/// the embedded dataset unless it is given.
+#[test]
+fn study_data_overrides_every_runs_data() {
+    use resnet_train::train::study::StudyConfig;
+    let data_of = |s: &StudyConfig| -> Vec<Option<std::path::PathBuf>> {
+        s.cells().iter().map(|c| s.cell_config(c).unwrap().data).collect()
+    };
+    let mut s = StudyConfig::read(Path::new("configs/study-resnet50-imagenet.toml")).unwrap();
+    assert!(data_of(&s).iter().all(|d| d.as_deref() == Some(Path::new("/datasets/imagenet"))));
+    s.data = Some("/elsewhere/imagenet".into());
+    assert!(data_of(&s).iter().all(|d| d.as_deref() == Some(Path::new("/elsewhere/imagenet"))));
+    for name in ["study-cpu.toml", "study-cpu-orders.toml", "study-cpu-wsd.toml"] {
+        let s = StudyConfig::read(&Path::new("configs").join(name)).unwrap();
+        assert!(data_of(&s).iter().all(Option::is_none), "{name}");
+    }
 }

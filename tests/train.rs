@@ -22,7 +22,7 @@ fn tiny_config(data: &Path, out: &Path, name: &str) -> TrainConfig {
         act: ActKind::Polynorm,
         epochs: 2,
         batch_size: 8,
-        lr: 0.4,
+        lr_base: 0.4,
         warmup_epochs: 0.5,
         smoothing: 0.1,
         train_size: 32,
@@ -177,7 +177,8 @@ fn adamw_lamb_with_ema_and_bce_resume_exactly_and_the_ema_is_evaluated_and_loada
         let name = format!("{opt:?}").to_lowercase();
         let cfg = |run: &str| TrainConfig {
             opt,
-            lr: 0.004,
+            lr_base: 0.004,
+            lr_base_scale: Some(resnet_train::train::schedule::LrScaling::Linear),
             weight_decay: 0.05,
             model_ema: true,
             model_ema_decay: 0.9,
@@ -451,14 +452,18 @@ fn schedule_keys_are_checked() {
         err("schedule_style = \"timm\"\nwarmup_epochs = 5.0\nwarmup_prefix = true\ncooldown_epochs = 3"),
         ""
     );
-    // `lr` at a global batch of 2048 (8 x 256): linear, sqrt (timm's lr_base rule for LAMB) or as given.
+    // Files written before `lr` was absolute: `lr` per 256 images, scaled by `lr_scaling`, read as
+    // the same learning rate at a global batch of 2048 (8 x 256).
+    let dir = common::tmpdir();
     for (rule, peak) in [("linear", 0.8), ("sqrt", 0.1 * 8f64.sqrt()), ("none", 0.1)] {
-        let cfg: TrainConfig = toml::from_str(&format!("lr = 0.1\nlr_scaling = \"{rule}\"")).unwrap();
+        let file = dir.path().join(format!("{rule}.toml"));
+        std::fs::write(&file, format!("lr = 0.1\nlr_scaling = \"{rule}\"\nopt = \"adamw\"")).unwrap();
+        let cfg = resnet_train::train::config::read_file(&file).unwrap();
         assert!((Schedule::new(&cfg, 10, 2048).peak_lr - peak).abs() < 1e-15, "{rule}");
     }
     // The torchvision style with a cooldown: cosine to min_lr over `epochs`, then min_lr.
     let cfg: TrainConfig =
-        toml::from_str("epochs = 4\ncooldown_epochs = 2\nmin_lr = 0.001\nlr = 0.1").unwrap();
+        toml::from_str("epochs = 4\ncooldown_epochs = 2\nmin_lr = 0.001\nlr_base = 0.1").unwrap();
     assert_eq!(total_epochs(&cfg), 6);
     let s = Schedule::new(&cfg, 10, 256);
     assert!((s.lr(0) - 0.1).abs() < 1e-12 && (s.lr(20) - 0.0505).abs() < 1e-12);
@@ -526,7 +531,7 @@ fn config_precedence_and_unknown_keys() {
     let f = file.to_str().unwrap();
     let args = parse(&["resnet-train", "--config", f, "--lr", "0.5"]);
     let c = TrainConfig::resolve(&args).unwrap();
-    assert_eq!((c.epochs, c.lr, c.act, c.batch_size), (7, 0.5, ActKind::Polynorm, 256)); // flag > file > default
+    assert_eq!((c.epochs, c.lr, c.act, c.batch_size), (7, Some(0.5), ActKind::Polynorm, 256)); // flag > file > default
     std::fs::write(&file, "epochs = 7\nlearning_rate = 0.3\n").unwrap();
     let err = TrainConfig::resolve(&args).unwrap_err().to_string();
     assert!(err.contains("c.toml") && err.contains("learning_rate"), "{err}");
@@ -615,7 +620,7 @@ fn learns_on_tiny_imagenet_10() {
     cfg.act = ActKind::Relu;
     cfg.epochs = 3;
     cfg.batch_size = 64;
-    cfg.lr = 0.2;
+    cfg.lr_base = 0.2;
     cfg.clip_grad = 2.0;
     cfg.train_size = 32;
     cfg.eval_size = 32;
@@ -651,7 +656,7 @@ fn regularisers_are_active_and_a_resumed_run_draws_what_the_uninterrupted_one_dr
                 "1",
                 "--batch-size",
                 "8",
-                "--lr",
+                "--lr-base",
                 "0.2",
             ])
             .args([
@@ -1053,7 +1058,17 @@ fn wsd_forks_branch_the_stable_phase_into_their_own_decays() {
     // this run was stopped; a budget that is not shorter is refused.
     let sched = |extra: &[&str]| {
         let mut c = std::process::Command::new(common::bin());
-        c.args(["schedule", "--images", "40", "--batch-size", "8", "--lr", "0.4", "--warmup-epochs", "1"]);
+        c.args([
+            "schedule",
+            "--images",
+            "40",
+            "--batch-size",
+            "8",
+            "--lr-base",
+            "0.4",
+            "--warmup-epochs",
+            "1",
+        ]);
         let out = c
             .args(["--schedule", "wsd", "--decay-epochs", "1", "--epochs", "5", "--json"])
             .args(extra)
@@ -1124,7 +1139,7 @@ fn augmix_splits_with_the_jsd_loss_train_and_resume_exactly() {
             "1",
             "--batch-size",
             "8",
-            "--lr",
+            "--lr-base",
             "0.4",
             "--warmup-epochs",
             "0.5",

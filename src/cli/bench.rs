@@ -5,133 +5,116 @@
 //! its own, which bounds what overlapping it with the backward pass could save.
 
 use crate::error::Result;
-use crate::model::{ActImpl, ActKind, Arch};
-use crate::train::amp::Precision;
-use crate::train::config::TrainConfig;
+use crate::train::config::{Overrides, TrainConfig};
 use crate::train::engine::Engine;
 use crate::train::guards::GuardState;
-use crate::train::optim::OptKind;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    #[arg(long, value_enum, default_value = "resnet50")]
-    pub arch: Arch,
-    #[arg(long, value_enum, default_value = "relu")]
-    pub act: ActKind,
-    #[arg(long, default_value_t = 3, value_parser = crate::train::range::int::<i64>(1, crate::model::activation::MAX_ORDER as u64), allow_negative_numbers = true)]
-    pub order: i64,
-    /// PolyReLU/PolyNorm fused (one operator with its own backward) or eager.
-    #[arg(long, value_enum, default_value = "fused")]
-    pub act_impl: ActImpl,
-    /// Return the activations in the autocast dtype (bf16/fp16) instead of fp32 (`act_out_lowp`).
+    /// A training config (configs/*.toml): its step is timed, as the run would train it (model,
+    /// activation, precision, optimizer, clipping, EMA, SyncBN, batch and accumulation); any
+    /// training key below overrides it.
     #[arg(long)]
-    pub act_out_lowp: bool,
-    #[arg(long, value_enum, default_value = "fp32")]
-    pub precision: Precision,
-    #[arg(long, default_value_t = 32, value_parser = crate::train::range::int::<i64>(1, 65536), allow_negative_numbers = true)]
-    pub batch: i64,
-    #[arg(long, default_value_t = 224, value_parser = crate::train::range::int::<i64>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
-    pub res: i64,
+    pub config: Option<std::path::PathBuf>,
+    /// Classes of the synthetic labels (the classifier's width).
     #[arg(long, default_value_t = 1000, value_parser = crate::train::range::int::<i64>(1, 1_000_000), allow_negative_numbers = true)]
     pub classes: i64,
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    #[arg(long)]
-    pub channels_last: bool,
-    /// FFCV's BlurPool before the strided convolutions (the `blurpool` config key).
-    #[arg(long)]
-    pub blurpool: bool,
+    /// Timed optimizer steps.
     #[arg(long, default_value_t = 20, value_parser = crate::train::range::int::<usize>(1, 1_000_000), allow_negative_numbers = true)]
     pub steps: usize,
+    /// Untimed steps before them.
     #[arg(long, default_value_t = 5, value_parser = crate::train::range::int::<usize>(0, 1_000_000), allow_negative_numbers = true)]
     pub warmup: usize,
-    /// CPU intra-op threads (0: libtorch's default).
+    /// CPU intra-op threads (0: the config's `torch_threads`, else libtorch's default).
     #[arg(long, default_value_t = 0, value_parser = crate::train::range::int::<i32>(0, 1024), allow_negative_numbers = true)]
     pub threads: i32,
     /// Which build of the fused activations' CPU kernels runs (auto: the instruction set
     /// libtorch's own CPU kernels use here).
     #[arg(long, value_enum, default_value = "auto")]
     pub cpu_kernels: crate::ffi::CpuIsa,
+    /// One JSON line (else pretty-printed JSON).
     #[arg(long)]
     pub json: bool,
-    /// The optimizer (as the training key `opt`).
-    #[arg(long, value_enum, default_value = "momentum")]
-    pub opt: OptKind,
-    /// Keep an EMA of the weights, updated every step.
-    #[arg(long)]
-    pub model_ema: bool,
     /// Add the trainer's stability guards at their most expensive: per-site monitors every step,
     /// the spike check, and an in-memory snapshot of the whole training state every
-    /// `--snapshot-every` steps.
+    /// `--snapshot-every` steps (default 1 here). Without it: no monitors, spike check or snapshots.
     #[arg(long)]
     pub guards: bool,
-    #[arg(long, default_value_t = 1, value_parser = crate::train::range::int::<usize>(1, 1_000_000_000), allow_negative_numbers = true)]
-    pub snapshot_every: usize,
-    /// Under `launch`/torchrun: overlap the gradient all-reduce with backward (DDP's reducer);
-    /// false: one bucketed all-reduce after backward.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub dist_overlap: bool,
-    /// Under `launch`/torchrun: the c10d backend (auto: NCCL on CUDA, Gloo on CPU). Naming one
-    /// makes a world of one take the data-parallel path too (its overhead against a plain run).
-    #[arg(long, value_enum, default_value_t = crate::dist::DistBackend::Auto)]
-    pub dist_backend: crate::dist::DistBackend,
+    /// Every training key (`resnet-train train --help`); bench's defaults differ in two:
+    /// `--batch-size` 32 and `--snapshot-every` 1 (`--batch` and `--res` are accepted for
+    /// `--batch-size` and `--train-size`).
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+/// The training config the bench times: defaults (batch 32, a snapshot every step) < `--config` <
+/// flags, resolved for `world` processes; then bench's own measurement settings.
+pub fn bench_config(a: &BenchArgs, world: usize) -> Result<TrainConfig> {
+    let base = match &a.config {
+        Some(p) => crate::train::config::read_file(p)?,
+        None => TrainConfig { batch_size: 32, snapshot_every: 1, ..TrainConfig::default() },
+    };
+    let cfg = a.overrides.apply(&base)?;
+    cfg.validate()?;
+    let cfg = cfg.for_world(world)?;
+    Ok(TrainConfig {
+        monitor_every: if a.guards { 1 } else { 0 },
+        spike_factor: if a.guards { 3.0 } else { 0.0 },
+        max_consecutive_skips: 0,
+        seed: 0,
+        ..cfg
+    })
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     let cpu_kernels = super::use_cpu_kernels(a.cpu_kernels)?;
     // The trainer's runtime set-up (device, process group, threads, precision).
     let timeout = std::time::Duration::from_secs(600);
-    let threads = usize::try_from(a.threads).unwrap_or(0);
-    let rt = crate::train::setup::Runtime::start(&a.device, a.dist_backend, threads, a.precision, timeout)?;
+    let given = bench_config(&a, 1)?;
+    let threads = usize::try_from(a.threads).ok().filter(|&t| t > 0).unwrap_or(given.torch_threads);
+    let rt = crate::train::setup::Runtime::start(
+        &given.device,
+        given.dist_backend,
+        threads,
+        given.precision,
+        timeout,
+    )?;
     let device = rt.device;
     // The trainer's own step (engine.rs), on synthetic on-device data. Without --guards: no
     // monitors, no spike check and no snapshots (the loss and gradient norm are still read back,
     // as the trainer logs them every step).
-    let cfg = TrainConfig {
-        arch: a.arch,
-        act: a.act,
-        order: a.order,
-        act_impl: a.act_impl,
-        act_out_lowp: a.act_out_lowp,
-        precision: a.precision,
-        channels_last: a.channels_last,
-        blurpool: a.blurpool,
-        opt: a.opt,
-        model_ema: a.model_ema,
-        monitor_every: if a.guards { 1 } else { 0 },
-        spike_factor: if a.guards { 3.0 } else { 0.0 },
-        snapshot_every: a.snapshot_every.max(1),
-        max_consecutive_skips: 0,
-        seed: 0,
-        dist_overlap: a.dist_overlap,
-        ..TrainConfig::default()
-    };
+    let cfg = bench_config(&a, rt.world())?;
     if device == Device::Cpu {
         // Count the CPU allocator's bytes from here on: the model, the optimizer and the steps,
         // as CUDA's max allocated counts them.
         crate::ffi::cpu_memory_allocated(false)?;
     }
-    let mut engine = Engine::new(cfg, device, a.classes)?;
+    let mut engine = Engine::new(cfg.clone(), device, a.classes)?;
     if rt.dist.is_some() {
         engine.dist = rt.dist.clone();
         engine.sync_from_main(true)?;
     }
     let dist = engine.dist.clone();
     let world = dist.as_ref().map_or(1, |d| d.world());
-    let mut x = Tensor::randn([a.batch, 3, a.res, a.res], (Kind::Float, device));
-    if a.channels_last {
+    let (batch, res) = (cfg.batch_size as i64, cfg.train_size as i64);
+    let images_per_step = (cfg.batch_size * cfg.accum_steps.max(1) * world) as f64;
+    let lr = cfg.peak_lr(images_per_step as usize);
+    let mut x = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
+    if cfg.channels_last {
         x = crate::ffi::to_channels_last(&x)?;
     }
-    let y = Tensor::randint(a.classes, [a.batch], (Kind::Int64, device));
-    let micro = [(x, y)];
+    let y = Tensor::randint(a.classes, [batch], (Kind::Int64, device));
+    // One optimizer step: accum_steps micro-batches, as the trainer takes them.
+    let micro: Vec<(Tensor, Tensor)> =
+        (0..cfg.accum_steps.max(1)).map(|_| (x.shallow_clone(), y.shallow_clone())).collect();
     let mut guards = GuardState::default();
     let mut loss = f64::NAN;
     let mut step = 0usize;
     let mut run_steps = |n: usize, loss: &mut f64| -> Result<()> {
         for _ in 0..n {
-            let r = engine.step(&micro, 0.1, step, &mut guards)?;
+            let r = engine.step(&micro, lr, step, &mut guards)?;
             *loss = r.loss;
             step += 1;
         }
@@ -166,14 +149,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
         None => None,
     };
     let mut out = serde_json::json!({
-        "impl": "resnet-train", "tch": "0.24.0", "arch": a.arch.name(), "act": format!("{:?}", a.act).to_lowercase(),
-        "order": a.order, "precision": format!("{:?}", a.precision).to_lowercase(), "batch": a.batch, "res": a.res,
-        "device": a.device, "channels_last": a.channels_last, "opt": format!("{:?}", a.opt).to_lowercase(),
-        "model_ema": a.model_ema, "guards": a.guards, "threads": tch::get_num_threads(), "steps": a.steps,
+        "impl": "resnet-train", "tch": "0.24.0", "arch": cfg.arch.name(), "act": format!("{:?}", cfg.act).to_lowercase(),
+        "order": cfg.order, "precision": format!("{:?}", cfg.precision).to_lowercase(), "batch": batch, "res": res,
+        "accum_steps": cfg.accum_steps,
+        "device": cfg.device, "channels_last": cfg.channels_last, "opt": cfg.opt.name(),
+        "model_ema": cfg.model_ema, "guards": a.guards, "threads": tch::get_num_threads(), "steps": a.steps,
         "cpu_kernels": format!("{cpu_kernels:?}").to_lowercase(),
-        "world": world, "img_per_s": ((a.batch as f64 * world as f64 * a.steps as f64 / dt) * 100.0).round() / 100.0,
+        "world": world, "img_per_s": ((images_per_step * a.steps as f64 / dt) * 100.0).round() / 100.0,
         "ms_per_step": (1000.0 * dt / a.steps as f64 * 100.0).round() / 100.0,
-        "final_loss": loss, "act_impl": a.act_impl, "act_out_lowp": a.act_out_lowp,
+        "final_loss": loss, "act_impl": cfg.act_impl, "act_out_lowp": cfg.act_out_lowp,
+        // The training config the step ran with (every key, after --config and the flags).
+        "config": toml::Table::try_from(&cfg).ok(),
         // CPU memory: the process's peak RSS, and its rise over the RSS before the first step
         // (what the training step itself holds: activations, gradients, workspace).
         "peak_rss_gib": gib(peak_rss), "step_rss_gib": gib(peak_rss.saturating_sub(rss_before)),
@@ -181,7 +167,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     // Which card or CPU made the numbers (a CPU's model and vector extensions matter as much).
     out["device_name"] = serde_json::json!(crate::runtime::describe_device(device));
     if dist.is_some() {
-        out["dist_overlap"] = serde_json::json!(a.dist_overlap);
+        out["dist_overlap"] = serde_json::json!(cfg.dist_overlap);
     }
     if let Ok(tuning) = std::env::var("RESNET_TRAIN_CUDA_TUNING") {
         out["cuda_tuning"] = serde_json::json!(tuning);

@@ -18,6 +18,9 @@ pub struct StudyArgs {
     pub name: Option<String>,
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// The data of every run (an ImageFolder), over the config's [train], recipes and variants.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Cells run at once, each in its own process (the CPU threads split between them, or one
     /// device each from --devices).
     #[arg(long, default_value_t = 1, value_parser = crate::train::range::int::<usize>(1, 1024))]
@@ -51,6 +54,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
     if let Some(o) = &a.output {
         cfg.output = o.clone();
     }
+    cfg.data = a.data.clone();
     cfg.validate()?;
     let cells = cfg.cells();
     if a.list {
@@ -158,6 +162,9 @@ fn run_parallel(a: &StudyArgs, cfg: &StudyConfig, workers: usize) -> Result<()> 
             cmd.arg("study").arg("--config").arg(&a.config);
             cmd.arg("--name").arg(&cfg.name).arg("--output").arg(&cfg.output);
             cmd.arg("--cell").arg(cell.index.to_string()).arg("--workers").arg(workers.to_string());
+            if let Some(d) = &cfg.data {
+                cmd.arg("--data").arg(d);
+            }
             if let Some(t) = a.threads {
                 cmd.arg("--threads").arg(t.to_string());
             }

@@ -336,8 +336,8 @@ pub fn to_csv(rows: &[Row]) -> String {
 pub fn to_markdown(cfg: &AblationConfig, rows: &[Row], total: usize) -> String {
     let t = &cfg.train;
     let mut out = format!(
-        "# Ablation `{}`\n\n{} of {} cells done. Each cell: {} steps of {} at {} px, batch {}, base lr {} \
-         (per 256), seed {}, on {}. Monitors every step; guards: stop after {} consecutive skipped steps \
+        "# Ablation `{}`\n\n{} of {} cells done. Each cell: {} steps of {} at {} px, batch {}, peak lr {}, \
+         seed {}, on {}. Monitors every step; guards: stop after {} consecutive skipped steps \
          or an fp16 loss scale under {:e}. First and final loss: means over the first and last {LOSS_WINDOW} \
          steps. Survived: steps before the first forward pass with inf/NaN. max|act|: the largest \
          |activation| over all steps and sites, per stage to the right (inf: some site produced inf/NaN; \
@@ -349,7 +349,7 @@ pub fn to_markdown(cfg: &AblationConfig, rows: &[Row], total: usize) -> String {
         t.arch.name(),
         t.train_size,
         t.batch_size,
-        t.lr,
+        t.peak_lr(t.batch_size * t.accum_steps.max(1)),
         t.seed,
         t.data.as_ref().map_or("the embedded procedural dataset".into(), |p| format!("`{}`", p.display())),
         t.max_consecutive_skips,

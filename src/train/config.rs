@@ -9,7 +9,7 @@
 
 use super::amp::Precision;
 use super::clip::ClipMode;
-use super::ema::EmaBuffers;
+use super::ema::{EmaBuffers, EmaConfig, EmaStyle};
 use super::eval::EvalMetric;
 use super::optim::OptKind;
 use super::range::{self, Ends};
@@ -28,7 +28,8 @@ use std::path::{Path, PathBuf};
 pub struct TrainConfig {
     // ---- Data ----
     /// ImageFolder root with train/ and val/ (or validation/, timm's name), or one folder of class
-    /// folders to train on without evaluating; unset: the embedded procedural dataset.
+    /// folders to train on without evaluating (a warning says so); unset: the embedded procedural
+    /// dataset. On `--resume` (the dataset moved) its classes must be the checkpoint's.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// The training split's folder under `data` (timm's `train_split`; unset: train/, else
@@ -40,7 +41,7 @@ pub struct TrainConfig {
     #[arg(long)]
     pub val_split: Option<String>,
     /// Train crop size (RandomResizedCrop).
-    #[arg(long, default_value_t = 224, value_parser = range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
+    #[arg(long, alias = "res", default_value_t = 224, value_parser = range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
     pub train_size: usize,
     /// Eval crop size (resize to size / crop_pct, then center crop).
     #[arg(long, default_value_t = 224, value_parser = range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
@@ -158,7 +159,8 @@ pub struct TrainConfig {
 
     // ---- Model ----
     /// resnet18, resnet34, resnet50, resnet101 or resnet152 (torchvision's).
-    #[arg(long, value_enum, default_value_t = Arch::Resnet50)]
+    #[serde(alias = "model")]
+    #[arg(long, visible_alias = "model", value_enum, default_value_t = Arch::Resnet50)]
     pub arch: Arch,
     /// Activation at every site.
     #[arg(long, value_enum, default_value_t = ActKind::Relu)]
@@ -219,8 +221,10 @@ pub struct TrainConfig {
     /// block's inner sites, which only the next convolution reads: the same values either way).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub act_out_lowp: bool,
-    /// PolyReLU/PolyNorm as one fused operator with its own backward (fused; where it applies,
-    /// else eager) or as the reference's tensor expression (eager). Same values either way.
+    /// PolyReLU/PolyNorm as one fused operator with its own backward, with the BatchNorm before
+    /// each site (and the residual add) folded into it so that a site keeps what a ReLU site keeps
+    /// (fused; where it applies, else the next best), the fused activation alone after libtorch's
+    /// BatchNorm (fused-act), or the reference's tensor expression (eager). Same values either way.
     #[arg(long, value_enum, default_value_t = ActImpl::Fused)]
     pub act_impl: ActImpl,
     /// Start from these weights instead of the seeded init (timm's `initial_checkpoint`): a
@@ -244,7 +248,7 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = 90, value_parser = range::int::<usize>(1, 100_000), allow_negative_numbers = true)]
     pub epochs: usize,
     /// Images per device per micro-step (with `global_batch` set: derived from it, this ignored).
-    #[arg(long, default_value_t = 256, value_parser = range::int::<usize>(1, 65536), allow_negative_numbers = true)]
+    #[arg(long, alias = "batch", default_value_t = 256, value_parser = range::int::<usize>(1, 65536), allow_negative_numbers = true)]
     pub batch_size: usize,
     /// Images per optimizer step over all processes (timm's batch_size x world x grad_accum): when
     /// set, each device's batch is global_batch / (processes x accum_steps), so the run is the
@@ -253,15 +257,28 @@ pub struct TrainConfig {
     /// process count.
     #[arg(long, value_parser = range::int::<usize>(1, 1_048_576), allow_negative_numbers = true)]
     pub global_batch: Option<usize>,
-    /// Base learning rate for a global batch of 256, scaled to the run's global batch by
-    /// `lr_scaling`.
+    /// With `global_batch`: the most images a device takes per micro-step; where the share of the
+    /// global batch would exceed it, `accum_steps` is raised (the least accumulation that divides
+    /// the global batch and fits), so one config trains the same experiment on 1 or 64 GPUs.
+    #[arg(long, value_parser = range::int::<usize>(1, 65536), allow_negative_numbers = true)]
+    pub max_device_batch: Option<usize>,
+    /// Peak learning rate, absolute, at any batch (timm's `lr`). Unset: `lr_base` scaled to the
+    /// run's global batch.
+    #[arg(long, value_parser = range::float(0.0, 1000.0, Ends::AboveMin), allow_negative_numbers = true)]
+    pub lr: Option<f64>,
+    /// The learning rate for a global batch of `lr_base_size` images, scaled to the run's global
+    /// batch (batch_size x accum_steps x processes) by `lr_base_scale` when `lr` is unset (timm's
+    /// `lr_base`).
     #[arg(long, default_value_t = 0.1, value_parser = range::float(0.0, 1000.0, Ends::AboveMin), allow_negative_numbers = true)]
-    pub lr: f64,
-    /// How `lr` scales with the global batch (batch_size x accum_steps x ranks): linear (x batch /
-    /// 256), sqrt (x sqrt(batch / 256), timm's default for AdamW/LAMB when it scales `lr_base`)
-    /// or none (`lr` as given, like timm's explicit `--lr`).
-    #[arg(long, value_enum, default_value_t = LrScaling::Linear)]
-    pub lr_scaling: LrScaling,
+    pub lr_base: f64,
+    /// The global batch `lr_base` is stated for (timm's `lr_base_size`).
+    #[arg(long, default_value_t = 256, value_parser = range::int::<usize>(1, 1_048_576), allow_negative_numbers = true)]
+    pub lr_base_size: usize,
+    /// How `lr_base` scales with the global batch: linear (x batch / lr_base_size) or sqrt (x
+    /// sqrt(batch / lr_base_size)) (timm's `lr_base_scale`; unset: timm's rule, sqrt where the
+    /// optimizer's name contains "ada" or "lamb", linear otherwise).
+    #[arg(long, value_enum)]
+    pub lr_base_scale: Option<LrScaling>,
     /// Optimizer: momentum (SGD, heavy ball), sgd or nesterov (SGD with Nesterov momentum, as
     /// timm's `sgd`), sgdw (timm's SGDW: Nesterov SGD with decoupled weight decay), adam (weight decay on the gradient, L2), adamw (decoupled weight decay),
     /// lamb / lambc (timm's Lamb, lambc with the trust ratio capped at 1), lars / larc / nlars /
@@ -334,13 +351,14 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub act_weight_decay: bool,
     /// Learning-rate schedule after warmup: cosine (to min_lr), step (x step_gamma every
-    /// step_epochs; step_epochs = 1 is torch's ExponentialLR), multistep (x step_gamma at each of
+    /// step_epochs; step_epochs = 1 is torch's ExponentialLR, torchvision's `exponentiallr`), multistep (x step_gamma at each of
     /// decay_milestones), linear (to min_lr; with a warmup, FFCV's triangular schedule), poly ((1 -
     /// t/T)^poly_power to min_lr), tanh (timm's hyperbolic-tangent decay to min_lr), constant
     /// (the peak after the warmup), wsd (warmup-stable-decay: the peak, then a decay to min_lr over
     /// the last decay_epochs) or rsqrt (1/sqrt decay, then that final decay); wsd and rsqrt are
     /// timm's WSDLRScheduler.
-    #[arg(long, value_enum, default_value_t = ScheduleKind::Cosine)]
+    #[serde(alias = "sched")]
+    #[arg(long, visible_alias = "sched", value_enum, default_value_t = ScheduleKind::Cosine)]
     pub schedule: ScheduleKind,
     /// Whose schedule semantics: per-step (a new lr every optimizer step: warmup from 0 inside
     /// `epochs`, the decay over the epochs after it), torchvision (its classification
@@ -381,7 +399,8 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = 30, value_parser = range::int::<usize>(1, 100_000), allow_negative_numbers = true)]
     pub step_epochs: usize,
     /// ... by this factor (also multistep's factor; timm's `decay_rate`).
-    #[arg(long, default_value_t = 0.1, value_parser = range::float(0.0, 1.0, Ends::AboveMin), allow_negative_numbers = true)]
+    #[serde(alias = "decay_rate")]
+    #[arg(long, visible_alias = "decay-rate", default_value_t = 0.1, value_parser = range::float(0.0, 1.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub step_gamma: f64,
     /// Multistep schedule: the epochs at which the learning rate is multiplied by step_gamma
     /// (Goyal et al.'s 90-epoch ResNet-50: 30,60,80). Per-step and torchvision styles count them
@@ -399,7 +418,7 @@ pub struct TrainConfig {
     /// `lr_warmup_method`; unset: linear).
     #[arg(long, value_enum)]
     pub lr_warmup_method: Option<WarmupMethod>,
-    /// timm style, cosine/tanh/poly: the learning rate restarts every cycle; this many cycles
+    /// timm style, cosine/tanh/poly/linear: the learning rate restarts every cycle; this many cycles
     /// (timm's `lr_cycle_limit`; unset: 1, no restart). The run trains them all.
     #[arg(long, value_parser = range::int::<usize>(1, 1000), allow_negative_numbers = true)]
     pub lr_cycle_limit: Option<usize>,
@@ -411,7 +430,7 @@ pub struct TrainConfig {
     /// unset: timm train.py's 0.5).
     #[arg(long, value_parser = range::float(0.0, 10.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub lr_cycle_decay: Option<f64>,
-    /// timm style, cosine/poly: k-decay (Zhang et al. 2020): the decay follows t^k / T^k instead of
+    /// timm style, cosine/poly/linear: k-decay (Zhang et al. 2020): the decay follows t^k / T^k instead of
     /// t / T (timm's `lr_k_decay`; unset: 1).
     #[arg(long, value_parser = range::float(0.0, 100.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub lr_k_decay: Option<f64>,
@@ -440,7 +459,8 @@ pub struct TrainConfig {
     #[arg(long, value_parser = range::float(0.0, 100_000.0, Ends::AboveMin), allow_negative_numbers = true)]
     pub lr_stable_timescale: Option<f64>,
     /// Micro-steps per optimizer step (gradient accumulation).
-    #[arg(long, default_value_t = 1, value_parser = range::int::<usize>(1, 4096), allow_negative_numbers = true)]
+    #[serde(alias = "grad_accum_steps")]
+    #[arg(long, visible_alias = "grad-accum-steps", default_value_t = 1, value_parser = range::int::<usize>(1, 4096), allow_negative_numbers = true)]
     pub accum_steps: usize,
     /// Clip the gradients at this value (0: off): their global norm, each value, or the AGC clip
     /// factor, by clip_mode.
@@ -526,6 +546,12 @@ pub struct TrainConfig {
     /// BN running statistics: copy (from the live model; timm's exclude_buffers) or average.
     #[arg(long, value_enum, default_value_t = EmaBuffers::Copy)]
     pub model_ema_buffers: EmaBuffers,
+    /// Whose EMA: timm (ModelEmaV3: `model_ema_decay` per optimizer step) or torchvision (its
+    /// reference's ExponentialMovingAverage: the decay adjusted to 1 - min(1, (1 - decay) x
+    /// global batch x model_ema_every / epochs) per update every model_ema_every steps, buffers
+    /// averaged, the average restarted at each update of the lr warmup).
+    #[arg(long, value_enum, default_value_t = EmaStyle::Timm)]
+    pub model_ema_style: EmaStyle,
 
     // ---- Precision and device ----
     /// fp32, tf32 (CUDA matmuls/convolutions), bf16 or fp16 (autocast; fp16 with a loss scaler).
@@ -547,7 +573,9 @@ pub struct TrainConfig {
     /// others at the rendezvous and in each collective before it fails (a rank died or hangs).
     #[arg(long, default_value_t = 1800, value_parser = range::int::<u64>(1, 604_800), allow_negative_numbers = true)]
     pub dist_timeout: u64,
-    /// Data-parallel collectives: auto (NCCL on CUDA, Gloo on CPU), gloo or nccl.
+    /// Data-parallel collectives: auto (NCCL on CUDA, Gloo on CPU), gloo or nccl. Naming one makes
+    /// a world of one (`launch --nproc-per-node 1`) join a process group too (auto: a plain
+    /// process).
     #[arg(long, value_enum, default_value_t = crate::dist::DistBackend::Auto)]
     pub dist_backend: crate::dist::DistBackend,
     /// Overlap the gradient all-reduce with backward, bucket by bucket as gradients become
@@ -568,7 +596,8 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = 2, value_parser = range::int::<usize>(0, 100_000), allow_negative_numbers = true)]
     pub keep_last: usize,
     /// Also keep this many best epoch checkpoints by eval_metric (timm's `checkpoint_hist`,
-    /// its CheckpointSaver's top-N; `resnet-train average` averages them).
+    /// its CheckpointSaver's top-N; `resnet-train average` averages them). Each epoch-N file
+    /// records its evaluation.
     #[arg(long, default_value_t = 0, value_parser = range::int::<usize>(0, 1000), allow_negative_numbers = true)]
     pub checkpoint_hist: usize,
     /// What ranks evaluated epochs: top1, top5 or loss (timm's `eval_metric`). Picks
@@ -577,10 +606,12 @@ pub struct TrainConfig {
     #[arg(long, value_enum, default_value_t = EvalMetric::Top1)]
     pub eval_metric: EvalMetric,
     /// Also write the `last` checkpoint every N optimizer steps (0: only at epoch ends).
-    #[arg(long, default_value_t = 0, value_parser = range::int::<usize>(0, 1_000_000_000), allow_negative_numbers = true)]
+    #[serde(alias = "recovery_interval")]
+    #[arg(long, visible_alias = "recovery-interval", default_value_t = 0, value_parser = range::int::<usize>(0, 1_000_000_000), allow_negative_numbers = true)]
     pub checkpoint_every: usize,
     /// Console line every N steps (logs without a terminal).
-    #[arg(long, default_value_t = 50, value_parser = range::int::<usize>(1, 1_000_000_000), allow_negative_numbers = true)]
+    #[serde(alias = "log_interval")]
+    #[arg(long, visible_alias = "log-interval", default_value_t = 50, value_parser = range::int::<usize>(1, 1_000_000_000), allow_negative_numbers = true)]
     pub log_every: usize,
     /// Stop after this many optimizer steps in total (0: no limit); the run can be resumed.
     /// Per invocation: not written to the run's resolved config.toml.
@@ -592,7 +623,8 @@ pub struct TrainConfig {
     #[serde(skip)]
     pub stop_before_decay_of: Option<usize>,
     /// Run folder name (default: arch-act-order-precision-time).
-    #[arg(long)]
+    #[serde(alias = "experiment")]
+    #[arg(long, visible_alias = "experiment")]
     pub name: Option<String>,
     /// Parent folder of run folders.
     #[arg(long, default_value = "runs")]
@@ -794,7 +826,36 @@ pub fn read_run(run_dir: &Path) -> Result<(TrainConfig, PathBuf)> {
 pub fn read_file(path: &Path) -> Result<TrainConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     // A value of the wrong type or sign (`seed = -1`) is a usage error (exit 2), naming the file.
-    toml::from_str(&text).map_err(|e| Error::Usage(format!("{}: bad config: {e}", path.display())))
+    let bad = |e: &dyn std::fmt::Display| Error::Usage(format!("{}: bad config: {e}", path.display()));
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(&e))?;
+    if !table.contains_key("lr_scaling") {
+        // Parsed from the text, so that an error gives the line.
+        return toml::from_str(&text).map_err(|e| bad(&e));
+    }
+    migrate_lr_scaling(&mut table).map_err(|e| bad(&e))?;
+    table.try_into().map_err(|e| bad(&e))
+}
+
+/// Files written before `lr` was absolute (timm's meaning) gave `lr` per 256 images, scaled to the
+/// global batch by `lr_scaling`: read as the same learning rate in today's keys, so that a saved
+/// run resumes with the learning rate it started with.
+pub fn migrate_lr_scaling(table: &mut toml::Table) -> std::result::Result<(), String> {
+    let Some(rule) = table.remove("lr_scaling") else { return Ok(()) };
+    match rule.as_str() {
+        // `lr` was already absolute.
+        Some("none") => Ok(()),
+        Some("linear" | "sqrt") => {
+            let lr = table.remove("lr").unwrap_or(toml::Value::Float(0.1));
+            table.insert("lr_base".into(), lr);
+            table.insert("lr_base_size".into(), toml::Value::Integer(256));
+            table.insert("lr_base_scale".into(), rule);
+            Ok(())
+        }
+        _ => Err(format!(
+            "lr_scaling = {rule}: must be linear, sqrt or none (an older key: `lr` is now absolute, and \
+             lr_base / lr_base_size / lr_base_scale give a learning rate scaled to the global batch)"
+        )),
+    }
 }
 
 impl TrainConfig {
@@ -815,6 +876,13 @@ impl TrainConfig {
             None => TrainConfig::default(),
         };
         let c = args.overrides.apply(&base)?;
+        if c.global_batch.is_some() && args.overrides.keys().iter().any(|k| k == "batch_size") {
+            return Err(Error::Usage(format!(
+                "--batch-size is derived from --global-batch {} (per device: global / (processes x \
+                 accumulation)): give --global-batch, --accum-steps or --max-device-batch instead",
+                c.global_batch.unwrap_or_default()
+            )));
+        }
         c.validate()?;
         Ok(c)
     }
@@ -883,8 +951,13 @@ impl TrainConfig {
         if self.batch_size == 0 || self.accum_steps == 0 {
             return bad("--batch-size and --accum-steps must be at least 1".into());
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad(format!("--lr must be positive, got {}", self.lr));
+        for (flag, lr) in [("--lr", self.lr.unwrap_or(1.0)), ("--lr-base", self.lr_base)] {
+            if !(lr > 0.0 && lr.is_finite()) {
+                return bad(format!("{flag} must be positive, got {lr}"));
+            }
+        }
+        if self.max_device_batch.is_some() && self.global_batch.is_none() {
+            return bad("--max-device-batch applies with --global-batch (it raises the accumulation that keeps the global batch)".into());
         }
         if let Some(betas) = &self.opt_betas {
             // Runs saved before opt_betas had a per-optimizer default wrote [0.9, 0.999] into
@@ -931,6 +1004,15 @@ impl TrainConfig {
             if !(c > 0.0 && c.is_finite()) {
                 return bad(format!("--trust-coeff must be positive, got {c}"));
             }
+        }
+        if self.model_ema_style == EmaStyle::Torchvision
+            && (self.model_ema_buffers == EmaBuffers::Copy || self.model_ema_warmup)
+        {
+            return bad(
+                "--model-ema-style torchvision averages the BN buffers and has no decay warmup: set \
+                 --model-ema-buffers average and leave --model-ema-warmup off"
+                    .into(),
+            );
         }
         if !(0.0..1.0).contains(&self.model_ema_decay) || self.model_ema_every == 0 {
             return bad(format!(
@@ -1142,15 +1224,29 @@ impl TrainConfig {
     }
 
     /// The config a run of `world` processes trains with: with `global_batch` set, `batch_size`
-    /// is its share per device and micro-step; refused where `world` x `accum_steps` does not
-    /// divide it, naming the process counts and global batches that would.
+    /// is its share per device and micro-step, with `accum_steps` raised where `max_device_batch`
+    /// says the share would not fit; refused where no accumulation divides it, naming the
+    /// process counts and global batches that would.
     pub fn for_world(&self, world: usize) -> Result<TrainConfig> {
         let Some(global) = self.global_batch else { return Ok(self.clone()) };
+        let world = world.max(1);
         let accum = self.accum_steps.max(1);
-        let per_step = world.max(1) * accum;
-        if global % per_step == 0 {
-            return Ok(TrainConfig { batch_size: global / per_step, ..self.clone() });
+        let fits = |a: usize| global % (world * a) == 0;
+        let small_enough = |a: usize| self.max_device_batch.is_none_or(|m| global / (world * a) <= m);
+        // The least accumulation (from the configured one) that divides the global batch and fits.
+        if let Some(a) = (accum..=global / world).find(|&a| fits(a) && small_enough(a)) {
+            if a == accum || self.max_device_batch.is_some() {
+                return Ok(TrainConfig { batch_size: global / (world * a), accum_steps: a, ..self.clone() });
+            }
         }
+        if fits(accum) {
+            let m = self.max_device_batch.unwrap_or(0);
+            return Err(Error::Usage(format!(
+                "--global-batch {global} on {world} process(es) cannot keep each device's batch within \
+                 --max-device-batch {m} with any accumulation that divides it"
+            )));
+        }
+        let per_step = world * accum;
         let worlds: Vec<String> =
             (1..=global / accum).filter(|w| global % (w * accum) == 0).map(|w| w.to_string()).collect();
         let (below, above) = (global / per_step * per_step, global.div_ceil(per_step) * per_step);
@@ -1161,6 +1257,46 @@ impl TrainConfig {
             if below > 0 { format!("{below} or ") } else { String::new() },
             above
         )))
+    }
+
+    /// The EMA's settings for `world` processes and `steps_per_epoch` optimizer steps per epoch.
+    pub fn ema_config(&self, world: usize, steps_per_epoch: usize) -> EmaConfig {
+        let every = self.model_ema_every.max(1);
+        match self.model_ema_style {
+            EmaStyle::Timm => EmaConfig {
+                decay: self.model_ema_decay,
+                warmup: self.model_ema_warmup,
+                every,
+                buffers: self.model_ema_buffers,
+                per_update: false,
+                restart_until: 0,
+            },
+            EmaStyle::Torchvision => {
+                // torchvision's train.py: adjust = world x batch x model_ema_steps / epochs.
+                let global = self.batch_size * self.accum_steps.max(1) * world.max(1);
+                let adjust = (global * every) as f64 / self.epochs.max(1) as f64;
+                let alpha = ((1.0 - self.model_ema_decay) * adjust).min(1.0);
+                EmaConfig {
+                    decay: 1.0 - alpha,
+                    warmup: false,
+                    every,
+                    buffers: EmaBuffers::Average,
+                    per_update: true,
+                    restart_until: (self.warmup_epochs * steps_per_epoch as f64).round() as usize,
+                }
+            }
+        }
+    }
+
+    /// The peak learning rate at a global batch of `global_batch` images: `lr` when given, else
+    /// `lr_base` scaled from `lr_base_size` images (timm train.py's rule).
+    pub fn peak_lr(&self, global_batch: usize) -> f64 {
+        self.lr.unwrap_or_else(|| self.lr_base_rule().scale(self.lr_base, self.lr_base_size, global_batch))
+    }
+
+    /// How `lr_base` scales: `lr_base_scale`, else timm's choice for the optimizer.
+    pub fn lr_base_rule(&self) -> LrScaling {
+        self.lr_base_scale.unwrap_or_else(|| LrScaling::timm_default(&self.opt.name()))
     }
 
     pub fn model(&self, num_classes: i64) -> ResNetConfig {
@@ -1291,8 +1427,8 @@ mod tests {
     fn defaults_are_declared_once_and_every_key_is_a_flag() {
         let c = TrainConfig::default();
         assert_eq!(
-            (c.arch, c.epochs, c.lr, c.opt, c.act_fp32),
-            (Arch::Resnet50, 90, 0.1, OptKind::Momentum, true)
+            (c.arch, c.epochs, c.lr, c.lr_base, c.opt, c.act_fp32),
+            (Arch::Resnet50, 90, None, 0.1, OptKind::Momentum, true)
         );
         assert_eq!(c.opt_betas, None);
         // The file format and the flags have the same keys.
@@ -1307,12 +1443,12 @@ mod tests {
 
     #[test]
     fn flags_override_the_file_and_keep_the_rest() {
-        let base = TrainConfig { epochs: 7, lr: 0.3, ..TrainConfig::default() };
+        let base = TrainConfig { epochs: 7, lr: Some(0.3), ..TrainConfig::default() };
         let o = Overrides::parse(&["--lr", "0.5", "--opt", "adamw", "--model-ema", "--opt-betas", "0.8,0.9"])
             .unwrap();
         assert_eq!(o.keys(), ["lr", "opt", "opt_betas", "model_ema"]);
         let c = o.apply(&base).unwrap();
-        assert_eq!((c.epochs, c.lr, c.opt, c.model_ema), (7, 0.5, OptKind::Adamw, true));
+        assert_eq!((c.epochs, c.lr, c.opt, c.model_ema), (7, Some(0.5), OptKind::Adamw, true));
         assert_eq!(c.opt_betas, Some(vec![0.8, 0.9]));
         // The alias of timm's `smoothing`, in files and flags.
         let c: TrainConfig = toml::from_str("label_smoothing = 0.2").unwrap();
@@ -1326,13 +1462,64 @@ mod tests {
         assert!(e.contains("--learning-rate"), "{e}");
     }
 
+    /// configs/README.md's table of every key, from the declarations: each key's flag doc and
+    /// default as `--help` gives them, under the section comments of this file.
+    fn keys_table() -> String {
+        let mut section_of = std::collections::HashMap::new();
+        let mut section = "";
+        for line in include_str!("config.rs").lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix("// ---- ").and_then(|l| l.strip_suffix(" ----")) {
+                section = name;
+            } else if let Some(field) = line.strip_prefix("pub ").and_then(|l| l.split_once(':')) {
+                section_of.entry(field.0.to_string()).or_insert(section);
+            }
+        }
+        let mut out = String::from("| key (flag `--key-name`) | default | what |\n|---|---|---|\n");
+        let mut last = "";
+        for a in TrainConfig::command().get_arguments().filter(|a| !a.is_hide_set()) {
+            let id = a.get_id().as_str();
+            let section = section_of.get(id).copied().unwrap_or("");
+            if section != last {
+                out += &format!("| **{section}** | | |\n");
+                last = section;
+            }
+            let defaults: Vec<String> =
+                a.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
+            let default = if defaults.is_empty() { "unset".to_string() } else { defaults.join(",") };
+            let help = a.get_long_help().or(a.get_help()).map(|h| h.to_string()).unwrap_or_default();
+            let mut what = help.split_whitespace().collect::<Vec<_>>().join(" ").replace('|', "\\|");
+            if !what.ends_with('.') {
+                what.push('.');
+            }
+            let aliases: Vec<String> =
+                a.get_visible_aliases().unwrap_or_default().iter().map(|a| a.replace('-', "_")).collect();
+            if !aliases.is_empty() {
+                what += &format!(" Also `{}` (timm's name).", aliases.join("`, `"));
+            }
+            if RESUMABLE.contains(&id) {
+                what += " May change on `--resume`.";
+            }
+            out += &format!("| `{id}` | `{default}` | {what} |\n");
+        }
+        out
+    }
+
+    /// The table is generated (`UPDATE_CONFIGS_README=1 cargo test configs_readme` rewrites it).
     #[test]
-    fn configs_readme_lists_every_key() {
+    fn configs_readme_lists_every_key_as_declared() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/README.md");
         let text = std::fs::read_to_string(&p).unwrap();
-        for k in TrainConfig::keys().iter().filter(|k| *k != "inject_spike_at") {
-            assert!(text.contains(&format!("| `{k}` |")), "configs/README.md does not list `{k}`");
+        let start = text.find("| key (flag `--key-name`)").expect("the table's header");
+        let end = text[start..].find("\n\n").map_or(text.len(), |e| start + e + 1);
+        let table = keys_table();
+        if std::env::var_os("UPDATE_CONFIGS_README").is_some() {
+            std::fs::write(&p, format!("{}{table}{}", &text[..start], &text[end..])).unwrap();
+            return;
         }
+        assert!(
+            text[start..end] == table,
+            "configs/README.md's key table is not the declarations': rerun with UPDATE_CONFIGS_README=1"
+        );
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! (the first update copies), and with warmup decay(t) = min(decay, 1 - (1 + t - 1)^(-2/3)).
 //! BN running statistics are copied from the live model (timm's `exclude_buffers`) or averaged
 //! like the parameters (timm's default). The EMA is a second model, evaluated next to the raw one.
+//! torchvision's reference (`style = torchvision`): every `every` steps with a decay of its own
+//! (derived from the global batch and epochs, `TrainConfig::ema_config`), buffers averaged, and
+//! the average restarted (a copy) at every update of the lr warmup.
 
 use super::state::Named;
 use crate::error::Result;
@@ -21,13 +24,29 @@ pub enum EmaBuffers {
     Average,
 }
 
+/// Whose EMA: timm's ModelEmaV3 or torchvision's reference (`ExponentialMovingAverage`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EmaStyle {
+    /// timm: `model_ema_decay` per optimizer step (decay^N every N steps).
+    Timm,
+    /// torchvision's reference: `model_ema_decay` adjusted to the global batch and epochs, once
+    /// per update every `model_ema_every` steps; buffers averaged; restarted during the warmup.
+    Torchvision,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EmaConfig {
     pub decay: f64,
     pub warmup: bool,
-    /// Update every N optimizer steps, with decay^N.
+    /// Update every N optimizer steps, with decay^N (or `decay` itself: `per_update`).
     pub every: usize,
     pub buffers: EmaBuffers,
+    /// `decay` is per update, not per optimizer step (torchvision).
+    pub per_update: bool,
+    /// An update that follows one at or before this optimizer step copies the live model
+    /// (torchvision resets its average during the lr warmup); 0: none.
+    pub restart_until: usize,
 }
 
 pub struct ModelEma {
@@ -91,7 +110,13 @@ impl ModelEma {
         if !t.is_multiple_of(self.cfg.every) {
             return Ok(());
         }
-        let decay = self.decay_at(t).powi(self.cfg.every as i32);
+        let restarted = self.cfg.per_update && t - self.cfg.every <= self.cfg.restart_until;
+        let decay = match (restarted, self.cfg.per_update) {
+            // torchvision's AveragedModel copies at its first update (n_averaged 0).
+            (true, _) => 0.0,
+            (false, true) => self.cfg.decay,
+            (false, false) => self.decay_at(t).powi(self.cfg.every as i32),
+        };
         foreach_lerp(&self.lerp.0, &self.lerp.1, 1.0 - decay)?;
         foreach_copy(&self.copy.0, &self.copy.1)
     }
@@ -101,6 +126,11 @@ impl ModelEma {
         let mut s: Named = self.named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
         s.push(("updates".into(), self.updates.shallow_clone()));
         s
+    }
+
+    /// Its schedule, once the run's global batch and steps per epoch are known (the average kept).
+    pub fn set_config(&mut self, cfg: EmaConfig) {
+        self.cfg = cfg;
     }
 
     /// Applies a stability remedy's activation settings to the EMA model too.
@@ -125,7 +155,14 @@ mod tests {
         let e = ModelEma::new(
             &vs,
             cfg,
-            EmaConfig { decay: 0.999, warmup: true, every: 1, buffers: EmaBuffers::Copy },
+            EmaConfig {
+                decay: 0.999,
+                warmup: true,
+                every: 1,
+                buffers: EmaBuffers::Copy,
+                per_update: false,
+                restart_until: 0,
+            },
         )
         .unwrap();
         assert_eq!(e.decay_at(1), 0.0, "the first update copies");
@@ -136,7 +173,14 @@ mod tests {
         let g = crate::model::weights::read(&p).unwrap().tensors;
         let steps: Vec<f64> = Vec::try_from(&g["ema.steps"]).unwrap();
         for warmup in [false, true] {
-            let cfg = EmaConfig { decay: 0.9998, warmup, every: 1, buffers: EmaBuffers::Copy };
+            let cfg = EmaConfig {
+                decay: 0.9998,
+                warmup,
+                every: 1,
+                buffers: EmaBuffers::Copy,
+                per_update: false,
+                restart_until: 0,
+            };
             let e = ModelEma::new(&vs, *e.model.config(), cfg).unwrap();
             let want: Vec<f64> = Vec::try_from(&g[&format!("ema.decay.warmup{}", warmup as u8)]).unwrap();
             for (s, w) in steps.iter().zip(want) {
@@ -167,7 +211,14 @@ mod tests {
         for buffers in [EmaBuffers::Copy, EmaBuffers::Average] {
             let vs = nn::VarStore::new(Device::Cpu);
             let _m = ResNet::new(&vs.root(), cfg).unwrap();
-            let ec = EmaConfig { decay: 0.75, warmup: false, every: 1, buffers };
+            let ec = EmaConfig {
+                decay: 0.75,
+                warmup: false,
+                every: 1,
+                buffers,
+                per_update: false,
+                restart_until: 0,
+            };
             let mut e = ModelEma::new(&vs, cfg, ec).unwrap();
             let live = vs.variables();
             let shift = |by: f64| {
@@ -190,5 +241,55 @@ mod tests {
             assert!(ema[rv].allclose(&want_rv, 0.0, 1e-6, false), "{buffers:?}");
             assert!(!ema[w].requires_grad(), "the EMA model is not trained");
         }
+    }
+
+    /// torchvision's reference: `ExponentialMovingAverage` (an AveragedModel with use_buffers)
+    /// updated every `every` steps with its adjusted decay; an update with n_averaged = 0 copies,
+    /// and during the warmup n_averaged is reset after every update.
+    #[test]
+    fn the_torchvision_style_follows_its_averaged_model() {
+        let cfg = ResNetConfig::new(
+            crate::model::Arch::Resnet18,
+            crate::model::ActConfig::new(crate::model::ActKind::Relu, 1),
+        );
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _m = ResNet::new(&vs.root(), cfg).unwrap();
+        let (every, warmup_steps, decay) = (2, 4, 0.75);
+        let ec = EmaConfig {
+            decay,
+            warmup: false,
+            every,
+            buffers: EmaBuffers::Average,
+            per_update: true,
+            restart_until: warmup_steps,
+        };
+        let mut e = ModelEma::new(&vs, cfg, ec).unwrap();
+        let live = vs.variables();
+        let (w, rv) = ("layer1.0.conv1.weight", "layer1.0.bn1.running_var");
+        let (w0, rv0) = (live[w].copy(), live[rv].copy());
+        // torchvision's loop, on the offset the live model has moved by (live = start + t).
+        let (mut avg, mut n_averaged) = (0.0f64, 0);
+        for t in 1..=12usize {
+            tch::no_grad(|| {
+                for v in live.values() {
+                    let _ = v.shallow_clone().g_add_scalar_(1.0);
+                }
+            });
+            e.update().unwrap();
+            if t % every == 0 {
+                avg = if n_averaged == 0 { t as f64 } else { decay * avg + (1.0 - decay) * t as f64 };
+                n_averaged += 1;
+                if t <= warmup_steps {
+                    n_averaged = 0;
+                }
+            }
+            let ema = e.vs.variables();
+            if t >= every {
+                assert!(ema[w].allclose(&(&w0 + avg), 0.0, 1e-5, false), "step {t}: weights");
+                assert!(ema[rv].allclose(&(&rv0 + avg), 0.0, 1e-5, false), "step {t}: buffers averaged");
+            }
+        }
+        // Copies at steps 2, 4 (warmup) and 6 (the first update after it), then averaged.
+        assert_eq!(avg, 0.75 * (0.75 * (0.75 * 6.0 + 0.25 * 8.0) + 0.25 * 10.0) + 0.25 * 12.0);
     }
 }

@@ -42,6 +42,8 @@ pub struct Engine {
     /// DDP's overlap of the gradient all-reduce with backward (made at the first step of a
     /// data-parallel run with `dist_overlap`).
     reducer: Option<crate::ffi::dist::GradReducer>,
+    /// Optimizer steps per epoch (0 until the trainer's plan knows them).
+    steps_per_epoch: usize,
 }
 
 /// What one optimizer step did.
@@ -72,15 +74,6 @@ impl StepResult {
     }
 }
 
-fn ema_config(c: &TrainConfig) -> EmaConfig {
-    EmaConfig {
-        decay: c.model_ema_decay,
-        warmup: c.model_ema_warmup,
-        every: c.model_ema_every,
-        buffers: c.model_ema_buffers,
-    }
-}
-
 /// Every live tensor training updates, by name (model variables under `model.`).
 fn live_state(
     vs: &nn::VarStore,
@@ -104,6 +97,20 @@ fn train_state(optimizer: &dyn Optimizer, scaler: &GradScaler, ema: Option<&Mode
 }
 
 impl Engine {
+    /// The EMA's settings for this run (its world size and steps per epoch).
+    fn ema_config(&self) -> EmaConfig {
+        self.cfg.ema_config(self.dist.as_ref().map_or(1, |d| d.world()), self.steps_per_epoch)
+    }
+
+    /// The run's steps per epoch, once the data is open: the EMA's torchvision warmup is in steps.
+    pub fn set_steps_per_epoch(&mut self, steps: usize) {
+        self.steps_per_epoch = steps;
+        let cfg = self.ema_config();
+        if let Some(e) = &mut self.ema {
+            e.set_config(cfg);
+        }
+    }
+
     /// A freshly initialised model (seeded) with its optimizer, scaler, EMA and guards.
     pub fn new(cfg: TrainConfig, device: Device, num_classes: i64) -> Result<Self> {
         let model_cfg = cfg.model(num_classes);
@@ -141,7 +148,7 @@ impl Engine {
         };
         let optimizer = optim::create(&opt, &vs);
         let scaler = GradScaler::new(cfg.precision == Precision::Fp16, device);
-        let ema = cfg.model_ema.then(|| ModelEma::new(&vs, model_cfg, ema_config(&cfg))).transpose()?;
+        let ema = cfg.model_ema.then(|| ModelEma::new(&vs, model_cfg, cfg.ema_config(1, 0))).transpose()?;
         let loss = if cfg.jsd_loss {
             Loss::Jsd { splits: cfg.aug_splits, smoothing: cfg.smoothing }
         } else {
@@ -167,6 +174,7 @@ impl Engine {
             dist: None,
             mixup_enabled: true,
             reducer: None,
+            steps_per_epoch: 0,
         })
     }
 
@@ -177,7 +185,7 @@ impl Engine {
         let model_cfg = self.cfg.model(self.num_classes);
         let notes = weights::load_initial(&mut self.vs, &model_cfg, classes, path)?;
         if self.cfg.model_ema {
-            self.ema = Some(ModelEma::new(&self.vs, model_cfg, ema_config(&self.cfg))?);
+            self.ema = Some(ModelEma::new(&self.vs, model_cfg, self.ema_config())?);
         }
         Ok(notes)
     }
@@ -206,8 +214,7 @@ impl Engine {
             Ok(())
         })?;
         if self.cfg.model_ema {
-            self.ema =
-                Some(ModelEma::new(&self.vs, self.cfg.model(self.num_classes), ema_config(&self.cfg))?);
+            self.ema = Some(ModelEma::new(&self.vs, self.cfg.model(self.num_classes), self.ema_config())?);
         }
         Ok(())
     }
@@ -235,12 +242,13 @@ impl Engine {
         let in_file = |e: crate::error::Error| crate::error::Error::file(path, e.to_string());
         self.optimizer.load_state(&under("optimizer", &saved)).map_err(in_file)?;
         copy_into(&self.scaler.state(), &under("scaler", &saved), "loss scaler").map_err(in_file)?;
+        let ema_cfg = self.ema_config();
         if let Some(ema) = &mut self.ema {
             let ema_saved = under("ema", &saved);
             if ema_saved.is_empty() {
                 // EMA switched on at resume: it starts from the current weights.
                 eprintln!("note: {} has no EMA state; the EMA starts from its weights", path.display());
-                *ema = ModelEma::new(&self.vs, *self.model.config(), ema_config(&self.cfg))?;
+                *ema = ModelEma::new(&self.vs, *self.model.config(), ema_cfg)?;
             } else {
                 copy_into(&ema.state(), &ema_saved, "EMA").map_err(in_file)?;
             }

@@ -138,26 +138,34 @@ impl ScheduleStyle {
     }
 }
 
-/// How `lr` turns into the learning rate at the run's global batch.
+/// How `lr_base` scales to the run's global batch when `lr` is not given (timm's `lr_base_scale`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LrScaling {
-    /// lr x global batch / 256 (Goyal et al.; torchvision's and timm's `lr_base` for SGD).
+    /// lr_base x global batch / lr_base_size (Goyal et al.; timm's default for SGD-like optimizers).
     Linear,
-    /// lr x sqrt(global batch / 256) (timm's `lr_base` default for Adam-family and LAMB).
+    /// lr_base x sqrt(global batch / lr_base_size) (timm's default for Adam-family and LAMB).
     Sqrt,
-    /// `lr` as given, at any batch (timm's explicit `--lr`).
-    None,
 }
 
 impl LrScaling {
-    /// The peak learning rate for `lr` at a global batch of `global_batch` images.
-    pub fn peak_lr(self, lr: f64, global_batch: usize) -> f64 {
-        let ratio = global_batch as f64 / 256.0;
+    /// timm train.py's choice when `lr_base_scale` is not given: sqrt where the optimizer's name
+    /// contains "ada" or "lamb" (Adam-family, LAMB), linear otherwise.
+    pub fn timm_default(opt_name: &str) -> Self {
+        let name = opt_name.to_ascii_lowercase();
+        if name.contains("ada") || name.contains("lamb") {
+            LrScaling::Sqrt
+        } else {
+            LrScaling::Linear
+        }
+    }
+
+    /// `lr_base` scaled from a batch of `base_size` images to `global_batch` images.
+    pub fn scale(self, lr_base: f64, base_size: usize, global_batch: usize) -> f64 {
+        let ratio = global_batch as f64 / base_size.max(1) as f64;
         match self {
-            LrScaling::Linear => lr * ratio,
-            LrScaling::Sqrt => lr * ratio.sqrt(),
-            LrScaling::None => lr,
+            LrScaling::Linear => lr_base * ratio,
+            LrScaling::Sqrt => lr_base * ratio.sqrt(),
         }
     }
 }
@@ -249,7 +257,7 @@ pub struct Schedule {
 
 impl Schedule {
     /// The schedule a config describes, for `steps_per_epoch` optimizer steps per epoch and a
-    /// global batch of `global_batch` images (`lr` scaled to it by `lr_scaling`).
+    /// global batch of `global_batch` images (the peak learning rate: `TrainConfig::peak_lr`).
     pub fn new(cfg: &TrainConfig, steps_per_epoch: usize, global_batch: usize) -> Self {
         let steps_per_tick = match cfg.schedule_style {
             ScheduleStyle::PerStep => 1,
@@ -263,7 +271,7 @@ impl Schedule {
             }
         };
         let ticks_per_epoch = steps_per_epoch / steps_per_tick;
-        let peak_lr = cfg.lr_scaling.peak_lr(cfg.lr, global_batch);
+        let peak_lr = cfg.peak_lr(global_batch);
         let length = cfg.epochs * ticks_per_epoch;
         let warmup = (cfg.warmup_epochs * ticks_per_epoch as f64).round() as usize;
         let wsd = cfg.schedule.is_wsd().then(|| {

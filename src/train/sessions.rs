@@ -54,6 +54,9 @@ pub struct Session {
     pub decode_workers: usize,
     /// The variables of RECORDED_ENV that are set.
     pub env: BTreeMap<String, String>,
+    /// What the config came to in this session (absent in lines written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<super::setup::Experiment>,
 }
 
 impl Session {
@@ -63,6 +66,7 @@ impl Session {
         device: String,
         world_size: usize,
         decode_workers: usize,
+        experiment: super::setup::Experiment,
     ) -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -102,6 +106,7 @@ impl Session {
                 .iter()
                 .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
                 .collect(),
+            experiment: Some(experiment),
         }
     }
 }
@@ -171,7 +176,9 @@ mod tests {
     #[test]
     fn a_torn_line_does_not_swallow_the_next_session() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Session::this_process((0, 0), "Cpu".into(), 1, 2);
+        let cfg = crate::train::config::TrainConfig::default();
+        let experiment = crate::train::setup::Experiment::of(&cfg, 1, 10, 0.1);
+        let s = Session::this_process((0, 0), "Cpu".into(), 1, 2, experiment);
         append(dir.path(), &s).unwrap();
         // A kill mid-write leaves half a line.
         let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join(FILE)).unwrap();

@@ -372,3 +372,72 @@ fn loaders(
     };
     Ok((train_loader, val_loader, eval_size))
 }
+
+/// The experiment a run trains, resolved for this process count: what a config's `global_batch`,
+/// `lr` / `lr_base` and accumulation come to. Printed at start, written as the head of the run's
+/// config.toml and into each session's line of sessions.jsonl.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Experiment {
+    pub world_size: usize,
+    pub device_batch: usize,
+    pub accum_steps: usize,
+    pub global_batch: usize,
+    pub peak_lr: f64,
+    /// Where the peak comes from: "lr" (absolute) or the lr_base rule, e.g.
+    /// "lr_base 0.1 x 1024 / 256 (linear)".
+    pub lr_from: String,
+    pub steps_per_epoch: usize,
+    /// Optimizer steps of the whole schedule (warmup, cooldown and cycles included).
+    pub total_steps: usize,
+}
+
+impl Experiment {
+    pub fn of(cfg: &TrainConfig, world: usize, steps_per_epoch: usize, peak_lr: f64) -> Self {
+        let global_batch = cfg.batch_size * cfg.accum_steps * world;
+        let lr_from = match cfg.lr {
+            Some(_) => "lr".to_string(),
+            None => format!(
+                "lr_base {} x {global_batch} / {} ({})",
+                cfg.lr_base,
+                cfg.lr_base_size,
+                format!("{:?}", cfg.lr_base_rule()).to_lowercase()
+            ),
+        };
+        Self {
+            world_size: world,
+            device_batch: cfg.batch_size,
+            accum_steps: cfg.accum_steps,
+            global_batch,
+            peak_lr,
+            lr_from,
+            steps_per_epoch,
+            total_steps: super::schedule::total_epochs(cfg) * steps_per_epoch,
+        }
+    }
+
+    /// One line: "1 process x batch 256 x accumulation 4 = global batch 1024, peak lr 0.4 (...)".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} process{} x batch {} x accumulation {} = global batch {}, peak lr {} ({}), {} steps per epoch, {} steps",
+            self.world_size,
+            if self.world_size == 1 { "" } else { "es" },
+            self.device_batch,
+            self.accum_steps,
+            self.global_batch,
+            self.peak_lr,
+            self.lr_from,
+            self.steps_per_epoch,
+            self.total_steps
+        )
+    }
+
+    /// The head of the run's config.toml: the keys below are the run's as given; this is what
+    /// they came to in the session that wrote the file.
+    pub fn toml_header(&self) -> String {
+        format!(
+            "# The run's settings as given (a resume compares with these). Resolved in the session that\n\
+             # wrote this file: {}.\n",
+            self.describe()
+        )
+    }
+}

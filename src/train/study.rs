@@ -51,6 +51,9 @@ pub struct StudyConfig {
     /// grid: it may be added to a running study.
     #[serde(default)]
     pub bench_steps: usize,
+    /// The data of every run, over any config's (`study --data`; not in the file).
+    #[serde(skip)]
+    pub data: Option<PathBuf>,
 }
 
 fn default_output() -> PathBuf {
@@ -205,9 +208,14 @@ impl StudyConfig {
             table.extend(file);
         }
         table.extend(keys);
+        if let Some(d) = &self.data {
+            table.insert("data".into(), toml::Value::String(d.display().to_string()));
+        }
         table.insert("seed".into(), toml::Value::Integer(cell.seed as i64));
         table.insert("name".into(), toml::Value::String(cell.name.clone()));
         table.insert("output".into(), toml::Value::String(self.dir().display().to_string()));
+        super::config::migrate_lr_scaling(&mut table)
+            .map_err(|e| Error::Usage(format!("variant {:?}: {e}", variant.name)))?;
         let c: TrainConfig = table
             .try_into()
             .map_err(|e| Error::Usage(format!("variant {:?}: bad training keys: {e}", variant.name)))?;
@@ -471,6 +479,45 @@ pub struct RunResult {
     pub end: Point,
     /// `branches = true`: each finished branch's folder name, outcome, epochs and end.
     pub branches: Vec<(String, CellOutcome, usize, Point)>,
+    /// What the stability guards did to the run.
+    pub interventions: Interventions,
+}
+
+/// What the stability guards did to a run, from its `metrics.jsonl`: a comparison must treat
+/// its variants alike, so the tables show these per run and mark a variant intervened on.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Interventions {
+    /// Steps skipped on a non-finite loss or gradient (no update).
+    pub skipped: usize,
+    /// Loss-spike rollbacks (each restored a snapshot and cut the learning rate).
+    pub rollbacks: usize,
+    /// The divergence guard's remedies, in the order they were applied.
+    pub remedies: Vec<String>,
+}
+
+impl Interventions {
+    pub fn read(dir: &Path) -> Self {
+        let mut out = Self::default();
+        for r in super::metrics::read_steps(dir).unwrap_or_default() {
+            let mut guarded = false;
+            for e in r.event.as_deref().unwrap_or("").split("; ") {
+                if e.starts_with("rollback ") {
+                    out.rollbacks += 1;
+                    guarded = true;
+                } else if let Some(rest) = e.split("applied remedy ").nth(1) {
+                    out.remedies.push(rest.split(' ').next().unwrap_or(rest).to_string());
+                    guarded = true;
+                }
+            }
+            // A rolled-back step is not also counted as skipped.
+            out.skipped += (r.skipped && !guarded) as usize;
+        }
+        out
+    }
+
+    pub fn any(&self) -> bool {
+        self.skipped > 0 || self.rollbacks > 0 || !self.remedies.is_empty()
+    }
 }
 
 pub fn read_result(dir: &Path, at_epochs: &[usize], cell: &Cell, outcome: CellOutcome) -> RunResult {
@@ -483,7 +530,16 @@ pub fn read_result(dir: &Path, at_epochs: &[usize], cell: &Cell, outcome: CellOu
         Some(r) if outcome.status == "finished" => Point::of(r),
         _ => Point::MISSING,
     };
-    RunResult { cell: cell.clone(), outcome, epochs_done: epochs.len(), at, end, branches: Vec::new() }
+    let interventions = Interventions::read(dir);
+    RunResult {
+        cell: cell.clone(),
+        outcome,
+        epochs_done: epochs.len(),
+        at,
+        end,
+        branches: Vec::new(),
+        interventions,
+    }
 }
 
 /// A study's branch as a row of the runs table (None: not done).
@@ -566,7 +622,8 @@ pub fn to_csv(cfg: &Table, results: &[RunResult]) -> String {
     let mut out = String::from(
         "variant,point,runs,top1_mean,top1_sd,top1_ci_low,top1_ci_high,top5_mean,top5_sd,train_loss_mean,\
          train_loss_sd,d_top1_mean,d_top1_ci_low,d_top1_ci_high,d_top1_pairs,verdict_top1,act_params,act_mflops,\
-         ms_per_step,step_memory_gib,d_train_loss_mean,d_train_loss_ci_low,d_train_loss_ci_high,verdict_train_loss\n",
+         ms_per_step,step_memory_gib,d_train_loss_mean,d_train_loss_ci_low,d_train_loss_ci_high,verdict_train_loss,\
+         runs_intervened\n",
     );
     let base = cfg.baseline;
     for (v, (variant, cell_cfg)) in cfg.variants.iter().enumerate() {
@@ -574,6 +631,7 @@ pub fn to_csv(cfg: &Table, results: &[RunResult]) -> String {
         let (ms, mem) = cfg.step_costs[v].as_ref().map_or((String::new(), String::new()), |c| {
             (format!("{:.2}", c.ms_per_step), format!("{:.3}", c.memory_gib))
         });
+        let intervened = results.iter().filter(|r| r.cell.variant == v && r.interventions.any()).count();
         for (p, label) in points(cfg).iter().enumerate() {
             let top1 = values(cfg, results, v, p, |x| x.top1);
             let (s1, s5, sl) = (
@@ -592,7 +650,7 @@ pub fn to_csv(cfg: &Table, results: &[RunResult]) -> String {
             let f = |x: f64| if x.is_finite() { format!("{x:.4}") } else { String::new() };
             writeln!(
                 out,
-                "{variant},{label},{},{},{},{},{},{},{},{},{},{},{},{},{},{verdict},{params},{mflops:.3},{ms},{mem},{},{},{},{loss_verdict}",
+                "{variant},{label},{},{},{},{},{},{},{},{},{},{},{},{},{},{verdict},{params},{mflops:.3},{ms},{mem},{},{},{},{loss_verdict},{intervened}",
                 s1.n,
                 f(s1.mean),
                 f(s1.sd),
@@ -622,11 +680,13 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
     let mut md = format!("# {}\n\n", cfg.title);
     writeln!(
         md,
-        "{} of {} runs done ({} variants x {} seeds: {:?}). Base: {} for {} epochs at {} px, batch {}, on {}. \
+        "{} of {} runs done ({} variants x {} seeds: {:?}). Base: {} for {} epochs at {} px, global batch {}, on {}. \
          Baseline: `{}`. Values: mean ± sample sd over seeds; 95% CI: mean ± t(0.975, n-1)·sd/√n; Δ top-1 and Δ train \
          loss: the differences to the baseline paired by seed, each with its own 95% CI; verdict: better / worse when \
          that interval excludes 0, else not distinguishable at this n; not enough runs with fewer than two pairs or pairs that all differ alike (zero spread). Diverged runs (a stability guard \
-         stopped them) count as runs but give no end values. Act params: the scalars the activations \
+         stopped them) count as runs but give no end values. Intervened: runs in which a stability guard \
+         skipped a step (non-finite loss or gradients), rolled back a loss spike or applied a remedy (per run in \
+         the runs table); † marks a variant with such runs, whose comparison is not like for like. Act params: the scalars the activations \
          add; act MFLOPs: their forward cost per image at {} px (ReLU 1, PolyReLU 2k+1, PolyNorm 5k-1 \
          per element), next to the convolutions' {:.3} GMACs. ms/step and step memory: `resnet-train bench` \
          of the variant's training step (with `bench_steps`; CUDA: the allocator's peak, CPU: the RSS rise).\n",
@@ -638,7 +698,7 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
         first.arch.name(),
         super::schedule::total_epochs(first),
         first.train_size,
-        first.batch_size,
+        first.global_batch.map_or(format!("{} per process", first.batch_size * first.accum_steps), |g| g.to_string()),
         first.data.as_ref().map_or("the embedded procedural dataset".into(), |d| format!("`{}`", d.display())),
         cfg.variants[base].0,
         first.train_size,
@@ -657,12 +717,14 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
     for (p, label) in points(cfg).iter().enumerate() {
         writeln!(md, "## Top-1 / top-5 / train loss at {label}\n").ok();
         md.push_str(
-            "| variant | runs | diverged | top-1 (%) | 95% CI | top-5 (%) | train loss | Δ top-1 vs baseline | 95% CI | verdict | act params | act MFLOPs | ms/step | step memory (GiB) | Δ train loss vs baseline (95% CI) | verdict |\n\
-             |---|---:|---:|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|---|---|\n",
+            "| variant | runs | diverged | intervened | top-1 (%) | 95% CI | top-5 (%) | train loss | Δ top-1 vs baseline | 95% CI | verdict | act params | act MFLOPs | ms/step | step memory (GiB) | Δ train loss vs baseline (95% CI) | verdict |\n\
+             |---|---:|---:|---:|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|---|---|\n",
         );
         for (v, (variant, cell_cfg)) in cfg.variants.iter().enumerate() {
             let runs: Vec<&RunResult> = results.iter().filter(|r| r.cell.variant == v).collect();
             let diverged = runs.iter().filter(|r| r.outcome.status == "diverged").count();
+            let intervened = runs.iter().filter(|r| r.interventions.any()).count();
+            let mark = if intervened > 0 { " †" } else { "" };
             let top1 = values(cfg, results, v, p, |x| x.top1);
             let s1 = Summary::of(&top1);
             let s5 = Summary::of(&values(cfg, results, v, p, |x| x.top5));
@@ -699,7 +761,7 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
             });
             writeln!(
                 md,
-                "| {variant} | {} | {diverged} | {} | {} | {} | {} | {delta} | {delta_ci} | {verdict} | {params} | {mflops:.2} | {ms} | {mem} | {loss_delta} | {loss_verdict} |",
+                "| {variant}{mark} | {} | {diverged} | {intervened} | {} | {} | {} | {} | {delta} | {delta_ci} | {verdict} | {params} | {mflops:.2} | {ms} | {mem} | {loss_delta} | {loss_verdict} |",
                 runs.len(),
                 pm(&s1, 2),
                 interval(&s1, 2),
@@ -710,14 +772,24 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
         }
         md.push('\n');
     }
-    md.push_str("## Runs\n\n| run | status | epochs | top-1 | top-5 | train loss | minutes | note |\n|---|---|---:|---:|---:|---:|---:|---|\n");
+    md.push_str(
+        "## Runs\n\n| run | status | epochs | top-1 | top-5 | train loss | minutes | skipped steps | rollbacks | remedies | note |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
+    );
     for r in results {
         let f = |x: f64, d: usize| if x.is_finite() { format!("{x:.d$}") } else { "-".into() };
         let own = (r.cell.name.clone(), r.outcome.clone(), r.epochs_done, r.end);
-        for (name, outcome, epochs, end) in std::iter::once(&own).chain(&r.branches) {
+        for (i, (name, outcome, epochs, end)) in std::iter::once(&own).chain(&r.branches).enumerate() {
+            // A branch's guards are its parent run's up to the fork: counted on the run's row.
+            let g = &r.interventions;
+            let (skipped, rollbacks, remedies) = if i == 0 {
+                (g.skipped.to_string(), g.rollbacks.to_string(), g.remedies.join(", "))
+            } else {
+                ("-".into(), "-".into(), String::new())
+            };
             writeln!(
                 md,
-                "| {name} | {} | {epochs} | {} | {} | {} | {} | {} |",
+                "| {name} | {} | {epochs} | {} | {} | {} | {} | {skipped} | {rollbacks} | {remedies} | {} |",
                 outcome.status,
                 f(end.top1, 2),
                 f(end.top5, 2),
@@ -935,40 +1007,28 @@ fn read_step_costs(dir: &Path) -> Result<std::collections::BTreeMap<String, Step
 }
 
 /// `resnet-train bench` flags for a cell config's training step.
-pub fn bench_flags(c: &TrainConfig, steps: usize) -> Vec<String> {
-    fn name<T: clap::ValueEnum>(v: T) -> String {
-        v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
-    }
-    let mut f: Vec<String> = [
-        ("--arch", name(c.arch)),
-        ("--act", name(c.act)),
-        ("--order", c.order.to_string()),
-        ("--act-impl", name(c.act_impl)),
-        ("--precision", name(c.precision)),
-        ("--opt", name(c.opt)),
-        // One device's micro-batch (a study's cell runs in one process).
-        ("--batch", c.global_batch.map_or(c.batch_size, |g| g / c.accum_steps.max(1)).to_string()),
-        ("--res", c.train_size.to_string()),
-        ("--device", c.device.clone()),
-        ("--steps", steps.to_string()),
-        ("--warmup", steps.div_ceil(3).max(1).to_string()),
-        ("--threads", c.torch_threads.to_string()),
+/// `resnet-train bench`'s arguments for a cell's step: its whole training config, as a file in
+/// the study's `bench/` folder, so the step timed is the step trained.
+pub fn bench_args(cfg: &StudyConfig, variant: &str, c: &TrainConfig, steps: usize) -> Result<Vec<String>> {
+    let dir = cfg.dir().join("bench");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let file = dir.join(format!("{variant}.toml"));
+    write_atomic(&file, c.to_toml().as_bytes())?;
+    let warmup = steps.div_ceil(3).max(1);
+    Ok([
+        "--config",
+        &file.display().to_string(),
+        "--steps",
+        &steps.to_string(),
+        "--warmup",
+        &warmup.to_string(),
+        "--json",
     ]
-    .into_iter()
-    .flat_map(|(k, v)| [k.to_string(), v])
-    .collect();
-    for (on, flag) in
-        [(c.channels_last, "--channels-last"), (c.act_out_lowp, "--act-out-lowp"), (true, "--json")]
-    {
-        if on {
-            f.push(flag.into());
-        }
-    }
-    f
+    .iter()
+    .map(|s| s.to_string())
+    .collect())
 }
 
-/// Measures every variant's training step not measured yet (one `exe bench` process each, one
-/// at a time so that they do not share the machine) into `bench.toml`.
 pub fn measure_step_costs(cfg: &StudyConfig, exe: &Path) -> Result<()> {
     if cfg.bench_steps == 0 {
         return Ok(());
@@ -979,7 +1039,7 @@ pub fn measure_step_costs(cfg: &StudyConfig, exe: &Path) -> Result<()> {
         if costs.contains_key(&v.name) {
             continue;
         }
-        let flags = bench_flags(&cfg.cell_config(&cell)?, cfg.bench_steps);
+        let flags = bench_args(cfg, &v.name, &cfg.cell_config(&cell)?, cfg.bench_steps)?;
         println!("study      bench {}: resnet-train bench {}", v.name, flags.join(" "));
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("bench").args(&flags);

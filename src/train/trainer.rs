@@ -142,14 +142,17 @@ impl Trainer {
             let sum = checksum(engine.vs.variables())?;
             d.check_same("the model's checksum after the broadcast", sum)?;
         }
-        // Ordering: written once the checkpoint loaded, so a failed resume leaves the run as it was.
-        if main {
-            crate::fsutil::write_atomic(&folder.dir.join("config.toml"), run_config.as_bytes())?;
-        }
         engine.snapshot_if_due(state.step);
         let saved = saved_config.filter(|_| folder.start == Start::Resume);
         let (steps_per_epoch, schedule) =
             plan(&mut engine, &mut state, &data.train_loader, rt.world(), saved.as_ref(), &mut notes)?;
+        let experiment = setup::Experiment::of(&engine.cfg, rt.world(), steps_per_epoch, schedule.peak_lr);
+        // Ordering: written once the checkpoint loaded and the plan holds, so a failed resume
+        // leaves the run as it was.
+        if main {
+            let text = format!("{}{run_config}", experiment.toml_header());
+            crate::fsutil::write_atomic(&folder.dir.join("config.toml"), text.as_bytes())?;
+        }
         let log = if main { Some(RunLog::open(&folder.dir, state.step, state.epoch)?) } else { None };
         let device_words = crate::runtime::describe_device(rt.device);
         if main {
@@ -158,6 +161,7 @@ impl Trainer {
                 device_words.clone(),
                 rt.world(),
                 data.train_loader.config().threads,
+                experiment.clone(),
             );
             super::sessions::append(&folder.dir, &session)?;
         }
@@ -345,6 +349,9 @@ impl Trainer {
             },
             if resuming { format!(", resuming at epoch {} step {}", state.epoch, state.step) } else { String::new() }
         );
+        let world = engine.dist.as_ref().map_or(1, |d| d.world());
+        let experiment = setup::Experiment::of(cfg, world, steps_per_epoch, schedule.peak_lr);
+        say!(main, "experiment {}", experiment.describe());
         for n in notes {
             say!(main, "note       {n}");
         }
@@ -777,7 +784,8 @@ fn restore(
         say!(
                 main,
                 "warning: the run trained with {} data-parallel process(es), this job has {world}: the global \
-                 batch (and with it the learning rate, unless lr_scaling is none) and each rank's data order change from here on; \
+                 batch (and with it the learning rate, where `lr` is unset and lr_base scales) and each rank's data order change from here on \
+                 (set global_batch to keep the batch); \
                  the position in the epoch and the schedule are carried over by images seen",
                 saved.world_size
             );
@@ -816,6 +824,8 @@ fn plan(
     }
     let global_batch = cfg.batch_size * cfg.accum_steps * world;
     let schedule = Schedule::new(cfg, steps_per_epoch, global_batch);
+    engine.set_steps_per_epoch(steps_per_epoch);
+    let cfg = &engine.cfg;
     if cfg.corrected_weight_decay {
         // timm snapshots the lr the optimizer is built with: the peak, before the schedule.
         engine.optimizer.set_corrected_weight_decay(schedule.peak_lr);

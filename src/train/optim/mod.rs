@@ -140,6 +140,12 @@ pub enum OptKind {
 }
 
 impl OptKind {
+    /// The name a config and the command line give it (timm's, where timm has it).
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+    }
+
     /// One of timm's Lars variants.
     pub fn is_lars(self) -> bool {
         matches!(self, OptKind::Lars | OptKind::Larc | OptKind::Nlars | OptKind::Nlarc)
