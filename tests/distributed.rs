@@ -707,6 +707,13 @@ fn a_global_batch_trains_the_same_experiment_on_one_or_two_processes() {
         let session: serde_json::Value = serde_json::from_str(sessions.lines().next().unwrap()).unwrap();
         assert_eq!(session["experiment"]["global_batch"], 8, "{session}");
         assert_eq!(session["experiment"]["steps_per_epoch"], 10, "{session}");
+        // And TensorBoard's HParams: the config as given and what it resolved to.
+        use resnet_train::train::tensorboard::{read_hparams, HParam};
+        let events: Vec<_> = std::fs::read_dir(run.join("tb")).unwrap().map(|e| e.unwrap().path()).collect();
+        let h = read_hparams(&events[0]).unwrap();
+        assert_eq!(h.get("resolved/global_batch"), Some(&HParam::Number(8.0)), "{h:?}");
+        assert_eq!(h.get("act"), Some(&HParam::Text("polynorm".into())), "{h:?}");
+        assert_eq!(h.get("sync_bn"), Some(&HParam::Bool(true)), "{h:?}");
     }
     let records = |name: &str| common::step_records(&tmp.path().join("runs").join(name));
     let (a, b) = (records("one"), records("two"));

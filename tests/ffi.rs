@@ -266,3 +266,20 @@ fn clip_grad_norm_equals_libtorchs_foreach_norm_bit_for_bit() {
     }
     tch::set_num_threads(threads);
 }
+
+/// The optimizers' scalars cross the FFI as #[repr(C)] structs: each field of the Rust twin sits
+/// at the offset shim.h's struct gives it, so neither side can reorder one alone.
+#[test]
+fn optimizer_hyper_structs_match_the_shims_field_for_field() {
+    use resnet_train::ffi::{
+        shim_hyper_offsets, AdabeliefHyper, AdanHyper, LapropHyper, NadamHyper, OptimizerHyper, RadamHyper,
+    };
+    fn check<H: OptimizerHyper>() {
+        assert_eq!(shim_hyper_offsets::<H>(), Some(H::offsets()), "{}", H::NAME);
+    }
+    check::<AdanHyper>();
+    check::<LapropHyper>();
+    check::<RadamHyper>();
+    check::<NadamHyper>();
+    check::<AdabeliefHyper>();
+}

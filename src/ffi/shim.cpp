@@ -564,12 +564,11 @@ int rt_foreach_lamb(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt
 using Lists = std::vector<std::vector<at::Tensor>>;
 
 // timm's _multi_tensor_adan. L: p, g, m (exp_avg), d (exp_avg_diff), n (exp_avg_sq), neg_pre_grad.
-// h: lr, beta1, beta2, beta3, eps, weight_decay, bc1, bc2, bc3_sqrt, no_prox, caution, first_step.
-static void adan_step(Lists &L, const double *h) {
+static void adan_step(Lists &L, const rt_adan_hyper &h) {
   auto &p = L[0], &g = L[1], &m = L[2], &d = L[3], &n = L[4], &npg = L[5];
-  const double lr = h[0], beta1 = h[1], beta2 = h[2], beta3 = h[3], eps = h[4], wd = h[5];
-  const double bc1 = h[6], bc2 = h[7], bc3_sqrt = h[8];
-  const bool no_prox = h[9] != 0, caution = h[10] != 0, first_step = h[11] != 0;
+  const double lr = h.lr, beta1 = h.beta1, beta2 = h.beta2, beta3 = h.beta3, eps = h.eps, wd = h.weight_decay;
+  const double bc1 = h.bc1, bc2 = h.bc2, bc3_sqrt = h.bc3_sqrt;
+  const bool no_prox = h.no_prox != 0, caution = h.caution != 0, first_step = h.first_step != 0;
   // timm sets neg_pre_grad = -grad at step 1, so the first difference is zero.
   if (first_step) {
     for (size_t i = 0; i < npg.size(); i++) npg[i].copy_(g[i].neg());
@@ -602,11 +601,11 @@ static void adan_step(Lists &L, const double *h) {
 }
 
 // timm's _multi_tensor_laprop. L: p, g, m (exp_avg), v (exp_avg_sq).
-// h: lr, beta1, beta2, eps, decay (p -= decay p; lr wd or lr^2 / peak wd), step_size, bc2, caution.
-static void laprop_step(Lists &L, const double *h) {
+static void laprop_step(Lists &L, const rt_laprop_hyper &h) {
   auto &p = L[0], &g = L[1], &m = L[2], &v = L[3];
-  const double lr = h[0], beta1 = h[1], beta2 = h[2], eps = h[3], decay = h[4], step_size = h[5], bc2 = h[6];
-  const bool caution = h[7] != 0;
+  const double lr = h.lr, beta1 = h.beta1, beta2 = h.beta2, eps = h.eps, decay = h.decay, step_size = h.step_size,
+               bc2 = h.bc2;
+  const bool caution = h.caution != 0;
   at::_foreach_mul_(v, beta2);
   at::_foreach_addcmul_(v, g, g, 1.0 - beta2);
   auto denom = at::_foreach_div(v, bc2);
@@ -621,18 +620,14 @@ static void laprop_step(Lists &L, const double *h) {
   if (decay != 0) at::_foreach_add_(p, p, -decay);
 }
 
-// torch.optim's _multi_tensor_radam (not capturable). L: p, g, m, v.
-// h: lr, beta1, beta2, eps, weight_decay, decoupled, unrect_step_size, bias_correction2 (torch's
-// names: the scalars it computes from the step; 0 when the step is not rectified).
 // What torch's RAdam and NAdam share, in their order: weight decay (decoupled: p *= 1 - lr wd;
 // else wd p added to the gradient), then Adam's moments. Returns the gradient the step used.
-// h: lr, beta1, beta2, eps, weight_decay, decoupled.
-static std::vector<at::Tensor> torch_adam_moments(Lists &L, const double *h) {
+static std::vector<at::Tensor> torch_adam_moments(Lists &L, double lr, double beta1, double beta2, double wd,
+                                                  bool decoupled) {
   auto &p = L[0], &m = L[2], &v = L[3];
   std::vector<at::Tensor> g = L[1];
-  const double lr = h[0], beta1 = h[1], beta2 = h[2], wd = h[4];
   if (wd != 0) {
-    if (h[5] != 0) {
+    if (decoupled) {
       at::_foreach_mul_(p, 1.0 - lr * wd);
     } else {
       g = at::_foreach_add(g, p, wd);
@@ -644,10 +639,11 @@ static std::vector<at::Tensor> torch_adam_moments(Lists &L, const double *h) {
   return g;
 }
 
-static void radam_step(Lists &L, const double *h) {
+// torch.optim's _multi_tensor_radam (not capturable). L: p, g, m, v.
+static void radam_step(Lists &L, const rt_radam_hyper &h) {
   auto &p = L[0], &m = L[2], &v = L[3];
-  const double eps = h[3], unrect_step_size = h[6], bias_correction2 = h[7];
-  torch_adam_moments(L, h);
+  const double eps = h.eps, unrect_step_size = h.unrect_step_size, bias_correction2 = h.bias_correction2;
+  torch_adam_moments(L, h.lr, h.beta1, h.beta2, h.weight_decay, h.decoupled != 0);
   auto buffer = at::_foreach_sqrt(v);
   at::_foreach_add_(buffer, eps);
   at::_foreach_div_(buffer, bias_correction2);  // 0 (unrectified): inf, whose reciprocal is 0
@@ -657,27 +653,23 @@ static void radam_step(Lists &L, const double *h) {
 }
 
 // torch.optim's _multi_tensor_nadam (not capturable). L: p, g, m, v.
-// h: lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction_sqrt, step_size_grads,
-// step_size_expavg (torch's names; from the step and mu_product, computed by the caller).
-static void nadam_step(Lists &L, const double *h) {
+static void nadam_step(Lists &L, const rt_nadam_hyper &h) {
   auto &p = L[0], &m = L[2], &v = L[3];
-  const double eps = h[3];
-  const auto g = torch_adam_moments(L, h);
+  const auto g = torch_adam_moments(L, h.lr, h.beta1, h.beta2, h.weight_decay, h.decoupled != 0);
   auto denom = at::_foreach_sqrt(v);
-  at::_foreach_div_(denom, h[6]);
-  at::_foreach_add_(denom, eps);
-  at::_foreach_addcdiv_(p, g, denom, h[7]);
-  at::_foreach_addcdiv_(p, m, denom, h[8]);
+  at::_foreach_div_(denom, h.bias_correction_sqrt);
+  at::_foreach_add_(denom, h.eps);
+  at::_foreach_addcdiv_(p, g, denom, h.step_size_grads);
+  at::_foreach_addcdiv_(p, m, denom, h.step_size_expavg);
 }
 
 // timm's _multi_tensor_adabelief (fp32 parameters). L: p, g, m (exp_avg), s (exp_avg_var).
-// h: lr, beta1, beta2, eps, weight_decay, bc1, bc2, rectify (0: no; 1: adaptive; 2: SGD; 3: no
-// update), rectified step_size.
-static void adabelief_step(Lists &L, const double *h) {
+static void adabelief_step(Lists &L, const rt_adabelief_hyper &h) {
   auto &p = L[0], &g = L[1], &m = L[2], &s = L[3];
-  const double lr = h[0], beta1 = h[1], beta2 = h[2], eps = h[3], wd = h[4], bc1 = h[5], bc2 = h[6];
-  const int rectify = static_cast<int>(h[7]);
-  const double step_size = h[8];
+  const double lr = h.lr, beta1 = h.beta1, beta2 = h.beta2, eps = h.eps, wd = h.weight_decay, bc1 = h.bc1,
+               bc2 = h.bc2;
+  const int rectify = h.rectify;
+  const double step_size = h.step_size;
   // decoupled_decay = True, fixed_decay = False: timm's defaults.
   if (lr * wd != 0) at::_foreach_mul_(p, 1.0 - lr * wd);
   at::_foreach_lerp_(m, g, 1.0 - beta1);
@@ -699,31 +691,85 @@ static void adabelief_step(Lists &L, const double *h) {
   }
 }
 
-int rt_foreach_optimizer_step(const char *name, rt_tensor *lists, int n_lists, int n, const double *hyper,
-                              int n_hyper, char **err) {
+// The optimizers by name: their lists, their scalars' struct (size and field offsets) and step.
+extern "C++" {
+namespace {
+struct Algo {
+  const char *name;
+  int n_lists;
+  size_t hyper_size;
+  std::vector<size_t> offsets;
+  void (*step)(Lists &, const void *);
+};
+
+template <typename H, void (*F)(Lists &, const H &)>
+void typed(Lists &L, const void *h) {
+  F(L, *static_cast<const H *>(h));
+}
+
+const std::vector<Algo> &algos() {
+#define OFF(T, f) offsetof(T, f)
+  static const std::vector<Algo> a = {
+      {"adan", 6, sizeof(rt_adan_hyper),
+       {OFF(rt_adan_hyper, lr), OFF(rt_adan_hyper, beta1), OFF(rt_adan_hyper, beta2), OFF(rt_adan_hyper, beta3),
+        OFF(rt_adan_hyper, eps), OFF(rt_adan_hyper, weight_decay), OFF(rt_adan_hyper, bc1), OFF(rt_adan_hyper, bc2),
+        OFF(rt_adan_hyper, bc3_sqrt), OFF(rt_adan_hyper, no_prox), OFF(rt_adan_hyper, caution),
+        OFF(rt_adan_hyper, first_step)},
+       typed<rt_adan_hyper, adan_step>},
+      {"laprop", 4, sizeof(rt_laprop_hyper),
+       {OFF(rt_laprop_hyper, lr), OFF(rt_laprop_hyper, beta1), OFF(rt_laprop_hyper, beta2), OFF(rt_laprop_hyper, eps),
+        OFF(rt_laprop_hyper, decay), OFF(rt_laprop_hyper, step_size), OFF(rt_laprop_hyper, bc2),
+        OFF(rt_laprop_hyper, caution)},
+       typed<rt_laprop_hyper, laprop_step>},
+      {"radam", 4, sizeof(rt_radam_hyper),
+       {OFF(rt_radam_hyper, lr), OFF(rt_radam_hyper, beta1), OFF(rt_radam_hyper, beta2), OFF(rt_radam_hyper, eps),
+        OFF(rt_radam_hyper, weight_decay), OFF(rt_radam_hyper, unrect_step_size),
+        OFF(rt_radam_hyper, bias_correction2), OFF(rt_radam_hyper, decoupled)},
+       typed<rt_radam_hyper, radam_step>},
+      {"nadam", 4, sizeof(rt_nadam_hyper),
+       {OFF(rt_nadam_hyper, lr), OFF(rt_nadam_hyper, beta1), OFF(rt_nadam_hyper, beta2), OFF(rt_nadam_hyper, eps),
+        OFF(rt_nadam_hyper, weight_decay), OFF(rt_nadam_hyper, bias_correction_sqrt),
+        OFF(rt_nadam_hyper, step_size_grads), OFF(rt_nadam_hyper, step_size_expavg), OFF(rt_nadam_hyper, decoupled)},
+       typed<rt_nadam_hyper, nadam_step>},
+      {"adabelief", 4, sizeof(rt_adabelief_hyper),
+       {OFF(rt_adabelief_hyper, lr), OFF(rt_adabelief_hyper, beta1), OFF(rt_adabelief_hyper, beta2),
+        OFF(rt_adabelief_hyper, eps), OFF(rt_adabelief_hyper, weight_decay), OFF(rt_adabelief_hyper, bc1),
+        OFF(rt_adabelief_hyper, bc2), OFF(rt_adabelief_hyper, step_size), OFF(rt_adabelief_hyper, rectify)},
+       typed<rt_adabelief_hyper, adabelief_step>},
+  };
+#undef OFF
+  return a;
+}
+
+const Algo *find_algo(const char *name) {
+  for (const auto &a : algos()) {
+    if (std::strcmp(a.name, name) == 0) return &a;
+  }
+  return nullptr;
+}
+}  // namespace
+}  // extern "C++"
+
+int rt_foreach_optimizer_step(const char *name, rt_tensor *lists, int n_lists, int n, const void *hyper,
+                              size_t hyper_size, char **err) {
   return guarded(err, [&] {
+    const Algo *a = find_algo(name);
+    TORCH_CHECK(a != nullptr, "no optimizer step named ", name);
+    TORCH_CHECK(n_lists == a->n_lists && hyper_size == a->hyper_size, name, ": expected ", a->n_lists,
+                " lists and ", a->hyper_size, " bytes of scalars, got ", n_lists, " and ", hyper_size);
     if (n == 0) return;
     at::NoGradGuard no_grad;
-    struct Algo {
-      const char *name;
-      int n_lists, n_hyper;
-      void (*step)(Lists &, const double *);
-    };
-    static const Algo algos[] = {
-        {"adan", 6, 12, adan_step},     {"laprop", 4, 8, laprop_step},       {"radam", 4, 8, radam_step},
-        {"nadam", 4, 9, nadam_step},    {"adabelief", 4, 9, adabelief_step},
-    };
-    for (const auto &a : algos) {
-      if (std::strcmp(a.name, name) != 0) continue;
-      TORCH_CHECK(n_lists == a.n_lists && n_hyper == a.n_hyper, name, ": expected ", a.n_lists, " lists and ",
-                  a.n_hyper, " scalars, got ", n_lists, " and ", n_hyper);
-      Lists L;
-      for (int k = 0; k < n_lists; k++) L.push_back(list(lists + static_cast<size_t>(k) * n, n));
-      a.step(L, hyper);
-      return;
-    }
-    TORCH_CHECK(false, "no optimizer step named ", name);
+    Lists L;
+    for (int k = 0; k < n_lists; k++) L.push_back(list(lists + static_cast<size_t>(k) * n, n));
+    a->step(L, hyper);
   });
+}
+
+int rt_optimizer_hyper_layout(const char *name, size_t *offsets, int cap) {
+  const Algo *a = find_algo(name);
+  if (a == nullptr) return -1;
+  for (size_t i = 0; i < a->offsets.size() && static_cast<int>(i) < cap; i++) offsets[i] = a->offsets[i];
+  return static_cast<int>(a->offsets.size());
 }
 
 int rt_foreach_lerp(rt_tensor *targets, rt_tensor *sources, int n, double weight, char **err) {

@@ -99,21 +99,45 @@ int rt_foreach_lamb(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt
 // With decoupled_decay != 0 (timm's `lambw`: lr wd, or lr^2 / peak wd corrected), p -= decoupled_decay p
 // before the trust ratio and u has no wd p; with caution (timm's `clamb`), u is masked as above.
 
-// One step of the optimizers below over one parameter group, by name: `lists` holds n_lists lists
-// of n tensors back to back, `hyper` n_hyper scalars (both checked against the name's).
-//   adan (timm's Adan, foreach): lists p, g, exp_avg, exp_avg_diff, exp_avg_sq, neg_pre_grad;
-//     scalars lr, beta1, beta2, beta3, eps, weight_decay, bc1, bc2, sqrt(bc3), no_prox, caution,
-//     first_step.
-//   laprop (timm's LaProp): p, g, exp_avg, exp_avg_sq; lr, beta1, beta2, eps, decay, step_size, bc2,
-//     caution.
-//   radam (torch.optim.RAdam): p, g, exp_avg, exp_avg_sq; lr, beta1, beta2, eps, weight_decay,
-//     decoupled, unrect_step_size, bias_correction2 (torch's per-step scalars).
-//   nadam (torch.optim.NAdam): p, g, exp_avg, exp_avg_sq; lr, beta1, beta2, eps, weight_decay,
-//     decoupled, bias_correction_sqrt, step_size_grads, step_size_expavg.
-//   adabelief (timm's AdaBelief, decoupled decay): p, g, exp_avg, exp_avg_var; lr, beta1, beta2, eps,
-//     weight_decay, bc1, bc2, rectify (0 off, 1 adaptive, 2 SGD, 3 none), rectified step size.
-int rt_foreach_optimizer_step(const char *name, rt_tensor *lists, int n_lists, int n, const double *hyper,
-                              int n_hyper, char **err);
+// The scalars of the optimizers reached through rt_foreach_optimizer_step, one struct per
+// optimizer (Rust: ffi::torch's #[repr(C)] twins, checked field by field against
+// rt_optimizer_hyper_layout by a test). Flags are int32_t: 0 or 1.
+// timm's Adan (foreach); bc3_sqrt = sqrt(1 - beta3^t).
+typedef struct {
+  double lr, beta1, beta2, beta3, eps, weight_decay, bc1, bc2, bc3_sqrt;
+  int32_t no_prox, caution, first_step;
+} rt_adan_hyper;
+// timm's LaProp; decay: p -= decay p (lr wd, or lr^2 / peak wd corrected).
+typedef struct {
+  double lr, beta1, beta2, eps, decay, step_size, bc2;
+  int32_t caution;
+} rt_laprop_hyper;
+// torch.optim.RAdam; torch's per-step scalars (0 when the step is not rectified).
+typedef struct {
+  double lr, beta1, beta2, eps, weight_decay, unrect_step_size, bias_correction2;
+  int32_t decoupled;
+} rt_radam_hyper;
+// torch.optim.NAdam; torch's per-step scalars (from the step and mu_product).
+typedef struct {
+  double lr, beta1, beta2, eps, weight_decay, bias_correction_sqrt, step_size_grads, step_size_expavg;
+  int32_t decoupled;
+} rt_nadam_hyper;
+// timm's AdaBelief (decoupled decay); rectify: 0 no, 1 adaptive, 2 SGD, 3 no update.
+typedef struct {
+  double lr, beta1, beta2, eps, weight_decay, bc1, bc2, step_size;
+  int32_t rectify;
+} rt_adabelief_hyper;
+
+// One step of the optimizer `name` (adan, laprop, radam, nadam, adabelief) over one parameter
+// group: `lists` holds n_lists lists of n tensors back to back, `hyper` points to its rt_<name>_hyper
+// of hyper_size bytes (both checked against the name's).
+//   adan: p, g, exp_avg, exp_avg_diff, exp_avg_sq, neg_pre_grad.
+//   laprop, radam, nadam: p, g, exp_avg, exp_avg_sq. adabelief: p, g, exp_avg, exp_avg_var.
+int rt_foreach_optimizer_step(const char *name, rt_tensor *lists, int n_lists, int n, const void *hyper,
+                              size_t hyper_size, char **err);
+// The byte offsets of the fields of `name`'s scalars struct, in declaration order, into `offsets`
+// (at most `cap`); returns how many fields it has, -1 for an unknown name.
+int rt_optimizer_hyper_layout(const char *name, size_t *offsets, int cap);
 
 // Weight averaging (timm's ModelEmaV3): targets = lerp(targets, sources, weight) in place.
 int rt_foreach_lerp(rt_tensor *targets, rt_tensor *sources, int n, double weight, char **err);

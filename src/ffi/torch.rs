@@ -150,10 +150,11 @@ extern "C" {
         lists: *mut *mut c_void,
         n_lists: c_int,
         n: c_int,
-        hyper: *const f64,
-        n_hyper: c_int,
+        hyper: *const c_void,
+        hyper_size: usize,
         err: *mut *mut c_char,
     ) -> c_int;
+    fn rt_optimizer_hyper_layout(name: *const c_char, offsets: *mut usize, cap: c_int) -> c_int;
     fn rt_foreach_lerp(
         targets: *mut *mut c_void,
         sources: *mut *mut c_void,
@@ -578,24 +579,115 @@ pub fn foreach_lamb(
     })
 }
 
-/// One step of a shim optimizer reached by name (`rt_foreach_optimizer_step`: adan, laprop, radam,
-/// nadam, adabelief) over one parameter group: `lists` are the parameters, their gradients and the
-/// optimizer's state lists in the order shim.h gives, `hyper` its scalars in that order.
-pub fn foreach_optimizer_step(name: &str, lists: &[&[Tensor]], hyper: &[f64]) -> Result<()> {
+/// The scalars of one step of an optimizer reached through `rt_foreach_optimizer_step`: a
+/// `#[repr(C)]` twin of shim.h's `rt_<NAME>_hyper` (field for field: `hyper_layout_matches`).
+pub trait OptimizerHyper {
+    /// The optimizer's name in the shim.
+    const NAME: &'static str;
+    /// Its tensor lists: the parameters, their gradients, then its state, in shim.h's order.
+    const LISTS: usize;
+    /// The byte offset of each field, in declaration order.
+    fn offsets() -> Vec<usize>;
+}
+
+macro_rules! optimizer_hyper {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $lists:literal { $($(#[$fdoc:meta])* $field:ident: $t:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        pub struct $ty {
+            $($(#[$fdoc])* pub $field: $t),*
+        }
+        impl OptimizerHyper for $ty {
+            const NAME: &'static str = $name;
+            const LISTS: usize = $lists;
+            fn offsets() -> Vec<usize> {
+                vec![$(std::mem::offset_of!($ty, $field)),*]
+            }
+        }
+    };
+}
+
+optimizer_hyper!(
+    /// timm's Adan: lists p, g, exp_avg, exp_avg_diff, exp_avg_sq, neg_pre_grad.
+    AdanHyper, "adan", 6 {
+        lr: f64, beta1: f64, beta2: f64, beta3: f64, eps: f64, weight_decay: f64, bc1: f64, bc2: f64,
+        /// sqrt(1 - beta3^t).
+        bc3_sqrt: f64,
+        no_prox: i32, caution: i32,
+        /// 1 at the first step (timm sets neg_pre_grad = -grad there).
+        first_step: i32,
+    }
+);
+optimizer_hyper!(
+    /// timm's LaProp: lists p, g, exp_avg, exp_avg_sq.
+    LapropHyper, "laprop", 4 {
+        lr: f64, beta1: f64, beta2: f64, eps: f64,
+        /// p -= decay p (lr wd, or lr^2 / peak wd corrected).
+        decay: f64,
+        step_size: f64, bc2: f64, caution: i32,
+    }
+);
+optimizer_hyper!(
+    /// torch.optim.RAdam: lists p, g, exp_avg, exp_avg_sq; torch's per-step scalars.
+    RadamHyper, "radam", 4 {
+        lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64,
+        /// 0 when the step is rectified.
+        unrect_step_size: f64,
+        /// 0 when the step is not rectified.
+        bias_correction2: f64,
+        decoupled: i32,
+    }
+);
+optimizer_hyper!(
+    /// torch.optim.NAdam: lists p, g, exp_avg, exp_avg_sq; torch's per-step scalars.
+    NadamHyper, "nadam", 4 {
+        lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, bias_correction_sqrt: f64,
+        step_size_grads: f64, step_size_expavg: f64, decoupled: i32,
+    }
+);
+optimizer_hyper!(
+    /// timm's AdaBelief (decoupled decay): lists p, g, exp_avg, exp_avg_var.
+    AdabeliefHyper, "adabelief", 4 {
+        lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, bc1: f64, bc2: f64,
+        /// The rectified step size.
+        step_size: f64,
+        /// 0 no, 1 adaptive, 2 SGD, 3 no update.
+        rectify: i32,
+    }
+);
+
+/// The shim's field offsets of `H`'s twin (None: the shim has no optimizer of that name).
+pub fn shim_hyper_offsets<H: OptimizerHyper>() -> Option<Vec<usize>> {
+    let name = CString::new(H::NAME).ok()?;
+    let mut offsets = vec![0usize; 32];
+    // SAFETY: `offsets` has room for 32 values, the count passed.
+    let n = unsafe { rt_optimizer_hyper_layout(name.as_ptr(), offsets.as_mut_ptr(), 32) };
+    offsets.truncate(usize::try_from(n).ok()?);
+    Some(offsets)
+}
+
+/// One step of a shim optimizer (`rt_foreach_optimizer_step`) over one parameter group: `lists`
+/// are the parameters, their gradients and the optimizer's state lists in shim.h's order.
+pub fn foreach_optimizer_step<H: OptimizerHyper>(lists: &[&[Tensor]], hyper: &H) -> Result<()> {
+    let name = H::NAME;
+    if lists.len() != H::LISTS {
+        return Err(Error::Torch(format!("{name}: {} tensor lists, expected {}", lists.len(), H::LISTS)));
+    }
     same_lengths(name, lists)?;
     let n = lists.first().map_or(0, |l| l.len());
     let mut flat: Vec<*mut c_void> = lists.iter().flat_map(|l| ptrs(l)).collect();
     let c_name = CString::new(name).map_err(|_| Error::Torch(format!("optimizer name {name:?}")))?;
-    // SAFETY: `flat` holds lists.len() arrays of `n` live tensor pointers back to back, `hyper`
-    // hyper.len() values; all valid for the call.
+    // SAFETY: `flat` holds lists.len() arrays of `n` live tensor pointers back to back; `hyper` is
+    // a #[repr(C)] value of size_of::<H>() bytes; all valid for the call.
     call(name, |e| unsafe {
         rt_foreach_optimizer_step(
             c_name.as_ptr(),
             flat.as_mut_ptr(),
             lists.len() as c_int,
             n as c_int,
-            hyper.as_ptr(),
-            hyper.len() as c_int,
+            (hyper as *const H).cast(),
+            std::mem::size_of::<H>(),
             e,
         )
     })

@@ -279,26 +279,9 @@ pub struct TrainConfig {
     /// optimizer's name contains "ada" or "lamb", linear otherwise).
     #[arg(long, value_enum)]
     pub lr_base_scale: Option<LrScaling>,
-    /// Optimizer: momentum (SGD, heavy ball), sgd or nesterov (SGD with Nesterov momentum, as
-    /// timm's `sgd`), sgdw (timm's SGDW: Nesterov SGD with decoupled weight decay), adam (weight decay on the gradient, L2), adamw (decoupled weight decay),
-    /// lamb / lambc (timm's Lamb, lambc with the trust ratio capped at 1), lars / larc / nlars /
-    /// nlarc (timm's Lars: layer-wise adaptive rates for large batches; larc clips each tensor's
-    /// rate at the schedule's, n = Nesterov), lion (timm's Lion: sign momentum, decoupled weight
-    /// decay; use a 3-10x smaller lr and larger weight decay than AdamW's), cadamw / clion
-    /// (timm's cautious AdamW and Lion: the update kept only where its sign agrees with the
-    /// gradient's, rescaled by the share kept), rmsproptf (timm's
-    /// TensorFlow-style RMSprop: alpha 0.9, eps inside the root, lr in the momentum; EfficientNet
-    /// and RA2 recipes), nadamw / cnadamw (timm's NAdamW: AdamW with a Nesterov look-ahead),
-    /// adopt / adoptw / cadopt / cadoptw (timm's ADOPT: converges with any beta2, default
-    /// (0.9, 0.9999); w = decoupled weight decay, c = cautious), lambw / lambcw / clamb / clambw
-    /// (timm's Lamb with decoupled weight decay and/or caution), adan / adanw / cadan / cadanw
-    /// (timm's Adan: adaptive Nesterov momentum, three betas, default 0.98,0.92,0.99; weight decay
-    /// as a proximal step, w = decoupled), laprop / claprop (timm's LaProp: the gradient normalised
-    /// before the momentum; decoupled weight decay), radam / radamw (torch.optim.RAdam: Adam
-    /// rectified, momentum SGD for its first 5 steps), nadam (torch.optim.NAdam), adabelief /
-    /// radabelief (timm's AdaBelief: the second moment of g - m; decoupled weight decay; r =
-    /// rectified). LARS adapts only the groups that decay (by default conv/fc weights), as timm's
-    /// does.
+    /// Optimizer, by timm's names (each value described below; `OPTIMIZERS` in
+    /// src/train/optim/mod.rs holds their defaults). LARS adapts only the groups that decay (by
+    /// default conv/fc weights), as timm's does.
     #[arg(long, value_enum, default_value_t = OptKind::Momentum)]
     pub opt: OptKind,
     /// SGD momentum.
@@ -964,8 +947,9 @@ impl TrainConfig {
             // every config.toml: still accepted, so those runs resume.
             if self.opt.default_betas().is_none() && betas[..] != [0.9, 0.999] {
                 return bad(format!(
-                    "--opt-betas applies to the adam, nadamw, adopt, lamb, lion, adan, laprop, radam, nadam and adabelief variants, not {:?}",
-                    self.opt
+                    "--opt-betas applies to {}, not {}",
+                    OptKind::names_where(|i| i.betas.is_some()),
+                    self.opt.name()
                 ));
             }
             let n = self.opt.num_betas();
@@ -979,15 +963,17 @@ impl TrainConfig {
         }
         if self.corrected_weight_decay && !self.opt.decouples_weight_decay() {
             return bad(format!(
-                "--corrected-weight-decay applies to decoupled weight decay (sgdw, adamw, cadamw, nadamw, cnadamw, adoptw, cadoptw, lion, clion, lambw, lambcw, clambw, laprop, claprop), not {:?}",
-                self.opt
+                "--corrected-weight-decay applies to decoupled weight decay ({}), not {}",
+                OptKind::names_where(|i| i.decoupled),
+                self.opt.name()
             ));
         }
         if let Some(e) = self.opt_eps {
             if !self.opt.has_eps() {
                 return bad(format!(
-                    "--opt-eps applies to the adam, nadamw, adopt, lamb, lars, adan, laprop, radam, nadam and adabelief variants and rmsproptf, not {:?}",
-                    self.opt
+                    "--opt-eps applies to {}, not {}",
+                    OptKind::names_where(|i| i.eps.is_some()),
+                    self.opt.name()
                 ));
             }
             if !(e > 0.0 && e.is_finite()) {
@@ -997,8 +983,9 @@ impl TrainConfig {
         if let Some(c) = self.trust_coeff {
             if !self.opt.is_lars() {
                 return bad(format!(
-                    "--trust-coeff applies to lars, larc, nlars and nlarc, not {:?}",
-                    self.opt
+                    "--trust-coeff applies to {}, not {}",
+                    OptKind::names_where(|i| i.family == crate::train::optim::Family::Lars),
+                    self.opt.name()
                 ));
             }
             if !(c > 0.0 && c.is_finite()) {
@@ -1490,6 +1477,18 @@ mod tests {
             let mut what = help.split_whitespace().collect::<Vec<_>>().join(" ").replace('|', "\\|");
             if !what.ends_with('.') {
                 what.push('.');
+            }
+            // An enum whose doc does not name its values: each value with its own doc.
+            let values: Vec<String> = a
+                .get_possible_values()
+                .iter()
+                .filter(|v| !v.is_hide_set() && v.get_help().is_some())
+                .map(|v| {
+                    format!("`{}`: {}", v.get_name(), v.get_help().map(|h| h.to_string()).unwrap_or_default())
+                })
+                .collect();
+            if !values.is_empty() && a.get_possible_values().iter().any(|v| !what.contains(v.get_name())) {
+                what += &format!(" Values: {}.", values.join("; ").replace('|', "\\|"));
             }
             let aliases: Vec<String> =
                 a.get_visible_aliases().unwrap_or_default().iter().map(|a| a.replace('-', "_")).collect();

@@ -85,6 +85,40 @@ pub fn read_steps(dir: &Path) -> Result<Vec<StepRecord>> {
 
 impl RunLog {
     /// Opens the run's logs, keeping only steps `< keep_steps` and epochs `< keep_epochs`.
+    /// TensorBoard's HParams for the run: the config as given and what it resolved to.
+    pub fn hparams(
+        &mut self,
+        cfg: &super::config::TrainConfig,
+        experiment: &super::setup::Experiment,
+    ) -> Result<()> {
+        use super::tensorboard::HParam;
+        let mut values = Vec::new();
+        let table = toml::Table::try_from(cfg).unwrap_or_default();
+        for (k, v) in table {
+            let h = match v {
+                toml::Value::Integer(i) => HParam::Number(i as f64),
+                toml::Value::Float(f) => HParam::Number(f),
+                toml::Value::Boolean(b) => HParam::Bool(b),
+                toml::Value::String(s) => HParam::Text(s),
+                other => HParam::Text(other.to_string()),
+            };
+            values.push((k, h));
+        }
+        let e = experiment;
+        for (k, v) in [
+            ("world_size", e.world_size as f64),
+            ("device_batch", e.device_batch as f64),
+            ("accum_steps", e.accum_steps as f64),
+            ("global_batch", e.global_batch as f64),
+            ("peak_lr", e.peak_lr),
+            ("steps_per_epoch", e.steps_per_epoch as f64),
+            ("total_steps", e.total_steps as f64),
+        ] {
+            values.push((format!("resolved/{k}"), HParam::Number(v)));
+        }
+        self.tb.hparams(&values)
+    }
+
     pub fn open(dir: &Path, keep_steps: usize, keep_epochs: usize) -> Result<Self> {
         let jsonl_path = dir.join("metrics.jsonl");
         let kept: Vec<String> = std::fs::read_to_string(&jsonl_path)
@@ -133,7 +167,9 @@ impl RunLog {
         let keep_steps = keep_steps as i64;
         let keep_epochs = keep_epochs as i64;
         super::tensorboard::truncate(&tb_dir, |tag, step| {
-            step < if tag.starts_with("epoch/") { keep_epochs } else { keep_steps }
+            // The run's hparams (written once, at its start) stay.
+            tag == super::tensorboard::HPARAMS_TAG
+                || step < if tag.starts_with("epoch/") { keep_epochs } else { keep_steps }
         })?;
         let tb = EventWriter::create(&tb_dir)?;
         Ok(Self { dir: dir.to_path_buf(), jsonl, epochs, tb })

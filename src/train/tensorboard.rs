@@ -15,6 +15,41 @@ use std::path::{Path, PathBuf};
 use tensorboard_proto::event::Event;
 use tensorboard_proto::summary::{Summary, Summary_Value};
 
+/// The tag of the hparams plugin's session start (tensorboard/plugins/hparams/metadata.py).
+pub const HPARAMS_TAG: &str = "_hparams_/session_start_info";
+
+/// A hyper-parameter's value, as the HParams dashboard shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HParam {
+    Number(f64),
+    Text(String),
+    Bool(bool),
+}
+
+/// The hyper-parameters of an event file (its first session start), by name.
+pub fn read_hparams(path: &Path) -> Result<std::collections::BTreeMap<String, HParam>> {
+    use tensorboard_proto::plugin_hparams::HParamsPluginData;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut out = std::collections::BTreeMap::new();
+    let events = events(&bytes).0;
+    let first = events.iter().flat_map(|e| e.get_summary().get_value()).find(|v| v.get_tag() == HPARAMS_TAG);
+    if let Some(v) = first {
+        let data = HParamsPluginData::parse_from_bytes(v.get_metadata().get_plugin_data().get_content())
+            .map_err(|e| Error::file(path, format!("hparams: {e}")))?;
+        for (name, value) in data.get_session_start_info().get_hparams() {
+            let h = if value.has_number_value() {
+                HParam::Number(value.get_number_value())
+            } else if value.has_bool_value() {
+                HParam::Bool(value.get_bool_value())
+            } else {
+                HParam::Text(value.get_string_value().to_string())
+            };
+            out.insert(name.clone(), h);
+        }
+    }
+    Ok(out)
+}
+
 /// Appends events to a new event file of a folder.
 pub struct EventWriter {
     path: PathBuf,
@@ -76,6 +111,43 @@ impl EventWriter {
         let mut event = Event::new();
         event.set_wall_time(wall_time());
         event.set_step(step as i64);
+        event.set_summary(summary);
+        self.write(&event)
+    }
+
+    /// The run's hyper-parameters for TensorBoard's HParams dashboard: one session start
+    /// (`_hparams_/session_start_info`, the hparams plugin's data) with every value; the metrics
+    /// are the run's scalars.
+    pub fn hparams(&mut self, values: &[(String, HParam)]) -> Result<()> {
+        use protobuf::well_known_types::Value;
+        use tensorboard_proto::plugin_hparams::{HParamsPluginData, SessionStartInfo};
+        use tensorboard_proto::summary::{SummaryMetadata, SummaryMetadata_PluginData};
+        let mut start = SessionStartInfo::new();
+        for (name, v) in values {
+            let mut value = Value::new();
+            match v {
+                HParam::Number(x) => value.set_number_value(*x),
+                HParam::Text(t) => value.set_string_value(t.clone()),
+                HParam::Bool(b) => value.set_bool_value(*b),
+            }
+            start.mut_hparams().insert(name.clone(), value);
+        }
+        start.set_start_time_secs(wall_time());
+        let mut data = HParamsPluginData::new();
+        data.set_session_start_info(start);
+        let content = data.write_to_bytes().map_err(|e| Error::file(&self.path, format!("hparams: {e}")))?;
+        let mut plugin = SummaryMetadata_PluginData::new();
+        plugin.set_plugin_name("hparams".into());
+        plugin.set_content(content);
+        let mut metadata = SummaryMetadata::new();
+        metadata.set_plugin_data(plugin);
+        let mut value = Summary_Value::new();
+        value.set_tag(HPARAMS_TAG.into());
+        value.set_metadata(metadata);
+        let mut summary = Summary::new();
+        summary.set_value(RepeatedField::from_vec(vec![value]));
+        let mut event = Event::new();
+        event.set_wall_time(wall_time());
         event.set_summary(summary);
         self.write(&event)
     }

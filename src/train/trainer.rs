@@ -153,7 +153,11 @@ impl Trainer {
             let text = format!("{}{run_config}", experiment.toml_header());
             crate::fsutil::write_atomic(&folder.dir.join("config.toml"), text.as_bytes())?;
         }
-        let log = if main { Some(RunLog::open(&folder.dir, state.step, state.epoch)?) } else { None };
+        let mut log = if main { Some(RunLog::open(&folder.dir, state.step, state.epoch)?) } else { None };
+        if let (Some(log), Start::Fresh) = (&mut log, folder.start) {
+            // Once, at the start (a resume's event files keep the run's).
+            log.hparams(&engine.cfg, &experiment)?;
+        }
         let device_words = crate::runtime::describe_device(rt.device);
         if main {
             let session = super::sessions::Session::this_process(

@@ -6,7 +6,7 @@
 
 use super::{named, step_counter, zeros_like_groups, Group, Optimizer};
 use crate::error::Result;
-use crate::ffi::foreach_optimizer_step;
+use crate::ffi::{foreach_optimizer_step, AdabeliefHyper};
 use tch::Tensor;
 
 pub struct AdaBelief {
@@ -34,9 +34,9 @@ impl AdaBelief {
 
     /// timm's rectification at step `t`: (0 = off, 1 = adaptive, 2 = SGD, 3 = no update; the
     /// learning-rate-free step size).
-    fn rectified(&self, t: i32) -> (f64, f64) {
+    fn rectified(&self, t: i32) -> (i32, f64) {
         if !self.rectify {
-            return (0.0, 0.0);
+            return (0, 0.0);
         }
         let (beta1, beta2) = self.betas;
         let beta2_t = beta2.powf(t as f64);
@@ -49,10 +49,10 @@ impl AdaBelief {
                 / (num_sma_max - 2.0))
                 .sqrt()
                 / (1.0 - beta1.powf(t as f64));
-            (1.0, step_size)
+            (1, step_size)
         } else {
             // degenerated_to_sgd (timm's default): momentum SGD with the first moment's bias correction.
-            (2.0, 1.0 / (1.0 - beta1.powf(t as f64)))
+            (2, 1.0 / (1.0 - beta1.powf(t as f64)))
         }
     }
 }
@@ -70,9 +70,19 @@ impl Optimizer for AdaBelief {
                 continue;
             }
             let lr = lr * g.lr_scale;
-            let hyper = [lr, beta1, beta2, self.eps, g.weight_decay, bc1, bc2, rectify, step_size];
+            let hyper = AdabeliefHyper {
+                lr,
+                beta1,
+                beta2,
+                eps: self.eps,
+                weight_decay: g.weight_decay,
+                bc1,
+                bc2,
+                step_size,
+                rectify,
+            };
             let lists: Vec<&[Tensor]> = vec![&params, &grads, &sel[0], &sel[1]];
-            foreach_optimizer_step("adabelief", &lists, &hyper)?;
+            foreach_optimizer_step(&lists, &hyper)?;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@
 
 use super::{named, step_counter, zeros_like_groups, Group, Optimizer};
 use crate::error::Result;
-use crate::ffi::foreach_optimizer_step;
+use crate::ffi::{foreach_optimizer_step, AdanHyper};
 use tch::Tensor;
 
 pub struct Adan {
@@ -58,23 +58,23 @@ impl Optimizer for Adan {
                 &self.neg_pre_grad[i],
             ]);
             let lr = lr * g.lr_scale;
-            let hyper = [
+            let hyper = AdanHyper {
                 lr,
                 beta1,
                 beta2,
                 beta3,
-                self.eps,
-                g.weight_decay,
-                bc(beta1),
-                bc(beta2),
-                bc(beta3).sqrt(),
-                self.no_prox as u8 as f64,
-                self.caution as u8 as f64,
-                (t == 1) as u8 as f64,
-            ];
+                eps: self.eps,
+                weight_decay: g.weight_decay,
+                bc1: bc(beta1),
+                bc2: bc(beta2),
+                bc3_sqrt: bc(beta3).sqrt(),
+                no_prox: self.no_prox as i32,
+                caution: self.caution as i32,
+                first_step: (t == 1) as i32,
+            };
             let lists: Vec<&[Tensor]> =
                 [&params[..], &grads[..]].into_iter().chain(sel.iter().map(|l| &l[..])).collect();
-            foreach_optimizer_step("adan", &lists, &hyper)?;
+            foreach_optimizer_step(&lists, &hyper)?;
         }
         Ok(())
     }

@@ -9,7 +9,7 @@
 
 use super::{named, zeros_like_groups, Group, Optimizer};
 use crate::error::Result;
-use crate::ffi::foreach_optimizer_step;
+use crate::ffi::{foreach_optimizer_step, LapropHyper};
 use tch::{Device, Kind, Tensor};
 
 pub struct LaProp {
@@ -62,18 +62,18 @@ impl Optimizer for LaProp {
             })?;
             let step_size = if lr_1 != 0.0 { lr / lr_1 } else { 0.0 };
             let decay = lr * g.decay_at(lr);
-            let hyper = [
+            let hyper = LapropHyper {
                 lr,
                 beta1,
                 beta2,
-                self.eps,
+                eps: self.eps,
                 decay,
                 step_size,
-                self.exp_avg_lr_2[i].double_value(&[]),
-                self.caution as u8 as f64,
-            ];
+                bc2: self.exp_avg_lr_2[i].double_value(&[]),
+                caution: self.caution as i32,
+            };
             let lists: Vec<&[Tensor]> = vec![&params, &grads, &sel[0], &sel[1]];
-            foreach_optimizer_step("laprop", &lists, &hyper)?;
+            foreach_optimizer_step(&lists, &hyper)?;
         }
         Ok(())
     }

@@ -76,7 +76,8 @@ pub enum OptKind {
     Nlars,
     /// LARC with Nesterov momentum (timm's `nlarc`).
     Nlarc,
-    /// Sign momentum with decoupled weight decay (timm's Lion; Chen et al. 2023).
+    /// Sign momentum with decoupled weight decay (timm's Lion; Chen et al. 2023): use a 3-10x
+    /// smaller lr and a larger weight decay than AdamW's.
     Lion,
     /// Cautious Lion (timm's `clion`; Liang et al. 2024): Lion's update kept only where its sign
     /// agrees with the gradient's, rescaled by the share kept.
@@ -146,112 +147,163 @@ impl OptKind {
         self.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
     }
 
+    /// The optimizer's row of the catalog.
+    pub fn info(self) -> &'static OptInfo {
+        OPTIMIZERS.iter().find(|i| i.kind == self).expect("every optimizer has a row in OPTIMIZERS")
+    }
+
+    /// The names of the optimizers for which `pred` holds, for messages ("adam, adamw, ...").
+    pub fn names_where(pred: impl Fn(&OptInfo) -> bool) -> String {
+        OPTIMIZERS.iter().filter(|i| pred(i)).map(|i| i.kind.name()).collect::<Vec<_>>().join(", ")
+    }
+
     /// One of timm's Lars variants.
     pub fn is_lars(self) -> bool {
-        matches!(self, OptKind::Lars | OptKind::Larc | OptKind::Nlars | OptKind::Nlarc)
+        self.info().family == Family::Lars
     }
 
     /// Whether the weight decay is decoupled from the gradient (what timm's corrected weight decay
     /// applies to).
     pub fn decouples_weight_decay(self) -> bool {
-        matches!(
-            self,
-            OptKind::Adamw
-                | OptKind::Sgdw
-                | OptKind::Cadamw
-                | OptKind::Nadamw
-                | OptKind::Cnadamw
-                | OptKind::Adoptw
-                | OptKind::Cadoptw
-                | OptKind::Lion
-                | OptKind::Clion
-                | OptKind::Lambw
-                | OptKind::Lambcw
-                | OptKind::Clambw
-                | OptKind::Laprop
-                | OptKind::Claprop
-        )
+        self.info().decoupled
     }
 
     /// The number of betas (`--opt-betas`): three for Adan, else two.
     pub fn num_betas(self) -> usize {
-        if self.is_adan() {
-            3
-        } else {
-            2
-        }
+        self.info().betas.map_or(2, |b| b.len())
     }
 
     /// One of timm's Adan variants.
     pub fn is_adan(self) -> bool {
-        matches!(self, OptKind::Adan | OptKind::Adanw | OptKind::Cadan | OptKind::Cadanw)
+        self.info().family == Family::Adan
     }
 
     /// One of timm's Lamb variants.
     pub fn is_lamb(self) -> bool {
-        matches!(
-            self,
-            OptKind::Lamb
-                | OptKind::Lambc
-                | OptKind::Lambw
-                | OptKind::Lambcw
-                | OptKind::Clamb
-                | OptKind::Clambw
-        )
+        self.info().family == Family::Lamb
     }
 
     /// One of timm's ADOPT variants.
     pub fn is_adopt(self) -> bool {
-        matches!(self, OptKind::Adopt | OptKind::Adoptw | OptKind::Cadopt | OptKind::Cadoptw)
+        self.info().family == Family::Adopt
     }
 
-    /// The optimizer's default betas, None where it has none (timm's and torch's defaults:
-    /// Adam, AdamW, NAdamW and LAMB (0.9, 0.999), Lion (0.9, 0.99), ADOPT (0.9, 0.9999)).
+    /// The optimizer's default betas (the first two), None where it has none.
     pub fn default_betas(self) -> Option<(f64, f64)> {
-        match self {
-            OptKind::Adam
-            | OptKind::Adamw
-            | OptKind::Cadamw
-            | OptKind::Nadamw
-            | OptKind::Cnadamw
-            | OptKind::Radam
-            | OptKind::Radamw
-            | OptKind::Nadam
-            | OptKind::Laprop
-            | OptKind::Claprop
-            | OptKind::Adabelief
-            | OptKind::Radabelief => Some((0.9, 0.999)),
-            k if k.is_lamb() => Some((0.9, 0.999)),
-            k if k.is_adan() => Some((0.98, 0.92)),
-            OptKind::Lion | OptKind::Clion => Some((0.9, 0.99)),
-            k if k.is_adopt() => Some((0.9, 0.9999)),
-            _ => None,
-        }
+        self.info().betas.map(|b| (b[0], b[1]))
     }
 
     /// Whether the optimizer has an epsilon (`--opt-eps`).
     pub fn has_eps(self) -> bool {
-        matches!(
-            self,
-            OptKind::Adam
-                | OptKind::Adamw
-                | OptKind::Cadamw
-                | OptKind::Nadamw
-                | OptKind::Cnadamw
-                | OptKind::Rmsproptf
-                | OptKind::Laprop
-                | OptKind::Claprop
-                | OptKind::Radam
-                | OptKind::Radamw
-                | OptKind::Nadam
-                | OptKind::Adabelief
-                | OptKind::Radabelief
-        ) || self.is_lars()
-            || self.is_lamb()
-            || self.is_adan()
-            || self.is_adopt()
+        self.info().eps.is_some()
     }
 }
+
+/// Which implementation steps an optimizer (src/train/optim/*.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Sgd,
+    Lars,
+    Adam,
+    TimmAdamW,
+    Lamb,
+    Adan,
+    Laprop,
+    TorchAdam,
+    AdaBelief,
+    Adopt,
+    Lion,
+    RmspropTf,
+}
+
+/// What the code needs to know about an optimizer, one row each (timm's `OptimInfo` registry is
+/// the model): the predicates above, `create` and the config's messages read it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OptInfo {
+    pub kind: OptKind,
+    pub family: Family,
+    /// Decoupled weight decay (p -= lr wd p, not wd p added to the gradient).
+    pub decoupled: bool,
+    /// Default betas, as many as `--opt-betas` takes (None: it has none).
+    pub betas: Option<&'static [f64]>,
+    /// Default epsilon (None: it has none).
+    pub eps: Option<f64>,
+    /// Nesterov momentum or look-ahead.
+    pub nesterov: bool,
+    /// timm's caution: the update kept where its sign agrees with the gradient's.
+    pub caution: bool,
+}
+
+const ADAM_BETAS: &[f64] = &[0.9, 0.999];
+
+const fn row(
+    kind: OptKind,
+    family: Family,
+    decoupled: bool,
+    betas: Option<&'static [f64]>,
+    eps: Option<f64>,
+) -> OptInfo {
+    OptInfo { kind, family, decoupled, betas, eps, nesterov: false, caution: false }
+}
+
+const fn nesterov(mut i: OptInfo) -> OptInfo {
+    i.nesterov = true;
+    i
+}
+
+const fn cautious(mut i: OptInfo) -> OptInfo {
+    i.caution = true;
+    i
+}
+
+/// Every optimizer, with timm's and torch's defaults.
+pub const OPTIMIZERS: &[OptInfo] = {
+    use Family as F;
+    use OptKind as K;
+    let adan: Option<&'static [f64]> = Some(&[0.98, 0.92, 0.99]);
+    let lion: Option<&'static [f64]> = Some(&[0.9, 0.99]);
+    let adopt: Option<&'static [f64]> = Some(&[0.9, 0.9999]);
+    let adam = Some(ADAM_BETAS);
+    &[
+        nesterov(row(K::Sgd, F::Sgd, false, None, None)),
+        row(K::Momentum, F::Sgd, false, None, None),
+        nesterov(row(K::Nesterov, F::Sgd, false, None, None)),
+        nesterov(row(K::Sgdw, F::Sgd, true, None, None)),
+        row(K::Lars, F::Lars, false, None, Some(1e-8)),
+        row(K::Larc, F::Lars, false, None, Some(1e-8)),
+        nesterov(row(K::Nlars, F::Lars, false, None, Some(1e-8))),
+        nesterov(row(K::Nlarc, F::Lars, false, None, Some(1e-8))),
+        row(K::Adam, F::Adam, false, adam, Some(1e-8)),
+        row(K::Adamw, F::Adam, true, adam, Some(1e-8)),
+        cautious(row(K::Cadamw, F::TimmAdamW, true, adam, Some(1e-8))),
+        nesterov(row(K::Nadamw, F::TimmAdamW, true, adam, Some(1e-8))),
+        cautious(nesterov(row(K::Cnadamw, F::TimmAdamW, true, adam, Some(1e-8)))),
+        row(K::Lamb, F::Lamb, false, adam, Some(1e-6)),
+        row(K::Lambc, F::Lamb, false, adam, Some(1e-6)),
+        row(K::Lambw, F::Lamb, true, adam, Some(1e-6)),
+        row(K::Lambcw, F::Lamb, true, adam, Some(1e-6)),
+        cautious(row(K::Clamb, F::Lamb, false, adam, Some(1e-6))),
+        cautious(row(K::Clambw, F::Lamb, true, adam, Some(1e-6))),
+        row(K::Adan, F::Adan, false, adan, Some(1e-8)),
+        row(K::Adanw, F::Adan, false, adan, Some(1e-8)),
+        cautious(row(K::Cadan, F::Adan, false, adan, Some(1e-8))),
+        cautious(row(K::Cadanw, F::Adan, false, adan, Some(1e-8))),
+        row(K::Laprop, F::Laprop, true, adam, Some(1e-15)),
+        cautious(row(K::Claprop, F::Laprop, true, adam, Some(1e-15))),
+        row(K::Radam, F::TorchAdam, false, adam, Some(1e-8)),
+        row(K::Radamw, F::TorchAdam, false, adam, Some(1e-8)),
+        row(K::Nadam, F::TorchAdam, false, adam, Some(1e-8)),
+        row(K::Adabelief, F::AdaBelief, false, adam, Some(1e-16)),
+        row(K::Radabelief, F::AdaBelief, false, adam, Some(1e-16)),
+        row(K::Adopt, F::Adopt, false, adopt, Some(1e-6)),
+        row(K::Adoptw, F::Adopt, true, adopt, Some(1e-6)),
+        cautious(row(K::Cadopt, F::Adopt, false, adopt, Some(1e-6))),
+        cautious(row(K::Cadoptw, F::Adopt, true, adopt, Some(1e-6))),
+        row(K::Lion, F::Lion, true, lion, None),
+        cautious(row(K::Clion, F::Lion, true, lion, None)),
+        row(K::Rmsproptf, F::RmspropTf, false, None, Some(1e-10)),
+    ]
+};
 
 /// What every optimizer does. The state is named tensors that live in the optimizer (buffers and
 /// step counters); `load_state` copies saved values into them in place.
@@ -338,66 +390,42 @@ pub fn create(cfg: &OptConfig, vs: &nn::VarStore) -> Box<dyn Optimizer> {
     for g in groups.iter_mut().filter(|g| g.kind == ParamGroup::Activation) {
         g.lr_scale = cfg.act_lr_scale;
     }
+    let info = cfg.kind.info();
     let betas = cfg.betas.or(cfg.kind.default_betas()).unwrap_or((0.9, 0.999));
-    match cfg.kind {
-        OptKind::Momentum | OptKind::Sgd | OptKind::Nesterov => {
-            let nesterov = cfg.nesterov || cfg.kind != OptKind::Momentum;
-            Box::new(Sgd::new(groups, cfg.momentum, nesterov, None))
-        }
-        OptKind::Sgdw => Box::new(Sgd::decoupled(groups, cfg.momentum, true)),
-        OptKind::Lars | OptKind::Larc | OptKind::Nlars | OptKind::Nlarc => {
-            let nesterov = cfg.nesterov || matches!(cfg.kind, OptKind::Nlars | OptKind::Nlarc);
+    let eps = cfg.eps.or(info.eps).unwrap_or(1e-8);
+    let (k, decoupled, caution) = (cfg.kind, info.decoupled, info.caution);
+    match info.family {
+        Family::Sgd if decoupled => Box::new(Sgd::decoupled(groups, cfg.momentum, info.nesterov)),
+        Family::Sgd => Box::new(Sgd::new(groups, cfg.momentum, cfg.nesterov || info.nesterov, None)),
+        Family::Lars => {
             let trust = LarsTrust {
                 coeff: cfg.trust_coeff,
-                eps: cfg.eps.unwrap_or(1e-8),
-                clip: matches!(cfg.kind, OptKind::Larc | OptKind::Nlarc),
+                eps,
+                clip: matches!(k, OptKind::Larc | OptKind::Nlarc),
                 always_adapt: false,
             };
-            Box::new(Sgd::new(groups, cfg.momentum, nesterov, Some(trust)))
+            Box::new(Sgd::new(groups, cfg.momentum, cfg.nesterov || info.nesterov, Some(trust)))
         }
-        OptKind::Adam | OptKind::Adamw => {
-            Box::new(Adam::new(groups, betas, cfg.eps.unwrap_or(1e-8), cfg.kind == OptKind::Adamw))
-        }
-        k @ (OptKind::Lamb
-        | OptKind::Lambc
-        | OptKind::Lambw
-        | OptKind::Lambcw
-        | OptKind::Clamb
-        | OptKind::Clambw) => {
+        Family::Adam => Box::new(Adam::new(groups, betas, eps, decoupled)),
+        Family::Lamb => {
             let trust_clip = matches!(k, OptKind::Lambc | OptKind::Lambcw);
-            let decoupled = matches!(k, OptKind::Lambw | OptKind::Lambcw | OptKind::Clambw);
-            let caution = matches!(k, OptKind::Clamb | OptKind::Clambw);
-            Box::new(Lamb::variant(groups, betas, cfg.eps.unwrap_or(1e-6), trust_clip, decoupled, caution))
+            Box::new(Lamb::variant(groups, betas, eps, trust_clip, decoupled, caution))
         }
-        k @ (OptKind::Adan | OptKind::Adanw | OptKind::Cadan | OptKind::Cadanw) => {
+        Family::Adan => {
             let no_prox = matches!(k, OptKind::Adanw | OptKind::Cadanw);
-            let caution = matches!(k, OptKind::Cadan | OptKind::Cadanw);
             let betas = (betas.0, betas.1, cfg.beta3.unwrap_or(0.99));
-            Box::new(Adan::new(groups, betas, cfg.eps.unwrap_or(1e-8), no_prox, caution))
+            Box::new(Adan::new(groups, betas, eps, no_prox, caution))
         }
-        OptKind::Laprop | OptKind::Claprop => {
-            Box::new(LaProp::new(groups, betas, cfg.eps.unwrap_or(1e-15), cfg.kind == OptKind::Claprop))
+        Family::Laprop => Box::new(LaProp::new(groups, betas, eps, caution)),
+        Family::TorchAdam => {
+            let kind = if k == OptKind::Nadam { TorchAdamKind::Nadam } else { TorchAdamKind::Radam };
+            Box::new(TorchAdam::new(kind, groups, betas, eps, k == OptKind::Radamw))
         }
-        OptKind::Radam | OptKind::Radamw | OptKind::Nadam => {
-            let kind = if cfg.kind == OptKind::Nadam { TorchAdamKind::Nadam } else { TorchAdamKind::Radam };
-            let decoupled = cfg.kind == OptKind::Radamw;
-            Box::new(TorchAdam::new(kind, groups, betas, cfg.eps.unwrap_or(1e-8), decoupled))
-        }
-        OptKind::Adabelief | OptKind::Radabelief => {
-            Box::new(AdaBelief::new(groups, betas, cfg.eps.unwrap_or(1e-16), cfg.kind == OptKind::Radabelief))
-        }
-        OptKind::Cadamw | OptKind::Nadamw | OptKind::Cnadamw => {
-            let nesterov = cfg.kind != OptKind::Cadamw;
-            let caution = cfg.kind != OptKind::Nadamw;
-            Box::new(TimmAdamW::new(groups, betas, cfg.eps.unwrap_or(1e-8), nesterov, caution))
-        }
-        OptKind::Adopt | OptKind::Adoptw | OptKind::Cadopt | OptKind::Cadoptw => {
-            let decoupled = matches!(cfg.kind, OptKind::Adoptw | OptKind::Cadoptw);
-            let caution = matches!(cfg.kind, OptKind::Cadopt | OptKind::Cadoptw);
-            Box::new(Adopt::new(groups, betas, cfg.eps.unwrap_or(1e-6), decoupled, caution))
-        }
-        OptKind::Lion | OptKind::Clion => Box::new(Lion::new(groups, betas, cfg.kind == OptKind::Clion)),
-        OptKind::Rmsproptf => Box::new(RmspropTf::new(groups, cfg.momentum, cfg.eps.unwrap_or(1e-10))),
+        Family::AdaBelief => Box::new(AdaBelief::new(groups, betas, eps, k == OptKind::Radabelief)),
+        Family::TimmAdamW => Box::new(TimmAdamW::new(groups, betas, eps, info.nesterov, caution)),
+        Family::Adopt => Box::new(Adopt::new(groups, betas, eps, decoupled, caution)),
+        Family::Lion => Box::new(Lion::new(groups, betas, caution)),
+        Family::RmspropTf => Box::new(RmspropTf::new(groups, cfg.momentum, eps)),
     }
 }
 
@@ -541,6 +569,16 @@ fn step_counter() -> Tensor {
 
 #[cfg(test)]
 mod tests {
+    /// The catalog has one row per optimizer the config accepts.
+    #[test]
+    fn every_optimizer_has_one_row() {
+        use clap::ValueEnum;
+        for k in OptKind::value_variants() {
+            assert_eq!(OPTIMIZERS.iter().filter(|i| i.kind == *k).count(), 1, "{k:?}");
+        }
+        assert_eq!(OPTIMIZERS.len(), OptKind::value_variants().len());
+    }
+
     use super::*;
     use crate::model::{ActConfig, ActKind, Arch, ResNet, ResNetConfig};
     use tch::Device;

@@ -8,7 +8,7 @@
 
 use super::{named, step_counter, zeros_like_groups, Group, Optimizer};
 use crate::error::Result;
-use crate::ffi::foreach_optimizer_step;
+use crate::ffi::{foreach_optimizer_step, NadamHyper, RadamHyper};
 use tch::{Device, Kind, Tensor};
 
 /// torch.optim.NAdam's `momentum_decay` default.
@@ -95,32 +95,38 @@ impl Optimizer for TorchAdam {
                 continue;
             }
             let lr = lr * g.lr_scale;
-            let decoupled = self.decoupled as u8 as f64;
-            let (name, hyper) = match self.kind {
+            let decoupled = self.decoupled as i32;
+            let lists: Vec<&[Tensor]> = vec![&params, &grads, &sel[0], &sel[1]];
+            match self.kind {
                 TorchAdamKind::Radam => {
-                    let (unrect, bc2) = self.radam_scalars(lr, t);
-                    ("radam", vec![lr, beta1, beta2, self.eps, g.weight_decay, decoupled, unrect, bc2])
-                }
-                TorchAdamKind::Nadam => {
-                    let bc_sqrt = (1.0 - beta2.powf(t)).powf(0.5);
-                    let step_size_grads = -(lr * (1.0 - mu) / (1.0 - mu_product));
-                    let step_size_expavg = -(lr * mu_next / (1.0 - mu_product * mu_next));
-                    let h = vec![
+                    let (unrect_step_size, bias_correction2) = self.radam_scalars(lr, t);
+                    let hyper = RadamHyper {
                         lr,
                         beta1,
                         beta2,
-                        self.eps,
-                        g.weight_decay,
+                        eps: self.eps,
+                        weight_decay: g.weight_decay,
+                        unrect_step_size,
+                        bias_correction2,
                         decoupled,
-                        bc_sqrt,
-                        step_size_grads,
-                        step_size_expavg,
-                    ];
-                    ("nadam", h)
+                    };
+                    foreach_optimizer_step(&lists, &hyper)?;
                 }
-            };
-            let lists: Vec<&[Tensor]> = vec![&params, &grads, &sel[0], &sel[1]];
-            foreach_optimizer_step(name, &lists, &hyper)?;
+                TorchAdamKind::Nadam => {
+                    let hyper = NadamHyper {
+                        lr,
+                        beta1,
+                        beta2,
+                        eps: self.eps,
+                        weight_decay: g.weight_decay,
+                        bias_correction_sqrt: (1.0 - beta2.powf(t)).powf(0.5),
+                        step_size_grads: -(lr * (1.0 - mu) / (1.0 - mu_product)),
+                        step_size_expavg: -(lr * mu_next / (1.0 - mu_product * mu_next)),
+                        decoupled,
+                    };
+                    foreach_optimizer_step(&lists, &hyper)?;
+                }
+            }
         }
         Ok(())
     }
