@@ -101,14 +101,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let (batch, res) = (cfg.batch_size as i64, cfg.train_size as i64);
     let images_per_step = (cfg.batch_size * cfg.accum_steps.max(1) * world) as f64;
     let lr = cfg.peak_lr(images_per_step as usize);
-    let mut x = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
-    if cfg.channels_last {
-        x = crate::ffi::to_channels_last(&x)?;
-    }
-    let y = Tensor::randint(a.classes, [batch], (Kind::Int64, device));
-    // One optimizer step: accum_steps micro-batches, as the trainer takes them.
-    let micro: Vec<(Tensor, Tensor)> =
-        (0..cfg.accum_steps.max(1)).map(|_| (x.shallow_clone(), y.shallow_clone())).collect();
+    let micro = synthetic_step(&cfg, a.classes, device)?;
     let mut guards = GuardState::default();
     let mut loss = f64::NAN;
     let mut step = 0usize;
@@ -134,18 +127,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     sync();
     let dt = t0.elapsed().as_secs_f64();
     let peak_rss = crate::ffi::process::peak_rss_bytes();
-    // The gradient all-reduce alone (as many times as steps), on gradients of the real sizes.
     let allreduce_ms = match &dist {
-        Some(d) => {
-            let grads: Vec<Tensor> = engine.vs.trainable_variables().iter().map(|t| t.zeros_like()).collect();
-            d.barrier()?;
-            let t = Instant::now();
-            for _ in 0..a.steps {
-                d.average(&grads)?;
-            }
-            sync();
-            Some((1000.0 * t.elapsed().as_secs_f64() / a.steps as f64 * 100.0).round() / 100.0)
-        }
+        Some(d) => Some(time_allreduce(&engine, d, a.steps, &sync)?),
         None => None,
     };
     let mut out = serde_json::json!({
@@ -201,4 +184,29 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
 fn gib(bytes: u64) -> f64 {
     (bytes as f64 / (1u64 << 30) as f64 * 1000.0).round() / 1000.0
+}
+
+/// One optimizer step's synthetic micro-batches on the device: `accum_steps` of them, as the
+/// trainer takes them (the same tensors: the data's values do not change the step's cost).
+fn synthetic_step(cfg: &TrainConfig, classes: i64, device: Device) -> Result<Vec<(Tensor, Tensor)>> {
+    let (batch, res) = (cfg.batch_size as i64, cfg.train_size as i64);
+    let mut x = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
+    if cfg.channels_last {
+        x = crate::ffi::to_channels_last(&x)?;
+    }
+    let y = Tensor::randint(classes, [batch], (Kind::Int64, device));
+    Ok((0..cfg.accum_steps.max(1)).map(|_| (x.shallow_clone(), y.shallow_clone())).collect())
+}
+
+/// Milliseconds of the gradient all-reduce alone (the mean of `steps`), on gradients of the
+/// model's sizes: what overlapping it with the backward pass could save at most.
+fn time_allreduce(engine: &Engine, d: &crate::dist::Dist, steps: usize, sync: &dyn Fn()) -> Result<f64> {
+    let grads: Vec<Tensor> = engine.vs.trainable_variables().iter().map(|t| t.zeros_like()).collect();
+    d.barrier()?;
+    let t = Instant::now();
+    for _ in 0..steps {
+        d.average(&grads)?;
+    }
+    sync();
+    Ok((1000.0 * t.elapsed().as_secs_f64() / steps as f64 * 100.0).round() / 100.0)
 }

@@ -100,7 +100,6 @@ pub fn run(a: CheckActArgs) -> Result<()> {
     for op in [PolyCom::PolyRelu, PolyCom::PolyNorm] {
         for order in 1..=8i64 {
             for dtype in [Kind::Float, Kind::Double, Kind::BFloat16, Kind::Half] {
-                let acc = if dtype == Kind::Double { Kind::Double } else { Kind::Float };
                 for lowp_out in [false, true] {
                     if lowp_out && !matches!(dtype, Kind::BFloat16 | Kind::Half) {
                         continue;
@@ -110,95 +109,9 @@ pub fn run(a: CheckActArgs) -> Result<()> {
                             if channels_last && shape.len() != 4 {
                                 continue;
                             }
-                            let opts = (Kind::Double, device);
-                            let spread = if dtype == Kind::Half { 0.8 } else { 1.3 };
-                            let mut x = (Tensor::randn(shape, opts) * spread).to_kind(dtype);
-                            if name == "offset" {
-                                let numel: i64 = shape.iter().product();
-                                let storage = Tensor::zeros([numel + 1], (dtype, device));
-                                let mut view = storage.narrow(0, 1, numel).view(shape);
-                                view.copy_(&x);
-                                x = view;
-                            }
-                            if channels_last {
-                                x = ffi::to_channels_last(&x)?;
-                            }
-                            let w = (Tensor::randn([order], opts) / order as f64).to_kind(acc);
-                            let b = Tensor::from_slice(&[0.3f64]).to_device(device).to_kind(acc);
-                            let gy = Tensor::randn(shape, opts);
-                            let eager = |x: &Tensor, w: &Tensor, b: &Tensor| match op {
-                                PolyCom::PolyRelu => polyrelu(&x.to_kind(acc), w, b),
-                                PolyCom::PolyNorm => polynorm(&x.to_kind(acc), w, b, NormAxis::Channel),
-                            };
-                            // act_out_lowp: the eager fp32 value rounded to the input's type.
-                            let eager = |x: &Tensor, w: &Tensor, b: &Tensor| {
-                                let y = eager(x, w, b);
-                                if lowp_out {
-                                    y.to_kind(dtype)
-                                } else {
-                                    y
-                                }
-                            };
-                            let want = value_and_grads(|x, w, b| Ok(eager(x, w, b)), &x, &w, &b, &gy)?;
-                            let case = serde_json::json!({
-                                "op": format!("{op:?}"), "order": order, "dtype": format!("{dtype:?}"), "shape": name,
-                                "channels_last": channels_last, "lowp_out": lowp_out,
-                            });
-                            let fused = |x: &Tensor, w: &Tensor, b: &Tensor| {
-                                ffi::polycom(op, x, w, b, POLYNORM_EPS, lowp_out)
-                            };
-                            let got = match value_and_grads(fused, &x, &w, &b, &gy) {
-                                Ok(got) => got,
-                                Err(e) => {
-                                    cases += 1;
-                                    failures += 1;
-                                    println!(
-                                        "{}",
-                                        serde_json::json!({"case": case, "ok": false, "error": e.to_string()})
-                                    );
-                                    continue;
-                                }
-                            };
-                            // dw and db: against the sum of the terms' magnitudes (they cancel).
-                            let abs64 = |t: &Tensor| t.to_kind(Kind::Double).abs();
-                            let eager64 = |x: &Tensor, w: &Tensor, b: &Tensor| match op {
-                                PolyCom::PolyRelu => polyrelu(x, w, b),
-                                PolyCom::PolyNorm => polynorm(x, w, b, NormAxis::Channel),
-                            };
-                            let (w64, b64) = (w.to_kind(Kind::Double), b.to_kind(Kind::Double));
-                            let scale = value_and_grads(
-                                |x, w, b| Ok(eager64(x, w, b)),
-                                &abs64(&x),
-                                &w64,
-                                &b64,
-                                &gy.abs(),
-                            )?;
-                            let errs: Vec<f64> = (0..4)
-                                .map(|i| {
-                                    if i < 2 {
-                                        rel_err(&got[i], &want[i])
-                                    } else {
-                                        abs_err(&got[i], &want[i], &scale[i])
-                                    }
-                                })
-                                .collect();
-                            let tol = match dtype {
-                                Kind::Double => [1e-12, 1e-11, 1e-11, 1e-11],
-                                Kind::Float => [2e-5, 1e-4, 1e-5, 1e-5],
-                                // Rounded outputs: both round (nearly) the same fp32 value.
-                                _ if lowp_out => [1e-2, 1e-2, 1e-5, 1e-5],
-                                _ => [2e-5, 1e-2, 1e-5, 1e-5],
-                            };
-                            let ok = errs.iter().zip(tol).all(|(e, t)| *e < t);
+                            let case = Case { op, order, dtype, lowp_out, name, shape, channels_last };
                             cases += 1;
-                            failures += usize::from(!ok);
-                            let row = serde_json::json!({
-                                "case": case, "ok": ok,
-                                "rel_err": {"y": errs[0], "dx": errs[1], "dw": errs[2], "db": errs[3]},
-                            });
-                            if a.json || !ok {
-                                println!("{row}");
-                            }
+                            failures += usize::from(!check_case(&case, device, a.json)?);
                         }
                     }
                 }
@@ -250,6 +163,94 @@ pub fn run(a: CheckActArgs) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// One fused-vs-eager case: an operator, order, input type, output rounding, shape and layout.
+#[derive(Clone, Copy)]
+struct Case<'a> {
+    op: PolyCom,
+    order: i64,
+    dtype: Kind,
+    lowp_out: bool,
+    name: &'a str,
+    shape: &'a [i64],
+    channels_last: bool,
+}
+
+/// The fused operator's value and gradients against the eager path's on one case (a row printed
+/// where it fails, or with `json`); whether it is within the tolerance of its type.
+fn check_case(c: &Case, device: Device, json: bool) -> Result<bool> {
+    let Case { op, order, dtype, lowp_out, name, shape, channels_last } = *c;
+    let acc = if dtype == Kind::Double { Kind::Double } else { Kind::Float };
+    let opts = (Kind::Double, device);
+    let spread = if dtype == Kind::Half { 0.8 } else { 1.3 };
+    let mut x = (Tensor::randn(shape, opts) * spread).to_kind(dtype);
+    if name == "offset" {
+        let numel: i64 = shape.iter().product();
+        let storage = Tensor::zeros([numel + 1], (dtype, device));
+        let mut view = storage.narrow(0, 1, numel).view(shape);
+        view.copy_(&x);
+        x = view;
+    }
+    if channels_last {
+        x = ffi::to_channels_last(&x)?;
+    }
+    let w = (Tensor::randn([order], opts) / order as f64).to_kind(acc);
+    let b = Tensor::from_slice(&[0.3f64]).to_device(device).to_kind(acc);
+    let gy = Tensor::randn(shape, opts);
+    let eager = |x: &Tensor, w: &Tensor, b: &Tensor| match op {
+        PolyCom::PolyRelu => polyrelu(&x.to_kind(acc), w, b),
+        PolyCom::PolyNorm => polynorm(&x.to_kind(acc), w, b, NormAxis::Channel),
+    };
+    // act_out_lowp: the eager fp32 value rounded to the input's type.
+    let eager = |x: &Tensor, w: &Tensor, b: &Tensor| {
+        let y = eager(x, w, b);
+        if lowp_out {
+            y.to_kind(dtype)
+        } else {
+            y
+        }
+    };
+    let want = value_and_grads(|x, w, b| Ok(eager(x, w, b)), &x, &w, &b, &gy)?;
+    let case = serde_json::json!({
+        "op": format!("{op:?}"), "order": order, "dtype": format!("{dtype:?}"), "shape": name,
+        "channels_last": channels_last, "lowp_out": lowp_out,
+    });
+    let fused = |x: &Tensor, w: &Tensor, b: &Tensor| ffi::polycom(op, x, w, b, POLYNORM_EPS, lowp_out);
+    let got = match value_and_grads(fused, &x, &w, &b, &gy) {
+        Ok(got) => got,
+        Err(e) => {
+            println!("{}", serde_json::json!({"case": case, "ok": false, "error": e.to_string()}));
+            return Ok(false);
+        }
+    };
+    // dw and db: against the sum of the terms' magnitudes (they cancel).
+    let abs64 = |t: &Tensor| t.to_kind(Kind::Double).abs();
+    let eager64 = |x: &Tensor, w: &Tensor, b: &Tensor| match op {
+        PolyCom::PolyRelu => polyrelu(x, w, b),
+        PolyCom::PolyNorm => polynorm(x, w, b, NormAxis::Channel),
+    };
+    let (w64, b64) = (w.to_kind(Kind::Double), b.to_kind(Kind::Double));
+    let scale = value_and_grads(|x, w, b| Ok(eager64(x, w, b)), &abs64(&x), &w64, &b64, &gy.abs())?;
+    let errs: Vec<f64> = (0..4)
+        .map(|i| if i < 2 { rel_err(&got[i], &want[i]) } else { abs_err(&got[i], &want[i], &scale[i]) })
+        .collect();
+    let tol = match dtype {
+        Kind::Double => [1e-12, 1e-11, 1e-11, 1e-11],
+        Kind::Float => [2e-5, 1e-4, 1e-5, 1e-5],
+        // Rounded outputs: both round (nearly) the same fp32 value.
+        _ if lowp_out => [1e-2, 1e-2, 1e-5, 1e-5],
+        _ => [2e-5, 1e-2, 1e-5, 1e-5],
+    };
+    let ok = errs.iter().zip(tol).all(|(e, t)| *e < t);
+    let row = serde_json::json!({
+        "case": case, "ok": ok,
+        "rel_err": {"y": errs[0], "dx": errs[1], "dw": errs[2], "db": errs[3]},
+    });
+    if json || !ok {
+        println!("{row}");
+    }
+    Ok(ok)
 }
 
 /// One BatchNorm + activation site on `device`, folded (`ffi::bn_polycom`) or separate

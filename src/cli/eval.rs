@@ -3,17 +3,15 @@
 //! evaluation.
 
 use crate::data::dataset::ImageFolder;
-use crate::data::loader::Batch;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::transform::Transform;
 use crate::error::{Error, Result};
 use crate::model::weights;
 use crate::train::amp::Precision;
-use crate::train::eval::{class_columns, evaluate, evaluate_each, ClassMatch, EvalOptions};
+use crate::train::eval::{class_columns, score, ClassMatch, ClassScore, EvalOptions, Scored};
 use crate::train::real_labels::RealLabels;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tch::Tensor;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -70,75 +68,11 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    let max = crate::data::transform::MAX_SIZE;
-    let (size, crop_pct) = (a.size.unwrap_or(224), a.crop_pct.unwrap_or(0.875));
-    if !(8..=max).contains(&size) || !(0.1..=1.0).contains(&crop_pct) || a.batch_size == 0 {
-        return Err(Error::Usage(format!(
-            "--size must be in 8..={max}, --crop-pct in [0.1, 1] and --batch-size at least 1 (got {size}, {crop_pct}, {})",
-            a.batch_size
-        )));
-    }
     let device = crate::runtime::parse_device(&a.device)?;
     let weights::LoadedModel { model, config: cfg, file, .. } =
         weights::load_model_weights(&a.checkpoint, device, a.weights)?;
-    let filter = a.interpolation.unwrap_or_else(|| file.eval_filter());
-    // The run's own eval preprocessing unless the flags say otherwise.
-    let (resize, crop) = match file.eval_size() {
-        Some((resize, crop)) if a.size.is_none() && a.crop_pct.is_none() => {
-            let what = format!("{}'s recorded eval preprocessing", a.checkpoint.display());
-            crate::data::transform::check_eval_sizes(resize, crop, &what)?;
-            (resize, crop)
-        }
-        _ => (crate::data::transform::eval_resize(size, crop_pct), size),
-    };
-    let root = ["val", "validation"]
-        .iter()
-        .map(|s| a.data.join(s))
-        .find(|d| d.is_dir())
-        .unwrap_or_else(|| a.data.clone());
-    let data = ImageFolder::open(&root)?;
-    let names = match &a.classes {
-        Some(p) => {
-            let ids = crate::cli::predict::read_class_ids(p)?;
-            if ids.len() as i64 != cfg.num_classes {
-                return Err(Error::file(
-                    p,
-                    format!("{} class ids for a model with {} classes", ids.len(), cfg.num_classes),
-                ));
-            }
-            Some(ids)
-        }
-        None => file.class_names(),
-    };
-    let ClassMatch { columns, how, left_out: left_out_classes } =
-        class_columns(&data.classes, names.as_deref(), cfg.num_classes, &root)?;
-    if let Some(how) = &how {
-        eprintln!("note: {}: {how}", root.display());
-    }
-    let data = if left_out_classes.is_empty() {
-        Arc::new(data)
-    } else {
-        let kept = data.without_classes(&left_out_classes);
-        eprintln!(
-            "warning: {}: left out {} class folder(s) that are none of the model's classes ({} images): {}",
-            root.display(),
-            left_out_classes.len(),
-            data.len() - kept.len(),
-            left_out_classes.join(", ")
-        );
-        Arc::new(kept)
-    };
-    if data.is_empty() {
-        return Err(Error::file(&root, "no image left to evaluate"));
-    }
-    if a.real_labels.is_some() && columns.as_ref().is_some_and(|c| c.len() as i64 != cfg.num_classes) {
-        return Err(Error::Usage(format!(
-            "--real-labels scores all {} classes; {} holds {} of them",
-            cfg.num_classes,
-            root.display(),
-            data.classes.len()
-        )));
-    }
+    let (resize, crop, filter) = preprocessing(&a, &file)?;
+    let set = open_eval_set(&a, cfg.num_classes, &file)?;
     let mut lc = LoaderConfig::new(a.batch_size, Transform::Eval { size: crop, resize, filter });
     lc.shuffle = false;
     lc.drop_last_batch = false;
@@ -148,54 +82,21 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.workers > 0 {
         lc.threads = a.workers;
     }
-    let loader = Loader::new(data, lc)?;
+    let loader = Loader::new(set.data, lc)?;
     let opts = EvalOptions {
         device,
         precision: a.precision,
         channels_last: false,
         flip_tta: a.flip_tta,
         norm: file.normalization(),
-        columns: columns.clone(),
+        columns: set.columns,
     };
-    let mut real = match &a.real_labels {
+    let real = match &a.real_labels {
         Some(p) => Some(RealLabels::read(p, cfg.num_classes)?),
         None => None,
     };
-    // Per class: images, top-1 hits, top-5 hits.
-    let mut classes = vec![(0usize, 0usize, 0usize); loader.dataset().classes.len()];
-    let r = if real.is_none() && !a.per_class {
-        evaluate(&model, &loader, &opts)?
-    } else {
-        // Each image's position in real.json, by dataset index (checked for all before scoring).
-        let positions: Vec<usize> = match &real {
-            Some(real) => {
-                loader.dataset().samples.iter().map(|s| real.position(&s.path)).collect::<Result<_>>()?
-            }
-            None => Vec::new(),
-        };
-        let mut score = |batch: &Batch, top: &Tensor| -> Result<()> {
-            let top: Vec<Vec<i64>> = Vec::try_from(top)?;
-            let labels: Vec<i64> = Vec::try_from(&batch.labels)?;
-            for (predicted, &label) in top.iter().zip(&labels) {
-                let c = &mut classes[label as usize];
-                c.0 += 1;
-                c.1 += (predicted[0] == label) as usize;
-                c.2 += predicted.contains(&label) as usize;
-            }
-            if let Some(real) = real.as_mut() {
-                for (&sample, predicted) in batch.samples.iter().zip(&top) {
-                    // ReaL's labels are the model's class indices.
-                    let predicted: Vec<i64> = match &columns {
-                        Some(c) => predicted.iter().map(|&p| c[p as usize]).collect(),
-                        None => predicted.clone(),
-                    };
-                    real.score(positions[sample], &predicted);
-                }
-            }
-            Ok(())
-        };
-        evaluate_each(&model, &loader, &opts, &mut score)?.result()
-    };
+    let Scored { result: r, per_class, real } = score(&model, &loader, &opts, real, a.per_class)?;
+    let root = set.root;
     if r.images == 0 {
         return Err(Error::file(
             &root,
@@ -215,42 +116,133 @@ pub fn run(a: EvalArgs) -> Result<()> {
             n => format!(" ({n} unreadable image(s) left out, named above; not in the count)"),
         }
     );
-    let per_class: Option<Vec<serde_json::Value>> = a.per_class.then(|| {
-        // A class with no scored image has no accuracy ("n/a", null), not 0%.
-        let percent = |hits: usize, n: usize| (n > 0).then(|| 100.0 * hits as f64 / n as f64);
-        let shown = |p: Option<f64>| p.map_or("n/a".to_string(), |p| format!("{p:.2}%"));
-        println!("{:>6}  {:<24}  {:>6}  {:>7}  {:>7}", "class", "name", "images", "top-1", "top-5");
-        classes
-            .iter()
-            .enumerate()
-            .map(|(i, &(n, t1, t5))| {
-                let name = loader.dataset().classes.get(i).map_or("", |s| s.as_str());
-                // The model's class index (the folder's, matched by name or number).
-                let class = columns.as_ref().map_or(i as i64, |c| c[i]);
-                println!("{class:>6}  {name:<24}  {n:>6}  {:>7}  {:>7}", shown(percent(t1, n)), shown(percent(t5, n)));
-                serde_json::json!({"class": class, "name": name, "images": n, "top1": percent(t1, n), "top5": percent(t5, n)})
-            })
-            .collect()
-    });
-    let real = real.map(|real| {
-        if real.images == 0 {
-            // No scored image has a ReaL label (real.json's empty lists): no accuracy, not 0%.
-            println!("ImageNet-ReaL: no image with ReaL labels, top-1 n/a, top-5 n/a");
-            return serde_json::json!({"images": 0, "top1": null, "top5": null});
-        }
-        let (top1, top5) = real.accuracy();
-        println!(
-            "ImageNet-ReaL: {} images with ReaL labels, top-1 {top1:.2}%, top-5 {top5:.2}%",
-            real.images
-        );
-        serde_json::json!({"images": real.images, "top1": top1, "top5": top5})
-    });
+    if let Some(classes) = &per_class {
+        print_per_class(classes);
+    }
+    let real = real.map(|real| real_summary(&real));
     if let Some(p) = &a.json {
         let v = serde_json::json!({"checkpoint": a.checkpoint, "data": root, "images": r.images, "loss": r.loss, "top1": r.top1, "top5": r.top5,
-            "left_out_images": r.left_out, "left_out_classes": left_out_classes,
+            "left_out_images": r.left_out, "left_out_classes": set.left_out_classes,
             "resize": resize, "crop": crop, "interpolation": filter, "real": real, "per_class": per_class,
-            "classes_matched": how});
+            "classes_matched": set.how});
         crate::fsutil::write_atomic(p, format!("{v}\n").as_bytes())?;
     }
     Ok(())
+}
+
+/// The eval resize, crop and filter: the run's recorded preprocessing unless the flags say
+/// otherwise.
+fn preprocessing(
+    a: &EvalArgs,
+    file: &weights::WeightsFile,
+) -> Result<(usize, usize, crate::data::resize::Filter)> {
+    let max = crate::data::transform::MAX_SIZE;
+    let (size, crop_pct) = (a.size.unwrap_or(224), a.crop_pct.unwrap_or(0.875));
+    if !(8..=max).contains(&size) || !(0.1..=1.0).contains(&crop_pct) || a.batch_size == 0 {
+        return Err(Error::Usage(format!(
+            "--size must be in 8..={max}, --crop-pct in [0.1, 1] and --batch-size at least 1 (got {size}, {crop_pct}, {})",
+            a.batch_size
+        )));
+    }
+    let filter = a.interpolation.unwrap_or_else(|| file.eval_filter());
+    let (resize, crop) = match file.eval_size() {
+        Some((resize, crop)) if a.size.is_none() && a.crop_pct.is_none() => {
+            let what = format!("{}'s recorded eval preprocessing", a.checkpoint.display());
+            crate::data::transform::check_eval_sizes(resize, crop, &what)?;
+            (resize, crop)
+        }
+        _ => (crate::data::transform::eval_resize(size, crop_pct), size),
+    };
+    Ok((resize, crop, filter))
+}
+
+/// The folder evaluated, with its class folders matched to the model's classes.
+struct EvalSet {
+    root: PathBuf,
+    data: Arc<ImageFolder>,
+    /// The model's class index of each folder kept (None: the same order).
+    columns: Option<Vec<i64>>,
+    how: Option<String>,
+    left_out_classes: Vec<String>,
+}
+
+/// `--data`'s val/ (or validation/, or the folder itself), its class folders matched to the
+/// model's classes by name (stray folders left out, said); refused where nothing is left.
+fn open_eval_set(a: &EvalArgs, num_classes: i64, file: &weights::WeightsFile) -> Result<EvalSet> {
+    let root = ["val", "validation"]
+        .iter()
+        .map(|s| a.data.join(s))
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| a.data.clone());
+    let data = ImageFolder::open(&root)?;
+    let names = match &a.classes {
+        Some(p) => {
+            let ids = crate::cli::predict::read_class_ids(p)?;
+            if ids.len() as i64 != num_classes {
+                return Err(Error::file(
+                    p,
+                    format!("{} class ids for a model with {} classes", ids.len(), num_classes),
+                ));
+            }
+            Some(ids)
+        }
+        None => file.class_names(),
+    };
+    let ClassMatch { columns, how, left_out } =
+        class_columns(&data.classes, names.as_deref(), num_classes, &root)?;
+    if let Some(how) = &how {
+        eprintln!("note: {}: {how}", root.display());
+    }
+    let data = if left_out.is_empty() {
+        Arc::new(data)
+    } else {
+        let kept = data.without_classes(&left_out);
+        eprintln!(
+            "warning: {}: left out {} class folder(s) that are none of the model's classes ({} images): {}",
+            root.display(),
+            left_out.len(),
+            data.len() - kept.len(),
+            left_out.join(", ")
+        );
+        Arc::new(kept)
+    };
+    if data.is_empty() {
+        return Err(Error::file(&root, "no image left to evaluate"));
+    }
+    if a.real_labels.is_some() && columns.as_ref().is_some_and(|c| c.len() as i64 != num_classes) {
+        return Err(Error::Usage(format!(
+            "--real-labels scores all {} classes; {} holds {} of them",
+            num_classes,
+            root.display(),
+            data.classes.len()
+        )));
+    }
+    Ok(EvalSet { root, data, columns, how, left_out_classes: left_out })
+}
+
+/// The per-class table (a class with no scored image: "n/a", not 0%).
+fn print_per_class(classes: &[ClassScore]) {
+    let shown = |p: Option<f64>| p.map_or("n/a".to_string(), |p| format!("{p:.2}%"));
+    println!("{:>6}  {:<24}  {:>6}  {:>7}  {:>7}", "class", "name", "images", "top-1", "top-5");
+    for c in classes {
+        println!(
+            "{:>6}  {:<24}  {:>6}  {:>7}  {:>7}",
+            c.class,
+            c.name,
+            c.images,
+            shown(c.top1),
+            shown(c.top5)
+        );
+    }
+}
+
+/// ImageNet-ReaL's line and JSON (no image with ReaL labels: no accuracy, not 0%).
+fn real_summary(real: &RealLabels) -> serde_json::Value {
+    if real.images == 0 {
+        println!("ImageNet-ReaL: no image with ReaL labels, top-1 n/a, top-5 n/a");
+        return serde_json::json!({"images": 0, "top1": null, "top5": null});
+    }
+    let (top1, top5) = real.accuracy();
+    println!("ImageNet-ReaL: {} images with ReaL labels, top-1 {top1:.2}%, top-5 {top5:.2}%", real.images);
+    serde_json::json!({"images": real.images, "top1": top1, "top5": top5})
 }

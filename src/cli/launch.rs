@@ -83,11 +83,47 @@ pub fn run(a: LaunchArgs) -> Result<()> {
         "launch     {} rank(s) on node {} of {} (world {world}), rendezvous {}:{}, OMP_NUM_THREADS={omp}",
         a.nproc_per_node, a.node_rank, a.nnodes, a.master_addr, a.master_port
     );
+    let (children, relays) = spawn_ranks(&a, &exe, &omp)?;
+    let Supervised { failure, statuses, forwarded } = supervise(children, Duration::from_secs(a.grace));
+    for r in relays {
+        let _ = r.join();
+    }
+    match failure {
+        None => Ok(()),
+        Some((rank, how)) if forwarded => Err(Error::Interrupted {
+            signal: crate::ffi::process::termination_requested().unwrap_or(libc::SIGTERM),
+            msg: format!("stopped the {world} rank(s) (rank {rank}: {how})"),
+        }),
+        Some((rank, how)) => {
+            let others: Vec<String> = statuses
+                .iter()
+                .filter(|(r, _)| *r != rank)
+                .map(|(r, s)| format!("rank {r}: {}", describe(s)))
+                .collect();
+            Err(Error::Usage(format!(
+                "rank {rank} failed ({how}); stopped the other ranks{}",
+                if others.is_empty() { String::new() } else { format!(" ({})", others.join(", ")) }
+            )))
+        }
+    }
+}
+
+/// The ranks started (rank, process) and the threads relaying their output.
+type Ranks = (Vec<(usize, Child)>, Vec<std::thread::JoinHandle<()>>);
+
+/// This node's ranks, each with the torchrun environment, their output relayed (rank 0's as the
+/// job's console). A rank that cannot start kills those started.
+fn spawn_ranks(
+    a: &LaunchArgs,
+    exe: &std::path::Path,
+    omp: &str,
+) -> Result<Ranks> {
+    let world = a.nnodes * a.nproc_per_node;
     let mut children: Vec<(usize, Child)> = Vec::new();
     let mut relays = Vec::new();
     for local in 0..a.nproc_per_node {
         let rank = a.node_rank * a.nproc_per_node + local;
-        let mut cmd = Command::new(&exe);
+        let mut cmd = Command::new(exe);
         cmd.args(&a.args)
             .env("RANK", rank.to_string())
             .env("WORLD_SIZE", world.to_string())
@@ -96,7 +132,7 @@ pub fn run(a: LaunchArgs) -> Result<()> {
             .env("GROUP_RANK", a.node_rank.to_string())
             .env("MASTER_ADDR", &a.master_addr)
             .env("MASTER_PORT", a.master_port.to_string())
-            .env("OMP_NUM_THREADS", &omp)
+            .env("OMP_NUM_THREADS", omp)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -119,9 +155,22 @@ pub fn run(a: LaunchArgs) -> Result<()> {
         }
         children.push((rank, child));
     }
+    Ok((children, relays))
+}
 
-    // Wait: forward a signal once; on the first failure stop the others (SIGTERM, then SIGKILL
-    // after the grace period: a rank blocked in a collective with a dead peer may not react).
+/// How the ranks ended.
+struct Supervised {
+    /// The first rank that failed, and how.
+    failure: Option<(usize, String)>,
+    statuses: Vec<(usize, ExitStatus)>,
+    /// Whether a termination signal was forwarded to the ranks.
+    forwarded: bool,
+}
+
+/// Waits for the ranks: forwards a termination signal once and every save request; on the
+/// first failure stops the others (SIGTERM, then SIGKILL after `grace`: a rank blocked in a
+/// collective with a dead peer may not react).
+fn supervise(mut children: Vec<(usize, Child)>, grace: Duration) -> Supervised {
     let mut forwarded = false;
     let mut failure: Option<(usize, String)> = None;
     let mut deadline: Option<Instant> = None;
@@ -158,7 +207,7 @@ pub fn run(a: LaunchArgs) -> Result<()> {
         }
         children = still;
         if failure.is_some() && deadline.is_none() && !children.is_empty() {
-            deadline = Some(Instant::now() + Duration::from_secs(a.grace));
+            deadline = Some(Instant::now() + grace);
             for (_, c) in &children {
                 crate::ffi::process::terminate(c.id());
             }
@@ -170,25 +219,5 @@ pub fn run(a: LaunchArgs) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    for r in relays {
-        let _ = r.join();
-    }
-    match failure {
-        None => Ok(()),
-        Some((rank, how)) if forwarded => Err(Error::Interrupted {
-            signal: crate::ffi::process::termination_requested().unwrap_or(libc::SIGTERM),
-            msg: format!("stopped the {world} rank(s) (rank {rank}: {how})"),
-        }),
-        Some((rank, how)) => {
-            let others: Vec<String> = statuses
-                .iter()
-                .filter(|(r, _)| *r != rank)
-                .map(|(r, s)| format!("rank {r}: {}", describe(s)))
-                .collect();
-            Err(Error::Usage(format!(
-                "rank {rank} failed ({how}); stopped the other ranks{}",
-                if others.is_empty() { String::new() } else { format!(" ({})", others.join(", ")) }
-            )))
-        }
-    }
+    Supervised { failure, statuses, forwarded }
 }

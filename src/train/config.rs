@@ -495,8 +495,8 @@ pub struct TrainConfig {
     pub mixup_switch_prob: f64,
     /// How Mixup/CutMix draws (timm's `mixup_mode`): batch (one draw per batch), pair (per pair
     /// of samples i and N-1-i) or elem (per sample, mixed with sample N-1-i).
-    #[arg(long, value_enum, default_value_t = super::mixup::MixMode::Batch)]
-    pub mixup_mode: super::mixup::MixMode,
+    #[arg(long, value_enum, default_value_t = crate::data::mixup::MixMode::Batch)]
+    pub mixup_mode: crate::data::mixup::MixMode,
     /// Turn Mixup/CutMix off from this epoch on (0: never; timm's `mixup_off_epoch`); the
     /// targets stay label-smoothed.
     #[arg(long, default_value_t = 0, value_parser = range::int::<usize>(0, 100_000), allow_negative_numbers = true)]
@@ -506,8 +506,8 @@ pub struct TrainConfig {
     pub reprob: f64,
     /// What fills an erased box (timm's `remode`): pixel (normal per pixel), rand (per channel),
     /// const (zeros).
-    #[arg(long, value_enum, default_value_t = super::erasing::EraseMode::Pixel)]
-    pub remode: super::erasing::EraseMode,
+    #[arg(long, value_enum, default_value_t = crate::data::erasing::EraseMode::Pixel)]
+    pub remode: crate::data::erasing::EraseMode,
     /// Boxes erased per image (timm's `recount`).
     #[arg(long, default_value_t = 1, value_parser = range::int::<usize>(1, 100), allow_negative_numbers = true)]
     pub recount: usize,
@@ -1313,8 +1313,8 @@ impl TrainConfig {
     }
 
     /// Mixup/CutMix as configured (None when both are off).
-    pub fn mixup_config(&self) -> Option<super::mixup::MixupConfig> {
-        let m = super::mixup::MixupConfig {
+    pub fn mixup_config(&self) -> Option<crate::data::mixup::MixupConfig> {
+        let m = crate::data::mixup::MixupConfig {
             mixup_alpha: self.mixup,
             cutmix_alpha: self.cutmix,
             cutmix_minmax: self.cutmix_minmax.as_ref().filter(|v| v.len() == 2).map(|v| (v[0], v[1])),
@@ -1379,8 +1379,9 @@ impl TrainConfig {
     }
 
     /// Random erasing as configured (None when off).
-    pub fn erasing_config(&self) -> Option<super::erasing::ErasingConfig> {
-        let e = super::erasing::ErasingConfig { prob: self.reprob, mode: self.remode, count: self.recount };
+    pub fn erasing_config(&self) -> Option<crate::data::erasing::ErasingConfig> {
+        let e =
+            crate::data::erasing::ErasingConfig { prob: self.reprob, mode: self.remode, count: self.recount };
         (self.reprob > 0.0 && !self.no_aug).then_some(e)
     }
 

@@ -13,6 +13,7 @@ use super::loss::{Loss, Targets};
 use super::optim::{self, OptConfig, Optimizer, WeightDecay};
 use super::stability::{first_beyond, first_nonfinite, forward_monitored, Remedy, SiteStats, FP16_MAX};
 use super::state::{copy_into, prefixed, under, Named};
+use crate::data::batch_transform::{BatchTransform, DrawKey};
 use crate::dist::Dist;
 use crate::error::Result;
 use crate::ffi::dist::ReduceOp;
@@ -44,6 +45,8 @@ pub struct Engine {
     reducer: Option<crate::ffi::dist::GradReducer>,
     /// Optimizer steps per epoch (0 until the trainer's plan knows them).
     steps_per_epoch: usize,
+    /// Random erasing and Mixup/CutMix, applied to each micro-batch on the device.
+    batch_transform: BatchTransform,
 }
 
 /// What one optimizer step did.
@@ -160,6 +163,13 @@ impl Engine {
             Loss::new(cfg.bce_loss.then_some(bce), cfg.smoothing)
         };
         let guards = Guards::new(GuardConfig::from_config(&cfg));
+        let batch_transform = BatchTransform {
+            erasing: cfg.erasing_config(),
+            spared_splits: cfg.resplit.then_some(cfg.aug_splits),
+            mixup: cfg.mixup_config(),
+            seed: cfg.seed,
+            num_classes,
+        };
         Ok(Self {
             cfg,
             device,
@@ -175,6 +185,7 @@ impl Engine {
             mixup_enabled: true,
             reducer: None,
             steps_per_epoch: 0,
+            batch_transform,
         })
     }
 
@@ -313,7 +324,9 @@ impl Engine {
     }
 
     /// One optimizer step at learning rate `lr` over `micro` (input, label) batches (gradient
-    /// accumulation), the step's number being `step`.
+    /// accumulation), the step's number being `step`: the batches transformed and trained on
+    /// (forward, backward), the gradients and loss reduced over the ranks, then unscaled and
+    /// clipped, and the guards' decision applied.
     pub fn step(
         &mut self,
         micro: &[(Tensor, Tensor)],
@@ -321,19 +334,44 @@ impl Engine {
         step: usize,
         gs: &mut GuardState,
     ) -> Result<StepResult> {
-        let cfg = &self.cfg;
-        let monitor = cfg.monitor_every > 0 && step.is_multiple_of(cfg.monitor_every);
-        let n = micro.len().max(1) as f64;
-        let (mut loss_mean, mut activations) = (0.0, Vec::new());
-        let rank = self.dist.as_ref().map_or(0, |d| d.rank()) as u64;
-        if cfg.drop_path > 0.0 || cfg.erasing_config().is_some() {
+        let monitor = self.cfg.monitor_every > 0 && step.is_multiple_of(self.cfg.monitor_every);
+        self.prepare_step(step)?;
+        let (loss, activations) = self.forward_backward(micro, step, monitor)?;
+        let (loss, activations) = self.reduce_over_ranks(loss, activations, monitor)?;
+        let (grad_norm, decision) = self.check(step, loss, gs)?;
+        let decision = self.apply(decision, micro, lr, step)?;
+        self.optimizer.zero_grad()?;
+        let coefficients = if monitor {
+            let vars = self.vs.variables();
+            self.model.config().act_coefficients(&|name| vars.get(name).map(|t| t.shallow_clone()))?
+        } else {
+            Vec::new()
+        };
+        Ok(StepResult {
+            loss,
+            grad_norm,
+            loss_scale: self.scaler.scale_value(),
+            activations,
+            coefficients,
+            decision,
+        })
+    }
+
+    fn rank(&self) -> u64 {
+        self.dist.as_ref().map_or(0, |d| d.rank()) as u64
+    }
+
+    /// Seeds libtorch's generator for the step's own draws, and makes DDP's reducer at the first.
+    fn prepare_step(&mut self, step: usize) -> Result<()> {
+        if self.cfg.drop_path > 0.0 || self.batch_transform.draws_from_libtorch() {
             // Stochastic depth and random erasing's fill values draw from libtorch's generator:
             // seeded by (seed, step, rank), so a resumed run draws what the uninterrupted one
             // drew, and ranks draw differently.
-            let key = crate::rng::SplitMix64::keyed(&[cfg.seed, step as u64, rank, 0xD809_0A7E]).next_u64();
+            let key = crate::rng::SplitMix64::keyed(&[self.cfg.seed, step as u64, self.rank(), 0xD809_0A7E])
+                .next_u64();
             tch::manual_seed((key >> 1) as i64);
         }
-        if let (Some(d), None, true) = (&self.dist, &self.reducer, cfg.dist_overlap) {
+        if let (Some(d), None, true) = (&self.dist, &self.reducer, self.cfg.dist_overlap) {
             let params: Vec<Tensor> = self
                 .optimizer
                 .groups()
@@ -342,43 +380,35 @@ impl Engine {
                 .collect();
             self.reducer = Some(d.reducer(&params)?);
         }
+        Ok(())
+    }
+
+    /// Forward and backward over the micro-batches: their mean loss (the backward of each scaled
+    /// by 1/n accumulates the mean's gradient) and the first one's activation statistics.
+    fn forward_backward(
+        &mut self,
+        micro: &[(Tensor, Tensor)],
+        step: usize,
+        monitor: bool,
+    ) -> Result<(f64, Vec<SiteStats>)> {
+        let n = micro.len().max(1) as f64;
+        let (mut loss_mean, mut activations) = (0.0, Vec::new());
+        let rank = self.rank();
         // SyncBatchNorm: BN layers reduce their statistics over the ranks during these forwards.
         let sync_bn = match &self.dist {
-            Some(d) if cfg.sync_bn => Some(crate::dist::SyncBnScope::enter(d.clone())),
+            Some(d) if self.cfg.sync_bn => Some(crate::dist::SyncBnScope::enter(d.clone())),
             _ => None,
         };
         for (i, (x, y)) in micro.iter().enumerate() {
-            // Random erasing, then Mixup/CutMix (timm's order: the loader erases, the loop mixes).
-            let erased = match cfg.erasing_config() {
-                Some(e) => {
-                    // With resplit the clean split (the first 1/aug_splits of the batch) is spared.
-                    let spared = if cfg.resplit { x.size()[0] / cfg.aug_splits.max(1) as i64 } else { 0 };
-                    let keys = [cfg.seed, step as u64, rank, i as u64, 0xE2A5];
-                    Some(super::erasing::erase(&e, x, &keys, spared)?)
-                }
-                None => None,
-            };
-            let x = erased.as_ref().unwrap_or(x);
-            // Mixup/CutMix: drawn per (seed, step, rank, micro-batch), so a resume mixes alike.
-            let mixed = match cfg.mixup_config().filter(|_| self.mixup_enabled) {
-                Some(m) => {
-                    let p = m.draw_samples(
-                        &[cfg.seed, step as u64, rank, i as u64, 0x313D_C0DE],
-                        x.size()[0] as usize,
-                        x.size()[2],
-                        x.size()[3],
-                    );
-                    Some(m.apply_samples(x, y, &p, self.num_classes)?)
-                }
-                None => None,
-            };
-            let (x, targets) = match &mixed {
-                Some((mx, t)) => (mx, Targets::Soft(t)),
-                None => (x, Targets::Hard(y)),
+            let key = DrawKey { step, rank, micro: i };
+            let (x, soft) = self.batch_transform.apply(x, y, key, self.mixup_enabled)?;
+            let targets = match &soft {
+                Some(t) => Targets::Soft(t),
+                None => Targets::Hard(y),
             };
             let (loss, stats) = {
-                let _autocast = cfg.precision.autocast(self.device)?;
-                let (logits, stats) = forward_monitored(&self.model, x, monitor && i == 0)?;
+                let _autocast = self.cfg.precision.autocast(self.device)?;
+                let (logits, stats) = forward_monitored(&self.model, &x, monitor && i == 0)?;
                 (self.loss.compute(&logits, targets)?, stats)
             };
             if let Some(scope) = &sync_bn {
@@ -401,44 +431,65 @@ impl Engine {
             self.scaler.scale_loss(&(&loss / n)).f_backward()?;
             loss_mean += loss.double_value(&[]) / n;
         }
-        if let Some(d) = &self.dist {
-            // DDP: every rank goes on with the mean gradient and the mean loss, so the scaler, the
-            // clip and the guards see the same numbers, and decide the same, on every rank.
-            match &self.reducer {
-                // The gradients are now slices of the buckets: read them after this.
-                Some(r) => r.finish()?,
-                None => d.average(&self.optimizer.grads())?,
-            }
-            loss_mean = d.reduce_f64(&[loss_mean], ReduceOp::Sum)?[0] / d.world() as f64;
-            if monitor && !activations.is_empty() {
-                // The activation monitors report the job: the largest |x| and the non-finite
-                // count over all ranks' batches, site by site (every rank has the same sites).
-                let max: Vec<f64> = activations.iter().map(|s| s.max_abs).collect();
-                let bad: Vec<f64> = activations.iter().map(|s| s.nonfinite as f64).collect();
-                let (max, bad) = (d.reduce_f64(&max, ReduceOp::Max)?, d.reduce_f64(&bad, ReduceOp::Sum)?);
-                for (s, (m, b)) in activations.iter_mut().zip(max.into_iter().zip(bad)) {
-                    (s.max_abs, s.nonfinite) = (m, b as i64);
-                }
+        Ok((loss_mean, activations))
+    }
+
+    /// DDP: every rank goes on with the mean gradient and the mean loss, so the scaler, the clip
+    /// and the guards see the same numbers, and decide the same, on every rank.
+    fn reduce_over_ranks(
+        &self,
+        loss_mean: f64,
+        mut activations: Vec<SiteStats>,
+        monitor: bool,
+    ) -> Result<(f64, Vec<SiteStats>)> {
+        let Some(d) = &self.dist else { return Ok((loss_mean, activations)) };
+        match &self.reducer {
+            // The gradients are now slices of the buckets: read them after this.
+            Some(r) => r.finish()?,
+            None => d.average(&self.optimizer.grads())?,
+        }
+        let loss_mean = d.reduce_f64(&[loss_mean], ReduceOp::Sum)?[0] / d.world() as f64;
+        if monitor && !activations.is_empty() {
+            // The activation monitors report the job: the largest |x| and the non-finite
+            // count over all ranks' batches, site by site (every rank has the same sites).
+            let max: Vec<f64> = activations.iter().map(|s| s.max_abs).collect();
+            let bad: Vec<f64> = activations.iter().map(|s| s.nonfinite as f64).collect();
+            let (max, bad) = (d.reduce_f64(&max, ReduceOp::Max)?, d.reduce_f64(&bad, ReduceOp::Sum)?);
+            for (s, (m, b)) in activations.iter_mut().zip(max.into_iter().zip(bad)) {
+                (s.max_abs, s.nonfinite) = (m, b as i64);
             }
         }
-        // Unscale (fp16: finds inf/NaN), clip (the norm finds inf/NaN in every precision), adapt
-        // the loss scale; then the guards decide.
+        Ok((loss_mean, activations))
+    }
+
+    /// Unscale (fp16: finds inf/NaN), clip (the norm finds inf/NaN in every precision), adapt
+    /// the loss scale; then the guards decide. Returns the gradient norm and the decision.
+    fn check(&mut self, step: usize, loss: f64, gs: &mut GuardState) -> Result<(f64, Decision)> {
         let grads = self.optimizer.grads();
         let found_inf = self.scaler.unscale(&grads)?;
-        let grad_norm = clip_gradients(cfg.clip_mode, cfg.clip_grad, self.optimizer.groups())?;
+        let grad_norm = clip_gradients(self.cfg.clip_mode, self.cfg.clip_grad, self.optimizer.groups())?;
         self.scaler.update()?;
         let health = StepHealth {
             step,
-            loss: loss_mean,
+            loss,
             grads_finite: !found_inf && grad_norm.is_finite(),
             loss_scale: self.scaler.enabled.then(|| self.scaler.scale_value()),
         };
-        let mut decision = {
-            // Built only if the guards restore a snapshot.
-            let (vs, optimizer, scaler, ema) = (&self.vs, &self.optimizer, &self.scaler, &self.ema);
-            let live = || live_state(vs, optimizer.as_ref(), scaler, ema.as_ref());
-            self.guards.check(gs, health, &live as &dyn LiveState)?
-        };
+        // The live state is built only if the guards restore a snapshot.
+        let (vs, optimizer, scaler, ema) = (&self.vs, &self.optimizer, &self.scaler, &self.ema);
+        let live = || live_state(vs, optimizer.as_ref(), scaler, ema.as_ref());
+        Ok((grad_norm, self.guards.check(gs, health, &live as &dyn LiveState)?))
+    }
+
+    /// Carries out the guards' decision: the update (and the EMA's, and a snapshot when due), a
+    /// remedy, or the diagnosis of a stop.
+    fn apply(
+        &mut self,
+        decision: Decision,
+        micro: &[(Tensor, Tensor)],
+        lr: f64,
+        step: usize,
+    ) -> Result<Decision> {
         match &decision {
             Decision::Take => {
                 self.optimizer.step(lr)?;
@@ -449,30 +500,15 @@ impl Engine {
             }
             Decision::ApplyRemedy { remedy, .. } => self.apply_remedy(*remedy),
             Decision::Stop(Stop::Diverged(why)) => {
-                let x = micro.last().map(|(x, _)| x.shallow_clone());
-                let msg = match x {
-                    Some(x) => self.diagnose(&x, step, why)?,
+                let msg = match micro.last() {
+                    Some((x, _)) => self.diagnose(&x.shallow_clone(), step, why)?,
                     None => why.clone(),
                 };
-                decision = Decision::Stop(Stop::Diverged(msg));
+                return Ok(Decision::Stop(Stop::Diverged(msg)));
             }
             Decision::Skip | Decision::RolledBack { .. } | Decision::Stop(Stop::Spikes(_)) => {}
         }
-        self.optimizer.zero_grad()?;
-        let coefficients = if monitor {
-            let vars = self.vs.variables();
-            self.model.config().act_coefficients(&|name| vars.get(name).map(|t| t.shallow_clone()))?
-        } else {
-            Vec::new()
-        };
-        Ok(StepResult {
-            loss: loss_mean,
-            grad_norm,
-            loss_scale: self.scaler.scale_value(),
-            activations,
-            coefficients,
-            decision,
-        })
+        Ok(decision)
     }
 
     /// The message of a run stopped by the divergence guard: where the activations blow up on

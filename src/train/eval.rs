@@ -265,3 +265,85 @@ pub fn evaluate_each(
     }
     Ok(EvalSums { loss: loss_sum, top1: c1, top5: c5, images: n, left_out })
 }
+
+/// One class's share of an evaluation (`eval --per-class`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ClassScore {
+    /// The model's class index.
+    pub class: i64,
+    /// The folder's name.
+    pub name: String,
+    pub images: usize,
+    /// None: no image of the class was scored (not 0%).
+    pub top1: Option<f64>,
+    pub top5: Option<f64>,
+}
+
+/// An evaluation with the scores beyond top-1/top-5 over the whole set.
+pub struct Scored {
+    pub result: EvalResult,
+    pub per_class: Option<Vec<ClassScore>>,
+    /// ImageNet-ReaL's labels with this evaluation's hits counted.
+    pub real: Option<super::real_labels::RealLabels>,
+}
+
+/// Evaluates `model` on `loader`, also per class (`per_class`) and against ImageNet-ReaL's labels
+/// (`real`, looked up by each image's file name, all checked before scoring).
+pub fn score(
+    model: &ResNet,
+    loader: &Loader,
+    opts: &EvalOptions,
+    mut real: Option<super::real_labels::RealLabels>,
+    per_class: bool,
+) -> Result<Scored> {
+    if real.is_none() && !per_class {
+        return Ok(Scored { result: evaluate(model, loader, opts)?, per_class: None, real: None });
+    }
+    let dataset = loader.dataset();
+    // Each image's position in real.json, by dataset index.
+    let positions: Vec<usize> = match &real {
+        Some(real) => dataset.samples.iter().map(|s| real.position(&s.path)).collect::<Result<_>>()?,
+        None => Vec::new(),
+    };
+    // Per class: images, top-1 hits, top-5 hits.
+    let mut counts = vec![(0usize, 0usize, 0usize); dataset.classes.len()];
+    let columns = opts.columns.clone();
+    let mut count = |batch: &Batch, top: &Tensor| -> Result<()> {
+        let top: Vec<Vec<i64>> = Vec::try_from(top)?;
+        let labels: Vec<i64> = Vec::try_from(&batch.labels)?;
+        for (predicted, &label) in top.iter().zip(&labels) {
+            let c = &mut counts[label as usize];
+            c.0 += 1;
+            c.1 += (predicted[0] == label) as usize;
+            c.2 += predicted.contains(&label) as usize;
+        }
+        if let Some(real) = real.as_mut() {
+            for (&sample, predicted) in batch.samples.iter().zip(&top) {
+                // ReaL's labels are the model's class indices.
+                let predicted: Vec<i64> = match &columns {
+                    Some(c) => predicted.iter().map(|&p| c[p as usize]).collect(),
+                    None => predicted.clone(),
+                };
+                real.score(positions[sample], &predicted);
+            }
+        }
+        Ok(())
+    };
+    let result = evaluate_each(model, loader, opts, &mut count)?.result();
+    let percent = |hits: usize, n: usize| (n > 0).then(|| 100.0 * hits as f64 / n as f64);
+    let per_class = per_class.then(|| {
+        counts
+            .iter()
+            .enumerate()
+            .map(|(i, &(n, t1, t5))| ClassScore {
+                // The model's class index (the folder's, matched by name or number).
+                class: opts.columns.as_ref().map_or(i as i64, |c| c[i]),
+                name: dataset.classes.get(i).cloned().unwrap_or_default(),
+                images: n,
+                top1: percent(t1, n),
+                top5: percent(t5, n),
+            })
+            .collect()
+    });
+    Ok(Scored { result, per_class, real })
+}

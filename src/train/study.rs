@@ -772,6 +772,13 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
         }
         md.push('\n');
     }
+    md.push_str(&runs_table(results));
+    md
+}
+
+/// The runs table: each run (and its branches) with its end, time and what the guards did.
+fn runs_table(results: &[RunResult]) -> String {
+    let mut md = String::new();
     md.push_str(
         "## Runs\n\n| run | status | epochs | top-1 | top-5 | train loss | minutes | skipped steps | rollbacks | remedies | note |\n\
          |---|---|---:|---:|---:|---:|---:|---:|---:|---|---|\n",

@@ -71,6 +71,9 @@ pub struct Trainer {
     eval_size: (usize, usize),
     schedule: Schedule,
     steps_per_epoch: usize,
+    /// The step this invocation stops at, resumable (0: the run's end): `max_steps`, or where a
+    /// study's branch forks.
+    stop_at: usize,
     state: LoopState,
     /// Rank 0's (None on the other ranks).
     log: Option<RunLog>,
@@ -144,7 +147,7 @@ impl Trainer {
         }
         engine.snapshot_if_due(state.step);
         let saved = saved_config.filter(|_| folder.start == Start::Resume);
-        let (steps_per_epoch, schedule) =
+        let (steps_per_epoch, schedule, stop_at) =
             plan(&mut engine, &mut state, &data.train_loader, rt.world(), saved.as_ref(), &mut notes)?;
         let experiment = setup::Experiment::of(&engine.cfg, rt.world(), steps_per_epoch, schedule.peak_lr);
         // Ordering: written once the checkpoint loaded and the plan holds, so a failed resume
@@ -169,8 +172,14 @@ impl Trainer {
             );
             super::sessions::append(&folder.dir, &session)?;
         }
-        let mut trainer =
-            Self::assemble(engine, (folder.dir, folder.lock), main, data, (schedule, steps_per_epoch), state);
+        let mut trainer = Self::assemble(
+            engine,
+            (folder.dir, folder.lock),
+            main,
+            data,
+            (schedule, steps_per_epoch, stop_at),
+            state,
+        );
         trainer.log = log;
         trainer.pending_event = (!notes.is_empty()).then(|| notes.join("; "));
         trainer.banner(&device_words, resume.is_some(), &notes);
@@ -184,7 +193,7 @@ impl Trainer {
         (dir, lock): (PathBuf, Option<RunLock>),
         main: bool,
         data: Data,
-        (schedule, steps_per_epoch): (Schedule, usize),
+        (schedule, steps_per_epoch, stop_at): (Schedule, usize, usize),
         state: LoopState,
     ) -> Self {
         Self {
@@ -198,6 +207,7 @@ impl Trainer {
             eval_size: data.eval_size,
             schedule,
             steps_per_epoch,
+            stop_at,
             state,
             log: None,
             session_start: Instant::now(),
@@ -227,9 +237,10 @@ impl Trainer {
         let mut engine = build_engine(cfg, &rt, &data.train_set.classes, Start::Fresh, &mut notes)?;
         let world = rt.world();
         let mut state = fresh_state(&data.train_set, world);
-        let (steps_per_epoch, schedule) =
+        let (steps_per_epoch, schedule, stop_at) =
             plan(&mut engine, &mut state, &data.train_loader, world, None, &mut notes)?;
-        let mut trainer = Self::assemble(engine, (dir, None), main, data, (schedule, steps_per_epoch), state);
+        let mut trainer =
+            Self::assemble(engine, (dir, None), main, data, (schedule, steps_per_epoch, stop_at), state);
         trainer.banner(&crate::runtime::describe_device(rt.device), resume.is_some(), &notes);
         let seconds = trainer.time_steps(steps)?;
         let epochs = total_epochs(&trainer.engine.cfg);
@@ -363,7 +374,7 @@ impl Trainer {
 
     /// Trains to the last epoch (or `max_steps`, or a termination signal).
     pub fn run(mut self) -> Result<RunSummary> {
-        let max_steps = self.engine.cfg.max_steps;
+        let max_steps = self.stop_at;
         if max_steps > 0 && self.state.step >= max_steps && self.state.epoch < total_epochs(&self.engine.cfg)
         {
             // Resumed at or past --max-steps: nothing to train in this invocation.
@@ -465,7 +476,7 @@ impl Trainer {
             self.state.step += 1;
             self.state.next_batch = batch.index + 1;
             let cfg = &self.engine.cfg;
-            let stop = cfg.max_steps > 0 && self.state.step >= cfg.max_steps;
+            let stop = self.stop_at > 0 && self.state.step >= self.stop_at;
             if stop || (cfg.checkpoint_every > 0 && self.state.step.is_multiple_of(cfg.checkpoint_every)) {
                 self.save_last()?;
             }
@@ -809,10 +820,12 @@ fn plan(
     world: usize,
     saved: Option<&TrainConfig>,
     notes: &mut Vec<String>,
-) -> Result<(usize, Schedule)> {
+) -> Result<(usize, Schedule, usize)> {
     let cfg = &engine.cfg;
     // At least 1: `check_batches_fit` refused a run whose epoch holds no optimizer step.
     let steps_per_epoch = (train_loader.batches_per_epoch() / cfg.accum_steps).max(1);
+    // The step this invocation stops at (0: the run's end): --max-steps, or a study's branch point.
+    let mut stop_at = cfg.max_steps;
     if state.world_size != world {
         // Another world size: resume at the batch that has seen as many of the epoch's
         // images, in whole optimizer steps, and move the schedule's clock to the same point.
@@ -844,7 +857,7 @@ fn plan(
             ))
         })?;
         let at = (at as i64 + state.schedule_offset).max(1) as usize;
-        engine.cfg.max_steps = if cfg.max_steps > 0 { cfg.max_steps.min(at) } else { at };
+        stop_at = if cfg.max_steps > 0 { cfg.max_steps.min(at) } else { at };
     }
     if let Some(saved) = saved {
         // A resume that reshapes the schedule (--epochs, a wsd branch's --decay-epochs) says
@@ -858,7 +871,7 @@ fn plan(
                 ));
         }
     }
-    Ok((steps_per_epoch, schedule))
+    Ok((steps_per_epoch, schedule, stop_at))
 }
 
 /// Trainable parameters of split BatchNorm's auxiliary BNs (not part of the evaluated network).
