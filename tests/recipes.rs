@@ -337,3 +337,29 @@ fn the_torchvision_v2_recipe_has_torchvisions_ema() {
         assert_eq!(e.restart_until, 5000);
     }
 }
+
+/// `schedule` resolves a global-batch recipe as the trainer does: the same global batch and peak
+/// learning rate on 1 or 8 processes.
+#[test]
+fn schedule_splits_a_recipes_global_batch_over_the_world() {
+    for world in ["1", "8"] {
+        let out = std::process::Command::new(common::bin())
+            .args([
+                "schedule",
+                "--config",
+                "configs/resnet50-imagenet-200ep-relu.toml",
+                "--world-size",
+                world,
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        let text = common::output_text(&out);
+        assert!(out.status.success(), "{text}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["global_batch"], 1024, "{world}: {v}");
+        // ImageNet-1k's 1,281,167 images: 1251 steps of 1024 (per rank: whole batches).
+        assert_eq!(v["steps_per_epoch"], 1251, "{world}: {v}");
+        assert!((v["peak_lr"].as_f64().unwrap() - 0.4).abs() < 1e-12, "{world}: {v}");
+    }
+}

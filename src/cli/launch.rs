@@ -113,11 +113,7 @@ type Ranks = (Vec<(usize, Child)>, Vec<std::thread::JoinHandle<()>>);
 
 /// This node's ranks, each with the torchrun environment, their output relayed (rank 0's as the
 /// job's console). A rank that cannot start kills those started.
-fn spawn_ranks(
-    a: &LaunchArgs,
-    exe: &std::path::Path,
-    omp: &str,
-) -> Result<Ranks> {
+fn spawn_ranks(a: &LaunchArgs, exe: &std::path::Path, omp: &str) -> Result<Ranks> {
     let world = a.nnodes * a.nproc_per_node;
     let mut children: Vec<(usize, Child)> = Vec::new();
     let mut relays = Vec::new();

@@ -13,7 +13,8 @@ pub struct ScheduleArgs {
     /// Training images (default: ImageNet-1k's train split).
     #[arg(long, default_value_t = 1_281_167, value_parser = crate::train::range::int::<usize>(1, 10_000_000_000), allow_negative_numbers = true)]
     pub images: usize,
-    /// Data-parallel processes (the global batch is batch_size x accum_steps x this).
+    /// Data-parallel processes (the global batch is batch_size x accum_steps x this, or the
+    /// config's `global_batch` split over them).
     #[arg(long, default_value_t = 1, value_parser = crate::train::range::int::<usize>(1, 1_000_000), allow_negative_numbers = true)]
     pub world_size: usize,
     /// One JSON object (epochs, steps per epoch, every epoch's first and last lr) instead of a table.
@@ -38,7 +39,8 @@ pub fn run(a: ScheduleArgs) -> Result<()> {
     if a.images == 0 || a.world_size == 0 {
         return Err(Error::Usage("--images and --world-size must be at least 1".into()));
     }
-    let cfg = TrainConfig::resolve(&a.train)?;
+    // The config as `world_size` processes train it (a global batch split over them).
+    let cfg = TrainConfig::resolve(&a.train)?.for_world(a.world_size)?;
     // What the trainer's loader yields: this rank's share (repeated augmentation included), in
     // whole batches, then whole optimizer steps.
     let sampler =
