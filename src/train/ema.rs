@@ -151,7 +151,7 @@ mod tests {
             crate::model::Arch::Resnet18,
             crate::model::ActConfig::new(crate::model::ActKind::Relu, 1),
         );
-        let _m = ResNet::new(&vs.root(), cfg).unwrap();
+        let _m = crate::model::seeded(0, || ResNet::new(&vs.root(), cfg)).unwrap();
         let e = ModelEma::new(
             &vs,
             cfg,
@@ -210,7 +210,7 @@ mod tests {
         );
         for buffers in [EmaBuffers::Copy, EmaBuffers::Average] {
             let vs = nn::VarStore::new(Device::Cpu);
-            let _m = ResNet::new(&vs.root(), cfg).unwrap();
+            let _m = crate::model::seeded(0, || ResNet::new(&vs.root(), cfg)).unwrap();
             let ec = EmaConfig {
                 decay: 0.75,
                 warmup: false,
@@ -253,7 +253,7 @@ mod tests {
             crate::model::ActConfig::new(crate::model::ActKind::Relu, 1),
         );
         let vs = nn::VarStore::new(Device::Cpu);
-        let _m = ResNet::new(&vs.root(), cfg).unwrap();
+        let _m = crate::model::seeded(0, || ResNet::new(&vs.root(), cfg)).unwrap();
         let (every, warmup_steps, decay) = (2, 4, 0.75);
         let ec = EmaConfig {
             decay,

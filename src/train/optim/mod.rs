@@ -586,9 +586,8 @@ mod tests {
     #[test]
     fn weight_decay_groups() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let _m =
-            ResNet::new(&vs.root(), ResNetConfig::new(Arch::Resnet18, ActConfig::new(ActKind::Polynorm, 3)))
-                .unwrap();
+        let cfg = ResNetConfig::new(Arch::Resnet18, ActConfig::new(ActKind::Polynorm, 3));
+        let _m = crate::model::seeded(0, || ResNet::new(&vs.root(), cfg)).unwrap();
         let groups = Group::split(&vs, WeightDecay::weights_only(1e-4));
         let wd_of = |groups: &[Group], name: &str| {
             groups.iter().find(|g| g.names.iter().any(|n| n == name)).map(|g| g.weight_decay)
@@ -624,10 +623,20 @@ mod tests {
             OptKind::Lion,
             OptKind::Rmsproptf,
         ] {
+            let cfg = ResNetConfig::new(Arch::Resnet18, ActConfig::new(ActKind::Polyrelu, 2));
+            // One init for both runs, copied in: tests in other threads draw from libtorch's
+            // generator too, so two seeded inits need not be equal.
+            let init = nn::VarStore::new(Device::Cpu);
+            let _m = crate::model::seeded(0, || ResNet::new(&init.root(), cfg)).unwrap();
             let moved = |scale: f64| {
                 let vs = nn::VarStore::new(Device::Cpu);
-                let cfg = ResNetConfig::new(Arch::Resnet18, ActConfig::new(ActKind::Polyrelu, 2));
-                let _m = crate::model::seeded(0, || ResNet::new(&vs.root(), cfg)).unwrap();
+                let _m = ResNet::new(&vs.root(), cfg).unwrap();
+                let init_vars = init.variables();
+                tch::no_grad(|| {
+                    for (n, mut t) in vs.variables() {
+                        t.copy_(&init_vars[&n]);
+                    }
+                });
                 let before: BTreeMap<String, Tensor> =
                     vs.variables().into_iter().map(|(n, t)| (n, t.detach().copy())).collect();
                 let opt_cfg = OptConfig {
