@@ -5,24 +5,9 @@
 //! (`aux_bn.{i-1}`), each with its own statistics and affine parameters; evaluation uses the main
 //! BN alone, so the network it evaluates is a plain ResNet's.
 
+pub use super::sync_bn::BnSettings;
 use tch::nn;
 use tch::Tensor;
-
-/// A BN layer's running-statistics momentum and variance epsilon (timm's `--bn-momentum`,
-/// `--bn-eps`); torch.nn.BatchNorm2d's 0.1 and 1e-5 by default.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BnSettings {
-    /// running = (1 - momentum) * running + momentum * batch statistic.
-    pub momentum: f64,
-    /// y = (x - mean) / sqrt(var + eps) * gamma + beta.
-    pub eps: f64,
-}
-
-impl Default for BnSettings {
-    fn default() -> Self {
-        Self { momentum: 0.1, eps: 1e-5 }
-    }
-}
 
 #[derive(Debug)]
 pub struct BatchNorm {

@@ -12,7 +12,23 @@
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
-use super::batch_norm::BnSettings;
+/// A BN layer's running-statistics momentum and variance epsilon (timm's `--bn-momentum`,
+/// `--bn-eps`; torch.nn.BatchNorm2d's 0.1 and 1e-5 by default). Declared with the operator that
+/// both the local and the synced path run, so that batch_norm.rs's layers depend on this module
+/// and not the reverse.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BnSettings {
+    /// running = (1 - momentum) * running + momentum * batch statistic.
+    pub momentum: f64,
+    /// y = (x - mean) / sqrt(var + eps) * gamma + beta.
+    pub eps: f64,
+}
+
+impl Default for BnSettings {
+    fn default() -> Self {
+        Self { momentum: 0.1, eps: 1e-5 }
+    }
+}
 
 /// `bn`'s tensors and settings as the fused BatchNorm + activation operator takes them.
 pub fn args(bn: &nn::BatchNorm, settings: BnSettings, train: bool) -> crate::ffi::BatchNormArgs<'_> {
