@@ -41,8 +41,6 @@ pub enum Command {
     Train(Box<crate::train::config::TrainArgs>),
     /// Top-1 / top-5 / loss of a checkpoint on a folder of class folders.
     Eval(eval::EvalArgs),
-    /// Training-step throughput on synthetic data (compare with torch_train_bench.py).
-    Bench(bench::BenchArgs),
     /// Plot train loss and eval top-1/top-5 of one or several runs (SVG or PNG).
     Report(report::ReportArgs),
     /// The learned PolyReLU/PolyNorm coefficients of model files, site by site (table, JSON, figure).
@@ -59,18 +57,21 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Write the embedded default dataset (10 procedural classes, real JPEG files) as an ImageFolder.
     MakeDemoData(make_demo_data::MakeDemoDataArgs),
-    /// Measure the input pipeline's decode + augment throughput.
-    BenchData(bench_data::BenchDataArgs),
     /// Stability grid: activation x order x precision (x init x remedy), N steps per cell.
     Ablate(ablate::AblateArgs),
-    /// Check the fused PolyReLU/PolyNorm against the eager path on a device (run it first on a GPU).
-    CheckAct(check_act::CheckActArgs),
-    /// Time one BatchNorm + activation site, forward and backward, at ResNet-50's site shapes.
-    BenchAct(bench_act::BenchActArgs),
     /// Full training runs over variants x seeds, and whether each variant's difference is real.
     Study(study::StudyArgs),
     /// Data-parallel training on this node's processes (torchrun's environment; c10d).
     Launch(launch::LaunchArgs),
+    // Developer tools (listed last): measurements and kernel checks.
+    /// [developer] A training config's step on synthetic data (compare with torch_train_bench.py).
+    Bench(bench::BenchArgs),
+    /// [developer] The input pipeline's decode + augment throughput.
+    BenchData(bench_data::BenchDataArgs),
+    /// [developer] The fused PolyReLU/PolyNorm against the eager path on a device (run it first on a GPU).
+    CheckAct(check_act::CheckActArgs),
+    /// [developer] One BatchNorm + activation site, forward and backward, at ResNet-50's site shapes.
+    BenchAct(bench_act::BenchActArgs),
 }
 
 /// The flags that define a model's shape and initial values.
