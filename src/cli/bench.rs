@@ -50,29 +50,22 @@ pub struct BenchArgs {
 }
 
 /// The training config the bench times: defaults (batch 32, a snapshot every step) < `--config` <
-/// flags, resolved for `world` processes; then bench's own measurement settings.
-pub fn bench_config(a: &BenchArgs, world: usize) -> Result<TrainConfig> {
+/// flags, validated (not yet split over a world size).
+pub fn bench_config(a: &BenchArgs) -> Result<TrainConfig> {
     let base = match &a.config {
         Some(p) => crate::train::config::read_file(p)?,
         None => TrainConfig { batch_size: 32, snapshot_every: 1, ..TrainConfig::default() },
     };
     let cfg = a.overrides.apply(&base)?;
     cfg.validate()?;
-    let cfg = cfg.for_world(world)?;
-    Ok(TrainConfig {
-        monitor_every: if a.guards { 1 } else { 0 },
-        spike_factor: if a.guards { 3.0 } else { 0.0 },
-        max_consecutive_skips: 0,
-        seed: 0,
-        ..cfg
-    })
+    Ok(cfg)
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     let cpu_kernels = super::use_cpu_kernels(a.cpu_kernels)?;
     // The trainer's runtime set-up (device, process group, threads, precision).
     let timeout = std::time::Duration::from_secs(600);
-    let given = bench_config(&a, 1)?;
+    let given = bench_config(&a)?;
     let threads = usize::try_from(a.threads).ok().filter(|&t| t > 0).unwrap_or(given.torch_threads);
     let rt = crate::train::setup::Runtime::start(
         &given.device,
@@ -82,10 +75,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
         timeout,
     )?;
     let device = rt.device;
-    // The trainer's own step (engine.rs), on synthetic on-device data. Without --guards: no
-    // monitors, no spike check and no snapshots (the loss and gradient norm are still read back,
-    // as the trainer logs them every step).
-    let cfg = bench_config(&a, rt.world())?;
+    // The trainer's own step (engine.rs), on synthetic on-device data, for this world's share of
+    // the batch. Without --guards: no monitors, no spike check and no snapshots (the loss and
+    // gradient norm are still read back, as the trainer logs them every step).
+    let cfg = TrainConfig {
+        monitor_every: if a.guards { 1 } else { 0 },
+        spike_factor: if a.guards { 3.0 } else { 0.0 },
+        max_consecutive_skips: 0,
+        seed: 0,
+        ..given.for_world(rt.world())?
+    };
     if device == Device::Cpu {
         // Count the CPU allocator's bytes from here on: the model, the optimizer and the steps,
         // as CUDA's max allocated counts them.

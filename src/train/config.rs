@@ -1220,11 +1220,11 @@ impl TrainConfig {
         let accum = self.accum_steps.max(1);
         let fits = |a: usize| global % (world * a) == 0;
         let small_enough = |a: usize| self.max_device_batch.is_none_or(|m| global / (world * a) <= m);
-        // The least accumulation (from the configured one) that divides the global batch and fits.
-        if let Some(a) = (accum..=global / world).find(|&a| fits(a) && small_enough(a)) {
-            if a == accum || self.max_device_batch.is_some() {
-                return Ok(TrainConfig { batch_size: global / (world * a), accum_steps: a, ..self.clone() });
-            }
+        // The configured accumulation, or with max_device_batch the least one from it that divides
+        // the global batch and fits.
+        let last = if self.max_device_batch.is_some() { (global / world).max(accum) } else { accum };
+        if let Some(a) = (accum..=last).find(|&a| fits(a) && small_enough(a)) {
+            return Ok(TrainConfig { batch_size: global / (world * a), accum_steps: a, ..self.clone() });
         }
         if fits(accum) {
             let m = self.max_device_batch.unwrap_or(0);
