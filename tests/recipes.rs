@@ -197,7 +197,7 @@ fn timm_cycles_and_noise_train_every_cycle() {
     let per_epoch = steps.len() / 3;
     assert!(per_epoch >= 2 && steps.len() == 3 * per_epoch, "{} steps", steps.len());
     let (cfg, _) = read_run(&run).unwrap();
-    let schedule = Schedule::new(&cfg, per_epoch, 4);
+    let schedule = cfg.lr_schedule(per_epoch, 4);
     let peak = 0.001;
     for s in &steps {
         let epoch = s.step / per_epoch;

@@ -258,7 +258,7 @@ fn schedules_match_closed_forms() {
         let toml = format!("lr = 0.4\nepochs = 11\nwarmup_epochs = 1.0\nmin_lr = 0.01\n{extra}");
         let cfg: TrainConfig = toml::from_str(&toml).unwrap();
         cfg.validate().unwrap();
-        Schedule::new(&cfg, 10, 256)
+        cfg.lr_schedule(10, 256)
     };
     let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
     let s = schedule("");
@@ -326,15 +326,15 @@ fn timm_and_torchvision_styles_equal_their_schedulers() {
             let cfg: TrainConfig = serde_json::from_value(keys).unwrap();
             cfg.validate().unwrap();
             assert_eq!(
-                total_epochs(&cfg) as u64,
+                cfg.total_epochs() as u64,
                 case["epochs_trained"].as_u64().unwrap(),
                 "{name}: epochs trained"
             );
             let steps_per_epoch = case["steps_per_epoch"].as_u64().unwrap() as usize;
-            let schedule = Schedule::new(&cfg, steps_per_epoch, 256);
+            let schedule = cfg.lr_schedule(steps_per_epoch, 256);
             let want: Vec<f64> =
                 case["lrs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-            assert_eq!(want.len(), total_epochs(&cfg) * steps_per_epoch, "{name}");
+            assert_eq!(want.len(), cfg.total_epochs() * steps_per_epoch, "{name}");
             for (step, want) in want.iter().enumerate() {
                 let got = schedule.lr(step);
                 assert!(
@@ -459,13 +459,13 @@ fn schedule_keys_are_checked() {
         let file = dir.path().join(format!("{rule}.toml"));
         std::fs::write(&file, format!("lr = 0.1\nlr_scaling = \"{rule}\"\nopt = \"adamw\"")).unwrap();
         let cfg = resnet_train::train::config::read_file(&file).unwrap();
-        assert!((Schedule::new(&cfg, 10, 2048).peak_lr - peak).abs() < 1e-15, "{rule}");
+        assert!((cfg.lr_schedule(10, 2048).peak_lr - peak).abs() < 1e-15, "{rule}");
     }
     // The torchvision style with a cooldown: cosine to min_lr over `epochs`, then min_lr.
     let cfg: TrainConfig =
         toml::from_str("epochs = 4\ncooldown_epochs = 2\nmin_lr = 0.001\nlr_base = 0.1").unwrap();
-    assert_eq!(total_epochs(&cfg), 6);
-    let s = Schedule::new(&cfg, 10, 256);
+    assert_eq!(cfg.total_epochs(), 6);
+    let s = cfg.lr_schedule(10, 256);
     assert!((s.lr(0) - 0.1).abs() < 1e-12 && (s.lr(20) - 0.0505).abs() < 1e-12);
     assert!([40, 45, 59].iter().all(|&step| (s.lr(step) - 0.001).abs() < 1e-15));
 }

@@ -6,7 +6,6 @@
 use crate::data::sampler::Sampler;
 use crate::error::{Error, Result};
 use crate::train::config::{TrainArgs, TrainConfig};
-use crate::train::schedule::{branch_step, total_epochs, Schedule};
 
 #[derive(clap::Args, Debug)]
 pub struct ScheduleArgs {
@@ -47,11 +46,11 @@ pub fn run(a: ScheduleArgs) -> Result<()> {
         Sampler { world: a.world_size, repeats: cfg.aug_repeats, ..Sampler::new(a.images, true, cfg.seed) };
     let steps_per_epoch = (sampler.per_rank() / cfg.batch_size / cfg.accum_steps.max(1)).max(1);
     let global_batch = cfg.batch_size * cfg.accum_steps.max(1) * a.world_size;
-    let schedule = Schedule::new(&cfg, steps_per_epoch, global_batch);
-    let epochs = total_epochs(&cfg);
+    let schedule = cfg.lr_schedule(steps_per_epoch, global_batch);
+    let epochs = cfg.total_epochs();
     let mut branches = Vec::new();
     for &budget in &a.branches {
-        let step = branch_step(&cfg, budget, steps_per_epoch, global_batch).ok_or_else(|| {
+        let step = cfg.branch_step(budget, steps_per_epoch, global_batch).ok_or_else(|| {
             Error::Usage(format!(
                 "--branches {budget}: a branch needs the wsd or rsqrt schedule and a budget below --epochs {} \
                  whose own decay fits (check it with --epochs {budget})",

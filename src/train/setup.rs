@@ -411,7 +411,7 @@ impl Experiment {
             peak_lr,
             lr_from,
             steps_per_epoch,
-            total_steps: super::schedule::total_epochs(cfg) * steps_per_epoch,
+            total_steps: cfg.total_epochs() * steps_per_epoch,
         }
     }
 

@@ -696,7 +696,7 @@ pub fn to_markdown(cfg: &Table, results: &[RunResult]) -> String {
         cfg.seeds.len(),
         cfg.seeds,
         first.arch.name(),
-        super::schedule::total_epochs(first),
+        first.total_epochs(),
         first.train_size,
         first.global_batch.map_or(format!("{} per process", first.batch_size * first.accum_steps), |g| g.to_string()),
         first.data.as_ref().map_or("the embedded procedural dataset".into(), |d| format!("`{}`", d.display())),
@@ -973,7 +973,7 @@ fn run_outcome(dir: &Path, c: &TrainConfig) -> Result<CellOutcome> {
         let text = std::fs::read_to_string(&marker).map_err(|e| Error::io(&marker, e))?;
         return toml::from_str(&text).map_err(|e| Error::file(&marker, format!("unreadable: {e}")));
     }
-    let done = RunLog::read_summary(&dir.join("summary.csv")).len() >= super::schedule::total_epochs(c);
+    let done = RunLog::read_summary(&dir.join("summary.csv")).len() >= c.total_epochs();
     Ok(CellOutcome {
         status: if done { "finished" } else { "partial" }.into(),
         reason: None,

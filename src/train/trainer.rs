@@ -15,7 +15,7 @@ use super::eval::{evaluate_sums, prepare, EvalOptions, EvalResult, EvalSums};
 use super::guards::{Decision, Stop};
 use super::metrics::{EpochRecord, RunLog, StepRecord};
 use super::run_dir::RunLock;
-use super::schedule::{branch_step, total_epochs, Schedule, ScheduleStyle};
+use super::schedule::{Schedule, ScheduleStyle};
 use super::setup::{self, Data, RunFolder, Runtime, Start};
 use crate::data::dataset::ImageFolder;
 use crate::data::loader::Loader;
@@ -243,7 +243,7 @@ impl Trainer {
             Self::assemble(engine, (dir, None), main, data, (schedule, steps_per_epoch, stop_at), state);
         trainer.banner(&crate::runtime::describe_device(rt.device), resume.is_some(), &notes);
         let seconds = trainer.time_steps(steps)?;
-        let epochs = total_epochs(&trainer.engine.cfg);
+        let epochs = trainer.engine.cfg.total_epochs();
         let report = DryRun {
             steps_timed: seconds.len(),
             step_s: seconds.iter().sum::<f64>() / seconds.len().max(1) as f64,
@@ -350,7 +350,7 @@ impl Trainer {
             if cfg.corrected_weight_decay { " (corrected weight decay)" } else { "" },
             cfg.schedule_style.name(),
             format!("{:?}", cfg.schedule).to_lowercase(),
-            total_epochs(cfg),
+            cfg.total_epochs(),
             schedule_extras(cfg, schedule, steps_per_epoch),
             match cfg.aug_splits {
                 s if s > 1 => format!(" (x {s} AugMix splits{})", if cfg.jsd_loss { ", JSD loss" } else { "" }),
@@ -375,7 +375,7 @@ impl Trainer {
     /// Trains to the last epoch (or `max_steps`, or a termination signal).
     pub fn run(mut self) -> Result<RunSummary> {
         let max_steps = self.stop_at;
-        if max_steps > 0 && self.state.step >= max_steps && self.state.epoch < total_epochs(&self.engine.cfg)
+        if max_steps > 0 && self.state.step >= max_steps && self.state.epoch < self.engine.cfg.total_epochs()
         {
             // Resumed at or past --max-steps: nothing to train in this invocation.
             say!(
@@ -385,7 +385,7 @@ impl Trainer {
             );
             return Ok(self.summary(true));
         }
-        while self.state.epoch < total_epochs(&self.engine.cfg) {
+        while self.state.epoch < self.engine.cfg.total_epochs() {
             if self.train_epoch()? {
                 return Ok(self.summary(true));
             }
@@ -558,7 +558,7 @@ impl Trainer {
         let s = &self.state;
         let train_loss =
             if s.train_loss_steps > 0 { s.train_loss_sum / s.train_loss_steps as f64 } else { f64::NAN };
-        let due = (epoch + 1).is_multiple_of(cfg.eval_every.max(1)) || epoch + 1 == total_epochs(cfg);
+        let due = (epoch + 1).is_multiple_of(cfg.eval_every.max(1)) || epoch + 1 == cfg.total_epochs();
         let (eval, ema_eval) = match &self.val_loader {
             Some(l) if due => {
                 crate::fault::point("eval");
@@ -840,7 +840,7 @@ fn plan(
         state.world_size = world;
     }
     let global_batch = cfg.batch_size * cfg.accum_steps * world;
-    let schedule = Schedule::new(cfg, steps_per_epoch, global_batch);
+    let schedule = cfg.lr_schedule(steps_per_epoch, global_batch);
     engine.set_steps_per_epoch(steps_per_epoch);
     let cfg = &engine.cfg;
     if cfg.corrected_weight_decay {
@@ -849,7 +849,7 @@ fn plan(
     }
     if let Some(budget) = cfg.stop_before_decay_of {
         // A study's branch point: stop where a run of `budget` epochs starts its decay.
-        let at = branch_step(cfg, budget, steps_per_epoch, global_batch).ok_or_else(|| {
+        let at = cfg.branch_step(budget, steps_per_epoch, global_batch).ok_or_else(|| {
             Error::Usage(format!(
                 "no {budget}-epoch branch of this run: it needs the wsd or rsqrt schedule ({:?}) and a \
                      budget below its {} epochs",
@@ -862,7 +862,7 @@ fn plan(
     if let Some(saved) = saved {
         // A resume that reshapes the schedule (--epochs, a wsd branch's --decay-epochs) says
         // where the learning rate continues from, and where the run's own schedule had it.
-        let (step, before) = (state.schedule_step(), Schedule::new(saved, steps_per_epoch, global_batch));
+        let (step, before) = (state.schedule_step(), saved.lr_schedule(steps_per_epoch, global_batch));
         let (now, was) = (schedule.lr(step), before.lr(step));
         if (now - was).abs() > 1e-12 * was.abs().max(1e-12) {
             notes.push(format!(

@@ -22,6 +22,8 @@ use clap::{ArgAction, ArgMatches, FromArgMatches};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+mod schedule;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 #[command(next_help_heading = "Config keys (TOML `key = value`; flag `--key value`)")]
@@ -921,7 +923,7 @@ impl TrainConfig {
         self.validate_data()?;
         self.validate_augmentation()?;
         self.validate_loss()?;
-        super::schedule::validate(self)?;
+        schedule::validate(self)?;
         self.validate_run()?;
         // Every numeric key within its flag's range (a file's values; flags were parsed by it).
         // Last, so that the rules above keep their own messages.
@@ -1455,7 +1457,7 @@ mod tests {
     fn keys_table() -> String {
         let mut section_of = std::collections::HashMap::new();
         let mut section = "";
-        for line in include_str!("config.rs").lines().map(str::trim) {
+        for line in include_str!("mod.rs").lines().map(str::trim) {
             if let Some(name) = line.strip_prefix("// ---- ").and_then(|l| l.strip_suffix(" ----")) {
                 section = name;
             } else if let Some(field) = line.strip_prefix("pub ").and_then(|l| l.split_once(':')) {
