@@ -584,7 +584,7 @@ fn coefficients_of_init_files_and_of_a_run_equal_what_training_logged() {
     assert_eq!(saved, logged[2].coefficients);
     let tb: Vec<(String, i64, f32)> = std::fs::read_dir(run_dir.join("tb"))
         .unwrap()
-        .flat_map(|e| resnet_train::train::tensorboard::read_scalars(&e.unwrap().path()).unwrap())
+        .flat_map(|e| resnet_train::train::run::tensorboard::read_scalars(&e.unwrap().path()).unwrap())
         .collect();
     for c in &saved {
         for (tag, want) in
@@ -635,7 +635,7 @@ fn coefficients_of_init_files_and_of_a_run_equal_what_training_logged() {
 /// errors naming the file.
 #[test]
 fn checkpoint_hist_keeps_the_best_epochs_and_average_writes_their_mean() {
-    use resnet_train::train::checkpoint::EpochEval;
+    use resnet_train::train::run::checkpoint::EpochEval;
     let dir = common::tmpdir();
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     resnet_train::data::synthetic::write_dataset(&dir.path().join("data"), 6, 3, 40, 5).unwrap();
@@ -682,7 +682,7 @@ fn checkpoint_hist_keeps_the_best_epochs_and_average_writes_their_mean() {
     assert_eq!(losses.len(), 4);
     let mut by_loss: Vec<usize> = (0..4).collect();
     by_loss.sort_by(|&a, &b| losses[a].total_cmp(&losses[b]));
-    let mut kept: Vec<usize> = resnet_train::train::checkpoint::epoch_files(&run_dir)
+    let mut kept: Vec<usize> = resnet_train::train::run::checkpoint::epoch_files(&run_dir)
         .unwrap()
         .into_iter()
         .map(|(epoch, path)| {

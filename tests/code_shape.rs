@@ -1,6 +1,7 @@
 //! The code's shape, measured: no function in src/ longer than 120 lines (a function that long
-//! does several things; split it where its comments say "then"). Counted from the `fn` line to
-//! its closing brace; `extern` declarations are not functions.
+//! does several things; split it where its comments say "then"), counted from the `fn` line to
+//! its closing brace (`extern` declarations are not functions); and no two modules that import
+//! each other, directly or through others (the layers run one way).
 
 use std::path::{Path, PathBuf};
 
@@ -83,4 +84,126 @@ fn no_function_in_src_is_longer_than_120_lines() {
     }
     assert!(counted > 500, "{counted} functions found: the count is broken");
     assert!(long.is_empty(), "functions longer than {MAX_LINES} lines:\n{}", long.join("\n"));
+}
+
+/// The module a file under src/ is (`train/step/ema.rs` -> ["train", "step", "ema"]).
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).expect("under src/").with_extension("");
+    let mut segs: Vec<String> = rel.iter().map(|s| s.to_string_lossy().into_owned()).collect();
+    if matches!(segs.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+        segs.pop();
+    }
+    segs
+}
+
+/// Every path a `crate::` / `super::` / `self::` reference names, brace groups expanded
+/// (`use super::{a::X, b}` names `super::a::X` and `super::b`).
+fn referenced_paths(code: &str) -> Vec<Vec<String>> {
+    fn path_at(chars: &[char], mut i: usize, prefix: &[String], out: &mut Vec<Vec<String>>) -> usize {
+        let mut segs = prefix.to_vec();
+        loop {
+            let start = i;
+            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            if i > start {
+                segs.push(chars[start..i].iter().collect());
+            }
+            if chars.get(i) == Some(&':') && chars.get(i + 1) == Some(&':') {
+                i += 2;
+                if chars.get(i) == Some(&'{') {
+                    i += 1;
+                    loop {
+                        while chars.get(i).is_some_and(|c| c.is_whitespace() || *c == ',') {
+                            i += 1;
+                        }
+                        match chars.get(i) {
+                            None => return i,
+                            Some('}') => return i + 1,
+                            _ => i = path_at(chars, i, &segs, out),
+                        }
+                    }
+                }
+                continue;
+            }
+            out.push(segs);
+            return i.max(start + 1);
+        }
+    }
+    let chars: Vec<char> = code.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let boundary = i == 0 || !(chars[i - 1].is_alphanumeric() || chars[i - 1] == '_' || chars[i - 1] == ':');
+        let rest: String = chars[i..chars.len().min(i + 7)].iter().collect();
+        if boundary && ["crate::", "super::", "self::"].iter().any(|p| rest.starts_with(p)) {
+            i = path_at(&chars, i, &[], &mut out);
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn no_two_modules_in_src_import_each_other() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let modules: Vec<Vec<String>> = files.iter().map(|f| module_of(&src, f)).collect();
+    let index = |segs: &[String]| (0..=segs.len()).rev().find_map(|n| modules.iter().position(|m| m == &segs[..n]));
+    let mut edges = vec![std::collections::BTreeSet::new(); files.len()];
+    for (from, file) in files.iter().enumerate() {
+        let text = std::fs::read_to_string(file).expect("a source file");
+        // A file's own tests (after `#[cfg(test)]`) may import anything; comments name no import.
+        let code: String = text
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap_or("")
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for path in referenced_paths(&code) {
+            let mut target = modules[from].clone();
+            let mut segs = path.as_slice();
+            if segs.first().is_some_and(|s| s == "crate") {
+                target.clear();
+                segs = &segs[1..];
+            }
+            while let Some(head) = segs.first().filter(|s| *s == "super" || *s == "self") {
+                if head == "super" {
+                    target.pop();
+                }
+                segs = &segs[1..];
+            }
+            target.extend(segs.iter().cloned());
+            if let Some(to) = index(&target).filter(|&to| to != from && !modules[to].is_empty()) {
+                edges[from].insert(to);
+            }
+        }
+    }
+    let reaches = |a: usize, b: usize| {
+        let (mut seen, mut todo) = (vec![false; files.len()], vec![a]);
+        while let Some(n) = todo.pop() {
+            if n == b {
+                return true;
+            }
+            if !std::mem::replace(&mut seen[n], true) {
+                todo.extend(edges[n].iter().copied());
+            }
+        }
+        false
+    };
+    let mut circles = Vec::new();
+    for (a, out) in edges.iter().enumerate() {
+        for &b in out {
+            if reaches(b, a) {
+                circles.push(format!("{} -> {} -> ... -> {}", modules[a].join("::"), modules[b].join("::"), modules[a].join("::")));
+            }
+        }
+    }
+    let counted: usize = edges.iter().map(|e| e.len()).sum();
+    assert!(counted > 200, "{counted} imports found: the parser is broken");
+    assert!(circles.is_empty(), "modules that import each other (directly or through others):\n{}", circles.join("\n"));
 }

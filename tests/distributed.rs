@@ -54,7 +54,7 @@ fn on_ranks<T: Send + 'static>(world: usize, f: fn(&Dist) -> T) -> Vec<T> {
 #[test]
 fn dist_bn_broadcasts_or_averages_the_running_statistics() {
     use resnet_train::dist::DistBn;
-    use resnet_train::train::{config::TrainConfig, engine::Engine};
+    use resnet_train::train::{config::TrainConfig, step::engine::Engine};
     for (mode, want) in [(DistBn::Broadcast, 1.0), (DistBn::Reduce, 1.5)] {
         let port = free_port();
         let ranks: Vec<_> = (0..2)
@@ -187,7 +187,7 @@ fn shard(step: usize, rank: usize) -> (Tensor, Tensor) {
 
 /// Name-sorted float values of the engine's trained weights, and with `buffers` of every float
 /// variable (BatchNorm's running statistics too).
-fn values(engine: &resnet_train::train::engine::Engine, buffers: bool) -> Vec<(String, Vec<f32>)> {
+fn values(engine: &resnet_train::train::step::engine::Engine, buffers: bool) -> Vec<(String, Vec<f32>)> {
     let mut w: Vec<(String, Tensor)> = engine
         .vs
         .variables()
@@ -204,10 +204,10 @@ fn rank_engine(
     rank: usize,
     port: u16,
     config: resnet_train::train::config::TrainConfig,
-) -> resnet_train::train::engine::Engine {
+) -> resnet_train::train::step::engine::Engine {
     let dist = Dist::init(env(rank, 2, port), DistBackend::Auto, tch::Device::Cpu, Duration::from_secs(60))
         .expect("rendezvous");
-    let mut e = resnet_train::train::engine::Engine::new(config, tch::Device::Cpu, 10).unwrap();
+    let mut e = resnet_train::train::step::engine::Engine::new(config, tch::Device::Cpu, 10).unwrap();
     e.dist = Some(std::rc::Rc::new(dist));
     e.sync_from_main(true).unwrap();
     e
@@ -221,7 +221,7 @@ fn two_ranks_take_the_steps_of_one_process_accumulating_their_batches() {
     // DDP's contract: 2 ranks with a micro-batch each train exactly like 1 process accumulating
     // those 2 micro-batches (BatchNorm sees the same per-micro-batch statistics either way): the
     // same mean gradient, loss, clip, optimizer step and guard decisions.
-    use resnet_train::train::optim::OptKind;
+    use resnet_train::train::step::optim::OptKind;
     // Each layout with the fused optimizer kernels (PyTorch's fused SGD and AdamW walk parameter,
     // gradient and state with one index on the CPU and refuse differing layouts on CUDA): a
     // channels_last parameter's gradient must reach them laid out as the parameter, bucket slice
@@ -235,8 +235,8 @@ fn two_ranks_take_the_steps_of_one_process_accumulating_their_batches() {
 }
 
 fn two_ranks_match_one_process(case: &str, config: resnet_train::train::config::TrainConfig) {
-    use resnet_train::train::engine::Engine;
-    use resnet_train::train::guards::GuardState;
+    use resnet_train::train::step::engine::Engine;
+    use resnet_train::train::step::guards::GuardState;
     const STEPS: usize = 3;
     let mut single = Engine::new(config.clone(), tch::Device::Cpu, 10).unwrap();
     let mut gs = GuardState::default();
@@ -296,8 +296,8 @@ fn sync_bn_two_ranks_take_the_steps_of_one_process_with_their_joint_batch() {
     // SyncBatchNorm's contract: 2 ranks x 4 images with --sync-bn train like 1 process with the
     // 8 images in one batch (BatchNorm over all 8 in both): same losses, gradient norms, weights
     // and running statistics, up to float32 rounding (the statistics are combined differently).
-    use resnet_train::train::engine::Engine;
-    use resnet_train::train::guards::GuardState;
+    use resnet_train::train::step::engine::Engine;
+    use resnet_train::train::step::guards::GuardState;
     const STEPS: usize = 3;
     // Not torch's BN momentum and eps: the synchronised path must take them as libtorch's does.
     let config = || resnet_train::train::config::TrainConfig {
@@ -359,13 +359,13 @@ fn fp16_with_an_inf_on_one_rank_only_makes_both_ranks_skip_that_step() {
     // The loss scaler's found-inf decision is made on the averaged gradients and the all-reduced
     // loss, so a rank whose batch overflows takes every rank with it: both skip step 1 (and back
     // the scale off alike), and the weights stay identical across ranks.
-    use resnet_train::train::guards::GuardState;
+    use resnet_train::train::step::guards::GuardState;
     let port = free_port();
     let handles: Vec<_> = (0..2)
         .map(|rank| {
             std::thread::spawn(move || {
                 let config = resnet_train::train::config::TrainConfig {
-                    precision: resnet_train::train::amp::Precision::Fp16,
+                    precision: resnet_train::train::step::amp::Precision::Fp16,
                     ..engine_config()
                 };
                 let mut e = rank_engine(rank, port, config);
@@ -500,7 +500,7 @@ fn save_now_through_launch_saves_mid_epoch_and_the_job_goes_on() {
     assert!(Command::new("kill").args(["-USR1", &child.id().to_string()]).status().unwrap().success());
     let last = run.join("last.safetensors");
     common::wait_until(180, "SIGUSR1 saved nothing", || last.exists());
-    let (_, saved) = resnet_train::train::checkpoint::load_last(&last).unwrap();
+    let (_, saved) = resnet_train::train::run::checkpoint::load_last(&last).unwrap();
     assert!((3..10).contains(&saved.step) && saved.epoch == 0, "saved at step {}", saved.step);
     let out = child.wait_with_output().unwrap();
     let log = text(&out);
@@ -708,7 +708,7 @@ fn a_global_batch_trains_the_same_experiment_on_one_or_two_processes() {
         assert_eq!(session["experiment"]["global_batch"], 8, "{session}");
         assert_eq!(session["experiment"]["steps_per_epoch"], 10, "{session}");
         // And TensorBoard's HParams: the config as given and what it resolved to.
-        use resnet_train::train::tensorboard::{read_hparams, HParam};
+        use resnet_train::train::run::tensorboard::{read_hparams, HParam};
         let events: Vec<_> = std::fs::read_dir(run.join("tb")).unwrap().map(|e| e.unwrap().path()).collect();
         let h = read_hparams(&events[0]).unwrap();
         assert_eq!(h.get("resolved/global_batch"), Some(&HParam::Number(8.0)), "{h:?}");

@@ -278,7 +278,7 @@ fn fuzzed_image_bytes_never_panic() {
 /// `load_model` (predict, eval). Errors are fine, panics are not.
 #[test]
 fn fuzzed_checkpoints_never_panic() {
-    use resnet_train::train::checkpoint::{load_last, LoopState};
+    use resnet_train::train::run::checkpoint::{load_last, LoopState};
     use serde_json::{json, Value};
     let dir = common::tmpdir();
     let seed_file = dir.path().join("seed.safetensors");

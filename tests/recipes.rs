@@ -177,7 +177,7 @@ fn timm_schedule_trains_its_cooldown_with_one_lr_per_epoch() {
 /// logs the schedule's value for its step (tests/train.rs checks those against timm's own).
 #[test]
 fn timm_cycles_and_noise_train_every_cycle() {
-    use resnet_train::train::{config::read_run, schedule::Schedule};
+    use resnet_train::train::config::read_run;
     let dir = common::tmpdir();
     let data = dir.path().join("data");
     synthetic::write_dataset(&data, 4, 1, 40, 4).unwrap();
@@ -228,7 +228,8 @@ fn stated_resolution(path: &Path) -> (usize, bool, f64) {
 /// processes (an ablation's cells: 1) gives the global batch and peak learning rate its own comments state.
 #[test]
 fn every_shipped_config_resolves_to_the_global_batch_and_lr_it_states() {
-    use resnet_train::train::{ablate::AblationConfig, config::read_file, study::StudyConfig};
+    use resnet_train::experiments::{ablate::AblationConfig, study::StudyConfig};
+    use resnet_train::train::config::read_file;
     let configs = common::repo().join("configs");
     let mut files: Vec<_> = std::fs::read_dir(&configs).unwrap().map(|e| e.unwrap().path()).collect();
     files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
@@ -326,7 +327,7 @@ fn a_global_batch_fits_the_device_by_accumulating() {
 /// epochs; the same on 1 or 8 processes.
 #[test]
 fn the_torchvision_v2_recipe_has_torchvisions_ema() {
-    use resnet_train::train::{config::read_file, ema::EmaBuffers};
+    use resnet_train::train::{config::read_file, step::ema::EmaBuffers};
     let c = read_file(&common::repo().join("configs/resnet50-torchvision-v2.toml")).unwrap();
     c.validate().unwrap();
     for world in [1, 8] {

@@ -72,7 +72,7 @@ fn history(run: &Path) -> (Vec<serde_json::Value>, Vec<String>, Scalars) {
     let mut scalars = Scalars::new();
     for file in std::fs::read_dir(run.join("tb")).unwrap() {
         let path = file.unwrap().path();
-        scalars.extend(resnet_train::train::tensorboard::read_scalars(&path).unwrap());
+        scalars.extend(resnet_train::train::run::tensorboard::read_scalars(&path).unwrap());
     }
     scalars.retain(|(tag, _, _)| tag != "train/img_per_s" && tag != "train/data_wait_fraction");
     scalars.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
@@ -150,7 +150,7 @@ fn sigterm_saves_the_step_and_exits_143_then_resume_is_exact() {
     assert!(Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
     let last = run.join("last.safetensors");
     common::wait_until(120, "SIGUSR1 saved nothing", || last.exists());
-    let (_, saved) = resnet_train::train::checkpoint::load_last(&last).unwrap();
+    let (_, saved) = resnet_train::train::run::checkpoint::load_last(&last).unwrap();
     assert!((4..10).contains(&saved.step) && saved.epoch == 0, "saved at step {}", saved.step);
     assert!(child.try_wait().unwrap().is_none(), "training goes on after SIGUSR1");
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -160,7 +160,7 @@ fn sigterm_saves_the_step_and_exits_143_then_resume_is_exact() {
     assert!(msg.contains(&format!("SIGUSR1: saved the run at step {}", saved.step)), "{msg}");
     assert!(msg.contains("SIGTERM: saved the run at step"), "{msg}");
     // The checkpoint is at the step the run stopped at: nothing was lost.
-    let (_, state) = resnet_train::train::checkpoint::load_last(&run.join("last.safetensors")).unwrap();
+    let (_, state) = resnet_train::train::run::checkpoint::load_last(&run.join("last.safetensors")).unwrap();
     let logged = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count();
     assert_eq!(state.step, logged, "the saved step is the last logged one");
     assert!(!run.join("lock").exists(), "the lock is released");
@@ -178,7 +178,7 @@ fn one_process_per_run_folder_and_resume_keeps_the_runs_settings() {
     let config_before = std::fs::read(run.join("config.toml")).unwrap();
 
     // A live process holds the folder: a second one is refused, naming it.
-    let lock = resnet_train::train::run_dir::RunLock::acquire(&run).unwrap();
+    let lock = resnet_train::train::run::run_dir::RunLock::acquire(&run).unwrap();
     let refused = resume(&run, &[]);
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
     assert!(

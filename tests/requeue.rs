@@ -5,7 +5,7 @@
 mod common;
 
 use resnet_train::data::synthetic;
-use resnet_train::train::metrics::RunLog;
+use resnet_train::train::run::metrics::RunLog;
 use std::path::Path;
 use std::process::Command;
 

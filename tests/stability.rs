@@ -8,7 +8,7 @@
 mod common;
 
 use resnet_train::model::{ActConfig, ActInit, ActKind, Arch, ResNet, ResNetConfig};
-use resnet_train::train::stability::{first_beyond, first_nonfinite, forward_monitored, FP16_MAX};
+use resnet_train::train::step::stability::{first_beyond, first_nonfinite, forward_monitored, FP16_MAX};
 use tch::{nn, Device, Kind, Tensor};
 
 fn model(kind: ActKind, order: i64, init: ActInit, arch: Arch) -> (nn::VarStore, ResNet) {
@@ -112,7 +112,7 @@ fn tiny_run(
 
 #[test]
 fn guard_stops_a_diverging_fp16_polyrelu_run_naming_the_site_and_clamp_rescues_it() {
-    use resnet_train::train::amp::Precision;
+    use resnet_train::train::step::amp::Precision;
     use resnet_train::train::trainer::train;
     let dir = common::tmpdir();
     let data = dir.path().join("data");
@@ -206,7 +206,7 @@ fn injected_loss_spike_rolls_back_lowers_lr_and_is_logged_and_bounded() {
     assert!(event.contains("restored the snapshot of step 6") && event.contains("x0.5"), "{event}");
     assert!(recs[6].skipped && recs.iter().filter(|r| r.event.is_some()).count() == 1);
     // The learning rate is halved from then on (same schedule, x0.5).
-    let base = |r: &resnet_train::train::metrics::StepRecord| r.lr;
+    let base = |r: &resnet_train::train::run::metrics::StepRecord| r.lr;
     let mut plain = cfg.clone();
     plain.inject_spike_at = None;
     plain.name = Some("plain".into());
@@ -216,7 +216,7 @@ fn injected_loss_spike_rolls_back_lowers_lr_and_is_logged_and_bounded() {
     assert!((base(&recs[5]) - base(&precs[5])).abs() < 1e-12);
     // A comparison shows it: the run's row counts the rollback, and its variant is marked as
     // intervened on (`report --table`, a study's study.md).
-    use resnet_train::train::study::{table_of_runs, to_markdown, Interventions};
+    use resnet_train::experiments::study::{table_of_runs, to_markdown, Interventions};
     let g = Interventions::read(&s.run_dir);
     assert_eq!((g.skipped, g.rollbacks, g.remedies.len()), (0, 1, 0), "{g:?}");
     assert!(!Interventions::read(&p.run_dir).any());
@@ -236,10 +236,10 @@ fn injected_loss_spike_rolls_back_lowers_lr_and_is_logged_and_bounded() {
 
 #[test]
 fn ablation_rows_summarise_the_step_records() {
-    use resnet_train::train::ablate::{Cell, Remedy, Row};
-    use resnet_train::train::amp::Precision;
-    use resnet_train::train::metrics::StepRecord;
-    use resnet_train::train::stability::SiteStats;
+    use resnet_train::experiments::ablate::{Cell, Remedy, Row};
+    use resnet_train::train::run::metrics::StepRecord;
+    use resnet_train::train::step::amp::Precision;
+    use resnet_train::train::step::stability::SiteStats;
     let site = |s: &str, max_abs: f64, nonfinite: i64| SiteStats { site: s.into(), max_abs, nonfinite };
     let rec = |step: usize, loss: f64, skipped: bool, acts: Vec<SiteStats>| StepRecord {
         step,
@@ -299,8 +299,8 @@ fn ablation_rows_summarise_the_step_records() {
 
 #[test]
 fn fp16_ablation_polyrelu_diverges_polynorm_trains_and_an_interrupted_ablation_resumes() {
-    use resnet_train::train::ablate::{self, AblationConfig, CSV_HEADER};
-    use resnet_train::train::amp::Precision;
+    use resnet_train::experiments::ablate::{self, AblationConfig, CSV_HEADER};
+    use resnet_train::train::step::amp::Precision;
     let dir = common::tmpdir();
     let data = dir.path().join("data");
     resnet_train::data::synthetic::write_dataset(&data, 4, 1, 32, 9).unwrap();
@@ -331,8 +331,12 @@ fn fp16_ablation_polyrelu_diverges_polynorm_trains_and_an_interrupted_ablation_r
     assert!(polynorm.skipped_steps < 10 && polynorm.final_loss.is_finite());
     let abl = dir.path().join("abl");
     for ext in ["svg", "png"] {
-        resnet_train::report::draw_ablation(&first.rows, cfg.steps, &abl.join(format!("ablation.{ext}")))
-            .unwrap();
+        resnet_train::experiments::report::draw_ablation(
+            &first.rows,
+            cfg.steps,
+            &abl.join(format!("ablation.{ext}")),
+        )
+        .unwrap();
     }
     let csv = std::fs::read_to_string(abl.join("ablation.csv")).unwrap();
     assert_eq!(csv.lines().next(), Some(CSV_HEADER));
@@ -358,9 +362,9 @@ fn fp16_ablation_polyrelu_diverges_polynorm_trains_and_an_interrupted_ablation_r
 
 #[test]
 fn divergence_guard_applies_the_configured_remedy_and_continues_also_after_resume() {
-    use resnet_train::train::amp::Precision;
     use resnet_train::train::config::{TrainArgs, TrainConfig};
-    use resnet_train::train::stability::Remedy;
+    use resnet_train::train::step::amp::Precision;
+    use resnet_train::train::step::stability::Remedy;
     use resnet_train::train::trainer::train;
     let dir = common::tmpdir();
     let data = dir.path().join("data");

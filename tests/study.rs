@@ -6,8 +6,8 @@
 mod common;
 
 use resnet_train::data::synthetic;
-use resnet_train::stats::{paired, Better, Summary};
-use resnet_train::train::metrics::RunLog;
+use resnet_train::experiments::stats::{paired, Better, Summary};
+use resnet_train::train::run::metrics::RunLog;
 use std::path::Path;
 use std::process::Command;
 
@@ -374,7 +374,7 @@ fn a_parallel_study_names_a_cell_held_by_another_process() {
     let text =
         study_toml(&data, &out, "[0]").replace("at_epochs = [1]", "").replace("epochs = 2", "epochs = 1");
     std::fs::write(&config, text.replace("bench_steps = 1", "bench_steps = 0")).unwrap();
-    let _held = resnet_train::train::run_dir::RunLock::acquire(&out.join("tiny/relu-s0")).unwrap();
+    let _held = resnet_train::train::run::run_dir::RunLock::acquire(&out.join("tiny/relu-s0")).unwrap();
     let (code, text) = study(&config, &["--jobs", "2", "--threads", "1"], None);
     assert_ne!(code, Some(0), "{text}");
     assert!(
@@ -387,7 +387,7 @@ fn a_parallel_study_names_a_cell_held_by_another_process() {
 /// the embedded dataset unless it is given.
 #[test]
 fn study_data_overrides_every_runs_data() {
-    use resnet_train::train::study::StudyConfig;
+    use resnet_train::experiments::study::StudyConfig;
     let data_of = |s: &StudyConfig| -> Vec<Option<std::path::PathBuf>> {
         s.cells().iter().map(|c| s.cell_config(c).unwrap().data).collect()
     };

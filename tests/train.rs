@@ -7,10 +7,10 @@ mod common;
 use resnet_train::data::synthetic;
 use resnet_train::ffi;
 use resnet_train::model::{ActInit, ActKind, Arch};
-use resnet_train::train::amp::{GradScaler, Precision};
 use resnet_train::train::config::{TrainArgs, TrainConfig};
-use resnet_train::train::metrics::RunLog;
-use resnet_train::train::schedule::{total_epochs, Schedule, ScheduleKind, ScheduleStyle};
+use resnet_train::train::run::metrics::RunLog;
+use resnet_train::train::step::amp::{GradScaler, Precision};
+use resnet_train::train::step::schedule::{ScheduleKind, ScheduleStyle};
 use resnet_train::train::trainer::train;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -86,7 +86,7 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
         assert!(run.join(f).exists(), "{f} missing");
     }
     // One session per process that trained it, from where it started, with what it ran on.
-    let sessions = resnet_train::train::sessions::read(&run).unwrap();
+    let sessions = resnet_train::train::run::sessions::read(&run).unwrap();
     let starts: Vec<(usize, usize)> = sessions.iter().map(|s| (s.first_step, s.first_epoch)).collect();
     assert_eq!(starts, vec![(0, 0), (7, 0), (13, 1)], "--max-steps saves where it stops");
     for s in &sessions {
@@ -111,7 +111,7 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
     let full_dir = dir.path().join("full");
     let mut scalars = Vec::new();
     for e in std::fs::read_dir(full_dir.join("tb")).unwrap() {
-        scalars.extend(resnet_train::train::tensorboard::read_scalars(&e.unwrap().path()).unwrap());
+        scalars.extend(resnet_train::train::run::tensorboard::read_scalars(&e.unwrap().path()).unwrap());
     }
     let tb_loss: Vec<(i64, f32)> =
         scalars.iter().filter(|(t, _, _)| t == "train/loss").map(|(_, s, v)| (*s, *v)).collect();
@@ -121,11 +121,13 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
 
     // The report figure of both runs.
     if Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists() {
-        let runs =
-            vec![resnet_train::report::load(&full_dir).unwrap(), resnet_train::report::load(&run).unwrap()];
+        let runs = vec![
+            resnet_train::experiments::report::load(&full_dir).unwrap(),
+            resnet_train::experiments::report::load(&run).unwrap(),
+        ];
         for ext in ["svg", "png"] {
             let fig = dir.path().join(format!("curves.{ext}"));
-            resnet_train::report::draw(&runs, &fig).unwrap();
+            resnet_train::experiments::report::draw(&runs, &fig).unwrap();
             assert!(std::fs::metadata(&fig).unwrap().len() > 1000);
         }
         let svg = std::fs::read_to_string(dir.path().join("curves.svg")).unwrap();
@@ -169,7 +171,7 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
 
 #[test]
 fn adamw_lamb_with_ema_and_bce_resume_exactly_and_the_ema_is_evaluated_and_loadable() {
-    use resnet_train::train::optim::OptKind;
+    use resnet_train::train::step::optim::OptKind;
     let dir = common::tmpdir();
     let data = dir.path().join("data");
     synthetic::write_dataset(&data, 8, 2, 32, 5).unwrap(); // 10 steps per epoch
@@ -178,7 +180,7 @@ fn adamw_lamb_with_ema_and_bce_resume_exactly_and_the_ema_is_evaluated_and_loada
         let cfg = |run: &str| TrainConfig {
             opt,
             lr_base: 0.004,
-            lr_base_scale: Some(resnet_train::train::schedule::LrScaling::Linear),
+            lr_base_scale: Some(resnet_train::train::step::schedule::LrScaling::Linear),
             weight_decay: 0.05,
             model_ema: true,
             model_ema_decay: 0.9,
@@ -569,7 +571,10 @@ fn config_precedence_and_unknown_keys() {
         "0.2",
     ]);
     let c = TrainConfig::resolve(&a).unwrap();
-    assert_eq!((c.opt, c.model_ema, c.smoothing), (resnet_train::train::optim::OptKind::Lamb, true, 0.2));
+    assert_eq!(
+        (c.opt, c.model_ema, c.smoothing),
+        (resnet_train::train::step::optim::OptKind::Lamb, true, 0.2)
+    );
     assert_eq!(
         (c.act_clamp, c.act_fp32, c.monitor_every, c.max_consecutive_skips, c.min_loss_scale),
         (Some(2.5), true, 3, 4, 0.5)
@@ -582,10 +587,10 @@ fn config_precedence_and_unknown_keys() {
         let p = e.unwrap().path();
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if name.starts_with("ablate-") {
-            resnet_train::train::ablate::AblationConfig::read(&p)
+            resnet_train::experiments::ablate::AblationConfig::read(&p)
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         } else if name.starts_with("study-") {
-            resnet_train::train::study::StudyConfig::read(&p)
+            resnet_train::experiments::study::StudyConfig::read(&p)
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         } else if p.extension().is_some_and(|x| x == "toml") {
             let a = TrainArgs { config: Some(p.clone()), ..TrainArgs::default() };
@@ -778,7 +783,7 @@ fn the_time_spent_waiting_for_data_is_logged_and_an_input_bound_run_is_told_so()
 #[test]
 fn head_init_scales_the_classifier_and_sets_its_bias_and_the_ema_starts_from_it() {
     // timm's train.py: fc.weight *= scale, fc.bias *= scale, then fc.bias = bias.
-    use resnet_train::train::engine::Engine;
+    use resnet_train::train::step::engine::Engine;
     let cfg = TrainConfig {
         arch: Arch::Resnet18,
         act: ActKind::Relu,
@@ -832,7 +837,7 @@ fn relu_like_polyrelu_with_frozen_coefficients_trains_exactly_as_relu() {
     let frozen = run("frozen", ActKind::Polyrelu, 0.0);
     let learned = run("learned", ActKind::Polyrelu, 1.0);
     assert_eq!(relu.len(), 10);
-    let trace = |r: &[resnet_train::train::metrics::StepRecord]| -> Vec<(f64, f64)> {
+    let trace = |r: &[resnet_train::train::run::metrics::StepRecord]| -> Vec<(f64, f64)> {
         r.iter().map(|s| (s.loss, s.grad_norm)).collect()
     };
     assert_eq!(trace(&frozen), trace(&relu), "frozen relu-like PolyReLU differs from ReLU");
@@ -1038,7 +1043,7 @@ fn wsd_forks_branch_the_stable_phase_into_their_own_decays() {
     let (ok, text) = fork("stable/inner", "");
     assert!(!ok && text.contains("inside the run it forks"), "{text}");
     // A run in use (a live process holds its lock) is not forked.
-    let lock = resnet_train::train::run_dir::RunLock::acquire(&stable).unwrap();
+    let lock = resnet_train::train::run::run_dir::RunLock::acquire(&stable).unwrap();
     let (ok, text) = fork("busy", "");
     assert!(!ok && text.contains("is in use by process") && !dir.path().join("busy").exists(), "{text}");
     drop(lock);

@@ -2,9 +2,9 @@
 //! `train::ablate`). Running the same command again continues an interrupted ablation.
 
 use crate::error::Result;
+use crate::experiments::ablate::{self, AblationConfig, Remedy};
 use crate::model::{ActInit, ActKind, Arch};
-use crate::train::ablate::{self, AblationConfig, Remedy};
-use crate::train::amp::Precision;
+use crate::train::step::amp::Precision;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -13,7 +13,7 @@ pub struct AblateArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Optimizer steps per cell.
-    #[arg(long, value_parser = crate::train::range::int::<usize>(1, 1_000_000_000), allow_negative_numbers = true)]
+    #[arg(long, value_parser = crate::train::config::range::int::<usize>(1, 1_000_000_000), allow_negative_numbers = true)]
     pub steps: Option<usize>,
     #[arg(long, value_enum, value_delimiter = ',')]
     pub acts: Option<Vec<ActKind>>,
@@ -31,13 +31,13 @@ pub struct AblateArgs {
     pub data: Option<PathBuf>,
     #[arg(long, value_enum)]
     pub arch: Option<Arch>,
-    #[arg(long, value_parser = crate::train::range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
+    #[arg(long, value_parser = crate::train::config::range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
     pub train_size: Option<usize>,
-    #[arg(long, value_parser = crate::train::range::int::<usize>(1, 65536), allow_negative_numbers = true)]
+    #[arg(long, value_parser = crate::train::config::range::int::<usize>(1, 65536), allow_negative_numbers = true)]
     pub batch_size: Option<usize>,
     #[arg(long)]
     pub device: Option<String>,
-    #[arg(long, value_parser = crate::train::range::int::<u64>(0, i64::MAX as u64), allow_negative_numbers = true)]
+    #[arg(long, value_parser = crate::train::config::range::int::<u64>(0, i64::MAX as u64), allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// The ablation's folder is OUTPUT/NAME.
     #[arg(long)]
@@ -72,7 +72,7 @@ pub fn run(a: AblateArgs) -> Result<()> {
     let mut outputs = vec![s.dir.join("ablation.md"), s.dir.join("ablation.csv")];
     for ext in ["svg", "png"] {
         let figure = s.dir.join(format!("ablation.{ext}"));
-        match crate::report::draw_ablation(&s.rows, c.steps, &figure) {
+        match crate::experiments::report::draw_ablation(&s.rows, c.steps, &figure) {
             Ok(()) => outputs.push(figure),
             Err(e) => eprintln!("warning: {} not drawn: {e}", figure.display()),
         }

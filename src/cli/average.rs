@@ -3,9 +3,9 @@
 //! `--metric`.
 
 use crate::error::{Error, Result};
+use crate::experiments::average::{self, Member};
 use crate::model::weights::Which;
-use crate::train::average::{self, Member};
-use crate::train::eval::EvalMetric;
+use crate::train::run::eval::EvalMetric;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -17,7 +17,7 @@ pub struct AverageArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Average the best N (timm's avg_checkpoints default: 10).
-    #[arg(long, default_value_t = 10, value_parser = crate::train::range::int::<usize>(1, 100000), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 10, value_parser = crate::train::config::range::int::<usize>(1, 100000), allow_negative_numbers = true)]
     pub n: usize,
     /// What ranks the checkpoints (their recorded evaluation).
     #[arg(long, value_enum, default_value = "top1")]

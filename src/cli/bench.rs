@@ -6,8 +6,8 @@
 
 use crate::error::Result;
 use crate::train::config::{Overrides, TrainConfig};
-use crate::train::engine::Engine;
-use crate::train::guards::GuardState;
+use crate::train::step::engine::Engine;
+use crate::train::step::guards::GuardState;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -19,16 +19,16 @@ pub struct BenchArgs {
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
     /// Classes of the synthetic labels (the classifier's width).
-    #[arg(long, default_value_t = 1000, value_parser = crate::train::range::int::<i64>(1, 1_000_000), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::train::config::range::int::<i64>(1, 1_000_000), allow_negative_numbers = true)]
     pub classes: i64,
     /// Timed optimizer steps.
-    #[arg(long, default_value_t = 20, value_parser = crate::train::range::int::<usize>(1, 1_000_000), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 20, value_parser = crate::train::config::range::int::<usize>(1, 1_000_000), allow_negative_numbers = true)]
     pub steps: usize,
     /// Untimed steps before them.
-    #[arg(long, default_value_t = 5, value_parser = crate::train::range::int::<usize>(0, 1_000_000), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 5, value_parser = crate::train::config::range::int::<usize>(0, 1_000_000), allow_negative_numbers = true)]
     pub warmup: usize,
     /// CPU intra-op threads (0: the config's `torch_threads`, else libtorch's default).
-    #[arg(long, default_value_t = 0, value_parser = crate::train::range::int::<i32>(0, 1024), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0, value_parser = crate::train::config::range::int::<i32>(0, 1024), allow_negative_numbers = true)]
     pub threads: i32,
     /// Which build of the fused activations' CPU kernels runs (auto: the instruction set
     /// libtorch's own CPU kernels use here).

@@ -7,13 +7,13 @@
 use crate::error::{Error, Result};
 use crate::ffi::{self, PolyCom};
 use crate::model::activation::POLYNORM_EPS;
-use crate::train::amp::Precision;
+use crate::train::step::amp::Precision;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchActArgs {
-    #[arg(long, default_value_t = 3, value_parser = crate::train::range::int::<i64>(1, crate::model::activation::MAX_ORDER as u64), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 3, value_parser = crate::train::config::range::int::<i64>(1, crate::model::activation::MAX_ORDER as u64), allow_negative_numbers = true)]
     pub order: i64,
     /// fp32, bf16 or fp16 activations (bf16/fp16: returned in that type, as `--act-out-lowp`).
     #[arg(long, value_enum, default_value = "fp32")]
@@ -22,19 +22,19 @@ pub struct BenchActArgs {
     /// without `--act-out-lowp` (the default: its residual stream is fp32); ReLU stays in bf16/fp16.
     #[arg(long)]
     pub act_out_fp32: bool,
-    #[arg(long, default_value_t = 32, value_parser = crate::train::range::int::<i64>(1, 65536), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 32, value_parser = crate::train::config::range::int::<i64>(1, 65536), allow_negative_numbers = true)]
     pub batch: i64,
     /// Input resolution of the network whose sites are timed (224: ImageNet).
-    #[arg(long, default_value_t = 224, value_parser = crate::train::range::int::<i64>(1, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 224, value_parser = crate::train::config::range::int::<i64>(1, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
     pub res: i64,
     #[arg(long, default_value = "auto")]
     pub device: String,
     #[arg(long)]
     pub channels_last: bool,
     /// Timed forward + backward passes per site shape (after `--warmup`).
-    #[arg(long, default_value_t = 20, value_parser = crate::train::range::int::<usize>(1, 1_000_000), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 20, value_parser = crate::train::config::range::int::<usize>(1, 1_000_000), allow_negative_numbers = true)]
     pub iters: usize,
-    #[arg(long, default_value_t = 3, value_parser = crate::train::range::int::<usize>(0, 1_000_000), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 3, value_parser = crate::train::config::range::int::<usize>(0, 1_000_000), allow_negative_numbers = true)]
     pub warmup: usize,
     /// CPU intra-op threads (0: libtorch's default).
     #[arg(long, default_value_t = 0)]

@@ -22,15 +22,15 @@ pub struct BenchDataArgs {
     #[arg(long, value_enum, default_value = "train")]
     pub mode: Mode,
     /// Decode threads.
-    #[arg(long, default_value_t = 1, value_parser = crate::train::range::int::<usize>(1, 1024), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1, value_parser = crate::train::config::range::int::<usize>(1, 1024), allow_negative_numbers = true)]
     pub threads: usize,
     /// Batches to time (default: two passes over the data, as torch_data_bench.py's default).
-    #[arg(long, value_parser = crate::train::range::int::<usize>(1, 1_000_000), allow_negative_numbers = true)]
+    #[arg(long, value_parser = crate::train::config::range::int::<usize>(1, 1_000_000), allow_negative_numbers = true)]
     pub batches: Option<usize>,
-    #[arg(long, default_value_t = 64, value_parser = crate::train::range::int::<usize>(1, 65536), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 64, value_parser = crate::train::config::range::int::<usize>(1, 65536), allow_negative_numbers = true)]
     pub batch_size: usize,
     /// Output size (train crop / eval crop).
-    #[arg(long, default_value_t = 224, value_parser = crate::train::range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 224, value_parser = crate::train::config::range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
     pub size: usize,
     /// Augmentation policy after the crop and flip (train mode; the `aa` config key's values,
     /// e.g. randaugment, trivialaugment, autoaugment, rand-m9-mstd0.5-inc1).
@@ -40,18 +40,18 @@ pub struct BenchDataArgs {
     #[arg(long, value_delimiter = ',')]
     pub color_jitter: Option<Vec<f64>>,
     /// timm's `color_jitter_prob`, `grayscale_prob`, `gaussian_blur_prob` (train mode).
-    #[arg(long, value_parser = crate::train::range::float(0.0, 1.0, crate::train::range::Ends::Closed), allow_negative_numbers = true)]
+    #[arg(long, value_parser = crate::train::config::range::float(0.0, 1.0, crate::train::config::range::Ends::Closed), allow_negative_numbers = true)]
     pub color_jitter_prob: Option<f64>,
-    #[arg(long, default_value_t = 0.0, value_parser = crate::train::range::float(0.0, 1.0, crate::train::range::Ends::Closed), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::train::config::range::float(0.0, 1.0, crate::train::config::range::Ends::Closed), allow_negative_numbers = true)]
     pub grayscale_prob: f64,
-    #[arg(long, default_value_t = 0.0, value_parser = crate::train::range::float(0.0, 1.0, crate::train::range::Ends::Closed), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::train::config::range::float(0.0, 1.0, crate::train::config::range::Ends::Closed), allow_negative_numbers = true)]
     pub gaussian_blur_prob: f64,
     /// The crop's resize filter: bilinear, bicubic, or random (train mode: one per image, and
     /// timm's ops draw theirs, as timm's `train_interpolation = random`).
     #[arg(long, value_enum, default_value = "bilinear")]
     pub interpolation: crate::data::transform::TrainFilter,
     /// Eval mode: resize to floor(size / crop_pct) before the center crop.
-    #[arg(long, default_value_t = 0.875, value_parser = crate::train::range::float(0.1, 1.0, crate::train::range::Ends::Closed), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.875, value_parser = crate::train::config::range::float(0.1, 1.0, crate::train::config::range::Ends::Closed), allow_negative_numbers = true)]
     pub crop_pct: f64,
     /// Print one JSON line.
     #[arg(long)]

@@ -4,8 +4,8 @@
 //! Given a run folder instead: its coefficients over training, as logged on monitored steps.
 
 use crate::error::{Error, Result};
+use crate::experiments::report::{self, CoefficientSet};
 use crate::model::weights::{self, Which, TRAIN_STATE_PREFIX};
-use crate::report::{self, CoefficientSet};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -92,7 +92,7 @@ fn run_folder(a: &CoefficientsArgs) -> Result<()> {
     let mut steps = Vec::new();
     for (i, line) in text.lines().enumerate() {
         // A killed run's last line may be torn; every other line must parse.
-        let rec: crate::train::metrics::StepRecord = match serde_json::from_str(line) {
+        let rec: crate::train::run::metrics::StepRecord = match serde_json::from_str(line) {
             Ok(r) => r,
             Err(_) if i + 1 == text.lines().count() => break,
             Err(e) => return Err(Error::file(&path, format!("line {}: {e}", i + 1))),

@@ -7,9 +7,9 @@ use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::transform::Transform;
 use crate::error::{Error, Result};
 use crate::model::weights;
-use crate::train::amp::Precision;
-use crate::train::eval::{class_columns, score, ClassMatch, ClassScore, EvalOptions, Scored};
-use crate::train::real_labels::RealLabels;
+use crate::train::run::eval::{class_columns, score, ClassMatch, ClassScore, EvalOptions, Scored};
+use crate::train::run::real_labels::RealLabels;
+use crate::train::step::amp::Precision;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -29,22 +29,22 @@ pub struct EvalArgs {
     pub json: Option<PathBuf>,
     /// Center-crop size. Unset with --crop-pct unset: the eval preprocessing the checkpoint
     /// records (its run's resize, crop and filter), else 224.
-    #[arg(long, value_parser = crate::train::range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
+    #[arg(long, value_parser = crate::train::config::range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
     pub size: Option<usize>,
     /// Resize to floor(size / crop_pct) before the crop (timm's rule; default 0.875).
-    #[arg(long, value_parser = crate::train::range::float(0.1, 1.0, crate::train::range::Ends::Closed), allow_negative_numbers = true)]
+    #[arg(long, value_parser = crate::train::config::range::float(0.1, 1.0, crate::train::config::range::Ends::Closed), allow_negative_numbers = true)]
     pub crop_pct: Option<f64>,
     /// Resize filter (default: the checkpoint's, else bilinear).
     #[arg(long, value_enum)]
     pub interpolation: Option<crate::data::resize::Filter>,
-    #[arg(long, default_value_t = 128, value_parser = crate::train::range::int::<usize>(1, 65536), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 128, value_parser = crate::train::config::range::int::<usize>(1, 65536), allow_negative_numbers = true)]
     pub batch_size: usize,
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Decode threads (0: all cores).
-    #[arg(long, default_value_t = 0, value_parser = crate::train::range::int::<usize>(0, 1024), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0, value_parser = crate::train::config::range::int::<usize>(0, 1024), allow_negative_numbers = true)]
     pub workers: usize,
     /// Average the logits of each image and its mirror image (test-time flip, FFCV's `lr_tta`).
     #[arg(long)]
@@ -63,7 +63,7 @@ pub struct EvalArgs {
     pub per_class: bool,
     /// Stop when more than this fraction of the images is unreadable; below it, each unreadable
     /// image is named, left out of the score and counted (`left_out_images` in the JSON).
-    #[arg(long, default_value_t = 0.01, value_parser = crate::train::range::float(0.0, 1.0, crate::train::range::Ends::Closed))]
+    #[arg(long, default_value_t = 0.01, value_parser = crate::train::config::range::float(0.0, 1.0, crate::train::config::range::Ends::Closed))]
     pub max_bad_fraction: f64,
 }
 

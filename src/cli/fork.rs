@@ -14,7 +14,7 @@ pub struct ForkArgs {
 }
 
 pub fn run(a: ForkArgs) -> Result<()> {
-    let f = crate::train::fork::fork(&a.run, &a.new)?;
+    let f = crate::experiments::fork::fork(&a.run, &a.new)?;
     println!(
         "forked {} at step {} (epoch {}, batch {}) into {} ({} model files linked, {} files copied)",
         a.run.display(),

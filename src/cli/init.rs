@@ -10,7 +10,7 @@ pub struct InitArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Seed of the initialisation.
-    #[arg(long, default_value_t = 0, value_parser = crate::train::range::int::<i64>(0, i64::MAX as u64), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0, value_parser = crate::train::config::range::int::<i64>(0, i64::MAX as u64), allow_negative_numbers = true)]
     pub seed: i64,
     /// Output file (.safetensors).
     #[arg(long)]

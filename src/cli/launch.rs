@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Debug)]
 pub struct LaunchArgs {
     /// Processes on this node (one per GPU; on CPU, the cores are shared between them).
-    #[arg(long, value_parser = crate::train::range::int::<usize>(1, 1024), allow_negative_numbers = true)]
+    #[arg(long, value_parser = crate::train::config::range::int::<usize>(1, 1024), allow_negative_numbers = true)]
     pub nproc_per_node: usize,
     /// Nodes in the job (run the same command on each, with its --node-rank).
-    #[arg(long, default_value_t = 1, value_parser = crate::train::range::int::<usize>(1, 100000), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1, value_parser = crate::train::config::range::int::<usize>(1, 100000), allow_negative_numbers = true)]
     pub nnodes: usize,
     /// This node's index, 0..nnodes (node 0 hosts the rendezvous).
-    #[arg(long, default_value_t = 0, value_parser = crate::train::range::int::<usize>(0, 99999), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0, value_parser = crate::train::config::range::int::<usize>(0, 99999), allow_negative_numbers = true)]
     pub node_rank: usize,
     /// Address of node 0, reachable from every node.
     #[arg(long, default_value = "127.0.0.1")]
@@ -28,7 +28,7 @@ pub struct LaunchArgs {
     #[arg(long, default_value_t = crate::dist::DEFAULT_PORT)]
     pub master_port: u16,
     /// Seconds the other ranks get to exit after one failed, before they are killed.
-    #[arg(long, default_value_t = 30, value_parser = crate::train::range::int::<u64>(0, 86400), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 30, value_parser = crate::train::config::range::int::<u64>(0, 86400), allow_negative_numbers = true)]
     pub grace: u64,
     /// The resnet-train arguments each rank runs, after `--` (e.g. `-- train --config F`).
     #[arg(last = true, required = true)]

@@ -9,14 +9,14 @@ pub struct MakeDemoDataArgs {
     /// Output folder (gets train/ and val/).
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 300, value_parser = crate::train::range::int::<u64>(1, 100000), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 300, value_parser = crate::train::config::range::int::<u64>(1, 100000), allow_negative_numbers = true)]
     pub train_per_class: u64,
-    #[arg(long, default_value_t = 50, value_parser = crate::train::range::int::<u64>(0, 100000), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 50, value_parser = crate::train::config::range::int::<u64>(0, 100000), allow_negative_numbers = true)]
     pub val_per_class: u64,
     /// Image side in pixels.
-    #[arg(long, default_value_t = 64, value_parser = crate::train::range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 64, value_parser = crate::train::config::range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
     pub size: usize,
-    #[arg(long, default_value_t = 0, value_parser = crate::train::range::int::<u64>(0, i64::MAX as u64), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0, value_parser = crate::train::config::range::int::<u64>(0, i64::MAX as u64), allow_negative_numbers = true)]
     pub seed: u64,
 }
 

@@ -91,7 +91,7 @@ pub struct ModelArgs {
     /// Initial polynomial coefficients: paper (w = 1/k) or relu-like (w = [1, 0, ...]).
     #[arg(long, value_enum, default_value = "paper")]
     pub act_init: ActInit,
-    #[arg(long, default_value_t = 1000, value_parser = crate::train::range::int::<i64>(1, 1_000_000), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::train::config::range::int::<i64>(1, 1_000_000), allow_negative_numbers = true)]
     pub num_classes: i64,
     /// Zero-init each residual block's last BN gamma.
     #[arg(long)]
@@ -103,7 +103,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub blurpool: bool,
     /// Clamp the polynomial's input to [-C, C] (a stability remedy).
-    #[arg(long, value_parser = crate::train::range::float(0.0, 1e6, crate::train::range::Ends::AboveMin), allow_negative_numbers = true)]
+    #[arg(long, value_parser = crate::train::config::range::float(0.0, 1e6, crate::train::config::range::Ends::AboveMin), allow_negative_numbers = true)]
     pub act_clamp: Option<f64>,
     /// Compute the activations in fp32 under autocast (false: in fp16/bf16).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]

@@ -20,16 +20,16 @@ pub struct PredictArgs {
     /// Class names, one per line in class-index order (`LOC_synset_mapping.txt` format: `wnid name...`).
     #[arg(long)]
     pub classes: Option<PathBuf>,
-    #[arg(long, default_value_t = 5, value_parser = crate::train::range::int::<i64>(1, 1_000_000), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 5, value_parser = crate::train::config::range::int::<i64>(1, 1_000_000), allow_negative_numbers = true)]
     pub topk: i64,
     /// One JSON object per image on stdout.
     #[arg(long)]
     pub json: bool,
     /// Shorter side after resizing (default: what the checkpoint was trained for, else 256).
-    #[arg(long, value_parser = crate::train::range::int::<usize>(8, 2 * crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
+    #[arg(long, value_parser = crate::train::config::range::int::<usize>(8, 2 * crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
     pub resize: Option<usize>,
     /// Center-crop size (default: what the checkpoint was trained for, else 224).
-    #[arg(long, value_parser = crate::train::range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
+    #[arg(long, value_parser = crate::train::config::range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
     pub crop: Option<usize>,
     /// Resize filter (default: what the checkpoint was trained for, else bilinear).
     #[arg(long, value_enum)]

@@ -3,8 +3,8 @@
 //! means, 95% intervals and seed-paired differences, and curves with a band over seeds.
 
 use crate::error::Result;
-use crate::report;
-use crate::train::study;
+use crate::experiments::report;
+use crate::experiments::study;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -20,7 +20,7 @@ pub struct ReportArgs {
     #[arg(long)]
     pub table: bool,
     /// With --table: also report after these many epochs (e.g. 50,100,150,200).
-    #[arg(long, value_delimiter = ',', value_parser = crate::train::range::int::<usize>(0, 100000), allow_negative_numbers = true)]
+    #[arg(long, value_delimiter = ',', value_parser = crate::train::config::range::int::<usize>(0, 100000), allow_negative_numbers = true)]
     pub at: Vec<usize>,
     /// With --table: the variant the others are compared with (default: the first run's).
     #[arg(long)]

@@ -10,11 +10,11 @@ use crate::train::config::{TrainArgs, TrainConfig};
 #[derive(clap::Args, Debug)]
 pub struct ScheduleArgs {
     /// Training images (default: ImageNet-1k's train split).
-    #[arg(long, default_value_t = 1_281_167, value_parser = crate::train::range::int::<usize>(1, 10_000_000_000), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1_281_167, value_parser = crate::train::config::range::int::<usize>(1, 10_000_000_000), allow_negative_numbers = true)]
     pub images: usize,
     /// Data-parallel processes (the global batch is batch_size x accum_steps x this, or the
     /// config's `global_batch` split over them).
-    #[arg(long, default_value_t = 1, value_parser = crate::train::range::int::<usize>(1, 1_000_000), allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1, value_parser = crate::train::config::range::int::<usize>(1, 1_000_000), allow_negative_numbers = true)]
     pub world_size: usize,
     /// One JSON object (epochs, steps per epoch, every epoch's first and last lr) instead of a table.
     #[arg(long)]
@@ -22,7 +22,7 @@ pub struct ScheduleArgs {
     /// wsd / rsqrt: where a branch of these shorter budgets (epochs) forks from this run: the
     /// `--max-steps` to stop it at before `resnet-train fork` (what `study` with `branches = true`
     /// does by itself).
-    #[arg(long, value_delimiter = ',', value_parser = crate::train::range::int::<usize>(1, 100000), allow_negative_numbers = true)]
+    #[arg(long, value_delimiter = ',', value_parser = crate::train::config::range::int::<usize>(1, 100000), allow_negative_numbers = true)]
     pub branches: Vec<usize>,
     /// Also draw the learning rate of every step (at most 4,000 points) to this .svg or .png.
     #[arg(long)]
@@ -75,7 +75,7 @@ pub fn run(a: ScheduleArgs) -> Result<()> {
             cfg.schedule_style.name(),
             format!("{:?}", cfg.schedule).to_lowercase()
         );
-        crate::report::draw_schedule(&points, &title, out)?;
+        crate::experiments::report::draw_schedule(&points, &title, out)?;
         eprintln!("wrote {}", out.display());
     }
     if a.json {

@@ -3,7 +3,7 @@
 //! continues an interrupted study.
 
 use crate::error::{Error, Result};
-use crate::train::study::{self, CellRuntime, CellState, StudyConfig};
+use crate::experiments::study::{self, CellRuntime, CellState, StudyConfig};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -23,7 +23,7 @@ pub struct StudyArgs {
     pub data: Option<PathBuf>,
     /// Cells run at once, each in its own process (the CPU threads split between them, or one
     /// device each from --devices).
-    #[arg(long, default_value_t = 1, value_parser = crate::train::range::int::<usize>(1, 1024))]
+    #[arg(long, default_value_t = 1, value_parser = crate::train::config::range::int::<usize>(1, 1024))]
     pub jobs: usize,
     /// Devices handed out to the jobs in turn, e.g. cuda:0,cuda:1 (default: each cell's config).
     #[arg(long, value_delimiter = ',')]
@@ -32,14 +32,14 @@ pub struct StudyArgs {
     /// cores, whatever --jobs is: the thread count changes libtorch's CPU reduction order, so it is
     /// fixed to keep a study's numbers independent of --jobs; with --jobs N on a CPU, --threads
     /// cores/N avoids oversubscription). Also the decode threads when --workers is unset.
-    #[arg(long, value_parser = crate::train::range::int::<usize>(1, 1024))]
+    #[arg(long, value_parser = crate::train::config::range::int::<usize>(1, 1024))]
     pub threads: Option<usize>,
     /// Decode threads per cell (default: --threads, else the cores / --jobs; any number gives the
     /// same batches).
-    #[arg(long, value_parser = crate::train::range::int::<usize>(1, 1024))]
+    #[arg(long, value_parser = crate::train::config::range::int::<usize>(1, 1024))]
     pub workers: Option<usize>,
     /// Run only cell I of --list (e.g. a cluster job array's index), then update the tables.
-    #[arg(long, value_parser = crate::train::range::int::<usize>(0, 1_000_000), allow_negative_numbers = true)]
+    #[arg(long, value_parser = crate::train::config::range::int::<usize>(0, 1_000_000), allow_negative_numbers = true)]
     pub cell: Option<usize>,
     /// Print the cells (index, run folder, state) and exit.
     #[arg(long)]
@@ -111,7 +111,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
     let groups = study::curve_groups(&cfg.table()?, &results, |r| cfg.cell_dir(&r.cell))?;
     for ext in ["svg", "png"] {
         let figure = cfg.dir().join(format!("study.{ext}"));
-        match crate::report::draw_groups(&groups, &figure) {
+        match crate::experiments::report::draw_groups(&groups, &figure) {
             Ok(()) => outputs.push(figure),
             Err(e) => eprintln!("warning: {} not drawn: {e}", figure.display()),
         }

@@ -1,26 +1,7 @@
-//! Training: the loop (trainer.rs, read it top to bottom) and one module per concern.
-pub mod ablate;
-pub mod amp;
-pub mod average;
-pub mod checkpoint;
-pub mod clip;
+//! One training run: the loop (trainer.rs, read it top to bottom), its set-up (setup.rs), its
+//! configuration (config/), the step's parts (step/) and the run folder's life (run/).
 pub mod config;
-pub mod ema;
-pub mod engine;
-pub mod eval;
-pub mod fork;
-pub mod guards;
-pub mod loss;
-pub mod metrics;
-pub mod optim;
-pub mod range;
-pub mod real_labels;
-pub mod run_dir;
-pub mod schedule;
-pub mod sessions;
+pub mod run;
 pub mod setup;
-pub mod stability;
-pub mod state;
-pub mod study;
-pub mod tensorboard;
+pub mod step;
 pub mod trainer;

@@ -3,12 +3,12 @@
 //! how the run starts. Each step states the ordering rule it depends on.
 
 use super::config::{self, TrainConfig};
-use super::run_dir::{self, RunLock};
 use crate::data::dataset::ImageFolder;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{synthetic, transform::Transform};
 use crate::dist::{Dist, DistBackend, DistEnv};
 use crate::error::{Error, Result};
+use crate::train::run::run_dir::{self, RunLock};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ impl Runtime {
         device: &str,
         backend: DistBackend,
         torch_threads: usize,
-        precision: super::amp::Precision,
+        precision: crate::train::step::amp::Precision,
         timeout: Duration,
     ) -> Result<Self> {
         let dist_env = DistEnv::job(backend)?;

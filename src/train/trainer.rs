@@ -8,14 +8,7 @@
 //! shard of each batch; the engine averages the gradients, so all ranks take the same steps and
 //! decisions; rank 0 alone writes the run folder and prints; evaluation is sharded and summed.
 
-use super::checkpoint::{self, EpochEval, LoopState, ModelMeta};
 use super::config::TrainConfig;
-use super::engine::{Engine, StepResult};
-use super::eval::{evaluate_sums, prepare, EvalOptions, EvalResult, EvalSums};
-use super::guards::{Decision, Stop};
-use super::metrics::{EpochRecord, RunLog, StepRecord};
-use super::run_dir::RunLock;
-use super::schedule::{Schedule, ScheduleStyle};
 use super::setup::{self, Data, RunFolder, Runtime, Start};
 use crate::data::dataset::ImageFolder;
 use crate::data::loader::Loader;
@@ -24,6 +17,13 @@ use crate::error::{Error, Result};
 use crate::ffi::dist::ReduceOp;
 use crate::model::resnet::count_params;
 use crate::model::ResNet;
+use crate::train::run::checkpoint::{self, EpochEval, LoopState, ModelMeta};
+use crate::train::run::eval::{evaluate_sums, prepare, EvalOptions, EvalResult, EvalSums};
+use crate::train::run::metrics::{EpochRecord, RunLog, StepRecord};
+use crate::train::run::run_dir::RunLock;
+use crate::train::step::engine::{Engine, StepResult};
+use crate::train::step::guards::{Decision, Stop};
+use crate::train::step::schedule::{Schedule, ScheduleStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -163,14 +163,14 @@ impl Trainer {
         }
         let device_words = crate::runtime::describe_device(rt.device);
         if main {
-            let session = super::sessions::Session::this_process(
+            let session = crate::train::run::sessions::Session::this_process(
                 (state.step, state.epoch),
                 device_words.clone(),
                 rt.world(),
                 data.train_loader.config().threads,
                 experiment.clone(),
             );
-            super::sessions::append(&folder.dir, &session)?;
+            crate::train::run::sessions::append(&folder.dir, &session)?;
         }
         let mut trainer = Self::assemble(
             engine,
@@ -228,7 +228,7 @@ impl Trainer {
         let cfg = cfg.for_world(rt.world())?;
         let data = Data::open(&cfg, rt.device, rt.dist.as_ref().map(|d| &d.env), rt.world())?;
         let dir = resume.map_or_else(|| setup::run_dir(&cfg), Path::to_path_buf);
-        if resume.is_none() && super::run_dir::holds_checkpoint(&dir) {
+        if resume.is_none() && crate::train::run::run_dir::holds_checkpoint(&dir) {
             notes.push(format!(
                 "{} already holds a run: a real start needs --resume or --auto-resume",
                 dir.display()
@@ -659,7 +659,11 @@ impl Trainer {
         }
         let cfg = &self.engine.cfg;
         if (cfg.keep_last > 0 || cfg.checkpoint_hist > 0) && self.main {
-            let ema = self.engine.ema_weights().map(|w| super::state::prefixed("ema", w)).unwrap_or_default();
+            let ema = self
+                .engine
+                .ema_weights()
+                .map(|w| crate::train::run::state::prefixed("ema", w))
+                .unwrap_or_default();
             let path = self.dir.join(format!("epoch-{epoch}.safetensors"));
             let (model, meta) = (self.engine.model_state(), self.meta());
             checkpoint::save_model(&path, model, ema, &meta, "model", epoch_eval.as_ref())?;

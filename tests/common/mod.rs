@@ -120,8 +120,8 @@ pub fn logged_steps(run: &Path) -> usize {
 }
 
 /// The per-step records of a run folder's metrics.jsonl.
-pub fn step_records(run: &Path) -> Vec<resnet_train::train::metrics::StepRecord> {
-    resnet_train::train::metrics::read_steps(run).expect("metrics.jsonl")
+pub fn step_records(run: &Path) -> Vec<resnet_train::train::run::metrics::StepRecord> {
+    resnet_train::train::run::metrics::read_steps(run).expect("metrics.jsonl")
 }
 
 /// Serialises the tests of one binary that change process-wide settings (thread count, kernels).

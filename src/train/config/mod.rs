@@ -7,21 +7,22 @@
 //! Names follow timm's train.py where timm has the option (`opt`, `opt_eps`, `opt_betas`,
 //! `weight_decay`, `smoothing`, `model_ema*`, `bce_*`), so a timm recipe translates key by key.
 
-use super::amp::Precision;
-use super::clip::ClipMode;
-use super::ema::{EmaBuffers, EmaConfig, EmaStyle};
-use super::eval::EvalMetric;
-use super::optim::OptKind;
-use super::range::{self, Ends};
-use super::schedule::{DecayFn, LrScaling, ScheduleKind, ScheduleStyle, WarmupMethod};
-use super::stability::Remedy;
 use crate::error::{Error, Result};
 use crate::model::{ActConfig, ActImpl, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
+use crate::train::run::eval::EvalMetric;
+use crate::train::step::amp::Precision;
+use crate::train::step::clip::ClipMode;
+use crate::train::step::ema::{EmaBuffers, EmaConfig, EmaStyle};
+use crate::train::step::optim::OptKind;
+use crate::train::step::schedule::{DecayFn, LrScaling, ScheduleKind, ScheduleStyle, WarmupMethod};
+use crate::train::step::stability::Remedy;
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, FromArgMatches};
+use range::Ends;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+pub mod range;
 mod schedule;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -725,7 +726,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Optimizer steps `--dry-run` times (after one warm-up step).
-    #[arg(long, default_value_t = 3, value_parser = super::range::int::<usize>(1, 1000))]
+    #[arg(long, default_value_t = 3, value_parser = range::int::<usize>(1, 1000))]
     pub dry_run_steps: usize,
     #[command(flatten)]
     pub overrides: Overrides,
@@ -986,7 +987,7 @@ impl TrainConfig {
             if !self.opt.is_lars() {
                 return bad(format!(
                     "--trust-coeff applies to {}, not {}",
-                    OptKind::names_where(|i| i.family == crate::train::optim::Family::Lars),
+                    OptKind::names_where(|i| i.family == crate::train::step::optim::Family::Lars),
                     self.opt.name()
                 ));
             }

@@ -4,7 +4,7 @@
 
 use super::TrainConfig;
 use crate::error::{Error, Result};
-use crate::train::schedule::{
+use crate::train::step::schedule::{
     Cycles, DecayFn, Noise, Schedule, ScheduleKind, ScheduleStyle, WarmupMethod, Wsd, TIMM_CYCLE_DECAY,
     TIMM_NOISE_PCT, TIMM_WARMUP_LR, TORCHVISION_WARMUP_DECAY, WSD_DECAY_FRACTION,
 };

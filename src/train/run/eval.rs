@@ -1,10 +1,10 @@
 //! Top-1 / top-5 accuracy and loss over a loader, in the run's precision.
 
-use super::amp::Precision;
 use crate::data::loader::{Batch, Loader};
 use crate::data::transform::Normalization;
 use crate::error::Result;
 use crate::model::ResNet;
+use crate::train::step::amp::Precision;
 use tch::{Device, Kind, Tensor};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -88,7 +88,7 @@ mod tests {
         for nesterov in [false, true] {
             let vs = nn::VarStore::new(Device::Cpu);
             let p = vs.root().var_copy("w", &Tensor::from_slice(&[1.0f32, -2.0]));
-            let mut groups = Group::split(&vs, crate::train::optim::WeightDecay::weights_only(0.0));
+            let mut groups = Group::split(&vs, crate::train::step::optim::WeightDecay::weights_only(0.0));
             groups[0].weight_decay = 0.1;
             let mut sgd = Sgd::new(groups, 0.9, nesterov, None);
             let (mut pv, mut bv) = ([1.0f64, -2.0], [0.0f64; 2]);

@@ -99,7 +99,7 @@ mod tests {
                 loss += (&p * &golden[&format!("clip.{name}.grad")]).sum(Kind::Float);
             }
             loss.backward();
-            let groups = Group::split(&vs, crate::train::optim::WeightDecay::weights_only(0.0));
+            let groups = Group::split(&vs, crate::train::step::optim::WeightDecay::weights_only(0.0));
             let norm = clip_gradients(mode, value, &groups).unwrap();
             let want_norm = NAMES
                 .iter()

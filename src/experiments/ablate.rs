@@ -4,15 +4,15 @@
 //! and, when a guard stopped it, the diagnosis). Finished cells are marked by `cell.toml`, so an
 //! interrupted ablation, run again, continues with the first unfinished cell.
 
-use super::amp::Precision;
-use super::config::TrainConfig;
-use super::metrics::{read_steps, StepRecord};
-pub use super::stability::Remedy;
-use super::stability::FP16_MAX;
-use super::trainer;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::model::{ActInit, ActKind};
+use crate::train::config::TrainConfig;
+use crate::train::run::metrics::{read_steps, StepRecord};
+use crate::train::step::amp::Precision;
+pub use crate::train::step::stability::Remedy;
+use crate::train::step::stability::FP16_MAX;
+use crate::train::trainer;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -7,10 +7,10 @@
 //! (derived from the global batch and epochs, `TrainConfig::ema_config`), buffers averaged, and
 //! the average restarted (a copy) at every update of the lr warmup.
 
-use super::state::Named;
 use crate::error::Result;
 use crate::ffi::{foreach_copy, foreach_lerp};
 use crate::model::{ResNet, ResNetConfig};
+use crate::train::run::state::Named;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 

@@ -3,10 +3,10 @@
 //! `checkpoint_hist` keeps). BatchNorm's running statistics are averaged like the weights, as
 //! timm does; evaluate the result with `resnet-train eval` (or re-estimate them there).
 
-use super::checkpoint::{epoch_files, EpochEval, META_WEIGHTS};
-use super::eval::{EvalMetric, EvalResult};
 use crate::error::{Error, Result};
 use crate::model::weights::{self, Which, META_CLASSES, META_MODEL};
+use crate::train::run::checkpoint::{epoch_files, EpochEval, META_WEIGHTS};
+use crate::train::run::eval::{EvalMetric, EvalResult};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};

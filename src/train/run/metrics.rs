@@ -39,7 +39,7 @@ pub struct StepRecord {
     pub elapsed_s: f64,
     /// Per-site activation statistics, on monitored steps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub activations: Vec<super::stability::SiteStats>,
+    pub activations: Vec<crate::train::step::stability::SiteStats>,
     /// Per-site PolyReLU/PolyNorm coefficients after this step, on monitored steps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub coefficients: Vec<crate::model::SiteCoefficients>,
@@ -88,8 +88,8 @@ impl RunLog {
     /// TensorBoard's HParams for the run: the config as given and what it resolved to.
     pub fn hparams(
         &mut self,
-        cfg: &super::config::TrainConfig,
-        experiment: &super::setup::Experiment,
+        cfg: &crate::train::config::TrainConfig,
+        experiment: &crate::train::setup::Experiment,
     ) -> Result<()> {
         use super::tensorboard::HParam;
         let mut values = Vec::new();

@@ -6,11 +6,11 @@
 //! model (and `epoch-N` and `last` the EMA weights, under `train_state.ema.`) for `eval`/`predict`.
 
 use super::eval::{EvalMetric, EvalResult};
-use super::guards::GuardState;
 use super::state::Named;
 use crate::error::{Error, Result};
 use crate::model::weights::{self, WeightsFile, META_CLASSES, META_MODEL};
 use crate::model::ResNetConfig;
+use crate::train::step::guards::GuardState;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

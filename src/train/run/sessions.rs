@@ -56,7 +56,7 @@ pub struct Session {
     pub env: BTreeMap<String, String>,
     /// What the config came to in this session (absent in lines written before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub experiment: Option<super::setup::Experiment>,
+    pub experiment: Option<crate::train::setup::Experiment>,
 }
 
 impl Session {
@@ -66,7 +66,7 @@ impl Session {
         device: String,
         world_size: usize,
         decode_workers: usize,
-        experiment: super::setup::Experiment,
+        experiment: crate::train::setup::Experiment,
     ) -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();

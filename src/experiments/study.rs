@@ -4,13 +4,13 @@
 //! cell is marked by its `study-cell.toml`. Running the same study again skips finished cells and
 //! resumes an interrupted one exactly (the trainer's resume); a changed grid is refused.
 
-use super::config::TrainConfig;
-use super::metrics::{EpochRecord, RunLog};
-use super::trainer;
 use crate::error::{Error, Result};
+use crate::experiments::stats::{paired, Better, Summary};
 use crate::fsutil::write_atomic;
 use crate::model::ActKind;
-use crate::stats::{paired, Better, Summary};
+use crate::train::config::TrainConfig;
+use crate::train::run::metrics::{EpochRecord, RunLog};
+use crate::train::trainer;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -214,7 +214,7 @@ impl StudyConfig {
         table.insert("seed".into(), toml::Value::Integer(cell.seed as i64));
         table.insert("name".into(), toml::Value::String(cell.name.clone()));
         table.insert("output".into(), toml::Value::String(self.dir().display().to_string()));
-        super::config::migrate_lr_scaling(&mut table)
+        crate::train::config::migrate_lr_scaling(&mut table)
             .map_err(|e| Error::Usage(format!("variant {:?}: {e}", variant.name)))?;
         let c: TrainConfig = table
             .try_into()
@@ -431,7 +431,7 @@ fn run_branches(cfg: &StudyConfig, cell: &Cell, c: &TrainConfig) -> Result<(Opti
             super::fork::fork(&dir, &branch)?;
         }
         let start = Instant::now();
-        let (saved, _) = super::config::read_run(&branch)?;
+        let (saved, _) = crate::train::config::read_run(&branch)?;
         let own = TrainConfig {
             epochs: e,
             torch_threads: c.torch_threads,
@@ -498,7 +498,7 @@ pub struct Interventions {
 impl Interventions {
     pub fn read(dir: &Path) -> Self {
         let mut out = Self::default();
-        for r in super::metrics::read_steps(dir).unwrap_or_default() {
+        for r in crate::train::run::metrics::read_steps(dir).unwrap_or_default() {
             let mut guarded = false;
             for e in r.event.as_deref().unwrap_or("").split("; ") {
                 if e.starts_with("rollback ") {
@@ -894,7 +894,7 @@ pub fn table_of_runs(
     let mut seeds: Vec<u64> = Vec::new();
     let mut results = Vec::new();
     for (index, dir) in own_runs {
-        let (c, _) = super::config::read_run(dir)?;
+        let (c, _) = crate::train::config::read_run(dir)?;
         let folder = folders[index].clone();
         let name = match folder.rsplit_once("-s") {
             Some((v, seed)) if !v.is_empty() && seed.parse::<u64>().is_ok() => v.to_string(),
@@ -927,7 +927,7 @@ pub fn table_of_runs(
                 let branch = branches.iter().find(|b| b.0 == index && b.1 == e);
                 let end = match branch {
                     Some(&(_, _, branch_dir)) => {
-                        let (bc, _) = super::config::read_run(branch_dir)?;
+                        let (bc, _) = crate::train::config::read_run(branch_dir)?;
                         let row = branch_row(branch_dir, run_outcome(branch_dir, &bc)?);
                         let end = row.3;
                         result.branches.push(row);
@@ -986,7 +986,7 @@ pub fn curve_groups(
     table: &Table,
     results: &[RunResult],
     dir_of: impl Fn(&RunResult) -> PathBuf,
-) -> Result<Vec<crate::report::Group>> {
+) -> Result<Vec<crate::experiments::report::Group>> {
     table
         .variants
         .iter()
@@ -995,9 +995,9 @@ pub fn curve_groups(
             let runs = results
                 .iter()
                 .filter(|r| r.cell.variant == v)
-                .map(|r| crate::report::load(&dir_of(r)))
+                .map(|r| crate::experiments::report::load(&dir_of(r)))
                 .collect::<Result<Vec<_>>>()?;
-            Ok(crate::report::Group { label: name.clone(), runs })
+            Ok(crate::experiments::report::Group { label: name.clone(), runs })
         })
         .collect()
 }

@@ -12,10 +12,10 @@
 //!
 //! What the guards track between steps is `GuardState`, saved in checkpoints.
 
-use super::config::TrainConfig;
 use super::stability::Remedy;
-use super::state::{Named, Snapshot};
 use crate::error::Result;
+use crate::train::config::TrainConfig;
+use crate::train::run::state::{Named, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

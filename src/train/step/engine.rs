@@ -4,21 +4,21 @@
 //! skip, rollback, remedy, stop). `trainer` drives it over epochs; `bench` times this same step.
 
 use super::amp::{GradScaler, Precision};
-use super::checkpoint::STATE_PREFIX;
 use super::clip::clip_gradients;
-use super::config::TrainConfig;
 use super::ema::{EmaConfig, ModelEma};
 use super::guards::{Decision, GuardConfig, GuardState, Guards, LiveState, StepHealth, Stop};
 use super::loss::{Loss, Targets};
 use super::optim::{self, OptConfig, Optimizer, WeightDecay};
 use super::stability::{first_beyond, first_nonfinite, forward_monitored, Remedy, SiteStats, FP16_MAX};
-use super::state::{copy_into, prefixed, under, Named};
 use crate::data::batch_transform::{BatchTransform, DrawKey};
 use crate::dist::Dist;
 use crate::error::Result;
 use crate::ffi::dist::ReduceOp;
 use crate::model::weights::{self, WeightsFile};
 use crate::model::ResNet;
+use crate::train::config::TrainConfig;
+use crate::train::run::checkpoint::STATE_PREFIX;
+use crate::train::run::state::{copy_into, prefixed, under, Named};
 use std::path::Path;
 use std::rc::Rc;
 use tch::{nn, Device, Tensor};

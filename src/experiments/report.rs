@@ -3,11 +3,11 @@
 //! against wall time — and the stability ablation's heatmaps.
 
 use crate::error::{Error, Result};
+use crate::experiments::ablate::Row;
 use crate::model::{ActInit, ActKind};
-use crate::train::ablate::Row;
-use crate::train::amp::Precision;
-use crate::train::metrics::{EpochRecord, RunLog};
-use crate::train::stability::FP16_MAX;
+use crate::train::run::metrics::{EpochRecord, RunLog};
+use crate::train::step::amp::Precision;
+use crate::train::step::stability::FP16_MAX;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -131,7 +131,7 @@ fn mean_band(runs: &[RunCurves], f: &dyn Fn(&EpochRecord) -> Option<f64>) -> Vec
             if vals.is_empty() {
                 return None;
             }
-            let s = crate::stats::Summary::of(&vals);
+            let s = crate::experiments::stats::Summary::of(&vals);
             Some((epoch as f64 + 1.0, s.mean, if s.sd.is_finite() { s.sd } else { 0.0 }))
         })
         .collect()
@@ -334,7 +334,7 @@ fn heatmaps<DB: DrawingBackend>(
                         let mark = if r.diverged { "*" } else { "" };
                         (survived_color(frac), format!("{}{mark}", r.steps_survived))
                     } else {
-                        (magnitude_color(r.max_abs_act), crate::train::ablate::short(r.max_abs_act))
+                        (magnitude_color(r.max_abs_act), crate::experiments::ablate::short(r.max_abs_act))
                     };
                     let ink: &'static RGBColor =
                         if metric == 1 && (!r.max_abs_act.is_finite() || r.max_abs_act > 1e20) {

@@ -110,7 +110,7 @@ impl GradScaler {
     }
 
     /// The live state tensors by name (checkpoints and snapshots).
-    pub fn state(&self) -> super::state::Named {
+    pub fn state(&self) -> crate::train::run::state::Named {
         vec![
             ("scale".to_string(), self.scale.shallow_clone()),
             ("growth_tracker".to_string(), self.growth_tracker.shallow_clone()),

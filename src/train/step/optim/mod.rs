@@ -328,7 +328,7 @@ pub trait Optimizer {
 
     /// Copies saved state into place; every state tensor must be present.
     fn load_state(&mut self, saved: &BTreeMap<String, Tensor>) -> Result<()> {
-        crate::train::state::copy_into(&self.state(), saved, "optimizer")
+        crate::train::run::state::copy_into(&self.state(), saved, "optimizer")
     }
 
     /// Drops the gradients (PyTorch's `zero_grad(set_to_none=True)`): no memset.

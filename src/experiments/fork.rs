@@ -8,9 +8,9 @@
 //! it is read, and the fork is built in a hidden folder renamed into place at the end, so a fork
 //! killed at any moment leaves no half-made run.
 
-use super::checkpoint::{self, LoopState};
-use super::run_dir::{self, RunLock};
 use crate::error::{Error, Result};
+use crate::train::run::checkpoint::{self, LoopState};
+use crate::train::run::run_dir::{self, RunLock};
 use std::path::{Path, PathBuf};
 
 /// What a fork made.
