@@ -10,7 +10,7 @@ bash scripts/bootstrap.sh
 cargo build --release --locked --bins
 BIN=target/release/resnet-train
 NAME=demo-$(date +%Y%m%d-%H%M%S)
-"$BIN" --config configs/demo.toml --name "$NAME" "$@"
+"$BIN" --config configs/recipes/demo.toml --name "$NAME" "$@"
 RUN=runs/$NAME
 "$BIN" report "$RUN" --out "$RUN/curves.svg"
 "$BIN" report "$RUN" --out "$RUN/curves.png"

@@ -135,7 +135,7 @@ PY
         --dist-backend "$DIST_BACKEND" --json
     done
     if fits 90 dist-train; then
-      timeout 90 "$BIN" launch --nproc-per-node 1 --grace 5 -- train --config configs/demo.toml \
+      timeout 90 "$BIN" launch --nproc-per-node 1 --grace 5 -- train --config configs/recipes/demo.toml \
         --device "$DEVICE" --precision fp16 --channels-last true --epochs 1 --dist-backend "$DIST_BACKEND" \
         --output "$WORK/dist" --name dist-demo "${TRAIN_EXTRA[@]}" >"$OUT/dist.log" 2>&1
       rc=$?; failed $rc dist-train
@@ -150,7 +150,7 @@ PY
     run 60 "$BIN" bench --act polyrelu --act-impl fused --precision fp16 "${C[@]}" --json ;;
   train)
     if fits 90 train; then
-      timeout 90 "$BIN" --config configs/demo.toml --device "$DEVICE" --precision fp16 --channels-last true \
+      timeout 90 "$BIN" --config configs/recipes/demo.toml --device "$DEVICE" --precision fp16 --channels-last true \
         --epochs "$TRAIN_EPOCHS" --output "$WORK/train" --name cuda-demo "${TRAIN_EXTRA[@]}" >"$OUT/train.log" 2>&1
       rc=$?; failed $rc train
       echo "train rc=$rc t=${SECONDS}s $(tail -n 2 "$OUT/train.log" | tr '\n' ' ' | cut -c1-300)"
@@ -159,7 +159,7 @@ PY
   ablate)
     if fits 60 ablate; then
       left=$((BUDGET - SECONDS - 15))
-      timeout "$left" "$BIN" ablate --config configs/ablate-resnet50-gpu.toml --orders 2,3 --precisions fp16 \
+      timeout "$left" "$BIN" ablate --config configs/ablations/resnet50-gpu.toml --orders 2,3 --precisions fp16 \
         --steps "$ABLATE_STEPS" --output "$WORK/ablate" "${ABLATE_FLAGS[@]}" >"$OUT/ablate.log" 2>&1
       rc=$?; failed $rc ablate
       echo "ablate rc=$rc t=${SECONDS}s $(tail -n 2 "$OUT/ablate.log" | tr '\n' ' ' | cut -c1-300)"

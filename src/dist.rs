@@ -1,4 +1,4 @@
-//! Data-parallel training across processes, on libtorch's c10d (what PyTorch DDP runs on): which
+//! Data-parallel training across processes, on libtorch's c10d (what PyTorch DDP runs on). Which
 //! rank this process is (torchrun's or SLURM's environment, or `resnet-train launch`'s, which sets
 //! torchrun's), the rendezvous, and the collectives the trainer needs — identical start, gradients
 //! averaged in buckets, and one decision for all ranks.

@@ -1,4 +1,4 @@
-//! Fault injection for the kill/resume tests: `RESNET_TRAIN_FAULT=<point>@<n>` sends SIGKILL to
+//! Fault injection for the kill/resume tests. `RESNET_TRAIN_FAULT=<point>@<n>` sends SIGKILL to
 //! this process the n-th time it reaches `<point>` — a kill at an exact instant, where a test
 //! with timers could only hope to land. Points: `setup` (the run folder is set up, before the
 //! first step), `step` (after a step is logged), `eval` (an evaluation has started),

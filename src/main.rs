@@ -1,3 +1,5 @@
+//! The `resnet-train` binary: parses the command line and maps errors to exit codes.
+
 use clap::Parser;
 use resnet_train::{cli, error::Error, runtime};
 

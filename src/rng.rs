@@ -1,4 +1,4 @@
-//! Deterministic randomness with no global state: every draw in the data path comes from a
+//! Deterministic randomness with no global state. Every draw in the data path comes from a
 //! generator keyed by what it is for (seed, epoch, sample index), never by thread or timing.
 
 /// SplitMix64: small, fast, well mixed; identical on every machine.

@@ -117,7 +117,7 @@ fn ablate_from_the_shipped_config_with_flags_and_its_errors() {
     let dir = common::tmpdir();
     let data = dir.path().join("data");
     resnet_train::data::synthetic::write_dataset(&data, 3, 1, 16, 4).unwrap();
-    let config = common::repo().join("configs/ablate-cpu.toml");
+    let config = common::repo().join("configs/ablations/cpu.toml");
     let (config, data, out) =
         (config.to_str().unwrap(), data.to_str().unwrap(), dir.path().to_str().unwrap());
     let args = [
@@ -163,7 +163,7 @@ fn ablate_from_the_shipped_config_with_flags_and_its_errors() {
     // Bad values name the flag or the file.
     let (code, _, err) = run(&["ablate", "--config", config, "--remedies", "clamp:-1"]);
     assert!(code == 2 && err.contains("clamp:-1"), "{err}");
-    let train_config = common::repo().join("configs/demo.toml");
+    let train_config = common::repo().join("configs/recipes/demo.toml");
     let (code, _, err) = run(&["ablate", "--config", train_config.to_str().unwrap()]);
     assert!(code != 0 && err.contains("demo.toml") && err.contains("unknown field"), "{err}");
 }
@@ -293,7 +293,7 @@ fn bench_takes_every_training_key_that_changes_the_step() {
     assert_eq!((row["batch"].as_i64(), row["res"].as_i64()), (Some(3), Some(32)), "{row}");
 }
 
-/// `scripts/onednn_split.py` (BENCHMARKS.md) splits a `bench` step into the oneDNN primitives'
+/// `scripts/profile/onednn_split.py` (BENCHMARKS.md) splits a `bench` step into the oneDNN primitives'
 /// time, which `ONEDNN_VERBOSE` reports, and the rest: the same primitives every step, and the
 /// two parts add up to the step.
 #[test]
@@ -302,7 +302,7 @@ fn onednn_split_divides_a_step_into_onednn_and_the_rest() {
     let args = ["bench", "--json", "--arch", "resnet18", "--batch", "2", "--res", "32", "--device", "cpu"];
     let steps = ["--steps", "2", "--warmup", "1", "--threads", "1", "--precision", "bf16"];
     let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/onednn_split.py"))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/profile/onednn_split.py"))
         .arg("--")
         .arg(bin)
         .args(args)
@@ -410,13 +410,13 @@ fn prepare_device_script_fills_the_carry_folder() {
     }
 }
 
-/// `scripts/kill-resume-random.sh` (docs/reliability.md: SIGKILL at random instants, resume,
+/// `scripts/reliability/kill-resume-random.sh` (docs/reliability.md: SIGKILL at random instants, resume,
 /// compare with the uninterrupted run) runs one short trial, so that its comparison keeps up with
 /// what the records hold (a wall-clock field it did not know made every trial "DIFFERENT").
 #[test]
 fn kill_resume_random_script_finds_the_resumed_run_identical() {
     let o = Command::new("bash")
-        .arg("scripts/kill-resume-random.sh")
+        .arg("scripts/reliability/kill-resume-random.sh")
         .current_dir(common::repo())
         .env("BIN", common::bin())
         .env("N", "1")
@@ -556,7 +556,7 @@ fn coefficients_of_init_files_and_of_a_run_equal_what_training_logged() {
     let out_dir = p("runs");
     let (code, _, err) = run(&[
         "--config",
-        "configs/smoke-cpu.toml",
+        "configs/recipes/smoke-cpu.toml",
         "--act",
         "polyrelu",
         "--order",
@@ -640,7 +640,8 @@ fn checkpoint_hist_keeps_the_best_epochs_and_average_writes_their_mean() {
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     resnet_train::data::synthetic::write_dataset(&dir.path().join("data"), 6, 3, 40, 5).unwrap();
     let train = |name: &str, extra: &[&str]| {
-        let args = ["--config", "configs/smoke-cpu.toml", "--data", &p("data"), "--output", &p("runs")];
+        let args =
+            ["--config", "configs/recipes/smoke-cpu.toml", "--data", &p("data"), "--output", &p("runs")];
         let (code, _, err) =
             run(&[&args[..], &["--name", name, "--batch-size", "4", "--log-every", "100"], extra].concat());
         assert_eq!(code, 0, "{err}");
@@ -652,7 +653,7 @@ fn checkpoint_hist_keeps_the_best_epochs_and_average_writes_their_mean() {
         resnet_train::data::dataset::ImageFolder::open(&dir.path().join("data/train")).unwrap().len();
     let images = images.to_string();
     let mut args =
-        vec!["schedule", "--config", "configs/smoke-cpu.toml", "--batch-size", "4", "--epochs", "4"];
+        vec!["schedule", "--config", "configs/recipes/smoke-cpu.toml", "--batch-size", "4", "--epochs", "4"];
     args.extend(["--images", &images, "--json"]);
     let (figure, font) = (p("lr.svg"), "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf");
     if std::path::Path::new(font).exists() {

@@ -190,8 +190,14 @@ fn split_folders_are_found_named_or_missing_with_a_warning() {
     std::fs::rename(root.join("val"), root.join("validation")).unwrap();
     let out_dir = dir.path().join("runs");
     let train = |name: &str, extra: &[&str]| {
-        let base =
-            ["--config", "configs/smoke-cpu.toml", "--data", root.to_str().unwrap(), "--batch-size", "4"];
+        let base = [
+            "--config",
+            "configs/recipes/smoke-cpu.toml",
+            "--data",
+            root.to_str().unwrap(),
+            "--batch-size",
+            "4",
+        ];
         let args = [&base[..], &["--output", out_dir.to_str().unwrap(), "--name", name], extra].concat();
         let out = Command::new(common::bin()).args(&args).current_dir(common::repo()).output().unwrap();
         (out.status.code().unwrap_or(-1), common::output_text(&out))

@@ -13,13 +13,10 @@ fn every_shipped_training_config_runs_two_steps() {
     let dir = common::tmpdir();
     let data = dir.path().join("data");
     synthetic::write_dataset(&data, 4, 1, 40, 4).unwrap();
-    let mut configs: Vec<_> = std::fs::read_dir(common::repo().join("configs"))
+    let mut configs: Vec<_> = std::fs::read_dir(common::repo().join("configs/recipes"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().to_string();
-            name.ends_with(".toml") && !name.starts_with("ablate-") && !name.starts_with("study-")
-        })
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     configs.sort();
     assert!(configs.len() >= 15, "{configs:?}");
@@ -79,13 +76,13 @@ fn every_shipped_training_config_runs_two_steps() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// Trains `configs/<config>` as run `name` at the tests' tiny size (ResNet-18, 32 px, batch 4,
+/// Trains `configs/recipes/<config>` as run `name` at the tests' tiny size (ResNet-18, 32 px, batch 4,
 /// CPU, one worker) on `data` into `out`, with `extra` flags.
 fn train_recipe(config: &str, name: &str, data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     std::process::Command::new(common::bin())
         .arg("train")
         .arg("--config")
-        .arg(common::repo().join("configs").join(config))
+        .arg(common::repo().join("configs/recipes").join(config))
         .args(["--arch", "resnet18", "--train-size", "32", "--eval-size", "32", "--global-batch", "4"])
         .args(["--device", "cpu", "--workers", "1", "--name", name])
         .args(extra)
@@ -230,19 +227,22 @@ fn stated_resolution(path: &Path) -> (usize, bool, f64) {
 fn every_shipped_config_resolves_to_the_global_batch_and_lr_it_states() {
     use resnet_train::experiments::{ablate::AblationConfig, study::StudyConfig};
     use resnet_train::train::config::read_file;
-    let configs = common::repo().join("configs");
-    let mut files: Vec<_> = std::fs::read_dir(&configs).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = ["recipes", "ablations", "studies"]
+        .iter()
+        .flat_map(|kind| std::fs::read_dir(common::repo().join("configs").join(kind)).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
     files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
     files.sort();
     // Study configs name their recipes relative to the repository: cargo runs tests from there.
     let mut checked = 0;
     for file in &files {
-        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let name = file.strip_prefix(common::repo().join("configs")).unwrap().display().to_string();
         let (batch, per_process, lr) = stated_resolution(file);
-        let runs = if name.starts_with("study-") {
+        let runs = if name.starts_with("studies/") {
             let study = StudyConfig::read(file).unwrap();
             study.cells().iter().map(|c| study.cell_config(c).unwrap()).collect()
-        } else if name.starts_with("ablate-") {
+        } else if name.starts_with("ablations/") {
             vec![AblationConfig::read(file).unwrap().train]
         } else {
             let c = read_file(file).unwrap();
@@ -250,7 +250,7 @@ fn every_shipped_config_resolves_to_the_global_batch_and_lr_it_states() {
             vec![c]
         };
         // An ablation's cells run in one process each.
-        let worlds: &[usize] = if name.starts_with("ablate-") { &[1] } else { &[1, 8] };
+        let worlds: &[usize] = if name.starts_with("ablations/") { &[1] } else { &[1, 8] };
         for c in runs {
             for &world in worlds {
                 let r = c.for_world(world).unwrap_or_else(|e| panic!("{name} at {world}: {e}"));
@@ -328,7 +328,7 @@ fn a_global_batch_fits_the_device_by_accumulating() {
 #[test]
 fn the_torchvision_v2_recipe_has_torchvisions_ema() {
     use resnet_train::train::{config::read_file, step::ema::EmaBuffers};
-    let c = read_file(&common::repo().join("configs/resnet50-torchvision-v2.toml")).unwrap();
+    let c = read_file(&common::repo().join("configs/recipes/resnet50-torchvision-v2.toml")).unwrap();
     c.validate().unwrap();
     for world in [1, 8] {
         let e = c.for_world(world).unwrap().ema_config(world, 1000);
@@ -348,7 +348,7 @@ fn schedule_splits_a_recipes_global_batch_over_the_world() {
             .args([
                 "schedule",
                 "--config",
-                "configs/resnet50-imagenet-200ep-relu.toml",
+                "configs/recipes/resnet50-imagenet-200ep-relu.toml",
                 "--world-size",
                 world,
                 "--json",

@@ -1,7 +1,7 @@
 //! `resnet-train study`: a tiny 2 x 2 study (variants x seeds) killed mid-run and continued, whose
 //! resumed cell equals the same cell run alone, whose parallel jobs give the sequential numbers,
 //! which refuses a changed grid, and whose tables hold the statistics of the runs' own numbers.
-//! (The statistics themselves are unit tests against closed forms in src/stats.rs.)
+//! (The statistics themselves are unit tests against closed forms in src/experiments/stats.rs.)
 
 mod common;
 
@@ -192,10 +192,10 @@ fn bad_study_configs_are_refused_with_the_file_named() {
 fn every_shipped_study_config_lists_its_cells() {
     let dir = common::tmpdir();
     let mut checked = 0;
-    for entry in std::fs::read_dir(common::repo().join("configs")).unwrap() {
+    for entry in std::fs::read_dir(common::repo().join("configs/studies")).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !(name.starts_with("study-") && name.ends_with(".toml")) {
+        if !name.ends_with(".toml") {
             continue;
         }
         let out = dir.path().to_str().unwrap();
@@ -391,12 +391,12 @@ fn study_data_overrides_every_runs_data() {
     let data_of = |s: &StudyConfig| -> Vec<Option<std::path::PathBuf>> {
         s.cells().iter().map(|c| s.cell_config(c).unwrap().data).collect()
     };
-    let mut s = StudyConfig::read(Path::new("configs/study-resnet50-imagenet.toml")).unwrap();
+    let mut s = StudyConfig::read(Path::new("configs/studies/resnet50-imagenet.toml")).unwrap();
     assert!(data_of(&s).iter().all(|d| d.as_deref() == Some(Path::new("/datasets/imagenet"))));
     s.data = Some("/elsewhere/imagenet".into());
     assert!(data_of(&s).iter().all(|d| d.as_deref() == Some(Path::new("/elsewhere/imagenet"))));
-    for name in ["study-cpu.toml", "study-cpu-orders.toml", "study-cpu-wsd.toml"] {
-        let s = StudyConfig::read(&Path::new("configs").join(name)).unwrap();
+    for name in ["cpu.toml", "cpu-orders.toml", "cpu-wsd.toml"] {
+        let s = StudyConfig::read(&Path::new("configs/studies").join(name)).unwrap();
         assert!(data_of(&s).iter().all(Option::is_none), "{name}");
     }
 }

@@ -1,6 +1,6 @@
 //! The training engine: exact resume, schedules against closed forms, the loss scaler with
 //! injected inf gradients, config precedence, eval parity, mixed precision on CPU, and learning on
-//! real images. (Weight-decay groups and SGD's update rule are unit tests in src/train/optim.)
+//! real images. (Weight-decay groups and SGD's update rule are unit tests in src/train/step/optim.)
 
 mod common;
 
@@ -581,15 +581,17 @@ fn config_precedence_and_unknown_keys() {
     );
     assert_eq!((c.spike_factor, c.max_rollbacks, c.order, c.clip_grad), (6.0, 7, 5, 1.5));
     assert_eq!((c.act_init, c.precision), (ActInit::ReluLike, Precision::Bf16));
-    // Every shipped config parses and validates (ablate-*.toml are ablation grids, study-*.toml
-    // studies, whose recipe files are named from the repository root: the tests' working folder).
-    for e in std::fs::read_dir(common::repo().join("configs")).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if name.starts_with("ablate-") {
+    // Every shipped config parses and validates (ablations/ holds ablation grids, studies/ studies,
+    // whose recipe files are named from the repository root: the tests' working folder).
+    let configs = common::repo().join("configs");
+    let files =
+        ["recipes", "ablations", "studies"].map(|kind| std::fs::read_dir(configs.join(kind)).unwrap());
+    for p in files.into_iter().flatten().map(|e| e.unwrap().path()) {
+        let name = p.strip_prefix(&configs).unwrap().display().to_string();
+        if name.starts_with("ablations/") {
             resnet_train::experiments::ablate::AblationConfig::read(&p)
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        } else if name.starts_with("study-") {
+        } else if name.starts_with("studies/") {
             resnet_train::experiments::study::StudyConfig::read(&p)
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         } else if p.extension().is_some_and(|x| x == "toml") {
@@ -883,7 +885,8 @@ fn initial_checkpoint_starts_a_run_from_a_files_weights() {
     ]);
     assert!(ok, "{text}");
     let train = |extra: &[&str]| {
-        let mut args = vec!["train", "--config", "configs/smoke-cpu.toml", "--data", data.to_str().unwrap()];
+        let mut args =
+            vec!["train", "--config", "configs/recipes/smoke-cpu.toml", "--data", data.to_str().unwrap()];
         args.extend(["--output", dir.path().to_str().unwrap(), "--workers", "1"]);
         args.extend(extra);
         let out = std::process::Command::new(common::bin())
@@ -942,7 +945,7 @@ fn initial_checkpoint_starts_a_run_from_a_files_weights() {
     let ft_last = ft.join("last.safetensors");
     let out = std::process::Command::new(common::bin())
         .current_dir(common::repo())
-        .args(["train", "--config", "configs/smoke-cpu.toml", "--workers", "1", "--max-steps", "1"])
+        .args(["train", "--config", "configs/recipes/smoke-cpu.toml", "--workers", "1", "--max-steps", "1"])
         .args([
             "--name",
             "renamed",

@@ -1,4 +1,4 @@
-//! `resnet-train ablate --config configs/ablate-cpu.toml`: the stability grid (see
+//! `resnet-train ablate --config configs/ablations/cpu.toml`: the stability grid (see
 //! `train::ablate`). Running the same command again continues an interrupted ablation.
 
 use crate::error::Result;
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct AblateArgs {
-    /// An ablation config (configs/ablate-*.toml); flags override it.
+    /// An ablation config (configs/ablations/); flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Optimizer steps per cell.

@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// A training config (configs/*.toml): its step is timed, as the run would train it (model,
+    /// A training config (configs/recipes/): its step is timed, as the run would train it (model,
     /// activation, precision, optimizer, clipping, EMA, SyncBN, batch and accumulation); any
     /// training key below overrides it.
     #[arg(long)]

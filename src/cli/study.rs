@@ -1,4 +1,4 @@
-//! `resnet-train study --config configs/study-cpu.toml`: variants x seeds of full training runs
+//! `resnet-train study --config configs/studies/cpu.toml`: variants x seeds of full training runs
 //! and the table of their differences (see `train::study`). Running the same command again
 //! continues an interrupted study.
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct StudyArgs {
-    /// A study config (configs/study-*.toml).
+    /// A study config (configs/studies/).
     #[arg(long)]
     pub config: PathBuf,
     /// The study's folder is OUTPUT/NAME (default: the config's).

@@ -7,7 +7,7 @@ kernels (needs torch==2.11.0, timm==1.0.31, safetensors). Rerun from the repo ro
   python tests/golden/make_train_golden.py
 
 Every input (initial parameters, gradients per step, logits, targets) is stored next to the
-results, so the Rust tests (src/train/optim, src/train/loss.rs, src/train/ema.rs) read both.
+results, so the Rust tests (src/train/step/optim, src/train/step/loss.rs, src/train/step/ema.rs) read both.
 """
 import os
 

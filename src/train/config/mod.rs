@@ -1,5 +1,5 @@
-//! The training configuration, declared once: each key is one field of `TrainConfig`, with its doc
-//! comment (the `--help` text and the file format's documentation) and its default (a clap
+//! The training configuration, declared once, with its rules. Each key is one field of
+//! `TrainConfig`, with its doc comment (the `--help` text and the file format's documentation) and its default (a clap
 //! attribute; `TrainConfig::default()` is the parse of an empty command line). The same struct is
 //! the TOML file format (unknown keys are errors), the resolved copy saved with the run, and the
 //! command-line flags (`--key value`, the key with `-` for `_`). Precedence: flags > file > defaults.
@@ -283,7 +283,7 @@ pub struct TrainConfig {
     #[arg(long, value_enum)]
     pub lr_base_scale: Option<LrScaling>,
     /// Optimizer, by timm's names (each value described below; `OPTIMIZERS` in
-    /// src/train/optim/mod.rs holds their defaults). LARS adapts only the groups that decay (by
+    /// src/train/step/optim/mod.rs holds their defaults). LARS adapts only the groups that decay (by
     /// default conv/fc weights), as timm's does.
     #[arg(long, value_enum, default_value_t = OptKind::Momentum)]
     pub opt: OptKind,
@@ -707,7 +707,7 @@ pub const RESUMABLE: [&str; 29] = [
 /// a flag.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TrainArgs {
-    /// A TOML config file (see configs/): any key below.
+    /// A TOML config file (see configs/recipes/): any key below.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Continue the run in this folder from its `last` checkpoint.

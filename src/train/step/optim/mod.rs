@@ -1,4 +1,5 @@
-//! Optimizers on libtorch's own multi-tensor kernels: SGD (torch.optim.SGD, `_fused_sgd_`) and
+//! The optimizers, by timm's names, on libtorch's multi-tensor kernels; `OPTIMIZERS` holds their
+//! facts. SGD (torch.optim.SGD, `_fused_sgd_`) and
 //! LARS (timm's Lars: SGD on trust-ratio-scaled gradients, foreach), Adam and AdamW (torch.optim.Adam/AdamW,
 //! `_fused_adam_`/`_fused_adamw_`), LAMB (timm's Lamb, foreach), Lion (timm's Lion, foreach),
 //! RMSpropTF (timm's, foreach), timm's NAdamW and ADOPT (foreach) and timm's cautious variants
@@ -199,7 +200,7 @@ impl OptKind {
     }
 }
 
-/// Which implementation steps an optimizer (src/train/optim/*.rs).
+/// Which implementation steps an optimizer (src/train/step/optim/*.rs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     Sgd,
