@@ -1,7 +1,7 @@
 //! libtorch's distributed engine (c10d) through the shim (dist.cpp): the rendezvous store and
 //! process groups, with safe owners that free them on drop.
 
-use super::torch::{call, ptrs};
+use super::{call, ptrs};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::OnceLock;

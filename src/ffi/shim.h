@@ -100,7 +100,7 @@ int rt_foreach_lamb(rt_tensor *params, rt_tensor *grads, rt_tensor *exp_avgs, rt
 // before the trust ratio and u has no wd p; with caution (timm's `clamb`), u is masked as above.
 
 // The scalars of the optimizers reached through rt_foreach_optimizer_step, one struct per
-// optimizer (Rust: ffi::torch's #[repr(C)] twins, checked field by field against
+// optimizer (Rust: ffi::optim's #[repr(C)] twins, checked field by field against
 // rt_optimizer_hyper_layout by a test). Flags are int32_t: 0 or 1.
 // timm's Adan (foreach); bc3_sqrt = sqrt(1 - beta3^t).
 typedef struct {
