@@ -4,8 +4,8 @@
 //! and, when a guard stopped it, the diagnosis). Finished cells are marked by `cell.toml`, so an
 //! interrupted ablation, run again, continues with the first unfinished cell.
 
+use super::grid;
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomic;
 use crate::model::{ActInit, ActKind};
 use crate::train::config::TrainConfig;
 use crate::train::run::metrics::{read_steps, StepRecord};
@@ -417,21 +417,7 @@ pub struct AblationSummary {
 pub fn run(cfg: &AblationConfig) -> Result<AblationSummary> {
     cfg.validate()?;
     let dir = cfg.dir();
-    let saved_path = dir.join("ablation.toml");
-    let text = toml::to_string_pretty(cfg)
-        .map_err(|e| Error::Usage(format!("cannot serialise the ablation: {e}")))?;
-    if saved_path.exists() {
-        let saved = AblationConfig::read(&saved_path)?;
-        if toml::to_string_pretty(&saved).ok().as_ref() != Some(&text) {
-            return Err(Error::file(
-                &saved_path,
-                "this folder holds an ablation with a different grid or base config: rerun with the same \
-                 config to continue it, or choose another --name",
-            ));
-        }
-    } else {
-        write_atomic(&saved_path, text.as_bytes())?;
-    }
+    grid::claim_folder(cfg)?;
     let cells = cfg.cells();
     let cells_dir = dir.join("cells");
     let mut rows = Vec::new();
@@ -439,11 +425,8 @@ pub fn run(cfg: &AblationConfig) -> Result<AblationSummary> {
     for (i, cell) in cells.iter().enumerate() {
         let name = cell.name();
         let cell_dir = cells_dir.join(&name);
-        let done = cell_dir.join("cell.toml");
-        if done.exists() {
-            let text = std::fs::read_to_string(&done).map_err(|e| Error::io(&done, e))?;
-            let row: Row = toml::from_str(&text)
-                .map_err(|e| Error::file(&done, format!("unreadable cell result: {e}")))?;
+        let done = cell_dir.join(MARKER);
+        if let Some(row) = grid::read_marker::<Row>(&done)? {
             // Recomputed from the cell's records, so the tables follow this version's definitions.
             rows.push(Row::from_records(cell, &read_steps(&cell_dir)?, row.diagnosis, row.seconds));
             println!("ablation   cell {}/{} {name}: done earlier", i + 1, cells.len());
@@ -456,20 +439,15 @@ pub fn run(cfg: &AblationConfig) -> Result<AblationSummary> {
         }
         println!("ablation   cell {}/{} {name}", i + 1, cells.len());
         let start = Instant::now();
-        let stopped = match trainer::train(cell.config(&cfg.train, cfg.steps, &cells_dir), None) {
-            Ok(_) => None,
-            Err(Error::Diverged(why)) => Some(why),
-            Err(e) => return Err(e),
-        };
+        let stopped =
+            grid::diverged_or(trainer::train(cell.config(&cfg.train, cfg.steps, &cells_dir), None))?.err();
         let row = Row::from_records(cell, &read_steps(&cell_dir)?, stopped, start.elapsed().as_secs_f64());
         // The cell's weights are not needed for the table; the metrics and config stay.
         let last = cell_dir.join("last.safetensors");
         if last.exists() {
             std::fs::remove_file(&last).map_err(|e| Error::io(&last, e))?;
         }
-        let row_text =
-            toml::to_string(&row).map_err(|e| Error::Usage(format!("cannot serialise a row: {e}")))?;
-        write_atomic(&done, row_text.as_bytes())?;
+        grid::write_marker(&done, &row)?;
         println!(
             "ablation   cell {name}: {} of {} steps survived, {} skipped, final loss {}, max|act| {}{}",
             row.steps_survived,
@@ -488,6 +466,25 @@ pub fn run(cfg: &AblationConfig) -> Result<AblationSummary> {
 }
 
 fn write_tables(cfg: &AblationConfig, dir: &Path, rows: &[Row], total: usize) -> Result<()> {
-    write_atomic(&dir.join("ablation.csv"), to_csv(rows).as_bytes())?;
-    write_atomic(&dir.join("ablation.md"), to_markdown(cfg, rows, total).as_bytes())
+    grid::write_tables(dir, "ablation", &to_csv(rows), &to_markdown(cfg, rows, total))
+}
+
+/// A finished cell's marker (its table row), in the cell's run folder.
+const MARKER: &str = "cell.toml";
+
+impl grid::Grid for AblationConfig {
+    const FILE: &'static str = "ablation.toml";
+    const WHAT: &'static str = "ablation";
+
+    fn dir(&self) -> PathBuf {
+        AblationConfig::dir(self)
+    }
+
+    fn read(path: &Path) -> Result<Self> {
+        AblationConfig::read(path)
+    }
+
+    fn grid_text(&self) -> Result<String> {
+        grid::to_toml(self, "ablation")
+    }
 }

@@ -3,6 +3,7 @@
 pub mod ablate;
 pub mod average;
 pub mod fork;
+pub mod grid;
 pub mod report;
 pub mod stats;
 pub mod study;

@@ -4,6 +4,7 @@
 //! cell is marked by its `study-cell.toml`. Running the same study again skips finished cells and
 //! resumes an interrupted one exactly (the trainer's resume); a changed grid is refused.
 
+use super::grid;
 use crate::error::{Error, Result};
 use crate::experiments::stats::{paired, Better, Summary};
 use crate::fsutil::write_atomic;
@@ -288,10 +289,7 @@ pub enum CellState {
 
 pub fn cell_state(cfg: &StudyConfig, cell: &Cell) -> Result<CellState> {
     let dir = cfg.cell_dir(cell);
-    let marker = dir.join(MARKER);
-    if marker.is_file() {
-        let text = std::fs::read_to_string(&marker).map_err(|e| Error::io(&marker, e))?;
-        let outcome = toml::from_str(&text).map_err(|e| Error::file(&marker, format!("unreadable: {e}")))?;
+    if let Some(outcome) = grid::read_marker(&dir.join(MARKER))? {
         return Ok(CellState::Done(outcome));
     }
     Ok(if dir.join("config.toml").is_file() { CellState::Started } else { CellState::Pending })
@@ -299,26 +297,27 @@ pub fn cell_state(cfg: &StudyConfig, cell: &Cell) -> Result<CellState> {
 
 /// Writes `study.toml` on first use; refuses a folder that holds a study with another grid.
 pub fn claim_folder(cfg: &StudyConfig) -> Result<()> {
-    let dir = cfg.dir();
-    let saved_path = dir.join("study.toml");
-    // The grid: everything but bench_steps (which changes no run).
-    let grid = |c: &StudyConfig| toml::to_string_pretty(&StudyConfig { bench_steps: 0, ..c.clone() }).ok();
-    let text = grid(cfg).ok_or_else(|| Error::Usage("cannot serialise the study".into()))?;
-    if saved_path.exists() {
-        let saved_text = std::fs::read_to_string(&saved_path).map_err(|e| Error::io(&saved_path, e))?;
-        let saved: StudyConfig = toml::from_str(&saved_text)
-            .map_err(|e| Error::file(&saved_path, format!("bad study config: {e}")))?;
-        if grid(&saved).as_ref() != Some(&text) {
-            return Err(Error::file(
-                &saved_path,
-                "this folder holds a study with a different grid or base config: rerun with the same \
-                 config to continue it, or choose another --name",
-            ));
-        }
-        return Ok(());
+    grid::claim_folder(cfg)
+}
+
+impl grid::Grid for StudyConfig {
+    const FILE: &'static str = "study.toml";
+    const WHAT: &'static str = "study";
+
+    fn dir(&self) -> PathBuf {
+        StudyConfig::dir(self)
     }
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    write_atomic(&saved_path, text.as_bytes())
+
+    /// The saved file as it was written (already checked when the study started).
+    fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::file(path, format!("bad study config: {e}")))
+    }
+
+    /// Everything but `bench_steps`, which changes no run.
+    fn grid_text(&self) -> Result<String> {
+        grid::to_toml(&StudyConfig { bench_steps: 0, ..self.clone() }, "study")
+    }
 }
 
 /// Runtime settings of a cell.
@@ -378,21 +377,17 @@ pub fn run_cell(cfg: &StudyConfig, cell: &Cell, rt: &CellRuntime) -> Result<Cell
 }
 
 fn mark_done(dir: &Path, outcome: CellOutcome) -> Result<CellOutcome> {
-    let text = toml::to_string(&outcome).map_err(|e| Error::Usage(format!("cannot serialise: {e}")))?;
-    write_atomic(&dir.join(MARKER), text.as_bytes())?;
+    grid::write_marker(&dir.join(MARKER), &outcome)?;
     Ok(outcome)
 }
 
 /// The outcome of a training invocation that should finish its run.
 fn finished(result: Result<trainer::RunSummary>, name: &str, start: Instant) -> Result<CellOutcome> {
     let seconds = start.elapsed().as_secs_f64();
-    match result {
+    match grid::diverged_or(result)? {
         Ok(s) if s.stopped_early => Err(Error::Usage(format!("{name}: stopped before its last epoch"))),
         Ok(_) => Ok(CellOutcome { status: "finished".into(), reason: None, seconds }),
-        Err(Error::Diverged(why)) => {
-            Ok(CellOutcome { status: "diverged".into(), reason: Some(why), seconds })
-        }
-        Err(e) => Err(e),
+        Err(why) => Ok(CellOutcome { status: "diverged".into(), reason: Some(why), seconds }),
     }
 }
 
@@ -544,8 +539,7 @@ pub fn read_result(dir: &Path, at_epochs: &[usize], cell: &Cell, outcome: CellOu
 
 /// A study's branch as a row of the runs table (None: not done).
 fn branch_result(dir: &Path) -> Option<(String, CellOutcome, usize, Point)> {
-    let text = std::fs::read_to_string(dir.join(MARKER)).ok()?;
-    Some(branch_row(dir, toml::from_str(&text).ok()?))
+    Some(branch_row(dir, grid::read_marker(&dir.join(MARKER)).ok()??))
 }
 
 /// A branch's folder name, outcome, epochs and end (missing unless it finished).
@@ -837,8 +831,7 @@ pub fn write_tables(cfg: &StudyConfig) -> Result<Vec<RunResult>> {
     let results = results(cfg)?;
     let dir = cfg.dir();
     let table = cfg.table()?;
-    write_atomic(&dir.join("study.csv"), to_csv(&table, &results).as_bytes())?;
-    write_atomic(&dir.join("study.md"), to_markdown(&table, &results).as_bytes())?;
+    grid::write_tables(&dir, "study", &to_csv(&table, &results), &to_markdown(&table, &results))?;
     Ok(results)
 }
 
@@ -968,10 +961,8 @@ pub fn table_of_runs(
 /// How a run folder ended: its `study-cell.toml`, else "finished" when summary.csv holds all its
 /// epochs, else "partial".
 fn run_outcome(dir: &Path, c: &TrainConfig) -> Result<CellOutcome> {
-    let marker = dir.join(MARKER);
-    if marker.is_file() {
-        let text = std::fs::read_to_string(&marker).map_err(|e| Error::io(&marker, e))?;
-        return toml::from_str(&text).map_err(|e| Error::file(&marker, format!("unreadable: {e}")));
+    if let Some(outcome) = grid::read_marker(&dir.join(MARKER))? {
+        return Ok(outcome);
     }
     let done = RunLog::read_summary(&dir.join("summary.csv")).len() >= c.total_epochs();
     Ok(CellOutcome {
