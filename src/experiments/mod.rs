@@ -7,3 +7,4 @@ pub mod grid;
 pub mod report;
 pub mod stats;
 pub mod study;
+pub mod study_run;
