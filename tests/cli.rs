@@ -62,6 +62,37 @@ fn init_then_predict_json_on_real_images() {
     assert!(out.contains("n01440764_tench.JPEG") && out.contains("p="), "{out}");
 }
 
+/// `init --config F` writes the weights a run of F starts with: the engine's model, built from
+/// the same config and seed, tensor for tensor.
+#[test]
+fn init_from_a_config_writes_the_weights_its_run_starts_with() {
+    use resnet_train::train::config::{read_file, Overrides};
+    let dir = common::tmpdir();
+    let w = dir.path().join("m.safetensors");
+    let config = common::repo().join("configs/recipes/smoke-cpu.toml");
+    let flags = ["--act", "polynorm", "--order", "2", "--seed", "7"];
+    let (code, _, err) = run(&[
+        &["init", "--config", config.to_str().unwrap(), "--num-classes", "5", "--out", w.to_str().unwrap()],
+        &flags[..],
+    ]
+    .concat());
+    assert_eq!(code, 0, "{err}");
+    let cfg = Overrides::parse(&flags).unwrap().apply(&read_file(&config).unwrap()).unwrap();
+    let engine = resnet_train::train::step::engine::Engine::new(cfg, tch::Device::Cpu, 5).unwrap();
+    let file = resnet_train::model::weights::read(&w).unwrap().tensors;
+    let vars = engine.vs.variables();
+    assert!(
+        !vars.is_empty() && vars.len() <= file.len(),
+        "{} variables, {} in the file",
+        vars.len(),
+        file.len()
+    );
+    for (name, t) in vars {
+        let saved = file.get(&name).unwrap_or_else(|| panic!("{name} is not in the file"));
+        assert!(saved.to_kind(tch::Kind::Float).equal(&t.to_kind(tch::Kind::Float)), "{name} differs");
+    }
+}
+
 #[test]
 fn bad_input_is_a_clear_error_not_a_panic() {
     let dir = common::tmpdir();

@@ -17,8 +17,7 @@ pub mod schedule;
 pub mod study;
 pub mod train;
 
-use crate::model::{ActConfig, ActImpl, ActInit, ActKind, Arch, NormAxis, ResNetConfig};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -72,77 +71,6 @@ pub enum Command {
     CheckAct(check_act::CheckActArgs),
     /// [developer] One BatchNorm + activation site, forward and backward, at ResNet-50's site shapes.
     BenchAct(bench_act::BenchActArgs),
-}
-
-/// The flags that define a model's shape and initial values.
-#[derive(Args, Debug, Clone)]
-pub struct ModelArgs {
-    #[arg(long, value_enum, default_value = "resnet50")]
-    pub arch: Arch,
-    /// Activation at every site.
-    #[arg(long, value_enum, default_value = "relu")]
-    pub act: ActKind,
-    /// Polynomial order k of PolyReLU/PolyNorm (1..=8).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i64).range(1..=crate::model::activation::MAX_ORDER))]
-    pub order: i64,
-    /// Axis of PolyNorm's root mean square.
-    #[arg(long, value_enum, default_value = "channel")]
-    pub norm_axis: NormAxis,
-    /// Initial polynomial coefficients: paper (w = 1/k) or relu-like (w = [1, 0, ...]).
-    #[arg(long, value_enum, default_value = "paper")]
-    pub act_init: ActInit,
-    #[arg(long, default_value_t = 1000, value_parser = crate::train::config::range::int::<i64>(1, 1_000_000), allow_negative_numbers = true)]
-    pub num_classes: i64,
-    /// Zero-init each residual block's last BN gamma.
-    #[arg(long)]
-    pub zero_init_residual: bool,
-    /// 3x3 stride-1 stem without max-pool, for inputs of 64 px and less.
-    #[arg(long)]
-    pub small_stem: bool,
-    /// FFCV's BlurPool before the strided convolutions (see the `blurpool` config key).
-    #[arg(long)]
-    pub blurpool: bool,
-    /// Clamp the polynomial's input to [-C, C] (a stability remedy).
-    #[arg(long, value_parser = crate::train::config::range::float(0.0, 1e6, crate::train::config::range::Ends::AboveMin), allow_negative_numbers = true)]
-    pub act_clamp: Option<f64>,
-    /// Compute the activations in fp32 under autocast (false: in fp16/bf16).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub act_fp32: bool,
-    /// With --act-fp32 under bf16/fp16: return the activations in that dtype instead of fp32.
-    #[arg(long)]
-    pub act_out_lowp: bool,
-    /// PolyReLU/PolyNorm as one fused operator with its own backward (fused; where it applies,
-    /// else eager) or as the reference's tensor expression (eager). Same values either way.
-    #[arg(long, value_enum, default_value = "fused")]
-    pub act_impl: ActImpl,
-}
-
-impl ModelArgs {
-    pub fn to_config(&self) -> ResNetConfig {
-        ResNetConfig {
-            arch: self.arch,
-            act: ActConfig {
-                kind: self.act,
-                order: self.order,
-                axis: self.norm_axis,
-                init: self.act_init,
-                clamp: self.act_clamp,
-                fp32: self.act_fp32,
-                out_lowp: self.act_out_lowp,
-                implementation: self.act_impl,
-            },
-            num_classes: self.num_classes,
-            zero_init_residual: self.zero_init_residual,
-            small_stem: self.small_stem,
-            drop_path_rate: 0.0,
-            drop_block_rate: 0.0,
-            drop_rate: 0.0,
-            blurpool: self.blurpool,
-            bn_splits: 0,
-            bn_momentum: None,
-            bn_eps: None,
-        }
-    }
 }
 
 pub fn run(cli: Cli) -> crate::error::Result<()> {
