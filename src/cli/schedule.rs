@@ -73,14 +73,14 @@ pub fn run(a: ScheduleArgs) -> Result<()> {
         let title = format!(
             "{} {} schedule, {epochs} epochs, global batch {global_batch}",
             cfg.schedule_style.name(),
-            format!("{:?}", cfg.schedule).to_lowercase()
+            cfg.schedule.name()
         );
         crate::experiments::report::draw_schedule(&points, &title, out)?;
         eprintln!("wrote {}", out.display());
     }
     if a.json {
         let v = serde_json::json!({
-            "style": cfg.schedule_style.name(), "schedule": format!("{:?}", cfg.schedule).to_lowercase(),
+            "style": cfg.schedule_style.name(), "schedule": cfg.schedule.name(),
             "epochs": epochs, "steps_per_epoch": steps_per_epoch, "global_batch": global_batch,
             "peak_lr": schedule.peak_lr, "first_lr": per_epoch.iter().map(|p| p.0).collect::<Vec<_>>(),
             "last_lr": per_epoch.iter().map(|p| p.1).collect::<Vec<_>>(),
@@ -92,7 +92,7 @@ pub fn run(a: ScheduleArgs) -> Result<()> {
     println!(
         "{} {} schedule: {epochs} epochs x {steps_per_epoch} steps ({} images, global batch {global_batch}), peak lr {:.6}",
         cfg.schedule_style.name(),
-        format!("{:?}", cfg.schedule).to_lowercase(),
+        cfg.schedule.name(),
         a.images,
         schedule.peak_lr
     );

@@ -277,12 +277,69 @@ const TIMM_ORIGINAL: [TimmSub; 25] = {
     ]
 };
 
+/// One family of `aa` values: the names that select it, its `-`-separated sections (each a
+/// key and a number), an example, and whose policy it is.
+pub struct PolicyInfo {
+    pub names: &'static [&'static str],
+    pub sections: &'static [&'static str],
+    pub example: &'static str,
+    pub what: &'static str,
+}
+
+/// Every policy family `aa` accepts: the parser's error messages and the tests derive from it.
+pub const POLICIES: [PolicyInfo; 6] = [
+    PolicyInfo {
+        names: &["randaugment"],
+        sections: &["n", "m", "b"],
+        example: "randaugment-n2-m9",
+        what: "torchvision's RandAugment",
+    },
+    PolicyInfo {
+        names: &["trivialaugment", "ta_wide"],
+        sections: &[],
+        example: "trivialaugment",
+        what: "torchvision's TrivialAugmentWide",
+    },
+    PolicyInfo {
+        names: &["autoaugment"],
+        sections: &[],
+        example: "autoaugment",
+        what: "torchvision's AutoAugment (ImageNet policy)",
+    },
+    PolicyInfo {
+        names: &["rand"],
+        sections: &["m", "n", "mstd", "mmax", "inc", "p"],
+        example: "rand-m9-mstd0.5-inc1",
+        what: "timm's RandAugment",
+    },
+    PolicyInfo {
+        names: &["v0", "original"],
+        sections: &["mstd"],
+        example: "v0-mstd0.5",
+        what: "timm's AutoAugment policies",
+    },
+    PolicyInfo {
+        names: &["augmix"],
+        sections: &["m", "w", "d", "a", "b", "mstd"],
+        example: "augmix-m3-w3",
+        what: "timm's AugMix",
+    },
+];
+
+/// The family a policy name selects.
+fn family(head: &str) -> Option<&'static PolicyInfo> {
+    POLICIES.iter().find(|p| p.names.contains(&head))
+}
+
 fn bad_aa(s: &str, why: &str) -> Error {
-    Error::Usage(format!(
-        "--aa {s:?}: {why}; expected randaugment, trivialaugment (ta_wide), autoaugment, a timm \
-         RandAugment string such as rand-m9-mstd0.5-inc1, v0 or original (optionally -mstd0.5), \
-         or an AugMix string such as augmix-m3-w3"
-    ))
+    let expected: Vec<String> = POLICIES.iter().map(|p| format!("{} (e.g. {})", p.what, p.example)).collect();
+    Error::Usage(format!("--aa {s:?}: {why}; expected none or one of: {}", expected.join(", ")))
+}
+
+/// An unknown section of a policy of family `head`.
+fn unknown_section(s: &str, head: &str, key: &str) -> Error {
+    let known = family(head).map_or(String::new(), |p| p.sections.join(", "));
+    bad_aa(s, &format!("unknown section {key:?} ({known})"))
 }
 
 impl Policy {
@@ -309,7 +366,7 @@ impl Policy {
                         (k, v) if k == "n" => num_ops = v as usize,
                         (k, v) if k == "m" => magnitude = v as usize,
                         (k, v) if k == "b" => bins = v as usize,
-                        (k, _) => return Err(bad_aa(s, &format!("unknown section {k:?} (n, m, b)"))),
+                        (k, _) => return Err(unknown_section(s, head, &k)),
                     }
                 }
                 if bins < 2 || magnitude >= bins {
@@ -318,6 +375,9 @@ impl Policy {
                 Policy::RandAugment { num_ops, magnitude, bins }
             }
             "trivialaugment" | "ta_wide" if sections.is_empty() => Policy::TrivialAugmentWide { bins: 31 },
+            _ if family(head).is_some_and(|p| p.sections.is_empty()) && !sections.is_empty() => {
+                return Err(bad_aa(s, &format!("{head} takes no sections")))
+            }
             "autoaugment" if sections.is_empty() => Policy::AutoAugment,
             "rand" => {
                 let (mut magnitude, mut num_layers, mut mstd, mut mmax, mut prob, mut increasing) =
@@ -334,12 +394,7 @@ impl Policy {
                         "mmax" => mmax = v.trunc(),
                         "inc" => increasing = v != 0.0,
                         "p" => prob = v,
-                        _ => {
-                            return Err(bad_aa(
-                                s,
-                                &format!("unknown section {k:?} (m, n, mstd, mmax, inc, p)"),
-                            ))
-                        }
+                        _ => return Err(unknown_section(s, head, &k)),
                     }
                 }
                 if !(0.0..=1.0).contains(&prob) {
@@ -352,7 +407,7 @@ impl Policy {
                 for c in &sections {
                     match split(c)? {
                         (k, v) if k == "mstd" => mstd = v,
-                        (k, _) => return Err(bad_aa(s, &format!("unknown section {k:?} (mstd)"))),
+                        (k, _) => return Err(unknown_section(s, head, &k)),
                     }
                 }
                 let policy = if head == "v0" { TimmAutoPolicy::V0 } else { TimmAutoPolicy::Original };
@@ -380,7 +435,7 @@ impl Policy {
                                 "timm's blended AugMix (b1, 'not well tested' in timm) is not supported",
                             ))
                         }
-                        _ => return Err(bad_aa(s, &format!("unknown section {k:?} (m, w, d, a, b, mstd)"))),
+                        _ => return Err(unknown_section(s, head, &k)),
                     }
                 }
                 if !(1..=16).contains(&width) || depth > 16 || !(alpha > 0.0 && alpha.is_finite()) {
@@ -873,6 +928,33 @@ pub fn parse_jitter(v: &[f64]) -> Result<Option<[f64; 4]>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The catalog is what the parser accepts and what `--aa`'s help documents: every family's
+    /// example parses, each of its names selects it, and the flag's doc names every name.
+    #[test]
+    fn every_policy_family_parses_its_example_and_is_documented() {
+        let config = include_str!("../train/config/mod.rs");
+        let lines: Vec<&str> = config.lines().map(str::trim).collect();
+        let key = lines.iter().position(|l| *l == "pub aa: Option<String>,").expect("the aa key");
+        let doc: String = lines[..key]
+            .iter()
+            .rev()
+            .take_while(|l| l.starts_with("///") || l.starts_with("#["))
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        for p in &POLICIES {
+            assert!(Policy::parse(p.example).unwrap().is_some(), "{}", p.example);
+            for name in p.names {
+                assert!(doc.contains(name), "the aa doc does not name {name}:\n{doc}");
+                if p.sections.is_empty() {
+                    assert!(Policy::parse(name).unwrap().is_some(), "{name}");
+                }
+            }
+            let err = Policy::parse(&format!("{}-zz1", p.names[0])).unwrap_err().to_string();
+            assert!(err.contains(p.example), "{err}");
+        }
+    }
 
     #[test]
     fn parses_timm_and_torchvision_names() {

@@ -349,7 +349,7 @@ impl Trainer {
             format!("{:?}", cfg.opt).to_lowercase(),
             if cfg.corrected_weight_decay { " (corrected weight decay)" } else { "" },
             cfg.schedule_style.name(),
-            format!("{:?}", cfg.schedule).to_lowercase(),
+            cfg.schedule.name(),
             cfg.total_epochs(),
             schedule_extras(cfg, schedule, steps_per_epoch),
             match cfg.aug_splits {

@@ -173,12 +173,13 @@ pub(super) fn validate(cfg: &TrainConfig) -> Result<()> {
             return bad(format!("--lr-warmup-decay must be in (0, 1], got {d}"));
         }
     }
-    let kind = format!("{:?}", cfg.schedule).to_lowercase();
+    let kind = cfg.schedule.name();
     validate_wsd(cfg, &kind)?;
     if cfg.cooldown_epochs > 0 && !cfg.schedule.ends_at_min_lr() {
         return bad(format!(
-            "--cooldown-epochs applies to the cosine, linear, poly, tanh, wsd and rsqrt schedules, which end at --min-lr \
-             (the {kind} schedule has no end to cool down after)"
+            "--cooldown-epochs applies to the {} schedules, which end at --min-lr (the {kind} schedule has no end \
+             to cool down after)",
+            ScheduleKind::names_where(ScheduleKind::ends_at_min_lr)
         ));
     }
     let cycled = [
@@ -188,13 +189,14 @@ pub(super) fn validate(cfg: &TrainConfig) -> Result<()> {
     ];
     if let Some((flag, _)) = cycled.iter().find(|(_, set)| *set && !cfg.schedule.cycles()) {
         return bad(format!(
-            "{flag} applies to timm's cycle schedules (cosine, linear, poly, tanh), not {kind}"
+            "{flag} applies to timm's cycle schedules ({}), not {kind}",
+            ScheduleKind::names_where(ScheduleKind::cycles)
         ));
     }
-    let k_decayed = matches!(cfg.schedule, ScheduleKind::Cosine | ScheduleKind::Linear | ScheduleKind::Poly);
-    if cfg.lr_k_decay.is_some() && !k_decayed {
+    if cfg.lr_k_decay.is_some() && !cfg.schedule.k_decays() {
         return bad(format!(
-            "--lr-k-decay applies to the cosine, linear and poly schedules (timm's), not {kind}"
+            "--lr-k-decay applies to the {} schedules (timm's), not {kind}",
+            ScheduleKind::names_where(ScheduleKind::k_decays)
         ));
     }
     let positive = [

@@ -55,6 +55,28 @@ impl ScheduleKind {
     pub fn is_wsd(self) -> bool {
         matches!(self, ScheduleKind::Wsd | ScheduleKind::Rsqrt)
     }
+
+    /// The kinds timm's `k_decay` shapes (its cosine and poly schedulers).
+    pub fn k_decays(self) -> bool {
+        matches!(self, ScheduleKind::Cosine | ScheduleKind::Linear | ScheduleKind::Poly)
+    }
+
+    /// The kind's name, as the config and the flag spell it.
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value().map_or_else(String::new, |v| v.get_name().to_string())
+    }
+
+    /// The names of the kinds for which `pred` holds, for messages ("cosine, linear and poly").
+    pub fn names_where(pred: impl Fn(Self) -> bool) -> String {
+        use clap::ValueEnum;
+        let names: Vec<String> =
+            Self::value_variants().iter().filter(|k| pred(**k)).map(|k| k.name()).collect();
+        match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => names.join(""),
+        }
+    }
 }
 
 /// The shape of the wsd / rsqrt schedules' final decay, from 1 to 0 over its fraction f (timm's
