@@ -149,7 +149,8 @@ impl Trainer {
         let saved = saved_config.filter(|_| folder.start == Start::Resume);
         let (steps_per_epoch, schedule, stop_at) =
             plan(&mut engine, &mut state, &data.train_loader, rt.world(), saved.as_ref(), &mut notes)?;
-        let experiment = setup::Experiment::of(&engine.cfg, rt.world(), steps_per_epoch, schedule.peak_lr);
+        let experiment =
+            setup::Experiment::of(engine.config(), rt.world(), steps_per_epoch, schedule.peak_lr);
         // Ordering: written once the checkpoint loaded and the plan holds, so a failed resume
         // leaves the run as it was.
         if main {
@@ -159,7 +160,7 @@ impl Trainer {
         let mut log = if main { Some(RunLog::open(&folder.dir, state.step, state.epoch)?) } else { None };
         if let (Some(log), Start::Fresh) = (&mut log, folder.start) {
             // Once, at the start (a resume's event files keep the run's).
-            log.hparams(&engine.cfg, &experiment)?;
+            log.hparams(engine.config(), &experiment)?;
         }
         let device_words = crate::runtime::describe_device(rt.device);
         if main {
@@ -243,7 +244,7 @@ impl Trainer {
             Self::assemble(engine, (dir, None), main, data, (schedule, steps_per_epoch, stop_at), state);
         trainer.banner(&crate::runtime::describe_device(rt.device), resume.is_some(), &notes);
         let seconds = trainer.time_steps(steps)?;
-        let epochs = trainer.engine.cfg.total_epochs();
+        let epochs = trainer.engine.config().total_epochs();
         let report = DryRun {
             steps_timed: seconds.len(),
             step_s: seconds.iter().sum::<f64>() / seconds.len().max(1) as f64,
@@ -266,7 +267,7 @@ impl Trainer {
     /// Trains one warm-up step and then up to `steps` more on the first batches of epoch 0;
     /// returns the timed steps' seconds (each from asking for its first batch to its result).
     fn time_steps(&mut self, steps: usize) -> Result<Vec<f64>> {
-        let accum = self.engine.cfg.accum_steps;
+        let accum = self.engine.config().accum_steps;
         let mut batches = self.train_loader.epoch(0, 0);
         let mut seconds = Vec::new();
         for i in 0..=steps.min(self.steps_per_epoch.saturating_sub(1)) {
@@ -275,7 +276,7 @@ impl Trainer {
             while micro.len() < accum {
                 let Some(batch) = batches.next() else { return Ok(seconds) };
                 let batch = batch?;
-                let cfg = &self.engine.cfg;
+                let cfg = &self.engine.config();
                 let x = prepare(&batch.images, self.engine.device, cfg.channels_last, &cfg.normalization())?;
                 micro.push((x, batch.labels.to_device(self.engine.device)));
             }
@@ -296,7 +297,7 @@ impl Trainer {
         let (main, dir, engine, schedule, state) =
             (self.main, &self.dir, &self.engine, &self.schedule, &self.state);
         let steps_per_epoch = self.steps_per_epoch;
-        let (train_set, cfg) = (self.train_loader.dataset(), &engine.cfg);
+        let (train_set, cfg) = (self.train_loader.dataset(), engine.config());
         let classes = &self.classes;
         let global_batch = cfg.batch_size * cfg.accum_steps * engine.dist.as_ref().map_or(1, |d| d.world());
         say!(main, "run        {}", dir.display());
@@ -375,7 +376,9 @@ impl Trainer {
     /// Trains to the last epoch (or `max_steps`, or a termination signal).
     pub fn run(mut self) -> Result<RunSummary> {
         let max_steps = self.stop_at;
-        if max_steps > 0 && self.state.step >= max_steps && self.state.epoch < self.engine.cfg.total_epochs()
+        if max_steps > 0
+            && self.state.step >= max_steps
+            && self.state.epoch < self.engine.config().total_epochs()
         {
             // Resumed at or past --max-steps: nothing to train in this invocation.
             say!(
@@ -385,7 +388,7 @@ impl Trainer {
             );
             return Ok(self.summary(true));
         }
-        while self.state.epoch < self.engine.cfg.total_epochs() {
+        while self.state.epoch < self.engine.config().total_epochs() {
             if self.train_epoch()? {
                 return Ok(self.summary(true));
             }
@@ -433,9 +436,9 @@ impl Trainer {
     /// One epoch from `state.next_batch`; returns whether `max_steps` stopped it.
     fn train_epoch(&mut self) -> Result<bool> {
         let epoch = self.state.epoch;
-        let off = self.engine.cfg.mixup_off_epoch;
+        let off = self.engine.config().mixup_off_epoch;
         self.engine.mixup_enabled = off == 0 || epoch < off;
-        let accum = self.engine.cfg.accum_steps;
+        let accum = self.engine.config().accum_steps;
         let bar =
             progress_bar(self.steps_per_epoch, epoch, self.state.next_batch / accum).filter(|_| self.main);
         let mut micro = Vec::with_capacity(accum);
@@ -447,7 +450,7 @@ impl Trainer {
             let Some(batch) = batches.next() else { break };
             window.2 += asked.elapsed().as_secs_f64();
             let batch = batch?;
-            let cfg = &self.engine.cfg;
+            let cfg = &self.engine.config();
             let x = prepare(&batch.images, self.engine.device, cfg.channels_last, &cfg.normalization())?;
             window.1 += batch.labels.size()[0] as usize;
             micro.push((x, batch.labels.to_device(self.engine.device)));
@@ -475,7 +478,7 @@ impl Trainer {
             window = (Instant::now(), 0, 0.0);
             self.state.step += 1;
             self.state.next_batch = batch.index + 1;
-            let cfg = &self.engine.cfg;
+            let cfg = &self.engine.config();
             let stop = self.stop_at > 0 && self.state.step >= self.stop_at;
             if stop || (cfg.checkpoint_every > 0 && self.state.step.is_multiple_of(cfg.checkpoint_every)) {
                 self.save_last()?;
@@ -545,7 +548,7 @@ impl Trainer {
         if let Some(bar) = bar {
             bar.set_message(line);
             bar.inc(1);
-        } else if self.state.step.is_multiple_of(self.engine.cfg.log_every.max(1)) {
+        } else if self.state.step.is_multiple_of(self.engine.config().log_every.max(1)) {
             println!("epoch {:>3} step {:>7}  {line}", self.state.epoch, self.state.step);
         }
         Ok(())
@@ -554,7 +557,7 @@ impl Trainer {
     // ---- Epoch end: evaluate (model and EMA), record, checkpoint. ----
     fn end_epoch(&mut self) -> Result<()> {
         let epoch = self.state.epoch;
-        let cfg = &self.engine.cfg;
+        let cfg = &self.engine.config();
         let s = &self.state;
         let train_loss =
             if s.train_loss_steps > 0 { s.train_loss_sum / s.train_loss_steps as f64 } else { f64::NAN };
@@ -657,7 +660,7 @@ impl Trainer {
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             );
         }
-        let cfg = &self.engine.cfg;
+        let cfg = &self.engine.config();
         if (cfg.keep_last > 0 || cfg.checkpoint_hist > 0) && self.main {
             let ema = self
                 .engine
@@ -690,10 +693,10 @@ impl Trainer {
         let e = &self.engine;
         let opts = EvalOptions {
             device: e.device,
-            precision: e.cfg.precision,
-            channels_last: e.cfg.channels_last,
-            flip_tta: e.cfg.eval_flip,
-            norm: e.cfg.normalization(),
+            precision: e.config().precision,
+            channels_last: e.config().channels_last,
+            flip_tta: e.config().eval_flip,
+            norm: e.config().normalization(),
             columns: None,
         };
         let sums = evaluate_sums(model, loader, &opts)?;
@@ -705,11 +708,11 @@ impl Trainer {
 
     fn meta(&self) -> ModelMeta<'_> {
         ModelMeta {
-            model: self.engine.cfg.model(self.engine.num_classes),
+            model: self.engine.model_config(),
             class_names: &self.classes,
             eval_size: self.eval_size,
-            eval_filter: self.engine.cfg.interpolation,
-            normalization: self.engine.cfg.normalization(),
+            eval_filter: self.engine.config().interpolation,
+            normalization: self.engine.config().normalization(),
         }
     }
 
@@ -743,14 +746,14 @@ fn build_engine(
     let mut engine = Engine::new(cfg, rt.device, classes.len() as i64)?;
     engine.dist = rt.dist.clone();
     if start == Start::Fresh {
-        if let Some(path) = engine.cfg.initial_checkpoint.clone() {
+        if let Some(path) = engine.config().initial_checkpoint.clone() {
             notes.push(format!("model weights from {}", path.display()));
             notes.extend(engine.load_initial(&path, classes)?);
         }
-        let (scale, bias) = (engine.cfg.head_init_scale, engine.cfg.head_init_bias);
+        let (scale, bias) = (engine.config().head_init_scale, engine.config().head_init_bias);
         engine.init_head(scale, bias)?;
     }
-    if engine.cfg.sync_bn && rt.dist.is_none() {
+    if engine.config().sync_bn && rt.dist.is_none() {
         eprintln!(
             "warning: --sync-bn has no effect in a single process (BatchNorm already sees the whole batch)"
         );
@@ -786,7 +789,7 @@ fn restore(
     if let Some(saved_classes) = file.class_names() {
         setup::check_same_classes(&saved_classes, classes, &train_set.root, &last)?;
     }
-    if file.model_config(&last)? != engine.cfg.model(engine.num_classes) {
+    if file.model_config(&last)? != engine.model_config() {
         return Err(Error::file(&last, "its model differs from the run's config.toml"));
     }
     if saved.train_images != 0 && saved.train_images != train_set.len() {
@@ -799,7 +802,7 @@ fn restore(
             saved.train_images
         );
     }
-    if saved.world_size != world && engine.cfg.global_batch.is_none() {
+    if saved.world_size != world && engine.config().global_batch.is_none() {
         say!(
                 main,
                 "warning: the run trained with {} data-parallel process(es), this job has {world}: the global \
@@ -825,7 +828,7 @@ fn plan(
     saved: Option<&TrainConfig>,
     notes: &mut Vec<String>,
 ) -> Result<(usize, Schedule, usize)> {
-    let cfg = &engine.cfg;
+    let cfg = engine.config();
     // At least 1: `check_batches_fit` refused a run whose epoch holds no optimizer step.
     let steps_per_epoch = (train_loader.batches_per_epoch() / cfg.accum_steps).max(1);
     // The step this invocation stops at (0: the run's end): --max-steps, or a study's branch point.
@@ -846,11 +849,11 @@ fn plan(
     let global_batch = cfg.batch_size * cfg.accum_steps * world;
     let schedule = cfg.lr_schedule(steps_per_epoch, global_batch);
     engine.set_steps_per_epoch(steps_per_epoch);
-    let cfg = &engine.cfg;
-    if cfg.corrected_weight_decay {
+    if engine.config().corrected_weight_decay {
         // timm snapshots the lr the optimizer is built with: the peak, before the schedule.
         engine.optimizer.set_corrected_weight_decay(schedule.peak_lr);
     }
+    let cfg = engine.config();
     if let Some(budget) = cfg.stop_before_decay_of {
         // A study's branch point: stop where a run of `budget` epochs starts its decay.
         let at = cfg.branch_step(budget, steps_per_epoch, global_batch).ok_or_else(|| {

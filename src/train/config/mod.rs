@@ -15,7 +15,7 @@ use crate::train::step::clip::ClipMode;
 use crate::train::step::ema::{EmaBuffers, EmaConfig, EmaStyle};
 use crate::train::step::optim::OptKind;
 use crate::train::step::schedule::{DecayFn, LrScaling, ScheduleKind, ScheduleStyle, WarmupMethod};
-use crate::train::step::stability::Remedy;
+use crate::train::step::stability::{LiveSettings, Remedy};
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, FromArgMatches};
 use range::Ends;
@@ -1390,13 +1390,19 @@ impl TrainConfig {
 
     /// Applies a stability remedy (an ablation cell's variant, or the divergence guard's choice).
     pub fn apply_remedy(&mut self, r: Remedy) {
-        match r {
-            Remedy::None => {}
-            Remedy::Clamp(v) => self.act_clamp = Some(v),
-            Remedy::ActFp32 => self.act_fp32 = true,
-            Remedy::ActLowp => self.act_fp32 = false,
-            // The remedy clips the global norm, whatever mode the run clipped with.
-            Remedy::Clip(v) => (self.clip_grad, self.clip_mode) = (v, ClipMode::Norm),
+        let mut live = self.live();
+        live.apply(r);
+        (self.act_clamp, self.act_fp32, self.clip_grad, self.clip_mode) =
+            (live.act_clamp, live.act_fp32, live.clip_grad, live.clip_mode);
+    }
+
+    /// The settings a remedy may change during the run.
+    pub fn live(&self) -> LiveSettings {
+        LiveSettings {
+            act_clamp: self.act_clamp,
+            act_fp32: self.act_fp32,
+            clip_grad: self.clip_grad,
+            clip_mode: self.clip_mode,
         }
     }
 

@@ -9,13 +9,15 @@ use super::ema::{EmaConfig, ModelEma};
 use super::guards::{Decision, GuardConfig, GuardState, Guards, LiveState, StepHealth, Stop};
 use super::loss::{Loss, Targets};
 use super::optim::{self, OptConfig, Optimizer, WeightDecay};
-use super::stability::{first_beyond, first_nonfinite, forward_monitored, Remedy, SiteStats, FP16_MAX};
+use super::stability::{
+    first_beyond, first_nonfinite, forward_monitored, LiveSettings, Remedy, SiteStats, FP16_MAX,
+};
 use crate::data::batch_transform::{BatchTransform, DrawKey};
 use crate::dist::Dist;
 use crate::error::Result;
 use crate::ffi::dist::ReduceOp;
 use crate::model::weights::{self, WeightsFile};
-use crate::model::ResNet;
+use crate::model::{ResNet, ResNetConfig};
 use crate::train::config::TrainConfig;
 use crate::train::run::checkpoint::STATE_PREFIX;
 use crate::train::run::state::{copy_into, prefixed, under, Named};
@@ -24,8 +26,10 @@ use std::rc::Rc;
 use tch::{nn, Device, Tensor};
 
 pub struct Engine {
-    /// The live config (the divergence guard's remedies change it).
-    pub cfg: TrainConfig,
+    /// The run's config, fixed for the run (`config()`).
+    cfg: TrainConfig,
+    /// What the divergence guard's remedies change: the activations' compute and the clipping.
+    live: LiveSettings,
     pub device: Device,
     pub num_classes: i64,
     pub vs: nn::VarStore,
@@ -171,6 +175,7 @@ impl Engine {
             num_classes,
         };
         Ok(Self {
+            live: cfg.live(),
             cfg,
             device,
             num_classes,
@@ -193,7 +198,7 @@ impl Engine {
     /// `weights::load_initial`; `classes`: the data's), before any step: the EMA restarts from
     /// them. Returns what was kept at its init or differs.
     pub fn load_initial(&mut self, path: &Path, classes: &[String]) -> Result<Vec<String>> {
-        let model_cfg = self.cfg.model(self.num_classes);
+        let model_cfg = self.model_config();
         let notes = weights::load_initial(&mut self.vs, &model_cfg, classes, path)?;
         if self.cfg.model_ema {
             self.ema = Some(ModelEma::new(&self.vs, model_cfg, self.ema_config())?);
@@ -225,7 +230,7 @@ impl Engine {
             Ok(())
         })?;
         if self.cfg.model_ema {
-            self.ema = Some(ModelEma::new(&self.vs, self.cfg.model(self.num_classes), self.ema_config())?);
+            self.ema = Some(ModelEma::new(&self.vs, self.model_config(), self.ema_config())?);
         }
         Ok(())
     }
@@ -306,10 +311,22 @@ impl Engine {
         named.into_iter().map(|(_, t)| t).collect()
     }
 
-    /// Applies a stability remedy to the live config, model and EMA model.
+    /// The run's config (the remedies applied so far are in `live`, not here).
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// The model as it runs now: the config's, with the remedies' activation settings.
+    pub fn model_config(&self) -> ResNetConfig {
+        let mut m = self.cfg.model(self.num_classes);
+        (m.act.clamp, m.act.fp32) = (self.live.act_clamp, self.live.act_fp32);
+        m
+    }
+
+    /// Applies a stability remedy to the live settings, the model and the EMA model.
     pub fn apply_remedy(&mut self, r: Remedy) {
-        self.cfg.apply_remedy(r);
-        let act = self.cfg.model(self.num_classes).act;
+        self.live.apply(r);
+        let act = self.model_config().act;
         self.model.set_act_compute(act.clamp, act.fp32);
         if let Some(e) = &mut self.ema {
             e.set_act_compute(act.clamp, act.fp32);
@@ -467,7 +484,7 @@ impl Engine {
     fn check(&mut self, step: usize, loss: f64, gs: &mut GuardState) -> Result<(f64, Decision)> {
         let grads = self.optimizer.grads();
         let found_inf = self.scaler.unscale(&grads)?;
-        let grad_norm = clip_gradients(self.cfg.clip_mode, self.cfg.clip_grad, self.optimizer.groups())?;
+        let grad_norm = clip_gradients(self.live.clip_mode, self.live.clip_grad, self.optimizer.groups())?;
         self.scaler.update()?;
         let health = StepHealth {
             step,
@@ -539,7 +556,7 @@ impl Engine {
         Ok(format!(
             "at step {step}, {why}; {site}. Remedies: --act-init relu-like, --act-clamp C, {}--clip-grad, a lower \
              --lr, --precision bf16/fp32, or --divergence-remedies to apply them automatically",
-            if self.cfg.act_fp32 { "" } else { "--act-fp32 true, " }
+            if self.live.act_fp32 { "" } else { "--act-fp32 true, " }
         ))
     }
 }

@@ -76,6 +76,29 @@ pub enum Remedy {
     Clip(f64),
 }
 
+/// The settings a remedy changes, and the only part of a run's config that changes while it
+/// runs: the engine holds them next to its fixed copy of the config.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LiveSettings {
+    pub act_clamp: Option<f64>,
+    pub act_fp32: bool,
+    pub clip_grad: f64,
+    pub clip_mode: super::clip::ClipMode,
+}
+
+impl LiveSettings {
+    pub fn apply(&mut self, r: Remedy) {
+        match r {
+            Remedy::None => {}
+            Remedy::Clamp(v) => self.act_clamp = Some(v),
+            Remedy::ActFp32 => self.act_fp32 = true,
+            Remedy::ActLowp => self.act_fp32 = false,
+            // The remedy clips the global norm, whatever mode the run clipped with.
+            Remedy::Clip(v) => (self.clip_grad, self.clip_mode) = (v, super::clip::ClipMode::Norm),
+        }
+    }
+}
+
 impl FromStr for Remedy {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
