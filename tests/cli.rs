@@ -1052,11 +1052,11 @@ fn every_flag_in_the_documentation_exists() {
     for sub in ["val", "verify", "resize"] {
         known.extend(flags(&help(prep, &[sub])));
     }
-    // Not ours: torchrun's, SLURM's, pip's, timm's (configs/README.md's "Coming from timm"); the
-    // placeholder of configs/README.md; clap aliases.
+    // Not ours: torchrun's, SLURM's, pip's, cargo's, timm's (configs/README.md's "Coming from
+    // timm"); the placeholder of configs/README.md; clap aliases.
     for other in
         "--no-python --nproc-per-node --ntasks-per-node --nodes --signal --requeue --no-deps --key-name --label-smoothing \
-         --scale --img-size --input-size --amp --amp-dtype --patience-epochs"
+         --scale --img-size --input-size --amp --amp-dtype --patience-epochs --test"
             .split_whitespace()
     {
         known.insert(other.to_string());
