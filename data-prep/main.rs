@@ -3,11 +3,13 @@
 //!   imagenet-prep val --src VAL_FLAT --out VAL --labels LABELS [--meta meta.mat] [--synsets FILE]
 //!   imagenet-prep verify DIR [--allow-bad]
 //!   imagenet-prep resize SRC OUT --max-side 256 [--quality 90]
+//!   imagenet-prep shards --src IMAGEFOLDER --out DIR [--split train] [--shard-size N] [--shuffle-seed S]
 //!
 //! Every command is parallel, shows a progress bar, and can be interrupted and rerun safely.
 
 mod matfile;
 mod resize;
+mod shards;
 mod val;
 mod verify;
 
@@ -28,6 +30,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Write a pre-resized copy of a tree (shorter or longer side at most N).
     Resize(resize::ResizeArgs),
+    /// Write an ImageFolder split as WebDataset shards (timm's wds/ layout, with _info.json).
+    Shards(shards::ShardsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Command::Val(a) => val::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Resize(a) => resize::run(a),
+        Command::Shards(a) => shards::run(a),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

@@ -78,3 +78,12 @@ if [ ! -f .cargo/config.toml ] || [ "$(cat .cargo/config.toml)" != "$want" ]; th
   printf '%s\n' "$want" > .cargo/config.toml
   log "wrote .cargo/config.toml (LIBTORCH=$TORCH_DIR)"
 fi
+
+# 4. Python's own WebDataset library, for the tests that check our shards against it (written by
+#    it, read by it). Small (webdataset, numpy, braceexpand, pyyaml); a failure only skips them.
+TOOLS=$CACHE/pytools
+if ! "$TOOLS/bin/python" -c 'import webdataset' >/dev/null 2>&1; then
+  log "installing webdataset 1.0.2 (PyPI) into $TOOLS for the shard interop tests"
+  { python3 -m venv "$TOOLS" && "$TOOLS/bin/pip" install -q --disable-pip-version-check webdataset==1.0.2; } ||
+    log "webdataset could not be installed: the shard interop tests will skip"
+fi

@@ -23,8 +23,36 @@ pub fn is_image_path(p: &Path) -> bool {
 
 #[derive(Clone, Debug)]
 pub struct Sample {
+    /// The image file, or the shard that holds it.
     pub path: PathBuf,
     pub label: u32,
+    /// Where in the shard `path` the image is (None: `path` is the image).
+    pub member: Option<super::shards::Member>,
+}
+
+impl Sample {
+    /// The image's encoded bytes.
+    pub fn read(&self) -> Result<Vec<u8>> {
+        match &self.member {
+            None => std::fs::read(&self.path).map_err(|e| Error::io(&self.path, e)),
+            Some(m) => super::shard_reader::read_member(&self.path, m.offset, m.len)
+                .map_err(|e| Error::file(&self.name(), format!("cannot read the shard member: {e}"))),
+        }
+    }
+
+    /// The image's own file name: its file, or its member's name in the shard (what ImageNet's
+    /// validation images are known by).
+    pub fn image_name(&self) -> PathBuf {
+        self.member.as_ref().map_or_else(|| self.path.clone(), |m| PathBuf::from(&m.name))
+    }
+
+    /// The image as messages name it: its file, or `shard.tar:member`.
+    pub fn name(&self) -> PathBuf {
+        match &self.member {
+            None => self.path.clone(),
+            Some(m) => PathBuf::from(format!("{}:{}", self.path.display(), m.name)),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -119,7 +147,7 @@ pub fn default_index_dir() -> Option<PathBuf> {
     Some(crate::runtime::cache_dir()?.join("index"))
 }
 
-fn cache_file(index_dir: &Path, root: &Path) -> PathBuf {
+pub(crate) fn cache_file(index_dir: &Path, root: &Path) -> PathBuf {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in root.as_os_str().as_encoded_bytes() {
         h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
@@ -199,7 +227,11 @@ impl ImageFolder {
         let mut samples = Vec::with_capacity(index.files.iter().map(Vec::len).sum());
         for (label, (class, files)) in index.classes.iter().zip(&index.files).enumerate() {
             let dir = index.root.join(class);
-            samples.extend(files.iter().map(|f| Sample { path: dir.join(f), label: label as u32 }));
+            samples.extend(files.iter().map(|f| Sample {
+                path: dir.join(f),
+                label: label as u32,
+                member: None,
+            }));
         }
         Self { root: index.root, classes: index.classes, samples }
     }
@@ -210,7 +242,8 @@ impl ImageFolder {
         if files.is_empty() {
             return Err(Error::file(root, "no .jpg/.jpeg/.png files"));
         }
-        let samples = files.into_iter().map(|f| Sample { path: root.join(f), label: 0 }).collect();
+        let samples =
+            files.into_iter().map(|f| Sample { path: root.join(f), label: 0, member: None }).collect();
         Ok(Self { root: root.to_path_buf(), classes: vec![String::new()], samples })
     }
 
@@ -241,7 +274,7 @@ impl ImageFolder {
         let samples = self
             .samples
             .iter()
-            .filter_map(|s| Some(Sample { path: s.path.clone(), label: label_of[s.label as usize]? }))
+            .filter_map(|s| Some(Sample { label: label_of[s.label as usize]?, ..s.clone() }))
             .collect();
         ImageFolder { root: self.root.clone(), classes, samples }
     }

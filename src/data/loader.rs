@@ -284,12 +284,13 @@ fn load_sample(
             SplitMix64::keyed(&[cfg.seed, epoch, candidate as u64, 0x004E_9EA7, repeat as u64])
         };
         crate::fault::slow_read();
-        let result = std::fs::read(&sample.path).map_err(|e| Error::io(&sample.path, e)).and_then(|bytes| {
+        let name = sample.name();
+        let result = sample.read().and_then(|bytes| {
             WORKER.with(|w| {
                 let w = &mut *w.borrow_mut();
                 let size = cfg.transform.size();
                 let (first, splits) = dst.split_at_mut(3 * size * size);
-                transform::apply(w, &bytes, &sample.path, &cfg.transform, &mut rng, first)?;
+                transform::apply(w, &bytes, &name, &cfg.transform, &mut rng, first)?;
                 if let Some(aug) = &cfg.augment {
                     if splits.is_empty() {
                         aug.apply(&mut Planes { px: first, h: size, w: size }, &mut rng, &mut w.augment);
@@ -306,7 +307,7 @@ fn load_sample(
         match result {
             Ok(()) => return Ok(Some((sample.label, attempt > 0))),
             Err(e) => {
-                bad.record(&sample.path, &e, dataset, cfg.max_bad_fraction)?;
+                bad.record(&name, &e, dataset, cfg.max_bad_fraction)?;
                 if cfg.leave_out_unreadable {
                     return Ok(None);
                 }
@@ -315,7 +316,7 @@ fn load_sample(
             }
         }
     }
-    Err(Error::file(&dataset.samples[index].path, "unreadable, and so were all substitutes tried"))
+    Err(Error::file(&dataset.samples[index].name(), "unreadable, and so were all substitutes tried"))
 }
 
 fn make_batch(

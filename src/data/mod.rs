@@ -10,5 +10,7 @@ pub mod loader;
 pub mod mixup;
 pub mod resize;
 pub mod sampler;
+mod shard_reader;
+pub mod shards;
 pub mod synthetic;
 pub mod transform;

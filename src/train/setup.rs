@@ -217,12 +217,49 @@ pub fn check_same_classes(saved: &[String], now: &[String], data: &Path, checkpo
 }
 
 /// The train and val splits: `data/train` + `data/val` (or `data/validation`), the folders
-/// `train_split` / `val_split` name, or one folder of class folders to train on (no evaluation).
+/// `train_split` / `val_split` name, one folder of class folders to train on (no evaluation), or
+/// the splits of a shard folder (see `open_shards`).
 fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFolder>>)> {
     let root = match &cfg.data {
         Some(p) => p.clone(),
         None => synthetic::ensure_demo_dataset()?,
     };
+    let (train, val) = if crate::data::shards::is_shard_folder(&root) {
+        open_shards(cfg, &root)?
+    } else {
+        open_folders(cfg, &root)?
+    };
+    if val.is_none() && crate::dist::DistEnv::is_main_process() {
+        eprintln!(
+            "warning: {} has no val/ or validation/ folder: this run will not evaluate (--val-split NAME names one)",
+            root.display()
+        );
+    }
+    check_splits(&train, val.as_ref())?;
+    Ok((Arc::new(train), val.map(Arc::new)))
+}
+
+/// A shard folder's splits (`data::shards`): `train_split` (default train) and `val_split`
+/// (default validation, else val), each by its `_info.json` entry, a brace pattern, a folder of
+/// `.tar` files, or the `.tar` files named after it.
+fn open_shards(cfg: &TrainConfig, root: &Path) -> Result<(ImageFolder, Option<ImageFolder>)> {
+    use crate::data::shards;
+    let index = crate::data::dataset::default_index_dir();
+    let train = shards::open_split(root, cfg.train_split.as_deref().unwrap_or("train"), index.as_deref())?;
+    let val_split = match &cfg.val_split {
+        Some(s) => Some(s.clone()),
+        None => ["validation", "val"]
+            .iter()
+            .map(|s| s.to_string())
+            .find(|s| shards::has_split(root, s).unwrap_or(false)),
+    };
+    let val = val_split.map(|s| shards::open_split(root, &s, index.as_deref())).transpose()?;
+    Ok((train, val))
+}
+
+/// An ImageFolder's splits: `data/train` + `data/val` (or `data/validation`), the folders
+/// `train_split` / `val_split` name, or `data` itself as the training split.
+fn open_folders(cfg: &TrainConfig, root: &Path) -> Result<(ImageFolder, Option<ImageFolder>)> {
     let named = |split: &Option<String>, flag: &str| -> Result<Option<PathBuf>> {
         let Some(name) = split else { return Ok(None) };
         let dir = root.join(name);
@@ -231,34 +268,30 @@ fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFold
             false => Err(Error::file(&dir, format!("is not a folder (--{flag} {name} under --data)"))),
         }
     };
-    let train_dir = named(&cfg.train_split, "train-split")?
-        .unwrap_or_else(|| Some(root.join("train")).filter(|d| d.is_dir()).unwrap_or_else(|| root.clone()));
+    let train_dir = named(&cfg.train_split, "train-split")?.unwrap_or_else(|| {
+        Some(root.join("train")).filter(|d| d.is_dir()).unwrap_or_else(|| root.to_path_buf())
+    });
     let val_dir = match named(&cfg.val_split, "val-split")? {
         Some(dir) => Some(dir),
         None => ["val", "validation"].iter().map(|s| root.join(s)).find(|d| d.is_dir()),
     };
-    let main_rank = crate::dist::DistEnv::is_main_process();
-    if val_dir.is_none() && main_rank {
-        eprintln!(
-            "warning: {} has no val/ or validation/ folder: this run will not evaluate (--val-split NAME names one)",
-            root.display()
-        );
-    }
-    let train = Arc::new(ImageFolder::open(&train_dir)?);
+    let train = ImageFolder::open(&train_dir)?;
+    let val = val_dir.as_deref().map(ImageFolder::open).transpose()?;
+    Ok((train, val))
+}
+
+/// A training split a classifier can learn from, and a validation split with its classes.
+fn check_splits(train: &ImageFolder, val: Option<&ImageFolder>) -> Result<()> {
     if train.classes.len() < 2 {
         return Err(Error::file(
             &train.root,
             format!(
-                "{} class folder(s): a classifier needs at least 2 (with one, every prediction is right)",
+                "{} class(es): a classifier needs at least 2 (with one, every prediction is right)",
                 train.classes.len()
             ),
         ));
     }
-    let val = match &val_dir {
-        Some(dir) => Some(Arc::new(ImageFolder::open(dir)?)),
-        None => None,
-    };
-    if let Some(v) = &val {
+    if let Some(v) = val {
         if v.classes != train.classes {
             return Err(Error::file(
                 &v.root,
@@ -270,7 +303,7 @@ fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFold
             ));
         }
     }
-    Ok((train, val))
+    Ok(())
 }
 
 /// An epoch must hold at least one optimizer step: with fewer images per rank than

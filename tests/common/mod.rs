@@ -168,3 +168,23 @@ pub fn summary_without_time(run: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// A Python that imports `module`: scripts/bootstrap.sh's tools venv, else `python3`; otherwise
+/// prints a loud SKIP line and returns None.
+pub fn python_with(module: &str, test: &str) -> Option<PathBuf> {
+    let venv = resnet_train::runtime::cache_dir().map(|c| c.join("pytools/bin/python"));
+    let candidates = venv.into_iter().chain([PathBuf::from("python3")]);
+    for py in candidates {
+        let ok = std::process::Command::new(&py)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(py);
+        }
+    }
+    eprintln!(
+        "SKIP {test}: no Python with {module} (scripts/bootstrap.sh installs it); this test did not run"
+    );
+    None
+}

@@ -302,7 +302,9 @@ pub fn score(
     let dataset = loader.dataset();
     // Each image's position in real.json, by dataset index.
     let positions: Vec<usize> = match &real {
-        Some(real) => dataset.samples.iter().map(|s| real.position(&s.path)).collect::<Result<_>>()?,
+        Some(real) => {
+            dataset.samples.iter().map(|s| real.position(&s.image_name())).collect::<Result<_>>()?
+        }
         None => Vec::new(),
     };
     // Per class: images, top-1 hits, top-5 hits.
