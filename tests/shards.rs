@@ -265,3 +265,51 @@ json.dump(info, open(os.path.join(out, "_info.json"), "w"))
         .unwrap();
     assert!(o.status.success(), "{}", common::output_text(&o));
 }
+
+/// A run from shards killed (SIGKILL) mid-epoch, while writing its checkpoint and during
+/// evaluation, then resumed, gives the uninterrupted run's metrics.jsonl and summary.csv.
+#[test]
+fn a_run_from_shards_killed_at_any_instant_resumes_exactly() {
+    let dir = common::tmpdir();
+    let (img, wds, runs) = (dir.path().join("img"), dir.path().join("wds"), dir.path().join("runs"));
+    synthetic::write_dataset(&img, 8, 2, 32, 5).unwrap();
+    shard(&img.join("train"), &wds, "train", &["--shard-size", "16"]);
+    shard(&img.join("val"), &wds, "validation", &["--shard-size", "16"]);
+    let run = |name: &str, fault: Option<&str>| {
+        let mut c = Command::new(common::bin());
+        c.args(["--data", wds.to_str().unwrap(), "--output", runs.to_str().unwrap(), "--name", name])
+            .args(["--arch", "resnet18", "--train-size", "32", "--eval-size", "32", "--batch-size", "8"])
+            .args(["--epochs", "2", "--device", "cpu", "--workers", "2", "--checkpoint-every", "3"])
+            .args(["--warmup-epochs", "0.5", "--log-every", "1000"]);
+        if let Some(f) = fault {
+            c.env("RESNET_TRAIN_FAULT", f);
+        }
+        c.output().unwrap()
+    };
+    let history = |name: &str| {
+        let steps: Vec<serde_json::Value> = std::fs::read_to_string(runs.join(name).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                for wall_clock in ["img_per_s", "elapsed_s", "data_s", "step_s"] {
+                    v.as_object_mut().unwrap().remove(wall_clock);
+                }
+                v
+            })
+            .collect();
+        (steps, common::summary_without_time(&runs.join(name)))
+    };
+    let full = run("full", None);
+    assert!(full.status.success(), "{}", common::output_text(&full));
+    let want = history("full");
+    assert_eq!((want.0.len(), want.1.len()), (20, 3));
+    for (i, fault) in ["step@8", "write:last.safetensors@1", "eval@1", "step@14"].iter().enumerate() {
+        let name = format!("kill{i}");
+        let killed = run(&name, Some(fault));
+        assert_eq!(killed.status.code(), None, "{fault}: not killed: {}", common::output_text(&killed));
+        let o = Command::new(common::bin()).arg("--resume").arg(runs.join(&name)).output().unwrap();
+        assert!(o.status.success(), "{fault}: {}", common::output_text(&o));
+        assert_eq!(history(&name), want, "{fault} then resume differs");
+    }
+}

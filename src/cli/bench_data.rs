@@ -16,7 +16,8 @@ pub enum Mode {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchDataArgs {
-    /// An ImageFolder split (root/<class>/<image>) or a flat folder of images.
+    /// An ImageFolder split (root/<class>/<image>), a flat folder of images, or a shard folder
+    /// (its train split).
     #[arg(long)]
     pub data: PathBuf,
     #[arg(long, value_enum, default_value = "train")]
@@ -80,9 +81,17 @@ pub fn run(a: BenchDataArgs) -> Result<()> {
     if a.scan_only {
         return scan(&a);
     }
-    let dataset = Arc::new(ImageFolder::open_any(&a.data)?);
+    let dataset = Arc::new(if crate::data::shards::is_shard_folder(&a.data) {
+        crate::data::shards::open_split(
+            &a.data,
+            "train",
+            crate::data::dataset::default_index_dir().as_deref(),
+        )?
+    } else {
+        ImageFolder::open_any(&a.data)?
+    });
     for s in &dataset.samples {
-        let _ = std::fs::read(&s.path); // warm the page cache, untimed (as the PyTorch baseline)
+        let _ = s.read(); // warm the page cache, untimed (as the PyTorch baseline)
     }
     let max = crate::data::transform::MAX_SIZE;
     if !(8..=max).contains(&a.size) || a.batch_size == 0 || !(0.1..=1.0).contains(&a.crop_pct) {

@@ -36,7 +36,7 @@ impl Sample {
         match &self.member {
             None => std::fs::read(&self.path).map_err(|e| Error::io(&self.path, e)),
             Some(m) => super::shard_reader::read_member(&self.path, m.offset, m.len)
-                .map_err(|e| Error::file(&self.name(), format!("cannot read the shard member: {e}"))),
+                .map_err(|e| Error::file(self.name(), format!("cannot read the shard member: {e}"))),
         }
     }
 

@@ -316,7 +316,7 @@ fn load_sample(
             }
         }
     }
-    Err(Error::file(&dataset.samples[index].name(), "unreadable, and so were all substitutes tried"))
+    Err(Error::file(dataset.samples[index].name(), "unreadable, and so were all substitutes tried"))
 }
 
 fn make_batch(

@@ -139,31 +139,44 @@ pub fn key_and_extension(name: &str) -> Option<(&str, String)> {
     Some((&name[..dot], name[dot + 1..].to_lowercase()))
 }
 
-/// The samples of one shard, in their order in the file.
+/// The members of one key seen so far.
+struct Pending {
+    key: String,
+    image: Option<Member>,
+    label: Option<u32>,
+}
+
+impl Pending {
+    /// The sample these members make (None: no image and no label, e.g. a `__meta__` key).
+    fn finish(self, shard: &Path) -> Result<Option<ShardSample>> {
+        let key = self.key;
+        match (self.image, self.label) {
+            (None, None) => Ok(None),
+            (Some(image), Some(label)) => Ok(Some(ShardSample { image, label })),
+            (None, Some(_)) => Err(Error::file(
+                shard,
+                format!("sample {key} has a label but no image member (.{})", IMAGE_EXTENSIONS.join(", .")),
+            )),
+            (Some(_), None) => {
+                Err(Error::file(shard, format!("sample {key} has no label (a {key}.cls member)")))
+            }
+        }
+    }
+}
+
+/// The position of an image member's extension in `IMAGE_EXTENSIONS` (the preferred one first).
+fn image_rank(name: &str) -> Option<usize> {
+    key_and_extension(name).and_then(|(_, e)| IMAGE_EXTENSIONS.iter().position(|x| *x == e))
+}
+
+/// The samples of one shard, in their order in the file (webdataset's grouping: consecutive
+/// members with the same key are one sample).
 pub fn index_shard(path: &Path) -> Result<Vec<ShardSample>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let corrupt = |e: std::io::Error| Error::file(path, format!("not a readable tar file: {e}"));
     let mut samples = Vec::new();
-    let mut current: Option<(String, Option<Member>, Option<(String, u32)>)> = None;
-    let finish = |cur: Option<(String, Option<Member>, Option<(String, u32)>)>,
-                  samples: &mut Vec<ShardSample>|
-     -> Result<()> {
-        match cur {
-            None | Some((_, None, None)) => Ok(()),
-            Some((_, Some(image), Some((_, label)))) => {
-                samples.push(ShardSample { image, label });
-                Ok(())
-            }
-            Some((key, None, Some(_))) => Err(Error::file(
-                path,
-                format!("sample {key} has a label but no image member (.{})", IMAGE_EXTENSIONS.join(", .")),
-            )),
-            Some((key, Some(_), None)) => {
-                Err(Error::file(path, format!("sample {key} has no label (a {key}.cls member)")))
-            }
-        }
-    };
+    let mut current: Option<Pending> = None;
     for entry in archive.entries_with_seek().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
         if !entry.header().entry_type().is_file() {
@@ -171,9 +184,11 @@ pub fn index_shard(path: &Path) -> Result<Vec<ShardSample>> {
         }
         let name = entry.path().map_err(corrupt)?.to_string_lossy().into_owned();
         let Some((key, ext)) = key_and_extension(&name) else { continue };
-        if current.as_ref().is_none_or(|c| c.0 != key) {
-            finish(current.take(), &mut samples)?;
-            current = Some((key.to_string(), None, None));
+        if current.as_ref().is_none_or(|c| c.key != key) {
+            if let Some(done) = current.take() {
+                samples.extend(done.finish(path)?);
+            }
+            current = Some(Pending { key: key.to_string(), image: None, label: None });
         }
         let Some(cur) = current.as_mut() else { continue };
         if ext == "cls" {
@@ -183,18 +198,17 @@ pub fn index_shard(path: &Path) -> Result<Vec<ShardSample>> {
             let label = text.trim().parse::<u32>().map_err(|_| {
                 Error::file(path, format!("member {name}: the label {:?} is not a class index", text.trim()))
             })?;
-            cur.2 = Some((name, label));
-        } else if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
-            let rank = |m: &Member| {
-                key_and_extension(&m.name).and_then(|(_, e)| IMAGE_EXTENSIONS.iter().position(|x| *x == e))
-            };
-            let member = Member { name, offset: entry.raw_file_position(), len: entry.size() };
-            if cur.1.as_ref().is_none_or(|m| rank(&member) < rank(m)) {
-                cur.1 = Some(member);
+            cur.label = Some(label);
+        } else if image_rank(&name).is_some() {
+            let better = cur.image.as_ref().is_none_or(|m| image_rank(&name) < image_rank(&m.name));
+            if better {
+                cur.image = Some(Member { name, offset: entry.raw_file_position(), len: entry.size() });
             }
         }
     }
-    finish(current, &mut samples)?;
+    if let Some(done) = current {
+        samples.extend(done.finish(path)?);
+    }
     Ok(samples)
 }
 

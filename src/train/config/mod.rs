@@ -31,17 +31,21 @@ mod validate;
 #[command(next_help_heading = "Config keys (TOML `key = value`; flag `--key value`)")]
 pub struct TrainConfig {
     // ---- Data ----
-    /// ImageFolder root with train/ and val/ (or validation/, timm's name), or one folder of class
-    /// folders to train on without evaluating (a warning says so); unset: the embedded procedural
-    /// dataset. On `--resume` (the dataset moved) its classes must be the checkpoint's.
+    /// ImageFolder root with train/ and val/ (or validation/, timm's name), one folder of class
+    /// folders to train on without evaluating (a warning says so), or a folder of WebDataset shards
+    /// (timm's wds layout: `_info.json` or .tar files; `imagenet-prep shards` writes them); unset:
+    /// the embedded procedural dataset. On `--resume` (the dataset moved) its classes must be the
+    /// checkpoint's.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// The training split's folder under `data` (timm's `train_split`; unset: train/, else
-    /// `data` itself). Given, it must exist.
+    /// `data` itself). Given, it must exist. With shards: the split's `_info.json` name, a brace
+    /// pattern (`imagenet1k-train-{0000..1023}.tar`), or a folder of .tar files (unset: train).
     #[arg(long)]
     pub train_split: Option<String>,
     /// The evaluation split's folder under `data` (timm's `val_split`; unset: val/ or
-    /// validation/, else no evaluation, said at start). Given, it must exist.
+    /// validation/, else no evaluation, said at start). Given, it must exist. With shards: as
+    /// `train_split` (unset: validation, else val).
     #[arg(long)]
     pub val_split: Option<String>,
     /// Train crop size (RandomResizedCrop).
