@@ -27,7 +27,15 @@ pub struct Sample {
     pub path: PathBuf,
     pub label: u32,
     /// Where in the shard `path` the image is (None: `path` is the image).
-    pub member: Option<super::shards::Member>,
+    pub member: Option<Member>,
+}
+
+/// A member of a tar file (a shard, see `data::shards`): its name and where its bytes are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub offset: u64,
+    pub len: u64,
 }
 
 impl Sample {

@@ -10,7 +10,7 @@
 //! sampler's order, the split over ranks and decode threads, and exact resume are the ones the
 //! ImageFolder path has.
 
-use super::dataset::{ImageFolder, Sample};
+use super::dataset::{ImageFolder, Member, Sample};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -75,14 +75,6 @@ impl Info {
         }
         Ok(Some(info))
     }
-}
-
-/// A member of a tar file: its name and where its bytes are.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    pub name: String,
-    pub offset: u64,
-    pub len: u64,
 }
 
 /// One sample of a shard: its image member and its label.
