@@ -3,6 +3,7 @@
 //!   imagenet-prep val --src VAL_FLAT --out VAL --labels LABELS [--meta meta.mat] [--synsets FILE]
 //!   imagenet-prep verify DIR [--allow-bad]
 //!   imagenet-prep resize SRC OUT --max-side 256 [--quality 90]
+//!   imagenet-prep train --tar ILSVRC2012_img_train.tar --out imagenet/train
 //!   imagenet-prep shards --src IMAGEFOLDER --out DIR [--split train] [--shard-size N] [--shuffle-seed S]
 //!
 //! Every command is parallel, shows a progress bar, and can be interrupted and rerun safely.
@@ -10,6 +11,7 @@
 mod matfile;
 mod resize;
 mod shards;
+mod train_tar;
 mod val;
 mod verify;
 
@@ -24,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Extract the official training archive (a tar of per-class tars) into train/<wnid>/<file>.
+    Train(train_tar::TrainTarArgs),
     /// Reorganise the flat validation folder into val/<wnid>/<file>.
     Val(val::ValArgs),
     /// Decode every image of a tree; report formats, colour spaces and bad files.
@@ -36,6 +40,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
+        Command::Train(a) => train_tar::run(a),
         Command::Val(a) => val::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Resize(a) => resize::run(a),

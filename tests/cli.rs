@@ -1049,7 +1049,7 @@ fn every_flag_in_the_documentation_exists() {
         known.extend(flags(&help(common::bin(), &[sub])));
     }
     let prep = env!("CARGO_BIN_EXE_imagenet-prep");
-    for sub in ["val", "verify", "resize", "shards"] {
+    for sub in ["train", "val", "verify", "resize", "shards"] {
         known.extend(flags(&help(prep, &[sub])));
     }
     // Not ours: torchrun's, SLURM's, pip's, cargo's, timm's (configs/README.md's "Coming from

@@ -250,3 +250,78 @@ fn val_reports_missing_images_refuses_conflicts_and_misplaced_images_unless_forc
     assert!(dir.path().join("a").join(&other).join(f0).exists());
     assert!(!dir.path().join("a").join(w0).join(f0).exists(), "one image, one class folder");
 }
+
+/// The official training archive's shape: a tar of per-class tars (`n01440764.tar` ...), each of
+/// JPEGs. `imagenet-prep train` extracts it to an ImageFolder, identical to the source; a killed
+/// extraction's leftovers are redone and finished classes kept.
+#[test]
+fn train_extracts_the_nested_training_archive() {
+    let dir = common::tmpdir();
+    let src = dir.path().join("src");
+    resnet_train::data::synthetic::write_dataset(&src, 3, 0, 24, 7).unwrap();
+    let classes: Vec<String> = {
+        let mut c: Vec<String> = std::fs::read_dir(src.join("train"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        c.sort();
+        c.truncate(4);
+        c
+    };
+    let files_of = |d: &Path| -> BTreeMap<String, Vec<u8>> {
+        let mut m = BTreeMap::new();
+        for c in std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()) {
+            for f in std::fs::read_dir(&c).unwrap().map(|e| e.unwrap().path()) {
+                let key = format!(
+                    "{}/{}",
+                    c.file_name().unwrap().to_string_lossy(),
+                    f.file_name().unwrap().to_string_lossy()
+                );
+                m.insert(key, std::fs::read(&f).unwrap());
+            }
+        }
+        m
+    };
+    // The archive: each class as its own tar, all inside one.
+    let archive = dir.path().join("ILSVRC2012_img_train.tar");
+    let mut outer = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+    for c in &classes {
+        let mut inner = tar::Builder::new(Vec::new());
+        for f in std::fs::read_dir(src.join("train").join(c)).unwrap().map(|e| e.unwrap().path()) {
+            inner.append_path_with_name(&f, f.file_name().unwrap()).unwrap();
+        }
+        let bytes = inner.into_inner().unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        outer.append_data(&mut h, format!("{c}.tar"), bytes.as_slice()).unwrap();
+    }
+    outer.finish().unwrap();
+    drop(outer);
+    let out = dir.path().join("train");
+    let (code, _, err) = prep(&["train", "--tar", archive.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let mut want = files_of(&src.join("train"));
+    want.retain(|k, _| classes.iter().any(|c| k.starts_with(&format!("{c}/"))));
+    assert_eq!(files_of(&out), want);
+    // Killed mid-class: its temporary folder is there, the class is not; the rerun finishes it.
+    std::fs::remove_dir_all(out.join(&classes[1])).unwrap();
+    std::fs::create_dir_all(out.join(format!(".{}.tmp-99999", classes[1]))).unwrap();
+    std::fs::write(out.join(format!(".{}.tmp-99999/half.JPEG", classes[1])), b"half").unwrap();
+    let (code, _, err) = prep(&["train", "--tar", archive.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("1 classes extracted") && err.contains(&format!("{} already there", classes.len() - 1)),
+        "{err}"
+    );
+    assert_eq!(files_of(&out), want);
+    // Not the archive: a clear error naming it.
+    let (code, _, err) = prep(&[
+        "train",
+        "--tar",
+        src.join("train").join(&classes[0]).join("00000.jpg").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(code != 0 && err.contains("00000.jpg") && !err.contains("panicked"), "{err}");
+}
