@@ -155,8 +155,13 @@ fn first_jpeg() -> PathBuf {
 
 /// Trains `data` for one short epoch into `runs/name` and returns its summary (no times).
 fn train(data: &Path, runs: &Path, name: &str) -> Vec<String> {
+    train_with(data, runs, name, &[])
+}
+
+fn train_with(data: &Path, runs: &Path, name: &str, extra: &[&str]) -> Vec<String> {
     let o = Command::new(common::bin())
         .args(["--data", data.to_str().unwrap(), "--output", runs.to_str().unwrap(), "--name", name])
+        .args(extra)
         .args(["--arch", "resnet18", "--train-size", "32", "--eval-size", "32", "--batch-size", "8"])
         .args(["--epochs", "1", "--device", "cpu", "--workers", "2", "--torch-threads", "1"])
         .output()
@@ -176,6 +181,9 @@ fn training_from_shards_in_the_folders_order_is_training_from_the_folder() {
     let from_folder = train(&img, &runs, "folder");
     let from_shards = train(&wds, &runs, "shards");
     assert_eq!(from_shards, from_folder);
+    // The validation split from elsewhere (`--val-data`): the folder's val/, the shards' train.
+    let mixed = train_with(&wds, &runs, "mixed", &["--val-data", img.to_str().unwrap()]);
+    assert_eq!(mixed, from_folder);
     let losses =
         |name: &str| common::step_records(&runs.join(name)).iter().map(|s| s.loss).collect::<Vec<_>>();
     assert_eq!(losses("shards"), losses("folder"));

@@ -229,6 +229,10 @@ fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFold
     } else {
         open_folders(cfg, &root)?
     };
+    let val = match &cfg.val_data {
+        Some(dir) => Some(open_val_data(cfg, dir)?),
+        None => val,
+    };
     if val.is_none() && crate::dist::DistEnv::is_main_process() {
         eprintln!(
             "warning: {} has no val/ or validation/ folder: this run will not evaluate (--val-split NAME names one)",
@@ -243,18 +247,42 @@ fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFold
 /// (default validation, else val), each by its `_info.json` entry, a brace pattern, a folder of
 /// `.tar` files, or the `.tar` files named after it.
 fn open_shards(cfg: &TrainConfig, root: &Path) -> Result<(ImageFolder, Option<ImageFolder>)> {
-    use crate::data::shards;
     let index = crate::data::dataset::default_index_dir();
-    let train = shards::open_split(root, cfg.train_split.as_deref().unwrap_or("train"), index.as_deref())?;
-    let val_split = match &cfg.val_split {
+    let train = crate::data::shards::open_split(
+        root,
+        cfg.train_split.as_deref().unwrap_or("train"),
+        index.as_deref(),
+    )?;
+    // With `val_data`, the validation split is there, not here.
+    let val = if cfg.val_data.is_some() { None } else { shard_val(cfg, root)? };
+    Ok((train, val))
+}
+
+/// A shard folder's validation split: `val_split`, else validation, else val (None: none).
+fn shard_val(cfg: &TrainConfig, root: &Path) -> Result<Option<ImageFolder>> {
+    use crate::data::shards;
+    let split = match &cfg.val_split {
         Some(s) => Some(s.clone()),
         None => ["validation", "val"]
             .iter()
             .map(|s| s.to_string())
             .find(|s| shards::has_split(root, s).unwrap_or(false)),
     };
-    let val = val_split.map(|s| shards::open_split(root, &s, index.as_deref())).transpose()?;
-    Ok((train, val))
+    let index = crate::data::dataset::default_index_dir();
+    split.map(|s| shards::open_split(root, &s, index.as_deref())).transpose()
+}
+
+/// `val_data`: the validation split of a shard folder, a folder's `val_split` (else val/ or
+/// validation/), or the folder itself as the split.
+fn open_val_data(cfg: &TrainConfig, dir: &Path) -> Result<ImageFolder> {
+    if crate::data::shards::is_shard_folder(dir) {
+        return shard_val(cfg, dir)?.ok_or_else(|| {
+            Error::file(dir, "--val-data: no validation split among its shards (--val-split NAME names one)")
+        });
+    }
+    let named = cfg.val_split.iter().map(|s| dir.join(s));
+    let split = named.chain(["val", "validation"].iter().map(|s| dir.join(s))).find(|d| d.is_dir());
+    ImageFolder::open(split.as_deref().unwrap_or(dir))
 }
 
 /// An ImageFolder's splits: `data/train` + `data/val` (or `data/validation`), the folders
@@ -271,9 +299,13 @@ fn open_folders(cfg: &TrainConfig, root: &Path) -> Result<(ImageFolder, Option<I
     let train_dir = named(&cfg.train_split, "train-split")?.unwrap_or_else(|| {
         Some(root.join("train")).filter(|d| d.is_dir()).unwrap_or_else(|| root.to_path_buf())
     });
-    let val_dir = match named(&cfg.val_split, "val-split")? {
-        Some(dir) => Some(dir),
-        None => ["val", "validation"].iter().map(|s| root.join(s)).find(|d| d.is_dir()),
+    // With `val_data`, the validation split is there, not here.
+    let val_dir = match cfg.val_data {
+        Some(_) => None,
+        None => match named(&cfg.val_split, "val-split")? {
+            Some(dir) => Some(dir),
+            None => ["val", "validation"].iter().map(|s| root.join(s)).find(|d| d.is_dir()),
+        },
     };
     let train = ImageFolder::open(&train_dir)?;
     let val = val_dir.as_deref().map(ImageFolder::open).transpose()?;

@@ -48,6 +48,11 @@ pub struct TrainConfig {
     /// `train_split` (unset: validation, else val).
     #[arg(long)]
     pub val_split: Option<String>,
+    /// The evaluation data when it lives apart from `data` (e.g. local validation shards, training
+    /// shards elsewhere): a folder with val/ or validation/, a class-folder split itself, or a
+    /// shard folder (its `val_split`, else validation or val). Its classes must be `data`'s.
+    #[arg(long)]
+    pub val_data: Option<PathBuf>,
     /// Train crop size (RandomResizedCrop).
     #[arg(long, alias = "res", default_value_t = 224, value_parser = range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
     pub train_size: usize,
@@ -672,10 +677,11 @@ const PER_INVOCATION: [&str; 1] = ["max_steps"];
 /// or shortens the schedule from here, as do wsd's final-decay keys; the guards' thresholds and
 /// remedies only act on trouble).
 /// Any other key given with `--resume` that differs from the run's config.toml is refused.
-pub const RESUMABLE: [&str; 29] = [
+pub const RESUMABLE: [&str; 30] = [
     // The dataset may move (a cluster job staging it to local disk); the trainer then checks that
     // its classes are the run's and warns if its size changed.
     "data",
+    "val_data",
     "train_split",
     "val_split",
     // The schedule from here on: a longer or shorter run, or a wsd branch (`fork`) that decays
