@@ -125,6 +125,15 @@ fn bad_shards_are_named_with_their_member() {
     std::fs::write(d.join("train/a.tar"), &bytes[..700]).unwrap();
     let err = shards::open_split(&d, "train", None).unwrap_err().to_string();
     assert!(err.contains("a.tar"), "{err}");
+    // Cut inside the last image (its label and the end-of-archive blocks gone too).
+    write_tar(
+        &d.join("train/a.tar"),
+        &[("k1.jpg", &jpg), ("k1.cls", b"0"), ("k2.jpg", &jpg), ("k2.cls", b"1")],
+    );
+    let bytes = std::fs::read(d.join("train/a.tar")).unwrap();
+    std::fs::write(d.join("train/a.tar"), &bytes[..bytes.len() - 1024 - 1024 - 100]).unwrap();
+    let err = shards::open_split(&d, "train", None).unwrap_err().to_string();
+    assert!(err.contains("a.tar") && err.contains("k2"), "{err}");
     // A count that disagrees with _info.json.
     let d = root.join("count");
     std::fs::create_dir_all(&d).unwrap();

@@ -161,10 +161,14 @@ fn image_rank(name: &str) -> Option<usize> {
     key_and_extension(name).and_then(|(_, e)| IMAGE_EXTENSIONS.iter().position(|x| *x == e))
 }
 
+/// The largest image member read (a header claiming more is a corrupt shard, not an allocation).
+const MAX_MEMBER_BYTES: u64 = 1 << 30;
+
 /// The samples of one shard, in their order in the file (webdataset's grouping: consecutive
 /// members with the same key are one sample).
 pub fn index_shard(path: &Path) -> Result<Vec<ShardSample>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let corrupt = |e: std::io::Error| Error::file(path, format!("not a readable tar file: {e}"));
     let mut samples = Vec::new();
@@ -193,8 +197,15 @@ pub fn index_shard(path: &Path) -> Result<Vec<ShardSample>> {
             cur.label = Some(label);
         } else if image_rank(&name).is_some() {
             let better = cur.image.as_ref().is_none_or(|m| image_rank(&name) < image_rank(&m.name));
+            let (offset, len) = (entry.raw_file_position(), entry.size());
+            if len > MAX_MEMBER_BYTES || offset.saturating_add(len) > file_len {
+                return Err(Error::file(
+                    path,
+                    format!("member {name}: {len} bytes at byte {offset} do not fit the shard's {file_len} (truncated or corrupt)"),
+                ));
+            }
             if better {
-                cur.image = Some(Member { name, offset: entry.raw_file_position(), len: entry.size() });
+                cur.image = Some(Member { name, offset, len });
             }
         }
     }
