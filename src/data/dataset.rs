@@ -43,8 +43,9 @@ impl Sample {
     pub fn read(&self) -> Result<Vec<u8>> {
         match &self.member {
             None => std::fs::read(&self.path).map_err(|e| Error::io(&self.path, e)),
-            Some(m) => super::shard_reader::read_member(&self.path, m.offset, m.len)
-                .map_err(|e| Error::file(self.name(), format!("cannot read the shard member: {e}"))),
+            Some(m) => super::shard_reader::read_member(&self.path, m.offset, m.len).map_err(|e| {
+                Error::file(self.name().into_owned(), format!("cannot read the shard member: {e}"))
+            }),
         }
     }
 
@@ -54,11 +55,12 @@ impl Sample {
         self.member.as_ref().map_or_else(|| self.path.clone(), |m| PathBuf::from(&m.name))
     }
 
-    /// The image as messages name it: its file, or `shard.tar:member`.
-    pub fn name(&self) -> PathBuf {
+    /// The image as messages name it: its file (borrowed: no cost per image), or
+    /// `shard.tar:member`.
+    pub fn name(&self) -> std::borrow::Cow<'_, Path> {
         match &self.member {
-            None => self.path.clone(),
-            Some(m) => PathBuf::from(format!("{}:{}", self.path.display(), m.name)),
+            None => std::borrow::Cow::Borrowed(&self.path),
+            Some(m) => std::borrow::Cow::Owned(PathBuf::from(format!("{}:{}", self.path.display(), m.name))),
         }
     }
 }

@@ -106,7 +106,13 @@ impl BadFiles {
     /// Records a bad file, naming it the first time it is seen; fails once more than `allowed`
     /// files are bad. Naming, counting and the failure happen under one lock, so the count in
     /// the error is the number of files named before it, even with many decode threads.
-    fn record(&self, path: &PathBuf, err: &Error, dataset: &ImageFolder, fraction: f64) -> Result<()> {
+    fn record(
+        &self,
+        path: &std::path::Path,
+        err: &Error,
+        dataset: &ImageFolder,
+        fraction: f64,
+    ) -> Result<()> {
         let (root, total) = (&dataset.root, dataset.len());
         let allowed = (fraction * total as f64).floor() as usize;
         let mut f = self.files.lock().unwrap_or_else(|e| e.into_inner());
@@ -115,7 +121,7 @@ impl BadFiles {
         }
         if !f.contains_key(path) {
             eprintln!("warning: unreadable image: {err}");
-            f.insert(path.clone(), err.to_string());
+            f.insert(path.to_path_buf(), err.to_string());
         }
         if f.len() <= allowed {
             return Ok(());

@@ -262,13 +262,12 @@ fn index_shards(files: &[PathBuf], cache: Option<&Path>) -> Result<Vec<Vec<Shard
             }
         })
         .collect::<Result<_>>()?;
-    let out = indexed.iter().map(|s| s.samples.clone()).collect();
+    let index = ShardIndex { version: INDEX_VERSION, shards: indexed };
     if let Some(c) = cache {
-        let index = ShardIndex { version: INDEX_VERSION, shards: indexed };
         // A failed cache write only costs the next start a rescan.
         let _ = crate::fsutil::write_atomic(c, &serde_json::to_vec(&index).unwrap_or_default());
     }
-    Ok(out)
+    Ok(index.shards.into_iter().map(|s| s.samples).collect())
 }
 
 /// The shard files of split `split` under `root`: a brace pattern (`...-{0000..0099}.tar`, as
