@@ -87,3 +87,10 @@ if ! "$TOOLS/bin/python" -c 'import webdataset' >/dev/null 2>&1; then
   { python3 -m venv "$TOOLS" && "$TOOLS/bin/pip" install -q --disable-pip-version-check webdataset==1.0.2; } ||
     log "webdataset could not be installed: the shard interop tests will skip"
 fi
+# 5. A real S3 server for the tests that stream shards from object storage (moto's moto_server,
+#    with boto3 to upload). A failure only skips them.
+if [ -x "$TOOLS/bin/python" ] && ! "$TOOLS/bin/python" -c 'import moto.server, boto3' >/dev/null 2>&1; then
+  log "installing moto[server] 5.2.5 (PyPI) into $TOOLS for the S3 shard tests"
+  "$TOOLS/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5' ||
+    log "moto could not be installed: the S3 shard tests will skip"
+fi

@@ -179,7 +179,8 @@ fn train_with(data: &Path, runs: &Path, name: &str, extra: &[&str]) -> Vec<Strin
     common::summary_without_time(&runs.join(name))
 }
 
-/// Shards written in the ImageFolder's order are the same dataset: the same run, number for number.
+/// Shards written in the ImageFolder's order, sampled by position, are the same dataset: the same
+/// run, number for number.
 #[test]
 fn training_from_shards_in_the_folders_order_is_training_from_the_folder() {
     let dir = common::tmpdir();
@@ -188,10 +189,12 @@ fn training_from_shards_in_the_folders_order_is_training_from_the_folder() {
     shard(&img.join("train"), &wds, "train", &["--shard-size", "10", "--keep-order"]);
     shard(&img.join("val"), &wds, "validation", &["--shard-size", "10", "--keep-order"]);
     let from_folder = train(&img, &runs, "folder");
-    let from_shards = train(&wds, &runs, "shards");
+    // (`global`: one permutation of all samples, the folder's order; the default streams shards.)
+    let from_shards = train_with(&wds, &runs, "shards", &["--shard-order", "global"]);
     assert_eq!(from_shards, from_folder);
     // The validation split from elsewhere (`--val-data`): the folder's val/, the shards' train.
-    let mixed = train_with(&wds, &runs, "mixed", &["--val-data", img.to_str().unwrap()]);
+    let mixed =
+        train_with(&wds, &runs, "mixed", &["--shard-order", "global", "--val-data", img.to_str().unwrap()]);
     assert_eq!(mixed, from_folder);
     let losses =
         |name: &str| common::step_records(&runs.join(name)).iter().map(|s| s.loss).collect::<Vec<_>>();
@@ -329,4 +332,30 @@ fn a_run_from_shards_killed_at_any_instant_resumes_exactly() {
         assert!(o.status.success(), "{fault}: {}", common::output_text(&o));
         assert_eq!(history(&name), want, "{fault} then resume differs");
     }
+}
+
+/// `class_map` names the classes of shards whose info names none (timm's `class_map`; the first
+/// word of each line, as in ImageNet's LOC_synset_mapping.txt); a label beyond it is an error.
+#[test]
+fn a_class_map_names_the_classes_of_unnamed_shards() {
+    let dir = common::tmpdir();
+    let jpg = std::fs::read(common::repo().join("tests/fixtures").join(first_jpeg())).unwrap();
+    let d = dir.path().join("wds");
+    std::fs::create_dir_all(d.join("train")).unwrap();
+    write_tar(
+        &d.join("train/a.tar"),
+        &[("k1.jpg", &jpg), ("k1.cls", b"0"), ("k2.jpg", &jpg), ("k2.cls", b"2")],
+    );
+    let map = dir.path().join("map.txt");
+    std::fs::write(&map, "n01440764 tench, Tinca tinca\nn01443537 goldfish\nn01484850 great white shark\n")
+        .unwrap();
+    let names = shards::read_class_map(&map).unwrap();
+    assert_eq!(names, ["n01440764", "n01443537", "n01484850"]);
+    let split = shards::open_split_named(&d, "train", None, Some(&names)).unwrap();
+    assert_eq!(split.classes, names);
+    let err = shards::open_split_named(&d, "train", None, Some(&names[..2])).unwrap_err().to_string();
+    assert!(err.contains("k2.jpg") && err.contains("out of range"), "{err}");
+    std::fs::write(&map, "a\nb\na\n").unwrap();
+    let err = shards::read_class_map(&map).unwrap_err().to_string();
+    assert!(err.contains("map.txt") && err.contains("\"a\" is named twice"), "{err}");
 }

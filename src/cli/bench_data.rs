@@ -16,10 +16,20 @@ pub enum Mode {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchDataArgs {
-    /// An ImageFolder split (root/<class>/<image>), a flat folder of images, or a shard folder
-    /// (its train split).
+    /// An ImageFolder split (root/<class>/<image>), a flat folder of images, or shards (a folder,
+    /// `s3://BUCKET/PREFIX` or `http(s)://HOST/PREFIX`; their train split).
     #[arg(long)]
     pub data: PathBuf,
+    /// Shards: read as a stream through a shuffle buffer of this many samples, as training does
+    /// (unset: by position, as an ImageFolder; a remote source: 8192).
+    #[arg(long)]
+    pub shuffle_buffer: Option<usize>,
+    /// Remote shards: where they are kept while read (unset: a temporary folder, removed after).
+    #[arg(long)]
+    pub shard_cache: Option<PathBuf>,
+    /// Remote shards downloaded at once, and how far ahead.
+    #[arg(long, default_value_t = 4, value_parser = crate::train::config::range::int::<usize>(1, 256), allow_negative_numbers = true)]
+    pub prefetch_shards: usize,
     #[arg(long, value_enum, default_value = "train")]
     pub mode: Mode,
     /// Decode threads.
@@ -81,7 +91,17 @@ pub fn run(a: BenchDataArgs) -> Result<()> {
     if a.scan_only {
         return scan(&a);
     }
-    let dataset = Arc::new(if crate::data::shards::is_shard_folder(&a.data) {
+    let started = std::time::Instant::now();
+    let temp_cache = std::env::temp_dir().join(format!("resnet-train-bench-shards-{}", std::process::id()));
+    let remote = crate::data::remote::is_url(&a.data);
+    let dataset = Arc::new(if remote {
+        let cache = crate::data::shard_fetch::CacheConfig {
+            dir: a.shard_cache.clone().unwrap_or_else(|| temp_cache.clone()),
+            keep_bytes: 0,
+            prefetch: a.prefetch_shards,
+        };
+        crate::data::shards::open_remote_split(&a.data.to_string_lossy(), "train", &cache, None)?
+    } else if crate::data::shards::is_shard_folder(&a.data) {
         crate::data::shards::open_split(
             &a.data,
             "train",
@@ -90,9 +110,18 @@ pub fn run(a: BenchDataArgs) -> Result<()> {
     } else {
         ImageFolder::open_any(&a.data)?
     });
-    for s in &dataset.samples {
-        let _ = s.read(); // warm the page cache, untimed (as the PyTorch baseline)
+    if !remote {
+        for s in &dataset.samples {
+            let _ = s.read(); // warm the page cache, untimed (as the PyTorch baseline)
+        }
     }
+    let result = bench(&a, dataset, started);
+    let _ = std::fs::remove_dir_all(&temp_cache);
+    result
+}
+
+/// Times the loader on `dataset` (opened at `started`).
+fn bench(a: &BenchDataArgs, dataset: Arc<ImageFolder>, started: std::time::Instant) -> Result<()> {
     let max = crate::data::transform::MAX_SIZE;
     if !(8..=max).contains(&a.size) || a.batch_size == 0 || !(0.1..=1.0).contains(&a.crop_pct) {
         return Err(crate::error::Error::Usage(format!(
@@ -138,11 +167,17 @@ pub fn run(a: BenchDataArgs) -> Result<()> {
     }
     cfg.threads = a.threads;
     cfg.drop_last_batch = false;
+    let remote = dataset.fetcher().is_some();
+    cfg.shuffle_buffer = a.shuffle_buffer.or(remote.then_some(8192));
     let loader = Loader::new(dataset.clone(), cfg)?;
     let per_epoch = loader.batches_per_epoch();
     let want = a.batches.unwrap_or(2 * per_epoch).max(1);
-    // One untimed batch: thread start-up and first allocations.
-    loader.epoch(u64::MAX, 0).next().transpose()?;
+    // One untimed batch: thread start-up and first allocations (and, from a remote source, the
+    // first shards: the time to the first batch).
+    let mut first = loader.epoch(u64::MAX, 0);
+    first.next().transpose()?;
+    let first_batch_s = started.elapsed().as_secs_f64();
+    drop(first);
     let t0 = std::time::Instant::now();
     let mut images = 0usize;
     let mut done = 0usize;
@@ -158,6 +193,9 @@ pub fn run(a: BenchDataArgs) -> Result<()> {
     let rate = images as f64 / secs;
     let mode = if a.mode == Mode::Train { "train" } else { "eval" };
     let rss = peak_rss_mb();
+    let stats = dataset.fetcher().map(|f| &f.stats);
+    let fetched_gb = stats.map_or(0.0, |s| s.bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9);
+    let wait_s = stats.map_or(0.0, |s| s.wait_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9);
     if a.json {
         println!(
             "{}",
@@ -168,18 +206,24 @@ pub fn run(a: BenchDataArgs) -> Result<()> {
                 "img_per_s": (rate * 10.0).round() / 10.0,
                 "img_per_s_per_thread": (rate / a.threads as f64 * 10.0).round() / 10.0,
                 "peak_rss_mb": rss.round(), "bad_files": loader.bad.count(),
+                "first_batch_s": (first_batch_s * 1000.0).round() / 1000.0,
+                "fetched_gb": (fetched_gb * 1000.0).round() / 1000.0,
+                "fetch_wait_s": (wait_s * 1000.0).round() / 1000.0,
                 "device_name": crate::runtime::describe_device(tch::Device::Cpu),
             })
         );
     } else {
         println!(
-            "{mode} {policy_name} {:?} {}px: {images} images in {secs:.2} s = {rate:.1} img/s ({:.1} per thread, {} threads), peak RSS {rss:.0} MiB, {} bad files",
+            "{mode} {policy_name} {:?} {}px: {images} images in {secs:.2} s = {rate:.1} img/s ({:.1} per thread, {} threads), peak RSS {rss:.0} MiB, {} bad files, first batch after {first_batch_s:.2} s",
             a.interpolation,
             a.size,
             rate / a.threads as f64,
             a.threads,
             loader.bad.count()
         );
+        if stats.is_some() {
+            println!("fetched {fetched_gb:.3} GB; decode threads waited {wait_s:.2} s for shards in all");
+        }
     }
     Ok(())
 }

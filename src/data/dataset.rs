@@ -6,6 +6,7 @@
 //! path and invalidated when any folder's modification time changes, which adding, removing or
 //! renaming a file does.
 
+pub use super::tar_index::Member;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -28,14 +29,6 @@ pub struct Sample {
     pub label: u32,
     /// Where in the shard `path` the image is (None: `path` is the image).
     pub member: Option<Member>,
-}
-
-/// A member of a tar file (a shard, see `data::shards`): its name and where its bytes are.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    pub name: String,
-    pub offset: u64,
-    pub len: u64,
 }
 
 impl Sample {
@@ -71,6 +64,41 @@ pub struct ImageFolder {
     /// Class folder names (e.g. wnids), index = label.
     pub classes: Vec<String>,
     pub samples: Vec<Sample>,
+    /// For a split of WebDataset shards: how its samples lie in the shards (the order the loader
+    /// streams them in), and for a remote one where they come from.
+    pub shards: Option<ShardLayout>,
+}
+
+/// How a shard dataset's samples lie in its shards (sample i of the split is sample
+/// `i - starts[s]` of shard s), and for a remote one its fetcher.
+#[derive(Clone, Debug)]
+pub struct ShardLayout {
+    pub lengths: Vec<usize>,
+    starts: Vec<usize>,
+    pub fetcher: Option<std::sync::Arc<super::shard_fetch::ShardFetcher>>,
+}
+
+impl ShardLayout {
+    pub fn new(
+        lengths: Vec<usize>,
+        fetcher: Option<std::sync::Arc<super::shard_fetch::ShardFetcher>>,
+    ) -> Self {
+        let starts = lengths
+            .iter()
+            .scan(0, |acc, n| {
+                let s = *acc;
+                *acc += n;
+                Some(s)
+            })
+            .collect();
+        Self { lengths, starts, fetcher }
+    }
+
+    /// (shard, sample within it) of split sample `i`.
+    pub fn locate(&self, i: usize) -> (usize, usize) {
+        let s = self.starts.partition_point(|&start| start <= i) - 1;
+        (s, i - self.starts[s])
+    }
 }
 
 /// What the cache stores: files relative to their class folder, and folder mtimes.
@@ -243,7 +271,7 @@ impl ImageFolder {
                 member: None,
             }));
         }
-        Self { root: index.root, classes: index.classes, samples }
+        Self { root: index.root, classes: index.classes, samples, shards: None }
     }
 
     /// A flat folder of images (no class folders); every label is 0.
@@ -254,7 +282,7 @@ impl ImageFolder {
         }
         let samples =
             files.into_iter().map(|f| Sample { path: root.join(f), label: 0, member: None }).collect();
-        Ok(Self { root: root.to_path_buf(), classes: vec![String::new()], samples })
+        Ok(Self { root: root.to_path_buf(), classes: vec![String::new()], samples, shards: None })
     }
 
     /// An ImageFolder when `root` has class folders with images, else a flat folder of images.
@@ -286,11 +314,43 @@ impl ImageFolder {
             .iter()
             .filter_map(|s| Some(Sample { label: label_of[s.label as usize]?, ..s.clone() }))
             .collect();
-        ImageFolder { root: self.root.clone(), classes, samples }
+        // (The samples no longer fill their shards: they are read by position, as files are.)
+        ImageFolder { root: self.root.clone(), classes, samples, shards: None }
     }
 
     pub fn len(&self) -> usize {
         self.samples.len()
+    }
+
+    /// The fetcher of a remote shard split.
+    pub fn fetcher(&self) -> Option<&std::sync::Arc<super::shard_fetch::ShardFetcher>> {
+        self.shards.as_ref().and_then(|s| s.fetcher.as_ref())
+    }
+
+    /// Sample `i`'s encoded image and label.
+    pub fn read_sample(&self, i: usize) -> Result<(Vec<u8>, u32)> {
+        match (&self.shards, self.fetcher()) {
+            (Some(layout), Some(f)) => {
+                let (shard, k) = layout.locate(i);
+                f.read(shard, k).map(|(bytes, label, _)| (bytes, label))
+            }
+            _ => {
+                let s = &self.samples[i];
+                s.read().map(|bytes| (bytes, s.label))
+            }
+        }
+    }
+
+    /// Sample `i` as messages name it: its file, `shard.tar:member`, or for a remote shard
+    /// (whose members are known once fetched) `URL#k`, its k-th sample.
+    pub fn sample_name(&self, i: usize) -> std::borrow::Cow<'_, Path> {
+        match (&self.shards, self.fetcher()) {
+            (Some(layout), Some(_)) => {
+                let k = layout.locate(i).1;
+                std::borrow::Cow::Owned(PathBuf::from(format!("{}#{k}", self.samples[i].path.display())))
+            }
+            _ => self.samples[i].name(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {

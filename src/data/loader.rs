@@ -11,7 +11,7 @@
 use super::augment::Augment;
 use super::augment_ops::Planes;
 use super::dataset::ImageFolder;
-use super::sampler::Sampler;
+use super::sampler::{Sampler, ShardStream};
 use super::transform::{self, Transform, Worker};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
@@ -55,6 +55,9 @@ pub struct LoaderConfig {
     pub aug_splits: usize,
     /// Progressive resizing: the train transform's size per epoch.
     pub res_schedule: Option<transform::ResSchedule>,
+    /// A shard dataset is read as a stream (shards shuffled, samples through a shuffle buffer of
+    /// this many; see `sampler::ShardStream`); None: sampled by position, as files are.
+    pub shuffle_buffer: Option<usize>,
 }
 
 impl LoaderConfig {
@@ -77,6 +80,7 @@ impl LoaderConfig {
             aug_repeats: 0,
             aug_splits: 0,
             res_schedule: None,
+            shuffle_buffer: None,
         }
     }
 }
@@ -207,9 +211,31 @@ impl Loader {
         }
     }
 
+    /// The shard stream the samples are read in, if the dataset is shards read as a stream.
+    fn stream(&self) -> Option<ShardStream> {
+        let buffer = self.cfg.shuffle_buffer?;
+        self.dataset.shards.as_ref().map(|s| ShardStream { lengths: s.lengths.clone(), buffer })
+    }
+
+    /// This rank's draws of `epoch`: (dataset index, repeat number).
+    pub fn draws(&self, epoch: u64) -> Vec<(usize, usize)> {
+        match self.stream() {
+            Some(stream) => self.sampler().stream_draws(&stream, epoch),
+            None => self.sampler().draws(epoch),
+        }
+    }
+
+    /// Samples per rank per epoch.
+    pub fn per_rank(&self) -> usize {
+        match self.stream() {
+            Some(stream) => self.sampler().stream_per_rank(&stream),
+            None => self.sampler().per_rank(),
+        }
+    }
+
     /// Batches per epoch for this rank.
     pub fn batches_per_epoch(&self) -> usize {
-        let n = self.sampler().per_rank();
+        let n = self.per_rank();
         if self.cfg.drop_last_batch {
             n / self.cfg.batch_size
         } else {
@@ -219,8 +245,14 @@ impl Loader {
 
     /// The batches of `epoch`, starting at batch `start` (to resume mid-epoch).
     pub fn epoch(&self, epoch: u64, start: usize) -> Epoch {
-        let indices = self.sampler().draws(epoch);
+        let indices = self.draws(epoch);
         let n_batches = self.batches_per_epoch();
+        if let (Some(layout), Some(fetcher)) = (&self.dataset.shards, self.dataset.fetcher()) {
+            // The remote shards this epoch reads from here on, in the order it reads them.
+            let end = (n_batches * self.cfg.batch_size).min(indices.len());
+            let from = (start * self.cfg.batch_size).min(end);
+            fetcher.plan(indices[from..end].iter().map(|&(i, _)| layout.locate(i).0));
+        }
         let (tx, rx) = crossbeam_channel::bounded(self.cfg.prefetch.max(1));
         let (dataset, mut cfg, pool, bad) =
             (self.dataset.clone(), self.cfg.clone(), self.pool.clone(), self.bad.clone());
@@ -282,7 +314,6 @@ fn load_sample(
 ) -> Result<Option<(u32, bool)>> {
     let mut candidate = index;
     for attempt in 0..=MAX_SUBSTITUTES {
-        let sample = &dataset.samples[candidate];
         // Repeated copies of a sample (RASampler) draw their own crops and augmentations.
         let mut rng = if repeat == 0 {
             SplitMix64::keyed(&[cfg.seed, epoch, candidate as u64])
@@ -290,8 +321,8 @@ fn load_sample(
             SplitMix64::keyed(&[cfg.seed, epoch, candidate as u64, 0x004E_9EA7, repeat as u64])
         };
         crate::fault::slow_read();
-        let name = sample.name();
-        let result = sample.read().and_then(|bytes| {
+        let name = dataset.sample_name(candidate);
+        let result = dataset.read_sample(candidate).and_then(|(bytes, label)| {
             WORKER.with(|w| {
                 let w = &mut *w.borrow_mut();
                 let size = cfg.transform.size();
@@ -307,11 +338,11 @@ fn load_sample(
                         aug.apply(&mut Planes { px: split, h: size, w: size }, &mut rng, &mut w.augment);
                     }
                 }
-                Ok(())
+                Ok(label)
             })
         });
         match result {
-            Ok(()) => return Ok(Some((sample.label, attempt > 0))),
+            Ok(label) => return Ok(Some((label, attempt > 0))),
             Err(e) => {
                 bad.record(&name, &e, dataset, cfg.max_bad_fraction)?;
                 if cfg.leave_out_unreadable {
@@ -322,7 +353,7 @@ fn load_sample(
             }
         }
     }
-    Err(Error::file(dataset.samples[index].name(), "unreadable, and so were all substitutes tried"))
+    Err(Error::file(dataset.sample_name(index), "unreadable, and so were all substitutes tried"))
 }
 
 fn make_batch(

@@ -10,7 +10,11 @@
 //! sampler's order, the split over ranks and decode threads, and exact resume are the ones the
 //! ImageFolder path has.
 
-use super::dataset::{ImageFolder, Member, Sample};
+use super::dataset::{ImageFolder, Sample, ShardLayout};
+use super::remote::Remote;
+use super::shard_fetch::{CacheConfig, ShardFetcher};
+pub use super::tar_index::IMAGE_EXTENSIONS;
+use super::tar_index::{index_shard, ShardSample};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -19,9 +23,6 @@ use std::path::{Path, PathBuf};
 
 /// The split description timm reads first.
 pub const INFO_FILE: &str = "_info.json";
-
-/// Image members, in the order a sample's image is chosen (timm's `jpg;png;webp`, and `jpeg`).
-pub const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 
 /// timm's `_info.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -33,6 +34,10 @@ pub struct Info {
     /// classes are named by their index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classes: Option<Vec<String>>,
+    /// The number of classes, where `classes` is absent (needed for a remote source, whose labels
+    /// are not all read up front).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
 }
 
 /// One split of `_info.json`.
@@ -77,13 +82,6 @@ impl Info {
     }
 }
 
-/// One sample of a shard: its image member and its label.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardSample {
-    pub image: Member,
-    pub label: u32,
-}
-
 /// Whether `root` holds shards: an `_info.json`, or `.tar` files.
 pub fn is_shard_folder(root: &Path) -> bool {
     root.join(INFO_FILE).is_file() || tar_files(root).is_ok_and(|t| !t.is_empty())
@@ -120,99 +118,6 @@ pub fn expand_braces(pattern: &str) -> Result<Vec<String>> {
     // The order of braceexpand: the first group varies slowest.
     let rests = expand_braces(tail)?;
     Ok(choices.iter().flat_map(|c| rests.iter().map(move |rest| format!("{head}{c}{rest}"))).collect())
-}
-
-/// A member name's key and extension, as webdataset's `base_plus_ext`: the key is the path up to
-/// the first dot of the file name, the extension the rest, lower-cased. None for a name without
-/// one (not part of a sample).
-pub fn key_and_extension(name: &str) -> Option<(&str, String)> {
-    let file_start = name.rfind('/').map_or(0, |i| i + 1);
-    let dot = file_start + name[file_start..].find('.')?;
-    Some((&name[..dot], name[dot + 1..].to_lowercase()))
-}
-
-/// The members of one key seen so far.
-struct Pending {
-    key: String,
-    image: Option<Member>,
-    label: Option<u32>,
-}
-
-impl Pending {
-    /// The sample these members make (None: no image and no label, e.g. a `__meta__` key).
-    fn finish(self, shard: &Path) -> Result<Option<ShardSample>> {
-        let key = self.key;
-        match (self.image, self.label) {
-            (None, None) => Ok(None),
-            (Some(image), Some(label)) => Ok(Some(ShardSample { image, label })),
-            (None, Some(_)) => Err(Error::file(
-                shard,
-                format!("sample {key} has a label but no image member (.{})", IMAGE_EXTENSIONS.join(", .")),
-            )),
-            (Some(_), None) => {
-                Err(Error::file(shard, format!("sample {key} has no label (a {key}.cls member)")))
-            }
-        }
-    }
-}
-
-/// The position of an image member's extension in `IMAGE_EXTENSIONS` (the preferred one first).
-fn image_rank(name: &str) -> Option<usize> {
-    key_and_extension(name).and_then(|(_, e)| IMAGE_EXTENSIONS.iter().position(|x| *x == e))
-}
-
-/// The largest image member read (a header claiming more is a corrupt shard, not an allocation).
-const MAX_MEMBER_BYTES: u64 = 1 << 30;
-
-/// The samples of one shard, in their order in the file (webdataset's grouping: consecutive
-/// members with the same key are one sample).
-pub fn index_shard(path: &Path) -> Result<Vec<ShardSample>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
-    let corrupt = |e: std::io::Error| Error::file(path, format!("not a readable tar file: {e}"));
-    let mut samples = Vec::new();
-    let mut current: Option<Pending> = None;
-    for entry in archive.entries_with_seek().map_err(corrupt)? {
-        let mut entry = entry.map_err(corrupt)?;
-        if !entry.header().entry_type().is_file() {
-            continue;
-        }
-        let name = entry.path().map_err(corrupt)?.to_string_lossy().into_owned();
-        let Some((key, ext)) = key_and_extension(&name) else { continue };
-        if current.as_ref().is_none_or(|c| c.key != key) {
-            if let Some(done) = current.take() {
-                samples.extend(done.finish(path)?);
-            }
-            current = Some(Pending { key: key.to_string(), image: None, label: None });
-        }
-        let Some(cur) = current.as_mut() else { continue };
-        if ext == "cls" {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut entry, &mut text)
-                .map_err(|e| Error::file(path, format!("member {name}: {e}")))?;
-            let label = text.trim().parse::<u32>().map_err(|_| {
-                Error::file(path, format!("member {name}: the label {:?} is not a class index", text.trim()))
-            })?;
-            cur.label = Some(label);
-        } else if image_rank(&name).is_some() {
-            let better = cur.image.as_ref().is_none_or(|m| image_rank(&name) < image_rank(&m.name));
-            let (offset, len) = (entry.raw_file_position(), entry.size());
-            if len > MAX_MEMBER_BYTES || offset.saturating_add(len) > file_len {
-                return Err(Error::file(
-                    path,
-                    format!("member {name}: {len} bytes at byte {offset} do not fit the shard's {file_len} (truncated or corrupt)"),
-                ));
-            }
-            if better {
-                cur.image = Some(Member { name, offset, len });
-            }
-        }
-    }
-    if let Some(done) = current {
-        samples.extend(done.finish(path)?);
-    }
-    Ok(samples)
 }
 
 /// What the shard index cache keeps for one shard: enough to tell it changed.
@@ -307,6 +212,16 @@ pub fn has_split(root: &Path, split: &str) -> Result<bool> {
 
 /// Opens split `split` of the shard folder `root` as a dataset (index cache in `index_dir`).
 pub fn open_split(root: &Path, split: &str, index_dir: Option<&Path>) -> Result<ImageFolder> {
+    open_split_named(root, split, index_dir, None)
+}
+
+/// `open_split`, the classes named by `class_map` where `_info.json` names none.
+pub fn open_split_named(
+    root: &Path,
+    split: &str,
+    index_dir: Option<&Path>,
+    class_map: Option<&[String]>,
+) -> Result<ImageFolder> {
     let root = root.canonicalize().map_err(|e| Error::io(root, e))?;
     let info = Info::read(&root)?;
     let files = split_files(&root, split, info.as_ref())?;
@@ -326,9 +241,10 @@ pub fn open_split(root: &Path, split: &str, index_dir: Option<&Path>) -> Result<
         }
         max_label = samples.iter().map(|s| s.label).fold(max_label, u32::max);
     }
-    let classes = match info.as_ref().and_then(|i| i.classes.clone()) {
-        Some(c) => c,
-        None => (0..=max_label).map(|i| i.to_string()).collect(),
+    let classes = match (info.as_ref().and_then(|i| i.classes.clone()), class_map) {
+        (Some(c), _) => c,
+        (None, Some(m)) => m.to_vec(),
+        (None, None) => (0..=max_label).map(|i| i.to_string()).collect(),
     };
     let mut samples = Vec::with_capacity(shards.iter().map(Vec::len).sum());
     for ((path, _), shard) in files.iter().zip(shards) {
@@ -350,7 +266,97 @@ pub fn open_split(root: &Path, split: &str, index_dir: Option<&Path>) -> Result<
     if samples.is_empty() {
         return Err(Error::file(&root, format!("the split {split:?} holds no samples")));
     }
-    Ok(ImageFolder { root, classes, samples })
+    let lengths = shards_len(&files, &samples);
+    Ok(ImageFolder { root, classes, samples, shards: Some(ShardLayout::new(lengths, None)) })
+}
+
+/// Samples per shard, in `files`' order.
+fn shards_len(files: &[(PathBuf, Option<usize>)], samples: &[Sample]) -> Vec<usize> {
+    let mut lengths = Vec::with_capacity(files.len());
+    let mut at = 0;
+    for (path, _) in files {
+        let n = samples[at..].iter().take_while(|s| &s.path == path).count();
+        lengths.push(n);
+        at += n;
+    }
+    lengths
+}
+
+/// A class map (timm's `class_map`): one class per line, named by the line's first word (so
+/// ImageNet's `LOC_synset_mapping.txt`, `n01440764 tench, Tinca tinca`, gives the wnids); the
+/// line number is the label.
+pub fn read_class_map(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let names: Vec<String> =
+        text.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect();
+    if names.len() < 2 {
+        return Err(Error::file(path, "a class map needs a class per line (at least 2)"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = names.iter().find(|n| !seen.insert(*n)) {
+        return Err(Error::file(path, format!("the class {dup:?} is named twice")));
+    }
+    Ok(names)
+}
+
+/// The split names of a remote source's `_info.json` (none without one).
+pub fn remote_splits(url: &str) -> Result<Vec<String>> {
+    let remote = Remote::open(url)?;
+    let Some(bytes) = remote.get_small(INFO_FILE)? else { return Ok(Vec::new()) };
+    let info: Info = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::file(remote.url_of(INFO_FILE), format!("not timm's layout: {e}")))?;
+    Ok(info.splits.into_keys().collect())
+}
+
+/// Opens split `split` of the remote shard source `url` (`data::remote`): its `_info.json` gives
+/// the shards, their lengths and the classes (`classes` or `num_classes`); the shards are fetched
+/// as the epochs read them (`data::shard_fetch`).
+pub fn open_remote_split(
+    url: &str,
+    split: &str,
+    cache: &CacheConfig,
+    class_map: Option<&[String]>,
+) -> Result<ImageFolder> {
+    let remote = Remote::open(url)?;
+    let need = |why: &str| {
+        Error::file(
+            remote.url_of(INFO_FILE),
+            format!("{why}: a remote source needs timm's {INFO_FILE} with the split's filenames and shard_lengths, and classes or num_classes (imagenet-prep shards writes one)"),
+        )
+    };
+    let bytes = remote.get_small(INFO_FILE)?.ok_or_else(|| need("not found"))?;
+    let info: Info = serde_json::from_slice(&bytes).map_err(|e| need(&format!("not timm's layout ({e})")))?;
+    let s = info.splits.get(split).ok_or_else(|| need(&format!("no split {split:?}")))?;
+    if s.filenames.len() != s.shard_lengths.len() || s.filenames.is_empty() {
+        return Err(need(&format!(
+            "the split {split:?} has {} filenames and {} shard_lengths",
+            s.filenames.len(),
+            s.shard_lengths.len()
+        )));
+    }
+    let classes = match (&info.classes, class_map, info.num_classes) {
+        (Some(c), _, _) => c.clone(),
+        (None, Some(m), _) => m.to_vec(),
+        (None, None, Some(n)) => (0..n).map(|i| i.to_string()).collect(),
+        (None, None, None) => return Err(need("no classes (or give --class-map FILE)")),
+    };
+    let root = PathBuf::from(remote.url());
+    let mut samples = Vec::with_capacity(s.shard_lengths.iter().sum());
+    for (name, n) in s.filenames.iter().zip(&s.shard_lengths) {
+        let path = PathBuf::from(remote.url_of(name));
+        samples.extend(std::iter::repeat_n(Sample { path, label: 0, member: None }, *n));
+    }
+    if samples.is_empty() {
+        return Err(need(&format!("the split {split:?} holds no samples")));
+    }
+    let fetcher =
+        ShardFetcher::start(remote, s.filenames.clone(), s.shard_lengths.clone(), classes.len(), cache)?;
+    Ok(ImageFolder {
+        root,
+        classes,
+        samples,
+        shards: Some(ShardLayout::new(s.shard_lengths.clone(), Some(fetcher))),
+    })
 }
 
 #[cfg(test)]
@@ -363,12 +369,5 @@ mod tests {
         assert_eq!(expand_braces("{x,y}-{1..2}").unwrap(), ["x-1", "x-2", "y-1", "y-2"]);
         assert_eq!(expand_braces("plain.tar").unwrap(), ["plain.tar"]);
         assert!(expand_braces("a-{3..1}.tar").is_err() && expand_braces("a-{1..2.tar").is_err());
-    }
-
-    #[test]
-    fn keys_are_webdatasets() {
-        assert_eq!(key_and_extension("n01_1.JPEG"), Some(("n01_1", "jpeg".into())));
-        assert_eq!(key_and_extension("dir.v2/a.b.cls"), Some(("dir.v2/a", "b.cls".into())));
-        assert_eq!(key_and_extension("README"), None);
     }
 }

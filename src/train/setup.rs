@@ -224,7 +224,9 @@ fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFold
         Some(p) => p.clone(),
         None => synthetic::ensure_demo_dataset()?,
     };
-    let (train, val) = if crate::data::shards::is_shard_folder(&root) {
+    let (train, val) = if crate::data::remote::is_url(&root) {
+        open_remote(cfg, &root)?
+    } else if crate::data::shards::is_shard_folder(&root) {
         open_shards(cfg, &root)?
     } else {
         open_folders(cfg, &root)?
@@ -240,7 +242,82 @@ fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFold
         );
     }
     check_splits(&train, val.as_ref())?;
+    check_shard_order(cfg, &train)?;
     Ok((Arc::new(train), val.map(Arc::new)))
+}
+
+/// `shard_order` and `aug_repeats` that the data can follow.
+fn check_shard_order(cfg: &TrainConfig, train: &ImageFolder) -> Result<()> {
+    use crate::data::sampler::ShardOrder;
+    if train.shards.is_none() {
+        return Ok(());
+    }
+    if cfg.shard_order == ShardOrder::Global && train.fetcher().is_some() {
+        return Err(Error::Usage(format!(
+            "--shard-order global reads samples in any order, which a remote source ({}) cannot serve: use stream (the default), or copy the shards to a local folder",
+            train.root.display()
+        )));
+    }
+    if cfg.shard_order == ShardOrder::Stream && cfg.aug_repeats > 1 {
+        return Err(Error::Usage(
+            "--aug-repeats repeats samples of one permutation of the dataset, which a shard stream does not have: use --shard-order global (local shards) or --aug-repeats 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `class_map`'s class names.
+fn class_map(cfg: &TrainConfig) -> Result<Option<Vec<String>>> {
+    cfg.class_map.as_deref().map(crate::data::shards::read_class_map).transpose()
+}
+
+/// Where remote shards are kept while read (`shard_cache`, `shard_cache_gb`, `prefetch_shards`).
+fn shard_cache(cfg: &TrainConfig) -> Result<crate::data::shard_fetch::CacheConfig> {
+    let dir = match &cfg.shard_cache {
+        Some(d) => d.clone(),
+        None => crate::runtime::cache_dir().map(|c| c.join("shards")).ok_or_else(|| {
+            Error::Usage("no HOME to keep remote shards under: set --shard-cache DIR".into())
+        })?,
+    };
+    Ok(crate::data::shard_fetch::CacheConfig {
+        dir,
+        keep_bytes: (cfg.shard_cache_gb * 1e9) as u64,
+        prefetch: cfg.prefetch_shards,
+    })
+}
+
+/// A remote source's splits (`data::shards::open_remote_split`): `train_split` (default train)
+/// and `val_split` (default validation, else val), by their `_info.json` entries.
+fn open_remote(cfg: &TrainConfig, url: &Path) -> Result<(ImageFolder, Option<ImageFolder>)> {
+    let url = url.to_string_lossy();
+    let cache = shard_cache(cfg)?;
+    let map = class_map(cfg)?;
+    let train = crate::data::shards::open_remote_split(
+        &url,
+        cfg.train_split.as_deref().unwrap_or("train"),
+        &cache,
+        map.as_deref(),
+    )?;
+    let val = if cfg.val_data.is_some() { None } else { remote_val(cfg, &url, &cache)? };
+    Ok((train, val))
+}
+
+/// A remote source's validation split: `val_split`, else validation, else val (None: none).
+fn remote_val(
+    cfg: &TrainConfig,
+    url: &str,
+    cache: &crate::data::shard_fetch::CacheConfig,
+) -> Result<Option<ImageFolder>> {
+    use crate::data::shards;
+    let split = match &cfg.val_split {
+        Some(s) => Some(s.clone()),
+        None => {
+            let splits = shards::remote_splits(url)?;
+            ["validation", "val"].iter().map(|s| s.to_string()).find(|s| splits.contains(s))
+        }
+    };
+    let map = class_map(cfg)?;
+    split.map(|s| shards::open_remote_split(url, &s, cache, map.as_deref())).transpose()
 }
 
 /// A shard folder's splits (`data::shards`): `train_split` (default train) and `val_split`
@@ -248,10 +325,11 @@ fn datasets(cfg: &TrainConfig) -> Result<(Arc<ImageFolder>, Option<Arc<ImageFold
 /// `.tar` files, or the `.tar` files named after it.
 fn open_shards(cfg: &TrainConfig, root: &Path) -> Result<(ImageFolder, Option<ImageFolder>)> {
     let index = crate::data::dataset::default_index_dir();
-    let train = crate::data::shards::open_split(
+    let train = crate::data::shards::open_split_named(
         root,
         cfg.train_split.as_deref().unwrap_or("train"),
         index.as_deref(),
+        class_map(cfg)?.as_deref(),
     )?;
     // With `val_data`, the validation split is there, not here.
     let val = if cfg.val_data.is_some() { None } else { shard_val(cfg, root)? };
@@ -269,12 +347,19 @@ fn shard_val(cfg: &TrainConfig, root: &Path) -> Result<Option<ImageFolder>> {
             .find(|s| shards::has_split(root, s).unwrap_or(false)),
     };
     let index = crate::data::dataset::default_index_dir();
-    split.map(|s| shards::open_split(root, &s, index.as_deref())).transpose()
+    let map = class_map(cfg)?;
+    split.map(|s| shards::open_split_named(root, &s, index.as_deref(), map.as_deref())).transpose()
 }
 
 /// `val_data`: the validation split of a shard folder, a folder's `val_split` (else val/ or
 /// validation/), or the folder itself as the split.
 fn open_val_data(cfg: &TrainConfig, dir: &Path) -> Result<ImageFolder> {
+    if crate::data::remote::is_url(dir) {
+        let url = dir.to_string_lossy();
+        return remote_val(cfg, &url, &shard_cache(cfg)?)?.ok_or_else(|| {
+            Error::file(dir, "--val-data: no validation split in its _info.json (--val-split NAME names one)")
+        });
+    }
     if crate::data::shards::is_shard_folder(dir) {
         return shard_val(cfg, dir)?.ok_or_else(|| {
             Error::file(dir, "--val-data: no validation split among its shards (--val-split NAME names one)")
@@ -344,7 +429,7 @@ fn check_splits(train: &ImageFolder, val: Option<&ImageFolder>) -> Result<()> {
 /// learning rate scales with it, BatchNorm normalises over it), so a smaller one would silently
 /// be another experiment.
 fn check_batches_fit(cfg: &TrainConfig, loader: &Loader, world: usize) -> Result<()> {
-    let per_rank = loader.sampler().per_rank();
+    let per_rank = loader.per_rank();
     let batches = loader.batches_per_epoch();
     if batches / cfg.accum_steps.max(1) > 0 {
         return Ok(());
@@ -412,6 +497,9 @@ fn loaders(
     train_cfg.res_schedule = cfg.res_schedule();
     train_cfg.max_bad_fraction = cfg.max_bad_fraction;
     train_cfg.pin_memory = device.is_cuda();
+    if cfg.shard_order == crate::data::sampler::ShardOrder::Stream {
+        train_cfg.shuffle_buffer = Some(cfg.shuffle_buffer);
+    }
     let train_loader = Loader::new(train_set.clone(), train_cfg.clone())?;
     let eval_transform = Transform::eval(cfg.eval_size, cfg.crop_pct).with_filter(cfg.interpolation);
     let val_loader = match val_set {

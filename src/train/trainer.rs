@@ -628,7 +628,7 @@ impl Trainer {
         let data_share = if stepped > 0.0 { waited / stepped } else { 0.0 };
         say!(
             self.main,
-            "epoch {epoch:>3} done: train loss {train_loss:.4}{}{}{}{}  [{:.0} s, data wait {:.0}%]",
+            "epoch {epoch:>3} done: train loss {train_loss:.4}{}{}{}{}  [{:.0} s, data wait {:.0}%{}]",
             eval.map_or(String::new(), |e| format!(
                 "  eval loss {:.4}  top-1 {:.2}%  top-5 {:.2}%{}",
                 e.loss,
@@ -649,7 +649,8 @@ impl Trainer {
                 n => format!("  ({n} steps skipped so far)"),
             },
             self.elapsed(),
-            100.0 * data_share
+            100.0 * data_share,
+            self.fetch_note()
         );
         if data_share > INPUT_BOUND_FRACTION && self.main {
             eprintln!(
@@ -673,6 +674,18 @@ impl Trainer {
             checkpoint::prune_epochs(&self.dir, cfg.keep_last, cfg.checkpoint_hist, cfg.eval_metric)?;
         }
         self.save_last()
+    }
+
+    /// For remote training shards: what was downloaded so far, and how long decoding waited for it.
+    fn fetch_note(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.train_loader.dataset().fetcher().map_or(String::new(), |f| {
+            format!(
+                ", {:.2} GB of shards fetched so far, decode threads waited {:.0} s for them",
+                f.stats.bytes.load(Relaxed) as f64 / 1e9,
+                f.stats.wait_ns.load(Relaxed) as f64 / 1e9
+            )
+        })
     }
 
     /// Writes `last.safetensors`: the model, every component's state, the loop position (rank 0's

@@ -53,6 +53,35 @@ pub struct TrainConfig {
     /// shard folder (its `val_split`, else validation or val). Its classes must be `data`'s.
     #[arg(long)]
     pub val_data: Option<PathBuf>,
+    /// Class names for shards whose `_info.json` names none (timm's `class_map`): a text file
+    /// with one class per line, named by the line's first word, the line number being the label
+    /// (ImageNet's `LOC_synset_mapping.txt` gives the wnids). Unset: the classes are named by
+    /// their index (a remote source's `_info.json` must then give `num_classes`).
+    #[arg(long)]
+    pub class_map: Option<PathBuf>,
+    /// How shards are ordered each epoch: `stream` (timm's: the shards shuffled from (seed, epoch),
+    /// every rank an equal contiguous slice of them, the tail of fewer than world-size samples
+    /// dropped, then a shuffle buffer of `shuffle_buffer` samples seeded by (seed, epoch, rank))
+    /// or `global` (one permutation of all samples, as an ImageFolder's; local shards only, and
+    /// what `aug_repeats` needs).
+    #[arg(long, value_enum, default_value_t = crate::data::sampler::ShardOrder::Stream)]
+    pub shard_order: crate::data::sampler::ShardOrder,
+    /// Samples in a shard stream's shuffle buffer (timm's 8192; 0: the shards' own order). Each
+    /// rank holds this many encoded images in memory.
+    #[arg(long, default_value_t = 8192, value_parser = range::int::<usize>(0, 10_000_000), allow_negative_numbers = true)]
+    pub shuffle_buffer: usize,
+    /// Remote shards (`data` or `val_data` an s3:// or http(s):// URL) downloaded at once, and
+    /// how many shards ahead of reading.
+    #[arg(long, default_value_t = 4, value_parser = range::int::<usize>(1, 256), allow_negative_numbers = true)]
+    pub prefetch_shards: usize,
+    /// Where remote shards are kept while they are read (unset: ~/.cache/resnet-train/shards,
+    /// or $RESNET_TRAIN_CACHE/shards).
+    #[arg(long)]
+    pub shard_cache: Option<PathBuf>,
+    /// Gigabytes of remote shards the cache may keep once an epoch has read them (0: each is
+    /// deleted once read; the dataset's size or more: downloaded once, later epochs read the disk).
+    #[arg(long, default_value_t = 0.0, value_parser = range::float(0.0, 1e9, Ends::Closed), allow_negative_numbers = true)]
+    pub shard_cache_gb: f64,
     /// Train crop size (RandomResizedCrop).
     #[arg(long, alias = "res", default_value_t = 224, value_parser = range::int::<usize>(8, crate::data::transform::MAX_SIZE as u64), allow_negative_numbers = true)]
     pub train_size: usize,
@@ -677,13 +706,17 @@ const PER_INVOCATION: [&str; 1] = ["max_steps"];
 /// or shortens the schedule from here, as do wsd's final-decay keys; the guards' thresholds and
 /// remedies only act on trouble).
 /// Any other key given with `--resume` that differs from the run's config.toml is refused.
-pub const RESUMABLE: [&str; 30] = [
+pub const RESUMABLE: [&str; 33] = [
     // The dataset may move (a cluster job staging it to local disk); the trainer then checks that
     // its classes are the run's and warns if its size changed.
     "data",
     "val_data",
     "train_split",
     "val_split",
+    // How remote shards arrive, not which samples a batch holds.
+    "prefetch_shards",
+    "shard_cache",
+    "shard_cache_gb",
     // The schedule from here on: a longer or shorter run, or a wsd branch (`fork`) that decays
     // at another budget.
     "epochs",
