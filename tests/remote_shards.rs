@@ -201,6 +201,21 @@ fn a_run_from_s3_killed_mid_epoch_resumes_exactly() {
         assert!(o.status.success(), "{fault}: {}", common::output_text(&o));
         assert_eq!(history(&runs.join(&name)), want, "{fault} then resume differs");
     }
+    // A shard gone from the bucket: its samples are unreadable images, named by URL; past
+    // max_bad_fraction (0 here) the run stops.
+    let py = common::python_with("moto", test).unwrap();
+    let delete = r#"import boto3; boto3.client("s3").delete_object(Bucket="shards", Key="imagenet/wds-train-0001.tar")"#;
+    let o = Command::new(&py).arg("-c").arg(delete).envs(s3_env(port)).output().unwrap();
+    assert!(o.status.success(), "{}", common::output_text(&o));
+    let fresh = dir.path().join("cache-fresh");
+    let flags_fresh = ["--shard-cache", fresh.to_str().unwrap(), "--max-bad-fraction", "0"];
+    let missing = train("s3://shards/imagenet", &runs, "missing", &flags_fresh, &s3_env(port));
+    let text = common::output_text(&missing);
+    assert!(!missing.status.success(), "{text}");
+    assert!(
+        text.contains("s3://shards/imagenet/wds-train-0001.tar#") && text.contains("not found"),
+        "{text}"
+    );
     // The server gone: the run stops with the URL it could not read, never hangs.
     drop(s3);
     let gone = train("s3://shards/imagenet", &runs, "gone", &flags, &s3_env(port));

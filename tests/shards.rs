@@ -100,53 +100,96 @@ fn write_tar(path: &Path, members: &[(&str, &[u8])]) {
     b.finish().unwrap();
 }
 
+/// A bad sample (no label, no image, a label that is not a number or not a class, a shard cut
+/// off before it, one `_info.json` counts that is not there) is named by shard and member and
+/// read as an unreadable image: the loader counts it against `max_bad_fraction`, as a bad file.
+/// An `_info.json` that counts fewer samples than a shard holds is stale: an error.
 #[test]
-fn bad_shards_are_named_with_their_member() {
+fn bad_samples_are_named_with_their_shard_and_member() {
     let dir = common::tmpdir();
     let jpg = std::fs::read(common::repo().join("tests/fixtures").join(first_jpeg())).unwrap();
     let root = dir.path();
-    let case = |name: &str, members: &[(&str, &[u8])]| -> String {
+    // The error reading sample `k` of a one-shard split written from `members` (with an
+    // `_info.json` counting `count` samples, if given).
+    let case = |name: &str,
+                members: &[(&str, &[u8])],
+                cut: usize,
+                count: Option<usize>,
+                k: usize|
+     -> String {
         let d = root.join(name);
-        std::fs::create_dir_all(d.join("train")).unwrap();
-        write_tar(&d.join("train/a.tar"), members);
-        shards::open_split(&d, "train", None).map(|_| String::new()).unwrap_or_else(|e| e.to_string())
+        std::fs::create_dir_all(&d).unwrap();
+        let tar = d.join("s-train-0.tar");
+        write_tar(&tar, members);
+        let bytes = std::fs::read(&tar).unwrap();
+        std::fs::write(&tar, &bytes[..bytes.len() - cut]).unwrap();
+        if let Some(n) = count {
+            let info = format!(
+                r#"{{"name": "s", "splits": {{"train": {{"name": "train", "num_samples": {n}, "filenames": ["s-train-0.tar"], "shard_lengths": [{n}]}}}}, "num_classes": 2}}"#
+            );
+            std::fs::write(d.join("_info.json"), info).unwrap();
+        }
+        let split = shards::open_split(&d, "train", None).unwrap();
+        assert_eq!(split.len(), count.unwrap_or(split.len()));
+        assert!(
+            k == 0 || split.samples[0].read().is_ok(),
+            "{name}: {:?}",
+            split.samples[0].read().map(|_| ())
+        );
+        match split.samples[k].read() {
+            Ok(_) => panic!("{name}: sample {k} read"),
+            Err(e) => e.to_string(),
+        }
     };
-    let err = case("nolabel", &[("k1.jpg", &jpg), ("k1.cls", b"0"), ("k2.jpg", &jpg)]);
-    assert!(err.contains("a.tar") && err.contains("k2") && err.contains("no label"), "{err}");
-    let err = case("badlabel", &[("k1.jpg", &jpg), ("k1.cls", b"cat")]);
+    let err = case("nolabel", &[("k1.jpg", &jpg), ("k1.cls", b"0"), ("k2.jpg", &jpg)], 0, None, 1);
+    assert!(err.contains("s-train-0.tar:k2") && err.contains("no label"), "{err}");
+    let err = case(
+        "badlabel",
+        &[("k1.jpg", &jpg), ("k1.cls", b"cat"), ("k2.jpg", &jpg), ("k2.cls", b"1")],
+        0,
+        None,
+        0,
+    );
     assert!(err.contains("k1.cls") && err.contains("\"cat\""), "{err}");
-    let err = case("noimage", &[("k1.txt", b"x"), ("k1.cls", b"1")]);
-    assert!(err.contains("k1") && err.contains("no image"), "{err}");
-    // A truncated shard: its last member cut off.
-    let d = root.join("cut");
-    std::fs::create_dir_all(d.join("train")).unwrap();
-    write_tar(&d.join("train/a.tar"), &[("k1.jpg", &jpg), ("k1.cls", b"0")]);
-    let bytes = std::fs::read(d.join("train/a.tar")).unwrap();
-    std::fs::write(d.join("train/a.tar"), &bytes[..700]).unwrap();
-    let err = shards::open_split(&d, "train", None).unwrap_err().to_string();
-    assert!(err.contains("a.tar"), "{err}");
+    let err = case(
+        "noimage",
+        &[("k0.jpg", &jpg), ("k0.cls", b"0"), ("k1.txt", b"x"), ("k1.cls", b"1")],
+        0,
+        None,
+        1,
+    );
+    assert!(err.contains(":k1") && err.contains("no image"), "{err}");
     // Cut inside the last image (its label and the end-of-archive blocks gone too).
-    write_tar(
-        &d.join("train/a.tar"),
-        &[("k1.jpg", &jpg), ("k1.cls", b"0"), ("k2.jpg", &jpg), ("k2.cls", b"1")],
+    let members: &[(&str, &[u8])] = &[("k1.jpg", &jpg), ("k1.cls", b"0"), ("k2.jpg", &jpg), ("k2.cls", b"1")];
+    let padding = (512 - jpg.len() % 512) % 512;
+    let err = case("cut", members, 1024 + 1024 + padding + 100, Some(2), 1);
+    assert!(
+        err.contains("s-train-0.tar:#1") && err.contains("holds 1 samples where _info.json says 2"),
+        "{err}"
     );
-    let bytes = std::fs::read(d.join("train/a.tar")).unwrap();
-    std::fs::write(d.join("train/a.tar"), &bytes[..bytes.len() - 1024 - 1024 - 100]).unwrap();
-    let err = shards::open_split(&d, "train", None).unwrap_err().to_string();
-    assert!(err.contains("a.tar") && err.contains("k2"), "{err}");
-    // A count that disagrees with _info.json.
+    assert!(err.contains("k2.jpg") && err.contains("truncated"), "the cut is named: {err}");
+    // A count that disagrees with _info.json: one sample more there than in the shard.
+    let err = case("count", members, 0, Some(3), 2);
+    assert!(
+        err.contains("s-train-0.tar:#2") && err.contains("holds 2 samples") && err.contains("says 3"),
+        "{err}"
+    );
+    // A label beyond the classes.
+    let err = case(
+        "range",
+        &[("k1.jpg", &jpg), ("k1.cls", b"0"), ("k2.jpg", &jpg), ("k2.cls", b"7")],
+        0,
+        Some(2),
+        1,
+    );
+    assert!(err.contains(":k2.jpg") && err.contains("label 7 is out of range (2 classes)"), "{err}");
+    // Fewer samples counted than the shard holds: the info is stale.
     let d = root.join("count");
-    std::fs::create_dir_all(&d).unwrap();
-    write_tar(
-        &d.join("s-train-0.tar"),
-        &[("k1.jpg", &jpg), ("k1.cls", b"0"), ("k2.jpg", &jpg), ("k2.cls", b"1")],
-    );
-    let info = r#"{"name": "s", "splits": {"train": {"name": "train", "num_samples": 3,
-        "filenames": ["s-train-0.tar"], "shard_lengths": [3]}}}"#;
+    let info = std::fs::read_to_string(d.join("_info.json")).unwrap().replace('3', "1");
     std::fs::write(d.join("_info.json"), info).unwrap();
     let err = shards::open_split(&d, "train", None).unwrap_err().to_string();
     assert!(
-        err.contains("s-train-0.tar") && err.contains("holds 2 samples") && err.contains("says 3"),
+        err.contains("s-train-0.tar") && err.contains("holds 2 samples") && err.contains("stale"),
         "{err}"
     );
 }
@@ -335,7 +378,7 @@ fn a_run_from_shards_killed_at_any_instant_resumes_exactly() {
 }
 
 /// `class_map` names the classes of shards whose info names none (timm's `class_map`; the first
-/// word of each line, as in ImageNet's LOC_synset_mapping.txt); a label beyond it is an error.
+/// word of each line, as in ImageNet's LOC_synset_mapping.txt); a label beyond it is a bad sample.
 #[test]
 fn a_class_map_names_the_classes_of_unnamed_shards() {
     let dir = common::tmpdir();
@@ -353,8 +396,10 @@ fn a_class_map_names_the_classes_of_unnamed_shards() {
     assert_eq!(names, ["n01440764", "n01443537", "n01484850"]);
     let split = shards::open_split_named(&d, "train", None, Some(&names)).unwrap();
     assert_eq!(split.classes, names);
-    let err = shards::open_split_named(&d, "train", None, Some(&names[..2])).unwrap_err().to_string();
-    assert!(err.contains("k2.jpg") && err.contains("out of range"), "{err}");
+    // A label beyond the map's classes: a bad sample, named.
+    let split = shards::open_split_named(&d, "train", None, Some(&names[..2])).unwrap();
+    let err = split.samples[1].read().unwrap_err().to_string();
+    assert!(err.contains("a.tar:k2.jpg") && err.contains("out of range"), "{err}");
     std::fs::write(&map, "a\nb\na\n").unwrap();
     let err = shards::read_class_map(&map).unwrap_err().to_string();
     assert!(err.contains("map.txt") && err.contains("\"a\" is named twice"), "{err}");

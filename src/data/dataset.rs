@@ -36,6 +36,9 @@ impl Sample {
     pub fn read(&self) -> Result<Vec<u8>> {
         match &self.member {
             None => std::fs::read(&self.path).map_err(|e| Error::io(&self.path, e)),
+            Some(Member { bad: Some(why), .. }) => {
+                Err(Error::file(self.name().into_owned(), why.to_string()))
+            }
             Some(m) => super::shard_reader::read_member(&self.path, m.offset, m.len).map_err(|e| {
                 Error::file(self.name().into_owned(), format!("cannot read the shard member: {e}"))
             }),

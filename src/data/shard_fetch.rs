@@ -12,7 +12,7 @@
 //! cache when the source's shards change.
 
 use super::remote::Remote;
-use super::tar_index::{index_shard, ShardSample};
+use super::tar_index::{index_shard, ShardIndex};
 use crate::error::{Error, Result};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ enum Slot {
     /// In the cache, indexed.
     Local {
         size: u64,
-        samples: Arc<Vec<ShardSample>>,
+        index: Arc<ShardIndex>,
     },
     /// Cannot be had (after the retries): every read of it fails with this.
     Failed(String),
@@ -182,7 +182,10 @@ impl ShardFetcher {
 
     /// Sample `k` of shard `shard`: its image bytes, label and name (`URL:member`).
     pub fn read(&self, shard: usize, k: usize) -> Result<(Vec<u8>, u32, String)> {
-        let mut samples = self.acquire(shard)?;
+        let unreadable = |e: Error| {
+            Error::file(format!("{}#{k}", self.shard_url(shard)), format!("its shard cannot be had: {e}"))
+        };
+        let mut index = self.acquire(shard).map_err(unreadable)?;
         if !self.local_path(shard).is_file() {
             // Deleted by another process sharing the cache: fetched again.
             let mut st = self.lock();
@@ -192,9 +195,9 @@ impl ShardFetcher {
             }
             st.pins[shard] -= 1;
             drop(st);
-            samples = self.acquire(shard)?;
+            index = self.acquire(shard).map_err(unreadable)?;
         }
-        let result = self.read_member(shard, k, &samples);
+        let result = self.read_member(shard, k, &index);
         let mut st = self.lock();
         st.pins[shard] -= 1;
         st.remaining[shard] = st.remaining[shard].saturating_sub(1);
@@ -204,24 +207,23 @@ impl ShardFetcher {
         result
     }
 
-    fn read_member(&self, shard: usize, k: usize, samples: &[ShardSample]) -> Result<(Vec<u8>, u32, String)> {
+    fn read_member(&self, shard: usize, k: usize, index: &ShardIndex) -> Result<(Vec<u8>, u32, String)> {
         let url = self.shard_url(shard);
-        let Some(s) = samples.get(k) else {
+        let Some(s) = index.samples.get(k) else {
+            let cut = index.broken.as_deref().map_or(String::new(), |why| format!(" ({why})"));
             return Err(Error::file(
                 format!("{url}#{k}"),
                 format!(
-                    "the shard holds {} samples where _info.json says {}",
-                    samples.len(),
+                    "missing: the shard holds {} samples where _info.json says {}{cut}",
+                    index.samples.len(),
                     self.lengths[shard]
                 ),
             ));
         };
+        let s = s.clone().in_range(self.num_classes);
         let name = format!("{url}:{}", s.image.name);
-        if s.label as usize >= self.num_classes {
-            return Err(Error::file(
-                &name,
-                format!("label {} is out of range ({} classes)", s.label, self.num_classes),
-            ));
+        if let Some(why) = &s.image.bad {
+            return Err(Error::file(&name, why.to_string()));
         }
         let path = self.local_path(shard);
         let mut buf = vec![0; s.image.len as usize];
@@ -233,15 +235,15 @@ impl ShardFetcher {
 
     /// Waits until `shard` is local (asking for it first if it is not on its way), pins it and
     /// returns its index.
-    fn acquire(&self, shard: usize) -> Result<Arc<Vec<ShardSample>>> {
+    fn acquire(&self, shard: usize) -> Result<Arc<ShardIndex>> {
         let mut st = self.lock();
         let started = Instant::now();
         // Pinned while waiting too, so that it is not deleted between its arrival and this read.
         st.pins[shard] += 1;
         loop {
             match &st.slots[shard] {
-                Slot::Local { samples, .. } => {
-                    let samples = samples.clone();
+                Slot::Local { index, .. } => {
+                    let index = index.clone();
                     st.clock += 1;
                     st.last_use[shard] = st.clock;
                     if st.plan_pos[shard] != usize::MAX {
@@ -250,12 +252,12 @@ impl ShardFetcher {
                     let waited = started.elapsed().as_nanos() as u64;
                     self.stats.wait_ns.fetch_add(waited, Relaxed);
                     self.changed.notify_all();
-                    return Ok(samples);
+                    return Ok(index);
                 }
                 Slot::Failed(why) => {
                     let why = why.clone();
                     st.pins[shard] -= 1;
-                    return Err(Error::file(self.shard_url(shard), why));
+                    return Err(Error::Usage(why));
                 }
                 Slot::Remote => {
                     if !st.demand.contains(&shard) {
@@ -283,31 +285,31 @@ impl ShardFetcher {
             .find(|&s| st.remaining[s] > 0 && matches!(st.slots[s], Slot::Remote))
     }
 
-    /// Makes `shard` local: its cached file if one is there and reads as a shard, else a download
-    /// (a download that does not index as a shard is fetched again, up to the retry limit).
-    fn fetch(&self, shard: usize) -> std::result::Result<(u64, Vec<ShardSample>), String> {
+    /// Makes `shard` local: its cached file if one is there and reads as a whole shard, else a
+    /// download (one that does not read as a whole shard is fetched once more; then what it holds
+    /// is used, the samples it lacks being unreadable).
+    fn fetch(&self, shard: usize) -> std::result::Result<(u64, ShardIndex), String> {
         let path = self.local_path(shard);
-        if path.is_file() {
-            if let (Ok(samples), Ok(m)) = (index_shard(&path), std::fs::metadata(&path)) {
-                return Ok((m.len(), samples));
+        if let (Ok(index), Ok(m)) = (index_shard(&path), std::fs::metadata(&path)) {
+            if index.broken.is_none() {
+                return Ok((m.len(), index));
             }
-            let _ = std::fs::remove_file(&path);
         }
-        let mut last = String::new();
-        for _ in 0..2 {
+        let _ = std::fs::remove_file(&path);
+        for attempt in 1..=2 {
             let size = self.remote.download(&self.names[shard], &path).map_err(|e| e.to_string())?;
             self.stats.bytes.fetch_add(size, Relaxed);
             self.stats.shards.fetch_add(1, Relaxed);
-            match index_shard(&path) {
-                Ok(samples) => return Ok((size, samples)),
-                Err(e) => {
-                    eprintln!("warning: {}: {e}; downloading it again", self.shard_url(shard));
-                    last = e.to_string();
+            let index = index_shard(&path).map_err(|e| e.to_string())?;
+            match &index.broken {
+                Some(why) if attempt == 1 => {
+                    eprintln!("warning: {}: {why}; downloading it again", self.shard_url(shard));
                     let _ = std::fs::remove_file(&path);
                 }
+                _ => return Ok((size, index)),
             }
         }
-        Err(last)
+        unreachable!("the second attempt returns")
     }
 
     /// Deletes shards no read of this epoch needs, least recently used first, while the cache
@@ -375,9 +377,9 @@ fn download_loop(fetcher: std::sync::Weak<ShardFetcher>) {
         let result = f.fetch(job);
         let mut st = f.lock();
         st.slots[job] = match result {
-            Ok((size, samples)) => {
+            Ok((size, index)) => {
                 st.cached_bytes += size;
-                Slot::Local { size, samples: Arc::new(samples) }
+                Slot::Local { size, index: Arc::new(index) }
             }
             Err(why) => Slot::Failed(why),
         };

@@ -14,7 +14,7 @@ use super::dataset::{ImageFolder, Sample, ShardLayout};
 use super::remote::Remote;
 use super::shard_fetch::{CacheConfig, ShardFetcher};
 pub use super::tar_index::IMAGE_EXTENSIONS;
-use super::tar_index::{index_shard, ShardSample};
+use super::tar_index::{index_shard, Member, ShardIndex};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -126,13 +126,13 @@ struct CachedShard {
     path: PathBuf,
     size: u64,
     mtime_ns: u128,
-    samples: Vec<ShardSample>,
+    index: ShardIndex,
 }
 
-const INDEX_VERSION: u32 = 1;
+const INDEX_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
-struct ShardIndex {
+struct IndexCache {
     version: u32,
     shards: Vec<CachedShard>,
 }
@@ -148,10 +148,10 @@ fn stamp(path: &Path) -> Result<(u64, u128)> {
 }
 
 /// Every shard's samples, from the cache where the shard is unchanged, else read (in parallel).
-fn index_shards(files: &[PathBuf], cache: Option<&Path>) -> Result<Vec<Vec<ShardSample>>> {
+fn index_shards(files: &[PathBuf], cache: Option<&Path>) -> Result<Vec<ShardIndex>> {
     let cached: BTreeMap<PathBuf, CachedShard> = cache
         .and_then(|c| std::fs::read(c).ok())
-        .and_then(|b| serde_json::from_slice::<ShardIndex>(&b).ok())
+        .and_then(|b| serde_json::from_slice::<IndexCache>(&b).ok())
         .filter(|i| i.version == INDEX_VERSION)
         .map(|i| i.shards.into_iter().map(|s| (s.path.clone(), s)).collect())
         .unwrap_or_default();
@@ -161,18 +161,18 @@ fn index_shards(files: &[PathBuf], cache: Option<&Path>) -> Result<Vec<Vec<Shard
             let (size, mtime_ns) = stamp(f)?;
             match cached.get(f) {
                 Some(c) if (c.size, c.mtime_ns) == (size, mtime_ns) => {
-                    Ok(CachedShard { path: f.clone(), size, mtime_ns, samples: c.samples.clone() })
+                    Ok(CachedShard { path: f.clone(), size, mtime_ns, index: c.index.clone() })
                 }
-                _ => Ok(CachedShard { path: f.clone(), size, mtime_ns, samples: index_shard(f)? }),
+                _ => Ok(CachedShard { path: f.clone(), size, mtime_ns, index: index_shard(f)? }),
             }
         })
         .collect::<Result<_>>()?;
-    let index = ShardIndex { version: INDEX_VERSION, shards: indexed };
+    let index = IndexCache { version: INDEX_VERSION, shards: indexed };
     if let Some(c) = cache {
         // A failed cache write only costs the next start a rescan.
         let _ = crate::fsutil::write_atomic(c, &serde_json::to_vec(&index).unwrap_or_default());
     }
-    Ok(index.shards.into_iter().map(|s| s.samples).collect())
+    Ok(index.shards.into_iter().map(|s| s.index).collect())
 }
 
 /// The shard files of split `split` under `root`: a brace pattern (`...-{0000..0099}.tar`, as
@@ -232,54 +232,55 @@ pub fn open_split_named(
     let cache = index_dir.map(|d| super::dataset::cache_file(d, &root.join(format!("{split}.shards"))));
     let shards = index_shards(&paths, cache.as_deref())?;
     let mut max_label = 0;
-    for ((path, want), samples) in files.iter().zip(&shards) {
-        if let Some(n) = want.filter(|n| *n != samples.len()) {
+    for ((path, want), index) in files.iter().zip(&shards) {
+        if let Some(n) = want.filter(|n| *n < index.samples.len()) {
             return Err(Error::file(
                 path,
-                format!("holds {} samples where {INFO_FILE} says {n}: the shard is truncated or the info is stale", samples.len()),
+                format!(
+                    "holds {} samples where {INFO_FILE} says {n}: the info is stale",
+                    index.samples.len()
+                ),
             ));
         }
-        max_label = samples.iter().map(|s| s.label).fold(max_label, u32::max);
+        if let Some(why) = &index.broken {
+            eprintln!("warning: {}: {why}; the samples after it are unreadable", path.display());
+        }
+        let good = index.samples.iter().filter(|s| s.image.bad.is_none());
+        max_label = good.map(|s| s.label).fold(max_label, u32::max);
     }
     let classes = match (info.as_ref().and_then(|i| i.classes.clone()), class_map) {
         (Some(c), _) => c,
         (None, Some(m)) => m.to_vec(),
-        (None, None) => (0..=max_label).map(|i| i.to_string()).collect(),
+        (None, None) => {
+            let n = info.as_ref().and_then(|i| i.num_classes).unwrap_or(max_label as usize + 1);
+            (0..n).map(|i| i.to_string()).collect()
+        }
     };
-    let mut samples = Vec::with_capacity(shards.iter().map(Vec::len).sum());
-    for ((path, _), shard) in files.iter().zip(shards) {
-        for s in shard {
-            if s.label as usize >= classes.len() {
-                return Err(Error::file(
-                    path,
-                    format!(
-                        "{}: label {} is out of range ({} classes)",
-                        s.image.name,
-                        s.label,
-                        classes.len()
-                    ),
-                ));
-            }
+    let mut samples = Vec::with_capacity(shards.iter().map(|s| s.samples.len()).sum());
+    let mut lengths = Vec::with_capacity(shards.len());
+    for ((path, want), index) in files.iter().zip(shards) {
+        let held = index.samples.len();
+        let n = want.unwrap_or(held);
+        lengths.push(n);
+        for s in index.samples {
+            let s = s.in_range(classes.len());
             samples.push(Sample { path: path.clone(), label: s.label, member: Some(s.image) });
+        }
+        // Samples `_info.json` counts that the shard does not hold (cut off): unreadable.
+        let cut = index.broken.as_deref().map_or(String::new(), |why| format!(" ({why})"));
+        for k in held..n {
+            let why = format!("missing: the shard holds {held} samples where {INFO_FILE} says {n}{cut}");
+            samples.push(Sample {
+                path: path.clone(),
+                label: 0,
+                member: Some(Member::bad(format!("#{k}"), why)),
+            });
         }
     }
     if samples.is_empty() {
         return Err(Error::file(&root, format!("the split {split:?} holds no samples")));
     }
-    let lengths = shards_len(&files, &samples);
     Ok(ImageFolder { root, classes, samples, shards: Some(ShardLayout::new(lengths, None)) })
-}
-
-/// Samples per shard, in `files`' order.
-fn shards_len(files: &[(PathBuf, Option<usize>)], samples: &[Sample]) -> Vec<usize> {
-    let mut lengths = Vec::with_capacity(files.len());
-    let mut at = 0;
-    for (path, _) in files {
-        let n = samples[at..].iter().take_while(|s| &s.path == path).count();
-        lengths.push(n);
-        at += n;
-    }
-    lengths
 }
 
 /// A class map (timm's `class_map`): one class per line, named by the line's first word (so
