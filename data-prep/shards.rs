@@ -6,7 +6,7 @@
 //! command continues where it stopped (finished shards are kept).
 
 use rayon::prelude::*;
-use resnet_train::data::dataset::ImageFolder;
+use resnet_train::data::dataset::{ImageFolder, Sample};
 use resnet_train::data::shards::{Info, SplitInfo, INFO_FILE};
 use std::collections::HashSet;
 use std::io::Write;
@@ -40,11 +40,11 @@ pub struct ShardsArgs {
     pub workers: Option<u64>,
 }
 
-/// One sample to write: its key, extension, source file and label.
+/// One sample to write: its key, extension, source (a file, or a member of an archive) and label.
 struct Planned {
     key: String,
     ext: String,
-    src: PathBuf,
+    src: Sample,
     label: u32,
 }
 
@@ -64,17 +64,18 @@ fn plan(data: &ImageFolder, a: &ShardsArgs) -> Vec<Planned> {
         .into_iter()
         .map(|i| {
             let s = &data.samples[i];
-            let stem = s.path.file_stem().map(|n| n.to_string_lossy().replace('.', "_")).unwrap_or_default();
+            let image = s.image_name();
+            let stem = image.file_stem().map(|n| n.to_string_lossy().replace('.', "_")).unwrap_or_default();
             let mut key = stem.clone();
             let mut n = 1;
             while !used.insert(key.clone()) {
                 key = format!("{stem}_{n}");
                 n += 1;
             }
-            let ext = s.path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+            let ext = image.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
             // timm looks for .jpg (its default image keys are jpg, png, webp).
             let ext = if ext == "jpeg" { "jpg".to_string() } else { ext };
-            Planned { key, ext, src: s.path.clone(), label: s.label }
+            Planned { key, ext, src: s.clone(), label: s.label }
         })
         .collect()
 }
@@ -93,7 +94,7 @@ fn write_shard(path: &Path, samples: &[Planned]) -> Result<(), String> {
         tar.append_data(&mut h, name, bytes).map_err(|e| format!("{}: {name}: {e}", tmp.display()))
     };
     for s in samples {
-        let bytes = std::fs::read(&s.src).map_err(|e| format!("{}: {e}", s.src.display()))?;
+        let bytes = s.src.read().map_err(|e| e.to_string())?;
         append(&format!("{}.{}", s.key, s.ext), &bytes)?;
         append(&format!("{}.cls", s.key), s.label.to_string().as_bytes())?;
     }
@@ -148,8 +149,13 @@ fn folder_name(p: &Path) -> String {
 
 pub fn run(a: ShardsArgs) -> Result<u8, String> {
     let data = ImageFolder::open(&a.src).map_err(|e| e.to_string())?;
+    write(&a, &data)
+}
+
+/// Writes `data` (read from `a.src`) as the shards `a` asks for.
+pub fn write(a: &ShardsArgs, data: &ImageFolder) -> Result<u8, String> {
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
-    let planned = plan(&data, &a);
+    let planned = plan(data, a);
     let chunks: Vec<&[Planned]> = planned.chunks(a.shard_size as usize).collect();
     let width = (chunks.len().saturating_sub(1)).to_string().len().max(4);
     let name = a.name.clone().unwrap_or_else(|| folder_name(&a.out));
@@ -166,7 +172,7 @@ pub fn run(a: ShardsArgs) -> Result<u8, String> {
             format!("shuffled, seed {}", a.shuffle_seed)
         }),
     };
-    claim_split(&a, &data, entry)?;
+    claim_split(a, data, entry)?;
     let todo: Vec<usize> = (0..chunks.len()).filter(|&i| !a.out.join(&files[i]).is_file()).collect();
     eprintln!(
         "shards     {}: {} images of {} classes in {} shards of {} ({} to write) -> {}",

@@ -253,7 +253,8 @@ fn val_reports_missing_images_refuses_conflicts_and_misplaced_images_unless_forc
 
 /// The official training archive's shape: a tar of per-class tars (`n01440764.tar` ...), each of
 /// JPEGs. `imagenet-prep train` extracts it to an ImageFolder, identical to the source; a killed
-/// extraction's leftovers are redone and finished classes kept.
+/// extraction's leftovers are redone and finished classes kept; `--shards` writes the same
+/// samples as shards without extracting.
 #[test]
 fn train_extracts_the_nested_training_archive() {
     let dir = common::tmpdir();
@@ -315,6 +316,28 @@ fn train_extracts_the_nested_training_archive() {
         "{err}"
     );
     assert_eq!(files_of(&out), want);
+    // Straight to shards (nothing extracted): the same images and classes, shuffled into shards.
+    let wds = dir.path().join("wds");
+    let (code, _, err) = prep(&[
+        "train",
+        "--tar",
+        archive.to_str().unwrap(),
+        "--shards",
+        wds.to_str().unwrap(),
+        "--shard-size",
+        "5",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let split = resnet_train::data::shards::open_split(&wds, "train", None).unwrap();
+    assert_eq!(split.classes, classes);
+    let mut from_shards: Vec<(String, Vec<u8>)> =
+        split.samples.iter().map(|s| (split.classes[s.label as usize].clone(), s.read().unwrap())).collect();
+    let mut from_folder: Vec<(String, Vec<u8>)> =
+        want.iter().map(|(k, v)| (k.split('/').next().unwrap().to_string(), v.clone())).collect();
+    from_shards.sort();
+    from_folder.sort();
+    assert_eq!(from_shards, from_folder);
+    assert!(!wds.join(&classes[0]).exists(), "nothing extracted");
     // Not the archive: a clear error naming it.
     let (code, _, err) = prep(&[
         "train",
