@@ -31,7 +31,7 @@ def main():
     started = time.perf_counter()
     ds = create_dataset(
         "wds/bench", root=a.root, split=a.split, is_training=True, batch_size=a.batch_size,
-        seed=0, shuffle_size=a.shuffle_size,
+        seed=0, sample_shuffle_size=a.shuffle_size,
     )
     ds.transform = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.PILToTensor()])
     loader = torch.utils.data.DataLoader(

@@ -292,7 +292,13 @@ impl Loader {
                     });
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
-                        return; // the consumer is gone, or the epoch cannot continue
+                        // The consumer is gone, or the epoch cannot continue. The batches being
+                        // decoded are waited for, so that once this epoch is dropped none of its
+                        // reads is left running (a remote source counts the next epoch's reads).
+                        for brx in in_flight {
+                            let _ = brx.recv();
+                        }
+                        return;
                     }
                 }
             })
