@@ -149,6 +149,9 @@ fn training_from_s3_and_http_is_training_from_the_local_shards() {
     );
     assert!(s3.status.success(), "{}", common::output_text(&s3));
     assert_eq!(history(&runs.join("s3")), want, "s3:// trains otherwise than the local folder");
+    // Each of the 4 train shards downloaded once per epoch (deleted once read), none twice.
+    let text = common::output_text(&s3);
+    assert!(text.contains("4 shards (") && text.contains("8 shards ("), "{text}");
     let left: Vec<PathBuf> = std::fs::read_dir(&cache)
         .unwrap()
         .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().map(|e| e.unwrap().path()))
@@ -164,6 +167,7 @@ fn training_from_s3_and_http_is_training_from_the_local_shards() {
     assert!(http.status.success(), "{text}");
     assert_eq!(history(&runs.join("http")), want, "http:// trains otherwise than the local folder");
     assert!(text.contains("retrying") && text.contains(&url), "the failed requests are reported: {text}");
+    assert_eq!(text.matches("4 shards (").count(), 2, "the second epoch read the kept shards: {text}");
     // Kept (1 GB allowed): every shard once in the cache, none downloaded twice.
     let kept = std::fs::read_dir(&cache)
         .unwrap()

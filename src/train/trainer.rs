@@ -681,7 +681,8 @@ impl Trainer {
         use std::sync::atomic::Ordering::Relaxed;
         self.train_loader.dataset().fetcher().map_or(String::new(), |f| {
             format!(
-                ", {:.2} GB of shards fetched so far, decode threads waited {:.0} s for them",
+                ", {} shards ({:.2} GB) fetched so far, decode threads waited {:.0} s for them",
+                f.stats.shards.load(Relaxed),
                 f.stats.bytes.load(Relaxed) as f64 / 1e9,
                 f.stats.wait_ns.load(Relaxed) as f64 / 1e9
             )
