@@ -239,10 +239,38 @@ fn two_ranks_stream_their_halves_from_s3() {
     let Some((_s3, port)) = s3_with(&wds, test) else { return };
     let cache = dir.path().join("cache");
     let o = Command::new(common::bin())
-        .args(["launch", "--nproc-per-node", "2", "--grace", "5", "--master-port", &free_port().to_string(), "--"])
-        .args(["train", "--data", "s3://shards/imagenet", "--output", runs.to_str().unwrap(), "--name", "ddp"])
+        .args([
+            "launch",
+            "--nproc-per-node",
+            "2",
+            "--grace",
+            "5",
+            "--master-port",
+            &free_port().to_string(),
+            "--",
+        ])
+        .args([
+            "train",
+            "--data",
+            "s3://shards/imagenet",
+            "--output",
+            runs.to_str().unwrap(),
+            "--name",
+            "ddp",
+        ])
         .args(["--arch", "resnet18", "--train-size", "32", "--eval-size", "32", "--batch-size", "4"])
-        .args(["--epochs", "2", "--device", "cpu", "--workers", "1", "--torch-threads", "1", "--log-every", "1000"])
+        .args([
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+            "--torch-threads",
+            "1",
+            "--log-every",
+            "1000",
+        ])
         .args(["--shard-cache", cache.to_str().unwrap(), "--dist-timeout", "60"])
         .envs(s3_env(port))
         .env("RESNET_TRAIN_FETCH_BACKOFF_MS", "20")
@@ -250,6 +278,10 @@ fn two_ranks_stream_their_halves_from_s3() {
         .unwrap();
     let text = common::output_text(&o);
     assert!(o.status.success(), "{text}");
-    assert_eq!(common::step_records(&runs.join("ddp")).len(), 10, "2 epochs x 40 images / (2 ranks x 4): {text}");
+    assert_eq!(
+        common::step_records(&runs.join("ddp")).len(),
+        10,
+        "2 epochs x 40 images / (2 ranks x 4): {text}"
+    );
     assert_eq!(common::summary_without_time(&runs.join("ddp")).len(), 3, "{text}");
 }
