@@ -94,3 +94,11 @@ if [ -x "$TOOLS/bin/python" ] && ! "$TOOLS/bin/python" -c 'import moto.server, b
   "$TOOLS/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5' ||
     log "moto could not be installed: the S3 shard tests will skip"
 fi
+# 6. PyTorch itself (torch 2.11.0 with its CUDA libraries, torchvision, safetensors: ~4.6 GB, about
+#    a minute) for the tests of the PyTorch package in python/. A failure only skips them.
+PYT=$CACHE/pytorch
+if ! "$PYT/bin/python" -c 'import torch, torchvision, safetensors' >/dev/null 2>&1; then
+  log "installing torch 2.11.0, torchvision 0.26.0 and safetensors (PyPI, ~4.6 GB) into $PYT for the python/ package's tests"
+  { python3 -m venv "$PYT" && "$PYT/bin/pip" install -q --disable-pip-version-check torch==2.11.0 torchvision==0.26.0 safetensors; } ||
+    log "PyTorch could not be installed: the python/ package's tests will skip"
+fi
