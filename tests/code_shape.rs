@@ -253,7 +253,7 @@ const LAYERS: [&str; 10] = [
 ];
 
 /// What the folders outside src/ hold (their files carry no module doc to read it from).
-const OTHERS: [(&str, &str); 16] = [
+const OTHERS: [(&str, &str); 18] = [
     (
         "build.rs",
         "builds the C++ shim against libtorch (Gloo and NCCL headers stubbed where the wheel lacks them)",
@@ -266,7 +266,9 @@ const OTHERS: [(&str, &str); 16] = [
     ("scripts/reliability/", "kill/resume at random instants; checkpoint fuzzing"),
     ("scripts/profile/", "oneDNN time split; peak memory of a command"),
     ("scripts/slurm/", "an sbatch script: one node or many, requeued on preemption"),
+    ("python/", "the PyTorch package polycom_resnet: the activations as torch modules, our files as torchvision ResNets"),
     ("tests/", "integration tests, against PyTorch, timm, torchvision and Pillow references"),
+    ("tests/servers/", "the servers tests start on loopback (an HTTP server that fails on purpose)"),
     ("tests/golden/", "reference values computed by PyTorch/timm (the make_*.py scripts regenerate them)"),
     ("tests/fixtures/", "small images and files the tests read"),
     ("docs/", "stability.md (the finding), results.md (the studies), reliability.md, gpu/"),
