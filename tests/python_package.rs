@@ -142,3 +142,81 @@ with torch.no_grad():
     let diff = (&ours - &theirs).abs().max().double_value(&[]);
     assert!(diff <= 1e-9 * scale, "logits differ by {diff} (scale {scale})");
 }
+
+/// `export`: TorchScript that libtorch (here) and PyTorch (`torch.jit.load`) run with this
+/// project's logits, at another batch size and resolution than it was traced with, holding
+/// aten operations only; the weights alone as safetensors; a model card with the run's recipe
+/// and final metrics; clear errors for files that are not ours.
+#[test]
+fn export_writes_torchscript_and_weights_that_compute_our_logits() {
+    let dir = common::tmpdir();
+    let (runs, img) = (dir.path().join("runs"), dir.path().join("img"));
+    resnet_train::data::synthetic::write_dataset(&img, 2, 1, 32, 3).unwrap();
+    let o = Command::new(common::bin())
+        .args(["--data", img.to_str().unwrap(), "--arch", "resnet18", "--act", "polynorm"])
+        .args(["--train-size", "32", "--eval-size", "32", "--batch-size", "8", "--epochs", "1"])
+        .args(["--device", "cpu", "--output", runs.to_str().unwrap(), "--name", "r"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::output_text(&o));
+    let ckpt = runs.join("r/last.safetensors");
+    let export = |format: &str, out: &Path| {
+        Command::new(common::bin())
+            .args(["export", "--checkpoint"])
+            .arg(&ckpt)
+            .args(["--format", format, "--out"])
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let (pt, st) = (dir.path().join("model.pt"), dir.path().join("model.safetensors"));
+    for (format, out) in [("torchscript", &pt), ("safetensors", &st)] {
+        let o = export(format, out);
+        assert!(o.status.success(), "{format}: {}", common::output_text(&o));
+    }
+    let loaded = weights::load_model(&ckpt, Device::Cpu).unwrap();
+    let x = Tensor::randn([3, 3, 48, 48], (Kind::Float, Device::Cpu));
+    let ours = tch::no_grad(|| loaded.model.forward_t(&x, false));
+    let module = tch::CModule::load(&pt).unwrap();
+    let traced = tch::no_grad(|| module.forward_ts(&[&x])).unwrap();
+    let diff = (&ours - &traced).abs().max().double_value(&[]);
+    assert!(diff <= 1e-5, "TorchScript differs by {diff}");
+    let alone = weights::load_model(&st, Device::Cpu).unwrap();
+    assert!(!alone.file.tensors.keys().any(|k| k.starts_with("train_state.")), "training state left in");
+    let again = tch::no_grad(|| alone.model.forward_t(&x, false));
+    assert_eq!((&ours - &again).abs().max().double_value(&[]), 0.0);
+    let card = std::fs::read_to_string(dir.path().join("model.pt.md")).unwrap();
+    for want in ["resnet18", "polynorm, order 3", "center-cropped to 32 x 32", "summary.csv", "config.toml"] {
+        assert!(card.contains(want), "the model card lacks {want:?}:\n{card}");
+    }
+    // Not ours: a clear error naming the file.
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"not a safetensors file").unwrap();
+    let o = Command::new(common::bin())
+        .args(["export", "--checkpoint"])
+        .arg(&junk)
+        .args(["--format", "torchscript", "--out"])
+        .arg(dir.path().join("j.pt"))
+        .output()
+        .unwrap();
+    let text = common::output_text(&o);
+    assert!(!o.status.success() && text.contains("junk.safetensors") && !text.contains("panicked"), "{text}");
+    // PyTorch runs the TorchScript file as it is.
+    let Some(py) = torch_python("export_writes_torchscript_and_weights_that_compute_our_logits") else { return };
+    let io = dir.path().join("io.safetensors");
+    let script = r#"
+import sys, torch
+from safetensors.torch import save_file
+m = torch.jit.load(sys.argv[1])
+kinds = {n.kind().split("::")[0] for n in m.inlined_graph.nodes()}
+assert kinds <= {"aten", "prim"}, kinds
+x = torch.randn(2, 3, 40, 40)
+with torch.no_grad():
+    save_file({"x": x, "logits": m(x)}, sys.argv[2])
+"#;
+    python(&py, script, &[&pt, &io]);
+    let saved = weights::read(&io).unwrap();
+    let ours = tch::no_grad(|| loaded.model.forward_t(&saved.tensors["x"], false));
+    let diff = (&ours - &saved.tensors["logits"]).abs().max().double_value(&[]);
+    assert!(diff <= 1e-5, "PyTorch's run of the TorchScript differs by {diff}");
+}

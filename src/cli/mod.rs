@@ -7,6 +7,7 @@ pub mod bench_data;
 pub mod check_act;
 pub mod coefficients;
 pub mod eval;
+pub mod export;
 pub mod fork;
 pub mod init;
 pub mod launch;
@@ -54,6 +55,8 @@ pub enum Command {
     Schedule(Box<schedule::ScheduleArgs>),
     /// Classify images with a model file (torchvision's ResNet eval preprocessing).
     Predict(predict::PredictArgs),
+    /// A model for use elsewhere: TorchScript, or the weights alone; with a model card.
+    Export(export::ExportArgs),
     /// Write the embedded default dataset (10 procedural classes, real JPEG files) as an ImageFolder.
     MakeDemoData(make_demo_data::MakeDemoDataArgs),
     /// Stability grid: activation x order x precision (x init x remedy), N steps per cell.
@@ -100,6 +103,7 @@ pub fn run(cli: Cli) -> crate::error::Result<()> {
         Some(Command::Schedule(a)) => schedule::run(*a),
         Some(Command::Fork(a)) => fork::run(a),
         Some(Command::Predict(a)) => predict::run(a),
+        Some(Command::Export(a)) => export::run(a),
         Some(Command::MakeDemoData(a)) => make_demo_data::run(a),
         Some(Command::BenchData(a)) => bench_data::run(a),
         Some(Command::Ablate(a)) => ablate::run(a),
