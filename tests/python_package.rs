@@ -95,11 +95,28 @@ fn the_package_computes_this_projects_logits() {
         ("polynorm50", &["--arch", "resnet50", "--act", "polynorm", "--order", "3"], 64),
         ("blur18", &["--arch", "resnet18", "--act", "polynorm", "--order", "3", "--blurpool"], 64),
         ("layer34", &["--arch", "resnet34", "--act", "polynorm", "--order", "2", "--norm-axis", "layer"], 64),
-        ("small18", &["--arch", "resnet18", "--act", "polyrelu", "--order", "4", "--small-stem", "--num-classes", "10"], 32),
+        (
+            "small18",
+            &[
+                "--arch",
+                "resnet18",
+                "--act",
+                "polyrelu",
+                "--order",
+                "4",
+                "--small-stem",
+                "--num-classes",
+                "10",
+            ],
+            32,
+        ),
     ];
     for (name, flags, size) in cases {
-        let (init, saved, io) =
-            (dir.path().join(format!("{name}.safetensors")), dir.path().join(format!("{name}-py.safetensors")), dir.path().join(format!("{name}-io.safetensors")));
+        let (init, saved, io) = (
+            dir.path().join(format!("{name}.safetensors")),
+            dir.path().join(format!("{name}-py.safetensors")),
+            dir.path().join(format!("{name}-io.safetensors")),
+        );
         let o = Command::new(common::bin()).arg("init").args(flags).arg("--out").arg(&init).output().unwrap();
         assert!(o.status.success(), "{name}: {}", common::output_text(&o));
         let size = PathBuf::from(size.to_string());
@@ -202,7 +219,9 @@ fn export_writes_torchscript_and_weights_that_compute_our_logits() {
     let text = common::output_text(&o);
     assert!(!o.status.success() && text.contains("junk.safetensors") && !text.contains("panicked"), "{text}");
     // PyTorch runs the TorchScript file as it is.
-    let Some(py) = torch_python("export_writes_torchscript_and_weights_that_compute_our_logits") else { return };
+    let Some(py) = torch_python("export_writes_torchscript_and_weights_that_compute_our_logits") else {
+        return;
+    };
     let io = dir.path().join("io.safetensors");
     let script = r#"
 import sys, torch

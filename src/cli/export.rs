@@ -39,7 +39,10 @@ pub fn run(a: ExportArgs) -> Result<()> {
     if !file.metadata.contains_key(weights::META_MODEL) {
         return Err(Error::file(
             &a.checkpoint,
-            format!("no {} metadata: not a model file of this project (init, train or average write them)", weights::META_MODEL),
+            format!(
+                "no {} metadata: not a model file of this project (init, train or average write them)",
+                weights::META_MODEL
+            ),
         ));
     }
     let loaded = weights::load_model_weights(&a.checkpoint, Device::Cpu, a.weights)?;
@@ -128,7 +131,10 @@ fn model_card(a: &ExportArgs, file: &weights::WeightsFile, loaded: &weights::Loa
         }
     }
     if let Ok(config) = std::fs::read_to_string(run.join("config.toml")) {
-        card += &format!("\n## The training recipe (the run's config.toml)\n\n```toml\n{}\n```\n", config.trim_end());
+        card += &format!(
+            "\n## The training recipe (the run's config.toml)\n\n```toml\n{}\n```\n",
+            config.trim_end()
+        );
     }
     card
 }
