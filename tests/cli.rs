@@ -1043,7 +1043,7 @@ fn every_flag_in_the_documentation_exists() {
     };
     let mut known = flags(&help(common::bin(), &[]));
     let subcommands =
-        "train eval bench report coefficients init average fork schedule predict make-demo-data \
+        "train eval bench report coefficients init average fork schedule predict export make-demo-data \
          bench-data ablate check-act bench-act study launch";
     for sub in subcommands.split_whitespace() {
         known.extend(flags(&help(common::bin(), &[sub])));
