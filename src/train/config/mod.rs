@@ -66,8 +66,9 @@ pub struct TrainConfig {
     /// what `aug_repeats` needs).
     #[arg(long, value_enum, default_value_t = crate::data::sampler::ShardOrder::Stream)]
     pub shard_order: crate::data::sampler::ShardOrder,
-    /// Samples in a shard stream's shuffle buffer (timm's 8192; 0: the shards' own order). Each
-    /// rank holds this many encoded images in memory.
+    /// Samples in a shard stream's shuffle buffer (timm's 8192; 0: the shards' own order). The
+    /// buffer orders sample positions, not images: it sets how many shards ahead of the stream
+    /// must be local (about this / samples per shard), not memory.
     #[arg(long, default_value_t = 8192, value_parser = range::int::<usize>(0, 10_000_000), allow_negative_numbers = true)]
     pub shuffle_buffer: usize,
     /// Remote shards (`data` or `val_data` an s3:// or http(s):// URL) downloaded at once, and
