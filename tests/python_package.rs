@@ -162,8 +162,9 @@ with torch.no_grad():
 
 /// `export`: TorchScript that libtorch (here) and PyTorch (`torch.jit.load`) run with this
 /// project's logits, at another batch size and resolution than it was traced with, holding
-/// aten operations only; the weights alone as safetensors; a model card with the run's recipe
-/// and final metrics; clear errors for files that are not ours.
+/// aten operations only; ONNX that onnxruntime runs with them; the weights alone as
+/// safetensors; a model card with the run's recipe and final metrics; clear errors for files
+/// that are not ours.
 #[test]
 fn export_writes_torchscript_and_weights_that_compute_our_logits() {
     let dir = common::tmpdir();
@@ -238,4 +239,37 @@ with torch.no_grad():
     let ours = tch::no_grad(|| loaded.model.forward_t(&saved.tensors["x"], false));
     let diff = (&ours - &saved.tensors["logits"]).abs().max().double_value(&[]);
     assert!(diff <= 1e-5, "PyTorch's run of the TorchScript differs by {diff}");
+    // ONNX (opset 18, through the package): onnxruntime gives our logits at another batch size
+    // and resolution.
+    let has_onnx =
+        Command::new(&py).args(["-c", "import onnx, onnxruntime"]).output().is_ok_and(|o| o.status.success());
+    if !has_onnx {
+        eprintln!("SKIP export_writes_torchscript_and_weights_that_compute_our_logits (ONNX part): no onnx/onnxruntime in {} (scripts/bootstrap.sh installs them)", py.display());
+        return;
+    }
+    let onnx_file = dir.path().join("model.onnx");
+    let o = Command::new(common::bin())
+        .args(["export", "--checkpoint"])
+        .arg(&ckpt)
+        .args(["--format", "onnx", "--out"])
+        .arg(&onnx_file)
+        .arg("--python")
+        .arg(&py)
+        .env("PYTHONPATH", common::repo().join("python"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::output_text(&o));
+    let script = r#"
+import sys, numpy as np, onnx, onnxruntime as ort, torch
+from safetensors.torch import save_file
+assert onnx.load(sys.argv[1]).opset_import[0].version == 18
+x = np.random.RandomState(0).randn(3, 3, 40, 56).astype(np.float32)
+y = ort.InferenceSession(sys.argv[1]).run(None, {"images": x})[0]
+save_file({"x": torch.from_numpy(x), "logits": torch.from_numpy(y)}, sys.argv[2])
+"#;
+    python(&py, script, &[&onnx_file, &io]);
+    let saved = weights::read(&io).unwrap();
+    let ours = tch::no_grad(|| loaded.model.forward_t(&saved.tensors["x"], false));
+    let diff = (&ours - &saved.tensors["logits"]).abs().max().double_value(&[]);
+    assert!(diff <= 1e-4, "onnxruntime's logits differ by {diff}");
 }

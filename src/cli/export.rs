@@ -15,6 +15,8 @@ use tch::{Device, Kind, Tensor};
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Torchscript,
+    /// ONNX (opset 18), through the `polycom_resnet` Python package (`pip install ./python`).
+    Onnx,
     Safetensors,
 }
 
@@ -32,6 +34,9 @@ pub struct ExportArgs {
     /// Which weights of a training checkpoint: the model's, or their EMA.
     #[arg(long, value_enum, default_value = "model")]
     pub weights: Which,
+    /// The Python that `--format onnx` runs (with torch, onnx and the polycom_resnet package).
+    #[arg(long, default_value = "python3")]
+    pub python: PathBuf,
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
@@ -48,6 +53,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let loaded = weights::load_model_weights(&a.checkpoint, Device::Cpu, a.weights)?;
     match a.format {
         Format::Torchscript => torchscript(&a, &loaded)?,
+        Format::Onnx => onnx(&a)?,
         Format::Safetensors => {
             let names = file.class_names();
             weights::save_model(&a.out, &loaded.vs, &loaded.config, names.as_deref())?;
@@ -80,6 +86,31 @@ fn torchscript(a: &ExportArgs, loaded: &weights::LoadedModel) -> Result<()> {
     let tmp = PathBuf::from(format!("{}.tmp-{}", a.out.display(), std::process::id()));
     module.save(&tmp).map_err(|e| Error::file(&a.out, format!("cannot write: {e}")))?;
     std::fs::rename(&tmp, &a.out).map_err(|e| Error::io(&a.out, e))
+}
+
+/// ONNX through the Python package's exporter (PyTorch's), in a child process.
+fn onnx(a: &ExportArgs) -> Result<()> {
+    let which = format!("{:?}", a.weights).to_lowercase();
+    let o = std::process::Command::new(&a.python)
+        .args(["-m", "polycom_resnet.onnx"])
+        .arg(&a.checkpoint)
+        .arg(&a.out)
+        .args(["--weights", &which])
+        .output()
+        .map_err(|e| Error::Usage(format!("--format onnx runs {} (--python): {e}", a.python.display())))?;
+    if o.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&o.stderr);
+    let hint = if err.contains("No module named") {
+        " (it needs torch, onnx and the polycom_resnet package: pip install ./python onnx)"
+    } else {
+        ""
+    };
+    Err(Error::file(
+        &a.out,
+        format!("{} -m polycom_resnet.onnx failed{hint}: {}", a.python.display(), err.trim()),
+    ))
 }
 
 /// The source file's eval preprocessing and class names, kept in the exported weights file.
