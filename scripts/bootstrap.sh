@@ -94,13 +94,13 @@ if [ -x "$TOOLS/bin/python" ] && ! "$TOOLS/bin/python" -c 'import moto.server, b
   "$TOOLS/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5' ||
     log "moto could not be installed: the S3 shard tests will skip"
 fi
-# 6. PyTorch itself (torch 2.11.0 with its CUDA libraries, torchvision, safetensors, and onnx with
-#    onnxruntime: ~4.7 GB, about a minute) for the tests of the PyTorch package in python/ and of
-#    `export`. A failure only skips them.
+# 6. PyTorch itself (torch 2.11.0 with its CUDA libraries, torchvision, safetensors, onnx with
+#    onnxruntime, and timm: ~4.7 GB, about a minute) for the tests of the PyTorch package in
+#    python/ and of `export`. A failure only skips them.
 PYT=$CACHE/pytorch
-if ! "$PYT/bin/python" -c 'import torch, torchvision, safetensors, onnx, onnxruntime' >/dev/null 2>&1; then
-  log "installing torch 2.11.0, torchvision 0.26.0, safetensors, onnx 1.23.2, onnxruntime 1.31.1 (PyPI, ~4.7 GB) into $PYT for the python/ package's tests"
+if ! "$PYT/bin/python" -c 'import torch, torchvision, safetensors, onnx, onnxruntime, timm' >/dev/null 2>&1; then
+  log "installing torch 2.11.0, torchvision 0.26.0, safetensors, onnx 1.23.2, onnxruntime 1.31.1, timm 1.0.31 (PyPI, ~4.7 GB) into $PYT for the python/ package's tests"
   { python3 -m venv "$PYT" && "$PYT/bin/pip" install -q --disable-pip-version-check torch==2.11.0 torchvision==0.26.0 \
-      safetensors onnx==1.23.2 onnxruntime==1.31.1; } ||
+      safetensors onnx==1.23.2 onnxruntime==1.31.1 timm==1.0.31; } ||
     log "PyTorch could not be installed: the python/ package's tests will skip"
 fi

@@ -128,8 +128,8 @@ fn the_package_computes_this_projects_logits() {
     }
 }
 
-/// A torchvision ResNet-50 (random weights, non-trivial BN statistics), saved by the package for
-/// this project, gives torchvision's logits here.
+/// A torchvision ResNet-50 and a timm one (random weights, non-trivial BN statistics), saved by
+/// the package for this project, give their own logits here.
 #[test]
 fn torchvision_weights_saved_by_the_package_load_here() {
     let Some(py) = torch_python("torchvision_weights_saved_by_the_package_load_here") else { return };
@@ -158,6 +158,20 @@ with torch.no_grad():
     let scale = theirs.abs().max().double_value(&[]).max(1.0);
     let diff = (&ours - &theirs).abs().max().double_value(&[]);
     assert!(diff <= 1e-9 * scale, "logits differ by {diff} (scale {scale})");
+    // timm's ResNet-50 (the same names and network): its weights too.
+    let has_timm = Command::new(&py).args(["-c", "import timm"]).output().is_ok_and(|o| o.status.success());
+    if !has_timm {
+        eprintln!("SKIP torchvision_weights_saved_by_the_package_load_here (timm part): no timm in {} (scripts/bootstrap.sh installs it)", py.display());
+        return;
+    }
+    let timm_script = script.replace(
+        "tv = torchvision.models.resnet50(num_classes=7)",
+        "import timm; tv = timm.create_model('resnet50', pretrained=False, num_classes=7)",
+    );
+    python(&py, &timm_script, &[&file, &io]);
+    let (ours, theirs) = both_logits(&file, &io);
+    let diff = (&ours - &theirs).abs().max().double_value(&[]);
+    assert!(diff <= 1e-9 * theirs.abs().max().double_value(&[]).max(1.0), "timm: logits differ by {diff}");
 }
 
 /// `export`: TorchScript that libtorch (here) and PyTorch (`torch.jit.load`) run with this
