@@ -59,22 +59,6 @@ fn train(data: &str, runs: &Path, name: &str, extra: &[&str], env: &[(&str, Stri
     c.output().unwrap()
 }
 
-/// metrics.jsonl without wall-clock fields, and summary.csv without times.
-fn history(run: &Path) -> (Vec<serde_json::Value>, Vec<String>) {
-    let steps = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            for wall_clock in ["img_per_s", "elapsed_s", "data_s", "step_s"] {
-                v.as_object_mut().unwrap().remove(wall_clock);
-            }
-            v
-        })
-        .collect();
-    (steps, common::summary_without_time(run))
-}
-
 /// The S3 server's environment for our client and boto3.
 fn s3_env(port: u16) -> Vec<(&'static str, String)> {
     vec![
@@ -136,7 +120,7 @@ fn training_from_s3_and_http_is_training_from_the_local_shards() {
     let Some((_s3, port)) = s3_with(&wds, test) else { return };
     let local = train(wds.to_str().unwrap(), &runs, "local", &[], &[]);
     assert!(local.status.success(), "{}", common::output_text(&local));
-    let want = history(&runs.join("local"));
+    let want = common::history_without_wall_clock(&runs.join("local"));
     assert_eq!(want.1.len(), 3, "two epochs' rows and the header");
 
     let cache = dir.path().join("cache-s3");
@@ -148,7 +132,11 @@ fn training_from_s3_and_http_is_training_from_the_local_shards() {
         &s3_env(port),
     );
     assert!(s3.status.success(), "{}", common::output_text(&s3));
-    assert_eq!(history(&runs.join("s3")), want, "s3:// trains otherwise than the local folder");
+    assert_eq!(
+        common::history_without_wall_clock(&runs.join("s3")),
+        want,
+        "s3:// trains otherwise than the local folder"
+    );
     // Each of the 4 train shards downloaded once per epoch (deleted once read), none twice.
     let text = common::output_text(&s3);
     assert!(text.contains("4 shards (") && text.contains("8 shards ("), "{text}");
@@ -165,7 +153,11 @@ fn training_from_s3_and_http_is_training_from_the_local_shards() {
     let http = train(&url, &runs, "http", &extra, &[]);
     let text = common::output_text(&http);
     assert!(http.status.success(), "{text}");
-    assert_eq!(history(&runs.join("http")), want, "http:// trains otherwise than the local folder");
+    assert_eq!(
+        common::history_without_wall_clock(&runs.join("http")),
+        want,
+        "http:// trains otherwise than the local folder"
+    );
     assert!(text.contains("retrying") && text.contains(&url), "the failed requests are reported: {text}");
     assert_eq!(text.matches("4 shards (").count(), 2, "the second epoch read the kept shards: {text}");
     // Kept (1 GB allowed): every shard once in the cache, none downloaded twice.
@@ -189,7 +181,7 @@ fn a_run_from_s3_killed_mid_epoch_resumes_exactly() {
     let flags = ["--shard-cache", cache.to_str().unwrap()];
     let full = train("s3://shards/imagenet", &runs, "full", &flags, &s3_env(port));
     assert!(full.status.success(), "{}", common::output_text(&full));
-    let want = history(&runs.join("full"));
+    let want = common::history_without_wall_clock(&runs.join("full"));
     for (i, fault) in ["step@5", "eval@1"].iter().enumerate() {
         let name = format!("kill{i}");
         let mut env = s3_env(port);
@@ -203,7 +195,11 @@ fn a_run_from_s3_killed_mid_epoch_resumes_exactly() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{fault}: {}", common::output_text(&o));
-        assert_eq!(history(&runs.join(&name)), want, "{fault} then resume differs");
+        assert_eq!(
+            common::history_without_wall_clock(&runs.join(&name)),
+            want,
+            "{fault} then resume differs"
+        );
     }
     // A shard gone from the bucket: its samples are unreadable images, named by URL; past
     // max_bad_fraction (0 here) the run stops.

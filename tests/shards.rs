@@ -350,20 +350,7 @@ fn a_run_from_shards_killed_at_any_instant_resumes_exactly() {
         }
         c.output().unwrap()
     };
-    let history = |name: &str| {
-        let steps: Vec<serde_json::Value> = std::fs::read_to_string(runs.join(name).join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                for wall_clock in ["img_per_s", "elapsed_s", "data_s", "step_s"] {
-                    v.as_object_mut().unwrap().remove(wall_clock);
-                }
-                v
-            })
-            .collect();
-        (steps, common::summary_without_time(&runs.join(name)))
-    };
+    let history = |name: &str| common::history_without_wall_clock(&runs.join(name));
     let full = run("full", None);
     assert!(full.status.success(), "{}", common::output_text(&full));
     let want = history("full");

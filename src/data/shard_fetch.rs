@@ -26,13 +26,20 @@ enum Slot {
     Remote,
     /// A download thread is on it.
     Fetching,
-    /// In the cache, indexed.
+    /// In the cache, indexed and open.
     Local {
         size: u64,
-        index: Arc<ShardIndex>,
+        shard: Arc<LocalShard>,
     },
     /// Cannot be had (after the retries): every read of it fails with this.
     Failed(String),
+}
+
+/// A shard in the cache: its index, and the file open, so that its reads need no open or stat
+/// and stay valid if another process sharing the cache deletes the file.
+struct LocalShard {
+    index: ShardIndex,
+    file: std::fs::File,
 }
 
 struct State {
@@ -185,19 +192,8 @@ impl ShardFetcher {
         let unreadable = |e: Error| {
             Error::file(format!("{}#{k}", self.shard_url(shard)), format!("its shard cannot be had: {e}"))
         };
-        let mut index = self.acquire(shard).map_err(unreadable)?;
-        if !self.local_path(shard).is_file() {
-            // Deleted by another process sharing the cache: fetched again.
-            let mut st = self.lock();
-            if let Slot::Local { size, .. } = st.slots[shard] {
-                st.cached_bytes -= size;
-                st.slots[shard] = Slot::Remote;
-            }
-            st.pins[shard] -= 1;
-            drop(st);
-            index = self.acquire(shard).map_err(unreadable)?;
-        }
-        let result = self.read_member(shard, k, &index);
+        let local = self.acquire(shard).map_err(unreadable)?;
+        let result = self.read_member(shard, k, &local);
         let mut st = self.lock();
         st.pins[shard] -= 1;
         st.remaining[shard] = st.remaining[shard].saturating_sub(1);
@@ -207,8 +203,8 @@ impl ShardFetcher {
         result
     }
 
-    fn read_member(&self, shard: usize, k: usize, index: &ShardIndex) -> Result<(Vec<u8>, u32, String)> {
-        let url = self.shard_url(shard);
+    fn read_member(&self, shard: usize, k: usize, local: &LocalShard) -> Result<(Vec<u8>, u32, String)> {
+        let (url, index) = (self.shard_url(shard), &local.index);
         let Some(s) = index.samples.get(k) else {
             let cut = index.broken.as_deref().map_or(String::new(), |why| format!(" ({why})"));
             return Err(Error::file(
@@ -225,25 +221,27 @@ impl ShardFetcher {
         if let Some(why) = &s.image.bad {
             return Err(Error::file(&name, why.to_string()));
         }
-        let path = self.local_path(shard);
         let mut buf = vec![0; s.image.len as usize];
-        std::fs::File::open(&path).and_then(|f| f.read_exact_at(&mut buf, s.image.offset)).map_err(|e| {
-            Error::file(&name, format!("cannot read the cached shard {}: {e}", path.display()))
+        local.file.read_exact_at(&mut buf, s.image.offset).map_err(|e| {
+            Error::file(
+                &name,
+                format!("cannot read the cached shard {}: {e}", self.local_path(shard).display()),
+            )
         })?;
         Ok((buf, s.label, name))
     }
 
     /// Waits until `shard` is local (asking for it first if it is not on its way), pins it and
     /// returns its index.
-    fn acquire(&self, shard: usize) -> Result<Arc<ShardIndex>> {
+    fn acquire(&self, shard: usize) -> Result<Arc<LocalShard>> {
         let mut st = self.lock();
         let started = Instant::now();
         // Pinned while waiting too, so that it is not deleted between its arrival and this read.
         st.pins[shard] += 1;
         loop {
             match &st.slots[shard] {
-                Slot::Local { index, .. } => {
-                    let index = index.clone();
+                Slot::Local { shard: local, .. } => {
+                    let local = local.clone();
                     st.clock += 1;
                     st.last_use[shard] = st.clock;
                     if st.plan_pos[shard] != usize::MAX {
@@ -252,7 +250,7 @@ impl ShardFetcher {
                     let waited = started.elapsed().as_nanos() as u64;
                     self.stats.wait_ns.fetch_add(waited, Relaxed);
                     self.changed.notify_all();
-                    return Ok(index);
+                    return Ok(local);
                 }
                 Slot::Failed(why) => {
                     let why = why.clone();
@@ -288,11 +286,15 @@ impl ShardFetcher {
     /// Makes `shard` local: its cached file if one is there and reads as a whole shard, else a
     /// download (one that does not read as a whole shard is fetched once more; then what it holds
     /// is used, the samples it lacks being unreadable).
-    fn fetch(&self, shard: usize) -> std::result::Result<(u64, ShardIndex), String> {
+    fn fetch(&self, shard: usize) -> std::result::Result<(u64, LocalShard), String> {
         let path = self.local_path(shard);
+        let open = |index: ShardIndex| -> std::result::Result<LocalShard, String> {
+            let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(LocalShard { index, file })
+        };
         if let (Ok(index), Ok(m)) = (index_shard(&path), std::fs::metadata(&path)) {
             if index.broken.is_none() {
-                return Ok((m.len(), index));
+                return Ok((m.len(), open(index)?));
             }
         }
         let _ = std::fs::remove_file(&path);
@@ -306,7 +308,7 @@ impl ShardFetcher {
                     eprintln!("warning: {}: {why}; downloading it again", self.shard_url(shard));
                     let _ = std::fs::remove_file(&path);
                 }
-                _ => return Ok((size, index)),
+                _ => return Ok((size, open(index)?)),
             }
         }
         unreachable!("the second attempt returns")
@@ -377,9 +379,9 @@ fn download_loop(fetcher: std::sync::Weak<ShardFetcher>) {
         let result = f.fetch(job);
         let mut st = f.lock();
         st.slots[job] = match result {
-            Ok((size, index)) => {
+            Ok((size, local)) => {
                 st.cached_bytes += size;
-                Slot::Local { size, index: Arc::new(index) }
+                Slot::Local { size, shard: Arc::new(local) }
             }
             Err(why) => Slot::Failed(why),
         };

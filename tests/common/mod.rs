@@ -156,6 +156,23 @@ pub fn output_text(o: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
+/// A run's metrics.jsonl records without their wall-clock fields, and its summary.csv without
+/// times: what an interrupted and resumed run must reproduce.
+pub fn history_without_wall_clock(run: &Path) -> (Vec<serde_json::Value>, Vec<String>) {
+    let steps = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for wall_clock in ["img_per_s", "elapsed_s", "data_s", "step_s"] {
+                v.as_object_mut().unwrap().remove(wall_clock);
+            }
+            v
+        })
+        .collect();
+    (steps, summary_without_time(run))
+}
+
 /// A run's summary.csv lines without the wall-clock column (elapsed_s), for run-to-run equality.
 pub fn summary_without_time(run: &Path) -> Vec<String> {
     std::fs::read_to_string(run.join("summary.csv"))
